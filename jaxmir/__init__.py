@@ -1,0 +1,10 @@
+"""jaxmir: Essentia's TensorFlow music models (MusiCNN, VGG, VGGish) in JAX/Flax."""
+
+from jaxmir.errors import (AudioError, GraphError, InputError, JaxmirError,
+                           UnsupportedGraphError, WeightsError)
+from jaxmir.loading import load
+from jaxmir.model import Model
+
+__all__ = ["load", "Model", "JaxmirError", "GraphError", "UnsupportedGraphError", "WeightsError",
+           "InputError", "AudioError"]
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""The shipped models: ``weights/catalog.json`` and the files it lists."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from jaxmir.errors import WeightsError
+
+CATALOG_FILE = "catalog.json"
+
+
+def weights_dir() -> Path:
+    """Where the shipped weights live: inside the installed package, or the checkout's ``weights/``."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "weights", package.parent / "weights"):
+        if (candidate / CATALOG_FILE).is_file():
+            return candidate
+    raise WeightsError(f"the shipped weights are missing (no {CATALOG_FILE} in {package / 'weights'} "
+                       f"or {package.parent / 'weights'}); reinstall jaxmir")
+
+
+@functools.lru_cache(maxsize=1)
+def catalog() -> dict:
+    with open(weights_dir() / CATALOG_FILE, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def names() -> list[str]:
+    try:
+        return sorted(catalog()["models"])
+    except WeightsError:
+        return []
+
+
+def default_name() -> str:
+    return catalog()["default"]
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def path_of(name: str) -> Path:
+    """The weights file of a shipped model, checked against its recorded sha256."""
+    entry = catalog()["models"][name]
+    path = weights_dir() / entry["file"]
+    if not path.is_file():
+        raise WeightsError(f"shipped model '{name}': {path} is missing; reinstall jaxmir")
+    if sha256(path) != entry["sha256"]:
+        raise WeightsError(f"shipped model '{name}': {path} does not match its sha256 in "
+                           f"{CATALOG_FILE}; the file is corrupt, reinstall jaxmir")
+    return path
+
+
+def labels_for_graph(path: str | os.PathLike, spec) -> list[str] | None:
+    """Labels for a `.pb` whose file name starts with a shipped model's name (``msd-musicnn-1.pb``).
+
+    The graph does not hold its labels; Essentia keeps them in a JSON file
+    beside it. Without one, a graph named like a shipped model of the same
+    architecture and width gets that model's labels; any other gets ``None``.
+    """
+    stem = Path(path).name
+    for name, entry in catalog().get("models", {}).items() if names() else []:
+        if stem.startswith(name) and entry["architecture"] == spec.architecture:
+            width = [s for s in spec.config["head"] if s.startswith("dense")][-1]
+            if int(width.split(":")[1]) == len(entry["labels"]):
+                return list(entry["labels"])
+    return None

@@ -1,0 +1,30 @@
+"""Exceptions raised by jaxmir.
+
+Every error a user can provoke with a bad file, graph, array or option is a
+:class:`JaxmirError`, and its message says what was wrong and what would be
+accepted.
+"""
+
+
+class JaxmirError(Exception):
+    """Base class of every error jaxmir raises on purpose."""
+
+
+class GraphError(JaxmirError):
+    """A `.pb` file is missing, unreadable, truncated or not a GraphDef."""
+
+
+class UnsupportedGraphError(GraphError):
+    """A readable GraphDef whose architecture jaxmir does not know."""
+
+
+class WeightsError(JaxmirError):
+    """A converted weights file is missing, corrupt or inconsistent."""
+
+
+class InputError(JaxmirError, ValueError):
+    """An array given to a model or front-end has the wrong shape, dtype or values."""
+
+
+class AudioError(InputError):
+    """Audio that cannot be read or used: unreadable, empty, NaN, wrong rate, ..."""

@@ -1,0 +1,392 @@
+"""Read frozen TensorFlow GraphDef (`.pb`) files with protobuf alone.
+
+The message classes for the few TensorFlow protos a frozen graph needs
+(``GraphDef``, ``NodeDef``, ``AttrValue``, ``TensorProto``, ``TensorShapeProto``
+and the function library) are declared here from their public field numbers,
+so reading a `.pb` never imports TensorFlow. Unknown fields are kept and
+ignored by protobuf, so graphs written by newer TensorFlow versions still parse.
+
+:class:`Graph` wraps a parsed GraphDef with what the importer needs: nodes by
+name, tensor references (``name:1``, ``^control``), walking through
+pass-through ops, and decoding ``Const`` tensors into NumPy without trusting
+the declared shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Iterator
+
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
+from jaxmir.errors import GraphError
+
+_F = descriptor_pb2.FieldDescriptorProto
+
+# TensorFlow's DataType enum (tensorflow/core/framework/types.proto), the
+# values jaxmir decodes. Reference types are the same value + 100.
+DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64, DT_BOOL, DT_HALF = 1, 2, 3, 9, 10, 19
+_NUMPY_DTYPES = {
+    DT_FLOAT: np.dtype("<f4"),
+    DT_DOUBLE: np.dtype("<f8"),
+    DT_INT32: np.dtype("<i4"),
+    DT_INT64: np.dtype("<i8"),
+    DT_BOOL: np.dtype("bool"),
+    DT_HALF: np.dtype("<f2"),
+}
+_DTYPE_NAMES = {DT_FLOAT: "float32", DT_DOUBLE: "float64", DT_INT32: "int32",
+                DT_INT64: "int64", DT_BOOL: "bool", DT_HALF: "float16"}
+
+# Largest tensor jaxmir will materialise from a single broadcast value. The
+# biggest weight of any supported model (VGGish fc1, 12288x4096) is ~5e7.
+MAX_BROADCAST_ELEMENTS = 1 << 28
+_PASS_THROUGH = frozenset({"Identity", "IdentityN", "Snapshot", "StopGradient",
+                           "PreventGradient", "CheckNumerics", "Enter", "Exit",
+                           "RefIdentity"})
+
+
+def _message(name: str, *fields: tuple, nested: Iterable = (), map_entry: bool = False,
+             oneof: str | None = None):
+    """A DescriptorProto; ``oneof`` puts every field into one oneof of that name."""
+    proto = descriptor_pb2.DescriptorProto(name=name)
+    if oneof:
+        proto.oneof_decl.add(name=oneof)
+    for number, field_name, kind, label, type_name in fields:
+        field = proto.field.add(name=field_name, number=number, type=kind, label=label)
+        if type_name:
+            field.type_name = type_name
+        if oneof:
+            field.oneof_index = 0
+    proto.nested_type.extend(nested)
+    if map_entry:
+        proto.options.map_entry = True
+    return proto
+
+
+def _build_messages():
+    """Declare the subset of tensorflow/core/framework/*.proto used by frozen graphs.
+
+    Enum fields (DataType) are declared as int32: the wire format is the same
+    varint, and an open int keeps unknown dtypes readable for a clear error.
+    """
+    opt, rep = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
+    s, b, i32, i64, f32, f64, bl, msg = (_F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_INT32, _F.TYPE_INT64,
+                                         _F.TYPE_FLOAT, _F.TYPE_DOUBLE, _F.TYPE_BOOL, _F.TYPE_MESSAGE)
+    pkg = ".jaxmir_tf."
+    file = descriptor_pb2.FileDescriptorProto(name="jaxmir_tf_graph.proto", package="jaxmir_tf",
+                                              syntax="proto3")
+    dim = _message("Dim", (1, "size", i64, opt, None), (2, "name", s, opt, None))
+    file.message_type.extend([
+        _message("TensorShapeProto", (2, "dim", msg, rep, pkg + "TensorShapeProto.Dim"),
+                 (3, "unknown_rank", bl, opt, None), nested=[dim]),
+        _message("TensorProto",
+                 (1, "dtype", i32, opt, None),
+                 (2, "tensor_shape", msg, opt, pkg + "TensorShapeProto"),
+                 (3, "version_number", i32, opt, None),
+                 (4, "tensor_content", b, opt, None),
+                 (13, "half_val", i32, rep, None),
+                 (5, "float_val", f32, rep, None),
+                 (6, "double_val", f64, rep, None),
+                 (7, "int_val", i32, rep, None),
+                 (8, "string_val", b, rep, None),
+                 (10, "int64_val", i64, rep, None),
+                 (11, "bool_val", bl, rep, None)),
+        _message("NameAttrList", (1, "name", s, opt, None),
+                 (2, "attr", msg, rep, pkg + "NameAttrList.AttrEntry"),
+                 nested=[_message("AttrEntry", (1, "key", s, opt, None),
+                                  (2, "value", msg, opt, pkg + "AttrValue"), map_entry=True)]),
+        _message("AttrValue",
+                 (1, "list", msg, opt, pkg + "AttrValue.ListValue"),
+                 (2, "s", b, opt, None), (3, "i", i64, opt, None), (4, "f", f32, opt, None),
+                 (5, "b", bl, opt, None), (6, "type", i32, opt, None),
+                 (7, "shape", msg, opt, pkg + "TensorShapeProto"),
+                 (8, "tensor", msg, opt, pkg + "TensorProto"),
+                 (9, "placeholder", s, opt, None),
+                 (10, "func", msg, opt, pkg + "NameAttrList"),
+                 oneof="value",
+                 nested=[_message("ListValue",
+                                  (2, "s", b, rep, None), (3, "i", i64, rep, None),
+                                  (4, "f", f32, rep, None), (5, "b", bl, rep, None),
+                                  (6, "type", i32, rep, None),
+                                  (7, "shape", msg, rep, pkg + "TensorShapeProto"),
+                                  (8, "tensor", msg, rep, pkg + "TensorProto"),
+                                  (9, "func", msg, rep, pkg + "NameAttrList"))]),
+        _message("NodeDef", (1, "name", s, opt, None), (2, "op", s, opt, None),
+                 (3, "input", s, rep, None), (4, "device", s, opt, None),
+                 (5, "attr", msg, rep, pkg + "NodeDef.AttrEntry"),
+                 nested=[_message("AttrEntry", (1, "key", s, opt, None),
+                                  (2, "value", msg, opt, pkg + "AttrValue"), map_entry=True)]),
+        _message("OpDefArg", (1, "name", s, opt, None)),
+        _message("OpDef", (1, "name", s, opt, None), (2, "input_arg", msg, rep, pkg + "OpDefArg"),
+                 (3, "output_arg", msg, rep, pkg + "OpDefArg")),
+        _message("FunctionDef", (1, "signature", msg, opt, pkg + "OpDef"),
+                 (3, "node_def", msg, rep, pkg + "NodeDef"),
+                 (4, "ret", msg, rep, pkg + "FunctionDef.RetEntry"),
+                 nested=[_message("RetEntry", (1, "key", s, opt, None), (2, "value", s, opt, None),
+                                  map_entry=True)]),
+        _message("FunctionDefLibrary", (1, "function", msg, rep, pkg + "FunctionDef")),
+        _message("VersionDef", (1, "producer", i32, opt, None), (2, "min_consumer", i32, opt, None)),
+        _message("GraphDef", (1, "node", msg, rep, pkg + "NodeDef"),
+                 (2, "library", msg, opt, pkg + "FunctionDefLibrary"),
+                 (4, "versions", msg, opt, pkg + "VersionDef")),
+    ])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName("jaxmir_tf." + name))
+            for name in ("GraphDef", "NodeDef", "TensorProto", "AttrValue")}
+
+
+_MESSAGES = _build_messages()
+GraphDefProto = _MESSAGES["GraphDef"]
+TensorProto = _MESSAGES["TensorProto"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRef:
+    """One output of a node: ``name:index`` in TensorFlow's notation."""
+
+    node: str
+    index: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "TensorRef":
+        name, _, index = text.lstrip("^").partition(":")
+        return cls(name, int(index) if index.isdigit() else 0)
+
+    def __str__(self) -> str:
+        return self.node if self.index == 0 else f"{self.node}:{self.index}"
+
+
+def shape_of(shape_proto) -> tuple[int, ...] | None:
+    """A TensorShapeProto as a tuple (-1 for unknown sizes), None for unknown rank."""
+    if shape_proto.unknown_rank:
+        return None
+    return tuple(int(d.size) for d in shape_proto.dim)
+
+
+def decode_tensor(tensor, where: str = "tensor") -> np.ndarray:
+    """Decode a TensorProto into a NumPy array, checking bytes against the shape.
+
+    Supports float32/float16/float64/int32/int64/bool from ``tensor_content``
+    and from the typed value fields, including a single value broadcast to
+    the declared shape (TensorFlow writes ``tf.zeros([n])`` that way).
+    The declared shape is never trusted to size an allocation: raw bytes must
+    match it exactly, and a broadcast is capped at ``MAX_BROADCAST_ELEMENTS``.
+    """
+    dtype_code = tensor.dtype % 100  # reference dtypes are +100
+    if dtype_code not in _NUMPY_DTYPES:
+        raise GraphError(f"{where}: tensor dtype code {tensor.dtype} is not supported; "
+                         f"jaxmir decodes {', '.join(_DTYPE_NAMES.values())}")
+    dtype = _NUMPY_DTYPES[dtype_code]
+    shape = shape_of(tensor.tensor_shape)
+    if shape is None or any(d < 0 for d in shape):
+        raise GraphError(f"{where}: a constant must have a fully known shape, got {shape}")
+    count = 1
+    for d in shape:
+        count *= d
+    if tensor.tensor_content:
+        content = tensor.tensor_content
+        if len(content) != count * dtype.itemsize:
+            raise GraphError(f"{where}: {len(content)} bytes of {_DTYPE_NAMES[dtype_code]} data "
+                             f"do not fill the declared shape {list(shape)} "
+                             f"({count * dtype.itemsize} bytes expected); the file is corrupt")
+        return np.frombuffer(content, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    values = _typed_values(tensor, dtype_code)
+    if len(values) == count:
+        return values.reshape(shape)
+    if len(values) in (0, 1) and count > 0:
+        if count > MAX_BROADCAST_ELEMENTS:
+            raise GraphError(f"{where}: a constant of shape {list(shape)} ({count} elements) "
+                             f"filled from one value is larger than jaxmir accepts "
+                             f"({MAX_BROADCAST_ELEMENTS} elements)")
+        fill = values[0] if len(values) else np.zeros((), dtype)
+        return np.full(shape, fill, dtype=dtype)
+    if count == 0 and len(values) == 0:
+        return np.zeros(shape, dtype)
+    raise GraphError(f"{where}: {len(values)} values do not fit the declared shape {list(shape)} "
+                     f"({count} elements); expected {count} values or one value to broadcast")
+
+
+def _typed_values(tensor, dtype_code: int) -> np.ndarray:
+    if dtype_code == DT_FLOAT:
+        return np.asarray(tensor.float_val, np.float32)
+    if dtype_code == DT_DOUBLE:
+        return np.asarray(tensor.double_val, np.float64)
+    if dtype_code == DT_HALF:  # float16 bit patterns stored in int32 slots
+        return np.asarray(tensor.half_val, np.uint16).view(np.float16)
+    if dtype_code == DT_INT32:
+        return np.asarray(tensor.int_val, np.int32)
+    if dtype_code == DT_INT64:
+        return np.asarray(tensor.int64_val, np.int64)
+    return np.asarray(tensor.bool_val, bool)
+
+
+class Graph:
+    """A parsed GraphDef: nodes by name, their inputs and their consumers."""
+
+    def __init__(self, graph_def, source: str = "<graph>"):
+        self.graph_def = graph_def
+        self.source = source
+        self.nodes: dict = {}
+        for node in graph_def.node:
+            if not node.name:
+                raise GraphError(f"{source}: a node has no name; this is not a valid GraphDef")
+            self.nodes[node.name] = node
+        self._consumers: dict[str, list[str]] | None = None
+        self._const_cache: dict[str, np.ndarray] = {}
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Graph":
+        if not data:
+            raise GraphError(f"{source}: the file is empty; expected a frozen TensorFlow "
+                             "GraphDef (.pb) written with tf.io.write_graph(..., as_text=False)")
+        graph_def = GraphDefProto()
+        try:
+            graph_def.ParseFromString(data)
+        except (DecodeError, RuntimeError, ValueError) as err:
+            raise GraphError(f"{source}: not a readable GraphDef ({err}); the file is truncated, "
+                             "corrupt or of another format. Expected a frozen TensorFlow graph "
+                             "(.pb) as Essentia uses") from None
+        if not graph_def.node:
+            raise GraphError(f"{source}: parsed as protobuf but holds no graph nodes; expected a "
+                             "frozen TensorFlow GraphDef (.pb) such as Essentia's models")
+        graph = cls(graph_def, source)
+        graph._check_references()
+        return graph
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Graph":
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise GraphError(f"{path}: is a directory; expected a frozen GraphDef file (.pb). "
+                             "SavedModel directories are not supported: freeze them first")
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise GraphError(f"{path}: no such file; expected the path of a frozen TensorFlow "
+                             "graph (.pb)") from None
+        except OSError as err:
+            raise GraphError(f"{path}: cannot be read ({err.strerror})") from None
+        return cls.from_bytes(data, path)
+
+    def _check_references(self) -> None:
+        for node in self.graph_def.node:
+            for text in node.input:
+                ref = TensorRef.parse(text)
+                if ref.node not in self.nodes:
+                    raise GraphError(f"{self.source}: node '{node.name}' reads '{text}', which is "
+                                     "not in the graph; the file is truncated or corrupt")
+
+    # -- queries ------------------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return TensorRef.parse(name).node in self.nodes
+
+    def node(self, name: str):
+        try:
+            return self.nodes[TensorRef.parse(name).node]
+        except KeyError:
+            raise GraphError(f"{self.source}: no node named '{name}'") from None
+
+    def ops(self, *op_types: str) -> Iterator:
+        return (n for n in self.graph_def.node if n.op in op_types)
+
+    @staticmethod
+    def data_inputs(node) -> list[TensorRef]:
+        """The inputs of a node that carry tensors (control inputs ``^x`` left out)."""
+        return [TensorRef.parse(i) for i in node.input if not i.startswith("^")]
+
+    def consumers(self, name: str) -> list[str]:
+        if self._consumers is None:
+            self._consumers = {n: [] for n in self.nodes}
+            for node in self.graph_def.node:
+                for ref in self.data_inputs(node):
+                    self._consumers[ref.node].append(node.name)
+        return self._consumers.get(name, [])
+
+    def attr(self, node, key: str, default=None):
+        if key not in node.attr:
+            return default
+        value = node.attr[key]
+        kind = value.WhichOneof("value")
+        if kind == "list":
+            lst = value.list
+            for field in ("i", "f", "s", "b", "type"):
+                if len(getattr(lst, field)):
+                    return list(getattr(lst, field))
+            return []
+        if kind == "shape":
+            return shape_of(value.shape)
+        if kind == "s":
+            return value.s.decode("utf-8", "replace")
+        return getattr(value, kind) if kind else default
+
+    # -- following the inference path ---------------------------------------------------
+    def resolve(self, ref: TensorRef | str) -> TensorRef:
+        """Follow a tensor back through pass-through ops to the op that computes it.
+
+        ``Identity`` and friends forward their input; ``Switch`` forwards its data
+        input (whichever branch); ``Merge`` forwards the input that comes from the
+        *false* branch of a ``cond``: the inference branch of a graph frozen
+        straight from training, where ``cond`` switches on the training flag.
+        """
+        ref = TensorRef.parse(ref) if isinstance(ref, str) else ref
+        for _ in range(len(self.nodes) + 1):
+            node = self.nodes[ref.node]
+            if node.op in _PASS_THROUGH or node.op == "Switch" or node.op == "RefSwitch":
+                ref = self.data_inputs(node)[0]
+            elif node.op == "Merge" and ref.index == 0:
+                ref = self._inference_branch(node)
+            else:
+                return ref
+        raise GraphError(f"{self.source}: a cycle of pass-through ops at '{ref.node}'")
+
+    def _inference_branch(self, merge) -> TensorRef:
+        """The input of a ``cond`` Merge that is computed on the false (inference) branch."""
+        inputs = self.data_inputs(merge)
+        for ref in inputs:
+            if self._branch_of(ref) == 0:
+                return ref
+        # Without a Switch to tell the branches apart, tf.cond lists the false branch first.
+        return inputs[0]
+
+    def _branch_of(self, ref: TensorRef, limit: int = 64) -> int | None:
+        """The port of the nearest Switch above ``ref``: 0 = false branch, 1 = true branch."""
+        frontier, seen = [ref], set()
+        while frontier and limit > 0:
+            limit -= 1
+            current = frontier.pop(0)
+            if current.node in seen:
+                continue
+            seen.add(current.node)
+            node = self.nodes[current.node]
+            if node.op in ("Switch", "RefSwitch"):
+                return current.index
+            frontier.extend(TensorRef.parse(i) for i in node.input)  # control inputs too
+        return None
+
+    def constant(self, ref: TensorRef | str, where: str | None = None) -> np.ndarray | None:
+        """The value of a tensor that is a ``Const`` (after pass-throughs), else None."""
+        resolved = self.resolve(ref)
+        node = self.nodes[resolved.node]
+        if node.op != "Const":
+            return None
+        if node.name not in self._const_cache:
+            if "value" not in node.attr:
+                raise GraphError(f"{self.source}: Const '{node.name}' has no value")
+            self._const_cache[node.name] = decode_tensor(node.attr["value"].tensor,
+                                                         where=f"{self.source}: Const '{node.name}'")
+        return self._const_cache[node.name]
+
+    def placeholders(self) -> list:
+        return [n for n in self.graph_def.node if n.op in ("Placeholder", "PlaceholderWithDefault")]
+
+    def op_histogram(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.graph_def.node:
+            counts[node.op] = counts.get(node.op, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

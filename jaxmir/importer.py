@@ -1,0 +1,332 @@
+"""Recognise a frozen graph's architecture and convert its weights to a Flax tree.
+
+``import_graph(graph)`` finds the input placeholder and the output node,
+collects the convolutions and dense layers on the inference path, decides
+the architecture from their shapes and wiring, and returns a
+:class:`ModelSpec`: the Flax module's configuration, its variables and a
+map from the graph's node names to the module's intermediate outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxmir.errors import UnsupportedGraphError
+from jaxmir.graphdef import DT_FLOAT, Graph
+from jaxmir.layers import head_aliases
+from jaxmir.trace import ConvLayer, InferencePath, topological_order
+from jaxmir.vgg import pool_aliases
+
+SUPPORTED = ("MusiCNN (MSD, MTT, MSD-big and its transfer classifiers), musicnn's VGG baseline, "
+             "VGGish and Essentia's classifier heads")
+OUTPUT_CANDIDATES = ("model/Sigmoid", "model/Softmax", "model/Identity", "dense_out",
+                     "PartitionedCall", "model/vggish/embeddings")
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model without the graph.
+
+    ``node_map`` maps a graph node name to ``(tap, shape)``: the module's sown
+    intermediate (``"cnn1"``, ``"head/layer_1"``) and that node's shape in the
+    graph without the batch axis, which may add singleton axes to the tap.
+    """
+
+    architecture: str
+    config: dict
+    variables: dict
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_name: str
+    aliases: dict[str, str]
+    node_map: dict[str, tuple[str, tuple[int, ...]]]
+
+
+def import_graph(graph: Graph, output: str | None = None) -> ModelSpec:
+    """Read a frozen graph into a :class:`ModelSpec`, or explain why it cannot."""
+    output = output or _find_output(graph)
+    path = InferencePath(graph, output)
+    input_node = _find_input(graph, path)
+    convs = [graph.nodes[n] for n in topological_order(graph, path.live)
+             if graph.nodes[n].op == "Conv2D"]
+    if len(convs) == 8:
+        return _import_musicnn(path, input_node, convs)
+    if convs:
+        return _import_convnet(path, input_node, convs)
+    raise _unknown(graph, path, "no convolution on the path from the input to the output")
+
+
+def _find_output(graph: Graph) -> str:
+    for name in OUTPUT_CANDIDATES:
+        if name in graph.nodes:
+            return name
+    raise _unknown(graph, None, "none of the usual output nodes ("
+                   + ", ".join(OUTPUT_CANDIDATES) + ") is in the graph; pass output= to choose one")
+
+
+def _find_input(graph: Graph, path: InferencePath):
+    inputs = [graph.nodes[n] for n in path.live
+              if graph.nodes[n].op in ("Placeholder", "PlaceholderWithDefault")
+              and graph.attr(graph.nodes[n], "dtype") == DT_FLOAT]
+    if len(inputs) != 1:
+        raise _unknown(graph, path, f"the output depends on {len(inputs)} float inputs "
+                       f"({', '.join(sorted(n.name for n in inputs)) or 'none'}); expected one")
+    return inputs[0]
+
+
+def _input_shape(graph: Graph, node) -> tuple[int, ...]:
+    shape = graph.attr(node, "shape")
+    if not shape or any(d <= 0 for d in shape[1:]):
+        raise UnsupportedGraphError(f"{graph.source}: input '{node.name}' has shape {shape}; "
+                                    "jaxmir needs a known patch shape such as [-1, 187, 96]")
+    return tuple(int(d) for d in shape[1:])
+
+
+def _unknown(graph: Graph, path: InferencePath | None, why: str) -> UnsupportedGraphError:
+    found = ""
+    if path is not None:
+        kernels = []
+        for name in topological_order(graph, path.live):
+            node = graph.nodes[name]
+            if node.op in ("Conv2D", "MatMul"):
+                weight = graph.constant(graph.data_inputs(node)[1])
+                kernels.append(f"{node.op} {list(weight.shape) if weight is not None else '?'}")
+        found = "; layers found: " + (", ".join(kernels) or "none")
+    ops = ", ".join(f"{op} x{n}" for op, n in list(graph.op_histogram().items())[:12])
+    return UnsupportedGraphError(f"{graph.source}: unsupported graph: {why}{found}; ops: {ops}. "
+                                 f"jaxmir supports {SUPPORTED}")
+
+
+def _input_batch_norm(path: InferencePath, input_node):
+    """The batch norm applied to the expanded input patch, if any."""
+    node = path.next_op(input_node.name)
+    while node is not None and node.op in ("ExpandDims", "Reshape"):
+        node = path.next_op(node.name)
+    return path.batch_norm_at(node)
+
+
+def _conv_source(path: InferencePath, conv):
+    """The node whose output a Conv2D reads, looking through an explicit Pad."""
+    source = path.producer(path.graph.data_inputs(conv)[0])
+    if source.op in ("Pad", "PadV2"):
+        source = path.producer(path.graph.data_inputs(source)[0])
+    return source
+
+
+def _conv_variables(layer: ConvLayer, epsilon: float | None, kernel_1d: bool = False) -> dict:
+    kernel = layer.kernel[:, :, 0, :] if kernel_1d else layer.kernel
+    variables = {"params": {"conv": {"kernel": kernel, "bias": layer.bias}}}
+    if layer.batch_norm is not None:
+        params, stats = layer.batch_norm.with_epsilon(epsilon).variables()
+        variables["params"]["batch_norm"] = params
+        variables["batch_stats"] = {"batch_norm": stats}
+    return variables
+
+
+def _nest(tree: dict, prefix: tuple[str, ...], variables: dict) -> None:
+    """Place a block's {'params': ..., 'batch_stats': ...} under ``prefix`` in ``tree``."""
+    for collection, values in variables.items():
+        target = tree.setdefault(collection, {})
+        for key in prefix:
+            target = target.setdefault(key, {})
+        target.update(values)
+
+
+def _head_variables(tree: dict, variables: dict[int, dict]) -> None:
+    for index, var in variables.items():
+        if "kernel" in var:
+            _nest(tree, ("head",), {"params": {f"dense_{index}": var}})
+        else:
+            _nest(tree, ("head",), {"params": {f"batch_norm_{index}": var["params"]},
+                                    "batch_stats": {f"batch_norm_{index}": var["batch_stats"]}})
+
+
+def _consumer(path: InferencePath, name: str, op: str):
+    matches = [c for c in path.consumers(name) if c.op == op]
+    if len(matches) != 1:
+        raise path.unsupported(f"expected one {op} after '{name}', found {len(matches)}")
+    return matches[0]
+
+
+def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
+    graph = path.graph
+    time, mels = _input_shape(graph, input_node)
+    input_bn = _input_batch_norm(path, input_node)
+    if input_bn is None:
+        raise _unknown(graph, path, "8 convolutions as in MusiCNN, but no batch norm on the input")
+    epsilon = input_bn.epsilon
+    layers = [path.conv_layer(conv) for conv in convs]
+    front = [l for l, c in zip(layers, convs) if _conv_source(path, c).name == input_bn.node]
+    timbral = sorted((l for l in front if l.kernel.shape[1] > 1), key=lambda l: l.kernel.shape[1])
+    temporal = sorted((l for l in front if l.kernel.shape[1] == 1), key=lambda l: -l.kernel.shape[0])
+    midend = [l for l in layers if l not in front]
+    n_front = sum(l.kernel.shape[-1] for l in front)
+    problems = []
+    if len(timbral) != 2 or len(temporal) != 3 or len(midend) != 3:
+        problems.append(f"{len(timbral)} timbral, {len(temporal)} temporal and {len(midend)} "
+                        "mid-end convolutions (MusiCNN has 2, 3 and 3)")
+    else:
+        if any(l.kernel.shape[0] != 7 or l.padding != ((3, 3), (0, 0)) for l in timbral + midend):
+            problems.append("timbral and mid-end convolutions must be 7 frames tall with 3 frames "
+                            "of zero padding on each side")
+        if any(l.padding != "SAME" for l in temporal):
+            problems.append("temporal convolutions must use SAME padding")
+        if midend[0].kernel.shape[1] != n_front or any(
+                l.kernel.shape[1] != midend[0].kernel.shape[-1] for l in midend[1:]):
+            problems.append("mid-end kernel widths do not match the front-end's "
+                            f"{n_front} features")
+        if any(l.batch_norm is None or l.pool is None for l in front) or any(
+                l.batch_norm is None for l in midend):
+            problems.append("every convolution must be followed by ReLU and batch norm, and the "
+                            "front-end's by a max-pool over frequency")
+        if any(l.activation != "relu" for l in layers):
+            problems.append("every convolution must be followed by ReLU")
+        if len({l.kernel.shape[-1] for l in timbral}) != 1 or len(
+                {l.kernel.shape[-1] for l in temporal}) != 1:
+            problems.append("both timbral branches (and all temporal ones) must have equal filters")
+    if problems:
+        raise _unknown(graph, path, "looks like MusiCNN but " + "; ".join(problems))
+
+    # The graph nodes that carry musicnn's features.
+    node_map: dict[str, tuple[str, tuple[int, ...]]] = {}
+    branch_taps = [(l, f"timbral_{i}") for i, l in enumerate(timbral)] + [
+        (l, f"temporal_{i}") for i, l in enumerate(temporal)]
+    for layer, tap in branch_taps:
+        filters = layer.kernel.shape[-1]
+        node_map[layer.pool_node] = (f"{tap}/output", (time, 1, filters))
+        squeeze = path.next_op(layer.pool_node)
+        if squeeze is not None and squeeze.op == "Squeeze":
+            node_map[squeeze.name] = (f"{tap}/output", (time, filters))
+    frontend = path.next_op(path.next_op(timbral[0].pool_node).name)
+    if frontend is not None and frontend.op == "ConcatV2":
+        node_map[frontend.name] = ("frontend", (time, n_front))
+    midend_filters = midend[0].kernel.shape[-1]
+    cnn = []
+    for layer in midend:
+        node = path.next_op(layer.output_node)            # transpose back to [b, t, filters, 1]
+        following = path.consumers(node.name)
+        adds = [c for c in following if c.op in ("Add", "AddV2")]
+        cnn.append(adds[0] if (cnn and adds) else node)
+    for i, node in enumerate(cnn, start=1):
+        node_map[node.name] = (f"cnn{i}", (time, midend_filters, 1))
+    n_mid = n_front + 3 * midend_filters
+    concat = _consumer(path, cnn[-1].name, "ConcatV2")
+    node_map[concat.name] = ("midend", (time, n_mid, 1))
+    max_node = _consumer(path, concat.name, "Max")
+    mean_node = _consumer(path, concat.name, "Mean")
+    node_map[max_node.name] = ("max_pool", (n_mid, 1))
+    node_map[mean_node.name] = ("mean_pool", (1, n_mid, 1))
+    mean_squeezed = path.next_op(mean_node.name)
+    pooled = path.next_op(max_node.name)
+    if mean_squeezed is not None and mean_squeezed.op == "Squeeze":
+        node_map[mean_squeezed.name] = ("mean_pool", (n_mid, 1))
+    if pooled is None or pooled.op != "ConcatV2" or [
+            path.producer(r).name for r in graph.data_inputs(pooled)[:2]] != [
+            max_node.name, (mean_squeezed or mean_node).name]:
+        raise _unknown(graph, path, "the back-end does not concatenate max and mean pooling")
+    node_map[pooled.name] = ("pooled", (n_mid, 2))
+    flatten = path.next_op(pooled.name)
+    if flatten is None or flatten.op != "Reshape":
+        raise _unknown(graph, path, "the pooled features are not flattened before the dense layers")
+    node_map[flatten.name] = ("pooled", (2 * n_mid,))
+    head, head_vars, head_nodes = path.dense_chain(flatten.name)
+    if not any(spec.startswith("dense") for spec in head):
+        raise _unknown(graph, path, "no dense layer after the temporal pooling")
+    node_map.update({name: (f"head/layer_{i}", (_units(head, head_vars, i, 2 * n_mid),))
+                     for name, i in head_nodes.items()})
+
+    variables: dict = {}
+    _nest(variables, ("input_bn",), dict(zip(("params", "batch_stats"), input_bn.variables())))
+    for layer, tap in branch_taps:
+        _nest(variables, (tap, "block"), _conv_variables(layer, epsilon))
+    for i, layer in enumerate(midend, start=1):
+        _nest(variables, (f"midend_{i}", "block"), _conv_variables(layer, epsilon, kernel_1d=True))
+    _head_variables(variables, head_vars)
+
+    config = {
+        "head": list(head),
+        "timbral_filters": int(timbral[0].kernel.shape[-1]),
+        "timbral_widths": [int(l.kernel.shape[1]) for l in timbral],
+        "temporal_filters": int(temporal[0].kernel.shape[-1]),
+        "temporal_lengths": [int(l.kernel.shape[0]) for l in temporal],
+        "midend_filters": int(midend_filters),
+        "bn_epsilon": epsilon,
+    }
+    aliases = {name: name for name in ("timbral", "temporal", "cnn1", "cnn2", "cnn3",
+                                       "mean_pool", "max_pool")}
+    aliases.update(head_aliases(head))
+    node_map[input_node.name] = ("input", (time, mels))
+    return ModelSpec("musicnn", config, variables, input_node.name, (time, mels), path.output,
+                     aliases, node_map)
+
+
+def _units(head: list[str], head_vars: dict, index: int, width: int) -> int:
+    """Width of the head's output after layer ``index``."""
+    for i in range(index, -1, -1):
+        if head[i].startswith("dense"):
+            return int(head[i].split(":")[1])
+    return width
+
+
+def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
+    graph = path.graph
+    input_shape = _input_shape(graph, input_node)
+    if len(input_shape) != 2:
+        raise _unknown(graph, path, f"input shape {list(input_shape)} is not [time, mel]")
+    input_bn = _input_batch_norm(path, input_node)
+    layers = [path.conv_layer(conv) for conv in convs]
+    for previous, layer in zip(layers, layers[1:]):
+        if _conv_source(path, graph.nodes[layer.conv_node]).name != previous.output_node:
+            raise _unknown(graph, path, f"convolutions are not a single chain ('{previous.conv_node}' "
+                           f"does not feed '{layer.conv_node}')")
+    problems = [f"'{l.conv_node}' pads {l.padding}" for l in layers if l.padding != "SAME"]
+    problems += [f"'{l.conv_node}' has no activation" for l in layers if not l.activation]
+    bn_eps = {l.batch_norm.epsilon for l in layers if l.batch_norm is not None}
+    if problems:
+        raise _unknown(graph, path, "a VGG-style stack needs SAME 3x3 convolutions with "
+                       "activations: " + "; ".join(problems))
+    epsilon = input_bn.epsilon if input_bn is not None else (min(bn_eps) if bn_eps else None)
+
+    flatten = path.next_op(layers[-1].output_node)
+    if flatten is None or flatten.op != "Reshape":
+        raise _unknown(graph, path, "the last convolution block is not flattened into dense layers")
+    height, width = input_shape
+    blocks, node_map = [], {}
+    for i, layer in enumerate(layers, start=1):
+        pool = layer.pool
+        if pool is not None:
+            (wh, ww), (sh, sw), padding = pool
+            if padding == "SAME":
+                height, width = -(-height // sh), -(-width // sw)
+            else:
+                height, width = (height - wh) // sh + 1, (width - ww) // sw + 1
+            pool = [list(pool[0]), list(pool[1]), pool[2]]
+        blocks.append([int(layer.kernel.shape[-1]), list(layer.kernel.shape[:2]), layer.activation,
+                       epsilon if layer.batch_norm is not None else None, pool])
+        node_map[layer.output_node] = (f"block_{i}", (height, width, int(layer.kernel.shape[-1])))
+    flat = height * width * int(layers[-1].kernel.shape[-1])
+    node_map[flatten.name] = ("flatten", (flat,))
+    head, head_vars, head_nodes = path.dense_chain(flatten.name)
+    node_map.update({name: (f"head/layer_{i}", (_units(head, head_vars, i, flat),))
+                     for name, i in head_nodes.items()})
+
+    variables: dict = {}
+    if input_bn is not None:
+        _nest(variables, ("input_bn",), dict(zip(("params", "batch_stats"),
+                                                 input_bn.with_epsilon(epsilon).variables())))
+    for i, layer in enumerate(layers, start=1):
+        _nest(variables, (f"block_{i}",), _conv_variables(layer, epsilon))
+    _head_variables(variables, head_vars)
+
+    has_bn = any(l.batch_norm is not None for l in layers)
+    architecture = "vgg" if has_bn else "vggish"
+    config = {"blocks": blocks, "head": list(head),
+              "input_bn_epsilon": epsilon if input_bn is not None else None}
+    blocks_tuple = tuple(tuple(b) for b in blocks)
+    aliases = {**pool_aliases(tuple((b[0], b[1], b[2], b[3], b[4]) for b in blocks_tuple)),
+               **head_aliases(head)}
+    node_map[input_node.name] = ("input", input_shape)
+    return ModelSpec(architecture, config, variables, input_node.name, input_shape, path.output,
+                     aliases, node_map)

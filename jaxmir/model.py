@@ -1,0 +1,159 @@
+"""The user-facing :class:`Model`: a Flax module, its variables, labels and output names."""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmir.errors import InputError
+from jaxmir.importer import ModelSpec
+from jaxmir.musicnn import MusiCNN
+from jaxmir.vgg import ConvNet
+
+
+def _tuples(value):
+    """JSON lists back to the nested tuples Flax module attributes need."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def build_module(architecture: str, config: dict) -> nn.Module:
+    """The Flax module for an architecture name and its configuration."""
+    config = {key: _tuples(value) for key, value in config.items()}
+    if architecture == "musicnn":
+        return MusiCNN(**config)
+    if architecture in ("vgg", "vggish"):
+        return ConvNet(**config)
+    raise InputError(f"unknown architecture '{architecture}'; known: musicnn, vgg, vggish")
+
+
+def _flatten_taps(tree: dict, prefix: str = "") -> dict[str, jax.Array]:
+    taps = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            taps.update(_flatten_taps(value, f"{prefix}{key}/"))
+        else:
+            taps[f"{prefix}{key}"] = value[0]  # sow keeps a tuple of sown values
+    return taps
+
+
+class Model:
+    """A model ready to run: ``Model.apply(patches, outputs=[...])``.
+
+    Attributes:
+      module: the Flax module (``module.apply(variables, patches)`` is the pure function).
+      variables: ``{"params": ..., "batch_stats": ...}``, a plain tree of arrays.
+      labels: one name per output class.
+      architecture: ``"musicnn"``, ``"vgg"`` or ``"vggish"``.
+      input_shape: the patch shape without the batch axis, e.g. ``(187, 96)``.
+    """
+
+    def __init__(self, spec: ModelSpec, labels: Sequence[str] | None = None,
+                 source: str = "", metadata: dict | None = None):
+        self.spec = spec
+        self.architecture = spec.architecture
+        self.module = build_module(spec.architecture, spec.config)
+        self.variables = jax.tree_util.tree_map(jnp.asarray, spec.variables)
+        self.input_shape = tuple(spec.input_shape)
+        self.source = source
+        self.metadata = dict(metadata or {})
+        n_out = self.output_width()
+        if labels is None:
+            labels = [f"class_{i}" for i in range(n_out)]
+        labels = list(labels)
+        if len(labels) != n_out:
+            raise InputError(f"{len(labels)} labels given for a model with {n_out} outputs")
+        self.labels = labels
+
+    # -- introspection ------------------------------------------------------------------
+    def output_width(self) -> int:
+        units = [int(s.split(":")[1]) for s in self.spec.config["head"] if s.startswith("dense")]
+        return units[-1]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Every name ``apply`` accepts: friendly names, then the graph's node names."""
+        return sorted(self.spec.aliases) + sorted(self.spec.node_map)
+
+    def num_params(self) -> int:
+        return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.variables)))
+
+    def __repr__(self) -> str:
+        return (f"Model({self.architecture}, input {list(self.input_shape)}, "
+                f"{len(self.labels)} outputs, {self.num_params():,} parameters)")
+
+    # -- running ------------------------------------------------------------------------
+    def _tap(self, name: str) -> tuple[str, tuple[int, ...] | None]:
+        if name in self.spec.aliases:
+            return self.spec.aliases[name], None
+        if name in self.spec.node_map:
+            tap, shape = self.spec.node_map[name]
+            return tap, tuple(shape)
+        base = name.partition(":")[0]
+        if base != name and base in self.spec.node_map and name.endswith(":0"):
+            return self._tap(base)
+        raise InputError(f"unknown output '{name}'; this {self.architecture} model has: "
+                         + ", ".join(self.output_names))
+
+    def check_patches(self, patches) -> jax.Array:
+        """Validate ``[batch, *input_shape]`` floating-point patches."""
+        if not hasattr(patches, "shape") or not hasattr(patches, "dtype"):
+            patches = np.asarray(patches)
+        dtype = np.dtype(patches.dtype)
+        if not np.issubdtype(dtype, np.floating):
+            raise InputError(f"patches have dtype {dtype}; expected floating point "
+                             f"(float32) log-mel patches of shape [batch, {', '.join(map(str, self.input_shape))}]")
+        if tuple(patches.shape[1:]) != self.input_shape or patches.ndim != len(self.input_shape) + 1:
+            raise InputError(f"patches have shape {list(patches.shape)}; this model takes "
+                             f"[batch, {', '.join(map(str, self.input_shape))}]")
+        if patches.shape[0] == 0:
+            raise InputError("an empty batch of patches (batch size 0)")
+        return jnp.asarray(patches, jnp.float32)
+
+    def apply(self, patches, outputs: Iterable[str] | str | None = None) -> dict[str, jax.Array]:
+        """Run the model on patches ``[batch, time, mel]``.
+
+        Args:
+          patches: log-mel patches, ``[batch, *input_shape]``, float32.
+          outputs: names to return: ``"predictions"`` (default), musicnn's
+            feature names (``timbral``, ``temporal``, ``cnn1``..``cnn3``,
+            ``mean_pool``, ``max_pool``, ``penultimate``; ``pool1``.. for VGG),
+            ``embeddings``, ``logits``, or the graph's node names such as
+            ``model/dense/BiasAdd``.
+
+        Returns:
+          ``{name: array}`` with the batch axis first; graph node names keep
+          the node's shape in the graph.
+        """
+        if outputs is None:
+            outputs = ("predictions",)
+        elif isinstance(outputs, str):
+            outputs = (outputs,)
+        outputs = tuple(outputs)
+        taps = tuple(self._tap(name) for name in outputs)
+        patches = self.check_patches(patches)
+        values = _run(self.module, taps, self.variables, patches)
+        return dict(zip(outputs, values))
+
+    def __call__(self, patches, outputs=None):
+        return self.apply(patches, outputs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run(module: nn.Module, taps: tuple, variables: dict, patches: jax.Array) -> list[jax.Array]:
+    prediction, state = module.apply(variables, patches, mutable=["intermediates"])
+    available = _flatten_taps(state["intermediates"])
+    available["input"] = patches
+    values = []
+    for tap, shape in taps:
+        value = available[tap]
+        if shape is not None:
+            value = jnp.reshape(value, (value.shape[0],) + shape)
+        values.append(value)
+    return values

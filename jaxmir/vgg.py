@@ -1,0 +1,74 @@
+"""VGG-style networks in Flax: musicnn's VGG baseline and VGGish.
+
+Both are a stack of 3x3 convolution blocks on a log-mel patch seen as a
+one-channel image, flattened into a dense head::
+
+    musicnn VGG   [b, 187, 96] -> BN -> 5 x (conv3x3 128, ReLU, BN, max-pool) -> flatten 256 -> dense 50
+    VGGish        [b, 96, 64] -> conv64 pool conv128 pool conv256 conv256 pool conv512 conv512 pool
+                               -> flatten 12288 -> fc 4096 -> fc 4096 -> fc 128
+
+A block is ``(features, (kh, kw), activation, bn_epsilon | None, pool | None)``
+with ``pool = ((window_h, window_w), (stride_h, stride_w), padding)``; the
+blocks and the head are read from the graph at import.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmir.layers import ConvBlock, DenseHead, frozen_batch_norm
+
+Block = tuple  # (features, kernel, activation, bn_epsilon | None, pool | None)
+
+
+def vgg_baseline_blocks(filters: int = 128, epsilon: float = 1e-3) -> tuple[Block, ...]:
+    """musicnn's VGG: pools 4x1/2, 2x2/2 (x3), 4x4/4, all VALID."""
+    pools = [((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4))]
+    return tuple((filters, (3, 3), "relu", epsilon, (window, stride, "VALID"))
+                 for window, stride in pools)
+
+
+def vggish_blocks() -> tuple[Block, ...]:
+    """VGGish (tensorflow/models research/audioset): no batch norm, 2x2/2 SAME pools."""
+    pool = ((2, 2), (2, 2), "SAME")
+    return tuple((features, (3, 3), "relu", None, pool if pooled else None)
+                 for features, pooled in [(64, True), (128, True), (256, False), (256, True),
+                                          (512, False), (512, True)])
+
+
+class ConvNet(nn.Module):
+    """Convolution blocks then a dense head, on patches ``[batch, time, mel]``.
+
+    Attributes:
+      blocks: the convolution blocks in order (see the module docstring).
+      head: the dense head after flattening (``[b, h * w * c]``, NHWC order).
+      input_bn_epsilon: batch norm on the input (musicnn's VGG), or ``None``.
+
+    Each block's output is sown as ``block_<i>`` (1-based), the flattened
+    features as ``flatten``.
+    """
+
+    blocks: tuple[Block, ...]
+    head: tuple[str, ...]
+    input_bn_epsilon: float | None = None
+
+    @nn.compact
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        x = patches[..., None]
+        if self.input_bn_epsilon is not None:
+            x = frozen_batch_norm(self.input_bn_epsilon, name="input_bn")(x)
+        for i, (features, kernel, activation, bn_epsilon, pool) in enumerate(self.blocks, start=1):
+            x = ConvBlock(features, tuple(kernel), "SAME", activation, bn_epsilon, pool,
+                          name=f"block_{i}")(x)
+            self.sow("intermediates", f"block_{i}", x)
+        x = jnp.reshape(x, (x.shape[0], -1))
+        self.sow("intermediates", "flatten", x)
+        return DenseHead(self.head, name="head")(x)
+
+
+def pool_aliases(blocks: tuple[Block, ...]) -> dict[str, str]:
+    """``pool1``, ``pool2``, ... for the blocks that end in a max-pool (musicnn's names)."""
+    pooled = [i for i, block in enumerate(blocks, start=1) if block[4] is not None]
+    return {f"pool{k}": f"block_{i}" for k, i in enumerate(pooled, start=1)}
