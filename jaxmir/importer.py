@@ -262,6 +262,10 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
                      aliases, node_map)
 
 
+def _node_of(node_map: dict, tap: str) -> str:
+    return next(name for name, (t, _) in node_map.items() if t == tap)
+
+
 def _units(head: list[str], head_vars: dict, index: int, width: int) -> int:
     """Width of the head's output after layer ``index``."""
     for i in range(index, -1, -1):
@@ -282,10 +286,17 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
             raise _unknown(graph, path, f"convolutions are not a single chain ('{previous.conv_node}' "
                            f"does not feed '{layer.conv_node}')")
     problems = [f"'{l.conv_node}' pads {l.padding}" for l in layers if l.padding != "SAME"]
+    problems += [f"'{l.conv_node}' has a {l.kernel.shape[0]}x{l.kernel.shape[1]} kernel"
+                 for l in layers if l.kernel.shape[:2] != (3, 3)]
     problems += [f"'{l.conv_node}' has no activation" for l in layers if not l.activation]
+    with_bn = [l.batch_norm is not None for l in layers]
+    if any(with_bn) and not (all(with_bn) and input_bn is not None
+                             and all(l.pool is not None for l in layers)):
+        problems.append("batch norm and pooling must follow every convolution and the input "
+                        "(musicnn's VGG), or no convolution at all (VGGish)")
     bn_eps = {l.batch_norm.epsilon for l in layers if l.batch_norm is not None}
     if problems:
-        raise _unknown(graph, path, "a VGG-style stack needs SAME 3x3 convolutions with "
+        raise _unknown(graph, path, "a VGG-style stack needs 3x3 SAME convolutions with "
                        "activations: " + "; ".join(problems))
     epsilon = input_bn.epsilon if input_bn is not None else (min(bn_eps) if bn_eps else None)
 
@@ -305,7 +316,7 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
             pool = [list(pool[0]), list(pool[1]), pool[2]]
         blocks.append([int(layer.kernel.shape[-1]), list(layer.kernel.shape[:2]), layer.activation,
                        epsilon if layer.batch_norm is not None else None, pool])
-        node_map[layer.output_node] = (f"block_{i}", (height, width, int(layer.kernel.shape[-1])))
+        node_map[layer.output_node] = (f"block_{i}_output", (height, width, int(layer.kernel.shape[-1])))
     flat = height * width * int(layers[-1].kernel.shape[-1])
     node_map[flatten.name] = ("flatten", (flat,))
     head, head_vars, head_nodes = path.dense_chain(flatten.name)
@@ -324,9 +335,11 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     architecture = "vgg" if has_bn else "vggish"
     config = {"blocks": blocks, "head": list(head),
               "input_bn_epsilon": epsilon if input_bn is not None else None}
-    blocks_tuple = tuple(tuple(b) for b in blocks)
-    aliases = {**pool_aliases(tuple((b[0], b[1], b[2], b[3], b[4]) for b in blocks_tuple)),
-               **head_aliases(head)}
+    for alias, tap in pool_aliases(tuple(tuple(b) for b in blocks)).items():
+        # musicnn's extractor squeezes singleton axes (pool5 is [b, 2, 128])
+        shape = node_map[_node_of(node_map, tap)][1]
+        node_map[alias] = (tap, tuple(d for d in shape if d != 1))
+    aliases = head_aliases(head)
     node_map[input_node.name] = ("input", input_shape)
     return ModelSpec(architecture, config, variables, input_node.name, input_shape, path.output,
                      aliases, node_map)

@@ -46,7 +46,7 @@ class ConvNet(nn.Module):
       head: the dense head after flattening (``[b, h * w * c]``, NHWC order).
       input_bn_epsilon: batch norm on the input (musicnn's VGG), or ``None``.
 
-    Each block's output is sown as ``block_<i>`` (1-based), the flattened
+    Each block's output is sown as ``block_<i>_output`` (1-based), the flattened
     features as ``flatten``.
     """
 
@@ -62,7 +62,7 @@ class ConvNet(nn.Module):
         for i, (features, kernel, activation, bn_epsilon, pool) in enumerate(self.blocks, start=1):
             x = ConvBlock(features, tuple(kernel), "SAME", activation, bn_epsilon, pool,
                           name=f"block_{i}")(x)
-            self.sow("intermediates", f"block_{i}", x)
+            self.sow("intermediates", f"block_{i}_output", x)
         x = jnp.reshape(x, (x.shape[0], -1))
         self.sow("intermediates", "flatten", x)
         return DenseHead(self.head, name="head")(x)
@@ -71,4 +71,4 @@ class ConvNet(nn.Module):
 def pool_aliases(blocks: tuple[Block, ...]) -> dict[str, str]:
     """``pool1``, ``pool2``, ... for the blocks that end in a max-pool (musicnn's names)."""
     pooled = [i for i, block in enumerate(blocks, start=1) if block[4] is not None]
-    return {f"pool{k}": f"block_{i}" for k, i in enumerate(pooled, start=1)}
+    return {f"pool{k}": f"block_{i}_output" for k, i in enumerate(pooled, start=1)}

@@ -1,0 +1,425 @@
+"""Log-mel front-ends of Essentia's MusiCNN/VGG and VGGish models, in JAX.
+
+Both functions take 16-kHz mono audio ``[..., n_samples]`` (float, nominally in
+[-1, 1]) and return log-mel frames ``[..., n_frames, n_bands]`` (float32). They
+are jit-compiled (once per input shape and ``compat``), batched over any
+leading axes and differentiable with respect to the waveform.
+
+``compat`` selects whose front-end is reproduced:
+
+* ``"essentia"`` (default for both) -- Essentia's ``TensorflowInputMusiCNN`` /
+  ``TensorflowInputVGGish`` on the frames ``TensorflowPredictMusiCNN`` /
+  ``TensorflowPredictVGGish`` cut: FrameCutter framing (frame ``k`` centred on
+  sample ``k * hop``, zeros outside the signal, ``ceil(N / hop) + 1`` frames),
+  symmetric Hann window, and Essentia's float32 mel filterbank (band edges
+  accumulated in float32, exactly as ``MelBands`` does).
+* ``"musicnn"`` (:func:`musicnn_logmel` only) -- the original musicnn package:
+  ``librosa.feature.melspectrogram`` defaults (centred frames with zero
+  padding, ``1 + N // 256`` frames, periodic Hann, Slaney mel with Slaney
+  norm), the mel rounded to float16, then ``log10(10000 * x + 1)``.
+* ``"google"`` (:func:`vggish_logmel` only) -- Google's ``mel_features.py``:
+  periodic Hann, frames from sample 0 without padding
+  (``1 + (N - 400) // 160`` frames), HTK mel matrix with its DC row zeroed.
+
+The STFT and the mel matmul run in float32 (``Precision.HIGHEST``); float64
+audio is computed in float64 when JAX's x64 mode is on. Filterbanks and
+windows are built once with NumPy (see :func:`mel_filterbank`,
+:func:`analysis_window`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxmir.errors import InputError
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+N_BINS = N_FFT // 2 + 1
+
+MUSICNN_FRAME_SIZE = 512
+MUSICNN_HOP_SIZE = 256
+MUSICNN_N_BANDS = 96
+VGGISH_FRAME_SIZE = 400
+VGGISH_HOP_SIZE = 160
+VGGISH_N_BANDS = 64
+VGGISH_LOG_OFFSET = 0.01
+
+MUSICNN_COMPAT = ("essentia", "musicnn")
+VGGISH_COMPAT = ("essentia", "google")
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+_F32 = np.float32
+
+
+# ---------------------------------------------------------------------------
+# Mel scales, evaluated in float64 and rounded to float32 on return, as
+# Essentia's `Real f(Real)` helpers in essentiamath.h do.
+# ---------------------------------------------------------------------------
+_SLANEY_LOG_STEP = math.log(6.4) / 27.0  # 1000 Hz -> 6400 Hz in 27 mel steps
+
+
+def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, np.float64)
+    safe = np.maximum(hz, 1e-12)  # keeps log() quiet on the linear branch
+    return np.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + np.log(safe / 1000.0) / _SLANEY_LOG_STEP)
+
+
+def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, np.float64)
+    return np.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * np.exp(_SLANEY_LOG_STEP * (mel - 15.0)))
+
+
+def _hz_to_mel_htk(hz: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, np.float64) / 700.0)
+
+
+def _mel_to_hz_htk(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
+
+
+def _as_real(fn):
+    """Essentia's ``Real fn(Real)``: float32 in, double arithmetic, float32 out."""
+    return lambda x: fn(np.asarray(x, _F32)).astype(_F32)
+
+
+# ---------------------------------------------------------------------------
+# Filterbanks [n_bands, 257] and windows, built once.
+# ---------------------------------------------------------------------------
+def _essentia_band_edges(low_hz: float, high_hz: float, n_bands: int, warp, unwarp) -> np.ndarray:
+    """MelBands::calculateFilterFrequencies: ``n_bands + 2`` edges in Hz, float32.
+
+    The mel position is advanced by repeated float32 addition of the increment
+    (not linspace); the rounding this accumulates is part of Essentia's filters.
+    """
+    low = warp(low_hz)
+    high = warp(high_hz)
+    increment = _F32((high - low) / _F32(n_bands + 1))
+    mel = low
+    mels = []
+    for _ in range(n_bands + 2):
+        mels.append(mel)
+        mel = _F32(mel + increment)
+    return unwarp(np.array(mels, _F32))
+
+
+def _essentia_triangles(edges: np.ndarray, weighting, unit_tri: bool) -> np.ndarray:
+    """TriangularBands::createFilters in float32 for a 512-point spectrum at 16 kHz.
+
+    Band ``i`` covers bins ``ceil(f[i] / df) .. floor(f[i+2] / df)``; its rising
+    edge is used while the bin frequency is below ``f[i+1]``. Slopes are taken
+    in the ``weighting`` domain (identity for "linear", HTK mel for "warping").
+    ``unit_tri`` divides by the theoretical triangle area ``(step1 + step2) / 2``.
+    """
+    df = _F32((SAMPLE_RATE / 2.0) / (N_BINS - 1))
+    bins = np.arange(N_BINS)
+    bin_hz = (bins.astype(_F32) * df).astype(_F32)
+    w_bins = weighting(bin_hz)
+    w_edges = weighting(edges)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    w_lo, w_mid, w_hi = w_edges[:-2, None], w_edges[1:-1, None], w_edges[2:, None]
+    step1 = w_mid - w_lo
+    step2 = w_hi - w_mid
+    first = np.ceil(lo / df)
+    last = np.floor(hi / df)
+    inside = (bins[None, :] >= first) & (bins[None, :] <= last)
+    rising = (w_bins[None, :] - w_lo) / step1
+    falling = (w_hi - w_bins[None, :]) / step2
+    weights = np.where(bin_hz[None, :] < mid, rising, falling)
+    weights = np.where(inside, weights, _F32(0)).astype(_F32)
+    if unit_tri:
+        weights = (weights / ((step1 + step2) / _F32(2))).astype(_F32)
+    return weights
+
+
+def _librosa_slaney_mel(n_bands: int, fmin: float, fmax: float) -> np.ndarray:
+    """librosa.filters.mel(htk=False, norm='slaney'): float64 maths, float32 result."""
+    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2.0, N_BINS)
+    edges = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_bands + 2))
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (fft_hz[None, :] - lo) / (mid - lo)
+    falling = (hi - fft_hz[None, :]) / (hi - mid)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= 2.0 / (hi - lo)  # Slaney norm: constant energy per band
+    return weights.astype(_F32)
+
+
+def _google_htk_mel(n_bands: int, fmin: float, fmax: float) -> np.ndarray:
+    """mel_features.spectrogram_to_mel_matrix (transposed): triangles in HTK mel, peak 1."""
+    def to_mel(hz):
+        return 1127.0 * np.log(1.0 + np.asarray(hz, np.float64) / 700.0)
+    bin_mel = to_mel(np.linspace(0.0, SAMPLE_RATE / 2.0, N_BINS))
+    edges = np.linspace(to_mel(fmin), to_mel(fmax), n_bands + 2)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bin_mel[None, :] - lo) / (mid - lo)
+    falling = (hi - bin_mel[None, :]) / (hi - mid)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights[:, 0] = 0.0  # "HTK excludes the spectrogram DC bin"
+    return weights.astype(_F32)
+
+
+@functools.cache
+def _filterbank(frontend: str, compat: str) -> np.ndarray:
+    if frontend == "musicnn" and compat == "essentia":
+        edges = _essentia_band_edges(0.0, 8000.0, MUSICNN_N_BANDS,
+                                     _as_real(_hz_to_mel_slaney), _as_real(_mel_to_hz_slaney))
+        weights = _essentia_triangles(edges, lambda hz: hz, unit_tri=True)
+    elif frontend == "musicnn" and compat == "musicnn":
+        weights = _librosa_slaney_mel(MUSICNN_N_BANDS, 0.0, 8000.0)
+    elif frontend == "vggish" and compat == "essentia":
+        htk = _as_real(_hz_to_mel_htk)
+        edges = _essentia_band_edges(125.0, 7500.0, VGGISH_N_BANDS, htk, _as_real(_mel_to_hz_htk))
+        weights = _essentia_triangles(edges, htk, unit_tri=False)
+    elif frontend == "vggish" and compat == "google":
+        weights = _google_htk_mel(VGGISH_N_BANDS, 125.0, 7500.0)
+    else:  # pragma: no cover - guarded by _check_compat
+        raise AssertionError((frontend, compat))
+    weights.setflags(write=False)
+    return weights
+
+
+def _hann(size: int, periodic: bool) -> np.ndarray:
+    """Hann window in float64, rounded to float32 (Essentia's Windowing; scipy's for periodic)."""
+    i = np.arange(size, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * i / (size if periodic else size - 1))).astype(_F32)
+
+
+@functools.cache
+def _window(frontend: str, compat: str) -> np.ndarray:
+    size = MUSICNN_FRAME_SIZE if frontend == "musicnn" else VGGISH_FRAME_SIZE
+    window = _hann(size, periodic=compat in ("musicnn", "google"))
+    window.setflags(write=False)
+    return window
+
+
+def _check_compat(frontend: str, compat: str) -> None:
+    accepted = MUSICNN_COMPAT if frontend == "musicnn" else VGGISH_COMPAT
+    if compat not in accepted:
+        raise InputError(f"{frontend} front-end: unknown compat {compat!r}; accepted: "
+                         + ", ".join(repr(c) for c in accepted))
+
+
+def mel_filterbank(frontend: str, compat: str = "essentia") -> np.ndarray:
+    """The mel filterbank a front-end applies, ``[n_bands, 257]`` float32 (read-only).
+
+    Args:
+      frontend: ``"musicnn"`` (96 bands) or ``"vggish"`` (64 bands).
+      compat: as in :func:`musicnn_logmel` / :func:`vggish_logmel`.
+
+    Rows weight the bins of a 512-point spectrum at 16 kHz (31.25 Hz apart);
+    musicnn's weight power (|X|^2), VGGish's weight magnitude (|X|).
+    """
+    _check_frontend(frontend)
+    _check_compat(frontend, compat)
+    return _filterbank(frontend, compat)
+
+
+def analysis_window(frontend: str, compat: str = "essentia") -> np.ndarray:
+    """The analysis window, ``[frame_size]`` float32 (512 musicnn, 400 VGGish; read-only).
+
+    Essentia's is the symmetric Hann ``0.5 - 0.5 cos(2 pi i / (L - 1))``; the
+    ``musicnn`` and ``google`` modes use the periodic one (``/ L``).
+    """
+    _check_frontend(frontend)
+    _check_compat(frontend, compat)
+    return _window(frontend, compat)
+
+
+def _check_frontend(frontend: str) -> None:
+    if frontend not in ("musicnn", "vggish"):
+        raise InputError(f"unknown front-end {frontend!r}; accepted: 'musicnn', 'vggish'")
+
+
+# ---------------------------------------------------------------------------
+# Framing
+# ---------------------------------------------------------------------------
+def _check_n_samples(n_samples) -> int:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
+        raise InputError(f"n_samples must be a non-negative integer, got {n_samples!r}")
+    return int(n_samples)
+
+
+def _framing(frontend: str, compat: str, n_samples: int) -> tuple[int, int, int, int]:
+    """(frame_size, hop, first frame start in samples, number of frames)."""
+    if frontend == "musicnn":
+        size, hop = MUSICNN_FRAME_SIZE, MUSICNN_HOP_SIZE
+    else:
+        size, hop = VGGISH_FRAME_SIZE, VGGISH_HOP_SIZE
+    if n_samples == 0:
+        return size, hop, 0, 0
+    if compat == "essentia":
+        # FrameCutter(startFromZero=False): frame k starts at k*hop - (size+1)//2
+        # and the last frame is the first whose centre reaches the end.
+        return size, hop, -((size + 1) // 2), -(-n_samples // hop) + 1
+    if compat == "musicnn":  # librosa center=True
+        return size, hop, -(N_FFT // 2), 1 + n_samples // hop
+    # google: complete frames only, from sample 0
+    return size, hop, 0, max(0, 1 + (n_samples - size) // hop)
+
+
+def musicnn_num_frames(n_samples: int, compat: str = "essentia") -> int:
+    """Frames :func:`musicnn_logmel` returns for ``n_samples`` samples (0 for empty audio).
+
+    ``essentia``: ``ceil(N / 256) + 1``; ``musicnn``: ``1 + N // 256``.
+    """
+    _check_compat("musicnn", compat)
+    return _framing("musicnn", compat, _check_n_samples(n_samples))[3]
+
+
+def vggish_num_frames(n_samples: int, compat: str = "essentia") -> int:
+    """Frames :func:`vggish_logmel` returns for ``n_samples`` samples (0 for empty audio).
+
+    ``essentia``: ``ceil(N / 160) + 1``; ``google``: ``1 + (N - 400) // 160``, 0 below 400.
+    """
+    _check_compat("vggish", compat)
+    return _framing("vggish", compat, _check_n_samples(n_samples))[3]
+
+
+def frame_starts(frontend: str, n_samples: int, compat: str = "essentia") -> np.ndarray:
+    """Index of each frame's first sample, ``[n_frames]`` int64 (negative: zero padding)."""
+    _check_frontend(frontend)
+    _check_compat(frontend, compat)
+    _, hop, first, count = _framing(frontend, compat, _check_n_samples(n_samples))
+    return first + hop * np.arange(count, dtype=np.int64)
+
+
+def _frames(audio: jax.Array, size: int, hop: int, first: int, count: int) -> jax.Array:
+    """``[..., N]`` -> ``[..., count, size]``: frame k is ``audio[first + k*hop :][:size]``, zeros outside.
+
+    Cut with reshapes and strided slices instead of a gather: the padded signal
+    is split into blocks of ``g = gcd(size, hop)`` samples, and frame k is the
+    ``size // g`` consecutive blocks starting at block ``k * hop // g``.
+    """
+    n = audio.shape[-1]
+    lead = audio.shape[:-1]
+    if count == 0:
+        return jnp.zeros((*lead, 0, size), audio.dtype)
+    g = math.gcd(size, hop)
+    step, width = hop // g, size // g
+    n_blocks = (count - 1) * step + width
+    total = n_blocks * g
+    left = -first
+    right = max(0, total - left - n)
+    padded = jnp.pad(audio, [(0, 0)] * len(lead) + [(left, right)])[..., :total]
+    blocks = padded.reshape(*lead, n_blocks, g)
+    parts = [blocks[..., i: i + (count - 1) * step + 1: step, :] for i in range(width)]
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _power_spectrum(frames: jax.Array) -> jax.Array:
+    """``|rfft(frames, 512)|^2``, ``[..., n_frames, 257]``."""
+    spectrum = jnp.fft.rfft(frames, n=N_FFT, axis=-1)
+    return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+
+
+def _magnitude(power: jax.Array) -> jax.Array:
+    """``sqrt(power)`` with a zero (not NaN) gradient where the power is exactly 0."""
+    positive = power > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, power, 1.0)), 0.0)
+
+
+def _apply_mel(spectrum: jax.Array, weights: np.ndarray) -> jax.Array:
+    return jnp.matmul(spectrum, jnp.asarray(weights.T, spectrum.dtype),
+                      precision=jax.lax.Precision.HIGHEST)
+
+
+def _as_audio(audio: ArrayLike, name: str) -> jax.Array:
+    dtype = getattr(audio, "dtype", None)
+    if dtype is None:
+        audio = np.asarray(audio)
+        dtype = audio.dtype
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        hint = " (convert PCM with jaxmir.audio.prepare_audio)" if np.issubdtype(dtype, np.integer) else ""
+        raise InputError(f"{name}: audio has dtype {dtype}; expected floating-point samples "
+                         f"[..., n_samples] at 16 kHz{hint}")
+    if len(np.shape(audio)) == 0:
+        raise InputError(f"{name}: audio is a scalar; expected samples [..., n_samples] at 16 kHz")
+    compute = jnp.float64 if dtype == np.float64 and jax.config.jax_enable_x64 else jnp.float32
+    return jnp.asarray(audio, compute)
+
+
+@functools.partial(jax.jit, static_argnames=("compat",))
+def _musicnn_logmel(audio: jax.Array, compat: str) -> jax.Array:
+    size, hop, first, count = _framing("musicnn", compat, audio.shape[-1])
+    frames = _frames(audio, size, hop, first, count) * jnp.asarray(_window("musicnn", compat), audio.dtype)
+    mel = _apply_mel(_power_spectrum(frames), _filterbank("musicnn", compat))
+    if compat == "musicnn":
+        # musicnn stores the mel as float16 (values above float16's max, which
+        # audio within [-1, 1] cannot reach, saturate instead of becoming inf).
+        mel = jnp.minimum(mel, _FLOAT16_MAX).astype(jnp.float16).astype(audio.dtype)
+    return jnp.log1p(10000.0 * mel) / math.log(10.0)
+
+
+@functools.partial(jax.jit, static_argnames=("compat",))
+def _vggish_logmel(audio: jax.Array, compat: str) -> jax.Array:
+    size, hop, first, count = _framing("vggish", compat, audio.shape[-1])
+    frames = _frames(audio, size, hop, first, count) * jnp.asarray(_window("vggish", compat), audio.dtype)
+    mel = _apply_mel(_magnitude(_power_spectrum(frames)), _filterbank("vggish", compat))
+    return jnp.log(mel + VGGISH_LOG_OFFSET)
+
+
+def musicnn_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:
+    """MusiCNN/VGG input features: ``log10(1 + 10000 * mel)``, ``[..., n_frames, 96]``.
+
+    Args:
+      audio_16k: mono audio at 16 kHz, ``[..., n_samples]`` floating point
+        (use :func:`jaxmir.audio.prepare_audio` for PCM or other rates).
+      compat:
+        ``"essentia"`` (default): Essentia's ``TensorflowInputMusiCNN`` on the
+        frames ``TensorflowPredictMusiCNN`` cuts. Frames of 512 samples every
+        256, frame ``k`` centred on sample ``256 k`` (zeros outside the
+        signal), ``ceil(N / 256) + 1`` frames; symmetric Hann; ``|rfft|^2``;
+        96 Slaney-mel bands 0-8000 Hz, linear-Hz triangles normalised to unit
+        area (``unit_tri``) on Essentia's float32 band edges.
+
+        ``"musicnn"``: the musicnn package (``librosa.feature.melspectrogram``
+        with ``n_fft=512, hop_length=256, n_mels=96``): ``1 + N // 256`` frames
+        centred with zero padding (librosa >= 0.10; older librosa padded by
+        reflection, which changes the first and last frame only), periodic
+        Hann, librosa's Slaney mel with Slaney norm; the mel is rounded to
+        float16 and the log taken in float32. musicnn's
+        ``np.log10(10000 * x + 1)`` on its float16 array ran in float32 under
+        NumPy 1.x (value-based casting); under NumPy >= 2 the product stays
+        float16 and overflows to ``inf`` for any mel above 6.55. jaxmir follows
+        the NumPy 1.x result: finite everywhere. The float16 rounding is a
+        straight-through step for gradients.
+
+    Returns:
+      float32 ``[..., n_frames, 96]`` (float64 for float64 input under x64);
+      ``n_frames`` is :func:`musicnn_num_frames` of ``n_samples``.
+      Silence gives exactly 0.
+    """
+    _check_compat("musicnn", compat)
+    return _musicnn_logmel(_as_audio(audio_16k, "musicnn_logmel"), compat)
+
+
+def vggish_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:
+    """VGGish input features: ``ln(mel + 0.01)``, ``[..., n_frames, 64]``.
+
+    Args:
+      audio_16k: mono audio at 16 kHz, ``[..., n_samples]`` floating point.
+      compat:
+        ``"essentia"`` (default): Essentia's ``TensorflowInputVGGish`` on the
+        frames ``TensorflowPredictVGGish`` cuts. Frames of 400 samples every
+        160, frame ``k`` centred on sample ``160 k``, ``ceil(N / 160) + 1``
+        frames; symmetric Hann, 112 zeros appended to 512; ``|rfft|``
+        (magnitude); 64 HTK-mel bands 125-7500 Hz, triangles in the mel
+        domain with apex 1, on Essentia's float32 band edges.
+
+        ``"google"``: Google's VGGish ``mel_features.py``: periodic Hann,
+        frames from sample 0 without padding, ``1 + (N - 400) // 160`` frames
+        (none below 400 samples), HTK mel matrix with the DC row zeroed.
+
+    Returns:
+      float32 ``[..., n_frames, 64]``; ``n_frames`` is :func:`vggish_num_frames`.
+      Silence gives ``ln(0.01)``.
+    """
+    _check_compat("vggish", compat)
+    return _vggish_logmel(_as_audio(audio_16k, "vggish_logmel"), compat)

@@ -1,0 +1,81 @@
+"""Shared test helpers: the ../shared fixtures, TensorFlow, and reference graphs built once per session."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "fixtures"
+IN_CI = os.environ.get("CI") == "true"
+SHIPPED = ("msd-musicnn", "mtt-musicnn", "msd-vgg", "mtt-vgg")
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _missing(what: str):
+    """Fail in CI (a missing prerequisite there is a defect), skip on a developer's machine."""
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: this must not be skipped)")
+    pytest.skip(what)
+
+
+def shared_fixture(relative: str) -> Path:
+    """A file under ../shared/fixtures; fails when CI=true and it is missing."""
+    path = SHARED / relative
+    if not path.exists():
+        _missing(f"fixture {path} is missing")
+    return path
+
+
+def require(module: str):
+    """Import a test-only dependency (tensorflow, librosa); fails when CI=true and absent."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        _missing(f"{module} is not installed")
+
+
+def run_tf(graph_path, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
+    """Run a frozen graph with TensorFlow, as Essentia runs it (only the given inputs fed)."""
+    require("tensorflow")
+    from tools.tf_graphs import run_graph
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(Path(graph_path).read_bytes())
+    return run_graph(graph_def, feeds, outputs)
+
+
+def assert_parity(name: str, reference: np.ndarray, actual, probabilities: bool = False) -> float:
+    """Probabilities within 1e-5 absolute; anything else within 1e-4 of its largest magnitude."""
+    actual = np.asarray(actual)
+    assert actual.shape == reference.shape, f"{name}: shape {actual.shape} != TF {reference.shape}"
+    error = float(np.max(np.abs(actual - reference))) if reference.size else 0.0
+    bound = 1e-5 if probabilities else 1e-4 * max(float(np.max(np.abs(reference))), 1e-12)
+    assert error <= bound, f"{name}: max abs error {error:.3g} > {bound:.3g}"
+    return error
+
+
+@pytest.fixture(scope="session")
+def musicnn_graphs(tmp_path_factory) -> Path:
+    """Essentia-shaped and training graphs of the four musicnn checkpoints, built by the tool."""
+    require("tensorflow")
+    if importlib.util.find_spec("musicnn") is None:
+        _missing("the musicnn package (pip install --no-deps musicnn==0.1.0) is not installed")
+    from tools import convert_musicnn
+
+    out = tmp_path_factory.mktemp("graphs")
+    convert_musicnn.main(["--graphs", str(out), "--training-graphs", "--models", *SHIPPED])
+    return out
+
+
+@pytest.fixture
+def patches_187():
+    return np.random.default_rng(0).standard_normal((7, 187, 96)).astype(np.float32)

@@ -1,0 +1,150 @@
+"""The GraphDef reader: protobuf only, every Const encoding, references, and bad files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, require, shared_fixture
+from jaxmir.errors import GraphError, JaxmirError
+from jaxmir.graphdef import (DT_BOOL, DT_FLOAT, DT_HALF, DT_INT32, DT_INT64, Graph, GraphDefProto,
+                             TensorRef, decode_tensor)
+
+DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
+
+
+def const_graph(**tensors) -> Graph:
+    graph_def = GraphDefProto()
+    for name, tensor in tensors.items():
+        node = graph_def.node.add(name=name, op="Const")
+        node.attr["value"].tensor.CopyFrom(tensor)
+    return Graph.from_bytes(graph_def.SerializeToString(), "<test>")
+
+
+def tensor(dtype: int, shape, **fields):
+    from jaxmir.graphdef import TensorProto
+    proto = TensorProto(dtype=dtype)
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    for key, value in fields.items():
+        if key == "tensor_content":
+            proto.tensor_content = value
+        else:
+            getattr(proto, key).extend(value)
+    return proto
+
+
+def test_reading_a_graph_does_not_import_tensorflow():
+    path = shared_fixture(DORTMUND)
+    code = ("import sys, jaxmir; m = jaxmir.load(sys.argv[1]); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'; print(m)")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "musicnn" in result.stdout
+
+
+@pytest.mark.parametrize("dtype, values, np_dtype", [
+    (DT_FLOAT, [1.5, -2.0, 3.25, 0.0], np.float32),
+    (DT_INT32, [1, -2, 3, 4], np.int32),
+    (DT_INT64, [1, -2, 3, 1 << 40], np.int64),
+    (DT_BOOL, [True, False, True, True], np.bool_),
+    (DT_HALF, [0.5, -1.0, 2.0, 65504.0], np.float16),
+])
+def test_const_from_tensor_content_and_typed_fields(dtype, values, np_dtype):
+    expected = np.array(values, np_dtype).reshape(2, 2)
+    typed_field = {DT_FLOAT: "float_val", DT_INT32: "int_val", DT_INT64: "int64_val",
+                   DT_BOOL: "bool_val", DT_HALF: "half_val"}[dtype]
+    typed = expected.view(np.uint16).ravel().tolist() if dtype == DT_HALF else expected.ravel().tolist()
+    graph = const_graph(raw=tensor(dtype, [2, 2], tensor_content=expected.tobytes()),
+                        typed=tensor(dtype, [2, 2], **{typed_field: typed}))
+    for name in ("raw", "typed"):
+        value = graph.constant(name)
+        assert value.dtype == np_dtype and value.shape == (2, 2)
+        np.testing.assert_array_equal(value, expected)
+
+
+def test_single_value_is_broadcast_to_the_shape():
+    graph = const_graph(fill=tensor(DT_FLOAT, [3, 4], float_val=[0.25]),
+                        zeros=tensor(DT_INT32, [5]))
+    np.testing.assert_array_equal(graph.constant("fill"), np.full((3, 4), 0.25, np.float32))
+    np.testing.assert_array_equal(graph.constant("zeros"), np.zeros(5, np.int32))
+
+
+def test_tensorflow_written_constants_decode_identically():
+    tf = require("tensorflow")
+    from jaxmir.graphdef import TensorProto
+    cases = [np.arange(12, dtype=np.float32).reshape(3, 4), np.float16([1.5, 2.5]),
+             np.int64([7, -8]), np.array([True, False]), np.full((2, 3), 7.0, np.float32),
+             np.float32(3.0)]
+    for value in cases:
+        proto = TensorProto()
+        proto.ParseFromString(tf.make_tensor_proto(value).SerializeToString())
+        decoded = decode_tensor(proto)
+        assert decoded.dtype == value.dtype
+        np.testing.assert_array_equal(decoded, value)
+
+
+def test_bytes_that_do_not_fill_the_shape_are_rejected():
+    graph = const_graph(bad=tensor(DT_FLOAT, [1000, 1000], tensor_content=b"\0" * 12))
+    with pytest.raises(GraphError, match="do not fill the declared shape"):
+        graph.constant("bad")
+
+
+def test_a_huge_declared_shape_allocates_nothing():
+    graph = const_graph(huge=tensor(DT_FLOAT, [1 << 20, 1 << 20], float_val=[1.0]),
+                        wrong=tensor(DT_FLOAT, [4], float_val=[1.0, 2.0]))
+    with pytest.raises(GraphError, match="larger than jaxmir accepts"):
+        graph.constant("huge")
+    with pytest.raises(GraphError, match="do not fit the declared shape"):
+        graph.constant("wrong")
+
+
+def test_unsupported_dtype_is_named():
+    graph = const_graph(s=tensor(7, [1]))  # DT_STRING
+    with pytest.raises(GraphError, match="dtype code 7 is not supported"):
+        graph.constant("s")
+
+
+def test_tensor_references_and_control_inputs():
+    assert TensorRef.parse("a/b:1") == TensorRef("a/b", 1)
+    assert TensorRef.parse("^a/b") == TensorRef("a/b", 0)
+    assert str(TensorRef("x", 2)) == "x:2"
+    graph_def = GraphDefProto()
+    graph_def.node.add(name="c", op="Const").attr["value"].tensor.CopyFrom(
+        tensor(DT_FLOAT, [1], float_val=[2.0]))
+    graph_def.node.add(name="s", op="Switch", input=["c", "p"])
+    graph_def.node.add(name="p", op="Placeholder")
+    graph_def.node.add(name="i", op="Identity", input=["s:1", "^p"])
+    graph = Graph.from_bytes(graph_def.SerializeToString())
+    assert graph.data_inputs(graph.node("i")) == [TensorRef("s", 1)]
+    assert graph.constant("i").tolist() == [2.0]  # through Identity and Switch
+    assert graph.consumers("s") == ["i"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda data: b"", "empty"),
+    (lambda data: data[: len(data) // 2], "truncated|not in the graph|not a readable"),
+    (lambda data: b"this is not a graph at all" * 10, "not a readable GraphDef|no graph nodes"),
+    (lambda data: bytes(255 - b for b in data[:4096]), "not a readable GraphDef|no graph nodes|corrupt|not in the graph"),
+])
+def test_corrupt_files_raise_clear_errors(tmp_path, mutate, message):
+    data = shared_fixture(DORTMUND).read_bytes()
+    path = tmp_path / "bad.pb"
+    path.write_bytes(mutate(data))
+    import jaxmir
+    with pytest.raises(JaxmirError, match=message):
+        jaxmir.load(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    import jaxmir
+    with pytest.raises(GraphError, match="no such file"):
+        jaxmir.load(tmp_path / "nothing.pb")
+    with pytest.raises(GraphError, match="is a directory"):
+        Graph.from_file(tmp_path)
+    with pytest.raises(JaxmirError, match="shipped models: "):
+        jaxmir.load("no-such-model")

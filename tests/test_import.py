@@ -1,0 +1,148 @@
+"""Recognising architectures from the graph's structure, on real, training-time and stripped graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import assert_parity, require, run_tf, shared_fixture
+from jaxmir.errors import UnsupportedGraphError
+from jaxmir.graphdef import Graph
+
+DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
+
+
+def compare_all_nodes(path, model, patches, probabilities=("model/Sigmoid",)):
+    """Every graph node jaxmir maps, against TensorFlow on the same patches."""
+    names = [n for n in model.spec.node_map if n in Graph.from_file(path)]
+    reference = run_tf(path, {"model/Placeholder": patches}, names)
+    ours = model.apply(patches, names)
+    return {n: assert_parity(n, r, ours[n], n in probabilities) for n, r in zip(names, reference)}
+
+
+def test_essentia_genre_dortmund_body_matches_tensorflow(patches_187):
+    path = shared_fixture(DORTMUND)
+    model = jaxmir.load(path)
+    assert model.architecture == "musicnn"
+    assert model.spec.config["midend_filters"] == 64
+    assert model.spec.config["head"][:4] == [
+        "batch_norm:0.0010000000474974513", "dense:200", "relu", "batch_norm:0.0010000000474974513"]
+    errors = compare_all_nodes(path, model, patches_187)
+    assert "model/dense/BiasAdd" in errors and "model/transpose" in errors and "model/Squeeze" in errors
+
+
+@pytest.mark.parametrize("name", ["msd-musicnn", "msd-vgg"])
+def test_graph_frozen_straight_from_training(musicnn_graphs, patches_187, name):
+    """The checkpoint's own graph: BN and dropout behind cond on the training flag."""
+    path = musicnn_graphs / f"{name}-training.pb"
+    graph = Graph.from_file(path)
+    assert graph.node("model/Placeholder_1").op == "PlaceholderWithDefault"
+    assert sum(1 for _ in graph.ops("Merge")) > 10 and sum(1 for _ in graph.ops("Switch")) > 10
+    model = jaxmir.load(path)
+    errors = compare_all_nodes(path, model, patches_187)
+    assert "model/Sigmoid" in errors and "model/dense/BiasAdd" in errors
+
+
+def stripped(graph_path, tmp_path, fold_batch_norms: bool):
+    """TF's optimize_for_inference (no Identity reads), optionally with batch norms folded to a*x+b."""
+    tf = require("tensorflow")
+    from tensorflow.python.tools import optimize_for_inference_lib
+    from tools.tf_graphs import run_graph
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(graph_path.read_bytes())
+    graph_def = optimize_for_inference_lib.optimize_for_inference(
+        graph_def, ["model/Placeholder"], ["model/Sigmoid"], tf.float32.as_datatype_enum)
+    if fold_batch_norms:
+        names = [n.name for n in graph_def.node if n.name.endswith("batchnorm/mul")
+                 or n.name.endswith("batchnorm/sub")]
+        values = run_graph(graph_def, {}, names)
+        for node in graph_def.node:
+            if node.name in names:
+                value = values[names.index(node.name)]
+                node.op = "Const"
+                node.ClearField("input")
+                node.attr.clear()
+                node.attr["dtype"].type = tf.float32.as_datatype_enum
+                node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+        graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, ["model/Sigmoid"])
+    out = tmp_path / "stripped.pb"
+    out.write_bytes(graph_def.SerializeToString())
+    return out
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["stripped", "batchnorm-folded"])
+def test_graph_stripped_for_inference(musicnn_graphs, tmp_path, patches_187, fold):
+    path = stripped(musicnn_graphs / "msd-musicnn-1.pb", tmp_path, fold)
+    graph = Graph.from_file(path)
+    assert not any(n.name.endswith("/read") for n in graph.ops("Identity"))
+    if fold:
+        assert graph.node("model/batch_normalization_9/batchnorm/mul").op == "Const"
+    model = jaxmir.load(path)
+    errors = compare_all_nodes(path, model, patches_187)
+    assert "model/Sigmoid" in errors
+
+
+def test_msd_big_configuration_from_a_random_graph(tmp_path, patches_187):
+    require("tensorflow")
+    from tools import tf_graphs
+    path = tmp_path / "msd-musicnn-big.pb"
+    tf_graphs.write_graph(tf_graphs.musicnn_graph(tf_graphs.random_weights(3), midend=512,
+                                                  backend=500), str(path))
+    model = jaxmir.load(path)
+    assert model.spec.config["midend_filters"] == 512
+    assert "dense:500" in model.spec.config["head"]
+    assert model.labels[:2] == ["rock", "pop"]  # named like the shipped MSD model
+    out = model.apply(patches_187[:2], ["mean_pool", "penultimate"])
+    assert out["mean_pool"].shape == (2, 561 + 3 * 512) and out["penultimate"].shape == (2, 500)
+    compare_all_nodes(path, model, patches_187)
+
+
+def build(tf_graph_fn, tmp_path, name="g.pb"):
+    tf = require("tensorflow")
+    graph = tf.Graph()
+    with graph.as_default(), tf.name_scope("model"):
+        tf_graph_fn(tf)
+    path = tmp_path / name
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path
+
+
+def test_unknown_convnet_names_what_it_found(tmp_path):
+    def five_by_five(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder")
+        y = tf.nn.conv2d(tf.expand_dims(x, 3), tf.ones([5, 5, 1, 8]), 1, "SAME")
+        y = tf.reshape(tf.nn.relu(y), [-1, 187 * 96 * 8])
+        tf.nn.sigmoid(tf.matmul(y, tf.ones([187 * 96 * 8, 3])), name="Sigmoid")
+
+    with pytest.raises(UnsupportedGraphError) as error:
+        jaxmir.load(build(five_by_five, tmp_path))
+    message = str(error.value)
+    assert "5x5 kernel" in message and "Conv2D [5, 5, 1, 8]" in message and "MusiCNN" in message
+
+
+def test_graph_without_known_output_or_layers(tmp_path):
+    def no_output(tf):
+        tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+
+    def no_conv(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder")
+        tf.nn.sigmoid(tf.reduce_mean(x, axis=1), name="Sigmoid")
+
+    with pytest.raises(UnsupportedGraphError, match="none of the usual output nodes"):
+        jaxmir.load(build(no_output, tmp_path, "a.pb"))
+    with pytest.raises(UnsupportedGraphError, match="no convolution.*jaxmir supports"):
+        jaxmir.load(build(no_conv, tmp_path, "b.pb"))
+
+
+def test_eight_convolutions_that_are_not_musicnn(tmp_path):
+    def eight(tf):
+        x = tf.expand_dims(tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder"), 3)
+        for i in range(8):
+            x = tf.nn.relu(tf.nn.conv2d(x, tf.ones([3, 3, int(x.shape[-1]), 4]), 1, "SAME"))
+        tf.nn.sigmoid(tf.matmul(tf.reshape(x, [-1, 187 * 96 * 4]), tf.ones([187 * 96 * 4, 2])),
+                      name="Sigmoid")
+
+    with pytest.raises(UnsupportedGraphError, match="MusiCNN.*no batch norm on the input"):
+        jaxmir.load(build(eight, tmp_path))

@@ -1,0 +1,174 @@
+"""The public Model API: outputs by name, input checks, pure functions, weights files."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmir
+from jaxmir import catalog
+from jaxmir.errors import InputError, WeightsError
+from jaxmir.weights import save_weights
+
+
+@pytest.fixture(scope="module")
+def musicnn():
+    return jaxmir.load("msd-musicnn")
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return jaxmir.load("mtt-vgg")
+
+
+def test_musicnn_feature_names_have_musicnn_shapes(musicnn, patches_187):
+    names = ["timbral", "temporal", "cnn1", "cnn2", "cnn3", "mean_pool", "max_pool", "penultimate",
+             "embeddings", "logits", "predictions", "model/dense/BiasAdd", "model/transpose",
+             "model/batch_normalization_10/batchnorm/add_1", "model/Sigmoid:0"]
+    out = musicnn.apply(patches_187[:2], names)
+    shapes = {k: v.shape for k, v in out.items()}
+    assert shapes == {
+        "timbral": (2, 187, 408), "temporal": (2, 187, 153), "cnn1": (2, 187, 64),
+        "cnn2": (2, 187, 64), "cnn3": (2, 187, 64), "mean_pool": (2, 753), "max_pool": (2, 753),
+        "penultimate": (2, 200), "embeddings": (2, 200), "logits": (2, 50), "predictions": (2, 50),
+        "model/dense/BiasAdd": (2, 200), "model/transpose": (2, 187, 64, 1),
+        "model/batch_normalization_10/batchnorm/add_1": (2, 200), "model/Sigmoid:0": (2, 50)}
+    np.testing.assert_array_equal(out["penultimate"], out["model/batch_normalization_10/batchnorm/add_1"])
+    np.testing.assert_array_equal(out["embeddings"], out["model/dense/BiasAdd"])
+    np.testing.assert_allclose(out["predictions"], jax.nn.sigmoid(out["logits"]), atol=1e-6)
+    # cnn2 = cnn1 + conv(cnn1): the residual makes them differ
+    assert not np.allclose(out["cnn1"], out["cnn2"])
+
+
+def test_vgg_pool_names(vgg, patches_187):
+    out = vgg.apply(patches_187[:1], ["pool1", "pool2", "pool3", "pool4", "pool5", "predictions"])
+    assert {k: v.shape for k, v in out.items()} == {
+        "pool1": (1, 92, 48, 128), "pool2": (1, 46, 24, 128), "pool3": (1, 23, 12, 128),
+        "pool4": (1, 11, 6, 128), "pool5": (1, 2, 128), "predictions": (1, 50)}
+
+
+def test_labels_and_info(musicnn, vgg):
+    assert musicnn.labels[:3] == ["rock", "pop", "alternative"]
+    assert vgg.labels[:3] == ["guitar", "classical", "slow"]
+    assert musicnn.num_params() == 792_079 and vgg.num_params() == 607_030
+    assert "penultimate" in musicnn.output_names and "model/dense/BiasAdd" in musicnn.output_names
+
+
+def test_unknown_output_lists_what_exists(musicnn, patches_187):
+    with pytest.raises(InputError, match="unknown output 'model/nope'.*penultimate"):
+        musicnn.apply(patches_187, ["model/nope"])
+
+
+@pytest.mark.parametrize("patches, message", [
+    (np.zeros((2, 100, 96), np.float32), r"shape \[2, 100, 96\]"),
+    (np.zeros((187, 96), np.float32), r"shape \[187, 96\]"),
+    (np.zeros((2, 187, 96), np.int16), "dtype int16"),
+    (np.zeros((2, 187, 96), np.complex64), "dtype complex64"),
+    (np.zeros((0, 187, 96), np.float32), "empty batch"),
+    ([["a"]], "dtype <U1"),
+])
+def test_bad_patches(musicnn, patches, message):
+    with pytest.raises(InputError, match=message):
+        musicnn.apply(patches)
+
+
+def test_float64_patches_are_accepted(musicnn, patches_187):
+    a = musicnn.apply(patches_187[:2].astype(np.float64))["predictions"]
+    np.testing.assert_array_equal(a, musicnn.apply(patches_187[:2])["predictions"])
+
+
+def test_module_apply_is_a_pure_function_for_jit_vmap_grad(musicnn, patches_187):
+    module, variables = musicnn.module, musicnn.variables
+    x = jnp.asarray(patches_187[:4])
+    direct = jax.jit(module.apply)(variables, x)
+    np.testing.assert_allclose(direct, musicnn.apply(x)["predictions"], atol=1e-6)
+    grouped = jax.vmap(lambda group: module.apply(variables, group))(x.reshape(2, 2, 187, 96))
+    np.testing.assert_allclose(grouped.reshape(4, 50), direct, atol=1e-6)
+
+    def rock(patch, variables=variables):
+        return module.apply(variables, patch[None])[0, 0]
+
+    grad = jax.grad(rock)(x[0])
+    assert grad.shape == (187, 96) and bool(jnp.all(jnp.isfinite(grad)))
+    # Model.apply itself differentiates too
+    grad_api = jax.grad(lambda p: musicnn.apply(p[None])["predictions"][0, 0])(x[0])
+    np.testing.assert_allclose(grad_api, grad, atol=1e-6)
+
+    # A central difference along a random direction, in float64 so that rounding does not hide it.
+    with jax.enable_x64(True):
+        variables64 = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), variables)
+        patch = jnp.asarray(patches_187[0], jnp.float64)
+        direction = jnp.asarray(np.random.default_rng(3).standard_normal((187, 96)))
+        step = 1e-6
+        numeric = (rock(patch + step * direction, variables64)
+                   - rock(patch - step * direction, variables64)) / (2 * step)
+        analytic = jnp.vdot(jax.grad(rock)(patch, variables64), direction)
+        assert abs(float(numeric - analytic)) <= 1e-4 * abs(float(analytic)) + 1e-9
+        np.testing.assert_allclose(jnp.vdot(grad, direction), analytic, rtol=1e-3)
+
+
+def test_weights_round_trip(musicnn, tmp_path, patches_187):
+    path = tmp_path / "copy.npz"
+    save_weights(musicnn, path, {"note": "test"})
+    again = jaxmir.load(path)
+    assert again.labels == musicnn.labels and again.metadata["provenance"] == {"note": "test"}
+    np.testing.assert_array_equal(again.apply(patches_187[:2])["predictions"],
+                                  musicnn.apply(patches_187[:2])["predictions"])
+    relabelled = jaxmir.load(path, labels=[f"t{i}" for i in range(50)])
+    assert relabelled.labels[0] == "t0"
+    with pytest.raises(InputError, match="3 labels given for a model with 50 outputs"):
+        jaxmir.load(path, labels=["a", "b", "c"])
+
+
+def test_bad_weights_files(musicnn, tmp_path):
+    with pytest.raises(WeightsError, match="no such weights file"):
+        jaxmir.load(tmp_path / "missing.npz")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(WeightsError, match="not a readable jaxmir weights file"):
+        jaxmir.load(tmp_path / "text.npz")
+    np.savez(tmp_path / "plain.npz", a=np.zeros(3))
+    with pytest.raises(WeightsError, match="without jaxmir's description"):
+        jaxmir.load(tmp_path / "plain.npz")
+    np.savez(tmp_path / "pickled.npz", __jaxmir__=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(WeightsError, match="not a readable"):
+        jaxmir.load(tmp_path / "pickled.npz")
+
+    good = tmp_path / "good.npz"
+    save_weights(musicnn, good)
+    with np.load(good) as data:
+        arrays = dict(data)
+    arrays["variables/params/head/dense_1/kernel"] = np.zeros((3, 3), np.float32)
+    np.savez(tmp_path / "tampered.npz", **arrays)
+    with pytest.raises(WeightsError, match="do not fit.*head/dense_1/kernel"):
+        jaxmir.load(tmp_path / "tampered.npz")
+    meta = json.loads(arrays["__jaxmir__"].tobytes())
+    meta["version"] = 99
+    arrays["__jaxmir__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "future.npz", **arrays)
+    with pytest.raises(WeightsError, match="v99"):
+        jaxmir.load(tmp_path / "future.npz")
+
+
+def test_shipped_file_checked_against_sha256(monkeypatch):
+    entry = dict(catalog.catalog()["models"]["msd-vgg"], sha256="0" * 64)
+    models = dict(catalog.catalog()["models"], **{"msd-vgg": entry})
+    monkeypatch.setattr(catalog, "catalog", lambda: {"models": models, "default": "msd-musicnn"})
+    with pytest.raises(WeightsError, match="does not match its sha256"):
+        jaxmir.load("msd-vgg")
+
+
+def test_shipped_weights_are_small_and_pickle_free():
+    for name in catalog.names():
+        path = catalog.path_of(name)
+        assert path.stat().st_size < 8_000_000
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                header = archive.read(info.filename)[:10]
+                assert header.startswith(b"\x93NUMPY")
+        with np.load(path, allow_pickle=False) as data:
+            assert all(data[k].dtype != object for k in data.files)
