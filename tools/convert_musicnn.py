@@ -1,7 +1,9 @@
 """Turn the TF1 checkpoints inside the ``musicnn`` wheel into Essentia-shaped graphs and jaxmir weights.
 
-    pip install --no-deps musicnn==0.1.0 tensorflow-cpu
+    pip install tensorflow-cpu
     python tools/convert_musicnn.py --graphs build/graphs --weights weights
+
+(the musicnn 0.1.0 wheel is fetched from PyPI into the cache unless it is installed).
 
 For each of MSD_musicnn, MTT_musicnn, MSD_vgg, MTT_vgg (and MSD_musicnn_big
 when that checkpoint is at hand) it writes:
@@ -23,15 +25,19 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MUSICNN_VERSION = "0.1.0"
+MUSICNN_WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
 # name -> (checkpoint folder, architecture, labels variable in musicnn/configuration.py, sizes)
 MODELS = {
     "msd-musicnn": ("MSD_musicnn", "musicnn", "MSD_LABELS", {"midend": 64, "backend": 200}),
@@ -51,13 +57,38 @@ LICENSE_NOTICE = (
 
 
 def musicnn_dir(explicit: str | None = None) -> Path:
-    """The folder of the installed ``musicnn`` package (found without importing it)."""
+    """The ``musicnn`` package folder: given, installed, or fetched from PyPI into the cache.
+
+    musicnn 0.1.0 pins numpy<1.17, so it cannot be installed beside jaxmir's
+    dependencies; only its files are needed, and the wheel is fetched with
+    ``pip download --no-deps`` and checked against its known sha256.
+    """
     if explicit:
         return Path(explicit)
     spec = importlib.util.find_spec("musicnn")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("musicnn is not installed: pip install --no-deps musicnn==0.1.0")
-    return Path(list(spec.submodule_search_locations)[0])
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return fetch_musicnn_wheel()
+
+
+def fetch_musicnn_wheel(cache: Path | None = None) -> Path:
+    cache = cache or Path(os.environ.get("JAXMIR_CACHE_DIR", Path.home() / ".cache" / "jaxmir"))
+    target = cache / f"musicnn-{MUSICNN_VERSION}"
+    if (target / "musicnn" / "configuration.py").is_file():
+        return target / "musicnn"
+    download = cache / "download"
+    download.mkdir(parents=True, exist_ok=True)
+    wheel = download / f"musicnn-{MUSICNN_VERSION}-py3-none-any.whl"
+    if not wheel.is_file():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                        "--quiet", "-d", str(download), f"musicnn=={MUSICNN_VERSION}"], check=True)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != MUSICNN_WHEEL_SHA256:
+        raise SystemExit(f"{wheel}: sha256 {digest} is not musicnn {MUSICNN_VERSION}'s "
+                         f"({MUSICNN_WHEEL_SHA256})")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    return target / "musicnn"
 
 
 def read_labels(package: Path, variable: str) -> list[str]:
