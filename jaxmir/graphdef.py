@@ -254,6 +254,7 @@ class Graph:
         if not graph_def.node:
             raise GraphError(f"{source}: parsed as protobuf but holds no graph nodes; expected a "
                              "frozen TensorFlow GraphDef (.pb) such as Essentia's models")
+        _inline_function_calls(graph_def, source)
         graph = cls(graph_def, source)
         graph._check_references()
         return graph
@@ -390,3 +391,63 @@ class Graph:
         for node in self.graph_def.node:
             counts[node.op] = counts.get(node.op, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
+def _inline_function_calls(graph_def, source: str, max_depth: int = 8) -> None:
+    """Replace ``PartitionedCall`` nodes by the body of the function they call, in place.
+
+    TF 2 frozen graphs (Essentia's ``serving_default_model_Placeholder`` ->
+    ``PartitionedCall`` heads) keep the network in the function library. Each
+    body node becomes ``<call>/<node>``; the call node becomes an ``Identity``
+    of the function's first output, so its name still names the output.
+    """
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    for _ in range(max_depth):
+        calls = [n for n in graph_def.node if n.op in _CALL_OPS]
+        if not calls:
+            return
+        for call in calls:
+            name = call.attr["f"].func.name if "f" in call.attr else ""
+            if name not in functions:
+                raise GraphError(f"{source}: '{call.name}' calls function '{name}', which is not "
+                                 "in the graph's library; the file is incomplete")
+            _inline(graph_def, call, functions[name], source)
+    raise GraphError(f"{source}: function calls nested deeper than {max_depth} levels")
+
+
+def _inline(graph_def, call, function, source: str) -> None:
+    args = [a.name for a in function.signature.input_arg]
+    call_inputs = [i for i in call.input if not i.startswith("^")]
+    if len(call_inputs) != len(args):
+        raise GraphError(f"{source}: '{call.name}' passes {len(call_inputs)} inputs to a function "
+                         f"of {len(args)}")
+    bound = dict(zip(args, call_inputs))
+
+    def rename(reference: str) -> str:
+        control = reference.startswith("^")
+        parts = reference.lstrip("^").split(":")
+        if parts[0] in bound and len(parts) == 1:
+            target = bound[parts[0]]
+        else:  # "node:output_arg:index"; the index counts within the op's first output arg
+            index = parts[2] if len(parts) == 3 else "0"
+            target = f"{call.name}/{parts[0]}" + ("" if index == "0" else f":{index}")
+        return ("^" + target.lstrip("^").split(":")[0]) if control else target
+
+    for node in function.node_def:
+        copy = graph_def.node.add()
+        copy.CopyFrom(node)
+        copy.name = f"{call.name}/{node.name}"
+        del copy.input[:]
+        copy.input.extend(rename(i) for i in node.input)
+    outputs = [a.name for a in function.signature.output_arg]
+    result = rename(function.ret[outputs[0]]) if outputs else None
+    if result is None:
+        raise GraphError(f"{source}: function '{function.signature.name}' has no outputs")
+    for key in list(call.attr):
+        del call.attr[key]
+    call.op = "Identity"
+    del call.input[:]
+    call.input.append(result)

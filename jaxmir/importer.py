@@ -52,10 +52,46 @@ def import_graph(graph: Graph, output: str | None = None) -> ModelSpec:
     convs = [graph.nodes[n] for n in topological_order(graph, path.live)
              if graph.nodes[n].op == "Conv2D"]
     if len(convs) == 8:
-        return _import_musicnn(path, input_node, convs)
-    if convs:
-        return _import_convnet(path, input_node, convs)
-    raise _unknown(graph, path, "no convolution on the path from the input to the output")
+        spec = _import_musicnn(path, input_node, convs)
+    elif convs:
+        spec = _import_convnet(path, input_node, convs)
+    elif any(graph.nodes[n].op == "MatMul" for n in path.live):
+        spec = _import_head(path, input_node)
+    else:
+        raise _unknown(graph, path, "no convolution or dense layer between the input and the output")
+    _alias_pass_through_nodes(path, spec.node_map)
+    return spec
+
+
+def _alias_pass_through_nodes(path: InferencePath, node_map: dict) -> None:
+    """Name ``Identity`` nodes (``model/vggish/embeddings``, dropout) like the node they forward."""
+    for name in path.live:
+        node = path.graph.nodes[name]
+        if name not in node_map and node.op in ("Identity", "Snapshot", "Merge", "Switch"):
+            target = path.graph.resolve(name).node
+            if target in node_map:
+                node_map[name] = node_map[target]
+
+
+def _import_head(path: InferencePath, input_node) -> ModelSpec:
+    """An embedding-input head (Essentia's TensorflowPredict2D models): dense layers on ``[b, d]``."""
+    graph = path.graph
+    shape = graph.attr(input_node, "shape")
+    head, head_vars, head_nodes = path.dense_chain(input_node.name)
+    first = next((v["kernel"] for v in head_vars.values() if "kernel" in v), None)
+    if first is None:
+        raise _unknown(graph, path, "no dense layer after the input")
+    width = int(first.shape[0])
+    if shape is not None and [d for d in shape[1:] if d != 1] not in ([width], [-1]):
+        raise _unknown(graph, path, f"input '{input_node.name}' has shape {shape} but the first "
+                       f"dense layer takes {width} features")
+    variables: dict = {}
+    _head_variables(variables, head_vars)
+    node_map = {name: (f"head/layer_{i}", (_units(head, head_vars, i, width),))
+                for name, i in head_nodes.items()}
+    node_map[input_node.name] = ("input", (width,))
+    return ModelSpec("head", {"head": list(head)}, variables, input_node.name, (width,),
+                     path.output, head_aliases(head), node_map)
 
 
 def _find_output(graph: Graph) -> str:
@@ -307,7 +343,9 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     blocks, node_map = [], {}
     for i, layer in enumerate(layers, start=1):
         pool = layer.pool
+        filters = int(layer.kernel.shape[-1])
         if pool is not None:
+            node_map[layer.features_node] = (f"block_{i}/features", (height, width, filters))
             (wh, ww), (sh, sw), padding = pool
             if padding == "SAME":
                 height, width = -(-height // sh), -(-width // sw)
@@ -316,7 +354,7 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
             pool = [list(pool[0]), list(pool[1]), pool[2]]
         blocks.append([int(layer.kernel.shape[-1]), list(layer.kernel.shape[:2]), layer.activation,
                        epsilon if layer.batch_norm is not None else None, pool])
-        node_map[layer.output_node] = (f"block_{i}_output", (height, width, int(layer.kernel.shape[-1])))
+        node_map[layer.output_node] = (f"block_{i}_output", (height, width, filters))
     flat = height * width * int(layers[-1].kernel.shape[-1])
     node_map[flatten.name] = ("flatten", (flat,))
     head, head_vars, head_nodes = path.dense_chain(flatten.name)
@@ -340,6 +378,37 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
         shape = node_map[_node_of(node_map, tap)][1]
         node_map[alias] = (tap, tuple(d for d in shape if d != 1))
     aliases = head_aliases(head)
+    if architecture == "vggish":
+        aliases.update(_vggish_aliases(blocks, head, node_map))
     node_map[input_node.name] = ("input", input_shape)
     return ModelSpec(architecture, config, variables, input_node.name, input_shape, path.output,
                      aliases, node_map)
+
+
+def _vggish_aliases(blocks: list, head: list[str], node_map: dict) -> dict[str, str]:
+    """VGGish's own layer names: conv1, pool1, conv2, pool2, conv3_1, conv3_2, ..., fc1_1, fc1_2, fc2.
+
+    ``embeddings`` is what the graph's ``.../embeddings`` node holds when there is
+    one (fc2 with or without a ReLU: the 2017 and current releases differ);
+    otherwise fc2's output after the activation that follows it, if any.
+    """
+    aliases, stage, convs = {}, 1, []
+    for i, block in enumerate(blocks, start=1):
+        convs.append(i)
+        if block[4] is not None:
+            for j, index in enumerate(convs, start=1):
+                name = f"conv{stage}" if len(convs) == 1 else f"conv{stage}_{j}"
+                aliases[name] = f"block_{index}/features" if index == i else f"block_{index}_output"
+            aliases[f"pool{stage}"] = f"block_{i}_output"
+            stage, convs = stage + 1, []
+    dense = [i for i, spec in enumerate(head) if spec.startswith("dense")]
+    for name, index in zip(("fc1_1", "fc1_2", "fc2"), dense):
+        aliases[name] = f"head/layer_{index}"
+    embedding_nodes = [tap for node, (tap, _) in node_map.items() if node.endswith("/embeddings")]
+    if embedding_nodes:
+        aliases["embeddings"] = embedding_nodes[0]
+    elif len(dense) >= 3:
+        after = dense[2] + 1
+        activated = after < len(head) and not head[after].startswith(("dense", "batch_norm"))
+        aliases["embeddings"] = f"head/layer_{after if activated else dense[2]}"
+    return aliases

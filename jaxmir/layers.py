@@ -91,6 +91,8 @@ class ConvBlock(nn.Module):
       activation: a key of :data:`ACTIVATIONS` or ``""`` for none.
       bn_epsilon: batch-norm epsilon after the activation, or ``None`` for no batch norm.
       pool: ``((window_h, window_w), (stride_h, stride_w), padding)`` or ``None``.
+
+    With a pool, the output before pooling is sown as ``features``.
     """
 
     features: int
@@ -108,6 +110,7 @@ class ConvBlock(nn.Module):
         if self.bn_epsilon is not None:
             x = frozen_batch_norm(self.bn_epsilon, name="batch_norm")(x)
         if self.pool is not None:
+            self.sow("intermediates", "features", x)
             window, strides, padding = self.pool
             x = nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)
         return x

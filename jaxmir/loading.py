@@ -1,29 +1,50 @@
-"""``jaxmir.load``: one entry point for `.pb` graphs, weights files and shipped names."""
+"""``jaxmir.load``: one entry point for `.pb` graphs, weights files, shipped names and heads."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Sequence
 
 from jaxmir import catalog
-from jaxmir.errors import JaxmirError
+from jaxmir.compose import compose
+from jaxmir.errors import InputError, JaxmirError
 from jaxmir.graphdef import Graph
 from jaxmir.importer import import_graph
 from jaxmir.model import Model
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
 
 
-def load(source: str | os.PathLike, *, labels: Sequence[str] | None = None,
-         output: str | None = None) -> Model:
+def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | None" = None,
+         labels: Sequence[str] | None = None, output: str | None = None,
+         embedding: str | None = None) -> Model:
     """Load a model from a frozen `.pb`, a converted weights file or a shipped name.
 
     Args:
       source: ``"msd-musicnn"``, ``"mtt-musicnn"``, ``"msd-vgg"``, ``"mtt-vgg"``
         (shipped), a path to a frozen TensorFlow graph (``.pb``, read with
         protobuf only), or a path to weights written by jaxmir (``.npz``).
+        Essentia's metadata JSON beside a `.pb` (``mood_happy-msd-musicnn-1.json``)
+        supplies its classes and output node.
+      backbone: for an embedding head (Essentia's TensorflowPredict2D models),
+        the model whose embeddings it takes: a shipped name, a path or a Model.
+        The result runs from patches to the head's classes. Without it, a head
+        loads alone and takes embeddings ``[batch, features]``.
       labels: class names, overriding those the source provides.
       output: the graph's output node, when it is none of the usual ones.
+      embedding: the backbone output the head reads (default ``embeddings``:
+        ``model/dense/BiasAdd`` for MusiCNN, ``model/vggish/embeddings`` for VGGish).
     """
+    model = _load_one(source, labels=labels, output=output)
+    if backbone is None:
+        return model
+    if not isinstance(backbone, Model):
+        backbone = _load_one(backbone)
+    return compose(backbone, model, embedding)
+
+
+def _load_one(source, labels=None, output=None) -> Model:
     text = os.fspath(source)
     if text in catalog.names():
         return load_weights(catalog.path_of(text), labels=labels)
@@ -33,7 +54,54 @@ def load(source: str | os.PathLike, *, labels: Sequence[str] | None = None,
         raise JaxmirError(f"'{text}' is neither a file nor a shipped model; shipped models: "
                           + ", ".join(catalog.names()) + "; or give the path of a .pb or .npz file")
     graph = Graph.from_file(text)
+    metadata = read_metadata(text)
+    if output is None:
+        output = _metadata_output(metadata, graph)
     spec = import_graph(graph, output=output)
-    if labels is None:
-        labels = catalog.labels_for_graph(text, spec)
-    return Model(spec, labels=labels, source=text)
+    model = Model(spec, labels=labels or catalog.labels_for_graph(text, spec), source=text,
+                  metadata={k: v for k, v in metadata.items() if not k.startswith("_")})
+    if labels is None and metadata.get("classes"):
+        classes = [str(c) for c in metadata["classes"]]
+        if len(classes) != model.output_width():
+            raise InputError(f"{metadata['_path']} lists {len(classes)} classes but the graph "
+                             f"{text} outputs {model.output_width()} values at "
+                             f"'{spec.output_name}'")
+        model.labels = classes
+    return model
+
+
+def read_metadata(graph_path: str | os.PathLike) -> dict:
+    """Essentia's model JSON beside a `.pb` (same name, ``.json``), or ``{}``."""
+    path = Path(graph_path).with_suffix(".json")
+    if not path.is_file():
+        return {}
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not readable model metadata ({err}); expected Essentia's "
+                         "model JSON with 'classes' and 'schema'") from None
+    if not isinstance(metadata, dict):
+        raise InputError(f"{path}: expected a JSON object with 'classes' and 'schema'")
+    metadata["_path"] = str(path)
+    return metadata
+
+
+def _metadata_output(metadata: dict, graph: Graph) -> str | None:
+    """The JSON's prediction output node, when the graph has it."""
+    outputs = (metadata.get("schema") or {}).get("outputs") or []
+    for entry in outputs:
+        if isinstance(entry, dict) and entry.get("output_purpose") == "predictions":
+            name = str(entry.get("name", ""))
+            if name and name in graph:
+                return name
+    return None
+
+
+def backbone_of(model: Model) -> str | None:
+    """The shipped backbone a head's metadata names (``msd-musicnn-1`` -> ``msd-musicnn``), if any."""
+    inference = model.metadata.get("inference") or {}
+    name = str((inference.get("embedding_model") or {}).get("model_name", ""))
+    for shipped in catalog.names():
+        if name == shipped or name.startswith(shipped + "-"):
+            return shipped
+    return None

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import InputError
+from jaxmir.heads import Composed, EmbeddingHead
 from jaxmir.importer import ModelSpec
 from jaxmir.musicnn import MusiCNN
 from jaxmir.vgg import ConvNet
@@ -25,12 +26,24 @@ def _tuples(value):
 
 def build_module(architecture: str, config: dict) -> nn.Module:
     """The Flax module for an architecture name and its configuration."""
+    if architecture == "composed":
+        return Composed(build_module(**config["backbone"]), build_module(**config["head"]))
     config = {key: _tuples(value) for key, value in config.items()}
     if architecture == "musicnn":
         return MusiCNN(**config)
     if architecture in ("vgg", "vggish"):
         return ConvNet(**config)
-    raise InputError(f"unknown architecture '{architecture}'; known: musicnn, vgg, vggish")
+    if architecture == "head":
+        return EmbeddingHead(**config)
+    raise InputError(f"unknown architecture '{architecture}'; known: musicnn, vgg, vggish, head, "
+                     "composed")
+
+
+def final_head(architecture: str, config: dict) -> list[str]:
+    """The layer specs that produce a model's output."""
+    if architecture == "composed":
+        return final_head(**config["head"])
+    return list(config["head"])
 
 
 def _flatten_taps(tree: dict, prefix: str = "") -> dict[str, jax.Array]:
@@ -73,8 +86,8 @@ class Model:
 
     # -- introspection ------------------------------------------------------------------
     def output_width(self) -> int:
-        units = [int(s.split(":")[1]) for s in self.spec.config["head"] if s.startswith("dense")]
-        return units[-1]
+        head = final_head(self.spec.architecture, self.spec.config)
+        return [int(s.split(":")[1]) for s in head if s.startswith("dense")][-1]
 
     @property
     def output_names(self) -> list[str]:
@@ -109,6 +122,11 @@ class Model:
         if not np.issubdtype(dtype, np.floating):
             raise InputError(f"patches have dtype {dtype}; expected floating point "
                              f"(float32) log-mel patches of shape [batch, {', '.join(map(str, self.input_shape))}]")
+        if tuple(patches.shape[1:]) != self.input_shape and patches.ndim > 1:
+            # Essentia squeezes every size-1 axis but the batch before feeding a graph
+            squeezed = tuple(d for d in patches.shape[1:] if d != 1)
+            if squeezed == self.input_shape:
+                patches = patches.reshape((patches.shape[0],) + squeezed)
         if tuple(patches.shape[1:]) != self.input_shape or patches.ndim != len(self.input_shape) + 1:
             raise InputError(f"patches have shape {list(patches.shape)}; this model takes "
                              f"[batch, {', '.join(map(str, self.input_shape))}]")

@@ -29,6 +29,8 @@ _FOLD = {
     "RealDiv": np.divide, "Maximum": np.maximum, "Minimum": np.minimum,
     "Rsqrt": lambda x: (1.0 / np.sqrt(x)).astype(x.dtype), "Sqrt": np.sqrt,
     "Reciprocal": lambda x: (1.0 / x).astype(x.dtype), "Neg": np.negative, "Square": np.square,
+    "Reshape": lambda x, shape: np.reshape(x, shape), "Squeeze": np.squeeze,
+    "ExpandDims": lambda x, axis: np.expand_dims(x, int(axis)),
 }
 
 
@@ -68,6 +70,7 @@ class ConvLayer:
     conv_node: str
     output_node: str             # last node of the block
     pool_node: str | None = None
+    features_node: str = ""      # the block's output before pooling
 
 
 class InferencePath:
@@ -172,7 +175,8 @@ class InferencePath:
                 raise self.unsupported(f"batch norm '{node.name}' computes batch statistics "
                                        "(is_training=True) on the inference path")
             inputs = self.graph.data_inputs(node)
-            scale, bias, mean, var = (self.value(r).astype(np.float32) for r in inputs[1:5])
+            scale, bias, mean, var = (self.value(r).astype(np.float32).reshape(-1)
+                                      for r in inputs[1:5])
             return BatchNorm(scale, bias, mean, var, float(self.graph.attr(node, "epsilon", 1e-4)),
                              node.name)
         if node.op != "Mul" or self.split_operands(node) is None:
@@ -208,16 +212,17 @@ class InferencePath:
                 if self.value(eps_ref).size == 1:
                     mean_ref = [r for r in self.graph.data_inputs(mul_mean)
                                 if self.graph.resolve(r).node != a_node.name][0]
-                    var = self.value(var_ref).astype(np.float32)
+                    var = self.value(var_ref).astype(np.float32).reshape(-1)
                     scale = (self.value(gamma) if gamma is not None else np.ones_like(var))
-                    return BatchNorm(scale.astype(np.float32),
-                                     self.value(self.graph.data_inputs(b_node)[0]).astype(np.float32),
-                                     self.value(mean_ref).astype(np.float32), var,
+                    beta = self.value(self.graph.data_inputs(b_node)[0])
+                    return BatchNorm(scale.astype(np.float32).reshape(-1),
+                                     beta.astype(np.float32).reshape(-1),
+                                     self.value(mean_ref).astype(np.float32).reshape(-1), var,
                                      float(self.value(eps_ref).reshape(())), out)
-        except (ValueError, IndexError):
-            pass
-        a = self.value(scale_ref).astype(np.float32)
-        b = self.value(shift_ref).astype(np.float32)
+        except (ValueError, IndexError, UnsupportedGraphError):
+            pass  # not TF's pattern: keep the folded form below
+        a = self.value(scale_ref).astype(np.float32).reshape(-1)
+        b = self.value(shift_ref).astype(np.float32).reshape(-1)
         return BatchNorm(a, b, np.zeros_like(a), np.ones_like(a), 0.0, out)
 
     def conv_layer(self, conv) -> ConvLayer:
@@ -258,13 +263,13 @@ class InferencePath:
         if batch_norm is not None:
             last = g.nodes[batch_norm.node]
             node = self.next_op(last.name)
-        pool, pool_node = None, None
+        pool, pool_node, features_node = None, None, last.name
         if node is not None and node.op == "MaxPool":
             window, strides = g.attr(node, "ksize"), g.attr(node, "strides")
             pool = ((window[1], window[2]), (strides[1], strides[2]), g.attr(node, "padding"))
             last, pool_node = node, node.name
         return ConvLayer(kernel, bias, padding, activation, batch_norm, pool, conv.name, last.name,
-                         pool_node)
+                         pool_node, features_node)
 
     def dense_chain(self, start: str) -> tuple[list[str], dict, dict[str, int]]:
         """Read the dense head that follows node ``start`` up to the output.

@@ -1,0 +1,82 @@
+"""Join an embedding head to its backbone: one model from patches to the head's classes."""
+
+from __future__ import annotations
+
+from jaxmir.errors import InputError
+from jaxmir.importer import ModelSpec
+from jaxmir.model import Model, final_head
+
+# What each backbone family calls its embeddings (Essentia: model/dense/BiasAdd, model/vggish/embeddings).
+DEFAULT_EMBEDDING = "embeddings"
+
+
+def _prefixed(tap: str, prefix: str) -> str:
+    return tap if tap == "input" else f"{prefix}/{tap}"
+
+
+def _layer_index(tap: str) -> int | None:
+    return int(tap.rsplit("_", 1)[1]) if tap.startswith("head/layer_") else None
+
+
+def _prune_head(tree: dict, keep: int) -> dict:
+    """Drop the backbone's dense-head variables after layer ``keep``."""
+    pruned = {}
+    for collection, values in tree.items():
+        values = dict(values)
+        if "head" in values:
+            values["head"] = {k: v for k, v in values["head"].items()
+                              if int(k.rsplit("_", 1)[1]) <= keep}
+        pruned[collection] = values
+    return pruned
+
+
+def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model:
+    """``backbone`` cut at its ``embedding`` output, then ``head``; labels are the head's.
+
+    Raises :class:`InputError` when ``head`` is not an embedding head, or when its
+    input width differs from the backbone's embedding width (both are named).
+    """
+    if head.architecture != "head":
+        raise InputError(f"{head.source} is a {head.architecture} model that takes "
+                         f"{list(head.input_shape)} patches, not an embedding head; load it alone")
+    if backbone.architecture in ("head", "composed"):
+        raise InputError(f"{backbone.source} is a {backbone.architecture} model, not a backbone "
+                         "(musicnn, vgg or vggish)")
+    embedding = embedding or DEFAULT_EMBEDDING
+    tap, _ = backbone._tap(embedding)
+    keep = _layer_index(tap)
+    if keep is None:
+        raise InputError(f"'{embedding}' of {backbone.source} is not a layer of its dense head; "
+                         "heads take the backbone's embeddings such as model/dense/BiasAdd")
+    backbone_head = final_head(backbone.architecture, backbone.spec.config)[:keep + 1]
+    width = [int(s.split(":")[1]) for s in backbone_head if s.startswith("dense")][-1]
+    if width != head.input_shape[0]:
+        raise InputError(f"the head {head.source} takes {head.input_shape[0]}-d embeddings, but the "
+                         f"backbone {backbone.source} gives {width}-d embeddings at '{embedding}'")
+
+    config = {"backbone": {"architecture": backbone.architecture,
+                           "config": {**backbone.spec.config, "head": backbone_head}},
+              "head": {"architecture": "head", "config": head.spec.config}}
+    variables: dict = {}
+    for prefix, tree in (("backbone", _prune_head(backbone.spec.variables, keep)),
+                         ("head", head.spec.variables)):
+        for collection, values in tree.items():
+            variables.setdefault(collection, {})[prefix] = values
+
+    def keeps(tap: str) -> bool:
+        index = _layer_index(tap)
+        return index is None or index <= keep
+
+    aliases = {name: _prefixed(t, "head") for name, t in head.spec.aliases.items()}
+    aliases.update({f"backbone/{name}": _prefixed(t, "backbone")
+                    for name, t in backbone.spec.aliases.items() if keeps(t)})
+    node_map = {f"backbone/{name}": (_prefixed(t, "backbone"), shape)
+                for name, (t, shape) in backbone.spec.node_map.items() if keeps(t)}
+    node_map.update({name: (_prefixed(t, "head"), shape)
+                     for name, (t, shape) in head.spec.node_map.items() if t != "input"})
+    node_map[head.spec.input_name] = (_prefixed(tap, "backbone"), tuple(head.input_shape))
+    spec = ModelSpec("composed", config, variables, backbone.spec.input_name, backbone.input_shape,
+                     head.spec.output_name, aliases, node_map)
+    return Model(spec, labels=head.labels, source=f"{head.source} on {backbone.source}",
+                 metadata={"backbone": backbone.source, "head": head.source,
+                           "embedding": embedding})

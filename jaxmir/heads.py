@@ -1,0 +1,39 @@
+"""Classifier heads on embeddings, and a backbone joined to a head.
+
+Essentia's newer models are small heads (dense 100 -> classes -> softmax) that
+run on another model's embeddings (``TensorflowPredict2D``). jaxmir imports a
+head on its own (:class:`EmbeddingHead`, input ``[batch, features]``) and can
+join it to its backbone (:class:`Composed`): the backbone cut at its embedding
+layer, then the head, one Flax module from patches to the head's classes.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from jaxmir.layers import DenseHead
+
+
+class EmbeddingHead(nn.Module):
+    """Dense layers on embeddings ``[batch, features]`` -> ``[batch, classes]``."""
+
+    head: tuple[str, ...]
+
+    @nn.compact
+    def __call__(self, embeddings: jax.Array) -> jax.Array:
+        return DenseHead(self.head, name="head")(embeddings)
+
+
+class Composed(nn.Module):
+    """A backbone whose output is its embedding layer, followed by a head.
+
+    ``patches [batch, time, mel]`` -> backbone -> ``[batch, features]`` -> head.
+    Intermediates are sown under ``backbone/...`` and ``head/...``.
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        return self.head(self.backbone(patches))
