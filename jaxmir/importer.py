@@ -267,7 +267,7 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     if flatten is None or flatten.op != "Reshape":
         raise _unknown(graph, path, "the pooled features are not flattened before the dense layers")
     node_map[flatten.name] = ("pooled", (2 * n_mid,))
-    head, head_vars, head_nodes = path.dense_chain(flatten.name)
+    head, head_vars, head_nodes = _read_head(path, flatten.name, "MusiCNN")
     if not any(spec.startswith("dense") for spec in head):
         raise _unknown(graph, path, "no dense layer after the temporal pooling")
     node_map.update({name: (f"head/layer_{i}", (_units(head, head_vars, i, 2 * n_mid),))
@@ -300,6 +300,14 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
 
 def _node_of(node_map: dict, tap: str) -> str:
     return next(name for name, (t, _) in node_map.items() if t == tap)
+
+
+def _read_head(path: InferencePath, start: str, body: str):
+    try:
+        return path.dense_chain(start)
+    except UnsupportedGraphError as err:
+        raise UnsupportedGraphError(f"a {body} body was recognised, but what follows it is not a "
+                                    f"head jaxmir supports: {err}") from None
 
 
 def _units(head: list[str], head_vars: dict, index: int, width: int) -> int:
@@ -357,7 +365,7 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
         node_map[layer.output_node] = (f"block_{i}_output", (height, width, filters))
     flat = height * width * int(layers[-1].kernel.shape[-1])
     node_map[flatten.name] = ("flatten", (flat,))
-    head, head_vars, head_nodes = path.dense_chain(flatten.name)
+    head, head_vars, head_nodes = _read_head(path, flatten.name, "VGG-style")
     node_map.update({name: (f"head/layer_{i}", (_units(head, head_vars, i, flat),))
                      for name, i in head_nodes.items()})
 

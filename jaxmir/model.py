@@ -46,6 +46,34 @@ def final_head(architecture: str, config: dict) -> list[str]:
     return list(config["head"])
 
 
+def _arrows(specs) -> str:
+    return " -> ".join(s.replace(":", " ") if not s.startswith("batch_norm") else "BN"
+                       for s in specs)
+
+
+def summarize(architecture: str, config: dict) -> list[str]:
+    """The layers of a model in words, one line per stage."""
+    if architecture == "composed":
+        return ([f"backbone ({config['backbone']['architecture']}):"]
+                + [f"  {line}" for line in summarize(**config["backbone"])]
+                + ["head:"] + [f"  {line}" for line in summarize(**config["head"])])
+    if architecture == "musicnn":
+        return [f"front-end: BN, timbral 7x{' & 7x'.join(map(str, config['timbral_widths']))} "
+                f"({config['timbral_filters']} filters), temporal "
+                f"{'x1, '.join(map(str, config['temporal_lengths']))}x1 "
+                f"({config['temporal_filters']} filters)",
+                f"mid-end: 3 x conv 7 ({config['midend_filters']} filters), residual",
+                "back-end: max + mean over time -> " + _arrows(config["head"])]
+    if architecture in ("vgg", "vggish"):
+        blocks = []
+        for features, kernel, activation, bn, pool in config["blocks"]:
+            text = f"conv{kernel[0]}x{kernel[1]} {features} {activation}" + (" BN" if bn else "")
+            blocks.append(text + (f" pool{pool[0][0]}x{pool[0][1]}" if pool else ""))
+        return [("BN, " if config.get("input_bn_epsilon") is not None else "") + ", ".join(blocks),
+                "flatten -> " + _arrows(config["head"])]
+    return [_arrows(config["head"])]
+
+
 def _flatten_taps(tree: dict, prefix: str = "") -> dict[str, jax.Array]:
     taps = {}
     for key, value in tree.items():
@@ -63,7 +91,8 @@ class Model:
       module: the Flax module (``module.apply(variables, patches)`` is the pure function).
       variables: ``{"params": ..., "batch_stats": ...}``, a plain tree of arrays.
       labels: one name per output class.
-      architecture: ``"musicnn"``, ``"vgg"`` or ``"vggish"``.
+      architecture: ``"musicnn"``, ``"vgg"``, ``"vggish"``, ``"head"`` (on embeddings)
+        or ``"composed"`` (a backbone joined to a head).
       input_shape: the patch shape without the batch axis, e.g. ``(187, 96)``.
     """
 
@@ -96,6 +125,24 @@ class Model:
 
     def num_params(self) -> int:
         return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.variables)))
+
+    def describe(self) -> str:
+        """A few lines for people: architecture, layers, input, output, labels, output names."""
+        default_labels = self.labels == [f"class_{i}" for i in range(len(self.labels))]
+        labels = (f"class_0 .. class_{len(self.labels) - 1} (no class names: no metadata JSON "
+                  "beside the graph; pass labels=)" if default_labels else ", ".join(self.labels))
+        lines = [f"source: {self.source}",
+                 f"architecture: {self.architecture}",
+                 *[f"  {line}" for line in summarize(self.spec.architecture, self.spec.config)],
+                 f"input: {self.spec.input_name} [batch, {', '.join(map(str, self.input_shape))}]",
+                 f"output: {self.spec.output_name} [batch, {self.output_width()}]",
+                 f"parameters: {self.num_params():,}",
+                 f"labels ({len(self.labels)}): {labels}",
+                 "outputs by name: " + ", ".join(sorted(
+                     [*self.spec.aliases, *(n for n in self.spec.node_map if "/" not in n
+                                            and n != self.spec.input_name)])),
+                 "graph nodes: " + ", ".join(sorted(n for n in self.spec.node_map if "/" in n))]
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return (f"Model({self.architecture}, input {list(self.input_shape)}, "

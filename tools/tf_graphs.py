@@ -68,12 +68,13 @@ class _Builder:
             return tf.identity(const, name=f"{name}/read")
 
     def conv(self, x, name: str, kernel: tuple, filters: int, padding: str,
-             activation=tf.nn.relu):
+             activation=tf.nn.relu, variable: str | None = None):
         shape = (*kernel, int(x.shape[-1]), filters)
+        variable = variable or name
         with tf.name_scope(name):
-            y = tf.nn.conv2d(x, self.variable(f"{name}/kernel", shape), strides=1, padding=padding,
-                             name="Conv2D")
-            y = tf.nn.bias_add(y, self.variable(f"{name}/bias", (filters,)), name="BiasAdd")
+            y = tf.nn.conv2d(x, self.variable(f"{variable}/kernel", shape), strides=1,
+                             padding=padding, name="Conv2D")
+            y = tf.nn.bias_add(y, self.variable(f"{variable}/bias", (filters,)), name="BiasAdd")
             return activation(y, name=activation.__name__.capitalize()) if activation else y
 
     def batch_norm(self, x, name: str, fused: bool = True):
@@ -86,11 +87,12 @@ class _Builder:
                                                         is_training=False, name="FusedBatchNorm")[0]
             return tf.nn.batch_normalization(x, mean, var, beta, gamma, EPSILON, name="batchnorm")
 
-    def dense(self, x, name: str, units: int):
+    def dense(self, x, name: str, units: int, variable: str | None = None):
+        variable = variable or name
         with tf.name_scope(name):
-            y = tf.linalg.matmul(x, self.variable(f"{name}/kernel", (int(x.shape[-1]), units)),
+            y = tf.linalg.matmul(x, self.variable(f"{variable}/kernel", (int(x.shape[-1]), units)),
                                  name="MatMul")
-            return tf.nn.bias_add(y, self.variable(f"{name}/bias", (units,)), name="BiasAdd")
+            return tf.nn.bias_add(y, self.variable(f"{variable}/bias", (units,)), name="BiasAdd")
 
 
 def _frequency_max(x, scope: str):
@@ -100,9 +102,27 @@ def _frequency_max(x, scope: str):
     return tf.squeeze(pooled, [2])
 
 
+def _classifier(b: "_Builder", x, layers, output: str, first: int = 1):
+    """Dense layers ``[(units, activation | None), ...]`` named ``dense`` (0), ``dense_1``, ... from
+    ``first``, then ``model/<output>`` (Sigmoid, Softmax or Identity)."""
+    for i, (units, activation) in enumerate(layers, start=first):
+        name = "dense" if i == 0 else f"dense_{i}"
+        x = b.dense(x, name, units)
+        if activation:
+            x = getattr(tf.nn, activation)(x, name=f"{name}/{activation.capitalize()}")
+    return tf.identity(x, name=output) if output == "Identity" else \
+        getattr(tf.nn, output.lower())(x, name=output)
+
+
 def musicnn_graph(weights: Weights, n_labels: int = 50, midend: int = 64, backend: int = 200,
-                  time: int = 187, mels: int = 96) -> tf.compat.v1.GraphDef:
-    """MusiCNN as Essentia's frozen ``msd-musicnn-1.pb``: (conv -> ReLU -> BN) everywhere."""
+                  time: int = 187, mels: int = 96, classifier: list | None = None,
+                  output: str = "Sigmoid") -> tf.compat.v1.GraphDef:
+    """MusiCNN as Essentia's frozen ``msd-musicnn-1.pb``: (conv -> ReLU -> BN) everywhere.
+
+    With ``classifier=[(units, activation), ...]`` the 50-way logits are replaced
+    by those dense layers, as in Essentia's transfer classifiers
+    (``genre_dortmund-musicnn-msd-2.pb``: ``[(100, None), (9, None)]``, Sigmoid).
+    """
     graph = tf.Graph()
     b = _Builder(weights)
     with graph.as_default(), tf.name_scope("model"):
@@ -141,13 +161,17 @@ def musicnn_graph(weights: Weights, n_labels: int = 50, midend: int = 64, backen
         hidden = tf.nn.relu(b.dense(flat, "dense", backend), name="dense/Relu")
         hidden = tf.identity(b.batch_norm(hidden, "batch_normalization_10", fused=False),
                              name="dropout_1/Identity")
-        tf.nn.sigmoid(b.dense(hidden, "dense_1", n_labels), name="Sigmoid")
+        _classifier(b, hidden, classifier or [(n_labels, None)], output)
     return graph.as_graph_def()
 
 
 def vgg_graph(weights: Weights, n_labels: int = 50, filters: int = 128, time: int = 187,
-              mels: int = 96) -> tf.compat.v1.GraphDef:
-    """musicnn's VGG baseline as a frozen graph: BN, 5 x (conv3x3, ReLU, BN, pool), dense."""
+              mels: int = 96, classifier: list | None = None,
+              output: str = "Sigmoid") -> tf.compat.v1.GraphDef:
+    """musicnn's VGG baseline as a frozen graph: BN, 5 x (conv3x3, ReLU, BN, pool), dense.
+
+    ``classifier=[(units, activation), ...]`` adds dense layers before the output.
+    """
     pools = [((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4))]
     graph = tf.Graph()
     b = _Builder(weights)
@@ -161,9 +185,105 @@ def vgg_graph(weights: Weights, n_labels: int = 50, filters: int = 128, time: in
                                  name="max_pooling2d/MaxPool" if i == 1 else f"max_pooling2d_{i - 1}/MaxPool")
         with tf.name_scope("flatten"):
             x = tf.reshape(x, [-1, int(np.prod(x.shape[1:]))], name="Reshape")
-        logits = b.dense(tf.identity(x, name="dropout/Identity"), "dense", n_labels)
-        tf.nn.sigmoid(logits, name="Sigmoid")
+        x = tf.identity(x, name="dropout/Identity")
+        _classifier(b, x, classifier or [(n_labels, None)], output, first=0)
     return graph.as_graph_def()
+
+
+def vggish_graph(weights: Weights, fc2_relu: bool = False, widths=(64, 128, 256, 512),
+                 fc=(4096, 4096, 128), classifier: list | None = None,
+                 output: str = "Softmax") -> tf.compat.v1.GraphDef:
+    """VGGish as Essentia's ``audioset-vggish-3.pb``: ``model/Placeholder`` [b, 96, 64] ->
+    ``model/vggish/...`` -> ``model/vggish/embeddings`` (128).
+
+    ``fc2_relu`` chooses the 2017 release (ReLU after fc2) or Google's current
+    code (pre-activation embeddings). ``widths``/``fc`` shrink the network for
+    quick tests. With ``classifier=[(units, activation), ...]`` the graph goes on
+    to ``model/<output>``, as Essentia's VGGish transfer classifiers do.
+    """
+    graph = tf.Graph()
+    b = _Builder(_slim_names(weights))
+    with graph.as_default(), tf.name_scope("model"):
+        x = tf.compat.v1.placeholder(tf.float32, [None, 96, 64], name="Placeholder")
+        with tf.name_scope("vggish"):
+            x = tf.reshape(x, [-1, 96, 64, 1], name="Reshape")
+            stages = [("conv1",), ("conv2",), ("conv3/conv3_1", "conv3/conv3_2"),
+                      ("conv4/conv4_1", "conv4/conv4_2")]
+            for stage, (names, width) in enumerate(zip(stages, widths), start=1):
+                for name in names:
+                    x = b.conv(x, name, (3, 3), width, "SAME", variable=f"vggish/{name}")
+                x = tf.nn.max_pool2d(x, 2, 2, "SAME", name=f"pool{stage}/MaxPool")
+            with tf.name_scope("Flatten/flatten"):
+                x = tf.reshape(x, [-1, int(np.prod(x.shape[1:]))], name="Reshape")
+            for name, units in zip(("fc1/fc1_1", "fc1/fc1_2", "fc2"), fc):
+                x = b.dense(x, name, units, variable=f"vggish/{name}")
+                if name != "fc2" or fc2_relu:
+                    x = tf.nn.relu(x, name=f"{name}/Relu")
+            x = tf.identity(x, name="embeddings")
+        if classifier:
+            _classifier(b, x, classifier, output, first=0)
+    return graph.as_graph_def()
+
+
+def _slim_names(weights: Weights) -> Weights:
+    """TF-Slim's variable names (``weights``/``biases``) for the VGGish scopes."""
+    def renamed(name: str, shape: tuple) -> np.ndarray:
+        if name.startswith("vggish/"):
+            name = name.replace("/kernel", "/weights").replace("/bias", "/biases")
+        return weights(name, shape)
+    return renamed
+
+
+def embedding_head_graph(weights: Weights, features: int = 200, hidden: int = 100,
+                         classes: int = 2, output: str = "Softmax",
+                         input_name: str = "model/Placeholder", input_shape=None,
+                         partitioned: bool = False) -> tf.compat.v1.GraphDef:
+    """An Essentia classification head on embeddings (TensorflowPredict2D's models).
+
+    ``model/Placeholder`` [b, features] -> dense ``hidden`` + ReLU -> dense ``classes``
+    -> ``model/Softmax`` (or Sigmoid, or ``model/Identity`` for regression).
+    ``partitioned=True`` builds the TF 2 export form: input
+    ``serving_default_model_Placeholder``, the network inside a library function
+    called by the node ``PartitionedCall``.
+    """
+    b = _Builder(weights)
+    graph = tf.Graph()
+    shape = input_shape or [None, features]
+    if not partitioned:
+        with graph.as_default(), tf.name_scope("model"):
+            x = tf.compat.v1.placeholder(tf.float32, shape, name=input_name.rsplit("/", 1)[-1])
+            x = tf.reshape(x, [-1, features]) if len(shape) > 2 else x
+            _classifier(b, x, [(hidden, "relu"), (classes, None)], output, first=0)
+        return graph.as_graph_def()
+    values = {name: weights(name, shape_) for name, shape_ in [
+        ("dense/kernel", (features, hidden)), ("dense/bias", (hidden,)),
+        ("dense_1/kernel", (hidden, classes)), ("dense_1/bias", (classes,))]}
+
+    @tf.function
+    def head(x):
+        h = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, values["dense/kernel"]), values["dense/bias"]))
+        y = tf.nn.bias_add(tf.matmul(h, values["dense_1/kernel"]), values["dense_1/bias"])
+        return tf.identity(y) if output == "Identity" else getattr(tf.nn, output.lower())(y)
+
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, shape, name="serving_default_model_Placeholder")
+        head(x)
+    return graph.as_graph_def()
+
+
+def essentia_metadata(classes: list[str], output: str, embedding_model: str | None = None,
+                      input_name: str = "model/Placeholder", kind: str = "multi-class classifier"
+                      ) -> dict:
+    """A model JSON with the fields of Essentia's (classes, schema, inference)."""
+    inference = {"sample_rate": 16000, "algorithm": "TensorflowPredict2D"}
+    if embedding_model:
+        inference["embedding_model"] = {"algorithm": "TensorflowPredictMusiCNN",
+                                        "model_name": embedding_model}
+    return {"name": "test head", "type": kind, "version": "1", "classes": classes,
+            "schema": {"inputs": [{"name": input_name, "type": "float"}],
+                       "outputs": [{"name": output, "type": "float", "op": output.rsplit("/", 1)[-1],
+                                    "output_purpose": "predictions"}]},
+            "inference": inference}
 
 
 def write_graph(graph_def, path: str) -> None:

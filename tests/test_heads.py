@@ -1,0 +1,134 @@
+"""Embedding-input heads (TensorflowPredict2D's models), their metadata, and heads joined to backbones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import assert_parity, require, run_tf, shared_fixture
+from jaxmir.errors import InputError
+
+
+def write_head(tmp_path, name, metadata=None, **kwargs):
+    require("tensorflow")
+    from tools import tf_graphs
+    path = tmp_path / f"{name}.pb"
+    tf_graphs.write_graph(tf_graphs.embedding_head_graph(tf_graphs.random_weights(5), **kwargs),
+                          str(path))
+    if metadata is not None:
+        (tmp_path / f"{name}.json").write_text(json.dumps(metadata))
+    return path
+
+
+def embeddings(batch, width, seed=0):
+    return np.random.default_rng(seed).normal(0, 3, (batch, width)).astype(np.float32)
+
+
+@pytest.mark.parametrize("output", ["Softmax", "Sigmoid", "Identity"])
+@pytest.mark.parametrize("width", [200, 128])
+def test_embedding_heads_match_tensorflow(tmp_path, output, width):
+    path = write_head(tmp_path, "head", features=width, classes=3, output=output)
+    model = jaxmir.load(path)
+    assert model.architecture == "head" and model.input_shape == (width,)
+    for batch in (1, 7):
+        x = embeddings(batch, width)
+        names = [f"model/{output}", "model/dense/BiasAdd", "model/dense/Relu"]
+        reference = run_tf(path, {"model/Placeholder": x}, names)
+        ours = model.apply(x, names)
+        for name, expected in zip(names, reference):
+            assert_parity(name, expected, ours[name], name != "model/Identity" and "dense" not in name)
+    assert model.spec.aliases["embeddings"] == model.spec.node_map["model/dense/BiasAdd"][0]
+
+
+def test_partitioned_call_head(tmp_path):
+    path = write_head(tmp_path, "moods_mirex", classes=5, partitioned=True)
+    model = jaxmir.load(path)
+    assert model.spec.input_name == "serving_default_model_Placeholder"
+    x = embeddings(7, 200)
+    reference = run_tf(path, {"serving_default_model_Placeholder": x}, ["PartitionedCall"])[0]
+    assert_parity("PartitionedCall", reference, model.apply(x, ["PartitionedCall"])["PartitionedCall"],
+                  probabilities=True)
+
+
+def test_squeezed_input_like_essentia(tmp_path):
+    path = write_head(tmp_path, "head3d", input_shape=[None, 1, 200])
+    model = jaxmir.load(path)
+    x = embeddings(4, 200)
+    reference = run_tf(path, {"model/Placeholder": x[:, None, :]}, ["model/Softmax"])[0]
+    for fed in (x, x[:, None, :]):
+        assert_parity("model/Softmax", reference, model.apply(fed)["predictions"], True)
+
+
+def test_essentia_emomusic_regression_head():
+    path = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")
+    model = jaxmir.load(path)
+    assert model.architecture == "head" and model.input_shape == (200,)
+    assert model.spec.config["head"][0].startswith("batch_norm:")
+    x = embeddings(7, 200)
+    reference = run_tf(path, {"flatten_in_input": x[:, None, :]}, ["dense_out"])[0]
+    assert_parity("dense_out", reference, model.apply(x, ["dense_out"])["dense_out"])
+
+
+def test_metadata_json_gives_classes_and_output(tmp_path):
+    from tools.tf_graphs import essentia_metadata
+    meta = essentia_metadata(["happy", "non_happy"], "model/Softmax", "msd-musicnn-1")
+    model = jaxmir.load(write_head(tmp_path, "mood_happy-msd-musicnn-1", meta))
+    assert model.labels == ["happy", "non_happy"]
+    assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
+    plain = jaxmir.load(write_head(tmp_path, "plain"))
+    assert plain.labels == ["class_0", "class_1"] and "no metadata JSON" in plain.describe()
+
+
+def test_metadata_with_wrong_class_count(tmp_path):
+    from tools.tf_graphs import essentia_metadata
+    meta = essentia_metadata(["a", "b", "c"], "model/Softmax")
+    with pytest.raises(InputError, match="lists 3 classes but the graph .* outputs 2 values"):
+        jaxmir.load(write_head(tmp_path, "bad", meta))
+    (tmp_path / "broken.json").write_text("{not json")
+    write_head(tmp_path, "broken")
+    with pytest.raises(InputError, match="not readable model metadata"):
+        jaxmir.load(tmp_path / "broken.pb")
+
+
+def test_head_on_shipped_backbone_matches_tensorflow_chain(tmp_path, musicnn_graphs):
+    from tools.tf_graphs import essentia_metadata
+    meta = essentia_metadata(["danceable", "not_danceable"], "model/Softmax", "msd-musicnn-1")
+    head_path = write_head(tmp_path, "danceability-msd-musicnn-1", meta)
+    model = jaxmir.load(head_path, backbone="msd-musicnn")
+    assert model.architecture == "composed" and model.labels == ["danceable", "not_danceable"]
+    assert model.input_shape == (187, 96)
+    patches = np.random.default_rng(9).normal(0, 1.5, (7, 187, 96)).astype(np.float32)
+    emb = run_tf(musicnn_graphs / "msd-musicnn-1.pb", {"model/Placeholder": patches},
+                 ["model/dense/BiasAdd"])[0]
+    reference = run_tf(head_path, {"model/Placeholder": emb}, ["model/Softmax"])[0]
+    out = model.apply(patches, ["predictions", "backbone/model/dense/BiasAdd", "model/Placeholder"])
+    assert_parity("model/Softmax", reference, out["predictions"], probabilities=True)
+    assert_parity("embeddings", emb, out["backbone/model/dense/BiasAdd"])
+    np.testing.assert_array_equal(out["model/Placeholder"], out["backbone/model/dense/BiasAdd"])
+    # the same head on a backbone given as a path, and as a Model
+    again = jaxmir.load(head_path, backbone=jaxmir.load(musicnn_graphs / "msd-musicnn-1.pb"))
+    np.testing.assert_allclose(again.apply(patches)["predictions"], out["predictions"], atol=1e-6)
+
+
+def test_composed_weights_round_trip(tmp_path):
+    from jaxmir.weights import save_weights
+    model = jaxmir.load(write_head(tmp_path, "h"), backbone="mtt-musicnn")
+    save_weights(model, tmp_path / "composed.npz")
+    again = jaxmir.load(tmp_path / "composed.npz")
+    x = np.random.default_rng(1).standard_normal((2, 187, 96)).astype(np.float32)
+    np.testing.assert_array_equal(again.apply(x)["predictions"], model.apply(x)["predictions"])
+
+
+def test_composition_errors_name_both_sides(tmp_path):
+    vggish_head = write_head(tmp_path, "vggish-head", features=128)
+    with pytest.raises(InputError, match="takes 128-d embeddings.*gives 200-d"):
+        jaxmir.load(vggish_head, backbone="msd-musicnn")
+    with pytest.raises(InputError, match="not an embedding head"):
+        jaxmir.load("msd-vgg", backbone="msd-musicnn")
+    with pytest.raises(InputError, match="is a head model, not a backbone"):
+        jaxmir.load(vggish_head, backbone=vggish_head)
+    with pytest.raises(InputError, match="not a layer of its dense head"):
+        jaxmir.load(write_head(tmp_path, "h2"), backbone="msd-musicnn", embedding="mean_pool")

@@ -1,0 +1,121 @@
+"""VGGish and the full-graph transfer classifiers: graphs shaped like Essentia's, parity with TensorFlow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import assert_parity, require, run_tf, shared_fixture
+
+PROBABILITIES = ("model/Sigmoid", "model/Softmax")
+
+
+def patches(batch: int, shape=(96, 64), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 2, (batch, *shape)).astype(np.float32)
+
+
+def compare(path, model, x, feeds=None):
+    """Every mapped graph node of ``model`` against TensorFlow on the same input."""
+    names = [n for n in model.spec.node_map if n != model.spec.input_name and "/" in n]
+    reference = run_tf(path, {model.spec.input_name: x, **(feeds or {})}, names)
+    ours = model.apply(x, names)
+    return {n: assert_parity(n, r, ours[n], n in PROBABILITIES) for n, r in zip(names, reference)}
+
+
+def write(graph_def, path):
+    from tools.tf_graphs import write_graph
+    write_graph(graph_def, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def audioset_vggish(tmp_path_factory):
+    """Full-size replicas of audioset-vggish-3 (random weights): current (no fc2 ReLU) and 2017 form."""
+    require("tensorflow")
+    from tools import tf_graphs
+    out = tmp_path_factory.mktemp("vggish")
+    return {relu: write(tf_graphs.vggish_graph(tf_graphs.random_weights(7), fc2_relu=relu),
+                        out / f"audioset-vggish-3{'-relu' if relu else ''}.pb")
+            for relu in (False, True)}
+
+
+@pytest.mark.parametrize("fc2_relu", [False, True], ids=["pre-activation", "post-relu"])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_audioset_vggish_replica(audioset_vggish, fc2_relu, batch):
+    path = audioset_vggish[fc2_relu]
+    model = jaxmir.load(path)
+    assert model.architecture == "vggish" and model.input_shape == (96, 64)
+    assert model.spec.output_name == "model/vggish/embeddings"
+    assert model.num_params() == 72_141_184  # tensorflow/models' VGGish
+    x = patches(batch)
+    errors = compare(path, model, x)
+    assert {"model/vggish/embeddings", "model/vggish/pool4/MaxPool", "model/vggish/conv1/Relu",
+            "model/vggish/fc1/fc1_2/Relu", "model/vggish/fc2/BiasAdd"} <= set(errors)
+    out = model.apply(x, ["embeddings", "fc2", "pool1", "pool4", "conv3_2", "fc1_1"])
+    assert out["embeddings"].shape == (batch, 128) and out["pool4"].shape == (batch, 6, 4, 512)
+    assert out["pool1"].shape == (batch, 48, 32, 64) and out["conv3_2"].shape == (batch, 24, 16, 256)
+    # The embedding is read from the graph: post-ReLU only in the 2017 form.
+    assert bool(np.all(np.asarray(out["embeddings"]) >= 0)) == fc2_relu
+    if not fc2_relu:
+        np.testing.assert_array_equal(out["embeddings"], out["fc2"])
+
+
+def test_essentia_small_vggish_fixture():
+    path = shared_fixture("essentia-models/small_vggish_init.pb")
+    model = jaxmir.load(path)
+    assert model.architecture == "vggish" and model.output_width() == 2
+    errors = compare(path, model, patches(7))
+    assert "model/Sigmoid" in errors and "model/vggish/fc2/Relu" in errors
+    # no embeddings node in this toy: fc2 after its ReLU
+    assert model.spec.aliases["embeddings"] == model.spec.node_map["model/vggish/fc2/Relu"][0]
+
+
+def test_essentia_vgg4_fixture_behind_cond():
+    path = shared_fixture("essentia-models/vgg4.pb")
+    model = jaxmir.load(path)
+    assert model.architecture == "vgg" and model.input_shape == (128, 128)
+    x = np.random.default_rng(4).standard_normal((7, 128, 128)).astype(np.float32)
+    errors = compare(path, model, x, feeds={"model/Placeholder_1": False})
+    assert "model/Softmax" in errors
+
+
+@pytest.mark.parametrize("family", ["vggish", "musicnn", "vgg"])
+def test_full_graph_transfer_classifiers(tmp_path, family):
+    require("tensorflow")
+    from tools import tf_graphs
+    weights = tf_graphs.random_weights(11)
+    if family == "vggish":
+        graph = tf_graphs.vggish_graph(weights, widths=(16, 32, 64, 128), fc=(256, 256, 128),
+                                       classifier=[(100, "relu"), (8, None)], output="Softmax")
+        x = patches(7)
+    elif family == "musicnn":
+        graph = tf_graphs.musicnn_graph(weights, classifier=[(100, None), (9, None)],
+                                        output="Softmax")
+        x = patches(7, (187, 96))
+    else:
+        graph = tf_graphs.vgg_graph(weights, classifier=[(100, "relu"), (4, None)],
+                                    output="Softmax")
+        x = patches(7, (187, 96))
+    path = write(graph, tmp_path / f"genre-{family}.pb")
+    model = jaxmir.load(path)
+    assert model.output_width() == {"vggish": 8, "musicnn": 9, "vgg": 4}[family]
+    assert model.spec.output_name == "model/Softmax"
+    errors = compare(path, model, x)
+    assert "model/Softmax" in errors
+    probabilities = np.asarray(model.apply(x)["predictions"])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_unknown_head_on_a_known_body(tmp_path):
+    tf = require("tensorflow")
+    from tools import tf_graphs
+    graph_def = tf_graphs.musicnn_graph(tf_graphs.random_weights(1), n_labels=5)
+    # swap the final sigmoid for an op jaxmir does not know
+    for node in graph_def.node:
+        if node.name == "model/Sigmoid":
+            node.op = "Selu"
+    path = write(graph_def, tmp_path / "odd.pb")
+    with pytest.raises(jaxmir.UnsupportedGraphError,
+                       match="MusiCNN body was recognised.*op Selu at 'model/Sigmoid'"):
+        jaxmir.load(path)
