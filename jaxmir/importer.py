@@ -87,8 +87,7 @@ def _import_head(path: InferencePath, input_node) -> ModelSpec:
                        f"dense layer takes {width} features")
     variables: dict = {}
     _head_variables(variables, head_vars)
-    node_map = {name: (f"head/layer_{i}", (_units(head, head_vars, i, width),))
-                for name, i in head_nodes.items()}
+    node_map = _head_node_map(head, head_nodes, width)
     node_map[input_node.name] = ("input", (width,))
     return ModelSpec("head", {"head": list(head)}, variables, input_node.name, (width,),
                      path.output, head_aliases(head), node_map)
@@ -270,8 +269,7 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     head, head_vars, head_nodes = _read_head(path, flatten.name, "MusiCNN")
     if not any(spec.startswith("dense") for spec in head):
         raise _unknown(graph, path, "no dense layer after the temporal pooling")
-    node_map.update({name: (f"head/layer_{i}", (_units(head, head_vars, i, 2 * n_mid),))
-                     for name, i in head_nodes.items()})
+    node_map.update(_head_node_map(head, head_nodes, 2 * n_mid))
 
     variables: dict = {}
     _nest(variables, ("input_bn",), dict(zip(("params", "batch_stats"), input_bn.variables())))
@@ -310,12 +308,12 @@ def _read_head(path: InferencePath, start: str, body: str):
                                     f"head jaxmir supports: {err}") from None
 
 
-def _units(head: list[str], head_vars: dict, index: int, width: int) -> int:
-    """Width of the head's output after layer ``index``."""
-    for i in range(index, -1, -1):
-        if head[i].startswith("dense"):
-            return int(head[i].split(":")[1])
-    return width
+def _head_node_map(head: list[str], head_nodes: dict[str, int], width: int) -> dict:
+    """Graph nodes of a dense head -> (tap, shape); ``width`` is the head's input width."""
+    def units(index: int) -> int:
+        dense = [int(s.split(":")[1]) for s in head[:index + 1] if s.startswith("dense")]
+        return dense[-1] if dense else width
+    return {name: (f"head/layer_{i}", (units(i),)) for name, i in head_nodes.items()}
 
 
 def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
@@ -338,11 +336,10 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
                              and all(l.pool is not None for l in layers)):
         problems.append("batch norm and pooling must follow every convolution and the input "
                         "(musicnn's VGG), or no convolution at all (VGGish)")
-    bn_eps = {l.batch_norm.epsilon for l in layers if l.batch_norm is not None}
     if problems:
         raise _unknown(graph, path, "a VGG-style stack needs 3x3 SAME convolutions with "
                        "activations: " + "; ".join(problems))
-    epsilon = input_bn.epsilon if input_bn is not None else (min(bn_eps) if bn_eps else None)
+    epsilon = input_bn.epsilon if input_bn is not None else None
 
     flatten = path.next_op(layers[-1].output_node)
     if flatten is None or flatten.op != "Reshape":
@@ -366,8 +363,7 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     flat = height * width * int(layers[-1].kernel.shape[-1])
     node_map[flatten.name] = ("flatten", (flat,))
     head, head_vars, head_nodes = _read_head(path, flatten.name, "VGG-style")
-    node_map.update({name: (f"head/layer_{i}", (_units(head, head_vars, i, flat),))
-                     for name, i in head_nodes.items()})
+    node_map.update(_head_node_map(head, head_nodes, flat))
 
     variables: dict = {}
     if input_bn is not None:
@@ -380,7 +376,7 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     has_bn = any(l.batch_norm is not None for l in layers)
     architecture = "vgg" if has_bn else "vggish"
     config = {"blocks": blocks, "head": list(head),
-              "input_bn_epsilon": epsilon if input_bn is not None else None}
+              "input_bn_epsilon": epsilon}
     for alias, tap in pool_aliases(tuple(tuple(b) for b in blocks)).items():
         # musicnn's extractor squeezes singleton axes (pool5 is [b, 2, 128])
         shape = node_map[_node_of(node_map, tap)][1]
