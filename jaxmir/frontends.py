@@ -289,27 +289,65 @@ def frame_starts(frontend: str, n_samples: int, compat: str = "essentia") -> np.
     return first + hop * np.arange(count, dtype=np.int64)
 
 
-def _frames(audio: jax.Array, size: int, hop: int, first: int, count: int) -> jax.Array:
-    """``[..., N]`` -> ``[..., count, size]``: frame k is ``audio[first + k*hop :][:size]``, zeros outside.
+# Frames per step of the loop over the signal: big enough to keep the FFT and
+# the matmul efficient, small enough that a step's intermediates (frames,
+# spectrum, power) stay in cache instead of streaming the whole signal's
+# through memory; about 2.5x faster on CPU than one pass over all frames.
+_FRAMES_PER_STEP = 1024
 
-    Cut with reshapes and strided slices instead of a gather: the padded signal
-    is split into blocks of ``g = gcd(size, hop)`` samples, and frame k is the
-    ``size // g`` consecutive blocks starting at block ``k * hop // g``.
+
+def _blocks(audio: jax.Array, size: int, hop: int, first: int, count: int) -> tuple[jax.Array, int, int]:
+    """Zero-pad ``[..., N]`` and split it into blocks of ``g = gcd(size, hop)`` samples.
+
+    Frame k (starting at sample ``first + k * hop``) is then the ``size // g``
+    consecutive blocks from block ``k * hop // g``: frames are cut with
+    reshapes and strided slices, no gather. Returns ``(blocks [..., n_blocks, g],
+    hop // g, size // g)``.
     """
-    n = audio.shape[-1]
-    lead = audio.shape[:-1]
-    if count == 0:
-        return jnp.zeros((*lead, 0, size), audio.dtype)
     g = math.gcd(size, hop)
     step, width = hop // g, size // g
     n_blocks = (count - 1) * step + width
     total = n_blocks * g
     left = -first
-    right = max(0, total - left - n)
-    padded = jnp.pad(audio, [(0, 0)] * len(lead) + [(left, right)])[..., :total]
-    blocks = padded.reshape(*lead, n_blocks, g)
-    parts = [blocks[..., i: i + (count - 1) * step + 1: step, :] for i in range(width)]
-    return jnp.concatenate(parts, axis=-1)
+    right = max(0, total - left - audio.shape[-1])
+    padded = jnp.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(left, right)])[..., :total]
+    return padded.reshape(*audio.shape[:-1], n_blocks, g), step, width
+
+
+def _frames_from_blocks(blocks: jax.Array, step: int, width: int, count: int) -> jax.Array:
+    """``count`` frames from the start of ``blocks``: ``[..., count, width * g]``."""
+    span = (count - 1) * step + 1
+    return jnp.concatenate([blocks[..., i:i + span:step, :] for i in range(width)], axis=-1)
+
+
+def _stft_bands(audio: jax.Array, frontend: str, compat: str, bands_of_power) -> jax.Array:
+    """Frame, window and ``|rfft|^2`` ``[..., N]``, then ``bands_of_power``: ``[..., n_frames, n_bands]``.
+
+    The frames are processed ``_FRAMES_PER_STEP`` at a time in a ``lax.map``
+    loop (the last step padded with frames past the end, then dropped).
+    """
+    size, hop, first, count = _framing(frontend, compat, audio.shape[-1])
+    lead = audio.shape[:-1]
+    n_bands = MUSICNN_N_BANDS if frontend == "musicnn" else VGGISH_N_BANDS
+    if count == 0:
+        return jnp.zeros((*lead, 0, n_bands), audio.dtype)
+    window = jnp.asarray(_window(frontend, compat), audio.dtype)
+    per_step = max(1, _FRAMES_PER_STEP // max(1, math.prod(lead)))
+    n_steps = -(-count // per_step)
+    per_step = -(-count // n_steps)  # spread the frames evenly over the steps
+    blocks, step, width = _blocks(audio, size, hop, first, n_steps * per_step)
+
+    def bands(start_block):
+        span = (per_step - 1) * step + width
+        chunk = jax.lax.dynamic_slice_in_dim(blocks, start_block, span, axis=-2)
+        frames = _frames_from_blocks(chunk, step, width, per_step) * window
+        return bands_of_power(_power_spectrum(frames))
+
+    if n_steps == 1:
+        return bands(0)[..., :count, :]
+    out = jax.lax.map(bands, jnp.arange(n_steps) * (per_step * step))  # [n_steps, ..., per_step, n_bands]
+    out = jnp.moveaxis(out, 0, -3).reshape(*lead, n_steps * per_step, n_bands)
+    return out[..., :count, :]
 
 
 def _power_spectrum(frames: jax.Array) -> jax.Array:
@@ -347,22 +385,24 @@ def _as_audio(audio: ArrayLike, name: str) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("compat",))
 def _musicnn_logmel(audio: jax.Array, compat: str) -> jax.Array:
-    size, hop, first, count = _framing("musicnn", compat, audio.shape[-1])
-    frames = _frames(audio, size, hop, first, count) * jnp.asarray(_window("musicnn", compat), audio.dtype)
-    mel = _apply_mel(_power_spectrum(frames), _filterbank("musicnn", compat))
-    if compat == "musicnn":
-        # musicnn stores the mel as float16 (values above float16's max, which
-        # audio within [-1, 1] cannot reach, saturate instead of becoming inf).
-        mel = jnp.minimum(mel, _FLOAT16_MAX).astype(jnp.float16).astype(audio.dtype)
-    return jnp.log1p(10000.0 * mel) / math.log(10.0)
+    weights = _filterbank("musicnn", compat)
+
+    def log_mel(power):
+        mel = _apply_mel(power, weights)
+        if compat == "musicnn":
+            # musicnn stores the mel as float16 (values above float16's max, which
+            # audio within [-1, 1] cannot reach, saturate instead of becoming inf).
+            mel = jnp.minimum(mel, _FLOAT16_MAX).astype(jnp.float16).astype(power.dtype)
+        return jnp.log10(1.0 + 10000.0 * mel)  # Essentia: x * 10000 + 1, then log10
+
+    return _stft_bands(audio, "musicnn", compat, log_mel)
 
 
 @functools.partial(jax.jit, static_argnames=("compat",))
 def _vggish_logmel(audio: jax.Array, compat: str) -> jax.Array:
-    size, hop, first, count = _framing("vggish", compat, audio.shape[-1])
-    frames = _frames(audio, size, hop, first, count) * jnp.asarray(_window("vggish", compat), audio.dtype)
-    mel = _apply_mel(_magnitude(_power_spectrum(frames)), _filterbank("vggish", compat))
-    return jnp.log(mel + VGGISH_LOG_OFFSET)
+    weights = _filterbank("vggish", compat)
+    return _stft_bands(audio, "vggish", compat,
+                       lambda power: jnp.log(_apply_mel(_magnitude(power), weights) + VGGISH_LOG_OFFSET))
 
 
 def musicnn_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:

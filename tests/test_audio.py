@@ -1,0 +1,215 @@
+"""jaxmir.audio: Essentia's MonoLoader signal reproduced, librosa's for the soxr mode, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import require, shared_fixture
+from jaxmir.audio import load_audio, prepare_audio
+from jaxmir.errors import AudioError, InputError
+
+CHIRP = "essentia-reference/audio/chirp_44k1_stereo.wav"
+SINES = "essentia-reference/audio/synth_sines_16k_mono.wav"
+
+
+def reference(name: str) -> dict:
+    with np.load(shared_fixture(f"essentia-reference/{name}.npz"), allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def test_chirp_44k1_stereo_matches_essentia_monoloader():
+    """Downmix + libsamplerate sinc-medium with Essentia's float32 ratio: sample-exact."""
+    ref = reference("chirp_44k1_stereo")
+    audio = load_audio(shared_fixture(CHIRP))
+    assert audio.dtype == np.float32 and audio.shape == ref["audio_16k"].shape
+    assert np.max(np.abs(audio - ref["audio_16k"])) == 0.0
+
+
+def test_22k05_resampling_matches_essentia():
+    """TRWJAZ... (22.05 kHz): Essentia's downmix resampled the same way gives its 16-kHz signal exactly."""
+    ref = reference("TRWJAZW128F42760DD_test")
+    audio = prepare_audio(ref["downmix_native"], int(ref["loader_native_sr"]))
+    assert audio.shape == ref["audio_16k"].shape
+    assert np.max(np.abs(audio - ref["audio_16k"])) == 0.0
+
+
+def test_float32_ratio_is_what_makes_it_exact():
+    """With the exact double ratio libsamplerate drifts away from Essentia (~3e-3 on the chirp)."""
+    import samplerate
+    ref = reference("chirp_44k1_stereo")
+    drifting = samplerate.resample(ref["downmix_native"], 16000 / 44100, "sinc_medium")
+    n = min(len(drifting), len(ref["audio_16k"]))
+    assert np.max(np.abs(drifting[:n] - ref["audio_16k"][:n])) > 1e-3
+
+
+def test_16k_file_is_not_resampled():
+    ref = reference("synth_sines_16k_mono")
+    np.testing.assert_array_equal(load_audio(shared_fixture(SINES)), ref["audio_16k"])
+
+
+def test_stereo_downmix_is_essentias():
+    ref = reference("chirp_44k1_stereo")
+    stereo, rate = soundfile.read(shared_fixture(CHIRP), dtype="float32", always_2d=True)
+    mono = prepare_audio(stereo, rate, target_rate=rate)
+    np.testing.assert_array_equal(mono, ref["downmix_native"])
+
+
+@pytest.mark.parametrize("path", [CHIRP, "audio/hiphop.mp3"])
+def test_soxr_mode_is_librosa_load(path):
+    librosa = require("librosa")
+    file = shared_fixture(path)
+    expected, _ = librosa.load(file, sr=16000)
+    actual = load_audio(file, resampler="soxr")
+    assert actual.dtype == np.float32 and actual.shape == expected.shape
+    assert np.max(np.abs(actual - expected)) == 0.0
+
+
+def test_mp3_reads():
+    audio = load_audio(shared_fixture("audio/hiphop.mp3"))
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(audio.shape[0] / 16000 - 5.28) < 0.02
+    assert 0.01 < np.max(np.abs(audio)) <= 1.0
+
+
+def test_silence_is_valid(tmp_path):
+    path = tmp_path / "silence.wav"
+    soundfile.write(path, np.zeros((22050, 2), np.int16), 44100)
+    audio = load_audio(path)
+    assert audio.shape == (8000,) and not audio.any()
+
+
+def test_prepare_audio_scales_pcm():
+    pcm = np.array([-32768, -16384, 0, 16384, 32767], np.int16)
+    np.testing.assert_array_equal(prepare_audio(pcm, 16000), pcm / np.float32(32768))
+    pcm32 = np.array([-2 ** 31, 0, 2 ** 30], np.int32)
+    np.testing.assert_array_equal(prepare_audio(pcm32, 16000), [-1.0, 0.0, 0.5])
+    unsigned = np.array([0, 128, 192], np.uint8)
+    np.testing.assert_array_equal(prepare_audio(unsigned, 16000), [-1.0, 0.0, 0.5])
+    stereo = np.array([[1000, -1000], [2000, 0]], np.int16)
+    np.testing.assert_array_equal(prepare_audio(stereo, 16000), np.float32([0.0, 2000 / 32768 / 2]))
+    assert prepare_audio(np.zeros(10, np.float64), 16000).dtype == np.float32
+
+
+def test_prepare_audio_resamples_with_explicit_rate():
+    t = np.arange(44100) / 44100
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for resampler in ("essentia", "soxr"):
+        out = prepare_audio(tone, 44100, resampler=resampler)
+        assert abs(out.shape[0] - 16000) <= 1
+        expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(out.shape[0]) / 16000)
+        # away from the edges both resamplers reproduce a 440 Hz tone closely
+        assert np.max(np.abs(out[200:-200] - expected[200:-200])) < 1e-3
+
+
+# ---------------------------------------------------------------------------
+# bad input: AudioError (an InputError, a ValueError) naming the file and what is accepted
+# ---------------------------------------------------------------------------
+def write(tmp_path, name, data, rate, **kwargs):
+    path = tmp_path / name
+    soundfile.write(path, data, rate, **kwargs)
+    return path
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.wav"
+    with pytest.raises(AudioError, match="no such file") as err:
+        load_audio(path)
+    assert str(path) in str(err.value) and "WAV, FLAC" in str(err.value)
+
+
+def test_directory(tmp_path):
+    with pytest.raises(AudioError, match="is a directory") as err:
+        load_audio(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_not_audio(tmp_path):
+    path = tmp_path / "notes.wav"
+    path.write_text("this is not a wave file\n" * 20)
+    with pytest.raises(AudioError, match="cannot be read as audio") as err:
+        load_audio(path)
+    assert str(path) in str(err.value) and "expected" in str(err.value)
+
+
+def test_truncated_file(tmp_path):
+    good = write(tmp_path, "good.flac", np.zeros(16000, np.float32), 16000)
+    path = tmp_path / "truncated.flac"
+    path.write_bytes(good.read_bytes()[:20])
+    with pytest.raises(AudioError, match="truncated.flac"):
+        load_audio(path)
+
+
+def test_empty_audio(tmp_path):
+    path = write(tmp_path, "empty.wav", np.zeros((0, 1), np.int16), 16000)
+    with pytest.raises(AudioError, match="no samples") as err:
+        load_audio(path)
+    assert "empty.wav" in str(err.value)
+    with pytest.raises(AudioError, match="no samples"):
+        prepare_audio(np.zeros(0, np.float32), 16000)
+
+
+def test_nan_and_inf(tmp_path):
+    data = np.zeros(1000, np.float32)
+    data[10], data[20] = np.nan, np.inf
+    path = write(tmp_path, "nan.wav", data, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="2 NaN or infinite") as err:
+        load_audio(path)
+    assert "nan.wav" in str(err.value)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        prepare_audio(data, 16000)
+
+
+def test_more_than_two_channels(tmp_path):
+    path = write(tmp_path, "surround.wav", np.zeros((1000, 3), np.int16), 16000)
+    with pytest.raises(AudioError, match="3 channels; accepted: mono or stereo") as err:
+        load_audio(path)
+    assert "surround.wav" in str(err.value)
+    with pytest.raises(AudioError, match="3 channels"):
+        prepare_audio(np.zeros((1000, 3), np.float32), 16000)
+    with pytest.raises(AudioError, match="1000 channels.*channels go last"):
+        prepare_audio(np.zeros((2, 1000), np.float32), 16000)  # channels-first by mistake
+
+
+@pytest.mark.parametrize("rate", [4000, 384000])
+def test_file_rate_out_of_range(tmp_path, rate):
+    path = write(tmp_path, f"rate{rate}.wav", np.zeros(1000, np.int16), rate)
+    with pytest.raises(AudioError, match=f"{rate} Hz is out of range; accepted: 8000-192000 Hz") as err:
+        load_audio(path)
+    assert f"rate{rate}.wav" in str(err.value)
+
+
+@pytest.mark.parametrize("rate", [7999, 192001, 16000.5, 0, -16000, float("nan"), "16000", None, True])
+def test_array_rate_out_of_range(rate):
+    with pytest.raises(AudioError, match="8000-192000 Hz"):
+        prepare_audio(np.zeros(100, np.float32), rate)
+
+
+def test_target_rate_checked(tmp_path):
+    with pytest.raises(AudioError, match="requested sample_rate 1000 Hz"):
+        load_audio(shared_fixture(SINES), sample_rate=1000)
+    with pytest.raises(AudioError, match="target_rate"):
+        prepare_audio(np.zeros(100, np.float32), 16000, target_rate=500000)
+
+
+def test_unknown_resampler():
+    with pytest.raises(AudioError, match="unknown resampler 'kaiser'; accepted: 'essentia', 'soxr'"):
+        load_audio(shared_fixture(SINES), resampler="kaiser")
+    with pytest.raises(AudioError, match="unknown resampler"):
+        prepare_audio(np.zeros(100, np.float32), 16000, resampler="librosa")
+
+
+@pytest.mark.parametrize("audio, match", [
+    (np.zeros((10, 2, 2), np.float32), r"shape \[10, 2, 2\]"),
+    (np.float32(0.5), r"shape \[\]"),
+    (np.array(["a", "b"]), "dtype"),
+    (np.zeros(10, np.complex64), "dtype"),
+])
+def test_bad_arrays(audio, match):
+    with pytest.raises(AudioError, match=match):
+        prepare_audio(audio, 16000)
+
+
+def test_errors_are_value_errors():
+    assert issubclass(AudioError, InputError) and issubclass(AudioError, ValueError)
