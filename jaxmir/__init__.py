@@ -2,9 +2,11 @@
 
 from jaxmir.errors import (AudioError, GraphError, InputError, JaxmirError,
                            UnsupportedGraphError, WeightsError)
+from jaxmir import frontends
+from jaxmir.audio import load_audio
 from jaxmir.loading import load
 from jaxmir.model import Model
 
 __all__ = ["load", "Model", "JaxmirError", "GraphError", "UnsupportedGraphError", "WeightsError",
-           "InputError", "AudioError"]
+           "InputError", "AudioError", "load_audio", "frontends"]
 __version__ = "0.1.0"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Iterable, Sequence
 
 import flax.linen as nn
@@ -209,16 +208,66 @@ class Model:
     def __call__(self, patches, outputs=None):
         return self.apply(patches, outputs)
 
+    # -- from audio (jaxmir.pipeline) ------------------------------------------------------
+    def features(self, audio, sample_rate: int, compat: str = "essentia") -> np.ndarray:
+        """Log-mel frames of a signal, as this model's front-end computes them.
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _run(module: nn.Module, taps: tuple, variables: dict, patches: jax.Array) -> list[jax.Array]:
-    prediction, state = module.apply(variables, patches, mutable=["intermediates"])
+        Args:
+          audio: ``[n_samples]`` or ``[n_samples, channels]`` (float in [-1, 1]
+            or integer PCM) at ``sample_rate``; resampled to 16 kHz if needed.
+          sample_rate: the rate of ``audio`` in Hz (required, never guessed).
+          compat: front-end mode, see :func:`jaxmir.frontends.musicnn_logmel`.
+
+        Returns:
+          float32 ``[n_frames, 96]`` (MusiCNN/VGG, a frame every 16 ms) or
+          ``[n_frames, 64]`` (VGGish, every 10 ms); a NumPy array (a JAX
+          array when ``audio`` is traced).
+        """
+        from jaxmir import pipeline
+
+        return pipeline.features(self, audio, sample_rate, compat=compat)
+
+    def predict(self, audio, sample_rate: int, output: str | None = None,
+                patch_hop: int | None = None, last_patch: str = "discard",
+                pad: str | None = None, compat: str = "essentia") -> np.ndarray:
+        """The output for every patch of a signal, as Essentia's TensorflowPredictMusiCNN/VGGish.
+
+        Args:
+          audio: ``[n_samples]`` or ``[n_samples, channels]`` at ``sample_rate``
+            (a traced 16-kHz ``[n_samples]`` array works under ``jax.grad``).
+          sample_rate: the rate of ``audio`` in Hz (required, never guessed).
+          output: any name :meth:`apply` accepts; default ``"predictions"``.
+          patch_hop: frames between patches (default 93; 0 = the patch size).
+          last_patch: ``"discard"`` (Essentia's default) or ``"repeat"``.
+          pad: ``None`` (too short a signal raises InputError), ``"zero"`` or
+            ``"repeat"``: one padded patch for a signal shorter than a patch.
+          compat: front-end mode (``"essentia"``; ``"musicnn"``/``"google"``).
+
+        Returns:
+          ``[n_patches, ...]``, e.g. ``[n_patches, 50]`` for MusiCNN's tags: a
+          NumPy array (a JAX array when ``audio`` is traced, e.g. under ``jax.grad``).
+        """
+        from jaxmir import pipeline
+
+        return pipeline.predict(self, audio, sample_rate, output, patch_hop=patch_hop,
+                                last_patch=last_patch, pad=pad, compat=compat)
+
+
+def tapped_outputs(module: nn.Module, taps: tuple, variables: dict,
+                   patches: jax.Array) -> tuple[jax.Array, ...]:
+    """The pure function behind ``Model.apply``: the module's sown intermediates named by ``taps``.
+
+    ``taps`` holds ``(tap, shape)`` pairs; a shape (without the batch axis)
+    reshapes the tap to the graph node's shape.
+    """
+    _, state = module.apply(variables, patches, mutable=["intermediates"])
     available = _flatten_taps(state["intermediates"])
     available["input"] = patches
     values = []
     for tap, shape in taps:
         value = available[tap]
-        if shape is not None:
-            value = jnp.reshape(value, (value.shape[0],) + shape)
-        values.append(value)
-    return values
+        values.append(value if shape is None else jnp.reshape(value, (value.shape[0],) + shape))
+    return tuple(values)
+
+
+_run = jax.jit(tapped_outputs, static_argnums=(0, 1))

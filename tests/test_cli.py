@@ -1,0 +1,258 @@
+"""The ``jaxmir`` command: tag, embed, info; formats; one bad file among good ones."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+import jaxmir
+from conftest import ROOT, shared_fixture
+from jaxmir import cli
+
+SR = 44100
+
+
+@pytest.fixture(autouse=True)
+def no_persistent_cache(monkeypatch):
+    # jax.config is process-wide: in-process runs must not switch the cache on for later tests
+    monkeypatch.setenv("JAXMIR_NO_CACHE", "1")
+
+
+@pytest.fixture(scope="module")
+def musicnn():
+    return jaxmir.load("msd-musicnn")
+
+
+def tone(seconds: float, rate: int = SR, channels: int = 2, freq: float = 330.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    left = 0.4 * np.sin(2 * np.pi * freq * t) + 0.05 * np.sin(2 * np.pi * 3 * freq * t)
+    right = 0.3 * np.sign(np.sin(2 * np.pi * freq / 2 * t))
+    both = np.stack([left, right], axis=1)
+    return both[:, :channels] if channels > 1 else left
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory) -> dict[str, Path]:
+    """Generated files: stereo 44.1 kHz in every PCM width and float, mono 22.05 kHz, and bad ones."""
+    folder = tmp_path_factory.mktemp("audio")
+    files = {}
+    for subtype in ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"):
+        files[subtype] = folder / f"stereo_{subtype.lower()}.wav"
+        soundfile.write(files[subtype], tone(4.0), SR, subtype=subtype)
+    files["mono_22k"] = folder / "mono_22k.flac"
+    soundfile.write(files["mono_22k"], tone(4.5, 22050, channels=1, freq=220.0), 22050)
+    files["short"] = folder / "short.wav"
+    soundfile.write(files["short"], tone(1.0), SR)
+    files["empty"] = folder / "empty.wav"
+    soundfile.write(files["empty"], np.zeros((0, 2)), SR)
+    files["nan"] = folder / "nan.wav"
+    bad = tone(4.0).astype(np.float32)
+    bad[1000:1010] = np.nan
+    soundfile.write(files["nan"], bad, SR, subtype="FLOAT")
+    files["garbage"] = folder / "garbage.wav"
+    files["garbage"].write_bytes(b"RIFF\x00\x01not really a wave file" * 10)
+    files["folder"] = folder / "a_folder.mp3"
+    files["folder"].mkdir()
+    return files
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = cli.main([*argv, "--no-progress"] if argv[0] in ("tag", "embed") else list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_tag_fixture_audio_text(capsys, musicnn):
+    vignesh, hiphop = shared_fixture("audio/vignesh.wav"), shared_fixture("audio/hiphop.mp3")
+    status, out, err = run(capsys, "tag", str(vignesh), str(hiphop))
+    assert status == 0, err
+    blocks = out.strip().split("\n[")
+    assert len(blocks) == 2
+    for path, block in zip((vignesh, hiphop), blocks):
+        lines = block.splitlines()
+        assert str(path) in lines[0] and "top 3 tags" in lines[0]
+        mean = np.asarray(musicnn.predict(jaxmir.load_audio(path), 16000)).mean(axis=0)
+        expected = [musicnn.labels[i] for i in np.argsort(-mean)[:3]]
+        shown = [line[3:].rsplit(maxsplit=1) for line in lines[1:]]
+        assert [label.strip() for label, _ in shown] == expected
+        np.testing.assert_allclose([float(score) for _, score in shown], np.sort(mean)[::-1][:3], atol=1e-4)
+
+
+def test_tag_json_on_every_pcm_width(capsys, wavs, musicnn):
+    names = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "mono_22k"]
+    status, out, err = run(capsys, "tag", *(str(wavs[n]) for n in names), "--format", "json",
+                           "--top", "5", "--model", "msd-musicnn")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["labels"] == musicnn.labels and report["patch_hop_frames"] == 93
+    assert [f["file"] for f in report["files"]] == [str(wavs[n]) for n in names]
+    means = {}
+    for name, entry in zip(names, report["files"]):
+        taggram = np.asarray(entry["taggram"])
+        assert taggram.shape == (entry["n_patches"], 50) and entry["n_patches"] >= 1
+        np.testing.assert_allclose(entry["mean"], taggram.mean(axis=0), atol=1e-6)
+        scores = [t["score"] for t in entry["top"]]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+        means[name] = np.asarray(entry["mean"])
+    # the same signal in 16/24/32-bit and float gives the same tags; 8-bit is close
+    for name in ("PCM_24", "PCM_32", "FLOAT"):
+        np.testing.assert_allclose(means[name], means["PCM_16"], atol=2e-3)
+    np.testing.assert_allclose(means["PCM_U8"], means["PCM_16"], atol=5e-2)
+    # and what the API gives for the file
+    direct = musicnn.predict(jaxmir.load_audio(wavs["PCM_16"]), 16000)
+    np.testing.assert_allclose(report["files"][1]["taggram"], direct, atol=1e-6)
+
+
+def test_bad_files_are_reported_and_the_others_go_on(capsys, wavs):
+    bad = ["garbage", "folder", "short", "empty", "nan"]
+    paths = [str(wavs["PCM_16"])] + [str(wavs[b]) for b in bad] + [str(wavs["FLOAT"]), "/no/such.wav"]
+    status, out, err = run(capsys, "tag", *paths, "--format", "json")
+    assert status == 1
+    assert "Traceback" not in err
+    errors = {line for line in err.splitlines() if line.startswith("jaxmir: error: ")}
+    assert len(errors) == len(bad) + 1
+    problems = {"garbage": "cannot be read", "folder": "is a directory", "short": "too short",
+                "empty": "no samples", "nan": "NaN"}
+    for name, problem in problems.items():
+        assert any(str(wavs[name]) in line and problem in line for line in errors), (name, err)
+    assert any("/no/such.wav" in line and "no such file" in line for line in errors)
+    report = json.loads(out)
+    ok = [f for f in report["files"] if "error" not in f]
+    assert [f["file"] for f in ok] == [str(wavs["PCM_16"]), str(wavs["FLOAT"])]
+    assert len(report["files"]) == len(paths)
+
+
+def test_short_file_with_pad(capsys, wavs):
+    status, out, err = run(capsys, "tag", str(wavs["short"]), "--pad", "zero", "--format", "json")
+    assert status == 0, err
+    assert json.loads(out)["files"][0]["n_patches"] == 1
+
+
+def test_csv_and_output_file(capsys, wavs, tmp_path):
+    target = tmp_path / "tags.csv"
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), str(wavs["mono_22k"]), "--format", "csv",
+                           "--top", "0", "--output", str(target))
+    assert status == 0 and out == "", err
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert list(rows[0]) == ["file", "rank", "label", "score"]
+    assert len(rows) == 100  # --top 0: all 50 tags of both files
+    first = [r for r in rows if r["file"] == str(wavs["PCM_16"])]
+    assert [int(r["rank"]) for r in first] == list(range(1, 51))
+    scores = [float(r["score"]) for r in first]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_unwritable_output(capsys, wavs, tmp_path):
+    target = tmp_path / "missing" / "tags.json"
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json", "-o", str(target))
+    assert status == 1 and "Traceback" not in err and str(target) in err
+
+
+def test_overlap_and_patch_hop(capsys, wavs):
+    long = wavs["mono_22k"]  # 4.5 s: 283 frames
+    hops = {}
+    for option in (["--overlap", "1.5"], ["--overlap", "0"], ["--patch-hop", "40"], []):
+        status, out, err = run(capsys, "tag", str(long), "--format", "json", *option)
+        assert status == 0, err
+        report = json.loads(out)
+        hops[" ".join(option)] = (report["patch_hop_frames"], report["files"][0]["n_patches"])
+    assert hops == {"--overlap 1.5": (93, 2), "--overlap 0": (187, 1), "--patch-hop 40": (40, 3),
+                    "": (93, 2)}
+    status, _, err = run(capsys, "tag", str(long), "--overlap", "3")
+    assert status == 1 and "--overlap 3" in err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tag", str(long), "--overlap", "1", "--patch-hop", "40"])
+    assert exit_.value.code == 2
+    capsys.readouterr()
+
+
+def test_embed(capsys, wavs, tmp_path, musicnn):
+    out_dir = tmp_path / "embeddings"
+    other = tmp_path / "other"
+    other.mkdir()
+    same_stem = other / wavs["PCM_16"].name
+    same_stem.write_bytes(wavs["PCM_16"].read_bytes())
+    files = [str(wavs["PCM_16"]), str(wavs["mono_22k"]), str(wavs["nan"]), str(same_stem)]
+    status, out, err = run(capsys, "embed", *files, "--output", str(out_dir))
+    assert status == 1 and str(wavs["nan"]) in err
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == ["mono_22k.npy", "stereo_pcm_16.npy", "stereo_pcm_16_2.npy"]
+    assert out.count(" -> ") == 3
+    emb = np.load(out_dir / "stereo_pcm_16.npy")
+    want = musicnn.predict(jaxmir.load_audio(wavs["PCM_16"]), 16000, output="model/dense/BiasAdd")
+    assert emb.shape == (1, 200) and emb.dtype == np.float32
+    np.testing.assert_allclose(emb, want, atol=1e-5)
+    np.testing.assert_array_equal(np.load(out_dir / "stereo_pcm_16_2.npy"), emb)
+    status, _, err = run(capsys, "embed", str(wavs["mono_22k"]), "-o", str(out_dir), "--layer",
+                         "penultimate", "--patch-hop", "40")
+    assert status == 0, err
+    assert np.load(out_dir / "mono_22k.npy").shape == (3, 200)
+
+
+def test_embed_unknown_layer(capsys, wavs, tmp_path):
+    status, _, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", str(tmp_path), "--layer", "nope")
+    assert status == 1 and "unknown output 'nope'" in err and "model/dense/BiasAdd" in err
+
+
+def test_info(capsys):
+    status, out, err = run(capsys, "info", "msd-musicnn")
+    assert status == 0, err
+    assert "architecture: musicnn" in out and "parameters: 792,079" in out
+    assert "model/dense/BiasAdd" in out and "penultimate" in out and "rock" in out
+    assert "patches: 187 frames (2.99 s), default hop 93 frames" in out
+    status, out, err = run(capsys, "info", str(shared_fixture("essentia-models/small_vggish_init.pb")))
+    assert status == 0, err
+    assert "vggish" in out and "patches: 96 frames (0.96 s)" in out
+    head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    status, out, err = run(capsys, "tag", str(shared_fixture("audio/vignesh.wav")), "--model", head)
+    assert status == 1 and out == "" and "embedding head" in err
+    status, out, err = run(capsys, "info", "no-such-model")
+    assert status == 1 and out == "" and "neither a file nor a shipped model" in err
+
+
+def test_vggish_model_from_the_command_line(capsys):
+    graph = shared_fixture("essentia-models/small_vggish_init.pb")
+    status, out, err = run(capsys, "tag", str(shared_fixture("audio/hiphop.mp3")), "--model", str(graph),
+                           "--patch-hop", "0", "--format", "json", "--top", "2")
+    assert status == 0, err
+    entry = json.loads(out)["files"][0]
+    assert entry["n_patches"] == 5
+    np.testing.assert_allclose(entry["mean"], [0.49044114, 0.50241125], rtol=1e-2)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    env.pop("JAXMIR_NO_CACHE", None)
+    return env
+
+
+def test_python_m_jaxmir_help():
+    result = subprocess.run([sys.executable, "-m", "jaxmir", "--help"], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    for command in ("tag", "embed", "info"):
+        assert command in result.stdout
+
+
+def test_second_run_reuses_the_compilation_cache(tmp_path, wavs):
+    env = subprocess_env(JAXMIR_CACHE_DIR=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "jaxmir", "tag", str(wavs["PCM_16"]), "--format", "csv"]
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    entries = sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir())
+    assert any("pipeline" in name for name in entries)
+    env["JAX_LOG_COMPILES"] = "1"  # logs persistent-cache hits as warnings
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    assert "Persistent compilation cache hit for 'jit__pipeline'" in second.stderr
+    assert sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir()) == entries

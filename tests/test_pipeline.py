@@ -1,0 +1,250 @@
+"""jaxmir.pipeline: waveform -> per-patch outputs in one program, bucketed, differentiable.
+
+The reference for every pipeline result is the same computation done step by
+step on the true signal: ``frontends.*_logmel`` -> ``patches.make_patches`` ->
+``Model.apply``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import shared_fixture
+from jaxmir import frontends, pipeline
+from jaxmir.audio import prepare_audio
+from jaxmir.errors import InputError
+from jaxmir.patches import make_patches
+
+SR = 16000
+# Batch size changes the order of float32 sums in XLA's convolutions: ~1e-7.
+SAME = 2e-6
+
+
+@pytest.fixture(scope="module")
+def musicnn():
+    return jaxmir.load("msd-musicnn")
+
+
+def noise(n_samples: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tone = np.sin(2 * np.pi * 440 * np.arange(n_samples) / SR)
+    return (0.3 * tone + 0.05 * rng.standard_normal(n_samples)).astype(np.float32)
+
+
+def stepwise(model, audio, output="predictions", hop=93, last_patch="discard", pad=None):
+    """The unbucketed reference: front-end, patches and model, one after the other."""
+    frames = frontends.musicnn_logmel(audio) if model.input_shape == (187, 96) \
+        else frontends.vggish_logmel(audio)
+    patches = make_patches(np.asarray(frames), model.input_shape[0], hop, last_patch, pad)
+    return np.asarray(model.apply(patches, output)[output])
+
+
+def essentia_patch_count(n_samples: int, size: int = 187, hop: int = 93, frame_hop: int = 256) -> int:
+    """TensorflowPredictMusiCNN: ceil(N / 256) + 1 frames, then floor((F - 187) / 93) + 1 patches."""
+    frames = -(-n_samples // frame_hop) + 1
+    return (frames - size) // hop + 1 if frames >= size else 0
+
+
+@pytest.mark.parametrize("n_samples", [48017, 16000 * 4, 16000 * 7 + 5, 16000 * 30 + 123])
+def test_bucketed_equals_unpadded(musicnn, n_samples):
+    audio = noise(n_samples, seed=n_samples)
+    plan = pipeline.plan(musicnn, n_samples)
+    assert plan.bucket_samples >= n_samples and plan.bucket_patches >= plan.n_patches
+    got = np.asarray(musicnn.predict(audio, SR))
+    want = stepwise(musicnn, audio)
+    assert got.shape == want.shape == (essentia_patch_count(n_samples), 50)
+    np.testing.assert_allclose(got, want, rtol=0, atol=SAME)
+
+
+def test_bucket_padding_is_really_there(musicnn):
+    # 30 s: 19 patches, computed as 3 chunks of 8 in a signal of 24 patches' length
+    plan = pipeline.plan(musicnn, 16000 * 30 + 123)
+    assert (plan.n_patches, plan.bucket_patches) == (19, 24)
+    assert plan.bucket_samples > 16000 * 37
+    exact = pipeline.plan(musicnn, 16000 * 30 + 123, bucket=False)
+    assert (exact.bucket_patches, exact.bucket_samples) == (19, 16000 * 30 + 123)
+    np.testing.assert_array_equal(plan.index[:19], exact.index)
+
+
+def test_embeddings_and_several_outputs(musicnn):
+    audio = noise(16000 * 5, seed=3)
+    out = musicnn.predict(audio, SR, output=["model/dense/BiasAdd", "penultimate", "timbral"])
+    assert {k: v.shape for k, v in out.items()} == {
+        "model/dense/BiasAdd": (2, 200), "penultimate": (2, 200), "timbral": (2, 187, 408)}
+    want = stepwise(musicnn, audio, "model/dense/BiasAdd")
+    np.testing.assert_allclose(out["model/dense/BiasAdd"], want, rtol=0,
+                               atol=1e-6 * np.abs(want).max())
+    with pytest.raises(InputError, match="unknown output 'nope'"):
+        musicnn.predict(audio, SR, output="nope")
+
+
+def test_shared_timbral_equals_patch_by_patch(musicnn, monkeypatch):
+    """Overlapping patches share the timbral convolutions; the numbers stay those of each patch."""
+    audio = noise(16000 * 12 + 77, seed=12)  # 7 patches, bucket of 8: one chunk, shared
+    assert pipeline.plan(musicnn, audio.size).regular
+    names = ["predictions", "timbral", "model/Squeeze", "cnn3"]
+    shared = musicnn.predict(audio, SR, output=names)
+    monkeypatch.setattr(pipeline, "SHARE_OVERLAP", False)
+    direct = musicnn.predict(audio, SR, output=names)
+    for name in names:
+        assert shared[name].shape == direct[name].shape
+        scale = float(jnp.abs(direct[name]).max())
+        np.testing.assert_allclose(shared[name], direct[name], rtol=0, atol=1e-6 * scale, err_msg=name)
+    # and the patch ends, where the convolution reads zeros, are not taken from the neighbours
+    assert shared["timbral"].shape == (7, 187, 408)
+    ends = np.asarray(shared["timbral"])[:, [0, 1, 2, 184, 185, 186]]
+    reference = np.asarray(musicnn.apply(make_patches(np.asarray(frontends.musicnn_logmel(audio)), 187, 93),
+                                         "timbral")["timbral"])[:, [0, 1, 2, 184, 185, 186]]
+    np.testing.assert_allclose(ends, reference, rtol=0, atol=1e-6 * np.abs(reference).max())
+
+
+def test_no_recompilation_within_a_bucket(musicnn):
+    first, second = noise(16000 * 9 + 11, 1), noise(16000 * 11 + 8000, 2)  # 5 and 6 patches
+    assert pipeline.plan(musicnn, first.size).bucket_samples == \
+        pipeline.plan(musicnn, second.size).bucket_samples
+    musicnn.predict(first, SR)
+    before = pipeline.compiled_programs()
+    out = musicnn.predict(second, SR)
+    assert pipeline.compiled_programs() == before
+    assert out.shape[0] == essentia_patch_count(second.size) == 6
+    # a song in another bucket (12 patches) compiles one more program
+    musicnn.predict(noise(16000 * 20, 3), SR)
+    assert pipeline.compiled_programs() == before + 1
+
+
+def test_buckets_are_few_and_tight():
+    sizes = [pipeline.bucket_patches(n) for n in range(1, 2001)]
+    assert all(s >= n for n, s in zip(range(1, 2001), sizes))
+    assert len(set(sizes)) < 60  # few programs for songs up to ~50 minutes
+    # padding: less than one chunk of patches, or at most 12.5% of the work
+    assert all(s - n < pipeline.CHUNK or s <= 1.125 * n for n, s in zip(range(1, 2001), sizes))
+
+
+@pytest.mark.parametrize("n_samples", [0, 1, 47000, 47360, 47361, 47617, 71168, 71169, 123456,
+                                       16000 * 207])
+def test_patch_counts_follow_essentia(musicnn, n_samples):
+    if essentia_patch_count(n_samples) == 0:
+        with pytest.raises(InputError, match="too short"):
+            pipeline.plan(musicnn, n_samples)
+        return
+    plan = pipeline.plan(musicnn, n_samples)
+    assert plan.n_patches == essentia_patch_count(n_samples)
+    np.testing.assert_array_equal(plan.patch_starts, 93 * np.arange(plan.n_patches))
+    assert plan.index[:plan.n_patches].max() <= plan.n_frames  # only frames of the true signal
+
+
+@pytest.mark.parametrize("name", ["synth_sines_16k_mono", "TRWJAZW128F42760DD_test"])
+def test_patch_positions_equal_essentias(musicnn, name):
+    ref = np.load(shared_fixture(f"essentia-reference/{name}.npz"))
+    plan = pipeline.plan(musicnn, ref["audio_16k"].shape[0])
+    assert plan.n_frames == ref["musicnn_bands"].shape[0]
+    np.testing.assert_array_equal(plan.patch_starts, ref["musicnn_patch_starts"])
+
+
+def test_last_patch_repeat(musicnn):
+    audio = noise(16000 * 5, seed=5)  # 314 frames: 2 full patches, 128 frames left
+    discard = musicnn.predict(audio, SR)
+    repeat = musicnn.predict(audio, SR, last_patch="repeat")
+    assert discard.shape == (2, 50) and repeat.shape == (3, 50)
+    np.testing.assert_allclose(repeat, stepwise(musicnn, audio, last_patch="repeat"), rtol=0, atol=SAME)
+    np.testing.assert_allclose(repeat[:2], discard, rtol=0, atol=SAME)
+
+
+def test_hop_zero_means_patch_size(musicnn):
+    audio = noise(16000 * 9, seed=6)  # 564 frames: 3 patches of 187 without overlap
+    got = musicnn.predict(audio, SR, patch_hop=0)
+    assert got.shape == (3, 50)
+    np.testing.assert_allclose(got, stepwise(musicnn, audio, hop=187), rtol=0, atol=SAME)
+
+
+def test_too_short_is_an_error_unless_padded(musicnn):
+    audio = noise(16000 * 2, seed=7)  # 126 frames < 187
+    with pytest.raises(InputError, match="too short for one patch.*pad='zero'"):
+        musicnn.predict(audio, SR)
+    for pad in ("zero", "repeat"):
+        got = musicnn.predict(audio, SR, pad=pad)
+        assert got.shape == (1, 50)
+        np.testing.assert_allclose(got, stepwise(musicnn, audio, pad=pad), rtol=0, atol=SAME)
+    assert not np.allclose(musicnn.predict(audio, SR, pad="zero"), musicnn.predict(audio, SR, pad="repeat"))
+
+
+def test_features_resample_and_shapes(musicnn):
+    rng = np.random.default_rng(8)
+    stereo = (0.1 * rng.standard_normal((44100 * 2, 2))).astype(np.float32)
+    frames = np.asarray(musicnn.features(stereo, 44100))
+    want = np.asarray(frontends.musicnn_logmel(prepare_audio(stereo, 44100)))
+    assert frames.shape == want.shape == (frontends.musicnn_num_frames(32000), 96)
+    np.testing.assert_allclose(frames, want, rtol=0, atol=1e-6)
+    short = noise(100)
+    np.testing.assert_allclose(musicnn.features(short, SR), frontends.musicnn_logmel(short), atol=1e-6)
+
+
+def test_bad_audio_is_refused(musicnn):
+    with pytest.raises(InputError, match="NaN"):
+        musicnn.predict(np.full(16000 * 4, np.nan, np.float32), SR)
+    with pytest.raises(InputError, match="NaN"):
+        musicnn.predict(jnp.full(16000 * 4, jnp.nan), SR)
+    with pytest.raises(InputError, match="no samples"):
+        musicnn.predict(np.zeros(0, np.float32), SR)
+    with pytest.raises(TypeError):
+        musicnn.predict(noise(16000 * 4))  # the sample rate is never guessed
+
+
+def test_vggish_pipeline_matches_stepwise():
+    model = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    audio = noise(16000 * 3, seed=9)  # 301 frames: 3 patches of 96, hop 93
+    frames = np.asarray(model.features(audio, SR))
+    assert frames.shape == (301, 64)
+    got = np.asarray(model.predict(audio, SR))
+    want = stepwise(model, audio)
+    assert got.shape == want.shape == (3, 2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=SAME)
+
+
+@pytest.mark.parametrize("which", ["mtt-vgg", "head on msd-musicnn"])
+def test_vgg_and_composed_models(which):
+    model = jaxmir.load("mtt-vgg") if which == "mtt-vgg" else jaxmir.load(
+        shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"), backbone="msd-musicnn")
+    audio = noise(16000 * 6, seed=13)  # 3 patches
+    got = np.asarray(model.predict(audio, SR))
+    want = stepwise(model, audio)
+    assert got.shape == want.shape == (3, 50 if which == "mtt-vgg" else 2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * max(1.0, np.abs(want).max()))
+
+
+def test_models_without_patches_are_refused():
+    head = jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    with pytest.raises(InputError, match="embedding head.*backbone='msd-musicnn'"):
+        head.predict(noise(16000 * 4), SR)
+    toy = jaxmir.load(shared_fixture("essentia-models/vgg4.pb"))  # takes [128, 128] inputs
+    with pytest.raises(InputError, match=r"takes \[128, 128\] inputs, not log-mel patches"):
+        toy.features(noise(16000 * 4), SR)
+
+
+def test_gradient_matches_finite_differences(musicnn):
+    """d tag / d waveform: finite, and equal to a central difference in float64."""
+    audio = noise(16000 * 4 + 8000, seed=10).astype(np.float64)  # 2 patches: shared timbral path
+    direction = np.random.default_rng(11).standard_normal(audio.shape)
+    with jax.enable_x64(True):
+        x = jnp.asarray(audio)
+
+        def rock(signal):
+            return musicnn.predict(signal, SR)[:, 0].mean()
+
+        assert rock(x).dtype == jnp.float64
+        grad = jax.grad(rock)(x)
+        assert grad.dtype == jnp.float64 and bool(jnp.isfinite(grad).all())
+        assert float(jnp.abs(grad).max()) > 0
+        analytic = float(grad @ direction)
+        # ReLU and max kinks lie within 1e-6 of this signal along the direction (a step of
+        # 1e-6 is off by 1e-3); 1e-8 stays on one linear piece, float64 keeps it exact enough
+        eps = 1e-8
+        numeric = float((rock(x + eps * direction) - rock(x - eps * direction)) / (2 * eps))
+    assert numeric == pytest.approx(analytic, rel=1e-5)
+    grad32 = jax.grad(lambda s: musicnn.predict(s, SR)[:, 0].mean())(jnp.asarray(audio, jnp.float32))
+    assert grad32.dtype == jnp.float32 and bool(jnp.isfinite(grad32).all())
+    assert np.corrcoef(np.asarray(grad32), np.asarray(grad))[0, 1] > 0.99
