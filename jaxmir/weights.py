@@ -7,6 +7,7 @@ output names and provenance. Loading never enables pickle.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -65,8 +66,18 @@ def save_weights(model: Model, path: str | os.PathLike, provenance: dict | None 
     }
     arrays = _flatten(jax.device_get(model.variables), "variables")
     arrays[_META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
+    _write_npz(path, arrays)
+
+
+def _write_npz(path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed``, but byte-for-byte reproducible (sorted names, fixed timestamps)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
 
 
 def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None) -> Model:

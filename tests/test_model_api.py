@@ -119,6 +119,8 @@ def test_weights_round_trip(musicnn, tmp_path, patches_187):
     assert again.labels == musicnn.labels and again.metadata["provenance"] == {"note": "test"}
     np.testing.assert_array_equal(again.apply(patches_187[:2])["predictions"],
                                   musicnn.apply(patches_187[:2])["predictions"])
+    save_weights(musicnn, tmp_path / "again.npz", {"note": "test"})
+    assert (tmp_path / "again.npz").read_bytes() == path.read_bytes()  # reproducible files
     relabelled = jaxmir.load(path, labels=[f"t{i}" for i in range(50)])
     assert relabelled.labels[0] == "t0"
     with pytest.raises(InputError, match="3 labels given for a model with 50 outputs"):
