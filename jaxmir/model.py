@@ -270,4 +270,22 @@ def tapped_outputs(module: nn.Module, taps: tuple, variables: dict,
     return tuple(values)
 
 
-_run = jax.jit(tapped_outputs, static_argnums=(0, 1))
+# Patches per step of Model.apply. Small steps keep activations in cache: on a 2-core CPU,
+# VGG runs ~2x faster per patch in steps of 4 than in one batch of 64; MusiCNN is unaffected.
+APPLY_CHUNK = 4
+
+
+def _tapped_in_chunks(module: nn.Module, taps: tuple, variables: dict,
+                      patches: jax.Array) -> tuple[jax.Array, ...]:
+    """:func:`tapped_outputs` over the batch in steps of :data:`APPLY_CHUNK` patches."""
+    n = patches.shape[0]
+    if n <= APPLY_CHUNK:
+        return tapped_outputs(module, taps, variables, patches)
+    pad = (-n) % APPLY_CHUNK
+    steps = jnp.pad(patches, ((0, pad),) + ((0, 0),) * (patches.ndim - 1))
+    steps = steps.reshape((-1, APPLY_CHUNK) + patches.shape[1:])
+    values = jax.lax.map(lambda step: tapped_outputs(module, taps, variables, step), steps)
+    return tuple(v.reshape((-1,) + v.shape[2:])[:n] for v in values)
+
+
+_run = jax.jit(_tapped_in_chunks, static_argnums=(0, 1))
