@@ -47,7 +47,7 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
 def _load_one(source, labels=None, output=None) -> Model:
     text = os.fspath(source)
     if text in catalog.names():
-        return load_weights(catalog.path_of(text), labels=labels)
+        return load_weights(catalog.path_of(text), labels=labels, trusted=True)  # sha256 checked
     if text.endswith(WEIGHTS_SUFFIX):
         return load_weights(text, labels=labels)
     if not os.path.exists(text) and not text.endswith(".pb") and os.sep not in text:

@@ -80,8 +80,14 @@ def _write_npz(path, arrays: dict[str, np.ndarray]) -> None:
             archive.writestr(info, buffer.getvalue())
 
 
-def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None) -> Model:
-    """Read a weights file written by :func:`save_weights` into a :class:`Model`."""
+def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
+                 trusted: bool = False) -> Model:
+    """Read a weights file written by :func:`save_weights` into a :class:`Model`.
+
+    Every variable's shape is checked against the model the file describes,
+    unless ``trusted`` (a shipped file whose sha256 was just verified): the
+    check traces the model, a noticeable part of a command-line start.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: no such weights file; expected a .npz written by jaxmir "
@@ -105,7 +111,8 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None) -
     spec = ModelSpec(meta["architecture"], meta["config"], _unflatten(arrays), meta["input_name"],
                      tuple(meta["input_shape"]), meta["output_name"], meta["aliases"],
                      {k: (tap, tuple(shape)) for k, (tap, shape) in meta["node_map"].items()})
-    _check_shapes(spec, path)
+    if not trusted:
+        _check_shapes(spec, path)
     return Model(spec, labels=labels if labels is not None else meta["labels"], source=path,
                  metadata={"provenance": meta.get("provenance", {})})
 
