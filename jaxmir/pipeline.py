@@ -87,6 +87,12 @@ def logmel(audio_16k: jax.Array, frontend: str, compat: str = "essentia") -> jax
     return frontends.vggish_logmel(audio_16k, compat)
 
 
+def _coarse_ceil(n: int, per_octave_bits: int) -> int:
+    """``n`` rounded up so that each octave holds at most ``2 ** per_octave_bits`` values."""
+    step = 1 << max(0, n.bit_length() - per_octave_bits - 1)
+    return -(-n // step) * step
+
+
 def bucket_patches(n_patches: int, chunk: int | None = None) -> int:
     """The number of patches a bucket holds: ``>= n_patches``.
 
@@ -97,9 +103,7 @@ def bucket_patches(n_patches: int, chunk: int | None = None) -> int:
     chunk = chunk or CHUNK
     if n_patches <= chunk:
         return 1 << max(0, (n_patches - 1).bit_length())
-    chunks = -(-n_patches // chunk)
-    step = 1 << max(0, chunks.bit_length() - 4)
-    return -(-chunks // step) * step * chunk
+    return _coarse_ceil(-(-n_patches // chunk), 3) * chunk
 
 
 def _max_samples(frontend: str, compat: str, max_frames: int) -> int:
@@ -395,9 +399,8 @@ def features(model: Model, audio, sample_rate: int, compat: str = "essentia",
     n = int(audio.shape[0])
     n_frames = num_frames(frontend, n, compat)
     # Bucket the length (multiples of 1024 frames, coarser for long signals): one program per bucket.
-    blocks = -(-n_frames // 1024)
-    step = 1 << max(0, blocks.bit_length() - 5)
-    padded = max(n, _max_samples(frontend, compat, -(-blocks // step) * step * 1024))
+    blocks = _coarse_ceil(-(-n_frames // 1024), 4)
+    padded = max(n, _max_samples(frontend, compat, blocks * 1024))
     frames = logmel(_pad_to(audio, padded), frontend, compat)
     if isinstance(audio, jax.core.Tracer):
         return frames[:n_frames]

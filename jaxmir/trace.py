@@ -153,6 +153,10 @@ class InferencePath:
             return np.asarray(_FOLD[node.op](*args))
         raise self.unsupported(f"cannot evaluate the constant '{node.name}' (op {node.op})")
 
+    def vector(self, ref) -> np.ndarray:
+        """A constant folded to a float32 vector (biases, batch-norm statistics)."""
+        return self.value(ref).astype(np.float32).reshape(-1)
+
     def split_operands(self, node) -> tuple[TensorRef, TensorRef] | None:
         """(data input, constant input) of a binary op, or None if not that shape."""
         inputs = self.graph.data_inputs(node)
@@ -175,8 +179,7 @@ class InferencePath:
                 raise self.unsupported(f"batch norm '{node.name}' computes batch statistics "
                                        "(is_training=True) on the inference path")
             inputs = self.graph.data_inputs(node)
-            scale, bias, mean, var = (self.value(r).astype(np.float32).reshape(-1)
-                                      for r in inputs[1:5])
+            scale, bias, mean, var = (self.vector(r) for r in inputs[1:5])
             return BatchNorm(scale, bias, mean, var, float(self.graph.attr(node, "epsilon", 1e-4)),
                              node.name)
         if node.op != "Mul" or self.split_operands(node) is None:
@@ -212,17 +215,14 @@ class InferencePath:
                 if self.value(eps_ref).size == 1:
                     mean_ref = [r for r in self.graph.data_inputs(mul_mean)
                                 if self.graph.resolve(r).node != a_node.name][0]
-                    var = self.value(var_ref).astype(np.float32).reshape(-1)
-                    scale = (self.value(gamma) if gamma is not None else np.ones_like(var))
-                    beta = self.value(self.graph.data_inputs(b_node)[0])
-                    return BatchNorm(scale.astype(np.float32).reshape(-1),
-                                     beta.astype(np.float32).reshape(-1),
-                                     self.value(mean_ref).astype(np.float32).reshape(-1), var,
+                    var = self.vector(var_ref)
+                    scale = self.vector(gamma) if gamma is not None else np.ones_like(var)
+                    return BatchNorm(scale, self.vector(self.graph.data_inputs(b_node)[0]),
+                                     self.vector(mean_ref), var,
                                      float(self.value(eps_ref).reshape(())), out)
         except (ValueError, IndexError, UnsupportedGraphError):
             pass  # not TF's pattern: keep the folded form below
-        a = self.value(scale_ref).astype(np.float32).reshape(-1)
-        b = self.value(shift_ref).astype(np.float32).reshape(-1)
+        a, b = self.vector(scale_ref), self.vector(shift_ref)
         return BatchNorm(a, b, np.zeros_like(a), np.ones_like(a), 0.0, out)
 
     def conv_layer(self, conv) -> ConvLayer:
@@ -251,7 +251,7 @@ class InferencePath:
         node = self.next_op(conv.name)
         bias = np.zeros(kernel.shape[-1], np.float32)
         if node is not None and node.op in ("BiasAdd", "Add", "AddV2") and self.split_operands(node):
-            bias = self.value(self.split_operands(node)[1]).astype(np.float32).reshape(-1)
+            bias = self.vector(self.split_operands(node)[1])
             last, node = node, self.next_op(node.name)
         else:
             last = conv
@@ -295,14 +295,13 @@ class InferencePath:
                                              "bias": np.zeros(kernel.shape[1], np.float32)}
             elif op in ("BiasAdd", "Add", "AddV2") and specs and specs[-1].startswith("dense") \
                     and self.split_operands(node) and bias_target not in biased:
-                bias = self.value(self.split_operands(node)[1]).astype(np.float32).reshape(-1)
+                bias = self.vector(self.split_operands(node)[1])
                 variables[bias_target]["bias"] = bias
                 biased.add(bias_target)
                 nodes = {k: v for k, v in nodes.items() if v != bias_target}  # MatMul was pre-bias
             elif op in ACTIVATION_OPS:
                 specs.append(ACTIVATION_OPS[op])
-            elif self.batch_norm_at(node) is not None:
-                batch_norm = self.batch_norm_at(node)
+            elif (batch_norm := self.batch_norm_at(node)) is not None:
                 specs.append(f"batch_norm:{batch_norm.epsilon}")
                 params, stats = batch_norm.variables()
                 variables[len(specs) - 1] = {"params": params, "batch_stats": stats}
