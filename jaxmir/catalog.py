@@ -68,9 +68,10 @@ def labels_for_graph(path: str | os.PathLike, spec) -> list[str] | None:
     architecture and width gets that model's labels; any other gets ``None``.
     """
     stem = Path(path).name
-    for name, entry in catalog().get("models", {}).items() if names() else []:
-        if stem.startswith(name) and entry["architecture"] == spec.architecture:
-            width = [s for s in spec.config["head"] if s.startswith("dense")][-1]
-            if int(width.split(":")[1]) == len(entry["labels"]):
-                return list(entry["labels"])
+    width = [int(s.split(":")[1]) for s in spec.config["head"] if s.startswith("dense")][-1]
+    for name in names():
+        entry = catalog()["models"][name]
+        if stem.startswith(name) and entry["architecture"] == spec.architecture \
+                and len(entry["labels"]) == width:
+            return list(entry["labels"])
     return None
