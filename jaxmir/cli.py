@@ -252,7 +252,7 @@ def cmd_embed(args) -> int:
     model = _load_model(args.model, args.backbone)
     pipeline.frontend_of(model)
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
-    model._tap(args.layer)  # an unknown name fails here, once, listing the names
+    model.resolve_output(args.layer)  # an unknown name fails here, once, listing the names
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--output {out_dir} is a file; give a folder for the .npy files")

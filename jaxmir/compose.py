@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jaxmir.errors import InputError
-from jaxmir.importer import ModelSpec
+from jaxmir.spec import ModelSpec
 from jaxmir.model import Model, final_head
 
 # What each backbone family calls its embeddings (Essentia: model/dense/BiasAdd, model/vggish/embeddings).
@@ -43,7 +43,7 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
         raise InputError(f"{backbone.source} is a {backbone.architecture} model, not a backbone "
                          "(musicnn, vgg or vggish)")
     embedding = embedding or DEFAULT_EMBEDDING
-    tap, _ = backbone._tap(embedding)
+    tap, _ = backbone.resolve_output(embedding)
     keep = _layer_index(tap)
     if keep is None:
         raise InputError(f"'{embedding}' of {backbone.source} is not a layer of its dense head; "

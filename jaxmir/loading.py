@@ -10,8 +10,8 @@ from typing import Sequence
 from jaxmir import catalog
 from jaxmir.compose import compose
 from jaxmir.errors import InputError, JaxmirError
-from jaxmir.graphdef import Graph
-from jaxmir.importer import import_graph
+from jaxmir.tfgraph.graphdef import Graph
+from jaxmir.tfgraph.convert import import_graph
 from jaxmir.model import Model
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
 

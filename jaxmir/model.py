@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import InputError
-from jaxmir.heads import Composed, EmbeddingHead
-from jaxmir.importer import ModelSpec
-from jaxmir.musicnn import MusiCNN
-from jaxmir.vgg import ConvNet
+from jaxmir.models.heads import Composed, EmbeddingHead
+from jaxmir.spec import ModelSpec
+from jaxmir.models.musicnn import MusiCNN
+from jaxmir.models.vgg import ConvNet
 
 
 def _tuples(value):
@@ -149,7 +149,7 @@ class Model:
                 f"{len(self.labels)} outputs, {self.num_params():,} parameters)")
 
     # -- running ------------------------------------------------------------------------
-    def _tap(self, name: str) -> tuple[str, tuple[int, ...] | None]:
+    def resolve_output(self, name: str) -> tuple[str, tuple[int, ...] | None]:
         if name in self.spec.aliases:
             return self.spec.aliases[name], None
         if name in self.spec.node_map:
@@ -157,7 +157,7 @@ class Model:
             return tap, tuple(shape)
         base = name.partition(":")[0]
         if base != name and base in self.spec.node_map and name.endswith(":0"):
-            return self._tap(base)
+            return self.resolve_output(base)
         raise InputError(f"unknown output '{name}'; this {self.architecture} model has: "
                          + ", ".join(self.output_names))
 
@@ -201,7 +201,7 @@ class Model:
         elif isinstance(outputs, str):
             outputs = (outputs,)
         outputs = tuple(outputs)
-        taps = tuple(self._tap(name) for name in outputs)
+        taps = tuple(self.resolve_output(name) for name in outputs)
         patches = self.check_patches(patches)
         values = _run(self.module, taps, self._chunk, self.variables, patches)
         return dict(zip(outputs, values))

@@ -43,7 +43,7 @@ from jaxmir import frontends
 from jaxmir.audio import prepare_audio
 from jaxmir.errors import InputError
 from jaxmir.model import Model, tapped_outputs
-from jaxmir.musicnn import FrequencyMaxBlock
+from jaxmir.models.musicnn import FrequencyMaxBlock
 from jaxmir.patches import MUSICNN_PATCH_HOP, VGGISH_PATCH_HOP, make_patches
 
 SAMPLE_RATE = frontends.SAMPLE_RATE
@@ -319,7 +319,7 @@ def run_plan(model: Model, audio_16k, plan_: Plan,
     outputs are JAX arrays, differentiable with respect to the audio).
     """
     names = _names(outputs)
-    taps = tuple(model._tap(name) for name in names)
+    taps = tuple(model.resolve_output(name) for name in names)
     if tuple(np.shape(audio_16k)) != (plan_.n_samples,):
         raise InputError(f"audio has shape {list(np.shape(audio_16k))}; the plan is for "
                          f"[{plan_.n_samples}] samples")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import WeightsError
-from jaxmir.importer import ModelSpec
+from jaxmir.spec import ModelSpec
 from jaxmir.model import Model, build_module
 
 WEIGHTS_SUFFIX = ".npz"

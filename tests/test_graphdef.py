@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, require, shared_fixture
 from jaxmir.errors import GraphError, JaxmirError
-from jaxmir.graphdef import (DT_BOOL, DT_FLOAT, DT_HALF, DT_INT32, DT_INT64, Graph, GraphDefProto,
+from jaxmir.tfgraph.graphdef import (DT_BOOL, DT_FLOAT, DT_HALF, DT_INT32, DT_INT64, Graph, GraphDefProto,
                              TensorRef, decode_tensor)
 
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
@@ -25,7 +25,7 @@ def const_graph(**tensors) -> Graph:
 
 
 def tensor(dtype: int, shape, **fields):
-    from jaxmir.graphdef import TensorProto
+    from jaxmir.tfgraph.graphdef import TensorProto
     proto = TensorProto(dtype=dtype)
     for size in shape:
         proto.tensor_shape.dim.add(size=size)
@@ -76,7 +76,7 @@ def test_single_value_is_broadcast_to_the_shape():
 
 def test_tensorflow_written_constants_decode_identically():
     tf = require("tensorflow")
-    from jaxmir.graphdef import TensorProto
+    from jaxmir.tfgraph.graphdef import TensorProto
     cases = [np.arange(12, dtype=np.float32).reshape(3, 4), np.float16([1.5, 2.5]),
              np.int64([7, -8]), np.array([True, False]), np.full((2, 3), 7.0, np.float32),
              np.float32(3.0)]

@@ -77,7 +77,7 @@ def test_metadata_json_gives_classes_and_output(tmp_path):
     meta = essentia_metadata(["happy", "non_happy"], "model/Softmax", "msd-musicnn-1")
     model = jaxmir.load(write_head(tmp_path, "mood_happy-msd-musicnn-1", meta))
     assert model.labels == ["happy", "non_happy"]
-    assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
+    assert jaxmir.load.backbone_of(model) == "msd-musicnn"
     plain = jaxmir.load(write_head(tmp_path, "plain"))
     assert plain.labels == ["class_0", "class_1"] and "no metadata JSON" in plain.describe()
 

@@ -8,7 +8,7 @@ import pytest
 import jaxmir
 from conftest import assert_parity, require, run_tf, shared_fixture
 from jaxmir.errors import UnsupportedGraphError
-from jaxmir.graphdef import Graph
+from jaxmir.tfgraph.graphdef import Graph
 
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
 

@@ -341,12 +341,12 @@ class Graph:
             if node.op in _PASS_THROUGH or node.op == "Switch" or node.op == "RefSwitch":
                 ref = self.data_inputs(node)[0]
             elif node.op == "Merge" and ref.index == 0:
-                ref = self._inference_branch(node)
+                ref = self.inference_branch(node)
             else:
                 return ref
         raise GraphError(f"{self.source}: a cycle of pass-through ops at '{ref.node}'")
 
-    def _inference_branch(self, merge) -> TensorRef:
+    def inference_branch(self, merge) -> TensorRef:
         """The input of a ``cond`` Merge that is computed on the false (inference) branch."""
         inputs = self.data_inputs(merge)
         for ref in inputs:

@@ -9,39 +9,19 @@ map from the graph's node names to the module's intermediate outputs.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from jaxmir.errors import UnsupportedGraphError
-from jaxmir.graphdef import DT_FLOAT, Graph
-from jaxmir.layers import head_aliases
-from jaxmir.trace import ConvLayer, InferencePath, topological_order
-from jaxmir.vgg import pool_aliases
+from jaxmir.spec import ModelSpec
+from jaxmir.tfgraph.graphdef import DT_FLOAT, Graph
+from jaxmir.models.layers import head_aliases
+from jaxmir.tfgraph.walk import ConvLayer, InferencePath, topological_order
+from jaxmir.models.vgg import pool_aliases
 
 SUPPORTED = ("MusiCNN (MSD, MTT, MSD-big and its transfer classifiers), musicnn's VGG baseline, "
              "VGGish and Essentia's classifier heads")
 OUTPUT_CANDIDATES = ("model/Sigmoid", "model/Softmax", "model/Identity", "dense_out",
                      "PartitionedCall", "model/vggish/embeddings")
-
-
-@dataclasses.dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model without the graph.
-
-    ``node_map`` maps a graph node name to ``(tap, shape)``: the module's sown
-    intermediate (``"cnn1"``, ``"head/layer_1"``) and that node's shape in the
-    graph without the batch axis, which may add singleton axes to the tap.
-    """
-
-    architecture: str
-    config: dict
-    variables: dict
-    input_name: str
-    input_shape: tuple[int, ...]
-    output_name: str
-    aliases: dict[str, str]
-    node_map: dict[str, tuple[str, tuple[int, ...]]]
 
 
 def import_graph(graph: Graph, output: str | None = None) -> ModelSpec:

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.layers import ConvBlock, DenseHead, frozen_batch_norm
+from jaxmir.models.layers import ConvBlock, DenseHead, frozen_batch_norm
 
 Block = tuple  # (features, kernel, activation, bn_epsilon | None, pool | None)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxmir.layers import DenseHead
+from jaxmir.models.layers import DenseHead
 
 
 class EmbeddingHead(nn.Module):

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from jaxmir.errors import UnsupportedGraphError
-from jaxmir.graphdef import Graph, TensorRef
+from jaxmir.tfgraph.graphdef import Graph, TensorRef
 
 ACTIVATION_OPS = {"Relu": "relu", "Elu": "elu", "Tanh": "tanh", "Sigmoid": "sigmoid",
                   "Softmax": "softmax"}
@@ -92,7 +92,7 @@ class InferencePath:
             live.add(name)
             node = self.graph.nodes[name]
             if node.op == "Merge":
-                stack.append(self.graph._inference_branch(node).node)
+                stack.append(self.graph.inference_branch(node).node)
             else:
                 stack.extend(ref.node for ref in self.graph.data_inputs(node))
         return live

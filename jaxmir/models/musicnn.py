@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.layers import ConvBlock, DenseHead, frozen_batch_norm
+from jaxmir.models.layers import ConvBlock, DenseHead, frozen_batch_norm
 
 MUSICNN_FEATURES = ("timbral", "temporal", "cnn1", "cnn2", "cnn3", "mean_pool", "max_pool",
                     "penultimate")
