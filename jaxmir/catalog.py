@@ -68,7 +68,7 @@ def labels_for_graph(path: str | os.PathLike, spec) -> list[str] | None:
     architecture and width gets that model's labels; any other gets ``None``.
     """
     stem = Path(path).name
-    width = [int(s.split(":")[1]) for s in spec.config["head"] if s.startswith("dense")][-1]
+    width = spec.output_width
     for name in names():
         entry = catalog()["models"][name]
         if stem.startswith(name) and entry["architecture"] == spec.architecture \

@@ -28,26 +28,12 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 # -- set-up ---------------------------------------------------------------------------------
-def cache_dir() -> Path | None:
-    """Where compiled programs are cached, or ``None`` when ``JAXMIR_NO_CACHE`` is set."""
-    if os.environ.get("JAXMIR_NO_CACHE", "").strip() not in ("", "0"):
-        return None
-    root = os.environ.get("JAXMIR_CACHE_DIR") or Path.home() / ".cache" / "jaxmir"
-    return Path(root) / "jax"
-
-
 def _enable_cache(disabled: bool) -> None:
-    directory = None if disabled else cache_dir()
-    if directory is None:
+    if disabled:
         return
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        _warn(f"compilation cache disabled: cannot create {directory} ({err.strerror})")
-        return
-    from jaxmir.pipeline import enable_compilation_cache
+    from jaxmir import cache
 
-    enable_compilation_cache(str(directory))
+    cache.enable(cache.cache_dir(), _warn)
 
 
 def _warn(message: str) -> None:
@@ -93,8 +79,8 @@ def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | N
         return patch_hop
     if overlap is None:
         return None
-    size = int(model.input_shape[0])
-    seconds = pipeline.frame_seconds(pipeline.frontend_of(model))
+    frontend = pipeline.frontend_of(model)
+    size, seconds = frontend.patch_size, frontend.frame_seconds
     hop = size - int(round(overlap / seconds))
     if not 0 <= overlap or hop < 1:
         raise InputError(f"--overlap {overlap:g} s: patches last {size * seconds:.3f} s "
@@ -158,12 +144,11 @@ def _tag_one(model, args, hop):
         taggram = np.asarray(pipeline.run_plan(model, audio, plan)["predictions"], np.float64)
         mean = taggram.mean(axis=0)
         order = np.argsort(-mean, kind="stable")[:args.top or len(mean)]
-        seconds = pipeline.frame_seconds(plan.frontend)
         return {"file": path, "duration_s": round(audio.shape[0] / 16000, 4),
                 "n_patches": int(taggram.shape[0]),
                 "top": [{"label": model.labels[i], "score": float(mean[i])} for i in order],
                 "mean": [float(v) for v in mean],
-                "patch_starts_s": [round(float(s) * seconds, 4) for s in plan.patch_starts],
+                "patch_starts_s": [round(float(s), 4) for s in plan.patch_start_seconds],
                 "taggram": taggram.astype(np.float32).tolist()}
     return work
 
@@ -200,7 +185,7 @@ def cmd_tag(args) -> int:
     from jaxmir import pipeline
 
     model = _load_model(args.model, args.backbone)
-    pipeline.frontend_of(model)  # a model that does not take log-mel patches fails here, once
+    frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     stream = args.format == "text" and args.output is None
     results, failed = _process(args.files, _tag_one(model, args, hop), not args.no_progress,
@@ -212,10 +197,8 @@ def cmd_tag(args) -> int:
     elif args.format == "csv":
         text = format_csv(results)
     else:
-        size = int(model.input_shape[0])
-        seconds = pipeline.frame_seconds(pipeline.frontend_of(model))
-        resolved = hop if hop is not None else pipeline.DEFAULT_PATCH_HOP[pipeline.frontend_of(model)]
-        resolved = resolved or size
+        size, seconds = frontend.patch_size, frontend.frame_seconds
+        resolved = (hop if hop is not None else frontend.patch_hop) or size
         from jaxmir import catalog
 
         header = {"model": args.model or catalog.default_name(), "source": str(model.source),
@@ -276,23 +259,8 @@ def cmd_embed(args) -> int:
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
-    from jaxmir import pipeline
-    from jaxmir.errors import InputError
-
     model = _load_model(args.model, args.backbone, audio=False)
-    lines = [model.describe()]
-    try:
-        frontend = pipeline.frontend_of(model)
-    except InputError:
-        frontend = None
-    if frontend is not None:
-        seconds = pipeline.frame_seconds(frontend)
-        size, hop = int(model.input_shape[0]), pipeline.DEFAULT_PATCH_HOP[frontend]
-        bands = "96-band log10(1 + 10000 mel)" if frontend == "musicnn" else "64-band ln(mel + 0.01)"
-        lines.append(f"front-end: {frontend} ({bands}), a frame every {seconds * 1000:g} ms at 16 kHz")
-        lines.append(f"patches: {size} frames ({size * seconds:.2f} s), default hop {hop} frames "
-                     f"({hop * seconds:.2f} s)")
-    _emit("\n".join(lines) + "\n", None)
+    _emit(model.describe() + "\n", None)
     return EXIT_OK
 
 

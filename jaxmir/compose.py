@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from jaxmir.errors import InputError
-from jaxmir.spec import ModelSpec
-from jaxmir.model import Model, final_head
+from jaxmir.model import Model
+from jaxmir.models import ARCHITECTURES, COMPOSED
+from jaxmir.spec import ModelSpec, head_width
 
 # What each backbone family calls its embeddings (Essentia: model/dense/BiasAdd, model/vggish/embeddings).
 DEFAULT_EMBEDDING = "embeddings"
+_HEAD_LAYER = "head/layer_"
 
 
 def _prefixed(tap: str, prefix: str) -> str:
@@ -15,7 +17,7 @@ def _prefixed(tap: str, prefix: str) -> str:
 
 
 def _layer_index(tap: str) -> int | None:
-    return int(tap.rsplit("_", 1)[1]) if tap.startswith("head/layer_") else None
+    return int(tap[len(_HEAD_LAYER):]) if tap.startswith(_HEAD_LAYER) else None
 
 
 def _prune_head(tree: dict, keep: int) -> dict:
@@ -39,7 +41,8 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     if head.architecture != "head":
         raise InputError(f"{head.source} is a {head.architecture} model that takes "
                          f"{list(head.input_shape)} patches, not an embedding head; load it alone")
-    if backbone.architecture in ("head", "composed"):
+    family = ARCHITECTURES.get(backbone.architecture)
+    if family is None or not family.backbone:
         raise InputError(f"{backbone.source} is a {backbone.architecture} model, not a backbone "
                          "(musicnn, vgg or vggish)")
     embedding = embedding or DEFAULT_EMBEDDING
@@ -48,8 +51,8 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     if keep is None:
         raise InputError(f"'{embedding}' of {backbone.source} is not a layer of its dense head; "
                          "heads take the backbone's embeddings such as model/dense/BiasAdd")
-    backbone_head = final_head(backbone.architecture, backbone.spec.config)[:keep + 1]
-    width = [int(s.split(":")[1]) for s in backbone_head if s.startswith("dense")][-1]
+    backbone_head = backbone.spec.head[:keep + 1]
+    width = head_width(backbone_head)
     if width != head.input_shape[0]:
         raise InputError(f"the head {head.source} takes {head.input_shape[0]}-d embeddings, but the "
                          f"backbone {backbone.source} gives {width}-d embeddings at '{embedding}'")
@@ -75,8 +78,8 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     node_map.update({name: (_prefixed(t, "head"), shape)
                      for name, (t, shape) in head.spec.node_map.items() if t != "input"})
     node_map[head.spec.input_name] = (_prefixed(tap, "backbone"), tuple(head.input_shape))
-    spec = ModelSpec("composed", config, variables, backbone.spec.input_name, backbone.input_shape,
-                     head.spec.output_name, aliases, node_map)
-    return Model(spec, labels=head.labels, source=f"{head.source} on {backbone.source}",
-                 metadata={"backbone": backbone.source, "head": head.source,
-                           "embedding": embedding})
+    spec = ModelSpec(COMPOSED, config, variables, backbone.spec.input_name, backbone.input_shape,
+                     head.spec.output_name, aliases, node_map, backbone.spec.frontend)
+    return Model.from_spec(spec, labels=head.labels, source=f"{head.source} on {backbone.source}",
+                           metadata={"backbone": backbone.source, "head": head.source,
+                                     "embedding": embedding})

@@ -38,6 +38,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxmir.errors import InputError
+from jaxmir.spec import Frontend
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -50,6 +51,18 @@ VGGISH_FRAME_SIZE = 400
 VGGISH_HOP_SIZE = 160
 VGGISH_N_BANDS = 64
 VGGISH_LOG_OFFSET = 0.01
+
+# Essentia's patch settings (TensorflowPredictMusiCNN / TensorflowPredictVGGish defaults).
+MUSICNN_PATCH_SIZE = 187  # also musicnn's VGG
+MUSICNN_PATCH_HOP = 93
+VGGISH_PATCH_SIZE = 96
+VGGISH_PATCH_HOP = 93
+
+MUSICNN = Frontend("musicnn", SAMPLE_RATE, MUSICNN_FRAME_SIZE, MUSICNN_HOP_SIZE, MUSICNN_N_BANDS,
+                   MUSICNN_PATCH_SIZE, MUSICNN_PATCH_HOP, "log10(1 + 10000 mel)")
+VGGISH = Frontend("vggish", SAMPLE_RATE, VGGISH_FRAME_SIZE, VGGISH_HOP_SIZE, VGGISH_N_BANDS,
+                  VGGISH_PATCH_SIZE, VGGISH_PATCH_HOP, "ln(mel + 0.01)")
+FRONTENDS = {frontend.name: frontend for frontend in (MUSICNN, VGGISH)}
 
 MUSICNN_COMPAT = ("essentia", "musicnn")
 VGGISH_COMPAT = ("essentia", "google")
@@ -463,3 +476,16 @@ def vggish_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:
     """
     _check_compat("vggish", compat)
     return _vggish_logmel(_as_audio(audio_16k, "vggish_logmel"), compat)
+
+
+def logmel(audio_16k: ArrayLike, frontend: Frontend, compat: str = "essentia") -> jax.Array:
+    """The log-mel frames ``[..., n_frames, frontend.n_bands]`` of a model's front-end."""
+    if frontend.name == "musicnn":
+        return musicnn_logmel(audio_16k, compat)
+    return vggish_logmel(audio_16k, compat)
+
+
+def num_frames(frontend: Frontend, n_samples: int, compat: str = "essentia") -> int:
+    """Frames :func:`logmel` makes from ``n_samples`` samples."""
+    _check_compat(frontend.name, compat)
+    return _framing(frontend.name, compat, _check_n_samples(n_samples))[3]

@@ -9,10 +9,9 @@ from typing import Sequence
 
 from jaxmir import catalog
 from jaxmir.compose import compose
-from jaxmir.errors import InputError, JaxmirError
-from jaxmir.tfgraph.graphdef import Graph
-from jaxmir.tfgraph.convert import import_graph
+from jaxmir.errors import InputError, JaxmirError, UnsupportedGraphError
 from jaxmir.model import Model
+from jaxmir.models import variable_mismatches
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
 
 
@@ -53,21 +52,23 @@ def _load_one(source, labels=None, output=None) -> Model:
     if not os.path.exists(text) and not text.endswith(".pb") and os.sep not in text:
         raise JaxmirError(f"'{text}' is neither a file nor a shipped model; shipped models: "
                           + ", ".join(catalog.names()) + "; or give the path of a .pb or .npz file")
-    graph = Graph.from_file(text)
+    from jaxmir.tfgraph import convert, graphdef  # protobuf is needed for .pb files only
+
+    graph = graphdef.Graph.from_file(text)
     metadata = read_metadata(text)
     if output is None:
         output = _metadata_output(metadata, graph)
-    spec = import_graph(graph, output=output)
-    model = Model(spec, labels=labels or catalog.labels_for_graph(text, spec), source=text,
-                  metadata={k: v for k, v in metadata.items() if not k.startswith("_")})
+    spec = convert.import_graph(graph, output=output)
+    problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape, spec.variables)
+    if problem is not None:  # what loads must also run
+        raise UnsupportedGraphError(f"{text}: {problem}")
     if labels is None and metadata.get("classes"):
-        classes = [str(c) for c in metadata["classes"]]
-        if len(classes) != model.output_width():
-            raise InputError(f"{metadata['_path']} lists {len(classes)} classes but the graph "
-                             f"{text} outputs {model.output_width()} values at "
-                             f"'{spec.output_name}'")
-        model.labels = classes
-    return model
+        labels = [str(c) for c in metadata["classes"]]
+        if len(labels) != spec.output_width:
+            raise InputError(f"{metadata['_path']} lists {len(labels)} classes but the graph "
+                             f"{text} outputs {spec.output_width} values at '{spec.output_name}'")
+    return Model.from_spec(spec, labels=labels or catalog.labels_for_graph(text, spec), source=text,
+                           metadata={k: v for k, v in metadata.items() if not k.startswith("_")})
 
 
 def read_metadata(graph_path: str | os.PathLike) -> dict:
@@ -86,7 +87,7 @@ def read_metadata(graph_path: str | os.PathLike) -> dict:
     return metadata
 
 
-def _metadata_output(metadata: dict, graph: Graph) -> str | None:
+def _metadata_output(metadata: dict, graph) -> str | None:
     """The JSON's prediction output node, when the graph has it."""
     outputs = (metadata.get("schema") or {}).get("outputs") or []
     for entry in outputs:

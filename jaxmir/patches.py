@@ -19,13 +19,6 @@ import numpy as np
 
 from jaxmir.errors import InputError
 
-# Essentia's defaults (TensorflowPredictMusiCNN / TensorflowPredictVGGish).
-MUSICNN_PATCH_SIZE = 187  # also musicnn's VGG
-MUSICNN_PATCH_HOP = 93
-MUSICNN_PATCH_HOP_NO_OVERLAP = 187  # the musicnn package's default 3-s, non-overlapping patches
-VGGISH_PATCH_SIZE = 96
-VGGISH_PATCH_HOP = 93
-
 LAST_PATCH_MODES = ("discard", "repeat")
 PAD_MODES = (None, "zero", "repeat")
 

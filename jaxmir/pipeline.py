@@ -16,8 +16,9 @@ compiled program. Padding never changes a result:
   table is a frame of zeros, for ``pad="zero"``), and the outputs of the
   bucket's extra patches are sliced off.
 
-The patches go through the model in chunks of :data:`CHUNK` (``lax.map``), so
-memory does not grow with the length of a song. Everything is differentiable
+The patches go through the model in chunks of ``chunk`` patches (``lax.map``
+in :func:`jaxmir.models.runner.run_patches`), so memory does not grow with the
+length of a song. Everything is differentiable
 with respect to the waveform.
 
 Overlapping patches share work: MusiCNN's timbral convolutions (7 frames tall,
@@ -25,16 +26,16 @@ Overlapping patches share work: MusiCNN's timbral convolutions (7 frames tall,
 chunk of consecutive patches covers, and each patch takes its rows from it.
 Only the 3 rows at each end of a patch, whose convolution reads the patch's
 zero padding, are computed per patch. The numbers are those of patch-by-patch
-evaluation up to float32 rounding (~1e-7); see :func:`_share_timbral`.
+evaluation up to float32 summation order; MusiCNN does this itself when its
+``overlap_hop`` is set (:func:`jaxmir.models.with_overlap_hop`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,49 +43,30 @@ import numpy as np
 from jaxmir import frontends
 from jaxmir.audio import prepare_audio
 from jaxmir.errors import InputError
-from jaxmir.model import Model, tapped_outputs
-from jaxmir.models.musicnn import FrequencyMaxBlock
-from jaxmir.patches import MUSICNN_PATCH_HOP, VGGISH_PATCH_HOP, make_patches
+from jaxmir.frontends import logmel, num_frames
+from jaxmir.models import with_overlap_hop
+from jaxmir.models.runner import run_patches
+from jaxmir.patches import make_patches
+from jaxmir.spec import Frontend
 
-SAMPLE_RATE = frontends.SAMPLE_RATE
-# patch shape [time, bands] -> front-end
-FRONTEND_OF_INPUT = {(187, 96): "musicnn", (96, 64): "vggish"}
-# Essentia's patchHopSize defaults: TensorflowPredictMusiCNN 93, TensorflowPredictVGGish 93.
-DEFAULT_PATCH_HOP = {"musicnn": MUSICNN_PATCH_HOP, "vggish": VGGISH_PATCH_HOP}
-FRAME_HOP_SAMPLES = {"musicnn": frontends.MUSICNN_HOP_SIZE, "vggish": frontends.VGGISH_HOP_SIZE}
+if TYPE_CHECKING:
+    from jaxmir.model import Model
+
 # Patches per model call. 8 keeps the largest activation (the timbral convolution,
 # ~9 MB per patch) near 75 MB; larger batches were not faster on CPU (~20 ms a patch).
 CHUNK = 8
-# Compute MusiCNN's timbral convolutions once for overlapping patches (see _share_timbral).
-SHARE_OVERLAP = True
 
 
-def frontend_of(model: Model) -> str:
-    """``"musicnn"`` (patches ``[187, 96]``) or ``"vggish"`` (``[96, 64]``) for a patch model."""
-    try:
-        return FRONTEND_OF_INPUT[tuple(model.input_shape)]
-    except KeyError:
-        if model.architecture == "head":
-            raise InputError(f"this is an embedding head: it takes {list(model.input_shape)} "
-                             "embeddings, not audio; load it with its backbone to run it on audio, "
-                             "e.g. jaxmir.load(head, backbone='msd-musicnn')") from None
-        raise InputError(f"this {model.architecture} model takes {list(model.input_shape)} inputs, "
-                         "not log-mel patches [187, 96] (MusiCNN, VGG) or [96, 64] (VGGish); "
-                         "run it with Model.apply on its own inputs") from None
-
-
-def num_frames(frontend: str, n_samples: int, compat: str = "essentia") -> int:
-    """Frames the front-end makes from ``n_samples`` samples."""
-    if frontend == "musicnn":
-        return frontends.musicnn_num_frames(n_samples, compat)
-    return frontends.vggish_num_frames(n_samples, compat)
-
-
-def logmel(audio_16k: jax.Array, frontend: str, compat: str = "essentia") -> jax.Array:
-    """``[..., n_samples]`` at 16 kHz -> log-mel ``[..., n_frames, n_bands]``."""
-    if frontend == "musicnn":
-        return frontends.musicnn_logmel(audio_16k, compat)
-    return frontends.vggish_logmel(audio_16k, compat)
+def frontend_of(model: "Model") -> Frontend:
+    """The front-end of a model that runs on audio; a clear error for a head on embeddings."""
+    if model.frontend is not None:
+        return model.frontend
+    if model.architecture == "head":
+        raise InputError(f"this is an embedding head: it takes {list(model.input_shape)} "
+                         "embeddings, not audio; load it with its backbone to run it on audio, "
+                         "e.g. jaxmir.load(head, backbone='msd-musicnn')")
+    raise InputError(f"this {model.architecture} model takes {list(model.input_shape)} inputs, "
+                     "not log-mel patches; run it with Model.apply on its own inputs")
 
 
 def _coarse_ceil(n: int, per_octave_bits: int) -> int:
@@ -106,9 +88,9 @@ def bucket_patches(n_patches: int, chunk: int | None = None) -> int:
     return _coarse_ceil(-(-n_patches // chunk), 3) * chunk
 
 
-def _max_samples(frontend: str, compat: str, max_frames: int) -> int:
+def _max_samples(frontend: Frontend, compat: str, max_frames: int) -> int:
     """The longest signal whose front-end gives at most ``max_frames`` frames."""
-    hop = FRAME_HOP_SAMPLES[frontend]
+    hop = frontend.hop_size
     low, high = 0, (max_frames + 4) * hop + 1024  # num_frames(high) > max_frames
     while high - low > 1:
         mid = (low + high) // 2
@@ -124,7 +106,7 @@ class Plan:
     """How one signal is cut into patches, and the bucket it is computed in.
 
     Attributes:
-      frontend: ``"musicnn"`` or ``"vggish"``.
+      frontend: the model's :class:`~jaxmir.spec.Frontend`.
       compat: the front-end's ``compat`` mode.
       n_samples: samples of the true signal (16 kHz).
       n_frames: log-mel frames of the true signal.
@@ -139,7 +121,7 @@ class Plan:
         (not so for a ``"repeat"`` last patch or a padded short signal).
     """
 
-    frontend: str
+    frontend: Frontend
     compat: str
     n_samples: int
     n_frames: int
@@ -160,17 +142,18 @@ class Plan:
         return (self.index[:self.n_patches, 0].astype(np.int64) - 1).clip(0)
 
     @property
-    def frames_per_second(self) -> float:
-        return SAMPLE_RATE / FRAME_HOP_SAMPLES[self.frontend]
+    def patch_start_seconds(self) -> np.ndarray:
+        """Start of each patch in seconds, ``[n_patches]`` float64."""
+        return self.patch_starts * self.frontend.frame_seconds
 
 
-def plan(model: Model, n_samples: int, *, patch_hop: int | None = None,
+def plan(model: "Model", n_samples: int, *, patch_hop: int | None = None,
          last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
          bucket: bool = True) -> Plan:
     """Cut a signal of ``n_samples`` samples (16 kHz) into the model's patches.
 
     Args:
-      model: a patch model (input ``[187, 96]`` or ``[96, 64]``).
+      model: a model with a front-end (MusiCNN, VGG, VGGish, or one with a head).
       n_samples: length of the 16-kHz signal.
       patch_hop: frames between patch starts; ``None``: Essentia's default
         (93); ``0``: the patch size (no overlap).
@@ -185,11 +168,11 @@ def plan(model: Model, n_samples: int, *, patch_hop: int | None = None,
         raise InputError(f"n_samples must be a non-negative integer, got {n_samples!r}")
     n_frames = num_frames(frontend, int(n_samples), compat)
     size = int(model.input_shape[0])
-    hop = DEFAULT_PATCH_HOP[frontend] if patch_hop is None else patch_hop
+    hop = frontend.patch_hop if patch_hop is None else patch_hop
     # Cut a column of frame numbers (k + 1) with Essentia's rules; zero padding gives 0.
     numbers = np.arange(1, n_frames + 1, dtype=np.int32)[:, None]
     index = make_patches(numbers, size, hop, last_patch=last_patch, pad=pad,
-                         frames_per_second=SAMPLE_RATE / FRAME_HOP_SAMPLES[frontend])[..., 0]
+                         frames_per_second=frontend.frames_per_second)[..., 0]
     hop = int(hop) or size
     n_patches = index.shape[0]
     if bucket:
@@ -199,9 +182,8 @@ def plan(model: Model, n_samples: int, *, patch_hop: int | None = None,
     else:
         n_bucket, bucket_samples = n_patches, int(n_samples)
     regular = bool(np.array_equal(index, _regular_rows(0, n_patches, hop, size)))
-    if regular:
+    if regular:  # the bucket's extra patches continue the sequence into the padding frames
         padding = _regular_rows(n_patches, n_bucket, hop, size)
-        assert padding.size == 0 or padding.max() <= num_frames(frontend, bucket_samples, compat)
     else:
         padding = np.zeros((n_bucket - n_patches, size), np.int32)
     index = np.concatenate([index, padding])
@@ -215,91 +197,13 @@ def _regular_rows(first: int, stop: int, hop: int, size: int) -> np.ndarray:
     return (starts[:, None] + np.arange(1, size + 1, dtype=np.int32)[None, :]).astype(np.int32)
 
 
-def _shareable(block: nn.Module, x: jax.Array, hop: int) -> bool:
-    """A frame-local block (a convolution k frames tall, padded k - 1 frames in all) on overlapping patches."""
-    if not isinstance(block, FrequencyMaxBlock) or not isinstance(block.padding, tuple):
-        return False
-    top, bottom = block.padding[0]
-    return (block.kernel[0] == top + bottom + 1 and x.ndim == 4 and x.shape[0] > 1
-            and hop < x.shape[1] - 2 * (top + bottom))
-
-
-def _share_timbral(hop: int):
-    """A Flax method interceptor computing FrequencyMaxBlocks once for overlapping patches.
-
-    The block's input ``x`` is ``[C, T, mel, 1]``: C consecutive patches, patch
-    ``p`` starting ``p * hop`` frames after the first. Their frames are laid
-    end to end (``[(C - 1) * hop + T]`` frames) and the block runs once on that
-    stretch; row ``r`` of patch ``p`` is row ``p * hop + r`` of the result,
-    except the ``top``/``bottom`` rows at the patch's ends, whose convolution
-    reads the patch's zero padding: those run per patch on the end rows
-    alone. Everything after the convolution (ReLU, batch norm, max over
-    frequency) acts on each row separately.
-    """
-    busy = [False]
-
-    def interceptor(next_fun, args, kwargs, context):
-        block = context.module
-        if busy[0] or context.method_name != "__call__" or kwargs or len(args) != 1 \
-                or not _shareable(block, args[0], hop):
-            return next_fun(*args, **kwargs)
-        x = args[0]
-        n, length = x.shape[0], x.shape[1]
-        top, bottom = block.padding[0]
-        edge = top + bottom
-        variables = {k: v for k, v in block.variables.items() if k != "intermediates"}
-        alone = block.clone(parent=None)
-
-        def run(inputs):
-            busy[0] = True
-            try:
-                return alone.apply(variables, inputs)
-            finally:
-                busy[0] = False
-
-        stretch = jnp.concatenate([x[:-1, :hop].reshape((-1,) + x.shape[2:]), x[-1]])
-        shared = run(stretch[None])[0]
-        rows = jnp.stack([shared[p * hop + top: p * hop + length - bottom] for p in range(n)])
-        ends = run(jnp.concatenate([x[:, :edge], x[:, length - edge:]]))
-        out = jnp.concatenate([ends[:n, :top], rows, ends[n:, edge - bottom:]], axis=1)
-        block.sow("intermediates", "output", out)
-        return out
-
-    return interceptor
-
-
-@functools.partial(jax.jit, static_argnames=("module", "taps", "frontend", "compat", "chunk",
-                                             "share_hop"))
-def _pipeline(module, taps: tuple, frontend: str, compat: str, chunk: int, share_hop: int,
-              variables: dict, audio: jax.Array, index: jax.Array) -> list[jax.Array]:
+@functools.partial(jax.jit, static_argnames=("module", "taps", "frontend", "compat", "chunk"))
+def _audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
+                      variables: dict, audio: jax.Array, index: jax.Array) -> tuple[jax.Array, ...]:
     """Padded audio ``[bucket_samples]`` and index ``[bucket_patches, T]`` -> tapped outputs per patch."""
     frames = logmel(audio, frontend, compat)
     table = jnp.concatenate([jnp.zeros_like(frames[:1]), frames])  # row 0: a frame of zeros
-
-    def run(rows: jax.Array) -> tuple[jax.Array, ...]:
-        patches = table[rows].astype(jnp.result_type(table.dtype, jnp.float32))
-        if not share_hop:
-            return tapped_outputs(module, taps, variables, patches)
-        with nn.intercept_methods(_share_timbral(share_hop)):
-            return tapped_outputs(module, taps, variables, patches)
-
-    if index.shape[0] <= chunk:
-        return list(run(index))
-    chunks = index.reshape(-1, chunk, index.shape[-1])
-    return [v.reshape((-1,) + v.shape[2:]) for v in jax.lax.map(run, chunks)]
-
-
-def compiled_programs() -> int:
-    """How many programs the pipeline has compiled in this process (for tests and tuning)."""
-    return _pipeline._cache_size()
-
-
-def _names(outputs: Iterable[str] | str | None) -> tuple[str, ...]:
-    if outputs is None:
-        return ("predictions",)
-    if isinstance(outputs, str):
-        return (outputs,)
-    return tuple(outputs)
+    return run_patches(module, variables, taps, index, chunk, frames=table)
 
 
 def _pad_to(audio, length: int):
@@ -310,24 +214,28 @@ def _pad_to(audio, length: int):
     return np.pad(audio, (0, length - audio.shape[0]))
 
 
-def run_plan(model: Model, audio_16k, plan_: Plan,
-             outputs: Iterable[str] | str | None = None) -> dict:
+def run_plan(model: "Model", audio_16k, plan_: Plan, outputs: Iterable[str] | str | None = None,
+             *, chunk: int = CHUNK, share_overlap: bool = True) -> dict:
     """Per-patch outputs of a planned signal: ``{name: [n_patches, ...]}``.
 
     ``audio_16k`` is ``[plan_.n_samples]`` float: a NumPy or JAX array (the
     outputs are NumPy arrays) or a tracer (under ``jax.grad``/``jit``; the
     outputs are JAX arrays, differentiable with respect to the audio).
+    ``chunk`` patches go through the model per step (a multiple of it divides
+    the bucket); ``share_overlap`` lets MusiCNN compute its timbral
+    convolutions once for overlapping patches.
     """
-    names = _names(outputs)
-    taps = tuple(model.resolve_output(name) for name in names)
+    names, taps = model.resolve_outputs(outputs)
     if tuple(np.shape(audio_16k)) != (plan_.n_samples,):
         raise InputError(f"audio has shape {list(np.shape(audio_16k))}; the plan is for "
                          f"[{plan_.n_samples}] samples")
     if not jnp.issubdtype(audio_16k.dtype, jnp.floating):
         raise InputError(f"audio has dtype {audio_16k.dtype}; expected float samples at 16 kHz")
-    share_hop = plan_.patch_hop if SHARE_OVERLAP and plan_.regular else 0
-    values = _pipeline(model.module, taps, plan_.frontend, plan_.compat, CHUNK, share_hop,
-                       model.variables, _pad_to(audio_16k, plan_.bucket_samples), plan_.index)
+    module = model.module
+    if share_overlap and plan_.regular:
+        module = with_overlap_hop(module, plan_.patch_hop)
+    values = _audio_to_outputs(module, taps, plan_.frontend, plan_.compat, chunk, model.variables,
+                               _pad_to(audio_16k, plan_.bucket_samples), plan_.index)
     if isinstance(audio_16k, jax.core.Tracer):
         return {name: value[:plan_.n_patches] for name, value in zip(names, values)}
     # slicing on the host: a device slice would compile a program per number of patches
@@ -342,7 +250,7 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     (float64 under x64), so that gradients and float64 checks see the same
     function; a traced one cannot be checked for NaN.
     """
-    if isinstance(audio, jax.Array) and sample_rate == SAMPLE_RATE and audio.ndim == 1 \
+    if isinstance(audio, jax.Array) and sample_rate == frontends.SAMPLE_RATE and audio.ndim == 1 \
             and jnp.issubdtype(audio.dtype, jnp.floating):
         if audio.shape[0] == 0:
             raise InputError("audio contains no samples; expected at least one sample")
@@ -352,12 +260,13 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     if isinstance(audio, jax.core.Tracer):
         raise InputError("traced audio (under jax.grad/jit/vmap) must be float mono [n_samples] "
                          f"at 16000 Hz; got {audio.dtype} {list(audio.shape)} at {sample_rate} Hz")
-    return prepare_audio(np.asarray(audio), sample_rate, SAMPLE_RATE, resampler=resampler)
+    return prepare_audio(np.asarray(audio), sample_rate, frontends.SAMPLE_RATE, resampler=resampler)
 
 
-def predict(model: Model, audio, sample_rate: int, output: str | Iterable[str] | None = None, *,
+def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str] | None = None, *,
             patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
-            compat: str = "essentia", resampler: str = "essentia", bucket: bool = True):
+            compat: str = "essentia", resampler: str = "essentia", bucket: bool = True,
+            chunk: int = CHUNK, share_overlap: bool = True):
     """The model's output for every patch of a signal, as Essentia's TensorflowPredict* gives it.
 
     Args:
@@ -371,6 +280,7 @@ def predict(model: Model, audio, sample_rate: int, output: str | Iterable[str] |
       patch_hop, last_patch, pad, compat: see :func:`plan`.
       resampler: ``"essentia"`` or ``"soxr"`` (:func:`jaxmir.audio.prepare_audio`).
       bucket: see :func:`plan`.
+      chunk, share_overlap: see :func:`run_plan`.
 
     Returns:
       ``[n_patches, ...]``, or ``{name: array}`` for several outputs: NumPy
@@ -379,13 +289,13 @@ def predict(model: Model, audio, sample_rate: int, output: str | Iterable[str] |
     audio = _as_16k(audio, sample_rate, resampler)
     plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch, pad=pad,
                  compat=compat, bucket=bucket)
-    values = run_plan(model, audio, plan_, output)
+    values = run_plan(model, audio, plan_, output, chunk=chunk, share_overlap=share_overlap)
     if output is None or isinstance(output, str):
         return next(iter(values.values()))
     return values
 
 
-def features(model: Model, audio, sample_rate: int, compat: str = "essentia",
+def features(model: "Model", audio, sample_rate: int, compat: str = "essentia",
              resampler: str = "essentia"):
     """The model's log-mel input frames for a signal, ``[n_frames, n_bands]`` float32.
 
@@ -407,18 +317,5 @@ def features(model: Model, audio, sample_rate: int, compat: str = "essentia",
     return np.asarray(frames)[:n_frames]
 
 
-def enable_compilation_cache(directory: str | None) -> None:
-    """Turn JAX's persistent compilation cache on in ``directory`` (every program, however small)."""
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
-def frame_seconds(frontend: str) -> float:
-    """Seconds between frames: 0.016 (MusiCNN) or 0.01 (VGGish)."""
-    return FRAME_HOP_SAMPLES[frontend] / SAMPLE_RATE
-
-
-__all__ = ["Plan", "plan", "run_plan", "predict", "features", "bucket_patches", "frontend_of",
-           "num_frames", "logmel", "compiled_programs", "enable_compilation_cache", "frame_seconds",
-           "CHUNK"]
+__all__ = ["CHUNK", "Plan", "plan", "run_plan", "predict", "features", "bucket_patches",
+           "frontend_of"]

@@ -1,24 +1,233 @@
-"""What a model is, without its graph: architecture, configuration, variables, output names."""
+"""What a model is, without its graph: typed layers, the front-end it expects, the saved spec.
+
+Everything here is plain, frozen data. The Flax modules (:mod:`jaxmir.models`)
+take these types as attributes; the TensorFlow-graph converter
+(:mod:`jaxmir.tfgraph.convert`) produces them; the weights file stores them as
+JSON (:func:`spec_to_json` / :func:`spec_from_json`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Mapping, Sequence, Union
+
+from jaxmir.errors import WeightsError
+
+ACTIVATIONS = ("relu", "elu", "tanh", "sigmoid", "softmax", "identity")
 
 
-@dataclasses.dataclass
+# -- layers of a dense head -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """A fully connected layer with bias: ``[batch, in] -> [batch, units]``."""
+
+    units: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """An element-wise activation (or softmax over the last axis); one of :data:`ACTIVATIONS`."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNorm:
+    """Batch normalisation with frozen statistics: ``(x - mean) * scale / sqrt(var + epsilon) + bias``."""
+
+    epsilon: float
+
+
+HeadLayer = Union[Dense, Activation, BatchNorm]
+
+
+def head_width(layers: Sequence[HeadLayer]) -> int:
+    """Units of the last dense layer of a head: the width of its output."""
+    for layer in reversed(layers):
+        if isinstance(layer, Dense):
+            return layer.units
+    raise WeightsError(f"a head without a dense layer: {list(layers)}")
+
+
+def dense_indices(layers: Sequence[HeadLayer]) -> list[int]:
+    """Positions of the dense layers in a head."""
+    return [i for i, layer in enumerate(layers) if isinstance(layer, Dense)]
+
+
+# -- convolution blocks of VGG-style networks ---------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MaxPool:
+    """Max-pooling: window and strides ``(time, mel)``, padding ``"SAME"`` or ``"VALID"``."""
+
+    window: tuple[int, int]
+    strides: tuple[int, int]
+    padding: str
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The pooled ``(height, width)`` of a ``(height, width)`` input."""
+        (wh, ww), (sh, sw) = self.window, self.strides
+        if self.padding == "SAME":
+            return -(-height // sh), -(-width // sw)
+        return (height - wh) // sh + 1, (width - ww) // sw + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvBlockSpec:
+    """A 2-D convolution block: conv ``kernel`` (SAME) -> activation -> [batch norm] -> [max-pool]."""
+
+    features: int
+    kernel: tuple[int, int]
+    activation: str
+    bn_epsilon: float | None = None
+    pool: MaxPool | None = None
+
+
+# -- the audio front-end a model was trained on -------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Frontend:
+    """How audio becomes a model's input patches (Essentia's ``TensorflowPredict*`` settings).
+
+    Attributes:
+      name: ``"musicnn"`` (MusiCNN and musicnn's VGG) or ``"vggish"``.
+      sample_rate: Hz of the waveform the front-end takes (16000).
+      frame_size, hop_size: samples per analysis frame and between frames.
+      n_bands: mel bands per frame (96 or 64).
+      patch_size: frames per patch (187 or 96).
+      patch_hop: Essentia's default frames between patches (93 for both).
+      log: the compression applied to the mel bands, in words.
+    """
+
+    name: str
+    sample_rate: int
+    frame_size: int
+    hop_size: int
+    n_bands: int
+    patch_size: int
+    patch_hop: int
+    log: str
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds between frames (0.016 for MusiCNN, 0.01 for VGGish)."""
+        return self.hop_size / self.sample_rate
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_size
+
+
+# -- the spec --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model without the graph.
+    """Everything needed to rebuild a model without its graph.
 
-    ``node_map`` maps a graph node name to ``(tap, shape)``: the module's sown
-    intermediate (``"cnn1"``, ``"head/layer_1"``) and that node's shape in the
-    graph without the batch axis, which may add singleton axes to the tap.
+    Attributes:
+      architecture: a key of :data:`jaxmir.models.ARCHITECTURES`.
+      config: the Flax module's attributes (typed: tuples of :class:`Dense`,
+        :class:`ConvBlockSpec`, ...; for ``"composed"``: ``{"backbone": ModelSpec-like
+        {"architecture", "config"}, "head": ...}``).
+      variables: ``{"params": ..., "batch_stats": ...}`` as NumPy arrays.
+      input_name, input_shape: the graph's input node and its shape without the batch axis.
+      output_name: the graph's output node.
+      aliases: friendly output names -> the module's sown intermediates (taps).
+      node_map: graph node names -> ``(tap, shape)``: the tap and the node's
+        shape in the graph without the batch axis (it may add singleton axes).
+      frontend: the audio front-end the model expects, or ``None`` for models
+        that take embeddings (heads).
     """
 
     architecture: str
-    config: dict
-    variables: dict
+    config: Mapping[str, Any]
+    variables: Mapping[str, Any]
     input_name: str
     input_shape: tuple[int, ...]
     output_name: str
-    aliases: dict[str, str]
-    node_map: dict[str, tuple[str, tuple[int, ...]]]
+    aliases: Mapping[str, str]
+    node_map: Mapping[str, tuple[str, tuple[int, ...]]]
+    frontend: Frontend | None = None
+
+    @property
+    def head(self) -> tuple[HeadLayer, ...]:
+        """The dense head that produces the model's output."""
+        if self.architecture == "composed":
+            return tuple(self.config["head"]["config"]["head"])
+        return tuple(self.config["head"])
+
+    @property
+    def output_width(self) -> int:
+        return head_width(self.head)
+
+
+# -- JSON form (weights files) ------------------------------------------------------------------
+def layer_to_text(layer: HeadLayer) -> str:
+    """``Dense(200)`` -> ``"dense:200"``, ``BatchNorm(1e-3)`` -> ``"batch_norm:0.001"``, ``"relu"``."""
+    if isinstance(layer, Dense):
+        return f"dense:{layer.units}"
+    if isinstance(layer, BatchNorm):
+        return f"batch_norm:{layer.epsilon!r}"
+    return layer.name
+
+
+def layer_from_text(text: str) -> HeadLayer:
+    kind, _, argument = str(text).partition(":")
+    try:
+        if kind == "dense":
+            return Dense(int(argument))
+        if kind == "batch_norm":
+            return BatchNorm(float(argument))
+    except ValueError:
+        pass
+    else:
+        if kind in ACTIVATIONS and not argument:
+            return Activation(kind)
+    raise WeightsError(f"unknown layer '{text}'; expected dense:N, batch_norm:EPS or one of "
+                       + ", ".join(ACTIVATIONS))
+
+
+def _block_to_json(block: ConvBlockSpec) -> list:
+    pool = block.pool
+    return [block.features, list(block.kernel), block.activation, block.bn_epsilon,
+            None if pool is None else [list(pool.window), list(pool.strides), pool.padding]]
+
+
+def _block_from_json(value: Sequence) -> ConvBlockSpec:
+    features, kernel, activation, epsilon, pool = value
+    if pool is not None:
+        pool = MaxPool(tuple(pool[0]), tuple(pool[1]), pool[2])
+    return ConvBlockSpec(int(features), tuple(kernel), activation, epsilon, pool)
+
+
+def config_to_json(architecture: str, config: Mapping[str, Any]) -> dict:
+    """A module configuration as JSON-ready values (the format of weights files)."""
+    if architecture == "composed":
+        return {part: {"architecture": config[part]["architecture"],
+                       "config": config_to_json(config[part]["architecture"], config[part]["config"])}
+                for part in ("backbone", "head")}
+    out = {}
+    for key, value in config.items():
+        if key == "head":
+            value = [layer_to_text(layer) for layer in value]
+        elif key == "blocks":
+            value = [_block_to_json(block) for block in value]
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+def config_from_json(architecture: str, config: Mapping[str, Any]) -> dict:
+    if architecture == "composed":
+        return {part: {"architecture": config[part]["architecture"],
+                       "config": config_from_json(config[part]["architecture"],
+                                                  config[part]["config"])}
+                for part in ("backbone", "head")}
+    out = {}
+    for key, value in config.items():
+        if key == "head":
+            value = tuple(layer_from_text(text) for text in value)
+        elif key == "blocks":
+            value = tuple(_block_from_json(block) for block in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        out[key] = value
+    return out

@@ -1,12 +1,15 @@
 """Converted weights files: a NumPy ``.npz`` of arrays plus a JSON description, no pickles.
 
 Layout: one array per variable under ``variables/<collection>/<path>`` and
-``__jaxmir__``, the UTF-8 JSON of the architecture, configuration, labels,
-output names and provenance. Loading never enables pickle.
+``__jaxmir__``, the UTF-8 JSON of the spec (architecture, configuration,
+front-end, output names), labels and provenance. Loading never enables pickle.
+Version 1 files (before the front-end was recorded) are read too: their
+front-end follows from the architecture.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -14,17 +17,21 @@ import zipfile
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import WeightsError
-from jaxmir.spec import ModelSpec
-from jaxmir.model import Model, build_module
+from jaxmir.frontends import FRONTENDS
+from jaxmir.model import Model
+from jaxmir.models import COMPOSED, variable_mismatches
+from jaxmir.spec import Frontend, ModelSpec, config_from_json, config_to_json
 
 WEIGHTS_SUFFIX = ".npz"
 FORMAT = "jaxmir-weights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _META_KEY = "__jaxmir__"
+# Version 1 files did not record the front-end; it follows from the architecture.
+_V1_FRONTENDS = {"musicnn": "musicnn", "vgg": "musicnn", "vggish": "vggish"}
 
 
 def _as_float32(value) -> np.ndarray:
@@ -54,30 +61,63 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
 
 
 def save_weights(model: Model, path: str | os.PathLike, provenance: dict | None = None) -> None:
-    """Write ``model`` to ``path`` (``.npz``): variables, configuration, labels, provenance."""
+    """Write ``model`` to ``path`` (``.npz``): variables, spec, labels, provenance.
+
+    The file is written to a temporary name beside ``path`` and renamed, so a
+    reader never sees half of it.
+    """
     spec = model.spec
     meta = {
         "format": FORMAT, "version": FORMAT_VERSION,
-        "architecture": spec.architecture, "config": spec.config,
+        "architecture": spec.architecture, "config": config_to_json(spec.architecture, spec.config),
+        "frontend": None if spec.frontend is None else dataclasses.asdict(spec.frontend),
         "input_name": spec.input_name, "input_shape": list(spec.input_shape),
-        "output_name": spec.output_name, "aliases": spec.aliases,
+        "output_name": spec.output_name, "aliases": dict(spec.aliases),
         "node_map": {k: [tap, list(shape)] for k, (tap, shape) in spec.node_map.items()},
         "labels": list(model.labels), "provenance": provenance or {},
     }
-    arrays = _flatten(jax.device_get(model.variables), "variables")
+    arrays = _flatten(jax.device_get(dict(model.variables)), "variables")
     arrays[_META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
-    _write_npz(path, arrays)
+    _write_npz(os.fspath(path), arrays)
 
 
-def _write_npz(path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez_compressed``, but byte-for-byte reproducible (sorted names, fixed timestamps)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name in sorted(arrays):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, buffer.getvalue())
+def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed``, but byte-for-byte reproducible (sorted names, fixed timestamps) and atomic."""
+    folder = os.path.dirname(os.path.abspath(path))
+    partial = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name in sorted(arrays):
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]),
+                                          allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, buffer.getvalue())
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _frontend(meta: dict, path: str) -> Frontend | None:
+    if meta["version"] == 1:
+        architecture = meta["architecture"]
+        if architecture == COMPOSED:
+            architecture = meta["config"]["backbone"]["architecture"]
+        name = _V1_FRONTENDS.get(architecture)
+        return None if name is None else FRONTENDS[name]
+    stored = meta.get("frontend")
+    if stored is None:
+        return None
+    try:
+        frontend = Frontend(**stored)
+    except TypeError as err:
+        raise WeightsError(f"{path}: unreadable front-end description ({err})") from None
+    if FRONTENDS.get(frontend.name) != frontend:
+        raise WeightsError(f"{path}: front-end {stored} is not one jaxmir computes; known: "
+                           + "; ".join(str(dataclasses.asdict(f)) for f in FRONTENDS.values()))
+    return frontend
 
 
 def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
@@ -105,31 +145,22 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
         meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise WeightsError(f"{path}: the description is not valid JSON ({err})") from None
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+    if meta.get("format") != FORMAT or meta.get("version") not in _READABLE_VERSIONS:
         raise WeightsError(f"{path}: format {meta.get('format')} v{meta.get('version')}; this "
-                           f"jaxmir reads {FORMAT} v{FORMAT_VERSION}")
-    spec = ModelSpec(meta["architecture"], meta["config"], _unflatten(arrays), meta["input_name"],
-                     tuple(meta["input_shape"]), meta["output_name"], meta["aliases"],
-                     {k: (tap, tuple(shape)) for k, (tap, shape) in meta["node_map"].items()})
+                           f"jaxmir reads {FORMAT} v{', v'.join(map(str, _READABLE_VERSIONS))}")
+    try:
+        architecture = meta["architecture"]
+        spec = ModelSpec(architecture, config_from_json(architecture, meta["config"]),
+                         _unflatten(arrays), meta["input_name"], tuple(meta["input_shape"]),
+                         meta["output_name"], meta["aliases"],
+                         {k: (tap, tuple(shape)) for k, (tap, shape) in meta["node_map"].items()},
+                         _frontend(meta, path))
+    except (KeyError, TypeError, ValueError) as err:
+        raise WeightsError(f"{path}: incomplete description ({type(err).__name__}: {err})") from None
     if not trusted:
-        _check_shapes(spec, path)
-    return Model(spec, labels=labels if labels is not None else meta["labels"], source=path,
-                 metadata={"provenance": meta.get("provenance", {})})
-
-
-def _check_shapes(spec: ModelSpec, path: str) -> None:
-    """Compare the stored variables with what the module expects, without allocating them."""
-    module = build_module(spec.architecture, spec.config)
-    dummy = jax.ShapeDtypeStruct((1,) + tuple(spec.input_shape), jnp.float32)
-    expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)
-    expected = {k: v for k, v in expected.items() if k in ("params", "batch_stats")}
-    want = _flatten(expected, "variables", leaf=lambda v: tuple(v.shape))
-    have = _flatten(spec.variables, "variables", leaf=np.shape)
-    if want != have:
-        missing = sorted(set(want) - set(have))[:3]
-        extra = sorted(set(have) - set(want))[:3]
-        wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
-        raise WeightsError(f"{path}: variables do not fit the {spec.architecture} model they "
-                           f"describe (missing {missing}, unexpected {extra}, wrong shape "
-                           f"{[(k, have[k], want[k]) for k in wrong]})")
-
+        problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape,
+                                      spec.variables)
+        if problem is not None:
+            raise WeightsError(f"{path}: {problem}")
+    return Model.from_spec(spec, labels=labels if labels is not None else meta["labels"],
+                           source=path, metadata={"provenance": meta.get("provenance", {})})

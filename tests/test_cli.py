@@ -93,7 +93,7 @@ def test_tag_json_on_every_pcm_width(capsys, wavs, musicnn):
                            "--top", "5", "--model", "msd-musicnn")
     assert status == 0, err
     report = json.loads(out)
-    assert report["labels"] == musicnn.labels and report["patch_hop_frames"] == 93
+    assert report["labels"] == list(musicnn.labels) and report["patch_hop_frames"] == 93
     assert [f["file"] for f in report["files"]] == [str(wavs[n]) for n in names]
     means = {}
     for name, entry in zip(names, report["files"]):
@@ -249,10 +249,10 @@ def test_second_run_reuses_the_compilation_cache(tmp_path, wavs):
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert first.returncode == 0, first.stderr
     entries = sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir())
-    assert any("pipeline" in name for name in entries)
+    assert any("audio_to_outputs" in name for name in entries)
     env["JAX_LOG_COMPILES"] = "1"  # logs persistent-cache hits as warnings
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
-    assert "Persistent compilation cache hit for 'jit__pipeline'" in second.stderr
+    assert "Persistent compilation cache hit for 'jit__audio_to_outputs'" in second.stderr
     assert sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir()) == entries

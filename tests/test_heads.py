@@ -10,6 +10,7 @@ import pytest
 import jaxmir
 from conftest import assert_parity, require, run_tf, shared_fixture
 from jaxmir.errors import InputError
+from jaxmir.spec import BatchNorm
 
 
 def write_head(tmp_path, name, metadata=None, **kwargs):
@@ -66,7 +67,7 @@ def test_essentia_emomusic_regression_head():
     path = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")
     model = jaxmir.load(path)
     assert model.architecture == "head" and model.input_shape == (200,)
-    assert model.spec.config["head"][0].startswith("batch_norm:")
+    assert isinstance(model.spec.config["head"][0], BatchNorm)
     x = embeddings(7, 200)
     reference = run_tf(path, {"flatten_in_input": x[:, None, :]}, ["dense_out"])[0]
     assert_parity("dense_out", reference, model.apply(x, ["dense_out"])["dense_out"])
@@ -76,10 +77,10 @@ def test_metadata_json_gives_classes_and_output(tmp_path):
     from tools.tf_graphs import essentia_metadata
     meta = essentia_metadata(["happy", "non_happy"], "model/Softmax", "msd-musicnn-1")
     model = jaxmir.load(write_head(tmp_path, "mood_happy-msd-musicnn-1", meta))
-    assert model.labels == ["happy", "non_happy"]
-    assert jaxmir.load.backbone_of(model) == "msd-musicnn"
+    assert model.labels == ("happy", "non_happy")
+    assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
     plain = jaxmir.load(write_head(tmp_path, "plain"))
-    assert plain.labels == ["class_0", "class_1"] and "no metadata JSON" in plain.describe()
+    assert plain.labels == ("class_0", "class_1") and "no metadata JSON" in plain.describe()
 
 
 def test_metadata_with_wrong_class_count(tmp_path):
@@ -98,7 +99,7 @@ def test_head_on_shipped_backbone_matches_tensorflow_chain(tmp_path, musicnn_gra
     meta = essentia_metadata(["danceable", "not_danceable"], "model/Softmax", "msd-musicnn-1")
     head_path = write_head(tmp_path, "danceability-msd-musicnn-1", meta)
     model = jaxmir.load(head_path, backbone="msd-musicnn")
-    assert model.architecture == "composed" and model.labels == ["danceable", "not_danceable"]
+    assert model.architecture == "composed" and model.labels == ("danceable", "not_danceable")
     assert model.input_shape == (187, 96)
     patches = np.random.default_rng(9).normal(0, 1.5, (7, 187, 96)).astype(np.float32)
     emb = run_tf(musicnn_graphs / "msd-musicnn-1.pb", {"model/Placeholder": patches},

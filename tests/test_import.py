@@ -8,6 +8,7 @@ import pytest
 import jaxmir
 from conftest import assert_parity, require, run_tf, shared_fixture
 from jaxmir.errors import UnsupportedGraphError
+from jaxmir.spec import Activation, BatchNorm, Dense
 from jaxmir.tfgraph.graphdef import Graph
 
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
@@ -26,8 +27,9 @@ def test_essentia_genre_dortmund_body_matches_tensorflow(patches_187):
     model = jaxmir.load(path)
     assert model.architecture == "musicnn"
     assert model.spec.config["midend_filters"] == 64
-    assert model.spec.config["head"][:4] == [
-        "batch_norm:0.0010000000474974513", "dense:200", "relu", "batch_norm:0.0010000000474974513"]
+    epsilon = float(np.float32(1e-3))  # the graph stores it as a float32 attribute
+    assert model.spec.config["head"][:4] == (BatchNorm(epsilon), Dense(200), Activation("relu"),
+                                             BatchNorm(epsilon))
     errors = compare_all_nodes(path, model, patches_187)
     assert "model/dense/BiasAdd" in errors and "model/transpose" in errors and "model/Squeeze" in errors
 
@@ -92,8 +94,8 @@ def test_msd_big_configuration_from_a_random_graph(tmp_path, patches_187):
                                                   backend=500), str(path))
     model = jaxmir.load(path)
     assert model.spec.config["midend_filters"] == 512
-    assert "dense:500" in model.spec.config["head"]
-    assert model.labels[:2] == ["rock", "pop"]  # named like the shipped MSD model
+    assert Dense(500) in model.spec.config["head"]
+    assert model.labels[:2] == ("rock", "pop")  # named like the shipped MSD model
     out = model.apply(patches_187[:2], ["mean_pool", "penultimate"])
     assert out["mean_pool"].shape == (2, 561 + 3 * 512) and out["penultimate"].shape == (2, 500)
     compare_all_nodes(path, model, patches_187)

@@ -53,8 +53,8 @@ def test_vgg_pool_names(vgg, patches_187):
 
 
 def test_labels_and_info(musicnn, vgg):
-    assert musicnn.labels[:3] == ["rock", "pop", "alternative"]
-    assert vgg.labels[:3] == ["guitar", "classical", "slow"]
+    assert musicnn.labels[:3] == ("rock", "pop", "alternative")
+    assert vgg.labels[:3] == ("guitar", "classical", "slow")
     assert musicnn.num_params() == 792_079 and vgg.num_params() == 607_030
     assert "penultimate" in musicnn.output_names and "model/dense/BiasAdd" in musicnn.output_names
 

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import shared_fixture
 from jaxmir.errors import InputError
-from jaxmir.patches import (MUSICNN_PATCH_HOP, MUSICNN_PATCH_SIZE, VGGISH_PATCH_HOP, VGGISH_PATCH_SIZE,
-                            make_patches, patch_starts)
+from jaxmir.frontends import MUSICNN_PATCH_HOP, MUSICNN_PATCH_SIZE, VGGISH_PATCH_HOP, VGGISH_PATCH_SIZE
+from jaxmir.patches import make_patches, patch_starts
 
 REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo", "joram-moments_of_clarity-08-solipsism-59-88",
               "TRWJAZW128F42760DD_test"]

@@ -15,6 +15,7 @@ import pytest
 import jaxmir
 from conftest import shared_fixture
 from jaxmir import frontends, pipeline
+from jaxmir.models import runner
 from jaxmir.audio import prepare_audio
 from jaxmir.errors import InputError
 from jaxmir.patches import make_patches
@@ -82,18 +83,45 @@ def test_embeddings_and_several_outputs(musicnn):
         musicnn.predict(audio, SR, output="nope")
 
 
-def test_shared_timbral_equals_patch_by_patch(musicnn, monkeypatch):
+def timbral_rounding_bound(model, frames: np.ndarray) -> float:
+    """How far two summation orders of the timbral convolutions can differ, after their batch norm.
+
+    Each output sums n = 7 x width float32 products of size at most m = max|input| x max|kernel|;
+    two orders of summation differ by about n * m * 6e-8 (the float32 unit roundoff); the
+    batch norm that follows scales that by at most max|gamma / sqrt(var + eps)|. The shared and
+    per-patch convolutions run on differently shaped inputs, so XLA may pick other orders (it
+    does on AVX2 vs AVX-512 CPUs).
+    """
+    params, stats = model.variables["params"], model.variables["batch_stats"]
+    bn, bn_stats = params["input_bn"], stats["input_bn"]
+    eps = model.spec.config["bn_epsilon"]
+    x = (frames - bn_stats["mean"]) * bn["scale"] / np.sqrt(bn_stats["var"] + eps) + bn["bias"]
+    bound = 0.0
+    for i in range(len(model.spec.config["timbral_widths"])):
+        block = params[f"timbral_{i}"]["block"]
+        kernel = np.asarray(block["conv"]["kernel"])
+        gain = np.abs(block["batch_norm"]["scale"]) / np.sqrt(
+            stats[f"timbral_{i}"]["block"]["batch_norm"]["var"] + eps)
+        n = kernel.shape[0] * kernel.shape[1]
+        bound = max(bound, n * float(np.abs(x).max() * np.abs(kernel).max()) * 6e-8 * float(gain.max()))
+    return bound
+
+
+def test_shared_timbral_equals_patch_by_patch(musicnn):
     """Overlapping patches share the timbral convolutions; the numbers stay those of each patch."""
     audio = noise(16000 * 12 + 77, seed=12)  # 7 patches, bucket of 8: one chunk, shared
     assert pipeline.plan(musicnn, audio.size).regular
     names = ["predictions", "timbral", "model/Squeeze", "cnn3"]
     shared = musicnn.predict(audio, SR, output=names)
-    monkeypatch.setattr(pipeline, "SHARE_OVERLAP", False)
-    direct = musicnn.predict(audio, SR, output=names)
+    direct = pipeline.predict(musicnn, audio, SR, names, share_overlap=False)
+    timbral_bound = timbral_rounding_bound(musicnn, np.asarray(frontends.musicnn_logmel(audio)))
     for name in names:
         assert shared[name].shape == direct[name].shape
         scale = float(jnp.abs(direct[name]).max())
-        np.testing.assert_allclose(shared[name], direct[name], rtol=0, atol=1e-6 * scale, err_msg=name)
+        # the timbral features carry the summation-order difference itself; what follows averages
+        # and saturates it (measured <= 1e-7 x max on AVX2 and AVX-512)
+        bound = max(timbral_bound, 1e-6 * scale) if name == "timbral" else 1e-6 * scale
+        np.testing.assert_allclose(shared[name], direct[name], rtol=0, atol=bound, err_msg=name)
     # and the patch ends, where the convolution reads zeros, are not taken from the neighbours
     assert shared["timbral"].shape == (7, 187, 408)
     ends = np.asarray(shared["timbral"])[:, [0, 1, 2, 184, 185, 186]]
@@ -107,13 +135,13 @@ def test_no_recompilation_within_a_bucket(musicnn):
     assert pipeline.plan(musicnn, first.size).bucket_samples == \
         pipeline.plan(musicnn, second.size).bucket_samples
     musicnn.predict(first, SR)
-    before = pipeline.compiled_programs()
+    before = runner.compiled_programs()
     out = musicnn.predict(second, SR)
-    assert pipeline.compiled_programs() == before
+    assert runner.compiled_programs() == before
     assert out.shape[0] == essentia_patch_count(second.size) == 6
     # a song in another bucket (12 patches) compiles one more program
     musicnn.predict(noise(16000 * 20, 3), SR)
-    assert pipeline.compiled_programs() == before + 1
+    assert runner.compiled_programs() == before + 1
 
 
 def test_buckets_are_few_and_tight():

@@ -1,1 +1,99 @@
-"""The Flax models: pure modules that import nothing but their layers and the spec."""
+"""The Flax models: pure modules that import nothing but their layers and :mod:`jaxmir.spec`.
+
+:data:`ARCHITECTURES` maps an architecture name (as saved in a spec) to its
+module; :func:`build_module` makes the module a spec describes. Adding a model
+family is one module here, one converter in :mod:`jaxmir.tfgraph.convert` and
+one entry in :data:`ARCHITECTURES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmir.errors import WeightsError
+from jaxmir.models.heads import Composed, EmbeddingHead
+from jaxmir.models.musicnn import MusiCNN
+from jaxmir.models.vgg import ConvNet
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A model family: its Flax module and whether it runs on audio patches (a backbone)."""
+
+    module: type[nn.Module]
+    backbone: bool
+    description: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "musicnn": Architecture(MusiCNN, True, "MusiCNN (Pons & Serra, 2019)"),
+    "vgg": Architecture(ConvNet, True, "musicnn's VGG baseline"),
+    "vggish": Architecture(ConvNet, True, "VGGish (Hershey et al., 2017)"),
+    "head": Architecture(EmbeddingHead, False, "a classifier head on embeddings"),
+}
+COMPOSED = "composed"  # a backbone joined to a head: config {"backbone": ..., "head": ...}
+
+
+def architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise WeightsError(f"unknown architecture '{name}'; known: "
+                           + ", ".join([*ARCHITECTURES, COMPOSED])) from None
+
+
+def build_module(architecture_name: str, config: Mapping[str, Any]) -> nn.Module:
+    """The Flax module of an architecture with its (typed) configuration."""
+    if architecture_name == COMPOSED:
+        parts = [config[part] for part in ("backbone", "head")]
+        return Composed(*(build_module(p["architecture"], p["config"]) for p in parts))
+    return architecture(architecture_name).module(**config)
+
+
+def with_overlap_hop(module: nn.Module, hop: int) -> nn.Module:
+    """The module set to share work between consecutive patches ``hop`` frames apart, if it can."""
+    if isinstance(module, Composed):
+        return module.clone(backbone=with_overlap_hop(module.backbone, hop))
+    if isinstance(module, MusiCNN):
+        return module.clone(overlap_hop=hop)
+    return module
+
+
+def _shapes(tree: Mapping, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_shapes(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = tuple(np.shape(value))
+    return flat
+
+
+def variable_mismatches(name: str, config: Mapping[str, Any], input_shape: tuple[int, ...],
+                        variables: Mapping) -> str | None:
+    """How ``variables`` fail to fit the module a spec describes, or ``None`` when they fit.
+
+    The module is traced abstractly (``jax.eval_shape``): nothing is allocated.
+    """
+    module = build_module(name, config)
+    dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    try:
+        expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)
+    except Exception as err:  # noqa: BLE001 -- any failure to trace is a model that cannot run
+        return f"the {name} model cannot run on [batch, {', '.join(map(str, input_shape))}] " \
+               f"inputs ({type(err).__name__}: {err})"
+    want = _shapes({k: v for k, v in expected.items() if k in ("params", "batch_stats")})
+    have = _shapes(variables)
+    if want == have:
+        return None
+    missing = sorted(set(want) - set(have))[:3]
+    extra = sorted(set(have) - set(want))[:3]
+    wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
+    return (f"variables do not fit the {name} model they describe (missing {missing}, "
+            f"unexpected {extra}, wrong shape {[(k, have[k], want[k]) for k in wrong]})")

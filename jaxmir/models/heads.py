@@ -12,13 +12,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxmir.models.layers import DenseHead
+from jaxmir.models.layers import DenseHead, head_variables, nest
+from jaxmir.spec import HeadLayer
 
 
 class EmbeddingHead(nn.Module):
     """Dense layers on embeddings ``[batch, features]`` -> ``[batch, classes]``."""
 
-    head: tuple[str, ...]
+    head: tuple[HeadLayer, ...]
 
     @nn.compact
     def __call__(self, embeddings: jax.Array) -> jax.Array:
@@ -37,3 +38,10 @@ class Composed(nn.Module):
 
     def __call__(self, patches: jax.Array) -> jax.Array:
         return self.head(self.backbone(patches))
+
+
+def embedding_head_variables(head: dict[int, dict]) -> dict:
+    """:class:`EmbeddingHead`'s variable tree from per-layer weights."""
+    tree: dict = {}
+    nest(tree, ("head",), head_variables(head))
+    return tree

@@ -1,9 +1,9 @@
 """Building blocks shared by the Flax models.
 
-Layers are described by short specs, strings such as ``"dense:200"``,
-``"relu"`` or ``"batch_norm:0.001"``, so that an architecture read from a
-graph is a hashable tuple that Flax modules take as an attribute and that a
-weights file stores as JSON.
+Layers are described by the frozen dataclasses of :mod:`jaxmir.spec`
+(``Dense(200)``, ``Activation("relu")``, ``BatchNorm(1e-3)``), so that an
+architecture read from a graph is a hashable tuple that a Flax module takes as
+an attribute and a weights file stores as JSON.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer, MaxPool, dense_indices
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "elu": nn.elu,
     "tanh": jnp.tanh,
     "sigmoid": nn.sigmoid,
     "softmax": nn.softmax,
+    "identity": lambda x: x,
 }
 
 
@@ -32,38 +35,61 @@ def frozen_batch_norm(epsilon: float, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=True, epsilon=epsilon, name=name)
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
-    kind, _, arg = spec.partition(":")
-    return kind, arg
+def dense_name(index: int) -> str:
+    """The Flax name of the dense layer at position ``index`` of a :class:`DenseHead`."""
+    return f"dense_{index}"
+
+
+def batch_norm_name(index: int) -> str:
+    """The Flax name of the batch norm at position ``index`` of a :class:`DenseHead`."""
+    return f"batch_norm_{index}"
 
 
 class DenseHead(nn.Module):
     """A stack of dense layers, batch norms and activations applied to ``[batch, features]``.
 
     Attributes:
-      layers: specs in order, e.g. ``("batch_norm:0.001", "dense:200", "relu",
-        "batch_norm:0.001", "dense:50", "sigmoid")`` (MusiCNN's back-end).
+      layers: in order, e.g. ``(BatchNorm(1e-3), Dense(200), Activation("relu"),
+        BatchNorm(1e-3), Dense(50), Activation("sigmoid"))`` (MusiCNN's back-end).
 
     Each layer's output is sown as ``intermediates/layer_<i>``.
     """
 
-    layers: tuple[str, ...]
+    layers: tuple[HeadLayer, ...]
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        for i, spec in enumerate(self.layers):
-            kind, arg = parse_spec(spec)
-            if kind == "dense":
-                x = nn.Dense(int(arg), name=f"dense_{i}")(x)
-            elif kind == "batch_norm":
-                x = frozen_batch_norm(float(arg), name=f"batch_norm_{i}")(x)
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dense):
+                x = nn.Dense(layer.units, name=dense_name(i))(x)
+            elif isinstance(layer, BatchNorm):
+                x = frozen_batch_norm(layer.epsilon, name=batch_norm_name(i))(x)
+            elif isinstance(layer, Activation):
+                x = ACTIVATIONS[layer.name](x)
             else:
-                x = ACTIVATIONS[kind](x)
+                raise TypeError(f"not a head layer: {layer!r}")
             self.sow("intermediates", f"layer_{i}", x)
         return x
 
 
-def head_aliases(layers: Sequence[str], prefix: str = "head/") -> dict[str, str]:
+def head_variables(weights: dict[int, dict]) -> dict:
+    """A :class:`DenseHead`'s variables from per-layer weights.
+
+    ``weights`` maps a layer position to ``{"kernel", "bias"}`` (dense) or
+    ``{"params": {"scale", "bias"}, "batch_stats": {"mean", "var"}}`` (batch norm).
+    Returns ``{"params": {...}, "batch_stats": {...}}`` for the head alone.
+    """
+    params, stats = {}, {}
+    for index, value in weights.items():
+        if "kernel" in value:
+            params[dense_name(index)] = value
+        else:
+            params[batch_norm_name(index)] = value["params"]
+            stats[batch_norm_name(index)] = value["batch_stats"]
+    return {"params": params, **({"batch_stats": stats} if stats else {})}
+
+
+def head_aliases(layers: Sequence[HeadLayer], prefix: str = "head/") -> dict[str, str]:
     """Friendly output names for a head: ``embeddings``, ``penultimate``, ``logits``, ``predictions``.
 
     ``embeddings`` is the first dense layer's output (before its activation, as
@@ -71,7 +97,7 @@ def head_aliases(layers: Sequence[str], prefix: str = "head/") -> dict[str, str]
     dense layer (musicnn's batch-normalised ``bn_dense``); ``logits`` is the last
     dense layer's output and ``predictions`` the head's output.
     """
-    dense = [i for i, spec in enumerate(layers) if parse_spec(spec)[0] == "dense"]
+    dense = dense_indices(layers)
     aliases = {"predictions": f"{prefix}layer_{len(layers) - 1}"}
     if dense:
         aliases["embeddings"] = f"{prefix}layer_{dense[0]}"
@@ -90,7 +116,7 @@ class ConvBlock(nn.Module):
       padding: ``"SAME"``, ``"VALID"`` or explicit ``((top, bottom), (left, right))``.
       activation: a key of :data:`ACTIVATIONS` or ``""`` for none.
       bn_epsilon: batch-norm epsilon after the activation, or ``None`` for no batch norm.
-      pool: ``((window_h, window_w), (stride_h, stride_w), padding)`` or ``None``.
+      pool: a :class:`~jaxmir.spec.MaxPool` or ``None``.
 
     With a pool, the output before pooling is sown as ``features``.
     """
@@ -100,7 +126,7 @@ class ConvBlock(nn.Module):
     padding: str | tuple = "SAME"
     activation: str = "relu"
     bn_epsilon: float | None = None
-    pool: tuple | None = None
+    pool: MaxPool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -111,6 +137,25 @@ class ConvBlock(nn.Module):
             x = frozen_batch_norm(self.bn_epsilon, name="batch_norm")(x)
         if self.pool is not None:
             self.sow("intermediates", "features", x)
-            window, strides, padding = self.pool
-            x = nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)
+            x = nn.max_pool(x, self.pool.window, strides=self.pool.strides,
+                            padding=self.pool.padding)
         return x
+
+
+def conv_variables(kernel, bias, batch_norm: tuple[dict, dict] | None = None) -> dict:
+    """A :class:`ConvBlock`'s variables: its kernel, bias and ``(params, batch_stats)`` of its batch norm."""
+    variables = {"params": {"conv": {"kernel": kernel, "bias": bias}}}
+    if batch_norm is not None:
+        params, stats = batch_norm
+        variables["params"]["batch_norm"] = params
+        variables["batch_stats"] = {"batch_norm": stats}
+    return variables
+
+
+def nest(tree: dict, prefix: tuple[str, ...], variables: dict) -> None:
+    """Place a submodule's ``{"params": ..., "batch_stats": ...}`` under ``prefix`` in ``tree``."""
+    for collection, values in variables.items():
+        target = tree.setdefault(collection, {})
+        for key in prefix:
+            target = target.setdefault(key, {})
+        target.update(values)

@@ -21,38 +21,72 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import ConvBlock, DenseHead, frozen_batch_norm
+from jaxmir.models.layers import (ConvBlock, DenseHead, frozen_batch_norm, head_variables, nest)
+from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
 
-MUSICNN_FEATURES = ("timbral", "temporal", "cnn1", "cnn2", "cnn3", "mean_pool", "max_pool",
-                    "penultimate")
-
-
-def musicnn_head(units: int = 200, n_labels: int = 50, epsilon: float = 1e-3) -> tuple[str, ...]:
+def musicnn_head(units: int = 200, n_labels: int = 50, epsilon: float = 1e-3) -> tuple[HeadLayer, ...]:
     """musicnn's back-end after pooling: BN, dense + ReLU, BN, dense logits, sigmoid."""
-    bn = f"batch_norm:{epsilon}"
-    return (bn, f"dense:{units}", "relu", bn, f"dense:{n_labels}", "sigmoid")
+    bn = BatchNorm(epsilon)
+    return (bn, Dense(units), Activation("relu"), bn, Dense(n_labels), Activation("sigmoid"))
 
 
 class FrequencyMaxBlock(nn.Module):
     """A front-end branch: conv, ReLU, BN, then max over the whole frequency axis.
 
     ``[b, t, mel, 1]`` -> ``[b, t, filters]``.
+
+    Attributes:
+      overlap_hop: when > 0, the batch holds consecutive patches of one signal,
+        ``overlap_hop`` frames apart, and a convolution padded by its own height
+        minus one (MusiCNN's timbral branches) is computed once over the frames
+        the patches cover (see :func:`_conv_over_stretch`). The result equals
+        patch-by-patch evaluation up to float32 summation order.
     """
 
     filters: int
     kernel: tuple[int, int]
     padding: str | tuple
     bn_epsilon: float
+    overlap_hop: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = ConvBlock(self.filters, self.kernel, self.padding, "relu", self.bn_epsilon,
-                      name="block")(x)
+        block = ConvBlock(self.filters, self.kernel, self.padding, "relu", self.bn_epsilon,
+                          name="block")
+        if self._shares_overlap(x):
+            x = _conv_over_stretch(block, x, self.overlap_hop, self.padding[0])
+        else:
+            x = block(x)
         x = jnp.max(x, axis=2)
         self.sow("intermediates", "output", x)
         return x
 
+    def _shares_overlap(self, x: jax.Array) -> bool:
+        if self.overlap_hop <= 0 or not isinstance(self.padding, tuple):
+            return False
+        top, bottom = self.padding[0]
+        return (self.kernel[0] == top + bottom + 1 and x.shape[0] > 1
+                and self.overlap_hop < x.shape[1] - 2 * (top + bottom))
 
+
+def _conv_over_stretch(block: nn.Module, x: jax.Array, hop: int, rows_padding) -> jax.Array:
+    """A frame-local block on ``[C, T, mel, 1]`` consecutive patches, ``hop`` frames apart.
+
+    The patches' frames are laid end to end (``(C - 1) * hop + T`` frames) and
+    the block runs once on that stretch; row ``r`` of patch ``p`` is row
+    ``p * hop + r`` of the result, except the ``top``/``bottom`` rows at the
+    patch's ends, whose convolution reads the patch's zero padding: those run
+    per patch on the end rows alone. Everything after the convolution (ReLU,
+    batch norm) acts on each row separately.
+    """
+    n, length = x.shape[0], x.shape[1]
+    top, bottom = rows_padding
+    edge = top + bottom
+    stretch = jnp.concatenate([x[:-1, :hop].reshape((-1,) + x.shape[2:]), x[-1]])
+    shared = block(stretch[None])[0]
+    rows = jnp.stack([shared[p * hop + top: p * hop + length - bottom] for p in range(n)])
+    ends = block(jnp.concatenate([x[:, :edge], x[:, length - edge:]]))
+    return jnp.concatenate([ends[:n, :top], rows, ends[n:, edge - bottom:]], axis=1)
 class MidendConv(nn.Module):
     """A mid-end layer: a 7-frame convolution across all features, ReLU, BN. ``[b, t, c] -> [b, t, filters]``."""
 
@@ -78,6 +112,9 @@ class MusiCNN(nn.Module):
         and their kernel lengths in frames (1 band wide).
       midend_filters: filters of the three mid-end convolutions.
       bn_epsilon: epsilon of every batch norm of the body.
+      overlap_hop: set (``module.clone(overlap_hop=hop)``) when a batch holds
+        consecutive patches ``hop`` frames apart: the timbral convolutions are
+        then computed once for the frames the patches share.
 
     Intermediate outputs are sown under ``intermediates`` with musicnn's names
     (``timbral`` ``[b, t, 408]``, ``temporal`` ``[b, t, 153]``, ``cnn1..3``
@@ -91,13 +128,14 @@ class MusiCNN(nn.Module):
     temporal_lengths: tuple[int, ...] = (128, 64, 32)
     midend_filters: int = 64
     bn_epsilon: float = 1e-3
+    overlap_hop: int = 0
 
     @nn.compact
     def __call__(self, patches: jax.Array) -> jax.Array:
         x = frozen_batch_norm(self.bn_epsilon, name="input_bn")(patches[..., None])
 
         timbral = [FrequencyMaxBlock(self.timbral_filters, (7, width), ((3, 3), (0, 0)),
-                                     self.bn_epsilon, name=f"timbral_{i}")(x)
+                                     self.bn_epsilon, self.overlap_hop, name=f"timbral_{i}")(x)
                    for i, width in enumerate(self.timbral_widths)]
         temporal = [FrequencyMaxBlock(self.temporal_filters, (length, 1), "SAME",
                                       self.bn_epsilon, name=f"temporal_{i}")(x)
@@ -121,3 +159,25 @@ class MusiCNN(nn.Module):
                             ("pooled", pooled)]:
             self.sow("intermediates", name, value)
         return DenseHead(self.head, name="head")(pooled)
+
+
+def musicnn_variables(input_bn: tuple[dict, dict], timbral: list[dict], temporal: list[dict],
+                      midend: list[dict], head: dict[int, dict]) -> dict:
+    """:class:`MusiCNN`'s variable tree from its parts.
+
+    Args:
+      input_bn: ``(params, batch_stats)`` of the input batch norm.
+      timbral, temporal: each branch's :func:`~jaxmir.models.layers.conv_variables`
+        (2-D kernels ``[kh, kw, 1, filters]``), in the module's order.
+      midend: the three mid-end layers' conv variables (1-D kernels ``[7, in, filters]``).
+      head: per-layer weights of the dense head (:func:`~jaxmir.models.layers.head_variables`).
+    """
+    tree: dict = {}
+    nest(tree, ("input_bn",), dict(zip(("params", "batch_stats"), input_bn)))
+    for prefix, blocks in (("timbral", timbral), ("temporal", temporal)):
+        for i, block in enumerate(blocks):
+            nest(tree, (f"{prefix}_{i}", "block"), block)
+    for i, block in enumerate(midend, start=1):
+        nest(tree, (f"midend_{i}", "block"), block)
+    nest(tree, ("head",), head_variables(head))
+    return tree

@@ -7,9 +7,8 @@ one-channel image, flattened into a dense head::
     VGGish        [b, 96, 64] -> conv64 pool conv128 pool conv256 conv256 pool conv512 conv512 pool
                                -> flatten 12288 -> fc 4096 -> fc 4096 -> fc 128
 
-A block is ``(features, (kh, kw), activation, bn_epsilon | None, pool | None)``
-with ``pool = ((window_h, window_w), (stride_h, stride_w), padding)``; the
-blocks and the head are read from the graph at import.
+The blocks (:class:`~jaxmir.spec.ConvBlockSpec`) and the head are read from
+the graph at import.
 """
 
 from __future__ import annotations
@@ -18,22 +17,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import ConvBlock, DenseHead, frozen_batch_norm
+from jaxmir.models.layers import ConvBlock, DenseHead, frozen_batch_norm, head_variables, nest
+from jaxmir.spec import ConvBlockSpec, HeadLayer, MaxPool
 
-Block = tuple  # (features, kernel, activation, bn_epsilon | None, pool | None)
 
-
-def vgg_baseline_blocks(filters: int = 128, epsilon: float = 1e-3) -> tuple[Block, ...]:
+def vgg_baseline_blocks(filters: int = 128, epsilon: float = 1e-3) -> tuple[ConvBlockSpec, ...]:
     """musicnn's VGG: pools 4x1/2, 2x2/2 (x3), 4x4/4, all VALID."""
     pools = [((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4))]
-    return tuple((filters, (3, 3), "relu", epsilon, (window, stride, "VALID"))
+    return tuple(ConvBlockSpec(filters, (3, 3), "relu", epsilon, MaxPool(window, stride, "VALID"))
                  for window, stride in pools)
 
 
-def vggish_blocks() -> tuple[Block, ...]:
+def vggish_blocks() -> tuple[ConvBlockSpec, ...]:
     """VGGish (tensorflow/models research/audioset): no batch norm, 2x2/2 SAME pools."""
-    pool = ((2, 2), (2, 2), "SAME")
-    return tuple((features, (3, 3), "relu", None, pool if pooled else None)
+    pool = MaxPool((2, 2), (2, 2), "SAME")
+    return tuple(ConvBlockSpec(features, (3, 3), "relu", None, pool if pooled else None)
                  for features, pooled in [(64, True), (128, True), (256, False), (256, True),
                                           (512, False), (512, True)])
 
@@ -42,7 +40,7 @@ class ConvNet(nn.Module):
     """Convolution blocks then a dense head, on patches ``[batch, time, mel]``.
 
     Attributes:
-      blocks: the convolution blocks in order (see the module docstring).
+      blocks: the convolution blocks in order.
       head: the dense head after flattening (``[b, h * w * c]``, NHWC order).
       input_bn_epsilon: batch norm on the input (musicnn's VGG), or ``None``.
 
@@ -50,8 +48,8 @@ class ConvNet(nn.Module):
     features as ``flatten``.
     """
 
-    blocks: tuple[Block, ...]
-    head: tuple[str, ...]
+    blocks: tuple[ConvBlockSpec, ...]
+    head: tuple[HeadLayer, ...]
     input_bn_epsilon: float | None = None
 
     @nn.compact
@@ -59,16 +57,28 @@ class ConvNet(nn.Module):
         x = patches[..., None]
         if self.input_bn_epsilon is not None:
             x = frozen_batch_norm(self.input_bn_epsilon, name="input_bn")(x)
-        for i, (features, kernel, activation, bn_epsilon, pool) in enumerate(self.blocks, start=1):
-            x = ConvBlock(features, tuple(kernel), "SAME", activation, bn_epsilon, pool,
-                          name=f"block_{i}")(x)
+        for i, block in enumerate(self.blocks, start=1):
+            x = ConvBlock(block.features, block.kernel, "SAME", block.activation, block.bn_epsilon,
+                          block.pool, name=f"block_{i}")(x)
             self.sow("intermediates", f"block_{i}_output", x)
         x = jnp.reshape(x, (x.shape[0], -1))
         self.sow("intermediates", "flatten", x)
         return DenseHead(self.head, name="head")(x)
 
 
-def pool_aliases(blocks: tuple[Block, ...]) -> dict[str, str]:
+def pool_aliases(blocks: tuple[ConvBlockSpec, ...]) -> dict[str, str]:
     """``pool1``, ``pool2``, ... for the blocks that end in a max-pool (musicnn's names)."""
-    pooled = [i for i, block in enumerate(blocks, start=1) if block[4] is not None]
+    pooled = [i for i, block in enumerate(blocks, start=1) if block.pool is not None]
     return {f"pool{k}": f"block_{i}_output" for k, i in enumerate(pooled, start=1)}
+
+
+def convnet_variables(input_bn: tuple[dict, dict] | None, blocks: list[dict],
+                      head: dict[int, dict]) -> dict:
+    """:class:`ConvNet`'s variable tree: input batch norm, each block's conv variables, the head's."""
+    tree: dict = {}
+    if input_bn is not None:
+        nest(tree, ("input_bn",), dict(zip(("params", "batch_stats"), input_bn)))
+    for i, block in enumerate(blocks, start=1):
+        nest(tree, (f"block_{i}",), block)
+    nest(tree, ("head",), head_variables(head))
+    return tree

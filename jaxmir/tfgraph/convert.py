@@ -12,11 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from jaxmir.errors import UnsupportedGraphError
-from jaxmir.spec import ModelSpec
+from jaxmir.frontends import MUSICNN, VGGISH
+from jaxmir.models.heads import embedding_head_variables
+from jaxmir.models.layers import conv_variables, head_aliases
+from jaxmir.models.musicnn import musicnn_variables
+from jaxmir.models.vgg import convnet_variables, pool_aliases
+from jaxmir.spec import (Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool, ModelSpec,
+                         dense_indices, head_width)
 from jaxmir.tfgraph.graphdef import DT_FLOAT, Graph
-from jaxmir.models.layers import head_aliases
 from jaxmir.tfgraph.walk import ConvLayer, InferencePath, topological_order
-from jaxmir.models.vgg import pool_aliases
 
 SUPPORTED = ("MusiCNN (MSD, MTT, MSD-big and its transfer classifiers), musicnn's VGG baseline, "
              "VGGish and Essentia's classifier heads")
@@ -65,12 +69,10 @@ def _import_head(path: InferencePath, input_node) -> ModelSpec:
     if shape is not None and [d for d in shape[1:] if d != 1] not in ([width], [-1]):
         raise _unknown(graph, path, f"input '{input_node.name}' has shape {shape} but the first "
                        f"dense layer takes {width} features")
-    variables: dict = {}
-    _head_variables(variables, head_vars)
     node_map = _head_node_map(head, head_nodes, width)
     node_map[input_node.name] = ("input", (width,))
-    return ModelSpec("head", {"head": list(head)}, variables, input_node.name, (width,),
-                     path.output, head_aliases(head), node_map)
+    return ModelSpec("head", {"head": head}, embedding_head_variables(head_vars), input_node.name,
+                     (width,), path.output, head_aliases(head), node_map, frontend=None)
 
 
 def _find_output(graph: Graph) -> str:
@@ -132,30 +134,17 @@ def _conv_source(path: InferencePath, conv):
 
 def _conv_variables(layer: ConvLayer, epsilon: float | None, kernel_1d: bool = False) -> dict:
     kernel = layer.kernel[:, :, 0, :] if kernel_1d else layer.kernel
-    variables = {"params": {"conv": {"kernel": kernel, "bias": layer.bias}}}
+    batch_norm = None
     if layer.batch_norm is not None:
-        params, stats = layer.batch_norm.with_epsilon(epsilon).variables()
-        variables["params"]["batch_norm"] = params
-        variables["batch_stats"] = {"batch_norm": stats}
-    return variables
+        batch_norm = layer.batch_norm.with_epsilon(epsilon).variables()
+    return conv_variables(kernel, layer.bias, batch_norm)
 
 
-def _nest(tree: dict, prefix: tuple[str, ...], variables: dict) -> None:
-    """Place a block's {'params': ..., 'batch_stats': ...} under ``prefix`` in ``tree``."""
-    for collection, values in variables.items():
-        target = tree.setdefault(collection, {})
-        for key in prefix:
-            target = target.setdefault(key, {})
-        target.update(values)
-
-
-def _head_variables(tree: dict, variables: dict[int, dict]) -> None:
-    for index, var in variables.items():
-        if "kernel" in var:
-            _nest(tree, ("head",), {"params": {f"dense_{index}": var}})
-        else:
-            _nest(tree, ("head",), {"params": {f"batch_norm_{index}": var["params"]},
-                                    "batch_stats": {f"batch_norm_{index}": var["batch_stats"]}})
+def _frontend_for(candidate: Frontend, input_shape: tuple[int, ...]) -> Frontend | None:
+    """The family's front-end when the input takes its patches; ``None`` (patches only) otherwise."""
+    if tuple(input_shape) == (candidate.patch_size, candidate.n_bands):
+        return candidate
+    return None
 
 
 def _consumer(path: InferencePath, name: str, op: str):
@@ -247,24 +236,22 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
         raise _unknown(graph, path, "the pooled features are not flattened before the dense layers")
     node_map[flatten.name] = ("pooled", (2 * n_mid,))
     head, head_vars, head_nodes = _read_head(path, flatten.name, "MusiCNN")
-    if not any(spec.startswith("dense") for spec in head):
+    if not dense_indices(head):
         raise _unknown(graph, path, "no dense layer after the temporal pooling")
     node_map.update(_head_node_map(head, head_nodes, 2 * n_mid))
 
-    variables: dict = {}
-    _nest(variables, ("input_bn",), dict(zip(("params", "batch_stats"), input_bn.variables())))
-    for layer, tap in branch_taps:
-        _nest(variables, (tap, "block"), _conv_variables(layer, epsilon))
-    for i, layer in enumerate(midend, start=1):
-        _nest(variables, (f"midend_{i}", "block"), _conv_variables(layer, epsilon, kernel_1d=True))
-    _head_variables(variables, head_vars)
-
+    variables = musicnn_variables(
+        input_bn.variables(),
+        timbral=[_conv_variables(layer, epsilon) for layer in timbral],
+        temporal=[_conv_variables(layer, epsilon) for layer in temporal],
+        midend=[_conv_variables(layer, epsilon, kernel_1d=True) for layer in midend],
+        head=head_vars)
     config = {
-        "head": list(head),
+        "head": head,
         "timbral_filters": int(timbral[0].kernel.shape[-1]),
-        "timbral_widths": [int(l.kernel.shape[1]) for l in timbral],
+        "timbral_widths": tuple(int(l.kernel.shape[1]) for l in timbral),
         "temporal_filters": int(temporal[0].kernel.shape[-1]),
-        "temporal_lengths": [int(l.kernel.shape[0]) for l in temporal],
+        "temporal_lengths": tuple(int(l.kernel.shape[0]) for l in temporal),
         "midend_filters": int(midend_filters),
         "bn_epsilon": epsilon,
     }
@@ -273,7 +260,7 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     aliases.update(head_aliases(head))
     node_map[input_node.name] = ("input", (time, mels))
     return ModelSpec("musicnn", config, variables, input_node.name, (time, mels), path.output,
-                     aliases, node_map)
+                     aliases, node_map, _frontend_for(MUSICNN, (time, mels)))
 
 
 def _node_of(node_map: dict, tap: str) -> str:
@@ -288,11 +275,10 @@ def _read_head(path: InferencePath, start: str, body: str):
                                     f"head jaxmir supports: {err}") from None
 
 
-def _head_node_map(head: list[str], head_nodes: dict[str, int], width: int) -> dict:
+def _head_node_map(head: tuple[HeadLayer, ...], head_nodes: dict[str, int], width: int) -> dict:
     """Graph nodes of a dense head -> (tap, shape); ``width`` is the head's input width."""
     def units(index: int) -> int:
-        dense = [int(s.split(":")[1]) for s in head[:index + 1] if s.startswith("dense")]
-        return dense[-1] if dense else width
+        return head_width(head[:index + 1]) if dense_indices(head[:index + 1]) else width
     return {name: (f"head/layer_{i}", (units(i),)) for name, i in head_nodes.items()}
 
 
@@ -331,33 +317,25 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
         filters = int(layer.kernel.shape[-1])
         if pool is not None:
             node_map[layer.features_node] = (f"block_{i}/features", (height, width, filters))
-            (wh, ww), (sh, sw), padding = pool
-            if padding == "SAME":
-                height, width = -(-height // sh), -(-width // sw)
-            else:
-                height, width = (height - wh) // sh + 1, (width - ww) // sw + 1
-            pool = [list(pool[0]), list(pool[1]), pool[2]]
-        blocks.append([int(layer.kernel.shape[-1]), list(layer.kernel.shape[:2]), layer.activation,
-                       epsilon if layer.batch_norm is not None else None, pool])
+            pool = MaxPool(tuple(pool[0]), tuple(pool[1]), pool[2])
+            height, width = pool.output_size(height, width)
+        blocks.append(ConvBlockSpec(filters, tuple(int(k) for k in layer.kernel.shape[:2]),
+                                    layer.activation,
+                                    epsilon if layer.batch_norm is not None else None, pool))
         node_map[layer.output_node] = (f"block_{i}_output", (height, width, filters))
     flat = height * width * int(layers[-1].kernel.shape[-1])
     node_map[flatten.name] = ("flatten", (flat,))
     head, head_vars, head_nodes = _read_head(path, flatten.name, "VGG-style")
     node_map.update(_head_node_map(head, head_nodes, flat))
 
-    variables: dict = {}
-    if input_bn is not None:
-        _nest(variables, ("input_bn",), dict(zip(("params", "batch_stats"),
-                                                 input_bn.with_epsilon(epsilon).variables())))
-    for i, layer in enumerate(layers, start=1):
-        _nest(variables, (f"block_{i}",), _conv_variables(layer, epsilon))
-    _head_variables(variables, head_vars)
-
+    variables = convnet_variables(
+        None if input_bn is None else input_bn.with_epsilon(epsilon).variables(),
+        [_conv_variables(layer, epsilon) for layer in layers], head_vars)
+    blocks = tuple(blocks)
     has_bn = any(l.batch_norm is not None for l in layers)
-    architecture = "vgg" if has_bn else "vggish"
-    config = {"blocks": blocks, "head": list(head),
-              "input_bn_epsilon": epsilon}
-    for alias, tap in pool_aliases(tuple(tuple(b) for b in blocks)).items():
+    architecture, frontend = ("vgg", MUSICNN) if has_bn else ("vggish", VGGISH)
+    config = {"blocks": blocks, "head": head, "input_bn_epsilon": epsilon}
+    for alias, tap in pool_aliases(blocks).items():
         # musicnn's extractor squeezes singleton axes (pool5 is [b, 2, 128])
         shape = node_map[_node_of(node_map, tap)][1]
         node_map[alias] = (tap, tuple(d for d in shape if d != 1))
@@ -366,10 +344,11 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
         aliases.update(_vggish_aliases(blocks, head, node_map))
     node_map[input_node.name] = ("input", input_shape)
     return ModelSpec(architecture, config, variables, input_node.name, input_shape, path.output,
-                     aliases, node_map)
+                     aliases, node_map, _frontend_for(frontend, input_shape))
 
 
-def _vggish_aliases(blocks: list, head: list[str], node_map: dict) -> dict[str, str]:
+def _vggish_aliases(blocks: tuple[ConvBlockSpec, ...], head: tuple[HeadLayer, ...],
+                    node_map: dict) -> dict[str, str]:
     """VGGish's own layer names: conv1, pool1, conv2, pool2, conv3_1, conv3_2, ..., fc1_1, fc1_2, fc2.
 
     ``embeddings`` is what the graph's ``.../embeddings`` node holds when there is
@@ -379,13 +358,13 @@ def _vggish_aliases(blocks: list, head: list[str], node_map: dict) -> dict[str, 
     aliases, stage, convs = {}, 1, []
     for i, block in enumerate(blocks, start=1):
         convs.append(i)
-        if block[4] is not None:
+        if block.pool is not None:
             for j, index in enumerate(convs, start=1):
                 name = f"conv{stage}" if len(convs) == 1 else f"conv{stage}_{j}"
                 aliases[name] = f"block_{index}/features" if index == i else f"block_{index}_output"
             aliases[f"pool{stage}"] = f"block_{i}_output"
             stage, convs = stage + 1, []
-    dense = [i for i, spec in enumerate(head) if spec.startswith("dense")]
+    dense = dense_indices(head)
     for name, index in zip(("fc1_1", "fc1_2", "fc2"), dense):
         aliases[name] = f"head/layer_{index}"
     embedding_nodes = [tap for node, (tap, _) in node_map.items() if node.endswith("/embeddings")]
@@ -393,6 +372,6 @@ def _vggish_aliases(blocks: list, head: list[str], node_map: dict) -> dict[str, 
         aliases["embeddings"] = embedding_nodes[0]
     elif len(dense) >= 3:
         after = dense[2] + 1
-        activated = after < len(head) and not head[after].startswith(("dense", "batch_norm"))
+        activated = after < len(head) and isinstance(head[after], Activation)
         aliases["embeddings"] = f"head/layer_{after if activated else dense[2]}"
     return aliases

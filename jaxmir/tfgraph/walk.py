@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from jaxmir.errors import UnsupportedGraphError
+from jaxmir.spec import Activation, BatchNorm as BatchNormLayer, Dense
 from jaxmir.tfgraph.graphdef import Graph, TensorRef
 
 ACTIVATION_OPS = {"Relu": "relu", "Elu": "elu", "Tanh": "tanh", "Sigmoid": "sigmoid",
@@ -271,12 +272,12 @@ class InferencePath:
         return ConvLayer(kernel, bias, padding, activation, batch_norm, pool, conv.name, last.name,
                          pool_node, features_node)
 
-    def dense_chain(self, start: str) -> tuple[list[str], dict, dict[str, int]]:
+    def dense_chain(self, start: str) -> tuple[tuple, dict, dict[str, int]]:
         """Read the dense head that follows node ``start`` up to the output.
 
         Returns (layer specs, variables by layer index, graph node -> layer index).
         """
-        specs: list[str] = []
+        specs: list = []
         variables: dict[int, dict] = {}
         nodes: dict[str, int] = {}
         biased: set[int] = set()
@@ -290,19 +291,19 @@ class InferencePath:
                 kernel = self.value(self.graph.data_inputs(node)[1]).astype(np.float32)
                 if self.graph.attr(node, "transpose_b", False):
                     kernel = kernel.T
-                specs.append(f"dense:{kernel.shape[1]}")
+                specs.append(Dense(int(kernel.shape[1])))
                 variables[len(specs) - 1] = {"kernel": kernel,
                                              "bias": np.zeros(kernel.shape[1], np.float32)}
-            elif op in ("BiasAdd", "Add", "AddV2") and specs and specs[-1].startswith("dense") \
+            elif op in ("BiasAdd", "Add", "AddV2") and specs and isinstance(specs[-1], Dense) \
                     and self.split_operands(node) and bias_target not in biased:
                 bias = self.vector(self.split_operands(node)[1])
                 variables[bias_target]["bias"] = bias
                 biased.add(bias_target)
                 nodes = {k: v for k, v in nodes.items() if v != bias_target}  # MatMul was pre-bias
             elif op in ACTIVATION_OPS:
-                specs.append(ACTIVATION_OPS[op])
+                specs.append(Activation(ACTIVATION_OPS[op]))
             elif (batch_norm := self.batch_norm_at(node)) is not None:
-                specs.append(f"batch_norm:{batch_norm.epsilon}")
+                specs.append(BatchNormLayer(batch_norm.epsilon))
                 params, stats = batch_norm.variables()
                 variables[len(specs) - 1] = {"params": params, "batch_stats": stats}
                 node = self.graph.nodes[batch_norm.node]
@@ -317,7 +318,7 @@ class InferencePath:
             node = self.next_op(node.name)
         if self.output not in nodes and specs:
             nodes[self.output] = len(specs) - 1
-        return specs, variables, nodes
+        return tuple(specs), variables, nodes
 
 
 def topological_order(graph: Graph, names: set[str]) -> list[str]:

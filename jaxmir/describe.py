@@ -1,0 +1,73 @@
+"""A model in words: the text of ``jaxmir info`` and ``Model.describe()``."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
+
+
+def _arrows(layers: Sequence[HeadLayer]) -> str:
+    def word(layer: HeadLayer) -> str:
+        if isinstance(layer, Dense):
+            return f"dense {layer.units}"
+        if isinstance(layer, BatchNorm):
+            return "BN"
+        return layer.name if isinstance(layer, Activation) else str(layer)
+    return " -> ".join(word(layer) for layer in layers)
+
+
+def summarize(architecture: str, config: Mapping[str, Any]) -> list[str]:
+    """The layers of a model in words, one line per stage."""
+    if architecture == "composed":
+        backbone, head = config["backbone"], config["head"]
+        return ([f"backbone ({backbone['architecture']}):"]
+                + [f"  {line}" for line in summarize(backbone["architecture"], backbone["config"])]
+                + ["head:"] + [f"  {line}" for line in summarize(head["architecture"], head["config"])])
+    if architecture == "musicnn":
+        return [f"front-end: BN, timbral 7x{' & 7x'.join(map(str, config['timbral_widths']))} "
+                f"({config['timbral_filters']} filters), temporal "
+                f"{'x1, '.join(map(str, config['temporal_lengths']))}x1 "
+                f"({config['temporal_filters']} filters)",
+                f"mid-end: 3 x conv 7 ({config['midend_filters']} filters), residual",
+                "back-end: max + mean over time -> " + _arrows(config["head"])]
+    if architecture in ("vgg", "vggish"):
+        blocks = []
+        for block in config["blocks"]:
+            text = f"conv{block.kernel[0]}x{block.kernel[1]} {block.features} {block.activation}"
+            text += " BN" if block.bn_epsilon is not None else ""
+            if block.pool is not None:
+                text += f" pool{block.pool.window[0]}x{block.pool.window[1]}"
+            blocks.append(text)
+        return [("BN, " if config.get("input_bn_epsilon") is not None else "") + ", ".join(blocks),
+                "flatten -> " + _arrows(config["head"])]
+    return [_arrows(config["head"])]
+
+
+def describe(model) -> str:
+    """A few lines for people: architecture, layers, input, output, labels, output names, front-end."""
+    spec = model.spec
+    labels = list(model.labels)
+    default_labels = labels == [f"class_{i}" for i in range(len(labels))]
+    label_text = (f"class_0 .. class_{len(labels) - 1} (no class names: no metadata JSON "
+                  "beside the graph; pass labels=)" if default_labels else ", ".join(labels))
+    lines = [f"source: {model.source}",
+             f"architecture: {spec.architecture}",
+             *[f"  {line}" for line in summarize(spec.architecture, spec.config)],
+             f"input: {spec.input_name} [batch, {', '.join(map(str, spec.input_shape))}]",
+             f"output: {spec.output_name} [batch, {spec.output_width}]",
+             f"parameters: {model.num_params():,}",
+             f"labels ({len(labels)}): {label_text}",
+             "outputs by name: " + ", ".join(sorted(
+                 [*spec.aliases, *(n for n in spec.node_map if "/" not in n
+                                   and n != spec.input_name)])),
+             "graph nodes: " + ", ".join(sorted(n for n in spec.node_map if "/" in n))]
+    frontend = spec.frontend
+    if frontend is not None:
+        ms = frontend.frame_seconds * 1000
+        lines.append(f"front-end: {frontend.name} ({frontend.n_bands}-band {frontend.log}), a frame "
+                     f"every {ms:g} ms at {frontend.sample_rate // 1000} kHz")
+        lines.append(f"patches: {frontend.patch_size} frames "
+                     f"({frontend.patch_size * frontend.frame_seconds:.2f} s), default hop "
+                     f"{frontend.patch_hop} frames ({frontend.patch_hop * frontend.frame_seconds:.2f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""The one way patches go through a model: ``run_patches``, and its jit-compiled form.
+
+A *tap* is a sown intermediate of a module (``"cnn1"``, ``"head/layer_1"``),
+with an optional shape that reshapes it to a graph node's shape. Every caller
+(``Model.apply``, the audio pipeline, the streaming engine, collection runs)
+goes through :func:`run_patches`, so chunking and tap handling live here once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Tap = tuple[str, "tuple[int, ...] | None"]
+
+_traces = [0]
+
+
+def compiled_programs() -> int:
+    """How many times :func:`run_patches` has been traced in this process (≈ programs compiled)."""
+    return _traces[0]
+
+
+def _flatten_taps(tree: dict, prefix: str = "") -> dict[str, jax.Array]:
+    taps = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            taps.update(_flatten_taps(value, f"{prefix}{key}/"))
+        else:
+            taps[f"{prefix}{key}"] = value[0]  # sow keeps a tuple of sown values
+    return taps
+
+
+def tapped_outputs(module: nn.Module, variables: dict, taps: tuple[Tap, ...],
+                   patches: jax.Array) -> tuple[jax.Array, ...]:
+    """The module's sown intermediates named by ``taps`` for one batch ``[b, *input_shape]``."""
+    _, state = module.apply(variables, patches, mutable=["intermediates"])
+    available = _flatten_taps(state["intermediates"])
+    available["input"] = patches
+    values = []
+    for tap, shape in taps:
+        value = available[tap]
+        values.append(value if shape is None else jnp.reshape(value, (value.shape[0],) + shape))
+    return tuple(values)
+
+
+def run_patches(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
+                chunk: int | None = None, frames: jax.Array | None = None) -> tuple[jax.Array, ...]:
+    """Tapped outputs for a batch of patches, ``chunk`` patches per step (all at once for ``None``).
+
+    Args:
+      module, variables: the Flax module and its variables.
+      taps: ``(tap, shape)`` pairs (see the module docstring).
+      patches: ``[n, *input_shape]`` float patches; or, with ``frames``, int32
+        rows ``[n, patch_size]`` into ``frames`` ``[n_frames, n_bands]`` (each
+        step gathers its own patches, so they never exist all at once).
+      chunk: patches per step of a ``lax.map`` loop; steps keep the activations
+        in cache. ``n`` is padded up to a multiple of ``chunk``.
+
+    Returns:
+      One ``[n, ...]`` array per tap. Pure and traceable (``jit``, ``grad``).
+    """
+    _traces[0] += 1
+
+    def step(batch: jax.Array) -> tuple[jax.Array, ...]:
+        if frames is not None:
+            batch = frames[batch].astype(jnp.result_type(frames.dtype, jnp.float32))
+        return tapped_outputs(module, variables, taps, batch)
+
+    n = patches.shape[0]
+    if chunk is None or n <= chunk:
+        return step(patches)
+    pad = (-n) % chunk
+    steps = jnp.pad(patches, ((0, pad),) + ((0, 0),) * (patches.ndim - 1))
+    steps = steps.reshape((-1, chunk) + patches.shape[1:])
+    values = jax.lax.map(step, steps)
+    return tuple(v.reshape((-1,) + v.shape[2:])[:n] for v in values)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "taps", "chunk"))
+def run_patches_jit(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
+                    chunk: int | None = None) -> tuple[jax.Array, ...]:
+    """:func:`run_patches`, compiled once per module, taps, chunk and batch shape."""
+    return run_patches(module, variables, taps, patches, chunk)

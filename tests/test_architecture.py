@@ -1,0 +1,149 @@
+"""The package's structure: one-way imports, no private names across modules, protobuf only for .pb.
+
+These tests parse the package with ``ast``; they fail on an import cycle inside
+``jaxmir`` (imports inside functions included: a deferred import is still a
+dependency), on ``from x import _name`` across modules, and on ``obj._attr``
+where ``obj`` is not ``self``/``cls`` (private attributes of another module's
+objects). Imports under ``if TYPE_CHECKING:`` are annotations, not dependencies.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "jaxmir"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, ast.Module]:
+    return {module_name(path): ast.parse(path.read_text(), str(path))
+            for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _type_checking_blocks(tree: ast.Module) -> set[int]:
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in ast.walk(node):
+                if hasattr(child, "lineno"):
+                    lines.add(child.lineno)
+    return lines
+
+
+def imports_of(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """The jaxmir modules ``name`` imports (``from jaxmir import x`` counts x when it is a module)."""
+    skipped = _type_checking_blocks(tree)
+    found = set()
+    package = name if (PACKAGE / "/".join(name.split(".")[1:]) / "__init__.py").exists() \
+        else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                + ([node.module] if node.module else []))
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in known else base)
+    return {m for m in found if m in known and m != name}
+
+
+def test_no_import_cycles():
+    trees = modules()
+    known = set(trees)
+    graph = {name: imports_of(name, tree, known) for name, tree in trees.items()}
+    # a package's __init__ is imported with each of its submodules: count it as their dependency
+    for name in known:
+        parent = name.rpartition(".")[0]
+        if parent in known and parent != "jaxmir":
+            graph[name] = graph[name] | set()
+    state: dict[str, int] = {}
+    stack_path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack_path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycle = stack_path[stack_path.index(target):] + [target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if not state.get(target):
+                visit(target)
+        stack_path.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if not state.get(name):
+            visit(name)
+
+
+def test_models_import_only_their_layers_and_the_spec():
+    trees = modules()
+    known = set(trees)
+    allowed = {"jaxmir.spec", "jaxmir.errors"}
+    for name, tree in trees.items():
+        if name.startswith("jaxmir.models"):
+            outside = {m for m in imports_of(name, tree, known)
+                       if not m.startswith("jaxmir.models") and m not in allowed}
+            assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def test_protobuf_only_inside_tfgraph():
+    for name, tree in modules().items():
+        if name.startswith("jaxmir.tfgraph"):
+            continue
+        text = ast.unparse(tree)
+        assert "google.protobuf" not in text, f"{name} uses protobuf outside jaxmir.tfgraph"
+
+
+def private_names_defined(tree: ast.Module) -> set[str]:
+    """``_names`` a module defines itself: its functions and methods, and ``self._attr`` it sets."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return {n for n in names if n.startswith("_")}
+
+
+def test_no_private_names_across_modules():
+    problems = []
+    for name, tree in modules().items():
+        own = private_names_defined(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxmir"):
+                problems += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                             if a.name.startswith("_")]
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                owner = node.value
+                if node.attr not in own and not (isinstance(owner, ast.Name)
+                                                 and owner.id in ("self", "cls")):
+                    problems.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not problems, "private names used across modules:\n" + "\n".join(problems)
+
+
+def test_loading_shipped_weights_imports_no_protobuf():
+    script = ("import sys, jaxmir; jaxmir.load('msd-musicnn'); "
+              "bad = sorted(m for m in sys.modules if m.startswith(('google.protobuf', "
+              "'jaxmir.tfgraph', 'tensorflow'))); print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
