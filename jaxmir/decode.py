@@ -11,7 +11,8 @@ MPEG encoder delay and padding are trimmed when the file says how much (a
 LAME/Info header), as FFmpeg does today; Ogg Vorbis keeps the end padding
 FFmpeg now trims (FFmpeg 2.8's Ogg demuxer did not signal it). Measured:
 identical samples to the wheel's ``AudioLoader`` for MP3 (44.1 kHz stereo
-overshooting full scale, 22.05 kHz mono, ``hiphop.mp3``), FLAC and WAV;
+overshooting full scale, 22.05 kHz mono, ``hiphop.mp3``, damaged and cut
+files), FLAC (16 and 24 bit) and WAV;
 within 3e-7 for Ogg Vorbis (FFmpeg's float Vorbis decoder rounds a little
 differently from its 2.8 version).
 
@@ -210,17 +211,36 @@ class AudioBlocks:
                 break
 
     def _report(self) -> None:
-        self.status, self.problem = _diagnose(self)
+        self.status, self.problem = self._diagnosis()
         if self.problem is None:
             return
         if self.strict:
             raise AudioError(self.problem + " (strict=True)")
         warnings.warn(self.problem, DamagedAudioWarning, stacklevel=3)
 
+    def _diagnosis(self) -> tuple[str, str | None]:
+        """("ok" | "damaged" | "truncated", message or None) once a file has been decoded."""
+        rate = self.sample_rate
+        declared = self.declared_frames
+        have = self._trimmed_frames
+        length = f"decoded {have / rate:.2f} s"
+        if declared is not None:
+            length += f" of the {declared / rate:.2f} s its header declares"
+        if self._bad_packets or self._read_error:
+            what = []
+            if self._bad_packets:
+                what.append(f"{self._bad_packets} undecodable packet(s) skipped")
+            if self._read_error:
+                what.append(f"reading stopped early ({self._read_error})")
+            return "damaged", f"{self.path}: damaged audio: {'; '.join(what)}; {length}"
+        if declared is not None and have < declared - _LENGTH_SLACK:
+            return "truncated", f"{self.path}: truncated audio: {length}"
+        return "ok", None
+
 
 def iter_blocks(path: str | os.PathLike, block_frames: int = 65536, mode: str = "essentia",
                 strict: bool = False) -> AudioBlocks:
-    """Decode ``path`` in blocks of ``block_frames`` frames, float32 ``[n, channels]``; see :class:`AudioBlocks`."""
+    """Decode ``path`` in float32 blocks ``[block_frames, channels]``; see :class:`AudioBlocks`."""
     return AudioBlocks(path, block_frames, mode, strict)
 
 
@@ -377,22 +397,3 @@ def _has_mp3_length_header(path: str) -> bool:
             return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
     return False
 
-
-def _diagnose(blocks: AudioBlocks) -> tuple[str, str | None]:
-    """("ok" | "damaged" | "truncated", message or None) once a file has been decoded."""
-    rate = blocks.sample_rate
-    declared = blocks.declared_frames
-    have = blocks._trimmed_frames
-    length = f"decoded {have / rate:.2f} s"
-    if declared is not None:
-        length += f" of the {declared / rate:.2f} s its header declares"
-    if blocks._bad_packets or blocks._read_error:
-        what = []
-        if blocks._bad_packets:
-            what.append(f"{blocks._bad_packets} undecodable packet(s) skipped")
-        if blocks._read_error:
-            what.append(f"reading stopped early ({blocks._read_error})")
-        return "damaged", f"{blocks.path}: damaged audio: {'; '.join(what)}; {length}"
-    if declared is not None and have < declared - _LENGTH_SLACK:
-        return "truncated", f"{blocks.path}: truncated audio: {length}"
-    return "ok", None

@@ -213,3 +213,13 @@ def test_bad_arrays(audio, match):
 
 def test_errors_are_value_errors():
     assert issubclass(AudioError, InputError) and issubclass(AudioError, ValueError)
+
+
+def test_decoders_agree_on_pcm_and_old_calls_still_work():
+    """WAV: FFmpeg (both modes) and libsndfile give the same samples; positional calls as before."""
+    path = shared_fixture(CHIRP)
+    default = load_audio(path, 16000, "essentia")
+    for decoder in ("essentia", "float", "soundfile"):
+        np.testing.assert_array_equal(load_audio(path, decoder=decoder, strict=True), default)
+    with pytest.raises(AudioError, match="unknown decoder"):
+        load_audio(path, decoder="libsndfile")

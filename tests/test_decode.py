@@ -42,7 +42,8 @@ ESSENTIA_SCRIPT = textwrap.dedent("""
             mono = es.MonoLoader(filename=item["path"], sampleRate=16000)()
             np.save(item["out"] + ".mono16k.npy", mono)
             mixed = es.MonoMixer()(audio, channels)
-            whole = mixed if rate == 16000 else es.Resample(inputSampleRate=rate, outputSampleRate=16000)(mixed)
+            resample = es.Resample(inputSampleRate=rate, outputSampleRate=16000)
+            whole = mixed if rate == 16000 else resample(mixed)
             np.save(item["out"] + ".resample16k.npy", whole)
             np.save(item["out"] + ".tags.npy", predict(mono))
         found[name] = {"sample_rate": rate, "channels": channels, "codec": codec}
@@ -259,7 +260,8 @@ def test_load_audio_decoders(files):
     assert essentia_mode.shape == float_mode.shape == libsndfile.shape
     assert np.max(np.abs(float_mode - essentia_mode)) > LSB  # the clipped peaks
     assert np.max(np.abs(float_mode - libsndfile)) < 2e-5
-    with pytest.raises(AudioError, match="unknown decoder 'mpg123'; accepted: 'essentia', 'float', 'soundfile'"):
+    accepted = "accepted: 'essentia', 'float', 'soundfile'"
+    with pytest.raises(AudioError, match=f"unknown decoder 'mpg123'; {accepted}"):
         jaxmir.load_audio(path, decoder="mpg123")
 
 
@@ -336,7 +338,8 @@ def test_wav_header_claims_more_than_present(tmp_path):
     soundfile.write(full, pcm, 16000, subtype="PCM_16")
     path = tmp_path / "short_data.wav"
     path.write_bytes(full.read_bytes()[:44 + 4 * 12000])  # 12000 of the 32000 frames declared
-    with pytest.warns(DamagedAudioWarning, match=r"truncated audio: decoded 0\.75 s of the 2\.00 s") as caught:
+    message = r"truncated audio: decoded 0\.75 s of the 2\.00 s"
+    with pytest.warns(DamagedAudioWarning, match=message) as caught:
         decoded = decode_file(path)
     assert "short_data.wav" in str(caught[0].message)
     assert decoded.status == "truncated" and decoded.declared_frames == 32000
