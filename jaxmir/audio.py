@@ -1,5 +1,11 @@
 """Audio in: read a file or take an array, downmix to mono, resample to 16 kHz.
 
+Files are decoded by :mod:`jaxmir.decode` (FFmpeg through PyAV):
+``decoder="essentia"`` gives the samples of the ``essentia`` wheels' ``AudioLoader``
+(FFmpeg's fixed-point MP3 decoder: int16 samples, clipped at full scale),
+``decoder="float"`` FFmpeg's float decoding (an Essentia built from source),
+``decoder="soundfile"`` libsndfile's (what ``librosa.load`` reads).
+
 ``resampler="essentia"`` reproduces Essentia's ``MonoLoader`` (default
 ``resampleQuality=1``): libsamplerate's ``SINC_MEDIUM_QUALITY`` converter with
 the ratio ``out_rate / in_rate`` computed in float32, as Essentia's ``Resample``
@@ -16,29 +22,54 @@ import os
 
 import numpy as np
 
+from jaxmir.decode import MODES, decode_file
 from jaxmir.errors import AudioError
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 RESAMPLERS = ("essentia", "soxr")
-_ACCEPTED = ("WAV, FLAC, OGG/Vorbis or MP3 (anything libsndfile reads), mono or stereo, "
+DECODERS = (*MODES, "soundfile")
+_ACCEPTED = ("WAV, FLAC, OGG/Vorbis or MP3 (anything FFmpeg decodes), mono or stereo, "
              f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str = "essentia") -> np.ndarray:
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str = "essentia",
+               decoder: str = "essentia", strict: bool = False) -> np.ndarray:
     """Read an audio file as float32 mono at ``sample_rate``, ``[n_samples]``.
 
     Channels are averaged (mono or stereo; Essentia's loader takes no more than
-    two). See the module docstring for the resamplers.
+    two). See the module docstring for the decoders and resamplers; the
+    defaults give Essentia's ``MonoLoader(sampleRate=16000)`` signal.
+
+    Args:
+      path: the audio file.
+      sample_rate: the rate wanted in Hz, 16000 for every jaxmir model.
+      resampler: ``"essentia"`` or ``"soxr"``.
+      decoder: ``"essentia"``, ``"float"`` or ``"soundfile"``.
+      strict: raise on a damaged or truncated file instead of warning
+        (:class:`jaxmir.decode.DamagedAudioWarning`; FFmpeg decoders only).
 
     Raises:
       AudioError: missing, unreadable or non-audio file, a directory, empty
         audio, NaN/Inf samples, more than two channels, a sample rate outside
-        8-192 kHz or an unknown resampler; the message names the file.
+        8-192 kHz, an unknown resampler or decoder, or (``strict=True``) a
+        damaged or truncated file; the message names the file.
     """
     _check_resampler(resampler)
+    if decoder not in DECODERS:
+        raise AudioError(f"unknown decoder {decoder!r}; accepted: " + ", ".join(repr(d) for d in DECODERS))
     target = _check_rate(sample_rate, "requested sample_rate")
     name = os.fspath(path)
+    if decoder == "soundfile":
+        data, native = _read_soundfile(name)
+    else:
+        decoded = decode_file(name, decoder, strict)
+        data, native = decoded.samples, decoded.sample_rate
+    return _to_mono_16k(data, native, target, resampler, name)
+
+
+def _read_soundfile(name: str) -> tuple[np.ndarray, int]:
+    """libsndfile's decoding, ``[n, channels]`` float32 and the rate (jaxmir's reader before FFmpeg)."""
     if not os.path.exists(name):
         raise AudioError(f"{name}: no such file; expected an audio file ({_ACCEPTED})")
     if os.path.isdir(name):
@@ -49,7 +80,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
         data, native = soundfile.read(name, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         raise AudioError(f"{name}: cannot be read as audio ({err}); expected {_ACCEPTED}") from None
-    return _to_mono_16k(data, native, target, resampler, name)
+    return data, native
 
 
 def prepare_audio(audio, sample_rate: int, target_rate: int = 16000, resampler: str = "essentia") -> np.ndarray:

@@ -61,7 +61,7 @@ def test_soxr_mode_is_librosa_load(path):
     librosa = require("librosa")
     file = shared_fixture(path)
     expected, _ = librosa.load(file, sr=16000)
-    actual = load_audio(file, resampler="soxr")
+    actual = load_audio(file, resampler="soxr", decoder="soundfile")  # librosa reads with libsndfile
     assert actual.dtype == np.float32 and actual.shape == expected.shape
     assert np.max(np.abs(actual - expected)) == 0.0
 
@@ -213,3 +213,13 @@ def test_bad_arrays(audio, match):
 
 def test_errors_are_value_errors():
     assert issubclass(AudioError, InputError) and issubclass(AudioError, ValueError)
+
+
+def test_decoders_agree_on_pcm_and_old_calls_still_work():
+    """WAV: FFmpeg (both modes) and libsndfile give the same samples; positional calls as before."""
+    path = shared_fixture(CHIRP)
+    default = load_audio(path, 16000, "essentia")
+    for decoder in ("essentia", "float", "soundfile"):
+        np.testing.assert_array_equal(load_audio(path, decoder=decoder, strict=True), default)
+    with pytest.raises(AudioError, match="unknown decoder"):
+        load_audio(path, decoder="libsndfile")

@@ -1,0 +1,402 @@
+"""jaxmir.decode: Essentia's own decoding (the PyPI wheel, run in a subprocess), damaged files, streaming.
+
+Essentia is imported only in a child process: it bundles its own TensorFlow,
+which must not meet the one other tests import here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+import jaxmir
+from conftest import IN_CI, shared_fixture
+from jaxmir.decode import AudioBlocks, DamagedAudioWarning, decode_file, iter_blocks
+from jaxmir.errors import AudioError
+
+GRAPH = "essentia-models/genre_dortmund_musicnn_msd.pb"
+SECONDS = 6.5  # 3 MusiCNN patches of 3 s, hop 1.5 s: every generated file compiles the same shapes
+LSB = 1 / 32768
+
+ESSENTIA_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import essentia.standard as es
+
+    spec = json.load(open(sys.argv[1]))
+    predict = es.TensorflowPredictMusiCNN(graphFilename=spec["graph"], output="model/Sigmoid")
+    found = {}
+    for name, item in spec["files"].items():
+        audio, rate, channels, _, _, codec = es.AudioLoader(filename=item["path"])()
+        np.save(item["out"] + ".loader.npy", np.asarray(audio, np.float32)[:, :channels])
+        if item["tags"]:
+            mono = es.MonoLoader(filename=item["path"], sampleRate=16000)()
+            np.save(item["out"] + ".mono16k.npy", mono)
+            mixed = es.MonoMixer()(audio, channels)
+            resample = es.Resample(inputSampleRate=rate, outputSampleRate=16000)
+            whole = mixed if rate == 16000 else resample(mixed)
+            np.save(item["out"] + ".resample16k.npy", whole)
+            np.save(item["out"] + ".tags.npy", predict(mono))
+        found[name] = {"sample_rate": rate, "channels": channels, "codec": codec}
+    json.dump(found, open(sys.argv[2], "w"))
+""")
+
+
+def essentia_python() -> str:
+    """The interpreter that imports essentia (this one); fails under CI=true when it cannot."""
+    probe = subprocess.run([sys.executable, "-c", "import essentia.standard"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        what = f"essentia cannot be imported by {sys.executable}: {probe.stderr.strip()[-300:]}"
+        if IN_CI:
+            pytest.fail(f"{what} (CI=true: this must not be skipped)")
+        pytest.skip(what)
+    return sys.executable
+
+
+def signal(rate: int, channels: int, amplitude: float, seed: int = 0, seconds: float = SECONDS) -> np.ndarray:
+    """A chirp with noise, clipped to [-1, 1]: float32 ``[n, channels]``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    x = amplitude * np.sin(2 * np.pi * (110 * t + 300 * t * t)) + 0.2 * rng.standard_normal(t.size)
+    both = np.stack([x, 0.8 * np.roll(x, 37)], axis=1)[:, :channels]
+    return np.clip(both, -1, 1).astype(np.float32)
+
+
+def encode(path: Path, data: np.ndarray, rate: int, codec: str, bit_rate: int | None = None) -> Path:
+    """Write ``data`` (float32 ``[n, channels]``) with FFmpeg's encoder ``codec``."""
+    import av
+
+    layout = "stereo" if data.shape[1] == 2 else "mono"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        formats = [f.name for f in stream.codec_context.codec.audio_formats]
+        fmt = "fltp" if "fltp" in formats else "s16"
+        for start in range(0, data.shape[0], 4608):
+            chunk = data[start:start + 4608]
+            array = chunk.T.copy() if fmt == "fltp" else \
+                np.round(chunk * 32767).astype(np.int16).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(array, format=fmt, layout=layout)
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("decode")
+    made = {
+        # a loud clipped signal: decoded in float this MP3 overshoots full scale
+        "loud_44k1_stereo.mp3": encode(folder / "loud_44k1_stereo.mp3", signal(44100, 2, 0.95), 44100,
+                                       "libmp3lame", 128000),
+        "mono_22k05.mp3": encode(folder / "mono_22k05.mp3", signal(22050, 1, 0.5, 1), 22050,
+                                 "libmp3lame", 64000),
+        "stereo_44k1.flac": encode(folder / "stereo_44k1.flac", signal(44100, 2, 0.5, 2), 44100, "flac"),
+        "hiphop.mp3": shared_fixture("audio/hiphop.mp3"),
+        "vignesh.wav": shared_fixture("audio/vignesh.wav"),
+    }
+    # libvorbis (through libsndfile): FFmpeg's own Vorbis encoder is experimental
+    made["stereo_44k1.ogg"] = folder / "stereo_44k1.ogg"
+    soundfile.write(made["stereo_44k1.ogg"], signal(44100, 2, 0.5, 3), 44100, format="OGG", subtype="VORBIS")
+    made["mono_48k_24bit.flac"] = folder / "mono_48k_24bit.flac"
+    soundfile.write(made["mono_48k_24bit.flac"], signal(48000, 1, 0.5, 4), 48000, subtype="PCM_24")
+    long = encode(folder / "long.mp3", signal(44100, 2, 0.5, 5, seconds=20.0), 44100, "libmp3lame", 128000)
+    data = bytearray(long.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 20000] = np.random.default_rng(6).integers(0, 256, 20000, np.uint8).tobytes()
+    made["damaged.mp3"] = folder / "damaged.mp3"
+    made["damaged.mp3"].write_bytes(bytes(data))
+    made["cut_in_half.mp3"] = folder / "cut_in_half.mp3"
+    made["cut_in_half.mp3"].write_bytes(long.read_bytes()[:middle])
+    return made
+
+
+TAGGED = ["loud_44k1_stereo.mp3", "mono_22k05.mp3", "stereo_44k1.ogg", "stereo_44k1.flac",
+          "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav"]
+DAMAGED = ["damaged.mp3", "cut_in_half.mp3"]
+
+
+@pytest.fixture(scope="module")
+def essentia(files, tmp_path_factory) -> dict[str, dict]:
+    """Essentia's AudioLoader samples, MonoLoader 16-kHz signal and MusiCNN tags for every file."""
+    python = essentia_python()
+    folder = tmp_path_factory.mktemp("essentia")
+    spec = {"graph": str(shared_fixture(GRAPH)),
+            "files": {name: {"path": str(files[name]), "out": str(folder / name), "tags": name in TAGGED}
+                      for name in TAGGED + DAMAGED}}
+    (folder / "spec.json").write_text(json.dumps(spec))
+    script = folder / "run_essentia.py"
+    script.write_text(ESSENTIA_SCRIPT)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("PYTHONPATH", None)  # Essentia alone: no jaxmir, no TensorFlow but its own
+    done = subprocess.run([python, str(script), str(folder / "spec.json"), str(folder / "found.json")],
+                          capture_output=True, text=True, env=env, cwd=folder, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads((folder / "found.json").read_text())
+    for name, item in found.items():
+        for key in ("loader", "mono16k", "resample16k", "tags"):
+            path = folder / f"{name}.{key}.npy"
+            if path.exists():
+                item[key] = np.load(path, allow_pickle=False)
+    return found
+
+
+@pytest.fixture(scope="module")
+def genre_model():
+    return jaxmir.load(shared_fixture(GRAPH))
+
+
+# ---------------------------------------------------------------------------
+# against Essentia (the PyPI wheel, FFmpeg 2.8)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", TAGGED + DAMAGED)
+def test_samples_equal_essentia_audioloader(files, essentia, name):
+    ref = essentia[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DamagedAudioWarning)
+        decoded = decode_file(files[name])
+    assert decoded.sample_rate == ref["sample_rate"]
+    assert decoded.samples.dtype == np.float32 and decoded.samples.shape == ref["loader"].shape
+    error = float(np.max(np.abs(decoded.samples - ref["loader"])))
+    print(f"{name}: {ref['codec']}, {decoded.samples.shape}, max abs difference {error:.3g}")
+    if ref["codec"] == "vorbis":
+        # a float decoder in both, FFmpeg 2.8's and today's: they round differently
+        # by a few float32 ulps of full scale (measured 3e-7)
+        assert error <= 1e-6
+    else:
+        # integer samples (fixed-point MP3 decoder, PCM, FLAC) scaled by 2**-15 or
+        # 2**-31: the same integers give the same floats
+        assert error == 0.0
+
+
+@pytest.mark.parametrize("name", TAGGED)
+def test_16k_signal_equals_essentia_monoloader(files, essentia, name):
+    """MonoLoader(sampleRate=16000), and Resample run on the whole AudioLoader downmix.
+
+    Both resample with libsamplerate's sinc filter in float32, built differently
+    in the wheel and in `samplerate`: a few ulps of full scale apart (measured
+    <= 1.2e-7). MonoLoader's streaming Resample may end a few dozen samples
+    early (libsamplerate's transport delay, noted in Essentia's resample.cpp);
+    the standard-mode Resample gives jaxmir's length.
+    """
+    streamed, whole = essentia[name]["mono16k"], essentia[name]["resample16k"]
+    audio = jaxmir.load_audio(files[name])
+    assert audio.shape == whole.shape
+    assert audio.shape[0] - 100 <= streamed.shape[0] <= audio.shape[0]
+    n = streamed.shape[0]
+    error = float(np.max(np.abs(audio[:n] - streamed)))
+    error_whole = float(np.max(np.abs(audio - whole)))
+    print(f"{name}: MonoLoader vs load_audio: max abs difference {error:.3g} "
+          f"({audio.shape[0] - n} samples fewer); Resample: {error_whole:.3g}")
+    assert error <= 1e-6 and error_whole <= 1e-6
+
+
+@pytest.mark.parametrize("name", TAGGED)
+def test_tags_equal_essentia(files, essentia, genre_model, name):
+    ref = essentia[name]["tags"]
+    found = np.asarray(genre_model.predict(jaxmir.load_audio(files[name]), 16000))
+    assert found.shape == ref.shape
+    error = float(np.max(np.abs(found - ref)))
+    print(f"{name}: {found.shape[0]} patches, max abs tag difference {error:.3g}")
+    # probabilities; the network alone differs from TensorFlow by ~1e-6 in float32
+    assert error <= 1e-5
+
+
+def test_float_mode_keeps_what_the_wheel_clips(files, essentia):
+    """FFmpeg's float MP3 decoder overshoots full scale; the wheel's fixed-point one saturates,
+    and otherwise rounds to the int16 grid within one step."""
+    wheel = essentia["loud_44k1_stereo.mp3"]["loader"]
+    floats = decode_file(files["loud_44k1_stereo.mp3"], mode="float").samples
+    assert floats.shape == wheel.shape
+    assert np.max(np.abs(floats)) > 1.01 and np.max(np.abs(wheel)) <= 1.0
+    on_grid = np.round(np.clip(floats, -1, 1 - LSB) / LSB) * LSB
+    assert np.max(np.abs(on_grid - wheel)) <= LSB * 1.0001
+    assert np.array_equal(np.round(wheel / LSB) * LSB, wheel)
+
+
+# ---------------------------------------------------------------------------
+# modes among themselves and against soundfile
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["stereo_44k1.flac", "mono_48k_24bit.flac", "vignesh.wav"])
+def test_lossless_files_decode_the_same_everywhere(files, name):
+    """PCM and FLAC: integers scaled as libswresample does, the same in both modes and in libsndfile."""
+    expected, rate = soundfile.read(files[name], dtype="float32", always_2d=True)
+    for mode in ("essentia", "float"):
+        decoded = decode_file(files[name], mode=mode)
+        assert decoded.sample_rate == rate and decoded.status == "ok"
+        np.testing.assert_array_equal(decoded.samples, expected)
+
+
+@pytest.mark.parametrize("name", ["loud_44k1_stereo.mp3", "mono_22k05.mp3", "hiphop.mp3", "stereo_44k1.ogg"])
+def test_float_mode_is_close_to_soundfile(files, name):
+    """Two float decoders of the same stream: equal up to float32 rounding in the synthesis."""
+    expected, rate = soundfile.read(files[name], dtype="float32", always_2d=True)
+    decoded = decode_file(files[name], mode="float")
+    assert decoded.sample_rate == rate and decoded.samples.shape == expected.shape
+    error = float(np.max(np.abs(decoded.samples - expected)))
+    print(f"{name}: float mode vs soundfile: max abs difference {error:.3g}")  # measured <= 7.3e-6
+    assert error <= 2e-5
+
+
+def test_load_audio_decoders(files):
+    path = files["loud_44k1_stereo.mp3"]
+    essentia_mode = jaxmir.load_audio(path)
+    np.testing.assert_array_equal(essentia_mode, jaxmir.load_audio(path, decoder="essentia"))
+    float_mode = jaxmir.load_audio(path, decoder="float")
+    libsndfile = jaxmir.load_audio(path, decoder="soundfile")
+    assert essentia_mode.shape == float_mode.shape == libsndfile.shape
+    assert np.max(np.abs(float_mode - essentia_mode)) > LSB  # the clipped peaks
+    assert np.max(np.abs(float_mode - libsndfile)) < 2e-5
+    accepted = "accepted: 'essentia', 'float', 'soundfile'"
+    with pytest.raises(AudioError, match=f"unknown decoder 'mpg123'; {accepted}"):
+        jaxmir.load_audio(path, decoder="mpg123")
+
+
+# ---------------------------------------------------------------------------
+# streaming in blocks
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mono_22k05.mp3", "stereo_44k1.ogg", "vignesh.wav"])
+@pytest.mark.parametrize("mode", ["essentia", "float"])
+def test_blocks_concatenate_to_the_whole_file(files, name, mode):
+    whole = decode_file(files[name], mode=mode)
+    for block_frames in (1, 1000, 4096, whole.samples.shape[0] + 1):
+        if block_frames == 1 and name != "mono_22k05.mp3":
+            continue  # one frame per block is slow; once is enough
+        with iter_blocks(files[name], block_frames, mode=mode) as blocks:
+            assert (blocks.sample_rate, blocks.channels) == (whole.sample_rate, whole.samples.shape[1])
+            assert blocks.declared_frames == whole.declared_frames
+            parts = list(blocks)
+        assert all(p.shape[0] == block_frames for p in parts[:-1]) and 0 < parts[-1].shape[0] <= block_frames
+        assert all(p.dtype == np.float32 and p.shape[1] == whole.samples.shape[1] for p in parts)
+        np.testing.assert_array_equal(np.concatenate(parts), whole.samples)
+        assert blocks.status == "ok" and blocks.frames == whole.samples.shape[0]
+
+
+def test_blocks_bad_arguments(files):
+    with pytest.raises(AudioError, match="block_frames 0"):
+        iter_blocks(files["vignesh.wav"], 0)
+    with pytest.raises(AudioError, match="unknown decoder 'fixed'"):
+        AudioBlocks(files["vignesh.wav"], 1024, mode="fixed")
+
+
+# ---------------------------------------------------------------------------
+# damaged files and files that are not audio
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", TAGGED)
+def test_healthy_files_are_ok(files, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_file(files[name], strict=True)
+    assert decoded.status == "ok" and decoded.problem is None
+    if decoded.declared_frames is not None:  # all but hiphop.mp3 (no LAME header) declare a length
+        assert decoded.samples.shape[0] >= decoded.declared_frames
+
+
+def test_mp3_damaged_in_the_middle(files):
+    path = files["damaged.mp3"]
+    with pytest.warns(DamagedAudioWarning, match="damaged audio: .* undecodable packet") as caught:
+        decoded = decode_file(path)
+    assert str(path) in str(caught[0].message)
+    assert decoded.status == "damaged" and decoded.declared_frames == 20 * 44100
+    # 20000 bytes of 128 kbit/s are 1.25 s: that much is lost, the rest decoded
+    lost = (decoded.declared_frames - decoded.samples.shape[0]) / 44100
+    assert 1.0 < lost < 1.6
+    with pytest.raises(AudioError, match="damaged audio") as err:
+        jaxmir.load_audio(path, strict=True)
+    assert str(path) in str(err.value)
+    with pytest.warns(DamagedAudioWarning):
+        audio = jaxmir.load_audio(path)
+    assert abs(audio.shape[0] / 16000 - (20 - lost)) < 0.01
+
+
+def test_mp3_cut_in_half(files):
+    path = files["cut_in_half.mp3"]
+    with pytest.warns(DamagedAudioWarning, match=r"truncated audio: decoded \d+\.\d\d s of the 20\.00 s"):
+        decoded = decode_file(path)
+    assert decoded.status == "truncated" and decoded.declared_frames == 20 * 44100
+    assert 0.45 < decoded.samples.shape[0] / decoded.declared_frames < 0.55
+    with pytest.raises(AudioError, match="cut_in_half.mp3: truncated audio"):
+        decode_file(path, mode="float", strict=True)
+
+
+def test_wav_header_claims_more_than_present(tmp_path):
+    full = tmp_path / "full.wav"
+    pcm = (signal(16000, 2, 0.5, seconds=2.0) * 32767).astype(np.int16)
+    soundfile.write(full, pcm, 16000, subtype="PCM_16")
+    path = tmp_path / "short_data.wav"
+    path.write_bytes(full.read_bytes()[:44 + 4 * 12000])  # 12000 of the 32000 frames declared
+    message = r"truncated audio: decoded 0\.75 s of the 2\.00 s"
+    with pytest.warns(DamagedAudioWarning, match=message) as caught:
+        decoded = decode_file(path)
+    assert "short_data.wav" in str(caught[0].message)
+    assert decoded.status == "truncated" and decoded.declared_frames == 32000
+    np.testing.assert_array_equal(decoded.samples, pcm[:12000] / np.float32(32768))
+    with pytest.raises(AudioError, match="short_data.wav: truncated audio"):
+        jaxmir.load_audio(path, strict=True)
+
+
+def test_not_audio(tmp_path):
+    path = tmp_path / "notes.mp3"
+    path.write_text("this is a text file, not an mp3\n" * 40)
+    with pytest.raises(AudioError, match="cannot be read as audio .*not a format FFmpeg recognises") as err:
+        jaxmir.load_audio(path)
+    assert str(path) in str(err.value)
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF\x00\x01not really a wave file" * 10)
+    with pytest.raises(AudioError, match="garbage.wav: cannot be read as audio"):
+        decode_file(garbage)
+
+
+def test_permission_denied(tmp_path, monkeypatch):
+    path = tmp_path / "locked.flac"
+    soundfile.write(path, np.zeros(1600, np.float32), 16000)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):  # root reads anything: make FFmpeg refuse it as it would
+            import av
+
+            def refuse(*args, **kwargs):
+                raise av.error.PermissionError(13, "Permission denied", str(path))
+            monkeypatch.setattr(av, "open", refuse)
+        with pytest.raises(AudioError, match="locked.flac: permission denied"):
+            jaxmir.load_audio(path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(AudioError, match="nope.mp3: no such file"):
+        decode_file(tmp_path / "nope.mp3")
+    with pytest.raises(AudioError, match="is a directory") as err:
+        decode_file(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_no_audio_stream(tmp_path):
+    """A container with only a video stream."""
+    import av
+
+    path = tmp_path / "video.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with pytest.raises(AudioError, match="video.mkv: cannot be read as audio: it has no audio stream"):
+        decode_file(path)
