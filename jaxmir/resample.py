@@ -267,8 +267,10 @@ def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, 
         left = coefficient(left_index, left_index <= max_index)
         right_index = (increment - s)[:, None] + m[None, :] * increment
         right = coefficient(right_index, (right_index > 0) & (right_index <= max_index))
-        left_samples = signal[c[:, None] - m[None, :]]
-        right_samples = signal[c[:, None] + 1 + m[None, :]]
+        # Contiguous windows (dynamic slices are much faster than an index gather on CPU).
+        windows = jax.vmap(lambda ci: jax.lax.dynamic_slice(signal, (ci - taps + 1,), (2 * taps,)))(c)
+        left_samples = windows[:, taps - 1::-1]
+        right_samples = windows[:, taps:]
         total = jnp.sum(left * left_samples, axis=1) + jnp.sum(right * right_samples, axis=1)
         return gain * total
 

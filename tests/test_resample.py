@@ -21,11 +21,11 @@ TOL = 1e-6
 
 @pytest.fixture(scope="module")
 def music():
-    """5 s of the fixture WAV, mono float32 at 44.1 kHz."""
+    """3 s of the fixture WAV, mono float32 at 44.1 kHz."""
     sf = require("soundfile")
     data, rate = sf.read(shared_fixture("audio/vignesh.wav"), dtype="float32", always_2d=True)
     assert rate == 44100
-    return data.mean(axis=1)[: 5 * rate].astype(np.float32)
+    return data.mean(axis=1)[: 3 * rate].astype(np.float32)
 
 
 def _at(music: np.ndarray, rate: int) -> np.ndarray:
