@@ -293,8 +293,7 @@ def _filter(plan: _Plan, signal: np.ndarray, centre: np.ndarray, start: np.ndarr
     block = max(1, _BLOCK_ELEMENTS // (2 * plan.taps))
     block = 1 << (block.bit_length() - 1)
     if count <= block:
-        block = size = 1 << max(count - 1, 15).bit_length() if count > 16 else 16
-        block = size = min(block, 1 << (count - 1).bit_length()) if count > 16 else 16
+        block = size = max(16, 1 << (count - 1).bit_length())
     else:
         size = block * _bucket(-(-count // block), 1)
     length = _bucket(signal.shape[0], 1024)
