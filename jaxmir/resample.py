@@ -1,0 +1,538 @@
+"""libsamplerate's sinc converters in JAX: one-shot and streaming, equal to ``samplerate``.
+
+This reproduces ``samplerate.resample(x, ratio, "sinc_medium")`` (and ``sinc_fastest``,
+``sinc_best``) with Essentia's float32 ratio ``float32(out_rate) / float32(in_rate)``, the
+converter Essentia's ``MonoLoader`` uses, by doing the same arithmetic as libsamplerate's
+``src_sinc.c`` (``src_simple`` with ``end_of_input``, one call over the whole signal):
+
+* Output positions: the C loop keeps a fractional input position ``x`` in a double and
+  steps ``x = frac(x + 1/ratio)`` once per output, carrying the integer part into the
+  buffer index. Only the addition can round, so :func:`_positions` computes the exact
+  sequence in integers (units of 2^-60, closed form ``frac(x0 + k * (1/ratio))``) and checks
+  in integers that every one of those additions is exact in double precision; when one
+  is not (e.g. 22.05 kHz -> 16 kHz), it runs the same double-precision recurrence as a
+  ``lax.scan`` in float64. The outputs therefore sit at libsamplerate's positions, not the
+  ideal ``k / ratio``.
+* Filter phase: the fixed-point filter index with ``SHIFT_BITS = 12``:
+  ``increment = lrint(index_inc * min(ratio, 1) * 4096)`` and, per output,
+  ``start = lrint(x * index_inc * min(ratio, 1) * 4096)`` (round half to even, as
+  ``lrint``). Left taps ``v[c - m]`` use filter index ``start + m * increment`` (``<= max``);
+  right taps ``v[c + 1 + m]`` use ``increment - start + m * increment`` (``> 0`` and
+  ``<= max``), ``max = coeff_half_len << 12``; the coefficient is the table entry
+  ``i = index >> 12`` linearly interpolated towards ``i + 1`` by ``(index & 4095) / 4096``.
+* Gain ``(index_inc * min(ratio, 1)) / index_inc`` on the sum of both halves.
+* Start-up: ``half = lrint((coeff_half_len + 2) / index_inc / min(ratio, 1)) + 1`` zeros
+  before the first input sample; zeros after the last one.
+* Length: ``ceil(n * ratio)`` (the output buffer python-samplerate allocates), cut where
+  libsamplerate's termination test ``b_current + x + (1/ratio + 1e-20) > b_real_end``
+  first holds (evaluated in double with absolute buffer positions; libsamplerate uses
+  buffer-relative ones, which round differently only if the test is within ~1e-9 of a tie).
+
+The tap sums run in float32 where libsamplerate sums in double: the coefficients are
+float32 table entries interpolated with a 12-bit fraction, so each product carries a
+relative error of a few float32 ulps and a sum of ~250 of them (|coefficient| sum ~2.5 for
+the medium filter, |samples| <= 1) stays around 1e-7; the tests measure < 1e-6 against
+``samplerate`` on real music.
+
+Coefficient tables. The project must not ship numbers extracted from libsamplerate's
+headers, and the headers only name the design tool (``make_src_filter(cycles, incr, atten)``,
+whose window and rounding are not in the repository), so regenerating the tables to
+float32 exactness is not possible. Instead the tables are *measured* from the installed
+``samplerate`` library at first use (:func:`coefficients`): upsampling a unit impulse by
+``index_inc / p`` (gain 1, filter indices landing on exact multiples of 4096) makes
+output samples equal to single float32 table entries, which the exact position model
+above attributes to their table index. Every entry is seen twice (left and right half)
+and must agree; the result is then checked by resampling a random signal both up and
+down and comparing with ``samplerate``. The measurement takes well under a second and is
+kept in memory (per process); nothing is written to disk, so a changed ``samplerate``
+install can never meet a stale cache. The integers ``index_inc`` and ``coeff_half_len``
+of each converter are facts of libsamplerate 0.2.2 (the version python-samplerate
+bundles) and are checked by the same verification.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmir.errors import AudioError
+
+QUALITIES = ("sinc_best", "sinc_medium", "sinc_fastest")
+MIN_RATE = 1
+MAX_RATE = 384_000
+MAX_TAPS = 16_384  # filter taps per half; more would need an unbounded window per output
+_SHIFT = 12
+_ONE = 1 << _SHIFT
+_UNIT = 60  # positions are integers in units of 2**-60
+_FRAC_MASK = (1 << _UNIT) - 1
+_MAX_RATIO = 256.0  # libsamplerate's SRC_MAX_RATIO
+# (index_inc, coeff_half_len) of libsamplerate 0.2.2's three sinc filters.
+_FILTERS = {"sinc_fastest": (128, 2462), "sinc_medium": (491, 22436), "sinc_best": (2381, 340239)}
+_BLOCK_ELEMENTS = 1 << 20  # outputs x taps per block of the kernel
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Constants of one conversion, as ``sinc_mono_vari_process`` derives them."""
+
+    quality: str
+    ratio: float          # output rate / input rate (double, as passed to libsamplerate)
+    step: float           # 1 / ratio: input samples per output sample
+    increment: int        # fixed-point filter step per tap
+    max_index: int        # coeff_half_len << 12
+    half: int             # zeros libsamplerate puts before the first input sample
+    taps: int             # largest tap count of one half
+    gain: float
+    float_increment: float
+
+
+def essentia_ratio(in_rate: int, out_rate: int) -> float:
+    """``out_rate / in_rate`` rounded as Essentia's ``Resample`` keeps it (float32)."""
+    return float(np.float32(out_rate) / np.float32(in_rate))
+
+
+def _check_rate(rate, what: str) -> int:
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)):
+        if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
+            rate = int(rate)
+        else:
+            raise AudioError(f"{what} is {rate!r}; expected a whole number of Hz")
+    rate = int(rate)
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"{what} is {rate} Hz; accepted: {MIN_RATE}-{MAX_RATE} Hz")
+    return rate
+
+
+def _plan(in_rate: int, out_rate: int, quality: str) -> _Plan:
+    in_rate = _check_rate(in_rate, "input sample rate")
+    out_rate = _check_rate(out_rate, "output sample rate")
+    if quality not in _FILTERS:
+        raise AudioError(f"unknown resampling quality {quality!r}; accepted: {', '.join(QUALITIES)}")
+    ratio = essentia_ratio(in_rate, out_rate)
+    if not 1.0 / _MAX_RATIO <= ratio <= _MAX_RATIO:
+        raise AudioError(f"{in_rate} Hz -> {out_rate} Hz is a ratio of {ratio:.6g}; libsamplerate "
+                         f"accepts ratios from 1/256 to 256")
+    index_inc, half_len = _FILTERS[quality]
+    float_increment = index_inc * min(ratio, 1.0)
+    increment = int(np.rint(float_increment * _ONE))
+    max_index = half_len << _SHIFT
+    count = (half_len + 2.0) / index_inc
+    if ratio < 1.0:
+        count /= ratio
+    taps = max_index // increment + 1
+    if taps > MAX_TAPS:
+        raise AudioError(f"{in_rate} Hz -> {out_rate} Hz with {quality} needs {taps} filter taps per "
+                         f"side; at most {MAX_TAPS} are allowed (use a lower quality or a ratio "
+                         "closer to 1)")
+    return _Plan(quality, ratio, 1.0 / ratio, increment, max_index, int(np.rint(count)) + 1,
+                 taps, float_increment / index_inc, float_increment)
+
+
+# ------------------------------------------------------------------------ positions
+
+
+def _positions(step: float, x0: float, count: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """libsamplerate's output positions from a fractional start ``x0``.
+
+    Returns ``(x [count] float64, advance [count] int64, x_next)``: output ``k`` sits at
+    fraction ``x[k]`` past input sample ``sum(advance[:k])`` (relative to the start), and
+    ``x_next`` is the fraction after the last step.
+    """
+    if count == 0:
+        return np.zeros(0), np.zeros(0, np.int64), x0
+    whole = math.floor(step)
+    frac = int(np.ldexp(step - whole, _UNIT))  # exact: step's ulp is >= 2**-60 for ratio <= 256
+    start = int(np.ldexp(x0, _UNIT))
+    k = np.arange(count + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        units = (np.uint64(start) + k * np.uint64(frac)) & np.uint64(_FRAC_MASK)
+    summed = units[:-1] + np.uint64(frac)                    # x_k + frac(step), < 2**61
+    carry = (summed >> np.uint64(_UNIT)).astype(np.int64)
+    if _additions_exact(summed, whole):
+        x = np.ldexp(units[:-1].astype(np.float64), -_UNIT)
+        return x, whole + carry, float(np.ldexp(float(units[-1]), -_UNIT))
+    return _positions_sequential(step, x0, count)
+
+
+def _additions_exact(summed: np.ndarray, whole: int) -> bool:
+    """Whether every double addition ``x_k + step`` is exact (so the closed form holds).
+
+    The exact sum is ``whole + summed * 2**-60``; it is a double when its significant bits
+    span at most 53. Bit lengths are over-estimated at worst (float conversion rounds up),
+    which only sends a borderline case to the sequential path.
+    """
+    high = whole + (summed >> np.uint64(_UNIT)).astype(np.int64)
+    _, exponent = np.frexp(summed.astype(np.float64))
+    _, high_exponent = np.frexp(high.astype(np.float64))
+    bits = np.where(high > 0, _UNIT + high_exponent, exponent)
+    need = np.maximum(bits - 53, 0).astype(np.uint64)
+    low = summed & ((np.uint64(1) << need) - np.uint64(1))
+    return bool(np.all((low == 0) | (summed == 0)))
+
+
+_SCAN_STEPS = 1 << 16
+
+
+@functools.lru_cache(maxsize=1)
+def _sequential_scan():
+    def body(x, step):
+        y = x + step
+        rem = y - jnp.round(y)                       # fmod_one: y - lrint(y), lrint rounds half to even
+        rem = jnp.where(rem < 0.0, rem + 1.0, rem)
+        return rem, (rem, jnp.round(y - rem).astype(jnp.int64))
+
+    def run(x0, step):
+        last, (xs, adv) = jax.lax.scan(lambda x, _: body(x, step), x0, None, length=_SCAN_STEPS)
+        return last, xs, adv
+
+    return jax.jit(run)
+
+
+def _positions_sequential(step: float, x0: float, count: int):
+    """The C recurrence in float64, ``_SCAN_STEPS`` outputs per compiled call."""
+    xs, advances, x = [np.array([x0])], [], x0
+    with jax.enable_x64(True):
+        run = _sequential_scan()
+        for _ in range(-(-count // _SCAN_STEPS)):
+            x, xk, adv = run(jnp.asarray(x, jnp.float64), jnp.asarray(step, jnp.float64))
+            xs.append(np.asarray(xk))
+            advances.append(np.asarray(adv))
+    x_all = np.concatenate(xs)
+    return x_all[:count], np.concatenate(advances)[:count], float(x_all[count])
+
+
+def _next_frac(step: float, x: float) -> float:
+    """One step of the C recurrence in Python floats (IEEE doubles, round half to even)."""
+    y = x + step
+    rem = y - round(y)
+    return rem + 1.0 if rem < 0.0 else rem
+
+
+def _phases(plan: _Plan, x: np.ndarray) -> np.ndarray:
+    """Fixed-point filter start ``lrint(x * float_increment * 4096)`` per output, int32."""
+    return np.rint(x * plan.float_increment * float(_ONE)).astype(np.int32)
+
+
+def _normalise(plan: _Plan, centre: np.ndarray, start: np.ndarray):
+    """Map ``start == increment`` (``x`` within half a fixed-point step of 1) to ``(centre + 1, 0)``.
+
+    libsamplerate's left loop then runs one tap further, onto ``centre + 1`` at filter
+    index 0, and its right loop stops before it: the same taps as a window centred on
+    the next input sample with start 0, which is what the kernel computes.
+    """
+    wrap = start == plan.increment
+    return centre + wrap, np.where(wrap, 0, start).astype(np.int32)
+
+
+def _terminated(plan: _Plan, centre: np.ndarray, x: np.ndarray, n_input: int) -> np.ndarray:
+    """libsamplerate's end test per output (``centre`` counts the leading zeros)."""
+    terminate = plan.step + 1e-20
+    return (centre.astype(np.float64) + x) + terminate > float(plan.half + n_input)
+
+
+def _output_count(plan: _Plan, n_input: int) -> int:
+    """The buffer python-samplerate allocates: ``ceil(n * ratio)``."""
+    return int(math.ceil(float(n_input) * plan.ratio))
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+@functools.partial(jax.jit, static_argnames=("increment", "max_index", "taps", "block"))
+def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, taps, block):
+    """Outputs ``[k]`` from ``signal [n]`` (float32), window centres and filter starts ``[k]``.
+
+    ``k`` must be a multiple of ``block``; ``centre - taps + 1 >= 0`` and
+    ``centre + taps < n`` for every output (the caller pads).
+    """
+    m = jnp.arange(taps, dtype=jnp.int32)
+
+    def coefficient(index, mask):
+        position = jnp.clip(index >> _SHIFT, 0, table.shape[0] - 1)
+        fraction = (index & (_ONE - 1)).astype(jnp.float32) * (1.0 / _ONE)
+        value = table[position] + fraction * slope[position]
+        return jnp.where(mask, value, 0.0)
+
+    def one_block(args):
+        c, s = args
+        left_index = s[:, None] + m[None, :] * increment
+        left = coefficient(left_index, left_index <= max_index)
+        right_index = (increment - s)[:, None] + m[None, :] * increment
+        right = coefficient(right_index, (right_index > 0) & (right_index <= max_index))
+        # Contiguous windows (dynamic slices are much faster than an index gather on CPU).
+        windows = jax.vmap(lambda ci: jax.lax.dynamic_slice(signal, (ci - taps + 1,), (2 * taps,)))(c)
+        left_samples = windows[:, taps - 1::-1]
+        right_samples = windows[:, taps:]
+        total = jnp.sum(left * left_samples, axis=1) + jnp.sum(right * right_samples, axis=1)
+        return gain * total
+
+    blocks = (centre.reshape(-1, block), start.reshape(-1, block))
+    return jax.lax.map(one_block, blocks).reshape(-1)
+
+
+def _bucket(n: int, minimum: int) -> int:
+    """Round ``n`` up to ``a * 2**j`` (``8 <= a < 16``, at least ``minimum``): few compiled
+    shapes, at most 12.5% padding."""
+    n = max(n, minimum)
+    shift = max(n.bit_length() - 4, 0)
+    return -(-n >> shift) << shift if n > 16 else n
+
+
+def _filter(plan: _Plan, signal: np.ndarray, centre: np.ndarray, start: np.ndarray,
+            table: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Run the kernel on padded, bucketed shapes; ``signal`` already holds ``taps`` margins."""
+    count = centre.shape[0]
+    block = max(1, _BLOCK_ELEMENTS // (2 * plan.taps))
+    block = 1 << (block.bit_length() - 1)
+    if count <= block:
+        block = size = max(16, 1 << (count - 1).bit_length())
+    else:
+        size = block * _bucket(-(-count // block), 1)
+    length = _bucket(signal.shape[0], 1024)
+    signal = jnp.pad(jnp.asarray(signal, jnp.float32), (0, length - signal.shape[0]))
+    centre = np.pad(centre.astype(np.int32), (0, size - count), constant_values=plan.taps)
+    start = np.pad(start.astype(np.int32), (0, size - count))
+    out = _kernel(signal, centre, start, table[0], table[1], jnp.float32(plan.gain),
+                  increment=plan.increment, max_index=plan.max_index, taps=plan.taps, block=block)
+    return out[:count]
+
+
+# ------------------------------------------------------------------- coefficients
+
+
+@functools.lru_cache(maxsize=None)
+def coefficients(quality: str = "sinc_medium") -> np.ndarray:
+    """libsamplerate's coefficient table for ``quality``, measured from ``samplerate``.
+
+    Returns float32 ``[coeff_half_len + 2]``; the last entry (only ever weighted by zero)
+    is 0. See the module docstring for the method. Raises :class:`AudioError` if
+    ``samplerate`` is missing or behaves unlike libsamplerate 0.2.2.
+    """
+    if quality not in _FILTERS:
+        raise AudioError(f"unknown resampling quality {quality!r}; accepted: {', '.join(QUALITIES)}")
+    try:
+        import samplerate
+    except ImportError as error:  # pragma: no cover - a runtime dependency
+        raise AudioError("the sinc resampler measures its filter from the `samplerate` package, "
+                         "which is not installed") from error
+    index_inc, half_len = _FILTERS[quality]
+    p = math.ceil(index_inc / _MAX_RATIO)
+    while math.gcd(p, index_inc) != 1:
+        p += 1
+    reach = half_len // index_inc + 2                   # input samples the filter spans per side
+    n_input = 2 * reach + p + 2
+    table = np.full(half_len + 2, np.nan, np.float64)
+    table[-1] = 0.0
+    # ratio index_inc / p puts outputs on every multiple of 1/index_inc between input
+    # samples (p impulse positions cover all residues); ratio 1 adds the exact centre tap.
+    for ratio, shifts in ((index_inc / p, range(p)), (1.0, range(1))):
+        plan = _Plan(quality, ratio, 1.0 / ratio, index_inc * _ONE, half_len << _SHIFT,
+                     0, 0, 1.0, float(index_inc))
+        count = _output_count(plan, n_input)
+        x, advance, _ = _positions(plan.step, 0.0, count)
+        base = np.concatenate([[0], np.cumsum(advance)[:-1]])
+        start = _phases(plan, x).astype(np.int64)
+        for shift in shifts:
+            impulse = np.zeros(n_input, np.float32)
+            where = reach + shift
+            impulse[where] = 1.0
+            out = np.asarray(samplerate.resample(impulse, ratio, quality), np.float64)
+            k = np.arange(min(out.shape[0], count))
+            left = where <= base[k]
+            index = np.where(left, start[k] + (base[k] - where) * plan.increment,
+                             plan.increment - start[k] + (where - base[k] - 1) * plan.increment)
+            valid = (index >= 0) & (index <= plan.max_index) & (index % _ONE == 0)
+            valid &= np.where(left, True, index > 0)
+            slots, values = index[valid] >> _SHIFT, out[k][valid]
+            seen = ~np.isnan(table[slots])
+            if np.any(table[slots][seen] != values[seen]):
+                raise AudioError(f"samplerate's {quality} filter is not libsamplerate 0.2.2's: its "
+                                 "impulse response disagrees with itself")
+            table[slots] = values
+    if np.isnan(table).any():
+        raise AudioError(f"could not measure samplerate's {quality} filter "
+                         f"(table entries {np.flatnonzero(np.isnan(table))[:5]} unseen)")
+    table = table.astype(np.float32)
+    _verify(quality, table, samplerate)
+    return table
+
+
+def _verify(quality: str, table: np.ndarray, samplerate) -> None:
+    """Resample noise up and down with the measured table; must match ``samplerate``."""
+    noise = np.random.default_rng(0).uniform(-1, 1, 4000).astype(np.float32)
+    for in_rate, out_rate in ((44100, 16000), (16000, 44100)):
+        plan = _plan(in_rate, out_rate, quality)
+        ours = _one_shot(plan, noise, table)
+        theirs = np.asarray(samplerate.resample(noise, plan.ratio, quality))
+        if ours.shape != theirs.shape or not np.allclose(ours, theirs, rtol=0, atol=1e-5):
+            raise AudioError(f"the {quality} filter measured from samplerate does not reproduce it "
+                             f"({in_rate} -> {out_rate} Hz); is samplerate built on libsamplerate "
+                             "0.2.2?")
+
+
+@functools.lru_cache(maxsize=None)
+def _device_table(quality: str) -> tuple[jax.Array, jax.Array]:
+    table = coefficients(quality)
+    return _as_device(table)
+
+
+def _as_device(table: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    slope = np.diff(table.astype(np.float64), append=0.0).astype(np.float32)
+    return jnp.asarray(table), jnp.asarray(slope)
+
+
+# -------------------------------------------------------------------------- one-shot
+
+
+def _check_signal(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise AudioError(f"audio has shape {x.shape}; expected mono samples [n]")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise AudioError(f"audio has dtype {x.dtype}; expected float32 samples")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise AudioError(f"audio contains {int(np.count_nonzero(~np.isfinite(x)))} NaN or infinite "
+                         "sample(s); expected finite samples")
+    return x
+
+
+def _one_shot(plan: _Plan, x, table: np.ndarray | tuple) -> np.ndarray:
+    n = x.shape[0]
+    count = _output_count(plan, n)
+    if count == 0:
+        return np.zeros(0, np.float32)
+    frac, advance, _ = _positions(plan.step, 0.0, count)
+    base = np.concatenate([[0], np.cumsum(advance)[:-1]])
+    ended = _terminated(plan, plan.half + base, frac, n)
+    if ended.any():
+        count = int(np.argmax(ended))
+        frac, base = frac[:count], base[:count]
+    if count == 0:
+        return np.zeros(0, np.float32)
+    device = _as_device(table) if isinstance(table, np.ndarray) else table
+    signal = jnp.pad(jnp.asarray(x, jnp.float32), (plan.taps, plan.taps + 2))
+    out = _filter(plan, signal, *_normalise(plan, plan.taps + base, _phases(plan, frac)), device)
+    return out
+
+
+def resample(x, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> np.ndarray:
+    """Resample mono audio as ``samplerate.resample(x, essentia_ratio(...), quality)``.
+
+    Args:
+      x: samples ``[n]`` (float32; other real dtypes are cast), finite.
+      in_rate, out_rate: sample rates in Hz, 1-384000, with a ratio within [1/256, 256].
+      quality: ``"sinc_medium"`` (Essentia's default), ``"sinc_fastest"`` or ``"sinc_best"``.
+
+    Returns:
+      float32 ``[ceil(n * ratio)]`` (shorter by libsamplerate's end rule), empty for empty input.
+
+    Raises:
+      AudioError: bad rates, ratio, quality, shape or NaN/inf samples.
+    """
+    plan = _plan(in_rate, out_rate, quality)
+    x = _check_signal(x)
+    if x.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    return np.asarray(_one_shot(plan, x, _device_table(quality)), np.float32)
+
+
+def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> jax.Array:
+    """:func:`resample` on a JAX array, differentiable with respect to ``x`` ``[n]``.
+
+    The positions depend only on ``n`` and the rates; the values are a linear map of ``x``.
+    No NaN check (``x`` may be a tracer).
+    """
+    plan = _plan(in_rate, out_rate, quality)
+    if x.ndim != 1:
+        raise AudioError(f"audio has shape {x.shape}; expected mono samples [n]")
+    if x.shape[0] == 0:
+        return jnp.zeros(0, jnp.float32)
+    return _one_shot(plan, jnp.asarray(x, jnp.float32), _device_table(quality))
+
+
+# ------------------------------------------------------------------------- streaming
+
+
+class SincResampler:
+    """Streaming :func:`resample`: ``push`` chunks, then ``flush``; outputs concatenate to it.
+
+    Keeps the last ``2 * taps + 2`` input samples and the fractional position between
+    calls; each call's work and memory are bounded by its chunk (plus that history).
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, quality: str = "sinc_medium"):
+        self._plan = _plan(in_rate, out_rate, quality)
+        self._table = _device_table(quality)
+        self._history = np.zeros(self._plan.taps, np.float32)  # the leading zeros
+        self._origin = -self._plan.taps    # input index of _history[0]
+        self._seen = 0                     # input samples pushed
+        self._made = 0                     # outputs returned
+        self._centre = 0                   # input index (from x[0]) of the next output
+        self._frac = 0.0                   # its fractional position
+        self._done = False
+
+    def push(self, chunk) -> np.ndarray:
+        """Take ``[n]`` float32 samples; return the outputs they complete (float32 ``[k]``)."""
+        if self._done:
+            raise AudioError("this SincResampler was flushed; create a new one")
+        chunk = _check_signal(chunk)
+        self._history = np.concatenate([self._history, chunk])
+        self._seen += chunk.shape[0]
+        # An output is final once its right-hand taps are all in.
+        ready = self._seen - self._plan.taps - 1
+        limit = _output_count(self._plan, self._seen)
+        return self._emit(lambda centre: centre < ready, limit)
+
+    def flush(self) -> np.ndarray:
+        """Signal the end of input and return the remaining outputs."""
+        if self._done:
+            return np.zeros(0, np.float32)
+        self._done = True
+        self._history = np.concatenate([self._history, np.zeros(self._plan.taps + 2, np.float32)])
+        limit = _output_count(self._plan, self._seen)
+        return self._emit(None, limit)
+
+    def _emit(self, ready, limit: int) -> np.ndarray:
+        plan = self._plan
+        pieces = []
+        while self._made < limit:
+            want = min(limit - self._made, 1 << 16)
+            frac, advance, _ = _positions(plan.step, self._frac, want)
+            centre = self._centre + np.concatenate([[0], np.cumsum(advance)[:-1]])
+            keep = np.ones(want, bool)
+            if ready is not None:
+                keep &= ready(centre)
+            else:
+                keep &= ~np.cumsum(_terminated(plan, plan.half + centre, frac, self._seen)).astype(bool)
+            n = int(np.argmin(keep)) if not keep.all() else want
+            if n == 0:
+                if ready is None:
+                    self._made = limit
+                break
+            lo = centre[0] - plan.taps + 1 - self._origin
+            hi = centre[n - 1] + plan.taps + 2 - self._origin
+            segment = self._history[lo:hi]
+            out = _filter(plan, segment, *_normalise(plan, centre[:n] - self._origin - lo,
+                                                     _phases(plan, frac[:n])), self._table)
+            pieces.append(np.asarray(out, np.float32))
+            self._made += n
+            self._centre = int(centre[n - 1] + advance[n - 1])
+            self._frac = _next_frac(plan.step, float(frac[n - 1]))
+            if n < want:
+                if ready is None:
+                    self._made = limit
+                break
+        drop = self._centre - plan.taps - self._origin
+        if drop > 0:
+            self._history = self._history[drop:]
+            self._origin += drop
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)

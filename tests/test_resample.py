@@ -1,0 +1,145 @@
+"""jaxmir.resample against python-samplerate (libsamplerate 0.2.2), streaming, gradient, bad input.
+
+Parity bound 1e-6 (max abs): libsamplerate sums ~2 x 45..130 taps per output in double
+and rounds the result to float32; we sum in float32 with float32 coefficients. With
+|samples| <= 1 and a coefficient magnitude sum of ~2.5 (medium filter), the float32 sum
+differs from the double one by a few times 2.5 * 6e-8 ~ 1e-7 plus the final rounding
+(3e-8); 1e-6 leaves room for summation-order differences between CPUs, while a wrong tap,
+phase or position (what this test guards) moves outputs by >= 1e-5 on music.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxmir.errors import AudioError
+from tests.conftest import require, shared_fixture
+
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def music():
+    """3 s of the fixture WAV, mono float32 at 44.1 kHz."""
+    sf = require("soundfile")
+    data, rate = sf.read(shared_fixture("audio/vignesh.wav"), dtype="float32", always_2d=True)
+    assert rate == 44100
+    return data.mean(axis=1)[: 3 * rate].astype(np.float32)
+
+
+def _at(music: np.ndarray, rate: int) -> np.ndarray:
+    """The fixture at ``rate`` (via soxr, so each rate gets real, band-limited music)."""
+    soxr = require("soxr")
+    return music if rate == 44100 else soxr.resample(music, 44100, rate).astype(np.float32)
+
+
+@pytest.mark.parametrize("rate, target, quality", [
+    (44100, 16000, "sinc_medium"), (22050, 16000, "sinc_medium"), (48000, 16000, "sinc_medium"),
+    (8000, 16000, "sinc_medium"), (96000, 16000, "sinc_medium"), (192000, 16000, "sinc_medium"),
+    (11025, 16000, "sinc_medium"), (22050, 44100, "sinc_medium"), (44100, 22050, "sinc_fastest"),
+    (48000, 16000, "sinc_fastest"), (7999, 16000, "sinc_fastest"),
+])
+def test_parity_with_samplerate(music, rate, target, quality):
+    samplerate = require("samplerate")
+    from jaxmir.resample import essentia_ratio, resample
+
+    x = _at(music, rate)
+    reference = samplerate.resample(x, essentia_ratio(rate, target), quality)
+    ours = resample(x, rate, target, quality)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    error = float(np.max(np.abs(ours - reference)))
+    assert error <= TOL, f"{rate} -> {target} {quality}: max abs {error:.3g}"
+
+
+def test_parity_mp3_and_short_inputs(music):
+    """Another real file, and lengths where start-up and termination dominate."""
+    samplerate = require("samplerate")
+    from jaxmir.resample import essentia_ratio, resample
+
+    sf = require("soundfile")
+    data, rate = sf.read(shared_fixture("audio/hiphop.mp3"), dtype="float32", always_2d=True)
+    x = data.mean(axis=1)[: 3 * rate].astype(np.float32)
+    for piece, native in ((x, rate), (music[:1], 44100), (music[:7], 44100), (music[:300], 8000)):
+        reference = samplerate.resample(piece, essentia_ratio(native, 16000), "sinc_medium")
+        ours = resample(piece, native, 16000)
+        assert ours.shape == reference.shape
+        if reference.size:
+            assert np.max(np.abs(ours - reference)) <= TOL
+
+
+def test_positions_sequential_equals_closed_form():
+    """The float64 scan and the integer closed form agree where the closed form is exact."""
+    from jaxmir import resample as rs
+
+    step = 1.0 / rs.essentia_ratio(44100, 16000)
+    closed = rs._positions(step, 0.0, 70_000)
+    scanned = rs._positions_sequential(step, 0.0, 70_000)
+    np.testing.assert_array_equal(closed[0], scanned[0])
+    np.testing.assert_array_equal(closed[1], scanned[1])
+    assert closed[2] == scanned[2]
+
+
+@pytest.mark.parametrize("rate", [44100, 22050])
+def test_streaming_equals_one_shot(music, rate):
+    from jaxmir.resample import SincResampler, resample
+
+    x = _at(music, rate)[: 2 * rate]
+    expected = resample(x, rate, 16000)
+    rng = np.random.default_rng(rate)
+    sizes = np.concatenate([[1, 1, 2, 3], rng.integers(1, 9000, 40)])
+    stream, pieces, at = SincResampler(rate, 16000), [], 0
+    for size in sizes:
+        pieces.append(stream.push(x[at:at + size]))
+        at += size
+        if at >= x.shape[0]:
+            break
+    pieces.append(stream.push(x[at:]))
+    pieces.append(stream.flush())
+    got = np.concatenate(pieces)
+    assert got.shape == expected.shape
+    assert np.max(np.abs(got - expected)) <= 1e-7  # same kernel, same positions
+    with pytest.raises(AudioError):
+        stream.push(x[:10])
+
+
+def test_gradient_is_the_transpose():
+    """d(w . y)/dx equals the response to unit impulses projected on w (the map is linear)."""
+    import jax
+    import jax.numpy as jnp
+    from jaxmir.resample import resample, resample_jax
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, 600).astype(np.float32)
+    weights = rng.standard_normal(resample(x, 44100, 16000).shape[0]).astype(np.float32)
+    grad = jax.grad(lambda s: jnp.vdot(resample_jax(s, 44100, 16000), weights))(jnp.asarray(x))
+    for j in (0, 1, 299, 599):
+        impulse = np.zeros_like(x)
+        impulse[j] = 1.0
+        expected = float(np.dot(resample(impulse, 44100, 16000), weights))
+        assert abs(float(grad[j]) - expected) <= 1e-5 * max(1.0, abs(expected))
+    np.testing.assert_allclose(np.asarray(resample_jax(jnp.asarray(x), 44100, 16000)),
+                               resample(x, 44100, 16000), atol=1e-7)
+
+
+def test_bad_input():
+    from jaxmir.resample import SincResampler, resample
+
+    x = np.zeros(100, np.float32)
+    assert resample(np.zeros(0, np.float32), 44100, 16000).shape == (0,)
+    for rate in (0, -1, 384_001, 44100.5, "44100", True):
+        with pytest.raises(AudioError):
+            resample(x, rate, 16000)
+    with pytest.raises(AudioError, match="ratio"):
+        resample(x, 1, 384_000)                # ratio 384000 > 256
+    with pytest.raises(AudioError, match="taps"):
+        resample(x, 384_000, 1500, "sinc_best")   # 1/256 with the best filter: ~36600 taps
+    with pytest.raises(AudioError, match="quality"):
+        resample(x, 44100, 16000, "sinc_ultra")
+    with pytest.raises(AudioError, match="NaN"):
+        resample(np.array([0.0, np.nan], np.float32), 44100, 16000)
+    with pytest.raises(AudioError, match="mono"):
+        resample(np.zeros((10, 2), np.float32), 44100, 16000)
+    with pytest.raises(AudioError, match="NaN"):
+        SincResampler(44100, 16000).push(np.array([np.inf], np.float32))
+    assert resample(x, 1, 256, "sinc_fastest").shape[0] > 0   # extreme but valid rates work
