@@ -179,3 +179,14 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return paths
+
+
+def params_from_model(model) -> dict:
+    """``{"dense": ..., "dense_1": ...}`` from a loaded ``dense -> ReLU -> dense`` head Model."""
+    layers = model.variables.get("params", {}).get("head", {})
+    dense = sorted((k for k in layers if k.startswith("dense_")), key=lambda k: int(k[6:]))
+    if len(dense) != 2 or set(layers) != set(dense):
+        raise InputError(f"{model.source}: a head with layers {sorted(layers)}; resuming needs "
+                         "dense -> ReLU -> dense (as train-head writes)")
+    return {"dense": {k: np.asarray(v) for k, v in layers[dense[0]].items()},
+            "dense_1": {k: np.asarray(v) for k, v in layers[dense[1]].items()}}
