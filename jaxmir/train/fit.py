@@ -12,6 +12,7 @@ Evaluation averages the predictions of a track's patches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Sequence
 
@@ -84,23 +85,32 @@ def l2_penalty(params) -> jax.Array:
     return sum(0.5 * jnp.sum(p ** 2) for p in jax.tree_util.tree_leaves(params))
 
 
-def make_train_step(task: str, optimizer: optax.GradientTransformation, weight_decay: float):
-    """One jit-compiled step ``(params, state, x[b, d], y[b, C], w[b]) -> (params, state, loss)``.
+def _optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
+    """Adam whose learning rate lives in its state (``state.hyperparams["learning_rate"]``)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+def _loss(task: str, weight_decay: float, params, x, y, w):
+    data = jnp.sum(sample_losses(task, head_logits(params, x), y) * w) / jnp.maximum(w.sum(), 1)
+    return data + weight_decay * l2_penalty(params), data
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def train_step(task: str, weight_decay: float, params, state, x, y, w):
+    """One step ``(params, state, x[b, d], y[b, C], w[b]) -> (params, state, data loss)``.
 
     ``w`` masks the padding of the last batch of an epoch (0 for padded rows).
+    Compiled once per task and shape: the learning rate is part of ``state``.
     """
+    (_, data), grads = jax.value_and_grad(functools.partial(_loss, task, weight_decay),
+                                          has_aux=True)(params, x, y, w)
+    updates, state = _optimizer().update(grads, state, params)
+    return optax.apply_updates(params, updates), state, data
 
-    def loss_fn(params, x, y, w):
-        data = jnp.sum(sample_losses(task, head_logits(params, x), y) * w) / jnp.maximum(w.sum(), 1)
-        return data + weight_decay * l2_penalty(params), data
 
-    @jax.jit
-    def step(params, state, x, y, w):
-        (_, data), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, w)
-        updates, state = optimizer.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, data
-
-    return step
+@functools.partial(jax.jit, static_argnums=0)
+def _mean_loss(task: str, params, x, y):
+    return jnp.mean(sample_losses(task, head_logits(params, x), y))
 
 
 @dataclasses.dataclass
@@ -225,10 +235,7 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     else:
         params = check_resumed(initial, in_dim, n_out)
 
-    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
-    state = optimizer.init(params)
-    step = make_train_step(task, optimizer, config.weight_decay)
-    val_loss = jax.jit(lambda p: jnp.mean(sample_losses(task, head_logits(p, vx), vy)))
+    state = _optimizer(config.learning_rate).init(params)
 
     batch = config.batch_size
     n_batches = -(-len(x) // batch)
@@ -242,8 +249,8 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         losses = []
         for b in range(n_batches):
             rows = order[b * batch:(b + 1) * batch]
-            params, state, loss = step(params, state, x[rows], y[rows],
-                                       weights[b * batch:(b + 1) * batch])
+            params, state, loss = train_step(task, config.weight_decay, params, state, x[rows],
+                                             y[rows], weights[b * batch:(b + 1) * batch])
             losses.append(loss)
         losses = np.asarray(jax.device_get(losses), np.float64)
         bad = np.nonzero(~np.isfinite(losses))[0]
@@ -252,7 +259,7 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
                                 f"step {bad[0] + 1} of {n_batches} (global step "
                                 f"{(epoch - 1) * n_batches + bad[0] + 1}); lower the learning "
                                 "rate or check the embeddings and targets for NaN/inf")
-        current = float(val_loss(params))
+        current = float(_mean_loss(task, params, vx, vy))
         if not np.isfinite(current):
             raise TrainingError(f"the validation loss became {current} at epoch {epoch}")
         if current < best_loss:
