@@ -6,10 +6,16 @@
 Needs optax (the ``[train]`` extra); matplotlib for ``--plot`` (``[plot]``).
 """
 
-from jaxmir.train.data import Dataset, load_dataset
-from jaxmir.train.fit import Head, TrainConfig, TrainingError, cross_validate, train_head
-from jaxmir.train.recipe import TrainResult, fit_head
-from jaxmir.train.smoothing import SmoothingConfig
+import importlib
 
-__all__ = ["fit_head", "TrainResult", "TrainConfig", "SmoothingConfig", "Dataset", "load_dataset",
-           "Head", "train_head", "cross_validate", "TrainingError"]
+_EXPORTS = {"fit_head": "recipe", "TrainResult": "recipe", "TrainConfig": "fit",
+            "Head": "fit", "train_head": "fit", "cross_validate": "fit", "TrainingError": "fit",
+            "SmoothingConfig": "smoothing", "Dataset": "data", "load_dataset": "data"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # lazy, so that ``jaxmir.train.cli`` can be imported (for the argument parser) without optax
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"jaxmir.train.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'jaxmir.train' has no attribute '{name}'")
