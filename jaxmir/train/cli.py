@@ -1,0 +1,109 @@
+"""``jaxmir train-head``: train a head on a backbone's embeddings and export it.
+
+    jaxmir train-head DATA --backbone msd-musicnn --output my_head --folds 5 --plot
+
+``add_parser(subparsers)`` adds the subcommand to jaxmir's argument parser;
+``run(args)`` carries it out and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from jaxmir.train.smoothing import METHODS
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``train-head`` to an ``argparse`` subparsers object; returns its parser."""
+    parser = subparsers.add_parser(
+        "train-head", help="train a classifier/regressor head on embeddings and export it",
+        description="Train a dense(100)-ReLU-dense head on per-patch embeddings (MTG's recipe) "
+                    "and write NAME.pb + NAME.json (Essentia's TensorflowPredict2D) and NAME.npz.")
+    parser.add_argument("data", help="a folder with one subfolder per class, or a CSV/Parquet "
+                                     "with a 'path' column and a 'label' column (';' between "
+                                     "labels: multi-label) or numeric columns (regression)")
+    parser.add_argument("--backbone", default="msd-musicnn", help="shipped name or .pb/.npz")
+    parser.add_argument("--layer", default="model/dense/BiasAdd",
+                        help="the backbone output used as features")
+    parser.add_argument("--output", required=True, help="NAME: writes NAME.pb, NAME.json, NAME.npz")
+    parser.add_argument("--folds", type=int, default=0, help="k-fold cross-validation first (k>=2)")
+    parser.add_argument("--plot", action="store_true",
+                        help="with --folds: NAME-confusion.png (needs matplotlib)")
+    parser.add_argument("--label-smoothing", choices=METHODS, default="none",
+                        help="label distribution learning: knn (MFCC summary) or lmnn (pooled "
+                             "MFCCs + LMNN)")
+    parser.add_argument("--smoothing-k", type=int, default=None,
+                        help="neighbours for label smoothing (default 10)")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--patience", type=int, default=75,
+                        help="epochs without a better validation loss before halving the rate")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=None, help="embedding cache folder "
+                        "(default $JAXMIR_CACHE_DIR/embeddings or ~/.cache/jaxmir/embeddings)")
+    parser.add_argument("--no-embedding-cache", action="store_true")
+    parser.add_argument("--resume", default=None, help="a head (.pb/.npz) to start from")
+    parser.add_argument("--finetune", action="store_true",
+                        help="then train backbone and head together (writes NAME-backbone.npz)")
+    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed)."""
+    from jaxmir.errors import JaxmirError
+    from jaxmir.train import plot
+    from jaxmir.train.fit import TrainConfig
+    from jaxmir.train.recipe import fit_head
+    from jaxmir.train.smoothing import SmoothingConfig
+
+    config = TrainConfig(epochs=args.epochs, patience=args.patience,
+                         learning_rate=args.learning_rate, batch_size=args.batch_size,
+                         seed=args.seed)
+    smoothing = SmoothingConfig(args.label_smoothing)
+    if args.smoothing_k is not None:
+        smoothing = SmoothingConfig(args.label_smoothing, k=args.smoothing_k)
+    cache = False if args.no_embedding_cache else (args.cache or True)
+    try:
+        if args.plot and not args.folds:
+            raise JaxmirError("--plot draws the cross-validation confusion matrix: add --folds")
+        if args.plot:
+            plot.require_matplotlib()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *rest: _say(f"jaxmir: warning: {message}")
+            result = fit_head(args.data, args.backbone, args.layer,
+                              None if args.finetune else args.output, folds=args.folds,
+                              config=config, smoothing=smoothing, cache=cache, resume=args.resume,
+                              overwrite=args.force, log=_say, progress=True)
+        if args.finetune:
+            from jaxmir.train.finetune import finetune_and_export
+
+            result.paths = finetune_and_export(result, args.backbone, args.layer, args.output,
+                                               args.finetune_steps, args.seed, args.force)
+    except JaxmirError as err:
+        _say(f"jaxmir: error: {err}")
+        return 1
+    validation = result.cross_validation
+    if validation is not None:
+        for name, (mean, std) in validation.summary.items():
+            print(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}")
+        if args.plot and validation.confusion is not None:
+            picture = Path(f"{args.output}-confusion.png")
+            plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
+            print(f"wrote {picture}")
+    print(f"{len(result.dataset)} tracks ({len(result.failures)} skipped), "
+          f"{result.seconds_per_epoch * 1e3:.1f} ms per epoch")
+    for path in (result.paths or {}).values():
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,143 @@
+"""Per-patch embeddings of audio files, computed once and cached on disk.
+
+Each file's ``[patches, features]`` float32 array is stored as a ``.npy``
+(read back with ``allow_pickle=False``), written atomically, under a name
+derived from the backbone, the layer and the file's absolute path, size and
+modification time: a changed file is recomputed, an unchanged one is reused
+across epochs, folds and runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxmir.errors import InputError, JaxmirError
+
+DEFAULT_CACHE = Path.home() / ".cache" / "jaxmir" / "embeddings"
+
+
+def cache_root() -> Path:
+    """``$JAXMIR_CACHE_DIR/embeddings`` or ``~/.cache/jaxmir/embeddings``."""
+    root = os.environ.get("JAXMIR_CACHE_DIR")
+    return Path(root) / "embeddings" if root else DEFAULT_CACHE
+
+
+def file_identity(path: str | os.PathLike) -> dict:
+    """What identifies a file's content cheaply: absolute path, size and mtime (ns)."""
+    stat = os.stat(path)
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def cache_key(backbone_id: str, layer: str, path: str | os.PathLike, kind: str = "embedding") -> str:
+    """A hex digest naming the cached features of ``path``."""
+    text = json.dumps({"kind": kind, "backbone": backbone_id, "layer": layer,
+                       **file_identity(path)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def load_array(path: Path) -> np.ndarray | None:
+    """A cached array, or ``None`` when absent or unreadable (it is then recomputed)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Callable[[str], str],
+           root: Path | None, progress: bool = False) -> tuple[list[np.ndarray | None], list[str]]:
+    """``compute(path)`` for each path, through the cache under ``root`` (``None``: no cache).
+
+    A file that fails (any :class:`JaxmirError`: unreadable, too short, ...) is
+    reported with a warning, skipped and counted: its entry is ``None`` and its
+    message is returned in the second list.
+    """
+    results: list[np.ndarray | None] = []
+    failures: list[str] = []
+    iterator = paths
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(paths, desc="features", unit="file", leave=False)
+    for path in iterator:
+        try:
+            entry = root / f"{key(path)}.npy" if root is not None else None
+        except OSError as err:
+            failures.append(f"{path}: {err.strerror or err}")
+            results.append(None)
+            continue
+        value = load_array(entry) if entry is not None and entry.exists() else None
+        if value is None:
+            try:
+                value = np.asarray(compute(path), np.float32)
+            except JaxmirError as err:
+                failures.append(f"{path}: {err}")
+                results.append(None)
+                continue
+            if entry is not None:
+                save_array(entry, value)
+        results.append(value)
+    for message in failures:
+        warnings.warn(f"skipped {message}", stacklevel=2)
+    return results, failures
+
+
+def backbone_id(name_or_path: str) -> str:
+    """A stable name for a backbone: a shipped name, or a file path with its size and mtime."""
+    if os.path.isfile(name_or_path):
+        return json.dumps(file_identity(name_or_path), sort_keys=True)
+    return str(name_or_path)
+
+
+def embed_file(model, layer: str) -> Callable[[str], np.ndarray]:
+    """``path -> [patches, features]``: ``model.predict`` at ``layer`` on the decoded file."""
+    from jaxmir.audio import load_audio
+
+    def compute(path: str) -> np.ndarray:
+        audio = load_audio(path)
+        values = np.asarray(model.predict(audio, 16000, output=layer), np.float32)
+        values = values.reshape(values.shape[0], -1)
+        if not np.all(np.isfinite(values)):
+            raise InputError(f"the {layer} embeddings are not finite")
+        return values
+
+    return compute
+
+
+def extract_embeddings(model, backbone: str, paths: Sequence[str], layer: str,
+                       cache: str | os.PathLike | None | bool = True,
+                       progress: bool = False) -> tuple[list[np.ndarray | None], list[str]]:
+    """Per-patch embeddings ``[patches, features]`` of each file (``None`` for a failed file).
+
+    Args:
+      model: the backbone :class:`jaxmir.Model`.
+      backbone: its name or path (part of the cache key).
+      paths: audio files.
+      layer: the output name, e.g. ``model/dense/BiasAdd``.
+      cache: a folder, ``True`` (:func:`cache_root`) or ``False``/``None`` (no cache).
+    """
+    root = cache_root() if cache is True else (Path(cache) if cache else None)
+    ident = backbone_id(backbone)
+    return cached(embed_file(model, layer), paths, lambda p: cache_key(ident, layer, p), root,
+                  progress)

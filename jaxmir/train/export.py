@@ -1,0 +1,192 @@
+"""Write a trained head as Essentia writes its heads: a frozen ``.pb``, its ``.json``, and jaxmir weights.
+
+The graph (built with jaxmir's own protobuf message classes, no TensorFlow)::
+
+    model/Placeholder [batch, d] -> model/dense/MatMul -> model/dense/BiasAdd [batch, 100]
+      -> model/dense/Relu -> model/dense_1/MatMul -> model/dense_1/BiasAdd [batch, C]
+      -> model/Softmax | model/Sigmoid | model/Identity
+
+Essentia runs it with ``TensorflowPredict2D(graphFilename=NAME.pb,
+input="model/Placeholder", output="model/Softmax")`` on the backbone's
+embeddings; ``jaxmir.load("NAME.pb")`` reads it back with the JSON's classes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jaxmir.errors import InputError
+from jaxmir.tfgraph.graphdef import GraphDefProto, TensorProto
+
+DT_FLOAT = 1
+GRAPH_PRODUCER = 27  # a TensorFlow 1.x producer version: every consumer since reads it
+INPUT_NODE = "model/Placeholder"
+EMBEDDING_NODE = "model/dense/BiasAdd"
+LOGITS_NODE = "model/dense_1/BiasAdd"
+OUTPUT_NODE = {"softmax": "model/Softmax", "sigmoid": "model/Sigmoid", "identity": "model/Identity"}
+_OP = {"softmax": "Softmax", "sigmoid": "Sigmoid", "identity": "Identity"}
+MODEL_TYPE = {"softmax": "multi-class classifier", "sigmoid": "multi-label classifier",
+              "identity": "regressor"}
+SUFFIXES = (".pb", ".json", ".npz")
+
+
+def _tensor(array: np.ndarray) -> "TensorProto":
+    array = np.ascontiguousarray(array, dtype="<f4")
+    tensor = TensorProto(dtype=DT_FLOAT, tensor_content=array.tobytes())
+    for size in array.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    return tensor
+
+
+def _node(graph, name: str, op: str, inputs: Sequence[str] = (), **attrs):
+    node = graph.node.add(name=name, op=op)
+    node.input.extend(inputs)
+    for key, value in attrs.items():
+        node.attr[key].CopyFrom(value)
+    return node
+
+
+def _attr(**kwargs):
+    value = GraphDefProto().node.add().attr["x"]  # a fresh AttrValue of jaxmir's message class
+    for key, item in kwargs.items():
+        if key == "tensor":
+            value.tensor.CopyFrom(item)
+        elif key == "shape":
+            for size in item:
+                value.shape.dim.add(size=size)
+        else:
+            setattr(value, key, item)
+    return value
+
+
+def head_graph(params: dict, activation: str) -> "GraphDefProto":
+    """The frozen GraphDef of a ``dense -> ReLU -> dense -> activation`` head.
+
+    Args:
+      params: ``{"dense": {"kernel": [d, h], "bias": [h]}, "dense_1": {...: [h, C], [C]}}``.
+      activation: ``"softmax"``, ``"sigmoid"`` or ``"identity"``.
+    """
+    if activation not in OUTPUT_NODE:
+        raise InputError(f"unknown activation '{activation}'; expected one of {list(OUTPUT_NODE)}")
+    graph = GraphDefProto()
+    graph.versions.producer = GRAPH_PRODUCER
+    f32 = _attr(type=DT_FLOAT)
+    in_dim = int(np.shape(params["dense"]["kernel"])[0])
+    _node(graph, INPUT_NODE, "Placeholder", dtype=f32, shape=_attr(shape=(-1, in_dim)))
+    previous = INPUT_NODE
+    for layer in ("dense", "dense_1"):
+        for variable in ("kernel", "bias"):
+            _node(graph, f"model/{layer}/{variable}", "Const", dtype=f32,
+                  value=_attr(tensor=_tensor(np.asarray(params[layer][variable]))))
+        _node(graph, f"model/{layer}/MatMul", "MatMul", [previous, f"model/{layer}/kernel"], T=f32,
+              transpose_a=_attr(b=False), transpose_b=_attr(b=False))
+        _node(graph, f"model/{layer}/BiasAdd", "BiasAdd",
+              [f"model/{layer}/MatMul", f"model/{layer}/bias"], T=f32,
+              data_format=_attr(s=b"NHWC"))
+        previous = f"model/{layer}/BiasAdd"
+        if layer == "dense":
+            _node(graph, "model/dense/Relu", "Relu", [previous], T=f32)
+            previous = "model/dense/Relu"
+    _node(graph, OUTPUT_NODE[activation], _OP[activation], [previous], T=f32)
+    return graph
+
+
+def embedding_model_entry(backbone: str, input_shape: Sequence[int], layer: str) -> dict:
+    """Essentia's ``inference.embedding_model``: ``msd-musicnn`` -> ``msd-musicnn-1``."""
+    from jaxmir import catalog
+
+    if backbone in catalog.names():
+        name = f"{backbone}-1"  # Essentia's file names for jaxmir's shipped models
+    else:
+        name = Path(backbone).stem
+    algorithm = ("TensorflowPredictVGGish" if tuple(input_shape) == (96, 64)
+                 else "TensorflowPredictMusiCNN")
+    return {"algorithm": algorithm, "model_name": name, "output": layer}
+
+
+def metadata(name: str, classes: Sequence[str], activation: str, in_dim: int, hidden: int,
+             embedding_model: dict, dataset: dict | None = None) -> dict:
+    """Essentia's model JSON for a head."""
+    from jaxmir import __version__
+
+    outputs = [{"name": OUTPUT_NODE[activation], "type": "float", "shape": [len(classes)],
+                "op": _OP[activation], "output_purpose": "predictions"},
+               {"name": EMBEDDING_NODE, "type": "float", "shape": [hidden],
+                "op": "fully connected", "description": "penultimate layer",
+                "output_purpose": ""}]
+    return {"name": name, "type": MODEL_TYPE[activation], "version": "1",
+            "description": f"a head trained with jaxmir {__version__} on "
+                           f"{embedding_model['model_name']} embeddings",
+            "framework": "tensorflow", "framework_version": "1.15 (GraphDef written by jaxmir)",
+            "classes": list(classes), "model_types": ["frozen_model"],
+            "dataset": dataset or {},
+            "schema": {"inputs": [{"name": INPUT_NODE, "type": "float", "shape": [in_dim]}],
+                       "outputs": outputs},
+            "inference": {"sample_rate": 16000, "algorithm": "TensorflowPredict2D",
+                          "embedding_model": embedding_model}}
+
+
+def output_paths(output: str | os.PathLike) -> dict[str, Path]:
+    """``NAME`` (or ``NAME.pb``) -> ``{".pb": NAME.pb, ".json": NAME.json, ".npz": NAME.npz}``."""
+    output = Path(output)
+    if output.suffix in SUFFIXES:
+        output = output.with_suffix("")
+    return {suffix: output.with_name(output.name + suffix) for suffix in SUFFIXES}
+
+
+def export_head(params: dict, activation: str, classes: Sequence[str], output: str | os.PathLike,
+                backbone: str, backbone_input_shape: Sequence[int], layer: str,
+                dataset: dict | None = None, overwrite: bool = False) -> dict[str, Path]:
+    """Write ``NAME.pb``, ``NAME.json`` and ``NAME.npz``; all three or none.
+
+    The ``.npz`` is the ``.pb`` read back by :func:`jaxmir.load` and saved with
+    :func:`jaxmir.weights.save_weights`. Existing files are kept unless
+    ``overwrite``.
+    """
+    from jaxmir.loading import load
+    from jaxmir.weights import save_weights
+
+    paths = output_paths(output)
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{', '.join(existing)} already exist(s); choose another --output or "
+                         "pass --force to overwrite")
+    folder = paths[".pb"].parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = paths[".pb"].stem
+    in_dim = int(np.shape(params["dense"]["kernel"])[0])
+    hidden = int(np.shape(params["dense"]["kernel"])[1])
+    entry = embedding_model_entry(backbone, backbone_input_shape, layer)
+    meta = metadata(stem, classes, activation, in_dim, hidden, entry, dataset)
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-export-"))
+    try:
+        staged = {suffix: staging / f"{stem}{suffix}" for suffix in SUFFIXES}
+        staged[".pb"].write_bytes(head_graph(params, activation).SerializeToString())
+        staged[".json"].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        model = load(staged[".pb"])
+        save_weights(model, staged[".npz"],
+                     provenance={"trained_by": "jaxmir train-head", "embedding_model": entry,
+                                 "dataset": dataset or {}})
+        for suffix in SUFFIXES:
+            os.replace(staged[suffix], paths[suffix])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paths
+
+
+def params_from_model(model) -> dict:
+    """``{"dense": ..., "dense_1": ...}`` from a loaded ``dense -> ReLU -> dense`` head Model."""
+    layers = model.variables.get("params", {}).get("head", {})
+    dense = sorted((k for k in layers if k.startswith("dense_")), key=lambda k: int(k[6:]))
+    if len(dense) != 2 or set(layers) != set(dense):
+        raise InputError(f"{model.source}: a head with layers {sorted(layers)}; resuming needs "
+                         "dense -> ReLU -> dense (as train-head writes)")
+    return {"dense": {k: np.asarray(v) for k, v in layers[dense[0]].items()},
+            "dense_1": {k: np.asarray(v) for k, v in layers[dense[1]].items()}}

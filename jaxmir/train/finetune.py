@@ -1,0 +1,145 @@
+"""Fine-tuning: the backbone and the head trained together, end to end on log-mel patches.
+
+The front-end (``Model.features``: jaxmir's differentiable log-mel) has no
+trainable parameters, so patches are computed once; each step runs the
+backbone (``module.apply``, a pure Flax function) up to the embedding layer,
+then the head, and updates both: Adam at a small rate for the backbone's
+``params`` (its frozen batch-norm statistics stay), MTG's rate for the head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmir.errors import InputError
+from jaxmir.model import Model, tapped_outputs
+from jaxmir.patches import make_patches
+from jaxmir.train.fit import TrainingError, head_logits, l2_penalty, sample_losses
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    backbone_learning_rate: float = 1e-5
+    head_learning_rate: float = 1e-3
+    batch_size: int = 8
+    steps: int = 100
+    weight_decay: float = 1e-5
+    seed: int = 0
+
+
+def audio_patches(backbone: Model, audio: np.ndarray, sample_rate: int,
+                  patch_hop: int | None = None) -> np.ndarray:
+    """``[patches, time, mel]`` log-mel patches of a signal as the backbone cuts them."""
+    frames = backbone.features(audio, sample_rate)
+    size = backbone.input_shape[0]
+    return np.asarray(make_patches(np.asarray(frames), size, patch_hop or size // 2), np.float32)
+
+
+def embed_fn(backbone: Model, layer: str):
+    """``(variables, patches[b, t, mel]) -> [b, features]``: the backbone cut at ``layer``."""
+    tap = backbone.resolve_output(layer)
+
+    def embed(variables, patches):
+        value = tapped_outputs(backbone.module, (tap,), variables, patches)[0]
+        return value.reshape(value.shape[0], -1)
+
+    return embed
+
+
+def finetune(backbone: Model, layer: str, patches: np.ndarray, targets: np.ndarray, task: str,
+             head_params: dict, config: FinetuneConfig = FinetuneConfig()
+             ) -> tuple[dict, dict, list[float]]:
+    """Train backbone and head together on ``patches [n, time, mel]`` with ``targets [n, C]``.
+
+    Returns ``(backbone variables, head params, training loss per step)``.
+    """
+    patches = np.asarray(patches, np.float32)
+    targets = np.asarray(targets, np.float32)
+    if len(patches) != len(targets) or len(patches) == 0:
+        raise InputError(f"{len(patches)} patches but {len(targets)} target rows")
+    embed = embed_fn(backbone, layer)
+    frozen = {k: v for k, v in backbone.variables.items() if k != "params"}
+    trainable = {"backbone": backbone.variables["params"],
+                 "head": jax.tree_util.tree_map(jnp.asarray, head_params)}
+    optimizer = optax.multi_transform(
+        {"backbone": optax.adam(config.backbone_learning_rate),
+         "head": optax.adam(config.head_learning_rate)},
+        {"backbone": "backbone", "head": "head"})
+    state = optimizer.init(trainable)
+
+    def loss_fn(params, x, y):
+        features = embed({"params": params["backbone"], **frozen}, x)
+        data = jnp.mean(sample_losses(task, head_logits(params["head"], features), y))
+        return data + config.weight_decay * l2_penalty(params["head"]), data
+
+    @jax.jit
+    def step(params, state, x, y):
+        (_, data), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, data
+
+    rng = np.random.default_rng(config.seed)
+    batch = min(config.batch_size, len(patches))
+    losses = []
+    for index in range(config.steps):
+        rows = rng.choice(len(patches), batch, replace=False)
+        trainable, state, loss = step(trainable, state, patches[rows], targets[rows])
+        loss = float(loss)
+        if not np.isfinite(loss):
+            raise TrainingError(f"the fine-tuning loss became {loss} at step {index + 1}")
+        losses.append(loss)
+    variables = {"params": trainable["backbone"], **frozen}
+    return jax.device_get(variables), jax.device_get(trainable["head"]), losses
+
+
+def backbone_with(backbone: Model, variables: dict, source: str) -> Model:
+    """A copy of ``backbone`` with new variables (for saving with ``save_weights``)."""
+    spec = dataclasses.replace(backbone.spec, variables=variables)
+    return Model(spec, labels=backbone.labels, source=source)
+
+
+def finetune_and_export(result, backbone: str, layer: str, output: str, steps: int, seed: int,
+                        overwrite: bool) -> dict:
+    """Fine-tune a :func:`~jaxmir.train.recipe.fit_head` result; write ``NAME-backbone.npz`` and the head.
+
+    The head's JSON names ``NAME-backbone`` as its embedding model.
+    """
+    from pathlib import Path
+
+    from jaxmir.audio import load_audio
+    from jaxmir.loading import load
+    from jaxmir.train import export
+    from jaxmir.weights import save_weights
+
+    stem = export.output_paths(output)[".pb"].with_suffix("")
+    backbone_path = stem.with_name(stem.name + "-backbone.npz")
+    if backbone_path.exists() and not overwrite:
+        raise InputError(f"{backbone_path} already exists; choose another --output or --force")
+    model = load(backbone)
+    patches, rows = [], []
+    for index, path in enumerate(result.dataset.paths):
+        cut = audio_patches(model, load_audio(path), 16000)
+        patches.append(cut)
+        rows.extend([index] * len(cut))
+    targets = result.dataset.targets[np.asarray(rows)]
+    variables, head, _ = finetune(model, layer, np.concatenate(patches), targets,
+                                  result.head.task, result.head.params,
+                                  FinetuneConfig(steps=steps, seed=seed))
+    tuned = backbone_with(model, variables, str(backbone_path))
+    temp = backbone_path.with_name(f".tmp-{backbone_path.name}")
+    save_weights(tuned, temp, provenance={"fine_tuned_from": str(backbone)})
+    try:
+        paths = export.export_head(head, result.head.activation, result.dataset.classes, output,
+                                   str(backbone_path), model.input_shape, layer,
+                                   {"name": "fine-tuned"}, overwrite)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    Path(temp).replace(backbone_path)
+    return {**paths, "backbone": backbone_path}

@@ -1,0 +1,149 @@
+"""``fit_head``: from labelled audio to an exported head, in one call.
+
+dataset -> per-patch embeddings (cached) -> optional label smoothing ->
+optional k-fold cross-validation -> a head trained on every track ->
+``NAME.pb`` + ``NAME.json`` (Essentia) + ``NAME.npz`` (jaxmir).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from jaxmir.errors import InputError
+from jaxmir.train import export
+from jaxmir.train.data import Dataset, check_classes, load_dataset
+from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
+from jaxmir.train.fit import CrossValidation, Head, TrainConfig, cross_validate, train_head
+from jaxmir.train.smoothing import SmoothingConfig, smooth_labels, smoother
+
+DEFAULT_LAYER = "model/dense/BiasAdd"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`fit_head` produced."""
+
+    head: Head
+    dataset: Dataset
+    failures: list[str]
+    cross_validation: CrossValidation | None
+    paths: dict[str, Path] | None
+    seconds_per_epoch: float
+
+
+def mfcc_features(paths, kind: str, cache) -> tuple[list[np.ndarray | None], list[str]]:
+    """S_A (``"summary"``) or S_B (``"pooled"``) MFCC features of each file, cached."""
+    from jaxmir.audio import load_audio
+    from jaxmir.train import mfcc
+
+    def compute(path: str) -> np.ndarray:
+        audio = mfcc.segment(load_audio(path, mfcc.SAMPLE_RATE), mfcc.SAMPLE_RATE)
+        coefficients = np.asarray(mfcc.mfcc(audio, mfcc.SAMPLE_RATE))
+        return mfcc.mfcc_summary(coefficients) if kind == "summary" else \
+            mfcc.mfcc_pooled(coefficients)
+
+    root = cache_root() if cache is True else (Path(cache) if cache else None)
+    return cached(compute, paths, lambda p: cache_key("mfcc", kind, p, kind="mfcc"), root)
+
+
+def resumed_params(source: str | os.PathLike) -> dict:
+    """A head to resume from (``.pb`` or ``.npz``), as ``{"dense": ..., "dense_1": ...}``."""
+    from jaxmir.loading import load
+
+    model = load(source)
+    if model.architecture != "head":
+        raise InputError(f"{source} is a {model.architecture} model, not an embedding head")
+    return export.params_from_model(model)
+
+
+def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
+             layer: str = DEFAULT_LAYER, output: str | os.PathLike | None = None, *,
+             folds: int = 0, config: TrainConfig = TrainConfig(),
+             smoothing: SmoothingConfig = SmoothingConfig(), cache=True,
+             resume: str | os.PathLike | None = None, overwrite: bool = False,
+             log: Callable[[str], None] | None = None, progress: bool = False) -> TrainResult:
+    """Train (and cross-validate, and export) a head on a backbone's embeddings.
+
+    Args:
+      data: a class-folder tree, a ``path,label`` CSV/Parquet, or a :class:`Dataset`.
+      backbone: a shipped model name or a path (``.pb``/``.npz``).
+      layer: the backbone output whose per-patch values are the features.
+      output: ``NAME`` to write ``NAME.pb``, ``NAME.json`` and ``NAME.npz``; ``None`` writes nothing.
+      folds: k-fold cross-validation first when >= 2.
+      config: training hyper-parameters (MTG's by default).
+      smoothing: label distribution learning (single-label data only).
+      cache: embedding cache folder, ``True`` for the default, ``False`` for none.
+      resume: a head (``.pb``/``.npz``) to start from.
+      overwrite: replace existing output files.
+    """
+    from jaxmir.loading import load
+
+    if output is not None and not overwrite:
+        taken = [str(p) for p in export.output_paths(output).values() if p.exists()]
+        if taken:
+            raise InputError(f"{', '.join(taken)} already exist(s); choose another output or "
+                             "overwrite")
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    where = str(data) if not isinstance(data, Dataset) else "the dataset"
+    if smoothing.method != "none" and dataset.task != "single":
+        raise InputError(f"label smoothing ({smoothing.method}) applies to single-label data; "
+                         f"{where} is {dataset.task}")
+    initial = resumed_params(resume) if resume is not None else None
+    model = load(backbone)
+    tracks, failures = extract_embeddings(model, str(backbone), dataset.paths, layer, cache,
+                                          progress)
+    features = None
+    if smoothing.method != "none":
+        kind = "summary" if smoothing.method == "knn" else "pooled"
+        features, mfcc_failures = mfcc_features(dataset.paths, kind, cache)
+        tracks = [t if f is not None else None for t, f in zip(tracks, features)]
+        failures += [m for m in mfcc_failures if m not in failures]
+    keep = [i for i, t in enumerate(tracks) if t is not None]
+    if failures:
+        warnings.warn(f"{len(failures)} of {len(dataset)} file(s) skipped (could not be used)",
+                      stacklevel=2)
+    if not keep:
+        raise InputError(f"{where}: none of the {len(dataset)} files could be used")
+    dataset = dataset.subset(keep)
+    tracks = [tracks[i] for i in keep]
+    check_classes(dataset, f"{where} (after skipping {len(failures)} file(s))"
+                  if failures else where)
+    smooth = None
+    if features is not None:
+        features = np.stack([features[i] for i in keep])
+        smooth = smoother(features, dataset.targets, smoothing)
+
+    validation = None
+    if folds:
+        validation = cross_validate(tracks, dataset.targets, dataset.task, dataset.classes, folds,
+                                    config, smooth, log)
+    train_targets = dataset.targets if smooth is None else smooth(np.arange(len(dataset)))
+    head = train_head(tracks, train_targets, dataset.task, dataset.classes, config,
+                      initial=initial, log=None)
+    epoch_seconds = [h["seconds"] for h in head.history[1:]]
+    paths = None
+    if output is not None:
+        paths = export.export_head(head.params, head.activation, dataset.classes, output,
+                                   str(backbone), model.input_shape, layer,
+                                   dataset_entry(where, dataset, validation, folds), overwrite)
+    return TrainResult(head, dataset, failures, validation, paths,
+                       float(np.median(epoch_seconds)) if epoch_seconds else float("nan"))
+
+
+def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | None,
+                  folds: int) -> dict:
+    """The JSON's ``dataset``: name, size, and the cross-validation figures if any."""
+    entry = {"name": Path(where).name or where, "size": f"{len(dataset)} tracks"}
+    if dataset.task != "regression":
+        counts = dataset.targets.sum(axis=0).astype(int)
+        entry["size"] += ", " + "/".join(map(str, counts)) + " per class"
+    if validation is not None:
+        entry["metrics"] = {f"{folds}-fold_cross_validation_{'normalized_accuracy' if name == 'normalized_accuracy' else name}": round(mean, 4)
+                            for name, (mean, _) in validation.summary.items()}
+    return entry

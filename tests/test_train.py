@@ -1,0 +1,278 @@
+"""jaxmir.train: datasets, embedding cache, MTG's head recipe, cross-validation, export, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import assert_parity, require, run_tf
+from jaxmir.errors import InputError, JaxmirError
+from jaxmir.train import cli, data, embeddings, export, fit, metrics, synthetic
+from jaxmir.train.recipe import fit_head
+
+FAST = fit.TrainConfig(epochs=8, patience=75)
+
+
+def blobs(n_per_class=12, classes=3, dim=20, patches=3, seed=0):
+    """Separable per-patch embeddings: ``[tracks]`` of ``[patches, dim]`` and one-hot targets."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim)) * 3
+    tracks, labels = [], []
+    for c in range(classes):
+        for _ in range(n_per_class):
+            tracks.append((centres[c] + rng.standard_normal((patches, dim))).astype(np.float32))
+            labels.append(c)
+    return tracks, np.eye(classes, dtype=np.float32)[labels]
+
+
+@pytest.fixture(scope="module")
+def audio_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return synthetic.write_dataset(root / "data", classes=("pads", "drums"), per_class=4,
+                                   seconds=3.5)
+
+
+# -- datasets ------------------------------------------------------------------------------
+def test_folder_dataset(audio_set):
+    ds = data.load_dataset(audio_set)
+    assert ds.task == "single" and ds.classes == ("drums", "pads") and len(ds) == 8
+    assert np.array_equal(ds.targets.sum(axis=0), [4, 4])
+
+
+def test_bad_datasets(tmp_path, audio_set):
+    one = tmp_path / "one"
+    (one / "a").mkdir(parents=True)
+    (one / "b").mkdir()
+    for name in ("a/x.wav", "a/y.wav", "b/z.wav"):
+        (one / name).write_bytes(b"")
+    with pytest.raises(InputError, match="fewer than 2 files: b"):
+        data.load_dataset(one)
+    (one / "b" / "z.wav").unlink()
+    (one / "b").rmdir()
+    with pytest.raises(InputError, match="only one class"):
+        data.load_dataset(one)
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\nnot_there.wav,a\n" + f"{audio_set}/pads/pads_00.wav,b\n")
+    with pytest.raises(InputError, match="do not exist.*not_there.wav"):
+        data.load_dataset(table)
+
+
+def test_table_tasks(tmp_path, audio_set):
+    files = sorted(str(p) for p in audio_set.rglob("*.wav"))
+    multi = tmp_path / "multi.csv"
+    multi.write_text("path,label\n" + "".join(f"{f},{'a;b' if i % 2 else 'b;c'}\n"
+                                              for i, f in enumerate(files)))
+    ds = data.load_dataset(multi)
+    assert ds.task == "multi" and ds.classes == ("a", "b", "c")
+    assert np.array_equal(ds.targets.sum(axis=1), np.full(len(files), 2))
+    regression = tmp_path / "reg.csv"
+    regression.write_text("path,valence,arousal\n" + "".join(f"{f},{i * 0.5},{-i}\n"
+                                                            for i, f in enumerate(files)))
+    ds = data.load_dataset(regression)
+    assert ds.task == "regression" and ds.classes == ("valence", "arousal")
+    assert ds.targets[3].tolist() == [1.5, -3.0]
+
+
+# -- embedding cache -----------------------------------------------------------------------
+def test_cache_reused_keyed_and_safe(tmp_path, audio_set):
+    paths = sorted(str(p) for p in audio_set.rglob("*.wav"))[:3]
+    calls = []
+
+    def compute(path):
+        calls.append(path)
+        return np.full((2, 4), len(calls), np.float32)
+
+    key = lambda p: embeddings.cache_key("bb", "layer", p)
+    first, failures = embeddings.cached(compute, paths, key, tmp_path / "cache")
+    second, _ = embeddings.cached(compute, paths, key, tmp_path / "cache")
+    assert failures == [] and len(calls) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    stored = sorted((tmp_path / "cache").iterdir())
+    assert len(stored) == 3 and all(p.suffix == ".npy" for p in stored)
+    np.load(stored[0], allow_pickle=False)
+    assert embeddings.cache_key("bb", "other", paths[0]) != key(paths[0])
+    os.utime(paths[0], ns=(1, 1))  # a changed file is recomputed
+    embeddings.cached(compute, paths, key, tmp_path / "cache")
+    assert len(calls) == 4
+
+
+def test_undecodable_file_is_reported_skipped_counted(tmp_path, audio_set):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wave file")
+    model = jaxmir.load("msd-musicnn")
+    with pytest.warns(UserWarning, match="bad.wav"):
+        values, failures = embeddings.extract_embeddings(
+            model, "msd-musicnn", [str(bad), str(next(audio_set.rglob("*.wav")))],
+            "model/dense/BiasAdd", tmp_path / "cache")
+    assert values[0] is None and values[1].shape[1] == 200 and len(failures) == 1
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+
+# -- training --------------------------------------------------------------------------------
+def test_training_reproducible_and_learns():
+    tracks, targets = blobs()
+    a = fit.train_head(tracks, targets, "single", "abc", FAST)
+    b = fit.train_head(tracks, targets, "single", "abc", FAST)
+    c = fit.train_head(tracks, targets, "single", "abc", dataclasses.replace(FAST, seed=1))
+    same = jax.tree_util.tree_map(np.array_equal, a.params, b.params)
+    assert all(jax.tree_util.tree_leaves(same))
+    assert not np.array_equal(a.params["dense"]["kernel"], c.params["dense"]["kernel"])
+    tests, truth = blobs(n_per_class=5, seed=0)
+    assert metrics.evaluate("single", truth, a.predict_tracks(tests))["normalized_accuracy"] > 0.9
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
+
+
+def test_plateau_halves_learning_rate_and_best_checkpoint_kept():
+    tracks, targets = blobs(n_per_class=6)
+    head = fit.train_head(tracks, targets, "single", "abc",
+                          fit.TrainConfig(epochs=30, patience=2, learning_rate=0.5))
+    rates = [h["learning_rate"] for h in head.history]
+    assert rates[-1] < rates[0] and all(r in (0.5 / 2 ** i for i in range(30)) for r in rates)
+    assert len(head.history) == 30
+
+
+def test_nan_loss_stops_naming_the_step():
+    tracks, targets = blobs(n_per_class=4)
+    tracks[0][1, 3] = np.nan
+    with pytest.raises(fit.TrainingError, match=r"epoch 1, step \d+ of"):
+        fit.train_head(tracks, targets, "single", "abc", FAST)
+
+
+def test_resumed_head_width_must_match():
+    tracks, targets = blobs(dim=20)
+    other = fit.init_head(jax.random.PRNGKey(0), 128, 100, 3)
+    with pytest.raises(InputError, match="128-d embeddings.*20-d"):
+        fit.train_head(tracks, targets, "single", "abc", FAST, initial=other)
+
+
+def test_multilabel_and_regression_train():
+    tracks, onehot = blobs()
+    multi = np.clip(onehot + np.roll(onehot, 1, axis=1), 0, 1)
+    head = fit.train_head(tracks, multi, "multi", "abc", FAST)
+    assert metrics.evaluate("multi", multi, head.predict_tracks(tracks))["roc_auc"] > 0.9
+    values = onehot @ np.array([[1.0], [2.0], [3.0]], np.float32)
+    head = fit.train_head(tracks, values, "regression", ["v"],
+                          fit.TrainConfig(epochs=40, learning_rate=1e-2))
+    assert metrics.evaluate("regression", values, head.predict_tracks(tracks))["r2"] > 0.8
+
+
+def test_metrics_match_scikit_learn():
+    sk = require("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    truth, pred = rng.integers(0, 4, 60), rng.integers(0, 4, 60)
+    cm = metrics.confusion_matrix(truth, pred, 4)
+    assert metrics.balanced_accuracy(cm) == pytest.approx(sk.balanced_accuracy_score(truth, pred))
+    labels = rng.integers(0, 2, 50)
+    scores = np.round(rng.random(50), 1)  # ties on purpose
+    assert metrics.roc_auc(labels, scores) == pytest.approx(sk.roc_auc_score(labels, scores))
+    assert metrics.average_precision(labels, scores) == pytest.approx(
+        sk.average_precision_score(labels, scores))
+    y, p = rng.standard_normal((30, 2)), rng.standard_normal((30, 2))
+    assert metrics.evaluate("regression", y, p)["r2"] == pytest.approx(sk.r2_score(y, p))
+
+
+def test_folds_partition_and_stratify():
+    _, targets = blobs(n_per_class=10)
+    folds = fit.fold_indices(targets, "single", 5, seed=0)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(30))
+    assert all(np.array_equal(targets[f].sum(axis=0), [2, 2, 2]) for f in folds)
+    tracks, targets = blobs(n_per_class=10)
+    result = fit.cross_validate(tracks, targets, "single", "abc", 5, FAST)
+    assert len(result.folds) == 5 and result.confusion.sum() == 30
+    mean, std = result.summary["normalized_accuracy"]
+    assert mean > 0.9 and std >= 0
+
+
+# -- export ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["single", "multi", "regression"])
+def test_export_loads_in_jaxmir_and_tensorflow(tmp_path, task):
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 3))
+    head = fit.Head(params, task, ("a", "b", "c"))
+    paths = export.export_head(params, head.activation, head.classes, tmp_path / "mine",
+                               "msd-musicnn", (187, 96), "model/dense/BiasAdd")
+    x = np.random.default_rng(0).standard_normal((6, 200)).astype(np.float32)
+    ours = head.predict(x)
+    model = jaxmir.load(paths[".pb"])
+    assert model.labels == ["a", "b", "c"]
+    assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
+    meta = json.loads(paths[".json"].read_text())
+    assert meta["inference"]["embedding_model"]["model_name"] == "msd-musicnn-1"
+    output = export.OUTPUT_NODE[head.activation]
+    # the same float32 products in another order: ~200 terms of size ~1 -> 1e-5 is ample
+    np.testing.assert_allclose(np.asarray(model.apply(x)["predictions"]), ours, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jaxmir.load(paths[".npz"]).apply(x)["predictions"]),
+                               ours, atol=1e-5)
+    tf_out, tf_emb = run_tf(paths[".pb"], {"model/Placeholder:0": x},
+                            [f"{output}:0", "model/dense/BiasAdd:0"])
+    assert_parity(output, tf_out, ours, probabilities=task != "regression")
+    assert_parity("embeddings", tf_emb, np.asarray(model.apply(x, "model/dense/BiasAdd")
+                                                  ["model/dense/BiasAdd"]))
+    with pytest.raises(InputError, match="already exist"):
+        export.export_head(params, head.activation, head.classes, tmp_path / "mine",
+                           "msd-musicnn", (187, 96), "model/dense/BiasAdd")
+
+
+# -- end to end ----------------------------------------------------------------------------------
+def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys):
+    require("matplotlib")
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    out = tmp_path / "heads" / "timbre"
+    args = parser.parse_args(["train-head", str(audio_set), "--output", str(out), "--folds", "2",
+                              "--epochs", "5", "--plot", "--cache", str(tmp_path / "cache")])
+    assert args.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "2-fold normalized_accuracy" in printed
+    for suffix in (".pb", ".json", ".npz"):
+        assert out.with_suffix(suffix).is_file()
+    assert (tmp_path / "heads" / "timbre-confusion.png").stat().st_size > 1000
+    model = jaxmir.load(out.with_suffix(".pb"), backbone="msd-musicnn")
+    assert model.labels == ["drums", "pads"]
+    # again: refused without --force, nothing written; the cache makes it quick
+    assert args.run(args) == 1
+    assert "already exist" in capsys.readouterr().err
+
+
+def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(audio_set, copy)
+    (copy / "pads" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    with pytest.warns(UserWarning):
+        result = fit_head(copy, output=tmp_path / "h", config=FAST, cache=tmp_path / "cache")
+    assert len(result.failures) == 1 and "broken.wav" in result.failures[0]
+    assert len(result.dataset) == 8
+    resumed = fit_head(audio_set, config=FAST, cache=tmp_path / "cache",
+                       resume=tmp_path / "h.pb")
+    assert resumed.head.in_dim == 200
+    with pytest.raises(InputError, match="200-d embeddings.*50-d"):  # msd-musicnn logits
+        fit_head(audio_set, layer="model/dense_1/BiasAdd", config=FAST, cache=False,
+                 resume=tmp_path / "h.pb")
+
+
+def test_finetune_moves_backbone_and_lowers_loss():
+    from jaxmir.train.finetune import FinetuneConfig, finetune
+
+    backbone = jaxmir.load("msd-musicnn")
+    rng = np.random.default_rng(0)
+    patches = rng.standard_normal((2, 187, 96)).astype(np.float32)
+    patches[1:] += 1.0
+    targets = np.eye(2, dtype=np.float32)[[0, 1]]
+    head = fit.init_head(jax.random.PRNGKey(0), 200, 100, 2)
+    variables, _, losses = finetune(backbone, "model/dense/BiasAdd", patches, targets, "single",
+                                    head, FinetuneConfig(steps=3, batch_size=2,
+                                                         backbone_learning_rate=1e-4))
+    before = jax.tree_util.tree_leaves(backbone.variables["params"])
+    after = jax.tree_util.tree_leaves(variables["params"])
+    moved = sum(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(before, after))
+    assert moved > len(before) // 2
+    assert losses[-1] < losses[0]

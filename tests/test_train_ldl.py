@@ -1,0 +1,138 @@
+"""Label distribution learning: JAX MFCCs vs librosa, JAX LMNN vs metric-learn, k-NN smoothing."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import require
+from jaxmir.errors import InputError
+from jaxmir.train import lmnn, mfcc, smoothing
+
+
+def _metric_learn():
+    """metric-learn 0.7 passes ``force_all_finite``, which scikit-learn 1.8 renamed; adapt it."""
+    module = require("metric_learn")
+    util = require("metric_learn._util")
+    validation = require("sklearn.utils.validation")
+    import inspect
+
+    if "force_all_finite" not in inspect.signature(validation.check_array).parameters:
+        def renamed(fn):
+            def call(*args, force_all_finite=True, **kwargs):
+                return fn(*args, ensure_all_finite=force_all_finite, **kwargs)
+            return call
+
+        util.check_X_y = renamed(validation.check_X_y)
+        util.check_array = renamed(validation.check_array)
+    return module
+
+
+def test_mfcc_matches_librosa():
+    librosa = require("librosa")
+    rng = np.random.default_rng(0)
+    t = np.arange(44100 * 2) / 44100
+    y = (0.3 * np.sin(2 * np.pi * 440 * t) * np.exp(-t) + 0.05 * rng.standard_normal(len(t)))
+    y = y.astype(np.float32)
+    ref = librosa.feature.mfcc(y=y, sr=44100, n_mfcc=13, n_fft=2048, win_length=1024,
+                               hop_length=512).T
+    ours = np.asarray(mfcc.mfcc(y, 44100))
+    assert ours.shape == ref.shape
+    # float32 FFTs of 2048 points and sums over 1025 bins then 128 bands: relative rounding
+    # ~1e-6 of the largest coefficient (|c0| ~ 1e2); 1e-4 of it leaves room for other CPUs
+    assert np.max(np.abs(ours - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
+def test_mfcc_summaries():
+    coefficients = np.random.default_rng(1).standard_normal((200, 13))
+    summary = mfcc.mfcc_summary(coefficients)
+    np.testing.assert_allclose(summary[:13], coefficients.mean(0), atol=1e-6)
+    np.testing.assert_allclose(summary[13:], coefficients.std(0), atol=1e-6)
+    pooled = mfcc.mfcc_pooled(coefficients, pool_frames=86)  # two whole windows
+    assert pooled.shape == (26,)
+    np.testing.assert_allclose(pooled[13:], coefficients[86:172].mean(0), atol=1e-6)
+    assert len(mfcc.segment(np.ones(100, np.float32), 10, start=5.0, seconds=15.0)) == 150
+
+
+@pytest.fixture(scope="module")
+def wine():
+    datasets = require("sklearn.datasets")
+    x, y = datasets.load_wine(return_X_y=True)
+    return smoothing.standardize(x), y
+
+
+def test_lmnn_matches_metric_learn(wine):
+    ml = _metric_learn()
+    from metric_learn.lmnn import _sum_outer_products  # the reference's own objective
+
+    x, y = wine
+    init = lmnn.pca_init(x, 4)
+    ours = lmnn.fit_lmnn(x, y, 4, k=3, max_iter=300, learn_rate=1e-4, init=init)
+    ref = ml.LMNN(n_neighbors=3, n_components=4, init=init, max_iter=300, learn_rate=1e-4,
+                  regularization=0.5).fit(x, y)
+    labels = np.unique(y, return_inverse=True)[1]
+    targets = ref._select_targets(x, labels)
+    assert np.array_equal(ours.targets, targets)
+
+    pull = _sum_outer_products(x, targets.flatten(), np.repeat(np.arange(len(x)), 3))
+
+    def reference_objective(components):
+        return ref._loss_grad(x, components, pull, 3, 0.5, targets, labels)[1]
+
+    def our_objective(components):
+        return float(lmnn.objective(jnp.asarray(components, jnp.float32), jnp.asarray(x, jnp.float32),
+                                    jnp.asarray(y), jnp.asarray(targets)))
+
+    # the same function: float32 sums of ~178*3*178 hinge terms of size ~10 vs float64:
+    # relative differences ~1e-6; 1e-4 is safe on any CPU
+    for components in (init, ref.components_, ours.components):
+        assert our_objective(components) == pytest.approx(reference_objective(components),
+                                                          rel=1e-4)
+    # the same optimiser from the same start: the final objectives agree to within 2 %
+    # (float32 vs float64 steps part ways at hinge kinks; measured 0.05 %)
+    assert ours.objective <= 1.02 * reference_objective(ref.components_)
+    assert ours.objective < 0.5 * our_objective(init)
+
+    def loo_knn_accuracy(z):
+        dist = ((z[:, None] - z[None]) ** 2).sum(-1)
+        np.fill_diagonal(dist, np.inf)
+        votes = y[np.argsort(dist, axis=1)[:, :3]]
+        return np.mean([np.bincount(v).argmax() == t for v, t in zip(votes, y)])
+
+    assert abs(loo_knn_accuracy(ours.transform(x)) - loo_knn_accuracy(ref.transform(x))) <= 0.03
+
+
+def test_lmnn_needs_enough_per_class():
+    with pytest.raises(InputError, match="more than 3 tracks"):
+        lmnn.target_neighbors(np.zeros((5, 2)), np.array([0, 0, 0, 1, 1]), 3)
+
+
+def test_knn_smoothing_uses_original_labels_of_others():
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((30, 5))
+    targets = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]
+    smoothed = smoothing.knn_smooth(features, targets, k=4)
+    np.testing.assert_allclose(smoothed.sum(axis=1), 1.0, atol=1e-6)
+    for i in range(30):  # brute force: the 4 nearest other rows' one-hot labels
+        d = np.linalg.norm(features - features[i], axis=1)
+        d[i] = np.inf
+        np.testing.assert_allclose(smoothed[i], targets[np.argsort(d)[:4]].mean(0), atol=1e-6)
+    clustered = np.repeat(np.eye(3) * 100, 10, axis=0) + rng.standard_normal((30, 3))
+    onehot = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)
+    np.testing.assert_array_equal(smoothing.knn_smooth(clustered, onehot, 5), onehot)
+
+
+def test_smoother_sees_only_training_tracks(wine):
+    x, y = wine
+    targets = np.eye(3, dtype=np.float32)[y]
+    smooth = smoothing.smoother(x, targets, smoothing.SmoothingConfig(
+        "lmnn", k=5, lmnn_components=4, lmnn_max_iter=60))
+    train = np.arange(0, len(x), 2)
+    out = smooth(train)
+    assert out.shape == (len(train), 3)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
+    # the same tracks smoothed alone give the same result: nothing leaks from the others
+    alone = smoothing.smooth_labels(x[train], targets[train], smoothing.SmoothingConfig(
+        "lmnn", k=5, lmnn_components=4, lmnn_max_iter=60))
+    np.testing.assert_array_equal(out, alone)
