@@ -344,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", metavar="MODEL", help="a shipped name or a path to a .pb/.npz")
     _backbone_option(info)
     info.set_defaults(func=cmd_info, no_cache=True)
+
+    from jaxmir.train import cli as train_cli  # argparse only: optax is imported when it runs
+
+    train_cli.add_parser(commands)
     return parser
 
 

@@ -130,7 +130,7 @@ def test_no_private_names_across_modules():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxmir"):
                 problems += [f"{name}: from {node.module} import {a.name}" for a in node.names
-                             if a.name.startswith("_")]
+                             if a.name.startswith("_") and not a.name.startswith("__")]
             if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
                     and not node.attr.startswith("__"):
                 owner = node.value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -15,7 +14,8 @@ import pytest
 import jaxmir
 from conftest import assert_parity, require, run_tf
 from jaxmir.errors import InputError, JaxmirError
-from jaxmir.train import cli, data, embeddings, export, fit, metrics, synthetic
+from jaxmir import cli as jaxmir_cli
+from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
 from jaxmir.train.recipe import fit_head
 
 FAST = fit.TrainConfig(epochs=8, patience=75)
@@ -201,7 +201,7 @@ def test_export_loads_in_jaxmir_and_tensorflow(tmp_path, task):
     x = np.random.default_rng(0).standard_normal((6, 200)).astype(np.float32)
     ours = head.predict(x)
     model = jaxmir.load(paths[".pb"])
-    assert model.labels == ["a", "b", "c"]
+    assert model.labels == ("a", "b", "c")
     assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
     meta = json.loads(paths[".json"].read_text())
     assert meta["inference"]["embedding_model"]["model_name"] == "msd-musicnn-1"
@@ -221,23 +221,22 @@ def test_export_loads_in_jaxmir_and_tensorflow(tmp_path, task):
 
 
 # -- end to end ----------------------------------------------------------------------------------
-def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys):
+def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     require("matplotlib")
-    parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers())
+    monkeypatch.setenv("JAXMIR_NO_CACHE", "1")  # the persistent cache is process-wide
     out = tmp_path / "heads" / "timbre"
-    args = parser.parse_args(["train-head", str(audio_set), "--output", str(out), "--folds", "2",
-                              "--epochs", "5", "--plot", "--cache", str(tmp_path / "cache")])
-    assert args.run(args) == 0
+    argv = ["train-head", str(audio_set), "--output", str(out), "--folds", "2", "--epochs", "5",
+            "--plot", "--cache", str(tmp_path / "cache")]
+    assert jaxmir_cli.main(argv) == 0  # through jaxmir's own command line
     printed = capsys.readouterr().out
     assert "2-fold normalized_accuracy" in printed
     for suffix in (".pb", ".json", ".npz"):
         assert out.with_suffix(suffix).is_file()
     assert (tmp_path / "heads" / "timbre-confusion.png").stat().st_size > 1000
     model = jaxmir.load(out.with_suffix(".pb"), backbone="msd-musicnn")
-    assert model.labels == ["drums", "pads"]
+    assert model.labels == ("drums", "pads")
     # again: refused without --force, nothing written; the cache makes it quick
-    assert args.run(args) == 1
+    assert jaxmir_cli.main(argv) == 1
     assert "already exist" in capsys.readouterr().err
 
 

@@ -51,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="then train backbone and head together (writes NAME-backbone.npz)")
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
-    parser.set_defaults(run=run)
+    parser.set_defaults(func=run)
     return parser
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import optax
 
 from jaxmir.errors import InputError
-from jaxmir.model import Model, tapped_outputs
+from jaxmir.model import Model
+from jaxmir.models.runner import run_patches
 from jaxmir.patches import make_patches
 from jaxmir.train.fit import TrainingError, head_logits, l2_penalty, sample_losses
 
@@ -46,7 +47,7 @@ def embed_fn(backbone: Model, layer: str):
     tap = backbone.resolve_output(layer)
 
     def embed(variables, patches):
-        value = tapped_outputs(backbone.module, (tap,), variables, patches)[0]
+        value = run_patches(backbone.module, variables, (tap,), patches)[0]
         return value.reshape(value.shape[0], -1)
 
     return embed
@@ -101,7 +102,7 @@ def finetune(backbone: Model, layer: str, patches: np.ndarray, targets: np.ndarr
 def backbone_with(backbone: Model, variables: dict, source: str) -> Model:
     """A copy of ``backbone`` with new variables (for saving with ``save_weights``)."""
     spec = dataclasses.replace(backbone.spec, variables=variables)
-    return Model(spec, labels=backbone.labels, source=source)
+    return Model.from_spec(spec, labels=backbone.labels, source=source)
 
 
 def finetune_and_export(result, backbone: str, layer: str, output: str, steps: int, seed: int,
