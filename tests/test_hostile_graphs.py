@@ -457,7 +457,7 @@ MALFORMED = {
         "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", 3)), "FusedBatchNorm.*3 data inputs"),
     "epsilon_string": (lambda: _edit_vgg4(_set_attr(
         "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", "epsilon", "0.001")),
-        "epsilon.*expected a float"),
+        "epsilon.*expect(s|ed) a float"),
     "zero_size_overflow": (lambda: _edit_head(_reshape_const("b1", [0, 1 << 62, 1 << 62])),
                            "larger than jaxmir accepts"),
     "placeholder_rank_4_vgg": (lambda: _edit_vgg4(_set_attr("model/Placeholder", "shape",
@@ -469,6 +469,8 @@ MALFORMED = {
     "duplicate_names": (lambda: _edit_head(_duplicate), "two nodes are named 'dense/BiasAdd'"),
     "port_out_of_range": (lambda: _edit_head(_port("3")), "output 3 of 'k1'"),
     "port_negative": (lambda: _edit_head(_port("-1")), "not a tensor reference"),
+    "placeholder_shape_an_int": (lambda: _edit_head(_set_attr("model/Placeholder", "shape", 8)),
+                                 "'shape' is an int; Placeholder expects a shape"),
     # 7: accepted before, then a foreign error at apply
     "conv_channels_swapped": (lambda: _edit_vgg4(_swap_conv_channels), "1CNN.*32"),
     "dense_bias_wrong_length": (lambda: _edit_head(_reshape_const(

@@ -77,6 +77,29 @@ _ARITY.update({"Const": (0, 0), "Placeholder": (0, 0), "PlaceholderWithDefault":
                "FusedBatchNorm": (5, 5), "FusedBatchNormV2": (5, 5), "FusedBatchNormV3": (5, 5)})
 
 
+# The AttrValue field each attribute of these ops must use (TensorFlow's op registry).
+_ATTR_KINDS = {
+    "Placeholder": {"shape": "shape", "dtype": "type"},
+    "PlaceholderWithDefault": {"shape": "shape", "dtype": "type"},
+    "Const": {"value": "tensor", "dtype": "type"},
+    "MatMul": {"transpose_a": "b", "transpose_b": "b", "T": "type"},
+    "Conv2D": {"strides": "list", "dilations": "list", "padding": "s", "data_format": "s",
+               "T": "type"},
+    "MaxPool": {"ksize": "list", "strides": "list", "padding": "s", "data_format": "s"},
+    "FusedBatchNorm": {"epsilon": "f", "is_training": "b", "data_format": "s"},
+    "FusedBatchNormV2": {"epsilon": "f", "is_training": "b", "data_format": "s"},
+    "FusedBatchNormV3": {"epsilon": "f", "is_training": "b", "data_format": "s"},
+    "BiasAdd": {"data_format": "s", "T": "type"},
+    "PartitionedCall": {"f": "func"},
+    "StatefulPartitionedCall": {"f": "func"},
+}
+
+
+_KIND_NAMES = {"i": "an int", "f": "a float", "s": "a string", "b": "a bool", "type": "a dtype",
+               "shape": "a shape", "list": "a list", "tensor": "a tensor", "func": "a function",
+               "placeholder": "a placeholder"}
+
+
 class LoadBudget:
     """Work and memory one load may spend, proportional to the size of the file read.
 
@@ -389,6 +412,11 @@ class Graph:
                 if data_inputs < len(node.input) and node.input[data_inputs] != text:
                     raise GraphError(f"{where}: data input '{text}' comes after a control input")
                 data_inputs += 1
+            for key, kind in _ATTR_KINDS.get(node.op, {}).items():
+                found = node.attr[key].WhichOneof("value") if key in node.attr else kind
+                if found != kind and not (kind == "list" and found is None):  # [] has no field
+                    raise GraphError(f"{where}: attribute '{key}' is {_KIND_NAMES.get(found, 'empty')}; "
+                                     f"{node.op} expects {_KIND_NAMES[kind]}")
             fewest, most = _ARITY.get(node.op, (0, None))
             if data_inputs < fewest or (most is not None and data_inputs > most):
                 expected = str(fewest) if fewest == most else \
