@@ -63,13 +63,6 @@ class MaxPool:
     strides: tuple[int, int]
     padding: str
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """The pooled ``(height, width)`` of a ``(height, width)`` input."""
-        (wh, ww), (sh, sw) = self.window, self.strides
-        if self.padding == "SAME":
-            return -(-height // sh), -(-width // sw)
-        return (height - wh) // sh + 1, (width - ww) // sw + 1
-
 
 @dataclasses.dataclass(frozen=True)
 class ConvBlockSpec:

@@ -20,7 +20,8 @@ from jaxmir.models.vgg import convnet_variables, pool_aliases
 from jaxmir.spec import (Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool, ModelSpec,
                          dense_indices, head_width)
 from jaxmir.tfgraph.graphdef import DT_FLOAT, Graph
-from jaxmir.tfgraph.walk import ConvLayer, InferencePath, topological_order
+from jaxmir.tfgraph.walk import (ConvLayer, InferencePath, conv_chain_shapes, input_shape,
+                                 topological_order)
 
 SUPPORTED = ("MusiCNN (MSD, MTT, MSD-big and its transfer classifiers), musicnn's VGG baseline, "
              "VGGish and Essentia's classifier heads")
@@ -93,14 +94,6 @@ def _find_input(graph: Graph, path: InferencePath):
     return inputs[0]
 
 
-def _input_shape(graph: Graph, node) -> tuple[int, ...]:
-    shape = graph.attr(node, "shape")
-    if not shape or any(d <= 0 for d in shape[1:]):
-        raise UnsupportedGraphError(f"{graph.source}: input '{node.name}' has shape {shape}; "
-                                    "jaxmir needs a known patch shape such as [-1, 187, 96]")
-    return tuple(int(d) for d in shape[1:])
-
-
 def _unknown(graph: Graph, path: InferencePath | None, why: str) -> UnsupportedGraphError:
     found = ""
     if path is not None:
@@ -140,9 +133,9 @@ def _conv_variables(layer: ConvLayer, epsilon: float | None, kernel_1d: bool = F
     return conv_variables(kernel, layer.bias, batch_norm)
 
 
-def _frontend_for(candidate: Frontend, input_shape: tuple[int, ...]) -> Frontend | None:
+def _frontend_for(candidate: Frontend, patch_shape: tuple[int, ...]) -> Frontend | None:
     """The family's front-end when the input takes its patches; ``None`` (patches only) otherwise."""
-    if tuple(input_shape) == (candidate.patch_size, candidate.n_bands):
+    if tuple(patch_shape) == (candidate.patch_size, candidate.n_bands):
         return candidate
     return None
 
@@ -156,7 +149,7 @@ def _consumer(path: InferencePath, name: str, op: str):
 
 def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     graph = path.graph
-    time, mels = _input_shape(graph, input_node)
+    time, mels = input_shape(graph, input_node, 2)
     input_bn = _input_batch_norm(path, input_node)
     if input_bn is None:
         raise _unknown(graph, path, "8 convolutions as in MusiCNN, but no batch norm on the input")
@@ -284,9 +277,7 @@ def _head_node_map(head: tuple[HeadLayer, ...], head_nodes: dict[str, int], widt
 
 def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     graph = path.graph
-    input_shape = _input_shape(graph, input_node)
-    if len(input_shape) != 2:
-        raise _unknown(graph, path, f"input shape {list(input_shape)} is not [time, mel]")
+    patch_shape = input_shape(graph, input_node, 2)
     input_bn = _input_batch_norm(path, input_node)
     layers = [path.conv_layer(conv) for conv in convs]
     for previous, layer in zip(layers, layers[1:]):
@@ -310,18 +301,18 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     flatten = path.next_op(layers[-1].output_node)
     if flatten is None or flatten.op != "Reshape":
         raise _unknown(graph, path, "the last convolution block is not flattened into dense layers")
-    height, width = input_shape
+    height, width = patch_shape
     blocks, node_map = [], {}
-    for i, layer in enumerate(layers, start=1):
+    for i, (layer, (out_h, out_w, filters)) in enumerate(
+            zip(layers, conv_chain_shapes(layers, patch_shape)), start=1):
         pool = layer.pool
-        filters = int(layer.kernel.shape[-1])
-        if pool is not None:
+        if pool is not None:  # SAME convolutions keep the size: the pool reads height x width
             node_map[layer.features_node] = (f"block_{i}/features", (height, width, filters))
             pool = MaxPool(tuple(pool[0]), tuple(pool[1]), pool[2])
-            height, width = pool.output_size(height, width)
         blocks.append(ConvBlockSpec(filters, tuple(int(k) for k in layer.kernel.shape[:2]),
                                     layer.activation,
                                     epsilon if layer.batch_norm is not None else None, pool))
+        height, width = out_h, out_w
         node_map[layer.output_node] = (f"block_{i}_output", (height, width, filters))
     flat = height * width * int(layers[-1].kernel.shape[-1])
     node_map[flatten.name] = ("flatten", (flat,))
@@ -342,9 +333,9 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     aliases = head_aliases(head)
     if architecture == "vggish":
         aliases.update(_vggish_aliases(blocks, head, node_map))
-    node_map[input_node.name] = ("input", input_shape)
-    return ModelSpec(architecture, config, variables, input_node.name, input_shape, path.output,
-                     aliases, node_map, _frontend_for(frontend, input_shape))
+    node_map[input_node.name] = ("input", patch_shape)
+    return ModelSpec(architecture, config, variables, input_node.name, patch_shape, path.output,
+                     aliases, node_map, _frontend_for(frontend, patch_shape))
 
 
 def _vggish_aliases(blocks: tuple[ConvBlockSpec, ...], head: tuple[HeadLayer, ...],

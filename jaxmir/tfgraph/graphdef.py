@@ -43,9 +43,98 @@ _DTYPE_NAMES = {DT_FLOAT: "float32", DT_DOUBLE: "float64", DT_INT32: "int32",
 # Largest tensor jaxmir will materialise from a single broadcast value. The
 # biggest weight of any supported model (VGGish fc1, 12288x4096) is ~5e7.
 MAX_BROADCAST_ELEMENTS = 1 << 28
+MAX_RANK = 32  # supported models use rank <= 4; NumPy stops at 64
+# Per-load budget, proportional to the file's size (see LoadBudget).
+BYTES_PER_FILE_BYTE, BASE_BYTES = 4, 64 << 20
+NODES_PER_FILE_BYTE, BASE_NODES = 0.25, 4096
+VISITS_PER_FILE_BYTE, BASE_VISITS = 16, 1_000_000
+MAX_CALL_DEPTH = 8
 _PASS_THROUGH = frozenset({"Identity", "IdentityN", "Snapshot", "StopGradient",
                            "PreventGradient", "CheckNumerics", "Enter", "Exit",
                            "RefIdentity"})
+
+
+# Outputs of the ops whose count does not depend on attributes; other ops are not checked.
+_TWO_OUTPUTS = frozenset({"Switch", "RefSwitch", "Merge", "RefMerge"})
+_MANY_OUTPUTS = {"FusedBatchNorm": 5, "FusedBatchNormV2": 5, "FusedBatchNormV3": 6}
+_ONE_OUTPUT = frozenset({
+    "Const", "Placeholder", "PlaceholderWithDefault", "Identity", "Snapshot", "StopGradient",
+    "PreventGradient", "CheckNumerics", "Enter", "Exit", "RefIdentity", "MatMul", "Conv2D",
+    "BiasAdd", "Relu", "Relu6", "Elu", "Tanh", "Sigmoid", "Softmax", "Add", "AddV2", "Sub", "Mul",
+    "RealDiv", "Maximum", "Minimum", "Rsqrt", "Sqrt", "Reciprocal", "Neg", "Square", "Reshape",
+    "Squeeze", "ExpandDims", "MaxPool", "AvgPool", "Pad", "PadV2", "ConcatV2", "Transpose", "Max",
+    "Mean", "Sum", "Shape", "Size", "Rank"})
+# (fewest, most) data inputs of the ops jaxmir reads; None = no upper bound.
+_ARITY = {op: (1, 1) for op in (
+    "Identity", "Snapshot", "StopGradient", "PreventGradient", "CheckNumerics", "Enter", "Exit",
+    "RefIdentity", "Relu", "Relu6", "Elu", "Tanh", "Sigmoid", "Softmax", "Rsqrt", "Sqrt",
+    "Reciprocal", "Neg", "Square", "Squeeze", "MaxPool", "AvgPool", "Shape", "Size", "Rank")}
+_ARITY.update({op: (2, 2) for op in (
+    "MatMul", "Conv2D", "BiasAdd", "Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum", "Minimum",
+    "Reshape", "ExpandDims", "Pad", "Transpose", "Max", "Mean", "Sum", "Switch", "RefSwitch")})
+_ARITY.update({"Const": (0, 0), "Placeholder": (0, 0), "PlaceholderWithDefault": (1, 1),
+               "PadV2": (3, 3), "ConcatV2": (2, None), "Merge": (1, None), "IdentityN": (1, None),
+               "FusedBatchNorm": (5, 5), "FusedBatchNormV2": (5, 5), "FusedBatchNormV3": (5, 5)})
+
+
+# The AttrValue field each attribute of these ops must use (TensorFlow's op registry).
+_ATTR_KINDS = {
+    "Placeholder": {"shape": "shape", "dtype": "type"},
+    "PlaceholderWithDefault": {"shape": "shape", "dtype": "type"},
+    "Const": {"value": "tensor", "dtype": "type"},
+    "MatMul": {"transpose_a": "b", "transpose_b": "b", "T": "type"},
+    "Conv2D": {"strides": "list", "dilations": "list", "padding": "s", "data_format": "s",
+               "T": "type"},
+    "MaxPool": {"ksize": "list", "strides": "list", "padding": "s", "data_format": "s"},
+    "FusedBatchNorm": {"epsilon": "f", "is_training": "b", "data_format": "s"},
+    "FusedBatchNormV2": {"epsilon": "f", "is_training": "b", "data_format": "s"},
+    "FusedBatchNormV3": {"epsilon": "f", "is_training": "b", "data_format": "s"},
+    "BiasAdd": {"data_format": "s", "T": "type"},
+    "PartitionedCall": {"f": "func"},
+    "StatefulPartitionedCall": {"f": "func"},
+}
+
+
+_KIND_NAMES = {"i": "an int", "f": "a float", "s": "a string", "b": "a bool", "type": "a dtype",
+               "shape": "a shape", "list": "a list", "tensor": "a tensor", "func": "a function",
+               "placeholder": "a placeholder"}
+
+
+class LoadBudget:
+    """Work and memory one load may spend, proportional to the size of the file read.
+
+    ``nodes``: graph nodes after inlining function calls; ``visits``: steps of
+    the graph walks (keeps every walk linear in practice, and stops one that
+    is not); ``bytes``: NumPy memory decoded or folded from constants. Going
+    past a limit raises :class:`GraphError` naming the limit and the node.
+    """
+
+    def __init__(self, file_bytes: int):
+        self.file_bytes = file_bytes
+        self.max_nodes = BASE_NODES + int(NODES_PER_FILE_BYTE * file_bytes)
+        self.max_visits = BASE_VISITS + VISITS_PER_FILE_BYTE * file_bytes
+        self.max_bytes = BASE_BYTES + BYTES_PER_FILE_BYTE * file_bytes
+        self.visits = 0
+        self.bytes = 0
+
+    def _exceeded(self, what: str, limit: int, where: str) -> GraphError:
+        return GraphError(f"{where}: loading this {self.file_bytes}-byte graph needs more than "
+                          f"{limit} {what}, the most jaxmir spends on a file of this size; "
+                          "the graph is corrupt or built to exhaust memory")
+
+    def check_nodes(self, count: int, where: str) -> None:
+        if count > self.max_nodes:
+            raise self._exceeded("graph nodes (after inlining function calls)", self.max_nodes, where)
+
+    def visit(self, where: str, count: int = 1) -> None:
+        self.visits += count
+        if self.visits > self.max_visits:
+            raise self._exceeded("steps walking the graph", self.max_visits, where)
+
+    def allocate(self, nbytes: int, where: str) -> None:
+        self.bytes += int(nbytes)
+        if self.bytes > self.max_bytes:
+            raise self._exceeded("bytes of constants", self.max_bytes, where)
 
 
 def _message(name: str, *fields: tuple, nested: Iterable = (), map_entry: bool = False,
@@ -153,8 +242,13 @@ class TensorRef:
 
     @classmethod
     def parse(cls, text: str) -> "TensorRef":
-        name, _, index = text.lstrip("^").partition(":")
-        return cls(name, int(index) if index.isdigit() else 0)
+        """``"name"``, ``"name:1"`` or ``"^name"``; anything else is a :class:`GraphError`."""
+        control = text.startswith("^")
+        name, colon, index = text[1:].partition(":") if control else text.partition(":")
+        if not name or (colon and (control or not index.isdigit() or not index.isascii())):
+            raise GraphError(f"'{text}' is not a tensor reference; expected 'node', 'node:port' "
+                             "with a port >= 0, or '^node'")
+        return cls(name, int(index) if colon else 0)
 
     def __str__(self) -> str:
         return self.node if self.index == 0 else f"{self.node}:{self.index}"
@@ -167,14 +261,15 @@ def shape_of(shape_proto) -> tuple[int, ...] | None:
     return tuple(int(d.size) for d in shape_proto.dim)
 
 
-def decode_tensor(tensor, where: str = "tensor") -> np.ndarray:
+def decode_tensor(tensor, where: str = "tensor", budget: LoadBudget | None = None) -> np.ndarray:
     """Decode a TensorProto into a NumPy array, checking bytes against the shape.
 
     Supports float32/float16/float64/int32/int64/bool from ``tensor_content``
     and from the typed value fields, including a single value broadcast to
     the declared shape (TensorFlow writes ``tf.zeros([n])`` that way).
     The declared shape is never trusted to size an allocation: raw bytes must
-    match it exactly, and a broadcast is capped at ``MAX_BROADCAST_ELEMENTS``.
+    match it exactly, a broadcast is capped at ``MAX_BROADCAST_ELEMENTS``, and
+    the bytes are charged to ``budget`` before they are allocated.
     """
     dtype_code = tensor.dtype % 100  # reference dtypes are +100
     if dtype_code not in _NUMPY_DTYPES:
@@ -184,15 +279,26 @@ def decode_tensor(tensor, where: str = "tensor") -> np.ndarray:
     shape = shape_of(tensor.tensor_shape)
     if shape is None or any(d < 0 for d in shape):
         raise GraphError(f"{where}: a constant must have a fully known shape, got {shape}")
-    count = 1
+    if len(shape) > MAX_RANK:
+        raise GraphError(f"{where}: a constant of rank {len(shape)}; jaxmir reads constants of "
+                         f"rank {MAX_RANK} or less")
+    count, span = 1, 1
     for d in shape:
         count *= d
+        span *= max(d, 1)
+    if span > MAX_BROADCAST_ELEMENTS:  # also catches [0, 2**62, 2**62], which NumPy cannot shape
+        if count == 0 or not tensor.tensor_content:
+            raise GraphError(f"{where}: a constant of shape {list(shape)} is larger than jaxmir "
+                             f"accepts ({MAX_BROADCAST_ELEMENTS} elements)")
+    nbytes = count * dtype.itemsize
     if tensor.tensor_content:
         content = tensor.tensor_content
-        if len(content) != count * dtype.itemsize:
+        if len(content) != nbytes:
             raise GraphError(f"{where}: {len(content)} bytes of {_DTYPE_NAMES[dtype_code]} data "
                              f"do not fill the declared shape {list(shape)} "
-                             f"({count * dtype.itemsize} bytes expected); the file is corrupt")
+                             f"({nbytes} bytes expected); the file is corrupt")
+        if budget is not None:
+            budget.allocate(nbytes, where)
         return np.frombuffer(content, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     values = _typed_values(tensor, dtype_code)
     if len(values) == count:
@@ -202,6 +308,8 @@ def decode_tensor(tensor, where: str = "tensor") -> np.ndarray:
             raise GraphError(f"{where}: a constant of shape {list(shape)} ({count} elements) "
                              f"filled from one value is larger than jaxmir accepts "
                              f"({MAX_BROADCAST_ELEMENTS} elements)")
+        if budget is not None:
+            budget.allocate(nbytes, where)
         fill = values[0] if len(values) else np.zeros((), dtype)
         return np.full(shape, fill, dtype=dtype)
     if count == 0 and len(values) == 0:
@@ -227,16 +335,21 @@ def _typed_values(tensor, dtype_code: int) -> np.ndarray:
 class Graph:
     """A parsed GraphDef: nodes by name, their inputs and their consumers."""
 
-    def __init__(self, graph_def, source: str = "<graph>"):
+    def __init__(self, graph_def, source: str = "<graph>", budget: LoadBudget | None = None):
         self.graph_def = graph_def
         self.source = source
+        self.budget = budget or LoadBudget(graph_def.ByteSize())
         self.nodes: dict = {}
         for node in graph_def.node:
             if not node.name:
                 raise GraphError(f"{source}: a node has no name; this is not a valid GraphDef")
+            if node.name in self.nodes:
+                raise GraphError(f"{source}: two nodes are named '{node.name}'; node names must "
+                                 "be unique in a GraphDef (the file is corrupt)")
             self.nodes[node.name] = node
         self._consumers: dict[str, list[str]] | None = None
         self._const_cache: dict[str, np.ndarray] = {}
+        self._resolved: dict[TensorRef, TensorRef] = {}
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -254,8 +367,10 @@ class Graph:
         if not graph_def.node:
             raise GraphError(f"{source}: parsed as protobuf but holds no graph nodes; expected a "
                              "frozen TensorFlow GraphDef (.pb) such as Essentia's models")
-        _inline_function_calls(graph_def, source)
-        graph = cls(graph_def, source)
+        budget = LoadBudget(len(data))
+        budget.check_nodes(len(graph_def.node), source)
+        _inline_function_calls(graph_def, source, budget)
+        graph = cls(graph_def, source, budget)
         graph._check_references()
         return graph
 
@@ -276,16 +391,55 @@ class Graph:
         return cls.from_bytes(data, path)
 
     def _check_references(self) -> None:
+        """Every input names an existing node and output; known ops have their input counts."""
         for node in self.graph_def.node:
+            where = f"{self.source}: node '{node.name}' ({node.op})"
+            data_inputs = 0
             for text in node.input:
-                ref = TensorRef.parse(text)
+                try:
+                    ref = TensorRef.parse(text)
+                except GraphError as err:
+                    raise GraphError(f"{where}: {err}") from None
                 if ref.node not in self.nodes:
-                    raise GraphError(f"{self.source}: node '{node.name}' reads '{text}', which is "
-                                     "not in the graph; the file is truncated or corrupt")
+                    raise GraphError(f"{where} reads '{text}', which is not in the graph; the "
+                                     "file is truncated or corrupt")
+                outputs = self.output_count(self.nodes[ref.node])
+                if outputs is not None and ref.index >= outputs:
+                    raise GraphError(f"{where} reads output {ref.index} of '{ref.node}', an "
+                                     f"{self.nodes[ref.node].op} with {outputs} output(s)")
+                if text.startswith("^"):
+                    continue
+                if data_inputs < len(node.input) and node.input[data_inputs] != text:
+                    raise GraphError(f"{where}: data input '{text}' comes after a control input")
+                data_inputs += 1
+            for key, kind in _ATTR_KINDS.get(node.op, {}).items():
+                found = node.attr[key].WhichOneof("value") if key in node.attr else kind
+                if found != kind and not (kind == "list" and found is None):  # [] has no field
+                    raise GraphError(f"{where}: attribute '{key}' is {_KIND_NAMES.get(found, 'empty')}; "
+                                     f"{node.op} expects {_KIND_NAMES[kind]}")
+            fewest, most = _ARITY.get(node.op, (0, None))
+            if data_inputs < fewest or (most is not None and data_inputs > most):
+                expected = str(fewest) if fewest == most else \
+                    f"{fewest} to {most}" if most is not None else f"at least {fewest}"
+                raise GraphError(f"{where} has {data_inputs} data inputs; {node.op} takes "
+                                 f"{expected}")
+
+    def output_count(self, node) -> int | None:
+        """How many outputs ``node`` has, when its op fixes it; None for ops jaxmir does not know."""
+        if node.op in _ONE_OUTPUT:
+            return 1
+        if node.op in _TWO_OUTPUTS:
+            return 2
+        if node.op == "IdentityN":
+            return sum(1 for i in node.input if not i.startswith("^"))
+        return _MANY_OUTPUTS.get(node.op)
 
     # -- queries ------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
-        return TensorRef.parse(name).node in self.nodes
+        try:
+            return TensorRef.parse(name).node in self.nodes
+        except GraphError:
+            return False
 
     def node(self, name: str):
         try:
@@ -326,6 +480,27 @@ class Graph:
             return value.s.decode("utf-8", "replace")
         return getattr(value, kind) if kind else default
 
+    def typed_attr(self, node, key: str, kind: type, default=None):
+        """``attr`` checked to be of ``kind`` (bool, int, float, str, list of int), else GraphError.
+
+        A float attribute written as an int is accepted; a bool is never an int.
+        """
+        value = self.attr(node, key, default)
+        if value is None and default is None:
+            raise GraphError(f"{self.source}: node '{node.name}' ({node.op}) has no attribute "
+                             f"'{key}'")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is list:
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in value)
+        if not ok:
+            name = "a list of ints" if kind is list else f"a {kind.__name__}"
+            raise GraphError(f"{self.source}: attribute '{key}' of '{node.name}' ({node.op}) is "
+                             f"{value!r}; expected {name}")
+        return value
+
     # -- following the inference path ---------------------------------------------------
     def resolve(self, ref: TensorRef | str) -> TensorRef:
         """Follow a tensor back through pass-through ops to the op that computes it.
@@ -336,19 +511,39 @@ class Graph:
         straight from training, where ``cond`` switches on the training flag.
         """
         ref = TensorRef.parse(ref) if isinstance(ref, str) else ref
-        for _ in range(len(self.nodes) + 1):
+        if ref.node not in self.nodes:
+            raise GraphError(f"{self.source}: no node named '{ref.node}'")
+        path, on_path = [], set()
+        while ref not in self._resolved:
             node = self.nodes[ref.node]
-            if node.op in _PASS_THROUGH or node.op == "Switch" or node.op == "RefSwitch":
-                ref = self.data_inputs(node)[0]
+            if node.op in _PASS_THROUGH or node.op in ("Switch", "RefSwitch"):
+                following = self.data_inputs(node)
+                if not following:
+                    raise GraphError(f"{self.source}: {node.op} '{node.name}' has no data input "
+                                     "to pass through")
+                following = following[0]
             elif node.op == "Merge" and ref.index == 0:
-                ref = self.inference_branch(node)
+                following = self.inference_branch(node)
             else:
-                return ref
-        raise GraphError(f"{self.source}: a cycle of pass-through ops at '{ref.node}'")
+                self._resolved[ref] = ref
+                break
+            self.budget.visit(self.source)
+            path.append(ref)
+            on_path.add(ref)
+            if following in on_path:
+                raise GraphError(f"{self.source}: pass-through ops form a cycle through "
+                                 f"'{node.name}'; a frozen graph must be acyclic")
+            ref = following
+        result = self._resolved[ref]
+        for step in path:  # memoised: a chain of n pass-throughs is walked once, not n times
+            self._resolved[step] = result
+        return result
 
     def inference_branch(self, merge) -> TensorRef:
         """The input of a ``cond`` Merge that is computed on the false (inference) branch."""
         inputs = self.data_inputs(merge)
+        if not inputs:
+            raise GraphError(f"{self.source}: Merge '{merge.name}' has no data inputs")
         for ref in inputs:
             if self._branch_of(ref) == 0:
                 return ref
@@ -377,10 +572,15 @@ class Graph:
         if node.op != "Const":
             return None
         if node.name not in self._const_cache:
-            if "value" not in node.attr:
-                raise GraphError(f"{self.source}: Const '{node.name}' has no value")
-            self._const_cache[node.name] = decode_tensor(node.attr["value"].tensor,
-                                                         where=f"{self.source}: Const '{node.name}'")
+            where = f"{self.source}: Const '{node.name}'"
+            if "value" not in node.attr or node.attr["value"].WhichOneof("value") != "tensor":
+                raise GraphError(f"{where} has no tensor value")
+            tensor = node.attr["value"].tensor
+            declared = self.attr(node, "dtype")
+            if declared is not None and declared != tensor.dtype:
+                raise GraphError(f"{where} is declared {_dtype_name(declared)} but holds a "
+                                 f"{_dtype_name(tensor.dtype)} tensor; the file is corrupt")
+            self._const_cache[node.name] = decode_tensor(tensor, where, self.budget)
         return self._const_cache[node.name]
 
     def placeholders(self) -> list:
@@ -393,16 +593,23 @@ class Graph:
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _dtype_name(code) -> str:
+    return _DTYPE_NAMES.get(code, f"dtype code {code}") if isinstance(code, int) else repr(code)
+
+
 _CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
 
-def _inline_function_calls(graph_def, source: str, max_depth: int = 8) -> None:
+def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
+                           max_depth: int = MAX_CALL_DEPTH) -> None:
     """Replace ``PartitionedCall`` nodes by the body of the function they call, in place.
 
     TF 2 frozen graphs (Essentia's ``serving_default_model_Placeholder`` ->
     ``PartitionedCall`` heads) keep the network in the function library. Each
     body node becomes ``<call>/<node>``; the call node becomes an ``Identity``
     of the function's first output, so its name still names the output.
+    Calls nested in bodies are inlined level by level, at most ``max_depth``
+    levels, and the node count is checked against ``budget`` before each copy.
     """
     functions = {f.signature.name: f for f in graph_def.library.function}
     for _ in range(max_depth):
@@ -414,6 +621,8 @@ def _inline_function_calls(graph_def, source: str, max_depth: int = 8) -> None:
             if name not in functions:
                 raise GraphError(f"{source}: '{call.name}' calls function '{name}', which is not "
                                  "in the graph's library; the file is incomplete")
+            budget.check_nodes(len(graph_def.node) + len(functions[name].node_def),
+                               f"{source}: inlining '{name}' at '{call.name}'")
             _inline(graph_def, call, functions[name], source)
     raise GraphError(f"{source}: function calls nested deeper than {max_depth} levels")
 
@@ -443,9 +652,10 @@ def _inline(graph_def, call, function, source: str) -> None:
         del copy.input[:]
         copy.input.extend(rename(i) for i in node.input)
     outputs = [a.name for a in function.signature.output_arg]
-    result = rename(function.ret[outputs[0]]) if outputs else None
-    if result is None:
-        raise GraphError(f"{source}: function '{function.signature.name}' has no outputs")
+    if not outputs or outputs[0] not in function.ret or not function.ret[outputs[0]]:
+        raise GraphError(f"{source}: function '{function.signature.name}' called by "
+                         f"'{call.name}' has no first output to return")
+    result = rename(function.ret[outputs[0]])
     for key in list(call.attr):
         del call.attr[key]
     call.op = "Identity"

@@ -11,11 +11,12 @@ TensorFlow's unfused ``x * a + b`` form), the ``MaxPool``; a chain of
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
 
-from jaxmir.errors import UnsupportedGraphError
+from jaxmir.errors import GraphError, UnsupportedGraphError
 from jaxmir.spec import Activation, BatchNorm as BatchNormLayer, Dense
 from jaxmir.tfgraph.graphdef import Graph, TensorRef
 
@@ -33,6 +34,8 @@ _FOLD = {
     "Reshape": lambda x, shape: np.reshape(x, shape), "Squeeze": np.squeeze,
     "ExpandDims": lambda x, axis: np.expand_dims(x, int(axis)),
 }
+_UNARY = frozenset({"Rsqrt", "Sqrt", "Reciprocal", "Neg", "Square", "Squeeze"})
+_INDEX_ARGUMENT = frozenset({"Reshape", "ExpandDims"})  # second operand: ints, not data
 
 
 @dataclasses.dataclass(eq=False)
@@ -80,8 +83,12 @@ class InferencePath:
     def __init__(self, graph: Graph, output: str):
         self.graph = graph
         self.output = TensorRef.parse(output).node
+        if self.output not in graph.nodes:
+            raise GraphError(f"{graph.source}: no node named '{self.output}'")
         self.live = self._live_nodes()
+        self._check_acyclic()
         self._constant: dict[str, bool] = {}
+        self._values: dict[TensorRef, np.ndarray] = {}
 
     # -- structure ----------------------------------------------------------------------
     def _live_nodes(self) -> set[str]:
@@ -91,24 +98,54 @@ class InferencePath:
             if name in live:
                 continue
             live.add(name)
-            node = self.graph.nodes[name]
-            if node.op == "Merge":
-                stack.append(self.graph.inference_branch(node).node)
-            else:
-                stack.extend(ref.node for ref in self.graph.data_inputs(node))
+            self.graph.budget.visit(self.graph.source)
+            stack.extend(self._live_inputs(self.graph.nodes[name]))
         return live
+
+    def _live_inputs(self, node) -> list[str]:
+        """The nodes ``node`` reads at inference: a Merge reads only its inference branch."""
+        if node.op == "Merge":
+            return [self.graph.inference_branch(node).node]
+        return [ref.node for ref in self.graph.data_inputs(node)]
+
+    def _check_acyclic(self) -> None:
+        """Raise GraphError if the inference path has a cycle (TensorFlow refuses those too)."""
+        state: dict[str, int] = {}  # 1: on the current path, 2: done
+        for root in self.live:
+            if root in state:
+                continue
+            stack = [(root, iter(self._live_inputs(self.graph.nodes[root])))]
+            state[root] = 1
+            while stack:
+                name, inputs = stack[-1]
+                following = next(inputs, None)
+                if following is None:
+                    state[name] = 2
+                    stack.pop()
+                elif state.get(following) == 1:
+                    raise GraphError(f"{self.graph.source}: the nodes computing '{self.output}' "
+                                     f"form a cycle through '{following}' and '{name}'; a frozen "
+                                     "graph must be acyclic")
+                elif following not in state:
+                    self.graph.budget.visit(self.graph.source)
+                    state[following] = 1
+                    stack.append((following, iter(self._live_inputs(self.graph.nodes[following]))))
 
     def consumers(self, name: str) -> list:
         """Live nodes that use ``name``'s output, looking through pass-through ops."""
-        found, stack, seen = [], list(self.graph.consumers(name)), set()
-        while stack:
-            consumer = stack.pop(0)
+        found, seen = [], set()
+        queue = collections.deque((c, name) for c in self.graph.consumers(name))
+        while queue:
+            consumer, source = queue.popleft()
             if consumer in seen or consumer not in self.live:
                 continue
-            seen.add(consumer)
             node = self.graph.nodes[consumer]
+            if node.op == "Merge" and source not in self._live_inputs(node):
+                continue  # the training branch of a cond: not an edge at inference
+            seen.add(consumer)
+            self.graph.budget.visit(self.graph.source)
             if node.op in _FORWARD_SKIP:
-                stack.extend(self.graph.consumers(consumer))
+                queue.extend((c, consumer) for c in self.graph.consumers(consumer))
             elif node.op not in _SHAPE_OPS:
                 found.append(node)
         return found
@@ -129,34 +166,129 @@ class InferencePath:
 
     # -- constants ----------------------------------------------------------------------
     def is_constant(self, ref) -> bool:
-        """True when a tensor depends on no placeholder (on the inference path)."""
-        resolved = self.graph.resolve(ref)
-        if resolved.node not in self._constant:
-            node = self.graph.nodes[resolved.node]
+        """True when a tensor depends on no placeholder (on the inference path).
+
+        Walked with an explicit stack (graphs can be deeper than Python's
+        recursion limit); a cycle is a GraphError.
+        """
+        root = self.graph.resolve(ref).node
+        stack, on_stack = [root], set()
+        while stack:
+            name = stack[-1]
+            if name in self._constant:
+                stack.pop()
+                continue
+            node = self.graph.nodes[name]
             if node.op == "Const":
-                result = True
+                self._constant[name] = True
             elif node.op.startswith("Placeholder") or node.op in ("VariableV2", "VarHandleOp"):
-                result = False
+                self._constant[name] = False
             else:
-                self._constant[resolved.node] = False  # guards cycles
-                result = all(self.is_constant(r) for r in self.graph.data_inputs(node))
-            self._constant[resolved.node] = result
-        return self._constant[resolved.node]
+                inputs = [self.graph.resolve(r).node for r in self.graph.data_inputs(node)]
+                pending = [i for i in inputs if i not in self._constant]
+                if not pending:
+                    self._constant[name] = all(self._constant[i] for i in inputs)
+                    on_stack.discard(name)
+                else:
+                    if name in on_stack:
+                        raise GraphError(f"{self.graph.source}: '{name}' depends on itself through "
+                                         f"'{pending[0]}'; a frozen graph must be acyclic")
+                    on_stack.add(name)
+                    self.graph.budget.visit(self.graph.source, len(pending))
+                    stack.extend(pending)
+                continue
+            stack.pop()
+        return self._constant[root]
 
-    def value(self, ref) -> np.ndarray:
-        """Fold a constant tensor to NumPy (Const and simple arithmetic on Consts)."""
-        value = self.graph.constant(ref)
-        if value is not None:
-            return value
-        node = self.producer(ref)
-        if node.op in _FOLD:
-            args = [self.value(r) for r in self.graph.data_inputs(node)]
-            return np.asarray(_FOLD[node.op](*args))
-        raise self.unsupported(f"cannot evaluate the constant '{node.name}' (op {node.op})")
+    def value(self, ref, kind: str | None = None) -> np.ndarray:
+        """Fold a constant tensor to NumPy (Const and simple arithmetic on Consts).
 
-    def vector(self, ref) -> np.ndarray:
-        """A constant folded to a float32 vector (biases, batch-norm statistics)."""
-        return self.value(ref).astype(np.float32).reshape(-1)
+        ``kind`` ("float" or "int") requires that dtype family, as the op
+        reading the value does in TensorFlow. Folding uses an explicit stack;
+        every folded result is charged to the graph's budget before it is made.
+        """
+        root = self.graph.resolve(ref)
+        stack = [root]
+        while stack:
+            current = stack[-1]
+            if current in self._values:
+                stack.pop()
+                continue
+            constant = self.graph.constant(current)
+            if constant is not None:
+                self._values[current] = constant
+                stack.pop()
+                continue
+            node = self.graph.nodes[current.node]
+            if node.op not in _FOLD or not self.is_constant(current):
+                raise self.unsupported(f"cannot evaluate the constant '{node.name}' (op {node.op}); "
+                                       "expected a Const or arithmetic on Consts")
+            inputs = [self.graph.resolve(r) for r in self.graph.data_inputs(node)]
+            pending = [r for r in inputs if r not in self._values]
+            if pending:  # is_constant above has ruled out cycles
+                self.graph.budget.visit(self.graph.source, len(pending))
+                stack.extend(pending)
+                continue
+            self._values[current] = self._fold(node, [self._values[r] for r in inputs])
+            stack.pop()
+        result = self._values[root]
+        if kind is not None:
+            self._check_kind(result, kind, root.node)
+        return result
+
+    def _fold(self, node, args: list) -> np.ndarray:
+        where = f"{self.graph.source}: '{node.name}' ({node.op})"
+        arity = 1 if node.op in _UNARY else 2
+        if len(args) != arity:
+            raise self.unsupported(f"'{node.name}' ({node.op}) has {len(args)} inputs, expected "
+                                   f"{arity}")
+        if node.op in _INDEX_ARGUMENT:
+            self._check_kind(args[1], "int", node.name)
+            size = args[0].size
+        else:
+            for arg in args:
+                self._check_kind(arg, "number", node.name)
+            try:
+                size = int(np.prod(np.broadcast_shapes(*(a.shape for a in args)), dtype=np.int64))
+            except ValueError:
+                raise self.unsupported(f"'{node.name}' ({node.op}) combines shapes "
+                                       f"{[list(a.shape) for a in args]}, which do not "
+                                       "broadcast") from None
+        self.graph.budget.allocate(size * max(a.dtype.itemsize for a in args), where)
+        try:
+            with np.errstate(all="ignore"):
+                return np.asarray(_FOLD[node.op](*args))
+        except (ValueError, TypeError, IndexError) as err:
+            raise self.unsupported(f"'{node.name}' ({node.op}) cannot be applied to constants of "
+                                   f"shapes {[list(a.shape) for a in args]}: {err}") from None
+
+    def _check_kind(self, value: np.ndarray, kind: str, name: str) -> None:
+        ok = {"float": np.issubdtype(value.dtype, np.floating),
+              "int": np.issubdtype(value.dtype, np.integer),
+              "number": np.issubdtype(value.dtype, np.number)}[kind]
+        if not ok:
+            raise self.unsupported(f"'{name}' is a {value.dtype} constant where {kind} values "
+                                   "are expected")
+
+    def vector(self, ref, length: int | None = None, what: str = "vector") -> np.ndarray:
+        """A float constant folded to a float32 vector (biases, batch-norm statistics).
+
+        ``length``, when given, is checked (the channels the vector applies to).
+        """
+        value = self.value(ref, "float")
+        vector = value.astype(np.float32, copy=False).reshape(-1)
+        if length is not None and vector.shape != (length,):
+            raise self.unsupported(f"{what} '{self.graph.resolve(ref).node}' has shape "
+                                   f"{list(value.shape)}; expected {length} values")
+        return vector
+
+    def kernel(self, ref, rank: int, what: str) -> np.ndarray:
+        """A float constant of the given rank and non-empty axes, as float32."""
+        value = self.value(ref, "float")
+        if value.ndim != rank or value.size == 0:
+            raise self.unsupported(f"{what} has a kernel of shape {list(value.shape)}; expected "
+                                   f"{rank} non-empty axes")
+        return value.astype(np.float32, copy=False)
 
     def split_operands(self, node) -> tuple[TensorRef, TensorRef] | None:
         """(data input, constant input) of a binary op, or None if not that shape."""
@@ -176,13 +308,26 @@ class InferencePath:
         if node is None:
             return None
         if node.op in BATCH_NORM_OPS:
-            if self.graph.attr(node, "is_training", False):
+            g = self.graph
+            if g.typed_attr(node, "is_training", bool, False):
                 raise self.unsupported(f"batch norm '{node.name}' computes batch statistics "
                                        "(is_training=True) on the inference path")
-            inputs = self.graph.data_inputs(node)
-            scale, bias, mean, var = (self.vector(r) for r in inputs[1:5])
-            return BatchNorm(scale, bias, mean, var, float(self.graph.attr(node, "epsilon", 1e-4)),
-                             node.name)
+            if g.typed_attr(node, "data_format", str, "NHWC") != "NHWC":
+                raise self.unsupported(f"batch norm '{node.name}' is "
+                                       f"{g.attr(node, 'data_format')}; only NHWC is supported")
+            epsilon = g.typed_attr(node, "epsilon", float, 1e-4)
+            if not np.isfinite(epsilon) or epsilon < 0:
+                raise self.unsupported(f"batch norm '{node.name}' has epsilon {epsilon}; expected "
+                                       "a finite value >= 0")
+            inputs = g.data_inputs(node)
+            if len(inputs) != 5:
+                raise self.unsupported(f"batch norm '{node.name}' has {len(inputs)} inputs; "
+                                       "expected 5 (x, scale, offset, mean, variance)")
+            scale = self.vector(inputs[1], what=f"the scale of batch norm '{node.name}'")
+            bias, mean, var = (self.vector(r, scale.size, f"{what} of batch norm '{node.name}'")
+                               for r, what in zip(inputs[2:], ("the offset", "the mean",
+                                                               "the variance")))
+            return BatchNorm(scale, bias, mean, var, epsilon, node.name)
         if node.op != "Mul" or self.split_operands(node) is None:
             return None
         add = self.next_op(node.name)
@@ -217,32 +362,41 @@ class InferencePath:
                     mean_ref = [r for r in self.graph.data_inputs(mul_mean)
                                 if self.graph.resolve(r).node != a_node.name][0]
                     var = self.vector(var_ref)
-                    scale = self.vector(gamma) if gamma is not None else np.ones_like(var)
-                    return BatchNorm(scale, self.vector(self.graph.data_inputs(b_node)[0]),
-                                     self.vector(mean_ref), var,
-                                     float(self.value(eps_ref).reshape(())), out)
+                    scale = self.vector(gamma, var.size) if gamma is not None else np.ones_like(var)
+                    epsilon = float(self.value(eps_ref, "float").reshape(()))
+                    if np.isfinite(epsilon) and epsilon >= 0:
+                        return BatchNorm(scale, self.vector(self.graph.data_inputs(b_node)[0],
+                                                            var.size),
+                                         self.vector(mean_ref, var.size), var, epsilon, out)
         except (ValueError, IndexError, UnsupportedGraphError):
             pass  # not TF's pattern: keep the folded form below
-        a, b = self.vector(scale_ref), self.vector(shift_ref)
+        a = self.vector(scale_ref, what=f"the scale of batch norm '{out}'")
+        b = self.vector(shift_ref, a.size, f"the shift of batch norm '{out}'")
         return BatchNorm(a, b, np.zeros_like(a), np.ones_like(a), 0.0, out)
 
     def conv_layer(self, conv) -> ConvLayer:
         """Read a Conv2D block: [Pad] Conv2D -> BiasAdd -> activation -> [BN] -> [MaxPool]."""
         g = self.graph
-        kernel = self.value(g.data_inputs(conv)[1]).astype(np.float32)
-        if kernel.ndim != 4:
-            raise self.unsupported(f"Conv2D '{conv.name}' has a kernel of shape {kernel.shape}")
-        if g.attr(conv, "data_format", "NHWC") != "NHWC":
+        inputs = g.data_inputs(conv)
+        if len(inputs) != 2:
+            raise self.unsupported(f"Conv2D '{conv.name}' has {len(inputs)} inputs; expected 2 "
+                                   "(input, kernel)")
+        kernel = self.kernel(inputs[1], 4, f"Conv2D '{conv.name}'")
+        if g.typed_attr(conv, "data_format", str, "NHWC") != "NHWC":
             raise self.unsupported(f"Conv2D '{conv.name}' is {g.attr(conv, 'data_format')}; "
                                    "only NHWC graphs are supported")
         for key in ("strides", "dilations"):
-            if any(v != 1 for v in (g.attr(conv, key) or [1])):
+            if any(v != 1 for v in g.typed_attr(conv, key, list, [1])):
                 raise self.unsupported(f"Conv2D '{conv.name}' has {key} "
                                        f"{g.attr(conv, key)}; jaxmir supports 1")
-        padding = g.attr(conv, "padding", "VALID")
-        before = self.producer(g.data_inputs(conv)[0])
+        padding = g.typed_attr(conv, "padding", str, "VALID")
+        before = self.producer(inputs[0])
         if before.op in ("Pad", "PadV2"):
-            pads = self.value(g.data_inputs(before)[1]).astype(int).tolist()
+            pads = self.value(g.data_inputs(before)[1], "int")
+            if pads.shape != (4, 2) or np.any(pads < 0) or np.any(pads > 1 << 16):
+                raise self.unsupported(f"'{before.name}' pads {pads.tolist()}; expected [4, 2] "
+                                       "non-negative amounts")
+            pads = pads.astype(int).tolist()
             if padding != "VALID" or pads[0] != [0, 0] or pads[3] != [0, 0]:
                 raise self.unsupported(f"'{before.name}' pads {pads} before a {padding} Conv2D")
             padding = (tuple(pads[1]), tuple(pads[2]))
@@ -250,9 +404,11 @@ class InferencePath:
             raise self.unsupported(f"Conv2D '{conv.name}' has padding {padding}")
 
         node = self.next_op(conv.name)
-        bias = np.zeros(kernel.shape[-1], np.float32)
+        filters = kernel.shape[-1]
+        bias = np.zeros(filters, np.float32)
         if node is not None and node.op in ("BiasAdd", "Add", "AddV2") and self.split_operands(node):
-            bias = self.vector(self.split_operands(node)[1])
+            bias = self.vector(self.split_operands(node)[1], filters,
+                               f"the bias of Conv2D '{conv.name}' ({filters} filters)")
             last, node = node, self.next_op(node.name)
         else:
             last = conv
@@ -262,15 +418,36 @@ class InferencePath:
             last, node = node, self.next_op(node.name)
         batch_norm = self.batch_norm_at(node)
         if batch_norm is not None:
+            if batch_norm.scale.size != filters:
+                raise self.unsupported(f"batch norm '{batch_norm.node}' after Conv2D '{conv.name}' "
+                                       f"normalises {batch_norm.scale.size} channels; the "
+                                       f"convolution has {filters}")
             last = g.nodes[batch_norm.node]
             node = self.next_op(last.name)
         pool, pool_node, features_node = None, None, last.name
         if node is not None and node.op == "MaxPool":
-            window, strides = g.attr(node, "ksize"), g.attr(node, "strides")
-            pool = ((window[1], window[2]), (strides[1], strides[2]), g.attr(node, "padding"))
+            pool = self.max_pool(node)
             last, pool_node = node, node.name
         return ConvLayer(kernel, bias, padding, activation, batch_norm, pool, conv.name, last.name,
                          pool_node, features_node)
+
+    def max_pool(self, node) -> tuple:
+        """A MaxPool's ((window h, w), (stride h, w), padding), checked to be a 2-D NHWC pool."""
+        g = self.graph
+        window, strides = g.typed_attr(node, "ksize", list), g.typed_attr(node, "strides", list)
+        padding = g.typed_attr(node, "padding", str)
+        if g.typed_attr(node, "data_format", str, "NHWC") != "NHWC":
+            raise self.unsupported(f"MaxPool '{node.name}' is {g.attr(node, 'data_format')}; "
+                                   "only NHWC is supported")
+        for name, values in (("ksize", window), ("strides", strides)):
+            if len(values) != 4 or values[0] != 1 or values[3] != 1 or \
+                    not all(0 < v <= 1 << 16 for v in values):
+                raise self.unsupported(f"MaxPool '{node.name}' has {name} {values}; expected "
+                                       "[1, height, width, 1] with positive sizes")
+        if padding not in ("SAME", "VALID"):
+            raise self.unsupported(f"MaxPool '{node.name}' has padding {padding!r}; expected "
+                                   "SAME or VALID")
+        return (window[1], window[2]), (strides[1], strides[2]), padding
 
     def dense_chain(self, start: str) -> tuple[tuple, dict, dict[str, int]]:
         """Read the dense head that follows node ``start`` up to the output.
@@ -281,28 +458,35 @@ class InferencePath:
         variables: dict[int, dict] = {}
         nodes: dict[str, int] = {}
         biased: set[int] = set()
+        width: int | None = None  # features after the last dense layer
+        visited: set[str] = set()
         node = self.next_op(start)
         while node is not None:
+            if node.name in visited:  # _check_acyclic rules this out; never loop regardless
+                raise GraphError(f"{self.graph.source}: the dense head loops back to '{node.name}'")
+            visited.add(node.name)
             op = node.op
             bias_target = len(specs) - 1
             if op == "MatMul":
-                if self.graph.attr(node, "transpose_a", False):
-                    raise self.unsupported(f"MatMul '{node.name}' transposes its input")
-                kernel = self.value(self.graph.data_inputs(node)[1]).astype(np.float32)
-                if self.graph.attr(node, "transpose_b", False):
-                    kernel = kernel.T
+                kernel = self._dense_kernel(node, width)
+                width = kernel.shape[1]
                 specs.append(Dense(int(kernel.shape[1])))
                 variables[len(specs) - 1] = {"kernel": kernel,
                                              "bias": np.zeros(kernel.shape[1], np.float32)}
             elif op in ("BiasAdd", "Add", "AddV2") and specs and isinstance(specs[-1], Dense) \
                     and self.split_operands(node) and bias_target not in biased:
-                bias = self.vector(self.split_operands(node)[1])
+                bias = self.vector(self.split_operands(node)[1], width,
+                                   f"the bias of dense layer '{node.name}' ({width} units)")
                 variables[bias_target]["bias"] = bias
                 biased.add(bias_target)
                 nodes = {k: v for k, v in nodes.items() if v != bias_target}  # MatMul was pre-bias
             elif op in ACTIVATION_OPS:
                 specs.append(Activation(ACTIVATION_OPS[op]))
             elif (batch_norm := self.batch_norm_at(node)) is not None:
+                if width is not None and batch_norm.scale.size != width:
+                    raise self.unsupported(f"batch norm '{batch_norm.node}' normalises "
+                                           f"{batch_norm.scale.size} features; the dense layer "
+                                           f"before it has {width}")
                 specs.append(BatchNormLayer(batch_norm.epsilon))
                 params, stats = batch_norm.variables()
                 variables[len(specs) - 1] = {"params": params, "batch_stats": stats}
@@ -319,6 +503,22 @@ class InferencePath:
         if self.output not in nodes and specs:
             nodes[self.output] = len(specs) - 1
         return tuple(specs), variables, nodes
+
+    def _dense_kernel(self, node, width: int | None) -> np.ndarray:
+        """A MatMul's constant kernel as [in, out], its ``in`` checked against ``width``."""
+        g = self.graph
+        inputs = g.data_inputs(node)
+        if len(inputs) != 2:
+            raise self.unsupported(f"MatMul '{node.name}' has {len(inputs)} inputs; expected 2")
+        if g.typed_attr(node, "transpose_a", bool, False):
+            raise self.unsupported(f"MatMul '{node.name}' transposes its input")
+        kernel = self.kernel(inputs[1], 2, f"MatMul '{node.name}'")
+        if g.typed_attr(node, "transpose_b", bool, False):
+            kernel = kernel.T
+        if width is not None and kernel.shape[0] != width:
+            raise self.unsupported(f"MatMul '{node.name}' takes {kernel.shape[0]} features but the "
+                                   f"dense layer before it gives {width}")
+        return kernel
 
 
 def topological_order(graph: Graph, names: set[str]) -> list[str]:
@@ -340,3 +540,67 @@ def topological_order(graph: Graph, names: set[str]) -> list[str]:
                 if ref.node in names and not state.get(ref.node):
                     stack.append((ref.node, False))
     return order
+
+
+def input_shape(graph: Graph, node, rank: int) -> tuple[int, ...]:
+    """The shape of one example fed to placeholder ``node`` (its shape minus the batch axis).
+
+    Checked to have ``rank`` axes of known positive size (``[-1, 187, 96]`` ->
+    ``(187, 96)`` for rank 2); anything else is an UnsupportedGraphError.
+    """
+    shape = graph.attr(node, "shape")
+    if not isinstance(shape, tuple) or len(shape) != rank + 1 or \
+            any(d <= 0 or d > 1 << 20 for d in shape[1:]):
+        example = "[-1, 187, 96]" if rank == 2 else f"[-1, {', '.join(['n'] * rank)}]"
+        raise UnsupportedGraphError(f"{graph.source}: input '{node.name}' has shape {shape}; "
+                                    f"jaxmir needs a batch axis and {rank} known sizes, such as "
+                                    f"{example}")
+    return tuple(int(d) for d in shape[1:])
+
+
+def conv_output(size: tuple[int, int], layer: ConvLayer) -> tuple[int, int]:
+    """[height, width] after ``layer``'s convolution (stride 1), before its pool."""
+    (kh, kw) = layer.kernel.shape[:2]
+    if layer.padding == "SAME":
+        out = size
+    else:
+        (top, bottom), (left, right) = layer.padding if layer.padding != "VALID" else ((0, 0),
+                                                                                      (0, 0))
+        out = (size[0] + top + bottom - kh + 1, size[1] + left + right - kw + 1)
+    if min(out) <= 0:
+        raise UnsupportedGraphError(f"Conv2D '{layer.conv_node}' has a {kh}x{kw} kernel, larger "
+                                    f"than the {size[0]}x{size[1]} (padded) input it reads")
+    return out
+
+
+def pool_output(size: tuple[int, int], pool: tuple, node: str) -> tuple[int, int]:
+    """[height, width] after a max pool ``((wh, ww), (sh, sw), padding)`` of a ``size`` input."""
+    window, strides, padding = pool
+    if padding == "SAME":
+        return tuple(-(-n // s) for n, s in zip(size, strides))
+    if any(w > n for w, n in zip(window, size)):
+        raise UnsupportedGraphError(f"MaxPool '{node}' has a {window[0]}x{window[1]} VALID window "
+                                    f"over a {size[0]}x{size[1]} input; the window must fit")
+    return tuple((n - w) // s + 1 for n, w, s in zip(size, window, strides))
+
+
+def conv_chain_shapes(layers: list[ConvLayer], size: tuple[int, int],
+                      channels: int = 1) -> list[tuple[int, int, int]]:
+    """Check a chain of conv blocks on a ``size`` [height, width] input of ``channels``.
+
+    Returns each block's output [height, width, channels]; raises
+    UnsupportedGraphError when a kernel's input channels differ from what the
+    block before gives, or a kernel or pool window does not fit its input.
+    """
+    shapes = []
+    for layer in layers:
+        if layer.kernel.shape[2] != channels:
+            raise UnsupportedGraphError(f"Conv2D '{layer.conv_node}' has a kernel for "
+                                        f"{layer.kernel.shape[2]} input channels; its input has "
+                                        f"{channels}")
+        size = conv_output(size, layer)
+        if layer.pool is not None:
+            size = pool_output(size, layer.pool, layer.pool_node)
+        channels = layer.kernel.shape[3]
+        shapes.append((*size, channels))
+    return shapes

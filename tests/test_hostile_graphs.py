@@ -1,0 +1,538 @@
+"""Hostile and damaged `.pb` files end in a jaxmir error, in bounded time and memory.
+
+Each case is a graph a tester built against an earlier jaxmir that hung, ran
+out of memory, crashed, raised a Python error or loaded a wrong model. The
+graphs are built here with jaxmir's own protobuf classes, from scratch or by
+editing the fixture graphs. Cases that once hung or exhausted memory load in
+a subprocess under a memory cap and a timeout (:func:`load_guarded`), so a
+regression fails the test instead of the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import ROOT, shared_fixture
+from jaxmir.errors import GraphError, JaxmirError
+from jaxmir.tfgraph.convert import import_graph
+from jaxmir.tfgraph.graphdef import DT_FLOAT, DT_INT32, Graph, GraphDefProto, TensorProto
+
+VGG4 = "essentia-models/vgg4.pb"
+DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
+HEAD_IN, HEAD_HIDDEN, HEAD_OUT = 8, 4, 3
+
+# -- running loads under a memory cap ---------------------------------------------------------
+
+_WORKER = r"""
+import json, resource, sys
+import jaxmir
+from jaxmir.errors import JaxmirError
+warmup, cap_mb, results, *paths = sys.argv[1:]
+jaxmir.load(warmup)  # imports and starts JAX before the cap, so the cap measures the load alone
+with open("/proc/self/status") as status:
+    vm = next(int(l.split()[1]) for l in status if l.startswith("VmSize:")) * 1024
+limit = vm + int(cap_mb) * (1 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+with open(results, "a") as out:
+    for path in paths:
+        out.write(json.dumps([path, "start"]) + "\n"); out.flush()
+        try:
+            jaxmir.load(path)
+            outcome = "loaded"
+        except JaxmirError as err:
+            outcome = "jaxmir " + type(err).__name__ + ": " + str(err)[:300]
+        except BaseException as err:
+            outcome = "FOREIGN " + type(err).__name__ + ": " + str(err)[:300]
+        out.write(json.dumps([path, outcome]) + "\n"); out.flush()
+"""
+
+
+def load_guarded(paths: list, cap_mb: int = 2048, timeout_s: float = 60.0) -> dict[str, str]:
+    """``jaxmir.load`` each path in a worker process; returns path -> outcome.
+
+    The worker's address space may grow ``cap_mb`` past what it uses after a
+    warm-up load; a load running past ``timeout_s`` is killed (``TIMEOUT``), a
+    dying worker is reported as ``CRASH`` and the rest go on in a new worker.
+    Outcomes: ``loaded``, ``jaxmir <ErrorClass>: ...``, ``FOREIGN ...``,
+    ``TIMEOUT``, ``CRASH ...``.
+    """
+    warmup = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    results_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"jaxmir-guarded-{os.getpid()}-{time.time_ns()}.jsonl"
+    pending, outcomes = [str(p) for p in paths], {}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    try:
+        while pending:
+            results_file.write_text("")
+            worker = subprocess.Popen([sys.executable, "-c", _WORKER, warmup, str(cap_mb),
+                                       str(results_file), *pending], cwd=ROOT, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            current, started = None, time.monotonic()
+            while True:
+                code = worker.poll()
+                lines = [json.loads(l) for l in results_file.read_text().splitlines() if l.strip()]
+                for path, outcome in lines:
+                    if outcome == "start":
+                        if path != current:
+                            current, started = path, time.monotonic()
+                    else:
+                        outcomes[path] = outcome
+                if code is not None:
+                    break
+                if current is not None and current not in outcomes and \
+                        time.monotonic() - started > timeout_s:
+                    worker.kill()
+                    worker.wait()
+                    outcomes[current] = "TIMEOUT"
+                    break
+                time.sleep(0.05)
+            if code is not None and code != 0:
+                error = worker.stderr.read().decode(errors="replace")[-300:]
+                if current is None or current in outcomes:
+                    raise AssertionError(f"the guarded worker failed before loading: {error}")
+                outcomes[current] = f"CRASH (exit {code}): {error}"
+            worker.stderr.close()
+            pending = [p for p in pending if p not in outcomes]
+    finally:
+        results_file.unlink(missing_ok=True)
+    return outcomes
+
+
+# -- building graphs ---------------------------------------------------------------------------
+
+def add_node(graph_def, name: str, op: str, inputs=(), **attrs):
+    node = graph_def.node.add(name=name, op=op)
+    node.input.extend(inputs)
+    for key, value in attrs.items():
+        attr = node.attr[key]
+        if isinstance(value, bool):
+            attr.b = value
+        elif isinstance(value, int):
+            attr.i = value
+        elif isinstance(value, float):
+            attr.f = value
+        elif isinstance(value, str):
+            attr.s = value.encode()
+        elif isinstance(value, list):
+            attr.list.i.extend(value)
+        elif isinstance(value, tuple):  # a shape
+            for size in value:
+                attr.shape.dim.add(size=size)
+    return node
+
+
+def set_type(node, key: str, dtype: int) -> None:
+    node.attr[key].type = dtype
+
+
+def tensor_proto(value: np.ndarray | None = None, dtype: int = DT_FLOAT, shape=None,
+                 float_val=None) -> TensorProto:
+    proto = TensorProto(dtype=dtype)
+    for size in (value.shape if shape is None else shape):
+        proto.tensor_shape.dim.add(size=size)
+    if value is not None:
+        proto.tensor_content = value.tobytes()
+    if float_val is not None:
+        proto.float_val.extend(float_val)
+    return proto
+
+
+def add_const(graph_def, name: str, value: np.ndarray | None = None, dtype: int = DT_FLOAT,
+              **tensor_fields):
+    node = add_node(graph_def, name, "Const")
+    set_type(node, "dtype", dtype)
+    node.attr["value"].tensor.CopyFrom(tensor_proto(value, dtype, **tensor_fields))
+    return node
+
+
+def head_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"k1": rng.standard_normal((HEAD_IN, HEAD_HIDDEN)).astype(np.float32),
+            "b1": rng.standard_normal(HEAD_HIDDEN).astype(np.float32),
+            "k2": rng.standard_normal((HEAD_HIDDEN, HEAD_OUT)).astype(np.float32),
+            "b2": rng.standard_normal(HEAD_OUT).astype(np.float32)}
+
+
+def head_graph(weights: dict | None = None):
+    """Placeholder [b, 8] -> dense 4 + ReLU -> dense 3 -> model/Softmax, as Essentia's heads."""
+    weights = weights or head_weights()
+    g = GraphDefProto()
+    x = add_node(g, "model/Placeholder", "Placeholder", shape=(-1, HEAD_IN))
+    set_type(x, "dtype", DT_FLOAT)
+    for name, value in weights.items():
+        add_const(g, name, value)
+    add_node(g, "dense/MatMul", "MatMul", ["model/Placeholder", "k1"])
+    add_node(g, "dense/BiasAdd", "BiasAdd", ["dense/MatMul", "b1"])
+    add_node(g, "dense/Relu", "Relu", ["dense/BiasAdd"])
+    add_node(g, "dense_1/MatMul", "MatMul", ["dense/Relu", "k2"])
+    add_node(g, "dense_1/BiasAdd", "BiasAdd", ["dense_1/MatMul", "b2"])
+    add_node(g, "model/Softmax", "Softmax", ["dense_1/BiasAdd"])
+    return g
+
+
+def head_reference(weights: dict, x: np.ndarray) -> np.ndarray:
+    hidden = np.maximum(x.astype(np.float64) @ weights["k1"] + weights["b1"], 0)
+    logits = hidden @ weights["k2"] + weights["b2"]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def node_named(graph_def, name: str):
+    return next(n for n in graph_def.node if n.name == name)
+
+
+def fixture_graph(relative: str):
+    g = GraphDefProto()
+    g.ParseFromString(shared_fixture(relative).read_bytes())
+    return g
+
+
+def write(tmp_path: Path, name: str, graph_def) -> Path:
+    path = tmp_path / f"{name}.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    return path
+
+
+# -- crafted graphs (also fed to the fuzz test) ---------------------------------------------------
+
+def cycle_graph():
+    """The head's first MatMul reads Add(x, Reshape(model/Softmax)): the output feeds itself."""
+    g = head_graph()
+    add_const(g, "shape", np.array([-1, HEAD_IN], np.int32), DT_INT32)
+    add_node(g, "reshape", "Reshape", ["model/Softmax", "shape"])
+    add_node(g, "mixed", "AddV2", ["model/Placeholder", "reshape"])
+    node_named(g, "dense/MatMul").input[0] = "mixed"
+    return g
+
+
+def self_add_graph():
+    """The first bias is Add(itself, b1)."""
+    g = head_graph()
+    add_node(g, "self", "Add", ["self", "b1"])
+    node_named(g, "dense/BiasAdd").input[1] = "self"
+    return g
+
+
+def nested_calls_graph(depth: int = 8, fanout: int = 10):
+    """``PartitionedCall`` of f0, each f_i calling f_{i+1} ``fanout`` times: fanout**depth nodes."""
+    g = GraphDefProto()
+    x = add_node(g, "x", "Placeholder", shape=(-1, HEAD_IN))
+    set_type(x, "dtype", DT_FLOAT)
+    call = add_node(g, "PartitionedCall", "PartitionedCall", ["x"])
+    call.attr["f"].func.name = "f0"
+    for level in range(depth + 1):
+        function = g.library.function.add()
+        function.signature.name = f"f{level}"
+        function.signature.input_arg.add(name="x")
+        function.signature.output_arg.add(name="y")
+        if level == depth:
+            function.node_def.add(name="id", op="Identity", input=["x"])
+            function.ret["y"] = "id:output:0"
+            continue
+        for i in range(fanout):
+            inner = function.node_def.add(name=f"c{i}", op="PartitionedCall", input=["x"])
+            inner.attr["f"].func.name = f"f{level + 1}"
+        function.ret["y"] = "c0:output:0"
+    return g
+
+
+def broadcast_bomb_graph(copies: int = 40):
+    """A bias summed from ``copies`` constants, each one float broadcast to 2**27 elements."""
+    g = head_graph()
+    previous = None
+    for i in range(copies):
+        add_const(g, f"fill{i}", shape=(1 << 27,), float_val=[1.0])
+        if previous is not None:
+            add_node(g, f"sum{i}", "Add", [previous, f"fill{i}"])
+        previous = f"fill{i}" if previous is None else f"sum{i}"
+    node_named(g, "dense/BiasAdd").input[1] = previous
+    return g
+
+
+def outer_product_bomb_graph():
+    """A bias folded from [16384, 1] + [1, 16384] constants: 2**28 elements from 128 KB."""
+    g = head_graph()
+    add_const(g, "column", np.ones((1 << 14, 1), np.float32))
+    add_const(g, "row", np.ones((1, 1 << 14), np.float32))
+    add_node(g, "outer", "Add", ["column", "row"])
+    node_named(g, "dense/BiasAdd").input[1] = "outer"
+    return g
+
+
+def identity_chain_graph(links: int):
+    """``links`` Identity nodes between the input and the first MatMul."""
+    g = head_graph()
+    previous = "model/Placeholder"
+    for i in range(links):
+        add_node(g, f"id{i}", "Identity", [previous])
+        previous = f"id{i}"
+    node_named(g, "dense/MatMul").input[0] = previous
+    return g
+
+
+CRAFTED = {"cycle": cycle_graph, "self_add": self_add_graph, "nested_calls": nested_calls_graph,
+           "broadcast_bomb": broadcast_bomb_graph, "outer_product_bomb": outer_product_bomb_graph}
+
+
+# -- 1-3: hangs and memory blow-ups --------------------------------------------------------------
+
+def test_the_head_builder_is_a_valid_model(tmp_path):
+    """The graphs below are edits of this one, which loads and computes the head exactly."""
+    weights = head_weights()
+    model = jaxmir.load(write(tmp_path, "head", head_graph(weights)))
+    x = np.random.default_rng(1).standard_normal((5, HEAD_IN)).astype(np.float32)
+    # float32 sums of 8 and 4 products of magnitudes ~1: error << 1e-5 on probabilities.
+    np.testing.assert_allclose(np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"]),
+                               head_reference(weights, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("cycle", "cycle"),
+    ("self_add", "cycle|depends on itself"),
+    ("nested_calls", "graph nodes"),
+    ("broadcast_bomb", "bytes of constants"),
+    ("outer_product_bomb", "bytes of constants"),
+])
+def test_hangs_and_memory_bombs_end_in_a_jaxmir_error(tmp_path, name, message):
+    path = write(tmp_path, name, CRAFTED[name]())
+    if name == "nested_calls":
+        assert path.stat().st_size < 4096  # a few KB asking for 10**8 nodes (3.7 GB and a crash before)
+    outcome = load_guarded([path], cap_mb=2048, timeout_s=60)[str(path)]
+    assert outcome.startswith("jaxmir GraphError"), outcome
+    assert __import__("re").search(message, outcome), outcome
+
+
+def test_budget_grows_with_the_file():
+    """A tiny file gets a small budget; the limits scale with its size."""
+    small = Graph.from_bytes(head_graph().SerializeToString())
+    big = Graph.from_bytes(identity_chain_graph(20_000).SerializeToString())
+    assert small.budget.max_bytes < big.budget.max_bytes
+    assert small.budget.max_nodes < big.budget.max_nodes
+
+
+# -- 4: linear in pass-through chains -------------------------------------------------------------
+
+def test_identity_chains_are_walked_in_linear_steps():
+    """Walk steps (the budget's count) grow like the chain, not its square (was 126 s at 10k)."""
+    visits = {}
+    for links in (1000, 8000):
+        graph = Graph.from_bytes(identity_chain_graph(links).SerializeToString())
+        spec = import_graph(graph)
+        assert spec.architecture == "head"
+        visits[links] = graph.budget.visits
+    assert visits[8000] < 8 * visits[1000] * 1.5, visits
+
+
+def test_a_long_identity_chain_loads_and_computes(tmp_path):
+    weights = head_weights(2)
+    g = identity_chain_graph(10_000)
+    for name, value in weights.items():
+        node_named(g, name).attr["value"].tensor.tensor_content = value.tobytes()
+    model = jaxmir.load(write(tmp_path, "chain", g))
+    x = np.random.default_rng(3).standard_normal((2, HEAD_IN)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"]),
+                               head_reference(weights, x), atol=1e-5)
+
+
+def test_a_deep_chain_of_constant_adds_folds_without_recursion(tmp_path):
+    """A kernel folded from 10k nested Adds (RecursionError before) loads and is the sum."""
+    weights = head_weights(4)
+    g = head_graph(weights)
+    step = np.full((HEAD_IN, HEAD_HIDDEN), 1.0 / 1024, np.float32)  # exact in float32
+    add_const(g, "step", step)
+    previous = "k1"
+    for i in range(10_000):
+        add_node(g, f"add{i}", "AddV2", [previous, "step"])
+        previous = f"add{i}"
+    node_named(g, "dense/MatMul").input[1] = previous
+    model = jaxmir.load(write(tmp_path, "adds", g))
+    expected = dict(weights, k1=weights["k1"] + np.float32(10_000 / 1024))
+    x = np.random.default_rng(5).standard_normal((3, HEAD_IN)).astype(np.float32)
+    # The 10k float32 additions each round at |k1| ~ 10 (ulp 1e-6): up to ~1e-2 drift in the
+    # kernel; the reference adds in float32 the same way, so compare against that.
+    folded = weights["k1"].copy()
+    for _ in range(10_000):
+        folded = folded + step
+    expected["k1"] = folded
+    np.testing.assert_allclose(np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"]),
+                               head_reference(expected, x), atol=1e-5)
+
+
+# -- 5 and 6: every malformed op is a jaxmir error ---------------------------------------------
+
+def _edit_head(edit):
+    g = head_graph()
+    edit(g)
+    return g
+
+
+def _edit_vgg4(edit):
+    g = fixture_graph(VGG4)
+    edit(g)
+    return g
+
+
+def _drop_inputs(name: str, keep: int):
+    def edit(g):
+        node = node_named(g, name)
+        kept = list(node.input[:keep])
+        del node.input[:]
+        node.input.extend(kept)
+    return edit
+
+
+def _reshape_const(name: str, shape, **fields):
+    def edit(g):
+        node = node_named(g, name)
+        node.attr["value"].tensor.CopyFrom(tensor_proto(dtype=DT_FLOAT, shape=shape, **fields))
+    return edit
+
+
+def _set_attr(name: str, key: str, value):
+    def edit(g):
+        node = node_named(g, name)
+        del node.attr[key]
+        if value is not None:
+            add_node(g, "_tmp", "NoOp", **{key: value})
+            node.attr[key].CopyFrom(node_named(g, "_tmp").attr[key])
+            del g.node[-1]
+    return edit
+
+
+def _int32_kernel(g):
+    node = node_named(g, "k1")
+    node.attr["dtype"].type = DT_INT32
+    node.attr["value"].tensor.dtype = DT_INT32  # the same float bytes, now read as int32
+
+
+def _declared_float_holding_int32(g):
+    node_named(g, "k1").attr["value"].tensor.dtype = DT_INT32
+
+
+def _identity_without_input(g):
+    add_node(g, "k1/read", "Identity")
+    node_named(g, "dense/MatMul").input[1] = "k1/read"
+
+
+def _duplicate(g):
+    add_node(g, "dense/BiasAdd", "BiasAdd", ["dense/MatMul", "b2"])
+
+
+def _port(port: str):
+    def edit(g):
+        node_named(g, "dense/MatMul").input[1] = f"k1:{port}"
+    return edit
+
+
+def _swap_conv_channels(g):
+    node = node_named(g, "vggish/1CNN/kernel")
+    tensor = node.attr["value"].tensor
+    kernel = np.frombuffer(tensor.tensor_content, "<f4").reshape(3, 3, 1, 32)
+    swapped = np.ascontiguousarray(kernel.transpose(0, 1, 3, 2))
+    tensor.CopyFrom(tensor_proto(swapped))
+
+
+MALFORMED = {
+    # 5: Python errors before
+    "identity_without_input": (lambda: _edit_head(_identity_without_input), "Identity.*0 data inputs"),
+    "matmul_missing_input": (lambda: _edit_head(_drop_inputs("dense/MatMul", 1)),
+                             "MatMul.*1 data inputs"),
+    "conv_without_kernel": (lambda: _edit_vgg4(_drop_inputs("model/vggish/1CNN/Conv2D", 1)),
+                            "Conv2D.*1 data inputs"),
+    "maxpool_ksize_2": (lambda: _edit_vgg4(_set_attr("model/vggish/max_pooling2d/MaxPool",
+                                                     "ksize", [2, 2])), "ksize \\[2, 2\\]"),
+    "maxpool_without_ksize": (lambda: _edit_vgg4(_set_attr("model/vggish/max_pooling2d/MaxPool",
+                                                           "ksize", None)), "no attribute 'ksize'"),
+    "rank_100_const": (lambda: _edit_head(_reshape_const("b1", [1] * 100, float_val=[1.0])),
+                       "rank 100"),
+    "batch_norm_3_inputs": (lambda: _edit_vgg4(_drop_inputs(
+        "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", 3)), "FusedBatchNorm.*3 data inputs"),
+    "epsilon_string": (lambda: _edit_vgg4(_set_attr(
+        "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", "epsilon", "0.001")),
+        "epsilon.*expect(s|ed) a float"),
+    "zero_size_overflow": (lambda: _edit_head(_reshape_const("b1", [0, 1 << 62, 1 << 62])),
+                           "larger than jaxmir accepts"),
+    "placeholder_rank_4_vgg": (lambda: _edit_vgg4(_set_attr("model/Placeholder", "shape",
+                                                            (-1, 128, 128, 1))), "shape"),
+    # 6: silently wrong models before
+    "int32_kernel_of_float_bytes": (lambda: _edit_head(_int32_kernel), "int32.*float"),
+    "declared_dtype_mismatch": (lambda: _edit_head(_declared_float_holding_int32),
+                                "declared float32 but holds a int32"),
+    "duplicate_names": (lambda: _edit_head(_duplicate), "two nodes are named 'dense/BiasAdd'"),
+    "port_out_of_range": (lambda: _edit_head(_port("3")), "output 3 of 'k1'"),
+    "port_negative": (lambda: _edit_head(_port("-1")), "not a tensor reference"),
+    "placeholder_shape_an_int": (lambda: _edit_head(_set_attr("model/Placeholder", "shape", 8)),
+                                 "'shape' is an int; Placeholder expects a shape"),
+    # 7: accepted before, then a foreign error at apply
+    "conv_channels_swapped": (lambda: _edit_vgg4(_swap_conv_channels), "1CNN.*32"),
+    "dense_bias_wrong_length": (lambda: _edit_head(_reshape_const(
+        "b2", [HEAD_OUT - 1], float_val=[1.0, 2.0])), "bias of dense layer.*3 units"),
+    "conv_bias_wrong_length": (lambda: _edit_vgg4(_reshape_const(
+        "vggish/2CNN/bias", [31], float_val=[0.0] * 31)), "bias of Conv2D.*32 filters"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_ops_raise_jaxmir_errors(tmp_path, case):
+    build, message = MALFORMED[case]
+    path = write(tmp_path, case, build())
+    with pytest.raises(JaxmirError, match=message):
+        jaxmir.load(path)
+
+
+def _musicnn_input_rank_2(g):
+    _set_attr("model/Placeholder", "shape", (-1, 187))(g)
+
+
+def _vgg4_pool_flip(g):
+    """One bit flipped in the last pool's window height: 2 -> 130, wider than its 8x8 input."""
+    node = node_named(g, "model/vggish/max_pooling2d_4/MaxPool")
+    node.attr["ksize"].list.i[1] ^= 128
+
+
+NEEDS_CONVERT = {
+    # convert.py must call walk.input_shape(graph, node, 2) (see the report for issue 12)
+    "musicnn_placeholder_rank_2": (lambda: _edit_conv(DORTMUND, _musicnn_input_rank_2),
+                                   "input 'model/Placeholder' has shape"),
+    # convert.py must call walk.conv_chain_shapes, or check the module against its variables
+    "maxpool_window_bit_flip": (lambda: _edit_conv(VGG4, _vgg4_pool_flip), "MaxPool|window|shape"),
+}
+
+
+def _edit_conv(relative, edit):
+    g = fixture_graph(relative)
+    edit(g)
+    return g
+
+
+@pytest.mark.parametrize("case", sorted(NEEDS_CONVERT))
+def test_malformed_conv_nets_raise_jaxmir_errors_at_load(tmp_path, case):
+    build, message = NEEDS_CONVERT[case]
+    path = write(tmp_path, case, build())
+    with pytest.raises(JaxmirError, match=message):
+        jaxmir.load(path)  # refused at load, not left to fail in apply
+
+
+def test_walk_checks_a_pool_window_against_its_input():
+    """What convert.py is to call: the flipped window is refused with the node's name."""
+    from jaxmir.tfgraph.walk import InferencePath, conv_chain_shapes
+    g = fixture_graph(VGG4)
+    _vgg4_pool_flip(g)
+    graph = Graph.from_bytes(g.SerializeToString())
+    path = InferencePath(graph, "model/Softmax")
+    convs = [graph.nodes[f"model/vggish/{i}CNN/Conv2D"] for i in range(1, 6)]
+    layers = [path.conv_layer(c) for c in convs]
+    with pytest.raises(GraphError, match="max_pooling2d_4/MaxPool.*130x2 VALID window over a 8x8"):
+        conv_chain_shapes(layers, (128, 128))
+    good = Graph.from_file(shared_fixture(VGG4))
+    good_path = InferencePath(good, "model/Softmax")
+    shapes = conv_chain_shapes([good_path.conv_layer(good.nodes[c.name]) for c in convs], (128, 128))
+    assert shapes[-1] == (4, 4, 32)  # 4*4*32 = 512, the dense kernel's input
