@@ -357,7 +357,7 @@ def table_models(args, folder: Path, log) -> list[str]:
         if took is not None:
             extra.append(f"tf2onnx converted {graph.name} in {took:.1f} s")
         cfg = dict(graph=str(graph), onnx=str(onnx), input=input_name, output=output_name, shape=shape,
-                   batches=args.batches, repeats=args.repeats + 2, max_s=args.max_s)
+                   batches=args.batches, repeats=args.repeats, max_s=args.max_s)
         results = {}
         for framework in FRAMEWORKS:
             results[framework] = worker("model", framework, cfg)
@@ -465,9 +465,9 @@ def table_cli(args, wav: Path, warm: float, log) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=207.0, help="length of the test track")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (model: +2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell")
     parser.add_argument("--cli-repeats", type=int, default=2)
-    parser.add_argument("--max-s", type=float, default=8.0, help="time cap per cell, seconds")
+    parser.add_argument("--max-s", type=float, default=5.0, help="time cap per cell, seconds")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 16, 64])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--only", nargs="*", default=["model", "frontend", "tags", "cli"],
