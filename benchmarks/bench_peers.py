@@ -314,26 +314,36 @@ WORKERS = {"model": work_model, "frontend": work_frontend, "tags": work_tags}
 
 # -- the parent: spawn, time, tabulate --------------------------------------------------------
 def spawn(command: list[str], env: dict | None = None) -> tuple[str, float, float]:
-    """Run a command; (stdout, wall seconds, the child's own peak RSS in MiB via wait4)."""
+    """Run a command; (stdout, wall seconds, the child's own peak RSS in MiB).
+
+    The peak is the child's VmHWM, polled every 20 ms until it exits (ru_maxrss from wait4
+    would report the parent's peak when that is larger: Linux carries it across fork + exec).
+    """
     env = dict(os.environ, **QUIET, **(env or {}))
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
+        peak = 0.0
+        while True:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, peak_rss_mb(child.pid) or 0.0)
+            time.sleep(0.02)
         wall = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{stderr[-3000:]}")
-    return stdout, wall, usage.ru_maxrss / 1024
+    return stdout, wall, peak
 
 
 def worker(kind: str, name: str, cfg: dict) -> dict:
     stdout, wall, rss = spawn([sys.executable, __file__, "--worker", kind, name, json.dumps(cfg)])
     result = json.loads(stdout.strip().splitlines()[-1])
-    result.update(peak_mb=rss, wall_s=wall)
+    result.update(peak_mb=max(rss, result.get("peak_self_mb", 0.0)), wall_s=wall)
     return result
 
 

@@ -98,7 +98,14 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.median(v):.{digits}f} ({v[0]:.{digits}f}-{v[-1]:.{digits}f})"
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, MiB (Linux reports ru_maxrss in KiB)."""
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of a process so far, MiB: ``VmHWM`` from /proc (reset at exec, unlike
+    ``ru_maxrss``, which keeps the forking parent's peak), else ``ru_maxrss`` of this process."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else float("nan")
