@@ -48,3 +48,64 @@ def graphs_dir() -> Path:
         from tools import convert_musicnn
         convert_musicnn.main(["--graphs", str(out), "--models", "msd-musicnn", "msd-vgg"])
     return out
+
+
+# -- shared by bench_peers.py and bench_peak.py ---------------------------------------------------
+def cpu_description() -> dict:
+    """The CPU model, core count and the SIMD flags that change float32 speed (from /proc/cpuinfo)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == (platform.processor() or platform.machine()):
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+    return {"model": name, "cores": os.cpu_count(),
+            "flags": [flag for flag in wanted if flag in flags]}
+
+
+def cpu_line() -> str:
+    cpu = cpu_description()
+    return f"{cpu['model']}, {cpu['cores']} cores, flags: {' '.join(cpu['flags']) or 'none of avx2/fma/avx512f'}"
+
+
+def samples(fn: Callable[[], object], repeats: int = 5, min_seconds: float = 0.0,
+            max_seconds: float = 30.0, warmup: int = 1) -> list[float]:
+    """Seconds of ``repeats`` (or more, up to ``min_seconds`` in all) warm calls of ``fn``.
+
+    Stops early, after at least 2 calls, once ``max_seconds`` have passed.
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 200 or (len(times) >= 2 and time.perf_counter() - start > max_seconds):
+            break
+    return times
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``median (min-max)`` of ``values * scale``."""
+    v = sorted(x * scale for x in values)
+    return f"{statistics.median(v):.{digits}f} ({v[0]:.{digits}f}-{v[-1]:.{digits}f})"
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of a process so far, MiB: ``VmHWM`` from /proc (reset at exec, unlike
+    ``ru_maxrss``, which keeps the forking parent's peak), else ``ru_maxrss`` of this process."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else float("nan")
