@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
+import signal
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, Sequence
@@ -26,6 +29,19 @@ from jaxmir.errors import JaxmirError
 
 class CollectionError(JaxmirError):
     """A run that cannot go on (a decoding worker died); what was written is kept."""
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, end this worker when the main process dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover -- another libc
+            pass
+        if os.getppid() == 1:  # the parent died before prctl
+            os._exit(1)
 
 
 def _died(path: str) -> CollectionError:
@@ -59,7 +75,8 @@ def decode_all(sources: Sequence[Source], jobs: int, resampler: str = "essentia"
     context = multiprocessing.get_context("spawn")
     pending: collections.deque = collections.deque()
     queue = iter(sources)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                             initializer=_die_with_parent) as pool:
         try:
             for source in queue:
                 try:
