@@ -47,8 +47,8 @@ def kind_of(output: str, command: str) -> str:
         return suffix[1:]
     if suffix in ("", ".npy") or os.path.isdir(output):
         return "npy"
-    raise InputError(f"--output {output}: unknown kind {suffix!r}; expected .parquet, .jsonl, "
-                     f".csv{'' if command == 'tag' else ''} or a folder for .npy files")
+    expected = ".parquet, .jsonl or .csv" if command == "tag" else ".parquet, .jsonl or a folder"
+    raise InputError(f"--output {output}: unknown kind {suffix!r}; expected {expected}")
 
 
 # -- atomic file operations ---------------------------------------------------------------------
