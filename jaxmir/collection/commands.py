@@ -1,0 +1,194 @@
+"""``jaxmir tag|embed PATH... --output OUT``: the collection commands and their Python API.
+
+:func:`add_collection_options` adds the options to a sub-command's parser;
+:func:`run_tag` / :func:`run_embed` run a parsed command with a loaded model;
+:func:`collect` is the same from Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from jaxmir.collection import compute, inputs, local, resume
+from jaxmir.collection.compute import Options, default_jobs
+from jaxmir.collection.outputs import kind_of, open_output
+from jaxmir.collection.progress import Progress, Tally
+from jaxmir.collection.rows import Layout, Result
+from jaxmir.errors import InputError
+
+EXIT_OK, EXIT_FAILED = 0, 1
+COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
+
+
+def _jobs(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def add_collection_options(parser: argparse.ArgumentParser) -> None:
+    """``--jobs``, ``--engine``, ``--per-patch``, ``--overwrite``, ``--flush-every``, ``--actors``."""
+    group = parser.add_argument_group(
+        "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tags) or a folder (.npy): "
+                       "one row per file, written as files are done; a rerun resumes")
+    group.add_argument("-j", "--jobs", metavar="N", type=_jobs, default=None,
+                       help="decoding worker processes (default: one per core; 0 = decode in "
+                            "the main process)")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local (default) or ray: the Ray cluster at $RAY_ADDRESS (a local one "
+                            "when unset); needs pip install 'jaxmir[ray]'")
+    group.add_argument("--actors", metavar="N", type=_jobs, default=None,
+                       help="--engine ray: model actors (default: one per GPU, else 1)")
+    group.add_argument("--per-patch", action="store_true",
+                       help="also write every patch's output (column 'patches', [n_patches, dim])")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start the output over instead of resuming it")
+    group.add_argument("--flush-every", metavar="ROWS", type=_jobs, default=256,
+                       help="Parquet: rows per part file (default 256; a part is also written "
+                            "every minute)")
+
+
+def is_collection(args: argparse.Namespace, command: str) -> bool:
+    """Whether ``jaxmir tag``/``embed`` runs as a collection (rows to a resumable output).
+
+    ``embed`` always does; ``tag`` when ``--output`` ends in .parquet or
+    .jsonl, or in .csv without ``--format csv`` (which keeps the ranked
+    file,rank,label,score table).
+    """
+    if command == "embed":
+        return True
+    output = getattr(args, "output", None)
+    if not output:
+        return False
+    suffix = Path(output).suffix.lower()
+    return suffix in (".parquet", ".jsonl") or (suffix == ".csv" and args.format != "csv")
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """The ``--model`` given, or the default model's name."""
+    from jaxmir import catalog
+
+    return args.model or catalog.default_name()
+
+
+def identity(name: str, model, command: str, options: Options) -> dict:
+    """What must match for two runs to share an output (see :class:`rows.Layout`)."""
+    hop = options.patch_hop
+    if hop is None:
+        from jaxmir import pipeline
+
+        hop = pipeline.DEFAULT_PATCH_HOP[pipeline.frontend_of(model)]
+    fields = {"model": name, "command": command, "output": options.output,
+              "patch_hop": int(hop) or int(model.input_shape[0]), "last_patch": options.last_patch,
+              "pad": options.pad, "resampler": options.resampler}
+    if command == "tag":
+        fields["labels"] = list(model.labels)
+    return fields
+
+
+def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
+            options: Options = Options(), name: str | None = None, backbone: str | None = None,
+            jobs: int | None = None, engine: str = "local", actors: int | None = None,
+            per_patch: bool = False, overwrite: bool = False, flush_rows: int = 256,
+            progress: bool = True, analyzer=None, on_result=None) -> Tally:
+    """Analyse the audio files ``paths`` name (files, folders, ``@lists``) into ``output``.
+
+    Args:
+      model: a loaded :class:`jaxmir.Model` (the Ray engine loads ``name`` in its actors).
+      output: ``.parquet`` (a folder of parts), ``.jsonl``, ``.csv`` or a folder of ``.npy``.
+      command: ``"tag"`` (a column per label) or ``"embed"`` (an ``embedding`` column).
+      options: the output name and patch options of ``Model.predict``.
+      name, backbone: the model's name (default: ``model.source``) and backbone, recorded
+        in the output; the Ray engine's actors load ``jaxmir.load(name, backbone=backbone)``.
+      jobs: decoding processes (default one per core; 0 = in this process).
+      analyzer: replaces :func:`jaxmir.collection.compute.analyze_stream`.
+      on_result: ``on_result(result, where)`` after each file's row is written
+        (``where``: the ``.npy`` written, else None).
+
+    Returns:
+      the :class:`Tally` (files ok, failed, skipped, audio seconds, wall time).
+
+    Raises:
+      InputError: an output that cannot be written or holds another model's
+        results; a write that fails midway (e.g. a full disk) says so, and
+        every row written before it is kept.
+    """
+    name = name or str(model.source)
+    shown = f"{name}+{backbone}" if backbone else name
+    layout = Layout(command, identity(shown, model, command, options),
+                    tuple(model.labels) if command == "tag" else (), per_patch)
+    sources = [inputs.examine(p) for p in inputs.expand(paths)]
+    writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows)
+    todo = resume.to_do(sources, writer.done)
+    tally = Tally(total=len(sources), skipped=len(sources) - len(todo))
+    bar = Progress(tally, progress)
+
+    def write(result: Result) -> None:
+        where = writer.write(result)
+        if on_result is not None:
+            on_result(result, where)
+
+    try:
+        if engine == "ray":
+            from jaxmir.collection import ray_engine
+
+            ray_engine.run(name, backbone, todo, options, layout, write, bar, actors)
+        elif engine == "local":
+            local.run(model, todo, options, write, bar, default_jobs() if jobs is None else jobs,
+                      analyzer or compute.analyze_stream)
+        else:
+            raise InputError(f"unknown engine {engine!r}; expected local or ray")
+        writer.close()
+    except OSError as err:
+        writer.abandon()
+        raise InputError(f"cannot write {output}: {err.strerror or err}; the "
+                         f"{writer.rows_written} rows written before are kept: run the same "
+                         "command again to resume") from None
+    except BaseException:
+        writer.close()  # e.g. Ctrl-C: the rows of the files done are kept
+        raise
+    finally:
+        bar.close()
+    return tally
+
+
+def _options(args: argparse.Namespace, output: str, hop: int | None) -> Options:
+    return Options(output=output, patch_hop=hop, last_patch=args.last_patch, pad=args.pad,
+                   resampler=args.resampler)
+
+
+def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | None,
+         on_result=None) -> int:
+    kind = kind_of(args.output, command)
+    if command == "tag" and kind == "npy":
+        raise InputError(f"--output {args.output}: tags go to a .parquet, .jsonl or .csv file")
+    tally = collect(model, args.files, args.output, command=command,
+                    options=_options(args, output, hop), name=model_name(args),
+                    backbone=args.backbone, jobs=args.jobs, engine=args.engine, actors=args.actors,
+                    per_patch=args.per_patch, overwrite=args.overwrite, flush_rows=args.flush_every,
+                    progress=not args.no_progress, on_result=on_result)
+    print(f"jaxmir: {args.output}: {tally.summary()}", file=sys.stderr)
+    return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+def run_tag(args: argparse.Namespace, model, hop: int | None) -> int:
+    """``jaxmir tag PATH... -o OUT.parquet|.jsonl|.csv``: one row of mean tag scores per file."""
+    return _run(args, model, "tag", "predictions", hop)
+
+
+def run_embed(args: argparse.Namespace, model, hop: int | None) -> int:
+    """``jaxmir embed PATH... -o DIR|OUT.parquet|OUT.jsonl``: embeddings of every file."""
+    show = None
+    if kind_of(args.output, "embed") == "npy" and not args.quiet:
+        def show(result: Result, where: str | None) -> None:
+            if where is not None:
+                from tqdm import tqdm
+
+                tqdm.write(f"{result.source.path} -> {where} {list(result.values.shape)}",
+                           file=sys.stdout)
+    return _run(args, model, "embed", args.layer, hop, on_result=show)
+

@@ -1,0 +1,108 @@
+"""The compute interface of a collection run: decoded audio in, per-patch arrays out.
+
+Two functions, kept narrow so that another engine (patches of many files
+packed into fixed-size batches, sharded over ``jax.devices()``) can replace
+:func:`analyze_stream` without touching inputs, outputs or the engines:
+
+* :func:`decode` runs in a worker (process, thread or Ray task): read a file
+  and resample it to 16-kHz mono. It needs no model.
+* :func:`analyze_stream` runs where the model lives: it takes
+  :class:`Decoded` items and yields ``(item, outputs or error)`` as results
+  are ready, in any order; it may hold several items in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from jaxmir.collection.inputs import Source, examine
+from jaxmir.errors import AudioError, JaxmirError
+
+SAMPLE_RATE = 16000
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to compute for each file (the patch options of ``Model.predict``).
+
+    ``output`` is a name ``Model.apply`` accepts (``"predictions"`` for tags,
+    ``"embeddings"`` or a layer for embeddings).
+    """
+
+    output: str = "predictions"
+    patch_hop: int | None = None
+    last_patch: str = "discard"
+    pad: str | None = None
+    resampler: str = "essentia"
+
+
+@dataclasses.dataclass
+class Decoded:
+    """A file after decoding: ``audio`` float32 ``[n_samples]`` at 16 kHz, or the error that stopped it.
+
+    ``source`` is the file's state before it was read (what a resumed run compares).
+    """
+
+    source: Source
+    audio: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return 0.0 if self.audio is None else self.audio.shape[0] / SAMPLE_RATE
+
+
+def error_message(path: str, err: BaseException) -> str:
+    """One line naming the file: jaxmir's message, or the foreign exception's type and text."""
+    if isinstance(err, JaxmirError):
+        message = str(err)
+    elif isinstance(err, MemoryError):
+        message = "out of memory"
+    else:
+        message = f"unexpected {type(err).__name__}: {err}"
+    return message if message.startswith(path) else f"{path}: {message}"
+
+
+def decode(path: str, resampler: str = "essentia") -> Decoded:
+    """Read ``path`` as 16-kHz mono; a file that changes or vanishes while it is read is an error."""
+    from jaxmir.audio import load_audio
+
+    before = examine(path)
+    try:
+        audio = load_audio(path, SAMPLE_RATE, resampler=resampler)
+        if examine(path) != before:
+            raise AudioError(f"{path}: changed while it was being read (size or modification "
+                             "time); it will be read again on the next run")
+    except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+        return Decoded(before, None, error_message(path, err))
+    return Decoded(before, audio)
+
+
+def analyze(model, audio_16k: np.ndarray, options: Options) -> dict[str, np.ndarray]:
+    """``{options.output: [n_patches, ...]}`` for one 16-kHz mono signal (``Model.predict``)."""
+    values = model.predict(audio_16k, SAMPLE_RATE, output=options.output,
+                           patch_hop=options.patch_hop, last_patch=options.last_patch,
+                           pad=options.pad)
+    return {options.output: np.asarray(values)}
+
+
+def analyze_stream(model, items: Iterable[Decoded], options: Options
+                   ) -> Iterator[tuple[Decoded, dict[str, np.ndarray] | str]]:
+    """``(item, outputs)`` or ``(item, error message)`` for each decoded item, file by file."""
+    for item in items:
+        if item.error is not None:
+            yield item, item.error
+            continue
+        try:
+            yield item, analyze(model, item.audio, options)
+        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+            yield item, error_message(item.source.path, err)
+
+
+def default_jobs() -> int:
+    """Decoding workers by default: one per core."""
+    return os.cpu_count() or 1

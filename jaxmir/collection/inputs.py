@@ -1,0 +1,113 @@
+"""The files of a collection: paths, folders and ``@list.txt`` files expanded to audio files.
+
+A folder is walked recursively; files with an audio extension are kept, hidden
+files and folders (a name starting with ``.``) are skipped, and the result is
+sorted. ``@list.txt`` names one path per line (blank lines and lines starting
+with ``#`` are ignored; relative paths are relative to the list's folder).
+A file named directly is always kept, whatever its extension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from jaxmir.errors import InputError
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif",
+                              ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One input file: its absolute path and its state when the run started.
+
+    ``size`` (bytes) and ``mtime_ns`` identify the version of the file: a row
+    is reused on resume only when both still match. They are ``-1`` for a file
+    that could not be examined (it is then reported as a failure).
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.path, self.size, self.mtime_ns)
+
+
+def _walk(folder: Path) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(root, f) for f in files
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS]
+    return sorted(found)
+
+
+def _read_list(list_file: str) -> list[str]:
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"@{list_file}: cannot read the list of paths ({err}); expected a text "
+                         "file with one path per line") from None
+    base = Path(list_file).parent
+    return [str(base / line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def expand(arguments: Sequence[str]) -> list[str]:
+    """Absolute paths of the audio files that ``arguments`` name, without duplicates.
+
+    Arguments are files, folders or ``@list.txt``; a name that does not exist
+    is kept (it becomes a failed row naming it), an empty folder is an error.
+    """
+    paths: list[str] = []
+    for argument in arguments:
+        if argument.startswith("@") and len(argument) > 1:
+            paths += expand(_read_list(argument[1:]))
+        elif os.path.isdir(argument):
+            files = _walk(Path(argument))
+            if not files:
+                raise InputError(f"{argument}: no audio files in this folder (looked for "
+                                 f"{', '.join(sorted(AUDIO_EXTENSIONS))})")
+            paths += files
+        else:
+            paths.append(argument)
+    seen: dict[str, None] = {}
+    for path in paths:
+        seen.setdefault(os.path.abspath(path))
+    return list(seen)
+
+
+def examine(path: str) -> Source:
+    """The file's size and modification time now (``-1, -1`` when it cannot be examined)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return Source(path, -1, -1)
+    return Source(path, int(stat.st_size), int(stat.st_mtime_ns))
+
+
+def npy_names(paths: Iterable[str]) -> dict[str, str]:
+    """A unique relative ``.npy`` name per absolute path, whatever the order of the paths.
+
+    Names mirror the folders below the deepest folder common to all paths
+    (``rock/a.wav`` -> ``rock/a.npy``); two files differing only by extension
+    keep it (``a.wav.npy``, ``a.flac.npy``).
+    """
+    paths = sorted(set(paths))
+    if not paths:
+        return {}
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    relative = {p: os.path.relpath(p, root) for p in paths}
+    stems: dict[str, int] = {}
+    for rel in relative.values():
+        stem = os.path.splitext(rel)[0]
+        stems[stem] = stems.get(stem, 0) + 1
+    names = {}
+    for path, rel in relative.items():
+        stem = os.path.splitext(rel)[0]
+        names[path] = (rel if stems[stem] > 1 else stem) + ".npy"
+    return names

@@ -1,0 +1,108 @@
+"""The local engine: decoding in worker processes, the model in this process, bounded queues.
+
+Files are decoded (read + resampled to 16 kHz) by ``jobs`` worker processes
+while the model runs here on the files already decoded. At most
+``prefetch`` decoded files wait at any time, so memory does not grow with
+the collection; results come back in the order of the files.
+Workers are started with ``spawn`` (forking a process that runs JAX's
+threads is unsafe).
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import signal
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterable, Iterator, Sequence
+
+from jaxmir.collection import compute
+from jaxmir.collection.compute import Decoded, Options
+from jaxmir.collection.inputs import Source
+from jaxmir.collection.progress import Progress
+from jaxmir.collection.rows import Result
+from jaxmir.errors import JaxmirError
+
+
+class CollectionError(JaxmirError):
+    """A run that cannot go on (a decoding worker died); what was written is kept."""
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, end this worker when the main process dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover -- another libc
+            pass
+        if os.getppid() == 1:  # the parent died before prctl
+            os._exit(1)
+
+
+def _died(path: str) -> CollectionError:
+    return CollectionError(f"a decoding worker died while reading {path} (killed, out of memory, "
+                           "or a script calling jaxmir.collection.collect without `if __name__ == "
+                           "'__main__':`); the rows written are kept: run again to resume, maybe "
+                           "with fewer --jobs")
+
+
+def _decoded(future: Future, source: Source) -> Decoded:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise _died(source.path) from None
+    except Exception as err:  # noqa: BLE001 -- e.g. the file's result could not be sent back
+        return Decoded(source, None, compute.error_message(source.path, err))
+
+
+def decode_all(sources: Sequence[Source], jobs: int, resampler: str = "essentia",
+               prefetch: int | None = None) -> Iterator[Decoded]:
+    """Decoded files in order; ``jobs`` worker processes (0: decode here), ``prefetch`` in flight.
+
+    ``prefetch`` defaults to ``2 * jobs``: enough to keep every worker busy while
+    the consumer is slower, few enough that memory stays bounded.
+    """
+    if jobs <= 0:
+        for source in sources:
+            yield compute.decode(source.path, resampler)
+        return
+    prefetch = max(prefetch or 2 * jobs, 1)
+    context = multiprocessing.get_context("spawn")
+    pending: collections.deque = collections.deque()
+    queue = iter(sources)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                             initializer=_die_with_parent) as pool:
+        try:
+            for source in queue:
+                try:
+                    pending.append((pool.submit(compute.decode, source.path, resampler), source))
+                except BrokenProcessPool:
+                    raise _died(source.path) from None
+                if len(pending) >= prefetch:
+                    yield _decoded(*pending.popleft())
+            while pending:
+                yield _decoded(*pending.popleft())
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+
+Analyzer = Callable[[object, Iterable[Decoded], Options], Iterator[tuple[Decoded, object]]]
+
+
+def run(model, sources: Sequence[Source], options: Options, write: Callable[[Result], None],
+        progress: Progress, jobs: int, analyzer: Analyzer = compute.analyze_stream) -> None:
+    """Decode ``sources``, run ``analyzer`` (default file by file) and ``write`` each file's result."""
+    for item, outcome in analyzer(model, decode_all(sources, jobs, options.resampler), options):
+        if isinstance(outcome, str):
+            result = Result(item.source, item.duration_s, None, outcome)
+            progress.write(f"jaxmir: error: {outcome}")
+        else:
+            result = Result(item.source, item.duration_s, outcome[options.output])
+        write(result)
+        progress.update(result.ok, item.duration_s if result.ok else 0.0)

@@ -1,0 +1,63 @@
+"""Progress of a collection run: a tqdm bar (files/s, audio hours per hour, ETA) and the final summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+
+@dataclasses.dataclass
+class Tally:
+    """Counts of a run; ``audio_s`` is the duration of the audio analysed (16-kHz signal)."""
+
+    total: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    audio_s: float = 0.0
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def wall_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def realtime(self) -> float:
+        """Seconds of audio per second of wall time (= audio hours per hour)."""
+        return self.audio_s / max(self.wall_s, 1e-9)
+
+    def summary(self) -> str:
+        done = f"{self.ok} ok, {self.failed} failed"
+        if self.skipped:
+            done += f", {self.skipped} already done"
+        return (f"{done}; {self.audio_s / 3600:.3f} h of audio in {self.wall_s:.1f} s "
+                f"({self.realtime:.1f}x real time)")
+
+
+class Progress:
+    """A tqdm bar over the files to do (disabled when ``enabled`` is false or output is not a tty)."""
+
+    def __init__(self, tally: Tally, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.tally = tally
+        self.bar = tqdm(total=tally.total - tally.skipped, unit="file", file=sys.stderr,
+                        dynamic_ncols=True, disable=not enabled or None, smoothing=0.1)
+
+    def update(self, ok: bool, audio_s: float) -> None:
+        tally = self.tally
+        if ok:
+            tally.ok += 1
+        else:
+            tally.failed += 1
+        tally.audio_s += audio_s
+        self.bar.set_postfix_str(f"{tally.realtime:.1f} audio h/h, {tally.failed} failed",
+                                 refresh=False)
+        self.bar.update(1)
+
+    def write(self, message: str) -> None:
+        self.bar.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()

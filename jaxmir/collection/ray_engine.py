@@ -1,0 +1,170 @@
+"""The Ray engine: decoding as Ray tasks, the model as a pool of actors, with Ray Data.
+
+    ray.data.from_items(paths).map(decode).map_batches(ModelActor, compute=ActorPoolStrategy(...))
+
+Each actor loads and compiles the model once and then takes batches of
+decoded files; with GPUs in the cluster there is one actor per GPU, else
+``actors`` actors of ``cpus_per_actor`` CPUs each. :func:`analyze_dataset` is
+the Python entry point (a Dataset of paths in, a Dataset of rows with the
+Parquet schema of :mod:`jaxmir.collection.outputs` out); the command line
+drives :func:`run`, which feeds the same rows to the resumable writers.
+Install with ``pip install 'jaxmir[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxmir.collection import compute
+from jaxmir.collection.compute import Options
+from jaxmir.collection.inputs import Source
+from jaxmir.collection.progress import Progress
+from jaxmir.collection.rows import Layout, Result, summary
+from jaxmir.errors import InputError
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def import_ray():
+    """``ray`` and ``ray.data``, or an InputError saying how to install them."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise InputError("--engine ray needs Ray Data: pip install 'jaxmir[ray]' (or "
+                         "pip install 'ray[data]')") from None
+    return ray
+
+
+def _reachable(address: str) -> None:
+    """Fail fast (``CONNECT_TIMEOUT_S``) when the cluster's host:port does not answer."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"RAY_ADDRESS={address!r}: expected host:port, ray://host:port, auto or "
+                         "local")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise InputError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): "
+                         f"{err.strerror or err}; start it (ray start --head) or unset "
+                         "RAY_ADDRESS to run a local one") from None
+
+
+def connect(address: str | None = None):
+    """Join the cluster named by ``address`` (default ``$RAY_ADDRESS``; a local one when unset)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
+    if address not in ("", "local", "auto"):
+        _reachable(address)
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise InputError(f"cannot connect to the Ray cluster {address or '(local)'}: {err}") from None
+    return ray
+
+
+def _decode_row(row: dict, resampler: str) -> dict:
+    item = compute.decode(row["path"], resampler)
+    audio = item.audio if item.audio is not None else np.zeros(0, np.float32)
+    return {"path": item.source.path, "size_bytes": item.source.size,
+            "mtime_ns": item.source.mtime_ns, "audio": audio, "error": item.error or ""}
+
+
+class ModelActor:
+    """A Ray Data callable class: the model loaded and compiled once, then batches of decoded files.
+
+    ``raw`` rows keep the per-patch values as they are (``patches`` flattened
+    plus ``shape``); otherwise rows follow ``layout`` (the Parquet schema).
+    """
+
+    def __init__(self, model: str | None, backbone: str | None, options: Options, layout: Layout,
+                 raw: bool = False):
+        import jaxmir
+
+        self.model = jaxmir.load(model, backbone=backbone) if backbone else jaxmir.load(model)
+        self.options, self.layout, self.raw = options, layout, raw
+
+    def _result(self, path, size, mtime_ns, audio, error) -> Result:
+        source = Source(str(path), int(size), int(mtime_ns))
+        item = compute.Decoded(source, None if error else np.asarray(audio, np.float32),
+                               str(error) or None)
+        (item, outcome), = compute.analyze_stream(self.model, [item], self.options)
+        if isinstance(outcome, str):
+            return Result(source, item.duration_s, None, outcome)
+        return Result(source, item.duration_s, outcome[self.options.output])
+
+    def __call__(self, batch: dict) -> dict:
+        results = [self._result(*row) for row in zip(batch["path"], batch["size_bytes"],
+                                                      batch["mtime_ns"], batch["audio"],
+                                                      batch["error"])]
+        if self.raw:
+            return {"path": [r.source.path for r in results],
+                    "size_bytes": [r.source.size for r in results],
+                    "mtime_ns": [r.source.mtime_ns for r in results],
+                    "duration_s": [r.duration_s for r in results],
+                    "error": [r.error or "" for r in results],
+                    "shape": [np.asarray(r.values.shape if r.ok else (0,), np.int64) for r in results],
+                    "patches": [np.asarray(r.values, np.float32).ravel() if r.ok
+                                else np.zeros(0, np.float32) for r in results]}
+        rows = [summary(self.layout, r) for r in results]
+        return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def _pool(ray, actors: int | None, cpus_per_actor: float) -> tuple[int, dict]:
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return actors or gpus, {"num_gpus": 1}
+    return actors or 1, {"num_cpus": cpus_per_actor}
+
+
+def analyze_dataset(paths, model: str | None, options: Options, layout: Layout, *,
+                    backbone: str | None = None, actors: int | None = None,
+                    cpus_per_actor: float = 1.0, batch_size: int = 4, raw: bool = False):
+    """A Dataset of per-file rows (the Parquet schema of ``layout``) from a Dataset of paths.
+
+    Args:
+      paths: a ``ray.data.Dataset`` with a ``path`` column (absolute paths the
+        workers can read).
+      model, backbone: as :func:`jaxmir.load` (a shipped name or a path the actors can read).
+      options: patch options and the output name.
+      layout: the columns (``rows.Layout``).
+      actors: model actors (default: one per GPU, else 1); ``cpus_per_actor``
+        CPUs each when there is no GPU.
+      batch_size: decoded files per actor call.
+    """
+    ray = import_ray()
+    from ray.data import ActorPoolStrategy
+
+    size, resources = _pool(ray, actors, cpus_per_actor)
+    decoded = paths.map(_decode_row, fn_kwargs={"resampler": options.resampler}, num_cpus=1)
+    return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout, raw),
+                               batch_size=batch_size, batch_format="numpy",
+                               compute=ActorPoolStrategy(size=size), **resources)
+
+
+def run(model: str | None, backbone: str | None, sources: Sequence[Source], options: Options,
+        layout: Layout, write: Callable[[Result], None], progress: Progress,
+        actors: int | None = None) -> None:
+    """The command line's Ray run: rows streamed back to the driver and written there (in any order)."""
+    ray = connect()
+    if not sources:
+        return
+    paths = ray.data.from_items([{"path": s.path} for s in sources])
+    rows = analyze_dataset(paths, model, options, layout, backbone=backbone, actors=actors, raw=True)
+    for row in rows.iter_rows():
+        error = str(row["error"]) or None
+        source = Source(str(row["path"]), int(row["size_bytes"]), int(row["mtime_ns"]))
+        values = None if error else np.asarray(row["patches"], np.float32).reshape(row["shape"])
+        result = Result(source, float(row["duration_s"]), values, error)
+        if error:
+            progress.write(f"jaxmir: error: {error}")
+        write(result)
+        progress.update(result.ok, result.duration_s if result.ok else 0.0)

@@ -1,0 +1,42 @@
+"""Which rows of an existing output a resumed run keeps, and which files it still has to do.
+
+A row is kept when its file succeeded and is unchanged (same path, size and
+modification time), or when its file is not part of this run (another run's
+rows are not ours to drop). Failed rows and rows of files changed since are
+dropped; those files are done again and their new rows appended.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from jaxmir.collection.inputs import Source
+from jaxmir.collection.rows import OK
+from jaxmir.errors import InputError
+
+
+def keep(path: str, size: int, mtime_ns: int, status: str, current: Mapping[str, Source]) -> bool:
+    """Whether an existing row stays in the output (see the module docstring)."""
+    source = current.get(path)
+    if source is None:
+        return True
+    return status == OK and (size, mtime_ns) == (source.size, source.mtime_ns)
+
+
+def to_do(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[Source]:
+    """The sources whose ``(path, size, mtime_ns)`` has no kept row, in order."""
+    return [s for s in sources if s.key not in done]
+
+
+def check_identity(output: str, found: dict, expected: dict) -> None:
+    """Refuse to append to an output written with another model or other settings."""
+    if found == expected:
+        return
+    keys = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    details = "; ".join(f"{k}: {found.get(k)!r} there, {expected.get(k)!r} now" for k in keys
+                        if k != "labels")
+    if "labels" in keys:
+        details = "; ".join(filter(None, [details, "the labels differ"]))
+    raise InputError(f"{output} holds results of model {found.get('model')!r}, not of "
+                     f"{expected.get('model')!r} with these settings ({details}); give another "
+                     "--output, or --overwrite to start it over")

@@ -1,0 +1,108 @@
+"""The row written for each file of a collection, and the layout (columns) shared by every writer.
+
+Every row has ``path`` (absolute), ``size_bytes`` and ``mtime_ns`` (the file's
+state before it was read: what a resumed run compares), ``duration_s`` (of the
+16-kHz signal), ``n_patches``, ``status`` (``"ok"`` or ``"error"``) and
+``error`` (the message, or null). Then:
+
+* ``tag``: one float64 column per label, the mean over patches (computed in
+  float64 from the float32 predictions, as ``jaxmir tag`` does);
+* ``embed``: ``embedding``, the mean over patches (float64 mean stored as
+  float32), each patch flattened when the layer has more than one axis.
+
+With ``per_patch`` rows also hold ``patches``: ``[n_patches, dim]`` float32,
+the model's output for every patch, flattened per patch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+
+from jaxmir.collection.inputs import Source
+from jaxmir.errors import InputError
+
+BASE_COLUMNS = ("path", "size_bytes", "mtime_ns", "duration_s", "n_patches", "status", "error")
+OK, ERROR = "ok", "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What a collection's rows hold; ``identity`` is checked against an existing output on resume.
+
+    ``identity`` holds the model's name and source, the output name, the labels
+    (tags) and the patch options; two runs may share an output only when their
+    identities are equal.
+    """
+
+    command: str
+    identity: dict
+    labels: tuple[str, ...] = ()
+    per_patch: bool = False
+
+    def __post_init__(self):
+        clash = sorted(set(self.labels) & set(BASE_COLUMNS + ("patches", "model")))
+        if self.command == "tag" and clash:
+            raise InputError(f"the model's labels {clash} clash with the output's own columns; "
+                             "give the model other labels")
+
+    @property
+    def model(self) -> str:
+        return str(self.identity["model"])
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        return self.labels if self.command == "tag" else ("embedding",)
+
+    def identity_json(self) -> str:
+        return json.dumps(self.identity, sort_keys=True)
+
+
+@dataclasses.dataclass
+class Result:
+    """One file's outcome: ``values`` ``[n_patches, ...]`` from the model, or ``error``."""
+
+    source: Source
+    duration_s: float = 0.0
+    values: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def mean(values: np.ndarray) -> np.ndarray:
+    """The mean over patches in float64, ``[dim]`` (each patch flattened)."""
+    flat = np.asarray(values, np.float64).reshape(values.shape[0], -1)
+    return flat.mean(axis=0)
+
+
+def patches(values: np.ndarray) -> np.ndarray:
+    """``[n_patches, dim]`` float32, each patch flattened."""
+    return np.asarray(values, np.float32).reshape(values.shape[0], -1)
+
+
+def base(result: Result) -> dict[str, Any]:
+    source = result.source
+    n = 0 if result.values is None else int(result.values.shape[0])
+    return {"path": source.path, "size_bytes": source.size, "mtime_ns": source.mtime_ns,
+            "duration_s": float(result.duration_s), "n_patches": n,
+            "status": OK if result.ok else ERROR,
+            "error": None if result.error is None else " ".join(result.error.split())}
+
+
+def summary(layout: Layout, result: Result) -> dict[str, Any]:
+    """The row as Python values: base columns, then the means (None for a failed file)."""
+    row = base(result)
+    if layout.command == "tag":
+        means = mean(result.values) if result.ok else [None] * len(layout.labels)
+        row.update({label: None if v is None else float(v) for label, v in zip(layout.labels, means)})
+    else:
+        row["embedding"] = mean(result.values).astype(np.float32) if result.ok else None
+    if layout.per_patch:
+        row["patches"] = patches(result.values) if result.ok else None
+    return row

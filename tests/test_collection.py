@@ -1,0 +1,363 @@
+"""Collections: inputs, the four outputs against Model.predict, resume, kill-safety, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxmir
+from jaxmir.collection import Options, collect, commands, compute, inputs, outputs
+from jaxmir.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, seconds: float, rate: int, channels: int, seed: int) -> Path:
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * (220 + 40 * seed) * t)[:, None]
+    audio = tone + 0.05 * rng.standard_normal((t.size, channels))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, audio.astype(np.float32), rate)
+    return path
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory) -> Path:
+    """rock/a.wav, rock/b.flac, jazz/a.wav (same stem), jazz/deep/c.wav, a hidden file, a text file."""
+    root = tmp_path_factory.mktemp("music")
+    _write(root / "rock" / "a.wav", 3.5, 16000, 1, 0)
+    _write(root / "rock" / "b.flac", 5.0, 22050, 2, 1)
+    _write(root / "jazz" / "a.wav", 4.2, 44100, 2, 2)
+    _write(root / "jazz" / "deep" / "c.wav", 6.0, 48000, 1, 3)
+    _write(root / "jazz" / ".hidden.wav", 3.0, 16000, 1, 4)
+    (root / "jazz" / "notes.txt").write_text("not audio")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    return jaxmir.load("msd-musicnn")
+
+
+@pytest.fixture(scope="module")
+def expected(music, model):
+    """Direct Model.predict of every file: the per-patch tags and embeddings."""
+    found = {}
+    for path in inputs.expand([str(music)]):
+        audio = jaxmir.load_audio(path, 16000)
+        found[path] = {"predictions": model.predict(audio, 16000),
+                       "embeddings": model.predict(audio, 16000, output="embeddings"),
+                       "duration_s": audio.shape[0] / 16000}
+    return found
+
+
+def _bad(folder: Path) -> Path:
+    path = folder / "broken.wav"
+    path.write_bytes(b"RIFF not really a wave file")
+    return path
+
+
+def _counting():
+    """An analyzer that counts the files it is given (the work a run does)."""
+    seen = []
+
+    def analyzer(model, items, options):
+        for item in items:
+            seen.append(item.source.path)
+            yield from compute.analyze_stream(model, [item], options)
+    return analyzer, seen
+
+
+def _read_parquet(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pandas().sort_values("path").reset_index(drop=True)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def test_expand_folders_lists_and_names(music, tmp_path):
+    found = inputs.expand([str(music)])
+    names = [os.path.relpath(p, music) for p in found]
+    assert names == ["jazz/a.wav", "jazz/deep/c.wav", "rock/a.wav", "rock/b.flac"]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\n{music / 'rock' / 'b.flac'}\n\n{music / 'jazz'}\n")
+    assert inputs.expand([f"@{listing}", str(music / "rock" / "b.flac")]) == [
+        str(music / "rock" / "b.flac"), str(music / "jazz" / "a.wav"),
+        str(music / "jazz" / "deep" / "c.wav")]
+    assert inputs.npy_names(found) == inputs.npy_names(found[::-1])
+    assert sorted(inputs.npy_names(found).values()) == [
+        "jazz/a.npy", "jazz/deep/c.npy", "rock/a.npy", "rock/b.npy"]
+    assert set(inputs.npy_names(["/x/a.wav", "/x/a.flac"]).values()) == {"a.wav.npy", "a.flac.npy"}
+    with pytest.raises(InputError, match="no audio files"):
+        inputs.expand([str(tmp_path)])
+    with pytest.raises(InputError, match="cannot read the list"):
+        inputs.expand([f"@{tmp_path / 'missing.txt'}"])
+
+
+# -- outputs against Model.predict ------------------------------------------------------------
+# The collection computes with the same code (Model.predict on the same 16-kHz signal, the
+# same jitted program) and the same float64 mean, so the values must be equal: tolerance 0.
+def test_parquet_tags_and_patches(music, model, expected, tmp_path):
+    import pandas
+
+    out = tmp_path / "tags.parquet"
+    tally = collect(model, [str(music)], str(out), name="msd-musicnn", per_patch=True, jobs=0,
+                    progress=False, flush_rows=3)
+    assert (tally.ok, tally.failed, tally.skipped) == (4, 0, 0)
+    assert sorted(p.name for p in out.iterdir()) == ["part-000000.parquet", "part-000001.parquet"]
+    table = _read_parquet(out)
+    assert len(pandas.read_parquet(out)) == 4
+    assert list(table.columns[:7]) == ["path", "size_bytes", "mtime_ns", "duration_s", "n_patches",
+                                       "status", "error"]
+    for _, row in table.iterrows():
+        want = expected[row["path"]]
+        assert row["status"] == "ok" and pandas.isna(row["error"])
+        assert row["duration_s"] == want["duration_s"]
+        assert row["n_patches"] == want["predictions"].shape[0]
+        means = np.asarray(want["predictions"], np.float64).mean(axis=0)
+        np.testing.assert_array_equal(row[list(model.labels)].to_numpy(np.float64), means)
+        np.testing.assert_array_equal(np.stack(row["patches"]), want["predictions"])
+
+
+def test_jsonl_csv_npy_embed(music, model, expected, tmp_path):
+    import pandas
+
+    bad = _bad(tmp_path)
+    paths = [str(music), str(bad)]
+    lines = tmp_path / "tags.jsonl"
+    table = tmp_path / "tags.csv"
+    folder = tmp_path / "embeddings"
+    embed = tmp_path / "embeddings.parquet"
+    for output, command, output_name in ((lines, "tag", "predictions"), (table, "tag", "predictions"),
+                                         (folder, "embed", "embeddings"), (embed, "embed", "embeddings")):
+        tally = collect(model, paths, str(output), command=command, options=Options(output_name),
+                        name="msd-musicnn", jobs=0, progress=False)
+        assert (tally.ok, tally.failed) == (4, 1)
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [r["path"] for r in rows] == inputs.expand(paths)
+    frame = pandas.read_csv(table)
+    for row, (_, csv_row) in zip(rows, frame.iterrows()):
+        if row["path"] == str(bad):
+            assert row["status"] == csv_row["status"] == "error" and str(bad) in row["error"]
+            assert row["tags"] is None and str(bad) in csv_row["error"]
+            continue
+        means = np.asarray(expected[row["path"]]["predictions"], np.float64).mean(axis=0)
+        np.testing.assert_array_equal([row["tags"][label] for label in model.labels], means)
+        np.testing.assert_array_equal(csv_row[list(model.labels)].to_numpy(np.float64), means)
+    index = [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()]
+    # names below the folder common to every input (here music's parent: broken.wav is elsewhere)
+    assert sorted(r["npy"] for r in index if r["npy"]) == [
+        f"{music.name}/{name}" for name in ("jazz/a.npy", "jazz/deep/c.npy", "rock/a.npy", "rock/b.npy")]
+    vectors = _read_parquet(embed)
+    for r in index:
+        if r["npy"] is None:
+            continue
+        want = expected[r["path"]]["embeddings"]
+        np.testing.assert_array_equal(np.load(folder / r["npy"], allow_pickle=False), want)
+        got = vectors.loc[vectors["path"] == r["path"], "embedding"].iloc[0]
+        np.testing.assert_array_equal(got, np.asarray(want, np.float64).mean(0).astype(np.float32))
+
+
+# -- resume -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_resume_retry_overwrite(music, model, tmp_path, suffix):
+    import soundfile
+
+    import shutil
+
+    bad = _bad(tmp_path)
+    rock = shutil.copytree(music / "rock", tmp_path / "rock")
+    out = str(tmp_path / f"tags{suffix}")
+    paths = [str(rock), str(bad)]
+    run = lambda **kw: collect(model, paths, out, name="msd-musicnn", jobs=0, progress=False,
+                               flush_rows=1, analyzer=analyzer, **kw)
+    analyzer, seen = _counting()
+    assert run().failed == 1 and len(seen) == 3
+    seen.clear()
+    tally = run()
+    assert seen == [str(bad)] and (tally.skipped, tally.failed) == (2, 1)
+    _write(bad, 3.2, 16000, 1, 7)  # the broken file is fixed: retried, its error row replaced
+    seen.clear()
+    assert run().failed == 0 and seen == [str(bad)]
+    os.utime(rock / "a.wav", ns=(1, 1))  # a changed file is done again
+    seen.clear()
+    assert run().failed == 0 and seen == [str(rock / "a.wav")]
+    seen.clear()
+    assert run(overwrite=True).ok == 3 and len(seen) == 3
+    if suffix == ".parquet":
+        rows = _read_parquet(out)
+    else:
+        import pandas
+
+        rows = pandas.read_json(out, lines=True) if suffix == ".jsonl" else pandas.read_csv(out)
+    assert sorted(rows["path"]) == sorted(inputs.expand(paths)) and set(rows["status"]) == {"ok"}
+    assert soundfile.info(bad).duration == pytest.approx(3.2)
+
+
+def test_refuses_another_models_output(music, model, tmp_path):
+    other = jaxmir.load("mtt-musicnn")
+    for suffix in (".parquet", ".jsonl", ".csv"):
+        out = str(tmp_path / f"tags{suffix}")
+        collect(model, [str(music / "rock" / "a.wav")], out, name="msd-musicnn", jobs=0,
+                progress=False)
+        with pytest.raises(InputError, match="msd-musicnn.*mtt-musicnn.*--overwrite"):
+            collect(other, [str(music / "rock" / "a.wav")], out, name="mtt-musicnn", jobs=0,
+                    progress=False)
+        tally = collect(other, [str(music / "rock" / "a.wav")], out, name="mtt-musicnn", jobs=0,
+                        progress=False, overwrite=True)
+        assert tally.ok == 1
+    with pytest.raises(InputError, match="patch_hop"):
+        collect(other, [str(music / "rock" / "a.wav")], str(tmp_path / "tags.parquet"),
+                name="mtt-musicnn", options=Options(patch_hop=40), jobs=0, progress=False)
+
+
+def test_torn_last_line_is_dropped(music, model, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0, progress=False)
+    whole = out.read_bytes()
+    first_line = whole[:whole.index(b"\n") + 1]
+    out.write_bytes(first_line + whole[len(first_line):len(first_line) + 40])  # a kill mid-line
+    analyzer, seen = _counting()
+    collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0, progress=False,
+            analyzer=analyzer)
+    assert len(seen) == 1 and out.read_bytes() == whole
+
+
+# -- kill-safety and bad input --------------------------------------------------------------------
+KILLED_RUN = """
+import sys
+import jaxmir
+from jaxmir.collection import collect
+if __name__ == "__main__":
+    collect(jaxmir.load("msd-musicnn"), sys.argv[1:-1], sys.argv[-1], name="msd-musicnn", jobs=1,
+            progress=False, flush_rows=1)
+"""
+
+
+def test_sigkill_mid_run_then_resume(music, model, tmp_path):
+    many = tmp_path / "many"
+    for i in range(8):
+        _write(many / f"t{i}.wav", 3.0 + 0.5 * (i % 3), 16000, 1, i)
+    out = tmp_path / "killed.parquet"
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    log_file = open(tmp_path / "log.txt", "wb")
+    process = subprocess.Popen([sys.executable, str(script), str(many), str(out)], env=env,
+                               stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.is_dir() and len(list(out.glob("part-*.parquet"))) >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # the main process only: its decoding worker must follow
+    process.wait(timeout=30)
+    log_file.close()
+    log = (tmp_path / "log.txt").read_text()
+    table = _read_parquet(out)  # reads cleanly: only complete parts
+    assert 2 <= len(table) < 8, log
+    assert set(table["status"]) == {"ok"} and table["path"].is_unique
+    analyzer, seen = _counting()
+    tally = collect(model, [str(many)], str(out), name="msd-musicnn", jobs=0, progress=False,
+                    analyzer=analyzer)
+    assert tally.skipped == len(table) and len(seen) == 8 - len(table)
+    assert sorted(_read_parquet(out)["path"]) == inputs.expand([str(many)])
+
+
+def test_full_disk_keeps_rows(music, model, tmp_path, monkeypatch):
+    out = tmp_path / "tags.jsonl"
+    real = outputs._append
+    calls = []
+
+    def full(handle, data):
+        calls.append(1)
+        if len(calls) == 3:
+            handle.write(data[:25])  # part of a line reached the disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(handle, data)
+
+    monkeypatch.setattr(outputs, "_append", full)
+    with pytest.raises(InputError, match="No space left on device.*2 rows written before are kept"):
+        collect(model, [str(music)], str(out), name="msd-musicnn", jobs=0, progress=False)
+    monkeypatch.setattr(outputs, "_append", real)
+    analyzer, seen = _counting()
+    assert collect(model, [str(music)], str(out), name="msd-musicnn", jobs=0, progress=False,
+                   analyzer=analyzer).skipped == 2
+    assert len(seen) == 2 and len(out.read_text().splitlines()) == 4
+
+
+def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="cannot write the output"):
+        collect(model, [str(music)], str(blocker / "tags.parquet"), jobs=0, progress=False)
+    real = Path.write_bytes
+
+    def read_only(self, data):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+    monkeypatch.setattr(Path, "write_bytes", read_only)  # root ignores chmod: simulate it
+    with pytest.raises(InputError, match="Permission denied"):
+        collect(model, [str(music)], str(tmp_path / "ro" / "tags.jsonl"), jobs=0, progress=False)
+    monkeypatch.setattr(Path, "write_bytes", real)
+
+    files = tmp_path / "vanishing"
+    first = _write(files / "1.wav", 3.0, 16000, 1, 0)
+    gone = _write(files / "2.wav", 3.0, 16000, 1, 1)
+
+    def remove_next(result, where):
+        if result.source.path == str(first):
+            gone.unlink()
+    tally = collect(model, [str(files)], str(tmp_path / "v.jsonl"), jobs=0, progress=False,
+                    on_result=remove_next)
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert (tally.ok, tally.failed) == (1, 1) and "no such file" in rows[1]["error"]
+
+    changing = _write(files / "3.wav", 3.0, 16000, 1, 2)
+    load = jaxmir.audio.load_audio
+
+    def load_and_touch(path, *args, **kwargs):
+        audio = load(path, *args, **kwargs)
+        os.utime(path, ns=(5, 5))
+        return audio
+    monkeypatch.setattr(jaxmir.audio, "load_audio", load_and_touch)
+    assert "changed while it was being read" in compute.decode(str(changing)).error
+
+
+# -- the command-line drop-in ------------------------------------------------------------------------
+def test_run_tag_and_embed_commands(music, model, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("-o", "--output")
+    parser.add_argument("-f", "--format", default="text")
+    parser.add_argument("-l", "--layer", default="embeddings")
+    for name, default in (("model", None), ("backbone", None), ("pad", None),
+                          ("last_patch", "discard"), ("resampler", "essentia")):
+        parser.add_argument(f"--{name.replace('_', '-')}", default=default)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    commands.add_collection_options(parser)
+    bad = _bad(tmp_path)
+    args = parser.parse_args([str(music / "rock"), str(bad), "-o", str(tmp_path / "t.parquet"),
+                              "--jobs", "0", "--no-progress"])
+    assert commands.is_collection(args, "tag")
+    assert commands.run_tag(args, model, None) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "2 ok, 1 failed" in err and "x real time" in err
+    assert not commands.is_collection(parser.parse_args(["x", "-o", "t.csv", "-f", "csv"]), "tag")
+    args = parser.parse_args([str(music / "rock"), "-o", str(tmp_path / "emb"), "-j", "0",
+                              "--no-progress"])
+    assert commands.run_embed(args, model, None) == 0
+    assert capsys.readouterr().out.count(" -> ") == 2

@@ -1,0 +1,87 @@
+"""The Ray engine on a local Ray cluster: the same rows as the local engine; clear errors without Ray."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import require
+from jaxmir.collection import Options, collect, ray_engine
+from jaxmir.collection.rows import Layout
+from jaxmir.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, seconds: float, rate: int, channels: int, seed: int) -> None:
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32),
+                    rate)
+
+
+@pytest.fixture
+def cluster():
+    ray = require("ray")
+    require("ray.data")
+    import os
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def _table(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).sort_by("path")
+
+
+def test_ray_equals_local(cluster, tmp_path):
+    music = tmp_path / "music"
+    _write(music / "a.wav", 3.5, 16000, 1, 0)
+    _write(music / "sub" / "a.flac", 5.0, 44100, 2, 1)
+    _write(music / "b.wav", 4.0, 22050, 1, 2)
+    (music / "broken.wav").write_bytes(b"not audio")
+    model = jaxmir.load("msd-musicnn")
+    local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    for engine, out in (("local", local), ("ray", remote)):
+        tally = collect(model, [str(music)], str(out), name="msd-musicnn", per_patch=True, jobs=0,
+                        engine=engine, progress=False)
+        assert (tally.ok, tally.failed) == (3, 1)
+    # Same code (Model.predict on the same signal) on the same CPU in the actor: equal values.
+    assert _table(remote).equals(_table(local))
+
+    # The Python entry point: a Dataset of paths in, a Dataset of rows with the same schema out.
+    layout = Layout("embed", {"model": "msd-musicnn"}, per_patch=False)
+    paths = cluster.data.from_items([{"path": str(music / "a.wav")}])
+    rows = ray_engine.analyze_dataset(paths, "msd-musicnn", Options("embeddings"), layout).take_all()
+    want = model.predict(jaxmir.load_audio(music / "a.wav"), 16000, output="embeddings")
+    assert rows[0]["status"] == "ok" and rows[0]["n_patches"] == want.shape[0]
+    np.testing.assert_array_equal(rows[0]["embedding"],
+                                  np.asarray(want, np.float64).mean(0).astype(np.float32))
+
+
+def test_ray_missing_or_unreachable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(InputError, match=r"pip install 'jaxmir\[ray\]'"):
+        ray_engine.connect()
+    monkeypatch.undo()
+    require("ray")
+    import ray
+
+    assert not ray.is_initialized()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # the discard port: nothing listens
+    start = time.monotonic()
+    with pytest.raises(InputError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
+        ray_engine.connect()
+    assert time.monotonic() - start < ray_engine.CONNECT_TIMEOUT_S + 5
