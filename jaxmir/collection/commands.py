@@ -77,13 +77,12 @@ def model_name(args: argparse.Namespace) -> str:
 
 def identity(name: str, model, command: str, options: Options) -> dict:
     """What must match for two runs to share an output (see :class:`rows.Layout`)."""
-    hop = options.patch_hop
-    if hop is None:
-        from jaxmir import pipeline
+    from jaxmir import pipeline
 
-        hop = pipeline.DEFAULT_PATCH_HOP[pipeline.frontend_of(model)]
+    frontend = pipeline.frontend_of(model)
+    hop = frontend.patch_hop if options.patch_hop is None else options.patch_hop
     fields = {"model": name, "command": command, "output": options.output,
-              "patch_hop": int(hop) or int(model.input_shape[0]), "last_patch": options.last_patch,
+              "patch_hop": int(hop) or frontend.patch_size, "last_patch": options.last_patch,
               "pad": options.pad, "resampler": options.resampler}
     if command == "tag":
         fields["labels"] = list(model.labels)
