@@ -361,3 +361,31 @@ def test_run_tag_and_embed_commands(music, model, tmp_path, capsys):
                               "--no-progress"])
     assert commands.run_embed(args, model, None) == 0
     assert capsys.readouterr().out.count(" -> ") == 2
+
+
+def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
+    """Decoded in part: its tags from what was there, status "damaged", the problem in "error"."""
+    import soundfile
+
+    full = _write(tmp_path / "full.wav", 6.0, 16000, 1, 5)
+    pcm = (soundfile.read(full, dtype="float32")[0] * 32767).astype(np.int16)
+    soundfile.write(full, pcm, 16000, subtype="PCM_16")
+    cut = tmp_path / "music" / "cut.wav"
+    cut.parent.mkdir()
+    cut.write_bytes(full.read_bytes()[:44 + 2 * 16000 * 4])  # 4 of the 6 s the header declares
+    out = str(tmp_path / "tags.jsonl")
+    analyzer, seen = _counting()
+    tally = collect(model, [str(cut.parent)], out, name="msd-musicnn", jobs=0, progress=False,
+                    analyzer=analyzer)
+    assert tally.failed == 0 and seen == [str(cut)]
+    row = json.loads(Path(out).read_text().splitlines()[0])
+    assert row["status"] == "damaged" and "truncated audio" in row["error"]
+    audio = jaxmir.load_audio(cut, 16000)  # what was there, as a plain load decodes it
+    assert row["n_patches"] == model.predict(audio, 16000).shape[0]
+    seen.clear()
+    collect(model, [str(cut.parent)], out, name="msd-musicnn", jobs=0, progress=False,
+            analyzer=analyzer)
+    assert seen == []  # damaged again on a rerun: kept, not redone
+    strict = collect(model, [str(cut)], str(tmp_path / "strict.jsonl"), name="msd-musicnn",
+                     jobs=0, progress=False, options=Options(strict=True))
+    assert strict.failed == 1

@@ -157,7 +157,8 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
 
 def _options(args: argparse.Namespace, output: str, hop: int | None) -> Options:
     return Options(output=output, patch_hop=hop, last_patch=args.last_patch, pad=args.pad,
-                   resampler=args.resampler)
+                   resampler=args.resampler, decoder=getattr(args, "decoder", "essentia"),
+                   strict=getattr(args, "strict", False))
 
 
 def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -38,6 +39,8 @@ class Options:
     last_patch: str = "discard"
     pad: str | None = None
     resampler: str = "essentia"
+    decoder: str = "essentia"
+    strict: bool = False
 
 
 @dataclasses.dataclass
@@ -50,6 +53,7 @@ class Decoded:
     source: Source
     audio: np.ndarray | None = None
     error: str | None = None
+    warning: str | None = None  # decoded in part (damaged or truncated): what was wrong
 
     @property
     def duration_s(self) -> float:
@@ -67,19 +71,29 @@ def error_message(path: str, err: BaseException) -> str:
     return message if message.startswith(path) else f"{path}: {message}"
 
 
-def decode(path: str, resampler: str = "essentia") -> Decoded:
-    """Read ``path`` as 16-kHz mono; a file that changes or vanishes while it is read is an error."""
+def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
+           strict: bool = False) -> Decoded:
+    """Read ``path`` as 16-kHz mono; a file that changes or vanishes while it is read is an error.
+
+    A damaged or truncated file is decoded as far as it goes and its problem
+    kept as ``warning`` (with ``strict``, it is an error instead).
+    """
     from jaxmir.audio import load_audio
+    from jaxmir.decode import DamagedAudioWarning
 
     before = examine(path)
     try:
-        audio = load_audio(path, SAMPLE_RATE, resampler=resampler)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DamagedAudioWarning)
+            audio = load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder,
+                               strict=strict)
         if examine(path) != before:
             raise AudioError(f"{path}: changed while it was being read (size or modification "
                              "time); it will be read again on the next run")
     except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
         return Decoded(before, None, error_message(path, err))
-    return Decoded(before, audio)
+    damage = [str(w.message) for w in caught if issubclass(w.category, DamagedAudioWarning)]
+    return Decoded(before, audio, warning=" ".join(damage) or None)
 
 
 def analyze(model, audio_16k: np.ndarray, options: Options) -> dict[str, np.ndarray]:

@@ -60,7 +60,7 @@ def _decoded(future: Future, source: Source) -> Decoded:
         return Decoded(source, None, compute.error_message(source.path, err))
 
 
-def decode_all(sources: Sequence[Source], jobs: int, resampler: str = "essentia",
+def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(),
                prefetch: int | None = None) -> Iterator[Decoded]:
     """Decoded files in order; ``jobs`` worker processes (0: decode here), ``prefetch`` in flight.
 
@@ -69,7 +69,7 @@ def decode_all(sources: Sequence[Source], jobs: int, resampler: str = "essentia"
     """
     if jobs <= 0:
         for source in sources:
-            yield compute.decode(source.path, resampler)
+            yield compute.decode(source.path, options.resampler, options.decoder, options.strict)
         return
     prefetch = max(prefetch or 2 * jobs, 1)
     context = multiprocessing.get_context("spawn")
@@ -80,7 +80,8 @@ def decode_all(sources: Sequence[Source], jobs: int, resampler: str = "essentia"
         try:
             for source in queue:
                 try:
-                    pending.append((pool.submit(compute.decode, source.path, resampler), source))
+                    pending.append((pool.submit(compute.decode, source.path, options.resampler,
+                                                options.decoder, options.strict), source))
                 except BrokenProcessPool:
                     raise _died(source.path) from None
                 if len(pending) >= prefetch:
@@ -98,11 +99,14 @@ Analyzer = Callable[[object, Iterable[Decoded], Options], Iterator[tuple[Decoded
 def run(model, sources: Sequence[Source], options: Options, write: Callable[[Result], None],
         progress: Progress, jobs: int, analyzer: Analyzer = compute.analyze_stream) -> None:
     """Decode ``sources``, run ``analyzer`` (default file by file) and ``write`` each file's result."""
-    for item, outcome in analyzer(model, decode_all(sources, jobs, options.resampler), options):
+    for item, outcome in analyzer(model, decode_all(sources, jobs, options), options):
         if isinstance(outcome, str):
             result = Result(item.source, item.duration_s, None, outcome)
             progress.write(f"jaxmir: error: {outcome}")
         else:
-            result = Result(item.source, item.duration_s, outcome[options.output])
+            result = Result(item.source, item.duration_s, outcome[options.output],
+                            warning=item.warning)
+            if item.warning:
+                progress.write(f"jaxmir: warning: {item.warning}")
         write(result)
         progress.update(result.ok, item.duration_s if result.ok else 0.0)

@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
-from jaxmir.collection.rows import BASE_COLUMNS, OK, Layout, Result, summary
+from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, summary
 from jaxmir.errors import InputError
 
 KINDS = ("parquet", "jsonl", "csv", "npy")
@@ -189,7 +189,7 @@ class LinesWriter(Writer):
         kept = [line for line, row in zip(body, rows)
                 if resume.keep(row["path"], row["size_bytes"], row["mtime_ns"], row["status"],
                                current)]
-        self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in rows if r["status"] == OK}
+        self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in rows if r["status"] in DONE}
         if len(kept) != len(body) or len(complete) != len(data) or (self.csv and not lines):
             replace_atomically(self.path, lambda f: f.write(self._header_bytes() + b"".join(kept)))
 
@@ -311,7 +311,7 @@ class ParquetWriter(Writer):
             columns = {c: table.column(c).to_pylist() for c in ("path", "size_bytes", "mtime_ns", "status")}
             rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))
             mask = [resume.keep(*row, current) for row in rows]
-            self.done |= {row[:3] for row, kept in zip(rows, mask) if kept and row[3] == OK}
+            self.done |= {row[:3] for row, kept in zip(rows, mask) if kept and row[3] in DONE}
             if all(mask):
                 continue
             if not any(mask):

@@ -71,11 +71,12 @@ def connect(address: str | None = None):
     return ray
 
 
-def _decode_row(row: dict, resampler: str) -> dict:
-    item = compute.decode(row["path"], resampler)
+def _decode_row(row: dict, options: Options) -> dict:
+    item = compute.decode(row["path"], options.resampler, options.decoder, options.strict)
     audio = item.audio if item.audio is not None else np.zeros(0, np.float32)
     return {"path": item.source.path, "size_bytes": item.source.size,
-            "mtime_ns": item.source.mtime_ns, "audio": audio, "error": item.error or ""}
+            "mtime_ns": item.source.mtime_ns, "audio": audio, "error": item.error or "",
+            "warning": item.warning or ""}
 
 
 class ModelActor:
@@ -92,25 +93,27 @@ class ModelActor:
         self.model = jaxmir.load(model, backbone=backbone) if backbone else jaxmir.load(model)
         self.options, self.layout, self.raw = options, layout, raw
 
-    def _result(self, path, size, mtime_ns, audio, error) -> Result:
+    def _result(self, path, size, mtime_ns, audio, error, warning) -> Result:
         source = Source(str(path), int(size), int(mtime_ns))
         item = compute.Decoded(source, None if error else np.asarray(audio, np.float32),
                                str(error) or None)
         (item, outcome), = compute.analyze_stream(self.model, [item], self.options)
         if isinstance(outcome, str):
             return Result(source, item.duration_s, None, outcome)
-        return Result(source, item.duration_s, outcome[self.options.output])
+        return Result(source, item.duration_s, outcome[self.options.output],
+                      warning=str(warning) or None)
 
     def __call__(self, batch: dict) -> dict:
         results = [self._result(*row) for row in zip(batch["path"], batch["size_bytes"],
                                                       batch["mtime_ns"], batch["audio"],
-                                                      batch["error"])]
+                                                      batch["error"], batch["warning"])]
         if self.raw:
             return {"path": [r.source.path for r in results],
                     "size_bytes": [r.source.size for r in results],
                     "mtime_ns": [r.source.mtime_ns for r in results],
                     "duration_s": [r.duration_s for r in results],
                     "error": [r.error or "" for r in results],
+                    "warning": [r.warning or "" for r in results],
                     "shape": [np.asarray(r.values.shape if r.ok else (0,), np.int64) for r in results],
                     "patches": [np.asarray(r.values, np.float32).ravel() if r.ok
                                 else np.zeros(0, np.float32) for r in results]}
@@ -144,7 +147,7 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout, 
     from ray.data import ActorPoolStrategy
 
     size, resources = _pool(ray, actors, cpus_per_actor)
-    decoded = paths.map(_decode_row, fn_kwargs={"resampler": options.resampler}, num_cpus=1)
+    decoded = paths.map(_decode_row, fn_kwargs={"options": options}, num_cpus=1)
     return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout, raw),
                                batch_size=batch_size, batch_format="numpy",
                                compute=ActorPoolStrategy(size=size), **resources)
@@ -163,7 +166,8 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
         error = str(row["error"]) or None
         source = Source(str(row["path"]), int(row["size_bytes"]), int(row["mtime_ns"]))
         values = None if error else np.asarray(row["patches"], np.float32).reshape(row["shape"])
-        result = Result(source, float(row["duration_s"]), values, error)
+        result = Result(source, float(row["duration_s"]), values, error,
+                        warning=str(row["warning"]) or None)
         if error:
             progress.write(f"jaxmir: error: {error}")
         write(result)

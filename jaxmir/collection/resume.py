@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from jaxmir.collection.inputs import Source
-from jaxmir.collection.rows import OK
+from jaxmir.collection.rows import DONE
 from jaxmir.errors import InputError
 
 
@@ -20,7 +20,7 @@ def keep(path: str, size: int, mtime_ns: int, status: str, current: Mapping[str,
     source = current.get(path)
     if source is None:
         return True
-    return status == OK and (size, mtime_ns) == (source.size, source.mtime_ns)
+    return status in DONE and (size, mtime_ns) == (source.size, source.mtime_ns)
 
 
 def to_do(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[Source]:

@@ -26,7 +26,8 @@ from jaxmir.collection.inputs import Source
 from jaxmir.errors import InputError
 
 BASE_COLUMNS = ("path", "size_bytes", "mtime_ns", "duration_s", "n_patches", "status", "error")
-OK, ERROR = "ok", "error"
+OK, DAMAGED, ERROR = "ok", "damaged", "error"
+DONE = (OK, DAMAGED)  # statuses a resumed run does not redo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Result:
     duration_s: float = 0.0
     values: np.ndarray | None = None
     error: str | None = None
+    warning: str | None = None  # the file was decoded in part
 
     @property
     def ok(self) -> bool:
@@ -91,8 +93,9 @@ def base(result: Result) -> dict[str, Any]:
     n = 0 if result.values is None else int(result.values.shape[0])
     return {"path": source.path, "size_bytes": source.size, "mtime_ns": source.mtime_ns,
             "duration_s": float(result.duration_s), "n_patches": n,
-            "status": OK if result.ok else ERROR,
-            "error": None if result.error is None else " ".join(result.error.split())}
+            "status": ERROR if not result.ok else DAMAGED if result.warning else OK,
+            "error": " ".join(problem.split()) if (problem := result.error or result.warning)
+            else None}
 
 
 def summary(layout: Layout, result: Result) -> dict[str, Any]:
