@@ -389,3 +389,42 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     strict = collect(model, [str(cut)], str(tmp_path / "strict.jsonl"), name="msd-musicnn",
                      jobs=0, progress=False, options=Options(strict=True))
     assert strict.failed == 1
+
+
+def test_two_devices_give_the_results_of_one(music, tmp_path):
+    """With two local devices each takes files from the queue; the rows equal a one-device run."""
+    script = f"""
+import json, sys
+import jax
+import jaxmir
+from jaxmir.collection import collect, compute
+used = set()
+analyze = compute.analyze
+def spying(model, audio, options):
+    used.update(d.id for d in jax.tree_util.tree_leaves(model.variables)[0].devices())
+    return analyze(model, audio, options)
+compute.analyze = spying
+if __name__ == "__main__":
+    model = jaxmir.load("msd-musicnn")
+    tally = collect(model, [sys.argv[1]], sys.argv[2], name="msd-musicnn", jobs=0, progress=False)
+    print(json.dumps({{"devices": sorted(used), "ok": tally.ok}}))
+"""
+    runs = {}
+    for devices in (1, 2):
+        out = tmp_path / f"tags-{devices}.jsonl"
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+               "JAXMIR_NO_CACHE": "1", "PYTHONPATH": str(ROOT)}
+        result = subprocess.run([sys.executable, "-c", script, str(music), str(out)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report == {"devices": list(range(devices)), "ok": 4}  # every device took files
+        runs[devices] = {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert runs[1].keys() == runs[2].keys()
+    for path, row in runs[1].items():
+        other = runs[2][path]
+        for key, value in row.items():
+            if isinstance(value, float):  # the same program on another device: the same numbers
+                assert abs(value - other[key]) <= 1e-6 * max(1.0, abs(value)), (path, key)
+            else:
+                assert value == other[key], (path, key)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import warnings
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -104,17 +106,59 @@ def analyze(model, audio_16k: np.ndarray, options: Options) -> dict[str, np.ndar
     return {options.output: np.asarray(values)}
 
 
+def replicas(model) -> list:
+    """The model with its variables on each local device (one replica when there is one device)."""
+    import jax
+
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return [model]
+    return [dataclasses.replace(model, variables=jax.device_put(model.variables, device))
+            for device in devices]
+
+
+def _outcome(model, item: Decoded, options: Options) -> dict[str, np.ndarray] | str:
+    if item.error is not None:
+        return item.error
+    try:
+        return analyze(model, item.audio, options)
+    except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+        return error_message(item.source.path, err)
+
+
 def analyze_stream(model, items: Iterable[Decoded], options: Options
                    ) -> Iterator[tuple[Decoded, dict[str, np.ndarray] | str]]:
-    """``(item, outputs)`` or ``(item, error message)`` for each decoded item, file by file."""
-    for item in items:
-        if item.error is not None:
-            yield item, item.error
-            continue
+    """``(item, outputs)`` or ``(item, error message)`` for each decoded item.
+
+    With several local devices (GPUs, or ``--xla_force_host_platform_device_count``),
+    each device holds a replica of the model and takes the next file as soon as it
+    is free (results then come in the order they finish); with one, file by file.
+    """
+    models = replicas(model)
+    if len(models) == 1:
+        for item in items:
+            yield item, _outcome(model, item, options)
+        return
+    idle: queue.SimpleQueue = queue.SimpleQueue()
+    for replica in models:
+        idle.put(replica)
+
+    def run(item: Decoded):
+        replica = idle.get()
         try:
-            yield item, analyze(model, item.audio, options)
-        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
-            yield item, error_message(item.source.path, err)
+            return item, _outcome(replica, item, options)
+        finally:
+            idle.put(replica)
+
+    with ThreadPoolExecutor(max_workers=len(models)) as pool:
+        pending: set = set()
+        for item in items:
+            pending.add(pool.submit(run, item))
+            if len(pending) >= len(models):
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in done)
+        for future in as_completed(pending):
+            yield future.result()
 
 
 def default_jobs() -> int:
