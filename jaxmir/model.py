@@ -242,8 +242,9 @@ class Model:
         Example::
 
             stream = model.stream(44100)
-            for chunk in chunks:
-                for start, tags in zip(stream.times[-len(p := stream.push(chunk)):], p): ...
+            for chunk in chunks:            # [n, 2] int16 blocks, any n
+                tags = stream.push(chunk)   # [k, 50], k >= 0
+                starts = stream.times[len(stream.times) - len(tags):]
             rest = stream.close()
         """
         return streaming.Stream(self, sample_rate, output, patch_hop=patch_hop, last_patch=last_patch,
