@@ -4,6 +4,13 @@
     jaxmir tag *.wav --format json --output tags.json
     jaxmir embed *.mp3 --output embeddings/ --layer penultimate
     jaxmir info msd-musicnn
+    arecord -f S16_LE -r 44100 -c 2 | jaxmir stream --rate 44100 --channels 2
+    jaxmir tag song.wav --plot taggram.png
+
+Files are decoded block by block and go through the streaming engine
+(:mod:`jaxmir.stream`): memory does not grow with a file's length unless
+per-patch values are asked for (``--format json``, ``--plot``, ``embed``
+without ``--average``).
 
 A file that cannot be used (unreadable, a directory, too short, NaN samples,
 ...) is reported on stderr, naming it; the others are still processed, and the
@@ -130,26 +137,79 @@ def _emit(text: str, output: str | None) -> None:
     Path(output).write_text(text, encoding="utf-8")
 
 
-# -- tag ----------------------------------------------------------------------------------------
-def _tag_one(model, args, hop):
+# -- files through the streaming engine ----------------------------------------------------------
+BLOCK_FRAMES = 65536  # frames decoded at a time: ~1.5 s at 44.1 kHz
+
+
+def stream_file(model, path: str, args, hop, output: str, keep: bool) -> dict:
+    """Decode ``path`` block by block through :class:`jaxmir.stream.Stream`.
+
+    Returns ``{"seconds", "n_patches", "mean" [dim...] float64, "starts" [n], "values" [n, ...]}``;
+    the per-patch ``starts``/``values`` only when ``keep`` (otherwise only the mean is
+    accumulated, so memory does not grow with the file's length).
+    """
     import numpy as np
 
-    from jaxmir import pipeline
-    from jaxmir.audio import load_audio
+    from jaxmir.decode import iter_blocks
+    from jaxmir.stream import Stream
+
+    total, starts, values = None, [], []
+    with iter_blocks(path, BLOCK_FRAMES) as blocks:
+        stream = Stream(model, blocks.sample_rate, output, patch_hop=hop, last_patch=args.last_patch,
+                        pad=args.pad, resampler=args.resampler, require_patch=True)
+        for patches in stream.run(blocks):
+            part = patches.values[output]
+            batch_sum = part.sum(axis=0, dtype=np.float64)
+            total = batch_sum if total is None else total + batch_sum
+            if keep:
+                starts.append(patches.start)
+                values.append(part)
+    result = {"seconds": stream.seconds, "n_patches": stream.n_patches,
+              "mean": total / stream.n_patches}
+    if keep:
+        result["starts"] = np.concatenate(starts)
+        result["values"] = np.concatenate(values)
+    return result
+
+
+# -- tag ----------------------------------------------------------------------------------------
+def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
+    """``--plot PATH``: PATH for one file; ``PATH-stem<suffix>`` for each of several files."""
+    if plot is None:
+        return {}
+    target = Path(plot)
+    if len(files) == 1:
+        return {files[0]: target}
+    stems = _npy_names(files)
+    return {path: target.with_name(f"{target.stem}-{Path(stems[path]).stem}{target.suffix or '.png'}")
+            for path in files}
+
+
+def _tag_one(model, args, hop, plots: dict[str, Path]):
+    import numpy as np
 
     def work(path: str) -> dict:
-        audio = load_audio(path, 16000, resampler=args.resampler)
-        plan = pipeline.plan(model, int(audio.shape[0]), patch_hop=hop,
-                             last_patch=args.last_patch, pad=args.pad)
-        taggram = np.asarray(pipeline.run_plan(model, audio, plan)["predictions"], np.float64)
-        mean = taggram.mean(axis=0)
+        keep = args.format == "json" or path in plots
+        found = stream_file(model, path, args, hop, "predictions", keep)
+        mean = found["mean"]
         order = np.argsort(-mean, kind="stable")[:args.top or len(mean)]
-        return {"file": path, "duration_s": round(audio.shape[0] / 16000, 4),
-                "n_patches": int(taggram.shape[0]),
-                "top": [{"label": model.labels[i], "score": float(mean[i])} for i in order],
-                "mean": [float(v) for v in mean],
-                "patch_starts_s": [round(float(s), 4) for s in plan.patch_start_seconds],
-                "taggram": taggram.astype(np.float32).tolist()}
+        result = {"file": path, "duration_s": round(found["seconds"], 4),
+                  "n_patches": int(found["n_patches"]),
+                  "top": [{"label": model.labels[i], "score": float(mean[i])} for i in order],
+                  "mean": [float(v) for v in mean]}
+        if keep:
+            taggram = found["values"]
+            if path in plots:
+                from jaxmir import pipeline
+                from jaxmir.plot import save_taggram
+
+                frontend = pipeline.frontend_of(model)
+                save_taggram(plots[path], taggram, found["starts"], model.labels,
+                             frontend.patch_size * frontend.frame_seconds, title=path)
+            if args.format == "json":
+                result["patch_starts_s"] = [round(float(s), 4) for s in found["starts"]]
+                result["taggram"] = taggram.astype(np.float32).tolist()
+        return result
     return work
 
 
@@ -188,7 +248,12 @@ def cmd_tag(args) -> int:
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     stream = args.format == "text" and args.output is None
-    results, failed = _process(args.files, _tag_one(model, args, hop), not args.no_progress,
+    if args.plot is not None:
+        from jaxmir.plot import check_available
+
+        check_available()  # a missing matplotlib fails here, once
+    plots = _plot_paths(args.files, args.plot)
+    results, failed = _process(args.files, _tag_one(model, args, hop, plots), not args.no_progress,
                                show=text_block if stream else None)
     if stream:
         return EXIT_FAILED if failed else EXIT_OK
@@ -225,11 +290,29 @@ def _npy_names(files: Sequence[str]) -> dict[str, str]:
     return names
 
 
+def _save_npy(target: Path, values) -> None:
+    """``np.save`` through a temporary file in the same folder, then a rename (atomic)."""
+    import tempfile
+
+    import numpy as np
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npy", dir=target.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(temporary, 0o666 & ~mask)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.save(file, values)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def cmd_embed(args) -> int:
     import numpy as np
 
     from jaxmir import pipeline
-    from jaxmir.audio import load_audio
     from jaxmir.errors import InputError
 
     model = _load_model(args.model, args.backbone)
@@ -243,18 +326,206 @@ def cmd_embed(args) -> int:
     names = _npy_names(args.files)
 
     def work(path: str) -> str:
-        audio = load_audio(path, 16000, resampler=args.resampler)
-        plan = pipeline.plan(model, int(audio.shape[0]), patch_hop=hop,
-                             last_patch=args.last_patch, pad=args.pad)
-        values = np.asarray(pipeline.run_plan(model, audio, plan, args.layer)[args.layer])
+        found = stream_file(model, path, args, hop, args.layer, keep=not args.average)
+        values = found["mean"] if args.average else found["values"]
         target = out_dir / names[path]
-        np.save(target, values.astype(np.float32))
+        _save_npy(target, np.asarray(values, np.float32))
         return f"{path} -> {target} {list(values.shape)}"
 
     results, failed = _process(args.files, work, not args.no_progress)
     if not args.quiet:
         _emit("".join(f"{line}\n" for _, line, _ in results if line), None)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+# -- stream ---------------------------------------------------------------------------------------
+RAW_DTYPES = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
+
+
+def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:
+    """Parse a WAV header from a stream: ``(rate, channels, dtype, data bytes or None)``.
+
+    ``read(n)`` returns exactly ``n`` bytes or fewer at the end of the stream.
+    Streams often write 0 or 0xFFFFFFFF as the data size: then the data runs
+    to the end of the stream (``None``). 24-bit PCM is given as ``"<i3"``.
+    """
+    import struct
+
+    from jaxmir.errors import AudioError
+
+    def need(n: int, what: str) -> bytes:
+        data = read(n)
+        if len(data) < n:
+            raise AudioError(f"standard input: malformed WAV header: ends inside the {what}")
+        return data
+
+    riff = need(12, "RIFF header")
+    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+        raise AudioError("standard input: malformed WAV header: no RIFF/WAVE signature")
+    fmt = None
+    while True:
+        name, size = struct.unpack("<4sI", need(8, "chunk header"))
+        if name == b"data":
+            break
+        body = need(size + (size & 1), f"{name.decode('latin-1')!r} chunk")
+        if name == b"fmt ":
+            if size < 16:
+                raise AudioError(f"standard input: malformed WAV header: fmt chunk of {size} bytes")
+            fmt = struct.unpack("<HHIIHH", body[:16]) + ((struct.unpack("<H", body[24:26])[0],)
+                                                        if size >= 26 else (None,))
+    if fmt is None:
+        raise AudioError("standard input: malformed WAV header: no fmt chunk before the data")
+    tag, channels, rate, _, _, bits, sub = fmt
+    if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the sub-format GUID starts with the tag
+        tag = sub
+    kinds = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "<i3", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}
+    if (tag, bits) not in kinds or channels < 1:
+        raise AudioError(f"standard input: unsupported WAV format (format tag {tag}, {bits} bits, "
+                         f"{channels} channel(s)); accepted: 8/16/24/32-bit PCM, 32/64-bit float")
+    return rate, channels, kinds[(tag, bits)], None if size in (0, 0xFFFFFFFF) else size
+
+
+def decode_pcm(data: bytes, dtype: str, channels: int):
+    """Whole sample frames of raw little-endian PCM -> ``[n, channels]`` (24-bit -> int32)."""
+    import numpy as np
+
+    if dtype == "<i3":
+        raw = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.int32)
+        values = (raw[:, 0] << 8 | raw[:, 1] << 16 | raw[:, 2] << 24)  # int32 scale, sign kept
+        return values.reshape(-1, channels)
+    return np.frombuffer(data, np.dtype(dtype)).reshape(-1, channels)
+
+
+class _Input:
+    """Standard input as it arrives (``os.read``), with SIGINT ending the reading cleanly."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.pending = b""
+        self.ended = False
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (fewer at the end of input): for headers."""
+        while len(self.pending) < n and not self.ended:
+            self._fill()
+        data, self.pending = self.pending[:n], self.pending[n:]
+        return data
+
+    def _fill(self) -> None:
+        data = os.read(self.fd, 1 << 16)
+        if data:
+            self.pending += data
+        else:
+            self.ended = True
+
+    def some(self) -> bytes:
+        """What has arrived (at least one byte unless the input ended)."""
+        if not self.pending and not self.ended:
+            self._fill()
+        data, self.pending = self.pending, b""
+        return data
+
+
+def cmd_stream(args) -> int:
+    import signal
+
+    from jaxmir.errors import InputError
+
+    model = _load_model(args.model, args.backbone)
+    hop = patch_hop_of(model, args.overlap, args.patch_hop)
+    output = args.layer
+    model.resolve_output(output)
+    if args.input != "-":
+        raise InputError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "
+                         f"for files use: jaxmir tag {args.input}")
+    source = _Input(sys.stdin.fileno())
+    interrupted = {"now": False, "reading": False}
+
+    def on_sigint(signum, frame):
+        interrupted["now"] = True
+        if interrupted["reading"]:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return _stream_stdin(model, args, hop, output, source, interrupted)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stream_stdin(model, args, hop, output: str, source: _Input, interrupted: dict) -> int:
+    """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT."""
+    import numpy as np
+
+    from jaxmir.errors import AudioError, InputError
+    from jaxmir.stream import Stream
+
+    def reading(fn, *a):
+        interrupted["reading"] = True
+        try:
+            return fn(*a)
+        except KeyboardInterrupt:
+            return None
+        finally:
+            interrupted["reading"] = False
+
+    head = reading(source.read, 4)
+    if head is None:
+        return 130
+    source.pending = head + source.pending
+    remaining = None
+    if head == b"RIFF":
+        rate, channels, dtype, remaining = read_wav_header(source.read)
+    else:
+        if args.rate is None:
+            raise InputError("raw PCM on standard input needs --rate HZ (and --channels, --dtype); "
+                             "or send a WAV stream")
+        rate, channels, dtype = args.rate, args.channels, RAW_DTYPES[args.dtype]
+    width = channels * (3 if dtype == "<i3" else np.dtype(dtype).itemsize)
+    stream = Stream(model, rate, output, patch_hop=hop, last_patch=args.last_patch,
+                    resampler=args.resampler)
+    write = _line_writer(model, output, args)
+    stray = b""
+    while not interrupted["now"]:
+        data = reading(source.some)
+        if data is None or not data:
+            break
+        if remaining is not None:
+            data = data[:remaining]
+            remaining -= len(data)
+        data = stray + data
+        whole = len(data) - len(data) % width
+        stray = data[whole:]
+        if whole:
+            write(stream.push_patches(decode_pcm(data[:whole], dtype, channels)))
+        if remaining == 0:
+            break
+    write(stream.close_patches())
+    if stray:
+        raise AudioError(f"standard input ended in the middle of a sample frame ({len(stray)} stray "
+                         f"byte(s) of {width}); the patches above are complete and valid")
+    return 130 if interrupted["now"] else EXIT_OK
+
+
+def _line_writer(model, output: str, args) -> Callable:
+    """Write one JSON line per patch: ``{"start", "top": [[label, p], ...]}`` or the full vector."""
+    import numpy as np
+
+    full = args.all or output != "predictions"
+    top = args.top or len(model.labels)
+
+    def write(patches) -> None:
+        values = patches.values[output]
+        for start, value in zip(patches.start, values):
+            record = {"start": round(float(start), 4)}
+            if full:
+                record[output] = np.asarray(value, np.float64).round(6).tolist()
+            else:
+                order = np.argsort(-value, kind="stable")[:top]
+                record["top"] = [[model.labels[i], round(float(value[i]), 6)] for i in order]
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+    return write
 
 
 # -- info ----------------------------------------------------------------------------------------
@@ -325,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(file,rank,label,score)")
     tag.add_argument("-o", "--output", "--save", metavar="PATH", default=None,
                      help="write to PATH instead of standard output")
+    tag.add_argument("--plot", metavar="PNG", default=None,
+                     help="draw the taggram (tags x time) to PNG (several files: PNG-<name>.png); "
+                          "needs matplotlib (pip install 'jaxmir[plot]')")
     tag.set_defaults(func=cmd_tag)
 
     embed = commands.add_parser("embed", help="embeddings of audio files, one .npy per file",
@@ -336,8 +610,47 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output name (default embeddings: model/dense/BiasAdd for MusiCNN, "
                             "model/vggish/embeddings for VGGish); `jaxmir info MODEL` lists them")
     _patch_options(embed)
+    embed.add_argument("--average", action="store_true",
+                       help="write the mean over the patches ([...] without the patch axis); "
+                            "per-patch values are then not kept, so long files need little memory")
     embed.add_argument("-q", "--quiet", action="store_true", help="do not list the files written")
     embed.set_defaults(func=cmd_embed)
+
+    live = commands.add_parser("stream", help="tag live audio from standard input, patch by patch",
+                               description="Read raw PCM (--rate, --channels, --dtype) or a WAV "
+                                           "stream from standard input and write one JSON line per "
+                                           "patch as soon as it is complete: {\"start\": seconds, "
+                                           "\"top\": [[label, p], ...]}. Ends at the end of the "
+                                           "input or on Ctrl-C (the patches complete so far are "
+                                           "written).")
+    live.add_argument("input", nargs="?", default="-", metavar="-", help="standard input (default)")
+    live.add_argument("-m", "--model", metavar="NAME|PATH", default=None,
+                      help="a shipped model or a .pb/.npz (default: msd-musicnn)")
+    _backbone_option(live)
+    live.add_argument("-r", "--rate", metavar="HZ", type=int, default=None,
+                      help="sample rate of raw PCM (not needed for a WAV stream)")
+    live.add_argument("-c", "--channels", metavar="N", type=int, default=1,
+                      help="channels of raw PCM, interleaved (default 1)")
+    live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default="s16le",
+                      help="sample format of raw PCM (default s16le)")
+    live.add_argument("-n", "--top", metavar="N", type=_positive_int, default=5,
+                      help="tags per line (default 5; 0 = all)")
+    live.add_argument("--all", action="store_true", help="the full output vector instead of the top tags")
+    live.add_argument("-l", "--layer", metavar="NAME", default="predictions",
+                      help="output name (default predictions; any other is written in full)")
+    hop = live.add_mutually_exclusive_group()
+    hop.add_argument("-ov", "--overlap", metavar="S", type=float, default=None,
+                     help="overlap of consecutive patches in seconds (default 1.5 s)")
+    hop.add_argument("--patch-hop", metavar="FRAMES", type=_positive_int, default=None,
+                     help="frames between patch starts (default 93)")
+    live.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
+                      help="at the end of the input: drop the frames after the last full patch, "
+                           "or make one more patch of them, repeated")
+    live.add_argument("--resampler", choices=("essentia", "soxr"), default="essentia",
+                      help="resampling to 16 kHz (default: libsamplerate, as Essentia)")
+    live.add_argument("--no-cache", action="store_true",
+                      help="do not use the persistent compilation cache")
+    live.set_defaults(func=cmd_stream)
 
     info = commands.add_parser("info", help="describe a model",
                                description="Architecture, input, outputs, labels and parameters.")

@@ -1,4 +1,8 @@
-"""From a 16-kHz waveform to per-patch model outputs in one jit-compiled function.
+"""From a waveform to per-patch model outputs: ``predict``, ``features``, and the bucketed jitted path.
+
+:func:`predict` runs NumPy input through the streaming engine
+(:mod:`jaxmir.stream`), and JAX arrays (traced under ``jax.grad``, or float64
+under x64) through :func:`plan` / :func:`run_plan`, described here.
 
 waveform ``[n_samples]`` -> log-mel frames (:mod:`jaxmir.frontends`) -> patches
 (Essentia's rules, :mod:`jaxmir.patches`) -> the model -> ``[n_patches, ...]``.
@@ -33,7 +37,6 @@ evaluation up to float32 summation order; MusiCNN does this itself when its
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import TYPE_CHECKING, Iterable
 
 import jax
@@ -45,8 +48,8 @@ from jaxmir.audio import prepare_audio
 from jaxmir.errors import InputError
 from jaxmir.frontends import logmel, num_frames
 from jaxmir.models import with_overlap_hop
-from jaxmir.models.runner import run_patches
 from jaxmir.patches import make_patches
+from jaxmir.stream import Stream, audio_to_outputs, concat_patches, frontend_of
 from jaxmir.spec import Frontend
 
 if TYPE_CHECKING:
@@ -55,18 +58,6 @@ if TYPE_CHECKING:
 # Patches per model call. 8 keeps the largest activation (the timbral convolution,
 # ~9 MB per patch) near 75 MB; larger batches were not faster on CPU (~20 ms a patch).
 CHUNK = 8
-
-
-def frontend_of(model: "Model") -> Frontend:
-    """The front-end of a model that runs on audio; a clear error for a head on embeddings."""
-    if model.frontend is not None:
-        return model.frontend
-    if model.architecture == "head":
-        raise InputError(f"this is an embedding head: it takes {list(model.input_shape)} "
-                         "embeddings, not audio; load it with its backbone to run it on audio, "
-                         "e.g. jaxmir.load(head, backbone='msd-musicnn')")
-    raise InputError(f"this {model.architecture} model takes {list(model.input_shape)} inputs, "
-                     "not log-mel patches; run it with Model.apply on its own inputs")
 
 
 def _coarse_ceil(n: int, per_octave_bits: int) -> int:
@@ -197,15 +188,6 @@ def _regular_rows(first: int, stop: int, hop: int, size: int) -> np.ndarray:
     return (starts[:, None] + np.arange(1, size + 1, dtype=np.int32)[None, :]).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "taps", "frontend", "compat", "chunk"))
-def _audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
-                      variables: dict, audio: jax.Array, index: jax.Array) -> tuple[jax.Array, ...]:
-    """Padded audio ``[bucket_samples]`` and index ``[bucket_patches, T]`` -> tapped outputs per patch."""
-    frames = logmel(audio, frontend, compat)
-    table = jnp.concatenate([jnp.zeros_like(frames[:1]), frames])  # row 0: a frame of zeros
-    return run_patches(module, variables, taps, index, chunk, frames=table)
-
-
 def _pad_to(audio, length: int):
     """Zeros appended up to ``length``: on the host for concrete arrays (no per-length program)."""
     if isinstance(audio, jax.core.Tracer):
@@ -234,8 +216,8 @@ def run_plan(model: "Model", audio_16k, plan_: Plan, outputs: Iterable[str] | st
     module = model.module
     if share_overlap and plan_.regular:
         module = with_overlap_hop(module, plan_.patch_hop)
-    values = _audio_to_outputs(module, taps, plan_.frontend, plan_.compat, chunk, model.variables,
-                               _pad_to(audio_16k, plan_.bucket_samples), plan_.index)
+    values = audio_to_outputs(module, taps, plan_.frontend, plan_.compat, chunk, model.variables,
+                              _pad_to(audio_16k, plan_.bucket_samples), plan_.index)
     if isinstance(audio_16k, jax.core.Tracer):
         return {name: value[:plan_.n_patches] for name, value in zip(names, values)}
     # slicing on the host: a device slice would compile a program per number of patches
@@ -269,6 +251,14 @@ def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str]
             chunk: int = CHUNK, share_overlap: bool = True):
     """The model's output for every patch of a signal, as Essentia's TensorflowPredict* gives it.
 
+    NumPy (or list) input runs through the streaming engine
+    (:class:`jaxmir.stream.Stream`, the whole signal as one chunk): the one
+    path the command line, files read block by block and live input take. A
+    JAX array (16 kHz, mono, float) takes the bucketed one-program path
+    (:func:`plan`, :func:`run_plan`) instead: it keeps its dtype (float64
+    under x64) and, traced under ``jax.grad``, is differentiable with respect
+    to the waveform, which the engine (host-side buffers and resampling) is not.
+
     Args:
       model: a patch model.
       audio: ``[n_samples]`` or ``[n_samples, channels]`` at ``sample_rate``
@@ -279,17 +269,23 @@ def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str]
         or several names (then a dict is returned).
       patch_hop, last_patch, pad, compat: see :func:`plan`.
       resampler: ``"essentia"`` or ``"soxr"`` (:func:`jaxmir.audio.prepare_audio`).
-      bucket: see :func:`plan`.
-      chunk, share_overlap: see :func:`run_plan`.
+      bucket: see :func:`plan` (JAX arrays only; the engine computes exact lengths).
+      chunk: patches per model call; share_overlap: see :func:`run_plan`.
 
     Returns:
       ``[n_patches, ...]``, or ``{name: array}`` for several outputs: NumPy
       arrays, or JAX arrays when ``audio`` is traced.
     """
-    audio = _as_16k(audio, sample_rate, resampler)
-    plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch, pad=pad,
-                 compat=compat, bucket=bucket)
-    values = run_plan(model, audio, plan_, output, chunk=chunk, share_overlap=share_overlap)
+    if isinstance(audio, jax.Array):
+        audio = _as_16k(audio, sample_rate, resampler)
+        plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch, pad=pad,
+                     compat=compat, bucket=bucket)
+        values = run_plan(model, audio, plan_, output, chunk=chunk, share_overlap=share_overlap)
+    else:
+        stream = Stream(model, sample_rate, output, patch_hop=patch_hop, last_patch=last_patch,
+                        pad=pad, compat=compat, resampler=resampler, batch=chunk,
+                        share_overlap=share_overlap, require_patch=True)
+        values = concat_patches(stream.run([audio]), stream.empty()).values
     if output is None or isinstance(output, str):
         return next(iter(values.values()))
     return values

@@ -131,7 +131,8 @@ def test_shared_timbral_equals_patch_by_patch(musicnn):
 
 
 def test_no_recompilation_within_a_bucket(musicnn):
-    first, second = noise(16000 * 9 + 11, 1), noise(16000 * 11 + 8000, 2)  # 5 and 6 patches
+    # JAX arrays take the bucketed one-program path (NumPy input streams: see test_stream.py)
+    first, second = jnp.asarray(noise(16000 * 9 + 11, 1)), jnp.asarray(noise(16000 * 11 + 8000, 2))
     assert pipeline.plan(musicnn, first.size).bucket_samples == \
         pipeline.plan(musicnn, second.size).bucket_samples
     musicnn.predict(first, SR)
@@ -140,7 +141,7 @@ def test_no_recompilation_within_a_bucket(musicnn):
     assert runner.compiled_programs() == before
     assert out.shape[0] == essentia_patch_count(second.size) == 6
     # a song in another bucket (12 patches) compiles one more program
-    musicnn.predict(noise(16000 * 20, 3), SR)
+    musicnn.predict(jnp.asarray(noise(16000 * 20, 3)), SR)
     assert runner.compiled_programs() == before + 1
 
 

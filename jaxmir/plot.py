@@ -1,0 +1,93 @@
+"""Pictures of model outputs: the taggram (tags x time) of one file.
+
+matplotlib is an optional dependency (``pip install 'jaxmir[plot]'``), imported
+only when a picture is drawn.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jaxmir.errors import JaxmirError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise JaxmirError("drawing a taggram needs matplotlib, which is not installed; "
+                          "install it with: pip install 'jaxmir[plot]'") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def check_available() -> None:
+    """Raise :class:`JaxmirError` (with the install command) when matplotlib is missing."""
+    _pyplot()
+
+
+def save_taggram(path: str | os.PathLike, taggram: np.ndarray, starts: np.ndarray,
+                 labels: Sequence[str], patch_seconds: float, title: str = "") -> Path:
+    """Draw per-patch predictions as an image: one row per label, one column per patch.
+
+    Args:
+      path: the image file (its suffix picks the format: .png, .svg, .pdf);
+        written atomically (a temporary file in the same folder, then renamed).
+      taggram: ``[n_patches, n_labels]`` probabilities.
+      starts: ``[n_patches]`` patch starts in seconds (the x axis).
+      labels: ``n_labels`` names (the y axis).
+      patch_seconds: a patch's duration, for the last column's width.
+      title: shown above the picture.
+
+    Returns:
+      The path written.
+    """
+    taggram = np.asarray(taggram, np.float32)
+    starts = np.asarray(starts, np.float64)
+    if taggram.ndim != 2 or taggram.shape[0] != starts.shape[0] or taggram.shape[1] != len(labels):
+        raise JaxmirError(f"taggram {list(taggram.shape)} does not match {starts.shape[0]} patch "
+                          f"starts and {len(labels)} labels")
+    plt = _pyplot()
+    target = Path(path)
+    n_labels = len(labels)
+    # column edges: each patch spans from its start to the next one's (the last one: a patch)
+    ends = np.append(starts[1:], starts[-1] + patch_seconds) if starts.size else starts
+    edges = np.append(starts, ends[-1:]) if starts.size else np.array([0.0, patch_seconds])
+    values = taggram.T if taggram.size else np.zeros((n_labels, 1), np.float32)
+    figure, axes = plt.subplots(figsize=(max(6.0, min(24.0, 0.25 * len(starts) + 4)), 0.18 * n_labels + 1.5))
+    try:
+        image = axes.pcolormesh(edges, np.arange(n_labels + 1), values, cmap="viridis", vmin=0.0,
+                                vmax=max(1e-6, float(values.max())), shading="flat")
+        axes.set_yticks(np.arange(n_labels) + 0.5)
+        axes.set_yticklabels(labels, fontsize=7)
+        axes.invert_yaxis()
+        axes.set_xlabel("time (s)")
+        axes.set_title(title, fontsize=9)
+        figure.colorbar(image, ax=axes, fraction=0.03, pad=0.01)
+        figure.tight_layout()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix,
+                                             dir=target.parent)
+        os.close(handle)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)  # mkstemp makes 0600; a plain file would follow the umask
+        try:
+            figure.savefig(temporary, dpi=120)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    finally:
+        plt.close(figure)
+    return target
+
+
+__all__ = ["save_taggram", "check_available"]

@@ -1,0 +1,513 @@
+"""Chunk-by-chunk inference: audio in, each patch's outputs out as soon as the patch is complete.
+
+Audio arrives in chunks of any size at its own rate (``[n]`` or ``[n, channels]``,
+float in [-1, 1] or integer PCM). Four stateful stages turn it into per-patch
+outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
+
+1. **mono**: PCM to float32 and Essentia's downmix ``(left + right) * 0.5``
+   (:func:`jaxmir.audio.prepare_audio`, chunk by chunk: it is sample-wise).
+2. **resample** to 16 kHz (:class:`Resampling`): ``"essentia"`` is
+   libsamplerate's ``SINC_MEDIUM`` state machine driven with Essentia's float32
+   ratio, the converter ``samplerate.resample`` runs in one call, so the
+   samples are the same; ``"soxr"`` is ``soxr.ResampleStream`` with librosa's
+   output length ``ceil(n * 16000 / rate)`` applied at the end.
+3. **frames and patches**: frame ``k`` reads samples ``[first + k * hop,
+   first + k * hop + size)`` (Essentia's centred framing: ``first = -size / 2``,
+   zeros before the start and after the end). A regular patch ``p`` (frames
+   ``[p * patch_hop, p * patch_hop + patch_size)``) is complete once its last
+   frame's samples have all arrived; the samples of the patches still to come
+   are kept, nothing else. At :meth:`Stream.close` the signal's length is
+   known: the last frames read the zeros after the end, and ``last_patch``
+   (``"discard"``/``"repeat"``) and ``pad`` apply as in
+   :func:`jaxmir.patches.make_patches`.
+4. **model**: complete patches go through one jit-compiled program per batch
+   shape, :func:`audio_to_outputs` (the samples under the patches -> log-mel ->
+   patches -> the model, :func:`jaxmir.models.runner.run_patches`). A run of
+   more than :data:`SINGLE_LIMIT` patches goes in batches of ``batch`` (8;
+   a partial batch is padded with the patches that follow, whose outputs are
+   dropped) where MusiCNN shares its timbral convolutions between consecutive
+   patches (:func:`jaxmir.models.with_overlap_hop`); fewer go one by one. So a
+   stream compiles two programs, both at its first patch, and no other:
+   chunk sizes never change a shape.
+
+Every frame a patch uses is computed from the same samples whatever the
+chunking; only the float32 summation order of batched versus single-patch
+convolutions differs (~1e-7 on predictions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmir.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, RESAMPLERS, prepare_audio
+from jaxmir.errors import AudioError, InputError
+from jaxmir.frontends import frame_starts, logmel, num_frames
+from jaxmir.models import with_overlap_hop
+from jaxmir.models.runner import run_patches, tapped_outputs
+from jaxmir.patches import PAD_MODES, make_patches, patch_starts
+from jaxmir.resample import essentia_ratio
+from jaxmir.spec import Frontend
+
+if TYPE_CHECKING:
+    from jaxmir.model import Model
+
+TARGET_RATE = 16000
+# Patches per model call for runs of patches (MusiCNN: ~75 MB of activations; larger
+# batches were not faster on CPU), and the largest run computed patch by patch instead:
+# a padded batch of 8 costs about as much as 4 single patches.
+BATCH = 8
+SINGLE_LIMIT = 4
+
+
+def frontend_of(model: "Model") -> Frontend:
+    """The front-end of a model that runs on audio; a clear error for a head on embeddings."""
+    if model.frontend is not None:
+        return model.frontend
+    if model.architecture == "head":
+        raise InputError(f"this is an embedding head: it takes {list(model.input_shape)} "
+                         "embeddings, not audio; load it with its backbone to run it on audio, "
+                         "e.g. jaxmir.load(head, backbone='msd-musicnn')")
+    raise InputError(f"this {model.architecture} model takes {list(model.input_shape)} inputs, "
+                     "not log-mel patches; run it with Model.apply on its own inputs")
+
+
+# -- the one program: samples -> log-mel -> patches -> model ---------------------------------
+@functools.partial(jax.jit, static_argnames=("module", "taps", "frontend", "compat", "chunk"))
+def _audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
+                      variables: dict, audio: jax.Array, index: jax.Array) -> tuple[jax.Array, ...]:
+    frames = logmel(audio, frontend, compat)
+    table = jnp.concatenate([jnp.zeros_like(frames[:1]), frames])  # row 0: a frame of zeros
+    return run_patches(module, variables, taps, index, chunk, frames=table)
+
+
+def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
+                     variables: dict, audio, index) -> tuple[jax.Array, ...]:
+    """Tapped outputs of the patches ``index`` cuts from the log-mel frames of ``audio``.
+
+    Args:
+      module, variables, taps: as :func:`jaxmir.models.runner.run_patches`.
+      frontend, compat: the front-end (:func:`jaxmir.frontends.logmel`).
+      chunk: patches per step of the model.
+      audio: ``[n_samples]`` float at 16 kHz (padded by the caller to a fixed
+        length: one program per length).
+      index: ``[n_patches, patch_size]`` int32 rows into the frame table: 0 is
+        a frame of zeros, ``k + 1`` is frame ``k`` of ``audio``.
+
+    Returns:
+      One ``[n_patches, ...]`` array per tap; jit-compiled once per module,
+      taps, front-end, chunk and shapes; traceable (``jax.grad``).
+    """
+    return _audio_to_outputs(module, taps, frontend, compat, chunk, variables, audio, index)
+
+
+@dataclasses.dataclass(frozen=True)
+class Patches:
+    """Outputs of consecutive patches.
+
+    Attributes:
+      start: ``[k]`` float64, each patch's start in seconds (its first frame's
+        centre: ``frame * hop / 16000``).
+      values: ``{output name: [k, ...]}`` float32 NumPy arrays.
+    """
+
+    start: np.ndarray
+    values: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+
+def concat_patches(parts: Iterable[Patches], empty: Patches) -> Patches:
+    """Several :class:`Patches` end to end (``empty`` when there are none)."""
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        return empty
+    if len(parts) == 1:
+        return parts[0]
+    return Patches(np.concatenate([p.start for p in parts]),
+                   {name: np.concatenate([p.values[name] for p in parts]) for name in parts[0].values})
+
+
+# -- stage 1: PCM chunks -> float32 mono ------------------------------------------------------
+class MonoInput:
+    """Checks chunks against the first one (channels, dtype) and downmixes them to float32 mono."""
+
+    def __init__(self, sample_rate: int):
+        self.sample_rate = sample_rate
+        self.channels: int | None = None
+        self.dtype: np.dtype | None = None
+        self.chunks = 0
+        self.samples = 0
+
+    def __call__(self, chunk) -> np.ndarray:
+        """``[n]`` or ``[n, channels]`` -> float32 ``[n]``; the stream's state is unchanged on error."""
+        array = np.asarray(chunk)
+        where = f"chunk {self.chunks} (from sample {self.samples})"
+        if array.ndim not in (1, 2):
+            raise AudioError(f"{where} has shape {list(array.shape)}; expected [n_samples] or "
+                             "[n_samples, channels]")
+        channels = 1 if array.ndim == 1 else int(array.shape[1])
+        if self.channels is not None and channels != self.channels:
+            raise AudioError(f"{where} has {channels} channel(s); the stream started with "
+                             f"{self.channels}: every chunk must have the same channels")
+        if self.dtype is not None and array.dtype != self.dtype:
+            raise AudioError(f"{where} has dtype {array.dtype}; the stream started with "
+                             f"{self.dtype}: every chunk must have the same dtype")
+        if array.shape[0] == 0:
+            mono = np.zeros(0, np.float32)
+            if channels > 2:
+                raise AudioError(f"{where} has {channels} channels; accepted: mono or stereo")
+        else:
+            try:
+                mono = prepare_audio(array, self.sample_rate, self.sample_rate)
+            except AudioError as err:
+                raise AudioError(f"{where}: {str(err).removeprefix('audio: ')}") from None
+        self.channels, self.dtype = channels, array.dtype
+        self.chunks += 1
+        self.samples += int(array.shape[0])
+        return mono
+
+
+# -- stage 2: resampling ----------------------------------------------------------------------
+class Resampling:
+    """Float32 mono at ``in_rate`` -> ``out_rate``, chunk by chunk, equal to the one-shot resamplers.
+
+    ``push(x)`` returns the samples it can give now, ``close()`` the rest:
+    concatenated, they are exactly :func:`jaxmir.audio.prepare_audio`'s samples.
+    """
+
+    # libsamplerate copies a call's input into its own buffer as far as its output
+    # buffer (sized by python-samplerate to ceil(n * ratio)) allows, and the wrapper
+    # drops the rest: steps of 4096 samples always fit.
+    STEP = 4096
+
+    def __init__(self, in_rate: int, out_rate: int = TARGET_RATE, resampler: str = "essentia"):
+        if resampler not in RESAMPLERS:
+            raise AudioError(f"unknown resampler {resampler!r}; accepted: "
+                             + ", ".join(repr(r) for r in RESAMPLERS))
+        self.in_rate, self.out_rate, self.kind = in_rate, out_rate, resampler
+        self.n_in = self.n_out = 0
+        self._held = np.zeros(0, np.float32)
+        if in_rate == out_rate:
+            self._state = None
+        elif resampler == "essentia":
+            import samplerate
+
+            self._ratio = essentia_ratio(in_rate, out_rate)
+            self._state = samplerate.Resampler("sinc_medium", channels=1)
+        else:
+            import soxr
+
+            self._state = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+
+    def _sinc(self, x: np.ndarray, end: bool) -> np.ndarray:
+        steps = range(0, x.shape[0], self.STEP)
+        parts = [self._state.process(x[i:i + self.STEP], self._ratio, end and i + self.STEP >= x.shape[0])
+                 for i in steps]
+        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+
+    def _release(self, out: np.ndarray, allowed: int) -> np.ndarray:
+        """At most ``allowed`` samples in all; the surplus is held back (soxr)."""
+        out = np.concatenate([self._held, out]) if self._held.size else out
+        take = max(0, min(out.shape[0], allowed - self.n_out))
+        self._held = out[take:]
+        self.n_out += take
+        return out[:take]
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        self.n_in += x.shape[0]
+        if self._state is None:
+            self.n_out += x.shape[0]
+            return x
+        if self.kind == "essentia":
+            out = self._sinc(x, False)
+            self.n_out += out.shape[0]
+            return out
+        out = self._state.resample_chunk(x, last=False)
+        return self._release(np.asarray(out, np.float32), math.ceil(self.n_in * (self.out_rate / self.in_rate)))
+
+    def close(self) -> np.ndarray:
+        if self._state is None:
+            return np.zeros(0, np.float32)
+        if self.kind == "essentia":
+            # libsamplerate's end of input pads with zeros: explicit zeros give the same samples,
+            # and samplerate.resample returns floor(n * ratio) of them.
+            zeros = np.zeros(math.ceil(4096 / self._ratio) + 1, np.float32)
+            tail = self._sinc(zeros, True)
+            want = math.floor(self.n_in * self._ratio)
+            tail = tail[:max(0, want - self.n_out)]
+            self.n_out += tail.shape[0]
+            return tail
+        size = math.ceil(self.n_in * (self.out_rate / self.in_rate))  # librosa's fix_length
+        out = self._release(np.asarray(self._state.resample_chunk(np.zeros(0, np.float32), last=True),
+                                       np.float32), size)
+        short = size - self.n_out
+        self.n_out += short
+        return np.concatenate([out, np.zeros(short, np.float32)]) if short > 0 else out
+
+
+def check_sample_rate(sample_rate) -> int:
+    """A whole number of Hz within 8-192 kHz, else :class:`AudioError`."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer, float, np.floating)) \
+            or not math.isfinite(sample_rate) or sample_rate != int(sample_rate) or sample_rate <= 0:
+        raise AudioError(f"sample rate {sample_rate!r} is not a positive whole number of Hz; "
+                         f"accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"sample rate {int(sample_rate)} Hz is out of range; accepted: "
+                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    return int(sample_rate)
+
+
+_SHAPES: dict = {}
+_WARM: set = set()
+
+
+def _output_shapes(model: "Model", module, taps: tuple) -> tuple[tuple[int, ...], ...]:
+    """Per-patch shape of each tap (traced abstractly once per module and taps)."""
+    key = (module, taps, model.input_shape)
+    if key not in _SHAPES:
+        dummy = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+        shapes = jax.eval_shape(lambda p: tapped_outputs(module, model.variables, taps, p), dummy)
+        _SHAPES[key] = tuple(tuple(s.shape[1:]) for s in shapes)
+    return _SHAPES[key]
+
+
+# -- stages 3 and 4: frames, patches, the model ------------------------------------------------
+class Stream:
+    """A model run on audio that arrives chunk by chunk (see the module docstring).
+
+    Make one with :meth:`jaxmir.Model.stream`. ``push(chunk)`` returns the
+    outputs of the patches the chunk completed, ``close()`` those of the rest;
+    everything they return, concatenated, is ``model.predict(audio,
+    sample_rate, ...)`` of the whole signal (within 1e-6 on predictions).
+
+    Attributes:
+      times: start in seconds of every patch returned so far, in order (a list
+        that grows with each ``push``/``close``).
+      n_patches: patches returned so far.
+      closed: whether :meth:`close` was called.
+    """
+
+    def __init__(self, model: "Model", sample_rate: int, output: str | Iterable[str] | None = None, *,
+                 patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
+                 compat: str = "essentia", resampler: str = "essentia", batch: int = BATCH,
+                 share_overlap: bool = True, require_patch: bool = False):
+        """See :meth:`jaxmir.Model.stream`; ``batch``: patches per model call for runs of
+        patches; ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole
+        signal gave no patch: no samples, or too short without ``pad``."""
+        self.frontend = frontend_of(model)
+        self.sample_rate = check_sample_rate(sample_rate)
+        self.model = model
+        self._single = output is None or isinstance(output, str)
+        self.names, self.taps = model.resolve_outputs(output)
+        size = int(model.input_shape[0])
+        hop = self.frontend.patch_hop if patch_hop is None else patch_hop
+        patch_starts(0, size, hop, last_patch)  # checks hop and last_patch
+        if pad not in PAD_MODES:
+            raise InputError(f"unknown pad {pad!r}; accepted: None, 'zero', 'repeat'")
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise InputError(f"batch must be a positive integer, got {batch!r}")
+        self.patch_size, self.patch_hop = size, int(hop) or size
+        self.last_patch, self.pad, self.compat = last_patch, pad, compat
+        self.batch, self.require_patch = int(batch), require_patch
+        fe = self.frontend
+        self._first = int(frame_starts(fe.name, 4 * fe.frame_size, compat)[0])  # <= 0, checks compat
+        self._lead = -(-(-self._first) // fe.hop_size)  # frames of a window before its first usable one
+        self._plain = model.module
+        self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module
+        self._mono = MonoInput(self.sample_rate)
+        self._resampling = Resampling(self.sample_rate, TARGET_RATE, resampler)
+        self._pieces: list[np.ndarray] = []
+        self._buffer = np.zeros(0, np.float32)
+        self._buffer_start = 0  # 16-kHz index of _buffer[0]
+        self.n_samples = 0  # 16-kHz samples received
+        self._next = 0  # the next regular patch
+        self._warm = False
+        self.times: list[float] = []
+        self.n_patches = 0
+        self.closed = False
+
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def seconds(self) -> float:
+        """Duration received so far (16-kHz samples / 16000)."""
+        return self.n_samples / TARGET_RATE
+
+    def push(self, chunk):
+        """Outputs ``[k, ...]`` (k >= 0) of the patches ``chunk`` completed; a dict for several outputs."""
+        return self._unwrap(self.push_patches(chunk))
+
+    def close(self):
+        """Outputs of the remaining patches (the last frames, ``last_patch``, ``pad``)."""
+        return self._unwrap(self.close_patches())
+
+    def push_patches(self, chunk) -> Patches:
+        """:meth:`push` with the patches' start times (:class:`Patches`).
+
+        Raises :class:`AudioError` for a chunk with NaN/Inf samples, more than
+        two channels, or another channel count or dtype than the first chunk,
+        and :class:`InputError` after :meth:`close`; a refused chunk changes nothing.
+        """
+        if self.closed:
+            raise InputError("push after close: this stream is closed; start a new one with "
+                             "model.stream(...)")
+        samples = self._resampling.push(self._mono(chunk))
+        self._append(samples)
+        return self._emit(self._ready(closed=False))
+
+    def close_patches(self) -> Patches:
+        """:meth:`close` with the patches' start times (:class:`Patches`)."""
+        if self.closed:
+            raise InputError("close after close: this stream is already closed")
+        self._append(self._resampling.close())
+        self.closed = True
+        n_frames = num_frames(self.frontend, self.n_samples, self.compat)
+        regular = self._emit(self._ready(closed=True))
+        last = self._last_patch(n_frames)
+        if self.require_patch and self.n_patches == 0:
+            if self.n_samples == 0:
+                raise AudioError("audio contains no samples; expected at least one sample")
+            make_patches(np.zeros((n_frames, 1), np.float32), self.patch_size, self.patch_hop,
+                         self.last_patch, self.pad, self.frontend.frames_per_second)  # raises
+        self._pieces, self._buffer = [], np.zeros(0, np.float32)
+        return concat_patches([regular, last], regular)
+
+    def run(self, blocks: Iterable) -> Iterator[Patches]:
+        """Push every block, then close; yields the non-empty :class:`Patches` as they come."""
+        for block in blocks:
+            patches = self.push_patches(block)
+            if len(patches):
+                yield patches
+        patches = self.close_patches()
+        if len(patches):
+            yield patches
+
+    def empty(self) -> Patches:
+        shapes = _output_shapes(self.model, self._plain, self.taps)
+        return Patches(np.zeros(0), {name: np.zeros((0, *shape), np.float32)
+                                     for name, shape in zip(self.names, shapes)})
+
+    # -- internals ----------------------------------------------------------------------------
+    def _unwrap(self, patches: Patches):
+        return patches.values[self.names[0]] if self._single else patches.values
+
+    def _append(self, samples: np.ndarray) -> None:
+        if samples.shape[0]:
+            self._pieces.append(samples)
+            self.n_samples += int(samples.shape[0])
+
+    def _ready(self, closed: bool) -> int:
+        """Regular patches complete now (counted from the first)."""
+        size, hop, fe = self.patch_size, self.patch_hop, self.frontend
+        if closed:
+            frames = num_frames(fe, self.n_samples, self.compat)
+        else:  # frames whose samples have all arrived
+            frames = max(0, (self.n_samples - fe.frame_size - self._first) // fe.hop_size + 1)
+        return max(self._next, (frames - size) // hop + 1 if frames >= size else 0)
+
+    def _window_length(self, span: int) -> int:
+        """Samples under ``span`` frames after the window's ``_lead`` frames."""
+        fe = self.frontend
+        length = self._first + (self._lead + span - 1) * fe.hop_size + fe.frame_size
+        assert num_frames(fe, length, self.compat) >= self._lead + span
+        return length
+
+    def _window(self, first_frame: int, span: int) -> np.ndarray:
+        """The 16-kHz samples under frames ``first_frame - _lead ..``, zeros outside the signal."""
+        if self._pieces:
+            self._buffer = np.concatenate([self._buffer, *self._pieces])
+            self._pieces = []
+        start = (first_frame - self._lead) * self.frontend.hop_size
+        length = self._window_length(span)
+        out = np.zeros(length, np.float32)
+        lo = max(start, self._buffer_start)
+        hi = min(start + length, self._buffer_start + self._buffer.shape[0])
+        if hi > lo:
+            out[lo - start:hi - start] = self._buffer[lo - self._buffer_start:hi - self._buffer_start]
+        return out
+
+    def _forget_before(self, first_frame: int) -> None:
+        keep = max(0, (first_frame - self._lead) * self.frontend.hop_size)
+        drop = min(max(0, keep - self._buffer_start), self._buffer.shape[0])
+        if drop:
+            self._buffer = self._buffer[drop:].copy()
+            self._buffer_start += drop
+
+    def _run(self, first_frame: int, index: np.ndarray, shared: bool) -> tuple[np.ndarray, ...]:
+        """Outputs of ``index`` (rows into the window's frames) for a window from ``first_frame``."""
+        n, size = index.shape
+        span = (n - 1) * self.patch_hop + size
+        module = self._shared if shared and n > 1 else self._plain
+        values = audio_to_outputs(module, self.taps, self.frontend, self.compat, n,
+                                  self.model.variables, self._window(first_frame, span), index)
+        return tuple(np.asarray(v) for v in values)
+
+    def _regular_index(self, n: int) -> np.ndarray:
+        rows = self._lead + 1 + self.patch_hop * np.arange(n)[:, None] + np.arange(self.patch_size)[None, :]
+        return rows.astype(np.int32)
+
+    def _warm_up(self) -> None:
+        """Compile both programs at the first patch, so that no chunk size compiles another.
+
+        A program is run once on silence the first time this process needs it.
+        """
+        if self._warm:
+            return
+        self._warm = True
+        for n in sorted({1, self.batch}):
+            module = self._shared if n > 1 else self._plain
+            length = self._window_length((n - 1) * self.patch_hop + self.patch_size)
+            key = (module, self.taps, self.frontend, self.compat, n, length)
+            if key not in _WARM:
+                audio_to_outputs(module, self.taps, self.frontend, self.compat, n, self.model.variables,
+                                 np.zeros(length, np.float32), self._regular_index(n))
+                _WARM.add(key)
+
+    def _emit(self, stop: int) -> Patches:
+        """Run regular patches ``_next .. stop - 1``."""
+        parts = []
+        while self._next < stop:
+            self._warm_up()
+            count = min(stop - self._next, self.batch)
+            n = self.batch if count > SINGLE_LIMIT else 1
+            count = min(count, n)
+            first = self._next * self.patch_hop
+            values = self._run(first, self._regular_index(n), shared=True)
+            starts = (first + self.patch_hop * np.arange(count)) * self.frontend.frame_seconds
+            parts.append(self._record(starts, [v[:count] for v in values]))
+            self._next += count
+        if parts:
+            self._forget_before(self._next * self.patch_hop)
+        return concat_patches(parts, self.empty())
+
+    def _record(self, starts: np.ndarray, values: list[np.ndarray]) -> Patches:
+        self.times.extend(float(s) for s in starts)
+        self.n_patches += len(starts)
+        return Patches(np.asarray(starts, np.float64), dict(zip(self.names, values)))
+
+    def _last_patch(self, n_frames: int) -> Patches:
+        """The ``"repeat"`` last patch, or the one padded patch of a short signal, if any."""
+        size, start = self.patch_size, self._next * self.patch_hop
+        remaining = n_frames - start
+        rows = np.arange(size)
+        if self.last_patch == "repeat" and remaining > 0:
+            frames = rows % remaining
+        elif self._next == 0 and self.pad is not None and n_frames > 0:
+            frames = rows % n_frames if self.pad == "repeat" else np.where(rows < n_frames, rows, -1)
+        else:
+            return self.empty()
+        self._warm_up()
+        index = np.where(frames >= 0, frames + self._lead + 1, 0).astype(np.int32)[None, :]
+        values = self._run(start, index, shared=False)
+        return self._record(np.array([start * self.frontend.frame_seconds]), list(values))
+
+
+__all__ = ["Stream", "Patches", "Resampling", "MonoInput", "audio_to_outputs", "frontend_of",
+           "check_sample_rate", "concat_patches", "BATCH", "SINGLE_LIMIT", "TARGET_RATE"]

@@ -1,0 +1,332 @@
+"""jaxmir.stream: chunk-by-chunk inference equal to offline predict; live input on the command line.
+
+The reference is ``model.predict`` of the whole signal, and for the resampling
+stage the one-shot resamplers (``samplerate.resample``, ``soxr.resample``
+through :func:`jaxmir.audio.prepare_audio`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import wave
+
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import ROOT, require, shared_fixture
+from jaxmir import pipeline
+from jaxmir import stream as streaming
+from jaxmir.audio import prepare_audio
+from jaxmir.errors import AudioError, InputError
+from jaxmir.models import runner
+
+# Single-patch and batched (shared timbral) convolutions sum in other orders: ~1e-7 on
+# probabilities (measured <= 1.2e-7); 1e-6 is the contract.
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def musicnn():
+    return jaxmir.load("msd-musicnn")
+
+
+def signal_at(rate: int, seconds: float, channels: int = 1, seed: int = 0, dtype=np.float32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    left = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)
+    both = np.stack([left, 0.2 * np.sign(np.sin(2 * np.pi * 220 * t))], axis=1)[:, :channels]
+    out = both if channels > 1 else both[:, 0]
+    if np.issubdtype(dtype, np.integer):
+        return (out * 32767).astype(dtype)
+    return out.astype(dtype)
+
+
+def random_chunks(audio: np.ndarray, rate: int, rng) -> list[np.ndarray]:
+    """Chunks from 1 sample to 30 s, log-uniformly, a few single samples among them."""
+    chunks, i = [], 0
+    while i < audio.shape[0]:
+        size = 1 if rng.random() < 0.15 else int(np.exp(rng.uniform(0, np.log(rate * 30))))
+        chunks.append(audio[i:i + size])
+        i += size
+    return chunks
+
+
+def run_stream(model, audio, rate, chunks, **options):
+    stream = model.stream(rate, **options)
+    parts = [stream.push(chunk) for chunk in chunks] + [stream.close()]
+    return stream, parts
+
+
+def joined(parts, name=None):
+    if name is None:
+        return np.concatenate(parts)
+    return np.concatenate([part[name] for part in parts])
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 1), (22050, 2), (44100, 1), (48000, 2)])
+def test_random_chunks_equal_predict_musicnn(musicnn, rate, channels):
+    audio = signal_at(rate, 7.3, channels, seed=rate)
+    want = musicnn.predict(audio, rate)
+    rng = np.random.default_rng(rate + channels)
+    stream, parts = run_stream(musicnn, audio, rate, random_chunks(audio, rate, rng))
+    got = joined(parts)
+    assert got.shape == want.shape == (3, 50)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+    np.testing.assert_allclose(stream.times, 93 * 0.016 * np.arange(3))
+    assert all(p.shape[1:] == (50,) for p in parts)
+
+
+def test_one_sample_at_a_time_and_int16(musicnn):
+    audio = signal_at(16000, 3.1, 2, seed=1, dtype=np.int16)  # 1 patch
+    want = musicnn.predict(audio, 16000)
+    stream, parts = run_stream(musicnn, audio, 16000, [audio[i:i + 1] for i in range(audio.shape[0])])
+    np.testing.assert_allclose(joined(parts), want, rtol=0, atol=TOL)
+    # the patch comes out with the chunk holding its last sample, not at close
+    assert parts[-1].shape == (0, 50) and sum(p.shape[0] for p in parts[:-1]) == 1
+
+
+@pytest.mark.parametrize("which", ["msd-vgg", "vggish"])
+def test_random_chunks_equal_predict_vgg_and_vggish(which):
+    model = jaxmir.load("msd-vgg") if which == "msd-vgg" else \
+        jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    rate = 44100
+    audio = signal_at(rate, 4.0 if which == "vggish" else 6.5, 2, seed=3)
+    outputs = ["predictions", "embeddings"] if which == "vggish" else None
+    want = model.predict(audio, rate, output=outputs)
+    _, parts = run_stream(model, audio, rate, random_chunks(audio, rate, np.random.default_rng(4)),
+                          output=outputs)
+    if outputs is None:
+        np.testing.assert_allclose(joined(parts), want, rtol=0, atol=TOL)
+    else:
+        for name in outputs:
+            scale = max(1.0, float(np.abs(want[name]).max()))
+            np.testing.assert_allclose(joined(parts, name), want[name], rtol=0, atol=TOL * scale)
+
+
+@pytest.mark.parametrize("options", [dict(last_patch="repeat"), dict(patch_hop=0),
+                                     dict(patch_hop=40, last_patch="repeat"), dict(resampler="soxr")])
+def test_patch_rules_and_soxr(musicnn, options):
+    rate = 22050
+    audio = signal_at(rate, 5.2, 1, seed=5)
+    want = pipeline.predict(musicnn, audio, rate, **options)  # Model.predict has no resampler
+    stream, parts = run_stream(musicnn, audio, rate, random_chunks(audio, rate, np.random.default_rng(6)),
+                               **options)
+    got = joined(parts)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+    assert len(stream.times) == got.shape[0] == stream.n_patches
+
+
+def test_short_signal_with_pad_and_without(musicnn):
+    audio = signal_at(16000, 1.2, 1, seed=7)
+    for pad in ("zero", "repeat"):
+        stream = streaming.Stream(musicnn, 16000, pad=pad)
+        parts = [stream.push(audio[:5000]), stream.push(audio[5000:]), stream.close()]
+        np.testing.assert_allclose(joined(parts), musicnn.predict(audio, 16000, pad=pad), rtol=0, atol=TOL)
+    # a live stream that ends too early returns nothing (predict raises, as Essentia returns nothing)
+    stream = musicnn.stream(16000)
+    assert stream.push(audio).shape == (0, 50) and stream.close().shape == (0, 50)
+    with pytest.raises(InputError, match="too short"):
+        musicnn.predict(audio, 16000)
+
+
+@pytest.mark.parametrize("rate", [22050, 44100, 48000, 8000, 96000])
+@pytest.mark.parametrize("resampler", ["essentia", "soxr"])
+def test_resampling_stage_equals_one_shot(rate, resampler):
+    audio = signal_at(rate, 2.7, 1, seed=rate)
+    want = prepare_audio(audio, rate, resampler=resampler)
+    stage = streaming.Resampling(rate, 16000, resampler)
+    chunks = random_chunks(audio, rate, np.random.default_rng(rate))
+    chunks.insert(1, audio[:0])  # an empty chunk
+    got = np.concatenate([stage.push(c) for c in chunks] + [stage.close()])
+    # the same state machine as the one-shot call: identical samples and length
+    np.testing.assert_array_equal(got, want)
+
+
+def test_large_chunks_do_not_lose_samples():
+    """python-samplerate drops input libsamplerate could not take: the stage feeds it in steps."""
+    rate = 32000
+    audio = signal_at(rate, 12.0, 1, seed=9)
+    want = prepare_audio(audio, rate)
+    stage = streaming.Resampling(rate, 16000)
+    sizes = [243, 149, 131236, 15445, 137, 26630, 75, 269, 160, 72, 264, 271, 226, 68592, 200000]
+    parts, i = [], 0
+    for size in sizes:
+        parts.append(stage.push(audio[i:i + size]))
+        i += size
+    np.testing.assert_array_equal(np.concatenate(parts + [stage.close()]), want)
+
+
+def test_no_recompilation_after_the_first_patch(musicnn):
+    rate = 44100
+    audio = signal_at(rate, 20.0, 2, seed=11)  # 12 patches
+    stream = musicnn.stream(rate, output="model/dense/BiasAdd")
+    rng = np.random.default_rng(12)
+    chunks = random_chunks(audio, rate, rng)
+    first = None
+    for chunk in chunks:
+        out = stream.push(chunk)
+        if first is None and out.shape[0]:
+            first = runner.compiled_programs()
+    if first is None:
+        first = runner.compiled_programs()
+    stream.close()
+    assert runner.compiled_programs() == first
+    # the whole signal at once (batches of 8) and in small chunks (one by one): still no new program
+    musicnn.predict(audio, rate, output="model/dense/BiasAdd")
+    small = musicnn.stream(rate, output="model/dense/BiasAdd")
+    for i in range(0, audio.shape[0], 4410):
+        small.push(audio[i:i + 4410])
+    small.close()
+    assert runner.compiled_programs() == first
+
+
+def test_bad_input(musicnn):
+    audio = signal_at(16000, 4.0, 2, seed=13)
+    stream = musicnn.stream(16000)
+    kept = stream.push(audio[:40000])
+    assert kept.shape == (0, 50)
+    bad = audio[40000:41000].copy()
+    bad[10, 1] = np.nan
+    with pytest.raises(AudioError, match="chunk 1.*NaN"):
+        stream.push(bad)
+    bad[10, 1] = np.inf
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        stream.push(bad)
+    with pytest.raises(AudioError, match="1 channel.*started with 2"):
+        stream.push(audio[40000:41000, 0])
+    with pytest.raises(AudioError, match="dtype int16.*started with float32"):
+        stream.push((audio[40000:41000] * 30000).astype(np.int16))
+    with pytest.raises(AudioError, match="3 channel"):
+        stream.push(np.zeros((10, 3), np.float32))
+    # refused chunks changed nothing: the rest gives predict's answer
+    rest = [stream.push(audio[40000:]), stream.close()]
+    np.testing.assert_allclose(joined([kept] + rest), musicnn.predict(audio, 16000), rtol=0, atol=TOL)
+    with pytest.raises(InputError, match="push after close"):
+        stream.push(audio[:10])
+    with pytest.raises(InputError, match="already closed"):
+        stream.close()
+    for rate in (0, -44100, 44100.5, "44100"):
+        with pytest.raises(AudioError, match="sample rate"):
+            musicnn.stream(rate)
+    with pytest.raises(AudioError, match="out of range"):
+        musicnn.stream(4000)
+
+
+# -- the command line --------------------------------------------------------------------------
+def cli(*args: str, stdin: bytes = b"", timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAXMIR_NO_CACHE="1")
+    return subprocess.run([sys.executable, "-m", "jaxmir", *args], input=stdin, capture_output=True,
+                          env=env, timeout=timeout, cwd=ROOT)
+
+
+def wav_bytes(audio: np.ndarray, rate: int, unknown_size: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(audio.shape[1] if audio.ndim == 2 else 1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(audio.astype("<i2").tobytes())
+    data = bytearray(buffer.getvalue())
+    if unknown_size:  # what a live writer sends: sizes it cannot know
+        data[4:8] = data[40:44] = b"\xff\xff\xff\xff"
+    return bytes(data)
+
+
+def lines_of(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+
+
+def test_stream_command_raw_and_wav(musicnn):
+    rate = 22050
+    audio = signal_at(rate, 6.0, 2, seed=14, dtype=np.int16)
+    want = musicnn.predict(audio, rate)
+    raw = cli("stream", "--rate", str(rate), "--channels", "2", "--dtype", "s16le", "--all", "-",
+              stdin=audio.astype("<i2").tobytes())
+    assert raw.returncode == 0, raw.stderr.decode()
+    records = lines_of(raw)
+    assert [r["start"] for r in records] == [0.0, 1.488, 2.976][:len(records)] and len(records) == 3
+    np.testing.assert_allclose([r["predictions"] for r in records], want, rtol=0, atol=2e-6)
+    wav = cli("stream", "--top", "3", stdin=wav_bytes(audio, rate, unknown_size=True))
+    assert wav.returncode == 0, wav.stderr.decode()
+    records = lines_of(wav)
+    assert len(records) == 3
+    for record, row in zip(records, want):
+        assert [label for label, _ in record["top"]] == [musicnn.labels[i] for i in np.argsort(-row)[:3]]
+        np.testing.assert_allclose([p for _, p in record["top"]], np.sort(row)[::-1][:3], atol=2e-6)
+
+
+def test_stream_command_bad_input():
+    audio = signal_at(16000, 4.0, 1, seed=15, dtype=np.int16)
+    data = audio.astype("<i2").tobytes()
+    cut = cli("stream", "--rate", "16000", stdin=data + b"\x01")
+    assert cut.returncode == 1 and b"middle of a sample" in cut.stderr
+    assert len(lines_of(cut)) == 1  # the complete patch was written before the error
+    header = wav_bytes(audio, 16000)
+    for broken, problem in [(header[:20], b"malformed WAV header"),
+                            (b"RIFF\x00\x00\x00\x00WAVX" + header[12:], b"malformed WAV header"),
+                            (header[:20] + b"\x02\x00" + header[22:], b"unsupported WAV format")]:
+        result = cli("stream", stdin=broken)
+        assert result.returncode == 1 and problem in result.stderr, result.stderr
+        assert b"Traceback" not in result.stderr
+    for rate in ("0", "-5"):
+        result = cli("stream", "--rate", rate, stdin=data)
+        assert result.returncode == 1 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
+    missing = cli("stream", stdin=data)
+    assert missing.returncode == 1 and b"--rate" in missing.stderr
+
+
+def test_stream_command_ends_cleanly_on_ctrl_c():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAXMIR_NO_CACHE="1")
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env, cwd=ROOT)
+    audio = signal_at(16000, 4.5, 1, seed=16, dtype=np.int16)  # 2 complete patches, then silence
+    process.stdin.write(audio.astype("<i2").tobytes())
+    process.stdin.flush()
+    first = process.stdout.readline()  # the first patch arrives while the input is still open
+    assert json.loads(first)["start"] == 0.0
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    process.stdin.close()
+    assert process.returncode == 130, err.decode()
+    assert b"Traceback" not in err
+    records = [json.loads(first)] + [json.loads(line) for line in out.decode().splitlines()]
+    assert [r["start"] for r in records] == [0.0, 1.488]
+
+
+def test_tag_plot_and_embed_average(tmp_path, musicnn):
+    require("matplotlib")  # the [plot] extra, a test dependency
+    import soundfile
+
+    audio = signal_at(44100, 7.0, 2, seed=17)
+    path = tmp_path / "song.wav"
+    soundfile.write(path, audio, 44100, subtype="PCM_16")
+    png = tmp_path / "taggram.png"
+    result = cli("tag", str(path), "--plot", str(png), "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+    result = cli("embed", str(path), "-o", str(tmp_path / "emb"), "--average", "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    mean = np.load(tmp_path / "emb" / "song.npy", allow_pickle=False)
+    want = musicnn.predict(jaxmir.load_audio(path), 16000, output="embeddings").mean(axis=0)
+    assert mean.shape == (200,)
+    np.testing.assert_allclose(mean, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_plot_without_matplotlib_is_a_clear_error():
+    script = ("import sys; sys.modules['matplotlib'] = None\n"
+              "from jaxmir.errors import JaxmirError\n"
+              "from jaxmir.plot import check_available\n"
+              "try:\n    check_available()\nexcept JaxmirError as err:\n    print(err)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120, cwd=ROOT)
+    assert "pip install 'jaxmir[plot]'" in result.stdout, result.stderr
