@@ -43,6 +43,23 @@ def _enable_cache(disabled: bool) -> None:
     cache.enable(cache.cache_dir(), _warn)
 
 
+def _show_warnings_as_lines() -> None:
+    """jaxmir's own warnings (a damaged file) as one ``jaxmir: warning:`` line, not Python's form."""
+    import warnings
+
+    from jaxmir.decode import DamagedAudioWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DamagedAudioWarning):
+            _warn(str(message))
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def _warn(message: str) -> None:
     print(f"jaxmir: warning: {message}", file=sys.stderr)
 
@@ -154,7 +171,7 @@ def stream_file(model, path: str, args, hop, output: str, keep: bool) -> dict:
     from jaxmir.stream import Stream
 
     total, starts, values = None, [], []
-    with iter_blocks(path, BLOCK_FRAMES) as blocks:
+    with iter_blocks(path, BLOCK_FRAMES, args.decoder, args.strict) as blocks:
         stream = Stream(model, blocks.sample_rate, output, patch_hop=hop, last_patch=args.last_patch,
                         pad=args.pad, resampler=args.resampler, require_patch=True)
         for patches in stream.run(blocks):
@@ -180,8 +197,11 @@ def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
     target = Path(plot)
     if len(files) == 1:
         return {files[0]: target}
-    stems = _npy_names(files)
-    return {path: target.with_name(f"{target.stem}-{Path(stems[path]).stem}{target.suffix or '.png'}")
+    from jaxmir.collection.inputs import npy_names  # unique whatever the order of the files
+
+    stems = npy_names(files)
+    return {path: target.with_name(f"{target.stem}-{stems[path][:-len('.npy')].replace(os.sep, '-')}"
+                                   f"{target.suffix or '.png'}")
             for path in files}
 
 
@@ -241,12 +261,38 @@ def format_csv(results: list) -> str:
     return buffer.getvalue()
 
 
+def _expand_each(arguments: Sequence[str]) -> list[str]:
+    """Folders and @lists replaced by the audio files they name; files kept as given.
+
+    An argument that names no audio file (an empty folder, a bad list) stays, and is
+    reported with the files that fail.
+    """
+    from jaxmir.collection.inputs import expand
+    from jaxmir.errors import JaxmirError
+
+    files = []
+    for argument in arguments:
+        if not (os.path.isdir(argument) or argument.startswith("@")):
+            files.append(argument)
+            continue
+        try:
+            files.extend(expand([argument]))
+        except JaxmirError:
+            files.append(argument)
+    return files
+
+
 def cmd_tag(args) -> int:
     from jaxmir import pipeline
+
+    from jaxmir.collection import commands as collection
 
     model = _load_model(args.model, args.backbone)
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
+    if collection.is_collection(args, "tag"):
+        return collection.run_tag(args, model, hop)
+    args.files = _expand_each(args.files)
     stream = args.format == "text" and args.output is None
     if args.plot is not None:
         from jaxmir.plot import check_available
@@ -276,66 +322,16 @@ def cmd_tag(args) -> int:
 
 
 # -- embed ----------------------------------------------------------------------------------------
-def _npy_names(files: Sequence[str]) -> dict[str, str]:
-    """One ``<stem>.npy`` per input; repeated stems get ``_2``, ``_3``, ..."""
-    names, used = {}, set()
-    for path in files:
-        stem = Path(path).stem or "audio"
-        name, count = f"{stem}.npy", 1
-        while name in used:
-            count += 1
-            name = f"{stem}_{count}.npy"
-        used.add(name)
-        names[path] = name
-    return names
-
-
-def _save_npy(target: Path, values) -> None:
-    """``np.save`` through a temporary file in the same folder, then a rename (atomic)."""
-    import tempfile
-
-    import numpy as np
-
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npy", dir=target.parent)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(temporary, 0o666 & ~mask)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, values)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def cmd_embed(args) -> int:
-    import numpy as np
-
+    """A collection run: resumable, atomic, never overwriting without --overwrite."""
     from jaxmir import pipeline
-    from jaxmir.errors import InputError
+    from jaxmir.collection import commands as collection
 
     model = _load_model(args.model, args.backbone)
     pipeline.frontend_of(model)
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     model.resolve_output(args.layer)  # an unknown name fails here, once, listing the names
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--output {out_dir} is a file; give a folder for the .npy files")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = _npy_names(args.files)
-
-    def work(path: str) -> str:
-        found = stream_file(model, path, args, hop, args.layer, keep=not args.average)
-        values = found["mean"] if args.average else found["values"]
-        target = out_dir / names[path]
-        _save_npy(target, np.asarray(values, np.float32))
-        return f"{path} -> {target} {list(values.shape)}"
-
-    results, failed = _process(args.files, work, not args.no_progress)
-    if not args.quiet:
-        _emit("".join(f"{line}\n" for _, line, _ in results if line), None)
-    return EXIT_FAILED if failed else EXIT_OK
+    return collection.run_embed(args, model, hop)
 
 
 # -- stream ---------------------------------------------------------------------------------------
@@ -569,12 +565,21 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resampler", choices=("essentia", "soxr"), default="essentia",
                         help="resampling to 16 kHz: libsamplerate as Essentia (default) or soxr "
                              "as librosa/musicnn")
+    parser.add_argument("--decoder", choices=("essentia", "float"), default="essentia",
+                        help="MP3 and other compressed audio: as the essentia-tensorflow wheel "
+                             "decodes it (default: 16-bit, clipped) or FFmpeg's float decoders "
+                             "(as an Essentia built against a recent FFmpeg)")
+    parser.add_argument("--strict", action="store_true",
+                        help="a damaged or truncated file is an error (default: a warning, and "
+                             "'damaged' in table outputs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not use the persistent compilation cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jaxmir.collection import commands as collection  # argparse only: no pyarrow, no Ray
+
     parser = argparse.ArgumentParser(
         prog="jaxmir", description="Essentia's MusiCNN, VGG and VGGish models in JAX: tag music, "
                                    "extract embeddings.",
@@ -587,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     tag = commands.add_parser("tag", help="the most likely tags of audio files",
                               description="Average the model's predictions over the patches of each "
                                           "file and print the top tags.")
-    tag.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3, ...)")
+    tag.add_argument("files", nargs="+", metavar="PATH",
+                     help="audio files (wav, flac, ogg, mp3, ...), folders (walked recursively) "
+                          "or @list.txt (one path per line)")
     _patch_options(tag)
     tag.add_argument("-n", "--top", "--topN", metavar="N", type=_positive_int, default=3,
                      help="how many tags to list (default 3; 0 = all)")
@@ -595,17 +602,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="text (default), json (with the per-patch taggram) or csv "
                           "(file,rank,label,score)")
     tag.add_argument("-o", "--output", "--save", metavar="PATH", default=None,
-                     help="write to PATH instead of standard output")
+                     help="write to PATH instead of standard output; OUT.parquet, OUT.jsonl or "
+                          "OUT.csv (without -f csv) make a resumable table, one row per file")
     tag.add_argument("--plot", metavar="PNG", default=None,
                      help="draw the taggram (tags x time) to PNG (several files: PNG-<name>.png); "
                           "needs matplotlib (pip install 'jaxmir[plot]')")
+    collection.add_collection_options(tag)
     tag.set_defaults(func=cmd_tag)
 
-    embed = commands.add_parser("embed", help="embeddings of audio files, one .npy per file",
+    embed = commands.add_parser("embed", help="embeddings of audio files: .npy files or a table",
                                 description="Write the chosen layer for every patch of each file "
-                                            "to OUTPUT/<name>.npy, shaped [n_patches, ...].")
-    embed.add_argument("files", nargs="+", metavar="FILE", help="audio files")
-    embed.add_argument("-o", "--output", metavar="DIR", required=True, help="folder for the .npy files")
+                                            "to OUTPUT/<path>.npy, shaped [n_patches, ...] (with "
+                                            "OUTPUT/index.jsonl), or one row per file to "
+                                            "OUTPUT.parquet/.jsonl. A rerun resumes.")
+    embed.add_argument("files", nargs="+", metavar="PATH",
+                       help="audio files, folders (walked recursively) or @list.txt")
+    embed.add_argument("-o", "--output", metavar="DIR|OUT.parquet|OUT.jsonl", required=True,
+                       help="a folder for .npy files, or a .parquet/.jsonl table")
     embed.add_argument("-l", "--layer", metavar="NAME", default="embeddings",
                        help="output name (default embeddings: model/dense/BiasAdd for MusiCNN, "
                             "model/vggish/embeddings for VGGish); `jaxmir info MODEL` lists them")
@@ -614,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the mean over the patches ([...] without the patch axis); "
                             "per-patch values are then not kept, so long files need little memory")
     embed.add_argument("-q", "--quiet", action="store_true", help="do not list the files written")
+    collection.add_collection_options(embed)
     embed.set_defaults(func=cmd_embed)
 
     live = commands.add_parser("stream", help="tag live audio from standard input, patch by patch",
@@ -677,6 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_warnings_as_lines()
     _enable_cache(getattr(args, "no_cache", False))
     from jaxmir.errors import JaxmirError
 

@@ -182,20 +182,34 @@ def test_embed(capsys, wavs, tmp_path, musicnn):
     same_stem = other / wavs["PCM_16"].name
     same_stem.write_bytes(wavs["PCM_16"].read_bytes())
     files = [str(wavs["PCM_16"]), str(wavs["mono_22k"]), str(wavs["nan"]), str(same_stem)]
-    status, out, err = run(capsys, "embed", *files, "--output", str(out_dir))
+    status, out, err = run(capsys, "embed", *files, "--output", str(out_dir), "--jobs", "0")
     assert status == 1 and str(wavs["nan"]) in err
-    written = sorted(p.name for p in out_dir.iterdir())
-    assert written == ["mono_22k.npy", "stereo_pcm_16.npy", "stereo_pcm_16_2.npy"]
+    written = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*.npy"))
+    assert len(written) == 3 and (out_dir / "index.jsonl").is_file()
     assert out.count(" -> ") == 3
-    emb = np.load(out_dir / "stereo_pcm_16.npy")
+    # the same stem in two folders: two files, named from their paths, whatever the order given
+    reordered = tmp_path / "reordered"
+    assert run(capsys, "embed", *reversed(files), "-o", str(reordered), "--jobs", "0")[0] == 1
+    assert sorted(str(p.relative_to(reordered)) for p in reordered.rglob("*.npy")) == written
+    pcm16 = [name for name in written if name.endswith("stereo_pcm_16.npy")]
+    assert len(pcm16) == 2
+    emb = np.load(out_dir / pcm16[0])
     want = musicnn.predict(jaxmir.load_audio(wavs["PCM_16"]), 16000, output="model/dense/BiasAdd")
     assert emb.shape == (1, 200) and emb.dtype == np.float32
     np.testing.assert_allclose(emb, want, atol=1e-5)
-    np.testing.assert_array_equal(np.load(out_dir / "stereo_pcm_16_2.npy"), emb)
-    status, _, err = run(capsys, "embed", str(wavs["mono_22k"]), "-o", str(out_dir), "--layer",
-                         "penultimate", "--patch-hop", "40")
+    np.testing.assert_array_equal(np.load(out_dir / pcm16[1]), emb)
+    # other settings into the same folder: refused, nothing overwritten, unless --overwrite
+    mono = next(name for name in written if name.endswith("mono_22k.npy"))
+    before = (out_dir / mono).read_bytes()
+    again = ["embed", str(wavs["mono_22k"]), "-o", str(out_dir), "--layer", "penultimate",
+             "--patch-hop", "40", "--jobs", "0"]
+    status, _, err = run(capsys, *again)
+    assert status == 1 and "penultimate" in err and (out_dir / mono).read_bytes() == before
+    status, _, err = run(capsys, *again, "--overwrite")
     assert status == 0, err
-    assert np.load(out_dir / "mono_22k.npy").shape == (3, 200)
+    rows = [json.loads(line) for line in (out_dir / "index.jsonl").read_text().splitlines()]
+    assert [row["path"] for row in rows] == [str(wavs["mono_22k"])]
+    assert np.load(out_dir / rows[0]["npy"]).shape == (3, 200)
 
 
 def test_embed_unknown_layer(capsys, wavs, tmp_path):

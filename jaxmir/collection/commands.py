@@ -93,7 +93,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
             options: Options = Options(), name: str | None = None, backbone: str | None = None,
             jobs: int | None = None, engine: str = "local", actors: int | None = None,
             per_patch: bool = False, overwrite: bool = False, flush_rows: int = 256,
-            progress: bool = True, analyzer=None, on_result=None) -> Tally:
+            progress: bool = True, analyzer=None, on_result=None, average: bool = False) -> Tally:
     """Analyse the audio files ``paths`` name (files, folders, ``@lists``) into ``output``.
 
     Args:
@@ -107,6 +107,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
       analyzer: replaces :func:`jaxmir.collection.compute.analyze_stream`.
       on_result: ``on_result(result, where)`` after each file's row is written
         (``where``: the ``.npy`` written, else None).
+      average: a folder of ``.npy`` holds each file's mean over patches instead of every patch.
 
     Returns:
       the :class:`Tally` (files ok, failed, skipped, audio seconds, wall time).
@@ -118,8 +119,11 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     """
     name = name or str(model.source)
     shown = f"{name}+{backbone}" if backbone else name
-    layout = Layout(command, identity(shown, model, command, options),
-                    tuple(model.labels) if command == "tag" else (), per_patch)
+    fields = identity(shown, model, command, options)
+    if command == "embed":
+        fields["average"] = bool(average)
+    layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,
+                    average)
     sources = [inputs.examine(p) for p in inputs.expand(paths)]
     writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows)
     todo = resume.to_do(sources, writer.done)
@@ -170,7 +174,8 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
                     options=_options(args, output, hop), name=model_name(args),
                     backbone=args.backbone, jobs=args.jobs, engine=args.engine, actors=args.actors,
                     per_patch=args.per_patch, overwrite=args.overwrite, flush_rows=args.flush_every,
-                    progress=not args.no_progress, on_result=on_result)
+                    progress=not args.no_progress, on_result=on_result,
+                    average=getattr(args, "average", False))
     print(f"jaxmir: {args.output}: {tally.summary()}", file=sys.stderr)
     return EXIT_FAILED if tally.failed else EXIT_OK
 
@@ -188,7 +193,8 @@ def run_embed(args: argparse.Namespace, model, hop: int | None) -> int:
             if where is not None:
                 from tqdm import tqdm
 
-                tqdm.write(f"{result.source.path} -> {where} {list(result.values.shape)}",
-                           file=sys.stdout)
+                shape = result.values.shape[1:] if getattr(args, "average", False) \
+                    else result.values.shape
+                tqdm.write(f"{result.source.path} -> {where} {list(shape)}", file=sys.stdout)
     return _run(args, model, "embed", args.layer, hop, on_result=show)
 

@@ -26,6 +26,7 @@ from jaxmir.collection.inputs import Source, examine
 from jaxmir.errors import AudioError, JaxmirError
 
 SAMPLE_RATE = 16000
+BLOCK_FRAMES = 65536  # frames decoded at a time: ~1.5 s at 44.1 kHz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +81,13 @@ def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
     A damaged or truncated file is decoded as far as it goes and its problem
     kept as ``warning`` (with ``strict``, it is an error instead).
     """
-    from jaxmir.audio import load_audio
     from jaxmir.decode import DamagedAudioWarning
 
     before = examine(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DamagedAudioWarning)
-            audio = load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder,
-                               strict=strict)
+            audio = read_16k(path, resampler, decoder, strict)
         if examine(path) != before:
             raise AudioError(f"{path}: changed while it was being read (size or modification "
                              "time); it will be read again on the next run")
@@ -96,6 +95,32 @@ def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
         return Decoded(before, None, error_message(path, err))
     damage = [str(w.message) for w in caught if issubclass(w.category, DamagedAudioWarning)]
     return Decoded(before, audio, warning=" ".join(damage) or None)
+
+
+def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
+             strict: bool = False) -> np.ndarray:
+    """A file as float32 mono at 16 kHz, ``[n_samples]``, decoded and resampled block by block.
+
+    Only the 16-kHz signal is ever whole in memory (a 2-hour file: 460 MB),
+    never the file's samples at their own rate; the numbers are those of
+    :func:`jaxmir.load_audio` (the resamplers keep their state between blocks).
+    """
+    from jaxmir.audio import load_audio
+    from jaxmir.decode import MODES, iter_blocks
+    from jaxmir.stream import MonoInput, Resampling
+
+    if decoder not in MODES:  # soundfile: whole-file reads, as load_audio does them
+        return load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder, strict=strict)
+    pieces = []
+    with iter_blocks(path, BLOCK_FRAMES, decoder, strict) as blocks:
+        downmix = MonoInput(blocks.sample_rate)
+        resampling = Resampling(blocks.sample_rate, SAMPLE_RATE, resampler)
+        pieces = [resampling.push(downmix(block)) for block in blocks]
+        pieces.append(resampling.close())
+    audio = np.concatenate(pieces)
+    if audio.size == 0:
+        raise AudioError(f"{path}: contains no samples; expected at least one sample")
+    return audio
 
 
 def analyze(model, audio_16k: np.ndarray, options: Options) -> dict[str, np.ndarray]:

@@ -169,12 +169,20 @@ class LinesWriter(Writer):
                 row["size_bytes"], row["mtime_ns"] = int(row["size_bytes"]), int(row["mtime_ns"])
             return rows
         rows = [json.loads(line) for line in lines]
-        for row in rows[:1]:
-            labels = list(row.get("tags", {})) if self.layout.command == "tag" else []
-            resume.check_identity(str(self.path),
-                                  {"model": row.get("model"), "labels": labels},
-                                  {"model": self.layout.model, "labels": list(self.layout.labels)})
+        if rows:
+            expected = self._settings()
+            found = dict(rows[0].get("settings") or {"model": rows[0].get("model")})
+            if "settings" not in rows[0]:  # written without them: the model is what can be checked
+                expected = {"model": expected["model"]}
+            tagged = [row["tags"] for row in rows if row.get("tags")]
+            if self.layout.command == "tag" and tagged:
+                found["labels"], expected["labels"] = list(tagged[0]), list(self.layout.labels)
+            resume.check_identity(str(self.path), found, expected)
         return rows
+
+    def _settings(self) -> dict:
+        """The run's identity but the labels (each row holds them as its keys)."""
+        return {k: v for k, v in self.layout.identity.items() if k != "labels"}
 
     def _resume(self, current: Mapping[str, Source]) -> None:
         data = self.path.read_bytes()
@@ -201,6 +209,7 @@ class LinesWriter(Writer):
             return self._line(["" if v is None else v for v in values])
         record = {c: row[c] for c in BASE_COLUMNS}
         record["model"] = self.layout.model
+        record["settings"] = self._settings()
         if self.layout.command == "tag":
             record["tags"] = {label: row[label] for label in self.layout.labels} if result.ok else None
         elif "embedding" in row:
@@ -242,7 +251,9 @@ class NpyWriter(Writer):
         if result.ok:
             target = self.path / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            values = np.ascontiguousarray(result.values, np.float32)
+            values = result.values.mean(axis=0, dtype=np.float64) if self.layout.average \
+                else result.values
+            values = np.ascontiguousarray(values, np.float32)
             replace_atomically(target, lambda f: np.save(f, values, allow_pickle=False))
         _append(self.index.handle, self.index.encode(result, {"npy": name if result.ok else None}))
         self.rows_written += 1

@@ -43,6 +43,7 @@ class Layout:
     identity: dict
     labels: tuple[str, ...] = ()
     per_patch: bool = False
+    average: bool = False  # a folder of .npy holds the mean over patches
 
     def __post_init__(self):
         clash = sorted(set(self.labels) & set(BASE_COLUMNS + ("patches", "model")))
