@@ -19,7 +19,7 @@ from jaxmir.models.musicnn import musicnn_variables
 from jaxmir.models.vgg import convnet_variables, pool_aliases
 from jaxmir.spec import (Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool, ModelSpec,
                          dense_indices, head_width)
-from jaxmir.tfgraph.graphdef import DT_FLOAT, Graph
+from jaxmir.tfgraph.graphdef import DT_FLOAT, FORWARDING, Graph
 from jaxmir.tfgraph.walk import (ConvLayer, InferencePath, conv_chain_shapes, input_shape,
                                  topological_order)
 
@@ -52,7 +52,7 @@ def _alias_pass_through_nodes(path: InferencePath, node_map: dict) -> None:
     """Name ``Identity`` nodes (``model/vggish/embeddings``, dropout) like the node they forward."""
     for name in path.live:
         node = path.graph.nodes[name]
-        if name not in node_map and node.op in ("Identity", "Snapshot", "Merge", "Switch"):
+        if name not in node_map and node.op in FORWARDING:
             target = path.graph.resolve(name).node
             if target in node_map:
                 node_map[name] = node_map[target]

@@ -49,9 +49,13 @@ BYTES_PER_FILE_BYTE, BASE_BYTES = 4, 64 << 20
 NODES_PER_FILE_BYTE, BASE_NODES = 0.25, 4096
 VISITS_PER_FILE_BYTE, BASE_VISITS = 16, 1_000_000
 MAX_CALL_DEPTH = 8
-_PASS_THROUGH = frozenset({"Identity", "IdentityN", "Snapshot", "StopGradient",
-                           "PreventGradient", "CheckNumerics", "Enter", "Exit",
-                           "RefIdentity"})
+# The one list of ops that forward a tensor unchanged at inference, and the cond ops that
+# pick between branches; every walk of the graph (resolve, consumers, names) uses these.
+PASS_THROUGH = frozenset({"Identity", "IdentityN", "Snapshot", "StopGradient",
+                          "PreventGradient", "CheckNumerics", "Enter", "Exit",
+                          "RefIdentity"})
+SWITCH_OPS = frozenset({"Switch", "RefSwitch"})
+FORWARDING = PASS_THROUGH | SWITCH_OPS | {"Merge"}
 
 
 # Outputs of the ops whose count does not depend on attributes; other ops are not checked.
@@ -516,7 +520,7 @@ class Graph:
         path, on_path = [], set()
         while ref not in self._resolved:
             node = self.nodes[ref.node]
-            if node.op in _PASS_THROUGH or node.op in ("Switch", "RefSwitch"):
+            if node.op in PASS_THROUGH or node.op in SWITCH_OPS:
                 following = self.data_inputs(node)
                 if not following:
                     raise GraphError(f"{self.source}: {node.op} '{node.name}' has no data input "
@@ -560,7 +564,7 @@ class Graph:
                 continue
             seen.add(current.node)
             node = self.nodes[current.node]
-            if node.op in ("Switch", "RefSwitch"):
+            if node.op in SWITCH_OPS:
                 return current.index
             frontier.extend(TensorRef.parse(i) for i in node.input)  # control inputs too
         return None

@@ -18,13 +18,11 @@ import numpy as np
 
 from jaxmir.errors import GraphError, UnsupportedGraphError
 from jaxmir.spec import Activation, BatchNorm as BatchNormLayer, Dense
-from jaxmir.tfgraph.graphdef import Graph, TensorRef
+from jaxmir.tfgraph.graphdef import FORWARDING, Graph, TensorRef
 
 ACTIVATION_OPS = {"Relu": "relu", "Elu": "elu", "Tanh": "tanh", "Sigmoid": "sigmoid",
                   "Softmax": "softmax"}
 BATCH_NORM_OPS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
-_FORWARD_SKIP = frozenset({"Identity", "Switch", "Merge", "Snapshot", "StopGradient",
-                           "PreventGradient", "CheckNumerics", "RefSwitch"})
 _SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})
 _FOLD = {
     "Add": np.add, "AddV2": np.add, "Sub": np.subtract, "Mul": np.multiply,
@@ -144,7 +142,7 @@ class InferencePath:
                 continue  # the training branch of a cond: not an edge at inference
             seen.add(consumer)
             self.graph.budget.visit(self.graph.source)
-            if node.op in _FORWARD_SKIP:
+            if node.op in FORWARDING:
                 queue.extend((c, consumer) for c in self.graph.consumers(consumer))
             elif node.op not in _SHAPE_OPS:
                 found.append(node)
