@@ -146,12 +146,22 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
     return results, failed
 
 
-def _emit(text: str, output: str | None) -> None:
+def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
+    """``text`` to standard output, or to ``output`` atomically (never over a file unless asked)."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    Path(output).write_text(text, encoding="utf-8")
+    from jaxmir.collection.outputs import replace_atomically
+    from jaxmir.errors import InputError
+
+    target = Path(output)
+    if target.exists() and not overwrite:
+        raise InputError(f"--output {target} exists; give another path, or --overwrite to replace it")
+    try:
+        replace_atomically(target, lambda handle: handle.write(text.encode("utf-8")))
+    except OSError as err:
+        raise InputError(f"--output {target} cannot be written ({err.strerror or err})") from None
 
 
 # -- files through the streaming engine ----------------------------------------------------------
@@ -317,7 +327,7 @@ def cmd_tag(args) -> int:
                   "patch_s": round(size * seconds, 4), "patch_hop_s": round(resolved * seconds, 4),
                   "last_patch": args.last_patch, "pad": args.pad}
         text = format_json(results, header)
-    _emit(text, args.output)
+    _emit(text, args.output, args.overwrite)
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -151,6 +151,18 @@ def test_csv_and_output_file(capsys, wavs, tmp_path):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_output_file_is_never_overwritten_unasked(capsys, wavs, tmp_path):
+    target = tmp_path / "tags.json"
+    target.write_text("results of yesterday")
+    args = ["tag", str(wavs["PCM_16"]), "--format", "json", "-o", str(target)]
+    status, out, err = run(capsys, *args)
+    assert status == 1 and "--overwrite" in err and target.read_text() == "results of yesterday"
+    status, out, err = run(capsys, *args, "--overwrite")
+    assert status == 0, err
+    assert json.loads(target.read_text())["files"][0]["file"] == str(wavs["PCM_16"])
+    assert [p.name for p in tmp_path.iterdir()] == ["tags.json"]  # no temporary file left
+
+
 def test_unwritable_output(capsys, wavs, tmp_path):
     target = tmp_path / "missing" / "tags.json"
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json", "-o", str(target))

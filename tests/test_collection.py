@@ -428,3 +428,24 @@ if __name__ == "__main__":
                 assert abs(value - other[key]) <= 1e-6 * max(1.0, abs(value)), (path, key)
             else:
                 assert value == other[key], (path, key)
+
+
+def test_a_collection_compiles_at_most_two_programs(music, tmp_path):
+    """Files of 3.5-6 s at 16-48 kHz all run through the same fixed-shape programs."""
+    script = """
+import json, sys
+import jaxmir
+from jaxmir.collection import collect
+from jaxmir.models import runner
+if __name__ == "__main__":
+    model = jaxmir.load("msd-musicnn")
+    tally = collect(model, [sys.argv[1]], sys.argv[2], name="msd-musicnn", jobs=0, progress=False)
+    print(json.dumps({"ok": tally.ok, "programs": runner.compiled_programs()}))
+"""
+    env = {**os.environ, "JAXMIR_NO_CACHE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script, str(music), str(tmp_path / "t.jsonl")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # a batch of 8 consecutive patches (overlap shared) and a single patch: nothing per length
+    assert report["ok"] == 4 and 1 <= report["programs"] <= 2, report
