@@ -406,7 +406,7 @@ def spying(model, audio, options):
 compute.analyze = spying
 if __name__ == "__main__":
     model = jaxmir.load("msd-musicnn")
-    tally = collect(model, [sys.argv[1]], sys.argv[2], name="msd-musicnn", jobs=0, progress=False)
+    tally = collect(model, [sys.argv[1]], sys.argv[2], name="msd-musicnn", jobs=1, progress=False)
     print(json.dumps({{"devices": sorted(used), "ok": tally.ok}}))
 """
     runs = {}

@@ -141,7 +141,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
 
             ray_engine.run(name, backbone, todo, options, layout, write, bar, actors)
         elif engine == "local":
-            local.run(model, todo, options, write, bar, default_jobs() if jobs is None else jobs,
+            local.run(model, todo, options, write, bar, default_jobs(len(todo)) if jobs is None else jobs,
                       analyzer or compute.analyze_stream)
         else:
             raise InputError(f"unknown engine {engine!r}; expected local or ray")

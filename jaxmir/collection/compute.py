@@ -57,9 +57,12 @@ class Decoded:
     audio: np.ndarray | None = None
     error: str | None = None
     warning: str | None = None  # decoded in part (damaged or truncated): what was wrong
+    seconds: float | None = None  # the duration, when the audio was streamed and not kept
 
     @property
     def duration_s(self) -> float:
+        if self.seconds is not None:
+            return self.seconds
         return 0.0 if self.audio is None else self.audio.shape[0] / SAMPLE_RATE
 
 
@@ -186,6 +189,40 @@ def analyze_stream(model, items: Iterable[Decoded], options: Options
             yield future.result()
 
 
-def default_jobs() -> int:
-    """Decoding workers by default: one per core."""
-    return os.cpu_count() or 1
+def stream_files(model, sources: Iterable[Source], options: Options
+                 ) -> Iterator[tuple[Decoded, dict[str, np.ndarray] | str]]:
+    """Each file decoded block by block straight into the streaming engine, in this process.
+
+    Memory holds a few seconds of audio and the per-patch outputs, whatever the
+    file's length (a recording of hours); the outputs are :func:`analyze`'s.
+    """
+    from jaxmir.decode import DamagedAudioWarning, iter_blocks
+    from jaxmir.stream import Stream
+
+    for source in sources:
+        path = source.path
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DamagedAudioWarning)
+                with iter_blocks(path, BLOCK_FRAMES, options.decoder, options.strict) as blocks:
+                    stream = Stream(model, blocks.sample_rate, options.output,
+                                    patch_hop=options.patch_hop, last_patch=options.last_patch,
+                                    pad=options.pad, resampler=options.resampler,
+                                    require_patch=True)
+                    parts = [p.values[options.output] for p in stream.run(blocks)]
+            if examine(path) != source:
+                raise AudioError(f"{path}: changed while it was being read (size or modification "
+                                 "time); it will be read again on the next run")
+        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+            yield Decoded(source, error=error_message(path, err)), error_message(path, err)
+            continue
+        damage = [str(w.message) for w in caught if issubclass(w.category, DamagedAudioWarning)]
+        item = Decoded(source, warning=" ".join(damage) or None, seconds=stream.seconds)
+        yield item, {options.output: np.concatenate(parts)}
+
+
+def default_jobs(n_files: int | None = None) -> int:
+    """Decoding workers by default: one per core; none for a single file (it streams instead)."""
+    if n_files is not None and n_files <= 1:
+        return 0
+    return min(os.cpu_count() or 1, n_files or os.cpu_count() or 1)

@@ -98,8 +98,16 @@ Analyzer = Callable[[object, Iterable[Decoded], Options], Iterator[tuple[Decoded
 
 def run(model, sources: Sequence[Source], options: Options, write: Callable[[Result], None],
         progress: Progress, jobs: int, analyzer: Analyzer = compute.analyze_stream) -> None:
-    """Decode ``sources``, run ``analyzer`` (default file by file) and ``write`` each file's result."""
-    for item, outcome in analyzer(model, decode_all(sources, jobs, options), options):
+    """Decode ``sources``, run ``analyzer`` (default file by file) and ``write`` each file's result.
+
+    Without workers (``jobs=0``) and with the default analyzer, each file streams from disk
+    through the engine (:func:`compute.stream_files`): memory does not grow with its length.
+    """
+    if jobs == 0 and analyzer is compute.analyze_stream:
+        outcomes = compute.stream_files(model, sources, options)
+    else:
+        outcomes = analyzer(model, decode_all(sources, jobs, options), options)
+    for item, outcome in outcomes:
         if isinstance(outcome, str):
             result = Result(item.source, item.duration_s, None, outcome)
             progress.write(f"jaxmir: error: {outcome}")
