@@ -65,16 +65,17 @@ def peak_rss(args: list[str]) -> tuple[float, float, int]:
     return usage.ru_maxrss / 1024, seconds, process.returncode
 
 
-def memory(minutes_list: list[float]) -> None:
+def memory(minutes_list: list[float], commands: tuple[str, ...] = ("tag", "embed")) -> None:
     print("\n| file (44.1 kHz stereo) | command | peak RSS | wall time | x real time |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="jaxmir-bench-") as folder:
         for minutes in minutes_list:
             path = Path(folder) / f"{minutes:g}min.wav"
             write_wav(path, minutes)
-            for name, args in [("tag", ["tag", str(path), "--no-progress"]),
-                               ("embed --average", ["embed", str(path), "-o", str(Path(folder) / "emb"),
-                                                    "--average", "--no-progress", "-q"])]:
+            runs = [("tag", ["tag", str(path), "--no-progress"]),
+                    ("embed --average", ["embed", str(path), "-o", str(Path(folder) / "emb"),
+                                         "--average", "--no-progress", "-q"])]
+            for name, args in [(name, args) for name, args in runs if args[0] in commands]:
                 rss, seconds, status = peak_rss(args)
                 flag = "" if status == 0 else f" (exit {status})"
                 print(f"| {minutes:g} min ({path.stat().st_size / 1e9:.2f} GB) | {name} | {rss:.0f} MB{flag} "
@@ -131,12 +132,13 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[15, 60, 180])
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--commands", nargs="+", choices=("tag", "embed"), default=("tag", "embed"))
     args = parser.parse_args(argv)
     print(machine())
     if not args.skip_latency:
         latency()
     if not args.skip_memory:
-        memory(args.minutes)
+        memory(args.minutes, tuple(args.commands))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
     _check_resampler(resampler)
     if decoder not in DECODERS:
         raise AudioError(f"unknown decoder {decoder!r}; accepted: " + ", ".join(repr(d) for d in DECODERS))
-    target = _check_rate(sample_rate, "requested sample_rate")
+    target = check_rate(sample_rate, "requested sample_rate")
     name = os.fspath(path)
     if decoder == "soundfile":
         data, native = _read_soundfile(name)
@@ -98,8 +98,8 @@ def prepare_audio(audio, sample_rate: int, target_rate: int = 16000, resampler: 
       float32 ``[n_samples']``, a new array.
     """
     _check_resampler(resampler)
-    native = _check_rate(sample_rate, "sample_rate")
-    target = _check_rate(target_rate, "target_rate")
+    native = check_rate(sample_rate, "sample_rate")
+    target = check_rate(target_rate, "target_rate")
     array = np.asarray(audio)
     if array.ndim not in (1, 2):
         raise AudioError(f"audio has shape {list(array.shape)}; expected [n_samples] or "
@@ -116,7 +116,7 @@ def _check_resampler(resampler) -> None:
                          + ", ".join(repr(r) for r in RESAMPLERS))
 
 
-def _check_rate(rate, what: str) -> int:
+def check_rate(rate, what: str) -> int:
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer, float, np.floating)) \
             or not math.isfinite(rate) or rate != int(rate):
         raise AudioError(f"{what} {rate!r} is not a whole number of Hz; accepted: "
@@ -142,7 +142,7 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
 
 def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, name: str) -> np.ndarray:
     """``[n, channels]`` float32 -> checked float32 mono resampled to ``target``."""
-    native = _check_rate(native, f"{name}: sample rate")
+    native = check_rate(native, f"{name}: sample rate")
     n, channels = data.shape
     if channels > 2:
         hint = " (for an array, channels go last: [n_samples, channels])" if name == "audio" else ""

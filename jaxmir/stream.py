@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, RESAMPLERS, prepare_audio
+from jaxmir.audio import RESAMPLERS, check_rate, prepare_audio
 from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import with_overlap_hop
@@ -255,14 +255,7 @@ class Resampling:
 
 def check_sample_rate(sample_rate) -> int:
     """A whole number of Hz within 8-192 kHz, else :class:`AudioError`."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer, float, np.floating)) \
-            or not math.isfinite(sample_rate) or sample_rate != int(sample_rate) or sample_rate <= 0:
-        raise AudioError(f"sample rate {sample_rate!r} is not a positive whole number of Hz; "
-                         f"accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"sample rate {int(sample_rate)} Hz is out of range; accepted: "
-                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-    return int(sample_rate)
+    return check_rate(sample_rate, "sample rate")
 
 
 _SHAPES: dict = {}
