@@ -165,9 +165,6 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
 
 
 # -- files through the streaming engine ----------------------------------------------------------
-BLOCK_FRAMES = 65536  # frames decoded at a time: ~1.5 s at 44.1 kHz
-
-
 def stream_file(model, path: str, args, hop, output: str, keep: bool) -> dict:
     """Decode ``path`` block by block through :class:`jaxmir.stream.Stream`.
 
@@ -177,14 +174,13 @@ def stream_file(model, path: str, args, hop, output: str, keep: bool) -> dict:
     """
     import numpy as np
 
-    from jaxmir.decode import iter_blocks
-    from jaxmir.stream import Stream
+    from jaxmir.stream import file_stream
 
     total, starts, values = None, [], []
-    with iter_blocks(path, BLOCK_FRAMES, args.decoder, args.strict) as blocks:
-        stream = Stream(model, blocks.sample_rate, output, patch_hop=hop, last_patch=args.last_patch,
-                        pad=args.pad, resampler=args.resampler, require_patch=True)
-        for patches in stream.run(blocks):
+    with file_stream(model, path, output, decoder=args.decoder, strict=args.strict, patch_hop=hop,
+                     last_patch=args.last_patch, pad=args.pad,
+                     resampler=args.resampler) as (stream, found):
+        for patches in found:
             part = patches.values[output]
             batch_sum = part.sum(axis=0, dtype=np.float64)
             total = batch_sum if total is None else total + batch_sum
@@ -542,13 +538,6 @@ def cmd_info(args) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
 def _backbone_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-b", "--backbone", metavar="NAME|PATH", default=None,
                         help="for an embedding head (Essentia's TensorflowPredict2D models): the "
@@ -556,6 +545,8 @@ def _backbone_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _patch_options(parser: argparse.ArgumentParser) -> None:
+    from jaxmir.collection.commands import non_negative_int
+
     parser.add_argument("-m", "--model", metavar="NAME|PATH", default=None,
                         help="a shipped model (msd-musicnn, mtt-musicnn, msd-vgg, mtt-vgg), or a "
                              "path to a .pb/.npz (default: msd-musicnn)")
@@ -565,7 +556,7 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
                      help="overlap of consecutive patches in seconds (patches last 3 s for "
                           "MusiCNN/VGG); default: Essentia's hop of 93 frames, 1.5 s overlap. "
                           "(musicnn's --overlap is the hop between patches; use --patch-hop for that)")
-    hop.add_argument("--patch-hop", metavar="FRAMES", type=_positive_int, default=None,
+    hop.add_argument("--patch-hop", metavar="FRAMES", type=non_negative_int, default=None,
                      help="frames between patch starts (default 93; 0 = patch size, no overlap)")
     parser.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
                         help="frames after the last full patch: drop them (Essentia's default) "
@@ -589,6 +580,7 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from jaxmir.collection import commands as collection  # argparse only: no pyarrow, no Ray
+    from jaxmir.collection.commands import non_negative_int
 
     parser = argparse.ArgumentParser(
         prog="jaxmir", description="Essentia's MusiCNN, VGG and VGGish models in JAX: tag music, "
@@ -606,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="audio files (wav, flac, ogg, mp3, ...), folders (walked recursively) "
                           "or @list.txt (one path per line)")
     _patch_options(tag)
-    tag.add_argument("-n", "--top", "--topN", metavar="N", type=_positive_int, default=3,
+    tag.add_argument("-n", "--top", "--topN", metavar="N", type=non_negative_int, default=3,
                      help="how many tags to list (default 3; 0 = all)")
     tag.add_argument("-f", "--format", choices=FORMATS, default="text",
                      help="text (default), json (with the per-patch taggram) or csv "
@@ -657,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="channels of raw PCM, interleaved (default 1)")
     live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default="s16le",
                       help="sample format of raw PCM (default s16le)")
-    live.add_argument("-n", "--top", metavar="N", type=_positive_int, default=5,
+    live.add_argument("-n", "--top", metavar="N", type=non_negative_int, default=5,
                       help="tags per line (default 5; 0 = all)")
     live.add_argument("--all", action="store_true", help="the full output vector instead of the top tags")
     live.add_argument("-l", "--layer", metavar="NAME", default="predictions",
@@ -665,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     hop = live.add_mutually_exclusive_group()
     hop.add_argument("-ov", "--overlap", metavar="S", type=float, default=None,
                      help="overlap of consecutive patches in seconds (default 1.5 s)")
-    hop.add_argument("--patch-hop", metavar="FRAMES", type=_positive_int, default=None,
+    hop.add_argument("--patch-hop", metavar="FRAMES", type=non_negative_int, default=None,
                      help="frames between patch starts (default 93)")
     live.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
                       help="at the end of the input: drop the frames after the last full patch, "

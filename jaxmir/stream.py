@@ -37,9 +37,11 @@ convolutions differs (~1e-7 on predictions).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
+import os
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import jax
@@ -47,7 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.audio import RESAMPLERS, check_rate, prepare_audio
+from jaxmir.decode import iter_blocks
 from jaxmir.errors import AudioError, InputError
+from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import with_overlap_hop
 from jaxmir.models.runner import run_patches, tapped_outputs
@@ -58,7 +62,7 @@ from jaxmir.spec import Frontend
 if TYPE_CHECKING:
     from jaxmir.model import Model
 
-TARGET_RATE = 16000
+BLOCK_FRAMES = 65536  # frames a file is decoded at a time: ~1.5 s at 44.1 kHz
 # Patches per model call for runs of patches (MusiCNN: ~75 MB of activations; larger
 # batches were not faster on CPU), and the largest run computed patch by patch instead:
 # a padded batch of 8 costs about as much as 4 single patches.
@@ -502,5 +506,20 @@ class Stream:
         return self._record(np.array([start * self.frontend.frame_seconds]), list(values))
 
 
-__all__ = ["Stream", "Patches", "Resampling", "MonoInput", "audio_to_outputs", "frontend_of",
+@contextlib.contextmanager
+def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str = "essentia",
+                strict: bool = False, **options) -> Iterator[tuple[Stream, Iterator[Patches]]]:
+    """A file decoded block by block (:func:`jaxmir.decode.iter_blocks`) into a :class:`Stream`.
+
+    Yields ``(stream, patches)``: iterate ``patches`` for the non-empty
+    :class:`Patches` as they complete; ``stream.seconds`` and ``stream.n_patches``
+    are final once it is exhausted. ``options`` are :class:`Stream`'s (``patch_hop``,
+    ``last_patch``, ``pad``, ``resampler``, ...); a file that gives no patch raises.
+    """
+    with iter_blocks(path, BLOCK_FRAMES, decoder, strict) as blocks:
+        stream = Stream(model, blocks.sample_rate, output, require_patch=True, **options)
+        yield stream, stream.run(blocks)
+
+
+__all__ = ["Stream", "file_stream", "BLOCK_FRAMES", "Patches", "Resampling", "MonoInput", "audio_to_outputs", "frontend_of",
            "check_sample_rate", "concat_patches", "BATCH", "SINGLE_LIMIT", "TARGET_RATE"]

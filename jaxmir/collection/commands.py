@@ -23,7 +23,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
 
 
-def _jobs(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
@@ -35,19 +36,19 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tags) or a folder (.npy): "
                        "one row per file, written as files are done; a rerun resumes")
-    group.add_argument("-j", "--jobs", metavar="N", type=_jobs, default=None,
+    group.add_argument("-j", "--jobs", metavar="N", type=non_negative_int, default=None,
                        help="decoding worker processes (default: one per core; 0 = decode in "
                             "the main process)")
     group.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local (default) or ray: the Ray cluster at $RAY_ADDRESS (a local one "
                             "when unset); needs pip install 'jaxmir[ray]'")
-    group.add_argument("--actors", metavar="N", type=_jobs, default=None,
+    group.add_argument("--actors", metavar="N", type=non_negative_int, default=None,
                        help="--engine ray: model actors (default: one per GPU, else 1)")
     group.add_argument("--per-patch", action="store_true",
                        help="also write every patch's output (column 'patches', [n_patches, dim])")
     group.add_argument("--overwrite", action="store_true",
                        help="start the output over instead of resuming it")
-    group.add_argument("--flush-every", metavar="ROWS", type=_jobs, default=256,
+    group.add_argument("--flush-every", metavar="ROWS", type=non_negative_int, default=256,
                        help="Parquet: rows per part file (default 256; a part is also written "
                             "every minute)")
 

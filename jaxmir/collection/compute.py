@@ -13,6 +13,7 @@ packed into fixed-size batches, sharded over ``jax.devices()``) can replace
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -24,9 +25,8 @@ import numpy as np
 
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.errors import AudioError, JaxmirError
+from jaxmir.frontends import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
-BLOCK_FRAMES = 65536  # frames decoded at a time: ~1.5 s at 44.1 kHz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,22 @@ def error_message(path: str, err: BaseException) -> str:
     return message if message.startswith(path) else f"{path}: {message}"
 
 
+@contextlib.contextmanager
+def _reading(path: str, before: Source) -> Iterator[list[str]]:
+    """Around reading ``path``: collects damaged-audio warnings (the list yielded) and, after,
+    raises when the file changed or vanished while it was being read."""
+    from jaxmir.decode import DamagedAudioWarning
+
+    damage: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DamagedAudioWarning)
+        yield damage
+    damage.extend(str(w.message) for w in caught if issubclass(w.category, DamagedAudioWarning))
+    if examine(path) != before:
+        raise AudioError(f"{path}: changed while it was being read (size or modification "
+                         "time); it will be read again on the next run")
+
+
 def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
            strict: bool = False) -> Decoded:
     """Read ``path`` as 16-kHz mono; a file that changes or vanishes while it is read is an error.
@@ -84,19 +100,12 @@ def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
     A damaged or truncated file is decoded as far as it goes and its problem
     kept as ``warning`` (with ``strict``, it is an error instead).
     """
-    from jaxmir.decode import DamagedAudioWarning
-
     before = examine(path)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DamagedAudioWarning)
+        with _reading(path, before) as damage:
             audio = read_16k(path, resampler, decoder, strict)
-        if examine(path) != before:
-            raise AudioError(f"{path}: changed while it was being read (size or modification "
-                             "time); it will be read again on the next run")
     except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
         return Decoded(before, None, error_message(path, err))
-    damage = [str(w.message) for w in caught if issubclass(w.category, DamagedAudioWarning)]
     return Decoded(before, audio, warning=" ".join(damage) or None)
 
 
@@ -110,7 +119,7 @@ def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
     """
     from jaxmir.audio import load_audio
     from jaxmir.decode import MODES, iter_blocks
-    from jaxmir.stream import MonoInput, Resampling
+    from jaxmir.stream import BLOCK_FRAMES, MonoInput, Resampling
 
     if decoder not in MODES:  # soundfile: whole-file reads, as load_audio does them
         return load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder, strict=strict)
@@ -196,27 +205,20 @@ def stream_files(model, sources: Iterable[Source], options: Options
     Memory holds a few seconds of audio and the per-patch outputs, whatever the
     file's length (a recording of hours); the outputs are :func:`analyze`'s.
     """
-    from jaxmir.decode import DamagedAudioWarning, iter_blocks
-    from jaxmir.stream import Stream
+    from jaxmir.stream import file_stream
 
     for source in sources:
         path = source.path
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", DamagedAudioWarning)
-                with iter_blocks(path, BLOCK_FRAMES, options.decoder, options.strict) as blocks:
-                    stream = Stream(model, blocks.sample_rate, options.output,
-                                    patch_hop=options.patch_hop, last_patch=options.last_patch,
-                                    pad=options.pad, resampler=options.resampler,
-                                    require_patch=True)
-                    parts = [p.values[options.output] for p in stream.run(blocks)]
-            if examine(path) != source:
-                raise AudioError(f"{path}: changed while it was being read (size or modification "
-                                 "time); it will be read again on the next run")
+            with _reading(path, source) as damage:
+                with file_stream(model, path, options.output, decoder=options.decoder,
+                                 strict=options.strict, patch_hop=options.patch_hop,
+                                 last_patch=options.last_patch, pad=options.pad,
+                                 resampler=options.resampler) as (stream, found):
+                    parts = [patches.values[options.output] for patches in found]
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
             yield Decoded(source, error=error_message(path, err)), error_message(path, err)
             continue
-        damage = [str(w.message) for w in caught if issubclass(w.category, DamagedAudioWarning)]
         item = Decoded(source, warning=" ".join(damage) or None, seconds=stream.seconds)
         yield item, {options.output: np.concatenate(parts)}
 
