@@ -132,11 +132,6 @@ class Plan:
         """First frame of each patch, ``[n_patches]``."""
         return (self.index[:self.n_patches, 0].astype(np.int64) - 1).clip(0)
 
-    @property
-    def patch_start_seconds(self) -> np.ndarray:
-        """Start of each patch in seconds, ``[n_patches]`` float64."""
-        return self.patch_starts * self.frontend.frame_seconds
-
 
 def plan(model: "Model", n_samples: int, *, patch_hop: int | None = None,
          last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",

@@ -28,14 +28,13 @@ class Architecture:
 
     module: type[nn.Module]
     backbone: bool
-    description: str
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "musicnn": Architecture(MusiCNN, True, "MusiCNN (Pons & Serra, 2019)"),
-    "vgg": Architecture(ConvNet, True, "musicnn's VGG baseline"),
-    "vggish": Architecture(ConvNet, True, "VGGish (Hershey et al., 2017)"),
-    "head": Architecture(EmbeddingHead, False, "a classifier head on embeddings"),
+    "musicnn": Architecture(MusiCNN, backbone=True),       # Pons & Serra, 2019
+    "vgg": Architecture(ConvNet, backbone=True),           # musicnn's VGG baseline
+    "vggish": Architecture(ConvNet, backbone=True),        # Hershey et al., 2017
+    "head": Architecture(EmbeddingHead, backbone=False),   # a classifier head on embeddings
 }
 COMPOSED = "composed"  # a backbone joined to a head: config {"backbone": ..., "head": ...}
 
