@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer, MaxPool, dense_indices
 
@@ -140,6 +141,45 @@ class ConvBlock(nn.Module):
             x = nn.max_pool(x, self.pool.window, strides=self.pool.strides,
                             padding=self.pool.padding)
         return x
+
+
+def time_windows(x: jax.Array, length: int, block: int) -> jax.Array:
+    """Overlapping windows of a ``[b, t, f]`` signal for a ``"SAME"`` convolution along time.
+
+    Window ``j`` holds the ``block + length - 1`` zero-padded frames that the
+    outputs ``j * block .. (j + 1) * block - 1`` read (TensorFlow's padding:
+    ``(length - 1) // 2`` frames before). Returns ``[b, ceil(t / block), block + length - 1, f]``.
+    """
+    b, frames, bands = x.shape
+    blocks = -(-frames // block)
+    width = block + length - 1
+    shifts = -(-width // block)
+    before = (length - 1) // 2
+    padded = jnp.pad(x, ((0, 0), (before, (blocks + shifts - 1) * block - frames - before), (0, 0)))
+    tiles = padded.reshape(b, blocks + shifts - 1, block, bands)
+    return jnp.concatenate([tiles[:, d:d + blocks] for d in range(shifts)], axis=2)[:, :, :width]
+
+
+def banded_kernel(kernel: jax.Array, block: int) -> jax.Array:
+    """A time kernel ``[length, features]`` as the banded (Toeplitz) matrix that maps a window
+    of :func:`time_windows` to its block of outputs: ``[block + length - 1, block, features]``."""
+    length = kernel.shape[0]
+    tap = np.arange(block + length - 1)[:, None] - np.arange(block)[None, :]
+    inside = (tap >= 0) & (tap < length)
+    return jnp.where(inside[..., None], kernel[np.clip(tap, 0, length - 1)], 0.0)
+
+
+class ConvParams(nn.Module):
+    """Only the ``kernel`` and ``bias`` of a convolution (as :class:`flax.linen.Conv` names them),
+    for blocks that compute the convolution themselves."""
+
+    kernel_shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), self.kernel_shape)
+        bias = self.param("bias", nn.initializers.zeros_init(), self.kernel_shape[-1:])
+        return kernel, bias
 
 
 def conv_variables(kernel, bias, batch_norm: tuple[dict, dict] | None = None) -> dict:

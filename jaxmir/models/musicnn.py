@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import (ConvBlock, DenseHead, frozen_batch_norm, head_variables, nest)
+from jaxmir.models.layers import (ACTIVATIONS, ConvBlock, ConvParams, DenseHead, banded_kernel,
+                                  frozen_batch_norm, head_variables, nest, time_windows)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
 
 def musicnn_head(units: int = 200, n_labels: int = 50, epsilon: float = 1e-3) -> tuple[HeadLayer, ...]:
@@ -51,13 +52,20 @@ class FrequencyMaxBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kernel[1] == 1 and self.padding == "SAME" and x.shape[-1] == 1:
+            x = TimeConvFrequencyMax(self.filters, self.kernel[0], self.bn_epsilon, name="block")(x)
+            self.sow("intermediates", "output", x)
+            return x
         block = ConvBlock(self.filters, self.kernel, self.padding, "relu", self.bn_epsilon,
                           name="block")
+
+        def frame_local(rows: jax.Array) -> jax.Array:  # [b, t, mel, 1] -> [b, t, filters]
+            return jnp.max(block(rows), axis=2)
+
         if self._shares_overlap(x):
-            x = _conv_over_stretch(block, x, self.overlap_hop, self.padding[0])
+            x = _conv_over_stretch(frame_local, x, self.overlap_hop, self.padding[0])
         else:
-            x = block(x)
-        x = jnp.max(x, axis=2)
+            x = frame_local(x)
         self.sow("intermediates", "output", x)
         return x
 
@@ -69,7 +77,38 @@ class FrequencyMaxBlock(nn.Module):
                 and self.overlap_hop < x.shape[1] - 2 * (top + bottom))
 
 
-def _conv_over_stretch(block: nn.Module, x: jax.Array, hop: int, rows_padding) -> jax.Array:
+class TimeConvFrequencyMax(nn.Module):
+    """A temporal branch: ``"SAME"`` convolution along time (kernel ``[length, 1]``) of
+    a one-channel ``[b, t, mel, 1]``, ReLU, BN, max over frequency: ``[b, t, filters]``.
+
+    The same numbers as :class:`ConvBlock` followed by the max (up to float32
+    summation order), computed as matrix products: time is cut into blocks of
+    ``block`` frames and each block's window (:func:`time_windows`) is multiplied
+    by the kernel's banded matrix (:func:`banded_kernel`). XLA's convolution with
+    one input channel and a tall kernel runs far below the machine's peak, a
+    product near it. The frequency axis is reduced before time is laid flat
+    again, so the ``[b, t, mel, filters]`` activations are never transposed.
+    Variables are :class:`ConvBlock`'s (``conv/kernel``, ``conv/bias``, ``batch_norm``).
+    """
+
+    filters: int
+    length: int
+    bn_epsilon: float
+    block: int = 16
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel, bias = ConvParams((self.length, 1, 1, self.filters), name="conv")()
+        frames = x.shape[1]
+        windows = time_windows(x[..., 0], self.length, self.block)      # [b, blocks, width, mel]
+        banded = banded_kernel(kernel[:, 0, 0, :], self.block)           # [width, block, filters]
+        y = jnp.einsum("bjwm,wof->bjmof", windows, banded) + bias        # [b, blocks, mel, block, filters]
+        y = frozen_batch_norm(self.bn_epsilon, name="batch_norm")(ACTIVATIONS["relu"](y))
+        y = jnp.max(y, axis=2)                                            # [b, blocks, block, filters]
+        return y.reshape(y.shape[0], -1, self.filters)[:, :frames]
+
+
+def _conv_over_stretch(block, x: jax.Array, hop: int, rows_padding) -> jax.Array:
     """A frame-local block on ``[C, T, mel, 1]`` consecutive patches, ``hop`` frames apart.
 
     The patches' frames are laid end to end (``(C - 1) * hop + T`` frames) and
@@ -77,7 +116,9 @@ def _conv_over_stretch(block: nn.Module, x: jax.Array, hop: int, rows_padding) -
     ``p * hop + r`` of the result, except the ``top``/``bottom`` rows at the
     patch's ends, whose convolution reads the patch's zero padding: those run
     per patch on the end rows alone. Everything after the convolution (ReLU,
-    batch norm) acts on each row separately.
+    batch norm, the max over frequency) acts on each row separately; ``block``
+    maps ``[b, t, mel, 1]`` to ``[b, t, filters]``, so that rows are copied
+    only after the frequency axis is gone.
     """
     n, length = x.shape[0], x.shape[1]
     top, bottom = rows_padding
