@@ -92,6 +92,8 @@ class _Plan:
     taps: int             # largest tap count of one half
     gain: float
     float_increment: float
+    period: int = 0       # outputs per period of the exact rate ratio (out_rate / gcd)
+    advance: int = 0      # input samples per period (in_rate / gcd)
 
 
 def essentia_ratio(in_rate: int, out_rate: int) -> float:
@@ -132,8 +134,11 @@ def _plan(in_rate: int, out_rate: int, quality: str) -> _Plan:
         raise AudioError(f"{in_rate} Hz -> {out_rate} Hz with {quality} needs {taps} filter taps per "
                          f"side; at most {MAX_TAPS} are allowed (use a lower quality or a ratio "
                          "closer to 1)")
+    common = math.gcd(in_rate, out_rate)
+    periods = -(-_MIN_PERIOD * common // out_rate)   # short periods taken several at a time
     return _Plan(quality, ratio, 1.0 / ratio, increment, max_index, int(np.rint(count)) + 1,
-                 taps, float_increment / index_inc, float_increment)
+                 taps, float_increment / index_inc, float_increment,
+                 periods * out_rate // common, periods * in_rate // common)
 
 
 # ------------------------------------------------------------------------ positions
@@ -278,6 +283,88 @@ def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, 
     return jax.lax.map(one_block, blocks).reshape(-1)
 
 
+@functools.partial(jax.jit, static_argnames=("increment", "max_index", "taps", "advance", "rows",
+                                             "chunk"))
+def _polyphase_kernel(signal, centre, start, delta, table, slope, gain, *, increment, max_index,
+                      taps, advance, rows, chunk):
+    """Outputs in groups of ``rows`` periods, each group's coefficients derived once.
+
+    Output ``j`` of period ``r`` of group ``g`` sits ``delta[g, r, j]`` fixed-point units
+    (``|delta| < 4096``) past ``centre[g, j] + r * advance`` input samples plus
+    ``start[g, j]`` units: its taps are the group's first period's taps moved by less than
+    one coefficient-table step, so each tap's table entry is one of three known per
+    group (no per-tap gather) and its 12-bit fraction comes from the integer distance.
+    ``centre`` and ``start`` are ``[groups, period]``, ``delta`` ``[groups, rows, period]``;
+    ``signal`` holds every window (the caller pads).
+    """
+    width = 2 * taps + 3                       # taps of both halves, +-1 for the drift
+    slot = jnp.arange(width, dtype=jnp.int32)
+    shifts = -(-(advance + width + 1) // advance)
+
+    def group(args):
+        first, begin, offsets = args           # [P], [P], [rows, P]
+        distance = begin[:, None] + (taps + 1 - slot)[None, :] * increment      # [P, W] signed
+        base = jnp.clip((jnp.abs(distance) >> _SHIFT) - 1, 0, table.shape[0] - 3)
+        values = [table[base + k] for k in range(3)]
+        slopes = [slope[base + k] for k in range(3)]
+        low = jnp.min(first) - taps - 1
+        at = first - taps - 1 - low                                              # [P]
+
+        def periods(args):
+            row, shift = args                  # first period of the step, [chunk, P]
+            stretch = jax.lax.dynamic_slice(signal, (low + row * advance,),
+                                            ((chunk + shifts) * advance,))
+            tiles = stretch.reshape(chunk + shifts, advance)
+            lines = jnp.concatenate([tiles[k:k + chunk] for k in range(shifts)], axis=1)
+            windows = jax.vmap(lambda a: jax.lax.dynamic_slice(lines, (0, a), (chunk, width)))(at)
+            index = jnp.abs(distance[:, None, :] + shift.T[:, :, None])         # [P, chunk, W]
+            pick = (index >> _SHIFT) - base[:, None, :]
+            value = jnp.where(pick == 0, values[0][:, None],
+                              jnp.where(pick == 1, values[1][:, None], values[2][:, None]))
+            rise = jnp.where(pick == 0, slopes[0][:, None],
+                             jnp.where(pick == 1, slopes[1][:, None], slopes[2][:, None]))
+            fraction = (index & (_ONE - 1)).astype(jnp.float32) * (1.0 / _ONE)
+            coefficient = jnp.where(index <= max_index, value + fraction * rise, 0.0)
+            return (gain * jnp.sum(coefficient * windows, axis=2)).T            # [chunk, P]
+
+        steps = (jnp.arange(0, rows, chunk, dtype=jnp.int32),
+                 offsets.reshape(rows // chunk, chunk, -1))
+        return jax.lax.map(periods, steps).reshape(rows, -1)
+
+    return jax.lax.map(group, (centre, start, delta)).reshape(-1)
+
+
+_POLYPHASE_ELEMENTS = 1 << 20   # outputs x taps per step of the polyphase kernel
+_MAX_PERIOD = 1024              # longer periods go through the per-output kernel
+_MIN_PERIOD = 64                # outputs per step of the polyphase kernel's rows, at least
+
+
+def _polyphase_layout(plan: _Plan, centre: np.ndarray, start: np.ndarray):
+    """``(rows, chunk, centre, start, delta)`` for :func:`_polyphase_kernel`, or ``None``
+    when the outputs drift too far from the exact period for its three-entry rule."""
+    period, width = plan.period, 2 * plan.taps + 3
+    if not 0 < period <= _MAX_PERIOD:
+        return None
+    count = centre.shape[0]
+    chunk = max(1, _POLYPHASE_ELEMENTS // (period * width))
+    chunk = min(1 << (chunk.bit_length() - 1), 1 << max(0, (-(-count // period) - 1).bit_length()))
+    absolute = centre.astype(np.int64) * plan.increment + start.astype(np.int64)
+    step = plan.advance * plan.increment   # units per exact period
+    for rows in (chunk * 16, chunk * 4, chunk):
+        groups = _bucket(-(-count // (rows * period)), 1)
+        total = groups * rows * period
+        # outputs past the end continue at the libsamplerate step; they are dropped
+        extra = np.arange(1, total - count + 1, dtype=np.int64)
+        tail = absolute[-1] + np.rint(extra * plan.step * plan.increment).astype(np.int64)
+        grid = np.concatenate([absolute, tail]).reshape(groups, rows, period)
+        first = grid[:, 0, :]
+        delta = grid - first[:, None, :] - (np.arange(rows, dtype=np.int64) * step)[None, :, None]
+        if np.abs(delta).max() < _ONE:
+            whole = first // plan.increment
+            return rows, chunk, whole, first - whole * plan.increment, delta.astype(np.int32)
+    return None
+
+
 def _bucket(n: int, minimum: int) -> int:
     """Round ``n`` up to ``a * 2**j`` (``8 <= a < 16``, at least ``minimum``): few compiled
     shapes, at most 12.5% padding."""
@@ -288,7 +375,15 @@ def _bucket(n: int, minimum: int) -> int:
 
 def _filter(plan: _Plan, signal: np.ndarray, centre: np.ndarray, start: np.ndarray,
             table: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """Run the kernel on padded, bucketed shapes; ``signal`` already holds ``taps`` margins."""
+    """Run a kernel on padded, bucketed shapes; ``signal`` already holds ``taps`` margins.
+
+    The polyphase kernel when the rates have a short exact period (44.1 or 48 kHz
+    to 16 kHz: 160 and 1 outputs), the per-output kernel otherwise; both compute
+    libsamplerate's coefficients from the same table entries and fractions.
+    """
+    layout = _polyphase_layout(plan, centre, start)
+    if layout is not None:
+        return _polyphase(plan, signal, centre.shape[0], layout, table)
     count = centre.shape[0]
     block = max(1, _BLOCK_ELEMENTS // (2 * plan.taps))
     block = 1 << (block.bit_length() - 1)
@@ -302,6 +397,21 @@ def _filter(plan: _Plan, signal: np.ndarray, centre: np.ndarray, start: np.ndarr
     start = np.pad(start.astype(np.int32), (0, size - count))
     out = _kernel(signal, centre, start, table[0], table[1], jnp.float32(plan.gain),
                   increment=plan.increment, max_index=plan.max_index, taps=plan.taps, block=block)
+    return out[:count]
+
+
+def _polyphase(plan: _Plan, signal, count: int, layout, table) -> jax.Array:
+    rows, chunk, first, begin, delta = layout
+    front = 2                                 # a window may start up to taps + 1 before its centre
+    shifts = -(-(plan.advance + 2 * plan.taps + 4) // plan.advance)
+    need = int(first.max()) + front + (rows + shifts + 1) * plan.advance + 2 * plan.taps + 4
+    length = _bucket(max(need, signal.shape[0] + front), 1024)
+    signal = jnp.pad(jnp.asarray(signal, jnp.float32), (front, length - signal.shape[0] - front))
+    out = _polyphase_kernel(signal, jnp.asarray(first + front, jnp.int32),
+                            jnp.asarray(begin, jnp.int32), jnp.asarray(delta), table[0], table[1],
+                            jnp.float32(plan.gain), increment=plan.increment,
+                            max_index=plan.max_index, taps=plan.taps, advance=plan.advance,
+                            rows=rows, chunk=chunk)
     return out[:count]
 
 

@@ -143,3 +143,18 @@ def test_bad_input():
     with pytest.raises(AudioError, match="NaN"):
         SincResampler(44100, 16000).push(np.array([np.inf], np.float32))
     assert resample(x, 1, 256, "sinc_fastest").shape[0] > 0   # extreme but valid rates work
+
+
+def test_common_rates_take_the_polyphase_kernel():
+    """44.1/48/22.05 kHz -> 16 kHz run without per-tap table gathers (the parity tests above
+    check its numbers); a rate without a short exact period (7999 Hz) keeps the per-output kernel."""
+    from jaxmir import resample as rs
+
+    for rate, expected in ((44100, True), (48000, True), (22050, True), (7999, False)):
+        plan = rs._plan(rate, 16000, "sinc_medium")
+        x = np.zeros(5 * rate, np.float32)
+        count = rs._output_count(plan, x.shape[0])
+        frac, advance, _ = rs._positions(plan.step, 0.0, count)
+        base = np.concatenate([[0], np.cumsum(advance)[:-1]])
+        centre, start = rs._normalise(plan, plan.taps + base, rs._phases(plan, frac))
+        assert (rs._polyphase_layout(plan, centre, start) is not None) == expected, rate
