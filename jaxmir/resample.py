@@ -92,8 +92,9 @@ class _Plan:
     taps: int             # largest tap count of one half
     gain: float
     float_increment: float
-    period: int = 0       # outputs per period of the exact rate ratio (out_rate / gcd)
-    advance: int = 0      # input samples per period (in_rate / gcd)
+    period: int = 0       # outputs per row of the polyphase kernel: whole periods of the exact
+                          # rate ratio (out_rate / gcd each), at least _MIN_PERIOD outputs
+    advance: int = 0      # input samples per row (in_rate / gcd per period)
 
 
 def essentia_ratio(in_rate: int, out_rate: int) -> float:
@@ -297,9 +298,9 @@ def _polyphase_kernel(signal, centre, start, delta, table, slope, gain, *, incre
     ``centre`` and ``start`` are ``[groups, period]``, ``delta`` ``[groups, rows, period]``;
     ``signal`` holds every window (the caller pads).
     """
-    width = 2 * taps + 3                       # taps of both halves, +-1 for the drift
+    width = _polyphase_width(taps)
     slot = jnp.arange(width, dtype=jnp.int32)
-    shifts = -(-(advance + width + 1) // advance)
+    shifts = _rows_per_line(advance, taps)
 
     def group(args):
         first, begin, offsets = args           # [P], [P], [rows, P]
@@ -334,6 +335,17 @@ def _polyphase_kernel(signal, centre, start, delta, table, slope, gain, *, incre
     return jax.lax.map(group, (centre, start, delta)).reshape(-1)
 
 
+def _polyphase_width(taps: int) -> int:
+    """Input samples one polyphase output reads: both halves' taps, +-1 for the drift."""
+    return 2 * taps + 3
+
+
+def _rows_per_line(advance: int, taps: int) -> int:
+    """Rows of ``advance`` input samples laid side by side so that every window of a row
+    (starting within its first ``advance + 1`` samples) fits in the line."""
+    return -(-(advance + _polyphase_width(taps) + 1) // advance)
+
+
 _POLYPHASE_ELEMENTS = 1 << 20   # outputs x taps per step of the polyphase kernel
 _MAX_PERIOD = 1024              # longer periods go through the per-output kernel
 _MIN_PERIOD = 64                # outputs per step of the polyphase kernel's rows, at least
@@ -342,7 +354,7 @@ _MIN_PERIOD = 64                # outputs per step of the polyphase kernel's row
 def _polyphase_layout(plan: _Plan, centre: np.ndarray, start: np.ndarray):
     """``(rows, chunk, centre, start, delta)`` for :func:`_polyphase_kernel`, or ``None``
     when the outputs drift too far from the exact period for its three-entry rule."""
-    period, width = plan.period, 2 * plan.taps + 3
+    period, width = plan.period, _polyphase_width(plan.taps)
     if not 0 < period <= _MAX_PERIOD:
         return None
     count = centre.shape[0]
@@ -378,7 +390,8 @@ def _filter(plan: _Plan, signal: np.ndarray, centre: np.ndarray, start: np.ndarr
     """Run a kernel on padded, bucketed shapes; ``signal`` already holds ``taps`` margins.
 
     The polyphase kernel when the rates have a short exact period (44.1 or 48 kHz
-    to 16 kHz: 160 and 1 outputs), the per-output kernel otherwise; both compute
+    to 16 kHz: 160 and 1 outputs, taken in rows of 160 and 64), the per-output kernel
+    otherwise; both compute
     libsamplerate's coefficients from the same table entries and fractions.
     """
     layout = _polyphase_layout(plan, centre, start)
@@ -402,9 +415,12 @@ def _filter(plan: _Plan, signal: np.ndarray, centre: np.ndarray, start: np.ndarr
 
 def _polyphase(plan: _Plan, signal, count: int, layout, table) -> jax.Array:
     rows, chunk, first, begin, delta = layout
-    front = 2                                 # a window may start up to taps + 1 before its centre
-    shifts = -(-(plan.advance + 2 * plan.taps + 4) // plan.advance)
-    need = int(first.max()) + front + (rows + shifts + 1) * plan.advance + 2 * plan.taps + 4
+    # A group's windows start taps + 1 samples before its lowest centre, which may be one
+    # sample before the signal's taps-long margin; dynamic_slice would clamp that start.
+    front = 2
+    shifts = _rows_per_line(plan.advance, plan.taps)
+    need = (int(first.max()) + front + (rows + shifts + 1) * plan.advance
+            + _polyphase_width(plan.taps) + 1)
     length = _bucket(max(need, signal.shape[0] + front), 1024)
     signal = jnp.pad(jnp.asarray(signal, jnp.float32), (front, length - signal.shape[0] - front))
     out = _polyphase_kernel(signal, jnp.asarray(first + front, jnp.int32),
@@ -515,23 +531,28 @@ def _check_signal(x) -> np.ndarray:
     return x
 
 
-def _one_shot(plan: _Plan, x, table: np.ndarray | tuple) -> np.ndarray:
-    n = x.shape[0]
-    count = _output_count(plan, n)
+def _output_taps(plan: _Plan, n_input: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window centres (in a signal with ``taps`` leading zeros) and filter starts of the
+    outputs libsamplerate makes from ``n_input`` samples in one call, ``[k]`` each."""
+    count = _output_count(plan, n_input)
     if count == 0:
-        return np.zeros(0, np.float32)
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
     frac, advance, _ = _positions(plan.step, 0.0, count)
     base = np.concatenate([[0], np.cumsum(advance)[:-1]])
-    ended = _terminated(plan, plan.half + base, frac, n)
+    ended = _terminated(plan, plan.half + base, frac, n_input)
     if ended.any():
         count = int(np.argmax(ended))
         frac, base = frac[:count], base[:count]
-    if count == 0:
+    return _normalise(plan, plan.taps + base, _phases(plan, frac))
+
+
+def _one_shot(plan: _Plan, x, table: np.ndarray | tuple) -> np.ndarray:
+    centre, start = _output_taps(plan, x.shape[0])
+    if centre.shape[0] == 0:
         return np.zeros(0, np.float32)
     device = _as_device(table) if isinstance(table, np.ndarray) else table
     signal = jnp.pad(jnp.asarray(x, jnp.float32), (plan.taps, plan.taps + 2))
-    out = _filter(plan, signal, *_normalise(plan, plan.taps + base, _phases(plan, frac)), device)
-    return out
+    return _filter(plan, signal, centre, start, device)
 
 
 def resample(x, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> np.ndarray:

@@ -152,9 +152,5 @@ def test_common_rates_take_the_polyphase_kernel():
 
     for rate, expected in ((44100, True), (48000, True), (22050, True), (7999, False)):
         plan = rs._plan(rate, 16000, "sinc_medium")
-        x = np.zeros(5 * rate, np.float32)
-        count = rs._output_count(plan, x.shape[0])
-        frac, advance, _ = rs._positions(plan.step, 0.0, count)
-        base = np.concatenate([[0], np.cumsum(advance)[:-1]])
-        centre, start = rs._normalise(plan, plan.taps + base, rs._phases(plan, frac))
+        centre, start = rs._output_taps(plan, 5 * rate)
         assert (rs._polyphase_layout(plan, centre, start) is not None) == expected, rate

@@ -54,18 +54,17 @@ class FrequencyMaxBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.kernel[1] == 1 and self.padding == "SAME" and x.shape[-1] == 1:
             x = TimeConvFrequencyMax(self.filters, self.kernel[0], self.bn_epsilon, name="block")(x)
-            self.sow("intermediates", "output", x)
-            return x
-        block = ConvBlock(self.filters, self.kernel, self.padding, "relu", self.bn_epsilon,
-                          name="block")
-
-        def frame_local(rows: jax.Array) -> jax.Array:  # [b, t, mel, 1] -> [b, t, filters]
-            return jnp.max(block(rows), axis=2)
-
-        if self._shares_overlap(x):
-            x = _conv_over_stretch(frame_local, x, self.overlap_hop, self.padding[0])
         else:
-            x = frame_local(x)
+            block = ConvBlock(self.filters, self.kernel, self.padding, "relu", self.bn_epsilon,
+                              name="block")
+
+            def frame_local(rows: jax.Array) -> jax.Array:  # [b, t, mel, 1] -> [b, t, filters]
+                return jnp.max(block(rows), axis=2)
+
+            if self._shares_overlap(x):
+                x = _conv_over_stretch(frame_local, x, self.overlap_hop, self.padding[0])
+            else:
+                x = frame_local(x)
         self.sow("intermediates", "output", x)
         return x
 
