@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, graphs_dir  # noqa: E402
+from common import ROOT, cpu_line, graphs_dir  # noqa: E402
 
 FORMATS = (("mp3", 44100, 2), ("flac", 48000, 1), ("wav", 22050, 2), ("mp3", 32000, 1),
            ("flac", 44100, 2), ("wav", 48000, 1))
@@ -117,15 +115,6 @@ def run(script: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")),
-                "unknown CPU")
-    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
-    simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, {' '.join(simd)}"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracks", type=int, default=24)
@@ -137,7 +126,7 @@ def main(argv=None) -> None:
     folder = Path(args.folder) / f"{args.tracks}x{args.min_s:g}-{args.max_s:g}s"
     audio_s = generate(folder, args.tracks, args.min_s, args.max_s)
     graph = graphs_dir() / "msd-musicnn-1.pb"
-    print(f"CPU: {cpu()}")
+    print(f"CPU: {cpu_line()}")
     print(f"collection: {args.tracks} tracks (MP3/FLAC/WAV, 22.05-48 kHz, mono+stereo), "
           f"{audio_s / 60:.1f} min of audio")
     with tempfile.TemporaryDirectory() as tmp:

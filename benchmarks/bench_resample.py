@@ -9,29 +9,10 @@ against samplerate and soxr, and the max abs difference against samplerate.
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 import numpy as np
 
-from common import machine  # noqa: E402  (puts the repo root on sys.path)
-
-
-def cpu_flags() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
-            return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
-    return "?"
-
-
-def timings(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+from common import cpu_line, machine, samples  # noqa: E402  (puts the repo root on sys.path)
 
 
 def show(name: str, times: list[float]) -> None:
@@ -51,7 +32,7 @@ def main() -> None:
     from jaxmir.resample import SincResampler, essentia_ratio, resample
 
     print(machine())
-    print("CPU flags:", cpu_flags())
+    print("CPU:", cpu_line())
     rng = np.random.default_rng(0)
     n = int(args.seconds * args.rate)
     # Music-like: a few drifting tones plus noise, peak ~0.9.
@@ -65,9 +46,9 @@ def main() -> None:
     ours = resample(x, args.rate, 16000)  # warm-up: measures the table, compiles
     error = float(np.max(np.abs(ours - reference)))
 
-    t_src = timings(lambda: samplerate.resample(x, ratio, "sinc_medium"), args.repeats)
-    t_soxr = timings(lambda: soxr.resample(x, args.rate, 16000, quality="HQ"), args.repeats)
-    t_ours = timings(lambda: resample(x, args.rate, 16000), args.repeats)
+    t_src = samples(lambda: samplerate.resample(x, ratio, "sinc_medium"), args.repeats, warmup=0)
+    t_soxr = samples(lambda: soxr.resample(x, args.rate, 16000, quality="HQ"), args.repeats, warmup=0)
+    t_ours = samples(lambda: resample(x, args.rate, 16000), args.repeats, warmup=0)
 
     def stream():
         chunk = 30 * args.rate
@@ -77,7 +58,7 @@ def main() -> None:
         s.flush()
 
     stream()
-    t_stream = timings(stream, args.repeats)
+    t_stream = samples(stream, args.repeats, warmup=0)
     show("samplerate sinc_medium", t_src)
     show("soxr HQ", t_soxr)
     show("jaxmir resample", t_ours)

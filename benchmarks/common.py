@@ -50,7 +50,7 @@ def graphs_dir() -> Path:
     return out
 
 
-# -- shared by bench_peers.py and bench_peak.py ---------------------------------------------------
+# -- the CPU every benchmark prints ----------------------------------------------------------------
 def cpu_description() -> dict:
     """The CPU model, core count and the SIMD flags that change float32 speed (from /proc/cpuinfo)."""
     name, flags = platform.processor() or platform.machine(), set()
@@ -63,7 +63,8 @@ def cpu_description() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "amx_tile")
     return {"model": name, "cores": os.cpu_count(),
             "flags": [flag for flag in wanted if flag in flags]}
 
