@@ -152,14 +152,14 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from jaxmir.collection.outputs import replace_atomically
+    from jaxmir.atomic import write_atomically
     from jaxmir.errors import InputError
 
     target = Path(output)
     if target.exists() and not overwrite:
         raise InputError(f"--output {target} exists; give another path, or --overwrite to replace it")
     try:
-        replace_atomically(target, lambda handle: handle.write(text.encode("utf-8")))
+        write_atomically(target, lambda handle: handle.write(text.encode("utf-8")), durable=True)
     except OSError as err:
         raise InputError(f"--output {target} cannot be written ({err.strerror or err})") from None
 

@@ -7,12 +7,12 @@ only when a picture is drawn.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from jaxmir.atomic import write_atomically
 from jaxmir.errors import JaxmirError
 
 
@@ -73,18 +73,9 @@ def save_taggram(path: str | os.PathLike, taggram: np.ndarray, starts: np.ndarra
         figure.colorbar(image, ax=axes, fraction=0.03, pad=0.01)
         figure.tight_layout()
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix,
-                                             dir=target.parent)
-        os.close(handle)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)  # mkstemp makes 0600; a plain file would follow the umask
-        try:
-            figure.savefig(temporary, dpi=120)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        # the picture's format follows the target's extension, as savefig(path) would choose it
+        write_atomically(target, lambda handle: figure.savefig(
+            handle, format=target.suffix[1:] or None, dpi=120))
     finally:
         plt.close(figure)
     return target

@@ -19,6 +19,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from jaxmir.atomic import write_atomically
 from jaxmir.errors import WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.model import Model
@@ -83,10 +84,8 @@ def save_weights(model: Model, path: str | os.PathLike, provenance: dict | None 
 
 def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez_compressed``, but byte-for-byte reproducible (sorted names, fixed timestamps) and atomic."""
-    folder = os.path.dirname(os.path.abspath(path))
-    partial = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial")
-    try:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    def write(handle) -> None:
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in sorted(arrays):
                 buffer = io.BytesIO()
                 np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]),
@@ -94,10 +93,8 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, buffer.getvalue())
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+
+    write_atomically(path, write)
 
 
 def _frontend(meta: dict, path: str) -> Frontend | None:

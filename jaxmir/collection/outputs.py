@@ -30,6 +30,7 @@ from typing import Mapping
 
 import numpy as np
 
+from jaxmir.atomic import write_atomically
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, summary
@@ -52,30 +53,6 @@ def kind_of(output: str, command: str) -> str:
 
 
 # -- atomic file operations ---------------------------------------------------------------------
-def fsync_dir(folder: str | os.PathLike) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover -- platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_atomically(target: Path, write) -> None:
-    """``write(file)`` into a hidden temporary file next to ``target``, sync, rename over it."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
 
 
 def check_writable(folder: Path) -> None:
@@ -140,7 +117,7 @@ class LinesWriter(Writer):
         if path.is_dir():
             raise InputError(f"--output {path} is a folder; expected a {path.suffix} file")
         if overwrite or not path.exists():
-            replace_atomically(path, lambda f: f.write(self._header_bytes()))
+            write_atomically(path, lambda f: f.write(self._header_bytes()), durable=True)
         else:
             self._resume(current)
         self.handle = open(path, "ab")
@@ -199,7 +176,8 @@ class LinesWriter(Writer):
                                current)]
         self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in rows if r["status"] in DONE}
         if len(kept) != len(body) or len(complete) != len(data) or (self.csv and not lines):
-            replace_atomically(self.path, lambda f: f.write(self._header_bytes() + b"".join(kept)))
+            write_atomically(self.path, lambda f: f.write(self._header_bytes() + b"".join(kept)),
+                             durable=True)
 
     def encode(self, result: Result, extra: dict | None = None) -> bytes:
         row = summary(self.layout, result)
@@ -254,7 +232,7 @@ class NpyWriter(Writer):
             values = result.values.mean(axis=0, dtype=np.float64) if self.layout.average \
                 else result.values
             values = np.ascontiguousarray(values, np.float32)
-            replace_atomically(target, lambda f: np.save(f, values, allow_pickle=False))
+            write_atomically(target, lambda f: np.save(f, values, allow_pickle=False), durable=True)
         _append(self.index.handle, self.index.encode(result, {"npy": name if result.ok else None}))
         self.rows_written += 1
         return str(self.path / name) if result.ok else None
@@ -329,7 +307,7 @@ class ParquetWriter(Writer):
                 part.unlink()
             else:
                 kept = table.filter(self.pa.array(mask))
-                replace_atomically(part, lambda f: pq.write_table(kept, f))
+                write_atomically(part, lambda f: pq.write_table(kept, f), durable=True)
 
     def _columns(self, results: list[Result]) -> dict:
         rows = [summary(self.layout, r) for r in results]
@@ -355,7 +333,7 @@ class ParquetWriter(Writer):
             return
         table = self.pa.Table.from_pydict(self._columns(self.buffer), schema=self.schema)
         target = self.path / f"part-{self.next_part:06d}.parquet"
-        replace_atomically(target, lambda f: pq.write_table(table, f))
+        write_atomically(target, lambda f: pq.write_table(table, f), durable=True)
         self.rows_written += len(self.buffer)
         self.next_part += 1
         self.buffer = []

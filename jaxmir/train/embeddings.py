@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from jaxmir.atomic import write_atomically
 from jaxmir.errors import InputError, JaxmirError
 
 DEFAULT_CACHE = Path.home() / ".cache" / "jaxmir" / "embeddings"
@@ -46,15 +46,8 @@ def cache_key(backbone_id: str, layer: str, path: str | os.PathLike, kind: str =
 def save_array(path: Path, array: np.ndarray) -> None:
     """Write ``array`` as ``.npy`` atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    write_atomically(path, lambda out: np.lib.format.write_array(
+        out, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def load_array(path: Path) -> np.ndarray | None:

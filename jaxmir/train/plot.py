@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from jaxmir.atomic import write_atomically
 from jaxmir.errors import JaxmirError
 
 
@@ -40,13 +40,8 @@ def confusion_picture(matrix: np.ndarray, classes: Sequence[str], path: str | os
                   color="white" if rows[i, j] > 0.5 else "black")
     figure.colorbar(image, ax=axes, label="fraction of the true class")
     figure.tight_layout()
-    handle, temp = tempfile.mkstemp(dir=path.parent or ".", prefix=".tmp-", suffix=".png")
-    os.close(handle)
     try:
-        figure.savefig(temp, dpi=100)
-        os.replace(temp, path)
+        write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
     finally:
         plt.close(figure)
-        if os.path.exists(temp):
-            os.unlink(temp)
     return path

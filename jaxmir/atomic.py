@@ -1,0 +1,59 @@
+"""Writing a file so that its readers see the old content or the new one, never a part.
+
+The content goes into a hidden temporary file in the target's folder, which
+then replaces the target by a rename (atomic within one file system). Used for
+every file jaxmir writes: tables, arrays, weights, pictures, command output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Sync ``folder`` itself, so that a rename in it survives a power cut."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover -- platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], object], *,
+                     durable: bool = False) -> Path:
+    """``write(handle)`` into ``.<name>.<random>.tmp`` beside ``target``, then rename it over ``target``.
+
+    The file gets the permissions a plain ``open`` would give it (``mkstemp``'s
+    own are 0600). With ``durable``, the file is synced before the rename and
+    its folder after it. On any error, the temporary file is removed and
+    ``target`` is as it was. Returns ``target`` as a :class:`~pathlib.Path`.
+    """
+    target = Path(target)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                         dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_umask())
+            write(file)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(target.parent)
+    return target
