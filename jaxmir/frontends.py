@@ -151,9 +151,11 @@ def _essentia_triangles(edges: np.ndarray, weighting, unit_tri: bool) -> np.ndar
     return weights
 
 
-def _librosa_slaney_mel(n_bands: int, fmin: float, fmax: float) -> np.ndarray:
-    """librosa.filters.mel(htk=False, norm='slaney'): float64 maths, float32 result."""
-    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2.0, N_BINS)
+def slaney_mel(n_bands: int, fmin: float, fmax: float, sample_rate: int = SAMPLE_RATE,
+               n_fft: int = N_FFT) -> np.ndarray:
+    """``[n_bands, n_fft // 2 + 1]``: librosa.filters.mel(htk=False, norm='slaney'),
+    float64 maths, float32 result (musicnn's bands; the MFCCs of label smoothing)."""
+    fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
     edges = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_bands + 2))
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (fft_hz[None, :] - lo) / (mid - lo)
@@ -184,7 +186,7 @@ def _filterbank(frontend: str, compat: str) -> np.ndarray:
                                      _as_real(_hz_to_mel_slaney), _as_real(_mel_to_hz_slaney))
         weights = _essentia_triangles(edges, lambda hz: hz, unit_tri=True)
     elif frontend == "musicnn" and compat == "musicnn":
-        weights = _librosa_slaney_mel(MUSICNN_N_BANDS, 0.0, 8000.0)
+        weights = slaney_mel(MUSICNN_N_BANDS, 0.0, 8000.0)
     elif frontend == "vggish" and compat == "essentia":
         htk = _as_real(_hz_to_mel_htk)
         edges = _essentia_band_edges(125.0, 7500.0, VGGISH_N_BANDS, htk, _as_real(_mel_to_hz_htk))
@@ -197,7 +199,7 @@ def _filterbank(frontend: str, compat: str) -> np.ndarray:
     return weights
 
 
-def _hann(size: int, periodic: bool) -> np.ndarray:
+def hann(size: int, periodic: bool) -> np.ndarray:
     """Hann window in float64, rounded to float32 (Essentia's Windowing; scipy's for periodic)."""
     i = np.arange(size, dtype=np.float64)
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * i / (size if periodic else size - 1))).astype(_F32)
@@ -206,7 +208,7 @@ def _hann(size: int, periodic: bool) -> np.ndarray:
 @functools.cache
 def _window(frontend: str, compat: str) -> np.ndarray:
     size = MUSICNN_FRAME_SIZE if frontend == "musicnn" else VGGISH_FRAME_SIZE
-    window = _hann(size, periodic=compat in ("musicnn", "google"))
+    window = hann(size, periodic=compat in ("musicnn", "google"))
     window.setflags(write=False)
     return window
 

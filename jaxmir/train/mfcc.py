@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import InputError
+from jaxmir.frontends import hann, slaney_mel
 
 # The paper's analysis: 44.1-kHz audio, 1024-sample windows in 2048-point FFTs, 50 % overlap,
 # one 15-s segment starting 5 s into each track, 1-s pooling windows (86 frames).
@@ -37,33 +38,6 @@ TOP_DB = 80.0
 AMIN = 1e-10
 
 
-def _hz_to_mel(hz):
-    hz = np.asarray(hz, np.float64)
-    linear = hz / (200.0 / 3)
-    step = math.log(6.4) / 27.0
-    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) / step, linear)
-
-
-def _mel_to_hz(mel):
-    mel = np.asarray(mel, np.float64)
-    step = math.log(6.4) / 27.0
-    return np.where(mel >= 15.0, 1000.0 * np.exp(step * (mel - 15.0)), mel * (200.0 / 3))
-
-
-def mel_weights(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
-                fmax: float | None = None) -> np.ndarray:
-    """``[n_mels, n_fft // 2 + 1]`` Slaney-scale triangles with area normalisation."""
-    fmax = sample_rate / 2.0 if fmax is None else fmax
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
-    freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    widths = np.diff(edges)
-    ramps = edges[:, None] - freqs[None, :]
-    lower = -ramps[:-2] / widths[:-1, None]
-    upper = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
-
-
 def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
     """``[n_in, n_out]`` orthonormal DCT-II basis (``x @ D`` = scipy's ``dct(x, norm="ortho")``)."""
     k = np.arange(n_out)[None, :]
@@ -74,9 +48,9 @@ def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _window(n_fft: int, win_length: int) -> np.ndarray:
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)  # periodic
+    """A periodic Hann of ``win_length`` centred in ``n_fft`` samples (librosa's padding)."""
     left = (n_fft - win_length) // 2
-    return np.pad(window, (left, n_fft - win_length - left)).astype(np.float32)
+    return np.pad(hann(win_length, periodic=True), (left, n_fft - win_length - left))
 
 
 def mfcc(audio, sample_rate: int = SAMPLE_RATE, n_mfcc: int = N_MFCC, n_fft: int = N_FFT,
@@ -92,7 +66,7 @@ def mfcc(audio, sample_rate: int = SAMPLE_RATE, n_mfcc: int = N_MFCC, n_fft: int
     frames = padded[index] * _window(n_fft, win_length)
     spectrum = jnp.fft.rfft(frames, axis=-1)
     power = spectrum.real ** 2 + spectrum.imag ** 2
-    mel = power @ mel_weights(sample_rate, n_fft, n_mels).T
+    mel = power @ slaney_mel(n_mels, 0.0, sample_rate / 2.0, sample_rate, n_fft).T
     db = 10.0 * jnp.log10(jnp.maximum(mel, AMIN))
     db = jnp.maximum(db, db.max() - TOP_DB)
     return db @ dct_matrix(n_mels, n_mfcc)
