@@ -1,13 +1,14 @@
 """How close MusiCNN runs to the machine's float32 peak, layer by layer.
 
-    python benchmarks/bench_peak.py [--batch 16] [--rounds 5] [--variants] [--dump build/hlo]
+    python benchmarks/bench_peak.py [--batch 8] [--rounds 5] [--variants] [--dump build/hlo]
 
 1. Peak: the best float32 matrix product rate (2 n^3 FLOP per n x n product)
    measured with jax (XLA's CPU dot) and NumPy (its BLAS), all cores.
 2. MusiCNN's arithmetic per patch [187, 96], per layer (MACs; FLOPs = 2 MACs;
    bias, ReLU, batch norm and pooling not counted).
-3. Timed: each front-end branch alone (conv + ReLU + max over frequency, as
-   XLA compiles it in the model: ``lax.conv_general_dilated`` NHWC/HWIO), the
+3. Timed: each front-end branch alone as the model runs it (``FrequencyMaxBlock``:
+   conv + ReLU + max over frequency; XLA's convolution for the timbral branches,
+   banded matrix products for the temporal ones; identity batch norm), the
    whole model (``Model.apply`` on a batch of random patches), and
    ``Model.predict`` on a 207-s track, whose patches overlap by half and share
    the timbral work (its rate counts the FLOPs of patch-by-patch evaluation,
@@ -104,6 +105,24 @@ def branch(x, kernel, padding):
     return jax.numpy.max(jax.nn.relu(y), axis=2)
 
 
+def model_branch(name: str, kernel: np.ndarray):
+    """``[b, t, mel] -> [b, t, filters]``: the branch as the model runs it (``FrequencyMaxBlock``)
+    with ``kernel``, zero bias and an identity batch norm, so it equals :func:`branch`."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmir.models.layers import conv_variables, nest
+    from jaxmir.models.musicnn import FrequencyMaxBlock
+
+    frames, bands, _, filters = kernel.shape
+    block = FrequencyMaxBlock(filters, (frames, bands), padding_of(name), bn_epsilon=0.0)
+    identity = ({"scale": np.ones(filters, np.float32), "bias": np.zeros(filters, np.float32)},
+                {"mean": np.zeros(filters, np.float32), "var": np.ones(filters, np.float32)})
+    variables: dict = {}
+    nest(variables, ("block",), conv_variables(jnp.asarray(kernel), jnp.zeros(filters), identity))
+    return jax.jit(lambda v: block.apply(variables, v[..., None]))
+
+
 def kernels(seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     # He-like scale, so outputs are O(1) as in the trained model.
@@ -125,10 +144,11 @@ def time_layers(batch: int, rounds: int, seconds: float, peak_gflops: float) -> 
     weights = kernels()
     cases, flops = {}, {}
     for name, w in weights.items():
-        fn = jax.jit(lambda v, w=w, p=padding_of(name): branch(v[..., None], w, p))
+        fn = model_branch(name, w)
         cases[name] = lambda fn=fn: jax.block_until_ready(fn(x))
         flops[name] = 2 * macs[name] * batch
-    timbral = jax.jit(lambda v: [branch(v[..., None], weights[n], padding_of(n)) for n in TIMBRAL])
+    branches = {n: model_branch(n, weights[n]) for n in TIMBRAL}
+    timbral = jax.jit(lambda v: [branches[n](v) for n in TIMBRAL])
     cases["timbral, both"] = lambda: jax.block_until_ready(timbral(x))
     flops["timbral, both"] = 2 * batch * sum(macs[n] for n in TIMBRAL)
     model = jaxmir.load("msd-musicnn")
@@ -172,22 +192,6 @@ def timbral_toeplitz(x, w):
     return jnp.max(jnp.maximum(y, 0), axis=2)
 
 
-def temporal_toeplitz(x, w, tile: int = 32):
-    """A temporal conv (k x 1) as matrix products over tiles of ``tile`` frames per band."""
-    import jax.numpy as jnp
-
-    k, filters = w.shape[0], w.shape[3]
-    band = np.zeros((tile + k - 1, tile, filters), np.float32)
-    for t in range(tile):
-        band[t:t + k, t, :] = w[:, 0, 0, :]
-    tiles = -(-TIME // tile)
-    before = (k - 1) // 2
-    padded = jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (before, tiles * tile - TIME + k - 1 - before)))
-    windows = padded[:, :, np.arange(tiles)[:, None] * tile + np.arange(tile + k - 1)]
-    y = (windows @ band.reshape(tile + k - 1, tile * filters)).reshape(x.shape[0], MEL, -1, filters)
-    return jnp.max(jnp.maximum(y[:, :, :TIME], 0), axis=1)
-
-
 def temporal_merged(x, weights: list[np.ndarray]):
     """The three temporal convs (SAME, lengths 128/64/32, nested windows) as one conv of length
     128 with 153 filters: each shorter kernel zero-padded where its window sits in the longest."""
@@ -210,8 +214,8 @@ def time_variants(batch: int, rounds: int, peak_gflops: float) -> list[str]:
     cases, flops, outputs = {}, {}, {}
     for name, w in weights.items():
         reference = jax.jit(lambda v, w=w, p=padding_of(name): branch(v[..., None], w, p))
-        other = jax.jit((lambda v, w=w: timbral_toeplitz(v, w)) if name.startswith("timbral")
-                        else (lambda v, w=w: temporal_toeplitz(v, w)))
+        other = (jax.jit(lambda v, w=w: timbral_toeplitz(v, w)) if name.startswith("timbral")
+                 else model_branch(name, w))   # the temporal banded products are the model's
         for label, fn in ((f"{name}: XLA conv", reference), (f"{name}: banded matmul", other)):
             cases[label] = lambda fn=fn: jax.block_until_ready(fn(x))
             flops[label] = 2 * macs[name] * batch
@@ -240,7 +244,9 @@ def time_variants(batch: int, rounds: int, peak_gflops: float) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8,
+                        help="patches per call; 8, the streaming engine's batch, is the most the "
+                             "model's branches see (Model.apply steps 4 at a time)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=207.0, help="track length for Model.predict")
     parser.add_argument("--variants", action="store_true", help="also time the formulations tried")
