@@ -82,6 +82,62 @@ def frontend_of(model: "Model") -> Frontend:
                      "not log-mel patches; run it with Model.apply on its own inputs")
 
 
+@dataclasses.dataclass(frozen=True)
+class Windowing:
+    """Where a run of patches lies in the 16-kHz samples one model call reads (its *window*).
+
+    Frame ``k`` of a signal reads samples ``[first + k * hop, first + k * hop +
+    frame_size)`` (zeros outside the signal). A window for frames from
+    ``first_frame`` starts at sample ``(first_frame - lead) * hop`` of the
+    signal, so that its frame ``lead + k`` is the signal's frame ``first_frame + k``
+    and reads the same samples: ``lead`` frames are skipped so that no used
+    frame reads the window's own zero padding.
+
+    Attributes:
+      frontend, compat: the front-end and its mode.
+      first: sample offset of frame 0's first sample (``<= 0``; Essentia centres frames).
+      lead: frames of a window before its first used one.
+    """
+
+    frontend: Frontend
+    compat: str
+    first: int
+    lead: int
+
+    @classmethod
+    def of(cls, frontend: Frontend, compat: str = "essentia") -> "Windowing":
+        first = int(frame_starts(frontend.name, 4 * frontend.frame_size, compat)[0])  # checks compat
+        return cls(frontend, compat, first, -(-(-first) // frontend.hop_size))
+
+    def start(self, first_frame: int) -> int:
+        """The signal's sample where the window for frames from ``first_frame`` starts."""
+        return (first_frame - self.lead) * self.frontend.hop_size
+
+    def length(self, span: int) -> int:
+        """Samples a window needs for ``span`` frames after its ``lead`` frames."""
+        fe = self.frontend
+        length = self.first + (self.lead + span - 1) * fe.hop_size + fe.frame_size
+        assert num_frames(fe, length, self.compat) >= self.lead + span
+        return length
+
+    def regular_index(self, n: int, patch_hop: int, patch_size: int) -> np.ndarray:
+        """``[n, patch_size]`` frame-table rows (``k + 1`` is frame ``k``) of ``n`` patches
+        every ``patch_hop`` frames from the window's first used frame."""
+        rows = (self.lead + 1 + patch_hop * np.arange(n)[:, None]
+                + np.arange(patch_size)[None, :])
+        return rows.astype(np.int32)
+
+
+def cut_samples(samples: np.ndarray, offset: int, start: int, length: int) -> np.ndarray:
+    """``[length]`` float32: samples ``start ..`` of a signal of which ``samples`` holds those
+    from ``offset`` on, zeros wherever ``samples`` has none (before the signal, after its end)."""
+    out = np.zeros(length, np.float32)
+    lo, hi = max(start, offset), min(start + length, offset + samples.shape[0])
+    if hi > lo:
+        out[lo - start:hi - start] = samples[lo - offset:hi - offset]
+    return out
+
+
 # -- the one program: samples -> log-mel -> patches -> model ---------------------------------
 @functools.partial(jax.jit, static_argnames=("module", "taps", "frontend", "compat", "chunk"))
 def _audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
@@ -314,9 +370,7 @@ class Stream:
         self.patch_size, self.patch_hop = size, int(hop) or size
         self.last_patch, self.pad, self.compat = last_patch, pad, compat
         self.batch, self.require_patch = int(batch), require_patch
-        fe = self.frontend
-        self._first = int(frame_starts(fe.name, 4 * fe.frame_size, compat)[0])  # <= 0, checks compat
-        self._lead = -(-(-self._first) // fe.hop_size)  # frames of a window before its first usable one
+        self.windowing = Windowing.of(self.frontend, compat)
         self._plain = model.module
         self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module
         self._mono = MonoInput(self.sample_rate)
@@ -406,32 +460,19 @@ class Stream:
         if closed:
             frames = num_frames(fe, self.n_samples, self.compat)
         else:  # frames whose samples have all arrived
-            frames = max(0, (self.n_samples - fe.frame_size - self._first) // fe.hop_size + 1)
+            frames = max(0, (self.n_samples - fe.frame_size - self.windowing.first) // fe.hop_size + 1)
         return max(self._next, (frames - size) // hop + 1 if frames >= size else 0)
 
-    def _window_length(self, span: int) -> int:
-        """Samples under ``span`` frames after the window's ``_lead`` frames."""
-        fe = self.frontend
-        length = self._first + (self._lead + span - 1) * fe.hop_size + fe.frame_size
-        assert num_frames(fe, length, self.compat) >= self._lead + span
-        return length
-
     def _window(self, first_frame: int, span: int) -> np.ndarray:
-        """The 16-kHz samples under frames ``first_frame - _lead ..``, zeros outside the signal."""
+        """The 16-kHz samples of the window for ``span`` frames from ``first_frame``."""
         if self._pieces:
             self._buffer = np.concatenate([self._buffer, *self._pieces])
             self._pieces = []
-        start = (first_frame - self._lead) * self.frontend.hop_size
-        length = self._window_length(span)
-        out = np.zeros(length, np.float32)
-        lo = max(start, self._buffer_start)
-        hi = min(start + length, self._buffer_start + self._buffer.shape[0])
-        if hi > lo:
-            out[lo - start:hi - start] = self._buffer[lo - self._buffer_start:hi - self._buffer_start]
-        return out
+        return cut_samples(self._buffer, self._buffer_start, self.windowing.start(first_frame),
+                           self.windowing.length(span))
 
     def _forget_before(self, first_frame: int) -> None:
-        keep = max(0, (first_frame - self._lead) * self.frontend.hop_size)
+        keep = max(0, self.windowing.start(first_frame))
         drop = min(max(0, keep - self._buffer_start), self._buffer.shape[0])
         if drop:
             self._buffer = self._buffer[drop:].copy()
@@ -447,8 +488,7 @@ class Stream:
         return tuple(np.asarray(v) for v in values)
 
     def _regular_index(self, n: int) -> np.ndarray:
-        rows = self._lead + 1 + self.patch_hop * np.arange(n)[:, None] + np.arange(self.patch_size)[None, :]
-        return rows.astype(np.int32)
+        return self.windowing.regular_index(n, self.patch_hop, self.patch_size)
 
     def _warm_up(self) -> None:
         """Compile both programs at the first patch, so that no chunk size compiles another.
@@ -460,7 +500,7 @@ class Stream:
         self._warm = True
         for n in sorted({1, self.batch}):
             module = self._shared if n > 1 else self._plain
-            length = self._window_length((n - 1) * self.patch_hop + self.patch_size)
+            length = self.windowing.length((n - 1) * self.patch_hop + self.patch_size)
             key = (module, self.taps, self.frontend, self.compat, n, length)
             if key not in _WARM:
                 audio_to_outputs(module, self.taps, self.frontend, self.compat, n, self.model.variables,
@@ -501,7 +541,7 @@ class Stream:
         else:
             return self.empty()
         self._warm_up()
-        index = np.where(frames >= 0, frames + self._lead + 1, 0).astype(np.int32)[None, :]
+        index = np.where(frames >= 0, frames + self.windowing.lead + 1, 0).astype(np.int32)[None, :]
         values = self._run(start, index, shared=False)
         return self._record(np.array([start * self.frontend.frame_seconds]), list(values))
 
@@ -521,5 +561,5 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
         yield stream, stream.run(blocks)
 
 
-__all__ = ["Stream", "file_stream", "BLOCK_FRAMES", "Patches", "Resampling", "MonoInput", "audio_to_outputs", "frontend_of",
+__all__ = ["Stream", "file_stream", "BLOCK_FRAMES", "Patches", "Windowing", "cut_samples", "Resampling", "MonoInput", "audio_to_outputs", "frontend_of",
            "check_sample_rate", "concat_patches", "BATCH", "SINGLE_LIMIT", "TARGET_RATE"]

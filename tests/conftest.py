@@ -42,15 +42,16 @@ def require(module: str):
         _missing(f"{module} is not installed")
 
 
-def run_tf(graph_path, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
-    """Run a frozen graph with TensorFlow, as Essentia runs it (only the given inputs fed)."""
+def run_tf(graph_path, feeds: dict, outputs: list[str], optimize: bool = True) -> list[np.ndarray]:
+    """Run a frozen graph with TensorFlow, as Essentia runs it (only the given inputs fed);
+    ``optimize=False``: without Grappler's rewriting (:func:`tools.tf_graphs.run_graph`)."""
     require("tensorflow")
     from tools.tf_graphs import run_graph
     import tensorflow as tf
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(Path(graph_path).read_bytes())
-    return run_graph(graph_def, feeds, outputs)
+    return run_graph(graph_def, feeds, outputs, optimize)
 
 
 def assert_parity(name: str, reference: np.ndarray, actual, probabilities: bool = False) -> float:

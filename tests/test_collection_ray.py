@@ -55,11 +55,25 @@ def test_ray_equals_local(cluster, tmp_path):
     model = jaxmir.load("msd-musicnn")
     local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     for engine, out in (("local", local), ("ray", remote)):
-        tally = collect(model, [str(music)], str(out), name="msd-musicnn", per_patch=True, jobs=0,
+        tally = collect(model, [str(music)], str(out), name="msd-musicnn", per_patch=True, jobs=1,
                         engine=engine, progress=False)
         assert (tally.ok, tally.failed) == (3, 1)
-    # Same code (Model.predict on the same signal) on the same CPU in the actor: equal values.
-    assert _table(remote).equals(_table(local))
+    # The same packed programs on the same CPU; a patch may sit in another row of a pack (Ray's
+    # batches hold other files), which may change the float32 summation order: 1e-6 on tags
+    # (probabilities; tests/test_packing.py measures 1.5e-7), every other column equal.
+    remote_table, local_table = _table(remote), _table(local)
+    assert remote_table.schema == local_table.schema
+    for name in local_table.column_names:
+        want, got = local_table[name].to_pylist(), remote_table[name].to_pylist()
+        if name not in model.labels and name != "patches":
+            assert got == want, name
+            continue
+        for mine, theirs in zip(got, want):  # None for the broken file
+            assert (mine is None) == (theirs is None), name
+            if mine is not None:
+                np.testing.assert_allclose(np.asarray(mine, np.float64),
+                                           np.asarray(theirs, np.float64), rtol=0, atol=1e-6,
+                                           err_msg=name)
 
     # The Python entry point: a Dataset of paths in, a Dataset of rows with the same schema out.
     layout = Layout("embed", {"model": "msd-musicnn"}, per_patch=False)
@@ -67,8 +81,10 @@ def test_ray_equals_local(cluster, tmp_path):
     rows = ray_engine.analyze_dataset(paths, "msd-musicnn", Options("embeddings"), layout).take_all()
     want = model.predict(jaxmir.load_audio(music / "a.wav"), 16000, output="embeddings")
     assert rows[0]["status"] == "ok" and rows[0]["n_patches"] == want.shape[0]
-    np.testing.assert_array_equal(rows[0]["embedding"],
-                                  np.asarray(want, np.float64).mean(0).astype(np.float32))
+    # a packed call against Model.predict's single patch: embeddings (~12) to 3e-6 of their size
+    np.testing.assert_allclose(rows[0]["embedding"],
+                               np.asarray(want, np.float64).mean(0).astype(np.float32),
+                               rtol=0, atol=3e-6 * float(np.abs(want).max()))
 
 
 def test_ray_missing_or_unreachable(monkeypatch):

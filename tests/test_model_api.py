@@ -87,13 +87,14 @@ def test_module_apply_is_a_pure_function_for_jit_vmap_grad(musicnn, patches_187)
     x = jnp.asarray(patches_187[:4])
     direct = jax.jit(module.apply)(variables, x)
     np.testing.assert_allclose(direct, musicnn.apply(x)["predictions"], atol=1e-6)
-    grouped = jax.vmap(lambda group: module.apply(variables, group))(x.reshape(2, 2, 187, 96))
+    grouped = jax.jit(jax.vmap(lambda group: module.apply(variables, group)))(x.reshape(2, 2, 187, 96))
     np.testing.assert_allclose(grouped.reshape(4, 50), direct, atol=1e-6)
 
+    @jax.jit  # compiled: op-by-op dispatch of the model and its gradient takes tens of seconds
     def rock(patch, variables=variables):
         return module.apply(variables, patch[None])[0, 0]
 
-    grad = jax.grad(rock)(x[0])
+    grad = jax.jit(jax.grad(rock))(x[0])
     assert grad.shape == (187, 96) and bool(jnp.all(jnp.isfinite(grad)))
     # Model.apply itself differentiates too
     grad_api = jax.grad(lambda p: musicnn.apply(p[None])["predictions"][0, 0])(x[0])
@@ -107,7 +108,7 @@ def test_module_apply_is_a_pure_function_for_jit_vmap_grad(musicnn, patches_187)
         step = 1e-6
         numeric = (rock(patch + step * direction, variables64)
                    - rock(patch - step * direction, variables64)) / (2 * step)
-        analytic = jnp.vdot(jax.grad(rock)(patch, variables64), direction)
+        analytic = jnp.vdot(jax.jit(jax.grad(rock))(patch, variables64), direction)
         assert abs(float(numeric - analytic)) <= 1e-4 * abs(float(analytic)) + 1e-9
         np.testing.assert_allclose(jnp.vdot(grad, direction), analytic, rtol=1e-3)
 

@@ -15,10 +15,10 @@ def patches(batch: int, shape=(96, 64), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 2, (batch, *shape)).astype(np.float32)
 
 
-def compare(path, model, x, feeds=None):
+def compare(path, model, x, feeds=None, optimize=True):
     """Every mapped graph node of ``model`` against TensorFlow on the same input."""
     names = [n for n in model.spec.node_map if n != model.spec.input_name and "/" in n]
-    reference = run_tf(path, {model.spec.input_name: x, **(feeds or {})}, names)
+    reference = run_tf(path, {model.spec.input_name: x, **(feeds or {})}, names, optimize)
     ours = model.apply(x, names)
     return {n: assert_parity(n, r, ours[n], n in PROBABILITIES) for n, r in zip(names, reference)}
 
@@ -49,7 +49,9 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu, batch):
     assert model.spec.output_name == "model/vggish/embeddings"
     assert model.num_params() == 72_141_184  # tensorflow/models' VGGish
     x = patches(batch)
-    errors = compare(path, model, x)
+    # TensorFlow's kernels without Grappler's rewriting: its constant folding of 72M parameters
+    # takes ~20 s a session. The small Essentia VGGish fixtures below run with it on.
+    errors = compare(path, model, x, optimize=False)
     assert {"model/vggish/embeddings", "model/vggish/pool4/MaxPool", "model/vggish/conv1/Relu",
             "model/vggish/fc1/fc1_2/Relu", "model/vggish/fc2/BiasAdd"} <= set(errors)
     out = model.apply(x, ["embeddings", "fc2", "pool1", "pool4", "conv3_2", "fc1_1"])

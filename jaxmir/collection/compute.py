@@ -1,14 +1,13 @@
 """The compute interface of a collection run: decoded audio in, per-patch arrays out.
 
-Two functions, kept narrow so that another engine (patches of many files
-packed into fixed-size batches, sharded over ``jax.devices()``) can replace
-:func:`analyze_stream` without touching inputs, outputs or the engines:
+Two functions, the same for every engine (local processes, Ray):
 
 * :func:`decode` runs in a worker (process, thread or Ray task): read a file
   and resample it to 16-kHz mono. It needs no model.
 * :func:`analyze_stream` runs where the model lives: it takes
-  :class:`Decoded` items and yields ``(item, outputs or error)`` as results
-  are ready, in any order; it may hold several items in flight.
+  :class:`Decoded` items, packs their patches into fixed-size calls
+  (:mod:`jaxmir.collection.packing`) run on every local device, and yields
+  ``(item, outputs or error)`` as files complete, in any order.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from jaxmir.collection.inputs import Source, examine
+from jaxmir.collection.packing import Call, Packer
 from jaxmir.errors import AudioError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 
@@ -135,14 +135,6 @@ def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
     return audio
 
 
-def analyze(model, audio_16k: np.ndarray, options: Options) -> dict[str, np.ndarray]:
-    """``{options.output: [n_patches, ...]}`` for one 16-kHz mono signal (``Model.predict``)."""
-    values = model.predict(audio_16k, SAMPLE_RATE, output=options.output,
-                           patch_hop=options.patch_hop, last_patch=options.last_patch,
-                           pad=options.pad)
-    return {options.output: np.asarray(values)}
-
-
 def replicas(model) -> list:
     """The model with its variables on each local device (one replica when there is one device)."""
     import jax
@@ -154,48 +146,128 @@ def replicas(model) -> list:
             for device in devices]
 
 
-def _outcome(model, item: Decoded, options: Options) -> dict[str, np.ndarray] | str:
-    if item.error is not None:
-        return item.error
-    try:
-        return analyze(model, item.audio, options)
-    except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
-        return error_message(item.source.path, err)
+def run_call(model, packer: Packer, call: Call, taps: tuple) -> np.ndarray:
+    """The outputs ``[batch, ...]`` of one packed call, on the device of ``model``'s variables."""
+    from jaxmir.stream import audio_to_outputs
+
+    values, = audio_to_outputs(packer.module(call), taps, packer.windowing.frontend, packer.compat,
+                               packer.batch, model.variables, call.audio, call.index)
+    return np.asarray(values)
 
 
-def analyze_stream(model, items: Iterable[Decoded], options: Options
-                   ) -> Iterator[tuple[Decoded, dict[str, np.ndarray] | str]]:
-    """``(item, outputs)`` or ``(item, error message)`` for each decoded item.
+Finished = list[tuple[Call, "np.ndarray | str"]]
 
-    With several local devices (GPUs, or ``--xla_force_host_platform_device_count``),
-    each device holds a replica of the model and takes the next file as soon as it
-    is free (results then come in the order they finish); with one, file by file.
-    """
-    models = replicas(model)
-    if len(models) == 1:
-        for item in items:
-            yield item, _outcome(model, item, options)
-        return
-    idle: queue.SimpleQueue = queue.SimpleQueue()
-    for replica in models:
-        idle.put(replica)
 
-    def run(item: Decoded):
-        replica = idle.get()
+class _Devices:
+    """Runs calls on the local devices: here with one, else each on the next idle replica."""
+
+    def __init__(self, model, packer: Packer, taps: tuple):
+        self.packer, self.taps = packer, taps
+        self.models = replicas(model)
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        for replica in self.models:
+            self.idle.put(replica)
+        self.pool = ThreadPoolExecutor(len(self.models)) if len(self.models) > 1 else None
+        self.running: set = set()
+
+    def _run(self, call: Call) -> tuple[Call, np.ndarray | str]:
+        replica = self.idle.get()
         try:
-            return item, _outcome(replica, item, options)
+            return call, run_call(replica, self.packer, call, self.taps)
+        except Exception as err:  # noqa: BLE001 -- the call's files fail, the others go on
+            return call, err
         finally:
-            idle.put(replica)
+            self.idle.put(replica)
 
-    with ThreadPoolExecutor(max_workers=len(models)) as pool:
-        pending: set = set()
-        for item in items:
-            pending.add(pool.submit(run, item))
-            if len(pending) >= len(models):
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (future.result() for future in done)
-        for future in as_completed(pending):
-            yield future.result()
+    def submit(self, call: Call) -> Finished:
+        """Start ``call``; the calls finished meanwhile (all of them with one device)."""
+        if self.pool is None:
+            return [self._run(call)]
+        self.running.add(self.pool.submit(self._run, call))
+        if len(self.running) < len(self.models):
+            return []
+        done, self.running = wait(self.running, return_when=FIRST_COMPLETED)
+        return [future.result() for future in done]
+
+    def drain(self) -> Finished:
+        """Every call still running, once finished."""
+        done, self.running = [future.result() for future in as_completed(self.running)], set()
+        return done
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclasses.dataclass
+class _File:
+    """A file whose patches are being computed: its ``[n_patches, ...]`` outputs as they come."""
+
+    item: Decoded
+    n_patches: int
+    values: np.ndarray | None = None
+    done: int = 0
+
+
+def _collect(files: dict, finished: Finished, output: str
+             ) -> Iterator[tuple[Decoded, dict[str, np.ndarray] | str]]:
+    """Put the rows of finished calls into their files; yield each file complete or failed."""
+    for call, outcome in finished:
+        for row, (key, patch) in enumerate(call.owners):
+            file = files.get(key)
+            if file is None:  # failed already
+                continue
+            if isinstance(outcome, BaseException):
+                del files[key]
+                yield file.item, error_message(file.item.source.path, outcome)
+                continue
+            if file.values is None:
+                file.values = np.empty((file.n_patches, *outcome.shape[1:]), outcome.dtype)
+            file.values[patch] = outcome[row]
+            file.done += 1
+            if file.done == file.n_patches:
+                del files[key]
+                yield file.item, {output: file.values}
+
+
+def analyze_stream(model, items: Iterable[Decoded], options: Options, batch: int | None = None
+                   ) -> Iterator[tuple[Decoded, dict[str, np.ndarray] | str]]:
+    """``(item, outputs)`` or ``(item, error message)`` for each decoded item, as each completes.
+
+    Patches of all the items go to the model packed in calls of ``batch``
+    (default 8) patches (:mod:`jaxmir.collection.packing`): two compiled
+    programs for a whole collection. Each item's samples are dropped once it
+    is cut; a file waits for its last patches until a pack is full, so at most
+    ``batch`` files are in flight. With several local devices (GPUs, or
+    ``--xla_force_host_platform_device_count``) each device holds a replica of
+    the model and takes the next call as soon as it is free.
+    """
+    from jaxmir.stream import BATCH
+
+    packer = Packer(model, patch_hop=options.patch_hop, last_patch=options.last_patch,
+                    pad=options.pad, batch=batch or BATCH)
+    _, taps = model.resolve_outputs(options.output)
+    files: dict[int, _File] = {}
+    devices = _Devices(model, packer, taps)
+    try:
+        for key, item in enumerate(items):
+            if item.error is not None:
+                yield item, item.error
+                continue
+            try:
+                n_patches, calls = packer.cut(key, item.audio)
+            except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+                yield item, error_message(item.source.path, err)
+                continue
+            item.seconds, item.audio = item.duration_s, None  # its samples are in the calls now
+            files[key] = _File(item, n_patches)
+            for call in calls:
+                yield from _collect(files, devices.submit(call), options.output)
+        for call in packer.flush():
+            yield from _collect(files, devices.submit(call), options.output)
+        yield from _collect(files, devices.drain(), options.output)
+    finally:
+        devices.close()
 
 
 def stream_files(model, sources: Iterable[Source], options: Options

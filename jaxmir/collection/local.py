@@ -98,7 +98,8 @@ Analyzer = Callable[[object, Iterable[Decoded], Options], Iterator[tuple[Decoded
 
 def run(model, sources: Sequence[Source], options: Options, write: Callable[[Result], None],
         progress: Progress, jobs: int, analyzer: Analyzer = compute.analyze_stream) -> None:
-    """Decode ``sources``, run ``analyzer`` (default file by file) and ``write`` each file's result.
+    """Decode ``sources``, run ``analyzer`` (default: patches packed across files) and ``write``
+    each file's result.
 
     Without workers (``jobs=0``) and with the default analyzer, each file streams from disk
     through the engine (:func:`compute.stream_files`): memory does not grow with its length.

@@ -93,20 +93,27 @@ class ModelActor:
         self.model = jaxmir.load(model, backbone=backbone) if backbone else jaxmir.load(model)
         self.options, self.layout, self.raw = options, layout, raw
 
-    def _result(self, path, size, mtime_ns, audio, error, warning) -> Result:
-        source = Source(str(path), int(size), int(mtime_ns))
-        item = compute.Decoded(source, None if error else np.asarray(audio, np.float32),
-                               str(error) or None)
-        (item, outcome), = compute.analyze_stream(self.model, [item], self.options)
-        if isinstance(outcome, str):
-            return Result(source, item.duration_s, None, outcome)
-        return Result(source, item.duration_s, outcome[self.options.output],
-                      warning=str(warning) or None)
+    def _results(self, batch: dict) -> list[Result]:
+        """The batch's files through the model, their patches packed together; in batch order."""
+        items = [compute.Decoded(Source(str(path), int(size), int(mtime_ns)),
+                                 None if error else np.asarray(audio, np.float32),
+                                 str(error) or None, warning=str(warning) or None)
+                 for path, size, mtime_ns, audio, error, warning
+                 in zip(batch["path"], batch["size_bytes"], batch["mtime_ns"], batch["audio"],
+                        batch["error"], batch["warning"])]
+        order = {id(item): number for number, item in enumerate(items)}
+        results: list = [None] * len(items)
+        for item, outcome in compute.analyze_stream(self.model, items, self.options):
+            if isinstance(outcome, str):
+                result = Result(item.source, item.duration_s, None, outcome)
+            else:
+                result = Result(item.source, item.duration_s, outcome[self.options.output],
+                                warning=item.warning)
+            results[order[id(item)]] = result
+        return results
 
     def __call__(self, batch: dict) -> dict:
-        results = [self._result(*row) for row in zip(batch["path"], batch["size_bytes"],
-                                                      batch["mtime_ns"], batch["audio"],
-                                                      batch["error"], batch["warning"])]
+        results = self._results(batch)
         if self.raw:
             return {"path": [r.source.path for r in results],
                     "size_bytes": [r.source.size for r in results],

@@ -1,0 +1,132 @@
+"""Patches of many files packed into fixed-size calls: the outputs of Model.predict, file by file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxmir
+from jaxmir.collection import compute
+from jaxmir.collection.compute import Decoded, Options
+from jaxmir.collection.inputs import Source
+from jaxmir.collection.packing import Packer
+from jaxmir.errors import InputError
+
+# 16-kHz signals: too short for a patch (1.0 s, 2.9 s), one patch, a few, and 70 s (46 patches:
+# five runs of 8 and six left over) so that runs and packs both occur and packs mix files.
+SECONDS = (3.5, 70.0, 1.0, 5.0, 31.0, 2.9, 12.3)
+
+# Packed calls batch a file's left-over patches with other files' where Model.predict runs them
+# one by one: the same arithmetic in another float32 summation order. Measured: 1.5e-7 on tags
+# (probabilities in [0, 1]), 7e-7 of the largest embedding (~12). The bounds leave room for
+# another CPU's rounding and stay far below any difference a wrong patch would make (~1e-2).
+TAGS_ATOL = 1e-6
+EMBEDDINGS_RTOL = 3e-6
+
+
+@pytest.fixture(scope="module")
+def model():
+    return jaxmir.load("msd-musicnn")
+
+
+@pytest.fixture(scope="module")
+def signals() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    found = []
+    for number, seconds in enumerate(SECONDS):
+        t = np.arange(int(seconds * 16000)) / 16000
+        tone = 0.3 * np.sin(2 * np.pi * (110 + 55 * number) * t)
+        found.append((tone + 0.05 * rng.standard_normal(t.size)).astype(np.float32))
+    return found
+
+
+def _items(signals) -> list[Decoded]:
+    return [Decoded(Source(f"track-{n}.wav", 0, 0), audio.copy()) for n, audio in enumerate(signals)]
+
+
+@pytest.mark.parametrize("options", [
+    Options(),
+    Options(last_patch="repeat", pad="zero"),
+    Options(output="embeddings", pad="repeat", patch_hop=0),
+], ids=["essentia-defaults", "repeat-last-zero-pad", "embeddings-no-overlap"])
+def test_packed_calls_equal_predict(model, signals, options):
+    found = {item.source.path: outcome
+             for item, outcome in compute.analyze_stream(model, _items(signals), options)}
+    assert len(found) == len(signals)
+    for number, audio in enumerate(signals):
+        outcome = found[f"track-{number}.wav"]
+        try:
+            want = model.predict(audio, 16000, output=options.output, patch_hop=options.patch_hop,
+                                 last_patch=options.last_patch, pad=options.pad)
+        except InputError as err:
+            assert isinstance(outcome, str) and str(err) in outcome
+            continue
+        got = outcome[options.output]
+        assert got.shape == want.shape
+        if options.output == "predictions":
+            np.testing.assert_allclose(got, want, rtol=0, atol=TAGS_ATOL)
+        else:
+            np.testing.assert_allclose(got, want, rtol=0,
+                                       atol=EMBEDDINGS_RTOL * float(np.abs(want).max()))
+
+
+def test_packs_mix_files_and_runs_keep_one_file(model, signals):
+    packer = Packer(model)
+    calls = []
+    for number, audio in enumerate(signals):
+        try:
+            n_patches, made = packer.cut(number, audio)
+        except InputError:
+            continue
+        calls.extend(made)
+        assert n_patches >= 1
+    calls.extend(packer.flush())
+    assert packer.flush() == []
+    runs = [call for call in calls if call.run]
+    packs = [call for call in calls if not call.run]
+    assert {len({key for key, _ in call.owners}) for call in runs} == {1}
+    assert any(len({key for key, _ in call.owners}) > 1 for call in packs)
+    # every patch exactly once; only the last pack has padding
+    owners = [owner for call in calls for owner in call.owners]
+    assert len(owners) == len(set(owners))
+    assert [len(call.owners) < packer.batch for call in packs] == [False] * (len(packs) - 1) + [True]
+    # one shape per kind of call: two programs
+    assert len({(call.run, call.audio.shape, call.index.shape) for call in calls}) == 2
+
+
+def test_a_failed_call_fails_only_its_files(model, signals, monkeypatch):
+    run_call = compute.run_call
+
+    def failing(replica, packer, call, taps):
+        if any(key == 1 for key, _ in call.owners):  # every call holding the 70-s track's patches
+            raise MemoryError
+        return run_call(replica, packer, call, taps)
+
+    monkeypatch.setattr(compute, "run_call", failing)
+    found = {item.source.path: outcome
+             for item, outcome in compute.analyze_stream(model, _items(signals), Options())}
+    failed = {path for path, outcome in found.items() if isinstance(outcome, str)}
+    too_short = {"track-2.wav", "track-5.wav"}
+    assert found["track-1.wav"] == "track-1.wav: out of memory"
+    # the files packed with its last patches fail with it, the others are complete
+    assert "track-1.wav" in failed and len(failed - too_short) >= 2
+    assert len(found) == len(signals) and len(failed) < len(signals)
+    for path, outcome in found.items():
+        if path not in failed:
+            assert outcome["predictions"].shape[0] >= 1
+
+
+def test_vggish_frames_line_up_across_a_pack(signals):
+    """VGGish's frames (400 samples every 160) do not divide a patch's window: each segment is
+    padded to whole hops. A small Essentia VGGish graph: packed outputs equal predict's."""
+    from conftest import shared_fixture
+
+    model = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    options = Options(last_patch="repeat", pad="zero")
+    short = [audio[:int(seconds * 16000)] for audio, seconds in zip(signals, (0.5, 9.7, 1.0, 5.0))]
+    found = {item.source.path: outcome
+             for item, outcome in compute.analyze_stream(model, _items(short), options)}
+    for number, audio in enumerate(short):
+        want = model.predict(audio, 16000, last_patch="repeat", pad="zero")
+        np.testing.assert_allclose(found[f"track-{number}.wav"]["predictions"], want,
+                                   rtol=0, atol=TAGS_ATOL)
