@@ -258,6 +258,22 @@ def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
                  resume=tmp_path / "h.pb")
 
 
+@pytest.mark.parametrize("backbone", ["msd-musicnn", "essentia-models/small_vggish_init.pb"])
+def test_finetune_trains_on_the_patches_the_backbone_predicts_on(backbone):
+    """Fine-tuning's patches are Model.predict's (Essentia's hop of 93 frames, VGGish included)."""
+    from conftest import shared_fixture
+    from jaxmir.train.finetune import audio_patches
+
+    model = jaxmir.load(backbone if backbone.startswith("msd") else shared_fixture(backbone))
+    audio = (0.1 * np.random.default_rng(5).standard_normal(16000 * 12)).astype(np.float32)
+    patches = audio_patches(model, audio, 16000)
+    want = model.predict(audio, 16000)
+    assert patches.shape == (want.shape[0], *model.input_shape)
+    # the same patches through Model.apply instead of the engine: float32 summation order only
+    np.testing.assert_allclose(np.asarray(model.apply(patches)["predictions"]), want,
+                               rtol=0, atol=1e-6)
+
+
 def test_finetune_moves_backbone_and_lowers_loss():
     from jaxmir.train.finetune import FinetuneConfig, finetune
 

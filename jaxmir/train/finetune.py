@@ -36,10 +36,14 @@ class FinetuneConfig:
 
 def audio_patches(backbone: Model, audio: np.ndarray, sample_rate: int,
                   patch_hop: int | None = None) -> np.ndarray:
-    """``[patches, time, mel]`` log-mel patches of a signal as the backbone cuts them."""
+    """``[patches, time, mel]`` log-mel patches of a signal as the backbone cuts them.
+
+    ``patch_hop`` in frames; ``None``: the backbone's own (Essentia's 93 frames for
+    MusiCNN, VGG and VGGish); ``0``: the patch size.
+    """
     frames = backbone.features(audio, sample_rate)
-    size = backbone.input_shape[0]
-    return np.asarray(make_patches(np.asarray(frames), size, patch_hop or size // 2), np.float32)
+    hop = backbone.frontend.patch_hop if patch_hop is None else patch_hop
+    return np.asarray(make_patches(np.asarray(frames), backbone.input_shape[0], hop), np.float32)
 
 
 def embed_fn(backbone: Model, layer: str):
