@@ -23,6 +23,11 @@ faster jaxmir is, from the medians; peak RSS is the process's own, from
    frozen graph; Essentia ``TensorflowPredict`` on a Pool holding the batch
    as a tensor ``[batch, 1, time, mel]`` (Essentia's own TensorFlow 1.x
    runtime; the time includes Essentia's copy of the pool into and out of TF).
+   Two inputs: random patches, and (MusiCNN) consecutive patches cut every 93
+   frames from one log-mel, as Essentia cuts a track; the peers compute each
+   patch on its own, jaxmir is told the hop (``Model.apply(..., overlap_hop=93)``)
+   and shares the overlapping frames' timbral convolutions. The max abs
+   difference between jaxmir's outputs with and without sharing is printed.
 2. front-end on 16-kHz audio of the track: jaxmir ``frontends.musicnn_logmel``;
    librosa (musicnn's settings: n_fft 512, hop 256, 96 mels, float16, log10(10000x+1));
    Essentia's ``FrameGenerator(512, 256)`` + ``TensorflowInputMusiCNN`` per frame.
@@ -167,15 +172,18 @@ def samplerate_load(path: str) -> np.ndarray:
     return samplerate.resample(mono, ratio, "sinc_medium").astype(np.float32)
 
 
-def runner(framework: str, graph: str, onnx: str, input_name: str, output_name: str):
-    """``run(x [b, t, mel]) -> [b, out]`` for one framework, as its users call it."""
+def runner(framework: str, graph: str, onnx: str, input_name: str, output_name: str,
+           overlap_hop: int = 0):
+    """``run(x [b, t, mel]) -> [b, out]`` for one framework, as its users call it
+    (jaxmir told that the patches are ``overlap_hop`` frames apart, when > 0)."""
     if framework == "jaxmir":
         import jax
         import jaxmir
 
         model = jaxmir.load(graph)
         name = model.spec.output_name
-        return lambda x: np.asarray(jax.block_until_ready(model.apply(x, [name])[name]))
+        return lambda x: np.asarray(jax.block_until_ready(
+            model.apply(x, [name], overlap_hop=overlap_hop)[name]))
     if framework == "onnxruntime":
         import onnxruntime
 
@@ -207,17 +215,29 @@ def runner(framework: str, graph: str, onnx: str, input_name: str, output_name: 
 
 
 # -- workers: each prints one JSON line -------------------------------------------------------
+def model_input(cfg: dict, batch: int) -> np.ndarray:
+    """``[batch, *shape]`` float32: random patches, or the first ``batch`` consecutive ones."""
+    if cfg.get("frames"):
+        frames = np.load(cfg["frames"], allow_pickle=False)
+        return np.stack([frames[p * HOP:p * HOP + PATCH] for p in range(batch)])
+    return np.random.default_rng(batch).standard_normal((batch, *cfg["shape"])).astype(np.float32)
+
+
 def work_model(framework: str, cfg: dict) -> dict:
-    run = runner(framework, cfg["graph"], cfg["onnx"], cfg["input"], cfg["output"])
+    hop = HOP if cfg.get("frames") and framework == "jaxmir" else 0
+    run = runner(framework, cfg["graph"], cfg["onnx"], cfg["input"], cfg["output"], hop)
     result = {}
     for batch in cfg["batches"]:
-        x = np.random.default_rng(batch).standard_normal((batch, *cfg["shape"])).astype(np.float32)
+        x = model_input(cfg, batch)
         start = time.perf_counter()
-        run(x)
+        out = run(x)
         first = time.perf_counter() - start
         times = samples(lambda: run(x), repeats=cfg["repeats"], min_seconds=1.0, max_seconds=cfg["max_s"],
                         warmup=1)
         result[str(batch)] = {"patches_per_s": [batch / t for t in times], "first_s": first}
+        if hop:  # the same patches without sharing: what sharing changes in the outputs
+            plain = runner(framework, cfg["graph"], cfg["onnx"], cfg["input"], cfg["output"])(x)
+            result[str(batch)]["vs_unshared"] = float(np.max(np.abs(out - plain)))
     return result
 
 
@@ -356,31 +376,50 @@ def med(values: list[float]) -> float:
 
 
 def table_models(args, folder: Path, log) -> list[str]:
-    lines = ["### Model only (warm patches/s, random patches; batch = patches per call)", "",
-             "| model | batch | " + " | ".join(FRAMEWORKS) + " | jaxmir vs ORT | vs TF | vs Essentia |",
-             "|---|---|" + "---|" * (len(FRAMEWORKS) + 3)]
+    lines = ["### Model only (warm patches/s; batch = patches per call)", "",
+             "| model | patches | batch | " + " | ".join(FRAMEWORKS)
+             + " | jaxmir vs ORT | vs TF | vs Essentia |",
+             "|---|---|---|" + "---|" * (len(FRAMEWORKS) + 3)]
     extra = []
+    frames = folder / "consecutive-frames.npy"  # one log-mel-sized array the consecutive patches share
+    longest = (max(args.batches) - 1) * HOP + PATCH
+    np.save(frames, np.random.default_rng(7).standard_normal((longest, 96)).astype(np.float32))
     for name in args.models:
         input_name, output_name, shape = MODELS[name]
         graph = graphs_dir() / "msd-musicnn-1.pb" if name == "msd-musicnn" else vggish_graph()
         onnx, took = onnx_of(graph, input_name, output_name)
         if took is not None:
             extra.append(f"tf2onnx converted {graph.name} in {took:.1f} s")
-        cfg = dict(graph=str(graph), onnx=str(onnx), input=input_name, output=output_name, shape=shape,
-                   batches=args.batches, repeats=args.repeats, max_s=args.max_s)
-        results = {}
-        for framework in FRAMEWORKS:
-            results[framework] = worker("model", framework, cfg)
-            log(f"  model {name} {framework}: peak {results[framework]['peak_mb']:.0f} MiB, "
-                f"{results[framework]['wall_s']:.0f} s in all")
-        for batch in args.batches:
-            cells = [spread(results[f][str(batch)]["patches_per_s"], digits=1) for f in FRAMEWORKS]
-            ours = med(results["jaxmir"][str(batch)]["patches_per_s"])
-            ratios = [ratio(ours, med(results[f][str(batch)]["patches_per_s"])) for f in FRAMEWORKS[1:]]
-            lines.append(f"| {name} | {batch} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-        extra.append(f"{name} peak RSS MiB: " + ", ".join(
-            f"{f} {results[f]['peak_mb']:.0f}" for f in FRAMEWORKS) + "; jaxmir first call (compile) s: " +
-            ", ".join(f"b{b} {results['jaxmir'][str(b)]['first_s']:.1f}" for b in args.batches))
+        inputs = {"random": ""}
+        if name == "msd-musicnn" and "consecutive" in args.inputs:
+            inputs["consecutive, hop 93"] = str(frames)
+        if "random" not in args.inputs:
+            del inputs["random"]
+        for kind, frames_path in inputs.items():
+            cfg = dict(graph=str(graph), onnx=str(onnx), input=input_name, output=output_name,
+                       shape=shape, batches=args.batches, repeats=args.repeats, max_s=args.max_s,
+                       frames=frames_path)
+            results = {}
+            for framework in FRAMEWORKS:
+                results[framework] = worker("model", framework, cfg)
+                log(f"  model {name} ({kind}) {framework}: peak {results[framework]['peak_mb']:.0f} "
+                    f"MiB, {results[framework]['wall_s']:.0f} s in all")
+            for batch in args.batches:
+                cells = [spread(results[f][str(batch)]["patches_per_s"], digits=1) for f in FRAMEWORKS]
+                ours = med(results["jaxmir"][str(batch)]["patches_per_s"])
+                ratios = [ratio(ours, med(results[f][str(batch)]["patches_per_s"]))
+                          for f in FRAMEWORKS[1:]]
+                lines.append(f"| {name} | {kind} | {batch} | " + " | ".join(cells) + " | "
+                             + " | ".join(ratios) + " |")
+            extra.append(f"{name} ({kind}) peak RSS MiB: " + ", ".join(
+                f"{f} {results[f]['peak_mb']:.0f}" for f in FRAMEWORKS)
+                + "; jaxmir first call (compile) s: "
+                + ", ".join(f"b{b} {results['jaxmir'][str(b)]['first_s']:.1f}" for b in args.batches))
+            if frames_path:
+                extra.append(f"{name} ({kind}): jaxmir's outputs with sharing vs without, max abs "
+                             "difference: " + ", ".join(
+                                 f"b{b} {results['jaxmir'][str(b)]['vs_unshared']:.1e}"
+                                 for b in args.batches))
     return lines + [""] + [f"- {line}" for line in extra]
 
 
@@ -480,6 +519,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-s", type=float, default=5.0, help="time cap per cell, seconds")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 16, 64])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--inputs", nargs="*", default=["random", "consecutive"],
+                        choices=["random", "consecutive"], help="model-only inputs")
     parser.add_argument("--only", nargs="*", default=["model", "frontend", "tags", "cli"],
                         choices=["model", "frontend", "tags", "cli"])
     parser.add_argument("--no-mp3", action="store_true", help="skip the MP3 rows of the tags table")

@@ -14,7 +14,7 @@ from jaxmir import describe as describing
 from jaxmir import pipeline
 from jaxmir import stream as streaming
 from jaxmir.errors import InputError
-from jaxmir.models import build_module
+from jaxmir.models import build_module, with_overlap_hop
 from jaxmir.models.runner import Tap, run_patches_jit
 from jaxmir.spec import Frontend, ModelSpec
 
@@ -160,7 +160,7 @@ class Model:
         return jnp.asarray(patches, jnp.float32)
 
     def apply(self, patches, outputs: Iterable[str] | str | None = None,
-              chunk: int | None = -1) -> dict[str, jax.Array]:
+              chunk: int | None = -1, overlap_hop: int = 0) -> dict[str, jax.Array]:
         """Run the model on patches ``[batch, time, mel]`` (or embeddings ``[batch, features]``).
 
         Args:
@@ -172,6 +172,11 @@ class Model:
             ``model/dense/BiasAdd``.
           chunk: patches per step; ``-1`` (default) picks by model size
             (:func:`default_chunk`), ``None`` runs the batch at once.
+          overlap_hop: ``> 0`` when the patches are consecutive patches of one
+            signal, ``overlap_hop`` frames apart (Essentia cuts them 93 apart):
+            MusiCNN then computes its timbral convolutions once for the frames
+            neighbouring patches share, in steps of 8 patches (``chunk`` is not
+            used). NumPy patches are checked to overlap so; other models run as usual.
 
         Returns:
           ``{name: array}`` with the batch axis first; graph node names keep
@@ -179,8 +184,36 @@ class Model:
         """
         names, taps = self.resolve_outputs(outputs)
         patches = self.check_patches(patches)
+        if overlap_hop:
+            return dict(zip(names, self._apply_overlapping(patches, taps, overlap_hop)))
         chunk = default_chunk(self.variables) if chunk == -1 else chunk
         return dict(zip(names, run_patches_jit(self.module, self.variables, taps, patches, chunk)))
+
+    def _apply_overlapping(self, patches: jax.Array, taps: tuple[Tap, ...], hop: int
+                           ) -> tuple[jax.Array, ...]:
+        """:meth:`apply` on consecutive patches ``hop`` frames apart (see ``overlap_hop``)."""
+        n, length = patches.shape[0], patches.shape[1]
+        if patches.ndim != 3 or isinstance(hop, bool) or not isinstance(hop, (int, np.integer)) \
+                or not 0 < hop < length:
+            raise InputError(f"overlap_hop must be a whole number of frames in 1..{length - 1} "
+                             f"for patches [batch, time, mel]; got {hop!r} for "
+                             f"{list(patches.shape)}")
+        hop = int(hop)
+        if not isinstance(patches, jax.core.Tracer) and not np.array_equal(
+                np.asarray(patches[:-1, hop:]), np.asarray(patches[1:, :length - hop])):
+            raise InputError(f"overlap_hop={hop}: these patches are not consecutive patches "
+                             f"{hop} frames apart (patch p's frames from {hop} on must be patch "
+                             "p + 1's first frames); leave overlap_hop at 0 for any patches")
+        step = min(n, streaming.BATCH)
+        total = -(-n // step) * step
+        # The signal's frames, then zeros for the patches that fill the last step: they continue
+        # the sequence, so that the last real patches still read their own frames.
+        frames = jnp.concatenate([patches[:-1, :hop].reshape(-1, patches.shape[2]), patches[-1],
+                                  jnp.zeros(((total - n) * hop, patches.shape[2]), patches.dtype)])
+        index = hop * np.arange(total)[:, None] + np.arange(length)[None, :]
+        module = with_overlap_hop(self.module, hop)
+        values = run_patches_jit(module, self.variables, taps, frames[index], step)
+        return tuple(value[:n] for value in values)
 
     def __call__(self, patches, outputs=None):
         return self.apply(patches, outputs)
