@@ -127,6 +127,8 @@ def _conv_over_stretch(block, x: jax.Array, hop: int, rows_padding) -> jax.Array
     rows = jnp.stack([shared[p * hop + top: p * hop + length - bottom] for p in range(n)])
     ends = block(jnp.concatenate([x[:, :edge], x[:, length - edge:]]))
     return jnp.concatenate([ends[:n, :top], rows, ends[n:, edge - bottom:]], axis=1)
+
+
 class MidendConv(nn.Module):
     """A mid-end layer: a 7-frame convolution across all features, ReLU, BN. ``[b, t, c] -> [b, t, filters]``."""
 
