@@ -218,6 +218,22 @@ class Model:
     def __call__(self, patches, outputs=None):
         return self.apply(patches, outputs)
 
+    def astype(self, dtype: str) -> "Model":
+        """This model in ``"bfloat16"`` (opt-in) or ``"float32"`` (the default, for parity).
+
+        In bfloat16 the variables are stored and the patches computed in bfloat16
+        (8-bit mantissas; the log-mel front-end stays float32); outputs come back
+        as float32. Its deviation from float32 is printed by
+        ``benchmarks/bench_precision.py``: ~1e-2 on tags, far from parity's 1e-5.
+        Float32 runs every product at full precision (never TF32 on GPUs).
+        """
+        kinds = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+        if dtype not in kinds:
+            raise InputError(f"unknown dtype {dtype!r}; accepted: 'float32', 'bfloat16'")
+        def cast(leaf):
+            return leaf.astype(kinds[dtype]) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+        return dataclasses.replace(self, variables=jax.tree_util.tree_map(cast, self.variables))
+
     # -- from audio (jaxmir.pipeline) ------------------------------------------------------
     def features(self, audio, sample_rate: int, compat: str = "essentia") -> np.ndarray:
         """Log-mel frames of a signal, as this model's front-end computes them.

@@ -211,3 +211,39 @@ def test_shipped_weights_are_small_and_pickle_free():
                 assert header.startswith(b"\x93NUMPY")
         with np.load(path, allow_pickle=False) as data:
             assert all(data[k].dtype != object for k in data.files)
+
+
+# -- precision ----------------------------------------------------------------------------------
+def _products(model, x) -> list[str]:
+    """The StableHLO lines of every matrix product and convolution of ``model`` on ``x``."""
+    text = jax.jit(model.module.apply).lower(model.variables, x).as_text()
+    return [line for line in text.splitlines()
+            if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
+
+
+def test_every_product_runs_at_full_float32_precision(musicnn, vgg):
+    """GPUs run float32 products in TF32 unless told otherwise: every model says HIGHEST."""
+    from conftest import shared_fixture
+
+    vggish = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    for model in (musicnn, vgg, vggish):
+        x = np.zeros((2, *model.input_shape), np.float32)
+        products = _products(model, x)
+        assert products and all("HIGHEST" in line for line in products), model.architecture
+
+
+def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
+    low = musicnn.astype("bfloat16")
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(low.variables)} == {jnp.dtype(jnp.bfloat16)}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(musicnn.variables)} == {jnp.dtype(jnp.float32)}
+    x = patches_187[:4]
+    want = np.asarray(musicnn.apply(x)["predictions"])
+    got = low.apply(x)["predictions"]
+    assert got.dtype == jnp.float32
+    # bfloat16 keeps 8 mantissa bits (relative rounding 2^-9 = 2e-3 a step): the tags move, by
+    # ~1e-2 at most on these patches; more than 0.05 would mean something other than rounding.
+    deviation = float(np.max(np.abs(np.asarray(got) - want)))
+    assert 1e-5 < deviation < 0.05, deviation
+    np.testing.assert_array_equal(musicnn.astype("float32").apply(x)["predictions"], want)
+    with pytest.raises(InputError, match="unknown dtype"):
+        musicnn.astype("float16")

@@ -17,6 +17,11 @@ import numpy as np
 
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer, MaxPool, dense_indices
 
+# Every matrix product and convolution at full float32 precision: on GPUs JAX's default lets
+# float32 products run in TF32 (10-bit mantissas), far from TensorFlow's numbers. (On CPU it is
+# what runs anyway.) bfloat16 is opt-in, through the dtype of the variables (Model.astype).
+PRECISION = jax.lax.Precision.HIGHEST
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "elu": nn.elu,
@@ -62,7 +67,7 @@ class DenseHead(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
-                x = nn.Dense(layer.units, name=dense_name(i))(x)
+                x = nn.Dense(layer.units, precision=PRECISION, name=dense_name(i))(x)
             elif isinstance(layer, BatchNorm):
                 x = frozen_batch_norm(layer.epsilon, name=batch_norm_name(i))(x)
             elif isinstance(layer, Activation):
@@ -131,7 +136,8 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Conv(self.features, self.kernel, padding=self.padding, name="conv")(x)
+        x = nn.Conv(self.features, self.kernel, padding=self.padding, precision=PRECISION,
+                    name="conv")(x)
         if self.activation:
             x = ACTIVATIONS[self.activation](x)
         if self.bn_epsilon is not None:

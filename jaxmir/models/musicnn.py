@@ -21,8 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import (ACTIVATIONS, ConvBlock, ConvParams, DenseHead, banded_kernel,
-                                  frozen_batch_norm, head_variables, nest, time_windows)
+from jaxmir.models.layers import (ACTIVATIONS, PRECISION, ConvBlock, ConvParams, DenseHead,
+                                  banded_kernel, frozen_batch_norm, head_variables, nest,
+                                  time_windows)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
 
 def musicnn_head(units: int = 200, n_labels: int = 50, epsilon: float = 1e-3) -> tuple[HeadLayer, ...]:
@@ -101,7 +102,8 @@ class TimeConvFrequencyMax(nn.Module):
         frames = x.shape[1]
         windows = time_windows(x[..., 0], self.length, self.block)      # [b, blocks, width, mel]
         banded = banded_kernel(kernel[:, 0, 0, :], self.block)           # [width, block, filters]
-        y = jnp.einsum("bjwm,wof->bjmof", windows, banded) + bias        # [b, blocks, mel, block, filters]
+        y = jnp.einsum("bjwm,wof->bjmof", windows, banded,                # [b, blocks, mel, block, filters]
+                       precision=PRECISION) + bias
         y = frozen_batch_norm(self.bn_epsilon, name="batch_norm")(ACTIVATIONS["relu"](y))
         y = jnp.max(y, axis=2)                                            # [b, blocks, block, filters]
         return y.reshape(y.shape[0], -1, self.filters)[:, :frames]

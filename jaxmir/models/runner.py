@@ -34,6 +34,11 @@ def _flatten_taps(tree: dict, prefix: str = "") -> dict[str, jax.Array]:
     return taps
 
 
+def _is_bfloat16(variables: dict) -> bool:
+    """Whether the variables are bfloat16 (then the patches run in bfloat16 too)."""
+    return any(leaf.dtype == jnp.bfloat16 for leaf in jax.tree_util.tree_leaves(variables))
+
+
 def tapped_outputs(module: nn.Module, variables: dict, taps: tuple[Tap, ...],
                    patches: jax.Array) -> tuple[jax.Array, ...]:
     """The module's sown intermediates named by ``taps`` for one batch ``[b, *input_shape]``."""
@@ -64,10 +69,14 @@ def run_patches(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patch
       One ``[n, ...]`` array per tap. Pure and traceable (``jit``, ``grad``).
     """
     _traces[0] += 1
+    low = _is_bfloat16(variables)
 
     def step(batch: jax.Array) -> tuple[jax.Array, ...]:
         if frames is not None:
             batch = frames[batch].astype(jnp.result_type(frames.dtype, jnp.float32))
+        if low:  # bfloat16 variables (Model.astype): bfloat16 arithmetic, float32 results
+            values = tapped_outputs(module, variables, taps, batch.astype(jnp.bfloat16))
+            return tuple(value.astype(jnp.float32) for value in values)
         return tapped_outputs(module, variables, taps, batch)
 
     n = patches.shape[0]
