@@ -113,6 +113,22 @@ def head_aliases(layers: Sequence[HeadLayer], prefix: str = "head/") -> dict[str
     return aliases
 
 
+def max_of_monotone(fn: Callable[[jax.Array], jax.Array], y: jax.Array, axis: int) -> jax.Array:
+    """``jnp.max(fn(y), axis)`` for an elementwise ``fn`` monotone in each channel, from the
+    extremes of ``y`` alone: ``max(fn(max y), fn(min y))``.
+
+    ``fn`` is an activation followed by batch norm: increasing, or decreasing in a
+    channel whose batch-norm scale is negative. Float32 rounding is monotone too,
+    so the result is exactly the max of ``fn(y)``, while ``fn`` only runs on the
+    reduced tensor (``axis`` must not be the channel axis, the last).
+    """
+    return jnp.maximum(fn(jnp.max(y, axis=axis)), fn(jnp.min(y, axis=axis)))
+
+
+# Elementwise and monotone: the activations max_of_monotone may take.
+MONOTONE = ("relu", "elu", "tanh", "sigmoid", "identity", "")
+
+
 class ConvBlock(nn.Module):
     """Convolution, activation, optional batch norm, optional max-pool: ``[b, h, w, c]``.
 
@@ -123,6 +139,8 @@ class ConvBlock(nn.Module):
       activation: a key of :data:`ACTIVATIONS` or ``""`` for none.
       bn_epsilon: batch-norm epsilon after the activation, or ``None`` for no batch norm.
       pool: a :class:`~jaxmir.spec.MaxPool` or ``None``.
+      max_axis: when set, the block ends with the max over this axis (MusiCNN's max
+        over frequency), taken by :func:`max_of_monotone`; no pool then.
 
     With a pool, the output before pooling is sown as ``features``.
     """
@@ -133,15 +151,22 @@ class ConvBlock(nn.Module):
     activation: str = "relu"
     bn_epsilon: float | None = None
     pool: MaxPool | None = None
+    max_axis: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.Conv(self.features, self.kernel, padding=self.padding, precision=PRECISION,
                     name="conv")(x)
-        if self.activation:
-            x = ACTIVATIONS[self.activation](x)
-        if self.bn_epsilon is not None:
-            x = frozen_batch_norm(self.bn_epsilon, name="batch_norm")(x)
+        batch_norm = (frozen_batch_norm(self.bn_epsilon, name="batch_norm")
+                      if self.bn_epsilon is not None else ACTIVATIONS["identity"])
+
+        def after_conv(y: jax.Array) -> jax.Array:
+            return batch_norm(ACTIVATIONS[self.activation](y) if self.activation else y)
+
+        if self.max_axis is not None:
+            assert self.pool is None and self.activation in MONOTONE
+            return max_of_monotone(after_conv, x, self.max_axis)
+        x = after_conv(x)
         if self.pool is not None:
             self.sow("intermediates", "features", x)
             x = nn.max_pool(x, self.pool.window, strides=self.pool.strides,

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxmir.models.layers import (ACTIVATIONS, PRECISION, ConvBlock, ConvParams, DenseHead,
-                                  banded_kernel, frozen_batch_norm, head_variables, nest,
-                                  time_windows)
+                                  banded_kernel, frozen_batch_norm, head_variables,
+                                  max_of_monotone, nest, time_windows)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
 
 def musicnn_head(units: int = 200, n_labels: int = 50, epsilon: float = 1e-3) -> tuple[HeadLayer, ...]:
@@ -56,16 +56,13 @@ class FrequencyMaxBlock(nn.Module):
         if self.kernel[1] == 1 and self.padding == "SAME" and x.shape[-1] == 1:
             x = TimeConvFrequencyMax(self.filters, self.kernel[0], self.bn_epsilon, name="block")(x)
         else:
+            # conv + ReLU + BN, then max over frequency: [b, t, mel, 1] -> [b, t, filters]
             block = ConvBlock(self.filters, self.kernel, self.padding, "relu", self.bn_epsilon,
-                              name="block")
-
-            def frame_local(rows: jax.Array) -> jax.Array:  # [b, t, mel, 1] -> [b, t, filters]
-                return jnp.max(block(rows), axis=2)
-
+                              max_axis=2, name="block")
             if self._shares_overlap(x):
-                x = _conv_over_stretch(frame_local, x, self.overlap_hop, self.padding[0])
+                x = _conv_over_stretch(block, x, self.overlap_hop, self.padding[0])
             else:
-                x = frame_local(x)
+                x = block(x)
         self.sow("intermediates", "output", x)
         return x
 
@@ -102,10 +99,10 @@ class TimeConvFrequencyMax(nn.Module):
         frames = x.shape[1]
         windows = time_windows(x[..., 0], self.length, self.block)      # [b, blocks, width, mel]
         banded = banded_kernel(kernel[:, 0, 0, :], self.block)           # [width, block, filters]
-        y = jnp.einsum("bjwm,wof->bjmof", windows, banded,                # [b, blocks, mel, block, filters]
-                       precision=PRECISION) + bias
-        y = frozen_batch_norm(self.bn_epsilon, name="batch_norm")(ACTIVATIONS["relu"](y))
-        y = jnp.max(y, axis=2)                                            # [b, blocks, block, filters]
+        # [b, blocks, mel, block, filters]; ReLU, BN, max over mel: [b, blocks, block, filters]
+        y = jnp.einsum("bjwm,wof->bjmof", windows, banded, precision=PRECISION) + bias
+        batch_norm = frozen_batch_norm(self.bn_epsilon, name="batch_norm")
+        y = max_of_monotone(lambda v: batch_norm(ACTIVATIONS["relu"](v)), y, axis=2)
         return y.reshape(y.shape[0], -1, self.filters)[:, :frames]
 
 

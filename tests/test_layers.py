@@ -1,0 +1,61 @@
+"""MusiCNN's front-end layers against their plain definitions: conv, ReLU, batch norm, max over mel."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmir.models.layers import ACTIVATIONS, max_of_monotone
+from jaxmir.models.musicnn import FrequencyMaxBlock
+
+
+def _batch_norm(rng, filters: int):
+    """TensorFlow's inference batch norm with scales of both signs, and its variables."""
+    stats = {"mean": rng.normal(0, 1, filters).astype(np.float32),
+             "var": rng.uniform(0.5, 2, filters).astype(np.float32)}
+    params = {"scale": rng.normal(0, 1, filters).astype(np.float32),
+              "bias": rng.normal(0, 1, filters).astype(np.float32)}
+
+    def apply(y, epsilon=1e-3):
+        return (y - stats["mean"]) * (params["scale"] * jax.lax.rsqrt(stats["var"] + epsilon)) \
+            + params["bias"]
+    return apply, params, stats
+
+
+@pytest.mark.parametrize("activation", ["relu", "elu", "tanh", "sigmoid", "identity"])
+def test_max_of_monotone_is_exactly_the_max(activation):
+    rng = np.random.default_rng(0)
+    batch_norm, params, _ = _batch_norm(rng, 16)
+    assert (params["scale"] < 0).any() and (params["scale"] > 0).any()
+    y = jnp.asarray(rng.normal(0, 2, (3, 40, 24, 16)).astype(np.float32))
+
+    def fn(v):
+        return batch_norm(ACTIVATIONS[activation](v))
+    # float32 rounding is monotone: the same numbers, bit for bit
+    np.testing.assert_array_equal(max_of_monotone(fn, y, axis=2), jnp.max(fn(y), axis=2))
+
+
+@pytest.mark.parametrize("kernel", [(7, 38), (32, 1), (128, 1)])
+def test_frequency_max_block_equals_conv_relu_batch_norm_max(kernel):
+    """Timbral (XLA convolution) and temporal (banded matrix products) branches alike."""
+    rng = np.random.default_rng(1)
+    filters = 8
+    padding = ((3, 3), (0, 0)) if kernel[1] > 1 else "SAME"
+    block = FrequencyMaxBlock(filters, kernel, padding, 1e-3)
+    x = jnp.asarray(rng.normal(0, 1, (2, 187, 96, 1)).astype(np.float32))
+    variables = block.init(jax.random.PRNGKey(0), x)
+    batch_norm, params, stats = _batch_norm(rng, filters)
+    weights = {"kernel": rng.normal(0, 0.1, (*kernel, 1, filters)).astype(np.float32),
+               "bias": rng.normal(0, 0.1, filters).astype(np.float32)}
+    variables = {"params": {"block": {"conv": weights, "batch_norm": params}},
+                 "batch_stats": {"block": {"batch_norm": stats}}}
+    got = block.apply(variables, x)
+    conv = jax.lax.conv_general_dilated(x, weights["kernel"], (1, 1), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=jax.lax.Precision.HIGHEST) + weights["bias"]
+    want = jnp.max(batch_norm(jax.nn.relu(conv)), axis=2)
+    assert got.shape == (2, 187, filters)
+    # another summation order of up to 266 products of magnitude ~0.1-1: 1e-5 of the outputs' size
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
