@@ -66,6 +66,14 @@ def _patch_indices(n_frames: int, patch_size: int, patch_hop: int, last_patch: s
     return index
 
 
+def regular_rows(first: int, stop: int, hop: int, size: int) -> np.ndarray:
+    """``[stop - first, size]`` int32 frame-table rows of patches ``first .. stop - 1`` cut every
+    ``hop`` frames, in the tables the model's programs read: row ``k + 1`` is frame ``k``
+    (row 0 is a frame of zeros)."""
+    starts = hop * np.arange(first, stop, dtype=np.int32)
+    return (starts[:, None] + np.arange(1, size + 1, dtype=np.int32)[None, :]).astype(np.int32)
+
+
 def make_patches(frames, patch_size: int, patch_hop: int, last_patch: str = "discard",
                  pad: str | None = None, frames_per_second: float | None = None):
     """Cut ``[..., n_frames, n_bands]`` frames into ``[..., n_patches, patch_size, n_bands]``.

@@ -48,7 +48,7 @@ from jaxmir.audio import prepare_audio
 from jaxmir.errors import InputError
 from jaxmir.frontends import logmel, num_frames
 from jaxmir.models import with_overlap_hop
-from jaxmir.patches import make_patches
+from jaxmir.patches import make_patches, regular_rows
 from jaxmir.stream import Stream, audio_to_outputs, concat_patches, frontend_of
 from jaxmir.spec import Frontend
 
@@ -167,20 +167,14 @@ def plan(model: "Model", n_samples: int, *, patch_hop: int | None = None,
         bucket_samples = max(int(n_samples), _max_samples(frontend, compat, n_bucket * hop + size - 1))
     else:
         n_bucket, bucket_samples = n_patches, int(n_samples)
-    regular = bool(np.array_equal(index, _regular_rows(0, n_patches, hop, size)))
+    regular = bool(np.array_equal(index, regular_rows(0, n_patches, hop, size)))
     if regular:  # the bucket's extra patches continue the sequence into the padding frames
-        padding = _regular_rows(n_patches, n_bucket, hop, size)
+        padding = regular_rows(n_patches, n_bucket, hop, size)
     else:
         padding = np.zeros((n_bucket - n_patches, size), np.int32)
     index = np.concatenate([index, padding])
     return Plan(frontend, compat, int(n_samples), n_frames, size, hop, n_patches, bucket_samples,
                 np.ascontiguousarray(index, np.int32), regular)
-
-
-def _regular_rows(first: int, stop: int, hop: int, size: int) -> np.ndarray:
-    """Frame-table rows of patches ``first .. stop - 1`` cut every ``hop`` frames."""
-    starts = hop * np.arange(first, stop, dtype=np.int32)
-    return (starts[:, None] + np.arange(1, size + 1, dtype=np.int32)[None, :]).astype(np.int32)
 
 
 def _pad_to(audio, length: int):

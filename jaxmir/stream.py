@@ -55,7 +55,7 @@ from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import with_overlap_hop
 from jaxmir.models.runner import run_patches, tapped_outputs
-from jaxmir.patches import PAD_MODES, make_patches, patch_starts
+from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
 from jaxmir.resample import essentia_ratio
 from jaxmir.spec import Frontend
 
@@ -123,9 +123,7 @@ class Windowing:
     def regular_index(self, n: int, patch_hop: int, patch_size: int) -> np.ndarray:
         """``[n, patch_size]`` frame-table rows (``k + 1`` is frame ``k``) of ``n`` patches
         every ``patch_hop`` frames from the window's first used frame."""
-        rows = (self.lead + 1 + patch_hop * np.arange(n)[:, None]
-                + np.arange(patch_size)[None, :])
-        return rows.astype(np.int32)
+        return regular_rows(0, n, patch_hop, patch_size) + np.int32(self.lead)
 
 
 def cut_samples(samples: np.ndarray, offset: int, start: int, length: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
 from jaxmir.errors import AudioError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
+from jaxmir.stream import BATCH
 
 
 
@@ -155,7 +156,8 @@ def run_call(model, packer: Packer, call: Call, taps: tuple) -> np.ndarray:
     return np.asarray(values)
 
 
-Finished = list[tuple[Call, "np.ndarray | str"]]
+# Finished calls: each with its outputs [batch, ...], or the exception that stopped it.
+Finished = list[tuple[Call, "np.ndarray | Exception"]]
 
 
 class _Devices:
@@ -170,7 +172,7 @@ class _Devices:
         self.pool = ThreadPoolExecutor(len(self.models)) if len(self.models) > 1 else None
         self.running: set = set()
 
-    def _run(self, call: Call) -> tuple[Call, np.ndarray | str]:
+    def _run(self, call: Call) -> tuple[Call, np.ndarray | Exception]:
         replica = self.idle.get()
         try:
             return call, run_call(replica, self.packer, call, self.taps)
@@ -217,7 +219,7 @@ def _collect(files: dict, finished: Finished, output: str
             file = files.get(key)
             if file is None:  # failed already
                 continue
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, Exception):
                 del files[key]
                 yield file.item, error_message(file.item.source.path, outcome)
                 continue
@@ -242,8 +244,6 @@ def analyze_stream(model, items: Iterable[Decoded], options: Options, batch: int
     ``--xla_force_host_platform_device_count``) each device holds a replica of
     the model and takes the next call as soon as it is free.
     """
-    from jaxmir.stream import BATCH
-
     packer = Packer(model, patch_hop=options.patch_hop, last_patch=options.last_patch,
                     pad=options.pad, batch=batch or BATCH)
     _, taps = model.resolve_outputs(options.output)

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxmir.frontends import num_frames
 from jaxmir.models import with_overlap_hop
+from jaxmir.patches import regular_rows
 from jaxmir.pipeline import plan
 from jaxmir.stream import BATCH, Windowing, cut_samples, frontend_of
 
@@ -101,9 +102,8 @@ class Packer:
         """
         cut = plan(self.model, int(audio.shape[0]), patch_hop=self.patch_hop,
                    last_patch=self.last_patch, pad=self.pad, compat=self.compat, bucket=False)
-        rows, hop = cut.index[:cut.n_patches], self.patch_hop
-        starts = hop * np.arange(cut.n_patches)
-        regular = (rows == starts[:, None] + 1 + np.arange(self.patch_size)[None, :]).all(axis=1)
+        rows = cut.index[:cut.n_patches]
+        regular = (rows == regular_rows(0, cut.n_patches, self.patch_hop, self.patch_size)).all(1)
         calls, p = [], 0
         while p + self.batch <= cut.n_patches and regular[p:p + self.batch].all():
             calls.append(self._run(key, audio, p))
