@@ -35,7 +35,8 @@ faster jaxmir is, from the medians; peak RSS is the process's own, from
    Essentia (``MonoLoader(sampleRate=16000)`` + ``TensorflowPredictMusiCNN``);
    libsamplerate ``sinc_medium`` with Essentia's float32 ratio + librosa
    front-end + ONNX Runtime (batches of 64, patches 187 hop 93); the same with
-   TensorFlow; jaxmir (``load_audio`` + ``Model.predict``). Beside each: the
+   TensorFlow; jaxmir (``load_audio`` + ``Model.predict``), with libsamplerate
+   and with its converter in JAX (``resampler="jax"``). Beside each: the
    max abs difference of its averaged tags vs Essentia's.
 4. cold start: ``python -m jaxmir tag track.wav`` (the ``jaxmir`` command) as a
    new process, with an empty compilation cache (``JAXMIR_CACHE_DIR`` in a
@@ -72,7 +73,7 @@ MODELS = {  # name -> (input, output, patch shape)
     "audioset-vggish": ("model/Placeholder", "model/vggish/embeddings", (96, 64)),
 }
 FRAMEWORKS = ("jaxmir", "onnxruntime", "tensorflow", "essentia")
-PIPELINES = ("essentia", "librosa+onnxruntime", "librosa+tensorflow", "jaxmir")
+PIPELINES = ("essentia", "librosa+onnxruntime", "librosa+tensorflow", "jaxmir", "jaxmir --resampler jax")
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
 
 
@@ -280,14 +281,15 @@ def tags_function(pipeline: str, cfg: dict):
             tags = predict(audio).mean(axis=0)
             return tags, {"load": t1 - t0, "features+model": time.perf_counter() - t1}
         return tag
-    if pipeline == "jaxmir":
+    if pipeline.startswith("jaxmir"):
         import jaxmir
 
         model = jaxmir.load(cfg["graph"])
+        resampler = "jax" if pipeline.endswith("jax") else "essentia"
 
         def tag(path):
             t0 = time.perf_counter()
-            audio = jaxmir.load_audio(path)
+            audio = jaxmir.load_audio(path, resampler=resampler)
             t1 = time.perf_counter()
             tags = np.asarray(model.predict(audio, SR)).mean(axis=0)
             return tags, {"load": t1 - t0, "features+model": time.perf_counter() - t1}
@@ -463,7 +465,7 @@ def table_tags(args, folder: Path, tracks: dict[str, Path], log) -> tuple[list[s
     for kind, track in tracks.items():
         pipelines = PIPELINES if kind == "wav" else ("essentia", "jaxmir")
         for pipeline in pipelines:
-            out = folder / f"tags-{pipeline}-{kind}.npy"
+            out = folder / f"tags-{pipeline.replace(' ', '_')}-{kind}.npy"
             cfg = dict(graph=str(graph), onnx=str(onnx), track=str(track), repeats=args.repeats, out=str(out))
             results[pipeline, kind] = r = worker("tags", pipeline, cfg)
             r["tags"] = np.load(out)

@@ -12,7 +12,10 @@ the ratio ``out_rate / in_rate`` computed in float32, as Essentia's ``Resample``
 does. On Essentia's reference inputs (44.1 and 22.05 kHz) this gives Essentia's
 16-kHz signal sample for sample. ``resampler="soxr"`` is soxr's HQ converter
 as ``librosa.load(sr=16000)`` uses it (musicnn's own pipeline), with librosa's
-output length ``ceil(n * out_rate / in_rate)``.
+output length ``ceil(n * out_rate / in_rate)``. ``resampler="jax"`` is the same
+converter as ``"essentia"`` computed by :mod:`jaxmir.resample` (sums in float64 by matrix
+products for 44.1/48/32/96 kHz): Essentia's samples within 2e-7, most of them identical,
+in about a third of libsamplerate's CPU time.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from jaxmir.errors import AudioError
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
-RESAMPLERS = ("essentia", "soxr")
+RESAMPLERS = ("essentia", "soxr", "jax")
 DECODERS = (*MODES, "soundfile")
 _ACCEPTED = ("WAV, FLAC, OGG/Vorbis or MP3 (anything FFmpeg decodes), mono or stereo, "
              f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
@@ -44,7 +47,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
     Args:
       path: the audio file.
       sample_rate: the rate wanted in Hz, 16000 for every jaxmir model.
-      resampler: ``"essentia"`` or ``"soxr"``.
+      resampler: ``"essentia"``, ``"soxr"`` or ``"jax"``.
       decoder: ``"essentia"``, ``"float"`` or ``"soundfile"``.
       strict: raise on a damaged or truncated file instead of warning
         (:class:`jaxmir.decode.DamagedAudioWarning`; FFmpeg decoders only).
@@ -92,7 +95,7 @@ def prepare_audio(audio, sample_rate: int, target_rate: int = 16000, resampler: 
         dtype: ``int16 / 32768`` etc.; unsigned PCM is centred first).
       sample_rate: the rate of ``audio`` in Hz (8000-192000); never guessed.
       target_rate: the rate wanted, 16000 for every jaxmir model.
-      resampler: ``"essentia"`` or ``"soxr"`` (see the module docstring).
+      resampler: ``"essentia"``, ``"soxr"`` or ``"jax"`` (see the module docstring).
 
     Returns:
       float32 ``[n_samples']``, a new array.
@@ -168,6 +171,10 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         # exact double ratio the output drifts by ~3e-3 after a few seconds.
         ratio = float(np.float32(target) / np.float32(native))
         out = samplerate.resample(mono, ratio, "sinc_medium")
+    elif resampler == "jax":
+        from jaxmir.resample import resample
+
+        out = resample(mono, native, target)
     else:
         import soxr
 

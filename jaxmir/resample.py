@@ -28,7 +28,16 @@ converter Essentia's ``MonoLoader`` uses, by doing the same arithmetic as libsam
   first holds (evaluated in double with absolute buffer positions; libsamplerate uses
   buffer-relative ones, which round differently only if the test is within ~1e-9 of a tie).
 
-The tap sums run in float32 where libsamplerate sums in double: the coefficients are
+Three kernels compute the sums. NumPy input at the common rates (44.1, 48, 32, 96 kHz...
+to 16 kHz: a short exact period and a position recurrence that never rounds) takes the
+matrix-product kernel (:func:`_matmul_kernel`, see its section): positions in exact int64
+on the device, sums in float64 as libsamplerate's, and a first-order expansion of the
+coefficients in each output's drift from its group's anchor (error < 2e-7); 88-98% of its
+outputs equal libsamplerate's bit for bit. Other periodic rates take the float32 polyphase
+kernel, the rest the per-output kernel; :func:`resample_jax` (traceable, differentiable)
+always takes one of those two.
+
+The float32 kernels sum in float32 where libsamplerate sums in double: the coefficients are
 float32 table entries interpolated with a 12-bit fraction, so each product carries a
 relative error of a few float32 ulps and a sum of ~250 of them (|coefficient| sum ~2.5 for
 the medium filter, |samples| <= 1) stays around 1e-7; the tests measure < 1e-6 against
@@ -431,6 +440,198 @@ def _polyphase(plan: _Plan, signal, count: int, layout, table) -> jax.Array:
     return out[:count]
 
 
+# ------------------------------------------------------------ matrix-product kernel
+#
+# The common conversions (44.1, 48, 32, 88.2, 96, 192 kHz -> 16 kHz with the fastest or
+# medium filter) take this path from NumPy input. Outputs come in groups of ``rows``
+# periods of the exact rate ratio (period outputs, advance inputs each). Within a group,
+# output j of row r sits ``delta`` fixed-point units past an anchor that is the same for
+# every row (moved by r * advance input samples), with |delta| a few hundred units (one
+# table step is 4096): the rows drift apart only because Essentia's float32 ratio is not
+# the exact one. Each output is then
+#     sum_t x[t] * h(t * increment - anchor - delta)
+#       = sum_t x[t] * h(t * increment - anchor) - delta * sum_t x[t] * h'(t * increment - anchor),
+# exact while no tap's filter index crosses a table entry between the anchor and the output,
+# and off by |delta| / 4096 times the table's second difference (< 4e-5 of its peak) times
+# the overshoot for the few that do: below 1e-7 on the outputs for |delta| <= 256. Both
+# sums over a group are one matrix product of the group's rows of samples with a banded
+# matrix built from a table of h and h' at anchors every _GRID units (rows gathered, no
+# per-tap lookups), computed in float64 as libsamplerate sums in double.
+
+_GRID = 128              # fixed-point units between the anchors of the phase table
+_DELTA_LIMIT = 512       # |delta| bound, units; sets the rows per group
+_MAX_ROWS = 64           # periods per group, at most
+_MAX_TABLE = 1 << 21     # entries (anchors x taps) of the phase table, at most (16 MB per half)
+_SUBBLOCK = 32           # outputs per banded block, at most
+_UNIT_MASK = (1 << _UNIT) - 1
+_HALF_MASK = (1 << 30) - 1
+
+
+@dataclass(frozen=True)
+class _Matmul:
+    """Static shape of the matrix-product kernel for one plan."""
+
+    rows: int        # periods per group
+    block: int       # outputs per banded block (divides the period)
+    span: int        # samples one block's row reads
+    lines: int       # rows of ``advance`` samples laid side by side to hold ``span``
+
+
+def _matmul_shape(plan: _Plan) -> _Matmul | None:
+    """The kernel's shape, or ``None`` when the plan must take the per-output kernels."""
+    if not 0 < plan.period <= _MAX_PERIOD or not _closed_form(plan.step):
+        return None
+    width = 2 * plan.taps + 3
+    if (plan.increment // _GRID + 2) * width > _MAX_TABLE:
+        return None                                  # sinc_best: the table would be too large
+    drift = abs(plan.period * plan.step - plan.advance) * plan.increment + 2   # units per period
+    rows = _MAX_ROWS
+    while rows > 1 and rows * drift / 2 + _GRID / 2 + 2 > _DELTA_LIMIT:
+        rows //= 2
+    block = max(d for d in range(1, _SUBBLOCK + 1) if plan.period % d == 0)
+    span = math.ceil((block - 1) * plan.step) + 4 + width
+    if (span + width) * plan.increment >= 1 << 31:
+        return None
+    return _Matmul(rows, block, span, -(-span // plan.advance) + 1)
+
+
+def _closed_form(step: float) -> bool:
+    """Whether every addition ``x + step`` of libsamplerate's position recurrence is exact for
+    ``x`` on the sequence (multiples of step's ulp in [0, 1)): so when the sums cannot leave
+    step's binade. Then output k's position is ``x0 + k * step`` split into whole and fraction."""
+    _, exponent = math.frexp(step)
+    return step >= 1.0 and step + 1.0 <= math.ldexp(1.0, exponent)
+
+
+def _split_step(step: float) -> tuple[int, int]:
+    whole = math.floor(step)
+    return whole, int(np.ldexp(step - whole, _UNIT))
+
+
+def _walk(plan: _Plan, centre: int, units: int, k: int) -> tuple[int, int]:
+    """Centre and fraction (units of 2**-60) of the output ``k`` steps after ``(centre, units)``,
+    on the closed form (exact Python integers)."""
+    whole, frac = _split_step(plan.step)
+    total = units + k * frac
+    return centre + k * whole + (total >> _UNIT), total & _UNIT_MASK
+
+
+def _first(predicate, low: int, high: int) -> int:
+    """The first ``k`` in ``[low, high)`` where a monotone ``predicate`` holds, else ``high``."""
+    while low < high:
+        middle = (low + high) // 2
+        if predicate(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _ended(plan: _Plan, centre: int, units: int, n_input: int) -> bool:
+    """libsamplerate's end test for the output centred on input sample ``centre``."""
+    x = float(np.ldexp(float(units), -_UNIT))
+    return bool(_terminated(plan, np.array([plan.half + centre]), np.array([x]), n_input)[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _phase_table(plan: _Plan) -> jax.Array:
+    """``[anchors, 2 * taps + 3, 2]`` float64: h and h' at anchor phases ``0, _GRID, ...``.
+
+    Entry ``[i, u]`` is for the sample ``u - taps - 1`` places from the anchor's centre,
+    filter index ``d = (u - taps - 1) * increment - i * _GRID``: h(d) is libsamplerate's
+    interpolated coefficient of ``|d|`` (zero past the table), h'(d) its slope per unit
+    towards the output's side, ``-sign(d) * slope / 4096``.
+    """
+    table = coefficients(plan.quality)
+    slope = np.append(np.diff(table), np.float32(0)).astype(np.float64)   # float32 differences, as in C
+    table = table.astype(np.float64)
+    anchors = np.arange(plan.increment // _GRID + 2, dtype=np.int64) * _GRID
+    offsets = np.arange(2 * plan.taps + 3, dtype=np.int64) - plan.taps - 1
+    d = offsets[None, :] * plan.increment - anchors[:, None]
+    distance = np.abs(d)
+    entry = np.minimum(distance >> _SHIFT, table.shape[0] - 1)
+    inside = distance <= plan.max_index
+    value = np.where(inside, table[entry] + (distance & (_ONE - 1)) * (1.0 / _ONE) * slope[entry], 0.0)
+    rise = np.where(inside, -np.sign(d) * slope[entry] * (1.0 / _ONE), 0.0)
+    with jax.enable_x64(True):
+        return jnp.asarray(np.stack([value, rise], axis=-1))
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "shape", "groups"))
+def _matmul_kernel(signal, centre, units, phase_table, *, plan, shape, groups):
+    """Outputs ``[groups * rows * period]`` (float32) from ``signal`` (float32; output 0's
+    window centred on ``signal[centre]``, fraction ``units * 2**-60``), and whether every
+    output met the kernel's bounds (else the caller must not use them). float64 inside."""
+    rows, period, advance, inc = shape.rows, plan.period, plan.advance, plan.increment
+    block, span, width = shape.block, shape.span, 2 * plan.taps + 3
+    whole, frac = _split_step(plan.step)
+    # libsamplerate's positions, exactly: centre + k * whole + carry, fraction in 2**-60 units
+    k = jnp.arange(groups * rows * period, dtype=jnp.int64)
+    high = k * (frac >> 30)
+    total = units + k * (frac & _HALF_MASK) + ((high & _HALF_MASK) << 30)
+    at = centre + k * whole + (high >> 30) + (total >> _UNIT)
+    x = (total & _UNIT_MASK).astype(jnp.float64) * 2.0 ** -_UNIT
+    phase = jnp.round(x * plan.float_increment * float(_ONE)).astype(jnp.int64)
+    position = (at * inc + phase).reshape(groups, rows, period)
+    position = position - (jnp.arange(rows, dtype=jnp.int64) * (advance * inc))[None, :, None]
+    # anchors on the phase table's grid, near each group's middle row
+    middle = position[:, rows // 2, :]
+    whole_part = middle // inc
+    anchor_row = (middle - whole_part * inc + _GRID // 2) // _GRID
+    delta = position - (whole_part * inc + anchor_row * _GRID)[:, None, :]
+    blocks = period // block
+    whole_part = whole_part.reshape(groups, blocks, block)
+    first = jnp.min(whole_part, axis=2)                                  # [groups, blocks]
+    offset = whole_part - first[:, :, None]
+    start = first - plan.taps - 1
+    ok = ((jnp.max(jnp.abs(delta)) <= _DELTA_LIMIT) & (jnp.max(offset) + width <= span)
+          & (jnp.min(start) >= 0)
+          & (jnp.max(start) + (rows + shape.lines) * advance <= signal.shape[0]))
+
+    def group(args):
+        start_g, offset_g, rows_g, delta_g = args      # [blocks], [blocks, block], [period], [rows, period]
+        weights = phase_table[rows_g].reshape(blocks, block, width, 2)
+        padded = jnp.pad(weights, ((0, 0), (0, 0), (span, span), (0, 0)))
+
+        def one_block(start_b, offset_b, padded_b):
+            place = jax.vmap(lambda w, o: jax.lax.dynamic_slice(w, (span - o, o * 0), (span, 2)))
+            banded = place(padded_b, offset_b)                                  # [block, span, 2]
+            banded = jnp.transpose(banded, (1, 2, 0)).reshape(span, 2 * block)
+            stretch = jax.lax.dynamic_slice(signal, (start_b,), ((rows + shape.lines) * advance,))
+            tiles = stretch.reshape(rows + shape.lines, advance)
+            lines = jnp.concatenate([tiles[i:i + rows] for i in range(shape.lines)], axis=1)
+            sums = jnp.dot(lines[:, :span].astype(jnp.float64), banded,
+                           precision=jax.lax.Precision.HIGHEST).reshape(rows, 2, block)
+            return sums[:, 0], sums[:, 1]
+
+        value, rise = jax.vmap(one_block, out_axes=1)(start_g, offset_g, padded)   # [rows, blocks, block]
+        value, rise = value.reshape(rows, period), rise.reshape(rows, period)
+        return (plan.gain * (value + delta_g.astype(jnp.float64) * rise)).astype(jnp.float32)
+
+    out = jax.lax.map(group, (start.astype(jnp.int32), offset.astype(jnp.int32),
+                              anchor_row.astype(jnp.int32), delta.astype(jnp.int32)))
+    return out.reshape(-1), ok
+
+
+def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, centre: int, units: int, count: int):
+    """``count`` outputs from ``x`` (float32 ``[n]``), output 0 centred on ``x[centre]`` with
+    fraction ``units``; ``None`` if an output fell outside the kernel's bounds."""
+    outputs = shape.rows * plan.period
+    groups = _bucket(-(-count // outputs), 1)
+    front = plan.taps + 2
+    reach = centre + math.ceil(groups * outputs * plan.step) + (shape.lines + 2) * plan.advance
+    length = _bucket(front + reach + shape.span + plan.taps + 2, 1024)
+    signal = np.zeros(length, np.float32)
+    signal[front:front + x.shape[0]] = x
+    table = _phase_table(plan)        # measured outside float64 mode: it runs the other kernels
+    with jax.enable_x64(True):
+        out, ok = _matmul_kernel(jnp.asarray(signal), np.int64(centre + front), np.int64(units),
+                                 table, plan=plan, shape=shape, groups=groups)
+        if not bool(ok):
+            return None
+        return np.asarray(out[:count])
+
+
 # ------------------------------------------------------------------- coefficients
 
 
@@ -546,7 +747,21 @@ def _output_taps(plan: _Plan, n_input: int) -> tuple[np.ndarray, np.ndarray]:
     return _normalise(plan, plan.taps + base, _phases(plan, frac))
 
 
+def _matmul_count(plan: _Plan, n_input: int) -> int:
+    """How many outputs libsamplerate makes from ``n_input`` samples, on the closed form."""
+    limit = _output_count(plan, n_input)
+    return _first(lambda k: _ended(plan, *_walk(plan, 0, 0, k), n_input), 0, limit)
+
+
 def _one_shot(plan: _Plan, x, table: np.ndarray | tuple) -> np.ndarray:
+    shape = _matmul_shape(plan) if isinstance(x, np.ndarray) and isinstance(table, tuple) else None
+    if shape is not None:
+        count = _matmul_count(plan, x.shape[0])
+        if count == 0:
+            return np.zeros(0, np.float32)
+        out = _matmul(plan, shape, x, 0, 0, count)
+        if out is not None:
+            return out
     centre, start = _output_taps(plan, x.shape[0])
     if centre.shape[0] == 0:
         return np.zeros(0, np.float32)
@@ -610,6 +825,7 @@ class SincResampler:
         self._centre = 0                   # input index (from x[0]) of the next output
         self._frac = 0.0                   # its fractional position
         self._done = False
+        self._matmul = _matmul_shape(self._plan)
 
     def push(self, chunk) -> np.ndarray:
         """Take ``[n]`` float32 samples; return the outputs they complete (float32 ``[k]``)."""
@@ -633,6 +849,10 @@ class SincResampler:
         return self._emit(None, limit)
 
     def _emit(self, ready, limit: int) -> np.ndarray:
+        if self._matmul is not None:
+            out = self._emit_matmul(ready, limit)
+            if out is not None:
+                return out
         plan = self._plan
         pieces = []
         while self._made < limit:
@@ -662,8 +882,36 @@ class SincResampler:
                 if ready is None:
                     self._made = limit
                 break
-        drop = self._centre - plan.taps - self._origin
+        self._forget()
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+    def _emit_matmul(self, ready, limit: int) -> np.ndarray | None:
+        """The ready outputs through the matrix-product kernel (``None``: take the other path)."""
+        plan, units = self._plan, int(np.ldexp(self._frac, _UNIT))
+        if ready is None:
+            def complete(k):
+                return _ended(plan, *_walk(plan, self._centre, units, k), self._seen)
+        else:
+            def complete(k):
+                return not ready(_walk(plan, self._centre, units, k)[0])
+        n = _first(complete, 0, limit - self._made)
+        out = np.zeros(0, np.float32)
+        if n:
+            window = self._history[self._centre - plan.taps - self._origin:]
+            out = _matmul(plan, self._matmul, window, plan.taps, units, n)
+            if out is None:
+                return None
+            self._made += n
+            self._centre, units = _walk(plan, self._centre, units, n)
+            self._frac = float(np.ldexp(float(units), -_UNIT))
+        if ready is None:
+            self._made = limit
+        self._forget()
+        return out
+
+    def _forget(self) -> None:
+        """Drop the history no later output reads."""
+        drop = self._centre - self._plan.taps - self._origin
         if drop > 0:
             self._history = self._history[drop:]
             self._origin += drop
-        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)

@@ -10,7 +10,8 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
    libsamplerate's ``SINC_MEDIUM`` state machine driven with Essentia's float32
    ratio, the converter ``samplerate.resample`` runs in one call, so the
    samples are the same; ``"soxr"`` is ``soxr.ResampleStream`` with librosa's
-   output length ``ceil(n * 16000 / rate)`` applied at the end.
+   output length ``ceil(n * 16000 / rate)`` applied at the end; ``"jax"`` is
+   :class:`jaxmir.resample.SincResampler`, equal to its one-shot call.
 3. **frames and patches**: frame ``k`` reads samples ``[first + k * hop,
    first + k * hop + size)`` (Essentia's centred framing: ``first = -size / 2``,
    zeros before the start and after the end). A regular patch ``p`` (frames
@@ -260,6 +261,10 @@ class Resampling:
 
             self._ratio = essentia_ratio(in_rate, out_rate)
             self._state = samplerate.Resampler("sinc_medium", channels=1)
+        elif resampler == "jax":
+            from jaxmir.resample import SincResampler
+
+            self._state = SincResampler(in_rate, out_rate)
         else:
             import soxr
 
@@ -288,6 +293,10 @@ class Resampling:
             out = self._sinc(x, False)
             self.n_out += out.shape[0]
             return out
+        if self.kind == "jax":
+            out = self._state.push(x)
+            self.n_out += out.shape[0]
+            return out
         out = self._state.resample_chunk(x, last=False)
         return self._release(np.asarray(out, np.float32), math.ceil(self.n_in * (self.out_rate / self.in_rate)))
 
@@ -301,6 +310,10 @@ class Resampling:
             tail = self._sinc(zeros, True)
             want = math.floor(self.n_in * self._ratio)
             tail = tail[:max(0, want - self.n_out)]
+            self.n_out += tail.shape[0]
+            return tail
+        if self.kind == "jax":
+            tail = self._state.flush()
             self.n_out += tail.shape[0]
             return tail
         size = math.ceil(self.n_in * (self.out_rate / self.in_rate))  # librosa's fix_length

@@ -35,6 +35,17 @@ def test_22k05_resampling_matches_essentia():
     assert np.max(np.abs(audio - ref["audio_16k"])) == 0.0
 
 
+@pytest.mark.parametrize("name", ["chirp_44k1_stereo", "TRWJAZW128F42760DD_test"])
+def test_jax_resampler_matches_essentia(name):
+    """resampler="jax" (the converter in JAX; float64 matrix products at 44.1 kHz, float32
+    sums at 22.05 kHz) against Essentia's own 16-kHz signal. 1e-6: the resampler's parity
+    bound (tests/test_resample.py), where a wrong tap or position moves samples by >= 1e-5."""
+    ref = reference(name)
+    audio = prepare_audio(ref["downmix_native"], int(ref["loader_native_sr"]), resampler="jax")
+    assert audio.dtype == np.float32 and audio.shape == ref["audio_16k"].shape
+    assert np.max(np.abs(audio - ref["audio_16k"])) <= 1e-6
+
+
 def test_float32_ratio_is_what_makes_it_exact():
     """With the exact double ratio libsamplerate drifts away from Essentia (~3e-3 on the chirp)."""
     import samplerate
