@@ -565,7 +565,7 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
                         help="pad audio shorter than one patch (default: report it as too short)")
     parser.add_argument("--resampler", choices=("essentia", "soxr", "jax"), default="essentia",
                         help="resampling to 16 kHz: libsamplerate as Essentia (default), soxr "
-                             "as librosa/musicnn, or Essentia's converter in JAX (within 2e-7 "
+                             "as librosa/musicnn, or Essentia's converter in JAX (within 1e-6 "
                              "of it, less CPU time)")
     parser.add_argument("--decoder", choices=("essentia", "float"), default="essentia",
                         help="MP3 and other compressed audio: as the essentia-tensorflow wheel "
