@@ -99,7 +99,8 @@ def test_streaming_equals_one_shot(music, rate):
     got = np.concatenate(pieces)
     assert got.shape == expected.shape
     # Same positions; the matrix-product kernel's anchors depend on where each call starts,
-    # so both sides carry their own linearisation error (measured <= 3.3e-7 on full-scale noise, 1.2e-7 on music; see the module).
+    # so both sides carry their own linearisation error (measured <= 3.3e-7 on full-scale
+    # noise, 1.2e-7 on music; see the module).
     assert np.max(np.abs(got - expected)) <= 4e-7
     samplerate = require("samplerate")
     reference = samplerate.resample(x, essentia_ratio(rate, 16000), "sinc_medium")
