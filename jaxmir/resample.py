@@ -163,8 +163,7 @@ def _positions(step: float, x0: float, count: int) -> tuple[np.ndarray, np.ndarr
     """
     if count == 0:
         return np.zeros(0), np.zeros(0, np.int64), x0
-    whole = math.floor(step)
-    frac = int(np.ldexp(step - whole, _UNIT))  # exact: step's ulp is >= 2**-60 for ratio <= 256
+    whole, frac = _split_step(step)
     start = int(np.ldexp(x0, _UNIT))
     k = np.arange(count + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -464,7 +463,6 @@ _DELTA_LIMIT = 512       # |delta| bound, units; sets the rows per group
 _MAX_ROWS = 64           # periods per group, at most
 _MAX_TABLE = 1 << 21     # entries (anchors x taps) of the phase table, at most (16 MB per half)
 _SUBBLOCK = 32           # outputs per banded block, at most
-_UNIT_MASK = (1 << _UNIT) - 1
 _HALF_MASK = (1 << 30) - 1
 
 
@@ -505,6 +503,8 @@ def _closed_form(step: float) -> bool:
 
 
 def _split_step(step: float) -> tuple[int, int]:
+    """``step`` as its whole part and its fraction in units of 2**-60 (exact: step's ulp is
+    >= 2**-60 for ratios <= 256)."""
     whole = math.floor(step)
     return whole, int(np.ldexp(step - whole, _UNIT))
 
@@ -514,7 +514,7 @@ def _walk(plan: _Plan, centre: int, units: int, k: int) -> tuple[int, int]:
     on the closed form (exact Python integers)."""
     whole, frac = _split_step(plan.step)
     total = units + k * frac
-    return centre + k * whole + (total >> _UNIT), total & _UNIT_MASK
+    return centre + k * whole + (total >> _UNIT), total & _FRAC_MASK
 
 
 def _first(predicate, low: int, high: int) -> int:
@@ -571,7 +571,7 @@ def _matmul_kernel(signal, centre, units, phase_table, *, plan, shape, groups):
     high = k * (frac >> 30)
     total = units + k * (frac & _HALF_MASK) + ((high & _HALF_MASK) << 30)
     at = centre + k * whole + (high >> 30) + (total >> _UNIT)
-    x = (total & _UNIT_MASK).astype(jnp.float64) * 2.0 ** -_UNIT
+    x = (total & _FRAC_MASK).astype(jnp.float64) * 2.0 ** -_UNIT
     phase = jnp.round(x * plan.float_increment * float(_ONE)).astype(jnp.int64)
     position = (at * inc + phase).reshape(groups, rows, period)
     position = position - (jnp.arange(rows, dtype=jnp.int64) * (advance * inc))[None, :, None]
