@@ -35,8 +35,9 @@ faster jaxmir is, from the medians; peak RSS is the process's own, from
    Essentia (``MonoLoader(sampleRate=16000)`` + ``TensorflowPredictMusiCNN``);
    libsamplerate ``sinc_medium`` with Essentia's float32 ratio + librosa
    front-end + ONNX Runtime (batches of 64, patches 187 hop 93); the same with
-   TensorFlow; jaxmir (``load_audio`` + ``Model.predict``), with libsamplerate
-   and with its converter in JAX (``resampler="jax"``). Beside each: the
+   TensorFlow; jaxmir (``load_audio`` + ``Model.predict``) with its default resampler
+   (Essentia's converter, in JAX at 44.1 kHz) and with libsamplerate itself
+   (``resampler="samplerate"``). Beside each: the
    max abs difference of its averaged tags vs Essentia's.
 4. cold start: ``python -m jaxmir tag track.wav`` (the ``jaxmir`` command) as a
    new process, with an empty compilation cache (``JAXMIR_CACHE_DIR`` in a
@@ -73,7 +74,8 @@ MODELS = {  # name -> (input, output, patch shape)
     "audioset-vggish": ("model/Placeholder", "model/vggish/embeddings", (96, 64)),
 }
 FRAMEWORKS = ("jaxmir", "onnxruntime", "tensorflow", "essentia")
-PIPELINES = ("essentia", "librosa+onnxruntime", "librosa+tensorflow", "jaxmir", "jaxmir --resampler jax")
+PIPELINES = ("essentia", "librosa+onnxruntime", "librosa+tensorflow", "jaxmir",
+             "jaxmir --resampler samplerate")
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
 
 
@@ -285,7 +287,7 @@ def tags_function(pipeline: str, cfg: dict):
         import jaxmir
 
         model = jaxmir.load(cfg["graph"])
-        resampler = "jax" if pipeline.endswith("jax") else "essentia"
+        resampler = "samplerate" if pipeline.endswith("samplerate") else "essentia"
 
         def tag(path):
             t0 = time.perf_counter()

@@ -6,16 +6,17 @@ Files are decoded by :mod:`jaxmir.decode` (FFmpeg through PyAV):
 ``decoder="float"`` FFmpeg's float decoding (an Essentia built from source),
 ``decoder="soundfile"`` libsndfile's (what ``librosa.load`` reads).
 
-``resampler="essentia"`` reproduces Essentia's ``MonoLoader`` (default
-``resampleQuality=1``): libsamplerate's ``SINC_MEDIUM_QUALITY`` converter with
-the ratio ``out_rate / in_rate`` computed in float32, as Essentia's ``Resample``
-does. On Essentia's reference inputs (44.1 and 22.05 kHz) this gives Essentia's
-16-kHz signal sample for sample. ``resampler="soxr"`` is soxr's HQ converter
-as ``librosa.load(sr=16000)`` uses it (musicnn's own pipeline), with librosa's
-output length ``ceil(n * out_rate / in_rate)``. ``resampler="jax"`` is the same
-converter as ``"essentia"`` computed by :mod:`jaxmir.resample` (sums in float64 by matrix
-products for 44.1/48/32/96 kHz): Essentia's samples within 1e-6 (1.2e-7 on music, most identical),
-in about a third of libsamplerate's CPU time.
+``resampler="essentia"`` (the default) is Essentia's ``MonoLoader`` converter (default
+``resampleQuality=1``): libsamplerate's ``SINC_MEDIUM_QUALITY`` with the ratio
+``out_rate / in_rate`` computed in float32, as Essentia's ``Resample`` keeps it. Where
+:func:`jaxmir.resample.accelerated` holds (44.1, 48, 32, 88.2, 96, 176.4, 192 kHz -> 16 kHz) it is
+computed by :mod:`jaxmir.resample`'s matrix-product kernel, 4-8x faster than libsamplerate and
+within 1e-6 of its samples (1.2e-7 measured on music, most samples identical); at the other
+rates, where the JAX kernels are no faster, by libsamplerate itself. ``resampler="samplerate"``
+always runs libsamplerate (the ``samplerate`` package): Essentia's 16-kHz signal sample for
+sample, on its reference inputs at 44.1 and 22.05 kHz. ``resampler="soxr"`` is soxr's HQ
+converter as ``librosa.load(sr=16000)`` uses it (musicnn's own pipeline), with librosa's
+output length ``ceil(n * out_rate / in_rate)``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import numpy as np
 
 from jaxmir.decode import MODES, decode_file
 from jaxmir.errors import AudioError
+from jaxmir.resample import accelerated, essentia_ratio, resample
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
-RESAMPLERS = ("essentia", "soxr", "jax")
+RESAMPLERS = ("essentia", "samplerate", "soxr")
 DECODERS = (*MODES, "soundfile")
 _ACCEPTED = ("WAV, FLAC, OGG/Vorbis or MP3 (anything FFmpeg decodes), mono or stereo, "
              f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
@@ -47,7 +49,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
     Args:
       path: the audio file.
       sample_rate: the rate wanted in Hz, 16000 for every jaxmir model.
-      resampler: ``"essentia"``, ``"soxr"`` or ``"jax"``.
+      resampler: ``"essentia"``, ``"samplerate"`` or ``"soxr"``.
       decoder: ``"essentia"``, ``"float"`` or ``"soundfile"``.
       strict: raise on a damaged or truncated file instead of warning
         (:class:`jaxmir.decode.DamagedAudioWarning`; FFmpeg decoders only).
@@ -95,7 +97,7 @@ def prepare_audio(audio, sample_rate: int, target_rate: int = 16000, resampler: 
         dtype: ``int16 / 32768`` etc.; unsigned PCM is centred first).
       sample_rate: the rate of ``audio`` in Hz (8000-192000); never guessed.
       target_rate: the rate wanted, 16000 for every jaxmir model.
-      resampler: ``"essentia"``, ``"soxr"`` or ``"jax"`` (see the module docstring).
+      resampler: ``"essentia"``, ``"samplerate"`` or ``"soxr"`` (see the module docstring).
 
     Returns:
       float32 ``[n_samples']``, a new array.
@@ -161,20 +163,26 @@ def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, nam
     return _resample(np.ascontiguousarray(mono, np.float32), native, target, resampler)
 
 
+def implementation(resampler: str, in_rate: int, out_rate: int) -> str:
+    """What computes ``resampler``'s samples for ``in_rate -> out_rate`` Hz: ``"jax"``
+    (:mod:`jaxmir.resample`), ``"samplerate"`` or ``"soxr"``; see the module docstring."""
+    if resampler == "essentia":
+        return "jax" if accelerated(in_rate, out_rate) else "samplerate"
+    return resampler
+
+
 def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.ndarray:
     if native == target:
         return mono.copy()
-    if resampler == "essentia":
+    kind = implementation(resampler, native, target)
+    if kind == "jax":
+        out = resample(mono, native, target)
+    elif kind == "samplerate":
         import samplerate
 
         # Essentia's Resample keeps the ratio in a float32 `Real`; with the
         # exact double ratio the output drifts by ~3e-3 after a few seconds.
-        ratio = float(np.float32(target) / np.float32(native))
-        out = samplerate.resample(mono, ratio, "sinc_medium")
-    elif resampler == "jax":
-        from jaxmir.resample import resample
-
-        out = resample(mono, native, target)
+        out = samplerate.resample(mono, essentia_ratio(native, target), "sinc_medium")
     else:
         import soxr
 

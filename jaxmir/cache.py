@@ -66,6 +66,13 @@ def enable(directory: Path | None, warn: Callable[[str], None]) -> bool:
         warn(f"compilation cache off: {directory} cannot be written ({problem})")
         return False
     drop_broken_entries(directory)
+    use(directory)
+    return True
+
+
+def use(directory: Path) -> None:
+    """Point JAX's persistent cache at ``directory``, already checked by :func:`enable` (worker
+    processes share their parent's cache this way)."""
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(directory))
@@ -74,4 +81,11 @@ def enable(directory: Path | None, warn: Callable[[str], None]) -> bool:
     # A cache that fails later (disk full mid-run) must not print JAX's raw warnings per program.
     warnings.filterwarnings("ignore", message=".*[Cc]ache.*", category=UserWarning,
                             module=r"jax\..*")
-    return True
+
+
+def in_use() -> Path | None:
+    """The directory JAX's persistent cache is using in this process, if any."""
+    import jax
+
+    directory = jax.config.jax_compilation_cache_dir
+    return Path(directory) if directory else None

@@ -563,10 +563,10 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
                              "or make one more patch of them, repeated")
     parser.add_argument("--pad", choices=("zero", "repeat"), default=None,
                         help="pad audio shorter than one patch (default: report it as too short)")
-    parser.add_argument("--resampler", choices=("essentia", "soxr", "jax"), default="essentia",
-                        help="resampling to 16 kHz: libsamplerate as Essentia (default), soxr "
-                             "as librosa/musicnn, or Essentia's converter in JAX (within 1e-6 "
-                             "of it, less CPU time)")
+    parser.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
+                        help="resampling to 16 kHz: Essentia's converter (default; in JAX at "
+                             "44.1/48/32/96 kHz, within 1e-6 of it), libsamplerate itself "
+                             "(Essentia's samples bit for bit, slower), or soxr as librosa/musicnn")
     parser.add_argument("--decoder", choices=("essentia", "float"), default="essentia",
                         help="MP3 and other compressed audio: as the essentia-tensorflow wheel "
                              "decodes it (default: 16-bit, clipped) or FFmpeg's float decoders "
@@ -663,8 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
                       help="at the end of the input: drop the frames after the last full patch, "
                            "or make one more patch of them, repeated")
-    live.add_argument("--resampler", choices=("essentia", "soxr", "jax"), default="essentia",
-                      help="resampling to 16 kHz (default: libsamplerate, as Essentia)")
+    live.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
+                      help="resampling to 16 kHz (default: Essentia's converter; see tag --help)")
     live.add_argument("--no-cache", action="store_true",
                       help="do not use the persistent compilation cache")
     live.set_defaults(func=cmd_stream)

@@ -257,7 +257,7 @@ def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str]
       output: a name :meth:`Model.apply` accepts (default ``"predictions"``),
         or several names (then a dict is returned).
       patch_hop, last_patch, pad, compat: see :func:`plan`.
-      resampler: ``"essentia"``, ``"soxr"`` or ``"jax"`` (:func:`jaxmir.audio.prepare_audio`).
+      resampler: ``"essentia"``, ``"samplerate"`` or ``"soxr"`` (:func:`jaxmir.audio.prepare_audio`).
       bucket: see :func:`plan` (JAX arrays only; the engine computes exact lengths).
       chunk: patches per model call; share_overlap: see :func:`run_plan`.
 

@@ -6,12 +6,14 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
 
 1. **mono**: PCM to float32 and Essentia's downmix ``(left + right) * 0.5``
    (:func:`jaxmir.audio.prepare_audio`, chunk by chunk: it is sample-wise).
-2. **resample** to 16 kHz (:class:`Resampling`): ``"essentia"`` is
-   libsamplerate's ``SINC_MEDIUM`` state machine driven with Essentia's float32
-   ratio, the converter ``samplerate.resample`` runs in one call, so the
-   samples are the same; ``"soxr"`` is ``soxr.ResampleStream`` with librosa's
-   output length ``ceil(n * 16000 / rate)`` applied at the end; ``"jax"`` is
-   :class:`jaxmir.resample.SincResampler`, equal to its one-shot call.
+2. **resample** to 16 kHz (:class:`Resampling`), the same samples as
+   :func:`jaxmir.audio.prepare_audio` with the same ``resampler``: for ``"essentia"``,
+   :class:`jaxmir.resample.SincResampler` at the rates its matrix-product kernel serves
+   (equal to the one-shot call bit for bit) and elsewhere, as ``"samplerate"`` always,
+   libsamplerate's ``SINC_MEDIUM`` state machine driven with Essentia's float32 ratio (the
+   converter ``samplerate.resample`` runs in one call); ``"soxr"`` is
+   ``soxr.ResampleStream`` with librosa's output length ``ceil(n * 16000 / rate)``
+   applied at the end.
 3. **frames and patches**: frame ``k`` reads samples ``[first + k * hop,
    first + k * hop + size)`` (Essentia's centred framing: ``first = -size / 2``,
    zeros before the start and after the end). A regular patch ``p`` (frames
@@ -49,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.audio import RESAMPLERS, check_rate, prepare_audio
+from jaxmir.audio import RESAMPLERS, check_rate, implementation, prepare_audio
 from jaxmir.decode import iter_blocks
 from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
@@ -57,7 +59,7 @@ from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import with_overlap_hop
 from jaxmir.models.runner import run_patches, tapped_outputs
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
-from jaxmir.resample import essentia_ratio
+from jaxmir.resample import SincResampler, essentia_ratio
 from jaxmir.spec import Frontend
 
 if TYPE_CHECKING:
@@ -251,20 +253,19 @@ class Resampling:
         if resampler not in RESAMPLERS:
             raise AudioError(f"unknown resampler {resampler!r}; accepted: "
                              + ", ".join(repr(r) for r in RESAMPLERS))
-        self.in_rate, self.out_rate, self.kind = in_rate, out_rate, resampler
+        self.in_rate, self.out_rate = in_rate, out_rate
         self.n_in = self.n_out = 0
         self._held = np.zeros(0, np.float32)
+        self.kind = implementation(resampler, in_rate, out_rate)
         if in_rate == out_rate:
             self._state = None
-        elif resampler == "essentia":
+        elif self.kind == "jax":
+            self._state = SincResampler(in_rate, out_rate)
+        elif self.kind == "samplerate":
             import samplerate
 
             self._ratio = essentia_ratio(in_rate, out_rate)
             self._state = samplerate.Resampler("sinc_medium", channels=1)
-        elif resampler == "jax":
-            from jaxmir.resample import SincResampler
-
-            self._state = SincResampler(in_rate, out_rate)
         else:
             import soxr
 
@@ -289,7 +290,7 @@ class Resampling:
         if self._state is None:
             self.n_out += x.shape[0]
             return x
-        if self.kind == "essentia":
+        if self.kind == "samplerate":
             out = self._sinc(x, False)
             self.n_out += out.shape[0]
             return out
@@ -303,7 +304,7 @@ class Resampling:
     def close(self) -> np.ndarray:
         if self._state is None:
             return np.zeros(0, np.float32)
-        if self.kind == "essentia":
+        if self.kind == "samplerate":
             # libsamplerate's end of input pads with zeros: explicit zeros give the same samples,
             # and samplerate.resample returns floor(n * ratio) of them.
             zeros = np.zeros(math.ceil(4096 / self._ratio) + 1, np.float32)

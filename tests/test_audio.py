@@ -22,28 +22,47 @@ def reference(name: str) -> dict:
 def test_chirp_44k1_stereo_matches_essentia_monoloader():
     """Downmix + libsamplerate sinc-medium with Essentia's float32 ratio: sample-exact."""
     ref = reference("chirp_44k1_stereo")
-    audio = load_audio(shared_fixture(CHIRP))
+    audio = load_audio(shared_fixture(CHIRP), resampler="samplerate")
     assert audio.dtype == np.float32 and audio.shape == ref["audio_16k"].shape
     assert np.max(np.abs(audio - ref["audio_16k"])) == 0.0
 
 
 def test_22k05_resampling_matches_essentia():
-    """TRWJAZ... (22.05 kHz): Essentia's downmix resampled the same way gives its 16-kHz signal exactly."""
+    """TRWJAZ... (22.05 kHz): Essentia's downmix resampled the same way gives its 16-kHz signal
+    exactly; the default resampler runs libsamplerate itself at this rate."""
     ref = reference("TRWJAZW128F42760DD_test")
-    audio = prepare_audio(ref["downmix_native"], int(ref["loader_native_sr"]))
-    assert audio.shape == ref["audio_16k"].shape
-    assert np.max(np.abs(audio - ref["audio_16k"])) == 0.0
+    for resampler in ("samplerate", "essentia"):
+        audio = prepare_audio(ref["downmix_native"], int(ref["loader_native_sr"]), resampler=resampler)
+        assert audio.shape == ref["audio_16k"].shape
+        assert np.max(np.abs(audio - ref["audio_16k"])) == 0.0
 
 
-@pytest.mark.parametrize("name", ["chirp_44k1_stereo", "TRWJAZW128F42760DD_test"])
-def test_jax_resampler_matches_essentia(name):
-    """resampler="jax" (the converter in JAX; float64 matrix products at 44.1 kHz, float32
-    sums at 22.05 kHz) against Essentia's own 16-kHz signal. 1e-6: the resampler's parity
-    bound (tests/test_resample.py), where a wrong tap or position moves samples by >= 1e-5."""
-    ref = reference(name)
-    audio = prepare_audio(ref["downmix_native"], int(ref["loader_native_sr"]), resampler="jax")
+# 1e-6: the JAX resampler's parity bound (tests/test_resample.py), where a wrong tap or
+# position moves samples by >= 1e-5.
+JAX_TOL = 1e-6
+
+
+def test_default_resampler_matches_essentia_at_44k1():
+    """The default at 44.1 kHz is the converter in JAX (float64 matrix products) against
+    Essentia's own 16-kHz signal."""
+    from jaxmir.audio import implementation
+
+    ref = reference("chirp_44k1_stereo")
+    assert implementation("essentia", 44100, 16000) == "jax"
+    audio = load_audio(shared_fixture(CHIRP))
     assert audio.dtype == np.float32 and audio.shape == ref["audio_16k"].shape
-    assert np.max(np.abs(audio - ref["audio_16k"])) <= 1e-6
+    assert np.max(np.abs(audio - ref["audio_16k"])) <= JAX_TOL
+
+
+def test_jax_resampler_at_22k05_matches_essentia():
+    """jaxmir.resample at 22.05 kHz (float32 sums, the position recurrence run as a scan), which
+    the default leaves to libsamplerate, against Essentia's own 16-kHz signal."""
+    from jaxmir.resample import resample
+
+    ref = reference("TRWJAZW128F42760DD_test")
+    audio = resample(ref["downmix_native"], int(ref["loader_native_sr"]), 16000)
+    assert audio.dtype == np.float32 and audio.shape == ref["audio_16k"].shape
+    assert np.max(np.abs(audio - ref["audio_16k"])) <= JAX_TOL
 
 
 def test_float32_ratio_is_what_makes_it_exact():
@@ -205,7 +224,7 @@ def test_target_rate_checked(tmp_path):
 
 
 def test_unknown_resampler():
-    with pytest.raises(AudioError, match="unknown resampler 'kaiser'; accepted: 'essentia', 'soxr'"):
+    with pytest.raises(AudioError, match="unknown resampler 'kaiser'; accepted: 'essentia', 'samplerate', 'soxr'"):
         load_audio(shared_fixture(SINES), resampler="kaiser")
     with pytest.raises(AudioError, match="unknown resampler"):
         prepare_audio(np.zeros(100, np.float32), 16000, resampler="librosa")

@@ -28,6 +28,7 @@ from jaxmir.errors import AudioError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.stream import BATCH
 
+READ_FRAMES = 1 << 18  # frames decoded and resampled at a time: ~6 s at 44.1 kHz, 2 MB in stereo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,12 +121,12 @@ def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
     """
     from jaxmir.audio import load_audio
     from jaxmir.decode import MODES, iter_blocks
-    from jaxmir.stream import BLOCK_FRAMES, MonoInput, Resampling
+    from jaxmir.stream import MonoInput, Resampling
 
     if decoder not in MODES:  # soundfile: whole-file reads, as load_audio does them
         return load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder, strict=strict)
     pieces = []
-    with iter_blocks(path, BLOCK_FRAMES, decoder, strict) as blocks:
+    with iter_blocks(path, READ_FRAMES, decoder, strict) as blocks:
         downmix = MonoInput(blocks.sample_rate)
         resampling = Resampling(blocks.sample_rate, SAMPLE_RATE, resampler)
         pieces = [resampling.push(downmix(block)) for block in blocks]

@@ -17,6 +17,7 @@ import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from jaxmir.collection import compute
@@ -42,6 +43,16 @@ def _die_with_parent() -> None:
             pass
         if os.getppid() == 1:  # the parent died before prctl
             os._exit(1)
+
+
+def _start_worker(cache_directory: str | None) -> None:
+    """Worker initializer: die with the parent; compile into the parent's persistent cache (the
+    resampler's programs then compile once per collection, not once per worker and run)."""
+    _die_with_parent()
+    if cache_directory is not None:
+        from jaxmir import cache
+
+        cache.use(Path(cache_directory))
 
 
 def _died(path: str) -> CollectionError:
@@ -75,8 +86,11 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
     context = multiprocessing.get_context("spawn")
     pending: collections.deque = collections.deque()
     queue = iter(sources)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
-                             initializer=_die_with_parent) as pool:
+    from jaxmir import cache
+
+    shared = cache.in_use()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(None if shared is None else str(shared),)) as pool:
         try:
             for source in queue:
                 try:
