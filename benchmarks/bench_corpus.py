@@ -2,6 +2,7 @@
 
     python benchmarks/bench_corpus.py                  # 24 tracks of 1-4 min
     python benchmarks/bench_corpus.py --tracks 24 --min-s 20 --max-s 60 --jobs 2
+    python benchmarks/bench_corpus.py --no-essentia --batch 64    # jaxmir alone, e.g. on a GPU
 
 The script generates the collection (MP3, FLAC and WAV; 22.05-48 kHz; mono and
 stereo; tones, chords and noise bursts) with soundfile, then times, each in its
@@ -71,15 +72,17 @@ def generate(folder: Path, tracks: int, min_s: float, max_s: float) -> float:
 
 JAXMIR = """
 import json, resource, sys, time
+import jax
 import jaxmir
-from jaxmir.collection import collect
+from jaxmir.collection import Options, collect
 if __name__ == "__main__":
-    folder, output, jobs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    folder, output, jobs, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     start = time.perf_counter()
     model = jaxmir.load("msd-musicnn")
     tally = collect(model, [folder], output, name="msd-musicnn", jobs=jobs, overwrite=True,
-                    progress=False)
+                    options=Options(batch=batch), progress=False)
     print(json.dumps({"wall_s": time.perf_counter() - start, "ok": tally.ok, "failed": tally.failed,
+                      "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
                       "audio_s": tally.audio_s,
                       "peak_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "peak_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
@@ -115,22 +118,38 @@ def run(script: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def report(name: str, result: dict) -> None:
+    device = f" on {result['device']}" if "device" in result else ""
+    workers = (f", workers {result['peak_worker_mb']:.0f} MB each at most"
+               if "peak_worker_mb" in result else "")
+    print(f"{name:40s} {result['wall_s']:7.1f} s  {result['audio_s'] / result['wall_s']:6.1f}x real "
+          f"time  peak {result['peak_main_mb']:.0f} MB{workers}  ({result['ok']} files){device}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracks", type=int, default=24)
     parser.add_argument("--min-s", type=float, default=60.0)
     parser.add_argument("--max-s", type=float, default=240.0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--batch", type=int, default=8, help="patches per model call")
     parser.add_argument("--folder", default=str(ROOT / "build" / "corpus"))
+    parser.add_argument("--no-essentia", action="store_true",
+                        help="jaxmir alone (where essentia-tensorflow is not installed, e.g. a GPU machine)")
     args = parser.parse_args(argv)
     folder = Path(args.folder) / f"{args.tracks}x{args.min_s:g}-{args.max_s:g}s"
     audio_s = generate(folder, args.tracks, args.min_s, args.max_s)
-    graph = graphs_dir() / "msd-musicnn-1.pb"
     print(f"CPU: {cpu_line()}")
     print(f"collection: {args.tracks} tracks (MP3/FLAC/WAV, 22.05-48 kHz, mono+stereo), "
           f"{audio_s / 60:.1f} min of audio")
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run(JAXMIR, str(folder), str(Path(tmp) / "tags.parquet"), str(args.jobs))
+        ours = run(JAXMIR, str(folder), str(Path(tmp) / "tags.parquet"), str(args.jobs),
+                   str(args.batch))
+        if args.no_essentia:
+            report(f"jaxmir collect (--jobs {args.jobs}, --batch {args.batch})", ours)
+            print(f"{ours['ok'] * 3600 / ours['wall_s']:.0f} tracks per hour")
+            return
+        graph = graphs_dir() / "msd-musicnn-1.pb"
         theirs = run(ESSENTIA, str(folder), str(graph), str(Path(tmp) / "essentia.json"))
         import pyarrow.parquet as pq
         import jaxmir
@@ -140,11 +159,8 @@ def main(argv=None) -> None:
         reference = json.loads((Path(tmp) / "essentia.json").read_text())
         diff = max(float(np.max(np.abs(table.loc[p, labels].to_numpy(np.float64) - np.asarray(v))))
                    for p, v in reference.items())
-    for name, result in (("jaxmir collect (--jobs %d)" % args.jobs, ours), ("Essentia loop", theirs)):
-        workers = (f", workers {result['peak_worker_mb']:.0f} MB each at most"
-                   if "peak_worker_mb" in result else "")
-        print(f"{name:28s} {result['wall_s']:7.1f} s  {result['audio_s'] / result['wall_s']:6.1f}x real "
-              f"time  peak {result['peak_main_mb']:.0f} MB{workers}  ({result['ok']} files)")
+    report(f"jaxmir collect (--jobs {args.jobs}, --batch {args.batch})", ours)
+    report("Essentia loop", theirs)
     print(f"speed-up {theirs['wall_s'] / ours['wall_s']:.2f}x; max |mean tag difference| {diff:.2e}")
 
 

@@ -338,7 +338,7 @@ def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypat
 
 
 # -- the command-line drop-in ------------------------------------------------------------------------
-def test_run_tag_and_embed_commands(music, model, tmp_path, capsys):
+def test_run_tag_and_embed_commands(music, model, tmp_path, capsys, monkeypatch):
     parser = argparse.ArgumentParser()
     parser.add_argument("files", nargs="+")
     parser.add_argument("-o", "--output")
@@ -358,9 +358,17 @@ def test_run_tag_and_embed_commands(music, model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(bad) in err and "2 ok, 1 failed" in err and "x real time" in err
     assert not commands.is_collection(parser.parse_args(["x", "-o", "t.csv", "-f", "csv"]), "tag")
+    batches, stream_files = [], compute.stream_files
+
+    def recording_stream_files(model, sources, options):
+        batches.append(options.batch)
+        return stream_files(model, sources, options)
+
+    monkeypatch.setattr(compute, "stream_files", recording_stream_files)
     args = parser.parse_args([str(music / "rock"), "-o", str(tmp_path / "emb"), "-j", "0",
-                              "--no-progress"])
+                              "--batch", "3", "--no-progress"])
     assert commands.run_embed(args, model, None) == 0
+    assert batches == [3]
     assert capsys.readouterr().out.count(" -> ") == 2
 
 

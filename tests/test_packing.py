@@ -48,10 +48,20 @@ def _items(signals) -> list[Decoded]:
     Options(),
     Options(last_patch="repeat", pad="zero"),
     Options(output="embeddings", pad="repeat", patch_hop=0),
-], ids=["essentia-defaults", "repeat-last-zero-pad", "embeddings-no-overlap"])
-def test_packed_calls_equal_predict(model, signals, options):
+    Options(batch=3),
+], ids=["essentia-defaults", "repeat-last-zero-pad", "embeddings-no-overlap", "calls-of-3"])
+def test_packed_calls_equal_predict(model, signals, options, monkeypatch):
+    batches = []
+
+    class RecordingPacker(Packer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            batches.append(self.batch)
+
+    monkeypatch.setattr(compute, "Packer", RecordingPacker)
     found = {item.source.path: outcome
              for item, outcome in compute.analyze_stream(model, _items(signals), options)}
+    assert batches == [options.batch]
     assert len(found) == len(signals)
     for number, audio in enumerate(signals):
         outcome = found[f"track-{number}.wav"]
@@ -68,6 +78,12 @@ def test_packed_calls_equal_predict(model, signals, options):
         else:
             np.testing.assert_allclose(got, want, rtol=0,
                                        atol=EMBEDDINGS_RTOL * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("batch", [0, -2, 2.5, True])
+def test_batch_must_be_a_positive_integer(batch):
+    with pytest.raises(InputError, match="batch must be a positive integer"):
+        Options(batch=batch)
 
 
 def test_packs_mix_files_and_runs_keep_one_file(model, signals):

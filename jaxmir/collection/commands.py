@@ -18,6 +18,7 @@ from jaxmir.collection.outputs import kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import Layout, Result
 from jaxmir.errors import InputError
+from jaxmir.stream import BATCH
 
 EXIT_OK, EXIT_FAILED = 0, 1
 COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
@@ -31,8 +32,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def add_collection_options(parser: argparse.ArgumentParser) -> None:
-    """``--jobs``, ``--engine``, ``--per-patch``, ``--overwrite``, ``--flush-every``, ``--actors``."""
+    """``--jobs``, ``--engine``, ``--per-patch``, ``--overwrite``, ``--flush-every``, ``--actors``,
+    ``--batch``."""
     group = parser.add_argument_group(
         "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tags) or a folder (.npy): "
                        "one row per file, written as files are done; a rerun resumes")
@@ -44,6 +54,9 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
                             "when unset); needs pip install 'jaxmir[ray]'")
     group.add_argument("--actors", metavar="N", type=non_negative_int, default=None,
                        help="--engine ray: model actors (default: one per GPU, else 1)")
+    group.add_argument("--batch", metavar="N", type=positive_int, default=BATCH,
+                       help=f"patches per model call (default {BATCH}); larger calls keep a GPU "
+                            "busy, the outputs change only by float32 rounding (~1e-7)")
     group.add_argument("--per-patch", action="store_true",
                        help="also write every patch's output (column 'patches', [n_patches, dim])")
     group.add_argument("--overwrite", action="store_true",
@@ -163,7 +176,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
 def _options(args: argparse.Namespace, output: str, hop: int | None) -> Options:
     return Options(output=output, patch_hop=hop, last_patch=args.last_patch, pad=args.pad,
                    resampler=args.resampler, decoder=getattr(args, "decoder", "essentia"),
-                   strict=getattr(args, "strict", False))
+                   strict=getattr(args, "strict", False), batch=getattr(args, "batch", BATCH))
 
 
 def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | None,

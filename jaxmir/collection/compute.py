@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
-from jaxmir.errors import AudioError, JaxmirError
+from jaxmir.errors import AudioError, InputError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.stream import BATCH
 
@@ -33,10 +33,12 @@ READ_FRAMES = 1 << 18  # frames decoded and resampled at a time: ~6 s at 44.1 kH
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """What to compute for each file (the patch options of ``Model.predict``).
+    """What to compute for each file (the patch options of ``Model.predict``), and how.
 
     ``output`` is a name ``Model.apply`` accepts (``"predictions"`` for tags,
-    ``"embeddings"`` or a layer for embeddings).
+    ``"embeddings"`` or a layer for embeddings). ``batch`` is the patches per
+    model call: larger calls keep a GPU busy; the outputs differ only by float32
+    summation order (~1e-7 on tags), so a resumed run may change it.
     """
 
     output: str = "predictions"
@@ -46,6 +48,12 @@ class Options:
     resampler: str = "essentia"
     decoder: str = "essentia"
     strict: bool = False
+    batch: int = BATCH
+
+    def __post_init__(self):
+        if isinstance(self.batch, bool) or not isinstance(self.batch, (int, np.integer)) \
+                or self.batch < 1:
+            raise InputError(f"batch must be a positive integer, got {self.batch!r}")
 
 
 @dataclasses.dataclass
@@ -233,11 +241,11 @@ def _collect(files: dict, finished: Finished, output: str
                 yield file.item, {output: file.values}
 
 
-def analyze_stream(model, items: Iterable[Decoded], options: Options, batch: int | None = None
+def analyze_stream(model, items: Iterable[Decoded], options: Options
                    ) -> Iterator[tuple[Decoded, dict[str, np.ndarray] | str]]:
     """``(item, outputs)`` or ``(item, error message)`` for each decoded item, as each completes.
 
-    Patches of all the items go to the model packed in calls of ``batch``
+    Patches of all the items go to the model packed in calls of ``options.batch``
     (default 8) patches (:mod:`jaxmir.collection.packing`): two compiled
     programs for a whole collection. Each item's samples are dropped once it
     is cut; a file waits for its last patches until a pack is full, so at most
@@ -246,7 +254,7 @@ def analyze_stream(model, items: Iterable[Decoded], options: Options, batch: int
     the model and takes the next call as soon as it is free.
     """
     packer = Packer(model, patch_hop=options.patch_hop, last_patch=options.last_patch,
-                    pad=options.pad, batch=batch or BATCH)
+                    pad=options.pad, batch=options.batch)
     _, taps = model.resolve_outputs(options.output)
     files: dict[int, _File] = {}
     devices = _Devices(model, packer, taps)
@@ -287,7 +295,8 @@ def stream_files(model, sources: Iterable[Source], options: Options
                 with file_stream(model, path, options.output, decoder=options.decoder,
                                  strict=options.strict, patch_hop=options.patch_hop,
                                  last_patch=options.last_patch, pad=options.pad,
-                                 resampler=options.resampler) as (stream, found):
+                                 resampler=options.resampler, batch=options.batch
+                                 ) as (stream, found):
                     parts = [patches.values[options.output] for patches in found]
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
             yield Decoded(source, error=error_message(path, err)), error_message(path, err)
