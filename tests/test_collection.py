@@ -224,6 +224,28 @@ def test_refuses_another_models_output(music, model, tmp_path):
                 name="mtt-musicnn", options=Options(patch_hop=40), jobs=0, progress=False)
 
 
+def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music, model, tmp_path):
+    """Options(dtype="bfloat16") runs the model cast by Model.astype; the same code as
+    Model.predict on the same signal, so the rows equal the bf16 model's means exactly."""
+    path = str(music / "rock" / "b.flac")
+    out = str(tmp_path / "tags.jsonl")
+    collect(model, [path], out, name="msd-musicnn", options=Options(dtype="bfloat16"), jobs=0,
+            progress=False)
+    row = json.loads(Path(out).read_text().splitlines()[-1])
+    low = model.astype("bfloat16")
+    audio = jaxmir.load_audio(path, 16000)
+    means = np.asarray(low.predict(audio, 16000), np.float64).mean(axis=0)
+    assert row["settings"]["dtype"] == "bfloat16"
+    np.testing.assert_array_equal([row["tags"][label] for label in model.labels], means)
+    full = np.asarray(model.predict(audio, 16000), np.float64).mean(axis=0)
+    assert np.max(np.abs(means - full)) > 1e-4  # bfloat16 did run
+    with pytest.raises(InputError, match=r"holds results of .*dtype: 'bfloat16' there, None now") as err:
+        collect(model, [path], out, name="msd-musicnn", jobs=0, progress=False)
+    assert "not an output of jaxmir" not in str(err.value) and str(err.value).count("--overwrite") == 1
+    with pytest.raises(InputError, match="unknown dtype"):
+        Options(dtype="float16")
+
+
 def test_torn_last_line_is_dropped(music, model, tmp_path):
     out = tmp_path / "tags.jsonl"
     collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0, progress=False,

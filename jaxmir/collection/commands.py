@@ -98,6 +98,8 @@ def identity(name: str, model, command: str, options: Options) -> dict:
     fields = {"model": name, "command": command, "output": options.output,
               "patch_hop": int(hop) or frontend.patch_size, "last_patch": options.last_patch,
               "pad": options.pad, "resampler": options.resampler}
+    if options.dtype != "float32":  # float32 outputs written before this field existed still match
+        fields["dtype"] = options.dtype
     if command == "tag":
         fields["labels"] = list(model.labels)
     return fields
@@ -114,7 +116,8 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
       model: a loaded :class:`jaxmir.Model` (the Ray engine loads ``name`` in its actors).
       output: ``.parquet`` (a folder of parts), ``.jsonl``, ``.csv`` or a folder of ``.npy``.
       command: ``"tag"`` (a column per label) or ``"embed"`` (an ``embedding`` column).
-      options: the output name and patch options of ``Model.predict``.
+      options: the output name and patch options of ``Model.predict``, the dtype
+        (``"bfloat16"`` casts ``model``) and the patches per call.
       name, backbone: the model's name (default: ``model.source``) and backbone, recorded
         in the output; the Ray engine's actors load ``jaxmir.load(name, backbone=backbone)``.
       jobs: decoding processes (default one per core; 0 = in this process).
@@ -132,6 +135,8 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
         every row written before it is kept.
     """
     name = name or str(model.source)
+    if options.dtype != "float32":
+        model = model.astype(options.dtype)
     shown = f"{name}+{backbone}" if backbone else name
     fields = identity(shown, model, command, options)
     if command == "embed":
@@ -176,7 +181,9 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
 def _options(args: argparse.Namespace, output: str, hop: int | None) -> Options:
     return Options(output=output, patch_hop=hop, last_patch=args.last_patch, pad=args.pad,
                    resampler=args.resampler, decoder=getattr(args, "decoder", "essentia"),
-                   strict=getattr(args, "strict", False), batch=getattr(args, "batch", BATCH))
+                   strict=getattr(args, "strict", False),
+                   dtype="bfloat16" if getattr(args, "bf16", False) else "float32",
+                   batch=getattr(args, "batch", BATCH))
 
 
 def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | None,

@@ -36,9 +36,11 @@ class Options:
     """What to compute for each file (the patch options of ``Model.predict``), and how.
 
     ``output`` is a name ``Model.apply`` accepts (``"predictions"`` for tags,
-    ``"embeddings"`` or a layer for embeddings). ``batch`` is the patches per
-    model call: larger calls keep a GPU busy; the outputs differ only by float32
-    summation order (~1e-7 on tags), so a resumed run may change it.
+    ``"embeddings"`` or a layer for embeddings). ``dtype`` ``"bfloat16"`` runs
+    the model in bfloat16 (``Model.astype``; opt-in, ~1e-2 from float32 on tags).
+    ``batch`` is the patches per model call: larger calls keep a GPU busy; the
+    outputs differ only by float32 summation order (~1e-7 on tags), so a resumed
+    run may change it.
     """
 
     output: str = "predictions"
@@ -48,9 +50,12 @@ class Options:
     resampler: str = "essentia"
     decoder: str = "essentia"
     strict: bool = False
+    dtype: str = "float32"
     batch: int = BATCH
 
     def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise InputError(f"unknown dtype {self.dtype!r}; accepted: 'float32', 'bfloat16'")
         if isinstance(self.batch, bool) or not isinstance(self.batch, (int, np.integer)) \
                 or self.batch < 1:
             raise InputError(f"batch must be a positive integer, got {self.batch!r}")

@@ -168,6 +168,8 @@ class LinesWriter(Writer):
         body = lines[1:] if self.csv and lines else lines
         try:
             rows = self._parse(lines)
+        except InputError:  # another model's or other settings' output: already said so
+            raise
         except (ValueError, KeyError, UnicodeDecodeError) as err:
             raise InputError(f"{self.path}: not an output of jaxmir ({err}); give another --output, "
                              "or --overwrite to start it over") from None

@@ -91,6 +91,8 @@ class ModelActor:
         import jaxmir
 
         self.model = jaxmir.load(model, backbone=backbone) if backbone else jaxmir.load(model)
+        if options.dtype != "float32":
+            self.model = self.model.astype(options.dtype)
         self.options, self.layout, self.raw = options, layout, raw
 
     def _results(self, batch: dict) -> list[Result]:
