@@ -93,11 +93,6 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     return jaxmir.load(name, backbone=backbone) if backbone else model
 
 
-def _in_precision(model, args: argparse.Namespace):
-    """``model`` in bfloat16 with ``--bf16``, else as loaded (float32, for parity)."""
-    return model.astype("bfloat16") if getattr(args, "bf16", False) else model
-
-
 # -- patch options ----------------------------------------------------------------------------
 def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | None:
     """Frames between patches from ``--overlap`` seconds or ``--patch-hop`` frames (None: default 93)."""
@@ -298,11 +293,14 @@ def cmd_tag(args) -> int:
 
     from jaxmir.collection import commands as collection
 
-    model = _in_precision(_load_model(args.model, args.backbone), args)
+    model = _load_model(args.model, args.backbone)
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     if collection.is_collection(args, "tag"):
-        return collection.run_tag(args, model, hop)
+        return collection.run_tag(args, model, hop)  # --bf16 casts it through the options
+    dtype = collection.dtype_of(args)
+    if dtype != "float32":
+        model = model.astype(dtype)
     args.files = _expand_each(args.files)
     stream = args.format == "text" and args.output is None
     if args.plot is not None:
@@ -327,7 +325,7 @@ def cmd_tag(args) -> int:
                   "labels": list(model.labels), "patch_frames": size, "patch_hop_frames": resolved,
                   "patch_s": round(size * seconds, 4), "patch_hop_s": round(resolved * seconds, 4),
                   "last_patch": args.last_patch, "pad": args.pad,
-                  "dtype": "bfloat16" if args.bf16 else "float32"}
+                  "dtype": dtype}
         text = format_json(results, header)
     _emit(text, args.output, args.overwrite)
     return EXIT_FAILED if failed else EXIT_OK
@@ -339,7 +337,7 @@ def cmd_embed(args) -> int:
     from jaxmir import pipeline
     from jaxmir.collection import commands as collection
 
-    model = _in_precision(_load_model(args.model, args.backbone), args)
+    model = _load_model(args.model, args.backbone)
     pipeline.frontend_of(model)
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     model.resolve_output(args.layer)  # an unknown name fails here, once, listing the names

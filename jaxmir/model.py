@@ -25,6 +25,15 @@ from jaxmir.spec import Frontend, ModelSpec
 APPLY_CHUNK = 4
 MAX_CHUNKED_WEIGHTS = 1 << 22
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # what Model.astype accepts
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` if :meth:`Model.astype` accepts it; otherwise an :class:`InputError`."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; accepted: {', '.join(map(repr, DTYPES))}")
+    return dtype
+
 
 def default_chunk(variables: Mapping) -> int | None:
     """Patches per step for a model's variables in :meth:`Model.apply`, or ``None`` for whole batches."""
@@ -227,11 +236,9 @@ class Model:
         ``benchmarks/bench_precision.py``: ~1e-2 on tags, far from parity's 1e-5.
         Float32 runs every product at full precision (never TF32 on GPUs).
         """
-        kinds = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-        if dtype not in kinds:
-            raise InputError(f"unknown dtype {dtype!r}; accepted: 'float32', 'bfloat16'")
+        check_dtype(dtype)
         def cast(leaf):
-            return leaf.astype(kinds[dtype]) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+            return leaf.astype(DTYPES[dtype]) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
         return dataclasses.replace(self, variables=jax.tree_util.tree_map(cast, self.variables))
 
     # -- from audio (jaxmir.pipeline) ------------------------------------------------------

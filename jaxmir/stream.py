@@ -73,6 +73,13 @@ BATCH = 8
 SINGLE_LIMIT = 4
 
 
+def check_batch(batch) -> int:
+    """``batch`` (patches per model call) as an int; a non-positive or non-integer one raises."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    return int(batch)
+
+
 def frontend_of(model: "Model") -> Frontend:
     """The front-end of a model that runs on audio; a clear error for a head on embeddings."""
     if model.frontend is not None:
@@ -377,11 +384,10 @@ class Stream:
         patch_starts(0, size, hop, last_patch)  # checks hop and last_patch
         if pad not in PAD_MODES:
             raise InputError(f"unknown pad {pad!r}; accepted: None, 'zero', 'repeat'")
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise InputError(f"batch must be a positive integer, got {batch!r}")
+        batch = check_batch(batch)
         self.patch_size, self.patch_hop = size, int(hop) or size
         self.last_patch, self.pad, self.compat = last_patch, pad, compat
-        self.batch, self.require_patch = int(batch), require_patch
+        self.batch, self.require_patch = batch, require_patch
         self.windowing = Windowing.of(self.frontend, compat)
         self._plain = model.module
         self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module

@@ -135,8 +135,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
         every row written before it is kept.
     """
     name = name or str(model.source)
-    if options.dtype != "float32":
-        model = model.astype(options.dtype)
+    model = options.cast(model)
     shown = f"{name}+{backbone}" if backbone else name
     fields = identity(shown, model, command, options)
     if command == "embed":
@@ -178,11 +177,16 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     return tally
 
 
+def dtype_of(args: argparse.Namespace) -> str:
+    """The model's dtype a command asks for: ``--bf16`` or float32."""
+    return "bfloat16" if getattr(args, "bf16", False) else "float32"
+
+
 def _options(args: argparse.Namespace, output: str, hop: int | None) -> Options:
     return Options(output=output, patch_hop=hop, last_patch=args.last_patch, pad=args.pad,
                    resampler=args.resampler, decoder=getattr(args, "decoder", "essentia"),
                    strict=getattr(args, "strict", False),
-                   dtype="bfloat16" if getattr(args, "bf16", False) else "float32",
+                   dtype=dtype_of(args),
                    batch=getattr(args, "batch", BATCH))
 
 

@@ -24,9 +24,10 @@ import numpy as np
 
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
-from jaxmir.errors import AudioError, InputError, JaxmirError
+from jaxmir.errors import AudioError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
-from jaxmir.stream import BATCH
+from jaxmir.model import check_dtype
+from jaxmir.stream import BATCH, check_batch
 
 READ_FRAMES = 1 << 18  # frames decoded and resampled at a time: ~6 s at 44.1 kHz, 2 MB in stereo
 
@@ -54,11 +55,12 @@ class Options:
     batch: int = BATCH
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise InputError(f"unknown dtype {self.dtype!r}; accepted: 'float32', 'bfloat16'")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, (int, np.integer)) \
-                or self.batch < 1:
-            raise InputError(f"batch must be a positive integer, got {self.batch!r}")
+        check_dtype(self.dtype)
+        check_batch(self.batch)
+
+    def cast(self, model):
+        """``model`` in bfloat16 where ``dtype`` asks for it; float32 leaves the model as given."""
+        return model.astype(self.dtype) if self.dtype != "float32" else model
 
 
 @dataclasses.dataclass

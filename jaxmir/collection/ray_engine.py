@@ -90,9 +90,8 @@ class ModelActor:
                  raw: bool = False):
         import jaxmir
 
-        self.model = jaxmir.load(model, backbone=backbone) if backbone else jaxmir.load(model)
-        if options.dtype != "float32":
-            self.model = self.model.astype(options.dtype)
+        loaded = jaxmir.load(model, backbone=backbone) if backbone else jaxmir.load(model)
+        self.model = options.cast(loaded)
         self.options, self.layout, self.raw = options, layout, raw
 
     def _results(self, batch: dict) -> list[Result]:
