@@ -438,6 +438,8 @@ def cmd_stream(args) -> int:
     from jaxmir.errors import InputError
 
     model = _load_model(args.model, args.backbone)
+    if args.bf16:
+        model = model.astype("bfloat16")
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)
@@ -672,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "or make one more patch of them, repeated")
     live.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
                       help="resampling to 16 kHz (default: Essentia's converter; see tag --help)")
+    live.add_argument("--bf16", action="store_true",
+                      help="compute the patches in bfloat16 (opt-in; see tag --help)")
     live.add_argument("--no-cache", action="store_true",
                       help="do not use the persistent compilation cache")
     live.set_defaults(func=cmd_stream)

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 import jaxmir
-from conftest import ROOT, shared_fixture
+from conftest import BF16_TAGS_ATOL, ROOT, shared_fixture
 from jaxmir import cli
 
 SR = 44100
@@ -110,12 +110,6 @@ def test_tag_json_on_every_pcm_width(capsys, wavs, musicnn):
     # and what the API gives for the file
     direct = musicnn.predict(jaxmir.load_audio(wavs["PCM_16"]), 16000)
     np.testing.assert_allclose(report["files"][1]["taggram"], direct, atol=1e-6)
-
-
-# bfloat16 keeps 8 bits of mantissa (relative steps of 2**-8 ~ 4e-3); the README measures 7.4e-3 at
-# most on tags, so 5e-2 bounds a working bf16 run while a run that stayed float32 (< 1e-6 away) or
-# another model (differences ~1e-1) fails one side or the other.
-BF16_TAGS_ATOL = 5e-2
 
 
 def test_bf16_is_opt_in(capsys, wavs, musicnn):

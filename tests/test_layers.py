@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmir.models.layers import ACTIVATIONS, max_of_monotone
+from jaxmir.models.layers import ACTIVATIONS, directed_max
 from jaxmir.models.musicnn import FrequencyMaxBlock
 
 
@@ -25,16 +25,23 @@ def _batch_norm(rng, filters: int):
 
 
 @pytest.mark.parametrize("activation", ["relu", "elu", "tanh", "sigmoid", "identity"])
-def test_max_of_monotone_is_exactly_the_max(activation):
+def test_directed_max_then_activation_is_exactly_the_max(activation):
     rng = np.random.default_rng(0)
     batch_norm, params, _ = _batch_norm(rng, 16)
     assert (params["scale"] < 0).any() and (params["scale"] > 0).any()
-    y = jnp.asarray(rng.normal(0, 2, (3, 40, 24, 16)).astype(np.float32))
+    x = jnp.asarray(rng.normal(0, 2, (3, 40, 24, 5)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(0, 1, (5, 16)).astype(np.float32))
+    bias = jnp.asarray(rng.normal(0, 1, 16).astype(np.float32))
+
+    def linear(k):
+        return jnp.einsum("btmc,cf->btmf", x, k, precision=jax.lax.Precision.HIGHEST)
 
     def fn(v):
         return batch_norm(ACTIVATIONS[activation](v))
-    # float32 rounding is monotone: the same numbers, bit for bit
-    np.testing.assert_array_equal(max_of_monotone(fn, y, axis=2), jnp.max(fn(y), axis=2))
+    direction = jnp.where(params["scale"] < 0, -1.0, 1.0)
+    got = fn(directed_max(linear, kernel, direction, axis=2) + bias)
+    # float32 rounding is monotone and negation exact: the same numbers, bit for bit
+    np.testing.assert_array_equal(got, jnp.max(fn(linear(kernel) + bias), axis=2))
 
 
 @pytest.mark.parametrize("kernel", [(7, 38), (32, 1), (128, 1)])

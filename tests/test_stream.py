@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import ROOT, require, shared_fixture
+from conftest import BF16_TAGS_ATOL, ROOT, require, shared_fixture
 from jaxmir import pipeline
 from jaxmir import stream as streaming
 from jaxmir.audio import prepare_audio
@@ -261,6 +261,17 @@ def test_stream_command_raw_and_wav(musicnn):
     for record, row in zip(records, want):
         assert [label for label, _ in record["top"]] == [musicnn.labels[i] for i in np.argsort(-row)[:3]]
         np.testing.assert_allclose([p for _, p in record["top"]], np.sort(row)[::-1][:3], atol=2e-6)
+
+
+def test_stream_command_bf16_is_opt_in(musicnn):
+    rate = 16000
+    audio = signal_at(rate, 6.0, 1, seed=15, dtype=np.int16)
+    run = cli("stream", "--rate", str(rate), "--all", "--bf16", stdin=audio.astype("<i2").tobytes())
+    assert run.returncode == 0, run.stderr.decode()
+    got = np.asarray([r["predictions"] for r in lines_of(run)])
+    np.testing.assert_allclose(got, musicnn.astype("bfloat16").predict(audio, rate), rtol=0, atol=1e-6)
+    deviation = np.max(np.abs(got - musicnn.predict(audio, rate)))
+    assert 1e-4 < deviation < BF16_TAGS_ATOL, deviation
 
 
 def test_stream_command_bad_input():

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxmir.models.layers import (ACTIVATIONS, PRECISION, ConvBlock, ConvParams, DenseHead,
-                                  banded_kernel, frozen_batch_norm, head_variables,
-                                  max_of_monotone, nest, time_windows)
+                                  banded_kernel, directed_max, frozen_batch_norm, head_variables,
+                                  monotone_direction, nest, time_windows)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
 
 def musicnn_head(units: int = 200, n_labels: int = 50, epsilon: float = 1e-3) -> tuple[HeadLayer, ...]:
@@ -96,13 +96,18 @@ class TimeConvFrequencyMax(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = ConvParams((self.length, 1, 1, self.filters), name="conv")()
+        batch_norm = frozen_batch_norm(self.bn_epsilon, name="batch_norm")
         frames = x.shape[1]
         windows = time_windows(x[..., 0], self.length, self.block)      # [b, blocks, width, mel]
-        banded = banded_kernel(kernel[:, 0, 0, :], self.block)           # [width, block, filters]
-        # [b, blocks, mel, block, filters]; ReLU, BN, max over mel: [b, blocks, block, filters]
-        y = jnp.einsum("bjwm,wof->bjmof", windows, banded, precision=PRECISION) + bias
-        batch_norm = frozen_batch_norm(self.bn_epsilon, name="batch_norm")
-        y = max_of_monotone(lambda v: batch_norm(ACTIVATIONS["relu"](v)), y, axis=2)
+
+        def product(time_kernel: jax.Array) -> jax.Array:
+            banded = banded_kernel(time_kernel, self.block)              # [width, block, filters]
+            return jnp.einsum("bjwm,wof->bjmof", windows, banded, precision=PRECISION)
+
+        # [b, blocks, mel, block, filters] -> extreme over mel: [b, blocks, block, filters]
+        direction = monotone_direction(batch_norm, self.filters, windows.dtype)
+        y = directed_max(product, kernel[:, 0, 0, :], direction, axis=2) + bias
+        y = batch_norm(ACTIVATIONS["relu"](y))
         return y.reshape(y.shape[0], -1, self.filters)[:, :frames]
 
 
