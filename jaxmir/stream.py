@@ -31,7 +31,9 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
    dropped) where MusiCNN shares its timbral convolutions between consecutive
    patches (:func:`jaxmir.models.with_overlap_hop`); fewer go one by one. So a
    stream compiles two programs, both at its first patch, and no other:
-   chunk sizes never change a shape.
+   chunk sizes never change a shape. A live stream runs each patch as soon as
+   it is complete; a file's (``eager=False``, :func:`file_stream`) waits for
+   whole batches, so blocks of ~1.5 s (one patch each) still run 8 at a time.
 
 Every frame a patch uses is computed from the same samples whatever the
 chunking; only the float32 summation order of batched versus single-patch
@@ -370,10 +372,13 @@ class Stream:
     def __init__(self, model: "Model", sample_rate: int, output: str | Iterable[str] | None = None, *,
                  patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
                  compat: str = "essentia", resampler: str = "essentia", batch: int = BATCH,
-                 share_overlap: bool = True, require_patch: bool = False):
+                 share_overlap: bool = True, require_patch: bool = False, eager: bool = True):
         """See :meth:`jaxmir.Model.stream`; ``batch``: patches per model call for runs of
         patches; ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole
-        signal gave no patch: no samples, or too short without ``pad``."""
+        signal gave no patch: no samples, or too short without ``pad``; ``eager``: run the
+        patches a chunk completes at once (live input), or, when ``False``, only whole
+        batches of ``batch`` until :meth:`close` (a file: the same outputs, fewer and fuller
+        model calls, a few seconds more audio held)."""
         self.frontend = frontend_of(model)
         self.sample_rate = check_sample_rate(sample_rate)
         self.model = model
@@ -387,7 +392,7 @@ class Stream:
         batch = check_batch(batch)
         self.patch_size, self.patch_hop = size, int(hop) or size
         self.last_patch, self.pad, self.compat = last_patch, pad, compat
-        self.batch, self.require_patch = batch, require_patch
+        self.batch, self.require_patch, self.eager = batch, require_patch, eager
         self.windowing = Windowing.of(self.frontend, compat)
         self._plain = model.module
         self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module
@@ -473,13 +478,17 @@ class Stream:
             self.n_samples += int(samples.shape[0])
 
     def _ready(self, closed: bool) -> int:
-        """Regular patches complete now (counted from the first)."""
+        """Regular patches to run now (counted from the first): all those complete, or, before
+        :meth:`close` when not ``eager``, the whole batches of them."""
         size, hop, fe = self.patch_size, self.patch_hop, self.frontend
         if closed:
             frames = num_frames(fe, self.n_samples, self.compat)
         else:  # frames whose samples have all arrived
             frames = max(0, (self.n_samples - fe.frame_size - self.windowing.first) // fe.hop_size + 1)
-        return max(self._next, (frames - size) // hop + 1 if frames >= size else 0)
+        complete = max(self._next, (frames - size) // hop + 1 if frames >= size else 0)
+        if closed or self.eager:
+            return complete
+        return self._next + (complete - self._next) // self.batch * self.batch
 
     def _window(self, first_frame: int, span: int) -> np.ndarray:
         """The 16-kHz samples of the window for ``span`` frames from ``first_frame``."""
@@ -575,7 +584,8 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
     ``last_patch``, ``pad``, ``resampler``, ...); a file that gives no patch raises.
     """
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict) as blocks:
-        stream = Stream(model, blocks.sample_rate, output, require_patch=True, **options)
+        stream = Stream(model, blocks.sample_rate, output, require_patch=True, eager=False,
+                        **options)
         yield stream, stream.run(blocks)
 
 

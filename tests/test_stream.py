@@ -18,6 +18,7 @@ import wave
 
 import numpy as np
 import pytest
+import soundfile
 
 import jaxmir
 from conftest import BF16_TAGS_ATOL, ROOT, require, shared_fixture
@@ -188,6 +189,31 @@ def test_no_recompilation_after_the_first_patch(musicnn):
     assert runner.compiled_programs() == first
 
 
+def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
+    """Blocks of ~1.5 s complete one patch each: a live stream runs them one by one, a file
+    (eager=False) waits for batches of 8 and runs the rest at the end; the outputs are the same."""
+    rate = 44100
+    audio = signal_at(rate, 31.0, 2, seed=16)                        # 19 patches
+    path = tmp_path / "song.wav"
+    soundfile.write(path, audio, rate, subtype="FLOAT")
+    calls: list[int] = []
+    run = streaming.Stream._run
+    monkeypatch.setattr(streaming.Stream, "_run",
+                        lambda self, first, index, shared: calls.append(index.shape[0])
+                        or run(self, first, index, shared))
+    with streaming.file_stream(musicnn, path, "predictions") as (stream, found):
+        got = np.concatenate([patches.values["predictions"] for patches in found])
+    assert calls == [8, 8, 1, 1, 1]
+    np.testing.assert_allclose(got, musicnn.predict(audio, rate), rtol=0, atol=1e-6)
+    calls.clear()
+    live = musicnn.stream(rate)
+    eager = np.concatenate([live.push(audio[i:i + streaming.BLOCK_FRAMES])
+                            for i in range(0, audio.shape[0], streaming.BLOCK_FRAMES)]
+                           + [live.close()])
+    assert calls == [1] * 19
+    np.testing.assert_allclose(eager, got, rtol=0, atol=1e-6)
+
+
 def test_bad_input(musicnn):
     audio = signal_at(16000, 4.0, 2, seed=13)
     stream = musicnn.stream(16000)
@@ -316,8 +342,6 @@ def test_stream_command_ends_cleanly_on_ctrl_c():
 
 def test_tag_plot_and_embed_average(tmp_path, musicnn):
     require("matplotlib")  # the [plot] extra, a test dependency
-    import soundfile
-
     audio = signal_at(44100, 7.0, 2, seed=17)
     path = tmp_path / "song.wav"
     soundfile.write(path, audio, 44100, subtype="PCM_16")
