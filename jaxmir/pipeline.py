@@ -273,8 +273,8 @@ def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str]
     else:
         stream = Stream(model, sample_rate, output, patch_hop=patch_hop, last_patch=last_patch,
                         pad=pad, compat=compat, resampler=resampler, batch=chunk,
-                        share_overlap=share_overlap, require_patch=True)
-        values = concat_patches(stream.run([audio]), stream.empty()).values
+                        share_overlap=share_overlap, require_patch=True, eager=False)
+        values = concat_patches(stream.run([audio]), stream.empty).values
     if output is None or isinstance(output, str):
         return next(iter(values.values()))
     return values

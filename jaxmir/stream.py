@@ -30,10 +30,11 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
    a partial batch is padded with the patches that follow, whose outputs are
    dropped) where MusiCNN shares its timbral convolutions between consecutive
    patches (:func:`jaxmir.models.with_overlap_hop`); fewer go one by one. So a
-   stream compiles two programs, both at its first patch, and no other:
-   chunk sizes never change a shape. A live stream runs each patch as soon as
-   it is complete; a file's (``eager=False``, :func:`file_stream`) waits for
-   whole batches, so blocks of ~1.5 s (one patch each) still run 8 at a time.
+   stream uses two programs and no other: chunk sizes never change a shape.
+   A live stream runs each patch as soon as it is complete and compiles both
+   programs at its first patch; a file's (``eager=False``, :func:`file_stream`,
+   ``predict``) waits for whole batches, so blocks of ~1.5 s (one patch each)
+   still run 8 at a time, and compiles a program when it first needs it.
 
 Every frame a patch uses is computed from the same samples whatever the
 chunking; only the float32 summation order of batched versus single-patch
@@ -47,7 +48,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -194,11 +195,12 @@ class Patches:
         return int(self.start.shape[0])
 
 
-def concat_patches(parts: Iterable[Patches], empty: Patches) -> Patches:
-    """Several :class:`Patches` end to end (``empty`` when there are none)."""
+def concat_patches(parts: Iterable[Patches], empty: Callable[[], Patches]) -> Patches:
+    """Several :class:`Patches` end to end; ``empty()`` when there are none (made only then:
+    a stream's empty outputs cost a trace of the model for their shapes)."""
     parts = [part for part in parts if len(part)]
     if not parts:
-        return empty
+        return empty()
     if len(parts) == 1:
         return parts[0]
     return Patches(np.concatenate([p.start for p in parts]),
@@ -429,6 +431,30 @@ class Stream:
         two channels, or another channel count or dtype than the first chunk,
         and :class:`InputError` after :meth:`close`; a refused chunk changes nothing.
         """
+        return concat_patches(self._push(chunk), self.empty)
+
+    def close_patches(self) -> Patches:
+        """:meth:`close` with the patches' start times (:class:`Patches`)."""
+        return concat_patches(self._close(), self.empty)
+
+    def run(self, blocks: Iterable) -> Iterator[Patches]:
+        """Push every block, then close; yields the non-empty :class:`Patches` as they come."""
+        for block in blocks:
+            parts = self._push(block)
+            if parts:
+                yield concat_patches(parts, self.empty)
+        parts = self._close()
+        if parts:
+            yield concat_patches(parts, self.empty)
+
+    def empty(self) -> Patches:
+        """The outputs of no patch, ``[0, ...]`` each (shapes traced once per model and outputs)."""
+        shapes = _output_shapes(self.model, self._plain, self.taps)
+        return Patches(np.zeros(0), {name: np.zeros((0, *shape), np.float32)
+                                     for name, shape in zip(self.names, shapes)})
+
+    # -- internals ----------------------------------------------------------------------------
+    def _push(self, chunk) -> list[Patches]:
         if self.closed:
             raise InputError("push after close: this stream is closed; start a new one with "
                              "model.stream(...)")
@@ -436,8 +462,7 @@ class Stream:
         self._append(samples)
         return self._emit(self._ready(closed=False))
 
-    def close_patches(self) -> Patches:
-        """:meth:`close` with the patches' start times (:class:`Patches`)."""
+    def _close(self) -> list[Patches]:
         if self.closed:
             raise InputError("close after close: this stream is already closed")
         self._append(self._resampling.close())
@@ -451,24 +476,8 @@ class Stream:
             make_patches(np.zeros((n_frames, 1), np.float32), self.patch_size, self.patch_hop,
                          self.last_patch, self.pad, self.frontend.frames_per_second)  # raises
         self._pieces, self._buffer = [], np.zeros(0, np.float32)
-        return concat_patches([regular, last], regular)
+        return regular + last
 
-    def run(self, blocks: Iterable) -> Iterator[Patches]:
-        """Push every block, then close; yields the non-empty :class:`Patches` as they come."""
-        for block in blocks:
-            patches = self.push_patches(block)
-            if len(patches):
-                yield patches
-        patches = self.close_patches()
-        if len(patches):
-            yield patches
-
-    def empty(self) -> Patches:
-        shapes = _output_shapes(self.model, self._plain, self.taps)
-        return Patches(np.zeros(0), {name: np.zeros((0, *shape), np.float32)
-                                     for name, shape in zip(self.names, shapes)})
-
-    # -- internals ----------------------------------------------------------------------------
     def _unwrap(self, patches: Patches):
         return patches.values[self.names[0]] if self._single else patches.values
 
@@ -518,7 +527,8 @@ class Stream:
         return self.windowing.regular_index(n, self.patch_hop, self.patch_size)
 
     def _warm_up(self) -> None:
-        """Compile both programs at the first patch, so that no chunk size compiles another.
+        """Compile both programs at the first patch, so that no chunk size compiles another
+        (a live stream's; a file's compiles each when it first needs it).
 
         A program is run once on silence the first time this process needs it.
         """
@@ -534,11 +544,12 @@ class Stream:
                                  np.zeros(length, np.float32), self._regular_index(n))
                 _WARM.add(key)
 
-    def _emit(self, stop: int) -> Patches:
+    def _emit(self, stop: int) -> list[Patches]:
         """Run regular patches ``_next .. stop - 1``."""
         parts = []
         while self._next < stop:
-            self._warm_up()
+            if self.eager:
+                self._warm_up()
             count = min(stop - self._next, self.batch)
             n = self.batch if count > SINGLE_LIMIT else 1
             count = min(count, n)
@@ -549,14 +560,14 @@ class Stream:
             self._next += count
         if parts:
             self._forget_before(self._next * self.patch_hop)
-        return concat_patches(parts, self.empty())
+        return parts
 
     def _record(self, starts: np.ndarray, values: list[np.ndarray]) -> Patches:
         self.times.extend(float(s) for s in starts)
         self.n_patches += len(starts)
         return Patches(np.asarray(starts, np.float64), dict(zip(self.names, values)))
 
-    def _last_patch(self, n_frames: int) -> Patches:
+    def _last_patch(self, n_frames: int) -> list[Patches]:
         """The ``"repeat"`` last patch, or the one padded patch of a short signal, if any."""
         size, start = self.patch_size, self._next * self.patch_hop
         remaining = n_frames - start
@@ -566,11 +577,12 @@ class Stream:
         elif self._next == 0 and self.pad is not None and n_frames > 0:
             frames = rows % n_frames if self.pad == "repeat" else np.where(rows < n_frames, rows, -1)
         else:
-            return self.empty()
-        self._warm_up()
+            return []
+        if self.eager:
+            self._warm_up()
         index = np.where(frames >= 0, frames + self.windowing.lead + 1, 0).astype(np.int32)[None, :]
         values = self._run(start, index, shared=False)
-        return self._record(np.array([start * self.frontend.frame_seconds]), list(values))
+        return [self._record(np.array([start * self.frontend.frame_seconds]), list(values))]
 
 
 @contextlib.contextmanager

@@ -191,16 +191,21 @@ def test_no_recompilation_after_the_first_patch(musicnn):
 
 def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     """Blocks of ~1.5 s complete one patch each: a live stream runs them one by one, a file
-    (eager=False) waits for batches of 8 and runs the rest at the end; the outputs are the same."""
+    (eager=False) waits for batches of 8 and runs the rest at the end; the outputs are the same.
+    A file neither warms both programs up on silence nor traces the model for empty outputs."""
     rate = 44100
     audio = signal_at(rate, 31.0, 2, seed=16)                        # 19 patches
     path = tmp_path / "song.wav"
     soundfile.write(path, audio, rate, subtype="FLOAT")
-    calls: list[int] = []
-    run = streaming.Stream._run
+    calls: list = []
+    run, warm_up, shapes = streaming.Stream._run, streaming.Stream._warm_up, streaming._output_shapes
     monkeypatch.setattr(streaming.Stream, "_run",
                         lambda self, first, index, shared: calls.append(index.shape[0])
                         or run(self, first, index, shared))
+    monkeypatch.setattr(streaming.Stream, "_warm_up", lambda self: calls.append("warm up")
+                        or warm_up(self))
+    monkeypatch.setattr(streaming, "_output_shapes", lambda *args: calls.append("shapes")
+                        or shapes(*args))
     with streaming.file_stream(musicnn, path, "predictions") as (stream, found):
         got = np.concatenate([patches.values["predictions"] for patches in found])
     assert calls == [8, 8, 1, 1, 1]
@@ -210,7 +215,7 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     eager = np.concatenate([live.push(audio[i:i + streaming.BLOCK_FRAMES])
                             for i in range(0, audio.shape[0], streaming.BLOCK_FRAMES)]
                            + [live.close()])
-    assert calls == [1] * 19
+    assert [call for call in calls if call != "shapes"] == ["warm up", 1] * 19
     np.testing.assert_allclose(eager, got, rtol=0, atol=1e-6)
 
 
