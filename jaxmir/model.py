@@ -284,7 +284,8 @@ class Model:
 
     def stream(self, sample_rate: int, output: str | Iterable[str] | None = None,
                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
-               compat: str = "essentia", resampler: str = "essentia") -> streaming.Stream:
+               compat: str = "essentia", resampler: str = "essentia",
+               eager: bool = True) -> streaming.Stream:
         """Run the model on audio that arrives in chunks: outputs as soon as each patch is complete.
 
         ``stream.push(chunk)`` returns ``[k, ...]`` (k >= 0) for the patches the
@@ -294,6 +295,9 @@ class Model:
         the same arguments. Chunks are ``[n]`` or ``[n, channels]`` (1 or 2
         channels, float or integer PCM), of any size, at ``sample_rate``; every
         chunk keeps the first one's channels and dtype. See :mod:`jaxmir.stream`.
+        ``eager=False`` (audio that is all there, read in pieces, such as a long
+        file) runs patches only in whole batches until ``close``: the same
+        outputs from fewer, fuller model calls, so later than they could come.
 
         Example::
 
@@ -304,4 +308,4 @@ class Model:
             rest = stream.close()
         """
         return streaming.Stream(self, sample_rate, output, patch_hop=patch_hop, last_patch=last_patch,
-                                pad=pad, compat=compat, resampler=resampler)
+                                pad=pad, compat=compat, resampler=resampler, eager=eager)

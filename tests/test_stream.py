@@ -210,13 +210,14 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
         got = np.concatenate([patches.values["predictions"] for patches in found])
     assert calls == [8, 8, 1, 1, 1]
     np.testing.assert_allclose(got, musicnn.predict(audio, rate), rtol=0, atol=1e-6)
-    calls.clear()
-    live = musicnn.stream(rate)
-    eager = np.concatenate([live.push(audio[i:i + streaming.BLOCK_FRAMES])
-                            for i in range(0, audio.shape[0], streaming.BLOCK_FRAMES)]
-                           + [live.close()])
-    assert [call for call in calls if call != "shapes"] == ["warm up", 1] * 19
-    np.testing.assert_allclose(eager, got, rtol=0, atol=1e-6)
+    for eager, want_calls in ((True, ["warm up", 1] * 19), (False, [8, 8, 1, 1, 1])):
+        calls.clear()
+        stream = musicnn.stream(rate, eager=eager)
+        pushed = np.concatenate([stream.push(audio[i:i + streaming.BLOCK_FRAMES])
+                                 for i in range(0, audio.shape[0], streaming.BLOCK_FRAMES)]
+                                + [stream.close()])
+        assert [call for call in calls if call != "shapes"] == want_calls
+        np.testing.assert_allclose(pushed, got, rtol=0, atol=1e-6)
 
 
 def test_bad_input(musicnn):
