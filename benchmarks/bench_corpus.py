@@ -3,6 +3,7 @@
     python benchmarks/bench_corpus.py                  # 24 tracks of 1-4 min
     python benchmarks/bench_corpus.py --tracks 24 --min-s 20 --max-s 60 --jobs 2
     python benchmarks/bench_corpus.py --no-essentia --batch 64    # jaxmir alone, e.g. on a GPU
+    python benchmarks/bench_corpus.py --no-essentia --resampler samplerate   # libsamplerate itself
 
 The script generates the collection (MP3, FLAC and WAV; 22.05-48 kHz; mono and
 stereo; tones, chords and noise bursts) with soundfile, then times, each in its
@@ -76,11 +77,11 @@ import jax
 import jaxmir
 from jaxmir.collection import Options, collect
 if __name__ == "__main__":
-    folder, output, jobs, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    folder, output, jobs, batch, resampler = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     start = time.perf_counter()
     model = jaxmir.load("msd-musicnn")
     tally = collect(model, [folder], output, name="msd-musicnn", jobs=jobs, overwrite=True,
-                    options=Options(batch=batch), progress=False)
+                    options=Options(batch=batch, resampler=resampler), progress=False)
     print(json.dumps({"wall_s": time.perf_counter() - start, "ok": tally.ok, "failed": tally.failed,
                       "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
                       "audio_s": tally.audio_s,
@@ -122,7 +123,7 @@ def report(name: str, result: dict) -> None:
     device = f" on {result['device']}" if "device" in result else ""
     workers = (f", workers {result['peak_worker_mb']:.0f} MB each at most"
                if "peak_worker_mb" in result else "")
-    print(f"{name:40s} {result['wall_s']:7.1f} s  {result['audio_s'] / result['wall_s']:6.1f}x real "
+    print(f"{name:52s} {result['wall_s']:7.1f} s  {result['audio_s'] / result['wall_s']:6.1f}x real "
           f"time  peak {result['peak_main_mb']:.0f} MB{workers}  ({result['ok']} files){device}")
 
 
@@ -133,6 +134,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max-s", type=float, default=240.0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     parser.add_argument("--batch", type=int, default=8, help="patches per model call")
+    parser.add_argument("--resampler", choices=("essentia", "samplerate"), default="essentia",
+                        help="jaxmir's resampler: Essentia's converter (default; in JAX where faster) "
+                             "or libsamplerate itself")
     parser.add_argument("--folder", default=str(ROOT / "build" / "corpus"))
     parser.add_argument("--no-essentia", action="store_true",
                         help="jaxmir alone (where essentia-tensorflow is not installed, e.g. a GPU machine)")
@@ -144,9 +148,10 @@ def main(argv=None) -> None:
           f"{audio_s / 60:.1f} min of audio")
     with tempfile.TemporaryDirectory() as tmp:
         ours = run(JAXMIR, str(folder), str(Path(tmp) / "tags.parquet"), str(args.jobs),
-                   str(args.batch))
+                   str(args.batch), args.resampler)
+        name = f"jaxmir collect (--jobs {args.jobs}, --batch {args.batch}, {args.resampler})"
         if args.no_essentia:
-            report(f"jaxmir collect (--jobs {args.jobs}, --batch {args.batch})", ours)
+            report(name, ours)
             print(f"{ours['ok'] * 3600 / ours['wall_s']:.0f} tracks per hour")
             return
         graph = graphs_dir() / "msd-musicnn-1.pb"
@@ -159,7 +164,7 @@ def main(argv=None) -> None:
         reference = json.loads((Path(tmp) / "essentia.json").read_text())
         diff = max(float(np.max(np.abs(table.loc[p, labels].to_numpy(np.float64) - np.asarray(v))))
                    for p, v in reference.items())
-    report(f"jaxmir collect (--jobs {args.jobs}, --batch {args.batch})", ours)
+    report(name, ours)
     report("Essentia loop", theirs)
     print(f"speed-up {theirs['wall_s'] / ours['wall_s']:.2f}x; max |mean tag difference| {diff:.2e}")
 
