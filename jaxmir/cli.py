@@ -299,8 +299,7 @@ def cmd_tag(args) -> int:
     if collection.is_collection(args, "tag"):
         return collection.run_tag(args, model, hop)  # --bf16 casts it through the options
     dtype = collection.dtype_of(args)
-    if dtype != "float32":
-        model = model.astype(dtype)
+    model = model.astype(dtype)
     args.files = _expand_each(args.files)
     stream = args.format == "text" and args.output is None
     if args.plot is not None:
@@ -435,11 +434,10 @@ class _Input:
 def cmd_stream(args) -> int:
     import signal
 
+    from jaxmir.collection.commands import dtype_of
     from jaxmir.errors import InputError
 
-    model = _load_model(args.model, args.backbone)
-    if args.bf16:
-        model = model.astype("bfloat16")
+    model = _load_model(args.model, args.backbone).astype(dtype_of(args))
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)

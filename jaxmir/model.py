@@ -236,9 +236,14 @@ class Model:
         ``benchmarks/bench_precision.py``: ~1e-2 on tags, far from parity's 1e-5.
         Float32 runs every product at full precision (never TF32 on GPUs).
         """
-        check_dtype(dtype)
+        target = DTYPES[check_dtype(dtype)]
+        floating = [leaf for leaf in jax.tree_util.tree_leaves(self.variables)
+                    if jnp.issubdtype(leaf.dtype, jnp.floating)]
+        if all(leaf.dtype == target for leaf in floating):
+            return self  # already in ``dtype``: callers need not check
+
         def cast(leaf):
-            return leaf.astype(DTYPES[dtype]) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+            return leaf.astype(target) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
         return dataclasses.replace(self, variables=jax.tree_util.tree_map(cast, self.variables))
 
     # -- from audio (jaxmir.pipeline) ------------------------------------------------------

@@ -245,5 +245,8 @@ def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     deviation = float(np.max(np.abs(np.asarray(got) - want)))
     assert 1e-5 < deviation < 0.05, deviation
     np.testing.assert_array_equal(musicnn.astype("float32").apply(x)["predictions"], want)
+    assert musicnn.astype("float32") is musicnn and low.astype("bfloat16") is low  # nothing to cast
+    back = low.astype("float32")
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(back.variables)} == {jnp.dtype(jnp.float32)}
     with pytest.raises(InputError, match="unknown dtype"):
         musicnn.astype("float16")

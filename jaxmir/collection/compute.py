@@ -59,8 +59,8 @@ class Options:
         check_batch(self.batch)
 
     def cast(self, model):
-        """``model`` in bfloat16 where ``dtype`` asks for it; float32 leaves the model as given."""
-        return model.astype(self.dtype) if self.dtype != "float32" else model
+        """``model`` in ``dtype`` (the model itself when it is already)."""
+        return model.astype(self.dtype)
 
 
 @dataclasses.dataclass
