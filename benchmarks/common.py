@@ -52,26 +52,34 @@ def graphs_dir() -> Path:
 
 # -- the CPU every benchmark prints ----------------------------------------------------------------
 def cpu_description() -> dict:
-    """The CPU model, core count and the SIMD flags that change float32 speed (from /proc/cpuinfo)."""
-    name, flags = platform.processor() or platform.machine(), set()
+    """The CPU model, its family/model numbers, core count and the SIMD flags that change float32
+    speed (from /proc/cpuinfo). The numbers tell apart CPUs that share a name: an "AMD EPYC" of
+    family 25 is Zen 3 or Zen 4 (AVX-512 on 256-bit units), of family 26 Zen 5 (512-bit units)."""
+    name, flags, ids = platform.processor() or platform.machine(), set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == (platform.processor() or platform.machine()):
+            key = key.strip()
+            if key == "model name" and name == (platform.processor() or platform.machine()):
                 name = value.strip()
-            elif key.strip() == "flags" and not flags:
+            elif key == "flags" and not flags:
                 flags = set(value.split())
+            elif key in ("cpu family", "model", "stepping", "cache size") and key not in ids:
+                ids[key] = value.strip()
     except OSError:
         pass
     wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
               "avx512_bf16", "amx_tile")
     return {"model": name, "cores": os.cpu_count(),
+            "ids": ", ".join(f"{key} {value}" for key, value in ids.items()),
             "flags": [flag for flag in wanted if flag in flags]}
 
 
 def cpu_line() -> str:
     cpu = cpu_description()
-    return f"{cpu['model']}, {cpu['cores']} cores, flags: {' '.join(cpu['flags']) or 'none of avx2/fma/avx512f'}"
+    ids = f" ({cpu['ids']})" if cpu["ids"] else ""
+    return (f"{cpu['model']}{ids}, {cpu['cores']} cores, "
+            f"flags: {' '.join(cpu['flags']) or 'none of avx2/fma/avx512f'}")
 
 
 def samples(fn: Callable[[], object], repeats: int = 5, min_seconds: float = 0.0,
