@@ -4,13 +4,15 @@
     python benchmarks/bench_corpus.py --tracks 24 --min-s 20 --max-s 60 --jobs 2
     python benchmarks/bench_corpus.py --no-essentia --batch 64    # jaxmir alone, e.g. on a GPU
     python benchmarks/bench_corpus.py --no-essentia --resampler samplerate   # libsamplerate itself
+    python benchmarks/bench_corpus.py --no-essentia --processes   # decoding in worker processes
 
 The script generates the collection (MP3, FLAC and WAV; 22.05-48 kHz; mono and
 stereo; tones, chords and noise bursts) with soundfile, then times, each in its
 own process, (1) ``jaxmir.collection.collect`` (decoding in ``--jobs`` worker
-processes, MusiCNN in the main one) into a Parquet folder, and (2) Essentia's
-loop: ``MonoLoader(sampleRate=16000)`` + ``TensorflowPredictMusiCNN`` on the same
-msd-musicnn ``.pb`` (``common.graphs_dir()``), tag means per file. It prints wall
+threads, or processes with ``--processes``; MusiCNN in the main thread) into a
+Parquet folder, and (2) Essentia's loop: ``MonoLoader(sampleRate=16000)`` +
+``TensorflowPredictMusiCNN`` on the same msd-musicnn ``.pb`` (``common.graphs_dir()``),
+tag means per file. It prints wall
 time, x real time (audio seconds per wall second), the peak resident memory of
 the main process and of its workers, and the largest difference of the mean tags.
 """
@@ -78,10 +80,11 @@ import jaxmir
 from jaxmir.collection import Options, collect
 if __name__ == "__main__":
     folder, output, jobs, batch, resampler = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    processes = sys.argv[6] == "processes"
     start = time.perf_counter()
     model = jaxmir.load("msd-musicnn")
-    tally = collect(model, [folder], output, name="msd-musicnn", jobs=jobs, overwrite=True,
-                    options=Options(batch=batch, resampler=resampler), progress=False)
+    tally = collect(model, [folder], output, name="msd-musicnn", jobs=jobs, processes=processes,
+                    overwrite=True, options=Options(batch=batch, resampler=resampler), progress=False)
     print(json.dumps({"wall_s": time.perf_counter() - start, "ok": tally.ok, "failed": tally.failed,
                       "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
                       "audio_s": tally.audio_s,
@@ -122,7 +125,7 @@ def run(script: str, *args: str) -> dict:
 def report(name: str, result: dict) -> None:
     device = f" on {result['device']}" if "device" in result else ""
     workers = (f", workers {result['peak_worker_mb']:.0f} MB each at most"
-               if "peak_worker_mb" in result else "")
+               if result.get("peak_worker_mb") else "")
     print(f"{name:52s} {result['wall_s']:7.1f} s  {result['audio_s'] / result['wall_s']:6.1f}x real "
           f"time  peak {result['peak_main_mb']:.0f} MB{workers}  ({result['ok']} files){device}")
 
@@ -137,6 +140,8 @@ def main(argv=None) -> None:
     parser.add_argument("--resampler", choices=("essentia", "samplerate"), default="essentia",
                         help="jaxmir's resampler: Essentia's converter (default; in JAX where faster) "
                              "or libsamplerate itself")
+    parser.add_argument("--processes", action="store_true",
+                        help="jaxmir decodes in worker processes instead of threads")
     parser.add_argument("--folder", default=str(ROOT / "build" / "corpus"))
     parser.add_argument("--no-essentia", action="store_true",
                         help="jaxmir alone (where essentia-tensorflow is not installed, e.g. a GPU machine)")
@@ -148,8 +153,9 @@ def main(argv=None) -> None:
           f"{audio_s / 60:.1f} min of audio")
     with tempfile.TemporaryDirectory() as tmp:
         ours = run(JAXMIR, str(folder), str(Path(tmp) / "tags.parquet"), str(args.jobs),
-                   str(args.batch), args.resampler)
-        name = f"jaxmir collect (--jobs {args.jobs}, --batch {args.batch}, {args.resampler})"
+                   str(args.batch), args.resampler, "processes" if args.processes else "threads")
+        workers = "processes" if args.processes else "threads"
+        name = f"jaxmir collect (--jobs {args.jobs} {workers}, --batch {args.batch}, {args.resampler})"
         if args.no_essentia:
             report(name, ours)
             print(f"{ours['ok'] * 3600 / ours['wall_s']:.0f} tracks per hour")

@@ -99,7 +99,7 @@ class AudioBlocks:
     """
 
     def __init__(self, path: str | os.PathLike, block_frames: int = 65536, mode: str = "essentia",
-                 strict: bool = False):
+                 strict: bool = False, warn: bool = True):
         if mode not in MODES:
             raise AudioError(f"unknown decoder {mode!r}; accepted: " + ", ".join(repr(m) for m in MODES))
         if isinstance(block_frames, bool) or not isinstance(block_frames, (int, np.integer)) \
@@ -108,6 +108,7 @@ class AudioBlocks:
         self.path = os.fspath(path)
         self.mode = mode
         self.strict = strict
+        self.warn = warn
         self.block_frames = int(block_frames)
         self.frames = 0
         self.status: str | None = None
@@ -216,7 +217,8 @@ class AudioBlocks:
             return
         if self.strict:
             raise AudioError(self.problem + " (strict=True)")
-        warnings.warn(self.problem, DamagedAudioWarning, stacklevel=3)
+        if self.warn:
+            warnings.warn(self.problem, DamagedAudioWarning, stacklevel=3)
 
     def _diagnosis(self) -> tuple[str, str | None]:
         """("ok" | "damaged" | "truncated", message or None) once a file has been decoded."""
@@ -239,9 +241,13 @@ class AudioBlocks:
 
 
 def iter_blocks(path: str | os.PathLike, block_frames: int = 65536, mode: str = "essentia",
-                strict: bool = False) -> AudioBlocks:
-    """Decode ``path`` in float32 blocks ``[block_frames, channels]``; see :class:`AudioBlocks`."""
-    return AudioBlocks(path, block_frames, mode, strict)
+                strict: bool = False, warn: bool = True) -> AudioBlocks:
+    """Decode ``path`` in float32 blocks ``[block_frames, channels]``; see :class:`AudioBlocks`.
+
+    ``warn=False``: a damaged file's problem is only kept in ``problem`` (no
+    :class:`DamagedAudioWarning`), for threads, which cannot record warnings apart.
+    """
+    return AudioBlocks(path, block_frames, mode, strict, warn)
 
 
 def decode_file(path: str | os.PathLike, mode: str = "essentia", strict: bool = False) -> DecodedAudio:

@@ -266,7 +266,7 @@ import jaxmir
 from jaxmir.collection import collect
 if __name__ == "__main__":
     collect(jaxmir.load("msd-musicnn"), sys.argv[1:-1], sys.argv[-1], name="msd-musicnn", jobs=1,
-            progress=False, flush_rows=1)
+            processes=True, progress=False, flush_rows=1)
 """
 
 
@@ -394,16 +394,22 @@ def test_run_tag_and_embed_commands(music, model, tmp_path, capsys, monkeypatch)
     assert capsys.readouterr().out.count(" -> ") == 2
 
 
-def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
-    """Decoded in part: its tags from what was there, status "damaged", the problem in "error"."""
+def _truncated(folder: Path) -> Path:
+    """A 16-bit WAV cut to 4 of the 6 s its header declares."""
     import soundfile
 
-    full = _write(tmp_path / "full.wav", 6.0, 16000, 1, 5)
+    full = _write(folder.parent / f"{folder.name}-full.wav", 6.0, 16000, 1, 5)
     pcm = (soundfile.read(full, dtype="float32")[0] * 32767).astype(np.int16)
     soundfile.write(full, pcm, 16000, subtype="PCM_16")
-    cut = tmp_path / "music" / "cut.wav"
-    cut.parent.mkdir()
-    cut.write_bytes(full.read_bytes()[:44 + 2 * 16000 * 4])  # 4 of the 6 s the header declares
+    cut = folder / "cut.wav"
+    cut.parent.mkdir(parents=True, exist_ok=True)
+    cut.write_bytes(full.read_bytes()[:44 + 2 * 16000 * 4])
+    return cut
+
+
+def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
+    """Decoded in part: its tags from what was there, status "damaged", the problem in "error"."""
+    cut = _truncated(tmp_path / "music")
     out = str(tmp_path / "tags.jsonl")
     analyzer, seen = _counting()
     tally = collect(model, [str(cut.parent)], out, name="msd-musicnn", jobs=0, progress=False,
@@ -420,6 +426,43 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     strict = collect(model, [str(cut)], str(tmp_path / "strict.jsonl"), name="msd-musicnn",
                      jobs=0, progress=False, options=Options(strict=True))
     assert strict.failed == 1
+
+
+def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, monkeypatch):
+    """--jobs N decodes in threads of this process, which record no warnings (a damaged file's
+    problem still reaches its row); --processes gives the same rows from worker processes."""
+    import threading
+    import warnings
+
+    from jaxmir.decode import DamagedAudioWarning
+
+    folder = tmp_path / "in"
+    _write(folder / "a.wav", 4.2, 44100, 2, 2)
+    _write(folder / "b.flac", 5.0, 22050, 2, 1)
+    cut = _truncated(folder)
+    callers = []
+    decode = compute.decode
+
+    def spying(*args, **kwargs):
+        callers.append((os.getpid(), threading.current_thread().name))
+        return decode(*args, **kwargs)
+    monkeypatch.setattr(compute, "decode", spying)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threaded = collect(model, [str(folder)], str(tmp_path / "threads.jsonl"), name="msd-musicnn",
+                           jobs=2, progress=False)
+    monkeypatch.setattr(compute, "decode", decode)  # a worker process must be able to import it
+    assert not [w for w in caught if issubclass(w.category, DamagedAudioWarning)]
+    assert len(callers) == 3
+    assert all(pid == os.getpid() and name.startswith("jaxmir-decode") for pid, name in callers)
+    separate = collect(model, [str(folder)], str(tmp_path / "processes.jsonl"), name="msd-musicnn",
+                       jobs=2, processes=True, progress=False)
+    assert (threaded.ok, threaded.failed) == (separate.ok, separate.failed) == (3, 0)
+    rows = {kind: [json.loads(line) for line in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
+            for kind in ("threads", "processes")}
+    assert rows["threads"] == rows["processes"]  # the same programs on the same samples
+    damaged = [row for row in rows["threads"] if row["path"] == str(cut)]
+    assert damaged[0]["status"] == "damaged" and "truncated audio" in damaged[0]["error"]
 
 
 def test_two_devices_give_the_results_of_one(music, tmp_path):

@@ -47,8 +47,11 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
         "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tags) or a folder (.npy): "
                        "one row per file, written as files are done; a rerun resumes")
     group.add_argument("-j", "--jobs", metavar="N", type=non_negative_int, default=None,
-                       help="decoding worker processes (default: one per core; 0 = decode in "
-                            "the main process)")
+                       help="decoding workers (default: one per core; 0 = decode in the main "
+                            "thread, file by file as it streams)")
+    group.add_argument("--processes", action="store_true",
+                       help="decode in worker processes instead of threads: a decoder that "
+                            "crashes on a file then ends the run naming it, at ~600 MB per worker")
     group.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local (default) or ray: the Ray cluster at $RAY_ADDRESS (a local one "
                             "when unset); needs pip install 'jaxmir[ray]'")
@@ -107,9 +110,9 @@ def identity(name: str, model, command: str, options: Options) -> dict:
 
 def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
             options: Options = Options(), name: str | None = None, backbone: str | None = None,
-            jobs: int | None = None, engine: str = "local", actors: int | None = None,
-            per_patch: bool = False, overwrite: bool = False, flush_rows: int = 256,
-            progress: bool = True, analyzer=None, on_result=None, average: bool = False) -> Tally:
+            jobs: int | None = None, processes: bool = False, engine: str = "local",
+            actors: int | None = None, per_patch: bool = False, overwrite: bool = False,
+            flush_rows: int = 256, progress: bool = True, analyzer=None, on_result=None, average: bool = False) -> Tally:
     """Analyse the audio files ``paths`` name (files, folders, ``@lists``) into ``output``.
 
     Args:
@@ -120,7 +123,8 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
         (``"bfloat16"`` casts ``model``) and the patches per call.
       name, backbone: the model's name (default: ``model.source``) and backbone, recorded
         in the output; the Ray engine's actors load ``jaxmir.load(name, backbone=backbone)``.
-      jobs: decoding processes (default one per core; 0 = in this process).
+      jobs: decoding workers (default one per core; 0 = in this thread).
+      processes: the workers are processes, not threads (see :mod:`jaxmir.collection.local`).
       analyzer: replaces :func:`jaxmir.collection.compute.analyze_stream`.
       on_result: ``on_result(result, where)`` after each file's row is written
         (``where``: the ``.npy`` written, else None).
@@ -160,7 +164,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
             ray_engine.run(name, backbone, todo, options, layout, write, bar, actors)
         elif engine == "local":
             local.run(model, todo, options, write, bar, default_jobs(len(todo)) if jobs is None else jobs,
-                      analyzer or compute.analyze_stream)
+                      analyzer or compute.analyze_stream, processes=processes)
         else:
             raise InputError(f"unknown engine {engine!r}; expected local or ray")
         writer.close()
@@ -197,8 +201,8 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
         raise InputError(f"--output {args.output}: tags go to a .parquet, .jsonl or .csv file")
     tally = collect(model, args.files, args.output, command=command,
                     options=_options(args, output, hop), name=model_name(args),
-                    backbone=args.backbone, jobs=args.jobs, engine=args.engine, actors=args.actors,
-                    per_patch=args.per_patch, overwrite=args.overwrite, flush_rows=args.flush_every,
+                    backbone=args.backbone, jobs=args.jobs, processes=args.processes,
+                    engine=args.engine, actors=args.actors, per_patch=args.per_patch, overwrite=args.overwrite, flush_rows=args.flush_every,
                     progress=not args.no_progress, on_result=on_result,
                     average=getattr(args, "average", False))
     print(f"jaxmir: {args.output}: {tally.summary()}", file=sys.stderr)

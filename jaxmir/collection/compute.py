@@ -94,10 +94,17 @@ def error_message(path: str, err: BaseException) -> str:
     return message if message.startswith(path) else f"{path}: {message}"
 
 
+def _check_unchanged(path: str, before: Source) -> None:
+    """Raise when ``path`` changed or vanished since ``before`` was taken."""
+    if examine(path) != before:
+        raise AudioError(f"{path}: changed while it was being read (size or modification "
+                         "time); it will be read again on the next run")
+
+
 @contextlib.contextmanager
 def _reading(path: str, before: Source) -> Iterator[list[str]]:
-    """Around reading ``path``: collects damaged-audio warnings (the list yielded) and, after,
-    raises when the file changed or vanished while it was being read."""
+    """Around reading ``path`` in the main thread: collects damaged-audio warnings (the list
+    yielded) and, after, raises when the file changed or vanished while it was being read."""
     from jaxmir.decode import DamagedAudioWarning
 
     damage: list[str] = []
@@ -105,9 +112,7 @@ def _reading(path: str, before: Source) -> Iterator[list[str]]:
         warnings.simplefilter("always", DamagedAudioWarning)
         yield damage
     damage.extend(str(w.message) for w in caught if issubclass(w.category, DamagedAudioWarning))
-    if examine(path) != before:
-        raise AudioError(f"{path}: changed while it was being read (size or modification "
-                         "time); it will be read again on the next run")
+    _check_unchanged(path, before)
 
 
 def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
@@ -115,24 +120,28 @@ def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
     """Read ``path`` as 16-kHz mono; a file that changes or vanishes while it is read is an error.
 
     A damaged or truncated file is decoded as far as it goes and its problem
-    kept as ``warning`` (with ``strict``, it is an error instead).
+    kept as ``warning`` (with ``strict``, it is an error instead). Safe to call
+    from several threads at once: no warning filters are touched.
     """
     before = examine(path)
+    damage: list[str] = []
     try:
-        with _reading(path, before) as damage:
-            audio = read_16k(path, resampler, decoder, strict)
+        audio = read_16k(path, resampler, decoder, strict, damage)
+        _check_unchanged(path, before)
     except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
         return Decoded(before, None, error_message(path, err))
     return Decoded(before, audio, warning=" ".join(damage) or None)
 
 
 def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
-             strict: bool = False) -> np.ndarray:
+             strict: bool = False, damage: list[str] | None = None) -> np.ndarray:
     """A file as float32 mono at 16 kHz, ``[n_samples]``, decoded and resampled block by block.
 
     Only the 16-kHz signal is ever whole in memory (a 2-hour file: 460 MB),
     never the file's samples at their own rate; the numbers are those of
     :func:`jaxmir.load_audio` (the resamplers keep their state between blocks).
+    With a ``damage`` list, a damaged file's problem is appended to it instead
+    of warned (:class:`jaxmir.decode.DamagedAudioWarning`).
     """
     from jaxmir.audio import load_audio
     from jaxmir.decode import MODES, iter_blocks
@@ -141,11 +150,13 @@ def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
     if decoder not in MODES:  # soundfile: whole-file reads, as load_audio does them
         return load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder, strict=strict)
     pieces = []
-    with iter_blocks(path, READ_FRAMES, decoder, strict) as blocks:
+    with iter_blocks(path, READ_FRAMES, decoder, strict, warn=damage is None) as blocks:
         downmix = MonoInput(blocks.sample_rate)
         resampling = Resampling(blocks.sample_rate, SAMPLE_RATE, resampler)
         pieces = [resampling.push(downmix(block)) for block in blocks]
         pieces.append(resampling.close())
+    if damage is not None and blocks.problem is not None:
+        damage.append(blocks.problem)
     audio = np.concatenate(pieces)
     if audio.size == 0:
         raise AudioError(f"{path}: contains no samples; expected at least one sample")

@@ -1,11 +1,18 @@
-"""The local engine: decoding in worker processes, the model in this process, bounded queues.
+"""The local engine: decoding in worker threads (or processes), the model in this process,
+bounded queues.
 
-Files are decoded (read + resampled to 16 kHz) by ``jobs`` worker processes
-while the model runs here on the files already decoded. At most
-``prefetch`` decoded files wait at any time, so memory does not grow with
-the collection; results come back in the order of the files.
-Workers are started with ``spawn`` (forking a process that runs JAX's
-threads is unsafe).
+Files are decoded (read + resampled to 16 kHz) by ``jobs`` workers while the
+model runs here on the files already decoded. At most ``prefetch`` decoded
+files wait at any time, so memory does not grow with the collection; results
+come back in the order of the files.
+
+Workers are threads by default: FFmpeg and the resampler's compiled programs
+release the GIL, and threads share this process's JAX, its compiled resampler
+and its filter tables. Worker processes (``processes=True``) each import JAX
+and compile for themselves (~600 MB each); what they buy is isolation: a
+decoder that crashes on a file ends the run with that file's name instead of
+taking the process down. They are started with ``spawn`` (forking a process
+that runs JAX's threads is unsafe).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -71,9 +78,21 @@ def _decoded(future: Future, source: Source) -> Decoded:
         return Decoded(source, None, compute.error_message(source.path, err))
 
 
+def _workers(jobs: int, processes: bool) -> Executor:
+    if not processes:
+        return ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="jaxmir-decode")
+    from jaxmir import cache
+
+    shared = cache.in_use()
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker,
+                               initargs=(None if shared is None else str(shared),))
+
+
 def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(),
-               prefetch: int | None = None) -> Iterator[Decoded]:
-    """Decoded files in order; ``jobs`` worker processes (0: decode here), ``prefetch`` in flight.
+               prefetch: int | None = None, processes: bool = False) -> Iterator[Decoded]:
+    """Decoded files in order; ``jobs`` worker threads, or processes with ``processes`` (0: decode
+    here), ``prefetch`` in flight.
 
     ``prefetch`` defaults to ``2 * jobs``: enough to keep every worker busy while
     the consumer is slower, few enough that memory stays bounded.
@@ -83,16 +102,10 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
             yield compute.decode(source.path, options.resampler, options.decoder, options.strict)
         return
     prefetch = max(prefetch or 2 * jobs, 1)
-    context = multiprocessing.get_context("spawn")
     pending: collections.deque = collections.deque()
-    queue = iter(sources)
-    from jaxmir import cache
-
-    shared = cache.in_use()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
-                             initargs=(None if shared is None else str(shared),)) as pool:
+    with _workers(jobs, processes) as pool:
         try:
-            for source in queue:
+            for source in sources:
                 try:
                     pending.append((pool.submit(compute.decode, source.path, options.resampler,
                                                 options.decoder, options.strict), source))
@@ -111,9 +124,10 @@ Analyzer = Callable[[object, Iterable[Decoded], Options], Iterator[tuple[Decoded
 
 
 def run(model, sources: Sequence[Source], options: Options, write: Callable[[Result], None],
-        progress: Progress, jobs: int, analyzer: Analyzer = compute.analyze_stream) -> None:
-    """Decode ``sources``, run ``analyzer`` (default: patches packed across files) and ``write``
-    each file's result.
+        progress: Progress, jobs: int, analyzer: Analyzer = compute.analyze_stream,
+        processes: bool = False) -> None:
+    """Decode ``sources`` (``jobs`` worker threads, or processes), run ``analyzer`` (default:
+    patches packed across files) and ``write`` each file's result.
 
     Without workers (``jobs=0``) and with the default analyzer, each file streams from disk
     through the engine (:func:`compute.stream_files`): memory does not grow with its length.
@@ -121,7 +135,7 @@ def run(model, sources: Sequence[Source], options: Options, write: Callable[[Res
     if jobs == 0 and analyzer is compute.analyze_stream:
         outcomes = compute.stream_files(model, sources, options)
     else:
-        outcomes = analyzer(model, decode_all(sources, jobs, options), options)
+        outcomes = analyzer(model, decode_all(sources, jobs, options, processes=processes), options)
     for item, outcome in outcomes:
         if isinstance(outcome, str):
             result = Result(item.source, item.duration_s, None, outcome)
