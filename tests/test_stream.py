@@ -191,8 +191,9 @@ def test_no_recompilation_after_the_first_patch(musicnn):
 
 def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     """Blocks of ~1.5 s complete one patch each: a live stream runs them one by one, a file
-    (eager=False) waits for batches of 8 and runs the rest at the end; the outputs are the same.
-    A file neither warms both programs up on silence nor traces the model for empty outputs."""
+    (eager=False) waits for batches of 8 and runs the rest at the end, whatever its blocks; the
+    outputs are the same. A file neither warms both programs up on silence nor traces the model
+    for empty outputs."""
     rate = 44100
     audio = signal_at(rate, 31.0, 2, seed=16)                        # 19 patches
     path = tmp_path / "song.wav"
@@ -213,9 +214,9 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     for eager, want_calls in ((True, ["warm up", 1] * 19), (False, [8, 8, 1, 1, 1])):
         calls.clear()
         stream = musicnn.stream(rate, eager=eager)
-        pushed = np.concatenate([stream.push(audio[i:i + streaming.BLOCK_FRAMES])
-                                 for i in range(0, audio.shape[0], streaming.BLOCK_FRAMES)]
-                                + [stream.close()])
+        block = 65536                                                # 1.49 s: a patch hop
+        pushed = np.concatenate([stream.push(audio[i:i + block])
+                                 for i in range(0, audio.shape[0], block)] + [stream.close()])
         assert [call for call in calls if call != "shapes"] == want_calls
         np.testing.assert_allclose(pushed, got, rtol=0, atol=1e-6)
 
