@@ -15,17 +15,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
+    """The CPU (name, family/model numbers, cores) and JAX's version and devices, in one line."""
     import jax
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+
+    cpu = cpu_description()
+    ids = f" ({cpu['ids']})" if cpu["ids"] else ""
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {devices}"
+    return f"{cpu['model']}{ids}, {cpu['cores']} cores; JAX {jax.__version__} on {devices}"
 
 
 def timed(fn: Callable[[], object], repeats: int = 10, min_seconds: float = 1.0) -> float:
