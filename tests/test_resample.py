@@ -202,3 +202,26 @@ def test_matrix_product_kernel_bounds_and_fallback(music, monkeypatch):
         monkeypatch.undo()
         rs._matmul_kernel.clear_cache()
     assert np.max(np.abs(slow - reference)) <= TOL
+
+
+def test_measured_table_is_verified_in_numpy(monkeypatch):
+    """The table measured from samplerate is checked by NumPy sums (no JAX program compiled
+    before a process's first sample), which equal samplerate's outputs and refuse a table
+    with one entry 1% off."""
+    samplerate = require("samplerate")
+    from jaxmir import resample as rs
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("the verification ran a JAX kernel")
+    monkeypatch.setattr(rs, "_one_shot", no_kernel)
+    table = rs.coefficients.__wrapped__("sinc_fastest")       # measured and verified afresh
+    plan = rs._plan(44100, 16000, "sinc_fastest")
+    noise = np.random.default_rng(5).uniform(-1, 1, 3000).astype(np.float32)
+    ours = rs._reference(plan, noise, table)
+    theirs = samplerate.resample(noise, plan.ratio, "sinc_fastest")
+    assert ours.shape == theirs.shape
+    assert np.max(np.abs(ours - theirs)) <= TOL
+    wrong = table.copy()
+    wrong[40] *= 1.01           # within the first zero crossing (index_inc = 128): a large entry
+    with pytest.raises(AudioError, match="does not reproduce"):
+        rs._verify("sinc_fastest", wrong, samplerate)
