@@ -112,7 +112,8 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
             options: Options = Options(), name: str | None = None, backbone: str | None = None,
             jobs: int | None = None, processes: bool = False, engine: str = "local",
             actors: int | None = None, per_patch: bool = False, overwrite: bool = False,
-            flush_rows: int = 256, progress: bool = True, analyzer=None, on_result=None, average: bool = False) -> Tally:
+            flush_rows: int = 256, progress: bool = True, analyzer=None, on_result=None,
+            average: bool = False) -> Tally:
     """Analyse the audio files ``paths`` name (files, folders, ``@lists``) into ``output``.
 
     Args:
@@ -202,7 +203,8 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
     tally = collect(model, args.files, args.output, command=command,
                     options=_options(args, output, hop), name=model_name(args),
                     backbone=args.backbone, jobs=args.jobs, processes=args.processes,
-                    engine=args.engine, actors=args.actors, per_patch=args.per_patch, overwrite=args.overwrite, flush_rows=args.flush_every,
+                    engine=args.engine, actors=args.actors, per_patch=args.per_patch,
+                    overwrite=args.overwrite, flush_rows=args.flush_every,
                     progress=not args.no_progress, on_result=on_result,
                     average=getattr(args, "average", False))
     print(f"jaxmir: {args.output}: {tally.summary()}", file=sys.stderr)

@@ -27,9 +27,8 @@ from jaxmir.collection.packing import Call, Packer
 from jaxmir.errors import AudioError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import check_dtype
-from jaxmir.stream import BATCH, check_batch
+from jaxmir.stream import BATCH, BLOCK_FRAMES, check_batch
 
-READ_FRAMES = 1 << 18  # frames decoded and resampled at a time: ~6 s at 44.1 kHz, 2 MB in stereo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +149,7 @@ def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
     if decoder not in MODES:  # soundfile: whole-file reads, as load_audio does them
         return load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder, strict=strict)
     pieces = []
-    with iter_blocks(path, READ_FRAMES, decoder, strict, warn=damage is None) as blocks:
+    with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
         downmix = MonoInput(blocks.sample_rate)
         resampling = Resampling(blocks.sample_rate, SAMPLE_RATE, resampler)
         pieces = [resampling.push(downmix(block)) for block in blocks]
