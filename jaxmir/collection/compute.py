@@ -30,7 +30,6 @@ from jaxmir.model import check_dtype
 from jaxmir.stream import BATCH, BLOCK_FRAMES, check_batch
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Options:
     """What to compute for each file (the patch options of ``Model.predict``), and how.
