@@ -454,10 +454,10 @@ def _polyphase(plan: _Plan, signal, count: int, layout, table) -> jax.Array:
 # exact while no tap's filter index crosses a table entry between the anchor and the output,
 # and off by |delta| / 4096 times the table's second difference (< 4e-5 of its peak) times
 # the overshoot for the few that do. The error grows as delta squared: measured 1.2e-7 (music)
-# and 5.1e-7 (full-scale noise) at |delta| <= 512, 1.5e-6 at 1400. Both
-# sums over a group are one matrix product of the group's rows of samples with a banded
-# matrix whose columns are slices of a table of h and h' at anchors every _GRID units (no
-# per-tap lookups); the value sums in float64 as libsamplerate sums in double, the slope sums
+# and 5.1e-7 (full-scale noise) at |delta| <= 512, 1.5e-6 at 1400. For each block of a
+# group's outputs, both sums are matrix products of the group's rows of samples with banded
+# matrices whose columns are slices of a table of h and h' at anchors every _GRID units (no
+# per-tap lookups): the value sums in float64 as libsamplerate sums in double, the slope sums
 # (a correction of at most 1/8 table step) in float32.
 #
 # Groups are counted from output 0 and a call covers a fixed number of them (one compiled
@@ -553,10 +553,16 @@ def _ended(plan: _Plan, centre: int, units: int, n_input: int) -> bool:
     return bool(_terminated(plan, np.array([plan.half + centre]), np.array([x]), n_input)[0])
 
 
+def _margin(plan: _Plan, shape: _Matmul) -> int:
+    """Zeros either side of a phase-table row: a banded column (``span`` long) then is a slice."""
+    return shape.span - (2 * plan.taps + 3)
+
+
 @functools.lru_cache(maxsize=4)
-def _phase_table(plan: _Plan, margin: int) -> tuple[jax.Array, jax.Array]:
+def _phase_table(plan: _Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
     """h (float64) and h' (float32) at anchor phases ``0, _GRID, ...``, ``[anchors, width + 2 * margin]``
-    each, ``width = 2 * taps + 3`` taps between ``margin`` zeros on either side.
+    each, ``width = 2 * taps + 3`` taps between ``margin = span - width`` zeros on either side
+    (:func:`_margin`).
 
     Entry ``[i, margin + u]`` is for the sample ``u - taps - 1`` places from the anchor's centre,
     filter index ``d = (u - taps - 1) * increment - i * _GRID``: h(d) is libsamplerate's
@@ -565,11 +571,11 @@ def _phase_table(plan: _Plan, margin: int) -> tuple[jax.Array, jax.Array]:
     kernel's banded matrix one contiguous slice of a row.
     """
     table = coefficients(plan.quality)
-    slope = np.append(np.diff(table), np.float32(0)).astype(np.float64)   # float32 differences, as in C
+    slope = _slopes(table).astype(np.float64)
     table = table.astype(np.float64)
     # int32 indices and results written in place: a process's first build of these ~30 MB took
     # 0.08-0.33 s with int64 temporaries, 0.06-0.07 s so
-    n_anchors, width = plan.increment // _GRID + 2, 2 * plan.taps + 3
+    n_anchors, width, margin = plan.increment // _GRID + 2, 2 * plan.taps + 3, _margin(plan, shape)
     anchors = np.arange(n_anchors, dtype=np.int32) * _GRID
     offsets = np.arange(width, dtype=np.int32) - plan.taps - 1
     d = offsets[None, :] * np.int32(plan.increment) - anchors[:, None]      # |d| < 2**31 (_matmul_shape)
@@ -625,7 +631,7 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, *, plan, shape)
         return (start.astype(jnp.int32), offset.astype(jnp.int32), anchor_row.astype(jnp.int32),
                 delta.astype(jnp.int32), fits)
 
-    margin = span - width
+    margin = _margin(plan, shape)
 
     def block_sums(start, offset, anchors):
         """Value and slope sums ``[rows, block]`` of one block: rows of samples x banded matrix.
@@ -674,8 +680,7 @@ def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, centre: int, units: int,
     front = plan.taps + 2
     length = front + math.ceil(per_call * plan.step) + (shape.lines + 2) * plan.advance \
         + shape.span + plan.taps + 2
-    values, rises = _phase_table(plan, shape.span - 2 * plan.taps - 3)  # outside float64 mode:
-                                                                         # it runs the other kernels
+    values, rises = _phase_table(plan, shape)  # outside float64 mode: it runs the other kernels
     calls = []
     with jax.enable_x64(True):
         for first in range(0, count, per_call):
@@ -779,7 +784,7 @@ def _reference(plan: _Plan, x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """libsamplerate's outputs for a short ``x`` ``[n]``, in NumPy float64 (``[k, taps]`` at once)."""
     centre, start = _output_taps(plan, x.shape[0])
     signal = np.pad(x.astype(np.float64), (plan.taps, plan.taps + 2))
-    slope = np.append(np.diff(table), np.float32(0)).astype(np.float64)   # float32 differences, as in C
+    slope = _slopes(table).astype(np.float64)
     m = np.arange(plan.taps, dtype=np.int64)
 
     def coefficient(index, valid):
@@ -804,8 +809,13 @@ def _device_table(quality: str) -> tuple[jax.Array, jax.Array]:
 
 
 def _as_device(table: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    slope = np.diff(table.astype(np.float64), append=0.0).astype(np.float32)
-    return jnp.asarray(table), jnp.asarray(slope)
+    return jnp.asarray(table), jnp.asarray(_slopes(table))
+
+
+def _slopes(table: np.ndarray) -> np.ndarray:
+    """``table[i + 1] - table[i]`` in float32, as libsamplerate's C computes it (0 after the
+    last entry), ``[len(table)]``: the interpolation's slope per table step."""
+    return np.append(np.diff(table), np.float32(0))
 
 
 # -------------------------------------------------------------------------- one-shot
