@@ -12,9 +12,9 @@ own process, (1) ``jaxmir.collection.collect`` (decoding in ``--jobs`` worker
 threads, or processes with ``--processes``; MusiCNN in the main thread) into a
 Parquet folder, and (2) Essentia's loop: ``MonoLoader(sampleRate=16000)`` +
 ``TensorflowPredictMusiCNN`` on the same msd-musicnn ``.pb`` (``common.graphs_dir()``),
-tag means per file. It prints wall
-time, x real time (audio seconds per wall second), the peak resident memory of
-the main process and of its workers, and the largest difference of the mean tags.
+tag means per file. It prints wall time, x real time (audio seconds per wall second),
+the peak resident memory of the main process and of its workers, and the largest
+difference of the mean tags.
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ def main(argv=None) -> None:
     print(f"collection: {args.tracks} tracks (MP3/FLAC/WAV, 22.05-48 kHz, mono+stereo), "
           f"{audio_s / 60:.1f} min of audio")
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run(JAXMIR, str(folder), str(Path(tmp) / "tags.parquet"), str(args.jobs),
-                   str(args.batch), args.resampler, "processes" if args.processes else "threads")
         workers = "processes" if args.processes else "threads"
+        ours = run(JAXMIR, str(folder), str(Path(tmp) / "tags.parquet"), str(args.jobs),
+                   str(args.batch), args.resampler, workers)
         name = f"jaxmir collect (--jobs {args.jobs} {workers}, --batch {args.batch}, {args.resampler})"
         if args.no_essentia:
             report(name, ours)

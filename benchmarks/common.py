@@ -19,9 +19,8 @@ def machine() -> str:
     import jax
 
     cpu = cpu_description()
-    ids = f" ({cpu['ids']})" if cpu["ids"] else ""
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return f"{cpu['model']}{ids}, {cpu['cores']} cores; JAX {jax.__version__} on {devices}"
+    return f"{_named(cpu)}, {cpu['cores']} cores; JAX {jax.__version__} on {devices}"
 
 
 def timed(fn: Callable[[], object], repeats: int = 10, min_seconds: float = 1.0) -> float:
@@ -71,10 +70,14 @@ def cpu_description() -> dict:
             "flags": [flag for flag in wanted if flag in flags]}
 
 
+def _named(cpu: dict) -> str:
+    """``model name (cpu family F, model M, ...)`` of a :func:`cpu_description`."""
+    return f"{cpu['model']} ({cpu['ids']})" if cpu["ids"] else cpu["model"]
+
+
 def cpu_line() -> str:
     cpu = cpu_description()
-    ids = f" ({cpu['ids']})" if cpu["ids"] else ""
-    return (f"{cpu['model']}{ids}, {cpu['cores']} cores, "
+    return (f"{_named(cpu)}, {cpu['cores']} cores, "
             f"flags: {' '.join(cpu['flags']) or 'none of avx2/fma/avx512f'}")
 
 
