@@ -49,7 +49,8 @@ def graphs_dir() -> Path:
 def cpu_description() -> dict:
     """The CPU model, its family/model numbers, core count and the SIMD flags that change float32
     speed (from /proc/cpuinfo). The numbers tell apart CPUs that share a name: an "AMD EPYC" of
-    family 25 is Zen 3 or Zen 4 (AVX-512 on 256-bit units), of family 26 Zen 5 (512-bit units)."""
+    family 25 is Zen 3 (no AVX-512) or Zen 4 (AVX-512 on 256-bit units), of family 26 Zen 5
+    (512-bit units)."""
     name, flags, ids = platform.processor() or platform.machine(), set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
