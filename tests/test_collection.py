@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from jaxmir.collection import Options, collect, commands, compute, inputs, outputs
+from jaxmir.collection import Options, collect, commands, compute, inputs, local, outputs
 from jaxmir.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -430,7 +430,8 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
 
 def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, monkeypatch):
     """--jobs N decodes in threads of this process, which record no warnings (a damaged file's
-    problem still reaches its row); --processes gives the same rows from worker processes."""
+    problem still reaches its row) and run at a lower priority than the model (Linux);
+    --processes gives the same rows from worker processes."""
     import threading
     import warnings
 
@@ -444,7 +445,8 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
     decode = compute.decode
 
     def spying(*args, **kwargs):
-        callers.append((os.getpid(), threading.current_thread().name))
+        niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        callers.append((os.getpid(), threading.current_thread().name, niceness))
         return decode(*args, **kwargs)
     monkeypatch.setattr(compute, "decode", spying)
     with warnings.catch_warnings(record=True) as caught:
@@ -454,7 +456,11 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
     monkeypatch.setattr(compute, "decode", decode)  # a worker process must be able to import it
     assert not [w for w in caught if issubclass(w.category, DamagedAudioWarning)]
     assert len(callers) == 3
-    assert all(pid == os.getpid() and name.startswith("jaxmir-decode") for pid, name in callers)
+    assert all(pid == os.getpid() and name.startswith("jaxmir-decode") for pid, name, _ in callers)
+    if sys.platform.startswith("linux"):
+        ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert {nice for *_, nice in callers} == {min(19, ours + local.DECODE_NICENESS)}
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours
     separate = collect(model, [str(folder)], str(tmp_path / "processes.jsonl"), name="msd-musicnn",
                        jobs=2, processes=True, progress=False)
     assert (threaded.ok, threaded.failed) == (separate.ok, separate.failed) == (3, 0)
