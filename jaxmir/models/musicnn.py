@@ -86,22 +86,24 @@ class TimeConvFrequencyMax(nn.Module):
     product near it. The frequency axis is reduced before time is laid flat
     again, so the ``[b, t, mel, filters]`` activations are never transposed.
     Variables are :class:`ConvBlock`'s (``conv/kernel``, ``conv/bias``, ``batch_norm``).
+
+    ``block`` defaults to :func:`time_block`.
     """
 
     filters: int
     length: int
     bn_epsilon: float
-    block: int = 16
+    block: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = ConvParams((self.length, 1, 1, self.filters), name="conv")()
         batch_norm = frozen_batch_norm(self.bn_epsilon, name="batch_norm")
-        frames = x.shape[1]
-        windows = time_windows(x[..., 0], self.length, self.block)      # [b, blocks, width, mel]
+        frames, block = x.shape[1], self.block or time_block(self.length)
+        windows = time_windows(x[..., 0], self.length, block)           # [b, blocks, width, mel]
 
         def product(time_kernel: jax.Array) -> jax.Array:
-            banded = banded_kernel(time_kernel, self.block)              # [width, block, filters]
+            banded = banded_kernel(time_kernel, block)                   # [width, block, filters]
             return jnp.einsum("bjwm,wof->bjmof", windows, banded, precision=PRECISION)
 
         # [b, blocks, mel, block, filters] -> extreme over mel: [b, blocks, block, filters]
@@ -109,6 +111,19 @@ class TimeConvFrequencyMax(nn.Module):
         y = directed_max(product, kernel[:, 0, 0, :], direction, axis=2) + bias
         y = batch_norm(ACTIVATIONS["relu"](y))
         return y.reshape(y.shape[0], -1, self.filters)[:, :frames]
+
+
+def time_block(length: int) -> int:
+    """Output frames per banded product of a ``length``-frame temporal kernel: ``length / 4``,
+    within 16-32.
+
+    A block reads ``block + length - 1`` frames for ``block`` outputs, so longer blocks waste
+    fewer products on the band's zeros and shorter ones keep the ``[mel, block, filters]``
+    products in cache. MusiCNN at batch 8 (Zen 5), blocks of 32/16/16 frames for its
+    128/64/32-frame kernels against 16 for all: 6% less time with the overlap shared
+    (consecutive patches), 1% without.
+    """
+    return min(32, max(16, length // 4))
 
 
 def _conv_over_stretch(block, x: jax.Array, hop: int, rows_padding) -> jax.Array:
