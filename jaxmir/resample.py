@@ -687,7 +687,7 @@ def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, centre: int, units: int,
             at, first_units = _walk(plan, centre, units, first)
             stretch = _stretch(x, at - front, length)
             groups = -(-min(per_call, count - first) // size)
-            calls.append(_matmul_kernel(jnp.asarray(stretch), np.int64(front), np.int64(first_units),
+            calls.append(_matmul_kernel(stretch, np.int64(front), np.int64(first_units),
                                         np.int32(groups), values, rises, plan=plan, shape=shape))
         if not all(bool(ok) for _, ok in calls):
             return None
