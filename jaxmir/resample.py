@@ -28,10 +28,11 @@ converter Essentia's ``MonoLoader`` uses, by doing the same arithmetic as libsam
   first holds (evaluated in double with absolute buffer positions; libsamplerate uses
   buffer-relative ones, which round differently only if the test is within ~1e-9 of a tie).
 
-Three kernels compute the sums. NumPy input at the common rates (44.1, 48, 32, 96 kHz...
-to 16 kHz: a short exact period and a position recurrence that never rounds) takes the
-matrix-product kernel (:func:`_matmul_kernel`, see its section): positions in exact int64
-on the device, value sums in float64 as libsamplerate's, and a first-order expansion of the
+Three kernels compute the sums. NumPy input at the common rates (22.05, 24, 32, 44.1, 48,
+96 kHz... to 16 kHz: downsampling with a short exact period) takes the matrix-product kernel
+(:func:`_matmul_kernel`, see its section): positions in exact int64 (on the device where the
+recurrence never rounds, from the host's recurrence where it does), value sums in float64 as
+libsamplerate's, and a first-order expansion of the
 coefficients in each output's drift from its group's anchor (error measured: 1.2e-7 and 4.2e-7 on
 the music fixtures, 5.1e-7 on full-scale noise); 53-61% of its outputs equal libsamplerate's
 bit for bit. Other periodic rates take the float32 polyphase
@@ -182,8 +183,14 @@ def _additions_exact(summed: np.ndarray, whole: int) -> bool:
 
     The exact sum is ``whole + summed * 2**-60``; it is a double when its significant bits
     span at most 53. Bit lengths are over-estimated at worst (float conversion rounds up),
-    which only sends a borderline case to the sequential path.
+    which only sends a borderline case to the sequential path. Checked ``_SCAN_STEPS`` at a
+    time: where the additions round (22.05 kHz -> 16 kHz), they do within the first.
     """
+    return all(_exact_sums(summed[i:i + _SCAN_STEPS], whole)
+               for i in range(0, summed.shape[0], _SCAN_STEPS))
+
+
+def _exact_sums(summed: np.ndarray, whole: int) -> bool:
     high = whole + (summed >> np.uint64(_UNIT)).astype(np.int64)
     _, exponent = np.frexp(summed.astype(np.float64))
     _, high_exponent = np.frexp(high.astype(np.float64))
@@ -485,15 +492,23 @@ class _Matmul:
 
 
 def _matmul_shape(plan: _Plan) -> _Matmul | None:
-    """The kernel's shape, or ``None`` when the plan must take the per-output kernels."""
-    if not 0 < plan.period <= _MAX_PERIOD or not _closed_form(plan.step):
+    """The kernel's shape, or ``None`` when the plan must take the per-output kernels.
+
+    Downsampling only: upsampling's filter is not widened, so fewer, larger taps carry the
+    first-order error (1.2-1.8e-6 on full-scale noise at 11.025 -> 16 and 16 -> 44.1 kHz).
+    The same error grows with the ratio as ``sqrt(ratio)`` and with the drift squared, so
+    plans above ratio 1/2 take groups of fewer rows (22.05 -> 16 kHz on full-scale noise:
+    7.8e-7 with the drift of 44.1 kHz's groups, less with this).
+    """
+    if not 0 < plan.period <= _MAX_PERIOD or plan.ratio >= 1.0:
         return None
     width = 2 * plan.taps + 3
     if (plan.increment // _GRID + 2) * width > _MAX_TABLE:
         return None                                  # sinc_best: the table would be too large
     drift = abs(plan.period * plan.step - plan.advance) * plan.increment + 2   # units per period
+    limit = _DELTA_LIMIT * min(1.0, math.sqrt(0.5 / plan.ratio))
     rows = _MAX_ROWS
-    while rows > 1 and rows * drift / 2 + _GRID / 2 + 2 > _DELTA_LIMIT:
+    while rows > 1 and rows * drift / 2 + _GRID / 2 + 2 > limit:
         rows //= 2
     block = max(d for d in range(1, _SUBBLOCK + 1) if plan.period % d == 0)
     span = math.ceil((block - 1) * plan.step) + 4 + width
@@ -506,9 +521,10 @@ def _matmul_shape(plan: _Plan) -> _Matmul | None:
 def accelerated(in_rate: int, out_rate: int, quality: str = "sinc_medium") -> bool:
     """Whether :func:`resample` takes the matrix-product kernel for ``in_rate -> out_rate`` Hz.
 
-    It does for 44.1, 48, 32, 88.2, 96, 176.4 and 192 kHz -> 16 kHz (a short exact period, a position
-    recurrence that never rounds, not ``sinc_best``), where it runs 8-11x faster than
-    libsamplerate (2-core EPYC); the per-output kernels elsewhere are about as fast as libsamplerate.
+    It does for 22.05, 24, 32, 44.1, 48, 88.2, 96, 176.4 and 192 kHz -> 16 kHz (downsampling with
+    a short exact period, not ``sinc_best``), where it runs 3-13x faster than libsamplerate
+    (2-core EPYC; 22.05 kHz, whose positions come from the host, 3x); the per-output kernels
+    elsewhere are about as fast as libsamplerate.
     """
     return _matmul_shape(_plan(in_rate, out_rate, quality)) is not None
 
@@ -595,27 +611,37 @@ def _phase_table(plan: _Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "shape"))
-def _matmul_kernel(signal, centre, units, groups, values, rises, *, plan, shape):
+def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None, *, plan, shape):
     """Outputs ``[shape.groups * rows * period]`` (float32) from ``signal`` (float32; output 0's
     window centred on ``signal[centre]``, fraction ``units * 2**-60``), of which the first
     ``groups`` groups are computed (the rest are zeros), and whether all of those met the
-    kernel's bounds (else the caller must not use them). Value sums in float64."""
+    kernel's bounds (else the caller must not use them). Value sums in float64.
+
+    The outputs' positions follow the closed form, or are ``positions`` ``[shape.groups * rows
+    * period]`` (int64 fixed-point units from ``signal[0]``, :func:`_fixed_point`) where
+    libsamplerate's recurrence rounds."""
     rows, period, advance, inc = shape.rows, plan.period, plan.advance, plan.increment
     block, span, width = shape.block, shape.span, 2 * plan.taps + 3
     size, blocks, reach = rows * period, period // block, (rows + shape.lines) * advance
     whole, frac = _split_step(plan.step)
 
-    def layout(g):
-        """Group ``g``'s block starts ``[blocks]``, output offsets in them ``[blocks, block]``,
-        anchor rows ``[period]``, drifts ``[rows, period]`` (units) and whether all fit."""
-        # libsamplerate's positions, exactly: centre + k * whole + carry, fraction in 2**-60 units
+    def closed_form(g):
+        """libsamplerate's positions, exactly: centre + k * whole + carry, fraction in 2**-60 units."""
         k = g.astype(jnp.int64) * size + jnp.arange(size, dtype=jnp.int64)
         high = k * (frac >> 30)
         total = units + k * (frac & _HALF_MASK) + ((high & _HALF_MASK) << 30)
         at = centre + k * whole + (high >> 30) + (total >> _UNIT)
         x = (total & _FRAC_MASK).astype(jnp.float64) * 2.0 ** -_UNIT
         phase = jnp.round(x * plan.float_increment * float(_ONE)).astype(jnp.int64)
-        position = (at * inc + phase).reshape(rows, period)
+        return at * inc + phase
+
+    def layout(g):
+        """Group ``g``'s block starts ``[blocks]``, output offsets in them ``[blocks, block]``,
+        anchor rows ``[period]``, drifts ``[rows, period]`` (units) and whether all fit."""
+        if positions is None:
+            position = closed_form(g).reshape(rows, period)
+        else:
+            position = jax.lax.dynamic_slice(positions, (g * size,), (size,)).reshape(rows, period)
         position = position - (jnp.arange(rows, dtype=jnp.int64) * (advance * inc))[:, None]
         # anchors on the phase table's grid, near the group's middle row
         middle = position[rows // 2]
@@ -668,9 +694,12 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, *, plan, shape)
     return out, jnp.all(fits | (jnp.arange(shape.groups) >= groups))
 
 
-def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, centre: int, units: int, count: int):
+def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, centre: int, units: int, count: int,
+            positions: np.ndarray | None = None):
     """``count`` outputs from ``x`` (float32 ``[n]``), output 0 centred on ``x[centre]`` with
-    fraction ``units``; ``None`` if an output fell outside the kernel's bounds.
+    fraction ``units`` (on the closed form), or at ``positions`` (int64, fixed-point units from
+    ``x[0]``: :func:`_fixed_point`; of whole groups, :func:`_whole_groups`); ``None`` if an
+    output fell outside the kernel's bounds.
 
     Calls of ``shape.groups`` groups, each on its stretch of ``x`` (zeros beyond its ends), all
     of one shape: one compiled program per plan, whatever the length.
@@ -684,14 +713,50 @@ def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, centre: int, units: int,
     calls = []
     with jax.enable_x64(True):
         for first in range(0, count, per_call):
-            at, first_units = _walk(plan, centre, units, first)
-            stretch = _stretch(x, at - front, length)
             groups = -(-min(per_call, count - first) // size)
+            if positions is None:
+                at, first_units = _walk(plan, centre, units, first)
+                given = ()
+            else:  # whole groups given; groups past the last are padding, not computed
+                at, first_units = int(positions[first] // plan.increment), 0
+                given = (_continued(plan, positions[first:first + groups * size], per_call)
+                         - (at - front) * plan.increment,)
+            stretch = _stretch(x, at - front, length)
             calls.append(_matmul_kernel(stretch, np.int64(front), np.int64(first_units),
-                                        np.int32(groups), values, rises, plan=plan, shape=shape))
+                                        np.int32(groups), values, rises, *given, plan=plan,
+                                        shape=shape))
         if not all(bool(ok) for _, ok in calls):
             return None
         return np.concatenate([np.asarray(out) for out, _ in calls])[:count]
+
+
+def _fixed_point(plan: _Plan, centre: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Outputs' positions in fixed-point units, int64: ``centre * increment`` plus the filter
+    start ``lrint(x * float_increment * 4096)`` (the closed-form kernel computes the same)."""
+    return centre.astype(np.int64) * plan.increment + _phases(plan, x)
+
+
+def _continued(plan: _Plan, positions: np.ndarray, size: int) -> np.ndarray:
+    """``positions`` continued to ``size`` at libsamplerate's step (groups the kernel skips)."""
+    extra = np.arange(1, size - positions.shape[0] + 1, dtype=np.int64)
+    tail = positions[-1] + np.rint(extra * plan.step * plan.increment).astype(np.int64)
+    return np.concatenate([positions, tail])
+
+
+def _exact(plan: _Plan, centre: int, x0: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window centres (input index from ``x[0]``) and fractions of ``count`` outputs from the
+    one at ``(centre, x0)``, by libsamplerate's recurrence (:func:`_positions`)."""
+    if count == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    frac, advance, _ = _positions(plan.step, x0, count)
+    return centre + np.concatenate([[0], np.cumsum(advance)[:-1]]).astype(np.int64), frac
+
+
+def _whole_groups(shape: _Matmul, plan: _Plan, count: int) -> int:
+    """``count`` rounded up to whole groups of the matrix-product kernel: a group's anchors
+    come from its middle row, so it takes the positions of all its outputs, used or not."""
+    size = shape.rows * plan.period
+    return -(-count // size) * size
 
 
 def _stretch(x: np.ndarray, lo: int, length: int) -> np.ndarray:
@@ -849,6 +914,12 @@ def _output_taps(plan: _Plan, n_input: int) -> tuple[np.ndarray, np.ndarray]:
     return _normalise(plan, plan.taps + base, _phases(plan, frac))
 
 
+def _until_end(plan: _Plan, centre: np.ndarray, frac: np.ndarray, n_input: int) -> int:
+    """How many of these outputs come before libsamplerate's end test first stops one."""
+    ended = _terminated(plan, plan.half + centre, frac, n_input)
+    return int(np.argmax(ended)) if ended.any() else centre.shape[0]
+
+
 def _matmul_count(plan: _Plan, n_input: int) -> int:
     """How many outputs libsamplerate makes from ``n_input`` samples, on the closed form."""
     limit = _output_count(plan, n_input)
@@ -858,10 +929,16 @@ def _matmul_count(plan: _Plan, n_input: int) -> int:
 def _one_shot(plan: _Plan, x, table: np.ndarray | tuple) -> np.ndarray:
     shape = _matmul_shape(plan) if isinstance(x, np.ndarray) and isinstance(table, tuple) else None
     if shape is not None:
-        count = _matmul_count(plan, x.shape[0])
+        if _closed_form(plan.step):
+            count, positions = _matmul_count(plan, x.shape[0]), None
+        else:
+            limit = _output_count(plan, x.shape[0])
+            centre, frac = _exact(plan, 0, 0.0, _whole_groups(shape, plan, limit))
+            count = _until_end(plan, centre[:limit], frac[:limit], x.shape[0])
+            positions = _fixed_point(plan, centre, frac)[:_whole_groups(shape, plan, count)]
         if count == 0:
             return np.zeros(0, np.float32)
-        out = _matmul(plan, shape, x, 0, 0, count)
+        out = _matmul(plan, shape, x, 0, 0, count, positions)
         if out is not None:
             return out
     centre, start = _output_taps(plan, x.shape[0])
@@ -928,6 +1005,10 @@ class SincResampler:
         self._frac = 0.0                   # its fractional position
         self._done = False
         self._matmul = _matmul_shape(self._plan)
+        # where libsamplerate's recurrence rounds, the matrix-product kernel takes the positions
+        # from here: those of the outputs from the one at _group_start(), kept as (centre, x)
+        self._exact = self._matmul is not None and not _closed_form(self._plan.step)
+        self._anchor = (0, 0.0)
 
     def push(self, chunk) -> np.ndarray:
         """Take ``[n]`` float32 samples; return the outputs they complete (float32 ``[k]``)."""
@@ -952,9 +1033,11 @@ class SincResampler:
 
     def _emit(self, ready, limit: int) -> np.ndarray:
         if self._matmul is not None:
-            out = self._emit_matmul(ready, limit)
+            out = (self._emit_exact if self._exact else self._emit_matmul)(ready, limit)
             if out is not None:
                 return out
+            if self._exact:  # the per-output kernel below does not keep the group's anchor
+                self._matmul, self._exact = None, False
         plan = self._plan
         pieces = []
         while self._made < limit:
@@ -1020,6 +1103,39 @@ class SincResampler:
         self._forget()
         return out
 
+    def _emit_exact(self, ready, limit: int) -> np.ndarray | None:
+        """:meth:`_emit_matmul` with the positions of libsamplerate's recurrence (computed on
+        the host from the group's first output), where its additions round."""
+        plan, first = self._plan, self._group_start()
+        # up to the next state after `limit`, in whole groups
+        centre, frac = _exact(plan, *self._anchor, _whole_groups(self._matmul, plan, limit - first + 1))
+        done = self._made - first
+        if ready is None:
+            usable = np.arange(centre.shape[0]) < _until_end(plan, centre, frac, self._seen)
+        else:
+            usable = ready(centre)
+        usable[:done] = True
+        usable[limit - first:] = False
+        n = int(np.argmin(usable)) - done
+        out = np.zeros(0, np.float32)
+        if n:
+            origin = int(centre[0]) - plan.taps
+            window = self._history[origin - self._origin:]
+            positions = _fixed_point(plan, centre - origin, frac)
+            positions = positions[:_whole_groups(self._matmul, plan, done + n)]
+            out = _matmul(plan, self._matmul, window, 0, 0, done + n, positions)
+            if out is None:
+                return None
+            out = out[done:]
+            self._made += n
+            self._centre, self._frac = int(centre[done + n]), float(frac[done + n])
+            step = self._group_start() - first
+            self._anchor = (int(centre[step]), float(frac[step]))
+        if ready is None:
+            self._made = limit
+        self._forget()
+        return out
+
     def _group_start(self) -> int:
         """Index of the first output of the matrix-product kernel's group holding the next output."""
         group = self._matmul.rows * self._plan.period
@@ -1028,7 +1144,9 @@ class SincResampler:
     def _forget(self) -> None:
         """Drop the history no later output reads."""
         centre = self._centre
-        if self._matmul is not None and not self._done:
+        if self._exact and not self._done:
+            centre = self._anchor[0]
+        elif self._matmul is not None and not self._done:
             centre = _walk(self._plan, 0, 0, self._group_start())[0]
         drop = centre - self._plan.taps - self._origin
         if drop > 0:

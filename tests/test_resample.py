@@ -160,13 +160,15 @@ def test_bad_input():
 
 
 def test_common_rates_take_the_polyphase_kernels():
-    """44.1/48/32/96 kHz -> 16 kHz take the matrix-product kernel; 22.05 kHz (whose position
-    recurrence rounds) the float32 polyphase kernel; a rate without a short exact period
-    (7999 Hz) the per-output kernel. The parity tests above check their numbers."""
+    """44.1/48/32/96 kHz -> 16 kHz take the matrix-product kernel, and so does 22.05 kHz, whose
+    position recurrence rounds (its positions come from the host); upsampling (8 kHz) takes the
+    float32 polyphase kernel, a rate without a short exact period (7999 Hz) the per-output
+    kernel. The parity tests above check their numbers."""
     from jaxmir import resample as rs
 
     for rate, matmul, polyphase in ((44100, True, True), (48000, True, True), (32000, True, True),
-                                    (96000, True, True), (22050, False, True), (7999, False, False)):
+                                    (96000, True, True), (22050, True, True), (8000, False, True),
+                                    (7999, False, False)):
         plan = rs._plan(rate, 16000, "sinc_medium")
         assert (rs._matmul_shape(plan) is not None) == matmul, rate
         centre, start = rs._output_taps(plan, 5 * rate)
@@ -174,7 +176,7 @@ def test_common_rates_take_the_polyphase_kernels():
     assert rs._matmul_shape(rs._plan(44100, 16000, "sinc_best")) is None   # its table: too large
     accelerated = [rate for rate in (8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000,
                                      176400, 192000) if rs.accelerated(rate, 16000)]
-    assert accelerated == [32000, 44100, 48000, 88200, 96000, 176400, 192000]
+    assert accelerated == [22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000]
 
 
 def test_matrix_product_kernel_bounds_and_fallback(music, monkeypatch):
