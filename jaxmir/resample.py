@@ -626,7 +626,8 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
     whole, frac = _split_step(plan.step)
 
     def closed_form(g):
-        """libsamplerate's positions, exactly: centre + k * whole + carry, fraction in 2**-60 units."""
+        """libsamplerate's positions, exactly: centre + k * whole + carry, fraction in 2**-60
+        units."""
         k = g.astype(jnp.int64) * size + jnp.arange(size, dtype=jnp.int64)
         high = k * (frac >> 30)
         total = units + k * (frac & _HALF_MASK) + ((high & _HALF_MASK) << 30)
@@ -1108,7 +1109,8 @@ class SincResampler:
         the host from the group's first output), where its additions round."""
         plan, first = self._plan, self._group_start()
         # up to the next state after `limit`, in whole groups
-        centre, frac = _exact(plan, *self._anchor, _whole_groups(self._matmul, plan, limit - first + 1))
+        centre, frac = _exact(plan, *self._anchor,
+                              _whole_groups(self._matmul, plan, limit - first + 1))
         done = self._made - first
         if ready is None:
             usable = np.arange(centre.shape[0]) < _until_end(plan, centre, frac, self._seen)
