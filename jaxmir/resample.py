@@ -231,13 +231,6 @@ def _positions_sequential(step: float, x0: float, count: int):
     return x_all[:count], np.concatenate(advances)[:count], float(x_all[count])
 
 
-def _next_frac(step: float, x: float) -> float:
-    """One step of the C recurrence in Python floats (IEEE doubles, round half to even)."""
-    y = x + step
-    rem = y - round(y)
-    return rem + 1.0 if rem < 0.0 else rem
-
-
 def _phases(plan: _Plan, x: np.ndarray) -> np.ndarray:
     """Fixed-point filter start ``lrint(x * float_increment * 4096)`` per output, int32."""
     return np.rint(x * plan.float_increment * float(_ONE)).astype(np.int32)
@@ -801,8 +794,7 @@ def coefficients(quality: str = "sinc_medium") -> np.ndarray:
         plan = _Plan(quality, ratio, 1.0 / ratio, index_inc * _ONE, half_len << _SHIFT,
                      0, 0, 1.0, float(index_inc))
         count = _output_count(plan, n_input)
-        x, advance, _ = _positions(plan.step, 0.0, count)
-        base = np.concatenate([[0], np.cumsum(advance)[:-1]])
+        base, x = _exact(plan, 0, 0.0, count)
         start = _phases(plan, x).astype(np.int64)
         for shift in shifts:
             impulse = np.zeros(n_input, np.float32)
@@ -906,13 +898,9 @@ def _output_taps(plan: _Plan, n_input: int) -> tuple[np.ndarray, np.ndarray]:
     count = _output_count(plan, n_input)
     if count == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int32)
-    frac, advance, _ = _positions(plan.step, 0.0, count)
-    base = np.concatenate([[0], np.cumsum(advance)[:-1]])
-    ended = _terminated(plan, plan.half + base, frac, n_input)
-    if ended.any():
-        count = int(np.argmax(ended))
-        frac, base = frac[:count], base[:count]
-    return _normalise(plan, plan.taps + base, _phases(plan, frac))
+    base, frac = _exact(plan, 0, 0.0, count)
+    count = _until_end(plan, base, frac, n_input)
+    return _normalise(plan, plan.taps + base[:count], _phases(plan, frac[:count]))
 
 
 def _until_end(plan: _Plan, centre: np.ndarray, frac: np.ndarray, n_input: int) -> int:
@@ -1043,13 +1031,11 @@ class SincResampler:
         pieces = []
         while self._made < limit:
             want = min(limit - self._made, 1 << 16)
-            frac, advance, _ = _positions(plan.step, self._frac, want)
-            centre = self._centre + np.concatenate([[0], np.cumsum(advance)[:-1]])
-            keep = np.ones(want, bool)
+            centre, frac = _exact(plan, self._centre, self._frac, want + 1)  # and the next state
             if ready is not None:
-                keep &= ready(centre)
+                keep = ready(centre[:want])
             else:
-                keep &= ~np.cumsum(_terminated(plan, plan.half + centre, frac, self._seen)).astype(bool)
+                keep = np.arange(want) < _until_end(plan, centre[:want], frac[:want], self._seen)
             n = int(np.argmin(keep)) if not keep.all() else want
             if n == 0:
                 if ready is None:
@@ -1062,8 +1048,7 @@ class SincResampler:
                                                      _phases(plan, frac[:n])), self._table)
             pieces.append(np.asarray(out, np.float32))
             self._made += n
-            self._centre = int(centre[n - 1] + advance[n - 1])
-            self._frac = _next_frac(plan.step, float(frac[n - 1]))
+            self._centre, self._frac = int(centre[n]), float(frac[n])
             if n < want:
                 if ready is None:
                     self._made = limit
