@@ -9,10 +9,11 @@ Files are decoded by :mod:`jaxmir.decode` (FFmpeg through PyAV):
 ``resampler="essentia"`` (the default) is Essentia's ``MonoLoader`` converter (default
 ``resampleQuality=1``): libsamplerate's ``SINC_MEDIUM_QUALITY`` with the ratio
 ``out_rate / in_rate`` computed in float32, as Essentia's ``Resample`` keeps it. Where
-:func:`jaxmir.resample.accelerated` holds (44.1, 48, 32, 88.2, 96, 176.4, 192 kHz -> 16 kHz) it is
-computed by :mod:`jaxmir.resample`'s matrix-product kernel, 8-11x faster than libsamplerate and
-within 1e-6 of its samples (1.2e-7 measured on music, most samples identical); at the other
-rates, where the JAX kernels are no faster, by libsamplerate itself. ``resampler="samplerate"``
+:func:`jaxmir.resample.accelerated` holds (22.05, 24, 32, 44.1, 48, 88.2, 96, 176.4, 192 kHz
+-> 16 kHz) it is computed by :mod:`jaxmir.resample`'s matrix-product kernel, 3-13x faster than
+libsamplerate and within 1e-6 of its samples (1.2e-7 measured on music, most samples
+identical); at the other rates (upsampling among them), where the JAX kernels are no faster,
+by libsamplerate itself. ``resampler="samplerate"``
 always runs libsamplerate (the ``samplerate`` package): Essentia's 16-kHz signal sample for
 sample, on its reference inputs at 44.1 and 22.05 kHz. ``resampler="soxr"`` is soxr's HQ
 converter as ``librosa.load(sr=16000)`` uses it (musicnn's own pipeline), with librosa's
