@@ -56,6 +56,12 @@ with open(results, "a") as out:
 """
 
 
+def _finished_lines(results_file: Path) -> list:
+    """The worker's records so far; a line it is still writing (no newline yet) waits for the next poll."""
+    *finished, _being_written = results_file.read_text().split("\n")
+    return [json.loads(line) for line in finished if line.strip()]
+
+
 def load_guarded(paths: list, cap_mb: int = 2048, timeout_s: float = 60.0) -> dict[str, str]:
     """``jaxmir.load`` each path in a worker process; returns path -> outcome.
 
@@ -78,8 +84,7 @@ def load_guarded(paths: list, cap_mb: int = 2048, timeout_s: float = 60.0) -> di
             current, started = None, time.monotonic()
             while True:
                 code = worker.poll()
-                lines = [json.loads(l) for l in results_file.read_text().splitlines() if l.strip()]
-                for path, outcome in lines:
+                for path, outcome in _finished_lines(results_file):
                     if outcome == "start":
                         if path != current:
                             current, started = path, time.monotonic()
