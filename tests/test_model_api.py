@@ -119,7 +119,7 @@ def _consecutive(n: int, hop: int = 93, seed: int = 4) -> np.ndarray:
     return np.stack([frames[p * hop:p * hop + 187] for p in range(n)])
 
 
-@pytest.mark.parametrize("n", [1, 5, 13])  # one patch, one short step, a step of 8 and a padded one
+@pytest.mark.parametrize("n", [1, 2, 5, 13])  # one patch, two, one short step, a step of 8 and a padded one
 def test_apply_shares_the_frames_of_overlapping_patches(musicnn, vgg, monkeypatch, n):
     from jaxmir import model as model_module
 
@@ -128,9 +128,12 @@ def test_apply_shares_the_frames_of_overlapping_patches(musicnn, vgg, monkeypatc
     monkeypatch.setattr(model_module, "run_patches_jit",
                         lambda module, *args: modules.append(module) or run(module, *args))
     x = _consecutive(n)
-    shared = musicnn.apply(x, ["predictions", "embeddings"], overlap_hop=93)
+    shared = musicnn.apply(x, ["timbral", "predictions", "embeddings"], overlap_hop=93)
     assert modules[-1].overlap_hop == 93  # the timbral convolutions run once over the stretch
-    plain = musicnn.apply(x, ["predictions", "embeddings"])
+    plain = musicnn.apply(x, ["timbral", "predictions", "embeddings"])
+    # every row, those whose window reads a patch's zero padding included (1e-6 to 2.3e-5 on ~50)
+    scale = float(np.abs(plain["timbral"]).max())
+    np.testing.assert_allclose(shared["timbral"], plain["timbral"], rtol=0, atol=2e-6 * scale)
     # float32 summation order only: 1.3e-7 measured on tags (probabilities), embeddings ~12
     np.testing.assert_allclose(shared["predictions"], plain["predictions"], rtol=0, atol=1e-6)
     scale = float(np.abs(plain["embeddings"]).max())
