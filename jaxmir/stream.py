@@ -590,18 +590,23 @@ class Stream:
 
 @contextlib.contextmanager
 def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str = "essentia",
-                strict: bool = False, **options) -> Iterator[tuple[Stream, Iterator[Patches]]]:
+                strict: bool = False, damage: list[str] | None = None, **options
+                ) -> Iterator[tuple[Stream, Iterator[Patches]]]:
     """A file decoded block by block (:func:`jaxmir.decode.iter_blocks`) into a :class:`Stream`.
 
     Yields ``(stream, patches)``: iterate ``patches`` for the non-empty
     :class:`Patches` as they complete; ``stream.seconds`` and ``stream.n_patches``
     are final once it is exhausted. ``options`` are :class:`Stream`'s (``patch_hop``,
     ``last_patch``, ``pad``, ``resampler``, ...); a file that gives no patch raises.
+    With a ``damage`` list, a damaged file's problem is appended to it instead of
+    warned (:class:`jaxmir.decode.DamagedAudioWarning`).
     """
-    with iter_blocks(path, BLOCK_FRAMES, decoder, strict) as blocks:
+    with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
         stream = Stream(model, blocks.sample_rate, output, require_patch=True, eager=False,
                         **options)
         yield stream, stream.run(blocks)
+    if damage is not None and blocks.problem is not None:
+        damage.append(blocks.problem)
 
 
 __all__ = ["Stream", "file_stream", "BLOCK_FRAMES", "Patches", "Windowing", "cut_samples", "Resampling", "MonoInput", "audio_to_outputs", "frontend_of",

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 
 import jaxmir
 from jaxmir.collection import Options, collect, commands, compute, inputs, local, outputs
+from jaxmir.decode import DamagedAudioWarning
 from jaxmir.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -426,6 +428,14 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     strict = collect(model, [str(cut)], str(tmp_path / "strict.jsonl"), name="msd-musicnn",
                      jobs=0, progress=False, options=Options(strict=True))
     assert strict.failed == 1
+    # streamed from disk (no workers, the default analyzer): the same row, and no warning escapes
+    streamed = tmp_path / "streamed.jsonl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DamagedAudioWarning)
+        collect(model, [str(cut)], str(streamed), name="msd-musicnn", jobs=0, progress=False)
+    again = json.loads(streamed.read_text().splitlines()[0])
+    assert again["status"] == "damaged" and again["error"] == row["error"]
+    assert again["n_patches"] == row["n_patches"]
 
 
 def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, monkeypatch):
@@ -433,9 +443,6 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
     problem still reaches its row) and run at a lower priority than the model (Linux);
     --processes gives the same rows from worker processes."""
     import threading
-    import warnings
-
-    from jaxmir.decode import DamagedAudioWarning
 
     folder = tmp_path / "in"
     _write(folder / "a.wav", 4.2, 44100, 2, 2)

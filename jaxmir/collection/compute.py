@@ -12,11 +12,9 @@ Two functions, the same for every engine (local processes, Ray):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import queue
-import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from typing import Iterable, Iterator
 
@@ -97,20 +95,6 @@ def _check_unchanged(path: str, before: Source) -> None:
     if examine(path) != before:
         raise AudioError(f"{path}: changed while it was being read (size or modification "
                          "time); it will be read again on the next run")
-
-
-@contextlib.contextmanager
-def _reading(path: str, before: Source) -> Iterator[list[str]]:
-    """Around reading ``path`` in the main thread: collects damaged-audio warnings (the list
-    yielded) and, after, raises when the file changed or vanished while it was being read."""
-    from jaxmir.decode import DamagedAudioWarning
-
-    damage: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DamagedAudioWarning)
-        yield damage
-    damage.extend(str(w.message) for w in caught if issubclass(w.category, DamagedAudioWarning))
-    _check_unchanged(path, before)
 
 
 def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
@@ -306,14 +290,15 @@ def stream_files(model, sources: Iterable[Source], options: Options
 
     for source in sources:
         path = source.path
+        damage: list[str] = []
         try:
-            with _reading(path, source) as damage:
-                with file_stream(model, path, options.output, decoder=options.decoder,
-                                 strict=options.strict, patch_hop=options.patch_hop,
-                                 last_patch=options.last_patch, pad=options.pad,
-                                 resampler=options.resampler, batch=options.batch
-                                 ) as (stream, found):
-                    parts = [patches.values[options.output] for patches in found]
+            with file_stream(model, path, options.output, decoder=options.decoder,
+                             strict=options.strict, damage=damage, patch_hop=options.patch_hop,
+                             last_patch=options.last_patch, pad=options.pad,
+                             resampler=options.resampler, batch=options.batch
+                             ) as (stream, found):
+                parts = [patches.values[options.output] for patches in found]
+            _check_unchanged(path, source)
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
             yield Decoded(source, error=error_message(path, err)), error_message(path, err)
             continue
