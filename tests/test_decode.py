@@ -285,6 +285,39 @@ def test_blocks_concatenate_to_the_whole_file(files, name, mode):
         assert blocks.status == "ok" and blocks.frames == whole.samples.shape[0]
 
 
+def test_blocks_survive_a_decoder_changing_its_sample_format(files, monkeypatch):
+    """FFmpeg's FIFO refuses a frame of another sample format than the first; the blocks then go
+    on in a new FIFO, and the samples are those of the whole file."""
+    import av
+
+    whole = decode_file(files["mono_22k05.mp3"])
+    fifo, writes = av.AudioFifo, []
+
+    class Refusing:  # a FIFO whose 5th frame comes in another format
+        def __init__(self):
+            self.inner = fifo()
+
+        def write(self, frame):
+            writes.append(frame.samples)
+            if len(writes) == 5:
+                raise ValueError("Frame does not match AudioFifo parameters.")
+            self.inner.write(frame)
+
+        def read(self, samples=0):
+            return self.inner.read(samples)
+
+        @property
+        def samples(self):
+            return self.inner.samples
+
+    monkeypatch.setattr(av, "AudioFifo", Refusing)
+    with iter_blocks(files["mono_22k05.mp3"], 4096) as blocks:
+        parts = list(blocks)
+    assert len(writes) > 6  # the refused frame went into the new FIFO, and the rest after it
+    np.testing.assert_array_equal(np.concatenate(parts), whole.samples)
+    assert blocks.frames == whole.samples.shape[0]
+
+
 def test_blocks_bad_arguments(files):
     with pytest.raises(AudioError, match="block_frames 0"):
         iter_blocks(files["vignesh.wav"], 0)
