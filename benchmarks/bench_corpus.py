@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, cpu_line, graphs_dir  # noqa: E402
+from common import ROOT, cpu_line, graphs_dir, measured_process  # noqa: E402
 
 FORMATS = (("mp3", 44100, 2), ("flac", 48000, 1), ("wav", 22050, 2), ("mp3", 32000, 1),
            ("flac", 44100, 2), ("wav", 48000, 1))
@@ -95,19 +93,11 @@ Path(output).write_text(json.dumps({"means": means, "audio_s": audio_s}))
 
 
 def timed_process(command: list[str], env: dict | None = None) -> dict:
-    """Run ``command``: its wall seconds (imports included), the peak resident memory of its
-    largest process (it or a worker process it waited for) and its output."""
-    with tempfile.TemporaryFile("w+") as log:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - start
-        log.seek(0)
-        text = log.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command[:5])} ... failed:\n{text[-3000:]}")
-    return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "output": text}
+    """:func:`common.measured_process`, stopping the benchmark when the command fails."""
+    result = measured_process(command, env)
+    if result["exit_code"] != 0:
+        raise SystemExit(f"{' '.join(command[:5])} ... failed:\n{result['output'][-3000:]}")
+    return result
 
 
 def jaxmir_tag(folder: Path, output: Path, args, cache: Path) -> dict:

@@ -20,9 +20,7 @@ whole live run; the first patch's call (compilation included) is reported apart.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, machine
+from common import machine, measured_process
 
 RATE = 44100
 
@@ -53,16 +51,10 @@ def write_wav(path: Path, minutes: float, block_seconds: int = 60) -> None:
 
 def peak_rss(args: list[str]) -> tuple[float, float, int]:
     """(peak RSS in MB, seconds, exit status) of ``python -m jaxmir ARGS`` in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAXMIR_NO_CACHE="1")
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "jaxmir", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env=env, cwd=ROOT)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        print(process.stderr.read().decode()[-2000:], file=sys.stderr)
-    return usage.ru_maxrss / 1024, seconds, process.returncode
+    result = measured_process([sys.executable, "-m", "jaxmir", *args], {"JAXMIR_NO_CACHE": "1"})
+    if result["exit_code"]:
+        print(result["output"][-2000:], file=sys.stderr)
+    return result["peak_mb"], result["wall_s"], result["exit_code"]
 
 
 def memory(minutes_list: list[float], commands: tuple[str, ...] = ("tag", "embed")) -> None:

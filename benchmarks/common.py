@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -118,3 +120,20 @@ def peak_rss_mb(pid: int | str = "self") -> float:
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else float("nan")
+
+
+def measured_process(command: list[str], env: dict | None = None) -> dict:
+    """Run ``command`` in the repository with ``env`` added: ``wall_s`` (imports included),
+    ``peak_mb`` (``ru_maxrss`` from ``wait4``: the largest of it and the worker processes it
+    waited for; it starts from this process's peak, so keep the caller small), its ``output``
+    (stdout and stderr) and ``exit_code``."""
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        log.seek(0)
+        output = log.read()
+    return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "output": output,
+            "exit_code": os.waitstatus_to_exitcode(status)}
