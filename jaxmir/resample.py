@@ -172,10 +172,15 @@ def _positions(step: float, x0: float, count: int) -> tuple[np.ndarray, np.ndarr
         units = (np.uint64(start) + k * np.uint64(frac)) & np.uint64(_FRAC_MASK)
     summed = units[:-1] + np.uint64(frac)                    # x_k + frac(step), < 2**61
     carry = (summed >> np.uint64(_UNIT)).astype(np.int64)
-    if _additions_exact(summed, whole):
+    if (_closed_form(step) and start % _ulp_units(step) == 0) or _additions_exact(summed, whole):
         x = np.ldexp(units[:-1].astype(np.float64), -_UNIT)
         return x, whole + carry, float(np.ldexp(float(units[-1]), -_UNIT))
     return _positions_sequential(step, x0, count)
+
+
+def _ulp_units(step: float) -> int:
+    """``step``'s ulp in units of 2**-60 (a whole number for ratios <= 256)."""
+    return 1 << (math.frexp(step)[1] - 53 + _UNIT)
 
 
 def _additions_exact(summed: np.ndarray, whole: int) -> bool:
@@ -691,12 +696,12 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
     return out, jnp.all(fits | (jnp.arange(shape.groups) >= groups))
 
 
-def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, centre: int, units: int, count: int,
+def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, count: int,
             positions: np.ndarray | None = None):
-    """``count`` outputs from ``x`` (float32 ``[n]``), output 0 centred on ``x[centre]`` with
-    fraction ``units`` (on the closed form), or at ``positions`` (int64, fixed-point units from
-    ``x[0]``: :func:`_fixed_point`; of whole groups, :func:`_whole_groups`); ``None`` if an
-    output fell outside the kernel's bounds.
+    """``count`` outputs from ``x`` (float32 ``[n]``) at libsamplerate's positions from its
+    start (on the closed form), or at ``positions`` (int64, fixed-point units from ``x[0]``:
+    :func:`_fixed_point`; of whole groups, :func:`_whole_groups`); ``None`` if an output fell
+    outside the kernel's bounds.
 
     Calls of ``shape.groups`` groups, each on its stretch of ``x`` (zeros beyond its ends), all
     of one shape: one compiled program per plan, whatever the length.
@@ -712,12 +717,12 @@ def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, centre: int, units: int,
         for first in range(0, count, per_call):
             groups = -(-min(per_call, count - first) // size)
             if positions is None:
-                at, first_units = _walk(plan, centre, units, first)
+                at, first_units = _walk(plan, 0, 0, first)
                 given = ()
-            else:  # whole groups given; groups past the last are padding, not computed
+            else:  # whole groups given; the groups past them are padding, not computed
                 at, first_units = int(positions[first] // plan.increment), 0
-                given = (_continued(plan, positions[first:first + groups * size], per_call)
-                         - (at - front) * plan.increment,)
+                given = positions[first:first + groups * size] - (at - front) * plan.increment
+                given = (np.pad(given, (0, per_call - given.shape[0]), mode="edge"),)
             stretch = _stretch(x, at - front, length)
             calls.append(_matmul_kernel(stretch, np.int64(front), np.int64(first_units),
                                         np.int32(groups), values, rises, *given, plan=plan,
@@ -731,13 +736,6 @@ def _fixed_point(plan: _Plan, centre: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Outputs' positions in fixed-point units, int64: ``centre * increment`` plus the filter
     start ``lrint(x * float_increment * 4096)`` (the closed-form kernel computes the same)."""
     return centre.astype(np.int64) * plan.increment + _phases(plan, x)
-
-
-def _continued(plan: _Plan, positions: np.ndarray, size: int) -> np.ndarray:
-    """``positions`` continued to ``size`` at libsamplerate's step (groups the kernel skips)."""
-    extra = np.arange(1, size - positions.shape[0] + 1, dtype=np.int64)
-    tail = positions[-1] + np.rint(extra * plan.step * plan.increment).astype(np.int64)
-    return np.concatenate([positions, tail])
 
 
 def _exact(plan: _Plan, centre: int, x0: float, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -930,7 +928,7 @@ def _one_shot(plan: _Plan, x, table: np.ndarray | tuple) -> np.ndarray:
             positions = _fixed_point(plan, centre, frac)[:_whole_groups(shape, plan, count)]
         if count == 0:
             return np.zeros(0, np.float32)
-        out = _matmul(plan, shape, x, 0, 0, count, positions)
+        out = _matmul(plan, shape, x, count, positions)
         if out is not None:
             return out
     centre, start = _output_taps(plan, x.shape[0])
@@ -997,10 +995,8 @@ class SincResampler:
         self._frac = 0.0                   # its fractional position
         self._done = False
         self._matmul = _matmul_shape(self._plan)
-        # where libsamplerate's recurrence rounds, the matrix-product kernel takes the positions
-        # from here: those of the outputs from the one at _group_start(), kept as (centre, x)
-        self._exact = self._matmul is not None and not _closed_form(self._plan.step)
-        self._anchor = (0, 0.0)
+        # (centres, fractions) of the outputs from the one at _group_start(): _track()
+        self._tracked = (np.zeros(1, np.int64), np.zeros(1))
 
     def push(self, chunk) -> np.ndarray:
         """Take ``[n]`` float32 samples; return the outputs they complete (float32 ``[k]``)."""
@@ -1025,20 +1021,16 @@ class SincResampler:
 
     def _emit(self, ready, limit: int) -> np.ndarray:
         if self._matmul is not None:
-            out = (self._emit_exact if self._exact else self._emit_matmul)(ready, limit)
+            out = self._emit_groups(ready, limit)
             if out is not None:
                 return out
-            if self._exact:  # the per-output kernel below does not keep the group's anchor
-                self._matmul, self._exact = None, False
+            self._matmul = None  # the per-output kernel below does not keep the group's anchor
         plan = self._plan
         pieces = []
         while self._made < limit:
             want = min(limit - self._made, 1 << 16)
             centre, frac = _exact(plan, self._centre, self._frac, want + 1)  # and the next state
-            if ready is not None:
-                keep = ready(centre[:want])
-            else:
-                keep = np.arange(want) < _until_end(plan, centre[:want], frac[:want], self._seen)
+            keep = self._usable(ready, centre[:want], frac[:want])
             n = int(np.argmin(keep)) if not keep.all() else want
             if n == 0:
                 if ready is None:
@@ -1059,51 +1051,21 @@ class SincResampler:
         self._forget()
         return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
-    def _emit_matmul(self, ready, limit: int) -> np.ndarray | None:
+    def _emit_groups(self, ready, limit: int) -> np.ndarray | None:
         """The ready outputs through the matrix-product kernel (``None``: take the other path).
 
         The kernel's anchors depend on where its groups start, so every call starts at the
         group boundary before its first output (groups of ``rows * period`` outputs counted
-        from output 0, as the one-shot call makes them) and drops what the previous call gave:
-        streamed outputs equal :func:`resample`'s bit for bit, for up to one group recomputed.
+        from output 0, as the one-shot call makes them), with the positions of libsamplerate's
+        recurrence from that group's first output (:meth:`_track`), and drops what the previous
+        call gave: streamed outputs equal :func:`resample`'s bit for bit, for up to one group
+        recomputed.
         """
-        plan, units = self._plan, int(np.ldexp(self._frac, _UNIT))
-        if ready is None:
-            def complete(k):
-                return _ended(plan, *_walk(plan, self._centre, units, k), self._seen)
-        else:
-            def complete(k):
-                return not ready(_walk(plan, self._centre, units, k)[0])
-        n = _first(complete, 0, limit - self._made)
-        out = np.zeros(0, np.float32)
-        if n:
-            done = self._made - self._group_start()
-            centre, group_units = _walk(plan, 0, 0, self._group_start())
-            window = self._history[centre - plan.taps - self._origin:]
-            out = _matmul(plan, self._matmul, window, plan.taps, group_units, done + n)
-            if out is None:
-                return None
-            out = out[done:]
-            self._made += n
-            self._centre, units = _walk(plan, self._centre, units, n)
-            self._frac = float(np.ldexp(float(units), -_UNIT))
-        if ready is None:
-            self._made = limit
-        self._forget()
-        return out
-
-    def _emit_exact(self, ready, limit: int) -> np.ndarray | None:
-        """:meth:`_emit_matmul` with the positions of libsamplerate's recurrence (computed on
-        the host from the group's first output), where its additions round."""
         plan, first = self._plan, self._group_start()
         # up to the next state after `limit`, in whole groups
-        centre, frac = _exact(plan, *self._anchor,
-                              _whole_groups(self._matmul, plan, limit - first + 1))
+        centre, frac = self._track(_whole_groups(self._matmul, plan, limit - first + 1))
         done = self._made - first
-        if ready is None:
-            usable = np.arange(centre.shape[0]) < _until_end(plan, centre, frac, self._seen)
-        else:
-            usable = ready(centre)
+        usable = self._usable(ready, centre, frac)
         usable[:done] = True
         usable[limit - first:] = False
         n = int(np.argmin(usable)) - done
@@ -1113,18 +1075,36 @@ class SincResampler:
             window = self._history[origin - self._origin:]
             positions = _fixed_point(plan, centre - origin, frac)
             positions = positions[:_whole_groups(self._matmul, plan, done + n)]
-            out = _matmul(plan, self._matmul, window, 0, 0, done + n, positions)
+            out = _matmul(plan, self._matmul, window, done + n, positions)
             if out is None:
                 return None
             out = out[done:]
             self._made += n
             self._centre, self._frac = int(centre[done + n]), float(frac[done + n])
             step = self._group_start() - first
-            self._anchor = (int(centre[step]), float(frac[step]))
+            self._tracked = (self._tracked[0][step:], self._tracked[1][step:])
         if ready is None:
             self._made = limit
         self._forget()
         return out
+
+    def _track(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Centres and fractions of ``count`` outputs from the one at :meth:`_group_start`,
+        extending those kept from earlier calls (each push adds only its own outputs')."""
+        centre, frac = self._tracked
+        if centre.shape[0] < count:
+            more_centre, more_frac = _exact(self._plan, int(centre[-1]), float(frac[-1]),
+                                            count - centre.shape[0] + 1)
+            self._tracked = centre, frac = (np.concatenate([centre, more_centre[1:]]),
+                                            np.concatenate([frac, more_frac[1:]]))
+        return centre[:count], frac[:count]
+
+    def _usable(self, ready, centre: np.ndarray, frac: np.ndarray) -> np.ndarray:
+        """Which of these outputs this call may give: the ready ones while pushing, those
+        before libsamplerate's end test when flushing (``ready`` is ``None``)."""
+        if ready is not None:
+            return ready(centre)
+        return np.arange(centre.shape[0]) < _until_end(self._plan, centre, frac, self._seen)
 
     def _group_start(self) -> int:
         """Index of the first output of the matrix-product kernel's group holding the next output."""
@@ -1133,11 +1113,8 @@ class SincResampler:
 
     def _forget(self) -> None:
         """Drop the history no later output reads."""
-        centre = self._centre
-        if self._exact and not self._done:
-            centre = self._anchor[0]
-        elif self._matmul is not None and not self._done:
-            centre = _walk(self._plan, 0, 0, self._group_start())[0]
+        centre = (int(self._tracked[0][0]) if self._matmul is not None and not self._done
+                  else self._centre)
         drop = centre - self._plan.taps - self._origin
         if drop > 0:
             self._history = self._history[drop:]

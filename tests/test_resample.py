@@ -192,18 +192,23 @@ def test_matrix_product_kernel_bounds_and_fallback(music, monkeypatch):
     shape = rs._matmul_shape(plan)
     count = rs._matmul_count(plan, music.shape[0])
     assert count == reference.shape[0]
-    fast = rs._matmul(plan, shape, music, 0, 0, count)
+    fast = rs._matmul(plan, shape, music, count)
     assert fast is not None and np.max(np.abs(fast - reference)) <= 2e-7
     assert jnp.zeros(1).dtype == jnp.float32          # float64 mode stayed inside the kernel
     monkeypatch.setattr(rs, "_DELTA_LIMIT", 8)          # read by the kernel at trace time
     rs._matmul_kernel.clear_cache()
     try:
-        assert rs._matmul(plan, shape, music, 0, 0, count) is None
+        assert rs._matmul(plan, shape, music, count) is None
         slow = rs.resample(music, 44100, 16000)
+        stream = rs.SincResampler(44100, 16000)
+        streamed = np.concatenate([stream.push(music[i:i + 20000])
+                                   for i in range(0, music.shape[0], 20000)] + [stream.flush()])
+        assert stream._matmul is None                   # the stream fell back too
     finally:
         monkeypatch.undo()
         rs._matmul_kernel.clear_cache()
     assert np.max(np.abs(slow - reference)) <= TOL
+    assert streamed.shape == reference.shape and np.max(np.abs(streamed - reference)) <= TOL
 
 
 def test_measured_table_is_verified_in_numpy(monkeypatch):
