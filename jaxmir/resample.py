@@ -65,6 +65,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import jax
@@ -697,14 +699,15 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
 
 
 def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, count: int,
-            positions: np.ndarray | None = None):
+            positions: np.ndarray | None = None, parallel: bool = False):
     """``count`` outputs from ``x`` (float32 ``[n]``) at libsamplerate's positions from its
     start (on the closed form), or at ``positions`` (int64, fixed-point units from ``x[0]``:
     :func:`_fixed_point`; of whole groups, :func:`_whole_groups`); ``None`` if an output fell
     outside the kernel's bounds.
 
     Calls of ``shape.groups`` groups, each on its stretch of ``x`` (zeros beyond its ends), all
-    of one shape: one compiled program per plan, whatever the length.
+    of one shape: one compiled program per plan, whatever the length; ``parallel``: on all
+    cores (:func:`_pool`).
     """
     size = shape.rows * plan.period
     per_call = shape.groups * size
@@ -713,23 +716,44 @@ def _matmul(plan: _Plan, shape: _Matmul, x: np.ndarray, count: int,
         + shape.span + plan.taps + 2
     values, rises = _phase_table(plan, shape)  # outside float64 mode: it runs the other kernels
     calls = []
-    with jax.enable_x64(True):
-        for first in range(0, count, per_call):
-            groups = -(-min(per_call, count - first) // size)
-            if positions is None:
-                at, first_units = _walk(plan, 0, 0, first)
-                given = ()
-            else:  # whole groups given; the groups past them are padding, not computed
-                at, first_units = int(positions[first] // plan.increment), 0
-                given = positions[first:first + groups * size] - (at - front) * plan.increment
-                given = (np.pad(given, (0, per_call - given.shape[0]), mode="edge"),)
-            stretch = _stretch(x, at - front, length)
-            calls.append(_matmul_kernel(stretch, np.int64(front), np.int64(first_units),
-                                        np.int32(groups), values, rises, *given, plan=plan,
-                                        shape=shape))
-        if not all(bool(ok) for _, ok in calls):
-            return None
-        return np.concatenate([np.asarray(out) for out, _ in calls])[:count]
+    for first in range(0, count, per_call):
+        groups = -(-min(per_call, count - first) // size)
+        if positions is None:
+            at, first_units = _walk(plan, 0, 0, first)
+            given = ()
+        else:  # whole groups given; the groups past them are padding, not computed
+            at, first_units = int(positions[first] // plan.increment), 0
+            given = positions[first:first + groups * size] - (at - front) * plan.increment
+            given = (np.pad(given, (0, per_call - given.shape[0]), mode="edge"),)
+        calls.append((_stretch(x, at - front, length), np.int64(front), np.int64(first_units),
+                      np.int32(groups), values, rises, *given))
+
+    def launch(args):
+        with jax.enable_x64(True):
+            return _matmul_kernel(*args, plan=plan, shape=shape)
+
+    def finish(result):
+        return np.asarray(result[0]), bool(result[1])
+
+    if parallel and len(calls) > 1 and _pool() is not None:
+        done = list(_pool().map(lambda args: finish(launch(args)), calls))
+    else:
+        done = [finish(result) for result in [launch(args) for args in calls]]
+    if not all(ok for _, ok in done):
+        return None
+    return np.concatenate([out for out, _ in done])[:count]
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor | None:
+    """Threads that run a one-shot conversion's calls side by side, one per core this process
+    may use (``None`` on one core): each call's loop over its groups runs on one core, its
+    products being too small for XLA to split."""
+    cores = len(os.sched_getaffinity(0))
+    return ThreadPoolExecutor(cores, thread_name_prefix="jaxmir-resample") if cores > 1 else None
+
+
+os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of the threads
 
 
 def _fixed_point(plan: _Plan, centre: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -928,7 +952,7 @@ def _one_shot(plan: _Plan, x, table: np.ndarray | tuple) -> np.ndarray:
             positions = _fixed_point(plan, centre, frac)[:_whole_groups(shape, plan, count)]
         if count == 0:
             return np.zeros(0, np.float32)
-        out = _matmul(plan, shape, x, count, positions)
+        out = _matmul(plan, shape, x, count, positions, parallel=True)
         if out is not None:
             return out
     centre, start = _output_taps(plan, x.shape[0])

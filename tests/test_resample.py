@@ -10,6 +10,8 @@ phase or position (what this test guards) moves outputs by >= 1e-5 on music.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -111,6 +113,27 @@ def test_streaming_equals_one_shot(music, rate):
     assert np.max(np.abs(got - reference)) <= TOL
     with pytest.raises(AudioError):
         stream.push(x[:10])
+
+
+@pytest.mark.parametrize("rate", [44100, 22050])
+def test_one_shot_calls_side_by_side_equal_a_stream(music, rate):
+    """A one-shot conversion longer than one call of the matrix-product kernel runs its calls
+    on all cores (threads); a stream runs them one after another: the same outputs bit for bit."""
+    from jaxmir import resample as rs
+
+    x = np.tile(_at(music, rate), 4)                 # 12 s: several calls of ~4 s of output
+    plan = rs._plan(rate, 16000, "sinc_medium")
+    shape = rs._matmul_shape(plan)
+    assert x.shape[0] * plan.ratio > 2 * shape.groups * shape.rows * plan.period
+    assert rs._pool() is not None or len(os.sched_getaffinity(0)) == 1
+    one_shot = rs.resample(x, rate, 16000)
+    stream = rs.SincResampler(rate, 16000)
+    streamed = np.concatenate([stream.push(x[i:i + rate]) for i in range(0, x.shape[0], rate)]
+                              + [stream.flush()])
+    np.testing.assert_array_equal(one_shot, streamed)
+    samplerate = require("samplerate")
+    reference = samplerate.resample(x, rs.essentia_ratio(rate, 16000), "sinc_medium")
+    assert np.max(np.abs(one_shot - reference)) <= TOL
 
 
 def test_gradient_is_the_transpose():
