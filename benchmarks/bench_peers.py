@@ -462,7 +462,7 @@ def table_frontend(args, folder: Path, wav: Path, log) -> list[str]:
 def table_tags(args, folder: Path, tracks: dict[str, Path], log) -> tuple[list[str], float]:
     graph = graphs_dir() / "msd-musicnn-1.pb"
     onnx, _ = onnx_of(graph, "model/Placeholder", "model/Sigmoid")
-    rows, essentia_tags, jaxmir_warm = [], {}, 0.0
+    jaxmir_warm = 0.0
     results = {}
     for kind, track in tracks.items():
         pipelines = PIPELINES if kind == "wav" else ("essentia", "jaxmir")

@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from jaxmir.pcm import RAW_DTYPES, ByteReader, decode_pcm, frame_bytes, read_wav_header
+
 FORMATS = ("text", "json", "csv")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -344,93 +346,6 @@ def cmd_embed(args) -> int:
 
 
 # -- stream ---------------------------------------------------------------------------------------
-RAW_DTYPES = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
-
-
-def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:
-    """Parse a WAV header from a stream: ``(rate, channels, dtype, data bytes or None)``.
-
-    ``read(n)`` returns exactly ``n`` bytes or fewer at the end of the stream.
-    Streams often write 0 or 0xFFFFFFFF as the data size: then the data runs
-    to the end of the stream (``None``). 24-bit PCM is given as ``"<i3"``.
-    """
-    import struct
-
-    from jaxmir.errors import AudioError
-
-    def need(n: int, what: str) -> bytes:
-        data = read(n)
-        if len(data) < n:
-            raise AudioError(f"standard input: malformed WAV header: ends inside the {what}")
-        return data
-
-    riff = need(12, "RIFF header")
-    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
-        raise AudioError("standard input: malformed WAV header: no RIFF/WAVE signature")
-    fmt = None
-    while True:
-        name, size = struct.unpack("<4sI", need(8, "chunk header"))
-        if name == b"data":
-            break
-        body = need(size + (size & 1), f"{name.decode('latin-1')!r} chunk")
-        if name == b"fmt ":
-            if size < 16:
-                raise AudioError(f"standard input: malformed WAV header: fmt chunk of {size} bytes")
-            fmt = struct.unpack("<HHIIHH", body[:16]) + ((struct.unpack("<H", body[24:26])[0],)
-                                                        if size >= 26 else (None,))
-    if fmt is None:
-        raise AudioError("standard input: malformed WAV header: no fmt chunk before the data")
-    tag, channels, rate, _, _, bits, sub = fmt
-    if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the sub-format GUID starts with the tag
-        tag = sub
-    kinds = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "<i3", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}
-    if (tag, bits) not in kinds or channels < 1:
-        raise AudioError(f"standard input: unsupported WAV format (format tag {tag}, {bits} bits, "
-                         f"{channels} channel(s)); accepted: 8/16/24/32-bit PCM, 32/64-bit float")
-    return rate, channels, kinds[(tag, bits)], None if size in (0, 0xFFFFFFFF) else size
-
-
-def decode_pcm(data: bytes, dtype: str, channels: int):
-    """Whole sample frames of raw little-endian PCM -> ``[n, channels]`` (24-bit -> int32)."""
-    import numpy as np
-
-    if dtype == "<i3":
-        raw = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.int32)
-        values = (raw[:, 0] << 8 | raw[:, 1] << 16 | raw[:, 2] << 24)  # int32 scale, sign kept
-        return values.reshape(-1, channels)
-    return np.frombuffer(data, np.dtype(dtype)).reshape(-1, channels)
-
-
-class _Input:
-    """Standard input as it arrives (``os.read``), with SIGINT ending the reading cleanly."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.pending = b""
-        self.ended = False
-
-    def read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (fewer at the end of input): for headers."""
-        while len(self.pending) < n and not self.ended:
-            self._fill()
-        data, self.pending = self.pending[:n], self.pending[n:]
-        return data
-
-    def _fill(self) -> None:
-        data = os.read(self.fd, 1 << 16)
-        if data:
-            self.pending += data
-        else:
-            self.ended = True
-
-    def some(self) -> bytes:
-        """What has arrived (at least one byte unless the input ended)."""
-        if not self.pending and not self.ended:
-            self._fill()
-        data, self.pending = self.pending, b""
-        return data
-
-
 def cmd_stream(args) -> int:
     import signal
 
@@ -444,7 +359,7 @@ def cmd_stream(args) -> int:
     if args.input != "-":
         raise InputError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "
                          f"for files use: jaxmir tag {args.input}")
-    source = _Input(sys.stdin.fileno())
+    source = ByteReader(sys.stdin.fileno())
     interrupted = {"now": False, "reading": False}
 
     def on_sigint(signum, frame):
@@ -459,10 +374,8 @@ def cmd_stream(args) -> int:
         signal.signal(signal.SIGINT, previous)
 
 
-def _stream_stdin(model, args, hop, output: str, source: _Input, interrupted: dict) -> int:
+def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT."""
-    import numpy as np
-
     from jaxmir.errors import AudioError, InputError
     from jaxmir.stream import Stream
 
@@ -475,10 +388,9 @@ def _stream_stdin(model, args, hop, output: str, source: _Input, interrupted: di
         finally:
             interrupted["reading"] = False
 
-    head = reading(source.read, 4)
+    head = reading(source.peek, 4)
     if head is None:
         return 130
-    source.pending = head + source.pending
     remaining = None
     if head == b"RIFF":
         rate, channels, dtype, remaining = read_wav_header(source.read)
@@ -487,7 +399,7 @@ def _stream_stdin(model, args, hop, output: str, source: _Input, interrupted: di
             raise InputError("raw PCM on standard input needs --rate HZ (and --channels, --dtype); "
                              "or send a WAV stream")
         rate, channels, dtype = args.rate, args.channels, RAW_DTYPES[args.dtype]
-    width = channels * (3 if dtype == "<i3" else np.dtype(dtype).itemsize)
+    width = frame_bytes(dtype, channels)
     stream = Stream(model, rate, output, patch_hop=hop, last_patch=args.last_patch,
                     resampler=args.resampler)
     write = _line_writer(model, output, args)

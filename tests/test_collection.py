@@ -481,7 +481,7 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
 def test_two_devices_give_the_results_of_one(music, tmp_path):
     """With two local devices each takes packed calls as it is free; the rows equal a one-device run."""
     long = _write(tmp_path / "long.wav", 40.0, 22050, 1, 6)  # 3 runs of 8 patches: calls for both
-    script = f"""
+    script = """
 import json, sys
 import jax
 import jaxmir
@@ -495,7 +495,7 @@ compute.run_call = spying
 if __name__ == "__main__":
     model = jaxmir.load("msd-musicnn")
     tally = collect(model, sys.argv[1:-1], sys.argv[-1], name="msd-musicnn", jobs=1, progress=False)
-    print(json.dumps({{"devices": sorted(used), "ok": tally.ok}}))
+    print(json.dumps({"devices": sorted(used), "ok": tally.ok}))
 """
     runs = {}
     for devices in (1, 2):

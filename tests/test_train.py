@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import warnings
 
 import jax
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 
 import jaxmir
 from conftest import assert_parity, require, run_tf
-from jaxmir.errors import InputError, JaxmirError
+from jaxmir.errors import InputError
 from jaxmir import cli as jaxmir_cli
 from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
 from jaxmir.train.recipe import fit_head

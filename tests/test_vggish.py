@@ -110,7 +110,7 @@ def test_full_graph_transfer_classifiers(tmp_path, family):
 
 
 def test_unknown_head_on_a_known_body(tmp_path):
-    tf = require("tensorflow")
+    require("tensorflow")
     from tools import tf_graphs
     graph_def = tf_graphs.musicnn_graph(tf_graphs.random_weights(1), n_labels=5)
     # swap the final sigmoid for an op jaxmir does not know

@@ -218,14 +218,14 @@ def run_tag(args: argparse.Namespace, model, hop: int | None) -> int:
 
 def run_embed(args: argparse.Namespace, model, hop: int | None) -> int:
     """``jaxmir embed PATH... -o DIR|OUT.parquet|OUT.jsonl``: embeddings of every file."""
-    show = None
-    if kind_of(args.output, "embed") == "npy" and not args.quiet:
-        def show(result: Result, where: str | None) -> None:
-            if where is not None:
-                from tqdm import tqdm
+    def show(result: Result, where: str | None) -> None:
+        if where is not None:
+            from tqdm import tqdm
 
-                shape = result.values.shape[1:] if getattr(args, "average", False) \
-                    else result.values.shape
-                tqdm.write(f"{result.source.path} -> {where} {list(shape)}", file=sys.stdout)
-    return _run(args, model, "embed", args.layer, hop, on_result=show)
+            shape = result.values.shape[1:] if getattr(args, "average", False) \
+                else result.values.shape
+            tqdm.write(f"{result.source.path} -> {where} {list(shape)}", file=sys.stdout)
+
+    announce = kind_of(args.output, "embed") == "npy" and not args.quiet
+    return _run(args, model, "embed", args.layer, hop, on_result=show if announce else None)
 

@@ -9,8 +9,6 @@ map from the graph's node names to the module's intermediate outputs.
 
 from __future__ import annotations
 
-import numpy as np
-
 from jaxmir.errors import UnsupportedGraphError
 from jaxmir.frontends import MUSICNN, VGGISH
 from jaxmir.models.heads import embedding_head_variables

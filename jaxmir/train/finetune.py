@@ -10,7 +10,6 @@ then the head, and updates both: Adam at a small rate for the backbone's
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

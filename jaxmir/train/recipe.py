@@ -20,7 +20,7 @@ from jaxmir.train import export
 from jaxmir.train.data import Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
 from jaxmir.train.fit import CrossValidation, Head, TrainConfig, cross_validate, train_head
-from jaxmir.train.smoothing import SmoothingConfig, smooth_labels, smoother
+from jaxmir.train.smoothing import SmoothingConfig, smoother
 
 DEFAULT_LAYER = "model/dense/BiasAdd"
 

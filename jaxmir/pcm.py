@@ -1,0 +1,120 @@
+"""Live input: a byte stream (standard input) of raw little-endian PCM or WAV, as sample frames.
+
+    reader = ByteReader(sys.stdin.fileno())
+    if reader.peek(4) == b"RIFF":
+        rate, channels, dtype, size = read_wav_header(reader.read)
+    frames = decode_pcm(reader.some(), dtype, channels)      # [n, channels]
+
+What ``jaxmir stream`` reads (``arecord -f S16_LE -r 44100 -c 2 | jaxmir stream ...``). A WAV
+writer that cannot know the length (a live one) writes 0 or 0xFFFFFFFF as the data size; the
+data then runs to the end of the stream.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Callable
+
+import numpy as np
+
+from jaxmir.errors import AudioError
+
+# raw PCM's ``--dtype`` names -> NumPy dtypes
+RAW_DTYPES = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
+# (WAV format tag, bits per sample) -> NumPy dtype; "<i3" is 24-bit PCM (see decode_pcm)
+_WAV_DTYPES = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "<i3", (1, 32): "<i4", (3, 32): "<f4",
+               (3, 64): "<f8"}
+_EXTENSIBLE = 0xFFFE    # WAVE_FORMAT_EXTENSIBLE: the real tag opens the sub-format GUID
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:
+    """Parse a WAV header from a stream: ``(rate, channels, dtype, data bytes or None)``.
+
+    ``read(n)`` returns exactly ``n`` bytes or fewer at the end of the stream. The data size
+    is ``None`` where the writer could not know it (0 or 0xFFFFFFFF). 24-bit PCM is ``"<i3"``.
+
+    Raises:
+      AudioError: a malformed header or a sample format other than 8/16/24/32-bit PCM and
+        32/64-bit float.
+    """
+    def need(n: int, what: str) -> bytes:
+        data = read(n)
+        if len(data) < n:
+            raise AudioError(f"standard input: malformed WAV header: ends inside the {what}")
+        return data
+
+    riff = need(12, "RIFF header")
+    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+        raise AudioError("standard input: malformed WAV header: no RIFF/WAVE signature")
+    fmt = None
+    while True:
+        name, size = struct.unpack("<4sI", need(8, "chunk header"))
+        if name == b"data":
+            break
+        body = need(size + (size & 1), f"{name.decode('latin-1')!r} chunk")
+        if name == b"fmt ":
+            if size < 16:
+                raise AudioError(f"standard input: malformed WAV header: fmt chunk of {size} bytes")
+            fmt = struct.unpack("<HHIIHH", body[:16]) + ((struct.unpack("<H", body[24:26])[0],)
+                                                        if size >= 26 else (None,))
+    if fmt is None:
+        raise AudioError("standard input: malformed WAV header: no fmt chunk before the data")
+    tag, channels, rate, _, _, bits, sub_format = fmt
+    if tag == _EXTENSIBLE:
+        tag = sub_format
+    if (tag, bits) not in _WAV_DTYPES or channels < 1:
+        raise AudioError(f"standard input: unsupported WAV format (format tag {tag}, {bits} bits, "
+                         f"{channels} channel(s)); accepted: 8/16/24/32-bit PCM, 32/64-bit float")
+    return rate, channels, _WAV_DTYPES[(tag, bits)], None if size in _UNKNOWN_SIZES else size
+
+
+def frame_bytes(dtype: str, channels: int) -> int:
+    """Bytes per sample frame of ``dtype`` (a :data:`RAW_DTYPES` value or ``"<i3"``)."""
+    return channels * (3 if dtype == "<i3" else np.dtype(dtype).itemsize)
+
+
+def decode_pcm(data: bytes, dtype: str, channels: int) -> np.ndarray:
+    """Whole sample frames of raw little-endian PCM -> ``[n, channels]`` (24-bit -> int32 scale)."""
+    if dtype == "<i3":
+        raw = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.int32)
+        values = (raw[:, 0] << 8 | raw[:, 1] << 16 | raw[:, 2] << 24)  # sign kept by the top byte
+        return values.reshape(-1, channels)
+    return np.frombuffer(data, np.dtype(dtype)).reshape(-1, channels)
+
+
+class ByteReader:
+    """A file descriptor's bytes as they arrive (``os.read``: no buffering that would hold
+    back a live writer's last bytes)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._pending = b""
+        self.ended = False
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (fewer at the end of input): for headers."""
+        data = self.peek(n)
+        self._pending = self._pending[len(data):]
+        return data
+
+    def peek(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end of input), left to be read again."""
+        while len(self._pending) < n and not self.ended:
+            self._fill()
+        return self._pending[:n]
+
+    def some(self) -> bytes:
+        """What has arrived (at least one byte unless the input ended)."""
+        if not self._pending and not self.ended:
+            self._fill()
+        data, self._pending = self._pending, b""
+        return data
+
+    def _fill(self) -> None:
+        data = os.read(self.fd, 1 << 16)
+        if data:
+            self._pending += data
+        else:
+            self.ended = True

@@ -1,0 +1,84 @@
+"""jaxmir.pcm: WAV headers and PCM frames as live writers send them, against libsndfile's reading."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import soundfile
+
+from jaxmir.errors import AudioError
+from jaxmir.pcm import ByteReader, decode_pcm, frame_bytes, read_wav_header
+
+# (container, subtype, how soundfile reads it for comparison, how ours becomes that)
+FORMATS = [
+    ("WAV", "PCM_16", "int16", lambda v: v),
+    ("WAV", "PCM_24", "int32", lambda v: v),          # 24-bit at int32 scale, as libsndfile
+    ("WAV", "PCM_32", "int32", lambda v: v),
+    ("WAV", "PCM_U8", "int16", lambda v: (v.astype(np.int16) - 128) << 8),
+    ("WAV", "FLOAT", "float32", lambda v: v),
+    ("WAV", "DOUBLE", "float64", lambda v: v),
+    ("WAVEX", "PCM_24", "int32", lambda v: v),        # WAVE_FORMAT_EXTENSIBLE
+    ("WAVEX", "FLOAT", "float32", lambda v: v),
+]
+
+
+def _wav(container: str, subtype: str, channels: int = 2, rate: int = 22050) -> bytes:
+    audio = np.random.default_rng(3).uniform(-0.9, 0.9, (1000, channels))
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("container, subtype, read_as, scale", FORMATS,
+                         ids=[f"{c}-{s}" for c, s, _, _ in FORMATS])
+def test_frames_equal_libsndfile(container, subtype, read_as, scale):
+    data = _wav(container, subtype)
+    stream = io.BytesIO(data)
+    rate, channels, dtype, size = read_wav_header(stream.read)
+    assert (rate, channels) == (22050, 2)
+    payload = stream.read(size)
+    assert size == len(payload) and size % frame_bytes(dtype, channels) == 0
+    ours = scale(decode_pcm(payload, dtype, channels))
+    theirs, _ = soundfile.read(io.BytesIO(data), dtype=read_as, always_2d=True)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_unknown_size_and_odd_chunks():
+    data = bytearray(_wav("WAV", "PCM_16", channels=1))
+    data[40:44] = b"\xff\xff\xff\xff"                       # a live writer's data size
+    assert read_wav_header(io.BytesIO(bytes(data)).read)[3] is None
+    # an odd-sized chunk before "data" is padded to an even size
+    odd = data[:36] + b"LIST\x03\x00\x00\x00abc\x00" + data[36:]
+    assert read_wav_header(io.BytesIO(bytes(odd)).read)[:3] == (22050, 1, "<i2")
+
+
+@pytest.mark.parametrize("broken, problem", [
+    (lambda h: h[:20], "ends inside"),
+    (lambda h: b"RIFF\x00\x00\x00\x00WAVX" + h[12:], "no RIFF/WAVE signature"),
+    (lambda h: h[:12] + b"data\x00\x00\x00\x00", "no fmt chunk"),
+    (lambda h: h[:20] + b"\x02\x00" + h[22:], "unsupported WAV format"),
+])
+def test_bad_headers(broken, problem):
+    header = _wav("WAV", "PCM_16")[:44]
+    with pytest.raises(AudioError, match=problem):
+        read_wav_header(io.BytesIO(broken(header)).read)
+
+
+def test_reader_gives_bytes_as_they_arrive():
+    read_end, write_end = os.pipe()
+    try:
+        reader = ByteReader(read_end)
+        os.write(write_end, b"RIFFabc")
+        assert reader.peek(4) == b"RIFF" and reader.read(2) == b"RI"
+        assert reader.some() == b"FFabc"                   # what has arrived, without waiting
+        os.write(write_end, b"xyz")
+        os.close(write_end)
+        write_end = None
+        assert reader.read(10) == b"xyz" and reader.ended and reader.some() == b""
+    finally:
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
