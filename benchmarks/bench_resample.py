@@ -31,8 +31,7 @@ def main() -> None:
 
     import samplerate
     import soxr
-    from jaxmir import resample as rs
-    from jaxmir.resample import SincResampler, essentia_ratio, resample
+    from jaxmir.resample import SincResampler, essentia_ratio, products, resample
 
     print(machine())
     print("CPU:", cpu_line())
@@ -52,12 +51,12 @@ def main() -> None:
     t_src = samples(lambda: samplerate.resample(x, ratio, "sinc_medium"), args.repeats, warmup=0)
     t_soxr = samples(lambda: soxr.resample(x, args.rate, 16000, quality="HQ"), args.repeats, warmup=0)
     t_ours = samples(lambda: resample(x, args.rate, 16000), args.repeats, warmup=0)
-    threads = rs._pool()._max_workers if rs._pool() is not None else 1
-    pool, rs._pool = rs._pool, lambda: None   # the kernel's calls one after another
+    threads = products._pool()._max_workers if products._pool() is not None else 1
+    pool, products._pool = products._pool, lambda: None   # the kernel's calls one after another
     try:
         t_serial = samples(lambda: resample(x, args.rate, 16000), args.repeats, warmup=0)
     finally:
-        rs._pool = pool
+        products._pool = pool
 
     def stream():
         chunk = 30 * args.rate

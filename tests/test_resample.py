@@ -73,10 +73,11 @@ def test_parity_mp3_and_short_inputs(music):
 def test_positions_sequential_equals_closed_form():
     """The float64 scan and the integer closed form agree where the closed form is exact."""
     from jaxmir import resample as rs
+    from jaxmir.resample import positions
 
     step = 1.0 / rs.essentia_ratio(44100, 16000)
-    closed = rs._positions(step, 0.0, 70_000)
-    scanned = rs._positions_sequential(step, 0.0, 70_000)
+    closed = positions._positions(step, 0.0, 70_000)
+    scanned = positions._positions_sequential(step, 0.0, 70_000)
     np.testing.assert_array_equal(closed[0], scanned[0])
     np.testing.assert_array_equal(closed[1], scanned[1])
     assert closed[2] == scanned[2]
@@ -120,12 +121,13 @@ def test_one_shot_calls_side_by_side_equal_a_stream(music, rate):
     """A one-shot conversion longer than one call of the matrix-product kernel runs its calls
     on all cores (threads); a stream runs them one after another: the same outputs bit for bit."""
     from jaxmir import resample as rs
+    from jaxmir.resample import positions, products
 
     x = np.tile(_at(music, rate), 4)                 # 12 s: several calls of ~4 s of output
-    plan = rs._plan(rate, 16000, "sinc_medium")
-    shape = rs._matmul_shape(plan)
+    plan = positions.plan_of(rate, 16000, "sinc_medium")
+    shape = products.matmul_shape(plan)
     assert x.shape[0] * plan.ratio > 2 * shape.groups * shape.rows * plan.period
-    assert rs._pool() is not None or len(os.sched_getaffinity(0)) == 1
+    assert products._pool() is not None or len(os.sched_getaffinity(0)) == 1
     one_shot = rs.resample(x, rate, 16000)
     stream = rs.SincResampler(rate, 16000)
     streamed = np.concatenate([stream.push(x[i:i + rate]) for i in range(0, x.shape[0], rate)]
@@ -188,15 +190,16 @@ def test_common_rates_take_the_polyphase_kernels():
     float32 polyphase kernel, a rate without a short exact period (7999 Hz) the per-output
     kernel. The parity tests above check their numbers."""
     from jaxmir import resample as rs
+    from jaxmir.resample import kernels, positions, products
 
     for rate, matmul, polyphase in ((44100, True, True), (48000, True, True), (32000, True, True),
                                     (96000, True, True), (22050, True, True), (8000, False, True),
                                     (7999, False, False)):
-        plan = rs._plan(rate, 16000, "sinc_medium")
-        assert (rs._matmul_shape(plan) is not None) == matmul, rate
-        centre, start = rs._output_taps(plan, 5 * rate)
-        assert (rs._polyphase_layout(plan, centre, start) is not None) == polyphase, rate
-    assert rs._matmul_shape(rs._plan(44100, 16000, "sinc_best")) is None   # its table: too large
+        plan = positions.plan_of(rate, 16000, "sinc_medium")
+        assert (products.matmul_shape(plan) is not None) == matmul, rate
+        centre, start = positions.output_taps(plan, 5 * rate)
+        assert (kernels._polyphase_layout(plan, centre, start) is not None) == polyphase, rate
+    assert products.matmul_shape(positions.plan_of(44100, 16000, "sinc_best")) is None   # its table: too large
     accelerated = [rate for rate in (8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000,
                                      176400, 192000) if rs.accelerated(rate, 16000)]
     assert accelerated == [22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000]
@@ -208,20 +211,21 @@ def test_matrix_product_kernel_bounds_and_fallback(music, monkeypatch):
     import jax.numpy as jnp
 
     from jaxmir import resample as rs
+    from jaxmir.resample import positions, products
 
     samplerate = require("samplerate")
     reference = samplerate.resample(music, rs.essentia_ratio(44100, 16000), "sinc_medium")
-    plan = rs._plan(44100, 16000, "sinc_medium")
-    shape = rs._matmul_shape(plan)
-    count = rs._matmul_count(plan, music.shape[0])
+    plan = positions.plan_of(44100, 16000, "sinc_medium")
+    shape = products.matmul_shape(plan)
+    count = products.matmul_count(plan, music.shape[0])
     assert count == reference.shape[0]
-    fast = rs._matmul(plan, shape, music, count)
+    fast = products.matmul_outputs(plan, shape, music, count)
     assert fast is not None and np.max(np.abs(fast - reference)) <= 2e-7
     assert jnp.zeros(1).dtype == jnp.float32          # float64 mode stayed inside the kernel
-    monkeypatch.setattr(rs, "_DELTA_LIMIT", 8)          # read by the kernel at trace time
-    rs._matmul_kernel.clear_cache()
+    monkeypatch.setattr(products, "_DELTA_LIMIT", 8)          # read by the kernel at trace time
+    products._matmul_kernel.clear_cache()
     try:
-        assert rs._matmul(plan, shape, music, count) is None
+        assert products.matmul_outputs(plan, shape, music, count) is None
         slow = rs.resample(music, 44100, 16000)
         stream = rs.SincResampler(44100, 16000)
         streamed = np.concatenate([stream.push(music[i:i + 20000])
@@ -229,29 +233,44 @@ def test_matrix_product_kernel_bounds_and_fallback(music, monkeypatch):
         assert stream._matmul is None                   # the stream fell back too
     finally:
         monkeypatch.undo()
-        rs._matmul_kernel.clear_cache()
+        products._matmul_kernel.clear_cache()
     assert np.max(np.abs(slow - reference)) <= TOL
     assert streamed.shape == reference.shape and np.max(np.abs(streamed - reference)) <= TOL
 
 
-def test_measured_table_is_verified_in_numpy(monkeypatch):
+def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
     """The table measured from samplerate is checked by NumPy sums (no JAX program compiled
     before a process's first sample), which equal samplerate's outputs and refuse a table
     with one entry 1% off."""
-    samplerate = require("samplerate")
-    from jaxmir import resample as rs
+    import logging
 
-    def no_kernel(*args, **kwargs):
-        raise AssertionError("the verification ran a JAX kernel")
-    monkeypatch.setattr(rs, "_one_shot", no_kernel)
-    table = rs.coefficients.__wrapped__("sinc_fastest")       # measured and verified afresh
-    plan = rs._plan(44100, 16000, "sinc_fastest")
+    import jax
+
+    from jaxmir.resample import positions, table as tables
+
+    samplerate = require("samplerate")
+
+    def compiled(run) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+            result = run()
+        return result, any("Compiling" in record.getMessage() for record in caplog.records)
+
+    _, control = compiled(lambda: jax.jit(lambda v: v * 3.0)(np.arange(7.0)).block_until_ready())
+    assert control                                            # the log does show compilations
+
+    def no_scan():
+        raise AssertionError("the measurement ran the positions' JAX scan")
+    monkeypatch.setattr(positions, "_sequential_scan", no_scan)   # compiled earlier or not
+    table, any_compiled = compiled(lambda: tables.coefficients.__wrapped__("sinc_fastest"))
+    assert not any_compiled                                   # measured and verified afresh
+    plan = positions.plan_of(44100, 16000, "sinc_fastest")
     noise = np.random.default_rng(5).uniform(-1, 1, 3000).astype(np.float32)
-    ours = rs._reference(plan, noise, table)
+    ours = tables._reference(plan, noise, table)
     theirs = samplerate.resample(noise, plan.ratio, "sinc_fastest")
     assert ours.shape == theirs.shape
     assert np.max(np.abs(ours - theirs)) <= TOL
     wrong = table.copy()
     wrong[40] *= 1.01           # within the first zero crossing (index_inc = 128): a large entry
     with pytest.raises(AudioError, match="does not reproduce"):
-        rs._verify("sinc_fastest", wrong, samplerate)
+        tables._verify("sinc_fastest", wrong, samplerate)

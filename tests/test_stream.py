@@ -313,16 +313,13 @@ def test_stream_command_bad_input():
     cut = cli("stream", "--rate", "16000", stdin=data + b"\x01")
     assert cut.returncode == 1 and b"middle of a sample" in cut.stderr
     assert len(lines_of(cut)) == 1  # the complete patch was written before the error
+    # every malformed header is tested in test_pcm.py; here: how the command reports one
     header = wav_bytes(audio, 16000)
-    for broken, problem in [(header[:20], b"malformed WAV header"),
-                            (b"RIFF\x00\x00\x00\x00WAVX" + header[12:], b"malformed WAV header"),
-                            (header[:20] + b"\x02\x00" + header[22:], b"unsupported WAV format")]:
-        result = cli("stream", stdin=broken)
-        assert result.returncode == 1 and problem in result.stderr, result.stderr
-        assert b"Traceback" not in result.stderr
-    for rate in ("0", "-5"):
-        result = cli("stream", "--rate", rate, stdin=data)
-        assert result.returncode == 1 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
+    result = cli("stream", stdin=header[:20] + b"\x02\x00" + header[22:])
+    assert result.returncode == 1 and b"unsupported WAV format" in result.stderr, result.stderr
+    assert b"Traceback" not in result.stderr
+    result = cli("stream", "--rate", "-5", stdin=data)
+    assert result.returncode == 1 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
     missing = cli("stream", stdin=data)
     assert missing.returncode == 1 and b"--rate" in missing.stderr
 

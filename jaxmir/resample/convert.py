@@ -1,0 +1,238 @@
+"""Conversions: :func:`resample` (NumPy, the fastest kernel that applies), :func:`resample_jax`
+(traceable, differentiable) and :class:`SincResampler` (streaming, equal to the one-shot call)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmir.errors import AudioError
+from jaxmir.resample.kernels import float32_outputs
+from jaxmir.resample.positions import (Plan, exact_positions, filter_starts, fixed_point, normalise,
+                                       output_count, output_taps, plan_of, step_closed_form,
+                                       until_end)
+from jaxmir.resample.products import matmul_count, matmul_outputs, matmul_shape, whole_groups
+from jaxmir.resample.table import device_table
+
+# -------------------------------------------------------------------------- one-shot
+
+
+def _check_signal(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise AudioError(f"audio has shape {x.shape}; expected mono samples [n]")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise AudioError(f"audio has dtype {x.dtype}; expected float32 samples")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise AudioError(f"audio contains {int(np.count_nonzero(~np.isfinite(x)))} NaN or infinite "
+                         "sample(s); expected finite samples")
+    return x
+
+
+def _one_shot(plan: Plan, x, table: tuple[jax.Array, jax.Array]):
+    """The outputs of ``x`` (NumPy ``[n]``: the fastest kernel that applies; a JAX array or a
+    tracer: the float32 kernels), ``table`` being :func:`device_table`'s."""
+    shape = matmul_shape(plan) if isinstance(x, np.ndarray) else None
+    if shape is not None:
+        if step_closed_form(plan.step):
+            count, positions = matmul_count(plan, x.shape[0]), None
+        else:
+            limit = output_count(plan, x.shape[0])
+            centre, frac = exact_positions(plan, 0, 0.0, whole_groups(shape, plan, limit))
+            count = until_end(plan, centre[:limit], frac[:limit], x.shape[0])
+            positions = fixed_point(plan, centre, frac)[:whole_groups(shape, plan, count)]
+        if count == 0:
+            return np.zeros(0, np.float32)
+        out = matmul_outputs(plan, shape, x, count, positions, parallel=True)
+        if out is not None:
+            return out
+    centre, start = output_taps(plan, x.shape[0])
+    if centre.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    signal = jnp.pad(jnp.asarray(x, jnp.float32), (plan.taps, plan.taps + 2))
+    return float32_outputs(plan, signal, centre, start, table)
+
+
+def resample(x, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> np.ndarray:
+    """Resample mono audio as ``samplerate.resample(x, essentia_ratio(...), quality)``.
+
+    Args:
+      x: samples ``[n]`` (float32; other real dtypes are cast), finite.
+      in_rate, out_rate: sample rates in Hz, 1-384000, with a ratio within [1/256, 256].
+      quality: ``"sinc_medium"`` (Essentia's default), ``"sinc_fastest"`` or ``"sinc_best"``.
+
+    Returns:
+      float32 ``[ceil(n * ratio)]`` (shorter by libsamplerate's end rule), empty for empty input.
+
+    Raises:
+      AudioError: bad rates, ratio, quality, shape or NaN/inf samples.
+    """
+    plan = plan_of(in_rate, out_rate, quality)
+    x = _check_signal(x)
+    if x.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    return np.asarray(_one_shot(plan, x, device_table(quality)), np.float32)
+
+
+def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> jax.Array:
+    """:func:`resample` on a JAX array, differentiable with respect to ``x`` ``[n]``.
+
+    The positions depend only on ``n`` and the rates; the values are a linear map of ``x``.
+    No NaN check (``x`` may be a tracer).
+    """
+    plan = plan_of(in_rate, out_rate, quality)
+    if x.ndim != 1:
+        raise AudioError(f"audio has shape {x.shape}; expected mono samples [n]")
+    if x.shape[0] == 0:
+        return jnp.zeros(0, jnp.float32)
+    return _one_shot(plan, jnp.asarray(x, jnp.float32), device_table(quality))
+
+
+# ------------------------------------------------------------------------- streaming
+
+
+class SincResampler:
+    """Streaming :func:`resample`: ``push`` chunks, then ``flush``; outputs concatenate to it.
+
+    Keeps the last ``2 * taps + 2`` input samples and the fractional position between
+    calls; each call's work and memory are bounded by its chunk (plus that history).
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, quality: str = "sinc_medium"):
+        self._plan = plan_of(in_rate, out_rate, quality)
+        self._table = device_table(quality)
+        self._history = np.zeros(self._plan.taps, np.float32)  # the leading zeros
+        self._origin = -self._plan.taps    # input index of _history[0]
+        self._seen = 0                     # input samples pushed
+        self._made = 0                     # outputs returned
+        self._centre = 0                   # input index (from x[0]) of the next output
+        self._frac = 0.0                   # its fractional position
+        self._done = False
+        self._matmul = matmul_shape(self._plan)
+        # (centres, fractions) of the outputs from the one at _group_start(): _track()
+        self._tracked = (np.zeros(1, np.int64), np.zeros(1))
+
+    def push(self, chunk) -> np.ndarray:
+        """Take ``[n]`` float32 samples; return the outputs they complete (float32 ``[k]``)."""
+        if self._done:
+            raise AudioError("this SincResampler was flushed; create a new one")
+        chunk = _check_signal(chunk)
+        self._history = np.concatenate([self._history, chunk])
+        self._seen += chunk.shape[0]
+        # An output is final once its right-hand taps are all in.
+        ready = self._seen - self._plan.taps - 1
+        limit = output_count(self._plan, self._seen)
+        return self._emit(lambda centre: centre < ready, limit)
+
+    def flush(self) -> np.ndarray:
+        """Signal the end of input and return the remaining outputs."""
+        if self._done:
+            return np.zeros(0, np.float32)
+        self._done = True
+        self._history = np.concatenate([self._history, np.zeros(self._plan.taps + 2, np.float32)])
+        limit = output_count(self._plan, self._seen)
+        return self._emit(None, limit)
+
+    def _emit(self, ready, limit: int) -> np.ndarray:
+        if self._matmul is not None:
+            out = self._emit_groups(ready, limit)
+            if out is not None:
+                return out
+            self._matmul = None  # the per-output kernel below does not keep the group's anchor
+        plan = self._plan
+        pieces = []
+        while self._made < limit:
+            want = min(limit - self._made, 1 << 16)
+            # and the state of the output after them
+            centre, frac = exact_positions(plan, self._centre, self._frac, want + 1)
+            keep = self._usable(ready, centre[:want], frac[:want])
+            n = int(np.argmin(keep)) if not keep.all() else want
+            if n == 0:
+                if ready is None:
+                    self._made = limit
+                break
+            lo = centre[0] - plan.taps + 1 - self._origin
+            hi = centre[n - 1] + plan.taps + 2 - self._origin
+            segment = self._history[lo:hi]
+            out = float32_outputs(plan, segment, *normalise(plan, centre[:n] - self._origin - lo,
+                                                     filter_starts(plan, frac[:n])), self._table)
+            pieces.append(np.asarray(out, np.float32))
+            self._made += n
+            self._centre, self._frac = int(centre[n]), float(frac[n])
+            if n < want:
+                if ready is None:
+                    self._made = limit
+                break
+        self._forget()
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+    def _emit_groups(self, ready, limit: int) -> np.ndarray | None:
+        """The ready outputs through the matrix-product kernel (``None``: take the other path).
+
+        The kernel's anchors depend on where its groups start, so every call starts at the
+        group boundary before its first output (groups of ``rows * period`` outputs counted
+        from output 0, as the one-shot call makes them), with the positions of libsamplerate's
+        recurrence from that group's first output (:meth:`_track`), and drops what the previous
+        call gave: streamed outputs equal :func:`resample`'s bit for bit, for up to one group
+        recomputed.
+        """
+        plan, first = self._plan, self._group_start()
+        # up to the next state after `limit`, in whole groups
+        centre, frac = self._track(whole_groups(self._matmul, plan, limit - first + 1))
+        done = self._made - first
+        usable = self._usable(ready, centre, frac)
+        usable[:done] = True
+        usable[limit - first:] = False
+        n = int(np.argmin(usable)) - done
+        out = np.zeros(0, np.float32)
+        if n:
+            origin = int(centre[0]) - plan.taps
+            window = self._history[origin - self._origin:]
+            positions = fixed_point(plan, centre - origin, frac)
+            positions = positions[:whole_groups(self._matmul, plan, done + n)]
+            out = matmul_outputs(plan, self._matmul, window, done + n, positions)
+            if out is None:
+                return None
+            out = out[done:]
+            self._made += n
+            self._centre, self._frac = int(centre[done + n]), float(frac[done + n])
+            step = self._group_start() - first
+            self._tracked = (self._tracked[0][step:], self._tracked[1][step:])
+        if ready is None:
+            self._made = limit
+        self._forget()
+        return out
+
+    def _track(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Centres and fractions of ``count`` outputs from the one at :meth:`_group_start`,
+        extending those kept from earlier calls (each push adds only its own outputs')."""
+        centre, frac = self._tracked
+        if centre.shape[0] < count:
+            more_centre, more_frac = exact_positions(self._plan, int(centre[-1]), float(frac[-1]),
+                                            count - centre.shape[0] + 1)
+            self._tracked = centre, frac = (np.concatenate([centre, more_centre[1:]]),
+                                            np.concatenate([frac, more_frac[1:]]))
+        return centre[:count], frac[:count]
+
+    def _usable(self, ready, centre: np.ndarray, frac: np.ndarray) -> np.ndarray:
+        """Which of these outputs this call may give: the ready ones while pushing, those
+        before libsamplerate's end test when flushing (``ready`` is ``None``)."""
+        if ready is not None:
+            return ready(centre)
+        return np.arange(centre.shape[0]) < until_end(self._plan, centre, frac, self._seen)
+
+    def _group_start(self) -> int:
+        """Index of the first output of the matrix-product kernel's group holding the next output."""
+        group = self._matmul.rows * self._plan.period
+        return self._made // group * group
+
+    def _forget(self) -> None:
+        """Drop the history no later output reads."""
+        centre = (int(self._tracked[0][0]) if self._matmul is not None and not self._done
+                  else self._centre)
+        drop = centre - self._plan.taps - self._origin
+        if drop > 0:
+            self._history = self._history[drop:]
+            self._origin += drop
