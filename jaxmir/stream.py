@@ -6,7 +6,7 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
 
 1. **mono**: PCM to float32 and Essentia's downmix ``(left + right) * 0.5``
    (:func:`jaxmir.audio.prepare_audio`, chunk by chunk: it is sample-wise).
-2. **resample** to 16 kHz (:class:`Resampling`), the same samples as
+2. **resample** to 16 kHz (:class:`jaxmir.audio.Resampling`), the same samples as
    :func:`jaxmir.audio.prepare_audio` with the same ``resampler``: for ``"essentia"``,
    :class:`jaxmir.resample.SincResampler` at the rates its matrix-product kernel serves
    (equal to the one-shot call bit for bit) and elsewhere, as ``"samplerate"`` always,
@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import os
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -57,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.audio import RESAMPLERS, check_rate, implementation, prepare_audio
+from jaxmir.audio import MonoInput, Resampling, check_rate
 from jaxmir.decode import iter_blocks
 from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
@@ -65,7 +64,6 @@ from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import with_overlap_hop
 from jaxmir.models.runner import run_patches, tapped_outputs
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
-from jaxmir.resample import SincResampler, essentia_ratio
 from jaxmir.spec import Frontend
 
 if TYPE_CHECKING:
@@ -208,135 +206,6 @@ def concat_patches(parts: Iterable[Patches], empty: Callable[[], Patches]) -> Pa
         return parts[0]
     return Patches(np.concatenate([p.start for p in parts]),
                    {name: np.concatenate([p.values[name] for p in parts]) for name in parts[0].values})
-
-
-# -- stage 1: PCM chunks -> float32 mono ------------------------------------------------------
-class MonoInput:
-    """Checks chunks against the first one (channels, dtype) and downmixes them to float32 mono."""
-
-    def __init__(self, sample_rate: int):
-        self.sample_rate = sample_rate
-        self.channels: int | None = None
-        self.dtype: np.dtype | None = None
-        self.chunks = 0
-        self.samples = 0
-
-    def __call__(self, chunk) -> np.ndarray:
-        """``[n]`` or ``[n, channels]`` -> float32 ``[n]``; the stream's state is unchanged on error."""
-        array = np.asarray(chunk)
-        where = f"chunk {self.chunks} (from sample {self.samples})"
-        if array.ndim not in (1, 2):
-            raise AudioError(f"{where} has shape {list(array.shape)}; expected [n_samples] or "
-                             "[n_samples, channels]")
-        channels = 1 if array.ndim == 1 else int(array.shape[1])
-        if self.channels is not None and channels != self.channels:
-            raise AudioError(f"{where} has {channels} channel(s); the stream started with "
-                             f"{self.channels}: every chunk must have the same channels")
-        if self.dtype is not None and array.dtype != self.dtype:
-            raise AudioError(f"{where} has dtype {array.dtype}; the stream started with "
-                             f"{self.dtype}: every chunk must have the same dtype")
-        if array.shape[0] == 0:
-            mono = np.zeros(0, np.float32)
-            if channels > 2:
-                raise AudioError(f"{where} has {channels} channels; accepted: mono or stereo")
-        else:
-            try:
-                mono = prepare_audio(array, self.sample_rate, self.sample_rate)
-            except AudioError as err:
-                raise AudioError(f"{where}: {str(err).removeprefix('audio: ')}") from None
-        self.channels, self.dtype = channels, array.dtype
-        self.chunks += 1
-        self.samples += int(array.shape[0])
-        return mono
-
-
-# -- stage 2: resampling ----------------------------------------------------------------------
-class Resampling:
-    """Float32 mono at ``in_rate`` -> ``out_rate``, chunk by chunk, equal to the one-shot resamplers.
-
-    ``push(x)`` returns the samples it can give now, ``close()`` the rest:
-    concatenated, they are exactly :func:`jaxmir.audio.prepare_audio`'s samples.
-    """
-
-    # libsamplerate copies a call's input into its own buffer as far as its output
-    # buffer (sized by python-samplerate to ceil(n * ratio)) allows, and the wrapper
-    # drops the rest: steps of 4096 samples always fit.
-    STEP = 4096
-
-    def __init__(self, in_rate: int, out_rate: int = TARGET_RATE, resampler: str = "essentia"):
-        if resampler not in RESAMPLERS:
-            raise AudioError(f"unknown resampler {resampler!r}; accepted: "
-                             + ", ".join(repr(r) for r in RESAMPLERS))
-        self.in_rate, self.out_rate = in_rate, out_rate
-        self.n_in = self.n_out = 0
-        self._held = np.zeros(0, np.float32)
-        self.kind = implementation(resampler, in_rate, out_rate)
-        if in_rate == out_rate:
-            self._state = None
-        elif self.kind == "jax":
-            self._state = SincResampler(in_rate, out_rate)
-        elif self.kind == "samplerate":
-            import samplerate
-
-            self._ratio = essentia_ratio(in_rate, out_rate)
-            self._state = samplerate.Resampler("sinc_medium", channels=1)
-        else:
-            import soxr
-
-            self._state = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
-
-    def _sinc(self, x: np.ndarray, end: bool) -> np.ndarray:
-        steps = range(0, x.shape[0], self.STEP)
-        parts = [self._state.process(x[i:i + self.STEP], self._ratio, end and i + self.STEP >= x.shape[0])
-                 for i in steps]
-        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
-
-    def _release(self, out: np.ndarray, allowed: int) -> np.ndarray:
-        """At most ``allowed`` samples in all; the surplus is held back (soxr)."""
-        out = np.concatenate([self._held, out]) if self._held.size else out
-        take = max(0, min(out.shape[0], allowed - self.n_out))
-        self._held = out[take:]
-        self.n_out += take
-        return out[:take]
-
-    def push(self, x: np.ndarray) -> np.ndarray:
-        self.n_in += x.shape[0]
-        if self._state is None:
-            self.n_out += x.shape[0]
-            return x
-        if self.kind == "samplerate":
-            out = self._sinc(x, False)
-            self.n_out += out.shape[0]
-            return out
-        if self.kind == "jax":
-            out = self._state.push(x)
-            self.n_out += out.shape[0]
-            return out
-        out = self._state.resample_chunk(x, last=False)
-        return self._release(np.asarray(out, np.float32), math.ceil(self.n_in * (self.out_rate / self.in_rate)))
-
-    def close(self) -> np.ndarray:
-        if self._state is None:
-            return np.zeros(0, np.float32)
-        if self.kind == "samplerate":
-            # libsamplerate's end of input pads with zeros: explicit zeros give the same samples,
-            # and samplerate.resample returns floor(n * ratio) of them.
-            zeros = np.zeros(math.ceil(4096 / self._ratio) + 1, np.float32)
-            tail = self._sinc(zeros, True)
-            want = math.floor(self.n_in * self._ratio)
-            tail = tail[:max(0, want - self.n_out)]
-            self.n_out += tail.shape[0]
-            return tail
-        if self.kind == "jax":
-            tail = self._state.flush()
-            self.n_out += tail.shape[0]
-            return tail
-        size = math.ceil(self.n_in * (self.out_rate / self.in_rate))  # librosa's fix_length
-        out = self._release(np.asarray(self._state.resample_chunk(np.zeros(0, np.float32), last=True),
-                                       np.float32), size)
-        short = size - self.n_out
-        self.n_out += short
-        return np.concatenate([out, np.zeros(short, np.float32)]) if short > 0 else out
 
 
 def check_sample_rate(sample_rate) -> int:
@@ -609,5 +478,6 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
         damage.append(blocks.problem)
 
 
-__all__ = ["Stream", "file_stream", "BLOCK_FRAMES", "Patches", "Windowing", "cut_samples", "Resampling", "MonoInput", "audio_to_outputs", "frontend_of",
-           "check_sample_rate", "concat_patches", "BATCH", "SINGLE_LIMIT", "TARGET_RATE"]
+__all__ = ["Stream", "file_stream", "BLOCK_FRAMES", "Patches", "Windowing", "cut_samples",
+           "audio_to_outputs", "frontend_of", "check_sample_rate", "concat_patches", "BATCH",
+           "SINGLE_LIMIT", "TARGET_RATE"]

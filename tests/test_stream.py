@@ -24,7 +24,7 @@ import jaxmir
 from conftest import BF16_TAGS_ATOL, ROOT, require, shared_fixture
 from jaxmir import pipeline
 from jaxmir import stream as streaming
-from jaxmir.audio import prepare_audio
+from jaxmir.audio import Resampling, prepare_audio
 from jaxmir.errors import AudioError, InputError
 from jaxmir.models import runner
 
@@ -143,7 +143,7 @@ def test_short_signal_with_pad_and_without(musicnn):
 def test_resampling_stage_equals_one_shot(rate, resampler):
     audio = signal_at(rate, 2.7, 1, seed=rate)
     want = prepare_audio(audio, rate, resampler=resampler)
-    stage = streaming.Resampling(rate, 16000, resampler)
+    stage = Resampling(rate, 16000, resampler)
     chunks = random_chunks(audio, rate, np.random.default_rng(rate))
     chunks.insert(1, audio[:0])  # an empty chunk
     got = np.concatenate([stage.push(c) for c in chunks] + [stage.close()])
@@ -156,7 +156,7 @@ def test_large_chunks_do_not_lose_samples():
     rate = 32000
     audio = signal_at(rate, 12.0, 1, seed=9)
     want = prepare_audio(audio, rate)
-    stage = streaming.Resampling(rate, 16000)
+    stage = Resampling(rate, 16000)
     sizes = [243, 149, 131236, 15445, 137, 26630, 75, 269, 160, 72, 264, 271, 226, 68592, 200000]
     parts, i = [], 0
     for size in sizes:

@@ -125,9 +125,8 @@ def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
     With a ``damage`` list, a damaged file's problem is appended to it instead
     of warned (:class:`jaxmir.decode.DamagedAudioWarning`).
     """
-    from jaxmir.audio import load_audio
+    from jaxmir.audio import MonoInput, Resampling, load_audio
     from jaxmir.decode import MODES, iter_blocks
-    from jaxmir.stream import MonoInput, Resampling
 
     if decoder not in MODES:  # soundfile: whole-file reads, as load_audio does them
         return load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder, strict=strict)
