@@ -478,8 +478,9 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
     assert damaged[0]["status"] == "damaged" and "truncated audio" in damaged[0]["error"]
 
 
-def test_two_devices_give_the_results_of_one(music, tmp_path):
-    """With two local devices each takes packed calls as it is free; the rows equal a one-device run."""
+def test_two_devices_give_the_results_of_one(music, model, tmp_path):
+    """With two local devices each takes packed calls as it is free; the rows equal this process's
+    run on its one device."""
     long = _write(tmp_path / "long.wav", 40.0, 22050, 1, 6)  # 3 runs of 8 patches: calls for both
     script = """
 import json, sys
@@ -497,17 +498,19 @@ if __name__ == "__main__":
     tally = collect(model, sys.argv[1:-1], sys.argv[-1], name="msd-musicnn", jobs=1, progress=False)
     print(json.dumps({"devices": sorted(used), "ok": tally.ok}))
 """
-    runs = {}
-    for devices in (1, 2):
-        out = tmp_path / f"tags-{devices}.jsonl"
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               "JAXMIR_NO_CACHE": "1", "PYTHONPATH": str(ROOT)}
-        result = subprocess.run([sys.executable, "-c", script, str(music), str(long), str(out)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stderr
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        assert report == {"devices": list(range(devices)), "ok": 5}  # every device took calls
-        runs[devices] = {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+    one = tmp_path / "tags-1.jsonl"                          # this process: one CPU device
+    assert collect(model, [str(music), str(long)], str(one), name="msd-musicnn", jobs=1,
+                   progress=False).ok == 5
+    two = tmp_path / "tags-2.jsonl"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAXMIR_NO_CACHE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script, str(music), str(long), str(two)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"devices": [0, 1], "ok": 5}  # both devices took calls
+    runs = {n: {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+            for n, out in ((1, one), (2, two))}
     assert runs[1].keys() == runs[2].keys()
     for path, row in runs[1].items():
         other = runs[2][path]
