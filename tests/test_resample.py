@@ -70,6 +70,25 @@ def test_parity_mp3_and_short_inputs(music):
             assert np.max(np.abs(ours - reference)) <= TOL
 
 
+@pytest.mark.parametrize("rate", [22050, 11025])
+def test_positions_in_python_equal_the_compiled_scan(rate):
+    """Short runs of libsamplerate's recurrence (a stream's push, the filter's measurement) go
+    through Python's doubles, long ones through the float64 scan: the same positions, where the
+    additions round (22.05 and 11.025 kHz to 16 kHz) and from a fraction mid-way."""
+    from jaxmir.resample import positions
+
+    step = positions.plan_of(rate, 16000, "sinc_medium").step
+    for x0 in (0.0, 0.6180339887498949):
+        python = positions._positions_python(step, x0, 40_000)
+        scanned = positions._positions_sequential(step, x0, positions._PYTHON_STEPS + 1)
+        np.testing.assert_array_equal(python[0][:positions._PYTHON_STEPS], scanned[0][:-1])
+        np.testing.assert_array_equal(python[1][:positions._PYTHON_STEPS], scanned[1][:-1])
+        longer = positions._positions_sequential(step, x0, 40_000)
+        np.testing.assert_array_equal(python[0], longer[0])
+        np.testing.assert_array_equal(python[1], longer[1])
+        assert python[2] == longer[2]
+
+
 def test_positions_sequential_equals_closed_form():
     """The float64 scan and the integer closed form agree where the closed form is exact."""
     from jaxmir import resample as rs
@@ -262,8 +281,10 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
     def no_scan():
         raise AssertionError("the measurement ran the positions' JAX scan")
     monkeypatch.setattr(positions, "_sequential_scan", no_scan)   # compiled earlier or not
+    _, any_compiled = compiled(lambda: tables.coefficients.__wrapped__("sinc_medium"))
+    assert not any_compiled            # the default filter, measured and verified afresh
     table, any_compiled = compiled(lambda: tables.coefficients.__wrapped__("sinc_fastest"))
-    assert not any_compiled                                   # measured and verified afresh
+    assert not any_compiled
     plan = positions.plan_of(44100, 16000, "sinc_fastest")
     noise = np.random.default_rng(5).uniform(-1, 1, 3000).astype(np.float32)
     ours = tables._reference(plan, noise, table)

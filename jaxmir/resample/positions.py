@@ -168,8 +168,15 @@ def _sequential_scan():
     return jax.jit(run)
 
 
+_PYTHON_STEPS = 1 << 15  # fewer steps run in Python: the scan's compilation takes ~0.2 s
+
+
 def _positions_sequential(step: float, x0: float, count: int):
-    """The C recurrence in float64, ``_SCAN_STEPS`` outputs per compiled call."""
+    """The C recurrence in float64: ``_SCAN_STEPS`` outputs per compiled call, or in Python
+    (whose floats are the same doubles) for up to ``_PYTHON_STEPS`` (a stream's push, the filter's
+    measurement at a process's start)."""
+    if count <= _PYTHON_STEPS:
+        return _positions_python(step, x0, count)
     xs, advances, x = [np.array([x0])], [], x0
     with jax.enable_x64(True):
         run = _sequential_scan()
@@ -179,6 +186,20 @@ def _positions_sequential(step: float, x0: float, count: int):
             advances.append(np.asarray(adv))
     x_all = np.concatenate(xs)
     return x_all[:count], np.concatenate(advances)[:count], float(x_all[count])
+
+
+def _positions_python(step: float, x0: float, count: int):
+    """:func:`_positions_sequential`'s recurrence, one double operation at a time; ``round`` is
+    ``lrint``'s round half to even."""
+    xs, advances, x = [x0], [], x0
+    for _ in range(count):
+        y = x + step
+        x = y - round(y)
+        if x < 0.0:
+            x += 1.0
+        advances.append(round(y - x))
+        xs.append(x)
+    return np.array(xs[:count]), np.array(advances, np.int64), xs[count]
 
 
 def filter_starts(plan: Plan, x: np.ndarray) -> np.ndarray:
