@@ -247,9 +247,7 @@ class Resampling:
     STEP = 4096
 
     def __init__(self, in_rate: int, out_rate: int = 16000, resampler: str = "essentia"):
-        if resampler not in RESAMPLERS:
-            raise AudioError(f"unknown resampler {resampler!r}; accepted: "
-                             + ", ".join(repr(r) for r in RESAMPLERS))
+        _check_resampler(resampler)
         self.in_rate, self.out_rate = in_rate, out_rate
         self.n_in = self.n_out = 0
         self._held = np.zeros(0, np.float32)

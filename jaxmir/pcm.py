@@ -57,8 +57,8 @@ def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | 
         if name == b"fmt ":
             if size < 16:
                 raise AudioError(f"standard input: malformed WAV header: fmt chunk of {size} bytes")
-            fmt = struct.unpack("<HHIIHH", body[:16]) + ((struct.unpack("<H", body[24:26])[0],)
-                                                        if size >= 26 else (None,))
+            sub_format = struct.unpack("<H", body[24:26])[0] if size >= 26 else None
+            fmt = struct.unpack("<HHIIHH", body[:16]) + (sub_format,)
     if fmt is None:
         raise AudioError("standard input: malformed WAV header: no fmt chunk before the data")
     tag, channels, rate, _, _, bits, sub_format = fmt

@@ -218,7 +218,8 @@ def test_common_rates_take_the_polyphase_kernels():
         assert (products.matmul_shape(plan) is not None) == matmul, rate
         centre, start = positions.output_taps(plan, 5 * rate)
         assert (kernels._polyphase_layout(plan, centre, start) is not None) == polyphase, rate
-    assert products.matmul_shape(positions.plan_of(44100, 16000, "sinc_best")) is None   # its table: too large
+    # sinc_best's phase table would be too large
+    assert products.matmul_shape(positions.plan_of(44100, 16000, "sinc_best")) is None
     accelerated = [rate for rate in (8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000,
                                      176400, 192000) if rs.accelerated(rate, 16000)]
     assert accelerated == [22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000]
@@ -269,7 +270,8 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
 
     samplerate = require("samplerate")
 
-    def compiled(run) -> bool:
+    def compiled(run):
+        """``run()``'s result, and whether JAX compiled a program while it ran."""
         caplog.clear()
         with caplog.at_level(logging.WARNING), jax.log_compiles(True):
             result = run()

@@ -157,7 +157,8 @@ class SincResampler:
             hi = centre[n - 1] + plan.taps + 2 - self._origin
             segment = self._history[lo:hi]
             out = float32_outputs(plan, segment, *normalise(plan, centre[:n] - self._origin - lo,
-                                                     filter_starts(plan, frac[:n])), self._table)
+                                                            filter_starts(plan, frac[:n])),
+                                  self._table)
             pieces.append(np.asarray(out, np.float32))
             self._made += n
             self._centre, self._frac = int(centre[n]), float(frac[n])
@@ -211,7 +212,7 @@ class SincResampler:
         centre, frac = self._tracked
         if centre.shape[0] < count:
             more_centre, more_frac = exact_positions(self._plan, int(centre[-1]), float(frac[-1]),
-                                            count - centre.shape[0] + 1)
+                                                     count - centre.shape[0] + 1)
             self._tracked = centre, frac = (np.concatenate([centre, more_centre[1:]]),
                                             np.concatenate([frac, more_frac[1:]]))
         return centre[:count], frac[:count]

@@ -144,7 +144,7 @@ def _bucket(n: int, minimum: int) -> int:
 
 
 def float32_outputs(plan: Plan, signal: np.ndarray, centre: np.ndarray, start: np.ndarray,
-            table: tuple[jax.Array, jax.Array]) -> jax.Array:
+                    table: tuple[jax.Array, jax.Array]) -> jax.Array:
     """Run a kernel on padded, bucketed shapes; ``signal`` already holds ``taps`` margins.
 
     The polyphase kernel when the rates have a short exact period (44.1 or 48 kHz

@@ -88,8 +88,8 @@ def plan_of(in_rate: int, out_rate: int, quality: str) -> Plan:
     common = math.gcd(in_rate, out_rate)
     periods = -(-_MIN_PERIOD * common // out_rate)   # short periods taken several at a time
     return Plan(quality, ratio, 1.0 / ratio, increment, max_index, int(np.rint(count)) + 1,
-                 taps, float_increment / index_inc, float_increment,
-                 periods * out_rate // common, periods * in_rate // common)
+                taps, float_increment / index_inc, float_increment,
+                periods * out_rate // common, periods * in_rate // common)
 
 
 MAX_PERIOD = 1024              # longer periods go through the per-output kernel

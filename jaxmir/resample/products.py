@@ -225,11 +225,11 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
 
 
 def matmul_outputs(plan: Plan, shape: _Matmul, x: np.ndarray, count: int,
-            positions: np.ndarray | None = None, parallel: bool = False):
+                   positions: np.ndarray | None = None, parallel: bool = False):
     """``count`` outputs from ``x`` (float32 ``[n]``) at libsamplerate's positions from its
     start (on the closed form), or at ``positions`` (int64, fixed-point units from ``x[0]``:
-    :func:`fixed_point`; of whole groups, :func:`whole_groups`); ``None`` if an output fell
-    outside the kernel's bounds.
+    :func:`~jaxmir.resample.positions.fixed_point`; of whole groups, :func:`whole_groups`);
+    ``None`` if an output fell outside the kernel's bounds.
 
     Calls of ``shape.groups`` groups, each on its stretch of ``x`` (zeros beyond its ends), all
     of one shape: one compiled program per plan, whatever the length; ``parallel``: on all

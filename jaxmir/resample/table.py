@@ -43,7 +43,7 @@ def coefficients(quality: str = "sinc_medium") -> np.ndarray:
     # samples (p impulse positions cover all residues); ratio 1 adds the exact centre tap.
     for ratio, shifts in ((index_inc / p, range(p)), (1.0, range(1))):
         plan = Plan(quality, ratio, 1.0 / ratio, index_inc * ONE, half_len << SHIFT,
-                     0, 0, 1.0, float(index_inc))
+                    0, 0, 1.0, float(index_inc))
         count = output_count(plan, n_input)
         base, x = exact_positions(plan, 0, 0.0, count)
         start = filter_starts(plan, x).astype(np.int64)
