@@ -70,6 +70,15 @@ def assert_parity(name: str, reference: np.ndarray, actual, probabilities: bool 
 
 
 @pytest.fixture(scope="session")
+def cli_cache(tmp_path_factory) -> Path:
+    """One persistent compilation cache for the session's ``python -m jaxmir`` subprocesses, so
+    that a program they share compiles once rather than once per test (the cache's own
+    behaviour, cold and warm, is tested with private folders in test_cache.py and test_cli.py).
+    Only for subprocesses: ``jax.config`` is process-wide."""
+    return tmp_path_factory.mktemp("compilation-cache")
+
+
+@pytest.fixture(scope="session")
 def musicnn_graphs(tmp_path_factory) -> Path:
     """Essentia-shaped and training graphs of the four musicnn checkpoints, built by the tool."""
     require("tensorflow")
