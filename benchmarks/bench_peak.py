@@ -8,7 +8,7 @@
    bias, ReLU, batch norm and pooling not counted).
 3. Timed: each front-end branch alone as the model runs it (``FrequencyMaxBlock``:
    conv + ReLU + max over frequency; XLA's convolution for the timbral branches,
-   banded matrix products for the temporal ones; identity batch norm), the
+   time in blocks along channels for the temporal ones; identity batch norm), the
    whole model (``Model.apply`` on a batch of random patches), and
    ``Model.predict`` on a 207-s track, whose patches overlap by half and share
    the timbral work (its rate counts the FLOPs of patch-by-patch evaluation,
@@ -215,8 +215,9 @@ def time_variants(batch: int, rounds: int, peak_gflops: float) -> list[str]:
     for name, w in weights.items():
         reference = jax.jit(lambda v, w=w, p=padding_of(name): branch(v[..., None], w, p))
         other = (jax.jit(lambda v, w=w: timbral_toeplitz(v, w)) if name.startswith("timbral")
-                 else model_branch(name, w))   # the temporal banded products are the model's
-        for label, fn in ((f"{name}: XLA conv", reference), (f"{name}: banded matmul", other)):
+                 else model_branch(name, w))   # the temporal blocks along channels are the model's
+        label = "banded matmul" if name.startswith("timbral") else "time blocks as channels"
+        for label, fn in ((f"{name}: XLA conv", reference), (f"{name}: {label}", other)):
             cases[label] = lambda fn=fn: jax.block_until_ready(fn(x))
             flops[label] = 2 * macs[name] * batch
             outputs[label] = np.asarray(fn(x))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxmir.models.layers import ACTIVATIONS, directed_max
-from jaxmir.models.musicnn import FrequencyMaxBlock
+from jaxmir.models.musicnn import FrequencyMaxBlock, TimeConvFrequencyMax
 
 
 def _batch_norm(rng, filters: int):
@@ -44,25 +44,38 @@ def test_directed_max_then_activation_is_exactly_the_max(activation):
     np.testing.assert_array_equal(got, jnp.max(fn(linear(kernel) + bias), axis=2))
 
 
-@pytest.mark.parametrize("kernel", [(7, 38), (32, 1), (128, 1)])
-def test_frequency_max_block_equals_conv_relu_batch_norm_max(kernel):
-    """Timbral (XLA convolution) and temporal (banded matrix products) branches alike."""
+def _check_conv_relu_batch_norm_max(module, kernel: tuple[int, int], padding, frames: int,
+                                    variables_of=lambda v: {"block": v}) -> None:
+    """``module`` on ``[2, frames, 96, 1]`` equals conv, ReLU, batch norm, max over mel."""
     rng = np.random.default_rng(1)
     filters = 8
-    padding = ((3, 3), (0, 0)) if kernel[1] > 1 else "SAME"
-    block = FrequencyMaxBlock(filters, kernel, padding, 1e-3)
-    x = jnp.asarray(rng.normal(0, 1, (2, 187, 96, 1)).astype(np.float32))
-    variables = block.init(jax.random.PRNGKey(0), x)
+    x = jnp.asarray(rng.normal(0, 1, (2, frames, 96, 1)).astype(np.float32))
     batch_norm, params, stats = _batch_norm(rng, filters)
     weights = {"kernel": rng.normal(0, 0.1, (*kernel, 1, filters)).astype(np.float32),
                "bias": rng.normal(0, 0.1, filters).astype(np.float32)}
-    variables = {"params": {"block": {"conv": weights, "batch_norm": params}},
-                 "batch_stats": {"block": {"batch_norm": stats}}}
-    got = block.apply(variables, x)
+    variables = {"params": variables_of({"conv": weights, "batch_norm": params}),
+                 "batch_stats": variables_of({"batch_norm": stats})}
+    got = module.apply(variables, x)
     conv = jax.lax.conv_general_dilated(x, weights["kernel"], (1, 1), padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         precision=jax.lax.Precision.HIGHEST) + weights["bias"]
     want = jnp.max(batch_norm(jax.nn.relu(conv)), axis=2)
-    assert got.shape == (2, 187, filters)
+    assert got.shape == (2, frames, filters)
     # another summation order of up to 266 products of magnitude ~0.1-1: 1e-5 of the outputs' size
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize("kernel", [(7, 38), (32, 1), (128, 1)])
+def test_frequency_max_block_equals_conv_relu_batch_norm_max(kernel):
+    """Timbral (XLA convolution) and temporal (time in blocks along channels) branches alike."""
+    padding = ((3, 3), (0, 0)) if kernel[1] > 1 else "SAME"
+    _check_conv_relu_batch_norm_max(FrequencyMaxBlock(8, kernel, padding, 1e-3), kernel, padding, 187)
+
+
+@pytest.mark.parametrize("length,block,frames", [(128, 8, 187), (64, 3, 40), (5, 8, 3), (2, 3, 7),
+                                                 (1, 8, 9), (33, 1, 20), (8, 8, 16)])
+def test_time_blocks_equal_the_same_convolution(length, block, frames):
+    """Kernels longer and shorter than a block, even and odd (TensorFlow pads one frame more
+    after than before), signals shorter than the kernel or than a block."""
+    module = TimeConvFrequencyMax(8, length, 1e-3, block=block)
+    _check_conv_relu_batch_norm_max(module, (length, 1), "SAME", frames, variables_of=lambda v: v)

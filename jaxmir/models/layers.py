@@ -219,30 +219,41 @@ class ConvBlock(nn.Module):
         return extreme + bias
 
 
-def time_windows(x: jax.Array, length: int, block: int) -> jax.Array:
-    """Overlapping windows of a ``[b, t, f]`` signal for a ``"SAME"`` convolution along time.
+def time_blocks(x: jax.Array, length: int, block: int) -> jax.Array:
+    """A ``[b, t, f]`` signal as blocks of ``block`` frames laid along channels, zero-padded for
+    a ``"SAME"`` convolution along time of ``length`` taps (TensorFlow's padding:
+    ``(length - 1) // 2`` frames before).
 
-    Window ``j`` holds the ``block + length - 1`` zero-padded frames that the
-    outputs ``j * block .. (j + 1) * block - 1`` read (TensorFlow's padding:
-    ``(length - 1) // 2`` frames before). Returns ``[b, ceil(t / block), block + length - 1, f]``.
+    Returns ``[b, blocks, f, block]``, where block ``j`` holds padded frames
+    ``j * block .. (j + 1) * block - 1`` and the output block ``j`` of
+    :func:`block_kernel` reads blocks ``j .. j + taps - 1``: ``blocks`` is
+    ``ceil(t / block) + taps - 1``.
     """
     b, frames, bands = x.shape
-    blocks = -(-frames // block)
-    width = block + length - 1
-    shifts = -(-width // block)
-    before = (length - 1) // 2
-    padded = jnp.pad(x, ((0, 0), (before, (blocks + shifts - 1) * block - frames - before), (0, 0)))
-    tiles = padded.reshape(b, blocks + shifts - 1, block, bands)
-    return jnp.concatenate([tiles[:, d:d + blocks] for d in range(shifts)], axis=2)[:, :, :width]
+    lead, taps = _block_geometry(length, block)
+    blocks = -(-frames // block) + taps - 1
+    padded = jnp.pad(x, ((0, 0), (lead * block, blocks * block - lead * block - frames), (0, 0)))
+    return padded.reshape(b, blocks, block, bands).transpose(0, 1, 3, 2)
 
 
-def banded_kernel(kernel: jax.Array, block: int) -> jax.Array:
-    """A time kernel ``[length, features]`` as the banded (Toeplitz) matrix that maps a window
-    of :func:`time_windows` to its block of outputs: ``[block + length - 1, block, features]``."""
-    length = kernel.shape[0]
-    tap = np.arange(block + length - 1)[:, None] - np.arange(block)[None, :]
+def block_kernel(kernel: jax.Array, block: int) -> jax.Array:
+    """A time kernel ``[length, features]`` as a convolution over :func:`time_blocks`:
+    ``[taps, 1, block, block * features]``, output channel ``o * features + c`` being frame
+    ``o`` of the block, filter ``c`` (zeros where a frame lies outside the kernel's reach)."""
+    length, features = kernel.shape
+    lead, taps = _block_geometry(length, block)
+    offset = lead * block - (length - 1) // 2       # padded frame of output frame 0's first tap
+    tap = np.arange(taps * block)[:, None] - offset - np.arange(block)[None, :]
     inside = (tap >= 0) & (tap < length)
-    return jnp.where(inside[..., None], kernel[np.clip(tap, 0, length - 1)], 0.0)
+    toeplitz = jnp.where(inside[..., None], kernel[np.clip(tap, 0, length - 1)], 0.0)
+    return toeplitz.reshape(taps, 1, block, block * features)
+
+
+def _block_geometry(length: int, block: int) -> tuple[int, int]:
+    """``(lead, taps)``: blocks of zeros before the signal and blocks an output block reads."""
+    before = (length - 1) // 2
+    lead = -(-before // block)
+    return lead, -(-(lead * block - before + block + length - 1) // block)
 
 
 class ConvParams(nn.Module):

@@ -21,10 +21,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import (ACTIVATIONS, PRECISION, ConvBlock, ConvParams, DenseHead,
-                                  banded_kernel, directed_max, frozen_batch_norm, head_variables,
-                                  monotone_direction, nest, time_windows)
+from jaxmir.models.layers import (ACTIVATIONS, ConvBlock, ConvParams, DenseHead,
+                                  block_kernel, convolve, directed_max, frozen_batch_norm,
+                                  head_variables, monotone_direction, nest, time_blocks)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
+
 
 def musicnn_head(units: int = 200, n_labels: int = 50, epsilon: float = 1e-3) -> tuple[HeadLayer, ...]:
     """musicnn's back-end after pooling: BN, dense + ReLU, BN, dense logits, sigmoid."""
@@ -79,51 +80,36 @@ class TimeConvFrequencyMax(nn.Module):
     a one-channel ``[b, t, mel, 1]``, ReLU, BN, max over frequency: ``[b, t, filters]``.
 
     The same numbers as :class:`ConvBlock` followed by the max (up to float32
-    summation order), computed as matrix products: time is cut into blocks of
-    ``block`` frames and each block's window (:func:`time_windows`) is multiplied
-    by the kernel's banded matrix (:func:`banded_kernel`). XLA's convolution with
-    one input channel and a tall kernel runs far below the machine's peak, a
-    product near it. The frequency axis is reduced before time is laid flat
-    again, so the ``[b, t, mel, filters]`` activations are never transposed.
-    Variables are :class:`ConvBlock`'s (``conv/kernel``, ``conv/bias``, ``batch_norm``).
-
-    ``block`` defaults to :func:`time_block`.
+    summation order), computed with time cut into blocks of ``block`` frames laid
+    along channels (:func:`time_blocks`): a convolution a few blocks tall with
+    ``block`` input channels and ``block * filters`` outputs (:func:`block_kernel`,
+    the kernel's Toeplitz matrix), which XLA runs near the machine's peak and
+    reduces over frequency as it goes, where the one-channel convolution with a
+    tall kernel runs far below it. Variables are :class:`ConvBlock`'s
+    (``conv/kernel``, ``conv/bias``, ``batch_norm``).
     """
 
     filters: int
     length: int
     bn_epsilon: float
-    block: int | None = None
+    block: int = 8
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = ConvParams((self.length, 1, 1, self.filters), name="conv")()
         batch_norm = frozen_batch_norm(self.bn_epsilon, name="batch_norm")
-        frames, block = x.shape[1], self.block or time_block(self.length)
-        windows = time_windows(x[..., 0], self.length, block)           # [b, blocks, width, mel]
+        frames, block = x.shape[1], self.block
+        blocks = time_blocks(x[..., 0], self.length, block)             # [b, blocks, mel, block]
 
-        def product(time_kernel: jax.Array) -> jax.Array:
-            banded = banded_kernel(time_kernel, block)                   # [width, block, filters]
-            return jnp.einsum("bjwm,wof->bjmof", windows, banded, precision=PRECISION)
+        def convolution(time_kernel: jax.Array) -> jax.Array:
+            y = convolve(blocks, block_kernel(time_kernel, block), "VALID")
+            return y.reshape(y.shape[:3] + (block, self.filters))       # [b, j, mel, block, filters]
 
-        # [b, blocks, mel, block, filters] -> extreme over mel: [b, blocks, block, filters]
-        direction = monotone_direction(batch_norm, self.filters, windows.dtype)
-        y = directed_max(product, kernel[:, 0, 0, :], direction, axis=2) + bias
+        # extreme over mel: [b, j, block, filters]
+        direction = monotone_direction(batch_norm, self.filters, blocks.dtype)
+        y = directed_max(convolution, kernel[:, 0, 0, :], direction, axis=2) + bias
         y = batch_norm(ACTIVATIONS["relu"](y))
         return y.reshape(y.shape[0], -1, self.filters)[:, :frames]
-
-
-def time_block(length: int) -> int:
-    """Output frames per banded product of a ``length``-frame temporal kernel: ``length / 4``,
-    within 16-32.
-
-    A block reads ``block + length - 1`` frames for ``block`` outputs, so longer blocks waste
-    fewer products on the band's zeros and shorter ones keep the ``[mel, block, filters]``
-    products in cache. MusiCNN at batch 8 (Zen 5), blocks of 32/16/16 frames for its
-    128/64/32-frame kernels against 16 for all: 6% less time with the overlap shared
-    (consecutive patches), 1% without.
-    """
-    return min(32, max(16, length // 4))
 
 
 def _conv_over_stretch(block, x: jax.Array, hop: int, rows_padding) -> jax.Array:
