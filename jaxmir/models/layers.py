@@ -177,7 +177,8 @@ class ConvBlock(nn.Module):
         over frequency), taken by :func:`directed_max` before the bias, activation
         and batch norm, which then run on the reduced tensor; no pool then.
 
-    With a pool, the output before pooling is sown as ``features``.
+    With a pool, the output before pooling is sown as ``features``. A call may pass
+    another ``padding`` than the attribute's: the same variables (MusiCNN's patch ends).
     """
 
     features: int
@@ -189,7 +190,7 @@ class ConvBlock(nn.Module):
     max_axis: int | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, padding: str | tuple | None = None) -> jax.Array:
         batch_norm = (frozen_batch_norm(self.bn_epsilon, name="batch_norm")
                       if self.bn_epsilon is not None else None)
 
@@ -197,10 +198,11 @@ class ConvBlock(nn.Module):
             y = ACTIVATIONS[self.activation](y) if self.activation else y
             return batch_norm(y) if batch_norm is not None else y
 
+        padding = padding or self.padding
         if self.max_axis is not None:
             assert self.pool is None and self.activation in MONOTONE
-            return after_conv(self._max_of_conv(x, batch_norm))
-        x = nn.Conv(self.features, self.kernel, padding=self.padding, precision=PRECISION,
+            return after_conv(self._max_of_conv(x, batch_norm, padding))
+        x = nn.Conv(self.features, self.kernel, padding=padding, precision=PRECISION,
                     name="conv")(x)
         x = after_conv(x)
         if self.pool is not None:
@@ -209,12 +211,13 @@ class ConvBlock(nn.Module):
                             padding=self.pool.padding)
         return x
 
-    def _max_of_conv(self, x: jax.Array, batch_norm: nn.BatchNorm | None) -> jax.Array:
+    def _max_of_conv(self, x: jax.Array, batch_norm: nn.BatchNorm | None,
+                     padding: str | tuple) -> jax.Array:
         """The convolution plus bias, reduced over ``max_axis`` towards where ``after_conv`` is largest."""
         kernel, bias = ConvParams((*self.kernel, x.shape[-1], self.features), name="conv")()
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
         direction = monotone_direction(batch_norm, self.features, x.dtype)
-        extreme = directed_max(lambda k: convolve(x, k, self.padding), kernel, direction,
+        extreme = directed_max(lambda k: convolve(x, k, padding), kernel, direction,
                                self.max_axis)
         return extreme + bias
 

@@ -119,19 +119,32 @@ def _conv_over_stretch(block, x: jax.Array, hop: int, rows_padding) -> jax.Array
     the block runs once on that stretch; row ``r`` of patch ``p`` is row
     ``p * hop + r`` of the result, except the ``top``/``bottom`` rows at the
     patch's ends, whose convolution reads the patch's zero padding: those run
-    per patch on the end rows alone. Everything after the convolution (ReLU,
+    per patch, from the ``top + bottom`` frames at each end with the padding
+    written out (:func:`_end_rows`). Everything after the convolution (ReLU,
     batch norm, the max over frequency) acts on each row separately; ``block``
     maps ``[b, t, mel, 1]`` to ``[b, t, filters]``, so that rows are copied
     only after the frequency axis is gone.
     """
     n, length = x.shape[0], x.shape[1]
     top, bottom = rows_padding
-    edge = top + bottom
     stretch = jnp.concatenate([x[:-1, :hop].reshape((-1,) + x.shape[2:]), x[-1]])
     shared = block(stretch[None])[0]
     rows = jnp.stack([shared[p * hop + top: p * hop + length - bottom] for p in range(n)])
-    ends = block(jnp.concatenate([x[:, :edge], x[:, length - edge:]]))
-    return jnp.concatenate([ends[:n, :top], rows, ends[n:, edge - bottom:]], axis=1)
+    first, last = _end_rows(block, x, top, bottom)
+    return jnp.concatenate([first, rows, last], axis=1)
+
+
+def _end_rows(block, x: jax.Array, top: int, bottom: int) -> tuple[jax.Array, jax.Array]:
+    """The first ``top`` and last ``bottom`` rows of ``block`` on each ``[C, T, mel, 1]`` patch
+    (a convolution ``top + bottom + 1`` frames tall, zero-padded by ``top``/``bottom``), in one
+    unpadded call on ``[2C, top + bottom + max(top, bottom), mel, 1]``: no other row is computed."""
+    edge, most = top + bottom, max(top, bottom)
+    no_pad = ((0, 0),) * (x.ndim - 2)
+    heads = jnp.pad(x[:, :edge], ((0, 0), (top, most - top)) + no_pad)
+    tails = jnp.pad(x[:, x.shape[1] - edge:], ((0, 0), (most - bottom, bottom)) + no_pad)
+    ends = block(jnp.concatenate([heads, tails]), padding=no_pad)
+    n = x.shape[0]
+    return ends[:n, :top], ends[n:, most - bottom:]
 
 
 class MidendConv(nn.Module):
