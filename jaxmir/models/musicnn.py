@@ -83,9 +83,10 @@ class TimeConvFrequencyMax(nn.Module):
     summation order), computed with time cut into blocks of ``block`` frames laid
     along channels (:func:`time_blocks`): a convolution a few blocks tall with
     ``block`` input channels and ``block * filters`` outputs (:func:`block_kernel`,
-    the kernel's Toeplitz matrix), which XLA runs near the machine's peak and
-    reduces over frequency as it goes, where the one-channel convolution with a
-    tall kernel runs far below it. Variables are :class:`ConvBlock`'s
+    the kernel's Toeplitz matrix), which XLA reduces over frequency as it goes.
+    XLA's one-channel convolution with a tall kernel runs far below the machine's
+    peak; this one at 50-70% of it (``benchmarks/bench_peak.py``, Zen 4), where the
+    banded matrix products it replaced ran at 40-65%. Variables are :class:`ConvBlock`'s
     (``conv/kernel``, ``conv/bias``, ``batch_norm``).
     """
 
@@ -137,7 +138,8 @@ def _conv_over_stretch(block, x: jax.Array, hop: int, rows_padding) -> jax.Array
 def _end_rows(block, x: jax.Array, top: int, bottom: int) -> tuple[jax.Array, jax.Array]:
     """The first ``top`` and last ``bottom`` rows of ``block`` on each ``[C, T, mel, 1]`` patch
     (a convolution ``top + bottom + 1`` frames tall, zero-padded by ``top``/``bottom``), in one
-    unpadded call on ``[2C, top + bottom + max(top, bottom), mel, 1]``: no other row is computed."""
+    unpadded call on ``[2C, top + bottom + max(top, bottom), mel, 1]`` (with ``top == bottom``,
+    as in MusiCNN, it computes those rows and no other)."""
     edge, most = top + bottom, max(top, bottom)
     no_pad = ((0, 0),) * (x.ndim - 2)
     heads = jnp.pad(x[:, :edge], ((0, 0), (top, most - top)) + no_pad)
