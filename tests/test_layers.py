@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmir.models.layers import ACTIVATIONS, directed_max
+from jaxmir.models.layers import ACTIVATIONS, directed_max, fusion_boundary
 from jaxmir.models.musicnn import FrequencyMaxBlock, TimeConvFrequencyMax
 
 
@@ -63,6 +63,21 @@ def _check_conv_relu_batch_norm_max(module, kernel: tuple[int, int], padding, fr
     assert got.shape == (2, frames, filters)
     # another summation order of up to 266 products of magnitude ~0.1-1: 1e-5 of the outputs' size
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+def test_fusion_boundary_changes_no_bit(dtype):
+    """Subnormals, extremes, infinities and NaN included; float64 stays float64 (under x64)."""
+    with jax.enable_x64(dtype == "float64"):
+        info = jnp.finfo(dtype)
+        special = np.array([0.0, -0.0, float(info.tiny) / 3, -float(info.tiny) / 7, float(info.max),
+                            -float(info.max), np.inf, -np.inf, np.nan, 1 + float(info.eps)])
+        values = np.concatenate([special, np.random.default_rng(0).normal(0, 1e3, 990)])
+        x = jnp.asarray(values, dtype)
+        bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize]
+        got = jax.jit(fusion_boundary)(x)
+        assert got.dtype == x.dtype
+        np.testing.assert_array_equal(np.asarray(got).view(bits), np.asarray(x).view(bits))
 
 
 @pytest.mark.parametrize("kernel", [(7, 38), (32, 1), (128, 1)])
