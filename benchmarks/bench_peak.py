@@ -216,8 +216,8 @@ def time_variants(batch: int, rounds: int, peak_gflops: float) -> list[str]:
         reference = jax.jit(lambda v, w=w, p=padding_of(name): branch(v[..., None], w, p))
         other = (jax.jit(lambda v, w=w: timbral_toeplitz(v, w)) if name.startswith("timbral")
                  else model_branch(name, w))   # the temporal blocks along channels are the model's
-        label = "banded matmul" if name.startswith("timbral") else "time blocks as channels"
-        for label, fn in ((f"{name}: XLA conv", reference), (f"{name}: {label}", other)):
+        formulation = "banded matmul" if name.startswith("timbral") else "time blocks as channels"
+        for label, fn in ((f"{name}: XLA conv", reference), (f"{name}: {formulation}", other)):
             cases[label] = lambda fn=fn: jax.block_until_ready(fn(x))
             flops[label] = 2 * macs[name] * batch
             outputs[label] = np.asarray(fn(x))

@@ -33,6 +33,14 @@ from jaxmir.models import runner
 TOL = 1e-6
 
 
+@pytest.fixture(autouse=True)
+def cached(monkeypatch, cli_cache):
+    """Every command-line subprocess here uses the session's compilation cache (the
+    in-process tests never switch a cache on: only ``jaxmir.cli.main`` does)."""
+    monkeypatch.setenv("JAXMIR_CACHE_DIR", str(cli_cache))
+    monkeypatch.delenv("JAXMIR_NO_CACHE", raising=False)
+
+
 @pytest.fixture(scope="module")
 def musicnn():
     return jaxmir.load("msd-musicnn")
@@ -254,13 +262,6 @@ def test_bad_input(musicnn):
 
 
 # -- the command line --------------------------------------------------------------------------
-@pytest.fixture
-def cached(monkeypatch, cli_cache):
-    """The command-line subprocesses of a test share the session's compilation cache."""
-    monkeypatch.setenv("JAXMIR_CACHE_DIR", str(cli_cache))
-    monkeypatch.delenv("JAXMIR_NO_CACHE", raising=False)
-
-
 def cli(*args: str, stdin: bytes = b"", timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "jaxmir", *args], input=stdin, capture_output=True,
@@ -284,7 +285,6 @@ def lines_of(result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.decode().splitlines()]
 
 
-@pytest.mark.usefixtures("cached")
 def test_stream_command_raw_and_wav(musicnn):
     rate = 22050
     audio = signal_at(rate, 6.0, 2, seed=14, dtype=np.int16)
@@ -304,7 +304,6 @@ def test_stream_command_raw_and_wav(musicnn):
         np.testing.assert_allclose([p for _, p in record["top"]], np.sort(row)[::-1][:3], atol=2e-6)
 
 
-@pytest.mark.usefixtures("cached")
 def test_stream_command_bf16_is_opt_in(musicnn):
     rate = 16000
     audio = signal_at(rate, 6.0, 1, seed=15, dtype=np.int16)
@@ -316,7 +315,6 @@ def test_stream_command_bf16_is_opt_in(musicnn):
     assert 1e-4 < deviation < BF16_TAGS_ATOL, deviation
 
 
-@pytest.mark.usefixtures("cached")
 def test_stream_command_bad_input():
     audio = signal_at(16000, 4.0, 1, seed=15, dtype=np.int16)
     data = audio.astype("<i2").tobytes()
@@ -334,7 +332,6 @@ def test_stream_command_bad_input():
     assert missing.returncode == 1 and b"--rate" in missing.stderr
 
 
-@pytest.mark.usefixtures("cached")
 def test_stream_command_ends_cleanly_on_ctrl_c():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
@@ -355,7 +352,6 @@ def test_stream_command_ends_cleanly_on_ctrl_c():
     assert [r["start"] for r in records] == [0.0, 1.488]
 
 
-@pytest.mark.usefixtures("cached")
 def test_tag_plot_and_embed_average(tmp_path, musicnn):
     require("matplotlib")  # the [plot] extra, a test dependency
     audio = signal_at(44100, 7.0, 2, seed=17)
