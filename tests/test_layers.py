@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmir.models.layers import ACTIVATIONS, directed_max, fusion_boundary, stack_channels
+from jaxmir.models.layers import ACTIVATIONS, directed_max, fusion_boundary
 from jaxmir.models.musicnn import FrequencyMaxBlock, TimeConvFrequencyMax
 
 
@@ -78,21 +78,6 @@ def test_fusion_boundary_changes_no_bit(dtype):
         got = jax.jit(fusion_boundary)(x)
         assert got.dtype == x.dtype
         np.testing.assert_array_equal(np.asarray(got).view(bits), np.asarray(x).view(bits))
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_stack_channels_is_concatenate_bit_for_bit(dtype, batch):
-    """MusiCNN's mid-end parts' widths; NaN, infinities and signed zeros included."""
-    rng = np.random.default_rng(batch)
-    parts = [rng.normal(0, 1, (batch, 5, width)) for width in (204, 204, 51, 51, 51, 64, 64, 64)]
-    parts[0][0, 0, :4] = [np.nan, np.inf, -np.inf, -0.0]
-    parts = [jnp.asarray(part, dtype) for part in parts]
-    got = jax.jit(stack_channels)(parts)
-    want = jnp.concatenate(parts, axis=-1)
-    assert got.dtype == want.dtype and got.shape == (batch, 5, 753)
-    np.testing.assert_array_equal(np.asarray(got).view(np.uint16 if dtype == "bfloat16" else np.uint32),
-                                  np.asarray(want).view(np.uint16 if dtype == "bfloat16" else np.uint32))
 
 
 @pytest.mark.parametrize("kernel", [(7, 38), (32, 1), (128, 1)])

@@ -52,22 +52,6 @@ def test_vgg_pool_names(vgg, patches_187):
         "pool4": (1, 11, 6, 128), "pool5": (1, 2, 128), "predictions": (1, 50)}
 
 
-def test_one_patch_midend_equals_the_concatenation(musicnn, patches_187, monkeypatch):
-    """A batch of one joins MusiCNN's mid-end with layers.stack_channels (a speed choice): the
-    same pools and outputs, bit for bit, as the module with jnp.concatenate."""
-    from jaxmir.models import musicnn as musicnn_module
-
-    x = patches_187[:1]
-    ours = jax.jit(lambda v, p: musicnn.module.apply(v, p, mutable="intermediates"))(
-        musicnn.variables, x)
-    monkeypatch.setattr(musicnn_module, "stack_channels", lambda parts: jnp.concatenate(parts, -1))
-    plain = jax.jit(lambda v, p: musicnn.module.apply(v, p, mutable="intermediates"))(
-        musicnn.variables, x)
-    np.testing.assert_array_equal(ours[0], plain[0])
-    for name in ("max_pool", "mean_pool"):
-        np.testing.assert_array_equal(ours[1]["intermediates"][name][0], plain[1]["intermediates"][name][0])
-
-
 def test_labels_and_info(musicnn, vgg):
     assert musicnn.labels[:3] == ("rock", "pop", "alternative")
     assert vgg.labels[:3] == ("guitar", "classical", "slow")

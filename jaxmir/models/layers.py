@@ -164,25 +164,6 @@ def fusion_boundary(x: jax.Array) -> jax.Array:
     return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
-def stack_channels(parts: Sequence[jax.Array]) -> jax.Array:
-    """``jnp.concatenate(parts, axis=-1)``, bit for bit, written part by part into one buffer.
-
-    Why: MusiCNN at batch 1 took 19.5-21.0 ms per patch with ``jnp.concatenate`` for its
-    mid-end ``[1, t, 753]`` and 16.0-17.1 ms with this (Zen 4, 2 cores, six alternated process
-    pairs; the model without the concatenation 15.0-15.6 ms, the concatenation alone 0.04 ms:
-    XLA's CPU runtime, not the copy). In batches it was not faster (batch 8 alike; the 207-s
-    ``predict``, batches of 8 sharing the timbral frames, 1.45-1.56 -> 1.54-1.58 s in five
-    pairs), and with the front-end's parts already joined it was slower at both sizes.
-    """
-    width = sum(part.shape[-1] for part in parts)
-    out = jnp.zeros(parts[0].shape[:-1] + (width,), jnp.result_type(*parts))
-    start = 0
-    for part in parts:
-        out = jax.lax.dynamic_update_slice_in_dim(out, part.astype(out.dtype), start, axis=-1)
-        start += part.shape[-1]
-    return out
-
-
 # Elementwise and non-decreasing: the activations directed_max may precede.
 MONOTONE = ("relu", "elu", "tanh", "sigmoid", "identity", "")
 

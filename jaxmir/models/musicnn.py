@@ -23,8 +23,7 @@ import jax.numpy as jnp
 
 from jaxmir.models.layers import (ACTIVATIONS, ConvBlock, ConvParams, DenseHead,
                                   block_kernel, convolve, directed_max, frozen_batch_norm,
-                                  head_variables, monotone_direction, nest, stack_channels,
-                                  time_blocks)
+                                  head_variables, monotone_direction, nest, time_blocks)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
 
 
@@ -208,9 +207,7 @@ class MusiCNN(nn.Module):
         cnn1 = MidendConv(self.midend_filters, self.bn_epsilon, name="midend_1")(frontend)
         cnn2 = MidendConv(self.midend_filters, self.bn_epsilon, name="midend_2")(cnn1) + cnn1
         cnn3 = MidendConv(self.midend_filters, self.bn_epsilon, name="midend_3")(cnn2) + cnn2
-        parts = timbral + temporal + [cnn1, cnn2, cnn3]  # the front-end in its five parts
-        # one patch (a live stream's calls): see stack_channels; batches ran slower with it
-        midend = stack_channels(parts) if patches.shape[0] == 1 else jnp.concatenate(parts, axis=-1)
+        midend = jnp.concatenate([frontend, cnn1, cnn2, cnn3], axis=-1)
 
         max_pool = jnp.max(midend, axis=1)
         mean_pool = jnp.mean(midend, axis=1)
