@@ -15,9 +15,14 @@ def patches(batch: int, shape=(96, 64), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 2, (batch, *shape)).astype(np.float32)
 
 
+def graph_nodes(model) -> list[str]:
+    """The graph nodes ``model`` maps, its input left out."""
+    return [n for n in model.spec.node_map if n != model.spec.input_name and "/" in n]
+
+
 def compare(path, model, x, feeds=None, optimize=True):
     """Every mapped graph node of ``model`` against TensorFlow on the same input."""
-    names = [n for n in model.spec.node_map if n != model.spec.input_name and "/" in n]
+    names = graph_nodes(model)
     reference = run_tf(path, {model.spec.input_name: x, **(feeds or {})}, names, optimize)
     ours = model.apply(x, names)
     return {n: assert_parity(n, r, ours[n], n in PROBABILITIES) for n, r in zip(names, reference)}
@@ -48,7 +53,7 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
     assert model.spec.output_name == "model/vggish/embeddings"
     assert model.num_params() == 72_141_184  # tensorflow/models' VGGish
     x = patches(7)
-    names = [n for n in model.spec.node_map if n != model.spec.input_name and "/" in n]
+    names = graph_nodes(model)
     assert {"model/vggish/embeddings", "model/vggish/pool4/MaxPool", "model/vggish/conv1/Relu",
             "model/vggish/fc1/fc1_2/Relu", "model/vggish/fc2/BiasAdd"} <= set(names)
     # TensorFlow's kernels without Grappler's rewriting: its constant folding of 72M parameters
