@@ -20,12 +20,17 @@ def graph_nodes(model) -> list[str]:
     return [n for n in model.spec.node_map if n != model.spec.input_name and "/" in n]
 
 
+def assert_nodes(model, x, names, reference) -> dict[str, float]:
+    """``model``'s ``names`` on ``x`` against TensorFlow's ``reference`` (same order); the errors."""
+    ours = model.apply(x, names)
+    return {n: assert_parity(n, r, ours[n], n in PROBABILITIES) for n, r in zip(names, reference)}
+
+
 def compare(path, model, x, feeds=None, optimize=True):
     """Every mapped graph node of ``model`` against TensorFlow on the same input."""
     names = graph_nodes(model)
     reference = run_tf(path, {model.spec.input_name: x, **(feeds or {})}, names, optimize)
-    ours = model.apply(x, names)
-    return {n: assert_parity(n, r, ours[n], n in PROBABILITIES) for n, r in zip(names, reference)}
+    return assert_nodes(model, x, names, reference)
 
 
 def write(graph_def, path):
@@ -61,9 +66,7 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
     # session for both batch sizes: TensorFlow computes each patch on its own.
     reference = run_tf(path, {model.spec.input_name: x}, names, optimize=False)
     for batch in (7, 1):
-        ours = model.apply(x[:batch], names)
-        for name, expected in zip(names, reference):
-            assert_parity(name, expected[:batch], ours[name], name in PROBABILITIES)
+        assert_nodes(model, x[:batch], names, [expected[:batch] for expected in reference])
         out = model.apply(x[:batch], ["embeddings", "fc2", "pool1", "pool4", "conv3_2", "fc1_1"])
         assert out["embeddings"].shape == (batch, 128) and out["pool4"].shape == (batch, 6, 4, 512)
         assert out["pool1"].shape == (batch, 48, 32, 64) and out["conv3_2"].shape == (batch, 24, 16, 256)
