@@ -20,6 +20,10 @@ SHIPPED = ("msd-musicnn", "mtt-musicnn", "msd-vgg", "mtt-vgg")
 # another model (differences ~1e-1) fails one side or the other.
 BF16_TAGS_ATOL = 5e-2
 
+# The suite runs in several worker processes (pytest-xdist); on a GPU, JAX's default of taking
+# 75% of its memory in each process would leave the others none.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
