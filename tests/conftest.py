@@ -73,6 +73,20 @@ def assert_parity(name: str, reference: np.ndarray, actual, probabilities: bool 
     return error
 
 
+def compiled_programs(caplog, run) -> tuple[object, list[str]]:
+    """``run()``'s result and the programs JAX compiled while it ran (``jax.log_compiles``'
+    "Compiling jit(name) ..." lines, one per program compiled)."""
+    import logging
+
+    import jax
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        result = run()
+    return result, [record.getMessage().split()[1] for record in caplog.records
+                    if record.getMessage().startswith("Compiling ")]
+
+
 @pytest.fixture(scope="session")
 def cli_cache(tmp_path_factory) -> Path:
     """One persistent compilation cache for the session's ``python -m jaxmir`` subprocesses, so

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxmir.errors import AudioError
-from tests.conftest import require, shared_fixture
+from tests.conftest import compiled_programs, require, shared_fixture
 
 TOL = 1e-6
 
@@ -262,8 +262,6 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
     """The table measured from samplerate is checked by NumPy sums (no JAX program compiled
     before a process's first sample), which equal samplerate's outputs and refuse a table
     with one entry 1% off."""
-    import logging
-
     import jax
 
     from jaxmir.resample import positions, table as tables
@@ -272,10 +270,8 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
 
     def compiled(run):
         """``run()``'s result, and whether JAX compiled a program while it ran."""
-        caplog.clear()
-        with caplog.at_level(logging.WARNING), jax.log_compiles(True):
-            result = run()
-        return result, any("Compiling" in record.getMessage() for record in caplog.records)
+        result, programs = compiled_programs(caplog, run)
+        return result, bool(programs)
 
     _, control = compiled(lambda: jax.jit(lambda v: v * 3.0)(np.arange(7.0)).block_until_ready())
     assert control                                            # the log does show compilations
@@ -297,3 +293,26 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
     wrong[40] *= 1.01           # within the first zero crossing (index_inc = 128): a large entry
     with pytest.raises(AudioError, match="does not reproduce"):
         tables._verify("sinc_fastest", wrong, samplerate)
+
+
+def test_device_tables_compile_nothing(caplog):
+    """The filter and phase tables reach the device as transfers: ``jnp.asarray`` of a NumPy
+    array would compile a program per shape (~8 ms each at a process's start)."""
+    import jax
+
+    from jaxmir.resample import positions, products, table as tables
+
+    # programs compiled earlier in this process must not hide any (last in the file: the
+    # tests after it in this process compile their programs again)
+    jax.clear_caches()
+    plan = positions.plan_of(44100, 16000, "sinc_medium")
+    (value, rise), programs = compiled_programs(
+        caplog, lambda: products._phase_table.__wrapped__(plan, products.matmul_shape(plan)))
+    assert programs == []
+    assert value.dtype == np.float64 and rise.dtype == np.float32
+    (table, slopes), programs = compiled_programs(
+        caplog, lambda: tables._as_device(tables.coefficients("sinc_medium")))
+    assert programs == []
+    assert table.dtype == slopes.dtype == np.float32
+    _, control = compiled_programs(caplog, lambda: jax.numpy.asarray(np.zeros(13, np.float32)))
+    assert control                     # the log does show such a program

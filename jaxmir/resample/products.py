@@ -135,8 +135,8 @@ def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
     step *= -np.sign(d) * (1.0 / ONE)
     step[outside] = 0.0
     rise[:, margin:margin + width] = step
-    with jax.enable_x64(True):
-        return jnp.asarray(value), jnp.asarray(rise)
+    with jax.enable_x64(True):  # device_put: a transfer; jnp.asarray would compile a program
+        return jax.device_put(value), jax.device_put(rise)
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "shape"))

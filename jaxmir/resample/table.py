@@ -7,7 +7,6 @@ import functools
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import AudioError
@@ -118,7 +117,7 @@ def device_table(quality: str) -> tuple[jax.Array, jax.Array]:
 
 
 def _as_device(table: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    return jnp.asarray(table), jnp.asarray(table_slopes(table))
+    return jax.device_put(table), jax.device_put(table_slopes(table))  # no program compiled
 
 
 def table_slopes(table: np.ndarray) -> np.ndarray:
