@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxmir.errors import AudioError
-from tests.conftest import compiled_programs, require, shared_fixture
+from conftest import compiled_programs, require, shared_fixture
 
 TOL = 1e-6
 
