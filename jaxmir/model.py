@@ -50,6 +50,14 @@ def _names(outputs: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(outputs)
 
 
+def _on_device(value):
+    """``value`` as a JAX array of its own. A transfer compiles nothing, where ``jnp.asarray``
+    compiles a program per shape (~8 ms each at a process's start); NumPy arrays are copied
+    first, since on a CPU the transfer may share their memory, and the spec's arrays stay the
+    caller's to change."""
+    return jax.device_put(np.array(value) if isinstance(value, np.ndarray) else value)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model:
     """A model ready to run: ``Model.apply(patches, outputs=[...])``, ``Model.predict(audio, rate)``.
@@ -81,8 +89,7 @@ class Model:
             tuple(f"class_{i}" for i in range(width))
         if len(labels) != width:
             raise InputError(f"{len(labels)} labels given for a model with {width} outputs")
-        # device_put: a transfer, where jnp.asarray compiles a program per shape (~8 ms each)
-        variables = jax.device_put(dict(spec.variables))
+        variables = jax.tree_util.tree_map(_on_device, dict(spec.variables))
         return cls(spec, build_module(spec.architecture, spec.config), variables, labels, str(source),
                    dict(metadata or {}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 
@@ -270,3 +271,11 @@ def test_loading_a_model_compiles_nothing(musicnn, caplog):
                           for leaf in leaves)
     _, control = compiled_programs(caplog, lambda: jnp.asarray(np.zeros(13, np.float32)))
     assert control                     # the log does show such a program
+    before = [np.asarray(leaf).copy() for leaf in leaves]
+    variables = jax.tree_util.tree_map(np.array, dict(musicnn.spec.variables))
+    loaded = jaxmir.Model.from_spec(dataclasses.replace(musicnn.spec, variables=variables),
+                                    musicnn.labels)
+    for array in jax.tree_util.tree_leaves(variables):
+        array[...] = 0.0                # the caller's arrays change after loading
+    assert all(np.array_equal(np.asarray(leaf), kept)
+               for leaf, kept in zip(jax.tree_util.tree_leaves(loaded.variables), before))

@@ -117,7 +117,9 @@ def device_table(quality: str) -> tuple[jax.Array, jax.Array]:
 
 
 def _as_device(table: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    return jax.device_put(table), jax.device_put(table_slopes(table))  # no program compiled
+    # transfers compile nothing (jnp.asarray: a program per shape); the copy keeps the device
+    # array from sharing the memory of `coefficients`' cached table
+    return jax.device_put(table.copy()), jax.device_put(table_slopes(table))
 
 
 def table_slopes(table: np.ndarray) -> np.ndarray:
