@@ -10,11 +10,14 @@ objects). Imports under ``if TYPE_CHECKING:`` are annotations, not dependencies.
 from __future__ import annotations
 
 import ast
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jaxmir"
@@ -165,6 +168,19 @@ def test_no_unused_imports():
     assert not problems, "imported but never used:\n" + "\n".join(problems)
     # the check itself finds one
     assert unused_imports(ast.parse("import os\nfrom a import b, c\nprint(c)")) == [(1, "os"), (2, "b")]
+
+
+def test_pyflakes_finds_nothing():
+    """pyflakes over everything in the repository that is Python: undefined names, unused
+    imports and variables, redefinitions, placeholder-less f-strings."""
+    api = require("pyflakes.api")
+    from pyflakes.reporter import Reporter
+
+    out = io.StringIO()
+    folders = [str(ROOT / folder) for folder in ("jaxmir", "tests", "benchmarks", "tools", "examples")]
+    assert api.checkRecursive(folders, Reporter(out, out)) == 0, out.getvalue()
+    # the check itself finds one
+    assert api.check("import os\n", "probe.py", Reporter(io.StringIO(), io.StringIO())) == 1
 
 
 def test_loading_shipped_weights_imports_no_protobuf():
