@@ -268,21 +268,18 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
 
     samplerate = require("samplerate")
 
-    def compiled(run):
-        """``run()``'s result, and whether JAX compiled a program while it ran."""
-        result, programs = compiled_programs(caplog, run)
-        return result, bool(programs)
-
-    _, control = compiled(lambda: jax.jit(lambda v: v * 3.0)(np.arange(7.0)).block_until_ready())
+    _, control = compiled_programs(
+        caplog, lambda: jax.jit(lambda v: v * 3.0)(np.arange(7.0)).block_until_ready())
     assert control                                            # the log does show compilations
 
     def no_scan():
         raise AssertionError("the measurement ran the positions' JAX scan")
     monkeypatch.setattr(positions, "_sequential_scan", no_scan)   # compiled earlier or not
-    _, any_compiled = compiled(lambda: tables.coefficients.__wrapped__("sinc_medium"))
-    assert not any_compiled            # the default filter, measured and verified afresh
-    table, any_compiled = compiled(lambda: tables.coefficients.__wrapped__("sinc_fastest"))
-    assert not any_compiled
+    _, programs = compiled_programs(caplog, lambda: tables.coefficients.__wrapped__("sinc_medium"))
+    assert programs == []              # the default filter, measured and verified afresh
+    table, programs = compiled_programs(caplog,
+                                        lambda: tables.coefficients.__wrapped__("sinc_fastest"))
+    assert programs == []
     plan = positions.plan_of(44100, 16000, "sinc_fastest")
     noise = np.random.default_rng(5).uniform(-1, 1, 3000).astype(np.float32)
     ours = tables._reference(plan, noise, table)
