@@ -135,6 +135,27 @@ def test_streaming_equals_one_shot(music, rate):
         stream.push(x[:10])
 
 
+@pytest.mark.parametrize("rate", [44100, 48000, 32000])
+def test_stream_on_the_closed_form_tracks_no_positions(music, rate, monkeypatch):
+    """Where libsamplerate's positions have a closed form, a stream's calls compute them in the
+    kernel from their first group (as the one-shot call does): nothing per output on the host."""
+    from jaxmir.resample import convert, positions, resample
+
+    assert positions.step_closed_form(positions.plan_of(rate, 16000, "sinc_medium").step)
+    x = _at(music, rate)
+    expected = resample(x, rate, 16000)
+
+    def tracked(*args):
+        raise AssertionError("positions tracked on the host")
+
+    monkeypatch.setattr(convert, "exact_positions", tracked)
+    stream = convert.SincResampler(rate, 16000)
+    step = rate // 3 + 17
+    got = np.concatenate([stream.push(x[i:i + step]) for i in range(0, x.shape[0], step)]
+                         + [stream.flush()])
+    np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("rate", [44100, 22050])
 def test_one_shot_calls_side_by_side_equal_a_stream(music, rate):
     """A one-shot conversion longer than one call of the matrix-product kernel runs its calls

@@ -9,8 +9,9 @@ import numpy as np
 
 from jaxmir.errors import AudioError
 from jaxmir.resample.kernels import float32_outputs
-from jaxmir.resample.positions import (Plan, exact_positions, filter_starts, fixed_point, normalise,
-                                       output_count, output_taps, plan_of, step_closed_form,
+from jaxmir.resample.positions import (UNIT, Plan, end_test, exact_positions, filter_starts,
+                                       first_true, fixed_point, normalise, output_count,
+                                       output_taps, plan_of, step_closed_form, walk,
                                        until_end)
 from jaxmir.resample.products import matmul_count, matmul_outputs, matmul_shape, whole_groups
 from jaxmir.resample.table import device_table
@@ -111,6 +112,7 @@ class SincResampler:
         self._frac = 0.0                   # its fractional position
         self._done = False
         self._matmul = matmul_shape(self._plan)
+        self._closed = step_closed_form(self._plan.step)  # positions from walk(), none on the host
         # (centres, fractions) of the outputs from the one at _group_start(): _track()
         self._tracked = (np.zeros(1, np.int64), np.zeros(1))
 
@@ -137,7 +139,8 @@ class SincResampler:
 
     def _emit(self, ready, limit: int) -> np.ndarray:
         if self._matmul is not None:
-            out = self._emit_groups(ready, limit)
+            emit = self._emit_closed if self._closed else self._emit_groups
+            out = emit(ready, limit)
             if out is not None:
                 return out
             self._matmul = None  # the per-output kernel below does not keep the group's anchor
@@ -206,6 +209,33 @@ class SincResampler:
         self._forget()
         return out
 
+    def _emit_closed(self, ready, limit: int) -> np.ndarray | None:
+        """:meth:`_emit_groups` where the positions have a closed form (44.1, 48, 32 kHz...):
+        the kernel computes them from the group's first output, and the ready outputs are
+        counted by bisection on it; no per-output positions on the host."""
+        plan, first = self._plan, self._group_start()
+        if ready is None:
+            def stop(k):
+                return end_test(plan, *walk(plan, 0, 0, k), self._seen)
+        else:
+            def stop(k):
+                return not ready(walk(plan, 0, 0, k)[0])
+        end = first_true(stop, self._made, limit)
+        out = np.zeros(0, np.float32)
+        if end > self._made:
+            out = matmul_outputs(plan, self._matmul, self._history, end - first,
+                                 first_output=first, x_origin=self._origin)
+            if out is None:
+                return None
+            out = out[self._made - first:]
+            self._made = end
+        self._centre, units = walk(plan, 0, 0, self._made)
+        self._frac = float(np.ldexp(float(units), -UNIT))
+        if ready is None:
+            self._made = limit
+        self._forget()
+        return out
+
     def _track(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Centres and fractions of ``count`` outputs from the one at :meth:`_group_start`,
         extending those kept from earlier calls (each push adds only its own outputs')."""
@@ -231,8 +261,12 @@ class SincResampler:
 
     def _forget(self) -> None:
         """Drop the history no later output reads."""
-        centre = (int(self._tracked[0][0]) if self._matmul is not None and not self._done
-                  else self._centre)
+        if self._matmul is None or self._done:
+            centre = self._centre
+        elif self._closed:
+            centre = walk(self._plan, 0, 0, self._group_start())[0]
+        else:
+            centre = int(self._tracked[0][0])
         drop = centre - self._plan.taps - self._origin
         if drop > 0:
             self._history = self._history[drop:]

@@ -109,15 +109,24 @@ def _positions(step: float, x0: float, count: int) -> tuple[np.ndarray, np.ndarr
         return np.zeros(0), np.zeros(0, np.int64), x0
     whole, frac = split_step(step)
     start = int(np.ldexp(x0, UNIT))
-    k = np.arange(count + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        units = (np.uint64(start) + k * np.uint64(frac)) & np.uint64(FRAC_MASK)
+    closed = step_closed_form(step) and start % _ulp_units(step) == 0
+    if not closed and not _additions_exact(_fractions(start, frac, min(count, _SCAN_STEPS))
+                                           + np.uint64(frac), whole):
+        return _positions_sequential(step, x0, count)   # the first steps' sums round already
+    units = _fractions(start, frac, count + 1)
     summed = units[:-1] + np.uint64(frac)                    # x_k + frac(step), < 2**61
     carry = (summed >> np.uint64(UNIT)).astype(np.int64)
-    if (step_closed_form(step) and start % _ulp_units(step) == 0) or _additions_exact(summed, whole):
+    if closed or _additions_exact(summed, whole):
         x = np.ldexp(units[:-1].astype(np.float64), -UNIT)
         return x, whole + carry, float(np.ldexp(float(units[-1]), -UNIT))
     return _positions_sequential(step, x0, count)
+
+
+def _fractions(start: int, frac: int, count: int) -> np.ndarray:
+    """``frac(x0 + k * step)`` in units of 2**-60 for ``k < count``, uint64."""
+    k = np.arange(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return (np.uint64(start) + k * np.uint64(frac)) & np.uint64(FRAC_MASK)
 
 
 def _ulp_units(step: float) -> int:

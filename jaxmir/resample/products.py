@@ -225,12 +225,15 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
 
 
 def matmul_outputs(plan: Plan, shape: _Matmul, x: np.ndarray, count: int,
-                   positions: np.ndarray | None = None, parallel: bool = False):
-    """``count`` outputs from ``x`` (float32 ``[n]``) at libsamplerate's positions from its
-    start (on the closed form), or at ``positions`` (int64, fixed-point units from ``x[0]``:
+                   positions: np.ndarray | None = None, parallel: bool = False,
+                   first_output: int = 0, x_origin: int = 0):
+    """``count`` outputs from ``x`` (float32 ``[n]``) at libsamplerate's positions (on the closed
+    form), or at ``positions`` (int64, fixed-point units from ``x[0]``:
     :func:`~jaxmir.resample.positions.fixed_point`; of whole groups, :func:`whole_groups`);
     ``None`` if an output fell outside the kernel's bounds.
 
+    On the closed form the outputs are the signal's from output ``first_output`` (a group
+    boundary), ``x[0]`` being the signal's input sample ``x_origin``: a stream's window.
     Calls of ``shape.groups`` groups, each on its stretch of ``x`` (zeros beyond its ends), all
     of one shape: one compiled program per plan, whatever the length; ``parallel``: on all
     cores (:func:`_pool`).
@@ -245,7 +248,8 @@ def matmul_outputs(plan: Plan, shape: _Matmul, x: np.ndarray, count: int,
     for first in range(0, count, per_call):
         groups = -(-min(per_call, count - first) // size)
         if positions is None:
-            at, first_units = walk(plan, 0, 0, first)
+            at, first_units = walk(plan, 0, 0, first_output + first)
+            at -= x_origin
             given = ()
         else:  # whole groups given; the groups past them are padding, not computed
             at, first_units = int(positions[first] // plan.increment), 0
