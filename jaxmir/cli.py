@@ -480,8 +480,8 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pad", choices=("zero", "repeat"), default=None,
                         help="pad audio shorter than one patch (default: report it as too short)")
     parser.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
-                        help="resampling to 16 kHz: Essentia's converter (default; in JAX at "
-                             "44.1/48/32/96 kHz, within 1e-6 of it), libsamplerate itself "
+                        help="resampling to 16 kHz: Essentia's converter (default; in JAX from "
+                             "22.05-192 kHz, within 1e-6 of it), libsamplerate itself "
                              "(Essentia's samples bit for bit, slower), or soxr as librosa/musicnn")
     parser.add_argument("--decoder", choices=("essentia", "float"), default="essentia",
                         help="MP3 and other compressed audio: as the essentia-tensorflow wheel "

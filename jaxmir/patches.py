@@ -126,4 +126,5 @@ def _too_short(n_frames: int, patch_size: int, last_patch: str, pad, fps: float 
         return "no frames to repeat: pad='repeat' needs at least one frame; use pad='zero'"
     return (f"{amount(n_frames)} is too short for one patch of {amount(patch_size)} with "
             f"last_patch={last_patch!r} (Essentia would return no predictions); pass "
-            "last_patch='repeat', pad='zero' or pad='repeat' to get one padded patch, or give longer audio")
+            "last_patch='repeat', pad='zero' or pad='repeat' to get one padded patch (on the "
+            "command line: --last-patch repeat, --pad zero, --pad repeat), or give longer audio")
