@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxmir.errors import AudioError
 from jaxmir.resample.kernels import float32_outputs
-from jaxmir.resample.positions import (UNIT, Plan, end_test, exact_positions, filter_starts,
+from jaxmir.resample.positions import (UNIT, Plan, exact_positions, filter_starts,
                                        first_true, fixed_point, normalise, output_count,
                                        output_taps, plan_of, step_closed_form, walk,
                                        until_end)
@@ -214,13 +214,10 @@ class SincResampler:
         the kernel computes them from the group's first output, and the ready outputs are
         counted by bisection on it; no per-output positions on the host."""
         plan, first = self._plan, self._group_start()
-        if ready is None:
-            def stop(k):
-                return end_test(plan, *walk(plan, 0, 0, k), self._seen)
+        if ready is None:  # flushing: up to libsamplerate's end test, as the one-shot call
+            end = max(self._made, matmul_count(plan, self._seen))
         else:
-            def stop(k):
-                return not ready(walk(plan, 0, 0, k)[0])
-        end = first_true(stop, self._made, limit)
+            end = first_true(lambda k: not ready(walk(plan, 0, 0, k)[0]), self._made, limit)
         out = np.zeros(0, np.float32)
         if end > self._made:
             out = matmul_outputs(plan, self._matmul, self._history, end - first,

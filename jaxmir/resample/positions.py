@@ -116,7 +116,7 @@ def _positions(step: float, x0: float, count: int) -> tuple[np.ndarray, np.ndarr
     units = _fractions(start, frac, count + 1)
     summed = units[:-1] + np.uint64(frac)                    # x_k + frac(step), < 2**61
     carry = (summed >> np.uint64(UNIT)).astype(np.int64)
-    if closed or _additions_exact(summed, whole):
+    if closed or _additions_exact(summed[_SCAN_STEPS:], whole):   # the first steps: checked above
         x = np.ldexp(units[:-1].astype(np.float64), -UNIT)
         return x, whole + carry, float(np.ldexp(float(units[-1]), -UNIT))
     return _positions_sequential(step, x0, count)
