@@ -20,16 +20,17 @@ compiled program. Padding never changes a result:
   table is a frame of zeros, for ``pad="zero"``), and the outputs of the
   bucket's extra patches are sliced off.
 
-The patches go through the model in chunks of ``chunk`` patches (``lax.map``
+The patches go through the model in chunks of ``chunk`` patches (``lax.scan``
 in :func:`jaxmir.models.runner.run_patches`), so memory does not grow with the
 length of a song. Everything is differentiable
 with respect to the waveform.
 
 Overlapping patches share work: MusiCNN's timbral convolutions (7 frames tall,
 ~2/3 of the model's arithmetic) are computed once on the stretch of frames a
-chunk of consecutive patches covers, and each patch takes its rows from it.
-Only the 3 rows at each end of a patch, whose convolution reads the patch's
-zero padding, are computed per patch. The numbers are those of patch-by-patch
+chunk of consecutive patches covers, and each patch takes its rows from it;
+a chunk takes the rows its first patches share with the chunk before from
+that chunk (the loop's carry). Only the 3 rows at each end of a patch, whose
+convolution reads the patch's zero padding, are computed per patch. The numbers are those of patch-by-patch
 evaluation up to float32 summation order; MusiCNN does this itself when its
 ``overlap_hop`` is set (:func:`jaxmir.models.with_overlap_hop`).
 """
@@ -205,8 +206,9 @@ def run_plan(model: "Model", audio_16k, plan_: Plan, outputs: Iterable[str] | st
     module = model.module
     if share_overlap and plan_.regular:
         module = with_overlap_hop(module, plan_.patch_hop)
-    values = audio_to_outputs(module, taps, plan_.frontend, plan_.compat, chunk, model.variables,
-                              _pad_to(audio_16k, plan_.bucket_samples), plan_.index)
+    values, _ = audio_to_outputs(module, taps, plan_.frontend, plan_.compat, chunk,
+                                 model.variables, _pad_to(audio_16k, plan_.bucket_samples),
+                                 plan_.index)
     if isinstance(audio_16k, jax.core.Tracer):
         return {name: value[:plan_.n_patches] for name, value in zip(names, values)}
     # slicing on the host: a device slice would compile a program per number of patches

@@ -29,8 +29,11 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
    more than :data:`SINGLE_LIMIT` patches goes in batches of ``batch`` (8;
    a partial batch is padded with the patches that follow, whose outputs are
    dropped) where MusiCNN shares its timbral convolutions between consecutive
-   patches (:func:`jaxmir.models.with_overlap_hop`); fewer go one by one. So a
-   stream uses two programs and no other: chunk sizes never change a shape.
+   patches (:func:`jaxmir.models.with_overlap_hop`), and a batch that starts
+   where the batch before ended takes the rows the two share from that one
+   (its carry, :func:`jaxmir.models.runner.run_patches_carrying`); fewer go
+   one by one. So a stream uses two programs and no other: chunk sizes never
+   change a shape.
    A live stream runs each patch as soon as it is complete and compiles both
    programs at its first patch; a file's (``eager=False``, :func:`file_stream`,
    ``predict``) waits for whole batches, so small blocks (~1.5 s: one patch
@@ -62,7 +65,7 @@ from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import with_overlap_hop
-from jaxmir.models.runner import run_patches, tapped_outputs
+from jaxmir.models.runner import empty_carry, is_bfloat16, run_patches_carrying, tapped_outputs
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
 from jaxmir.spec import Frontend
 
@@ -153,14 +156,16 @@ def cut_samples(samples: np.ndarray, offset: int, start: int, length: int) -> np
 # -- the one program: samples -> log-mel -> patches -> model ---------------------------------
 @functools.partial(jax.jit, static_argnames=("module", "taps", "frontend", "compat", "chunk"))
 def _audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
-                      variables: dict, audio: jax.Array, index: jax.Array) -> tuple[jax.Array, ...]:
+                      variables: dict, audio: jax.Array, index: jax.Array, carry: dict | None
+                      ) -> tuple[tuple[jax.Array, ...], dict]:
     frames = logmel(audio, frontend, compat)
     table = jnp.concatenate([jnp.zeros_like(frames[:1]), frames])  # row 0: a frame of zeros
-    return run_patches(module, variables, taps, index, chunk, frames=table)
+    return run_patches_carrying(module, variables, taps, index, carry, chunk, frames=table)
 
 
 def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
-                     variables: dict, audio, index) -> tuple[jax.Array, ...]:
+                     variables: dict, audio, index, carry: dict | None = None
+                     ) -> tuple[tuple[jax.Array, ...], dict]:
     """Tapped outputs of the patches ``index`` cuts from the log-mel frames of ``audio``.
 
     Args:
@@ -171,12 +176,24 @@ def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk
         length: one program per length).
       index: ``[n_patches, patch_size]`` int32 rows into the frame table: 0 is
         a frame of zeros, ``k + 1`` is frame ``k`` of ``audio``.
+      carry: what the call on the consecutive patches just before returned,
+        or :func:`initial_carry` (:func:`jaxmir.models.runner.run_patches_carrying`).
 
     Returns:
-      One ``[n_patches, ...]`` array per tap; jit-compiled once per module,
-      taps, front-end, chunk and shapes; traceable (``jax.grad``).
+      ``(outputs, carry)``: one ``[n_patches, ...]`` array per tap, and the
+      carry for the call on the patches that follow. Jit-compiled once per
+      module, taps, front-end, chunk and shapes; traceable (``jax.grad``).
     """
-    return _audio_to_outputs(module, taps, frontend, compat, chunk, variables, audio, index)
+    return _audio_to_outputs(module, taps, frontend, compat, chunk, variables, audio, index, carry)
+
+
+def initial_carry(model: "Model", module, batch: int) -> dict | None:
+    """The carry of a first call of ``batch`` patches (:func:`~jaxmir.models.runner.empty_carry`),
+    or ``None`` when ``module`` carries nothing (traced abstractly once per module and batch)."""
+    key = (module, batch, model.input_shape, is_bfloat16(model.variables))
+    if key not in _CARRIES:
+        _CARRIES[key] = empty_carry(module, model.variables, model.input_shape, batch) or None
+    return _CARRIES[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +231,7 @@ def check_sample_rate(sample_rate) -> int:
 
 
 _SHAPES: dict = {}
+_CARRIES: dict = {}
 _WARM: set = set()
 
 
@@ -277,6 +295,8 @@ class Stream:
         self._buffer_start = 0  # 16-kHz index of _buffer[0]
         self.n_samples = 0  # 16-kHz samples received
         self._next = 0  # the next regular patch
+        # what the last run of `batch` patches left for a run starting at patch _carry_at
+        self._carry, self._carry_at = None, None
         self._warm = False
         self.times: list[float] = []
         self.n_patches = 0
@@ -386,13 +406,22 @@ class Stream:
             self._buffer = self._buffer[drop:].copy()
             self._buffer_start += drop
 
-    def _run(self, first_frame: int, index: np.ndarray, shared: bool) -> tuple[np.ndarray, ...]:
-        """Outputs of ``index`` (rows into the window's frames) for a window from ``first_frame``."""
+    def _run(self, first_frame: int, index: np.ndarray, shared: bool, patch: int | None = None
+             ) -> tuple[np.ndarray, ...]:
+        """Outputs of ``index`` (rows into the window's frames) for a window from ``first_frame``;
+        a shared run of regular patches from ``patch`` takes over the overlap the run before
+        left when it ended just there."""
         n, size = index.shape
         span = (n - 1) * self.patch_hop + size
         module = self._shared if shared and n > 1 else self._plain
-        values = audio_to_outputs(module, self.taps, self.frontend, self.compat, n,
-                                  self.model.variables, self._window(first_frame, span), index)
+        carry = initial_carry(self.model, module, n)
+        if carry is not None and patch is not None and patch == self._carry_at:
+            carry = self._carry
+        values, carry = audio_to_outputs(module, self.taps, self.frontend, self.compat, n,
+                                         self.model.variables, self._window(first_frame, span),
+                                         index, carry)
+        if carry:
+            self._carry, self._carry_at = carry, patch + n
         return tuple(np.asarray(v) for v in values)
 
     def _regular_index(self, n: int) -> np.ndarray:
@@ -413,7 +442,8 @@ class Stream:
             key = (module, self.taps, self.frontend, self.compat, n, length)
             if key not in _WARM:
                 audio_to_outputs(module, self.taps, self.frontend, self.compat, n, self.model.variables,
-                                 np.zeros(length, np.float32), self._regular_index(n))
+                                 np.zeros(length, np.float32), self._regular_index(n),
+                                 initial_carry(self.model, module, n))
                 _WARM.add(key)
 
     def _emit(self, stop: int) -> list[Patches]:
@@ -426,7 +456,7 @@ class Stream:
             n = self.batch if count > SINGLE_LIMIT else 1
             count = min(count, n)
             first = self._next * self.patch_hop
-            values = self._run(first, self._regular_index(n), shared=True)
+            values = self._run(first, self._regular_index(n), shared=True, patch=self._next)
             starts = (first + self.patch_hop * np.arange(count)) * self.frontend.frame_seconds
             parts.append(self._record(starts, [v[:count] for v in values]))
             self._next += count
@@ -479,5 +509,5 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
 
 
 __all__ = ["Stream", "file_stream", "BLOCK_FRAMES", "Patches", "Windowing", "cut_samples",
-           "audio_to_outputs", "frontend_of", "check_sample_rate", "concat_patches", "BATCH",
-           "SINGLE_LIMIT", "TARGET_RATE"]
+           "audio_to_outputs", "initial_carry", "frontend_of", "check_sample_rate",
+           "concat_patches", "BATCH", "SINGLE_LIMIT", "TARGET_RATE"]

@@ -489,9 +489,9 @@ import jaxmir
 from jaxmir.collection import collect, compute
 used = set()
 run_call = compute.run_call
-def spying(model, packer, call, taps):
+def spying(model, packer, call, taps, carry=None):
     used.update(d.id for d in jax.tree_util.tree_leaves(model.variables)[0].devices())
-    return run_call(model, packer, call, taps)
+    return run_call(model, packer, call, taps, carry)
 compute.run_call = spying
 if __name__ == "__main__":
     model = jaxmir.load("msd-musicnn")

@@ -146,6 +146,44 @@ def test_apply_shares_the_frames_of_overlapping_patches(musicnn, vgg, monkeypatc
                                   vgg.apply(vgg_x)["predictions"])
 
 
+def test_a_call_takes_the_timbral_rows_it_shares_with_the_call_before(musicnn):
+    """Two calls on 8 consecutive patches each: the second takes the timbral rows of the frames
+    both stretches cover (frames 3-90 of its own) from the first's carry instead of computing
+    them. Patch by patch gives the same numbers; a carry marked invalid is recomputed."""
+    from jaxmir.models import with_overlap_hop
+    from jaxmir.models.runner import empty_carry, run_patches_carrying
+
+    x = _consecutive(16)
+    names, taps = musicnn.resolve_outputs(["timbral", "predictions"])
+    module = with_overlap_hop(musicnn.module, 93)
+    run = jax.jit(lambda p, c: run_patches_carrying(module, musicnn.variables, taps, p, c))
+    none = empty_carry(module, musicnn.variables, musicnn.input_shape, 8)
+    valid = lambda carry: [bool(leaf) for leaf in jax.tree_util.tree_leaves(carry)
+                           if leaf.dtype == bool]
+    assert valid(none) == [False, False]  # both timbral branches
+    (timbral_0, tags_0), carry = run(x[:8], none)
+    (timbral_1, tags_1), _ = run(x[8:], carry)
+    assert valid(carry) == [True, True]
+    plain = musicnn.apply(x, names)
+    scale = float(np.abs(plain["timbral"]).max())
+    np.testing.assert_allclose(np.concatenate([timbral_0, timbral_1]), plain["timbral"], rtol=0,
+                               atol=2e-6 * scale)
+    np.testing.assert_allclose(np.concatenate([tags_0, tags_1]), plain["predictions"], rtol=0,
+                               atol=1e-6)
+    # the carried rows are the second call's first patch's rows 3-90, and only those
+    moved = jax.tree_util.tree_map(lambda a: a if a.dtype == bool else a + 1, carry)
+    (timbral_moved, _), _ = run(x[8:], moved)
+    np.testing.assert_array_equal(timbral_moved[0, 3:91], np.asarray(timbral_1[0, 3:91]) + 1)
+    np.testing.assert_array_equal(np.delete(timbral_moved[0], np.s_[3:91], 0),
+                                  np.delete(timbral_1[0], np.s_[3:91], 0))
+    np.testing.assert_array_equal(timbral_moved[1:], timbral_1[1:])
+    stale = jax.tree_util.tree_map(lambda a: jnp.zeros_like(a) if a.dtype == bool else a + 1,
+                                   carry)
+    (timbral_stale, tags_stale), _ = run(x[8:], stale)
+    np.testing.assert_allclose(timbral_stale, plain["timbral"][8:], rtol=0, atol=2e-6 * scale)
+    np.testing.assert_allclose(tags_stale, plain["predictions"][8:], rtol=0, atol=1e-6)
+
+
 def test_apply_refuses_patches_that_do_not_overlap_so(musicnn):
     with pytest.raises(InputError, match="not consecutive patches 93 frames apart"):
         musicnn.apply(_consecutive(3, hop=90), overlap_hop=93)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -58,10 +59,24 @@ def test_packed_calls_equal_predict(model, signals, options, monkeypatch):
             super().__init__(*args, **kwargs)
             batches.append(self.batch)
 
+    carried = []  # (run, first patch, whether a valid carry came in)
+    run_call = compute.run_call
+
+    def recording_run_call(replica, packer, call, taps, carry=None):
+        valid = [bool(leaf) for leaf in jax.tree_util.tree_leaves(carry) if leaf.dtype == bool]
+        carried.append((call.run, call.owners[0][1], all(valid) if valid else False))
+        return run_call(replica, packer, call, taps, carry)
+
     monkeypatch.setattr(compute, "Packer", RecordingPacker)
+    monkeypatch.setattr(compute, "run_call", recording_run_call)
     found = {item.source.path: outcome
              for item, outcome in compute.analyze_stream(model, _items(signals), options)}
     assert batches == [options.batch]
+    # a file's runs after its first take the timbral rows they share from the run before
+    shares = options.patch_hop != 0 and options.batch > 1
+    assert [valid for _, _, valid in carried] == [run and first > 0 and shares
+                                                  for run, first, _ in carried]
+    assert sum(valid for _, _, valid in carried) >= (4 if shares else 0)
     assert len(found) == len(signals)
     for number, audio in enumerate(signals):
         outcome = found[f"track-{number}.wav"]
@@ -113,10 +128,10 @@ def test_packs_mix_files_and_runs_keep_one_file(model, signals):
 def test_a_failed_call_fails_only_its_files(model, signals, monkeypatch):
     run_call = compute.run_call
 
-    def failing(replica, packer, call, taps):
+    def failing(replica, packer, call, taps, carry=None):
         if any(key == 1 for key, _ in call.owners):  # every call holding the 70-s track's patches
             raise MemoryError
-        return run_call(replica, packer, call, taps)
+        return run_call(replica, packer, call, taps, carry)
 
     monkeypatch.setattr(compute, "run_call", failing)
     found = {item.source.path: outcome

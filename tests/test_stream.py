@@ -16,6 +16,7 @@ import sys
 import time
 import wave
 
+import jax
 import numpy as np
 import pytest
 import soundfile
@@ -197,6 +198,34 @@ def test_no_recompilation_after_the_first_patch(musicnn):
     assert runner.compiled_programs() == first
 
 
+def test_a_run_takes_the_rows_it_shares_from_the_run_before(musicnn, monkeypatch):
+    """A run of 8 patches that starts where the stream's run before ended takes the timbral rows
+    the two share from that run's carry; a run after a padded one (a live stream's partial
+    batch) computes its own. Either way the outputs are those of patches run one by one."""
+    audio = signal_at(16000, 31.0, seed=21)                          # 19 patches
+    valid: list = []
+    run = streaming.audio_to_outputs
+
+    def recording(*args):
+        flags = [bool(leaf) for leaf in jax.tree_util.tree_leaves(args[-1]) if leaf.dtype == bool]
+        if flags:
+            valid.append(all(flags))
+        return run(*args)
+
+    monkeypatch.setattr(streaming, "audio_to_outputs", recording)
+    plain = pipeline.predict(musicnn, audio, 16000, share_overlap=False)
+    assert valid == []
+    np.testing.assert_allclose(musicnn.predict(audio, 16000), plain, rtol=0, atol=1e-6)
+    assert valid == [False, True]                                    # runs at patches 0 and 8
+    valid.clear()
+    stream = musicnn.stream(16000)
+    block = 6 * 93 * 256                                             # 6 patch hops per push
+    pushed = np.concatenate([stream.push(audio[i:i + block])
+                             for i in range(0, audio.shape[0], block)] + [stream.close()])
+    np.testing.assert_allclose(pushed, plain, rtol=0, atol=1e-6)
+    assert valid and valid[0] is False and not all(valid[1:])
+
+
 def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     """Blocks of ~1.5 s complete one patch each: a live stream runs them one by one, a file
     (eager=False) waits for batches of 8 and runs the rest at the end, whatever its blocks; the
@@ -209,8 +238,8 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     calls: list = []
     run, warm_up, shapes = streaming.Stream._run, streaming.Stream._warm_up, streaming._output_shapes
     monkeypatch.setattr(streaming.Stream, "_run",
-                        lambda self, first, index, shared: calls.append(index.shape[0])
-                        or run(self, first, index, shared))
+                        lambda self, first, index, shared, patch=None: calls.append(index.shape[0])
+                        or run(self, first, index, shared, patch))
     monkeypatch.setattr(streaming.Stream, "_warm_up", lambda self: calls.append("warm up")
                         or warm_up(self))
     monkeypatch.setattr(streaming, "_output_shapes", lambda *args: calls.append("shapes")

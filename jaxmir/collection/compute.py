@@ -155,13 +155,20 @@ def replicas(model) -> list:
             for device in devices]
 
 
-def run_call(model, packer: Packer, call: Call, taps: tuple) -> np.ndarray:
-    """The outputs ``[batch, ...]`` of one packed call, on the device of ``model``'s variables."""
-    from jaxmir.stream import audio_to_outputs
+def run_call(model, packer: Packer, call: Call, taps: tuple, carry: dict | None = None
+             ) -> tuple[np.ndarray, dict | None]:
+    """The outputs ``[batch, ...]`` of one packed call, on the device of ``model``'s variables,
+    and the carry for a run that continues it (``carry``: the one the run before left, when
+    ``call`` continues it; see :func:`jaxmir.stream.audio_to_outputs`)."""
+    from jaxmir.stream import audio_to_outputs, initial_carry
 
-    values, = audio_to_outputs(packer.module(call), taps, packer.windowing.frontend, packer.compat,
-                               packer.batch, model.variables, call.audio, call.index)
-    return np.asarray(values)
+    module = packer.module(call)
+    if carry is None:
+        carry = initial_carry(model, module, packer.batch)
+    (values,), carry = audio_to_outputs(module, taps, packer.windowing.frontend, packer.compat,
+                                        packer.batch, model.variables, call.audio, call.index,
+                                        carry)
+    return np.asarray(values), carry or None
 
 
 # Finished calls: each with its outputs [batch, ...], or the exception that stopped it.
@@ -169,7 +176,12 @@ Finished = list[tuple[Call, "np.ndarray | Exception"]]
 
 
 class _Devices:
-    """Runs calls on the local devices: here with one, else each on the next idle replica."""
+    """Runs calls on the local devices: here with one, else each on the next idle replica.
+
+    With one device, a run that continues the file's run before takes over the
+    timbral rows that run computed for it (the carry); with several, runs of
+    one file may run at once on different devices, so each computes its own.
+    """
 
     def __init__(self, model, packer: Packer, taps: tuple):
         self.packer, self.taps = packer, taps
@@ -179,15 +191,24 @@ class _Devices:
             self.idle.put(replica)
         self.pool = ThreadPoolExecutor(len(self.models)) if len(self.models) > 1 else None
         self.running: set = set()
+        self.carry: tuple[tuple, dict] | None = None  # (the owner it serves, the carry)
 
     def _run(self, call: Call) -> tuple[Call, np.ndarray | Exception]:
         replica = self.idle.get()
+        chained = call.run and self.pool is None
+        carry = None
+        if chained and self.carry is not None and self.carry[0] == call.owners[0]:
+            carry = self.carry[1]
         try:
-            return call, run_call(replica, self.packer, call, self.taps)
+            values, carry = run_call(replica, self.packer, call, self.taps, carry)
         except Exception as err:  # noqa: BLE001 -- the call's files fail, the others go on
             return call, err
         finally:
             self.idle.put(replica)
+        if chained:
+            key, first = call.owners[0]
+            self.carry = ((key, first + self.packer.batch), carry)
+        return call, values
 
     def submit(self, call: Call) -> Finished:
         """Start ``call``; the calls finished meanwhile (all of them with one device)."""

@@ -5,8 +5,9 @@ Its patches then go to the model in calls of ``batch`` patches of two kinds:
 
 * a **run**: ``batch`` consecutive regular patches of one file, read from one
   window of its samples, so that MusiCNN computes its timbral convolutions once
-  for the overlapping patches (:func:`jaxmir.models.with_overlap_hop`); the
-  streaming engine's own batch program, the same numbers;
+  for the overlapping patches (:func:`jaxmir.models.with_overlap_hop`), and
+  takes those it shares with the file's run before from that run's carry (on
+  one device); the streaming engine's own batch program, the same numbers;
 * a **pack**: the patches left over (a file's last ``< batch`` patches, a
   ``"repeat"`` last patch, the one padded patch of a short file), from any
   files, each read from its own *segment* of samples; the segments are laid

@@ -22,6 +22,10 @@ from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer, MaxPool, dense_
 # what runs anyway.) bfloat16 is opt-in, through the dtype of the variables (Model.astype).
 PRECISION = jax.lax.Precision.HIGHEST
 
+# The Flax collection in which calls on consecutive patches of one signal hand the next call
+# the rows of work both compute (MusiCNN's timbral rows; ``jaxmir.models.runner`` threads it).
+OVERLAP = "overlap"
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "elu": nn.elu,

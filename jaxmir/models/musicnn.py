@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import (ACTIVATIONS, ConvBlock, ConvParams, DenseHead,
+from jaxmir.models.layers import (ACTIVATIONS, OVERLAP, ConvBlock, ConvParams, DenseHead,
                                   block_kernel, convolve, directed_max, frozen_batch_norm,
                                   head_variables, monotone_direction, nest, time_blocks)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
@@ -42,8 +42,15 @@ class FrequencyMaxBlock(nn.Module):
       overlap_hop: when > 0, the batch holds consecutive patches of one signal,
         ``overlap_hop`` frames apart, and a convolution padded by its own height
         minus one (MusiCNN's timbral branches) is computed once over the frames
-        the patches cover (see :func:`_conv_over_stretch`). The result equals
+        the patches cover (see :meth:`_over_stretch`). The result equals
         patch-by-patch evaluation up to float32 summation order.
+
+    When the :data:`~jaxmir.models.layers.OVERLAP` collection is mutable, the
+    stretch also stores, as ``rows``, the rows the next batch of consecutive
+    patches would compute again (those of the frames both stretches cover, but
+    for the 3 at each end, which read padding), and takes its own first rows from
+    the ``rows`` the variables hold when ``valid`` is set: consecutive calls, or
+    the steps of one call, then compute each frame's timbral rows once.
     """
 
     filters: int
@@ -61,7 +68,7 @@ class FrequencyMaxBlock(nn.Module):
             block = ConvBlock(self.filters, self.kernel, self.padding, "relu", self.bn_epsilon,
                               max_axis=2, name="block")
             if self._shares_overlap(x):
-                x = _conv_over_stretch(block, x, self.overlap_hop, self.padding[0])
+                x = self._over_stretch(block, x)
             else:
                 x = block(x)
         self.sow("intermediates", "output", x)
@@ -73,6 +80,48 @@ class FrequencyMaxBlock(nn.Module):
         top, bottom = self.padding[0]
         return (self.kernel[0] == top + bottom + 1 and x.shape[0] > 1
                 and self.overlap_hop < x.shape[1] - 2 * (top + bottom))
+
+    def _over_stretch(self, block: nn.Module, x: jax.Array) -> jax.Array:
+        """``block`` on ``[C, T, mel, 1]`` consecutive patches, ``hop`` frames apart: ``[C, T, filters]``.
+
+        The patches' frames are laid end to end (``L = (C - 1) * hop + T``
+        frames) and the block runs once on that stretch; row ``r`` of patch
+        ``p`` is row ``p * hop + r`` of the result, except the ``top``/``bottom``
+        rows at the patch's ends, whose convolution reads the patch's zero
+        padding: those run per patch (:func:`_end_rows`). Everything after the
+        convolution (ReLU, batch norm, the max over frequency) acts on each row
+        separately; ``block`` maps ``[b, t, mel, 1]`` to ``[b, t, filters]``, so
+        that rows are copied only after the frequency axis is gone.
+        """
+        n, length = x.shape[0], x.shape[1]
+        hop, (top, bottom) = self.overlap_hop, self.padding[0]
+        stretch = jnp.concatenate([x[:-1, :hop].reshape((-1,) + x.shape[2:]), x[-1]])
+        if self.is_mutable_collection(OVERLAP):
+            # The first `carried` rows (frames top..) are the last ones of the stretch before.
+            carried = length - hop - top - bottom
+            head = self._carried_rows(block, stretch[:carried + top + bottom])
+            rest = block(stretch[None, carried:])[0, top:]
+            shared = jnp.concatenate([head, rest])          # row i: frame top + i
+            self.put_variable(OVERLAP, "rows", shared[n * hop:n * hop + carried])
+            self.put_variable(OVERLAP, "valid", jnp.array(True))
+        else:
+            shared = block(stretch[None])[0, top:]
+        rows = jnp.stack([shared[p * hop:p * hop + length - top - bottom] for p in range(n)])
+        first, last = _end_rows(block, x, top, bottom)
+        return jnp.concatenate([first, rows, last], axis=1)
+
+    def _carried_rows(self, block: nn.Module, head: jax.Array) -> jax.Array:
+        """The block's rows for the inside of ``head`` (``[k, mel, 1]`` frames, unpadded):
+        the stored ones when the variables hold valid ones, else computed."""
+        no_pad = ((0, 0),) * (head.ndim - 1)
+        if not self.has_variable(OVERLAP, "rows"):
+            return block(head[None], padding=no_pad)[0]
+        stored = self.get_variable(OVERLAP, "rows")
+        # lax.cond runs one branch; the block runs unbound inside it (Flax modules and
+        # JAX transforms do not mix), on the bound block's own variables.
+        unbound, variables = block.clone(parent=None), block.variables
+        return jax.lax.cond(self.get_variable(OVERLAP, "valid"), lambda: stored,
+                            lambda: unbound.apply(variables, head[None], padding=no_pad)[0])
 
 
 class TimeConvFrequencyMax(nn.Module):
@@ -111,28 +160,6 @@ class TimeConvFrequencyMax(nn.Module):
         y = directed_max(convolution, kernel[:, 0, 0, :], direction, axis=2) + bias
         y = batch_norm(ACTIVATIONS["relu"](y))
         return y.reshape(y.shape[0], -1, self.filters)[:, :frames]
-
-
-def _conv_over_stretch(block, x: jax.Array, hop: int, rows_padding) -> jax.Array:
-    """A frame-local block on ``[C, T, mel, 1]`` consecutive patches, ``hop`` frames apart.
-
-    The patches' frames are laid end to end (``(C - 1) * hop + T`` frames) and
-    the block runs once on that stretch; row ``r`` of patch ``p`` is row
-    ``p * hop + r`` of the result, except the ``top``/``bottom`` rows at the
-    patch's ends, whose convolution reads the patch's zero padding: those run
-    per patch, from the ``top + bottom`` frames at each end with the padding
-    written out (:func:`_end_rows`). Everything after the convolution (ReLU,
-    batch norm, the max over frequency) acts on each row separately; ``block``
-    maps ``[b, t, mel, 1]`` to ``[b, t, filters]``, so that rows are copied
-    only after the frequency axis is gone.
-    """
-    n, length = x.shape[0], x.shape[1]
-    top, bottom = rows_padding
-    stretch = jnp.concatenate([x[:-1, :hop].reshape((-1,) + x.shape[2:]), x[-1]])
-    shared = block(stretch[None])[0]
-    rows = jnp.stack([shared[p * hop + top: p * hop + length - bottom] for p in range(n)])
-    first, last = _end_rows(block, x, top, bottom)
-    return jnp.concatenate([first, rows, last], axis=1)
 
 
 def _end_rows(block, x: jax.Array, top: int, bottom: int) -> tuple[jax.Array, jax.Array]:

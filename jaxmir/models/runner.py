@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmir.models.layers import OVERLAP
+
 Tap = tuple[str, "tuple[int, ...] | None"]
 
 _traces = [0]
@@ -34,7 +36,7 @@ def _flatten_taps(tree: dict, prefix: str = "") -> dict[str, jax.Array]:
     return taps
 
 
-def _is_bfloat16(variables: dict) -> bool:
+def is_bfloat16(variables: dict) -> bool:
     """Whether the variables are bfloat16 (then the patches run in bfloat16 too)."""
     return any(leaf.dtype == jnp.bfloat16 for leaf in jax.tree_util.tree_leaves(variables))
 
@@ -42,14 +44,23 @@ def _is_bfloat16(variables: dict) -> bool:
 def tapped_outputs(module: nn.Module, variables: dict, taps: tuple[Tap, ...],
                    patches: jax.Array) -> tuple[jax.Array, ...]:
     """The module's sown intermediates named by ``taps`` for one batch ``[b, *input_shape]``."""
-    _, state = module.apply(variables, patches, mutable=["intermediates"])
+    return _tapped_carrying(module, variables, taps, patches, None)[0]
+
+
+def _tapped_carrying(module: nn.Module, variables: dict, taps: tuple[Tap, ...],
+                     patches: jax.Array, carry: dict | None) -> tuple[tuple[jax.Array, ...], dict]:
+    """:func:`tapped_outputs` and the :data:`OVERLAP` state the batch leaves (``{}`` for a
+    module that shares no overlap), given the state the batch before left (``None``: none)."""
+    if carry:
+        variables = {**variables, OVERLAP: carry}
+    _, state = module.apply(variables, patches, mutable=["intermediates", OVERLAP])
     available = _flatten_taps(state["intermediates"])
     available["input"] = patches
     values = []
     for tap, shape in taps:
         value = available[tap]
         values.append(value if shape is None else jnp.reshape(value, (value.shape[0],) + shape))
-    return tuple(values)
+    return tuple(values), state.get(OVERLAP, {})
 
 
 def run_patches(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
@@ -62,31 +73,65 @@ def run_patches(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patch
       patches: ``[n, *input_shape]`` float patches; or, with ``frames``, int32
         rows ``[n, patch_size]`` into ``frames`` ``[n_frames, n_bands]`` (each
         step gathers its own patches, so they never exist all at once).
-      chunk: patches per step of a ``lax.map`` loop; steps keep the activations
-        in cache. ``n`` is padded up to a multiple of ``chunk``.
+      chunk: patches per step of a ``lax.scan`` loop; steps keep the activations
+        in cache. ``n`` is padded up to a multiple of ``chunk``. A module that
+        shares the overlap of consecutive patches (``overlap_hop``) hands each
+        step the rows the step before computed for it.
 
     Returns:
       One ``[n, ...]`` array per tap. Pure and traceable (``jit``, ``grad``).
     """
-    _traces[0] += 1
-    low = _is_bfloat16(variables)
+    return run_patches_carrying(module, variables, taps, patches, None, chunk, frames)[0]
 
-    def step(batch: jax.Array) -> tuple[jax.Array, ...]:
+
+def run_patches_carrying(module: nn.Module, variables: dict, taps: tuple[Tap, ...],
+                         patches: jax.Array, carry: dict | None, chunk: int | None = None,
+                         frames: jax.Array | None = None) -> tuple[tuple[jax.Array, ...], dict]:
+    """:func:`run_patches` continuing a call on the patches just before: ``(outputs, carry)``.
+
+    ``carry`` is the :data:`~jaxmir.models.layers.OVERLAP` state the call on the
+    patches before returned, :func:`empty_carry` when there was none (it has
+    the same structure: one compiled program either way), or ``None`` (no
+    state: computed afresh). The returned carry serves the call on the
+    patches that follow (``{}`` for a module that shares no overlap).
+    """
+    _traces[0] += 1
+    low = is_bfloat16(variables)
+
+    def step(state: dict | None, batch: jax.Array) -> tuple[dict, tuple[jax.Array, ...]]:
         if frames is not None:
             batch = frames[batch].astype(jnp.result_type(frames.dtype, jnp.float32))
         if low:  # bfloat16 variables (Model.astype): bfloat16 arithmetic, float32 results
-            values = tapped_outputs(module, variables, taps, batch.astype(jnp.bfloat16))
-            return tuple(value.astype(jnp.float32) for value in values)
-        return tapped_outputs(module, variables, taps, batch)
+            values, state = _tapped_carrying(module, variables, taps, batch.astype(jnp.bfloat16),
+                                             state)
+            return state, tuple(value.astype(jnp.float32) for value in values)
+        values, state = _tapped_carrying(module, variables, taps, batch, state)
+        return state, values
 
     n = patches.shape[0]
     if chunk is None or n <= chunk:
-        return step(patches)
+        carry, values = step(carry, patches)
+        return values, carry
     pad = (-n) % chunk
     steps = jnp.pad(patches, ((0, pad),) + ((0, 0),) * (patches.ndim - 1))
     steps = steps.reshape((-1, chunk) + patches.shape[1:])
-    values = jax.lax.map(step, steps)
-    return tuple(v.reshape((-1,) + v.shape[2:])[:n] for v in values)
+    if carry is None:
+        carry = _zeros(jax.eval_shape(step, None, steps[0])[0])
+    carry, values = jax.lax.scan(step, carry, steps)
+    return tuple(v.reshape((-1,) + v.shape[2:])[:n] for v in values), carry
+
+
+def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...], batch: int) -> dict:
+    """The carry of "no call before" for calls on ``batch`` patches ``[batch, *patch_shape]``:
+    zeros, ``valid`` false; ``{}`` when the module carries nothing."""
+    dtype = jnp.bfloat16 if is_bfloat16(variables) else jnp.float32
+    patches = jax.ShapeDtypeStruct((batch, *patch_shape), dtype)
+    return _zeros(jax.eval_shape(lambda p: _tapped_carrying(module, variables, (), p, None)[1],
+                                 patches))
+
+
+def _zeros(shapes: dict) -> dict:
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "taps", "chunk"))
