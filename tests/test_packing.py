@@ -13,8 +13,9 @@ from jaxmir.collection.inputs import Source
 from jaxmir.collection.packing import Packer
 from jaxmir.errors import InputError
 
-# 16-kHz signals: too short for a patch (1.0 s, 2.9 s), one patch, a few, and 70 s (46 patches:
-# five runs of 8 and six left over) so that runs and packs both occur and packs mix files.
+# 16-kHz signals: too short for a patch (1.0 s, 2.9 s), one patch, a few, 12.3 s (7 patches: one
+# padded run), 31 s (19: two runs, three left over) and 70 s (46: five runs, a padded run of 6),
+# so that runs, padded runs and packs all occur and packs mix files.
 SECONDS = (3.5, 70.0, 1.0, 5.0, 31.0, 2.9, 12.3)
 
 # Packed calls batch a file's left-over patches with other files' where Model.predict runs them
@@ -117,6 +118,8 @@ def test_packs_mix_files_and_runs_keep_one_file(model, signals):
     packs = [call for call in calls if not call.run]
     assert {len({key for key, _ in call.owners}) for call in runs} == {1}
     assert any(len({key for key, _ in call.owners}) > 1 for call in packs)
+    # a file's last 5-7 patches make a padded run (the 12.3-s and 70-s tracks'), fewer go to packs
+    assert sorted(len(call.owners) for call in runs if len(call.owners) < packer.batch) == [6, 7]
     # every patch exactly once; only the last pack has padding
     owners = [owner for call in calls for owner in call.owners]
     assert len(owners) == len(set(owners))
@@ -129,7 +132,7 @@ def test_a_failed_call_fails_only_its_files(model, signals, monkeypatch):
     run_call = compute.run_call
 
     def failing(replica, packer, call, taps, carry=None):
-        if any(key == 1 for key, _ in call.owners):  # every call holding the 70-s track's patches
+        if any(key == 4 for key, _ in call.owners):  # every call holding the 31-s track's patches
             raise MemoryError
         return run_call(replica, packer, call, taps, carry)
 
@@ -138,9 +141,9 @@ def test_a_failed_call_fails_only_its_files(model, signals, monkeypatch):
              for item, outcome in compute.analyze_stream(model, _items(signals), Options())}
     failed = {path for path, outcome in found.items() if isinstance(outcome, str)}
     too_short = {"track-2.wav", "track-5.wav"}
-    assert found["track-1.wav"] == "track-1.wav: out of memory"
+    assert found["track-4.wav"] == "track-4.wav: out of memory"
     # the files packed with its last patches fail with it, the others are complete
-    assert "track-1.wav" in failed and len(failed - too_short) >= 2
+    assert "track-4.wav" in failed and len(failed - too_short) >= 2
     assert len(found) == len(signals) and len(failed) < len(signals)
     for path, outcome in found.items():
         if path not in failed:

@@ -4,11 +4,13 @@ Each file is cut into patches with Essentia's rules (:func:`jaxmir.pipeline.plan
 Its patches then go to the model in calls of ``batch`` patches of two kinds:
 
 * a **run**: ``batch`` consecutive regular patches of one file, read from one
-  window of its samples, so that MusiCNN computes its timbral convolutions once
+  window of its samples (a file's last run may hold fewer, more than
+  :data:`~jaxmir.stream.SINGLE_LIMIT`, padded with the patches that would follow
+  them, as the streaming engine pads its last batch), so that MusiCNN computes its timbral convolutions once
   for the overlapping patches (:func:`jaxmir.models.with_overlap_hop`), and
   takes those it shares with the file's run before from that run's carry (on
   one device); the streaming engine's own batch program, the same numbers;
-* a **pack**: the patches left over (a file's last ``< batch`` patches, a
+* a **pack**: the patches left over (a file's last few patches, a
   ``"repeat"`` last patch, the one padded patch of a short file), from any
   files, each read from its own *segment* of samples; the segments are laid
   end to end and padded to a whole number of frame hops, so that no frame of
@@ -35,7 +37,7 @@ from jaxmir.frontends import num_frames
 from jaxmir.models import with_overlap_hop
 from jaxmir.patches import regular_rows
 from jaxmir.pipeline import plan
-from jaxmir.stream import BATCH, Windowing, cut_samples, frontend_of
+from jaxmir.stream import BATCH, SINGLE_LIMIT, Windowing, cut_samples, frontend_of
 
 if TYPE_CHECKING:
     from jaxmir.model import Model
@@ -106,9 +108,13 @@ class Packer:
         rows = cut.index[:cut.n_patches]
         regular = (rows == regular_rows(0, cut.n_patches, self.patch_hop, self.patch_size)).all(1)
         calls, p = [], 0
-        while p + self.batch <= cut.n_patches and regular[p:p + self.batch].all():
-            calls.append(self._run(key, audio, p))
-            p += self.batch
+        while p < cut.n_patches:
+            count = min(self.batch, cut.n_patches - p)
+            # the stream's rule; a padded run costs about 5 packed patches (80 ms, 16 ms each)
+            if not (count == self.batch or count > SINGLE_LIMIT) or not regular[p:p + count].all():
+                break
+            calls.append(self._run(key, audio, p, count))
+            p += count
         for patch in range(p, cut.n_patches):
             calls.extend(self._add(key, patch, audio, rows[patch]))
         return cut.n_patches, calls
@@ -122,13 +128,14 @@ class Packer:
             self._rows.append(np.zeros(self.patch_size, np.int32))
         return [self._pack()]
 
-    def _run(self, key: Hashable, audio: np.ndarray, first_patch: int) -> Call:
+    def _run(self, key: Hashable, audio: np.ndarray, first_patch: int, count: int) -> Call:
+        """``count`` patches from ``first_patch``, padded with the ones that follow to ``batch``."""
         hop = self.patch_hop
         first_frame = first_patch * hop
         span = (self.batch - 1) * hop + self.patch_size
         window = cut_samples(audio, 0, self.windowing.start(first_frame), self.windowing.length(span))
         index = self.windowing.regular_index(self.batch, hop, self.patch_size)
-        owners = tuple((key, first_patch + j) for j in range(self.batch))
+        owners = tuple((key, first_patch + j) for j in range(count))
         return Call(window, index, True, owners)
 
     def _add(self, key: Hashable, patch: int, audio: np.ndarray, row: np.ndarray) -> list[Call]:
