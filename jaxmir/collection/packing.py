@@ -6,10 +6,11 @@ Its patches then go to the model in calls of ``batch`` patches of two kinds:
 * a **run**: ``batch`` consecutive regular patches of one file, read from one
   window of its samples (a file's last run may hold fewer, more than
   :data:`~jaxmir.stream.SINGLE_LIMIT`, padded with the patches that would follow
-  them, as the streaming engine pads its last batch), so that MusiCNN computes its timbral convolutions once
-  for the overlapping patches (:func:`jaxmir.models.with_overlap_hop`), and
-  takes those it shares with the file's run before from that run's carry (on
-  one device); the streaming engine's own batch program, the same numbers;
+  them, as the streaming engine pads its last batch), so that MusiCNN computes
+  its timbral convolutions once for the overlapping patches
+  (:func:`jaxmir.models.with_overlap_hop`), and takes those it shares with the
+  file's run before from that run's carry (on one device); the streaming
+  engine's own batch program, the same numbers;
 * a **pack**: the patches left over (a file's last few patches, a
   ``"repeat"`` last patch, the one padded patch of a short file), from any
   files, each read from its own *segment* of samples; the segments are laid
