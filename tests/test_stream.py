@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import wave
 
@@ -24,6 +25,7 @@ import soundfile
 import jaxmir
 from conftest import BF16_TAGS_ATOL, ROOT, require, shared_fixture
 from jaxmir import pipeline
+from jaxmir import decode
 from jaxmir import stream as streaming
 from jaxmir.audio import Resampling, prepare_audio
 from jaxmir.errors import AudioError, InputError
@@ -256,6 +258,69 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
                                  for i in range(0, audio.shape[0], block)] + [stream.close()])
         assert [call for call in calls if call != "shapes"] == want_calls
         np.testing.assert_allclose(pushed, got, rtol=0, atol=1e-6)
+
+
+def _decode_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "jaxmir-decode"]
+
+
+def test_a_file_is_decoded_ahead_in_a_thread_that_stops_with_the_stream(musicnn, tmp_path,
+                                                                        monkeypatch):
+    """file_stream decodes and resamples in a thread, at most AHEAD blocks ahead of the model
+    (here a slow one), into the same outputs bit for bit as one thread pushing the file's
+    blocks; the thread's errors are raised to the caller, and leaving early stops it."""
+    rate = 44100
+    path = tmp_path / "song.wav"
+    soundfile.write(path, signal_at(rate, 40.0, 2, seed=17), rate, subtype="FLOAT")
+    with decode.iter_blocks(path, streaming.BLOCK_FRAMES) as blocks:
+        here = musicnn.stream(rate, eager=False)
+        want = np.concatenate([patches.values["predictions"] for patches in here.run(blocks)])
+
+    events: list = []
+    push, run = Resampling.push, streaming.Stream._run
+
+    def resampled(self, x):
+        out = push(self, x)
+        if self.in_rate != self.out_rate:       # not the stream's own 16 kHz -> 16 kHz stage
+            events.append(("decoded", threading.current_thread().name))
+        return out
+
+    def slow_run(self, *args, **kwargs):
+        time.sleep(0.3)                         # the model, slower than the decoder
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Resampling, "push", resampled)
+    monkeypatch.setattr(streaming.Stream, "_run", slow_run)
+    monkeypatch.setattr(streaming.Stream, "_push", lambda self, chunk, push=streaming.Stream._push:
+                        events.append(("pushed", None)) or push(self, chunk))
+    with streaming.file_stream(musicnn, path, "predictions") as (stream, found):
+        got = np.concatenate([patches.values["predictions"] for patches in found])
+    np.testing.assert_array_equal(got, want)
+    decoded = [name for kind, name in events if kind == "decoded"]
+    assert len(decoded) == 7 and set(decoded) == {"jaxmir-decode"}   # 40 s: 7 blocks of 5.9 s
+    lead, leads = 0, []
+    for kind, _ in events:
+        lead += 1 if kind == "decoded" else -1
+        leads.append(lead)
+    # queued, waiting to be queued, and taken but not yet pushed: AHEAD + 2 at most
+    assert 2 <= max(leads) <= streaming.AHEAD + 2
+    assert not _decode_threads()
+
+    with streaming.file_stream(musicnn, path, "predictions") as (stream, found):
+        next(found)                                                  # and leave
+    assert not _decode_threads()
+
+    def failing(self, x):
+        if len(events) > 3 and self.in_rate != self.out_rate:
+            raise AudioError("the disk went away")
+        return resampled(self, x)
+
+    events.clear()
+    monkeypatch.setattr(Resampling, "push", failing)
+    with pytest.raises(AudioError, match="the disk went away"):
+        with streaming.file_stream(musicnn, path, "predictions") as (stream, found):
+            list(found)
+    assert not _decode_threads()
 
 
 def test_bad_input(musicnn):
