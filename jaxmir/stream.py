@@ -522,7 +522,8 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
             damage.append(blocks.problem)
 
 
-# Blocks file_stream's thread may hold ready ahead of the model: a few seconds of audio each.
+# Resampled blocks file_stream's thread may have waiting for the model (~6 s of audio each at
+# 44.1 kHz): enough to cover a model call, few enough that memory stays flat.
 AHEAD = 2
 _END = object()
 
@@ -572,6 +573,6 @@ def _ahead(items: Iterator[np.ndarray], last: Callable[[], np.ndarray]
         worker.join()
 
 
-__all__ = ["Stream", "file_stream", "BLOCK_FRAMES", "Patches", "Windowing", "cut_samples",
+__all__ = ["Stream", "file_stream", "AHEAD", "BLOCK_FRAMES", "Patches", "Windowing", "cut_samples",
            "audio_to_outputs", "initial_carry", "frontend_of", "check_sample_rate",
            "concat_patches", "BATCH", "SINGLE_LIMIT", "TARGET_RATE"]
