@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import zipfile
 
 import jax
@@ -275,6 +276,21 @@ def test_every_product_runs_at_full_float32_precision(musicnn, vgg):
         x = np.zeros((2, *model.input_shape), np.float32)
         products = _products(model, x)
         assert products and all("HIGHEST" in line for line in products), model.architecture
+
+
+def test_a_convnet_s_head_is_compiled_apart_from_its_convolutions(vgg):
+    """The flattened features of VGG and VGGish pass a fusion boundary (a bit-exact
+    ``reduce_precision``) before the dense head: fused with the convolutions, XLA's CPU
+    backend ran VGGish ~6x slower at batch 8."""
+    from conftest import shared_fixture
+
+    vggish = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    for model in (vgg, vggish):
+        x = np.zeros((2, *model.input_shape), np.float32)
+        text = jax.jit(model.module.apply).lower(model.variables, x).as_text()
+        boundaries = [line for line in text.splitlines() if "stablehlo.reduce_precision" in line]
+        # the only [batch, features] tensor that passes one: the flattened features
+        assert any(re.search(r"tensor<2x\d+xf32>", line) for line in boundaries), model.architecture
 
 
 def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
