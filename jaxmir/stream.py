@@ -335,13 +335,7 @@ class Stream:
 
     def run(self, blocks: Iterable) -> Iterator[Patches]:
         """Push every block, then close; yields the non-empty :class:`Patches` as they come."""
-        for block in blocks:
-            parts = self._push(block)
-            if parts:
-                yield concat_patches(parts, self.empty)
-        parts = self._close()
-        if parts:
-            yield concat_patches(parts, self.empty)
+        return self._run_resampled(self._resampled(block) for block in blocks)
 
     def empty(self) -> Patches:
         """The outputs of no patch, ``[0, ...]`` each (shapes traced once per model and outputs)."""
@@ -351,12 +345,34 @@ class Stream:
 
     # -- internals ----------------------------------------------------------------------------
     def _push(self, chunk) -> list[Patches]:
+        self._refuse_if_closed()
+        return self._take(self._resampled(chunk))
+
+    def _refuse_if_closed(self) -> None:
         if self.closed:
             raise InputError("push after close: this stream is closed; start a new one with "
                              "model.stream(...)")
-        samples = self._resampling.push(self._mono(chunk))
+
+    def _resampled(self, chunk) -> np.ndarray:
+        """Stages 1 and 2: the 16-kHz samples ``chunk`` completes (they touch only the mono and
+        resampling state, so :func:`file_stream` runs them in its decoding thread)."""
+        return self._resampling.push(self._mono(chunk))
+
+    def _take(self, samples: np.ndarray) -> list[Patches]:
+        """Stages 3 and 4 on 16-kHz samples from :meth:`_resampled`: the patches they complete."""
         self._append(samples)
         return self._emit(self._ready(closed=False))
+
+    def _run_resampled(self, samples: Iterable[np.ndarray]) -> Iterator[Patches]:
+        """:meth:`run` on the blocks' :meth:`_resampled` samples, then close."""
+        self._refuse_if_closed()
+        for part in samples:
+            parts = self._take(part)
+            if parts:
+                yield concat_patches(parts, self.empty)
+        parts = self._close()
+        if parts:
+            yield concat_patches(parts, self.empty)
 
     def _close(self) -> list[Patches]:
         if self.closed:
@@ -493,28 +509,26 @@ class Stream:
 
 @contextlib.contextmanager
 def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str = "essentia",
-                strict: bool = False, damage: list[str] | None = None, resampler: str = "essentia",
-                **options) -> Iterator[tuple[Stream, Iterator[Patches]]]:
+                strict: bool = False, damage: list[str] | None = None, **options
+                ) -> Iterator[tuple[Stream, Iterator[Patches]]]:
     """A file decoded block by block (:func:`jaxmir.decode.iter_blocks`) into a :class:`Stream`.
 
     Yields ``(stream, patches)``: iterate ``patches`` for the non-empty
     :class:`Patches` as they complete; ``stream.seconds`` and ``stream.n_patches``
     are final once it is exhausted. ``options`` are :class:`Stream`'s (``patch_hop``,
-    ``last_patch``, ``pad``, ...); a file that gives no patch raises. With a
-    ``damage`` list, a damaged file's problem is appended to it instead of warned
-    (:class:`jaxmir.decode.DamagedAudioWarning`).
+    ``last_patch``, ``pad``, ``resampler``, ...); a file that gives no patch raises.
+    With a ``damage`` list, a damaged file's problem is appended to it instead of
+    warned (:class:`jaxmir.decode.DamagedAudioWarning`).
 
-    A thread decodes, downmixes and resamples (``resampler``) up to
-    :data:`AHEAD` blocks ahead of the model, which runs in the caller's thread:
-    the same samples as in one thread, in ~10% less time on 2 cores.
+    A thread decodes, downmixes and resamples up to :data:`AHEAD` blocks ahead
+    of the model, which runs in the caller's thread: the same samples as in one
+    thread, in ~10% less time on 2 cores.
     """
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=False) as blocks:
-        check_sample_rate(blocks.sample_rate)
-        mono = MonoInput(blocks.sample_rate)
-        resampling = Resampling(blocks.sample_rate, TARGET_RATE, resampler)
-        stream = Stream(model, TARGET_RATE, output, require_patch=True, eager=False, **options)
-        with _ahead((resampling.push(mono(block)) for block in blocks), resampling.close) as samples:
-            yield stream, stream.run(samples)
+        stream = Stream(model, blocks.sample_rate, output, require_patch=True, eager=False,
+                        **options)
+        with _ahead(stream._resampled(block) for block in blocks) as samples:
+            yield stream, stream._run_resampled(samples)
     if blocks.problem is not None:
         if damage is None:
             warnings.warn(blocks.problem, DamagedAudioWarning, stacklevel=3)
@@ -529,10 +543,9 @@ _END = object()
 
 
 @contextlib.contextmanager
-def _ahead(items: Iterator[np.ndarray], last: Callable[[], np.ndarray]
-           ) -> Iterator[Iterator[np.ndarray]]:
-    """``items`` then ``last()``, computed in a thread at most :data:`AHEAD` ahead of the
-    consumer; an exception there is raised here, and leaving the context stops the thread."""
+def _ahead(items: Iterator[np.ndarray]) -> Iterator[Iterator[np.ndarray]]:
+    """``items``, computed in a thread at most :data:`AHEAD` ahead of the consumer; an
+    exception there is raised here, and leaving the context stops the thread."""
     ready: queue.Queue = queue.Queue(maxsize=AHEAD)
     stop = threading.Event()
 
@@ -550,8 +563,7 @@ def _ahead(items: Iterator[np.ndarray], last: Callable[[], np.ndarray]
             for item in items:
                 if not put((item, None)):
                     return
-            if put((last(), None)):
-                put((_END, None))
+            put((_END, None))
         except BaseException as err:  # noqa: BLE001 -- handed to the consumer, raised there
             put((None, err))
 
