@@ -30,9 +30,10 @@ Overlapping patches share work: MusiCNN's timbral convolutions (7 frames tall,
 chunk of consecutive patches covers, and each patch takes its rows from it;
 a chunk takes the rows its first patches share with the chunk before from
 that chunk (the loop's carry). Only the 3 rows at each end of a patch, whose
-convolution reads the patch's zero padding, are computed per patch. The numbers are those of patch-by-patch
-evaluation up to float32 summation order; MusiCNN does this itself when its
-``overlap_hop`` is set (:func:`jaxmir.models.with_overlap_hop`).
+convolution reads the patch's zero padding, are computed per patch. The
+numbers are those of patch-by-patch evaluation up to float32 summation
+order; MusiCNN does this itself when its ``overlap_hop`` is set
+(:func:`jaxmir.models.with_overlap_hop`).
 """
 
 from __future__ import annotations
