@@ -293,6 +293,55 @@ def test_a_convnet_s_head_is_compiled_apart_from_its_convolutions(vgg):
         assert any(re.search(r"tensor<2x\d+xf32>", line) for line in boundaries), model.architecture
 
 
+def _dots_outside_loops(jaxpr) -> list[tuple[int, ...]]:
+    """Left-operand shapes of the matrix products a jaxpr runs outside any ``scan``."""
+    from jax.extend.core import jaxprs_in_params
+
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shapes.append(tuple(eqn.invars[0].aval.shape))
+        elif eqn.primitive.name != "scan":
+            for sub in jaxprs_in_params(eqn.params):
+                shapes += _dots_outside_loops(sub)
+    return shapes
+
+
+def test_a_backbone_runs_its_body_in_steps_and_its_dense_head_once_per_batch(musicnn):
+    """Steps of a few patches keep the convolutions' activations in cache; the dense head then
+    multiplies all the batch's features at once (VGGish's head reads its 67 M weights at every
+    call). Same outputs as one call."""
+    from jaxmir.models.runner import run_patches
+
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((16, 187, 96)), jnp.float32)
+    taps = (("head/layer_5", None),)
+    jaxpr = jax.make_jaxpr(lambda p: run_patches(musicnn.module, musicnn.variables, taps, p,
+                                                 chunk=4))(x)
+    assert any(eqn.primitive.name == "scan" for eqn in jaxpr.jaxpr.eqns)
+    # both dense layers of the head, on all 16 patches' pooled features, outside the loop
+    assert {(16, 1506), (16, 200)} <= set(_dots_outside_loops(jaxpr.jaxpr))
+    stepped = np.asarray(musicnn.apply(x, chunk=4)["predictions"])
+    whole = np.asarray(musicnn.apply(x, chunk=None)["predictions"])
+    np.testing.assert_allclose(stepped, whole, rtol=0, atol=1e-6)  # sigmoids in [0, 1]
+
+
+def test_apply_steps_hold_four_musicnn_patches_worth_of_input(musicnn, vgg):
+    """MusiCNN and VGG ([187, 96] patches) step by 4 patches, VGGish ([96, 64]) by 8; a module that
+    is not staged and holds large dense layers runs whole batches (each step would read them)."""
+    from conftest import shared_fixture
+    from jaxmir.model import default_chunk
+    from jaxmir.models.heads import EmbeddingHead
+    from jaxmir.spec import Dense
+
+    vggish = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    steps = {m.architecture: default_chunk(m.module, m.input_shape, m.variables)
+             for m in (musicnn, vgg, vggish)}
+    assert steps == {"musicnn": 4, "vgg": 4, "vggish": 8}
+    wide = {"params": {"head": {"dense_0": {"kernel": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}}}}
+    assert default_chunk(EmbeddingHead((Dense(4096),)), (4096,), wide) is None
+    assert default_chunk(EmbeddingHead((Dense(8),)), (200,), {}) == 256
+
+
 def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     low = musicnn.astype("bfloat16")
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(low.variables)} == {jnp.dtype(jnp.bfloat16)}

@@ -9,10 +9,12 @@ layer, then the head, one Flax module from patches to the head's classes.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 
-from jaxmir.models.layers import DenseHead, head_variables, nest
+from jaxmir.models.layers import BODY, WHOLE, DenseHead, head_variables, nest
 from jaxmir.spec import HeadLayer
 
 
@@ -35,9 +37,13 @@ class Composed(nn.Module):
 
     backbone: nn.Module
     head: nn.Module
+    staged: ClassVar[bool] = True
 
-    def __call__(self, patches: jax.Array) -> jax.Array:
-        return self.head(self.backbone(patches))
+    def __call__(self, x: jax.Array, stage: str = WHOLE) -> jax.Array:
+        """``stage``: as the backbone's; the body is the backbone's, the head both dense heads."""
+        if stage == BODY:
+            return self.backbone(x, stage=BODY)
+        return self.head(self.backbone(x, stage=stage))
 
 
 def embedding_head_variables(head: dict[int, dict]) -> dict:

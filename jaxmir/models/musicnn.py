@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import (ACTIVATIONS, OVERLAP, ConvBlock, ConvParams, DenseHead,
+from jaxmir.models.layers import (ACTIVATIONS, OVERLAP, Backbone, ConvBlock, ConvParams,
                                   block_kernel, convolve, directed_max, frozen_batch_norm,
                                   head_variables, monotone_direction, nest, time_blocks)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
@@ -190,8 +190,9 @@ class MidendConv(nn.Module):
                          self.bn_epsilon, name="block")(x)
 
 
-class MusiCNN(nn.Module):
-    """MusiCNN on log-mel patches ``[batch, time, mel]``; returns the head's output.
+class MusiCNN(Backbone):
+    """MusiCNN on log-mel patches ``[batch, time, mel]``; returns the head's output (or, by
+    ``stage``, the body's or the head's alone: :class:`~jaxmir.models.layers.Backbone`).
 
     Attributes:
       head: the back-end after pooling as layer specs (see :func:`musicnn_head`).
@@ -219,8 +220,8 @@ class MusiCNN(nn.Module):
     bn_epsilon: float = 1e-3
     overlap_hop: int = 0
 
-    @nn.compact
-    def __call__(self, patches: jax.Array) -> jax.Array:
+    def body(self, patches: jax.Array) -> jax.Array:
+        """Patches ``[b, t, mel]`` -> pooled features ``[b, 2 * 753]``, the head's input."""
         x = frozen_batch_norm(self.bn_epsilon, name="input_bn")(patches[..., None])
 
         timbral = [FrequencyMaxBlock(self.timbral_filters, (7, width), ((3, 3), (0, 0)),
@@ -247,7 +248,7 @@ class MusiCNN(nn.Module):
                             ("midend", midend), ("max_pool", max_pool), ("mean_pool", mean_pool),
                             ("pooled", pooled)]:
             self.sow("intermediates", name, value)
-        return DenseHead(self.head, name="head")(pooled)
+        return pooled
 
 
 def musicnn_variables(input_bn: tuple[dict, dict], timbral: list[dict], temporal: list[dict],

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import OVERLAP
+from jaxmir.models.layers import BODY, HEAD, OVERLAP, WHOLE
 
 Tap = tuple[str, "tuple[int, ...] | None"]
 
@@ -43,24 +43,21 @@ def is_bfloat16(variables: dict) -> bool:
 
 def tapped_outputs(module: nn.Module, variables: dict, taps: tuple[Tap, ...],
                    patches: jax.Array) -> tuple[jax.Array, ...]:
-    """The module's sown intermediates named by ``taps`` for one batch ``[b, *input_shape]``."""
-    return _tapped_carrying(module, variables, taps, patches, None)[0]
+    """The module's sown intermediates named by ``taps`` for one batch ``[b, *input_shape]``
+    (not counted in :func:`compiled_programs`: shapes are found so)."""
+    return _run(module, variables, taps, patches, None, None, None)[0]
 
 
-def _tapped_carrying(module: nn.Module, variables: dict, taps: tuple[Tap, ...],
-                     patches: jax.Array, carry: dict | None) -> tuple[tuple[jax.Array, ...], dict]:
-    """:func:`tapped_outputs` and the :data:`OVERLAP` state the batch leaves (``{}`` for a
-    module that shares no overlap), given the state the batch before left (``None``: none)."""
+def _sown(module: nn.Module, variables: dict, x: jax.Array, carry: dict | None,
+          stage: str) -> tuple[jax.Array, dict[str, jax.Array], dict]:
+    """``module(x)`` at ``stage``: its output, its sown intermediates by tap name, and the
+    :data:`OVERLAP` state it leaves (``{}`` for a module that shares no overlap), given the
+    state the batch before left (``None``: none)."""
     if carry:
         variables = {**variables, OVERLAP: carry}
-    _, state = module.apply(variables, patches, mutable=["intermediates", OVERLAP])
-    available = _flatten_taps(state["intermediates"])
-    available["input"] = patches
-    values = []
-    for tap, shape in taps:
-        value = available[tap]
-        values.append(value if shape is None else jnp.reshape(value, (value.shape[0],) + shape))
-    return tuple(values), state.get(OVERLAP, {})
+    kwargs = {} if stage == WHOLE else {"stage": stage}
+    out, state = module.apply(variables, x, mutable=["intermediates", OVERLAP], **kwargs)
+    return out, _flatten_taps(state.get("intermediates", {})), state.get(OVERLAP, {})
 
 
 def run_patches(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
@@ -76,7 +73,9 @@ def run_patches(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patch
       chunk: patches per step of a ``lax.scan`` loop; steps keep the activations
         in cache. ``n`` is padded up to a multiple of ``chunk``. A module that
         shares the overlap of consecutive patches (``overlap_hop``) hands each
-        step the rows the step before computed for it.
+        step the rows the step before computed for it. A staged module
+        (``module.staged``, see :data:`~jaxmir.models.layers.BODY`) runs its body
+        in the steps and its dense head once on all ``n``.
 
     Returns:
       One ``[n, ...]`` array per tap. Pure and traceable (``jit``, ``grad``).
@@ -96,29 +95,45 @@ def run_patches_carrying(module: nn.Module, variables: dict, taps: tuple[Tap, ..
     patches that follow (``{}`` for a module that shares no overlap).
     """
     _traces[0] += 1
-    low = is_bfloat16(variables)
+    return _run(module, variables, taps, patches, carry, chunk, frames)
 
-    def step(state: dict | None, batch: jax.Array) -> tuple[dict, tuple[jax.Array, ...]]:
+
+def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
+         carry: dict | None, chunk: int | None, frames: jax.Array | None
+         ) -> tuple[tuple[jax.Array, ...], dict]:
+    low = is_bfloat16(variables)
+    staged = getattr(module, "staged", False)
+    names = {tap for tap, _ in taps}
+
+    def step(state: dict | None, batch: jax.Array) -> tuple[dict, tuple[jax.Array, dict]]:
         if frames is not None:
             batch = frames[batch].astype(jnp.result_type(frames.dtype, jnp.float32))
         if low:  # bfloat16 variables (Model.astype): bfloat16 arithmetic, float32 results
-            values, state = _tapped_carrying(module, variables, taps, batch.astype(jnp.bfloat16),
-                                             state)
-            return state, tuple(value.astype(jnp.float32) for value in values)
-        values, state = _tapped_carrying(module, variables, taps, batch, state)
-        return state, values
+            batch = batch.astype(jnp.bfloat16)
+        out, sown, state = _sown(module, variables, batch, state, BODY if staged else WHOLE)
+        sown["input"] = batch
+        return state, (out, {name: sown[name] for name in names & sown.keys()})
 
     n = patches.shape[0]
     if chunk is None or n <= chunk:
-        carry, values = step(carry, patches)
-        return values, carry
-    pad = (-n) % chunk
-    steps = jnp.pad(patches, ((0, pad),) + ((0, 0),) * (patches.ndim - 1))
-    steps = steps.reshape((-1, chunk) + patches.shape[1:])
-    if carry is None:
-        carry = _zeros(jax.eval_shape(step, None, steps[0])[0])
-    carry, values = jax.lax.scan(step, carry, steps)
-    return tuple(v.reshape((-1,) + v.shape[2:])[:n] for v in values), carry
+        carry, (out, found) = step(carry, patches)
+    else:
+        pad = (-n) % chunk
+        steps = jnp.pad(patches, ((0, pad),) + ((0, 0),) * (patches.ndim - 1))
+        steps = steps.reshape((-1, chunk) + patches.shape[1:])
+        if carry is None:
+            carry = _zeros(jax.eval_shape(step, None, steps[0])[0])
+        carry, (out, found) = jax.lax.scan(step, carry, steps)
+        out, found = jax.tree_util.tree_map(lambda v: v.reshape((-1,) + v.shape[2:]), (out, found))
+    if staged:
+        _, sown, _ = _sown(module, variables, out, None, HEAD)
+        found.update({name: sown[name] for name in names - found.keys() if name in sown})
+    values = []
+    for tap, shape in taps:
+        value = found[tap][:n]
+        value = value if shape is None else jnp.reshape(value, (n,) + shape)
+        values.append(value.astype(jnp.float32) if low else value)
+    return tuple(values), carry
 
 
 def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...], batch: int) -> dict:
@@ -126,8 +141,8 @@ def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...]
     zeros, ``valid`` false; ``{}`` when the module carries nothing."""
     dtype = jnp.bfloat16 if is_bfloat16(variables) else jnp.float32
     patches = jax.ShapeDtypeStruct((batch, *patch_shape), dtype)
-    return _zeros(jax.eval_shape(lambda p: _tapped_carrying(module, variables, (), p, None)[1],
-                                 patches))
+    stage = BODY if getattr(module, "staged", False) else WHOLE
+    return _zeros(jax.eval_shape(lambda p: _sown(module, variables, p, None, stage)[2], patches))
 
 
 def _zeros(shapes: dict) -> dict:

@@ -13,11 +13,10 @@ the graph at import.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import (ConvBlock, DenseHead, frozen_batch_norm, fusion_boundary,
+from jaxmir.models.layers import (Backbone, ConvBlock, frozen_batch_norm, fusion_boundary,
                                   head_variables, nest)
 from jaxmir.spec import ConvBlockSpec, HeadLayer, MaxPool
 
@@ -37,8 +36,9 @@ def vggish_blocks() -> tuple[ConvBlockSpec, ...]:
                                           (512, False), (512, True)])
 
 
-class ConvNet(nn.Module):
-    """Convolution blocks then a dense head, on patches ``[batch, time, mel]``.
+class ConvNet(Backbone):
+    """Convolution blocks then a dense head, on patches ``[batch, time, mel]`` (or, by ``stage``,
+    either part alone: :class:`~jaxmir.models.layers.Backbone`).
 
     Attributes:
       blocks: the convolution blocks in order.
@@ -53,8 +53,8 @@ class ConvNet(nn.Module):
     head: tuple[HeadLayer, ...]
     input_bn_epsilon: float | None = None
 
-    @nn.compact
-    def __call__(self, patches: jax.Array) -> jax.Array:
+    def body(self, patches: jax.Array) -> jax.Array:
+        """Patches ``[b, time, mel]`` -> flattened features ``[b, h * w * c]``, the head's input."""
         x = patches[..., None]
         if self.input_bn_epsilon is not None:
             x = frozen_batch_norm(self.input_bn_epsilon, name="input_bn")(x)
@@ -66,7 +66,7 @@ class ConvNet(nn.Module):
         # which ran VGGish at 12-15 patches/s at batch 8 against 75-85 so (Zen 4, 2 cores)
         x = fusion_boundary(jnp.reshape(x, (x.shape[0], -1)))
         self.sow("intermediates", "flatten", x)
-        return DenseHead(self.head, name="head")(x)
+        return x
 
 
 def pool_aliases(blocks: tuple[ConvBlockSpec, ...]) -> dict[str, str]:
