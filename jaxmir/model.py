@@ -22,7 +22,8 @@ from jaxmir.spec import Frontend, ModelSpec
 # activations in cache: on a 2-core CPU, VGG runs ~2x faster per patch in steps of 4 than in one
 # batch of 64, VGGish ([96, 64] patches) 1.3x faster in steps of 8 (its dense head, 67 M weights,
 # runs once per batch: models.layers.BODY). A module that is not staged and holds large dense
-# layers runs whole batches instead: each step would read all its weights again.
+# layers runs whole batches instead: each step would read all its weights again. So do models on
+# an accelerator, whose parallel units a step of a few patches would leave idle.
 APPLY_STEP_VALUES = 4 * 187 * 96
 MAX_CHUNKED_WEIGHTS = 1 << 22
 
@@ -38,6 +39,8 @@ def check_dtype(dtype: str) -> str:
 
 def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Mapping) -> int | None:
     """Patches per step in :meth:`Model.apply` (a power of two), or ``None`` for whole batches."""
+    if _platform(variables) != "cpu":
+        return None
     if not getattr(module, "staged", False):
         largest = max((int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables)),
                       default=0)
@@ -45,6 +48,14 @@ def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Ma
             return None
     patches = max(1, APPLY_STEP_VALUES // int(np.prod(input_shape)))
     return 1 << (patches.bit_length() - 1)
+
+
+def _platform(variables: Mapping) -> str:
+    """The platform (``cpu``, ``gpu``, ``tpu``) of the device holding ``variables``."""
+    for leaf in jax.tree_util.tree_leaves(variables):
+        if isinstance(leaf, jax.Array):
+            return next(iter(leaf.devices())).platform
+    return jax.default_backend()
 
 
 def _names(outputs: Iterable[str] | str | None) -> tuple[str, ...]:

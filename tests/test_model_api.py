@@ -342,6 +342,16 @@ def test_apply_steps_hold_four_musicnn_patches_worth_of_input(musicnn, vgg):
     assert default_chunk(EmbeddingHead((Dense(8),)), (200,), {}) == 256
 
 
+def test_apply_runs_whole_batches_on_an_accelerator(musicnn, monkeypatch):
+    """Steps of a few patches are for a CPU's caches; a GPU needs whole batches to fill it."""
+    from jaxmir import model as model_module
+
+    assert model_module.default_chunk(musicnn.module, musicnn.input_shape, musicnn.variables) == 4
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), musicnn.variables)
+    assert model_module.default_chunk(musicnn.module, musicnn.input_shape, shapes) is None
+
+
 def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     low = musicnn.astype("bfloat16")
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(low.variables)} == {jnp.dtype(jnp.bfloat16)}
