@@ -125,7 +125,7 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
             carry = _zeros(jax.eval_shape(step, None, steps[0])[0])
         carry, (out, found) = jax.lax.scan(step, carry, steps)
         out, found = jax.tree_util.tree_map(lambda v: v.reshape((-1,) + v.shape[2:]), (out, found))
-    if staged:
+    if staged and names - found.keys():  # a tap of the head: run it once on all n
         _, sown, _ = _sown(module, variables, out, None, HEAD)
         found.update({name: sown[name] for name in names - found.keys() if name in sown})
     values = []
