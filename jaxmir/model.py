@@ -15,7 +15,7 @@ from jaxmir import pipeline
 from jaxmir import stream as streaming
 from jaxmir.errors import InputError
 from jaxmir.models import build_module, with_overlap_hop
-from jaxmir.models.runner import Tap, run_patches_jit
+from jaxmir.models.runner import Tap, platform_of, run_patches_jit
 from jaxmir.spec import Frontend, ModelSpec
 
 # Input values per step of Model.apply: 4 patches of MusiCNN's or VGG's [187, 96]. Small steps keep
@@ -39,7 +39,7 @@ def check_dtype(dtype: str) -> str:
 
 def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Mapping) -> int | None:
     """Patches per step in :meth:`Model.apply` (a power of two), or ``None`` for whole batches."""
-    if _platform(variables) != "cpu":
+    if platform_of(variables) != "cpu":
         return None
     if not getattr(module, "staged", False):
         largest = max((int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables)),
@@ -48,14 +48,6 @@ def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Ma
             return None
     patches = max(1, APPLY_STEP_VALUES // int(np.prod(input_shape)))
     return 1 << (patches.bit_length() - 1)
-
-
-def _platform(variables: Mapping) -> str:
-    """The platform (``cpu``, ``gpu``, ``tpu``) of the device holding ``variables``."""
-    for leaf in jax.tree_util.tree_leaves(variables):
-        if isinstance(leaf, jax.Array):
-            return next(iter(leaf.devices())).platform
-    return jax.default_backend()
 
 
 def _names(outputs: Iterable[str] | str | None) -> tuple[str, ...]:

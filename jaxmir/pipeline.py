@@ -240,7 +240,7 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
 def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str] | None = None, *,
             patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
             compat: str = "essentia", resampler: str = "essentia", bucket: bool = True,
-            chunk: int = CHUNK, share_overlap: bool = True):
+            chunk: int | None = None, share_overlap: bool = True):
     """The model's output for every patch of a signal, as Essentia's TensorflowPredict* gives it.
 
     NumPy (or list) input runs through the streaming engine
@@ -262,7 +262,8 @@ def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str]
       patch_hop, last_patch, pad, compat: see :func:`plan`.
       resampler: ``"essentia"``, ``"samplerate"`` or ``"soxr"`` (:func:`jaxmir.audio.prepare_audio`).
       bucket: see :func:`plan` (JAX arrays only; the engine computes exact lengths).
-      chunk: patches per model call; share_overlap: see :func:`run_plan`.
+      chunk: patches per model call (default :func:`jaxmir.stream.file_batch`; :data:`CHUNK`
+        for a JAX array); share_overlap: see :func:`run_plan`.
 
     Returns:
       ``[n_patches, ...]``, or ``{name: array}`` for several outputs: NumPy
@@ -272,7 +273,8 @@ def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str]
         audio = _as_16k(audio, sample_rate, resampler)
         plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch, pad=pad,
                      compat=compat, bucket=bucket)
-        values = run_plan(model, audio, plan_, output, chunk=chunk, share_overlap=share_overlap)
+        values = run_plan(model, audio, plan_, output, chunk=chunk or CHUNK,
+                          share_overlap=share_overlap)
     else:
         stream = Stream(model, sample_rate, output, patch_hop=patch_hop, last_patch=last_patch,
                         pad=pad, compat=compat, resampler=resampler, batch=chunk,

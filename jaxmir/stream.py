@@ -27,13 +27,14 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
    shape, :func:`audio_to_outputs` (the samples under the patches -> log-mel ->
    patches -> the model, :func:`jaxmir.models.runner.run_patches`). A run of
    more than :data:`SINGLE_LIMIT` patches goes in batches of ``batch`` (8;
-   a partial batch is padded with the patches that follow, whose outputs are
-   dropped) where MusiCNN shares its timbral convolutions between consecutive
+   :func:`file_batch` for a file; a partial batch goes in calls of 8, the last
+   padded with the patches that follow, whose outputs are dropped) where MusiCNN shares its timbral convolutions between consecutive
    patches (:func:`jaxmir.models.with_overlap_hop`), and a batch that starts
    where the batch before ended takes the rows the two share from that one
    (its carry, :func:`jaxmir.models.runner.run_patches_carrying`); fewer go
-   one by one. So a stream uses two programs and no other: chunk sizes never
-   change a shape.
+   one by one. So a stream uses two programs (three for a batch above 8) and
+   no other: chunk sizes never change a shape. On a CPU a call's body runs in
+   steps of 8 patches and its dense head once (:func:`~jaxmir.models.runner.call_step`).
    A live stream runs each patch as soon as it is complete and compiles both
    programs at its first patch; a file's (``eager=False``, :func:`file_stream`,
    ``predict``) waits for whole batches, so small blocks (~1.5 s: one patch
@@ -69,7 +70,8 @@ from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import with_overlap_hop
-from jaxmir.models.runner import empty_carry, is_bfloat16, run_patches_carrying, tapped_outputs
+from jaxmir.models.runner import (call_step, empty_carry, is_bfloat16, run_patches_carrying,
+                                  tapped_outputs)
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
 from jaxmir.spec import Frontend
 
@@ -82,6 +84,19 @@ BLOCK_FRAMES = 1 << 18  # frames a file is decoded at a time: ~6 s at 44.1 kHz, 
 # a padded batch of 8 costs about as much as 4 single patches.
 BATCH = 8
 SINGLE_LIMIT = 4
+# A file's calls for a model whose dense layers hold more than HEAVY_HEAD weights, read at every
+# call (VGGish's 67 M: ~3 ms of a patch's ~14 in calls of 8, Zen 4). The body still runs in steps
+# of runner.CPU_STEP on a CPU; a 207-s WAV through VGGish took 3.0-3.2 s against 3.5-3.7.
+HEAVY_HEAD_BATCH = 32
+HEAVY_HEAD = 1 << 22
+
+
+def file_batch(model: "Model") -> int:
+    """Patches per model call for audio that is all there (a file, ``predict``): :data:`BATCH`,
+    or :data:`HEAVY_HEAD_BATCH` for a model with large dense layers (2-D kernels)."""
+    dense = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(model.variables)
+                if np.ndim(leaf) == 2)
+    return HEAVY_HEAD_BATCH if dense > HEAVY_HEAD else BATCH
 
 
 def check_batch(batch) -> int:
@@ -267,10 +282,10 @@ class Stream:
 
     def __init__(self, model: "Model", sample_rate: int, output: str | Iterable[str] | None = None, *,
                  patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
-                 compat: str = "essentia", resampler: str = "essentia", batch: int = BATCH,
+                 compat: str = "essentia", resampler: str = "essentia", batch: int | None = None,
                  share_overlap: bool = True, require_patch: bool = False, eager: bool = True):
         """See :meth:`jaxmir.Model.stream`; ``batch``: patches per model call for runs of
-        patches; ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole
+        patches (default :data:`BATCH`, or :func:`file_batch` when not ``eager``); ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole
         signal gave no patch: no samples, or too short without ``pad``; ``eager``: run the
         patches a chunk completes at once (live input), or, when ``False``, only whole
         batches of ``batch`` until :meth:`close` (a file: the same outputs, fewer and fuller
@@ -285,10 +300,11 @@ class Stream:
         patch_starts(0, size, hop, last_patch)  # checks hop and last_patch
         if pad not in PAD_MODES:
             raise InputError(f"unknown pad {pad!r}; accepted: None, 'zero', 'repeat'")
-        batch = check_batch(batch)
+        batch = check_batch(batch if batch is not None else BATCH if eager else file_batch(model))
         self.patch_size, self.patch_hop = size, int(hop) or size
         self.last_patch, self.pad, self.compat = last_patch, pad, compat
         self.batch, self.require_patch, self.eager = batch, require_patch, eager
+        self._small = min(batch, BATCH)  # the calls of a partial batch
         self.windowing = Windowing.of(self.frontend, compat)
         self._plain = model.module
         self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module
@@ -437,9 +453,9 @@ class Stream:
         carry = initial_carry(self.model, module, n)
         if carry is not None and patch is not None and patch == self._carry_at:
             carry = self._carry
-        values, carry = audio_to_outputs(module, self.taps, self.frontend, self.compat, n,
-                                         self.model.variables, self._window(first_frame, span),
-                                         index, carry)
+        values, carry = audio_to_outputs(module, self.taps, self.frontend, self.compat,
+                                         call_step(self.model.variables, n), self.model.variables,
+                                         self._window(first_frame, span), index, carry)
         if carry:
             self._carry, self._carry_at = carry, patch + n
         return tuple(np.asarray(v) for v in values)
@@ -448,20 +464,22 @@ class Stream:
         return self.windowing.regular_index(n, self.patch_hop, self.patch_size)
 
     def _warm_up(self) -> None:
-        """Compile both programs at the first patch, so that no chunk size compiles another
-        (a live stream's; a file's compiles each when it first needs it).
+        """Compile the programs at the first patch (two; three for a batch above :data:`BATCH`),
+        so that no chunk size compiles another (a live stream's; a file's compiles each when it
+        first needs it).
 
         A program is run once on silence the first time this process needs it.
         """
         if self._warm:
             return
         self._warm = True
-        for n in sorted({1, self.batch}):
+        for n in sorted({1, self._small, self.batch}):
             module = self._shared if n > 1 else self._plain
             length = self.windowing.length((n - 1) * self.patch_hop + self.patch_size)
-            key = (module, self.taps, self.frontend, self.compat, n, length)
+            step = call_step(self.model.variables, n)
+            key = (module, self.taps, self.frontend, self.compat, n, step, length)
             if key not in _WARM:
-                audio_to_outputs(module, self.taps, self.frontend, self.compat, n, self.model.variables,
+                audio_to_outputs(module, self.taps, self.frontend, self.compat, step, self.model.variables,
                                  np.zeros(length, np.float32), self._regular_index(n),
                                  initial_carry(self.model, module, n))
                 _WARM.add(key)
@@ -473,7 +491,8 @@ class Stream:
             if self.eager:
                 self._warm_up()
             count = min(stop - self._next, self.batch)
-            n = self.batch if count > SINGLE_LIMIT else 1
+            # a whole batch; a partial one in calls of BATCH (padded), or patch by patch
+            n = self.batch if count == self.batch else self._small if count > SINGLE_LIMIT else 1
             count = min(count, n)
             first = self._next * self.patch_hop
             values = self._run(first, self._regular_index(n), shared=True, patch=self._next)
@@ -520,14 +539,15 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
     With a ``damage`` list, a damaged file's problem is appended to it instead of
     warned (:class:`jaxmir.decode.DamagedAudioWarning`).
 
-    A thread decodes, downmixes and resamples up to :data:`AHEAD` blocks ahead
-    of the model, which runs in the caller's thread: the same samples as in one
+    A thread decodes, downmixes and resamples up to :data:`AHEAD` blocks (per 8
+    patches of a call) ahead of the model, which runs in the caller's thread: the same samples as in one
     thread, in ~10% less time on 2 cores.
     """
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=False) as blocks:
         stream = Stream(model, blocks.sample_rate, output, require_patch=True, eager=False,
                         **options)
-        with _ahead(stream._resampled(block) for block in blocks) as samples:
+        depth = AHEAD * max(1, stream.batch // BATCH)  # a call of 32 VGGish patches reads ~30 s
+        with _ahead((stream._resampled(block) for block in blocks), depth) as samples:
             yield stream, stream._run_resampled(samples)
     if blocks.problem is not None:
         if damage is None:
@@ -537,16 +557,17 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
 
 
 # Resampled blocks file_stream's thread may have waiting for the model (~6 s of audio each at
-# 44.1 kHz): enough to cover a model call, few enough that memory stays flat.
+# 44.1 kHz), per BATCH patches of a call: enough to cover a model call, few enough that memory
+# stays flat.
 AHEAD = 2
 _END = object()
 
 
 @contextlib.contextmanager
-def _ahead(items: Iterator[np.ndarray]) -> Iterator[Iterator[np.ndarray]]:
-    """``items``, computed in a thread at most :data:`AHEAD` ahead of the consumer; an
+def _ahead(items: Iterator[np.ndarray], depth: int = AHEAD) -> Iterator[Iterator[np.ndarray]]:
+    """``items``, computed in a thread at most ``depth`` ahead of the consumer; an
     exception there is raised here, and leaving the context stops the thread."""
-    ready: queue.Queue = queue.Queue(maxsize=AHEAD)
+    ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def put(entry) -> bool:
@@ -587,4 +608,4 @@ def _ahead(items: Iterator[np.ndarray]) -> Iterator[Iterator[np.ndarray]]:
 
 __all__ = ["Stream", "file_stream", "AHEAD", "BLOCK_FRAMES", "Patches", "Windowing", "cut_samples",
            "audio_to_outputs", "initial_carry", "frontend_of", "check_sample_rate",
-           "concat_patches", "BATCH", "SINGLE_LIMIT", "TARGET_RATE"]
+           "concat_patches", "BATCH", "SINGLE_LIMIT", "TARGET_RATE", "file_batch"]

@@ -260,6 +260,30 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
         np.testing.assert_allclose(pushed, got, rtol=0, atol=1e-6)
 
 
+def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(musicnn, monkeypatch):
+    """A model whose dense layers hold more than HEAVY_HEAD weights (VGGish's 67 M, read at every
+    call) runs a file in calls of 32 patches, on a CPU its body in steps of 8 and its head once per
+    call; a partial batch goes in calls of 8 (the last padded), then patch by patch. The outputs
+    are those of calls of 8."""
+    model = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    assert streaming.file_batch(musicnn) == streaming.file_batch(model) == 8
+    monkeypatch.setattr(streaming, "HEAVY_HEAD", 1000)  # the fixture's 37,576 dense weights: heavy
+    assert streaming.file_batch(model) == 32
+    calls: list = []
+    run = streaming.audio_to_outputs
+    monkeypatch.setattr(streaming, "audio_to_outputs", lambda *args: calls.append(
+        (args[7].shape[0], args[4])) or run(*args))
+    audio = signal_at(16000, 47.0, seed=5)                           # 50 patches of 96 frames, hop 93
+    got = model.predict(audio, 16000, output="embeddings")
+    assert calls == [(32, 8), (8, 8), (8, 8), (1, 1), (1, 1)]
+    calls.clear()
+    want = pipeline.predict(model, audio, 16000, output="embeddings", chunk=8)
+    assert calls == [(8, 8)] * 6 + [(1, 1)] * 2
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL * max(1.0, float(np.abs(want).max())))
+    live = model.stream(16000, "embeddings")
+    assert live.batch == 8                                           # a live stream: calls of 8
+
+
 def _decode_threads() -> list:
     return [t for t in threading.enumerate() if t.name == "jaxmir-decode"]
 

@@ -18,7 +18,7 @@ from jaxmir.collection.outputs import kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import Layout, Result
 from jaxmir.errors import InputError
-from jaxmir.stream import BATCH
+from jaxmir.stream import BATCH, HEAVY_HEAD_BATCH
 
 EXIT_OK, EXIT_FAILED = 0, 1
 COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
@@ -57,8 +57,9 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
                             "when unset); needs pip install 'jaxmir[ray]'")
     group.add_argument("--actors", metavar="N", type=non_negative_int, default=None,
                        help="--engine ray: model actors (default: one per GPU, else 1)")
-    group.add_argument("--batch", metavar="N", type=positive_int, default=BATCH,
-                       help=f"patches per model call (default {BATCH}); larger calls keep a GPU "
+    group.add_argument("--batch", metavar="N", type=positive_int, default=None,
+                       help=f"patches per model call (default {BATCH}, {HEAVY_HEAD_BATCH} for a model "
+                            "with large dense layers such as VGGish); larger calls keep a GPU "
                             "busy, the outputs change only by float32 rounding (~1e-7)")
     group.add_argument("--per-patch", action="store_true",
                        help="also write every patch's output (column 'patches', [n_patches, dim])")
@@ -192,7 +193,7 @@ def _options(args: argparse.Namespace, output: str, hop: int | None) -> Options:
                    resampler=args.resampler, decoder=getattr(args, "decoder", "essentia"),
                    strict=getattr(args, "strict", False),
                    dtype=dtype_of(args),
-                   batch=getattr(args, "batch", BATCH))
+                   batch=getattr(args, "batch", None))
 
 
 def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | None,

@@ -25,7 +25,7 @@ from jaxmir.collection.packing import Call, Packer
 from jaxmir.errors import AudioError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import check_dtype
-from jaxmir.stream import BATCH, BLOCK_FRAMES, check_batch
+from jaxmir.stream import BLOCK_FRAMES, check_batch, file_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,8 @@ class Options:
     ``output`` is a name ``Model.apply`` accepts (``"predictions"`` for tags,
     ``"embeddings"`` or a layer for embeddings). ``dtype`` ``"bfloat16"`` runs
     the model in bfloat16 (``Model.astype``; opt-in, ~1e-2 from float32 on tags).
-    ``batch`` is the patches per model call: larger calls keep a GPU busy; the
+    ``batch`` is the patches per model call (``None``: the model's,
+    :func:`jaxmir.stream.file_batch`): larger calls keep a GPU busy; the
     outputs differ only by float32 summation order (~1e-7 on tags), so a resumed
     run may change it.
     """
@@ -48,11 +49,12 @@ class Options:
     decoder: str = "essentia"
     strict: bool = False
     dtype: str = "float32"
-    batch: int = BATCH
+    batch: int | None = None
 
     def __post_init__(self):
         check_dtype(self.dtype)
-        check_batch(self.batch)
+        if self.batch is not None:
+            check_batch(self.batch)
 
     def cast(self, model):
         """``model`` in ``dtype`` (the model itself when it is already)."""
@@ -160,14 +162,15 @@ def run_call(model, packer: Packer, call: Call, taps: tuple, carry: dict | None 
     """The outputs ``[batch, ...]`` of one packed call, on the device of ``model``'s variables,
     and the carry for a run that continues it (``carry``: the one the run before left, when
     ``call`` continues it; see :func:`jaxmir.stream.audio_to_outputs`)."""
+    from jaxmir.models.runner import call_step
     from jaxmir.stream import audio_to_outputs, initial_carry
 
     module = packer.module(call)
     if carry is None:
         carry = initial_carry(model, module, packer.batch)
     (values,), carry = audio_to_outputs(module, taps, packer.windowing.frontend, packer.compat,
-                                        packer.batch, model.variables, call.audio, call.index,
-                                        carry)
+                                        call_step(model.variables, packer.batch), model.variables,
+                                        call.audio, call.index, carry)
     return np.asarray(values), carry or None
 
 
@@ -266,7 +269,7 @@ def analyze_stream(model, items: Iterable[Decoded], options: Options
     """``(item, outputs)`` or ``(item, error message)`` for each decoded item, as each completes.
 
     Patches of all the items go to the model packed in calls of ``options.batch``
-    (default 8) patches (:mod:`jaxmir.collection.packing`): two compiled
+    (default :func:`jaxmir.stream.file_batch`: 8, 32 for VGGish) patches (:mod:`jaxmir.collection.packing`): two compiled
     programs for a whole collection. Each item's samples are dropped once it
     is cut; a file waits for its last patches until a pack is full, so at most
     ``batch`` files are in flight. With several local devices (GPUs, or
@@ -274,7 +277,7 @@ def analyze_stream(model, items: Iterable[Decoded], options: Options
     the model and takes the next call as soon as it is free.
     """
     packer = Packer(model, patch_hop=options.patch_hop, last_patch=options.last_patch,
-                    pad=options.pad, batch=options.batch)
+                    pad=options.pad, batch=options.batch or file_batch(model))
     _, taps = model.resolve_outputs(options.output)
     files: dict[int, _File] = {}
     devices = _Devices(model, packer, taps)

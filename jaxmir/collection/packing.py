@@ -111,8 +111,10 @@ class Packer:
         calls, p = [], 0
         while p < cut.n_patches:
             count = min(self.batch, cut.n_patches - p)
-            # the stream's rule; a padded run costs about 5 packed patches (80 ms, 16 ms each)
-            if not (count == self.batch or count > SINGLE_LIMIT) or not regular[p:p + count].all():
+            # the stream's rule for a model that shares overlap (a padded run costs about 5 packed
+            # patches: 80 ms, 16 ms each); another gains nothing from a run: its tail is packed
+            padded = count > SINGLE_LIMIT and self._modules[True] != self._modules[False]
+            if not (count == self.batch or padded) or not regular[p:p + count].all():
                 break
             calls.append(self._run(key, audio, p, count))
             p += count
