@@ -28,8 +28,9 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
    patches -> the model, :func:`jaxmir.models.runner.run_patches`). A run of
    more than :data:`SINGLE_LIMIT` patches goes in batches of ``batch`` (8;
    :func:`file_batch` for a file; a partial batch goes in calls of 8, the last
-   padded with the patches that follow, whose outputs are dropped) where MusiCNN shares its timbral convolutions between consecutive
-   patches (:func:`jaxmir.models.with_overlap_hop`), and a batch that starts
+   padded with the patches that follow, whose outputs are dropped) where
+   MusiCNN shares its timbral convolutions between consecutive patches
+   (:func:`jaxmir.models.with_overlap_hop`), and a batch that starts
    where the batch before ended takes the rows the two share from that one
    (its carry, :func:`jaxmir.models.runner.run_patches_carrying`); fewer go
    one by one. So a stream uses two programs (three for a batch above 8) and
@@ -285,7 +286,8 @@ class Stream:
                  compat: str = "essentia", resampler: str = "essentia", batch: int | None = None,
                  share_overlap: bool = True, require_patch: bool = False, eager: bool = True):
         """See :meth:`jaxmir.Model.stream`; ``batch``: patches per model call for runs of
-        patches (default :data:`BATCH`, or :func:`file_batch` when not ``eager``); ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole
+        patches (default :data:`BATCH`, or :func:`file_batch` when not ``eager``);
+        ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole
         signal gave no patch: no samples, or too short without ``pad``; ``eager``: run the
         patches a chunk completes at once (live input), or, when ``False``, only whole
         batches of ``batch`` until :meth:`close` (a file: the same outputs, fewer and fuller

@@ -269,10 +269,11 @@ def analyze_stream(model, items: Iterable[Decoded], options: Options
     """``(item, outputs)`` or ``(item, error message)`` for each decoded item, as each completes.
 
     Patches of all the items go to the model packed in calls of ``options.batch``
-    (default :func:`jaxmir.stream.file_batch`: 8, 32 for VGGish) patches (:mod:`jaxmir.collection.packing`): two compiled
-    programs for a whole collection. Each item's samples are dropped once it
-    is cut; a file waits for its last patches until a pack is full, so at most
-    ``batch`` files are in flight. With several local devices (GPUs, or
+    patches (default :func:`jaxmir.stream.file_batch`: 8, 32 for VGGish;
+    :mod:`jaxmir.collection.packing`): two compiled programs for a whole
+    collection. Each item's samples are dropped once it is cut; a file waits
+    for its last patches until a pack is full, so at most ``batch`` files are
+    in flight. With several local devices (GPUs, or
     ``--xla_force_host_platform_device_count``) each device holds a replica of
     the model and takes the next call as soon as it is free.
     """
