@@ -15,7 +15,7 @@ from jaxmir import pipeline
 from jaxmir import stream as streaming
 from jaxmir.errors import InputError
 from jaxmir.models import build_module, with_overlap_hop
-from jaxmir.models.runner import Tap, platform_of, run_patches_jit
+from jaxmir.models.runner import Tap, is_staged, platform_of, run_patches_jit
 from jaxmir.spec import Frontend, ModelSpec
 
 # Input values per step of Model.apply: 4 patches of MusiCNN's or VGG's [187, 96]. Small steps keep
@@ -41,7 +41,7 @@ def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Ma
     """Patches per step in :meth:`Model.apply` (a power of two), or ``None`` for whole batches."""
     if platform_of(variables) != "cpu":
         return None
-    if not getattr(module, "staged", False):
+    if not is_staged(module):
         largest = max((int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables)),
                       default=0)
         if largest > MAX_CHUNKED_WEIGHTS:

@@ -87,7 +87,7 @@ BATCH = 8
 SINGLE_LIMIT = 4
 # A file's calls for a model whose dense layers hold more than HEAVY_HEAD weights, read at every
 # call (VGGish's 67 M: ~3 ms of a patch's ~14 in calls of 8, Zen 4). The body still runs in steps
-# of runner.CPU_STEP on a CPU; a 207-s WAV through VGGish took 3.0-3.2 s against 3.5-3.7.
+# of runner.CPU_STEP on a CPU; the 207-s WAV through VGGish took 2.85-2.91 s against 3.20-3.49.
 HEAVY_HEAD_BATCH = 32
 HEAVY_HEAD = 1 << 22
 
@@ -481,9 +481,9 @@ class Stream:
             step = call_step(self.model.variables, n)
             key = (module, self.taps, self.frontend, self.compat, n, step, length)
             if key not in _WARM:
-                audio_to_outputs(module, self.taps, self.frontend, self.compat, step, self.model.variables,
-                                 np.zeros(length, np.float32), self._regular_index(n),
-                                 initial_carry(self.model, module, n))
+                audio_to_outputs(module, self.taps, self.frontend, self.compat, step,
+                                 self.model.variables, np.zeros(length, np.float32),
+                                 self._regular_index(n), initial_carry(self.model, module, n))
                 _WARM.add(key)
 
     def _emit(self, stop: int) -> list[Patches]:
@@ -542,8 +542,8 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
     warned (:class:`jaxmir.decode.DamagedAudioWarning`).
 
     A thread decodes, downmixes and resamples up to :data:`AHEAD` blocks (per 8
-    patches of a call) ahead of the model, which runs in the caller's thread: the same samples as in one
-    thread, in ~10% less time on 2 cores.
+    patches of a call) ahead of the model, which runs in the caller's thread: the
+    same samples as in one thread, in ~10% less time on 2 cores.
     """
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=False) as blocks:
         stream = Stream(model, blocks.sample_rate, output, require_patch=True, eager=False,

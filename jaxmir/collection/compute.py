@@ -25,7 +25,9 @@ from jaxmir.collection.packing import Call, Packer
 from jaxmir.errors import AudioError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import check_dtype
-from jaxmir.stream import BLOCK_FRAMES, check_batch, file_batch
+from jaxmir.models.runner import call_step
+from jaxmir.stream import (BLOCK_FRAMES, audio_to_outputs, check_batch, file_batch, file_stream,
+                           initial_carry)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +164,6 @@ def run_call(model, packer: Packer, call: Call, taps: tuple, carry: dict | None 
     """The outputs ``[batch, ...]`` of one packed call, on the device of ``model``'s variables,
     and the carry for a run that continues it (``carry``: the one the run before left, when
     ``call`` continues it; see :func:`jaxmir.stream.audio_to_outputs`)."""
-    from jaxmir.models.runner import call_step
-    from jaxmir.stream import audio_to_outputs, initial_carry
-
     module = packer.module(call)
     if carry is None:
         carry = initial_carry(model, module, packer.batch)
@@ -310,7 +309,6 @@ def stream_files(model, sources: Iterable[Source], options: Options
     Memory holds a few seconds of audio and the per-patch outputs, whatever the
     file's length (a recording of hours); the outputs are :func:`analyze`'s.
     """
-    from jaxmir.stream import file_stream
 
     for source in sources:
         path = source.path

@@ -82,6 +82,7 @@ class Packer:
         hop = frontend.patch_hop if patch_hop is None else patch_hop
         self.patch_hop = int(hop) or self.patch_size  # 0: the patch size
         self._modules = {True: with_overlap_hop(model.module, self.patch_hop), False: model.module}
+        self._shares_overlap = self._modules[True] != self._modules[False]
         frame_hop = frontend.hop_size  # segments are whole hops: frames line up across the pack
         self.segment = -(-self.windowing.length(self.patch_size) // frame_hop) * frame_hop
         self._segment_frames = self.segment // frame_hop
@@ -113,7 +114,7 @@ class Packer:
             count = min(self.batch, cut.n_patches - p)
             # the stream's rule for a model that shares overlap (a padded run costs about 5 packed
             # patches: 80 ms, 16 ms each); another gains nothing from a run: its tail is packed
-            padded = count > SINGLE_LIMIT and self._modules[True] != self._modules[False]
+            padded = count > SINGLE_LIMIT and self._shares_overlap
             if not (count == self.batch or padded) or not regular[p:p + count].all():
                 break
             calls.append(self._run(key, audio, p, count))

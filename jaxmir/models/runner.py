@@ -54,6 +54,16 @@ def call_step(variables, n: int) -> int:
     return min(n, CPU_STEP) if platform_of(variables) == "cpu" else n
 
 
+def is_staged(module: nn.Module) -> bool:
+    """Whether ``module`` runs in stages: body, then dense head (:class:`.layers.Backbone`)."""
+    return getattr(module, "staged", False)
+
+
+def _body_stage(module: nn.Module) -> str:
+    """The stage a call's steps run: the body of a staged module, else the whole module."""
+    return BODY if is_staged(module) else WHOLE
+
+
 def is_bfloat16(variables: dict) -> bool:
     """Whether the variables are bfloat16 (then the patches run in bfloat16 too)."""
     return any(leaf.dtype == jnp.bfloat16 for leaf in jax.tree_util.tree_leaves(variables))
@@ -120,7 +130,7 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
          carry: dict | None, chunk: int | None, frames: jax.Array | None
          ) -> tuple[tuple[jax.Array, ...], dict]:
     low = is_bfloat16(variables)
-    staged = getattr(module, "staged", False)
+    staged = is_staged(module)
     names = {tap for tap, _ in taps}
 
     def step(state: dict | None, batch: jax.Array) -> tuple[dict, tuple[jax.Array, dict]]:
@@ -128,9 +138,10 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
             batch = frames[batch].astype(jnp.result_type(frames.dtype, jnp.float32))
         if low:  # bfloat16 variables (Model.astype): bfloat16 arithmetic, float32 results
             batch = batch.astype(jnp.bfloat16)
-        out, sown, state = _sown(module, variables, batch, state, BODY if staged else WHOLE)
+        out, sown, state = _sown(module, variables, batch, state, _body_stage(module))
         sown["input"] = batch
-        return state, (out, {name: sown[name] for name in names & sown.keys()})
+        # the body's output feeds the head; an unstaged module's is not kept (no stacked copy)
+        return state, (out if staged else None, {name: sown[name] for name in names & sown.keys()})
 
     n = patches.shape[0]
     if chunk is None or n <= chunk:
@@ -159,8 +170,8 @@ def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...]
     zeros, ``valid`` false; ``{}`` when the module carries nothing."""
     dtype = jnp.bfloat16 if is_bfloat16(variables) else jnp.float32
     patches = jax.ShapeDtypeStruct((batch, *patch_shape), dtype)
-    stage = BODY if getattr(module, "staged", False) else WHOLE
-    return _zeros(jax.eval_shape(lambda p: _sown(module, variables, p, None, stage)[2], patches))
+    return _zeros(jax.eval_shape(lambda p: _sown(module, variables, p, None, _body_stage(module))[2],
+                                 patches))
 
 
 def _zeros(shapes: dict) -> dict:
