@@ -228,6 +228,28 @@ def test_a_run_takes_the_rows_it_shares_from_the_run_before(musicnn, monkeypatch
     assert valid and valid[0] is False and not all(valid[1:])
 
 
+def test_only_a_module_that_shares_overlap_is_traced_for_its_first_carry(musicnn, monkeypatch):
+    """A first call's carry comes from an abstract trace of the model (~0.15 s on a CPU); the
+    modules that share no overlap (the single patches at a file's end, VGG, VGGish) carry
+    nothing and are not traced for it."""
+    from jaxmir.models import shares_overlap, with_overlap_hop
+
+    traced = []
+    empty = streaming.empty_carry
+    monkeypatch.setattr(streaming, "empty_carry", lambda module, *rest: traced.append(module)
+                        or empty(module, *rest))
+    monkeypatch.setattr(streaming, "_CARRIES", {})
+    shared = with_overlap_hop(musicnn.module, 93)
+    assert shares_overlap(shared) and not shares_overlap(musicnn.module)
+    assert streaming.initial_carry(musicnn, musicnn.module, 8) is None
+    assert streaming.initial_carry(musicnn, musicnn.module, 1) is None
+    assert traced == []
+    carry = streaming.initial_carry(musicnn, shared, 8)
+    assert sorted(carry) == ["timbral_0", "timbral_1"] and traced == [shared]
+    vgg = jaxmir.load("msd-vgg")
+    assert not shares_overlap(with_overlap_hop(vgg.module, 93))
+
+
 def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     """Blocks of ~1.5 s complete one patch each: a live stream runs them one by one, a file
     (eager=False) waits for batches of 8 and runs the rest at the end, whatever its blocks; the

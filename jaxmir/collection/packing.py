@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Hashable
 import numpy as np
 
 from jaxmir.frontends import num_frames
-from jaxmir.models import with_overlap_hop
+from jaxmir.models import shares_overlap, with_overlap_hop
 from jaxmir.patches import regular_rows
 from jaxmir.pipeline import plan
 from jaxmir.stream import BATCH, SINGLE_LIMIT, Windowing, cut_samples, frontend_of
@@ -82,7 +82,7 @@ class Packer:
         hop = frontend.patch_hop if patch_hop is None else patch_hop
         self.patch_hop = int(hop) or self.patch_size  # 0: the patch size
         self._modules = {True: with_overlap_hop(model.module, self.patch_hop), False: model.module}
-        self._shares_overlap = self._modules[True] != self._modules[False]
+        self._shares_overlap = shares_overlap(self._modules[True])
         frame_hop = frontend.hop_size  # segments are whole hops: frames line up across the pack
         self.segment = -(-self.windowing.length(self.patch_size) // frame_hop) * frame_hop
         self._segment_frames = self.segment // frame_hop

@@ -64,6 +64,14 @@ def with_overlap_hop(module: nn.Module, hop: int) -> nn.Module:
     return module
 
 
+def shares_overlap(module: nn.Module) -> bool:
+    """Whether ``module`` is set to share work between consecutive patches
+    (:func:`with_overlap_hop`): only then may its calls hand each other a carry."""
+    if isinstance(module, Composed):
+        return shares_overlap(module.backbone)
+    return isinstance(module, MusiCNN) and module.overlap_hop > 0
+
+
 def _shapes(tree: Mapping, prefix: str = "") -> dict[str, tuple[int, ...]]:
     flat = {}
     for key, value in tree.items():
