@@ -94,3 +94,43 @@ def test_time_blocks_equal_the_same_convolution(length, block, frames):
     after than before), signals shorter than the kernel or than a block."""
     module = TimeConvFrequencyMax(8, length, 1e-3, block=block)
     _check_conv_relu_batch_norm_max(module, (length, 1), "SAME", frames, variables_of=lambda v: v)
+
+
+def test_given_kernels_are_read_without_tracing_their_initializer(monkeypatch):
+    """Flax's ``param`` traces a parameter's initializer at every trace of the model, to check
+    the shape of the value given; the convolutions and dense layers read their given kernels
+    and biases and compare the shapes themselves (a process's first MusiCNN trace took
+    0.43-0.51 s with the initializers traced, 0.28-0.31 s without, on a 2-core Zen 3). ``init``
+    still draws them, and a wrong shape is still Flax's error."""
+    import flax
+    import flax.linen as nn
+
+    import jaxmir
+    from jaxmir.models.layers import ConvBlock, DenseHead
+    from jaxmir.spec import Activation, Dense
+
+    drawn = []
+    lecun_normal = nn.initializers.lecun_normal
+
+    def recorded(*args, **kwargs):
+        init = lecun_normal(*args, **kwargs)
+        return lambda *a, **k: drawn.append(a[1]) or init(*a, **k)
+
+    monkeypatch.setattr(nn.initializers, "lecun_normal", recorded)
+    model = jaxmir.load("msd-musicnn")
+    patches = jax.ShapeDtypeStruct((2, 187, 96), jnp.float32)
+    jax.eval_shape(lambda p: model.module.apply(model.variables, p), patches)
+    assert drawn == []
+
+    block, head = ConvBlock(4, (3,), "SAME"), DenseHead((Dense(3), Activation("sigmoid")))
+    x = np.ones((1, 5, 2), np.float32)
+    variables = {name: module.init(jax.random.key(0), x) for name, module in
+                 (("block", block), ("head", head))}
+    assert drawn == [(3, 2, 4), (2, 3)]
+    wrong = jax.tree_util.tree_map(lambda v: v[:1] if v.ndim == 3 else v, variables["block"])
+    with pytest.raises(flax.errors.ScopeParamShapeError, match="kernel"):
+        block.apply(wrong, x)
+    dense_0 = jax.tree_util.tree_map(np.asarray, variables["head"]["params"]["dense_0"])
+    np.testing.assert_allclose(head.apply(variables["head"], x),
+                               1 / (1 + np.exp(-(x @ dense_0["kernel"] + dense_0["bias"]))),
+                               rtol=1e-6, atol=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, ClassVar, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -78,7 +79,7 @@ class DenseHead(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
-                x = nn.Dense(layer.units, precision=PRECISION, name=dense_name(i))(x)
+                x = dense(x, *KernelParams((x.shape[-1], layer.units), name=dense_name(i))())
             elif isinstance(layer, BatchNorm):
                 x = frozen_batch_norm(layer.epsilon, name=batch_norm_name(i))(x)
             elif isinstance(layer, Activation):
@@ -250,8 +251,9 @@ class ConvBlock(nn.Module):
         if self.max_axis is not None:
             assert self.pool is None and self.activation in MONOTONE
             return after_conv(self._max_of_conv(x, batch_norm, padding))
-        x = nn.Conv(self.features, self.kernel, padding=padding, precision=PRECISION,
-                    name="conv")(x)
+        kernel, bias = KernelParams((*self.kernel, x.shape[-1], self.features), name="conv")()
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        x = convolve(x, kernel, padding) + bias
         x = after_conv(x)
         if self.pool is not None:
             self.sow("intermediates", "features", x)
@@ -262,7 +264,7 @@ class ConvBlock(nn.Module):
     def _max_of_conv(self, x: jax.Array, batch_norm: nn.BatchNorm | None,
                      padding: str | tuple) -> jax.Array:
         """The convolution plus bias, reduced over ``max_axis`` towards where ``after_conv`` is largest."""
-        kernel, bias = ConvParams((*self.kernel, x.shape[-1], self.features), name="conv")()
+        kernel, bias = KernelParams((*self.kernel, x.shape[-1], self.features), name="conv")()
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
         direction = monotone_direction(batch_norm, self.features, x.dtype)
         extreme = directed_max(lambda k: convolve(x, k, padding), kernel, direction,
@@ -307,17 +309,38 @@ def _block_geometry(length: int, block: int) -> tuple[int, int]:
     return lead, -(-(lead * block - before + block + length - 1) // block)
 
 
-class ConvParams(nn.Module):
-    """Only the ``kernel`` and ``bias`` of a convolution (as :class:`flax.linen.Conv` names them),
-    for blocks that compute the convolution themselves."""
+class KernelParams(nn.Module):
+    """A ``kernel`` and a ``bias`` (``[kernel_shape[-1]]``), named as :class:`flax.linen.Conv`
+    and :class:`flax.linen.Dense` name theirs, for layers that compute themselves.
+
+    Given variables are read and their shapes compared with ``kernel_shape`` directly: Flax's
+    ``param`` traces the initializer to check them, at every trace of the model (0.1-0.2 s of a
+    process's first MusiCNN trace, ~0.3-0.5 s in all, on a 2-core Zen 3).
+    """
 
     kernel_shape: tuple[int, ...]
 
     @nn.compact
     def __call__(self) -> tuple[jax.Array, jax.Array]:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), self.kernel_shape)
-        bias = self.param("bias", nn.initializers.zeros_init(), self.kernel_shape[-1:])
-        return kernel, bias
+        return (self._param("kernel", nn.initializers.lecun_normal(), self.kernel_shape),
+                self._param("bias", nn.initializers.zeros_init(), self.kernel_shape[-1:]))
+
+    def _param(self, name: str, init: Callable, shape: tuple[int, ...]) -> jax.Array:
+        if not self.has_variable("params", name):
+            return self.param(name, init, shape)
+        value = self.get_variable("params", name)
+        if np.shape(value) != tuple(shape):
+            raise flax.errors.ScopeParamShapeError(name, self.scope.path_text, np.shape(value),
+                                                   tuple(shape))
+        return value
+
+
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """``x @ kernel + bias`` over the last axis at full float32 precision, as
+    :class:`flax.linen.Dense` computes it: ``[..., in] -> [..., out]``."""
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=PRECISION)
+    return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
 def conv_variables(kernel, bias, batch_norm: tuple[dict, dict] | None = None) -> dict:

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import (ACTIVATIONS, OVERLAP, Backbone, ConvBlock, ConvParams,
+from jaxmir.models.layers import (ACTIVATIONS, OVERLAP, Backbone, ConvBlock, KernelParams,
                                   block_kernel, convolve, directed_max, frozen_batch_norm,
                                   head_variables, monotone_direction, nest, time_blocks)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
@@ -146,7 +146,7 @@ class TimeConvFrequencyMax(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel, bias = ConvParams((self.length, 1, 1, self.filters), name="conv")()
+        kernel, bias = KernelParams((self.length, 1, 1, self.filters), name="conv")()
         batch_norm = frozen_batch_norm(self.bn_epsilon, name="batch_norm")
         frames, block = x.shape[1], self.block
         blocks = time_blocks(x[..., 0], self.length, block)             # [b, blocks, mel, block]
