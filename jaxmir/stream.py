@@ -33,8 +33,10 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
    (:func:`jaxmir.models.with_overlap_hop`), and a batch that starts
    where the batch before ended takes the rows the two share from that one
    (its carry, :func:`jaxmir.models.runner.run_patches_carrying`); fewer go
-   one by one. So a stream uses two programs (three for a batch above 8) and
-   no other: chunk sizes never change a shape. On a CPU a call's body runs in
+   one by one in a live stream, and in one padded call of 8 in a file's: its
+   last patches then need no program of their own. So a live stream uses two
+   programs (three for a batch above 8), a file one (two) and no other: chunk
+   sizes never change a shape. On a CPU a call's body runs in
    steps of 8 patches and its dense head once (:func:`~jaxmir.models.runner.call_step`).
    A live stream runs each patch as soon as it is complete and compiles both
    programs at its first patch; a file's (``eager=False``, :func:`file_stream`,
@@ -81,8 +83,10 @@ if TYPE_CHECKING:
 
 BLOCK_FRAMES = 1 << 18  # frames a file is decoded at a time: ~6 s at 44.1 kHz, 2 MB in stereo
 # Patches per model call for runs of patches (MusiCNN: ~75 MB of activations; larger
-# batches were not faster on CPU), and the largest run computed patch by patch instead:
-# a padded batch of 8 costs about as much as 4 single patches.
+# batches were not faster on CPU), and the largest run a live stream computes patch by patch
+# instead: a padded batch of 8 costs about as much as 4 single patches. A file's last few
+# patches go in a padded call all the same: the single-patch program would cost its process
+# more to trace and compile (or read from the cache) than 1-4 patches' worth of padding.
 BATCH = 8
 SINGLE_LIMIT = 4
 # A file's calls for a model whose dense layers hold more than HEAVY_HEAD weights, read at every
@@ -496,8 +500,9 @@ class Stream:
             if self.eager:
                 self._warm_up()
             count = min(stop - self._next, self.batch)
-            # a whole batch; a partial one in calls of BATCH (padded), or patch by patch
-            n = self.batch if count == self.batch else self._small if count > SINGLE_LIMIT else 1
+            # a whole batch; a partial one in calls of BATCH (padded), or live, patch by patch
+            n = self.batch if count == self.batch else \
+                self._small if count > SINGLE_LIMIT or not self.eager else 1
             count = min(count, n)
             first = self._next * self.patch_hop
             values = self._run(first, self._regular_index(n), shared=True, patch=self._next)

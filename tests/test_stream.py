@@ -218,7 +218,7 @@ def test_a_run_takes_the_rows_it_shares_from_the_run_before(musicnn, monkeypatch
     plain = pipeline.predict(musicnn, audio, 16000, share_overlap=False)
     assert valid == []
     np.testing.assert_allclose(musicnn.predict(audio, 16000), plain, rtol=0, atol=1e-6)
-    assert valid == [False, True]                                    # runs at patches 0 and 8
+    assert valid == [False, True, True]          # runs at patches 0, 8 and the padded tail at 16
     valid.clear()
     stream = musicnn.stream(16000)
     block = 6 * 93 * 256                                             # 6 patch hops per push
@@ -252,9 +252,9 @@ def test_only_a_module_that_shares_overlap_is_traced_for_its_first_carry(musicnn
 
 def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     """Blocks of ~1.5 s complete one patch each: a live stream runs them one by one, a file
-    (eager=False) waits for batches of 8 and runs the rest at the end, whatever its blocks; the
-    outputs are the same. A file neither warms both programs up on silence nor traces the model
-    for empty outputs."""
+    (eager=False) waits for batches of 8 and runs the rest at the end in one padded call (so one
+    program serves the whole file), whatever its blocks; the outputs are the same. A file
+    neither warms both programs up on silence nor traces the model for empty outputs."""
     rate = 44100
     audio = signal_at(rate, 31.0, 2, seed=16)                        # 19 patches
     path = tmp_path / "song.wav"
@@ -270,9 +270,9 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
                         or shapes(*args))
     with streaming.file_stream(musicnn, path, "predictions") as (stream, found):
         got = np.concatenate([patches.values["predictions"] for patches in found])
-    assert calls == [8, 8, 1, 1, 1]
+    assert calls == [8, 8, 8]
     np.testing.assert_allclose(got, musicnn.predict(audio, rate), rtol=0, atol=1e-6)
-    for eager, want_calls in ((True, ["warm up", 1] * 19), (False, [8, 8, 1, 1, 1])):
+    for eager, want_calls in ((True, ["warm up", 1] * 19), (False, [8, 8, 8])):
         calls.clear()
         stream = musicnn.stream(rate, eager=eager)
         block = 65536                                                # 1.49 s: a patch hop
@@ -285,8 +285,8 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
 def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(musicnn, monkeypatch):
     """A model whose dense layers hold more than HEAVY_HEAD weights (VGGish's 67 M, read at every
     call) runs a file in calls of 32 patches, on a CPU its body in steps of 8 and its head once per
-    call; a partial batch goes in calls of 8 (the last padded), then patch by patch. The outputs
-    are those of calls of 8."""
+    call; a partial batch goes in calls of 8, the last padded. The outputs are those of calls
+    of 8."""
     model = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
     assert streaming.file_batch(musicnn) == streaming.file_batch(model) == 8
     monkeypatch.setattr(streaming, "HEAVY_HEAD", 1000)  # the fixture's 37,576 dense weights: heavy
@@ -297,10 +297,10 @@ def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(
         (args[7].shape[0], args[4])) or run(*args))
     audio = signal_at(16000, 47.0, seed=5)                           # 50 patches of 96 frames, hop 93
     got = model.predict(audio, 16000, output="embeddings")
-    assert calls == [(32, 8), (8, 8), (8, 8), (1, 1), (1, 1)]
+    assert calls == [(32, 8), (8, 8), (8, 8), (8, 8)]
     calls.clear()
     want = pipeline.predict(model, audio, 16000, output="embeddings", chunk=8)
-    assert calls == [(8, 8)] * 6 + [(1, 1)] * 2
+    assert calls == [(8, 8)] * 7
     np.testing.assert_allclose(got, want, rtol=0, atol=TOL * max(1.0, float(np.abs(want).max())))
     live = model.stream(16000, "embeddings")
     assert live.batch == 8                                           # a live stream: calls of 8
