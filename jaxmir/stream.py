@@ -35,7 +35,8 @@ outputs, and give the numbers offline :func:`jaxmir.pipeline.predict` gives:
    (its carry, :func:`jaxmir.models.runner.run_patches_carrying`); fewer go
    one by one in a live stream, and in one padded call of 8 in a file's: its
    last patches then need no program of their own. So a live stream uses two
-   programs (three for a batch above 8), a file one (two) and no other: chunk
+   programs (three for a batch above 8), a file one (two), plus the single-patch
+   one for a ``"repeat"`` last patch or a padded short signal, and no other: chunk
    sizes never change a shape. On a CPU a call's body runs in
    steps of 8 patches and its dense head once (:func:`~jaxmir.models.runner.call_step`).
    A live stream runs each patch as soon as it is complete and compiles both
