@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import queue
 import threading
@@ -74,8 +73,9 @@ from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import shares_overlap, with_overlap_hop
-from jaxmir.models.runner import (call_step, empty_carry, is_bfloat16, run_patches_carrying,
-                                  tapped_outputs)
+from jaxmir.models.compiler import compiled, compiler_options
+from jaxmir.models.runner import (call_step, empty_carry, is_bfloat16, platform_of,
+                                  run_patches_carrying, tapped_outputs)
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
 from jaxmir.spec import Frontend
 
@@ -179,13 +179,16 @@ def cut_samples(samples: np.ndarray, offset: int, start: int, length: int) -> np
 
 
 # -- the one program: samples -> log-mel -> patches -> model ---------------------------------
-@functools.partial(jax.jit, static_argnames=("module", "taps", "frontend", "compat", "chunk"))
 def _audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
                       variables: dict, audio: jax.Array, index: jax.Array, carry: dict | None
                       ) -> tuple[tuple[jax.Array, ...], dict]:
     frames = logmel(audio, frontend, compat)
     table = jnp.concatenate([jnp.zeros_like(frames[:1]), frames])  # row 0: a frame of zeros
     return run_patches_carrying(module, variables, taps, index, carry, chunk, frames=table)
+
+
+_audio_to_outputs_compiled = compiled(_audio_to_outputs,
+                                      static_argnames=("module", "taps", "frontend", "compat", "chunk"))
 
 
 def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
@@ -209,7 +212,8 @@ def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk
       carry for the call on the patches that follow. Jit-compiled once per
       module, taps, front-end, chunk and shapes; traceable (``jax.grad``).
     """
-    return _audio_to_outputs(module, taps, frontend, compat, chunk, variables, audio, index, carry)
+    program = _audio_to_outputs_compiled(compiler_options(module, platform_of(variables)))
+    return program(module, taps, frontend, compat, chunk, variables, audio, index, carry)
 
 
 def initial_carry(model: "Model", module, batch: int) -> dict | None:

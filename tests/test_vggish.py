@@ -7,6 +7,7 @@ import pytest
 
 import jaxmir
 from conftest import assert_parity, require, run_tf, shared_fixture
+from jaxmir.models import compiler
 
 PROBABILITIES = ("model/Sigmoid", "model/Softmax")
 
@@ -76,7 +77,16 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
             np.testing.assert_array_equal(out["embeddings"], out["fc2"])
 
 
-def test_essentia_small_vggish_fixture():
+@pytest.fixture(params=["avx2", "avx512"])
+def cpu(request, monkeypatch):
+    """The CPU the compiler options are chosen for: a Zen 3's flags (ConvNets then compile
+    without YNNPACK, :mod:`jaxmir.models.compiler`) or a Zen 4's (XLA's defaults)."""
+    flags = {"sse4_2", "avx", "avx2", "fma"} | ({"avx512f"} if request.param == "avx512" else set())
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: frozenset(flags))
+    return request.param
+
+
+def test_essentia_small_vggish_fixture(cpu):
     path = shared_fixture("essentia-models/small_vggish_init.pb")
     model = jaxmir.load(path)
     assert model.architecture == "vggish" and model.output_width() == 2
@@ -86,7 +96,7 @@ def test_essentia_small_vggish_fixture():
     assert model.spec.aliases["embeddings"] == model.spec.node_map["model/vggish/fc2/Relu"][0]
 
 
-def test_essentia_vgg4_fixture_behind_cond():
+def test_essentia_vgg4_fixture_behind_cond(cpu):
     path = shared_fixture("essentia-models/vgg4.pb")
     model = jaxmir.load(path)
     assert model.architecture == "vgg" and model.input_shape == (128, 128)

@@ -8,12 +8,11 @@ goes through :func:`run_patches`, so chunking and tap handling live here once.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmir.models.compiler import compiled, compiler_options
 from jaxmir.models.layers import BODY, HEAD, OVERLAP, WHOLE
 
 Tap = tuple[str, "tuple[int, ...] | None"]
@@ -41,9 +40,10 @@ def _flatten_taps(tree: dict, prefix: str = "") -> dict[str, jax.Array]:
 
 
 def platform_of(variables) -> str:
-    """The platform (``cpu``, ``gpu``, ``tpu``) of the device holding ``variables``."""
+    """The platform (``cpu``, ``gpu``, ``tpu``) of the device holding ``variables``; JAX's default
+    one when they are traced (a tracer has no device) or not JAX arrays."""
     for leaf in jax.tree_util.tree_leaves(variables):
-        if isinstance(leaf, jax.Array):
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
             return next(iter(leaf.devices())).platform
     return jax.default_backend()
 
@@ -178,8 +178,17 @@ def _zeros(shapes: dict) -> dict:
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "taps", "chunk"))
+def _run_patches_only(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
+                      chunk: int | None = None) -> tuple[jax.Array, ...]:
+    return run_patches(module, variables, taps, patches, chunk)
+
+
+_run_patches_compiled = compiled(_run_patches_only, static_argnames=("module", "taps", "chunk"))
+
+
 def run_patches_jit(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
                     chunk: int | None = None) -> tuple[jax.Array, ...]:
-    """:func:`run_patches`, compiled once per module, taps, chunk and batch shape."""
-    return run_patches(module, variables, taps, patches, chunk)
+    """:func:`run_patches`, compiled once per module, taps, chunk and batch shape (with the
+    compiler options of :func:`~jaxmir.models.compiler.compiler_options`)."""
+    program = _run_patches_compiled(compiler_options(module, platform_of(variables)))
+    return program(module, variables, taps, patches, chunk)

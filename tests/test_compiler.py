@@ -1,0 +1,77 @@
+"""Compiler options per model family and CPU: which programs leave XLA's YNNPACK fusions out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxmir
+from conftest import shared_fixture
+from jaxmir import stream as streaming
+from jaxmir.models import compiler, runner
+from jaxmir.models.compiler import DEFAULTS, WITHOUT_YNNPACK, compiler_options
+from jaxmir.models.heads import Composed, EmbeddingHead
+
+AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})     # a Zen 3
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl"}     # a Zen 4
+
+
+@pytest.fixture(scope="module")
+def vggish():
+    return jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+
+
+def test_this_jax_knows_the_option_and_refuses_an_unknown_one():
+    assert compiler.accepts(WITHOUT_YNNPACK)
+    assert not compiler.accepts((("xla_cpu_no_such_option", "1"),))
+
+
+@pytest.mark.parametrize("flags, platform, expected", [
+    (AVX2, "cpu", WITHOUT_YNNPACK), (AVX512, "cpu", DEFAULTS), (frozenset(), "cpu", DEFAULTS),
+    (AVX2, "gpu", DEFAULTS)], ids=["avx2", "avx512", "not-x86", "gpu"])
+def test_only_a_convnet_on_an_avx2_cpu_leaves_ynnpack_out(monkeypatch, vggish, flags, platform,
+                                                          expected):
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
+    musicnn = jaxmir.load("msd-musicnn").module
+    assert compiler_options(vggish.module, platform) == expected
+    assert compiler_options(musicnn, platform) == DEFAULTS
+    head = EmbeddingHead(())
+    assert compiler_options(Composed(vggish.module, head), platform) == expected
+    assert compiler_options(Composed(musicnn, head), platform) == DEFAULTS
+
+
+def test_the_program_built_without_ynnpack_has_none_and_the_same_outputs(vggish):
+    x = np.random.default_rng(0).normal(0, 2, (8, *vggish.input_shape)).astype(np.float32)
+    _, taps = vggish.resolve_outputs(["embeddings"])
+    args = (vggish.module, vggish.variables, taps, x, None)
+    without = runner._run_patches_compiled(WITHOUT_YNNPACK)
+    assert "__ynn_fusion" not in without.lower(*args).compile().as_text()
+    outputs = {options: np.asarray(runner._run_patches_compiled(options)(*args)[0])
+               for options in (DEFAULTS, WITHOUT_YNNPACK)}
+    # Two kernels summing 3x3xC products in their own orders: float32 rounding apart.
+    scale = float(np.max(np.abs(outputs[DEFAULTS])))
+    np.testing.assert_allclose(outputs[WITHOUT_YNNPACK], outputs[DEFAULTS], rtol=0,
+                               atol=1e-5 * max(scale, 1e-6))
+
+
+@pytest.mark.parametrize("flags, expected", [(AVX2, WITHOUT_YNNPACK), (AVX512, DEFAULTS)],
+                         ids=["avx2", "avx512"])
+def test_apply_predict_and_streams_compile_with_the_options(monkeypatch, vggish, flags, expected):
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
+    asked = []
+
+    def spying(name, compiled):
+        def with_options(options):
+            asked.append((name, options))
+            return compiled(options)
+        return with_options
+
+    monkeypatch.setattr(runner, "_run_patches_compiled",
+                        spying("patches", runner._run_patches_compiled))
+    monkeypatch.setattr(streaming, "_audio_to_outputs_compiled",
+                        spying("audio", streaming._audio_to_outputs_compiled))
+    x = np.random.default_rng(1).normal(0, 2, (3, *vggish.input_shape)).astype(np.float32)
+    vggish.apply(x)
+    y = (0.1 * np.random.default_rng(2).standard_normal(16000 * 3)).astype(np.float32)
+    vggish.predict(y, 16000)
+    assert set(asked) == {("patches", expected), ("audio", expected)}
