@@ -14,18 +14,17 @@ from jaxmir import describe as describing
 from jaxmir import pipeline
 from jaxmir import stream as streaming
 from jaxmir.errors import InputError
-from jaxmir.models import build_module, with_overlap_hop
+from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
 from jaxmir.models.runner import Tap, is_staged, platform_of, run_patches_jit
 from jaxmir.spec import Frontend, ModelSpec
 
 # Input values per step of Model.apply: 4 patches of MusiCNN's or VGG's [187, 96]. Small steps keep
 # activations in cache: on a 2-core CPU, VGG runs ~2x faster per patch in steps of 4 than in one
 # batch of 64, VGGish ([96, 64] patches) 1.3x faster in steps of 8 (its dense head, 67 M weights,
-# runs once per batch: models.layers.BODY). A module that is not staged and holds large dense
-# layers runs whole batches instead: each step would read all its weights again. So do models on
-# an accelerator, whose parallel units a step of a few patches would leave idle.
+# runs once per batch: models.layers.BODY). A module that is not staged and has a heavy head
+# (models.has_heavy_head) runs whole batches instead: each step would read all its weights again.
+# So do models on an accelerator, whose parallel units a step of a few patches would leave idle.
 APPLY_STEP_VALUES = 4 * 187 * 96
-MAX_CHUNKED_WEIGHTS = 1 << 22
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # what Model.astype accepts
 
@@ -41,11 +40,8 @@ def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Ma
     """Patches per step in :meth:`Model.apply` (a power of two), or ``None`` for whole batches."""
     if platform_of(variables) != "cpu":
         return None
-    if not is_staged(module):
-        largest = max((int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables)),
-                      default=0)
-        if largest > MAX_CHUNKED_WEIGHTS:
-            return None
+    if not is_staged(module) and has_heavy_head(variables):
+        return None
     patches = max(1, APPLY_STEP_VALUES // int(np.prod(input_shape)))
     return 1 << (patches.bit_length() - 1)
 

@@ -72,7 +72,7 @@ from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
-from jaxmir.models import shares_overlap, with_overlap_hop
+from jaxmir.models import has_heavy_head, shares_overlap, with_overlap_hop
 from jaxmir.models.compiler import compiled, compiler_options
 from jaxmir.models.runner import (call_step, empty_carry, is_bfloat16, platform_of,
                                   run_patches_carrying, tapped_outputs)
@@ -90,19 +90,16 @@ BLOCK_FRAMES = 1 << 18  # frames a file is decoded at a time: ~6 s at 44.1 kHz, 
 # more to trace and compile (or read from the cache) than 1-4 patches' worth of padding.
 BATCH = 8
 SINGLE_LIMIT = 4
-# A file's calls for a model whose dense layers hold more than HEAVY_HEAD weights, read at every
-# call (VGGish's 67 M: ~3 ms of a patch's ~14 in calls of 8, Zen 4). The body still runs in steps
+# A file's calls for a model with a heavy head (models.has_heavy_head), read at every call
+# (VGGish's 67 M: ~3 ms of a patch's ~14 in calls of 8, Zen 4). The body still runs in steps
 # of runner.CPU_STEP on a CPU; the 207-s WAV through VGGish took 2.85-2.91 s against 3.20-3.49.
 HEAVY_HEAD_BATCH = 32
-HEAVY_HEAD = 1 << 22
 
 
 def file_batch(model: "Model") -> int:
     """Patches per model call for audio that is all there (a file, ``predict``): :data:`BATCH`,
-    or :data:`HEAVY_HEAD_BATCH` for a model with large dense layers (2-D kernels)."""
-    dense = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(model.variables)
-                if np.ndim(leaf) == 2)
-    return HEAVY_HEAD_BATCH if dense > HEAVY_HEAD else BATCH
+    or :data:`HEAVY_HEAD_BATCH` for a model with a heavy head (:func:`~jaxmir.models.has_heavy_head`)."""
+    return HEAVY_HEAD_BATCH if has_heavy_head(model.variables) else BATCH
 
 
 def check_batch(batch) -> int:

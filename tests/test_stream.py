@@ -26,6 +26,7 @@ import jaxmir
 from conftest import BF16_TAGS_ATOL, ROOT, require, shared_fixture
 from jaxmir import pipeline
 from jaxmir import decode
+from jaxmir import models
 from jaxmir import stream as streaming
 from jaxmir.audio import Resampling, prepare_audio
 from jaxmir.errors import AudioError, InputError
@@ -283,13 +284,13 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
 
 
 def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(musicnn, monkeypatch):
-    """A model whose dense layers hold more than HEAVY_HEAD weights (VGGish's 67 M, read at every
+    """A model whose dense layers hold more than HEAVY_DENSE_WEIGHTS (VGGish's 67 M, read at every
     call) runs a file in calls of 32 patches, on a CPU its body in steps of 8 and its head once per
     call; a partial batch goes in calls of 8, the last padded. The outputs are those of calls
     of 8."""
     model = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
     assert streaming.file_batch(musicnn) == streaming.file_batch(model) == 8
-    monkeypatch.setattr(streaming, "HEAVY_HEAD", 1000)  # the fixture's 37,576 dense weights: heavy
+    monkeypatch.setattr(models, "HEAVY_DENSE_WEIGHTS", 1000)  # the fixture's 37,576 dense weights
     assert streaming.file_batch(model) == 32
     calls: list = []
     run = streaming.audio_to_outputs

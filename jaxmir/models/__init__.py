@@ -72,6 +72,23 @@ def shares_overlap(module: nn.Module) -> bool:
     return isinstance(module, MusiCNN) and module.overlap_hop > 0
 
 
+# Weights in dense layers (2-D kernels) above which a model's head is heavy: it is read in full at
+# every call and every step (VGGish's 67 M; musicnn's heads hold under 0.4 M).
+HEAVY_DENSE_WEIGHTS = 1 << 22
+
+
+def dense_weights(variables: Mapping) -> int:
+    """How many weights the 2-D kernels (dense layers) of ``variables`` hold; the leaves may be
+    arrays or ``jax.ShapeDtypeStruct``."""
+    shapes = (np.shape(leaf) for leaf in jax.tree_util.tree_leaves(variables))
+    return sum(int(np.prod(shape)) for shape in shapes if len(shape) == 2)
+
+
+def has_heavy_head(variables: Mapping) -> bool:
+    """Whether ``variables``' dense layers hold more than :data:`HEAVY_DENSE_WEIGHTS` weights."""
+    return dense_weights(variables) > HEAVY_DENSE_WEIGHTS
+
+
 def _shapes(tree: Mapping, prefix: str = "") -> dict[str, tuple[int, ...]]:
     flat = {}
     for key, value in tree.items():
