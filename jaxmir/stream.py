@@ -209,7 +209,8 @@ def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk
       carry for the call on the patches that follow. Jit-compiled once per
       module, taps, front-end, chunk and shapes; traceable (``jax.grad``).
     """
-    program = _audio_to_outputs_compiled(compiler_options(module, platform_of(variables)))
+    options = compiler_options(module, platform_of(variables), (variables, audio, index, carry))
+    program = _audio_to_outputs_compiled(options)
     return program(module, taps, frontend, compat, chunk, variables, audio, index, carry)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -75,3 +76,27 @@ def test_apply_predict_and_streams_compile_with_the_options(monkeypatch, vggish,
     y = (0.1 * np.random.default_rng(2).standard_normal(16000 * 3)).astype(np.float32)
     vggish.predict(y, 16000)
     assert set(asked) == {("patches", expected), ("audio", expected)}
+
+
+def test_traced_calls_run_inside_their_callers_program(monkeypatch, vggish):
+    """Under ``jax.grad``, ``jit`` or ``vmap`` the model's program is part of the caller's, which
+    JAX compiles with no options of the model's own: the calls run all the same, and give what
+    the model's own program gives."""
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: AVX2)
+    x = np.random.default_rng(3).normal(0, 2, (2, *vggish.input_shape)).astype(np.float32)
+    _, taps = vggish.resolve_outputs(["embeddings"])
+    assert compiler_options(vggish.module, "cpu", (vggish.variables, x)) == WITHOUT_YNNPACK
+
+    def total(variables):
+        return runner.run_patches_jit(vggish.module, variables, taps, x)[0].sum()
+
+    grads = jax.tree_util.tree_leaves(jax.grad(total)(vggish.variables))
+    assert grads and all(bool(np.isfinite(g).all()) for g in grads)
+    assert any(float(np.abs(g).max()) > 0 for g in grads)
+    own = np.asarray(vggish.apply(x, "embeddings")["embeddings"])
+    inside = np.asarray(jax.jit(lambda p: vggish.apply(p, "embeddings")["embeddings"])(x))
+    scale = float(np.max(np.abs(own)))
+    np.testing.assert_allclose(inside, own, rtol=0, atol=1e-5 * max(scale, 1e-6))
+    audio = jax.numpy.asarray(0.1 * np.random.default_rng(4).standard_normal(16000 * 2), "float32")
+    slope = jax.grad(lambda y: vggish.predict(y, 16000, output="embeddings").sum())(audio)
+    assert slope.shape == audio.shape and bool(np.isfinite(np.asarray(slope)).all())

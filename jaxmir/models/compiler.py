@@ -1,19 +1,20 @@
 """The XLA compiler options a model's programs are built with, and the programs built so.
 
 XLA's CPU backend (JAX 0.10) hands convolutions and matrix products to
-YNNPACK. On a CPU without AVX-512 (a Zen 3 with AVX2) YNNPACK ran VGGish's
-3x3 convolutions 30-55% slower than XLA's own convolution kernels at batch
-8-64, while MusiCNN ran 20-40% slower without it (``benchmarks/HISTORY.md``).
-So a :class:`~jaxmir.models.vgg.ConvNet` (VGGish, musicnn's VGG) compiles
-without YNNPACK fusions on such a CPU; every other program, on every other
-CPU or accelerator, keeps XLA's defaults (on AVX-512 CPUs the choice was not
-measured). :func:`compiled` gives one ``jax.jit`` per set of options.
+YNNPACK. On a CPU without AVX-512 (a Zen 3 with AVX2) XLA's own convolution
+kernels ran VGGish 1.3-1.55x as fast as YNNPACK at batch 8-64, and MusiCNN
+at 0.67-0.83x (``benchmarks/HISTORY.md``). So a
+:class:`~jaxmir.models.vgg.ConvNet` (VGGish, musicnn's VGG) compiles without
+YNNPACK fusions on such a CPU; every other program, on every other CPU or
+accelerator, keeps XLA's defaults (on AVX-512 CPUs the choice was not
+measured), as does a call traced inside the caller's own program.
+:func:`compiled` gives one ``jax.jit`` per set of options.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -57,10 +58,14 @@ def _backbone(module: nn.Module) -> nn.Module:
     return module.backbone if isinstance(module, Composed) else module
 
 
-def compiler_options(module: nn.Module, platform: str) -> Options:
-    """The options ``module``'s programs compile with on ``platform`` (``"cpu"``, ``"gpu"``, ...):
-    :data:`WITHOUT_YNNPACK` for a ConvNet on an AVX2 CPU without AVX-512 (when this XLA knows
-    the option), else :data:`DEFAULTS`."""
+def compiler_options(module: nn.Module, platform: str, arguments: Any = ()) -> Options:
+    """The options ``module``'s programs compile with on ``platform`` (``"cpu"``, ``"gpu"``, ...)
+    when called with ``arguments`` (a tree of arrays): :data:`WITHOUT_YNNPACK` for a ConvNet on
+    an AVX2 CPU without AVX-512 (when this XLA knows the option), else :data:`DEFAULTS`, as for
+    traced arguments (inside ``jax.jit``, ``grad`` or ``vmap`` the program is part of the caller's,
+    and JAX takes compiler options only for a program of its own)."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(arguments)):
+        return DEFAULTS
     flags = cpu_flags()
     if (platform == "cpu" and isinstance(_backbone(module), ConvNet)
             and "avx2" in flags and "avx512f" not in flags and accepts(WITHOUT_YNNPACK)):

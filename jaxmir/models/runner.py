@@ -190,5 +190,6 @@ def run_patches_jit(module: nn.Module, variables: dict, taps: tuple[Tap, ...], p
                     chunk: int | None = None) -> tuple[jax.Array, ...]:
     """:func:`run_patches`, compiled once per module, taps, chunk and batch shape (with the
     compiler options of :func:`~jaxmir.models.compiler.compiler_options`)."""
-    program = _run_patches_compiled(compiler_options(module, platform_of(variables)))
+    options = compiler_options(module, platform_of(variables), (variables, patches))
+    program = _run_patches_compiled(options)
     return program(module, variables, taps, patches, chunk)

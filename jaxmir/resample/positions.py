@@ -213,7 +213,9 @@ def _positions_python(step: float, x0: float, count: int):
 
 def filter_starts(plan: Plan, x: np.ndarray) -> np.ndarray:
     """Fixed-point filter start ``lrint(x * float_increment * 4096)`` per output, int32."""
-    return np.rint(x * plan.float_increment * float(ONE)).astype(np.int32)
+    scaled = x * (plan.float_increment * float(ONE))   # a power of two: the same product
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int32)
 
 
 def normalise(plan: Plan, centre: np.ndarray, start: np.ndarray):
@@ -281,7 +283,10 @@ def end_test(plan: Plan, centre: int, units: int, n_input: int) -> bool:
 def fixed_point(plan: Plan, centre: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Outputs' positions in fixed-point units, int64: ``centre * increment`` plus the filter
     start ``lrint(x * float_increment * 4096)`` (the closed-form kernel computes the same)."""
-    return centre.astype(np.int64) * plan.increment + filter_starts(plan, x)
+    positions = centre.astype(np.int64)       # a copy: in place from here (3.3 M outputs: 26 MB)
+    positions *= plan.increment
+    positions += filter_starts(plan, x)
+    return positions
 
 
 def exact_positions(plan: Plan, centre: int, x0: float, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -290,7 +295,11 @@ def exact_positions(plan: Plan, centre: int, x0: float, count: int) -> tuple[np.
     if count == 0:
         return np.zeros(0, np.int64), np.zeros(0)
     frac, advance, _ = _positions(plan.step, x0, count)
-    return centre + np.concatenate([[0], np.cumsum(advance)[:-1]]).astype(np.int64), frac
+    centres = np.empty(count, np.int64)
+    centres[0] = centre
+    np.cumsum(advance[:-1], out=centres[1:])
+    centres[1:] += centre
+    return centres, frac
 
 
 def output_taps(plan: Plan, n_input: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,6 +314,12 @@ def output_taps(plan: Plan, n_input: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def until_end(plan: Plan, centre: np.ndarray, frac: np.ndarray, n_input: int) -> int:
-    """How many of these outputs come before libsamplerate's end test first stops one."""
-    ended = _terminated(plan, plan.half + centre, frac, n_input)
-    return int(np.argmax(ended)) if ended.any() else centre.shape[0]
+    """How many of these outputs come before libsamplerate's end test first stops one.
+
+    Consecutive outputs' positions ``centre + frac`` grow by ``step`` (>= 1/256 input samples,
+    far above the rounding of their float64 sum), so the test is monotone: a binary search
+    reads ~22 of 3.3 M outputs (207 s at 16 kHz) instead of all.
+    """
+    def ended(k: int) -> bool:
+        return bool(_terminated(plan, plan.half + centre[k:k + 1], frac[k:k + 1], n_input)[0])
+    return first_true(ended, 0, centre.shape[0])
