@@ -20,6 +20,11 @@ SHIPPED = ("msd-musicnn", "mtt-musicnn", "msd-vgg", "mtt-vgg")
 # another model (differences ~1e-1) fails one side or the other.
 BF16_TAGS_ATOL = 5e-2
 
+# CPU flags as /proc/cpuinfo lists them, for jaxmir.models.compiler.cpu_flags in tests: a Zen 3's
+# (AVX2, no AVX-512: ConvNets compile without YNNPACK) and a Zen 4's (XLA's defaults).
+AVX2_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma"})
+AVX512_FLAGS = AVX2_FLAGS | {"avx512f", "avx512bw", "avx512vl"}
+
 # The suite runs in several worker processes (pytest-xdist); on a GPU, JAX's default of taking
 # 75% of its memory in each process would leave the others none.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -7,14 +7,11 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import shared_fixture
+from conftest import AVX2_FLAGS, AVX512_FLAGS, shared_fixture
 from jaxmir import stream as streaming
 from jaxmir.models import compiler, runner
 from jaxmir.models.compiler import DEFAULTS, WITHOUT_YNNPACK, compiler_options
 from jaxmir.models.heads import Composed, EmbeddingHead
-
-AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})     # a Zen 3
-AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl"}     # a Zen 4
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +25,8 @@ def test_this_jax_knows_the_option_and_refuses_an_unknown_one():
 
 
 @pytest.mark.parametrize("flags, platform, expected", [
-    (AVX2, "cpu", WITHOUT_YNNPACK), (AVX512, "cpu", DEFAULTS), (frozenset(), "cpu", DEFAULTS),
-    (AVX2, "gpu", DEFAULTS)], ids=["avx2", "avx512", "not-x86", "gpu"])
+    (AVX2_FLAGS, "cpu", WITHOUT_YNNPACK), (AVX512_FLAGS, "cpu", DEFAULTS),
+    (frozenset(), "cpu", DEFAULTS), (AVX2_FLAGS, "gpu", DEFAULTS)], ids=["avx2", "avx512", "not-x86", "gpu"])
 def test_only_a_convnet_on_an_avx2_cpu_leaves_ynnpack_out(monkeypatch, vggish, flags, platform,
                                                           expected):
     monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
@@ -55,7 +52,8 @@ def test_the_program_built_without_ynnpack_has_none_and_the_same_outputs(vggish)
                                atol=1e-5 * max(scale, 1e-6))
 
 
-@pytest.mark.parametrize("flags, expected", [(AVX2, WITHOUT_YNNPACK), (AVX512, DEFAULTS)],
+@pytest.mark.parametrize("flags, expected",
+                         [(AVX2_FLAGS, WITHOUT_YNNPACK), (AVX512_FLAGS, DEFAULTS)],
                          ids=["avx2", "avx512"])
 def test_apply_predict_and_streams_compile_with_the_options(monkeypatch, vggish, flags, expected):
     monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
@@ -82,7 +80,7 @@ def test_traced_calls_run_inside_their_callers_program(monkeypatch, vggish):
     """Under ``jax.grad``, ``jit`` or ``vmap`` the model's program is part of the caller's, which
     JAX compiles with no options of the model's own: the calls run all the same, and give what
     the model's own program gives."""
-    monkeypatch.setattr(compiler, "cpu_flags", lambda: AVX2)
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: AVX2_FLAGS)
     x = np.random.default_rng(3).normal(0, 2, (2, *vggish.input_shape)).astype(np.float32)
     _, taps = vggish.resolve_outputs(["embeddings"])
     assert compiler_options(vggish.module, "cpu", (vggish.variables, x)) == WITHOUT_YNNPACK

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import assert_parity, require, run_tf, shared_fixture
+from conftest import AVX2_FLAGS, AVX512_FLAGS, assert_parity, require, run_tf, shared_fixture
 from jaxmir.models import compiler
 
 PROBABILITIES = ("model/Sigmoid", "model/Softmax")
@@ -81,8 +81,8 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
 def cpu(request, monkeypatch):
     """The CPU the compiler options are chosen for: a Zen 3's flags (ConvNets then compile
     without YNNPACK, :mod:`jaxmir.models.compiler`) or a Zen 4's (XLA's defaults)."""
-    flags = {"sse4_2", "avx", "avx2", "fma"} | ({"avx512f"} if request.param == "avx512" else set())
-    monkeypatch.setattr(compiler, "cpu_flags", lambda: frozenset(flags))
+    flags = AVX512_FLAGS if request.param == "avx512" else AVX2_FLAGS
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
     return request.param
 
 

@@ -178,12 +178,7 @@ def _zeros(shapes: dict) -> dict:
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def _run_patches_only(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
-                      chunk: int | None = None) -> tuple[jax.Array, ...]:
-    return run_patches(module, variables, taps, patches, chunk)
-
-
-_run_patches_compiled = compiled(_run_patches_only, static_argnames=("module", "taps", "chunk"))
+_run_patches_compiled = compiled(run_patches, static_argnames=("module", "taps", "chunk"))
 
 
 def run_patches_jit(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
