@@ -21,7 +21,8 @@ SHIPPED = ("msd-musicnn", "mtt-musicnn", "msd-vgg", "mtt-vgg")
 BF16_TAGS_ATOL = 5e-2
 
 # CPU flags as /proc/cpuinfo lists them, for jaxmir.models.compiler.cpu_flags in tests: a Zen 3's
-# (AVX2, no AVX-512: ConvNets compile without YNNPACK) and a Zen 4's (XLA's defaults).
+# (AVX2, no AVX-512: ConvNets compile without YNNPACK, MusiCNN's 7x67 branch is a 1-D
+# convolution) and a Zen 4's (XLA's defaults).
 AVX2_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma"})
 AVX512_FLAGS = AVX2_FLAGS | {"avx512f", "avx512bw", "avx512vl"}
 
@@ -90,6 +91,18 @@ def compiled_programs(caplog, run) -> tuple[object, list[str]]:
         result = run()
     return result, [record.getMessage().split()[1] for record in caplog.records
                     if record.getMessage().startswith("Compiling ")]
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def cpu(request, monkeypatch):
+    """The CPU a model's programs are built for (:mod:`jaxmir.models.compiler`): a Zen 3's flags
+    (ConvNets compile without YNNPACK, MusiCNN's 7x67 branch runs as a 1-D convolution) or a
+    Zen 4's (XLA's defaults, the 2-D convolution)."""
+    from jaxmir.models import compiler
+
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: AVX512_FLAGS if request.param == "avx512"
+                        else AVX2_FLAGS)
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Compiler options per model family and CPU: which programs leave XLA's YNNPACK fusions out."""
+"""How programs are built per model family and CPU: which leave XLA's YNNPACK fusions out, and
+where MusiCNN's 7x67 branch runs as a 1-D convolution."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import jaxmir
 from conftest import AVX2_FLAGS, AVX512_FLAGS, shared_fixture
 from jaxmir import stream as streaming
 from jaxmir.models import compiler, runner
-from jaxmir.models.compiler import DEFAULTS, WITHOUT_YNNPACK, compiler_options
+from jaxmir.models.compiler import DEFAULTS, WITHOUT_YNNPACK, compiler_options, formulated, tuned
 from jaxmir.models.heads import Composed, EmbeddingHead
 
 
@@ -98,3 +99,60 @@ def test_traced_calls_run_inside_their_callers_program(monkeypatch, vggish):
     audio = jax.numpy.asarray(0.1 * np.random.default_rng(4).standard_normal(16000 * 2), "float32")
     slope = jax.grad(lambda y: vggish.predict(y, 16000, output="embeddings").sum())(audio)
     assert slope.shape == audio.shape and bool(np.isfinite(np.asarray(slope)).all())
+
+
+@pytest.mark.parametrize("flags, platform, wide", [
+    (AVX2_FLAGS, "cpu", (67,)), (AVX512_FLAGS, "cpu", ()), (frozenset(), "cpu", ()),
+    (AVX2_FLAGS, "gpu", ())], ids=["avx2", "avx512", "not-x86", "gpu"])
+def test_only_musicnn_on_an_avx2_cpu_runs_its_wide_branch_as_a_1d_convolution(
+        monkeypatch, vggish, flags, platform, wide):
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
+    musicnn = jaxmir.load("msd-musicnn").module
+    assert musicnn.timbral_widths == (38, 67) and musicnn.timbral_rows_as_channels == ()
+    assert formulated(musicnn, platform).timbral_rows_as_channels == wide
+    head = EmbeddingHead(())
+    assert formulated(Composed(musicnn, head), platform).backbone.timbral_rows_as_channels == wide
+    assert formulated(vggish.module, platform) == vggish.module
+    assert tuned(musicnn, platform) == (formulated(musicnn, platform), DEFAULTS)
+    assert tuned(vggish.module, platform) == (vggish.module, compiler_options(vggish.module, platform))
+
+
+def _ynnpack_convolutions(hlo: str) -> set[str]:
+    """The windows (``7x38``, ``67``) of the convolutions inside the YNNPACK fusions of a
+    compiled program's HLO text."""
+    bodies, name = {}, None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            name = line.split()[0].lstrip("%")
+            if name == "ENTRY":
+                name = line.split()[1].lstrip("%")
+            bodies[name] = []
+        elif name is not None:
+            bodies[name].append(line)
+    called = {line.split("calls=%")[1].split(",")[0] for body in bodies.values() for line in body
+              if "ynn_fusion" in line.split("=")[0] and "calls=%" in line}
+    return {line.split("window={size=")[1].split()[0].rstrip("},") for name in called
+            for line in bodies.get(name, ()) if " convolution(" in line}
+
+
+def test_the_1d_branch_leaves_ynnpack_and_gives_the_same_outputs(monkeypatch):
+    """The 7x67 branch leaves YNNPACK (its convolution is XLA's own); a file's predictions,
+    whose calls share the timbral rows of consecutive patches and carry them from call to call,
+    are the same up to float32 summation order, and so are a single patch's."""
+    model = jaxmir.load("msd-musicnn")
+    x = np.random.default_rng(5).normal(0, 2, (8, *model.input_shape)).astype(np.float32)
+    _, taps = model.resolve_outputs(["predictions"])
+    wide = model.module.clone(timbral_rows_as_channels=(67,))
+    program = runner._run_patches_compiled(DEFAULTS)
+    windows = {m: _ynnpack_convolutions(program.lower(m, model.variables, taps, x, None).compile()
+                                        .as_text()) for m in (model.module, wide)}
+    assert {"7x67", "7x38"} <= windows[model.module]
+    assert "7x38" in windows[wide] and not any("67" in w for w in windows[wide])
+    audio = (0.3 * np.random.default_rng(6).standard_normal(16000 * 20)).astype(np.float32)
+    found = {}
+    for name, flags in (("2-D", AVX512_FLAGS), ("1-D", AVX2_FLAGS)):
+        monkeypatch.setattr(compiler, "cpu_flags", lambda flags=flags: flags)
+        found[name] = (np.asarray(model.predict(audio, 16000)), np.asarray(model.apply(x[:1])["predictions"]))
+    # probabilities in [0, 1] from sums of up to 469 products in another order: ~1e-7 apart
+    for got, want in zip(found["1-D"], found["2-D"]):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

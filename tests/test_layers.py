@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmir.models.layers import ACTIVATIONS, directed_max, fusion_boundary
+from jaxmir.models.layers import (ACTIVATIONS, convolve, convolve_rows_as_channels, directed_max,
+                                  fusion_boundary)
 from jaxmir.models.musicnn import FrequencyMaxBlock, TimeConvFrequencyMax
 
 
@@ -80,11 +81,29 @@ def test_fusion_boundary_changes_no_bit(dtype):
         np.testing.assert_array_equal(np.asarray(got).view(bits), np.asarray(x).view(bits))
 
 
-@pytest.mark.parametrize("kernel", [(7, 38), (32, 1), (128, 1)])
-def test_frequency_max_block_equals_conv_relu_batch_norm_max(kernel):
-    """Timbral (XLA convolution) and temporal (time in blocks along channels) branches alike."""
+@pytest.mark.parametrize("kernel, rows_as_channels", [((7, 38), False), ((7, 67), True),
+                                                      ((32, 1), False), ((128, 1), False)])
+def test_frequency_max_block_equals_conv_relu_batch_norm_max(kernel, rows_as_channels):
+    """Timbral (XLA's 2-D convolution, or a 1-D one along frequency with the kernel's rows as
+    channels) and temporal (time in blocks along channels) branches alike."""
     padding = ((3, 3), (0, 0)) if kernel[1] > 1 else "SAME"
-    _check_conv_relu_batch_norm_max(FrequencyMaxBlock(8, kernel, padding, 1e-3), kernel, padding, 187)
+    module = FrequencyMaxBlock(8, kernel, padding, 1e-3, rows_as_channels=rows_as_channels)
+    _check_conv_relu_batch_norm_max(module, kernel, padding, 187)
+
+
+@pytest.mark.parametrize("kernel, padding", [((7, 67, 1, 5), ((3, 3), (0, 0))),
+                                             ((3, 4, 1, 2), ((0, 2), (1, 0))),
+                                             ((1, 96, 1, 3), ((0, 0), (0, 0)))])
+def test_rows_as_channels_is_the_same_convolution(kernel, padding):
+    """Asymmetric padding on both axes, a kernel one row tall, one as wide as the input."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(0, 1, (3, 11, 96, 1)).astype(np.float32))
+    w = jnp.asarray(rng.normal(0, 0.1, kernel).astype(np.float32))
+    want = convolve(x, w, padding)
+    got = jax.jit(convolve_rows_as_channels, static_argnums=2)(x, w, padding)
+    assert got.shape == want.shape
+    # sums of up to 469 products of magnitude <~0.3 in another order: ~1e-6 of outputs of ~2
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
 @pytest.mark.parametrize("length,block,frames", [(128, 8, 187), (64, 3, 40), (5, 8, 3), (2, 3, 7),

@@ -25,7 +25,7 @@ def outputs_of(model) -> list[str]:
 @pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("kind", list(INPUTS))
 @pytest.mark.parametrize("batch", [1, 7])
-def test_shipped_model_equals_tensorflow(musicnn_graphs, name, kind, batch):
+def test_shipped_model_equals_tensorflow(musicnn_graphs, name, kind, batch, cpu):
     path = musicnn_graphs / f"{name}-1.pb"
     model = jaxmir.load(path)
     patches = INPUTS[kind](batch)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import AVX2_FLAGS, AVX512_FLAGS, assert_parity, require, run_tf, shared_fixture
-from jaxmir.models import compiler
+from conftest import assert_parity, require, run_tf, shared_fixture
 
 PROBABILITIES = ("model/Sigmoid", "model/Softmax")
 
@@ -75,15 +74,6 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
         assert bool(np.all(np.asarray(out["embeddings"]) >= 0)) == fc2_relu
         if not fc2_relu:
             np.testing.assert_array_equal(out["embeddings"], out["fc2"])
-
-
-@pytest.fixture(params=["avx2", "avx512"])
-def cpu(request, monkeypatch):
-    """The CPU the compiler options are chosen for: a Zen 3's flags (ConvNets then compile
-    without YNNPACK, :mod:`jaxmir.models.compiler`) or a Zen 4's (XLA's defaults)."""
-    flags = AVX512_FLAGS if request.param == "avx512" else AVX2_FLAGS
-    monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
-    return request.param
 
 
 def test_essentia_small_vggish_fixture(cpu):

@@ -1,6 +1,7 @@
-"""The XLA compiler options a model's programs are built with, and the programs built so.
+"""How a model's programs are built for the machine: the XLA compiler options, the formulation
+of layers whose speed depends on the CPU, and the programs built so.
 
-XLA's CPU backend (JAX 0.10) hands convolutions and matrix products to
+XLA's CPU backend (JAX 0.10) hands 2-D convolutions and matrix products to
 YNNPACK. On a CPU without AVX-512 (a Zen 3 with AVX2) XLA's own convolution
 kernels ran VGGish 1.3-1.55x as fast as YNNPACK at batch 8-64, and MusiCNN
 at 0.67-0.83x (``benchmarks/HISTORY.md``). So a
@@ -8,7 +9,10 @@ at 0.67-0.83x (``benchmarks/HISTORY.md``). So a
 YNNPACK fusions on such a CPU; every other program, on every other CPU or
 accelerator, keeps XLA's defaults (on AVX-512 CPUs the choice was not
 measured), as does a call traced inside the caller's own program.
-:func:`compiled` gives one ``jax.jit`` per set of options.
+Within MusiCNN only the wide timbral branch gains from XLA's own kernels: on
+such a CPU it runs as a 1-D convolution, which XLA keeps for itself
+(:data:`ROWS_AS_CHANNELS_WIDTH`). :func:`tuned` gives both choices,
+:func:`compiled` one ``jax.jit`` per set of options.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import jax
 import numpy as np
 
 from jaxmir.models.heads import Composed
+from jaxmir.models.musicnn import MusiCNN
 from jaxmir.models.vgg import ConvNet
 
 Options = tuple[tuple[str, str], ...]
@@ -28,6 +33,12 @@ Options = tuple[tuple[str, str], ...]
 DEFAULTS: Options = ()
 # An empty list of YNNPACK fusion types: XLA's own kernels for every operation.
 WITHOUT_YNNPACK: Options = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+
+# MusiCNN's timbral branches at least this many mel bands wide run with their kernel's rows as
+# channels on an AVX2 CPU without AVX-512 (MusiCNN.timbral_rows_as_channels). Zen 3, 8 consecutive
+# patches, ms per patch (medians of 11 rounds): 7x67 3.81 against 5.38 in YNNPACK; 7x38 6.30
+# against 4.84, so it keeps YNNPACK's 2-D convolution.
+ROWS_AS_CHANNELS_WIDTH = 48
 
 
 @functools.cache
@@ -58,6 +69,38 @@ def _backbone(module: nn.Module) -> nn.Module:
     return module.backbone if isinstance(module, Composed) else module
 
 
+def _avx2_only() -> bool:
+    """Whether this CPU has AVX2 and no AVX-512 (where YNNPACK's kernels trail XLA's)."""
+    flags = cpu_flags()
+    return "avx2" in flags and "avx512f" not in flags
+
+
+def tuned(module: nn.Module, platform: str, arguments: Any = ()) -> tuple[nn.Module, Options]:
+    """``(module, options)`` for a call on ``platform`` with ``arguments``: the module with the
+    formulation of its layers that runs fastest there (:func:`formulated`), and the options its
+    program compiles with (:func:`compiler_options`)."""
+    return formulated(module, platform), compiler_options(module, platform, arguments)
+
+
+def formulated(module: nn.Module, platform: str) -> nn.Module:
+    """``module`` with MusiCNN's wide timbral branches as 1-D convolutions on an AVX2 CPU without
+    AVX-512 (:data:`ROWS_AS_CHANNELS_WIDTH`); unchanged elsewhere. The same numbers up to float32
+    summation order."""
+    if platform != "cpu" or not _avx2_only():
+        return module
+    return _with_rows_as_channels(module)
+
+
+@functools.lru_cache(maxsize=32)
+def _with_rows_as_channels(module: nn.Module) -> nn.Module:
+    if isinstance(module, Composed):
+        return module.clone(backbone=_with_rows_as_channels(module.backbone))
+    if not isinstance(module, MusiCNN):
+        return module
+    wide = tuple(w for w in module.timbral_widths if w >= ROWS_AS_CHANNELS_WIDTH)
+    return module.clone(timbral_rows_as_channels=wide)
+
+
 def compiler_options(module: nn.Module, platform: str, arguments: Any = ()) -> Options:
     """The options ``module``'s programs compile with on ``platform`` (``"cpu"``, ``"gpu"``, ...)
     when called with ``arguments`` (a tree of arrays): :data:`WITHOUT_YNNPACK` for a ConvNet on
@@ -66,9 +109,8 @@ def compiler_options(module: nn.Module, platform: str, arguments: Any = ()) -> O
     and JAX takes compiler options only for a program of its own)."""
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(arguments)):
         return DEFAULTS
-    flags = cpu_flags()
-    if (platform == "cpu" and isinstance(_backbone(module), ConvNet)
-            and "avx2" in flags and "avx512f" not in flags and accepts(WITHOUT_YNNPACK)):
+    if (platform == "cpu" and isinstance(_backbone(module), ConvNet) and _avx2_only()
+            and accepts(WITHOUT_YNNPACK)):
         return WITHOUT_YNNPACK
     return DEFAULTS
 

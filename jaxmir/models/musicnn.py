@@ -51,6 +51,9 @@ class FrequencyMaxBlock(nn.Module):
     for the 3 at each end, which read padding), and takes its own first rows from
     the ``rows`` the variables hold when ``valid`` is set: consecutive calls, or
     the steps of one call, then compute each frame's timbral rows once.
+
+    ``rows_as_channels``: the convolution runs as a 1-D one along frequency
+    (:func:`~jaxmir.models.layers.convolve_rows_as_channels`), a choice of speed.
     """
 
     filters: int
@@ -58,6 +61,7 @@ class FrequencyMaxBlock(nn.Module):
     padding: str | tuple
     bn_epsilon: float
     overlap_hop: int = 0
+    rows_as_channels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -66,7 +70,7 @@ class FrequencyMaxBlock(nn.Module):
         else:
             # conv + ReLU + BN, then max over frequency: [b, t, mel, 1] -> [b, t, filters]
             block = ConvBlock(self.filters, self.kernel, self.padding, "relu", self.bn_epsilon,
-                              max_axis=2, name="block")
+                              max_axis=2, rows_as_channels=self.rows_as_channels, name="block")
             if self._shares_overlap(x):
                 x = self._over_stretch(block, x)
             else:
@@ -205,6 +209,10 @@ class MusiCNN(Backbone):
       overlap_hop: set (``module.clone(overlap_hop=hop)``) when a batch holds
         consecutive patches ``hop`` frames apart: the timbral convolutions are
         then computed once for the frames the patches share.
+      timbral_rows_as_channels: widths of the timbral branches whose convolution
+        runs as a 1-D one along frequency, the kernel's 7 rows as channels: the
+        same numbers up to float32 summation order, chosen per CPU for speed
+        (:func:`jaxmir.models.compiler.tuned`).
 
     Intermediate outputs are sown under ``intermediates`` with musicnn's names
     (``timbral`` ``[b, t, 408]``, ``temporal`` ``[b, t, 153]``, ``cnn1..3``
@@ -219,13 +227,15 @@ class MusiCNN(Backbone):
     midend_filters: int = 64
     bn_epsilon: float = 1e-3
     overlap_hop: int = 0
+    timbral_rows_as_channels: tuple[int, ...] = ()
 
     def body(self, patches: jax.Array) -> jax.Array:
         """Patches ``[b, t, mel]`` -> pooled features ``[b, 2 * 753]``, the head's input."""
         x = frozen_batch_norm(self.bn_epsilon, name="input_bn")(patches[..., None])
 
         timbral = [FrequencyMaxBlock(self.timbral_filters, (7, width), ((3, 3), (0, 0)),
-                                     self.bn_epsilon, self.overlap_hop, name=f"timbral_{i}")(x)
+                                     self.bn_epsilon, self.overlap_hop,
+                                     width in self.timbral_rows_as_channels, name=f"timbral_{i}")(x)
                    for i, width in enumerate(self.timbral_widths)]
         temporal = [FrequencyMaxBlock(self.temporal_filters, (length, 1), "SAME",
                                       self.bn_epsilon, name=f"temporal_{i}")(x)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.compiler import compiled, compiler_options
+from jaxmir.models.compiler import compiled, tuned
 from jaxmir.models.layers import BODY, HEAD, OVERLAP, WHOLE
 
 Tap = tuple[str, "tuple[int, ...] | None"]
@@ -183,8 +183,8 @@ _run_patches_compiled = compiled(run_patches, static_argnames=("module", "taps",
 
 def run_patches_jit(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax.Array,
                     chunk: int | None = None) -> tuple[jax.Array, ...]:
-    """:func:`run_patches`, compiled once per module, taps, chunk and batch shape (with the
-    compiler options of :func:`~jaxmir.models.compiler.compiler_options`)."""
-    options = compiler_options(module, platform_of(variables), (variables, patches))
+    """:func:`run_patches`, compiled once per module, taps, chunk and batch shape (the module
+    formulated and compiled for the platform: :func:`~jaxmir.models.compiler.tuned`)."""
+    module, options = tuned(module, platform_of(variables), (variables, patches))
     program = _run_patches_compiled(options)
     return program(module, variables, taps, patches, chunk)
