@@ -8,7 +8,8 @@
    bias, ReLU, batch norm and pooling not counted).
 3. Timed: each front-end branch alone as the model runs it (``FrequencyMaxBlock``:
    conv + ReLU + max over frequency; XLA's convolution for the timbral branches,
-   time in blocks along channels for the temporal ones; identity batch norm), the
+   1-D along frequency where the CPU calls for it (``compiler.formulated``), time in
+   blocks along channels for the temporal ones; identity batch norm), the
    whole model (``Model.apply`` on a batch of random patches), and
    ``Model.predict`` on a 207-s track, whose patches overlap by half and share
    the timbral work (its rate counts the FLOPs of patch-by-patch evaluation,
@@ -111,11 +112,15 @@ def model_branch(name: str, kernel: np.ndarray):
     import jax
     import jax.numpy as jnp
 
+    from jaxmir.models import compiler
     from jaxmir.models.layers import conv_variables, nest
-    from jaxmir.models.musicnn import FrequencyMaxBlock
+    from jaxmir.models.musicnn import FrequencyMaxBlock, MusiCNN
 
     frames, bands, _, filters = kernel.shape
-    block = FrequencyMaxBlock(filters, (frames, bands), padding_of(name), bn_epsilon=0.0)
+    # as the model runs it on this CPU: some timbral widths as 1-D convolutions (compiler.tuned)
+    as_1d = bands in compiler.formulated(MusiCNN(), "cpu").timbral_rows_as_channels
+    block = FrequencyMaxBlock(filters, (frames, bands), padding_of(name), bn_epsilon=0.0,
+                              rows_as_channels=as_1d)
     identity = ({"scale": np.ones(filters, np.float32), "bias": np.zeros(filters, np.float32)},
                 {"mean": np.zeros(filters, np.float32), "var": np.ones(filters, np.float32)})
     variables: dict = {}
