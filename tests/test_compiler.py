@@ -152,7 +152,8 @@ def test_the_1d_branch_leaves_ynnpack_and_gives_the_same_outputs(monkeypatch):
     found = {}
     for name, flags in (("2-D", AVX512_FLAGS), ("1-D", AVX2_FLAGS)):
         monkeypatch.setattr(compiler, "cpu_flags", lambda flags=flags: flags)
-        found[name] = (np.asarray(model.predict(audio, 16000)), np.asarray(model.apply(x[:1])["predictions"]))
+        found[name] = (np.asarray(model.predict(audio, 16000)),
+                       np.asarray(model.apply(x[:1])["predictions"]))
     # probabilities in [0, 1] from sums of up to 469 products in another order: ~1e-7 apart
     for got, want in zip(found["1-D"], found["2-D"]):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -37,7 +37,8 @@ WITHOUT_YNNPACK: Options = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 # MusiCNN's timbral branches at least this many mel bands wide run with their kernel's rows as
 # channels on an AVX2 CPU without AVX-512 (MusiCNN.timbral_rows_as_channels). Zen 3, 8 consecutive
 # patches, ms per patch (medians of 11 rounds): 7x67 3.81 against 5.38 in YNNPACK; 7x38 6.30
-# against 4.84, so it keeps YNNPACK's 2-D convolution.
+# against 4.84, so it keeps YNNPACK's 2-D convolution. The bound lies between the two widths
+# measured.
 ROWS_AS_CHANNELS_WIDTH = 48
 
 

@@ -235,7 +235,8 @@ class MusiCNN(Backbone):
 
         timbral = [FrequencyMaxBlock(self.timbral_filters, (7, width), ((3, 3), (0, 0)),
                                      self.bn_epsilon, self.overlap_hop,
-                                     width in self.timbral_rows_as_channels, name=f"timbral_{i}")(x)
+                                     rows_as_channels=width in self.timbral_rows_as_channels,
+                                     name=f"timbral_{i}")(x)
                    for i, width in enumerate(self.timbral_widths)]
         temporal = [FrequencyMaxBlock(self.temporal_filters, (length, 1), "SAME",
                                       self.bn_epsilon, name=f"temporal_{i}")(x)
