@@ -144,7 +144,9 @@ def test_the_1d_branch_leaves_ynnpack_and_gives_the_same_outputs(monkeypatch):
     _, taps = model.resolve_outputs(["predictions"])
     wide = model.module.clone(timbral_rows_as_channels=(67,))
     program = runner._run_patches_compiled(DEFAULTS)
-    windows = {m: _ynnpack_convolutions(program.lower(m, model.variables, taps, x, None).compile()
+    # YNNPACK is XLA:CPU's: the programs are built for the CPU, whatever the default device
+    variables, patches = jax.device_put((model.variables, x), jax.devices("cpu")[0])
+    windows = {m: _ynnpack_convolutions(program.lower(m, variables, taps, patches, None).compile()
                                         .as_text()) for m in (model.module, wide)}
     assert {"7x67", "7x38"} <= windows[model.module]
     assert "7x38" in windows[wide] and not any("67" in w for w in windows[wide])
