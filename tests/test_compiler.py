@@ -10,7 +10,8 @@ import pytest
 import jaxmir
 from conftest import AVX2_FLAGS, AVX512_FLAGS, shared_fixture
 from jaxmir import stream as streaming
-from jaxmir.models import compiler, runner
+from jaxmir.models import (backbone_of, compiler, map_backbone, runner, shares_overlap,
+                           with_overlap_hop)
 from jaxmir.models.compiler import DEFAULTS, WITHOUT_YNNPACK, compiler_options, formulated, tuned
 from jaxmir.models.heads import Composed, EmbeddingHead
 
@@ -115,6 +116,19 @@ def test_only_musicnn_on_an_avx2_cpu_runs_its_wide_branch_as_a_1d_convolution(
     assert formulated(vggish.module, platform) == vggish.module
     assert tuned(musicnn, platform) == (formulated(musicnn, platform), DEFAULTS)
     assert tuned(vggish.module, platform) == (vggish.module, compiler_options(vggish.module, platform))
+
+
+def test_a_composed_model_is_changed_only_in_a_musicnn_backbone_however_deep(monkeypatch, vggish):
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: AVX2_FLAGS)
+    musicnn, head = jaxmir.load("msd-musicnn").module, EmbeddingHead(())
+    nested = Composed(Composed(musicnn, head), head)
+    assert backbone_of(nested) is musicnn
+    assert backbone_of(with_overlap_hop(nested, 93)).overlap_hop == 93
+    assert shares_overlap(with_overlap_hop(nested, 93)) and not shares_overlap(nested)
+    assert backbone_of(formulated(nested, "cpu")).timbral_rows_as_channels == (67,)
+    on_vggish = Composed(vggish.module, head)
+    assert with_overlap_hop(on_vggish, 93) is on_vggish
+    assert map_backbone(on_vggish, lambda backbone: backbone) is on_vggish
 
 
 def _ynnpack_convolutions(hlo: str) -> set[str]:

@@ -9,7 +9,7 @@ one entry in :data:`ARCHITECTURES`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -55,21 +55,31 @@ def build_module(architecture_name: str, config: Mapping[str, Any]) -> nn.Module
     return architecture(architecture_name).module(**config)
 
 
+def backbone_of(module: nn.Module) -> nn.Module:
+    """The module that runs on audio patches: a :class:`Composed`'s backbone, else ``module``."""
+    return backbone_of(module.backbone) if isinstance(module, Composed) else module
+
+
+def map_backbone(module: nn.Module, change: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """``module`` with its backbone (:func:`backbone_of`) replaced by ``change(backbone)``; the
+    very same module when ``change`` returns the backbone unchanged (one jit cache entry)."""
+    if not isinstance(module, Composed):
+        return change(module)
+    backbone = map_backbone(module.backbone, change)
+    return module if backbone is module.backbone else module.clone(backbone=backbone)
+
+
 def with_overlap_hop(module: nn.Module, hop: int) -> nn.Module:
     """The module set to share work between consecutive patches ``hop`` frames apart, if it can."""
-    if isinstance(module, Composed):
-        return module.clone(backbone=with_overlap_hop(module.backbone, hop))
-    if isinstance(module, MusiCNN):
-        return module.clone(overlap_hop=hop)
-    return module
+    return map_backbone(module, lambda backbone: backbone.clone(overlap_hop=hop)
+                        if isinstance(backbone, MusiCNN) else backbone)
 
 
 def shares_overlap(module: nn.Module) -> bool:
     """Whether ``module`` is set to share work between consecutive patches
     (:func:`with_overlap_hop`): only then may its calls hand each other a carry."""
-    if isinstance(module, Composed):
-        return shares_overlap(module.backbone)
-    return isinstance(module, MusiCNN) and module.overlap_hop > 0
+    backbone = backbone_of(module)
+    return isinstance(backbone, MusiCNN) and backbone.overlap_hop > 0
 
 
 # Weights in dense layers (2-D kernels) above which a model's head is heavy: it is read in full at

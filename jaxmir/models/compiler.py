@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxmir.models.heads import Composed
+from jaxmir.models import backbone_of, map_backbone
 from jaxmir.models.musicnn import MusiCNN
 from jaxmir.models.vgg import ConvNet
 
@@ -66,10 +66,6 @@ def accepts(options: Options) -> bool:
     return True
 
 
-def _backbone(module: nn.Module) -> nn.Module:
-    return module.backbone if isinstance(module, Composed) else module
-
-
 def _avx2_only() -> bool:
     """Whether this CPU has AVX2 and no AVX-512 (where YNNPACK's kernels trail XLA's)."""
     flags = cpu_flags()
@@ -94,8 +90,10 @@ def formulated(module: nn.Module, platform: str) -> nn.Module:
 
 @functools.lru_cache(maxsize=32)
 def _with_rows_as_channels(module: nn.Module) -> nn.Module:
-    if isinstance(module, Composed):
-        return module.clone(backbone=_with_rows_as_channels(module.backbone))
+    return map_backbone(module, _wide_rows_as_channels)
+
+
+def _wide_rows_as_channels(module: nn.Module) -> nn.Module:
     if not isinstance(module, MusiCNN):
         return module
     wide = tuple(w for w in module.timbral_widths if w >= ROWS_AS_CHANNELS_WIDTH)
@@ -110,7 +108,7 @@ def compiler_options(module: nn.Module, platform: str, arguments: Any = ()) -> O
     and JAX takes compiler options only for a program of its own)."""
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(arguments)):
         return DEFAULTS
-    if (platform == "cpu" and isinstance(_backbone(module), ConvNet) and _avx2_only()
+    if (platform == "cpu" and isinstance(backbone_of(module), ConvNet) and _avx2_only()
             and accepts(WITHOUT_YNNPACK)):
         return WITHOUT_YNNPACK
     return DEFAULTS
