@@ -26,7 +26,11 @@ drop a decoder delay FFmpeg keeps (529 samples seen on some MP3s).
 
 WAV, FLAC and other integer PCM: ``int16 / 32768``, ``int32 / 2**31``,
 ``(uint8 - 128) / 128`` in float32 -- libswresample's conversions -- in both
-modes, identical to Essentia and to soundfile.
+modes, identical to Essentia and to soundfile. A plain PCM WAV file (format
+tag 1 or 3, its ``data`` chunk all there) is read straight from the file
+with the same conversions, not through FFmpeg: the same samples, bit for bit,
+for a fifth of the CPU time (FFmpeg's frames and FIFO cost ~0.1 s of CPU for
+a 207-s stereo file); any other WAV goes to FFmpeg.
 
 A file is *damaged* when the decoder rejected some of its packets (Essentia
 skips them with a warning, so does jaxmir), and *truncated* when it holds
@@ -47,6 +51,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from jaxmir.errors import AudioError
+from jaxmir.pcm import decode_pcm, frame_bytes
 
 MODES = ("essentia", "float")
 ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
@@ -56,6 +61,13 @@ _FIXED_POINT = {"mp1float": "mp1", "mp2float": "mp2", "mp3float": "mp3",
                 "mp3adufloat": "mp3adu", "mp3on4float": "mp3on4"}
 # Decoders whose end padding the Essentia wheel keeps (see the module docstring).
 _KEEPS_END_PADDING = ("vorbis",)
+# (WAV format tag, bits per sample) -> (NumPy dtype of a sample, FFmpeg's decoder, the sample
+# format it decodes to) for the WAV files read without FFmpeg; "<i3" is 24-bit PCM, which FFmpeg
+# decodes to 32-bit samples.
+_PLAIN_WAV = {(1, 8): ("u1", "pcm_u8", "u8"), (1, 16): ("<i2", "pcm_s16le", "s16"),
+              (1, 24): ("<i3", "pcm_s24le", "s32"), (1, 32): ("<i4", "pcm_s32le", "s32"),
+              (3, 32): ("<f4", "pcm_f32le", "flt"), (3, 64): ("<f8", "pcm_f64le", "dbl")}
+_WAV_HEAD = 1 << 16  # bytes of a WAV file searched for its fmt and data chunks
 # A file shorter than declared by up to this many frames is not truncated:
 # headers count whole MP3 frames (1152 samples) and encoders disagree on the delay.
 _LENGTH_SLACK = 2304
@@ -113,6 +125,14 @@ class AudioBlocks:
         self.frames = 0
         self.status: str | None = None
         self.problem: str | None = None
+        self._container = self._file = None
+        self._wav = self._plain_wav()
+        if self._wav is not None:
+            self.codec = self._wav.codec
+            self.sample_rate, self.channels = self._wav.sample_rate, self._wav.channels
+            self.declared_frames = self._wav.frames
+            self._iterator = self._blocks()
+            return
         self._container = _open(self.path)
         try:
             self._stream = self._container.streams.audio[0]
@@ -143,7 +163,24 @@ class AudioBlocks:
         self.close()
 
     def close(self) -> None:
-        self._container.close()
+        for handle in (self._container, self._file):
+            if handle is not None:
+                handle.close()
+
+    def _plain_wav(self) -> _WavLayout | None:
+        """The layout of a plain PCM WAV file, kept open in ``_file``; ``None`` for anything else
+        (then FFmpeg reads it, and reports what is wrong with it)."""
+        if not os.path.isfile(self.path):  # not a pipe: a header read would consume its bytes
+            return None
+        try:
+            self._file = open(self.path, "rb")
+            layout = _wav_layout(self._file.read(_WAV_HEAD), os.fstat(self._file.fileno()).st_size)
+        except OSError:
+            layout = None
+        if layout is None and self._file is not None:
+            self._file.close()
+            self._file = None
+        return layout
 
     def _blocks(self) -> Iterator[np.ndarray]:
         pending: list[np.ndarray] = []
@@ -175,6 +212,9 @@ class AudioBlocks:
         self._bad_packets = 0
         self._read_error = None
         self._trimmed_frames = 0  # the length after FFmpeg's own trimming, what headers declare
+        if self._wav is not None:
+            yield from self._wav_chunks()
+            return
         skip_start = 0
         trims = self.mode == "essentia"  # the decoder only reports the trimming (skip_manual)
         keep_end = trims and self.codec in _KEEPS_END_PADDING
@@ -208,6 +248,27 @@ class AudioBlocks:
                 self.frames += data.shape[0]
                 yield data
         yield from self._emit(fifo, 0)
+
+    def _wav_chunks(self) -> Iterator[np.ndarray]:
+        """A plain WAV file's samples in blocks, converted as FFmpeg's PCM decoders and
+        libswresample convert them."""
+        layout, file = self._wav, self._file
+        size = frame_bytes(layout.dtype, layout.channels)
+        file.seek(layout.offset)
+        left = layout.frames
+        while left:
+            count = min(left, self.block_frames)
+            data = file.read(count * size)
+            if len(data) < count * size:  # the file shrank since its header was read
+                self._read_error = "the file ended before its data chunk"
+                data, left = data[:len(data) - len(data) % size], 0
+            else:
+                left -= count
+            block = _to_float32(decode_pcm(data, layout.dtype, layout.channels), layout.kind)
+            self.frames += block.shape[0]
+            self._trimmed_frames += block.shape[0]
+            if block.shape[0]:
+                yield block
 
     def _emit(self, fifo, block_frames: int) -> Iterator[np.ndarray]:
         """Blocks of ``block_frames`` from ``fifo`` while it holds that many; with 0, all it holds."""
@@ -362,7 +423,12 @@ def _to_float(frame) -> np.ndarray:
     """One decoded frame as float32 ``[n, channels]``, scaled as libswresample converts to float."""
     raw = frame.to_ndarray()
     raw = raw.T if frame.format.is_planar else raw.reshape(-1, frame.layout.nb_channels)
-    kind = frame.format.name.rstrip("p")
+    return _to_float32(raw, frame.format.name.rstrip("p"))
+
+
+def _to_float32(raw: np.ndarray, kind: str) -> np.ndarray:
+    """Samples ``[n, channels]`` of FFmpeg's sample format ``kind`` (``"s16"``, ``"flt"``, ...;
+    packed) as float32, scaled as libswresample converts to float."""
     if kind == "flt":
         return np.ascontiguousarray(raw, np.float32)
     if kind == "dbl":
@@ -371,7 +437,7 @@ def _to_float(frame) -> np.ndarray:
         return (raw.astype(np.float32) - np.float32(128)) * np.float32(1 / 128)
     bits = {"s16": 15, "s32": 31, "s64": 63}.get(kind)
     if bits is None:
-        raise AudioError(f"decoder output format {frame.format.name!r} is not supported")
+        raise AudioError(f"decoder output format {kind!r} is not supported")
     return raw.astype(np.float32) * np.float32(2.0 ** -bits)
 
 
@@ -393,20 +459,59 @@ def _declared_frames(path: str, container, stream) -> int | None:
 def _wav_frames(path: str) -> int | None:
     """Frames the ``data`` chunk of a RIFF/WAVE header declares, or None (streamed, RF64, odd)."""
     with open(path, "rb") as file:
-        head = file.read(1 << 16)
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        fmt, _, size = _wav_chunks(file.read(_WAV_HEAD))
+    if fmt is None or size is None or not fmt[4] or size in (0, 0xFFFFFFFF):
         return None
-    offset, block_align = 12, None
+    return size // fmt[4]
+
+
+def _wav_chunks(head: bytes) -> tuple[tuple[int, ...] | None, int | None, int | None]:
+    """``(fmt, data offset, data size)`` from the first bytes of a RIFF/WAVE file: ``fmt`` is
+    ``(format tag, channels, rate, bytes per second, block align, bits per sample)`` of the
+    first fmt chunk (``None`` when there is none before the data), the others ``None`` when
+    no data chunk starts within ``head`` (or it is not RIFF/WAVE)."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None, None, None
+    offset, fmt = 12, None
     while offset + 8 <= len(head):
         chunk, size = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
-        if chunk == b"fmt " and offset + 22 <= len(head):
-            block_align = struct.unpack_from("<H", head, offset + 20)[0]
+        if chunk == b"fmt " and fmt is None and size >= 16 and offset + 24 <= len(head):
+            fmt = struct.unpack_from("<HHIIHH", head, offset + 8)
         elif chunk == b"data":
-            if not block_align or size in (0, 0xFFFFFFFF):
-                return None
-            return size // block_align
+            return fmt, offset + 8, size
         offset += 8 + size + (size & 1)
-    return None
+    return fmt, None, None
+
+
+@dataclasses.dataclass(frozen=True)
+class _WavLayout:
+    """Where a plain PCM WAV file's samples lie (``frames`` of ``channels`` from byte
+    ``offset``), their NumPy ``dtype``, FFmpeg's decoder for them and its sample format."""
+
+    sample_rate: int
+    channels: int
+    offset: int
+    frames: int
+    dtype: str
+    codec: str
+    kind: str
+
+
+def _wav_layout(head: bytes, file_size: int) -> _WavLayout | None:
+    """The layout of a WAV file FFmpeg would decode with one of the plain PCM decoders (format tag
+    1 or 3, :data:`_PLAIN_WAV`), mono or stereo, whose ``data`` chunk holds whole frames and lies in the
+    file's ``file_size`` bytes; ``None`` for any other file (FFmpeg then reads it)."""
+    fmt, offset, size = _wav_chunks(head)
+    if fmt is None or offset is None:
+        return None
+    tag, channels, rate, _, block_align, bits = fmt
+    if (tag, bits) not in _PLAIN_WAV or channels not in (1, 2) or rate <= 0:
+        return None
+    dtype, codec, kind = _PLAIN_WAV[tag, bits]
+    frame = frame_bytes(dtype, channels)
+    if block_align != frame or size % frame or size in (0, 0xFFFFFFFF) or offset + size > file_size:
+        return None
+    return _WavLayout(rate, channels, offset, size // frame, dtype, codec, kind)
 
 
 def _has_mp3_length_header(path: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ import soundfile
 
 import jaxmir
 from conftest import IN_CI, shared_fixture
+from jaxmir import decode
 from jaxmir.decode import AudioBlocks, DamagedAudioWarning, decode_file, iter_blocks
 from jaxmir.errors import AudioError
 
@@ -113,6 +115,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     soundfile.write(made["stereo_44k1.ogg"], signal(44100, 2, 0.5, 3), 44100, format="OGG", subtype="VORBIS")
     made["mono_48k_24bit.flac"] = folder / "mono_48k_24bit.flac"
     soundfile.write(made["mono_48k_24bit.flac"], signal(48000, 1, 0.5, 4), 48000, subtype="PCM_24")
+    for name, (rate, channels, subtype) in WAVS.items():  # read without FFmpeg (plain PCM WAV)
+        made[name] = folder / name
+        soundfile.write(made[name], signal(rate, channels, 0.9, 7), rate, subtype=subtype)
     long = encode(folder / "long.mp3", signal(44100, 2, 0.5, 5, seconds=20.0), 44100, "libmp3lame", 128000)
     data = bytearray(long.read_bytes())
     middle = len(data) // 2
@@ -124,9 +129,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
+# plain PCM WAV files of each sample format: (rate, channels, soundfile subtype)
+WAVS = {"stereo_44k1.wav": (44100, 2, "PCM_16"), "stereo_48k_24bit.wav": (48000, 2, "PCM_24"),
+        "mono_32k_32bit.wav": (32000, 1, "PCM_32"), "mono_22k05_8bit.wav": (22050, 1, "PCM_U8"),
+        "stereo_24k_float.wav": (24000, 2, "FLOAT"), "mono_16k_double.wav": (16000, 1, "DOUBLE")}
 TAGGED = ["loud_44k1_stereo.mp3", "mono_22k05.mp3", "stereo_44k1.ogg", "stereo_44k1.flac",
-          "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav"]
+          "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav", "stereo_44k1.wav"]
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3"]
+LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS))  # AudioLoader's samples of these
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +146,7 @@ def essentia(files, tmp_path_factory) -> dict[str, dict]:
     folder = tmp_path_factory.mktemp("essentia")
     spec = {"graph": str(shared_fixture(GRAPH)),
             "files": {name: {"path": str(files[name]), "out": str(folder / name), "tags": name in TAGGED}
-                      for name in TAGGED + DAMAGED}}
+                      for name in LOADED}}
     (folder / "spec.json").write_text(json.dumps(spec))
     script = folder / "run_essentia.py"
     script.write_text(ESSENTIA_SCRIPT)
@@ -162,7 +172,7 @@ def genre_model():
 # ---------------------------------------------------------------------------
 # against Essentia (the PyPI wheel, FFmpeg 2.8)
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", TAGGED + DAMAGED)
+@pytest.mark.parametrize("name", LOADED)
 def test_samples_equal_essentia_audioloader(files, essentia, name):
     ref = essentia[name]
     with warnings.catch_warnings():
@@ -283,6 +293,59 @@ def test_blocks_concatenate_to_the_whole_file(files, name, mode):
         assert all(p.dtype == np.float32 and p.shape[1] == whole.samples.shape[1] for p in parts)
         np.testing.assert_array_equal(np.concatenate(parts), whole.samples)
         assert blocks.status == "ok" and blocks.frames == whole.samples.shape[0]
+
+
+@pytest.mark.parametrize("name", ["vignesh.wav", *WAVS])
+def test_plain_wav_files_are_read_without_ffmpeg_as_ffmpeg_reads_them(files, name, monkeypatch):
+    """The direct read and FFmpeg's: the same samples bit for bit, codec, rate and length."""
+    def ffmpeg_blocks():
+        with iter_blocks(files[name], 1000) as blocks:
+            return blocks, list(blocks)
+
+    monkeypatch.setattr(decode, "_wav_layout", lambda head, size: None)
+    ffmpeg, expected = ffmpeg_blocks()
+    monkeypatch.undo()
+    monkeypatch.setattr(decode, "_open", lambda path: pytest.fail(f"{path} went to FFmpeg"))
+    direct, found = ffmpeg_blocks()
+    assert (direct.codec, direct.sample_rate, direct.channels, direct.declared_frames) == \
+        (ffmpeg.codec, ffmpeg.sample_rate, ffmpeg.channels, ffmpeg.declared_frames)
+    assert [b.shape for b in found] == [b.shape for b in expected] and found[0].dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate(found), np.concatenate(expected))
+    assert (direct.status, direct.frames) == ("ok", ffmpeg.frames)
+
+
+def _with_chunk_after_data(wav: bytes, chunk: bytes) -> bytes:
+    """A RIFF/WAVE file with one more chunk at its end, its RIFF size mended."""
+    data = wav + chunk
+    return data[:4] + struct.pack("<I", len(data) - 8) + data[8:]
+
+
+def test_wav_files_that_are_not_plain_go_to_ffmpeg(files, tmp_path, monkeypatch):
+    """WAVE_FORMAT_EXTENSIBLE, three channels or a data chunk of half a frame: FFmpeg reads them,
+    as before; a chunk after the data is left out by the direct read, as FFmpeg leaves it."""
+    pcm = signal(16000, 2, 0.5, seconds=1.0)
+    extensible, three, odd = tmp_path / "x.wav", tmp_path / "three.wav", tmp_path / "odd.wav"
+    soundfile.write(extensible, pcm, 16000, subtype="PCM_16", format="WAVEX")
+    soundfile.write(three, np.concatenate([pcm, pcm[:, :1]], axis=1), 16000, subtype="PCM_16")
+    whole = tmp_path / "plain.wav"
+    soundfile.write(whole, pcm, 16000, subtype="PCM_16")
+    data = whole.read_bytes()
+    odd.write_bytes(data[:40] + struct.pack("<I", len(data) - 44 - 2) + data[44:-2])
+    opened = []
+    real_open = decode._open
+    monkeypatch.setattr(decode, "_open", lambda path: opened.append(path) or real_open(path))
+    for path in (extensible, three, odd):
+        decoded = decode_file(path)
+        assert opened[-1] == str(path) and decoded.samples.shape[0] > 15000
+    np.testing.assert_array_equal(decode_file(extensible).samples, decode_file(whole).samples)
+    tail = tmp_path / "tail.wav"
+    tail.write_bytes(_with_chunk_after_data(data, b"LIST" + struct.pack("<I", 6) + b"INFOab"))
+    count = len(opened)
+    direct = decode_file(tail)
+    assert len(opened) == count and direct.status == "ok"
+    np.testing.assert_array_equal(direct.samples, decode_file(whole).samples)
+    monkeypatch.setattr(decode, "_wav_layout", lambda head, size: None)
+    np.testing.assert_array_equal(decode_file(tail).samples, direct.samples)
 
 
 def test_blocks_survive_a_decoder_changing_its_sample_format(files, monkeypatch):
