@@ -459,13 +459,13 @@ def _declared_frames(path: str, container, stream) -> int | None:
 def _wav_frames(path: str) -> int | None:
     """Frames the ``data`` chunk of a RIFF/WAVE header declares, or None (streamed, RF64, odd)."""
     with open(path, "rb") as file:
-        fmt, _, size = _wav_chunks(file.read(_WAV_HEAD))
+        fmt, _, size = _wav_header(file.read(_WAV_HEAD))
     if fmt is None or size is None or not fmt[4] or size in (0, 0xFFFFFFFF):
         return None
     return size // fmt[4]
 
 
-def _wav_chunks(head: bytes) -> tuple[tuple[int, ...] | None, int | None, int | None]:
+def _wav_header(head: bytes) -> tuple[tuple[int, ...] | None, int | None, int | None]:
     """``(fmt, data offset, data size)`` from the first bytes of a RIFF/WAVE file: ``fmt`` is
     ``(format tag, channels, rate, bytes per second, block align, bits per sample)`` of the
     first fmt chunk (``None`` when there is none before the data), the others ``None`` when
@@ -498,10 +498,10 @@ class _WavLayout:
 
 
 def _wav_layout(head: bytes, file_size: int) -> _WavLayout | None:
-    """The layout of a WAV file FFmpeg would decode with one of the plain PCM decoders (format tag
-    1 or 3, :data:`_PLAIN_WAV`), mono or stereo, whose ``data`` chunk holds whole frames and lies in the
-    file's ``file_size`` bytes; ``None`` for any other file (FFmpeg then reads it)."""
-    fmt, offset, size = _wav_chunks(head)
+    """The layout of a mono or stereo WAV file FFmpeg would decode with one of the plain PCM
+    decoders (format tag 1 or 3, :data:`_PLAIN_WAV`), whose ``data`` chunk holds whole frames and
+    lies within the file's ``file_size`` bytes; ``None`` for any other file (FFmpeg reads it)."""
+    fmt, offset, size = _wav_header(head)
     if fmt is None or offset is None:
         return None
     tag, channels, rate, _, block_align, bits = fmt
