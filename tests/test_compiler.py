@@ -129,6 +129,7 @@ def test_a_composed_model_is_changed_only_in_a_musicnn_backbone_however_deep(mon
     on_vggish = Composed(vggish.module, head)
     assert with_overlap_hop(on_vggish, 93) is on_vggish
     assert map_backbone(on_vggish, lambda backbone: backbone) is on_vggish
+    assert compiler_options(Composed(on_vggish, head), "cpu") == WITHOUT_YNNPACK
 
 
 def _ynnpack_convolutions(hlo: str) -> set[str]:
