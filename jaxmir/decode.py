@@ -51,7 +51,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from jaxmir.errors import AudioError
-from jaxmir.pcm import decode_pcm, frame_bytes
+from jaxmir.pcm import WAV_DTYPES, decode_pcm, frame_bytes
 
 MODES = ("essentia", "float")
 ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
@@ -61,12 +61,11 @@ _FIXED_POINT = {"mp1float": "mp1", "mp2float": "mp2", "mp3float": "mp3",
                 "mp3adufloat": "mp3adu", "mp3on4float": "mp3on4"}
 # Decoders whose end padding the Essentia wheel keeps (see the module docstring).
 _KEEPS_END_PADDING = ("vorbis",)
-# (WAV format tag, bits per sample) -> (NumPy dtype of a sample, FFmpeg's decoder, the sample
-# format it decodes to) for the WAV files read without FFmpeg; "<i3" is 24-bit PCM, which FFmpeg
-# decodes to 32-bit samples.
-_PLAIN_WAV = {(1, 8): ("u1", "pcm_u8", "u8"), (1, 16): ("<i2", "pcm_s16le", "s16"),
-              (1, 24): ("<i3", "pcm_s24le", "s32"), (1, 32): ("<i4", "pcm_s32le", "s32"),
-              (3, 32): ("<f4", "pcm_f32le", "flt"), (3, 64): ("<f8", "pcm_f64le", "dbl")}
+# A WAV sample's NumPy dtype (jaxmir.pcm.WAV_DTYPES) -> (FFmpeg's decoder for it, the sample
+# format it decodes to), for the WAV files read without FFmpeg; FFmpeg decodes 24-bit PCM ("<i3")
+# to 32-bit samples.
+_FFMPEG_PCM = {"u1": ("pcm_u8", "u8"), "<i2": ("pcm_s16le", "s16"), "<i3": ("pcm_s24le", "s32"),
+               "<i4": ("pcm_s32le", "s32"), "<f4": ("pcm_f32le", "flt"), "<f8": ("pcm_f64le", "dbl")}
 _WAV_HEAD = 1 << 16  # bytes of a WAV file searched for its fmt and data chunks
 # A file shorter than declared by up to this many frames is not truncated:
 # headers count whole MP3 frames (1152 samples) and encoders disagree on the delay.
@@ -174,7 +173,10 @@ class AudioBlocks:
             return None
         try:
             self._file = open(self.path, "rb")
-            layout = _wav_layout(self._file.read(_WAV_HEAD), os.fstat(self._file.fileno()).st_size)
+            head = self._file.read(12)  # RIFF/WAVE or not: other files are read no further here
+            if _is_riff_wave(head):
+                head += self._file.read(_WAV_HEAD - len(head))
+            layout = _wav_layout(head, os.fstat(self._file.fileno()).st_size)
         except OSError:
             layout = None
         if layout is None and self._file is not None:
@@ -207,14 +209,14 @@ class AudioBlocks:
         blocks: converting an MP3's 1152-sample frames one by one in Python cost
         ~20 us each, as much as FFmpeg's decoding of them.
         """
-        import av
-
         self._bad_packets = 0
         self._read_error = None
         self._trimmed_frames = 0  # the length after FFmpeg's own trimming, what headers declare
-        if self._wav is not None:
+        if self._wav is not None:  # no FFmpeg at all: not even PyAV's import (~0.16 s)
             yield from self._wav_chunks()
             return
+        import av
+
         skip_start = 0
         trims = self.mode == "essentia"  # the decoder only reports the trimming (skip_manual)
         keep_end = trims and self.codec in _KEEPS_END_PADDING
@@ -260,7 +262,7 @@ class AudioBlocks:
             count = min(left, self.block_frames)
             data = file.read(count * size)
             if len(data) < count * size:  # the file shrank since its header was read
-                self._read_error = "the file ended before its data chunk"
+                self._read_error = "the file ended inside its data chunk"
                 data, left = data[:len(data) - len(data) % size], 0
             else:
                 left -= count
@@ -465,12 +467,16 @@ def _wav_frames(path: str) -> int | None:
     return size // fmt[4]
 
 
+def _is_riff_wave(head: bytes) -> bool:
+    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+
+
 def _wav_header(head: bytes) -> tuple[tuple[int, ...] | None, int | None, int | None]:
     """``(fmt, data offset, data size)`` from the first bytes of a RIFF/WAVE file: ``fmt`` is
     ``(format tag, channels, rate, bytes per second, block align, bits per sample)`` of the
     first fmt chunk (``None`` when there is none before the data), the others ``None`` when
     no data chunk starts within ``head`` (or it is not RIFF/WAVE)."""
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    if not _is_riff_wave(head):
         return None, None, None
     offset, fmt = 12, None
     while offset + 8 <= len(head):
@@ -499,15 +505,17 @@ class _WavLayout:
 
 def _wav_layout(head: bytes, file_size: int) -> _WavLayout | None:
     """The layout of a mono or stereo WAV file FFmpeg would decode with one of the plain PCM
-    decoders (format tag 1 or 3, :data:`_PLAIN_WAV`), whose ``data`` chunk holds whole frames and
-    lies within the file's ``file_size`` bytes; ``None`` for any other file (FFmpeg reads it)."""
+    decoders (format tag 1 or 3, :data:`jaxmir.pcm.WAV_DTYPES`), whose ``data`` chunk holds whole
+    frames and lies within the file's ``file_size`` bytes; ``None`` for any other file (FFmpeg
+    reads it)."""
     fmt, offset, size = _wav_header(head)
     if fmt is None or offset is None:
         return None
     tag, channels, rate, _, block_align, bits = fmt
-    if (tag, bits) not in _PLAIN_WAV or channels not in (1, 2) or rate <= 0:
+    if (tag, bits) not in WAV_DTYPES or channels not in (1, 2) or rate <= 0:
         return None
-    dtype, codec, kind = _PLAIN_WAV[tag, bits]
+    dtype = WAV_DTYPES[tag, bits]
+    codec, kind = _FFMPEG_PCM[dtype]
     frame = frame_bytes(dtype, channels)
     if block_align != frame or size % frame or size in (0, 0xFFFFFFFF) or offset + size > file_size:
         return None

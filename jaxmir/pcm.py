@@ -23,7 +23,7 @@ from jaxmir.errors import AudioError
 # raw PCM's ``--dtype`` names -> NumPy dtypes
 RAW_DTYPES = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
 # (WAV format tag, bits per sample) -> NumPy dtype; "<i3" is 24-bit PCM (see decode_pcm)
-_WAV_DTYPES = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "<i3", (1, 32): "<i4", (3, 32): "<f4",
+WAV_DTYPES = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "<i3", (1, 32): "<i4", (3, 32): "<f4",
                (3, 64): "<f8"}
 _EXTENSIBLE = 0xFFFE    # WAVE_FORMAT_EXTENSIBLE: the real tag opens the sub-format GUID
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)
@@ -64,10 +64,10 @@ def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | 
     tag, channels, rate, _, _, bits, sub_format = fmt
     if tag == _EXTENSIBLE:
         tag = sub_format
-    if (tag, bits) not in _WAV_DTYPES or channels < 1:
+    if (tag, bits) not in WAV_DTYPES or channels < 1:
         raise AudioError(f"standard input: unsupported WAV format (format tag {tag}, {bits} bits, "
                          f"{channels} channel(s)); accepted: 8/16/24/32-bit PCM, 32/64-bit float")
-    return rate, channels, _WAV_DTYPES[(tag, bits)], None if size in _UNKNOWN_SIZES else size
+    return rate, channels, WAV_DTYPES[(tag, bits)], None if size in _UNKNOWN_SIZES else size
 
 
 def frame_bytes(dtype: str, channels: int) -> int:

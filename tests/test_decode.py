@@ -314,6 +314,16 @@ def test_plain_wav_files_are_read_without_ffmpeg_as_ffmpeg_reads_them(files, nam
     assert (direct.status, direct.frames) == ("ok", ffmpeg.frames)
 
 
+def test_a_plain_wav_file_is_decoded_without_importing_pyav(files):
+    """PyAV's import alone takes ~0.16 s of a process's start; a WAV file needs none of it."""
+    script = ("import sys; from jaxmir.decode import decode_file; "
+              f"decoded = decode_file({str(files['stereo_44k1.wav'])!r}); "
+              "print(decoded.samples.shape, 'av' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["(286650,", "2)", "False"]
+
+
 def _with_chunk_after_data(wav: bytes, chunk: bytes) -> bytes:
     """A RIFF/WAVE file with one more chunk at its end, its RIFF size mended."""
     data = wav + chunk
