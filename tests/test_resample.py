@@ -102,6 +102,26 @@ def test_positions_sequential_equals_closed_form():
     assert closed[2] == scanned[2]
 
 
+@pytest.mark.parametrize("rates, first_rounding", [((22050, 16000), 2), ((212731, 193381), 1628),
+                                                   ((54792, 109569), 7306)])
+def test_positions_where_the_additions_first_round(rates, first_rounding):
+    """:func:`_positions` probes the first steps, then checks the rest: libsamplerate's positions
+    whether its additions round from the start (22.05 kHz) or only after the probe (ratios near
+    1 and 1/2, whose first rounding comes at the step given)."""
+    from jaxmir.resample import positions
+
+    step = positions.plan_of(*rates, "sinc_medium").step
+    whole, frac = positions.split_step(step)
+    sums = positions._fractions(0, frac, first_rounding + 1) + np.uint64(frac)
+    assert positions._exact_sums(sums[:first_rounding], whole)
+    assert not positions._exact_sums(sums[first_rounding:], whole)
+    count = first_rounding + 5_000
+    ours, python = positions._positions(step, 0.0, count), positions._positions_python(step, 0.0, count)
+    np.testing.assert_array_equal(ours[0], python[0])
+    np.testing.assert_array_equal(ours[1], python[1])
+    assert ours[2] == python[2]
+
+
 @pytest.mark.parametrize("rate", [44100, 22050])
 def test_streaming_equals_one_shot(music, rate):
     from jaxmir import resample as rs

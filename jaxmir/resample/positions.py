@@ -110,13 +110,13 @@ def _positions(step: float, x0: float, count: int) -> tuple[np.ndarray, np.ndarr
     whole, frac = split_step(step)
     start = int(np.ldexp(x0, UNIT))
     closed = step_closed_form(step) and start % _ulp_units(step) == 0
-    if not closed and not _additions_exact(_fractions(start, frac, min(count, _SCAN_STEPS))
+    if not closed and not _additions_exact(_fractions(start, frac, min(count, _PROBE_STEPS))
                                            + np.uint64(frac), whole):
         return _positions_sequential(step, x0, count)   # the first steps' sums round already
     units = _fractions(start, frac, count + 1)
     summed = units[:-1] + np.uint64(frac)                    # x_k + frac(step), < 2**61
     carry = (summed >> np.uint64(UNIT)).astype(np.int64)
-    if closed or _additions_exact(summed[_SCAN_STEPS:], whole):   # the first steps: checked above
+    if closed or _additions_exact(summed[_PROBE_STEPS:], whole):   # the first steps: checked above
         x = np.ldexp(units[:-1].astype(np.float64), -UNIT)
         return x, whole + carry, float(np.ldexp(float(units[-1]), -UNIT))
     return _positions_sequential(step, x0, count)
@@ -157,6 +157,9 @@ def _exact_sums(summed: np.ndarray, whole: int) -> bool:
 
 
 _SCAN_STEPS = 1 << 16
+# Steps checked before all the others: where the sums round from the start (22.05 kHz -> 16 kHz:
+# ~1 step in 5), this saves each of a stream's pushes a check of _SCAN_STEPS steps (~1 ms)
+_PROBE_STEPS = 1 << 10
 
 
 @functools.lru_cache(maxsize=1)
