@@ -122,8 +122,9 @@ def test_positions_where_the_additions_first_round(rates, first_rounding):
     assert ours[2] == python[2]
 
 
+@pytest.mark.parametrize("min_outputs", [0, 2048, 8192])
 @pytest.mark.parametrize("rate", [44100, 22050])
-def test_streaming_equals_one_shot(music, rate):
+def test_streaming_equals_one_shot(music, rate, min_outputs):
     from jaxmir import resample as rs
     from jaxmir.resample import SincResampler, essentia_ratio, resample
 
@@ -131,7 +132,7 @@ def test_streaming_equals_one_shot(music, rate):
     expected = resample(x, rate, 16000)
     rng = np.random.default_rng(rate)
     sizes = np.concatenate([[1, 1, 2, 3], rng.integers(1, 9000, 40)])
-    stream, pieces, at = SincResampler(rate, 16000), [], 0
+    stream, pieces, at = SincResampler(rate, 16000, min_outputs=min_outputs), [], 0
     for size in sizes:
         pieces.append(stream.push(x[at:at + size]))
         at += size
@@ -153,6 +154,62 @@ def test_streaming_equals_one_shot(music, rate):
     assert np.max(np.abs(got - reference)) <= TOL
     with pytest.raises(AudioError):
         stream.push(x[:10])
+
+
+@pytest.mark.parametrize("rate", [44100, 22050, 11025])
+def test_small_pushes_wait_for_a_step_of_outputs(music, rate, monkeypatch):
+    """Chunks of 1024 samples: a stream runs its kernels about once per ``MIN_OUTPUTS`` outputs
+    rather than once a push (a run costs ~1 ms, however few outputs it gives), holds back at
+    most that many more than it must, and still gives the one-shot call's samples."""
+    from jaxmir import resample as rs
+    from jaxmir.resample import convert
+
+    x = _at(music, rate)
+    expected = rs.resample(x, rate, 16000)
+    runs, emit = [], convert.SincResampler._emit
+    monkeypatch.setattr(convert.SincResampler, "_emit",
+                        lambda self, *args: runs.append(self) or emit(self, *args))
+
+    def lags(min_outputs: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every push's input so far in outputs minus the outputs given; and all outputs."""
+        stream = convert.SincResampler(rate, 16000, min_outputs=min_outputs)
+        pieces, lag, given = [], [], 0
+        for i in range(0, x.shape[0], 1024):
+            pieces.append(stream.push(x[i:i + 1024]))
+            given += pieces[-1].shape[0]
+            lag.append((i + x[i:i + 1024].shape[0]) * 16000 / rate - given)
+        return np.array(lag), np.concatenate(pieces + [stream.flush()])
+
+    prompt, immediate = lags(0)
+    runs.clear()
+    held, stepped = lags(convert.MIN_OUTPUTS)
+    for got in (immediate, stepped):
+        if rs.accelerated(rate, 16000):
+            np.testing.assert_array_equal(got, expected)
+        else:  # the float32 polyphase kernel's rows start where its runs do (see above)
+            assert got.shape == expected.shape and np.max(np.abs(got - expected)) <= 1e-7
+    pushes = -(-x.shape[0] // 1024)                  # 33 (11.025 kHz) to 130 (44.1 kHz)
+    assert len(runs) <= expected.shape[0] // convert.MIN_OUTPUTS + 2 < pushes
+    assert np.max(held - prompt) <= convert.MIN_OUTPUTS + 1024 * 16000 / rate
+
+
+def test_the_recurrence_moves_to_the_compiled_scan(monkeypatch):
+    """libsamplerate's recurrence runs in Python for a process's first ``_PYTHON_STEPS`` steps
+    (no compilation for a short clip), then in the compiled scan, except for runs too short to
+    pay for a call of it: the same positions either way."""
+    from jaxmir.resample import positions
+
+    step = positions.plan_of(22050, 16000, "sinc_medium").step
+    expected = positions._positions_python(step, 0.25, 5000)
+    python, used = positions._positions_python, []
+    monkeypatch.setattr(positions, "_positions_python",
+                        lambda *args: used.append(args[2]) or python(*args))
+    monkeypatch.setattr(positions, "_python_steps_left", 6000)
+    runs = [positions._positions_sequential(step, 0.25, count) for count in (5000, 5000, 1000)]
+    assert used == [5000, 1000]
+    for got, count in zip(runs, (5000, 5000, 1000)):
+        np.testing.assert_array_equal(got[0], expected[0][:count])
+        np.testing.assert_array_equal(got[1], expected[1][:count])
 
 
 @pytest.mark.parametrize("rate", [44100, 48000, 32000])
@@ -316,6 +373,7 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
     def no_scan():
         raise AssertionError("the measurement ran the positions' JAX scan")
     monkeypatch.setattr(positions, "_sequential_scan", no_scan)   # compiled earlier or not
+    monkeypatch.setattr(positions, "_python_steps_left", positions._PYTHON_STEPS)  # a new process
     _, programs = compiled_programs(caplog, lambda: tables.coefficients.__wrapped__("sinc_medium"))
     assert programs == []              # the default filter, measured and verified afresh
     table, programs = compiled_programs(caplog,

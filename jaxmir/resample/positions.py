@@ -180,20 +180,30 @@ def _sequential_scan():
     return jax.jit(run)
 
 
-_PYTHON_STEPS = 1 << 15  # fewer steps run in Python: the scan's compilation takes ~0.2 s
+# The recurrence runs in Python (~0.6 ms per 1,000 steps) until a process has run this many
+# steps so, then in the compiled scan (~1.2 ms a call of _SCAN_STEPS, ~0.2 s to compile): a
+# short clip does not pay the compilation, a long stream of small pushes does once.
+_PYTHON_STEPS = 1 << 15
+_PYTHON_ALWAYS = 1 << 10  # steps that cost less in Python than one call of the scan
+_python_steps_left = _PYTHON_STEPS  # shared by threads: a race only moves the switch a little
 
 
 def _positions_sequential(step: float, x0: float, count: int):
     """The C recurrence in float64: ``_SCAN_STEPS`` outputs per compiled call, or in Python
-    (whose floats are the same doubles) for up to ``_PYTHON_STEPS`` (a stream's push, the filter's
-    measurement at a process's start)."""
-    if count <= _PYTHON_STEPS:
+    (whose floats are the same doubles) for short runs and a process's first
+    ``_PYTHON_STEPS`` steps."""
+    global _python_steps_left
+    if count <= _PYTHON_ALWAYS:
+        return _positions_python(step, x0, count)
+    if count <= _python_steps_left:
+        _python_steps_left -= count
         return _positions_python(step, x0, count)
     xs, advances, x = [np.array([x0])], [], x0
     with jax.enable_x64(True):
         run = _sequential_scan()
         for _ in range(-(-count // _SCAN_STEPS)):
-            x, xk, adv = run(jnp.asarray(x, jnp.float64), jnp.asarray(step, jnp.float64))
+            # NumPy scalars: jnp.asarray would dispatch a conversion each (~0.2 ms)
+            x, xk, adv = run(np.float64(x), np.float64(step))
             xs.append(np.asarray(xk))
             advances.append(np.asarray(adv))
     x_all = np.concatenate(xs)
