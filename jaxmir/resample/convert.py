@@ -103,14 +103,15 @@ class SincResampler:
     """Streaming :func:`resample`: ``push`` chunks, then ``flush``; outputs concatenate to it.
 
     Keeps the input from the first output not yet final (``2 * taps + 2`` samples, and up to
-    one group of the matrix-product kernel) and the fractional position between calls.
+    one group of the matrix-product kernel), the chunks pushed since the last outputs, and
+    the fractional position between calls.
 
     A push gives outputs once the input since the last ones makes at least ``min_outputs``
     of them (default :data:`MIN_OUTPUTS`, 0.128 s at 16 kHz; ``0``: as soon as they are final),
     and keeps smaller chunks until then. Why: a run of the kernels costs ~1 ms of CPU however
     few outputs it gives (the matrix-product kernel computes whole groups of 64 periods,
-    10,240 outputs from 44.1 kHz), so 1024-sample pushes at 44.1 kHz, each run at once, cost
-    14 CPU-s per 207 s of audio; so, 2.7 (2-core Zen 3).
+    10,240 outputs from 44.1 kHz), so 1024-sample pushes at 44.1 kHz, each run at once, took
+    14 CPU-s per 207 s of audio, and take 2.7 with the default (one core of a Zen 3).
     """
 
     def __init__(self, in_rate: int, out_rate: int, quality: str = "sinc_medium",
