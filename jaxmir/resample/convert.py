@@ -120,7 +120,6 @@ class SincResampler:
         self._table = device_table(quality)
         self._min_input = math.ceil(max(min_outputs, 0) / self._plan.ratio)  # samples per run
         self._pending: list[np.ndarray] = []  # chunks pushed since the last run
-        self._waiting = 0                     # their samples
         self._history = np.zeros(self._plan.taps, np.float32)  # the leading zeros
         self._origin = -self._plan.taps    # input index of _history[0]
         self._seen = 0                     # input samples pushed
@@ -139,9 +138,8 @@ class SincResampler:
             raise AudioError("this SincResampler was flushed; create a new one")
         chunk = _check_signal(chunk)
         self._pending.append(chunk)
-        self._waiting += chunk.shape[0]
         self._seen += chunk.shape[0]
-        if self._waiting < self._min_input:
+        if self._seen - self._origin - self._history.shape[0] < self._min_input:  # pending samples
             return np.zeros(0, np.float32)
         self._take_pending()
         # An output is final once its right-hand taps are all in.
@@ -162,7 +160,7 @@ class SincResampler:
     def _take_pending(self) -> None:
         """Append the chunks pushed since the last run to the history (one copy for all)."""
         self._history = np.concatenate([self._history, *self._pending])
-        self._pending, self._waiting = [], 0
+        self._pending = []
 
     def _emit(self, ready, limit: int) -> np.ndarray:
         if self._matmul is not None:
