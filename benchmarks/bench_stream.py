@@ -3,6 +3,7 @@
     python benchmarks/bench_stream.py                      # 15 min, 1 h, 3 h files; latency
     python benchmarks/bench_stream.py --minutes 15 30 60   # other lengths
     python benchmarks/bench_stream.py --skip-memory        # latency only
+    python benchmarks/bench_stream.py --skip-memory --resample-steps 2048 1024 0
 
 Memory: a 44.1-kHz stereo 16-bit WAV of each length is written block by block
 (soundfile) in a temporary folder, then ``jaxmir tag`` and ``jaxmir embed
@@ -15,6 +16,8 @@ brings the patch's last sample to the return of its outputs), and the audio
 that had to arrive after the patch's last sample (the resampler's look-ahead
 and the chunking). The real-time factor is compute time / audio time of the
 whole live run; the first patch's call (compilation included) is reported apart.
+One stream per ``--resample-steps`` value (``Model.stream(resample_step=)``: the 16-kHz
+samples the resampler waits for), in turn in the same process, the first one compiling.
 """
 
 from __future__ import annotations
@@ -75,10 +78,7 @@ def memory(minutes_list: list[float], commands: tuple[str, ...] = ("tag", "embed
             path.unlink()
 
 
-def latency(seconds: float = 60.0, chunk_ms: float = 10.0) -> None:
-    import jaxmir
-
-    model = jaxmir.load("msd-musicnn")
+def latency(model, resample_step: int, seconds: float = 60.0, chunk_ms: float = 10.0) -> None:
     frontend = model.frontend
     rng = np.random.default_rng(1)
     n = int(seconds * RATE)
@@ -87,7 +87,7 @@ def latency(seconds: float = 60.0, chunk_ms: float = 10.0) -> None:
                       0.2 * np.sign(np.sin(2 * np.pi * 220 * t))], axis=1)
     audio = (audio * 32767).astype(np.int16)
     step = int(RATE * chunk_ms / 1000)
-    stream = model.stream(RATE)
+    stream = model.stream(RATE, resample_step=resample_step)
     compute, waits, busy, first_call = [], [], 0.0, None
     size, hop = frontend.patch_size, frontend.patch_hop
     for start in range(0, n, step):
@@ -108,8 +108,10 @@ def latency(seconds: float = 60.0, chunk_ms: float = 10.0) -> None:
             compute.append(spent)
     stream.close()
     ms = np.array(compute) * 1000
-    print(f"\nlive path, msd-musicnn, 44.1 kHz stereo int16 in {chunk_ms:g}-ms chunks, {seconds:g} s:")
-    print(f"  first patch's call (compilation of 2 programs + warm-up): {first_call:.2f} s")
+    print(f"\nlive path, msd-musicnn, 44.1 kHz stereo int16 in {chunk_ms:g}-ms chunks, {seconds:g} s, "
+          f"resample_step={resample_step}:")
+    print(f"  first patch's call (warm-up; compiles 2 programs in a process's first stream): "
+          f"{first_call:.2f} s")
     print(f"  compute latency per patch: median {statistics.median(ms):.1f} ms, "
           f"p99 {np.percentile(ms, 99):.1f} ms ({len(ms)} patches)")
     print(f"  audio after a patch's last sample before its call: median "
@@ -124,11 +126,17 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[15, 60, 180])
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--resample-steps", type=int, nargs="+", default=[2048, 0],
+                        help="the live streams' resample_step values, in turn")
     parser.add_argument("--commands", nargs="+", choices=("tag", "embed"), default=("tag", "embed"))
     args = parser.parse_args(argv)
     print(machine())
     if not args.skip_latency:
-        latency()
+        import jaxmir
+
+        model = jaxmir.load("msd-musicnn")
+        for step in args.resample_steps:
+            latency(model, step)
     if not args.skip_memory:
         memory(args.minutes, tuple(args.commands))
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from jaxmir.decode import MODES, decode_file
 from jaxmir.errors import AudioError
-from jaxmir.resample import SincResampler, accelerated, essentia_ratio, resample
+from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated, check_min_outputs,
+                             essentia_ratio, resample)
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
@@ -239,6 +240,10 @@ class Resampling:
 
     ``push(x)`` returns the samples it can give now, ``close()`` the rest:
     concatenated, they are exactly :func:`jaxmir.audio.prepare_audio`'s samples.
+
+    ``step``: for the ``"jax"`` kind (:class:`~jaxmir.resample.SincResampler`), the outputs a
+    push waits for before the kernels run (its ``min_outputs``; 0: as soon as they are
+    final). libsamplerate and soxr run at every push.
     """
 
     # libsamplerate copies a call's input into its own buffer as far as its output
@@ -246,8 +251,10 @@ class Resampling:
     # drops the rest: steps of 4096 samples always fit.
     STEP = 4096
 
-    def __init__(self, in_rate: int, out_rate: int = 16000, resampler: str = "essentia"):
+    def __init__(self, in_rate: int, out_rate: int = 16000, resampler: str = "essentia",
+                 step: int = MIN_OUTPUTS):
         _check_resampler(resampler)
+        check_min_outputs(step)
         self.in_rate, self.out_rate = in_rate, out_rate
         self.n_in = self.n_out = 0
         self._held = np.zeros(0, np.float32)
@@ -255,7 +262,7 @@ class Resampling:
         if in_rate == out_rate:
             self._state = None
         elif self.kind == "jax":
-            self._state = SincResampler(in_rate, out_rate)
+            self._state = SincResampler(in_rate, out_rate, min_outputs=step)
         elif self.kind == "samplerate":
             import samplerate
 

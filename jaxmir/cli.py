@@ -377,6 +377,7 @@ def cmd_stream(args) -> int:
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT."""
     from jaxmir.errors import AudioError, InputError
+    from jaxmir.resample import MIN_OUTPUTS
     from jaxmir.stream import Stream
 
     def reading(fn, *a):
@@ -401,7 +402,8 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         rate, channels, dtype = args.rate, args.channels, RAW_DTYPES[args.dtype]
     width = frame_bytes(dtype, channels)
     stream = Stream(model, rate, output, patch_hop=hop, last_patch=args.last_patch,
-                    resampler=args.resampler)
+                    resampler=args.resampler,
+                    resample_step=MIN_OUTPUTS if args.resample_step is None else args.resample_step)
     write = _line_writer(model, output, args)
     stray = b""
     while not interrupted["now"]:
@@ -584,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "or make one more patch of them, repeated")
     live.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
                       help="resampling to 16 kHz (default: Essentia's converter; see tag --help)")
+    live.add_argument("--resample-step", metavar="SAMPLES", type=non_negative_int, default=None,
+                      help="16-kHz samples Essentia's converter waits for before it runs: a patch "
+                           "comes at most this much plus a read later than it could; 0 = at once, "
+                           "for more CPU time (default 2048: 128 ms)")
     live.add_argument("--bf16", action="store_true",
                       help="compute the patches in bfloat16 (opt-in; see tag --help)")
     live.add_argument("--no-cache", action="store_true",

@@ -16,6 +16,7 @@ from jaxmir import stream as streaming
 from jaxmir.errors import InputError
 from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
 from jaxmir.models.runner import Tap, is_staged, platform_of, run_patches_jit
+from jaxmir.resample import MIN_OUTPUTS
 from jaxmir.spec import Frontend, ModelSpec
 
 # Input values per step of Model.apply: 4 patches of MusiCNN's or VGG's [187, 96]. Small steps keep
@@ -302,7 +303,7 @@ class Model:
     def stream(self, sample_rate: int, output: str | Iterable[str] | None = None,
                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
                compat: str = "essentia", resampler: str = "essentia",
-               eager: bool = True) -> streaming.Stream:
+               eager: bool = True, resample_step: int = MIN_OUTPUTS) -> streaming.Stream:
         """Run the model on audio that arrives in chunks: outputs as soon as each patch is complete.
 
         ``stream.push(chunk)`` returns ``[k, ...]`` (k >= 0) for the patches the
@@ -316,6 +317,13 @@ class Model:
         file) runs patches only in whole batches until ``close``: the same
         outputs from fewer, fuller model calls, so later than they could come.
 
+        ``resample_step`` (16-kHz samples; Essentia's resampler at the rates its JAX kernels
+        serve) trades latency for CPU time: the resampler runs once the chunks since its last
+        run make that many outputs. The default, 2048 (128 ms), holds a patch back by at
+        most that much plus a chunk; 0 runs it at every chunk, as soon as its outputs are
+        final, at several times the CPU cost for small chunks (each run costs ~1 ms). The
+        outputs are the same either way.
+
         Example::
 
             stream = model.stream(44100)
@@ -325,4 +333,5 @@ class Model:
             rest = stream.close()
         """
         return streaming.Stream(self, sample_rate, output, patch_hop=patch_hop, last_patch=last_patch,
-                                pad=pad, compat=compat, resampler=resampler, eager=eager)
+                                pad=pad, compat=compat, resampler=resampler, eager=eager,
+                                resample_step=resample_step)

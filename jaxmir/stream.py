@@ -77,6 +77,7 @@ from jaxmir.models.compiler import compiled, tuned
 from jaxmir.models.runner import (call_step, empty_carry, is_bfloat16, platform_of,
                                   run_patches_carrying, tapped_outputs)
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
+from jaxmir.resample import MIN_OUTPUTS
 from jaxmir.spec import Frontend
 
 if TYPE_CHECKING:
@@ -294,14 +295,16 @@ class Stream:
     def __init__(self, model: "Model", sample_rate: int, output: str | Iterable[str] | None = None, *,
                  patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
                  compat: str = "essentia", resampler: str = "essentia", batch: int | None = None,
-                 share_overlap: bool = True, require_patch: bool = False, eager: bool = True):
+                 share_overlap: bool = True, require_patch: bool = False, eager: bool = True,
+                 resample_step: int = MIN_OUTPUTS):
         """See :meth:`jaxmir.Model.stream`; ``batch``: patches per model call for runs of
         patches (default :data:`BATCH`, or :func:`file_batch` when not ``eager``);
         ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole
         signal gave no patch: no samples, or too short without ``pad``; ``eager``: run the
         patches a chunk completes at once (live input), or, when ``False``, only whole
         batches of ``batch`` until :meth:`close` (a file: the same outputs, fewer and fuller
-        model calls, a few seconds more audio held)."""
+        model calls, a few seconds more audio held); ``resample_step``: see
+        :meth:`jaxmir.Model.stream`."""
         self.frontend = frontend_of(model)
         self.sample_rate = check_sample_rate(sample_rate)
         self.model = model
@@ -321,7 +324,7 @@ class Stream:
         self._plain = model.module
         self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module
         self._mono = MonoInput(self.sample_rate)
-        self._resampling = Resampling(self.sample_rate, TARGET_RATE, resampler)
+        self._resampling = Resampling(self.sample_rate, TARGET_RATE, resampler, step=resample_step)
         self._pieces: list[np.ndarray] = []
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # 16-kHz index of _buffer[0]

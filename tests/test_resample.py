@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxmir.errors import AudioError
+from jaxmir.errors import AudioError, InputError
 from conftest import compiled_programs, require, shared_fixture
 
 TOL = 1e-6
@@ -298,6 +298,9 @@ def test_bad_input():
         resample(np.zeros((10, 2), np.float32), 44100, 16000)
     with pytest.raises(AudioError, match="NaN"):
         SincResampler(44100, 16000).push(np.array([np.inf], np.float32))
+    for steps in (-1, 2.5, "2048", True):
+        with pytest.raises(InputError, match="min_outputs"):
+            SincResampler(44100, 16000, min_outputs=steps)
     assert resample(x, 1, 256, "sinc_fastest").shape[0] > 0   # extreme but valid rates work
 
 

@@ -163,6 +163,52 @@ def test_resampling_stage_equals_one_shot(rate, resampler):
     np.testing.assert_array_equal(got, want)
 
 
+def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatch):
+    """10-ms chunks at 44.1 kHz: with ``resample_step=0`` each patch comes with the chunk that
+    makes its last sample final (the resampler runs at every chunk); by default the resampler
+    runs about once per ``MIN_OUTPUTS`` outputs and a patch comes at most that many samples
+    plus a chunk later. The outputs agree with ``predict`` either way."""
+    from jaxmir.resample import MIN_OUTPUTS, convert
+    from jaxmir.resample.positions import plan_of
+
+    rate, chunk = 44100, 441
+    audio = signal_at(rate, 7.0, 2, seed=21, dtype=np.int16)
+    want = musicnn.predict(audio, rate)
+    runs, emit = [], convert.SincResampler._emit
+    monkeypatch.setattr(convert.SincResampler, "_emit",
+                        lambda self, *args: runs.append(self) or emit(self, *args))
+
+    def lags(**options) -> tuple[np.ndarray, np.ndarray]:
+        """Each patch's lag: 16-kHz samples pushed when it came, less those it reads; its outputs."""
+        stream = musicnn.stream(rate, **options)
+        fe, first = stream.frontend, stream.windowing.first
+        parts, lag = [], []
+        for i in range(0, audio.shape[0], chunk):
+            parts.append(stream.push(audio[i:i + chunk]))
+            pushed = min(i + chunk, audio.shape[0]) * 16000 / rate
+            for start in stream.times[len(lag):]:
+                last_frame = round(start * 16000) // fe.hop_size + stream.patch_size - 1
+                lag.append(pushed - (first + last_frame * fe.hop_size + fe.frame_size))
+        parts.append(stream.close())
+        return np.array(lag), np.concatenate(parts)
+
+    prompt, at_once = lags(resample_step=0)
+    runs_at_once, runs[:] = len(runs), []
+    held, stepped = lags()
+    for got in (at_once, stepped):
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+    assert prompt.shape == held.shape == (want.shape[0],)
+    # final once the filter's right-hand taps are in: plan.taps + 1 input samples
+    reach = (chunk + plan_of(rate, 16000, "sinc_medium").taps + 2) * 16000 / rate
+    assert 0 <= prompt.min() and prompt.max() <= reach, prompt
+    assert held.max() <= MIN_OUTPUTS + reach and held.max() > reach, held
+    assert len(runs) <= audio.shape[0] * 16000 / rate / MIN_OUTPUTS + 2 < runs_at_once / 10
+    with pytest.raises(InputError, match="min_outputs"):
+        musicnn.stream(rate, resample_step=-1)
+    with pytest.raises(InputError, match="min_outputs"):
+        musicnn.stream(rate, resample_step=0.5)
+
+
 def test_large_chunks_do_not_lose_samples():
     """python-samplerate drops input libsamplerate could not take: the stage feeds it in steps."""
     rate = 32000
@@ -430,7 +476,8 @@ def test_stream_command_raw_and_wav(musicnn):
     rate = 22050
     audio = signal_at(rate, 6.0, 2, seed=14, dtype=np.int16)
     want = musicnn.predict(audio, rate)
-    raw = cli("stream", "--rate", str(rate), "--channels", "2", "--dtype", "s16le", "--all", "-",
+    raw = cli("stream", "--rate", str(rate), "--channels", "2", "--dtype", "s16le", "--all",
+              "--resample-step", "0", "-",
               stdin=audio.astype("<i2").tobytes())
     assert raw.returncode == 0, raw.stderr.decode()
     records = lines_of(raw)

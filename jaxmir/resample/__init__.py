@@ -61,10 +61,11 @@ of each converter are facts of libsamplerate 0.2.2 (the version python-samplerat
 bundles) and are checked by the same verification.
 """
 
-from jaxmir.resample.convert import SincResampler, resample, resample_jax
+from jaxmir.resample.convert import (MIN_OUTPUTS, SincResampler, check_min_outputs, resample,
+                                     resample_jax)
 from jaxmir.resample.positions import MAX_RATE, MAX_TAPS, MIN_RATE, QUALITIES, essentia_ratio
 from jaxmir.resample.products import accelerated
 from jaxmir.resample.table import coefficients
 
-__all__ = ["MAX_RATE", "MAX_TAPS", "MIN_RATE", "QUALITIES", "SincResampler", "accelerated",
-           "coefficients", "essentia_ratio", "resample", "resample_jax"]
+__all__ = ["MAX_RATE", "MAX_TAPS", "MIN_OUTPUTS", "MIN_RATE", "QUALITIES", "SincResampler", "accelerated",
+           "check_min_outputs", "coefficients", "essentia_ratio", "resample", "resample_jax"]

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.errors import AudioError
+from jaxmir.errors import AudioError, InputError
 from jaxmir.resample.kernels import float32_outputs
 from jaxmir.resample.positions import (UNIT, Plan, exact_positions, filter_starts,
                                        first_true, fixed_point, normalise, output_count,
@@ -99,6 +99,16 @@ def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc
 MIN_OUTPUTS = 2048  # outputs a push of a SincResampler waits for by default: 0.128 s at 16 kHz
 
 
+def check_min_outputs(min_outputs) -> int:
+    """``min_outputs`` as an int, or :class:`~jaxmir.errors.InputError` unless it is a whole
+    number >= 0."""
+    if isinstance(min_outputs, bool) or not isinstance(min_outputs, (int, np.integer)) \
+            or min_outputs < 0:
+        raise InputError(f"min_outputs {min_outputs!r} must be a whole number of output samples "
+                         f">= 0 (0: outputs as soon as they are final; default {MIN_OUTPUTS})")
+    return int(min_outputs)
+
+
 class SincResampler:
     """Streaming :func:`resample`: ``push`` chunks, then ``flush``; outputs concatenate to it.
 
@@ -118,7 +128,7 @@ class SincResampler:
                  min_outputs: int = MIN_OUTPUTS):
         self._plan = plan_of(in_rate, out_rate, quality)
         self._table = device_table(quality)
-        self._min_input = math.ceil(max(min_outputs, 0) / self._plan.ratio)  # samples per run
+        self._min_input = math.ceil(check_min_outputs(min_outputs) / self._plan.ratio)  # per run
         self._pending: list[np.ndarray] = []  # chunks pushed since the last run
         self._history = np.zeros(self._plan.taps, np.float32)  # the leading zeros
         self._origin = -self._plan.taps    # input index of _history[0]
