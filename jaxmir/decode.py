@@ -43,6 +43,7 @@ MP3 LAME/Xing/VBRI header, container duration). Either is reported by a
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import struct
 import warnings
@@ -51,7 +52,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from jaxmir.errors import AudioError
-from jaxmir.pcm import WAV_DTYPES, decode_pcm, frame_bytes
+from jaxmir.pcm import WavHeader, decode_pcm, frame_bytes, parse_wav_header
 
 MODES = ("essentia", "float")
 ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
@@ -125,6 +126,7 @@ class AudioBlocks:
         self.status: str | None = None
         self.problem: str | None = None
         self._container = self._file = None
+        self._wav_header: WavHeader | None = None  # a RIFF/WAVE file's, read by _plain_wav
         self._wav = self._plain_wav()
         if self._wav is not None:
             self.codec = self._wav.codec
@@ -139,7 +141,8 @@ class AudioBlocks:
             self.codec: str = self._decoder.name
             self.sample_rate: int = int(self._stream.codec_context.sample_rate)
             self.channels: int = int(self._stream.codec_context.layout.nb_channels)
-            self.declared_frames = _declared_frames(self.path, self._container, self._stream)
+            self.declared_frames = _declared_frames(self.path, self._container, self._stream,
+                                                    self._wav_header)
         except Exception:
             self.close()
             raise
@@ -168,15 +171,16 @@ class AudioBlocks:
 
     def _plain_wav(self) -> _WavLayout | None:
         """The layout of a plain PCM WAV file, kept open in ``_file``; ``None`` for anything else
-        (then FFmpeg reads it, and reports what is wrong with it)."""
+        (then FFmpeg reads it, and reports what is wrong with it). Keeps a RIFF/WAVE file's
+        header in ``_wav_header`` (for the length it declares), plain or not."""
         if not os.path.isfile(self.path):  # not a pipe: a header read would consume its bytes
             return None
         try:
             self._file = open(self.path, "rb")
             head = self._file.read(12)  # RIFF/WAVE or not: other files are read no further here
-            if _is_riff_wave(head):
-                head += self._file.read(_WAV_HEAD - len(head))
-            layout = _wav_layout(head, os.fstat(self._file.fileno()).st_size)
+            if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                self._wav_header = _wav_header(head + self._file.read(_WAV_HEAD - len(head)))
+            layout = _wav_layout(self._wav_header, os.fstat(self._file.fileno()).st_size)
         except OSError:
             layout = None
         if layout is None and self._file is not None:
@@ -443,11 +447,12 @@ def _to_float32(raw: np.ndarray, kind: str) -> np.ndarray:
     return raw.astype(np.float32) * np.float32(2.0 ** -bits)
 
 
-def _declared_frames(path: str, container, stream) -> int | None:
-    """The length the file's header declares, in frames per channel, or None."""
+def _declared_frames(path: str, container, stream, wav_header: WavHeader | None) -> int | None:
+    """The length the file's header declares, in frames per channel, or None; ``wav_header``:
+    a RIFF/WAVE file's, already read (:meth:`AudioBlocks._plain_wav`)."""
     fmt = container.format.name
     if "wav" in fmt.split(","):
-        return _wav_frames(path)  # FFmpeg clamps a WAV's duration to the bytes present
+        return _wav_frames(wav_header)  # FFmpeg clamps a WAV's duration to the bytes present
     if "mp3" in fmt.split(",") and not _has_mp3_length_header(path):
         return None  # FFmpeg's duration is only a guess from the bit rate
     rate = stream.codec_context.sample_rate
@@ -458,35 +463,20 @@ def _declared_frames(path: str, container, stream) -> int | None:
     return None
 
 
-def _wav_frames(path: str) -> int | None:
+def _wav_frames(header: WavHeader | None) -> int | None:
     """Frames the ``data`` chunk of a RIFF/WAVE header declares, or None (streamed, RF64, odd)."""
-    with open(path, "rb") as file:
-        fmt, _, size = _wav_header(file.read(_WAV_HEAD))
-    if fmt is None or size is None or not fmt[4] or size in (0, 0xFFFFFFFF):
+    if header is None or header.data_size is None or not header.block_align:
         return None
-    return size // fmt[4]
+    return header.data_size // header.block_align
 
 
-def _is_riff_wave(head: bytes) -> bool:
-    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
-
-
-def _wav_header(head: bytes) -> tuple[tuple[int, ...] | None, int | None, int | None]:
-    """``(fmt, data offset, data size)`` from the first bytes of a RIFF/WAVE file: ``fmt`` is
-    ``(format tag, channels, rate, bytes per second, block align, bits per sample)`` of the
-    first fmt chunk (``None`` when there is none before the data), the others ``None`` when
-    no data chunk starts within ``head`` (or it is not RIFF/WAVE)."""
-    if not _is_riff_wave(head):
-        return None, None, None
-    offset, fmt = 12, None
-    while offset + 8 <= len(head):
-        chunk, size = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
-        if chunk == b"fmt " and fmt is None and size >= 16 and offset + 24 <= len(head):
-            fmt = struct.unpack_from("<HHIIHH", head, offset + 8)
-        elif chunk == b"data":
-            return fmt, offset + 8, size
-        offset += 8 + size + (size & 1)
-    return fmt, None, None
+def _wav_header(head: bytes) -> WavHeader | None:
+    """The header of a RIFF/WAVE file from its first bytes ``head``, or ``None`` when they hold
+    no well-formed header up to a data chunk (then FFmpeg judges the file)."""
+    try:
+        return parse_wav_header(io.BytesIO(head).read)
+    except AudioError:
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,23 +493,22 @@ class _WavLayout:
     kind: str
 
 
-def _wav_layout(head: bytes, file_size: int) -> _WavLayout | None:
+def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
     """The layout of a mono or stereo WAV file FFmpeg would decode with one of the plain PCM
     decoders (format tag 1 or 3, :data:`jaxmir.pcm.WAV_DTYPES`), whose ``data`` chunk holds whole
     frames and lies within the file's ``file_size`` bytes; ``None`` for any other file (FFmpeg
     reads it)."""
-    fmt, offset, size = _wav_header(head)
-    if fmt is None or offset is None:
+    if header is None or header.dtype is None or header.tag != header.sample_tag:
+        return None                                 # not RIFF/WAVE, another format, extensible
+    if header.channels not in (1, 2) or header.sample_rate <= 0:
         return None
-    tag, channels, rate, _, block_align, bits = fmt
-    if (tag, bits) not in WAV_DTYPES or channels not in (1, 2) or rate <= 0:
+    codec, kind = _FFMPEG_PCM[header.dtype]
+    frame, size = frame_bytes(header.dtype, header.channels), header.data_size
+    if header.block_align != frame or size is None or size == 0 or size % frame \
+            or header.data_offset + size > file_size:
         return None
-    dtype = WAV_DTYPES[tag, bits]
-    codec, kind = _FFMPEG_PCM[dtype]
-    frame = frame_bytes(dtype, channels)
-    if block_align != frame or size % frame or size in (0, 0xFFFFFFFF) or offset + size > file_size:
-        return None
-    return _WavLayout(rate, channels, offset, size // frame, dtype, codec, kind)
+    return _WavLayout(header.sample_rate, header.channels, header.data_offset, size // frame,
+                      header.dtype, codec, kind)
 
 
 def _has_mp3_length_header(path: str) -> bool:

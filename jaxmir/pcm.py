@@ -12,6 +12,7 @@ data then runs to the end of the stream.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from typing import Callable
@@ -29,45 +30,94 @@ _EXTENSIBLE = 0xFFFE    # WAVE_FORMAT_EXTENSIBLE: the real tag opens the sub-for
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)
 
 
-def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:
-    """Parse a WAV header from a stream: ``(rate, channels, dtype, data bytes or None)``.
+@dataclasses.dataclass(frozen=True)
+class WavHeader:
+    """What a RIFF/WAVE header says, up to the start of its ``data`` chunk.
 
-    ``read(n)`` returns exactly ``n`` bytes or fewer at the end of the stream. The data size
-    is ``None`` where the writer could not know it (0 or 0xFFFFFFFF). 24-bit PCM is ``"<i3"``.
+    Attributes:
+      tag: the fmt chunk's format tag as written (1 PCM, 3 float, 0xFFFE extensible).
+      channels, sample_rate, block_align, bits: the fmt chunk's fields (bytes per frame,
+        bits per sample).
+      sample_tag: the samples' format tag (the sub-format's for an extensible header).
+      data_offset: bytes before the samples.
+      data_size: the data chunk's declared bytes, ``None`` where the writer could not know
+        them (0 or 0xFFFFFFFF).
+    """
+
+    tag: int
+    channels: int
+    sample_rate: int
+    block_align: int
+    bits: int
+    sample_tag: int
+    data_offset: int
+    data_size: int | None
+
+    @property
+    def dtype(self) -> str | None:
+        """The samples' NumPy dtype (:data:`WAV_DTYPES`), ``None`` for other formats."""
+        return WAV_DTYPES.get((self.sample_tag, self.bits))
+
+
+def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input") -> WavHeader:
+    """Read a RIFF/WAVE header from ``read`` up to the first sample of its ``data`` chunk.
+
+    ``read(n)`` returns exactly ``n`` bytes or fewer at the end of the input; the first fmt
+    chunk counts; other chunks before the data are skipped in pieces of at most 64 KB.
+
+    Raises:
+      AudioError: naming ``source``, for a header that ends early, has no RIFF/WAVE
+        signature, or no fmt chunk of at least 16 bytes before its data.
+    """
+    def need(n: int, what: str) -> bytes:
+        data = read(n)
+        if len(data) < n:
+            raise AudioError(f"{source}: malformed WAV header: ends inside the {what}")
+        return data
+
+    riff = need(12, "RIFF header")
+    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+        raise AudioError(f"{source}: malformed WAV header: no RIFF/WAVE signature")
+    offset, fmt = 12, None
+    while True:
+        name, size = struct.unpack("<4sI", need(8, "chunk header"))
+        offset += 8
+        if name == b"data":
+            break
+        padded, what = size + (size & 1), f"{name.decode('latin-1')!r} chunk"
+        if name == b"fmt " and fmt is None:
+            if size < 16:
+                raise AudioError(f"{source}: malformed WAV header: fmt chunk of {size} bytes")
+            body = need(padded, what)
+            sub_format = struct.unpack("<H", body[24:26])[0] if size >= 26 else None
+            fmt = struct.unpack("<HHIIHH", body[:16]) + (sub_format,)
+        else:
+            for start in range(0, padded, 1 << 16):
+                need(min(1 << 16, padded - start), what)
+        offset += padded
+    if fmt is None:
+        raise AudioError(f"{source}: malformed WAV header: no fmt chunk before the data")
+    tag, channels, rate, _, block_align, bits, sub_format = fmt
+    sample_tag = sub_format if tag == _EXTENSIBLE and sub_format is not None else tag
+    return WavHeader(tag, channels, rate, block_align, bits, sample_tag, offset,
+                     None if size in _UNKNOWN_SIZES else size)
+
+
+def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:
+    """A live WAV stream's header (:func:`parse_wav_header`): ``(rate, channels, dtype, data
+    bytes or None)``, the size ``None`` where the writer could not know it. 24-bit PCM is
+    ``"<i3"``.
 
     Raises:
       AudioError: a malformed header or a sample format other than 8/16/24/32-bit PCM and
         32/64-bit float.
     """
-    def need(n: int, what: str) -> bytes:
-        data = read(n)
-        if len(data) < n:
-            raise AudioError(f"standard input: malformed WAV header: ends inside the {what}")
-        return data
-
-    riff = need(12, "RIFF header")
-    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
-        raise AudioError("standard input: malformed WAV header: no RIFF/WAVE signature")
-    fmt = None
-    while True:
-        name, size = struct.unpack("<4sI", need(8, "chunk header"))
-        if name == b"data":
-            break
-        body = need(size + (size & 1), f"{name.decode('latin-1')!r} chunk")
-        if name == b"fmt ":
-            if size < 16:
-                raise AudioError(f"standard input: malformed WAV header: fmt chunk of {size} bytes")
-            sub_format = struct.unpack("<H", body[24:26])[0] if size >= 26 else None
-            fmt = struct.unpack("<HHIIHH", body[:16]) + (sub_format,)
-    if fmt is None:
-        raise AudioError("standard input: malformed WAV header: no fmt chunk before the data")
-    tag, channels, rate, _, _, bits, sub_format = fmt
-    if tag == _EXTENSIBLE:
-        tag = sub_format
-    if (tag, bits) not in WAV_DTYPES or channels < 1:
-        raise AudioError(f"standard input: unsupported WAV format (format tag {tag}, {bits} bits, "
-                         f"{channels} channel(s)); accepted: 8/16/24/32-bit PCM, 32/64-bit float")
-    return rate, channels, WAV_DTYPES[(tag, bits)], None if size in _UNKNOWN_SIZES else size
+    header = parse_wav_header(read)
+    if header.dtype is None or header.channels < 1:
+        raise AudioError(f"standard input: unsupported WAV format (format tag {header.sample_tag}, "
+                         f"{header.bits} bits, {header.channels} channel(s)); accepted: "
+                         f"8/16/24/32-bit PCM, 32/64-bit float")
+    return header.sample_rate, header.channels, header.dtype, header.data_size
 
 
 def frame_bytes(dtype: str, channels: int) -> int:

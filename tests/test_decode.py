@@ -358,6 +358,40 @@ def test_wav_files_that_are_not_plain_go_to_ffmpeg(files, tmp_path, monkeypatch)
     np.testing.assert_array_equal(decode_file(tail).samples, direct.samples)
 
 
+def test_a_wav_header_is_read_once(tmp_path, monkeypatch):
+    """A RIFF/WAVE file FFmpeg decodes (here WAVE_FORMAT_EXTENSIBLE) gets its declared length
+    from the header read to tell plain files apart, not from a second open of the path."""
+    pcm = signal(16000, 2, 0.5, seconds=1.0)
+    extensible = tmp_path / "x.wav"
+    soundfile.write(extensible, pcm, 16000, subtype="PCM_16", format="WAVEX")
+    opened = []
+    monkeypatch.setattr(decode, "open", lambda path, *a: opened.append(path) or open(path, *a),
+                        raising=False)
+    with AudioBlocks(extensible) as blocks:
+        assert blocks.codec == "pcm_s16le" and blocks.declared_frames == 16000
+        assert sum(block.shape[0] for block in blocks) == 16000
+    assert opened == [str(extensible)]
+
+
+def test_a_wav_stream_from_a_named_pipe_loses_no_bytes(tmp_path):
+    """A WAV that arrives through a named pipe is read by FFmpeg alone: a second reader of the
+    pipe (for the length its header declares) would take bytes from it."""
+    import threading
+
+    pcm = signal(44100, 2, 0.5, seconds=3.0)
+    path, fifo = tmp_path / "plain.wav", tmp_path / "pipe.wav"
+    soundfile.write(path, pcm, 44100, subtype="PCM_16")
+    os.mkfifo(fifo)
+    threading.Thread(target=lambda: fifo.write_bytes(path.read_bytes()), daemon=True).start()
+    done = {}
+    reader = threading.Thread(target=lambda: done.update(piped=decode_file(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # a second reader would wait for a writer that has gone
+    assert "piped" in done, "decoding the named pipe did not end"
+    np.testing.assert_array_equal(done["piped"].samples, decode_file(path).samples)
+    assert done["piped"].status == "ok"
+
+
 def test_blocks_survive_a_decoder_changing_its_sample_format(files, monkeypatch):
     """FFmpeg's FIFO refuses a frame of another sample format than the first; the blocks then go
     on in a new FIFO, and the samples are those of the whole file."""
