@@ -1,4 +1,4 @@
-"""Live input: a byte stream (standard input) of raw little-endian PCM or WAV, as sample frames.
+"""PCM bytes: WAV headers and raw little-endian frames, as live input (standard input) sends them.
 
     reader = ByteReader(sys.stdin.fileno())
     if reader.peek(4) == b"RIFF":
@@ -7,7 +7,9 @@
 
 What ``jaxmir stream`` reads (``arecord -f S16_LE -r 44100 -c 2 | jaxmir stream ...``). A WAV
 writer that cannot know the length (a live one) writes 0 or 0xFFFFFFFF as the data size; the
-data then runs to the end of the stream.
+data then runs to the end of the stream. The same header walker
+(:func:`parse_wav_header`) tells plain PCM WAV files, which :mod:`jaxmir.decode` reads
+without FFmpeg, from the others.
 """
 
 from __future__ import annotations
