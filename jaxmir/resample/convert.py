@@ -162,14 +162,13 @@ class SincResampler:
         if self._done:
             return np.zeros(0, np.float32)
         self._done = True
-        self._take_pending()
-        self._history = np.concatenate([self._history, np.zeros(self._plan.taps + 2, np.float32)])
+        self._take_pending(np.zeros(self._plan.taps + 2, np.float32))  # the trailing zeros
         limit = output_count(self._plan, self._seen)
         return self._emit(None, limit)
 
-    def _take_pending(self) -> None:
-        """Append the chunks pushed since the last run to the history (one copy for all)."""
-        self._history = np.concatenate([self._history, *self._pending])
+    def _take_pending(self, *more: np.ndarray) -> None:
+        """Append the chunks pushed since the last run, then ``more``, to the history (one copy)."""
+        self._history = np.concatenate([self._history, *self._pending, *more])
         self._pending = []
 
     def _emit(self, ready, limit: int) -> np.ndarray:
