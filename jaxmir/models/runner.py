@@ -11,6 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmir.models.compiler import compiled, tuned
 from jaxmir.models.layers import BODY, HEAD, OVERLAP, WHOLE
@@ -167,11 +168,12 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
 
 def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...], batch: int) -> dict:
     """The carry of "no call before" for calls on ``batch`` patches ``[batch, *patch_shape]``:
-    zeros, ``valid`` false; ``{}`` when the module carries nothing."""
+    zeros, ``valid`` false; ``{}`` when the module carries nothing. NumPy arrays: JAX's own
+    zeros would compile a program or two in every process that has no persistent cache."""
     dtype = jnp.bfloat16 if is_bfloat16(variables) else jnp.float32
     patches = jax.ShapeDtypeStruct((batch, *patch_shape), dtype)
-    return _zeros(jax.eval_shape(lambda p: _sown(module, variables, p, None, _body_stage(module))[2],
-                                 patches))
+    shapes = jax.eval_shape(lambda p: _sown(module, variables, p, None, _body_stage(module))[2], patches)
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def _zeros(shapes: dict) -> dict:
