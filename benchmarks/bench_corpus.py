@@ -126,8 +126,8 @@ def essentia_loop(folder: Path, output: Path) -> dict:
 def report(name: str, result: dict) -> None:
     wall = result["wall_s"]
     print(f"{name:58s} {wall:7.1f} s  {result['audio_s'] / wall:6.1f}x real time  "
-          f"{result['ok'] * 3600 / wall:5.0f} tracks/h  peak {result['peak_mb']:.0f} MB  "
-          f"({result['ok']} files)")
+          f"{result['ok'] * 3600 / wall:5.0f} tracks/h  CPU {result['cpu_s']:.1f} s  "
+          f"peak {result['peak_mb']:.0f} MB  ({result['ok']} files)")
 
 
 def main(argv=None) -> None:

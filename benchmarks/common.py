@@ -124,9 +124,10 @@ def peak_rss_mb(pid: int | str = "self") -> float:
 
 def measured_process(command: list[str], env: dict | None = None) -> dict:
     """Run ``command`` in the repository with ``env`` added: ``wall_s`` (imports included),
-    ``peak_mb`` (``ru_maxrss`` from ``wait4``: the largest of it and the worker processes it
-    waited for; it starts from this process's peak, so keep the caller small), its ``output``
-    (stdout and stderr) and ``exit_code``."""
+    ``cpu_s`` (user + system seconds of it and the worker processes it waited for), ``peak_mb``
+    (``ru_maxrss`` from ``wait4``: the largest of those processes'; it starts from this
+    process's peak, so keep the caller small), its ``output`` (stdout and stderr) and
+    ``exit_code``."""
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -135,5 +136,6 @@ def measured_process(command: list[str], env: dict | None = None) -> dict:
         wall = time.perf_counter() - start
         log.seek(0)
         output = log.read()
-    return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "output": output,
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_mb": usage.ru_maxrss / 1024, "output": output,
             "exit_code": os.waitstatus_to_exitcode(status)}
