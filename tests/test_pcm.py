@@ -55,6 +55,24 @@ def test_unknown_size_and_odd_chunks():
     assert read_wav_header(io.BytesIO(bytes(odd)).read)[:3] == (22050, 1, "<i2")
 
 
+def test_a_large_chunk_before_the_data_is_skipped():
+    """A 300-KB chunk before ``data`` (read and dropped in pieces): the header after it, and the
+    samples' offset, as libsndfile reads them."""
+    from jaxmir.pcm import parse_wav_header
+
+    data = _wav("WAV", "PCM_16", channels=1)
+    junk = b"junk" + (300_000).to_bytes(4, "little") + bytes(300_000)
+    padded = data[:36] + junk + data[36:]
+    header = parse_wav_header(io.BytesIO(padded).read, "x.wav")
+    assert (header.sample_rate, header.channels, header.dtype) == (22050, 1, "<i2")
+    assert header.data_offset == 44 + len(junk) and header.data_size == len(data) - 44
+    theirs, _ = soundfile.read(io.BytesIO(padded), dtype="int16")
+    ours = decode_pcm(padded[header.data_offset:header.data_offset + header.data_size], "<i2", 1)
+    np.testing.assert_array_equal(ours[:, 0], theirs)
+    with pytest.raises(AudioError, match="x.wav: malformed WAV header: ends inside the 'junk' chunk"):
+        parse_wav_header(io.BytesIO(padded[:100_000]).read, "x.wav")
+
+
 @pytest.mark.parametrize("broken, problem", [
     (lambda h: h[:20], "ends inside"),
     (lambda h: b"RIFF\x00\x00\x00\x00WAVX" + h[12:], "no RIFF/WAVE signature"),
