@@ -241,9 +241,9 @@ class Resampling:
     ``push(x)`` returns the samples it can give now, ``close()`` the rest:
     concatenated, they are exactly :func:`jaxmir.audio.prepare_audio`'s samples.
 
-    ``step``: for the ``"jax"`` kind (:class:`~jaxmir.resample.SincResampler`), the outputs a
-    push waits for before the kernels run (its ``min_outputs``; 0: as soon as they are
-    final). libsamplerate and soxr run at every push.
+    ``min_outputs``: for the ``"jax"`` kind (:class:`~jaxmir.resample.SincResampler`), the
+    outputs a push waits for before the kernels run (0: as soon as they are final);
+    libsamplerate and soxr run at every push.
     """
 
     # libsamplerate copies a call's input into its own buffer as far as its output
@@ -252,9 +252,9 @@ class Resampling:
     STEP = 4096
 
     def __init__(self, in_rate: int, out_rate: int = 16000, resampler: str = "essentia",
-                 step: int = MIN_OUTPUTS):
+                 min_outputs: int = MIN_OUTPUTS):
         _check_resampler(resampler)
-        check_min_outputs(step)
+        check_min_outputs(min_outputs)
         self.in_rate, self.out_rate = in_rate, out_rate
         self.n_in = self.n_out = 0
         self._held = np.zeros(0, np.float32)
@@ -262,7 +262,7 @@ class Resampling:
         if in_rate == out_rate:
             self._state = None
         elif self.kind == "jax":
-            self._state = SincResampler(in_rate, out_rate, min_outputs=step)
+            self._state = SincResampler(in_rate, out_rate, min_outputs=min_outputs)
         elif self.kind == "samplerate":
             import samplerate
 
