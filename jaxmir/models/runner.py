@@ -169,7 +169,8 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
 def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...], batch: int) -> dict:
     """The carry of "no call before" for calls on ``batch`` patches ``[batch, *patch_shape]``:
     zeros, ``valid`` false; ``{}`` when the module carries nothing. NumPy arrays: JAX's own
-    zeros would compile a program or two in every process that has no persistent cache."""
+    zeros would compile two or three programs (a broadcast, conversions) in every process that has
+    no persistent cache."""
     dtype = jnp.bfloat16 if is_bfloat16(variables) else jnp.float32
     patches = jax.ShapeDtypeStruct((batch, *patch_shape), dtype)
     shapes = jax.eval_shape(lambda p: _sown(module, variables, p, None, _body_stage(module))[2], patches)
