@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from jaxmir.decode import MODES, decode_file
-from jaxmir.errors import AudioError
+from jaxmir.errors import AudioError, InputError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated, check_min_outputs,
                              essentia_ratio, resample)
 
@@ -242,8 +242,10 @@ class Resampling:
     concatenated, they are exactly :func:`jaxmir.audio.prepare_audio`'s samples.
 
     ``min_outputs``: for the ``"jax"`` kind (:class:`~jaxmir.resample.SincResampler`), the
-    outputs a push waits for before the kernels run (0: as soon as they are final);
-    libsamplerate and soxr run at every push.
+    outputs a push waits for before the kernels run (0: as soon as they are final; ``None``:
+    :data:`~jaxmir.resample.MIN_OUTPUTS`). libsamplerate and soxr run at every push, so a
+    ``min_outputs`` given with ``resampler="samplerate"`` or ``"soxr"`` is refused
+    (:class:`~jaxmir.errors.InputError`) rather than ignored.
     """
 
     # libsamplerate copies a call's input into its own buffer as far as its output
@@ -252,9 +254,13 @@ class Resampling:
     STEP = 4096
 
     def __init__(self, in_rate: int, out_rate: int = 16000, resampler: str = "essentia",
-                 min_outputs: int = MIN_OUTPUTS):
+                 min_outputs: int | None = None):
         _check_resampler(resampler)
-        check_min_outputs(min_outputs)
+        if min_outputs is not None:
+            check_min_outputs(min_outputs)
+            if resampler != "essentia":
+                raise InputError(f"min_outputs applies to Essentia's converter "
+                                 f"(resampler='essentia'); {resampler!r} runs at every push")
         self.in_rate, self.out_rate = in_rate, out_rate
         self.n_in = self.n_out = 0
         self._held = np.zeros(0, np.float32)
@@ -262,7 +268,8 @@ class Resampling:
         if in_rate == out_rate:
             self._state = None
         elif self.kind == "jax":
-            self._state = SincResampler(in_rate, out_rate, min_outputs=min_outputs)
+            self._state = SincResampler(in_rate, out_rate, min_outputs=(
+                MIN_OUTPUTS if min_outputs is None else min_outputs))
         elif self.kind == "samplerate":
             import samplerate
 

@@ -352,6 +352,9 @@ def cmd_stream(args) -> int:
     from jaxmir.collection.commands import dtype_of
     from jaxmir.errors import InputError
 
+    if args.resample_step is not None and args.resampler != "essentia":
+        raise InputError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
+                         f"--resampler {args.resampler} runs at every read")
     model = _load_model(args.model, args.backbone).astype(dtype_of(args))
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
@@ -377,7 +380,6 @@ def cmd_stream(args) -> int:
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT."""
     from jaxmir.errors import AudioError, InputError
-    from jaxmir.resample import MIN_OUTPUTS
     from jaxmir.stream import Stream
 
     def reading(fn, *a):
@@ -403,7 +405,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     width = frame_bytes(dtype, channels)
     stream = Stream(model, rate, output, patch_hop=hop, last_patch=args.last_patch,
                     resampler=args.resampler,
-                    resample_step=MIN_OUTPUTS if args.resample_step is None else args.resample_step)
+                    resample_step=args.resample_step)
     write = _line_writer(model, output, args)
     stray = b""
     while not interrupted["now"]:
@@ -589,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--resample-step", metavar="SAMPLES", type=non_negative_int, default=None,
                       help="16-kHz samples Essentia's converter waits for before it runs: a patch "
                            "comes at most this much plus a read later than it could; 0 = at once, "
-                           "for more CPU time (default 2048: 128 ms)")
+                           "for more CPU time (default 2048: 128 ms); --resampler samplerate and "
+                           "soxr run at every read and take none")
     live.add_argument("--bf16", action="store_true",
                       help="compute the patches in bfloat16 (opt-in; see tag --help)")
     live.add_argument("--no-cache", action="store_true",

@@ -16,7 +16,6 @@ from jaxmir import stream as streaming
 from jaxmir.errors import InputError
 from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
 from jaxmir.models.runner import Tap, is_staged, platform_of, run_patches_jit
-from jaxmir.resample import MIN_OUTPUTS
 from jaxmir.spec import Frontend, ModelSpec
 
 # Input values per step of Model.apply: 4 patches of MusiCNN's or VGG's [187, 96]. Small steps keep
@@ -303,7 +302,7 @@ class Model:
     def stream(self, sample_rate: int, output: str | Iterable[str] | None = None,
                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
                compat: str = "essentia", resampler: str = "essentia",
-               eager: bool = True, resample_step: int = MIN_OUTPUTS) -> streaming.Stream:
+               eager: bool = True, resample_step: int | None = None) -> streaming.Stream:
         """Run the model on audio that arrives in chunks: outputs as soon as each patch is complete.
 
         ``stream.push(chunk)`` returns ``[k, ...]`` (k >= 0) for the patches the
@@ -319,10 +318,12 @@ class Model:
 
         ``resample_step`` (16-kHz samples; Essentia's resampler at the rates its JAX kernels
         serve) trades latency for CPU time: the resampler runs once the chunks since its last
-        run make that many outputs. The default, 2048 (128 ms), holds a patch back by at
-        most that much plus a chunk; 0 runs it at every chunk, as soon as its outputs are
+        run make that many outputs. The default (``None``: 2048, 128 ms) holds a patch back by
+        at most that much plus a chunk; 0 runs it at every chunk, as soon as its outputs are
         final, at several times the CPU cost for small chunks (each run costs ~1 ms). The
-        outputs are the same either way.
+        outputs are the same either way. libsamplerate and soxr run at every chunk: a
+        ``resample_step`` given with ``resampler="samplerate"`` or ``"soxr"`` raises
+        :class:`~jaxmir.errors.InputError`.
 
         Example::
 

@@ -77,7 +77,6 @@ from jaxmir.models.compiler import compiled, tuned
 from jaxmir.models.runner import (call_step, empty_carry, is_bfloat16, platform_of,
                                   run_patches_carrying, tapped_outputs)
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
-from jaxmir.resample import MIN_OUTPUTS
 from jaxmir.spec import Frontend
 
 if TYPE_CHECKING:
@@ -296,7 +295,7 @@ class Stream:
                  patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
                  compat: str = "essentia", resampler: str = "essentia", batch: int | None = None,
                  share_overlap: bool = True, require_patch: bool = False, eager: bool = True,
-                 resample_step: int = MIN_OUTPUTS):
+                 resample_step: int | None = None):
         """See :meth:`jaxmir.Model.stream`; ``batch``: patches per model call for runs of
         patches (default :data:`BATCH`, or :func:`file_batch` when not ``eager``);
         ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole

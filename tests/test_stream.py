@@ -209,6 +209,25 @@ def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatc
         musicnn.stream(rate, resample_step=0.5)
 
 
+@pytest.mark.parametrize("resampler", ["samplerate", "soxr"])
+def test_a_resample_step_is_refused_where_nothing_would_wait(musicnn, resampler):
+    """libsamplerate and soxr run at every chunk: a step given with them is a contradiction,
+    refused rather than silently ignored; without one they stream as before."""
+    with pytest.raises(InputError, match=f"min_outputs applies to Essentia's converter.*{resampler}"):
+        musicnn.stream(44100, resampler=resampler, resample_step=0)
+    with pytest.raises(InputError, match="min_outputs applies"):
+        Resampling(44100, 16000, resampler, min_outputs=2048)
+    audio = signal_at(44100, 1.0, 1, seed=3)
+    stage = Resampling(44100, 16000, resampler)
+    got = np.concatenate([stage.push(audio[:20000]), stage.push(audio[20000:]), stage.close()])
+    np.testing.assert_array_equal(got, prepare_audio(audio, 44100, resampler=resampler))
+    run = cli("stream", "--rate", "44100", "--resampler", resampler, "--resample-step", "0", "-",
+              stdin=b"")
+    assert run.returncode == 1
+    assert f"--resample-step applies to Essentia's converter (--resampler essentia); " \
+           f"--resampler {resampler} runs at every read" in run.stderr.decode()
+
+
 def test_large_chunks_do_not_lose_samples():
     """python-samplerate drops input libsamplerate could not take: the stage feeds it in steps."""
     rate = 32000
