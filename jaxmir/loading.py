@@ -32,15 +32,47 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
         loads alone and takes embeddings ``[batch, features]``.
       labels: class names, overriding those the source provides.
       output: the graph's output node, when it is none of the usual ones.
-      embedding: the backbone output the head reads (default ``embeddings``:
-        ``model/dense/BiasAdd`` for MusiCNN, ``model/vggish/embeddings`` for VGGish).
+      embedding: the backbone output the head reads: by default the one its metadata
+        names (``inference.embedding_model.output``), else ``embeddings``
+        (``model/dense/BiasAdd`` for MusiCNN, ``model/vggish/embeddings`` for VGGish).
     """
     model = _load_one(source, labels=labels, output=output)
     if backbone is None:
         return model
     if not isinstance(backbone, Model):
         backbone = _load_one(backbone)
+    if embedding is None:
+        embedding = embedding_output(model)
+        if embedding is not None and not _has_output(backbone, embedding):
+            raise InputError(f"{model.source} was trained on '{embedding}' (its metadata's "
+                             f"embedding_model.output), which {backbone.source} does not have; "
+                             "give the backbone it was trained on, or embedding=")
     return compose(backbone, model, embedding)
+
+
+def _embedding_model(head: Model) -> dict:
+    """A head's ``embedding_model`` entry: Essentia's JSON (``inference``) or, for weights jaxmir
+    wrote, their provenance."""
+    for section in ("inference", "provenance"):
+        entry = head.metadata.get(section)
+        entry = entry.get("embedding_model") if isinstance(entry, dict) else None
+        if isinstance(entry, dict):
+            return entry
+    return {}
+
+
+def embedding_output(head: Model) -> str | None:
+    """The backbone output a head's metadata says it reads (``embedding_model.output``)."""
+    name = _embedding_model(head).get("output")
+    return name if isinstance(name, str) and name else None
+
+
+def _has_output(model: Model, name: str) -> bool:
+    try:
+        model.resolve_output(name)
+    except InputError:
+        return False
+    return True
 
 
 def _load_one(source, labels=None, output=None) -> Model:
@@ -100,8 +132,7 @@ def _metadata_output(metadata: dict, graph) -> str | None:
 
 def backbone_of(model: Model) -> str | None:
     """The shipped backbone a head's metadata names (``msd-musicnn-1`` -> ``msd-musicnn``), if any."""
-    inference = model.metadata.get("inference") or {}
-    name = str((inference.get("embedding_model") or {}).get("model_name", ""))
+    name = str(_embedding_model(model).get("model_name", ""))
     for shipped in catalog.names():
         if name == shipped or name.startswith(shipped + "-"):
             return shipped

@@ -154,6 +154,14 @@ class Model:
         raise InputError(f"unknown output '{name}'; this {self.architecture} model has: "
                          + ", ".join(self.output_names))
 
+    def node_name(self, name: str) -> str | None:
+        """The graph node behind output ``name`` (``"embeddings"`` -> ``"model/dense/BiasAdd"``
+        for MusiCNN; a node name is its own), or ``None`` when no node of the graph gives it."""
+        tap, _ = self.resolve_output(name)
+        if name in self.spec.node_map:
+            return name
+        return next((node for node, (t, _) in self.spec.node_map.items() if t == tap), None)
+
     def resolve_outputs(self, outputs: Iterable[str] | str | None) -> tuple[tuple[str, ...], tuple[Tap, ...]]:
         """Output names (default ``("predictions",)``) and their taps."""
         names = _names(outputs)

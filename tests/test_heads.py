@@ -133,3 +133,34 @@ def test_composition_errors_name_both_sides(tmp_path):
         jaxmir.load(vggish_head, backbone=vggish_head)
     with pytest.raises(InputError, match="not a layer of its dense head"):
         jaxmir.load(write_head(tmp_path, "h2"), backbone="msd-musicnn", embedding="mean_pool")
+
+
+@pytest.mark.parametrize("layer", ["penultimate", "predictions"])
+def test_a_head_runs_on_the_layer_it_was_trained_on(tmp_path, layer):
+    """``train-head --layer``: the JSON names that layer's graph node (Essentia's vocabulary), and
+    a head loaded onto its backbone (``.pb`` and ``.npz``) reads that layer, not ``embeddings``."""
+    from jaxmir.train import fit, synthetic
+    from jaxmir.train.recipe import fit_head
+
+    data = synthetic.write_dataset(tmp_path / "data", classes=("pads", "drums"), per_class=3,
+                                   seconds=3.5)
+    result = fit_head(data, layer=layer, output=tmp_path / "head", cache=False,
+                      config=fit.TrainConfig(epochs=3))
+    backbone = jaxmir.load("msd-musicnn")
+    node = {"penultimate": "model/batch_normalization_10/batchnorm/add_1",
+            "predictions": "model/Sigmoid"}[layer]
+    assert backbone.node_name(layer) == node
+    meta = json.loads((tmp_path / "head.json").read_text())
+    assert meta["inference"]["embedding_model"]["output"] == node
+    audio = jaxmir.load_audio(sorted(data.rglob("*.wav"))[0])
+    features = backbone.predict(audio, 16000, output=[layer, "embeddings"])
+    want = result.head.predict(np.asarray(features[layer]))
+    for saved in ("head.pb", "head.npz"):
+        got = jaxmir.load(tmp_path / saved, backbone="msd-musicnn").predict(audio, 16000)
+        # the same float32 layers composed or apart: ~1e-7; 1e-5 on probabilities is ample
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    if layer == "penultimate":  # the two layers give different tags: the check can tell them apart
+        wrong = result.head.predict(np.asarray(features["embeddings"]))
+        assert np.max(np.abs(wrong - want)) > 1e-3
+        with pytest.raises(InputError, match=f"trained on '{node}'.*does not have"):
+            jaxmir.load(tmp_path / "head.pb", backbone="msd-vgg")  # VGG has no such layer

@@ -140,7 +140,7 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     save_weights(tuned, temp, provenance={"fine_tuned_from": str(backbone)})
     try:
         paths = export.export_head(head, result.head.activation, result.dataset.classes, output,
-                                   str(backbone_path), model.input_shape, layer,
+                                   str(backbone_path), model.input_shape, model.node_name(layer) or layer,
                                    {"name": "fine-tuned"}, overwrite)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

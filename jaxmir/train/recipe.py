@@ -130,7 +130,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     paths = None
     if output is not None:
         paths = export.export_head(head.params, head.activation, dataset.classes, output,
-                                   str(backbone), model.input_shape, layer,
+                                   str(backbone), model.input_shape, model.node_name(layer) or layer,
                                    dataset_entry(where, dataset, validation, folds), overwrite)
     return TrainResult(head, dataset, failures, validation, paths,
                        float(np.median(epoch_seconds)) if epoch_seconds else float("nan"))
