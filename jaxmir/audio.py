@@ -36,6 +36,10 @@ from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated, check_min_
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 RESAMPLERS = ("essentia", "samplerate", "soxr")
+# The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
+# of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
+# a margin of 1e4 and still takes integer PCM values given as floats (int32: 2.1e9).
+MAX_PEAK = 1e12
 DECODERS = (*MODES, "soundfile")
 _ACCEPTED = ("WAV, FLAC, OGG/Vorbis or MP3 (anything FFmpeg decodes), mono or stereo, "
              f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
@@ -148,6 +152,18 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
                      "or integer PCM")
 
 
+def check_peak(samples: np.ndarray, name: str = "audio") -> None:
+    """Raise :class:`AudioError` for NaN or infinite samples, or for a peak beyond :data:`MAX_PEAK`."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0   # NaN if any sample is
+    if not math.isfinite(peak):
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise AudioError(f"{name}: contains {bad} NaN or infinite sample(s); expected finite samples")
+    if peak > MAX_PEAK:
+        raise AudioError(f"{name}: a sample reaches {peak:.3g}, beyond {MAX_PEAK:.0e}: the float32 "
+                         "spectrum would overflow (from ~1e16) and the outputs turn NaN; expected "
+                         "samples in about [-1, 1]")
+
+
 def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, name: str) -> np.ndarray:
     """``[n, channels]`` float32 -> checked float32 mono resampled to ``target``."""
     native = check_rate(native, f"{name}: sample rate")
@@ -158,9 +174,7 @@ def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, nam
                          f"Essentia's loader{hint}")
     if n == 0 or channels == 0:
         raise AudioError(f"{name}: contains no samples; expected at least one sample")
-    if not np.isfinite(data).all():
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise AudioError(f"{name}: contains {bad} NaN or infinite sample(s); expected finite samples")
+    check_peak(data, name)
     # Essentia's MonoMixer "mix": (left + right) / 2 in float32.
     mono = data[:, 0] if channels == 1 else (data[:, 0] + data[:, 1]) * np.float32(0.5)
     return _resample(np.ascontiguousarray(mono, np.float32), native, target, resampler)

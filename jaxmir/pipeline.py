@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir import frontends
-from jaxmir.audio import prepare_audio
+from jaxmir.audio import check_peak, prepare_audio
 from jaxmir.errors import InputError
 from jaxmir.frontends import logmel, num_frames
 from jaxmir.models import with_overlap_hop
@@ -228,8 +228,8 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
             and jnp.issubdtype(audio.dtype, jnp.floating):
         if audio.shape[0] == 0:
             raise InputError("audio contains no samples; expected at least one sample")
-        if not isinstance(audio, jax.core.Tracer) and not np.isfinite(np.asarray(audio)).all():
-            raise InputError("audio contains NaN or infinite samples; expected finite samples")
+        if not isinstance(audio, jax.core.Tracer):
+            check_peak(np.asarray(audio))
         return audio
     if isinstance(audio, jax.core.Tracer):
         raise InputError("traced audio (under jax.grad/jit/vmap) must be float mono [n_samples] "

@@ -198,6 +198,31 @@ def test_nan_and_inf(tmp_path):
         prepare_audio(data, 16000)
 
 
+def test_a_peak_that_would_overflow_the_spectrum_is_refused(tmp_path):
+    """Finite samples loud enough to overflow the float32 spectrum (a 1-kHz tone at 1e16: inf in
+    the log-mel, NaN tags) are refused wherever audio enters, naming the peak; the bound itself,
+    1e12, still gives finite tags."""
+    import jax.numpy as jnp
+
+    import jaxmir
+    from jaxmir.audio import MAX_PEAK, MonoInput
+    from jaxmir.frontends import logmel
+
+    musicnn = jaxmir.load("msd-musicnn")
+    tone = np.sin(2 * np.pi * 1000 * np.arange(4 * 16000) / 16000).astype(np.float32)
+    assert not np.isfinite(np.asarray(logmel(tone * np.float32(1e16), musicnn.spec.frontend))).all()
+    assert np.isfinite(musicnn.predict(tone * np.float32(MAX_PEAK), 16000)).all()
+    loud = tone * np.float32(1e20)
+    path = write(tmp_path, "loud.wav", loud, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"loud.wav: a sample reaches 1e\+20, beyond 1e\+12"):
+        load_audio(path)
+    for call in (lambda: prepare_audio(loud * np.float32(1e-7), 44100),
+                 lambda: musicnn.predict(jnp.asarray(loud), 16000),
+                 lambda: MonoInput(16000)(loud[:, None])):
+        with pytest.raises(AudioError, match="beyond 1e\\+12: the float32 spectrum would overflow"):
+            call()
+
+
 def test_more_than_two_channels(tmp_path):
     path = write(tmp_path, "surround.wav", np.zeros((1000, 3), np.int16), 16000)
     with pytest.raises(AudioError, match="3 channels; accepted: mono or stereo") as err:
