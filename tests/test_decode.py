@@ -540,3 +540,21 @@ def test_no_audio_stream(tmp_path):
             container.mux(packet)
     with pytest.raises(AudioError, match="video.mkv: cannot be read as audio: it has no audio stream"):
         decode_file(path)
+
+
+@pytest.mark.parametrize("suffix", ["aac", "m4a"])
+def test_aac_files_decode_whole_and_are_walked(tmp_path, suffix):
+    """ADTS (``.aac``) has no length header: FFmpeg's duration there is a guess from the first
+    packets' bit rate (89.6 s for these 3 s of silence, then 3 s of noise), so the file must not
+    be called truncated; ``.m4a`` (MP4) declares its length. Folder walks take both."""
+    from jaxmir.collection.inputs import expand
+
+    quiet_then_loud = signal(44100, 2, 0.5, 3)
+    quiet_then_loud[:int(SECONDS * 44100) // 2] = 0
+    path = encode(tmp_path / f"song.{suffix}", quiet_then_loud, 44100, "aac", 128000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_file(path, strict=True)
+    assert decoded.status == "ok" and decoded.problem is None
+    assert abs(decoded.samples.shape[0] - SECONDS * 44100) <= 4096  # the encoder's frames
+    assert expand([str(tmp_path)]) == [str(path)]

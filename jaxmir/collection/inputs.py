@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 from jaxmir.errors import InputError
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif",
-                              ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64"})
+                              ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".m4a",
+                              ".m4b", ".aac", ".wma", ".mka", ".ac3", ".wv", ".ape"})
 
 
 @dataclasses.dataclass(frozen=True)
