@@ -25,6 +25,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ from jaxmir.pcm import RAW_DTYPES, ByteReader, decode_pcm, frame_bytes, read_wav
 
 FORMATS = ("text", "json", "csv")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -107,7 +109,7 @@ def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | N
         return None
     frontend = pipeline.frontend_of(model)
     size, seconds = frontend.patch_size, frontend.frame_seconds
-    hop = size - int(round(overlap / seconds))
+    hop = size - int(round(overlap / seconds)) if math.isfinite(overlap) else 0
     if not 0 <= overlap or hop < 1:
         raise InputError(f"--overlap {overlap:g} s: patches last {size * seconds:.3f} s "
                          f"({size} frames), so the overlap must be at least 0 and less than that")
@@ -362,6 +364,8 @@ def cmd_stream(args) -> int:
     if args.input != "-":
         raise InputError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "
                          f"for files use: jaxmir tag {args.input}")
+    if sys.stdin is None:
+        raise InputError("standard input is closed; pipe audio into jaxmir stream")
     source = ByteReader(sys.stdin.fileno())
     interrupted = {"now": False, "reading": False}
 
@@ -504,7 +508,7 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from jaxmir.collection import commands as collection  # argparse only: no pyarrow, no Ray
-    from jaxmir.collection.commands import non_negative_int
+    from jaxmir.collection.commands import non_negative_int, positive_int
 
     parser = argparse.ArgumentParser(
         prog="jaxmir", description="Essentia's MusiCNN, VGG and VGGish models in JAX: tag music, "
@@ -569,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_option(live)
     live.add_argument("-r", "--rate", metavar="HZ", type=int, default=None,
                       help="sample rate of raw PCM (not needed for a WAV stream)")
-    live.add_argument("-c", "--channels", metavar="N", type=int, default=1,
+    live.add_argument("-c", "--channels", metavar="N", type=positive_int, default=1,
                       help="channels of raw PCM, interleaved (default 1)")
     live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default="s16le",
                       help="sample format of raw PCM (default s16le)")
@@ -621,7 +625,8 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage)."""
+    """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage,
+    141 the reader of standard output left, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _show_warnings_as_lines()
@@ -633,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JaxmirError as err:
         _error(str(err))
         return EXIT_FAILED
+    except BrokenPipeError:  # the reader went away (`jaxmir stream ... | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return EXIT_BROKEN_PIPE
     except OSError as err:  # e.g. --output in a folder that cannot be written
         _error(f"{err.filename or ''}: {err.strerror or err}")
         return EXIT_FAILED

@@ -584,3 +584,31 @@ def test_plot_without_matplotlib_is_a_clear_error():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120, cwd=ROOT)
     assert "pip install 'jaxmir[plot]'" in result.stdout, result.stderr
+
+
+def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
+    """Nonsense options end in one line, no traceback; a reader that stops reading
+    (``jaxmir stream ... | head -1``) ends the stream quietly with the shell's status for it."""
+    for option, value, status, message in (("--channels", "0", 2, "0 is not a positive number"),
+                                           ("--channels", "-2", 2, "-2 is not a positive number"),
+                                           ("--overlap", "nan", 1, "--overlap nan s: patches last"),
+                                           ("--overlap", "inf", 1, "--overlap inf s: patches last")):
+        run = cli("stream", "--rate", "16000", option, value, "-", stdin=b"\0" * 64000)
+        assert run.returncode == status and message in run.stderr.decode(), (option, value, run.stderr)
+        assert b"Traceback" not in run.stderr
+    audio = signal_at(16000, 30.0, 1, seed=5, dtype=np.int16).astype("<i2").tobytes()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000", "-"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    process.stdin.write(audio[:len(audio) // 4])
+    process.stdin.flush()
+    assert json.loads(process.stdout.readline())["start"] == 0.0
+    process.stdout.close()  # the reader leaves; the next lines have nowhere to go
+    try:
+        process.stdin.write(audio[len(audio) // 4:])
+        process.stdin.close()
+    except BrokenPipeError:  # it may have stopped reading already
+        pass
+    assert process.wait(timeout=120) == 141
+    assert process.stderr.read() == b""
