@@ -414,6 +414,9 @@ class Stream:
         regular = self._emit(self._ready(closed=True))
         last = self._last_patch(n_frames)
         if self.require_patch and self.n_patches == 0:
+            if self.n_samples == 0 and self._resampling.n_in:  # all of it under one 16-kHz sample
+                raise AudioError(f"audio of {self._resampling.n_in} sample(s) at {self.sample_rate} "
+                                 "Hz gives no sample at 16 kHz; expected at least one")
             if self.n_samples == 0:
                 raise AudioError("audio contains no samples; expected at least one sample")
             make_patches(np.zeros((n_frames, 1), np.float32), self.patch_size, self.patch_hop,

@@ -219,6 +219,10 @@ def test_bad_audio_is_refused(musicnn):
         musicnn.predict(jnp.full(16000 * 4, jnp.nan), SR)
     with pytest.raises(InputError, match="no samples"):
         musicnn.predict(np.zeros(0, np.float32), SR)
+    # two samples at 44.1 kHz resample to none at 16 kHz (three give one): say so, padded or not
+    with pytest.raises(InputError, match="2 sample.s. at 44100 Hz gives no sample at 16 kHz"):
+        musicnn.predict(np.full(2, 0.5, np.float32), 44100, pad="zero")
+    assert musicnn.predict(np.full(3, 0.5, np.float32), 44100, pad="zero").shape == (1, 50)
     with pytest.raises(TypeError):
         musicnn.predict(noise(16000 * 4))  # the sample rate is never guessed
 
