@@ -59,8 +59,8 @@ def describe(model) -> str:
              f"parameters: {model.num_params():,}",
              f"labels ({len(labels)}): {label_text}",
              "outputs by name: " + ", ".join(sorted(
-                 [*spec.aliases, *(n for n in spec.node_map if "/" not in n
-                                   and n != spec.input_name)])),
+                 {*spec.aliases, *(n for n in spec.node_map if "/" not in n
+                                   and n != spec.input_name)})),
              "graph nodes: " + ", ".join(sorted(n for n in spec.node_map if "/" in n))]
     frontend = spec.frontend
     if frontend is not None:

@@ -61,6 +61,9 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
     names = graph_nodes(model)
     assert {"model/vggish/embeddings", "model/vggish/pool4/MaxPool", "model/vggish/conv1/Relu",
             "model/vggish/fc1/fc1_2/Relu", "model/vggish/fc2/BiasAdd"} <= set(names)
+    listed = next(line for line in model.describe().splitlines() if line.startswith("outputs by"))
+    listed = listed.split(": ", 1)[1].split(", ")
+    assert "pool1" in listed and len(listed) == len(set(listed))  # an alias and a node: once
     # TensorFlow's kernels without Grappler's rewriting: its constant folding of 72M parameters
     # takes ~20 s a session. The small Essentia VGGish fixtures below run with it on. One
     # session for both batch sizes: TensorFlow computes each patch on its own.
