@@ -16,6 +16,7 @@ from jaxmir.errors import InputError
 from jaxmir import cli as jaxmir_cli
 from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
 from jaxmir.train.recipe import fit_head
+from jaxmir.train.smoothing import SmoothingConfig
 
 FAST = fit.TrainConfig(epochs=8, patience=75)
 
@@ -78,6 +79,47 @@ def test_table_tasks(tmp_path, audio_set):
     ds = data.load_dataset(regression)
     assert ds.task == "regression" and ds.classes == ("valence", "arousal")
     assert ds.targets[3].tolist() == [1.5, -3.0]
+
+
+def test_parquet_list_label_column_is_multilabel(tmp_path, audio_set):
+    pa, pq = require("pyarrow"), require("pyarrow.parquet")
+    files = sorted(str(p) for p in audio_set.rglob("*.wav"))
+    table = tmp_path / "lists.parquet"
+    labels = [["tone"]] * 4 + [["noise", "x"]] * 2 + [["x; y", None, ""]] * 2  # items kept whole
+    pq.write_table(pa.table({"path": files, "label": labels}), table)
+    ds = data.load_dataset(table)
+    assert ds.task == "multi" and ds.classes == ("noise", "tone", "x", "x; y")
+    assert ds.targets.tolist()[4] == [1, 0, 1, 0] and ds.targets.tolist()[7] == [0, 0, 0, 1]
+    pq.write_table(pa.table({"path": files, "label": [["tone"]] * 7 + [[]]}), table)
+    with pytest.raises(InputError, match="1 row.*without a label"):
+        data.load_dataset(table)
+
+
+def test_file_listed_twice_in_a_table_refused(tmp_path, audio_set):
+    files = sorted(str(p) for p in audio_set.rglob("*.wav"))
+    table = tmp_path / "labels.csv"
+    # the same file spelled another way is the same file
+    twice = os.path.join(os.path.dirname(files[0]), ".", os.path.basename(files[0]))
+    table.write_text("path,label\n" + "".join(f"{f},{'ab'[i % 2]}\n"
+                                              for i, f in enumerate(files + [twice])))
+    with pytest.raises(InputError, match="1 file.*more than once.*" + os.path.basename(files[0])):
+        data.load_dataset(table)
+
+
+def test_dataset_targets_must_fit_paths_task_and_classes():
+    onehot = np.eye(2, dtype=np.float32)[[0, 1, 0]]
+    with pytest.raises(InputError, match="3 paths but 2 target rows"):
+        data.Dataset(("a", "b", "c"), onehot[:2], "single", ("x", "y"))
+    with pytest.raises(InputError, match=r"shape \(3,\); expected \[tracks, outputs\]"):
+        data.Dataset(("a", "b", "c"), onehot[:, 0], "single", ("x", "y"))
+    with pytest.raises(InputError, match="unknown task 'binary'; expected one of single, multi"):
+        data.Dataset(("a", "b", "c"), onehot, "binary", ("x", "y"))
+    with pytest.raises(InputError, match="3 class name.*2 target column"):
+        data.Dataset(("a", "b", "c"), onehot, "single", ("x", "y", "z"))
+    with pytest.raises(InputError, match="one-hot rows or label distributions"):
+        data.Dataset(("a", "b", "c"), onehot * 3, "single", ("x", "y"))
+    ds = data.Dataset(["a", "b", "c"], onehot.tolist(), "single", ["x", "y"])
+    assert ds.subset([2]).paths == ("c",) and ds.targets.dtype == np.float32
 
 
 # -- embedding cache -----------------------------------------------------------------------
@@ -152,6 +194,107 @@ def test_resumed_head_width_must_match():
         fit.train_head(tracks, targets, "single", "abc", FAST, initial=other)
 
 
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("epochs", -1), ("batch_size", 0),
+                                          ("batch_size", -4), ("patience", 0), ("hidden", 0),
+                                          ("epochs", 2.5), ("learning_rate", 0.0),
+                                          ("learning_rate", -1e-3), ("learning_rate", np.nan),
+                                          ("weight_decay", -1e-5),
+                                          ("validation_fraction", 1.0)])
+def test_train_config_refuses_out_of_range_values(field, value):
+    with pytest.raises(InputError, match=f"TrainConfig {field} = "):
+        fit.TrainConfig(**{field: value})
+    with pytest.raises(InputError, match=f"TrainConfig {field} = "):
+        dataclasses.replace(FAST, **{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("steps", 0), ("steps", -1), ("batch_size", 0),
+                                          ("head_learning_rate", 0.0),
+                                          ("backbone_learning_rate", float("inf"))])
+def test_finetune_config_refuses_out_of_range_values(field, value):
+    from jaxmir.train.finetune import FinetuneConfig
+
+    with pytest.raises(InputError, match=f"FinetuneConfig {field} = "):
+        FinetuneConfig(**{field: value})
+
+
+ONE_EPOCH = fit.TrainConfig(epochs=1)
+
+
+@pytest.mark.parametrize("bad", ["scaled", "shifted", "negative"])
+def test_single_label_targets_must_be_one_hot_or_distributions(bad):
+    tracks, onehot = blobs(n_per_class=6, classes=2)
+    wrong = {"scaled": onehot * 3, "shifted": onehot - 0.5,
+             "negative": onehot * 1.5 - np.roll(onehot, 1, axis=1) * 0.5}[bad]  # rows sum to 1
+    with pytest.raises(InputError, match="single-label targets must be one-hot rows or label "
+                                         r"distributions.*row 0 is \["):
+        fit.train_head(tracks, wrong, "single", "ab", ONE_EPOCH)
+    with pytest.raises(InputError, match="single-label targets"):
+        fit.cross_validate(tracks, wrong, "single", "ab", 2, ONE_EPOCH)
+
+
+def test_label_distributions_train_within_float_rounding():
+    """Label distribution learning's targets (means of k one-hot rows) pass; so does rounding."""
+    from jaxmir.train.smoothing import knn_smooth
+
+    tracks, onehot = blobs(n_per_class=6)
+    smoothed = knn_smooth(np.stack([t.mean(axis=0) for t in tracks]), onehot, 7)
+    rounded = 0.5 * onehot + np.float32(0.5 * 0.3333)  # written to 4 decimals: rows sum to 0.99995
+    assert 0 < np.abs(rounded.sum(axis=1) - 1).min() < data.DISTRIBUTION_TOLERANCE
+    for targets in (smoothed, rounded):
+        assert len(fit.train_head(tracks, targets, "single", "abc", ONE_EPOCH).history) == 1
+
+
+def test_multilabel_targets_must_lie_in_unit_interval():
+    tracks, onehot = blobs(n_per_class=6)
+    for wrong in (onehot * 2, onehot - 0.5):
+        with pytest.raises(InputError, match=r"multi-label targets must lie in \[0, 1\]"):
+            fit.train_head(tracks, wrong, "multi", "abc", ONE_EPOCH)
+    fit.train_head(tracks, onehot * 0.8, "multi", "abc", ONE_EPOCH)  # probabilities are fine
+
+
+@pytest.mark.parametrize("task", ["binary", "bogus"])
+def test_unknown_task_refused_naming_the_accepted_ones(task):
+    tracks, targets = blobs(n_per_class=4)
+    expected = f"unknown task '{task}'; expected one of single, multi, regression"
+    with pytest.raises(InputError, match=expected):
+        fit.train_head(tracks, targets, task, "abc", ONE_EPOCH)
+    with pytest.raises(InputError, match=expected):
+        fit.cross_validate(tracks, targets, task, "abc", 2, ONE_EPOCH)
+    with pytest.raises(InputError, match=expected):
+        fit.Head(fit.init_head(jax.random.PRNGKey(0), 20, 100, 3), task, tuple("abc"))
+
+
+def test_class_names_must_match_target_columns_and_single_label_needs_two():
+    tracks, targets = blobs(n_per_class=4, classes=2)
+    with pytest.raises(InputError, match="3 class name.*2 target column"):
+        fit.train_head(tracks, targets, "single", "abc", ONE_EPOCH)
+    with pytest.raises(InputError, match="repeated class names"):
+        fit.train_head(tracks, targets, "single", "aa", ONE_EPOCH)
+    with pytest.raises(InputError, match="only one class.*at least two"):
+        fit.train_head(tracks, np.ones((len(tracks), 1)), "single", "a", ONE_EPOCH)
+
+
+def test_malformed_arrays_raise_input_errors():
+    tracks, targets = blobs(n_per_class=4, classes=2)
+    with pytest.raises(InputError, match=r"targets of shape \(8,\)"):
+        fit.train_head(tracks, targets[:, 0], "single", "ab", ONE_EPOCH)
+    with pytest.raises(InputError, match=r"track 0 has embeddings of shape \(20,\)"):
+        fit.train_head([t[0] for t in tracks], targets, "single", "ab", ONE_EPOCH)
+    with pytest.raises(InputError, match=r"track 3 has embeddings of shape \(0, 20\)"):
+        fit.train_head(tracks[:3] + [tracks[3][:0]] + tracks[4:], targets, "single", "ab",
+                       ONE_EPOCH)
+    with pytest.raises(InputError, match="track 7 has 5-d embeddings, track 0 20-d"):
+        fit.train_head(tracks[:7] + [tracks[7][:, :5]], targets, "single", "ab", ONE_EPOCH)
+    with pytest.raises(InputError, match="validation embeddings are 5-d, training embeddings 20-d"):
+        fit.train_head(tracks, targets, "single", "ab", ONE_EPOCH,
+                       validation=([t[:, :5] for t in tracks], targets))
+    with pytest.raises(InputError, match="too few to split off a validation set"):
+        fit.train_head(tracks[3:5], targets[3:5], "single", "ab", ONE_EPOCH)
+    head = fit.train_head(tracks, targets, "single", "ab", ONE_EPOCH)
+    with pytest.raises(InputError, match=r"this head takes \[patches, 20\]"):
+        head.predict(np.zeros((2, 5)))
+
+
 def test_multilabel_and_regression_train():
     tracks, onehot = blobs()
     multi = np.clip(onehot + np.roll(onehot, 1, axis=1), 0, 1)
@@ -188,6 +331,12 @@ def test_folds_partition_and_stratify():
     assert len(result.folds) == 5 and result.confusion.sum() == 30
     mean, std = result.summary["normalized_accuracy"]
     assert mean > 0.9 and std >= 0
+
+
+def test_one_epoch_still_times_an_epoch():
+    tracks, targets = blobs(n_per_class=4)
+    result = fit.cross_validate(tracks, targets, "single", "abc", 2, fit.TrainConfig(epochs=1))
+    assert np.isfinite(result.seconds_per_epoch) and result.seconds_per_epoch > 0
 
 
 # -- export ------------------------------------------------------------------------------------
@@ -237,6 +386,33 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     # again: refused without --force, nothing written; the cache makes it quick
     assert jaxmir_cli.main(argv) == 1
     assert "already exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--epochs", "-1"),
+                                           ("--batch-size", "0"), ("--batch-size", "-4"),
+                                           ("--finetune-steps", "0"), ("--patience", "0"),
+                                           ("--learning-rate", "0"), ("--learning-rate", "-1e-3"),
+                                           ("--smoothing-k", "-2"), ("--folds", "1")])
+def test_cli_refuses_out_of_range_options(tmp_path, capsys, option, value):
+    argv = ["train-head", str(tmp_path / "no-data"), "--output", str(tmp_path / "h"),
+            f"{option}={value}"]
+    with pytest.raises(SystemExit) as stop:
+        jaxmir_cli.main(argv)
+    assert stop.value.code == 2
+    assert f"argument {option}: expected" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"smoothing": SmoothingConfig("knn", k=-2)}, "smoothing k = -2; expected a whole number"),
+    ({"smoothing": SmoothingConfig("lmnn", lmnn_k=0)}, "lmnn_k = 0"),
+    ({"smoothing": SmoothingConfig("fancy")}, "unknown label smoothing 'fancy'"),
+    ({"folds": 1}, "folds = 1; expected 0"), ({"folds": -3}, "folds = -3")])
+def test_fit_head_checks_options_before_reading_audio(options, message):
+    # files that do not exist and a backbone that cannot load: the options must be refused first
+    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
+    with pytest.raises(InputError, match=message):
+        fit_head(dataset, backbone="no-such-backbone", cache=False, **options)
 
 
 def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):

@@ -9,11 +9,43 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
 
 from jaxmir.train.smoothing import METHODS
+
+
+def _whole(least: int):
+    """An ``argparse`` type: an integer >= ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {value}")
+        return value
+
+    return parse
+
+
+def _folds(text: str) -> int:
+    value = _whole(0)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("expected 0 (no cross-validation) or 2 or more, got 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,27 +61,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--layer", default="model/dense/BiasAdd",
                         help="the backbone output used as features")
     parser.add_argument("--output", required=True, help="NAME: writes NAME.pb, NAME.json, NAME.npz")
-    parser.add_argument("--folds", type=int, default=0, help="k-fold cross-validation first (k>=2)")
+    parser.add_argument("--folds", type=_folds, default=0,
+                        help="k-fold cross-validation first (k>=2)")
     parser.add_argument("--plot", action="store_true",
                         help="with --folds: NAME-confusion.png (needs matplotlib)")
     parser.add_argument("--label-smoothing", choices=METHODS, default="none",
                         help="label distribution learning: knn (MFCC summary) or lmnn (pooled "
                              "MFCCs + LMNN)")
-    parser.add_argument("--smoothing-k", type=int, default=None,
+    parser.add_argument("--smoothing-k", type=_whole(1), default=None,
                         help="neighbours for label smoothing (default 10)")
-    parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--patience", type=int, default=75,
+    parser.add_argument("--epochs", type=_whole(1), default=150)
+    parser.add_argument("--patience", type=_whole(1), default=75,
                         help="epochs without a better validation loss before halving the rate")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=_positive, default=1e-3)
+    parser.add_argument("--batch-size", type=_whole(1), default=32)
+    parser.add_argument("--seed", type=_whole(0), default=0)
     parser.add_argument("--cache", default=None, help="embedding cache folder "
                         "(default $JAXMIR_CACHE_DIR/embeddings or ~/.cache/jaxmir/embeddings)")
     parser.add_argument("--no-embedding-cache", action="store_true")
     parser.add_argument("--resume", default=None, help="a head (.pb/.npz) to start from")
     parser.add_argument("--finetune", action="store_true",
                         help="then train backbone and head together (writes NAME-backbone.npz)")
-    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--finetune-steps", type=_whole(1), default=100)
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.set_defaults(func=run)
     return parser
@@ -67,14 +100,14 @@ def run(args: argparse.Namespace) -> int:
     from jaxmir.train.recipe import fit_head
     from jaxmir.train.smoothing import SmoothingConfig
 
-    config = TrainConfig(epochs=args.epochs, patience=args.patience,
-                         learning_rate=args.learning_rate, batch_size=args.batch_size,
-                         seed=args.seed)
     smoothing = SmoothingConfig(args.label_smoothing)
     if args.smoothing_k is not None:
         smoothing = SmoothingConfig(args.label_smoothing, k=args.smoothing_k)
     cache = False if args.no_embedding_cache else (args.cache or True)
     try:
+        config = TrainConfig(epochs=args.epochs, patience=args.patience,
+                             learning_rate=args.learning_rate, batch_size=args.batch_size,
+                             seed=args.seed)
         if args.plot and not args.folds:
             raise JaxmirError("--plot draws the cross-validation confusion matrix: add --folds")
         if args.plot:

@@ -2,11 +2,13 @@
 
 * ``DATA/<class>/<file>``: one class per file (single-label, softmax).
 * a table with a ``path`` column and a ``label`` column: one class per row, or
-  a ``;``-separated list of classes (multi-label, sigmoid).
+  a ``;``-separated list of classes (multi-label, sigmoid); in Parquet, a
+  ``list<string>`` label column is multi-label too, its items taken as they are.
 * a table with a ``path`` column and numeric columns: regression (identity),
   one output per numeric column.
 
-Relative paths in a table are relative to the table's folder.
+Relative paths in a table are relative to the table's folder; each file may be
+listed once (a repeated file could land in both the training and the test folds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,51 @@ TASKS = ("single", "multi", "regression")
 ACTIVATION = {"single": "softmax", "multi": "sigmoid", "regression": "identity"}
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".m4a", ".opus")
 MIN_FILES_PER_CLASS = 2
+# How far a single-label target row may sum from 1. float32 rounding of a row of C
+# probabilities is below C * 2**-24 (under 1e-3 up to ~16,000 classes), and distributions
+# written to 4 decimals are off by at most 5e-5 per class; scaled or shifted one-hot rows
+# (x3, -0.5), the mistakes this catches, are off by 0.5 or more.
+DISTRIBUTION_TOLERANCE = 1e-3
+
+
+def check_task(task: str) -> None:
+    """``task`` is one of :data:`TASKS`."""
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def check_targets(targets, task: str, classes, what: str = "targets") -> np.ndarray:
+    """``targets`` as float32 ``[tracks, C]``, if they suit ``task`` and the ``C`` ``classes``.
+
+    ``single``: one-hot rows or label distributions (non-negative, summing to 1
+    within :data:`DISTRIBUTION_TOLERANCE`); ``multi``: values in [0, 1];
+    ``regression``: any finite values.
+    """
+    check_task(task)
+    targets = np.asarray(targets, np.float32)
+    if targets.ndim != 2 or targets.shape[1] == 0:
+        raise InputError(f"{what} of shape {targets.shape}; expected [tracks, outputs] with at "
+                         "least one output (one row per track)")
+    classes = tuple(classes)
+    if len(classes) != targets.shape[1]:
+        raise InputError(f"{len(classes)} class name(s) for {targets.shape[1]} target "
+                         "column(s); give one name per column")
+    if len(set(classes)) != len(classes):
+        raise InputError(f"repeated class names in {classes}; each output needs its own name")
+    if not np.all(np.isfinite(targets)):
+        raise InputError(f"{what} contain NaN or infinity")
+    if task == "single":
+        sums = targets.sum(axis=1, dtype=np.float64)
+        bad = np.nonzero((targets < 0).any(axis=1)
+                         | (np.abs(sums - 1) > DISTRIBUTION_TOLERANCE))[0]
+        if bad.size:
+            raise InputError(f"single-label {what} must be one-hot rows or label distributions "
+                             f"(non-negative, summing to 1); row {bad[0]} is "
+                             f"{targets[bad[0]].tolist()}")
+    elif task == "multi" and ((targets < 0) | (targets > 1)).any():
+        raise InputError(f"multi-label {what} must lie in [0, 1] (multi-hot rows or "
+                         f"probabilities); found values from {targets.min()} to {targets.max()}")
+    return targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +90,16 @@ class Dataset:
     targets: np.ndarray
     task: str
     classes: tuple[str, ...]
+
+    def __post_init__(self):
+        paths = tuple(self.paths)
+        targets = check_targets(self.targets, self.task, self.classes, "the dataset's targets")
+        if len(targets) != len(paths):
+            raise InputError(f"{len(paths)} paths but {len(targets)} target rows; give one row "
+                             "per path")
+        object.__setattr__(self, "paths", paths)
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "classes", tuple(self.classes))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -109,7 +166,15 @@ def _from_folders(root: Path) -> Dataset:
     return Dataset(tuple(paths), targets, "single", tuple(classes))
 
 
-def _read_table(path: Path) -> dict[str, list[str]]:
+def _cell(value) -> str | list[str]:
+    """A Parquet value as text; a list (a ``list<...>`` column) as a list of texts."""
+    if isinstance(value, list):
+        return [text for text in ("" if v is None else str(v).strip() for v in value) if text]
+    return "" if value is None else str(value).strip()
+
+
+def _read_table(path: Path) -> dict[str, list[str | list[str]]]:
+    """The table's columns; every cell a stripped string, or a list of them (Parquet lists)."""
     if path.suffix.lower() == ".csv":
         try:
             with open(path, newline="", encoding="utf-8") as handle:
@@ -127,15 +192,29 @@ def _read_table(path: Path) -> dict[str, list[str]]:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several unrelated types for a bad file
         raise InputError(f"{path}: not a readable Parquet table ({err})") from None
-    return {name: ["" if v is None else str(v).strip() for v in table.column(name).to_pylist()]
+    return {name: [_cell(v) for v in table.column(name).to_pylist()]
             for name in table.column_names}
 
 
-def _floats(values: list[str]) -> np.ndarray | None:
+def _floats(values: list[str | list[str]]) -> np.ndarray | None:
     try:
         return np.asarray([float(v) for v in values], np.float64)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: a list
         return None
+
+
+def _check_unique(path: Path, files: list[str]) -> None:
+    """Each file once: a repeated file could be trained on and tested on in the same fold."""
+    seen, repeated = set(), []
+    for file in files:
+        real = os.path.realpath(file)
+        if real in seen and file not in repeated:
+            repeated.append(file)
+        seen.add(real)
+    if repeated:
+        raise InputError(f"{path}: {len(repeated)} file(s) listed more than once, e.g. "
+                         + ", ".join(repr(r) for r in repeated[:3])
+                         + "; list each file once (several labels as 'a;b')")
 
 
 def _from_table(path: Path) -> Dataset:
@@ -145,11 +224,14 @@ def _from_table(path: Path) -> Dataset:
     raw_paths = columns.pop("path")
     if not raw_paths:
         raise InputError(f"{path}: no rows")
+    if any(isinstance(p, list) for p in raw_paths):
+        raise InputError(f"{path}: the 'path' column holds lists; expected one file per row")
     files = [str(Path(p) if Path(p).is_absolute() else path.parent / p) for p in raw_paths]
     missing = [raw for raw, full in zip(raw_paths, files) if not raw or not os.path.isfile(full)]
     if missing:
         raise InputError(f"{path}: {len(missing)} row(s) name files that do not exist, e.g. "
                          + ", ".join(repr(m) for m in missing[:3]))
+    _check_unique(path, files)
     label = columns.get("label")
     if label is not None and _floats(label) is None:
         return _classification(path, files, label)
@@ -164,10 +246,13 @@ def _from_table(path: Path) -> Dataset:
     return Dataset(tuple(files), values, "regression", tuple(numeric))
 
 
-def _classification(path: Path, files: list[str], label: list[str]) -> Dataset:
-    multi = any(";" in value for value in label)
-    per_row = [[part.strip() for part in value.split(";") if part.strip()] if multi else [value]
-               for value in label]
+def _classification(path: Path, files: list[str], label: list[str | list[str]]) -> Dataset:
+    if any(isinstance(value, list) for value in label):  # a Parquet list column: multi-label
+        multi, per_row = True, label
+    else:
+        multi = any(";" in value for value in label)
+        per_row = [[part.strip() for part in value.split(";") if part.strip()] if multi
+                   else [value] for value in label]
     empty = [files[i] for i, parts in enumerate(per_row) if not parts or parts == [""]]
     if empty:
         raise InputError(f"{path}: {len(empty)} row(s) without a label, e.g. {empty[0]}")

@@ -10,6 +10,7 @@ then the head, and updates both: Adam at a small rate for the backbone's
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ from jaxmir.errors import InputError
 from jaxmir.model import Model
 from jaxmir.models.runner import run_patches
 from jaxmir.patches import make_patches
-from jaxmir.train.fit import TrainingError, head_logits, l2_penalty, sample_losses
+from jaxmir.train.fit import (TrainingError, head_logits, l2_penalty, sample_losses,
+                              whole_at_least)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,16 @@ class FinetuneConfig:
     steps: int = 100
     weight_decay: float = 1e-5
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps"):
+            if not whole_at_least(getattr(self, name), 1):
+                raise InputError(f"FinetuneConfig {name} = {getattr(self, name)!r}; expected a "
+                                 "whole number >= 1")
+        for name in ("backbone_learning_rate", "head_learning_rate"):
+            rate = getattr(self, name)
+            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+                raise InputError(f"FinetuneConfig {name} = {rate!r}; expected a positive number")
 
 
 def audio_patches(backbone: Model, audio: np.ndarray, sample_rate: int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import time
 from typing import Callable, Sequence
 
@@ -23,11 +24,21 @@ import optax
 
 from jaxmir.errors import InputError, JaxmirError
 from jaxmir.train import metrics
-from jaxmir.train.data import ACTIVATION
+from jaxmir.train.data import ACTIVATION, check_targets, check_task
 
 
 class TrainingError(JaxmirError):
     """Training could not go on (a non-finite loss, ...)."""
+
+
+def whole_at_least(value, least: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) >= ``least``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+        bool(np.isfinite(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +53,23 @@ class TrainConfig:
     patience: int = 75
     validation_fraction: float = 0.15
     seed: int = 0
+
+    def __post_init__(self):
+        for name, least in (("hidden", 1), ("batch_size", 1), ("epochs", 1), ("patience", 1),
+                            ("seed", 0)):
+            value = getattr(self, name)
+            if not whole_at_least(value, least):
+                raise InputError(f"TrainConfig {name} = {value!r}; expected a whole number "
+                                 f">= {least}")
+        if not _real(self.learning_rate) or self.learning_rate <= 0:
+            raise InputError(f"TrainConfig learning_rate = {self.learning_rate!r}; expected a "
+                             "positive number")
+        if not _real(self.weight_decay) or self.weight_decay < 0:
+            raise InputError(f"TrainConfig weight_decay = {self.weight_decay!r}; expected a "
+                             "number >= 0")
+        if not _real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+            raise InputError(f"TrainConfig validation_fraction = {self.validation_fraction!r}; "
+                             "expected a fraction strictly between 0 and 1")
 
 
 Params = dict  # {"dense": {"kernel": [d, 100], "bias": [100]}, "dense_1": {...: [100, C], [C]}}
@@ -122,6 +150,9 @@ class Head:
     classes: tuple[str, ...]
     history: list[dict] = dataclasses.field(default_factory=list)
 
+    def __post_init__(self):
+        check_task(self.task)
+
     @property
     def in_dim(self) -> int:
         return int(self.params["dense"]["kernel"].shape[0])
@@ -132,7 +163,11 @@ class Head:
 
     def predict(self, embeddings) -> np.ndarray:
         """``[patches, features] -> [patches, C]`` after the output activation."""
-        return np.asarray(_predict(self.task, self.params, jnp.asarray(embeddings, jnp.float32)))
+        embeddings = np.asarray(embeddings, np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.in_dim:
+            raise InputError(f"embeddings of shape {embeddings.shape}; this head takes "
+                             f"[patches, {self.in_dim}]")
+        return np.asarray(_predict(self.task, self.params, jnp.asarray(embeddings)))
 
     def predict_tracks(self, tracks: Sequence[np.ndarray]) -> np.ndarray:
         """``[tracks, C]``: each track's patch predictions averaged."""
@@ -149,10 +184,25 @@ _predict = jax.jit(lambda task, params, x: activate(task, head_logits(params, x)
 
 def _flatten(tracks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """All patches ``[patches, features]`` and the track of each ``[patches]``."""
-    if not tracks:
+    arrays = check_tracks(tracks)
+    owner = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
+    return np.concatenate(arrays), owner
+
+
+def check_tracks(tracks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The tracks as float32 arrays, if each is ``[patches >= 1, features]`` of one width."""
+    if not len(tracks):
         raise InputError("no tracks to train or evaluate on")
-    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(tracks)])
-    return np.concatenate([np.asarray(t, np.float32) for t in tracks]), owner
+    arrays = [np.asarray(t, np.float32) for t in tracks]
+    for i, array in enumerate(arrays):
+        if array.ndim != 2 or len(array) == 0:
+            raise InputError(f"track {i} has embeddings of shape {array.shape}; expected "
+                             "[patches, features] with at least one patch")
+        if array.shape[1] != arrays[0].shape[1]:
+            raise InputError(f"track {i} has {array.shape[1]}-d embeddings, track 0 "
+                             f"{arrays[0].shape[1]}-d; every track needs the same backbone "
+                             "and layer")
+    return arrays
 
 
 def split_validation(targets: np.ndarray, task: str, fraction: float,
@@ -200,8 +250,8 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
 
     Args:
       tracks: one ``[patches, features]`` array per training track.
-      targets: ``[tracks, C]``: one-hot or label distributions (single),
-        multi-hot (multi) or values (regression).
+      targets: ``[tracks, C]``: one-hot rows or label distributions (single),
+        multi-hot rows or probabilities in [0, 1] (multi), or values (regression).
       task: ``"single"``, ``"multi"`` or ``"regression"``.
       classes: ``C`` output names.
       config: hyper-parameters.
@@ -215,20 +265,30 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
       the :class:`Head` at its best validation loss, with ``history``.
 
     Raises:
+      InputError: tracks, targets, task or classes that do not fit together (the
+        targets must suit the task: see :func:`~jaxmir.train.data.check_targets`).
       TrainingError: a non-finite loss (the message names the epoch and step).
     """
-    targets = np.asarray(targets, np.float32)
-    if len(tracks) != len(targets):
-        raise InputError(f"{len(tracks)} tracks but {len(targets)} target rows")
+    tracks = check_tracks(tracks)
+    targets = check_training_targets(tracks, targets, task, classes)
     rng = np.random.default_rng(config.seed)
     if validation is None:
         train, val = split_validation(targets, task, config.validation_fraction, rng)
+        if not len(val):
+            raise InputError(f"{len(targets)} tracks are too few to split off a validation set; "
+                             "give more tracks (at least two per class) or validation=")
         validation = ([tracks[i] for i in val], targets[val])
         tracks, targets = [tracks[i] for i in train], targets[train]
+    else:
+        validation = (validation[0], check_training_targets(*validation, task, classes,
+                                                            "validation targets"))
     x, owner = _flatten(tracks)
     y = targets[owner]
     vx, vowner = _flatten(validation[0])
-    vy = np.asarray(validation[1], np.float32)[vowner]
+    if vx.shape[1] != x.shape[1]:
+        raise InputError(f"validation embeddings are {vx.shape[1]}-d, training embeddings "
+                         f"{x.shape[1]}-d")
+    vy = validation[1][vowner]
     in_dim, n_out = x.shape[1], targets.shape[1]
     if initial is None:
         params = init_head(jax.random.PRNGKey(config.seed), in_dim, config.hidden, n_out)
@@ -279,6 +339,18 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     return Head(jax.device_get(best), task, tuple(classes), history)
 
 
+def check_training_targets(tracks: Sequence[np.ndarray], targets, task: str,
+                           classes: Sequence[str], what: str = "targets") -> np.ndarray:
+    """``targets`` as float32, if they suit ``task`` and ``classes`` and give one row per track."""
+    targets = check_targets(targets, task, classes, what)
+    if task == "single" and targets.shape[1] < 2:
+        raise InputError(f"only one class ({', '.join(map(str, classes))}); a single-label "
+                         "(softmax) head needs at least two: its one output would always be 1")
+    if len(tracks) != len(targets):
+        raise InputError(f"{len(tracks)} tracks but {len(targets)} {what} rows")
+    return targets
+
+
 def check_resumed(initial: Params, in_dim: int, n_out: int) -> Params:
     """The parameters of a resumed head, if their widths fit the embeddings and outputs."""
     have_in = int(np.shape(initial["dense"]["kernel"])[0])
@@ -290,6 +362,11 @@ def check_resumed(initial: Params, in_dim: int, n_out: int) -> Params:
     if have_out != n_out:
         raise InputError(f"the resumed head has {have_out} outputs, the data {n_out} classes")
     return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), initial)
+
+
+def steady_seconds(history: list[dict]) -> list[float]:
+    """Seconds per epoch after the first (which compiles), or the first's if it is alone."""
+    return [h["seconds"] for h in history[1:] or history]
 
 
 @dataclasses.dataclass
@@ -311,7 +388,8 @@ def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     Smoothing (label distribution learning) sees only the training tracks of a
     fold; the test tracks are scored against their original labels.
     """
-    targets = np.asarray(targets, np.float32)
+    tracks = check_tracks(tracks)
+    targets = check_training_targets(tracks, targets, task, classes)
     results, confusion, epoch_seconds = [], None, []
     if task == "single":
         confusion = np.zeros((targets.shape[1],) * 2, np.int64)
@@ -323,7 +401,7 @@ def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         predictions = head.predict_tracks([tracks[i] for i in test])
         figures = metrics.evaluate(task, targets[test], predictions)
         results.append(figures)
-        epoch_seconds.extend(h["seconds"] for h in head.history[1:])  # skip compilation
+        epoch_seconds.extend(steady_seconds(head.history))
         if confusion is not None:
             confusion += metrics.confusion_matrix(np.argmax(targets[test], 1),
                                                   np.argmax(predictions, 1), targets.shape[1])

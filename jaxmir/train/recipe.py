@@ -19,8 +19,9 @@ from jaxmir.errors import InputError
 from jaxmir.train import export
 from jaxmir.train.data import Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
-from jaxmir.train.fit import CrossValidation, Head, TrainConfig, cross_validate, train_head
-from jaxmir.train.smoothing import SmoothingConfig, smoother
+from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, cross_validate, steady_seconds,
+                              train_head, whole_at_least)
+from jaxmir.train.smoothing import METHODS, SmoothingConfig, smoother
 
 DEFAULT_LAYER = "model/dense/BiasAdd"
 
@@ -62,6 +63,24 @@ def resumed_params(source: str | os.PathLike) -> dict:
     return export.params_from_model(model)
 
 
+def check_options(folds: int, smoothing: SmoothingConfig) -> None:
+    """Refuse bad folds and smoothing settings before any audio is decoded."""
+    if folds != 0 and not whole_at_least(folds, 2):
+        raise InputError(f"folds = {folds!r}; expected 0 (no cross-validation) or 2 or more")
+    if smoothing.method not in METHODS:
+        raise InputError(f"unknown label smoothing {smoothing.method!r}; expected one of "
+                         f"{', '.join(METHODS)}")
+    if smoothing.method == "none":
+        return
+    counts = {"k": smoothing.k}
+    if smoothing.method == "lmnn":
+        counts.update(lmnn_k=smoothing.lmnn_k, lmnn_components=smoothing.lmnn_components,
+                      lmnn_max_iter=smoothing.lmnn_max_iter)
+    for name, value in counts.items():
+        if not whole_at_least(value, 1):
+            raise InputError(f"label smoothing {name} = {value!r}; expected a whole number >= 1")
+
+
 def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
              layer: str = DEFAULT_LAYER, output: str | os.PathLike | None = None, *,
              folds: int = 0, config: TrainConfig = TrainConfig(),
@@ -84,6 +103,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     """
     from jaxmir.loading import load
 
+    check_options(folds, smoothing)
     if output is not None and not overwrite:
         taken = [str(p) for p in export.output_paths(output).values() if p.exists()]
         if taken:
@@ -126,7 +146,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     train_targets = dataset.targets if smooth is None else smooth(np.arange(len(dataset)))
     head = train_head(tracks, train_targets, dataset.task, dataset.classes, config,
                       initial=initial, log=None)
-    epoch_seconds = [h["seconds"] for h in head.history[1:]]
+    epoch_seconds = steady_seconds(head.history)
     paths = None
     if output is not None:
         paths = export.export_head(head.params, head.activation, dataset.classes, output,
