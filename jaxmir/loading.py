@@ -76,6 +76,11 @@ def _has_output(model: Model, name: str) -> bool:
 
 
 def _load_one(source, labels=None, output=None) -> Model:
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"cannot load {source!r}: expected a shipped model's name or the path of "
+                         "a .pb or .npz file")
+    if isinstance(labels, str):
+        raise InputError(f"labels={labels!r}: expected a list of class names, not one string")
     text = os.fspath(source)
     if text in catalog.names():
         return load_weights(catalog.path_of(text), labels=labels, trusted=True)  # sha256 checked
@@ -95,6 +100,9 @@ def _load_one(source, labels=None, output=None) -> Model:
     if problem is not None:  # what loads must also run
         raise UnsupportedGraphError(f"{text}: {problem}")
     if labels is None and metadata.get("classes"):
+        if not isinstance(metadata["classes"], list):
+            raise InputError(f"{metadata['_path']}: 'classes' is {metadata['classes']!r}; "
+                             "expected a list of class names")
         labels = [str(c) for c in metadata["classes"]]
         if len(labels) != spec.output_width:
             raise InputError(f"{metadata['_path']} lists {len(labels)} classes but the graph "

@@ -51,7 +51,11 @@ def _names(outputs: Iterable[str] | str | None) -> tuple[str, ...]:
         return ("predictions",)
     if isinstance(outputs, str):
         return (outputs,)
-    return tuple(outputs)
+    names = tuple(outputs) if isinstance(outputs, Iterable) else None
+    if not names or not all(isinstance(name, str) for name in names):
+        raise InputError(f"output={outputs!r}: expected an output name or a list of names, such as "
+                         "'predictions' or ['embeddings', 'model/Sigmoid']")
+    return names
 
 
 def _on_device(value):

@@ -67,6 +67,17 @@ def test_unknown_output_lists_what_exists(musicnn, patches_187):
         musicnn.apply(patches_187, ["model/nope"])
 
 
+def test_arguments_of_the_wrong_kind_are_named(musicnn, patches_187, tmp_path):
+    for output in (3, [3], []):
+        with pytest.raises(InputError, match="expected an output name or a list of names"):
+            musicnn.apply(patches_187, output)
+    for source in (None, 3):
+        with pytest.raises(InputError, match="expected a shipped model's name or the path"):
+            jaxmir.load(source)
+    with pytest.raises(InputError, match="a list of class names, not one string"):
+        jaxmir.load("msd-musicnn", labels="abcdefghi")
+
+
 @pytest.mark.parametrize("patches, message", [
     (np.zeros((2, 100, 96), np.float32), r"shape \[2, 100, 96\]"),
     (np.zeros((187, 96), np.float32), r"shape \[187, 96\]"),
