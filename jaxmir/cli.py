@@ -271,25 +271,38 @@ def format_csv(results: list) -> str:
     return buffer.getvalue()
 
 
-def _expand_each(arguments: Sequence[str]) -> list[str]:
+def _expand_each(arguments: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Folders and @lists replaced by the audio files they name; files kept as given.
 
-    An argument that names no audio file (an empty folder, a bad list) stays, and is
-    reported with the files that fail.
+    An argument that names no audio file (an empty folder, a bad list) stays, with the
+    reason, to be reported with the files that fail: ``(files, {argument: reason})``.
     """
     from jaxmir.collection.inputs import expand
     from jaxmir.errors import JaxmirError
 
-    files = []
+    files, problems = [], {}
     for argument in arguments:
         if not (os.path.isdir(argument) or argument.startswith("@")):
             files.append(argument)
             continue
         try:
             files.extend(expand([argument]))
-        except JaxmirError:
+        except JaxmirError as err:
             files.append(argument)
-    return files
+            problems[argument] = str(err)
+    return files, problems
+
+
+def _unless_unexpanded(work: Callable[[str], object], problems: dict[str, str]):
+    """``work``, but an argument :func:`_expand_each` could not expand fails with its reason."""
+    from jaxmir.errors import InputError
+
+    def run(file: str):
+        if file in problems:
+            raise InputError(problems[file])
+        return work(file)
+
+    return run
 
 
 def cmd_tag(args) -> int:
@@ -304,15 +317,16 @@ def cmd_tag(args) -> int:
         return collection.run_tag(args, model, hop)  # --bf16 casts it through the options
     dtype = collection.dtype_of(args)
     model = model.astype(dtype)
-    args.files = _expand_each(args.files)
+    args.files, unexpanded = _expand_each(args.files)
     stream = args.format == "text" and args.output is None
     if args.plot is not None:
         from jaxmir.plot import check_available
 
         check_available()  # a missing matplotlib fails here, once
     plots = _plot_paths(args.files, args.plot)
-    results, failed = _process(args.files, _tag_one(model, args, hop, plots), not args.no_progress,
-                               show=text_block if stream else None)
+    results, failed = _process(args.files,
+                               _unless_unexpanded(_tag_one(model, args, hop, plots), unexpanded),
+                               not args.no_progress, show=text_block if stream else None)
     if stream:
         return EXIT_FAILED if failed else EXIT_OK
     if args.format == "text":
@@ -524,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "file and print the top tags.")
     tag.add_argument("files", nargs="+", metavar="PATH",
                      help="audio files (wav, flac, ogg, mp3, ...), folders (walked recursively) "
-                          "or @list.txt (one path per line)")
+                          "or @list.txt (one path per line, relative to the list's folder)")
     _patch_options(tag)
     tag.add_argument("-n", "--top", "--topN", metavar="N", type=non_negative_int, default=3,
                      help="how many tags to list (default 3; 0 = all)")

@@ -136,8 +136,8 @@ def test_bad_files_are_reported_and_the_others_go_on(capsys, wavs):
     assert "Traceback" not in err
     errors = {line for line in err.splitlines() if line.startswith("jaxmir: error: ")}
     assert len(errors) == len(bad) + 1
-    problems = {"garbage": "cannot be read", "folder": "is a directory", "short": "too short",
-                "empty": "no samples", "nan": "NaN"}
+    problems = {"garbage": "cannot be read", "folder": "no audio files in this folder",
+                "short": "too short", "empty": "no samples", "nan": "NaN"}
     for name, problem in problems.items():
         assert any(str(wavs[name]) in line and problem in line for line in errors), (name, err)
     assert any("/no/such.wav" in line and "no such file" in line for line in errors)
