@@ -46,18 +46,27 @@ def _table(path):
     return pq.read_table(path).sort_by("path")
 
 
-def test_ray_equals_local(cluster, tmp_path):
+def test_ray_equals_local(cluster, tmp_path, capsys):
     music = tmp_path / "music"
     _write(music / "a.wav", 3.5, 16000, 1, 0)
     _write(music / "sub" / "a.flac", 5.0, 44100, 2, 1)
     _write(music / "b.wav", 4.0, 22050, 1, 2)
+    _write(music / "cut.wav", 6.0, 16000, 1, 3)
+    whole = (music / "cut.wav").read_bytes()
+    (music / "cut.wav").write_bytes(whole[:len(whole) * 2 // 3])  # its header declares 6 s
     (music / "broken.wav").write_bytes(b"not audio")
     model = jaxmir.load("msd-musicnn")
     local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     for engine, out in (("local", local), ("ray", remote)):
+        capsys.readouterr()
         tally = collect(model, [str(music)], str(out), name="msd-musicnn", per_patch=True, jobs=1,
                         engine=engine, progress=False)
-        assert (tally.ok, tally.failed) == (3, 1)
+        assert (tally.ok, tally.failed) == (4, 1)
+        printed = capsys.readouterr().err.splitlines()  # the same lines from either engine
+        assert sum(line.startswith("jaxmir: error: ") and "broken.wav" in line
+                   for line in printed) == 1, (engine, printed)
+        assert sum(line.startswith("jaxmir: warning: ") and "cut.wav: truncated audio" in line
+                   for line in printed) == 1, (engine, printed)
     # The same packed programs on the same CPU; a patch may sit in another row of a pack (Ray's
     # batches hold other files), which may change the float32 summation order: 1e-6 on tags
     # (probabilities; tests/test_packing.py measures 1.5e-7), every other column equal.
