@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,10 +104,18 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     assert sorted(inputs.npy_names(found).values()) == [
         "jazz/a.npy", "jazz/deep/c.npy", "rock/a.npy", "rock/b.npy"]
     assert set(inputs.npy_names(["/x/a.wav", "/x/a.flac"]).values()) == {"a.wav.npy", "a.flac.npy"}
+    # a short name that is another file's full one
+    assert inputs.npy_names(["/x/a.wav", "/x/a.flac", "/x/a.wav.flac"]) == {
+        "/x/a.wav": "a.wav.npy", "/x/a.flac": "a.flac.npy", "/x/a.wav.flac": "a.wav.flac.npy"}
     with pytest.raises(InputError, match="no audio files"):
         inputs.expand([str(tmp_path)])
     with pytest.raises(InputError, match="cannot read the list"):
         inputs.expand([f"@{tmp_path / 'missing.txt'}"])
+    # a list with a byte-order mark (Windows editors), indented comments, relative paths
+    listing.write_bytes("\ufeff  # music\n rock/b.flac \n".encode("utf-8"))
+    (tmp_path / "rock").mkdir()
+    (tmp_path / "rock" / "b.flac").write_bytes(b"")
+    assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac")]
 
 
 # -- outputs against Model.predict ------------------------------------------------------------
@@ -261,6 +270,114 @@ def test_torn_last_line_is_dropped(music, model, tmp_path):
     assert len(seen) == 1 and out.read_bytes() == whole
 
 
+def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
+    """A CSV records the run's identity as JSONL does (column "settings"): another model of the
+    same labels, another backbone or other patch options are refused, naming them; a CSV
+    written before that column is still resumed, and its model checked."""
+    import csv
+
+    import pandas
+
+    out = tmp_path / "tags.csv"
+    run = lambda path="a.wav", name="msd-musicnn", **kw: collect(
+        model, [str(music / "rock" / path)], str(out), name=name, jobs=0, progress=False, **kw)
+    run()
+    for kw, difference in (({"name": "msd-vgg"}, "model: 'msd-musicnn' there, 'msd-vgg' now"),
+                           ({"backbone": "msd-vgg"}, "'msd-musicnn' there, 'msd-musicnn+msd-vgg'"),
+                           ({"options": Options(patch_hop=40)}, "patch_hop: 93 there, 40 now"),
+                           ({"options": Options(pad="zero")}, "pad: None there, 'zero' now"),
+                           ({"options": Options(dtype="bfloat16")}, "dtype: None there, 'bfloat16'")):
+        with pytest.raises(InputError, match=re.escape(difference) + ".*--overwrite"):
+            run(**kw)
+    frame = pandas.read_csv(out)
+    assert len(frame) == 1 and json.loads(frame["settings"][0])["patch_hop"] == 93
+    with open(out, newline="") as file:
+        before = [row[:8] + row[9:] for row in csv.reader(file)]  # as written without "settings"
+    with open(out, "w", newline="") as file:
+        csv.writer(file, lineterminator="\n").writerows(before)
+    assert run("b.flac").ok == 1
+    assert list(pandas.read_csv(out)["model"]) == ["msd-musicnn"] * 2
+    with pytest.raises(InputError, match="model: 'msd-musicnn' there, 'msd-vgg' now"):
+        run(name="msd-vgg")
+
+
+def test_parquet_never_mixes_rows_with_and_without_patches(music, model, tmp_path):
+    """--per-patch adds a column the first part's schema would hide: refused both ways."""
+    for first in (False, True):
+        out = str(tmp_path / f"tags-{first}.parquet")
+        run = lambda per_patch: collect(model, [str(music / "rock" / "a.wav")], out,
+                                        name="msd-musicnn", jobs=0, progress=False,
+                                        per_patch=per_patch)
+        assert run(first).ok == 1
+        with pytest.raises(InputError, match=f"per_patch: {first} there, {not first} now"):
+            run(not first)
+        assert run(first).skipped == 1
+
+
+def test_npy_names_never_overwrite_another_rows_array(model, tmp_path):
+    """a/s1.wav then b/s1.wav, each run alone into one folder (both named s1.npy below their own
+    folder), and x.wav, x.flac, x.wav.flac in one run (x.wav.npy twice before): every row gets its
+    own .npy, which holds its own file's embeddings."""
+    first = _write(tmp_path / "in" / "a" / "s1.wav", 3.0, 16000, 1, 0)
+    second = _write(tmp_path / "in" / "b" / "s1.wav", 3.0, 16000, 1, 1)
+    same = [_write(tmp_path / "same" / name, 3.0, 16000, 1, seed)
+            for seed, name in enumerate(("x.wav", "x.flac", "x.wav.flac"), 2)]
+    out = tmp_path / "emb"
+    for paths in ([first], [second], same):
+        collect(model, [str(p) for p in paths], str(out), command="embed",
+                options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert sorted(row["npy"] for row in index) == [
+        "s1-2.npy", "s1.npy", "x.flac.npy", "x.wav.flac.npy", "x.wav.npy"]
+    for row in index:
+        audio = jaxmir.load_audio(row["path"], 16000)
+        np.testing.assert_array_equal(np.load(out / row["npy"], allow_pickle=False),
+                                      model.predict(audio, 16000, output="embeddings"))
+
+
+def test_csv_paths_holding_line_breaks_resume(model, tmp_path):
+    """Paths holding "\\r" or "\\n" are quoted (pandas reads them back); a rerun keeps every row,
+    and a row torn by a kill inside such a path is dropped and done again."""
+    import pandas
+
+    files = [_write(tmp_path / "in" / name, 3.0, 16000, 1, seed)
+             for seed, name in enumerate(("a\rb.wav", "c\nd.wav"))]
+    out = tmp_path / "tags.csv"
+    analyzer, seen = _counting()
+    run = lambda: collect(model, [str(tmp_path / "in")], str(out), name="msd-musicnn", jobs=0,
+                          progress=False, analyzer=analyzer)
+    run()
+    whole = out.read_bytes()
+    assert list(pandas.read_csv(out)["path"]) == [str(path) for path in files]
+    seen.clear()
+    assert run().skipped == 2 and seen == [] and out.read_bytes() == whole
+    out.write_bytes(whole[:whole.rindex(b"c\nd.wav") + 2])  # killed just after the path's "\n"
+    assert run().skipped == 1 and seen == [str(files[1])] and out.read_bytes() == whole
+
+
+def test_file_names_that_are_not_utf8_round_trip(model, tmp_path):
+    """A name whose bytes are not UTF-8: Parquet and CSV hold its path with the escapes JSON writes
+    ("\\udcff"), so pyarrow and pandas read them; a rerun finds every file done."""
+    import pandas
+
+    good = _write(tmp_path / "in" / "good.wav", 3.0, 16000, 1, 0)
+    bad = os.fsdecode(os.fsencode(tmp_path / "in") + b"/bad\xff\xfename.wav")
+    os.rename(_write(tmp_path / "bad.wav", 3.0, 16000, 1, 1), bad)
+    for suffix in (".parquet", ".csv", ".jsonl"):
+        out = str(tmp_path / f"tags{suffix}")
+        analyzer, seen = _counting()
+        run = lambda: collect(model, [str(tmp_path / "in")], out, name="msd-musicnn", jobs=0,
+                              progress=False, analyzer=analyzer)
+        assert run().ok == 2 and seen == [bad, str(good)]
+        seen.clear()
+        assert run().skipped == 2 and seen == []
+    as_text = rf"{tmp_path / 'in'}/bad\udcff\udcfename.wav"
+    assert list(_read_parquet(tmp_path / "tags.parquet")["path"]) == [as_text, str(good)]
+    assert list(pandas.read_csv(tmp_path / "tags.csv")["path"]) == [as_text, str(good)]
+    rows = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text().splitlines()]
+    assert [row["path"] for row in rows] == [bad, str(good)]
+
+
 # -- kill-safety and bad input --------------------------------------------------------------------
 KILLED_RUN = """
 import sys
@@ -322,6 +439,43 @@ def test_full_disk_keeps_rows(music, model, tmp_path, monkeypatch):
     assert collect(model, [str(music)], str(out), name="msd-musicnn", jobs=0, progress=False,
                    analyzer=analyzer).skipped == 2
     assert len(seen) == 2 and len(out.read_text().splitlines()) == 4
+
+
+def test_a_failed_write_leaves_only_whole_rows(model, tmp_path):
+    """A row written past the file-size limit (as on a full disk) is cut back off: the file reads
+    as it is, with no rerun; the rerun does the file that failed."""
+    import resource
+
+    import pandas
+
+    files = [str(_write(tmp_path / "in" / f"{i}.wav", 3.0, 16000, 1, i)) for i in range(2)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    for suffix in (".jsonl", ".csv"):
+        out = tmp_path / f"tags{suffix}"
+
+        def limit(result, where):  # after the first row: the second would pass the limit
+            resource.setrlimit(resource.RLIMIT_FSIZE, (out.stat().st_size + 100, hard))
+        try:
+            with pytest.raises(InputError, match="File too large.*the 1 rows written before"):
+                collect(model, files, str(out), name="msd-musicnn", jobs=0, progress=False,
+                        on_result=limit)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        rows = pandas.read_json(out, lines=True) if suffix == ".jsonl" else pandas.read_csv(out)
+        assert list(rows["path"]) == files[:1] and out.read_bytes().endswith(b"\n")
+        tally = collect(model, files, str(out), name="msd-musicnn", jobs=0, progress=False)
+        assert (tally.skipped, tally.ok) == (1, 1)
+
+
+def test_a_file_that_is_not_a_jaxmir_output_is_refused(music, model, tmp_path):
+    """JSON lines that are not objects, a CSV of other columns: refused, saying so."""
+    for name, text in (("arrays.jsonl", "[1, 2]\n"), ("null.jsonl", "null\n"),
+                       ("other.csv", "a,b\n1,2\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match="not an output of jaxmir.*--overwrite"):
+            collect(model, [str(music / "rock" / "a.wav")], str(tmp_path / name), jobs=0,
+                    progress=False)
+        assert (tmp_path / name).read_text() == text
 
 
 def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypatch):

@@ -49,13 +49,16 @@ def _walk(folder: Path) -> list[str]:
 
 
 def _read_list(list_file: str) -> list[str]:
+    """The paths a list names, one per line (UTF-8, a byte-order mark allowed); blank lines and
+    lines starting with ``#`` are skipped; relative paths are taken from the list's folder."""
     try:
-        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
+        lines = Path(list_file).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"@{list_file}: cannot read the list of paths ({err}); expected a text "
                          "file with one path per line") from None
     base = Path(list_file).parent
-    return [str(base / line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+    names = (line.strip() for line in lines)
+    return [str(base / name) for name in names if name and not name.startswith("#")]
 
 
 def expand(arguments: Sequence[str]) -> list[str]:
@@ -107,8 +110,15 @@ def npy_names(paths: Iterable[str]) -> dict[str, str]:
     for rel in relative.values():
         stem = os.path.splitext(rel)[0]
         stems[stem] = stems.get(stem, 0) + 1
-    names = {}
-    for path, rel in relative.items():
-        stem = os.path.splitext(rel)[0]
-        names[path] = (rel if stems[stem] > 1 else stem) + ".npy"
-    return names
+    full = {path for path, rel in relative.items() if stems[os.path.splitext(rel)[0]] > 1}
+    while True:
+        names = {path: (rel if path in full else os.path.splitext(rel)[0]) + ".npy"
+                 for path, rel in relative.items()}
+        holders: dict[str, list[str]] = {}
+        for path, name in names.items():
+            holders.setdefault(name, []).append(path)
+        # a short name may be another file's full one (x.wav.flac -> x.wav.npy, beside x.wav's)
+        clashing = {path for group in holders.values() if len(group) > 1 for path in group} - full
+        if not clashing:
+            return names
+        full |= clashing

@@ -5,13 +5,19 @@
   ``pandas.read_parquet(OUT)``. A part is written under a hidden temporary
   name (``.part-....tmp``, which readers ignore), synced, then renamed: a
   part is either complete or absent. Every part carries the run's identity
-  (model, output, labels, patch options) in its schema metadata.
-* ``.jsonl`` / ``.csv``: one line per file, appended, flushed and synced
-  line by line; a kill can only leave a torn last line, which the next run
-  drops (by rewriting the file atomically) before appending.
+  (model, output, labels, patch options) in its schema metadata; with
+  ``--per-patch`` its schema also has a ``patches`` column.
+* ``.jsonl`` / ``.csv``: one row per file, appended, flushed and synced
+  row by row; a kill can only leave a torn last row, which the next run
+  drops (by rewriting the file atomically) before appending. A write that
+  fails (a full disk) cuts the file back to its last whole row. Each JSONL
+  row holds the run's identity but the labels (``settings``), each CSV row
+  the same as JSON text in its ``settings`` column.
 * a folder (``embed``; or a name with no extension): one ``.npy`` per file,
   ``[n_patches, ...]`` float32, written atomically, then its row appended to
-  ``index.jsonl`` there: a ``.npy`` without a row is simply done again.
+  ``index.jsonl`` there: a ``.npy`` without a row is simply done again. A
+  name that a row of the index (or another file of the run) already holds
+  gets ``-2``, ``-3``, ... before ``.npy``.
 
 On resume, kept rows are those :func:`jaxmir.collection.resume.keep` keeps;
 when anything is dropped the part or file holding it is rewritten atomically.
@@ -26,18 +32,20 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
 from jaxmir.atomic import write_atomically
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
-from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, summary
+from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, as_text, summary
 from jaxmir.errors import InputError
 
 KINDS = ("parquet", "jsonl", "csv", "npy")
 INDEX = "index.jsonl"
+CSV_COLUMNS = list(BASE_COLUMNS) + ["model", "settings"]  # then one column per label
+_CSV_COLUMNS_BEFORE_SETTINGS = list(BASE_COLUMNS) + ["model"]  # CSVs written before, still resumed
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
 
 
@@ -67,10 +75,56 @@ def check_writable(folder: Path) -> None:
 
 
 def _append(handle, data: bytes) -> None:
-    """Append whole lines and make them durable (one call per row)."""
-    handle.write(data)
-    handle.flush()
-    os.fsync(handle.fileno())
+    """Append whole lines to the unbuffered ``handle`` and make them durable (one call per row).
+
+    When a write fails (a full disk, a file-size limit), the file is cut back
+    to its length before, as far as that can be done: it holds whole rows only.
+    """
+    start = os.fstat(handle.fileno()).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[handle.write(view):]  # a write may take only part of the data
+        os.fsync(handle.fileno())
+    except OSError:
+        try:
+            os.ftruncate(handle.fileno(), start)
+        except OSError:
+            pass  # the torn row is dropped by the next run
+        raise
+
+
+def _csv_records(text: str) -> Iterator[tuple[str, list[str]]]:
+    """Each record of the CSV ``text``: the text it spans (a quoted field may span lines), its values."""
+    spanned: list[str] = []
+
+    def lines():
+        for line in io.StringIO(text, newline="\n"):
+            spanned.append(line)
+            yield line
+    for values in csv.reader(lines()):  # takes lines only until its record is whole
+        yield "".join(spanned), values
+        spanned.clear()
+
+
+def _unique_names(names: Mapping[str, str], taken: Mapping[str, str]) -> dict[str, str]:
+    """``names`` (path -> relative ``.npy`` name) made unique among themselves and against
+    ``taken`` (name -> the path whose row holds it): in the order of the paths, a name held
+    already gets ``-2``, ``-3``, ... before ``.npy``."""
+    owners = dict(taken)
+    unique, clashing = {}, []
+    for path in sorted(names):
+        if owners.setdefault(names[path], path) == path:
+            unique[path] = names[path]
+        else:
+            clashing.append(path)
+    for path in clashing:
+        stem, number = names[path][:-len(".npy")], 2
+        while f"{stem}-{number}.npy" in owners:
+            number += 1
+        unique[path] = f"{stem}-{number}.npy"
+        owners[unique[path]] = path
+    return unique
 
 
 # -- writers ---------------------------------------------------------------------------------------
@@ -104,7 +158,13 @@ class Writer:
 
 
 class LinesWriter(Writer):
-    """``.jsonl`` or ``.csv``: whole lines appended and synced one row at a time."""
+    """``.jsonl`` or ``.csv``: whole rows appended and synced one at a time.
+
+    A CSV row holds the base columns, ``model``, ``settings`` (the run's
+    identity but the labels, as JSON text) and one column per label, its
+    text as :func:`rows.as_text` writes it. ``rows``: those kept from an
+    existing output.
+    """
 
     def __init__(self, path: Path, layout: Layout, current: Mapping[str, Source], overwrite: bool):
         super().__init__(path, layout)
@@ -112,7 +172,11 @@ class LinesWriter(Writer):
         if self.csv and (layout.command != "tag" or layout.per_patch):
             raise InputError(f"--output {path}: CSV holds tag means only; use .parquet or .jsonl "
                              "for embeddings and --per-patch")
-        self.header = list(BASE_COLUMNS) + ["model"] + list(layout.labels)
+        if self.csv and set(layout.labels) & set(CSV_COLUMNS):
+            raise InputError(f"--output {path}: a label of the model clashes with the CSV's "
+                             "'settings' column; use .parquet or .jsonl")
+        self.header = CSV_COLUMNS + list(layout.labels)
+        self.rows: list[dict] = []
         check_writable(path.parent)
         if path.is_dir():
             raise InputError(f"--output {path} is a folder; expected a {path.suffix} file")
@@ -120,32 +184,55 @@ class LinesWriter(Writer):
             write_atomically(path, lambda f: f.write(self._header_bytes()), durable=True)
         else:
             self._resume(current)
-        self.handle = open(path, "ab")
+        self.handle = open(path, "ab", buffering=0)  # see _append
 
     def _header_bytes(self) -> bytes:
         return self._line(self.header) if self.csv else b""
 
     def _line(self, values: list) -> bytes:
+        """One CSV record, ending in a newline."""
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(values)
-        return buffer.getvalue().encode("utf-8")
+        # the writer quotes a field holding "\r" only when its line terminator holds one: with
+        # "\n" alone such a path goes unquoted, and readers end the row there
+        csv.writer(buffer, lineterminator="\r\n").writerow(values)
+        return as_text(buffer.getvalue()[:-2] + "\n").encode("utf-8")
 
-    def _parse(self, lines: list[bytes]) -> list[dict]:
-        if self.csv:
-            reader = csv.reader(io.StringIO(b"".join(lines).decode("utf-8")))
-            header = next(reader, None)
-            if header is None:
-                return []
-            rows = [dict(zip(header, values)) for values in reader]
-            found = rows[0]["model"] if rows and "model" in rows[0] else "unknown"
-            if header != self.header:
-                labels = [h for h in header or [] if h not in BASE_COLUMNS and h != "model"]
-                resume.check_identity(str(self.path), {"model": found, "labels": labels},
-                                      {"model": self.layout.model, "labels": list(self.layout.labels)})
-            for row in rows:
-                row["size_bytes"], row["mtime_ns"] = int(row["size_bytes"]), int(row["mtime_ns"])
-            return rows
+    def _csv_entries(self, data: bytes, current: Mapping[str, Source]) -> list[tuple[bytes, dict]]:
+        """The CSV's rows, each with its bytes; checks the identity the file records."""
+        records = list(_csv_records(data.decode("utf-8")))
+        if not records:
+            return []
+        (_, header), body = records[0], records[1:]
+        if body and len(body[-1][1]) != len(header):
+            body.pop()  # torn by a kill within a quoted field spanning lines
+        before = header[len(BASE_COLUMNS) + 1:len(BASE_COLUMNS) + 2] != ["settings"]
+        columns = _CSV_COLUMNS_BEFORE_SETTINGS if before else CSV_COLUMNS
+        if header[:len(columns)] != columns:
+            raise ValueError(f"its columns start {header[:len(columns)]}")
+        rows = []
+        for _, values in body:
+            if len(values) != len(header):
+                raise ValueError(f"a row of {len(values)} values under {len(header)} columns")
+            rows.append(dict(zip(header, values)))
+        if not rows:  # nothing to check or keep: the header is written again
+            return []
+        found = {"model": rows[0]["model"]} if before else json.loads(rows[0]["settings"])
+        expected = {"model": self.layout.model} if before else self._settings()
+        found["labels"], expected["labels"] = header[len(columns):], list(self.layout.labels)
+        resume.check_identity(str(self.path), found, expected)
+        if before:
+            self.header = header  # the rows appended keep its columns
+        paths = resume.real_paths([row["path"] for row in rows], current)
+        for row, path in zip(rows, paths):
+            row.update(path=path, size_bytes=int(row["size_bytes"]), mtime_ns=int(row["mtime_ns"]))
+        return [(text.encode("utf-8"), row) for (text, _), row in zip(body, rows)]
+
+    def _jsonl_entries(self, data: bytes) -> list[tuple[bytes, dict]]:
+        """The JSONL's rows, each with its line; checks the identity they record."""
+        lines = data.splitlines(keepends=True)
         rows = [json.loads(line) for line in lines]
+        if not all(isinstance(row, dict) for row in rows):
+            raise ValueError("a line is not a JSON object")
         if rows:
             expected = self._settings()
             found = dict(rows[0].get("settings") or {"model": rows[0].get("model")})
@@ -155,7 +242,7 @@ class LinesWriter(Writer):
             if self.layout.command == "tag" and tagged:
                 found["labels"], expected["labels"] = list(tagged[0]), list(self.layout.labels)
             resume.check_identity(str(self.path), found, expected)
-        return rows
+        return list(zip(lines, rows))
 
     def _settings(self) -> dict:
         """The run's identity but the labels (each row holds them as its keys)."""
@@ -163,28 +250,31 @@ class LinesWriter(Writer):
 
     def _resume(self, current: Mapping[str, Source]) -> None:
         data = self.path.read_bytes()
-        complete = data[:data.rfind(b"\n") + 1]  # a kill can only tear the last line
-        lines = complete.splitlines(keepends=True)
-        body = lines[1:] if self.csv and lines else lines
+        complete = data[:data.rfind(b"\n") + 1]  # a kill can only tear the last row
         try:
-            rows = self._parse(lines)
+            entries = self._csv_entries(complete, current) if self.csv \
+                else self._jsonl_entries(complete)
+            kept = [(line, row) for line, row in entries
+                    if resume.keep(row["path"], row["size_bytes"], row["mtime_ns"], row["status"],
+                                   current)]
         except InputError:  # another model's or other settings' output: already said so
             raise
-        except (ValueError, KeyError, UnicodeDecodeError) as err:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as err:
             raise InputError(f"{self.path}: not an output of jaxmir ({err}); give another --output, "
                              "or --overwrite to start it over") from None
-        kept = [line for line, row in zip(body, rows)
-                if resume.keep(row["path"], row["size_bytes"], row["mtime_ns"], row["status"],
-                               current)]
-        self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in rows if r["status"] in DONE}
-        if len(kept) != len(body) or len(complete) != len(data) or (self.csv and not lines):
-            write_atomically(self.path, lambda f: f.write(self._header_bytes() + b"".join(kept)),
-                             durable=True)
+        self.rows = [row for _, row in kept]
+        self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in self.rows
+                     if r["status"] in DONE}
+        whole = self._header_bytes() + b"".join(line for line, _ in kept)
+        if whole != data:
+            write_atomically(self.path, lambda f: f.write(whole), durable=True)
 
     def encode(self, result: Result, extra: dict | None = None) -> bytes:
         row = summary(self.layout, result)
         if self.csv:
             values = [row[c] for c in BASE_COLUMNS] + [self.layout.model]
+            if "settings" in self.header:
+                values.append(json.dumps(self._settings(), sort_keys=True))
             values += [repr(row[label]) if row[label] is not None else "" for label in self.layout.labels]
             return self._line(["" if v is None else v for v in values])
         record = {c: row[c] for c in BASE_COLUMNS}
@@ -224,10 +314,12 @@ class NpyWriter(Writer):
                              "over files of the same names")
         summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False)
         self.index = LinesWriter(index, summary_only, current, overwrite)
-        self.done, self.names = self.index.done, dict(names)
+        self.done = self.index.done
+        taken = {str(row["npy"]): row["path"] for row in self.index.rows if row.get("npy")}
+        self.names = _unique_names(names, taken)
 
     def write(self, result: Result) -> None:
-        name = self.names.get(result.source.path) or Path(result.source.path).stem + ".npy"
+        name = self.names[result.source.path]
         if result.ok:
             target = self.path / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -298,8 +390,11 @@ class ParquetWriter(Writer):
                 raise InputError(f"{part}: unreadable Parquet part ({err}); move it away, or "
                                  "--overwrite to start over") from None
             identity = json.loads((found.metadata or {}).get(b"jaxmir", b"{}"))
-            resume.check_identity(str(self.path), identity, self.layout.identity)
+            identity["per_patch"] = "patches" in found.names
+            resume.check_identity(str(self.path), identity,
+                                  {**self.layout.identity, "per_patch": self.layout.per_patch})
             columns = {c: table.column(c).to_pylist() for c in ("path", "size_bytes", "mtime_ns", "status")}
+            columns["path"] = resume.real_paths(columns["path"], current)
             rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))
             mask = [resume.keep(*row, current) for row in rows]
             self.done |= {row[:3] for row, kept in zip(rows, mask) if kept and row[3] in DONE}
@@ -314,6 +409,8 @@ class ParquetWriter(Writer):
     def _columns(self, results: list[Result]) -> dict:
         rows = [summary(self.layout, r) for r in results]
         columns = {name: [row[name] for row in rows] for name in self.schema.names}
+        for name in ("path", "error"):
+            columns[name] = [None if v is None else as_text(v) for v in columns[name]]
         for name in ("embedding", "patches"):
             if name in columns:
                 columns[name] = [None if v is None else v.tolist() for v in columns[name]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from jaxmir.collection.inputs import Source
-from jaxmir.collection.rows import DONE
+from jaxmir.collection.rows import DONE, as_text
 from jaxmir.errors import InputError
 
 
@@ -26,6 +26,13 @@ def keep(path: str, size: int, mtime_ns: int, status: str, current: Mapping[str,
 def to_do(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[Source]:
     """The sources whose ``(path, size, mtime_ns)`` has no kept row, in order."""
     return [s for s in sources if s.key not in done]
+
+
+def real_paths(stored: Iterable[str], current: Mapping[str, Source]) -> list[str]:
+    """Paths as a table stored them (:func:`jaxmir.collection.rows.as_text`), as the current
+    sources spell them; a path of no current source stays as it is."""
+    spelled = {as_text(path): path for path in current}
+    return [spelled.get(path, path) for path in stored]
 
 
 def check_identity(output: str, found: dict, expected: dict) -> None:

@@ -12,6 +12,10 @@ state before it was read: what a resumed run compares), ``duration_s`` (of the
 
 With ``per_patch`` rows also hold ``patches``: ``[n_patches, dim]`` float32,
 the model's output for every patch, flattened per patch.
+
+A file name that is not UTF-8 reaches Python with its stray bytes as lone
+surrogates; tables that hold only UTF-8 text (Parquet, CSV) store its path
+and messages as :func:`as_text` writes them.
 """
 
 from __future__ import annotations
@@ -76,6 +80,12 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def as_text(value: str) -> str:
+    """``value`` as valid UTF-8 text: each lone surrogate (a byte of a file name that is not
+    UTF-8) written as the escape JSON writes for it, ``\\udcff``; other text unchanged."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def mean(values: np.ndarray) -> np.ndarray:
