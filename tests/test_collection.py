@@ -301,6 +301,20 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
         run(name="msd-vgg")
 
 
+def test_the_decoder_is_part_of_an_outputs_identity(music, model, tmp_path):
+    """The float decoder's samples differ from Essentia's (~1e-5 on MP3): its rows are not mixed
+    with the default's, in either order."""
+    for first, then in (("essentia", "float"), ("float", "essentia")):
+        out = str(tmp_path / f"tags-{first}.jsonl")
+        run = lambda decoder: collect(model, [str(music / "rock" / "a.wav")], out,
+                                      options=Options(decoder=decoder), name="msd-musicnn",
+                                      jobs=0, progress=False)
+        assert run(first).ok == 1
+        with pytest.raises(InputError, match="decoder: .* there, .* now"):
+            run(then)
+        assert run(first).skipped == 1
+
+
 def test_parquet_never_mixes_rows_with_and_without_patches(music, model, tmp_path):
     """--per-patch adds a column the first part's schema would hide: refused both ways."""
     for first in (False, True):

@@ -102,8 +102,11 @@ def identity(name: str, model, command: str, options: Options) -> dict:
     fields = {"model": name, "command": command, "output": options.output,
               "patch_hop": int(hop) or frontend.patch_size, "last_patch": options.last_patch,
               "pad": options.pad, "resampler": options.resampler}
-    if options.dtype != "float32":  # float32 outputs written before this field existed still match
+    # fields added later, recorded only when not their default: outputs written before still match
+    if options.dtype != "float32":
         fields["dtype"] = options.dtype
+    if options.decoder != "essentia":  # the float decoder's samples differ (~1e-5 on MP3)
+        fields["decoder"] = options.decoder
     if command == "tag":
         fields["labels"] = list(model.labels)
     return fields
