@@ -444,6 +444,13 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     if stray:
         raise AudioError(f"standard input ended in the middle of a sample frame ({len(stray)} stray "
                          f"byte(s) of {width}); the patches above are complete and valid")
+    if remaining and not interrupted["now"]:
+        _warn(f"standard input ended {remaining} byte(s) before the end of the data its WAV header "
+              "declares; the patches above are complete and valid")
+    if stream.n_patches == 0 and not interrupted["now"]:
+        seconds = stream.n_samples / 16000
+        _warn(f"{seconds:.2f} s of audio made no complete patch (a patch takes "
+              f"{stream.patch_size * stream.frontend.frame_seconds:.2f} s)")
     return 130 if interrupted["now"] else EXIT_OK
 
 

@@ -612,3 +612,19 @@ def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
         pass
     assert process.wait(timeout=120) == 141
     assert process.stderr.read() == b""
+
+
+def test_stream_command_says_what_an_input_lacked():
+    """Exit 0 (the lines written are valid) but one line on standard error: input shorter than a
+    patch, and a WAV stream that ends before the data its header declares."""
+    short = signal_at(16000, 1.0, 1, seed=6, dtype=np.int16).astype("<i2").tobytes()
+    run = cli("stream", "--rate", "16000", "-", stdin=short)
+    assert run.returncode == 0 and run.stdout == b""
+    assert "jaxmir: warning: 1.00 s of audio made no complete patch (a patch takes 2.99 s)" \
+        in run.stderr.decode()
+    audio = signal_at(16000, 8.0, 1, seed=7, dtype=np.int16)
+    cut = wav_bytes(audio, 16000)[:-16000]  # the header declares 8 s; 7.5 s arrive: 4 patches
+    run = cli("stream", "-", stdin=cut)
+    assert run.returncode == 0 and len(lines_of(run)) == 4
+    assert "ended 16000 byte(s) before the end of the data its WAV header declares" \
+        in run.stderr.decode()
