@@ -415,6 +415,17 @@ def test_fit_head_checks_options_before_reading_audio(options, message):
         fit_head(dataset, backbone="no-such-backbone", cache=False, **options)
 
 
+def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):
+    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
+    with pytest.raises(InputError, match="unknown output 'nope'"):
+        fit_head(dataset, layer="nope", cache=False)
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
+    head = export.export_head(params, "softmax", ("a", "b"), tmp_path / "head", "msd-musicnn",
+                              (187, 96), "model/dense/BiasAdd")[".pb"]
+    with pytest.raises(InputError, match="is an embedding head; the backbone is a model"):
+        fit_head(dataset, backbone=str(head), cache=False)
+
+
 def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
     import shutil
 

@@ -116,6 +116,10 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
                          f"{where} is {dataset.task}")
     initial = resumed_params(resume) if resume is not None else None
     model = load(backbone)
+    if model.architecture == "head":
+        raise InputError(f"{backbone} is an embedding head; the backbone is a model that takes "
+                         "audio, such as msd-musicnn")
+    model.resolve_output(layer)  # an unknown layer fails here, before any file is decoded
     tracks, failures = extract_embeddings(model, str(backbone), dataset.paths, layer, cache,
                                           progress)
     features = None
