@@ -114,9 +114,11 @@ def frontend_of(model: "Model") -> Frontend:
     if model.frontend is not None:
         return model.frontend
     if model.architecture == "head":
+        example = ("a VGGish .pb such as audioset-vggish-3.pb" if model.input_shape == (128,)
+                   else "'msd-musicnn'" if model.input_shape == (200,) else "its backbone's name or path")
         raise InputError(f"this is an embedding head: it takes {list(model.input_shape)} "
-                         "embeddings, not audio; load it with its backbone to run it on audio, "
-                         "e.g. jaxmir.load(head, backbone='msd-musicnn')")
+                         "embeddings, not audio; load it with the backbone it was trained on to run "
+                         f"it on audio: jaxmir.load(head, backbone=...) or --backbone, e.g. {example}")
     raise InputError(f"this {model.architecture} model takes {list(model.input_shape)} inputs, "
                      "not log-mel patches; run it with Model.apply on its own inputs")
 

@@ -249,10 +249,17 @@ def test_vgg_and_composed_models(which):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * max(1.0, np.abs(want).max()))
 
 
-def test_models_without_patches_are_refused():
+def test_models_without_patches_are_refused(tmp_path):
     head = jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
-    with pytest.raises(InputError, match="embedding head.*backbone='msd-musicnn'"):
+    with pytest.raises(InputError, match="embedding head.*--backbone, e.g. 'msd-musicnn'"):
         head.predict(noise(16000 * 4), SR)
+    from jaxmir.train import export, fit
+
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 128, 100, 2))  # on VGGish's 128-d
+    path = export.export_head(params, "softmax", ("a", "b"), tmp_path / "vggish-head",
+                              "audioset-vggish-3", (96, 64), "model/vggish/embeddings")[".pb"]
+    with pytest.raises(InputError, match="e.g. a VGGish .pb"):
+        jaxmir.load(path).predict(noise(16000 * 4), SR)
     toy = jaxmir.load(shared_fixture("essentia-models/vgg4.pb"))  # takes [128, 128] inputs
     with pytest.raises(InputError, match=r"takes \[128, 128\] inputs, not log-mel patches"):
         toy.features(noise(16000 * 4), SR)
