@@ -305,6 +305,22 @@ def _unless_unexpanded(work: Callable[[str], object], problems: dict[str, str]):
     return run
 
 
+def _warn_ignored(args, table: bool) -> None:
+    """One line per ``jaxmir tag`` option that has no effect on this run: the per-file printing
+    options with a table ``--output``, the table's options without one."""
+    if table:
+        ignored = {"--format": args.format != "text", "--top": args.top != 3,
+                   "--plot": args.plot is not None}
+        why = f"a table --output ({args.output}) holds every label's mean"
+    else:
+        ignored = {"--per-patch": args.per_patch, "--jobs": args.jobs is not None,
+                   "--processes": args.processes, "--engine": args.engine != "local",
+                   "--actors": args.actors is not None, "--flush-every": args.flush_every != 256}
+        why = "it applies to a table --output (.parquet, .jsonl, or .csv without -f csv)"
+    for option in (name for name, given in ignored.items() if given):
+        _warn(f"{option} is ignored: {why}")
+
+
 def cmd_tag(args) -> int:
     from jaxmir import pipeline
 
@@ -313,6 +329,7 @@ def cmd_tag(args) -> int:
     model = _load_model(args.model, args.backbone)
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
+    _warn_ignored(args, collection.is_collection(args, "tag"))
     if collection.is_collection(args, "tag"):
         return collection.run_tag(args, model, hop)  # --bf16 casts it through the options
     dtype = collection.dtype_of(args)

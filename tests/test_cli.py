@@ -149,6 +149,23 @@ def test_bad_files_are_reported_and_the_others_go_on(capsys, wavs):
     assert len(report["files"]) == len(paths)
 
 
+def test_options_without_effect_are_named(capsys, wavs, tmp_path):
+    """Per-file printing options with a table output, and the table's options without one, are
+    each named in one line on standard error; the run goes on."""
+    table = tmp_path / "tags.jsonl"
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", str(table), "-f", "json",
+                           "--top", "5")
+    assert status == 0 and table.is_file(), err
+    warned = [line for line in err.splitlines() if line.startswith("jaxmir: warning: ")]
+    assert [line.split()[2] for line in warned] == ["--format", "--top"], err
+    assert all("holds every label's mean" in line for line in warned)
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--per-patch", "--jobs", "2")
+    assert status == 0 and "top 3 tags" in out, err
+    warned = [line for line in err.splitlines() if line.startswith("jaxmir: warning: ")]
+    assert [line.split()[2] for line in warned] == ["--per-patch", "--jobs"], err
+    assert all("applies to a table --output" in line for line in warned)
+
+
 def test_short_file_with_pad(capsys, wavs):
     status, out, err = run(capsys, "tag", str(wavs["short"]), "--pad", "zero", "--format", "json")
     assert status == 0, err
