@@ -142,6 +142,8 @@ def check_rate(rate, what: str) -> int:
 def _pcm_to_float(array: np.ndarray) -> np.ndarray:
     dtype = array.dtype
     if np.issubdtype(dtype, np.floating):
+        if dtype.itemsize > 4 and array.size:  # checked before float32 makes 1e300 infinite
+            check_peak(array)
         return array.astype(np.float32)
     if np.issubdtype(dtype, np.signedinteger):
         return (array.astype(np.float64) / float(2 ** (8 * dtype.itemsize - 1))).astype(np.float32)

@@ -216,6 +216,8 @@ def test_a_peak_that_would_overflow_the_spectrum_is_refused(tmp_path):
     path = write(tmp_path, "loud.wav", loud, 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match=r"loud.wav: a sample reaches 1e\+20, beyond 1e\+12"):
         load_audio(path)
+    with pytest.raises(AudioError, match=r"a sample reaches 1e\+300"):  # not "infinite" after float32
+        prepare_audio(np.full(100, 1e300), 16000)
     for call in (lambda: prepare_audio(loud * np.float32(1e-7), 44100),
                  lambda: musicnn.predict(jnp.asarray(loud), 16000),
                  lambda: MonoInput(16000)(loud[:, None])):
