@@ -347,6 +347,11 @@ def test_npy_names_never_overwrite_another_rows_array(model, tmp_path):
         audio = jaxmir.load_audio(row["path"], 16000)
         np.testing.assert_array_equal(np.load(out / row["npy"], allow_pickle=False),
                                       model.predict(audio, 16000, output="embeddings"))
+    # --overwrite starts over: the arrays the old index listed go, a file of the user's stays
+    (out / "notes.npy").write_bytes(b"mine")
+    collect(model, [str(first)], str(out), command="embed", options=Options("embeddings"),
+            name="msd-musicnn", jobs=0, progress=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["index.jsonl", "notes.npy", "s1.npy"]
 
 
 def test_csv_paths_holding_line_breaks_resume(model, tmp_path):

@@ -298,6 +298,22 @@ class LinesWriter(Writer):
             self.handle.close()
 
 
+def _remove_listed_arrays(folder: Path, index: Path) -> None:
+    """``--overwrite`` of a ``.npy`` folder: remove the arrays its index lists (jaxmir's own,
+    inside the folder), so that none is left without a row; anything else stays."""
+    root = folder.resolve()
+    for line in index.read_bytes().splitlines():
+        try:
+            name = json.loads(line).get("npy")
+        except (ValueError, AttributeError):
+            continue  # a torn or foreign line names nothing to remove
+        if not isinstance(name, str) or not name.endswith(".npy"):
+            continue
+        target = (folder / name).resolve()
+        if target.is_relative_to(root) and target.is_file():
+            target.unlink()
+
+
 class NpyWriter(Writer):
     """A folder of ``<name>.npy`` (per-patch arrays) plus ``index.jsonl`` (one row per file)."""
 
@@ -312,6 +328,8 @@ class NpyWriter(Writer):
             raise InputError(f"--output {path} already holds .npy files but no {INDEX} (not a "
                              "jaxmir collection); give another folder, or --overwrite to write "
                              "over files of the same names")
+        if overwrite and index.is_file():
+            _remove_listed_arrays(path, index)
         summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False)
         self.index = LinesWriter(index, summary_only, current, overwrite)
         self.done = self.index.done
