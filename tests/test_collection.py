@@ -301,6 +301,18 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
         run(name="msd-vgg")
 
 
+def test_a_file_too_short_for_a_patch_has_its_duration_in_every_mode(model, tmp_path):
+    """Streamed in this process (--jobs 0) or decoded by workers: the error row holds the
+    duration that was read (1.0 s), not 0."""
+    short = _write(tmp_path / "short.wav", 1.0, 16000, 1, 0)
+    for jobs in (0, 1):
+        out = tmp_path / f"tags-{jobs}.jsonl"
+        collect(model, [str(short)], str(out), name="msd-musicnn", jobs=jobs, progress=False)
+        row = json.loads(out.read_text())
+        assert row["status"] == "error" and "too short" in row["error"], row
+        assert row["duration_s"] == 1.0, (jobs, row)
+
+
 def test_the_decoder_is_part_of_an_outputs_identity(music, model, tmp_path):
     """The float decoder's samples differ from Essentia's (~1e-5 on MP3): its rows are not mixed
     with the default's, in either order."""

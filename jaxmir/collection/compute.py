@@ -313,6 +313,7 @@ def stream_files(model, sources: Iterable[Source], options: Options
     for source in sources:
         path = source.path
         damage: list[str] = []
+        stream = None
         try:
             with file_stream(model, path, options.output, decoder=options.decoder,
                              strict=options.strict, damage=damage, patch_hop=options.patch_hop,
@@ -322,7 +323,10 @@ def stream_files(model, sources: Iterable[Source], options: Options
                 parts = [patches.values[options.output] for patches in found]
             _check_unchanged(path, source)
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
-            yield Decoded(source, error=error_message(path, err)), error_message(path, err)
+            # all of it read (too short for a patch, say): its duration, as decoding workers give it
+            seconds = stream.seconds if stream is not None and stream.closed else None
+            yield Decoded(source, error=error_message(path, err), seconds=seconds), \
+                error_message(path, err)
             continue
         item = Decoded(source, warning=" ".join(damage) or None, seconds=stream.seconds)
         yield item, {options.output: np.concatenate(parts)}
