@@ -301,6 +301,18 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
         run(name="msd-vgg")
 
 
+def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):
+    """NumPy reports a short write (a full disk) as "N requested and M written", with no errno."""
+    def short_write(*args, **kwargs):
+        raise OSError("305184 requested and 179168 written")
+
+    monkeypatch.setattr(np, "save", short_write)
+    clip = _write(tmp_path / "a.wav", 3.0, 16000, 1, 0)
+    with pytest.raises(InputError, match="written \\(a short write: is the disk full\\?\\); the 0 rows"):
+        collect(model, [str(clip)], str(tmp_path / "emb"), command="embed",
+                options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
+
+
 def test_a_file_too_short_for_a_patch_has_its_duration_in_every_mode(model, tmp_path):
     """Streamed in this process (--jobs 0) or decoded by workers: the error row holds the
     duration that was read (1.0 s), not 0."""

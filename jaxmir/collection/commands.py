@@ -175,7 +175,10 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
         writer.close()
     except OSError as err:
         writer.abandon()
-        raise InputError(f"cannot write {output}: {err.strerror or err}; the "
+        # NumPy reports a short write with neither errno nor strerror: "N requested and M written"
+        reason = err.strerror or (f"{err} (a short write: is the disk full?)" if err.errno is None
+                                  else str(err))
+        raise InputError(f"cannot write {output}: {reason}; the "
                          f"{writer.rows_written} rows written before are kept: run the same "
                          "command again to resume") from None
     except BaseException:
