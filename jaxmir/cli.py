@@ -433,8 +433,9 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     if head == b"RIFF":
         rate, channels, dtype, remaining = read_wav_header(source.read)
     elif head in (b"RF64", b"BW64", b"RIFX"):
-        raise InputError(f"a {head.decode()} stream on standard input is not read; send a RIFF "
-                         "WAV stream, or raw PCM with --rate (jaxmir tag reads such files)")
+        raise InputError(f"standard input holds a {head.decode()} WAV stream, which jaxmir stream "
+                         "does not read; send a RIFF WAV stream, or raw PCM with --rate (jaxmir "
+                         "tag reads such files)")
     else:
         if args.rate is None:
             raise InputError("raw PCM on standard input needs --rate HZ (and --channels, --dtype); "
