@@ -139,9 +139,16 @@ def _metadata_output(metadata: dict, graph) -> str | None:
 
 
 def backbone_of(model: Model) -> str | None:
-    """The shipped backbone a head's metadata names (``msd-musicnn-1`` -> ``msd-musicnn``), if any."""
+    """The backbone a head's metadata names, if jaxmir has it: weights beside the head named so
+    (``NAME-backbone.npz``, which ``train-head --finetune`` writes), or a shipped model in
+    Essentia's spelling (``msd-musicnn-1`` -> ``msd-musicnn``)."""
     name = str(_embedding_model(model).get("model_name", ""))
+    if name and model.source and os.sep not in name:
+        beside = Path(model.source).with_name(name + WEIGHTS_SUFFIX)
+        if beside.is_file():
+            return str(beside)
     for shipped in catalog.names():
-        if name == shipped or name.startswith(shipped + "-"):
+        version = name[len(shipped) + 1:]
+        if name == shipped or (name.startswith(shipped + "-") and version.isdigit()):
             return shipped
     return None

@@ -164,3 +164,27 @@ def test_a_head_runs_on_the_layer_it_was_trained_on(tmp_path, layer):
         assert np.max(np.abs(wrong - want)) > 1e-3
         with pytest.raises(InputError, match=f"trained on '{node}'.*does not have"):
             jaxmir.load(tmp_path / "head.pb", backbone="msd-vgg")  # VGG has no such layer
+
+
+def test_the_backbone_a_head_names_is_found_beside_it_or_shipped(tmp_path):
+    """``train-head --finetune`` names ``NAME-backbone`` (the .npz beside the head); Essentia's
+    JSON names ``msd-musicnn-1``; a name that only starts like a shipped one is neither."""
+    import jax
+
+    from jaxmir.loading import backbone_of
+    from jaxmir.train import export, fit
+    from jaxmir.weights import save_weights
+
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+
+    def head(name: str, backbone: str):
+        paths = export.export_head(params, "softmax", ("a", "b"), tmp_path / name, backbone,
+                                   (187, 96), "model/dense/BiasAdd")
+        return jaxmir.load(paths[".pb"])
+
+    assert backbone_of(head("shipped", "msd-musicnn")) == "msd-musicnn"
+    tuned = tmp_path / "msd-musicnn-ft-backbone.npz"
+    lone = head("lone", str(tuned))  # names msd-musicnn-ft-backbone, which is not there yet
+    assert backbone_of(lone) is None
+    save_weights(jaxmir.load("mtt-musicnn"), tuned)
+    assert backbone_of(lone) == str(tuned)
