@@ -270,12 +270,14 @@ class Resampling:
     STEP = 4096
 
     def __init__(self, in_rate: int, out_rate: int = 16000, resampler: str = "essentia",
-                 min_outputs: int | None = None):
+                 min_outputs: int | None = None, what: str = "min_outputs"):
+        """``what``: the name ``min_outputs`` has for the caller (``Model.stream``'s
+        ``resample_step``), in errors."""
         _check_resampler(resampler)
         if min_outputs is not None:
-            check_min_outputs(min_outputs)
+            check_min_outputs(min_outputs, what)
             if resampler != "essentia":
-                raise InputError(f"min_outputs applies to Essentia's converter "
+                raise InputError(f"{what} applies to Essentia's converter "
                                  f"(resampler='essentia'); {resampler!r} runs at every push")
         self.in_rate, self.out_rate = in_rate, out_rate
         self.n_in = self.n_out = 0

@@ -326,7 +326,7 @@ class Stream:
         self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module
         self._mono = MonoInput(self.sample_rate)
         self._resampling = Resampling(self.sample_rate, TARGET_RATE, resampler,
-                                     min_outputs=resample_step)
+                                     min_outputs=resample_step, what="resample_step")
         self._pieces: list[np.ndarray] = []
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # 16-kHz index of _buffer[0]

@@ -203,9 +203,9 @@ def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatc
     assert 0 <= prompt.min() and prompt.max() <= reach, prompt
     assert held.max() <= MIN_OUTPUTS + reach and held.max() > reach, held
     assert len(runs) <= audio.shape[0] * 16000 / rate / MIN_OUTPUTS + 2 < runs_at_once / 10
-    with pytest.raises(InputError, match="min_outputs"):
+    with pytest.raises(InputError, match="resample_step -1 must be a whole number"):
         musicnn.stream(rate, resample_step=-1)
-    with pytest.raises(InputError, match="min_outputs"):
+    with pytest.raises(InputError, match="resample_step 0.5 must be a whole number"):
         musicnn.stream(rate, resample_step=0.5)
 
 
@@ -213,7 +213,7 @@ def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatc
 def test_a_resample_step_is_refused_where_nothing_would_wait(musicnn, resampler):
     """libsamplerate and soxr run at every chunk: a step given with them is a contradiction,
     refused rather than silently ignored; without one they stream as before."""
-    with pytest.raises(InputError, match=f"min_outputs applies to Essentia's converter.*{resampler}"):
+    with pytest.raises(InputError, match=f"resample_step applies to Essentia's converter.*{resampler}"):
         musicnn.stream(44100, resampler=resampler, resample_step=0)
     with pytest.raises(InputError, match="min_outputs applies"):
         Resampling(44100, 16000, resampler, min_outputs=2048)

@@ -99,12 +99,12 @@ def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc
 MIN_OUTPUTS = 2048  # outputs a push of a SincResampler waits for by default: 0.128 s at 16 kHz
 
 
-def check_min_outputs(min_outputs) -> int:
-    """``min_outputs`` as an int, or :class:`~jaxmir.errors.InputError` unless it is a whole
-    number >= 0."""
+def check_min_outputs(min_outputs, what: str = "min_outputs") -> int:
+    """``min_outputs`` as an int, or :class:`~jaxmir.errors.InputError` (naming it ``what``)
+    unless it is a whole number >= 0."""
     if isinstance(min_outputs, bool) or not isinstance(min_outputs, (int, np.integer)) \
             or min_outputs < 0:
-        raise InputError(f"min_outputs {min_outputs!r} must be a whole number of output samples "
+        raise InputError(f"{what} {min_outputs!r} must be a whole number of output samples "
                          f">= 0 (0: outputs as soon as they are final; default {MIN_OUTPUTS})")
     return int(min_outputs)
 
