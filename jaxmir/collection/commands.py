@@ -16,7 +16,7 @@ from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
-from jaxmir.collection.rows import Layout, Result
+from jaxmir.collection.rows import UNRECORDED_DEFAULTS, Layout, Result
 from jaxmir.errors import InputError
 from jaxmir.stream import BATCH, HEAVY_HEAD_BATCH
 
@@ -102,11 +102,10 @@ def identity(name: str, model, command: str, options: Options) -> dict:
     fields = {"model": name, "command": command, "output": options.output,
               "patch_hop": int(hop) or frontend.patch_size, "last_patch": options.last_patch,
               "pad": options.pad, "resampler": options.resampler}
-    # fields added later, recorded only when not their default: outputs written before still match
-    if options.dtype != "float32":
-        fields["dtype"] = options.dtype
-    if options.decoder != "essentia":  # the float decoder's samples differ (~1e-5 on MP3)
-        fields["decoder"] = options.decoder
+    # the float decoder's samples differ (~1e-5 on MP3); bfloat16's outputs by ~1e-2
+    for name, value in (("dtype", options.dtype), ("decoder", options.decoder)):
+        if value != UNRECORDED_DEFAULTS[name]:
+            fields[name] = value
     if command == "tag":
         fields["labels"] = list(model.labels)
     return fields

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from jaxmir.collection.inputs import Source
-from jaxmir.collection.rows import DONE, as_text
+from jaxmir.collection.rows import DONE, UNRECORDED_DEFAULTS, as_text
 from jaxmir.errors import InputError
 
 
@@ -39,8 +39,13 @@ def check_identity(output: str, found: dict, expected: dict) -> None:
     """Refuse to append to an output written with another model or other settings."""
     if found == expected:
         return
-    keys = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
-    details = "; ".join(f"{k}: {found.get(k)!r} there, {expected.get(k)!r} now" for k in keys
+    def value(fields: dict, key: str):
+        return fields.get(key, UNRECORDED_DEFAULTS.get(key))
+
+    keys = sorted(k for k in set(found) | set(expected) if value(found, k) != value(expected, k))
+    if not keys:  # a default recorded on one side only
+        return
+    details = "; ".join(f"{k}: {value(found, k)!r} there, {value(expected, k)!r} now" for k in keys
                         if k != "labels")
     if "labels" in keys:
         details = "; ".join(filter(None, [details, "the labels differ"]))

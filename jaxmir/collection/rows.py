@@ -34,6 +34,11 @@ OK, DAMAGED, ERROR = "ok", "damaged", "error"
 DONE = (OK, DAMAGED)  # statuses a resumed run does not redo
 
 
+# Identity fields added after the first outputs were written, recorded only when they are not
+# these defaults: older outputs then still match a run with the defaults.
+UNRECORDED_DEFAULTS = {"dtype": "float32", "decoder": "essentia"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """What a collection's rows hold; ``identity`` is checked against an existing output on resume.
