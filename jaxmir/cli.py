@@ -150,6 +150,20 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
     return results, failed
 
 
+def _check_output_file(output: str | None, overwrite: bool) -> None:
+    """Before any work: ``--output`` of ``jaxmir tag`` without a table must name a file that
+    may be written."""
+    from jaxmir.errors import InputError
+
+    if output is None:
+        return
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        raise InputError(f"--output {output} is a folder; jaxmir tag writes its text, JSON or CSV "
+                         "to one file here (a table: OUT.parquet, OUT.jsonl or OUT.csv)")
+    if os.path.exists(output) and not overwrite:
+        raise InputError(f"--output {output} exists; give another path, or --overwrite to replace it")
+
+
 def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     """``text`` to standard output, or to ``output`` atomically (never over a file unless asked)."""
     if output is None:
@@ -246,7 +260,8 @@ def _tag_one(model, args, hop, plots: dict[str, Path]):
 def text_block(path: str, result: dict) -> str:
     """musicnn's ``[file] Top3 tags:`` then `` - tag`` lines, with the mean probability."""
     width = max(len(t["label"]) for t in result["top"])
-    lines = [f"[{path}] top {len(result['top'])} tags ({result['n_patches']} patches):"]
+    n = result["n_patches"]
+    lines = [f"[{path}] top {len(result['top'])} tags ({n} patch{'' if n == 1 else 'es'}):"]
     lines += [f" - {t['label']:<{width}}  {t['score']:.4f}" for t in result["top"]]
     return "\n".join(lines) + "\n"
 
@@ -334,6 +349,7 @@ def cmd_tag(args) -> int:
         return collection.run_tag(args, model, hop)  # --bf16 casts it through the options
     dtype = collection.dtype_of(args)
     model = model.astype(dtype)
+    _check_output_file(args.output, args.overwrite)
     args.files, unexpanded = _expand_each(args.files)
     stream = args.format == "text" and args.output is None
     if args.plot is not None:
@@ -433,9 +449,9 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     if head == b"RIFF":
         rate, channels, dtype, remaining = read_wav_header(source.read)
     elif head in (b"RF64", b"BW64", b"RIFX"):
-        raise InputError(f"standard input holds a {head.decode()} WAV stream, which jaxmir stream "
-                         "does not read; send a RIFF WAV stream, or raw PCM with --rate (jaxmir "
-                         "tag reads such files)")
+        raise InputError(f"standard input holds a WAV stream with a {head.decode()} header, which "
+                         "jaxmir stream does not read; send a RIFF WAV stream, or raw PCM with "
+                         "--rate (jaxmir tag reads such files)")
     else:
         if args.rate is None:
             raise InputError("raw PCM on standard input needs --rate HZ (and --channels, --dtype); "

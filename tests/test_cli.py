@@ -195,6 +195,11 @@ def test_output_file_is_never_overwritten_unasked(capsys, wavs, tmp_path):
     status, out, err = run(capsys, *args, "--overwrite")
     assert status == 0, err
     assert json.loads(target.read_text())["files"][0]["file"] == str(wavs["PCM_16"])
+    # a folder is refused before any file is read (a plain file named like it was written)
+    for folder in (f"{tmp_path / 'out'}/", str(tmp_path)):
+        status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", folder)
+        assert status == 1 and "is a folder; jaxmir tag writes" in err and "top 3" not in out, err
+    assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tags.json"]  # no temporary file left
 
 

@@ -618,7 +618,7 @@ def test_stream_command_says_what_an_input_lacked():
     """Exit 0 (the lines written are valid) but one line on standard error: input shorter than a
     patch, and a WAV stream that ends before the data its header declares."""
     rf64 = cli("stream", "-", stdin=b"RF64" + bytes(60))
-    assert rf64.returncode == 1 and "holds a RF64 WAV stream, which jaxmir stream does not read" in rf64.stderr.decode()
+    assert rf64.returncode == 1 and "holds a WAV stream with a RF64 header, which jaxmir stream does not read" in rf64.stderr.decode()
     short = signal_at(16000, 1.0, 1, seed=6, dtype=np.int16).astype("<i2").tobytes()
     run = cli("stream", "--rate", "16000", "-", stdin=short)
     assert run.returncode == 0 and run.stdout == b""
