@@ -385,7 +385,8 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     assert model.labels == ("drums", "pads")
     # again: refused without --force, nothing written; the cache makes it quick
     assert jaxmir_cli.main(argv) == 1
-    assert "already exist" in capsys.readouterr().err
+    assert "already exist(s); choose another output, or overwrite them (train-head --force" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--epochs", "-1"),

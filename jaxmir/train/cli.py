@@ -70,19 +70,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "MFCCs + LMNN)")
     parser.add_argument("--smoothing-k", type=_whole(1), default=None,
                         help="neighbours for label smoothing (default 10)")
-    parser.add_argument("--epochs", type=_whole(1), default=150)
+    parser.add_argument("--epochs", type=_whole(1), default=150, help="(default %(default)s)")
     parser.add_argument("--patience", type=_whole(1), default=75,
-                        help="epochs without a better validation loss before halving the rate")
-    parser.add_argument("--learning-rate", type=_positive, default=1e-3)
-    parser.add_argument("--batch-size", type=_whole(1), default=32)
-    parser.add_argument("--seed", type=_whole(0), default=0)
+                        help="epochs without a better validation loss before halving the rate "
+                             "(default %(default)s)")
+    parser.add_argument("--learning-rate", type=_positive, default=1e-3,
+                        help="Adam's (default %(default)s)")
+    parser.add_argument("--batch-size", type=_whole(1), default=32, help="(default %(default)s)")
+    parser.add_argument("--seed", type=_whole(0), default=0, help="(default %(default)s)")
     parser.add_argument("--cache", default=None, help="embedding cache folder "
                         "(default $JAXMIR_CACHE_DIR/embeddings or ~/.cache/jaxmir/embeddings)")
     parser.add_argument("--no-embedding-cache", action="store_true")
     parser.add_argument("--resume", default=None, help="a head (.pb/.npz) to start from")
     parser.add_argument("--finetune", action="store_true",
                         help="then train backbone and head together (writes NAME-backbone.npz)")
-    parser.add_argument("--finetune-steps", type=_whole(1), default=100)
+    parser.add_argument("--finetune-steps", type=_whole(1), default=100,
+                        help="(default %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.set_defaults(func=run)
     return parser

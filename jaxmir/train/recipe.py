@@ -107,8 +107,8 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     if output is not None and not overwrite:
         taken = [str(p) for p in export.output_paths(output).values() if p.exists()]
         if taken:
-            raise InputError(f"{', '.join(taken)} already exist(s); choose another output or "
-                             "overwrite")
+            raise InputError(f"{', '.join(taken)} already exist(s); choose another output, or "
+                             "overwrite them (train-head --force, fit_head(overwrite=True))")
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     where = str(data) if not isinstance(data, Dataset) else "the dataset"
     if smoothing.method != "none" and dataset.task != "single":
