@@ -172,4 +172,4 @@ def run(model, sources: Sequence[Source], options: Options, write: Callable[[Res
             if item.warning:
                 progress.write(f"jaxmir: warning: {item.warning}")
         write(result)
-        progress.update(result.ok, item.duration_s if result.ok else 0.0)
+        progress.update(result.ok, item.duration_s if result.ok else 0.0, result.warning is not None)

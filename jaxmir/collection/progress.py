@@ -14,6 +14,7 @@ class Tally:
     total: int = 0
     skipped: int = 0
     ok: int = 0
+    damaged: int = 0  # of the ok ones: decoded in part
     failed: int = 0
     audio_s: float = 0.0
     started: float = dataclasses.field(default_factory=time.monotonic)
@@ -28,7 +29,8 @@ class Tally:
         return self.audio_s / max(self.wall_s, 1e-9)
 
     def summary(self) -> str:
-        done = f"{self.ok} ok, {self.failed} failed"
+        damaged = f" ({self.damaged} damaged: decoded in part)" if self.damaged else ""
+        done = f"{self.ok} ok{damaged}, {self.failed} failed"
         if self.skipped:
             done += f", {self.skipped} already done"
         return (f"{done}; {self.audio_s / 3600:.3f} h of audio in {self.wall_s:.1f} s "
@@ -45,10 +47,11 @@ class Progress:
         self.bar = tqdm(total=tally.total - tally.skipped, unit="file", file=sys.stderr,
                         dynamic_ncols=True, disable=not enabled or None, smoothing=0.1)
 
-    def update(self, ok: bool, audio_s: float) -> None:
+    def update(self, ok: bool, audio_s: float, damaged: bool = False) -> None:
         tally = self.tally
         if ok:
             tally.ok += 1
+            tally.damaged += damaged
         else:
             tally.failed += 1
         tally.audio_s += audio_s

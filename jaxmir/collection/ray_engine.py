@@ -181,4 +181,4 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
         elif result.warning:  # a file decoded in part, as the local engine reports it
             progress.write(f"jaxmir: warning: {result.warning}")
         write(result)
-        progress.update(result.ok, result.duration_s if result.ok else 0.0)
+        progress.update(result.ok, result.duration_s if result.ok else 0.0, result.warning is not None)
