@@ -25,6 +25,9 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+_TEMPORARY_NAME_BYTES = 200  # of the target's name in a temporary one: 214 bytes in all
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -41,8 +44,9 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     ``target`` is as it was. Returns ``target`` as a :class:`~pathlib.Path`.
     """
     target = Path(target)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                         dir=target.parent)
+    # a name may take all 255 bytes a file system allows: the temporary one takes its first 200
+    name = os.fsdecode(os.fsencode(target.name)[:_TEMPORARY_NAME_BYTES])
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as file:
             os.fchmod(file.fileno(), 0o666 & ~_umask())

@@ -301,6 +301,36 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
         run(name="msd-vgg")
 
 
+def test_an_overwrite_never_leaves_rows_without_arrays(model, tmp_path, monkeypatch):
+    """--overwrite empties the index before it removes the arrays it listed: a removal that
+    fails (or a kill between the two) leaves arrays without rows, never rows without arrays.
+    A file name of 242 bytes (a temporary name beside it would pass 255) is written too."""
+    clips = [_write(tmp_path / "in" / name, 3.0, 16000, 1, seed)
+             for seed, name in enumerate(("a.wav", "b.wav", "x" * 238 + ".wav"))]
+    out = tmp_path / "emb"
+    embed = lambda paths, **kw: collect(model, [str(p) for p in paths], str(out), command="embed",
+                                        options=Options("embeddings"), name="msd-musicnn",
+                                        jobs=0, progress=False, **kw)
+    assert embed(clips).ok == 3
+    unlink = Path.unlink
+
+    def refuse_b(self, *args, **kwargs):
+        if self.name == "b.npy":
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse_b)
+    assert embed(clips[:1], overwrite=True).ok == 1
+    monkeypatch.undo()
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [row["npy"] for row in index] == ["a.npy"]
+    assert sorted(p.name for p in out.glob("*.npy")) == ["a.npy", "b.npy"]  # b's: no row, harmless
+    tally = embed(clips)  # b and the long name are done again
+    assert (tally.ok, tally.skipped) == (2, 1)
+    assert all((out / json.loads(line)["npy"]).is_file()
+               for line in (out / "index.jsonl").read_text().splitlines())
+
+
 def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):
     """NumPy reports a short write (a full disk) as "N requested and M written", with no errno."""
     def short_write(*args, **kwargs):

@@ -298,10 +298,10 @@ class LinesWriter(Writer):
             self.handle.close()
 
 
-def _remove_listed_arrays(folder: Path, index: Path) -> None:
-    """``--overwrite`` of a ``.npy`` folder: remove the arrays its index lists (jaxmir's own,
-    inside the folder), so that none is left without a row; anything else stays."""
-    root = folder.resolve()
+def _listed_arrays(folder: Path, index: Path) -> list[Path]:
+    """The arrays a ``.npy`` folder's index lists (jaxmir's own, inside the folder): what
+    ``--overwrite`` removes, so that none is left without a row; anything else stays."""
+    root, listed = folder.resolve(), []
     for line in index.read_bytes().splitlines():
         try:
             name = json.loads(line).get("npy")
@@ -311,7 +311,8 @@ def _remove_listed_arrays(folder: Path, index: Path) -> None:
             continue
         target = (folder / name).resolve()
         if target.is_relative_to(root) and target.is_file():
-            target.unlink()
+            listed.append(target)
+    return listed
 
 
 class NpyWriter(Writer):
@@ -328,10 +329,16 @@ class NpyWriter(Writer):
             raise InputError(f"--output {path} already holds .npy files but no {INDEX} (not a "
                              "jaxmir collection); give another folder, or --overwrite to write "
                              "over files of the same names")
-        if overwrite and index.is_file():
-            _remove_listed_arrays(path, index)
+        listed = _listed_arrays(path, index) if overwrite and index.is_file() else []
         summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False)
         self.index = LinesWriter(index, summary_only, current, overwrite)
+        # only once the index no longer lists them: a removal cut short leaves arrays without
+        # rows (written again as needed), never rows without arrays
+        for array in listed:
+            try:
+                array.unlink(missing_ok=True)
+            except OSError:
+                pass  # an array without a row is harmless; the run writes over it if it must
         self.done = self.index.done
         taken = {str(row["npy"]): row["path"] for row in self.index.rows if row.get("npy")}
         self.names = _unique_names(names, taken)
