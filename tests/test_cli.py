@@ -164,6 +164,18 @@ def test_options_without_effect_are_named(capsys, wavs, tmp_path):
     warned = [line for line in err.splitlines() if line.startswith("jaxmir: warning: ")]
     assert [line.split()[2] for line in warned] == ["--per-patch", "--jobs"], err
     assert all("applies to a table --output" in line for line in warned)
+    # embed: --average means nothing to a table (and is no part of its identity: a rerun with it
+    # finds the file done); --per-patch means nothing to a folder of arrays
+    table = tmp_path / "emb.jsonl"
+    for extra in ([], ["--average", "--flush-every", "5"]):
+        status, out, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", str(table), *extra)
+        assert status == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("jaxmir: warning: ")]
+    assert [line.split()[2] for line in warned] == ["--average", "--flush-every"], err
+    assert "0 ok, 0 failed, 1 already done" in err
+    status, out, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", str(tmp_path / "arrays"),
+                           "--per-patch")
+    assert status == 0 and "jaxmir: warning: --per-patch is ignored: a folder of .npy" in err, err
 
 
 def test_short_file_with_pad(capsys, wavs):

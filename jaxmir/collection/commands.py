@@ -146,7 +146,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     model = options.cast(model)
     shown = f"{name}+{backbone}" if backbone else name
     fields = identity(shown, model, command, options)
-    if command == "embed":
+    if command == "embed" and kind_of(output, command) == "npy":  # a table holds the mean anyway
         fields["average"] = bool(average)
     layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,
                     average)
@@ -201,9 +201,28 @@ def _options(args: argparse.Namespace, output: str, hop: int | None) -> Options:
                    batch=getattr(args, "batch", None))
 
 
+def _warn_ignored(args: argparse.Namespace, kind: str) -> None:
+    """One line per collection option that has no effect with this kind of output."""
+    ignored = {
+        "--average": getattr(args, "average", False) and kind != "npy"
+        and "a table's embedding column is the mean over patches already",
+        "--per-patch": args.per_patch and kind == "npy"
+        and "a folder of .npy keeps every patch (without --average)",
+        "--flush-every": args.flush_every != 256 and kind != "parquet"
+        and "lines and arrays are written one file at a time",
+        "--actors": args.actors is not None and args.engine != "ray"
+        and "it sizes --engine ray's model pool",
+        "--processes": args.processes and args.jobs == 0 and "--jobs 0 decodes in this process",
+    }
+    for option, why in ignored.items():
+        if why:
+            print(f"jaxmir: warning: {option} is ignored: {why}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | None,
          on_result=None) -> int:
     kind = kind_of(args.output, command)
+    _warn_ignored(args, kind)
     if command == "tag" and kind == "npy":
         raise InputError(f"--output {args.output}: tags go to a .parquet, .jsonl or .csv file")
     tally = collect(model, args.files, args.output, command=command,
