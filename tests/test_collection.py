@@ -116,6 +116,11 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     (tmp_path / "rock").mkdir()
     (tmp_path / "rock" / "b.flac").write_bytes(b"")
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac")]
+    # names as the file system spells them, UTF-8 or not (`ls > list.txt`)
+    odd = os.fsencode(tmp_path / "rock") + b"/bad\xff.flac"
+    open(odd, "wb").close()
+    listing.write_bytes(odd + b"\n")
+    assert [os.fsencode(p) for p in inputs.expand([f"@{listing}"])] == [odd]
 
 
 # -- outputs against Model.predict ------------------------------------------------------------

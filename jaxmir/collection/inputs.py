@@ -9,6 +9,7 @@ A file named directly is always kept, whatever its extension.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
 from pathlib import Path
@@ -49,13 +50,15 @@ def _walk(folder: Path) -> list[str]:
 
 
 def _read_list(list_file: str) -> list[str]:
-    """The paths a list names, one per line (UTF-8, a byte-order mark allowed); blank lines and
-    lines starting with ``#`` are skipped; relative paths are taken from the list's folder."""
+    """The paths a list names, one per line (a byte-order mark allowed; names as the file system
+    spells them, UTF-8 or not, as ``ls > list.txt`` writes them); blank lines and lines starting
+    with ``#`` are skipped; relative paths are taken from the list's folder."""
     try:
-        lines = Path(list_file).read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
+        data = Path(list_file).read_bytes()
+    except OSError as err:
         raise InputError(f"@{list_file}: cannot read the list of paths ({err}); expected a text "
                          "file with one path per line") from None
+    lines = [os.fsdecode(line) for line in data.removeprefix(codecs.BOM_UTF8).splitlines()]
     base = Path(list_file).parent
     names = (line.strip() for line in lines)
     return [str(base / name) for name in names if name and not name.startswith("#")]
