@@ -336,6 +336,27 @@ def test_an_overwrite_never_leaves_rows_without_arrays(model, tmp_path, monkeypa
                for line in (out / "index.jsonl").read_text().splitlines())
 
 
+@pytest.mark.parametrize("kind", ["tags.jsonl", "emb"])
+def test_an_output_deleted_during_the_run_stops_it(model, tmp_path, kind):
+    """Rows appended to a deleted file (or arrays into a folder made anew) would be reported
+    written and be nowhere: the run stops, naming the output, and makes nothing anew."""
+    import shutil
+
+    clips = [_write(tmp_path / "in" / f"{name}.wav", 3.0, 16000, 1, seed)
+             for seed, name in enumerate("ab")]
+    out = tmp_path / kind
+
+    def delete(result, where):
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+
+    command = "embed" if kind == "emb" else "tag"
+    with pytest.raises(InputError, match="was deleted while this run wrote to it"):
+        collect(model, [str(c) for c in clips], str(out), command=command,
+                options=Options("embeddings" if kind == "emb" else "predictions"),
+                name="msd-musicnn", jobs=0, progress=False, on_result=delete)
+    assert not out.exists()
+
+
 def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):
     """NumPy reports a short write (a full disk) as "N requested and M written", with no errno."""
     def short_write(*args, **kwargs):

@@ -74,13 +74,23 @@ def check_writable(folder: Path) -> None:
         raise InputError(f"cannot write the output in {folder}: {err.strerror or err}") from None
 
 
+def _check_linked(handle) -> os.stat_result:
+    """The open output's state, or :class:`InputError` when it was deleted during the run (the
+    rows would go nowhere while the run reported them written)."""
+    state = os.fstat(handle.fileno())
+    if state.st_nlink == 0:
+        raise InputError(f"{handle.name} was deleted while this run wrote to it; the rows written "
+                         "since it was opened are gone: run the same command again")
+    return state
+
+
 def _append(handle, data: bytes) -> None:
     """Append whole lines to the unbuffered ``handle`` and make them durable (one call per row).
 
     When a write fails (a full disk, a file-size limit), the file is cut back
     to its length before, as far as that can be done: it holds whole rows only.
     """
-    start = os.fstat(handle.fileno()).st_size
+    start = _check_linked(handle).st_size
     try:
         view = memoryview(data)
         while view:
@@ -345,6 +355,7 @@ class NpyWriter(Writer):
 
     def write(self, result: Result) -> None:
         name = self.names[result.source.path]
+        _check_linked(self.index.handle)  # before an array goes into a folder made anew
         if result.ok:
             target = self.path / name
             target.parent.mkdir(parents=True, exist_ok=True)
