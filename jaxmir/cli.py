@@ -151,8 +151,8 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
 
 
 def _check_output_file(output: str | None, overwrite: bool) -> None:
-    """Before any work: ``--output`` of ``jaxmir tag`` without a table must name a file that
-    may be written."""
+    """``--output`` of ``jaxmir tag`` without a table must name a file that may be written:
+    checked before any work, and by :func:`_emit` before the write."""
     from jaxmir.errors import InputError
 
     if output is None:
@@ -173,9 +173,8 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     from jaxmir.atomic import write_atomically
     from jaxmir.errors import InputError
 
+    _check_output_file(output, overwrite)  # again: it may have appeared while the files ran
     target = Path(output)
-    if target.exists() and not overwrite:
-        raise InputError(f"--output {target} exists; give another path, or --overwrite to replace it")
     try:
         write_atomically(target, lambda handle: handle.write(text.encode("utf-8")), durable=True)
     except OSError as err:

@@ -325,8 +325,8 @@ def stream_files(model, sources: Iterable[Source], options: Options
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
             # all of it read (too short for a patch, say): its duration, as decoding workers give it
             seconds = stream.seconds if stream is not None and stream.closed else None
-            yield Decoded(source, error=error_message(path, err), seconds=seconds), \
-                error_message(path, err)
+            message = error_message(path, err)
+            yield Decoded(source, error=message, seconds=seconds), message
             continue
         item = Decoded(source, warning=" ".join(damage) or None, seconds=stream.seconds)
         yield item, {options.output: np.concatenate(parts)}

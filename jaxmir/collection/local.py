@@ -165,11 +165,8 @@ def run(model, sources: Sequence[Source], options: Options, write: Callable[[Res
     for item, outcome in outcomes:
         if isinstance(outcome, str):
             result = Result(item.source, item.duration_s, None, outcome)
-            progress.write(f"jaxmir: error: {outcome}")
         else:
             result = Result(item.source, item.duration_s, outcome[options.output],
                             warning=item.warning)
-            if item.warning:
-                progress.write(f"jaxmir: warning: {item.warning}")
         write(result)
-        progress.update(result.ok, item.duration_s if result.ok else 0.0, result.warning is not None)
+        progress.update(result)

@@ -6,6 +6,8 @@ import dataclasses
 import sys
 import time
 
+from jaxmir.collection.rows import DAMAGED, Result
+
 
 @dataclasses.dataclass
 class Tally:
@@ -47,14 +49,20 @@ class Progress:
         self.bar = tqdm(total=tally.total - tally.skipped, unit="file", file=sys.stderr,
                         dynamic_ncols=True, disable=not enabled or None, smoothing=0.1)
 
-    def update(self, ok: bool, audio_s: float, damaged: bool = False) -> None:
+    def update(self, result: Result) -> None:
+        """Count a file's result (the audio of one that failed is not counted as analysed) and
+        report its problem in one line: the error, or what was wrong with a file decoded in part."""
+        if result.error:
+            self.write(f"jaxmir: error: {result.error}")
+        elif result.warning:
+            self.write(f"jaxmir: warning: {result.warning}")
         tally = self.tally
-        if ok:
+        if result.ok:
             tally.ok += 1
-            tally.damaged += damaged
+            tally.damaged += result.status == DAMAGED
+            tally.audio_s += result.duration_s
         else:
             tally.failed += 1
-        tally.audio_s += audio_s
         self.bar.set_postfix_str(f"{tally.realtime:.1f} audio h/h, {tally.failed} failed",
                                  refresh=False)
         self.bar.update(1)

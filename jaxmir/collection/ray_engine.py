@@ -176,9 +176,5 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
         values = None if error else np.asarray(row["patches"], np.float32).reshape(row["shape"])
         result = Result(source, float(row["duration_s"]), values, error,
                         warning=str(row["warning"]) or None)
-        if error:
-            progress.write(f"jaxmir: error: {error}")
-        elif result.warning:  # a file decoded in part, as the local engine reports it
-            progress.write(f"jaxmir: warning: {result.warning}")
         write(result)
-        progress.update(result.ok, result.duration_s if result.ok else 0.0, result.warning is not None)
+        progress.update(result)

@@ -36,14 +36,14 @@ def real_paths(stored: Iterable[str], current: Mapping[str, Source]) -> list[str
 
 
 def check_identity(output: str, found: dict, expected: dict) -> None:
-    """Refuse to append to an output written with another model or other settings."""
-    if found == expected:
-        return
+    """Refuse to append to an output written with another model or other settings (a field
+    one side does not record counts as its :data:`~jaxmir.collection.rows.UNRECORDED_DEFAULTS`
+    value)."""
     def value(fields: dict, key: str):
         return fields.get(key, UNRECORDED_DEFAULTS.get(key))
 
     keys = sorted(k for k in set(found) | set(expected) if value(found, k) != value(expected, k))
-    if not keys:  # a default recorded on one side only
+    if not keys:
         return
     details = "; ".join(f"{k}: {value(found, k)!r} there, {value(expected, k)!r} now" for k in keys
                         if k != "labels")

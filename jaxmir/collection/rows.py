@@ -86,6 +86,11 @@ class Result:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def status(self) -> str:
+        """:data:`OK`, :data:`DAMAGED` (decoded in part) or :data:`ERROR`."""
+        return ERROR if not self.ok else DAMAGED if self.warning else OK
+
 
 def as_text(value: str) -> str:
     """``value`` as valid UTF-8 text: each lone surrogate (a byte of a file name that is not
@@ -109,7 +114,7 @@ def base(result: Result) -> dict[str, Any]:
     n = 0 if result.values is None else int(result.values.shape[0])
     return {"path": source.path, "size_bytes": source.size, "mtime_ns": source.mtime_ns,
             "duration_s": float(result.duration_s), "n_patches": n,
-            "status": ERROR if not result.ok else DAMAGED if result.warning else OK,
+            "status": result.status,
             "error": " ".join(problem.split()) if (problem := result.error or result.warning)
             else None}
 
