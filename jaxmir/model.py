@@ -271,7 +271,8 @@ class Model:
         return dataclasses.replace(self, variables=jax.tree_util.tree_map(cast, self.variables))
 
     # -- from audio (jaxmir.pipeline) ------------------------------------------------------
-    def features(self, audio, sample_rate: int, compat: str = "essentia") -> np.ndarray:
+    def features(self, audio, sample_rate: int, compat: str = "essentia",
+                 resampler: str = "essentia") -> np.ndarray:
         """Log-mel frames of a signal, as this model's front-end computes them.
 
         Args:
@@ -279,17 +280,19 @@ class Model:
             or integer PCM) at ``sample_rate``; resampled to 16 kHz if needed.
           sample_rate: the rate of ``audio`` in Hz (required, never guessed).
           compat: front-end mode, see :func:`jaxmir.frontends.musicnn_logmel`.
+          resampler: ``"essentia"`` (Essentia's ``MonoLoader``), ``"samplerate"``
+            or ``"soxr"``, as :func:`jaxmir.load_audio` takes it.
 
         Returns:
           float32 ``[n_frames, 96]`` (MusiCNN/VGG, a frame every 16 ms) or
           ``[n_frames, 64]`` (VGGish, every 10 ms); a NumPy array (a JAX
           array when ``audio`` is traced).
         """
-        return pipeline.features(self, audio, sample_rate, compat=compat)
+        return pipeline.features(self, audio, sample_rate, compat=compat, resampler=resampler)
 
     def predict(self, audio, sample_rate: int, output: str | Iterable[str] | None = None,
                 patch_hop: int | None = None, last_patch: str = "discard",
-                pad: str | None = None, compat: str = "essentia"):
+                pad: str | None = None, compat: str = "essentia", resampler: str = "essentia"):
         """The output for every patch of a signal, as Essentia's TensorflowPredictMusiCNN/VGGish.
 
         Args:
@@ -303,13 +306,15 @@ class Model:
           pad: ``None`` (too short a signal raises InputError), ``"zero"`` or
             ``"repeat"``: one padded patch for a signal shorter than a patch.
           compat: front-end mode (``"essentia"``; ``"musicnn"``/``"google"``).
+          resampler: ``"essentia"`` (Essentia's ``MonoLoader``), ``"samplerate"``
+            or ``"soxr"``, for audio not at 16 kHz, as :func:`jaxmir.load_audio` takes it.
 
         Returns:
           ``[n_patches, ...]``, e.g. ``[n_patches, 50]`` for MusiCNN's tags: a
           NumPy array (a JAX array when ``audio`` is traced, e.g. under ``jax.grad``).
         """
         return pipeline.predict(self, audio, sample_rate, output, patch_hop=patch_hop,
-                                last_patch=last_patch, pad=pad, compat=compat)
+                                last_patch=last_patch, pad=pad, compat=compat, resampler=resampler)
 
     def stream(self, sample_rate: int, output: str | Iterable[str] | None = None,
                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,

@@ -212,6 +212,22 @@ def test_features_resample_and_shapes(musicnn):
     np.testing.assert_allclose(musicnn.features(short, SR), frontends.musicnn_logmel(short), atol=1e-6)
 
 
+def test_predict_and_features_take_the_resampler(musicnn):
+    """``Model.predict``/``features`` resample 44.1-kHz audio with the resampler asked for, as
+    :func:`prepare_audio` does; soxr's signal differs from Essentia's (~1e-2), so the tags do."""
+    rng = np.random.default_rng(9)
+    t = np.arange(44100 * 4) / 44100
+    audio = (0.3 * np.sin(2 * np.pi * 7000 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    by_resampler = {}
+    for resampler in ("essentia", "samplerate", "soxr"):
+        at_16k = prepare_audio(audio, 44100, resampler=resampler)
+        by_resampler[resampler] = got = musicnn.predict(audio, 44100, resampler=resampler)
+        np.testing.assert_allclose(got, musicnn.predict(at_16k, SR), rtol=0, atol=SAME)
+        np.testing.assert_allclose(musicnn.features(audio, 44100, resampler=resampler),
+                                   musicnn.features(at_16k, SR), rtol=0, atol=1e-6)
+    assert np.max(np.abs(by_resampler["soxr"] - by_resampler["essentia"])) > 1e-4
+
+
 def test_bad_audio_is_refused(musicnn):
     with pytest.raises(InputError, match="NaN"):
         musicnn.predict(np.full(16000 * 4, np.nan, np.float32), SR)
