@@ -395,10 +395,12 @@ def test_the_decoder_is_part_of_an_outputs_identity(music, model, tmp_path):
         assert run(first).skipped == 1
 
 
-def test_parquet_never_mixes_rows_with_and_without_patches(music, model, tmp_path):
-    """--per-patch adds a column the first part's schema would hide: refused both ways."""
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
+def test_outputs_never_mix_rows_with_and_without_patches(music, model, tmp_path, suffix):
+    """--per-patch adds a column the first Parquet part's schema would hide, and JSONL rows kept
+    without patches would never get them: refused both ways."""
     for first in (False, True):
-        out = str(tmp_path / f"tags-{first}.parquet")
+        out = str(tmp_path / f"tags-{first}.{suffix}")
         run = lambda per_patch: collect(model, [str(music / "rock" / "a.wav")], out,
                                         name="msd-musicnn", jobs=0, progress=False,
                                         per_patch=per_patch)

@@ -251,6 +251,8 @@ class LinesWriter(Writer):
             tagged = [row["tags"] for row in rows if row.get("tags")]
             if self.layout.command == "tag" and tagged:
                 found["labels"], expected["labels"] = list(tagged[0]), list(self.layout.labels)
+            # as in Parquet: rows kept without patches would be skipped, never given them
+            found["per_patch"], expected["per_patch"] = "patches" in rows[0], self.layout.per_patch
             resume.check_identity(str(self.path), found, expected)
         return list(zip(lines, rows))
 
