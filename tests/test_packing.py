@@ -129,6 +129,25 @@ def test_packs_mix_files_and_runs_keep_one_file(model, signals):
     assert len({(call.run, call.audio.shape, call.index.shape) for call in calls}) == 2
 
 
+def test_a_large_batch_pads_no_run_past_twice_its_patches(model, signals):
+    """With ``--batch 64`` (a GPU's), a file's last patches make a padded run only when they fill
+    more than half of it; fewer go to packs: at most about twice the patches are computed, where
+    every file's tail used to be padded to 64 (a 31-s track: 19 patches in a call of 64)."""
+    packer = Packer(model, batch=64)
+    calls, useful = [], 0
+    for number, audio in enumerate(signals):
+        try:
+            n_patches, made = packer.cut(number, audio)
+        except InputError:
+            continue
+        useful += n_patches
+        calls.extend(made)
+    calls.extend(packer.flush())
+    assert all(len(call.owners) > 32 for call in calls if call.run)
+    assert len(calls) * packer.batch <= 2 * useful + packer.batch
+    assert sum(len(call.owners) for call in calls) == useful
+
+
 def test_a_failed_call_fails_only_its_files(model, signals, monkeypatch):
     run_call = compute.run_call
 

@@ -4,9 +4,9 @@ Each file is cut into patches with Essentia's rules (:func:`jaxmir.pipeline.plan
 Its patches then go to the model in calls of ``batch`` patches of two kinds:
 
 * a **run**: ``batch`` consecutive regular patches of one file, read from one
-  window of its samples (a file's last run may hold fewer, more than
-  :data:`~jaxmir.stream.SINGLE_LIMIT`, padded with the patches that would follow
-  them, as the streaming engine pads its last batch), so that MusiCNN computes
+  window of its samples (a file's last run may hold fewer, more than half a run
+  and than :data:`~jaxmir.stream.SINGLE_LIMIT`, padded with the patches that
+  would follow them, as the streaming engine pads its last batch), so that MusiCNN computes
   its timbral convolutions once for the overlapping patches
   (:func:`jaxmir.models.with_overlap_hop`), and takes those it shares with the
   file's run before from that run's carry (on one device); the streaming
@@ -112,9 +112,10 @@ class Packer:
         calls, p = [], 0
         while p < cut.n_patches:
             count = min(self.batch, cut.n_patches - p)
-            # the stream's rule for a model that shares overlap (a padded run costs about 5 packed
-            # patches: 80 ms, 16 ms each); another gains nothing from a run: its tail is packed
-            padded = count > SINGLE_LIMIT and self._shares_overlap
+            # a model that shares overlap runs a file's last patches padded to a whole run when
+            # they fill more than half of it (a run costs about as many packed patches, at ~1.6x a
+            # run's patch), else packs them; another gains nothing from a run: its tail is packed
+            padded = count > max(SINGLE_LIMIT, self.batch // 2) and self._shares_overlap
             if not (count == self.batch or padded) or not regular[p:p + count].all():
                 break
             calls.append(self._run(key, audio, p, count))
