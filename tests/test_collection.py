@@ -357,6 +357,28 @@ def test_an_output_deleted_during_the_run_stops_it(model, tmp_path, kind):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("kind", ["tags.parquet", "tags.jsonl"])
+def test_a_second_run_on_an_output_stops_at_once(model, tmp_path, kind):
+    """Two runs on one output numbered the same Parquet parts (each replacing the other's: rows
+    lost, both exiting 0) or interleaved rows: while one holds it, another stops, writing nothing;
+    the first's lock goes with it, even killed."""
+    clip = _write(tmp_path / "in" / "a.wav", 3.0, 16000, 1, 0)
+    out = tmp_path / kind
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom jaxmir.collection.outputs import exclusive\n"
+         f"with exclusive({str(out)!r}):\n print('held', flush=True)\n sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(InputError, match="is being written by another jaxmir run"):
+            collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0, progress=False)
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0, progress=False).ok == 1
+
+
 def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):
     """NumPy reports a short write (a full disk) as "N requested and M written", with no errno."""
     def short_write(*args, **kwargs):

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
-from jaxmir.collection.outputs import kind_of, open_output
+from jaxmir.collection.outputs import exclusive, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import UNRECORDED_DEFAULTS, Layout, Result
 from jaxmir.errors import InputError
@@ -151,40 +151,42 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,
                     average)
     sources = [inputs.examine(p) for p in inputs.expand(paths)]
-    writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows)
-    todo = resume.to_do(sources, writer.done)
-    tally = Tally(total=len(sources), skipped=len(sources) - len(todo))
-    bar = Progress(tally, progress)
+    with exclusive(output):
+        writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows)
+        todo = resume.to_do(sources, writer.done)
+        tally = Tally(total=len(sources), skipped=len(sources) - len(todo))
+        bar = Progress(tally, progress)
 
-    def write(result: Result) -> None:
-        where = writer.write(result)
-        if on_result is not None:
-            on_result(result, where)
+        def write(result: Result) -> None:
+            where = writer.write(result)
+            if on_result is not None:
+                on_result(result, where)
 
-    try:
-        if engine == "ray":
-            from jaxmir.collection import ray_engine
+        try:
+            if engine == "ray":
+                from jaxmir.collection import ray_engine
 
-            ray_engine.run(name, backbone, todo, options, layout, write, bar, actors)
-        elif engine == "local":
-            local.run(model, todo, options, write, bar, default_jobs(len(todo)) if jobs is None else jobs,
-                      analyzer or compute.analyze_stream, processes=processes)
-        else:
-            raise InputError(f"unknown engine {engine!r}; expected local or ray")
-        writer.close()
-    except OSError as err:
-        writer.abandon()
-        # NumPy reports a short write with neither errno nor strerror: "N requested and M written"
-        reason = err.strerror or (f"{err} (a short write: is the disk full?)" if err.errno is None
-                                  else str(err))
-        raise InputError(f"cannot write {output}: {reason}; the "
-                         f"{writer.rows_written} rows written before are kept: run the same "
-                         "command again to resume") from None
-    except BaseException:
-        writer.close()  # e.g. Ctrl-C: the rows of the files done are kept
-        raise
-    finally:
-        bar.close()
+                ray_engine.run(name, backbone, todo, options, layout, write, bar, actors)
+            elif engine == "local":
+                workers = default_jobs(len(todo)) if jobs is None else jobs
+                local.run(model, todo, options, write, bar, workers,
+                          analyzer or compute.analyze_stream, processes=processes)
+            else:
+                raise InputError(f"unknown engine {engine!r}; expected local or ray")
+            writer.close()
+        except OSError as err:
+            writer.abandon()
+            # NumPy reports a short write with neither errno nor strerror: "N requested and M written"
+            reason = err.strerror or (f"{err} (a short write: is the disk full?)" if err.errno is None
+                                      else str(err))
+            raise InputError(f"cannot write {output}: {reason}; the "
+                             f"{writer.rows_written} rows written before are kept: run the same "
+                             "command again to resume") from None
+        except BaseException:
+            writer.close()  # e.g. Ctrl-C: the rows of the files done are kept
+            raise
+        finally:
+            bar.close()
     return tally
 
 

@@ -21,10 +21,12 @@
 
 On resume, kept rows are those :func:`jaxmir.collection.resume.keep` keeps;
 when anything is dropped the part or file holding it is rewritten atomically.
+One run at a time writes an output (:func:`exclusive`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -33,6 +35,11 @@ import re
 import time
 from pathlib import Path
 from typing import Iterator, Mapping
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover -- Windows: outputs are not locked
+    fcntl = None
 
 import numpy as np
 
@@ -72,6 +79,31 @@ def check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise InputError(f"cannot write the output in {folder}: {err.strerror or err}") from None
+
+
+_LOCK_NAME_BYTES = 200  # of the output's name in its lock's: a name may take all 255 bytes
+
+
+@contextlib.contextmanager
+def exclusive(output: str | os.PathLike) -> Iterator[None]:
+    """Hold the output for one run: ``.<name>.lock`` beside it, locked exclusively.
+
+    A second run on the same output stops at once instead of writing beside the
+    first (both would number the same Parquet parts and replace each other's, or
+    interleave rows). The lock goes with the process, killed or not; the empty
+    file stays, so that no run ever locks a file another has just removed.
+    """
+    path = Path(output)
+    check_writable(path.parent)
+    name = os.fsdecode(os.fsencode(path.name)[:_LOCK_NAME_BYTES])
+    with open(path.parent / f".{name}.lock", "ab") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputError(f"--output {output} is being written by another jaxmir run; "
+                                 "wait for it to end, or give another --output") from None
+        yield
 
 
 def _check_linked(handle) -> os.stat_result:
