@@ -78,7 +78,8 @@ def _error(message: str) -> None:
 
 
 def _load_model(name: str | None, backbone: str | None = None, audio: bool = True):
-    """The model to run; an embedding head is joined to ``backbone``, or to the one its JSON names."""
+    """``(model, backbone)``: the model to run, an embedding head joined to ``backbone`` or to the
+    one its JSON names; and that backbone (``None`` for a model that runs on audio by itself)."""
     import jaxmir
     from jaxmir import catalog
     from jaxmir.loading import backbone_of
@@ -88,13 +89,13 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
         if backbone:
             raise jaxmir.InputError(f"--backbone is for embedding heads; {model.source} is a "
                                     f"{model.architecture} model that runs on audio by itself")
-        return model
+        return model, None
     if backbone is None and audio:
         backbone = backbone_of(model)
         if backbone:
             _warn(f"{model.source} is an embedding head; using the backbone its metadata names: "
                   f"{backbone}")
-    return jaxmir.load(name, backbone=backbone) if backbone else model
+    return (jaxmir.load(name, backbone=backbone) if backbone else model), backbone
 
 
 # -- patch options ----------------------------------------------------------------------------
@@ -340,7 +341,8 @@ def cmd_tag(args) -> int:
 
     from jaxmir.collection import commands as collection
 
-    model = _load_model(args.model, args.backbone)
+    # a collection records (and Ray's actors load) the backbone found as if it were given
+    model, args.backbone = _load_model(args.model, args.backbone)
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     _warn_ignored(args, collection.is_collection(args, "tag"))
@@ -386,7 +388,7 @@ def cmd_embed(args) -> int:
     from jaxmir import pipeline
     from jaxmir.collection import commands as collection
 
-    model = _load_model(args.model, args.backbone)
+    model, args.backbone = _load_model(args.model, args.backbone)
     pipeline.frontend_of(model)
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     model.resolve_output(args.layer)  # an unknown name fails here, once, listing the names
@@ -403,7 +405,7 @@ def cmd_stream(args) -> int:
     if args.resample_step is not None and args.resampler != "essentia":
         raise InputError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
                          f"--resampler {args.resampler} runs at every read")
-    model = _load_model(args.model, args.backbone).astype(dtype_of(args))
+    model = _load_model(args.model, args.backbone)[0].astype(dtype_of(args))
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)
@@ -513,7 +515,7 @@ def _line_writer(model, output: str, args) -> Callable:
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
-    model = _load_model(args.model, args.backbone, audio=False)
+    model = _load_model(args.model, args.backbone, audio=False)[0]
     _emit(model.describe() + "\n", None)
     return EXIT_OK
 

@@ -297,6 +297,31 @@ def test_info(capsys):
     assert status == 1 and out == "" and "neither a file nor a shipped model" in err
 
 
+def test_a_head_runs_on_the_backbone_its_metadata_names_in_every_engine(capsys, wavs, tmp_path,
+                                                                        monkeypatch):
+    """``--model head.pb`` without ``--backbone`` is recorded as with ``--backbone msd-musicnn`` (a
+    rerun with it resumes), and Ray's actors are given that backbone: they loaded the head alone
+    and failed ("this is an embedding head")."""
+    import jax
+
+    from jaxmir.collection import ray_engine
+    from jaxmir.train import export, fit
+
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    head = export.export_head(params, "softmax", ("a", "b"), tmp_path / "head", "msd-musicnn",
+                              (187, 96), "model/dense/BiasAdd")[".pb"]
+    out = str(tmp_path / "tags.jsonl")
+    tag = ("tag", str(wavs["PCM_16"]), "-o", out, "--model", str(head))
+    status, _, err = run(capsys, *tag)
+    assert status == 0 and "using the backbone its metadata names: msd-musicnn" in err, err
+    status, _, err = run(capsys, *tag, "--backbone", "msd-musicnn")
+    assert status == 0 and "1 already done" in err, err
+    given = []
+    monkeypatch.setattr(ray_engine, "run", lambda name, backbone, *rest: given.append(backbone))
+    status, _, err = run(capsys, *tag, "--engine", "ray", "--overwrite")
+    assert status == 0 and given == ["msd-musicnn"], err
+
+
 def test_vggish_model_from_the_command_line(capsys):
     graph = shared_fixture("essentia-models/small_vggish_init.pb")
     status, out, err = run(capsys, "tag", str(shared_fixture("audio/hiphop.mp3")), "--model", str(graph),
