@@ -85,14 +85,28 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
                                            np.asarray(theirs, np.float64), rtol=0, atol=1e-6,
                                            err_msg=name)
 
-    # The Python entry point: a Dataset of paths in, a Dataset of rows with the same schema out.
-    layout = Layout("embed", {"model": "msd-musicnn"}, per_patch=False)
-    paths = cluster.data.from_items([{"path": str(music / "a.wav")}])
-    rows = ray_engine.analyze_dataset(paths, "msd-musicnn", Options("embeddings"), layout).take_all()
+    # The Python entry point: a Dataset of paths in, a Dataset of rows with the same schema out,
+    # whatever mix of ok and failed files a batch holds (a batch's own types used to differ:
+    # error null or string, pickled arrays; Ray could not write them as one Parquet table)
+    import pyarrow.parquet as pq
+
+    from jaxmir.collection.outputs import parquet_schema
+
+    layout = Layout("embed", {"model": "msd-musicnn"}, per_patch=True)
+    names = ["a.wav", "sub/a.flac", "broken.wav", "b.wav"]
+    paths = cluster.data.from_items([{"path": str(music / name)} for name in names])
+    rows = ray_engine.analyze_dataset(paths, "msd-musicnn", Options("embeddings"), layout,
+                                      batch_size=2)
+    rows.write_parquet(str(tmp_path / "python"))
+    table = pq.read_table(tmp_path / "python").sort_by("path")
+    assert table.schema.remove_metadata() == parquet_schema(layout).remove_metadata()
+    found = {Path(path).relative_to(music).as_posix(): row for path, row in
+             zip(table["path"].to_pylist(), table.to_pylist())}
+    assert sorted(found) == sorted(names) and found["broken.wav"]["status"] == "error"
     want = model.predict(jaxmir.load_audio(music / "a.wav"), 16000, output="embeddings")
-    assert rows[0]["status"] == "ok" and rows[0]["n_patches"] == want.shape[0]
+    assert found["a.wav"]["status"] == "ok" and found["a.wav"]["n_patches"] == want.shape[0]
     # a packed call against Model.predict's single patch: embeddings (~12) to 3e-6 of their size
-    np.testing.assert_allclose(rows[0]["embedding"],
+    np.testing.assert_allclose(found["a.wav"]["embedding"],
                                np.asarray(want, np.float64).mean(0).astype(np.float32),
                                rtol=0, atol=3e-6 * float(np.abs(want).max()))
 

@@ -405,6 +405,39 @@ class NpyWriter(Writer):
         self.index.close()
 
 
+def parquet_schema(layout: Layout):
+    """The Parquet schema of ``layout``'s rows, its identity in the metadata (``b"jaxmir"``)."""
+    import pyarrow as pa
+
+    fields = [pa.field("path", pa.string()), pa.field("size_bytes", pa.int64()),
+              pa.field("mtime_ns", pa.int64()), pa.field("duration_s", pa.float64()),
+              pa.field("n_patches", pa.int64()), pa.field("status", pa.string()),
+              pa.field("error", pa.string())]
+    if layout.command == "tag":
+        fields += [pa.field(label, pa.float64()) for label in layout.labels]
+    else:
+        fields.append(pa.field("embedding", pa.list_(pa.float32())))
+    if layout.per_patch:
+        fields.append(pa.field("patches", pa.list_(pa.list_(pa.float32()))))
+    return pa.schema(fields, metadata={"jaxmir": layout.identity_json()})
+
+
+def parquet_table(layout: Layout, results: list[Result], schema=None):
+    """``results`` as a ``pyarrow.Table`` of :func:`parquet_schema` (the same column types
+    whatever mix of ok and failed files it holds)."""
+    import pyarrow as pa
+
+    schema = parquet_schema(layout) if schema is None else schema
+    rows = [summary(layout, r) for r in results]
+    columns = {name: [row[name] for row in rows] for name in schema.names}
+    for name in ("path", "error"):
+        columns[name] = [None if v is None else as_text(v) for v in columns[name]]
+    for name in ("embedding", "patches"):
+        if name in columns:
+            columns[name] = [None if v is None else v.tolist() for v in columns[name]]
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
 class ParquetWriter(Writer):
     """A folder of Parquet parts, one per ``flush_rows`` rows (or ``flush_seconds``)."""
 
@@ -421,7 +454,7 @@ class ParquetWriter(Writer):
                                  "another --output, or --overwrite to replace it")
             path.unlink()
         check_writable(path)
-        self.schema = self._schema()
+        self.schema = parquet_schema(layout)
         for stale in path.glob(".part-*.tmp"):
             stale.unlink()
         parts = sorted(p for p in path.iterdir() if _PART.match(p.name))
@@ -434,20 +467,6 @@ class ParquetWriter(Writer):
         self.next_part = max(numbers, default=-1) + 1
         self.buffer: list[dict] = []
         self.last_flush = time.monotonic()
-
-    def _schema(self):
-        pa = self.pa
-        fields = [pa.field("path", pa.string()), pa.field("size_bytes", pa.int64()),
-                  pa.field("mtime_ns", pa.int64()), pa.field("duration_s", pa.float64()),
-                  pa.field("n_patches", pa.int64()), pa.field("status", pa.string()),
-                  pa.field("error", pa.string())]
-        if self.layout.command == "tag":
-            fields += [pa.field(label, pa.float64()) for label in self.layout.labels]
-        else:
-            fields.append(pa.field("embedding", pa.list_(pa.float32())))
-        if self.layout.per_patch:
-            fields.append(pa.field("patches", pa.list_(pa.list_(pa.float32()))))
-        return pa.schema(fields, metadata={"jaxmir": self.layout.identity_json()})
 
     def _resume(self, parts: list[Path], current: Mapping[str, Source]) -> None:
         import pyarrow.parquet as pq
@@ -476,16 +495,6 @@ class ParquetWriter(Writer):
                 kept = table.filter(self.pa.array(mask))
                 write_atomically(part, lambda f: pq.write_table(kept, f), durable=True)
 
-    def _columns(self, results: list[Result]) -> dict:
-        rows = [summary(self.layout, r) for r in results]
-        columns = {name: [row[name] for row in rows] for name in self.schema.names}
-        for name in ("path", "error"):
-            columns[name] = [None if v is None else as_text(v) for v in columns[name]]
-        for name in ("embedding", "patches"):
-            if name in columns:
-                columns[name] = [None if v is None else v.tolist() for v in columns[name]]
-        return columns
-
     def write(self, result: Result) -> None:
         self.buffer.append(result)
         if (len(self.buffer) >= self.flush_rows
@@ -500,7 +509,7 @@ class ParquetWriter(Writer):
 
         if not self.buffer:
             return
-        table = self.pa.Table.from_pydict(self._columns(self.buffer), schema=self.schema)
+        table = parquet_table(self.layout, self.buffer, self.schema)
         target = self.path / f"part-{self.next_part:06d}.parquet"
         write_atomically(target, lambda f: pq.write_table(table, f), durable=True)
         self.rows_written += len(self.buffer)

@@ -23,7 +23,8 @@ from jaxmir.collection import compute
 from jaxmir.collection.compute import Options
 from jaxmir.collection.inputs import Source
 from jaxmir.collection.progress import Progress
-from jaxmir.collection.rows import Layout, Result, summary
+from jaxmir.collection.outputs import parquet_schema, parquet_table
+from jaxmir.collection.rows import Layout, Result
 from jaxmir.errors import InputError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -93,6 +94,7 @@ class ModelActor:
         loaded = jaxmir.load(model, backbone=backbone) if backbone else jaxmir.load(model)
         self.model = options.cast(loaded)
         self.options, self.layout, self.raw = options, layout, raw
+        self.schema = parquet_schema(layout)
 
     def _results(self, batch: dict) -> list[Result]:
         """The batch's files through the model, their patches packed together; in batch order."""
@@ -125,8 +127,7 @@ class ModelActor:
                     "shape": [np.asarray(r.values.shape if r.ok else (0,), np.int64) for r in results],
                     "patches": [np.asarray(r.values, np.float32).ravel() if r.ok
                                 else np.zeros(0, np.float32) for r in results]}
-        rows = [summary(self.layout, r) for r in results]
-        return {name: [row[name] for row in rows] for name in rows[0]}
+        return parquet_table(self.layout, results, self.schema)
 
 
 def _pool(ray, actors: int | None, cpus_per_actor: float) -> tuple[int, dict]:
@@ -150,6 +151,12 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout, 
       actors: model actors (default: one per GPU, else 1); ``cpus_per_actor``
         CPUs each when there is no GPU.
       batch_size: decoded files per actor call.
+
+    Returns:
+      a Dataset of one row per file with the columns and types of
+      :func:`jaxmir.collection.outputs.parquet_schema` (``write_parquet`` gives
+      the command line's table); other columns of ``paths`` are not carried
+      (join on ``path``).
     """
     ray = import_ray()
     from ray.data import ActorPoolStrategy
