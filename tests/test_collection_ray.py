@@ -111,10 +111,21 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
                                rtol=0, atol=3e-6 * float(np.abs(want).max()))
 
 
-def test_ray_missing_or_unreachable(monkeypatch):
+def test_ray_missing_or_unreachable(monkeypatch, tmp_path):
+    """A clear error, in bounded time, before any output is made (an empty Parquet folder or
+    index was left behind)."""
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(InputError, match=r"pip install 'jaxmir\[ray\]'"):
         ray_engine.connect()
+    clip, model = tmp_path / "a.wav", jaxmir.load("msd-musicnn")
+    _write(clip, 3.0, 16000, 1, 0)
+    for output in ("tags.parquet", "embeddings"):
+        with pytest.raises(InputError, match=r"pip install 'jaxmir\[ray\]'"):
+            collect(model, [str(clip)], str(tmp_path / output), name="msd-musicnn", engine="ray",
+                    command="tag" if output.endswith("parquet") else "embed",
+                    options=Options("predictions" if output.endswith("parquet") else "embeddings"),
+                    progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
     monkeypatch.undo()
     require("ray")
     import ray

@@ -151,6 +151,12 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,
                     average)
     sources = [inputs.examine(p) for p in inputs.expand(paths)]
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown engine {engine!r}; expected local or ray")
+    if engine == "ray":  # Ray missing or its cluster unreachable: said before any output is made
+        from jaxmir.collection import ray_engine
+
+        ray_engine.connect()
     with exclusive(output):
         writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows)
         todo = resume.to_do(sources, writer.done)
@@ -164,15 +170,11 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
 
         try:
             if engine == "ray":
-                from jaxmir.collection import ray_engine
-
                 ray_engine.run(name, backbone, todo, options, layout, write, bar, actors)
-            elif engine == "local":
+            else:
                 workers = default_jobs(len(todo)) if jobs is None else jobs
                 local.run(model, todo, options, write, bar, workers,
                           analyzer or compute.analyze_stream, processes=processes)
-            else:
-                raise InputError(f"unknown engine {engine!r}; expected local or ray")
             writer.close()
         except OSError as err:
             writer.abandon()
