@@ -71,6 +71,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
     if decoder not in DECODERS:
         raise AudioError(f"unknown decoder {decoder!r}; accepted: " + ", ".join(repr(d) for d in DECODERS))
     target = check_rate(sample_rate, "requested sample_rate")
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise AudioError(f"load_audio takes a file's path; got {type(path).__name__} (samples "
+                         "already in memory go to predict(y, sr) as they are)")
     name = os.fspath(path)
     if decoder == "soundfile":
         data, native = _read_soundfile(name)

@@ -39,6 +39,7 @@ order; MusiCNN does this itself when its ``overlap_hop`` is set
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING, Iterable
 
 import jax
@@ -216,6 +217,13 @@ def run_plan(model: "Model", audio_16k, plan_: Plan, outputs: Iterable[str] | st
     return {name: np.asarray(value)[:plan_.n_patches] for name, value in zip(names, values)}
 
 
+def check_samples(audio) -> None:
+    """An :class:`InputError` for a path where samples are expected (``predict("song.mp3", sr)``)."""
+    if isinstance(audio, (str, bytes, os.PathLike)):
+        raise InputError(f"expected samples [n_samples] or [n_samples, channels], got the path "
+                         f"{os.fsdecode(audio)!r}; read it with jaxmir.load_audio(path) first")
+
+
 def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array":
     """Checked mono 16-kHz audio.
 
@@ -224,6 +232,7 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     (float64 under x64), so that gradients and float64 checks see the same
     function; a traced one cannot be checked for NaN.
     """
+    check_samples(audio)
     if isinstance(audio, jax.Array) and sample_rate == frontends.SAMPLE_RATE and audio.ndim == 1 \
             and jnp.issubdtype(audio.dtype, jnp.floating):
         if audio.shape[0] == 0:
@@ -269,6 +278,7 @@ def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str]
       ``[n_patches, ...]``, or ``{name: array}`` for several outputs: NumPy
       arrays, or JAX arrays when ``audio`` is traced.
     """
+    check_samples(audio)
     if isinstance(audio, jax.Array):
         audio = _as_16k(audio, sample_rate, resampler)
         plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch, pad=pad,

@@ -156,6 +156,14 @@ def test_missing_file(tmp_path):
     assert str(path) in str(err.value) and "WAV, FLAC" in str(err.value)
 
 
+def test_an_open_file_is_not_a_path(tmp_path):
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"RIFF")
+    with open(path, "rb") as handle, pytest.raises(AudioError, match="takes a file's path; got "
+                                                                      "BufferedReader"):
+        load_audio(handle)
+
+
 def test_directory(tmp_path):
     with pytest.raises(AudioError, match="is a directory") as err:
         load_audio(tmp_path)

@@ -229,6 +229,13 @@ def test_predict_and_features_take_the_resampler(musicnn):
 
 
 def test_bad_audio_is_refused(musicnn):
+    from pathlib import Path
+
+    for path in ("song.mp3", Path("song.mp3")):
+        with pytest.raises(InputError, match="got the path 'song.mp3'; read it with jaxmir.load_audio"):
+            musicnn.predict(path, SR)
+        with pytest.raises(InputError, match="got the path 'song.mp3'; read it with jaxmir.load_audio"):
+            musicnn.features(path, SR)
     with pytest.raises(InputError, match="NaN"):
         musicnn.predict(np.full(16000 * 4, np.nan, np.float32), SR)
     with pytest.raises(InputError, match="NaN"):
