@@ -457,8 +457,10 @@ def _declared_frames(path: str, container, stream, wav_header: WavHeader | None)
     fmt = container.format.name
     if "wav" in fmt.split(","):
         return _wav_frames(wav_header)  # FFmpeg clamps a WAV's duration to the bytes present
-    if "mp3" in fmt.split(",") and not _has_mp3_length_header(path):
-        return None  # FFmpeg's duration is only a guess from the bit rate
+    if "mp3" in fmt.split(","):
+        # a pipe's bytes go to FFmpeg alone: reading its header here would take them away
+        if not os.path.isfile(path) or not _has_mp3_length_header(path):
+            return None  # FFmpeg's duration is only a guess from the bit rate
     if set(fmt.split(",")) & _BARE_STREAMS:
         return None  # no header: the same guess (a 6.10-s ADTS file "declared" 6.04 s)
     rate = stream.codec_context.sample_rate
