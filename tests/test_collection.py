@@ -91,6 +91,21 @@ def _read_parquet(path):
 
 
 # -- inputs -------------------------------------------------------------------------------------
+def test_a_walk_follows_linked_folders_once_and_leaves_out_fifos(tmp_path):
+    """A linked folder's files were left out without a word; a FIFO stalled the whole run (a
+    decoding thread waited on it forever); a link loop is walked once."""
+    folder, elsewhere = tmp_path / "music", tmp_path / "elsewhere"
+    for path in (folder / "a.wav", elsewhere / "r.mp3"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(folder, target_is_directory=True)
+    (folder / "gone.flac").symlink_to(tmp_path / "nowhere.flac")  # its row will say so
+    os.mkfifo(folder / "fifo.wav")
+    found = [os.path.relpath(p, folder) for p in inputs.expand([str(folder)])]
+    assert found == ["a.wav", "gone.flac", "linked/r.mp3"]
+
+
 def test_expand_folders_lists_and_names(music, tmp_path):
     found = inputs.expand([str(music)])
     names = [os.path.relpath(p, music) for p in found]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -41,12 +42,29 @@ class Source:
 
 
 def _walk(folder: Path) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
+    """The audio files below ``folder``: linked folders followed, each real folder once (a link
+    loop ends there); FIFOs, sockets and devices left out (reading one could wait forever)."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        state = os.stat(root)
+        if (state.st_dev, state.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((state.st_dev, state.st_ino))
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [os.path.join(root, f) for f in files
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS]
+        found += [path for path in (os.path.join(root, f) for f in files
+                                    if not f.startswith(".")
+                                    and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS)
+                  if _readable_kind(path)]
     return sorted(found)
+
+
+def _readable_kind(path: str) -> bool:
+    """A regular file, or a name that cannot be followed (a broken link: its row says so)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
 
 
 def _read_list(list_file: str) -> list[str]:
