@@ -137,7 +137,15 @@ class AudioBlocks:
         self._container = _open(self.path)
         try:
             self._stream = self._container.streams.audio[0]
+            if self._stream.codec_context is None:  # e.g. a WAV of format tag 0 or 0xFFFF
+                raise AudioError(f"{self.path}: cannot be read as audio: FFmpeg has no decoder for "
+                                 f"its audio codec; expected {ACCEPTED}")
             self._decoder = _decoder(self._stream, mode)
+            sample_format = self._decoder.format
+            if sample_format is not None and sample_format.name.rstrip("p") not in _SAMPLE_FORMATS:
+                raise AudioError(f"{self.path}: cannot be read as audio: its samples are "
+                                 f"{sample_format.name!r}, which jaxmir does not convert "
+                                 "(64-bit integers, say); expected " + ACCEPTED)
             self.codec: str = self._decoder.name
             self.sample_rate: int = int(self._stream.codec_context.sample_rate)
             self.channels: int = int(self._stream.codec_context.layout.nb_channels)
@@ -423,6 +431,9 @@ def _skip_samples(frame) -> tuple[int, int]:
             start, end = struct.unpack_from("<II", bytes(side))
             return start, end
     return 0, 0
+
+
+_SAMPLE_FORMATS = frozenset({"u8", "s16", "s32", "flt", "dbl"})  # what _to_float converts
 
 
 def _to_float(frame) -> np.ndarray:

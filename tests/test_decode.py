@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -571,3 +572,23 @@ def test_an_mp3_read_from_a_pipe_keeps_all_its_samples():
     done = subprocess.run([sys.executable, "-c", code], input=mp3.read_bytes(), capture_output=True,
                           timeout=300, check=True)
     np.testing.assert_array_equal(np.load(io.BytesIO(done.stdout)), jaxmir.load_audio(mp3))
+
+
+@pytest.mark.parametrize("format_tag, bits, message", [
+    (0, 16, "FFmpeg has no decoder for its audio codec"),
+    (0xFFFF, 16, "FFmpeg has no decoder for its audio codec"),
+    (1, 64, "its samples are 's64', which jaxmir does not convert"),
+])
+def test_a_wav_of_an_unusual_format_is_an_audio_error(tmp_path, format_tag, bits, message):
+    """A RIFF/WAVE format tag FFmpeg has no decoder for (0, 0xFFFF), and 64-bit integer PCM:
+    an AudioError naming the file, not an AttributeError or PyAV's ValueError."""
+    channels, rate, align = 1, 44100, bits // 8
+    pcm = (np.random.default_rng(0).standard_normal(rate) * 1000).astype(f"<i{align}").tobytes()
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, format_tag, channels, rate, rate * align, align, bits)
+    body = b"WAVE" + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
+    path = tmp_path / "odd.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    for decoder in ("essentia", "float"):
+        with pytest.raises(AudioError, match=f"{re.escape(str(path))}: cannot be read as audio: "
+                                             f"{re.escape(message)}"):
+            jaxmir.load_audio(path, decoder=decoder)
