@@ -190,6 +190,9 @@ class Model:
                              f"[batch, {shape_text}]")
         if patches.shape[0] == 0:
             raise InputError("an empty batch of patches (batch size 0)")
+        # as predict refuses NaN audio; a JAX array is not read back from its device to check
+        if isinstance(patches, np.ndarray) and not np.isfinite(patches).all():
+            raise InputError("patches hold NaN or infinite values; the outputs would be NaN")
         return jnp.asarray(patches, jnp.float32)
 
     def apply(self, patches, outputs: Iterable[str] | str | None = None,

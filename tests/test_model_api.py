@@ -206,6 +206,15 @@ def test_apply_refuses_patches_that_do_not_overlap_so(musicnn):
             musicnn.apply(_consecutive(3), overlap_hop=hop)
 
 
+def test_apply_refuses_nan_or_infinite_patches(musicnn, patches_187):
+    """As predict refuses NaN audio: NaN outputs were returned without a word (NumPy input)."""
+    for bad in (np.nan, np.inf):
+        patches = np.array(patches_187[:2])
+        patches[1, 5, 7] = bad
+        with pytest.raises(InputError, match="patches hold NaN or infinite values"):
+            musicnn.apply(patches)
+
+
 def test_weights_round_trip(musicnn, tmp_path, patches_187):
     path = tmp_path / "copy.npz"
     save_weights(musicnn, path, {"note": "test"})
