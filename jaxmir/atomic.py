@@ -25,7 +25,13 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-_TEMPORARY_NAME_BYTES = 200  # of the target's name in a temporary one: 214 bytes in all
+_NAME_PREFIX_BYTES = 200  # of a name in one made from it (a temporary, a lock): 255 allowed
+
+
+def name_prefix(name: str) -> str:
+    """The first 200 bytes of a file's ``name``: room for what a name made from it adds
+    (``.<name>.<random>.tmp`` takes 214 bytes), when ``name`` takes all 255 a file system allows."""
+    return os.fsdecode(os.fsencode(name)[:_NAME_PREFIX_BYTES])
 
 
 def _umask() -> int:
@@ -44,9 +50,8 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     ``target`` is as it was. Returns ``target`` as a :class:`~pathlib.Path`.
     """
     target = Path(target)
-    # a name may take all 255 bytes a file system allows: the temporary one takes its first 200
-    name = os.fsdecode(os.fsencode(target.name)[:_TEMPORARY_NAME_BYTES])
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
+                                         dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as file:
             os.fchmod(file.fileno(), 0o666 & ~_umask())

@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover -- Windows: outputs are not locked
 
 import numpy as np
 
-from jaxmir.atomic import write_atomically
+from jaxmir.atomic import name_prefix, write_atomically
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, as_text, summary
@@ -81,9 +81,6 @@ def check_writable(folder: Path) -> None:
         raise InputError(f"cannot write the output in {folder}: {err.strerror or err}") from None
 
 
-_LOCK_NAME_BYTES = 200  # of the output's name in its lock's: a name may take all 255 bytes
-
-
 @contextlib.contextmanager
 def exclusive(output: str | os.PathLike) -> Iterator[None]:
     """Hold the output for one run: ``.<name>.lock`` beside it, locked exclusively.
@@ -95,8 +92,7 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
     """
     path = Path(output)
     check_writable(path.parent)
-    name = os.fsdecode(os.fsencode(path.name)[:_LOCK_NAME_BYTES])
-    with open(path.parent / f".{name}.lock", "ab") as handle:
+    with open(path.parent / f".{name_prefix(path.name)}.lock", "ab") as handle:
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
