@@ -433,14 +433,16 @@ def _skip_samples(frame) -> tuple[int, int]:
     return 0, 0
 
 
-_SAMPLE_FORMATS = frozenset({"u8", "s16", "s32", "flt", "dbl"})  # what _to_float converts
-
-
 def _to_float(frame) -> np.ndarray:
     """One decoded frame as float32 ``[n, channels]``, scaled as libswresample converts to float."""
     raw = frame.to_ndarray()
     raw = raw.T if frame.format.is_planar else raw.reshape(-1, frame.layout.nb_channels)
     return _to_float32(raw, frame.format.name.rstrip("p"))
+
+
+# FFmpeg's sample formats _to_float32 converts (PyAV gives no s64 array: such files are refused)
+_INTEGER_BITS = {"s16": 15, "s32": 31}
+_SAMPLE_FORMATS = frozenset({"u8", "flt", "dbl", *_INTEGER_BITS})
 
 
 def _to_float32(raw: np.ndarray, kind: str) -> np.ndarray:
@@ -452,7 +454,7 @@ def _to_float32(raw: np.ndarray, kind: str) -> np.ndarray:
         return raw.astype(np.float32)
     if kind == "u8":
         return (raw.astype(np.float32) - np.float32(128)) * np.float32(1 / 128)
-    bits = {"s16": 15, "s32": 31, "s64": 63}.get(kind)
+    bits = _INTEGER_BITS.get(kind)
     if bits is None:
         raise AudioError(f"decoder output format {kind!r} is not supported")
     return raw.astype(np.float32) * np.float32(2.0 ** -bits)
