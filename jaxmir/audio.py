@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from jaxmir.decode import MODES, decode_file
+from jaxmir.decode import MODES, decode_file, missing_reason
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated, check_min_outputs,
                              essentia_ratio, resample)
@@ -86,7 +86,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
 def _read_soundfile(name: str) -> tuple[np.ndarray, int]:
     """libsndfile's decoding, ``[n, channels]`` float32 and the rate (jaxmir's reader before FFmpeg)."""
     if not os.path.exists(name):
-        raise AudioError(f"{name}: no such file; expected an audio file ({_ACCEPTED})")
+        raise AudioError(f"{name}: {missing_reason(name)}; expected an audio file ({_ACCEPTED})")
     if os.path.isdir(name):
         raise AudioError(f"{name}: is a directory; expected an audio file ({_ACCEPTED})")
     import soundfile

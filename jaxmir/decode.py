@@ -43,6 +43,7 @@ MP3 LAME/Xing/VBRI header, container duration). Either is reported by a
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import struct
@@ -375,12 +376,24 @@ def decode_file(path: str | os.PathLike, mode: str = "essentia", strict: bool = 
     return DecodedAudio(samples, blocks.sample_rate, blocks.declared_frames, blocks.status, blocks.problem)
 
 
+def missing_reason(path: str) -> str:
+    """Why ``path`` names no file: ``"no such file"``, a link to a missing file, or a loop of links."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+    if os.path.islink(path):
+        return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return "no such file"
+
+
 def _open(path: str):
     """Open ``path`` with FFmpeg; every failure an AudioError naming the file."""
     import av
 
     if not os.path.exists(path):
-        raise AudioError(f"{path}: no such file; expected {ACCEPTED}")
+        raise AudioError(f"{path}: {missing_reason(path)}; expected {ACCEPTED}")
     if os.path.isdir(path):
         raise AudioError(f"{path}: is a directory; expected {ACCEPTED}")
     try:

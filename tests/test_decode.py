@@ -526,6 +526,19 @@ def test_missing_file_and_directory(tmp_path):
     assert str(tmp_path) in str(err.value)
 
 
+@pytest.mark.parametrize("decoder", ["essentia", "soundfile"])
+def test_a_broken_link_and_a_link_loop_say_so(tmp_path, decoder):
+    """Both used to read "no such file", which sent users looking for a file that is there."""
+    (tmp_path / "broken.mp3").symlink_to("gone.mp3")
+    (tmp_path / "a.mp3").symlink_to("b.mp3")
+    (tmp_path / "b.mp3").symlink_to("a.mp3")
+    with pytest.raises(AudioError, match="broken.mp3: is a symbolic link to 'gone.mp3', which does "
+                                         "not exist"):
+        jaxmir.load_audio(tmp_path / "broken.mp3", decoder=decoder)
+    with pytest.raises(AudioError, match="a.mp3: is a loop of symbolic links"):
+        jaxmir.load_audio(tmp_path / "a.mp3", decoder=decoder)
+
+
 def test_no_audio_stream(tmp_path):
     """A container with only a video stream."""
     import av
