@@ -186,17 +186,22 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
 def stream_file(model, path: str, args, hop, output: str, keep: bool) -> dict:
     """Decode ``path`` block by block through :class:`jaxmir.stream.Stream`.
 
-    Returns ``{"seconds", "n_patches", "mean" [dim...] float64, "starts" [n], "values" [n, ...]}``;
-    the per-patch ``starts``/``values`` only when ``keep`` (otherwise only the mean is
-    accumulated, so memory does not grow with the file's length).
+    Returns ``{"seconds", "n_patches", "mean" [dim...] float64, "problem", "starts" [n],
+    "values" [n, ...]}``; ``problem`` is what was wrong with a file decoded in part (damaged or
+    truncated; also warned), else ``None``; the per-patch ``starts``/``values`` only when
+    ``keep`` (otherwise only the mean is accumulated, so memory does not grow with the file's
+    length).
     """
+    import warnings
+
     import numpy as np
 
+    from jaxmir.decode import DamagedAudioWarning
     from jaxmir.stream import file_stream
 
-    total, starts, values = None, [], []
-    with file_stream(model, path, output, decoder=args.decoder, strict=args.strict, patch_hop=hop,
-                     last_patch=args.last_patch, pad=args.pad,
+    total, starts, values, damage = None, [], [], []
+    with file_stream(model, path, output, decoder=args.decoder, strict=args.strict, damage=damage,
+                     patch_hop=hop, last_patch=args.last_patch, pad=args.pad,
                      resampler=args.resampler) as (stream, found):
         for patches in found:
             part = patches.values[output]
@@ -205,8 +210,10 @@ def stream_file(model, path: str, args, hop, output: str, keep: bool) -> dict:
             if keep:
                 starts.append(patches.start)
                 values.append(part)
+    for problem in damage:
+        warnings.warn(problem, DamagedAudioWarning, stacklevel=2)
     result = {"seconds": stream.seconds, "n_patches": stream.n_patches,
-              "mean": total / stream.n_patches}
+              "mean": total / stream.n_patches, "problem": damage[0] if damage else None}
     if keep:
         result["starts"] = np.concatenate(starts)
         result["values"] = np.concatenate(values)
@@ -232,15 +239,19 @@ def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
 def _tag_one(model, args, hop, plots: dict[str, Path]):
     import numpy as np
 
+    from jaxmir.collection.rows import DAMAGED, OK
+
     def work(path: str) -> dict:
         keep = args.format == "json" or path in plots
         found = stream_file(model, path, args, hop, "predictions", keep)
         mean = found["mean"]
         order = np.argsort(-mean, kind="stable")[:args.top or len(mean)]
-        result = {"file": path, "duration_s": round(found["seconds"], 4),
-                  "n_patches": int(found["n_patches"]),
+        result = {"file": path, "status": OK if found["problem"] is None else DAMAGED,
+                  "duration_s": round(found["seconds"], 4), "n_patches": int(found["n_patches"]),
                   "top": [{"label": model.labels[i], "score": float(mean[i])} for i in order],
                   "mean": [float(v) for v in mean]}
+        if found["problem"] is not None:
+            result["warning"] = found["problem"]
         if keep:
             taggram = found["values"]
             if path in plots:
@@ -271,7 +282,11 @@ def format_text(results: list) -> str:
 
 
 def format_json(results: list, header: dict) -> str:
-    files = [result if result is not None else {"file": path, "error": error}
+    """The header, then ``"files"``: each file's result with its ``status`` (``ok``, ``damaged``:
+    decoded in part, with a ``warning``; ``error``, with the ``error``), as the tables have."""
+    from jaxmir.collection.rows import ERROR
+
+    files = [result if result is not None else {"file": path, "status": ERROR, "error": error}
              for path, result, error in results]
     return json.dumps({**header, "files": files}, indent=1) + "\n"
 

@@ -112,6 +112,23 @@ def test_tag_json_on_every_pcm_width(capsys, wavs, musicnn):
     np.testing.assert_allclose(report["files"][1]["taggram"], direct, atol=1e-6)
 
 
+def test_json_gives_each_file_its_status_as_the_tables_do(capsys, wavs, tmp_path):
+    """A truncated file is tagged from what it holds; its entry says so (it said nothing)."""
+    whole = wavs["PCM_16"].read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[:len(whole) * 3 // 4])
+    paths = [str(wavs["PCM_16"]), str(cut), "/no/such.wav"]
+    status, out, err = run(capsys, "tag", *paths, "--format", "json")
+    assert status == 1
+    ok, damaged, failed = json.loads(out)["files"]
+    assert ok["status"] == "ok" and "warning" not in ok and "error" not in ok
+    assert damaged["status"] == "damaged" and "truncated audio" in damaged["warning"]
+    assert damaged["n_patches"] >= 1 and "error" not in damaged
+    assert failed["status"] == "error" and "no such file" in failed["error"]
+    assert sum(line.startswith("jaxmir: warning: ") and "truncated audio" in line
+               for line in err.splitlines()) == 1
+
+
 def test_bf16_is_opt_in(capsys, wavs, musicnn):
     path = str(wavs["PCM_16"])
     taggrams = {}
