@@ -543,7 +543,7 @@ def _backbone_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _patch_options(parser: argparse.ArgumentParser) -> None:
-    from jaxmir.collection.commands import non_negative_int
+    from jaxmir.arguments import whole_number
 
     parser.add_argument("-m", "--model", metavar="NAME|PATH", default=None,
                         help="a shipped model (msd-musicnn, mtt-musicnn, msd-vgg, mtt-vgg), or a "
@@ -554,7 +554,7 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
                      help="overlap of consecutive patches in seconds (patches last 3 s for "
                           "MusiCNN/VGG); default: Essentia's hop of 93 frames, 1.5 s overlap. "
                           "(musicnn's --overlap is the hop between patches; use --patch-hop for that)")
-    hop.add_argument("--patch-hop", metavar="FRAMES", type=non_negative_int, default=None,
+    hop.add_argument("--patch-hop", metavar="FRAMES", type=whole_number(0), default=None,
                      help="frames between patch starts (default 93; 0 = patch size, no overlap)")
     parser.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
                         help="frames after the last full patch: drop them (Essentia's default) "
@@ -582,7 +582,7 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from jaxmir.collection import commands as collection  # argparse only: no pyarrow, no Ray
-    from jaxmir.collection.commands import non_negative_int, positive_int
+    from jaxmir.arguments import whole_number
 
     parser = argparse.ArgumentParser(
         prog="jaxmir", description="Essentia's MusiCNN, VGG and VGGish models in JAX: tag music, "
@@ -600,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="audio files (wav, flac, ogg, mp3, ...), folders (walked recursively) "
                           "or @list.txt (one path per line, relative to the list's folder)")
     _patch_options(tag)
-    tag.add_argument("-n", "--top", "--topN", metavar="N", type=non_negative_int, default=3,
+    tag.add_argument("-n", "--top", "--topN", metavar="N", type=whole_number(0), default=3,
                      help="how many tags to list (default 3; 0 = all)")
     tag.add_argument("-f", "--format", choices=FORMATS, default="text",
                      help="text (default), json (with the per-patch taggram) or csv "
@@ -647,11 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_option(live)
     live.add_argument("-r", "--rate", metavar="HZ", type=int, default=None,
                       help="sample rate of raw PCM (not needed for a WAV stream)")
-    live.add_argument("-c", "--channels", metavar="N", type=positive_int, default=1,
+    live.add_argument("-c", "--channels", metavar="N", type=whole_number(1), default=1,
                       help="channels of raw PCM, interleaved (default 1)")
     live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default="s16le",
                       help="sample format of raw PCM (default s16le)")
-    live.add_argument("-n", "--top", metavar="N", type=non_negative_int, default=5,
+    live.add_argument("-n", "--top", metavar="N", type=whole_number(0), default=5,
                       help="tags per line (default 5; 0 = all)")
     live.add_argument("--all", action="store_true", help="the full output vector instead of the top tags")
     live.add_argument("-l", "--layer", metavar="NAME", default="predictions",
@@ -659,14 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
     hop = live.add_mutually_exclusive_group()
     hop.add_argument("-ov", "--overlap", metavar="S", type=float, default=None,
                      help="overlap of consecutive patches in seconds (default 1.5 s)")
-    hop.add_argument("--patch-hop", metavar="FRAMES", type=non_negative_int, default=None,
+    hop.add_argument("--patch-hop", metavar="FRAMES", type=whole_number(0), default=None,
                      help="frames between patch starts (default 93)")
     live.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
                       help="at the end of the input: drop the frames after the last full patch, "
                            "or make one more patch of them, repeated")
     live.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
                       help="resampling to 16 kHz (default: Essentia's converter; see tag --help)")
-    live.add_argument("--resample-step", metavar="SAMPLES", type=non_negative_int, default=None,
+    live.add_argument("--resample-step", metavar="SAMPLES", type=whole_number(0), default=None,
                       help="16-kHz samples Essentia's converter waits for before it runs: a patch "
                            "comes at most this much plus a read later than it could; 0 = at once, "
                            "for more CPU time (default 2048: 128 ms); --resampler samplerate and "

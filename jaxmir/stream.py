@@ -94,6 +94,8 @@ SINGLE_LIMIT = 4
 # (VGGish's 67 M: ~3 ms of a patch's ~14 in calls of 8, Zen 4). The body still runs in steps
 # of runner.CPU_STEP on a CPU; the 207-s WAV through VGGish took 2.85-2.91 s against 3.20-3.49.
 HEAVY_HEAD_BATCH = 32
+# The largest call: 4096 MusiCNN patches already hold ~38 GB of activations.
+MAX_BATCH = 4096
 
 
 def file_batch(model: "Model") -> int:
@@ -103,9 +105,12 @@ def file_batch(model: "Model") -> int:
 
 
 def check_batch(batch) -> int:
-    """``batch`` (patches per model call) as an int; a non-positive or non-integer one raises."""
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    """``batch`` (patches per model call) as an int; one that is not a whole number from 1 to
+    :data:`MAX_BATCH` raises."""
+    if (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
+            or not 1 <= batch <= MAX_BATCH):
+        raise InputError(f"batch must be a positive integer up to {MAX_BATCH} (patches per model "
+                         f"call), got {batch!r}")
     return int(batch)
 
 

@@ -12,7 +12,7 @@ from jaxmir.collection.compute import Decoded, Options
 from jaxmir.collection.inputs import Source
 from jaxmir.collection.packing import Packer
 from jaxmir.errors import InputError
-from jaxmir.stream import file_batch
+from jaxmir.stream import MAX_BATCH, file_batch
 
 # 16-kHz signals: too short for a patch (1.0 s, 2.9 s), one patch, a few, 12.3 s (7 patches: one
 # padded run), 31 s (19: two runs, three left over) and 70 s (46: five runs, a padded run of 6),
@@ -97,10 +97,23 @@ def test_packed_calls_equal_predict(model, signals, options, monkeypatch):
                                        atol=EMBEDDINGS_RTOL * float(np.abs(want).max()))
 
 
-@pytest.mark.parametrize("batch", [0, -2, 2.5, True])
-def test_batch_must_be_a_positive_integer(batch):
-    with pytest.raises(InputError, match="batch must be a positive integer"):
+@pytest.mark.parametrize("batch", [0, -2, 2.5, True, MAX_BATCH + 1])
+def test_batch_must_be_a_positive_integer_up_to_the_bound(batch):
+    """A batch beyond the bound was packed as asked: the last pack of a collection filled to it."""
+    with pytest.raises(InputError, match=f"batch must be a positive integer up to {MAX_BATCH}"):
         Options(batch=batch)
+    Options(batch=MAX_BATCH)
+
+
+def test_the_command_line_refuses_a_batch_beyond_the_bound(tmp_path, capsys):
+    from jaxmir import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["tag", str(tmp_path), "-o", str(tmp_path / "t.parquet"), "--batch",
+                  str(MAX_BATCH + 1)])
+    assert stop.value.code == 2
+    assert f"--batch: expected a whole number <= {MAX_BATCH}, got {MAX_BATCH + 1}" in \
+        capsys.readouterr().err
 
 
 def test_packs_mix_files_and_runs_keep_one_file(model, signals):

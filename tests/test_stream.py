@@ -589,8 +589,8 @@ def test_plot_without_matplotlib_is_a_clear_error():
 def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
     """Nonsense options end in one line, no traceback; a reader that stops reading
     (``jaxmir stream ... | head -1``) ends the stream quietly with the shell's status for it."""
-    for option, value, status, message in (("--channels", "0", 2, "0 is not a positive number"),
-                                           ("--channels", "-2", 2, "-2 is not a positive number"),
+    for option, value, status, message in (("--channels", "0", 2, "expected a whole number >= 1, got 0"),
+                                           ("--channels", "-2", 2, "expected a whole number >= 1, got -2"),
                                            ("--overlap", "nan", 1, "--overlap nan s: patches last"),
                                            ("--overlap", "inf", 1, "--overlap inf s: patches last")):
         run = cli("stream", "--rate", "16000", option, value, "-", stdin=b"\0" * 64000)

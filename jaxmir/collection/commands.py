@@ -12,32 +12,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from jaxmir.arguments import whole_number
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import exclusive, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import UNRECORDED_DEFAULTS, Layout, Result
 from jaxmir.errors import InputError
-from jaxmir.stream import BATCH, HEAVY_HEAD_BATCH
+from jaxmir.stream import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH
 
 EXIT_OK, EXIT_FAILED = 0, 1
 COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: a whole number >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
 
 
 def add_collection_options(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +31,7 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tags) or a folder (.npy): "
                        "one row per file, written as files are done; a rerun resumes")
-    group.add_argument("-j", "--jobs", metavar="N", type=non_negative_int, default=None,
+    group.add_argument("-j", "--jobs", metavar="N", type=whole_number(0), default=None,
                        help="decoding workers (default: one per core; 0 = decode in the main "
                             "thread, file by file as it streams)")
     group.add_argument("--processes", action="store_true",
@@ -55,9 +40,9 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local (default) or ray: the Ray cluster at $RAY_ADDRESS (a local one "
                             "when unset); needs pip install 'jaxmir[ray]'")
-    group.add_argument("--actors", metavar="N", type=non_negative_int, default=None,
+    group.add_argument("--actors", metavar="N", type=whole_number(0), default=None,
                        help="--engine ray: model actors (default: one per GPU, else 1)")
-    group.add_argument("--batch", metavar="N", type=positive_int, default=None,
+    group.add_argument("--batch", metavar="N", type=whole_number(1, MAX_BATCH), default=None,
                        help=f"patches per model call (default {BATCH}, {HEAVY_HEAD_BATCH} for a model "
                             "with large dense layers such as VGGish); larger calls keep a GPU "
                             "busy, the outputs change only by float32 rounding (~1e-7)")
@@ -65,7 +50,7 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
                        help="also write every patch's output (column 'patches', [n_patches, dim])")
     group.add_argument("--overwrite", action="store_true",
                        help="start the output over instead of resuming it")
-    group.add_argument("--flush-every", metavar="ROWS", type=non_negative_int, default=256,
+    group.add_argument("--flush-every", metavar="ROWS", type=whole_number(0), default=256,
                        help="Parquet: rows per part file (default 256; a part is also written "
                             "every minute)")
 

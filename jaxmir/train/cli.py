@@ -14,25 +14,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from jaxmir.arguments import whole_number
 from jaxmir.train.smoothing import METHODS
 
 
-def _whole(least: int):
-    """An ``argparse`` type: an integer >= ``least``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {value}")
-        return value
-
-    return parse
-
-
 def _folds(text: str) -> int:
-    value = _whole(0)(text)
+    value = whole_number(0)(text)
     if value == 1:
         raise argparse.ArgumentTypeError("expected 0 (no cross-validation) or 2 or more, got 1")
     return value
@@ -68,23 +55,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--label-smoothing", choices=METHODS, default="none",
                         help="label distribution learning: knn (MFCC summary) or lmnn (pooled "
                              "MFCCs + LMNN)")
-    parser.add_argument("--smoothing-k", type=_whole(1), default=None,
+    parser.add_argument("--smoothing-k", type=whole_number(1), default=None,
                         help="neighbours for label smoothing (default 10)")
-    parser.add_argument("--epochs", type=_whole(1), default=150, help="(default %(default)s)")
-    parser.add_argument("--patience", type=_whole(1), default=75,
+    parser.add_argument("--epochs", type=whole_number(1), default=150, help="(default %(default)s)")
+    parser.add_argument("--patience", type=whole_number(1), default=75,
                         help="epochs without a better validation loss before halving the rate "
                              "(default %(default)s)")
     parser.add_argument("--learning-rate", type=_positive, default=1e-3,
                         help="Adam's (default %(default)s)")
-    parser.add_argument("--batch-size", type=_whole(1), default=32, help="(default %(default)s)")
-    parser.add_argument("--seed", type=_whole(0), default=0, help="(default %(default)s)")
+    parser.add_argument("--batch-size", type=whole_number(1), default=32, help="(default %(default)s)")
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="(default %(default)s)")
     parser.add_argument("--cache", default=None, help="embedding cache folder "
                         "(default $JAXMIR_CACHE_DIR/embeddings or ~/.cache/jaxmir/embeddings)")
     parser.add_argument("--no-embedding-cache", action="store_true")
     parser.add_argument("--resume", default=None, help="a head (.pb/.npz) to start from")
     parser.add_argument("--finetune", action="store_true",
                         help="then train backbone and head together (writes NAME-backbone.npz)")
-    parser.add_argument("--finetune-steps", type=_whole(1), default=100,
+    parser.add_argument("--finetune-steps", type=whole_number(1), default=100,
                         help="(default %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.set_defaults(func=run)
