@@ -557,6 +557,23 @@ def test_sigkill_mid_run_then_resume(music, model, tmp_path):
     assert sorted(_read_parquet(out)["path"]) == inputs.expand([str(many)])
 
 
+def test_a_rerun_removes_the_arrays_a_killed_run_was_writing(music, model, tmp_path):
+    """A kill between an array's temporary and its rename left the temporary for good."""
+    out = tmp_path / "embeddings"
+    first = collect(model, [str(music / "rock")], str(out), command="embed",
+                    options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
+    assert first.ok == 2
+    left = [out / ".c.npy.k3_9zQab.tmp", out / "deep" / ".d.npy.Ab12cd34.tmp"]
+    kept = [out / ".notes.tmp", out / "mine.npy.tmp", out / "deep" / "e.npy"]
+    for path in left + kept:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"\x93NUMPY")
+    again = collect(model, [str(music / "rock")], str(out), command="embed",
+                    options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
+    assert again.skipped == 2
+    assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
+
+
 def test_full_disk_keeps_rows(music, model, tmp_path, monkeypatch):
     out = tmp_path / "tags.jsonl"
     real = outputs._append

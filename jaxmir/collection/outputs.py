@@ -17,7 +17,8 @@
   ``[n_patches, ...]`` float32, written atomically, then its row appended to
   ``index.jsonl`` there: a ``.npy`` without a row is simply done again. A
   name that a row of the index (or another file of the run) already holds
-  gets ``-2``, ``-3``, ... before ``.npy``.
+  gets ``-2``, ``-3``, ... before ``.npy``. The temporary arrays a killed run leaves are
+  removed by the next.
 
 On resume, kept rows are those :func:`jaxmir.collection.resume.keep` keeps;
 when anything is dropped the part or file holding it is rewritten atomically.
@@ -54,6 +55,8 @@ INDEX = "index.jsonl"
 CSV_COLUMNS = list(BASE_COLUMNS) + ["model", "settings"]  # then one column per label
 _CSV_COLUMNS_BEFORE_SETTINGS = list(BASE_COLUMNS) + ["model"]  # CSVs written before, still resumed
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
+# write_atomically's temporary name for an array (mkstemp adds 8 characters): one a killed run left
+_ARRAY_TEMPORARY = re.compile(r"^\..+\.npy\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def kind_of(output: str, command: str) -> str:
@@ -355,6 +358,16 @@ def _listed_arrays(folder: Path, index: Path) -> list[Path]:
     return listed
 
 
+def _remove_array_temporaries(path: Path) -> None:
+    """Remove the arrays a killed run was writing (``.<name>.npy.<random>.tmp``, as large as the
+    arrays): no other run writes here (:func:`exclusive`), so none of them is being written."""
+    for folder, _, names in os.walk(path):
+        for name in names:
+            if _ARRAY_TEMPORARY.match(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
 class NpyWriter(Writer):
     """A folder of ``<name>.npy`` (per-patch arrays) plus ``index.jsonl`` (one row per file)."""
 
@@ -369,6 +382,7 @@ class NpyWriter(Writer):
             raise InputError(f"--output {path} already holds .npy files but no {INDEX} (not a "
                              "jaxmir collection); give another folder, or --overwrite to write "
                              "over files of the same names")
+        _remove_array_temporaries(path)
         listed = _listed_arrays(path, index) if overwrite and index.is_file() else []
         summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False)
         self.index = LinesWriter(index, summary_only, current, overwrite)
