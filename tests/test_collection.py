@@ -20,7 +20,7 @@ import pytest
 import jaxmir
 from jaxmir.collection import Options, collect, commands, compute, inputs, local, outputs
 from jaxmir.decode import DamagedAudioWarning
-from jaxmir.errors import InputError
+from jaxmir.errors import AudioError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -555,6 +555,23 @@ def test_sigkill_mid_run_then_resume(music, model, tmp_path):
                     analyzer=analyzer)
     assert tally.skipped == len(table) and len(seen) == 8 - len(table)
     assert sorted(_read_parquet(out)["path"]) == inputs.expand([str(many)])
+
+
+@pytest.mark.parametrize("rate", [1, 705600])
+def test_a_rate_out_of_range_is_refused_in_the_words_of_a_single_file(model, tmp_path, rate):
+    """The folder's rows named the resampler's bounds (1/256 to 256, 1-384000 Hz) instead."""
+    import soundfile
+
+    path = tmp_path / "in" / f"at_{rate}.wav"
+    path.parent.mkdir()
+    soundfile.write(path, np.zeros(4 * rate, np.float32), rate, subtype="PCM_16")
+    with pytest.raises(AudioError) as single:
+        jaxmir.load_audio(path)
+    out = tmp_path / "tags.jsonl"
+    tally = collect(model, [str(path.parent)], str(out), name="msd-musicnn", jobs=1, progress=False)
+    assert tally.failed == 1  # jobs=1: a decoding thread, the path of the command line's folders
+    error = json.loads(out.read_text())["error"]
+    assert error == str(single.value) and f"sample rate {rate} Hz is out of range" in error
 
 
 def test_a_rerun_removes_the_arrays_a_killed_run_was_writing(music, model, tmp_path):

@@ -129,13 +129,14 @@ def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
     With a ``damage`` list, a damaged file's problem is appended to it instead
     of warned (:class:`jaxmir.decode.DamagedAudioWarning`).
     """
-    from jaxmir.audio import MonoInput, Resampling, load_audio
+    from jaxmir.audio import MonoInput, Resampling, check_rate, load_audio
     from jaxmir.decode import MODES, iter_blocks
 
     if decoder not in MODES:  # soundfile: whole-file reads, as load_audio does them
         return load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder, strict=strict)
     pieces = []
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
+        check_rate(blocks.sample_rate, f"{path}: sample rate")  # as load_audio and streams do
         downmix = MonoInput(blocks.sample_rate)
         resampling = Resampling(blocks.sample_rate, SAMPLE_RATE, resampler)
         pieces = [resampling.push(downmix(block)) for block in blocks]
