@@ -138,6 +138,34 @@ def test_graph_without_known_output_or_layers(tmp_path):
         jaxmir.load(build(no_conv, tmp_path, "b.pb"))
 
 
+def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_path):
+    """The way out the error gives, for Python and for the command line, both work."""
+    import json
+
+    from jaxmir.tfgraph.graphdef import GraphDefProto
+
+    original = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")
+    graph_def = GraphDefProto()
+    graph_def.ParseFromString(original.read_bytes())
+    (node,) = [n for n in graph_def.node if n.name == "dense_out"]
+    node.name = "arousal_valence"
+    renamed = tmp_path / "renamed.pb"
+    renamed.write_bytes(graph_def.SerializeToString())
+    with pytest.raises(UnsupportedGraphError, match='pass output= to jaxmir.load.*"schema": '
+                                                    '{"outputs": \\[{"name": NODE'):
+        jaxmir.load(renamed)
+    embeddings = np.random.default_rng(0).standard_normal((5, 200)).astype(np.float32)
+    want = jaxmir.load(original).apply(embeddings)["predictions"]
+    np.testing.assert_array_equal(
+        jaxmir.load(renamed, output="arousal_valence").apply(embeddings)["predictions"], want)
+    schema = {"outputs": [{"name": "arousal_valence", "output_purpose": "predictions"}]}
+    renamed.with_suffix(".json").write_text(json.dumps({"classes": ["valence", "arousal"],
+                                                        "schema": schema}))
+    model = jaxmir.load(renamed)
+    assert list(model.labels) == ["valence", "arousal"]
+    np.testing.assert_array_equal(model.apply(embeddings)["predictions"], want)
+
+
 def test_eight_convolutions_that_are_not_musicnn(tmp_path):
     def eight(tf):
         x = tf.expand_dims(tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder"), 3)

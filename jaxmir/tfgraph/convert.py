@@ -79,7 +79,10 @@ def _find_output(graph: Graph) -> str:
         if name in graph.nodes:
             return name
     raise _unknown(graph, None, "none of the usual output nodes ("
-                   + ", ".join(OUTPUT_CANDIDATES) + ") is in the graph; pass output= to choose one")
+                   + ", ".join(OUTPUT_CANDIDATES) + ") is in the graph; pass output= to "
+                   "jaxmir.load to choose one, or (for the command line too) name it in Essentia's "
+                   "metadata JSON beside the .pb: \"schema\": {\"outputs\": [{\"name\": NODE, "
+                   "\"output_purpose\": \"predictions\"}]}")
 
 
 def _find_input(graph: Graph, path: InferencePath):
