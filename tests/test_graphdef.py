@@ -140,6 +140,25 @@ def test_corrupt_files_raise_clear_errors(tmp_path, mutate, message):
         jaxmir.load(path)
 
 
+def test_a_pipe_a_device_or_a_file_beyond_protobufs_limit_is_refused_unread(tmp_path):
+    """A FIFO waited for a writer for ever; /dev/zero and a sparse 3-GB file were read whole
+    (a raw MemoryError after GBs)."""
+    import os
+
+    fifo = tmp_path / "fifo.pb"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.pb"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        with pytest.raises(GraphError, match="is not a regular file"):
+            Graph.from_file(path)
+    huge = tmp_path / "huge.pb"
+    with open(huge, "wb") as handle:
+        handle.truncate(3 << 30)  # sparse: no disk space taken
+    with pytest.raises(GraphError, match="more than protobuf's limit"):
+        Graph.from_file(huge)
+
+
 def test_missing_file_and_directory(tmp_path):
     import jaxmir
     with pytest.raises(GraphError, match="no such file"):

@@ -249,6 +249,29 @@ def nested_calls_graph(depth: int = 8, fanout: int = 10):
     return g
 
 
+def nested_constant_calls_graph(depth: int = 7, fanout: int = 4, constant_bytes: int = 1 << 20):
+    """A 1-MB constant in f0, each f_i calling f_{i-1} ``fanout`` times: few nodes, but
+    ``fanout**(depth - 1)`` copies of the constant (4 GB from a 1-MB file)."""
+    g = GraphDefProto()
+    bottom = g.library.function.add()
+    bottom.signature.name = "f0"
+    bottom.signature.output_arg.add(name="y")
+    constant = bottom.node_def.add(name="w", op="Const")
+    constant.attr["value"].tensor.CopyFrom(tensor_proto(np.zeros(constant_bytes // 4, np.float32)))
+    set_type(constant, "dtype", DT_FLOAT)
+    bottom.ret["y"] = "w:output:0"
+    for level in range(1, depth):
+        function = g.library.function.add()
+        function.signature.name = f"f{level}"
+        function.signature.output_arg.add(name="y")
+        for i in range(fanout):
+            inner = function.node_def.add(name=f"c{i}", op="PartitionedCall")
+            inner.attr["f"].func.name = f"f{level - 1}"
+        function.ret["y"] = "c0:output:0"
+    add_node(g, "PartitionedCall", "PartitionedCall").attr["f"].func.name = f"f{depth - 1}"
+    return g
+
+
 def broadcast_bomb_graph(copies: int = 40):
     """A bias summed from ``copies`` constants, each one float broadcast to 2**27 elements."""
     g = head_graph()
@@ -284,6 +307,7 @@ def identity_chain_graph(links: int):
 
 
 CRAFTED = {"cycle": cycle_graph, "self_add": self_add_graph, "nested_calls": nested_calls_graph,
+           "nested_constant_calls": nested_constant_calls_graph,
            "broadcast_bomb": broadcast_bomb_graph, "outer_product_bomb": outer_product_bomb_graph}
 
 
@@ -303,6 +327,7 @@ def test_the_head_builder_is_a_valid_model(tmp_path):
     ("cycle", "cycle"),
     ("self_add", "cycle|depends on itself"),
     ("nested_calls", "graph nodes"),
+    ("nested_constant_calls", "bytes of graph nodes"),  # 3.6 GB and a crash before
     ("broadcast_bomb", "bytes of constants"),
     ("outer_product_bomb", "bytes of constants"),
 ])
@@ -474,6 +499,8 @@ MALFORMED = {
     "duplicate_names": (lambda: _edit_head(_duplicate), "two nodes are named 'dense/BiasAdd'"),
     "port_out_of_range": (lambda: _edit_head(_port("3")), "output 3 of 'k1'"),
     "port_negative": (lambda: _edit_head(_port("-1")), "not a tensor reference"),
+    "port_of_5000_digits": (lambda: _edit_head(_port("1" * 5000)),  # Python's int() refused it
+                            r"'k1:1{77}\.\.\.' is not a tensor reference"),
     "placeholder_shape_an_int": (lambda: _edit_head(_set_attr("model/Placeholder", "shape", 8)),
                                  "'shape' is an int; Placeholder expects a shape"),
     # 7: accepted before, then a foreign error at apply

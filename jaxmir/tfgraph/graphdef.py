@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -49,6 +50,8 @@ BYTES_PER_FILE_BYTE, BASE_BYTES = 4, 64 << 20
 NODES_PER_FILE_BYTE, BASE_NODES = 0.25, 4096
 VISITS_PER_FILE_BYTE, BASE_VISITS = 16, 1_000_000
 MAX_CALL_DEPTH = 8
+MAX_PORT_DIGITS = 9  # of a tensor reference's output index: no op has a billion outputs
+MAX_FILE_BYTES = (2 << 30) - 1  # protobuf's limit on one message
 # The one list of ops that forward a tensor unchanged at inference, and the cond ops that
 # pick between branches; every walk of the graph (resolve, consumers, names) uses these.
 PASS_THROUGH = frozenset({"Identity", "IdentityN", "Snapshot", "StopGradient",
@@ -107,10 +110,12 @@ _KIND_NAMES = {"i": "an int", "f": "a float", "s": "a string", "b": "a bool", "t
 class LoadBudget:
     """Work and memory one load may spend, proportional to the size of the file read.
 
-    ``nodes``: graph nodes after inlining function calls; ``visits``: steps of
-    the graph walks (keeps every walk linear in practice, and stops one that
-    is not); ``bytes``: NumPy memory decoded or folded from constants. Going
-    past a limit raises :class:`GraphError` naming the limit and the node.
+    ``nodes``: graph nodes after inlining function calls, and their bytes (a
+    1-MB constant in a function called 4,096 times through nested calls is 4 GB);
+    ``visits``: steps of the graph walks (keeps every walk linear in practice,
+    and stops one that is not); ``bytes``: NumPy memory decoded or folded from
+    constants. Going past a limit raises :class:`GraphError` naming the limit
+    and the node.
     """
 
     def __init__(self, file_bytes: int):
@@ -118,8 +123,10 @@ class LoadBudget:
         self.max_nodes = BASE_NODES + int(NODES_PER_FILE_BYTE * file_bytes)
         self.max_visits = BASE_VISITS + VISITS_PER_FILE_BYTE * file_bytes
         self.max_bytes = BASE_BYTES + BYTES_PER_FILE_BYTE * file_bytes
+        self.max_node_bytes = BASE_BYTES + BYTES_PER_FILE_BYTE * file_bytes
         self.visits = 0
         self.bytes = 0
+        self.node_bytes = file_bytes
 
     def _exceeded(self, what: str, limit: int, where: str) -> GraphError:
         return GraphError(f"{where}: loading this {self.file_bytes}-byte graph needs more than "
@@ -129,6 +136,13 @@ class LoadBudget:
     def check_nodes(self, count: int, where: str) -> None:
         if count > self.max_nodes:
             raise self._exceeded("graph nodes (after inlining function calls)", self.max_nodes, where)
+
+    def copy_nodes(self, nbytes: int, where: str) -> None:
+        """Account for ``nbytes`` of nodes copied into the graph (a function's body inlined)."""
+        self.node_bytes += int(nbytes)
+        if self.node_bytes > self.max_node_bytes:
+            raise self._exceeded("bytes of graph nodes (after inlining function calls)",
+                                 self.max_node_bytes, where)
 
     def visit(self, where: str, count: int = 1) -> None:
         self.visits += count
@@ -249,8 +263,10 @@ class TensorRef:
         """``"name"``, ``"name:1"`` or ``"^name"``; anything else is a :class:`GraphError`."""
         control = text.startswith("^")
         name, colon, index = text[1:].partition(":") if control else text.partition(":")
-        if not name or (colon and (control or not index.isdigit() or not index.isascii())):
-            raise GraphError(f"'{text}' is not a tensor reference; expected 'node', 'node:port' "
+        if not name or (colon and (control or not index.isdigit() or not index.isascii()
+                                   or len(index) > MAX_PORT_DIGITS)):
+            shown = text if len(text) <= 80 else text[:80] + "..."
+            raise GraphError(f"'{shown}' is not a tensor reference; expected 'node', 'node:port' "
                              "with a port >= 0, or '^node'")
         return cls(name, int(index) if colon else 0)
 
@@ -385,6 +401,7 @@ class Graph:
             raise GraphError(f"{path}: is a directory; expected a frozen GraphDef file (.pb). "
                              "SavedModel directories are not supported: freeze them first")
         try:
+            _check_regular(path, os.stat(path))  # before open: opening a FIFO waits for a writer
             with open(path, "rb") as handle:
                 data = handle.read()
         except FileNotFoundError:
@@ -604,6 +621,17 @@ def _dtype_name(code) -> str:
 _CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
 
+def _check_regular(path: str, status: os.stat_result) -> None:
+    """A graph is read whole: a FIFO or a device (``/dev/zero``) would never end, and a file
+    beyond protobuf's 2-GB limit on a message cannot be a GraphDef."""
+    if not stat.S_ISREG(status.st_mode):
+        raise GraphError(f"{path}: is not a regular file (a pipe, a device or a socket); expected "
+                         "a frozen TensorFlow graph (.pb) file")
+    if status.st_size > MAX_FILE_BYTES:
+        raise GraphError(f"{path}: holds {status.st_size} bytes, more than protobuf's limit of "
+                         f"{MAX_FILE_BYTES} on one message; it is not a GraphDef")
+
+
 def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
                            max_depth: int = MAX_CALL_DEPTH) -> None:
     """Replace ``PartitionedCall`` nodes by the body of the function they call, in place.
@@ -613,9 +641,10 @@ def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
     body node becomes ``<call>/<node>``; the call node becomes an ``Identity``
     of the function's first output, so its name still names the output.
     Calls nested in bodies are inlined level by level, at most ``max_depth``
-    levels, and the node count is checked against ``budget`` before each copy.
+    levels, and the nodes and their bytes are checked against ``budget`` before each copy.
     """
     functions = {f.signature.name: f for f in graph_def.library.function}
+    body_bytes = {name: sum(node.ByteSize() for node in f.node_def) for name, f in functions.items()}
     for _ in range(max_depth):
         calls = [n for n in graph_def.node if n.op in _CALL_OPS]
         if not calls:
@@ -625,8 +654,9 @@ def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
             if name not in functions:
                 raise GraphError(f"{source}: '{call.name}' calls function '{name}', which is not "
                                  "in the graph's library; the file is incomplete")
-            budget.check_nodes(len(graph_def.node) + len(functions[name].node_def),
-                               f"{source}: inlining '{name}' at '{call.name}'")
+            where = f"{source}: inlining '{name}' at '{call.name}'"
+            budget.check_nodes(len(graph_def.node) + len(functions[name].node_def), where)
+            budget.copy_nodes(body_bytes[name], where)
             _inline(graph_def, call, functions[name], source)
     raise GraphError(f"{source}: function calls nested deeper than {max_depth} levels")
 
