@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxmir.errors import InputError
 from jaxmir.model import Model
 from jaxmir.models import ARCHITECTURES, COMPOSED
-from jaxmir.spec import ModelSpec, head_width
+from jaxmir.spec import INPUT_TAP, ModelSpec, head_width
 
 # What each backbone family calls its embeddings (Essentia: model/dense/BiasAdd, model/vggish/embeddings).
 DEFAULT_EMBEDDING = "embeddings"
@@ -13,7 +13,7 @@ _HEAD_LAYER = "head/layer_"
 
 
 def _prefixed(tap: str, prefix: str) -> str:
-    return tap if tap == "input" else f"{prefix}/{tap}"
+    return tap if tap == INPUT_TAP else f"{prefix}/{tap}"
 
 
 def _layer_index(tap: str) -> int | None:
@@ -76,7 +76,7 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     node_map = {f"backbone/{name}": (_prefixed(t, "backbone"), shape)
                 for name, (t, shape) in backbone.spec.node_map.items() if keeps(t)}
     node_map.update({name: (_prefixed(t, "head"), shape)
-                     for name, (t, shape) in head.spec.node_map.items() if t != "input"})
+                     for name, (t, shape) in head.spec.node_map.items() if t != INPUT_TAP})
     node_map[head.spec.input_name] = (_prefixed(tap, "backbone"), tuple(head.input_shape))
     spec = ModelSpec(COMPOSED, config, variables, backbone.spec.input_name, backbone.input_shape,
                      head.spec.output_name, aliases, node_map, backbone.spec.frontend)

@@ -9,9 +9,9 @@ from typing import Sequence
 
 from jaxmir import catalog
 from jaxmir.compose import compose
-from jaxmir.errors import InputError, JaxmirError, UnsupportedGraphError
+from jaxmir.errors import GraphError, InputError, JaxmirError, UnsupportedGraphError
 from jaxmir.model import Model
-from jaxmir.models import variable_mismatches
+from jaxmir.models import nonfinite_variable, variable_mismatches
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
 
 
@@ -99,9 +99,14 @@ def _load_one(source, labels=None, output=None) -> Model:
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape, spec.variables)
     if problem is not None:  # what loads must also run
         raise UnsupportedGraphError(f"{text}: {problem}")
+    nonfinite = nonfinite_variable(spec.variables)
+    if nonfinite is not None:
+        raise GraphError(f"{text}: the weights of '{nonfinite}' hold NaN or infinite values; the "
+                         "graph would give NaN outputs")
     if labels is None and metadata.get("classes"):
-        if not isinstance(metadata["classes"], list):
-            raise InputError(f"{metadata['_path']}: 'classes' is {metadata['classes']!r}; "
+        if not isinstance(metadata["classes"], list) or not all(
+                isinstance(name, str) for name in metadata["classes"]):
+            raise InputError(f"{metadata['_path']}: 'classes' is {str(metadata['classes'])[:80]}; "
                              "expected a list of class names")
         labels = [str(c) for c in metadata["classes"]]
         if len(labels) != spec.output_width:
@@ -114,11 +119,11 @@ def _load_one(source, labels=None, output=None) -> Model:
 def read_metadata(graph_path: str | os.PathLike) -> dict:
     """Essentia's model JSON beside a `.pb` (same name, ``.json``), or ``{}``."""
     path = Path(graph_path).with_suffix(".json")
-    if not path.is_file():
+    if not _is_file(path):
         return {}
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise InputError(f"{path}: not readable model metadata ({err}); expected Essentia's "
                          "model JSON with 'classes' and 'schema'") from None
     if not isinstance(metadata, dict):
@@ -127,13 +132,29 @@ def read_metadata(graph_path: str | os.PathLike) -> dict:
     return metadata
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; ``False`` for a name too long to be one (``ENAMETOOLONG``:
+    a ``.pb`` named with 252 bytes has no ``.json`` of 254 beside it)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _metadata_output(metadata: dict, graph) -> str | None:
-    """The JSON's prediction output node, when the graph has it."""
-    outputs = (metadata.get("schema") or {}).get("outputs") or []
-    for entry in outputs:
+    """The JSON's prediction output node (``schema.outputs``), if it names one."""
+    schema = metadata.get("schema") or {}
+    outputs = schema.get("outputs") if isinstance(schema, dict) else None
+    if not isinstance(outputs, (list, type(None))) or not isinstance(schema, dict):
+        raise InputError(f"{metadata['_path']}: 'schema' is {str(schema)[:80]}; expected Essentia's "
+                         "object with an 'outputs' list")
+    for entry in outputs or []:
         if isinstance(entry, dict) and entry.get("output_purpose") == "predictions":
             name = str(entry.get("name", ""))
-            if name and name in graph:
+            if name and name not in graph:
+                raise InputError(f"{metadata['_path']} names the output node '{name[:200]}', which "
+                                 "the graph beside it does not have: the JSON is another model's")
+            if name:
                 return name
     return None
 
@@ -145,7 +166,7 @@ def backbone_of(model: Model) -> str | None:
     name = str(_embedding_model(model).get("model_name", ""))
     if name and model.source and os.sep not in name:
         beside = Path(model.source).with_name(name + WEIGHTS_SUFFIX)
-        if beside.is_file():
+        if _is_file(beside):
             return str(beside)
     for shipped in catalog.names():
         version = name[len(shipped) + 1:]

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence, Union
 from jaxmir.errors import WeightsError
 
 ACTIVATIONS = ("relu", "elu", "tanh", "sigmoid", "softmax", "identity")
+INPUT_TAP = "input"  # the tap of a node map that reads the model's input, not a sown intermediate
 
 
 # -- layers of a dense head -------------------------------------------------------------------

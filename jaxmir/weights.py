@@ -12,18 +12,20 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import zipfile
+import zlib
 from typing import Sequence
 
 import jax
 import numpy as np
 
 from jaxmir.atomic import write_atomically
-from jaxmir.errors import WeightsError
+from jaxmir.errors import JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.model import Model
-from jaxmir.models import COMPOSED, variable_mismatches
+from jaxmir.models import COMPOSED, nonfinite_variable, variable_mismatches
 from jaxmir.spec import Frontend, ModelSpec, config_from_json, config_to_json
 
 WEIGHTS_SUFFIX = ".npz"
@@ -31,6 +33,8 @@ FORMAT = "jaxmir-weights"
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 _META_KEY = "__jaxmir__"
+_VARIABLES = "variables"
+MAX_BYTES = 2 << 30  # of a weights file's arrays: VGGish's 72 M float32 variables take 290 MB
 # Version 1 files did not record the front-end; it follows from the architecture.
 _V1_FRONTENDS = {"musicnn": "musicnn", "vgg": "musicnn", "vggish": "vggish"}
 
@@ -77,7 +81,7 @@ def save_weights(model: Model, path: str | os.PathLike, provenance: dict | None 
         "node_map": {k: [tap, list(shape)] for k, (tap, shape) in spec.node_map.items()},
         "labels": list(model.labels), "provenance": provenance or {},
     }
-    arrays = _flatten(jax.device_get(dict(model.variables)), "variables")
+    arrays = _flatten(jax.device_get(dict(model.variables)), _VARIABLES)
     arrays[_META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
     _write_npz(os.fspath(path), arrays)
 
@@ -127,37 +131,104 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise WeightsError(f"{path}: no such weights file; expected a .npz written by jaxmir "
+        what = "is a directory" if os.path.isdir(path) else "no such weights file"
+        raise WeightsError(f"{path}: {what}; expected a .npz written by jaxmir "
                            "(tools/convert_musicnn.py) or a shipped model name")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise WeightsError(f"{path}: not a readable jaxmir weights file ({err}); expected a .npz "
-                           "written by jaxmir") from None
-    if _META_KEY not in arrays:
-        raise WeightsError(f"{path}: a .npz without jaxmir's description ({_META_KEY}); "
-                           "expected a file written by jaxmir.weights.save_weights")
+    arrays = _read_arrays(path)
     try:
         meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise WeightsError(f"{path}: the description is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: the description is a JSON {type(meta).__name__}; expected "
+                           "an object")
     if meta.get("format") != FORMAT or meta.get("version") not in _READABLE_VERSIONS:
         raise WeightsError(f"{path}: format {meta.get('format')} v{meta.get('version')}; this "
                            f"jaxmir reads {FORMAT} v{', v'.join(map(str, _READABLE_VERSIONS))}")
+    # a file jaxmir did not write may hold anything where the description has its fields
     try:
-        architecture = meta["architecture"]
-        spec = ModelSpec(architecture, config_from_json(architecture, meta["config"]),
-                         _unflatten(arrays), meta["input_name"], tuple(meta["input_shape"]),
-                         meta["output_name"], meta["aliases"],
-                         {k: (tap, tuple(shape)) for k, (tap, shape) in meta["node_map"].items()},
-                         _frontend(meta, path))
-    except (KeyError, TypeError, ValueError) as err:
+        spec = _spec(meta, arrays, path)
+        if not trusted:
+            _check_spec(spec, path)
+        return Model.from_spec(spec, labels=labels if labels is not None else _labels(meta),
+                               source=path, metadata={"provenance": meta.get("provenance", {})})
+    except JaxmirError:
+        raise  # the caller's own labels, say
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise WeightsError(f"{path}: incomplete description ({type(err).__name__}: {err})") from None
-    if not trusted:
-        problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape,
-                                      spec.variables)
-        if problem is not None:
-            raise WeightsError(f"{path}: {problem}")
-    return Model.from_spec(spec, labels=labels if labels is not None else meta["labels"],
-                           source=path, metadata={"provenance": meta.get("provenance", {})})
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a weights file, each checked from its header before it is read: float32
+    variables (the description as bytes), no more than the file holds, :data:`MAX_BYTES` in all."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            total = sum(member.file_size for member in members)
+            if total > MAX_BYTES:
+                raise WeightsError(f"{path}: holds {total} bytes of arrays, more than the "
+                                   f"{MAX_BYTES} jaxmir reads from a weights file")
+            if _META_KEY + ".npy" not in {member.filename for member in members}:
+                raise WeightsError(f"{path}: a .npz without jaxmir's description ({_META_KEY}); "
+                                   "expected a file written by jaxmir.weights.save_weights")
+            arrays = {}
+            for member in members:
+                name = member.filename.removesuffix(".npy")
+                if not member.filename.endswith(".npy") or not (
+                        name == _META_KEY or name.startswith(_VARIABLES + "/")):
+                    raise WeightsError(f"{path}: holds '{member.filename}', which is no part of a "
+                                       f"jaxmir weights file ({_META_KEY}, {_VARIABLES}/...)")
+                with archive.open(member) as handle:
+                    _check_header(path, name, handle, member.file_size)
+                with archive.open(member) as handle:
+                    arrays[name] = np.lib.format.read_array(handle, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise WeightsError(f"{path}: not a readable jaxmir weights file ({err}); expected a .npz "
+                           "written by jaxmir") from None
+    return arrays
+
+
+def _check_header(path: str, name: str, handle, size: int) -> None:
+    """An array's header: the dtype jaxmir writes, and no more bytes than the entry holds."""
+    major, _ = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 \
+        else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(handle)
+    want = np.dtype(np.uint8) if name == _META_KEY else np.dtype(np.float32)
+    if dtype != want:
+        raise WeightsError(f"{path}: '{name}' holds {dtype} values; jaxmir writes {want}")
+    if math.prod(shape) * dtype.itemsize > size:
+        raise WeightsError(f"{path}: '{name}' declares a {list(shape)} array, more than its "
+                           f"{size} bytes hold; the file is corrupt")
+
+
+def _spec(meta: dict, arrays: dict[str, np.ndarray], path: str) -> ModelSpec:
+    architecture = meta["architecture"]
+    variables = _unflatten(arrays)
+    input_shape = tuple(meta["input_shape"])
+    if not all(type(size) is int and size > 0 for size in input_shape):
+        raise ValueError(f"input_shape {str(meta['input_shape'])[:80]} is not a list of sizes")
+    return ModelSpec(architecture, config_from_json(architecture, meta["config"]), variables,
+                     meta["input_name"], input_shape, meta["output_name"],
+                     dict(meta["aliases"]),
+                     {k: (tap, tuple(shape)) for k, (tap, shape) in meta["node_map"].items()},
+                     _frontend(meta, path))
+
+
+def _check_spec(spec: ModelSpec, path: str) -> None:
+    """Variables that fit the model and are finite; outputs that name what the model computes."""
+    nonfinite = nonfinite_variable(spec.variables)
+    if nonfinite is not None:
+        raise WeightsError(f"{path}: '{_VARIABLES}/{nonfinite}' holds NaN or infinite values")
+    taps = [*spec.aliases.values(), *(tap for tap, _ in spec.node_map.values())]
+    problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape,
+                                  spec.variables, taps)
+    if problem is not None:
+        raise WeightsError(f"{path}: {problem}")
+
+
+def _labels(meta: dict) -> list[str]:
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise TypeError(f"labels are {str(labels)[:80]}; expected a list of names")
+    return labels

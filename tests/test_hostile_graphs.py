@@ -313,6 +313,15 @@ CRAFTED = {"cycle": cycle_graph, "self_add": self_add_graph, "nested_calls": nes
 
 # -- 1-3: hangs and memory blow-ups --------------------------------------------------------------
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_weights_that_are_not_finite_are_refused_at_load(tmp_path, value):
+    """They loaded, and every output was NaN (JSON output then held a bare NaN)."""
+    weights = head_weights()
+    weights["k2"][1, 2] = value
+    with pytest.raises(GraphError, match="the weights of '.*' hold NaN or infinite values"):
+        jaxmir.load(write(tmp_path, "head", head_graph(weights)))
+
+
 def test_the_head_builder_is_a_valid_model(tmp_path):
     """The graphs below are edits of this one, which loads and computes the head exactly."""
     weights = head_weights()

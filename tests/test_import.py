@@ -166,6 +166,32 @@ def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_p
     np.testing.assert_array_equal(model.apply(embeddings)["predictions"], want)
 
 
+@pytest.mark.parametrize("metadata, message", [  # each a raw Python error, or ignored, before
+    ('{"schema": "x"}', "'schema' is x; expected Essentia's object with an 'outputs' list"),
+    ('{"schema": [1]}', "'schema' is \\[1\\]; expected"),
+    ('{"schema": {"outputs": 5}}', "'schema' is .*; expected"),
+    ("[" * 100_000 + "]" * 100_000, "not readable model metadata"),
+    ('{"classes": [[1], {"x": 2}]}', "'classes' is .*; expected a list of class names"),
+    ('{"schema": {"outputs": [{"name": "model/Sigmoid", "output_purpose": "predictions"}]}}',
+     "names the output node 'model/Sigmoid', which the graph beside it does not have"),
+])
+def test_metadata_json_of_the_wrong_shape_is_an_input_error(tmp_path, metadata, message):
+    from jaxmir.errors import InputError
+
+    head = tmp_path / "head.pb"
+    head.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    head.with_suffix(".json").write_text(metadata)
+    with pytest.raises(InputError, match=message):
+        jaxmir.load(head)
+
+
+def test_a_graph_named_too_long_for_a_json_beside_it_loads(tmp_path):
+    """A .pb of 252 bytes has no room for a .json name beside it: an OSError before."""
+    head = tmp_path / ("h" * 252 + ".pb")
+    head.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    assert jaxmir.load(head).architecture == "head"
+
+
 def test_eight_convolutions_that_are_not_musicnn(tmp_path):
     def eight(tf):
         x = tf.expand_dims(tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder"), 3)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 import zipfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -240,7 +242,7 @@ def test_bad_weights_files(musicnn, tmp_path):
     with pytest.raises(WeightsError, match="without jaxmir's description"):
         jaxmir.load(tmp_path / "plain.npz")
     np.savez(tmp_path / "pickled.npz", __jaxmir__=np.array([{"evil": 1}], dtype=object))
-    with pytest.raises(WeightsError, match="not a readable"):
+    with pytest.raises(WeightsError, match="'__jaxmir__' holds object values; jaxmir writes uint8"):
         jaxmir.load(tmp_path / "pickled.npz")
 
     good = tmp_path / "good.npz"
@@ -257,6 +259,88 @@ def test_bad_weights_files(musicnn, tmp_path):
     np.savez(tmp_path / "future.npz", **arrays)
     with pytest.raises(WeightsError, match="v99"):
         jaxmir.load(tmp_path / "future.npz")
+
+
+def _edited(musicnn, tmp_path, name: str, edit) -> Path:
+    """A copy of ``musicnn``'s weights file after ``edit(arrays, meta)``."""
+    good = tmp_path / "good.npz"
+    save_weights(musicnn, good)
+    with np.load(good) as data:
+        arrays = dict(data)
+    meta = json.loads(arrays["__jaxmir__"].tobytes())
+    meta = edit(arrays, meta)
+    if meta is not None:
+        text = meta if isinstance(meta, str) else json.dumps(meta)
+        arrays["__jaxmir__"] = np.frombuffer(text.encode(), np.uint8)
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+KERNEL = "variables/params/head/dense_1/kernel"
+
+
+def _set(key, value):
+    def edit(arrays, meta):
+        meta[key] = value
+        return meta
+    return edit
+
+
+def _array(key, convert):
+    def edit(arrays, meta):
+        arrays[key] = convert(arrays[key])
+    return edit
+
+
+@pytest.mark.parametrize("name, edit, message", [  # each a raw Python error (or no error) before
+    ("extra_key", lambda a, m: a.update(foo=np.zeros(2, np.float32)), "holds 'foo.npy', which is no part"),
+    ("nested_key", lambda a, m: a.update({KERNEL + "/sub": np.zeros(2, np.float32)}),
+     "incomplete description"),
+    ("meta_a_list", lambda a, m: [1, 2], "the description is a JSON list; expected an object"),
+    ("meta_nested", lambda a, m: "[" * 100_000 + "]" * 100_000, "not valid JSON"),
+    ("config_null", _set("config", None), "incomplete description"),
+    ("config_a_list", _set("config", []), "incomplete description"),
+    ("node_map_a_list", _set("node_map", []), "incomplete description"),
+    ("input_shape_of_names", _set("input_shape", ["a"]), "input_shape \\['a'\\] is not a list of sizes"),
+    ("labels_a_number", _set("labels", 5), "incomplete description.*labels are 5"),
+    ("another_architecture", _set("architecture", "vggish"), "incomplete description|cannot run"),
+    ("alias_to_nothing", _set("aliases", {"predictions": "nonexist"}),
+     r"outputs read \['nonexist'\], which the musicnn model does not compute"),
+    ("bool_weights", _array(KERNEL, lambda k: k > 0), f"'{KERNEL}' holds bool values"),
+    ("float16_weights", _array(KERNEL, lambda k: k.astype(np.float16)), "holds float16 values"),
+    ("nan_weights", _array(KERNEL, lambda k: np.where(k > 0, np.nan, k).astype(np.float32)),
+     f"'{KERNEL}' holds NaN or infinite values"),
+])
+def test_a_weights_file_jaxmir_did_not_write_is_a_weights_error(musicnn, tmp_path, name, edit,
+                                                               message):
+    with pytest.raises(WeightsError, match=message):
+        jaxmir.load(_edited(musicnn, tmp_path, name, edit))
+
+
+def test_a_weights_file_is_checked_for_size_before_it_is_read(musicnn, tmp_path, monkeypatch):
+    """A 1.7-KB file declaring a 64-GB array asked NumPy to allocate it (a raw MemoryError)."""
+    from jaxmir import weights
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1 << 34,)})
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w") as archive:
+        description = io.BytesIO()
+        np.lib.format.write_array(description, np.frombuffer(b"{}", np.uint8))
+        archive.writestr("__jaxmir__.npy", description.getvalue())
+        archive.writestr(KERNEL + ".npy", header.getvalue() + b"\0" * 64)
+    with pytest.raises(WeightsError, match=r"declares a \[17179869184\] array, more than its"):
+        jaxmir.load(bomb)
+    good = tmp_path / "good.npz"
+    save_weights(musicnn, good)
+    monkeypatch.setattr(weights, "MAX_BYTES", 1000)
+    with pytest.raises(WeightsError, match="more than the 1000 jaxmir reads from a weights file"):
+        jaxmir.load(good)
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(WeightsError, match="folder.npz: is a directory"):
+        jaxmir.load(tmp_path / "folder.npz")
 
 
 def test_shipped_file_checked_against_sha256(monkeypatch):

@@ -9,7 +9,8 @@ one entry in :data:`ARCHITECTURES`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+import functools
+from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
 import jax
@@ -20,6 +21,7 @@ from jaxmir.errors import WeightsError
 from jaxmir.models.heads import Composed, EmbeddingHead
 from jaxmir.models.musicnn import MusiCNN
 from jaxmir.models.vgg import ConvNet
+from jaxmir.spec import INPUT_TAP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,29 +101,46 @@ def has_heavy_head(variables: Mapping) -> bool:
     return dense_weights(variables) > HEAVY_DENSE_WEIGHTS
 
 
-def _shapes(tree: Mapping, prefix: str = "") -> dict[str, tuple[int, ...]]:
+def _shapes(tree: Mapping) -> dict[str, tuple[int, ...]]:
+    return {path: tuple(np.shape(value)) for path, value in _leaves(tree).items()}
+
+
+def nonfinite_variable(variables: Mapping) -> str | None:
+    """The path of the first variable holding NaN or an infinity, or ``None``."""
+    for path, value in _leaves(variables).items():
+        if not np.isfinite(value).all():
+            return path
+    return None
+
+
+def _leaves(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_shapes(value, f"{prefix}{key}/"))
+            flat.update(_leaves(value, f"{prefix}{key}/"))
         else:
-            flat[f"{prefix}{key}"] = tuple(np.shape(value))
+            flat[f"{prefix}{key}"] = value
     return flat
 
 
 def variable_mismatches(name: str, config: Mapping[str, Any], input_shape: tuple[int, ...],
-                        variables: Mapping) -> str | None:
-    """How ``variables`` fail to fit the module a spec describes, or ``None`` when they fit.
+                        variables: Mapping, taps: Iterable[str] = ()) -> str | None:
+    """How ``variables`` fail to fit the module a spec describes, or ``None`` when they fit;
+    also names ``taps`` (sown intermediates a spec's outputs read) that the module does not sow.
 
     The module is traced abstractly (``jax.eval_shape``): nothing is allocated.
     """
     module = build_module(name, config)
     dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     try:
-        expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)
+        expected = jax.eval_shape(functools.partial(module.init, mutable=True),
+                                  jax.random.PRNGKey(0), dummy)
     except Exception as err:  # noqa: BLE001 -- any failure to trace is a model that cannot run
         return f"the {name} model cannot run on [batch, {', '.join(map(str, input_shape))}] " \
                f"inputs ({type(err).__name__}: {err})"
+    unknown = sorted(set(taps) - set(_shapes(expected.get("intermediates", {}))) - {INPUT_TAP})
+    if unknown:
+        return f"outputs read {unknown[:3]}, which the {name} model does not compute"
     want = _shapes({k: v for k, v in expected.items() if k in ("params", "batch_stats")})
     have = _shapes(variables)
     if want == have:

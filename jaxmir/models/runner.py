@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxmir.models.compiler import compiled, tuned
 from jaxmir.models.layers import BODY, HEAD, OVERLAP, WHOLE
+from jaxmir.spec import INPUT_TAP
 
 Tap = tuple[str, "tuple[int, ...] | None"]
 
@@ -140,7 +141,7 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
         if low:  # bfloat16 variables (Model.astype): bfloat16 arithmetic, float32 results
             batch = batch.astype(jnp.bfloat16)
         out, sown, state = _sown(module, variables, batch, state, _body_stage(module))
-        sown["input"] = batch
+        sown[INPUT_TAP] = batch
         # the body's output feeds the head; an unstaged module's is not kept (no stacked copy)
         return state, (out if staged else None, {name: sown[name] for name in names & sown.keys()})
 

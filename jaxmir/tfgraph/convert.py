@@ -15,7 +15,7 @@ from jaxmir.models.heads import embedding_head_variables
 from jaxmir.models.layers import conv_variables, head_aliases
 from jaxmir.models.musicnn import musicnn_variables
 from jaxmir.models.vgg import convnet_variables, pool_aliases
-from jaxmir.spec import (Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool, ModelSpec,
+from jaxmir.spec import (INPUT_TAP, Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool, ModelSpec,
                          dense_indices, head_width)
 from jaxmir.tfgraph.graphdef import DT_FLOAT, FORWARDING, Graph
 from jaxmir.tfgraph.walk import (ConvLayer, InferencePath, conv_chain_shapes, input_shape,
@@ -69,7 +69,7 @@ def _import_head(path: InferencePath, input_node) -> ModelSpec:
         raise _unknown(graph, path, f"input '{input_node.name}' has shape {shape} but the first "
                        f"dense layer takes {width} features")
     node_map = _head_node_map(head, head_nodes, width)
-    node_map[input_node.name] = ("input", (width,))
+    node_map[input_node.name] = (INPUT_TAP, (width,))
     return ModelSpec("head", {"head": head}, embedding_head_variables(head_vars), input_node.name,
                      (width,), path.output, head_aliases(head), node_map, frontend=None)
 
@@ -252,7 +252,7 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     aliases = {name: name for name in ("timbral", "temporal", "cnn1", "cnn2", "cnn3",
                                        "mean_pool", "max_pool")}
     aliases.update(head_aliases(head))
-    node_map[input_node.name] = ("input", (time, mels))
+    node_map[input_node.name] = (INPUT_TAP, (time, mels))
     return ModelSpec("musicnn", config, variables, input_node.name, (time, mels), path.output,
                      aliases, node_map, _frontend_for(MUSICNN, (time, mels)))
 
@@ -334,7 +334,7 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     aliases = head_aliases(head)
     if architecture == "vggish":
         aliases.update(_vggish_aliases(blocks, head, node_map))
-    node_map[input_node.name] = ("input", patch_shape)
+    node_map[input_node.name] = (INPUT_TAP, patch_shape)
     return ModelSpec(architecture, config, variables, input_node.name, patch_shape, path.output,
                      aliases, node_map, _frontend_for(frontend, patch_shape))
 
