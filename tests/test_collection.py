@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -572,6 +573,32 @@ def test_a_rate_out_of_range_is_refused_in_the_words_of_a_single_file(model, tmp
     assert tally.failed == 1  # jobs=1: a decoding thread, the path of the command line's folders
     error = json.loads(out.read_text())["error"]
     assert error == str(single.value) and f"sample rate {rate} Hz is out of range" in error
+
+
+def test_a_model_file_is_known_by_its_bytes_not_by_the_path_that_names_it(music, tmp_path,
+                                                                          monkeypatch):
+    """The same file by another path was refused; other bytes at the same path were resumed,
+    mixing two models' rows in one table."""
+    from jaxmir import catalog
+
+    here = tmp_path / "models" / "mine.npz"
+    here.parent.mkdir()
+    shutil.copyfile(catalog.path_of("msd-musicnn"), here)
+    out = tmp_path / "embeddings.parquet"
+    rock = [str(music / "rock")]
+
+    def run(name: str, paths=rock):
+        return collect(jaxmir.load(name), paths, str(out), command="embed",
+                       options=Options("embeddings"), name=name, jobs=0, progress=False)
+
+    assert run(str(here)).ok == 2
+    monkeypatch.chdir(tmp_path)
+    again = run("models/mine.npz", rock + [str(music / "jazz")])  # the same file, spelled anew
+    assert (again.skipped, again.ok) == (2, 2)
+    shutil.copyfile(catalog.path_of("mtt-musicnn"), here)  # another model's 200-d embeddings
+    with pytest.raises(InputError, match="holds results of model 'mine.npz'.*the model files' "
+                                         "bytes differ"):
+        run(str(here))
 
 
 def test_a_rerun_removes_the_arrays_a_killed_run_was_writing(music, model, tmp_path):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -78,13 +79,30 @@ def model_name(args: argparse.Namespace) -> str:
     return args.model or catalog.default_name()
 
 
-def identity(name: str, model, command: str, options: Options) -> dict:
-    """What must match for two runs to share an output (see :class:`rows.Layout`)."""
+def model_fields(name: str, backbone: str | None = None) -> dict:
+    """How an output names its model (and backbone): a shipped model by its name, a file by its
+    file name and, in ``model_sha256``, its bytes' sha256, so that the same file by any path is
+    the same model and other bytes at the same path are another."""
+    from jaxmir import catalog
+
+    names, digests = [], []
+    for part in filter(None, (name, backbone)):
+        if part in catalog.names() or not os.path.isfile(part):
+            names.append(part)
+        else:
+            names.append(os.path.basename(part))
+            digests.append(catalog.sha256(part))
+    return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
+
+
+def identity(model_names: dict, model, command: str, options: Options) -> dict:
+    """What must match for two runs to share an output (see :class:`rows.Layout`);
+    ``model_names``: :func:`model_fields`."""
     from jaxmir import pipeline
 
     frontend = pipeline.frontend_of(model)
     hop = frontend.patch_hop if options.patch_hop is None else options.patch_hop
-    fields = {"model": name, "command": command, "output": options.output,
+    fields = {**model_names, "command": command, "output": options.output,
               "patch_hop": int(hop) or frontend.patch_size, "last_patch": options.last_patch,
               "pad": options.pad, "resampler": options.resampler}
     # the float decoder's samples differ (~1e-5 on MP3); bfloat16's outputs by ~1e-2
@@ -129,8 +147,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     """
     name = name or str(model.source)
     model = options.cast(model)
-    shown = f"{name}+{backbone}" if backbone else name
-    fields = identity(shown, model, command, options)
+    fields = identity(model_fields(name, backbone), model, command, options)
     if command == "embed" and kind_of(output, command) == "npy":  # a table holds the mean anyway
         fields["average"] = bool(average)
     layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,

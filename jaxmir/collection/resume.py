@@ -46,7 +46,10 @@ def check_identity(output: str, found: dict, expected: dict) -> None:
     if not keys:
         return
     details = "; ".join(f"{k}: {value(found, k)!r} there, {value(expected, k)!r} now" for k in keys
-                        if k != "labels")
+                        if k not in ("labels", "model_sha256"))
+    if "model_sha256" in keys:
+        details = "; ".join(filter(None, [details, "the model files' bytes differ (sha256 "
+                                          f"{value(found, 'model_sha256')!r} there)"]))
     if "labels" in keys:
         details = "; ".join(filter(None, [details, "the labels differ"]))
     raise InputError(f"{output} holds results of model {found.get('model')!r}, not of "
