@@ -82,7 +82,7 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     one its JSON names; and that backbone (``None`` for a model that runs on audio by itself)."""
     import jaxmir
     from jaxmir import catalog
-    from jaxmir.loading import backbone_of
+    from jaxmir.loading import backbone_name, backbone_of
 
     model = jaxmir.load(name or catalog.default_name())
     if model.architecture != "head":
@@ -95,6 +95,11 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
         if backbone:
             _warn(f"{model.source} is an embedding head; using the backbone its metadata names: "
                   f"{backbone}")
+        elif (named := backbone_name(model)) is not None:
+            raise jaxmir.InputError(
+                f"{model.source} is an embedding head whose metadata names the backbone "
+                f"'{named[:200]}', which is neither beside it ({named[:200]}.npz or .pb) nor a "
+                "shipped model; put it there, or give it with --backbone NAME|PATH")
     return (jaxmir.load(name, backbone=backbone) if backbone else model), backbone
 
 
@@ -530,8 +535,16 @@ def _line_writer(model, output: str, args) -> Callable:
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
+    from jaxmir.loading import backbone_name, backbone_of
+
     model = _load_model(args.model, args.backbone, audio=False)[0]
-    _emit(model.describe() + "\n", None)
+    text = model.describe()
+    if model.architecture == "head" and (named := backbone_name(model)) is not None:
+        found = backbone_of(model)
+        text += (f"\nbackbone (its metadata's): {named}" + (
+            f", found: {found} (jaxmir info --backbone {found} describes both)" if found
+            else ", not found beside it nor shipped"))
+    _emit(text + "\n", None)
     return EXIT_OK
 
 
@@ -680,7 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a model",
                                description="Architecture, input, outputs, labels and parameters.")
     info.add_argument("model", metavar="MODEL", help="a shipped name or a path to a .pb/.npz")
-    _backbone_option(info)
+    info.add_argument("-b", "--backbone", metavar="NAME|PATH", default=None,
+                      help="for an embedding head: describe it joined to this backbone (default: "
+                           "the head alone, and the backbone its JSON names)")
     info.set_defaults(func=cmd_info, no_cache=True)
 
     from jaxmir.train import cli as train_cli  # argparse only: optax is imported when it runs

@@ -159,15 +159,23 @@ def _metadata_output(metadata: dict, graph) -> str | None:
     return None
 
 
+def backbone_name(head: Model) -> str | None:
+    """The backbone a head's metadata names (``embedding_model.model_name``), found or not."""
+    name = _embedding_model(head).get("model_name")
+    return str(name) if name not in (None, "") else None
+
+
 def backbone_of(model: Model) -> str | None:
-    """The backbone a head's metadata names, if jaxmir has it: weights beside the head named so
-    (``NAME-backbone.npz``, which ``train-head --finetune`` writes), or a shipped model in
-    Essentia's spelling (``msd-musicnn-1`` -> ``msd-musicnn``)."""
-    name = str(_embedding_model(model).get("model_name", ""))
+    """The backbone a head's metadata names, if jaxmir has it: a file beside the head named so
+    (``NAME-backbone.npz``, which ``train-head --finetune`` writes; ``NAME.pb``, the graph a head
+    was trained on, as Essentia finds it), or a shipped model in Essentia's spelling
+    (``msd-musicnn-1`` -> ``msd-musicnn``)."""
+    name = backbone_name(model) or ""
     if name and model.source and os.sep not in name:
-        beside = Path(model.source).with_name(name + WEIGHTS_SUFFIX)
-        if _is_file(beside):
-            return str(beside)
+        for suffix in (WEIGHTS_SUFFIX, ".pb"):
+            beside = Path(model.source).with_name(name + suffix)
+            if _is_file(beside):
+                return str(beside)
     for shipped in catalog.names():
         version = name[len(shipped) + 1:]
         if name == shipped or (name.startswith(shipped + "-") and version.isdigit()):

@@ -192,6 +192,51 @@ def test_a_graph_named_too_long_for_a_json_beside_it_loads(tmp_path):
     assert jaxmir.load(head).architecture == "head"
 
 
+def test_a_head_finds_the_graph_its_metadata_names_beside_it(tmp_path, patches_187):
+    """A head trained on a .pb backbone (train-head --backbone X.pb) ran only with --backbone."""
+    import json
+
+    from jaxmir.loading import backbone_of
+
+    head = tmp_path / "head.pb"
+    head.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    entry = {"model_name": "genre_dortmund_musicnn_msd", "output": "model/dense/BiasAdd"}
+    head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": entry}}))
+    assert backbone_of(jaxmir.load(head)) is None
+    backbone = tmp_path / "genre_dortmund_musicnn_msd.pb"
+    backbone.write_bytes(shared_fixture(DORTMUND).read_bytes())
+    assert backbone_of(jaxmir.load(head)) == str(backbone)
+    chained = jaxmir.load(head, backbone=backbone_of(jaxmir.load(head)))
+    embeddings = jaxmir.load(backbone).apply(patches_187[:2], ["model/dense/BiasAdd"])
+    np.testing.assert_allclose(
+        chained.apply(patches_187[:2])["predictions"],
+        jaxmir.load(head).apply(embeddings["model/dense/BiasAdd"])["predictions"], atol=1e-5)
+
+
+def test_a_head_whose_backbone_is_missing_says_which_and_info_names_it(tmp_path, capsys):
+    """The hint named 'msd-musicnn' (the shipped model of that width) for a head whose JSON names
+    its own fine-tuned backbone: following it ran the head on the wrong backbone."""
+    import json
+
+    from jaxmir import cli
+
+    head = tmp_path / "ft.pb"
+    head.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    entry = {"model_name": "ft-backbone", "output": "embeddings"}
+    head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": entry}}))
+    audio = shared_fixture("audio/vignesh.wav")
+    assert cli.main(["tag", str(audio), "--model", str(head), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "whose metadata names the backbone 'ft-backbone', which is neither beside it" in err
+    assert "msd-musicnn" not in err
+    assert cli.main(["info", str(head)]) == 0
+    assert "backbone (its metadata's): ft-backbone, not found" in capsys.readouterr().out
+    entry["model_name"] = "msd-musicnn-1"
+    head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": entry}}))
+    assert cli.main(["info", str(head)]) == 0
+    assert "found: msd-musicnn (jaxmir info --backbone msd-musicnn" in capsys.readouterr().out
+
+
 def test_eight_convolutions_that_are_not_musicnn(tmp_path):
     def eight(tf):
         x = tf.expand_dims(tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder"), 3)
