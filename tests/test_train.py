@@ -389,6 +389,26 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
         in capsys.readouterr().err
 
 
+def test_cli_plot_says_when_there_is_no_confusion_matrix(tmp_path, capsys, monkeypatch):
+    """Multi-label and regression heads have no confusion matrix: --plot wrote nothing, silently."""
+    from types import SimpleNamespace
+
+    from jaxmir.train import plot, recipe
+
+    validation = SimpleNamespace(summary={"roc_auc": (0.9, 0.01)}, confusion=None)
+    result = SimpleNamespace(cross_validation=validation, dataset=["a", "b"], failures=[],
+                             seconds_per_epoch=0.001, paths={})
+    monkeypatch.setattr(recipe, "fit_head", lambda *args, **kwargs: result)
+    monkeypatch.setattr(plot, "require_matplotlib", lambda: None)
+    argv = ["train-head", str(tmp_path), "--output", str(tmp_path / "h"), "--folds", "2", "--plot"]
+    assert jaxmir_cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "2-fold roc_auc: 0.900" in captured.out
+    assert "--plot draws the confusion matrix of a classifier of one class per track" in \
+        captured.err
+    assert not list(tmp_path.glob("*.png"))
+
+
 @pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--epochs", "-1"),
                                            ("--batch-size", "0"), ("--batch-size", "-4"),
                                            ("--finetune-steps", "0"), ("--patience", "0"),

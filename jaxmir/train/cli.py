@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
             picture = Path(f"{args.output}-confusion.png")
             plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
             print(f"wrote {picture}")
+        elif args.plot:
+            _say("jaxmir: warning: --plot draws the confusion matrix of a classifier of one class "
+                 "per track; this multi-label or regression head has none, so no picture")
     print(f"{len(result.dataset)} tracks ({len(result.failures)} skipped), "
           f"{result.seconds_per_epoch * 1e3:.1f} ms per epoch")
     for path in (result.paths or {}).values():
