@@ -601,6 +601,22 @@ def test_a_model_file_is_known_by_its_bytes_not_by_the_path_that_names_it(music,
         run(str(here))
 
 
+def test_labels_named_like_a_tables_columns_go_to_jsonl_only(music, model, tmp_path):
+    """JSONL nests the labels under 'tags': it was refused with the tables all the same."""
+    labels = ["path", "status"] + list(model.labels[2:])
+    renamed = jaxmir.load("msd-musicnn", labels=labels)
+    rock = [str(music / "rock")]
+    lines = tmp_path / "tags.jsonl"
+    assert collect(renamed, rock, str(lines), name="msd-musicnn", jobs=0, progress=False).ok == 2
+    row = json.loads(lines.read_text().splitlines()[0])
+    assert row["path"].endswith("a.wav") and set(row["tags"]) == set(labels)
+    for suffix, table in ((".csv", "CSV"), (".parquet", "Parquet")):
+        with pytest.raises(InputError, match=rf"labels \['path', 'status'\] clash with the {table} "
+                                             "table's own columns; write JSONL"):
+            collect(renamed, rock, str(tmp_path / f"tags{suffix}"), name="msd-musicnn", jobs=0,
+                    progress=False)
+
+
 def test_a_rerun_removes_the_arrays_a_killed_run_was_writing(music, model, tmp_path):
     """A kill between an array's temporary and its rename left the temporary for good."""
     out = tmp_path / "embeddings"

@@ -47,7 +47,7 @@ import numpy as np
 from jaxmir.atomic import name_prefix, write_atomically
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
-from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, as_text, summary
+from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, as_text, base, summary
 from jaxmir.errors import InputError
 
 KINDS = ("parquet", "jsonl", "csv", "npy")
@@ -213,9 +213,8 @@ class LinesWriter(Writer):
         if self.csv and (layout.command != "tag" or layout.per_patch):
             raise InputError(f"--output {path}: CSV holds tag means only; use .parquet or .jsonl "
                              "for embeddings and --per-patch")
-        if self.csv and set(layout.labels) & set(CSV_COLUMNS):
-            raise InputError(f"--output {path}: a label of the model clashes with the CSV's "
-                             "'settings' column; use .parquet or .jsonl")
+        if self.csv:
+            layout.check_label_columns(CSV_COLUMNS, "CSV")
         self.header = CSV_COLUMNS + list(layout.labels)
         self.rows: list[dict] = []
         check_writable(path.parent)
@@ -320,7 +319,7 @@ class LinesWriter(Writer):
                 values.append(json.dumps(self._settings(), sort_keys=True))
             values += [repr(row[label]) if row[label] is not None else "" for label in self.layout.labels]
             return self._line(["" if v is None else v for v in values])
-        record = {c: row[c] for c in BASE_COLUMNS}
+        record = base(result)  # not row's: a label may be named like a base column
         record["model"] = self.layout.model
         record["settings"] = self._settings()
         if self.layout.command == "tag":
@@ -419,6 +418,7 @@ def parquet_schema(layout: Layout):
     """The Parquet schema of ``layout``'s rows, its identity in the metadata (``b"jaxmir"``)."""
     import pyarrow as pa
 
+    layout.check_label_columns(list(BASE_COLUMNS) + ["patches"], "Parquet")
     fields = [pa.field("path", pa.string()), pa.field("size_bytes", pa.int64()),
               pa.field("mtime_ns", pa.int64()), pa.field("duration_s", pa.float64()),
               pa.field("n_patches", pa.int64()), pa.field("status", pa.string()),

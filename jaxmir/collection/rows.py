@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -54,11 +54,14 @@ class Layout:
     per_patch: bool = False
     average: bool = False  # a folder of .npy holds the mean over patches
 
-    def __post_init__(self):
-        clash = sorted(set(self.labels) & set(BASE_COLUMNS + ("patches", "model")))
-        if self.command == "tag" and clash:
-            raise InputError(f"the model's labels {clash} clash with the output's own columns; "
-                             "give the model other labels")
+    def check_label_columns(self, columns: Iterable[str], table: str) -> None:
+        """A table with a column per label (Parquet, CSV) cannot also have its own ``columns``
+        named so; JSONL nests the labels."""
+        clash = sorted(set(self.labels) & set(columns)) if self.command == "tag" else []
+        if clash:
+            raise InputError(f"the model's labels {clash} clash with the {table} table's own "
+                             "columns; write JSONL (the labels nested in 'tags'), or give the "
+                             "model other labels")
 
     @property
     def model(self) -> str:
