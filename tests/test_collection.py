@@ -617,6 +617,19 @@ def test_labels_named_like_a_tables_columns_go_to_jsonl_only(music, model, tmp_p
                     progress=False)
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_parquet_folder_holding_other_files_is_refused(music, model, tmp_path, overwrite):
+    """Parts were added beside them, and the folder no longer read as one table."""
+    out = tmp_path / "mine.parquet"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="mine.parquet holds notes.txt, which is no part of a "
+                                         "jaxmir Parquet folder"):
+        collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0,
+                progress=False, overwrite=overwrite)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 def test_a_rerun_removes_the_arrays_a_killed_run_was_writing(music, model, tmp_path):
     """A kill between an array's temporary and its rename left the temporary for good."""
     out = tmp_path / "embeddings"

@@ -464,6 +464,14 @@ class ParquetWriter(Writer):
                                  "another --output, or --overwrite to replace it")
             path.unlink()
         check_writable(path)
+        # readers take every name not starting with '.' or '_' as part of the table
+        foreign = sorted(p.name for p in path.iterdir()
+                         if not _PART.match(p.name) and not p.name.startswith((".", "_")))
+        if foreign:
+            raise InputError(f"--output {path} holds {', '.join(foreign[:3])}"
+                             f"{' and more' if len(foreign) > 3 else ''}, which is no part of a "
+                             "jaxmir Parquet folder (pyarrow and pandas would fail to read it "
+                             "as one table); give another --output")
         self.schema = parquet_schema(layout)
         for stale in path.glob(".part-*.tmp"):
             stale.unlink()
