@@ -182,6 +182,7 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     _check_output_file(output, overwrite)  # again: it may have appeared while the files ran
     target = Path(output)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # as a table's folder is made
         write_atomically(target, lambda handle: handle.write(text.encode("utf-8")), durable=True)
     except OSError as err:
         raise InputError(f"--output {target} cannot be written ({err.strerror or err})") from None
@@ -207,7 +208,7 @@ def stream_file(model, path: str, args, hop, output: str, keep: bool) -> dict:
     total, starts, values, damage = None, [], [], []
     with file_stream(model, path, output, decoder=args.decoder, strict=args.strict, damage=damage,
                      patch_hop=hop, last_patch=args.last_patch, pad=args.pad,
-                     resampler=args.resampler) as (stream, found):
+                     resampler=args.resampler, batch=args.batch) as (stream, found):
         for patches in found:
             part = patches.values[output]
             batch_sum = part.sum(axis=0, dtype=np.float64)

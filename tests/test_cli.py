@@ -129,6 +129,29 @@ def test_json_gives_each_file_its_status_as_the_tables_do(capsys, wavs, tmp_path
                for line in err.splitlines()) == 1
 
 
+def test_batch_sets_a_single_files_calls_too(capsys, wavs, monkeypatch):
+    """--batch was taken by tables only and ignored, without a word, for a file's own output."""
+    from jaxmir import stream
+
+    seen, check = [], stream.check_batch
+    monkeypatch.setattr(stream, "check_batch", lambda batch: seen.append(batch) or check(batch))
+    outputs = {}
+    for batch in ("3", None):
+        status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json",
+                               *(("--batch", batch) if batch else ()))
+        assert status == 0 and "ignored" not in err, err
+        outputs[batch] = np.asarray(json.loads(out)["files"][0]["taggram"])
+    assert seen == [3, stream.BATCH]  # the default: MusiCNN has no heavy head
+    np.testing.assert_allclose(outputs["3"], outputs[None], atol=1e-6)  # float32 rounding only
+
+
+def test_output_makes_its_folder_as_a_table_does(capsys, wavs, tmp_path):
+    target = tmp_path / "new" / "folder" / "tags.json"
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json", "-o", str(target))
+    assert status == 0, err
+    assert json.loads(target.read_text())["files"][0]["status"] == "ok"
+
+
 def test_bf16_is_opt_in(capsys, wavs, musicnn):
     path = str(wavs["PCM_16"])
     taggrams = {}

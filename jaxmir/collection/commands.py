@@ -33,8 +33,8 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
         "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tags) or a folder (.npy): "
                        "one row per file, written as files are done; a rerun resumes")
     group.add_argument("-j", "--jobs", metavar="N", type=whole_number(0), default=None,
-                       help="decoding workers (default: one per core; 0 = decode in the main "
-                            "thread, file by file as it streams)")
+                       help="decoding workers (default: one per core, at most one per file; 0 = "
+                            "decode in the main thread, file by file as it streams)")
     group.add_argument("--processes", action="store_true",
                        help="decode in worker processes instead of threads: a decoder that "
                             "crashes on a file then ends the run naming it, at ~600 MB per worker")
