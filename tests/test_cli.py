@@ -256,7 +256,8 @@ def test_output_file_is_never_overwritten_unasked(capsys, wavs, tmp_path):
 
 
 def test_unwritable_output(capsys, wavs, tmp_path):
-    target = tmp_path / "missing" / "tags.json"
+    (tmp_path / "a_file").write_text("not a folder")
+    target = tmp_path / "a_file" / "tags.json"
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json", "-o", str(target))
     assert status == 1 and "Traceback" not in err and str(target) in err
 
