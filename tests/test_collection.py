@@ -107,6 +107,16 @@ def test_a_walk_follows_linked_folders_once_and_leaves_out_fifos(tmp_path):
     assert found == ["a.wav", "gone.flac", "linked/r.mp3"]
 
 
+def test_a_folder_linked_beside_itself_is_listed_by_its_own_path(tmp_path):
+    """Whichever the folder listing gave first was kept: often a link's path."""
+    folder = tmp_path / "music"
+    (folder / "real").mkdir(parents=True)
+    (folder / "real" / "v.wav").write_bytes(b"")
+    for name in ("0first", *(f"link{i}" for i in range(12)), "zlast"):  # listed in any order
+        (folder / name).symlink_to(folder / "real", target_is_directory=True)
+    assert inputs.expand([str(folder)]) == [str(folder / "real" / "v.wav")]
+
+
 def test_expand_folders_lists_and_names(music, tmp_path):
     found = inputs.expand([str(music)])
     names = [os.path.relpath(p, music) for p in found]

@@ -43,7 +43,8 @@ class Source:
 
 def _walk(folder: Path) -> list[str]:
     """The audio files below ``folder``: linked folders followed, each real folder once (a link
-    loop ends there); FIFOs, sockets and devices left out (reading one could wait forever)."""
+    loop ends there), by its own path where it is below ``folder`` too; FIFOs, sockets and devices
+    left out (reading one could wait forever)."""
     found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         state = os.stat(root)
@@ -51,7 +52,9 @@ def _walk(folder: Path) -> list[str]:
             dirs[:] = []
             continue
         seen.add((state.st_dev, state.st_ino))
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        # real folders before links to them: a file is then listed by its real path
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+                         key=lambda d: (os.path.islink(os.path.join(root, d)), d))
         found += [path for path in (os.path.join(root, f) for f in files
                                     if not f.startswith(".")
                                     and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS)
