@@ -362,6 +362,18 @@ def test_an_overwrite_never_leaves_rows_without_arrays(model, tmp_path, monkeypa
                for line in (out / "index.jsonl").read_text().splitlines())
 
 
+def test_an_overwrite_removes_the_folders_it_empties(music, model, tmp_path):
+    out = tmp_path / "emb"
+    embed = lambda paths, **kw: collect(model, paths, str(out), command="embed",
+                                        options=Options("embeddings"), name="msd-musicnn",
+                                        jobs=0, progress=False, **kw)
+    assert embed([str(music)]).ok == 4
+    (out / "mine").mkdir()  # a folder of the user's, empty: kept
+    assert embed([str(music / "rock" / "a.wav")], overwrite=True).ok == 1
+    folders = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_dir())
+    assert folders == ["mine"]  # jazz/deep, jazz and rock went with their arrays
+
+
 @pytest.mark.parametrize("kind", ["tags.jsonl", "emb"])
 def test_an_output_deleted_during_the_run_stops_it(model, tmp_path, kind):
     """Rows appended to a deleted file (or arrays into a folder made anew) would be reported

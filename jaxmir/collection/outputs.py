@@ -357,6 +357,16 @@ def _listed_arrays(folder: Path, index: Path) -> list[Path]:
     return listed
 
 
+def _remove_empty_folders(folder: Path, top: Path) -> None:
+    """``folder`` and the folders above it, up to ``top`` (kept), that removing arrays emptied."""
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()  # only an empty folder goes
+        except OSError:
+            return
+        folder = folder.parent
+
+
 def _remove_array_temporaries(path: Path) -> None:
     """Remove the arrays a killed run was writing (``.<name>.npy.<random>.tmp``, as large as the
     arrays): no other run writes here (:func:`exclusive`), so none of them is being written."""
@@ -392,6 +402,7 @@ class NpyWriter(Writer):
                 array.unlink(missing_ok=True)
             except OSError:
                 pass  # an array without a row is harmless; the run writes over it if it must
+            _remove_empty_folders(array.parent, path)
         self.done = self.index.done
         taken = {str(row["npy"]): row["path"] for row in self.index.rows if row.get("npy")}
         self.names = _unique_names(names, taken)
