@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from jaxmir import catalog
 from jaxmir.compose import compose
@@ -36,6 +36,9 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
         names (``inference.embedding_model.output``), else ``embeddings``
         (``model/dense/BiasAdd`` for MusiCNN, ``model/vggish/embeddings`` for VGGish).
     """
+    for name, value in (("output", output), ("embedding", embedding)):
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{name}={value!r}: expected the name of an output or graph node")
     model = _load_one(source, labels=labels, output=output)
     if backbone is None:
         return model
@@ -79,9 +82,15 @@ def _load_one(source, labels=None, output=None) -> Model:
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"cannot load {source!r}: expected a shipped model's name or the path of "
                          "a .pb or .npz file")
-    if isinstance(labels, str):
-        raise InputError(f"labels={labels!r}: expected a list of class names, not one string")
+    if labels is not None:
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+            raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
+        labels = list(labels)
+        if not all(isinstance(label, str) for label in labels):
+            raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
     text = os.fspath(source)
+    if "\0" in text:
+        raise InputError(f"cannot load {text!r}: a path holds no NUL character")
     if text in catalog.names():
         return load_weights(catalog.path_of(text), labels=labels, trusted=True)  # sha256 checked
     if text.endswith(WEIGHTS_SUFFIX):

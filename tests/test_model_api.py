@@ -76,8 +76,15 @@ def test_arguments_of_the_wrong_kind_are_named(musicnn, patches_187, tmp_path):
     for source in (None, 3):
         with pytest.raises(InputError, match="expected a shipped model's name or the path"):
             jaxmir.load(source)
-    with pytest.raises(InputError, match="a list of class names, not one string"):
-        jaxmir.load("msd-musicnn", labels="abcdefghi")
+    for labels in ("abcdefghi", 5, ["a", 2]):  # the last two: raw TypeErrors, or names "2"
+        with pytest.raises(InputError, match=r"labels=.*: expected a list of class names"):
+            jaxmir.load("msd-musicnn", labels=labels)
+    assert jaxmir.load("msd-musicnn", labels=np.array([f"t{i}" for i in range(50)])).labels[0] == "t0"
+    for keyword in ("output", "embedding"):  # raw AttributeErrors before
+        with pytest.raises(InputError, match=f"{keyword}=5: expected the name of an output"):
+            jaxmir.load("msd-musicnn", **{keyword: 5})
+    with pytest.raises(InputError, match="a path holds no NUL character"):  # a raw ValueError
+        jaxmir.load("head\0.pb")
 
 
 @pytest.mark.parametrize("patches, message", [
