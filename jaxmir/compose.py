@@ -32,6 +32,16 @@ def _prune_head(tree: dict, keep: int) -> dict:
     return pruned
 
 
+def check_backbone(backbone: Model) -> None:
+    """Raise :class:`InputError` unless ``backbone`` runs on audio patches and gives embeddings."""
+    family = ARCHITECTURES.get(backbone.architecture)
+    if family is None or not family.backbone:
+        what = "an embedding head itself" if backbone.architecture == "head" else \
+            f"a {backbone.architecture} model"
+        raise InputError(f"{backbone.source} is {what}, not a backbone (musicnn, vgg or vggish: "
+                         "the model whose embeddings the head was trained on)")
+
+
 def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model:
     """``backbone`` cut at its ``embedding`` output, then ``head``; labels are the head's.
 
@@ -41,10 +51,7 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     if head.architecture != "head":
         raise InputError(f"{head.source} is a {head.architecture} model that takes "
                          f"{list(head.input_shape)} patches, not an embedding head; load it alone")
-    family = ARCHITECTURES.get(backbone.architecture)
-    if family is None or not family.backbone:
-        raise InputError(f"{backbone.source} is a {backbone.architecture} model, not a backbone "
-                         "(musicnn, vgg or vggish)")
+    check_backbone(backbone)
     embedding = embedding or DEFAULT_EMBEDDING
     tap, _ = backbone.resolve_output(embedding)
     keep = _layer_index(tap)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from jaxmir import catalog
-from jaxmir.compose import compose
+from jaxmir.compose import check_backbone, compose
 from jaxmir.errors import GraphError, InputError, JaxmirError, UnsupportedGraphError
 from jaxmir.model import Model
 from jaxmir.models import nonfinite_variable, variable_mismatches
@@ -44,6 +44,7 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
         return model
     if not isinstance(backbone, Model):
         backbone = _load_one(backbone)
+    check_backbone(backbone)  # before its outputs are looked for the head's embedding
     if embedding is None:
         embedding = embedding_output(model)
         if embedding is not None and not _has_output(backbone, embedding):

@@ -129,7 +129,7 @@ def test_composition_errors_name_both_sides(tmp_path):
         jaxmir.load(vggish_head, backbone="msd-musicnn")
     with pytest.raises(InputError, match="not an embedding head"):
         jaxmir.load("msd-vgg", backbone="msd-musicnn")
-    with pytest.raises(InputError, match="is a head model, not a backbone"):
+    with pytest.raises(InputError, match="is an embedding head itself, not a backbone"):
         jaxmir.load(vggish_head, backbone=vggish_head)
     with pytest.raises(InputError, match="not a layer of its dense head"):
         jaxmir.load(write_head(tmp_path, "h2"), backbone="msd-musicnn", embedding="mean_pool")

@@ -237,6 +237,20 @@ def test_a_head_whose_backbone_is_missing_says_which_and_info_names_it(tmp_path,
     assert "found: msd-musicnn (jaxmir info --backbone msd-musicnn" in capsys.readouterr().out
 
 
+def test_a_head_given_as_its_own_backbone_is_named_a_head(tmp_path):
+    """The message said the backbone lacked the head's embedding layer, not that it was a head."""
+    import json
+
+    from jaxmir.errors import InputError
+
+    head = tmp_path / "head.pb"
+    head.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    entry = {"model_name": "msd-musicnn-1", "output": "model/dense/BiasAdd"}
+    head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": entry}}))
+    with pytest.raises(InputError, match="head.pb is an embedding head itself, not a backbone"):
+        jaxmir.load(head, backbone=head)
+
+
 def test_eight_convolutions_that_are_not_musicnn(tmp_path):
     def eight(tf):
         x = tf.expand_dims(tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder"), 3)
