@@ -11,6 +11,7 @@ phase or position (what this test guards) moves outputs by >= 1e-5 on music.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,6 +277,44 @@ def test_gradient_is_the_transpose():
     reference = samplerate.resample(x, essentia_ratio(44100, 16000), "sinc_medium")
     assert np.max(np.abs(np.asarray(resample_jax(jnp.asarray(x), 44100, 16000)) - reference)) <= TOL
     assert np.max(np.abs(resample(x, 44100, 16000) - reference)) <= TOL
+
+
+TRACED_FIRST = """
+import sys
+import jax, jax.numpy as jnp, numpy as np, samplerate
+from jaxmir.resample import SincResampler, essentia_ratio, positions, resample, resample_jax
+
+positions._python_steps_left = 0  # the recurrence's compiled scan, as in a long-running process
+x = np.random.default_rng(0).uniform(-1, 1, 30000).astype(np.float32)
+worst = 0.0
+for rate, target in ((22050, 16000), (11025, 16000), (16000, 44100), (48000, 16000)):
+    reference = samplerate.resample(x, essentia_ratio(rate, target), "sinc_medium")
+    traced = jax.jit(lambda v: resample_jax(v, rate, target))(x)  # the process's first call
+    stream = SincResampler(rate, target)
+    chunks = [stream.push(x[:12345]), stream.push(x[12345:]), stream.flush()]
+    for got in (traced, resample_jax(jnp.asarray(x), rate, target), resample(x, rate, target),
+                np.concatenate(chunks)):
+        assert np.shape(got) == reference.shape, (rate, target, np.shape(got))
+        worst = max(worst, float(np.max(np.abs(np.asarray(got) - reference))))
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("x64", ["0", "1"])
+def test_resample_jax_traced_first_and_under_x64(x64):
+    """A jit of resample_jax first cached a tracer as the coefficient table (every later call
+    failed), failed itself where the positions need the recurrence's compiled scan, and every
+    kernel but the matrix products raised a TypeError with jax_enable_x64."""
+    import subprocess
+    import sys
+
+    require("samplerate")
+    env = {**os.environ, "JAX_ENABLE_X64": x64, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", TRACED_FIRST], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.split()[-1]) <= TOL
 
 
 def test_bad_input():

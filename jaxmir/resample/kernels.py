@@ -80,7 +80,7 @@ def _polyphase_kernel(signal, centre, start, delta, table, slope, gain, *, incre
                                             ((chunk + shifts) * advance,))
             tiles = stretch.reshape(chunk + shifts, advance)
             lines = jnp.concatenate([tiles[k:k + chunk] for k in range(shifts)], axis=1)
-            windows = jax.vmap(lambda a: jax.lax.dynamic_slice(lines, (0, a), (chunk, width)))(at)
+            windows = jax.vmap(lambda a: jax.lax.dynamic_slice(lines, (jnp.zeros_like(a), a), (chunk, width)))(at)
             index = jnp.abs(distance[:, None, :] + shift.T[:, :, None])         # [P, chunk, W]
             pick = (index >> SHIFT) - base[:, None, :]
             value = jnp.where(pick == 0, values[0][:, None],

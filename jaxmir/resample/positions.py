@@ -199,7 +199,8 @@ def _positions_sequential(step: float, x0: float, count: int):
         _python_steps_left -= count
         return _positions_python(step, x0, count)
     xs, advances, x = [np.array([x0])], [], x0
-    with jax.enable_x64(True):
+    # eagerly, also while resample_jax is traced: positions depend on the rates, not the samples
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
         run = _sequential_scan()
         for _ in range(-(-count // _SCAN_STEPS)):
             # NumPy scalars: jnp.asarray would dispatch a conversion each (~0.2 ms)

@@ -118,8 +118,10 @@ def device_table(quality: str) -> tuple[jax.Array, jax.Array]:
 
 def _as_device(table: np.ndarray) -> tuple[jax.Array, jax.Array]:
     # transfers compile nothing (jnp.asarray: a program per shape); the copy keeps the device
-    # array from sharing the memory of `coefficients`' cached table
-    return jax.device_put(table.copy()), jax.device_put(table_slopes(table))
+    # array from sharing the memory of `coefficients`' cached table. Made eagerly even when the
+    # first call is traced (resample_jax under jit): a cached tracer would outlive its trace.
+    with jax.ensure_compile_time_eval():
+        return jax.device_put(table.copy()), jax.device_put(table_slopes(table))
 
 
 def table_slopes(table: np.ndarray) -> np.ndarray:
