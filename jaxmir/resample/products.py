@@ -17,7 +17,7 @@ from jaxmir.resample.positions import (FRAC_MASK, MAX_PERIOD, ONE, SHIFT, UNIT, 
                                        first_true, output_count, plan_of, split_step, walk)
 from jaxmir.resample.table import coefficients, table_slopes
 
-# The common conversions (44.1, 48, 32, 88.2, 96, 176.4, 192 kHz -> 16 kHz with the fastest or
+# The common conversions (44.1, 48, 32, 88.2, 96, 176.4, 192 kHz -> 16 kHz with Essentia's
 # medium filter) take this path from NumPy input. Outputs come in groups of ``rows``
 # periods of the exact rate ratio (period outputs, advance inputs each). Within a group,
 # output j of row r sits ``delta`` fixed-point units past an anchor that is the same for
@@ -62,13 +62,16 @@ class _Matmul:
 def matmul_shape(plan: Plan) -> _Matmul | None:
     """The kernel's shape, or ``None`` when the plan must take the per-output kernels.
 
-    Downsampling only: upsampling's filter is not widened, so fewer, larger taps carry the
-    first-order error (1.2-1.8e-6 on full-scale noise at 11.025 -> 16 and 16 -> 44.1 kHz).
+    Downsampling with the medium filter only: the fastest filter's coarser table carries the
+    first-order error past 1e-6 (4.4e-6 on full-scale noise at 22.05 -> 16 kHz, 1.3e-6 at 44.1),
+    and upsampling's filter is not widened, so fewer, larger taps carry it (1.2-1.8e-6 on full-scale noise at 11.025 -> 16 and 16 -> 44.1 kHz).
     The same error grows with the ratio as ``sqrt(ratio)`` and with the drift squared, so
     plans above ratio 1/2 take groups of fewer rows (22.05 -> 16 kHz on full-scale noise:
     7.8e-7 with the drift of 44.1 kHz's groups, less with this).
     """
     if not 0 < plan.period <= MAX_PERIOD or plan.ratio >= 1.0:
+        return None
+    if plan.quality != "sinc_medium":  # fastest: up to 4.4e-6 on full-scale noise (22.05 kHz)
         return None
     width = 2 * plan.taps + 3
     if (plan.increment // _GRID + 2) * width > _MAX_TABLE:
@@ -91,7 +94,7 @@ def accelerated(in_rate: int, out_rate: int, quality: str = "sinc_medium") -> bo
     ``in_rate -> out_rate`` Hz.
 
     It does for 22.05, 24, 32, 44.1, 48, 88.2, 96, 176.4 and 192 kHz -> 16 kHz (downsampling with
-    a short exact period, not ``sinc_best``), where it runs 3-13x faster than libsamplerate
+    a short exact period, with ``sinc_medium``, Essentia's filter), where it runs 3-13x faster than libsamplerate
     (2-core EPYC; 22.05 kHz, whose positions come from the host, 3x); the per-output kernels
     elsewhere are about as fast as libsamplerate.
     """
