@@ -328,6 +328,17 @@ def test_the_fastest_filter_keeps_the_bound_on_full_scale_noise(rate):
     assert np.max(np.abs(resample(x, rate, 16000, "sinc_fastest") - reference)) <= TOL
 
 
+def test_close_is_flush_by_the_streams_name():
+    """Stream and Resampling end with close(); SincResampler had flush() only (AttributeError)."""
+    from jaxmir.resample import SincResampler, resample
+
+    x = np.random.default_rng(2).uniform(-1, 1, 5000).astype(np.float32)
+    stream = SincResampler(44100, 16000)
+    got = np.concatenate([stream.push(x), stream.close()])
+    np.testing.assert_array_equal(got, resample(x, 44100, 16000))
+    assert stream.close().size == 0 and stream.flush().size == 0
+
+
 def test_bad_input():
     from jaxmir.resample import SincResampler, resample
 
