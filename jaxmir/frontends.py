@@ -372,9 +372,10 @@ def _power_spectrum(frames: jax.Array) -> jax.Array:
 
 
 def _magnitude(power: jax.Array) -> jax.Array:
-    """``sqrt(power)`` with a zero (not NaN) gradient where the power is exactly 0."""
-    positive = power > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, power, 1.0)), 0.0)
+    """``sqrt(power)`` with a zero (not NaN) gradient where the power is exactly 0; NaN stays NaN
+    (``power > 0`` would have made it silence)."""
+    zero = power == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, power)))
 
 
 def _apply_mel(spectrum: jax.Array, weights: np.ndarray) -> jax.Array:

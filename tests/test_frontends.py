@@ -396,6 +396,17 @@ def test_gradient_of_all_zero_audio_is_finite():
         assert np.isfinite(np.asarray(grad)).all()
 
 
+@pytest.mark.parametrize("compat", ["essentia", "google"])
+def test_nan_audio_gives_nan_features_not_silence(compat):
+    """The VGGish front-end took NaN power for silence (log 0.01 everywhere): the traced
+    front-ends cannot raise, so NaN must at least show (Model.features raises before them)."""
+    audio = np.full(16000, np.nan, np.float32)
+    for fn in (frontends.vggish_logmel, frontends.musicnn_logmel):
+        if fn is frontends.musicnn_logmel and compat == "google":
+            continue
+        assert np.isnan(np.asarray(fn(audio, compat=compat))).all()
+
+
 # ---------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------
