@@ -365,6 +365,27 @@ def test_bad_input():
     assert resample(x, 1, 256, "sinc_fastest").shape[0] > 0   # extreme but valid rates work
 
 
+def test_resample_jax_checks_the_kind_of_its_input():
+    """A list raised a raw AttributeError, bools were resampled as 0/1, complex samples lost
+    their imaginary part; float64 beyond float32's range was called NaN (with NumPy's warning)."""
+    import warnings
+
+    from jaxmir.resample import resample, resample_jax
+
+    samples = [0.0, 0.5, -0.5] * 300
+    np.testing.assert_array_equal(np.asarray(resample_jax(samples, 44100, 16000)),
+                                  np.asarray(resample_jax(np.asarray(samples, np.float32),
+                                                          44100, 16000)))
+    for dtype in (bool, np.complex64):
+        for function in (resample, resample_jax):
+            with pytest.raises(AudioError, match=f"dtype {np.dtype(dtype)}; expected float32"):
+                function(np.zeros(100, dtype), 44100, 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AudioError, match="beyond float32's range"):
+            resample(np.full(100, 1e40), 44100, 16000)
+
+
 def test_common_rates_take_the_polyphase_kernels():
     """44.1/48/32/96 kHz -> 16 kHz take the matrix-product kernel, and so does 22.05 kHz, whose
     position recurrence rounds (its positions come from the host); upsampling (8 kHz) takes the

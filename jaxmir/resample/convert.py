@@ -22,16 +22,28 @@ from jaxmir.resample.table import device_table
 # -------------------------------------------------------------------------- one-shot
 
 
-def _check_signal(x) -> np.ndarray:
-    x = np.asarray(x)
+def _check_kind(x):
+    """``x`` (a list made an array) if it is mono ``[n]`` of real numbers (not bool), else
+    :class:`AudioError`; a JAX array or tracer stays one."""
+    if not hasattr(x, "dtype") or not hasattr(x, "ndim"):
+        x = np.asarray(x)
     if x.ndim != 1:
-        raise AudioError(f"audio has shape {x.shape}; expected mono samples [n]")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise AudioError(f"audio has shape {tuple(x.shape)}; expected mono samples [n]")
+    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
         raise AudioError(f"audio has dtype {x.dtype}; expected float32 samples")
-    x = x.astype(np.float32, copy=False)
+    return x
+
+
+def _check_signal(x) -> np.ndarray:
+    x = np.asarray(_check_kind(x))
+    bad = int(np.count_nonzero(~np.isfinite(x))) if np.issubdtype(x.dtype, np.floating) else 0
+    if bad:
+        raise AudioError(f"audio contains {bad} NaN or infinite sample(s); expected finite samples")
+    with np.errstate(over="ignore"):  # said below, in words
+        x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
-        raise AudioError(f"audio contains {int(np.count_nonzero(~np.isfinite(x)))} NaN or infinite "
-                         "sample(s); expected finite samples")
+        raise AudioError(f"audio holds samples beyond float32's range (~3.4e38); expected samples "
+                         "in about [-1, 1]")
     return x
 
 
@@ -87,8 +99,7 @@ def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc
     No NaN check (``x`` may be a tracer).
     """
     plan = plan_of(in_rate, out_rate, quality)
-    if x.ndim != 1:
-        raise AudioError(f"audio has shape {x.shape}; expected mono samples [n]")
+    x = _check_kind(x)
     if x.shape[0] == 0:
         return jnp.zeros(0, jnp.float32)
     return _one_shot(plan, jnp.asarray(x, jnp.float32), device_table(quality))
