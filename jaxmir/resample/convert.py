@@ -42,7 +42,7 @@ def _check_signal(x) -> np.ndarray:
     with np.errstate(over="ignore"):  # said below, in words
         x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
-        raise AudioError(f"audio holds samples beyond float32's range (~3.4e38); expected samples "
+        raise AudioError("audio holds samples beyond float32's range (~3.4e38); expected samples "
                          "in about [-1, 1]")
     return x
 
