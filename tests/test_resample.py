@@ -328,6 +328,18 @@ def test_the_fastest_filter_keeps_the_bound_on_full_scale_noise(rate):
     assert np.max(np.abs(resample(x, rate, 16000, "sinc_fastest") - reference)) <= TOL
 
 
+def test_empty_pushes_keep_nothing():
+    """A live source polled with nothing new pushed empty chunks, each kept until the next
+    run of the kernels (a million of them: 150 MB, and a stall at the next real push)."""
+    from jaxmir.resample import SincResampler
+
+    stream = SincResampler(44100, 16000)
+    stream.push(np.zeros(1000, np.float32))
+    for _ in range(1000):
+        assert stream.push(np.zeros(0, np.float32)).size == 0
+    assert len(stream._pending) == 1
+
+
 def test_close_is_flush_by_the_streams_name():
     """Stream and Resampling end with close(); SincResampler had flush() only (AttributeError)."""
     from jaxmir.resample import SincResampler, resample

@@ -162,6 +162,8 @@ class SincResampler:
         if self._done:
             raise AudioError("this SincResampler was flushed; create a new one")
         chunk = _check_signal(chunk)
+        if chunk.shape[0] == 0:  # kept, an empty chunk of a poll took memory until the next run
+            return np.zeros(0, np.float32)
         self._pending.append(chunk)
         self._seen += chunk.shape[0]
         if self._seen - self._origin - self._history.shape[0] < self._min_input:  # pending samples
