@@ -500,7 +500,11 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         if remaining == 0:
             break
     write(stream.close_patches())
-    if stray:
+    if stray and remaining == 0:
+        raise AudioError(f"the WAV header declares a data size that ends in the middle of a sample "
+                         f"frame ({len(stray)} stray byte(s) of {width}); the patches above are "
+                         "complete and valid")
+    if stray and not interrupted["now"]:  # Ctrl-C may come between the bytes of a frame
         raise AudioError(f"standard input ended in the middle of a sample frame ({len(stray)} stray "
                          f"byte(s) of {width}); the patches above are complete and valid")
     if remaining and not interrupted["now"]:

@@ -537,6 +537,11 @@ def test_stream_command_bad_input():
     assert result.returncode == 1 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
     missing = cli("stream", stdin=data)
     assert missing.returncode == 1 and b"--rate" in missing.stderr
+    odd = bytearray(wav_bytes(audio, 16000))
+    odd[40:44] = (len(data) // 2 + 1).to_bytes(4, "little")  # ends inside the frame after half
+    result = cli("stream", stdin=bytes(odd))
+    assert result.returncode == 1 and b"the WAV header declares a data size that ends in the " \
+        b"middle of a sample frame" in result.stderr, result.stderr  # not "standard input ended"
 
 
 def test_stream_command_ends_cleanly_on_ctrl_c():
@@ -545,8 +550,8 @@ def test_stream_command_ends_cleanly_on_ctrl_c():
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=env, cwd=ROOT)
     audio = signal_at(16000, 4.5, 1, seed=16, dtype=np.int16)  # 2 complete patches, then silence
-    process.stdin.write(audio.astype("<i2").tobytes())
-    process.stdin.flush()
+    process.stdin.write(audio.astype("<i2").tobytes() + b"\x01")  # and half a frame: Ctrl-C
+    process.stdin.flush()                                        # may come between its bytes
     first = process.stdout.readline()  # the first patch arrives while the input is still open
     assert json.loads(first)["start"] == 0.0
     time.sleep(1.0)
