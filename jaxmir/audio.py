@@ -215,6 +215,17 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
 
 
 # -- chunk by chunk (streams, collections) --------------------------------------------------
+def _first_bad_sample(array: np.ndarray) -> int | None:
+    """The index of the first frame of floating-point ``array`` ``[n]`` or ``[n, channels]``
+    that is NaN, infinite or beyond :data:`MAX_PEAK`, if any."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return None
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(array) <= MAX_PEAK)
+    frames = np.flatnonzero(bad if array.ndim == 1 else bad.any(axis=1))
+    return int(frames[0]) if frames.size else None
+
+
 class MonoInput:
     """Checks chunks against the first one (channels, dtype) and downmixes them to float32 mono."""
 
@@ -228,7 +239,7 @@ class MonoInput:
     def __call__(self, chunk) -> np.ndarray:
         """``[n]`` or ``[n, channels]`` -> float32 ``[n]``; the stream's state is unchanged on error."""
         array = np.asarray(chunk)
-        where = f"chunk {self.chunks} (from sample {self.samples})"
+        where = "the audio" if self.samples == 0 else f"the chunk from sample {self.samples}"
         if array.ndim not in (1, 2):
             raise AudioError(f"{where} has shape {list(array.shape)}; expected [n_samples] or "
                              "[n_samples, channels]")
@@ -247,7 +258,10 @@ class MonoInput:
             try:
                 mono = prepare_audio(array, self.sample_rate, self.sample_rate)
             except AudioError as err:
-                raise AudioError(f"{where}: {str(err).removeprefix('audio: ')}") from None
+                bad = _first_bad_sample(array)
+                at = where if bad is None else f"sample {self.samples + bad}" + (
+                    f" (in {where})" if self.samples else "")
+                raise AudioError(f"{at}: {str(err).removeprefix('audio: ')}") from None
         self.channels, self.dtype = channels, array.dtype
         self.chunks += 1
         self.samples += int(array.shape[0])

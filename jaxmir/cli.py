@@ -496,7 +496,11 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         whole = len(data) - len(data) % width
         stray = data[whole:]
         if whole:
-            write(stream.push_patches(decode_pcm(data[:whole], dtype, channels)))
+            try:
+                patches = stream.push_patches(decode_pcm(data[:whole], dtype, channels))
+            except AudioError as err:  # NaN in float input, say
+                raise AudioError(f"{err}; the patches above are complete and valid") from None
+            write(patches)
         if remaining == 0:
             break
     write(stream.close_patches())
@@ -665,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_option(live)
     live.add_argument("-r", "--rate", metavar="HZ", type=int, default=None,
                       help="sample rate of raw PCM (not needed for a WAV stream)")
-    live.add_argument("-c", "--channels", metavar="N", type=whole_number(1), default=1,
+    live.add_argument("-c", "--channels", metavar="N", type=whole_number(1, 2), default=1,
                       help="channels of raw PCM, interleaved (default 1)")
     live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default="s16le",
                       help="sample format of raw PCM (default s16le)")

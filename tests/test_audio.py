@@ -231,6 +231,10 @@ def test_a_peak_that_would_overflow_the_spectrum_is_refused(tmp_path):
                  lambda: MonoInput(16000)(loud[:, None])):
         with pytest.raises(AudioError, match="beyond 1e\\+12: the float32 spectrum would overflow"):
             call()
+    spike = np.zeros(5 * 44100, np.float32)
+    spike[44100] = 3e20  # named by its sample (it was "chunk 0 (from sample 0)")
+    with pytest.raises(AudioError, match=r"^sample 44100: a sample reaches 3e\+20"):
+        musicnn.predict(spike, 44100)
 
 
 def test_more_than_two_channels(tmp_path):

@@ -442,7 +442,9 @@ def test_bad_input(musicnn):
     assert kept.shape == (0, 50)
     bad = audio[40000:41000].copy()
     bad[10, 1] = np.nan
-    with pytest.raises(AudioError, match="chunk 1.*NaN"):
+    # the sample, counted from the stream's start (it named "chunk 1", a count of pushes)
+    with pytest.raises(AudioError, match=r"sample 40010 \(in the chunk from sample 40000\): "
+                                         "contains 1 NaN"):
         stream.push(bad)
     bad[10, 1] = np.inf
     with pytest.raises(AudioError, match="NaN or infinite"):
@@ -537,6 +539,11 @@ def test_stream_command_bad_input():
     assert result.returncode == 1 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
     missing = cli("stream", stdin=data)
     assert missing.returncode == 1 and b"--rate" in missing.stderr
+    floats = signal_at(16000, 10.0, 1, seed=15).astype("<f4")
+    floats[150_000] = np.nan  # read well after the first patches' samples
+    result = cli("stream", "--rate", "16000", "--dtype", "f32le", stdin=floats.tobytes())
+    assert result.returncode == 1 and len(lines_of(result)) >= 1
+    assert b"NaN" in result.stderr and b"the patches above are complete and valid" in result.stderr
     odd = bytearray(wav_bytes(audio, 16000))
     odd[40:44] = (len(data) // 2 + 1).to_bytes(4, "little")  # ends inside the frame after half
     result = cli("stream", stdin=bytes(odd))
@@ -596,6 +603,7 @@ def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
     (``jaxmir stream ... | head -1``) ends the stream quietly with the shell's status for it."""
     for option, value, status, message in (("--channels", "0", 2, "expected a whole number >= 1, got 0"),
                                            ("--channels", "-2", 2, "expected a whole number >= 1, got -2"),
+                                           ("--channels", "3", 2, "expected a whole number <= 2, got 3"),
                                            ("--overlap", "nan", 1, "--overlap nan s: patches last"),
                                            ("--overlap", "inf", 1, "--overlap inf s: patches last")):
         run = cli("stream", "--rate", "16000", option, value, "-", stdin=b"\0" * 64000)
