@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.audio import MonoInput, Resampling, check_rate
+from jaxmir.audio import BLOCK_FRAMES, MonoInput, Resampling, check_rate
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
@@ -82,7 +82,6 @@ from jaxmir.spec import Frontend
 if TYPE_CHECKING:
     from jaxmir.model import Model
 
-BLOCK_FRAMES = 1 << 18  # frames a file is decoded at a time: ~6 s at 44.1 kHz, 2 MB in stereo
 # Patches per model call for runs of patches (MusiCNN: ~75 MB of activations; larger
 # batches were not faster on CPU), and the largest run a live stream computes patch by patch
 # instead: a padded batch of 8 costs about as much as 4 single patches. A file's last few

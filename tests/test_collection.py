@@ -755,13 +755,13 @@ def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypat
     assert (tally.ok, tally.failed) == (1, 1) and "no such file" in rows[1]["error"]
 
     changing = _write(files / "3.wav", 3.0, 16000, 1, 2)
-    read = compute.read_16k
+    read = compute.read_mono
 
     def read_and_touch(path, *args, **kwargs):
         audio = read(path, *args, **kwargs)
         os.utime(path, ns=(5, 5))
         return audio
-    monkeypatch.setattr(compute, "read_16k", read_and_touch)
+    monkeypatch.setattr(compute, "read_mono", read_and_touch)
     assert "changed while it was being read" in compute.decode(str(changing)).error
 
 

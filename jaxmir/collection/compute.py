@@ -20,13 +20,14 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from jaxmir.audio import read_mono
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
 from jaxmir.errors import AudioError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import check_dtype
 from jaxmir.models.runner import call_step
-from jaxmir.stream import (BLOCK_FRAMES, audio_to_outputs, check_batch, file_batch, file_stream,
+from jaxmir.stream import (audio_to_outputs, check_batch, file_batch, file_stream,
                            initial_carry)
 
 
@@ -112,41 +113,11 @@ def decode(path: str, resampler: str = "essentia", decoder: str = "essentia",
     before = examine(path)
     damage: list[str] = []
     try:
-        audio = read_16k(path, resampler, decoder, strict, damage)
+        audio = read_mono(path, SAMPLE_RATE, resampler, decoder, strict, damage)
         _check_unchanged(path, before)
     except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
         return Decoded(before, None, error_message(path, err))
     return Decoded(before, audio, warning=" ".join(damage) or None)
-
-
-def read_16k(path: str, resampler: str = "essentia", decoder: str = "essentia",
-             strict: bool = False, damage: list[str] | None = None) -> np.ndarray:
-    """A file as float32 mono at 16 kHz, ``[n_samples]``, decoded and resampled block by block.
-
-    Only the 16-kHz signal is ever whole in memory (a 2-hour file: 460 MB),
-    never the file's samples at their own rate; the numbers are those of
-    :func:`jaxmir.load_audio` (the resamplers keep their state between blocks).
-    With a ``damage`` list, a damaged file's problem is appended to it instead
-    of warned (:class:`jaxmir.decode.DamagedAudioWarning`).
-    """
-    from jaxmir.audio import MonoInput, Resampling, check_rate, load_audio
-    from jaxmir.decode import MODES, iter_blocks
-
-    if decoder not in MODES:  # soundfile: whole-file reads, as load_audio does them
-        return load_audio(path, SAMPLE_RATE, resampler=resampler, decoder=decoder, strict=strict)
-    pieces = []
-    with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
-        check_rate(blocks.sample_rate, f"{path}: sample rate")  # as load_audio and streams do
-        downmix = MonoInput(blocks.sample_rate)
-        resampling = Resampling(blocks.sample_rate, SAMPLE_RATE, resampler)
-        pieces = [resampling.push(downmix(block)) for block in blocks]
-        pieces.append(resampling.close())
-    if damage is not None and blocks.problem is not None:
-        damage.append(blocks.problem)
-    audio = np.concatenate(pieces)
-    if audio.size == 0:
-        raise AudioError(f"{path}: contains no samples; expected at least one sample")
-    return audio
 
 
 def replicas(model) -> list:

@@ -140,7 +140,11 @@ class SincResampler:
     """
 
     def __init__(self, in_rate: int, out_rate: int, quality: str = "sinc_medium",
-                 min_outputs: int = MIN_OUTPUTS):
+                 min_outputs: int = MIN_OUTPUTS, parallel: bool = False):
+        """``parallel``: the matrix-product kernel's calls of a push run side by side on all
+        cores, as :func:`resample`'s do (for one stream alone; threads of streams side by side
+        already take the cores)."""
+        self._parallel = bool(parallel)
         self._plan = plan_of(in_rate, out_rate, quality)
         self._table = device_table(quality)
         self._min_input = math.ceil(check_min_outputs(min_outputs) / self._plan.ratio)  # per run
@@ -251,7 +255,8 @@ class SincResampler:
             window = self._history[origin - self._origin:]
             positions = fixed_point(plan, centre - origin, frac)
             positions = positions[:whole_groups(self._matmul, plan, done + n)]
-            out = matmul_outputs(plan, self._matmul, window, done + n, positions)
+            out = matmul_outputs(plan, self._matmul, window, done + n, positions,
+                                 parallel=self._parallel)
             if out is None:
                 return None
             out = out[done:]
@@ -276,7 +281,8 @@ class SincResampler:
         out = np.zeros(0, np.float32)
         if end > self._made:
             out = matmul_outputs(plan, self._matmul, self._history, end - first,
-                                 first_output=first, x_origin=self._origin)
+                                 first_output=first, x_origin=self._origin,
+                                 parallel=self._parallel)
             if out is None:
                 return None
             out = out[self._made - first:]
