@@ -268,7 +268,6 @@ class MonoInput:
         self.sample_rate = sample_rate
         self.channels: int | None = None
         self.dtype: np.dtype | None = None
-        self.chunks = 0
         self.samples = 0
 
     def __call__(self, chunk) -> np.ndarray:
@@ -298,7 +297,6 @@ class MonoInput:
                     f" (in {where})" if self.samples else "")
                 raise AudioError(f"{at}: {str(err).removeprefix('audio: ')}") from None
         self.channels, self.dtype = channels, array.dtype
-        self.chunks += 1
         self.samples += int(array.shape[0])
         return mono
 
