@@ -389,14 +389,17 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
         in capsys.readouterr().err
 
 
-def test_cli_plot_says_when_there_is_no_confusion_matrix(tmp_path, capsys, monkeypatch):
-    """Multi-label and regression heads have no confusion matrix: --plot wrote nothing, silently."""
+def test_cli_warns_of_a_missing_picture_and_of_classes_named_like_columns(tmp_path, capsys,
+                                                                           monkeypatch):
+    """Multi-label and regression heads have no confusion matrix: --plot wrote nothing, silently;
+    a class named like a table's column made a head the tables refuse, without a word."""
     from types import SimpleNamespace
 
     from jaxmir.train import plot, recipe
 
     validation = SimpleNamespace(summary={"roc_auc": (0.9, 0.01)}, confusion=None)
-    result = SimpleNamespace(cross_validation=validation, dataset=["a", "b"], failures=[],
+    tracks = type("Dataset", (list,), {"classes": ("path", "rock")})(["a", "b"])
+    result = SimpleNamespace(cross_validation=validation, dataset=tracks, failures=[],
                              seconds_per_epoch=0.001, paths={})
     monkeypatch.setattr(recipe, "fit_head", lambda *args, **kwargs: result)
     monkeypatch.setattr(plot, "require_matplotlib", lambda: None)
@@ -407,6 +410,9 @@ def test_cli_plot_says_when_there_is_no_confusion_matrix(tmp_path, capsys, monke
     assert "--plot draws the confusion matrix of a classifier of one class per track" in \
         captured.err
     assert not list(tmp_path.glob("*.png"))
+    # and a class named like a table's column: the tables will refuse the head (JSONL takes it)
+    assert "the classes ['path'] are also columns of jaxmir's Parquet and CSV tables" in \
+        captured.err
 
 
 @pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--epochs", "-1"),

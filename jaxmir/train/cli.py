@@ -82,6 +82,13 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def table_column_clash(classes) -> list[str]:
+    """The class names a collection's Parquet or CSV table already has as columns."""
+    from jaxmir.collection.outputs import CSV_COLUMNS
+
+    return sorted(set(classes) & set(CSV_COLUMNS + ["patches"]))
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed)."""
     from jaxmir.errors import JaxmirError
@@ -128,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
         elif args.plot:
             _say("jaxmir: warning: --plot draws the confusion matrix of a classifier of one class "
                  "per track; this multi-label or regression head has none, so no picture")
+    clash = table_column_clash(result.dataset.classes)
+    if clash:
+        _say(f"jaxmir: warning: the classes {clash} are also columns of jaxmir's Parquet and CSV "
+             "tables, which will refuse this head's tags (JSONL nests them); rename them to tag "
+             "into those")
     print(f"{len(result.dataset)} tracks ({len(result.failures)} skipped), "
           f"{result.seconds_per_epoch * 1e3:.1f} ms per epoch")
     for path in (result.paths or {}).values():
