@@ -179,27 +179,32 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
                     raise WeightsError(f"{path}: holds '{member.filename}', which is no part of a "
                                        f"jaxmir weights file ({_META_KEY}, {_VARIABLES}/...)")
                 with archive.open(member) as handle:
-                    _check_header(path, name, handle, member.file_size)
-                with archive.open(member) as handle:
-                    arrays[name] = np.lib.format.read_array(handle, allow_pickle=False)
+                    arrays[name] = _read_array(path, name, handle, member.file_size)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise WeightsError(f"{path}: not a readable jaxmir weights file ({err}); expected a .npz "
                            "written by jaxmir") from None
     return arrays
 
 
-def _check_header(path: str, name: str, handle, size: int) -> None:
-    """An array's header: the dtype jaxmir writes, and no more bytes than the entry holds."""
+def _read_array(path: str, name: str, handle, size: int) -> np.ndarray:
+    """An ``.npy`` entry, its header checked before its data is read: the dtype jaxmir writes, and
+    no more bytes than the entry holds (a 1.7-KB file may declare 64 GB)."""
     major, _ = np.lib.format.read_magic(handle)
     read_header = np.lib.format.read_array_header_1_0 if major == 1 \
         else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(handle)
+    shape, fortran_order, dtype = read_header(handle)
     want = np.dtype(np.uint8) if name == _META_KEY else np.dtype(np.float32)
     if dtype != want:
         raise WeightsError(f"{path}: '{name}' holds {dtype} values; jaxmir writes {want}")
-    if math.prod(shape) * dtype.itemsize > size:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > size:
         raise WeightsError(f"{path}: '{name}' declares a {list(shape)} array, more than its "
                            f"{size} bytes hold; the file is corrupt")
+    data = bytearray(nbytes)  # writable, as np.load's arrays are
+    if handle.readinto(data) != nbytes:
+        raise WeightsError(f"{path}: '{name}' ends before the {list(shape)} array it declares; "
+                           "the file is corrupt")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran_order else "C")
 
 
 def _spec(meta: dict, arrays: dict[str, np.ndarray], path: str) -> ModelSpec:

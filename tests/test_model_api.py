@@ -340,6 +340,14 @@ def test_a_weights_file_is_checked_for_size_before_it_is_read(musicnn, tmp_path,
         archive.writestr(KERNEL + ".npy", header.getvalue() + b"\0" * 64)
     with pytest.raises(WeightsError, match=r"declares a \[17179869184\] array, more than its"):
         jaxmir.load(bomb)
+    short = io.BytesIO()  # 40 floats declared, 10 given: within the entry's size with its header
+    np.lib.format.write_array_header_1_0(short, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (40,)})
+    with zipfile.ZipFile(bomb, "w") as archive:
+        archive.writestr("__jaxmir__.npy", description.getvalue())
+        archive.writestr(KERNEL + ".npy", short.getvalue() + np.zeros(10, np.float32).tobytes())
+    with pytest.raises(WeightsError, match=r"ends before the \[40\] array it declares"):
+        jaxmir.load(bomb)
     good = tmp_path / "good.npz"
     save_weights(musicnn, good)
     monkeypatch.setattr(weights, "MAX_BYTES", 1000)
