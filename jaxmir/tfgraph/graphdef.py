@@ -123,7 +123,6 @@ class LoadBudget:
         self.max_nodes = BASE_NODES + int(NODES_PER_FILE_BYTE * file_bytes)
         self.max_visits = BASE_VISITS + VISITS_PER_FILE_BYTE * file_bytes
         self.max_bytes = BASE_BYTES + BYTES_PER_FILE_BYTE * file_bytes
-        self.max_node_bytes = BASE_BYTES + BYTES_PER_FILE_BYTE * file_bytes
         self.visits = 0
         self.bytes = 0
         self.node_bytes = file_bytes
@@ -138,11 +137,12 @@ class LoadBudget:
             raise self._exceeded("graph nodes (after inlining function calls)", self.max_nodes, where)
 
     def copy_nodes(self, nbytes: int, where: str) -> None:
-        """Account for ``nbytes`` of nodes copied into the graph (a function's body inlined)."""
+        """Account for ``nbytes`` of nodes copied into the graph (a function's body inlined);
+        they may take as many bytes as the constants may."""
         self.node_bytes += int(nbytes)
-        if self.node_bytes > self.max_node_bytes:
+        if self.node_bytes > self.max_bytes:
             raise self._exceeded("bytes of graph nodes (after inlining function calls)",
-                                 self.max_node_bytes, where)
+                                 self.max_bytes, where)
 
     def visit(self, where: str, count: int = 1) -> None:
         self.visits += count
