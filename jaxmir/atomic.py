@@ -8,6 +8,7 @@ every file jaxmir writes: tables, arrays, weights, pictures, command output.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -32,6 +33,12 @@ def name_prefix(name: str) -> str:
     """The first 200 bytes of a file's ``name``: room for what a name made from it adds
     (``.<name>.<random>.tmp`` takes 214 bytes), when ``name`` takes all 255 a file system allows."""
     return os.fsdecode(os.fsencode(name)[:_NAME_PREFIX_BYTES])
+
+
+def is_temporary(name: str, suffix: str = "") -> bool:
+    """Whether ``name`` is one :func:`write_atomically` writes a file whose name ends in ``suffix``
+    under (``.<name>.<8 random characters>.tmp``): where no writer runs, one a killed run left."""
+    return re.fullmatch(rf"\..+{re.escape(suffix)}\.[A-Za-z0-9_]{{8}}\.tmp", name) is not None
 
 
 def _umask() -> int:

@@ -652,6 +652,18 @@ def test_a_parquet_folder_holding_other_files_is_refused(music, model, tmp_path,
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
+def test_a_rerun_removes_the_parts_a_killed_run_was_writing(music, model, tmp_path):
+    out = tmp_path / "tags.parquet"
+    assert collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0,
+                   progress=False).ok == 2
+    left, kept = out / ".part-000001.parquet.x1_b2c3d.tmp", out / ".my-notes.tmp"
+    for path in (left, kept):
+        path.write_bytes(b"PAR1")
+    again = collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0,
+                    progress=False)
+    assert again.skipped == 2 and not left.exists() and kept.exists()
+
+
 def test_a_rerun_removes_the_arrays_a_killed_run_was_writing(music, model, tmp_path):
     """A kill between an array's temporary and its rename left the temporary for good."""
     out = tmp_path / "embeddings"

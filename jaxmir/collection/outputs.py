@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover -- Windows: outputs are not locked
 
 import numpy as np
 
-from jaxmir.atomic import name_prefix, write_atomically
+from jaxmir.atomic import is_temporary, name_prefix, write_atomically
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, as_text, base, summary
@@ -55,8 +55,6 @@ INDEX = "index.jsonl"
 CSV_COLUMNS = list(BASE_COLUMNS) + ["model", "settings"]  # then one column per label
 _CSV_COLUMNS_BEFORE_SETTINGS = list(BASE_COLUMNS) + ["model"]  # CSVs written before, still resumed
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
-# write_atomically's temporary name for an array (mkstemp adds 8 characters): one a killed run left
-_ARRAY_TEMPORARY = re.compile(r"^\..+\.npy\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def kind_of(output: str, command: str) -> str:
@@ -372,7 +370,7 @@ def _remove_array_temporaries(path: Path) -> None:
     arrays): no other run writes here (:func:`exclusive`), so none of them is being written."""
     for folder, _, names in os.walk(path):
         for name in names:
-            if _ARRAY_TEMPORARY.match(name):
+            if is_temporary(name, ".npy"):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
 
@@ -484,8 +482,9 @@ class ParquetWriter(Writer):
                              "jaxmir Parquet folder (pyarrow and pandas would fail to read it "
                              "as one table); give another --output")
         self.schema = parquet_schema(layout)
-        for stale in path.glob(".part-*.tmp"):
-            stale.unlink()
+        for stale in path.iterdir():
+            if is_temporary(stale.name, ".parquet"):  # a part a killed run was writing
+                stale.unlink()
         parts = sorted(p for p in path.iterdir() if _PART.match(p.name))
         if overwrite:
             for part in parts:
