@@ -98,9 +98,7 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
         return _to_mono_16k(data, native, target, resampler, path)
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
         native = check_rate(blocks.sample_rate, f"{path}: sample rate")
-        if blocks.channels > 2:
-            raise AudioError(f"{path}: has {blocks.channels} channels; accepted: mono or stereo, "
-                             "as Essentia's loader")
+        _check_channels(blocks.channels, path)
         downmix, pieces = MonoInput(native), []
         resampling = Resampling(native, target, resampler, parallel=parallel)
         for block in blocks:
@@ -204,14 +202,18 @@ def check_peak(samples: np.ndarray, name: str = "audio") -> None:
                          "samples in about [-1, 1]")
 
 
-def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, name: str) -> np.ndarray:
-    """``[n, channels]`` float32 -> checked float32 mono resampled to ``target``."""
-    native = check_rate(native, f"{name}: sample rate")
-    n, channels = data.shape
+def _check_channels(channels: int, name: str) -> None:
     if channels > 2:
         hint = " (for an array, channels go last: [n_samples, channels])" if name == "audio" else ""
         raise AudioError(f"{name}: has {channels} channels; accepted: mono or stereo, as "
                          f"Essentia's loader{hint}")
+
+
+def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, name: str) -> np.ndarray:
+    """``[n, channels]`` float32 -> checked float32 mono resampled to ``target``."""
+    native = check_rate(native, f"{name}: sample rate")
+    n, channels = data.shape
+    _check_channels(channels, name)
     if n == 0 or channels == 0:
         raise AudioError(f"{name}: contains no samples; expected at least one sample")
     check_peak(data, name)
