@@ -25,7 +25,7 @@ from jaxmir.atomic import write_atomically
 from jaxmir.errors import JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.model import Model
-from jaxmir.models import COMPOSED, nonfinite_variable, variable_mismatches
+from jaxmir.models import COMPOSED, leaves, nonfinite_variable, variable_mismatches
 from jaxmir.spec import Frontend, ModelSpec, config_from_json, config_to_json
 
 WEIGHTS_SUFFIX = ".npz"
@@ -39,19 +39,6 @@ MAX_BYTES = 2 << 30  # of a weights file's arrays: VGGish's 72 M float32 variabl
 _V1_FRONTENDS = {"musicnn": "musicnn", "vgg": "musicnn", "vggish": "vggish"}
 
 
-def _as_float32(value) -> np.ndarray:
-    return np.asarray(value, np.float32)
-
-
-def _flatten(tree: dict, prefix: str, leaf=_as_float32) -> dict:
-    """``{"a": {"b": x}}`` -> ``{"<prefix>/a/b": leaf(x)}``."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}/{key}", leaf))
-        else:
-            flat[f"{prefix}/{key}"] = leaf(value)
-    return flat
 
 
 def _unflatten(flat: dict[str, np.ndarray]) -> dict:
@@ -81,7 +68,8 @@ def save_weights(model: Model, path: str | os.PathLike, provenance: dict | None 
         "node_map": {k: [tap, list(shape)] for k, (tap, shape) in spec.node_map.items()},
         "labels": list(model.labels), "provenance": provenance or {},
     }
-    arrays = _flatten(jax.device_get(dict(model.variables)), _VARIABLES)
+    arrays = {path: np.asarray(value, np.float32)
+              for path, value in leaves(jax.device_get(dict(model.variables)), f"{_VARIABLES}/").items()}
     arrays[_META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
     _write_npz(os.fspath(path), arrays)
 

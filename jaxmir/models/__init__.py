@@ -102,22 +102,23 @@ def has_heavy_head(variables: Mapping) -> bool:
 
 
 def _shapes(tree: Mapping) -> dict[str, tuple[int, ...]]:
-    return {path: tuple(np.shape(value)) for path, value in _leaves(tree).items()}
+    return {path: tuple(np.shape(value)) for path, value in leaves(tree).items()}
 
 
 def nonfinite_variable(variables: Mapping) -> str | None:
     """The path of the first variable holding NaN or an infinity, or ``None``."""
-    for path, value in _leaves(variables).items():
+    for path, value in leaves(variables).items():
         if not np.isfinite(value).all():
             return path
     return None
 
 
-def _leaves(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+def leaves(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": x}}`` -> ``{"<prefix>a/b": x}``: a variable tree's leaves by path."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_leaves(value, f"{prefix}{key}/"))
+            flat.update(leaves(value, f"{prefix}{key}/"))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
