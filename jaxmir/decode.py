@@ -439,11 +439,12 @@ def _skip_samples(frame) -> tuple[int, int]:
     """(frames to drop at the start, frames to drop at the end) that FFmpeg attached to ``frame``."""
     import av
 
-    for side in frame.side_data:
-        if side.type == av.sidedata.sidedata.Type.SKIP_SAMPLES:
-            start, end = struct.unpack_from("<II", bytes(side))
-            return start, end
-    return 0, 0
+    # by its type: PyAV 19 iterates the side data's types, earlier versions the side data
+    side = frame.side_data.get(av.sidedata.sidedata.Type.SKIP_SAMPLES)
+    if side is None:
+        return 0, 0
+    start, end = struct.unpack_from("<II", bytes(side))
+    return start, end
 
 
 def _to_float(frame) -> np.ndarray:

@@ -605,3 +605,39 @@ def test_a_wav_of_an_unusual_format_is_an_audio_error(tmp_path, format_tag, bits
         with pytest.raises(AudioError, match=f"{re.escape(str(path))}: cannot be read as audio: "
                                              f"{re.escape(message)}"):
             jaxmir.load_audio(path, decoder=decoder)
+
+
+@pytest.mark.parametrize("iterates", ["types", "side data"])
+def test_encoder_delay_is_read_by_its_side_data_type_in_every_pyav(iterates):
+    """PyAV 19 iterates a frame's side data as a mapping does (its types); PyAV 18 and earlier
+    iterated the side data themselves. MP3 files decoded to nothing but an AttributeError under
+    PyAV 19 while the delay was looked up by iterating."""
+    import collections.abc
+
+    import av
+
+    kind = av.sidedata.sidedata.Type
+
+    class Side(bytes):
+        type = kind.SKIP_SAMPLES
+
+    class SideData(collections.abc.Mapping):
+        def __init__(self, by_type):
+            self.by_type = by_type
+
+        def __getitem__(self, key):
+            return self.by_type[key]
+
+        def __len__(self):
+            return len(self.by_type)
+
+        def __iter__(self):
+            return iter(self.by_type if iterates == "types" else self.by_type.values())
+
+    class Frame:
+        def __init__(self, by_type):
+            self.side_data = SideData(by_type)
+
+    delay = Side(struct.pack("<IIBB", 1105, 47, 0, 0))
+    assert decode._skip_samples(Frame({kind.SKIP_SAMPLES: delay})) == (1105, 47)
+    assert decode._skip_samples(Frame({})) == (0, 0)
