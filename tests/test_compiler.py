@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import AVX2_FLAGS, AVX512_FLAGS, shared_fixture
+from conftest import AVX2_FLAGS, AVX512_FLAGS, on_cpu, shared_fixture
 from jaxmir import stream as streaming
-from jaxmir.models import (backbone_of, compiler, map_backbone, runner, shares_overlap,
-                           with_overlap_hop)
+from jaxmir.models import (backbone_of, build_module, compiler, map_backbone, runner,
+                           shares_overlap, with_overlap_hop)
 from jaxmir.models.compiler import DEFAULTS, WITHOUT_YNNPACK, compiler_options, formulated, tuned
 from jaxmir.models.heads import Composed, EmbeddingHead
 
@@ -59,6 +59,7 @@ def test_the_program_built_without_ynnpack_has_none_and_the_same_outputs(vggish)
                          ids=["avx2", "avx512"])
 def test_apply_predict_and_streams_compile_with_the_options(monkeypatch, vggish, flags, expected):
     monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
+    vggish = on_cpu(vggish)
     asked = []
 
     def spying(name, compiled):
@@ -76,6 +77,43 @@ def test_apply_predict_and_streams_compile_with_the_options(monkeypatch, vggish,
     y = (0.1 * np.random.default_rng(2).standard_normal(16000 * 3)).astype(np.float32)
     vggish.predict(y, 16000)
     assert set(asked) == {("patches", expected), ("audio", expected)}
+
+
+@pytest.mark.parametrize("flags", [AVX2_FLAGS, AVX512_FLAGS, frozenset()], ids=["avx2", "avx512", "not-x86"])
+def test_a_convnet_in_bfloat16_leaves_ynnpack_out_on_every_cpu(monkeypatch, vggish, flags):
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
+    x = np.zeros((2, *vggish.input_shape), np.float32)
+    low = vggish.astype("bfloat16")
+    assert compiler_options(low.module, "cpu", (low.variables, x)) == WITHOUT_YNNPACK
+    assert compiler_options(low.module, "gpu", (low.variables, x)) == DEFAULTS
+    musicnn = jaxmir.load("msd-musicnn").astype("bfloat16")
+    assert compiler_options(musicnn.module, "cpu", (musicnn.variables, x)) == DEFAULTS
+
+
+def test_a_bfloat16_convnet_of_vggish_widths_has_no_nan_on_this_cpu():
+    """JAX 0.11-0.12's YNNPACK gave NaN in places for VGGish's 256-channel bfloat16 convolutions
+    (24x16 frames and bands) on an AVX-512 Xeon with AMX. Two such layers, seeded weights: the
+    bfloat16 outputs are finite and within bfloat16's rounding of float32's."""
+    from jaxmir.spec import Activation, ConvBlockSpec, Dense, MaxPool, ModelSpec
+
+    pool = MaxPool((2, 2), (2, 2), "SAME")
+    blocks = (ConvBlockSpec(16, (3, 3), "relu", None, pool), ConvBlockSpec(32, (3, 3), "relu", None, pool),
+              ConvBlockSpec(256, (3, 3), "relu", None, None), ConvBlockSpec(256, (3, 3), "relu", None, pool))
+    config = {"blocks": blocks, "input_bn_epsilon": None, "head": (Dense(8), Activation("identity"))}
+    shapes = jax.eval_shape(build_module("vggish", config).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 96, 64), np.float32))
+    rng = np.random.default_rng(0)
+    variables = jax.tree_util.tree_map(
+        lambda leaf: (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32),
+        shapes)
+    spec = ModelSpec("vggish", config, variables, "x", (96, 64), "y", {"pool3": "block_4_output"}, {})
+    model = on_cpu(jaxmir.Model.from_spec(spec))
+    x = rng.normal(0, 2, (4, 96, 64)).astype(np.float32)
+    full = np.asarray(model.apply(x, "pool3")["pool3"])
+    low = np.asarray(model.astype("bfloat16").apply(x, "pool3")["pool3"], np.float32)
+    assert np.isfinite(low).all()
+    # four layers of bfloat16 rounding (2**-8 relative each) on activations of this size
+    np.testing.assert_allclose(low, full, rtol=0, atol=0.05 * float(np.abs(full).max()))
 
 
 def test_traced_calls_run_inside_their_callers_program(monkeypatch, vggish):

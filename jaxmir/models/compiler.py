@@ -8,7 +8,10 @@ at 0.67-0.83x (``benchmarks/HISTORY.md``). So a
 :class:`~jaxmir.models.vgg.ConvNet` (VGGish, musicnn's VGG) compiles without
 YNNPACK fusions on such a CPU; every other program, on every other CPU or
 accelerator, keeps XLA's defaults (on AVX-512 CPUs the choice was not
-measured), as does a call traced inside the caller's own program.
+measured), as does a call traced inside the caller's own program. A ConvNet in
+bfloat16 compiles without YNNPACK fusions on every CPU: from JAX 0.11, YNNPACK's
+bfloat16 convolutions of VGGish's 256-channel layers gave NaN in places (a
+different count at each run) on an AVX-512 Xeon with AMX.
 Within MusiCNN only the wide timbral branch gains from XLA's own kernels: on
 such a CPU it runs as a 1-D convolution, which XLA keeps for itself
 (:data:`ROWS_AS_CHANNELS_WIDTH`). :func:`tuned` gives both choices,
@@ -22,6 +25,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.models import backbone_of, map_backbone
@@ -103,13 +107,15 @@ def _wide_rows_as_channels(module: nn.Module) -> nn.Module:
 def compiler_options(module: nn.Module, platform: str, arguments: Any = ()) -> Options:
     """The options ``module``'s programs compile with on ``platform`` (``"cpu"``, ``"gpu"``, ...)
     when called with ``arguments`` (a tree of arrays): :data:`WITHOUT_YNNPACK` for a ConvNet on
-    an AVX2 CPU without AVX-512 (when this XLA knows the option), else :data:`DEFAULTS`, as for
-    traced arguments (inside ``jax.jit``, ``grad`` or ``vmap`` the program is part of the caller's,
-    and JAX takes compiler options only for a program of its own)."""
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(arguments)):
+    an AVX2 CPU without AVX-512 or in bfloat16 on any CPU (when this XLA knows the option), else
+    :data:`DEFAULTS`, as for traced arguments (inside ``jax.jit``, ``grad`` or ``vmap`` the program
+    is part of the caller's, and JAX takes compiler options only for a program of its own)."""
+    leaves = jax.tree_util.tree_leaves(arguments)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
         return DEFAULTS
-    if (platform == "cpu" and isinstance(backbone_of(module), ConvNet) and _avx2_only()
-            and accepts(WITHOUT_YNNPACK)):
+    in_bfloat16 = any(getattr(leaf, "dtype", None) == jnp.bfloat16 for leaf in leaves)
+    if (platform == "cpu" and isinstance(backbone_of(module), ConvNet)
+            and (_avx2_only() or in_bfloat16) and accepts(WITHOUT_YNNPACK)):
         return WITHOUT_YNNPACK
     return DEFAULTS
 
