@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -19,6 +20,11 @@ SHIPPED = ("msd-musicnn", "mtt-musicnn", "msd-vgg", "mtt-vgg")
 # most on tags, so 5e-2 bounds a working bf16 run while a run that stayed float32 (< 1e-6 away) or
 # another model (differences ~1e-1) fails one side or the other.
 BF16_TAGS_ATOL = 5e-2
+# Two programs computing the same bfloat16 model may round its float32 outputs to bfloat16 or not:
+# XLA on a GPU keeps excess precision inside a fusion (xla_allow_excess_precision), so where one
+# program's fusion ends at the output and the other's does not, probabilities in [0, 1] differ by
+# up to one bfloat16 step at 1.0 (2**-8; an H200 measured 8.6e-4). On a CPU they are equal.
+BF16_STEP = 2.0 ** -8
 
 # CPU flags as /proc/cpuinfo lists them, for jaxmir.models.compiler.cpu_flags in tests: a Zen 3's
 # (AVX2, no AVX-512: ConvNets compile without YNNPACK, MusiCNN's 7x67 branch is a 1-D
@@ -32,6 +38,21 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def child_env(**extra: str) -> dict:
+    """The environment for a jaxmir subprocess: this repository first on ``PYTHONPATH``, then what
+    this process was given (packages installed with ``pip --target``), and ``extra``."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def on_cpu(model):
+    """``model`` with its variables on JAX's CPU device, where its programs run (the steps and
+    options a CPU gets, on any machine)."""
+    import jax  # after XLA_PYTHON_CLIENT_PREALLOCATE is set, above
+
+    return dataclasses.replace(model, variables=jax.device_put(model.variables, jax.devices("cpu")[0]))
 
 
 def _missing(what: str):

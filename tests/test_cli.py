@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import soundfile
 
 import jaxmir
-from conftest import BF16_TAGS_ATOL, ROOT, shared_fixture
+from conftest import BF16_TAGS_ATOL, ROOT, child_env, shared_fixture
 from jaxmir import cli
 
 SR = 44100
@@ -374,7 +373,7 @@ def test_vggish_model_from_the_command_line(capsys):
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    env = child_env(**extra)
     env.pop("JAXMIR_NO_CACHE", None)
     return env
 

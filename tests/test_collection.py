@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 
 import jaxmir
+from conftest import ROOT, child_env
 from jaxmir.collection import Options, collect, commands, compute, inputs, local, outputs
 from jaxmir.decode import DamagedAudioWarning
 from jaxmir.errors import AudioError, InputError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(path: Path, seconds: float, rate: int, channels: int, seed: int) -> Path:
@@ -557,7 +556,7 @@ def test_sigkill_mid_run_then_resume(music, model, tmp_path):
     out = tmp_path / "killed.parquet"
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    env = child_env(JAX_PLATFORMS="cpu")
     log_file = open(tmp_path / "log.txt", "wb")
     process = subprocess.Popen([sys.executable, str(script), str(many), str(out)], env=env,
                                stdout=log_file, stderr=subprocess.STDOUT)
@@ -918,8 +917,7 @@ if __name__ == "__main__":
     assert collect(model, [str(music), str(long)], str(one), name="msd-musicnn", jobs=1,
                    progress=False).ok == 5
     two = tmp_path / "tags-2.jsonl"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAXMIR_NO_CACHE": "1", "PYTHONPATH": str(ROOT)}
+    env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAXMIR_NO_CACHE="1")
     result = subprocess.run([sys.executable, "-c", script, str(music), str(long), str(two)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
@@ -963,7 +961,7 @@ if __name__ == "__main__":
                         progress=False)
     print(json.dumps({"ok": tally.ok, "programs": runner.compiled_programs(), "all": names}))
 """
-    env = {**os.environ, "JAXMIR_NO_CACHE": "1", "PYTHONPATH": str(ROOT)}
+    env = child_env(JAXMIR_NO_CACHE="1")
     result = subprocess.run([sys.executable, "-c", script, str(music), str(tmp_path / "long.wav"),
                              str(tmp_path / "t.jsonl")],
                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import require
+from conftest import child_env, require
 from jaxmir.collection import Options, collect, ray_engine
 from jaxmir.collection.rows import Layout
 from jaxmir.errors import InputError
@@ -28,12 +28,10 @@ def _write(path: Path, seconds: float, rate: int, channels: int, seed: int) -> N
 
 
 @pytest.fixture
-def cluster():
+def cluster(monkeypatch):
     ray = require("ray")
     require("ray.data")
-    import os
-
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

@@ -41,11 +41,17 @@ REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo", "joram-moments_of_cla
 #   joram-...                   1.53e-5  1.56e-4               9.3e-6   2.77e-5
 #   TRWJAZW128F42760DD          4.18e-5  5.08e-5               1.10e-5  8.8e-6
 # float64 maths on Essentia's float32 frames and filterbanks: chirp 1.89e-4 / 3.13e-4, joram 1.53e-5 / 1.64e-4.
+# On an H200 (JAX 0.11.2, cuFFT) the musicnn column was the CPU's, and the vggish one 1.8-2.4x
+# it: synth 5.84e-5 max / 2.12e-5 p99.9, chirp 7.77e-4 / 4.15e-4 (joram and TRW not run there).
+# float32 FFT rounding is ~1e-7 of a frame's energy, and ln(mel + 0.01) multiplies it by up to
+# 100 in near-empty bands (the chirp's frames hold nearly all their energy in a band or two);
+# the FFT's order of sums differs by device. So the vggish column allows 4x the CPU's figures;
+# a wrong window, filterbank or log is off by 1e-2 or more.
 ESSENTIA_TOL = {  # (max musicnn, max vggish, p99.9 musicnn, p99.9 vggish)
-    "synth_sines_16k_mono": (3e-5, 6e-5, 2e-5, 2e-5),
-    "chirp_44k1_stereo": (3e-4, 7e-4, 3e-5, 4e-4),
-    "joram-moments_of_clarity-08-solipsism-59-88": (3e-5, 2.5e-4, 2e-5, 5e-5),
-    "TRWJAZW128F42760DD_test": (8e-5, 1e-4, 2e-5, 2e-5),
+    "synth_sines_16k_mono": (3e-5, 1.2e-4, 2e-5, 4e-5),
+    "chirp_44k1_stereo": (3e-4, 1.8e-3, 3e-5, 9e-4),
+    "joram-moments_of_clarity-08-solipsism-59-88": (3e-5, 6.4e-4, 2e-5, 1.2e-4),
+    "TRWJAZW128F42760DD_test": (8e-5, 2.1e-4, 2e-5, 4e-5),
 }
 SILENT_TOL = 2e-5  # measured 4.8e-7
 
@@ -225,9 +231,10 @@ def test_bands_match_essentia(ref, frontend):
     silent = ref[f"{frontend}_silent"]
     column = 0 if frontend == "musicnn" else 1
     error = max_error(actual, expected, ~silent)
-    print(f"{ref['name']} {frontend}: max abs error {error:.3g} over {int((~silent).sum())} frames")
-    assert error <= ESSENTIA_TOL[ref["name"]][column]
     p999 = float(np.quantile(np.abs(actual - expected)[~silent], 0.999))
+    print(f"{ref['name']} {frontend}: max abs error {error:.3g}, 99.9th percentile {p999:.3g} "
+          f"over {int((~silent).sum())} frames")
+    assert error <= ESSENTIA_TOL[ref["name"]][column]
     assert p999 <= ESSENTIA_TOL[ref["name"]][2 + column]
     assert max_error(actual, expected, silent) <= SILENT_TOL
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import ROOT, shared_fixture
+from conftest import ROOT, child_env, shared_fixture
 from jaxmir.errors import GraphError, JaxmirError
 from jaxmir.tfgraph.convert import import_graph
 from jaxmir.tfgraph.graphdef import DT_FLOAT, DT_INT32, Graph, GraphDefProto, TensorProto
@@ -74,7 +74,7 @@ def load_guarded(paths: list, cap_mb: int = 2048, timeout_s: float = 60.0) -> di
     warmup = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     results_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"jaxmir-guarded-{os.getpid()}-{time.time_ns()}.jsonl"
     pending, outcomes = [str(p) for p in paths], {}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = child_env()
     try:
         while pending:
             results_file.write_text("")

@@ -41,8 +41,10 @@ def test_directed_max_then_activation_is_exactly_the_max(activation):
         return batch_norm(ACTIVATIONS[activation](v))
     direction = jnp.where(params["scale"] < 0, -1.0, 1.0)
     got = fn(directed_max(linear, kernel, direction, axis=2) + bias)
-    # float32 rounding is monotone and negation exact: the same numbers, bit for bit
-    np.testing.assert_array_equal(got, jnp.max(fn(linear(kernel) + bias), axis=2))
+    # float32 rounding is monotone and negation exact: the same numbers, bit for bit on a CPU; on
+    # a GPU XLA's tanh kernels for two shapes gave one value a float32 step apart (an H200)
+    np.testing.assert_array_max_ulp(np.asarray(got), np.asarray(jnp.max(fn(linear(kernel) + bias), axis=2)),
+                                    maxulp=1)
 
 
 def _check_conv_relu_batch_norm_max(module, kernel: tuple[int, int], padding, frames: int,

@@ -18,7 +18,7 @@ import jaxmir
 from jaxmir import catalog
 from jaxmir.errors import InputError, WeightsError
 from jaxmir.weights import save_weights
-from conftest import compiled_programs
+from conftest import compiled_programs, on_cpu
 
 
 @pytest.fixture(scope="module")
@@ -444,18 +444,20 @@ def test_a_backbone_runs_its_body_in_steps_and_its_dense_head_once_per_batch(mus
     np.testing.assert_allclose(stepped, whole, rtol=0, atol=1e-6)  # sigmoids in [0, 1]
 
 
-def test_apply_steps_hold_four_musicnn_patches_worth_of_input(musicnn, vgg):
-    """MusiCNN and VGG ([187, 96] patches) step by 4 patches, VGGish ([96, 64]) by 8; a module that
-    is not staged and holds large dense layers runs whole batches (each step would read them)."""
+def test_apply_steps_hold_four_musicnn_patches_worth_of_input(musicnn, vgg, monkeypatch):
+    """On a CPU, MusiCNN and VGG ([187, 96] patches) step by 4 patches, VGGish ([96, 64]) by 8; a
+    module that is not staged and holds large dense layers runs whole batches (each step would
+    read them)."""
     from conftest import shared_fixture
     from jaxmir.model import default_chunk
     from jaxmir.models.heads import EmbeddingHead
     from jaxmir.spec import Dense
 
     vggish = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
-    steps = {m.architecture: default_chunk(m.module, m.input_shape, m.variables)
+    steps = {m.architecture: default_chunk(m.module, m.input_shape, on_cpu(m).variables)
              for m in (musicnn, vgg, vggish)}
     assert steps == {"musicnn": 4, "vgg": 4, "vggish": 8}
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # for variables that are shapes
     wide = {"params": {"head": {"dense_0": {"kernel": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}}}}
     assert default_chunk(EmbeddingHead((Dense(4096),)), (4096,), wide) is None
     assert default_chunk(EmbeddingHead((Dense(8),)), (200,), {}) == 256
@@ -465,7 +467,7 @@ def test_apply_runs_whole_batches_on_an_accelerator(musicnn, monkeypatch):
     """Steps of a few patches are for a CPU's caches; a GPU needs whole batches to fill it."""
     from jaxmir import model as model_module
 
-    assert model_module.default_chunk(musicnn.module, musicnn.input_shape, musicnn.variables) == 4
+    assert model_module.default_chunk(musicnn.module, musicnn.input_shape, on_cpu(musicnn).variables) == 4
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), musicnn.variables)
     assert model_module.default_chunk(musicnn.module, musicnn.input_shape, shapes) is None

@@ -11,13 +11,12 @@ phase or position (what this test guards) moves outputs by >= 1e-5 on music.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jaxmir.errors import AudioError, InputError
-from conftest import compiled_programs, require, shared_fixture
+from conftest import child_env, compiled_programs, require, shared_fixture
 
 TOL = 1e-6
 
@@ -309,8 +308,7 @@ def test_resample_jax_traced_first_and_under_x64(x64):
     import sys
 
     require("samplerate")
-    env = {**os.environ, "JAX_ENABLE_X64": x64, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = child_env(JAX_ENABLE_X64=x64, JAX_PLATFORMS="cpu")
     run = subprocess.run([sys.executable, "-c", TRACED_FIRST], env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

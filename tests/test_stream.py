@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 import soundfile
 
 import jaxmir
-from conftest import BF16_TAGS_ATOL, ROOT, require, shared_fixture
+from conftest import BF16_STEP, BF16_TAGS_ATOL, ROOT, child_env, on_cpu, require, shared_fixture
 from jaxmir import pipeline
 from jaxmir import decode
 from jaxmir import models
@@ -353,7 +352,7 @@ def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(
     call) runs a file in calls of 32 patches, on a CPU its body in steps of 8 and its head once per
     call; a partial batch goes in calls of 8, the last padded. The outputs are those of calls
     of 8."""
-    model = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    model = on_cpu(jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb")))
     assert streaming.file_batch(musicnn) == streaming.file_batch(model) == 8
     monkeypatch.setattr(models, "HEAVY_DENSE_WEIGHTS", 1000)  # the fixture's 37,576 dense weights
     assert streaming.file_batch(model) == 32
@@ -471,7 +470,7 @@ def test_bad_input(musicnn):
 
 # -- the command line --------------------------------------------------------------------------
 def cli(*args: str, stdin: bytes = b"", timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = child_env()
     return subprocess.run([sys.executable, "-m", "jaxmir", *args], input=stdin, capture_output=True,
                           env=env, timeout=timeout, cwd=ROOT)
 
@@ -519,7 +518,8 @@ def test_stream_command_bf16_is_opt_in(musicnn):
     run = cli("stream", "--rate", str(rate), "--all", "--bf16", stdin=audio.astype("<i2").tobytes())
     assert run.returncode == 0, run.stderr.decode()
     got = np.asarray([r["predictions"] for r in lines_of(run)])
-    np.testing.assert_allclose(got, musicnn.astype("bfloat16").predict(audio, rate), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, musicnn.astype("bfloat16").predict(audio, rate), rtol=0,
+                               atol=BF16_STEP)
     deviation = np.max(np.abs(got - musicnn.predict(audio, rate)))
     assert 1e-4 < deviation < BF16_TAGS_ATOL, deviation
 
@@ -552,7 +552,7 @@ def test_stream_command_bad_input():
 
 
 def test_stream_command_ends_cleanly_on_ctrl_c():
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = child_env()
     process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=env, cwd=ROOT)
@@ -594,7 +594,7 @@ def test_plot_without_matplotlib_is_a_clear_error():
               "from jaxmir.plot import check_available\n"
               "try:\n    check_available()\nexcept JaxmirError as err:\n    print(err)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120, cwd=ROOT)
+                            env=child_env(), timeout=120, cwd=ROOT)
     assert "pip install 'jaxmir[plot]'" in result.stdout, result.stderr
 
 
@@ -610,7 +610,7 @@ def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
         assert run.returncode == status and message in run.stderr.decode(), (option, value, run.stderr)
         assert b"Traceback" not in run.stderr
     audio = signal_at(16000, 30.0, 1, seed=5, dtype=np.int16).astype("<i2").tobytes()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = child_env()
     process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000", "-"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=env, cwd=ROOT)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import numpy as np
 import jaxmir
 import pytest
 
-from conftest import IN_CI, ROOT
+from conftest import IN_CI, child_env
 from jaxmir.train import embeddings, fit, synthetic
 from jaxmir.train.export import export_head
 
@@ -34,10 +33,6 @@ ESSENTIA = textwrap.dedent("""
     np.save(args["out"] + "_emb.npy", np.asarray(emb, np.float32))
     np.save(args["out"] + "_pred.npy", np.asarray(pred, np.float32))
 """)
-
-
-def _env():
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def test_exported_head_runs_in_essentia_and_jaxmir_tag(tmp_path, musicnn_graphs):
@@ -74,6 +69,6 @@ def test_exported_head_runs_in_essentia_and_jaxmir_tag(tmp_path, musicnn_graphs)
 
     tagged = subprocess.run([sys.executable, "-m", "jaxmir", "tag", str(song), "--model",
                              str(out[".pb"]), "--format", "json"], capture_output=True, text=True,
-                            timeout=300, env=_env(), cwd=tmp_path)
+                            timeout=300, env=child_env(), cwd=tmp_path)
     assert tagged.returncode == 0, tagged.stderr[-2000:]
     assert "drums" in tagged.stdout and "pads" in tagged.stdout
