@@ -1,7 +1,7 @@
 """jaxmir on an accelerator: patches/s against batch size, files end to end, float32 vs bfloat16.
 
     python benchmarks/bench_gpu.py [--seconds 600] [--batches 1 8 64 256 1024]
-                                   [--vggish build/graphs/audioset-vggish-3-replica.pb]
+                                   [--vggish FILE]
 
 Runs on JAX's default device (a GPU where JAX finds one; on a CPU it runs too, slowly)
 and prints, in one run:
@@ -17,9 +17,10 @@ and prints, in one run:
    ``Model.predict``, warm: seconds per stage and x real time, MusiCNN and VGGish.
 
 MusiCNN and VGG run with jaxmir's shipped weights. VGGish is the full-size AudioSet
-VGGish (72 M parameters) with seeded random weights, like the CPU benchmarks' replica:
-``--vggish`` names any file ``jaxmir.load`` reads with that architecture (only its
-shapes are used, so a file of zeros will do).
+VGGish (72 M parameters: Essentia's ``audioset-vggish-3.pb`` up to its 128-wide
+embeddings) with seeded random weights, built from its architecture, so no file and
+no TensorFlow are needed on the device; ``--vggish`` names a file ``jaxmir.load``
+reads with that architecture instead (only its shapes are used).
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, cpu_line, samples, spread
+from common import cpu_line, samples, spread
 
-BENCH_VGGISH = ROOT / "build" / "graphs" / "audioset-vggish-3-replica.pb"
 
 
 def device_line() -> str:
@@ -72,15 +72,38 @@ def with_random_weights(model, seed: int = 0):
     return dataclasses.replace(model, variables=jax.tree_util.tree_map(jax.numpy.asarray, variables))
 
 
+def full_size_vggish():
+    """AudioSet VGGish as Essentia ships it (``audioset-vggish-3.pb``): six 3x3 convolutions,
+    fc1 4096-4096 and a 128-wide ``embeddings`` layer, with zero weights (replaced by
+    :func:`with_random_weights`)."""
+    import jax
+    import jaxmir
+    from jaxmir.frontends import VGGISH
+    from jaxmir.models import build_module
+    from jaxmir.models.vgg import vggish_blocks
+    from jaxmir.spec import Activation, Dense, ModelSpec
+
+    relu = Activation("relu")
+    config = {"blocks": vggish_blocks(), "input_bn_epsilon": None,
+              "head": (Dense(4096), relu, Dense(4096), relu, Dense(128))}
+    shapes = jax.eval_shape(build_module("vggish", config).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, VGGISH.patch_size, VGGISH.n_bands), np.float32))
+    variables = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, np.float32), shapes)
+    aliases = {"conv1": "block_1/features", "pool1": "block_1_output", "conv2": "block_2/features",
+               "pool2": "block_2_output", "conv3_1": "block_3_output", "conv3_2": "block_4/features",
+               "pool3": "block_4_output", "conv4_1": "block_5_output", "conv4_2": "block_6/features",
+               "pool4": "block_6_output", "fc1_1": "head/layer_0", "fc1_2": "head/layer_2",
+               "embeddings": "head/layer_4", "predictions": "head/layer_4"}
+    spec = ModelSpec("vggish", config, variables, "model/Placeholder",
+                     (VGGISH.patch_size, VGGISH.n_bands), "model/vggish/embeddings", aliases, {}, VGGISH)
+    return jaxmir.Model.from_spec(spec, source="full-size VGGish (random weights)")
+
+
 def load_models(vggish: str | None) -> dict:
     import jaxmir
 
     models = {"msd-musicnn": jaxmir.load("msd-musicnn"), "msd-vgg": jaxmir.load("msd-vgg")}
-    path = Path(vggish) if vggish else BENCH_VGGISH
-    if path.is_file():
-        models["audioset-vggish"] = with_random_weights(jaxmir.load(path))
-    else:
-        print(f"(no VGGish: {path} not found)")
+    models["audioset-vggish"] = with_random_weights(jaxmir.load(vggish) if vggish else full_size_vggish())
     return models
 
 

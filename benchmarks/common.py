@@ -122,6 +122,12 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else float("nan")
 
 
+def search_path() -> str:
+    """``PYTHONPATH`` for a child process: the repository first, then what this one was given
+    (packages installed with ``pip --target``, say)."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def measured_process(command: list[str], env: dict | None = None) -> dict:
     """Run ``command`` in the repository with ``env`` added: ``wall_s`` (imports included),
     ``cpu_s`` (user + system seconds of it and the worker processes it waited for), ``peak_mb``
@@ -131,7 +137,7 @@ def measured_process(command: list[str], env: dict | None = None) -> dict:
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                                 env={**os.environ, "PYTHONPATH": search_path(), **(env or {})})
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
         log.seek(0)
