@@ -22,6 +22,10 @@ class WeightsError(JaxmirError):
     """A converted weights file is missing, corrupt or inconsistent."""
 
 
+class DeviceMemoryError(JaxmirError):
+    """A model call needed more memory than its device (a GPU's, say) has free."""
+
+
 class InputError(JaxmirError, ValueError):
     """An array given to a model or front-end has the wrong shape, dtype or values."""
 

@@ -74,8 +74,8 @@ from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import has_heavy_head, shares_overlap, with_overlap_hop
 from jaxmir.models.compiler import compiled, tuned
-from jaxmir.models.runner import (call_step, empty_carry, is_bfloat16, platform_of,
-                                  run_patches_carrying, tapped_outputs)
+from jaxmir.models.runner import (call_step, device_memory, empty_carry, is_bfloat16,
+                                  platform_of, run_patches_carrying, tapped_outputs)
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
 from jaxmir.spec import Frontend
 
@@ -215,9 +215,11 @@ def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk
       carry for the call on the patches that follow. Jit-compiled once per
       module, taps, front-end, chunk and shapes; traceable (``jax.grad``).
     """
-    module, options = tuned(module, platform_of(variables), (variables, audio, index, carry))
+    platform = platform_of(variables)
+    module, options = tuned(module, platform, (variables, audio, index, carry))
     program = _audio_to_outputs_compiled(options)
-    return program(module, taps, frontend, compat, chunk, variables, audio, index, carry)
+    with device_memory(platform, np.shape(index)[0]):
+        return program(module, taps, frontend, compat, chunk, variables, audio, index, carry)
 
 
 def initial_carry(model: "Model", module, batch: int) -> dict | None:

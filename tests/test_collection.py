@@ -970,3 +970,32 @@ if __name__ == "__main__":
     assert {key: report[key] for key in ("ok", "programs")} == {"ok": 5, "programs": 2}, report
     assert sorted(set(report["all"]) - {"jit(_matmul_kernel)", "jit(run)"}) \
         == ["jit(_audio_to_outputs)"], report["all"]
+
+@pytest.mark.parametrize("jobs", [0, 1], ids=["streamed", "decoded-and-packed"])
+def test_a_device_out_of_memory_stops_the_run_and_keeps_the_rows_done(music, model, tmp_path,
+                                                                      monkeypatch, jobs):
+    """Every call of the same size would run out of memory alike: the run stops with the hint
+    instead of giving each file the device's error, and the rows done before are kept."""
+    from jaxmir import stream
+    from jaxmir.errors import DeviceMemoryError
+
+    real, calls = stream._audio_to_outputs_compiled, []
+
+    def second_call_fails(options):
+        program = real(options)
+
+        def run(*args):
+            calls.append(args[5])
+            if len(calls) > 1:
+                raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 bytes.")
+            return program(*args)
+        return run
+
+    monkeypatch.setattr(stream, "_audio_to_outputs_compiled", second_call_fails)
+    out = tmp_path / "tags.jsonl"
+    with pytest.raises(DeviceMemoryError, match="in a call of 1 patches"):
+        collect(model, [str(music)], str(out), name="msd-musicnn", options=Options(batch=1), jobs=jobs,
+                progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(Path(row["path"]).relative_to(music).as_posix(), row["status"]) for row in rows] == \
+        [("jazz/a.wav", "ok")]

@@ -473,6 +473,37 @@ def test_apply_runs_whole_batches_on_an_accelerator(musicnn, monkeypatch):
     assert model_module.default_chunk(musicnn.module, musicnn.input_shape, shapes) is None
 
 
+def _failing_programs(message: str):
+    """A stand-in for a compiled-programs cache whose programs raise XLA's ``message``."""
+    def program(*args):
+        raise RuntimeError(message)
+    return lambda options: program
+
+
+def test_a_device_out_of_memory_says_to_run_fewer_patches_per_call(musicnn, patches_187, monkeypatch):
+    """XLA's RESOURCE_EXHAUSTED (a GPU holds a whole call's activations: 112 GB for 1024 MusiCNN
+    patches on an H200) becomes a jaxmir error naming the call's size and what to lower, from
+    ``apply`` and ``predict`` alike; other runtime errors pass unchanged."""
+    from jaxmir import stream
+    from jaxmir.errors import DeviceMemoryError
+    from jaxmir.models import runner
+
+    oom = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 120640206288 bytes.\nBuffers: ..."
+    monkeypatch.setattr(runner, "_run_patches_compiled", _failing_programs(oom))
+    monkeypatch.setattr(stream, "_audio_to_outputs_compiled", _failing_programs(oom))
+    hint = (r"ran out of memory in a call of {} patches \(RESOURCE_EXHAUSTED: Out of memory while "
+            r"trying to allocate 120640206288 bytes.\); run fewer patches per call: --batch")
+    with pytest.raises(DeviceMemoryError, match=hint.format(7)):
+        musicnn.apply(patches_187, chunk=None)
+    audio = np.random.default_rng(2).uniform(-0.5, 0.5, 16000 * 20).astype(np.float32)
+    with pytest.raises(DeviceMemoryError, match=hint.format(8)):
+        musicnn.predict(audio, 16000)
+    monkeypatch.setattr(runner, "_run_patches_compiled", _failing_programs("INTERNAL: no"))
+    with pytest.raises(RuntimeError, match="^INTERNAL: no$") as caught:
+        musicnn.apply(patches_187)
+    assert not isinstance(caught.value, DeviceMemoryError)
+
+
 def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     low = musicnn.astype("bfloat16")
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(low.variables)} == {jnp.dtype(jnp.bfloat16)}

@@ -23,7 +23,7 @@ import numpy as np
 from jaxmir.audio import read_mono
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
-from jaxmir.errors import AudioError, JaxmirError
+from jaxmir.errors import AudioError, DeviceMemoryError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import check_dtype
 from jaxmir.models.runner import call_step
@@ -175,6 +175,8 @@ class _Devices:
             carry = self.carry[1]
         try:
             values, carry = run_call(replica, self.packer, call, self.taps, carry)
+        except DeviceMemoryError:
+            raise  # every call of this size would fail alike: the run stops, its rows are kept
         except Exception as err:  # noqa: BLE001 -- the call's files fail, the others go on
             return call, err
         finally:
@@ -294,6 +296,8 @@ def stream_files(model, sources: Iterable[Source], options: Options
                              ) as (stream, found):
                 parts = [patches.values[options.output] for patches in found]
             _check_unchanged(path, source)
+        except DeviceMemoryError:
+            raise  # the next file's calls would fail alike: the run stops, its rows are kept
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
             # all of it read (too short for a patch, say): its duration, as decoding workers give it
             seconds = stream.seconds if stream is not None and stream.closed else None
