@@ -12,7 +12,7 @@ import pytest
 
 import jaxmir
 from conftest import assert_parity, require, run_tf
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, JaxmirError
 from jaxmir import cli as jaxmir_cli
 from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
 from jaxmir.train.recipe import fit_head
@@ -440,6 +440,22 @@ def test_fit_head_checks_options_before_reading_audio(options, message):
     dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
     with pytest.raises(InputError, match=message):
         fit_head(dataset, backbone="no-such-backbone", cache=False, **options)
+
+
+@pytest.mark.parametrize("method", ["knn", "lmnn"])
+def test_smoothing_refuses_classes_of_k_tracks_or_fewer_before_reading_audio(method):
+    """With 4 tracks a class, a track's own class holds at most 3 of its 10 neighbours: the
+    smoothed targets would make every track's own class the smallest share (a tester's 12-track
+    set trained a head that was wrong on every track)."""
+    paths = tuple(f"nowhere/{i}.wav" for i in range(15))
+    targets = np.eye(2)[[0] * 11 + [1] * 4]
+    dataset = data.Dataset(paths, targets, "single", ("big", "small"))
+    with pytest.raises(InputError, match=r"needs more than 10 tracks in every class.*class 'small' "
+                                         r"has 4 \(give more tracks, or a smaller k"):
+        fit_head(dataset, backbone="no-such-backbone", cache=False, smoothing=SmoothingConfig(method))
+    with pytest.raises(JaxmirError, match="no-such-backbone"):  # k = 3 passes on to the backbone
+        fit_head(dataset, backbone="no-such-backbone", cache=False,
+                 smoothing=SmoothingConfig(method, k=3))
 
 
 def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):

@@ -21,7 +21,7 @@ from jaxmir.train.data import Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
 from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, cross_validate, steady_seconds,
                               train_head, whole_at_least)
-from jaxmir.train.smoothing import METHODS, SmoothingConfig, smoother
+from jaxmir.train.smoothing import METHODS, SmoothingConfig, check_class_sizes, smoother
 
 DEFAULT_LAYER = "model/dense/BiasAdd"
 
@@ -114,6 +114,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     if smoothing.method != "none" and dataset.task != "single":
         raise InputError(f"label smoothing ({smoothing.method}) applies to single-label data; "
                          f"{where} is {dataset.task}")
+    check_class_sizes(dataset.targets, dataset.classes, smoothing)
     initial = resumed_params(resume) if resume is not None else None
     model = load(backbone)
     if model.architecture == "head":

@@ -60,6 +60,22 @@ def knn_smooth(features: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(targets, np.float64)[neighbours].mean(axis=1).astype(np.float32)
 
 
+def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig) -> None:
+    """Refuse smoothing over ``k`` neighbours where a class has ``k`` tracks or fewer: a track's
+    own class could hold at most ``count - 1`` of its ``k`` neighbours, so the other classes
+    would outweigh it in its target and the head would learn the wrong classes."""
+    if config.method == "none":
+        return
+    counts = np.asarray(targets).sum(axis=0)
+    smallest = int(np.argmin(counts))
+    if counts[smallest] <= config.k:
+        raise InputError(f"label smoothing ({config.method}) over k = {config.k} neighbours needs "
+                         f"more than {config.k} tracks in every class, or a track's own class "
+                         f"is outweighed in its target; class {classes[smallest]!r} has "
+                         f"{int(counts[smallest])} (give more tracks, or a smaller k: "
+                         "train-head --smoothing-k, SmoothingConfig(k=))")
+
+
 def smooth_labels(features: np.ndarray, targets: np.ndarray, config: SmoothingConfig) -> np.ndarray:
     """Label distributions ``[n, C]`` for training tracks' ``features [n, f]`` and ``targets``."""
     if config.method == "none":
