@@ -42,6 +42,25 @@ def check_backbone(backbone: Model) -> None:
                          "the model whose embeddings the head was trained on)")
 
 
+def head_inputs(backbone: Model) -> list[str]:
+    """The outputs of ``backbone`` a head can take, by name: the layers of its dense head (a head
+    joins the backbone there, in jaxmir as in Essentia's graphs)."""
+    return [name for name in backbone.output_names
+            if _layer_index(backbone.resolve_output(name)[0]) is not None]
+
+
+def embedding_layer(backbone: Model, embedding: str) -> int:
+    """The index of the dense-head layer ``embedding`` names; raises :class:`InputError` naming
+    the outputs a head can take when it names another output (``mean_pool``, a convolution)."""
+    tap, _ = backbone.resolve_output(embedding)
+    index = _layer_index(tap)
+    if index is None:
+        raise InputError(f"'{embedding}' of {backbone.source} is not a layer of its dense head, "
+                         f"where a head joins its backbone; heads take one of: "
+                         f"{', '.join(head_inputs(backbone))}")
+    return index
+
+
 def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model:
     """``backbone`` cut at its ``embedding`` output, then ``head``; labels are the head's.
 
@@ -54,10 +73,7 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     check_backbone(backbone)
     embedding = embedding or DEFAULT_EMBEDDING
     tap, _ = backbone.resolve_output(embedding)
-    keep = _layer_index(tap)
-    if keep is None:
-        raise InputError(f"'{embedding}' of {backbone.source} is not a layer of its dense head; "
-                         "heads take the backbone's embeddings such as model/dense/BiasAdd")
+    keep = embedding_layer(backbone, embedding)
     backbone_head = backbone.spec.head[:keep + 1]
     width = head_width(backbone_head)
     if width != head.input_shape[0]:

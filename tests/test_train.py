@@ -462,6 +462,12 @@ def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):
     dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
     with pytest.raises(InputError, match="unknown output 'nope'"):
         fit_head(dataset, layer="nope", cache=False)
+    # outputs outside the dense head, where no head can join in jaxmir or Essentia
+    for layer, backbone in (("mean_pool", "msd-musicnn"), ("cnn3", "msd-musicnn"), ("pool5", "msd-vgg")):
+        with pytest.raises(InputError, match=f"'{layer}' of .*{backbone}.npz is not a layer of its dense "
+                                             "head, where a head joins its backbone; heads take one "
+                                             "of: embeddings, "):
+            fit_head(dataset, backbone=backbone, layer=layer, cache=False)
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
     head = export.export_head(params, "softmax", ("a", "b"), tmp_path / "head", "msd-musicnn",
                               (187, 96), "model/dense/BiasAdd")[".pb"]

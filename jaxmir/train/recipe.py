@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxmir.compose import embedding_layer
 from jaxmir.errors import InputError
 from jaxmir.train import export
 from jaxmir.train.data import Dataset, check_classes, load_dataset
@@ -120,7 +121,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     if model.architecture == "head":
         raise InputError(f"{backbone} is an embedding head; the backbone is a model that takes "
                          "audio, such as msd-musicnn")
-    model.resolve_output(layer)  # an unknown layer fails here, before any file is decoded
+    embedding_layer(model, layer)  # a layer no head can join fails here, before any decoding
     tracks, failures = extract_embeddings(model, str(backbone), dataset.paths, layer, cache,
                                           progress)
     features = None
