@@ -48,15 +48,16 @@ def _enable_cache(disabled: bool) -> None:
 
 
 def _show_warnings_as_lines() -> None:
-    """jaxmir's own warnings (a damaged file) as one ``jaxmir: warning:`` line, not Python's form."""
+    """jaxmir's own warnings (a damaged file, a head on another backbone) as one ``jaxmir:
+    warning:`` line, not Python's form."""
     import warnings
 
-    from jaxmir.decode import DamagedAudioWarning
+    from jaxmir.errors import JaxmirWarning
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, DamagedAudioWarning):
+        if issubclass(category, JaxmirWarning):
             _warn(str(message))
         else:
             default(message, category, filename, lineno, file, line)

@@ -52,7 +52,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jaxmir.errors import AudioError
+from jaxmir.errors import AudioError, JaxmirWarning
 from jaxmir.pcm import WavHeader, decode_pcm, frame_bytes, parse_wav_header
 
 MODES = ("essentia", "float")
@@ -74,7 +74,7 @@ _WAV_HEAD = 1 << 16  # bytes of a WAV file searched for its fmt and data chunks
 _LENGTH_SLACK = 2304
 
 
-class DamagedAudioWarning(UserWarning):
+class DamagedAudioWarning(JaxmirWarning):
     """A file decoded only in part: undecodable packets, or fewer samples than its header declares."""
 
 

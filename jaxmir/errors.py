@@ -10,6 +10,10 @@ class JaxmirError(Exception):
     """Base class of every error jaxmir raises on purpose."""
 
 
+class JaxmirWarning(UserWarning):
+    """Base class of jaxmir's warnings (the command line shows them as ``jaxmir: warning:``)."""
+
+
 class GraphError(JaxmirError):
     """A `.pb` file is missing, unreadable, truncated or not a GraphDef."""
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from jaxmir import catalog
 from jaxmir.compose import check_backbone, compose
-from jaxmir.errors import GraphError, InputError, JaxmirError, UnsupportedGraphError
+from jaxmir.errors import GraphError, InputError, JaxmirError, JaxmirWarning, UnsupportedGraphError
 from jaxmir.model import Model
 from jaxmir.models import nonfinite_variable, variable_mismatches
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
@@ -51,7 +52,9 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
             raise InputError(f"{model.source} was trained on '{embedding}' (its metadata's "
                              f"embedding_model.output), which {backbone.source} does not have; "
                              "give the backbone it was trained on, or embedding=")
-    return compose(backbone, model, embedding)
+    composed = compose(backbone, model, embedding)
+    _warn_of_another_backbone(model, backbone)  # a pair that cannot compose has failed already
+    return composed
 
 
 def _embedding_model(head: Model) -> dict:
@@ -173,6 +176,26 @@ def backbone_name(head: Model) -> str | None:
     """The backbone a head's metadata names (``embedding_model.model_name``), found or not."""
     name = _embedding_model(head).get("model_name")
     return str(name) if name not in (None, "") else None
+
+
+def _unversioned(name: str) -> str:
+    """A model's name without Essentia's version suffix: ``msd-musicnn-1`` -> ``msd-musicnn``."""
+    stem, _, version = name.rpartition("-")
+    return stem if stem and version.isdigit() else name
+
+
+def _warn_of_another_backbone(head: Model, backbone: Model) -> None:
+    """Warn when ``backbone`` is not the one ``head``'s metadata names: the head then reads
+    embeddings it was not trained on (only a different width would fail)."""
+    named = backbone_name(head)
+    if named is None or not backbone.source:
+        return
+    given = Path(backbone.source).stem if os.sep in backbone.source or "." in backbone.source \
+        else backbone.source
+    if _unversioned(Path(named).stem) != _unversioned(given):
+        warnings.warn(f"{head.source} was trained on {named} (its metadata's embedding_model."
+                      f"model_name), not on {backbone.source}: its outputs are meaningless unless "
+                      "the two give the same embeddings", JaxmirWarning, stacklevel=3)
 
 
 def backbone_of(model: Model) -> str | None:

@@ -475,6 +475,32 @@ def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):
         fit_head(dataset, backbone=str(head), cache=False)
 
 
+def test_a_head_on_another_backbone_than_its_metadata_names_warns(tmp_path, capsys):
+    """Only a different embedding width failed; a head trained on msd-musicnn's embeddings run on
+    mtt-musicnn's (200-d too) gave confident, wrong tags without a word."""
+    import warnings
+
+    import soundfile
+
+    from jaxmir.errors import JaxmirWarning
+
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
+    head = export.export_head(params, "softmax", ("a", "b"), tmp_path / "head", "msd-musicnn",
+                              (187, 96), "model/dense/BiasAdd")[".pb"]
+    with pytest.warns(JaxmirWarning, match=r"head.pb was trained on msd-musicnn(-1)? \(its metadata's "
+                                           r"embedding_model.model_name\), not on .*mtt-musicnn"):
+        jaxmir.load(head, backbone="mtt-musicnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxmir.load(head, backbone="msd-musicnn")
+        jaxmir.load(head, backbone=jaxmir.load("msd-musicnn"))
+    song = tmp_path / "song.wav"
+    soundfile.write(song, np.zeros(16000 * 4, np.float32), 16000)
+    assert jaxmir_cli.main(["tag", str(song), "--model", str(head), "--backbone", "mtt-musicnn",
+                            "--no-progress"]) == 0
+    assert "jaxmir: warning: " in capsys.readouterr().err
+
+
 def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
     import shutil
 

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxmir.atomic import write_atomically
-from jaxmir.errors import InputError, JaxmirError
+from jaxmir.errors import InputError, JaxmirError, JaxmirWarning
 
 DEFAULT_CACHE = Path.home() / ".cache" / "jaxmir" / "embeddings"
 
@@ -92,7 +92,7 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
                 save_array(entry, value)
         results.append(value)
     for message in failures:
-        warnings.warn(f"skipped {message}", stacklevel=2)
+        warnings.warn(f"skipped {message}", JaxmirWarning, stacklevel=2)
     return results, failures
 
 

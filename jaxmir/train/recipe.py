@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from jaxmir.compose import embedding_layer
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.train import export
 from jaxmir.train.data import Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
@@ -133,7 +133,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     keep = [i for i, t in enumerate(tracks) if t is not None]
     if failures:
         warnings.warn(f"{len(failures)} of {len(dataset)} file(s) skipped (could not be used)",
-                      stacklevel=2)
+                      JaxmirWarning, stacklevel=2)
     if not keep:
         raise InputError(f"{where}: none of the {len(dataset)} files could be used")
     dataset = dataset.subset(keep)
