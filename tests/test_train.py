@@ -81,6 +81,24 @@ def test_table_tasks(tmp_path, audio_set):
     assert ds.targets[3].tolist() == [1.5, -3.0]
 
 
+def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, audio_set):
+    """Class ids (0/1) in the label column trained a regressor of one output named 'label'; a
+    spreadsheet's UTF-8 byte-order mark hid the 'path' column ("no 'path' column; columns:
+    \\ufeffpath, label")."""
+    pa, pq = require("pyarrow"), require("pyarrow.parquet")
+    files = sorted(str(p) for p in audio_set.rglob("*.wav"))
+    ids = [i % 2 for i in range(len(files))]
+    table = tmp_path / "ids.csv"
+    table.write_text("path,label\n" + "".join(f"{f},{i}\n" for f, i in zip(files, ids)),
+                     encoding="utf-8-sig")
+    parquet = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"path": files, "label": pa.array(ids, pa.int64())}), parquet)
+    for source in (table, parquet):
+        ds = data.load_dataset(source)
+        assert ds.task == "single" and ds.classes == ("0", "1")
+        assert ds.targets.argmax(axis=1).tolist() == ids
+
+
 def test_parquet_list_label_column_is_multilabel(tmp_path, audio_set):
     pa, pq = require("pyarrow"), require("pyarrow.parquet")
     files = sorted(str(p) for p in audio_set.rglob("*.wav"))

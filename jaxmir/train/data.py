@@ -1,7 +1,8 @@
 """Labelled audio for training heads: a folder of class folders, or a CSV/Parquet table.
 
 * ``DATA/<class>/<file>``: one class per file (single-label, softmax).
-* a table with a ``path`` column and a ``label`` column: one class per row, or
+* a table with a ``path`` column and a ``label`` column: one class per row (numbers too:
+  class ids), or
   a ``;``-separated list of classes (multi-label, sigmoid); in Parquet, a
   ``list<string>`` label column is multi-label too, its items taken as they are.
 * a table with a ``path`` column and numeric columns: regression (identity),
@@ -177,7 +178,8 @@ def _read_table(path: Path) -> dict[str, list[str | list[str]]]:
     """The table's columns; every cell a stripped string, or a list of them (Parquet lists)."""
     if path.suffix.lower() == ".csv":
         try:
-            with open(path, newline="", encoding="utf-8") as handle:
+            # utf-8-sig: a byte-order mark, as spreadsheets write, is not part of the first name
+            with open(path, newline="", encoding="utf-8-sig") as handle:
                 reader = csv.DictReader(handle)
                 rows = list(reader)
                 names = list(reader.fieldnames or [])
@@ -233,7 +235,7 @@ def _from_table(path: Path) -> Dataset:
                          + ", ".join(repr(m) for m in missing[:3]))
     _check_unique(path, files)
     label = columns.get("label")
-    if label is not None and _floats(label) is None:
+    if label is not None:  # classes, also when they are numbers (class ids 0, 1, 2)
         return _classification(path, files, label)
     numeric = {name: _floats(values) for name, values in columns.items()}
     bad = [name for name, values in numeric.items() if values is None]
