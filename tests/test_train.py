@@ -476,6 +476,16 @@ def test_smoothing_refuses_classes_of_k_tracks_or_fewer_before_reading_audio(met
                  smoothing=SmoothingConfig(method, k=3))
 
 
+@pytest.mark.parametrize("output", ["", ".", "..", "/", "heads/"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_that_names_a_folder_is_refused_before_reading_audio(output, overwrite):
+    """'' '.' '/' ended in a ValueError traceback, '..' wrote '...pb' here, 'heads/' wrote
+    heads.pb beside the folder."""
+    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
+    with pytest.raises(InputError, match=f"--output {output!r} names a folder; give the head's name"):
+        fit_head(dataset, backbone="no-such-backbone", cache=False, output=output, overwrite=overwrite)
+
+
 def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):
     dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
     with pytest.raises(InputError, match="unknown output 'nope'"):

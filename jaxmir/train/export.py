@@ -134,8 +134,14 @@ def metadata(name: str, classes: Sequence[str], activation: str, in_dim: int, hi
 
 
 def output_paths(output: str | os.PathLike) -> dict[str, Path]:
-    """``NAME`` (or ``NAME.pb``) -> ``{".pb": NAME.pb, ".json": NAME.json, ".npz": NAME.npz}``."""
-    output = Path(output)
+    """``NAME`` (or ``NAME.pb``) -> ``{".pb": NAME.pb, ".json": NAME.json, ".npz": NAME.npz}``;
+    an output that names a folder (``""``, ``.``, ``..``, ``/``, ``heads/``) raises."""
+    text = os.fspath(output)
+    output = Path(text)
+    if not text or text.endswith(("/", os.sep)) or output.name in ("", ".", ".."):
+        raise InputError(f"--output {text!r} names a folder; give the head's name, such as "
+                         f"{os.path.join(text, 'my_head') if text else 'my_head'} (it writes "
+                         "my_head.pb, my_head.json and my_head.npz)")
     if output.suffix in SUFFIXES:
         output = output.with_suffix("")
     return {suffix: output.with_name(output.name + suffix) for suffix in SUFFIXES}

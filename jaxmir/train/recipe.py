@@ -105,8 +105,9 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     from jaxmir.loading import load
 
     check_options(folds, smoothing)
-    if output is not None and not overwrite:
-        taken = [str(p) for p in export.output_paths(output).values() if p.exists()]
+    outputs = export.output_paths(output) if output is not None else {}
+    if not overwrite:
+        taken = [str(p) for p in outputs.values() if p.exists()]
         if taken:
             raise InputError(f"{', '.join(taken)} already exist(s); choose another output, or "
                              "overwrite them (train-head --force, fit_head(overwrite=True))")
