@@ -403,8 +403,25 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     assert model.labels == ("drums", "pads")
     # again: refused without --force, nothing written; the cache makes it quick
     assert jaxmir_cli.main(argv) == 1
-    assert "already exist(s); choose another output, or overwrite them (train-head --force" \
+    assert "timbre-confusion.png already exist(s); choose another --output or overwrite them " \
+           "(--force)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("existing, flags", [
+    ("h-confusion.png", ["--folds", "2", "--plot"]), ("h.pb", ["--finetune"]),
+    ("h-backbone.npz", ["--finetune"])], ids=["picture", "finetuned-head", "finetuned-backbone"])
+def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path, capsys, existing,
+                                                                        flags):
+    """--plot overwrote NAME-confusion.png without --force; --finetune found NAME.pb taken only
+    after fine-tuning (72 s in a tester's run)."""
+    if "--plot" in flags:
+        require("matplotlib")
+    (tmp_path / existing).write_text("precious")
+    argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"), *flags]
+    assert jaxmir_cli.main(argv) == 1
+    assert f"{existing} already exist(s); choose another --output or overwrite them (--force)" \
         in capsys.readouterr().err
+    assert (tmp_path / existing).read_text() == "precious"
 
 
 def test_cli_warns_of_a_missing_picture_and_of_classes_named_like_columns(tmp_path, capsys,

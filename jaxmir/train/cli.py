@@ -89,10 +89,32 @@ def table_column_clash(classes) -> list[str]:
     return sorted(set(classes) & set(CSV_COLUMNS + ["patches"]))
 
 
+def confusion_output(output: str) -> Path:
+    """``NAME-confusion.png``, the picture ``--plot`` draws beside the head ``NAME``."""
+    from jaxmir.train import export
+
+    stem = export.stem_of(output)
+    return stem.with_name(stem.name + "-confusion.png")
+
+
+def planned_outputs(args: argparse.Namespace) -> list[Path]:
+    """The files a ``train-head`` run writes: the head's three, the fine-tuned backbone, the
+    confusion picture."""
+    from jaxmir.train import export
+    from jaxmir.train.finetune import backbone_output
+
+    planned = list(export.output_paths(args.output).values())
+    if args.finetune:
+        planned.append(backbone_output(args.output))
+    if args.plot:
+        planned.append(confusion_output(args.output))
+    return planned
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed)."""
     from jaxmir.errors import JaxmirError
-    from jaxmir.train import plot
+    from jaxmir.train import export, plot
     from jaxmir.train.fit import TrainConfig
     from jaxmir.train.recipe import fit_head
     from jaxmir.train.smoothing import SmoothingConfig
@@ -109,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             raise JaxmirError("--plot draws the cross-validation confusion matrix: add --folds")
         if args.plot:
             plot.require_matplotlib()
+        if not args.force:  # every file this run would write, before any audio is read
+            export.refuse_existing(planned_outputs(args))
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *rest: _say(f"jaxmir: warning: {message}")
@@ -129,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         for name, (mean, std) in validation.summary.items():
             print(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}")
         if args.plot and validation.confusion is not None:
-            picture = Path(f"{args.output}-confusion.png")
+            picture = confusion_output(args.output)
             plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
             print(f"wrote {picture}")
         elif args.plot:

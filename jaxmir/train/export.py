@@ -147,6 +147,20 @@ def output_paths(output: str | os.PathLike) -> dict[str, Path]:
     return {suffix: output.with_name(output.name + suffix) for suffix in SUFFIXES}
 
 
+def stem_of(output: str | os.PathLike) -> Path:
+    """``NAME`` for an ``--output`` of ``NAME`` or ``NAME.pb`` (the files are ``NAME.*``)."""
+    return output_paths(output)[".pb"].with_suffix("")
+
+
+def refuse_existing(paths, flag: str = "--force") -> None:
+    """Raise :class:`InputError` naming those of ``paths`` that exist (nothing is overwritten
+    without ``flag``)."""
+    taken = [str(p) for p in paths if Path(p).exists()]
+    if taken:
+        raise InputError(f"{', '.join(taken)} already exist(s); choose another --output or "
+                         f"overwrite them ({flag})")
+
+
 def export_head(params: dict, activation: str, classes: Sequence[str], output: str | os.PathLike,
                 backbone: str, backbone_input_shape: Sequence[int], layer: str,
                 dataset: dict | None = None, overwrite: bool = False) -> dict[str, Path]:
@@ -160,10 +174,8 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
     from jaxmir.weights import save_weights
 
     paths = output_paths(output)
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise InputError(f"{', '.join(existing)} already exist(s); choose another --output or "
-                         "pass --force to overwrite")
+    if not overwrite:
+        refuse_existing(paths.values())
     folder = paths[".pb"].parent
     folder.mkdir(parents=True, exist_ok=True)
     stem = paths[".pb"].stem

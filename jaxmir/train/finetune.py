@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -120,23 +121,28 @@ def backbone_with(backbone: Model, variables: dict, source: str) -> Model:
     return Model.from_spec(spec, labels=backbone.labels, source=source)
 
 
+def backbone_output(output: str) -> Path:
+    """``NAME-backbone.npz``, the fine-tuned backbone written beside the head ``NAME``."""
+    from jaxmir.train import export
+
+    stem = export.stem_of(output)
+    return stem.with_name(stem.name + "-backbone.npz")
+
+
 def finetune_and_export(result, backbone: str, layer: str, output: str, steps: int, seed: int,
                         overwrite: bool) -> dict:
     """Fine-tune a :func:`~jaxmir.train.recipe.fit_head` result; write ``NAME-backbone.npz`` and the head.
 
     The head's JSON names ``NAME-backbone`` as its embedding model.
     """
-    from pathlib import Path
-
     from jaxmir.audio import load_audio
     from jaxmir.loading import load
     from jaxmir.train import export
     from jaxmir.weights import save_weights
 
-    stem = export.output_paths(output)[".pb"].with_suffix("")
-    backbone_path = stem.with_name(stem.name + "-backbone.npz")
-    if backbone_path.exists() and not overwrite:
-        raise InputError(f"{backbone_path} already exists; choose another --output or --force")
+    backbone_path = backbone_output(output)
+    if not overwrite:
+        export.refuse_existing([backbone_path])
     model = load(backbone)
     patches, rows = [], []
     for index, path in enumerate(result.dataset.paths):

@@ -107,10 +107,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     check_options(folds, smoothing)
     outputs = export.output_paths(output) if output is not None else {}
     if not overwrite:
-        taken = [str(p) for p in outputs.values() if p.exists()]
-        if taken:
-            raise InputError(f"{', '.join(taken)} already exist(s); choose another output, or "
-                             "overwrite them (train-head --force, fit_head(overwrite=True))")
+        export.refuse_existing(outputs.values(), "train-head --force, fit_head(overwrite=True)")
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     where = str(data) if not isinstance(data, Dataset) else "the dataset"
     if smoothing.method != "none" and dataset.task != "single":
