@@ -65,6 +65,18 @@ def test_bad_datasets(tmp_path, audio_set):
         data.load_dataset(table)
 
 
+def test_a_file_linked_into_two_class_folders_is_refused(tmp_path, audio_set):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(audio_set, copy)
+    first = sorted((copy / "pads").iterdir())[0]
+    (copy / "drums" / "also.wav").symlink_to(first)
+    with pytest.raises(InputError, match=r"1 file\(s\) in more than one place .*e\.g\. '.*\.wav'; keep "
+                                         "each file in one class folder"):
+        data.load_dataset(copy)
+
+
 def test_table_tasks(tmp_path, audio_set):
     files = sorted(str(p) for p in audio_set.rglob("*.wav"))
     multi = tmp_path / "multi.csv"

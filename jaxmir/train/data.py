@@ -162,6 +162,8 @@ def _from_folders(root: Path) -> Dataset:
         files = sorted(p for p in (root / name).rglob("*") if _is_audio(p))
         paths.extend(str(p) for p in files)
         rows.extend([index] * len(files))
+    _check_unique(root, paths, "in more than one place (the same file by its real path: a link)",
+                  "keep each file in one class folder (a table with 'a;b' labels for several)")
     targets = np.eye(len(classes), dtype=np.float32)[np.asarray(rows, int)].reshape(
         len(rows), len(classes))
     return Dataset(tuple(paths), targets, "single", tuple(classes))
@@ -205,8 +207,10 @@ def _floats(values: list[str | list[str]]) -> np.ndarray | None:
         return None
 
 
-def _check_unique(path: Path, files: list[str]) -> None:
-    """Each file once: a repeated file could be trained on and tested on in the same fold."""
+def _check_unique(path: Path, files: list[str], repeated_where: str = "listed more than once",
+                  remedy: str = "list each file once (several labels as 'a;b')") -> None:
+    """Each file once (by its real path): a repeated file could be trained on and tested on in
+    the same fold."""
     seen, repeated = set(), []
     for file in files:
         real = os.path.realpath(file)
@@ -214,9 +218,8 @@ def _check_unique(path: Path, files: list[str]) -> None:
             repeated.append(file)
         seen.add(real)
     if repeated:
-        raise InputError(f"{path}: {len(repeated)} file(s) listed more than once, e.g. "
-                         + ", ".join(repr(r) for r in repeated[:3])
-                         + "; list each file once (several labels as 'a;b')")
+        raise InputError(f"{path}: {len(repeated)} file(s) {repeated_where}, e.g. "
+                         + ", ".join(repr(r) for r in repeated[:3]) + f"; {remedy}")
 
 
 def _from_table(path: Path) -> Dataset:
