@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 import jaxmir
-from conftest import assert_parity, require, run_tf
+from conftest import assert_parity, child_env, require, run_tf
 from jaxmir.errors import InputError, JaxmirError
 from jaxmir import cli as jaxmir_cli
 from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
@@ -367,6 +369,22 @@ def test_one_epoch_still_times_an_epoch():
     tracks, targets = blobs(n_per_class=4)
     result = fit.cross_validate(tracks, targets, "single", "abc", 2, fit.TrainConfig(epochs=1))
     assert np.isfinite(result.seconds_per_epoch) and result.seconds_per_epoch > 0
+
+
+def test_an_exported_graph_is_the_same_bytes_in_every_process(tmp_path):
+    """A head's NodeDef attribute maps were written in the order of Python's string hashing, so
+    the same head gave other .pb bytes in each process (PYTHONHASHSEED)."""
+    script = ("import hashlib, jax; from jaxmir.train import export, fit; "
+              "params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 3)); "
+              "export.export_head(params, 'softmax', ('a', 'b', 'c'), __import__('sys').argv[1], "
+              "'msd-musicnn', (187, 96), 'model/dense/BiasAdd')")
+    written = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"head{seed}"
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, timeout=300,
+                       env=child_env(PYTHONHASHSEED=seed, JAX_PLATFORMS="cpu"))
+        written.append(out.with_suffix(".pb").read_bytes())
+    assert written[0] == written[1] == written[2]
 
 
 # -- export ------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-export-"))
     try:
         staged = {suffix: staging / f"{stem}{suffix}" for suffix in SUFFIXES}
-        staged[".pb"].write_bytes(head_graph(params, activation).SerializeToString())
+        staged[".pb"].write_bytes(head_graph(params, activation).SerializeToString(deterministic=True))
         staged[".json"].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         model = load(staged[".pb"])
         save_weights(model, staged[".npz"],
