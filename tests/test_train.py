@@ -374,7 +374,7 @@ def test_one_epoch_still_times_an_epoch():
 def test_an_exported_graph_is_the_same_bytes_in_every_process(tmp_path):
     """A head's NodeDef attribute maps were written in the order of Python's string hashing, so
     the same head gave other .pb bytes in each process (PYTHONHASHSEED)."""
-    script = ("import hashlib, jax; from jaxmir.train import export, fit; "
+    script = ("import jax; from jaxmir.train import export, fit; "
               "params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 3)); "
               "export.export_head(params, 'softmax', ('a', 'b', 'c'), __import__('sys').argv[1], "
               "'msd-musicnn', (187, 96), 'model/dense/BiasAdd')")
@@ -452,6 +452,23 @@ def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path
     assert f"{existing} already exist(s); choose another --output or overwrite them (--force)" \
         in capsys.readouterr().err
     assert (tmp_path / existing).read_text() == "precious"
+
+
+def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_path, audio_set,
+                                                                       monkeypatch):
+    """The fine-tuned head's JSON kept only {"name": "fine-tuned"}: its dataset's name, size and
+    cross-validation figures were dropped."""
+    monkeypatch.setenv("JAXMIR_NO_CACHE", "1")
+    out = tmp_path / "tuned"
+    argv = ["train-head", str(audio_set), "--output", str(out), "--folds", "2", "--epochs", "3",
+            "--finetune", "--finetune-steps", "1", "--cache", str(tmp_path / "cache")]
+    assert jaxmir_cli.main(argv) == 0
+    dataset = json.loads(out.with_suffix(".json").read_text())["dataset"]
+    assert dataset["name"] == audio_set.name and dataset["size"] == "8 tracks, 4/4 per class"
+    assert "2-fold_cross_validation_normalized_accuracy" in dataset["metrics"]
+    assert "before fine-tuning" in dataset["fine_tuned"]
+    model = jaxmir.load(out.with_suffix(".pb"), backbone=str(tmp_path / "tuned-backbone.npz"))
+    assert model.labels == ("drums", "pads")
 
 
 def test_cli_warns_of_a_missing_picture_and_of_classes_named_like_columns(tmp_path, capsys,

@@ -142,9 +142,12 @@ def run(args: argparse.Namespace) -> int:
                               overwrite=args.force, log=_say, progress=True)
         if args.finetune:
             from jaxmir.train.finetune import finetune_and_export
+            from jaxmir.train.recipe import dataset_entry
 
+            entry = dataset_entry(str(args.data), result.dataset, result.cross_validation,
+                                  args.folds)
             result.paths = finetune_and_export(result, args.backbone, args.layer, args.output,
-                                               args.finetune_steps, args.seed, args.force)
+                                               args.finetune_steps, args.seed, args.force, entry)
     except JaxmirError as err:
         _say(f"jaxmir: error: {err}")
         return 1

@@ -121,6 +121,10 @@ def backbone_with(backbone: Model, variables: dict, source: str) -> Model:
     return Model.from_spec(spec, labels=backbone.labels, source=source)
 
 
+FINE_TUNED_NOTE = ("backbone and head fine-tuned together after training; cross-validation "
+                   "figures, if any, are the head's before fine-tuning")
+
+
 def backbone_output(output: str) -> Path:
     """``NAME-backbone.npz``, the fine-tuned backbone written beside the head ``NAME``."""
     from jaxmir.train import export
@@ -130,10 +134,12 @@ def backbone_output(output: str) -> Path:
 
 
 def finetune_and_export(result, backbone: str, layer: str, output: str, steps: int, seed: int,
-                        overwrite: bool) -> dict:
+                        overwrite: bool, dataset: dict | None = None) -> dict:
     """Fine-tune a :func:`~jaxmir.train.recipe.fit_head` result; write ``NAME-backbone.npz`` and the head.
 
-    The head's JSON names ``NAME-backbone`` as its embedding model.
+    The head's JSON names ``NAME-backbone`` as its embedding model; its ``dataset`` is
+    ``dataset`` (:func:`~jaxmir.train.recipe.dataset_entry`), marked as fine-tuned after any
+    cross-validation it reports.
     """
     from jaxmir.audio import load_audio
     from jaxmir.loading import load
@@ -159,7 +165,7 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     try:
         paths = export.export_head(head, result.head.activation, result.dataset.classes, output,
                                    str(backbone_path), model.input_shape, model.node_name(layer) or layer,
-                                   {"name": "fine-tuned"}, overwrite)
+                                   {**(dataset or {}), "fine_tuned": FINE_TUNED_NOTE}, overwrite)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
