@@ -21,6 +21,7 @@ from jaxmir.train.recipe import fit_head
 from jaxmir.train.smoothing import SmoothingConfig
 
 FAST = fit.TrainConfig(epochs=8, patience=75)
+AB, ABC = ("a", "b"), ("a", "b", "c")  # class names
 
 
 def blobs(n_per_class=12, classes=3, dim=20, patches=3, seed=0):
@@ -85,7 +86,7 @@ def test_table_tasks(tmp_path, audio_set):
     multi.write_text("path,label\n" + "".join(f"{f},{'a;b' if i % 2 else 'b;c'}\n"
                                               for i, f in enumerate(files)))
     ds = data.load_dataset(multi)
-    assert ds.task == "multi" and ds.classes == ("a", "b", "c")
+    assert ds.task == "multi" and ds.classes == ABC
     assert np.array_equal(ds.targets.sum(axis=1), np.full(len(files), 2))
     regression = tmp_path / "reg.csv"
     regression.write_text("path,valence,arousal\n" + "".join(f"{f},{i * 0.5},{-i}\n"
@@ -141,15 +142,15 @@ def test_file_listed_twice_in_a_table_refused(tmp_path, audio_set):
 def test_dataset_targets_must_fit_paths_task_and_classes():
     onehot = np.eye(2, dtype=np.float32)[[0, 1, 0]]
     with pytest.raises(InputError, match="3 paths but 2 target rows"):
-        data.Dataset(("a", "b", "c"), onehot[:2], "single", ("x", "y"))
+        data.Dataset(ABC, onehot[:2], "single", ("x", "y"))
     with pytest.raises(InputError, match=r"shape \(3,\); expected \[tracks, outputs\]"):
-        data.Dataset(("a", "b", "c"), onehot[:, 0], "single", ("x", "y"))
+        data.Dataset(ABC, onehot[:, 0], "single", ("x", "y"))
     with pytest.raises(InputError, match="unknown task 'binary'; expected one of single, multi"):
-        data.Dataset(("a", "b", "c"), onehot, "binary", ("x", "y"))
+        data.Dataset(ABC, onehot, "binary", ("x", "y"))
     with pytest.raises(InputError, match="3 class name.*2 target column"):
-        data.Dataset(("a", "b", "c"), onehot, "single", ("x", "y", "z"))
+        data.Dataset(ABC, onehot, "single", ("x", "y", "z"))
     with pytest.raises(InputError, match="one-hot rows or label distributions"):
-        data.Dataset(("a", "b", "c"), onehot * 3, "single", ("x", "y"))
+        data.Dataset(ABC, onehot * 3, "single", ("x", "y"))
     ds = data.Dataset(["a", "b", "c"], onehot.tolist(), "single", ["x", "y"])
     assert ds.subset([2]).paths == ("c",) and ds.targets.dtype == np.float32
 
@@ -192,9 +193,9 @@ def test_undecodable_file_is_reported_skipped_counted(tmp_path, audio_set):
 # -- training --------------------------------------------------------------------------------
 def test_training_reproducible_and_learns():
     tracks, targets = blobs()
-    a = fit.train_head(tracks, targets, "single", "abc", FAST)
-    b = fit.train_head(tracks, targets, "single", "abc", FAST)
-    c = fit.train_head(tracks, targets, "single", "abc", dataclasses.replace(FAST, seed=1))
+    a = fit.train_head(tracks, targets, "single", ABC, FAST)
+    b = fit.train_head(tracks, targets, "single", ABC, FAST)
+    c = fit.train_head(tracks, targets, "single", ABC, dataclasses.replace(FAST, seed=1))
     same = jax.tree_util.tree_map(np.array_equal, a.params, b.params)
     assert all(jax.tree_util.tree_leaves(same))
     assert not np.array_equal(a.params["dense"]["kernel"], c.params["dense"]["kernel"])
@@ -205,7 +206,7 @@ def test_training_reproducible_and_learns():
 
 def test_plateau_halves_learning_rate_and_best_checkpoint_kept():
     tracks, targets = blobs(n_per_class=6)
-    head = fit.train_head(tracks, targets, "single", "abc",
+    head = fit.train_head(tracks, targets, "single", ABC,
                           fit.TrainConfig(epochs=30, patience=2, learning_rate=0.5))
     rates = [h["learning_rate"] for h in head.history]
     assert rates[-1] < rates[0] and all(r in (0.5 / 2 ** i for i in range(30)) for r in rates)
@@ -214,16 +215,16 @@ def test_plateau_halves_learning_rate_and_best_checkpoint_kept():
 
 def test_nan_loss_stops_naming_the_step():
     tracks, targets = blobs(n_per_class=4)
-    tracks[0][1, 3] = np.nan
+    tracks = [t * 1e37 for t in tracks]  # finite, but the products overflow: inf, then NaN
     with pytest.raises(fit.TrainingError, match=r"epoch 1, step \d+ of"):
-        fit.train_head(tracks, targets, "single", "abc", FAST)
+        fit.train_head(tracks, targets, "single", ABC, FAST)
 
 
 def test_resumed_head_width_must_match():
     tracks, targets = blobs(dim=20)
     other = fit.init_head(jax.random.PRNGKey(0), 128, 100, 3)
     with pytest.raises(InputError, match="128-d embeddings.*20-d"):
-        fit.train_head(tracks, targets, "single", "abc", FAST, initial=other)
+        fit.train_head(tracks, targets, "single", ABC, FAST, initial=other)
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("epochs", -1), ("batch_size", 0),
@@ -259,9 +260,9 @@ def test_single_label_targets_must_be_one_hot_or_distributions(bad):
              "negative": onehot * 1.5 - np.roll(onehot, 1, axis=1) * 0.5}[bad]  # rows sum to 1
     with pytest.raises(InputError, match="single-label targets must be one-hot rows or label "
                                          r"distributions.*row 0 is \["):
-        fit.train_head(tracks, wrong, "single", "ab", ONE_EPOCH)
+        fit.train_head(tracks, wrong, "single", AB, ONE_EPOCH)
     with pytest.raises(InputError, match="single-label targets"):
-        fit.cross_validate(tracks, wrong, "single", "ab", 2, ONE_EPOCH)
+        fit.cross_validate(tracks, wrong, "single", AB, 2, ONE_EPOCH)
 
 
 def test_label_distributions_train_within_float_rounding():
@@ -273,15 +274,15 @@ def test_label_distributions_train_within_float_rounding():
     rounded = 0.5 * onehot + np.float32(0.5 * 0.3333)  # written to 4 decimals: rows sum to 0.99995
     assert 0 < np.abs(rounded.sum(axis=1) - 1).min() < data.DISTRIBUTION_TOLERANCE
     for targets in (smoothed, rounded):
-        assert len(fit.train_head(tracks, targets, "single", "abc", ONE_EPOCH).history) == 1
+        assert len(fit.train_head(tracks, targets, "single", ABC, ONE_EPOCH).history) == 1
 
 
 def test_multilabel_targets_must_lie_in_unit_interval():
     tracks, onehot = blobs(n_per_class=6)
     for wrong in (onehot * 2, onehot - 0.5):
         with pytest.raises(InputError, match=r"multi-label targets must lie in \[0, 1\]"):
-            fit.train_head(tracks, wrong, "multi", "abc", ONE_EPOCH)
-    fit.train_head(tracks, onehot * 0.8, "multi", "abc", ONE_EPOCH)  # probabilities are fine
+            fit.train_head(tracks, wrong, "multi", ABC, ONE_EPOCH)
+    fit.train_head(tracks, onehot * 0.8, "multi", ABC, ONE_EPOCH)  # probabilities are fine
 
 
 @pytest.mark.parametrize("task", ["binary", "bogus"])
@@ -289,9 +290,9 @@ def test_unknown_task_refused_naming_the_accepted_ones(task):
     tracks, targets = blobs(n_per_class=4)
     expected = f"unknown task '{task}'; expected one of single, multi, regression"
     with pytest.raises(InputError, match=expected):
-        fit.train_head(tracks, targets, task, "abc", ONE_EPOCH)
+        fit.train_head(tracks, targets, task, ABC, ONE_EPOCH)
     with pytest.raises(InputError, match=expected):
-        fit.cross_validate(tracks, targets, task, "abc", 2, ONE_EPOCH)
+        fit.cross_validate(tracks, targets, task, ABC, 2, ONE_EPOCH)
     with pytest.raises(InputError, match=expected):
         fit.Head(fit.init_head(jax.random.PRNGKey(0), 20, 100, 3), task, tuple("abc"))
 
@@ -299,7 +300,7 @@ def test_unknown_task_refused_naming_the_accepted_ones(task):
 def test_class_names_must_match_target_columns_and_single_label_needs_two():
     tracks, targets = blobs(n_per_class=4, classes=2)
     with pytest.raises(InputError, match="3 class name.*2 target column"):
-        fit.train_head(tracks, targets, "single", "abc", ONE_EPOCH)
+        fit.train_head(tracks, targets, "single", ABC, ONE_EPOCH)
     with pytest.raises(InputError, match="repeated class names"):
         fit.train_head(tracks, targets, "single", "aa", ONE_EPOCH)
     with pytest.raises(InputError, match="only one class.*at least two"):
@@ -309,20 +310,31 @@ def test_class_names_must_match_target_columns_and_single_label_needs_two():
 def test_malformed_arrays_raise_input_errors():
     tracks, targets = blobs(n_per_class=4, classes=2)
     with pytest.raises(InputError, match=r"targets of shape \(8,\)"):
-        fit.train_head(tracks, targets[:, 0], "single", "ab", ONE_EPOCH)
+        fit.train_head(tracks, targets[:, 0], "single", AB, ONE_EPOCH)
     with pytest.raises(InputError, match=r"track 0 has embeddings of shape \(20,\)"):
-        fit.train_head([t[0] for t in tracks], targets, "single", "ab", ONE_EPOCH)
+        fit.train_head([t[0] for t in tracks], targets, "single", AB, ONE_EPOCH)
     with pytest.raises(InputError, match=r"track 3 has embeddings of shape \(0, 20\)"):
-        fit.train_head(tracks[:3] + [tracks[3][:0]] + tracks[4:], targets, "single", "ab",
+        fit.train_head(tracks[:3] + [tracks[3][:0]] + tracks[4:], targets, "single", AB,
                        ONE_EPOCH)
     with pytest.raises(InputError, match="track 7 has 5-d embeddings, track 0 20-d"):
-        fit.train_head(tracks[:7] + [tracks[7][:, :5]], targets, "single", "ab", ONE_EPOCH)
+        fit.train_head(tracks[:7] + [tracks[7][:, :5]], targets, "single", AB, ONE_EPOCH)
     with pytest.raises(InputError, match="validation embeddings are 5-d, training embeddings 20-d"):
-        fit.train_head(tracks, targets, "single", "ab", ONE_EPOCH,
+        fit.train_head(tracks, targets, "single", AB, ONE_EPOCH,
                        validation=([t[:, :5] for t in tracks], targets))
     with pytest.raises(InputError, match="too few to split off a validation set"):
-        fit.train_head(tracks[3:5], targets[3:5], "single", "ab", ONE_EPOCH)
-    head = fit.train_head(tracks, targets, "single", "ab", ONE_EPOCH)
+        fit.train_head(tracks[3:5], targets[3:5], "single", AB, ONE_EPOCH)
+    with pytest.raises(InputError, match="classes='ab': expected a sequence of names"):
+        fit.train_head(tracks, targets, "single", "ab", ONE_EPOCH)  # took classes 'a' and 'b'
+    poisoned = [t.copy() for t in tracks]
+    poisoned[2][1, 4] = np.nan
+    with pytest.raises(InputError, match=r"track 2 has NaN or infinite embeddings \(patch 1 first\)"):
+        fit.train_head(poisoned, targets, "single", AB, ONE_EPOCH)  # was "loss became nan"
+    with pytest.raises(InputError, match="every track is in one class \\('a'\\)"):
+        fit.train_head(tracks, np.eye(2)[[0] * 8], "single", AB, ONE_EPOCH)
+    for folds in ("3", 2.0, True):
+        with pytest.raises(InputError, match=f"folds = {folds!r}; expected a whole number >= 2"):
+            fit.cross_validate(tracks, targets, "single", AB, folds, ONE_EPOCH)  # was a TypeError
+    head = fit.train_head(tracks, targets, "single", AB, ONE_EPOCH)
     with pytest.raises(InputError, match=r"this head takes \[patches, 20\]"):
         head.predict(np.zeros((2, 5)))
 
@@ -330,7 +342,7 @@ def test_malformed_arrays_raise_input_errors():
 def test_multilabel_and_regression_train():
     tracks, onehot = blobs()
     multi = np.clip(onehot + np.roll(onehot, 1, axis=1), 0, 1)
-    head = fit.train_head(tracks, multi, "multi", "abc", FAST)
+    head = fit.train_head(tracks, multi, "multi", ABC, FAST)
     assert metrics.evaluate("multi", multi, head.predict_tracks(tracks))["roc_auc"] > 0.9
     values = onehot @ np.array([[1.0], [2.0], [3.0]], np.float32)
     head = fit.train_head(tracks, values, "regression", ["v"],
@@ -359,7 +371,7 @@ def test_folds_partition_and_stratify():
     assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(30))
     assert all(np.array_equal(targets[f].sum(axis=0), [2, 2, 2]) for f in folds)
     tracks, targets = blobs(n_per_class=10)
-    result = fit.cross_validate(tracks, targets, "single", "abc", 5, FAST)
+    result = fit.cross_validate(tracks, targets, "single", ABC, 5, FAST)
     assert len(result.folds) == 5 and result.confusion.sum() == 30
     mean, std = result.summary["normalized_accuracy"]
     assert mean > 0.9 and std >= 0
@@ -367,7 +379,7 @@ def test_folds_partition_and_stratify():
 
 def test_one_epoch_still_times_an_epoch():
     tracks, targets = blobs(n_per_class=4)
-    result = fit.cross_validate(tracks, targets, "single", "abc", 2, fit.TrainConfig(epochs=1))
+    result = fit.cross_validate(tracks, targets, "single", ABC, 2, fit.TrainConfig(epochs=1))
     assert np.isfinite(result.seconds_per_epoch) and result.seconds_per_epoch > 0
 
 
@@ -391,13 +403,13 @@ def test_an_exported_graph_is_the_same_bytes_in_every_process(tmp_path):
 @pytest.mark.parametrize("task", ["single", "multi", "regression"])
 def test_export_loads_in_jaxmir_and_tensorflow(tmp_path, task):
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 3))
-    head = fit.Head(params, task, ("a", "b", "c"))
+    head = fit.Head(params, task, ABC)
     paths = export.export_head(params, head.activation, head.classes, tmp_path / "mine",
                                "msd-musicnn", (187, 96), "model/dense/BiasAdd")
     x = np.random.default_rng(0).standard_normal((6, 200)).astype(np.float32)
     ours = head.predict(x)
     model = jaxmir.load(paths[".pb"])
-    assert model.labels == ("a", "b", "c")
+    assert model.labels == ABC
     assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
     meta = json.loads(paths[".json"].read_text())
     assert meta["inference"]["embedding_model"]["model_name"] == "msd-musicnn-1"
@@ -519,7 +531,7 @@ def test_cli_refuses_out_of_range_options(tmp_path, capsys, option, value):
     ({"folds": 1}, "folds = 1; expected 0"), ({"folds": -3}, "folds = -3")])
 def test_fit_head_checks_options_before_reading_audio(options, message):
     # files that do not exist and a backbone that cannot load: the options must be refused first
-    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
+    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", AB)
     with pytest.raises(InputError, match=message):
         fit_head(dataset, backbone="no-such-backbone", cache=False, **options)
 
@@ -545,13 +557,13 @@ def test_smoothing_refuses_classes_of_k_tracks_or_fewer_before_reading_audio(met
 def test_an_output_that_names_a_folder_is_refused_before_reading_audio(output, overwrite):
     """'' '.' '/' ended in a ValueError traceback, '..' wrote '...pb' here, 'heads/' wrote
     heads.pb beside the folder."""
-    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
+    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", AB)
     with pytest.raises(InputError, match=f"--output {output!r} names a folder; give the head's name"):
         fit_head(dataset, backbone="no-such-backbone", cache=False, output=output, overwrite=overwrite)
 
 
 def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):
-    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", ("a", "b"))
+    dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", AB)
     with pytest.raises(InputError, match="unknown output 'nope'"):
         fit_head(dataset, layer="nope", cache=False)
     # outputs outside the dense head, where no head can join in jaxmir or Essentia
@@ -561,7 +573,7 @@ def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):
                                              "of: embeddings, "):
             fit_head(dataset, backbone=backbone, layer=layer, cache=False)
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
-    head = export.export_head(params, "softmax", ("a", "b"), tmp_path / "head", "msd-musicnn",
+    head = export.export_head(params, "softmax", AB, tmp_path / "head", "msd-musicnn",
                               (187, 96), "model/dense/BiasAdd")[".pb"]
     with pytest.raises(InputError, match="is an embedding head; the backbone is a model"):
         fit_head(dataset, backbone=str(head), cache=False)
@@ -577,7 +589,7 @@ def test_a_head_on_another_backbone_than_its_metadata_names_warns(tmp_path, caps
     from jaxmir.errors import JaxmirWarning
 
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
-    head = export.export_head(params, "softmax", ("a", "b"), tmp_path / "head", "msd-musicnn",
+    head = export.export_head(params, "softmax", AB, tmp_path / "head", "msd-musicnn",
                               (187, 96), "model/dense/BiasAdd")[".pb"]
     with pytest.warns(JaxmirWarning, match=r"head.pb was trained on msd-musicnn(-1)? \(its metadata's "
                                            r"embedding_model.model_name\), not on .*mtt-musicnn"):

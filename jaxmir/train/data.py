@@ -53,6 +53,9 @@ def check_targets(targets, task: str, classes, what: str = "targets") -> np.ndar
     if targets.ndim != 2 or targets.shape[1] == 0:
         raise InputError(f"{what} of shape {targets.shape}; expected [tracks, outputs] with at "
                          "least one output (one row per track)")
+    if isinstance(classes, (str, bytes)):
+        raise InputError(f"classes={classes!r}: expected a sequence of names, one per target "
+                         "column (a string would give one class per character)")
     classes = tuple(classes)
     if len(classes) != targets.shape[1]:
         raise InputError(f"{len(classes)} class name(s) for {targets.shape[1]} target "

@@ -202,6 +202,9 @@ def check_tracks(tracks: Sequence[np.ndarray]) -> list[np.ndarray]:
             raise InputError(f"track {i} has {array.shape[1]}-d embeddings, track 0 "
                              f"{arrays[0].shape[1]}-d; every track needs the same backbone "
                              "and layer")
+        if not np.all(np.isfinite(array)):
+            patch = int(np.nonzero(~np.isfinite(array).all(axis=1))[0][0])
+            raise InputError(f"track {i} has NaN or infinite embeddings (patch {patch} first)")
     return arrays
 
 
@@ -346,6 +349,10 @@ def check_training_targets(tracks: Sequence[np.ndarray], targets, task: str,
     if task == "single" and targets.shape[1] < 2:
         raise InputError(f"only one class ({', '.join(map(str, classes))}); a single-label "
                          "(softmax) head needs at least two: its one output would always be 1")
+    if task == "single" and np.count_nonzero(targets.sum(axis=0) > 0) < 2:
+        only = tuple(classes)[int(np.argmax(targets.sum(axis=0)))]
+        raise InputError(f"every track is in one class ({only!r}); a classifier needs tracks "
+                         "of at least two classes")
     if len(tracks) != len(targets):
         raise InputError(f"{len(tracks)} tracks but {len(targets)} {what} rows")
     return targets
@@ -388,6 +395,8 @@ def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     Smoothing (label distribution learning) sees only the training tracks of a
     fold; the test tracks are scored against their original labels.
     """
+    if not whole_at_least(folds, 2):
+        raise InputError(f"folds = {folds!r}; expected a whole number >= 2")
     tracks = check_tracks(tracks)
     targets = check_training_targets(tracks, targets, task, classes)
     results, confusion, epoch_seconds = [], None, []
