@@ -302,9 +302,9 @@ def test_class_names_must_match_target_columns_and_single_label_needs_two():
     with pytest.raises(InputError, match="3 class name.*2 target column"):
         fit.train_head(tracks, targets, "single", ABC, ONE_EPOCH)
     with pytest.raises(InputError, match="repeated class names"):
-        fit.train_head(tracks, targets, "single", "aa", ONE_EPOCH)
+        fit.train_head(tracks, targets, "single", ("a", "a"), ONE_EPOCH)
     with pytest.raises(InputError, match="only one class.*at least two"):
-        fit.train_head(tracks, np.ones((len(tracks), 1)), "single", "a", ONE_EPOCH)
+        fit.train_head(tracks, np.ones((len(tracks), 1)), "single", ("a",), ONE_EPOCH)
 
 
 def test_malformed_arrays_raise_input_errors():
@@ -560,6 +560,25 @@ def test_an_output_that_names_a_folder_is_refused_before_reading_audio(output, o
     dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", AB)
     with pytest.raises(InputError, match=f"--output {output!r} names a folder; give the head's name"):
         fit_head(dataset, backbone="no-such-backbone", cache=False, output=output, overwrite=overwrite)
+
+
+@pytest.mark.parametrize("counts, folds, message", [
+    ((2, 2), 2, "2 folds leave class 'a' \\(2 tracks\\) 1 to train on in some fold, and training "
+                "needs two per class"),
+    ((6, 6), 13, "13 folds for 12 tracks")])
+def test_folds_that_leave_too_few_to_train_on_are_refused_before_reading_audio(counts, folds,
+                                                                               message):
+    """2 tracks a class in 2 folds failed after decoding with '2 tracks are too few to split off a
+    validation set; give more tracks (at least two per class)', which the user had given; more
+    folds than tracks were refused only after decoding."""
+    labels = [c for c, count in enumerate(counts) for _ in range(count)]
+    paths = tuple(f"nowhere/{i}.wav" for i in range(len(labels)))
+    dataset = data.Dataset(paths, np.eye(2)[labels], "single", AB)
+    with pytest.raises(InputError, match=message):
+        fit_head(dataset, backbone="no-such-backbone", cache=False, folds=folds)
+    tracks, targets = blobs(n_per_class=counts[0], classes=2)
+    with pytest.raises(InputError, match=message):
+        fit.cross_validate(tracks, targets, "single", AB, folds, ONE_EPOCH)
 
 
 def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):

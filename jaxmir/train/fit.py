@@ -226,6 +226,25 @@ def split_validation(targets: np.ndarray, task: str, fraction: float,
     return np.setdiff1d(np.arange(n), val), val
 
 
+def check_folds(targets: np.ndarray, task: str, classes: Sequence[str], folds) -> None:
+    """Refuse ``folds`` that are not a whole number from 2 to the number of tracks, or that
+    leave a single-label class fewer than two tracks to train on in some fold (training splits
+    one of them off to validate on, as :func:`train_head` does with all the tracks)."""
+    if not whole_at_least(folds, 2):
+        raise InputError(f"folds = {folds!r}; expected a whole number >= 2")
+    if folds > len(targets):
+        raise InputError(f"{folds} folds for {len(targets)} tracks; use 2 <= folds <= tracks")
+    if task != "single":
+        return
+    counts = np.bincount(np.argmax(targets, axis=1), minlength=len(classes))
+    for name, count in zip(classes, counts):
+        least = int(count - -(-count // folds))  # a fold tests ceil(count / folds) of them
+        if least < 2:
+            raise InputError(f"{folds} folds leave class {name!r} ({count} tracks) {least} to train "
+                             "on in some fold, and training needs two per class (one to "
+                             "validate on); use fewer folds, or give more tracks")
+
+
 def fold_indices(targets: np.ndarray, task: str, folds: int, seed: int) -> list[np.ndarray]:
     """Test-track indices of ``folds`` folds (class-stratified for single-label data)."""
     n = len(targets)
@@ -395,10 +414,9 @@ def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     Smoothing (label distribution learning) sees only the training tracks of a
     fold; the test tracks are scored against their original labels.
     """
-    if not whole_at_least(folds, 2):
-        raise InputError(f"folds = {folds!r}; expected a whole number >= 2")
     tracks = check_tracks(tracks)
     targets = check_training_targets(tracks, targets, task, classes)
+    check_folds(targets, task, classes, folds)
     results, confusion, epoch_seconds = [], None, []
     if task == "single":
         confusion = np.zeros((targets.shape[1],) * 2, np.int64)

@@ -20,8 +20,8 @@ from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.train import export
 from jaxmir.train.data import Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
-from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, cross_validate, steady_seconds,
-                              train_head, whole_at_least)
+from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, check_folds, cross_validate,
+                              steady_seconds, train_head, whole_at_least)
 from jaxmir.train.smoothing import METHODS, SmoothingConfig, check_class_sizes, smoother
 
 DEFAULT_LAYER = "model/dense/BiasAdd"
@@ -114,6 +114,8 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
         raise InputError(f"label smoothing ({smoothing.method}) applies to single-label data; "
                          f"{where} is {dataset.task}")
     check_class_sizes(dataset.targets, dataset.classes, smoothing)
+    if folds:
+        check_folds(dataset.targets, dataset.task, dataset.classes, folds)
     initial = resumed_params(resume) if resume is not None else None
     model = load(backbone)
     if model.architecture == "head":
