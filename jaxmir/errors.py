@@ -36,3 +36,11 @@ class InputError(JaxmirError, ValueError):
 
 class AudioError(InputError):
     """Audio that cannot be read or used: unreadable, empty, NaN, wrong rate, ..."""
+
+
+class ShortAudioError(AudioError):
+    """Audio too short for one patch; ``length`` says how short without the ways to pad it."""
+
+    def __init__(self, message: str, length: str):
+        super().__init__(message)
+        self.length = length

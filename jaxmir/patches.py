@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, ShortAudioError
 
 LAST_PATCH_MODES = ("discard", "repeat")
 PAD_MODES = (None, "zero", "repeat")
@@ -104,7 +104,7 @@ def make_patches(frames, patch_size: int, patch_hop: int, last_patch: str = "dis
     index = _patch_indices(n_frames, patch_size, patch_hop, last_patch)
     if index.shape[0] == 0:
         if pad is None or (pad == "repeat" and n_frames == 0):
-            raise InputError(_too_short(n_frames, patch_size, last_patch, pad, frames_per_second))
+            raise _too_short(n_frames, patch_size, last_patch, pad, frames_per_second)
         if pad == "zero":
             widths = [(0, 0)] * (len(shape) - 2) + [(0, patch_size - n_frames), (0, 0)]
             return xp.pad(frames, widths)[..., None, :, :]
@@ -118,13 +118,17 @@ def _jnp():
     return jnp
 
 
-def _too_short(n_frames: int, patch_size: int, last_patch: str, pad, fps: float | None) -> str:
+def _too_short(n_frames: int, patch_size: int, last_patch: str, pad,
+               fps: float | None) -> ShortAudioError:
     def amount(frames: int) -> str:
         return f"{frames} frames" + (f" ({frames / fps:.2f} s)" if fps else "")
 
+    length = f"{amount(n_frames)} is too short for one patch of {amount(patch_size)}"
     if pad == "repeat":
-        return "no frames to repeat: pad='repeat' needs at least one frame; use pad='zero'"
-    return (f"{amount(n_frames)} is too short for one patch of {amount(patch_size)} with "
-            f"last_patch={last_patch!r} (Essentia would return no predictions); pass "
-            "last_patch='repeat', pad='zero' or pad='repeat' to get one padded patch (on the "
-            "command line: --last-patch repeat, --pad zero, --pad repeat), or give longer audio")
+        return ShortAudioError("no frames to repeat: pad='repeat' needs at least one frame; use "
+                               "pad='zero'", length)
+    return ShortAudioError(
+        f"{length} with last_patch={last_patch!r} (Essentia would return no predictions); pass "
+        "last_patch='repeat', pad='zero' or pad='repeat' to get one padded patch (on the "
+        "command line: --last-patch repeat, --pad zero, --pad repeat), or give longer audio",
+        length)

@@ -14,7 +14,7 @@ import pytest
 
 import jaxmir
 from conftest import assert_parity, child_env, require, run_tf
-from jaxmir.errors import InputError, JaxmirError
+from jaxmir.errors import InputError, JaxmirError, JaxmirWarning
 from jaxmir import cli as jaxmir_cli
 from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
 from jaxmir.train.recipe import fit_head
@@ -605,8 +605,6 @@ def test_a_head_on_another_backbone_than_its_metadata_names_warns(tmp_path, caps
 
     import soundfile
 
-    from jaxmir.errors import JaxmirWarning
-
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
     head = export.export_head(params, "softmax", AB, tmp_path / "head", "msd-musicnn",
                               (187, 96), "model/dense/BiasAdd")[".pb"]
@@ -622,6 +620,23 @@ def test_a_head_on_another_backbone_than_its_metadata_names_warns(tmp_path, caps
     assert jaxmir_cli.main(["tag", str(song), "--model", str(head), "--backbone", "mtt-musicnn",
                             "--no-progress"]) == 0
     assert "jaxmir: warning: " in capsys.readouterr().err
+
+
+def test_a_file_too_short_for_a_patch_is_skipped_without_padding_advice(tmp_path, audio_set):
+    """The skip named --last-patch and --pad, which train-head does not have."""
+    import shutil
+
+    import soundfile
+
+    copy = tmp_path / "data"
+    shutil.copytree(audio_set, copy)
+    soundfile.write(copy / "pads" / "short.wav", np.zeros(16000, np.float32), 16000)
+    with pytest.warns(JaxmirWarning) as caught:
+        result = fit_head(copy, config=FAST, cache=False)
+    skipped = [str(w.message) for w in caught if "short.wav" in str(w.message)]
+    assert len(skipped) == 1 and skipped[0].endswith(
+        "short.wav: 64 frames (1.02 s) is too short for one patch of 187 frames (2.99 s)")
+    assert len(result.dataset) == 8
 
 
 def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):

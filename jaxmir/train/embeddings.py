@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxmir.atomic import write_atomically
-from jaxmir.errors import InputError, JaxmirError, JaxmirWarning
+from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, ShortAudioError
 
 DEFAULT_CACHE = Path.home() / ".cache" / "jaxmir" / "embeddings"
 
@@ -84,6 +84,10 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
         if value is None:
             try:
                 value = np.asarray(compute(path), np.float32)
+            except ShortAudioError as err:  # training takes whole patches: no padding to suggest
+                failures.append(f"{path}: {err.length}")
+                results.append(None)
+                continue
             except JaxmirError as err:
                 failures.append(f"{path}: {err}")
                 results.append(None)
