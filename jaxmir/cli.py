@@ -723,11 +723,32 @@ def _version() -> str:
         return "jaxmir (not installed)"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: the same clean stop."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def _stop_on_sigterm_as_on_ctrl_c() -> None:
+    """SIGTERM (``timeout``, Slurm, ``docker stop``, systemd) stops a command as Ctrl-C does, so a
+    collection writes the rows it holds (a Parquet output keeps up to --flush-every of them in
+    memory) instead of dying with them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage,
-    141 the reader of standard output left, 130 interrupted)."""
+    141 the reader of standard output left, 130 interrupted, 143 terminated)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _stop_on_sigterm_as_on_ctrl_c()
     _show_warnings_as_lines()
     _enable_cache(getattr(args, "no_cache", False))
     from jaxmir.errors import JaxmirError
@@ -743,6 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # e.g. --output in a folder that cannot be written
         _error(f"{err.filename or ''}: {err.strerror or err}")
         return EXIT_FAILED
+    except Terminated:
+        _error("terminated (SIGTERM); the rows of the files done are kept")
+        return 143
     except KeyboardInterrupt:
         _error("interrupted")
         return 130

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, require
 from jaxmir.collection import Options, collect, commands, compute, inputs, local, outputs
 from jaxmir.decode import DamagedAudioWarning
 from jaxmir.errors import AudioError, InputError
@@ -999,3 +999,39 @@ def test_a_device_out_of_memory_stops_the_run_and_keeps_the_rows_done(music, mod
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(Path(row["path"]).relative_to(music).as_posix(), row["status"]) for row in rows] == \
         [("jazz/a.wav", "ok")]
+
+
+SIGTERM_AFTER_TWO_ROWS = """
+import os, signal, sys
+from jaxmir import cli
+from jaxmir.collection import commands
+
+real = commands.collect
+
+def collect(*args, **kwargs):
+    done = []
+
+    def on_result(result, where):
+        done.append(result)
+        if len(done) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **{**kwargs, "on_result": on_result})
+
+commands.collect = collect
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_keeps_the_rows_done(music, tmp_path):
+    """timeout, Slurm, docker stop and systemd send SIGTERM: it killed the process with the rows
+    a Parquet output held in memory (up to --flush-every), an empty table where Ctrl-C kept
+    every row done."""
+    pq = require("pyarrow.parquet")
+    out = tmp_path / "tags.parquet"
+    result = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_TWO_ROWS, "tag", str(music), "-o",
+                             str(out), "--jobs", "0", "--no-progress"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env=child_env(JAX_PLATFORMS="cpu", JAXMIR_NO_CACHE="1"))
+    assert result.returncode == 143, result.stderr
+    assert "jaxmir: error: terminated (SIGTERM); the rows of the files done are kept" in result.stderr
+    assert pq.read_table(out).num_rows == 2
