@@ -516,8 +516,9 @@ def test_csv_paths_holding_line_breaks_resume(model, tmp_path):
 
 
 def test_file_names_that_are_not_utf8_round_trip(model, tmp_path):
-    """A name whose bytes are not UTF-8: Parquet and CSV hold its path with the escapes JSON writes
-    ("\\udcff"), so pyarrow and pandas read them; a rerun finds every file done."""
+    """A name whose bytes are not UTF-8: every table holds its path with the escapes JSON writes
+    ("\\udcff") as text, so pyarrow and pandas read them (JSONL held lone surrogates, which
+    pandas 3 refused); a rerun finds every file done, also in a JSONL written the old way."""
     import pandas
 
     good = _write(tmp_path / "in" / "good.wav", 3.0, 16000, 1, 0)
@@ -534,8 +535,14 @@ def test_file_names_that_are_not_utf8_round_trip(model, tmp_path):
     as_text = rf"{tmp_path / 'in'}/bad\udcff\udcfename.wav"
     assert list(_read_parquet(tmp_path / "tags.parquet")["path"]) == [as_text, str(good)]
     assert list(pandas.read_csv(tmp_path / "tags.csv")["path"]) == [as_text, str(good)]
-    rows = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text().splitlines()]
-    assert [row["path"] for row in rows] == [bad, str(good)]
+    jsonl = tmp_path / "tags.jsonl"
+    assert [row["path"] for row in map(json.loads, jsonl.read_text().splitlines())] == \
+        [as_text, str(good)]
+    assert list(pandas.read_json(jsonl, lines=True)["path"]) == [as_text, str(good)]
+    jsonl.write_bytes(jsonl.read_bytes().replace(b"\\\\udc", b"\\udc"))  # lone surrogates
+    assert [row["path"] for row in map(json.loads, jsonl.read_text().splitlines())] == [bad, str(good)]
+    assert collect(model, [str(tmp_path / "in")], str(jsonl), name="msd-musicnn", jobs=0,
+                   progress=False).skipped == 2
 
 
 # -- kill-safety and bad input --------------------------------------------------------------------

@@ -265,12 +265,14 @@ class LinesWriter(Writer):
             row.update(path=path, size_bytes=int(row["size_bytes"]), mtime_ns=int(row["mtime_ns"]))
         return [(text.encode("utf-8"), row) for (text, _), row in zip(body, rows)]
 
-    def _jsonl_entries(self, data: bytes) -> list[tuple[bytes, dict]]:
+    def _jsonl_entries(self, data: bytes, current: Mapping[str, Source]) -> list[tuple[bytes, dict]]:
         """The JSONL's rows, each with its line; checks the identity they record."""
         lines = data.splitlines(keepends=True)
         rows = [json.loads(line) for line in lines]
         if not all(isinstance(row, dict) for row in rows):
             raise ValueError("a line is not a JSON object")
+        for row, path in zip(rows, resume.real_paths([row["path"] for row in rows], current)):
+            row["path"] = path
         if rows:
             expected = self._settings()
             found = dict(rows[0].get("settings") or {"model": rows[0].get("model")})
@@ -293,7 +295,7 @@ class LinesWriter(Writer):
         complete = data[:data.rfind(b"\n") + 1]  # a kill can only tear the last row
         try:
             entries = self._csv_entries(complete, current) if self.csv \
-                else self._jsonl_entries(complete)
+                else self._jsonl_entries(complete, current)
             kept = [(line, row) for line, row in entries
                     if resume.keep(row["path"], row["size_bytes"], row["mtime_ns"], row["status"],
                                    current)]
@@ -318,6 +320,9 @@ class LinesWriter(Writer):
             values += [repr(row[label]) if row[label] is not None else "" for label in self.layout.labels]
             return self._line(["" if v is None else v for v in values])
         record = base(result)  # not row's: a label may be named like a base column
+        # UTF-8 text, as in Parquet and CSV: JSON would write a non-UTF-8 name's lone surrogates
+        # as escapes that strict readers (pandas 3's Arrow strings) refuse
+        record.update({key: as_text(record[key]) for key in ("path", "error") if record[key]})
         record["model"] = self.layout.model
         record["settings"] = self._settings()
         if self.layout.command == "tag":

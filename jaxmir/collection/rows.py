@@ -14,8 +14,8 @@ With ``per_patch`` rows also hold ``patches``: ``[n_patches, dim]`` float32,
 the model's output for every patch, flattened per patch.
 
 A file name that is not UTF-8 reaches Python with its stray bytes as lone
-surrogates; tables that hold only UTF-8 text (Parquet, CSV) store its path
-and messages as :func:`as_text` writes them.
+surrogates; every table (Parquet, CSV, JSONL) stores its path and messages as
+:func:`as_text` writes them, valid UTF-8 text.
 """
 
 from __future__ import annotations
