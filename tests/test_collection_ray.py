@@ -134,3 +134,22 @@ def test_ray_missing_or_unreachable(monkeypatch, tmp_path):
     with pytest.raises(InputError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
         ray_engine.connect()
     assert time.monotonic() - start < ray_engine.CONNECT_TIMEOUT_S + 5
+
+
+def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
+    """Ray 2.60's clusters ask for a token by default: jaxmir said only "Failed to connect to
+    Ray cluster at HOST:6379" (the cause was in Ray's log lines)."""
+    ray = require("ray")
+
+    def refused(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379")
+
+    monkeypatch.setattr(ray_engine, "_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(InputError, match=r"cannot connect to the Ray cluster 192.0.2.2:6379: Failed "
+                                         r".*; its host answers, so if the cluster asks for a token "
+                                         r".*RAY_AUTH_TOKEN=\.\.\. \(`ray get-auth-token`"):
+        ray_engine.connect("192.0.2.2:6379")
+    with pytest.raises(InputError, match=r"cannot connect to the Ray cluster \(local\): Failed [^;]*$"):
+        ray_engine.connect("")
