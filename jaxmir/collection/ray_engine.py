@@ -69,7 +69,7 @@ def connect(address: str | None = None):
                  configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         hint = ("; its host answers, so if the cluster asks for a token (token authentication, "
-                "on by default from Ray 2.59), give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray "
+                "on by default in recent Ray), give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray "
                 "get-auth-token` on the head) or its ~/.ray/auth_token"
                 if address not in ("", "local", "auto") else "")
         raise InputError(f"cannot connect to the Ray cluster {address or '(local)'}: "
