@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,12 +11,10 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import child_env, require
+from conftest import ROOT, child_env, require
 from jaxmir.collection import Options, collect, ray_engine
 from jaxmir.collection.rows import Layout
 from jaxmir.errors import InputError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(path: Path, seconds: float, rate: int, channels: int, seed: int) -> None:
@@ -153,3 +152,21 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
         ray_engine.connect("192.0.2.2:6379")
     with pytest.raises(InputError, match=r"cannot connect to the Ray cluster \(local\): Failed [^;]*$"):
         ray_engine.connect("")
+
+
+def test_the_command_line_ray_run_prints_jaxmir_lines_not_rays(tmp_path):
+    """A local Ray run printed JAX's fork warning (Ray starts its processes after JAX's threads),
+    Ray Data's INFO lines and its progress, interleaved with jaxmir's own bar and summary."""
+    require("ray")
+    require("ray.data")
+    _write(tmp_path / "a.wav", 3.5, 16000, 1, 0)
+    env = child_env(JAX_PLATFORMS="cpu", JAXMIR_NO_CACHE="1")
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-m", "jaxmir", "tag", str(tmp_path / "a.wav"), "-o",
+                             str(tmp_path / "tags.parquet"), "--engine", "ray", "--actors", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "1 ok, 0 failed" in result.stderr
+    for noise in ("os.fork() was called", "streaming_executor", "logging_progress",
+                  "Progress bars disabled"):
+        assert noise not in result.stderr, result.stderr

@@ -13,8 +13,10 @@ Install with ``pip install 'jaxmir[ray]'``.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -65,8 +67,12 @@ def connect(address: str | None = None):
     if address not in ("", "local", "auto"):
         _reachable(address)
     try:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        with warnings.catch_warnings():
+            # Ray starts its processes with fork + exec, which JAX's fork warning does not concern
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                                    category=RuntimeWarning)
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         hint = ("; its host answers, so if the cluster asks for a token (token authentication, "
                 "on by default in recent Ray), give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray "
@@ -180,6 +186,10 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
     ray = connect()
     if not sources:
         return
+    # jaxmir's own bar and summary say how the run goes: Ray Data's bars and INFO lines would
+    # interleave with them
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     paths = ray.data.from_items([{"path": s.path} for s in sources])
     rows = analyze_dataset(paths, model, options, layout, backbone=backbone, actors=actors, raw=True)
     for row in rows.iter_rows():
