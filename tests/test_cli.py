@@ -211,7 +211,7 @@ def test_options_without_effect_are_named(capsys, wavs, tmp_path):
         assert status == 0, err
     warned = [line for line in err.splitlines() if line.startswith("jaxmir: warning: ")]
     assert [line.split()[2] for line in warned] == ["--average", "--flush-every"], err
-    assert "0 ok, 0 failed, 1 already done" in err
+    assert "0 ok, 0 failed, 1 already done; nothing to do" in err  # not "0.000 h in 0.0 s (0.0x)"
     status, out, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", str(tmp_path / "arrays"),
                            "--per-patch")
     assert status == 0 and "jaxmir: warning: --per-patch is ignored: a folder of .npy" in err, err

@@ -35,6 +35,8 @@ class Tally:
         done = f"{self.ok} ok{damaged}, {self.failed} failed"
         if self.skipped:
             done += f", {self.skipped} already done"
+        if not self.ok and not self.failed:
+            return f"{done}; nothing to do"
         return (f"{done}; {self.audio_s / 3600:.3f} h of audio in {self.wall_s:.1f} s "
                 f"({self.realtime:.1f}x real time)")
 
