@@ -363,6 +363,12 @@ def test_metrics_match_scikit_learn():
         sk.average_precision_score(labels, scores))
     y, p = rng.standard_normal((30, 2)), rng.standard_normal((30, 2))
     assert metrics.evaluate("regression", y, p)["r2"] == pytest.approx(sk.r2_score(y, p))
+    # multi-label soft targets (probabilities): positive from 0.5 (0.3 counted as positive)
+    soft, scores = rng.choice([0.0, 0.3, 0.7, 1.0], (40, 3)), rng.random((40, 3))
+    found = metrics.evaluate("multi", soft, scores)
+    assert found["roc_auc"] == pytest.approx(sk.roc_auc_score(soft >= 0.5, scores, average="macro"))
+    assert found["pr_auc"] == pytest.approx(
+        sk.average_precision_score(soft >= 0.5, scores, average="macro"))
 
 
 def test_folds_partition_and_stratify():

@@ -58,8 +58,10 @@ def evaluate(task: str, targets: np.ndarray, predictions: np.ndarray) -> dict[st
         return {"normalized_accuracy": balanced_accuracy(matrix),
                 "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1))}
     if task == "multi":
-        roc = [roc_auc(targets[:, c], predictions[:, c]) for c in range(targets.shape[1])]
-        pr = [average_precision(targets[:, c], predictions[:, c]) for c in range(targets.shape[1])]
+        # soft targets (probabilities) count as positive from 0.5, not from any value above 0
+        truth = targets >= 0.5
+        roc = [roc_auc(truth[:, c], predictions[:, c]) for c in range(targets.shape[1])]
+        pr = [average_precision(truth[:, c], predictions[:, c]) for c in range(targets.shape[1])]
         return {"roc_auc": float(np.nanmean(roc)) if not np.all(np.isnan(roc)) else float("nan"),
                 "pr_auc": float(np.nanmean(pr)) if not np.all(np.isnan(pr)) else float("nan")}
     residual = ((targets - predictions) ** 2).sum(axis=0)
