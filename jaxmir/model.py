@@ -130,8 +130,9 @@ class Model:
 
     @property
     def output_names(self) -> list[str]:
-        """Every name ``apply`` accepts: friendly names, then the graph's node names."""
-        return sorted(self.spec.aliases) + sorted(self.spec.node_map)
+        """Every name ``apply`` accepts, once: friendly names, then the graph's node names (a
+        graph may name a node as jaxmir names an output, VGGish's ``pool1``)."""
+        return sorted(self.spec.aliases) + sorted(set(self.spec.node_map) - set(self.spec.aliases))
 
     def num_params(self) -> int:
         return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.variables)))

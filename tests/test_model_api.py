@@ -62,6 +62,11 @@ def test_labels_and_info(musicnn, vgg):
     assert vgg.labels[:3] == ("guitar", "classical", "slow")
     assert musicnn.num_params() == 792_079 and vgg.num_params() == 607_030
     assert "penultimate" in musicnn.output_names and "model/dense/BiasAdd" in musicnn.output_names
+    from conftest import shared_fixture
+
+    vggish = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    names = vggish.output_names  # its graph has nodes named pool1..pool4, as its aliases
+    assert len(names) == len(set(names)) and {"pool1", "model/vggish/pool1/MaxPool"} <= set(names)
 
 
 def test_unknown_output_lists_what_exists(musicnn, patches_187):
