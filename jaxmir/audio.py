@@ -99,18 +99,22 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
         native = check_rate(blocks.sample_rate, f"{path}: sample rate")
         _check_channels(blocks.channels, path)
-        downmix, pieces = MonoInput(native), []
+        downmix, pieces, decoded = MonoInput(native), [], 0
         resampling = Resampling(native, target, resampler, parallel=parallel)
         for block in blocks:
             try:
                 mono = downmix(block)
             except AudioError as err:
                 raise AudioError(f"{path}: {err}") from None
+            decoded += mono.shape[0]
             pieces.append(resampling.push(mono))
         pieces.append(resampling.close())
     if damage is not None and blocks.problem is not None:
         damage.append(blocks.problem)
     audio = np.concatenate(pieces)
+    if audio.size == 0 and decoded:
+        raise AudioError(f"{path}: its {decoded} sample(s) at {native} Hz give none at {target} Hz; "
+                         "expected a longer signal")
     if audio.size == 0:
         raise AudioError(f"{path}: contains no samples; expected at least one sample")
     return audio
