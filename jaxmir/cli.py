@@ -243,17 +243,32 @@ def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
             for path in files}
 
 
+def is_regressor(model) -> bool:
+    """Whether ``model`` gives values (its head ends without an activation, or with the identity:
+    a regression head), not class scores to rank."""
+    from jaxmir.spec import Activation, Dense
+
+    head = model.spec.head
+    last = head[-1] if head else None
+    return isinstance(last, Dense) or (isinstance(last, Activation) and last.name == "identity")
+
+
 def _tag_one(model, args, hop, plots: dict[str, Path]):
     import numpy as np
 
     from jaxmir.collection.rows import DAMAGED, OK
 
+    values = is_regressor(model)
+
     def work(path: str) -> dict:
         keep = args.format == "json" or path in plots
         found = stream_file(model, path, args, hop, "predictions", keep)
         mean = found["mean"]
-        order = np.argsort(-mean, kind="stable")[:args.top or len(mean)]
+        # a regressor's outputs all, in their own order; class scores best first, --top of them
+        order = np.arange(len(mean)) if values else \
+            np.argsort(-mean, kind="stable")[:args.top or len(mean)]
         result = {"file": path, "status": OK if found["problem"] is None else DAMAGED,
+                  "outputs": "values" if values else "scores",
                   "duration_s": round(found["seconds"], 4), "n_patches": int(found["n_patches"]),
                   "top": [{"label": model.labels[i], "score": float(mean[i])} for i in order],
                   "mean": [float(v) for v in mean]}
@@ -279,7 +294,9 @@ def text_block(path: str, result: dict) -> str:
     """musicnn's ``[file] Top3 tags:`` then `` - tag`` lines, with the mean probability."""
     width = max(len(t["label"]) for t in result["top"])
     n = result["n_patches"]
-    lines = [f"[{path}] top {len(result['top'])} tags ({n} patch{'' if n == 1 else 'es'}):"]
+    patches = f"{n} patch{'' if n == 1 else 'es'}"
+    lines = [f"[{path}] values, mean over {patches}:" if result.get("outputs") == "values"
+             else f"[{path}] top {len(result['top'])} tags ({patches}):"]
     lines += [f" - {t['label']:<{width}}  {t['score']:.4f}" for t in result["top"]]
     return "\n".join(lines) + "\n"
 

@@ -628,6 +628,22 @@ def test_a_head_on_another_backbone_than_its_metadata_names_warns(tmp_path, caps
     assert "jaxmir: warning: " in capsys.readouterr().err
 
 
+def test_tag_shows_a_regressors_values_in_their_order(tmp_path, capsys):
+    """A regression head's values were shown as the "top 2 tags", ranked by value."""
+    import soundfile
+
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
+    head = export.export_head(params, "identity", ("valence", "arousal"), tmp_path / "mood",
+                              "msd-musicnn", (187, 96), "model/dense/BiasAdd")[".pb"]
+    song = tmp_path / "song.wav"
+    soundfile.write(song, np.random.default_rng(0).uniform(-0.3, 0.3, 16000 * 4).astype(np.float32),
+                    16000)
+    assert jaxmir_cli.main(["tag", str(song), "--model", str(head), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("values, mean over 1 patch:")
+    assert [line.split()[1] for line in lines[1:]] == ["valence", "arousal"]
+
+
 def test_a_file_too_short_for_a_patch_is_skipped_without_padding_advice(tmp_path, audio_set):
     """The skip named --last-patch and --pad, which train-head does not have."""
     import shutil
