@@ -72,10 +72,10 @@ from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
-from jaxmir.models import has_heavy_head, shares_overlap, with_overlap_hop
+from jaxmir.models import has_heavy_head, is_bfloat16, shares_overlap, with_overlap_hop
 from jaxmir.models.compiler import compiled, tuned
-from jaxmir.models.runner import (call_step, device_memory, empty_carry, is_bfloat16,
-                                  platform_of, run_patches_carrying, tapped_outputs)
+from jaxmir.models.runner import (call_step, device_memory, empty_carry, platform_of,
+                                  run_patches_carrying, tapped_outputs)
 from jaxmir.patches import PAD_MODES, make_patches, patch_starts, regular_rows
 from jaxmir.spec import Frontend
 

@@ -101,6 +101,13 @@ def has_heavy_head(variables: Mapping) -> bool:
     return dense_weights(variables) > HEAVY_DENSE_WEIGHTS
 
 
+def is_bfloat16(tree) -> bool:
+    """Whether a tree of arrays (variables, or a call's arguments) holds bfloat16 ones: the
+    variables of :meth:`jaxmir.Model.astype` ``("bfloat16")``, whose patches run in bfloat16 too."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return any(getattr(leaf, "dtype", None) == jnp.bfloat16 for leaf in leaves)
+
+
 def _shapes(tree: Mapping) -> dict[str, tuple[int, ...]]:
     return {path: tuple(np.shape(value)) for path, value in leaves(tree).items()}
 

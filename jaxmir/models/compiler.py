@@ -25,10 +25,9 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.models import backbone_of, map_backbone
+from jaxmir.models import backbone_of, is_bfloat16, map_backbone
 from jaxmir.models.musicnn import MusiCNN
 from jaxmir.models.vgg import ConvNet
 
@@ -110,12 +109,10 @@ def compiler_options(module: nn.Module, platform: str, arguments: Any = ()) -> O
     an AVX2 CPU without AVX-512 or in bfloat16 on any CPU (when this XLA knows the option), else
     :data:`DEFAULTS`, as for traced arguments (inside ``jax.jit``, ``grad`` or ``vmap`` the program
     is part of the caller's, and JAX takes compiler options only for a program of its own)."""
-    leaves = jax.tree_util.tree_leaves(arguments)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(arguments)):
         return DEFAULTS
-    in_bfloat16 = any(getattr(leaf, "dtype", None) == jnp.bfloat16 for leaf in leaves)
     if (platform == "cpu" and isinstance(backbone_of(module), ConvNet)
-            and (_avx2_only() or in_bfloat16) and accepts(WITHOUT_YNNPACK)):
+            and (_avx2_only() or is_bfloat16(arguments)) and accepts(WITHOUT_YNNPACK)):
         return WITHOUT_YNNPACK
     return DEFAULTS
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import DeviceMemoryError
+from jaxmir.models import is_bfloat16
 from jaxmir.models.compiler import compiled, tuned
 from jaxmir.models.layers import BODY, HEAD, OVERLAP, WHOLE
 from jaxmir.spec import INPUT_TAP
@@ -84,11 +85,6 @@ def is_staged(module: nn.Module) -> bool:
 def _body_stage(module: nn.Module) -> str:
     """The stage a call's steps run: the body of a staged module, else the whole module."""
     return BODY if is_staged(module) else WHOLE
-
-
-def is_bfloat16(variables: dict) -> bool:
-    """Whether the variables are bfloat16 (then the patches run in bfloat16 too)."""
-    return any(leaf.dtype == jnp.bfloat16 for leaf in jax.tree_util.tree_leaves(variables))
 
 
 def tapped_outputs(module: nn.Module, variables: dict, taps: tuple[Tap, ...],
