@@ -93,8 +93,7 @@ def confusion_output(output: str) -> Path:
     """``NAME-confusion.png``, the picture ``--plot`` draws beside the head ``NAME``."""
     from jaxmir.train import export
 
-    stem = export.stem_of(output)
-    return stem.with_name(stem.name + "-confusion.png")
+    return export.beside(output, "-confusion.png")
 
 
 def planned_outputs(args: argparse.Namespace) -> list[Path]:

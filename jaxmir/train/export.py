@@ -147,9 +147,11 @@ def output_paths(output: str | os.PathLike) -> dict[str, Path]:
     return {suffix: output.with_name(output.name + suffix) for suffix in SUFFIXES}
 
 
-def stem_of(output: str | os.PathLike) -> Path:
-    """``NAME`` for an ``--output`` of ``NAME`` or ``NAME.pb`` (the files are ``NAME.*``)."""
-    return output_paths(output)[".pb"].with_suffix("")
+def beside(output: str | os.PathLike, ending: str) -> Path:
+    """``NAME<ending>`` for an ``--output`` of ``NAME`` or ``NAME.pb``: a file written beside the
+    head (``-backbone.npz``, ``-confusion.png``)."""
+    stem = output_paths(output)[".pb"].with_suffix("")
+    return stem.with_name(stem.name + ending)
 
 
 def refuse_existing(paths, flag: str = "--force") -> None:

@@ -129,8 +129,7 @@ def backbone_output(output: str) -> Path:
     """``NAME-backbone.npz``, the fine-tuned backbone written beside the head ``NAME``."""
     from jaxmir.train import export
 
-    stem = export.stem_of(output)
-    return stem.with_name(stem.name + "-backbone.npz")
+    return export.beside(output, "-backbone.npz")
 
 
 def finetune_and_export(result, backbone: str, layer: str, output: str, steps: int, seed: int,
