@@ -232,8 +232,7 @@ def check_folds(targets: np.ndarray, task: str, classes: Sequence[str], folds) -
     one of them off to validate on, as :func:`train_head` does with all the tracks)."""
     if not whole_at_least(folds, 2):
         raise InputError(f"folds = {folds!r}; expected a whole number >= 2")
-    if folds > len(targets):
-        raise InputError(f"{folds} folds for {len(targets)} tracks; use 2 <= folds <= tracks")
+    _check_fold_count(folds, len(targets))
     if task != "single":
         return
     counts = np.bincount(np.argmax(targets, axis=1), minlength=len(classes))
@@ -245,11 +244,15 @@ def check_folds(targets: np.ndarray, task: str, classes: Sequence[str], folds) -
                              "validate on); use fewer folds, or give more tracks")
 
 
+def _check_fold_count(folds: int, n: int) -> None:
+    if folds < 2 or folds > n:
+        raise InputError(f"{folds} folds for {n} tracks; use 2 <= folds <= tracks")
+
+
 def fold_indices(targets: np.ndarray, task: str, folds: int, seed: int) -> list[np.ndarray]:
     """Test-track indices of ``folds`` folds (class-stratified for single-label data)."""
     n = len(targets)
-    if folds < 2 or folds > n:
-        raise InputError(f"{folds} folds for {n} tracks; use 2 <= folds <= tracks")
+    _check_fold_count(folds, n)
     rng = np.random.default_rng(seed)
     assignment = np.empty(n, int)
     if task == "single":
