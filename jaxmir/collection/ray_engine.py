@@ -64,7 +64,8 @@ def connect(address: str | None = None):
     if ray.is_initialized():
         return ray
     address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
-    if address not in ("", "local", "auto"):
+    remote = address not in ("", "local", "auto")  # a cluster's host:port, not one started here
+    if remote:
         _reachable(address)
     try:
         with warnings.catch_warnings():
@@ -76,8 +77,7 @@ def connect(address: str | None = None):
     except (ConnectionError, RuntimeError, ValueError) as err:
         hint = ("; its host answers, so if the cluster asks for a token (token authentication, "
                 "on by default in recent Ray), give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray "
-                "get-auth-token` on the head) or its ~/.ray/auth_token"
-                if address not in ("", "local", "auto") else "")
+                "get-auth-token` on the head) or its ~/.ray/auth_token" if remote else "")
         raise InputError(f"cannot connect to the Ray cluster {address or '(local)'}: "
                          f"{err}{hint}") from None
     return ray
