@@ -53,6 +53,7 @@ from jaxmir.errors import InputError
 KINDS = ("parquet", "jsonl", "csv", "npy")
 INDEX = "index.jsonl"
 CSV_COLUMNS = list(BASE_COLUMNS) + ["model", "settings"]  # then one column per label
+PARQUET_COLUMNS = list(BASE_COLUMNS) + ["patches"]  # then one per label (tag) or "embedding"
 _CSV_COLUMNS_BEFORE_SETTINGS = list(BASE_COLUMNS) + ["model"]  # CSVs written before, still resumed
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
 
@@ -432,7 +433,7 @@ def parquet_schema(layout: Layout):
     """The Parquet schema of ``layout``'s rows, its identity in the metadata (``b"jaxmir"``)."""
     import pyarrow as pa
 
-    layout.check_label_columns(list(BASE_COLUMNS) + ["patches"], "Parquet")
+    layout.check_label_columns(PARQUET_COLUMNS, "Parquet")
     fields = [pa.field("path", pa.string()), pa.field("size_bytes", pa.int64()),
               pa.field("mtime_ns", pa.int64()), pa.field("duration_s", pa.float64()),
               pa.field("n_patches", pa.int64()), pa.field("status", pa.string()),

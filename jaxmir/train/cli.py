@@ -84,9 +84,9 @@ def _say(message: str) -> None:
 
 def table_column_clash(classes) -> list[str]:
     """The class names a collection's Parquet or CSV table already has as columns."""
-    from jaxmir.collection.outputs import CSV_COLUMNS
+    from jaxmir.collection.outputs import CSV_COLUMNS, PARQUET_COLUMNS
 
-    return sorted(set(classes) & set(CSV_COLUMNS + ["patches"]))
+    return sorted(set(classes) & (set(CSV_COLUMNS) | set(PARQUET_COLUMNS)))
 
 
 def confusion_output(output: str) -> Path:
