@@ -94,6 +94,10 @@ def test_table_tasks(tmp_path, audio_set):
     ds = data.load_dataset(regression)
     assert ds.task == "regression" and ds.classes == ("valence", "arousal")
     assert ds.targets[3].tolist() == [1.5, -3.0]
+    regression.write_text("path,valence,arousal\n" + "".join(f"{f},0.5,{-i}\n"
+                                                             for i, f in enumerate(files)))
+    with pytest.raises(InputError, match="column\\(s\\) 'valence': one value for every track"):
+        data.load_dataset(regression)  # refused before decoding; cross-validation's r² was NaN
 
 
 def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, audio_set):
@@ -331,6 +335,8 @@ def test_malformed_arrays_raise_input_errors():
         fit.train_head(poisoned, targets, "single", AB, ONE_EPOCH)  # was "loss became nan"
     with pytest.raises(InputError, match="every track is in one class \\('a'\\)"):
         fit.train_head(tracks, np.eye(2)[[0] * 8], "single", AB, ONE_EPOCH)
+    with pytest.raises(InputError, match="targets 'v': one value for every track"):
+        fit.cross_validate(tracks, np.full((8, 1), 0.5), "regression", ["v"], 2, ONE_EPOCH)  # r² was NaN
     for folds in ("3", 2.0, True):
         with pytest.raises(InputError, match=f"folds = {folds!r}; expected a whole number >= 2"):
             fit.cross_validate(tracks, targets, "single", AB, folds, ONE_EPOCH)  # was a TypeError

@@ -120,11 +120,23 @@ class Dataset:
         return np.argmax(self.targets, axis=1)
 
 
+def check_varying(values: np.ndarray, names: Sequence[str], what: str) -> None:
+    """Regression ``values`` ``[tracks, outputs]`` that vary in every output: a constant one
+    leaves a regressor nothing to learn, and its r² undefined."""
+    constant = [repr(str(name)) for name, column in zip(names, values.T)
+                if len(column) > 1 and np.all(column == column[0])]
+    if constant:
+        raise InputError(f"{what} {', '.join(constant)}: one value for every track; a regressor "
+                         "has nothing to learn from it (and r² is undefined)")
+
+
 def check_classes(dataset: Dataset, where: str) -> None:
-    """At least two classes, and at least two files in each (single-label data)."""
+    """At least two classes, and at least two files in each (single-label data); regression
+    values that vary."""
     if dataset.task == "regression":
         if len(dataset) < MIN_FILES_PER_CLASS:
             raise InputError(f"{where}: {len(dataset)} file(s); regression needs at least 2")
+        check_varying(dataset.targets, dataset.classes, f"{where}: column(s)")
         return
     if len(dataset.classes) < 2:
         raise InputError(f"{where}: only one class ({', '.join(dataset.classes) or 'none'}); "

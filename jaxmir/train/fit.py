@@ -24,7 +24,7 @@ import optax
 
 from jaxmir.errors import InputError, JaxmirError
 from jaxmir.train import metrics
-from jaxmir.train.data import ACTIVATION, check_targets, check_task
+from jaxmir.train.data import ACTIVATION, check_targets, check_task, check_varying
 
 
 class TrainingError(JaxmirError):
@@ -377,6 +377,8 @@ def check_training_targets(tracks: Sequence[np.ndarray], targets, task: str,
                          "of at least two classes")
     if len(tracks) != len(targets):
         raise InputError(f"{len(tracks)} tracks but {len(targets)} {what} rows")
+    if task == "regression":
+        check_varying(targets, classes, what)
     return targets
 
 
