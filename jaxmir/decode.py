@@ -35,7 +35,8 @@ a 207-s stereo file); any other WAV goes to FFmpeg.
 A file is *damaged* when the decoder rejected some of its packets (Essentia
 skips them with a warning, so does jaxmir), and *truncated* when it holds
 fewer samples than its header declares (WAV ``data`` chunk, FLAC STREAMINFO,
-MP3 LAME/Xing/VBRI header, container duration). Either is reported by a
+MP3 LAME/Xing/VBRI header, container duration) or, for Ogg, when its last page
+is cut or lacks the end-of-stream mark. Either is reported by a
 :class:`DamagedAudioWarning` and the ``status`` of the result, or raised as an
 :class:`~jaxmir.errors.AudioError` with ``strict=True``.
 """
@@ -127,6 +128,7 @@ class AudioBlocks:
         self.status: str | None = None
         self.problem: str | None = None
         self._container = self._file = None
+        self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._wav_header: WavHeader | None = None  # a RIFF/WAVE file's, read by _plain_wav
         self._wav = self._plain_wav()
         if self._wav is not None:
@@ -152,6 +154,7 @@ class AudioBlocks:
             self.channels: int = int(self._stream.codec_context.layout.nb_channels)
             self.declared_frames = _declared_frames(self.path, self._container, self._stream,
                                                     self._wav_header)
+            self._unfinished_ogg = _unfinished_ogg(self.path, self._container)
         except Exception:
             self.close()
             raise
@@ -339,6 +342,9 @@ class AudioBlocks:
             return "damaged", f"{self.path}: damaged audio: {'; '.join(what)}; {length}"
         if declared is not None and have < declared - _LENGTH_SLACK:
             return "truncated", f"{self.path}: truncated audio: {length}"
+        if self._unfinished_ogg is not None:
+            return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
+                                 f"its Ogg stream {self._unfinished_ogg}")
         return "ok", None
 
 
@@ -544,6 +550,40 @@ def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
         return None
     return _WavLayout(header.sample_rate, header.channels, header.data_offset, size // frame,
                       header.dtype, codec, kind)
+
+
+# An Ogg page: "OggS", version 0, header type (0x04: the stream's last page), granule position,
+# serial number, sequence number, CRC, the number of segments, then their lacing values.
+_OGG_PAGE = struct.Struct("<4sBBqIIIB")
+_OGG_END_OF_STREAM = 0x04
+_OGG_MAX_PAGE = _OGG_PAGE.size + 255 + 255 * 255
+
+
+def _unfinished_ogg(path: str, container) -> str | None:
+    """How an Ogg file falls short of a finished stream, or None: cut inside its last page, or
+    ending on a page without the end-of-stream mark (FFmpeg reads both without a word, and its
+    duration comes from the last whole page, so no declared length tells). Pipes and files
+    with anything after their last page are not judged."""
+    if "ogg" not in container.format.name.split(",") or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        start = max(0, size - _OGG_MAX_PAGE)
+        file.seek(start)
+        tail = file.read()
+    at = tail.rfind(b"OggS\x00")
+    if at < 0:
+        return None
+    if len(tail) - at < _OGG_PAGE.size:
+        return "is cut inside its last page's header"
+    *_, kind, _granule, _serial, _sequence, _crc, segments = _OGG_PAGE.unpack_from(tail, at)
+    lacing = tail[at + _OGG_PAGE.size:at + _OGG_PAGE.size + segments]
+    end = at + _OGG_PAGE.size + segments + sum(lacing)
+    if len(lacing) < segments or end > len(tail):
+        return f"is cut inside its last page ({len(tail) - at} of its {end - at} bytes)"
+    if end == len(tail) and not kind & _OGG_END_OF_STREAM:
+        return "ends on a page without the end-of-stream mark (the file is cut, or was never finished)"
+    return None
 
 
 def _has_mp3_length_header(path: str) -> bool:

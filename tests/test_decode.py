@@ -473,6 +473,30 @@ def test_mp3_cut_in_half(files):
         decode_file(path, mode="float", strict=True)
 
 
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_ogg_cut_short_is_truncated(tmp_path, subtype):
+    """FFmpeg reads a cut Ogg file without a word, and takes its duration from the last whole
+    page: such files had the status "ok"."""
+    whole = tmp_path / "whole.ogg"
+    soundfile.write(whole, signal(48000, 2, 0.5, 3, seconds=8.0), 48000, format="OGG", subtype=subtype)
+    data = whole.read_bytes()
+    last_page = data.rfind(b"OggS")
+    cuts = {"inside.ogg": (len(data) * 2 // 3, r"is cut inside its last page \(\d+ of its \d+ bytes\)"),
+            "on_a_page.ogg": (last_page, "ends on a page without the end-of-stream mark")}
+    for name, (size, reason) in cuts.items():
+        path = tmp_path / name
+        path.write_bytes(data[:size])
+        with pytest.warns(DamagedAudioWarning, match=rf"{name}: truncated audio: decoded \d+\.\d\d s; "
+                                                     rf"its Ogg stream {reason}"):
+            decoded = decode_file(path)
+        assert decoded.status == "truncated" and 0 < decoded.samples.shape[0] < 8 * 48000
+        with pytest.raises(AudioError, match=f"{name}: truncated audio"):
+            jaxmir.load_audio(path, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_file(whole, strict=True).status == "ok"
+
+
 def test_wav_header_claims_more_than_present(tmp_path):
     full = tmp_path / "full.wav"
     pcm = (signal(16000, 2, 0.5, seconds=2.0) * 32767).astype(np.int16)
