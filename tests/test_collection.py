@@ -543,6 +543,19 @@ def test_file_names_that_are_not_utf8_round_trip(model, tmp_path):
     assert [row["path"] for row in map(json.loads, jsonl.read_text().splitlines())] == [bad, str(good)]
     assert collect(model, [str(tmp_path / "in")], str(jsonl), name="msd-musicnn", jobs=0,
                    progress=False).skipped == 2
+    # a .npy folder's index names the arrays as text too (it held lone surrogates)
+    folder = tmp_path / "vectors"
+    embed = lambda paths, **kw: collect(model, paths, str(folder), command="embed",
+                                        options=Options("embeddings"), name="msd-musicnn", jobs=0,
+                                        progress=False, **kw)
+    assert embed([str(tmp_path / "in")]).ok == 2
+    index = folder / "index.jsonl"
+    assert list(pandas.read_json(index, lines=True)["npy"]) == [r"bad\udcff\udcfename.npy", "good.npy"]
+    assert sorted(os.listdir(folder)) == [os.fsdecode(b"bad\xff\xfename.npy"), "good.npy", "index.jsonl"]
+    assert embed([str(tmp_path / "in")]).skipped == 2
+    # --overwrite removes the arrays its index lists, the one named as text included
+    assert embed([str(good)], overwrite=True).ok == 1
+    assert sorted(os.listdir(folder)) == ["good.npy", "index.jsonl"]
 
 
 # -- kill-safety and bad input --------------------------------------------------------------------

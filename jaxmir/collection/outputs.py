@@ -47,7 +47,8 @@ import numpy as np
 from jaxmir.atomic import is_temporary, name_prefix, write_atomically
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
-from jaxmir.collection.rows import BASE_COLUMNS, DONE, Layout, Result, as_text, base, summary
+from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text, base, from_text,
+                                   summary)
 from jaxmir.errors import InputError
 
 KINDS = ("parquet", "jsonl", "csv", "npy")
@@ -355,7 +356,7 @@ def _listed_arrays(folder: Path, index: Path) -> list[Path]:
             continue  # a torn or foreign line names nothing to remove
         if not isinstance(name, str) or not name.endswith(".npy"):
             continue
-        target = (folder / name).resolve()
+        target = (folder / from_text(name)).resolve()
         if target.is_relative_to(root) and target.is_file():
             listed.append(target)
     return listed
@@ -408,7 +409,7 @@ class NpyWriter(Writer):
                 pass  # an array without a row is harmless; the run writes over it if it must
             _remove_empty_folders(array.parent, path)
         self.done = self.index.done
-        taken = {str(row["npy"]): row["path"] for row in self.index.rows if row.get("npy")}
+        taken = {from_text(str(row["npy"])): row["path"] for row in self.index.rows if row.get("npy")}
         self.names = _unique_names(names, taken)
 
     def write(self, result: Result) -> None:
@@ -421,7 +422,8 @@ class NpyWriter(Writer):
                 else result.values
             values = np.ascontiguousarray(values, np.float32)
             write_atomically(target, lambda f: np.save(f, values, allow_pickle=False), durable=True)
-        _append(self.index.handle, self.index.encode(result, {"npy": name if result.ok else None}))
+        _append(self.index.handle,
+                self.index.encode(result, {"npy": as_text(name) if result.ok else None}))
         self.rows_written += 1
         return str(self.path / name) if result.ok else None
 

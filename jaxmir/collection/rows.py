@@ -15,13 +15,15 @@ the model's output for every patch, flattened per patch.
 
 A file name that is not UTF-8 reaches Python with its stray bytes as lone
 surrogates; every table (Parquet, CSV, JSONL) stores its path and messages as
-:func:`as_text` writes them, valid UTF-8 text.
+:func:`as_text` writes them, valid UTF-8 text (a ``.npy`` folder's index its
+arrays' names too).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -99,6 +101,15 @@ def as_text(value: str) -> str:
     """``value`` as valid UTF-8 text: each lone surrogate (a byte of a file name that is not
     UTF-8) written as the escape JSON writes for it, ``\\udcff``; other text unchanged."""
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_ESCAPED_BYTE = re.compile(r"\\u(dc[89a-f][0-9a-f])")
+
+
+def from_text(value: str) -> str:
+    """The name :func:`as_text` wrote as ``value``: each ``\\udcXX`` back to its lone surrogate
+    (a name that holds such text literally is read as if it were escaped)."""
+    return _ESCAPED_BYTE.sub(lambda match: chr(int(match.group(1), 16)), value)
 
 
 def mean(values: np.ndarray) -> np.ndarray:
