@@ -113,7 +113,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     if smoothing.method != "none" and dataset.task != "single":
         raise InputError(f"label smoothing ({smoothing.method}) applies to single-label data; "
                          f"{where} is {dataset.task}")
-    check_class_sizes(dataset.targets, dataset.classes, smoothing)
+    check_class_sizes(dataset.targets, dataset.classes, smoothing, folds)
     if folds:
         check_folds(dataset.targets, dataset.task, dataset.classes, folds)
     initial = resumed_params(resume) if resume is not None else None
@@ -140,6 +140,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     tracks = [tracks[i] for i in keep]
     check_classes(dataset, f"{where} (after skipping {len(failures)} file(s))"
                   if failures else where)
+    check_class_sizes(dataset.targets, dataset.classes, smoothing, folds)
     smooth = None
     if features is not None:
         features = np.stack([features[i] for i in keep])

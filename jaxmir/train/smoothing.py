@@ -60,20 +60,33 @@ def knn_smooth(features: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(targets, np.float64)[neighbours].mean(axis=1).astype(np.float32)
 
 
-def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig) -> None:
+def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, folds: int = 0) -> None:
     """Refuse smoothing over ``k`` neighbours where a class has ``k`` tracks or fewer: a track's
     own class could hold at most ``count - 1`` of its ``k`` neighbours, so the other classes
-    would outweigh it in its target and the head would learn the wrong classes."""
+    would outweigh it in its target and the head would learn the wrong classes. LMNN needs
+    more than its own ``lmnn_k`` too. With ``folds`` (>= 2) the count is that of a fold's
+    training split, where cross-validation smooths: ``count - ceil(count / folds)``."""
     if config.method == "none":
         return
-    counts = np.asarray(targets).sum(axis=0)
+    counts = np.bincount(np.argmax(targets, axis=1), minlength=len(classes))
+    if folds:
+        counts = counts - -(-counts // folds)
+    needs = {"k": config.k}
+    if config.method == "lmnn":
+        needs["LMNN's k"] = config.lmnn_k
+    name, k = max(needs.items(), key=lambda item: item[1])
     smallest = int(np.argmin(counts))
-    if counts[smallest] <= config.k:
-        raise InputError(f"label smoothing ({config.method}) over k = {config.k} neighbours needs "
-                         f"more than {config.k} tracks in every class, or a track's own class "
-                         f"is outweighed in its target; class {classes[smallest]!r} has "
-                         f"{int(counts[smallest])} (give more tracks, or a smaller k: "
-                         "train-head --smoothing-k, SmoothingConfig(k=))")
+    if counts[smallest] <= k:
+        where = (f"class {classes[smallest]!r} has {int(counts[smallest])} in some fold's "
+                 f"training split ({folds} folds)") if folds else \
+            f"class {classes[smallest]!r} has {int(counts[smallest])}"
+        smaller = "train-head --smoothing-k, SmoothingConfig(k=)" if name == "k" else \
+            "SmoothingConfig(lmnn_k=)"
+        fewer = ", fewer folds" if folds else ""
+        raise InputError(f"label smoothing ({config.method}) over {name} = {k} neighbours needs "
+                         f"more than {k} tracks in every class, or a track's own class "
+                         f"is outweighed in its target; {where} (give more tracks{fewer}, or a "
+                         f"smaller {name}: {smaller})")
 
 
 def smooth_labels(features: np.ndarray, targets: np.ndarray, config: SmoothingConfig) -> np.ndarray:
