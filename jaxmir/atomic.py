@@ -3,15 +3,19 @@
 The content goes into a hidden temporary file in the target's folder, which
 then replaces the target by a rename (atomic within one file system). Used for
 every file jaxmir writes: tables, arrays, weights, pictures, command output.
+:func:`deferred_interrupts` keeps Ctrl-C out of a few renames that belong together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -73,3 +77,24 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     if durable:
         fsync_dir(target.parent)
     return target
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block is done, then deliver them to the handlers
+    they would have met: for a few renames that must all happen or none (SIGKILL still stops
+    anything). Outside the main thread, where Python runs signal handlers, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {kind: signal.signal(kind, lambda signum, frame: held.append(signum))
+                for kind in kinds}
+    try:
+        yield
+    finally:
+        for kind, handler in previous.items():  # None: a handler set outside Python
+            signal.signal(kind, signal.SIG_DFL if handler is None else handler)
+        for kind in dict.fromkeys(held):
+            signal.raise_signal(kind)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -478,12 +479,63 @@ def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path
     assert (tmp_path / existing).read_text() == "precious"
 
 
+@pytest.mark.parametrize("flags", [[], ["--finetune"], ["--folds", "2", "--plot"]])
+def test_cli_refuses_an_output_folder_it_cannot_write_before_reading_audio(tmp_path, capsys, flags):
+    """A head under a file (or in a read-only folder) failed after embeddings, cross-validation
+    and training, naming a hidden staging folder."""
+    (tmp_path / "notes").write_text("a file")
+    argv = ["train-head", str(tmp_path / "no-data-here"), "--output",
+            str(tmp_path / "notes" / "deeper" / "h"), *flags]
+    assert jaxmir_cli.main(argv) == 1
+    assert f"cannot write the head in {tmp_path / 'notes' / 'deeper'}: {tmp_path / 'notes'} is a " \
+        "file" in capsys.readouterr().err
+
+
+def test_cli_refuses_smoothing_k_without_smoothing(tmp_path, capsys):
+    """--smoothing-k without --label-smoothing was ignored without a word."""
+    argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
+            "--smoothing-k", "3"]
+    assert jaxmir_cli.main(argv) == 1
+    assert "--smoothing-k sets label smoothing's neighbours: add --label-smoothing knn or lmnn" in \
+        capsys.readouterr().err
+
+
+def test_ctrl_c_between_the_renames_of_a_forced_export_leaves_one_head(tmp_path, monkeypatch):
+    """Ctrl-C after the new .pb replaced the old left it beside the old head's .json and .npz
+    (three classes in the graph, two in the JSON): the renames now finish first."""
+    import signal
+
+    key = jax.random.PRNGKey(0)
+    old = {"dense": {"kernel": np.ones((4, 3), np.float32), "bias": np.zeros(3, np.float32)},
+           "dense_1": {"kernel": np.ones((3, 2), np.float32), "bias": np.zeros(2, np.float32)}}
+    new = fit.init_head(key, 4, 3, 3)
+    out = tmp_path / "h"
+    export.export_head(old, "softmax", AB, out, "msd-musicnn", (187, 96), "model/dense/BiasAdd")
+    renames, replace = [], os.replace
+
+    def interrupted_replace(source, target):
+        replace(source, target)
+        if Path(target).parent == tmp_path:  # the head's files (not the staging folder's)
+            renames.append(target)
+            if len(renames) == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C once the first file is in place
+
+    monkeypatch.setattr(export.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_head(jax.device_get(new), "softmax", ABC, out, "msd-musicnn", (187, 96),
+                           "model/dense/BiasAdd", overwrite=True)
+    assert len(renames) == 3
+    assert json.loads(out.with_suffix(".json").read_text())["classes"] == list(ABC)
+    assert jaxmir.load(out.with_suffix(".pb")).labels == ABC
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_path, audio_set,
                                                                        monkeypatch):
     """The fine-tuned head's JSON kept only {"name": "fine-tuned"}: its dataset's name, size and
     cross-validation figures were dropped."""
     monkeypatch.setenv("JAXMIR_NO_CACHE", "1")
-    out = tmp_path / "tuned"
+    out = tmp_path / "heads" / "tuned"  # a folder made for it (the backbone's save failed there)
     argv = ["train-head", str(audio_set), "--output", str(out), "--folds", "2", "--epochs", "3",
             "--finetune", "--finetune-steps", "1", "--cache", str(tmp_path / "cache")]
     assert jaxmir_cli.main(argv) == 0
@@ -491,7 +543,7 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
     assert dataset["name"] == audio_set.name and dataset["size"] == "8 tracks, 4/4 per class"
     assert "2-fold_cross_validation_normalized_accuracy" in dataset["metrics"]
     assert "before fine-tuning" in dataset["fine_tuned"]
-    model = jaxmir.load(out.with_suffix(".pb"), backbone=str(tmp_path / "tuned-backbone.npz"))
+    model = jaxmir.load(out.with_suffix(".pb"), backbone=str(out.parent / "tuned-backbone.npz"))
     assert model.labels == ("drums", "pads")
 
 

@@ -128,10 +128,14 @@ def run(args: argparse.Namespace) -> int:
                              seed=args.seed)
         if args.plot and not args.folds:
             raise JaxmirError("--plot draws the cross-validation confusion matrix: add --folds")
+        if args.smoothing_k is not None and args.label_smoothing == "none":
+            raise JaxmirError("--smoothing-k sets label smoothing's neighbours: add "
+                              "--label-smoothing knn or lmnn")
         if args.plot:
             plot.require_matplotlib()
         if not args.force:  # every file this run would write, before any audio is read
             export.refuse_existing(planned_outputs(args))
+        export.check_output_folder(args.output)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *rest: _say(f"jaxmir: warning: {message}")

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxmir.atomic import deferred_interrupts
 from jaxmir.errors import InputError
 from jaxmir.tfgraph.graphdef import GraphDefProto, TensorProto
 
@@ -163,6 +164,20 @@ def refuse_existing(paths, flag: str = "--force") -> None:
                          f"overwrite them ({flag})")
 
 
+def check_output_folder(output: str | os.PathLike) -> None:
+    """Raise :class:`InputError` now, before any training, when the head's folder (or, while it
+    does not exist, the nearest folder above it, where it would be made) cannot be written."""
+    folder = output_paths(output)[".pb"].parent.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"cannot write the head in {folder}: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".jaxmir-probe-"):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write the head in {folder}: {err.strerror or err}") from None
+
+
 def export_head(params: dict, activation: str, classes: Sequence[str], output: str | os.PathLike,
                 backbone: str, backbone_input_shape: Sequence[int], layer: str,
                 dataset: dict | None = None, overwrite: bool = False) -> dict[str, Path]:
@@ -194,8 +209,9 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
         save_weights(model, staged[".npz"],
                      provenance={"trained_by": "jaxmir train-head", "embedding_model": entry,
                                  "dataset": dataset or {}})
-        for suffix in SUFFIXES:
-            os.replace(staged[suffix], paths[suffix])
+        with deferred_interrupts():  # Ctrl-C between the renames would mix two heads
+            for suffix in SUFFIXES:
+                os.replace(staged[suffix], paths[suffix])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return paths

@@ -148,6 +148,7 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     backbone_path = backbone_output(output)
     if not overwrite:
         export.refuse_existing([backbone_path])
+    export.check_output_folder(output)
     model = load(backbone)
     patches, rows = [], []
     for index, path in enumerate(result.dataset.paths):
@@ -160,6 +161,7 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
                                   FinetuneConfig(steps=steps, seed=seed))
     tuned = backbone_with(model, variables, str(backbone_path))
     temp = backbone_path.with_name(f".tmp-{backbone_path.name}")
+    temp.parent.mkdir(parents=True, exist_ok=True)
     save_weights(tuned, temp, provenance={"fine_tuned_from": str(backbone)})
     try:
         paths = export.export_head(head, result.head.activation, result.dataset.classes, output,

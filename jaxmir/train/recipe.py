@@ -108,6 +108,8 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     outputs = export.output_paths(output) if output is not None else {}
     if not overwrite:
         export.refuse_existing(outputs.values(), "train-head --force, fit_head(overwrite=True)")
+    if output is not None:
+        export.check_output_folder(output)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     where = str(data) if not isinstance(data, Dataset) else "the dataset"
     if smoothing.method != "none" and dataset.task != "single":
