@@ -117,6 +117,42 @@ def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, 
         ds = data.load_dataset(source)
         assert ds.task == "single" and ds.classes == ("0", "1")
         assert ds.targets.argmax(axis=1).tolist() == ids
+    # ids in order of value (they came in order of text: 10 before 2, so id 10 was output 0)
+    table.write_text("path,label\n" + "".join(f"{f},{10 if i else 2}\n" for f, i in zip(files, ids)))
+    assert data.load_dataset(table).classes == ("2", "10")
+    table.write_text("path,label\n" + "".join(f"{f},{'1.0' if n % 4 == 1 else i}\n"
+                                              for n, (f, i) in enumerate(zip(files, ids))))
+    with pytest.raises(InputError, match="the labels '1' and '1.0' are one number written two ways"):
+        data.load_dataset(table)
+
+
+def test_table_cells_that_would_train_the_wrong_head_are_refused(tmp_path, audio_set):
+    """One stray ';' ("low;") made a whole single-label table multi-label; an empty regression
+    cell was called "non-numeric"."""
+    files = sorted(str(p) for p in audio_set.rglob("*.wav"))
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\n" + "".join(f"{f},{'low;' if n == 3 else 'lh'[n % 2]}\n"
+                                              for n, f in enumerate(files)))
+    with pytest.raises(InputError, match=r"1 row\(s\) with an empty label beside a ';', e\.g\. "
+                                         r"'low;' for .*remove the stray ';'"):
+        data.load_dataset(table)
+    table.write_text("path,valence\n" + "".join(f"{f},{'' if n == 5 else n}\n"
+                                                for n, f in enumerate(files)))
+    with pytest.raises(InputError, match=f"column 'valence' has 1 empty cell\\(s\\), e.g. for "
+                                         f"{files[5]}; regression needs a value for every file"):
+        data.load_dataset(table)
+
+
+def test_dataset_entry_counts_tracks_of_soft_targets():
+    """Soft rows (0.8/0.1/0.1) summed to 5.9999 per class and were cut to "5/5/6 per class"."""
+    from jaxmir.train.recipe import dataset_entry
+
+    soft = np.full((18, 3), 0.1, np.float32)
+    soft[np.arange(18), np.arange(18) % 3] = 0.8
+    dataset = data.Dataset(tuple(f"{i}.wav" for i in range(18)), soft, "single", ABC)
+    assert dataset_entry("DATA", dataset, None, 0)["size"] == "18 tracks, 6/6/6 per class"
+    multi = data.Dataset(dataset.paths, (soft > 0.5) * 0.9 + 0.05, "multi", ABC)
+    assert dataset_entry("DATA", multi, None, 0)["size"] == "18 tracks, 6/6/6 per class"
 
 
 def test_parquet_list_label_column_is_multilabel(tmp_path, audio_set):

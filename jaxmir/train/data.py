@@ -257,6 +257,11 @@ def _from_table(path: Path) -> Dataset:
         return _classification(path, files, label)
     numeric = {name: _floats(values) for name, values in columns.items()}
     bad = [name for name, values in numeric.items() if values is None]
+    for name in bad:
+        blank = [file for file, value in zip(files, columns[name]) if value == ""]
+        if blank and _floats([v for v in columns[name] if v != ""]) is not None:
+            raise InputError(f"{path}: column {name!r} has {len(blank)} empty cell(s), e.g. for "
+                             f"{blank[0]}; regression needs a value for every file")
     if bad or not numeric:
         raise InputError(f"{path}: expected a 'label' column (classes) or numeric columns "
                          f"(regression); non-numeric: {', '.join(bad) or 'no other columns'}")
@@ -266,17 +271,38 @@ def _from_table(path: Path) -> Dataset:
     return Dataset(tuple(files), values, "regression", tuple(numeric))
 
 
+def _class_order(name: str) -> tuple:
+    """Classes in order of name, class ids (numbers) in order of value: 2 before 10."""
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
 def _classification(path: Path, files: list[str], label: list[str | list[str]]) -> Dataset:
     if any(isinstance(value, list) for value in label):  # a Parquet list column: multi-label
         multi, per_row = True, label
     else:
         multi = any(";" in value for value in label)
-        per_row = [[part.strip() for part in value.split(";") if part.strip()] if multi
-                   else [value] for value in label]
+        stray = [(files[i], value) for i, value in enumerate(label)
+                 if multi and value and not all(part.strip() for part in value.split(";"))]
+        if stray:
+            raise InputError(f"{path}: {len(stray)} row(s) with an empty label beside a ';', e.g. "
+                             f"{stray[0][1]!r} for {stray[0][0]}; a ';' anywhere makes the table "
+                             "multi-label: remove the stray ';', or name a label on each side")
+        per_row = [[part.strip() for part in value.split(";")] if multi else [value]
+                   for value in label]
     empty = [files[i] for i, parts in enumerate(per_row) if not parts or parts == [""]]
     if empty:
         raise InputError(f"{path}: {len(empty)} row(s) without a label, e.g. {empty[0]}")
-    classes = sorted({c for parts in per_row for c in parts})
+    classes = sorted({c for parts in per_row for c in parts}, key=_class_order)
+    numbers = [_class_order(name)[:2] for name in classes]
+    twins = [(a, b) for a, b, x, y in zip(classes, classes[1:], numbers, numbers[1:])
+             if x[0] == 0 and x == y]
+    if twins:
+        raise InputError(f"{path}: the labels {twins[0][0]!r} and {twins[0][1]!r} are one number "
+                         "written two ways, which would make two classes; write each class id "
+                         "one way")
     index = {name: i for i, name in enumerate(classes)}
     targets = np.zeros((len(files), len(classes)), np.float32)
     for row, parts in enumerate(per_row):

@@ -169,8 +169,9 @@ def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | No
                   folds: int) -> dict:
     """The JSON's ``dataset``: name, size, and the cross-validation figures if any."""
     entry = {"name": Path(where).name or where, "size": f"{len(dataset)} tracks"}
-    if dataset.task != "regression":
-        counts = dataset.targets.sum(axis=0).astype(int)
+    if dataset.task != "regression":  # tracks of each class (soft targets: by their largest)
+        counts = np.bincount(dataset.class_index(), minlength=len(dataset.classes)) \
+            if dataset.task == "single" else (dataset.targets >= 0.5).sum(axis=0)
         entry["size"] += ", " + "/".join(map(str, counts)) + " per class"
     if validation is not None:
         entry["metrics"] = {f"{folds}-fold_cross_validation_{'normalized_accuracy' if name == 'normalized_accuracy' else name}": round(mean, 4)
