@@ -116,6 +116,22 @@ def test_a_folder_linked_beside_itself_is_listed_by_its_own_path(tmp_path):
     assert inputs.expand([str(folder)]) == [str(folder / "real" / "v.wav")]
 
 
+def test_each_real_file_is_listed_once_by_its_own_path(tmp_path):
+    """A link in an earlier folder (a/link -> b/real) listed b's files by the link's path; a
+    folder and a folder in it that links back up listed each file twice (two rows, analysed
+    twice); so did a file named by a link beside it."""
+    folder = tmp_path / "music"
+    (folder / "b" / "real").mkdir(parents=True)
+    (folder / "a").mkdir()
+    (folder / "b" / "real" / "s.wav").write_bytes(b"")
+    (folder / "a" / "link").symlink_to(folder / "b" / "real", target_is_directory=True)
+    assert inputs.expand([str(folder)]) == [str(folder / "b" / "real" / "s.wav")]
+    (folder / "b" / "real" / "back").symlink_to(folder, target_is_directory=True)
+    (folder / "a" / "same.wav").symlink_to(folder / "b" / "real" / "s.wav")
+    assert inputs.expand([str(folder), str(folder / "b" / "real"), str(folder / "a" / "same.wav")]) \
+        == [str(folder / "b" / "real" / "s.wav")]
+
+
 def test_expand_folders_lists_and_names(music, tmp_path):
     found = inputs.expand([str(music)])
     names = [os.path.relpath(p, music) for p in found]

@@ -42,24 +42,42 @@ class Source:
 
 
 def _walk(folder: Path) -> list[str]:
-    """The audio files below ``folder``: linked folders followed, each real folder once (a link
-    loop ends there), by its own path where it is below ``folder`` too; FIFOs, sockets and devices
-    left out (reading one could wait forever)."""
-    found, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        state = os.stat(root)
-        if (state.st_dev, state.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((state.st_dev, state.st_ino))
-        # real folders before links to them: a file is then listed by its real path
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
-                         key=lambda d: (os.path.islink(os.path.join(root, d)), d))
-        found += [path for path in (os.path.join(root, f) for f in files
-                                    if not f.startswith(".")
-                                    and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS)
-                  if _readable_kind(path)]
-    return sorted(found)
+    """The audio files below ``folder``, each real file once: linked folders followed, each real
+    folder once (a link loop ends there), and a file reached both ways listed by its path without
+    links where it has one (the real folders are all walked before any linked one); FIFOs,
+    sockets and devices left out (reading one could wait forever)."""
+    met: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    roots = [str(folder)]
+    while roots:  # the folder, then each linked folder met, in the order met
+        for root, dirs, files in os.walk(roots.pop(0)):
+            state = os.stat(root)
+            if (state.st_dev, state.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((state.st_dev, state.st_ino))
+            dirs.sort()
+            links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+            roots += [os.path.join(root, d) for d in links if not d.startswith(".")]
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d not in links]
+            met += sorted(path for path in (os.path.join(root, f) for f in files
+                                            if not f.startswith(".")
+                                            and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS)
+                          if _readable_kind(path))
+    found: dict[tuple[int, int] | str, str] = {}
+    for path in sorted(met, key=os.path.islink):  # files before links to them, else as met
+        found.setdefault(_identity(path), path)
+    return sorted(found.values())
+
+
+def _identity(path: str) -> tuple[int, int] | str:
+    """What makes two names one file: its device and inode, or its absolute path when it
+    cannot be examined (a broken link, a name that does not exist)."""
+    try:
+        state = os.stat(path)
+    except (OSError, ValueError):
+        return os.path.abspath(path)
+    return (state.st_dev, state.st_ino)
 
 
 def _readable_kind(path: str) -> bool:
@@ -86,7 +104,8 @@ def _read_list(list_file: str) -> list[str]:
 
 
 def expand(arguments: Sequence[str]) -> list[str]:
-    """Absolute paths of the audio files that ``arguments`` name, without duplicates.
+    """Absolute paths of the audio files that ``arguments`` name, each file once (by the name
+    met first).
 
     Arguments are files, folders or ``@list.txt``; a name that does not exist
     is kept (it becomes a failed row naming it), an empty folder is an error.
@@ -103,10 +122,10 @@ def expand(arguments: Sequence[str]) -> list[str]:
             paths += files
         else:
             paths.append(argument)
-    seen: dict[str, None] = {}
-    for path in paths:
-        seen.setdefault(os.path.abspath(path))
-    return list(seen)
+    unique: dict[tuple[int, int] | str, str] = {}
+    for path in paths:  # one file by two names (a link, a folder and a folder in it): once
+        unique.setdefault(_identity(path), os.path.abspath(path))
+    return list(unique.values())
 
 
 def examine(path: str) -> Source:
