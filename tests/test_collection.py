@@ -430,6 +430,33 @@ def test_a_second_run_on_an_output_stops_at_once(model, tmp_path, kind):
         holder.kill()
         holder.wait()
     assert collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0, progress=False).ok == 1
+    # through a link to it, too: each name had its own lock (both runs wrote part-000000)
+    link = tmp_path / f"link-{kind}"
+    link.symlink_to(out)
+    with outputs.exclusive(str(out)):
+        with pytest.raises(InputError, match="is being written by another jaxmir run"):
+            collect(model, [str(clip)], str(link), name="msd-musicnn", jobs=0, progress=False)
+
+
+def test_an_output_named_through_a_link_is_written_through_it(model, tmp_path):
+    """A resume that dropped a row replaced the link by a file, leaving its target stale; a
+    dotted folder named with a trailing '/' was an unknown kind."""
+    clips = [_write(tmp_path / "in" / f"{name}.wav", 3.0, 16000, 1, seed)
+             for seed, name in enumerate("ab")]
+    out, link = tmp_path / "tags.jsonl", tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    run = lambda: collect(model, [str(c) for c in clips], str(link), name="msd-musicnn", jobs=0,
+                          progress=False)
+    assert run().ok == 2
+    os.utime(clips[0], ns=(1, 1))  # changed: its row goes, the file is done again
+    assert run().ok == 1 and link.is_symlink()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(row["path"] for row in rows) == [str(c) for c in clips]
+    assert sorted(os.listdir(tmp_path)) == [".tags.jsonl.lock", "in", "link.jsonl", "tags.jsonl"]
+    folder = tmp_path / "vectors.v2"
+    assert collect(model, [str(clips[0])], f"{folder}/", command="embed",
+                   options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False).ok == 1
+    assert sorted(os.listdir(folder)) == ["a.npy", "index.jsonl"]
 
 
 def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):

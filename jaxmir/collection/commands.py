@@ -16,7 +16,7 @@ from typing import Sequence
 from jaxmir.arguments import whole_number
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
-from jaxmir.collection.outputs import exclusive, kind_of, open_output
+from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import UNRECORDED_DEFAULTS, Layout, Result
 from jaxmir.errors import InputError
@@ -147,6 +147,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     """
     name = name or str(model.source)
     model = options.cast(model)
+    output = followed(output)
     fields = identity(model_fields(name, backbone), model, command, options)
     if command == "embed" and kind_of(output, command) == "npy":  # a table holds the mean anyway
         fields["average"] = bool(average)

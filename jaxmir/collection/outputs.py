@@ -59,14 +59,24 @@ _CSV_COLUMNS_BEFORE_SETTINGS = list(BASE_COLUMNS) + ["model"]  # CSVs written be
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
 
 
+def followed(output: str) -> str:
+    """The file or folder ``output`` names through a symbolic link, else ``output``: two runs
+    through two names then share one lock, and a resumed run rewrites the link's target instead
+    of replacing the link by a file."""
+    bare = output.rstrip("/" + os.sep) or output
+    return os.path.realpath(bare) if os.path.islink(bare) else output
+
+
 def kind_of(output: str, command: str) -> str:
-    """``parquet``, ``jsonl``, ``csv`` or ``npy`` (a folder) from the output's name."""
+    """``parquet``, ``jsonl``, ``csv`` or ``npy`` (a folder: no or another extension, or a
+    trailing ``/``) from the output's name."""
     suffix = Path(output).suffix.lower()
     if suffix in (".parquet", ".jsonl", ".csv"):
         return suffix[1:]
-    if suffix in ("", ".npy") or os.path.isdir(output):
+    if suffix in ("", ".npy") or os.path.isdir(output) or output.endswith(("/", os.sep)):
         return "npy"
-    expected = ".parquet, .jsonl or .csv" if command == "tag" else ".parquet, .jsonl or a folder"
+    expected = ".parquet, .jsonl or .csv" if command == "tag" else \
+        ".parquet, .jsonl or a folder (a name ending in '/')"
     raise InputError(f"--output {output}: unknown kind {suffix!r}; expected {expected}")
 
 
