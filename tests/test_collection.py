@@ -162,6 +162,14 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     open(odd, "wb").close()
     listing.write_bytes(odd + b"\n")
     assert [os.fsencode(p) for p in inputs.expand([f"@{listing}"])] == [odd]
+    # a list saved as UTF-16 (Windows Notepad) ended in a traceback: "embedded null byte"
+    listing.write_text("rock/b.flac\n", encoding="utf-16")
+    with pytest.raises(InputError, match=r"list.txt: UTF-16 text; expected a UTF-8 \(or plain\) text"):
+        inputs.expand([f"@{listing}"])
+    listing.write_bytes(b"rock/b.flac\x00\n")
+    with pytest.raises(InputError, match=r"list.txt: not text \(it holds NUL bytes\)"):
+        inputs.expand([f"@{listing}"])
+    assert inputs.examine("a\0b.wav") == inputs.Source("a\0b.wav", -1, -1)
 
 
 # -- outputs against Model.predict ------------------------------------------------------------

@@ -97,6 +97,11 @@ def _read_list(list_file: str) -> list[str]:
     except OSError as err:
         raise InputError(f"@{list_file}: cannot read the list of paths ({err}); expected a text "
                          "file with one path per line") from None
+    if b"\0" in data:  # UTF-16 (as Windows Notepad saves) or not text: no path holds a NUL
+        kind = "UTF-16 text" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else \
+            "not text (it holds NUL bytes)"
+        raise InputError(f"@{list_file}: {kind}; expected a UTF-8 (or plain) text file with one "
+                         "path per line")
     lines = [os.fsdecode(line) for line in data.removeprefix(codecs.BOM_UTF8).splitlines()]
     base = Path(list_file).parent
     names = (line.strip() for line in lines)
@@ -132,7 +137,7 @@ def examine(path: str) -> Source:
     """The file's size and modification time now (``-1, -1`` when it cannot be examined)."""
     try:
         stat = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return Source(path, -1, -1)
     return Source(path, int(stat.st_size), int(stat.st_mtime_ns))
 
