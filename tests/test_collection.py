@@ -355,6 +355,25 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
         run(name="msd-vgg")
 
 
+def test_a_deleted_array_is_done_again(model, tmp_path):
+    """A row whose .npy was deleted stayed done: the rerun said "nothing to do" and the array
+    stayed missing."""
+    clips = [_write(tmp_path / "in" / f"{name}.wav", 3.0, 16000, 1, seed)
+             for seed, name in enumerate("ab")]
+    out = tmp_path / "emb"
+    embed = lambda: collect(model, [str(c) for c in clips], str(out), command="embed",
+                            options=Options("embeddings"), name="msd-musicnn", jobs=0,
+                            progress=False)
+    assert embed().ok == 2
+    whole = np.load(out / "a.npy")
+    (out / "a.npy").unlink()
+    tally = embed()
+    assert (tally.ok, tally.skipped) == (1, 1)
+    np.testing.assert_array_equal(np.load(out / "a.npy"), whole)
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert sorted(row["npy"] for row in index) == ["a.npy", "b.npy"]  # one row each
+
+
 def test_an_overwrite_never_leaves_rows_without_arrays(model, tmp_path, monkeypatch):
     """--overwrite empties the index before it removes the arrays it listed: a removal that
     fails (or a kill between the two) leaves arrays without rows, never rows without arrays.

@@ -35,7 +35,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 try:
     import fcntl
@@ -214,11 +214,13 @@ class LinesWriter(Writer):
     A CSV row holds the base columns, ``model``, ``settings`` (the run's
     identity but the labels, as JSON text) and one column per label, its
     text as :func:`rows.as_text` writes it. ``rows``: those kept from an
-    existing output.
+    existing output; ``lost(row)``: whether a kept row goes anyway (its file is done again).
     """
 
-    def __init__(self, path: Path, layout: Layout, current: Mapping[str, Source], overwrite: bool):
+    def __init__(self, path: Path, layout: Layout, current: Mapping[str, Source], overwrite: bool,
+                 lost: Callable[[dict], bool] | None = None):
         super().__init__(path, layout)
+        self.lost = lost
         self.csv = path.suffix.lower() == ".csv"
         if self.csv and (layout.command != "tag" or layout.per_patch):
             raise InputError(f"--output {path}: CSV holds tag means only; use .parquet or .jsonl "
@@ -310,7 +312,7 @@ class LinesWriter(Writer):
                 else self._jsonl_entries(complete, current)
             kept = [(line, row) for line, row in entries
                     if resume.keep(row["path"], row["size_bytes"], row["mtime_ns"], row["status"],
-                                   current)]
+                                   current) and not (self.lost and self.lost(row))]
         except InputError:  # another model's or other settings' output: already said so
             raise
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as err:
@@ -409,7 +411,12 @@ class NpyWriter(Writer):
         _remove_array_temporaries(path)
         listed = _listed_arrays(path, index) if overwrite and index.is_file() else []
         summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False)
-        self.index = LinesWriter(index, summary_only, current, overwrite)
+
+        def lost(row: dict) -> bool:  # a file of this run whose array was deleted: done again
+            return bool(row.get("npy")) and row["path"] in current and \
+                not (path / from_text(str(row["npy"]))).is_file()
+
+        self.index = LinesWriter(index, summary_only, current, overwrite, lost)
         # only once the index no longer lists them: a removal cut short leaves arrays without
         # rows (written again as needed), never rows without arrays
         for array in listed:
