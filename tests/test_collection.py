@@ -916,6 +916,8 @@ def _truncated(folder: Path) -> Path:
 
 def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     """Decoded in part: its tags from what was there, status "damaged", the problem in "error"."""
+    import pandas
+
     cut = _truncated(tmp_path / "music")
     out = str(tmp_path / "tags.jsonl")
     analyzer, seen = _counting()
@@ -933,6 +935,15 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     strict = collect(model, [str(cut)], str(tmp_path / "strict.jsonl"), name="msd-musicnn",
                      jobs=0, progress=False, options=Options(strict=True))
     assert strict.failed == 1
+    # a strict rerun on the same output fails it as a strict run does (it kept the damaged row)
+    for suffix in ("jsonl", "parquet"):
+        both = str(tmp_path / f"both.{suffix}")
+        collect(model, [str(cut)], both, name="msd-musicnn", jobs=0, progress=False)
+        rerun = collect(model, [str(cut)], both, name="msd-musicnn", jobs=0, progress=False,
+                        options=Options(strict=True))
+        assert (rerun.failed, rerun.skipped) == (1, 0)
+        rows = _read_parquet(both) if suffix == "parquet" else pandas.read_json(both, lines=True)
+        assert list(rows["status"]) == ["error"]
     # streamed from disk (no workers, the default analyzer): the same row, and no warning escapes
     streamed = tmp_path / "streamed.jsonl"
     with warnings.catch_warnings():

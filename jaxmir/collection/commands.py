@@ -152,7 +152,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     if command == "embed" and kind_of(output, command) == "npy":  # a table holds the mean anyway
         fields["average"] = bool(average)
     layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,
-                    average)
+                    average, options.strict)
     sources = [inputs.examine(p) for p in inputs.expand(paths)]
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; expected local or ray")

@@ -312,7 +312,8 @@ class LinesWriter(Writer):
                 else self._jsonl_entries(complete, current)
             kept = [(line, row) for line, row in entries
                     if resume.keep(row["path"], row["size_bytes"], row["mtime_ns"], row["status"],
-                                   current) and not (self.lost and self.lost(row))]
+                                   current, self.layout.strict)
+                    and not (self.lost and self.lost(row))]
         except InputError:  # another model's or other settings' output: already said so
             raise
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as err:
@@ -410,7 +411,8 @@ class NpyWriter(Writer):
                              "over files of the same names")
         _remove_array_temporaries(path)
         listed = _listed_arrays(path, index) if overwrite and index.is_file() else []
-        summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False)
+        summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False,
+                              strict=layout.strict)
 
         def lost(row: dict) -> bool:  # a file of this run whose array was deleted: done again
             return bool(row.get("npy")) and row["path"] in current and \
@@ -538,7 +540,7 @@ class ParquetWriter(Writer):
             columns = {c: table.column(c).to_pylist() for c in ("path", "size_bytes", "mtime_ns", "status")}
             columns["path"] = resume.real_paths(columns["path"], current)
             rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))
-            mask = [resume.keep(*row, current) for row in rows]
+            mask = [resume.keep(*row, current, self.layout.strict) for row in rows]
             self.done |= {row[:3] for row, kept in zip(rows, mask) if kept and row[3] in DONE}
             if all(mask):
                 continue

@@ -3,7 +3,8 @@
 A row is kept when its file succeeded and is unchanged (same path, size and
 modification time), or when its file is not part of this run (another run's
 rows are not ours to drop). Failed rows and rows of files changed since are
-dropped; those files are done again and their new rows appended.
+dropped; those files are done again and their new rows appended. A strict run
+(``--strict``) drops the rows of damaged files too.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from jaxmir.collection.inputs import Source
-from jaxmir.collection.rows import DONE, UNRECORDED_DEFAULTS, as_text
+from jaxmir.collection.rows import DONE, OK, UNRECORDED_DEFAULTS, as_text
 from jaxmir.errors import InputError
 
 
-def keep(path: str, size: int, mtime_ns: int, status: str, current: Mapping[str, Source]) -> bool:
-    """Whether an existing row stays in the output (see the module docstring)."""
+def keep(path: str, size: int, mtime_ns: int, status: str, current: Mapping[str, Source],
+         strict: bool = False) -> bool:
+    """Whether an existing row stays in the output (see the module docstring); ``strict``: a
+    damaged file's row goes too (a strict run fails such a file)."""
     source = current.get(path)
     if source is None:
         return True
-    return status in DONE and (size, mtime_ns) == (source.size, source.mtime_ns)
+    done = (OK,) if strict else DONE
+    return status in done and (size, mtime_ns) == (source.size, source.mtime_ns)
 
 
 def to_do(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[Source]:

@@ -55,6 +55,7 @@ class Layout:
     labels: tuple[str, ...] = ()
     per_patch: bool = False
     average: bool = False  # a folder of .npy holds the mean over patches
+    strict: bool = False  # a damaged file is an error: its row from a run before is not kept
 
     def check_label_columns(self, columns: Iterable[str], table: str) -> None:
         """A table with a column per label (Parquet, CSV) cannot also have its own ``columns``
