@@ -710,6 +710,10 @@ def test_a_model_file_is_known_by_its_bytes_not_by_the_path_that_names_it(music,
     with pytest.raises(InputError, match="holds results of model 'mine.npz'.*the model files' "
                                          "bytes differ"):
         run(str(here))
+    # a shipped model against a file: no bytes were compared, though the message said so
+    with pytest.raises(InputError, match=r"model: 'mine.npz' there, 'msd-musicnn' now; a model "
+                                         r"file there, a shipped model now\)"):
+        run("msd-musicnn")
 
 
 def test_labels_named_like_a_tables_columns_go_to_jsonl_only(music, model, tmp_path):

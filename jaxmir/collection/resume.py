@@ -52,8 +52,11 @@ def check_identity(output: str, found: dict, expected: dict) -> None:
     details = "; ".join(f"{k}: {value(found, k)!r} there, {value(expected, k)!r} now" for k in keys
                         if k not in ("labels", "model_sha256"))
     if "model_sha256" in keys:
-        details = "; ".join(filter(None, [details, "the model files' bytes differ (sha256 "
-                                          f"{value(found, 'model_sha256')!r} there)"]))
+        there, now = value(found, "model_sha256"), value(expected, "model_sha256")
+        bytes_ = f"the model files' bytes differ (sha256 {there!r} there)" if there and now else \
+            "a model file there, a shipped model now" if there else \
+            "a shipped model there, a model file now"
+        details = "; ".join(filter(None, [details, bytes_]))
     if "labels" in keys:
         details = "; ".join(filter(None, [details, "the labels differ"]))
     raise InputError(f"{output} holds results of model {found.get('model')!r}, not of "
