@@ -217,6 +217,24 @@ def test_options_without_effect_are_named(capsys, wavs, tmp_path):
     assert status == 0 and "jaxmir: warning: --per-patch is ignored: a folder of .npy" in err, err
 
 
+def test_decoding_options_ray_does_not_use_are_named(capsys):
+    """--jobs and --processes were ignored by --engine ray without a word; --flush-every 0 was
+    taken as 1."""
+    from types import SimpleNamespace
+
+    from jaxmir.collection import commands
+
+    args = SimpleNamespace(per_patch=False, flush_every=256, actors=None, engine="ray", jobs=4,
+                           processes=True)
+    commands._warn_ignored(args, "parquet")
+    warned = capsys.readouterr().err.splitlines()
+    assert [line.split()[2] for line in warned] == ["--processes", "--jobs"]
+    assert all("--engine ray decodes in Ray's CPU tasks" in line for line in warned)
+    with pytest.raises(SystemExit):
+        run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--flush-every", "0")
+    assert "argument --flush-every: expected" in capsys.readouterr().err
+
+
 def test_short_file_with_pad(capsys, wavs):
     status, out, err = run(capsys, "tag", str(wavs["short"]), "--pad", "zero", "--format", "json")
     assert status == 0, err

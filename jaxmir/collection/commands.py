@@ -51,7 +51,7 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
                        help="also write every patch's output (column 'patches', [n_patches, dim])")
     group.add_argument("--overwrite", action="store_true",
                        help="start the output over instead of resuming it")
-    group.add_argument("--flush-every", metavar="ROWS", type=whole_number(0), default=256,
+    group.add_argument("--flush-every", metavar="ROWS", type=whole_number(1), default=256,
                        help="Parquet: rows per part file (default 256; a part is also written "
                             "every minute)")
 
@@ -184,9 +184,9 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
             # NumPy reports a short write with neither errno nor strerror: "N requested and M written"
             reason = err.strerror or (f"{err} (a short write: is the disk full?)" if err.errno is None
                                       else str(err))
-            raise InputError(f"cannot write {output}: {reason}; the "
-                             f"{writer.rows_written} rows written before are kept: run the same "
-                             "command again to resume") from None
+            raise InputError(f"cannot write {output}: {reason}; every row written before is "
+                             f"kept ({writer.rows_written} by this run): run the same command "
+                             "again to resume") from None
         except BaseException:
             writer.close()  # e.g. Ctrl-C: the rows of the files done are kept
             raise
@@ -220,7 +220,11 @@ def _warn_ignored(args: argparse.Namespace, kind: str) -> None:
         "--actors": args.actors is not None and args.engine != "ray"
         and "it sizes --engine ray's model pool",
         "--processes": args.processes and args.jobs == 0 and "--jobs 0 decodes in this process",
+        "--jobs": args.jobs is not None and args.engine == "ray"
+        and "--engine ray decodes in Ray's CPU tasks, as many as the cluster runs",
     }
+    if args.engine == "ray" and args.processes:
+        ignored["--processes"] = "--engine ray decodes in Ray's CPU tasks"
     for option, why in ignored.items():
         if why:
             print(f"jaxmir: warning: {option} is ignored: {why}", file=sys.stderr)
