@@ -468,11 +468,12 @@ class Stream:
             self._buffer = self._buffer[drop:].copy()
             self._buffer_start += drop
 
-    def _run(self, first_frame: int, index: np.ndarray, shared: bool, patch: int | None = None
-             ) -> tuple[np.ndarray, ...]:
+    def _run(self, first_frame: int, index: np.ndarray, shared: bool, patch: int | None = None,
+             used: int | None = None) -> tuple[np.ndarray, ...]:
         """Outputs of ``index`` (rows into the window's frames) for a window from ``first_frame``;
         a shared run of regular patches from ``patch`` takes over the overlap the run before
-        left when it ended just there."""
+        left when it ended just there. A run padded beyond the signal (``used`` of its patches
+        kept) leaves none: its last rows read zeros where samples were still to come."""
         n, size = index.shape
         span = (n - 1) * self.patch_hop + size
         module = self._shared if shared and n > 1 else self._plain
@@ -483,7 +484,8 @@ class Stream:
                                          call_step(self.model.variables, n), self.model.variables,
                                          self._window(first_frame, span), index, carry)
         if carry:
-            self._carry, self._carry_at = carry, patch + n
+            whole = used is None or used == n
+            self._carry, self._carry_at = (carry, patch + n) if whole else (None, None)
         return tuple(np.asarray(v) for v in values)
 
     def _regular_index(self, n: int) -> np.ndarray:
@@ -522,7 +524,8 @@ class Stream:
                 self._small if count > SINGLE_LIMIT or not self.eager else 1
             count = min(count, n)
             first = self._next * self.patch_hop
-            values = self._run(first, self._regular_index(n), shared=True, patch=self._next)
+            values = self._run(first, self._regular_index(n), shared=True, patch=self._next,
+                               used=count)
             starts = (first + self.patch_hop * np.arange(count)) * self.frontend.frame_seconds
             parts.append(self._record(starts, [v[:count] for v in values]))
             self._next += count

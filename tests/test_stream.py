@@ -293,6 +293,20 @@ def test_a_run_takes_the_rows_it_shares_from_the_run_before(musicnn, monkeypatch
     assert valid and valid[0] is False and not all(valid[1:])
 
 
+def test_a_padded_run_leaves_no_carry_for_a_later_run(musicnn):
+    """A live stream's padded run (5 patches in a call of 8) left a carry for the run that would
+    start 8 patches on; three single patches brought the stream there, and that run took rows
+    computed from the zeros past the signal: patch 8 was 0.38 off (a tester's chunks)."""
+    audio = signal_at(16000, 31.0, seed=22)                          # 19 patches
+    plain = pipeline.predict(musicnn, audio, 16000, share_overlap=False)
+    end = lambda patch: (patch * 93 + 186) * 256 + 256 + 10          # a sample past its last frame
+    cuts = [0, end(4), end(5), end(6), end(7), audio.shape[0]]      # 5, 1, 1, 1, then 11 patches
+    stream = musicnn.stream(16000)
+    parts = [stream.push(audio[a:b]) for a, b in zip(cuts, cuts[1:])] + [stream.close()]
+    assert [p.shape[0] for p in parts[:4]] == [5, 1, 1, 1]
+    np.testing.assert_allclose(joined(parts), plain, rtol=0, atol=1e-6)
+
+
 def test_only_a_module_that_shares_overlap_is_traced_for_its_first_carry(musicnn, monkeypatch):
     """A first call's carry comes from an abstract trace of the model (~0.15 s on a CPU); the
     modules that share no overlap (the single patches at a file's end, VGG, VGGish) carry
