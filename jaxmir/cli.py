@@ -386,6 +386,7 @@ def cmd_tag(args) -> int:
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     _warn_ignored(args, collection.is_collection(args, "tag"))
     if collection.is_collection(args, "tag"):
+        args.writes_rows = True
         return collection.run_tag(args, model, hop)  # --bf16 casts it through the options
     dtype = collection.dtype_of(args)
     model = model.astype(dtype)
@@ -431,13 +432,40 @@ def cmd_embed(args) -> int:
     pipeline.frontend_of(model)
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     model.resolve_output(args.layer)  # an unknown name fails here, once, listing the names
+    args.writes_rows = True
     return collection.run_embed(args, model, hop)
 
 
 # -- stream ---------------------------------------------------------------------------------------
 def cmd_stream(args) -> int:
+    """Ctrl-C (SIGINT) or SIGTERM, from the start: the patches complete so far are written, then
+    the command ends (130, 143). Only a wait for input is broken off; a model call finishes."""
     import signal
 
+    interrupted = {"now": 0, "reading": False}  # "now": the signal received
+
+    def on_signal(signum, frame):
+        interrupted["now"] = signum
+        if interrupted["reading"]:
+            raise KeyboardInterrupt
+
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {kind: signal.signal(kind, on_signal) for kind in kinds}
+    try:
+        return _stream_command(args, interrupted)
+    finally:
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)
+
+
+def _stopped_by(interrupted: dict) -> int | None:
+    """The exit status for the signal ``interrupted`` records, if any."""
+    import signal
+
+    return {0: None, signal.SIGTERM: 143}.get(interrupted["now"], 130)
+
+
+def _stream_command(args, interrupted: dict) -> int:
     from jaxmir.collection.commands import dtype_of
     from jaxmir.errors import InputError
 
@@ -453,23 +481,13 @@ def cmd_stream(args) -> int:
                          f"for files use: jaxmir tag {args.input}")
     if sys.stdin is None:
         raise InputError("standard input is closed; pipe audio into jaxmir stream")
-    source = ByteReader(sys.stdin.fileno())
-    interrupted = {"now": False, "reading": False}
-
-    def on_sigint(signum, frame):
-        interrupted["now"] = True
-        if interrupted["reading"]:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        return _stream_stdin(model, args, hop, output, source, interrupted)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    if interrupted["now"]:  # while the model loaded: nothing read, nothing to write
+        return _stopped_by(interrupted)
+    return _stream_stdin(model, args, hop, output, ByteReader(sys.stdin.fileno()), interrupted)
 
 
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
-    """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT."""
+    """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.errors import AudioError, InputError
     from jaxmir.stream import Stream
 
@@ -484,7 +502,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
 
     head = reading(source.peek, 4)
     if head is None:
-        return 130
+        return _stopped_by(interrupted)
     remaining = None
     if head == b"RIFF":
         rate, channels, dtype, remaining = read_wav_header(source.read)
@@ -536,7 +554,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         seconds = stream.n_samples / 16000
         _warn(f"{seconds:.2f} s of audio made no complete patch (a patch takes "
               f"{stream.patch_size * stream.frontend.frame_seconds:.2f} s)")
-    return 130 if interrupted["now"] else EXIT_OK
+    return _stopped_by(interrupted) or EXIT_OK
 
 
 def _line_writer(model, output: str, args) -> Callable:
@@ -763,14 +781,18 @@ def _stop_on_sigterm_as_on_ctrl_c() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage,
     141 the reader of standard output left, 130 interrupted, 143 terminated)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _stop_on_sigterm_as_on_ctrl_c()
-    _show_warnings_as_lines()
-    _enable_cache(getattr(args, "no_cache", False))
+    from jaxmir.atomic import deferred_interrupts
     from jaxmir.errors import JaxmirError
 
+    _stop_on_sigterm_as_on_ctrl_c()
+    args = None
     try:
+        # Starting up imports JAX (~1 s): a signal then waits for the end of it, rather than
+        # breaking an import with a traceback, or vanishing in JAX's garbage-collection callback.
+        with deferred_interrupts():
+            args = build_parser().parse_args(argv)
+            _show_warnings_as_lines()
+            _enable_cache(getattr(args, "no_cache", False))
         return args.func(args)
     except JaxmirError as err:
         _error(str(err))
@@ -782,11 +804,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{err.filename or ''}: {err.strerror or err}")
         return EXIT_FAILED
     except Terminated:
-        _error("terminated (SIGTERM); the rows of the files done are kept")
+        _error("terminated (SIGTERM)" + _rows_kept(args))
         return 143
     except KeyboardInterrupt:
-        _error("interrupted")
+        _error("interrupted" + _rows_kept(args))
         return 130
+
+
+def _rows_kept(args: argparse.Namespace | None) -> str:
+    """What a stopped collection run keeps, for its last line; nothing for other commands."""
+    return "; the rows of the files done are kept" if getattr(args, "writes_rows", False) else ""
 
 
 if __name__ == "__main__":  # pragma: no cover

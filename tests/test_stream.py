@@ -565,7 +565,10 @@ def test_stream_command_bad_input():
         b"middle of a sample frame" in result.stderr, result.stderr  # not "standard input ended"
 
 
-def test_stream_command_ends_cleanly_on_ctrl_c():
+@pytest.mark.parametrize("kind, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_stream_command_ends_cleanly_on_ctrl_c_and_sigterm(kind, status):
+    """SIGTERM was taken for the end of the input (exit 0) while the command waited for it, and
+    lost the patch being computed otherwise."""
     env = child_env()
     process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -576,13 +579,27 @@ def test_stream_command_ends_cleanly_on_ctrl_c():
     first = process.stdout.readline()  # the first patch arrives while the input is still open
     assert json.loads(first)["start"] == 0.0
     time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, kind))
     out, err = process.communicate(timeout=120)
     process.stdin.close()
-    assert process.returncode == 130, err.decode()
+    assert process.returncode == status, err.decode()
     assert b"Traceback" not in err
     records = [json.loads(first)] + [json.loads(line) for line in out.decode().splitlines()]
     assert [r["start"] for r in records] == [0.0, 1.488]
+
+
+@pytest.mark.parametrize("kind, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_in_the_stream_commands_first_second_ends_it_cleanly(kind, status):
+    """Ctrl-C while the command imported JAX ended in a traceback; while it loaded the model, it
+    could be lost in JAX's garbage-collection callback, and the stream went on."""
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=child_env(), cwd=ROOT)
+    time.sleep(0.6)  # python and the command line are up (~0.2 s), JAX and the model not yet
+    process.send_signal(getattr(signal, kind))
+    out, err = process.communicate(b"\0" * 64000, timeout=120)
+    assert process.returncode == status, err.decode()
+    assert b"Traceback" not in err and out == b""
 
 
 def test_tag_plot_and_embed_average(tmp_path, musicnn):
