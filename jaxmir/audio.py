@@ -301,7 +301,9 @@ class MonoInput:
                 bad = _first_bad_sample(array)
                 at = where if bad is None else f"sample {self.samples + bad}" + (
                     f" (in {where})" if self.samples else "")
-                raise AudioError(f"{at}: {str(err).removeprefix('audio: ')}") from None
+                reason = str(err).removeprefix("audio: ")
+                raise AudioError(f"{at} {reason}" if reason.startswith("has ") else
+                                 f"{at}: {reason}") from None
         self.channels, self.dtype = channels, array.dtype
         self.samples += int(array.shape[0])
         return mono

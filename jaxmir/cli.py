@@ -535,6 +535,8 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
             try:
                 patches = stream.push_patches(decode_pcm(data[:whole], dtype, channels))
             except AudioError as err:  # NaN in float input, say
+                if not stream.n_patches:
+                    raise
                 raise AudioError(f"{err}; the patches above are complete and valid") from None
             write(patches)
         if remaining == 0:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
+import jaxmir
 from conftest import require, shared_fixture
 from jaxmir.audio import load_audio, prepare_audio
 from jaxmir.errors import AudioError, InputError
@@ -269,6 +270,9 @@ def test_more_than_two_channels(tmp_path):
         prepare_audio(np.zeros((1000, 3), np.float32), 16000)
     with pytest.raises(AudioError, match="1000 channels.*channels go last"):
         prepare_audio(np.zeros((2, 1000), np.float32), 16000)  # channels-first by mistake
+    # a stream (jaxmir tag FILE runs one) said "the audio: has 3 channels"
+    with pytest.raises(AudioError, match="^the audio has 3 channels; accepted: mono or stereo"):
+        jaxmir.load("msd-musicnn").stream(16000).push(np.zeros((1000, 3), np.float32))
 
 
 @pytest.mark.parametrize("rate", [4000, 384000])
