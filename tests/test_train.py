@@ -462,6 +462,15 @@ def test_export_loads_in_jaxmir_and_tensorflow(tmp_path, task):
     assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
     meta = json.loads(paths[".json"].read_text())
     assert meta["inference"]["embedding_model"]["model_name"] == "msd-musicnn-1"
+    # Essentia's metadata keys and words (regression heads were "regressor", emomusic's
+    # "regression model"; no author, email, release date, citation)
+    essentia_keys = ["name", "type", "link", "version", "description", "author", "email",
+                     "release_date", "framework", "framework_version", "classes", "model_types",
+                     "dataset", "schema", "citation", "inference"]
+    assert [key for key in meta if key in essentia_keys] == essentia_keys
+    assert meta["type"] == {"single": "multi-class classifier", "multi": "multi-label classifier",
+                            "regression": "regression model"}[task]
+    assert meta["framework_version"] == "1.15.0"
     output = export.OUTPUT_NODE[head.activation]
     # the same float32 products in another order: ~200 terms of size ~1 -> 1e-5 is ample
     np.testing.assert_allclose(np.asarray(model.apply(x)["predictions"]), ours, atol=1e-5)

@@ -13,8 +13,10 @@ embeddings; ``jaxmir.load("NAME.pb")`` reads it back with the JSON's classes.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,8 +35,9 @@ EMBEDDING_NODE = "model/dense/BiasAdd"
 LOGITS_NODE = "model/dense_1/BiasAdd"
 OUTPUT_NODE = {"softmax": "model/Softmax", "sigmoid": "model/Sigmoid", "identity": "model/Identity"}
 _OP = {"softmax": "Softmax", "sigmoid": "Sigmoid", "identity": "Identity"}
+# Essentia's own words: mood_happy's "multi-class classifier", emomusic's "regression model"
 MODEL_TYPE = {"softmax": "multi-class classifier", "sigmoid": "multi-label classifier",
-              "identity": "regressor"}
+              "identity": "regression model"}
 SUFFIXES = (".pb", ".json", ".npz")
 
 
@@ -122,14 +125,20 @@ def metadata(name: str, classes: Sequence[str], activation: str, in_dim: int, hi
                {"name": EMBEDDING_NODE, "type": "float", "shape": [hidden],
                 "op": "fully connected", "description": "penultimate layer",
                 "output_purpose": ""}]
-    return {"name": name, "type": MODEL_TYPE[activation], "version": "1",
+    # Essentia's keys, in its order; those only a person can fill in are left empty
+    return {"name": name, "type": MODEL_TYPE[activation], "link": "", "version": "1",
             "description": f"a head trained with jaxmir {__version__} on "
                            f"{embedding_model['model_name']} embeddings",
-            "framework": "tensorflow", "framework_version": "1.15 (GraphDef written by jaxmir)",
+            "author": "", "email": "", "release_date": datetime.date.today().isoformat(),
+            "framework": "tensorflow", "framework_version": "1.15.0",
+            "programming_env": {"language": "python", "version": platform.python_version(),
+                                "others": f"GraphDef written by jaxmir {__version__}, "
+                                          "without TensorFlow"},
             "classes": list(classes), "model_types": ["frozen_model"],
             "dataset": dataset or {},
             "schema": {"inputs": [{"name": INPUT_NODE, "type": "float", "shape": [in_dim]}],
                        "outputs": outputs},
+            "citation": "",
             "inference": {"sample_rate": 16000, "algorithm": "TensorflowPredict2D",
                           "embedding_model": embedding_model}}
 
