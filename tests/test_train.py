@@ -789,6 +789,11 @@ def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
     resumed = fit_head(audio_set, config=FAST, cache=tmp_path / "cache",
                        resume=tmp_path / "h.pb")
     assert resumed.head.in_dim == 200
+    (copy / "pads" / "broken.wav").unlink()
+    (copy / "pads").rename(copy / "strings")  # resumed for other classes: said, not silent
+    with pytest.warns(JaxmirWarning, match=r"h.pb was trained for the classes \['drums', 'pads'\]; "
+                                           r"resumed for \['drums', 'strings'\]"):
+        fit_head(copy, config=FAST, cache=tmp_path / "cache", resume=tmp_path / "h.pb")
     with pytest.raises(InputError, match="200-d embeddings.*50-d"):  # msd-musicnn logits
         fit_head(audio_set, layer="model/dense_1/BiasAdd", config=FAST, cache=False,
                  resume=tmp_path / "h.pb")

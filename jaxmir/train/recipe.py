@@ -54,13 +54,18 @@ def mfcc_features(paths, kind: str, cache) -> tuple[list[np.ndarray | None], lis
     return cached(compute, paths, lambda p: cache_key("mfcc", kind, p, kind="mfcc"), root)
 
 
-def resumed_params(source: str | os.PathLike) -> dict:
-    """A head to resume from (``.pb`` or ``.npz``), as ``{"dense": ..., "dense_1": ...}``."""
+def resumed_params(source: str | os.PathLike, classes: tuple[str, ...]) -> dict:
+    """A head to resume from (``.pb`` or ``.npz``), as ``{"dense": ..., "dense_1": ...}``; a
+    warning when it was trained for other ``classes`` (its outputs take the new ones in order)."""
     from jaxmir.loading import load
 
     model = load(source)
     if model.architecture != "head":
         raise InputError(f"{source} is a {model.architecture} model, not an embedding head")
+    if len(model.labels) == len(classes) and tuple(model.labels) != tuple(classes):
+        warnings.warn(f"{source} was trained for the classes {list(model.labels)}; resumed for "
+                      f"{list(classes)}, its outputs take these in this order",
+                      JaxmirWarning, stacklevel=3)
     return export.params_from_model(model)
 
 
@@ -118,7 +123,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     check_class_sizes(dataset.targets, dataset.classes, smoothing, folds)
     if folds:
         check_folds(dataset.targets, dataset.task, dataset.classes, folds)
-    initial = resumed_params(resume) if resume is not None else None
+    initial = resumed_params(resume, dataset.classes) if resume is not None else None
     model = load(backbone)
     if model.architecture == "head":
         raise InputError(f"{backbone} is an embedding head; the backbone is a model that takes "
