@@ -46,7 +46,7 @@ def _walk(folder: Path) -> list[str]:
     folder once (a link loop ends there), and a file reached both ways listed by its path without
     links where it has one (the real folders are all walked before any linked one); FIFOs,
     sockets and devices left out (reading one could wait forever)."""
-    met: list[str] = []
+    met: list[tuple[bool, str, tuple[int, int] | str]] = []  # (is a link, path, identity)
     seen: set[tuple[int, int]] = set()
     roots = [str(folder)]
     while roots:  # the folder, then each linked folder met, in the order met
@@ -60,14 +60,27 @@ def _walk(folder: Path) -> list[str]:
             links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
             roots += [os.path.join(root, d) for d in links if not d.startswith(".")]
             dirs[:] = [d for d in dirs if not d.startswith(".") and d not in links]
-            met += sorted(path for path in (os.path.join(root, f) for f in files
-                                            if not f.startswith(".")
-                                            and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS)
-                          if _readable_kind(path))
+            met += [file for file in (_audio_file(os.path.join(root, name)) for name in sorted(files)
+                                      if not name.startswith(".")
+                                      and os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS)
+                    if file is not None]
     found: dict[tuple[int, int] | str, str] = {}
-    for path in sorted(met, key=os.path.islink):  # files before links to them, else as met
-        found.setdefault(_identity(path), path)
+    for _, path, identity in sorted(met, key=lambda file: file[0]):  # files before links to them
+        found.setdefault(identity, path)
     return sorted(found.values())
+
+
+def _audio_file(path: str) -> tuple[bool, str, tuple[int, int] | str] | None:
+    """``(is a link, path, identity)`` for a regular file or a name that cannot be followed (a
+    broken link: its row says so); None for a FIFO, a socket or a device (reading one could
+    wait forever)."""
+    try:
+        state = os.stat(path)
+    except OSError:
+        return True, path, os.path.abspath(path)
+    if not stat.S_ISREG(state.st_mode):
+        return None
+    return os.path.islink(path), path, (state.st_dev, state.st_ino)
 
 
 def _identity(path: str) -> tuple[int, int] | str:
@@ -78,14 +91,6 @@ def _identity(path: str) -> tuple[int, int] | str:
     except (OSError, ValueError):
         return os.path.abspath(path)
     return (state.st_dev, state.st_ino)
-
-
-def _readable_kind(path: str) -> bool:
-    """A regular file, or a name that cannot be followed (a broken link: its row says so)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return True
 
 
 def _read_list(list_file: str) -> list[str]:
