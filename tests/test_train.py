@@ -592,28 +592,37 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
     assert model.labels == ("drums", "pads")
 
 
-def test_cli_warns_of_a_missing_picture_and_of_classes_named_like_columns(tmp_path, capsys,
-                                                                           monkeypatch):
-    """Multi-label and regression heads have no confusion matrix: --plot wrote nothing, silently;
-    a class named like a table's column made a head the tables refuse, without a word."""
+def test_cli_refuses_plot_for_data_without_a_confusion_matrix(tmp_path, audio_set, capsys):
+    """Multi-label and regression heads have no confusion matrix: --plot wrote nothing, silently,
+    then with a warning after all the training."""
+    require("matplotlib")
+    files = sorted(audio_set.rglob("*.wav"))
+    table = tmp_path / "multi.csv"
+    table.write_text("path,label\n" + "".join(f"{f},{'a;b' if i % 2 else 'b'}\n"
+                                              for i, f in enumerate(files)))
+    argv = ["train-head", str(table), "--output", str(tmp_path / "h"), "--folds", "2", "--plot"]
+    assert jaxmir_cli.main(argv) == 1
+    assert f"--plot draws the confusion matrix of a classifier of one class per track; {table} " \
+        "is multi-label data, whose head has none" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.csv"]
+
+
+def test_cli_warns_of_classes_named_like_columns(tmp_path, capsys, monkeypatch):
+    """A class named like a table's column made a head the tables refuse, without a word."""
     from types import SimpleNamespace
 
-    from jaxmir.train import plot, recipe
+    from jaxmir.train import recipe
 
     validation = SimpleNamespace(summary={"roc_auc": (0.9, 0.01)}, confusion=None)
     tracks = type("Dataset", (list,), {"classes": ("path", "rock")})(["a", "b"])
     result = SimpleNamespace(cross_validation=validation, dataset=tracks, failures=[],
                              seconds_per_epoch=0.001, paths={})
     monkeypatch.setattr(recipe, "fit_head", lambda *args, **kwargs: result)
-    monkeypatch.setattr(plot, "require_matplotlib", lambda: None)
-    argv = ["train-head", str(tmp_path), "--output", str(tmp_path / "h"), "--folds", "2", "--plot"]
+    argv = ["train-head", str(tmp_path), "--output", str(tmp_path / "h"), "--folds", "2"]
     assert jaxmir_cli.main(argv) == 0
     captured = capsys.readouterr()
     assert "2-fold roc_auc: 0.900" in captured.out
-    assert "--plot draws the confusion matrix of a classifier of one class per track" in \
-        captured.err
-    assert not list(tmp_path.glob("*.png"))
-    # and a class named like a table's column: the tables will refuse the head (JSONL takes it)
+    # a class named like a table's column: the tables will refuse the head (JSONL takes it)
     assert "the classes ['path'] are also columns of jaxmir's Parquet and CSV tables" in \
         captured.err
 

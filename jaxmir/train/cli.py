@@ -110,6 +110,19 @@ def planned_outputs(args: argparse.Namespace) -> list[Path]:
     return planned
 
 
+def _check_plot_has_a_matrix(data: str) -> None:
+    """``--plot`` draws the confusion matrix of a single-label classifier: refused, before any
+    audio is read, for multi-label and regression data (the table is read twice; it is small)."""
+    from jaxmir.errors import InputError
+    from jaxmir.train.data import load_dataset
+
+    task = load_dataset(data).task
+    if task != "single":
+        raise InputError(f"--plot draws the confusion matrix of a classifier of one class per "
+                         f"track; {data} is {'multi-label' if task == 'multi' else task} data, "
+                         "whose head has none")
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed)."""
     from jaxmir.errors import JaxmirError
@@ -136,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.force:  # every file this run would write, before any audio is read
             export.refuse_existing(planned_outputs(args))
         export.check_output_folder(args.output)
+        if args.plot:
+            _check_plot_has_a_matrix(args.data)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *rest: _say(f"jaxmir: warning: {message}")
@@ -158,13 +173,10 @@ def run(args: argparse.Namespace) -> int:
     if validation is not None:
         for name, (mean, std) in validation.summary.items():
             print(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}")
-        if args.plot and validation.confusion is not None:
+        if args.plot:
             picture = confusion_output(args.output)
             plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
             print(f"wrote {picture}")
-        elif args.plot:
-            _say("jaxmir: warning: --plot draws the confusion matrix of a classifier of one class "
-                 "per track; this multi-label or regression head has none, so no picture")
     clash = table_column_clash(result.dataset.classes)
     if clash:
         _say(f"jaxmir: warning: the classes {clash} are also columns of jaxmir's Parquet and CSV "
