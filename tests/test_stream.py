@@ -341,8 +341,8 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     calls: list = []
     run, warm_up, shapes = streaming.Stream._run, streaming.Stream._warm_up, streaming._output_shapes
     monkeypatch.setattr(streaming.Stream, "_run",
-                        lambda self, first, index, shared, patch=None: calls.append(index.shape[0])
-                        or run(self, first, index, shared, patch))
+                        lambda self, first, index, shared, patch=None, used=None:
+                        calls.append(index.shape[0]) or run(self, first, index, shared, patch, used))
     monkeypatch.setattr(streaming.Stream, "_warm_up", lambda self: calls.append("warm up")
                         or warm_up(self))
     monkeypatch.setattr(streaming, "_output_shapes", lambda *args: calls.append("shapes")
