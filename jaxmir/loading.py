@@ -12,7 +12,7 @@ from jaxmir import catalog
 from jaxmir.compose import check_backbone, compose
 from jaxmir.errors import GraphError, InputError, JaxmirError, JaxmirWarning, UnsupportedGraphError
 from jaxmir.model import Model
-from jaxmir.models import nonfinite_variable, variable_mismatches
+from jaxmir.models import damaged_variable, variable_mismatches
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
 
 
@@ -112,10 +112,10 @@ def _load_one(source, labels=None, output=None) -> Model:
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape, spec.variables)
     if problem is not None:  # what loads must also run
         raise UnsupportedGraphError(f"{text}: {problem}")
-    nonfinite = nonfinite_variable(spec.variables)
-    if nonfinite is not None:
-        raise GraphError(f"{text}: the weights of '{nonfinite}' hold NaN or infinite values; the "
-                         "graph would give NaN outputs")
+    damaged = damaged_variable(spec.variables)
+    if damaged is not None:
+        raise GraphError(f"{text}: the weights of '{damaged[0]}' hold {damaged[1]}; the graph "
+                         "would give NaN or meaningless outputs")
     if labels is None and metadata.get("classes"):
         if not isinstance(metadata["classes"], list) or not all(
                 isinstance(name, str) for name in metadata["classes"]):

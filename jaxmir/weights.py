@@ -25,7 +25,7 @@ from jaxmir.atomic import write_atomically
 from jaxmir.errors import JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.model import Model
-from jaxmir.models import COMPOSED, leaves, nonfinite_variable, variable_mismatches
+from jaxmir.models import COMPOSED, damaged_variable, leaves, variable_mismatches
 from jaxmir.spec import Frontend, ModelSpec, config_from_json, config_to_json
 
 WEIGHTS_SUFFIX = ".npz"
@@ -210,9 +210,9 @@ def _spec(meta: dict, arrays: dict[str, np.ndarray], path: str) -> ModelSpec:
 
 def _check_spec(spec: ModelSpec, path: str) -> None:
     """Variables that fit the model and are finite; outputs that name what the model computes."""
-    nonfinite = nonfinite_variable(spec.variables)
-    if nonfinite is not None:
-        raise WeightsError(f"{path}: '{_VARIABLES}/{nonfinite}' holds NaN or infinite values")
+    damaged = damaged_variable(spec.variables)
+    if damaged is not None:
+        raise WeightsError(f"{path}: '{_VARIABLES}/{damaged[0]}' holds {damaged[1]}")
     taps = [*spec.aliases.values(), *(tap for tap, _ in spec.node_map.values())]
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape,
                                   spec.variables, taps)

@@ -313,12 +313,16 @@ CRAFTED = {"cycle": cycle_graph, "self_add": self_add_graph, "nested_calls": nes
 
 # -- 1-3: hangs and memory blow-ups --------------------------------------------------------------
 
-@pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_weights_that_are_not_finite_are_refused_at_load(tmp_path, value):
-    """They loaded, and every output was NaN (JSON output then held a bare NaN)."""
+@pytest.mark.parametrize("value, what", [(np.nan, "NaN or infinite values"),
+                                         (np.inf, "NaN or infinite values"),
+                                         (-2.8e36, "a value of size 2.8e\\+36, beyond any trained "
+                                                   "weight's \\(1e\\+10\\): the file is damaged")])
+def test_weights_that_are_not_finite_or_far_too_large_are_refused_at_load(tmp_path, value, what):
+    """They loaded, and every output was NaN (JSON output then held a bare NaN); so did a
+    weight whose exponent a flipped bit had made huge, which is finite."""
     weights = head_weights()
     weights["k2"][1, 2] = value
-    with pytest.raises(GraphError, match="the weights of '.*' hold NaN or infinite values"):
+    with pytest.raises(GraphError, match=f"the weights of '.*' hold {what}"):
         jaxmir.load(write(tmp_path, "head", head_graph(weights)))
 
 

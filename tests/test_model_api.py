@@ -323,6 +323,8 @@ def _array(key, convert):
     ("float16_weights", _array(KERNEL, lambda k: k.astype(np.float16)), "holds float16 values"),
     ("nan_weights", _array(KERNEL, lambda k: np.where(k > 0, np.nan, k).astype(np.float32)),
      f"'{KERNEL}' holds NaN or infinite values"),
+    ("huge_weights", _array(KERNEL, lambda k: np.where(k > 0, np.float32(3e36), k)),
+     f"'{KERNEL}' holds a value of size 3e\\+36, beyond any trained weight's"),
 ])
 def test_a_weights_file_jaxmir_did_not_write_is_a_weights_error(musicnn, tmp_path, name, edit,
                                                                message):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
@@ -112,11 +113,25 @@ def _shapes(tree: Mapping) -> dict[str, tuple[int, ...]]:
     return {path: tuple(np.shape(value)) for path, value in leaves(tree).items()}
 
 
-def nonfinite_variable(variables: Mapping) -> str | None:
-    """The path of the first variable holding NaN or an infinity, or ``None``."""
+# No weight of Essentia's models reaches 1e3 (msd-musicnn's largest, a batch norm's variance, is
+# 557); a flipped exponent bit in a damaged file makes ~1e36, whose products overflow float32.
+MAX_WEIGHT = 1e10
+
+
+def damaged_variable(variables: Mapping) -> tuple[str, str] | None:
+    """``(path, what)`` of the first variable holding NaN, an infinity or a value beyond
+    :data:`MAX_WEIGHT` in size, or ``None``."""
     for path, value in leaves(variables).items():
-        if not np.isfinite(value).all():
-            return path
+        array = np.asarray(value)
+        if not array.size:
+            continue
+        lowest, highest = float(array.min()), float(array.max())  # NaN if any is; no copies
+        if not (math.isfinite(lowest) and math.isfinite(highest)):
+            return path, "NaN or infinite values"
+        largest = max(-lowest, highest)
+        if largest > MAX_WEIGHT:
+            return path, (f"a value of size {largest:.3g}, beyond any trained weight's "
+                          f"({MAX_WEIGHT:.0e}): the file is damaged")
     return None
 
 
