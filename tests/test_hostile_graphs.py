@@ -353,6 +353,15 @@ def test_hangs_and_memory_bombs_end_in_a_jaxmir_error(tmp_path, name, message):
     assert __import__("re").search(message, outcome), outcome
 
 
+def test_a_file_of_tiny_nodes_is_refused_before_it_is_parsed(tmp_path):
+    """10 MB of empty NodeDefs took 648 MB to parse (protobuf's ~130 bytes a node) before the
+    budget refused them; 40 MB took 2 GB. They are now counted on the wire first."""
+    tiny = tmp_path / "tiny.pb"
+    tiny.write_bytes(b"\x0a\x00" * (5 << 20))  # 5 M nodes in 10 MB
+    outcome = load_guarded([tiny], cap_mb=64, timeout_s=60)[str(tiny)]
+    assert outcome.startswith("jaxmir GraphError") and "graph nodes" in outcome, outcome
+
+
 def test_budget_grows_with_the_file():
     """A tiny file gets a small budget; the limits scale with its size."""
     small = Graph.from_bytes(head_graph().SerializeToString())

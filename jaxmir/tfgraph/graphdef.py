@@ -47,7 +47,9 @@ MAX_BROADCAST_ELEMENTS = 1 << 28
 MAX_RANK = 32  # supported models use rank <= 4; NumPy stops at 64
 # Per-load budget, proportional to the file's size (see LoadBudget).
 BYTES_PER_FILE_BYTE, BASE_BYTES = 4, 64 << 20
-NODES_PER_FILE_BYTE, BASE_NODES = 0.25, 4096
+# A node of Essentia's graphs takes 49 bytes or more (a name, an op, a dtype); parsing one
+# costs protobuf ~130 bytes of memory, so 16 bytes a node keeps parsing within ~8x the file.
+NODES_PER_FILE_BYTE, BASE_NODES = 1 / 16, 4096
 VISITS_PER_FILE_BYTE, BASE_VISITS = 16, 1_000_000
 MAX_CALL_DEPTH = 8
 MAX_PORT_DIGITS = 9  # of a tensor reference's output index: no op has a billion outputs
@@ -377,6 +379,8 @@ class Graph:
         if not data:
             raise GraphError(f"{source}: the file is empty; expected a frozen TensorFlow "
                              "GraphDef (.pb) written with tf.io.write_graph(..., as_text=False)")
+        budget = LoadBudget(len(data))
+        budget.check_nodes(_count_nodes(data, budget.max_nodes), source)  # before parsing them
         graph_def = GraphDefProto()
         try:
             graph_def.ParseFromString(data)
@@ -387,8 +391,6 @@ class Graph:
         if not graph_def.node:
             raise GraphError(f"{source}: parsed as protobuf but holds no graph nodes; expected a "
                              "frozen TensorFlow GraphDef (.pb) such as Essentia's models")
-        budget = LoadBudget(len(data))
-        budget.check_nodes(len(graph_def.node), source)
         _inline_function_calls(graph_def, source, budget)
         graph = cls(graph_def, source, budget)
         graph._check_references()
@@ -630,6 +632,49 @@ def _check_regular(path: str, status: os.stat_result) -> None:
     if status.st_size > MAX_FILE_BYTES:
         raise GraphError(f"{path}: holds {status.st_size} bytes, more than protobuf's limit of "
                          f"{MAX_FILE_BYTES} on one message; it is not a GraphDef")
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """The protobuf varint at ``at``: ``(value, where the next field starts)``; IndexError past
+    the end."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80 or shift > 63:
+            return value, at
+        shift += 7
+
+
+_GRAPH_NODE_TAG = (1 << 3) | 2  # GraphDef.node: field 1, length-delimited
+
+
+def _count_nodes(data: bytes, limit: int) -> int:
+    """The ``node`` fields of a serialized GraphDef, counted up to ``limit + 1`` without parsing
+    them (parsing takes ~130 bytes of memory a node, so a file of tiny nodes would take 50x its
+    size before the budget could refuse it); a malformed wire stops the count, and the parser
+    then reports it."""
+    count = at = 0
+    try:
+        while at < len(data) and count <= limit:
+            tag, at = _varint(data, at)
+            kind = tag & 7
+            if kind == 0:
+                _, at = _varint(data, at)
+            elif kind == 1:
+                at += 8
+            elif kind == 5:
+                at += 4
+            elif kind == 2:
+                size, at = _varint(data, at)
+                at += size
+                count += tag == _GRAPH_NODE_TAG
+            else:  # groups: not in a GraphDef
+                break
+    except IndexError:
+        pass
+    return count
 
 
 def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
