@@ -136,7 +136,7 @@ def read_metadata(graph_path: str | os.PathLike) -> dict:
         return {}
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: JSON
         raise InputError(f"{path}: not readable model metadata ({err}); expected Essentia's "
                          "model JSON with 'classes' and 'schema'") from None
     if not isinstance(metadata, dict):

@@ -125,8 +125,8 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
     arrays = _read_arrays(path)
     try:
         meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise WeightsError(f"{path}: the description is not valid JSON ({err})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: bad JSON, or
+        raise WeightsError(f"{path}: the description is not valid JSON ({err})") from None  # huge ints
     if not isinstance(meta, dict):
         raise WeightsError(f"{path}: the description is a JSON {type(meta).__name__}; expected "
                            "an object")
@@ -168,7 +168,9 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
                                        f"jaxmir weights file ({_META_KEY}, {_VARIABLES}/...)")
                 with archive.open(member) as handle:
                     arrays[name] = _read_array(path, name, handle, member.file_size)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+    # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile lacks
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, RuntimeError,
+            NotImplementedError) as err:
         raise WeightsError(f"{path}: not a readable jaxmir weights file ({err}); expected a .npz "
                            "written by jaxmir") from None
     return arrays
@@ -189,10 +191,22 @@ def _read_array(path: str, name: str, handle, size: int) -> np.ndarray:
         raise WeightsError(f"{path}: '{name}' declares a {list(shape)} array, more than its "
                            f"{size} bytes hold; the file is corrupt")
     data = bytearray(nbytes)  # writable, as np.load's arrays are
-    if handle.readinto(data) != nbytes:
+    if _read_into(handle, memoryview(data)) != nbytes:
         raise WeightsError(f"{path}: '{name}' ends before the {list(shape)} array it declares; "
                            "the file is corrupt")
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _read_into(handle, buffer: memoryview, chunk: int = 1 << 22) -> int:
+    """Fill ``buffer`` from ``handle`` in chunks of ``chunk`` bytes: a zip member's ``readinto``
+    reads the whole of it into a new object first, then copies (3x a 1.5-GB array's memory)."""
+    done = 0
+    while done < len(buffer):
+        read = handle.readinto(buffer[done:done + chunk])
+        if not read:
+            break
+        done += read
+    return done
 
 
 def _spec(meta: dict, arrays: dict[str, np.ndarray], path: str) -> ModelSpec:

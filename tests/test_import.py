@@ -171,6 +171,7 @@ def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_p
     ('{"schema": [1]}', "'schema' is \\[1\\]; expected"),
     ('{"schema": {"outputs": 5}}', "'schema' is .*; expected"),
     ("[" * 100_000 + "]" * 100_000, "not readable model metadata"),
+    ('{"version": ' + "9" * 5000 + "}", "not readable model metadata"),  # Python's int limit
     ('{"classes": [[1], {"x": 2}]}', "'classes' is .*; expected a list of class names"),
     ('{"schema": {"outputs": [{"name": "model/Sigmoid", "output_purpose": "predictions"}]}}',
      "names the output node 'model/Sigmoid', which the graph beside it does not have"),
