@@ -227,6 +227,11 @@ def _check_spec(spec: ModelSpec, path: str) -> None:
     damaged = damaged_variable(spec.variables)
     if damaged is not None:
         raise WeightsError(f"{path}: '{_VARIABLES}/{damaged[0]}' holds {damaged[1]}")
+    frontend = spec.frontend
+    if frontend is not None and spec.input_shape != (frontend.patch_size, frontend.n_bands):
+        raise WeightsError(f"{path}: input_shape {list(spec.input_shape)} does not fit the "
+                           f"{frontend.name} front-end's patches of {frontend.patch_size} frames "
+                           f"of {frontend.n_bands} bands")
     taps = [*spec.aliases.values(), *(tap for tap, _ in spec.node_map.values())]
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape,
                                   spec.variables, taps)

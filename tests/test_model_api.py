@@ -314,6 +314,10 @@ def _array(key, convert):
     ("meta_a_list", lambda a, m: [1, 2], "the description is a JSON list; expected an object"),
     ("meta_nested", lambda a, m: "[" * 100_000 + "]" * 100_000, "not valid JSON"),
     ("meta_huge_int", lambda a, m: '{"version": ' + "9" * 5000 + "}", "not valid JSON"),
+    ("patches_of_1e12_frames", _set("input_shape", [10 ** 12, 96]),  # predict: a NumPy MemoryError
+     r"input_shape \[1000000000000, 96\] does not fit the musicnn front-end's patches of 187 "
+     "frames of 96 bands"),
+    ("patches_of_200_frames", _set("input_shape", [200, 96]), "does not fit the musicnn front-end"),
     ("config_null", _set("config", None), "incomplete description"),
     ("config_a_list", _set("config", []), "incomplete description"),
     ("node_map_a_list", _set("node_map", []), "incomplete description"),
