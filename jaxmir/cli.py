@@ -377,15 +377,15 @@ def _warn_ignored(args, table: bool) -> None:
 
 def cmd_tag(args) -> int:
     from jaxmir import pipeline
-
     from jaxmir.collection import commands as collection
+    from jaxmir.collection.arguments import is_collection
 
     # a collection records (and Ray's actors load) the backbone found as if it were given
     model, args.backbone = _load_model(args.model, args.backbone)
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
-    _warn_ignored(args, collection.is_collection(args, "tag"))
-    if collection.is_collection(args, "tag"):
+    _warn_ignored(args, is_collection(args, "tag"))
+    if is_collection(args, "tag"):
         args.writes_rows = True
         return collection.run_tag(args, model, hop)  # --bf16 casts it through the options
     dtype = collection.dtype_of(args)
@@ -641,8 +641,8 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxmir.collection import commands as collection  # argparse only: no pyarrow, no Ray
     from jaxmir.arguments import whole_number
+    from jaxmir.collection.arguments import add_collection_options  # argparse only: no JAX
 
     parser = argparse.ArgumentParser(
         prog="jaxmir", description="Essentia's MusiCNN, VGG and VGGish models in JAX: tag music, "
@@ -671,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--plot", metavar="PNG", default=None,
                      help="draw the taggram (tags x time) to PNG (several files: PNG-<name>.png); "
                           "needs matplotlib (pip install 'jaxmir[plot]')")
-    collection.add_collection_options(tag)
+    add_collection_options(tag)
     tag.set_defaults(func=cmd_tag)
 
     embed = commands.add_parser("embed", help="embeddings of audio files: .npy files or a table",
@@ -691,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the mean over the patches ([...] without the patch axis); "
                             "per-patch values are then not kept, so long files need little memory")
     embed.add_argument("-q", "--quiet", action="store_true", help="do not list the files written")
-    collection.add_collection_options(embed)
+    add_collection_options(embed)
     embed.set_defaults(func=cmd_embed)
 
     live = commands.add_parser("stream", help="tag live audio from standard input, patch by patch",

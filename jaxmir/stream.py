@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.audio import BLOCK_FRAMES, MonoInput, Resampling, check_rate
+from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH, SINGLE_LIMIT
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.errors import AudioError, InputError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
@@ -81,21 +82,6 @@ from jaxmir.spec import Frontend
 
 if TYPE_CHECKING:
     from jaxmir.model import Model
-
-# Patches per model call for runs of patches (MusiCNN: ~75 MB of activations; larger
-# batches were not faster on CPU), and the largest run a live stream computes patch by patch
-# instead: a padded batch of 8 costs about as much as 4 single patches. A file's last few
-# patches go in a padded call all the same: the single-patch program would cost its process
-# more to trace and compile (or read from the cache) than 1-4 patches' worth of padding.
-BATCH = 8
-SINGLE_LIMIT = 4
-# A file's calls for a model with a heavy head (models.has_heavy_head), read at every call
-# (VGGish's 67 M: ~3 ms of a patch's ~14 in calls of 8, Zen 4). The body still runs in steps
-# of runner.CPU_STEP on a CPU; the 207-s WAV through VGGish took 2.85-2.91 s against 3.20-3.49.
-HEAVY_HEAD_BATCH = 32
-# The largest call: 4096 MusiCNN patches already hold ~38 GB of activations.
-MAX_BATCH = 4096
-
 
 def file_batch(model: "Model") -> int:
     """Patches per model call for audio that is all there (a file, ``predict``): :data:`BATCH`,

@@ -417,3 +417,17 @@ def test_second_run_reuses_the_compilation_cache(tmp_path, wavs):
     assert second.stdout == first.stdout
     assert "Persistent compilation cache hit for 'jit__audio_to_outputs'" in second.stderr
     assert sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir()) == entries
+
+
+def test_the_command_line_parses_without_loading_jax():
+    """`jaxmir --help` took 0.7-1.5 s: building the parser imported the collection engine and
+    label smoothing, and with them JAX and Flax. A Ctrl-C in that second ended in a traceback."""
+    script = ("import sys\nimport jaxmir\nfrom jaxmir.cli import build_parser\n"
+              "build_parser().parse_args(['tag', 'x.wav'])\n"
+              "print(sorted(m for m in ('jax', 'flax', 'optax', 'pyarrow') if m in sys.modules))\n"
+              "print(sorted(set(dir(jaxmir)) - set(jaxmir.__all__)))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, env=child_env(), timeout=120)
+    assert result.stdout.splitlines() == ["[]", "['__version__']"], result.stderr
+    with pytest.raises(AttributeError, match="module 'jaxmir' has no attribute 'tfgraph.walk'"):
+        getattr(jaxmir, "tfgraph.walk")

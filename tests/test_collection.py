@@ -20,7 +20,7 @@ import pytest
 
 import jaxmir
 from conftest import ROOT, child_env, require
-from jaxmir.collection import Options, collect, commands, compute, inputs, local, outputs
+from jaxmir.collection import Options, arguments, collect, commands, compute, inputs, local, outputs
 from jaxmir.decode import DamagedAudioWarning
 from jaxmir.errors import AudioError, InputError
 
@@ -885,15 +885,15 @@ def test_run_tag_and_embed_commands(music, model, tmp_path, capsys, monkeypatch)
         parser.add_argument(f"--{name.replace('_', '-')}", default=default)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("-q", "--quiet", action="store_true")
-    commands.add_collection_options(parser)
+    arguments.add_collection_options(parser)
     bad = _bad(tmp_path)
     args = parser.parse_args([str(music / "rock"), str(bad), "-o", str(tmp_path / "t.parquet"),
                               "--jobs", "0", "--no-progress"])
-    assert commands.is_collection(args, "tag")
+    assert arguments.is_collection(args, "tag")
     assert commands.run_tag(args, model, None) == 1
     err = capsys.readouterr().err
     assert str(bad) in err and "2 ok, 1 failed" in err and "x real time" in err
-    assert not commands.is_collection(parser.parse_args(["x", "-o", "t.csv", "-f", "csv"]), "tag")
+    assert not arguments.is_collection(parser.parse_args(["x", "-o", "t.csv", "-f", "csv"]), "tag")
     batches, stream_files = [], compute.stream_files
 
     def recording_stream_files(model, sources, options):

@@ -6,16 +6,13 @@
 Needs optax (the ``[train]`` extra); matplotlib for ``--plot`` (``[plot]``).
 """
 
-import importlib
+from jaxmir import lazy
 
 _EXPORTS = {"fit_head": "recipe", "TrainResult": "recipe", "TrainConfig": "fit",
             "Head": "fit", "train_head": "fit", "cross_validate": "fit", "TrainingError": "fit",
             "SmoothingConfig": "smoothing", "Dataset": "data", "load_dataset": "data"}
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    # lazy, so that ``jaxmir.train.cli`` can be imported (for the argument parser) without optax
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"jaxmir.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'jaxmir.train' has no attribute '{name}'")
+# lazy, so that ``jaxmir.train.cli`` can be imported (for the argument parser) without optax
+__getattr__, __dir__ = lazy.attributes(
+    __name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()}, __all__)

@@ -23,7 +23,6 @@ from typing import Callable
 import numpy as np
 
 from jaxmir.errors import InputError
-from jaxmir.train.lmnn import fit_lmnn
 
 METHODS = ("none", "knn", "lmnn")
 
@@ -95,6 +94,8 @@ def smooth_labels(features: np.ndarray, targets: np.ndarray, config: SmoothingCo
         return np.asarray(targets, np.float32)
     space = standardize(features)
     if config.method == "lmnn":
+        from jaxmir.train.lmnn import fit_lmnn  # JAX: loaded only to smooth, not for the parser
+
         labels = np.argmax(targets, axis=1)
         components = min(config.lmnn_components, space.shape[1], len(space) - 1)
         space = fit_lmnn(space, labels, n_components=components, k=config.lmnn_k,
