@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from jaxmir.atomic import write_atomically
-from jaxmir.errors import JaxmirError, WeightsError
+from jaxmir.errors import InputError, JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.model import Model
 from jaxmir.models import COMPOSED, damaged_variable, leaves, variable_mismatches
@@ -140,8 +140,11 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
             _check_spec(spec, path)
         return Model.from_spec(spec, labels=labels if labels is not None else _labels(meta),
                                source=path, metadata={"provenance": meta.get("provenance", {})})
-    except JaxmirError:
-        raise  # the caller's own labels, say
+    except JaxmirError as err:
+        if str(err).startswith(path) or (labels is not None and isinstance(err, InputError)):
+            raise  # named already, or the caller's own labels
+        kind = WeightsError if isinstance(err, InputError) else type(err)  # the file's labels
+        raise kind(f"{path}: {err}") from None  # or architecture, say
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise WeightsError(f"{path}: incomplete description ({type(err).__name__}: {err})") from None
 

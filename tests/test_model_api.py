@@ -318,6 +318,11 @@ def _array(key, convert):
      r"input_shape \[1000000000000, 96\] does not fit the musicnn front-end's patches of 187 "
      "frames of 96 bands"),
     ("patches_of_200_frames", _set("input_shape", [200, 96]), "does not fit the musicnn front-end"),
+    # the file's own errors name it (they did not)
+    ("unknown_architecture", _set("architecture", "../../etc"),
+     r"unknown_architecture.npz: unknown architecture '../../etc'"),
+    ("labels_too_few", _set("labels", ["one"]),
+     "labels_too_few.npz: 1 labels given for a model with 50 outputs"),
     ("config_null", _set("config", None), "incomplete description"),
     ("config_a_list", _set("config", []), "incomplete description"),
     ("node_map_a_list", _set("node_map", []), "incomplete description"),
