@@ -29,9 +29,10 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from jaxmir.pcm import RAW_DTYPES, ByteReader, decode_pcm, frame_bytes, read_wav_header
+if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
+    from jaxmir.pcm import ByteReader
 
 FORMATS = ("text", "json", "csv")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -483,12 +484,15 @@ def _stream_command(args, interrupted: dict) -> int:
         raise InputError("standard input is closed; pipe audio into jaxmir stream")
     if interrupted["now"]:  # while the model loaded: nothing read, nothing to write
         return _stopped_by(interrupted)
+    from jaxmir.pcm import ByteReader
+
     return _stream_stdin(model, args, hop, output, ByteReader(sys.stdin.fileno()), interrupted)
 
 
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.errors import AudioError, InputError
+    from jaxmir.pcm import RAW_DTYPES, decode_pcm, frame_bytes, read_wav_header
     from jaxmir.stream import Stream
 
     def reading(fn, *a):
@@ -643,6 +647,7 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from jaxmir.arguments import whole_number
     from jaxmir.collection.arguments import add_collection_options  # argparse only: no JAX
+    from jaxmir.pcm import RAW_DTYPES
 
     parser = argparse.ArgumentParser(
         prog="jaxmir", description="Essentia's MusiCNN, VGG and VGGish models in JAX: tag music, "
