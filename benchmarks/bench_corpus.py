@@ -146,7 +146,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-essentia", action="store_true",
                         help="jaxmir alone (where essentia-tensorflow is not installed, e.g. a GPU machine)")
     args = parser.parse_args(argv)
-    folder = Path(args.folder) / f"{args.tracks}x{args.min_s:g}-{args.max_s:g}s"
+    # absolute: `jaxmir tag` runs in the checkout's root, not here
+    folder = Path(args.folder).resolve() / f"{args.tracks}x{args.min_s:g}-{args.max_s:g}s"
     audio_s = generate(folder, args.tracks, args.min_s, args.max_s)
     print(f"CPU: {cpu_line()}")
     print(f"collection: {args.tracks} tracks (MP3/FLAC/WAV, 22.05-48 kHz, mono+stereo), "
