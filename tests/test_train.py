@@ -120,6 +120,8 @@ def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, 
     # ids in order of value (they came in order of text: 10 before 2, so id 10 was output 0)
     table.write_text("path,label\n" + "".join(f"{f},{10 if i else 2}\n" for f, i in zip(files, ids)))
     assert data.load_dataset(table).classes == ("2", "10")
+    table.write_text("path,label\n" + "".join(f"{f},{'nan' if i else 2}\n" for f, i in zip(files, ids)))
+    assert data.load_dataset(table).classes == ("2", "nan")  # a name, though float() reads it
     table.write_text("path,label\n" + "".join(f"{f},{'1.0' if n % 4 == 1 else i}\n"
                                               for n, (f, i) in enumerate(zip(files, ids))))
     with pytest.raises(InputError, match="the labels '1' and '1.0' are one number written two ways"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -272,11 +273,12 @@ def _from_table(path: Path) -> Dataset:
 
 
 def _class_order(name: str) -> tuple:
-    """Classes in order of name, class ids (numbers) in order of value: 2 before 10."""
+    """Classes in order of name, class ids (finite numbers) in order of value: 2 before 10."""
     try:
-        return (0, float(name), name)
+        value = float(name)
     except ValueError:
         return (1, 0.0, name)
+    return (0, value, name) if math.isfinite(value) else (1, 0.0, name)  # "nan" is a name
 
 
 def _classification(path: Path, files: list[str], label: list[str | list[str]]) -> Dataset:
