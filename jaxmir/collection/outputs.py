@@ -428,7 +428,8 @@ class NpyWriter(Writer):
                 pass  # an array without a row is harmless; the run writes over it if it must
             _remove_empty_folders(array.parent, path)
         self.done = self.index.done
-        taken = {from_text(str(row["npy"])): row["path"] for row in self.index.rows if row.get("npy")}
+        taken = {from_text(str(row["npy"])): row["path"]
+                 for row in self.index.rows if row.get("npy")}
         self.names = _unique_names(names, taken)
 
     def write(self, result: Result) -> None:
