@@ -79,6 +79,17 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     return target
 
 
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why no file can be made in the existing ``folder`` (read-only, no permission, full), or
+    ``None``: a probe file is made there and removed."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".jaxmir-probe-"):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) and SIGTERM until the block is done, then deliver them to the handlers

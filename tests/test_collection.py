@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -841,14 +842,13 @@ def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypat
     blocker.write_text("")
     with pytest.raises(InputError, match="cannot write the output"):
         collect(model, [str(music)], str(blocker / "tags.parquet"), jobs=0, progress=False)
-    real = Path.write_bytes
-
-    def read_only(self, data):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-    monkeypatch.setattr(Path, "write_bytes", read_only)  # root ignores chmod: simulate it
-    with pytest.raises(InputError, match="Permission denied"):
-        collect(model, [str(music)], str(tmp_path / "ro" / "tags.jsonl"), jobs=0, progress=False)
-    monkeypatch.setattr(Path, "write_bytes", real)
+    def read_only(*args, dir=None, **kwargs):  # the writability probe's file
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+    with monkeypatch.context() as patched:
+        patched.setattr(tempfile, "TemporaryFile", read_only)  # root ignores chmod: simulate it
+        with pytest.raises(InputError, match="Permission denied"):
+            collect(model, [str(music)], str(tmp_path / "ro" / "tags.jsonl"), jobs=0,
+                    progress=False)
 
     files = tmp_path / "vanishing"
     first = _write(files / "1.wav", 3.0, 16000, 1, 0)

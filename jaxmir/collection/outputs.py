@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover -- Windows: outputs are not locked
 
 import numpy as np
 
-from jaxmir.atomic import is_temporary, name_prefix, write_atomically
+from jaxmir.atomic import is_temporary, name_prefix, unwritable, write_atomically
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text, base, from_text,
@@ -84,14 +84,15 @@ def kind_of(output: str, command: str) -> str:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail now, with a clear message, when nothing can be written in ``folder``."""
-    probe = folder / f".jaxmir-probe-{os.getpid()}"
+    """Fail now, with a clear message, when nothing can be written in ``folder`` (made if need be)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as err:
-        raise InputError(f"cannot write the output in {folder}: {err.strerror or err}") from None
+        reason = err.strerror or str(err)
+    else:
+        reason = unwritable(folder)
+    if reason is not None:
+        raise InputError(f"cannot write the output in {folder}: {reason}")
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxmir.atomic import deferred_interrupts
+from jaxmir.atomic import deferred_interrupts, unwritable
 from jaxmir.errors import InputError
 from jaxmir.tfgraph.graphdef import GraphDefProto, TensorProto
 
@@ -180,11 +180,9 @@ def check_output_folder(output: str | os.PathLike) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise InputError(f"cannot write the head in {folder}: {existing} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=existing, prefix=".jaxmir-probe-"):
-            pass
-    except OSError as err:
-        raise InputError(f"cannot write the head in {folder}: {err.strerror or err}") from None
+    reason = unwritable(existing)
+    if reason is not None:
+        raise InputError(f"cannot write the head in {folder}: {reason}")
 
 
 def export_head(params: dict, activation: str, classes: Sequence[str], output: str | os.PathLike,
