@@ -9,6 +9,7 @@ front-end follows from the architecture.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -16,7 +17,7 @@ import math
 import os
 import zipfile
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -35,10 +36,9 @@ _READABLE_VERSIONS = (1, 2)
 _META_KEY = "__jaxmir__"
 _VARIABLES = "variables"
 MAX_BYTES = 2 << 30  # of a weights file's arrays: VGGish's 72 M float32 variables take 290 MB
+MAX_DESCRIPTION_BYTES = 16 << 20  # a shipped model's description takes 3-4 KB
 # Version 1 files did not record the front-end; it follows from the architecture.
 _V1_FRONTENDS = {"musicnn": "musicnn", "vgg": "musicnn", "vggish": "vggish"}
-
-
 
 
 def _unflatten(flat: dict[str, np.ndarray]) -> dict:
@@ -113,33 +113,38 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
                  trusted: bool = False) -> Model:
     """Read a weights file written by :func:`save_weights` into a :class:`Model`.
 
-    Every variable's shape is checked against the model the file describes,
-    unless ``trusted`` (a shipped file whose sha256 was just verified): the
-    check traces the model, a noticeable part of a command-line start.
+    Every variable's shape is checked against the model the file describes, from the
+    arrays' headers before their data is read (a small file may declare gigabytes), and
+    their values for damage, unless ``trusted`` (a shipped file whose sha256 was just
+    verified): the check traces the model, a noticeable part of a command-line start.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         what = "is a directory" if os.path.isdir(path) else "no such weights file"
         raise WeightsError(f"{path}: {what}; expected a .npz written by jaxmir "
                            "(tools/convert_musicnn.py) or a shipped model name")
-    arrays = _read_arrays(path)
-    try:
-        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: bad JSON, or
-        raise WeightsError(f"{path}: the description is not valid JSON ({err})") from None  # huge ints
-    if not isinstance(meta, dict):
-        raise WeightsError(f"{path}: the description is a JSON {type(meta).__name__}; expected "
-                           "an object")
-    if meta.get("format") != FORMAT or meta.get("version") not in _READABLE_VERSIONS:
-        raise WeightsError(f"{path}: format {meta.get('format')} v{meta.get('version')}; this "
-                           f"jaxmir reads {FORMAT} v{', v'.join(map(str, _READABLE_VERSIONS))}")
-    # a file jaxmir did not write may hold anything where the description has its fields
-    try:
-        spec = _spec(meta, arrays, path)
-        if not trusted:
-            _check_spec(spec, path)
+
+    def check_declared(meta: dict, declared: dict[str, jax.ShapeDtypeStruct]) -> None:
+        with _named_errors(path, labels):
+            _check_shapes(_spec(meta, _unflatten(declared), path), path)
+
+    meta, arrays = _read_arrays(path, None if trusted else check_declared)
+    with _named_errors(path, labels):
+        spec = _spec(meta, _unflatten(arrays), path)
+        damaged = None if trusted else damaged_variable(spec.variables)
+        if damaged is not None:
+            raise WeightsError(f"{path}: '{_VARIABLES}/{damaged[0]}' holds {damaged[1]}")
         return Model.from_spec(spec, labels=labels if labels is not None else _labels(meta),
                                source=path, metadata={"provenance": meta.get("provenance", {})})
+
+
+@contextlib.contextmanager
+def _named_errors(path: str, labels: Sequence[str] | None):
+    """Errors from what a file's description holds, as errors that name the file
+    (:class:`WeightsError` where Python's own): a file jaxmir did not write may hold anything
+    where the description has its fields."""
+    try:
+        yield
     except JaxmirError as err:
         if str(err).startswith(path) or (labels is not None and isinstance(err, InputError)):
             raise  # named already, or the caller's own labels
@@ -149,39 +154,86 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
         raise WeightsError(f"{path}: incomplete description ({type(err).__name__}: {err})") from None
 
 
-def _read_arrays(path: str) -> dict[str, np.ndarray]:
-    """The arrays of a weights file, each checked from its header before it is read: float32
-    variables (the description as bytes), no more than the file holds, :data:`MAX_BYTES` in all."""
+def _description(path: str, data: np.ndarray) -> dict:
+    """The file's JSON description, of a format and version this jaxmir reads."""
+    try:
+        meta = json.loads(data.tobytes().decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: bad JSON, or
+        raise WeightsError(f"{path}: the description is not valid JSON ({err})") from None  # huge ints
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: the description is a JSON {type(meta).__name__}; expected "
+                           "an object")
+    if meta.get("format") != FORMAT or meta.get("version") not in _READABLE_VERSIONS:
+        raise WeightsError(f"{path}: format {meta.get('format')} v{meta.get('version')}; this "
+                           f"jaxmir reads {FORMAT} v{', v'.join(map(str, _READABLE_VERSIONS))}")
+    return meta
+
+
+def _read_arrays(path: str, check: Callable[[dict, dict], None] | None = None
+                 ) -> tuple[dict, dict[str, np.ndarray]]:
+    """The description and the variables' arrays of a weights file, each array checked from its
+    header before it is read: float32 variables (the description as at most
+    :data:`MAX_DESCRIPTION_BYTES` bytes), no more than the file holds, :data:`MAX_BYTES` in all.
+    ``check(description, declared)``, where ``declared`` maps each variable's name to its shape
+    (:class:`jax.ShapeDtypeStruct`), runs before any variable's data is read."""
     try:
         with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-            total = sum(member.file_size for member in members)
-            if total > MAX_BYTES:
-                raise WeightsError(f"{path}: holds {total} bytes of arrays, more than the "
-                                   f"{MAX_BYTES} jaxmir reads from a weights file")
-            if _META_KEY + ".npy" not in {member.filename for member in members}:
-                raise WeightsError(f"{path}: a .npz without jaxmir's description ({_META_KEY}); "
-                                   "expected a file written by jaxmir.weights.save_weights")
+            members = _variable_members(path, archive)
+            info = archive.getinfo(_META_KEY + ".npy")
+            if info.file_size > MAX_DESCRIPTION_BYTES:
+                raise WeightsError(f"{path}: its description takes {info.file_size} bytes, more "
+                                   f"than the {MAX_DESCRIPTION_BYTES} jaxmir reads")
+            with archive.open(info) as handle:
+                meta = _description(path, _read_array(path, _META_KEY, handle, info.file_size))
+            if check is not None:
+                declared = {}
+                for member in members:
+                    with archive.open(member) as handle:
+                        shape, _ = _header(path, _name(member), handle, member.file_size)
+                    declared[_name(member)] = jax.ShapeDtypeStruct(shape, np.float32)
+                check(meta, declared)
             arrays = {}
             for member in members:
-                name = member.filename.removesuffix(".npy")
-                if not member.filename.endswith(".npy") or not (
-                        name == _META_KEY or name.startswith(_VARIABLES + "/")):
-                    raise WeightsError(f"{path}: holds '{member.filename}', which is no part of a "
-                                       f"jaxmir weights file ({_META_KEY}, {_VARIABLES}/...)")
                 with archive.open(member) as handle:
-                    arrays[name] = _read_array(path, name, handle, member.file_size)
+                    arrays[_name(member)] = _read_array(path, _name(member), handle,
+                                                        member.file_size)
+    except JaxmirError:
+        raise  # ``check``'s, or the file's (an InputError is a ValueError)
     # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile lacks
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, RuntimeError,
             NotImplementedError) as err:
         raise WeightsError(f"{path}: not a readable jaxmir weights file ({err}); expected a .npz "
                            "written by jaxmir") from None
-    return arrays
+    return meta, arrays
 
 
-def _read_array(path: str, name: str, handle, size: int) -> np.ndarray:
-    """An ``.npy`` entry, its header checked before its data is read: the dtype jaxmir writes, and
-    no more bytes than the entry holds (a 1.7-KB file may declare 64 GB)."""
+def _name(member: zipfile.ZipInfo) -> str:
+    return member.filename.removesuffix(".npy")
+
+
+def _variable_members(path: str, archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The archive's variables, after checking that it holds jaxmir's description, nothing
+    else, and no more than :data:`MAX_BYTES`."""
+    members = archive.infolist()
+    total = sum(member.file_size for member in members)
+    if total > MAX_BYTES:
+        raise WeightsError(f"{path}: holds {total} bytes of arrays, more than the "
+                           f"{MAX_BYTES} jaxmir reads from a weights file")
+    if _META_KEY + ".npy" not in {member.filename for member in members}:
+        raise WeightsError(f"{path}: a .npz without jaxmir's description ({_META_KEY}); "
+                           "expected a file written by jaxmir.weights.save_weights")
+    for member in members:
+        name = _name(member)
+        if not member.filename.endswith(".npy") or not (
+                name == _META_KEY or name.startswith(_VARIABLES + "/")):
+            raise WeightsError(f"{path}: holds '{member.filename}', which is no part of a "
+                               f"jaxmir weights file ({_META_KEY}, {_VARIABLES}/...)")
+    return [member for member in members if _name(member) != _META_KEY]
+
+
+def _header(path: str, name: str, handle, size: int) -> tuple[tuple[int, ...], bool]:
+    """``(shape, fortran_order)`` of an ``.npy`` entry from its header: the dtype jaxmir writes,
+    and no more bytes than ``size`` (a 1.7-KB file may declare 64 GB)."""
     major, _ = np.lib.format.read_magic(handle)
     read_header = np.lib.format.read_array_header_1_0 if major == 1 \
         else np.lib.format.read_array_header_2_0
@@ -189,10 +241,18 @@ def _read_array(path: str, name: str, handle, size: int) -> np.ndarray:
     want = np.dtype(np.uint8) if name == _META_KEY else np.dtype(np.float32)
     if dtype != want:
         raise WeightsError(f"{path}: '{name}' holds {dtype} values; jaxmir writes {want}")
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > size:
+    if math.prod(shape) * dtype.itemsize > size:
         raise WeightsError(f"{path}: '{name}' declares a {list(shape)} array, more than its "
                            f"{size} bytes hold; the file is corrupt")
+    return shape, fortran_order
+
+
+def _read_array(path: str, name: str, handle, size: int) -> np.ndarray:
+    """An ``.npy`` entry of at most ``size`` bytes, its header checked before its data is read
+    (:func:`_header`)."""
+    shape, fortran_order = _header(path, name, handle, size)
+    dtype = np.dtype(np.uint8) if name == _META_KEY else np.dtype(np.float32)
+    nbytes = math.prod(shape) * dtype.itemsize
     data = bytearray(nbytes)  # writable, as np.load's arrays are
     if _read_into(handle, memoryview(data)) != nbytes:
         raise WeightsError(f"{path}: '{name}' ends before the {list(shape)} array it declares; "
@@ -212,9 +272,9 @@ def _read_into(handle, buffer: memoryview, chunk: int = 1 << 22) -> int:
     return done
 
 
-def _spec(meta: dict, arrays: dict[str, np.ndarray], path: str) -> ModelSpec:
+def _spec(meta: dict, variables: dict, path: str) -> ModelSpec:
+    """The spec a description gives, with ``variables`` (arrays, or their shapes)."""
     architecture = meta["architecture"]
-    variables = _unflatten(arrays)
     input_shape = tuple(meta["input_shape"])
     if not all(type(size) is int and size > 0 for size in input_shape):
         raise ValueError(f"input_shape {str(meta['input_shape'])[:80]} is not a list of sizes")
@@ -225,11 +285,8 @@ def _spec(meta: dict, arrays: dict[str, np.ndarray], path: str) -> ModelSpec:
                      _frontend(meta, path))
 
 
-def _check_spec(spec: ModelSpec, path: str) -> None:
-    """Variables that fit the model and are finite; outputs that name what the model computes."""
-    damaged = damaged_variable(spec.variables)
-    if damaged is not None:
-        raise WeightsError(f"{path}: '{_VARIABLES}/{damaged[0]}' holds {damaged[1]}")
+def _check_shapes(spec: ModelSpec, path: str) -> None:
+    """Variables (or their shapes) that fit the model; outputs that name what it computes."""
     frontend = spec.frontend
     if frontend is not None and spec.input_shape != (frontend.patch_size, frontend.n_bands):
         raise WeightsError(f"{path}: input_shape {list(spec.input_shape)} does not fit the "

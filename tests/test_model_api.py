@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import re
 import subprocess
 import sys
@@ -390,37 +391,78 @@ def test_a_zip_members_array_is_read_in_chunks(tmp_path):
     assert grown < 1.5 * 256, grown  # the array once, not three times
 
 
+def _with_member(source: Path, target: Path, name: str, write) -> Path:
+    """A copy of the weights file ``source`` whose member ``name`` is what ``write(handle)``
+    writes (deflated), the others as they are."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as copy:
+        for member in original.infolist():
+            if member.filename != name:
+                copy.writestr(member, original.read(member))
+        with copy.open(name, "w", force_zip64=True) as handle:
+            write(handle)
+    return target
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+    return header.getvalue()
+
+
 def test_a_weights_file_is_checked_for_size_before_it_is_read(musicnn, tmp_path, monkeypatch):
     """A 1.7-KB file declaring a 64-GB array asked NumPy to allocate it (a raw MemoryError)."""
     from jaxmir import weights
 
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (1 << 34,)})
-    bomb = tmp_path / "bomb.npz"
-    with zipfile.ZipFile(bomb, "w") as archive:
-        description = io.BytesIO()
-        np.lib.format.write_array(description, np.frombuffer(b"{}", np.uint8))
-        archive.writestr("__jaxmir__.npy", description.getvalue())
-        archive.writestr(KERNEL + ".npy", header.getvalue() + b"\0" * 64)
-    with pytest.raises(WeightsError, match=r"declares a \[17179869184\] array, more than its"):
-        jaxmir.load(bomb)
-    short = io.BytesIO()  # 40 floats declared, 10 given: within the entry's size with its header
-    np.lib.format.write_array_header_1_0(short, {"descr": "<f4", "fortran_order": False,
-                                                 "shape": (40,)})
-    with zipfile.ZipFile(bomb, "w") as archive:
-        archive.writestr("__jaxmir__.npy", description.getvalue())
-        archive.writestr(KERNEL + ".npy", short.getvalue() + np.zeros(10, np.float32).tobytes())
-    with pytest.raises(WeightsError, match=r"ends before the \[40\] array it declares"):
-        jaxmir.load(bomb)
     good = tmp_path / "good.npz"
     save_weights(musicnn, good)
+    bomb = _with_member(good, tmp_path / "bomb.npz", KERNEL + ".npy",
+                        lambda handle: handle.write(_npy_header((1 << 34,)) + b"\0" * 64))
+    with pytest.raises(WeightsError, match=r"declares a \[17179869184\] array, more than its"):
+        jaxmir.load(bomb)
+    with np.load(good) as data:
+        shape = data[KERNEL].shape
+    # within the member's size with its header, but 64 bytes short of the array declared
+    short = _with_member(good, tmp_path / "short.npz", KERNEL + ".npy", lambda handle: handle.write(
+        _npy_header(shape) + bytes(4 * math.prod(shape) - 64)))
+    with pytest.raises(WeightsError, match=rf"ends before the \[{shape[0]}, {shape[1]}\] array it"):
+        jaxmir.load(short)
     monkeypatch.setattr(weights, "MAX_BYTES", 1000)
     with pytest.raises(WeightsError, match="more than the 1000 jaxmir reads from a weights file"):
+        jaxmir.load(good)
+    monkeypatch.setattr(weights, "MAX_BYTES", 2 << 30)
+    monkeypatch.setattr(weights, "MAX_DESCRIPTION_BYTES", 1000)
+    with pytest.raises(WeightsError, match="its description takes .* bytes, more than the 1000"):
         jaxmir.load(good)
     (tmp_path / "folder.npz").mkdir()
     with pytest.raises(WeightsError, match="folder.npz: is a directory"):
         jaxmir.load(tmp_path / "folder.npz")
+
+
+def test_a_variable_of_the_wrong_shape_is_refused_before_its_data_is_read(musicnn, tmp_path):
+    """A 256-KB file whose kernel declares 256 MB of (deflated) zeros: all of it was read, then
+    its shape compared with the model's. Measured in a child: the growth of its peak memory."""
+    good = tmp_path / "good.npz"
+    save_weights(musicnn, good)
+
+    def zeros(handle):
+        handle.write(_npy_header((64 << 20,)))
+        for _ in range(16):
+            handle.write(bytes(1 << 24))
+
+    bomb = _with_member(good, tmp_path / "bomb.npz", KERNEL + ".npy", zeros)
+    with zipfile.ZipFile(bomb) as archive:
+        assert archive.getinfo(KERNEL + ".npy").compress_size < 1 << 20
+    script = ("import resource, sys\nfrom jaxmir import errors, weights\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "try:\n    weights.load_weights(sys.argv[1])\nexcept errors.WeightsError as err:\n"
+              "    print(err)\n"
+              "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)")
+    result = subprocess.run([sys.executable, "-c", script, str(bomb)], capture_output=True,
+                            text=True, check=True, env=child_env()).stdout.splitlines()
+    assert re.search(r"bomb.npz: variables do not fit the musicnn model .*head/dense_1/kernel",
+                     result[0]), result
+    assert float(result[1]) < 128, result  # MB: the model's trace (~50), not the 256 declared
 
 
 def test_shipped_file_checked_against_sha256(monkeypatch):
