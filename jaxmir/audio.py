@@ -31,7 +31,7 @@ import numpy as np
 from jaxmir.decode import MODES, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated, check_min_outputs,
-                             essentia_ratio, resample)
+                             essentia_ratio, meets_end, resample)
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
@@ -245,7 +245,9 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
 
         # Essentia's Resample keeps the ratio in a float32 `Real`; with the
         # exact double ratio the output drifts by ~3e-3 after a few seconds.
-        out = samplerate.resample(mono, essentia_ratio(native, target), "sinc_medium")
+        ratio = essentia_ratio(native, target)
+        out = samplerate.resample(mono, ratio, "sinc_medium")
+        out = out[:essentia_length(out.shape[0], ratio, mono.shape[0])]
     else:
         import soxr
 
@@ -253,6 +255,13 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         size = int(math.ceil(mono.shape[0] * (target / native)))  # librosa's fix_length
         out = out[:size] if out.shape[0] >= size else np.pad(out, (0, size - out.shape[0]))
     return np.asarray(out, np.float32)
+
+
+def essentia_length(made: int, ratio: float, n_input: int) -> int:
+    """How many of the ``made`` outputs python-samplerate gives for ``n_input`` samples Essentia's
+    ``Resample`` gives: one fewer where the last meets libsamplerate's end test exactly
+    (:func:`jaxmir.resample.meets_end`: 8 kHz -> 16 kHz, 32 kHz -> 16 kHz at even lengths)."""
+    return made - meets_end(1.0 / ratio, n_input)
 
 
 # -- chunk by chunk (streams, collections) --------------------------------------------------
@@ -394,7 +403,7 @@ class Resampling:
             # and samplerate.resample returns floor(n * ratio) of them.
             zeros = np.zeros(math.ceil(4096 / self._ratio) + 1, np.float32)
             tail = self._sinc(zeros, True)
-            want = math.floor(self.n_in * self._ratio)
+            want = essentia_length(math.floor(self.n_in * self._ratio), self._ratio, self.n_in)
             tail = tail[:max(0, want - self.n_out)]
             self.n_out += tail.shape[0]
             return tail

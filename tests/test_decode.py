@@ -133,9 +133,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
 # plain PCM WAV files of each sample format: (rate, channels, soundfile subtype)
 WAVS = {"stereo_44k1.wav": (44100, 2, "PCM_16"), "stereo_48k_24bit.wav": (48000, 2, "PCM_24"),
         "mono_32k_32bit.wav": (32000, 1, "PCM_32"), "mono_22k05_8bit.wav": (22050, 1, "PCM_U8"),
+        "mono_8k.wav": (8000, 1, "PCM_16"),
         "stereo_24k_float.wav": (24000, 2, "FLOAT"), "mono_16k_double.wav": (16000, 1, "DOUBLE")}
+# 8 and 32 kHz: power-of-two ratios, where Essentia's libsamplerate ends one sample before
+# python-samplerate's (at 32 kHz on even lengths, as here: 6.5 s)
 TAGGED = ["loud_44k1_stereo.mp3", "mono_22k05.mp3", "stereo_44k1.ogg", "stereo_44k1.flac",
-          "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav", "stereo_44k1.wav"]
+          "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav", "stereo_44k1.wav",
+          "mono_32k_32bit.wav", "mono_8k.wav"]
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS))  # AudioLoader's samples of these
 

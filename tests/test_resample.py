@@ -36,21 +36,27 @@ def _at(music: np.ndarray, rate: int) -> np.ndarray:
     return music if rate == 44100 else soxr.resample(music, 44100, rate).astype(np.float32)
 
 
-@pytest.mark.parametrize("rate, target, quality", [
-    (44100, 16000, "sinc_medium"), (22050, 16000, "sinc_medium"), (48000, 16000, "sinc_medium"),
-    (8000, 16000, "sinc_medium"), (96000, 16000, "sinc_medium"), (192000, 16000, "sinc_medium"),
-    (11025, 16000, "sinc_medium"), (22050, 44100, "sinc_medium"), (44100, 22050, "sinc_fastest"),
-    (48000, 16000, "sinc_fastest"), (7999, 16000, "sinc_fastest"),
+# Essentia's libsamplerate ends one output before python-samplerate's where the last output's
+# position meets the end exactly: at power-of-two ratios, whose 3-s inputs here (even lengths)
+# all get there. The last column: outputs fewer than samplerate's (test_decode checks the
+# lengths against Essentia's MonoLoader at 8 and 32 kHz).
+@pytest.mark.parametrize("rate, target, quality, fewer", [
+    (44100, 16000, "sinc_medium", 0), (22050, 16000, "sinc_medium", 0),
+    (48000, 16000, "sinc_medium", 0), (8000, 16000, "sinc_medium", 1),
+    (96000, 16000, "sinc_medium", 0), (192000, 16000, "sinc_medium", 0),
+    (11025, 16000, "sinc_medium", 0), (22050, 44100, "sinc_medium", 1),
+    (44100, 22050, "sinc_fastest", 1), (48000, 16000, "sinc_fastest", 0),
+    (7999, 16000, "sinc_fastest", 0),
 ])
-def test_parity_with_samplerate(music, rate, target, quality):
+def test_parity_with_samplerate(music, rate, target, quality, fewer):
     samplerate = require("samplerate")
     from jaxmir.resample import essentia_ratio, resample
 
     x = _at(music, rate)
     reference = samplerate.resample(x, essentia_ratio(rate, target), quality)
     ours = resample(x, rate, target, quality)
-    assert ours.dtype == np.float32 and ours.shape == reference.shape
-    error = float(np.max(np.abs(ours - reference)))
+    assert ours.dtype == np.float32 and ours.shape[0] == reference.shape[0] - fewer
+    error = float(np.max(np.abs(ours - reference[:ours.shape[0]])))
     assert error <= TOL, f"{rate} -> {target} {quality}: max abs {error:.3g}"
 
 
@@ -62,12 +68,13 @@ def test_parity_mp3_and_short_inputs(music):
     sf = require("soundfile")
     data, rate = sf.read(shared_fixture("audio/hiphop.mp3"), dtype="float32", always_2d=True)
     x = data.mean(axis=1)[: 3 * rate].astype(np.float32)
-    for piece, native in ((x, rate), (music[:1], 44100), (music[:7], 44100), (music[:300], 8000)):
+    for piece, native, fewer in ((x, rate, 0), (music[:1], 44100, 0), (music[:7], 44100, 0),
+                                 (music[:300], 8000, 1)):  # 8 kHz: see test_parity_with_samplerate
         reference = samplerate.resample(piece, essentia_ratio(native, 16000), "sinc_medium")
         ours = resample(piece, native, 16000)
-        assert ours.shape == reference.shape
-        if reference.size:
-            assert np.max(np.abs(ours - reference)) <= TOL
+        assert ours.shape[0] == reference.shape[0] - fewer
+        if ours.size:
+            assert np.max(np.abs(ours - reference[:ours.shape[0]])) <= TOL
 
 
 @pytest.mark.parametrize("rate", [22050, 11025])

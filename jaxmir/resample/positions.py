@@ -4,6 +4,7 @@ rule. See :mod:`jaxmir.resample` for the arithmetic."""
 
 from __future__ import annotations
 
+import fractions
 import functools
 import math
 from dataclasses import dataclass
@@ -244,9 +245,20 @@ def normalise(plan: Plan, centre: np.ndarray, start: np.ndarray):
 
 
 def _terminated(plan: Plan, centre: np.ndarray, x: np.ndarray, n_input: int) -> np.ndarray:
-    """libsamplerate's end test per output (``centre`` counts the leading zeros)."""
+    """libsamplerate's end test per output (``centre`` counts the leading zeros), as Essentia
+    2.1b6's build of it reads the test, ``>=``. libsamplerate 0.2 (python-samplerate's) reads
+    ``>``, and makes one output more where the sum meets the end exactly (:func:`meets_end`)."""
     terminate = plan.step + 1e-20
-    return (centre.astype(np.float64) + x) + terminate > float(plan.half + n_input)
+    return (centre.astype(np.float64) + x) + terminate >= float(plan.half + n_input)
+
+
+def meets_end(step: float, n_input: int) -> bool:
+    """Whether ``n_input / step`` is whole: then libsamplerate's output ``n_input / step - 1``
+    meets its end test with equality, and Essentia's build stops before it where
+    python-samplerate's makes it. Only power-of-two ratios get there (8 kHz -> 16 kHz at every
+    length, 32 kHz -> 16 kHz at even ones): every other step's binary fraction is too long for a
+    whole quotient."""
+    return (fractions.Fraction(n_input) / fractions.Fraction(step)).denominator == 1
 
 
 def output_count(plan: Plan, n_input: int) -> int:
