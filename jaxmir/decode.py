@@ -9,7 +9,9 @@ Two modes:
 the samples become floats through libswresample, ``int16 / 32768``. The
 MPEG encoder delay and padding are trimmed when the file says how much (a
 LAME/Info header), as FFmpeg does today; Ogg Vorbis keeps the end padding
-FFmpeg now trims (FFmpeg 2.8's Ogg demuxer did not signal it). Measured:
+FFmpeg now trims (FFmpeg 2.8's Ogg demuxer did not signal it), and AAC in MP4/M4A
+the encoder priming an edit list marks (1024 samples; 2.8's MP4 demuxer did not
+signal it either). Measured:
 identical samples to the wheel's ``AudioLoader`` for MP3 (44.1 kHz stereo
 overshooting full scale, 22.05 kHz mono, ``hiphop.mp3``, damaged and cut
 files), FLAC (16 and 24 bit) and WAV;
@@ -64,6 +66,9 @@ _FIXED_POINT = {"mp1float": "mp1", "mp2float": "mp2", "mp3float": "mp3",
                 "mp3adufloat": "mp3adu", "mp3on4float": "mp3on4"}
 # Decoders whose end padding the Essentia wheel keeps (see the module docstring).
 _KEEPS_END_PADDING = ("vorbis",)
+# Demuxers whose start trimming (an MP4 edit list's: AAC's 1024-sample encoder priming) FFmpeg
+# 2.8 did not signal, so the wheel keeps those samples.
+_KEEPS_START_PADDING = ("mov",)
 # A WAV sample's NumPy dtype (jaxmir.pcm.WAV_DTYPES) -> (FFmpeg's decoder for it, the sample
 # format it decodes to), for the WAV files read without FFmpeg; FFmpeg decodes 24-bit PCM ("<i3")
 # to 32-bit samples.
@@ -150,6 +155,7 @@ class AudioBlocks:
                                  f"{sample_format.name!r}, which jaxmir does not convert "
                                  "(64-bit integers, say); expected " + ACCEPTED)
             self.codec: str = self._decoder.name
+            self._demuxer = self._container.format.name.split(",")[0]
             self.sample_rate: int = int(self._stream.codec_context.sample_rate)
             self.channels: int = int(self._stream.codec_context.layout.nb_channels)
             self.declared_frames = _declared_frames(self.path, self._container, self._stream,
@@ -236,6 +242,7 @@ class AudioBlocks:
         skip_start = 0
         trims = self.mode == "essentia"  # the decoder only reports the trimming (skip_manual)
         keep_end = trims and self.codec in _KEEPS_END_PADDING
+        keep_start = trims and self._demuxer in _KEEPS_START_PADDING
         fifo = av.AudioFifo()
         for frame in self._frames():
             if frame.sample_rate != self.sample_rate or frame.layout.nb_channels != self.channels:
@@ -261,7 +268,7 @@ class AudioBlocks:
             skip_start -= cut
             end = min(end, data.shape[0] - cut)
             self._trimmed_frames += data.shape[0] - cut - end
-            data = data[cut:] if keep_end else data[cut:data.shape[0] - end]
+            data = data[0 if keep_start else cut:data.shape[0] if keep_end else data.shape[0] - end]
             if data.shape[0]:
                 self.frames += data.shape[0]
                 yield data
