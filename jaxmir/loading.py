@@ -95,10 +95,10 @@ def _load_one(source, labels=None, output=None) -> Model:
     text = os.fspath(source)
     if "\0" in text:
         raise InputError(f"cannot load {text!r}: a path holds no NUL character")
-    if text in catalog.names():
-        return load_weights(catalog.path_of(text), labels=labels, trusted=True)  # sha256 checked
+    if text in catalog.names():  # sha256 checked
+        return _fixed_output(load_weights(catalog.path_of(text), labels=labels, trusted=True), output)
     if text.endswith(WEIGHTS_SUFFIX):
-        return load_weights(text, labels=labels)
+        return _fixed_output(load_weights(text, labels=labels), output)
     if not os.path.exists(text) and not text.endswith(".pb") and os.sep not in text:
         raise JaxmirError(f"'{text}' is neither a file nor a shipped model; shipped models: "
                           + ", ".join(catalog.names()) + "; or give the path of a .pb or .npz file")
@@ -127,6 +127,17 @@ def _load_one(source, labels=None, output=None) -> Model:
                              f"{text} outputs {spec.output_width} values at '{spec.output_name}'")
     return Model.from_spec(spec, labels=labels or catalog.labels_for_graph(text, spec), source=text,
                            metadata={k: v for k, v in metadata.items() if not k.startswith("_")})
+
+
+def _fixed_output(model: Model, output: str | None) -> Model:
+    """``model`` (a converted one, whose output was chosen at conversion) if ``output`` is ``None``
+    or names that output; else :class:`InputError`: ``output=`` picks a `.pb` graph's output
+    node at import, and was ignored here."""
+    if output is None or model.resolve_output(output)[0] == model.resolve_output("predictions")[0]:
+        return model  # an unknown name raised, listing the model's outputs
+    raise InputError(f"output='{output}': {model.source} is a converted model, whose output was "
+                     f"chosen when it was converted ('{model.spec.output_name}'); ask for "
+                     f"'{output}' when running it: predict(..., output='{output}')")
 
 
 def read_metadata(graph_path: str | os.PathLike) -> dict:

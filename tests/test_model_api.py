@@ -465,6 +465,20 @@ def test_a_variable_of_the_wrong_shape_is_refused_before_its_data_is_read(musicn
     assert float(result[1]) < 128, result  # MB: the model's trace (~50), not the 256 declared
 
 
+def test_output_names_the_output_of_a_converted_model_or_is_refused(musicnn, tmp_path):
+    """``output=`` picks a .pb's output node at import; for shipped names and .npz files it was
+    ignored, any name at all giving the predictions."""
+    path = tmp_path / "weights.npz"
+    save_weights(musicnn, path)
+    for source in ("msd-musicnn", path):
+        for same in ("predictions", "model/Sigmoid"):
+            assert jaxmir.load(source, output=same).spec.output_name == "model/Sigmoid"
+        with pytest.raises(InputError, match="unknown output 'garbage'"):
+            jaxmir.load(source, output="garbage")
+        with pytest.raises(InputError, match=r"converted model.*predict\(\.\.\., output='embeddings'\)"):
+            jaxmir.load(source, output="embeddings")
+
+
 def test_shipped_file_checked_against_sha256(monkeypatch):
     entry = dict(catalog.catalog()["models"]["msd-vgg"], sha256="0" * 64)
     models = dict(catalog.catalog()["models"], **{"msd-vgg": entry})
