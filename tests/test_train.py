@@ -674,7 +674,8 @@ def test_smoothing_refuses_classes_of_k_tracks_or_fewer_before_reading_audio(met
     # (a tester's folds all scored chance, their targets outweighed by the other classes)
     with pytest.raises(InputError, match=r"over k = 3 neighbours needs more than 3 tracks.*class "
                                          r"'small' has 2 in some fold's training split \(2 folds\) "
-                                         r"\(give more tracks, fewer folds, or a smaller k"):
+                                         r"\(give more tracks, more folds \(each tests fewer "
+                                         r"tracks\), or a smaller k"):
         fit_head(dataset, backbone="no-such-backbone", cache=False, folds=2,
                  smoothing=SmoothingConfig(method, k=3))
     if method == "lmnn":  # LMNN's own neighbours (3 by default) too: it failed after decoding
@@ -696,7 +697,10 @@ def test_an_output_that_names_a_folder_is_refused_before_reading_audio(output, o
 
 @pytest.mark.parametrize("counts, folds, message", [
     ((2, 2), 2, "2 folds leave class 'a' \\(2 tracks\\) 1 to train on in some fold, and training "
-                "needs two per class"),
+                "needs two per class \\(one to validate on\\); give more tracks$"),
+    # more folds leave more to train on (the advice said fewer)
+    ((3, 3), 2, "2 folds leave class 'a' \\(3 tracks\\) 1 to train on .*; use more folds \\(from 3 "
+                "on, 2 train\\), or give more tracks"),
     ((6, 6), 13, "13 folds for 12 tracks")])
 def test_folds_that_leave_too_few_to_train_on_are_refused_before_reading_audio(counts, folds,
                                                                                message):
@@ -711,6 +715,9 @@ def test_folds_that_leave_too_few_to_train_on_are_refused_before_reading_audio(c
     tracks, targets = blobs(n_per_class=counts[0], classes=2)
     with pytest.raises(InputError, match=message):
         fit.cross_validate(tracks, targets, "single", AB, folds, ONE_EPOCH)
+    if "use more folds" in message:  # the advice holds: the folds pass, the backbone is next
+        with pytest.raises(JaxmirError, match="no-such-backbone"):
+            fit_head(dataset, backbone="no-such-backbone", cache=False, folds=counts[0])
 
 
 def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):

@@ -239,9 +239,12 @@ def check_folds(targets: np.ndarray, task: str, classes: Sequence[str], folds) -
     for name, count in zip(classes, counts):
         least = int(count - -(-count // folds))  # a fold tests ceil(count / folds) of them
         if least < 2:
+            # more folds test fewer tracks each: from `count` folds on, a fold trains on count - 1
+            remedy = "give more tracks" if count < 3 else \
+                f"use more folds (from {count} on, {count - 1} train), or give more tracks"
             raise InputError(f"{folds} folds leave class {name!r} ({count} tracks) {least} to train "
                              "on in some fold, and training needs two per class (one to "
-                             "validate on); use fewer folds, or give more tracks")
+                             f"validate on); {remedy}")
 
 
 def _check_fold_count(folds: int, n: int) -> None:

@@ -81,10 +81,10 @@ def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, fol
             f"class {classes[smallest]!r} has {int(counts[smallest])}"
         smaller = "train-head --smoothing-k, SmoothingConfig(k=)" if name == "k" else \
             "SmoothingConfig(lmnn_k=)"
-        fewer = ", fewer folds" if folds else ""
+        more = ", more folds (each tests fewer tracks)" if folds else ""
         raise InputError(f"label smoothing ({config.method}) over {name} = {k} neighbours needs "
                          f"more than {k} tracks in every class, or a track's own class "
-                         f"is outweighed in its target; {where} (give more tracks{fewer}, or a "
+                         f"is outweighed in its target; {where} (give more tracks{more}, or a "
                          f"smaller {name}: {smaller})")
 
 
