@@ -120,7 +120,8 @@ def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | N
     hop = size - int(round(overlap / seconds)) if math.isfinite(overlap) else 0
     if not 0 <= overlap or hop < 1:
         raise InputError(f"--overlap {overlap:g} s: patches last {size * seconds:.3f} s "
-                         f"({size} frames), so the overlap must be at least 0 and less than that")
+                         f"({size} frames), so the overlap must be at least 0 and at most "
+                         f"{(size - 1) * seconds:.3f} s (patches one frame apart)")
     return hop
 
 
@@ -317,12 +318,15 @@ def format_json(results: list, header: dict) -> str:
 
 
 def format_csv(results: list) -> str:
+    """``file,rank,label,score`` rows; a regression head's values, in their own order, have no
+    rank."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "rank", "label", "score"])
     for path, result, _ in results:
+        ranked = result is not None and result.get("outputs") != "values"
         for rank, tag in enumerate(result["top"] if result else [], start=1):
-            writer.writerow([path, rank, tag["label"], f"{tag['score']:.6f}"])
+            writer.writerow([path, rank if ranked else "", tag["label"], f"{tag['score']:.6f}"])
     return buffer.getvalue()
 
 
@@ -669,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how many tags to list (default 3; 0 = all)")
     tag.add_argument("-f", "--format", choices=FORMATS, default="text",
                      help="text (default), json (with the per-patch taggram) or csv "
-                          "(file,rank,label,score)")
+                          "(file,rank,label,score; no rank for a regression head's values)")
     tag.add_argument("-o", "--output", "--save", metavar="PATH", default=None,
                      help="write to PATH instead of standard output; OUT.parquet, OUT.jsonl or "
                           "OUT.csv (without -f csv) make a resumable table, one row per file")

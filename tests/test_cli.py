@@ -291,6 +291,11 @@ def test_overlap_and_patch_hop(capsys, wavs):
                     "": (93, 2)}
     status, _, err = run(capsys, "tag", str(long), "--overlap", "3")
     assert status == 1 and "--overlap 3" in err
+    # 2.99 s is less than a patch (2.992 s) but rounds to a hop of 0 frames: the bound is given
+    status, _, err = run(capsys, "tag", str(long), "--overlap", "2.99")
+    assert status == 1 and "at most 2.976 s (patches one frame apart)" in err, err
+    status, _, err = run(capsys, "tag", str(long), "--overlap", "2.976")
+    assert status == 0, err
     with pytest.raises(SystemExit) as exit_:
         cli.main(["tag", str(long), "--overlap", "1", "--patch-hop", "40"])
     assert exit_.value.code == 2
@@ -339,7 +344,7 @@ def test_embed_unknown_layer(capsys, wavs, tmp_path):
     assert status == 1 and "unknown output 'nope'" in err and "model/dense/BiasAdd" in err
 
 
-def test_info(capsys):
+def test_info(capsys, wavs):
     status, out, err = run(capsys, "info", "msd-musicnn")
     assert status == 0, err
     assert "architecture: musicnn" in out and "parameters: 792,079" in out
@@ -353,6 +358,12 @@ def test_info(capsys):
     assert status == 1 and out == "" and "embedding head" in err
     status, out, err = run(capsys, "info", "no-such-model")
     assert status == 1 and out == "" and "neither a file nor a shipped model" in err
+    # a regression head's values, in their own order: not ranked (CSV ranked them 1, 2)
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", head, "--backbone",
+                           "msd-musicnn", "--format", "csv")
+    assert status == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(row["rank"], row["label"]) for row in rows] == [("", "class_0"), ("", "class_1")]
 
 
 def test_a_head_runs_on_the_backbone_its_metadata_names_in_every_engine(capsys, wavs, tmp_path,
