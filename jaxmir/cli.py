@@ -29,7 +29,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
     from jaxmir.pcm import ByteReader
@@ -171,6 +171,17 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
                          "to one file here (a table: OUT.parquet, OUT.jsonl or OUT.csv)")
     if os.path.exists(output) and not overwrite:
         raise InputError(f"--output {output} exists; give another path, or --overwrite to replace it")
+
+
+def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
+    """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
+    from jaxmir.errors import InputError
+
+    existing = [str(path) for path in paths if os.path.lexists(path)]
+    if existing and not overwrite:
+        raise InputError(f"--plot: {existing[0]} exists"
+                         + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+                         + "; give another path, or --overwrite to replace it")
 
 
 def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
@@ -403,6 +414,7 @@ def cmd_tag(args) -> int:
 
         check_available()  # a missing matplotlib fails here, once
     plots = _plot_paths(args.files, args.plot)
+    _check_plots(plots.values(), args.overwrite)
     results, failed = _process(args.files,
                                _unless_unexpanded(_tag_one(model, args, hop, plots), unexpanded),
                                not args.no_progress, show=text_block if stream else None)

@@ -611,6 +611,12 @@ def test_tag_plot_and_embed_average(tmp_path, musicnn):
     result = cli("tag", str(path), "--plot", str(png), "--no-progress")
     assert result.returncode == 0, result.stderr.decode()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+    png.write_bytes(b"yesterday's picture")  # replaced without being asked before
+    result = cli("tag", str(path), "--plot", str(png), "--no-progress")
+    assert result.returncode == 1 and b"--overwrite to replace it" in result.stderr
+    assert png.read_bytes() == b"yesterday's picture"
+    result = cli("tag", str(path), "--plot", str(png), "--no-progress", "--overwrite")
+    assert result.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = cli("embed", str(path), "-o", str(tmp_path / "emb"), "--average", "--no-progress")
     assert result.returncode == 0, result.stderr.decode()
     mean = np.load(tmp_path / "emb" / "song.npy", allow_pickle=False)
