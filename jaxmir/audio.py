@@ -185,6 +185,12 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
         if dtype.itemsize > 4 and array.size:  # checked before float32 makes 1e300 infinite
             check_peak(array)
         return array.astype(np.float32)
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize > 4:
+        # NumPy's default integer: int16 values made so (astype(int)) were scaled by 2**-63 to
+        # silence, and tagged as such; no audio reader gives 64-bit PCM
+        raise AudioError(f"audio has dtype {dtype}, which is no PCM format (read as 64-bit PCM, "
+                         "16-bit values would be silence); give int16 or int32 PCM "
+                         "(x.astype(np.int16)) or floating-point samples in [-1, 1]")
     if np.issubdtype(dtype, np.signedinteger):
         return (array.astype(np.float64) / float(2 ** (8 * dtype.itemsize - 1))).astype(np.float32)
     if np.issubdtype(dtype, np.unsignedinteger):
@@ -310,7 +316,7 @@ class MonoInput:
                 bad = _first_bad_sample(array)
                 at = where if bad is None else f"sample {self.samples + bad}" + (
                     f" (in {where})" if self.samples else "")
-                reason = str(err).removeprefix("audio: ")
+                reason = str(err).removeprefix("audio: ").removeprefix("audio ")
                 raise AudioError(f"{at} {reason}" if reason.startswith("has ") else
                                  f"{at}: {reason}") from None
         self.channels, self.dtype = channels, array.dtype

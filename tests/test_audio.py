@@ -8,7 +8,7 @@ import soundfile
 
 import jaxmir
 from conftest import require, shared_fixture
-from jaxmir.audio import load_audio, prepare_audio
+from jaxmir.audio import MonoInput, load_audio, prepare_audio
 from jaxmir.errors import AudioError, InputError
 
 CHIRP = "essentia-reference/audio/chirp_44k1_stereo.wav"
@@ -128,6 +128,14 @@ def test_prepare_audio_scales_pcm():
     stereo = np.array([[1000, -1000], [2000, 0]], np.int16)
     np.testing.assert_array_equal(prepare_audio(stereo, 16000), np.float32([0.0, 2000 / 32768 / 2]))
     assert prepare_audio(np.zeros(10, np.float64), 16000).dtype == np.float32
+    # NumPy's default integer holding int16 values was read as 64-bit PCM: silence, silently
+    for dtype in (np.int64, np.uint64):
+        with pytest.raises(AudioError, match=f"dtype {np.dtype(dtype)}, which is no PCM format"):
+            prepare_audio(pcm.astype(dtype), 16000)
+    # chunk by chunk (predict, streams), the message named the audio twice ("the audio: audio has")
+    for bad in (pcm.astype(np.int64), pcm > 0):
+        with pytest.raises(AudioError, match=f"^the audio has dtype {bad.dtype}"):
+            MonoInput(16000)(bad)
 
 
 def test_prepare_audio_resamples_with_explicit_rate():
