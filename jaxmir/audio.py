@@ -98,7 +98,7 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
         return _to_mono_16k(data, native, target, resampler, path)
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
         native = check_rate(blocks.sample_rate, f"{path}: sample rate")
-        _check_channels(blocks.channels, path)
+        check_channels(blocks.channels, path)
         downmix, pieces, decoded = MonoInput(native), [], 0
         resampling = Resampling(native, target, resampler, parallel=parallel)
         for block in blocks:
@@ -212,7 +212,9 @@ def check_peak(samples: np.ndarray, name: str = "audio") -> None:
                          "samples in about [-1, 1]")
 
 
-def _check_channels(channels: int, name: str) -> None:
+def check_channels(channels: int, name: str) -> None:
+    """:class:`AudioError` for more than two channels, naming ``name`` (a file, or "audio": an
+    array, with a hint on its axes)."""
     if channels > 2:
         hint = " (for an array, channels go last: [n_samples, channels])" if name == "audio" else ""
         raise AudioError(f"{name}: has {channels} channels; accepted: mono or stereo, as "
@@ -223,7 +225,7 @@ def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, nam
     """``[n, channels]`` float32 -> checked float32 mono resampled to ``target``."""
     native = check_rate(native, f"{name}: sample rate")
     n, channels = data.shape
-    _check_channels(channels, name)
+    check_channels(channels, name)
     if n == 0 or channels == 0:
         raise AudioError(f"{name}: contains no samples; expected at least one sample")
     check_peak(data, name)

@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.audio import BLOCK_FRAMES, MonoInput, Resampling, check_rate
+from jaxmir.audio import BLOCK_FRAMES, MonoInput, Resampling, check_channels, check_rate
 from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH, SINGLE_LIMIT
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.errors import AudioError, InputError
@@ -560,6 +560,7 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
     same samples as in one thread, in ~10% less time on 2 cores.
     """
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=False) as blocks:
+        check_channels(blocks.channels, os.fspath(path))  # the file's error, not an array's
         stream = Stream(model, blocks.sample_rate, output, require_patch=True, eager=False,
                         **options)
         depth = AHEAD * max(1, stream.batch // BATCH)  # a call of 32 VGGish patches reads ~30 s

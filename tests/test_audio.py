@@ -281,6 +281,13 @@ def test_more_than_two_channels(tmp_path):
     # a stream (jaxmir tag FILE runs one) said "the audio: has 3 channels"
     with pytest.raises(AudioError, match="^the audio has 3 channels; accepted: mono or stereo"):
         jaxmir.load("msd-musicnn").stream(16000).push(np.zeros((1000, 3), np.float32))
+    # a file's stream (jaxmir tag FILE) gave that array's message, with its hint on arrays
+    from jaxmir.stream import file_stream
+
+    with pytest.raises(AudioError, match=r"surround.wav: has 3 channels; accepted: mono or "
+                                         r"stereo, as Essentia's loader$"):
+        with file_stream(jaxmir.load("msd-musicnn"), path, "predictions"):
+            pass
 
 
 @pytest.mark.parametrize("rate", [4000, 384000])
