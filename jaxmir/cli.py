@@ -586,15 +586,20 @@ def _line_writer(model, output: str, args) -> Callable:
     full = args.all or output != "predictions"
     top = args.top or len(model.labels)
 
+    def float32(value) -> float:
+        """The float32's shortest decimal: all its precision (rounding to 6 places made 1.39e-6
+        1e-06), no digits beyond it."""
+        return float(str(np.float32(value)))
+
     def write(patches) -> None:
         values = patches.values[output]
         for start, value in zip(patches.start, values):
             record = {"start": round(float(start), 4)}
             if full:
-                record[output] = np.asarray(value, np.float64).round(6).tolist()
+                record[output] = np.vectorize(float32, otypes=[float])(value).tolist()
             else:
                 order = np.argsort(-value, kind="stable")[:top]
-                record["top"] = [[model.labels[i], round(float(value[i]), 6)] for i in order]
+                record["top"] = [[model.labels[i], float32(value[i])] for i in order]
             sys.stdout.write(json.dumps(record) + "\n")
             sys.stdout.flush()
     return write

@@ -517,6 +517,9 @@ def test_stream_command_raw_and_wav(musicnn):
     records = lines_of(raw)
     assert [r["start"] for r in records] == [0.0, 1.488, 2.976][:len(records)] and len(records) == 3
     np.testing.assert_allclose([r["predictions"] for r in records], want, rtol=0, atol=2e-6)
+    # every value to float32 precision: small ones were rounded to 6 places (1.39e-6 -> 1e-06)
+    assert np.min(want) < 1e-4  # rounded to 6 places, up to 1% off
+    np.testing.assert_allclose([r["predictions"] for r in records], want, rtol=1e-4, atol=1e-9)
     wav = cli("stream", "--top", "3", stdin=wav_bytes(audio, rate, unknown_size=True))
     assert wav.returncode == 0, wav.stderr.decode()
     records = lines_of(wav)
