@@ -505,6 +505,12 @@ def _stream_command(args, interrupted: dict) -> int:
     return _stream_stdin(model, args, hop, output, ByteReader(sys.stdin.fileno()), interrupted)
 
 
+# The first four bytes of encoded audio files, which raw PCM read as samples would make noise of.
+_ENCODED = {b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"FORM": "an AIFF file",
+            b"caff": "a CAF file", b"wvpk": "a WavPack file", b"MAC ": "an APE file"}
+_ENCODED.update({b"ID3" + bytes([version]): "an MP3 file (ID3 tag)" for version in (2, 3, 4)})
+
+
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.errors import AudioError, InputError
@@ -524,17 +530,26 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     if head is None:
         return _stopped_by(interrupted)
     remaining = None
+    raw_options = {"--rate": args.rate, "--channels": args.channels, "--dtype": args.dtype}
     if head == b"RIFF":
         rate, channels, dtype, remaining = read_wav_header(source.read)
+        for option in (name for name, value in raw_options.items() if value is not None):
+            _warn(f"{option} is ignored: standard input holds a WAV stream, whose header says "
+                  f"{rate} Hz, {channels} channel(s)")
     elif head in (b"RF64", b"BW64", b"RIFX"):
         raise InputError(f"standard input holds a WAV stream with a {head.decode()} header, which "
                          "jaxmir stream does not read; send a RIFF WAV stream, or raw PCM with "
                          "--rate (jaxmir tag reads such files)")
+    elif head in _ENCODED:
+        raise InputError(f"standard input holds {_ENCODED[head]}, not raw PCM: jaxmir stream reads "
+                         "a WAV stream or raw PCM (jaxmir tag reads the file; or decode it first, "
+                         "ffmpeg -i FILE -f wav -)")
     else:
         if args.rate is None:
             raise InputError("raw PCM on standard input needs --rate HZ (and --channels, --dtype); "
                              "or send a WAV stream")
-        rate, channels, dtype = args.rate, args.channels, RAW_DTYPES[args.dtype]
+        rate, channels = args.rate, args.channels or 1
+        dtype = RAW_DTYPES[args.dtype or "s16le"]
     width = frame_bytes(dtype, channels)
     stream = Stream(model, rate, output, patch_hop=hop, last_patch=args.last_patch,
                     resampler=args.resampler,
@@ -733,9 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_option(live)
     live.add_argument("-r", "--rate", metavar="HZ", type=int, default=None,
                       help="sample rate of raw PCM (not needed for a WAV stream)")
-    live.add_argument("-c", "--channels", metavar="N", type=whole_number(1, 2), default=1,
+    live.add_argument("-c", "--channels", metavar="N", type=whole_number(1, 2), default=None,
                       help="channels of raw PCM, interleaved (default 1)")
-    live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default="s16le",
+    live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default=None,
                       help="sample format of raw PCM (default s16le)")
     live.add_argument("-n", "--top", metavar="N", type=whole_number(0), default=5,
                       help="tags per line (default 5; 0 = all)")

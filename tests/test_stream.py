@@ -520,13 +520,27 @@ def test_stream_command_raw_and_wav(musicnn):
     # every value to float32 precision: small ones were rounded to 6 places (1.39e-6 -> 1e-06)
     assert np.min(want) < 1e-4  # rounded to 6 places, up to 1% off
     np.testing.assert_allclose([r["predictions"] for r in records], want, rtol=1e-4, atol=1e-9)
-    wav = cli("stream", "--top", "3", stdin=wav_bytes(audio, rate, unknown_size=True))
+    # raw options with a WAV stream were dropped silently; now said (the header wins)
+    wav = cli("stream", "--top", "3", "--rate", "16000", "--channels", "1",
+              stdin=wav_bytes(audio, rate, unknown_size=True))
     assert wav.returncode == 0, wav.stderr.decode()
+    for option in ("--rate", "--channels"):
+        assert f"{option} is ignored: standard input holds a WAV stream, whose header says " \
+               f"{rate} Hz, 2 channel(s)" in wav.stderr.decode()
     records = lines_of(wav)
     assert len(records) == 3
     for record, row in zip(records, want):
         assert [label for label, _ in record["top"]] == [musicnn.labels[i] for i in np.argsort(-row)[:3]]
         np.testing.assert_allclose([p for _, p in record["top"]], np.sort(row)[::-1][:3], atol=2e-6)
+
+
+def test_stream_command_refuses_encoded_files_as_raw_pcm(tmp_path):
+    """A FLAC file on standard input with --rate was read as raw PCM: tags of noise, exit 0."""
+    path = tmp_path / "song.flac"
+    soundfile.write(path, signal_at(22050, 4.0, 1, seed=3), 22050)
+    result = cli("stream", "--rate", "22050", stdin=path.read_bytes())
+    assert result.returncode == 1 and result.stdout == b""
+    assert "standard input holds a FLAC file, not raw PCM" in result.stderr.decode()
 
 
 def test_stream_command_bf16_is_opt_in(musicnn):
