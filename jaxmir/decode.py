@@ -328,7 +328,7 @@ class AudioBlocks:
         if self.problem is None:
             return
         if self.strict:
-            raise AudioError(self.problem + " (strict=True)")
+            raise AudioError(self.problem + " (strict: --strict, strict=True)")
         if self.warn:
             warnings.warn(self.problem, DamagedAudioWarning, stacklevel=3)
 

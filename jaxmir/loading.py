@@ -51,7 +51,8 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
         if embedding is not None and not _has_output(backbone, embedding):
             raise InputError(f"{model.source} was trained on '{embedding}' (its metadata's "
                              f"embedding_model.output), which {backbone.source} does not have; "
-                             "give the backbone it was trained on, or embedding=")
+                             "give the backbone it was trained on, or the output to read "
+                             "(embedding= in Python)")
     composed = compose(backbone, model, embedding)
     _warn_of_another_backbone(model, backbone)  # a pair that cannot compose has failed already
     return composed
