@@ -54,7 +54,7 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
                              "give the backbone it was trained on, or the output to read "
                              "(embedding= in Python)")
     composed = compose(backbone, model, embedding)
-    _warn_of_another_backbone(model, backbone)  # a pair that cannot compose has failed already
+    warn_of_another_backbone(model, backbone)  # a pair that cannot compose has failed already
     return composed
 
 
@@ -196,7 +196,7 @@ def _unversioned(name: str) -> str:
     return stem if stem and version.isdigit() else name
 
 
-def _warn_of_another_backbone(head: Model, backbone: Model) -> None:
+def warn_of_another_backbone(head: Model, backbone: Model) -> None:
     """Warn when ``backbone`` is not the one ``head``'s metadata names: the head then reads
     embeddings it was not trained on (only a different width would fail)."""
     named = backbone_name(head)

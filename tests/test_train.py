@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -812,8 +813,18 @@ def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
     with pytest.warns(JaxmirWarning, match=r"h.pb was trained for the classes \['drums', 'pads'\]; "
                                            r"resumed for \['drums', 'strings'\]"):
         fit_head(copy, config=FAST, cache=tmp_path / "cache", resume=tmp_path / "h.pb")
-    with pytest.raises(InputError, match="200-d embeddings.*50-d"):  # msd-musicnn logits
+    with pytest.raises(InputError, match="200-d embeddings.*50-d"), \
+            pytest.warns(JaxmirWarning, match="resumed on 'model/dense_1/BiasAdd'"):  # the logits
         fit_head(audio_set, layer="model/dense_1/BiasAdd", config=FAST, cache=False,
+                 resume=tmp_path / "h.pb")
+    # another layer of the same width: accepted silently before
+    with pytest.warns(JaxmirWarning, match=r"h.pb was trained on the backbone's "
+                                           r"'model/dense/BiasAdd' .*resumed on 'penultimate'"):
+        fit_head(audio_set, layer="penultimate", config=FAST, cache=tmp_path / "cache",
+                 resume=tmp_path / "h.pb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JaxmirWarning)  # its own layer, by its other name: silent
+        fit_head(audio_set, layer="embeddings", config=FAST, cache=tmp_path / "cache",
                  resume=tmp_path / "h.pb")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxmir.compose import embedding_layer
 from jaxmir.errors import InputError, JaxmirWarning
+from jaxmir.model import Model
 from jaxmir.train import export
 from jaxmir.train.data import Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
@@ -54,9 +55,9 @@ def mfcc_features(paths, kind: str, cache) -> tuple[list[np.ndarray | None], lis
     return cached(compute, paths, lambda p: cache_key("mfcc", kind, p, kind="mfcc"), root)
 
 
-def resumed_params(source: str | os.PathLike, classes: tuple[str, ...]) -> dict:
-    """A head to resume from (``.pb`` or ``.npz``), as ``{"dense": ..., "dense_1": ...}``; a
-    warning when it was trained for other ``classes`` (its outputs take the new ones in order)."""
+def resumed_head(source: str | os.PathLike, classes: tuple[str, ...]) -> Model:
+    """A head to resume from (``.pb`` or ``.npz``); a warning when it was trained for other
+    ``classes`` (its outputs take the new ones in order)."""
     from jaxmir.loading import load
 
     model = load(source)
@@ -66,7 +67,27 @@ def resumed_params(source: str | os.PathLike, classes: tuple[str, ...]) -> dict:
         warnings.warn(f"{source} was trained for the classes {list(model.labels)}; resumed for "
                       f"{list(classes)}, its outputs take these in this order",
                       JaxmirWarning, stacklevel=3)
-    return export.params_from_model(model)
+    return model
+
+
+def warn_of_other_embeddings(head: Model, backbone: Model, layer: str) -> None:
+    """Warn when a resumed ``head`` was trained on another layer of ``backbone`` than ``layer``
+    (``penultimate`` and ``embeddings`` are both 200-d: only the width was checked), or on another
+    backbone (:func:`jaxmir.loading.warn_of_another_backbone`)."""
+    from jaxmir.loading import embedding_output, warn_of_another_backbone
+
+    warn_of_another_backbone(head, backbone)
+    trained = embedding_output(head)
+    if trained is None:
+        return
+    try:
+        same = backbone.resolve_output(trained)[0] == backbone.resolve_output(layer)[0]
+    except InputError:  # the backbone has no such output: another backbone, warned above
+        return
+    if not same:
+        warnings.warn(f"{head.source} was trained on the backbone's '{trained}' (its metadata's "
+                      f"embedding_model.output); resumed on '{layer}', other embeddings",
+                      JaxmirWarning, stacklevel=3)
 
 
 def check_options(folds: int, smoothing: SmoothingConfig) -> None:
@@ -123,12 +144,15 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     check_class_sizes(dataset.targets, dataset.classes, smoothing, folds)
     if folds:
         check_folds(dataset.targets, dataset.task, dataset.classes, folds)
-    initial = resumed_params(resume, dataset.classes) if resume is not None else None
+    resumed = resumed_head(resume, dataset.classes) if resume is not None else None
     model = load(backbone)
     if model.architecture == "head":
         raise InputError(f"{backbone} is an embedding head; the backbone is a model that takes "
                          "audio, such as msd-musicnn")
     embedding_layer(model, layer)  # a layer no head can join fails here, before any decoding
+    if resumed is not None:
+        warn_of_other_embeddings(resumed, model, layer)
+    initial = export.params_from_model(resumed) if resumed is not None else None
     tracks, failures = extract_embeddings(model, str(backbone), dataset.paths, layer, cache,
                                           progress)
     features = None
