@@ -44,9 +44,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("data", help="a folder with one subfolder per class, or a CSV/Parquet "
                                      "with a 'path' column and a 'label' column (';' between "
                                      "labels: multi-label) or numeric columns (regression)")
-    parser.add_argument("--backbone", default="msd-musicnn", help="shipped name or .pb/.npz")
+    parser.add_argument("--backbone", default="msd-musicnn",
+                        help="shipped name or .pb/.npz (default %(default)s)")
     parser.add_argument("--layer", default="model/dense/BiasAdd",
-                        help="the backbone output used as features")
+                        help="the backbone output used as features (default %(default)s, "
+                             "its 'embeddings')")
     parser.add_argument("--output", required=True, help="NAME: writes NAME.pb, NAME.json, NAME.npz")
     parser.add_argument("--folds", type=_folds, default=0,
                         help="k-fold cross-validation first (k>=2)")
@@ -67,7 +69,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=whole_number(0), default=0, help="(default %(default)s)")
     parser.add_argument("--cache", default=None, help="embedding cache folder "
                         "(default $JAXMIR_CACHE_DIR/embeddings or ~/.cache/jaxmir/embeddings)")
-    parser.add_argument("--no-embedding-cache", action="store_true")
+    parser.add_argument("--no-embedding-cache", action="store_true",
+                        help="compute every embedding, and keep none on disk")
     parser.add_argument("--resume", default=None, help="a head (.pb/.npz) to start from")
     parser.add_argument("--finetune", action="store_true",
                         help="then train backbone and head together (writes NAME-backbone.npz)")
