@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -152,6 +153,84 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
         ray_engine.connect("192.0.2.2:6379")
     with pytest.raises(InputError, match=r"cannot connect to the Ray cluster \(local\): Failed [^;]*$"):
         ray_engine.connect("")
+
+
+def _listener(reply: bytes | None):
+    """A local TCP server that sends ``reply`` to each connection (``None``: stays silent) and
+    its ``(address, stop)``."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            if reply is not None:
+                connection.sendall(reply)
+                connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"127.0.0.1:{server.getsockname()[1]}", server.close
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.0 400 Bad Request\r\n\r\n", b"-ERR unknown\r\n", None])
+def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply):
+    """A web server (or Redis) at RAY_ADDRESS: ray.init retried for over 10 minutes, deaf to
+    Ctrl-C and SIGTERM."""
+    address, stop = _listener(reply)
+    try:
+        start = time.monotonic()
+        with pytest.raises(InputError, match=f"{address} \\(RAY_ADDRESS={address}\\) answers, but "
+                                             "not as a Ray cluster"):
+            ray_engine._reachable(address)
+        assert time.monotonic() - start < ray_engine.CONNECT_TIMEOUT_S + 2
+    finally:
+        stop()
+    # an HTTP/2 server's first frame (gRPC's, as Ray's head sends it) passes
+    address, stop = _listener(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+    try:
+        ray_engine._reachable(address)
+    finally:
+        stop()
+    assert ray_engine._host_port("[::1]:6399") == ("::1", 6399)  # an IPv6 address, in brackets
+    assert ray_engine._host_port("ray://head:10001") == ("head", 10001)
+
+
+def test_connecting_keeps_the_command_lines_sigterm_handler_and_sends_the_token(monkeypatch):
+    """ray.init installs a SIGTERM handler that exits with status 15: a terminated Ray run
+    printed Ray's stack dump and exited 15, not 143 with jaxmir's line. And Ray sends a token
+    to an explicit address only with RAY_AUTH_MODE=token: RAY_AUTH_TOKEN alone was refused."""
+    import signal
+
+    ray = require("ray")
+    seen = {}
+
+    def init(**kwargs):
+        seen["mode"] = os.environ.get("RAY_AUTH_MODE")
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as Ray's does
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_engine, "_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        ray_engine.connect("192.0.2.2:6379")
+        assert signal.getsignal(signal.SIGTERM) is ours and seen["mode"] == "token"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_the_command_line_ray_run_prints_jaxmir_lines_not_rays(tmp_path):

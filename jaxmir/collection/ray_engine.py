@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import warnings
 from typing import Callable, Sequence
 
@@ -43,30 +45,69 @@ def import_ray():
     return ray
 
 
-def _reachable(address: str) -> None:
-    """Fail fast (``CONNECT_TIMEOUT_S``) when the cluster's host:port does not answer."""
+# What a client sends first on an HTTP/2 connection: the preface, then an empty SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS = 4  # an HTTP/2 frame's type, its header's fourth byte
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``host:port``, ``ray://host:port`` or ``[v6]:port`` as ``(host, port)``."""
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not host or not port.isdigit():
         raise InputError(f"RAY_ADDRESS={address!r}: expected host:port, ray://host:port, auto or "
                          "local")
+    return host, int(port)
+
+
+def _reachable(address: str) -> None:
+    """Fail fast (``CONNECT_TIMEOUT_S``) when the cluster's host:port does not answer, or answers
+    but not as a Ray head: Ray's GCS and client server speak gRPC, whose HTTP/2 server sends a
+    SETTINGS frame first. ``ray.init`` on any other listener (a web server, Redis on Ray's old
+    port) retried forever, deaf to Ctrl-C. A cluster with TLS (``RAY_USE_TLS``) is not probed."""
+    host, port = _host_port(address)
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            connection.sendall(_HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                part = connection.recv(9 - len(head))
+                if not part:
+                    break
+                head += part
+    except socket.timeout:
+        head = b""
     except OSError as err:
         raise InputError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): "
                          f"{err.strerror or err}; start it (ray start --head) or unset "
                          "RAY_ADDRESS to run a local one") from None
+    if len(head) < 9 or head[3] != _SETTINGS:
+        raise InputError(f"{host}:{port} (RAY_ADDRESS={address}) answers, but not as a Ray "
+                         "cluster (no gRPC reply); give the head's address (ray start --head "
+                         "--port, 6379 by default), or unset RAY_ADDRESS to run a local one")
 
 
 def connect(address: str | None = None):
-    """Join the cluster named by ``address`` (default ``$RAY_ADDRESS``; a local one when unset)."""
+    """Join the cluster named by ``address`` (default ``$RAY_ADDRESS``; a local one when unset).
+
+    SIGTERM keeps a handler the caller installed: ``ray.init`` replaces it with one that exits
+    with status 15 (the command line's stops with 143, saying what it kept)."""
+    address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
+    remote = address not in ("", "local", "auto")  # a cluster's host:port, not one started here
+    if remote and os.environ.get("RAY_AUTH_TOKEN") and "RAY_AUTH_MODE" not in os.environ:
+        # Ray sends a token to an explicit address only in token mode, read when it is imported
+        os.environ["RAY_AUTH_MODE"] = "token"
     ray = import_ray()
     if ray.is_initialized():
         return ray
-    address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
-    remote = address not in ("", "local", "auto")  # a cluster's host:port, not one started here
     if remote:
         _reachable(address)
+    in_main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if in_main else None  # a handler of the caller's:
+    sigterm = sigterm if callable(sigterm) else None                 # not the default, nor none
     try:
         with warnings.catch_warnings():
             # Ray starts its processes with fork + exec, which JAX's fork warning does not concern
@@ -77,9 +118,13 @@ def connect(address: str | None = None):
     except (ConnectionError, RuntimeError, ValueError) as err:
         hint = ("; its host answers, so if the cluster asks for a token (token authentication, "
                 "on by default in recent Ray), give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray "
-                "get-auth-token` on the head) or its ~/.ray/auth_token" if remote else "")
+                "get-auth-token` on the head), or its ~/.ray/auth_token with RAY_AUTH_MODE=token"
+                if remote else "")
         raise InputError(f"cannot connect to the Ray cluster {address or '(local)'}: "
                          f"{err}{hint}") from None
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     return ray
 
 
