@@ -155,6 +155,17 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
         ray_engine.connect("")
 
 
+def test_the_python_entry_points_layout_defaults_to_the_command_lines():
+    """A tag Layout built without labels gave rows with no values at all, status ok."""
+    require("ray")
+    require("ray.data")
+    layout = ray_engine.layout_for("msd-musicnn", None, Options())
+    assert layout.command == "tag" and layout.labels == tuple(jaxmir.load("msd-musicnn").labels)
+    assert ray_engine.layout_for(None, None, Options("embeddings")).value_columns == ("embedding",)
+    with pytest.raises(InputError, match="a tag layout without the model's labels"):
+        ray_engine.analyze_dataset(None, "msd-musicnn", Options(), Layout("tag", {"model": "x"}))
+
+
 def _listener(reply: bytes | None):
     """A local TCP server that sends ``reply`` to each connection (``None``: stays silent) and
     its ``(address, stop)``."""

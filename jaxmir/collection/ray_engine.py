@@ -193,7 +193,22 @@ def _pool(ray, actors: int | None, cpus_per_actor: float) -> tuple[int, dict]:
     return actors or 1, {"num_cpus": cpus_per_actor}
 
 
-def analyze_dataset(paths, model: str | None, options: Options, layout: Layout, *,
+def layout_for(model: str | None, backbone: str | None, options: Options) -> Layout:
+    """The columns the command line writes for ``model`` (loaded here to read its labels):
+    ``tag``'s, a column per label, when ``options.output`` is ``"predictions"``, else
+    ``embed``'s."""
+    import jaxmir
+    from jaxmir import catalog
+    from jaxmir.collection.commands import identity, model_fields
+
+    name = model or catalog.default_name()
+    loaded = jaxmir.load(name, backbone=backbone) if backbone else jaxmir.load(name)
+    command = "tag" if options.output == "predictions" else "embed"
+    fields = identity(model_fields(name, backbone), loaded, command, options)
+    return Layout(command, fields, tuple(loaded.labels) if command == "tag" else ())
+
+
+def analyze_dataset(paths, model: str | None, options: Options, layout: Layout | None = None, *,
                     backbone: str | None = None, actors: int | None = None,
                     cpus_per_actor: float = 1.0, batch_size: int = 4, raw: bool = False):
     """A Dataset of per-file rows (the Parquet schema of ``layout``) from a Dataset of paths.
@@ -203,7 +218,8 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout, 
         workers can read).
       model, backbone: as :func:`jaxmir.load` (a shipped name or a path the actors can read).
       options: patch options and the output name.
-      layout: the columns (``rows.Layout``).
+      layout: the columns (``rows.Layout``); by default the command line's
+        (:func:`layout_for`). A ``tag`` layout names the model's labels.
       actors: model actors (default: one per GPU, else 1); ``cpus_per_actor``
         CPUs each when there is no GPU.
       batch_size: decoded files per actor call.
@@ -217,6 +233,12 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout, 
     ray = import_ray()
     from ray.data import ActorPoolStrategy
 
+    layout = layout if layout is not None else layout_for(model, backbone, options)
+    if layout.command == "tag" and not layout.labels and not raw:
+        # its rows would hold no values at all
+        raise InputError("a tag layout without the model's labels has no column for its values; "
+                         "give Layout('tag', ..., labels=tuple(model.labels)), or no layout "
+                         "(ray_engine.layout_for)")
     size, resources = _pool(ray, actors, cpus_per_actor)
     decoded = paths.map(_decode_row, fn_kwargs={"options": options}, num_cpus=1)
     return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout, raw),
