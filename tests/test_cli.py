@@ -233,6 +233,9 @@ def test_decoding_options_ray_does_not_use_are_named(capsys):
     with pytest.raises(SystemExit):
         run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--flush-every", "0")
     assert "argument --flush-every: expected" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # taken as the default pool before
+        run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--engine", "ray", "--actors", "0")
+    assert "argument --actors: expected a whole number >= 1" in capsys.readouterr().err
 
 
 def test_short_file_with_pad(capsys, wavs):

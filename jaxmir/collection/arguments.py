@@ -25,7 +25,7 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local (default) or ray: the Ray cluster at $RAY_ADDRESS (a local one "
                             "when unset); needs pip install 'jaxmir[ray]'")
-    group.add_argument("--actors", metavar="N", type=whole_number(0), default=None,
+    group.add_argument("--actors", metavar="N", type=whole_number(1), default=None,
                        help="--engine ray: model actors (default: one per GPU, else 1)")
     group.add_argument("--batch", metavar="N", type=whole_number(1, MAX_BATCH), default=None,
                        help=f"patches per model call (default {BATCH}, {HEAVY_HEAD_BATCH} for a model "
