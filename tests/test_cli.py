@@ -238,6 +238,34 @@ def test_decoding_options_ray_does_not_use_are_named(capsys):
     assert "argument --actors: expected a whole number >= 1" in capsys.readouterr().err
 
 
+def test_a_ray_run_ends_its_ray_session_with_interrupts_held(monkeypatch, capsys):
+    """Left to Ray's exit handler, a Ctrl-C during its shutdown printed a traceback, and Ray's
+    agents outlived the command."""
+    import signal
+    import types
+    from types import SimpleNamespace
+
+    from jaxmir.collection import commands
+    from jaxmir.collection.progress import Tally
+
+    calls = []
+
+    def shutdown():
+        calls.append(signal.getsignal(signal.SIGINT) is not signal.default_int_handler)
+        state["up"] = False
+
+    state = {"up": True}
+    fake = types.SimpleNamespace(is_initialized=lambda: state["up"], shutdown=shutdown)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(commands, "collect", lambda *a, **k: Tally(total=0))
+    args = SimpleNamespace(output="tags.jsonl", files=[], model=None, backbone=None, jobs=None,
+                           processes=False, engine="ray", actors=None, per_patch=False,
+                           overwrite=False, flush_every=256, no_progress=True, last_patch="discard",
+                           pad=None, resampler="essentia")
+    assert commands.run_tag(args, jaxmir.load("msd-musicnn"), None) == 0
+    assert calls == [True]  # once, with Ctrl-C held
+
+
 def test_short_file_with_pad(capsys, wavs):
     status, out, err = run(capsys, "tag", str(wavs["short"]), "--pad", "zero", "--format", "json")
     assert status == 0, err

@@ -186,15 +186,29 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
     _warn_ignored(args, kind)
     if command == "tag" and kind == "npy":
         raise InputError(f"--output {args.output}: tags go to a .parquet, .jsonl or .csv file")
-    tally = collect(model, args.files, args.output, command=command,
-                    options=_options(args, output, hop), name=model_name(args),
-                    backbone=args.backbone, jobs=args.jobs, processes=args.processes,
-                    engine=args.engine, actors=args.actors, per_patch=args.per_patch,
-                    overwrite=args.overwrite, flush_rows=args.flush_every,
-                    progress=not args.no_progress, on_result=on_result,
-                    average=getattr(args, "average", False))
+    try:
+        tally = collect(model, args.files, args.output, command=command,
+                        options=_options(args, output, hop), name=model_name(args),
+                        backbone=args.backbone, jobs=args.jobs, processes=args.processes,
+                        engine=args.engine, actors=args.actors, per_patch=args.per_patch,
+                        overwrite=args.overwrite, flush_rows=args.flush_every,
+                        progress=not args.no_progress, on_result=on_result,
+                        average=getattr(args, "average", False))
+    finally:
+        _shut_ray_down()
     print(f"jaxmir: {args.output}: {tally.summary()}", file=sys.stderr)
     return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+def _shut_ray_down() -> None:
+    """End the command's Ray session here, Ctrl-C held until it is done: left to Ray's exit
+    handler, a Ctrl-C in its 1-3 s printed a traceback and left Ray's agents running."""
+    ray = sys.modules.get("ray")
+    if ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized():
+        from jaxmir.atomic import deferred_interrupts
+
+        with deferred_interrupts():
+            ray.shutdown()
 
 
 def run_tag(args: argparse.Namespace, model, hop: int | None) -> int:
