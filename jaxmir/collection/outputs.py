@@ -521,7 +521,16 @@ class ParquetWriter(Writer):
             parts = []
         self._resume(parts, current)
         numbers = [int(_PART.match(p.name).group(1)) for p in path.iterdir() if _PART.match(p.name)]
-        self.next_part = max(numbers, default=-1) + 1
+        if not numbers:
+            # an empty part: the table's columns (and identity) before its first row; an empty
+            # folder read as a table of no columns at all, without even 'path'
+            import pyarrow.parquet as pq
+
+            empty = parquet_table(layout, [], self.schema)
+            write_atomically(path / f"part-{0:06d}.parquet", lambda f: pq.write_table(empty, f),
+                             durable=True)
+            numbers = [0]
+        self.next_part = max(numbers) + 1
         self.buffer: list[dict] = []
         self.last_flush = time.monotonic()
 
