@@ -166,6 +166,29 @@ def test_the_python_entry_points_layout_defaults_to_the_command_lines():
         ray_engine.analyze_dataset(None, "msd-musicnn", Options(), Layout("tag", {"model": "x"}))
 
 
+def test_a_ray_run_with_nothing_left_to_do_joins_no_cluster(monkeypatch, tmp_path):
+    """Resuming a finished output with --engine ray started a cluster (~20 s) to say so; and the
+    cluster was joined before the output's lock was taken."""
+    require("ray")
+    clip, model = tmp_path / "a.wav", jaxmir.load("msd-musicnn")
+    _write(clip, 3.0, 16000, 1, 0)
+    out = tmp_path / "tags.jsonl"
+    collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0, progress=False)
+    joined = []
+
+    def connect(address=None):
+        joined.append(any("fresh" in lock.name for lock in tmp_path.glob(".*.lock")))
+        raise InputError("cannot reach the Ray cluster")
+
+    monkeypatch.setattr(ray_engine, "connect", connect)
+    tally = collect(model, [str(clip)], str(out), name="msd-musicnn", engine="ray", progress=False)
+    assert (tally.skipped, joined) == (1, [])
+    fresh = tmp_path / "fresh.jsonl"  # a new output: the cluster is joined before it is made
+    with pytest.raises(InputError, match="cannot reach the Ray cluster"):
+        collect(model, [str(clip)], str(fresh), name="msd-musicnn", engine="ray", progress=False)
+    assert not fresh.exists() and joined == [True]  # with the output's lock held
+
+
 def _listener(reply: bytes | None):
     """A local TCP server that sends ``reply`` to each connection (``None``: stays silent) and
     its ``(address, stop)``."""

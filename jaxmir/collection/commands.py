@@ -106,11 +106,16 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     sources = [inputs.examine(p) for p in inputs.expand(paths)]
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; expected local or ray")
-    if engine == "ray":  # Ray missing or its cluster unreachable: said before any output is made
+    if engine == "ray":
         from jaxmir.collection import ray_engine
 
-        ray_engine.connect()
+        ray_engine.import_ray()  # Ray missing: said before any output is made
     with exclusive(output):
+        # Ray's cluster unreachable: said before a new output is made; an output being resumed
+        # is read first (ray_engine.run connects), and a run with nothing left to do joins no
+        # cluster (~20 s)
+        if engine == "ray" and (overwrite or not os.path.exists(output)):
+            ray_engine.connect()
         writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows)
         todo = resume.to_do(sources, writer.done)
         tally = Tally(total=len(sources), skipped=len(sources) - len(todo))

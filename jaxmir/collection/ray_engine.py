@@ -250,9 +250,9 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
         layout: Layout, write: Callable[[Result], None], progress: Progress,
         actors: int | None = None) -> None:
     """The command line's Ray run: rows streamed back to the driver and written there (in any order)."""
-    ray = connect()
     if not sources:
         return
+    ray = connect()
     # jaxmir's own bar and summary say how the run goes: Ray Data's bars and INFO lines would
     # interleave with them
     ray.data.DataContext.get_current().enable_progress_bars = False
