@@ -15,7 +15,7 @@ from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
-from jaxmir.collection.rows import UNRECORDED_DEFAULTS, Layout, Result
+from jaxmir.collection.rows import Layout, Result, identity, model_fields
 from jaxmir.errors import InputError
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -27,41 +27,6 @@ def model_name(args: argparse.Namespace) -> str:
     from jaxmir import catalog
 
     return args.model or catalog.default_name()
-
-
-def model_fields(name: str, backbone: str | None = None) -> dict:
-    """How an output names its model (and backbone): a shipped model by its name, a file by its
-    file name and, in ``model_sha256``, its bytes' sha256, so that the same file by any path is
-    the same model and other bytes at the same path are another."""
-    from jaxmir import catalog
-
-    names, digests = [], []
-    for part in filter(None, (name, backbone)):
-        if part in catalog.names() or not os.path.isfile(part):
-            names.append(part)
-        else:
-            names.append(os.path.basename(part))
-            digests.append(catalog.sha256(part))
-    return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
-
-
-def identity(model_names: dict, model, command: str, options: Options) -> dict:
-    """What must match for two runs to share an output (see :class:`rows.Layout`);
-    ``model_names``: :func:`model_fields`."""
-    from jaxmir import pipeline
-
-    frontend = pipeline.frontend_of(model)
-    hop = frontend.patch_hop if options.patch_hop is None else options.patch_hop
-    fields = {**model_names, "command": command, "output": options.output,
-              "patch_hop": int(hop) or frontend.patch_size, "last_patch": options.last_patch,
-              "pad": options.pad, "resampler": options.resampler}
-    # the float decoder's samples differ (~1e-5 on MP3); bfloat16's outputs by ~1e-2
-    for name, value in (("dtype", options.dtype), ("decoder", options.decoder)):
-        if value != UNRECORDED_DEFAULTS[name]:
-            fields[name] = value
-    if command == "tag":
-        fields["labels"] = list(model.labels)
-    return fields
 
 
 def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",

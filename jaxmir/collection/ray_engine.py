@@ -28,7 +28,7 @@ from jaxmir.collection.compute import Options
 from jaxmir.collection.inputs import Source
 from jaxmir.collection.progress import Progress
 from jaxmir.collection.outputs import parquet_schema, parquet_table
-from jaxmir.collection.rows import Layout, Result
+from jaxmir.collection.rows import Layout, Result, identity, model_fields
 from jaxmir.errors import InputError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -199,7 +199,6 @@ def layout_for(model: str | None, backbone: str | None, options: Options) -> Lay
     ``embed``'s."""
     import jaxmir
     from jaxmir import catalog
-    from jaxmir.collection.commands import identity, model_fields
 
     name = model or catalog.default_name()
     loaded = jaxmir.load(name, backbone=backbone) if backbone else jaxmir.load(name)

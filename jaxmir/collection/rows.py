@@ -1,4 +1,5 @@
-"""The row written for each file of a collection, and the layout (columns) shared by every writer.
+"""The row written for each file of a collection, and the layout (columns) shared by every writer,
+with the identity (model, options) an output records (:func:`identity`).
 
 Every row has ``path`` (absolute), ``size_bytes`` and ``mtime_ns`` (the file's
 state before it was read: what a resumed run compares), ``duration_s`` (of the
@@ -23,13 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from jaxmir.collection.inputs import Source
 from jaxmir.errors import InputError
+
+if TYPE_CHECKING:  # the options' module computes rows
+    from jaxmir.collection.compute import Options
 
 BASE_COLUMNS = ("path", "size_bytes", "mtime_ns", "duration_s", "n_patches", "status", "error")
 OK, DAMAGED, ERROR = "ok", "damaged", "error"
@@ -145,3 +150,38 @@ def summary(layout: Layout, result: Result) -> dict[str, Any]:
     if layout.per_patch:
         row["patches"] = patches(result.values) if result.ok else None
     return row
+
+
+def model_fields(name: str, backbone: str | None = None) -> dict:
+    """How an output names its model (and backbone): a shipped model by its name, a file by its
+    file name and, in ``model_sha256``, its bytes' sha256, so that the same file by any path is
+    the same model and other bytes at the same path are another."""
+    from jaxmir import catalog
+
+    names, digests = [], []
+    for part in filter(None, (name, backbone)):
+        if part in catalog.names() or not os.path.isfile(part):
+            names.append(part)
+        else:
+            names.append(os.path.basename(part))
+            digests.append(catalog.sha256(part))
+    return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
+
+
+def identity(model_names: dict, model, command: str, options: Options) -> dict:
+    """What must match for two runs to share an output (see :class:`rows.Layout`);
+    ``model_names``: :func:`model_fields`."""
+    from jaxmir import pipeline
+
+    frontend = pipeline.frontend_of(model)
+    hop = frontend.patch_hop if options.patch_hop is None else options.patch_hop
+    fields = {**model_names, "command": command, "output": options.output,
+              "patch_hop": int(hop) or frontend.patch_size, "last_patch": options.last_patch,
+              "pad": options.pad, "resampler": options.resampler}
+    # the float decoder's samples differ (~1e-5 on MP3); bfloat16's outputs by ~1e-2
+    for name, value in (("dtype", options.dtype), ("decoder", options.decoder)):
+        if value != UNRECORDED_DEFAULTS[name]:
+            fields[name] = value
+    if command == "tag":
+        fields["labels"] = list(model.labels)
+    return fields
