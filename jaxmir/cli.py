@@ -531,6 +531,8 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         return _stopped_by(interrupted)
     remaining = None
     raw_options = {"--rate": args.rate, "--channels": args.channels, "--dtype": args.dtype}
+    if not head:
+        raise InputError("standard input is empty; send a WAV stream, or raw PCM with --rate")
     if head == b"RIFF":
         rate, channels, dtype, remaining = read_wav_header(source.read)
         for option in (name for name, value in raw_options.items() if value is not None):

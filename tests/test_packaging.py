@@ -25,3 +25,27 @@ def test_wheel_carries_the_shipped_weights(tmp_path):
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "rock ['msd-musicnn', 'msd-vgg', 'mtt-musicnn', 'mtt-vgg']" in result.stdout
+
+
+# The lowest versions of the runtime dependencies jaxmir was run with (a fresh venv of each:
+# tag, info, the four .pb fixtures, train-head). Lower ones installed and passed `pip check`,
+# then failed at run time: jax 0.7 has no jax.enable_x64 (every 44.1-kHz file failed), protobuf
+# 3.20-4.23 no message_factory.GetMessageClass (.pb files; 4.22-4.23 crashed) and 4.24's upb
+# parser crashed on VGGish's graph, PyAV 12's AudioLayout no nb_channels (every decoded file).
+TESTED_LOWEST = {"jax": (0, 8), "protobuf": (4, 25), "av": (13,), "flax": (0, 10)}
+
+
+def test_declared_lower_bounds_are_the_tested_ones():
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"  # jax 0.8's
+    declared = {}
+    for requirement in project["dependencies"]:
+        found = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement)
+        if found:
+            declared[found.group(1)] = tuple(int(part) for part in found.group(2).split("."))
+    for name, lowest in TESTED_LOWEST.items():
+        assert declared.get(name, ()) >= lowest, (name, declared.get(name), lowest)
+    assert "optax" in declared  # train-head is a core command: it imports optax

@@ -541,6 +541,8 @@ def test_stream_command_refuses_encoded_files_as_raw_pcm(tmp_path):
     result = cli("stream", "--rate", "22050", stdin=path.read_bytes())
     assert result.returncode == 1 and result.stdout == b""
     assert "standard input holds a FLAC file, not raw PCM" in result.stderr.decode()
+    result = cli("stream", stdin=b"")  # it asked for --rate
+    assert result.returncode == 1 and "standard input is empty" in result.stderr.decode()
 
 
 def test_stream_command_bf16_is_opt_in(musicnn):
