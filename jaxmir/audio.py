@@ -31,7 +31,7 @@ import numpy as np
 from jaxmir.decode import MODES, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated, check_min_outputs,
-                             essentia_ratio, meets_end, resample)
+                             essentia_ratio, meets_end, plan_of, resample, unflushed_count)
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
@@ -100,7 +100,7 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
         native = check_rate(blocks.sample_rate, f"{path}: sample rate")
         check_channels(blocks.channels, path)
         downmix, pieces, decoded = MonoInput(native), [], 0
-        resampling = Resampling(native, target, resampler, parallel=parallel)
+        resampling = Resampling(native, target, resampler, parallel=parallel, monoloader=True)
         for block in blocks:
             try:
                 mono = downmix(block)
@@ -272,6 +272,22 @@ def essentia_length(made: int, ratio: float, n_input: int) -> int:
     return made - meets_end(1.0 / ratio, n_input)
 
 
+# Essentia's MonoLoader resamples a file with the streaming Resample, which takes its input 4096
+# samples at a time and passes the last, shorter chunk with libsamplerate's end of input. A file
+# of whole chunks leaves no last chunk: Resample returns before that call (resample.cpp, "if
+# (available == 0) return NO_INPUT"), and the outputs libsamplerate still holds are never given
+# (45 at 44.1 kHz, 93 at 8 kHz), while the standard Resample (one call) gives them.
+MONOLOADER_CHUNK = 4096
+
+
+def monoloader_cut(in_rate: int, out_rate: int, n_input: int) -> int | None:
+    """Where MonoLoader's 16-kHz signal of ``n_input`` samples ends, when it ends before one
+    libsamplerate call over all of them would (an input of whole chunks); else ``None``."""
+    if n_input == 0 or n_input % MONOLOADER_CHUNK or in_rate == out_rate:
+        return None
+    return unflushed_count(plan_of(in_rate, out_rate, "sinc_medium"), n_input)
+
+
 # -- chunk by chunk (streams, collections) --------------------------------------------------
 def _first_bad_sample(array: np.ndarray) -> int | None:
     """The index of the first frame of floating-point ``array`` ``[n]`` or ``[n, channels]``
@@ -330,7 +346,10 @@ class Resampling:
     """Float32 mono at ``in_rate`` -> ``out_rate``, chunk by chunk, equal to the one-shot resamplers.
 
     ``push(x)`` returns the samples it can give now, ``close()`` the rest:
-    concatenated, they are exactly :func:`jaxmir.audio.prepare_audio`'s samples.
+    concatenated, they are exactly :func:`jaxmir.audio.prepare_audio`'s samples; with
+    ``monoloader`` (a file's samples) the first of them, as many as Essentia's MonoLoader gives
+    (:func:`monoloader_cut`), the last few (:attr:`held`, ~3-6 ms at 16 kHz) held back until
+    ``close`` to that end.
 
     ``min_outputs``: for the ``"jax"`` kind (:class:`~jaxmir.resample.SincResampler`), the
     outputs a push waits for before the kernels run (0: as soon as they are final; ``None``:
@@ -345,7 +364,8 @@ class Resampling:
     STEP = 4096
 
     def __init__(self, in_rate: int, out_rate: int = 16000, resampler: str = "essentia",
-                 min_outputs: int | None = None, what: str = "min_outputs", parallel: bool = False):
+                 min_outputs: int | None = None, what: str = "min_outputs", parallel: bool = False,
+                 monoloader: bool = False):
         """``what``: the name ``min_outputs`` has for the caller (``Model.stream``'s
         ``resample_step``), in errors; ``parallel``: see :class:`~jaxmir.resample.SincResampler`."""
         _check_resampler(resampler)
@@ -358,6 +378,14 @@ class Resampling:
         self.n_in = self.n_out = 0
         self._held = np.zeros(0, np.float32)
         self.kind = implementation(resampler, in_rate, out_rate)
+        # MonoLoader's end (libsamplerate's converter only): at most `held` outputs, those a
+        # file of whole chunks does not get, wait for close (see _hold_back)
+        self.held = 0
+        if monoloader and self.kind != "soxr" and in_rate != out_rate:
+            half = plan_of(in_rate, out_rate, "sinc_medium").half
+            self.held = math.ceil(out_rate / in_rate * (half + 1)) + 2
+        self._withheld = np.zeros(0, np.float32)
+        self._given = 0
         if in_rate == out_rate:
             self._state = None
         elif self.kind == "jax":
@@ -387,6 +415,26 @@ class Resampling:
         self.n_out += take
         return out[:take]
 
+    def _hold_back(self, out: np.ndarray) -> np.ndarray:
+        """``out`` but its last ``held`` samples (with those held before in front)."""
+        if not self.held:
+            return out
+        out = np.concatenate([self._withheld, out])
+        give = max(0, out.shape[0] - self.held)
+        self._withheld = out[give:]
+        self._given += give
+        return out[:give]
+
+    def _monoloader_end(self, tail: np.ndarray) -> np.ndarray:
+        """The samples held back, then ``tail``, up to where MonoLoader ends the file: no sample
+        given before lies past it, since more than its shortfall was held."""
+        if not self.held:
+            return tail
+        out = np.concatenate([self._withheld, tail])
+        self._withheld = out[:0]
+        cut = monoloader_cut(self.in_rate, self.out_rate, self.n_in)
+        return out if cut is None else out[:max(0, cut - self._given)]
+
     def push(self, x: np.ndarray) -> np.ndarray:
         self.n_in += x.shape[0]
         if self._state is None:
@@ -395,11 +443,11 @@ class Resampling:
         if self.kind == "samplerate":
             out = self._sinc(x, False)
             self.n_out += out.shape[0]
-            return out
+            return self._hold_back(out)
         if self.kind == "jax":
             out = self._state.push(x)
             self.n_out += out.shape[0]
-            return out
+            return self._hold_back(out)
         out = self._state.resample_chunk(x, last=False)
         return self._release(np.asarray(out, np.float32), math.ceil(self.n_in * (self.out_rate / self.in_rate)))
 
@@ -414,11 +462,11 @@ class Resampling:
             want = essentia_length(math.floor(self.n_in * self._ratio), self._ratio, self.n_in)
             tail = tail[:max(0, want - self.n_out)]
             self.n_out += tail.shape[0]
-            return tail
+            return self._monoloader_end(tail)
         if self.kind == "jax":
             tail = self._state.flush()
             self.n_out += tail.shape[0]
-            return tail
+            return self._monoloader_end(tail)
         size = math.ceil(self.n_in * (self.out_rate / self.in_rate))  # librosa's fix_length
         out = self._release(np.asarray(self._state.resample_chunk(np.zeros(0, np.float32), last=True),
                                        np.float32), size)

@@ -289,7 +289,7 @@ class Stream:
                  patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
                  compat: str = "essentia", resampler: str = "essentia", batch: int | None = None,
                  share_overlap: bool = True, require_patch: bool = False, eager: bool = True,
-                 resample_step: int | None = None):
+                 resample_step: int | None = None, monoloader: bool = False):
         """See :meth:`jaxmir.Model.stream`; ``batch``: patches per model call for runs of
         patches (default :data:`BATCH`, or :func:`file_batch` when not ``eager``);
         ``require_patch``: :meth:`close` raises (as ``predict`` does) when the whole
@@ -297,7 +297,8 @@ class Stream:
         patches a chunk completes at once (live input), or, when ``False``, only whole
         batches of ``batch`` until :meth:`close` (a file: the same outputs, fewer and fuller
         model calls, a few seconds more audio held); ``resample_step``: see
-        :meth:`jaxmir.Model.stream`."""
+        :meth:`jaxmir.Model.stream`; ``monoloader``: a file's samples, which end where
+        Essentia's MonoLoader ends them (:class:`jaxmir.audio.Resampling`)."""
         self.frontend = frontend_of(model)
         self.sample_rate = check_sample_rate(sample_rate)
         self.model = model
@@ -318,7 +319,8 @@ class Stream:
         self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module
         self._mono = MonoInput(self.sample_rate)
         self._resampling = Resampling(self.sample_rate, TARGET_RATE, resampler,
-                                     min_outputs=resample_step, what="resample_step")
+                                     min_outputs=resample_step, what="resample_step",
+                                     monoloader=monoloader)
         self._pieces: list[np.ndarray] = []
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # 16-kHz index of _buffer[0]
@@ -562,7 +564,7 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
     with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=False) as blocks:
         check_channels(blocks.channels, os.fspath(path))  # the file's error, not an array's
         stream = Stream(model, blocks.sample_rate, output, require_patch=True, eager=False,
-                        **options)
+                        monoloader=True, **options)
         depth = AHEAD * max(1, stream.batch // BATCH)  # a call of 32 VGGish patches reads ~30 s
         with _ahead((stream._resampled(block) for block in blocks), depth) as samples:
             yield stream, stream._run_resampled(samples)

@@ -68,10 +68,10 @@ bundles) and are checked by the same verification.
 from jaxmir.resample.convert import (MIN_OUTPUTS, SincResampler, check_min_outputs, resample,
                                      resample_jax)
 from jaxmir.resample.positions import (MAX_RATE, MAX_TAPS, MIN_RATE, QUALITIES, essentia_ratio,
-                                       meets_end)
+                                       meets_end, plan_of, unflushed_count)
 from jaxmir.resample.products import accelerated
 from jaxmir.resample.table import coefficients
 
 __all__ = ["MAX_RATE", "MAX_TAPS", "MIN_OUTPUTS", "MIN_RATE", "QUALITIES", "SincResampler", "accelerated",
-           "check_min_outputs", "coefficients", "essentia_ratio", "meets_end", "resample",
-           "resample_jax"]
+           "check_min_outputs", "coefficients", "essentia_ratio", "meets_end", "plan_of", "resample",
+           "resample_jax", "unflushed_count"]

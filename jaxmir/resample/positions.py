@@ -252,6 +252,19 @@ def _terminated(plan: Plan, centre: np.ndarray, x: np.ndarray, n_input: int) -> 
     return (centre.astype(np.float64) + x) + terminate >= float(plan.half + n_input)
 
 
+def unflushed_count(plan: Plan, n_input: int) -> int:
+    """How many outputs libsamplerate gives from ``n_input`` samples before a call with
+    ``end_of_input``: output ``k`` waits until more than ``half`` samples follow its window's
+    centre ``c_k`` in the buffer, so those with ``c_k < n_input - half`` (the rest need the zeros
+    the end brings). Essentia's streaming ``Resample`` never makes that call when its input
+    comes in whole 4096-sample chunks (:func:`jaxmir.audio.monoloader_cut`)."""
+    threshold = n_input - plan.half
+    if threshold <= 0:
+        return 0
+    centres, _ = exact_positions(plan, 0, 0.0, output_count(plan, n_input))
+    return int(np.searchsorted(centres, threshold, side="left"))
+
+
 def meets_end(step: float, n_input: int) -> bool:
     """Whether ``n_input / step`` is whole: then libsamplerate's output ``n_input / step - 1``
     meets its end test with equality, and Essentia's build stops before it where
