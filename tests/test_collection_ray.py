@@ -267,6 +267,22 @@ def test_connecting_keeps_the_command_lines_sigterm_handler_and_sends_the_token(
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_the_token_mode_is_set_before_ray_is_imported(tmp_path):
+    """The command line imports Ray (to say early when it is missing) before it connects: the
+    mode set at connect came after Ray had read it, and a head asking for a token refused."""
+    fake = tmp_path / "fake" / "ray"
+    (fake / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os\nMODE = os.environ.get('RAY_AUTH_MODE')\n")
+    (fake / "data" / "__init__.py").write_text("")
+    env = child_env(RAY_ADDRESS="192.0.2.2:6379", RAY_AUTH_TOKEN="secret")
+    env.pop("RAY_AUTH_MODE", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "fake"), env.get("PYTHONPATH", "")])
+    code = "from jaxmir.collection import ray_engine; ray_engine.import_ray(); import ray; print(ray.MODE)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=120)
+    assert result.stdout.strip() == "token", result.stderr
+
+
 def test_the_command_line_ray_run_prints_jaxmir_lines_not_rays(tmp_path):
     """A local Ray run printed JAX's fork warning (Ray starts its processes after JAX's threads),
     Ray Data's INFO lines and its progress, interleaved with jaxmir's own bar and summary."""

@@ -35,7 +35,9 @@ CONNECT_TIMEOUT_S = 5.0
 
 
 def import_ray():
-    """``ray`` and ``ray.data``, or an InputError saying how to install them."""
+    """``ray`` and ``ray.data``, or an InputError saying how to install them; with a token for an
+    explicit ``RAY_ADDRESS`` (:func:`_token_mode`)."""
+    _token_mode(os.environ.get("RAY_ADDRESS", ""))
     try:
         import ray
         import ray.data  # noqa: F401
@@ -59,6 +61,15 @@ def _host_port(address: str) -> tuple[str, int]:
         raise InputError(f"RAY_ADDRESS={address!r}: expected host:port, ray://host:port, auto or "
                          "local")
     return host, int(port)
+
+
+def _token_mode(address: str) -> None:
+    """``RAY_AUTH_MODE=token`` when ``RAY_AUTH_TOKEN`` is given for a cluster's address and no
+    mode is: Ray 2.60 sends a token to an address given explicitly only in token mode, which it
+    reads when it is imported (so before that)."""
+    if address not in ("", "local", "auto") and os.environ.get("RAY_AUTH_TOKEN") \
+            and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _reachable(address: str) -> None:
@@ -97,9 +108,7 @@ def connect(address: str | None = None):
     with status 15 (the command line's stops with 143, saying what it kept)."""
     address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
     remote = address not in ("", "local", "auto")  # a cluster's host:port, not one started here
-    if remote and os.environ.get("RAY_AUTH_TOKEN") and "RAY_AUTH_MODE" not in os.environ:
-        # Ray sends a token to an explicit address only in token mode, read when it is imported
-        os.environ["RAY_AUTH_MODE"] = "token"
+    _token_mode(address)
     ray = import_ray()
     if ray.is_initialized():
         return ray
