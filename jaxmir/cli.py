@@ -177,6 +177,10 @@ def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
     from jaxmir.errors import InputError
 
+    paths = list(paths)
+    folder = next((path for path in paths if os.path.isdir(path)), None)
+    if folder is not None:
+        raise InputError(f"--plot {folder} is a folder; give the picture's file name (.png)")
     existing = [str(path) for path in paths if os.path.lexists(path)]
     if existing and not overwrite:
         raise InputError(f"--plot: {existing[0]} exists"
@@ -505,14 +509,17 @@ def _stream_command(args, interrupted: dict) -> int:
     return _stream_stdin(model, args, hop, output, ByteReader(sys.stdin.fileno()), interrupted)
 
 
-# The first four bytes of encoded audio files, which raw PCM read as samples would make noise of.
+# The first four bytes of encoded audio files, which raw PCM read as samples would make noise of
+# (an MP4's are its box size; bytes 4-8 say "ftyp").
 _ENCODED = {b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"FORM": "an AIFF file",
             b"caff": "a CAF file", b"wvpk": "a WavPack file", b"MAC ": "an APE file"}
 _ENCODED.update({b"ID3" + bytes([version]): "an MP3 file (ID3 tag)" for version in (2, 3, 4)})
+_MP4_BRAND = b"ftyp"
 
 
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
+    from jaxmir.audio import check_channels
     from jaxmir.errors import AudioError, InputError
     from jaxmir.pcm import RAW_DTYPES, decode_pcm, frame_bytes, read_wav_header
     from jaxmir.stream import Stream
@@ -526,15 +533,18 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         finally:
             interrupted["reading"] = False
 
-    head = reading(source.peek, 4)
+    head = reading(source.peek, 8)
     if head is None:
         return _stopped_by(interrupted)
+    encoded = "an MP4/M4A file" if head[4:8] == _MP4_BRAND else _ENCODED.get(head[:4])
+    head = head[:4]
     remaining = None
     raw_options = {"--rate": args.rate, "--channels": args.channels, "--dtype": args.dtype}
     if not head:
         raise InputError("standard input is empty; send a WAV stream, or raw PCM with --rate")
     if head == b"RIFF":
         rate, channels, dtype, remaining = read_wav_header(source.read)
+        check_channels(channels, "standard input")  # the stream's, not an array's, error
         for option in (name for name, value in raw_options.items() if value is not None):
             _warn(f"{option} is ignored: standard input holds a WAV stream, whose header says "
                   f"{rate} Hz, {channels} channel(s)")
@@ -542,8 +552,8 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         raise InputError(f"standard input holds a WAV stream with a {head.decode()} header, which "
                          "jaxmir stream does not read; send a RIFF WAV stream, or raw PCM with "
                          "--rate (jaxmir tag reads such files)")
-    elif head in _ENCODED:
-        raise InputError(f"standard input holds {_ENCODED[head]}, not raw PCM: jaxmir stream reads "
+    elif encoded is not None:
+        raise InputError(f"standard input holds {encoded}, not raw PCM: jaxmir stream reads "
                          "a WAV stream or raw PCM (jaxmir tag reads the file; or decode it first, "
                          "ffmpeg -i FILE -f wav -)")
     else:

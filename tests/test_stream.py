@@ -543,6 +543,16 @@ def test_stream_command_refuses_encoded_files_as_raw_pcm(tmp_path):
     assert "standard input holds a FLAC file, not raw PCM" in result.stderr.decode()
     result = cli("stream", stdin=b"")  # it asked for --rate
     assert result.returncode == 1 and "standard input is empty" in result.stderr.decode()
+    mp4 = b"\0\0\0\x20ftypM4A " + bytes(4000)  # an M4A's first box
+    result = cli("stream", "--rate", "44100", stdin=mp4)
+    assert result.returncode == 1 and "holds an MP4/M4A file, not raw PCM" in result.stderr.decode()
+    # a 3-channel WAV stream: the error was an array's ("for an array, channels go last")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros((16000, 3), np.int16), 16000, format="WAV", subtype="PCM_16")
+    result = cli("stream", stdin=buffer.getvalue())
+    assert result.returncode == 1, result.stderr.decode()
+    assert "standard input: has 3 channels; accepted: mono or stereo" in result.stderr.decode()
+    assert "for an array" not in result.stderr.decode()
 
 
 def test_stream_command_bf16_is_opt_in(musicnn):
@@ -636,6 +646,9 @@ def test_tag_plot_and_embed_average(tmp_path, musicnn):
     assert png.read_bytes() == b"yesterday's picture"
     result = cli("tag", str(path), "--plot", str(png), "--no-progress", "--overwrite")
     assert result.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a folder: "unexpected IsADirectoryError" at the rename, with --overwrite
+    result = cli("tag", str(path), "--plot", str(tmp_path), "--no-progress", "--overwrite")
+    assert result.returncode == 1 and b"is a folder; give the picture's file name" in result.stderr
     result = cli("embed", str(path), "-o", str(tmp_path / "emb"), "--average", "--no-progress")
     assert result.returncode == 0, result.stderr.decode()
     mean = np.load(tmp_path / "emb" / "song.npy", allow_pickle=False)
