@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -76,6 +77,24 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
         raise
     if durable:
         fsync_dir(target.parent)
+    return target
+
+
+def make_folder_atomically(target: str | os.PathLike, fill: Callable[[Path], object]) -> Path:
+    """``fill(folder)`` in ``.<name>.<random>.tmp`` beside ``target``, then rename it to
+    ``target`` (which must not exist): no reader ever sees the folder without what ``fill``
+    puts in it. A killed run's temporary folder is one :func:`is_temporary` names."""
+    target = Path(target)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
+                                      dir=target.parent))
+    try:
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp's own are 0700
+        fill(temporary)
+        os.rename(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    fsync_dir(target.parent)
     return target
 
 

@@ -176,6 +176,29 @@ def test_expand_folders_lists_and_names(music, tmp_path):
 # -- outputs against Model.predict ------------------------------------------------------------
 # The collection computes with the same code (Model.predict on the same 16-kHz signal, the
 # same jitted program) and the same float64 mean, so the values must be equal: tolerance 0.
+def test_a_parquet_folder_appears_with_its_columns(music, model, tmp_path, monkeypatch):
+    """Stopped between making the folder and writing its empty first part (~0.1 s), a run left an
+    empty folder, which pyarrow reads as a table of no columns (no 'path')."""
+    from jaxmir.collection import outputs
+
+    out = tmp_path / "tags.parquet"
+    stale = tmp_path / ".tags.parquet.abcd1234.tmp"  # what a run killed there leaves
+    stale.mkdir()
+
+    def stopped(self, folder):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs.ParquetWriter, "_empty_part", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            collect(model, [str(music / "a.wav")], str(out), name="msd-musicnn", jobs=0,
+                    progress=False)
+    # no folder, and no temporary one: this run's removed, the killed run's cleared
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+    collect(model, [str(music / "a.wav")], str(out), name="msd-musicnn", jobs=0, progress=False)
+    assert (out / "part-000000.parquet").is_file()
+
+
 def test_parquet_tags_and_patches(music, model, expected, tmp_path):
     import pandas
 

@@ -33,6 +33,7 @@ import io
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -44,7 +45,8 @@ except ImportError:  # pragma: no cover -- Windows: outputs are not locked
 
 import numpy as np
 
-from jaxmir.atomic import is_temporary, name_prefix, unwritable, write_atomically
+from jaxmir.atomic import (is_temporary, make_folder_atomically, name_prefix, unwritable,
+                           write_atomically)
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text, base, from_text,
@@ -501,6 +503,16 @@ class ParquetWriter(Writer):
                 raise InputError(f"--output {path} is a file, not a jaxmir Parquet folder; give "
                                  "another --output, or --overwrite to replace it")
             path.unlink()
+        self.schema = parquet_schema(layout)
+        if not path.exists():
+            # made with an empty part, which gives the table's columns (and identity) before
+            # its first row: killed before it, a run left a folder read as a table of no columns
+            check_writable(path.parent)
+            for stale in path.parent.iterdir():  # a folder a killed run was making
+                if stale.is_dir() and is_temporary(stale.name) \
+                        and stale.name.startswith(f".{name_prefix(path.name)}."):
+                    shutil.rmtree(stale, ignore_errors=True)
+            make_folder_atomically(path, self._empty_part)
         check_writable(path)
         # readers take every name not starting with '.' or '_' as part of the table
         foreign = sorted(p.name for p in path.iterdir()
@@ -510,7 +522,6 @@ class ParquetWriter(Writer):
                              f"{' and more' if len(foreign) > 3 else ''}, which is no part of a "
                              "jaxmir Parquet folder (pyarrow and pandas would fail to read it "
                              "as one table); give another --output")
-        self.schema = parquet_schema(layout)
         for stale in path.iterdir():
             if is_temporary(stale.name, ".parquet"):  # a part a killed run was writing
                 stale.unlink()
@@ -521,18 +532,20 @@ class ParquetWriter(Writer):
             parts = []
         self._resume(parts, current)
         numbers = [int(_PART.match(p.name).group(1)) for p in path.iterdir() if _PART.match(p.name)]
-        if not numbers:
-            # an empty part: the table's columns (and identity) before its first row; an empty
-            # folder read as a table of no columns at all, without even 'path'
-            import pyarrow.parquet as pq
-
-            empty = parquet_table(layout, [], self.schema)
-            write_atomically(path / f"part-{0:06d}.parquet", lambda f: pq.write_table(empty, f),
-                             durable=True)
+        if not numbers:  # --overwrite, or every row of the run before redone
+            self._empty_part(path)
             numbers = [0]
         self.next_part = max(numbers) + 1
         self.buffer: list[dict] = []
         self.last_flush = time.monotonic()
+
+    def _empty_part(self, folder: Path) -> None:
+        """``part-000000.parquet`` in ``folder``: no row, the table's columns and identity."""
+        import pyarrow.parquet as pq
+
+        empty = parquet_table(self.layout, [], self.schema)
+        write_atomically(folder / f"part-{0:06d}.parquet", lambda f: pq.write_table(empty, f),
+                         durable=True)
 
     def _resume(self, parts: list[Path], current: Mapping[str, Source]) -> None:
         import pyarrow.parquet as pq
