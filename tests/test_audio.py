@@ -138,6 +138,31 @@ def test_prepare_audio_scales_pcm():
             MonoInput(16000)(bad)
 
 
+def test_integer_pcm_converts_in_float32_with_float64s_values():
+    """The conversion ran through a float64 copy of the signal: a 10-min int16 array took 6x its
+    size at the peak (4x now: the float32 signal and its mono mix); the same floats, bit for bit
+    (libswresample's own conversions, which the file tests compare with Essentia)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32):
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, 100_000, dtype=np.int64, endpoint=True).astype(dtype)
+        x[:2] = [info.min, info.max]
+        half = float(2 ** (8 * np.dtype(dtype).itemsize - 1))
+        offset = half if np.issubdtype(dtype, np.unsignedinteger) else 0.0
+        want = ((x.astype(np.float64) - offset) / half).astype(np.float32)
+        np.testing.assert_array_equal(prepare_audio(x, 16000), want, err_msg=np.dtype(dtype).name)
+    stereo = (rng.uniform(-1, 1, (16000 * 60, 2)) * 32767).astype(np.int16)
+    tracemalloc.start()
+    try:
+        prepare_audio(stereo, 16000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4.5 * stereo.nbytes, peak / stereo.nbytes
+
+
 def test_prepare_audio_resamples_with_explicit_rate():
     t = np.arange(44100) / 44100
     tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
