@@ -191,7 +191,7 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
         raise AudioError(f"audio has dtype {dtype}, which is no PCM format (read as 64-bit PCM, "
                          "16-bit values would be silence); give int16 or int32 PCM "
                          "(x.astype(np.int16)) or floating-point samples in [-1, 1]")
-    half = float(2 ** (8 * dtype.itemsize - 1)) if np.issubdtype(dtype, np.integer) else 0.0
+    half = float(2 ** (8 * dtype.itemsize - 1))
     if np.issubdtype(dtype, np.signedinteger) or (np.issubdtype(dtype, np.unsignedinteger)
                                                   and dtype.itemsize <= 2):
         # in float32, in place: the same floats as through float64 (a power of two scales a
@@ -384,7 +384,7 @@ class Resampling:
                                  f"(resampler='essentia'); {resampler!r} runs at every push")
         self.in_rate, self.out_rate = in_rate, out_rate
         self.n_in = self.n_out = 0
-        self._held = np.zeros(0, np.float32)
+        self._surplus = np.zeros(0, np.float32)  # soxr's beyond librosa's length so far
         self.kind = implementation(resampler, in_rate, out_rate)
         # MonoLoader's end (libsamplerate's converter only): at most `held` outputs, those a
         # file of whole chunks does not get, wait for close (see _hold_back)
@@ -417,9 +417,9 @@ class Resampling:
 
     def _release(self, out: np.ndarray, allowed: int) -> np.ndarray:
         """At most ``allowed`` samples in all; the surplus is held back (soxr)."""
-        out = np.concatenate([self._held, out]) if self._held.size else out
+        out = np.concatenate([self._surplus, out]) if self._surplus.size else out
         take = max(0, min(out.shape[0], allowed - self.n_out))
-        self._held = out[take:]
+        self._surplus = out[take:]
         self.n_out += take
         return out[:take]
 

@@ -189,7 +189,7 @@ def _read_arrays(path: str, check: Callable[[dict, dict], None] | None = None
                 declared = {}
                 for member in members:
                     with archive.open(member) as handle:
-                        shape, _ = _header(path, _name(member), handle, member.file_size)
+                        shape, _, _ = _header(path, _name(member), handle, member.file_size)
                     declared[_name(member)] = jax.ShapeDtypeStruct(shape, np.float32)
                 check(meta, declared)
             arrays = {}
@@ -231,9 +231,9 @@ def _variable_members(path: str, archive: zipfile.ZipFile) -> list[zipfile.ZipIn
     return [member for member in members if _name(member) != _META_KEY]
 
 
-def _header(path: str, name: str, handle, size: int) -> tuple[tuple[int, ...], bool]:
-    """``(shape, fortran_order)`` of an ``.npy`` entry from its header: the dtype jaxmir writes,
-    and no more bytes than ``size`` (a 1.7-KB file may declare 64 GB)."""
+def _header(path: str, name: str, handle, size: int) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of an ``.npy`` entry from its header: the dtype jaxmir
+    writes, and no more bytes than ``size`` (a 1.7-KB file may declare 64 GB)."""
     major, _ = np.lib.format.read_magic(handle)
     read_header = np.lib.format.read_array_header_1_0 if major == 1 \
         else np.lib.format.read_array_header_2_0
@@ -244,14 +244,13 @@ def _header(path: str, name: str, handle, size: int) -> tuple[tuple[int, ...], b
     if math.prod(shape) * dtype.itemsize > size:
         raise WeightsError(f"{path}: '{name}' declares a {list(shape)} array, more than its "
                            f"{size} bytes hold; the file is corrupt")
-    return shape, fortran_order
+    return shape, fortran_order, dtype
 
 
 def _read_array(path: str, name: str, handle, size: int) -> np.ndarray:
     """An ``.npy`` entry of at most ``size`` bytes, its header checked before its data is read
     (:func:`_header`)."""
-    shape, fortran_order = _header(path, name, handle, size)
-    dtype = np.dtype(np.uint8) if name == _META_KEY else np.dtype(np.float32)
+    shape, fortran_order, dtype = _header(path, name, handle, size)
     nbytes = math.prod(shape) * dtype.itemsize
     data = bytearray(nbytes)  # writable, as np.load's arrays are
     if _read_into(handle, memoryview(data)) != nbytes:

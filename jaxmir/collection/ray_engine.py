@@ -63,11 +63,17 @@ def _host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _names_a_cluster(address: str) -> bool:
+    """Whether ``RAY_ADDRESS`` (or ``connect``'s address) names a running cluster's host:port,
+    not one to start here."""
+    return address not in ("", "local", "auto")
+
+
 def _token_mode(address: str) -> None:
     """``RAY_AUTH_MODE=token`` when ``RAY_AUTH_TOKEN`` is given for a cluster's address and no
     mode is: Ray 2.60 sends a token to an address given explicitly only in token mode, which it
     reads when it is imported (so before that)."""
-    if address not in ("", "local", "auto") and os.environ.get("RAY_AUTH_TOKEN") \
+    if _names_a_cluster(address) and os.environ.get("RAY_AUTH_TOKEN") \
             and "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
 
@@ -107,7 +113,7 @@ def connect(address: str | None = None):
     SIGTERM keeps a handler the caller installed: ``ray.init`` replaces it with one that exits
     with status 15 (the command line's stops with 143, saying what it kept)."""
     address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
-    remote = address not in ("", "local", "auto")  # a cluster's host:port, not one started here
+    remote = _names_a_cluster(address)
     _token_mode(address)
     ray = import_ray()
     if ray.is_initialized():
@@ -156,7 +162,7 @@ class ModelActor:
                  raw: bool = False):
         import jaxmir
 
-        loaded = jaxmir.load(model, backbone=backbone) if backbone else jaxmir.load(model)
+        loaded = jaxmir.load(model, backbone=backbone)
         self.model = options.cast(loaded)
         self.options, self.layout, self.raw = options, layout, raw
         self.schema = parquet_schema(layout)
@@ -210,7 +216,7 @@ def layout_for(model: str | None, backbone: str | None, options: Options) -> Lay
     from jaxmir import catalog
 
     name = model or catalog.default_name()
-    loaded = jaxmir.load(name, backbone=backbone) if backbone else jaxmir.load(name)
+    loaded = jaxmir.load(name, backbone=backbone)
     command = "tag" if options.output == "predictions" else "embed"
     fields = identity(model_fields(name, backbone), loaded, command, options)
     return Layout(command, fields, tuple(loaded.labels) if command == "tag" else ())
