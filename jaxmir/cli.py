@@ -509,19 +509,11 @@ def _stream_command(args, interrupted: dict) -> int:
     return _stream_stdin(model, args, hop, output, ByteReader(sys.stdin.fileno()), interrupted)
 
 
-# The first four bytes of encoded audio files, which raw PCM read as samples would make noise of
-# (an MP4's are its box size; bytes 4-8 say "ftyp").
-_ENCODED = {b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"FORM": "an AIFF file",
-            b"caff": "a CAF file", b"wvpk": "a WavPack file", b"MAC ": "an APE file"}
-_ENCODED.update({b"ID3" + bytes([version]): "an MP3 file (ID3 tag)" for version in (2, 3, 4)})
-_MP4_BRAND = b"ftyp"
-
-
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.audio import check_channels
     from jaxmir.errors import AudioError, InputError
-    from jaxmir.pcm import RAW_DTYPES, decode_pcm, frame_bytes, read_wav_header
+    from jaxmir.pcm import RAW_DTYPES, decode_pcm, encoded_format, frame_bytes, read_wav_header
     from jaxmir.stream import Stream
 
     def reading(fn, *a):
@@ -536,7 +528,9 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     head = reading(source.peek, 8)
     if head is None:
         return _stopped_by(interrupted)
-    encoded = "an MP4/M4A file" if head[4:8] == _MP4_BRAND else _ENCODED.get(head[:4])
+    encoded = reading(encoded_format, source.peek)
+    if encoded is None and interrupted["now"]:
+        return _stopped_by(interrupted)
     head = head[:4]
     remaining = None
     raw_options = {"--rate": args.rate, "--channels": args.channels, "--dtype": args.dtype}

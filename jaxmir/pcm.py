@@ -122,6 +122,66 @@ def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | 
     return header.sample_rate, header.channels, header.dtype, header.data_size
 
 
+# The first four bytes of encoded audio files, which raw PCM read as samples would make noise of
+# (an MP4's are its box size; bytes 4-8 say "ftyp").
+_SIGNATURES = {b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"FORM": "an AIFF file",
+               b"caff": "a CAF file", b"wvpk": "a WavPack file", b"MAC ": "an APE file"}
+_SIGNATURES.update({b"ID3" + bytes([version]): "an MP3 file (ID3 tag)" for version in (2, 3, 4)})
+_MP4_BRAND = b"ftyp"
+
+# MPEG audio frame headers: kbit/s by [MPEG-1?][layer I, II, III][index]; Hz by version
+_KBPS = {True: ((0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+                (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+                (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)),
+         False: ((0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+                 (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+                 (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160))}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+_ADTS_MAX = 8191  # an ADTS frame's 13-bit length, bytes
+
+
+def _mpeg_frame_bytes(header: bytes) -> int | None:
+    """The length of the MPEG audio frame (MP1/2/3) whose 4-byte header this is, or ``None``."""
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = header[1] >> 3 & 3, 4 - (header[1] >> 1 & 3)  # layer 4: reserved
+    bitrate, rate_index, padding = header[2] >> 4, header[2] >> 2 & 3, header[2] >> 1 & 1
+    if version == 1 or layer == 4 or bitrate in (0, 15) or rate_index == 3:
+        return None  # reserved values, or a free bitrate, whose length the header does not give
+    kbps, rate = _KBPS[version == 3][layer - 1][bitrate], _MPEG_RATES[version][rate_index]
+    if layer == 1:
+        return (12 * kbps * 1000 // rate + padding) * 4
+    per_frame = 144 if layer == 2 or version == 3 else 72
+    return per_frame * kbps * 1000 // rate + padding
+
+
+def _adts_frame_bytes(header: bytes) -> int | None:
+    """The length of the ADTS (AAC) frame whose header this is, or ``None``."""
+    if len(header) < 7 or header[0] != 0xFF or header[1] & 0xF6 != 0xF0 or header[2] >> 2 & 15 > 12:
+        return None
+    length = (header[3] & 3) << 11 | header[4] << 3 | header[5] >> 5
+    return length if length >= 7 else None
+
+
+def encoded_format(peek: Callable[[int], bytes]) -> str | None:
+    """What kind of encoded audio file the bytes ``peek(n)`` shows begin, or ``None`` (PCM).
+
+    Signatures, and MP3/MP2 or ADTS (AAC) streams with no tag before them, which open on a frame
+    header: those are told by a second header where the first's length says (raw PCM can open on
+    bytes that read as one header, never by chance on two).
+    """
+    head = peek(8)
+    if head[4:8] == _MP4_BRAND:
+        return "an MP4/M4A file"
+    if head[:4] in _SIGNATURES:
+        return _SIGNATURES[head[:4]]
+    for kind, frame_bytes_of in (("an MP3 file", _mpeg_frame_bytes), ("an AAC (ADTS) file", _adts_frame_bytes)):
+        length = frame_bytes_of(head)
+        if length is not None and frame_bytes_of(peek(length + 8)[length:]) is not None:
+            return kind
+    return None
+
+
 def frame_bytes(dtype: str, channels: int) -> int:
     """Bytes per sample frame of ``dtype`` (a :data:`RAW_DTYPES` value or ``"<i3"``)."""
     return channels * (3 if dtype == "<i3" else np.dtype(dtype).itemsize)

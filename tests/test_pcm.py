@@ -100,3 +100,56 @@ def test_reader_gives_bytes_as_they_arrive():
         os.close(read_end)
         if write_end is not None:
             os.close(write_end)
+
+
+def _encoded(container: str, codec: str, rate: int, options: dict | None = None) -> bytes:
+    """Two seconds of a tone through FFmpeg's ``codec`` in ``container``, in memory."""
+    import av
+
+    buffer = io.BytesIO()
+    tone = (0.3 * np.sin(np.arange(2 * rate) * 2 * np.pi * 440 / rate)).astype(np.float32)
+    with av.open(buffer, "w", format=container, options=options or {}) as output:
+        stream = output.add_stream(codec, rate=rate, layout="mono")
+        for start in range(0, tone.shape[0], 1152):
+            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1152], format="fltp",
+                                               layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("container, codec, rate, options, kind", [
+    ("mp3", "libmp3lame", 44100, {"id3v2_version": "0"}, "an MP3 file"),      # MPEG-1 layer III
+    ("mp3", "libmp3lame", 22050, {"id3v2_version": "0", "write_xing": "0"}, "an MP3 file"),  # MPEG-2
+    ("mp3", "libmp3lame", 8000, {"id3v2_version": "0"}, "an MP3 file"),       # MPEG-2.5
+    ("mp2", "mp2", 48000, None, "an MP3 file"),                              # layer II
+    ("adts", "aac", 44100, None, "an AAC (ADTS) file"),
+    ("mp3", "libmp3lame", 44100, None, "an MP3 file (ID3 tag)"),
+    ("flac", "flac", 44100, None, "a FLAC file"),
+])
+def test_encoded_streams_are_told_from_pcm(container, codec, rate, options, kind):
+    """An MP3 with no ID3 tag opens on a frame header, not a signature: streamed on standard
+    input with --rate it was read as raw PCM, and tagged as noise."""
+    from jaxmir.pcm import encoded_format
+
+    data = _encoded(container, codec, rate, options)
+    assert encoded_format(lambda n: data[:n]) == kind
+
+
+def test_pcm_that_opens_like_one_frame_header_is_pcm():
+    """Samples whose first bytes read as an MPEG or ADTS frame header, with none where its length
+    says the next begins, are raw PCM."""
+    from jaxmir.pcm import _adts_frame_bytes, _mpeg_frame_bytes, encoded_format
+
+    noise = np.random.default_rng(5).integers(-2000, 2000, 40000).astype("<i2").tobytes()
+    for header in (b"\xff\xfb\x90\x64", b"\xff\xf1\x50\x80\x2e\x7f\xfc"):  # MP3 128k, ADTS
+        data = header + noise
+        assert (_mpeg_frame_bytes(data[:4]) or _adts_frame_bytes(data[:7])) is not None
+        assert encoded_format(lambda n: data[:n]) is None
+    silence = bytes(40000)
+    assert encoded_format(lambda n: silence[:n]) is None
+    dithered = np.full(40000, -1, "<i2").tobytes()  # 0xFFFF: sync bits with reserved fields
+    assert encoded_format(lambda n: dithered[:n]) is None

@@ -546,6 +546,21 @@ def test_stream_command_refuses_encoded_files_as_raw_pcm(tmp_path):
     mp4 = b"\0\0\0\x20ftypM4A " + bytes(4000)  # an M4A's first box
     result = cli("stream", "--rate", "44100", stdin=mp4)
     assert result.returncode == 1 and "holds an MP4/M4A file, not raw PCM" in result.stderr.decode()
+    # an MP3 with no ID3 tag opens on a frame header, no signature: it was read as raw PCM
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp3", options={"id3v2_version": "0"}) as mp3:
+        encoder = mp3.add_stream("libmp3lame", rate=22050, layout="mono")
+        frame = av.AudioFrame.from_ndarray(signal_at(22050, 2.0, 1, seed=4).reshape(1, -1),
+                                           format="fltp", layout="mono")
+        frame.sample_rate = 22050
+        for packet in [*encoder.encode(frame), *encoder.encode(None)]:
+            mp3.mux(packet)
+    assert buffer.getvalue()[:3] != b"ID3"
+    result = cli("stream", "--rate", "22050", stdin=buffer.getvalue())
+    assert result.returncode == 1 and result.stdout == b""
+    assert "standard input holds an MP3 file, not raw PCM" in result.stderr.decode()
     # a 3-channel WAV stream: the error was an array's ("for an array, channels go last")
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros((16000, 3), np.int16), 16000, format="WAV", subtype="PCM_16")
