@@ -52,6 +52,29 @@ def test_folder_dataset(audio_set):
     assert np.array_equal(ds.targets.sum(axis=0), [4, 4])
 
 
+def test_folder_dataset_reads_what_tag_reads(tmp_path, audio_set):
+    """Class folders took ten extensions (a class of .caf/.w64/.WAVE files was "empty") and the
+    files in hidden folders (a class's .trash/ was trained on), unlike ``jaxmir tag FOLDER``."""
+    import shutil
+
+    from jaxmir.collection.inputs import expand
+
+    copy = tmp_path / "data"
+    shutil.copytree(audio_set, copy)
+    drums = sorted((copy / "drums").iterdir())
+    for source, name in zip(drums, ("a.caf", "b.w64", "c.WAVE")):
+        source.rename(copy / "drums" / name)
+    (copy / "pads" / ".trash").mkdir()
+    shutil.copy(drums[3], copy / "pads" / ".trash" / "deleted.wav")
+    ds = data.load_dataset(copy)
+    assert [Path(p).name for p in ds.paths if "drums" in p] == ["a.caf", "b.w64", "c.WAVE",
+                                                                 drums[3].name]
+    assert not any(".trash" in p for p in ds.paths) and len(ds) == 8
+    for name in ("drums", "pads"):
+        tagged = [os.path.abspath(p) for p in expand([str(copy / name)])]
+        assert [os.path.abspath(p) for p in ds.paths if f"/{name}/" in p] == tagged
+
+
 def test_bad_datasets(tmp_path, audio_set):
     one = tmp_path / "one"
     (one / "a").mkdir(parents=True)
@@ -156,6 +179,19 @@ def test_dataset_entry_counts_tracks_of_soft_targets():
     assert dataset_entry("DATA", dataset, None, 0)["size"] == "18 tracks, 6/6/6 per class"
     multi = data.Dataset(dataset.paths, (soft > 0.5) * 0.9 + 0.05, "multi", ABC)
     assert dataset_entry("DATA", multi, None, 0)["size"] == "18 tracks, 6/6/6 per class"
+
+
+def test_classes_of_soft_targets_are_counted_by_tracks():
+    """Soft targets were counted by their mass: three tracks of [0.6, 0.4] made "drums (1)",
+    refused as a class of fewer than 2 files."""
+    targets = np.array([[0.6, 0.4]] * 3 + [[0.0, 1.0]] * 3, np.float32)
+    dataset = data.Dataset(tuple(f"{i}.wav" for i in range(6)), targets, "single", ("drums", "pads"))
+    data.check_classes(dataset, "DATA")
+    assert dataset.tracks_per_class().tolist() == [3, 3]
+    one = data.Dataset(dataset.paths, np.array([[0.6, 0.4]] + [[0.4, 0.6]] * 5, np.float32),
+                       "single", ("drums", "pads"))
+    with pytest.raises(InputError, match=r"fewer than 2 files: drums \(1\)"):
+        data.check_classes(one, "DATA")
 
 
 def test_parquet_list_label_column_is_multilabel(tmp_path, audio_set):
@@ -269,6 +305,31 @@ def test_resumed_head_width_must_match():
     other = fit.init_head(jax.random.PRNGKey(0), 128, 100, 3)
     with pytest.raises(InputError, match="128-d embeddings.*20-d"):
         fit.train_head(tracks, targets, "single", ABC, FAST, initial=other)
+
+
+def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
+    """A 3-class head resumed on 2-class data, or on 50-d embeddings, was refused only after
+    every file was decoded and the cross-validation had run; a softmax head resumed for
+    regression data gave an identity head, unsaid. The files here do not exist: a check that
+    came after decoding would end in "none of the files could be used"."""
+    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
+    export.export_head(params, "softmax", ABC, tmp_path / "abc", "msd-musicnn", (187, 96),
+                       "model/dense/BiasAdd")
+    missing = tuple(str(tmp_path / f"missing{i}.wav") for i in range(6))
+    two = data.Dataset(missing, np.eye(2, dtype=np.float32)[[0, 1] * 3], "single", AB)
+    with pytest.raises(InputError, match=r"abc.pb has 3 outputs, the data 2 classes"):
+        fit_head(two, config=FAST, cache=False, folds=3, resume=tmp_path / "abc.pb")
+    three = data.Dataset(missing, np.eye(3, dtype=np.float32)[[0, 1, 2] * 2], "single", ABC)
+    with pytest.raises(InputError, match="takes 200-d embeddings, but the backbone and layer "
+                                         "give 50-d"), pytest.warns(JaxmirWarning):
+        fit_head(three, layer="model/dense_1/BiasAdd", config=FAST, cache=False,
+                 resume=tmp_path / "abc.pb")
+    values = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+    regression = data.Dataset(missing, values, "regression", ABC)
+    with pytest.warns(JaxmirWarning, match="abc.pb has softmax outputs; resumed for regression "
+                                           "data, whose head has identity outputs"), \
+            pytest.raises(InputError, match="none of the 6 files could be used"):
+        fit_head(regression, config=FAST, cache=False, resume=tmp_path / "abc.pb")
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("epochs", -1), ("batch_size", 0),
@@ -504,10 +565,10 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     assert (tmp_path / "heads" / "timbre-confusion.png").stat().st_size > 1000
     model = jaxmir.load(out.with_suffix(".pb"), backbone="msd-musicnn")
     assert model.labels == ("drums", "pads")
-    # again: refused without --force, nothing written; the cache makes it quick
+    # again: refused without --overwrite, nothing written; the cache makes it quick
     assert jaxmir_cli.main(argv) == 1
     assert "timbre-confusion.png already exist(s); choose another --output or overwrite them " \
-           "(--force)" in capsys.readouterr().err
+           "(--overwrite)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("existing, flags", [
@@ -515,16 +576,20 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     ("h-backbone.npz", ["--finetune"])], ids=["picture", "finetuned-head", "finetuned-backbone"])
 def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path, capsys, existing,
                                                                         flags):
-    """--plot overwrote NAME-confusion.png without --force; --finetune found NAME.pb taken only
+    """--plot overwrote NAME-confusion.png without --overwrite; --finetune found NAME.pb taken only
     after fine-tuning (72 s in a tester's run)."""
     if "--plot" in flags:
         require("matplotlib")
     (tmp_path / existing).write_text("precious")
     argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"), *flags]
     assert jaxmir_cli.main(argv) == 1
-    assert f"{existing} already exist(s); choose another --output or overwrite them (--force)" \
+    assert f"{existing} already exist(s); choose another --output or overwrite them (--overwrite)" \
         in capsys.readouterr().err
     assert (tmp_path / existing).read_text() == "precious"
+    parser = jaxmir_cli.build_parser()  # --overwrite as tag and embed spell it; --force kept
+    for flag in ("--overwrite", "--force"):
+        assert parser.parse_args(["train-head", "D", "--output", "h", flag]).overwrite
+    assert not parser.parse_args(["train-head", "D", "--output", "h"]).overwrite
 
 
 @pytest.mark.parametrize("flags", [[], ["--finetune"], ["--folds", "2", "--plot"]])

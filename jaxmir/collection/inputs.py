@@ -41,11 +41,12 @@ class Source:
         return (self.path, self.size, self.mtime_ns)
 
 
-def _walk(folder: Path) -> list[str]:
-    """The audio files below ``folder``, each real file once: linked folders followed, each real
-    folder once (a link loop ends there), and a file reached both ways listed by its path without
-    links where it has one (the real folders are all walked before any linked one); FIFOs,
-    sockets and devices left out (reading one could wait forever)."""
+def audio_files(folder: Path) -> list[str]:
+    """The audio files below ``folder`` (:data:`AUDIO_EXTENSIONS`), sorted, hidden files and
+    folders skipped, each real file once: linked folders followed, each real folder once (a link
+    loop ends there), and a file reached both ways listed by its path without links where it has
+    one (the real folders are all walked before any linked one); FIFOs, sockets and devices left
+    out (reading one could wait forever)."""
     met: list[tuple[bool, str, tuple[int, int] | str]] = []  # (is a link, path, identity)
     seen: set[tuple[int, int]] = set()
     roots = [str(folder)]
@@ -125,7 +126,7 @@ def expand(arguments: Sequence[str]) -> list[str]:
         if argument.startswith("@") and len(argument) > 1:
             paths += expand(_read_list(argument[1:]))
         elif os.path.isdir(argument):
-            files = _walk(Path(argument))
+            files = audio_files(Path(argument))
             if not files:
                 raise InputError(f"{argument}: no audio files in this folder (looked for "
                                  f"{', '.join(sorted(AUDIO_EXTENSIONS))})")

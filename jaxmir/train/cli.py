@@ -76,7 +76,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="then train backbone and head together (writes NAME-backbone.npz)")
     parser.add_argument("--finetune-steps", type=whole_number(1), default=100,
                         help="(default %(default)s)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                        help="overwrite existing output files (as tag and embed; --force: the same)")
     parser.set_defaults(func=run)
     return parser
 
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                               "--label-smoothing knn or lmnn")
         if args.plot:
             plot.require_matplotlib()
-        if not args.force:  # every file this run would write, before any audio is read
+        if not args.overwrite:  # every file this run would write, before any audio is read
             export.refuse_existing(planned_outputs(args))
         export.check_output_folder(args.output)
         if args.plot:
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             result = fit_head(args.data, args.backbone, args.layer,
                               None if args.finetune else args.output, folds=args.folds,
                               config=config, smoothing=smoothing, cache=cache, resume=args.resume,
-                              overwrite=args.force, log=_say, progress=True)
+                              overwrite=args.overwrite, log=_say, progress=True)
         if args.finetune:
             from jaxmir.train.finetune import finetune_and_export
             from jaxmir.train.recipe import dataset_entry
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             entry = dataset_entry(str(args.data), result.dataset, result.cross_validation,
                                   args.folds)
             result.paths = finetune_and_export(result, args.backbone, args.layer, args.output,
-                                               args.finetune_steps, args.seed, args.force, entry)
+                                               args.finetune_steps, args.seed, args.overwrite, entry)
     except JaxmirError as err:
         _say(f"jaxmir: error: {err}")
         return 1

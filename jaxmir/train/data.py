@@ -23,11 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxmir.collection.inputs import audio_files
 from jaxmir.errors import InputError
 
 TASKS = ("single", "multi", "regression")
 ACTIVATION = {"single": "softmax", "multi": "sigmoid", "regression": "identity"}
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".m4a", ".opus")
 MIN_FILES_PER_CLASS = 2
 # How far a single-label target row may sum from 1. float32 rounding of a row of C
 # probabilities is below C * 2**-24 (under 1e-3 up to ~16,000 classes), and distributions
@@ -120,6 +120,15 @@ class Dataset:
             raise InputError(f"a {self.task} dataset has no single class per track")
         return np.argmax(self.targets, axis=1)
 
+    def tracks_per_class(self) -> np.ndarray:
+        """``[classes]`` int: how many tracks each class has (soft single-label targets count a
+        track for its largest class, multi-label ones for each class of 0.5 or more)."""
+        if self.task == "single":
+            return np.bincount(self.class_index(), minlength=len(self.classes))
+        if self.task == "multi":
+            return (self.targets >= 0.5).sum(axis=0)
+        raise InputError("a regression dataset has no classes")
+
 
 def check_varying(values: np.ndarray, names: Sequence[str], what: str) -> None:
     """Regression ``values`` ``[tracks, outputs]`` that vary in every output: a constant one
@@ -142,7 +151,7 @@ def check_classes(dataset: Dataset, where: str) -> None:
     if len(dataset.classes) < 2:
         raise InputError(f"{where}: only one class ({', '.join(dataset.classes) or 'none'}); "
                          "a classifier needs at least two")
-    counts = dataset.targets.sum(axis=0)
+    counts = dataset.tracks_per_class()  # soft targets' mass (0.6 x 3 tracks "1") misled
     few = [f"{name} ({int(n)})" for name, n in zip(dataset.classes, counts)
            if n < MIN_FILES_PER_CLASS]
     if few:
@@ -164,19 +173,14 @@ def load_dataset(source: str | os.PathLike) -> Dataset:
     return dataset
 
 
-def _is_audio(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and \
-        path.suffix.lower() in AUDIO_SUFFIXES
-
-
 def _from_folders(root: Path) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"{root}: no class folders; expected DATA/<class>/<audio files>")
     paths, rows = [], []
     for index, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if _is_audio(p))
-        paths.extend(str(p) for p in files)
+        files = audio_files(root / name)  # what ``jaxmir tag FOLDER`` reads
+        paths.extend(files)
         rows.extend([index] * len(files))
     _check_unique(root, paths, "in more than one place (the same file by its real path: a link)",
                   "keep each file in one class folder (a table with 'a;b' labels for several)")

@@ -164,7 +164,7 @@ def beside(output: str | os.PathLike, ending: str) -> Path:
     return stem.with_name(stem.name + ending)
 
 
-def refuse_existing(paths, flag: str = "--force") -> None:
+def refuse_existing(paths, flag: str = "--overwrite") -> None:
     """Raise :class:`InputError` naming those of ``paths`` that exist (nothing is overwritten
     without ``flag``)."""
     taken = [str(p) for p in paths if Path(p).exists()]

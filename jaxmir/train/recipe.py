@@ -18,11 +18,12 @@ import numpy as np
 from jaxmir.compose import embedding_layer
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.model import Model
+from jaxmir.spec import Activation, head_width
 from jaxmir.train import export
-from jaxmir.train.data import Dataset, check_classes, load_dataset
+from jaxmir.train.data import ACTIVATION, Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
-from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, check_folds, cross_validate,
-                              steady_seconds, train_head, whole_at_least)
+from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, check_folds, check_resumed,
+                              cross_validate, steady_seconds, train_head, whole_at_least)
 from jaxmir.train.smoothing import METHODS, SmoothingConfig, check_class_sizes, smoother
 
 DEFAULT_LAYER = "model/dense/BiasAdd"
@@ -55,19 +56,35 @@ def mfcc_features(paths, kind: str, cache) -> tuple[list[np.ndarray | None], lis
     return cached(compute, paths, lambda p: cache_key("mfcc", kind, p, kind="mfcc"), root)
 
 
-def resumed_head(source: str | os.PathLike, classes: tuple[str, ...]) -> Model:
-    """A head to resume from (``.pb`` or ``.npz``); a warning when it was trained for other
-    ``classes`` (its outputs take the new ones in order)."""
+def resumed_head(source: str | os.PathLike, classes: tuple[str, ...], task: str) -> Model:
+    """A head to resume from (``.pb`` or ``.npz``), refused when it has another number of outputs
+    than ``classes``; a warning when it was trained for other ``classes`` (its outputs take the
+    new ones in order) or with another output activation than ``task``'s."""
     from jaxmir.loading import load
 
     model = load(source)
     if model.architecture != "head":
         raise InputError(f"{source} is a {model.architecture} model, not an embedding head")
-    if len(model.labels) == len(classes) and tuple(model.labels) != tuple(classes):
+    n_outputs = head_width(model.spec.config["head"])
+    if n_outputs != len(classes):
+        raise InputError(f"the resumed head {source} has {n_outputs} outputs, the data "
+                         f"{len(classes)} {'columns' if task == 'regression' else 'classes'}")
+    if model.labels and tuple(model.labels) != tuple(classes):
         warnings.warn(f"{source} was trained for the classes {list(model.labels)}; resumed for "
                       f"{list(classes)}, its outputs take these in this order",
                       JaxmirWarning, stacklevel=3)
+    activation = output_activation(model)
+    if activation != ACTIVATION[task]:
+        warnings.warn(f"{source} has {activation} outputs; resumed for {task} data, whose head "
+                      f"has {ACTIVATION[task]} outputs (its weights only the starting point)",
+                      JaxmirWarning, stacklevel=3)
     return model
+
+
+def output_activation(head: Model) -> str:
+    """The activation after a head's last dense layer: ``softmax``, ``sigmoid`` or ``identity``."""
+    last = head.spec.config["head"][-1]
+    return last.name if isinstance(last, Activation) else "identity"
 
 
 def warn_of_other_embeddings(head: Model, backbone: Model, layer: str) -> None:
@@ -133,7 +150,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     check_options(folds, smoothing)
     outputs = export.output_paths(output) if output is not None else {}
     if not overwrite:
-        export.refuse_existing(outputs.values(), "train-head --force, fit_head(overwrite=True)")
+        export.refuse_existing(outputs.values(), "train-head --overwrite, fit_head(overwrite=True)")
     if output is not None:
         export.check_output_folder(output)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
@@ -144,15 +161,17 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     check_class_sizes(dataset.targets, dataset.classes, smoothing, folds)
     if folds:
         check_folds(dataset.targets, dataset.task, dataset.classes, folds)
-    resumed = resumed_head(resume, dataset.classes) if resume is not None else None
+    resumed = resumed_head(resume, dataset.classes, dataset.task) if resume is not None else None
     model = load(backbone)
     if model.architecture == "head":
         raise InputError(f"{backbone} is an embedding head; the backbone is a model that takes "
                          "audio, such as msd-musicnn")
-    embedding_layer(model, layer)  # a layer no head can join fails here, before any decoding
+    keep = embedding_layer(model, layer)  # a layer no head can join fails here, before decoding
+    initial = None
     if resumed is not None:
         warn_of_other_embeddings(resumed, model, layer)
-    initial = export.params_from_model(resumed) if resumed is not None else None
+        initial = check_resumed(export.params_from_model(resumed),
+                                head_width(model.spec.head[:keep + 1]), len(dataset.classes))
     tracks, failures = extract_embeddings(model, str(backbone), dataset.paths, layer, cache,
                                           progress)
     features = None
@@ -198,10 +217,8 @@ def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | No
                   folds: int) -> dict:
     """The JSON's ``dataset``: name, size, and the cross-validation figures if any."""
     entry = {"name": Path(where).name or where, "size": f"{len(dataset)} tracks"}
-    if dataset.task != "regression":  # tracks of each class (soft targets: by their largest)
-        counts = np.bincount(dataset.class_index(), minlength=len(dataset.classes)) \
-            if dataset.task == "single" else (dataset.targets >= 0.5).sum(axis=0)
-        entry["size"] += ", " + "/".join(map(str, counts)) + " per class"
+    if dataset.task != "regression":
+        entry["size"] += ", " + "/".join(map(str, dataset.tracks_per_class())) + " per class"
     if validation is not None:
         entry["metrics"] = {f"{folds}-fold_cross_validation_{'normalized_accuracy' if name == 'normalized_accuracy' else name}": round(mean, 4)
                             for name, (mean, _) in validation.summary.items()}
