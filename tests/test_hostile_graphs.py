@@ -372,6 +372,39 @@ def test_budget_grows_with_the_file():
 
 # -- 4: linear in pass-through chains -------------------------------------------------------------
 
+def merge_lattice_graph(merges: int):
+    """Placeholder -> ``merges`` Merge nodes, each reading the two before it -> model/Sigmoid."""
+    g = GraphDefProto()
+    set_type(add_node(g, "in", "Placeholder", shape=(-1, HEAD_IN)), "dtype", DT_FLOAT)
+    for i in range(merges):
+        add_node(g, f"m{i}", "Merge", ["in" if i < 2 else f"m{i - 1}", "in" if i < 2 else f"m{i - 2}"])
+    add_node(g, "model/Sigmoid", "Sigmoid", [f"m{merges - 1}"])
+    return g
+
+
+def test_merges_are_walked_once(monkeypatch):
+    """Each walk asked every Merge for its inference input again, and each answer searched up to
+    64 nodes above it, uncharged: a 2.8-MB lattice of 100,000 Merges took 189 s to refuse. Now
+    a graph's nodes are examined once for all its Merges (counted in inputs read, as the search
+    reads them), and charged to the budget."""
+    from jaxmir.errors import UnsupportedGraphError
+    from jaxmir.tfgraph.graphdef import TensorRef
+
+    parse, parsed = TensorRef.parse.__func__, [0]
+
+    def counting(cls, text):
+        parsed[0] += 1
+        return parse(cls, text)
+
+    monkeypatch.setattr(TensorRef, "parse", classmethod(counting))
+    merges = 4000
+    graph = Graph.from_bytes(merge_lattice_graph(merges).SerializeToString())
+    parsed[0] = 0
+    with pytest.raises(UnsupportedGraphError, match="Merge x4000"):
+        import_graph(graph)
+    assert parsed[0] < 25 * merges, parsed[0] / merges  # was 270 inputs read per Merge
+    assert graph.budget.visits > 2 * merges
+
 def test_identity_chains_are_walked_in_linear_steps():
     """Walk steps (the budget's count) grow like the chain, not its square (was 126 s at 10k)."""
     visits = {}
@@ -590,3 +623,61 @@ def test_walk_checks_a_pool_window_against_its_input():
     good_path = InferencePath(good, "model/Softmax")
     shapes = conv_chain_shapes([good_path.conv_layer(good.nodes[c.name]) for c in convs], (128, 128))
     assert shapes[-1] == (4, 4, 32)  # 4*4*32 = 512, the dense kernel's input
+
+
+def _swap_first_inputs(name: str):
+    def edit(g):
+        node = node_named(g, name)
+        node.input[0], node.input[1] = node.input[1], node.input[0]
+    return edit
+
+
+def _bypass(name: str, to: str):
+    def edit(g):
+        for node in g.node:
+            for i, source in enumerate(node.input):
+                if source == name:
+                    node.input[i] = to
+    return edit
+
+
+def _set_op(name: str, op: str):
+    return lambda g: setattr(node_named(g, name), "op", op)
+
+
+def _set_axis(name: str, axis: int):
+    def edit(g):
+        node_named(g, name).attr["value"].tensor.CopyFrom(
+            tensor_proto(np.array(axis, np.int32), DT_INT32, shape=()))
+    return edit
+
+
+MUSICNN_REWIRED = {
+    "residual_sub": _set_op("model/Add", "Sub"),
+    "residual_maximum": _set_op("model/Add_1", "Maximum"),
+    "residual_bypassed": _bypass("model/Add", "model/transpose_1"),
+    "second_residual_bypassed": _bypass("model/Add_1", "model/transpose_2"),
+    "frontend_concat_swapped": _swap_first_inputs("model/concat"),
+    "midend_concat_swapped": _swap_first_inputs("model/concat_1"),
+    "pooling_concat_axis_1": _set_axis("model/concat_2/axis", 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MUSICNN_REWIRED))
+def test_a_rewired_musicnn_is_refused(tmp_path, case):
+    """MusiCNN graphs rewired in ways TensorFlow runs (a residual subtracted or left out, the
+    features joined in another order or on another axis) loaded as the original network: wrong
+    tags, unsaid (up to 1.0 from TensorFlow's on random patches). TensorFlow computes another
+    network from each, measured here, and jaxmir refuses them naming the node."""
+    from conftest import run_tf
+
+    g = fixture_graph(DORTMUND)
+    MUSICNN_REWIRED[case](g)
+    path = write(tmp_path, case, g)
+    x = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
+    feeds = {"model/Placeholder:0": x}
+    rewired, = run_tf(path, feeds, ["model/Sigmoid:0"])
+    original, = run_tf(shared_fixture(DORTMUND), feeds, ["model/Sigmoid:0"])
+    assert np.max(np.abs(rewired - original)) > 1e-3  # another network, not a harmless edit
+    with pytest.raises(JaxmirError, match="must (join|be added|read)"):
+        jaxmir.load(path)

@@ -197,33 +197,33 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
         squeeze = path.next_op(layer.pool_node)
         if squeeze is not None and squeeze.op == "Squeeze":
             node_map[squeeze.name] = (f"{tap}/output", (time, filters))
-    frontend = path.next_op(path.next_op(timbral[0].pool_node).name)
-    if frontend is not None and frontend.op == "ConcatV2":
-        node_map[frontend.name] = ("frontend", (time, n_front))
+    frontend = _consumer(path, path.next_op(timbral[0].pool_node).name, "ConcatV2")
+    _check_concat(path, frontend, [l.pool_node for l in timbral + temporal], (2, -1),
+                  "the front-end's timbral and temporal features")
+    node_map[frontend.name] = ("frontend", (time, n_front))
     midend_filters = midend[0].kernel.shape[-1]
-    cnn = []
-    for layer in midend:
-        node = path.next_op(layer.output_node)            # transpose back to [b, t, filters, 1]
-        following = path.consumers(node.name)
-        adds = [c for c in following if c.op in ("Add", "AddV2")]
-        cnn.append(adds[0] if (cnn and adds) else node)
+    cnn = _midend_outputs(path, midend, frontend)
     for i, node in enumerate(cnn, start=1):
         node_map[node.name] = (f"cnn{i}", (time, midend_filters, 1))
     n_mid = n_front + 3 * midend_filters
     concat = _consumer(path, cnn[-1].name, "ConcatV2")
+    _check_concat(path, concat, [frontend.name] + [node.name for node in cnn], (2, -2),
+                  "the front-end's and the mid-end's features")
     node_map[concat.name] = ("midend", (time, n_mid, 1))
     max_node = _consumer(path, concat.name, "Max")
     mean_node = _consumer(path, concat.name, "Mean")
+    for reduction in (max_node, mean_node):
+        if path.value(path.graph.data_inputs(reduction)[1], "int").reshape(-1).tolist() != [1]:
+            raise path.unsupported(f"'{reduction.name}' must pool over time (axis 1)")
     node_map[max_node.name] = ("max_pool", (n_mid, 1))
     node_map[mean_node.name] = ("mean_pool", (1, n_mid, 1))
     mean_squeezed = path.next_op(mean_node.name)
     pooled = path.next_op(max_node.name)
     if mean_squeezed is not None and mean_squeezed.op == "Squeeze":
         node_map[mean_squeezed.name] = ("mean_pool", (n_mid, 1))
-    if pooled is None or pooled.op != "ConcatV2" or [
-            path.producer(r).name for r in graph.data_inputs(pooled)[:2]] != [
-            max_node.name, (mean_squeezed or mean_node).name]:
+    if pooled is None or pooled.op != "ConcatV2":
         raise _unknown(graph, path, "the back-end does not concatenate max and mean pooling")
+    _check_concat(path, pooled, [max_node.name, mean_node.name], (2, -1), "max and mean pooling")
     node_map[pooled.name] = ("pooled", (n_mid, 2))
     flatten = path.next_op(pooled.name)
     if flatten is None or flatten.op != "Reshape":
@@ -255,6 +255,55 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     node_map[input_node.name] = (INPUT_TAP, (time, mels))
     return ModelSpec("musicnn", config, variables, input_node.name, (time, mels), path.output,
                      aliases, node_map, _frontend_for(MUSICNN, (time, mels)))
+
+
+def _behind(path: InferencePath, ref, ops: tuple[str, ...] = ("Squeeze", "ExpandDims")):
+    """The node whose values ``ref`` carries, looking through ``ops`` (shape changes)."""
+    node = path.producer(ref)
+    while node.op in ops:
+        node = path.producer(path.graph.data_inputs(node)[0])
+    return node
+
+
+def _check_concat(path: InferencePath, concat, sources: list[str], axes: tuple[int, int],
+                  what: str) -> None:
+    """``concat`` joins ``sources`` (node names, through Squeeze/ExpandDims) in this order on
+    one of ``axes`` (the same axis counted from the start and from the end), as musicnn does:
+    a graph that joins them otherwise computes another network."""
+    inputs = path.graph.data_inputs(concat)
+    found = [_behind(path, ref).name for ref in inputs[:-1]]
+    axis = path.value(inputs[-1], "int").reshape(-1).tolist()
+    if found != sources or axis not in ([axes[0]], [axes[1]]):
+        raise path.unsupported(f"'{concat.name}' must join {what} ({', '.join(sources)}) in this "
+                               f"order on axis {axes[0]}; it joins {', '.join(found)} on axis "
+                               f"{axis[0] if len(axis) == 1 else axis}")
+
+
+def _midend_outputs(path: InferencePath, midend: list[ConvLayer], frontend) -> list:
+    """The nodes of musicnn's ``cnn1..3``: each mid-end convolution reads the one before (the
+    first the front-end's features), and the second and third add it to their own output."""
+    graph, outputs = path.graph, []
+    for layer in midend:
+        conv_input = graph.data_inputs(graph.nodes[layer.conv_node])[0]
+        source = _behind(path, conv_input, ("Pad", "PadV2", "ExpandDims"))
+        expected = outputs[-1] if outputs else frontend
+        if source.name != expected.name:
+            raise path.unsupported(f"the mid-end convolution '{layer.conv_node}' must read "
+                                   f"'{expected.name}'; it reads '{source.name}'")
+        node = path.next_op(layer.output_node)            # transpose back to [b, t, filters, 1]
+        if node is None or node.op != "Transpose" or path.value(
+                graph.data_inputs(node)[1], "int").tolist() != [0, 1, 3, 2]:
+            raise path.unsupported(f"'{layer.output_node}' must be transposed to [batch, time, "
+                                   "filters, 1] (perm [0, 1, 3, 2])")
+        if outputs:
+            adds = [c for c in path.consumers(node.name) if c.op in ("Add", "AddV2")]
+            if len(adds) != 1 or sorted(_behind(path, ref).name for ref in graph.data_inputs(
+                    adds[0])) != sorted([node.name, outputs[-1].name]):
+                raise path.unsupported(f"'{node.name}' must be added to '{outputs[-1].name}' (the "
+                                       "mid-end's residual connection)")
+            node = adds[0]
+        outputs.append(node)
+    return outputs
 
 
 def _node_of(node_map: dict, tap: str) -> str:

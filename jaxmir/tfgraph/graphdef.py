@@ -372,6 +372,8 @@ class Graph:
         self._consumers: dict[str, list[str]] | None = None
         self._const_cache: dict[str, np.ndarray] = {}
         self._resolved: dict[TensorRef, TensorRef] = {}
+        self._branches: dict[str, TensorRef] = {}  # Merge -> its inference input
+        self._switch_ports: dict[str, int | None] = {}  # node -> port of a Switch above it
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -564,29 +566,50 @@ class Graph:
 
     def inference_branch(self, merge) -> TensorRef:
         """The input of a ``cond`` Merge that is computed on the false (inference) branch."""
-        inputs = self.data_inputs(merge)
-        if not inputs:
-            raise GraphError(f"{self.source}: Merge '{merge.name}' has no data inputs")
-        for ref in inputs:
-            if self._branch_of(ref) == 0:
-                return ref
-        # Without a Switch to tell the branches apart, tf.cond lists the false branch first.
-        return inputs[0]
+        if merge.name not in self._branches:  # every walk asks again; each search is charged
+            inputs = self.data_inputs(merge)
+            if not inputs:
+                raise GraphError(f"{self.source}: Merge '{merge.name}' has no data inputs")
+            # Without a Switch to tell the branches apart, tf.cond lists the false branch first.
+            self._branches[merge.name] = next(
+                (ref for ref in inputs if self._branch_of(ref) == 0), inputs[0])
+        return self._branches[merge.name]
 
-    def _branch_of(self, ref: TensorRef, limit: int = 64) -> int | None:
-        """The port of the nearest Switch above ``ref``: 0 = false branch, 1 = true branch."""
-        frontier, seen = [ref], set()
-        while frontier and limit > 0:
-            limit -= 1
-            current = frontier.pop(0)
-            if current.node in seen:
+    def _branch_of(self, ref: TensorRef) -> int | None:
+        """The port of the Switch above ``ref``: 0 = false branch, 1 = true branch, None = none."""
+        if self.nodes[ref.node].op in SWITCH_OPS:
+            return ref.index
+        return self._switch_port(ref.node)
+
+    def _switch_port(self, name: str) -> int | None:
+        """The port of a Switch above node ``name``: the first of its inputs (control inputs
+        too) that reads a Switch, or has one above. In a ``cond`` every Switch a branch reads
+        sits on the same port. Each node is examined once per graph (its answer kept), so
+        every Merge's question together cost one walk of the graph; a cycle ends the search
+        where it closes."""
+        ports, in_progress = self._switch_ports, set()
+        stack = [name]
+        while stack:
+            current = stack[-1]
+            if current in ports:
+                stack.pop()
                 continue
-            seen.add(current.node)
-            node = self.nodes[current.node]
-            if node.op in SWITCH_OPS:
-                return current.index
-            frontier.extend(TensorRef.parse(i) for i in node.input)  # control inputs too
-        return None
+            self.budget.visit(self.source)
+            inputs = [TensorRef.parse(i) for i in self.nodes[current].input]
+            inputs = [r for r in inputs if r.node in self.nodes]  # a missing one: reported elsewhere
+            pending = [r.node for r in inputs if r.node not in ports and r.node not in in_progress
+                       and self.nodes[r.node].op not in SWITCH_OPS]
+            if pending and current not in in_progress:
+                in_progress.add(current)
+                stack.extend(pending)
+                continue
+            ports[current] = next(
+                (port for port in (r.index if self.nodes[r.node].op in SWITCH_OPS
+                                   else ports.get(r.node) for r in inputs) if port is not None),
+                None)
+            in_progress.discard(current)
+            stack.pop()
+        return ports[name]
 
     def constant(self, ref: TensorRef | str, where: str | None = None) -> np.ndarray | None:
         """The value of a tensor that is a ``Const`` (after pass-throughs), else None."""
