@@ -1,7 +1,5 @@
 """``python -m jaxmir``: the same as the ``jaxmir`` command."""
 
-import sys
+from jaxmir.cli import entry
 
-from jaxmir.cli import main
-
-sys.exit(main())
+entry()

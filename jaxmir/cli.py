@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
 FORMATS = ("text", "json", "csv")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -483,7 +484,7 @@ def _stopped_by(interrupted: dict) -> int | None:
     """The exit status for the signal ``interrupted`` records, if any."""
     import signal
 
-    return {0: None, signal.SIGTERM: 143}.get(interrupted["now"], 130)
+    return {0: None, signal.SIGTERM: EXIT_TERMINATED}.get(interrupted["now"], EXIT_INTERRUPTED)
 
 
 def _stream_command(args, interrupted: dict) -> int:
@@ -807,33 +808,14 @@ def _version() -> str:
         return "jaxmir (not installed)"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: the same clean stop."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated
-
-
-def _stop_on_sigterm_as_on_ctrl_c() -> None:
-    """SIGTERM (``timeout``, Slurm, ``docker stop``, systemd) stops a command as Ctrl-C does, so a
-    collection writes the rows it holds (a Parquet output keeps up to --flush-every of them in
-    memory) instead of dying with them."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage,
     141 the reader of standard output left, 130 interrupted, 143 terminated)."""
+    from jaxmir import interrupts
     from jaxmir.atomic import deferred_interrupts
     from jaxmir.errors import JaxmirError
 
-    _stop_on_sigterm_as_on_ctrl_c()
+    interrupts.install()  # SIGTERM (timeout, Slurm, docker stop) stops a run as Ctrl-C does
     args = None
     try:
         # Starting up imports JAX (~1 s): a signal then waits for the end of it, rather than
@@ -852,12 +834,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # e.g. --output in a folder that cannot be written
         _error(f"{err.filename or ''}: {err.strerror or err}")
         return EXIT_FAILED
-    except Terminated:
+    except interrupts.Terminated:
         _error("terminated (SIGTERM)" + _rows_kept(args))
-        return 143
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         _error("interrupted" + _rows_kept(args))
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def entry() -> None:
+    """The ``jaxmir`` command: :func:`main`, then exit with its status. After Ctrl-C or SIGTERM
+    the outputs are closed; a decoding worker still blocked in a read (a FIFO, a hung network
+    mount) is not waited for, as Python's exit would wait, forever."""
+    status = main()
+    if status in (EXIT_INTERRUPTED, EXIT_TERMINATED) and _stuck_workers():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)  # workers of processes end with this one (PR_SET_PDEATHSIG)
+    sys.exit(status)
+
+
+def _stuck_workers(grace_s: float = 0.5) -> bool:
+    """Whether collection decoders (threads or processes) are still running after ``grace_s``."""
+    import multiprocessing
+    import threading
+    import time
+
+    deadline = time.monotonic() + grace_s
+    threads = [t for t in threading.enumerate() if t.name.startswith("jaxmir-decode") and not t.daemon]
+    for worker in threads + multiprocessing.active_children():
+        worker.join(max(0.0, deadline - time.monotonic()))
+    return any(t.is_alive() for t in threads) or bool(multiprocessing.active_children())
 
 
 def _rows_kept(args: argparse.Namespace | None) -> str:

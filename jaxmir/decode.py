@@ -401,6 +401,14 @@ def missing_reason(path: str) -> str:
     return "no such file"
 
 
+def folder_problem(path: str) -> str:
+    """What is wrong with reading the folder ``path`` as audio: a folder that cannot be listed
+    (a collection's walk met it) is said to be one."""
+    if not os.access(path, os.R_OK | os.X_OK):
+        return "a folder that cannot be listed (permission denied): its audio files are left out"
+    return f"is a directory; expected {ACCEPTED}"
+
+
 def _open(path: str):
     """Open ``path`` with FFmpeg; every failure an AudioError naming the file."""
     import av
@@ -408,7 +416,7 @@ def _open(path: str):
     if not os.path.exists(path):
         raise AudioError(f"{path}: {missing_reason(path)}; expected {ACCEPTED}")
     if os.path.isdir(path):
-        raise AudioError(f"{path}: is a directory; expected {ACCEPTED}")
+        raise AudioError(f"{path}: {folder_problem(path)}")
     try:
         container = av.open(path, "r")
     except PermissionError:  # av.error.PermissionError is one too

@@ -107,6 +107,62 @@ def test_a_walk_follows_linked_folders_once_and_leaves_out_fifos(tmp_path):
     assert found == ["a.wav", "gone.flac", "linked/r.mp3"]
 
 
+def test_a_folder_that_cannot_be_listed_gets_a_failed_row(music, model, tmp_path, monkeypatch):
+    """A folder without read permission was passed over by the walk: its files vanished from
+    the table, without a line or a failed exit status (and named alone, it had "no audio
+    files"). Permissions are simulated: root lists any folder."""
+    from jaxmir import decode
+
+    folder = tmp_path / "music"
+    shutil.copytree(music / "rock", folder / "rock")
+    locked = folder / "locked"
+    shutil.copytree(music / "rock", locked)
+    real_scandir, real_access = os.scandir, os.access
+
+    def scandir(path="."):
+        if os.path.abspath(path) == str(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", str(locked))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(decode.os, "access", lambda path, mode: path != str(locked)
+                        and real_access(path, mode))
+    assert inputs.expand([str(folder)]) == [str(locked), str(folder / "rock" / "a.wav"),
+                                            str(folder / "rock" / "b.flac")]
+    assert inputs.expand([str(locked)]) == [str(locked)]
+    out = tmp_path / "tags.jsonl"
+    tally = collect(model, [str(folder)], str(out), name="msd-musicnn", jobs=0, progress=False)
+    assert (tally.ok, tally.failed) == (2, 1)
+    rows = {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert rows[str(locked)]["error"] == f"{locked}: a folder that cannot be listed (permission " \
+                                         "denied): its audio files are left out"
+
+
+def test_a_file_named_through_a_link_and_by_its_own_path_is_listed_by_its_own(tmp_path):
+    """Across arguments the first name met was kept: `tag linkdir real` and `tag real linkdir`
+    named the same files differently, and a resumed run redid them all (12 rows for 6 files)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.wav").write_bytes(b"")
+    (tmp_path / "linkdir").symlink_to(real, target_is_directory=True)
+    (tmp_path / "link.wav").symlink_to(real / "a.wav")
+    for arguments in ([tmp_path / "linkdir", real], [real, tmp_path / "linkdir"],
+                      [tmp_path / "link.wav", real / "a.wav"], [tmp_path / "link.wav", real]):
+        assert inputs.expand([str(a) for a in arguments]) == [str(real / "a.wav")], arguments
+    assert inputs.expand([str(tmp_path / "link.wav")]) == [str(tmp_path / "link.wav")]
+
+
+def test_in_process_decoding_takes_the_version_it_reads(music, model, tmp_path):
+    """With --jobs 0 a file replaced after the run began, before its turn, failed as "changed
+    while it was being read" (its state was compared with the run's start); decoding workers
+    take the state just before reading, and analysed it."""
+    path = shutil.copy(music / "rock" / "a.wav", tmp_path / "a.wav")
+    stale = inputs.Source(str(path), os.path.getsize(path) + 1, 0)  # as examined at the start
+    (item, outputs), = compute.stream_files(model, [stale], Options())
+    assert isinstance(outputs, dict), outputs
+    assert item.source == inputs.examine(str(path))
+
+
 def test_a_folder_linked_beside_itself_is_listed_by_its_own_path(tmp_path):
     """Whichever the folder listing gave first was kept: often a link's path."""
     folder = tmp_path / "music"
@@ -1173,3 +1229,51 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_keeps_the_rows_done(music, tmp_p
     assert result.returncode == 143, result.stderr
     assert "jaxmir: error: terminated (SIGTERM); the rows of the files done are kept" in result.stderr
     assert pq.read_table(out).num_rows == 2
+
+
+def _blocked_in_a_fifo_open(pid: int) -> bool:
+    """Whether a thread of process ``pid`` or of its children waits in the open of a FIFO."""
+    pids, seen = [pid], set()
+    while pids:
+        current = pids.pop()
+        seen.add(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                if (task / "wchan").read_text().strip() == "wait_for_partner":
+                    return True
+                pids += [int(c) for c in (task / "children").read_text().split() if int(c) not in seen]
+            except OSError:  # the task ended meanwhile
+                continue
+    return False
+
+
+@pytest.mark.parametrize("workers", [["--jobs", "0"], ["--jobs", "1"], ["--jobs", "1", "--processes"]],
+                         ids=["in-process", "threads", "processes"])
+def test_sigterm_stops_a_run_whose_decoder_is_blocked(music, tmp_path, workers):
+    """A FIFO named on the command line blocks its reader in open() until a writer comes (so
+    would a hung network mount). SIGTERM then went unheard with decoding workers (the run waited
+    for them, forever), and in-process it broke FFmpeg's open: an 'Interrupted system call' row
+    for the file, and the run went on. Now the run stops as Ctrl-C does: 143, rows kept, no row
+    for the interrupted file."""
+    fifo = tmp_path / "stream.wav"
+    os.mkfifo(fifo)
+    out = tmp_path / "tags.csv"
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "tag", str(fifo),
+                                str(music / "rock" / "a.wav"), "-o", str(out), "--no-progress",
+                                *workers], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=child_env(JAX_PLATFORMS="cpu", JAXMIR_NO_CACHE="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while not _blocked_in_a_fifo_open(process.pid):
+            assert process.poll() is None and time.monotonic() < deadline, "never opened the FIFO"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 143, stderr
+    assert "jaxmir: error: terminated (SIGTERM); the rows of the files done are kept" in stderr
+    assert "Interrupted system call" not in stderr and "Traceback" not in stderr
+    assert out.read_text().count("\n") == 1  # the header: the FIFO is first, nothing done

@@ -286,7 +286,8 @@ def stream_files(model, sources: Iterable[Source], options: Options
 
     for source in sources:
         path = source.path
-        damage: list[str] = []
+        source = examine(path)  # the version read, as a decoding worker takes it: changed since
+        damage: list[str] = []  # the run began, it is no less whole
         stream = None
         try:
             with file_stream(model, path, options.output, decoder=options.decoder,

@@ -46,12 +46,17 @@ def audio_files(folder: Path) -> list[str]:
     folders skipped, each real file once: linked folders followed, each real folder once (a link
     loop ends there), and a file reached both ways listed by its path without links where it has
     one (the real folders are all walked before any linked one); FIFOs, sockets and devices left
-    out (reading one could wait forever)."""
+    out (reading one could wait forever). A folder that cannot be listed is listed itself: its
+    row then says so (:func:`jaxmir.decode.folder_problem`), where its files would vanish."""
     met: list[tuple[bool, str, tuple[int, int] | str]] = []  # (is a link, path, identity)
     seen: set[tuple[int, int]] = set()
     roots = [str(folder)]
+
+    def unlisted(err: OSError) -> None:
+        met.append((False, err.filename, os.path.abspath(err.filename)))
+
     while roots:  # the folder, then each linked folder met, in the order met
-        for root, dirs, files in os.walk(roots.pop(0)):
+        for root, dirs, files in os.walk(roots.pop(0), onerror=unlisted):
             state = os.stat(root)
             if (state.st_dev, state.st_ino) in seen:
                 dirs[:] = []
@@ -115,8 +120,8 @@ def _read_list(list_file: str) -> list[str]:
 
 
 def expand(arguments: Sequence[str]) -> list[str]:
-    """Absolute paths of the audio files that ``arguments`` name, each file once (by the name
-    met first).
+    """Absolute paths of the audio files that ``arguments`` name, each file once (by its name
+    without links where it has one, else by the name met first).
 
     Arguments are files, folders or ``@list.txt``; a name that does not exist
     is kept (it becomes a failed row naming it), an empty folder is an error.
@@ -134,9 +139,17 @@ def expand(arguments: Sequence[str]) -> list[str]:
         else:
             paths.append(argument)
     unique: dict[tuple[int, int] | str, str] = {}
-    for path in paths:  # one file by two names (a link, a folder and a folder in it): once
-        unique.setdefault(_identity(path), os.path.abspath(path))
+    for path in paths:  # one file by two names (a link, a folder and a folder in it): once,
+        identity, path = _identity(path), os.path.abspath(path)  # by its name without links
+        if identity not in unique or (_through_links(unique[identity])
+                                      and not _through_links(path)):
+            unique[identity] = path
     return list(unique.values())
+
+
+def _through_links(path: str) -> bool:
+    """Whether the absolute ``path`` names its file through a symbolic link."""
+    return os.path.realpath(path) != path
 
 
 def examine(path: str) -> Source:

@@ -32,6 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from jaxmir import interrupts
 from jaxmir.collection import compute
 from jaxmir.collection.compute import Decoded, Options
 from jaxmir.collection.inputs import Source
@@ -80,6 +81,10 @@ def _start_worker(cache_directory: str | None) -> None:
     persistent cache (the resampler's programs then compile once per collection, not once per
     worker and run)."""
     _die_with_parent()
+    # Ctrl-C and SIGTERM reach the whole process group (a terminal, GNU timeout): the main
+    # process stops the run, and ends its workers itself (:func:`_abandon`)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _lower_priority()
     if cache_directory is not None:
         from jaxmir import cache
@@ -98,6 +103,7 @@ def _decoded(future: Future, source: Source) -> Decoded:
     try:
         return future.result()
     except BrokenProcessPool:
+        interrupts.raise_if_received()  # the workers were stopped with the run
         raise _died(source.path) from None
     except Exception as err:  # noqa: BLE001 -- e.g. the file's result could not be sent back
         return Decoded(source, None, compute.error_message(source.path, err))
@@ -129,21 +135,33 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
         return
     prefetch = max(prefetch or 2 * jobs, 1)
     pending: collections.deque = collections.deque()
-    with _workers(jobs, processes) as pool:
-        try:
-            for source in sources:
-                try:
-                    pending.append((pool.submit(compute.decode, source.path, options.resampler,
-                                                options.decoder, options.strict), source))
-                except BrokenProcessPool:
-                    raise _died(source.path) from None
-                if len(pending) >= prefetch:
-                    yield _decoded(*pending.popleft())
-            while pending:
+    pool = _workers(jobs, processes)
+    try:
+        for source in sources:
+            try:
+                pending.append((pool.submit(compute.decode, source.path, options.resampler,
+                                            options.decoder, options.strict), source))
+            except BrokenProcessPool:
+                raise _died(source.path) from None
+            if len(pending) >= prefetch:
                 yield _decoded(*pending.popleft())
-        finally:
-            for future, _ in pending:
-                future.cancel()
+        while pending:
+            yield _decoded(*pending.popleft())
+    except BaseException:
+        _abandon(pool)
+        raise
+    else:
+        pool.shutdown(wait=True)
+
+
+def _abandon(pool: Executor) -> None:
+    """Stop ``pool`` without waiting for the files in its workers: one may be blocked for good
+    in a read (a FIFO, a hung network mount) and would hold Ctrl-C's or SIGTERM's stop."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.kill()
+    # with its processes gone, a process pool's shutdown is quick; a thread can only be left
+    pool.shutdown(wait=bool(processes), cancel_futures=True)
 
 
 Analyzer = Callable[[object, Iterable[Decoded], Options], Iterator[tuple[Decoded, object]]]
@@ -158,15 +176,22 @@ def run(model, sources: Sequence[Source], options: Options, write: Callable[[Res
     Without workers (``jobs=0``) and with the default analyzer, each file streams from disk
     through the engine (:func:`compute.stream_files`): memory does not grow with its length.
     """
+    decoded = None
     if jobs == 0 and analyzer is compute.analyze_stream:
         outcomes = compute.stream_files(model, sources, options)
     else:
-        outcomes = analyzer(model, decode_all(sources, jobs, options, processes=processes), options)
-    for item, outcome in outcomes:
-        if isinstance(outcome, str):
-            result = Result(item.source, item.duration_s, None, outcome)
-        else:
-            result = Result(item.source, item.duration_s, outcome[options.output],
-                            warning=item.warning)
-        write(result)
-        progress.update(result)
+        decoded = decode_all(sources, jobs, options, processes=processes)
+        outcomes = analyzer(model, decoded, options)
+    try:
+        for item, outcome in outcomes:
+            interrupts.raise_if_received()  # lost in a read it broke: not that file's failure
+            if isinstance(outcome, str):
+                result = Result(item.source, item.duration_s, None, outcome)
+            else:
+                result = Result(item.source, item.duration_s, outcome[options.output],
+                                warning=item.warning)
+            write(result)
+            progress.update(result)
+    finally:
+        if decoded is not None:
+            decoded.close()  # an interrupt in the model: the workers stop now, not when collected

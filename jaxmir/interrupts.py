@@ -1,0 +1,57 @@
+"""Ctrl-C and SIGTERM on the command line: the same clean stop, noticed even where a library
+swallowed it.
+
+Python raises a signal handler's exception in whatever the main thread is running; where that is
+inside FFmpeg's open of a file that blocks (a FIFO, a hung network mount), PyAV turns it into
+an "Interrupted system call" error, and the stop would be taken for one file's failure.
+:func:`raise_if_received` raises it again where the run can stop cleanly (between files).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+_received: list[tuple[int, float]] = []  # (signal, time.monotonic() it came)
+# A signal this soon after the first is not raised again: GNU timeout sends SIGTERM to the
+# command and then to its process group, and a second raise would break the first's clean stop
+# (the rows being written); one later still stops a stop that hangs.
+REPEAT_S = 2.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: the same clean stop."""
+
+
+def _raise(signum: int, frame) -> None:
+    now = time.monotonic()
+    repeated = bool(_received) and now - _received[0][1] < REPEAT_S
+    _received.append((signum, now))
+    if not repeated:
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def install() -> None:
+    """Handle SIGINT and SIGTERM with :func:`_raise` where Python's defaults would be (in the
+    main thread); forget signals received before."""
+    import threading
+
+    _received.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    for kind, default in defaults.items():
+        if signal.getsignal(kind) in (default, _raise):
+            signal.signal(kind, _raise)
+
+
+def raise_if_received() -> None:
+    """Raise the interrupt of a signal received since :func:`install`, if any (its first raise
+    may have been lost inside a library)."""
+    if _received:
+        raise Terminated if _received[0][0] == signal.SIGTERM else KeyboardInterrupt
+
+
+def received() -> bool:
+    """Whether SIGINT or SIGTERM came since :func:`install`."""
+    return bool(_received)
