@@ -146,9 +146,9 @@ def test_a_file_named_through_a_link_and_by_its_own_path_is_listed_by_its_own(tm
     (real / "a.wav").write_bytes(b"")
     (tmp_path / "linkdir").symlink_to(real, target_is_directory=True)
     (tmp_path / "link.wav").symlink_to(real / "a.wav")
-    for arguments in ([tmp_path / "linkdir", real], [real, tmp_path / "linkdir"],
-                      [tmp_path / "link.wav", real / "a.wav"], [tmp_path / "link.wav", real]):
-        assert inputs.expand([str(a) for a in arguments]) == [str(real / "a.wav")], arguments
+    for names in ([tmp_path / "linkdir", real], [real, tmp_path / "linkdir"],
+                  [tmp_path / "link.wav", real / "a.wav"], [tmp_path / "link.wav", real]):
+        assert inputs.expand([str(a) for a in names]) == [str(real / "a.wav")], names
     assert inputs.expand([str(tmp_path / "link.wav")]) == [str(tmp_path / "link.wav")]
 
 
