@@ -561,7 +561,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     stream = Stream(model, rate, output, patch_hop=hop, last_patch=args.last_patch,
                     resampler=args.resampler,
                     resample_step=args.resample_step)
-    write = _line_writer(model, output, args)
+    write = _line_writer(model, output, args, interrupted)
     stray = b""
     while not interrupted["now"]:
         data = reading(source.some)
@@ -574,13 +574,16 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         whole = len(data) - len(data) % width
         stray = data[whole:]
         if whole:
+            frames = decode_pcm(data[:whole], dtype, channels)
+            finite = _finite_frames(frames)  # the patches before a NaN, however the pipe cut it
             try:
-                patches = stream.push_patches(decode_pcm(data[:whole], dtype, channels))
-            except AudioError as err:  # NaN in float input, say
+                write(stream.push_patches(frames[:finite]))
+                if finite < len(frames):
+                    stream.push_patches(frames[finite:])  # raises, naming the sample
+            except AudioError as err:
                 if not stream.n_patches:
                     raise
                 raise AudioError(f"{err}; the patches above are complete and valid") from None
-            write(patches)
         if remaining == 0:
             break
     write(stream.close_patches())
@@ -601,8 +604,22 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     return _stopped_by(interrupted) or EXIT_OK
 
 
-def _line_writer(model, output: str, args) -> Callable:
-    """Write one JSON line per patch: ``{"start", "top": [[label, p], ...]}`` or the full vector."""
+def _finite_frames(frames) -> int:
+    """How many of ``frames`` ``[n, channels]`` come before the first with NaN or infinity."""
+    import numpy as np
+
+    if not np.issubdtype(frames.dtype, np.floating):
+        return len(frames)
+    bad = np.flatnonzero(~np.isfinite(frames).all(axis=1))
+    return int(bad[0]) if bad.size else len(frames)
+
+
+def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
+    """Write one JSON line per patch: ``{"start", "top": [[label, p], ...]}`` or the full vector.
+
+    A signal while a write waits for a reader that stopped reading ends the writing: standard
+    output is then pointed at /dev/null, whose writes do not wait (the lines the reader did not
+    take are dropped)."""
     import numpy as np
 
     full = args.all or output != "predictions"
@@ -622,8 +639,15 @@ def _line_writer(model, output: str, args) -> Callable:
             else:
                 order = np.argsort(-value, kind="stable")[:top]
                 record["top"] = [[model.labels[i], float32(value[i])] for i in order]
-            sys.stdout.write(json.dumps(record) + "\n")
-            sys.stdout.flush()
+            interrupted["reading"] = True  # a blocked write, too, is broken off by a signal
+            try:
+                sys.stdout.write(json.dumps(record) + "\n")
+                sys.stdout.flush()
+            except KeyboardInterrupt:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return
+            finally:
+                interrupted["reading"] = False
     return write
 
 
@@ -824,6 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             _show_warnings_as_lines()
             _enable_cache(getattr(args, "no_cache", False))
+        _check_standard_output(args)
         return args.func(args)
     except JaxmirError as err:
         _error(str(err))
@@ -840,6 +865,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted" + _rows_kept(args))
         return EXIT_INTERRUPTED
+
+
+def _check_standard_output(args: argparse.Namespace) -> None:
+    """Refuse a closed standard output (``>&-``) where the results go there; elsewhere (an
+    ``--output`` file) its lines go nowhere. Python leaves ``sys.stdout`` None then."""
+    from jaxmir.errors import InputError
+
+    if sys.stdout is not None:
+        return
+    if not getattr(args, "output", None):
+        raise InputError("standard output is closed, and the results go there"
+                         + ("" if args.func is cmd_stream else "; give --output FILE"))
+    sys.stdout = open(os.devnull, "w")
 
 
 def entry() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import struct
 from typing import Callable
 
@@ -225,7 +226,12 @@ class ByteReader:
         return data
 
     def _fill(self) -> None:
-        data = os.read(self.fd, 1 << 16)
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+                break
+            except BlockingIOError:  # a descriptor its writer left non-blocking: wait for data
+                select.select([self.fd], [], [])
         if data:
             self._pending += data
         else:

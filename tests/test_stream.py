@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -727,3 +728,87 @@ def test_stream_command_says_what_an_input_lacked():
     assert run.returncode == 0 and len(lines_of(run)) == 4
     assert "ended 16000 byte(s) before the end of the data its WAV header declares" \
         in run.stderr.decode()
+
+
+def test_stream_command_patches_before_a_nan_do_not_depend_on_the_pipe():
+    """A NaN refused the whole read it came in: the patch completed by the samples before it was
+    written or not as the pipe cut the bytes (1 line at once, 2 in small pieces)."""
+    audio = signal_at(16000, 8.0, 1, seed=21)
+    audio[80000] = np.nan  # 5.0 s: patch 1 (1.488-4.48 s) is whole before it
+    result = cli("stream", "--rate", "16000", "--dtype", "f32le", stdin=audio.astype("<f4").tobytes())
+    assert result.returncode == 1
+    assert [r["start"] for r in lines_of(result)] == [0.0, 1.488]
+    assert "sample 80000" in result.stderr.decode() and "complete and valid" in result.stderr.decode()
+
+
+def test_stream_command_with_standard_output_closed(tmp_path):
+    """`jaxmir stream >&-` ended in a traceback (sys.stdout is None); a collection's --output is
+    written whatever standard output is."""
+    def closed_stdout(*args: str, stdin: bytes = b""):
+        return subprocess.run([sys.executable, "-m", "jaxmir", *args], input=stdin,
+                              stderr=subprocess.PIPE, env=child_env(), cwd=ROOT, timeout=300,
+                              preexec_fn=lambda: os.close(1))
+    result = closed_stdout("stream", "--rate", "16000",
+                           stdin=signal_at(16000, 4.0, 1, seed=2, dtype=np.int16).tobytes())
+    assert result.returncode == 1
+    assert result.stderr.decode() == "jaxmir: error: standard output is closed, and the results go there\n"
+    path = tmp_path / "a.wav"
+    soundfile.write(path, signal_at(16000, 4.0, 1, seed=2), 16000)
+    result = closed_stdout("tag", str(path))
+    assert result.returncode == 1 and "standard output is closed" in result.stderr.decode()
+    result = closed_stdout("tag", str(path), "-o", str(tmp_path / "tags.csv"))
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "tags.csv").read_text().count("\n") == 2
+
+
+def test_stream_command_reads_a_non_blocking_standard_input():
+    """A pipe its writer made non-blocking (Node's child_process, asyncio) failed at once:
+    'Resource temporarily unavailable', no patches."""
+    audio = signal_at(16000, 4.0, 1, seed=3, dtype=np.int16)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
+                               stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=child_env(), cwd=ROOT)
+    os.close(read_end)
+    time.sleep(2.0)  # the command starts and finds no data yet
+    with os.fdopen(write_end, "wb") as writer:
+        writer.write(audio.tobytes())
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr.decode()
+    assert len(stdout.decode().splitlines()) == 1
+
+
+def test_stream_command_stops_on_sigterm_when_its_reader_stalls():
+    """A SIGTERM while a write waited for a reader that stopped reading was held until the
+    reader drained the pipe (docker stop and timeout would then SIGKILL it)."""
+    import fcntl
+    import termios
+
+    raw = signal_at(16000, 300.0, 1, seed=4, dtype=np.int16).tobytes()
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000", "--all"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
+
+    def feed():
+        try:
+            process.stdin.write(raw)
+            process.stdin.close()
+        except OSError:  # the command ended
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    waiting, before = np.zeros(1, np.int32), -1
+    deadline = time.monotonic() + 240
+    while waiting[0] < 32_768 or waiting[0] != before:  # the pipe full: the command's writes wait
+        assert process.poll() is None and time.monotonic() < deadline, "the pipe never filled"
+        before = int(waiting[0])
+        time.sleep(1.0)
+        fcntl.ioctl(process.stdout.fileno(), termios.FIONREAD, waiting)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, process.stderr.read().decode()
