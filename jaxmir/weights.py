@@ -126,7 +126,12 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
 
     def check_declared(meta: dict, declared: dict[str, jax.ShapeDtypeStruct]) -> None:
         with _named_errors(path, labels):
-            _check_shapes(_spec(meta, _unflatten(declared), path), path)
+            spec = _spec(meta, _unflatten(declared), path)
+            _check_shapes(spec, path)
+            names = labels if labels is not None else _labels(meta)  # as Model.from_spec will
+            if len(names) != spec.output_width:
+                raise InputError(f"{len(names)} labels given for a model with "
+                                 f"{spec.output_width} outputs")
 
     meta, arrays = _read_arrays(path, None if trusted else check_declared)
     with _named_errors(path, labels):

@@ -465,6 +465,30 @@ def test_a_variable_of_the_wrong_shape_is_refused_before_its_data_is_read(musicn
     assert float(result[1]) < 128, result  # MB: the model's trace (~50), not the 256 declared
 
 
+def test_labels_that_do_not_fit_are_refused_before_the_data_is_read(musicnn, tmp_path,
+                                                                   monkeypatch):
+    """A 2-MB file of deflated zeros declaring a 260-M-output head with no labels: its 2 GB were
+    read (28-39 s, 2.3 GB) before the labels were counted."""
+    import json
+
+    from jaxmir import weights
+
+    good = tmp_path / "good.npz"
+    save_weights(musicnn, good)
+    with zipfile.ZipFile(good) as archive:
+        meta = json.loads(np.load(io.BytesIO(archive.read("__jaxmir__.npy"))).tobytes())
+    meta["labels"] = meta["labels"][:3]
+    few = _with_member(good, tmp_path / "few.npz", "__jaxmir__.npy", lambda handle: np.save(
+        handle, np.frombuffer(json.dumps(meta).encode(), np.uint8)))
+    read, real = [], weights._read_array
+    monkeypatch.setattr(weights, "_read_array", lambda path, name, *rest: (
+        read.append(name), real(path, name, *rest))[1])
+    with pytest.raises(WeightsError, match="few.npz: 3 labels given for a model with 50 outputs"):
+        jaxmir.load(few)
+    assert read == ["__jaxmir__"]  # the description alone
+    assert jaxmir.load(few, labels=[f"tag{i}" for i in range(50)]).labels[-1] == "tag49"
+
+
 def test_output_names_the_output_of_a_converted_model_or_is_refused(musicnn, tmp_path):
     """``output=`` picks a .pb's output node at import; for shipped names and .npz files it was
     ignored, any name at all giving the predictions."""
