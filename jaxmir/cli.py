@@ -857,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
         return EXIT_BROKEN_PIPE
     except OSError as err:  # e.g. --output in a folder that cannot be written
-        _error(f"{err.filename or ''}: {err.strerror or err}")
+        _error(f"{err.filename}: {err.strerror or err}" if err.filename else str(err.strerror or err))
         return EXIT_FAILED
     except interrupts.Terminated:
         _error("terminated (SIGTERM)" + _rows_kept(args))

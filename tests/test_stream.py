@@ -761,6 +761,17 @@ def test_stream_command_with_standard_output_closed(tmp_path):
     assert (tmp_path / "tags.csv").read_text().count("\n") == 2
 
 
+def test_stream_command_to_a_full_disk_says_so_plainly():
+    """Errors without a file name began with an empty one: "jaxmir: error: : No space left"."""
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
+                                input=signal_at(16000, 4.0, 1, seed=2, dtype=np.int16).tobytes(),
+                                stdout=full, stderr=subprocess.PIPE, env=child_env(), cwd=ROOT,
+                                timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.decode() == "jaxmir: error: No space left on device\n"
+
+
 def test_stream_command_reads_a_non_blocking_standard_input():
     """A pipe its writer made non-blocking (Node's child_process, asyncio) failed at once:
     'Resource temporarily unavailable', no patches."""

@@ -171,6 +171,7 @@ class SincResampler:
         self._pending.append(chunk)
         self._seen += chunk.shape[0]
         if self._seen - self._origin - self._history.shape[0] < self._min_input:  # pending samples
+            self._pending[-1] = chunk.copy()  # kept past this call: the caller may reuse its buffer
             return np.zeros(0, np.float32)
         self._take_pending()
         # An output is final once its right-hand taps are all in.
