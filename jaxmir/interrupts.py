@@ -50,8 +50,3 @@ def raise_if_received() -> None:
     may have been lost inside a library)."""
     if _received:
         raise Terminated if _received[0][0] == signal.SIGTERM else KeyboardInterrupt
-
-
-def received() -> bool:
-    """Whether SIGINT or SIGTERM came since :func:`install`."""
-    return bool(_received)
