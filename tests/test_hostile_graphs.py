@@ -681,3 +681,13 @@ def test_a_rewired_musicnn_is_refused(tmp_path, case):
     assert np.max(np.abs(rewired - original)) > 1e-3  # another network, not a harmless edit
     with pytest.raises(JaxmirError, match="must (join|be added|read)"):
         jaxmir.load(path)
+
+
+@pytest.mark.parametrize("node, keep", [("model/transpose", 1), ("model/Max", 1),
+                                        ("model/Squeeze", 0)])
+def test_a_musicnn_node_short_of_inputs_is_a_jaxmir_error(tmp_path, node, keep):
+    """The wiring checks read inputs by position: a node left with fewer is refused by name."""
+    g = fixture_graph(DORTMUND)
+    del node_named(g, node).input[keep:]
+    with pytest.raises(JaxmirError):
+        jaxmir.load(write(tmp_path, "short", g))

@@ -213,7 +213,7 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     max_node = _consumer(path, concat.name, "Max")
     mean_node = _consumer(path, concat.name, "Mean")
     for reduction in (max_node, mean_node):
-        if path.value(path.graph.data_inputs(reduction)[1], "int").reshape(-1).tolist() != [1]:
+        if path.value(_input(path, reduction, 1), "int").reshape(-1).tolist() != [1]:
             raise path.unsupported(f"'{reduction.name}' must pool over time (axis 1)")
     node_map[max_node.name] = ("max_pool", (n_mid, 1))
     node_map[mean_node.name] = ("mean_pool", (1, n_mid, 1))
@@ -257,11 +257,19 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
                      aliases, node_map, _frontend_for(MUSICNN, (time, mels)))
 
 
+def _input(path: InferencePath, node, index: int):
+    """Data input ``index`` of ``node`` (``-1``: the last); a graph without it is refused."""
+    inputs = path.graph.data_inputs(node)
+    if not -len(inputs) <= index < len(inputs):
+        raise path.unsupported(f"{node.op} '{node.name}' has {len(inputs)} data input(s)")
+    return inputs[index]
+
+
 def _behind(path: InferencePath, ref, ops: tuple[str, ...] = ("Squeeze", "ExpandDims")):
     """The node whose values ``ref`` carries, looking through ``ops`` (shape changes)."""
     node = path.producer(ref)
     while node.op in ops:
-        node = path.producer(path.graph.data_inputs(node)[0])
+        node = path.producer(_input(path, node, 0))
     return node
 
 
@@ -272,7 +280,7 @@ def _check_concat(path: InferencePath, concat, sources: list[str], axes: tuple[i
     a graph that joins them otherwise computes another network."""
     inputs = path.graph.data_inputs(concat)
     found = [_behind(path, ref).name for ref in inputs[:-1]]
-    axis = path.value(inputs[-1], "int").reshape(-1).tolist()
+    axis = path.value(_input(path, concat, -1), "int").reshape(-1).tolist()
     if found != sources or axis not in ([axes[0]], [axes[1]]):
         raise path.unsupported(f"'{concat.name}' must join {what} ({', '.join(sources)}) in this "
                                f"order on axis {axes[0]}; it joins {', '.join(found)} on axis "
@@ -284,7 +292,7 @@ def _midend_outputs(path: InferencePath, midend: list[ConvLayer], frontend) -> l
     first the front-end's features), and the second and third add it to their own output."""
     graph, outputs = path.graph, []
     for layer in midend:
-        conv_input = graph.data_inputs(graph.nodes[layer.conv_node])[0]
+        conv_input = _input(path, graph.nodes[layer.conv_node], 0)
         source = _behind(path, conv_input, ("Pad", "PadV2", "ExpandDims"))
         expected = outputs[-1] if outputs else frontend
         if source.name != expected.name:
@@ -292,7 +300,7 @@ def _midend_outputs(path: InferencePath, midend: list[ConvLayer], frontend) -> l
                                    f"'{expected.name}'; it reads '{source.name}'")
         node = path.next_op(layer.output_node)            # transpose back to [b, t, filters, 1]
         if node is None or node.op != "Transpose" or path.value(
-                graph.data_inputs(node)[1], "int").tolist() != [0, 1, 3, 2]:
+                _input(path, node, 1), "int").reshape(-1).tolist() != [0, 1, 3, 2]:
             raise path.unsupported(f"'{layer.output_node}' must be transposed to [batch, time, "
                                    "filters, 1] (perm [0, 1, 3, 2])")
         if outputs:
