@@ -219,6 +219,15 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     open(odd, "wb").close()
     listing.write_bytes(odd + b"\n")
     assert [os.fsencode(p) for p in inputs.expand([f"@{listing}"])] == [odd]
+    # names that begin or end with spaces (`ls > list.txt`) were stripped: another file's name
+    for name in (" lead.wav", "trail.wav "):
+        (tmp_path / "rock" / name).write_bytes(b"")
+    listing.write_text("rock/ lead.wav\nrock/trail.wav \n")
+    assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / " lead.wav"),
+                                              str(tmp_path / "rock" / "trail.wav ")]
+    listing.write_text("# nothing yet\n\n")  # exited 0, "nothing to do": an empty folder is an error
+    with pytest.raises(InputError, match=r"list.txt: names no files \(only blank lines and # "):
+        inputs.expand([f"@{listing}"])
     # a list saved as UTF-16 (Windows Notepad) ended in a traceback: "embedded null byte"
     listing.write_text("rock/b.flac\n", encoding="utf-16")
     with pytest.raises(InputError, match=r"list.txt: UTF-16 text; expected a UTF-8 \(or plain\) text"):

@@ -115,8 +115,15 @@ def _read_list(list_file: str) -> list[str]:
                          "path per line")
     lines = [os.fsdecode(line) for line in data.removeprefix(codecs.BOM_UTF8).splitlines()]
     base = Path(list_file).parent
-    names = (line.strip() for line in lines)
-    return [str(base / name) for name in names if name and not name.startswith("#")]
+    return [_listed(base, line) for line in lines
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def _listed(base: Path, line: str) -> str:
+    """The path a list's line names: as written where that exists (a name may begin or end
+    with spaces), else without the spaces around it (as typed by hand)."""
+    exact = base / line
+    return str(exact if os.path.lexists(exact) else base / line.strip())
 
 
 def expand(arguments: Sequence[str]) -> list[str]:
@@ -129,7 +136,10 @@ def expand(arguments: Sequence[str]) -> list[str]:
     paths: list[str] = []
     for argument in arguments:
         if argument.startswith("@") and len(argument) > 1:
-            paths += expand(_read_list(argument[1:]))
+            listed = _read_list(argument[1:])
+            if not listed:  # as an empty folder: a run of nothing is a mistake
+                raise InputError(f"{argument}: names no files (only blank lines and # comments)")
+            paths += expand(listed)
         elif os.path.isdir(argument):
             files = audio_files(Path(argument))
             if not files:
