@@ -59,6 +59,8 @@ def check_identity(output: str, found: dict, expected: dict) -> None:
         details = "; ".join(filter(None, [details, bytes_]))
     if "labels" in keys:
         details = "; ".join(filter(None, [details, "the labels differ"]))
-    raise InputError(f"{output} holds results of model {found.get('model')!r}, not of "
-                     f"{expected.get('model')!r} with these settings ({details}); give another "
-                     "--output, or --overwrite to start it over")
+    there, now = found.get("model"), expected.get("model")
+    whose = f"of model {there!r}, not of {now!r} with these settings" if there != now else \
+        f"of another {now!r}, or other settings"  # the same name, other weights or labels
+    raise InputError(f"{output} holds results {whose} ({details}); give another --output, or "
+                     "--overwrite to start it over")
