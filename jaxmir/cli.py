@@ -498,16 +498,33 @@ def _stream_command(args, interrupted: dict) -> int:
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)
+    _check_stream_options(model, args, hop)
     if args.input != "-":
         raise InputError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "
                          f"for files use: jaxmir tag {args.input}")
     if sys.stdin is None:
         raise InputError("standard input is closed; pipe audio into jaxmir stream")
+    if sys.stdin.isatty():  # it would wait in silence for audio typed in
+        _warn("standard input is the terminal; pipe audio into jaxmir stream (Ctrl-D ends)")
     if interrupted["now"]:  # while the model loaded: nothing read, nothing to write
         return _stopped_by(interrupted)
     from jaxmir.pcm import ByteReader
 
     return _stream_stdin(model, args, hop, output, ByteReader(sys.stdin.fileno()), interrupted)
+
+
+def _check_stream_options(model, args, hop: int | None) -> None:
+    """What the stream would refuse at its first bytes (``--rate 0``, a hop past the patch),
+    refused before waiting for them: a live source may take a while to send any."""
+    from jaxmir import pipeline
+    from jaxmir.patches import patch_starts
+    from jaxmir.stream import check_sample_rate
+
+    if args.rate is not None:
+        check_sample_rate(args.rate)
+    size = int(model.input_shape[0])
+    patch_starts(0, size, pipeline.frontend_of(model).patch_hop if hop is None else hop,
+                 args.last_patch)
 
 
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
@@ -587,16 +604,16 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         if remaining == 0:
             break
     write(stream.close_patches())
+    above = "; the patches above are complete and valid" if stream.n_patches else ""
     if stray and remaining == 0:
         raise AudioError(f"the WAV header declares a data size that ends in the middle of a sample "
-                         f"frame ({len(stray)} stray byte(s) of {width}); the patches above are "
-                         "complete and valid")
+                         f"frame ({len(stray)} stray byte(s) of {width}){above}")
     if stray and not interrupted["now"]:  # Ctrl-C may come between the bytes of a frame
         raise AudioError(f"standard input ended in the middle of a sample frame ({len(stray)} stray "
-                         f"byte(s) of {width}); the patches above are complete and valid")
+                         f"byte(s) of {width}){above}")
     if remaining and not interrupted["now"]:
         _warn(f"standard input ended {remaining} byte(s) before the end of the data its WAV header "
-              "declares; the patches above are complete and valid")
+              f"declares{above}")
     if stream.n_patches == 0 and not interrupted["now"]:
         seconds = stream.n_samples / 16000
         _warn(f"{seconds:.2f} s of audio made no complete patch (a patch takes "

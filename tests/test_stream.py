@@ -823,3 +823,49 @@ def test_stream_command_stops_on_sigterm_when_its_reader_stalls():
         if process.poll() is None:
             process.kill()
     assert process.returncode == 143, process.stderr.read().decode()
+
+
+def test_stream_command_refuses_bad_options_before_any_input():
+    """`--rate 0` or a hop past the patch was refused only once input came (a live source may
+    send none for a while; with none at all it said "standard input is empty")."""
+    for options, message in ((["--rate", "0"], "sample rate 0 Hz is out of range"),
+                             (["--rate", "16000", "--patch-hop", "500"], "patch_hop 500 is larger")):
+        process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", *options],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
+        try:  # standard input stays open and silent (communicate() would close it)
+            process.wait(timeout=120)
+            stderr = process.stderr.read()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+        assert process.returncode == 1 and message in stderr.decode()
+
+
+def test_stream_command_claims_no_patches_above_when_there_are_none():
+    result = cli("stream", "--rate", "16000", stdin=b"\x01")
+    assert result.returncode == 1
+    assert result.stderr.decode() == ("jaxmir: error: standard input ended in the middle of a "
+                                      "sample frame (1 stray byte(s) of 2)\n")
+
+
+def test_stream_command_on_a_terminal_says_what_it_waits_for():
+    """On a terminal it waited in silence, then said "standard input is empty" after Ctrl-D."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
+                               stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=child_env(), cwd=ROOT)
+    os.close(follower)
+    try:
+        ready, _, _ = select.select([process.stderr], [], [], 120)
+        line = process.stderr.readline().decode() if ready else ""
+    finally:
+        process.kill()
+        process.communicate()
+        os.close(leader)
+    assert line == ("jaxmir: warning: standard input is the terminal; pipe audio into jaxmir "
+                    "stream (Ctrl-D ends)\n")
