@@ -853,10 +853,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage,
     141 the reader of standard output left, 130 interrupted, 143 terminated)."""
     from jaxmir import interrupts
+
+    with interrupts.installed():  # SIGTERM (timeout, Slurm, docker stop) stops as Ctrl-C does
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from jaxmir import interrupts
     from jaxmir.atomic import deferred_interrupts
     from jaxmir.errors import JaxmirError
 
-    interrupts.install()  # SIGTERM (timeout, Slurm, docker stop) stops a run as Ctrl-C does
     args = None
     try:
         # Starting up imports JAX (~1 s): a signal then waits for the end of it, rather than

@@ -9,8 +9,10 @@ an "Interrupted system call" error, and the stop would be taken for one file's f
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from typing import Iterator
 
 _received: list[tuple[int, float]] = []  # (signal, time.monotonic() it came)
 # A signal this soon after the first is not raised again: GNU timeout sends SIGTERM to the
@@ -31,18 +33,27 @@ def _raise(signum: int, frame) -> None:
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
-def install() -> None:
-    """Handle SIGINT and SIGTERM with :func:`_raise` where Python's defaults would be (in the
-    main thread); forget signals received before."""
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """SIGINT and SIGTERM handled by :func:`_raise` where Python's defaults would be (in the main
+    thread), for the block; signals received before are forgotten, and the handlers found are
+    put back after it (a command run inside another program leaves its handlers as they were)."""
     import threading
 
     _received.clear()
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
     defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    found = {kind: signal.getsignal(kind) for kind in defaults}
     for kind, default in defaults.items():
-        if signal.getsignal(kind) in (default, _raise):
+        if found[kind] in (default, _raise):
             signal.signal(kind, _raise)
+    try:
+        yield
+    finally:
+        for kind, handler in found.items():
+            signal.signal(kind, handler)
 
 
 def raise_if_received() -> None:

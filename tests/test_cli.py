@@ -474,3 +474,16 @@ def test_the_command_line_parses_without_loading_jax():
     assert result.stdout.splitlines() == ["False", "[]", "['__version__']"], result.stderr
     with pytest.raises(AttributeError, match="module 'jaxmir' has no attribute 'tfgraph.walk'"):
         getattr(jaxmir, "tfgraph.walk")
+
+
+def test_main_leaves_the_signal_handlers_as_it_found_them():
+    """The command line handles SIGINT and SIGTERM while it runs (a clean stop, noticed where a
+    library swallowed it); run inside another program (tests, a notebook) it left its handlers
+    installed for good."""
+    import signal
+
+    from jaxmir import cli
+
+    found = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert cli.main(["info", "msd-musicnn"]) == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == found
