@@ -31,7 +31,8 @@ import numpy as np
 from jaxmir.decode import MODES, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated, check_min_outputs,
-                             essentia_ratio, meets_end, plan_of, resample, unflushed_count)
+                             essentia_count, essentia_ratio, plan_of, resample,
+                             unflushed_count)
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
@@ -263,7 +264,7 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         # exact double ratio the output drifts by ~3e-3 after a few seconds.
         ratio = essentia_ratio(native, target)
         out = samplerate.resample(mono, ratio, "sinc_medium")
-        out = out[:essentia_length(out.shape[0], ratio, mono.shape[0])]
+        out = out[:essentia_length(out.shape[0], native, target, mono.shape[0])]
     else:
         import soxr
 
@@ -273,11 +274,12 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
     return np.asarray(out, np.float32)
 
 
-def essentia_length(made: int, ratio: float, n_input: int) -> int:
+def essentia_length(made: int, in_rate: int, out_rate: int, n_input: int) -> int:
     """How many of the ``made`` outputs python-samplerate gives for ``n_input`` samples Essentia's
     ``Resample`` gives: one fewer where the last meets libsamplerate's end test exactly
-    (:func:`jaxmir.resample.meets_end`: 8 kHz -> 16 kHz, 32 kHz -> 16 kHz at even lengths)."""
-    return made - meets_end(1.0 / ratio, n_input)
+    (:func:`jaxmir.resample.essentia_count`: 8 kHz -> 16 kHz, 32 kHz -> 16 kHz at even lengths,
+    16 -> 48 kHz...)."""
+    return essentia_count(plan_of(in_rate, out_rate, "sinc_medium"), n_input, made)
 
 
 # Essentia's MonoLoader resamples a file with the streaming Resample, which takes its input 4096
@@ -467,7 +469,8 @@ class Resampling:
             # and samplerate.resample returns floor(n * ratio) of them.
             zeros = np.zeros(math.ceil(4096 / self._ratio) + 1, np.float32)
             tail = self._sinc(zeros, True)
-            want = essentia_length(math.floor(self.n_in * self._ratio), self._ratio, self.n_in)
+            want = essentia_length(math.floor(self.n_in * self._ratio), self.in_rate, self.out_rate,
+                                   self.n_in)
             tail = tail[:max(0, want - self.n_out)]
             self.n_out += tail.shape[0]
             return self._monoloader_end(tail)

@@ -28,9 +28,10 @@ converter Essentia's ``MonoLoader`` uses, by doing the same arithmetic as libsam
   first holds (evaluated in double with absolute buffer positions; libsamplerate uses
   buffer-relative ones, which round differently only if the test is within ~1e-9 of a tie).
   That is the test of Essentia 2.1b6's libsamplerate; 0.2's (python-samplerate's) reads ``>``
-  and makes one output more where the sum meets the end exactly, at power-of-two ratios
-  (8 kHz -> 16 kHz at every length, 32 kHz -> 16 kHz at even ones:
-  :func:`.positions.meets_end`). jaxmir ends where Essentia does.
+  and makes one output more where the sum meets the end exactly: at power-of-two ratios
+  (8 kHz -> 16 kHz at every length, 32 kHz -> 16 kHz at even ones), and at ratios such as 3
+  (16 -> 48 kHz) whose rounded sums land on it (:func:`.positions.essentia_count`). jaxmir ends
+  where Essentia does.
 
 Three kernels compute the sums. NumPy input at the common rates (22.05, 24, 32, 44.1, 48,
 96 kHz... to 16 kHz: downsampling with a short exact period) takes the matrix-product kernel
@@ -67,11 +68,11 @@ bundles) and are checked by the same verification.
 
 from jaxmir.resample.convert import (MIN_OUTPUTS, SincResampler, check_min_outputs, resample,
                                      resample_jax)
-from jaxmir.resample.positions import (MAX_RATE, MAX_TAPS, MIN_RATE, QUALITIES, essentia_ratio,
-                                       meets_end, plan_of, unflushed_count)
+from jaxmir.resample.positions import (MAX_RATE, MAX_TAPS, MIN_RATE, QUALITIES, essentia_count,
+                                       essentia_ratio, meets_end, plan_of, unflushed_count)
 from jaxmir.resample.products import accelerated
 from jaxmir.resample.table import coefficients
 
 __all__ = ["MAX_RATE", "MAX_TAPS", "MIN_OUTPUTS", "MIN_RATE", "QUALITIES", "SincResampler", "accelerated",
-           "check_min_outputs", "coefficients", "essentia_ratio", "meets_end", "plan_of", "resample",
-           "resample_jax", "unflushed_count"]
+           "check_min_outputs", "coefficients", "essentia_count", "essentia_ratio", "meets_end",
+           "plan_of", "resample", "resample_jax", "unflushed_count"]

@@ -268,10 +268,29 @@ def unflushed_count(plan: Plan, n_input: int) -> int:
 def meets_end(step: float, n_input: int) -> bool:
     """Whether ``n_input / step`` is whole: then libsamplerate's output ``n_input / step - 1``
     meets its end test with equality, and Essentia's build stops before it where
-    python-samplerate's makes it. Only power-of-two ratios get there (8 kHz -> 16 kHz at every
-    length, 32 kHz -> 16 kHz at even ones): every other step's binary fraction is too long for a
-    whole quotient."""
+    python-samplerate's makes it, exactly: power-of-two ratios (8 kHz -> 16 kHz at every length,
+    32 kHz -> 16 kHz at even ones) and whole steps. Others meet it through the rounding of the
+    positions' sums (16 -> 48 kHz): :func:`essentia_count` tells them."""
     return (fractions.Fraction(n_input) / fractions.Fraction(step)).denominator == 1
+
+
+def essentia_count(plan: Plan, n_input: int, made: int) -> int:
+    """How many of the ``made`` outputs python-samplerate gives for ``n_input`` samples Essentia's
+    build of libsamplerate gives: one fewer where the last meets the end test exactly.
+
+    That needs ``n_input / step`` whole, up to the rounding of the positions' sums: exactly so
+    at power-of-two ratios (:func:`meets_end`), and within it at ratios such as 3 (16 -> 48 kHz),
+    whose step 1/3 is not exact but whose sums land on the end all the same; there the
+    positions are walked as libsamplerate walks them (:func:`output_taps`, linear in the length,
+    run only for such ratios and lengths)."""
+    if made == 0:
+        return 0
+    if meets_end(plan.step, n_input):
+        return made - 1
+    quotient = n_input / plan.step
+    if abs(quotient - round(quotient)) > 1e-6:
+        return made
+    return min(made, output_taps(plan, n_input)[0].shape[0])
 
 
 def output_count(plan: Plan, n_input: int) -> int:
