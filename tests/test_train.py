@@ -926,3 +926,33 @@ def test_finetune_moves_backbone_and_lowers_loss():
     moved = sum(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(before, after))
     assert moved > len(before) // 2
     assert losses[-1] < losses[0]
+
+
+def test_ctrl_c_as_a_finetuned_head_is_written_keeps_it_with_its_backbone(tmp_path, monkeypatch):
+    """The fine-tuned backbone was moved into place after the head's files, outside the held
+    interrupts: Ctrl-C between the two left a head whose backbone file was missing."""
+    import signal
+    import types
+
+    from jaxmir.train import finetune
+
+    model = jaxmir.load("msd-musicnn")
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
+    result = types.SimpleNamespace(dataset=dataset, head=types.SimpleNamespace(
+        task="single", params=params, activation="softmax"))
+    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: np.zeros(16000 * 4, np.float32))
+    monkeypatch.setattr(finetune, "finetune", lambda *args, **kwargs: (model.variables, params, None))
+    real_export = export.export_head
+
+    def interrupted_export(*args, **kwargs):
+        paths = real_export(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C once the head's files are in place
+        return paths
+
+    monkeypatch.setattr(export, "export_head", interrupted_export)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.finetune_and_export(result, "msd-musicnn", "model/dense/BiasAdd",
+                                     str(tmp_path / "h"), 1, 0, False)
+    assert (tmp_path / "h.pb").is_file() and (tmp_path / "h-backbone.npz").is_file()
+    assert not list(tmp_path.glob(".tmp-*"))

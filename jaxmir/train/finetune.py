@@ -140,6 +140,7 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     ``dataset`` (:func:`~jaxmir.train.recipe.dataset_entry`), marked as fine-tuned after any
     cross-validation it reports.
     """
+    from jaxmir.atomic import deferred_interrupts
     from jaxmir.audio import load_audio
     from jaxmir.loading import load
     from jaxmir.train import export
@@ -164,11 +165,13 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     temp.parent.mkdir(parents=True, exist_ok=True)
     save_weights(tuned, temp, provenance={"fine_tuned_from": str(backbone)})
     try:
-        paths = export.export_head(head, result.head.activation, result.dataset.classes, output,
-                                   str(backbone_path), model.input_shape, model.node_name(layer) or layer,
-                                   {**(dataset or {}), "fine_tuned": FINE_TUNED_NOTE}, overwrite)
+        with deferred_interrupts():  # the head and its backbone land together: Ctrl-C waits
+            paths = export.export_head(head, result.head.activation, result.dataset.classes,
+                                       output, str(backbone_path), model.input_shape,
+                                       model.node_name(layer) or layer,
+                                       {**(dataset or {}), "fine_tuned": FINE_TUNED_NOTE}, overwrite)
+            Path(temp).replace(backbone_path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    Path(temp).replace(backbone_path)
     return {**paths, "backbone": backbone_path}
