@@ -956,3 +956,14 @@ def test_ctrl_c_as_a_finetuned_head_is_written_keeps_it_with_its_backbone(tmp_pa
                                      str(tmp_path / "h"), 1, 0, False)
     assert (tmp_path / "h.pb").is_file() and (tmp_path / "h-backbone.npz").is_file()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_head_refuses_nan_embeddings_as_training_does():
+    """Head.predict gave NaN for NaN embeddings, unsaid; training refuses them."""
+    tracks, targets = blobs(n_per_class=4)
+    head = fit.train_head(tracks, targets, "single", ABC, FAST)
+    embeddings = np.ones((3, 20), np.float32)
+    assert np.isfinite(head.predict(embeddings)).all()
+    embeddings[1, 4] = np.nan
+    with pytest.raises(InputError, match=r"NaN or infinite embeddings \(patch 1 first\)"):
+        head.predict(embeddings)

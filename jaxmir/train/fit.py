@@ -167,6 +167,9 @@ class Head:
         if embeddings.ndim != 2 or embeddings.shape[1] != self.in_dim:
             raise InputError(f"embeddings of shape {embeddings.shape}; this head takes "
                              f"[patches, {self.in_dim}]")
+        if not np.all(np.isfinite(embeddings)):  # as training refuses them: NaN would come out
+            patch = int(np.nonzero(~np.isfinite(embeddings).all(axis=1))[0][0])
+            raise InputError(f"NaN or infinite embeddings (patch {patch} first)")
         return np.asarray(_predict(self.task, self.params, jnp.asarray(embeddings)))
 
     def predict_tracks(self, tracks: Sequence[np.ndarray]) -> np.ndarray:
