@@ -123,6 +123,13 @@ def test_table_tasks(tmp_path, audio_set):
                                                              for i, f in enumerate(files)))
     with pytest.raises(InputError, match="column\\(s\\) 'valence': one value for every track"):
         data.load_dataset(regression)  # refused before decoding; cross-validation's r² was NaN
+    regression.write_text("path,valence\n" + "".join(f"{f},{1e39 if i == 2 else i}\n"
+                                                       for i, f in enumerate(files)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "overflow encountered in cast" came first
+        with pytest.raises(InputError, match="regression targets contain NaN or infinity \\(or "
+                                             "values beyond float32"):
+            data.load_dataset(regression)
 
 
 def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, audio_set):

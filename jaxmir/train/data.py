@@ -270,9 +270,11 @@ def _from_table(path: Path) -> Dataset:
     if bad or not numeric:
         raise InputError(f"{path}: expected a 'label' column (classes) or numeric columns "
                          f"(regression); non-numeric: {', '.join(bad) or 'no other columns'}")
-    values = np.stack(list(numeric.values()), axis=1).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: infinity, refused in words just below
+        values = np.stack(list(numeric.values()), axis=1).astype(np.float32)
     if not np.all(np.isfinite(values)):
-        raise InputError(f"{path}: regression targets contain NaN or infinity")
+        raise InputError(f"{path}: regression targets contain NaN or infinity (or values beyond "
+                         "float32's ~3.4e38)")
     return Dataset(tuple(files), values, "regression", tuple(numeric))
 
 
