@@ -576,6 +576,21 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     assert jaxmir_cli.main(argv) == 1
     assert "timbre-confusion.png already exist(s); choose another --output or overwrite them " \
            "(--overwrite)" in capsys.readouterr().err
+    # matplotlib's warnings (a glyph its fonts lack, for a class named in another script) came
+    # raw, with their file and line, after jaxmir's own warning lines had ended
+    from jaxmir.train import plot
+
+    real = plot.confusion_picture
+
+    def glyphless(*args):
+        warnings.warn("Glyph 40723 missing from font(s) DejaVu Sans.", UserWarning)
+        return real(*args)
+
+    monkeypatch.setattr(plot, "confusion_picture", glyphless)
+    assert jaxmir_cli.main(argv + ["--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "jaxmir: warning: Glyph 40723 missing from font(s) DejaVu Sans." in err
+    assert "UserWarning" not in err
 
 
 @pytest.mark.parametrize("existing, flags", [

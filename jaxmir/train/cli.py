@@ -179,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}")
         if args.plot:
             picture = confusion_output(args.output)
-            plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
+            with warnings.catch_warnings():  # matplotlib's (a glyph its fonts lack) as our lines
+                warnings.simplefilter("always")
+                warnings.showwarning = lambda message, *rest: _say(f"jaxmir: warning: {message}")
+                plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
             print(f"wrote {picture}")
     clash = table_column_clash(result.dataset.classes)
     if clash:
