@@ -989,3 +989,17 @@ def test_a_head_refuses_nan_embeddings_as_training_does():
     embeddings[1, 4] = np.nan
     with pytest.raises(InputError, match=r"NaN or infinite embeddings \(patch 1 first\)"):
         head.predict(embeddings)
+
+
+def test_a_shipped_backbones_cached_embeddings_are_keyed_by_its_weights(monkeypatch):
+    """The cache knew a shipped backbone by its name alone: a jaxmir shipping other weights under
+    it would have reused the old weights' embeddings."""
+    from jaxmir import catalog
+
+    now = embeddings.backbone_id("msd-musicnn")
+    assert now != "msd-musicnn" and now == embeddings.backbone_id("msd-musicnn")
+    entries = catalog.catalog()
+    other = {**entries, "models": {**entries["models"], "msd-musicnn": {
+        **entries["models"]["msd-musicnn"], "sha256": "0" * 64}}}
+    monkeypatch.setattr(catalog, "catalog", lambda: other)
+    assert embeddings.backbone_id("msd-musicnn") != now

@@ -101,9 +101,14 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
 
 
 def backbone_id(name_or_path: str) -> str:
-    """A stable name for a backbone: a shipped name, or a file path with its size and mtime."""
+    """A stable name for a backbone: a shipped name with its weights' sha256 (a jaxmir shipping
+    other weights under the name computes anew), or a file path with its size and mtime."""
+    from jaxmir import catalog
+
     if os.path.isfile(name_or_path):
         return json.dumps(file_identity(name_or_path), sort_keys=True)
+    if str(name_or_path) in catalog.names():
+        return f"{name_or_path}@{catalog.catalog()['models'][str(name_or_path)]['sha256']}"
     return str(name_or_path)
 
 
