@@ -48,6 +48,16 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def name_of(path: str | os.PathLike) -> str | None:
+    """The shipped model whose weights file ``path`` is, or ``None``."""
+    try:
+        models, folder = catalog()["models"], weights_dir()
+    except WeightsError:
+        return None
+    where = Path(path)
+    return next((name for name, entry in models.items() if where == folder / entry["file"]), None)
+
+
 def path_of(name: str) -> Path:
     """The weights file of a shipped model, checked against its recorded sha256."""
     entry = catalog()["models"][name]

@@ -90,7 +90,7 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     model = jaxmir.load(name or catalog.default_name())
     if model.architecture != "head":
         if backbone:
-            raise jaxmir.InputError(f"--backbone is for embedding heads; {model.source} is a "
+            raise jaxmir.InputError(f"--backbone is for embedding heads; {model.name} is a "
                                     f"{model.architecture} model that runs on audio by itself")
         return model, None
     if backbone is None and audio:

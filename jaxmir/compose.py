@@ -38,7 +38,7 @@ def check_backbone(backbone: Model) -> None:
     if family is None or not family.backbone:
         what = "an embedding head itself" if backbone.architecture == "head" else \
             f"a {backbone.architecture} model"
-        raise InputError(f"{backbone.source} is {what}, not a backbone (musicnn, vgg or vggish: "
+        raise InputError(f"{backbone.name} is {what}, not a backbone (musicnn, vgg or vggish: "
                          "the model whose embeddings the head was trained on)")
 
 
@@ -55,7 +55,7 @@ def embedding_layer(backbone: Model, embedding: str) -> int:
     tap, _ = backbone.resolve_output(embedding)
     index = _layer_index(tap)
     if index is None:
-        raise InputError(f"'{embedding}' of {backbone.source} is not a layer of its dense head, "
+        raise InputError(f"'{embedding}' of {backbone.name} is not a layer of its dense head, "
                          f"where a head joins its backbone; heads take one of: "
                          f"{', '.join(head_inputs(backbone))}")
     return index
@@ -68,7 +68,7 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     input width differs from the backbone's embedding width (both are named).
     """
     if head.architecture != "head":
-        raise InputError(f"{head.source} is a {head.architecture} model that takes "
+        raise InputError(f"{head.name} is a {head.architecture} model that takes "
                          f"{list(head.input_shape)} patches, not an embedding head; load it alone")
     check_backbone(backbone)
     embedding = embedding or DEFAULT_EMBEDDING
@@ -77,8 +77,8 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     backbone_head = backbone.spec.head[:keep + 1]
     width = head_width(backbone_head)
     if width != head.input_shape[0]:
-        raise InputError(f"the head {head.source} takes {head.input_shape[0]}-d embeddings, but the "
-                         f"backbone {backbone.source} gives {width}-d embeddings at '{embedding}'")
+        raise InputError(f"the head {head.name} takes {head.input_shape[0]}-d embeddings, but the "
+                         f"backbone {backbone.name} gives {width}-d embeddings at '{embedding}'")
 
     config = {"backbone": {"architecture": backbone.architecture,
                            "config": {**backbone.spec.config, "head": backbone_head}},

@@ -49,8 +49,8 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
     if embedding is None:
         embedding = embedding_output(model)
         if embedding is not None and not _has_output(backbone, embedding):
-            raise InputError(f"{model.source} was trained on '{embedding}' (its metadata's "
-                             f"embedding_model.output), which {backbone.source} does not have; "
+            raise InputError(f"{model.name} was trained on '{embedding}' (its metadata's "
+                             f"embedding_model.output), which {backbone.name} does not have; "
                              "give the backbone it was trained on, or the output to read "
                              "(embedding= in Python)")
     composed = compose(backbone, model, embedding)
@@ -136,7 +136,7 @@ def _fixed_output(model: Model, output: str | None) -> Model:
     node at import, and was ignored here."""
     if output is None or model.resolve_output(output)[0] == model.resolve_output("predictions")[0]:
         return model  # an unknown name raised, listing the model's outputs
-    raise InputError(f"output='{output}': {model.source} is a converted model, whose output was "
+    raise InputError(f"output='{output}': {model.name} is a converted model, whose output was "
                      f"chosen when it was converted ('{model.spec.output_name}'); ask for "
                      f"'{output}' when running it: predict(..., output='{output}')")
 
@@ -205,8 +205,8 @@ def warn_of_another_backbone(head: Model, backbone: Model) -> None:
     given = Path(backbone.source).stem if os.sep in backbone.source or "." in backbone.source \
         else backbone.source
     if _unversioned(Path(named).stem) != _unversioned(given):
-        warnings.warn(f"{head.source} was trained on {named} (its metadata's embedding_model."
-                      f"model_name), not on {backbone.source}: its outputs are meaningless unless "
+        warnings.warn(f"{head.name} was trained on {named} (its metadata's embedding_model."
+                      f"model_name), not on {backbone.name}: its outputs are meaningless unless "
                       "the two give the same embeddings", JaxmirWarning, stacklevel=3)
 
 

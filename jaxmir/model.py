@@ -125,6 +125,14 @@ class Model:
         """The audio front-end the model expects; ``None`` for a head on embeddings."""
         return self.spec.frontend
 
+    @property
+    def name(self) -> str:
+        """What messages call the model: a shipped model's name (``msd-musicnn``, not the path of
+        its weights in the package), else :attr:`source`."""
+        from jaxmir import catalog
+
+        return (catalog.name_of(self.source) if self.source else None) or self.source
+
     def output_width(self) -> int:
         return self.spec.output_width
 

@@ -691,3 +691,18 @@ def test_loading_a_model_compiles_nothing(musicnn, caplog):
         array[...] = 0.0                # the caller's arrays change after loading
     assert all(np.array_equal(np.asarray(leaf), kept)
                for leaf, kept in zip(jax.tree_util.tree_leaves(loaded.variables), before))
+
+
+def test_messages_name_a_shipped_model_by_its_name(tmp_path):
+    """Messages named a shipped model by its weights' path inside the package
+    (".../weights/msd-musicnn.npz"), which users never gave."""
+    from jaxmir.compose import embedding_layer
+
+    shipped = jaxmir.load("msd-musicnn")
+    assert shipped.name == "msd-musicnn" and shipped.source.endswith(".npz")
+    with pytest.raises(InputError) as refused:
+        embedding_layer(shipped, "cnn3")
+    assert str(refused.value).startswith("'cnn3' of msd-musicnn is not a layer of its dense head")
+    path = tmp_path / "mine.npz"
+    save_weights(shipped, path)
+    assert jaxmir.load(path).name == str(path)  # a user's file: its path, as given

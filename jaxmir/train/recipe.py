@@ -102,7 +102,7 @@ def warn_of_other_embeddings(head: Model, backbone: Model, layer: str) -> None:
     except InputError:  # the backbone has no such output: another backbone, warned above
         return
     if not same:
-        warnings.warn(f"{head.source} was trained on the backbone's '{trained}' (its metadata's "
+        warnings.warn(f"{head.name} was trained on the backbone's '{trained}' (its metadata's "
                       f"embedding_model.output); resumed on '{layer}', other embeddings",
                       JaxmirWarning, stacklevel=3)
 
