@@ -461,14 +461,15 @@ def cmd_embed(args) -> int:
 # -- stream ---------------------------------------------------------------------------------------
 def cmd_stream(args) -> int:
     """Ctrl-C (SIGINT) or SIGTERM, from the start: the patches complete so far are written, then
-    the command ends (130, 143). Only a wait for input is broken off; a model call finishes."""
+    the command ends (130, 143). Only a wait (for input, or for a reader to take a line) is
+    broken off; a model call finishes."""
     import signal
 
-    interrupted = {"now": 0, "reading": False}  # "now": the signal received
+    interrupted = {"now": 0, "waiting": False}  # the signal received; in a read or write now
 
     def on_signal(signum, frame):
         interrupted["now"] = signum
-        if interrupted["reading"]:
+        if interrupted["waiting"]:
             raise KeyboardInterrupt
 
     kinds = (signal.SIGINT, signal.SIGTERM)
@@ -535,21 +536,20 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     from jaxmir.stream import Stream
 
     def reading(fn, *a):
-        interrupted["reading"] = True
+        interrupted["waiting"] = True
         try:
             return fn(*a)
         except KeyboardInterrupt:
             return None
         finally:
-            interrupted["reading"] = False
+            interrupted["waiting"] = False
 
-    head = reading(source.peek, 8)
+    head = reading(source.peek, 4)
     if head is None:
         return _stopped_by(interrupted)
     encoded = reading(encoded_format, source.peek)
     if encoded is None and interrupted["now"]:
         return _stopped_by(interrupted)
-    head = head[:4]
     remaining = None
     raw_options = {"--rate": args.rate, "--channels": args.channels, "--dtype": args.dtype}
     if not head:
@@ -656,7 +656,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
             else:
                 order = np.argsort(-value, kind="stable")[:top]
                 record["top"] = [[model.labels[i], float32(value[i])] for i in order]
-            interrupted["reading"] = True  # a blocked write, too, is broken off by a signal
+            interrupted["waiting"] = True  # a blocked write, too, is broken off by a signal
             try:
                 sys.stdout.write(json.dumps(record) + "\n")
                 sys.stdout.flush()
@@ -664,7 +664,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return
             finally:
-                interrupted["reading"] = False
+                interrupted["waiting"] = False
     return write
 
 

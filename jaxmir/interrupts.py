@@ -57,7 +57,7 @@ def installed() -> Iterator[None]:
 
 
 def raise_if_received() -> None:
-    """Raise the interrupt of a signal received since :func:`install`, if any (its first raise
+    """Raise the interrupt of a signal received inside :func:`installed`, if any (its first raise
     may have been lost inside a library)."""
     if _received:
         raise Terminated if _received[0][0] == signal.SIGTERM else KeyboardInterrupt

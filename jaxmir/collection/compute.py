@@ -286,8 +286,10 @@ def stream_files(model, sources: Iterable[Source], options: Options
 
     for source in sources:
         path = source.path
-        source = examine(path)  # the version read, as a decoding worker takes it: changed since
-        damage: list[str] = []  # the run began, it is no less whole
+        # the version read, as a decoding worker takes it: changed since the run began, it is
+        # no less whole
+        source = examine(path)
+        damage: list[str] = []
         stream = None
         try:
             with file_stream(model, path, options.output, decoder=options.decoder,

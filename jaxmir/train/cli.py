@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from jaxmir.arguments import whole_number
 from jaxmir.train.smoothing import METHODS
@@ -86,6 +88,15 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Every warning in the block, each time, as one ``jaxmir: warning:`` line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *rest: _say(f"jaxmir: warning: {message}")
+        yield
+
+
 def table_column_clash(classes) -> list[str]:
     """The class names a collection's Parquet or CSV table already has as columns."""
     from jaxmir.collection.outputs import CSV_COLUMNS, PARQUET_COLUMNS
@@ -155,9 +166,7 @@ def run(args: argparse.Namespace) -> int:
         export.check_output_folder(args.output)
         if args.plot:
             _check_plot_has_a_matrix(args.data)
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = lambda message, *rest: _say(f"jaxmir: warning: {message}")
+        with _warnings_as_lines():
             result = fit_head(args.data, args.backbone, args.layer,
                               None if args.finetune else args.output, folds=args.folds,
                               config=config, smoothing=smoothing, cache=cache, resume=args.resume,
@@ -179,9 +188,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}")
         if args.plot:
             picture = confusion_output(args.output)
-            with warnings.catch_warnings():  # matplotlib's (a glyph its fonts lack) as our lines
-                warnings.simplefilter("always")
-                warnings.showwarning = lambda message, *rest: _say(f"jaxmir: warning: {message}")
+            with _warnings_as_lines():  # matplotlib's too (a glyph its fonts lack)
                 plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
             print(f"wrote {picture}")
     clash = table_column_clash(result.dataset.classes)
