@@ -78,6 +78,30 @@ def require(module: str):
         _missing(f"{module} is not installed")
 
 
+def encoded_audio(container: str, codec: str, rate: int, options: dict | None = None,
+                  samples: np.ndarray | None = None) -> bytes:
+    """``samples`` (float32 mono; default two seconds of a 440-Hz tone) through FFmpeg's ``codec``
+    in ``container``, in memory: the bytes of an encoded file."""
+    import io
+
+    import av
+
+    if samples is None:
+        samples = (0.3 * np.sin(np.arange(2 * rate) * 2 * np.pi * 440 / rate)).astype(np.float32)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container, options=options or {}) as output:
+        stream = output.add_stream(codec, rate=rate, layout="mono")
+        for start in range(0, samples.shape[0], 1152):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1152], format="fltp",
+                                               layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return buffer.getvalue()
+
+
 def run_tf(graph_path, feeds: dict, outputs: list[str], optimize: bool = True) -> list[np.ndarray]:
     """Run a frozen graph with TensorFlow, as Essentia runs it (only the given inputs fed);
     ``optimize=False``: without Grappler's rewriting (:func:`tools.tf_graphs.run_graph`)."""

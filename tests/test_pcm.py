@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from conftest import encoded_audio
 from jaxmir.errors import AudioError
 from jaxmir.pcm import ByteReader, decode_pcm, frame_bytes, read_wav_header
 
@@ -102,25 +103,6 @@ def test_reader_gives_bytes_as_they_arrive():
             os.close(write_end)
 
 
-def _encoded(container: str, codec: str, rate: int, options: dict | None = None) -> bytes:
-    """Two seconds of a tone through FFmpeg's ``codec`` in ``container``, in memory."""
-    import av
-
-    buffer = io.BytesIO()
-    tone = (0.3 * np.sin(np.arange(2 * rate) * 2 * np.pi * 440 / rate)).astype(np.float32)
-    with av.open(buffer, "w", format=container, options=options or {}) as output:
-        stream = output.add_stream(codec, rate=rate, layout="mono")
-        for start in range(0, tone.shape[0], 1152):
-            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1152], format="fltp",
-                                               layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                output.mux(packet)
-        for packet in stream.encode(None):
-            output.mux(packet)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("container, codec, rate, options, kind", [
     ("mp3", "libmp3lame", 44100, {"id3v2_version": "0"}, "an MP3 file"),      # MPEG-1 layer III
     ("mp3", "libmp3lame", 22050, {"id3v2_version": "0", "write_xing": "0"}, "an MP3 file"),  # MPEG-2
@@ -135,7 +117,7 @@ def test_encoded_streams_are_told_from_pcm(container, codec, rate, options, kind
     input with --rate it was read as raw PCM, and tagged as noise."""
     from jaxmir.pcm import encoded_format
 
-    data = _encoded(container, codec, rate, options)
+    data = encoded_audio(container, codec, rate, options)
     assert encoded_format(lambda n: data[:n]) == kind
 
 

@@ -23,7 +23,8 @@ import pytest
 import soundfile
 
 import jaxmir
-from conftest import BF16_STEP, BF16_TAGS_ATOL, ROOT, child_env, on_cpu, require, shared_fixture
+from conftest import (BF16_STEP, BF16_TAGS_ATOL, ROOT, child_env, encoded_audio, on_cpu, require,
+                      shared_fixture)
 from jaxmir import pipeline
 from jaxmir import decode
 from jaxmir import models
@@ -548,18 +549,10 @@ def test_stream_command_refuses_encoded_files_as_raw_pcm(tmp_path):
     result = cli("stream", "--rate", "44100", stdin=mp4)
     assert result.returncode == 1 and "holds an MP4/M4A file, not raw PCM" in result.stderr.decode()
     # an MP3 with no ID3 tag opens on a frame header, no signature: it was read as raw PCM
-    import av
-
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp3", options={"id3v2_version": "0"}) as mp3:
-        encoder = mp3.add_stream("libmp3lame", rate=22050, layout="mono")
-        frame = av.AudioFrame.from_ndarray(signal_at(22050, 2.0, 1, seed=4).reshape(1, -1),
-                                           format="fltp", layout="mono")
-        frame.sample_rate = 22050
-        for packet in [*encoder.encode(frame), *encoder.encode(None)]:
-            mp3.mux(packet)
-    assert buffer.getvalue()[:3] != b"ID3"
-    result = cli("stream", "--rate", "22050", stdin=buffer.getvalue())
+    mp3 = encoded_audio("mp3", "libmp3lame", 22050, {"id3v2_version": "0"},
+                        signal_at(22050, 2.0, 1, seed=4))
+    assert mp3[:3] != b"ID3"
+    result = cli("stream", "--rate", "22050", stdin=mp3)
     assert result.returncode == 1 and result.stdout == b""
     assert "standard input holds an MP3 file, not raw PCM" in result.stderr.decode()
     # a 3-channel WAV stream: the error was an array's ("for an array, channels go last")
