@@ -120,7 +120,9 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        what = "is a directory" if os.path.isdir(path) else "no such weights file"
+        what = ("is a directory" if os.path.isdir(path) else
+                "is not a regular file (a pipe, a device or a socket)" if os.path.exists(path)
+                else "no such weights file")
         raise WeightsError(f"{path}: {what}; expected a .npz written by jaxmir "
                            "(tools/convert_musicnn.py) or a shipped model name")
 

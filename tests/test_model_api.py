@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -437,6 +438,9 @@ def test_a_weights_file_is_checked_for_size_before_it_is_read(musicnn, tmp_path,
     (tmp_path / "folder.npz").mkdir()
     with pytest.raises(WeightsError, match="folder.npz: is a directory"):
         jaxmir.load(tmp_path / "folder.npz")
+    os.mkfifo(tmp_path / "fifo.npz")  # opening it would wait for a writer
+    with pytest.raises(WeightsError, match="fifo.npz: is not a regular file"):
+        jaxmir.load(tmp_path / "fifo.npz")
 
 
 def test_a_variable_of_the_wrong_shape_is_refused_before_its_data_is_read(musicnn, tmp_path):
