@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 from jaxmir import catalog
 from jaxmir.compose import check_backbone, compose
 from jaxmir.errors import GraphError, InputError, JaxmirError, JaxmirWarning, UnsupportedGraphError
+from jaxmir.labels import check_label_text
 from jaxmir.model import Model
 from jaxmir.models import damaged_variable, variable_mismatches
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
@@ -126,6 +127,10 @@ def _load_one(source, labels=None, output=None) -> Model:
         if len(labels) != spec.output_width:
             raise InputError(f"{metadata['_path']} lists {len(labels)} classes but the graph "
                              f"{text} outputs {spec.output_width} values at '{spec.output_name}'")
+        try:
+            check_label_text(labels)
+        except InputError as err:
+            raise InputError(f"{metadata['_path']}: {err}") from None
     return Model.from_spec(spec, labels=labels or catalog.labels_for_graph(text, spec), source=text,
                            metadata={k: v for k, v in metadata.items() if not k.startswith("_")})
 

@@ -14,6 +14,7 @@ from jaxmir import describe as describing
 from jaxmir import pipeline
 from jaxmir import stream as streaming
 from jaxmir.errors import InputError
+from jaxmir.labels import check_labels
 from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
 from jaxmir.models.runner import Tap, is_staged, platform_of, run_patches_jit
 from jaxmir.spec import Frontend, ModelSpec
@@ -66,12 +67,6 @@ def _on_device(value):
     return jax.device_put(np.array(value) if isinstance(value, np.ndarray) else value)
 
 
-def check_label_count(labels: Sequence[str], width: int) -> None:
-    """Raise :class:`InputError` unless there is one label per output of a ``width``-output model."""
-    if len(labels) != width:
-        raise InputError(f"{len(labels)} labels given for a model with {width} outputs")
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model:
     """A model ready to run: ``Model.apply(patches, outputs=[...])``, ``Model.predict(audio, rate)``.
@@ -101,7 +96,7 @@ class Model:
         width = spec.output_width
         labels = tuple(str(label) for label in labels) if labels is not None else \
             tuple(f"class_{i}" for i in range(width))
-        check_label_count(labels, width)
+        check_labels(labels, width)
         variables = jax.tree_util.tree_map(_on_device, dict(spec.variables))
         return cls(spec, build_module(spec.architecture, spec.config), variables, labels, str(source),
                    dict(metadata or {}))
@@ -109,7 +104,7 @@ class Model:
     def with_labels(self, labels: Sequence[str]) -> "Model":
         """The same model with other class names (as many as outputs)."""
         labels = tuple(str(label) for label in labels)
-        check_label_count(labels, self.output_width())
+        check_labels(labels, self.output_width())
         return dataclasses.replace(self, labels=labels)
 
     # -- introspection ------------------------------------------------------------------

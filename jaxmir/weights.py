@@ -25,7 +25,8 @@ import numpy as np
 from jaxmir.atomic import write_atomically
 from jaxmir.errors import InputError, JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
-from jaxmir.model import Model, check_label_count
+from jaxmir.labels import check_labels
+from jaxmir.model import Model
 from jaxmir.models import COMPOSED, damaged_variable, leaves, variable_mismatches
 from jaxmir.spec import Frontend, ModelSpec, config_from_json, config_to_json
 
@@ -130,7 +131,7 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
         with _named_errors(path, labels):
             spec = _spec(meta, _unflatten(declared), path)
             _check_shapes(spec, path)
-            check_label_count(labels if labels is not None else _labels(meta), spec.output_width)
+            check_labels(labels if labels is not None else _labels(meta), spec.output_width)
 
     meta, arrays = _read_arrays(path, None if trusted else check_declared)
     with _named_errors(path, labels):

@@ -829,6 +829,20 @@ def test_labels_named_like_a_tables_columns_go_to_jsonl_only(music, model, tmp_p
                     progress=False)
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_labels_named_twice_are_refused_by_every_table(music, model, tmp_path, suffix):
+    """Parquet wrote two columns 'rock' that pyarrow.parquet.read_table refused to read ("Can't
+    unify schema with duplicate field names"); JSONL kept one of the two values."""
+    twice = jaxmir.load("msd-musicnn", labels=["rock"] + list(model.labels[1:3]) + ["rock"]
+                        + list(model.labels[4:]))
+    output = tmp_path / f"tags{suffix}"
+    with pytest.raises(InputError, match=r"the model's labels name \['rock'\] more than once; a "
+                                         "table has one column"):
+        collect(twice, [str(music / "rock")], str(output), name="msd-musicnn", jobs=0,
+                progress=False)
+    assert not output.exists()
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_parquet_folder_holding_other_files_is_refused(music, model, tmp_path, overwrite):
     """Parts were added beside them, and the folder no longer read as one table."""

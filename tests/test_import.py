@@ -173,6 +173,8 @@ def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_p
     ("[" * 100_000 + "]" * 100_000, "not readable model metadata"),
     ('{"version": ' + "9" * 5000 + "}", "not readable model metadata"),  # Python's int limit
     ('{"classes": [[1], {"x": 2}]}', "'classes' is .*; expected a list of class names"),
+    ('{"classes": ["calm", "\\u001b[2Jtense"]}',  # printed as is, the escape cleared a terminal
+     r"head.json: the label '\\x1b\[2Jtense' holds a control character"),
     ('{"schema": {"outputs": [{"name": "model/Sigmoid", "output_purpose": "predictions"}]}}',
      "names the output node 'model/Sigmoid', which the graph beside it does not have"),
 ])

@@ -493,6 +493,28 @@ def test_labels_that_do_not_fit_are_refused_before_the_data_is_read(musicnn, tmp
     assert jaxmir.load(few, labels=[f"tag{i}" for i in range(50)]).labels[-1] == "tag49"
 
 
+def test_labels_holding_control_characters_are_refused(musicnn, tmp_path):
+    """``jaxmir info`` and ``jaxmir tag`` printed them as they were: a line break made a line of
+    its own, an escape sequence was obeyed by the terminal."""
+    bad = list(musicnn.labels)
+    bad[4] = "rock\nfake: 1.0"
+    with pytest.raises(InputError, match=r"the label 'rock\\nfake: 1.0' holds a control character"):
+        musicnn.with_labels(bad)
+    with pytest.raises(InputError, match="holds a control character"):
+        jaxmir.load("msd-musicnn", labels=bad[:4] + ["\x1b[31mred"] + bad[5:])
+    renamed = tmp_path / "renamed.npz"
+    save_weights(musicnn, renamed)
+    with zipfile.ZipFile(renamed) as archive:
+        meta = json.loads(np.load(io.BytesIO(archive.read("__jaxmir__.npy"))).tobytes())
+    meta["labels"][4] = "\x9bcontrol"  # a C1 control: CSI
+    edited = _with_member(renamed, tmp_path / "edited.npz", "__jaxmir__.npy", lambda handle: np.save(
+        handle, np.frombuffer(json.dumps(meta).encode(), np.uint8)))
+    with pytest.raises(WeightsError, match=r"edited.npz: the label '\\x9bcontrol' holds a control"):
+        jaxmir.load(edited)
+    assert musicnn.with_labels(["Électro · café ü"] + bad[1:4] + ["tab-free"] + bad[5:]).labels[0] \
+        == "Électro · café ü"
+
+
 def test_output_names_the_output_of_a_converted_model_or_is_refused(musicnn, tmp_path):
     """``output=`` picks a .pb's output node at import; for shipped names and .npz files it was
     ignored, any name at all giving the predictions."""

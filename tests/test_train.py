@@ -93,6 +93,33 @@ def test_bad_datasets(tmp_path, audio_set):
         data.load_dataset(table)
 
 
+def test_class_folders_are_ordered_as_a_table_s_class_ids(tmp_path, audio_set):
+    """Folders 2 and 10 made outputs in the order of text, 10 first, where a table's label column
+    holding the same ids gave 2 first."""
+    import shutil
+
+    numbered = tmp_path / "numbered"
+    shutil.copytree(audio_set / "pads", numbered / "10")
+    shutil.copytree(audio_set / "drums", numbered / "2")
+    ds = data.load_dataset(numbered)
+    assert ds.classes == ("2", "10")
+    assert [ds.classes[i] for i in ds.targets.argmax(axis=1)] == [Path(p).parent.name
+                                                                  for p in ds.paths]
+    table = tmp_path / "ids.csv"
+    table.write_text("path,label\n" + "".join(f"{p},{Path(p).parent.name}\n" for p in ds.paths))
+    assert data.load_dataset(table).classes == ds.classes
+
+
+def test_a_class_named_with_a_control_character_is_refused(tmp_path, audio_set):
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(audio_set / "pads", odd / "pads")
+    shutil.copytree(audio_set / "drums", odd / "drums\nfake")
+    with pytest.raises(InputError, match=r"the label 'drums\\nfake' holds a control character"):
+        data.load_dataset(odd)
+
+
 def test_a_file_linked_into_two_class_folders_is_refused(tmp_path, audio_set):
     import shutil
 

@@ -22,6 +22,7 @@ arrays' names too).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -61,6 +62,12 @@ class Layout:
     per_patch: bool = False
     average: bool = False  # a folder of .npy holds the mean over patches
     strict: bool = False  # a damaged file is an error: its row from a run before is not kept
+
+    def __post_init__(self):
+        repeated = sorted(label for label, n in collections.Counter(self.labels).items() if n > 1)
+        if repeated:
+            raise InputError(f"the model's labels name {repeated} more than once; a table has one "
+                             "column (JSONL one key) per label: give the model distinct labels")
 
     def check_label_columns(self, columns: Iterable[str], table: str) -> None:
         """A table with a column per label (Parquet, CSV) cannot also have its own ``columns``

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxmir.collection.inputs import audio_files
 from jaxmir.errors import InputError
+from jaxmir.labels import check_label_text
 
 TASKS = ("single", "multi", "regression")
 ACTIVATION = {"single": "softmax", "multi": "sigmoid", "regression": "identity"}
@@ -63,6 +64,7 @@ def check_targets(targets, task: str, classes, what: str = "targets") -> np.ndar
                          "column(s); give one name per column")
     if len(set(classes)) != len(classes):
         raise InputError(f"repeated class names in {classes}; each output needs its own name")
+    check_label_text(classes)
     if not np.all(np.isfinite(targets)):
         raise InputError(f"{what} contain NaN or infinity")
     if task == "single":
@@ -174,7 +176,8 @@ def load_dataset(source: str | os.PathLike) -> Dataset:
 
 
 def _from_folders(root: Path) -> Dataset:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=_class_order)
     if not classes:
         raise InputError(f"{root}: no class folders; expected DATA/<class>/<audio files>")
     paths, rows = [], []
