@@ -181,6 +181,9 @@ def _metadata_output(metadata: dict, graph) -> str | None:
     for entry in outputs or []:
         if isinstance(entry, dict) and entry.get("output_purpose") == "predictions":
             name = str(entry.get("name", ""))
+            if name.startswith("^") or name.partition(":")[2] not in ("", "0"):
+                raise InputError(f"{metadata['_path']} names the output '{name[:200]}'; jaxmir "
+                                 "reads a node's first output: 'node' or 'node:0'")
             if name and name not in graph:
                 raise InputError(f"{metadata['_path']} names the output node '{name[:200]}', which "
                                  "the graph beside it does not have: the JSON is another model's")

@@ -164,6 +164,10 @@ def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_p
     model = jaxmir.load(renamed)
     assert list(model.labels) == ["valence", "arousal"]
     np.testing.assert_array_equal(model.apply(embeddings)["predictions"], want)
+    schema["outputs"][0]["name"] = "arousal_valence:0"  # TensorFlow's name of the same tensor
+    renamed.with_suffix(".json").write_text(json.dumps({"classes": ["valence", "arousal"],
+                                                        "schema": schema}))
+    np.testing.assert_array_equal(jaxmir.load(renamed).apply(embeddings)["predictions"], want)
 
 
 @pytest.mark.parametrize("metadata, message", [  # each a raw Python error, or ignored, before
@@ -177,6 +181,11 @@ def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_p
      r"head.json: the label '\\x1b\[2Jtense' holds a control character"),
     ('{"schema": {"outputs": [{"name": "model/Sigmoid", "output_purpose": "predictions"}]}}',
      "names the output node 'model/Sigmoid', which the graph beside it does not have"),
+    # each ran the node's first output, which TensorFlow would not have given for them
+    ('{"schema": {"outputs": [{"name": "dense_out:7", "output_purpose": "predictions"}]}}',
+     "names the output 'dense_out:7'; jaxmir reads a node's first output: 'node' or 'node:0'"),
+    ('{"schema": {"outputs": [{"name": "^dense_out", "output_purpose": "predictions"}]}}',
+     "names the output '\\^dense_out'; jaxmir reads"),
 ])
 def test_metadata_json_of_the_wrong_shape_is_an_input_error(tmp_path, metadata, message):
     from jaxmir.errors import InputError
