@@ -11,7 +11,8 @@ MPEG encoder delay and padding are trimmed when the file says how much (a
 LAME/Info header), as FFmpeg does today; Ogg Vorbis keeps the end padding
 FFmpeg now trims (FFmpeg 2.8's Ogg demuxer did not signal it), and AAC in MP4/M4A
 the encoder priming an edit list marks (1024 samples; 2.8's MP4 demuxer did not
-signal it either). Measured:
+signal it either), and an MP3 keeps the frame of silence 2.8 decoded from a LAME
+header behind junk bytes (:class:`Mp3Start`). Measured:
 identical samples to the wheel's ``AudioLoader`` for MP3 (44.1 kHz stereo
 overshooting full scale, 22.05 kHz mono, ``hiphop.mp3``, damaged and cut
 files), FLAC (16 and 24 bit) and WAV;
@@ -134,6 +135,8 @@ class AudioBlocks:
         self.problem: str | None = None
         self._container = self._file = None
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
+        self._mp3 = Mp3Start()
+        self._first_packet_at: int | None = None  # its byte offset in the file
         self._wav_header: WavHeader | None = None  # a RIFF/WAVE file's, read by _plain_wav
         self._wav = self._plain_wav()
         if self._wav is not None:
@@ -158,8 +161,10 @@ class AudioBlocks:
             self._demuxer = self._container.format.name.split(",")[0]
             self.sample_rate: int = int(self._stream.codec_context.sample_rate)
             self.channels: int = int(self._stream.codec_context.layout.nb_channels)
-            self.declared_frames = _declared_frames(self.path, self._container, self._stream,
-                                                    self._wav_header)
+            self._mp3 = mp3_start(self.path) if self._demuxer == "mp3" \
+                and os.path.isfile(self.path) else Mp3Start()  # a pipe's bytes are FFmpeg's alone
+            self.declared_frames = _declared_frames(self._container, self._stream,
+                                                    self._wav_header, self._mp3)
             self._unfinished_ogg = _unfinished_ogg(self.path, self._container)
         except Exception:
             self.close()
@@ -245,6 +250,8 @@ class AudioBlocks:
         keep_start = trims and self._demuxer in _KEEPS_START_PADDING
         fifo = av.AudioFifo()
         for frame in self._frames():
+            if trims and self._mp3.tag_frame is not None:
+                yield from self._silent_tag_frame()
             if frame.sample_rate != self.sample_rate or frame.layout.nb_channels != self.channels:
                 raise AudioError(f"{self.path}: changes from {self.sample_rate} Hz, {self.channels} "
                                  f"channel(s) to {frame.sample_rate} Hz, {frame.layout.nb_channels} in "
@@ -273,6 +280,17 @@ class AudioBlocks:
                 self.frames += data.shape[0]
                 yield data
         yield from self._emit(fifo, 0)
+
+    def _silent_tag_frame(self) -> Iterator[np.ndarray]:
+        """The frame of silence the Essentia wheel decodes from a length header behind junk
+        (:class:`Mp3Start`), where FFmpeg dropped that frame (its first packet came after it);
+        once, before the first decoded frame."""
+        tag_frame, self._mp3 = self._mp3.tag_frame, dataclasses.replace(self._mp3, tag_frame=None)
+        if self._first_packet_at is not None and self._first_packet_at > tag_frame:
+            silence = np.zeros((self._mp3.tag_samples, self.channels), np.float32)
+            self.frames += silence.shape[0]
+            self._trimmed_frames += silence.shape[0]
+            yield silence
 
     def _wav_chunks(self) -> Iterator[np.ndarray]:
         """A plain WAV file's samples in blocks, converted as FFmpeg's PCM decoders and
@@ -309,6 +327,8 @@ class AudioBlocks:
         while True:
             try:
                 packet = next(demuxed)
+                if self._first_packet_at is None:
+                    self._first_packet_at = packet.pos
             except StopIteration:
                 packet = None  # flush the decoder
             except av.error.FFmpegError as err:  # a read error: the rest of the file is lost
@@ -499,15 +519,16 @@ def _to_float32(raw: np.ndarray, kind: str) -> np.ndarray:
 _BARE_STREAMS = frozenset({"aac", "ac3", "eac3", "dts"})
 
 
-def _declared_frames(path: str, container, stream, wav_header: WavHeader | None) -> int | None:
+def _declared_frames(container, stream, wav_header: WavHeader | None,
+                     mp3: Mp3Start) -> int | None:
     """The length the file's header declares, in frames per channel, or None; ``wav_header``:
-    a RIFF/WAVE file's, already read (:meth:`AudioBlocks._plain_wav`)."""
+    a RIFF/WAVE file's, already read (:meth:`AudioBlocks._plain_wav`); ``mp3``: an MP3
+    file's :func:`mp3_start`."""
     fmt = container.format.name
     if "wav" in fmt.split(","):
         return _wav_frames(wav_header)  # FFmpeg clamps a WAV's duration to the bytes present
     if "mp3" in fmt.split(","):
-        # a pipe's bytes go to FFmpeg alone: reading its header here would take them away
-        if not os.path.isfile(path) or not _has_mp3_length_header(path):
+        if not mp3.declares_length:
             return None  # FFmpeg's duration is only a guess from the bit rate
     if set(fmt.split(",")) & _BARE_STREAMS:
         return None  # no header: the same guess (a 6.10-s ADTS file "declared" 6.04 s)
@@ -601,23 +622,109 @@ def _unfinished_ogg(path: str, container) -> str | None:
     return None
 
 
-def _has_mp3_length_header(path: str) -> bool:
-    """Whether the first MPEG audio frame carries a Xing/Info or VBRI header (frame count)."""
-    with open(path, "rb") as file:
-        head = file.read(1 << 16)
-    start = 0
-    if head[:3] == b"ID3" and len(head) >= 10:
-        size = 0
-        for byte in head[6:10]:
-            size = (size << 7) | (byte & 0x7F)
-        start = 10 + size + (10 if head[5] & 0x10 else 0)
-        if start >= len(head):
-            with open(path, "rb") as file:
-                file.seek(start)
-                head, start = file.read(1 << 12), 0
-    for i in range(start, min(len(head) - 1, start + 4096)):
-        if head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0:
-            frame = head[i:i + 200]
-            return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
-    return False
+@dataclasses.dataclass(frozen=True)
+class Mp3Start:
+    """How an MP3 file begins, as FFmpeg's MP3 demuxer reads it.
 
+    FFmpeg (2.8 and today) takes a Xing/Info/VBRI frame for the file's length header only right
+    behind its ID3v2 tags. One behind junk bytes (zero padding a tagger left, say) is searched
+    as the first of two frames of one stream: FFmpeg 2.8 compares their sample rate and layer
+    and takes it, to decode a frame of silence (so does the Essentia wheel); FFmpeg today also
+    compares their channel modes, which LAME writes apart (stereo in the tag's frame, joint
+    stereo after it), and starts behind it.
+
+    Attributes:
+      declares_length: a length header where FFmpeg reads one (its frame count).
+      tag_frame: the byte offset of a length header's frame behind junk, or None.
+      tag_samples: that frame's samples per channel (1152, or 576 at 24 kHz and below).
+    """
+
+    declares_length: bool = False
+    tag_frame: int | None = None
+    tag_samples: int = 0
+
+
+_MPEG_SEARCH = 1 << 16  # bytes searched for the first frame behind the ID3v2 tags, as FFmpeg does
+# the header bits two consecutive frames share for FFmpeg 2.8: version, layer, sample rate
+_MPEG_SAME_STREAM = 0xFFFE0C00
+_MPEG_KBPS = {  # bit rates by (MPEG-1 or not, layer), of indices 1-14
+    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+
+
+def mp3_start(path: str) -> Mp3Start:
+    """:class:`Mp3Start` of the MP3 file ``path`` (read up to 64 KiB behind its ID3v2 tags)."""
+    with open(path, "rb") as file:
+        head = file.read(_MPEG_SEARCH)
+        behind_tags = id3v2_end(head)
+        file.seek(behind_tags)
+        head = file.read(_MPEG_SEARCH + 2 * 4)  # room for the frame after the last searched
+    if mpeg_frame_bytes(int.from_bytes(head[:4], "big")) and _length_header(head, 0, counted=True):
+        return Mp3Start(declares_length=True)
+    first = _first_frame(head)
+    if first is None or not _length_header(head, first, counted=False):
+        return Mp3Start()
+    mpeg1 = (int.from_bytes(head[first:first + 4], "big") >> 19) & 3 == 3
+    return Mp3Start(tag_frame=behind_tags + first, tag_samples=1152 if mpeg1 else 576)
+
+
+def id3v2_end(head: bytes) -> int:
+    """The offset behind the consecutive ID3v2 tags ``head`` starts with (0 without one)."""
+    offset = 0
+    while head[offset:offset + 3] == b"ID3" and len(head) >= offset + 10:
+        size = 0
+        for byte in head[offset + 6:offset + 10]:
+            size = (size << 7) | (byte & 0x7F)
+        offset += 10 + size + (10 if head[offset + 5] & 0x10 else 0)  # and its footer
+    return offset
+
+
+def mpeg_frame_bytes(header: int) -> int | None:
+    """The size of the MPEG audio frame a 32-bit ``header`` starts, or None where FFmpeg takes
+    it for none (a reserved field, free format)."""
+    version, layer_bits = (header >> 19) & 3, (header >> 17) & 3
+    rate_index, bit_index = (header >> 10) & 3, (header >> 12) & 15
+    if header >> 21 != 0x7FF or version == 1 or not layer_bits or rate_index == 3 \
+            or bit_index in (0, 15):
+        return None
+    mpeg1, layer = version == 3, 4 - layer_bits
+    rate = (44100, 48000, 32000)[rate_index] >> (0 if mpeg1 else 1 if version == 2 else 2)
+    kbps, padding = _MPEG_KBPS[mpeg1, layer][bit_index - 1], (header >> 9) & 1
+    if layer == 1:
+        return (kbps * 12000 // rate + padding) * 4
+    return kbps * 144000 // (rate if layer == 2 or mpeg1 else 2 * rate) + padding
+
+
+def _first_frame(head: bytes) -> int | None:
+    """Where FFmpeg 2.8's demuxer starts in ``head`` (the bytes behind the ID3v2 tags): the
+    first frame followed by a frame of the same stream."""
+    at = -1
+    while 0 <= (at := head.find(b"\xff", at + 1, _MPEG_SEARCH)) < len(head) - 4:
+        header = int.from_bytes(head[at:at + 4], "big")
+        size = mpeg_frame_bytes(header)
+        if size is None or at + size + 4 > len(head):
+            continue
+        following = int.from_bytes(head[at + size:at + size + 4], "big")
+        if mpeg_frame_bytes(following) is not None \
+                and header & _MPEG_SAME_STREAM == following & _MPEG_SAME_STREAM:
+            return at
+    return None
+
+
+def _length_header(head: bytes, at: int, counted: bool) -> bool:
+    """Whether the layer III frame at ``at`` holds a Xing/Info header (``counted``: with a frame
+    count or byte size) or a VBRI header (of version 1), where FFmpeg looks for them."""
+    header = int.from_bytes(head[at:at + 4], "big")
+    if (header >> 17) & 3 != 1:
+        return False
+    mpeg1, mono = (header >> 19) & 3 == 3, (header >> 6) & 3 == 3
+    xing = at + 4 + ((17 if mono else 32) if mpeg1 else (9 if mono else 17))
+    if head[xing:xing + 4] in (b"Xing", b"Info") and len(head) > xing + 7:
+        return not counted or bool(head[xing + 7] & 3)
+    vbri = at + 4 + 32
+    return head[vbri:vbri + 6] == b"VBRI\x00\x01"
