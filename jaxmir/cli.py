@@ -134,6 +134,7 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
     """
     from tqdm import tqdm
 
+    from jaxmir.console import write_line
     from jaxmir.errors import JaxmirError
 
     results, failed = [], 0
@@ -142,16 +143,17 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
     for path in bar:
         try:
             result = work(path)
-            results.append((path, result, None))
-            if show is not None:
-                tqdm.write(show(path, result), file=sys.stdout, end="")
-            continue
         except JaxmirError as err:
             message = str(err)
         except MemoryError:
             message = "out of memory"
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
             message = f"unexpected {type(err).__name__}: {err}"
+        else:
+            results.append((path, result, None))
+            if show is not None:
+                write_line(show(path, result))
+            continue
         if not message.startswith(path):
             message = f"{path}: {message}"
         _error(message)
@@ -192,8 +194,9 @@ def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
 def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     """``text`` to standard output, or to ``output`` atomically (never over a file unless asked)."""
     if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        from jaxmir.console import write_line
+
+        write_line(text)
         return
     from jaxmir.atomic import write_atomically
     from jaxmir.errors import InputError
@@ -861,6 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     from jaxmir import interrupts
     from jaxmir.atomic import deferred_interrupts
+    from jaxmir.console import StandardOutputError
     from jaxmir.errors import JaxmirError
 
     args = None
@@ -876,7 +880,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except JaxmirError as err:
         _error(str(err))
         return EXIT_FAILED
-    except BrokenPipeError:  # the reader went away (`jaxmir stream ... | head -1`): stop quietly
+    except (BrokenPipeError, StandardOutputError) as err:
+        if isinstance(err, StandardOutputError) and not err.reader_left:
+            _error(str(err))  # a full disk behind `> file`, say
+            return EXIT_FAILED
+        # the reader went away (`jaxmir stream ... | head -1`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
         return EXIT_BROKEN_PIPE
     except OSError as err:  # e.g. --output in a folder that cannot be written

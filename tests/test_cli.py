@@ -303,6 +303,52 @@ def test_output_file_is_never_overwritten_unasked(capsys, wavs, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["tags.json"]  # no temporary file left
 
 
+class FailingOutput(io.StringIO):
+    """A standard output whose writes fail with ``error`` once it holds ``lines`` lines."""
+
+    def __init__(self, error: OSError, lines: int, fileno: int):
+        super().__init__()
+        self.error, self.lines, self._fileno = error, lines, fileno
+
+    def write(self, text: str) -> int:
+        if text and self.getvalue().count("\n") >= self.lines:
+            raise self.error
+        return super().write(text)
+
+    def fileno(self) -> int:
+        return self._fileno
+
+
+@pytest.mark.parametrize("command", ["tag", "embed"])
+def test_standard_output_that_cannot_be_written_stops_the_run(capsys, wavs, tmp_path, monkeypatch,
+                                                              command):
+    """`jaxmir tag A B C | head -1` said "B: unexpected BrokenPipeError" and "C: ..." and went on
+    through every file (exit 1); `> /dev/full` blamed the audio file (tag) or the output folder
+    (embed, whose "file -> .npy" lines go to standard output)."""
+    import errno
+
+    from jaxmir import audio, decode, stream
+
+    files = [str(wavs[kind]) for kind in ("PCM_16", "PCM_24", "PCM_32")]
+    read = []
+    for module in (audio, stream):  # a file's decoding starts there
+        monkeypatch.setattr(module, "iter_blocks", lambda path, *a, **k: (
+            read.append(str(path)), decode.iter_blocks(path, *a, **k))[1])
+    with open(tmp_path / "stdout", "w") as sink:
+        for error, status, message in (
+                (BrokenPipeError(errno.EPIPE, "Broken pipe"), 141, ""),
+                (OSError(errno.ENOSPC, "No space left on device"), 1,
+                 "jaxmir: error: cannot write standard output: No space left on device\n")):
+            read.clear()
+            output = tmp_path / f"npy{status}"  # in-process decoding: the files read in order
+            extra = ["-o", str(output), "--jobs", "0"] if command == "embed" else ["--top", "1"]
+            monkeypatch.setattr(sys, "stdout", FailingOutput(error, 1, sink.fileno()))
+            assert run(capsys, command, *files, *extra) == (status, "", message)
+            assert read == files[:2]  # the run stopped at the second file's line
+            if command == "embed":  # what was written is kept
+                assert sorted(p.suffix for p in output.iterdir()) == [".jsonl", ".npy", ".npy"]
+
+
 def test_unwritable_output(capsys, wavs, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     target = tmp_path / "a_file" / "tags.json"

@@ -190,11 +190,11 @@ def run_embed(args: argparse.Namespace, model, hop: int | None) -> int:
     """``jaxmir embed PATH... -o DIR|OUT.parquet|OUT.jsonl``: embeddings of every file."""
     def show(result: Result, where: str | None) -> None:
         if where is not None:
-            from tqdm import tqdm
+            from jaxmir.console import write_line
 
             shape = result.values.shape[1:] if getattr(args, "average", False) \
                 else result.values.shape
-            tqdm.write(f"{result.source.path} -> {where} {list(shape)}", file=sys.stdout)
+            write_line(f"{result.source.path} -> {where} {list(shape)}")
 
     announce = kind_of(args.output, "embed") == "npy" and not args.quiet
     return _run(args, model, "embed", args.layer, hop, on_result=show if announce else None)
