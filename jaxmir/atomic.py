@@ -59,9 +59,10 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     The file gets the permissions a plain ``open`` would give it (``mkstemp``'s
     own are 0600). With ``durable``, the file is synced before the rename and
     its folder after it. On any error, the temporary file is removed and
-    ``target`` is as it was. Returns ``target`` as a :class:`~pathlib.Path`.
+    ``target`` is as it was. A symbolic link keeps pointing at the file written: the file it
+    names is replaced. Returns the file written as a :class:`~pathlib.Path`.
     """
-    target = Path(target)
+    target = Path(os.path.realpath(target) if os.path.islink(target) else target)  # a link stays
     handle, temporary = tempfile.mkstemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
                                          dir=target.parent)
     try:

@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
@@ -164,16 +165,34 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
 
 def _check_output_file(output: str | None, overwrite: bool) -> None:
     """``--output`` of ``jaxmir tag`` without a table must name a file that may be written:
-    checked before any work, and by :func:`_emit` before the write."""
+    checked before any work, and by :func:`_emit` before the write. ``-`` is standard output; a
+    pipe or a character device (``/dev/stdout``) is written through, a link's target replaced."""
+    from jaxmir.collection.outputs import check_writable
     from jaxmir.errors import InputError
 
-    if output is None:
+    if output is None or output == "-" or _written_through(output):
         return
     if output.endswith(("/", os.sep)) or os.path.isdir(output):
         raise InputError(f"--output {output} is a folder; jaxmir tag writes its text, JSON or CSV "
                          "to one file here (a table: OUT.parquet, OUT.jsonl or OUT.csv)")
+    if os.path.exists(output) and not stat.S_ISREG(os.stat(output).st_mode):
+        raise InputError(f"--output {output} is not a regular file, a pipe or a character device")
     if os.path.exists(output) and not overwrite:
         raise InputError(f"--output {output} exists; give another path, or --overwrite to replace it")
+    try:
+        check_writable(Path(os.path.realpath(output)).parent)  # before the work, not after it
+    except InputError as err:
+        raise InputError(f"--output {output}: {err}") from None
+
+
+def _written_through(output: str) -> bool:
+    """Whether ``output`` is a pipe or a character device (a terminal, ``/dev/stdout``), which
+    take the text as it is written rather than a file renamed over them."""
+    try:
+        mode = os.stat(output).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
@@ -193,7 +212,7 @@ def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
 
 def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     """``text`` to standard output, or to ``output`` atomically (never over a file unless asked)."""
-    if output is None:
+    if output is None or output == "-":
         from jaxmir.console import write_line
 
         write_line(text)
@@ -204,6 +223,10 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     _check_output_file(output, overwrite)  # again: it may have appeared while the files ran
     target = Path(output)
     try:
+        if _written_through(output):
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            return
         target.parent.mkdir(parents=True, exist_ok=True)  # as a table's folder is made
         write_atomically(target, lambda handle: handle.write(text.encode("utf-8")), durable=True)
     except OSError as err:

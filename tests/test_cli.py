@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -347,6 +348,47 @@ def test_standard_output_that_cannot_be_written_stops_the_run(capsys, wavs, tmp_
             assert read == files[:2]  # the run stopped at the second file's line
             if command == "embed":  # what was written is kept
                 assert sorted(p.suffix for p in output.iterdir()) == [".jsonl", ".npy", ".npy"]
+
+
+def test_output_through_links_pipes_devices_and_dash(capsys, wavs, tmp_path):
+    """`-o link.txt --overwrite` replaced the link by a file (its target kept the old text), a
+    FIFO became a file its reader never saw, `-o /dev/stdout --overwrite` (as root) made
+    /dev/stdout a file, and `-o -` wrote a file named '-'."""
+    import stat
+    import threading
+
+    args = ["tag", str(wavs["PCM_16"]), "--top", "1", "--format", "csv"]
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("yesterday")
+    link.symlink_to(target.name)
+    assert run(capsys, *args, "-o", str(link))[0] == 1  # the target exists: --overwrite
+    status, out, err = run(capsys, *args, "-o", str(link), "--overwrite")
+    assert status == 0 and out == "", err
+    assert link.is_symlink() and target.read_text().startswith("file,rank,label,score\n")
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    status, out, err = run(capsys, *args, "-o", str(fifo))
+    reader.join(timeout=60)
+    assert status == 0 and stat.S_ISFIFO(fifo.stat().st_mode), err
+    assert received == [target.read_text()]
+    assert run(capsys, *args, "-o", os.devnull) == (0, "", "")  # a character device: no --overwrite
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    status, out, err = run(capsys, *args, "-o", "-")
+    assert status == 0 and out == target.read_text() and not Path("-").exists(), err
+    status, out, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", "-")
+    assert status == 1 and "--output -: jaxmir embed writes a table or a folder here" in err
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wavs, monkeypatch):
+    """`-o t.txt` in a read-only folder failed after every file was tagged, its results lost."""
+    from jaxmir import stream
+
+    monkeypatch.setattr(stream, "iter_blocks", lambda *a, **k: pytest.fail("a file was read"))
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", "/proc/tags.txt")
+    assert status == 1 and "--output /proc/tags.txt: cannot write the output in /proc" in err, err
 
 
 def test_unwritable_output(capsys, wavs, tmp_path):

@@ -72,6 +72,10 @@ def followed(output: str) -> str:
 def kind_of(output: str, command: str) -> str:
     """``parquet``, ``jsonl``, ``csv`` or ``npy`` (a folder: no or another extension, or a
     trailing ``/``) from the output's name."""
+    if output == "-":
+        raise InputError(f"--output -: jaxmir {command} writes a table or a folder here, which "
+                         "standard output cannot take; give a file name (.parquet, .jsonl"
+                         + (", .csv)" if command == "tag" else ") or a folder"))
     suffix = Path(output).suffix.lower()
     if suffix in (".parquet", ".jsonl", ".csv"):
         return suffix[1:]
