@@ -410,16 +410,19 @@ def _warn_ignored(args, table: bool) -> None:
     """One line per ``jaxmir tag`` option that has no effect on this run: the per-file printing
     options with a table ``--output``, the table's options without one."""
     if table:
-        ignored = {"--format": args.format != "text", "--top": args.top != 3,
-                   "--plot": args.plot is not None}
         why = f"a table --output ({args.output}) holds every label's mean"
+        ignored = {"--format": (args.format != "text", why), "--top": (args.top != 3, why),
+                   "--plot": (args.plot is not None, why)}
     else:
-        ignored = {"--per-patch": args.per_patch, "--jobs": args.jobs is not None,
-                   "--processes": args.processes, "--engine": args.engine != "local",
-                   "--actors": args.actors is not None, "--flush-every": args.flush_every != 256}
         why = "it applies to a table --output (.parquet, .jsonl, or .csv without -f csv)"
-    for option in (name for name, given in ignored.items() if given):
-        _warn(f"{option} is ignored: {why}")
+        ignored = {"--per-patch": (args.per_patch, "it applies to a .parquet or .jsonl --output"),
+                   "--jobs": (args.jobs is not None, why), "--processes": (args.processes, why),
+                   "--engine": (args.engine != "local", why),
+                   "--actors": (args.actors is not None, why),
+                   "--flush-every": (args.flush_every != 256, why)}
+    for option, (given, reason) in ignored.items():
+        if given:
+            _warn(f"{option} is ignored: {reason}")
 
 
 def cmd_tag(args) -> int:
@@ -427,6 +430,9 @@ def cmd_tag(args) -> int:
     from jaxmir.collection import commands as collection
     from jaxmir.collection.arguments import is_collection
 
+    if args.format is None:  # -o tags.json writes JSON
+        json_file = str(args.output or "").lower().endswith(".json")
+        args.format = "json" if json_file else "text"
     # a collection records (and Ray's actors load) the backbone found as if it were given
     model, args.backbone = _load_model(args.model, args.backbone)
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
@@ -777,9 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
     _patch_options(tag)
     tag.add_argument("-n", "--top", "--topN", metavar="N", type=whole_number(0), default=3,
                      help="how many tags to list (default 3; 0 = all)")
-    tag.add_argument("-f", "--format", choices=FORMATS, default="text",
-                     help="text (default), json (with the per-patch taggram) or csv "
-                          "(file,rank,label,score; no rank for a regression head's values)")
+    tag.add_argument("-f", "--format", choices=FORMATS, default=None,
+                     help="text (default; json for an --output ending in .json), json (with the "
+                          "per-patch taggram) or csv (file,rank,label,score; no rank for a "
+                          "regression head's values)")
     tag.add_argument("-o", "--output", "--save", metavar="PATH", default=None,
                      help="write to PATH instead of standard output; OUT.parquet, OUT.jsonl or "
                           "OUT.csv (without -f csv) make a resumable table, one row per file")

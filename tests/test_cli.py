@@ -203,7 +203,9 @@ def test_options_without_effect_are_named(capsys, wavs, tmp_path):
     assert status == 0 and "top 3 tags" in out, err
     warned = [line for line in err.splitlines() if line.startswith("jaxmir: warning: ")]
     assert [line.split()[2] for line in warned] == ["--per-patch", "--jobs"], err
-    assert all("applies to a table --output" in line for line in warned)
+    # --per-patch named a CSV among its tables, where a CSV --output refuses it
+    assert warned[0].endswith("--per-patch is ignored: it applies to a .parquet or .jsonl --output")
+    assert warned[1].endswith("applies to a table --output (.parquet, .jsonl, or .csv without -f csv)")
     # embed: --average means nothing to a table (and is no part of its identity: a rerun with it
     # finds the file done); --per-patch means nothing to a folder of arrays
     table = tmp_path / "emb.jsonl"
@@ -348,6 +350,16 @@ def test_standard_output_that_cannot_be_written_stops_the_run(capsys, wavs, tmp_
             assert read == files[:2]  # the run stopped at the second file's line
             if command == "embed":  # what was written is kept
                 assert sorted(p.suffix for p in output.iterdir()) == [".jsonl", ".npy", ".npy"]
+
+
+def test_an_output_named_json_holds_json(capsys, wavs, tmp_path):
+    """`-o tags.json` held the text report; -f still decides where it is given."""
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", str(tmp_path / "tags.JSON"))
+    assert status == 0 and err == "", err
+    assert json.loads((tmp_path / "tags.JSON").read_text())["files"][0]["file"] == str(wavs["PCM_16"])
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", str(tmp_path / "x.json"),
+                           "-f", "text")
+    assert status == 0 and (tmp_path / "x.json").read_text().startswith("[")
 
 
 def test_output_through_links_pipes_devices_and_dash(capsys, wavs, tmp_path):
