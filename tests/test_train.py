@@ -589,11 +589,12 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     require("matplotlib")
     monkeypatch.setenv("JAXMIR_NO_CACHE", "1")  # the persistent cache is process-wide
     out = tmp_path / "heads" / "timbre"
-    argv = ["train-head", str(audio_set), "--output", str(out), "--folds", "2", "--epochs", "5",
-            "--plot", "--cache", str(tmp_path / "cache")]
+    argv = ["train-head", str(audio_set), "-o", str(out), "-b", "msd-musicnn", "--folds", "2",
+            "--epochs", "5", "--plot", "--cache", str(tmp_path / "cache")]
     assert jaxmir_cli.main(argv) == 0  # through jaxmir's own command line
-    printed = capsys.readouterr().out
-    assert "2-fold normalized_accuracy" in printed
+    printed = capsys.readouterr()
+    assert "2-fold normalized_accuracy" in printed.out
+    assert "features" not in printed.err  # its progress bar went to logs too (not a terminal)
     for suffix in (".pb", ".json", ".npz"):
         assert out.with_suffix(suffix).is_file()
     assert (tmp_path / "heads" / "timbre-confusion.png").stat().st_size > 1000
@@ -639,6 +640,8 @@ def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path
     for flag in ("--overwrite", "--force"):
         assert parser.parse_args(["train-head", "D", "--output", "h", flag]).overwrite
     assert not parser.parse_args(["train-head", "D", "--output", "h"]).overwrite
+    quiet = parser.parse_args(["train-head", "D", "-o", "h", "--no-progress", "--no-cache"])
+    assert quiet.no_progress and quiet.no_cache  # as tag and embed take them
 
 
 @pytest.mark.parametrize("flags", [[], ["--finetune"], ["--folds", "2", "--plot"]])

@@ -43,43 +43,52 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train-head", help="train a classifier/regressor head on embeddings and export it",
         description="Train a dense(100)-ReLU-dense head on per-patch embeddings (MTG's recipe) "
                     "and write NAME.pb + NAME.json (Essentia's TensorflowPredict2D) and NAME.npz.")
-    parser.add_argument("data", help="a folder with one subfolder per class, or a CSV/Parquet "
+    parser.add_argument("data", metavar="DATA", help="a folder with one subfolder per class, or a CSV/Parquet "
                                      "with a 'path' column and a 'label' column (';' between "
                                      "labels: multi-label) or numeric columns (regression)")
-    parser.add_argument("--backbone", default="msd-musicnn",
+    parser.add_argument("-b", "--backbone", metavar="MODEL", default="msd-musicnn",
                         help="shipped name or .pb/.npz (default %(default)s)")
-    parser.add_argument("--layer", default="model/dense/BiasAdd",
+    parser.add_argument("-l", "--layer", metavar="NAME", default="model/dense/BiasAdd",
                         help="the backbone output used as features (default %(default)s, "
                              "its 'embeddings')")
-    parser.add_argument("--output", required=True, help="NAME: writes NAME.pb, NAME.json, NAME.npz")
-    parser.add_argument("--folds", type=_folds, default=0,
+    parser.add_argument("-o", "--output", metavar="NAME", required=True,
+                        help="writes NAME.pb, NAME.json, NAME.npz")
+    parser.add_argument("--folds", metavar="K", type=_folds, default=0,
                         help="k-fold cross-validation first (k>=2)")
     parser.add_argument("--plot", action="store_true",
                         help="with --folds: NAME-confusion.png (needs matplotlib)")
     parser.add_argument("--label-smoothing", choices=METHODS, default="none",
                         help="label distribution learning: knn (MFCC summary) or lmnn (pooled "
                              "MFCCs + LMNN)")
-    parser.add_argument("--smoothing-k", type=whole_number(1), default=None,
+    parser.add_argument("--smoothing-k", metavar="K", type=whole_number(1), default=None,
                         help="neighbours for label smoothing (default 10)")
-    parser.add_argument("--epochs", type=whole_number(1), default=150, help="(default %(default)s)")
-    parser.add_argument("--patience", type=whole_number(1), default=75,
+    parser.add_argument("--epochs", metavar="N", type=whole_number(1), default=150,
+                        help="(default %(default)s)")
+    parser.add_argument("--patience", metavar="N", type=whole_number(1), default=75,
                         help="epochs without a better validation loss before halving the rate "
                              "(default %(default)s)")
-    parser.add_argument("--learning-rate", type=_positive, default=1e-3,
+    parser.add_argument("--learning-rate", metavar="RATE", type=_positive, default=1e-3,
                         help="Adam's (default %(default)s)")
-    parser.add_argument("--batch-size", type=whole_number(1), default=32, help="(default %(default)s)")
-    parser.add_argument("--seed", type=whole_number(0), default=0, help="(default %(default)s)")
-    parser.add_argument("--cache", default=None, help="embedding cache folder "
+    parser.add_argument("--batch-size", metavar="N", type=whole_number(1), default=32,
+                        help="(default %(default)s)")
+    parser.add_argument("--seed", metavar="N", type=whole_number(0), default=0,
+                        help="(default %(default)s)")
+    parser.add_argument("--cache", metavar="FOLDER", default=None, help="embedding cache folder "
                         "(default $JAXMIR_CACHE_DIR/embeddings or ~/.cache/jaxmir/embeddings)")
     parser.add_argument("--no-embedding-cache", action="store_true",
                         help="compute every embedding, and keep none on disk")
-    parser.add_argument("--resume", default=None, help="a head (.pb/.npz) to start from")
+    parser.add_argument("--resume", metavar="HEAD", default=None,
+                        help="a head (.pb/.npz) to start from")
     parser.add_argument("--finetune", action="store_true",
                         help="then train backbone and head together (writes NAME-backbone.npz)")
-    parser.add_argument("--finetune-steps", type=whole_number(1), default=100,
+    parser.add_argument("--finetune-steps", metavar="N", type=whole_number(1), default=100,
                         help="(default %(default)s)")
     parser.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                         help="overwrite existing output files (as tag and embed; --force: the same)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="do not use the persistent compilation cache (of compiled "
+                             "programs; the embeddings' is --no-embedding-cache)")
     parser.set_defaults(func=run)
     return parser
 
@@ -170,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             result = fit_head(args.data, args.backbone, args.layer,
                               None if args.finetune else args.output, folds=args.folds,
                               config=config, smoothing=smoothing, cache=cache, resume=args.resume,
-                              overwrite=args.overwrite, log=_say, progress=True)
+                              overwrite=args.overwrite, log=_say, progress=not args.no_progress)
         if args.finetune:
             from jaxmir.train.finetune import finetune_and_export
             from jaxmir.train.recipe import dataset_entry

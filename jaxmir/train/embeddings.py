@@ -72,7 +72,8 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(paths, desc="features", unit="file", leave=False)
+        iterator = tqdm(paths, desc="features", unit="file", leave=False,
+                        disable=None)  # a terminal's: none in a log file
     for path in iterator:
         try:
             entry = root / f"{key(path)}.npy" if root is not None else None
