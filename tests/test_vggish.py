@@ -75,8 +75,8 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
         assert out["pool1"].shape == (batch, 48, 32, 64) and out["conv3_2"].shape == (batch, 24, 16, 256)
         # The embedding is read from the graph: post-ReLU only in the 2017 form.
         assert bool(np.all(np.asarray(out["embeddings"]) >= 0)) == fc2_relu
-        if not fc2_relu:
-            np.testing.assert_array_equal(out["embeddings"], out["fc2"])
+        np.testing.assert_array_equal(out["embeddings"], out["fc2"])  # after its ReLU, if any
+        assert np.all(np.asarray(out["fc1_1"]) >= 0)  # after its ReLU, as conv3_2 is
 
 
 def test_essentia_small_vggish_fixture(cpu):
@@ -87,6 +87,11 @@ def test_essentia_small_vggish_fixture(cpu):
     assert "model/Sigmoid" in errors and "model/vggish/fc2/Relu" in errors
     # no embeddings node in this toy: fc2 after its ReLU
     assert model.spec.aliases["embeddings"] == model.spec.node_map["model/vggish/fc2/Relu"][0]
+    # VGGish's layer names after their ReLU, as its conv names are (fc2 and fc1_2 were the
+    # products before it, 0.88 from Essentia's fc2/Relu relative to its size)
+    for name, node in (("fc2", "model/vggish/fc2/Relu"), ("fc1_2", "model/vggish/fc1/fc1_2/Relu"),
+                       ("conv1", "model/vggish/conv1/Relu")):
+        assert model.resolve_output(name)[0] == model.resolve_output(node)[0], name
 
 
 def test_essentia_vgg4_fixture_behind_cond(cpu):

@@ -400,9 +400,10 @@ def _vggish_aliases(blocks: tuple[ConvBlockSpec, ...], head: tuple[HeadLayer, ..
                     node_map: dict) -> dict[str, str]:
     """VGGish's own layer names: conv1, pool1, conv2, pool2, conv3_1, conv3_2, ..., fc1_1, fc1_2, fc2.
 
-    ``embeddings`` is what the graph's ``.../embeddings`` node holds when there is
-    one (fc2 with or without a ReLU: the 2017 and current releases differ);
-    otherwise fc2's output after the activation that follows it, if any.
+    Each names a layer's output after its activation, where one follows (slim's layers, which
+    VGGish is written with, include it): a ``conv`` after its ReLU, ``fc2`` after its ReLU in
+    the 2017 release, before none in the current one. ``embeddings`` is what the graph's
+    ``.../embeddings`` node holds when there is one, otherwise ``fc2``.
     """
     aliases, stage, convs = {}, 1, []
     for i, block in enumerate(blocks, start=1):
@@ -415,12 +416,11 @@ def _vggish_aliases(blocks: tuple[ConvBlockSpec, ...], head: tuple[HeadLayer, ..
             stage, convs = stage + 1, []
     dense = dense_indices(head)
     for name, index in zip(("fc1_1", "fc1_2", "fc2"), dense):
-        aliases[name] = f"head/layer_{index}"
+        activated = index + 1 < len(head) and isinstance(head[index + 1], Activation)
+        aliases[name] = f"head/layer_{index + 1 if activated else index}"
     embedding_nodes = [tap for node, (tap, _) in node_map.items() if node.endswith("/embeddings")]
     if embedding_nodes:
         aliases["embeddings"] = embedding_nodes[0]
-    elif len(dense) >= 3:
-        after = dense[2] + 1
-        activated = after < len(head) and isinstance(head[after], Activation)
-        aliases["embeddings"] = f"head/layer_{after if activated else dense[2]}"
+    elif "fc2" in aliases:
+        aliases["embeddings"] = aliases["fc2"]
     return aliases
