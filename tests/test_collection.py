@@ -302,8 +302,10 @@ def test_jsonl_csv_npy_embed(music, model, expected, tmp_path):
     folder = tmp_path / "embeddings"
     embed = tmp_path / "embeddings.parquet"
     for output, command, output_name in ((lines, "tag", "predictions"), (table, "tag", "predictions"),
-                                         (folder, "embed", "embeddings"), (embed, "embed", "embeddings")):
-        tally = collect(model, paths, str(output), command=command, options=Options(output_name),
+                                         (folder, "embed", "embeddings"), (embed, "embed", None)):
+        # embed's own default: the embeddings (it was Options(): the predictions)
+        options = None if output_name is None else Options(output_name)
+        tally = collect(model, paths, str(output), command=command, options=options,
                         name="msd-musicnn", jobs=0, progress=False)
         assert (tally.ok, tally.failed) == (4, 1)
     rows = [json.loads(line) for line in lines.read_text().splitlines()]

@@ -30,7 +30,7 @@ def model_name(args: argparse.Namespace) -> str:
 
 
 def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
-            options: Options = Options(), name: str | None = None, backbone: str | None = None,
+            options: Options | None = None, name: str | None = None, backbone: str | None = None,
             jobs: int | None = None, processes: bool = False, engine: str = "local",
             actors: int | None = None, per_patch: bool = False, overwrite: bool = False,
             flush_rows: int = 256, progress: bool = True, analyzer=None, on_result=None,
@@ -42,7 +42,8 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
       output: ``.parquet`` (a folder of parts), ``.jsonl``, ``.csv`` or a folder of ``.npy``.
       command: ``"tag"`` (a column per label) or ``"embed"`` (an ``embedding`` column).
       options: the output name and patch options of ``Model.predict``, the dtype
-        (``"bfloat16"`` casts ``model``) and the patches per call.
+        (``"bfloat16"`` casts ``model``) and the patches per call (default: ``Options()``,
+        the predictions, for ``tag``; ``Options("embeddings")`` for ``embed``).
       name, backbone: the model's name (default: ``model.source``) and backbone, recorded
         in the output; the Ray engine's actors load ``jaxmir.load(name, backbone=backbone)``.
       jobs: decoding workers (default one per core; 0 = in this thread).
@@ -61,6 +62,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
         every row written before it is kept.
     """
     name = name or str(model.source)
+    options = options or Options("embeddings" if command == "embed" else "predictions")
     model = options.cast(model)
     output = followed(output)
     fields = identity(model_fields(name, backbone), model, command, options)
