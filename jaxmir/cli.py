@@ -109,16 +109,20 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
 
 # -- patch options ----------------------------------------------------------------------------
 def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | None:
-    """Frames between patches from ``--overlap`` seconds or ``--patch-hop`` frames (None: default 93)."""
+    """Frames between patches from ``--overlap`` seconds or ``--patch-hop`` frames (None: the
+    default, 93 for MusiCNN); either refused here when it cannot make patches, not per file."""
     from jaxmir import pipeline
     from jaxmir.errors import InputError
 
+    frontend = pipeline.frontend_of(model)
+    size, seconds = frontend.patch_size, frontend.frame_seconds
     if patch_hop is not None:
+        if patch_hop > size:
+            raise InputError(f"--patch-hop {patch_hop}: patches last {size} frames, so the hop "
+                             f"is at most {size} (0: a patch, as Essentia takes it)")
         return patch_hop
     if overlap is None:
         return None
-    frontend = pipeline.frontend_of(model)
-    size, seconds = frontend.patch_size, frontend.frame_seconds
     hop = size - int(round(overlap / seconds)) if math.isfinite(overlap) else 0
     if not 0 <= overlap or hop < 1:
         raise InputError(f"--overlap {overlap:g} s: patches last {size * seconds:.3f} s "
@@ -531,7 +535,7 @@ def _stream_command(args, interrupted: dict) -> int:
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)
-    _check_stream_options(model, args, hop)
+    _check_stream_options(args)
     if args.input != "-":
         raise InputError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "
                          f"for files use: jaxmir tag {args.input}")
@@ -546,18 +550,13 @@ def _stream_command(args, interrupted: dict) -> int:
     return _stream_stdin(model, args, hop, output, ByteReader(sys.stdin.fileno()), interrupted)
 
 
-def _check_stream_options(model, args, hop: int | None) -> None:
-    """What the stream would refuse at its first bytes (``--rate 0``, a hop past the patch),
-    refused before waiting for them: a live source may take a while to send any."""
-    from jaxmir import pipeline
-    from jaxmir.patches import patch_starts
+def _check_stream_options(args) -> None:
+    """What the stream would refuse at its first bytes (``--rate 0``), refused before waiting
+    for them: a live source may take a while to send any (the hop is checked with the model)."""
     from jaxmir.stream import check_sample_rate
 
     if args.rate is not None:
         check_sample_rate(args.rate)
-    size = int(model.input_shape[0])
-    patch_starts(0, size, pipeline.frontend_of(model).patch_hop if hop is None else hop,
-                 args.last_patch)
 
 
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:

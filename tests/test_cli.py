@@ -410,7 +410,7 @@ def test_unwritable_output(capsys, wavs, tmp_path):
     assert status == 1 and "Traceback" not in err and str(target) in err
 
 
-def test_overlap_and_patch_hop(capsys, wavs):
+def test_overlap_and_patch_hop(capsys, wavs, tmp_path):
     long = wavs["mono_22k"]  # 4.5 s: 283 frames
     hops = {}
     for option in (["--overlap", "1.5"], ["--overlap", "0"], ["--patch-hop", "40"], []):
@@ -427,6 +427,11 @@ def test_overlap_and_patch_hop(capsys, wavs):
     assert status == 1 and "at most 2.976 s (patches one frame apart)" in err, err
     status, _, err = run(capsys, "tag", str(long), "--overlap", "2.976")
     assert status == 0, err
+    # a hop past the patch: refused once, not by each file (then retried by every rerun)
+    for command in (["tag", str(long)], ["embed", str(long), "-o", str(tmp_path / "x.jsonl")]):
+        status, _, err = run(capsys, *command, "--patch-hop", "200")
+        assert status == 1 and err == "jaxmir: error: --patch-hop 200: patches last 187 frames, " \
+            "so the hop is at most 187 (0: a patch, as Essentia takes it)\n"
     with pytest.raises(SystemExit) as exit_:
         cli.main(["tag", str(long), "--overlap", "1", "--patch-hop", "40"])
     assert exit_.value.code == 2

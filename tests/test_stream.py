@@ -822,7 +822,8 @@ def test_stream_command_refuses_bad_options_before_any_input():
     """`--rate 0` or a hop past the patch was refused only once input came (a live source may
     send none for a while; with none at all it said "standard input is empty")."""
     for options, message in ((["--rate", "0"], "sample rate 0 Hz is out of range"),
-                             (["--rate", "16000", "--patch-hop", "500"], "patch_hop 500 is larger")):
+                             (["--rate", "16000", "--patch-hop", "500"],
+                              "--patch-hop 500: patches last 187 frames, so the hop is at most 187")):
         process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", *options],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
