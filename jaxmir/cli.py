@@ -344,7 +344,8 @@ def text_block(path: str, result: dict) -> str:
     n = result["n_patches"]
     patches = f"{n} patch{'' if n == 1 else 'es'}"
     lines = [f"[{path}] values, mean over {patches}:" if result.get("outputs") == "values"
-             else f"[{path}] top {len(result['top'])} tags ({patches}):"]
+             else f"[{path}] top {len(result['top'])} tag{'' if len(result['top']) == 1 else 's'} "
+             f"({patches}):"]
     lines += [f" - {t['label']:<{width}}  {t['score']:.4f}" for t in result["top"]]
     return "\n".join(lines) + "\n"
 

@@ -348,7 +348,7 @@ class AudioBlocks:
         if self.problem is None:
             return
         if self.strict:
-            raise AudioError(self.problem + " (strict: --strict, strict=True)")
+            raise AudioError(self.problem + " (an error in strict mode: --strict, strict=True)")
         if self.warn:
             warnings.warn(self.problem, DamagedAudioWarning, stacklevel=3)
 

@@ -50,7 +50,7 @@ def describe(model) -> str:
     labels = list(model.labels)
     default_labels = labels == [f"class_{i}" for i in range(len(labels))]
     label_text = (f"class_0 .. class_{len(labels) - 1} (no class names: no metadata JSON "
-                  "beside the graph names them; pass labels=)" if default_labels
+                  "beside the graph names them; in Python: labels=)" if default_labels
                   else ", ".join(labels))
     lines = [f"source: {model.source}",
              f"architecture: {spec.architecture}",

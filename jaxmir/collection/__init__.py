@@ -1,7 +1,7 @@
 """Collections: folders of audio in, one resumable row per file out (Parquet, JSON lines, CSV, .npy).
 
 :func:`collect` runs a model over files, folders and ``@lists``; the local
-engine decodes in worker processes while the model runs, the Ray engine
+engine decodes in worker threads (or processes) while the model runs, the Ray engine
 (:mod:`jaxmir.collection.ray_engine`) spreads both over a cluster.
 """
 
