@@ -96,6 +96,11 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
     rows = ray_engine.analyze_dataset(paths, "msd-musicnn", Options("embeddings"), layout,
                                       batch_size=2)
     rows.write_parquet(str(tmp_path / "python"))
+    # rows without a 'path' failed inside Ray's workers, with their tracebacks, once consumed
+    with pytest.raises(InputError, match="analyze_dataset takes a Dataset with a 'path' column "
+                                         r"\(one audio file per row; .*\); its columns: item"):
+        ray_engine.analyze_dataset(cluster.data.from_items([str(music / name) for name in names]),
+                                   "msd-musicnn", Options("embeddings"), layout)
     table = pq.read_table(tmp_path / "python").sort_by("path")
     assert table.schema.remove_metadata() == parquet_schema(layout).remove_metadata()
     found = {Path(path).relative_to(music).as_posix(): row for path, row in

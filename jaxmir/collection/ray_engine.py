@@ -143,7 +143,13 @@ def connect(address: str | None = None):
     return ray
 
 
+_NO_PATH_COLUMN = ("analyze_dataset takes a Dataset with a 'path' column (one audio file per "
+                   "row; e.g. ray.data.from_items([{'path': p} for p in paths])); its columns: ")
+
+
 def _decode_row(row: dict, options: Options) -> dict:
+    if "path" not in row:  # a Dataset whose columns were unknown before it ran
+        raise InputError(_NO_PATH_COLUMN + ", ".join(map(str, row)))
     item = compute.decode(row["path"], options.resampler, options.decoder, options.strict)
     audio = item.audio if item.audio is not None else np.zeros(0, np.float32)
     return {"path": item.source.path, "size_bytes": item.source.size,
@@ -253,6 +259,9 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout |
         raise InputError("a tag layout without the model's labels has no column for its values; "
                          "give Layout('tag', ..., labels=tuple(model.labels)), or no layout "
                          "(ray_engine.layout_for)")
+    known = paths.schema(fetch_if_missing=False)  # without running what made the Dataset
+    if known is not None and "path" not in known.names:
+        raise InputError(_NO_PATH_COLUMN + ", ".join(known.names))
     size, resources = _pool(ray, actors, cpus_per_actor)
     decoded = paths.map(_decode_row, fn_kwargs={"options": options}, num_cpus=1)
     return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout, raw),
