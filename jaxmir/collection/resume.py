@@ -60,7 +60,8 @@ def check_identity(output: str, found: dict, expected: dict) -> None:
     if "labels" in keys:
         details = "; ".join(filter(None, [details, "the labels differ"]))
     there, now = found.get("model"), expected.get("model")
+    other_model = {"model_sha256", "labels"} & set(keys)  # the same name, other weights or labels
     whose = f"of model {there!r}, not of {now!r} with these settings" if there != now else \
-        f"of another {now!r}, or other settings"  # the same name, other weights or labels
+        f"of another {now!r}" if other_model else f"of {now!r} with other settings"
     raise InputError(f"{output} holds results {whose} ({details}); give another --output, or "
                      "--overwrite to start it over")
