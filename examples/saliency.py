@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import jaxmir  # noqa: E402
+import jaxmir
 
 SR = 16000
 
