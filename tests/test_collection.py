@@ -583,6 +583,15 @@ def test_an_output_named_through_a_link_is_written_through_it(model, tmp_path):
     assert collect(model, [str(clips[0])], f"{folder}/", command="embed",
                    options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False).ok == 1
     assert sorted(os.listdir(folder)) == ["a.npy", "index.jsonl"]
+    # a name ending in .npy asks for one file: it made a folder of that name
+    with pytest.raises(InputError, match=r"--output .*emb.npy: jaxmir embed writes one .npy per "
+                                         r"file, into a folder: give the folder's name \(.*emb/\)"):
+        collect(model, [str(clips[0])], str(tmp_path / "emb.npy"), command="embed",
+                name="msd-musicnn", jobs=0, progress=False)
+    assert not (tmp_path / "emb.npy").exists()
+    (tmp_path / "old.npy").mkdir()  # a folder an earlier run made is still resumed
+    assert collect(model, [str(clips[0])], str(tmp_path / "old.npy"), command="embed",
+                   name="msd-musicnn", jobs=0, progress=False).ok == 1
 
 
 def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):

@@ -79,8 +79,12 @@ def kind_of(output: str, command: str) -> str:
     suffix = Path(output).suffix.lower()
     if suffix in (".parquet", ".jsonl", ".csv"):
         return suffix[1:]
-    if suffix in ("", ".npy") or os.path.isdir(output) or output.endswith(("/", os.sep)):
+    if suffix == "" or os.path.isdir(output) or output.endswith(("/", os.sep)):
         return "npy"
+    if suffix == ".npy":  # one file expected, a folder made
+        raise InputError(f"--output {output}: jaxmir {command} writes one .npy per file, into a "
+                         f"folder: give the folder's name ({output[:-4]}/), or a table "
+                         "(.parquet, .jsonl)")
     expected = ".parquet, .jsonl or .csv" if command == "tag" else \
         ".parquet, .jsonl or a folder (a name ending in '/')"
     raise InputError(f"--output {output}: unknown kind {suffix!r}; expected {expected}")
