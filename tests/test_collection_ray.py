@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import ROOT, child_env, require
+from conftest import ROOT, child_env, require, shared_fixture
 from jaxmir.collection import Options, collect, ray_engine
 from jaxmir.collection.rows import Layout
 from jaxmir.errors import InputError
@@ -160,6 +160,35 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
         ray_engine.connect("")
 
 
+def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatch):
+    """The actors load jaxmir.load(name, backbone=...): a model loaded with output= ran there as
+    its default output (9 genre probabilities written as the 200-d embeddings' rows, under the
+    same identity), a head composed in Python failed in every actor, and a model file named
+    relative to the driver's folder was not found by the workers."""
+    require("ray")
+    graph = shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb")
+    clip = tmp_path / "in" / "a.wav"
+    _write(clip, 3.0, 16000, 1, 0)
+    shipped = jaxmir.load("msd-musicnn")
+    refused = [
+        (jaxmir.load(graph, output="model/dense/BiasAdd"), str(graph), None, r"\(its output, "),
+        (shipped.with_labels([f"t{i}" for i in range(50)]), "msd-musicnn", None, r"\(its labels\)"),
+        (jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"),
+                     backbone="msd-musicnn"), None, None, "which fails: "),
+    ]
+    for model, name, backbone, message in refused:
+        with pytest.raises(InputError, match="the Ray engine's actors load the model as "
+                                             rf"jaxmir.load\(.*{message}"):
+            collect(model, [str(clip)], str(tmp_path / "out.parquet"), name=name, engine="ray",
+                    progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing made
+    ray_engine.check_reloadable(shipped, "msd-musicnn", None)  # the same model: taken
+    monkeypatch.chdir(graph.parent)
+    ray_engine.check_reloadable(jaxmir.load(graph), graph.name, None)
+    assert ray_engine._for_workers(graph.name) == str(graph)  # as the workers can find it
+    assert ray_engine._for_workers("msd-musicnn") == "msd-musicnn"
+
+
 def test_the_python_entry_points_layout_defaults_to_the_command_lines():
     """A tag Layout built without labels gave rows with no values at all, status ok."""
     require("ray")
@@ -240,7 +269,9 @@ def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply
     finally:
         stop()
     assert ray_engine._host_port("[::1]:6399") == ("::1", 6399)  # an IPv6 address, in brackets
-    assert ray_engine._host_port("ray://head:10001") == ("head", 10001)
+    # Ray Client's: Ray Data failed under it with a 63-line traceback, an empty output left
+    with pytest.raises(InputError, match="a Ray Client address, which Ray Data does not run under"):
+        ray_engine._host_port("ray://head:10001")
 
 
 def test_connecting_keeps_the_command_lines_sigterm_handler_and_sends_the_token(monkeypatch):

@@ -63,6 +63,11 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     """
     name = name or str(model.source)
     options = options or Options("embeddings" if command == "embed" else "predictions")
+    if engine == "ray":  # the actors load the model by its name
+        from jaxmir.collection import ray_engine
+
+        ray_engine.import_ray()  # Ray missing: said before any output is made
+        ray_engine.check_reloadable(model, name, backbone)
     model = options.cast(model)
     output = followed(output)
     fields = identity(model_fields(name, backbone), model, command, options)
@@ -73,10 +78,6 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     sources = [inputs.examine(p) for p in inputs.expand(paths)]
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; expected local or ray")
-    if engine == "ray":
-        from jaxmir.collection import ray_engine
-
-        ray_engine.import_ray()  # Ray missing: said before any output is made
     with exclusive(output):
         # Ray's cluster unreachable: said before a new output is made; an output being resumed
         # is read first (ray_engine.run connects), and a run with nothing left to do joins no

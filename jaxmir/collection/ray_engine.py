@@ -53,13 +53,16 @@ _SETTINGS = 4  # an HTTP/2 frame's type, its header's fourth byte
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    """``host:port``, ``ray://host:port`` or ``[v6]:port`` as ``(host, port)``."""
+    """``host:port`` or ``[v6]:port`` as ``(host, port)``."""
+    if address.startswith("ray://"):  # Ray Data's streaming fails under Ray Client
+        raise InputError(f"RAY_ADDRESS={address!r}: a Ray Client address, which Ray Data does not "
+                         "run under; give the head's own address, host:6379 (ray start --head's "
+                         "--port)")
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not host or not port.isdigit():
-        raise InputError(f"RAY_ADDRESS={address!r}: expected host:port, ray://host:port, auto or "
-                         "local")
+        raise InputError(f"RAY_ADDRESS={address!r}: expected host:port, auto or local")
     return host, int(port)
 
 
@@ -214,6 +217,48 @@ def _pool(ray, actors: int | None, cpus_per_actor: float) -> tuple[int, dict]:
     return actors or 1, {"num_cpus": cpus_per_actor}
 
 
+def check_reloadable(model, name: str, backbone: str | None) -> None:
+    """Refuse ``model`` unless ``jaxmir.load(name, backbone=backbone)``, what the actors run,
+    gives the same model: one loaded with ``output=``, relabelled or composed in Python would
+    have been replaced in the actors (other values under the same identity) or failed there."""
+    import jaxmir
+    from jaxmir.errors import JaxmirError
+
+    how = f"jaxmir.load({name!r}" + (f", backbone={backbone!r})" if backbone else ")")
+    try:
+        loaded = jaxmir.load(_for_workers(name), backbone=_for_workers(backbone))
+    except JaxmirError as err:
+        raise InputError(f"the Ray engine's actors load the model as {how}, which fails: {err}; "
+                         "give name= and backbone= as jaxmir.load takes them") from None
+    differences = [what for what, same in (
+        ("its output", loaded.spec.output_name == model.spec.output_name),
+        ("its labels", loaded.labels == model.labels),
+        ("its layers", loaded.spec.architecture == model.spec.architecture
+         and loaded.spec.config == model.spec.config),
+    ) if not same]
+    if not differences and not _same_values(loaded.variables, model.variables):
+        differences.append("its weights")
+    if differences:
+        raise InputError(f"the Ray engine's actors load the model as {how}, which differs from "
+                         f"the model given ({', '.join(differences)}); give the name that loads "
+                         "it, or run it with the local engine")
+
+
+def _same_values(a, b) -> bool:
+    """Whether two trees of arrays have one structure and equal values."""
+    import jax
+
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    return tree_a == tree_b and all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
+
+
+def _for_workers(path: str | None) -> str | None:
+    """A model file named relative to this process's folder as an absolute path (the workers
+    run elsewhere); a shipped name or an absolute path as it is."""
+    return os.path.abspath(path) if path and os.path.exists(path) else path
+
+
 def layout_for(model: str | None, backbone: str | None, options: Options) -> Layout:
     """The columns the command line writes for ``model`` (loaded here to read its labels):
     ``tag``'s, a column per label, when ``options.output`` is ``"predictions"``, else
@@ -263,6 +308,7 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout |
     if known is not None and "path" not in known.names:
         raise InputError(_NO_PATH_COLUMN + ", ".join(known.names))
     size, resources = _pool(ray, actors, cpus_per_actor)
+    model, backbone = _for_workers(model), _for_workers(backbone)
     decoded = paths.map(_decode_row, fn_kwargs={"options": options}, num_cpus=1)
     return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout, raw),
                                batch_size=batch_size, batch_format="numpy",
