@@ -153,7 +153,8 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
     monkeypatch.setattr(ray, "init", refused)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(InputError, match=r"cannot connect to the Ray cluster 192.0.2.2:6379: Failed "
-                                         r".*; its host answers, so if the cluster asks for a token "
+                                         r".*; its host answers gRPC: give the head's own port .*not "
+                                         r"the Ray Client's 10001.*if the cluster asks for a token "
                                          r".*RAY_AUTH_TOKEN=\.\.\. \(`ray get-auth-token`"):
         ray_engine.connect("192.0.2.2:6379")
     with pytest.raises(InputError, match=r"cannot connect to the Ray cluster \(local\): Failed [^;]*$"):
@@ -262,12 +263,20 @@ def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply
         assert time.monotonic() - start < ray_engine.CONNECT_TIMEOUT_S + 2
     finally:
         stop()
-    # an HTTP/2 server's first frame (gRPC's, as Ray's head sends it) passes
-    address, stop = _listener(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
-    try:
-        ray_engine._reachable(address)
-    finally:
-        stop()
+    # an HTTP/2 server's handshake (gRPC's, as Ray's head sends it) passes: its SETTINGS, then
+    # an acknowledgement of the client's; SETTINGS alone, then silence, left ray.init retrying
+    # for ever, deaf to Ctrl-C
+    settings, acknowledged = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]), bytes([0, 0, 0, 4, 1, 0, 0, 0, 0])
+    for reply, passes in ((settings + acknowledged, True), (settings, False)):
+        address, stop = _listener(reply)
+        try:
+            if passes:
+                ray_engine._reachable(address)
+            else:
+                with pytest.raises(InputError, match="answers, but not as a Ray cluster"):
+                    ray_engine._reachable(address)
+        finally:
+            stop()
     assert ray_engine._host_port("[::1]:6399") == ("::1", 6399)  # an IPv6 address, in brackets
     # Ray Client's: Ray Data failed under it with a 63-line traceback, an empty output left
     with pytest.raises(InputError, match="a Ray Client address, which Ray Data does not run under"):

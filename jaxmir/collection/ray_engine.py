@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import warnings
 from typing import Callable, Sequence
 
@@ -84,30 +85,53 @@ def _token_mode(address: str) -> None:
 def _reachable(address: str) -> None:
     """Fail fast (``CONNECT_TIMEOUT_S``) when the cluster's host:port does not answer, or answers
     but not as a Ray head: Ray's GCS and client server speak gRPC, whose HTTP/2 server sends a
-    SETTINGS frame first. ``ray.init`` on any other listener (a web server, Redis on Ray's old
-    port) retried forever, deaf to Ctrl-C. A cluster with TLS (``RAY_USE_TLS``) is not probed."""
+    SETTINGS frame first and acknowledges ours. ``ray.init`` on any other listener (a web
+    server, Redis on Ray's old port, one that sent SETTINGS and fell silent) retried forever,
+    deaf to Ctrl-C. A cluster with TLS (``RAY_USE_TLS``) is not probed."""
     host, port = _host_port(address)
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as connection:
             if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
                 return
             connection.sendall(_HTTP2_PREFACE)
-            head = b""
-            while len(head) < 9:
-                part = connection.recv(9 - len(head))
-                if not part:
-                    break
-                head += part
+            speaks_http2 = _settings_acknowledged(connection, time.monotonic() + CONNECT_TIMEOUT_S)
     except socket.timeout:
-        head = b""
+        speaks_http2 = False
     except OSError as err:
         raise InputError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): "
                          f"{err.strerror or err}; start it (ray start --head) or unset "
                          "RAY_ADDRESS to run a local one") from None
-    if len(head) < 9 or head[3] != _SETTINGS:
+    if not speaks_http2:
         raise InputError(f"{host}:{port} (RAY_ADDRESS={address}) answers, but not as a Ray "
                          "cluster (no gRPC reply); give the head's address (ray start --head "
                          "--port, 6379 by default), or unset RAY_ADDRESS to run a local one")
+
+
+def _settings_acknowledged(connection: socket.socket, deadline: float) -> bool:
+    """Whether the server's frames begin with SETTINGS and, within the next few, acknowledge
+    the client's (an HTTP/2 server's handshake)."""
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            connection.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                part = connection.recv(n - len(data))
+            except ConnectionResetError:  # it closed before reading what was sent
+                part = b""
+            if not part:
+                raise socket.timeout  # closed: no handshake
+            data += part
+        return data
+
+    for frame in range(8):
+        header = exactly(9)
+        length, kind, flags = int.from_bytes(header[:3], "big"), header[3], header[4]
+        if (frame == 0 and kind != _SETTINGS) or length > 1 << 14:
+            return False
+        exactly(length)
+        if kind == _SETTINGS and flags & 1:  # ACK
+            return True
+    return False
 
 
 def connect(address: str | None = None):
@@ -134,10 +158,11 @@ def connect(address: str | None = None):
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        hint = ("; its host answers, so if the cluster asks for a token (token authentication, "
-                "on by default in recent Ray), give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray "
-                "get-auth-token` on the head), or its ~/.ray/auth_token with RAY_AUTH_MODE=token"
-                if remote else "")
+        hint = ("; its host answers gRPC: give the head's own port (ray start --head --port, "
+                "6379 by default; not the Ray Client's 10001, nor another node's), and if the "
+                "cluster asks for a token (token authentication, on by default in recent Ray), "
+                "give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray get-auth-token` on the head), "
+                "or its ~/.ray/auth_token with RAY_AUTH_MODE=token" if remote else "")
         raise InputError(f"cannot connect to the Ray cluster {address or '(local)'}: "
                          f"{err}{hint}") from None
     finally:
