@@ -52,7 +52,8 @@ import io
 import os
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -251,7 +252,7 @@ class AudioBlocks:
         fifo = av.AudioFifo()
         for frame in self._frames():
             if trims and self._mp3.tag_frame is not None:
-                yield from self._silent_tag_frame()
+                skip_start = -(yield from self._silent_tag_frame(frame))
             if frame.sample_rate != self.sample_rate or frame.layout.nb_channels != self.channels:
                 raise AudioError(f"{self.path}: changes from {self.sample_rate} Hz, {self.channels} "
                                  f"channel(s) to {frame.sample_rate} Hz, {frame.layout.nb_channels} in "
@@ -281,16 +282,22 @@ class AudioBlocks:
                 yield data
         yield from self._emit(fifo, 0)
 
-    def _silent_tag_frame(self) -> Iterator[np.ndarray]:
-        """The frame of silence the Essentia wheel decodes from a length header behind junk
-        (:class:`Mp3Start`), where FFmpeg dropped that frame (its first packet came after it);
-        once, before the first decoded frame."""
+    def _silent_tag_frame(self, first) -> Generator[np.ndarray, None, int]:
+        """The frame of silence the Essentia wheel decodes from a length header FFmpeg did not
+        take for one (:class:`Mp3Start`), where FFmpeg dropped that frame (its first packet came
+        after it); once, before the ``first`` decoded frame. The encoder delay the ``first``
+        frame says to trim starts in that silence for the wheel: returns how much of it the
+        silence took."""
         tag_frame, self._mp3 = self._mp3.tag_frame, dataclasses.replace(self._mp3, tag_frame=None)
-        if self._first_packet_at is not None and self._first_packet_at > tag_frame:
-            silence = np.zeros((self._mp3.tag_samples, self.channels), np.float32)
+        if self._first_packet_at is None or self._first_packet_at <= tag_frame:
+            return 0
+        taken = min(_skip_samples(first)[0] if len(first.side_data) else 0, self._mp3.tag_samples)
+        if self._mp3.tag_samples > taken:
+            silence = np.zeros((self._mp3.tag_samples - taken, self.channels), np.float32)
             self.frames += silence.shape[0]
             self._trimmed_frames += silence.shape[0]
             yield silence
+        return taken
 
     def _wav_chunks(self) -> Iterator[np.ndarray]:
         """A plain WAV file's samples in blocks, converted as FFmpeg's PCM decoders and
@@ -660,8 +667,7 @@ _MPEG_KBPS = {  # bit rates by (MPEG-1 or not, layer), of indices 1-14
 def mp3_start(path: str) -> Mp3Start:
     """:class:`Mp3Start` of the MP3 file ``path`` (read up to 64 KiB behind its ID3v2 tags)."""
     with open(path, "rb") as file:
-        head = file.read(_MPEG_SEARCH)
-        behind_tags = id3v2_end(head)
+        behind_tags = id3v2_end(file)
         file.seek(behind_tags)
         head = file.read(_MPEG_SEARCH + 2 * 4)  # room for the frame after the last searched
     if mpeg_frame_bytes(int.from_bytes(head[:4], "big")) and _length_header(head, 0, counted=True):
@@ -673,15 +679,21 @@ def mp3_start(path: str) -> Mp3Start:
     return Mp3Start(tag_frame=behind_tags + first, tag_samples=1152 if mpeg1 else 576)
 
 
-def id3v2_end(head: bytes) -> int:
-    """The offset behind the consecutive ID3v2 tags ``head`` starts with (0 without one)."""
+def id3v2_end(file: BinaryIO) -> int:
+    """The offset behind the consecutive ID3v2 tags the binary ``file`` starts with (0 without
+    one), each of any size, as FFmpeg skips them: a header with a version byte or a size byte
+    it refuses (0xFF; a size byte's top bit) is no tag."""
     offset = 0
-    while head[offset:offset + 3] == b"ID3" and len(head) >= offset + 10:
+    while True:
+        file.seek(offset)
+        header = file.read(10)
+        if len(header) < 10 or header[:3] != b"ID3" or 0xFF in header[3:5] \
+                or any(byte & 0x80 for byte in header[6:10]):
+            return offset
         size = 0
-        for byte in head[offset + 6:offset + 10]:
-            size = (size << 7) | (byte & 0x7F)
-        offset += 10 + size + (10 if head[offset + 5] & 0x10 else 0)  # and its footer
-    return offset
+        for byte in header[6:10]:  # four 7-bit bytes
+            size = size << 7 | byte
+        offset += 10 + size + (10 if header[5] & 0x10 else 0)  # and its footer
 
 
 def mpeg_frame_bytes(header: int) -> int | None:
@@ -717,14 +729,26 @@ def _first_frame(head: bytes) -> int | None:
 
 
 def _length_header(head: bytes, at: int, counted: bool) -> bool:
-    """Whether the layer III frame at ``at`` holds a Xing/Info header (``counted``: with a frame
-    count or byte size) or a VBRI header (of version 1), where FFmpeg looks for them."""
+    """Whether the layer III frame at ``at`` holds a Xing/Info or VBRI header where FFmpeg looks
+    for them; ``counted``: one FFmpeg takes for the file's length (a frame count or byte size
+    other than 0; VBRI of version 1)."""
     header = int.from_bytes(head[at:at + 4], "big")
     if (header >> 17) & 3 != 1:
         return False
     mpeg1, mono = (header >> 19) & 3 == 3, (header >> 6) & 3 == 3
     xing = at + 4 + ((17 if mono else 32) if mpeg1 else (9 if mono else 17))
-    if head[xing:xing + 4] in (b"Xing", b"Info") and len(head) > xing + 7:
-        return not counted or bool(head[xing + 7] & 3)
     vbri = at + 4 + 32
-    return head[vbri:vbri + 6] == b"VBRI\x00\x01"
+    marked = head[xing:xing + 4] in (b"Xing", b"Info") or head[vbri:vbri + 4] == b"VBRI"
+    if not counted or not marked:
+        return marked
+    counts = []
+    if head[xing:xing + 4] in (b"Xing", b"Info"):
+        flags, fields = head[xing + 7:xing + 8], head[xing + 8:xing + 16]
+        flags = flags[0] if flags else 0
+        present = [bool(flags & 1), bool(flags & 2)]
+        values = [fields[i:i + 4] for i in range(0, 4 * sum(present), 4)]
+        counts += [int.from_bytes(v, "big") for v in values if len(v) == 4]
+    if head[vbri:vbri + 6] == b"VBRI\x00\x01":
+        counts += [int.from_bytes(head[vbri + 10:vbri + 14], "big"),
+                   int.from_bytes(head[vbri + 14:vbri + 18], "big")]
+    return any(counts)

@@ -6,6 +6,7 @@ which must not meet the one other tests import here.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -106,6 +107,14 @@ def encode(path: Path, data: np.ndarray, rate: int, codec: str, bit_rate: int | 
     return path
 
 
+def id3v2_tag(size: int) -> bytes:
+    """An ID3v2.4 tag of ``size`` bytes of frames: a title, then zero padding."""
+    title = b"TIT2" + bytes([0, 0, 0, 6, 0, 0, 3]) + b"hello"
+    body = title + bytes(size - len(title))
+    synchsafe = bytes((len(body) >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    return b"ID3\x04\x00\x00" + synchsafe + body
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("decode")
@@ -136,10 +145,22 @@ def files(tmp_path_factory) -> dict[str, Path]:
     for name, quality in JUNK_BEHIND_TAGS.items():  # zero padding a tagger left
         plain = encode(folder / f"plain_{name}", signal(44100, 2, 0.5, 10), 44100, "libmp3lame",
                        128000, quality=quality).read_bytes()
-        tags = id3v2_end(plain)
+        tags = id3v2_end(io.BytesIO(plain))
         assert tags > 0 and (b"Info" in plain[tags:tags + 200] or b"Xing" in plain[tags:tags + 200])
         made[name] = folder / name
         made[name].write_bytes(plain[:tags] + bytes(1024) + plain[tags:])
+    # a 70-KB tag (cover art) then a small one: the second lay past the 64 KiB searched for tags
+    # and was taken for junk (1152 samples of silence too many); a LAME header whose frame count
+    # and byte size are 0, which FFmpeg takes for no header (nor did jaxmir's search), so the
+    # wheel decodes its frame as silence
+    cbr = (folder / "plain_junk_behind_tags.mp3").read_bytes()
+    audio = cbr[id3v2_end(io.BytesIO(cbr)):]  # its frames, no tag
+    info = audio.index(b"Info")
+    made["big_tag_then_another.mp3"] = folder / "big_tag_then_another.mp3"
+    made["big_tag_then_another.mp3"].write_bytes(id3v2_tag(70_000) + id3v2_tag(60) + audio)
+    made["header_without_counts.mp3"] = folder / "header_without_counts.mp3"
+    made["header_without_counts.mp3"].write_bytes(
+        id3v2_tag(100) + audio[:info + 8] + bytes(8) + audio[info + 16:])
     long = encode(folder / "long.mp3", signal(44100, 2, 0.5, 5, seconds=20.0), 44100, "libmp3lame", 128000)
     data = bytearray(long.read_bytes())
     middle = len(data) // 2
@@ -171,7 +192,8 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
           "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav", "stereo_44k1.wav",
           "mono_32k_32bit.wav", "mono_8k.wav", "stereo_44k1.m4a", *WHOLE_CHUNKS]
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3"]
-LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS))  # AudioLoader's samples of these
+STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
+LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS))  # AudioLoader's of these
 
 
 @pytest.fixture(scope="module")
@@ -489,6 +511,16 @@ def test_healthy_files_are_ok(files, name):
     assert decoded.status == "ok" and decoded.problem is None
     if decoded.declared_frames is not None:  # all but hiphop.mp3 (no LAME header) declare a length
         assert decoded.samples.shape[0] >= decoded.declared_frames
+
+
+def test_what_an_mp3_s_start_declares(files, essentia):
+    """A length header behind tags of any size declares the length; one without counts does
+    not (FFmpeg's duration there is a guess from the bit rate)."""
+    big = decode_file(files["big_tag_then_another.mp3"], strict=True)
+    assert big.status == "ok" and big.declared_frames == essentia["big_tag_then_another.mp3"][
+        "loader"].shape[0] == big.samples.shape[0]
+    assert decode.mp3_start(str(files["header_without_counts.mp3"])) == decode.Mp3Start(
+        tag_frame=110, tag_samples=1152)
 
 
 def test_mp3_damaged_in_the_middle(files):
