@@ -155,6 +155,9 @@ def connect(address: str | None = None):
             # Ray starts its processes with fork + exec, which JAX's fork warning does not concern
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
                                     category=RuntimeWarning)
+            # Ray's note to whoever starts a cluster (that a local one uses a token) is not the
+            # command's: jaxmir's lines say how the run goes
+            logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
