@@ -592,6 +592,19 @@ def test_an_output_named_through_a_link_is_written_through_it(model, tmp_path):
     (tmp_path / "old.npy").mkdir()  # a folder an earlier run made is still resumed
     assert collect(model, [str(clips[0])], str(tmp_path / "old.npy"), command="embed",
                    name="msd-musicnn", jobs=0, progress=False).ok == 1
+    # the kind is the name's given, not its target's: a link 'rows.jsonl' to 'store' made a
+    # folder of .npy there (tag's rows as arrays)
+    (tmp_path / "rows.jsonl").symlink_to("store")
+    assert collect(model, [str(clips[0])], str(tmp_path / "rows.jsonl"), name="msd-musicnn",
+                   jobs=0, progress=False).ok == 1
+    assert json.loads((tmp_path / "store").read_text())["tags"]["rock"] > 0
+    # a pipe named as a table: reading it to resume waited for ever; an empty name
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    for output, message in ((tmp_path / "pipe.jsonl", "is not a regular file"),
+                            ("", "--output is empty")):
+        with pytest.raises(InputError, match=message):
+            collect(model, [str(clips[0])], str(output), name="msd-musicnn", jobs=0,
+                    progress=False)
 
 
 def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):

@@ -69,9 +69,10 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
         ray_engine.import_ray()  # Ray missing: said before any output is made
         ray_engine.check_reloadable(model, name, backbone)
     model = options.cast(model)
+    kind = kind_of(output, command)  # of the name given: a link's target may be named otherwise
     output = followed(output)
     fields = identity(model_fields(name, backbone), model, command, options)
-    if command == "embed" and kind_of(output, command) == "npy":  # a table holds the mean anyway
+    if command == "embed" and kind == "npy":  # a table holds the mean anyway
         fields["average"] = bool(average)
     layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,
                     average, options.strict)
@@ -84,7 +85,8 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
         # cluster (~20 s)
         if engine == "ray" and (overwrite or not os.path.exists(output)):
             ray_engine.connect()
-        writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows)
+        writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows,
+                             kind=kind)
         todo = resume.to_do(sources, writer.done)
         tally = Tally(total=len(sources), skipped=len(sources) - len(todo))
         bar = Progress(tally, progress)

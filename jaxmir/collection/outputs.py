@@ -72,6 +72,8 @@ def followed(output: str) -> str:
 def kind_of(output: str, command: str) -> str:
     """``parquet``, ``jsonl``, ``csv`` or ``npy`` (a folder: no or another extension, or a
     trailing ``/``) from the output's name."""
+    if not output:
+        raise InputError("--output is empty; give a file or folder name")
     if output == "-":
         raise InputError(f"--output -: jaxmir {command} writes a table or a folder here, which "
                          "standard output cannot take; give a file name (.parquet, .jsonl"
@@ -243,6 +245,9 @@ class LinesWriter(Writer):
         check_writable(path.parent)
         if path.is_dir():
             raise InputError(f"--output {path} is a folder; expected a {path.suffix} file")
+        if path.exists() and not path.is_file():  # reading a FIFO to resume it waited for ever
+            raise InputError(f"--output {path} is not a regular file (a pipe, a device or a "
+                             f"socket); a table is appended to, resumed and replaced")
         if overwrite or not path.exists():
             write_atomically(path, lambda f: f.write(self._header_bytes()), durable=True)
         else:
@@ -606,8 +611,10 @@ class ParquetWriter(Writer):
 
 
 def open_output(output: str, layout: Layout, sources: list[Source], overwrite: bool = False,
-                flush_rows: int = 256, flush_seconds: float = 60.0) -> Writer:
-    """The writer for ``output`` (kind from its extension), resumed unless ``overwrite``.
+                flush_rows: int = 256, flush_seconds: float = 60.0,
+                kind: str | None = None) -> Writer:
+    """The writer for ``output`` (``kind``: :func:`kind_of` the name given, by default this
+    one's; a link's target may be named otherwise), resumed unless ``overwrite``.
 
     Raises:
       InputError: an unknown kind, an output that cannot be written, or one
@@ -615,7 +622,7 @@ def open_output(output: str, layout: Layout, sources: list[Source], overwrite: b
     """
     current = {s.path: s for s in sources}
     path = Path(output)
-    kind = kind_of(output, layout.command)
+    kind = kind or kind_of(output, layout.command)
     if kind == "parquet":
         return ParquetWriter(path, layout, current, overwrite, flush_rows, flush_seconds)
     if kind == "npy":
