@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import json
 import math
@@ -176,6 +177,13 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
 
     if output is None or output == "-" or _written_through(output):
         return
+    if not output:
+        raise InputError("--output is empty; give a file name")
+    try:
+        os.stat(output)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a link to itself, or a chain of them
+            raise InputError(f"--output {output} is a link that leads to no file (a loop)") from None
     if output.endswith(("/", os.sep)) or os.path.isdir(output):
         raise InputError(f"--output {output} is a folder; jaxmir tag writes its text, JSON or CSV "
                          "to one file here (a table: OUT.parquet, OUT.jsonl or OUT.csv)")
@@ -203,10 +211,17 @@ def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
     from jaxmir.errors import InputError
 
+    from jaxmir.collection.outputs import check_writable
+
     paths = list(paths)
     folder = next((path for path in paths if os.path.isdir(path)), None)
     if folder is not None:
         raise InputError(f"--plot {folder} is a folder; give the picture's file name (.png)")
+    for parent in sorted({Path(os.path.realpath(path)).parent for path in paths}):
+        try:
+            check_writable(parent)  # before the work: it failed as the audio file's failure
+        except InputError as err:
+            raise InputError(f"--plot: {err}") from None
     existing = [str(path) for path in paths if os.path.lexists(path)]
     if existing and not overwrite:
         raise InputError(f"--plot: {existing[0]} exists"
@@ -228,8 +243,13 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     target = Path(output)
     try:
         if _written_through(output):
-            with open(output, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            from jaxmir.console import StandardOutputError
+
+            try:
+                with open(output, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+            except BrokenPipeError:  # its reader left, as `| head` does: stop quietly
+                raise StandardOutputError("its reader left", reader_left=True) from None
             return
         target.parent.mkdir(parents=True, exist_ok=True)  # as a table's folder is made
         write_atomically(target, lambda handle: handle.write(text.encode("utf-8")), durable=True)
@@ -671,6 +691,8 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
     take are dropped)."""
     import numpy as np
 
+    from jaxmir.console import write_line
+
     full = args.all or output != "predictions"
     top = args.top or len(model.labels)
 
@@ -690,8 +712,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
                 record["top"] = [[model.labels[i], float32(value[i])] for i in order]
             interrupted["waiting"] = True  # a blocked write, too, is broken off by a signal
             try:
-                sys.stdout.write(json.dumps(record) + "\n")
-                sys.stdout.flush()
+                write_line(json.dumps(record))
             except KeyboardInterrupt:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return
@@ -898,6 +919,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from jaxmir.errors import JaxmirError
 
     args = None
+    if sys.stderr is None:  # `2>&-`: Python's prints would fall back to standard output
+        sys.stderr = open(os.devnull, "w")
     try:
         # Starting up imports JAX (~1 s): a signal then waits for the end of it, rather than
         # breaking an import with a traceback, or vanishing in JAX's garbage-collection callback.
@@ -935,9 +958,9 @@ def _check_standard_output(args: argparse.Namespace) -> None:
 
     if sys.stdout is not None:
         return
-    if not getattr(args, "output", None):
+    if getattr(args, "output", None) in (None, "", "-"):
         raise InputError("standard output is closed, and the results go there"
-                         + ("" if args.func is cmd_stream else "; give --output FILE"))
+                         + ("; give --output FILE" if args.func is cmd_tag else ""))
     sys.stdout = open(os.devnull, "w")
 
 

@@ -7,7 +7,13 @@ stops the command: it is no file's failure, and the files after it would print t
 from __future__ import annotations
 
 import errno
+import io
+import os
 import sys
+
+# Python's buffered writer takes a write longer than a pipe holds that its reader left as
+# written (the pipe took its first 64 KiB): such text is written here, all of it or an error.
+_PIPE_BYTES = 1 << 16
 
 
 class StandardOutputError(Exception):
@@ -26,7 +32,24 @@ def write_line(text: str) -> None:
     from tqdm import tqdm
 
     try:
-        tqdm.write(text, file=sys.stdout, end="" if text.endswith("\n") else "\n")
-        sys.stdout.flush()
+        if len(text) < _PIPE_BYTES // 4:  # at most 4 bytes a character in UTF-8
+            tqdm.write(text, file=sys.stdout, end="" if text.endswith("\n") else "\n")
+            sys.stdout.flush()
+        else:
+            _write_all(text if text.endswith("\n") else text + "\n")
     except OSError as err:
         raise StandardOutputError(err.strerror or str(err), err.errno == errno.EPIPE) from None
+
+
+def _write_all(text: str) -> None:
+    """``text`` to standard output's file descriptor until every byte is taken."""
+    sys.stdout.flush()
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # not a file (a test's capture)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    data = memoryview(text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    while data:
+        data = data[os.write(descriptor, data):]

@@ -399,13 +399,66 @@ def test_output_through_links_pipes_devices_and_dash(capsys, wavs, tmp_path):
     assert status == 1 and "--output -: jaxmir embed writes a table or a folder here" in err
 
 
-def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wavs, monkeypatch):
-    """`-o t.txt` in a read-only folder failed after every file was tagged, its results lost."""
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wavs, monkeypatch,
+                                                                     tmp_path):
+    """`-o t.txt` in a read-only folder failed after every file was tagged, its results lost;
+    `--plot` there failed as the audio file's failure ("unexpected PermissionError"); `-o ''`
+    ran the model first; a link to itself was replaced by a file."""
     from jaxmir import stream
 
     monkeypatch.setattr(stream, "iter_blocks", lambda *a, **k: pytest.fail("a file was read"))
-    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", "/proc/tags.txt")
-    assert status == 1 and "--output /proc/tags.txt: cannot write the output in /proc" in err, err
+    (tmp_path / "loop").symlink_to("loop")
+    for option, message in ((["-o", "/proc/tags.txt"],
+                             "--output /proc/tags.txt: cannot write the output in /proc"),
+                            (["--plot", "/proc/taggram.png"], "--plot: cannot write the output in /proc"),
+                            (["-o", ""], "--output is empty"),
+                            (["-o", str(tmp_path / "loop")], "is a link that leads to no file (a loop)")):
+        status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), *option)
+        assert status == 1 and message in err, (option, err)
+    assert (tmp_path / "loop").is_symlink()
+
+
+def test_text_longer_than_a_pipe_holds_is_written_whole_or_not_at_all():
+    """`jaxmir tag A B C -f json | head -1` (180 KB of JSON) exited 0: Python's buffered writer
+    took a write longer than the pipe held as done once the pipe had taken its first 64 KiB."""
+    child = ("import sys\n"
+             "from jaxmir.console import StandardOutputError, write_line\n"
+             "try:\n"
+             "    write_line(''.join(f'{i:>9}\\n' for i in range(500_000)))\n"
+             "except StandardOutputError as err:\n"
+             "    sys.exit(141 if err.reader_left else 1)\n")
+    for reader, status in (("head -c 100 > /dev/null", "141"), ("wc -c", "0")):
+        done = subprocess.run(["bash", "-c", f'"$0" -c "$1" | {reader}; echo "${{PIPESTATUS[0]}}"',
+                               sys.executable, child], capture_output=True, text=True,
+                              env=subprocess_env(), cwd=ROOT, timeout=120)
+        assert done.stdout.split()[-1] == status, (reader, done.stdout, done.stderr)
+        if reader.startswith("wc"):
+            assert int(done.stdout.split()[0]) == 5_000_000  # all of it
+
+
+def test_a_pipe_whose_reader_left_ends_quietly(capsys, wavs, monkeypatch, tmp_path):
+    """`-o FIFO` (or /dev/stdout) whose reader left, as `| head -c 10` does, said "--output ...
+    cannot be written (Broken pipe)" and exited 1, where standard output's reader leaving ends
+    the command with the shell's status for it."""
+    class LeftPipe:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    os.mkfifo(tmp_path / "pipe.json")
+    monkeypatch.setattr(cli, "open", LeftPipe, raising=False)  # the FIFO's reader has left
+    with open(tmp_path / "stdout", "w") as sink:  # main points standard output at /dev/null
+        monkeypatch.setattr(sys, "stdout", FailingOutput(OSError(), 100, sink.fileno()))
+        assert run(capsys, "tag", str(wavs["PCM_16"]), "-o", str(tmp_path / "pipe.json")) \
+            == (141, "", "")
 
 
 def test_unwritable_output(capsys, wavs, tmp_path):

@@ -749,6 +749,18 @@ def test_stream_command_with_standard_output_closed(tmp_path):
     soundfile.write(path, signal_at(16000, 4.0, 1, seed=2), 16000)
     result = closed_stdout("tag", str(path))
     assert result.returncode == 1 and "standard output is closed" in result.stderr.decode()
+    result = closed_stdout("tag", str(path), "-o", "-")  # exited 0, its results nowhere
+    assert result.returncode == 1 and "standard output is closed" in result.stderr.decode()
+    result = closed_stdout("info", "msd-musicnn")  # which has no --output to give
+    assert result.returncode == 1
+    assert result.stderr.decode() == "jaxmir: error: standard output is closed, and the results " \
+        "go there\n"
+    # standard error closed: its lines went to standard output, among the results
+    done = subprocess.run([sys.executable, "-m", "jaxmir", "tag", str(tmp_path / "nothere.wav"),
+                           str(path), "-f", "csv"], stdout=subprocess.PIPE, env=child_env(),
+                          cwd=ROOT, timeout=300, preexec_fn=lambda: os.close(2))
+    assert done.returncode == 1 and done.stdout.decode().startswith("file,rank,label,score\n")
+    assert b"jaxmir:" not in done.stdout
     result = closed_stdout("tag", str(path), "-o", str(tmp_path / "tags.csv"))
     assert result.returncode == 0, result.stderr.decode()
     assert (tmp_path / "tags.csv").read_text().count("\n") == 2
@@ -762,7 +774,8 @@ def test_stream_command_to_a_full_disk_says_so_plainly():
                                 stdout=full, stderr=subprocess.PIPE, env=child_env(), cwd=ROOT,
                                 timeout=300)
     assert result.returncode == 1
-    assert result.stderr.decode() == "jaxmir: error: No space left on device\n"
+    assert result.stderr.decode() == "jaxmir: error: cannot write standard output: No space left " \
+        "on device\n"
 
 
 def test_stream_command_reads_a_non_blocking_standard_input():

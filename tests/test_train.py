@@ -644,6 +644,21 @@ def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path
     assert quiet.no_progress and quiet.no_cache  # as tag and embed take them
 
 
+def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
+    """A link to no file (yet) was not refused, then replaced by the head's file; its target was
+    never written. With --overwrite the head goes where the link leads, the link kept."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "h.pb").symlink_to(tmp_path / "elsewhere" / "real.pb")
+    argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h")]
+    assert jaxmir_cli.main(argv) == 1
+    assert "h.pb already exist(s)" in capsys.readouterr().err
+    assert (tmp_path / "h.pb").is_symlink()
+    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
+    export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
+                       "model/dense/BiasAdd", overwrite=True)
+    assert (tmp_path / "h.pb").is_symlink() and (tmp_path / "elsewhere" / "real.pb").is_file()
+
+
 @pytest.mark.parametrize("flags", [[], ["--finetune"], ["--folds", "2", "--plot"]])
 def test_cli_refuses_an_output_folder_it_cannot_write_before_reading_audio(tmp_path, capsys, flags):
     """A head under a file (or in a read-only folder) failed after embeddings, cross-validation

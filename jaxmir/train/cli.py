@@ -149,6 +149,7 @@ def _check_plot_has_a_matrix(data: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed)."""
+    from jaxmir.console import write_line
     from jaxmir.errors import JaxmirError
     from jaxmir.train import export, plot
     from jaxmir.train.fit import TrainConfig
@@ -194,19 +195,19 @@ def run(args: argparse.Namespace) -> int:
     validation = result.cross_validation
     if validation is not None:
         for name, (mean, std) in validation.summary.items():
-            print(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}")
+            write_line(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}")
         if args.plot:
             picture = confusion_output(args.output)
             with _warnings_as_lines():  # matplotlib's too (a glyph its fonts lack)
                 plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
-            print(f"wrote {picture}")
+            write_line(f"wrote {picture}")
     clash = table_column_clash(result.dataset.classes)
     if clash:
         _say(f"jaxmir: warning: the classes {clash} are also columns of jaxmir's Parquet and CSV "
              "tables, which will refuse this head's tags (JSONL nests them); rename them to tag "
              "into those")
-    print(f"{len(result.dataset)} tracks ({len(result.failures)} skipped), "
-          f"{result.seconds_per_epoch * 1e3:.1f} ms per epoch")
+    write_line(f"{len(result.dataset)} tracks ({len(result.failures)} skipped), "
+               f"{result.seconds_per_epoch * 1e3:.1f} ms per epoch")
     for path in (result.paths or {}).values():
-        print(f"wrote {path}")
+        write_line(f"wrote {path}")
     return 0

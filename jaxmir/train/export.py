@@ -166,8 +166,8 @@ def beside(output: str | os.PathLike, ending: str) -> Path:
 
 def refuse_existing(paths, flag: str = "--overwrite") -> None:
     """Raise :class:`InputError` naming those of ``paths`` that exist (nothing is overwritten
-    without ``flag``)."""
-    taken = [str(p) for p in paths if Path(p).exists()]
+    without ``flag``; a link counts, even to no file)."""
+    taken = [str(p) for p in paths if os.path.lexists(p)]
     if taken:
         raise InputError(f"{', '.join(taken)} already exist(s); choose another --output or "
                          f"overwrite them ({flag})")
@@ -217,8 +217,9 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
                      provenance={"trained_by": "jaxmir train-head", "embedding_model": entry,
                                  "dataset": dataset or {}})
         with deferred_interrupts():  # Ctrl-C between the renames would mix two heads
-            for suffix in SUFFIXES:
-                os.replace(staged[suffix], paths[suffix])
+            for suffix in SUFFIXES:  # through a link, as every file jaxmir writes
+                target = paths[suffix]
+                os.replace(staged[suffix], os.path.realpath(target) if target.is_symlink() else target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return paths
