@@ -963,10 +963,11 @@ def test_a_failed_write_leaves_only_whole_rows(model, tmp_path):
 
 def test_a_file_that_is_not_a_jaxmir_output_is_refused(music, model, tmp_path):
     """JSON lines that are not objects, a CSV of other columns: refused, saying so."""
-    for name, text in (("arrays.jsonl", "[1, 2]\n"), ("null.jsonl", "null\n"),
-                       ("other.csv", "a,b\n1,2\n")):
+    for name, text, why in (("arrays.jsonl", "[1, 2]\n", ""), ("null.jsonl", "null\n", ""),
+                            ("other.csv", "a,b\n1,2\n", ""),
+                            ("rows.jsonl", '{"file": "a.wav"}\n', r"\(a row without 'path'\); ")):
         (tmp_path / name).write_text(text)
-        with pytest.raises(InputError, match="not an output of jaxmir.*--overwrite"):
+        with pytest.raises(InputError, match=f"not an output of jaxmir {why}.*--overwrite"):
             collect(model, [str(music / "rock" / "a.wav")], str(tmp_path / name), jobs=0,
                     progress=False)
         assert (tmp_path / name).read_text() == text

@@ -333,8 +333,9 @@ class LinesWriter(Writer):
         except InputError:  # another model's or other settings' output: already said so
             raise
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as err:
-            raise InputError(f"{self.path}: not an output of jaxmir ({err}); give another --output, "
-                             "or --overwrite to start it over") from None
+            reason = f"a row without {err}" if isinstance(err, KeyError) else str(err)
+            raise InputError(f"{self.path}: not an output of jaxmir ({reason}); give another "
+                             "--output, or --overwrite to start it over") from None
         self.rows = [row for _, row in kept]
         self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in self.rows
                      if r["status"] in DONE}
