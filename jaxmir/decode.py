@@ -638,11 +638,13 @@ class Mp3Start:
     as the first of two frames of one stream: FFmpeg 2.8 compares their sample rate and layer
     and takes it, to decode a frame of silence (so does the Essentia wheel); FFmpeg today also
     compares their channel modes, which LAME writes apart (stereo in the tag's frame, joint
-    stereo after it), and starts behind it.
+    stereo after it), and starts behind it. So with a header right behind the tags that counts
+    nothing (no frames, no bytes), which neither FFmpeg takes for a length.
 
     Attributes:
       declares_length: a length header where FFmpeg reads one (its frame count).
-      tag_frame: the byte offset of a length header's frame behind junk, or None.
+      tag_frame: the byte offset of a Xing/Info/VBRI frame FFmpeg did not take for the length
+        header (behind junk, or counting nothing), or None.
       tag_samples: that frame's samples per channel (1152, or 576 at 24 kHz and below).
     """
 
