@@ -197,6 +197,8 @@ def test_the_python_entry_points_layout_defaults_to_the_command_lines():
     layout = ray_engine.layout_for("msd-musicnn", None, Options())
     assert layout.command == "tag" and layout.labels == tuple(jaxmir.load("msd-musicnn").labels)
     assert ray_engine.layout_for(None, None, Options("embeddings")).value_columns == ("embedding",)
+    with pytest.raises(InputError, match="unknown output 'cnn9'"):  # it failed in the actors
+        ray_engine.layout_for(None, None, Options("cnn9"))
     with pytest.raises(InputError, match="a tag layout without the model's labels"):
         ray_engine.analyze_dataset(None, "msd-musicnn", Options(), Layout("tag", {"model": "x"}))
 

@@ -296,6 +296,7 @@ def layout_for(model: str | None, backbone: str | None, options: Options) -> Lay
 
     name = model or catalog.default_name()
     loaded = jaxmir.load(name, backbone=backbone)
+    loaded.resolve_output(options.output)  # here, not in every actor
     command = "tag" if options.output == "predictions" else "embed"
     fields = identity(model_fields(name, backbone), loaded, command, options)
     return Layout(command, fields, tuple(loaded.labels) if command == "tag" else ())
