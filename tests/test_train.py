@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import assert_parity, child_env, require, run_tf
+from conftest import assert_parity, child_env, require, run_tf, shared_fixture
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning
 from jaxmir import cli as jaxmir_cli
 from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
@@ -925,6 +925,19 @@ def test_a_file_too_short_for_a_patch_is_skipped_without_padding_advice(tmp_path
     assert len(skipped) == 1 and skipped[0].endswith(
         "short.wav: 64 frames (1.02 s) is too short for one patch of 187 frames (2.99 s)")
     assert len(result.dataset) == 8
+
+
+def test_the_default_layer_is_each_backbone_s_embeddings(tmp_path, audio_set):
+    """The default was the node name model/dense/BiasAdd, which a VGGish backbone lacks: its
+    training failed ("unknown output 'model/dense/BiasAdd'"), though --help said "its
+    'embeddings'"."""
+    vggish = shared_fixture("essentia-models/small_vggish_init.pb")
+    result = fit_head(audio_set, str(vggish), output=tmp_path / "v",
+                      config=fit.TrainConfig(epochs=2), cache=False)
+    assert result.head.in_dim == 128
+    entry = json.loads((tmp_path / "v.json").read_text())["inference"]["embedding_model"]
+    assert entry == {"algorithm": "TensorflowPredictVGGish", "model_name": "small_vggish_init",
+                     "output": "model/vggish/fc2/Relu"}  # the graph's node, for Essentia
 
 
 def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):

@@ -48,9 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                      "labels: multi-label) or numeric columns (regression)")
     parser.add_argument("-b", "--backbone", metavar="MODEL", default="msd-musicnn",
                         help="shipped name or .pb/.npz (default %(default)s)")
-    parser.add_argument("-l", "--layer", metavar="NAME", default="model/dense/BiasAdd",
-                        help="the backbone output used as features (default %(default)s, "
-                             "its 'embeddings')")
+    parser.add_argument("-l", "--layer", metavar="NAME", default="embeddings",
+                        help="the backbone output used as features (default: its embeddings, "
+                             "MusiCNN's model/dense/BiasAdd, VGGish's 128-d layer)")
     parser.add_argument("-o", "--output", metavar="NAME", required=True,
                         help="writes NAME.pb, NAME.json, NAME.npz")
     parser.add_argument("--folds", metavar="K", type=_folds, default=0,

@@ -26,7 +26,7 @@ from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, check_folds, c
                               cross_validate, steady_seconds, train_head, whole_at_least)
 from jaxmir.train.smoothing import METHODS, SmoothingConfig, check_class_sizes, smoother
 
-DEFAULT_LAYER = "model/dense/BiasAdd"
+DEFAULT_LAYER = "embeddings"  # each backbone's own: MusiCNN's model/dense/BiasAdd, VGGish's 128-d
 
 
 @dataclasses.dataclass
