@@ -2,7 +2,8 @@
 
 The content goes into a hidden temporary file in the target's folder, which
 then replaces the target by a rename (atomic within one file system). Used for
-every file jaxmir writes: tables, arrays, weights, pictures, command output.
+every file jaxmir writes whole: arrays, weights, pictures, command output, a Parquet
+table's parts (JSONL and CSV tables are appended to, row by row).
 :func:`deferred_interrupts` keeps Ctrl-C out of a few renames that belong together.
 """
 

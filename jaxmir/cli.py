@@ -753,7 +753,8 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
     hop = parser.add_mutually_exclusive_group()
     hop.add_argument("-ov", "--overlap", metavar="S", type=float, default=None,
                      help="overlap of consecutive patches in seconds (patches last 3 s for "
-                          "MusiCNN/VGG); default: Essentia's hop of 93 frames, 1.5 s overlap. "
+                          "MusiCNN/VGG); default: Essentia's hop of 93 frames (1.5 s of overlap "
+                          "for MusiCNN/VGG, 0.03 s for VGGish's 0.96-s patches). "
                           "(musicnn's --overlap is the hop between patches; use --patch-hop for that)")
     hop.add_argument("--patch-hop", metavar="FRAMES", type=whole_number(0), default=None,
                      help="frames between patch starts (default 93; 0 = patch size, no overlap)")
@@ -764,8 +765,9 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
                         help="pad audio shorter than one patch (default: report it as too short)")
     parser.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
                         help="resampling to 16 kHz: Essentia's converter (default; in JAX from "
-                             "22.05-192 kHz, within 1e-6 of it), libsamplerate itself "
-                             "(Essentia's samples bit for bit, slower), or soxr as librosa/musicnn")
+                             "the usual rates of 22.05 kHz and above, within 1e-6 of it), "
+                             "libsamplerate itself (Essentia's samples to float32 rounding, "
+                             "slower), or soxr as librosa/musicnn")
     parser.add_argument("--decoder", choices=("essentia", "float"), default="essentia",
                         help="MP3 and other compressed audio: as the essentia-tensorflow wheel "
                              "decodes it (default: 16-bit, clipped) or FFmpeg's float decoders "
@@ -861,7 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output name (default predictions; any other is written in full)")
     hop = live.add_mutually_exclusive_group()
     hop.add_argument("-ov", "--overlap", metavar="S", type=float, default=None,
-                     help="overlap of consecutive patches in seconds (default 1.5 s)")
+                     help="overlap of consecutive patches in seconds (default: Essentia's hop "
+                          "of 93 frames, 1.5 s of overlap for MusiCNN)")
     hop.add_argument("--patch-hop", metavar="FRAMES", type=whole_number(0), default=None,
                      help="frames between patch starts (default 93)")
     live.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",

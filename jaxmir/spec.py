@@ -3,7 +3,7 @@
 Everything here is plain, frozen data. The Flax modules (:mod:`jaxmir.models`)
 take these types as attributes; the TensorFlow-graph converter
 (:mod:`jaxmir.tfgraph.convert`) produces them; the weights file stores them as
-JSON (:func:`spec_to_json` / :func:`spec_from_json`).
+JSON (:func:`config_to_json` / :func:`config_from_json`).
 """
 
 from __future__ import annotations

@@ -14,11 +14,12 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
     """``--jobs``, ``--engine``, ``--per-patch``, ``--overwrite``, ``--flush-every``, ``--actors``,
     ``--batch``."""
     group = parser.add_argument_group(
-        "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tags) or a folder (.npy): "
-                       "one row per file, written as files are done; a rerun resumes")
+        "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tag) or a folder of .npy "
+                       "(embed): one row per file, written as files are done; a rerun resumes")
     group.add_argument("-j", "--jobs", metavar="N", type=whole_number(0), default=None,
-                       help="decoding workers (default: one per core, at most one per file; 0 = "
-                            "decode in the main thread, file by file as it streams)")
+                       help="decoding workers (default: one per core, at most one per file, none "
+                            "for one file; 0 = decode in the main thread, file by file as it "
+                            "streams)")
     group.add_argument("--processes", action="store_true",
                        help="decode in worker processes instead of threads: a decoder that "
                             "crashes on a file then ends the run naming it, at ~600 MB per worker")

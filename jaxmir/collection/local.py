@@ -4,7 +4,7 @@ bounded queues.
 Files are decoded (read + resampled to 16 kHz) by ``jobs`` workers while the
 model runs here on the files already decoded. At most ``prefetch`` decoded
 files wait at any time, so memory does not grow with the collection; results
-come back in the order of the files.
+come back as files are done (a file that fails at once comes before the ones still decoding).
 
 Workers are threads by default: FFmpeg and the resampler's compiled programs
 release the GIL, and threads share this process's JAX, its compiled resampler

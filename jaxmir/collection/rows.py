@@ -3,8 +3,8 @@ with the identity (model, options) an output records (:func:`identity`).
 
 Every row has ``path`` (absolute), ``size_bytes`` and ``mtime_ns`` (the file's
 state before it was read: what a resumed run compares), ``duration_s`` (of the
-16-kHz signal), ``n_patches``, ``status`` (``"ok"`` or ``"error"``) and
-``error`` (the message, or null). Then:
+16-kHz signal), ``n_patches``, ``status`` (``"ok"``, ``"damaged"``: decoded in part, or
+``"error"``) and ``error`` (the message, or null). Then:
 
 * ``tag``: one float64 column per label, the mean over patches (computed in
   float64 from the float32 predictions, as ``jaxmir tag`` does);

@@ -1,4 +1,5 @@
-"""The Flax models: pure modules that import nothing but their layers and :mod:`jaxmir.spec`.
+"""The Flax models: pure modules that import nothing but their layers, :mod:`jaxmir.spec` and
+:mod:`jaxmir.errors`.
 
 :data:`ARCHITECTURES` maps an architecture name (as saved in a spec) to its
 module; :func:`build_module` makes the module a spec describes. Adding a model

@@ -93,8 +93,9 @@ def accelerated(in_rate: int, out_rate: int, quality: str = "sinc_medium") -> bo
     """Whether :func:`jaxmir.resample.resample` takes the matrix-product kernel for
     ``in_rate -> out_rate`` Hz.
 
-    It does for 22.05, 24, 32, 44.1, 48, 88.2, 96, 176.4 and 192 kHz -> 16 kHz (downsampling with
-    a short exact period, with ``sinc_medium``, Essentia's filter), where it runs 3-13x faster than libsamplerate
+    It does where downsampling to 16 kHz has a short exact period, with ``sinc_medium``,
+    Essentia's filter: 22.05, 24, 32, 44.1, 48, 88.2, 96, 176.4 and 192 kHz, and others such as
+    17, 20, 50 or 384 kHz (not 44.056 or 47.999 kHz), where it runs 3-13x faster than libsamplerate
     (2-core EPYC; 22.05 kHz, whose positions come from the host, 3x); the per-output kernels
     elsewhere are about as fast as libsamplerate.
     """

@@ -3,7 +3,8 @@
     from jaxmir.train import fit_head
     result = fit_head("DATA/", backbone="msd-musicnn", output="my_head", folds=5)
 
-Needs optax (the ``[train]`` extra); matplotlib for ``--plot`` (``[plot]``).
+Needs optax (a core dependency; the ``[train]`` extra is kept, empty, for those who name it);
+matplotlib for ``--plot`` (``[plot]``).
 """
 
 from jaxmir import lazy
