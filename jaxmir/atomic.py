@@ -10,10 +10,12 @@ table's parts (JSONL and CSV tables are appended to, row by row).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -53,6 +55,16 @@ def _umask() -> int:
     return mask
 
 
+def _special_kind(path: Path) -> int | None:
+    """The file type (``stat.S_IFIFO``, ...) of an existing ``path`` that is neither a regular
+    file nor a folder, else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else stat.S_IFMT(mode)
+
+
 def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], object], *,
                      durable: bool = False) -> Path:
     """``write(handle)`` into ``.<name>.<random>.tmp`` beside ``target``, then rename it over ``target``.
@@ -61,9 +73,18 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     own are 0600). With ``durable``, the file is synced before the rename and
     its folder after it. On any error, the temporary file is removed and
     ``target`` is as it was. A symbolic link keeps pointing at the file written: the file it
-    names is replaced. Returns the file written as a :class:`~pathlib.Path`.
+    names is replaced. A pipe or a character device (``/dev/null``, a terminal) is written to,
+    not replaced; another kind of file (a block device, a socket) is an :class:`OSError`.
+    Returns the file written as a :class:`~pathlib.Path`.
     """
     target = Path(os.path.realpath(target) if os.path.islink(target) else target)  # a link stays
+    kind = _special_kind(target)
+    if kind in (stat.S_IFIFO, stat.S_IFCHR):
+        with open(target, "wb") as file:
+            write(file)
+        return target
+    if kind is not None:
+        raise OSError(errno.EINVAL, "not a regular file, a pipe or a character device", str(target))
     handle, temporary = tempfile.mkstemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
                                          dir=target.parent)
     try:

@@ -207,6 +207,19 @@ def _written_through(output: str) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
+def _check_plot_name(plot: str | None, output: str | None) -> None:
+    """``--plot`` names a picture file: not nothing, not standard output, not a folder, not the
+    ``--output`` file."""
+    from jaxmir.errors import InputError
+
+    if plot is None:
+        return
+    if plot in ("", "-") or plot.endswith(("/", os.sep)):
+        raise InputError(f"--plot {plot!r}: give the picture's file name (.png)")
+    if output and os.path.abspath(plot) == os.path.abspath(output):
+        raise InputError(f"--plot {plot} is also the --output; give each its own file")
+
+
 def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
     from jaxmir.errors import InputError
@@ -222,7 +235,8 @@ def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
             check_writable(parent)  # before the work: it failed as the audio file's failure
         except InputError as err:
             raise InputError(f"--plot: {err}") from None
-    existing = [str(path) for path in paths if os.path.lexists(path)]
+    existing = [str(path) for path in paths  # a pipe or a device is written to, not replaced
+                if os.path.lexists(path) and not _written_through(str(path))]
     if existing and not overwrite:
         raise InputError(f"--plot: {existing[0]} exists"
                          + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
@@ -475,6 +489,7 @@ def cmd_tag(args) -> int:
         from jaxmir.plot import check_available
 
         check_available()  # a missing matplotlib fails here, once
+    _check_plot_name(args.plot, args.output)
     plots = _plot_paths(args.files, args.plot)
     _check_plots(plots.values(), args.overwrite)
     results, failed = _process(args.files,

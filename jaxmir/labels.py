@@ -17,16 +17,19 @@ def check_labels(labels: Sequence[str], width: int) -> None:
     check_label_text(labels)
 
 
-# Unicode's line and paragraph separators, and its text-direction overrides and isolates
-_LAYOUT_CONTROLS = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Unicode's line and paragraph separators, its text-direction marks, overrides and isolates,
+# and the invisible zero-width space and byte-order mark (not the joiners some scripts need)
+_LAYOUT_CONTROLS = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                             "\u200e\u200f\u061c\u200b\ufeff")
 
 
 def check_label_text(labels: Iterable[str]) -> None:
     """Raise :class:`InputError` for an empty label, or one holding a control character (a line
     break, an escape sequence a terminal would obey, a text-direction override)."""
     for label in labels:
-        if not label:
-            raise InputError("a label is empty; labels are names printed and used as column names")
+        if not label.strip():
+            raise InputError(f"a label is empty ({label!r}); labels are names printed and used as "
+                             "column names")
         if any(unicodedata.category(char) == "Cc" or char in _LAYOUT_CONTROLS for char in label):
             raise InputError(f"the label {label!r} holds a control character (a line break, an "
                              "escape, a text-direction control); labels are names printed and "

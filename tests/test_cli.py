@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 import jaxmir
-from conftest import BF16_TAGS_ATOL, ROOT, child_env, shared_fixture
+from conftest import BF16_TAGS_ATOL, ROOT, child_env, require, shared_fixture
 from jaxmir import cli
 
 SR = 44100
@@ -385,7 +385,7 @@ def test_output_through_links_pipes_devices_and_dash(capsys, wavs, tmp_path):
     fifo = tmp_path / "fifo.csv"
     os.mkfifo(fifo)
     received = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
     reader.start()
     status, out, err = run(capsys, *args, "-o", str(fifo))
     reader.join(timeout=60)
@@ -434,6 +434,33 @@ def test_text_longer_than_a_pipe_holds_is_written_whole_or_not_at_all():
         assert done.stdout.split()[-1] == status, (reader, done.stdout, done.stderr)
         if reader.startswith("wc"):
             assert int(done.stdout.split()[0]) == 5_000_000  # all of it
+
+
+def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_path):
+    """`--plot FIFO --overwrite` replaced the pipe by a file its reader never saw (a character
+    device too: /dev/null as root); `--plot -`, `--plot ''` and `--plot dir/` wrote files named
+    '-', '.' and 'dir'; `--plot P -o P` tagged, drew, then refused the output."""
+    import stat
+    import threading
+
+    require("matplotlib")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--plot", str(fifo), "--overwrite")
+    reader.join(timeout=120)
+    assert status == 0 and stat.S_ISFIFO(fifo.stat().st_mode), err
+    assert received and received[0].startswith(b"\x89PNG")
+    for plot, extra, message in (("-", [], "--plot '-': give the picture's file name"),
+                                 ("", [], "--plot '': give the picture's file name"),
+                                 (f"{tmp_path}/pictures/", [], "give the picture's file name"),
+                                 (str(tmp_path / "same"), ["-o", str(tmp_path / "same")],
+                                  "is also the --output")):
+        status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--plot", plot, *extra)
+        assert status == 1 and message in err, (plot, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
 
 
 def test_a_pipe_whose_reader_left_ends_quietly(capsys, wavs, monkeypatch, tmp_path):

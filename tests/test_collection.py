@@ -607,6 +607,28 @@ def test_an_output_named_through_a_link_is_written_through_it(model, tmp_path):
                     progress=False)
 
 
+def test_options_and_commands_that_cannot_run_are_refused_once(model, tmp_path):
+    """Each failed file by file (and again on every rerun), or ran: Options("embeddings") under
+    command='tag' wrote 50 of the 200 embedding values under the tags' names; command='bogus' was
+    recorded as it came."""
+    clip = _write(tmp_path / "a.wav", 3.0, 16000, 1, 0)
+    for options, message in ((dict(last_patch="bogus"), "Options\\(last_patch='bogus'\\)"),
+                             (dict(resampler="sox"), "Options\\(resampler='sox'\\)"),
+                             (dict(decoder="x"), "Options\\(decoder='x'\\)"),
+                             (dict(pad="bogus"), "Options\\(pad='bogus'\\)"),
+                             (dict(patch_hop=-3), "Options\\(patch_hop=-3\\)")):
+        with pytest.raises(InputError, match=message):
+            Options(**options)
+    for kwargs, message in ((dict(options=Options(patch_hop=188)), "patch_hop 188 is larger"),
+                            (dict(options=Options("embeddings")), "command='tag' writes the "
+                                                                  "predictions"),
+                            (dict(command="bogus"), "unknown command 'bogus'")):
+        with pytest.raises(InputError, match=message):
+            collect(model, [str(clip)], str(tmp_path / "out.jsonl"), name="msd-musicnn", jobs=0,
+                    progress=False, **kwargs)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):
     """NumPy reports a short write (a full disk) as "N requested and M written", with no errno."""
     def short_write(*args, **kwargs):

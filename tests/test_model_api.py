@@ -511,7 +511,7 @@ def test_labels_holding_control_characters_are_refused(musicnn, tmp_path):
         handle, np.frombuffer(json.dumps(meta).encode(), np.uint8)))
     with pytest.raises(WeightsError, match=r"edited.npz: the label '\\x9bcontrol' holds a control"):
         jaxmir.load(edited)
-    for odd in ("right\u202eleft", "one\u2028two", ""):  # a direction override, a line separator
+    for odd in ("right\u202eleft", "one\u2028two", "", " ", "zero\u200bwidth", "\ufeffbom"):
         with pytest.raises(InputError, match="holds a control character|a label is empty"):
             musicnn.with_labels(bad[:4] + [odd] + bad[5:])
     assert musicnn.with_labels(["Électro · café ü"] + bad[1:4] + ["tab-free"] + bad[5:]).labels[0] \

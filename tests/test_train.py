@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import subprocess
 import sys
 import warnings
@@ -108,6 +109,18 @@ def test_class_folders_are_ordered_as_a_table_s_class_ids(tmp_path, audio_set):
     table = tmp_path / "ids.csv"
     table.write_text("path,label\n" + "".join(f"{p},{Path(p).parent.name}\n" for p in ds.paths))
     assert data.load_dataset(table).classes == ds.classes
+
+
+def test_class_folders_of_one_number_written_two_ways_are_refused(tmp_path, audio_set):
+    """Folders 1 and 01 made two classes, where a table's label column refused them."""
+    import shutil
+
+    twins = tmp_path / "twins"
+    shutil.copytree(audio_set / "pads", twins / "1")
+    shutil.copytree(audio_set / "drums", twins / "01")
+    with pytest.raises(InputError, match=r"the class folders '01' and '1' are one number written "
+                                         "two ways"):
+        data.load_dataset(twins)
 
 
 def test_a_class_named_with_a_control_character_is_refused(tmp_path, audio_set):
@@ -657,6 +670,11 @@ def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
     export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
                        "model/dense/BiasAdd", overwrite=True)
     assert (tmp_path / "h.pb").is_symlink() and (tmp_path / "elsewhere" / "real.pb").is_file()
+    os.mkfifo(tmp_path / "f.json")  # --overwrite replaced the pipe by the head's JSON
+    with pytest.raises(InputError, match="f.json is not a regular file"):
+        export.export_head(params, "softmax", ABC, tmp_path / "f", "msd-musicnn", (187, 96),
+                           "model/dense/BiasAdd", overwrite=True)
+    assert stat.S_ISFIFO((tmp_path / "f.json").stat().st_mode)
 
 
 @pytest.mark.parametrize("flags", [[], ["--finetune"], ["--folds", "2", "--plot"]])

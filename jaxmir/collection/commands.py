@@ -62,7 +62,17 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
         every row written before it is kept.
     """
     name = name or str(model.source)
+    if command not in ("tag", "embed"):
+        raise InputError(f"unknown command {command!r}; expected 'tag' or 'embed'")
     options = options or Options("embeddings" if command == "embed" else "predictions")
+    if command == "tag" and options.output != "predictions":  # a column per label
+        raise InputError(f"command='tag' writes the predictions, a column per label; "
+                         f"Options({options.output!r}) goes with command='embed'")
+    if options.patch_hop is not None:  # refused once, not by every file (and every rerun)
+        from jaxmir import pipeline
+        from jaxmir.patches import patch_starts
+
+        patch_starts(0, pipeline.frontend_of(model).patch_size, options.patch_hop)
     if engine == "ray":  # the actors load the model by its name
         from jaxmir.collection import ray_engine
 

@@ -20,13 +20,15 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from jaxmir.audio import read_mono
+from jaxmir.audio import RESAMPLERS, read_mono
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
-from jaxmir.errors import AudioError, DeviceMemoryError, JaxmirError
+from jaxmir.decode import MODES as DECODE_MODES
+from jaxmir.errors import AudioError, DeviceMemoryError, InputError, JaxmirError
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import check_dtype
 from jaxmir.models.runner import call_step
+from jaxmir.patches import LAST_PATCH_MODES, PAD_MODES
 from jaxmir.stream import (audio_to_outputs, check_batch, file_batch, file_stream,
                            initial_carry)
 
@@ -58,6 +60,18 @@ class Options:
         check_dtype(self.dtype)
         if self.batch is not None:
             check_batch(self.batch)
+        # refused here, once, rather than by every file of a run (and again by every rerun)
+        for name, value, accepted in (("last_patch", self.last_patch, LAST_PATCH_MODES),
+                                      ("pad", self.pad, PAD_MODES),
+                                      ("resampler", self.resampler, RESAMPLERS),
+                                      ("decoder", self.decoder, DECODE_MODES)):
+            if value not in accepted:
+                raise InputError(f"Options({name}={value!r}): accepted: "
+                                 + ", ".join(map(repr, accepted)))
+        if self.patch_hop is not None and (isinstance(self.patch_hop, bool) or not isinstance(
+                self.patch_hop, (int, np.integer)) or self.patch_hop < 0):
+            raise InputError(f"Options(patch_hop={self.patch_hop!r}): a whole number of frames "
+                             ">= 0 (0: a patch)")
 
     def cast(self, model):
         """``model`` in ``dtype`` (the model itself when it is already)."""

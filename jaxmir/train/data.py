@@ -176,8 +176,9 @@ def load_dataset(source: str | os.PathLike) -> Dataset:
 
 
 def _from_folders(root: Path) -> Dataset:
-    classes = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=_class_order)
+    classes = ordered_classes([p.name for p in root.iterdir()
+                               if p.is_dir() and not p.name.startswith(".")],
+                              f"{root}: the class folders")
     if not classes:
         raise InputError(f"{root}: no class folders; expected DATA/<class>/<audio files>")
     paths, rows = [], []
@@ -281,6 +282,19 @@ def _from_table(path: Path) -> Dataset:
     return Dataset(tuple(files), values, "regression", tuple(numeric))
 
 
+def ordered_classes(names, what: str) -> list[str]:
+    """``names`` in order of :func:`_class_order`; :class:`InputError` for two that are one
+    number written two ways (``1`` and ``01``, ``what`` naming them), which would be two classes."""
+    classes = sorted(names, key=_class_order)
+    numbers = [_class_order(name)[:2] for name in classes]
+    twins = [(a, b) for a, b, x, y in zip(classes, classes[1:], numbers, numbers[1:])
+             if x[0] == 0 and x == y]
+    if twins:
+        raise InputError(f"{what} {twins[0][0]!r} and {twins[0][1]!r} are one number written two "
+                         "ways, which would make two classes; write each class id one way")
+    return classes
+
+
 def _class_order(name: str) -> tuple:
     """Classes in order of name, class ids (finite numbers) in order of value: 2 before 10."""
     try:
@@ -306,14 +320,7 @@ def _classification(path: Path, files: list[str], label: list[str | list[str]]) 
     empty = [files[i] for i, parts in enumerate(per_row) if not parts or parts == [""]]
     if empty:
         raise InputError(f"{path}: {len(empty)} row(s) without a label, e.g. {empty[0]}")
-    classes = sorted({c for parts in per_row for c in parts}, key=_class_order)
-    numbers = [_class_order(name)[:2] for name in classes]
-    twins = [(a, b) for a, b, x, y in zip(classes, classes[1:], numbers, numbers[1:])
-             if x[0] == 0 and x == y]
-    if twins:
-        raise InputError(f"{path}: the labels {twins[0][0]!r} and {twins[0][1]!r} are one number "
-                         "written two ways, which would make two classes; write each class id "
-                         "one way")
+    classes = ordered_classes({c for parts in per_row for c in parts}, f"{path}: the labels")
     index = {name: i for i, name in enumerate(classes)}
     targets = np.zeros((len(files), len(classes)), np.float32)
     for row, parts in enumerate(per_row):

@@ -200,6 +200,9 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
     paths = output_paths(output)
     if not overwrite:
         refuse_existing(paths.values())
+    odd = [str(p) for p in paths.values() if os.path.exists(p) and not os.path.isfile(p)]
+    if odd:  # a folder, a pipe, a device: a head's file would replace it
+        raise InputError(f"{odd[0]} is not a regular file; choose another --output")
     folder = paths[".pb"].parent
     folder.mkdir(parents=True, exist_ok=True)
     stem = paths[".pb"].stem
