@@ -564,6 +564,20 @@ def test_a_second_run_on_an_output_stops_at_once(model, tmp_path, kind):
             collect(model, [str(clip)], str(link), name="msd-musicnn", jobs=0, progress=False)
 
 
+def test_long_output_names_sharing_their_first_bytes_have_their_own_locks(tmp_path):
+    """Locks were named from an output name's first 200 bytes: two runs on two outputs whose
+    long names began alike refused each other."""
+    same = "é" * 110  # 220 bytes
+    first, second = tmp_path / f"{same}-1.jsonl", tmp_path / f"{same}-2.jsonl"
+    with outputs.exclusive(str(first)):
+        with outputs.exclusive(str(second)):
+            pass
+        with pytest.raises(InputError, match="is being written by another jaxmir run"):
+            with outputs.exclusive(str(first)):
+                pass
+    assert all(len(os.fsencode(p.name)) <= 255 for p in tmp_path.iterdir())
+
+
 def test_an_output_named_through_a_link_is_written_through_it(model, tmp_path):
     """A resume that dropped a row replaced the link by a file, leaving its target stale; a
     dotted folder named with a trailing '/' was an unknown kind."""

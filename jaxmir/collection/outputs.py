@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -107,6 +108,16 @@ def check_writable(folder: Path) -> None:
         raise InputError(f"cannot write the output in {folder}: {reason}")
 
 
+def _lock_name(name: str) -> str:
+    """``.<name>.lock``; for a name too long to take the suffix, its first bytes and a digest of
+    all of it (two long names with the same first 200 bytes shared one lock)."""
+    prefix = name_prefix(name)
+    if prefix == name:
+        return f".{name}.lock"
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return f".{name_prefix(name[:len(prefix) - 20])}-{digest}.lock"
+
+
 @contextlib.contextmanager
 def exclusive(output: str | os.PathLike) -> Iterator[None]:
     """Hold the output for one run: ``.<name>.lock`` beside it, locked exclusively.
@@ -118,7 +129,7 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
     """
     path = Path(output)
     check_writable(path.parent)
-    with open(path.parent / f".{name_prefix(path.name)}.lock", "ab") as handle:
+    with open(path.parent / _lock_name(path.name), "ab") as handle:
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
