@@ -77,14 +77,14 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     not replaced; another kind of file (a block device, a socket) is an :class:`OSError`.
     Returns the file written as a :class:`~pathlib.Path`.
     """
-    target = Path(os.path.realpath(target) if os.path.islink(target) else target)  # a link stays
-    kind = _special_kind(target)
-    if kind in (stat.S_IFIFO, stat.S_IFCHR):
+    kind = _special_kind(Path(target))  # through links, as open takes them: a link's real path
+    if kind in (stat.S_IFIFO, stat.S_IFCHR):  # may name no file (/dev/stdout to a pipe)
         with open(target, "wb") as file:
             write(file)
-        return target
+        return Path(target)
     if kind is not None:
         raise OSError(errno.EINVAL, "not a regular file, a pipe or a character device", str(target))
+    target = Path(os.path.realpath(target) if os.path.islink(target) else target)  # a link stays
     handle, temporary = tempfile.mkstemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
                                          dir=target.parent)
     try:

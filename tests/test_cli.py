@@ -463,6 +463,17 @@ def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
 
 
+def test_a_link_to_a_pipe_is_written_through():
+    """/dev/stdout to a pipe: its real path (/proc/<pid>/fd/pipe:[...]) names no file, so
+    following the link first failed ("No such file or directory": `--plot /dev/stdout`, and
+    `-o /dev/stdout` once -o wrote through the same function)."""
+    child = ("from jaxmir.atomic import write_atomically\n"
+             "write_atomically('/dev/stdout', lambda handle: handle.write(b'through'))\n")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True,
+                          env=subprocess_env(), cwd=ROOT, timeout=120)
+    assert (done.returncode, done.stdout) == (0, b"through"), done.stderr
+
+
 def test_a_pipe_whose_reader_left_ends_quietly(capsys, wavs, monkeypatch, tmp_path):
     """`-o FIFO` (or /dev/stdout) whose reader left, as `| head -c 10` does, said "--output ...
     cannot be written (Broken pipe)" and exited 1, where standard output's reader leaving ends
