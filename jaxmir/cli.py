@@ -175,21 +175,24 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
     from jaxmir.collection.outputs import check_writable
     from jaxmir.errors import InputError
 
-    if output is None or output == "-" or _written_through(output):
+    if output is None or output == "-":
         return
     if not output:
         raise InputError("--output is empty; give a file name")
     try:
-        os.stat(output)
+        mode = os.stat(output).st_mode  # through links
     except OSError as err:
         if err.errno == errno.ELOOP:  # a link to itself, or a chain of them
             raise InputError(f"--output {output} is a link that leads to no file (a loop)") from None
-    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        mode = None
+    if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        return  # written to, not replaced (_written_through)
+    if output.endswith(("/", os.sep)) or (mode is not None and stat.S_ISDIR(mode)):
         raise InputError(f"--output {output} is a folder; jaxmir tag writes its text, JSON or CSV "
                          "to one file here (a table: OUT.parquet, OUT.jsonl or OUT.csv)")
-    if os.path.exists(output) and not stat.S_ISREG(os.stat(output).st_mode):
+    if mode is not None and not stat.S_ISREG(mode):
         raise InputError(f"--output {output} is not a regular file, a pipe or a character device")
-    if os.path.exists(output) and not overwrite:
+    if mode is not None and not overwrite:
         raise InputError(f"--output {output} exists; give another path, or --overwrite to replace it")
     try:
         check_writable(Path(os.path.realpath(output)).parent)  # before the work, not after it
@@ -222,9 +225,8 @@ def _check_plot_name(plot: str | None, output: str | None) -> None:
 
 def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
-    from jaxmir.errors import InputError
-
     from jaxmir.collection.outputs import check_writable
+    from jaxmir.errors import InputError
 
     paths = list(paths)
     folder = next((path for path in paths if os.path.isdir(path)), None)
@@ -244,29 +246,24 @@ def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
 
 
 def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
-    """``text`` to standard output, or to ``output`` atomically (never over a file unless asked)."""
+    """``text`` to standard output, or to ``output`` atomically (never over a file unless asked;
+    a pipe or a device is written to, as :func:`jaxmir.atomic.write_atomically` does)."""
     if output is None or output == "-":
         from jaxmir.console import write_line
 
         write_line(text)
         return
     from jaxmir.atomic import write_atomically
+    from jaxmir.console import StandardOutputError
     from jaxmir.errors import InputError
 
     _check_output_file(output, overwrite)  # again: it may have appeared while the files ran
     target = Path(output)
     try:
-        if _written_through(output):
-            from jaxmir.console import StandardOutputError
-
-            try:
-                with open(output, "w", encoding="utf-8") as handle:
-                    handle.write(text)
-            except BrokenPipeError:  # its reader left, as `| head` does: stop quietly
-                raise StandardOutputError("its reader left", reader_left=True) from None
-            return
         target.parent.mkdir(parents=True, exist_ok=True)  # as a table's folder is made
         write_atomically(target, lambda handle: handle.write(text.encode("utf-8")), durable=True)
+    except BrokenPipeError:  # a pipe given as --output whose reader left, as `| head` does
+        raise StandardOutputError("its reader left", reader_left=True) from None
     except OSError as err:
         raise InputError(f"--output {target} cannot be written ({err.strerror or err})") from None
 

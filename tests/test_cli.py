@@ -491,8 +491,10 @@ def test_a_pipe_whose_reader_left_ends_quietly(capsys, wavs, monkeypatch, tmp_pa
         def write(self, text):
             raise BrokenPipeError(32, "Broken pipe")
 
+    from jaxmir import atomic
+
     os.mkfifo(tmp_path / "pipe.json")
-    monkeypatch.setattr(cli, "open", LeftPipe, raising=False)  # the FIFO's reader has left
+    monkeypatch.setattr(atomic, "open", LeftPipe, raising=False)  # the FIFO's reader has left
     with open(tmp_path / "stdout", "w") as sink:  # main points standard output at /dev/null
         monkeypatch.setattr(sys, "stdout", FailingOutput(OSError(), 100, sink.fileno()))
         assert run(capsys, "tag", str(wavs["PCM_16"]), "-o", str(tmp_path / "pipe.json")) \

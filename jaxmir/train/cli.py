@@ -43,9 +43,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train-head", help="train a classifier/regressor head on embeddings and export it",
         description="Train a dense(100)-ReLU-dense head on per-patch embeddings (MTG's recipe) "
                     "and write NAME.pb + NAME.json (Essentia's TensorflowPredict2D) and NAME.npz.")
-    parser.add_argument("data", metavar="DATA", help="a folder with one subfolder per class, or a CSV/Parquet "
-                                     "with a 'path' column and a 'label' column (';' between "
-                                     "labels: multi-label) or numeric columns (regression)")
+    parser.add_argument("data", metavar="DATA",
+                        help="a folder with one subfolder per class, or a CSV/Parquet "
+                             "with a 'path' column and a 'label' column (';' between "
+                             "labels: multi-label) or numeric columns (regression)")
     parser.add_argument("-b", "--backbone", metavar="MODEL", default="msd-musicnn",
                         help="shipped name or .pb/.npz (default %(default)s)")
     parser.add_argument("-l", "--layer", metavar="NAME", default="embeddings",
