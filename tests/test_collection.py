@@ -643,6 +643,25 @@ def test_options_and_commands_that_cannot_run_are_refused_once(model, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_options_without_an_output_take_the_command_s(model, tmp_path):
+    """Options(batch=4) under command='embed' wrote the 50 predictions as the embedding."""
+    import pyarrow.parquet as pq
+    import soundfile
+
+    clip = _write(tmp_path / "a.wav", 6.0, 16000, 1, 0)
+    out = tmp_path / "emb.parquet"
+    collect(model, [str(clip)], str(out), command="embed", options=Options(batch=4),
+            name="msd-musicnn", jobs=0, progress=False)
+    row, = pq.read_table(out).to_pylist()
+    audio, _ = soundfile.read(clip, dtype="float32")
+    expected = model.predict(audio, 16000, output="embeddings").mean(axis=0)
+    assert len(row["embedding"]) == expected.size == 200
+    # calls of 4 patches against predict's: float32 summation order alone
+    np.testing.assert_allclose(row["embedding"], expected, rtol=1e-5, atol=1e-6)
+    assert Options(batch=4).for_command("tag").output == "predictions"
+    assert Options("penultimate").for_command("tag").output == "penultimate"
+
+
 def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):
     """NumPy reports a short write (a full disk) as "N requested and M written", with no errno."""
     def short_write(*args, **kwargs):

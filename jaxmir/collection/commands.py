@@ -42,8 +42,9 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
       output: ``.parquet`` (a folder of parts), ``.jsonl``, ``.csv`` or a folder of ``.npy``.
       command: ``"tag"`` (a column per label) or ``"embed"`` (an ``embedding`` column).
       options: the output name and patch options of ``Model.predict``, the dtype
-        (``"bfloat16"`` casts ``model``) and the patches per call (default: ``Options()``,
-        the predictions, for ``tag``; ``Options("embeddings")`` for ``embed``).
+        (``"bfloat16"`` casts ``model``) and the patches per call (default: ``Options()``;
+        an ``output`` left unnamed is the predictions for ``tag``, the embeddings for
+        ``embed``).
       name, backbone: the model's name (default: ``model.source``) and backbone, recorded
         in the output; the Ray engine's actors load ``jaxmir.load(name, backbone=backbone)``.
       jobs: decoding workers (default one per core; 0 = in this thread).
@@ -64,7 +65,7 @@ def collect(model, paths: Sequence[str], output: str, *, command: str = "tag",
     name = name or str(model.source)
     if command not in ("tag", "embed"):
         raise InputError(f"unknown command {command!r}; expected 'tag' or 'embed'")
-    options = options or Options("embeddings" if command == "embed" else "predictions")
+    options = (options or Options()).for_command(command)
     if command == "tag" and options.output != "predictions":  # a column per label
         raise InputError(f"command='tag' writes the predictions, a column per label; "
                          f"Options({options.output!r}) goes with command='embed'")

@@ -38,7 +38,9 @@ class Options:
     """What to compute for each file (the patch options of ``Model.predict``), and how.
 
     ``output`` is a name ``Model.apply`` accepts (``"predictions"`` for tags,
-    ``"embeddings"`` or a layer for embeddings). ``dtype`` ``"bfloat16"`` runs
+    ``"embeddings"`` or a layer for embeddings); ``None``, the default, is the
+    command's own (:meth:`for_command`): the predictions for ``tag``, the
+    embeddings for ``embed``. ``dtype`` ``"bfloat16"`` runs
     the model in bfloat16 (``Model.astype``; opt-in, ~1e-2 from float32 on tags).
     ``batch`` is the patches per model call (``None``: the model's,
     :func:`jaxmir.stream.file_batch`): larger calls keep a GPU busy; the
@@ -46,7 +48,7 @@ class Options:
     run may change it.
     """
 
-    output: str = "predictions"
+    output: str | None = None
     patch_hop: int | None = None
     last_patch: str = "discard"
     pad: str | None = None
@@ -72,6 +74,12 @@ class Options:
                 self.patch_hop, (int, np.integer)) or self.patch_hop < 0):
             raise InputError(f"Options(patch_hop={self.patch_hop!r}): a whole number of frames "
                              ">= 0 (0: a patch)")
+
+    def for_command(self, command: str) -> "Options":
+        """These options with ``output`` named: ``None`` becomes ``command``'s default."""
+        if self.output is not None:
+            return self
+        return dataclasses.replace(self, output="embeddings" if command == "embed" else "predictions")
 
     def cast(self, model):
         """``model`` in ``dtype`` (the model itself when it is already)."""
@@ -264,6 +272,7 @@ def analyze_stream(model, items: Iterable[Decoded], options: Options
     ``--xla_force_host_platform_device_count``) each device holds a replica of
     the model and takes the next call as soon as it is free.
     """
+    options = options.for_command("tag")
     packer = Packer(model, patch_hop=options.patch_hop, last_patch=options.last_patch,
                     pad=options.pad, batch=options.batch or file_batch(model))
     _, taps = model.resolve_outputs(options.output)
@@ -297,6 +306,7 @@ def stream_files(model, sources: Iterable[Source], options: Options
     Memory holds a few seconds of audio and the per-patch outputs, whatever the
     file's length (a recording of hours); the outputs are :func:`analyze`'s.
     """
+    options = options.for_command("tag")
 
     for source in sources:
         path = source.path

@@ -176,6 +176,7 @@ def run(model, sources: Sequence[Source], options: Options, write: Callable[[Res
     Without workers (``jobs=0``) and with the default analyzer, each file streams from disk
     through the engine (:func:`compute.stream_files`): memory does not grow with its length.
     """
+    options = options.for_command("tag")
     decoded = None
     if jobs == 0 and analyzer is compute.analyze_stream:
         outcomes = compute.stream_files(model, sources, options)

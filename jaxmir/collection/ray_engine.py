@@ -295,6 +295,7 @@ def layout_for(model: str | None, backbone: str | None, options: Options) -> Lay
     from jaxmir import catalog
 
     name = model or catalog.default_name()
+    options = options.for_command("tag")
     loaded = jaxmir.load(name, backbone=backbone)
     loaded.resolve_output(options.output)  # here, not in every actor
     command = "tag" if options.output == "predictions" else "embed"
@@ -311,7 +312,7 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout |
       paths: a ``ray.data.Dataset`` with a ``path`` column (absolute paths the
         workers can read).
       model, backbone: as :func:`jaxmir.load` (a shipped name or a path the actors can read).
-      options: patch options and the output name.
+      options: patch options and the output name (unnamed: the predictions).
       layout: the columns (``rows.Layout``); by default the command line's
         (:func:`layout_for`). A ``tag`` layout names the model's labels.
       actors: model actors (default: one per GPU, else 1); ``cpus_per_actor``
@@ -327,6 +328,7 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout |
     ray = import_ray()
     from ray.data import ActorPoolStrategy
 
+    options = options.for_command("tag")
     layout = layout if layout is not None else layout_for(model, backbone, options)
     if layout.command == "tag" and not layout.labels and not raw:
         # its rows would hold no values at all
