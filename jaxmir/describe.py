@@ -38,6 +38,8 @@ def summarize(architecture: str, config: Mapping[str, Any]) -> list[str]:
             text += " BN" if block.bn_epsilon is not None else ""
             if block.pool is not None:
                 text += f" pool{block.pool.window[0]}x{block.pool.window[1]}"
+                if block.pool.strides != block.pool.window:
+                    text += f" (stride {block.pool.strides[0]}x{block.pool.strides[1]})"
             blocks.append(text)
         return [("BN, " if config.get("input_bn_epsilon") is not None else "") + ", ".join(blocks),
                 "flatten -> " + _arrows(config["head"])]

@@ -587,6 +587,10 @@ def test_info(capsys, wavs):
     status, out, err = run(capsys, "info", str(shared_fixture("essentia-models/small_vggish_init.pb")))
     assert status == 0, err
     assert "vggish" in out and "patches: 96 frames (0.96 s)" in out
+    assert "pool2x2," in out and "stride" not in out  # windows and strides alike
+    # musicnn's VGG: its first pool, 4x1, moves 2x2 (it read "pool4x1", as if it moved 4x1)
+    status, out, err = run(capsys, "info", "msd-vgg")
+    assert status == 0 and "BN pool4x1 (stride 2x2), conv3x3 128" in out and out.count("stride") == 1
     head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     status, out, err = run(capsys, "tag", str(shared_fixture("audio/vignesh.wav")), "--model", head)
     assert status == 1 and out == "" and "embedding head" in err
