@@ -896,6 +896,8 @@ def test_a_model_file_is_known_by_its_bytes_not_by_the_path_that_names_it(music,
 
 def test_labels_named_like_a_tables_columns_go_to_jsonl_only(music, model, tmp_path):
     """JSONL nests the labels under 'tags': it was refused with the tables all the same."""
+    import pyarrow.parquet as pq
+
     labels = ["path", "status"] + list(model.labels[2:])
     renamed = jaxmir.load("msd-musicnn", labels=labels)
     rock = [str(music / "rock")]
@@ -908,6 +910,19 @@ def test_labels_named_like_a_tables_columns_go_to_jsonl_only(music, model, tmp_p
                                              "table's own columns; write JSONL"):
             collect(renamed, rock, str(tmp_path / f"tags{suffix}"), name="msd-musicnn", jobs=0,
                     progress=False)
+    # 'patches' is a Parquet column with --per-patch only: refused there, and only there (the
+    # first label's values, named 'path' above)
+    patches = jaxmir.load("msd-musicnn", labels=["patches"] + list(model.labels[1:]))
+    assert collect(patches, rock, str(tmp_path / "plain.parquet"), name="msd-musicnn", jobs=0,
+                   progress=False).ok == 2
+    assert pq.read_table(tmp_path / "plain.parquet").column("patches").to_pylist() == [
+        json.loads(line)["tags"]["path"] for line in lines.read_text().splitlines()]
+    rerun = collect(patches, rock, str(tmp_path / "plain.parquet"), name="msd-musicnn", jobs=0,
+                    progress=False)  # its label column is not taken for per-patch arrays
+    assert (rerun.skipped, rerun.ok) == (2, 0)
+    with pytest.raises(InputError, match=r"labels \['patches'\] clash with the Parquet"):
+        collect(patches, rock, str(tmp_path / "per-patch.parquet"), name="msd-musicnn", jobs=0,
+                progress=False, per_patch=True)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])

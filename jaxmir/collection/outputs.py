@@ -57,7 +57,7 @@ from jaxmir.errors import InputError
 KINDS = ("parquet", "jsonl", "csv", "npy")
 INDEX = "index.jsonl"
 CSV_COLUMNS = list(BASE_COLUMNS) + ["model", "settings"]  # then one column per label
-PARQUET_COLUMNS = list(BASE_COLUMNS) + ["patches"]  # then one per label (tag) or "embedding"
+PARQUET_COLUMNS = list(BASE_COLUMNS)  # then one per label (tag) or "embedding"; "patches"
 _CSV_COLUMNS_BEFORE_SETTINGS = list(BASE_COLUMNS) + ["model"]  # CSVs written before, still resumed
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
 
@@ -483,7 +483,7 @@ def parquet_schema(layout: Layout):
     """The Parquet schema of ``layout``'s rows, its identity in the metadata (``b"jaxmir"``)."""
     import pyarrow as pa
 
-    layout.check_label_columns(PARQUET_COLUMNS, "Parquet")
+    layout.check_label_columns(PARQUET_COLUMNS + ["patches"] * layout.per_patch, "Parquet")
     fields = [pa.field("path", pa.string()), pa.field("size_bytes", pa.int64()),
               pa.field("mtime_ns", pa.int64()), pa.field("duration_s", pa.float64()),
               pa.field("n_patches", pa.int64()), pa.field("status", pa.string()),
@@ -507,9 +507,9 @@ def parquet_table(layout: Layout, results: list[Result], schema=None):
     columns = {name: [row[name] for row in rows] for name in schema.names}
     for name in ("path", "error"):
         columns[name] = [None if v is None else as_text(v) for v in columns[name]]
-    for name in ("embedding", "patches"):
-        if name in columns:
-            columns[name] = [None if v is None else v.tolist() for v in columns[name]]
+    arrays = (["embedding"] if layout.command == "embed" else []) + ["patches"] * layout.per_patch
+    for name in arrays:  # not a label named so, in a tag table without patches
+        columns[name] = [None if v is None else v.tolist() for v in columns[name]]
     return pa.Table.from_pydict(columns, schema=schema)
 
 
@@ -573,6 +573,7 @@ class ParquetWriter(Writer):
                          durable=True)
 
     def _resume(self, parts: list[Path], current: Mapping[str, Source]) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         for part in parts:
@@ -583,7 +584,9 @@ class ParquetWriter(Writer):
                 raise InputError(f"{part}: unreadable Parquet part ({err}); move it away, or "
                                  "--overwrite to start over") from None
             identity = json.loads((found.metadata or {}).get(b"jaxmir", b"{}"))
-            identity["per_patch"] = "patches" in found.names
+            # a list column; a label may be named so (a float column) in a table without them
+            identity["per_patch"] = ("patches" in found.names
+                                     and pa.types.is_list(found.field("patches").type))
             resume.check_identity(str(self.path), identity,
                                   {**self.layout.identity, "per_patch": self.layout.per_patch})
             columns = {c: table.column(c).to_pylist() for c in ("path", "size_bytes", "mtime_ns", "status")}

@@ -108,10 +108,11 @@ def _warnings_as_lines() -> Iterator[None]:
 
 
 def table_column_clash(classes) -> list[str]:
-    """The class names a collection's Parquet or CSV table already has as columns."""
+    """The class names a collection's Parquet or CSV table already has as columns
+    (``patches`` with ``--per-patch``)."""
     from jaxmir.collection.outputs import CSV_COLUMNS, PARQUET_COLUMNS
 
-    return sorted(set(classes) & (set(CSV_COLUMNS) | set(PARQUET_COLUMNS)))
+    return sorted(set(classes) & (set(CSV_COLUMNS) | set(PARQUET_COLUMNS) | {"patches"}))
 
 
 def confusion_output(output: str) -> Path:
