@@ -643,6 +643,17 @@ def test_options_and_commands_that_cannot_run_are_refused_once(model, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_one_path_is_one_path(music, model, tmp_path):
+    """A string was taken as a sequence of paths, one per character: error rows '/…/c', '/…/o'."""
+    rock = music / "rock"
+    for paths in (str(rock), rock):
+        output = tmp_path / f"{type(paths).__name__}.jsonl"
+        assert collect(model, paths, str(output), name="msd-musicnn", jobs=0,
+                       progress=False).ok == 2
+        assert [json.loads(line)["path"] for line in output.read_text().splitlines()] == [
+            str(rock / "a.wav"), str(rock / "b.flac")]
+
+
 def test_options_without_an_output_take_the_command_s(model, tmp_path):
     """Options(batch=4) under command='embed' wrote the 50 predictions as the embedding."""
     import pyarrow.parquet as pq

@@ -126,15 +126,18 @@ def _listed(base: Path, line: str) -> str:
     return str(exact if os.path.lexists(exact) else base / line.strip())
 
 
-def expand(arguments: Sequence[str]) -> list[str]:
+def expand(arguments: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Absolute paths of the audio files that ``arguments`` name, each file once (by its name
     without links where it has one, else by the name met first).
 
-    Arguments are files, folders or ``@list.txt``; a name that does not exist
-    is kept (it becomes a failed row naming it), an empty folder is an error.
+    Arguments are files, folders or ``@list.txt`` (one of them alone, or a
+    sequence); a name that does not exist is kept (it becomes a failed row
+    naming it), an empty folder is an error.
     """
+    if isinstance(arguments, (str, os.PathLike)):  # one name, not a sequence of its characters
+        arguments = [arguments]
     paths: list[str] = []
-    for argument in arguments:
+    for argument in map(os.fspath, arguments):
         if argument.startswith("@") and len(argument) > 1:
             listed = _read_list(argument[1:])
             if not listed:  # as an empty folder: a run of nothing is a mistake
