@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,6 +61,16 @@ def _missing(what: str):
     if IN_CI:
         pytest.fail(f"{what} (CI=true: this must not be skipped)")
     pytest.skip(what)
+
+
+def essentia_python() -> str:
+    """The interpreter that imports essentia (this one, in a child process: it bundles its own
+    TensorFlow); fails under CI=true when it cannot."""
+    probe = subprocess.run([sys.executable, "-c", "import essentia.standard"], capture_output=True,
+                           text=True)
+    if probe.returncode != 0:
+        _missing(f"essentia cannot be imported by {sys.executable}: {probe.stderr.strip()[-300:]}")
+    return sys.executable
 
 
 def shared_fixture(relative: str) -> Path:

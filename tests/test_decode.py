@@ -22,7 +22,7 @@ import pytest
 import soundfile
 
 import jaxmir
-from conftest import IN_CI, child_env, shared_fixture
+from conftest import child_env, essentia_python, shared_fixture
 from jaxmir import decode
 from jaxmir.decode import AudioBlocks, DamagedAudioWarning, decode_file, id3v2_end, iter_blocks
 from jaxmir.errors import AudioError
@@ -53,17 +53,6 @@ ESSENTIA_SCRIPT = textwrap.dedent("""
         found[name] = {"sample_rate": rate, "channels": channels, "codec": codec}
     json.dump(found, open(sys.argv[2], "w"))
 """)
-
-
-def essentia_python() -> str:
-    """The interpreter that imports essentia (this one); fails under CI=true when it cannot."""
-    probe = subprocess.run([sys.executable, "-c", "import essentia.standard"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        what = f"essentia cannot be imported by {sys.executable}: {probe.stderr.strip()[-300:]}"
-        if IN_CI:
-            pytest.fail(f"{what} (CI=true: this must not be skipped)")
-        pytest.skip(what)
-    return sys.executable
 
 
 def signal(rate: int, channels: int, amplitude: float, seed: int = 0, seconds: float = SECONDS) -> np.ndarray:

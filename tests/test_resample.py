@@ -356,6 +356,40 @@ def test_close_is_flush_by_the_streams_name():
     assert stream.close().size == 0 and stream.flush().size == 0
 
 
+_ESSENTIA_RESAMPLE = """
+import sys
+import numpy as np
+import essentia.standard as es
+x = np.load(sys.argv[1])
+for rate in map(int, sys.argv[3:]):
+    out = es.Resample(inputSampleRate=rate, outputSampleRate=rate, quality=1)(x)
+    np.save(f"{sys.argv[2]}-{rate}.npy", out)
+"""
+
+
+def test_equal_rates_give_the_input_as_essentia_does(tmp_path):
+    """Essentia's Resample copies at equal rates; resample() filtered and lost the last sample."""
+    import subprocess
+
+    from conftest import essentia_python
+    from jaxmir.resample import SincResampler, resample, resample_jax
+
+    x = np.random.default_rng(5).uniform(-1, 1, 4410).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    rates = (8000, 16000, 44100)
+    subprocess.run([essentia_python(), "-c", _ESSENTIA_RESAMPLE, str(tmp_path / "x.npy"),
+                    str(tmp_path / "out"), *map(str, rates)], check=True, env=child_env())
+    for rate in rates:
+        essentia = np.load(tmp_path / f"out-{rate}.npy")
+        np.testing.assert_array_equal(resample(x, rate, rate), essentia)
+        np.testing.assert_array_equal(np.asarray(resample_jax(x, rate, rate)), essentia)
+        stream = SincResampler(rate, rate)
+        pieces = [stream.push(x[:1000]), stream.push(x[1000:1001]), stream.push(x[1001:]),
+                  stream.flush()]
+        np.testing.assert_array_equal(np.concatenate(pieces), essentia)
+    assert resample(np.zeros(0, np.float32), 16000, 16000).shape == (0,)
+
+
 @pytest.mark.parametrize("rate", [44100, 11025])
 def test_a_pushed_buffer_may_be_reused(rate):
     """A push waiting for more samples kept the caller's array: a buffer reused for the next

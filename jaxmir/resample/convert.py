@@ -80,13 +80,17 @@ def resample(x, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> np
       quality: ``"sinc_medium"`` (Essentia's default), ``"sinc_fastest"`` or ``"sinc_best"``.
 
     Returns:
-      float32 ``[ceil(n * ratio)]`` (shorter by libsamplerate's end rule), empty for empty input.
+      float32 ``[ceil(n * ratio)]``, one fewer where the last output meets libsamplerate's end
+      test exactly (Essentia's build stops before it: power-of-two ratios), empty for empty
+      input; at equal rates ``x`` itself, as Essentia's ``Resample``, which does not filter then.
 
     Raises:
       AudioError: bad rates, ratio, quality, shape or NaN/inf samples.
     """
     plan = plan_of(in_rate, out_rate, quality)
     x = _check_signal(x)
+    if in_rate == out_rate:
+        return x.copy()
     if x.shape[0] == 0:
         return np.zeros(0, np.float32)
     return np.asarray(_one_shot(plan, x, device_table(quality)), np.float32)
@@ -100,6 +104,8 @@ def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc
     """
     plan = plan_of(in_rate, out_rate, quality)
     x = _check_kind(x)
+    if in_rate == out_rate:
+        return jnp.asarray(x, jnp.float32)
     if x.shape[0] == 0:
         return jnp.zeros(0, jnp.float32)
     return _one_shot(plan, jnp.asarray(x, jnp.float32), device_table(quality))
@@ -127,6 +133,8 @@ class SincResampler:
     (:func:`~jaxmir.resample.accelerated`), within float32 rounding at others (the float32
     kernels run on other shapes, whose sums XLA may order otherwise: 1.2e-7 seen).
 
+    At equal rates each push returns its chunk, as :func:`resample` returns its input.
+
     Keeps the input from the first output not yet final (``2 * taps + 2`` samples, and up to
     one group of the matrix-product kernel), the chunks pushed since the last outputs, and
     the fractional position between calls.
@@ -146,6 +154,7 @@ class SincResampler:
         already take the cores)."""
         self._parallel = bool(parallel)
         self._plan = plan_of(in_rate, out_rate, quality)
+        self._identity = in_rate == out_rate
         self._table = device_table(quality)
         self._min_input = math.ceil(check_min_outputs(min_outputs) / self._plan.ratio)  # per run
         self._pending: list[np.ndarray] = []  # chunks pushed since the last run
@@ -166,6 +175,8 @@ class SincResampler:
         if self._done:
             raise AudioError("this SincResampler was flushed; create a new one")
         chunk = _check_signal(chunk)
+        if self._identity:
+            return chunk.copy()
         if chunk.shape[0] == 0:  # kept, an empty chunk of a poll took memory until the next run
             return np.zeros(0, np.float32)
         self._pending.append(chunk)
@@ -184,6 +195,8 @@ class SincResampler:
         if self._done:
             return np.zeros(0, np.float32)
         self._done = True
+        if self._identity:
+            return np.zeros(0, np.float32)
         self._take_pending(np.zeros(self._plan.taps + 2, np.float32))  # the trailing zeros
         limit = output_count(self._plan, self._seen)
         return self._emit(None, limit)
