@@ -10,6 +10,7 @@ regression fails the test instead of the machine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 import jaxmir
-from conftest import ROOT, child_env, shared_fixture
-from jaxmir.errors import GraphError, JaxmirError
+from conftest import ROOT, child_env, run_tf, shared_fixture
+from jaxmir.errors import GraphError, JaxmirError, WeightsError
 from jaxmir.tfgraph.convert import import_graph
 from jaxmir.tfgraph.graphdef import DT_FLOAT, DT_INT32, Graph, GraphDefProto, TensorProto
 
@@ -324,6 +326,82 @@ def test_weights_that_are_not_finite_or_far_too_large_are_refused_at_load(tmp_pa
     weights["k2"][1, 2] = value
     with pytest.raises(GraphError, match=f"the weights of '.*' hold {what}"):
         jaxmir.load(write(tmp_path, "head", head_graph(weights)))
+
+
+def _with_constant(graph, name: str, edit) -> None:
+    """The float32 Const ``name`` of ``graph`` replaced by ``edit(its values)``, in place."""
+    node = node_named(graph, name)
+    tensor = node.attr["value"].tensor
+    values = np.frombuffer(tensor.tensor_content, "<f4").copy() if tensor.tensor_content \
+        else np.asarray(tensor.float_val, np.float32)
+    values = edit(values)
+    del tensor.float_val[:]
+    tensor.tensor_content = values.astype("<f4").tobytes()
+
+
+def _fused_variance(graph) -> str:
+    """The Const that is the first FusedBatchNorm's variance (its fifth input)."""
+    fused = next(n for n in graph.node if n.op.startswith("FusedBatchNorm"))
+    name = fused.input[4].split(":")[0]
+    while node_named(graph, name).op == "Identity":
+        name = node_named(graph, name).input[0]
+    return name
+
+
+def test_a_variance_that_makes_the_batch_norm_divide_by_nothing_is_refused(tmp_path):
+    """A flipped sign bit (variance 1.0 -> -1.0) loaded, and every tag was NaN with status ok."""
+    emomusic = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")
+    dortmund = shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb")
+    x = np.random.default_rng(0).standard_normal((2, 1, 200)).astype(np.float32)
+
+    def negative(values):  # channel 3, or the only one
+        channel = min(3, values.size - 1)
+        values[channel] = -abs(values[channel]) - 1e-3
+        return values
+
+    graph = GraphDefProto.FromString(emomusic.read_bytes())  # TF's unfused add/Rsqrt/mul form
+    _with_constant(graph, "var", negative)
+    broken = write(tmp_path, "emo_negative", graph)
+    # what TensorFlow makes of it: the refusal spares users these outputs
+    assert np.isnan(run_tf(broken, {"flatten_in_input:0": x}, ["dense_out:0"])[0]).any()
+    with pytest.raises(GraphError, match=r"batch norm '.*' has a variance of -.* \(channel 3\) "
+                                         r"with epsilon .*; variance \+ epsilon must be > 0"):
+        jaxmir.load(broken)
+    graph = GraphDefProto.FromString(emomusic.read_bytes())
+    _with_constant(graph, "var", lambda values: np.where(np.arange(values.size) == 5, 0, values))
+    _with_constant(graph, "onnx_tf_prefix_batch_normalization/add/y", lambda values: 0 * values)
+    with pytest.raises(GraphError, match=r"variance of 0 \(channel 5\) with epsilon 0"):
+        jaxmir.load(write(tmp_path, "emo_zero", graph))
+    graph = GraphDefProto.FromString(dortmund.read_bytes())  # FusedBatchNorm
+    _with_constant(graph, _fused_variance(graph), negative)
+    with pytest.raises(GraphError, match="variance \\+ epsilon must be > 0"):
+        jaxmir.load(write(tmp_path, "fused_negative", graph))
+    # and in a weights file
+    from jaxmir.weights import save_weights
+
+    model = jaxmir.load("msd-musicnn")
+    variables = jax.tree_util.tree_map(np.array, dict(model.variables))
+    variables["batch_stats"]["midend_2"]["block"]["batch_norm"]["var"][7] = -1.0
+    save_weights(dataclasses.replace(model, variables=variables), tmp_path / "negative.npz")
+    with pytest.raises(WeightsError, match="batch_stats/midend_2/block/batch_norm/var' holds a "
+                                           "negative variance"):
+        jaxmir.load(tmp_path / "negative.npz")
+
+
+@pytest.mark.parametrize("pool, band, window", [
+    ("model/max_pooling2d/MaxPool", 2, 58),    # timbral 7x38: 59 bands, one short
+    ("model/max_pooling2d_2/MaxPool", 2, 64),  # temporal: 96 bands
+    ("model/max_pooling2d/MaxPool", 1, 2),     # two frames at once
+])
+def test_a_front_end_pool_that_is_not_musicnn_s_is_refused(tmp_path, pool, band, window):
+    """Its window was not read: the graph loaded and gave the original's tags (TensorFlow's
+    outputs moved by up to 1.6e-2)."""
+    graph = GraphDefProto.FromString(
+        shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
+    node_named(graph, pool).attr["ksize"].list.i[band] = window
+    with pytest.raises(GraphError, match="the front-end's max-pools must each take all the "
+                                         "frequency bands of their convolution at once"):
+        jaxmir.load(write(tmp_path, "pool", graph))
 
 
 def test_the_head_builder_is_a_valid_model(tmp_path):

@@ -120,8 +120,8 @@ MAX_WEIGHT = 1e10
 
 
 def damaged_variable(variables: Mapping) -> tuple[str, str] | None:
-    """``(path, what)`` of the first variable holding NaN, an infinity or a value beyond
-    :data:`MAX_WEIGHT` in size, or ``None``."""
+    """``(path, what)`` of the first variable holding NaN, an infinity, a value beyond
+    :data:`MAX_WEIGHT` in size or a negative batch-norm variance (NaN outputs), or ``None``."""
     for path, value in leaves(variables).items():
         array = np.asarray(value)
         if not array.size:
@@ -129,6 +129,8 @@ def damaged_variable(variables: Mapping) -> tuple[str, str] | None:
         lowest, highest = float(array.min()), float(array.max())  # NaN if any is; no copies
         if not (math.isfinite(lowest) and math.isfinite(highest)):
             return path, "NaN or infinite values"
+        if path.startswith("batch_stats/") and path.endswith("/var") and lowest < 0:
+            return path, f"a negative variance ({lowest:.3g}): the file is damaged"
         largest = max(-lowest, highest)
         if largest > MAX_WEIGHT:
             return path, (f"a value of size {largest:.3g}, beyond any trained weight's "

@@ -148,6 +148,18 @@ def _consumer(path: InferencePath, name: str, op: str):
     return matches[0]
 
 
+def _pools_every_band(layer: ConvLayer, mels: int) -> bool:
+    """Whether ``layer``'s max-pool is MusiCNN's: one window over every frequency band its
+    convolution outputs (``mels`` bands in), one frame tall, giving one value per frame."""
+    (window_t, window_f), (stride_t, stride_f), padding = layer.pool
+    if layer.padding == "SAME":
+        bands = mels
+    else:
+        bands = mels + sum(layer.padding[1]) - layer.kernel.shape[1] + 1
+    pooled = -(-bands // stride_f) if padding == "SAME" else (bands - window_f) // stride_f + 1
+    return (window_t, stride_t) == (1, 1) and window_f == bands and pooled == 1
+
+
 def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     graph = path.graph
     time, mels = input_shape(graph, input_node, 2)
@@ -179,6 +191,9 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
                 l.batch_norm is None for l in midend):
             problems.append("every convolution must be followed by ReLU and batch norm, and the "
                             "front-end's by a max-pool over frequency")
+        elif not all(_pools_every_band(l, mels) for l in front):
+            problems.append("the front-end's max-pools must each take all the frequency bands "
+                            "of their convolution at once, frame by frame")
         if any(l.activation != "relu" for l in layers):
             problems.append("every convolution must be followed by ReLU")
         if len({l.kernel.shape[-1] for l in timbral}) != 1 or len(

@@ -325,7 +325,7 @@ class InferencePath:
             bias, mean, var = (self.vector(r, scale.size, f"{what} of batch norm '{node.name}'")
                                for r, what in zip(inputs[2:], ("the offset", "the mean",
                                                                "the variance")))
-            return BatchNorm(scale, bias, mean, var, epsilon, node.name)
+            return self._normalising(BatchNorm(scale, bias, mean, var, epsilon, node.name))
         if node.op != "Mul" or self.split_operands(node) is None:
             return None
         add = self.next_op(node.name)
@@ -334,6 +334,19 @@ class InferencePath:
         scale_ref = self.split_operands(node)[1]
         shift_ref = self.split_operands(add)[1]
         return self._unfused_batch_norm(scale_ref, shift_ref, add.name)
+
+    def _normalising(self, batch_norm: BatchNorm) -> BatchNorm:
+        """``batch_norm`` if each ``var + epsilon`` is > 0; else :class:`GraphError`: the graph
+        divides by the square root of a negative number or zero (TensorFlow's outputs are NaN or
+        infinite; a flipped sign bit makes such a variance)."""
+        denominators = batch_norm.var.astype(np.float64) + batch_norm.epsilon
+        bad = np.flatnonzero(~(denominators > 0))
+        if bad.size:
+            raise GraphError(f"{self.graph.source}: batch norm '{batch_norm.node}' has a variance of "
+                             f"{batch_norm.var[bad[0]]:.3g} (channel {bad[0]}) with epsilon "
+                             f"{batch_norm.epsilon:.3g}; variance + epsilon must be > 0: the graph "
+                             "would give NaN or infinite outputs (the file is damaged)")
+        return batch_norm
 
     def _unfused_batch_norm(self, scale_ref, shift_ref, out: str) -> BatchNorm:
         """Recover gamma/beta/mean/var/epsilon from TensorFlow's ``batchnorm/mul``, ``sub``.
@@ -363,9 +376,9 @@ class InferencePath:
                     scale = self.vector(gamma, var.size) if gamma is not None else np.ones_like(var)
                     epsilon = float(self.value(eps_ref, "float").reshape(()))
                     if np.isfinite(epsilon) and epsilon >= 0:
-                        return BatchNorm(scale, self.vector(self.graph.data_inputs(b_node)[0],
-                                                            var.size),
-                                         self.vector(mean_ref, var.size), var, epsilon, out)
+                        return self._normalising(BatchNorm(
+                            scale, self.vector(self.graph.data_inputs(b_node)[0], var.size),
+                            self.vector(mean_ref, var.size), var, epsilon, out))
         except (ValueError, IndexError, UnsupportedGraphError):
             pass  # not TF's pattern: keep the folded form below
         a = self.vector(scale_ref, what=f"the scale of batch norm '{out}'")
