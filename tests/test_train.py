@@ -315,6 +315,7 @@ def test_undecodable_file_is_reported_skipped_counted(tmp_path, audio_set):
             "model/dense/BiasAdd", tmp_path / "cache")
     assert values[0] is None and values[1].shape[1] == 200 and len(failures) == 1
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert failures[0].count(str(bad)) == 1  # it read "skipped X: X: cannot be read"
 
 
 # -- training --------------------------------------------------------------------------------
@@ -345,6 +346,50 @@ def test_nan_loss_stops_naming_the_step():
     tracks = [t * 1e37 for t in tracks]  # finite, but the products overflow: inf, then NaN
     with pytest.raises(fit.TrainingError, match=r"epoch 1, step \d+ of"):
         fit.train_head(tracks, targets, "single", ABC, FAST)
+
+
+def test_weights_that_diverge_with_a_finite_loss_stop_the_training():
+    """They went on to the export, which called the file it wrote damaged (naming a staging
+    folder already removed)."""
+    tracks, targets = blobs(n_per_class=6)
+    with pytest.raises(fit.TrainingError, match=r"the head's weights diverged \('dense.*' holds a "
+                                                r"value of size .*\) though the loss stayed finite"):
+        fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=20, learning_rate=1e12))
+
+
+def test_a_batch_larger_than_the_patches_is_not_padded(monkeypatch):
+    """--batch-size 10000000 on 60 patches allocated 7.45 GiB of padding rows, and every step
+    computed them."""
+    tracks, targets = blobs(n_per_class=4)
+    sizes = []
+    step = fit.train_step
+
+    def recorded(task, decay, params, state, x, *rest):
+        sizes.append(x.shape[0])
+        return step(task, decay, params, state, x, *rest)
+
+    monkeypatch.setattr(fit, "train_step", recorded)
+    fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=2, batch_size=10 ** 6))
+    patches = sum(len(t) for t in tracks)
+    assert sizes and max(sizes) < patches  # the training part of them, in one batch
+
+
+def test_an_interrupt_that_a_library_swallowed_stops_after_the_epoch():
+    """Ctrl-C landing in JAX's garbage-collection callback was printed as 'Exception ignored'
+    and lost: train-head ran all its epochs, wrote the head and exited 0."""
+    import signal
+    import time
+
+    from jaxmir import interrupts
+
+    tracks, targets = blobs(n_per_class=4)
+    epochs = []
+    with interrupts.installed():
+        interrupts._received.append((signal.SIGINT, time.monotonic()))  # raised, then lost
+        with pytest.raises(KeyboardInterrupt):
+            fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=500),
+                           log=epochs.append)
+    assert len(epochs) == 1
 
 
 def test_resumed_head_width_must_match():

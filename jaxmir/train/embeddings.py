@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from jaxmir import interrupts
 from jaxmir.atomic import write_atomically
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, ShortAudioError
 
@@ -75,6 +76,7 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
         iterator = tqdm(paths, desc="features", unit="file", leave=False,
                         disable=None)  # a terminal's: none in a log file
     for path in iterator:
+        interrupts.raise_if_received()  # a Ctrl-C that a decoder or JAX swallowed
         try:
             entry = root / f"{key(path)}.npy" if root is not None else None
         except OSError as err:
@@ -89,8 +91,8 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
                 failures.append(f"{path}: {err.length}")
                 results.append(None)
                 continue
-            except JaxmirError as err:
-                failures.append(f"{path}: {err}")
+            except JaxmirError as err:  # its message names the file, mostly
+                failures.append(str(err) if str(path) in str(err) else f"{path}: {err}")
                 results.append(None)
                 continue
             if entry is not None:

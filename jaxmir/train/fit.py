@@ -22,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmir import interrupts
 from jaxmir.errors import InputError, JaxmirError
+from jaxmir.models import damaged_variable
 from jaxmir.train import metrics
 from jaxmir.train.data import ACTIVATION, check_targets, check_task, check_varying
 
@@ -328,7 +330,7 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
 
     state = _optimizer(config.learning_rate).init(params)
 
-    batch = config.batch_size
+    batch = min(config.batch_size, len(x))  # a larger one would be padding, computed
     n_batches = -(-len(x) // batch)
     best, best_loss, since_best, lr = params, np.inf, 0, config.learning_rate
     history = []
@@ -367,7 +369,14 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         if log is not None:
             log(f"epoch {epoch}: train {record['train_loss']:.4f}, validation {current:.4f}, "
                 f"lr {lr:.2e}")
-    return Head(jax.device_get(best), task, tuple(classes), history)
+        interrupts.raise_if_received()  # a Ctrl-C that JAX's callbacks swallowed
+    best = jax.device_get(best)
+    diverged = damaged_variable(best)
+    if diverged is not None:
+        raise TrainingError(f"the head's weights diverged ('{diverged[0]}' holds "
+                            f"{diverged[1].split(':')[0]}) though the loss stayed finite; lower "
+                            "the learning rate")
+    return Head(best, task, tuple(classes), history)
 
 
 def check_training_targets(tracks: Sequence[np.ndarray], targets, task: str,
