@@ -944,7 +944,9 @@ def _main(argv: Sequence[str] | None) -> int:
             _show_warnings_as_lines()
             _enable_cache(getattr(args, "no_cache", False))
         _check_standard_output(args)
-        return args.func(args)
+        status = args.func(args)
+        interrupts.raise_if_received()  # one a library swallowed: the run did not end on its own
+        return status
     except JaxmirError as err:
         _error(str(err))
         return EXIT_FAILED

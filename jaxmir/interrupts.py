@@ -36,8 +36,8 @@ def _raise(signum: int, frame) -> None:
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
     """SIGINT and SIGTERM handled by :func:`_raise` where Python's defaults would be (in the main
-    thread), for the block; signals received before are forgotten, and the handlers found are
-    put back after it (a command run inside another program leaves its handlers as they were)."""
+    thread), for the block; signals received before it, or in it once it is left, are forgotten,
+    and the handlers found are put back after it (a command run inside another program leaves its handlers as they were)."""
     import threading
 
     _received.clear()
@@ -54,6 +54,7 @@ def installed() -> Iterator[None]:
     finally:
         for kind, handler in found.items():
             signal.signal(kind, handler)
+        _received.clear()  # library code after the block (a training run) is not stopped by it
 
 
 def raise_if_received() -> None:

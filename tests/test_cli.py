@@ -694,3 +694,21 @@ def test_main_leaves_the_signal_handlers_as_it_found_them():
     found = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert cli.main(["info", "msd-musicnn"]) == 0
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == found
+
+
+def test_a_signal_a_library_swallowed_still_ends_the_command_as_interrupted(monkeypatch, capsys):
+    """Ctrl-C caught inside JAX's garbage-collection callback ('Exception ignored in ...') was
+    lost: the command went on to its end and exited 0."""
+    import signal
+    import time
+
+    from jaxmir import cli, interrupts
+
+    def swallowed(args):  # the handler ran, and its exception went nowhere
+        interrupts._received.append((signal.SIGTERM, time.monotonic()))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_info", swallowed)
+    assert cli.main(["info", "msd-musicnn"]) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert not interrupts._received  # forgotten once main returns: code after it is not stopped
