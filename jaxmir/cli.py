@@ -619,7 +619,10 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     if not head:
         raise InputError("standard input is empty; send a WAV stream, or raw PCM with --rate")
     if head == b"RIFF":
-        rate, channels, dtype, remaining = read_wav_header(source.read)
+        header = reading(read_wav_header, source.read)  # a header that never comes: Ctrl-C
+        if header is None:
+            return _stopped_by(interrupted)
+        rate, channels, dtype, remaining = header
         check_channels(channels, "standard input")  # the stream's, not an array's, error
         for option in (name for name, value in raw_options.items() if value is not None):
             _warn(f"{option} is ignored: standard input holds a WAV stream, whose header says "
@@ -656,7 +659,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         stray = data[whole:]
         if whole:
             frames = decode_pcm(data[:whole], dtype, channels)
-            finite = _finite_frames(frames)  # the patches before a NaN, however the pipe cut it
+            finite = _finite_frames(frames)  # the patches before it, however the pipe cut it
             try:
                 write(stream.push_patches(frames[:finite]))
                 if finite < len(frames):
@@ -686,12 +689,16 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
 
 
 def _finite_frames(frames) -> int:
-    """How many of ``frames`` ``[n, channels]`` come before the first with NaN or infinity."""
+    """How many of ``frames`` ``[n, channels]`` come before the first that a stream refuses:
+    NaN, infinity or a sample beyond :data:`jaxmir.audio.MAX_PEAK`."""
     import numpy as np
+
+    from jaxmir.audio import MAX_PEAK
 
     if not np.issubdtype(frames.dtype, np.floating):
         return len(frames)
-    bad = np.flatnonzero(~np.isfinite(frames).all(axis=1))
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~(np.abs(frames) <= MAX_PEAK).all(axis=1))  # NaN compares False
     return int(bad[0]) if bad.size else len(frames)
 
 
@@ -707,6 +714,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
 
     full = args.all or output != "predictions"
     top = args.top or len(model.labels)
+    in_order = is_regressor(model)  # a regressor's outputs all, in their own order, as tag's
 
     def float32(value) -> float:
         """The float32's shortest decimal: all its precision (rounding to 6 places made 1.39e-6
@@ -720,7 +728,8 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
             if full:
                 record[output] = np.vectorize(float32, otypes=[float])(value).tolist()
             else:
-                order = np.argsort(-value, kind="stable")[:top]
+                order = np.arange(len(value)) if in_order else \
+                    np.argsort(-value, kind="stable")[:top]
                 record["top"] = [[model.labels[i], float32(value[i])] for i in order]
             interrupted["waiting"] = True  # a blocked write, too, is broken off by a signal
             try:
@@ -869,7 +878,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default=None,
                       help="sample format of raw PCM (default s16le)")
     live.add_argument("-n", "--top", metavar="N", type=whole_number(0), default=5,
-                      help="tags per line (default 5; 0 = all)")
+                      help="tags per line (default 5; 0 = all; a regression head's values come "
+                           "all, in their own order)")
     live.add_argument("--all", action="store_true", help="the full output vector instead of the top tags")
     live.add_argument("-l", "--layer", metavar="NAME", default="predictions",
                       help="output name (default predictions; any other is written in full)")

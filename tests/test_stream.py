@@ -640,6 +640,42 @@ def test_a_signal_in_the_stream_commands_first_second_ends_it_cleanly(kind, stat
     assert b"Traceback" not in err and out == b""
 
 
+def test_stream_command_gives_a_regression_head_s_values_in_their_order():
+    """They were ranked as tags, their order changing from line to line, and -n 1 dropped one."""
+    head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    audio = signal_at(16000, 6.0, 1, seed=8, dtype=np.int16)
+    result = cli("stream", "--rate", "16000", "-m", head, "-b", "msd-musicnn", "-n", "1",
+                 stdin=audio.astype("<i2").tobytes())
+    assert result.returncode == 0, result.stderr.decode()
+    records = lines_of(result)
+    model = jaxmir.load(head, backbone="msd-musicnn")
+    expected = model.predict(audio.astype(np.float32) / 32768, 16000)
+    assert len(records) == len(expected) == 3
+    for record, values in zip(records, expected):
+        assert [label for label, _ in record["top"]] == ["class_0", "class_1"]
+        # the float32 values of the same patches (regression outputs of ~1-10: float32 rounding)
+        np.testing.assert_allclose([v for _, v in record["top"]], values, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_wav_header_is_awaited_ends_the_stream(kind, status):
+    """The header's reads were retried after the signal: the command waited for the rest of the
+    header for as long as its writer kept the pipe open (under `timeout`, until SIGKILL)."""
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
+                               cwd=ROOT)
+    process.stdin.write(wav_bytes(signal_at(16000, 1.0, 1, seed=3, dtype=np.int16), 16000)[:20])
+    process.stdin.flush()  # "RIFF", its size, "WAVE", "fmt " and its size: the header goes on
+    time.sleep(6.0)  # started, and waiting in the header (a signal before is handled anyway)
+    process.send_signal(getattr(signal, kind))
+    try:
+        assert process.wait(timeout=30) == status, process.stderr.read().decode()
+    finally:
+        process.kill()
+        process.stdin.close()
+    assert b"Traceback" not in process.stderr.read()
+
+
 def test_tag_plot_and_embed_average(tmp_path, musicnn):
     require("matplotlib")  # the [plot] extra, a test dependency
     audio = signal_at(44100, 7.0, 2, seed=17)
@@ -723,11 +759,13 @@ def test_stream_command_says_what_an_input_lacked():
         in run.stderr.decode()
 
 
-def test_stream_command_patches_before_a_nan_do_not_depend_on_the_pipe():
+@pytest.mark.parametrize("bad", [np.nan, 1e13])
+def test_stream_command_patches_before_a_nan_do_not_depend_on_the_pipe(bad):
     """A NaN refused the whole read it came in: the patch completed by the samples before it was
-    written or not as the pipe cut the bytes (1 line at once, 2 in small pieces)."""
+    written or not as the pipe cut the bytes (1 line at once, 2 in small pieces); a sample beyond
+    1e12 still did."""
     audio = signal_at(16000, 8.0, 1, seed=21)
-    audio[80000] = np.nan  # 5.0 s: patch 1 (1.488-4.48 s) is whole before it
+    audio[80000] = bad  # 5.0 s: patch 1 (1.488-4.48 s) is whole before it
     result = cli("stream", "--rate", "16000", "--dtype", "f32le", stdin=audio.astype("<f4").tobytes())
     assert result.returncode == 1
     assert [r["start"] for r in lines_of(result)] == [0.0, 1.488]
