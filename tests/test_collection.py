@@ -654,6 +654,22 @@ def test_one_path_is_one_path(music, model, tmp_path):
             str(rock / "a.wav"), str(rock / "b.flac")]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_file_done_by_another_name_is_not_done_again(music, model, tmp_path, suffix):
+    """A run given a link, then one given the file's own name: two rows for one file."""
+    import pandas
+
+    link = tmp_path / "link.wav"
+    link.symlink_to(music / "rock" / "a.wav")
+    output = tmp_path / f"tags{suffix}"
+    runs = [collect(model, [str(path)], str(output), name="msd-musicnn", jobs=0, progress=False)
+            for path in (link, music / "rock" / "a.wav", link)]
+    assert [(run.ok, run.skipped) for run in runs] == [(1, 0), (0, 1), (0, 1)]
+    table = pandas.read_json(output, lines=True) if suffix == ".jsonl" else \
+        pandas.read_csv(output) if suffix == ".csv" else pandas.read_parquet(output)
+    assert list(table["path"]) == [str(link)]
+
+
 def test_options_without_an_output_take_the_command_s(model, tmp_path):
     """Options(batch=4) under command='embed' wrote the 50 predictions as the embedding."""
     import pyarrow.parquet as pq

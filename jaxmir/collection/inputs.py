@@ -89,7 +89,7 @@ def _audio_file(path: str) -> tuple[bool, str, tuple[int, int] | str] | None:
     return os.path.islink(path), path, (state.st_dev, state.st_ino)
 
 
-def _identity(path: str) -> tuple[int, int] | str:
+def file_key(path: str) -> tuple[int, int] | str:
     """What makes two names one file: its device and inode, or its absolute path when it
     cannot be examined (a broken link, a name that does not exist)."""
     try:
@@ -153,7 +153,7 @@ def expand(arguments: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
             paths.append(argument)
     unique: dict[tuple[int, int] | str, str] = {}
     for path in paths:  # one file by two names (a link, a folder and a folder in it): once,
-        identity, path = _identity(path), os.path.abspath(path)  # by its name without links
+        identity, path = file_key(path), os.path.abspath(path)  # by its name without links
         if identity not in unique or (_through_links(unique[identity])
                                       and not _through_links(path)):
             unique[identity] = path

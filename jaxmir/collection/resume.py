@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from jaxmir.collection.inputs import Source
+from jaxmir.collection.inputs import Source, file_key
 from jaxmir.collection.rows import DONE, OK, UNRECORDED_DEFAULTS, as_text
 from jaxmir.errors import InputError
 
@@ -34,9 +34,19 @@ def to_do(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[So
 
 def real_paths(stored: Iterable[str], current: Mapping[str, Source]) -> list[str]:
     """Paths as a table stored them (:func:`jaxmir.collection.rows.as_text`), as the current
-    sources spell them; a path of no current source stays as it is."""
+    sources spell them: by their text, or else as another name of the same file (a link a run
+    before was given, where this one has the name without links); a path of no current source
+    stays as it is."""
     spelled = {as_text(path): path for path in current}
-    return [spelled.get(path, path) for path in stored]
+    by_file: dict | None = None  # only where a stored path is not spelled as now
+    named = []
+    for path in stored:
+        if path not in spelled:
+            if by_file is None:
+                by_file = {file_key(p): p for p in current}
+            spelled[path] = by_file.get(file_key(path), path)
+        named.append(spelled[path])
+    return named
 
 
 def check_identity(output: str, found: dict, expected: dict) -> None:
