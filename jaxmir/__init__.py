@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from jaxmir import lazy
 from jaxmir.errors import (AudioError, DeviceMemoryError, GraphError, InputError, JaxmirError,
-                           JaxmirWarning, UnsupportedGraphError, WeightsError)
+                           JaxmirWarning, ShortAudioError, UnsupportedGraphError, WeightsError)
 
 if TYPE_CHECKING:
     from jaxmir import frontends
@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from jaxmir.model import Model
 
 __all__ = ["load", "Model", "JaxmirError", "GraphError", "UnsupportedGraphError", "WeightsError",
-           "InputError", "AudioError", "DeviceMemoryError", "JaxmirWarning", "load_audio", "frontends"]
+           "InputError", "AudioError", "ShortAudioError", "DeviceMemoryError", "JaxmirWarning",
+           "load_audio", "frontends"]
 __version__ = "0.1.0"
 
 # Loaded at first use, with JAX: `jaxmir --help` takes ~0.1 s instead of ~1, and a Ctrl-C in a

@@ -170,6 +170,13 @@ def _check_resampler(resampler) -> None:
 
 
 def check_rate(rate, what: str) -> int:
+    """``rate`` as an int of Hz, or :class:`AudioError` naming it ``what``; a 0-d array (NumPy,
+    JAX) counts as its value."""
+    if getattr(rate, "ndim", None) == 0 and not isinstance(rate, np.generic):
+        try:
+            rate = rate.item()
+        except Exception:  # noqa: BLE001 -- a traced value: refused below, as any other type
+            pass
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer, float, np.floating)) \
             or not math.isfinite(rate) or rate != int(rate):
         raise AudioError(f"{what} {rate!r} is not a whole number of Hz; accepted: "
@@ -299,7 +306,7 @@ def monoloader_cut(in_rate: int, out_rate: int, n_input: int) -> int | None:
 
 
 # -- chunk by chunk (streams, collections) --------------------------------------------------
-def _first_bad_sample(array: np.ndarray) -> int | None:
+def first_bad_frame(array: np.ndarray) -> int | None:
     """The index of the first frame of floating-point ``array`` ``[n]`` or ``[n, channels]``
     that is NaN, infinite or beyond :data:`MAX_PEAK`, if any."""
     if not np.issubdtype(array.dtype, np.floating):
@@ -321,8 +328,15 @@ class MonoInput:
 
     def __call__(self, chunk) -> np.ndarray:
         """``[n]`` or ``[n, channels]`` -> float32 ``[n]``; the stream's state is unchanged on error."""
-        array = np.asarray(chunk)
         where = "the audio" if self.samples == 0 else f"the chunk from sample {self.samples}"
+        if isinstance(chunk, tuple) and len(chunk) == 2 and np.ndim(chunk[1]) == 0 \
+                and np.ndim(chunk[0]) >= 1:
+            raise AudioError(f"{where} is a tuple of two, as librosa.load returns (y, sr); give the "
+                             "samples and the rate apart: model.predict(y, sr)")
+        try:
+            array = np.asarray(chunk)
+        except ValueError as err:  # ragged lists
+            raise AudioError(f"{where} is not an array of samples ({err})") from None
         if array.ndim not in (1, 2):
             raise AudioError(f"{where} has shape {list(array.shape)}; expected [n_samples] or "
                              "[n_samples, channels]")
@@ -341,7 +355,7 @@ class MonoInput:
             try:
                 mono = prepare_audio(array, self.sample_rate, self.sample_rate)
             except AudioError as err:
-                bad = _first_bad_sample(array)
+                bad = first_bad_frame(array)
                 at = where if bad is None else f"sample {self.samples + bad}" + (
                     f" (in {where})" if self.samples else "")
                 reason = str(err).removeprefix("audio: ").removeprefix("audio ")

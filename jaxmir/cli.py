@@ -691,15 +691,10 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
 def _finite_frames(frames) -> int:
     """How many of ``frames`` ``[n, channels]`` come before the first that a stream refuses:
     NaN, infinity or a sample beyond :data:`jaxmir.audio.MAX_PEAK`."""
-    import numpy as np
+    from jaxmir.audio import first_bad_frame
 
-    from jaxmir.audio import MAX_PEAK
-
-    if not np.issubdtype(frames.dtype, np.floating):
-        return len(frames)
-    with np.errstate(invalid="ignore"):
-        bad = np.flatnonzero(~(np.abs(frames) <= MAX_PEAK).all(axis=1))  # NaN compares False
-    return int(bad[0]) if bad.size else len(frames)
+    bad = first_bad_frame(frames)
+    return len(frames) if bad is None else bad
 
 
 def _line_writer(model, output: str, args, interrupted: dict) -> Callable:

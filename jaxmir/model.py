@@ -30,11 +30,18 @@ APPLY_STEP_VALUES = 4 * 187 * 96
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # what Model.astype accepts
 
 
-def check_dtype(dtype: str) -> str:
-    """``dtype`` if :meth:`Model.astype` accepts it; otherwise an :class:`InputError`."""
-    if dtype not in DTYPES:
+def check_dtype(dtype) -> str:
+    """The name of ``dtype`` (a name, or a NumPy/JAX dtype such as ``jnp.bfloat16``) if
+    :meth:`Model.astype` accepts it; otherwise an :class:`InputError`."""
+    name = dtype
+    if not isinstance(dtype, str):
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            pass
+    if name not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; accepted: {', '.join(map(repr, DTYPES))}")
-    return dtype
+    return name
 
 
 def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Mapping) -> int | None:
@@ -227,6 +234,10 @@ class Model:
         """
         names, taps = self.resolve_outputs(outputs)
         patches = self.check_patches(patches)
+        if chunk is not None and chunk != -1 and (isinstance(chunk, bool) or not isinstance(
+                chunk, (int, np.integer)) or chunk < 1):  # 0 divided by zero; -5, 1.5 failed in JAX
+            raise InputError(f"chunk {chunk!r}: a whole number of patches >= 1, -1 (by the "
+                             "model's size) or None (the batch at once)")
         if overlap_hop:
             return dict(zip(names, self._apply_overlapping(patches, taps, overlap_hop)))
         chunk = default_chunk(self.module, self.input_shape, self.variables) if chunk == -1 else chunk
@@ -261,8 +272,9 @@ class Model:
     def __call__(self, patches, outputs=None):
         return self.apply(patches, outputs)
 
-    def astype(self, dtype: str) -> "Model":
-        """This model in ``"bfloat16"`` (opt-in) or ``"float32"`` (the default, for parity).
+    def astype(self, dtype) -> "Model":
+        """This model in ``"bfloat16"`` (opt-in) or ``"float32"`` (the default, for parity); the
+        dtypes themselves (``jnp.bfloat16``, ``np.float32``) work too.
 
         In bfloat16 the variables are stored and the patches computed in bfloat16
         (8-bit mantissas; the log-mel front-end stays float32); outputs come back

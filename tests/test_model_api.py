@@ -735,3 +735,29 @@ def test_messages_name_a_shipped_model_by_its_name(tmp_path):
     path = tmp_path / "mine.npz"
     save_weights(shipped, path)
     assert jaxmir.load(path).name == str(path)  # a user's file: its path, as given
+
+
+def test_what_librosa_and_numpy_users_pass_is_taken_or_refused_plainly(musicnn):
+    """A (y, sr) tuple ended in NumPy's "inhomogeneous shape"; apply(chunk=0) in a division by
+    zero, chunk=-5 and 1.5 deep in JAX; np.array(16000) as the rate was "not a whole number";
+    astype(jnp.bfloat16) was refused; ShortAudioError was not at the top level."""
+    y = (0.3 * np.sin(2 * np.pi * 440 * np.arange(4 * 16000) / 16000)).astype(np.float32)
+    with pytest.raises(jaxmir.AudioError, match=r"tuple of two, as librosa.load returns \(y, sr\)"):
+        musicnn.predict((y, 16000), 16000)
+    with pytest.raises(jaxmir.AudioError, match="not an array of samples"):
+        musicnn.predict([[0.1, 0.2], [0.3]], 16000)
+    patches = np.zeros((2, 187, 96), np.float32)
+    for chunk in (0, -5, 1.5, True, "4"):
+        with pytest.raises(InputError, match=f"chunk {re.escape(repr(chunk))}: a whole number"):
+            musicnn.apply(patches, chunk=chunk)
+    expected = musicnn.predict(y, 16000)
+    for rate in (np.array(16000), jnp.int32(16000), np.array(16000.0)):
+        np.testing.assert_array_equal(musicnn.predict(y, rate), expected)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(
+        musicnn.astype(jnp.bfloat16).variables)} == {jnp.dtype(jnp.bfloat16)}
+    assert musicnn.astype(np.float32) is musicnn
+    from jaxmir.collection import Options
+
+    assert Options(dtype=jnp.bfloat16).dtype == "bfloat16"  # recorded by name in outputs
+    with pytest.raises(jaxmir.ShortAudioError):
+        musicnn.predict(y[:1000], 16000)

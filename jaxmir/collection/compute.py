@@ -59,7 +59,7 @@ class Options:
     batch: int | None = None
 
     def __post_init__(self):
-        check_dtype(self.dtype)
+        object.__setattr__(self, "dtype", check_dtype(self.dtype))  # a name, as outputs record
         if self.batch is not None:
             check_batch(self.batch)
         # refused here, once, rather than by every file of a run (and again by every rerun)
