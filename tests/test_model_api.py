@@ -761,3 +761,16 @@ def test_what_librosa_and_numpy_users_pass_is_taken_or_refused_plainly(musicnn):
     assert Options(dtype=jnp.bfloat16).dtype == "bfloat16"  # recorded by name in outputs
     with pytest.raises(jaxmir.ShortAudioError):
         musicnn.predict(y[:1000], 16000)
+
+
+def test_graphs_load_and_run_under_x64():
+    """Under jax_enable_x64 a MusiCNN .pb was refused as "cannot run": the load-time check's
+    initializers made float64 kernels, which float32 inputs do not convolve with."""
+    from conftest import shared_fixture
+
+    path = shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb")
+    patches = np.random.default_rng(4).standard_normal((2, 187, 96)).astype(np.float32)
+    expected = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
+    with jax.enable_x64(True):
+        found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
+    np.testing.assert_array_equal(found, expected)  # float32 weights and patches either way

@@ -357,7 +357,7 @@ class KernelParams(nn.Module):
 
     def _param(self, name: str, init: Callable, shape: tuple[int, ...]) -> jax.Array:
         if not self.has_variable("params", name):
-            return self.param(name, init, shape)
+            return self.param(name, init, shape, jnp.float32)  # as nn.Conv's, under x64 too
         value = self.get_variable("params", name)
         if np.shape(value) != tuple(shape):
             raise flax.errors.ScopeParamShapeError(name, self.scope.path_text, np.shape(value),
