@@ -96,23 +96,24 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
     """
     if decoder not in MODES:
         data, native = _read_soundfile(path)
-        return _to_mono_16k(data, native, target, resampler, path)
-    with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
-        native = check_rate(blocks.sample_rate, f"{path}: sample rate")
-        check_channels(blocks.channels, path)
-        downmix, pieces, decoded = MonoInput(native), [], 0
-        resampling = Resampling(native, target, resampler, parallel=parallel, monoloader=True)
-        for block in blocks:
-            try:
-                mono = downmix(block)
-            except AudioError as err:
-                raise AudioError(f"{path}: {err}") from None
-            decoded += mono.shape[0]
-            pieces.append(resampling.push(mono))
-        pieces.append(resampling.close())
-    if damage is not None and blocks.problem is not None:
-        damage.append(blocks.problem)
-    audio = np.concatenate(pieces)
+        decoded, audio = data.shape[0], _to_mono_16k(data, native, target, resampler, path)
+    else:
+        with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
+            native = check_rate(blocks.sample_rate, f"{path}: sample rate")
+            check_channels(blocks.channels, path)
+            downmix, pieces, decoded = MonoInput(native), [], 0
+            resampling = Resampling(native, target, resampler, parallel=parallel, monoloader=True)
+            for block in blocks:
+                try:
+                    mono = downmix(block)
+                except AudioError as err:
+                    raise AudioError(f"{path}: {err}") from None
+                decoded += mono.shape[0]
+                pieces.append(resampling.push(mono))
+            pieces.append(resampling.close())
+        if damage is not None and blocks.problem is not None:
+            damage.append(blocks.problem)
+        audio = np.concatenate(pieces)
     if audio.size == 0 and decoded:
         raise AudioError(f"{path}: its {decoded} sample(s) at {native} Hz give none at {target} Hz; "
                          "expected a longer signal")
