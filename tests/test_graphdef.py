@@ -95,12 +95,28 @@ def test_bytes_that_do_not_fill_the_shape_are_rejected():
 
 
 def test_a_huge_declared_shape_allocates_nothing():
-    graph = const_graph(huge=tensor(DT_FLOAT, [1 << 20, 1 << 20], float_val=[1.0]),
-                        wrong=tensor(DT_FLOAT, [4], float_val=[1.0, 2.0]))
+    graph = const_graph(huge=tensor(DT_FLOAT, [1 << 20, 1 << 20], float_val=[1.0, 2.0]),
+                        wrong=tensor(DT_FLOAT, [2], float_val=[1.0, 2.0, 3.0]))
     with pytest.raises(GraphError, match="larger than jaxmir accepts"):
         graph.constant("huge")
-    with pytest.raises(GraphError, match="do not fit the declared shape"):
+    with pytest.raises(GraphError, match="3 values do not fit the declared shape"):
         graph.constant("wrong")
+
+
+def test_fewer_values_than_the_shape_repeat_the_last_as_tensorflow_fills_them():
+    """TensorFlow writes constants ending in a run of one value compactly, and reads them
+    back with the last value repeated; jaxmir refused them ("399 values do not fit")."""
+    tf = require("tensorflow")
+    cases = [tensor(DT_FLOAT, [3, 4], float_val=[0.5, -1.0, 2.0]),
+             tensor(DT_INT32, [5], int_val=[7, 8]),
+             tensor(DT_FLOAT, [200, 2], float_val=np.linspace(-1, 1, 399).tolist())]
+    graph = const_graph(**{f"c{i}": proto for i, proto in enumerate(cases)})
+    for i, proto in enumerate(cases):
+        expected = tf.make_ndarray(tf.make_tensor_proto(0).__class__.FromString(
+            proto.SerializeToString()))
+        found = graph.constant(f"c{i}")
+        assert found.dtype == expected.dtype
+        np.testing.assert_array_equal(found, expected)
 
 
 def test_unsupported_dtype_is_named():

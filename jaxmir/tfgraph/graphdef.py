@@ -325,19 +325,21 @@ def decode_tensor(tensor, where: str = "tensor", budget: LoadBudget | None = Non
     values = _typed_values(tensor, dtype_code)
     if len(values) == count:
         return values.reshape(shape)
-    if len(values) in (0, 1) and count > 0:
+    if len(values) < count:  # TensorFlow's compact form: the last value repeated (none: zeros)
         if count > MAX_BROADCAST_ELEMENTS:
             raise GraphError(f"{where}: a constant of shape {list(shape)} ({count} elements) "
-                             f"filled from one value is larger than jaxmir accepts "
+                             f"filled from {len(values)} value(s) is larger than jaxmir accepts "
                              f"({MAX_BROADCAST_ELEMENTS} elements)")
         if budget is not None:
             budget.allocate(nbytes, where)
-        fill = values[0] if len(values) else np.zeros((), dtype)
-        return np.full(shape, fill, dtype=dtype)
+        filled = np.full(count, values[-1] if len(values) else np.zeros((), dtype), dtype=dtype)
+        filled[:len(values)] = values
+        return filled.reshape(shape)
     if count == 0 and len(values) == 0:
         return np.zeros(shape, dtype)
     raise GraphError(f"{where}: {len(values)} values do not fit the declared shape {list(shape)} "
-                     f"({count} elements); expected {count} values or one value to broadcast")
+                     f"({count} elements); expected at most {count} (fewer: the last repeats, "
+                     "as TensorFlow fills them)")
 
 
 def _typed_values(tensor, dtype_code: int) -> np.ndarray:
