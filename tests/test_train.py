@@ -150,7 +150,9 @@ def test_table_tasks(tmp_path, audio_set):
     multi = tmp_path / "multi.csv"
     multi.write_text("path,label\n" + "".join(f"{f},{'a;b' if i % 2 else 'b;c'}\n"
                                               for i, f in enumerate(files)))
-    ds = data.load_dataset(multi)
+    with pytest.warns(JaxmirWarning, match=r"multi.csv: class\(es\) that every file has: b; the "
+                                            "head learns only that they are always there"):
+        ds = data.load_dataset(multi)  # unsaid, and its ROC-AUC was NaN, left out of the mean
     assert ds.task == "multi" and ds.classes == ABC
     assert np.array_equal(ds.targets.sum(axis=1), np.full(len(files), 2))
     regression = tmp_path / "reg.csv"
@@ -264,6 +266,34 @@ def test_file_listed_twice_in_a_table_refused(tmp_path, audio_set):
                                               for i, f in enumerate(files + [twice])))
     with pytest.raises(InputError, match="1 file.*more than once.*" + os.path.basename(files[0])):
         data.load_dataset(table)
+
+
+def test_a_table_naming_a_column_twice_is_refused(tmp_path, audio_set):
+    """Of two 'label' columns csv.DictReader kept the last, and the first was never read
+    (pyarrow refuses such a Parquet table itself)."""
+    files = sorted(str(p) for p in audio_set.rglob("*.wav"))
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label, label\n" + "".join(f"{f},{'ab'[i % 2]},{'ba'[i % 2]}\n"
+                                                    for i, f in enumerate(files)))
+    with pytest.raises(InputError, match=r"labels.csv: the columns \['label'\] are named more "
+                                         "than once"):
+        data.load_dataset(table)
+
+
+def test_audio_beside_the_class_folders_is_named_as_left_out(tmp_path, audio_set):
+    """It was left out without a word."""
+    import shutil
+    import warnings
+
+    root = tmp_path / "data"
+    shutil.copytree(audio_set, root)
+    shutil.copy(next(root.rglob("*.wav")), root / "stray.wav")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = data.load_dataset(root)
+    assert len(ds) == 8 and [str(w.message) for w in caught] == [
+        f"{root}: 1 audio file(s) beside the class folders, in none of them, left out (e.g. "
+        "'stray.wav'); move each into its class's folder"]
 
 
 def test_dataset_targets_must_fit_paths_task_and_classes():
@@ -702,6 +732,17 @@ def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path
     assert quiet.no_progress and quiet.no_cache  # as tag and embed take them
 
 
+@pytest.mark.parametrize("folder", ["h.pb", "h.json", "h-backbone.npz"])
+def test_cli_refuses_a_folder_in_an_output_s_place_before_reading_audio(tmp_path, capsys, folder):
+    """With --overwrite, a folder NAME.pb was found only at the export, after the training."""
+    (tmp_path / folder).mkdir()
+    argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
+            "--overwrite", "--finetune"]
+    assert jaxmir_cli.main(argv) == 1
+    assert f"{tmp_path / folder} is a folder (are folders); give the head another --output " \
+        "name" in capsys.readouterr().err
+
+
 def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
     """A link to no file (yet) was not refused, then replaced by the head's file; its target was
     never written. With --overwrite the head goes where the link leads, the link kept."""
@@ -931,6 +972,11 @@ def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):
                               (187, 96), "model/dense/BiasAdd")[".pb"]
     with pytest.raises(InputError, match="is an embedding head; the backbone is a model"):
         fit_head(dataset, backbone=str(head), cache=False)
+    # a model on other inputs: every file failed alike, one warning each, then "none could be used"
+    vgg4 = shared_fixture("essentia-models/vgg4.pb")
+    with pytest.raises(InputError, match=r"vgg4.pb takes \[128, 128\] inputs, not the log-mel "
+                                         "patches of a front-end"):
+        fit_head(dataset, backbone=str(vgg4), cache=False)
 
 
 def test_a_head_on_another_backbone_than_its_metadata_names_warns(tmp_path, capsys):

@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             plot.require_matplotlib()
         if not args.overwrite:  # every file this run would write, before any audio is read
             export.refuse_existing(planned_outputs(args))
+        export.refuse_folders(planned_outputs(args))
         export.check_output_folder(args.output)
         if args.plot:
             _check_plot_has_a_matrix(args.data)

@@ -18,13 +18,14 @@ import csv
 import dataclasses
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from jaxmir.collection.inputs import audio_files
-from jaxmir.errors import InputError
+from jaxmir.collection.inputs import AUDIO_EXTENSIONS, audio_files
+from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.labels import check_label_text
 
 TASKS = ("single", "multi", "regression")
@@ -143,8 +144,8 @@ def check_varying(values: np.ndarray, names: Sequence[str], what: str) -> None:
 
 
 def check_classes(dataset: Dataset, where: str) -> None:
-    """At least two classes, and at least two files in each (single-label data); regression
-    values that vary."""
+    """At least two classes, and at least two files in each (a multi-label class that every
+    file has is warned of); regression values that vary."""
     if dataset.task == "regression":
         if len(dataset) < MIN_FILES_PER_CLASS:
             raise InputError(f"{where}: {len(dataset)} file(s); regression needs at least 2")
@@ -159,6 +160,14 @@ def check_classes(dataset: Dataset, where: str) -> None:
     if few:
         raise InputError(f"{where}: class(es) with fewer than {MIN_FILES_PER_CLASS} files: "
                          + ", ".join(few))
+    if dataset.task == "multi":
+        everywhere = [name for name, column in zip(dataset.classes, dataset.targets.T)
+                      if (column >= 1).all()]
+        if everywhere:  # nothing to learn; ROC-AUC undefined, and dropped from the mean unsaid
+            warnings.warn(f"{where}: class(es) that every file has: {', '.join(everywhere)}; the "
+                          "head learns only that they are always there, and cross-validation "
+                          "has no ROC-AUC for them (left out of its mean)", JaxmirWarning,
+                          stacklevel=3)
 
 
 def load_dataset(source: str | os.PathLike) -> Dataset:
@@ -181,6 +190,12 @@ def _from_folders(root: Path) -> Dataset:
                               f"{root}: the class folders")
     if not classes:
         raise InputError(f"{root}: no class folders; expected DATA/<class>/<audio files>")
+    loose = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if loose:
+        warnings.warn(f"{root}: {len(loose)} audio file(s) beside the class folders, in none of "
+                      f"them, left out (e.g. {loose[0]!r}); move each into its class's folder",
+                      JaxmirWarning, stacklevel=3)
     paths, rows = [], []
     for index, name in enumerate(classes):
         files = audio_files(root / name)  # what ``jaxmir tag FOLDER`` reads
@@ -211,6 +226,7 @@ def _read_table(path: Path) -> dict[str, list[str | list[str]]]:
                 names = list(reader.fieldnames or [])
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             raise InputError(f"{path}: not a readable CSV table ({err})") from None
+        _check_distinct_columns(path, [name.strip() for name in names])
         return {name.strip(): [str(row.get(name) or "").strip() for row in rows] for name in names}
     try:
         import pyarrow.parquet as pq
@@ -222,6 +238,13 @@ def _read_table(path: Path) -> dict[str, list[str | list[str]]]:
         raise InputError(f"{path}: not a readable Parquet table ({err})") from None
     return {name: [_cell(v) for v in table.column(name).to_pylist()]
             for name in table.column_names}
+
+
+def _check_distinct_columns(path: Path, names: list[str]) -> None:
+    """Each column named once: of two 'label' columns, one was read and the other ignored."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InputError(f"{path}: the columns {twice} are named more than once; name each once")
 
 
 def _floats(values: list[str | list[str]]) -> np.ndarray | None:

@@ -173,6 +173,15 @@ def refuse_existing(paths, flag: str = "--overwrite") -> None:
                          f"overwrite them ({flag})")
 
 
+def refuse_folders(paths) -> None:
+    """Raise :class:`InputError` naming those of ``paths`` that are folders (``--overwrite``
+    replaces files, not folders): before any training, not at the export after it."""
+    folders = [str(p) for p in paths if os.path.isdir(p)]
+    if folders:
+        raise InputError(f"{', '.join(folders)} is a folder (are folders); give the head another "
+                         "--output name")
+
+
 def check_output_folder(output: str | os.PathLike) -> None:
     """Raise :class:`InputError` now, before any training, when the head's folder (or, while it
     does not exist, the nearest folder above it, where it would be made) cannot be written."""

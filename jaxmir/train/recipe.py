@@ -166,6 +166,10 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     if model.architecture == "head":
         raise InputError(f"{backbone} is an embedding head; the backbone is a model that takes "
                          "audio, such as msd-musicnn")
+    if model.frontend is None:  # each file would fail alike, one warning each
+        raise InputError(f"{backbone} takes {list(model.input_shape)} inputs, not the log-mel "
+                         "patches of a front-end jaxmir computes from audio; the backbone is a "
+                         "model that takes audio, such as msd-musicnn")
     keep = embedding_layer(model, layer)  # a layer no head can join fails here, before decoding
     initial = None
     if resumed is not None:
