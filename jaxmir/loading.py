@@ -118,7 +118,7 @@ def _load_one(source, labels=None, output=None) -> Model:
     if damaged is not None:
         raise GraphError(f"{text}: the weights of '{damaged[0]}' hold {damaged[1]}; the graph "
                          "would give NaN or meaningless outputs")
-    if labels is None and metadata.get("classes"):
+    if labels is None and metadata.get("classes") is not None:  # [] is refused, not ignored
         if not isinstance(metadata["classes"], list) or not all(
                 isinstance(name, str) for name in metadata["classes"]):
             raise InputError(f"{metadata['_path']}: 'classes' is {str(metadata['classes'])[:80]}; "
@@ -152,7 +152,7 @@ def read_metadata(graph_path: str | os.PathLike) -> dict:
     if not _is_file(path):
         return {}
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
+        metadata = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark allowed
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: JSON
         raise InputError(f"{path}: not readable model metadata ({err}); expected Essentia's "
                          "model JSON with 'classes' and 'schema'") from None
@@ -180,7 +180,10 @@ def _metadata_output(metadata: dict, graph) -> str | None:
                          "object with an 'outputs' list")
     for entry in outputs or []:
         if isinstance(entry, dict) and entry.get("output_purpose") == "predictions":
-            name = str(entry.get("name", ""))
+            name = entry.get("name") or ""
+            if not isinstance(name, str):
+                raise InputError(f"{metadata['_path']}: the predictions output's 'name' is "
+                                 f"{str(name)[:80]}; expected a node name")
             if name.startswith("^") or name.partition(":")[2] not in ("", "0"):
                 raise InputError(f"{metadata['_path']} names the output '{name[:200]}'; jaxmir "
                                  "reads a node's first output: 'node' or 'node:0'")

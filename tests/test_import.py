@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -186,6 +188,10 @@ def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_p
      "names the output 'dense_out:7'; jaxmir reads a node's first output: 'node' or 'node:0'"),
     ('{"schema": {"outputs": [{"name": "^dense_out", "output_purpose": "predictions"}]}}',
      "names the output '\\^dense_out'; jaxmir reads"),
+    # "names the output node 'None'"; an empty list was the same as no list
+    ('{"schema": {"outputs": [{"name": 3, "output_purpose": "predictions"}]}}',
+     "the predictions output's 'name' is 3; expected a node name"),
+    ('{"classes": []}', "lists 0 classes but the graph .* outputs 2 values"),
 ])
 def test_metadata_json_of_the_wrong_shape_is_an_input_error(tmp_path, metadata, message):
     from jaxmir.errors import InputError
@@ -195,6 +201,15 @@ def test_metadata_json_of_the_wrong_shape_is_an_input_error(tmp_path, metadata, 
     head.with_suffix(".json").write_text(metadata)
     with pytest.raises(InputError, match=message):
         jaxmir.load(head)
+
+
+def test_metadata_json_with_a_byte_order_mark_is_read(tmp_path):
+    """It was refused ("Unexpected UTF-8 BOM"), as editors on Windows save JSON."""
+    head = tmp_path / "head.pb"
+    head.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    head.with_suffix(".json").write_bytes(b"\xef\xbb\xbf" + json.dumps(
+        {"classes": ["valence", "arousal"]}).encode())
+    assert jaxmir.load(head).labels == ("valence", "arousal")
 
 
 def test_a_graph_named_too_long_for_a_json_beside_it_loads(tmp_path):
