@@ -113,20 +113,20 @@ def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | N
     """Frames between patches from ``--overlap`` seconds or ``--patch-hop`` frames (None: the
     default, 93 for MusiCNN); either refused here when it cannot make patches, not per file."""
     from jaxmir import pipeline
-    from jaxmir.errors import InputError
+    from jaxmir.errors import OptionError
 
     frontend = pipeline.frontend_of(model)
     size, seconds = frontend.patch_size, frontend.frame_seconds
     if patch_hop is not None:
         if patch_hop > size:
-            raise InputError(f"--patch-hop {patch_hop}: patches last {size} frames, so the hop "
+            raise OptionError(f"--patch-hop {patch_hop}: patches last {size} frames, so the hop "
                              f"is at most {size} (0: a patch, as Essentia takes it)")
         return patch_hop
     if overlap is None:
         return None
     hop = size - int(round(overlap / seconds)) if math.isfinite(overlap) else 0
     if not 0 <= overlap or hop < 1:
-        raise InputError(f"--overlap {overlap:g} s: patches last {size * seconds:.3f} s "
+        raise OptionError(f"--overlap {overlap:g} s: patches last {size * seconds:.3f} s "
                          f"({size} frames), so the overlap must be at least 0 and at most "
                          f"{(size - 1) * seconds:.3f} s (patches one frame apart)")
     return hop
@@ -586,10 +586,14 @@ def _stream_command(args, interrupted: dict) -> int:
 def _check_stream_options(args) -> None:
     """What the stream would refuse at its first bytes (``--rate 0``), refused before waiting
     for them: a live source may take a while to send any (the hop is checked with the model)."""
+    from jaxmir.errors import AudioError, OptionError
     from jaxmir.stream import check_sample_rate
 
     if args.rate is not None:
-        check_sample_rate(args.rate)
+        try:
+            check_sample_rate(args.rate)
+        except AudioError as err:
+            raise OptionError(f"--rate: {err}") from None
 
 
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
@@ -936,7 +940,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from jaxmir import interrupts
     from jaxmir.atomic import deferred_interrupts
     from jaxmir.console import StandardOutputError
-    from jaxmir.errors import JaxmirError
+    from jaxmir.errors import JaxmirError, OptionError
 
     args = None
     if sys.stderr is None:  # `2>&-`: Python's prints would fall back to standard output
@@ -952,6 +956,9 @@ def _main(argv: Sequence[str] | None) -> int:
         status = args.func(args)
         interrupts.raise_if_received()  # one a library swallowed: the run did not end on its own
         return status
+    except OptionError as err:
+        _error(str(err))
+        return EXIT_USAGE
     except JaxmirError as err:
         _error(str(err))
         return EXIT_FAILED

@@ -34,6 +34,11 @@ class InputError(JaxmirError, ValueError):
     """An array given to a model or front-end has the wrong shape, dtype or values."""
 
 
+class OptionError(InputError):
+    """A command-line option's value that cannot be used (``--patch-hop`` beyond a patch, ``--rate
+    0``): the command line is wrong, exit status 2."""
+
+
 class AudioError(InputError):
     """Audio that cannot be read or used: unreadable, empty, NaN, wrong rate, ..."""
 

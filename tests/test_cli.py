@@ -519,16 +519,16 @@ def test_overlap_and_patch_hop(capsys, wavs, tmp_path):
     assert hops == {"--overlap 1.5": (93, 2), "--overlap 0": (187, 1), "--patch-hop 40": (40, 3),
                     "": (93, 2)}
     status, _, err = run(capsys, "tag", str(long), "--overlap", "3")
-    assert status == 1 and "--overlap 3" in err
+    assert status == 2 and "--overlap 3" in err  # the command line is wrong (it was 1)
     # 2.99 s is less than a patch (2.992 s) but rounds to a hop of 0 frames: the bound is given
     status, _, err = run(capsys, "tag", str(long), "--overlap", "2.99")
-    assert status == 1 and "at most 2.976 s (patches one frame apart)" in err, err
+    assert status == 2 and "at most 2.976 s (patches one frame apart)" in err, err
     status, _, err = run(capsys, "tag", str(long), "--overlap", "2.976")
     assert status == 0, err
     # a hop past the patch: refused once, not by each file (then retried by every rerun)
     for command in (["tag", str(long)], ["embed", str(long), "-o", str(tmp_path / "x.jsonl")]):
         status, _, err = run(capsys, *command, "--patch-hop", "200")
-        assert status == 1 and err == "jaxmir: error: --patch-hop 200: patches last 187 frames, " \
+        assert status == 2 and err == "jaxmir: error: --patch-hop 200: patches last 187 frames, " \
             "so the hop is at most 187 (0: a patch, as Essentia takes it)\n"
     with pytest.raises(SystemExit) as exit_:
         cli.main(["tag", str(long), "--overlap", "1", "--patch-hop", "40"])

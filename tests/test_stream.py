@@ -588,7 +588,7 @@ def test_stream_command_bad_input():
     assert result.returncode == 1 and b"unsupported WAV format" in result.stderr, result.stderr
     assert b"Traceback" not in result.stderr
     result = cli("stream", "--rate", "-5", stdin=data)
-    assert result.returncode == 1 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
+    assert result.returncode == 2 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
     missing = cli("stream", stdin=data)
     assert missing.returncode == 1 and b"--rate" in missing.stderr
     floats = signal_at(16000, 10.0, 1, seed=15).astype("<f4")
@@ -718,8 +718,8 @@ def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
     for option, value, status, message in (("--channels", "0", 2, "expected a whole number >= 1, got 0"),
                                            ("--channels", "-2", 2, "expected a whole number >= 1, got -2"),
                                            ("--channels", "3", 2, "expected a whole number <= 2, got 3"),
-                                           ("--overlap", "nan", 1, "--overlap nan s: patches last"),
-                                           ("--overlap", "inf", 1, "--overlap inf s: patches last")):
+                                           ("--overlap", "nan", 2, "--overlap nan s: patches last"),
+                                           ("--overlap", "inf", 2, "--overlap inf s: patches last")):
         run = cli("stream", "--rate", "16000", option, value, "-", stdin=b"\0" * 64000)
         assert run.returncode == status and message in run.stderr.decode(), (option, value, run.stderr)
         assert b"Traceback" not in run.stderr
@@ -885,7 +885,7 @@ def test_stream_command_refuses_bad_options_before_any_input():
             if process.poll() is None:
                 process.kill()
             process.communicate()
-        assert process.returncode == 1 and message in stderr.decode()
+        assert process.returncode == 2 and message in stderr.decode()  # the command line's fault
 
 
 def test_stream_command_claims_no_patches_above_when_there_are_none():
