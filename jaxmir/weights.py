@@ -27,7 +27,8 @@ from jaxmir.errors import InputError, JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.labels import check_labels
 from jaxmir.model import Model
-from jaxmir.models import COMPOSED, damaged_variable, leaves, variable_mismatches
+from jaxmir.models import (COMPOSED, damaged_variable, leaves, variable_mismatches,
+                           variance_below_epsilon)
 from jaxmir.spec import Frontend, ModelSpec, config_from_json, config_to_json
 
 WEIGHTS_SUFFIX = ".npz"
@@ -136,7 +137,8 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
     meta, arrays = _read_arrays(path, None if trusted else check_declared)
     with _named_errors(path, labels):
         spec = _spec(meta, _unflatten(arrays), path)
-        damaged = None if trusted else damaged_variable(spec.variables)
+        damaged = None if trusted else (damaged_variable(spec.variables)
+                                        or variance_below_epsilon(spec.variables, spec.config))
         if damaged is not None:
             raise WeightsError(f"{path}: '{_VARIABLES}/{damaged[0]}' holds {damaged[1]}")
         return Model.from_spec(spec, labels=labels if labels is not None else _labels(meta),

@@ -27,6 +27,7 @@ from conftest import ROOT, child_env, run_tf, shared_fixture
 from jaxmir.errors import GraphError, JaxmirError, WeightsError
 from jaxmir.tfgraph.convert import import_graph
 from jaxmir.tfgraph.graphdef import DT_FLOAT, DT_INT32, Graph, GraphDefProto, TensorProto
+from jaxmir.weights import save_weights
 
 VGG4 = "essentia-models/vgg4.pb"
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
@@ -376,16 +377,43 @@ def test_a_variance_that_makes_the_batch_norm_divide_by_nothing_is_refused(tmp_p
     _with_constant(graph, _fused_variance(graph), negative)
     with pytest.raises(GraphError, match="variance \\+ epsilon must be > 0"):
         jaxmir.load(write(tmp_path, "fused_negative", graph))
-    # and in a weights file
-    from jaxmir.weights import save_weights
-
-    model = jaxmir.load("msd-musicnn")
+    model = jaxmir.load("msd-musicnn")  # and in a weights file
     variables = jax.tree_util.tree_map(np.array, dict(model.variables))
     variables["batch_stats"]["midend_2"]["block"]["batch_norm"]["var"][7] = -1.0
     save_weights(dataclasses.replace(model, variables=variables), tmp_path / "negative.npz")
-    with pytest.raises(WeightsError, match="batch_stats/midend_2/block/batch_norm/var' holds a "
-                                           "negative variance"):
+    with pytest.raises(WeightsError, match=r"batch_stats/midend_2/block/batch_norm/var' holds a "
+                                           r"variance of -1, which with any of the model's "
+                                           r"batch-norm epsilons \(at most 0.001\) is <= 0"):
         jaxmir.load(tmp_path / "negative.npz")
+
+
+def test_a_variance_below_zero_but_above_minus_epsilon_loads_as_tensorflow_runs_it(tmp_path):
+    """-1e-4 with epsilon 1e-3 divides by sqrt(9e-4): TensorFlow's outputs are finite, and the
+    first refusal of negative variances refused it all the same."""
+    graph = GraphDefProto.FromString(
+        shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
+    variance = next(n.input[4].split(":")[0] for n in graph.node
+                    if n.op.startswith("FusedBatchNorm") and "batch_normalization_1/" in n.name)
+    while node_named(graph, variance).op == "Identity":
+        variance = node_named(graph, variance).input[0]
+
+    def slightly_negative(values):
+        values[0] = -1e-4
+        return values
+
+    _with_constant(graph, variance, slightly_negative)
+    path = write(tmp_path, "slightly_negative", graph)
+    patches = np.random.default_rng(2).standard_normal((2, 187, 96)).astype(np.float32)
+    reference = run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])[0]
+    assert np.isfinite(reference).all()
+    found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
+    model = jaxmir.load("msd-musicnn")  # and in a weights file
+    variables = jax.tree_util.tree_map(np.array, dict(model.variables))
+    variables["batch_stats"]["midend_2"]["block"]["batch_norm"]["var"][7] = -1e-4
+    save_weights(dataclasses.replace(model, variables=variables), tmp_path / "slight.npz")
+    assert np.isfinite(np.asarray(jaxmir.load(tmp_path / "slight.npz").apply(patches)[
+        "predictions"])).all()
 
 
 @pytest.mark.parametrize("pool, band, window", [
@@ -402,6 +430,20 @@ def test_a_front_end_pool_that_is_not_musicnn_s_is_refused(tmp_path, pool, band,
     with pytest.raises(GraphError, match="the front-end's max-pools must each take all the "
                                          "frequency bands of their convolution at once"):
         jaxmir.load(write(tmp_path, "pool", graph))
+
+
+def test_a_same_padded_pool_wider_than_the_bands_loads_as_tensorflow_runs_it(tmp_path):
+    """A SAME max-pool 100 bands wide over 59 takes them all, as MusiCNN's 59-wide one does."""
+    graph = GraphDefProto.FromString(
+        shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
+    pool = node_named(graph, "model/max_pooling2d/MaxPool")
+    pool.attr["ksize"].list.i[2] = pool.attr["strides"].list.i[2] = 100
+    pool.attr["padding"].s = b"SAME"
+    path = write(tmp_path, "wide_pool", graph)
+    patches = np.random.default_rng(6).standard_normal((2, 187, 96)).astype(np.float32)
+    reference = run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])[0]
+    found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
 
 def test_the_head_builder_is_a_valid_model(tmp_path):

@@ -120,8 +120,8 @@ MAX_WEIGHT = 1e10
 
 
 def damaged_variable(variables: Mapping) -> tuple[str, str] | None:
-    """``(path, what)`` of the first variable holding NaN, an infinity, a value beyond
-    :data:`MAX_WEIGHT` in size or a negative batch-norm variance (NaN outputs), or ``None``."""
+    """``(path, what)`` of the first variable holding NaN, an infinity or a value beyond
+    :data:`MAX_WEIGHT` in size, or ``None``."""
     for path, value in leaves(variables).items():
         array = np.asarray(value)
         if not array.size:
@@ -129,13 +129,44 @@ def damaged_variable(variables: Mapping) -> tuple[str, str] | None:
         lowest, highest = float(array.min()), float(array.max())  # NaN if any is; no copies
         if not (math.isfinite(lowest) and math.isfinite(highest)):
             return path, "NaN or infinite values"
-        if path.startswith("batch_stats/") and path.endswith("/var") and lowest < 0:
-            return path, f"a negative variance ({lowest:.3g}): the file is damaged"
         largest = max(-lowest, highest)
         if largest > MAX_WEIGHT:
             return path, (f"a value of size {largest:.3g}, beyond any trained weight's "
                           f"({MAX_WEIGHT:.0e}): the file is damaged")
     return None
+
+
+def variance_below_epsilon(variables: Mapping, config: Any) -> tuple[str, str] | None:
+    """``(path, what)`` of the first batch-norm variance that is <= minus every epsilon in
+    ``config`` (so ``var + epsilon <= 0`` whichever batch norm holds it: NaN or infinite
+    outputs), or ``None``. A graph's walk checks each batch norm with its own epsilon; a
+    weights file names its epsilons in its config only."""
+    largest = max(_epsilons(config), default=0.0)
+    for path, value in leaves(variables).items():
+        if path.startswith("batch_stats/") and path.endswith("/var") and np.size(value):
+            lowest = float(np.min(value))
+            if not lowest + largest > 0:
+                return path, (f"a variance of {lowest:.3g}, which with any of the model's "
+                              f"batch-norm epsilons (at most {largest:g}) is <= 0: the file is "
+                              "damaged")
+    return None
+
+
+def _epsilons(value: Any) -> list[float]:
+    """Every number a config holds under a name with "epsilon" (``bn_epsilon``, a layer's)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        found = []
+        for key, item in value.items():
+            if "epsilon" in str(key) and isinstance(item, (int, float)) and item is not None:
+                found.append(float(item))
+            else:
+                found += _epsilons(item)
+        return found
+    if isinstance(value, (list, tuple)):
+        return [e for item in value for e in _epsilons(item)]
+    return []
 
 
 def leaves(tree: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -156,8 +156,11 @@ def _pools_every_band(layer: ConvLayer, mels: int) -> bool:
         bands = mels
     else:
         bands = mels + sum(layer.padding[1]) - layer.kernel.shape[1] + 1
-    pooled = -(-bands // stride_f) if padding == "SAME" else (bands - window_f) // stride_f + 1
-    return (window_t, stride_t) == (1, 1) and window_f == bands and pooled == 1
+    if padding == "SAME":  # a window past the bands takes them all: padding never wins a max
+        covers, pooled = window_f >= bands, -(-bands // stride_f)
+    else:
+        covers, pooled = window_f == bands, (bands - window_f) // stride_f + 1
+    return (window_t, stride_t) == (1, 1) and covers and pooled == 1
 
 
 def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
