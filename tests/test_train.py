@@ -1146,6 +1146,38 @@ def test_ctrl_c_as_a_finetuned_head_is_written_keeps_it_with_its_backbone(tmp_pa
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
+    """The log-mel patches of the whole dataset were held in memory (72 KB each for MusiCNN:
+    14 GB for 10,000 tracks of 20 patches); they are spilled to a file beside the head."""
+    import types
+
+    from jaxmir.train import finetune
+
+    model = jaxmir.load("msd-musicnn")
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
+    result = types.SimpleNamespace(dataset=dataset, head=types.SimpleNamespace(
+        task="single", params=params, activation="softmax"))
+    signals = {"a.wav": np.sin(np.arange(16000 * 5) / 7.0).astype(np.float32) * 0.3,
+               "b.wav": np.cos(np.arange(16000 * 4) / 3.0).astype(np.float32) * 0.2}
+    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: signals[path])
+    seen = {}
+
+    def recorded(backbone, layer, patches, targets, *args, **kwargs):
+        seen.update(memmap=isinstance(patches, np.memmap), patches=np.array(patches),
+                    targets=np.array(targets))
+        return model.variables, params, None
+
+    monkeypatch.setattr(finetune, "finetune", recorded)
+    finetune.finetune_and_export(result, "msd-musicnn", "model/dense/BiasAdd",
+                                 str(tmp_path / "h"), 1, 0, False)
+    cuts = [finetune.audio_patches(model, signals[p], 16000) for p in dataset.paths]
+    assert seen["memmap"]
+    np.testing.assert_array_equal(seen["patches"], np.concatenate(cuts))
+    np.testing.assert_array_equal(seen["targets"], np.eye(2)[[0] * len(cuts[0]) + [1] * len(cuts[1])])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h-backbone.npz", "h.json", "h.npz", "h.pb"]
+
+
 def test_a_head_refuses_nan_embeddings_as_training_does():
     """Head.predict gave NaN for NaN embeddings, unsaid; training refuses them."""
     tracks, targets = blobs(n_per_class=4)

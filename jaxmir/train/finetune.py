@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 from pathlib import Path
 
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmir import interrupts
 from jaxmir.errors import InputError
 from jaxmir.model import Model
 from jaxmir.models.runner import run_patches
@@ -107,6 +109,7 @@ def finetune(backbone: Model, layer: str, patches: np.ndarray, targets: np.ndarr
     for index in range(config.steps):
         rows = rng.choice(len(patches), batch, replace=False)
         trainable, state, loss = step(trainable, state, patches[rows], targets[rows])
+        interrupts.raise_if_received()  # a Ctrl-C that JAX's callbacks swallowed
         loss = float(loss)
         if not np.isfinite(loss):
             raise TrainingError(f"the fine-tuning loss became {loss} at step {index + 1}")
@@ -132,6 +135,22 @@ def backbone_output(output: str) -> Path:
     return export.beside(output, "-backbone.npz")
 
 
+def _spill_patches(model: Model, paths, spill) -> np.ndarray:
+    """Write each file's log-mel patches to ``spill`` (a binary file), file after file; return
+    the track of each patch, ``[n_patches]``. The patches of a whole dataset (72 KB each for
+    MusiCNN) live on disk, not in memory: training reads the batch it draws."""
+    from jaxmir.audio import load_audio
+
+    rows = []
+    for index, path in enumerate(paths):
+        interrupts.raise_if_received()
+        cut = audio_patches(model, load_audio(path), 16000)
+        spill.write(np.ascontiguousarray(cut, np.float32).tobytes())
+        rows.extend([index] * len(cut))
+    spill.flush()
+    return np.asarray(rows, int)
+
+
 def finetune_and_export(result, backbone: str, layer: str, output: str, steps: int, seed: int,
                         overwrite: bool, dataset: dict | None = None) -> dict:
     """Fine-tune a :func:`~jaxmir.train.recipe.fit_head` result; write ``NAME-backbone.npz`` and the head.
@@ -141,7 +160,6 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     cross-validation it reports.
     """
     from jaxmir.atomic import deferred_interrupts
-    from jaxmir.audio import load_audio
     from jaxmir.loading import load
     from jaxmir.train import export
     from jaxmir.weights import save_weights
@@ -151,15 +169,15 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
         export.refuse_existing([backbone_path])
     export.check_output_folder(output)
     model = load(backbone)
-    patches, rows = [], []
-    for index, path in enumerate(result.dataset.paths):
-        cut = audio_patches(model, load_audio(path), 16000)
-        patches.append(cut)
-        rows.extend([index] * len(cut))
-    targets = result.dataset.targets[np.asarray(rows)]
-    variables, head, _ = finetune(model, layer, np.concatenate(patches), targets,
-                                  result.head.task, result.head.params,
-                                  FinetuneConfig(steps=steps, seed=seed))
+    folder = export.output_paths(output)[".pb"].parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder, prefix=".tmp-patches-") as spill:
+        rows = _spill_patches(model, result.dataset.paths, spill)
+        patches = np.memmap(spill, np.float32, "r", shape=(len(rows), *model.input_shape))
+        variables, head, _ = finetune(model, layer, patches, result.dataset.targets[rows],
+                                      result.head.task, result.head.params,
+                                      FinetuneConfig(steps=steps, seed=seed))
+        del patches
     tuned = backbone_with(model, variables, str(backbone_path))
     temp = backbone_path.with_name(f".tmp-{backbone_path.name}")
     temp.parent.mkdir(parents=True, exist_ok=True)
