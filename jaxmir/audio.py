@@ -330,9 +330,9 @@ class MonoInput:
     def __call__(self, chunk) -> np.ndarray:
         """``[n]`` or ``[n, channels]`` -> float32 ``[n]``; the stream's state is unchanged on error."""
         where = "the audio" if self.samples == 0 else f"the chunk from sample {self.samples}"
-        if isinstance(chunk, tuple) and len(chunk) == 2 and np.ndim(chunk[1]) == 0 \
+        if isinstance(chunk, (tuple, list)) and len(chunk) == 2 and np.ndim(chunk[1]) == 0 \
                 and np.ndim(chunk[0]) >= 1:
-            raise AudioError(f"{where} is a tuple of two, as librosa.load returns (y, sr); give the "
+            raise AudioError(f"{where} is a pair, as librosa.load returns (y, sr); give the "
                              "samples and the rate apart: model.predict(y, sr)")
         try:
             array = np.asarray(chunk)

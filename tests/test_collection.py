@@ -646,7 +646,7 @@ def test_options_and_commands_that_cannot_run_are_refused_once(model, tmp_path):
 def test_one_path_is_one_path(music, model, tmp_path):
     """A string was taken as a sequence of paths, one per character: error rows '/…/c', '/…/o'."""
     rock = music / "rock"
-    for paths in (str(rock), rock):
+    for paths in (str(rock), rock, os.fsencode(rock)):
         output = tmp_path / f"{type(paths).__name__}.jsonl"
         assert collect(model, paths, str(output), name="msd-musicnn", jobs=0,
                        progress=False).ok == 2

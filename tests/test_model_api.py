@@ -742,8 +742,9 @@ def test_what_librosa_and_numpy_users_pass_is_taken_or_refused_plainly(musicnn):
     zero, chunk=-5 and 1.5 deep in JAX; np.array(16000) as the rate was "not a whole number";
     astype(jnp.bfloat16) was refused; ShortAudioError was not at the top level."""
     y = (0.3 * np.sin(2 * np.pi * 440 * np.arange(4 * 16000) / 16000)).astype(np.float32)
-    with pytest.raises(jaxmir.AudioError, match=r"tuple of two, as librosa.load returns \(y, sr\)"):
-        musicnn.predict((y, 16000), 16000)
+    for pair in ((y, 16000), [y, 16000]):
+        with pytest.raises(jaxmir.AudioError, match=r"a pair, as librosa.load returns \(y, sr\)"):
+            musicnn.predict(pair, 16000)
     with pytest.raises(jaxmir.AudioError, match="not an array of samples"):
         musicnn.predict([[0.1, 0.2], [0.3]], 16000)
     patches = np.zeros((2, 187, 96), np.float32)

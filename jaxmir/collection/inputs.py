@@ -126,7 +126,7 @@ def _listed(base: Path, line: str) -> str:
     return str(exact if os.path.lexists(exact) else base / line.strip())
 
 
-def expand(arguments: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]) -> list[str]:
     """Absolute paths of the audio files that ``arguments`` name, each file once (by its name
     without links where it has one, else by the name met first).
 
@@ -134,10 +134,10 @@ def expand(arguments: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
     sequence); a name that does not exist is kept (it becomes a failed row
     naming it), an empty folder is an error.
     """
-    if isinstance(arguments, (str, os.PathLike)):  # one name, not a sequence of its characters
+    if isinstance(arguments, (str, bytes, os.PathLike)):  # one name, not a sequence of characters
         arguments = [arguments]
     paths: list[str] = []
-    for argument in map(os.fspath, arguments):
+    for argument in map(os.fsdecode, arguments):
         if argument.startswith("@") and len(argument) > 1:
             listed = _read_list(argument[1:])
             if not listed:  # as an empty folder: a run of nothing is a mistake
