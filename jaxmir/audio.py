@@ -358,7 +358,7 @@ class MonoInput:
             except AudioError as err:
                 bad = first_bad_frame(array)
                 at = where if bad is None else f"sample {self.samples + bad}" + (
-                    f" (in {where})" if self.samples else "")
+                    f" (in {where})" if self.samples and bad else "")
                 reason = str(err).removeprefix("audio: ").removeprefix("audio ")
                 raise AudioError(f"{at} {reason}" if reason.startswith("has ") else
                                  f"{at}: {reason}") from None

@@ -464,6 +464,9 @@ def test_bad_input(musicnn):
     bad[10, 1] = np.inf
     with pytest.raises(AudioError, match="NaN or infinite"):
         stream.push(bad)
+    bad[0, 0] = np.nan  # the chunk's first: "sample 40000 (in the chunk from sample 40000)"
+    with pytest.raises(AudioError, match=r"^sample 40000: contains 2 NaN"):
+        stream.push(bad)
     with pytest.raises(AudioError, match="1 channel.*started with 2"):
         stream.push(audio[40000:41000, 0])
     with pytest.raises(AudioError, match="dtype int16.*started with float32"):
