@@ -173,12 +173,16 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
     checked before any work, and by :func:`_emit` before the write. ``-`` is standard output; a
     pipe or a character device (``/dev/stdout``) is written through, a link's target replaced."""
     from jaxmir.collection.outputs import check_writable
-    from jaxmir.errors import InputError
+    from jaxmir.errors import InputError, OptionError
 
     if output is None or output == "-":
         return
-    if not output:
-        raise InputError("--output is empty; give a file name")
+    folder = (f"--output {output} is a folder; jaxmir tag writes its text, JSON or CSV to one "
+              "file here (a table: OUT.parquet, OUT.jsonl or OUT.csv)")
+    if not output:  # names that no file system holds: the command line's fault, exit 2
+        raise OptionError("--output '' names no file; give a file name")
+    if output.endswith(("/", os.sep)):
+        raise OptionError(folder)
     try:
         mode = os.stat(output).st_mode  # through links
     except OSError as err:
@@ -187,9 +191,8 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
         mode = None
     if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
         return  # written to, not replaced (_written_through)
-    if output.endswith(("/", os.sep)) or (mode is not None and stat.S_ISDIR(mode)):
-        raise InputError(f"--output {output} is a folder; jaxmir tag writes its text, JSON or CSV "
-                         "to one file here (a table: OUT.parquet, OUT.jsonl or OUT.csv)")
+    if mode is not None and stat.S_ISDIR(mode):
+        raise InputError(folder)
     if mode is not None and not stat.S_ISREG(mode):
         raise InputError(f"--output {output} is not a regular file, a pipe or a character device")
     if mode is not None and not overwrite:
@@ -213,25 +216,25 @@ def _written_through(output: str) -> bool:
 def _check_plot_name(plot: str | None, output: str | None) -> None:
     """``--plot`` names a picture file: not nothing, not standard output, not a folder, not the
     ``--output`` file."""
-    from jaxmir.errors import InputError
+    from jaxmir.errors import OptionError
 
     if plot is None:
         return
     if plot in ("", "-") or plot.endswith(("/", os.sep)):
-        raise InputError(f"--plot {plot!r}: give the picture's file name (.png)")
+        raise OptionError(f"--plot {plot!r}: give the picture's file name (.png)")
     if output and os.path.abspath(plot) == os.path.abspath(output):
-        raise InputError(f"--plot {plot} is also the --output; give each its own file")
+        raise OptionError(f"--plot {plot} is also the --output; give each its own file")
 
 
 def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
     from jaxmir.collection.outputs import check_writable
-    from jaxmir.errors import InputError
+    from jaxmir.errors import InputError, OptionError
 
     paths = list(paths)
     folder = next((path for path in paths if os.path.isdir(path)), None)
     if folder is not None:
-        raise InputError(f"--plot {folder} is a folder; give the picture's file name (.png)")
+        raise OptionError(f"--plot {folder} is a folder; give the picture's file name (.png)")
     for parent in sorted({Path(os.path.realpath(path)).parent for path in paths}):
         try:
             check_writable(parent)  # before the work: it failed as the audio file's failure
@@ -316,10 +319,10 @@ def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
         return {files[0]: target}
     from jaxmir.collection.inputs import npy_names  # unique whatever the order of the files
 
-    stems = npy_names(files)
-    return {path: target.with_name(f"{target.stem}-{stems[path][:-len('.npy')].replace(os.sep, '-')}"
-                                   f"{target.suffix or '.png'}")
-            for path in files}
+    stems = npy_names(os.path.abspath(path) for path in files)  # a folder's files are absolute
+    return {path: target.with_name(
+        f"{target.stem}-{stems[os.path.abspath(path)][:-len('.npy')].replace(os.sep, '-')}"
+        f"{target.suffix or '.png'}") for path in files}
 
 
 def is_regressor(model) -> bool:
@@ -357,11 +360,13 @@ def _tag_one(model, args, hop, plots: dict[str, Path]):
             taggram = found["values"]
             if path in plots:
                 from jaxmir import pipeline
+                from jaxmir.collection.rows import as_text
                 from jaxmir.plot import save_taggram
 
                 frontend = pipeline.frontend_of(model)
                 save_taggram(plots[path], taggram, found["starts"], model.labels,
-                             frontend.patch_size * frontend.frame_seconds, title=path)
+                             frontend.patch_size * frontend.frame_seconds,
+                             title=as_text(path))  # matplotlib refuses undecodable bytes
             if args.format == "json":
                 result["patch_starts_s"] = [round(float(s), 4) for s in found["starts"]]
                 result["taggram"] = taggram.astype(np.float32).tolist()

@@ -31,6 +31,7 @@ def write_line(text: str) -> None:
     """``text`` (ending in a newline) on standard output, above a progress bar, flushed."""
     from tqdm import tqdm
 
+    text = _encodable(text)
     try:
         if len(text) < _PIPE_BYTES // 4:  # at most 4 bytes a character in UTF-8
             tqdm.write(text, file=sys.stdout, end="" if text.endswith("\n") else "\n")
@@ -39,6 +40,20 @@ def write_line(text: str) -> None:
             _write_all(text if text.endswith("\n") else text + "\n")
     except OSError as err:
         raise StandardOutputError(err.strerror or str(err), err.errno == errno.EPIPE) from None
+
+
+def _encodable(text: str) -> str:
+    """``text``, or where standard output's encoding cannot take it (a file name that is not
+    UTF-8, in a UTF-8 locale's strict stream) with ``\\udcXX`` escapes, as the tables write
+    such names; it ended in a traceback."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: the stream will say so itself
+        pass
+    return text
 
 
 def _write_all(text: str) -> None:

@@ -299,9 +299,9 @@ def test_output_file_is_never_overwritten_unasked(capsys, wavs, tmp_path):
     assert status == 0, err
     assert json.loads(target.read_text())["files"][0]["file"] == str(wavs["PCM_16"])
     # a folder is refused before any file is read (a plain file named like it was written)
-    for folder in (f"{tmp_path / 'out'}/", str(tmp_path)):
+    for folder, code in ((f"{tmp_path / 'out'}/", 2), (str(tmp_path), 1)):  # 2: by its name
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", folder)
-        assert status == 1 and "is a folder; jaxmir tag writes" in err and "top 3" not in out, err
+        assert status == code and "is a folder; jaxmir tag writes" in err and "top 3" not in out, err
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tags.json"]  # no temporary file left
 
@@ -395,8 +395,13 @@ def test_output_through_links_pipes_devices_and_dash(capsys, wavs, tmp_path):
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
     status, out, err = run(capsys, *args, "-o", "-")
     assert status == 0 and out == target.read_text() and not Path("-").exists(), err
-    status, out, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", "-")
-    assert status == 1 and "--output -: jaxmir embed writes a table or a folder here" in err
+    # outputs no run could write: the command line is wrong (exit 2; they exited 1)
+    for output, message in (("-", "--output -: jaxmir embed writes a table or a folder here"),
+                            ("x.csv", "CSV holds tag means only"),
+                            ("x.json", "unknown kind '.json'")):
+        status, out, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", str(tmp_path / output)
+                               if output != "-" else output)
+        assert status == 2 and message in err, (output, err)
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wavs, monkeypatch,
@@ -408,13 +413,16 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wav
 
     monkeypatch.setattr(stream, "iter_blocks", lambda *a, **k: pytest.fail("a file was read"))
     (tmp_path / "loop").symlink_to("loop")
-    for option, message in ((["-o", "/proc/tags.txt"],
-                             "--output /proc/tags.txt: cannot write the output in /proc"),
-                            (["--plot", "/proc/taggram.png"], "--plot: cannot write the output in /proc"),
-                            (["-o", ""], "--output is empty"),
-                            (["-o", str(tmp_path / "loop")], "is a link that leads to no file (a loop)")):
+    for option, message, code in ((["-o", "/proc/tags.txt"],
+                                   "--output /proc/tags.txt: cannot write the output in /proc", 1),
+                                  (["--plot", "/proc/taggram.png"],
+                                   "--plot: cannot write the output in /proc", 1),
+                                  (["-o", ""], "--output '' names no file", 2),  # the command line's
+                                  (["-o", f"{tmp_path}/x/"], "x/ is a folder", 2),
+                                  (["-o", str(tmp_path / "loop")],
+                                   "is a link that leads to no file (a loop)", 1)):
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), *option)
-        assert status == 1 and message in err, (option, err)
+        assert status == code and message in err, (option, err)
     assert (tmp_path / "loop").is_symlink()
 
 
@@ -459,8 +467,30 @@ def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_p
                                  (str(tmp_path / "same"), ["-o", str(tmp_path / "same")],
                                   "is also the --output")):
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--plot", plot, *extra)
-        assert status == 1 and message in err, (plot, err)
+        assert status == 2 and message in err, (plot, err)  # the command line is wrong
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
+
+
+def test_pictures_of_a_folder_and_a_relative_path_and_of_undecodable_names(capsys, wavs, tmp_path,
+                                                                           monkeypatch):
+    """A folder (its files absolute) with a relative path ended in a traceback ("Can't mix
+    absolute and relative paths"); a file name that is not UTF-8 failed the file, its tags lost
+    (matplotlib refused the title)."""
+    import shutil
+
+    require("matplotlib")
+    folder = tmp_path / "set"
+    folder.mkdir()
+    shutil.copy(wavs["PCM_16"], folder / "a.wav")
+    shutil.copy(wavs["PCM_16"], os.fsencode(folder) + b"/bad\xff\xfename.wav")
+    shutil.copy(wavs["mono_22k"], tmp_path / "b.flac")
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, "tag", "set", "b.flac", "--plot", "pics/t.png")
+    assert status == 0, err
+    # a strict UTF-8 stream (a UTF-8 locale's; the capture's here) took no such name: a traceback
+    assert "set/bad\\udcff\\udcfename.wav] top 3 tags" in out
+    assert sorted(os.listdir(os.fsencode(tmp_path / "pics"))) == [
+        b"t-b.png", b"t-set-a.png", b"t-set-bad\xff\xfename.png"]
 
 
 def test_a_link_to_a_pipe_is_written_through():

@@ -778,7 +778,7 @@ def test_cli_refuses_smoothing_k_without_smoothing(tmp_path, capsys):
     """--smoothing-k without --label-smoothing was ignored without a word."""
     argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
             "--smoothing-k", "3"]
-    assert jaxmir_cli.main(argv) == 1
+    assert jaxmir_cli.main(argv) == 2  # the command line is wrong
     assert "--smoothing-k sets label smoothing's neighbours: add --label-smoothing knn or lmnn" in \
         capsys.readouterr().err
 

@@ -16,7 +16,7 @@ from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import Layout, Result, identity, model_fields
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, OptionError
 
 EXIT_OK, EXIT_FAILED = 0, 1
 COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
     kind = kind_of(args.output, command)
     _warn_ignored(args, kind)
     if command == "tag" and kind == "npy":
-        raise InputError(f"--output {args.output}: tags go to a .parquet, .jsonl or .csv file")
+        raise OptionError(f"--output {args.output}: tags go to a .parquet, .jsonl or .csv file")
     try:
         tally = collect(model, args.files, args.output, command=command,
                         options=_options(args, output, hop), name=model_name(args),

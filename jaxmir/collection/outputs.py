@@ -52,7 +52,7 @@ from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text, base, from_text,
                                    summary)
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, OptionError
 
 KINDS = ("parquet", "jsonl", "csv", "npy")
 INDEX = "index.jsonl"
@@ -74,23 +74,23 @@ def kind_of(output: str, command: str) -> str:
     """``parquet``, ``jsonl``, ``csv`` or ``npy`` (a folder: no or another extension, or a
     trailing ``/``) from the output's name."""
     if not output:
-        raise InputError("--output is empty; give a file or folder name")
+        raise OptionError("--output is empty; give a file or folder name")
     if output == "-":
-        raise InputError(f"--output -: jaxmir {command} writes a table or a folder here, which "
-                         "standard output cannot take; give a file name (.parquet, .jsonl"
-                         + (", .csv)" if command == "tag" else ") or a folder"))
+        raise OptionError(f"--output -: jaxmir {command} writes a table or a folder here, which "
+                          "standard output cannot take; give a file name (.parquet, .jsonl"
+                          + (", .csv)" if command == "tag" else ") or a folder"))
     suffix = Path(output).suffix.lower()
     if suffix in (".parquet", ".jsonl", ".csv"):
         return suffix[1:]
     if suffix == "" or os.path.isdir(output) or output.endswith(("/", os.sep)):
         return "npy"
     if suffix == ".npy":  # one file expected, a folder made
-        raise InputError(f"--output {output}: jaxmir {command} writes one .npy per file, into a "
-                         f"folder: give the folder's name ({output[:-4]}/), or a table "
-                         "(.parquet, .jsonl)")
+        raise OptionError(f"--output {output}: jaxmir {command} writes one .npy per file, into a "
+                          f"folder: give the folder's name ({output[:-4]}/), or a table "
+                          "(.parquet, .jsonl)")
     expected = ".parquet, .jsonl or .csv" if command == "tag" else \
         ".parquet, .jsonl or a folder (a name ending in '/')"
-    raise InputError(f"--output {output}: unknown kind {suffix!r}; expected {expected}")
+    raise OptionError(f"--output {output}: unknown kind {suffix!r}; expected {expected}")
 
 
 # -- atomic file operations ---------------------------------------------------------------------
@@ -247,8 +247,8 @@ class LinesWriter(Writer):
         self.lost = lost
         self.csv = path.suffix.lower() == ".csv"
         if self.csv and (layout.command != "tag" or layout.per_patch):
-            raise InputError(f"--output {path}: CSV holds tag means only; use .parquet or .jsonl "
-                             "for embeddings and --per-patch")
+            raise OptionError(f"--output {path}: CSV holds tag means only; use .parquet or .jsonl "
+                              "for embeddings and --per-patch")
         if self.csv:
             layout.check_label_columns(CSV_COLUMNS, "CSV")
         self.header = CSV_COLUMNS + list(layout.labels)

@@ -150,9 +150,9 @@ def _check_plot_has_a_matrix(data: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed)."""
+    """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed), 2 on an option's."""
     from jaxmir.console import write_line
-    from jaxmir.errors import JaxmirError
+    from jaxmir.errors import JaxmirError, OptionError
     from jaxmir.train import export, plot
     from jaxmir.train.fit import TrainConfig
     from jaxmir.train.recipe import fit_head
@@ -167,9 +167,9 @@ def run(args: argparse.Namespace) -> int:
                              learning_rate=args.learning_rate, batch_size=args.batch_size,
                              seed=args.seed)
         if args.plot and not args.folds:
-            raise JaxmirError("--plot draws the cross-validation confusion matrix: add --folds")
+            raise OptionError("--plot draws the cross-validation confusion matrix: add --folds")
         if args.smoothing_k is not None and args.label_smoothing == "none":
-            raise JaxmirError("--smoothing-k sets label smoothing's neighbours: add "
+            raise OptionError("--smoothing-k sets label smoothing's neighbours: add "
                               "--label-smoothing knn or lmnn")
         if args.plot:
             plot.require_matplotlib()
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                                                args.finetune_steps, args.seed, args.overwrite, entry)
     except JaxmirError as err:
         _say(f"jaxmir: error: {err}")
-        return 1
+        return 2 if isinstance(err, OptionError) else 1  # the command line's fault, or a file's
     validation = result.cross_validation
     if validation is not None:
         for name, (mean, std) in validation.summary.items():
