@@ -706,6 +706,21 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "jaxmir: warning: Glyph 40723 missing from font(s) DejaVu Sans." in err
     assert "UserWarning" not in err
+    # Ctrl-C while the picture was drawn left the head without it: the rerun then refused the
+    # head's files. The picture is finished first; the run still says it was interrupted.
+    import signal
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+
+    monkeypatch.setattr(plot, "confusion_picture", interrupted)
+    (tmp_path / "heads" / "timbre-confusion.png").unlink()
+    assert jaxmir_cli.main(argv + ["--overwrite"]) == 130
+    assert (tmp_path / "heads" / "timbre-confusion.png").stat().st_size > 1000
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith("wrote ") and printed[-1].endswith("timbre-confusion.png")
+    assert printed[-2].endswith("timbre.npz")  # the head's files, then its picture
 
 
 @pytest.mark.parametrize("existing, flags", [
@@ -740,6 +755,27 @@ def test_cli_refuses_a_folder_in_an_output_s_place_before_reading_audio(tmp_path
     assert jaxmir_cli.main(argv) == 1
     assert f"{tmp_path / folder} is a folder (are folders); give the head another --output " \
         "name" in capsys.readouterr().err
+
+
+def test_a_link_into_no_folder_replaces_none_of_the_head_s_files(tmp_path, capsys):
+    """`--overwrite` with NAME.json a link into a missing folder: the new .pb replaced the old,
+    then the .json's rename failed, naming a staging file already gone; the old .npz stayed."""
+    (tmp_path / "h.json").symlink_to(tmp_path / "gone" / "h.json")
+    argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
+            "--overwrite"]
+    assert jaxmir_cli.main(argv) == 1  # before any audio is read
+    assert f"h.json leads to {tmp_path / 'gone' / 'h.json'}, which cannot be written (no such " \
+        "folder)" in capsys.readouterr().err
+    old = {suffix: f"old {suffix}" for suffix in (".pb", ".npz")}
+    for suffix, text in old.items():
+        (tmp_path / f"h{suffix}").write_text(text)
+    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
+    with pytest.raises(InputError, match=r"h.json leads to .*gone/h.json, which cannot be written "
+                                         r"\(No such file or directory\); no file of the head"):
+        export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
+                           "model/dense/BiasAdd", overwrite=True)
+    assert {suffix: (tmp_path / f"h{suffix}").read_text() for suffix in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.npz", "h.pb"]
 
 
 def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
@@ -1201,3 +1237,22 @@ def test_a_shipped_backbones_cached_embeddings_are_keyed_by_its_weights(monkeypa
         **entries["models"]["msd-musicnn"], "sha256": "0" * 64}}}
     monkeypatch.setattr(catalog, "catalog", lambda: other)
     assert embeddings.backbone_id("msd-musicnn") != now
+
+
+def test_figures_undefined_in_every_fold_are_null_in_the_head_s_json():
+    """Leave-one-out regression (R² of one track) wrote "r2": NaN, which strict JSON parsers
+    refuse, after NumPy's "Mean of empty slice" warnings."""
+    import types
+
+    from jaxmir.train import recipe
+
+    nan = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = metrics.summarize([{"r2": nan, "rmse": 1.0}, {"r2": nan, "rmse": 3.0}])
+    assert np.isnan(summary["r2"]).all() and summary["rmse"] == (2.0, 1.0)
+    dataset = data.Dataset(("a.wav", "b.wav", "c.wav"), [[1.0], [2.0], [4.0]], "regression", ("v",))
+    entry = recipe.dataset_entry("set", dataset, types.SimpleNamespace(summary=summary), 2)
+    assert entry["metrics"] == {"2-fold_cross_validation_r2": None,
+                                "2-fold_cross_validation_rmse": 2.0}
+    json.dumps(entry, allow_nan=False)

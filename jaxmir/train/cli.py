@@ -151,6 +151,7 @@ def _check_plot_has_a_matrix(data: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed), 2 on an option's."""
+    from jaxmir.atomic import deferred_interrupts
     from jaxmir.console import write_line
     from jaxmir.errors import JaxmirError, OptionError
     from jaxmir.train import export, plot
@@ -198,12 +199,8 @@ def run(args: argparse.Namespace) -> int:
     validation = result.cross_validation
     if validation is not None:
         for name, (mean, std) in validation.summary.items():
-            write_line(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}")
-        if args.plot:
-            picture = confusion_output(args.output)
-            with _warnings_as_lines():  # matplotlib's too (a glyph its fonts lack)
-                plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
-            write_line(f"wrote {picture}")
+            write_line(f"{args.folds}-fold {name}: {mean:.3f} ± {std:.3f}" if mean == mean else
+                       f"{args.folds}-fold {name}: undefined in every fold (too few tracks each)")
     clash = table_column_clash(result.dataset.classes)
     if clash:
         _say(f"jaxmir: warning: the classes {clash} are also columns of jaxmir's Parquet and CSV "
@@ -213,4 +210,11 @@ def run(args: argparse.Namespace) -> int:
                f"{result.seconds_per_epoch * 1e3:.1f} ms per epoch")
     for path in (result.paths or {}).values():
         write_line(f"wrote {path}")
+    if args.plot and validation is not None:
+        picture = confusion_output(args.output)
+        # the head is written: a signal now waits for its picture (a head left without it made
+        # the rerun refuse the head's files, though the run "was interrupted")
+        with deferred_interrupts(), _warnings_as_lines():  # matplotlib's too (a missing glyph)
+            plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
+            write_line(f"wrote {picture}")
     return 0

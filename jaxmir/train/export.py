@@ -175,11 +175,18 @@ def refuse_existing(paths, flag: str = "--overwrite") -> None:
 
 def refuse_folders(paths) -> None:
     """Raise :class:`InputError` naming those of ``paths`` that are folders (``--overwrite``
-    replaces files, not folders): before any training, not at the export after it."""
+    replaces files, not folders), or links that lead into no folder that can be written: before
+    any training, not at the export after it."""
     folders = [str(p) for p in paths if os.path.isdir(p)]
     if folders:
         raise InputError(f"{', '.join(folders)} is a folder (are folders); give the head another "
                          "--output name")
+    for path in map(Path, paths):
+        if path.is_symlink():
+            target = _destination(path)
+            reason = "no such folder" if not target.parent.is_dir() else unwritable(target.parent)
+            if reason is not None:
+                raise InputError(f"{path} leads to {target}, which cannot be written ({reason})")
 
 
 def check_output_folder(output: str | os.PathLike) -> None:
@@ -220,6 +227,7 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
     entry = embedding_model_entry(backbone, backbone_input_shape, layer)
     meta = metadata(stem, classes, activation, in_dim, hidden, entry, dataset)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-export-"))
+    ready: dict[str, Path] = {}
     try:
         staged = {suffix: staging / f"{stem}{suffix}" for suffix in SUFFIXES}
         staged[".pb"].write_bytes(head_graph(params, activation).SerializeToString(deterministic=True))
@@ -228,13 +236,47 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
         save_weights(model, staged[".npz"],
                      provenance={"trained_by": "jaxmir train-head", "embedding_model": entry,
                                  "dataset": dataset or {}})
+        ready = _beside_destinations(paths, staged, staging)
         with deferred_interrupts():  # Ctrl-C between the renames would mix two heads
-            for suffix in SUFFIXES:  # through a link, as every file jaxmir writes
-                target = paths[suffix]
-                os.replace(staged[suffix], os.path.realpath(target) if target.is_symlink() else target)
+            for suffix in SUFFIXES:
+                os.replace(ready[suffix], _destination(paths[suffix]))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for path in ready.values():  # copies beside a link's target, left by a failed rename
+            if path.parent != staging:
+                path.unlink(missing_ok=True)
     return paths
+
+
+def _destination(path: Path) -> Path:
+    """The file a head's file replaces: through a link, as every file jaxmir writes."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _beside_destinations(paths: dict[str, Path], staged: dict[str, Path], staging: Path
+                         ) -> dict[str, Path]:
+    """Each staged file moved next to the file it replaces (a link may lead to another folder,
+    or another file system, where a rename from ``staging`` would fail after the others were
+    done: a new .pb beside the old .npz); a folder that does not exist or cannot be written
+    fails here, before any file is replaced."""
+    ready = {}
+    try:
+        for suffix in SUFFIXES:
+            destination = _destination(paths[suffix])
+            if destination.parent.resolve() == staging.parent.resolve():
+                ready[suffix] = staged[suffix]
+                continue
+            handle, name = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-export-")
+            os.close(handle)
+            ready[suffix] = Path(name)
+            shutil.copyfile(staged[suffix], name)
+    except OSError as err:
+        for path in ready.values():
+            if path.parent != staging:
+                path.unlink(missing_ok=True)
+        raise InputError(f"{paths[suffix]} leads to {destination}, which cannot be written "
+                         f"({err.strerror or err}); no file of the head was replaced") from None
+    return ready
 
 
 def params_from_model(model) -> dict:

@@ -77,5 +77,7 @@ def summarize(folds: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
     out = {}
     for name in names:
         values = np.asarray([f[name] for f in folds], np.float64)
-        out[name] = (float(np.nanmean(values)), float(np.nanstd(values)))
+        values = values[~np.isnan(values)]  # none left: undefined in every fold (one track each)
+        out[name] = (float(values.mean()), float(values.std())) if values.size else \
+            (float("nan"), float("nan"))
     return out

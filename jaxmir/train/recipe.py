@@ -153,7 +153,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
         export.refuse_existing(outputs.values(), "train-head --overwrite, fit_head(overwrite=True)")
     if output is not None:
         export.check_output_folder(output)
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)  # which checks it
     where = str(data) if not isinstance(data, Dataset) else "the dataset"
     if smoothing.method != "none" and dataset.task != "single":
         raise InputError(f"label smoothing ({smoothing.method}) applies to single-label data; "
@@ -192,8 +192,9 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
         raise InputError(f"{where}: none of the {len(dataset)} files could be used")
     dataset = dataset.subset(keep)
     tracks = [tracks[i] for i in keep]
-    check_classes(dataset, f"{where} (after skipping {len(failures)} file(s))"
-                  if failures else where)
+    if failures or isinstance(data, Dataset):  # load_dataset checked (and warned) as it read
+        check_classes(dataset, f"{where} (after skipping {len(failures)} file(s))"
+                      if failures else where)
     check_class_sizes(dataset.targets, dataset.classes, smoothing, folds)
     smooth = None
     if features is not None:
@@ -224,6 +225,8 @@ def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | No
     if dataset.task != "regression":
         entry["size"] += ", " + "/".join(map(str, dataset.tracks_per_class())) + " per class"
     if validation is not None:
-        entry["metrics"] = {f"{folds}-fold_cross_validation_{'normalized_accuracy' if name == 'normalized_accuracy' else name}": round(mean, 4)
+        # null where every fold left it undefined: JSON has no NaN (strict parsers refuse it)
+        entry["metrics"] = {f"{folds}-fold_cross_validation_{name}":
+                            round(mean, 4) if np.isfinite(mean) else None
                             for name, (mean, _) in validation.summary.items()}
     return entry
