@@ -229,12 +229,12 @@ def _check_plot_name(plot: str | None, output: str | None) -> None:
 def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
     from jaxmir.collection.outputs import check_writable
-    from jaxmir.errors import InputError, OptionError
+    from jaxmir.errors import InputError
 
     paths = list(paths)
     folder = next((path for path in paths if os.path.isdir(path)), None)
     if folder is not None:
-        raise OptionError(f"--plot {folder} is a folder; give the picture's file name (.png)")
+        raise InputError(f"--plot {folder} is a folder; give the picture's file name (.png)")
     for parent in sorted({Path(os.path.realpath(path)).parent for path in paths}):
         try:
             check_writable(parent)  # before the work: it failed as the audio file's failure
