@@ -143,6 +143,10 @@ def test_a_file_linked_into_two_class_folders_is_refused(tmp_path, audio_set):
     with pytest.raises(InputError, match=r"1 file\(s\) in more than one place .*e\.g\. '.*\.wav'; keep "
                                          "each file in one class folder"):
         data.load_dataset(copy)
+    (copy / "drums" / "also.wav").unlink()  # a hard link, one file in two classes, was taken
+    os.link(first, copy / "drums" / "also.wav")
+    with pytest.raises(InputError, match=r"1 file\(s\) in more than one place"):
+        data.load_dataset(copy)
 
 
 def test_table_tasks(tmp_path, audio_set):
@@ -810,6 +814,19 @@ def test_cli_refuses_an_output_folder_it_cannot_write_before_reading_audio(tmp_p
         "file" in capsys.readouterr().err
 
 
+def test_cli_refuses_finetune_steps_without_finetune(tmp_path, capsys):
+    """--finetune-steps without --finetune was ignored without a word."""
+    from jaxmir.train.finetune import FinetuneConfig
+
+    argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
+            "--finetune-steps", "3"]
+    assert jaxmir_cli.main(argv) == 2
+    assert "--finetune-steps sets fine-tuning's steps: add --finetune" in capsys.readouterr().err
+    help_text = jaxmir_cli.build_parser()._subparsers._group_actions[0].choices[
+        "train-head"].format_help()
+    assert f"(default {FinetuneConfig.steps};" in " ".join(help_text.split())
+
+
 def test_cli_refuses_smoothing_k_without_smoothing(tmp_path, capsys):
     """--smoothing-k without --label-smoothing was ignored without a word."""
     argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
@@ -920,6 +937,10 @@ def test_cli_refuses_out_of_range_options(tmp_path, capsys, option, value):
     ({"smoothing": SmoothingConfig("knn", k=-2)}, "smoothing k = -2; expected a whole number"),
     ({"smoothing": SmoothingConfig("lmnn", lmnn_k=0)}, "lmnn_k = 0"),
     ({"smoothing": SmoothingConfig("fancy")}, "unknown label smoothing 'fancy'"),
+    # a negative push inverted LMNN unsaid; 2 or NaN failed after decoding, blaming the features
+    ({"smoothing": SmoothingConfig("lmnn", lmnn_push=-1.0)}, r"lmnn_push = -1.0; expected a "
+                                                             r"weight in \[0, 1\]"),
+    ({"smoothing": SmoothingConfig("lmnn", lmnn_push=float("nan"))}, "lmnn_push = nan"),
     ({"folds": 1}, "folds = 1; expected 0"), ({"folds": -3}, "folds = -3")])
 def test_fit_head_checks_options_before_reading_audio(options, message):
     # files that do not exist and a backbone that cannot load: the options must be refused first
@@ -1163,8 +1184,8 @@ def test_ctrl_c_as_a_finetuned_head_is_written_keeps_it_with_its_backbone(tmp_pa
     model = jaxmir.load("msd-musicnn")
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
     dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
-    result = types.SimpleNamespace(dataset=dataset, head=types.SimpleNamespace(
-        task="single", params=params, activation="softmax"))
+    head = types.SimpleNamespace(task="single", params=params, activation="softmax")
+    result = types.SimpleNamespace(dataset=dataset, train_targets=None, head=head)
     monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: np.zeros(16000 * 4, np.float32))
     monkeypatch.setattr(finetune, "finetune", lambda *args, **kwargs: (model.variables, params, None))
     real_export = export.export_head
@@ -1184,7 +1205,8 @@ def test_ctrl_c_as_a_finetuned_head_is_written_keeps_it_with_its_backbone(tmp_pa
 
 def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
     """The log-mel patches of the whole dataset were held in memory (72 KB each for MusiCNN:
-    14 GB for 10,000 tracks of 20 patches); they are spilled to a file beside the head."""
+    14 GB for 10,000 tracks of 20 patches); they are spilled to a file beside the head. With
+    label smoothing it trained on the one-hot labels, not the distributions the head learnt."""
     import types
 
     from jaxmir.train import finetune
@@ -1192,8 +1214,9 @@ def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
     model = jaxmir.load("msd-musicnn")
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
     dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
-    result = types.SimpleNamespace(dataset=dataset, head=types.SimpleNamespace(
-        task="single", params=params, activation="softmax"))
+    smoothed = np.asarray([[0.8, 0.2], [0.3, 0.7]], np.float32)  # what LDL gave the head
+    head = types.SimpleNamespace(task="single", params=params, activation="softmax")
+    result = types.SimpleNamespace(dataset=dataset, train_targets=smoothed, head=head)
     signals = {"a.wav": np.sin(np.arange(16000 * 5) / 7.0).astype(np.float32) * 0.3,
                "b.wav": np.cos(np.arange(16000 * 4) / 3.0).astype(np.float32) * 0.2}
     monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: signals[path])
@@ -1210,7 +1233,7 @@ def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
     cuts = [finetune.audio_patches(model, signals[p], 16000) for p in dataset.paths]
     assert seen["memmap"]
     np.testing.assert_array_equal(seen["patches"], np.concatenate(cuts))
-    np.testing.assert_array_equal(seen["targets"], np.eye(2)[[0] * len(cuts[0]) + [1] * len(cuts[1])])
+    np.testing.assert_array_equal(seen["targets"], smoothed[[0] * len(cuts[0]) + [1] * len(cuts[1])])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h-backbone.npz", "h.json", "h.npz", "h.pb"]
 
 
@@ -1256,3 +1279,42 @@ def test_figures_undefined_in_every_fold_are_null_in_the_head_s_json():
     assert entry["metrics"] == {"2-fold_cross_validation_r2": None,
                                 "2-fold_cross_validation_rmse": 2.0}
     json.dumps(entry, allow_nan=False)
+
+
+def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch):
+    """With label smoothing a file that failed was decoded again for its MFCCs, and named twice
+    ("skipped X" for the embeddings, again for the MFCCs)."""
+    from jaxmir.train import recipe
+
+    paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(4))
+    dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0] * 4 + [1] * 4], "single", AB)
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest: (
+        [None if p == "a0.wav" else rng.standard_normal((2, 200)).astype(np.float32)
+         for p in files], ["a0.wav: cannot be read"]))
+    asked = []
+
+    def mfccs(files, kind, cache):
+        asked.extend(files)
+        return [rng.standard_normal(26).astype(np.float32) for _ in files], []
+
+    monkeypatch.setattr(recipe, "mfcc_features", mfccs)
+    with pytest.warns(JaxmirWarning, match=r"1 of 8 file\(s\) skipped"):
+        result = fit_head(dataset, config=FAST, cache=False,
+                          smoothing=SmoothingConfig("knn", k=2))
+    assert asked == list(paths[1:]) and result.failures == ["a0.wav: cannot be read"]
+    assert result.train_targets.shape == (7, 2)  # the distributions the head learnt
+
+
+def test_a_head_alone_on_audio_names_the_backbone_its_metadata_names(tmp_path):
+    """A fine-tuned head loaded in Python without its NAME-backbone.npz was told to take
+    'msd-musicnn', the one backbone it must not take."""
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    export.export_head(params, "softmax", AB, tmp_path / "h", str(tmp_path / "h-backbone"),
+                       (187, 96), "model/dense/BiasAdd")
+    from jaxmir.weights import save_weights
+
+    save_weights(jaxmir.load("msd-musicnn"), tmp_path / "h-backbone.npz")  # as --finetune does
+    with pytest.raises(InputError, match=rf"e\.g\. '{tmp_path}/h-backbone.npz', which its "
+                                         "metadata names"):
+        jaxmir.load(tmp_path / "h.pb").predict(np.zeros(16000 * 4, np.float32), 16000)

@@ -82,8 +82,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="a head (.pb/.npz) to start from")
     parser.add_argument("--finetune", action="store_true",
                         help="then train backbone and head together (writes NAME-backbone.npz)")
-    parser.add_argument("--finetune-steps", metavar="N", type=whole_number(1), default=100,
-                        help="(default %(default)s)")
+    parser.add_argument("--finetune-steps", metavar="N", type=whole_number(1), default=None,
+                        help="steps of --finetune (default 100; batches of 8 patches, Adam at "
+                             "1e-5 for the backbone and 1e-3 for the head, whatever "
+                             "--learning-rate and --batch-size set for the head alone)")
     parser.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                         help="overwrite existing output files (as tag and embed; --force: the same)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -169,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
                              seed=args.seed)
         if args.plot and not args.folds:
             raise OptionError("--plot draws the cross-validation confusion matrix: add --folds")
+        if args.finetune_steps is not None and not args.finetune:  # it was ignored, unsaid
+            raise OptionError("--finetune-steps sets fine-tuning's steps: add --finetune")
         if args.smoothing_k is not None and args.label_smoothing == "none":
             raise OptionError("--smoothing-k sets label smoothing's neighbours: add "
                               "--label-smoothing knn or lmnn")
@@ -186,13 +190,14 @@ def run(args: argparse.Namespace) -> int:
                               config=config, smoothing=smoothing, cache=cache, resume=args.resume,
                               overwrite=args.overwrite, log=_say, progress=not args.no_progress)
         if args.finetune:
-            from jaxmir.train.finetune import finetune_and_export
+            from jaxmir.train.finetune import FinetuneConfig, finetune_and_export
             from jaxmir.train.recipe import dataset_entry
 
             entry = dataset_entry(str(args.data), result.dataset, result.cross_validation,
                                   args.folds)
+            steps = FinetuneConfig.steps if args.finetune_steps is None else args.finetune_steps
             result.paths = finetune_and_export(result, args.backbone, args.layer, args.output,
-                                               args.finetune_steps, args.seed, args.overwrite, entry)
+                                               steps, args.seed, args.overwrite, entry)
     except JaxmirError as err:
         _say(f"jaxmir: error: {err}")
         return 2 if isinstance(err, OptionError) else 1  # the command line's fault, or a file's

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxmir.collection.inputs import AUDIO_EXTENSIONS, audio_files
+from jaxmir.collection.inputs import AUDIO_EXTENSIONS, audio_files, file_key
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.labels import check_label_text
 
@@ -256,11 +256,11 @@ def _floats(values: list[str | list[str]]) -> np.ndarray | None:
 
 def _check_unique(path: Path, files: list[str], repeated_where: str = "listed more than once",
                   remedy: str = "list each file once (several labels as 'a;b')") -> None:
-    """Each file once (by its real path): a repeated file could be trained on and tested on in
-    the same fold."""
+    """Each file once (by its device and inode: through links and hard links): a repeated file
+    could be trained on and tested on in the same fold."""
     seen, repeated = set(), []
     for file in files:
-        real = os.path.realpath(file)
+        real = file_key(file)  # a link or a hard link is the same file
         if real in seen and file not in repeated:
             repeated.append(file)
         seen.add(real)

@@ -174,7 +174,8 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     with tempfile.TemporaryFile(dir=folder, prefix=".tmp-patches-") as spill:
         rows = _spill_patches(model, result.dataset.paths, spill)
         patches = np.memmap(spill, np.float32, "r", shape=(len(rows), *model.input_shape))
-        variables, head, _ = finetune(model, layer, patches, result.dataset.targets[rows],
+        targets = result.dataset.targets if result.train_targets is None else result.train_targets
+        variables, head, _ = finetune(model, layer, patches, targets[rows],  # smoothed, with LDL
                                       result.head.task, result.head.params,
                                       FinetuneConfig(steps=steps, seed=seed))
         del patches

@@ -39,6 +39,7 @@ class TrainResult:
     cross_validation: CrossValidation | None
     paths: dict[str, Path] | None
     seconds_per_epoch: float
+    train_targets: np.ndarray | None = None  # [tracks, C] the head learnt: smoothed, with LDL
 
 
 def mfcc_features(paths, kind: str, cache) -> tuple[list[np.ndarray | None], list[str]]:
@@ -123,6 +124,10 @@ def check_options(folds: int, smoothing: SmoothingConfig) -> None:
     for name, value in counts.items():
         if not whole_at_least(value, 1):
             raise InputError(f"label smoothing {name} = {value!r}; expected a whole number >= 1")
+    push = smoothing.lmnn_push
+    if smoothing.method == "lmnn" and not (isinstance(push, (int, float)) and 0 <= push <= 1):
+        # LMNN's objective weighs its pull by 1 - push: beyond [0, 1] it inverts (or NaN)
+        raise InputError(f"label smoothing lmnn_push = {push!r}; expected a weight in [0, 1]")
 
 
 def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
@@ -181,9 +186,13 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     features = None
     if smoothing.method != "none":
         kind = "summary" if smoothing.method == "knn" else "pooled"
-        features, mfcc_failures = mfcc_features(dataset.paths, kind, cache)
+        usable = [i for i, t in enumerate(tracks) if t is not None]  # the others: skipped once
+        found, mfcc_failures = mfcc_features([dataset.paths[i] for i in usable], kind, cache)
+        features = [None] * len(tracks)
+        for i, value in zip(usable, found):
+            features[i] = value
         tracks = [t if f is not None else None for t, f in zip(tracks, features)]
-        failures += [m for m in mfcc_failures if m not in failures]
+        failures += mfcc_failures
     keep = [i for i, t in enumerate(tracks) if t is not None]
     if failures:
         warnings.warn(f"{len(failures)} of {len(dataset)} file(s) skipped (could not be used)",
@@ -215,7 +224,8 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
                                    str(backbone), model.input_shape, model.node_name(layer) or layer,
                                    dataset_entry(where, dataset, validation, folds), overwrite)
     return TrainResult(head, dataset, failures, validation, paths,
-                       float(np.median(epoch_seconds)) if epoch_seconds else float("nan"))
+                       float(np.median(epoch_seconds)) if epoch_seconds else float("nan"),
+                       train_targets)
 
 
 def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | None,
