@@ -37,7 +37,8 @@ def _raise(signum: int, frame) -> None:
 def installed() -> Iterator[None]:
     """SIGINT and SIGTERM handled by :func:`_raise` where Python's defaults would be (in the main
     thread), for the block; signals received before it, or in it once it is left, are forgotten,
-    and the handlers found are put back after it (a command run inside another program leaves its handlers as they were)."""
+    and the handlers found are put back after it (a command run inside another program leaves
+    its handlers as they were)."""
     import threading
 
     _received.clear()

@@ -29,10 +29,11 @@ def model_name(args: argparse.Namespace) -> str:
     return args.model or catalog.default_name()
 
 
-def collect(model, paths: str | os.PathLike | Sequence[str | os.PathLike], output: str, *, command: str = "tag",
-            options: Options | None = None, name: str | None = None, backbone: str | None = None,
-            jobs: int | None = None, processes: bool = False, engine: str = "local",
-            actors: int | None = None, per_patch: bool = False, overwrite: bool = False,
+def collect(model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike],
+            output: str, *, command: str = "tag", options: Options | None = None,
+            name: str | None = None, backbone: str | None = None, jobs: int | None = None,
+            processes: bool = False, engine: str = "local", actors: int | None = None,
+            per_patch: bool = False, overwrite: bool = False,
             flush_rows: int = 256, progress: bool = True, analyzer=None, on_result=None,
             average: bool = False) -> Tally:
     """Analyse the audio files ``paths`` name (a file, folder or ``@list``, or a sequence of them)

@@ -79,7 +79,8 @@ class Options:
         """These options with ``output`` named: ``None`` becomes ``command``'s default."""
         if self.output is not None:
             return self
-        return dataclasses.replace(self, output="embeddings" if command == "embed" else "predictions")
+        default = "embeddings" if command == "embed" else "predictions"
+        return dataclasses.replace(self, output=default)
 
     def cast(self, model):
         """``model`` in ``dtype`` (the model itself when it is already)."""

@@ -342,8 +342,8 @@ class InferencePath:
         denominators = batch_norm.var.astype(np.float64) + batch_norm.epsilon
         bad = np.flatnonzero(~(denominators > 0))
         if bad.size:
-            raise GraphError(f"{self.graph.source}: batch norm '{batch_norm.node}' has a variance of "
-                             f"{batch_norm.var[bad[0]]:.3g} (channel {bad[0]}) with epsilon "
+            raise GraphError(f"{self.graph.source}: batch norm '{batch_norm.node}' has a variance "
+                             f"of {batch_norm.var[bad[0]]:.3g} (channel {bad[0]}) with epsilon "
                              f"{batch_norm.epsilon:.3g}; variance + epsilon must be > 0: the graph "
                              "would give NaN or infinite outputs (the file is damaged)")
         return batch_norm
