@@ -120,15 +120,15 @@ def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | N
     if patch_hop is not None:
         if patch_hop > size:
             raise OptionError(f"--patch-hop {patch_hop}: patches last {size} frames, so the hop "
-                             f"is at most {size} (0: a patch, as Essentia takes it)")
+                              f"is at most {size} (0: a patch, as Essentia takes it)")
         return patch_hop
     if overlap is None:
         return None
     hop = size - int(round(overlap / seconds)) if math.isfinite(overlap) else 0
     if not 0 <= overlap or hop < 1:
         raise OptionError(f"--overlap {overlap:g} s: patches last {size * seconds:.3f} s "
-                         f"({size} frames), so the overlap must be at least 0 and at most "
-                         f"{(size - 1) * seconds:.3f} s (patches one frame apart)")
+                          f"({size} frames), so the overlap must be at least 0 and at most "
+                          f"{(size - 1) * seconds:.3f} s (patches one frame apart)")
     return hop
 
 
@@ -668,11 +668,11 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         stray = data[whole:]
         if whole:
             frames = decode_pcm(data[:whole], dtype, channels)
-            finite = _finite_frames(frames)  # the patches before it, however the pipe cut it
+            good = _frames_before_bad(frames)  # the patches before it, however the pipe cut it
             try:
-                write(stream.push_patches(frames[:finite]))
-                if finite < len(frames):
-                    stream.push_patches(frames[finite:])  # raises, naming the sample
+                write(stream.push_patches(frames[:good]))
+                if good < len(frames):
+                    stream.push_patches(frames[good:])  # raises, naming the sample
             except AudioError as err:
                 if not stream.n_patches:
                     raise
@@ -697,7 +697,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     return _stopped_by(interrupted) or EXIT_OK
 
 
-def _finite_frames(frames) -> int:
+def _frames_before_bad(frames) -> int:
     """How many of ``frames`` ``[n, channels]`` come before the first that a stream refuses:
     NaN, infinity or a sample beyond :data:`jaxmir.audio.MAX_PEAK`."""
     from jaxmir.audio import first_bad_frame
