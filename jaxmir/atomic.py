@@ -55,6 +55,11 @@ def _umask() -> int:
     return mask
 
 
+def new_file_mode() -> int:
+    """The mode ``open`` gives a new file (``0o666`` less the umask); ``mkstemp``'s are 0600."""
+    return 0o666 & ~_umask()
+
+
 def _special_kind(path: Path) -> int | None:
     """The file type (``stat.S_IFIFO``, ...) of an existing ``path`` that is neither a regular
     file nor a folder, else None."""
@@ -89,7 +94,7 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
                                          dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            os.fchmod(file.fileno(), 0o666 & ~_umask())
+            os.fchmod(file.fileno(), new_file_mode())
             write(file)
             if durable:
                 file.flush()

@@ -264,7 +264,9 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     target = Path(output)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)  # as a table's folder is made
-        write_atomically(target, lambda handle: handle.write(text.encode("utf-8")), durable=True)
+        # a file name that is not UTF-8 as the tables write it (\udcXX); strict, it was a traceback
+        data = text.encode("utf-8", "backslashreplace")
+        write_atomically(target, lambda handle: handle.write(data), durable=True)
     except BrokenPipeError:  # a pipe given as --output whose reader left, as `| head` does
         raise StandardOutputError("its reader left", reader_left=True) from None
     except OSError as err:
@@ -488,10 +490,11 @@ def cmd_tag(args) -> int:
     args.files, unexpanded = _expand_each(args.files)
     stream = args.format == "text" and args.output is None
     if args.plot is not None:
-        from jaxmir.plot import check_available
+        from jaxmir.plot import check_available, check_format
 
         check_available()  # a missing matplotlib fails here, once
-    _check_plot_name(args.plot, args.output)
+        _check_plot_name(args.plot, args.output)
+        check_format(args.plot)
     plots = _plot_paths(args.files, args.plot)
     _check_plots(plots.values(), args.overwrite)
     results, failed = _process(args.files,

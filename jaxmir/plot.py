@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxmir.atomic import write_atomically
-from jaxmir.errors import JaxmirError
+from jaxmir.errors import JaxmirError, OptionError
 
 
 def _pyplot():
@@ -31,6 +31,19 @@ def _pyplot():
 def check_available() -> None:
     """Raise :class:`JaxmirError` (with the install command) when matplotlib is missing."""
     _pyplot()
+
+
+def check_format(path: str | os.PathLike) -> None:
+    """Raise :class:`~jaxmir.errors.OptionError` when ``path``'s extension names a format
+    matplotlib does not write (``--plot p.txt`` failed file by file, after the model ran); no
+    extension is a PNG."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix[1:].lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise OptionError(f"--plot {path}: matplotlib writes no '.{suffix}' pictures; give a name "
+                          "ending in " + ", ".join(f".{name}" for name in sorted(formats)))
 
 
 def save_taggram(path: str | os.PathLike, taggram: np.ndarray, starts: np.ndarray,
@@ -81,4 +94,4 @@ def save_taggram(path: str | os.PathLike, taggram: np.ndarray, starts: np.ndarra
     return target
 
 
-__all__ = ["save_taggram", "check_available"]
+__all__ = ["save_taggram", "check_available", "check_format"]

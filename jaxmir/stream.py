@@ -104,11 +104,7 @@ def frontend_of(model: "Model") -> Frontend:
     if model.frontend is not None:
         return model.frontend
     if model.architecture == "head":
-        from jaxmir.loading import backbone_of
-
-        named = backbone_of(model)  # what its metadata JSON says it was trained on, if found
-        example = (f"'{named}', which its metadata names" if named is not None
-                   else "a VGGish .pb such as audioset-vggish-3.pb" if model.input_shape == (128,)
+        example = ("a VGGish .pb such as audioset-vggish-3.pb" if model.input_shape == (128,)
                    else "'msd-musicnn'" if model.input_shape == (200,) else "its backbone's name or path")
         raise InputError(f"this is an embedding head: it takes {list(model.input_shape)} "
                          "embeddings, not audio; load it with the backbone it was trained on to run "

@@ -465,7 +465,9 @@ def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_p
                                  ("", [], "--plot '': give the picture's file name"),
                                  (f"{tmp_path}/pictures/", [], "give the picture's file name"),
                                  (str(tmp_path / "same"), ["-o", str(tmp_path / "same")],
-                                  "is also the --output")):
+                                  "is also the --output"),
+                                 # failed file by file, after the model ran
+                                 (str(tmp_path / "p.txt"), [], "matplotlib writes no '.txt'")):
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--plot", plot, *extra)
         assert status == 2 and message in err, (plot, err)  # the command line is wrong
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
@@ -489,6 +491,9 @@ def test_pictures_of_a_folder_and_a_relative_path_and_of_undecodable_names(capsy
     assert status == 0, err
     # a strict UTF-8 stream (a UTF-8 locale's; the capture's here) took no such name: a traceback
     assert "set/bad\\udcff\\udcfename.wav] top 3 tags" in out
+    for kind in ("text", "csv"):  # and -o wrote the text strictly: a traceback, no file
+        status, out, err = run(capsys, "tag", "set", "-f", kind, "-o", f"tags.{kind}")
+        assert status == 0 and "bad\\udcff\\udcfename.wav" in Path(f"tags.{kind}").read_text(), err
     assert sorted(os.listdir(os.fsencode(tmp_path / "pics"))) == [
         b"t-b.png", b"t-set-a.png", b"t-set-bad\xff\xfename.png"]
 

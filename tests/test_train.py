@@ -707,11 +707,13 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
 
     monkeypatch.setattr(plot, "confusion_picture", glyphless)
     assert jaxmir_cli.main(argv + ["--overwrite"]) == 0
-    err = capsys.readouterr().err
-    assert "jaxmir: warning: Glyph 40723 missing from font(s) DejaVu Sans." in err
-    assert "UserWarning" not in err
-    # Ctrl-C while the picture was drawn left the head without it: the rerun then refused the
-    # head's files. The picture is finished first; the run still says it was interrupted.
+    captured = capsys.readouterr()
+    assert "jaxmir: warning: Glyph 40723 missing from font(s) DejaVu Sans." in captured.err
+    assert "UserWarning" not in captured.err
+    printed = captured.out.splitlines()  # the head's files, then its picture
+    assert printed[-1].endswith("timbre-confusion.png") and printed[-2].endswith("timbre.npz")
+    # Ctrl-C as the picture was drawn, once the head had been written, left the head without
+    # it: the rerun then refused the head's files. It is drawn first now, and lands with them.
     import signal
 
     def interrupted(*args):
@@ -719,12 +721,9 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(plot, "confusion_picture", interrupted)
-    (tmp_path / "heads" / "timbre-confusion.png").unlink()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "heads").iterdir()}
     assert jaxmir_cli.main(argv + ["--overwrite"]) == 130
-    assert (tmp_path / "heads" / "timbre-confusion.png").stat().st_size > 1000
-    printed = capsys.readouterr().out.splitlines()
-    assert printed[-1].startswith("wrote ") and printed[-1].endswith("timbre-confusion.png")
-    assert printed[-2].endswith("timbre.npz")  # the head's files, then its picture
+    assert {p.name: p.read_bytes() for p in (tmp_path / "heads").iterdir()} == before
 
 
 @pytest.mark.parametrize("existing, flags", [
@@ -1306,15 +1305,34 @@ def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch):
     assert result.train_targets.shape == (7, 2)  # the distributions the head learnt
 
 
-def test_a_head_alone_on_audio_names_the_backbone_its_metadata_names(tmp_path):
-    """A fine-tuned head loaded in Python without its NAME-backbone.npz was told to take
-    'msd-musicnn', the one backbone it must not take."""
-    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
-    export.export_head(params, "softmax", AB, tmp_path / "h", str(tmp_path / "h-backbone"),
-                       (187, 96), "model/dense/BiasAdd")
-    from jaxmir.weights import save_weights
+def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tmp_path,
+                                                                            monkeypatch):
+    """NAME-backbone.npz, a link, was replaced by a file; files written through a link into
+    another folder were left 0600 (mkstemp's mode), the others 0644."""
+    import stat
+    import types
 
-    save_weights(jaxmir.load("msd-musicnn"), tmp_path / "h-backbone.npz")  # as --finetune does
-    with pytest.raises(InputError, match=rf"e\.g\. '{tmp_path}/h-backbone.npz', which its "
-                                         "metadata names"):
-        jaxmir.load(tmp_path / "h.pb").predict(np.zeros(16000 * 4, np.float32), 16000)
+    from jaxmir.train import finetune
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("h.json", "h-backbone.npz"):
+        (tmp_path / name).symlink_to(other / name)
+    model = jaxmir.load("msd-musicnn")
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
+    head = types.SimpleNamespace(task="single", params=params, activation="softmax")
+    result = types.SimpleNamespace(dataset=dataset, train_targets=None, head=head)
+    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: np.zeros(16000 * 4, np.float32))
+    monkeypatch.setattr(finetune, "finetune", lambda *args, **kwargs: (model.variables, params, None))
+    finetune.finetune_and_export(result, "msd-musicnn", "model/dense/BiasAdd", str(tmp_path / "h"),
+                                 1, 0, True)
+    assert (tmp_path / "h-backbone.npz").is_symlink() and (tmp_path / "h.json").is_symlink()
+    assert jaxmir.load(other / "h-backbone.npz").labels == model.labels
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (other / "h.json", other / "h-backbone.npz", tmp_path / "h.pb"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+    assert sorted(p.name for p in other.iterdir()) == ["h-backbone.npz", "h.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h-backbone.npz", "h.json", "h.npz",
+                                                          "h.pb", "other"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -153,7 +155,6 @@ def _check_plot_has_a_matrix(data: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out ``train-head``; 0 on success, 1 on a jaxmir error (printed), 2 on an option's."""
-    from jaxmir.atomic import deferred_interrupts
     from jaxmir.console import write_line
     from jaxmir.errors import JaxmirError, OptionError
     from jaxmir.train import export, plot
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.smoothing_k is not None:
         smoothing = SmoothingConfig(args.label_smoothing, k=args.smoothing_k)
     cache = False if args.no_embedding_cache else (args.cache or True)
+    drafts: list[Path] = []  # folders of pictures drawn before the head's files landed
     try:
         config = TrainConfig(epochs=args.epochs, patience=args.patience,
                              learning_rate=args.learning_rate, batch_size=args.batch_size,
@@ -184,11 +186,26 @@ def run(args: argparse.Namespace) -> int:
         export.check_output_folder(args.output)
         if args.plot:
             _check_plot_has_a_matrix(args.data)
+        def with_head(validation, classes) -> dict[Path, Path]:
+            """The confusion picture, drawn before the head's files land and landing with them
+            (drawn after, a signal between the two left a head without it, which a rerun then
+            refused to replace)."""
+            if not args.plot or validation is None:
+                return {}
+            picture = confusion_output(args.output)
+            picture.parent.mkdir(parents=True, exist_ok=True)
+            drafts.append(Path(tempfile.mkdtemp(dir=picture.parent, prefix=".tmp-picture-")))
+            drawn = drafts[-1] / picture.name
+            with _warnings_as_lines():  # matplotlib's too (a glyph its fonts lack)
+                plot.confusion_picture(validation.confusion, classes, drawn)
+            return {drawn: picture}
+
         with _warnings_as_lines():
             result = fit_head(args.data, args.backbone, args.layer,
                               None if args.finetune else args.output, folds=args.folds,
                               config=config, smoothing=smoothing, cache=cache, resume=args.resume,
-                              overwrite=args.overwrite, log=_say, progress=not args.no_progress)
+                              overwrite=args.overwrite, log=_say, progress=not args.no_progress,
+                              with_head=None if args.finetune else with_head)
         if args.finetune:
             from jaxmir.train.finetune import FinetuneConfig, finetune_and_export
             from jaxmir.train.recipe import dataset_entry
@@ -196,11 +213,15 @@ def run(args: argparse.Namespace) -> int:
             entry = dataset_entry(str(args.data), result.dataset, result.cross_validation,
                                   args.folds)
             steps = FinetuneConfig.steps if args.finetune_steps is None else args.finetune_steps
-            result.paths = finetune_and_export(result, args.backbone, args.layer, args.output,
-                                               steps, args.seed, args.overwrite, entry)
+            result.paths = finetune_and_export(
+                result, args.backbone, args.layer, args.output, steps, args.seed, args.overwrite,
+                entry, also=with_head(result.cross_validation, result.dataset.classes))
     except JaxmirError as err:
         _say(f"jaxmir: error: {err}")
         return 2 if isinstance(err, OptionError) else 1  # the command line's fault, or a file's
+    finally:
+        for draft in drafts:  # empty once its picture has landed
+            shutil.rmtree(draft, ignore_errors=True)
     validation = result.cross_validation
     if validation is not None:
         for name, (mean, std) in validation.summary.items():
@@ -216,10 +237,5 @@ def run(args: argparse.Namespace) -> int:
     for path in (result.paths or {}).values():
         write_line(f"wrote {path}")
     if args.plot and validation is not None:
-        picture = confusion_output(args.output)
-        # the head is written: a signal now waits for its picture (a head left without it made
-        # the rerun refuse the head's files, though the run "was interrupted")
-        with deferred_interrupts(), _warnings_as_lines():  # matplotlib's too (a missing glyph)
-            plot.confusion_picture(validation.confusion, result.dataset.classes, picture)
-            write_line(f"wrote {picture}")
+        write_line(f"wrote {confusion_output(args.output)}")
     return 0

@@ -20,11 +20,11 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from jaxmir.atomic import deferred_interrupts, unwritable
+from jaxmir.atomic import deferred_interrupts, new_file_mode, unwritable
 from jaxmir.errors import InputError
 from jaxmir.tfgraph.graphdef import GraphDefProto, TensorProto
 
@@ -203,12 +203,15 @@ def check_output_folder(output: str | os.PathLike) -> None:
 
 def export_head(params: dict, activation: str, classes: Sequence[str], output: str | os.PathLike,
                 backbone: str, backbone_input_shape: Sequence[int], layer: str,
-                dataset: dict | None = None, overwrite: bool = False) -> dict[str, Path]:
+                dataset: dict | None = None, overwrite: bool = False,
+                also: Mapping[Path, Path] | None = None) -> dict[str, Path]:
     """Write ``NAME.pb``, ``NAME.json`` and ``NAME.npz``; all three or none.
 
     The ``.npz`` is the ``.pb`` read back by :func:`jaxmir.load` and saved with
     :func:`jaxmir.weights.save_weights`. Existing files are kept unless
-    ``overwrite``.
+    ``overwrite``. ``also`` maps files already written (a fine-tuned backbone, a
+    confusion picture) to where they go with the head: moved there with its files,
+    all or none.
     """
     from jaxmir.loading import load
     from jaxmir.weights import save_weights
@@ -227,7 +230,8 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
     entry = embedding_model_entry(backbone, backbone_input_shape, layer)
     meta = metadata(stem, classes, activation, in_dim, hidden, entry, dataset)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-export-"))
-    ready: dict[str, Path] = {}
+    moves: dict[Path, Path] = {}  # {where a file goes: where it is now}
+    ready: dict[Path, Path] = {}
     try:
         staged = {suffix: staging / f"{stem}{suffix}" for suffix in SUFFIXES}
         staged[".pb"].write_bytes(head_graph(params, activation).SerializeToString(deterministic=True))
@@ -236,15 +240,17 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
         save_weights(model, staged[".npz"],
                      provenance={"trained_by": "jaxmir train-head", "embedding_model": entry,
                                  "dataset": dataset or {}})
-        ready = _beside_destinations(paths, staged, staging)
+        moves = {paths[suffix]: staged[suffix] for suffix in SUFFIXES}
+        moves.update({Path(final): Path(written) for written, final in (also or {}).items()})
+        ready = _beside_destinations(moves)
         with deferred_interrupts():  # Ctrl-C between the renames would mix two heads
-            for suffix in SUFFIXES:
-                os.replace(ready[suffix], _destination(paths[suffix]))
+            for final, source in ready.items():
+                os.replace(source, _destination(final))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        for path in ready.values():  # copies beside a link's target, left by a failed rename
-            if path.parent != staging:
-                path.unlink(missing_ok=True)
+        for final, source in ready.items():  # copies beside a link's target, if a rename failed
+            if source != moves[final]:
+                source.unlink(missing_ok=True)
     return paths
 
 
@@ -253,28 +259,28 @@ def _destination(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
-def _beside_destinations(paths: dict[str, Path], staged: dict[str, Path], staging: Path
-                         ) -> dict[str, Path]:
-    """Each staged file moved next to the file it replaces (a link may lead to another folder,
-    or another file system, where a rename from ``staging`` would fail after the others were
-    done: a new .pb beside the old .npz); a folder that does not exist or cannot be written
-    fails here, before any file is replaced."""
+def _beside_destinations(moves: dict[Path, Path]) -> dict[Path, Path]:
+    """``{final: source}`` with each source next to the file it replaces: copied there when a
+    link leads elsewhere (another folder, or another file system, where a rename would fail
+    after the others were done: a new .pb beside the old .npz). A folder that does not exist
+    or cannot be written fails here, before any file is replaced."""
     ready = {}
     try:
-        for suffix in SUFFIXES:
-            destination = _destination(paths[suffix])
-            if destination.parent.resolve() == staging.parent.resolve():
-                ready[suffix] = staged[suffix]
+        for final, source in moves.items():
+            destination = _destination(final)
+            if destination.parent.resolve() == source.parent.resolve():
+                ready[final] = source
                 continue
             handle, name = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-export-")
+            ready[final] = Path(name)
+            os.fchmod(handle, new_file_mode())
             os.close(handle)
-            ready[suffix] = Path(name)
-            shutil.copyfile(staged[suffix], name)
+            shutil.copyfile(source, name)
     except OSError as err:
-        for path in ready.values():
-            if path.parent != staging:
-                path.unlink(missing_ok=True)
-        raise InputError(f"{paths[suffix]} leads to {destination}, which cannot be written "
+        for copied_final, copy in ready.items():
+            if copy != moves[copied_final]:
+                copy.unlink(missing_ok=True)
+        raise InputError(f"{final} leads to {destination}, which cannot be written "
                          f"({err.strerror or err}); no file of the head was replaced") from None
     return ready
 

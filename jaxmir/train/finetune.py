@@ -152,14 +152,15 @@ def _spill_patches(model: Model, paths, spill) -> np.ndarray:
 
 
 def finetune_and_export(result, backbone: str, layer: str, output: str, steps: int, seed: int,
-                        overwrite: bool, dataset: dict | None = None) -> dict:
+                        overwrite: bool, dataset: dict | None = None,
+                        also: dict[Path, Path] | None = None) -> dict:
     """Fine-tune a :func:`~jaxmir.train.recipe.fit_head` result; write ``NAME-backbone.npz`` and the head.
 
     The head's JSON names ``NAME-backbone`` as its embedding model; its ``dataset`` is
     ``dataset`` (:func:`~jaxmir.train.recipe.dataset_entry`), marked as fine-tuned after any
-    cross-validation it reports.
+    cross-validation it reports. ``also``: files that land with the head (as
+    :func:`~jaxmir.train.export.export_head` takes them).
     """
-    from jaxmir.atomic import deferred_interrupts
     from jaxmir.loading import load
     from jaxmir.train import export
     from jaxmir.weights import save_weights
@@ -183,14 +184,12 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     temp = backbone_path.with_name(f".tmp-{backbone_path.name}")
     temp.parent.mkdir(parents=True, exist_ok=True)
     save_weights(tuned, temp, provenance={"fine_tuned_from": str(backbone)})
-    try:
-        with deferred_interrupts():  # the head and its backbone land together: Ctrl-C waits
-            paths = export.export_head(head, result.head.activation, result.dataset.classes,
-                                       output, str(backbone_path), model.input_shape,
-                                       model.node_name(layer) or layer,
-                                       {**(dataset or {}), "fine_tuned": FINE_TUNED_NOTE}, overwrite)
-            Path(temp).replace(backbone_path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    try:  # the head and its backbone land together (through links, as the head's own files)
+        paths = export.export_head(head, result.head.activation, result.dataset.classes,
+                                   output, str(backbone_path), model.input_shape,
+                                   model.node_name(layer) or layer,
+                                   {**(dataset or {}), "fine_tuned": FINE_TUNED_NOTE}, overwrite,
+                                   also={temp: backbone_path, **(also or {})})
+    finally:
+        temp.unlink(missing_ok=True)  # moved, unless the export failed
     return {**paths, "backbone": backbone_path}

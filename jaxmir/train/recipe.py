@@ -135,7 +135,10 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
              folds: int = 0, config: TrainConfig = TrainConfig(),
              smoothing: SmoothingConfig = SmoothingConfig(), cache=True,
              resume: str | os.PathLike | None = None, overwrite: bool = False,
-             log: Callable[[str], None] | None = None, progress: bool = False) -> TrainResult:
+             log: Callable[[str], None] | None = None, progress: bool = False,
+             with_head: Callable[[CrossValidation | None, tuple[str, ...]], dict[Path, Path]]
+             | None = None
+             ) -> TrainResult:
     """Train (and cross-validate, and export) a head on a backbone's embeddings.
 
     Args:
@@ -149,6 +152,9 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
       cache: embedding cache folder, ``True`` for the default, ``False`` for none.
       resume: a head (``.pb``/``.npz``) to start from.
       overwrite: replace existing output files.
+      with_head: called with the cross-validation and the classes before the export; returns
+        files it wrote that land with the head's (``{written: where it goes}``: a confusion
+        picture).
     """
     from jaxmir.loading import load
 
@@ -220,9 +226,11 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     epoch_seconds = steady_seconds(head.history)
     paths = None
     if output is not None:
+        also = with_head(validation, dataset.classes) if with_head is not None else None
         paths = export.export_head(head.params, head.activation, dataset.classes, output,
                                    str(backbone), model.input_shape, model.node_name(layer) or layer,
-                                   dataset_entry(where, dataset, validation, folds), overwrite)
+                                   dataset_entry(where, dataset, validation, folds), overwrite,
+                                   also=also)
     return TrainResult(head, dataset, failures, validation, paths,
                        float(np.median(epoch_seconds)) if epoch_seconds else float("nan"),
                        train_targets)
