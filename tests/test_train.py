@@ -17,7 +17,7 @@ import pytest
 
 import jaxmir
 from conftest import assert_parity, child_env, require, run_tf, shared_fixture
-from jaxmir.errors import InputError, JaxmirError, JaxmirWarning
+from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, OptionError
 from jaxmir import cli as jaxmir_cli
 from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
 from jaxmir.train.recipe import fit_head
@@ -983,8 +983,16 @@ def test_an_output_that_names_a_folder_is_refused_before_reading_audio(output, o
     """'' '.' '/' ended in a ValueError traceback, '..' wrote '...pb' here, 'heads/' wrote
     heads.pb beside the folder."""
     dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", AB)
-    with pytest.raises(InputError, match=f"--output {output!r} names a folder; give the head's name"):
+    with pytest.raises(OptionError, match=f"--output {output!r} names a folder; give the head's name"):
         fit_head(dataset, backbone="no-such-backbone", cache=False, output=output, overwrite=overwrite)
+
+
+def test_cli_exits_2_for_an_output_that_names_a_folder(tmp_path, capsys):
+    """The command line was wrong, and it exited 1 (tag -o DIR/ exits 2)."""
+    for output in ("", f"{tmp_path}/heads/"):
+        argv = ["train-head", str(tmp_path / "no-data-here"), "--output", output]
+        assert jaxmir_cli.main(argv) == 2
+        assert "names a folder; give the head's name" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("counts, folds, message", [

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from jaxmir.atomic import deferred_interrupts, new_file_mode, unwritable
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, OptionError
 from jaxmir.tfgraph.graphdef import GraphDefProto, TensorProto
 
 DT_FLOAT = 1
@@ -149,9 +149,9 @@ def output_paths(output: str | os.PathLike) -> dict[str, Path]:
     text = os.fspath(output)
     output = Path(text)
     if not text or text.endswith(("/", os.sep)) or output.name in ("", ".", ".."):
-        raise InputError(f"--output {text!r} names a folder; give the head's name, such as "
-                         f"{os.path.join(text, 'my_head') if text else 'my_head'} (it writes "
-                         "my_head.pb, my_head.json and my_head.npz)")
+        raise OptionError(f"--output {text!r} names a folder; give the head's name, such as "
+                          f"{os.path.join(text, 'my_head') if text else 'my_head'} (it writes "
+                          "my_head.pb, my_head.json and my_head.npz)")  # by its name: exit 2
     if output.suffix in SUFFIXES:
         output = output.with_suffix("")
     return {suffix: output.with_name(output.name + suffix) for suffix in SUFFIXES}
