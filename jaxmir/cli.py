@@ -515,7 +515,7 @@ def cmd_tag(args) -> int:
                   "labels": list(model.labels), "patch_frames": size, "patch_hop_frames": resolved,
                   "patch_s": round(size * seconds, 4), "patch_hop_s": round(resolved * seconds, 4),
                   "last_patch": args.last_patch, "pad": args.pad,
-                  "dtype": dtype}
+                  "dtype": dtype, "resampler": args.resampler, "decoder": args.decoder}
         text = format_json(results, header)
     _emit(text, args.output, args.overwrite)
     return EXIT_FAILED if failed else EXIT_OK

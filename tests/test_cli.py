@@ -94,6 +94,9 @@ def test_tag_json_on_every_pcm_width(capsys, wavs, musicnn):
     assert status == 0, err
     report = json.loads(out)
     assert report["labels"] == list(musicnn.labels) and report["patch_hop_frames"] == 93
+    # the settings the tables record: two reports with other resamplers looked alike (0.088 apart)
+    assert (report["resampler"], report["decoder"], report["dtype"]) == ("essentia", "essentia",
+                                                                         "float32")
     assert [f["file"] for f in report["files"]] == [str(wavs[n]) for n in names]
     means = {}
     for name, entry in zip(names, report["files"]):
