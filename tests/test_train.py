@@ -1180,21 +1180,37 @@ def test_finetune_moves_backbone_and_lowers_loss():
     assert losses[-1] < losses[0]
 
 
+def _trained_result(train_targets=None):
+    """What fit_head gives finetune_and_export: a 2-class head on msd-musicnn's embeddings, its
+    dataset of two tracks (never decoded here) and the targets it learnt."""
+    import types
+
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
+    head = types.SimpleNamespace(task="single", params=params, activation="softmax")
+    return types.SimpleNamespace(dataset=dataset, train_targets=train_targets, head=head)
+
+
+def _without_fine_tuning(monkeypatch, model, result) -> None:
+    """finetune_and_export on silence, its training step returning the backbone and head as
+    they came: what is left is how the files land."""
+    from jaxmir.train import finetune
+
+    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: np.zeros(16000 * 4, np.float32))
+    monkeypatch.setattr(finetune, "finetune",
+                        lambda *args, **kwargs: (model.variables, result.head.params, None))
+
+
 def test_ctrl_c_as_a_finetuned_head_is_written_keeps_it_with_its_backbone(tmp_path, monkeypatch):
     """The fine-tuned backbone was moved into place after the head's files, outside the held
     interrupts: Ctrl-C between the two left a head whose backbone file was missing."""
     import signal
-    import types
 
     from jaxmir.train import finetune
 
     model = jaxmir.load("msd-musicnn")
-    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
-    dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
-    head = types.SimpleNamespace(task="single", params=params, activation="softmax")
-    result = types.SimpleNamespace(dataset=dataset, train_targets=None, head=head)
-    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: np.zeros(16000 * 4, np.float32))
-    monkeypatch.setattr(finetune, "finetune", lambda *args, **kwargs: (model.variables, params, None))
+    result = _trained_result()
+    _without_fine_tuning(monkeypatch, model, result)
     real_export = export.export_head
 
     def interrupted_export(*args, **kwargs):
@@ -1214,16 +1230,12 @@ def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
     """The log-mel patches of the whole dataset were held in memory (72 KB each for MusiCNN:
     14 GB for 10,000 tracks of 20 patches); they are spilled to a file beside the head. With
     label smoothing it trained on the one-hot labels, not the distributions the head learnt."""
-    import types
-
     from jaxmir.train import finetune
 
     model = jaxmir.load("msd-musicnn")
-    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
-    dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
     smoothed = np.asarray([[0.8, 0.2], [0.3, 0.7]], np.float32)  # what LDL gave the head
-    head = types.SimpleNamespace(task="single", params=params, activation="softmax")
-    result = types.SimpleNamespace(dataset=dataset, train_targets=smoothed, head=head)
+    result = _trained_result(smoothed)
+    dataset, params = result.dataset, result.head.params
     signals = {"a.wav": np.sin(np.arange(16000 * 5) / 7.0).astype(np.float32) * 0.3,
                "b.wav": np.cos(np.arange(16000 * 4) / 3.0).astype(np.float32) * 0.2}
     monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: signals[path])
@@ -1318,7 +1330,6 @@ def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tm
     """NAME-backbone.npz, a link, was replaced by a file; files written through a link into
     another folder were left 0600 (mkstemp's mode), the others 0644."""
     import stat
-    import types
 
     from jaxmir.train import finetune
 
@@ -1327,12 +1338,8 @@ def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tm
     for name in ("h.json", "h-backbone.npz"):
         (tmp_path / name).symlink_to(other / name)
     model = jaxmir.load("msd-musicnn")
-    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
-    dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
-    head = types.SimpleNamespace(task="single", params=params, activation="softmax")
-    result = types.SimpleNamespace(dataset=dataset, train_targets=None, head=head)
-    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: np.zeros(16000 * 4, np.float32))
-    monkeypatch.setattr(finetune, "finetune", lambda *args, **kwargs: (model.variables, params, None))
+    result = _trained_result()
+    _without_fine_tuning(monkeypatch, model, result)
     finetune.finetune_and_export(result, "msd-musicnn", "model/dense/BiasAdd", str(tmp_path / "h"),
                                  1, 0, True)
     assert (tmp_path / "h-backbone.npz").is_symlink() and (tmp_path / "h.json").is_symlink()
