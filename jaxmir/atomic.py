@@ -60,6 +60,12 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def through_link(target: str | os.PathLike) -> Path:
+    """The file a write to ``target`` replaces: the one a symbolic link names (the link stays),
+    else ``target`` itself."""
+    return Path(os.path.realpath(target) if os.path.islink(target) else target)
+
+
 def _special_kind(path: Path) -> int | None:
     """The file type (``stat.S_IFIFO``, ...) of an existing ``path`` that is neither a regular
     file nor a folder, else None."""
@@ -89,7 +95,7 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
         return Path(target)
     if kind is not None:
         raise OSError(errno.EINVAL, "not a regular file, a pipe or a character device", str(target))
-    target = Path(os.path.realpath(target) if os.path.islink(target) else target)  # a link stays
+    target = through_link(target)
     handle, temporary = tempfile.mkstemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
                                          dir=target.parent)
     try:

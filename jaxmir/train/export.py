@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from jaxmir.atomic import deferred_interrupts, new_file_mode, unwritable
+from jaxmir.atomic import deferred_interrupts, new_file_mode, through_link, unwritable
 from jaxmir.errors import InputError, OptionError
 from jaxmir.tfgraph.graphdef import GraphDefProto, TensorProto
 
@@ -183,7 +183,7 @@ def refuse_folders(paths) -> None:
                          "--output name")
     for path in map(Path, paths):
         if path.is_symlink():
-            target = _destination(path)
+            target = through_link(path)
             reason = "no such folder" if not target.parent.is_dir() else unwritable(target.parent)
             if reason is not None:
                 raise InputError(f"{path} leads to {target}, which cannot be written ({reason})")
@@ -245,18 +245,13 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
         ready = _beside_destinations(moves)
         with deferred_interrupts():  # Ctrl-C between the renames would mix two heads
             for final, source in ready.items():
-                os.replace(source, _destination(final))
+                os.replace(source, through_link(final))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         for final, source in ready.items():  # copies beside a link's target, if a rename failed
             if source != moves[final]:
                 source.unlink(missing_ok=True)
     return paths
-
-
-def _destination(path: Path) -> Path:
-    """The file a head's file replaces: through a link, as every file jaxmir writes."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _beside_destinations(moves: dict[Path, Path]) -> dict[Path, Path]:
@@ -267,7 +262,7 @@ def _beside_destinations(moves: dict[Path, Path]) -> dict[Path, Path]:
     ready = {}
     try:
         for final, source in moves.items():
-            destination = _destination(final)
+            destination = through_link(final)
             if destination.parent.resolve() == source.parent.resolve():
                 ready[final] = source
                 continue
