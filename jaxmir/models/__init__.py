@@ -119,9 +119,10 @@ def _shapes(tree: Mapping) -> dict[str, tuple[int, ...]]:
 MAX_WEIGHT = 1e10
 
 
-def damaged_variable(variables: Mapping) -> tuple[str, str] | None:
+def damaged_variable(variables: Mapping, why: str = ": the file is damaged"
+                     ) -> tuple[str, str] | None:
     """``(path, what)`` of the first variable holding NaN, an infinity or a value beyond
-    :data:`MAX_WEIGHT` in size, or ``None``."""
+    :data:`MAX_WEIGHT` in size (``what`` then ending in ``why``), or ``None``."""
     for path, value in leaves(variables).items():
         array = np.asarray(value)
         if not array.size:
@@ -132,7 +133,7 @@ def damaged_variable(variables: Mapping) -> tuple[str, str] | None:
         largest = max(-lowest, highest)
         if largest > MAX_WEIGHT:
             return path, (f"a value of size {largest:.3g}, beyond any trained weight's "
-                          f"({MAX_WEIGHT:.0e}): the file is damaged")
+                          f"({MAX_WEIGHT:.0e}){why}")
     return None
 
 
@@ -159,7 +160,7 @@ def _epsilons(value: Any) -> list[float]:
     if isinstance(value, Mapping):
         found = []
         for key, item in value.items():
-            if "epsilon" in str(key) and isinstance(item, (int, float)) and item is not None:
+            if "epsilon" in str(key) and isinstance(item, (int, float)):
                 found.append(float(item))
             else:
                 found += _epsilons(item)

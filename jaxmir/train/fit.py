@@ -371,11 +371,10 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
                 f"lr {lr:.2e}")
         interrupts.raise_if_received()  # a Ctrl-C that JAX's callbacks swallowed
     best = jax.device_get(best)
-    diverged = damaged_variable(best)
+    diverged = damaged_variable(best, why="")  # trained here: no file to call damaged
     if diverged is not None:
-        raise TrainingError(f"the head's weights diverged ('{diverged[0]}' holds "
-                            f"{diverged[1].split(':')[0]}) though the loss stayed finite; lower "
-                            "the learning rate")
+        raise TrainingError(f"the head's weights diverged ('{diverged[0]}' holds {diverged[1]}) "
+                            "though the loss stayed finite; lower the learning rate")
     return Head(best, task, tuple(classes), history)
 
 
