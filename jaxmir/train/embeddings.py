@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxmir import interrupts
 from jaxmir.atomic import write_atomically
+from jaxmir.collection.compute import error_message
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, ShortAudioError
 
 DEFAULT_CACHE = Path.home() / ".cache" / "jaxmir" / "embeddings"
@@ -91,8 +92,8 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
                 failures.append(f"{path}: {err.length}")
                 results.append(None)
                 continue
-            except JaxmirError as err:  # its message names the file, mostly
-                failures.append(str(err) if str(path) in str(err) else f"{path}: {err}")
+            except JaxmirError as err:
+                failures.append(error_message(str(path), err))  # the file named once
                 results.append(None)
                 continue
             if entry is not None:
