@@ -186,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         export.check_output_folder(args.output)
         if args.plot:
             _check_plot_has_a_matrix(args.data)
+
         def with_head(validation, classes) -> dict[Path, Path]:
             """The confusion picture, drawn before the head's files land and landing with them
             (drawn after, a signal between the two left a head without it, which a rerun then
