@@ -30,12 +30,14 @@ import numpy as np
 
 from jaxmir.decode import MODES, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError
-from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated, check_min_outputs,
-                             essentia_count, essentia_ratio, plan_of, resample,
+from jaxmir.resample import (MAX_RATE, MIN_OUTPUTS, MIN_RATE, SincResampler, accelerated,
+                             check_min_outputs, essentia_count, essentia_ratio, plan_of, resample,
                              unflushed_count)
 
-MIN_SAMPLE_RATE = 8000
-MAX_SAMPLE_RATE = 192000
+# The rates jaxmir's converter takes (Essentia's MonoLoader loads files at any rate libsamplerate
+# converts, 1 kHz and 768 kHz among them); a conversion also needs libsamplerate's ratio limits.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = MIN_RATE, MAX_RATE
+MAX_RATIO = 256.0  # libsamplerate's SRC_MAX_RATIO: out / in within [1/256, 256]
 RESAMPLERS = ("essentia", "samplerate", "soxr")
 # The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
 # of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
@@ -65,7 +67,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
     Raises:
       AudioError: missing, unreadable or non-audio file, a directory, empty
         audio, NaN/Inf samples, more than two channels, a sample rate outside
-        8-192 kHz, an unknown resampler or decoder, or (``strict=True``) a
+        1 Hz-384 kHz or too far from ``sample_rate`` (a ratio beyond 1/256 to 256),
+        an unknown resampler or decoder, or (``strict=True``) a
         damaged or truncated file; the message names the file.
     """
     _check_resampler(resampler)
@@ -100,6 +103,7 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
     else:
         with iter_blocks(path, BLOCK_FRAMES, decoder, strict, warn=damage is None) as blocks:
             native = check_rate(blocks.sample_rate, f"{path}: sample rate")
+            check_conversion(native, target, f"{path}: sample rate")
             check_channels(blocks.channels, path)
             downmix, pieces, decoded = MonoInput(native), [], 0
             resampling = Resampling(native, target, resampler, parallel=parallel, monoloader=True)
@@ -144,7 +148,8 @@ def prepare_audio(audio, sample_rate: int, target_rate: int = 16000, resampler: 
       audio: ``[n_samples]`` or ``[n_samples, channels]`` (1 or 2 channels),
         floating point in [-1, 1] or integer PCM (scaled to [-1, 1) by its
         dtype: ``int16 / 32768`` etc.; unsigned PCM is centred first).
-      sample_rate: the rate of ``audio`` in Hz (8000-192000); never guessed.
+      sample_rate: the rate of ``audio`` in Hz (1-384000, within a ratio of 256 of
+        ``target_rate``); never guessed.
       target_rate: the rate wanted, 16000 for every jaxmir model.
       resampler: ``"essentia"``, ``"samplerate"`` or ``"soxr"`` (see the module docstring).
 
@@ -154,6 +159,7 @@ def prepare_audio(audio, sample_rate: int, target_rate: int = 16000, resampler: 
     _check_resampler(resampler)
     native = check_rate(sample_rate, "sample_rate")
     target = check_rate(target_rate, "target_rate")
+    check_conversion(native, target, "sample_rate")
     array = np.asarray(audio)
     if array.ndim not in (1, 2):
         raise AudioError(f"audio has shape {list(array.shape)}; expected [n_samples] or "
@@ -186,6 +192,16 @@ def check_rate(rate, what: str) -> int:
         raise AudioError(f"{what} {int(rate)} Hz is out of range; accepted: "
                          f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
     return int(rate)
+
+
+def check_conversion(in_rate: int, out_rate: int, what: str) -> None:
+    """:class:`AudioError` naming ``what`` (the input rate) when libsamplerate, and so Essentia,
+    cannot convert ``in_rate`` Hz to ``out_rate`` Hz: a ratio beyond 1/256 to 256."""
+    ratio = essentia_ratio(in_rate, out_rate)
+    if not 1.0 / MAX_RATIO <= ratio <= MAX_RATIO:
+        raise AudioError(f"{what} {in_rate} Hz is too far from {out_rate} Hz (a ratio of "
+                         f"{ratio:.6g}); libsamplerate, Essentia's resampler, converts ratios "
+                         "from 1/256 to 256")
 
 
 def _pcm_to_float(array: np.ndarray) -> np.ndarray:

@@ -567,19 +567,19 @@ def _stopped_by(interrupted: dict) -> int | None:
 
 def _stream_command(args, interrupted: dict) -> int:
     from jaxmir.collection.commands import dtype_of
-    from jaxmir.errors import InputError
+    from jaxmir.errors import InputError, OptionError
 
     if args.resample_step is not None and args.resampler != "essentia":
-        raise InputError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
-                         f"--resampler {args.resampler} runs at every read")
+        raise OptionError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
+                          f"--resampler {args.resampler} runs at every read")
     model = _load_model(args.model, args.backbone)[0].astype(dtype_of(args))
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)
     _check_stream_options(args)
     if args.input != "-":
-        raise InputError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "
-                         f"for files use: jaxmir tag {args.input}")
+        raise OptionError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "
+                          f"for files use: jaxmir tag {args.input}")
     if sys.stdin is None:
         raise InputError("standard input is closed; pipe audio into jaxmir stream")
     if sys.stdin.isatty():  # it would wait in silence for audio typed in

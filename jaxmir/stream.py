@@ -67,7 +67,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.audio import BLOCK_FRAMES, MonoInput, Resampling, check_channels, check_rate
+from jaxmir.audio import (BLOCK_FRAMES, MonoInput, Resampling, check_channels, check_conversion,
+                          check_rate)
 from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH, SINGLE_LIMIT
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.errors import AudioError, InputError
@@ -250,8 +251,10 @@ def concat_patches(parts: Iterable[Patches], empty: Callable[[], Patches]) -> Pa
 
 
 def check_sample_rate(sample_rate) -> int:
-    """A whole number of Hz within 8-192 kHz, else :class:`AudioError`."""
-    return check_rate(sample_rate, "sample rate")
+    """A whole number of Hz within 1 Hz-384 kHz that converts to 16 kHz, else :class:`AudioError`."""
+    rate = check_rate(sample_rate, "sample rate")
+    check_conversion(rate, TARGET_RATE, "sample rate")
+    return rate
 
 
 _SHAPES: dict = {}

@@ -224,9 +224,15 @@ def test_a_resample_step_is_refused_where_nothing_would_wait(musicnn, resampler)
     np.testing.assert_array_equal(got, prepare_audio(audio, 44100, resampler=resampler))
     run = cli("stream", "--rate", "44100", "--resampler", resampler, "--resample-step", "0", "-",
               stdin=b"")
-    assert run.returncode == 1
+    assert run.returncode == 2  # the command line is wrong
     assert f"--resample-step applies to Essentia's converter (--resampler essentia); " \
            f"--resampler {resampler} runs at every read" in run.stderr.decode()
+
+
+def test_a_file_named_to_stream_is_a_command_line_mistake(tmp_path):
+    run = cli("stream", str(tmp_path / "song.wav"), stdin=b"")
+    assert run.returncode == 2  # the command line is wrong, as for every other option
+    assert "jaxmir stream reads standard input ('-'), not" in run.stderr.decode()
 
 
 def test_large_chunks_do_not_lose_samples():
@@ -484,7 +490,9 @@ def test_bad_input(musicnn):
         with pytest.raises(AudioError, match="sample rate"):
             musicnn.stream(rate)
     with pytest.raises(AudioError, match="out of range"):
-        musicnn.stream(4000)
+        musicnn.stream(400000)
+    with pytest.raises(AudioError, match="50 Hz is too far from 16000 Hz"):
+        musicnn.stream(50)
 
 
 # -- the command line --------------------------------------------------------------------------
