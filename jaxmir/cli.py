@@ -416,12 +416,14 @@ def format_csv(results: list) -> str:
 
 
 def _expand_each(arguments: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """Folders and @lists replaced by the audio files they name; files kept as given.
+    """Folders and @lists replaced by the audio files they name; files kept as given; a file
+    named several times (links, a folder and a file in it) once, where it came first, by its
+    name without links where it has one (as in collections).
 
     An argument that names no audio file (an empty folder, a bad list) stays, with the
     reason, to be reported with the files that fail: ``(files, {argument: reason})``.
     """
-    from jaxmir.collection.inputs import expand
+    from jaxmir.collection.inputs import expand, once_each
     from jaxmir.errors import JaxmirError
 
     files, problems = [], {}
@@ -434,7 +436,7 @@ def _expand_each(arguments: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         except JaxmirError as err:
             files.append(argument)
             problems[argument] = str(err)
-    return files, problems
+    return once_each(files, names_only=problems), problems
 
 
 def _unless_unexpanded(work: Callable[[str], object], problems: dict[str, str]):

@@ -155,6 +155,24 @@ def test_output_makes_its_folder_as_a_table_does(capsys, wavs, tmp_path):
     assert json.loads(target.read_text())["files"][0]["status"] == "ok"
 
 
+def test_a_file_named_several_times_is_tagged_once(capsys, wavs, tmp_path, monkeypatch):
+    """As in collections: by a link, by a folder and by its name, in text, CSV and JSON alike,
+    where it came first and by its name without links."""
+    folder = tmp_path / "music"
+    folder.mkdir()
+    (folder / "song.wav").write_bytes(wavs["PCM_16"].read_bytes())
+    (tmp_path / "link.wav").symlink_to(folder / "song.wav")
+    monkeypatch.chdir(tmp_path)
+    names = ["link.wav", "music/song.wav", "music", "music/song.wav"]
+    status, out, err = run(capsys, "tag", *names, "-n", "1")
+    assert status == 0, err
+    assert out.count("[music/song.wav]") == 1 and "link.wav" not in out, out
+    status, out, err = run(capsys, "tag", *names, "-n", "1", "-f", "csv")
+    assert status == 0 and out.splitlines()[1:] == [out.splitlines()[1]], out
+    status, out, err = run(capsys, "tag", *names, "-f", "json")
+    assert status == 0 and [f["file"] for f in json.loads(out)["files"]] == ["music/song.wav"]
+
+
 def test_bf16_is_opt_in(capsys, wavs, musicnn):
     path = str(wavs["PCM_16"])
     taggrams = {}

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import stat
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Container, Iterable, Sequence
 
 from jaxmir.errors import InputError
 
@@ -151,9 +151,16 @@ def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.Path
             paths += files
         else:
             paths.append(argument)
+    return once_each([os.path.abspath(path) for path in paths])
+
+
+def once_each(paths: Iterable[str], names_only: Container[str] = ()) -> list[str]:
+    """``paths`` with each file once (one file by two names: a link, a folder and a folder in
+    it), where it came first, by its name without links where it has one; a path in
+    ``names_only`` is compared by its name alone."""
     unique: dict[tuple[int, int] | str, str] = {}
-    for path in paths:  # one file by two names (a link, a folder and a folder in it): once,
-        identity, path = file_key(path), os.path.abspath(path)  # by its name without links
+    for path in paths:
+        identity = path if path in names_only else file_key(path)
         if identity not in unique or (_through_links(unique[identity])
                                       and not _through_links(path)):
             unique[identity] = path
@@ -161,7 +168,8 @@ def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.Path
 
 
 def _through_links(path: str) -> bool:
-    """Whether the absolute ``path`` names its file through a symbolic link."""
+    """Whether ``path`` names its file through a symbolic link."""
+    path = os.path.abspath(path)
     return os.path.realpath(path) != path
 
 
