@@ -925,7 +925,18 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxmir.train import cli as train_cli  # argparse only: optax is imported when it runs
 
     train_cli.add_parser(commands)
+    for command in commands.choices.values():  # a command's own mistakes show its own usage
+        command.set_defaults(command_parser=command)
     return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's arguments; exits with status 2 and the command's usage when wrong
+    (argparse alone shows jaxmir's, not the command's, for an unknown option of a command)."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def _version() -> str:
@@ -959,7 +970,7 @@ def _main(argv: Sequence[str] | None) -> int:
         # Starting up imports JAX (~1 s): a signal then waits for the end of it, rather than
         # breaking an import with a traceback, or vanishing in JAX's garbage-collection callback.
         with deferred_interrupts():
-            args = build_parser().parse_args(argv)
+            args = _parse(argv)
             _show_warnings_as_lines()
             _enable_cache(getattr(args, "no_cache", False))
         _check_standard_output(args)

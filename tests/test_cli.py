@@ -173,6 +173,17 @@ def test_a_file_named_several_times_is_tagged_once(capsys, wavs, tmp_path, monke
     assert status == 0 and [f["file"] for f in json.loads(out)["files"]] == ["music/song.wav"]
 
 
+@pytest.mark.parametrize("command", ["tag", "embed", "stream", "info", "train-head"])
+def test_an_unknown_option_of_a_command_shows_the_commands_usage(capsys, command):
+    required = ["-o", "out"] if command in ("embed", "train-head") else []
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "x.wav", *required, "--bogus"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2  # the command line is wrong
+    assert err.startswith(f"usage: jaxmir {command} ")  # not jaxmir's own, which names no option
+    assert f"jaxmir {command}: error: unrecognized arguments: --bogus" in err, err
+
+
 def test_bf16_is_opt_in(capsys, wavs, musicnn):
     path = str(wavs["PCM_16"])
     taggrams = {}

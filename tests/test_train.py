@@ -693,7 +693,7 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     assert model.labels == ("drums", "pads")
     # again: refused without --overwrite, nothing written; the cache makes it quick
     assert jaxmir_cli.main(argv) == 1
-    assert "timbre-confusion.png already exist(s); choose another --output or overwrite them " \
+    assert "and timbre-confusion.png already exist; choose another --output or overwrite them " \
            "(--overwrite)" in capsys.readouterr().err
     # matplotlib's warnings (a glyph its fonts lack, for a class named in another script) came
     # raw, with their file and line, after jaxmir's own warning lines had ended
@@ -738,7 +738,7 @@ def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path
     (tmp_path / existing).write_text("precious")
     argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"), *flags]
     assert jaxmir_cli.main(argv) == 1
-    assert f"{existing} already exist(s); choose another --output or overwrite them (--overwrite)" \
+    assert f"{existing} already exists; choose another --output or overwrite it (--overwrite)" \
         in capsys.readouterr().err
     assert (tmp_path / existing).read_text() == "precious"
     parser = jaxmir_cli.build_parser()  # --overwrite as tag and embed spell it; --force kept
@@ -788,7 +788,7 @@ def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
     (tmp_path / "h.pb").symlink_to(tmp_path / "elsewhere" / "real.pb")
     argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h")]
     assert jaxmir_cli.main(argv) == 1
-    assert "h.pb already exist(s)" in capsys.readouterr().err
+    assert "h.pb already exists" in capsys.readouterr().err
     assert (tmp_path / "h.pb").is_symlink()
     params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
     export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),

@@ -169,8 +169,10 @@ def refuse_existing(paths, flag: str = "--overwrite") -> None:
     without ``flag``; a link counts, even to no file)."""
     taken = [str(p) for p in paths if os.path.lexists(p)]
     if taken:
-        raise InputError(f"{', '.join(taken)} already exist(s); choose another --output or "
-                         f"overwrite them ({flag})")
+        names = ", ".join(taken[:-1]) + f" and {taken[-1]} already exist" if len(taken) > 1 \
+            else f"{taken[0]} already exists"
+        them = "them" if len(taken) > 1 else "it"
+        raise InputError(f"{names}; choose another --output or overwrite {them} ({flag})")
 
 
 def refuse_folders(paths) -> None:
