@@ -339,7 +339,7 @@ class AudioBlocks:
             except StopIteration:
                 packet = None  # flush the decoder
             except av.error.FFmpegError as err:  # a read error: the rest of the file is lost
-                self._read_error = str(err)
+                self._read_error = ffmpeg_reason(err)
                 packet = None
             try:
                 yield from self._decoder.decode(packet)
@@ -449,10 +449,13 @@ def _open(path: str):
     except PermissionError:  # av.error.PermissionError is one too
         raise AudioError(f"{path}: permission denied; the file exists but cannot be opened for "
                          "reading") from None
-    except av.error.InvalidDataError:
+    except (av.error.InvalidDataError, av.error.EOFError):
         raise AudioError(f"{path}: cannot be read as audio (not a format FFmpeg recognises, or the "
                          f"file is cut short or empty); expected {ACCEPTED}") from None
-    except (av.error.FFmpegError, OSError, ValueError) as err:
+    except av.error.FFmpegError as err:
+        raise AudioError(f"{path}: cannot be read as audio ({ffmpeg_reason(err)}); expected "
+                         f"{ACCEPTED}") from None
+    except (OSError, ValueError) as err:
         raise AudioError(f"{path}: cannot be read as audio ({err}); expected {ACCEPTED}") from None
     if not container.streams.audio:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
@@ -460,6 +463,13 @@ def _open(path: str):
         raise AudioError(f"{path}: cannot be read as audio: it has no audio stream (found: "
                          f"{', '.join(kinds)}); expected {ACCEPTED}")
     return container
+
+
+def ffmpeg_reason(err) -> str:
+    """FFmpeg's words for ``err`` (an ``av.error.FFmpegError``), without the error number and
+    the file name PyAV's text adds (``[Errno 1094995529] Invalid data ...: 'name'``)."""
+    reason = getattr(err, "strerror", None)
+    return f"FFmpeg: {reason[:1].lower()}{reason[1:]}" if reason else str(err)
 
 
 def _decoder(stream, mode: str):

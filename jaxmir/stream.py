@@ -71,7 +71,7 @@ from jaxmir.audio import (BLOCK_FRAMES, MonoInput, Resampling, check_channels, c
                           check_rate)
 from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH, SINGLE_LIMIT
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
-from jaxmir.errors import AudioError, InputError
+from jaxmir.errors import AudioError, InputError, ShortAudioError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import has_heavy_head, is_bfloat16, shares_overlap, with_overlap_hop
@@ -569,8 +569,14 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
         stream = Stream(model, blocks.sample_rate, output, require_patch=True, eager=False,
                         monoloader=True, **options)
         depth = AHEAD * max(1, stream.batch // BATCH)  # a call of 32 VGGish patches reads ~30 s
-        with _ahead((stream._resampled(block) for block in blocks), depth) as samples:
-            yield stream, stream._run_resampled(samples)
+        try:
+            with _ahead((stream._resampled(block) for block in blocks), depth) as samples:
+                yield stream, stream._run_resampled(samples)
+        except ShortAudioError as err:  # a damaged file's problem may be why it is short
+            if blocks.problem is None:
+                raise
+            problem = blocks.problem.removeprefix(f"{os.fspath(path)}: ")
+            raise ShortAudioError(f"{err} ({problem})", err.length) from None
     if blocks.problem is not None:
         if damage is None:
             warnings.warn(blocks.problem, DamagedAudioWarning, stacklevel=3)

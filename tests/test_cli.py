@@ -184,6 +184,19 @@ def test_an_unknown_option_of_a_command_shows_the_commands_usage(capsys, command
     assert f"jaxmir {command}: error: unrecognized arguments: --bogus" in err, err
 
 
+def test_a_damaged_file_too_short_for_a_patch_says_it_is_damaged(capsys, tmp_path):
+    """A 4-s FLAC cut at half its bytes decodes to 2 s: too short, and the reason why was lost."""
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, tone(4.0), SR)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    status, out, err = run(capsys, "tag", str(cut))
+    assert status == 1
+    assert f"{cut}: " in err and "is too short for one patch" in err
+    assert "give longer audio (damaged audio: " in err and "of the 4.00 s its header declares)" in err
+    assert err.count(str(cut)) == 1, err  # the path is named once
+
+
 def test_bf16_is_opt_in(capsys, wavs, musicnn):
     path = str(wavs["PCM_16"])
     taggrams = {}

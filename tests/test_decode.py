@@ -17,6 +17,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile
@@ -24,7 +25,8 @@ import soundfile
 import jaxmir
 from conftest import child_env, essentia_python, shared_fixture
 from jaxmir import decode
-from jaxmir.decode import AudioBlocks, DamagedAudioWarning, decode_file, id3v2_end, iter_blocks
+from jaxmir.decode import (AudioBlocks, DamagedAudioWarning, decode_file, ffmpeg_reason, id3v2_end,
+                           iter_blocks)
 from jaxmir.errors import AudioError
 
 GRAPH = "essentia-models/genre_dortmund_musicnn_msd.pb"
@@ -563,6 +565,17 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert decode_file(whole, strict=True).status == "ok"
+    # cut within its headers: FFmpeg's end of file, once told as "[Errno 541478725] End of file:
+    # '...whole path...'"
+    (tmp_path / "headers.ogg").write_bytes(data[:len(data) // 100])
+    with pytest.raises(AudioError, match=r"headers.ogg: cannot be read as audio \(not a format "
+                                         r"FFmpeg recognises, or the file is cut short or empty\)"):
+        decode_file(tmp_path / "headers.ogg")
+
+
+def test_ffmpeg_errors_in_its_words_without_number_and_file_name():
+    error = av.error.InvalidDataError(1094995529, "Invalid data found when processing input", "x.ogg")
+    assert ffmpeg_reason(error) == "FFmpeg: invalid data found when processing input"
 
 
 def test_wav_header_claims_more_than_present(tmp_path):
