@@ -46,6 +46,7 @@ is cut or lacks the end-of-stream mark. Either is reported by a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -57,6 +58,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from jaxmir import ogg
 from jaxmir.errors import AudioError, JaxmirWarning
 from jaxmir.pcm import WavHeader, decode_pcm, frame_bytes, parse_wav_header
 
@@ -135,6 +137,8 @@ class AudioBlocks:
         self.status: str | None = None
         self.problem: str | None = None
         self._container = self._file = None
+        self._patched: ogg.PatchedFile | None = None  # an Ogg file read with its checksums fixed
+        self._bad_pages = 0
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._mp3 = Mp3Start()
         self._first_packet_at: int | None = None  # its byte offset in the file
@@ -146,7 +150,8 @@ class AudioBlocks:
             self.declared_frames = self._wav.frames
             self._iterator = self._blocks()
             return
-        self._container = _open(self.path)
+        self._container, self._patched = _open(self.path, fix_ogg_checksums=mode == "essentia")
+        self._bad_pages = len(self._patched.patches) if self._patched is not None else 0
         try:
             self._stream = self._container.streams.audio[0]
             if self._stream.codec_context is None:  # e.g. a WAV of format tag 0 or 0xFFFF
@@ -189,7 +194,7 @@ class AudioBlocks:
         self.close()
 
     def close(self) -> None:
-        for handle in (self._container, self._file):
+        for handle in (self._container, self._file, self._patched):
             if handle is not None:
                 handle.close()
 
@@ -367,8 +372,11 @@ class AudioBlocks:
         length = f"decoded {have / rate:.2f} s"
         if declared is not None:
             length += f" of the {declared / rate:.2f} s its header declares"
-        if self._bad_packets or self._read_error:
+        if self._bad_packets or self._read_error or self._bad_pages:
             what = []
+            if self._bad_pages:
+                what.append(f"{self._bad_pages} Ogg page(s) failing their checksum decoded as they "
+                            "are (as Essentia's FFmpeg 2.8 does; FFmpeg today skips them)")
             if self._bad_packets:
                 what.append(f"{self._bad_packets} undecodable packet(s) skipped")
             if self._read_error:
@@ -436,16 +444,42 @@ def folder_problem(path: str) -> str:
     return f"is a directory; expected {ACCEPTED}"
 
 
-def _open(path: str):
-    """Open ``path`` with FFmpeg; every failure an AudioError naming the file."""
-    import av
-
+def _open(path: str, fix_ogg_checksums: bool = False):
+    """``(container, patched)``: ``path`` opened with FFmpeg, every failure an AudioError naming
+    the file. With ``fix_ogg_checksums``, an Ogg file with pages whose checksum fails is read
+    through ``patched``, an :class:`~jaxmir.ogg.PatchedFile` where they pass (``None``
+    otherwise), so that FFmpeg decodes those pages as FFmpeg 2.8 did."""
     if not os.path.exists(path):
         raise AudioError(f"{path}: {missing_reason(path)}; expected {ACCEPTED}")
     if os.path.isdir(path):
         raise AudioError(f"{path}: {folder_problem(path)}")
+    fixes = {}
+    if fix_ogg_checksums and os.path.isfile(path):
+        with contextlib.suppress(OSError):  # unreadable: FFmpeg's open says so below
+            fixes = ogg.bad_checksums(path)
+    patched = ogg.PatchedFile(path, fixes) if fixes else None
     try:
-        container = av.open(path, "r")
+        container = _opened(path, path if patched is None else patched)
+    except BaseException:
+        if patched is not None:
+            patched.close()
+        raise
+    if not container.streams.audio:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        container.close()
+        if patched is not None:
+            patched.close()
+        raise AudioError(f"{path}: cannot be read as audio: it has no audio stream (found: "
+                         f"{', '.join(kinds)}); expected {ACCEPTED}")
+    return container, patched
+
+
+def _opened(path: str, source):
+    """``av.open(source)``, its failures AudioErrors naming ``path``."""
+    import av
+
+    try:
+        return av.open(source, "r")
     except PermissionError:  # av.error.PermissionError is one too
         raise AudioError(f"{path}: permission denied; the file exists but cannot be opened for "
                          "reading") from None
@@ -457,12 +491,6 @@ def _open(path: str):
                          f"{ACCEPTED}") from None
     except (OSError, ValueError) as err:
         raise AudioError(f"{path}: cannot be read as audio ({err}); expected {ACCEPTED}") from None
-    if not container.streams.audio:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-        container.close()
-        raise AudioError(f"{path}: cannot be read as audio: it has no audio stream (found: "
-                         f"{', '.join(kinds)}); expected {ACCEPTED}")
-    return container
 
 
 def ffmpeg_reason(err) -> str:
