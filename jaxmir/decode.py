@@ -575,8 +575,20 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
     if "mp3" in fmt.split(","):
         if not mp3.declares_length:
             return None  # FFmpeg's duration is only a guess from the bit rate
+        duration = _ffmpeg_frames(container, stream)
+        if mp3.declared_samples is not None and duration is not None \
+                and duration > mp3.declared_samples + _LENGTH_SLACK:
+            # FFmpeg guesses from the bit rate when the file holds more bytes than the header
+            # counts (a large APE tag at its end, say): the header still declares its count
+            return mp3.declared_samples
+        return duration
     if set(fmt.split(",")) & _BARE_STREAMS:
         return None  # no header: the same guess (a 6.10-s ADTS file "declared" 6.04 s)
+    return _ffmpeg_frames(container, stream)
+
+
+def _ffmpeg_frames(container, stream) -> int | None:
+    """The stream's duration as FFmpeg gives it, in frames per channel, or None."""
     rate = stream.codec_context.sample_rate
     if stream.duration is not None and stream.time_base is not None:
         return int(round(float(stream.duration * stream.time_base) * rate))
@@ -681,12 +693,15 @@ class Mp3Start:
 
     Attributes:
       declares_length: a length header where FFmpeg reads one (its frame count).
+      declared_samples: the samples per channel it declares (its frames, less the encoder
+        delay and padding a LAME tag gives), where it counts frames.
       tag_frame: the byte offset of a Xing/Info/VBRI frame FFmpeg did not take for the length
         header (behind junk, or counting nothing), or None.
       tag_samples: that frame's samples per channel (1152, or 576 at 24 kHz and below).
     """
 
     declares_length: bool = False
+    declared_samples: int | None = None
     tag_frame: int | None = None
     tag_samples: int = 0
 
@@ -711,7 +726,7 @@ def mp3_start(path: str) -> Mp3Start:
         file.seek(behind_tags)
         head = file.read(_MPEG_SEARCH + 2 * 4)  # room for the frame after the last searched
     if mpeg_frame_bytes(int.from_bytes(head[:4], "big")) and _length_header(head, 0, counted=True):
-        return Mp3Start(declares_length=True)
+        return Mp3Start(declares_length=True, declared_samples=_counted_samples(head))
     first = _first_frame(head)
     if first is None or not _length_header(head, first, counted=False):
         return Mp3Start()
@@ -768,16 +783,42 @@ def _first_frame(head: bytes) -> int | None:
     return None
 
 
+def _counted_samples(head: bytes) -> int | None:
+    """The samples per channel the Xing/Info or VBRI header of the frame ``head`` starts with
+    counts, as FFmpeg reads them: frames times samples per frame, less the encoder delay and
+    padding of a LAME tag (one its encoder string names LAME or Lavf/Lavc); None without a frame
+    count."""
+    xing, vbri = _tag_offsets(head, 0)
+    samples = 1152 if (int.from_bytes(head[:4], "big") >> 19) & 3 == 3 else 576
+    if head[vbri:vbri + 4] == b"VBRI":
+        return int.from_bytes(head[vbri + 14:vbri + 18], "big") * samples
+    flags = int.from_bytes(head[xing + 4:xing + 8], "big")
+    if head[xing:xing + 4] not in (b"Xing", b"Info") or not flags & 1:
+        return None
+    frames = int.from_bytes(head[xing + 8:xing + 12], "big")
+    # the LAME tag: behind the frames, bytes, table of contents and quality present
+    lame = xing + 8 + 4 * ((flags & 1) + (flags >> 1 & 1)) + 100 * (flags >> 2 & 1) + 4 * (flags >> 3 & 1)
+    trim = 0
+    if head[lame:lame + 4] in (b"LAME", b"Lavf", b"Lavc") and len(head) >= lame + 24:
+        delays = int.from_bytes(head[lame + 21:lame + 24], "big")  # 12 bits each
+        trim = (delays >> 12) + (delays & 0xFFF)
+    return frames * samples - trim
+
+
+def _tag_offsets(head: bytes, at: int) -> tuple[int, int]:
+    """Where a Xing/Info and where a VBRI header would start in the layer III frame at ``at``."""
+    header = int.from_bytes(head[at:at + 4], "big")
+    mpeg1, mono = (header >> 19) & 3 == 3, (header >> 6) & 3 == 3
+    return at + 4 + ((17 if mono else 32) if mpeg1 else (9 if mono else 17)), at + 4 + 32
+
+
 def _length_header(head: bytes, at: int, counted: bool) -> bool:
     """Whether the layer III frame at ``at`` holds a Xing/Info or VBRI header where FFmpeg looks
     for them; ``counted``: one FFmpeg takes for the file's length (a frame count or byte size
     other than 0; VBRI of version 1)."""
-    header = int.from_bytes(head[at:at + 4], "big")
-    if (header >> 17) & 3 != 1:
+    if (int.from_bytes(head[at:at + 4], "big") >> 17) & 3 != 1:
         return False
-    mpeg1, mono = (header >> 19) & 3 == 3, (header >> 6) & 3 == 3
-    xing = at + 4 + ((17 if mono else 32) if mpeg1 else (9 if mono else 17))
-    vbri = at + 4 + 32
+    xing, vbri = _tag_offsets(head, at)
     marked = head[xing:xing + 4] in (b"Xing", b"Info") or head[vbri:vbri + 4] == b"VBRI"
     if not counted or not marked:
         return marked

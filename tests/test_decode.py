@@ -98,6 +98,14 @@ def encode(path: Path, data: np.ndarray, rate: int, codec: str, bit_rate: int | 
     return path
 
 
+def ape_tag(key: bytes, value: bytes) -> bytes:
+    """An APEv2 tag of one binary item, header and footer."""
+    item = struct.pack("<II", len(value), 2) + key + b"\x00" + value
+    size = len(item) + 32
+    return (b"APETAGEX" + struct.pack("<IIII", 2000, size, 1, 0xA0000000) + bytes(8) + item
+            + b"APETAGEX" + struct.pack("<IIII", 2000, size, 1, 0) + bytes(8))
+
+
 def id3v2_tag(size: int) -> bytes:
     """An ID3v2.4 tag of ``size`` bytes of frames: a title, then zero padding."""
     title = b"TIT2" + bytes([0, 0, 0, 6, 0, 0, 3]) + b"hello"
@@ -123,6 +131,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
     # libvorbis (through libsndfile): FFmpeg's own Vorbis encoder is experimental
     made["stereo_44k1.ogg"] = folder / "stereo_44k1.ogg"
+    # cover art in an APEv2 tag at the end (foobar2000, Mp3tag): FFmpeg then takes the file for
+    # more than its LAME header counts and guesses its duration from the bit rate (28.8 s)
+    tagged = encode(folder / "plain_10s.mp3", signal(44100, 2, 0.5, 13, seconds=10.0), 44100,
+                    "libmp3lame", 128000).read_bytes()
+    made["ape_tag_at_end.mp3"] = folder / "ape_tag_at_end.mp3"
+    made["ape_tag_at_end.mp3"].write_bytes(tagged + ape_tag(b"Cover Art (Front)", bytes(300_000)))
     vorbis = folder / "vorbis_8s.ogg"
     soundfile.write(vorbis, signal(44100, 2, 0.5, 11, seconds=8.0), 44100, format="OGG", subtype="VORBIS")
     data = vorbis.read_bytes()
@@ -195,7 +209,7 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
           "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav", "stereo_44k1.wav",
           "mono_32k_32bit.wav", "mono_8k.wav", "stereo_44k1.m4a", *WHOLE_CHUNKS,
           "mono_6k.wav", "mono_384k.wav",  # rates Essentia loads beyond the usual 8-192 kHz
-          "page_flipped.ogg"]
+          "page_flipped.ogg", "ape_tag_at_end.mp3"]
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS))  # AudioLoader's of these
