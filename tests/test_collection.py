@@ -22,6 +22,7 @@ import pytest
 import jaxmir
 from conftest import ROOT, child_env, require
 from jaxmir.collection import Options, arguments, collect, commands, compute, inputs, local, outputs
+from jaxmir.collection.rows import same_outputs
 from jaxmir.decode import DamagedAudioWarning
 from jaxmir.errors import AudioError, InputError
 
@@ -408,6 +409,29 @@ def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music,
     assert "not an output of jaxmir" not in str(err.value) and str(err.value).count("--overwrite") == 1
     with pytest.raises(InputError, match="unknown dtype"):
         Options(dtype="float16")
+
+
+def test_a_table_resumes_under_another_name_of_its_output(music, model, tmp_path):
+    """'embeddings' and 'model/dense/BiasAdd' are one output of MusiCNN: a table written under
+    one is resumed under the other (its rows are the same values); not so another output, nor a
+    folder of .npy, whose arrays keep the shape of the name they were written under."""
+    path = str(music / "rock" / "a.wav")
+    assert {"embeddings", "model/dense/BiasAdd"} <= same_outputs(model, "embeddings")
+    for out in (tmp_path / "e.parquet", tmp_path / "e.jsonl"):
+        first = collect(model, [path], str(out), command="embed", name="msd-musicnn", jobs=0,
+                        progress=False, options=Options(output="embeddings"))
+        again = collect(model, [path], str(out), command="embed", name="msd-musicnn", jobs=0,
+                        progress=False, options=Options(output="model/dense/BiasAdd"))
+        assert (first.ok, again.skipped, again.ok) == (1, 1, 0)
+        with pytest.raises(InputError, match="output: 'embeddings' there, 'cnn3' now"):
+            collect(model, [path], str(out), command="embed", name="msd-musicnn", jobs=0,
+                    progress=False, options=Options(output="cnn3"))
+    folder = tmp_path / "arrays"
+    collect(model, [path], str(folder), command="embed", name="msd-musicnn", jobs=0,
+            progress=False, options=Options(output="embeddings"))
+    with pytest.raises(InputError, match="'model/dense/BiasAdd' now"):
+        collect(model, [path], str(folder), command="embed", name="msd-musicnn", jobs=0,
+                progress=False, options=Options(output="model/dense/BiasAdd"))
 
 
 def test_torn_last_line_is_dropped(music, model, tmp_path):

@@ -15,7 +15,7 @@ from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
-from jaxmir.collection.rows import Layout, Result, identity, model_fields
+from jaxmir.collection.rows import Layout, Result, identity, model_fields, same_outputs
 from jaxmir.errors import InputError, OptionError
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -88,7 +88,7 @@ def collect(model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.
     if command == "embed" and kind == "npy":  # a table holds the mean anyway
         fields["average"] = bool(average)
     layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,
-                    average, options.strict)
+                    average, options.strict, same_outputs(model, options.output))
     sources = [inputs.examine(p) for p in inputs.expand(paths)]
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; expected local or ray")

@@ -298,7 +298,7 @@ class LinesWriter(Writer):
         found = {"model": rows[0]["model"]} if before else json.loads(rows[0]["settings"])
         expected = {"model": self.layout.model} if before else self._settings()
         found["labels"], expected["labels"] = header[len(columns):], list(self.layout.labels)
-        resume.check_identity(str(self.path), found, expected)
+        resume.check_identity(str(self.path), found, expected, self.layout.same_outputs)
         if before:
             self.header = header  # the rows appended keep its columns
         paths = resume.real_paths([row["path"] for row in rows], current)
@@ -324,7 +324,7 @@ class LinesWriter(Writer):
                 found["labels"], expected["labels"] = list(tagged[0]), list(self.layout.labels)
             # as in Parquet: rows kept without patches would be skipped, never given them
             found["per_patch"], expected["per_patch"] = "patches" in rows[0], self.layout.per_patch
-            resume.check_identity(str(self.path), found, expected)
+            resume.check_identity(str(self.path), found, expected, self.layout.same_outputs)
         return list(zip(lines, rows))
 
     def _settings(self) -> dict:
@@ -439,6 +439,7 @@ class NpyWriter(Writer):
                              "over files of the same names")
         _remove_array_temporaries(path)
         listed = _listed_arrays(path, index) if overwrite and index.is_file() else []
+        # no same_outputs: an array keeps the shape of the output name it was written under
         summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False,
                               strict=layout.strict)
 
@@ -588,7 +589,8 @@ class ParquetWriter(Writer):
             identity["per_patch"] = ("patches" in found.names
                                      and pa.types.is_list(found.field("patches").type))
             resume.check_identity(str(self.path), identity,
-                                  {**self.layout.identity, "per_patch": self.layout.per_patch})
+                                  {**self.layout.identity, "per_patch": self.layout.per_patch},
+                                  self.layout.same_outputs)
             columns = {c: table.column(c).to_pylist() for c in ("path", "size_bytes", "mtime_ns", "status")}
             columns["path"] = resume.real_paths(columns["path"], current)
             rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))

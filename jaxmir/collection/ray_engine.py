@@ -29,7 +29,7 @@ from jaxmir.collection.compute import Options
 from jaxmir.collection.inputs import Source
 from jaxmir.collection.progress import Progress
 from jaxmir.collection.outputs import parquet_schema, parquet_table
-from jaxmir.collection.rows import Layout, Result, identity, model_fields
+from jaxmir.collection.rows import Layout, Result, identity, model_fields, same_outputs
 from jaxmir.errors import InputError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -300,7 +300,8 @@ def layout_for(model: str | None, backbone: str | None, options: Options) -> Lay
     loaded.resolve_output(options.output)  # here, not in every actor
     command = "tag" if options.output == "predictions" else "embed"
     fields = identity(model_fields(name, backbone), loaded, command, options)
-    return Layout(command, fields, tuple(loaded.labels) if command == "tag" else ())
+    return Layout(command, fields, tuple(loaded.labels) if command == "tag" else (),
+                  same_outputs=same_outputs(loaded, options.output))
 
 
 def analyze_dataset(paths, model: str | None, options: Options, layout: Layout | None = None, *,

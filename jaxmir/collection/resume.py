@@ -9,7 +9,7 @@ dropped; those files are done again and their new rows appended. A strict run
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 from jaxmir.collection.inputs import Source, file_key
 from jaxmir.collection.rows import DONE, OK, UNRECORDED_DEFAULTS, as_text
@@ -49,12 +49,17 @@ def real_paths(stored: Iterable[str], current: Mapping[str, Source]) -> list[str
     return named
 
 
-def check_identity(output: str, found: dict, expected: dict) -> None:
+def check_identity(output: str, found: dict, expected: dict,
+                   same_outputs: Collection[str] = ()) -> None:
     """Refuse to append to an output written with another model or other settings (a field
     one side does not record counts as its :data:`~jaxmir.collection.rows.UNRECORDED_DEFAULTS`
-    value)."""
+    value; ``same_outputs``: names of one output, any of which matches another,
+    :func:`~jaxmir.collection.rows.same_outputs`)."""
     def value(fields: dict, key: str):
         return fields.get(key, UNRECORDED_DEFAULTS.get(key))
+
+    if found.get("output") in same_outputs and expected.get("output") in same_outputs:
+        found = {**found, "output": expected["output"]}
 
     keys = sorted(k for k in set(found) | set(expected) if value(found, k) != value(expected, k))
     if not keys:

@@ -62,6 +62,9 @@ class Layout:
     per_patch: bool = False
     average: bool = False  # a folder of .npy holds the mean over patches
     strict: bool = False  # a damaged file is an error: its row from a run before is not kept
+    # the output's other names (an alias and the graph's nodes of one tap): a table's rows are the
+    # same values under any of them, so a run may resume one written under another
+    same_outputs: frozenset[str] = frozenset()
 
     def __post_init__(self):
         repeated = sorted(label for label, n in collections.Counter(self.labels).items() if n > 1)
@@ -173,6 +176,13 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
             names.append(os.path.basename(part))
             digests.append(catalog.sha256(part))
     return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
+
+
+def same_outputs(model, output: str) -> frozenset[str]:
+    """Every name ``model`` gives ``output``'s values (``embeddings`` and
+    ``model/dense/BiasAdd`` in MusiCNN: an alias and the graph's nodes of one tap)."""
+    tap = model.resolve_output(output)[0]
+    return frozenset(name for name in model.output_names if model.resolve_output(name)[0] == tap)
 
 
 def identity(model_names: dict, model, command: str, options: Options) -> dict:
