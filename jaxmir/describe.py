@@ -46,6 +46,19 @@ def summarize(architecture: str, config: Mapping[str, Any]) -> list[str]:
     return [_arrows(config["head"])]
 
 
+def without_audio(architecture: str, input_shape: Sequence[int]) -> str:
+    """Why a model without a front-end takes no audio, and what to do instead."""
+    if architecture == "head":
+        example = ("a VGGish .pb such as audioset-vggish-3.pb" if tuple(input_shape) == (128,)
+                   else "'msd-musicnn'" if tuple(input_shape) == (200,)
+                   else "its backbone's name or path")
+        return (f"this is an embedding head: it takes {list(input_shape)} embeddings, not audio; "
+                "load it with the backbone it was trained on to run it on audio: "
+                f"jaxmir.load(head, backbone=...) or --backbone, e.g. {example}")
+    return (f"this {architecture} model takes {list(input_shape)} inputs, not log-mel patches; "
+            "run it with Model.apply on its own inputs")
+
+
 def describe(model) -> str:
     """A few lines for people: architecture, layers, input, output, labels, output names, front-end."""
     spec = model.spec
@@ -73,4 +86,6 @@ def describe(model) -> str:
         lines.append(f"patches: {frontend.patch_size} frames "
                      f"({frontend.patch_size * frontend.frame_seconds:.2f} s), default hop "
                      f"{frontend.patch_hop} frames ({frontend.patch_hop * frontend.frame_seconds:.2f} s)")
+    else:
+        lines.append(f"audio: none; {without_audio(spec.architecture, spec.input_shape)}")
     return "\n".join(lines)

@@ -71,6 +71,7 @@ from jaxmir.audio import (BLOCK_FRAMES, MonoInput, Resampling, check_channels, c
                           check_rate)
 from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH, SINGLE_LIMIT
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
+from jaxmir.describe import without_audio
 from jaxmir.errors import AudioError, InputError, ShortAudioError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
@@ -104,14 +105,7 @@ def frontend_of(model: "Model") -> Frontend:
     """The front-end of a model that runs on audio; a clear error for a head on embeddings."""
     if model.frontend is not None:
         return model.frontend
-    if model.architecture == "head":
-        example = ("a VGGish .pb such as audioset-vggish-3.pb" if model.input_shape == (128,)
-                   else "'msd-musicnn'" if model.input_shape == (200,) else "its backbone's name or path")
-        raise InputError(f"this is an embedding head: it takes {list(model.input_shape)} "
-                         "embeddings, not audio; load it with the backbone it was trained on to run "
-                         f"it on audio: jaxmir.load(head, backbone=...) or --backbone, e.g. {example}")
-    raise InputError(f"this {model.architecture} model takes {list(model.input_shape)} inputs, "
-                     "not log-mel patches; run it with Model.apply on its own inputs")
+    raise InputError(without_audio(model.architecture, model.input_shape))
 
 
 @dataclasses.dataclass(frozen=True)

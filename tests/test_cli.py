@@ -674,6 +674,12 @@ def test_info(capsys, wavs):
     head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     status, out, err = run(capsys, "tag", str(shared_fixture("audio/vignesh.wav")), "--model", head)
     assert status == 1 and out == "" and "embedding head" in err
+    # info said what they are, and nothing of audio: it says why they take none, as tag does
+    status, out, err = run(capsys, "info", head)
+    assert status == 0 and "audio: none; this is an embedding head: it takes [200] embeddings" \
+        in out and "--backbone, e.g. 'msd-musicnn'" in out and "patches:" not in out
+    status, out, err = run(capsys, "info", str(shared_fixture("essentia-models/vgg4.pb")))
+    assert status == 0 and "audio: none; this vgg model takes [128, 128] inputs" in out
     status, out, err = run(capsys, "info", "no-such-model")
     assert status == 1 and out == "" and "neither a file nor a shipped model" in err
     # a regression head's values, in their own order: not ranked (CSV ranked them 1, 2)

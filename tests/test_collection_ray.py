@@ -141,6 +141,31 @@ def test_ray_missing_or_unreachable(monkeypatch, tmp_path):
     assert time.monotonic() - start < ray_engine.CONNECT_TIMEOUT_S + 5
 
 
+def test_a_resume_that_cannot_reach_the_cluster_changes_no_output(monkeypatch, tmp_path):
+    """Resuming dropped the rows of the files to redo (a failed one's error) before ray.init
+    failed: a mistyped RAY_ADDRESS lost them. The output is read first, and left as it was."""
+    require("ray")
+    clip, missing = tmp_path / "a.wav", str(tmp_path / "gone.wav")
+    _write(clip, 3.5, 16000, 1, 0)
+    model = jaxmir.load("msd-musicnn")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # the discard port: nothing listens
+    for output, command in (("tags.jsonl", "tag"), ("tags.parquet", "tag"), ("arrays", "embed")):
+        out = tmp_path / output
+        options = Options("predictions" if command == "tag" else "embeddings")
+        collect(model, [str(clip), missing], str(out), name="msd-musicnn", command=command,
+                options=options, jobs=0, progress=False)
+        before = {p: p.read_bytes() for p in sorted(out.rglob("*") if out.is_dir() else [out])}
+        with pytest.raises(InputError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
+            collect(model, [str(clip), missing], str(out), name="msd-musicnn", command=command,
+                    options=options, engine="ray", progress=False)
+        assert {p: p.read_bytes() for p in sorted(out.rglob("*") if out.is_dir() else [out])} \
+            == before, output
+        # nothing left to do: no cluster joined, so none unreachable
+        tally = collect(model, [str(clip)], str(out), name="msd-musicnn", command=command,
+                        options=options, engine="ray", progress=False)
+        assert (tally.skipped, tally.ok) == (1, 0)
+
+
 def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
     """Ray 2.60's clusters ask for a token by default: jaxmir said only "Failed to connect to
     Ray cluster at HOST:6379" (the cause was in Ray's log lines)."""

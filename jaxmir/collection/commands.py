@@ -93,10 +93,10 @@ def collect(model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; expected local or ray")
     with exclusive(output):
-        # Ray's cluster unreachable: said before a new output is made; an output being resumed
-        # is read first (ray_engine.run connects), and a run with nothing left to do joins no
-        # cluster (~20 s)
-        if engine == "ray" and (overwrite or not os.path.exists(output)):
+        # Ray's cluster unreachable: said before an output is made or resumed (which drops the
+        # rows of the files to redo), and a run with nothing left to do joins no cluster (~20 s)
+        if engine == "ray" and (overwrite or not os.path.exists(output) or resume.to_do(
+                sources, open_output(output, layout, sources, kind=kind, dry=True).done)):
             ray_engine.connect()
         writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows,
                              kind=kind)

@@ -204,10 +204,14 @@ def _unique_names(names: Mapping[str, str], taken: Mapping[str, str]) -> dict[st
 
 # -- writers ---------------------------------------------------------------------------------------
 class Writer:
-    """Base: ``done`` (keys of kept rows), ``write(result)``, ``flush()``, ``close()``."""
+    """Base: ``done`` (keys of kept rows), ``write(result)``, ``flush()``, ``close()``.
 
-    def __init__(self, path: Path, layout: Layout):
-        self.path, self.layout = path, layout
+    ``dry``: an existing output is only read (its ``done``), nothing written or removed; such
+    a writer writes no row.
+    """
+
+    def __init__(self, path: Path, layout: Layout, dry: bool = False):
+        self.path, self.layout, self.dry = path, layout, dry
         self.done: set[tuple[str, int, int]] = set()
         self.rows_written = 0
 
@@ -242,8 +246,8 @@ class LinesWriter(Writer):
     """
 
     def __init__(self, path: Path, layout: Layout, current: Mapping[str, Source], overwrite: bool,
-                 lost: Callable[[dict], bool] | None = None):
-        super().__init__(path, layout)
+                 lost: Callable[[dict], bool] | None = None, dry: bool = False):
+        super().__init__(path, layout, dry)
         self.lost = lost
         self.csv = path.suffix.lower() == ".csv"
         if self.csv and (layout.command != "tag" or layout.per_patch):
@@ -260,10 +264,11 @@ class LinesWriter(Writer):
             raise InputError(f"--output {path} is not a regular file (a pipe, a device or a "
                              f"socket); a table is appended to, resumed and replaced")
         if overwrite or not path.exists():
-            write_atomically(path, lambda f: f.write(self._header_bytes()), durable=True)
+            if not dry:
+                write_atomically(path, lambda f: f.write(self._header_bytes()), durable=True)
         else:
             self._resume(current)
-        self.handle = open(path, "ab", buffering=0)  # see _append
+        self.handle = None if dry else open(path, "ab", buffering=0)  # see _append
 
     def _header_bytes(self) -> bytes:
         return self._line(self.header) if self.csv else b""
@@ -351,7 +356,7 @@ class LinesWriter(Writer):
         self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in self.rows
                      if r["status"] in DONE}
         whole = self._header_bytes() + b"".join(line for line, _ in kept)
-        if whole != data:
+        if whole != data and not self.dry:
             write_atomically(self.path, lambda f: f.write(whole), durable=True)
 
     def encode(self, result: Result, extra: dict | None = None) -> bytes:
@@ -382,7 +387,7 @@ class LinesWriter(Writer):
         self.rows_written += 1
 
     def close(self) -> None:
-        if not self.handle.closed:
+        if self.handle is not None and not self.handle.closed:
             self.handle.close()
 
 
@@ -427,8 +432,8 @@ class NpyWriter(Writer):
     """A folder of ``<name>.npy`` (per-patch arrays) plus ``index.jsonl`` (one row per file)."""
 
     def __init__(self, path: Path, layout: Layout, current: Mapping[str, Source], overwrite: bool,
-                 names: Mapping[str, str]):
-        super().__init__(path, layout)
+                 names: Mapping[str, str], dry: bool = False):
+        super().__init__(path, layout, dry)
         if path.exists() and not path.is_dir():
             raise InputError(f"--output {path} is a file; give a folder for the .npy files")
         check_writable(path)
@@ -437,8 +442,9 @@ class NpyWriter(Writer):
             raise InputError(f"--output {path} already holds .npy files but no {INDEX} (not a "
                              "jaxmir collection); give another folder, or --overwrite to write "
                              "over files of the same names")
-        _remove_array_temporaries(path)
-        listed = _listed_arrays(path, index) if overwrite and index.is_file() else []
+        if not dry:
+            _remove_array_temporaries(path)
+        listed = _listed_arrays(path, index) if overwrite and index.is_file() and not dry else []
         # no same_outputs: an array keeps the shape of the output name it was written under
         summary_only = Layout(layout.command, layout.identity, layout.labels, per_patch=False,
                               strict=layout.strict)
@@ -447,7 +453,7 @@ class NpyWriter(Writer):
             return bool(row.get("npy")) and row["path"] in current and \
                 not (path / from_text(str(row["npy"]))).is_file()
 
-        self.index = LinesWriter(index, summary_only, current, overwrite, lost)
+        self.index = LinesWriter(index, summary_only, current, overwrite, lost, dry)
         # only once the index no longer lists them: a removal cut short leaves arrays without
         # rows (written again as needed), never rows without arrays
         for array in listed:
@@ -518,8 +524,8 @@ class ParquetWriter(Writer):
     """A folder of Parquet parts, one per ``flush_rows`` rows (or ``flush_seconds``)."""
 
     def __init__(self, path: Path, layout: Layout, current: Mapping[str, Source], overwrite: bool,
-                 flush_rows: int = 256, flush_seconds: float = 60.0):
-        super().__init__(path, layout)
+                 flush_rows: int = 256, flush_seconds: float = 60.0, dry: bool = False):
+        super().__init__(path, layout, dry)
         import pyarrow as pa
 
         self.pa = pa
@@ -530,6 +536,8 @@ class ParquetWriter(Writer):
                                  "another --output, or --overwrite to replace it")
             path.unlink()
         self.schema = parquet_schema(layout)
+        if dry and not path.is_dir():
+            return  # nothing there to read
         if not path.exists():
             # made with an empty part, which gives the table's columns (and identity) before
             # its first row: killed before it, a run left a folder read as a table of no columns
@@ -548,10 +556,13 @@ class ParquetWriter(Writer):
                              f"{' and more' if len(foreign) > 3 else ''}, which is no part of a "
                              "jaxmir Parquet folder (pyarrow and pandas would fail to read it "
                              "as one table); give another --output")
+        parts = sorted(p for p in path.iterdir() if _PART.match(p.name))
+        if dry:
+            self._resume([] if overwrite else parts, current)
+            return
         for stale in path.iterdir():
             if is_temporary(stale.name, ".parquet"):  # a part a killed run was writing
                 stale.unlink()
-        parts = sorted(p for p in path.iterdir() if _PART.match(p.name))
         if overwrite:
             for part in parts:
                 part.unlink()
@@ -596,7 +607,7 @@ class ParquetWriter(Writer):
             rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))
             mask = [resume.keep(*row, current, self.layout.strict) for row in rows]
             self.done |= {row[:3] for row, kept in zip(rows, mask) if kept and row[3] in DONE}
-            if all(mask):
+            if all(mask) or self.dry:
                 continue
             if not any(mask):
                 part.unlink()
@@ -629,9 +640,10 @@ class ParquetWriter(Writer):
 
 def open_output(output: str, layout: Layout, sources: list[Source], overwrite: bool = False,
                 flush_rows: int = 256, flush_seconds: float = 60.0,
-                kind: str | None = None) -> Writer:
+                kind: str | None = None, dry: bool = False) -> Writer:
     """The writer for ``output`` (``kind``: :func:`kind_of` the name given, by default this
-    one's; a link's target may be named otherwise), resumed unless ``overwrite``.
+    one's; a link's target may be named otherwise), resumed unless ``overwrite``; ``dry``:
+    only read, to learn what is ``done`` (see :class:`Writer`).
 
     Raises:
       InputError: an unknown kind, an output that cannot be written, or one
@@ -641,7 +653,7 @@ def open_output(output: str, layout: Layout, sources: list[Source], overwrite: b
     path = Path(output)
     kind = kind or kind_of(output, layout.command)
     if kind == "parquet":
-        return ParquetWriter(path, layout, current, overwrite, flush_rows, flush_seconds)
+        return ParquetWriter(path, layout, current, overwrite, flush_rows, flush_seconds, dry)
     if kind == "npy":
-        return NpyWriter(path, layout, current, overwrite, npy_names(current))
-    return LinesWriter(path, layout, current, overwrite)
+        return NpyWriter(path, layout, current, overwrite, npy_names(current), dry)
+    return LinesWriter(path, layout, current, overwrite, dry=dry)

@@ -323,8 +323,8 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout |
     Returns:
       a Dataset of one row per file with the columns and types of
       :func:`jaxmir.collection.outputs.parquet_schema` (``write_parquet`` gives
-      the command line's table); other columns of ``paths`` are not carried
-      (join on ``path``).
+      the command line's columns and rows, in Ray's part files: a folder the command line
+      does not resume); other columns of ``paths`` are not carried (join on ``path``).
     """
     ray = import_ray()
     from ray.data import ActorPoolStrategy
