@@ -453,6 +453,8 @@ def _open(path: str, fix_ogg_checksums: bool = False):
         raise AudioError(f"{path}: {missing_reason(path)}; expected {ACCEPTED}")
     if os.path.isdir(path):
         raise AudioError(f"{path}: {folder_problem(path)}")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:  # FFmpeg's words differ by extension
+        raise AudioError(f"{path}: is empty (0 bytes); expected {ACCEPTED}")
     fixes = {}
     if fix_ogg_checksums and os.path.isfile(path):
         with contextlib.suppress(OSError):  # unreadable: FFmpeg's open says so below

@@ -1004,6 +1004,20 @@ def test_a_parquet_folder_holding_other_files_is_refused(music, model, tmp_path,
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
+def test_a_parquet_part_jaxmir_did_not_write_is_named_so(music, model, tmp_path):
+    """It read "holds results of model None, not of 'msd-musicnn' (command: None there...)"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "mine.parquet"
+    out.mkdir()
+    pq.write_table(pa.table({"path": ["x.wav"], "score": [0.5]}), out / "part-000000.parquet")
+    with pytest.raises(InputError, match=r"part-000000.parquet: not a part jaxmir wrote \(it "
+                                         r"records no model or settings\)") as err:
+        collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0, progress=False)
+    assert "None" not in str(err.value)
+
+
 def test_a_rerun_removes_the_parts_a_killed_run_was_writing(music, model, tmp_path):
     out = tmp_path / "tags.parquet"
     assert collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0,

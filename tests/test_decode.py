@@ -622,6 +622,16 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
         decode_file(tmp_path / "headers.ogg")
 
 
+@pytest.mark.parametrize("suffix", ["wav", "mp3", "flac", "ogg", "m4a"])
+def test_an_empty_file_is_said_to_be_empty_whatever_its_name(tmp_path, suffix):
+    """FFmpeg's words differed by extension: "cut short or empty", or "declares 0 Hz"."""
+    path = tmp_path / f"empty.{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(AudioError, match=rf"empty.{suffix}: is empty \(0 bytes\); expected an "
+                                         "audio file"):
+        decode_file(path)
+
+
 def test_ffmpeg_errors_in_its_words_without_number_and_file_name():
     error = av.error.InvalidDataError(1094995529, "Invalid data found when processing input", "x.ogg")
     assert ffmpeg_reason(error) == "FFmpeg: invalid data found when processing input"

@@ -595,7 +595,10 @@ class ParquetWriter(Writer):
             except Exception as err:  # noqa: BLE001 -- pyarrow raises several kinds
                 raise InputError(f"{part}: unreadable Parquet part ({err}); move it away, or "
                                  "--overwrite to start over") from None
-            identity = json.loads((found.metadata or {}).get(b"jaxmir", b"{}"))
+            if b"jaxmir" not in (found.metadata or {}):
+                raise InputError(f"{part}: not a part jaxmir wrote (it records no model or "
+                                 "settings); give another --output, or --overwrite to start over")
+            identity = json.loads(found.metadata[b"jaxmir"])
             # a list column; a label may be named so (a float column) in a table without them
             identity["per_patch"] = ("patches" in found.names
                                      and pa.types.is_list(found.field("patches").type))
