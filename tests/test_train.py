@@ -1112,6 +1112,12 @@ def test_the_default_layer_is_each_backbone_s_embeddings(tmp_path, audio_set):
                      "output": "model/vggish/fc2/Relu"}  # the graph's node, for Essentia
 
 
+def test_cross_validation_prints_its_figures_not_its_matrices():
+    validation = fit.CrossValidation([{"accuracy": 0.8}, {"accuracy": 1.0}],
+                                     {"accuracy": (0.9, 0.1)}, np.eye(2), 0.01)
+    assert repr(validation) == "CrossValidation(2 folds: accuracy 0.9 ± 0.1)"
+
+
 def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
     import shutil
 
@@ -1122,6 +1128,11 @@ def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
         result = fit_head(copy, output=tmp_path / "h", config=FAST, cache=tmp_path / "cache")
     assert len(result.failures) == 1 and "broken.wav" in result.failures[0]
     assert len(result.dataset) == 8
+    # printed, it was every weight and epoch (thousands of lines); now one line
+    text = repr(result)
+    assert len(text) < 400 and "\n" not in text, text
+    assert text.startswith("TrainResult(Head(single, 200 inputs -> ['drums', 'pads'], ")
+    assert "Dataset(8 tracks, single, ['drums', 'pads'])" in text and "1 file(s) skipped" in text
     resumed = fit_head(audio_set, config=FAST, cache=tmp_path / "cache",
                        resume=tmp_path / "h.pb")
     assert resumed.head.in_dim == 200

@@ -82,6 +82,13 @@ def check_targets(targets, task: str, classes, what: str = "targets") -> np.ndar
     return targets
 
 
+def names_preview(names: Sequence[str], shown: int = 4) -> str:
+    """``names`` for a repr: the first few, and how many more."""
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return "[" + ", ".join(map(repr, names[:shown])) + more + "]"
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """Audio files and their targets.
@@ -98,6 +105,9 @@ class Dataset:
     targets: np.ndarray
     task: str
     classes: tuple[str, ...]
+
+    def __repr__(self) -> str:  # not every path and target
+        return f"Dataset({len(self.paths)} tracks, {self.task}, {names_preview(self.classes)})"
 
     def __post_init__(self):
         paths = tuple(self.paths)

@@ -26,7 +26,8 @@ from jaxmir import interrupts
 from jaxmir.errors import InputError, JaxmirError
 from jaxmir.models import damaged_variable
 from jaxmir.train import metrics
-from jaxmir.train.data import ACTIVATION, check_targets, check_task, check_varying
+from jaxmir.train.data import (ACTIVATION, check_targets, check_task, check_varying,
+                               names_preview)
 
 
 class TrainingError(JaxmirError):
@@ -143,7 +144,7 @@ def _mean_loss(task: str, params, x, y):
     return jnp.mean(sample_losses(task, head_logits(params, x), y))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Head:
     """A trained head: its parameters, task, class names and training history."""
 
@@ -154,6 +155,10 @@ class Head:
 
     def __post_init__(self):
         check_task(self.task)
+
+    def __repr__(self) -> str:  # not every weight and epoch
+        return (f"Head({self.task}, {self.in_dim} inputs -> {names_preview(self.classes)}, "
+                f"{len(self.history)} epochs)")
 
     @property
     def in_dim(self) -> int:
@@ -414,7 +419,7 @@ def steady_seconds(history: list[dict]) -> list[float]:
     return [h["seconds"] for h in history[1:] or history]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class CrossValidation:
     """Per-fold figures, their mean and std, and the summed confusion matrix (single-label)."""
 
@@ -422,6 +427,11 @@ class CrossValidation:
     summary: dict[str, tuple[float, float]]
     confusion: np.ndarray | None
     seconds_per_epoch: float
+
+    def __repr__(self) -> str:
+        figures = ", ".join(f"{name} {mean:.4g} ± {std:.2g}"
+                            for name, (mean, std) in self.summary.items())
+        return f"CrossValidation({len(self.folds)} folds: {figures})"
 
 
 def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,

@@ -29,7 +29,7 @@ from jaxmir.train.smoothing import METHODS, SmoothingConfig, check_class_sizes, 
 DEFAULT_LAYER = "embeddings"  # each backbone's own: MusiCNN's model/dense/BiasAdd, VGGish's 128-d
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class TrainResult:
     """What :func:`fit_head` produced."""
 
@@ -40,6 +40,11 @@ class TrainResult:
     paths: dict[str, Path] | None
     seconds_per_epoch: float
     train_targets: np.ndarray | None = None  # [tracks, C] the head learnt: smoothed, with LDL
+
+    def __repr__(self) -> str:
+        written = [str(path) for path in (self.paths or {}).values()]
+        return (f"TrainResult({self.head!r}, {self.dataset!r}, {len(self.failures)} file(s) "
+                f"skipped, {self.cross_validation!r}, written {written})")
 
 
 def mfcc_features(paths, kind: str, cache) -> tuple[list[np.ndarray | None], list[str]]:
