@@ -166,6 +166,31 @@ def test_a_resume_that_cannot_reach_the_cluster_changes_no_output(monkeypatch, t
         assert (tally.skipped, tally.ok) == (1, 0)
 
 
+def test_sigterm_while_ray_starts_is_the_commands_stop(monkeypatch):
+    """ray.init puts in a handler of its own that exits with status 15: a SIGTERM then ended the
+    command silently (not 143), and left the processes Ray was starting."""
+    import signal
+
+    from jaxmir import interrupts
+
+    ray = require("ray")
+    shut = []
+
+    def starting(**kwargs):  # Ray's handler in place, and the signal comes
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    monkeypatch.setattr(ray, "init", starting)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: shut.append(True))
+    with interrupts.installed():
+        with pytest.raises(interrupts.Terminated):
+            ray_engine.connect("")
+        assert signal.getsignal(signal.SIGTERM) is interrupts._raise
+    assert shut == [True]
+
+
 def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
     """Ray 2.60's clusters ask for a token by default: jaxmir said only "Failed to connect to
     Ray cluster at HOST:6379" (the cause was in Ray's log lines)."""

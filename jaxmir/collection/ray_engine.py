@@ -13,6 +13,7 @@ Install with ``pip install 'jaxmir[ray]'``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -160,6 +161,15 @@ def connect(address: str | None = None):
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
+    except SystemExit as stop:
+        # Ray's handler, in place while ray.init runs, exits with status 15 on SIGTERM, saying
+        # nothing and leaving the processes it was starting: the caller's handler stops instead
+        if sigterm is None or stop.code != signal.SIGTERM:
+            raise
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        sigterm(signal.SIGTERM, None)
+        raise
     except (ConnectionError, RuntimeError, ValueError) as err:
         hint = ("; its host answers gRPC: give the head's own port (ray start --head --port, "
                 "6379 by default; not the Ray Client's 10001, nor another node's), and if the "
