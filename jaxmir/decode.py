@@ -462,17 +462,15 @@ def _open(path: str, fix_ogg_checksums: bool = False):
     patched = ogg.PatchedFile(path, fixes) if fixes else None
     try:
         container = _opened(path, path if patched is None else patched)
+        if not container.streams.audio:
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            container.close()
+            raise AudioError(f"{path}: cannot be read as audio: it has no audio stream (found: "
+                             f"{', '.join(kinds)}); expected {ACCEPTED}")
     except BaseException:
         if patched is not None:
             patched.close()
         raise
-    if not container.streams.audio:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-        container.close()
-        if patched is not None:
-            patched.close()
-        raise AudioError(f"{path}: cannot be read as audio: it has no audio stream (found: "
-                         f"{', '.join(kinds)}); expected {ACCEPTED}")
     return container, patched
 
 

@@ -432,7 +432,8 @@ def test_wav_files_that_are_not_plain_go_to_ffmpeg(files, tmp_path, monkeypatch)
     odd.write_bytes(data[:40] + struct.pack("<I", len(data) - 44 - 2) + data[44:-2])
     opened = []
     real_open = decode._open
-    monkeypatch.setattr(decode, "_open", lambda path: opened.append(path) or real_open(path))
+    monkeypatch.setattr(decode, "_open",
+                        lambda path, **options: opened.append(path) or real_open(path, **options))
     for path in (extensible, three, odd):
         decoded = decode_file(path)
         assert opened[-1] == str(path) and decoded.samples.shape[0] > 15000
