@@ -93,10 +93,7 @@ def collect(model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; expected local or ray")
     with exclusive(output):
-        # Ray's cluster unreachable: said before an output is made or resumed (which drops the
-        # rows of the files to redo), and a run with nothing left to do joins no cluster (~20 s)
-        if engine == "ray" and (overwrite or not os.path.exists(output) or resume.to_do(
-                sources, open_output(output, layout, sources, kind=kind, dry=True).done)):
+        if engine == "ray" and _has_work(output, layout, sources, kind, overwrite):
             ray_engine.connect()
         writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows,
                              kind=kind)
@@ -131,6 +128,16 @@ def collect(model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.
         finally:
             bar.close()
     return tally
+
+
+def _has_work(output: str, layout: Layout, sources: list, kind: str, overwrite: bool) -> bool:
+    """Whether a run has files to analyse into ``output``, known before anything is written: Ray's
+    cluster unreachable is said before an output is made or resumed (which drops the rows of the
+    files to redo), and a run with nothing left to do joins no cluster (~20 s)."""
+    if overwrite or not os.path.exists(output):
+        return True
+    probe = open_output(output, layout, sources, kind=kind, dry=True)
+    return bool(resume.to_do(sources, probe.done))
 
 
 def dtype_of(args: argparse.Namespace) -> str:
