@@ -31,13 +31,12 @@ import numpy as np
 from jaxmir.decode import MODES, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample import (MAX_RATE, MIN_OUTPUTS, MIN_RATE, SincResampler, accelerated,
-                             check_min_outputs, essentia_count, essentia_ratio, plan_of, resample,
-                             unflushed_count)
+                             check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
+                             resample, unflushed_count)
 
 # The rates jaxmir's converter takes (Essentia's MonoLoader loads files at any rate libsamplerate
 # converts, 1 kHz and 768 kHz among them); a conversion also needs libsamplerate's ratio limits.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = MIN_RATE, MAX_RATE
-MAX_RATIO = 256.0  # libsamplerate's SRC_MAX_RATIO: out / in within [1/256, 256]
 RESAMPLERS = ("essentia", "samplerate", "soxr")
 # The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
 # of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
@@ -197,11 +196,10 @@ def check_rate(rate, what: str) -> int:
 def check_conversion(in_rate: int, out_rate: int, what: str) -> None:
     """:class:`AudioError` naming ``what`` (the input rate) when libsamplerate, and so Essentia,
     cannot convert ``in_rate`` Hz to ``out_rate`` Hz: a ratio beyond 1/256 to 256."""
-    ratio = essentia_ratio(in_rate, out_rate)
-    if not 1.0 / MAX_RATIO <= ratio <= MAX_RATIO:
+    if not converts(in_rate, out_rate):
         raise AudioError(f"{what} {in_rate} Hz is too far from {out_rate} Hz (a ratio of "
-                         f"{ratio:.6g}); libsamplerate, Essentia's resampler, converts ratios "
-                         "from 1/256 to 256")
+                         f"{essentia_ratio(in_rate, out_rate):.6g}); libsamplerate, Essentia's "
+                         "resampler, converts ratios from 1/256 to 256")
 
 
 def _pcm_to_float(array: np.ndarray) -> np.ndarray:

@@ -68,11 +68,12 @@ bundles) and are checked by the same verification.
 
 from jaxmir.resample.convert import (MIN_OUTPUTS, SincResampler, check_min_outputs, resample,
                                      resample_jax)
-from jaxmir.resample.positions import (MAX_RATE, MAX_TAPS, MIN_RATE, QUALITIES, essentia_count,
-                                       essentia_ratio, meets_end, plan_of, unflushed_count)
+from jaxmir.resample.positions import (MAX_RATE, MAX_TAPS, MIN_RATE, QUALITIES, converts,
+                                       essentia_count, essentia_ratio, meets_end, plan_of,
+                                       unflushed_count)
 from jaxmir.resample.products import accelerated
 from jaxmir.resample.table import coefficients
 
-__all__ = ["MAX_RATE", "MAX_TAPS", "MIN_OUTPUTS", "MIN_RATE", "QUALITIES", "SincResampler", "accelerated",
-           "check_min_outputs", "coefficients", "essentia_count", "essentia_ratio", "meets_end",
+__all__ = ["MAX_RATE", "MAX_TAPS", "MIN_OUTPUTS", "MIN_RATE", "QUALITIES", "SincResampler",
+           "accelerated", "check_min_outputs", "converts", "coefficients", "essentia_count", "essentia_ratio", "meets_end",
            "plan_of", "resample", "resample_jax", "unflushed_count"]

@@ -53,6 +53,12 @@ def essentia_ratio(in_rate: int, out_rate: int) -> float:
     return float(np.float32(out_rate) / np.float32(in_rate))
 
 
+def converts(in_rate: int, out_rate: int) -> bool:
+    """Whether libsamplerate converts ``in_rate`` to ``out_rate`` Hz: Essentia's float32 ratio
+    within its 1/256 to 256."""
+    return 1.0 / MAX_RATIO <= essentia_ratio(in_rate, out_rate) <= MAX_RATIO
+
+
 def _check_rate(rate, what: str) -> int:
     if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)):
         if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
@@ -71,7 +77,7 @@ def plan_of(in_rate: int, out_rate: int, quality: str) -> Plan:
     if quality not in FILTERS:
         raise AudioError(f"unknown resampling quality {quality!r}; accepted: {', '.join(QUALITIES)}")
     ratio = essentia_ratio(in_rate, out_rate)
-    if not 1.0 / MAX_RATIO <= ratio <= MAX_RATIO:
+    if not converts(in_rate, out_rate):
         raise AudioError(f"{in_rate} Hz -> {out_rate} Hz is a ratio of {ratio:.6g}; libsamplerate "
                          f"accepts ratios from 1/256 to 256")
     index_inc, half_len = FILTERS[quality]
