@@ -75,5 +75,5 @@ from jaxmir.resample.products import accelerated
 from jaxmir.resample.table import coefficients
 
 __all__ = ["MAX_RATE", "MAX_TAPS", "MIN_OUTPUTS", "MIN_RATE", "QUALITIES", "SincResampler",
-           "accelerated", "check_min_outputs", "converts", "coefficients", "essentia_count", "essentia_ratio", "meets_end",
-           "plan_of", "resample", "resample_jax", "unflushed_count"]
+           "accelerated", "check_min_outputs", "coefficients", "converts", "essentia_count",
+           "essentia_ratio", "meets_end", "plan_of", "resample", "resample_jax", "unflushed_count"]
