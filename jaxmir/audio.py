@@ -495,8 +495,10 @@ class Resampling:
             return np.zeros(0, np.float32)
         if self.kind == "samplerate":
             # libsamplerate's end of input pads with zeros: explicit zeros give the same samples,
-            # and samplerate.resample returns floor(n * ratio) of them.
-            zeros = np.zeros(math.ceil(4096 / self._ratio) + 1, np.float32)
+            # and samplerate.resample returns floor(n * ratio) of them; as many as its filter's
+            # half reaches (46 samples upsampling, 7360 outputs from 100 Hz), and as a step gives
+            half = plan_of(self.in_rate, self.out_rate, "sinc_medium").half
+            zeros = np.zeros(math.ceil(4096 / self._ratio) + half + 2, np.float32)
             tail = self._sinc(zeros, True)
             want = essentia_length(math.floor(self.n_in * self._ratio), self.in_rate, self.out_rate,
                                    self.n_in)
