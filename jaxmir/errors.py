@@ -5,6 +5,8 @@ Every error a user can provoke with a bad file, graph, array or option is a
 accepted.
 """
 
+from __future__ import annotations
+
 
 class JaxmirError(Exception):
     """Base class of every error jaxmir raises on purpose."""
@@ -49,3 +51,8 @@ class ShortAudioError(AudioError):
     def __init__(self, message: str, length: str):
         super().__init__(message)
         self.length = length
+
+    def with_damage(self, problem: str, path: str) -> ShortAudioError:
+        """This error, with the damage of the file ``path`` that may be why it is short
+        (``problem``: the decoder's words, which may begin with the path)."""
+        return ShortAudioError(f"{self} ({problem.removeprefix(f'{path}: ')})", self.length)

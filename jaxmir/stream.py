@@ -569,8 +569,7 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
         except ShortAudioError as err:  # a damaged file's problem may be why it is short
             if blocks.problem is None:
                 raise
-            problem = blocks.problem.removeprefix(f"{os.fspath(path)}: ")
-            raise ShortAudioError(f"{err} ({problem})", err.length) from None
+            raise err.with_damage(blocks.problem, os.fspath(path)) from None
     if blocks.problem is not None:
         if damage is None:
             warnings.warn(blocks.problem, DamagedAudioWarning, stacklevel=3)

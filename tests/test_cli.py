@@ -195,6 +195,13 @@ def test_a_damaged_file_too_short_for_a_patch_says_it_is_damaged(capsys, tmp_pat
     assert f"{cut}: " in err and "is too short for one patch" in err
     assert "give longer audio (damaged audio: " in err and "of the 4.00 s its header declares)" in err
     assert err.count(str(cut)) == 1, err  # the path is named once
+    # in a collection too, its files decoded in threads (the model cuts them, apart)
+    for jobs in ("0", "2"):
+        rows = tmp_path / f"rows{jobs}.jsonl"
+        status, out, err = run(capsys, "tag", str(cut), "-o", str(rows), "-j", jobs)
+        error = json.loads(rows.read_text())["error"]
+        assert status == 1 and "is too short for one patch" in error, error
+        assert "longer audio (damaged audio: " in error and error.count(str(cut)) == 1, error
 
 
 def test_bf16_is_opt_in(capsys, wavs, musicnn):

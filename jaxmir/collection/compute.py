@@ -24,7 +24,8 @@ from jaxmir.audio import RESAMPLERS, read_mono
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
 from jaxmir.decode import MODES as DECODE_MODES
-from jaxmir.errors import AudioError, DeviceMemoryError, InputError, JaxmirError
+from jaxmir.errors import (AudioError, DeviceMemoryError, InputError, JaxmirError,
+                           ShortAudioError)
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import check_dtype
 from jaxmir.models.runner import call_step
@@ -287,6 +288,8 @@ def analyze_stream(model, items: Iterable[Decoded], options: Options
             try:
                 n_patches, calls = packer.cut(key, item.audio)
             except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+                if isinstance(err, ShortAudioError) and item.warning:  # maybe why it is short
+                    err = err.with_damage(item.warning, item.source.path)
                 yield item, error_message(item.source.path, err)
                 continue
             item.seconds, item.audio = item.duration_s, None  # its samples are in the calls now
