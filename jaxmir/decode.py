@@ -142,6 +142,7 @@ class AudioBlocks:
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._mp3 = Mp3Start()
         self._first_packet_at: int | None = None  # its byte offset in the file
+        self._tags_from: int | None = None  # where an MP3's tags at its end begin
         self._wav_header: WavHeader | None = None  # a RIFF/WAVE file's, read by _plain_wav
         self._wav = self._plain_wav()
         if self._wav is not None:
@@ -169,6 +170,8 @@ class AudioBlocks:
             self.channels: int = int(self._stream.codec_context.layout.nb_channels)
             self._mp3 = mp3_start(self.path) if self._demuxer == "mp3" \
                 and os.path.isfile(self.path) else Mp3Start()  # a pipe's bytes are FFmpeg's alone
+            if self._demuxer == "mp3" and os.path.isfile(self.path):
+                self._tags_from = end_tags_start(self.path)
             self.declared_frames = _declared_frames(self._container, self._stream,
                                                     self._wav_header, self._mp3)
             self._unfinished_ogg = _unfinished_ogg(self.path, self._container)
@@ -351,7 +354,11 @@ class AudioBlocks:
             except av.error.EOFError:
                 pass
             except av.error.FFmpegError:
-                self._bad_packets += 1  # Essentia skips an undecodable packet too
+                # Essentia skips an undecodable packet too; those FFmpeg reads from the tags at
+                # an MP3's end (a cover picture in an APEv2 tag) are no damage
+                if not (packet is not None and self._tags_from is not None
+                        and packet.pos is not None and packet.pos >= self._tags_from):
+                    self._bad_packets += 1
             if packet is None:
                 break
 
@@ -732,6 +739,27 @@ def mp3_start(path: str) -> Mp3Start:
         return Mp3Start()
     mpeg1 = (int.from_bytes(head[first:first + 4], "big") >> 19) & 3 == 3
     return Mp3Start(tag_frame=behind_tags + first, tag_samples=1152 if mpeg1 else 576)
+
+
+def end_tags_start(path: str) -> int | None:
+    """Where the tags at the end of the file ``path`` begin (ID3v1, Lyrics3v2 and APEv2, as
+    taggers stack them), or None without any: FFmpeg's MP3 demuxer reads on into them."""
+    with open(path, "rb") as file:
+        end = size = file.seek(0, os.SEEK_END)
+
+        def at(offset: int, length: int) -> bytes:
+            file.seek(offset)
+            return file.read(length)
+
+        if end >= 128 and at(end - 128, 3) == b"TAG":  # ID3v1: 128 bytes
+            end -= 128
+        if end >= 15 and at(end - 9, 9) == b"LYRICS200" and at(end - 15, 6).isdigit():
+            end -= int(at(end - 15, 6)) + 15  # Lyrics3v2: its size, then the size and mark
+        if end >= 32 and at(end - 32, 8) == b"APETAGEX":  # APEv2's footer
+            end -= struct.unpack_from("<I", at(end - 32, 32), 12)[0]  # its items and footer
+            if end >= 32 and at(end - 32, 8) == b"APETAGEX":  # and its header, if it has one
+                end -= 32
+    return end if 0 <= end < size else None
 
 
 def id3v2_end(file: BinaryIO) -> int:

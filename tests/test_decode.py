@@ -137,6 +137,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
                     "libmp3lame", 128000).read_bytes()
     made["ape_tag_at_end.mp3"] = folder / "ape_tag_at_end.mp3"
     made["ape_tag_at_end.mp3"].write_bytes(tagged + ape_tag(b"Cover Art (Front)", bytes(300_000)))
+    # a picture's bytes hold MPEG sync words: FFmpeg reads packets from them, which fail ("damaged")
+    picture = np.random.default_rng(14).integers(0, 256, 300_000, np.uint8).tobytes()
+    made["picture_tag_at_end.mp3"] = folder / "picture_tag_at_end.mp3"
+    made["picture_tag_at_end.mp3"].write_bytes(tagged + ape_tag(b"Cover Art (Front)", picture))
+    lyrics = b"LYRICSBEGIN" + b"IND00003110" + b"LYR00031[00:01]one line, and another"
+    made["lyrics_and_id3v1.mp3"] = folder / "lyrics_and_id3v1.mp3"
+    made["lyrics_and_id3v1.mp3"].write_bytes(tagged + lyrics + b"%06d" % len(lyrics) + b"LYRICS200"
+                                             + b"TAG" + b"title".ljust(30, b"\x00") + bytes(95))
     vorbis = folder / "vorbis_8s.ogg"
     soundfile.write(vorbis, signal(44100, 2, 0.5, 11, seconds=8.0), 44100, format="OGG", subtype="VORBIS")
     data = vorbis.read_bytes()
@@ -211,7 +219,8 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
           # rates Essentia loads beyond the usual 8-192 kHz (100 Hz: the filter's flush is 7360
           # outputs, 3200 of which were lost)
           "mono_6k.wav", "mono_384k.wav", "mono_100hz.wav",
-          "page_flipped.ogg", "ape_tag_at_end.mp3"]
+          "page_flipped.ogg", "ape_tag_at_end.mp3", "picture_tag_at_end.mp3",
+          "lyrics_and_id3v1.mp3"]
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS))  # AudioLoader's of these
