@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -146,6 +147,13 @@ def main(argv=None) -> None:
     parser.add_argument("--no-essentia", action="store_true",
                         help="jaxmir alone (where essentia-tensorflow is not installed, e.g. a GPU machine)")
     args = parser.parse_args(argv)
+    if not args.no_essentia:  # said now, not after the jaxmir runs
+        probe = subprocess.run([sys.executable, "-c", "import essentia.standard"],
+                               capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise SystemExit("essentia cannot be imported (pip install 'jaxmir[bench]' on Linux "
+                             "x86-64, CPython 3.11); or run jaxmir alone: --no-essentia\n"
+                             + probe.stderr.strip().splitlines()[-1])
     # absolute: `jaxmir tag` runs in the checkout's root, not here
     folder = Path(args.folder).resolve() / f"{args.tracks}x{args.min_s:g}-{args.max_s:g}s"
     audio_s = generate(folder, args.tracks, args.min_s, args.max_s)

@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 
+from common import machine  # noqa: E402
 from jaxmir import frontends  # noqa: E402
 
 
@@ -60,8 +62,10 @@ def main(argv=None) -> None:
     n = int(args.seconds * 16000)
     t = np.arange(n) / 16000
     y = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+    print(machine())
     print(f"signal: {args.seconds:g} s at 16 kHz ({n} samples); jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}, librosa {librosa.__version__}")
+          f"{jax.devices()[0].platform}, librosa {librosa.__version__} (in this process, best "
+          "of the repeats)")
 
     cases = [
         ("musicnn (essentia)", lambda: frontends.musicnn_logmel(y), lambda: librosa_musicnn(librosa, y)),

@@ -3,7 +3,8 @@
     python benchmarks/bench_peers.py [--seconds 207] [--repeats 3] [--only model frontend tags cli]
                                      [--markdown results.md]
 
-Everything runs on the same graphs and inputs, nothing is downloaded:
+Everything runs on the same graphs and inputs, made here (but for musicnn's checkpoints,
+fetched once from PyPI, ``pip download musicnn==0.1.0``, when no graph is built yet):
 
 * graphs: ``msd-musicnn-1.pb`` (Essentia-shaped, built by tools/convert_musicnn.py
   through ``common.graphs_dir()``) and a full-size replica of
@@ -382,6 +383,26 @@ def spawn(command: list[str], env: dict | None = None) -> tuple[str, float, floa
     return stdout, wall, peak
 
 
+def check_peers() -> None:
+    """Exit with a clear message, before anything is timed, when a peer is missing: each table
+    row needs its peer, and the report is printed at the end."""
+    import importlib.metadata as md
+
+    missing = []
+    for package in BENCH_DEPS:
+        try:
+            md.version(package)
+        except md.PackageNotFoundError:
+            missing.append(package)
+    for module in ("essentia.standard", "tensorflow", "onnxruntime"):  # each in its own process
+        if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
+            missing.append(f"{module} (installed, but its import fails)")
+    if missing:
+        raise SystemExit(f"bench_peers.py runs every peer; missing: {', '.join(missing)} "
+                         "(pip install 'jaxmir[bench]': essentia-tensorflow installs on Linux "
+                         "x86-64, CPython 3.11)")
+
+
 def worker(kind: str, name: str, cfg: dict) -> dict:
     stdout, wall, rss = spawn([sys.executable, __file__, "--worker", kind, name, json.dumps(cfg)])
     result = json.loads(stdout.strip().splitlines()[-1])
@@ -573,6 +594,7 @@ def main(argv=None) -> int:
 
     import importlib.metadata as md
 
+    check_peers()  # every peer, before any is timed: a missing one lost the whole report
     versions = ", ".join(f"{p} {md.version(p)}" for p in ("jax", "onnxruntime", "tensorflow-cpu",
                                                             "essentia-tensorflow", "librosa", "samplerate"))
     cpu = cpu_description()

@@ -131,14 +131,16 @@ def main(argv=None) -> None:
     parser.add_argument("--commands", nargs="+", choices=("tag", "embed"), default=("tag", "embed"))
     args = parser.parse_args(argv)
     print(machine())
+    # memory first: a child's peak (ru_maxrss) counts the parent's at its fork, and the latency
+    # runs leave this process at ~450 MB
+    if not args.skip_memory:
+        memory(args.minutes, tuple(args.commands))
     if not args.skip_latency:
         import jaxmir
 
         model = jaxmir.load("msd-musicnn")
         for step in args.resample_steps:
             latency(model, step)
-    if not args.skip_memory:
-        memory(args.minutes, tuple(args.commands))
 
 
 if __name__ == "__main__":

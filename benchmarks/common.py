@@ -17,12 +17,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
-    """The CPU (name, family/model numbers, cores) and JAX's version and devices, in one line."""
+    """The CPU (:func:`cpu_line`: name, family/model numbers, cores, vector flags) and JAX's
+    version and devices, in one line."""
     import jax
 
-    cpu = cpu_description()
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return f"{_named(cpu)}, {cpu['cores']} cores; JAX {jax.__version__} on {devices}"
+    return f"{cpu_line()}; JAX {jax.__version__} on {devices}"
 
 
 def timed(fn: Callable[[], object], repeats: int = 10, min_seconds: float = 1.0) -> float:
@@ -39,7 +39,8 @@ def timed(fn: Callable[[], object], repeats: int = 10, min_seconds: float = 1.0)
 
 
 def graphs_dir() -> Path:
-    """Essentia-shaped graphs of the shipped models, built once by tools/convert_musicnn.py."""
+    """Essentia-shaped graphs of the shipped models, built once by tools/convert_musicnn.py into
+    build/graphs (from musicnn's checkpoints, which it fetches from PyPI the first time)."""
     out = ROOT / "build" / "graphs"
     if not (out / "msd-musicnn-1.pb").is_file() or not (out / "msd-vgg-1.pb").is_file():
         from tools import convert_musicnn
