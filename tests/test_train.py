@@ -693,8 +693,9 @@ def test_cli_train_head_end_to_end(tmp_path, audio_set, capsys, monkeypatch):
     assert model.labels == ("drums", "pads")
     # again: refused without --overwrite, nothing written; the cache makes it quick
     assert jaxmir_cli.main(argv) == 1
-    assert "and timbre-confusion.png already exist; choose another --output or overwrite them " \
-           "(--overwrite)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "timbre-confusion.png already exist; choose another --output or overwrite them " \
+           "(--overwrite)" in err and " and " in err
     # matplotlib's warnings (a glyph its fonts lack, for a class named in another script) came
     # raw, with their file and line, after jaxmir's own warning lines had ended
     from jaxmir.train import plot
