@@ -166,6 +166,15 @@ def test_a_resume_that_cannot_reach_the_cluster_changes_no_output(monkeypatch, t
         assert (tally.skipped, tally.ok) == (1, 0)
 
 
+@pytest.mark.parametrize("path", [None, 3, ""])
+def test_a_dataset_row_without_a_path_is_that_rows_error(path):
+    """None or a number aborted the whole Dataset with a TypeError's traceback; "" gave ": no such
+    file". Each is its own row's error, the others go on."""
+    row = ray_engine._decode_row({"path": path}, Options())
+    assert row["error"] == f"{path!r} is no file's path (the 'path' column holds one audio " \
+        "file's path per row)" and row["path"] == repr(path) and row["audio"].size == 0
+
+
 SIGTERM_WHILE_RAY_STARTS = """
 import os, signal, sys, time
 import ray

@@ -191,7 +191,13 @@ _NO_PATH_COLUMN = ("analyze_dataset takes a Dataset with a 'path' column (one au
 def _decode_row(row: dict, options: Options) -> dict:
     if "path" not in row:  # a Dataset whose columns were unknown before it ran
         raise InputError(_NO_PATH_COLUMN + ", ".join(map(str, row)))
-    item = compute.decode(row["path"], options.resampler, options.decoder, options.strict)
+    path = row["path"]
+    if not isinstance(path, str) or not path:  # one row's mistake, not the whole Dataset's
+        return {"path": repr(path), "size_bytes": -1, "mtime_ns": -1,
+                "audio": np.zeros(0, np.float32), "warning": "",
+                "error": f"{path!r} is no file's path (the 'path' column holds one audio file's "
+                         "path per row)"}
+    item = compute.decode(path, options.resampler, options.decoder, options.strict)
     audio = item.audio if item.audio is not None else np.zeros(0, np.float32)
     return {"path": item.source.path, "size_bytes": item.source.size,
             "mtime_ns": item.source.mtime_ns, "audio": audio, "error": item.error or "",
