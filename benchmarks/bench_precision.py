@@ -54,6 +54,9 @@ def main(argv=None) -> None:
         low = full.astype("bfloat16")
         frames = np.asarray(full.features(audio, 16000))
         size, hop = full.input_shape[0], full.frontend.patch_hop
+        if frames.shape[0] < size:
+            raise SystemExit(f"--seconds {args.seconds:g} gives {frames.shape[0]} frames, fewer than "
+                             f"one {name} patch of {size}: give more")
         patches = np.stack([frames[s:s + size] for s in range(0, frames.shape[0] - size + 1, hop)])
         want = {out: np.asarray(full.apply(patches, out)[out]) for out in ("predictions", "embeddings")}
         got = {out: np.asarray(low.apply(patches, out)[out]) for out in ("predictions", "embeddings")}
