@@ -755,6 +755,10 @@ def end_tags_start(path: str) -> int | None:
             end -= 128
         if end >= 15 and at(end - 9, 9) == b"LYRICS200" and at(end - 15, 6).isdigit():
             end -= int(at(end - 15, 6)) + 15  # Lyrics3v2: its size, then the size and mark
+        elif end >= 20 and at(end - 9, 9) == b"LYRICSEND":  # Lyrics3v1: at most 5100 bytes
+            reach = min(end, 5100 + 9)
+            begin = at(end - reach, reach).rfind(b"LYRICSBEGIN")
+            end = end - reach + begin if begin >= 0 else end
         if end >= 32 and at(end - 32, 8) == b"APETAGEX":  # APEv2's footer
             end -= struct.unpack_from("<I", at(end - 32, 32), 12)[0]  # its items and footer
             if end >= 32 and at(end - 32, 8) == b"APETAGEX":  # and its header, if it has one

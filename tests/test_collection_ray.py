@@ -101,6 +101,11 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
                                          r"\(one audio file per row; .*\); its columns: item"):
         ray_engine.analyze_dataset(cluster.data.from_items([str(music / name) for name in names]),
                                    "msd-musicnn", Options("embeddings"), layout)
+    # a number among the paths: Arrow's own type error, raised from Ray's schema, with its traceback
+    with pytest.raises(InputError, match=r"the Dataset's blocks do not agree on their columns' "
+                                         r"types \(.*\); give a 'path' column of text"):
+        ray_engine.analyze_dataset(cluster.data.from_items([{"path": 7}, {"path": "a.wav"}]),
+                                   "msd-musicnn", Options("embeddings"), layout)
     table = pq.read_table(tmp_path / "python").sort_by("path")
     assert table.schema.remove_metadata() == parquet_schema(layout).remove_metadata()
     found = {Path(path).relative_to(music).as_posix(): row for path, row in
@@ -164,6 +169,14 @@ def test_a_resume_that_cannot_reach_the_cluster_changes_no_output(monkeypatch, t
         tally = collect(model, [str(clip)], str(out), name="msd-musicnn", command=command,
                         options=options, engine="ray", progress=False)
         assert (tally.skipped, tally.ok) == (1, 0)
+
+
+def test_a_dataset_row_of_a_path_like_path_is_read(tmp_path):
+    clip = tmp_path / "a.wav"
+    _write(clip, 3.5, 16000, 1, 0)
+    for path in (clip, bytes(clip)):
+        row = ray_engine._decode_row({"path": path}, Options())
+        assert row["path"] == str(clip) and not row["error"] and row["audio"].size == 56000
 
 
 @pytest.mark.parametrize("path", [None, 3, ""])

@@ -634,6 +634,19 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
         decode_file(tmp_path / "headers.ogg")
 
 
+def test_lyrics3_v1_before_id3v1_is_a_tag_not_damage(files):
+    """Lyrics3v1 ("LYRICSBEGIN" ... "LYRICSEND") before an ID3v1 tag: a packet FFmpeg read from it
+    failed, and the file was "damaged"."""
+    plain = (files["ape_tag_at_end.mp3"].parent / "plain_10s.mp3").read_bytes()
+    path = files["ape_tag_at_end.mp3"].parent / "lyrics3v1.mp3"
+    path.write_bytes(plain + b"LYRICSBEGIN" + b"[00:01]\xff\xfb\x90\x64 a line" * 50 + b"LYRICSEND"
+                     + b"TAG" + bytes(125))
+    assert decode.end_tags_start(str(path)) == len(plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_file(path, strict=True).status == "ok"
+
+
 @pytest.mark.parametrize("suffix", ["wav", "mp3", "flac", "ogg", "m4a"])
 def test_an_empty_file_is_said_to_be_empty_whatever_its_name(tmp_path, suffix):
     """FFmpeg's words differed by extension: "cut short or empty", or "declares 0 Hz"."""

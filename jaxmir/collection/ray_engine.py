@@ -192,6 +192,8 @@ def _decode_row(row: dict, options: Options) -> dict:
     if "path" not in row:  # a Dataset whose columns were unknown before it ran
         raise InputError(_NO_PATH_COLUMN + ", ".join(map(str, row)))
     path = row["path"]
+    if isinstance(path, (bytes, os.PathLike)):
+        path = os.fsdecode(path)
     if not isinstance(path, str) or not path:  # one row's mistake, not the whole Dataset's
         return {"path": repr(path), "size_bytes": -1, "mtime_ns": -1,
                 "audio": np.zeros(0, np.float32), "warning": "",
@@ -352,7 +354,11 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout |
         raise InputError("a tag layout without the model's labels has no column for its values; "
                          "give Layout('tag', ..., labels=tuple(model.labels)), or no layout "
                          "(ray_engine.layout_for)")
-    known = paths.schema(fetch_if_missing=False)  # without running what made the Dataset
+    try:
+        known = paths.schema(fetch_if_missing=False)  # without running what made the Dataset
+    except Exception as err:  # noqa: BLE001 -- Arrow's: blocks whose types do not merge
+        raise InputError(f"the Dataset's blocks do not agree on their columns' types ({err}); give "
+                         "a 'path' column of text, one audio file's path per row") from None
     if known is not None and "path" not in known.names:
         raise InputError(_NO_PATH_COLUMN + ", ".join(known.names))
     size, resources = _pool(ray, actors, cpus_per_actor)
