@@ -1312,7 +1312,7 @@ def test_figures_undefined_in_every_fold_are_null_in_the_head_s_json():
     json.dumps(entry, allow_nan=False)
 
 
-def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch):
+def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch, tmp_path):
     """With label smoothing a file that failed was decoded again for its MFCCs, and named twice
     ("skipped X" for the embeddings, again for the MFCCs)."""
     from jaxmir.train import recipe
@@ -1331,10 +1331,16 @@ def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch):
 
     monkeypatch.setattr(recipe, "mfcc_features", mfccs)
     with pytest.warns(JaxmirWarning, match=r"1 of 8 file\(s\) skipped"):
-        result = fit_head(dataset, config=FAST, cache=False,
+        result = fit_head(dataset, config=FAST, cache=False, output=tmp_path / "h",
                           smoothing=SmoothingConfig("knn", k=2))
     assert asked == list(paths[1:]) and result.failures == ["a0.wav: cannot be read"]
     assert result.train_targets.shape == (7, 2)  # the distributions the head learnt
+    # the head's JSON says it learnt smoothed targets (it said nothing of them)
+    written = json.loads((tmp_path / "h.json").read_text())["dataset"]
+    assert written["label_smoothing"] == {"method": "knn", "k": 2}
+    assert recipe.dataset_entry("d", dataset, None, 0, SmoothingConfig("lmnn"))[
+        "label_smoothing"] == {"method": "lmnn", "k": 10, "lmnn_k": 3, "lmnn_components": 32,
+                               "lmnn_push": 0.5, "lmnn_max_iter": 10000}
 
 
 def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tmp_path,

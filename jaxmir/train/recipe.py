@@ -234,17 +234,24 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
         also = with_head(validation, dataset.classes) if with_head is not None else None
         paths = export.export_head(head.params, head.activation, dataset.classes, output,
                                    str(backbone), model.input_shape, model.node_name(layer) or layer,
-                                   dataset_entry(where, dataset, validation, folds), overwrite,
-                                   also=also)
+                                   dataset_entry(where, dataset, validation, folds, smoothing),
+                                   overwrite, also=also)
     return TrainResult(head, dataset, failures, validation, paths,
                        float(np.median(epoch_seconds)) if epoch_seconds else float("nan"),
                        train_targets)
 
 
 def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | None,
-                  folds: int) -> dict:
-    """The JSON's ``dataset``: name, size, and the cross-validation figures if any."""
+                  folds: int, smoothing: SmoothingConfig = SmoothingConfig()) -> dict:
+    """The JSON's ``dataset``: name, size, the cross-validation figures if any, and the label
+    smoothing the head learnt with (its targets, not the dataset's labels)."""
     entry = {"name": Path(where).name or where, "size": f"{len(dataset)} tracks"}
+    if smoothing.method != "none":
+        entry["label_smoothing"] = {"method": smoothing.method, "k": smoothing.k}
+        if smoothing.method == "lmnn":
+            entry["label_smoothing"].update(
+                lmnn_k=smoothing.lmnn_k, lmnn_components=smoothing.lmnn_components,
+                lmnn_push=smoothing.lmnn_push, lmnn_max_iter=smoothing.lmnn_max_iter)
     if dataset.task != "regression":
         entry["size"] += ", " + "/".join(map(str, dataset.tracks_per_class())) + " per class"
     if validation is not None:
