@@ -742,8 +742,8 @@ def mp3_start(path: str) -> Mp3Start:
 
 
 def end_tags_start(path: str) -> int | None:
-    """Where the tags at the end of the file ``path`` begin (ID3v1, Lyrics3v2 and APEv2, as
-    taggers stack them), or None without any: FFmpeg's MP3 demuxer reads on into them."""
+    """Where the tags at the end of the file ``path`` begin (ID3v1, Lyrics3 v1 or v2, and APEv2,
+    as taggers stack them), or None without any: FFmpeg's MP3 demuxer reads on into them."""
     with open(path, "rb") as file:
         end = size = file.seek(0, os.SEEK_END)
 
