@@ -933,9 +933,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line's arguments; exits with status 2 and the command's usage when wrong
     (argparse alone shows jaxmir's, not the command's, for an unknown option of a command)."""
-    args, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     if unknown:
-        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        words = list(sys.argv[1:] if argv is None else argv)
+        ahead = words[:words.index(args.command)] if args.command in words else []  # jaxmir's
+        (parser if unknown[0] in ahead else args.command_parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 

@@ -182,6 +182,11 @@ def test_an_unknown_option_of_a_command_shows_the_commands_usage(capsys, command
     assert stop.value.code == 2  # the command line is wrong
     assert err.startswith(f"usage: jaxmir {command} ")  # not jaxmir's own, which names no option
     assert f"jaxmir {command}: error: unrecognized arguments: --bogus" in err, err
+    with pytest.raises(SystemExit) as stop:  # one of jaxmir's own, before the command
+        cli.main(["--bogus", command, "x.wav", *required])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("usage: jaxmir [")
+    assert "jaxmir: error: unrecognized arguments: --bogus" in err, err
 
 
 def test_a_damaged_file_too_short_for_a_patch_says_it_is_damaged(capsys, tmp_path):
