@@ -80,9 +80,11 @@ def resample(x, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> np
       quality: ``"sinc_medium"`` (Essentia's default), ``"sinc_fastest"`` or ``"sinc_best"``.
 
     Returns:
-      float32 ``[ceil(n * ratio)]``, one fewer where the last output meets libsamplerate's end
-      test exactly (Essentia's build stops before it: power-of-two ratios), empty for empty
-      input; at equal rates ``x`` itself, as Essentia's ``Resample``, which does not filter then.
+      float32 ``[m]``, the outputs before libsamplerate's end test (the module docstring): as
+      many as ``samplerate.resample`` gives, ``ceil(n * ratio) - 1`` at most ratios and lengths,
+      one fewer where the last meets the test exactly (Essentia's build stops before it:
+      power-of-two ratios); empty for empty input; at equal rates ``x`` itself, as Essentia's
+      ``Resample``, which does not filter then.
 
     Raises:
       AudioError: bad rates, ratio, quality, shape or NaN/inf samples.
