@@ -411,6 +411,20 @@ def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music,
         Options(dtype="float16")
 
 
+def test_collect_names_a_shipped_model_as_the_command_line_does(music, model, tmp_path):
+    """Without name= it recorded the weights' file and sha256, so that it could not resume the
+    command line's output (nor one written with name="msd-musicnn"), and the message told a
+    Python caller of --overwrite. A model's name or path, a Path output."""
+    path = str(music / "rock" / "a.wav")
+    out = tmp_path / "tags.jsonl"  # a Path, as paths may be
+    assert collect(model, path, out, jobs=0, progress=False).ok == 1
+    assert json.loads(out.read_text())["model"] == "msd-musicnn"
+    assert collect(model, path, str(out), name="msd-musicnn", jobs=0, progress=False).skipped == 1
+    with pytest.raises(InputError, match=r"collect takes a loaded model \(jaxmir.load\("
+                                         r"'msd-musicnn'\)\), not str"):
+        collect("msd-musicnn", path, str(tmp_path / "other.jsonl"), progress=False)
+
+
 def test_a_table_resumes_under_another_name_of_its_output(music, model, tmp_path):
     """'embeddings' and 'model/dense/BiasAdd' are one output of MusiCNN: a table written under
     one is resumed under the other (its rows are the same values); not so another output, nor a

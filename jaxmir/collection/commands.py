@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
@@ -17,6 +17,9 @@ from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import Layout, Result, identity, model_fields, same_outputs
 from jaxmir.errors import InputError, OptionError
+
+if TYPE_CHECKING:  # loading a model imports JAX; the command line's parser does not
+    from jaxmir.model import Model
 
 EXIT_OK, EXIT_FAILED = 0, 1
 COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
@@ -29,8 +32,8 @@ def model_name(args: argparse.Namespace) -> str:
     return args.model or catalog.default_name()
 
 
-def collect(model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike],
-            output: str, *, command: str = "tag", options: Options | None = None,
+def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike],
+            output: str | os.PathLike, *, command: str = "tag", options: Options | None = None,
             name: str | None = None, backbone: str | None = None, jobs: int | None = None,
             processes: bool = False, engine: str = "local", actors: int | None = None,
             per_patch: bool = False, overwrite: bool = False,
@@ -47,7 +50,8 @@ def collect(model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.
         (``"bfloat16"`` casts ``model``) and the patches per call (default: ``Options()``;
         an ``output`` left unnamed is the predictions for ``tag``, the embeddings for
         ``embed``).
-      name, backbone: the model's name (default: ``model.source``) and backbone, recorded
+      name, backbone: the model's name (default: ``model.name``, a shipped model's name as the
+        command line records it, else its file) and backbone, recorded
         in the output; the Ray engine's actors load ``jaxmir.load(name, backbone=backbone)``.
       jobs: decoding workers (default one per core; 0 = in this thread).
       processes: the workers are processes, not threads (see :mod:`jaxmir.collection.local`).
@@ -64,7 +68,11 @@ def collect(model, paths: str | bytes | os.PathLike | Sequence[str | bytes | os.
         results; a write that fails midway (e.g. a full disk) says so, and
         every row written before it is kept.
     """
-    name = name or str(model.source)
+    if not hasattr(model, "resolve_outputs"):  # a name or path: the Ray engine's own is name=
+        raise InputError(f"collect takes a loaded model (jaxmir.load({model!r})), not "
+                         f"{type(model).__name__} {model!r}; the model's name goes to name=")
+    name = name or str(model.name)
+    output = os.fspath(output)
     if command not in ("tag", "embed"):
         raise InputError(f"unknown command {command!r}; expected 'tag' or 'embed'")
     options = (options or Options()).for_command(command)
