@@ -157,6 +157,9 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
       cache: embedding cache folder, ``True`` for the default, ``False`` for none.
       resume: a head (``.pb``/``.npz``) to start from.
       overwrite: replace existing output files.
+      log: called with a line per cross-validation fold (``log=print``); the final head's
+        training says nothing (:func:`~jaxmir.train.fit.train_head` logs each epoch).
+      progress: a progress bar while the embeddings are extracted.
       with_head: called with the cross-validation and the classes before the export; returns
         files it wrote that land with the head's (``{written: where it goes}``: a confusion
         picture).
