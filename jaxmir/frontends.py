@@ -40,6 +40,15 @@ from jax.typing import ArrayLike
 from jaxmir.errors import InputError
 from jaxmir.spec import Frontend
 
+__all__ = [
+    "FRONTENDS", "Frontend", "MUSICNN", "MUSICNN_COMPAT", "MUSICNN_FRAME_SIZE", "MUSICNN_HOP_SIZE",
+    "MUSICNN_N_BANDS", "MUSICNN_PATCH_HOP", "MUSICNN_PATCH_SIZE", "N_BINS", "N_FFT", "SAMPLE_RATE",
+    "VGGISH", "VGGISH_COMPAT", "VGGISH_FRAME_SIZE", "VGGISH_HOP_SIZE", "VGGISH_LOG_OFFSET",
+    "VGGISH_N_BANDS", "VGGISH_PATCH_HOP", "VGGISH_PATCH_SIZE", "analysis_window", "frame_starts",
+    "hann", "logmel", "mel_filterbank", "musicnn_logmel", "musicnn_num_frames", "num_frames",
+    "slaney_mel", "vggish_logmel", "vggish_num_frames",
+]
+
 SAMPLE_RATE = 16000
 N_FFT = 512
 N_BINS = N_FFT // 2 + 1
@@ -220,35 +229,39 @@ def _check_compat(frontend: str, compat: str) -> None:
                          + ", ".join(repr(c) for c in accepted))
 
 
-def mel_filterbank(frontend: str, compat: str = "essentia") -> np.ndarray:
+def mel_filterbank(frontend: str | Frontend, compat: str = "essentia") -> np.ndarray:
     """The mel filterbank a front-end applies, ``[n_bands, 257]`` float32 (read-only).
 
     Args:
-      frontend: ``"musicnn"`` (96 bands) or ``"vggish"`` (64 bands).
+      frontend: ``"musicnn"`` (96 bands) or ``"vggish"`` (64 bands), or its :class:`Frontend`.
       compat: as in :func:`musicnn_logmel` / :func:`vggish_logmel`.
 
     Rows weight the bins of a 512-point spectrum at 16 kHz (31.25 Hz apart);
     musicnn's weight power (|X|^2), VGGish's weight magnitude (|X|).
     """
-    _check_frontend(frontend)
+    frontend = _named(frontend)
     _check_compat(frontend, compat)
     return _filterbank(frontend, compat)
 
 
-def analysis_window(frontend: str, compat: str = "essentia") -> np.ndarray:
+def analysis_window(frontend: str | Frontend, compat: str = "essentia") -> np.ndarray:
     """The analysis window, ``[frame_size]`` float32 (512 musicnn, 400 VGGish; read-only).
 
     Essentia's is the symmetric Hann ``0.5 - 0.5 cos(2 pi i / (L - 1))``; the
     ``musicnn`` and ``google`` modes use the periodic one (``/ L``).
     """
-    _check_frontend(frontend)
+    frontend = _named(frontend)
     _check_compat(frontend, compat)
     return _window(frontend, compat)
 
 
-def _check_frontend(frontend: str) -> None:
-    if frontend not in ("musicnn", "vggish"):
-        raise InputError(f"unknown front-end {frontend!r}; accepted: 'musicnn', 'vggish'")
+def _named(frontend: str | Frontend) -> str:
+    """A front-end's name, given it or its :class:`Frontend` (every function here takes both)."""
+    name = frontend.name if isinstance(frontend, Frontend) else frontend
+    if name not in FRONTENDS:
+        raise InputError(f"unknown front-end {frontend!r}; accepted: 'musicnn', 'vggish' or "
+                         "their Frontend (frontends.MUSICNN, VGGISH, Model.frontend)")
+    return name
 
 
 # ---------------------------------------------------------------------------
@@ -296,9 +309,9 @@ def vggish_num_frames(n_samples: int, compat: str = "essentia") -> int:
     return _framing("vggish", compat, _check_n_samples(n_samples))[3]
 
 
-def frame_starts(frontend: str, n_samples: int, compat: str = "essentia") -> np.ndarray:
+def frame_starts(frontend: str | Frontend, n_samples: int, compat: str = "essentia") -> np.ndarray:
     """Index of each frame's first sample, ``[n_frames]`` int64 (negative: zero padding)."""
-    _check_frontend(frontend)
+    frontend = _named(frontend)
     _check_compat(frontend, compat)
     _, hop, first, count = _framing(frontend, compat, _check_n_samples(n_samples))
     return first + hop * np.arange(count, dtype=np.int64)
@@ -481,14 +494,16 @@ def vggish_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:
     return _vggish_logmel(_as_audio(audio_16k, "vggish_logmel"), compat)
 
 
-def logmel(audio_16k: ArrayLike, frontend: Frontend, compat: str = "essentia") -> jax.Array:
-    """The log-mel frames ``[..., n_frames, frontend.n_bands]`` of a model's front-end."""
-    if frontend.name == "musicnn":
+def logmel(audio_16k: ArrayLike, frontend: str | Frontend, compat: str = "essentia") -> jax.Array:
+    """The log-mel frames ``[..., n_frames, n_bands]`` of a front-end (``"musicnn"``: 96 bands,
+    ``"vggish"``: 64, or its :class:`Frontend`) from 16-kHz samples ``[..., n_samples]``."""
+    if _named(frontend) == "musicnn":
         return musicnn_logmel(audio_16k, compat)
     return vggish_logmel(audio_16k, compat)
 
 
-def num_frames(frontend: Frontend, n_samples: int, compat: str = "essentia") -> int:
+def num_frames(frontend: str | Frontend, n_samples: int, compat: str = "essentia") -> int:
     """Frames :func:`logmel` makes from ``n_samples`` samples."""
-    _check_compat(frontend.name, compat)
-    return _framing(frontend.name, compat, _check_n_samples(n_samples))[3]
+    frontend = _named(frontend)
+    _check_compat(frontend, compat)
+    return _framing(frontend, compat, _check_n_samples(n_samples))[3]

@@ -445,3 +445,21 @@ def test_bad_audio(audio, match):
 def test_bad_sample_counts(n):
     with pytest.raises(InputError, match="non-negative integer"):
         frontends.musicnn_num_frames(n)
+
+
+def test_every_function_takes_a_front_end_by_name_or_as_its_frontend():
+    """logmel and num_frames took only a Frontend (a name: AttributeError), frame_starts,
+    analysis_window and mel_filterbank only a name (a Frontend: "unknown front-end")."""
+    audio = np.sin(np.arange(20000) / 10).astype(np.float32)
+    for frontend in (frontends.MUSICNN, frontends.VGGISH):
+        name = frontend.name
+        np.testing.assert_array_equal(frontends.logmel(audio, name), frontends.logmel(audio, frontend))
+        assert frontends.num_frames(name, 20000) == frontends.num_frames(frontend, 20000) == \
+            frontends.frame_starts(frontend, 20000).shape[0]
+        np.testing.assert_array_equal(frontends.mel_filterbank(frontend),
+                                      frontends.mel_filterbank(name))
+        np.testing.assert_array_equal(frontends.analysis_window(frontend),
+                                      frontends.analysis_window(name))
+    for call in (lambda: frontends.logmel(audio, "yamnet"), lambda: frontends.num_frames(3, 10)):
+        with pytest.raises(InputError, match="unknown front-end"):
+            call()
