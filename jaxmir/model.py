@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping, Sequence
 
+from numpy.typing import ArrayLike, DTypeLike
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -139,6 +141,7 @@ class Model:
         return (catalog.name_of(self.source) if self.source else None) or self.source
 
     def output_width(self) -> int:
+        """Values per patch of the model's output (``output_name``): 50 tags, 2 classes..."""
         return self.spec.output_width
 
     @property
@@ -148,6 +151,7 @@ class Model:
         return sorted(self.spec.aliases) + sorted(set(self.spec.node_map) - set(self.spec.aliases))
 
     def num_params(self) -> int:
+        """Weights and batch-norm statistics in all."""
         return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.variables)))
 
     def describe(self) -> str:
@@ -185,7 +189,7 @@ class Model:
         names = _names(outputs)
         return names, tuple(self.resolve_output(name) for name in names)
 
-    def check_patches(self, patches) -> jax.Array:
+    def check_patches(self, patches: ArrayLike) -> jax.Array:
         """Validate ``[batch, *input_shape]`` floating-point patches."""
         if not hasattr(patches, "shape") or not hasattr(patches, "dtype"):
             patches = np.asarray(patches)
@@ -209,7 +213,7 @@ class Model:
             raise InputError("patches hold NaN or infinite values; the outputs would be NaN")
         return jnp.asarray(patches, jnp.float32)
 
-    def apply(self, patches, outputs: Iterable[str] | str | None = None,
+    def apply(self, patches: ArrayLike, outputs: Iterable[str] | str | None = None,
               chunk: int | None = -1, overlap_hop: int = 0) -> dict[str, jax.Array]:
         """Run the model on patches ``[batch, time, mel]`` (or embeddings ``[batch, features]``).
 
@@ -272,7 +276,7 @@ class Model:
     def __call__(self, patches, outputs=None):
         return self.apply(patches, outputs)
 
-    def astype(self, dtype) -> "Model":
+    def astype(self, dtype: DTypeLike | str) -> "Model":
         """This model in ``"bfloat16"`` (opt-in) or ``"float32"`` (the default, for parity); the
         dtypes themselves (``jnp.bfloat16``, ``np.float32``) work too.
 
@@ -293,7 +297,7 @@ class Model:
         return dataclasses.replace(self, variables=jax.tree_util.tree_map(cast, self.variables))
 
     # -- from audio (jaxmir.pipeline) ------------------------------------------------------
-    def features(self, audio, sample_rate: int, compat: str = "essentia",
+    def features(self, audio: ArrayLike, sample_rate: int, compat: str = "essentia",
                  resampler: str = "essentia") -> np.ndarray:
         """Log-mel frames of a signal, as this model's front-end computes them.
 
@@ -312,17 +316,18 @@ class Model:
         """
         return pipeline.features(self, audio, sample_rate, compat=compat, resampler=resampler)
 
-    def predict(self, audio, sample_rate: int, output: str | Iterable[str] | None = None,
-                patch_hop: int | None = None, last_patch: str = "discard",
-                pad: str | None = None, compat: str = "essentia", resampler: str = "essentia"):
+    def predict(self, audio: ArrayLike, sample_rate: int,
+                output: str | Iterable[str] | None = None, patch_hop: int | None = None,
+                last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
+                resampler: str = "essentia") -> ArrayLike | dict[str, ArrayLike]:
         """The output for every patch of a signal, as Essentia's TensorflowPredictMusiCNN/VGGish.
 
         Args:
           audio: ``[n_samples]`` or ``[n_samples, channels]`` at ``sample_rate``
             (a traced 16-kHz ``[n_samples]`` array works under ``jax.grad``).
           sample_rate: the rate of ``audio`` in Hz (required, never guessed).
-          output: any name :meth:`apply` accepts (default ``"predictions"``), or
-            several names (then a dict is returned).
+          output: any name :meth:`apply` accepts (default ``"predictions"``), or a
+            sequence of names (then a dict by name is returned, for one name too).
           patch_hop: frames between patches (default 93; 0 = the patch size).
           last_patch: ``"discard"`` (Essentia's default) or ``"repeat"``.
           pad: ``None`` (too short a signal raises InputError), ``"zero"`` or

@@ -107,6 +107,7 @@ class Frontend:
 
     @property
     def frames_per_second(self) -> float:
+        """Log-mel frames per second of audio (62.5 for MusiCNN, 100 for VGGish)."""
         return self.sample_rate / self.hop_size
 
 

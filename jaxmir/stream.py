@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jaxmir.audio import (BLOCK_FRAMES, MonoInput, Resampling, check_channels, check_conversion,
                           check_rate)
@@ -336,15 +337,16 @@ class Stream:
         """Duration received so far (16-kHz samples / 16000)."""
         return self.n_samples / TARGET_RATE
 
-    def push(self, chunk):
-        """Outputs ``[k, ...]`` (k >= 0) of the patches ``chunk`` completed; a dict for several outputs."""
+    def push(self, chunk: ArrayLike) -> np.ndarray | dict[str, np.ndarray]:
+        """Outputs ``[k, ...]`` (k >= 0) of the patches ``chunk`` (``[n_samples]`` or ``[n_samples,
+        channels]`` at the stream's rate) completed; a dict for several outputs."""
         return self._unwrap(self.push_patches(chunk))
 
-    def close(self):
+    def close(self) -> np.ndarray | dict[str, np.ndarray]:
         """Outputs of the remaining patches (the last frames, ``last_patch``, ``pad``)."""
         return self._unwrap(self.close_patches())
 
-    def push_patches(self, chunk) -> Patches:
+    def push_patches(self, chunk: ArrayLike) -> Patches:
         """:meth:`push` with the patches' start times (:class:`Patches`).
 
         Raises :class:`AudioError` for a chunk with NaN/Inf samples, more than

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
@@ -37,14 +37,18 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
             name: str | None = None, backbone: str | None = None, jobs: int | None = None,
             processes: bool = False, engine: str = "local", actors: int | None = None,
             per_patch: bool = False, overwrite: bool = False,
-            flush_rows: int = 256, progress: bool = True, analyzer=None, on_result=None,
+            flush_rows: int = 256, progress: bool = True,
+            analyzer: Callable | None = None, on_result: Callable | None = None,
             average: bool = False) -> Tally:
     """Analyse the audio files ``paths`` name (a file, folder or ``@list``, or a sequence of them)
     into ``output``.
 
     Args:
       model: a loaded :class:`jaxmir.Model` (the Ray engine loads ``name`` in its actors).
-      output: ``.parquet`` (a folder of parts), ``.jsonl``, ``.csv`` or a folder of ``.npy``.
+      paths: audio files, folders (walked recursively) and ``@list.txt`` files; a file named
+        several times is analysed once.
+      output: ``.parquet`` (a folder of parts), ``.jsonl``, ``.csv`` or a folder of ``.npy``;
+        resumed when it exists (the files done are skipped, the failed ones retried).
       command: ``"tag"`` (a column per label) or ``"embed"`` (an ``embedding`` column).
       options: the output name and patch options of ``Model.predict``, the dtype
         (``"bfloat16"`` casts ``model``) and the patches per call (default: ``Options()``;
@@ -55,6 +59,12 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         in the output; the Ray engine's actors load ``jaxmir.load(name, backbone=backbone)``.
       jobs: decoding workers (default one per core; 0 = in this thread).
       processes: the workers are processes, not threads (see :mod:`jaxmir.collection.local`).
+      engine: ``"local"`` or ``"ray"`` (the cluster ``$RAY_ADDRESS`` names, a local one
+        when unset; :mod:`jaxmir.collection.ray_engine`); ``actors``: its model actors.
+      per_patch: rows also hold every patch's values (``patches``).
+      overwrite: start ``output`` over instead of resuming it.
+      flush_rows: Parquet rows per part file (at least 1; a part is also written every 60 s).
+      progress: a progress bar on standard error.
       analyzer: replaces :func:`jaxmir.collection.compute.analyze_stream`.
       on_result: ``on_result(result, where)`` after each file's row is written
         (``where``: the ``.npy`` written, else None).

@@ -27,7 +27,7 @@ from jaxmir.decode import MODES as DECODE_MODES
 from jaxmir.errors import (AudioError, DeviceMemoryError, InputError, JaxmirError,
                            ShortAudioError)
 from jaxmir.frontends import SAMPLE_RATE
-from jaxmir.model import check_dtype
+from jaxmir.model import Model, check_dtype
 from jaxmir.models.runner import call_step
 from jaxmir.patches import LAST_PATCH_MODES, PAD_MODES
 from jaxmir.stream import (audio_to_outputs, check_batch, file_batch, file_stream,
@@ -83,7 +83,7 @@ class Options:
         default = "embeddings" if command == "embed" else "predictions"
         return dataclasses.replace(self, output=default)
 
-    def cast(self, model):
+    def cast(self, model: Model) -> Model:
         """``model`` in ``dtype`` (the model itself when it is already)."""
         return model.astype(self.dtype)
 

@@ -23,6 +23,7 @@ class Tally:
 
     @property
     def wall_s(self) -> float:
+        """Seconds since the run started (until now: a finished run's figure is read once)."""
         return time.monotonic() - self.started
 
     @property
@@ -31,6 +32,8 @@ class Tally:
         return self.audio_s / max(self.wall_s, 1e-9)
 
     def summary(self) -> str:
+        """One line: files ok (damaged among them), failed and skipped, hours of audio, wall
+        time and times real time."""
         damaged = f" ({self.damaged} damaged: decoded in part)" if self.damaged else ""
         done = f"{self.ok} ok{damaged}, {self.failed} failed"
         if self.skipped:

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import warnings
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from jaxmir.collection.progress import Progress
 from jaxmir.collection.outputs import parquet_schema, parquet_table
 from jaxmir.collection.rows import Layout, Result, identity, model_fields, same_outputs
 from jaxmir.errors import InputError
+
+if TYPE_CHECKING:  # an extra: imported where a run needs it
+    import ray.data
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -322,9 +325,10 @@ def layout_for(model: str | None, backbone: str | None, options: Options) -> Lay
                   same_outputs=same_outputs(loaded, options.output))
 
 
-def analyze_dataset(paths, model: str | None, options: Options, layout: Layout | None = None, *,
-                    backbone: str | None = None, actors: int | None = None,
-                    cpus_per_actor: float = 1.0, batch_size: int = 4, raw: bool = False):
+def analyze_dataset(paths: "ray.data.Dataset", model: str | None, options: Options,
+                    layout: Layout | None = None, *, backbone: str | None = None,
+                    actors: int | None = None, cpus_per_actor: float = 1.0, batch_size: int = 4,
+                    raw: bool = False) -> "ray.data.Dataset":
     """A Dataset of per-file rows (the Parquet schema of ``layout``) from a Dataset of paths.
 
     Args:
@@ -337,6 +341,8 @@ def analyze_dataset(paths, model: str | None, options: Options, layout: Layout |
       actors: model actors (default: one per GPU, else 1); ``cpus_per_actor``
         CPUs each when there is no GPU.
       batch_size: decoded files per actor call.
+      raw: rows keep each file's per-patch values as they are (``patches`` flattened, plus
+        their ``shape``) instead of following ``layout`` (the command line's own Ray runs).
 
     Returns:
       a Dataset of one row per file with the columns and types of

@@ -83,13 +83,16 @@ class Layout:
 
     @property
     def model(self) -> str:
+        """The model's name as the output records it."""
         return str(self.identity["model"])
 
     @property
     def value_columns(self) -> tuple[str, ...]:
+        """The columns of the model's values: a label each (``tag``), or ``embedding``."""
         return self.labels if self.command == "tag" else ("embedding",)
 
     def identity_json(self) -> str:
+        """:attr:`identity` as JSON text, keys sorted (Parquet's metadata)."""
         return json.dumps(self.identity, sort_keys=True)
 
 

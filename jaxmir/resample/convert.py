@@ -9,6 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample.kernels import float32_outputs
@@ -71,7 +72,7 @@ def _one_shot(plan: Plan, x, table: tuple[jax.Array, jax.Array]):
     return float32_outputs(plan, signal, centre, start, table)
 
 
-def resample(x, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> np.ndarray:
+def resample(x: ArrayLike, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> np.ndarray:
     """Resample mono audio as ``samplerate.resample(x, essentia_ratio(...), quality)``.
 
     Args:
@@ -119,9 +120,9 @@ def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc
 MIN_OUTPUTS = 2048  # outputs a push of a SincResampler waits for by default: 0.128 s at 16 kHz
 
 
-def check_min_outputs(min_outputs, what: str = "min_outputs") -> int:
+def check_min_outputs(min_outputs: int, what: str = "min_outputs") -> int:
     """``min_outputs`` as an int, or :class:`~jaxmir.errors.InputError` (naming it ``what``)
-    unless it is a whole number >= 0."""
+    unless it is an int (or NumPy integer; not a float, not a bool) >= 0."""
     if isinstance(min_outputs, bool) or not isinstance(min_outputs, (int, np.integer)) \
             or min_outputs < 0:
         raise InputError(f"{what} {min_outputs!r} must be a whole number of output samples "
@@ -151,9 +152,11 @@ class SincResampler:
 
     def __init__(self, in_rate: int, out_rate: int, quality: str = "sinc_medium",
                  min_outputs: int = MIN_OUTPUTS, parallel: bool = False):
-        """``parallel``: the matrix-product kernel's calls of a push run side by side on all
-        cores, as :func:`resample`'s do (for one stream alone; threads of streams side by side
-        already take the cores)."""
+        """``in_rate``, ``out_rate`` and ``quality`` as :func:`resample` takes them (Hz;
+        ``"sinc_medium"``, Essentia's, ``"sinc_fastest"`` or ``"sinc_best"``); ``min_outputs``:
+        see the class docstring; ``parallel``: the matrix-product kernel's calls of a push run
+        side by side on all cores, as :func:`resample`'s do (for one stream alone; threads of
+        streams side by side already take the cores)."""
         self._parallel = bool(parallel)
         self._plan = plan_of(in_rate, out_rate, quality)
         self._identity = in_rate == out_rate
@@ -172,7 +175,7 @@ class SincResampler:
         # (centres, fractions) of the outputs from the one at _group_start(): _track()
         self._tracked = (np.zeros(1, np.int64), np.zeros(1))
 
-    def push(self, chunk) -> np.ndarray:
+    def push(self, chunk: ArrayLike) -> np.ndarray:
         """Take ``[n]`` float32 samples; return the outputs they complete (float32 ``[k]``)."""
         if self._done:
             raise AudioError("this SincResampler was flushed; create a new one")

@@ -72,6 +72,12 @@ def _check_rate(rate, what: str) -> int:
 
 
 def plan_of(in_rate: int, out_rate: int, quality: str) -> Plan:
+    """libsamplerate's constants for ``in_rate -> out_rate`` Hz with the ``quality`` filter
+    (``"sinc_medium"``, ``"sinc_fastest"``, ``"sinc_best"``; :class:`Plan`): Essentia's float32
+    ratio, the filter's fixed-point increment and reach (``half`` zeros before the first input
+    sample, ``taps`` per half), the exact period of the ratio where it has a short one.
+    :class:`AudioError` for rates outside 1 Hz-384 kHz, a ratio beyond 1/256 to 256, or an
+    unknown quality."""
     in_rate = _check_rate(in_rate, "input sample rate")
     out_rate = _check_rate(out_rate, "output sample rate")
     if quality not in FILTERS:

@@ -123,6 +123,7 @@ class Dataset:
         return len(self.paths)
 
     def subset(self, keep: Sequence[int]) -> "Dataset":
+        """The tracks at the indices ``keep``, in that order, with their targets."""
         keep = list(keep)
         return Dataset(tuple(self.paths[i] for i in keep), self.targets[keep], self.task,
                        self.classes)

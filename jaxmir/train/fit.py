@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 import optax
 
 from jaxmir import interrupts
@@ -162,13 +163,15 @@ class Head:
 
     @property
     def in_dim(self) -> int:
+        """Width of the embeddings the head takes (``[patches, in_dim]``)."""
         return int(self.params["dense"]["kernel"].shape[0])
 
     @property
     def activation(self) -> str:
+        """The output activation of its task: softmax, sigmoid or identity (regression)."""
         return ACTIVATION[self.task]
 
-    def predict(self, embeddings) -> np.ndarray:
+    def predict(self, embeddings: ArrayLike) -> np.ndarray:
         """``[patches, features] -> [patches, C]`` after the output activation."""
         embeddings = np.asarray(embeddings, np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.in_dim:

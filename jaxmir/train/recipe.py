@@ -138,7 +138,8 @@ def check_options(folds: int, smoothing: SmoothingConfig) -> None:
 def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
              layer: str = DEFAULT_LAYER, output: str | os.PathLike | None = None, *,
              folds: int = 0, config: TrainConfig = TrainConfig(),
-             smoothing: SmoothingConfig = SmoothingConfig(), cache=True,
+             smoothing: SmoothingConfig = SmoothingConfig(),
+             cache: bool | str | os.PathLike = True,
              resume: str | os.PathLike | None = None, overwrite: bool = False,
              log: Callable[[str], None] | None = None, progress: bool = False,
              with_head: Callable[[CrossValidation | None, tuple[str, ...]], dict[Path, Path]]

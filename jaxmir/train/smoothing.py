@@ -29,7 +29,13 @@ METHODS = ("none", "knn", "lmnn")
 
 @dataclasses.dataclass(frozen=True)
 class SmoothingConfig:
-    """The paper's parameters (S_A: k = 10; S_B: LMNN k = 3, 32 dimensions, then k = 10)."""
+    """Label smoothing's method and the paper's parameters (S_A: k = 10; S_B: LMNN k = 3, 32
+    dimensions, then k = 10).
+
+    ``method``: ``"none"``, ``"knn"`` (S_A: each track's target the mean of its ``k`` nearest
+    neighbours' in MFCC summaries) or ``"lmnn"`` (S_B: the same in a space LMNN learnt on
+    pooled MFCCs); checked by :func:`~jaxmir.train.recipe.fit_head` before any audio is read.
+    """
 
     method: str = "none"
     k: int = 10
