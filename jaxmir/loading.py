@@ -43,6 +43,9 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
             raise InputError(f"{name}={value!r}: expected the name of an output or graph node")
     model = _load_one(source, labels=labels, output=output)
     if backbone is None:
+        if embedding is not None:  # it was ignored without a word
+            raise InputError(f"embedding={embedding!r} names the backbone output a head reads; "
+                             "it goes with backbone= (a head on a backbone's embeddings)")
         return model
     if not isinstance(backbone, Model):
         backbone = _load_one(backbone)

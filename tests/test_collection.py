@@ -423,6 +423,9 @@ def test_collect_names_a_shipped_model_as_the_command_line_does(music, model, tm
     with pytest.raises(InputError, match=r"collect takes a loaded model \(jaxmir.load\("
                                          r"'msd-musicnn'\)\), not str"):
         collect("msd-musicnn", path, str(tmp_path / "other.jsonl"), progress=False)
+    for jobs in (-1, 1.5, True):  # -1 ran, where the command line refuses --jobs -1
+        with pytest.raises(InputError, match=rf"jobs={jobs!r}: expected a whole number >= 0"):
+            collect(model, path, str(tmp_path / "other.jsonl"), jobs=jobs, progress=False)
 
 
 def test_a_table_resumes_under_another_name_of_its_output(music, model, tmp_path):

@@ -94,6 +94,10 @@ def test_arguments_of_the_wrong_kind_are_named(musicnn, patches_187, tmp_path):
             jaxmir.load("msd-musicnn", **{keyword: 5})
     with pytest.raises(InputError, match="a path holds no NUL character"):  # a raw ValueError
         jaxmir.load("head\0.pb")
+    # a head's backbone output, without a backbone: ignored without a word
+    with pytest.raises(InputError, match=r"embedding='cnn3' names the backbone output a head "
+                                         r"reads; it goes with backbone="):
+        jaxmir.load("msd-musicnn", embedding="cnn3")
 
 
 @pytest.mark.parametrize("patches, message", [

@@ -83,6 +83,8 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                          f"{type(model).__name__} {model!r}; the model's name goes to name=")
     name = name or str(model.name)
     output = os.fspath(output)
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
+        raise InputError(f"jobs={jobs!r}: expected a whole number >= 0 (0: decode in this thread)")
     if command not in ("tag", "embed"):
         raise InputError(f"unknown command {command!r}; expected 'tag' or 'embed'")
     options = (options or Options()).for_command(command)
