@@ -129,7 +129,8 @@ class Model:
 
     @property
     def frontend(self) -> Frontend | None:
-        """The audio front-end the model expects; ``None`` for a head on embeddings."""
+        """The audio front-end the model expects; ``None`` for a model that takes no audio (a
+        head on embeddings, a graph whose input is not a log-mel patch)."""
         return self.spec.frontend
 
     @property
