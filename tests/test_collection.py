@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import ROOT, child_env, require
+from conftest import ROOT, child_env, require, shared_fixture
 from jaxmir.collection import Options, arguments, collect, commands, compute, inputs, local, outputs
 from jaxmir.collection.rows import same_outputs
 from jaxmir.decode import DamagedAudioWarning
@@ -423,6 +423,14 @@ def test_collect_names_a_shipped_model_as_the_command_line_does(music, model, tm
     with pytest.raises(InputError, match=r"collect takes a loaded model \(jaxmir.load\("
                                          r"'msd-musicnn'\)\), not str"):
         collect("msd-musicnn", path, str(tmp_path / "other.jsonl"), progress=False)
+    # a head loaded on a backbone: its file and the backbone, as `jaxmir tag --model H --backbone B`
+    head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    composed = jaxmir.load(head, backbone="msd-musicnn")
+    heads = tmp_path / "head.jsonl"
+    assert collect(composed, path, str(heads), jobs=0, progress=False).ok == 1
+    assert json.loads(heads.read_text())["model"] == "emomusic-msd-musicnn-1.pb+msd-musicnn"
+    assert collect(composed, path, str(heads), name=head, backbone="msd-musicnn", jobs=0,
+                   progress=False).skipped == 1
     for jobs in (-1, 1.5, True):  # -1 ran, where the command line refuses --jobs -1
         with pytest.raises(InputError, match=rf"jobs={jobs!r}: expected a whole number >= 0"):
             collect(model, path, str(tmp_path / "other.jsonl"), jobs=jobs, progress=False)

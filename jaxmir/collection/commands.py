@@ -81,7 +81,8 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
     if not hasattr(model, "resolve_outputs"):  # a name or path: the Ray engine's own is name=
         raise InputError(f"collect takes a loaded model (jaxmir.load({model!r})), not "
                          f"{type(model).__name__} {model!r}; the model's name goes to name=")
-    name = name or str(model.name)
+    if name is None:
+        name, backbone = _names_of(model, backbone)
     output = os.fspath(output)
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
         raise InputError(f"jobs={jobs!r}: expected a whole number >= 0 (0: decode in this thread)")
@@ -148,6 +149,17 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         finally:
             bar.close()
     return tally
+
+
+def _names_of(model: Model, backbone: str | None) -> tuple[str, str | None]:
+    """How the command line names ``model`` (and its backbone): a shipped model by its name, a
+    file by its path; a head loaded on a backbone as its head's file and the backbone."""
+    from jaxmir import catalog
+
+    head, under = model.metadata.get("head"), model.metadata.get("backbone")
+    if not (head and under):
+        return str(model.name), backbone
+    return str(head), backbone or catalog.name_of(str(under)) or str(under)
 
 
 def _has_work(output: str, layout: Layout, sources: list, kind: str, overwrite: bool) -> bool:
