@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 
-from jaxmir.decode import MODES, iter_blocks, missing_reason
+from jaxmir.decode import MODES, DamagedAudioWarning, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample import (MAX_RATE, MIN_OUTPUTS, MIN_RATE, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
@@ -77,7 +78,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise AudioError(f"load_audio takes a file's path; got {type(path).__name__} (samples "
                          "already in memory go to predict(y, sr) as they are)")
-    return read_mono(os.fspath(path), target, resampler, decoder, strict, parallel=True)
+    damage: list[str] = []
+    audio = read_mono(os.fspath(path), target, resampler, decoder, strict, damage, parallel=True)
+    for problem in damage:  # at the caller's line, not at jaxmir's
+        warnings.warn(problem, DamagedAudioWarning, stacklevel=2)
+    return audio
 
 
 BLOCK_FRAMES = 1 << 18  # frames a file is decoded at a time: ~6 s at 44.1 kHz, 2 MB in stereo

@@ -106,7 +106,7 @@ def frontend_of(model: "Model") -> Frontend:
     """The front-end of a model that runs on audio; a clear error for a head on embeddings."""
     if model.frontend is not None:
         return model.frontend
-    raise InputError(without_audio(model.architecture, model.input_shape))
+    raise InputError(f"{model.name}: {without_audio(model.architecture, model.input_shape)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -685,7 +685,7 @@ def test_info(capsys, wavs):
     assert status == 0 and "BN pool4x1 (stride 2x2), conv3x3 128" in out and out.count("stride") == 1
     head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     status, out, err = run(capsys, "tag", str(shared_fixture("audio/vignesh.wav")), "--model", head)
-    assert status == 1 and out == "" and "embedding head" in err
+    assert status == 1 and out == "" and f"{head}: this is an embedding head" in err
     # info said what they are, and nothing of audio: it says why they take none, as tag does
     status, out, err = run(capsys, "info", head)
     assert status == 0 and "audio: none; this is an embedding head: it takes [200] embeddings" \

@@ -589,9 +589,10 @@ def test_mp3_damaged_in_the_middle(files):
     with pytest.raises(AudioError, match="damaged audio") as err:
         jaxmir.load_audio(path, strict=True)
     assert str(path) in str(err.value)
-    with pytest.warns(DamagedAudioWarning):
+    with pytest.warns(DamagedAudioWarning) as caught:
         audio = jaxmir.load_audio(path)
     assert abs(audio.shape[0] / 16000 - (20 - lost)) < 0.01
+    assert caught[0].filename == __file__  # the caller's line, not jaxmir's audio.py
 
 
 def test_mp3_cut_in_half(files):
