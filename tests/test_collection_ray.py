@@ -13,7 +13,7 @@ import pytest
 
 import jaxmir
 from conftest import ROOT, child_env, require, shared_fixture
-from jaxmir.collection import Options, collect, ray_engine
+from jaxmir.collection import Options, collect, commands, ray_engine
 from jaxmir.collection.rows import Layout
 from jaxmir.errors import InputError
 
@@ -244,8 +244,9 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
 def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatch):
     """The actors load jaxmir.load(name, backbone=...): a model loaded with output= ran there as
     its default output (9 genre probabilities written as the 200-d embeddings' rows, under the
-    same identity), a head composed in Python failed in every actor, and a model file named
-    relative to the driver's folder was not found by the workers."""
+    same identity), a head composed in Python failed in every actor (it is now named by its file
+    and backbone, as the command line names it), and a model file named relative to the driver's
+    folder was not found by the workers."""
     require("ray")
     graph = shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb")
     clip = tmp_path / "in" / "a.wav"
@@ -254,8 +255,7 @@ def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatc
     refused = [
         (jaxmir.load(graph, output="model/dense/BiasAdd"), str(graph), None, r"\(its output, "),
         (shipped.with_labels([f"t{i}" for i in range(50)]), "msd-musicnn", None, r"\(its labels\)"),
-        (jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"),
-                     backbone="msd-musicnn"), None, None, "which fails: "),
+        (shipped, "no-such-model", None, "which fails: "),
     ]
     for model, name, backbone, message in refused:
         with pytest.raises(InputError, match="the Ray engine's actors load the model as "
@@ -264,6 +264,11 @@ def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatc
                     progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing made
     ray_engine.check_reloadable(shipped, "msd-musicnn", None)  # the same model: taken
+    # a head composed in Python: named, as the command line names it, by its file and backbone
+    head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    composed = jaxmir.load(head, backbone="msd-musicnn")
+    assert commands._names_of(composed, None) == (head, "msd-musicnn")
+    ray_engine.check_reloadable(composed, head, "msd-musicnn")
     monkeypatch.chdir(graph.parent)
     ray_engine.check_reloadable(jaxmir.load(graph), graph.name, None)
     assert ray_engine._for_workers(graph.name) == str(graph)  # as the workers can find it
