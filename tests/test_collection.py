@@ -1489,3 +1489,14 @@ def test_sigterm_stops_a_run_whose_decoder_is_blocked(music, tmp_path, workers):
     assert "jaxmir: error: terminated (SIGTERM); the rows of the files done are kept" in stderr
     assert "Interrupted system call" not in stderr and "Traceback" not in stderr
     assert out.read_text().count("\n") == 1  # the header: the FIFO is first, nothing done
+
+
+def test_a_run_that_analysed_nothing_gives_no_hours_or_speed():
+    """A rerun that only retried failed files ended "0.000 h of audio in 2.1 s (0.0x real time)"."""
+    from jaxmir.collection.progress import Tally
+
+    summary = Tally(total=4, skipped=3, failed=1).summary()
+    assert summary.startswith("0 ok, 1 failed, 3 already done in ") and summary.endswith(" s")
+    assert "h of audio" not in summary and "real time" not in summary
+    done = Tally(total=2, ok=1, failed=1, audio_s=7200.0).summary()
+    assert "1 ok, 1 failed; 2.000 h of audio in " in done and "x real time)" in done

@@ -40,6 +40,8 @@ class Tally:
             done += f", {self.skipped} already done"
         if not self.ok and not self.failed:
             return f"{done}; nothing to do"
+        if not self.ok:  # no audio analysed: an hours figure of 0.000 would say nothing
+            return f"{done} in {self.wall_s:.1f} s"
         return (f"{done}; {self.audio_s / 3600:.3f} h of audio in {self.wall_s:.1f} s "
                 f"({self.realtime:.1f}x real time)")
 
