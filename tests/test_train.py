@@ -757,8 +757,17 @@ def test_cli_refuses_a_folder_in_an_output_s_place_before_reading_audio(tmp_path
     argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
             "--overwrite", "--finetune"]
     assert jaxmir_cli.main(argv) == 1
-    assert f"{tmp_path / folder} is a folder (are folders); give the head another --output " \
+    assert f"{tmp_path / folder} is a folder; give the head another --output " \
         "name" in capsys.readouterr().err
+
+
+def test_two_folders_in_outputs_places_are_named_in_one_sentence(tmp_path):
+    from jaxmir.train.export import refuse_folders
+
+    for name in ("h.pb", "h.json"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(InputError, match=r"h\.pb, .*h\.json are folders; give the head"):
+        refuse_folders([tmp_path / "h.pb", tmp_path / "h.json", tmp_path / "h.npz"])
 
 
 def test_a_link_into_no_folder_replaces_none_of_the_head_s_files(tmp_path, capsys):

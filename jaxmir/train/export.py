@@ -181,8 +181,8 @@ def refuse_folders(paths) -> None:
     any training, not at the export after it."""
     folders = [str(p) for p in paths if os.path.isdir(p)]
     if folders:
-        raise InputError(f"{', '.join(folders)} is a folder (are folders); give the head another "
-                         "--output name")
+        verb = "is a folder" if len(folders) == 1 else "are folders"
+        raise InputError(f"{', '.join(folders)} {verb}; give the head another --output name")
     for path in map(Path, paths):
         if path.is_symlink():
             target = through_link(path)
