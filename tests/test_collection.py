@@ -1500,3 +1500,36 @@ def test_a_run_that_analysed_nothing_gives_no_hours_or_speed():
     assert "h of audio" not in summary and "real time" not in summary
     done = Tally(total=2, ok=1, failed=1, audio_s=7200.0).summary()
     assert "1 ok, 1 failed; 2.000 h of audio in " in done and "x real time)" in done
+
+
+def test_collect_warns_of_settings_its_output_or_engine_does_not_use(music, model, tmp_path):
+    """average= with a table, actors= without Ray and processes= with jobs=0 were dropped
+    without a word, where the command line warns of each."""
+    with pytest.warns(commands.IgnoredSettingWarning) as caught:
+        collect(model, music / "rock" / "a.wav", tmp_path / "t.jsonl", command="embed", average=True,
+                actors=2, processes=True, jobs=0, flush_rows=5, progress=False)
+    said = [str(w.message) for w in caught]
+    assert said == [
+        "average=True is ignored: a table's embedding column is the mean over patches already",
+        "flush_rows is ignored: lines and arrays are written one file at a time",
+        "actors is ignored: it sizes the model pool of engine='ray'",
+        "processes=True is ignored: jobs=0 decodes in this process"], said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", commands.IgnoredSettingWarning)
+        collect(model, music / "rock" / "a.wav", tmp_path / "arrays", command="embed", average=True, jobs=0,
+                progress=False)
+
+
+def test_the_command_line_names_an_unused_option_once_in_its_own_spelling(music, tmp_path,
+                                                                            capsys):
+    from jaxmir import cli
+
+    status = cli.main(["embed", str(music / "rock" / "a.wav"), "-o", str(tmp_path / "t.jsonl"), "--average",
+                       "--actors", "2", "--no-progress", "-j", "0"])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    warned = [line for line in err.splitlines() if "is ignored" in line]
+    assert warned == [
+        "jaxmir: warning: --average is ignored: a table's embedding column is the mean over "
+        "patches already",
+        "jaxmir: warning: --actors is ignored: it sizes the model pool of --engine ray"], err

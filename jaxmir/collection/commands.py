@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from jaxmir.collection import compute, inputs, local, resume
@@ -16,12 +17,17 @@ from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import Layout, Result, identity, model_fields, same_outputs
-from jaxmir.errors import InputError, OptionError
+from jaxmir.errors import InputError, JaxmirWarning, OptionError
 
 if TYPE_CHECKING:  # loading a model imports JAX; the command line's parser does not
     from jaxmir.model import Model
 
 EXIT_OK, EXIT_FAILED = 0, 1
+
+
+class IgnoredSettingWarning(JaxmirWarning):
+    """A setting of :func:`collect` that has no effect with its output or engine."""
+
 COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
 
 
@@ -110,9 +116,13 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         fields["average"] = bool(average)
     layout = Layout(command, fields, tuple(model.labels) if command == "tag" else (), per_patch,
                     average, options.strict, same_outputs(model, options.output))
-    sources = [inputs.examine(p) for p in inputs.expand(paths)]
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; expected local or ray")
+    for line in ignored_settings(kind, _KEYWORDS, engine=engine, average=average,
+                                 per_patch=per_patch, flush_rows=flush_rows, actors=actors,
+                                 processes=processes, jobs=jobs):
+        warnings.warn(line, IgnoredSettingWarning, stacklevel=2)
+    sources = [inputs.examine(p) for p in inputs.expand(paths)]
     with exclusive(output):
         if engine == "ray" and _has_work(output, layout, sources, kind, overwrite):
             ray_engine.connect()
@@ -185,26 +195,46 @@ def _options(args: argparse.Namespace, output: str, hop: int | None) -> Options:
                    batch=getattr(args, "batch", None))
 
 
+# How each setting that may go unused is spelt on the command line and in Python.
+_FLAGS = {"average": "--average", "per_patch": "--per-patch", "flush_rows": "--flush-every",
+          "actors": "--actors", "processes": "--processes", "jobs": "--jobs",
+          "jobs 0": "--jobs 0", "ray": "--engine ray"}
+_KEYWORDS = {"average": "average=True", "per_patch": "per_patch=True", "flush_rows": "flush_rows",
+             "actors": "actors", "processes": "processes=True", "jobs": "jobs",
+             "jobs 0": "jobs=0", "ray": "engine='ray'"}
+
+
+def ignored_settings(kind: str, spelling: dict[str, str], *, engine: str, average: bool,
+                     per_patch: bool, flush_rows: int, actors: int | None, processes: bool,
+                     jobs: int | None) -> list[str]:
+    """One sentence per collection setting that has no effect with this kind of output
+    (``"parquet"``, ``"jsonl"``, ``"csv"``, ``"npy"``) and engine, each named as ``spelling``
+    (:data:`_FLAGS` or :data:`_KEYWORDS`) spells it."""
+    say = spelling
+    ignored = {
+        "average": average and kind != "npy"
+        and "a table's embedding column is the mean over patches already",
+        "per_patch": per_patch and kind == "npy"
+        and f"a folder of .npy keeps every patch (without {say['average'].split('=')[0]})",
+        "flush_rows": flush_rows != 256 and kind != "parquet"
+        and "lines and arrays are written one file at a time",
+        "actors": actors is not None and engine != "ray"
+        and f"it sizes the model pool of {say['ray']}",
+        "processes": processes and (f"{say['ray']} decodes in Ray's CPU tasks" if engine == "ray"
+                                    else jobs == 0 and f"{say['jobs 0']} decodes in this process"),
+        "jobs": jobs is not None and engine == "ray"
+        and f"{say['ray']} decodes in Ray's CPU tasks, as many as the cluster runs",
+    }
+    return [f"{say[setting]} is ignored: {why}" for setting, why in ignored.items() if why]
+
+
 def _warn_ignored(args: argparse.Namespace, kind: str) -> None:
     """One line per collection option that has no effect with this kind of output."""
-    ignored = {
-        "--average": getattr(args, "average", False) and kind != "npy"
-        and "a table's embedding column is the mean over patches already",
-        "--per-patch": args.per_patch and kind == "npy"
-        and "a folder of .npy keeps every patch (without --average)",
-        "--flush-every": args.flush_every != 256 and kind != "parquet"
-        and "lines and arrays are written one file at a time",
-        "--actors": args.actors is not None and args.engine != "ray"
-        and "it sizes --engine ray's model pool",
-        "--processes": args.processes and args.jobs == 0 and "--jobs 0 decodes in this process",
-        "--jobs": args.jobs is not None and args.engine == "ray"
-        and "--engine ray decodes in Ray's CPU tasks, as many as the cluster runs",
-    }
-    if args.engine == "ray" and args.processes:
-        ignored["--processes"] = "--engine ray decodes in Ray's CPU tasks"
-    for option, why in ignored.items():
-        if why:
-            print(f"jaxmir: warning: {option} is ignored: {why}", file=sys.stderr)
+    for line in ignored_settings(kind, _FLAGS, engine=args.engine,
+                                 average=getattr(args, "average", False),
+                                 per_patch=args.per_patch, flush_rows=args.flush_every,
+                                 actors=args.actors, processes=args.processes, jobs=args.jobs):
+        print(f"jaxmir: warning: {line}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | None,
@@ -214,13 +244,15 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
     if command == "tag" and kind == "npy":
         raise OptionError(f"--output {args.output}: tags go to a .parquet, .jsonl or .csv file")
     try:
-        tally = collect(model, args.files, args.output, command=command,
-                        options=_options(args, output, hop), name=model_name(args),
-                        backbone=args.backbone, jobs=args.jobs, processes=args.processes,
-                        engine=args.engine, actors=args.actors, per_patch=args.per_patch,
-                        overwrite=args.overwrite, flush_rows=args.flush_every,
-                        progress=not args.no_progress, on_result=on_result,
-                        average=getattr(args, "average", False))
+        with warnings.catch_warnings():  # said above in the command line's own spelling
+            warnings.simplefilter("ignore", IgnoredSettingWarning)
+            tally = collect(model, args.files, args.output, command=command,
+                            options=_options(args, output, hop), name=model_name(args),
+                            backbone=args.backbone, jobs=args.jobs, processes=args.processes,
+                            engine=args.engine, actors=args.actors, per_patch=args.per_patch,
+                            overwrite=args.overwrite, flush_rows=args.flush_every,
+                            progress=not args.no_progress, on_result=on_result,
+                            average=getattr(args, "average", False))
     finally:
         _shut_ray_down()
     print(f"jaxmir: {args.output}: {tally.summary()}", file=sys.stderr)
