@@ -141,7 +141,7 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
     from tqdm import tqdm
 
     from jaxmir.console import write_line
-    from jaxmir.errors import JaxmirError
+    from jaxmir.errors import JaxmirError, ShortAudioError
 
     results, failed = [], 0
     bar = tqdm(files, unit="file", disable=not progress or len(files) < 2 or None,
@@ -150,7 +150,7 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
         try:
             result = work(path)
         except JaxmirError as err:
-            message = str(err)
+            message = err.on_command_line if isinstance(err, ShortAudioError) else str(err)
         except MemoryError:
             message = "out of memory"
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others

@@ -46,13 +46,16 @@ class AudioError(InputError):
 
 
 class ShortAudioError(AudioError):
-    """Audio too short for one patch; ``length`` says how short without the ways to pad it."""
+    """Audio too short for one patch; ``length`` says how short without the ways to pad it,
+    ``on_command_line`` is the message with the ways spelt as options (``--pad zero``)."""
 
-    def __init__(self, message: str, length: str):
+    def __init__(self, message: str, length: str, on_command_line: str | None = None):
         super().__init__(message)
         self.length = length
+        self.on_command_line = on_command_line or message
 
     def with_damage(self, problem: str, path: str) -> ShortAudioError:
         """This error, with the damage of the file ``path`` that may be why it is short
         (``problem``: the decoder's words, which may begin with the path)."""
-        return ShortAudioError(f"{self} ({problem.removeprefix(f'{path}: ')})", self.length)
+        damage = f" ({problem.removeprefix(f'{path}: ')})"
+        return ShortAudioError(f"{self}{damage}", self.length, self.on_command_line + damage)

@@ -126,9 +126,14 @@ def _too_short(n_frames: int, patch_size: int, last_patch: str, pad,
     length = f"{amount(n_frames)} is too short for one patch of {amount(patch_size)}"
     if pad == "repeat":
         return ShortAudioError("no frames to repeat: pad='repeat' needs at least one frame; use "
-                               "pad='zero'", length)
+                               "pad='zero'", length,
+                               "no frames to repeat: --pad repeat needs at least one frame; use "
+                               "--pad zero")
     return ShortAudioError(
         f"{length} with last_patch={last_patch!r} (Essentia would return no predictions); pass "
         "last_patch='repeat', pad='zero' or pad='repeat' to get one padded patch (on the "
         "command line: --last-patch repeat, --pad zero, --pad repeat), or give longer audio",
-        length)
+        length,
+        f"{length} with --last-patch {last_patch} (Essentia would return no predictions); pass "
+        "--last-patch repeat, --pad zero or --pad repeat to get one padded patch, or give "
+        "longer audio")

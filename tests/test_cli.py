@@ -200,6 +200,10 @@ def test_a_damaged_file_too_short_for_a_patch_says_it_is_damaged(capsys, tmp_pat
     assert f"{cut}: " in err and "is too short for one patch" in err
     assert "give longer audio (damaged audio: " in err and "of the 4.00 s its header declares)" in err
     assert err.count(str(cut)) == 1, err  # the path is named once
+    # the ways to pad it as the command line spells them, not as Python's keywords
+    assert "with --last-patch discard (Essentia would return no predictions); pass --last-patch " \
+        "repeat, --pad zero or --pad repeat to get one padded patch" in err, err
+    assert "pad='zero'" not in err
     # in a collection too, its files decoded in threads (the model cuts them, apart)
     for jobs in ("0", "2"):
         rows = tmp_path / f"rows{jobs}.jsonl"
