@@ -446,6 +446,27 @@ def test_a_same_padded_pool_wider_than_the_bands_loads_as_tensorflow_runs_it(tmp
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
 
+@pytest.mark.parametrize("fill", [0.0, 5.0])
+def test_a_pad_v2_is_read_as_tensorflow_fills_its_border(tmp_path, fill):
+    """The border value of a PadV2 before a timbral convolution was not read: with 5.0 the graph
+    loaded and gave the zero-padded model's tags, where TensorFlow's top tag was another."""
+    graph = GraphDefProto.FromString(
+        shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
+    node_named(graph, "model/Pad").op = "PadV2"
+    add_const(graph, "border", np.float32(fill))
+    node_named(graph, "model/Pad").input.append("border")
+    path = write(tmp_path, "pad_v2", graph)
+    if fill:
+        with pytest.raises(GraphError, match=r"'model/Pad' \(PadV2\) pads with 5\.0; jaxmir pads "
+                                             "convolutions with zeros"):
+            jaxmir.load(path)
+        return
+    patches = np.random.default_rng(7).standard_normal((2, 187, 96)).astype(np.float32)
+    reference = run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])[0]
+    found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
+
+
 def test_the_head_builder_is_a_valid_model(tmp_path):
     """The graphs below are edits of this one, which loads and computes the head exactly."""
     weights = head_weights()

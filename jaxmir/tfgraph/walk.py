@@ -408,6 +408,11 @@ class InferencePath:
                 raise self.unsupported(f"'{before.name}' pads {pads.tolist()}; expected [4, 2] "
                                        "non-negative amounts")
             pads = pads.astype(int).tolist()
+            if before.op == "PadV2":  # its third input fills the border; the model pads zeros
+                fill = self.value(g.data_inputs(before)[2], "float")
+                if fill.shape != () or fill != 0:
+                    raise self.unsupported(f"'{before.name}' (PadV2) pads with "
+                                           f"{fill.tolist()}; jaxmir pads convolutions with zeros")
             if padding != "VALID" or pads[0] != [0, 0] or pads[3] != [0, 0]:
                 raise self.unsupported(f"'{before.name}' pads {pads} before a {padding} Conv2D")
             padding = (tuple(pads[1]), tuple(pads[2]))
