@@ -503,6 +503,37 @@ def test_a_file_of_tiny_nodes_is_refused_before_it_is_parsed(tmp_path):
     assert outcome.startswith("jaxmir GraphError") and "graph nodes" in outcome, outcome
 
 
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    """One protobuf field of wire type 2 (lengths below 2**21 here)."""
+    size, length = len(payload), b""
+    while True:
+        length += bytes([(size & 0x7F) | (0x80 if size >> 7 else 0)])
+        size >>= 7
+        if not size:
+            return bytes([field << 3 | 2]) + length + payload
+
+
+@pytest.mark.parametrize("what, message", [("library", "graph nodes"),
+                                           ("inputs", "node inputs and attributes"),
+                                           ("attributes", "node inputs and attributes")])
+def test_tiny_function_nodes_inputs_and_attributes_are_refused_before_parsing(tmp_path, what,
+                                                                              message):
+    """Only the graph's own nodes were counted on the wire: 10 M empty nodes in an uncalled
+    function (20 MB) took 1.1 GB to load, 7 M one-letter inputs of one node 1.3 GB and 33 s."""
+    count = 1 << 21
+    if what == "library":
+        function = _length_delimited(3, b"") * count  # FunctionDef.node_def
+        graph = _length_delimited(2, _length_delimited(1, function))  # library.function
+    else:
+        field = (_length_delimited(3, b"a") if what == "inputs"  # NodeDef.input
+                 else _length_delimited(5, b""))  # NodeDef.attr
+        graph = _length_delimited(1, _length_delimited(1, b"x") + field * count)
+    bomb = tmp_path / f"{what}.pb"
+    bomb.write_bytes(head_graph().SerializeToString() + graph)
+    outcome = load_guarded([bomb], cap_mb=64, timeout_s=60)[str(bomb)]
+    assert outcome.startswith("jaxmir GraphError") and message in outcome, outcome
+
+
 def test_budget_grows_with_the_file():
     """A tiny file gets a small budget; the limits scale with its size."""
     small = Graph.from_bytes(head_graph().SerializeToString())

@@ -138,6 +138,10 @@ class LoadBudget:
         if count > self.max_nodes:
             raise self._exceeded("graph nodes (after inlining function calls)", self.max_nodes, where)
 
+    def check_node_parts(self, count: int, where: str) -> None:
+        if count > self.max_nodes:
+            raise self._exceeded("node inputs and attributes", self.max_nodes, where)
+
     def copy_nodes(self, nbytes: int, where: str) -> None:
         """Account for ``nbytes`` of nodes copied into the graph (a function's body inlined);
         they may take as many bytes as the constants may."""
@@ -384,7 +388,9 @@ class Graph:
             raise GraphError(f"{source}: the file is empty; expected a frozen TensorFlow "
                              "GraphDef (.pb) written with tf.io.write_graph(..., as_text=False)")
         budget = LoadBudget(len(data))
-        budget.check_nodes(_count_nodes(data, budget.max_nodes), source)  # before parsing them
+        nodes, parts = _count_nodes(data, budget.max_nodes)  # before parsing them
+        budget.check_nodes(nodes, source)
+        budget.check_node_parts(parts, source)
         graph_def = GraphDefProto()
         try:
             graph_def.ParseFromString(data)
@@ -672,34 +678,72 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
         shift += 7
 
 
-_GRAPH_NODE_TAG = (1 << 3) | 2  # GraphDef.node: field 1, length-delimited
+# Field numbers of the repeated fields that cost memory well beyond their bytes on the wire.
+_GRAPH_NODE, _GRAPH_LIBRARY = 1, 2  # GraphDef.node, GraphDef.library
+_LIBRARY_FUNCTION, _FUNCTION_NODE = 1, 3  # FunctionDefLibrary.function, FunctionDef.node_def
+_NODE_INPUT, _NODE_ATTR = 3, 5  # NodeDef.input, NodeDef.attr
+_LENGTH_DELIMITED = 2
 
 
-def _count_nodes(data: bytes, limit: int) -> int:
-    """The ``node`` fields of a serialized GraphDef, counted up to ``limit + 1`` without parsing
-    them (parsing takes ~130 bytes of memory a node, so a file of tiny nodes would take 50x its
-    size before the budget could refuse it); a malformed wire stops the count, and the parser
-    then reports it."""
-    count = at = 0
+def _fields(data: bytes, at: int, end: int):
+    """``(field number, wire type, first byte, end)`` of each field of the message in
+    ``data[at:end]``, without parsing it; a malformed field ends the walk (the parser then
+    reports it)."""
     try:
-        while at < len(data) and count <= limit:
+        while at < end:
             tag, at = _varint(data, at)
             kind = tag & 7
             if kind == 0:
-                _, at = _varint(data, at)
+                _, after = _varint(data, at)
             elif kind == 1:
-                at += 8
+                after = at + 8
             elif kind == 5:
-                at += 4
-            elif kind == 2:
+                after = at + 4
+            elif kind == _LENGTH_DELIMITED:
                 size, at = _varint(data, at)
-                at += size
-                count += tag == _GRAPH_NODE_TAG
+                after = at + size
             else:  # groups: not in a GraphDef
-                break
+                return
+            if after > end:
+                return
+            yield tag >> 3, kind, at, after
+            at = after
     except IndexError:
-        pass
-    return count
+        return
+
+
+def _count_nodes(data: bytes, limit: int) -> tuple[int, int]:
+    """``(nodes, inputs and attributes)`` of a serialized GraphDef, in the graph and in its
+    function library, each counted up to ``limit + 1`` without parsing them. Parsing takes ~130
+    bytes of memory a node and jaxmir ~180 an input, so a file of tiny ones (2 or 3 bytes on
+    the wire) would take 50x its size before a budget could refuse it."""
+    counts = [0, 0]  # nodes, their inputs and attributes
+
+    def node(start: int, end: int) -> bool:
+        """Count the NodeDef in ``data[start:end]``; False once a count is past the limit."""
+        counts[0] += 1
+        for number, kind, _, _ in _fields(data, start, end):
+            counts[1] += kind == _LENGTH_DELIMITED and number in (_NODE_INPUT, _NODE_ATTR)
+            if counts[1] > limit:
+                return False
+        return counts[0] <= limit
+
+    def library(start: int, end: int) -> bool:
+        for number, kind, f_start, f_end in _fields(data, start, end):
+            if (number, kind) != (_LIBRARY_FUNCTION, _LENGTH_DELIMITED):
+                continue
+            for n_number, n_kind, n_start, n_end in _fields(data, f_start, f_end):
+                if (n_number, n_kind) == (_FUNCTION_NODE, _LENGTH_DELIMITED) \
+                        and not node(n_start, n_end):
+                    return False
+        return True
+
+    for number, kind, start, end in _fields(data, 0, len(data)):
+        if kind == _LENGTH_DELIMITED and not (node(start, end) if number == _GRAPH_NODE else
+                                              library(start, end) if number == _GRAPH_LIBRARY
+                                              else True):
+            break
+    return counts[0], counts[1]
 
 
 def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
