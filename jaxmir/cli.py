@@ -340,7 +340,7 @@ def is_regressor(model) -> bool:
 def _tag_one(model, args, hop, plots: dict[str, Path]):
     import numpy as np
 
-    from jaxmir.collection.rows import DAMAGED, OK
+    from jaxmir.collection.rows import DAMAGED, OK, check_finite
 
     values = is_regressor(model)
 
@@ -348,6 +348,7 @@ def _tag_one(model, args, hop, plots: dict[str, Path]):
         keep = args.format == "json" or path in plots
         found = stream_file(model, path, args, hop, "predictions", keep)
         mean = found["mean"]
+        check_finite(mean, "predictions")  # a NaN mean: some patch's
         # a regressor's outputs all, in their own order; class scores best first, --top of them
         order = np.arange(len(mean)) if values else \
             np.argsort(-mean, kind="stable")[:args.top or len(mean)]
@@ -719,6 +720,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
     take are dropped)."""
     import numpy as np
 
+    from jaxmir.collection.rows import check_finite
     from jaxmir.console import write_line
 
     full = args.all or output != "predictions"
@@ -732,6 +734,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
 
     def write(patches) -> None:
         values = patches.values[output]
+        check_finite(values, output)
         for start, value in zip(patches.start, values):
             record = {"start": round(float(start), 4)}
             if full:

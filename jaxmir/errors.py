@@ -32,6 +32,10 @@ class DeviceMemoryError(JaxmirError):
     """A model call needed more memory than its device (a GPU's, say) has free."""
 
 
+class NonFiniteOutputError(JaxmirError):
+    """A model gave NaN or infinity for finite audio: weights that overflow float32 there."""
+
+
 class InputError(JaxmirError, ValueError):
     """An array given to a model or front-end has the wrong shape, dtype or values."""
 

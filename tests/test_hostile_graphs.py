@@ -467,6 +467,30 @@ def test_a_pad_v2_is_read_as_tensorflow_fills_its_border(tmp_path, fill):
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
 
+def test_weights_that_overflow_float32_give_an_error_not_nan_tags(tmp_path, capsys):
+    """Every kernel at +-9e9 (each weight finite, within the 1e10 bound): the model's outputs were
+    NaN, shown as tags with status ok and written as NaN in JSON lines (not JSON)."""
+    from jaxmir import cli
+    from jaxmir.tfgraph.graphdef import decode_tensor
+
+    graph = GraphDefProto.FromString(
+        shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
+    for node in graph.node:
+        if node.op == "Const" and node.name.endswith("kernel"):
+            kernel = decode_tensor(node.attr["value"].tensor)
+            node.attr["value"].tensor.CopyFrom(
+                tensor_proto(np.where(kernel < 0, -9e9, 9e9).astype(np.float32)))
+    model = str(write(tmp_path, "overflowing", graph))
+    audio = str(shared_fixture("audio/vignesh.wav"))
+    said = "hold NaN or infinity (9 of 9 values) on finite audio: its weights overflow float32"
+    assert cli.main(["tag", audio, "--model", model]) == 1
+    assert said in capsys.readouterr().err
+    rows = tmp_path / "rows.jsonl"
+    assert cli.main(["tag", audio, "--model", model, "-o", str(rows), "--no-progress"]) == 1
+    row = json.loads(rows.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert row["status"] == "error" and said in row["error"], row
+
+
 def test_the_head_builder_is_a_valid_model(tmp_path):
     """The graphs below are edits of this one, which loads and computes the head exactly."""
     weights = head_weights()

@@ -24,8 +24,9 @@ from jaxmir.audio import RESAMPLERS, read_mono
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
 from jaxmir.decode import MODES as DECODE_MODES
+from jaxmir.collection.rows import Result, check_finite
 from jaxmir.errors import (AudioError, DeviceMemoryError, InputError, JaxmirError,
-                           ShortAudioError)
+                           NonFiniteOutputError, ShortAudioError)
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import Model, check_dtype
 from jaxmir.models.runner import call_step
@@ -117,6 +118,19 @@ def error_message(path: str, err: BaseException) -> str:
     else:
         message = f"unexpected {type(err).__name__}: {err}"
     return message if message.startswith(path) else f"{path}: {message}"
+
+
+def result_of(item: Decoded, outcome: dict | str, output: str) -> Result:
+    """A file's row from what the analyzer gave: its error, or the model's ``output`` (an error
+    where those hold NaN or infinity, :func:`~jaxmir.collection.rows.check_finite`)."""
+    if isinstance(outcome, str):
+        return Result(item.source, item.duration_s, None, outcome)
+    values = outcome[output]
+    try:
+        check_finite(values, output)
+    except NonFiniteOutputError as err:
+        return Result(item.source, item.duration_s, None, error_message(item.source.path, err))
+    return Result(item.source, item.duration_s, values, warning=item.warning)
 
 
 def _check_unchanged(path: str, before: Source) -> None:

@@ -186,11 +186,7 @@ def run(model, sources: Sequence[Source], options: Options, write: Callable[[Res
     try:
         for item, outcome in outcomes:
             interrupts.raise_if_received()  # lost in a read it broke: not that file's failure
-            if isinstance(outcome, str):
-                result = Result(item.source, item.duration_s, None, outcome)
-            else:
-                result = Result(item.source, item.duration_s, outcome[options.output],
-                                warning=item.warning)
+            result = compute.result_of(item, outcome, options.output)
             write(result)
             progress.update(result)
     finally:

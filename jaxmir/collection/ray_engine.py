@@ -236,12 +236,7 @@ class ModelActor:
         order = {id(item): number for number, item in enumerate(items)}
         results: list = [None] * len(items)
         for item, outcome in compute.analyze_stream(self.model, items, self.options):
-            if isinstance(outcome, str):
-                result = Result(item.source, item.duration_s, None, outcome)
-            else:
-                result = Result(item.source, item.duration_s, outcome[self.options.output],
-                                warning=item.warning)
-            results[order[id(item)]] = result
+            results[order[id(item)]] = compute.result_of(item, outcome, self.options.output)
         return results
 
     def __call__(self, batch: dict) -> dict:

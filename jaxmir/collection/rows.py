@@ -32,10 +32,21 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from jaxmir.collection.inputs import Source
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, NonFiniteOutputError
 
 if TYPE_CHECKING:  # the options' module computes rows
     from jaxmir.collection.compute import Options
+
+def check_finite(values: np.ndarray, what: str = "outputs") -> None:
+    """Raise :class:`NonFiniteOutputError` when the model's ``values`` hold NaN or infinity
+    (the audio is finite, so its weights overflow float32): no table, line or tag shows them as
+    an ``ok`` result, and JSON has no spelling for them."""
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise NonFiniteOutputError(
+            f"the model's {what} hold NaN or infinity ({bad} of {np.size(values)} values) on "
+            "finite audio: its weights overflow float32 here")
+
 
 BASE_COLUMNS = ("path", "size_bytes", "mtime_ns", "duration_s", "n_patches", "status", "error")
 OK, DAMAGED, ERROR = "ok", "damaged", "error"
