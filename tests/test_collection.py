@@ -1533,3 +1533,46 @@ def test_the_command_line_names_an_unused_option_once_in_its_own_spelling(music,
         "jaxmir: warning: --average is ignored: a table's embedding column is the mean over "
         "patches already",
         "jaxmir: warning: --actors is ignored: it sizes the model pool of --engine ray"], err
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_a_file_that_cannot_be_read_on_a_rerun_keeps_its_row(music, model, tmp_path, capsys,
+                                                             suffix):
+    """A folder renamed (a drive not mounted) between two runs: the rerun replaced the rows
+    done with error rows ("no such file"), losing their tags."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    shutil.copy(music / "rock" / "a.wav", disk / "a.wav")
+    shutil.copy(music / "jazz" / "a.wav", disk / "b.wav")
+    listing = tmp_path / "list.txt"
+    listing.write_text("disk/a.wav\ndisk/b.wav\n")
+    output = tmp_path / f"tags{suffix}"
+    assert collect(model, f"@{listing}", output, progress=False).ok == 2
+    before = _read_rows(output)
+    (disk / "b.wav").rename(tmp_path / "b.wav")
+    analyzer, seen = _counting()
+    tally = collect(model, f"@{listing}", output, progress=False, analyzer=analyzer, jobs=0)
+    assert (tally.ok, tally.failed, tally.skipped, seen) == (0, 0, 2, [])
+    assert f"{disk / 'b.wav'}: cannot be read now; its row from an earlier run is kept" \
+        in capsys.readouterr().err
+    assert _read_rows(output) == before
+    (tmp_path / "b.wav").rename(disk / "b.wav")  # back: done, as it was
+    assert collect(model, f"@{listing}", output, progress=False).skipped == 2
+    (disk / "b.wav").unlink()  # still kept; a file never done that cannot be read fails
+    listing.write_text("disk/a.wav\ndisk/b.wav\ndisk/gone.wav\n")
+    tally = collect(model, f"@{listing}", output, progress=False)
+    assert (tally.failed, tally.skipped) == (1, 2)
+
+
+def _read_rows(output: Path) -> list:
+    """The rows of a table, as sorted (path, status, duration) triples."""
+    if output.suffix == ".parquet":
+        table = _read_parquet(output)
+        return sorted(zip(table["path"], table["status"], table["duration_s"]))
+    if output.suffix == ".csv":
+        import csv
+
+        rows = list(csv.DictReader(output.open(newline="")))
+        return sorted((r["path"], r["status"], float(r["duration_s"])) for r in rows)
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    return sorted((r["path"], r["status"], r["duration_s"]) for r in rows)

@@ -131,6 +131,9 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         todo = resume.to_do(sources, writer.done)
         tally = Tally(total=len(sources), skipped=len(sources) - len(todo))
         bar = Progress(tally, progress)
+        for source in resume.unreachable_done(sources, writer.done):
+            bar.write(f"jaxmir: warning: {source.path}: cannot be read now; its row from an "
+                      "earlier run is kept")
 
         def write(result: Result) -> None:
             where = writer.write(result)

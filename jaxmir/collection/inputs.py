@@ -40,6 +40,11 @@ class Source:
     def key(self) -> tuple[str, int, int]:
         return (self.path, self.size, self.mtime_ns)
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the file could be examined when the run started."""
+        return self.size >= 0
+
 
 def audio_files(folder: Path) -> list[str]:
     """The audio files below ``folder`` (:data:`AUDIO_EXTENSIONS`), sorted, hidden files and

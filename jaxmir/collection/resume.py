@@ -1,8 +1,10 @@
 """Which rows of an existing output a resumed run keeps, and which files it still has to do.
 
 A row is kept when its file succeeded and is unchanged (same path, size and
-modification time), or when its file is not part of this run (another run's
-rows are not ours to drop). Failed rows and rows of files changed since are
+modification time), when its file is not part of this run (another run's
+rows are not ours to drop), or when its file cannot be read now (a folder
+renamed, a drive not mounted): it has not changed that anyone can tell, and
+the run skips it, saying so. Failed rows and rows of files changed since are
 dropped; those files are done again and their new rows appended. A strict run
 (``--strict``) drops the rows of damaged files too.
 """
@@ -23,13 +25,24 @@ def keep(path: str, size: int, mtime_ns: int, status: str, current: Mapping[str,
     source = current.get(path)
     if source is None:
         return True
+    if not source.reachable:
+        return status in DONE
     done = (OK,) if strict else DONE
     return status in done and (size, mtime_ns) == (source.size, source.mtime_ns)
 
 
 def to_do(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[Source]:
-    """The sources whose ``(path, size, mtime_ns)`` has no kept row, in order."""
-    return [s for s in sources if s.key not in done]
+    """The sources whose ``(path, size, mtime_ns)`` has no kept row, in order, but those that
+    cannot be read now and have one (:func:`unreachable_done`)."""
+    skipped = set(unreachable_done(sources, done))
+    return [s for s in sources if s.key not in done and s not in skipped]
+
+
+def unreachable_done(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[Source]:
+    """The sources that cannot be read now (:attr:`Source.reachable`) whose path has a row done
+    in an earlier run: kept, not retried."""
+    paths = {path for path, _, _ in done}
+    return [s for s in sources if not s.reachable and s.path in paths]
 
 
 def real_paths(stored: Iterable[str], current: Mapping[str, Source]) -> list[str]:
