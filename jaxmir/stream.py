@@ -57,10 +57,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 import os
 import queue
 import threading
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import jax
@@ -268,6 +270,34 @@ def _output_shapes(model: "Model", module, taps: tuple) -> tuple[tuple[int, ...]
 
 
 # -- stages 3 and 4: frames, patches, the model ------------------------------------------------
+class PatchStarts(Sequence):
+    """The start in seconds of every patch a :class:`Stream` has returned, in order: a read-only
+    sequence computed from the count (patch ``k`` starts at ``k`` hops), not a list kept, which
+    grew for as long as a live stream ran."""
+
+    def __init__(self, stream: "Stream"):
+        self._stream = stream
+
+    def __len__(self) -> int:
+        return self._stream.n_patches
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(len(self)))]
+        k = operator.index(index)
+        k += len(self) if k < 0 else 0
+        if not 0 <= k < len(self):
+            raise IndexError(f"patch {index} of {len(self)}")
+        return float(k * self._stream.patch_hop * self._stream.frontend.frame_seconds)
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    def __repr__(self) -> str:
+        shown = ", ".join(map(str, self[:3])) + (", ..." if len(self) > 3 else "")
+        return f"PatchStarts([{shown}], n={len(self)})"
+
+
 class Stream:
     """A model run on audio that arrives chunk by chunk (see the module docstring).
 
@@ -277,8 +307,8 @@ class Stream:
     sample_rate, ...)`` of the whole signal (within 1e-6 on predictions).
 
     Attributes:
-      times: start in seconds of every patch returned so far, in order (a list
-        that grows with each ``push``/``close``).
+      times: start in seconds of every patch returned so far, in order (a
+        :class:`PatchStarts`, read like a list; computed, so memory does not grow).
       n_patches: patches returned so far.
       closed: whether :meth:`close` was called.
     """
@@ -327,7 +357,7 @@ class Stream:
         # what the last run of `batch` patches left for a run starting at patch _carry_at
         self._carry, self._carry_at = None, None
         self._warm = False
-        self.times: list[float] = []
+        self.times = PatchStarts(self)
         self.n_patches = 0
         self.closed = False
 
@@ -521,7 +551,6 @@ class Stream:
         return parts
 
     def _record(self, starts: np.ndarray, values: list[np.ndarray]) -> Patches:
-        self.times.extend(float(s) for s in starts)
         self.n_patches += len(starts)
         return Patches(np.asarray(starts, np.float64), dict(zip(self.names, values)))
 

@@ -138,6 +138,22 @@ def test_patch_rules_and_soxr(musicnn, options):
     assert len(stream.times) == got.shape[0] == stream.n_patches
 
 
+@pytest.mark.parametrize("options", [{}, {"last_patch": "repeat", "patch_hop": 50}])
+def test_patch_starts_are_those_returned_and_take_no_memory_per_patch(musicnn, options):
+    """``stream.times`` was a list that grew by a float a patch for as long as a stream ran
+    (~2 MB a day of a live stream, which the command line never read)."""
+    audio = signal_at(16000, 9.1, seed=5)
+    stream = musicnn.stream(16000, **options)
+    parts = [stream.push_patches(chunk) for chunk in np.array_split(audio, 7)]
+    parts.append(stream.close_patches())
+    starts = np.concatenate([part.start for part in parts])
+    assert list(stream.times) == starts.tolist() and len(stream.times) == stream.n_patches
+    assert stream.times[-1] == starts[-1] and stream.times[1:3] == starts[1:3].tolist()
+    held = [name for name, value in vars(stream).items()
+            if isinstance(value, (list, tuple, np.ndarray)) and len(value) >= stream.n_patches]
+    assert not held, held  # nothing kept a patch
+
+
 def test_short_signal_with_pad_and_without(musicnn):
     audio = signal_at(16000, 1.2, 1, seed=7)
     for pad in ("zero", "repeat"):
