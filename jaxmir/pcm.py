@@ -163,22 +163,76 @@ def _adts_frame_bytes(header: bytes) -> int | None:
     return length if length >= 7 else None
 
 
+def _mpeg_kind(header: bytes) -> str:
+    """``"an MP3 file"``, ``"an MP2 file"`` or ``"an MP1 file"``, by the layer of a valid
+    MPEG audio frame header."""
+    return f"an MP{4 - (header[1] >> 1 & 3)} file"
+
+
+def _adts_kind(header: bytes) -> str:
+    return "an AAC (ADTS) file"
+
+
+def _mpeg_stream(header: bytes) -> tuple:
+    """What every frame header of one MPEG audio stream shares: version, layer, CRC, rate."""
+    return header[1], header[2] >> 2 & 3
+
+
+def _adts_stream(header: bytes) -> tuple:
+    """What every ADTS header of one stream shares: version, CRC, profile, rate, channels."""
+    return header[1], header[2], header[3] >> 6
+
+
+_FRAMED = ((_mpeg_frame_bytes, _mpeg_kind, _mpeg_stream),
+           (_adts_frame_bytes, _adts_kind, _adts_stream))
+# A stream joined mid-way (a radio's, cut anywhere) has its first whole frame, or Ogg page,
+# within these bytes: MP3 frames take at most 1,728, ADTS ones are rarely over a few thousand.
+_JOINED_SCAN = 1 << 14
+
+
+def _chained(peek: Callable[[int], bytes], frame_bytes_of, stream_of, at: int,
+             frames: int) -> bool:
+    """Whether ``frames`` frame headers of one stream (``stream_of`` them alike) follow each
+    other from byte ``at``, each where the length of the one before says."""
+    first = None
+    for _ in range(frames):
+        header = peek(at + 8)[at:]
+        length = frame_bytes_of(header)
+        if length is None or stream_of(header) != (first := first or stream_of(header)):
+            return False
+        at += length
+    return True
+
+
 def encoded_format(peek: Callable[[int], bytes]) -> str | None:
     """What kind of encoded audio file the bytes ``peek(n)`` shows begin, or ``None`` (PCM).
 
     Signatures, and MP3/MP2 or ADTS (AAC) streams with no tag before them, which open on a frame
     header: those are told by a second header where the first's length says (raw PCM can open on
-    bytes that read as one header, never by chance on two).
+    bytes that read as one header, never by chance on two). A stream joined mid-frame (a live
+    radio's) is told by three such headers in a row from within its first
+    :data:`_JOINED_SCAN` bytes, and an Ogg stream by a page's capture pattern there.
     """
     head = peek(8)
     if head[4:8] == _MP4_BRAND:
         return "an MP4/M4A file"
     if head[:4] in _SIGNATURES:
         return _SIGNATURES[head[:4]]
-    for kind, frame_bytes_of in (("an MP3 file", _mpeg_frame_bytes), ("an AAC (ADTS) file", _adts_frame_bytes)):
-        length = frame_bytes_of(head)
-        if length is not None and frame_bytes_of(peek(length + 8)[length:]) is not None:
-            return kind
+    for frame_bytes_of, kind, stream_of in _FRAMED:
+        if _chained(peek, frame_bytes_of, stream_of, 0, 2):
+            return kind(head)
+    scanned = peek(_JOINED_SCAN)
+    if scanned.find(b"OggS\x00") >= 0:  # version 0 of the page format
+        return "an Ogg file"
+    at = scanned.find(b"\xff", 1)
+    while at >= 0:
+        # not MPEG layer I here: the bytes FF FF of every small negative 32-bit sample read as
+        # its header, and its frames' lengths, multiples of 4, land on the next such sample
+        if scanned[at + 1:at + 2] and scanned[at + 1] & 6 != 6:
+            for frame_bytes_of, kind, stream_of in _FRAMED:
+                if _chained(peek, frame_bytes_of, stream_of, at, 3):
+                    return kind(scanned[at:at + 4])
+        at = scanned.find(b"\xff", at + 1)
     return None
 
 

@@ -107,7 +107,7 @@ def test_reader_gives_bytes_as_they_arrive():
     ("mp3", "libmp3lame", 44100, {"id3v2_version": "0"}, "an MP3 file"),      # MPEG-1 layer III
     ("mp3", "libmp3lame", 22050, {"id3v2_version": "0", "write_xing": "0"}, "an MP3 file"),  # MPEG-2
     ("mp3", "libmp3lame", 8000, {"id3v2_version": "0"}, "an MP3 file"),       # MPEG-2.5
-    ("mp2", "mp2", 48000, None, "an MP3 file"),                              # layer II
+    ("mp2", "mp2", 48000, None, "an MP2 file"),                              # layer II
     ("adts", "aac", 44100, None, "an AAC (ADTS) file"),
     ("mp3", "libmp3lame", 44100, None, "an MP3 file (ID3 tag)"),
     ("flac", "flac", 44100, None, "a FLAC file"),
@@ -119,6 +119,39 @@ def test_encoded_streams_are_told_from_pcm(container, codec, rate, options, kind
 
     data = encoded_audio(container, codec, rate, options)
     assert encoded_format(lambda n: data[:n]) == kind
+
+
+@pytest.mark.parametrize("container, codec, rate, kind", [
+    ("mp3", "libmp3lame", 44100, "an MP3 file"), ("mp3", "libmp3lame", 8000, "an MP3 file"),
+    ("mp2", "mp2", 48000, "an MP2 file"), ("adts", "aac", 44100, "an AAC (ADTS) file"),
+    ("ogg", "libopus", 48000, "an Ogg file"),
+])
+@pytest.mark.parametrize("cut", [1, 417, 1001])
+def test_encoded_streams_joined_mid_frame_are_told_from_pcm(container, codec, rate, kind, cut):
+    """A live radio's stream joined anywhere opens inside a frame: only its first bytes were
+    looked at, so it was read as raw PCM and tagged as noise."""
+    from jaxmir.pcm import encoded_format
+
+    samples = (0.3 * np.sin(np.arange(4 * rate) * 2 * np.pi * 440 / rate)).astype(np.float32)
+    data = encoded_audio(container, codec, rate, {"id3v2_version": "0"} if container == "mp3"
+                         else None, samples)[cut:]
+    assert encoded_format(lambda n: data[:n]) == kind
+
+
+def test_no_raw_pcm_reads_as_a_stream_joined_mid_frame():
+    """Noise, tones and constants of every raw format the command takes, at many levels: none
+    holds three frame headers in a row, or an Ogg page's capture pattern, in its first 16 KB."""
+    from jaxmir.pcm import encoded_format
+
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        scale = float(rng.choice([1, 3, 30, 300, 3000, 30000]))
+        samples = {0: rng.standard_normal(12000) * scale,
+                   1: np.sin(np.arange(12000) * rng.uniform(1e-3, 1)) * scale,
+                   2: np.full(12000, rng.integers(-5, 5))}[trial % 3]
+        for dtype in ("<i2", "<i4", "<f4"):
+            data = (samples / 32768 if dtype == "<f4" else samples).astype(dtype).tobytes()
+            assert encoded_format(lambda n: data[:n]) is None, (trial, dtype)
 
 
 def test_pcm_that_opens_like_one_frame_header_is_pcm():
