@@ -338,6 +338,30 @@ def test_cache_reused_keyed_and_safe(tmp_path, audio_set):
     assert len(calls) == 4
 
 
+@pytest.mark.parametrize("problem", ["a file", "a full disk"])
+def test_a_cache_that_cannot_be_written_is_turned_off_with_one_warning(tmp_path, audio_set,
+                                                                      monkeypatch, problem):
+    """train-head stopped ("cachefile: File exists", or a hidden temporary's name and
+    "Operation not permitted"), where the compilation cache turns itself off."""
+    import errno
+
+    paths = sorted(str(p) for p in audio_set.rglob("*.wav"))[:3]
+    root = tmp_path / "cache"
+    if problem == "a file":
+        root.write_bytes(b"not a folder")
+    else:
+        def full(path, array):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(embeddings, "save_array", full)
+    key = lambda p: embeddings.cache_key("bb", "layer", p)
+    with pytest.warns(JaxmirWarning) as caught:
+        values, failures = embeddings.cached(lambda p: np.ones((2, 4), np.float32), paths, key,
+                                             root)
+    assert failures == [] and all(v.shape == (2, 4) for v in values)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and said[0].startswith(f"embedding cache off: {root} cannot be written")
+
+
 def test_undecodable_file_is_reported_skipped_counted(tmp_path, audio_set):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really a wave file")

@@ -66,7 +66,9 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
 
     A file that fails (any :class:`JaxmirError`: unreadable, too short, ...) is
     reported with a warning, skipped and counted: its entry is ``None`` and its
-    message is returned in the second list.
+    message is returned in the second list. A cache that cannot be written (read-only, a
+    file in a folder's place, a full disk) is turned off with one warning, as the compilation
+    cache is.
     """
     results: list[np.ndarray | None] = []
     failures: list[str] = []
@@ -97,7 +99,13 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
                 results.append(None)
                 continue
             if entry is not None:
-                save_array(entry, value)
+                try:
+                    save_array(entry, value)
+                except OSError as err:
+                    warnings.warn(f"embedding cache off: {root} cannot be written "
+                                  f"({err.strerror or err}); the embeddings are computed anew "
+                                  "on every run", JaxmirWarning, stacklevel=2)
+                    root = None
         results.append(value)
     for message in failures:
         warnings.warn(f"skipped {message}", JaxmirWarning, stacklevel=2)
