@@ -94,6 +94,31 @@ def test_bad_datasets(tmp_path, audio_set):
         data.load_dataset(table)
 
 
+def test_a_missing_dataset_a_row_naming_a_folder_and_a_folder_of_parquet_parts(tmp_path,
+                                                                               audio_set):
+    """A DATA that does not exist was not said to be missing; a row naming a folder was said to
+    name a file that does not exist; a Parquet table written as a folder of parts, as jaxmir's
+    own tables are, was refused as having no class folders."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pytest.raises(InputError, match=r"nothere: no such file or folder; expected a folder"):
+        data.load_dataset(tmp_path / "nothere")
+    table = tmp_path / "folders.csv"
+    table.write_text(f"path,label\n{audio_set}/pads,a\n{audio_set}/pads/pads_00.wav,b\n")
+    with pytest.raises(InputError, match=r"1 row\(s\) name folders, not audio files, e.g. "):
+        data.load_dataset(table)
+    paths = sorted(str(p) for p in audio_set.rglob("*.wav"))[:6]
+    labels = ["a", "b"] * 3
+    parts = tmp_path / "labels.parquet"
+    parts.mkdir()
+    for k in range(2):
+        pq.write_table(pa.table({"path": paths[k::2], "label": labels[k::2]}),
+                       parts / f"part-{k}.parquet")
+    dataset = data.load_dataset(parts)
+    assert sorted(dataset.paths) == sorted(paths) and list(dataset.classes) == ["a", "b"]
+
+
 def test_class_folders_are_ordered_as_a_table_s_class_ids(tmp_path, audio_set):
     """Folders 2 and 10 made outputs in the order of text, 10 first, where a table's label column
     holding the same ids gave 2 first."""

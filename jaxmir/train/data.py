@@ -182,15 +182,19 @@ def check_classes(dataset: Dataset, where: str) -> None:
 
 
 def load_dataset(source: str | os.PathLike) -> Dataset:
-    """Read a class-folder tree or a ``.csv``/``.parquet`` table of ``path,label`` rows."""
+    """Read a class-folder tree or a ``.csv``/``.parquet`` table of ``path,label`` rows (a
+    Parquet table may be a folder of part files, as jaxmir and Spark write them)."""
     source = Path(source)
-    if source.is_dir():
+    table = source.suffix.lower() in (".csv", ".parquet", ".pq")
+    parts = source.suffix.lower() in (".parquet", ".pq") and source.is_dir()
+    if source.is_dir() and not parts:
         dataset = _from_folders(source)
-    elif source.is_file() and source.suffix.lower() in (".csv", ".parquet", ".pq"):
+    elif table and (source.is_file() or parts):
         dataset = _from_table(source)
     else:
-        raise InputError(f"{source}: expected a folder with one subfolder per class, or a .csv or "
-                         ".parquet table with a 'path' column")
+        there = "" if os.path.lexists(source) else "no such file or folder; "
+        raise InputError(f"{source}: {there}expected a folder with one subfolder per class, or "
+                         "a .csv or .parquet table with a 'path' column")
     check_classes(dataset, str(source))
     return dataset
 
@@ -292,7 +296,11 @@ def _from_table(path: Path) -> Dataset:
     files = [str(Path(p) if Path(p).is_absolute() else path.parent / p) for p in raw_paths]
     missing = [raw for raw, full in zip(raw_paths, files) if not raw or not os.path.isfile(full)]
     if missing:
-        raise InputError(f"{path}: {len(missing)} row(s) name files that do not exist, e.g. "
+        folders = [raw for raw, full in zip(raw_paths, files) if raw and os.path.isdir(full)]
+        what = "name folders, not audio files" if len(folders) == len(missing) else \
+            "name files that do not exist" if not folders else \
+            f"name files that do not exist or folders ({len(folders)})"
+        raise InputError(f"{path}: {len(missing)} row(s) {what}, e.g. "
                          + ", ".join(repr(m) for m in missing[:3]))
     _check_unique(path, files)
     label = columns.get("label")
