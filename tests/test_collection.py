@@ -1576,3 +1576,16 @@ def _read_rows(output: Path) -> list:
         return sorted((r["path"], r["status"], float(r["duration_s"])) for r in rows)
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     return sorted((r["path"], r["status"], r["duration_s"]) for r in rows)
+
+
+def test_a_link_named_as_a_table_to_a_parquet_folder_says_what_it_expected(music, model,
+                                                                           tmp_path):
+    """``lnk.jsonl`` -> ``t.parquet`` said "t.parquet is a folder; expected a .parquet file"."""
+    (tmp_path / "t.parquet").mkdir()
+    (tmp_path / "lnk.jsonl").symlink_to(tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"t\.parquet is a folder; a \.jsonl output is one file"):
+        collect(model, music / "rock" / "a.wav", tmp_path / "lnk.jsonl", progress=False)
+    (tmp_path / "rows.jsonl").write_text("")  # a link named .csv writes CSV, as named
+    (tmp_path / "lnk.csv").symlink_to(tmp_path / "rows.jsonl")
+    collect(model, music / "rock" / "a.wav", tmp_path / "lnk.csv", progress=False, jobs=0)
+    assert (tmp_path / "rows.jsonl").read_text().startswith("path,size_bytes,")

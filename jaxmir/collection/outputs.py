@@ -243,13 +243,17 @@ class LinesWriter(Writer):
     identity but the labels, as JSON text) and one column per label, its
     text as :func:`rows.as_text` writes it. ``rows``: those kept from an
     existing output; ``lost(row)``: whether a kept row goes anyway (its file is done again).
+    ``kind``: ``"jsonl"`` or ``"csv"``, as the output was named (a link's target may be
+    named otherwise); by default, ``path``'s extension.
     """
 
     def __init__(self, path: Path, layout: Layout, current: Mapping[str, Source], overwrite: bool,
-                 lost: Callable[[dict], bool] | None = None, dry: bool = False):
+                 lost: Callable[[dict], bool] | None = None, dry: bool = False,
+                 kind: str | None = None):
         super().__init__(path, layout, dry)
         self.lost = lost
-        self.csv = path.suffix.lower() == ".csv"
+        kind = kind or path.suffix.lower().lstrip(".")
+        self.csv = kind == "csv"
         if self.csv and (layout.command != "tag" or layout.per_patch):
             raise OptionError(f"--output {path}: CSV holds tag means only; use .parquet or .jsonl "
                               "for embeddings and --per-patch")
@@ -259,7 +263,7 @@ class LinesWriter(Writer):
         self.rows: list[dict] = []
         check_writable(path.parent)
         if path.is_dir():
-            raise InputError(f"--output {path} is a folder; expected a {path.suffix} file")
+            raise InputError(f"--output {path} is a folder; a .{kind} output is one file")
         if path.exists() and not path.is_file():  # reading a FIFO to resume it waited for ever
             raise InputError(f"--output {path} is not a regular file (a pipe, a device or a "
                              f"socket); a table is appended to, resumed and replaced")
@@ -659,4 +663,4 @@ def open_output(output: str, layout: Layout, sources: list[Source], overwrite: b
         return ParquetWriter(path, layout, current, overwrite, flush_rows, flush_seconds, dry)
     if kind == "npy":
         return NpyWriter(path, layout, current, overwrite, npy_names(current), dry)
-    return LinesWriter(path, layout, current, overwrite, dry=dry)
+    return LinesWriter(path, layout, current, overwrite, dry=dry, kind=kind)
