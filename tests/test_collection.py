@@ -1027,6 +1027,10 @@ def test_a_parquet_folder_holding_other_files_is_refused(music, model, tmp_path,
         collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0,
                 progress=False, overwrite=overwrite)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "keep.parquet").write_text("theirs")
+    with pytest.raises(InputError, match="holds keep.parquet, notes.txt, which are no part of a "):
+        collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0,
+                progress=False, overwrite=overwrite)
 
 
 def test_a_parquet_part_jaxmir_did_not_write_is_named_so(music, model, tmp_path):

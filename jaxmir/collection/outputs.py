@@ -556,8 +556,9 @@ class ParquetWriter(Writer):
         foreign = sorted(p.name for p in path.iterdir()
                          if not _PART.match(p.name) and not p.name.startswith((".", "_")))
         if foreign:
+            which = "which is no part" if len(foreign) == 1 else "which are no part"
             raise InputError(f"--output {path} holds {', '.join(foreign[:3])}"
-                             f"{' and more' if len(foreign) > 3 else ''}, which is no part of a "
+                             f"{' and more' if len(foreign) > 3 else ''}, {which} of a "
                              "jaxmir Parquet folder (pyarrow and pandas would fail to read it "
                              "as one table); give another --output")
         parts = sorted(p for p in path.iterdir() if _PART.match(p.name))
