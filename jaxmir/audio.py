@@ -361,26 +361,25 @@ class MonoInput:
             raise AudioError(f"{where} has shape {list(array.shape)}; expected [n_samples] or "
                              "[n_samples, channels]")
         channels = 1 if array.ndim == 1 else int(array.shape[1])
+        if array.shape[0] == 0:  # no samples: it neither sets nor breaks the stream's format
+            if channels > 2:     # (np.zeros(0) is 1-D float64, whatever the stream's)
+                raise AudioError(f"{where} has {channels} channels; accepted: mono or stereo")
+            return np.zeros(0, np.float32)
         if self.channels is not None and channels != self.channels:
             raise AudioError(f"{where} has {channels} channel(s); the stream started with "
                              f"{self.channels}: every chunk must have the same channels")
         if self.dtype is not None and array.dtype != self.dtype:
             raise AudioError(f"{where} has dtype {array.dtype}; the stream started with "
                              f"{self.dtype}: every chunk must have the same dtype")
-        if array.shape[0] == 0:
-            mono = np.zeros(0, np.float32)
-            if channels > 2:
-                raise AudioError(f"{where} has {channels} channels; accepted: mono or stereo")
-        else:
-            try:
-                mono = prepare_audio(array, self.sample_rate, self.sample_rate)
-            except AudioError as err:
-                bad = first_bad_frame(array)
-                at = where if bad is None else f"sample {self.samples + bad}" + (
-                    f" (in {where})" if self.samples and bad else "")
-                reason = str(err).removeprefix("audio: ").removeprefix("audio ")
-                raise AudioError(f"{at} {reason}" if reason.startswith("has ") else
-                                 f"{at}: {reason}") from None
+        try:
+            mono = prepare_audio(array, self.sample_rate, self.sample_rate)
+        except AudioError as err:
+            bad = first_bad_frame(array)
+            at = where if bad is None else f"sample {self.samples + bad}" + (
+                f" (in {where})" if self.samples and bad else "")
+            reason = str(err).removeprefix("audio: ").removeprefix("audio ")
+            raise AudioError(f"{at} {reason}" if reason.startswith("has ") else
+                             f"{at}: {reason}") from None
         self.channels, self.dtype = channels, array.dtype
         self.samples += int(array.shape[0])
         return mono

@@ -154,6 +154,20 @@ def test_patch_starts_are_those_returned_and_take_no_memory_per_patch(musicnn, o
     assert not held, held  # nothing kept a patch
 
 
+def test_an_empty_chunk_neither_sets_nor_breaks_the_stream_s_format(musicnn):
+    """``push(np.zeros(0))`` first fixed the stream at 1-D float64: stereo int16 chunks after it
+    were refused ("the stream started with 1")."""
+    audio = signal_at(22050, 4.0, 2, seed=8, dtype=np.int16)
+    stream = musicnn.stream(22050)
+    assert stream.push(np.zeros(0)).shape == (0, 50)
+    parts = [stream.push(audio[:30000]), stream.push(np.zeros((0, 1), np.float32)),
+             stream.push(audio[30000:]), stream.close()]
+    np.testing.assert_allclose(np.concatenate(parts), musicnn.predict(audio, 22050), rtol=0,
+                               atol=TOL)
+    with pytest.raises(AudioError, match="has 3 channels; accepted: mono or stereo"):
+        musicnn.stream(22050).push(np.zeros((0, 3)))
+
+
 def test_short_signal_with_pad_and_without(musicnn):
     audio = signal_at(16000, 1.2, 1, seed=7)
     for pad in ("zero", "repeat"):
