@@ -698,8 +698,10 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
               f"declares{above}")
     if stream.n_patches == 0 and not interrupted["now"]:
         seconds = stream.n_samples / 16000
+        hint = "; --last-patch repeat makes one of a shorter stream" \
+            if args.last_patch == "discard" and seconds > 0 else ""
         _warn(f"{seconds:.2f} s of audio made no complete patch (a patch takes "
-              f"{stream.patch_size * stream.frontend.frame_seconds:.2f} s)")
+              f"{stream.patch_size * stream.frontend.frame_seconds:.2f} s{hint})")
     return _stopped_by(interrupted) or EXIT_OK
 
 

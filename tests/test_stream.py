@@ -790,8 +790,8 @@ def test_stream_command_says_what_an_input_lacked():
     short = signal_at(16000, 1.0, 1, seed=6, dtype=np.int16).astype("<i2").tobytes()
     run = cli("stream", "--rate", "16000", "-", stdin=short)
     assert run.returncode == 0 and run.stdout == b""
-    assert "jaxmir: warning: 1.00 s of audio made no complete patch (a patch takes 2.99 s)" \
-        in run.stderr.decode()
+    assert "jaxmir: warning: 1.00 s of audio made no complete patch (a patch takes 2.99 s; "\
+        "--last-patch repeat makes one of a shorter stream)" in run.stderr.decode()
     audio = signal_at(16000, 8.0, 1, seed=7, dtype=np.int16)
     cut = wav_bytes(audio, 16000)[:-16000]  # the header declares 8 s; 7.5 s arrive: 4 patches
     run = cli("stream", "-", stdin=cut)
