@@ -115,6 +115,12 @@ class Dataset:
         if len(targets) != len(paths):
             raise InputError(f"{len(paths)} paths but {len(targets)} target rows; give one row "
                              "per path")
+        repeated = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) < len(
+            paths) else []
+        if repeated:  # as a table's rows are: a fold could train and test on one track
+            raise InputError(f"{len(repeated)} path(s) given more than once, e.g. "
+                             + ", ".join(repr(p) for p in repeated[:3])
+                             + "; give each track once (several labels as multi-label targets)")
         object.__setattr__(self, "paths", paths)
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "classes", tuple(self.classes))
