@@ -1430,3 +1430,12 @@ def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tm
     assert sorted(p.name for p in other.iterdir()) == ["h-backbone.npz", "h.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h-backbone.npz", "h.json", "h.npz",
                                                           "h.pb", "other"]
+
+
+def test_a_smaller_synthetic_set_written_over_a_larger_one_leaves_no_clips_behind(tmp_path):
+    """examples/train_head.py --per-class 6 after a run of 8 still trained on 8 clips a class."""
+    synthetic.write_dataset(tmp_path, classes=("pads",), per_class=3, seconds=0.1)
+    synthetic.write_dataset(tmp_path, classes=("pads",), per_class=2, seconds=0.1)
+    (tmp_path / "pads" / "mine.wav").write_bytes(b"")  # not a name it writes: kept
+    synthetic.write_dataset(tmp_path, classes=("pads",), per_class=1, seconds=0.1)
+    assert sorted(p.name for p in (tmp_path / "pads").iterdir()) == ["mine.wav", "pads_00.wav"]

@@ -69,13 +69,16 @@ def synth(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
 
 def write_dataset(root: str | os.PathLike, classes: Sequence[str] = CLASSES, per_class: int = 8,
                   seconds: float = 4.0, seed: int = 0) -> Path:
-    """``root/<class>/<class>_<i>.wav`` (16 kHz, 16-bit PCM); returns ``root``."""
+    """``root/<class>/<class>_<i>.wav`` (16 kHz, 16-bit PCM); returns ``root``. Clips of those
+    names an earlier call left beyond ``per_class`` are removed (they would be trained on)."""
     import soundfile
 
     root = Path(root)
     rng = np.random.default_rng(seed)
     for kind in classes:
         (root / kind).mkdir(parents=True, exist_ok=True)
+        for stale in (root / kind).glob(f"{kind}_[0-9][0-9].wav"):
+            stale.unlink()
         for i in range(per_class):
             soundfile.write(root / kind / f"{kind}_{i:02d}.wav", synth(kind, seconds, rng),
                             SAMPLE_RATE, subtype="PCM_16")
