@@ -491,6 +491,15 @@ def test_weights_that_overflow_float32_give_an_error_not_nan_tags(tmp_path, caps
     assert row["status"] == "error" and said in row["error"], row
 
 
+def test_a_library_defining_a_function_twice_is_refused(tmp_path):
+    """The last definition was taken, and the error that followed named another problem."""
+    g = nested_calls_graph(depth=1, fanout=1)
+    again = g.library.function.add()
+    again.CopyFrom(g.library.function[1])
+    with pytest.raises(GraphError, match="the function library defines 'f1' more than once"):
+        jaxmir.load(write(tmp_path, "twice", g))
+
+
 def test_the_head_builder_is_a_valid_model(tmp_path):
     """The graphs below are edits of this one, which loads and computes the head exactly."""
     weights = head_weights()

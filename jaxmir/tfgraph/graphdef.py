@@ -758,6 +758,11 @@ def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
     levels, and the nodes and their bytes are checked against ``budget`` before each copy.
     """
     functions = {f.signature.name: f for f in graph_def.library.function}
+    if len(functions) < len(graph_def.library.function):  # TensorFlow refuses such a library
+        names = [f.signature.name for f in graph_def.library.function]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise GraphError(f"{source}: the function library defines {twice[0][:200]!r} more than "
+                         "once; the file is corrupt")
     body_bytes = {name: sum(node.ByteSize() for node in f.node_def) for name, f in functions.items()}
     for _ in range(max_depth):
         calls = [n for n in graph_def.node if n.op in _CALL_OPS]
