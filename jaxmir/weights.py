@@ -284,6 +284,9 @@ def _spec(meta: dict, variables: dict, path: str) -> ModelSpec:
     input_shape = tuple(meta["input_shape"])
     if not all(type(size) is int and size > 0 for size in input_shape):
         raise ValueError(f"input_shape {str(meta['input_shape'])[:80]} is not a list of sizes")
+    for key in ("input_name", "output_name"):
+        if not isinstance(meta[key], str):
+            raise TypeError(f"{key} is {str(meta[key])[:80]}; expected a graph node's name")
     return ModelSpec(architecture, config_from_json(architecture, meta["config"]), variables,
                      meta["input_name"], input_shape, meta["output_name"],
                      dict(meta["aliases"]),

@@ -333,6 +333,9 @@ def _array(key, convert):
     ("config_a_list", _set("config", []), "incomplete description"),
     ("node_map_a_list", _set("node_map", []), "incomplete description"),
     ("input_shape_of_names", _set("input_shape", ["a"]), "input_shape \\['a'\\] is not a list of sizes"),
+    ("output_name_a_dict", _set("output_name", {"a": 1}),  # loaded; info showed the dict
+     r"output_name is \{'a': 1\}; expected a graph node's name"),
+    ("input_name_a_number", _set("input_name", 3), "input_name is 3; expected a graph node"),
     ("labels_a_number", _set("labels", 5), "incomplete description.*labels are 5"),
     ("another_architecture", _set("architecture", "vggish"), "incomplete description|cannot run"),
     ("alias_to_nothing", _set("aliases", {"predictions": "nonexist"}),
