@@ -70,16 +70,20 @@ def _show_warnings_as_lines() -> None:
 
 
 def _warn(message: str) -> None:
-    print(f"jaxmir: warning: {message}", file=sys.stderr)
+    from jaxmir.console import printable
+
+    print(f"jaxmir: warning: {printable(message)}", file=sys.stderr)
 
 
 def _error(message: str) -> None:
+    from jaxmir.console import printable
+
     try:
         from tqdm import tqdm
 
-        tqdm.write(f"jaxmir: error: {message}", file=sys.stderr)
+        tqdm.write(f"jaxmir: error: {printable(message)}", file=sys.stderr)
     except ImportError:  # pragma: no cover
-        print(f"jaxmir: error: {message}", file=sys.stderr)
+        print(f"jaxmir: error: {printable(message)}", file=sys.stderr)
 
 
 def _load_model(name: str | None, backbone: str | None = None, audio: bool = True):

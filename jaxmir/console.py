@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import sys
 
 # Python's buffered writer takes a write longer than a pipe holds that its reader left as
@@ -27,11 +28,22 @@ class StandardOutputError(Exception):
         self.reader_left = reader_left
 
 
+# Control characters but tab and newline: in a file name, ESC [ ... would drive the terminal
+# that shows the message (colours, the window's title, the cursor).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character but tab and newline written as ``\\xNN``, as a
+    terminal shows it rather than obeys it."""
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
 def write_line(text: str) -> None:
     """``text`` (ending in a newline) on standard output, above a progress bar, flushed."""
     from tqdm import tqdm
 
-    text = _encodable(text)
+    text = _encodable(printable(text))
     try:
         if len(text) < _PIPE_BYTES // 4:  # at most 4 bytes a character in UTF-8
             tqdm.write(text, file=sys.stdout, end="" if text.endswith("\n") else "\n")

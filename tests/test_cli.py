@@ -814,3 +814,19 @@ def test_a_signal_a_library_swallowed_still_ends_the_command_as_interrupted(monk
     assert cli.main(["info", "msd-musicnn"]) == 143
     assert "terminated (SIGTERM)" in capsys.readouterr().err
     assert not interrupts._received  # forgotten once main returns: code after it is not stopped
+
+
+def test_control_characters_in_file_names_are_shown_not_obeyed(capsys, tmp_path):
+    """A file named with ESC [ 31 m (or an OSC title sequence) reached the terminal as it was in
+    errors, warnings and summaries, and drove it."""
+    evil = tmp_path / "evil\x1b[31mred\x1b]0;title\x07.wav"
+    evil.write_bytes(b"RIFF not really a wave file")
+    status, out, err = run(capsys, "tag", str(evil))
+    assert status == 1 and "\x1b" not in err and "\x07" not in err, err
+    assert "evil\\x1b[31mred\\x1b]0;title\\x07.wav" in err
+    table = tmp_path / "rows\x1b[2J.jsonl"
+    status, out, err = run(capsys, "tag", str(evil), "-o", str(table), "--no-progress")
+    assert status == 1 and "\x1b" not in err and "\x07" not in err, err
+    assert "rows\\x1b[2J.jsonl: 0 ok, 1 failed" in err
+    row = json.loads(table.read_text())
+    assert row["path"] == str(evil)  # the table keeps the name as it is

@@ -17,6 +17,7 @@ from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import Layout, Result, identity, model_fields, same_outputs
+from jaxmir.console import printable
 from jaxmir.errors import InputError, JaxmirWarning, OptionError
 
 if TYPE_CHECKING:  # loading a model imports JAX; the command line's parser does not
@@ -258,7 +259,7 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
                             average=getattr(args, "average", False))
     finally:
         _shut_ray_down()
-    print(f"jaxmir: {args.output}: {tally.summary()}", file=sys.stderr)
+    print(f"jaxmir: {printable(args.output)}: {tally.summary()}", file=sys.stderr)
     return EXIT_FAILED if tally.failed else EXIT_OK
 
 

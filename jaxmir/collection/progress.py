@@ -7,6 +7,7 @@ import sys
 import time
 
 from jaxmir.collection.rows import DAMAGED, Result
+from jaxmir.console import printable
 
 
 @dataclasses.dataclass
@@ -75,7 +76,7 @@ class Progress:
         self.bar.update(1)
 
     def write(self, message: str) -> None:
-        self.bar.write(message, file=sys.stderr)
+        self.bar.write(printable(message), file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

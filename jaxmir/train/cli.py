@@ -99,7 +99,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr)
+    from jaxmir.console import printable
+
+    print(printable(message), file=sys.stderr)
 
 
 @contextlib.contextmanager
