@@ -219,7 +219,7 @@ def ignored_settings(kind: str, spelling: dict[str, str], *, engine: str, averag
         "average": average and kind != "npy"
         and "a table's embedding column is the mean over patches already",
         "per_patch": per_patch and kind == "npy"
-        and f"a folder of .npy keeps every patch (without {say['average'].split('=')[0]})",
+        and f"a folder of .npy keeps every patch (without {say['average']})",
         "flush_rows": flush_rows != 256 and kind != "parquet"
         and "lines and arrays are written one file at a time",
         "actors": actors is not None and engine != "ray"

@@ -739,9 +739,11 @@ def _count_nodes(data: bytes, limit: int) -> tuple[int, int]:
         return True
 
     for number, kind, start, end in _fields(data, 0, len(data)):
-        if kind == _LENGTH_DELIMITED and not (node(start, end) if number == _GRAPH_NODE else
-                                              library(start, end) if number == _GRAPH_LIBRARY
-                                              else True):
+        if kind != _LENGTH_DELIMITED:
+            continue
+        within = node(start, end) if number == _GRAPH_NODE else \
+            library(start, end) if number == _GRAPH_LIBRARY else True
+        if not within:
             break
     return counts[0], counts[1]
 

@@ -14,6 +14,7 @@ listed once (a repeated file could land in both the training and the test folds)
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import math
@@ -115,8 +116,7 @@ class Dataset:
         if len(targets) != len(paths):
             raise InputError(f"{len(paths)} paths but {len(targets)} target rows; give one row "
                              "per path")
-        repeated = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) < len(
-            paths) else []
+        repeated = sorted(p for p, n in collections.Counter(paths).items() if n > 1)
         if repeated:  # as a table's rows are: a fold could train and test on one track
             raise InputError(f"{len(repeated)} path(s) given more than once, e.g. "
                              + ", ".join(repr(p) for p in repeated[:3])
