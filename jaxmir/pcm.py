@@ -129,6 +129,7 @@ _SIGNATURES = {b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"FORM": "an AIFF
                b"caff": "a CAF file", b"wvpk": "a WavPack file", b"MAC ": "an APE file"}
 _SIGNATURES.update({b"ID3" + bytes([version]): "an MP3 file (ID3 tag)" for version in (2, 3, 4)})
 _MP4_BRAND = b"ftyp"
+_WAV_HEADS = (b"RIFF", b"RF64", b"BW64", b"RIFX")
 
 # MPEG audio frame headers: kbit/s by [MPEG-1?][layer I, II, III][index]; Hz by version
 _KBPS = {True: ((0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
@@ -221,6 +222,8 @@ def encoded_format(peek: Callable[[int], bytes]) -> str | None:
     for frame_bytes_of, kind, stream_of in _FRAMED:
         if _chained(peek, frame_bytes_of, stream_of, 0, 2):
             return kind(head)
+    if head[:4] in _WAV_HEADS:  # a WAV stream: its header says what its samples are
+        return None
     scanned = peek(_JOINED_SCAN)
     if scanned.find(b"OggS\x00") >= 0:  # version 0 of the page format
         return "an Ogg file"

@@ -168,3 +168,20 @@ def test_pcm_that_opens_like_one_frame_header_is_pcm():
     assert encoded_format(lambda n: silence[:n]) is None
     dithered = np.full(40000, -1, "<i2").tobytes()  # 0xFFFF: sync bits with reserved fields
     assert encoded_format(lambda n: dithered[:n]) is None
+
+
+def test_a_wav_stream_is_not_scanned_for_frames_joined_mid_way():
+    """Its header says what follows: the scan would wait for 16 KB before the header was read
+    (a second of an 8-kHz mono stream), and look for frames in samples it need not guess."""
+    from jaxmir.pcm import encoded_format
+
+    asked = []
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(8000, np.int16), 8000, format="WAV", subtype="PCM_16")
+    data = buffer.getvalue()
+
+    def peek(n):
+        asked.append(n)
+        return data[:n]
+
+    assert encoded_format(peek) is None and max(asked) < 4096, asked
