@@ -615,7 +615,8 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.audio import check_channels
     from jaxmir.errors import AudioError, InputError
-    from jaxmir.pcm import RAW_DTYPES, decode_pcm, encoded_format, frame_bytes, read_wav_header
+    from jaxmir.pcm import (RAW_DTYPES, decode_pcm, encoded_format, frame_bytes, joined_format,
+                            read_wav_header)
     from jaxmir.stream import Stream
 
     def reading(fn, *a):
@@ -660,6 +661,14 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
                              "or send a WAV stream")
         rate, channels = args.rate, args.channels or 1
         dtype = RAW_DTYPES[args.dtype or "s16le"]
+        joined = reading(joined_format, source.peek)
+        if joined is None and interrupted["now"]:
+            return _stopped_by(interrupted)
+        if joined is not None:
+            kind, at = joined
+            _warn(f"standard input looks like {kind} joined mid-way (its frames from byte {at}), "
+                  "read here as raw PCM: if it is one, its tags are of noise; decode it first "
+                  "(ffmpeg -i URL -f wav -)")
     width = frame_bytes(dtype, channels)
     stream = Stream(model, rate, output, patch_hop=hop, last_patch=args.last_patch,
                     resampler=args.resampler,

@@ -192,15 +192,23 @@ _JOINED_SCAN = 1 << 14
 
 
 def _chained(peek: Callable[[int], bytes], frame_bytes_of, stream_of, at: int,
-             frames: int) -> bool:
+             frames: int, distinct: bool = False) -> bool:
     """Whether ``frames`` frame headers of one stream (``stream_of`` them alike) follow each
-    other from byte ``at``, each where the length of the one before says."""
-    first = None
+    other from byte ``at``, each where the length of the one before says; ``distinct``: and no
+    frame is the one before it byte for byte (a tone whose period divides a chance header's
+    frame length repeats that header at every frame; an encoder's frames differ, but for
+    digital silence)."""
+    first, before = None, None
     for _ in range(frames):
         header = peek(at + 8)[at:]
         length = frame_bytes_of(header)
         if length is None or stream_of(header) != (first := first or stream_of(header)):
             return False
+        if distinct:
+            frame = peek(at + length)[at:]
+            if frame == before:
+                return False
+            before = frame
         at += length
     return True
 
@@ -210,9 +218,9 @@ def encoded_format(peek: Callable[[int], bytes]) -> str | None:
 
     Signatures, and MP3/MP2 or ADTS (AAC) streams with no tag before them, which open on a frame
     header: those are told by a second header where the first's length says (raw PCM can open on
-    bytes that read as one header, never by chance on two). A stream joined mid-frame (a live
-    radio's) is told by three such headers in a row from within its first
-    :data:`_JOINED_SCAN` bytes, and an Ogg stream by a page's capture pattern there.
+    bytes that read as one header, never by chance on two). MPEG layer I is left out: the bytes
+    FF FF of every small negative 32-bit sample read as its header, and its frames' lengths,
+    multiples of 4, land on the next such sample; nobody streams MP1.
     """
     head = peek(8)
     if head[4:8] == _MP4_BRAND:
@@ -220,21 +228,35 @@ def encoded_format(peek: Callable[[int], bytes]) -> str | None:
     if head[:4] in _SIGNATURES:
         return _SIGNATURES[head[:4]]
     for frame_bytes_of, kind, stream_of in _FRAMED:
-        if _chained(peek, frame_bytes_of, stream_of, 0, 2):
+        if not _layer_one(head) and _chained(peek, frame_bytes_of, stream_of, 0, 2):
             return kind(head)
+    return None
+
+
+def _layer_one(header: bytes) -> bool:
+    return len(header) > 1 and header[1] & 6 == 6
+
+
+def joined_format(peek: Callable[[int], bytes]) -> tuple[str, int] | None:
+    """``(kind, byte)`` where raw PCM looks like an MP3, MP2, AAC (ADTS) or Ogg stream joined
+    mid-frame (a live radio's) from that byte, else ``None``: three frame headers of one stream
+    in a row, no frame a copy of the one before, or an Ogg page's capture pattern, within the
+    first :data:`_JOINED_SCAN` bytes. A guess, to be said, not acted on: a tone with a little
+    dither whose period divides a chance header's frame length repeats that header too (11 of
+    17,520 such tones here). Call it on what :func:`encoded_format` took for PCM."""
+    head = peek(4)
     if head[:4] in _WAV_HEADS:  # a WAV stream: its header says what its samples are
         return None
     scanned = peek(_JOINED_SCAN)
-    if scanned.find(b"OggS\x00") >= 0:  # version 0 of the page format
-        return "an Ogg file"
+    page = scanned.find(b"OggS\x00")  # version 0 of the page format
+    if page >= 0:
+        return "an Ogg file", page
     at = scanned.find(b"\xff", 1)
     while at >= 0:
-        # not MPEG layer I here: the bytes FF FF of every small negative 32-bit sample read as
-        # its header, and its frames' lengths, multiples of 4, land on the next such sample
-        if scanned[at + 1:at + 2] and scanned[at + 1] & 6 != 6:
+        if not _layer_one(scanned[at:at + 2]):
             for frame_bytes_of, kind, stream_of in _FRAMED:
-                if _chained(peek, frame_bytes_of, stream_of, at, 3):
-                    return kind(scanned[at:at + 4])
+                if _chained(peek, frame_bytes_of, stream_of, at, 3, distinct=True):
+                    return kind(scanned[at:at + 4]), at
         at = scanned.find(b"\xff", at + 1)
     return None
 

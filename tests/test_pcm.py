@@ -129,21 +129,28 @@ def test_encoded_streams_are_told_from_pcm(container, codec, rate, options, kind
 @pytest.mark.parametrize("cut", [1, 417, 1001])
 def test_encoded_streams_joined_mid_frame_are_told_from_pcm(container, codec, rate, kind, cut):
     """A live radio's stream joined anywhere opens inside a frame: only its first bytes were
-    looked at, so it was read as raw PCM and tagged as noise."""
-    from jaxmir.pcm import encoded_format
+    looked at, so it was read as raw PCM and tagged as noise, unsaid."""
+    from jaxmir.pcm import encoded_format, joined_format
 
     samples = (0.3 * np.sin(np.arange(4 * rate) * 2 * np.pi * 440 / rate)).astype(np.float32)
     data = encoded_audio(container, codec, rate, {"id3v2_version": "0"} if container == "mp3"
                          else None, samples)[cut:]
-    assert encoded_format(lambda n: data[:n]) == kind
+    assert encoded_format(lambda n: data[:n]) is None  # not from its first bytes
+    found, at = joined_format(lambda n: data[:n])
+    assert found == kind and 0 < at < 1 << 14
 
 
 def test_no_raw_pcm_reads_as_a_stream_joined_mid_frame():
-    """Noise, tones and constants of every raw format the command takes, at many levels: none
-    holds three frame headers in a row, or an Ogg page's capture pattern, in its first 16 KB."""
-    from jaxmir.pcm import encoded_format
+    """Noise, constants and tones (whose period may divide a chance header's frame length: a
+    100-Hz sine at 48 kHz read as MP2) of every raw format the command takes, at many levels:
+    none holds three distinct frames in a row, or an Ogg page's capture pattern, in its first
+    16 KB."""
+    from jaxmir.pcm import encoded_format, joined_format
 
     rng = np.random.default_rng(11)
+    seconds = np.arange(48000) / 48000
+    tones = [np.round(0.1 * 32767 * np.sin(2 * np.pi * 100 * seconds)),  # MP2 before
+             np.round(0.1 * 2147483647 * np.sin(2 * np.pi * 1500 * seconds[:44100] * 48 / 44.1))]
     for trial in range(300):
         scale = float(rng.choice([1, 3, 30, 300, 3000, 30000]))
         samples = {0: rng.standard_normal(12000) * scale,
@@ -152,6 +159,10 @@ def test_no_raw_pcm_reads_as_a_stream_joined_mid_frame():
         for dtype in ("<i2", "<i4", "<f4"):
             data = (samples / 32768 if dtype == "<f4" else samples).astype(dtype).tobytes()
             assert encoded_format(lambda n: data[:n]) is None, (trial, dtype)
+            assert joined_format(lambda n: data[:n]) is None, (trial, dtype)
+    for tone, dtype in zip(tones, ("<i2", "<i4")):
+        data = tone.astype(dtype).tobytes()
+        assert joined_format(lambda n: data[:n]) is None, dtype
 
 
 def test_pcm_that_opens_like_one_frame_header_is_pcm():
@@ -173,7 +184,7 @@ def test_pcm_that_opens_like_one_frame_header_is_pcm():
 def test_a_wav_stream_is_not_scanned_for_frames_joined_mid_way():
     """Its header says what follows: the scan would wait for 16 KB before the header was read
     (a second of an 8-kHz mono stream), and look for frames in samples it need not guess."""
-    from jaxmir.pcm import encoded_format
+    from jaxmir.pcm import encoded_format, joined_format
 
     asked = []
     buffer = io.BytesIO()
@@ -184,4 +195,5 @@ def test_a_wav_stream_is_not_scanned_for_frames_joined_mid_way():
         asked.append(n)
         return data[:n]
 
-    assert encoded_format(peek) is None and max(asked) < 4096, asked
+    assert encoded_format(peek) is None and joined_format(peek) is None
+    assert max(asked) < 4096, asked

@@ -596,6 +596,18 @@ def test_stream_command_refuses_encoded_files_as_raw_pcm(tmp_path):
     result = cli("stream", "--rate", "22050", stdin=mp3)
     assert result.returncode == 1 and result.stdout == b""
     assert "standard input holds an MP3 file, not raw PCM" in result.stderr.decode()
+    # an MP3 joined mid-frame, as a live radio's is: read as raw PCM, but said to look like one
+    joined = encoded_audio("mp3", "libmp3lame", 22050, {"id3v2_version": "0"},
+                           signal_at(22050, 4.0, 1, seed=4))[1001:]
+    result = cli("stream", "--rate", "22050", stdin=joined[:len(joined) // 2 * 2])
+    assert result.returncode == 0, result.stderr.decode()
+    assert "jaxmir: warning: standard input looks like an MP3 file joined mid-way (its frames " \
+        "from byte " in result.stderr.decode()
+    # a test tone whose period divides a chance header's frame length was refused as MP2
+    tone = np.round(0.1 * 32767 * np.sin(2 * np.pi * 100 * np.arange(4 * 48000) / 48000))
+    result = cli("stream", "--rate", "48000", stdin=tone.astype("<i2").tobytes())
+    assert result.returncode == 0 and result.stderr == b"", result.stderr.decode()
+    assert len(lines_of(result)) == 1
     # a 3-channel WAV stream: the error was an array's ("for an array, channels go last")
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros((16000, 3), np.int16), 16000, format="WAV", subtype="PCM_16")
