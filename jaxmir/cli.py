@@ -383,9 +383,12 @@ def _tag_one(model, args, hop, plots: dict[str, Path]):
 
 def text_block(path: str, result: dict) -> str:
     """musicnn's ``[file] Top3 tags:`` then `` - tag`` lines, with the mean probability."""
+    from jaxmir.console import printable
+
     width = max(len(t["label"]) for t in result["top"])
     n = result["n_patches"]
     patches = f"{n} patch{'' if n == 1 else 'es'}"
+    path = printable(path)  # a newline in its name would start a line of its own
     lines = [f"[{path}] values, mean over {patches}:" if result.get("outputs") == "values"
              else f"[{path}] top {len(result['top'])} tag{'' if len(result['top']) == 1 else 's'} "
              f"({patches}):"]

@@ -28,22 +28,26 @@ class StandardOutputError(Exception):
         self.reader_left = reader_left
 
 
-# Control characters but tab and newline: in a file name, ESC [ ... would drive the terminal
-# that shows the message (colours, the window's title, the cursor).
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Control characters but tab (and newline, where asked): in a file name, ESC [ ... would drive
+# the terminal that shows the message (colours, the window's title, the cursor), and a newline
+# start a line of its own. A name's byte that is not UTF-8 reaches Python as a lone surrogate,
+# \udc80-\udcff, written back as that byte: 0x80-0x9f are C1 controls (0x9b is CSI).
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\udc80-\udc9f]")
+_CONTROLS_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\udc80-\udc9f]")
 
 
-def printable(text: str) -> str:
-    """``text`` with each control character but tab and newline written as ``\\xNN``, as a
-    terminal shows it rather than obeys it."""
-    return _CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+def printable(text: str, newlines: bool = False) -> str:
+    """``text`` with each control character but tab (and newline, with ``newlines``) written as
+    ``\\xNN``, as a terminal shows it rather than obeys it."""
+    controls = _CONTROLS_BUT_NEWLINE if newlines else _CONTROLS
+    return controls.sub(lambda found: f"\\x{ord(found.group()) & 0xFF:02x}", text)
 
 
 def write_line(text: str) -> None:
     """``text`` (ending in a newline) on standard output, above a progress bar, flushed."""
     from tqdm import tqdm
 
-    text = _encodable(printable(text))
+    text = _encodable(printable(text, newlines=True))
     try:
         if len(text) < _PIPE_BYTES // 4:  # at most 4 bytes a character in UTF-8
             tqdm.write(text, file=sys.stdout, end="" if text.endswith("\n") else "\n")

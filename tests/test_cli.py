@@ -830,3 +830,18 @@ def test_control_characters_in_file_names_are_shown_not_obeyed(capsys, tmp_path)
     assert "rows\\x1b[2J.jsonl: 0 ok, 1 failed" in err
     row = json.loads(table.read_text())
     assert row["path"] == str(evil)  # the table keeps the name as it is
+    # a newline would forge a line of its own; a byte that is not UTF-8, 0x9b, is a C1 CSI
+    forged = tmp_path / "a\njaxmir: error: forged.wav"
+    soundfile.write(forged, tone(4.0), SR)
+    c1 = os.fsencode(tmp_path) + b"/c1_\x9b31m.wav"
+    soundfile.write(tmp_path / "plain.wav", tone(4.0), SR)
+    os.rename(tmp_path / "plain.wav", c1)
+    status, out, err = run(capsys, "tag", str(forged), os.fsdecode(c1))
+    assert status == 0 and "\njaxmir: error: forged" not in out and "\x9b" not in out, out
+    assert "a\\x0ajaxmir: error: forged.wav] top 3 tags" in out
+    assert "c1_\\x9b31m.wav] top 3 tags" in out
+    broken = tmp_path / "b\njaxmir: warning: forged.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    status, out, err = run(capsys, "tag", str(broken))
+    assert status == 1 and "\njaxmir: warning: forged" not in err, err
+    assert "b\\x0ajaxmir: warning: forged.wav" in err

@@ -287,7 +287,8 @@ def run_embed(args: argparse.Namespace, model, hop: int | None) -> int:
 
             shape = result.values.shape[1:] if getattr(args, "average", False) \
                 else result.values.shape
-            write_line(f"{result.source.path} -> {where} {list(shape)}")
+            write_line(f"{printable(result.source.path)} -> {printable(str(where))} "
+                       f"{list(shape)}")
 
     announce = kind_of(args.output, "embed") == "npy" and not args.quiet
     return _run(args, model, "embed", args.layer, hop, on_result=show if announce else None)
