@@ -339,8 +339,10 @@ def test_dataset_targets_must_fit_paths_task_and_classes():
     ds = data.Dataset(["a", "b", "c"], onehot.tolist(), "single", ["x", "y"])
     assert ds.subset([2]).paths == ("c",) and ds.targets.dtype == np.float32
     # as a table's rows are: a fold could train and test on one track
-    with pytest.raises(InputError, match=r"1 path\(s\) given more than once, e.g. 'a'; give "):
+    with pytest.raises(InputError, match=r"1 path\(s\) given more than once, e.g. '.*a'; give "):
         data.Dataset(["a", "b", "a"], onehot, "single", ("x", "y"))
+    with pytest.raises(InputError, match="given more than once"):  # spelt two ways
+        data.Dataset(["a", "b", Path("./a")], onehot, "single", ("x", "y"))
 
 
 # -- embedding cache -----------------------------------------------------------------------

@@ -116,8 +116,11 @@ class Dataset:
         if len(targets) != len(paths):
             raise InputError(f"{len(paths)} paths but {len(targets)} target rows; give one row "
                              "per path")
-        repeated = sorted(p for p, n in collections.Counter(paths).items() if n > 1)
-        if repeated:  # as a table's rows are: a fold could train and test on one track
+        # a fold could train and test on one track; by absolute name (a table's rows are also
+        # compared through links, a stat a path: too slow for the Datasets of every fold)
+        named = collections.Counter(os.path.abspath(os.fspath(p)) for p in paths)
+        repeated = sorted(p for p, n in named.items() if n > 1)
+        if repeated:
             raise InputError(f"{len(repeated)} path(s) given more than once, e.g. "
                              + ", ".join(repr(p) for p in repeated[:3])
                              + "; give each track once (several labels as multi-label targets)")
