@@ -102,14 +102,23 @@ def cached(compute: Callable[[str], np.ndarray], paths: Sequence[str], key: Call
                 try:
                     save_array(entry, value)
                 except OSError as err:
-                    warnings.warn(f"embedding cache off: {root} cannot be written "
-                                  f"({err.strerror or err}); the embeddings are computed anew "
-                                  "on every run", JaxmirWarning, stacklevel=2)
+                    reason = "a file is in its place" if root.is_file() else err.strerror or err
+                    _cache_off(root, str(reason))
                     root = None
         results.append(value)
     for message in failures:
         warnings.warn(f"skipped {message}", JaxmirWarning, stacklevel=2)
     return results, failures
+
+
+_TURNED_OFF: set[Path] = set()  # said once a process: MFCCs for smoothing take the cache too
+
+
+def _cache_off(root: Path, reason: str) -> None:
+    if root not in _TURNED_OFF:
+        _TURNED_OFF.add(root)
+        warnings.warn(f"embedding cache off: {root} cannot be written ({reason}); the "
+                      "embeddings are computed anew on every run", JaxmirWarning, stacklevel=3)
 
 
 def backbone_id(name_or_path: str) -> str:
