@@ -133,8 +133,8 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         tally = Tally(total=len(sources), skipped=len(sources) - len(todo))
         bar = Progress(tally, progress)
         for source in resume.unreachable_done(sources, writer.done):
-            bar.write(f"jaxmir: warning: {source.path}: cannot be read now; its row from an "
-                      "earlier run is kept")
+            warnings.warn(f"{source.path}: cannot be read now; its row from an earlier run is "
+                          "kept", JaxmirWarning, stacklevel=2)
 
         def write(result: Result) -> None:
             where = writer.write(result)
@@ -217,7 +217,7 @@ def ignored_settings(kind: str, spelling: dict[str, str], *, engine: str, averag
     say = spelling
     ignored = {
         "average": average and kind != "npy"
-        and "a table's embedding column is the mean over patches already",
+        and "a table holds the mean over patches already",
         "per_patch": per_patch and kind == "npy"
         and f"a folder of .npy keeps every patch (without {say['average']})",
         "flush_rows": flush_rows != 256 and kind != "parquet"

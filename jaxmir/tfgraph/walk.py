@@ -265,7 +265,7 @@ class InferencePath:
               "int": np.issubdtype(value.dtype, np.integer),
               "number": np.issubdtype(value.dtype, np.number)}[kind]
         if not ok:
-            raise self.unsupported(f"'{name}' is a {value.dtype} constant where {kind} values "
+            raise self.unsupported(f"'{name}' is a constant of {value.dtype} where {kind} values "
                                    "are expected")
 
     def vector(self, ref, length: int | None = None, what: str = "vector") -> np.ndarray:
