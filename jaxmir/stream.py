@@ -273,7 +273,8 @@ def _output_shapes(model: "Model", module, taps: tuple) -> tuple[tuple[int, ...]
 class PatchStarts(Sequence):
     """The start in seconds of every patch a :class:`Stream` has returned, in order: a read-only
     sequence computed from the count (patch ``k`` starts at ``k`` hops), not a list kept, which
-    grew for as long as a live stream ran."""
+    grew for as long as a live stream ran. It prints, copies, adds and pickles as the list it
+    was; ``list(stream.times)`` where a list itself is needed (``json.dumps``)."""
 
     def __init__(self, stream: "Stream"):
         self._stream = stream
@@ -291,11 +292,23 @@ class PatchStarts(Sequence):
         return float(k * self._stream.patch_hop * self._stream.frontend.frame_seconds)
 
     def __eq__(self, other) -> bool:
-        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+        return list(self) == other if isinstance(other, list) else \
+            list(self) == list(other) if isinstance(other, PatchStarts) else NotImplemented
 
     def __repr__(self) -> str:
-        shown = ", ".join(map(str, self[:3])) + (", ..." if len(self) > 3 else "")
-        return f"PatchStarts([{shown}], n={len(self)})"
+        return repr(list(self))
+
+    def copy(self) -> list[float]:
+        return list(self)
+
+    def __add__(self, other: list) -> list[float]:
+        return list(self) + other
+
+    def __radd__(self, other: list) -> list[float]:
+        return other + list(self)
+
+    def __reduce__(self):  # the list, not the stream and its model
+        return list, (list(self),)
 
 
 class Stream:

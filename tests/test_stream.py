@@ -152,6 +152,14 @@ def test_patch_starts_are_those_returned_and_take_no_memory_per_patch(musicnn, o
     held = [name for name, value in vars(stream).items()
             if isinstance(value, (list, tuple, np.ndarray)) and len(value) >= stream.n_patches]
     assert not held, held  # nothing kept a patch
+    # read as the list it was: printed, copied, added, pickled (as a list, not the stream)
+    import pickle
+
+    want = starts.tolist()
+    assert repr(stream.times) == repr(want) and stream.times.copy() == want
+    assert stream.times + [1.0] == want + [1.0] and [1.0] + stream.times == [1.0] + want
+    assert pickle.loads(pickle.dumps(stream.times)) == want
+    assert len(pickle.dumps(stream.times)) < 100 + 10 * len(want)
 
 
 def test_an_empty_chunk_neither_sets_nor_breaks_the_stream_s_format(musicnn):
