@@ -117,6 +117,11 @@ def test_a_missing_dataset_a_row_naming_a_folder_and_a_folder_of_parquet_parts(t
                        parts / f"part-{k}.parquet")
     dataset = data.load_dataset(parts)
     assert sorted(dataset.paths) == sorted(paths) and list(dataset.classes) == ["a", "b"]
+    classes = tmp_path / "classes.parquet"  # class folders, whatever the name: still those
+    for k, path in enumerate(paths):
+        (classes / labels[k]).mkdir(parents=True, exist_ok=True)
+        (classes / labels[k] / Path(path).name).symlink_to(path)
+    assert list(data.load_dataset(classes).classes) == ["a", "b"]
 
 
 def test_class_folders_are_ordered_as_a_table_s_class_ids(tmp_path, audio_set):

@@ -195,7 +195,8 @@ def load_dataset(source: str | os.PathLike) -> Dataset:
     Parquet table may be a folder of part files, as jaxmir and Spark write them)."""
     source = Path(source)
     table = source.suffix.lower() in (".csv", ".parquet", ".pq")
-    parts = source.suffix.lower() in (".parquet", ".pq") and source.is_dir()
+    parts = source.suffix.lower() in (".parquet", ".pq") and source.is_dir() and any(
+        part.suffix.lower() in (".parquet", ".pq") for part in source.iterdir())
     if source.is_dir() and not parts:
         dataset = _from_folders(source)
     elif table and (source.is_file() or parts):
