@@ -1594,3 +1594,29 @@ def test_a_link_named_as_a_table_to_a_parquet_folder_says_what_it_expected(music
     (tmp_path / "lnk.csv").symlink_to(tmp_path / "rows.jsonl")
     collect(model, music / "rock" / "a.wav", tmp_path / "lnk.csv", progress=False, jobs=0)
     assert (tmp_path / "rows.jsonl").read_text().startswith("path,size_bytes,")
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_a_folder_s_failed_row_goes_once_it_can_be_listed(music, model, tmp_path, suffix):
+    """A folder named that was gone for a run got an error row, which stayed for good after the
+    folder came back (its files' rows done and kept): the table showed a failure no run had."""
+    folder = tmp_path / "disk"
+    shutil.copytree(music / "rock", folder)
+    output = tmp_path / f"tags{suffix}"
+    assert collect(model, folder, output, progress=False).ok == 2
+    folder.rename(tmp_path / "away")
+    assert collect(model, folder, output, progress=False).failed == 1
+    assert sorted(status for _, status, _ in _read_rows(output)) == ["error", "ok", "ok"]
+    (tmp_path / "away").rename(folder)
+    tally = collect(model, folder, output, progress=False)
+    assert (tally.ok, tally.failed, tally.skipped) == (0, 0, 2)
+    assert [status for _, status, _ in _read_rows(output)] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("actors", [0, -1, 2.5, "two", True])
+def test_collect_refuses_actors_that_are_no_count_before_making_an_output(model, tmp_path,
+                                                                         actors):
+    """actors=0 ran one actor, the others failed inside Ray after an empty output was made."""
+    with pytest.raises(InputError, match=rf"actors={actors!r}: expected a whole number >= 1"):
+        collect(model, tmp_path, tmp_path / "t.jsonl", engine="ray", actors=actors)
+    assert not (tmp_path / "t.jsonl").exists()

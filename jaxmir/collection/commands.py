@@ -93,6 +93,10 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
     output = os.fspath(output)
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
         raise InputError(f"jobs={jobs!r}: expected a whole number >= 0 (0: decode in this thread)")
+    if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int)
+                               or actors < 1):
+        raise InputError(f"actors={actors!r}: expected a whole number >= 1 (the Ray engine's "
+                         "model actors; None: one per GPU, or per CPUs the cluster has)")
     if command not in ("tag", "embed"):
         raise InputError(f"unknown command {command!r}; expected 'tag' or 'embed'")
     options = (options or Options()).for_command(command)

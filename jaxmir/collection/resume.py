@@ -2,19 +2,21 @@
 
 A row is kept when its file succeeded and is unchanged (same path, size and
 modification time), when its file is not part of this run (another run's
-rows are not ours to drop), or when its file cannot be read now (a folder
-renamed, a drive not mounted): it has not changed that anyone can tell, and
-the run skips it, saying so. Failed rows and rows of files changed since are
+rows are not ours to drop: but the failed row of a folder that can be listed
+now, which its files' rows replace), or when its file cannot be read now (a
+folder renamed, a drive not mounted): it has not changed that anyone can tell,
+and the run skips it, saying so. Failed rows and rows of files changed since are
 dropped; those files are done again and their new rows appended. A strict run
 (``--strict``) drops the rows of damaged files too.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Collection, Iterable, Mapping
 
 from jaxmir.collection.inputs import Source, file_key
-from jaxmir.collection.rows import DONE, OK, UNRECORDED_DEFAULTS, as_text
+from jaxmir.collection.rows import DONE, ERROR, OK, UNRECORDED_DEFAULTS, as_text
 from jaxmir.errors import InputError
 
 
@@ -23,12 +25,22 @@ def keep(path: str, size: int, mtime_ns: int, status: str, current: Mapping[str,
     """Whether an existing row stays in the output (see the module docstring); ``strict``: a
     damaged file's row goes too (a strict run fails such a file)."""
     source = current.get(path)
-    if source is None:
-        return True
+    if source is None:  # another run's, but the error of a folder that can be listed now
+        return not (status == ERROR and _listable_folder(path))
     if not source.reachable:
         return status in DONE
     done = (OK,) if strict else DONE
     return status in done and (size, mtime_ns) == (source.size, source.mtime_ns)
+
+
+def _listable_folder(path: str) -> bool:
+    """Whether ``path`` is a folder that can be listed: a failed row of it (it was gone, or could
+    not be listed) is stale, and its files are rows of their own."""
+    try:
+        with os.scandir(path):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def to_do(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[Source]:
