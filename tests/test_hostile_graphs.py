@@ -489,6 +489,19 @@ def test_weights_that_overflow_float32_give_an_error_not_nan_tags(tmp_path, caps
     assert cli.main(["tag", audio, "--model", model, "-o", str(rows), "--no-progress"]) == 1
     row = json.loads(rows.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert row["status"] == "error" and said in row["error"], row
+    # a damaged file's problem stays with its error row
+    import soundfile
+
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, np.random.default_rng(3).uniform(-0.3, 0.3, 6 * 16000), 16000)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 3 // 4])
+    rows = tmp_path / "cut.jsonl"
+    assert cli.main(["tag", str(cut), "--model", model, "-o", str(rows), "--no-progress"]) == 1
+    row = json.loads(rows.read_text())
+    assert "predictions hold NaN or infinity (" in row["error"], row
+    assert row["error"].endswith("here (truncated audio: decoded 4.50 s of the 6.00 s its header "
+                                 "declares)"), row
 
 
 def test_a_library_defining_a_function_twice_is_refused(tmp_path):

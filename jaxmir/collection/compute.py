@@ -129,7 +129,10 @@ def result_of(item: Decoded, outcome: dict | str, output: str) -> Result:
     try:
         check_finite(values, output)
     except NonFiniteOutputError as err:
-        return Result(item.source, item.duration_s, None, error_message(item.source.path, err))
+        message = error_message(item.source.path, err)
+        if item.warning:  # what was wrong with the audio is not lost with its row
+            message += f" ({item.warning.removeprefix(f'{item.source.path}: ')})"
+        return Result(item.source, item.duration_s, None, message)
     return Result(item.source, item.duration_s, values, warning=item.warning)
 
 
