@@ -4,7 +4,8 @@ from typing import TYPE_CHECKING
 
 from jaxmir import lazy
 from jaxmir.errors import (AudioError, DeviceMemoryError, GraphError, InputError, JaxmirError,
-                           JaxmirWarning, ShortAudioError, UnsupportedGraphError, WeightsError)
+                           JaxmirWarning, NonFiniteOutputError, ShortAudioError,
+                           UnsupportedGraphError, WeightsError)
 
 if TYPE_CHECKING:
     from jaxmir import frontends
@@ -13,7 +14,8 @@ if TYPE_CHECKING:
     from jaxmir.model import Model
 
 __all__ = ["load", "Model", "JaxmirError", "GraphError", "UnsupportedGraphError", "WeightsError",
-           "InputError", "AudioError", "ShortAudioError", "DeviceMemoryError", "JaxmirWarning",
+           "InputError", "AudioError", "ShortAudioError", "DeviceMemoryError",
+           "NonFiniteOutputError", "JaxmirWarning",
            "load_audio", "frontends"]
 __version__ = "0.1.0"
 
