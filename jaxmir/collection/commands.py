@@ -24,12 +24,11 @@ if TYPE_CHECKING:  # loading a model imports JAX; the command line's parser does
     from jaxmir.model import Model
 
 EXIT_OK, EXIT_FAILED = 0, 1
+COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
 
 
 class IgnoredSettingWarning(JaxmirWarning):
     """A setting of :func:`collect` that has no effect with its output or engine."""
-
-COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
 
 
 def model_name(args: argparse.Namespace) -> str:
@@ -84,6 +83,10 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
       InputError: an output that cannot be written or holds another model's
         results; a write that fails midway (e.g. a full disk) says so, and
         every row written before it is kept.
+
+    Warns:
+      IgnoredSettingWarning: a setting that has no effect with this output or engine.
+      JaxmirWarning: a file done in an earlier run that cannot be read now (its row is kept).
     """
     if not hasattr(model, "resolve_outputs"):  # a name or path: the Ray engine's own is name=
         raise InputError(f"collect takes a loaded model (jaxmir.load({model!r})), not "
