@@ -407,6 +407,10 @@ def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music,
                                          r"\(dtype: 'bfloat16' there, 'float32' now\)") as err:
         collect(model, [path], out, name="msd-musicnn", jobs=0, progress=False)
     assert "not an output of jaxmir" not in str(err.value) and str(err.value).count("--overwrite") == 1
+    # tags then embeddings: the labels differ with the command, not the model
+    with pytest.raises(InputError, match=r"holds results of 'msd-musicnn' with other settings "
+                                         r"\(command: 'tag' there, 'embed' now"):
+        collect(model, [path], out, command="embed", name="msd-musicnn", jobs=0, progress=False)
     with pytest.raises(InputError, match="unknown dtype"):
         Options(dtype="float16")
 

@@ -100,7 +100,9 @@ def check_identity(output: str, found: dict, expected: dict,
     if "labels" in keys:
         details = "; ".join(filter(None, [details, "the labels differ"]))
     there, now = found.get("model"), expected.get("model")
-    other_model = {"model_sha256", "labels"} & set(keys)  # the same name, other weights or labels
+    # the same name, other weights or labels (a tag table's labels, where embed writes none, are
+    # another command's, not another model's)
+    other_model = "model_sha256" in keys or ("labels" in keys and "command" not in keys)
     whose = f"of model {there!r}, not of {now!r} with these settings" if there != now else \
         f"of another {now!r}" if other_model else f"of {now!r} with other settings"
     raise InputError(f"{output} holds results {whose} ({details}); give another --output, or "
