@@ -407,10 +407,6 @@ def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music,
                                          r"\(dtype: 'bfloat16' there, 'float32' now\)") as err:
         collect(model, [path], out, name="msd-musicnn", jobs=0, progress=False)
     assert "not an output of jaxmir" not in str(err.value) and str(err.value).count("--overwrite") == 1
-    # tags then embeddings: the labels differ with the command, not the model
-    with pytest.raises(InputError, match=r"holds results of 'msd-musicnn' with other settings "
-                                         r"\(command: 'tag' there, 'embed' now"):
-        collect(model, [path], out, command="embed", name="msd-musicnn", jobs=0, progress=False)
     with pytest.raises(InputError, match="unknown dtype"):
         Options(dtype="float16")
 
@@ -1624,3 +1620,15 @@ def test_collect_refuses_actors_that_are_no_count_before_making_an_output(model,
     with pytest.raises(InputError, match=rf"actors={actors!r}: expected a whole number >= 1"):
         collect(model, tmp_path, tmp_path / "t.jsonl", engine="ray", actors=actors)
     assert not (tmp_path / "t.jsonl").exists()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_tags_refused_to_embed_are_the_same_model_s_other_settings(music, model, tmp_path,
+                                                                    suffix):
+    """A tag table's labels, where embed records none, made it "results of another
+    'msd-musicnn'"."""
+    out = tmp_path / f"rows{suffix}"
+    collect(model, music / "rock" / "a.wav", out, jobs=0, progress=False)
+    with pytest.raises(InputError, match=r"holds results of 'msd-musicnn' with other settings "
+                                         r"\(command: 'tag' there, 'embed' now"):
+        collect(model, music / "rock" / "a.wav", out, command="embed", jobs=0, progress=False)
