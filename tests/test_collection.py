@@ -1632,3 +1632,25 @@ def test_tags_refused_to_embed_are_the_same_model_s_other_settings(music, model,
     with pytest.raises(InputError, match=r"holds results of 'msd-musicnn' with other settings "
                                          r"\(command: 'tag' there, 'embed' now"):
         collect(model, music / "rock" / "a.wav", out, command="embed", jobs=0, progress=False)
+
+
+def test_rows_of_files_gone_from_a_folder_named_are_kept_and_said(music, model, tmp_path):
+    """A file deleted from a folder kept its row without a word: the summary ("2 already
+    done") and the table (3 rows) disagreed."""
+    folder = tmp_path / "disk"
+    shutil.copytree(music / "rock", folder)
+    shutil.copy(music / "jazz" / "a.wav", folder / "c.wav")
+    output = tmp_path / "tags.jsonl"
+    assert collect(model, folder, output, progress=False).ok == 3
+    (folder / "c.wav").rename(tmp_path / "c.wav")
+    with pytest.warns(jaxmir.JaxmirWarning) as caught:
+        tally = collect(model, folder, output, progress=False)
+    assert tally.skipped == 2 and len(_read_rows(output)) == 3
+    assert [str(w.message) for w in caught] == [
+        f"1 file(s) done in an earlier run are no longer in the folders named, e.g. "
+        f"{folder / 'c.wav'}; their rows are kept (--overwrite, or overwrite=True, starts the "
+        "output over)"]
+    (tmp_path / "c.wav").rename(folder / "c.wav")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxmir.JaxmirWarning)
+        assert collect(model, folder, output, progress=False).skipped == 3

@@ -159,6 +159,16 @@ def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.Path
     return once_each([os.path.abspath(path) for path in paths])
 
 
+def folders_named(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]
+                  ) -> list[str]:
+    """The absolute paths of the folders among ``arguments`` (as :func:`expand` takes them; not
+    those of ``@list`` files)."""
+    if isinstance(arguments, (str, bytes, os.PathLike)):
+        arguments = [arguments]
+    return [os.path.abspath(name) for name in map(os.fsdecode, arguments)
+            if not name.startswith("@") and os.path.isdir(name)]
+
+
 def once_each(paths: Iterable[str], names_only: Container[str] = ()) -> list[str]:
     """``paths`` with each file once (one file by two names: a link, a folder and a folder in
     it), where it came first, by its name without links where it has one; a path in

@@ -43,6 +43,15 @@ def _listable_folder(path: str) -> bool:
         return False
 
 
+def gone_from_folders(done: set[tuple[str, int, int]], folders: Iterable[str],
+                      current: Mapping[str, Source]) -> list[str]:
+    """The paths of rows done that lie below one of ``folders`` but are no file of this run and
+    no longer exist: their rows are kept (another run's rows are not ours to drop), and said."""
+    roots = tuple(os.path.join(folder, "") for folder in folders)
+    return sorted(path for path, _, _ in done if path not in current and roots
+                  and path.startswith(roots) and not os.path.lexists(path))
+
+
 def to_do(sources: Iterable[Source], done: set[tuple[str, int, int]]) -> list[Source]:
     """The sources whose ``(path, size, mtime_ns)`` has no kept row, in order, but those that
     cannot be read now and have one (:func:`unreachable_done`)."""
