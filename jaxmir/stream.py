@@ -289,7 +289,7 @@ class PatchStarts(Sequence):
         k += len(self) if k < 0 else 0
         if not 0 <= k < len(self):
             raise IndexError(f"patch {index} of {len(self)}")
-        return float(k * self._stream.patch_hop * self._stream.frontend.frame_seconds)
+        return float(self._stream._starts(k, 1)[0])
 
     def __eq__(self, other) -> bool:
         return list(self) == other if isinstance(other, list) else \
@@ -556,16 +556,22 @@ class Stream:
             first = self._next * self.patch_hop
             values = self._run(first, self._regular_index(n), shared=True, patch=self._next,
                                used=count)
-            starts = (first + self.patch_hop * np.arange(count)) * self.frontend.frame_seconds
-            parts.append(self._record(starts, [v[:count] for v in values]))
+            parts.append(self._record([v[:count] for v in values], count))
             self._next += count
         if parts:
             self._forget_before(self._next * self.patch_hop)
         return parts
 
-    def _record(self, starts: np.ndarray, values: list[np.ndarray]) -> Patches:
-        self.n_patches += len(starts)
-        return Patches(np.asarray(starts, np.float64), dict(zip(self.names, values)))
+    def _starts(self, first: int, count: int) -> np.ndarray:
+        """``[count]`` float64: the start in seconds of patches ``first``, ``first + 1``, ...
+        (patch ``k`` starts ``k`` hops in, the repeated or padded last one too)."""
+        return (first + np.arange(count)) * self.patch_hop * self.frontend.frame_seconds
+
+    def _record(self, values: list[np.ndarray], count: int) -> Patches:
+        """The next ``count`` patches' outputs, with their starts, counted as returned."""
+        starts = self._starts(self.n_patches, count)
+        self.n_patches += count
+        return Patches(starts, dict(zip(self.names, values)))
 
     def _last_patch(self, n_frames: int) -> list[Patches]:
         """The ``"repeat"`` last patch, or the one padded patch of a short signal, if any."""
@@ -582,7 +588,7 @@ class Stream:
             self._warm_up()
         index = np.where(frames >= 0, frames + self.windowing.lead + 1, 0).astype(np.int32)[None, :]
         values = self._run(start, index, shared=False)
-        return [self._record(np.array([start * self.frontend.frame_seconds]), list(values))]
+        return [self._record(list(values), 1)]
 
 
 @contextlib.contextmanager
