@@ -654,10 +654,6 @@ def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
 
 # An Ogg page: "OggS", version 0, header type (0x04: the stream's last page), granule position,
 # serial number, sequence number, CRC, the number of segments, then their lacing values.
-_OGG_PAGE = struct.Struct("<4sBBqIIIB")
-_OGG_END_OF_STREAM = 0x04
-_OGG_MAX_PAGE = _OGG_PAGE.size + 255 + 255 * 255
-
 
 def _unfinished_ogg(path: str, container) -> str | None:
     """How an Ogg file falls short of a finished stream, or None: cut inside its last page, or
@@ -668,20 +664,18 @@ def _unfinished_ogg(path: str, container) -> str | None:
         return None
     with open(path, "rb") as file:
         size = file.seek(0, os.SEEK_END)
-        start = max(0, size - _OGG_MAX_PAGE)
+        start = max(0, size - ogg.MAX_PAGE_BYTES)
         file.seek(start)
         tail = file.read()
-    at = tail.rfind(b"OggS\x00")
+    at = tail.rfind(ogg.CAPTURE + b"\x00")  # version 0 of the page format
     if at < 0:
         return None
-    if len(tail) - at < _OGG_PAGE.size:
+    if len(tail) - at < ogg.HEADER_BYTES:
         return "is cut inside its last page's header"
-    *_, kind, _granule, _serial, _sequence, _crc, segments = _OGG_PAGE.unpack_from(tail, at)
-    lacing = tail[at + _OGG_PAGE.size:at + _OGG_PAGE.size + segments]
-    end = at + _OGG_PAGE.size + segments + sum(lacing)
-    if len(lacing) < segments or end > len(tail):
+    end = ogg.page_end(tail, at)
+    if end > len(tail):
         return f"is cut inside its last page ({len(tail) - at} of its {end - at} bytes)"
-    if end == len(tail) and not kind & _OGG_END_OF_STREAM:
+    if end == len(tail) and not tail[at + ogg.TYPE_AT] & ogg.END_OF_STREAM:
         return "ends on a page without the end-of-stream mark (the file is cut, or was never finished)"
     return None
 

@@ -59,7 +59,12 @@ class ShortAudioError(AudioError):
         self.on_command_line = on_command_line or message
 
     def with_damage(self, problem: str, path: str) -> ShortAudioError:
-        """This error, with the damage of the file ``path`` that may be why it is short
-        (``problem``: the decoder's words, which may begin with the path)."""
-        damage = f" ({problem.removeprefix(f'{path}: ')})"
+        """This error, with the damage of the file ``path`` that may be why it is short."""
+        damage = damage_note(problem, path)
         return ShortAudioError(f"{self}{damage}", self.length, self.on_command_line + damage)
+
+
+def damage_note(problem: str, path: str) -> str:
+    """``" (problem)"``, to follow an error's message: what was wrong with the file ``path``
+    (the decoder's words, which may begin with the path), which may be why it failed."""
+    return f" ({problem.removeprefix(f'{path}: ')})"

@@ -20,6 +20,8 @@ import zlib
 
 CAPTURE = b"OggS"
 HEADER_BYTES = 27  # capture pattern to segment count; the lacing values follow
+MAX_PAGE_BYTES = HEADER_BYTES + 255 + 255 * 255  # 255 lacing values of 255 bytes each
+TYPE_AT, END_OF_STREAM = 5, 0x04  # the header type byte, and its last-page flag
 _CRC_AT = 22  # the checksum's 4 bytes (little-endian) within a page's header
 
 # Ogg's CRC-32 is the usual polynomial (0x04C11DB7) unreflected, from 0, not inverted at the end:
@@ -32,6 +34,13 @@ def page_checksum(page: bytes) -> int:
     page = page[:_CRC_AT] + bytes(4) + page[_CRC_AT + 4:]
     reflected = ~zlib.crc32(page.translate(_REVERSED_BITS), 0xFFFFFFFF) & 0xFFFFFFFF
     return int(f"{reflected:032b}"[::-1], 2)
+
+
+def page_end(data, at: int) -> int:
+    """Where the page whose header (whole in ``data``) starts at ``at`` ends: behind its lacing
+    values and the segments they size; past ``len(data)`` for a page cut short."""
+    lacing_end = at + HEADER_BYTES + data[at + HEADER_BYTES - 1]
+    return lacing_end + sum(data[at + HEADER_BYTES:lacing_end])
 
 
 def bad_checksums(path: str) -> dict[int, bytes]:
@@ -51,8 +60,7 @@ def _walk(data) -> dict[int, bytes]:
     while (at := data.find(CAPTURE, at)) >= 0:
         if at + HEADER_BYTES > len(data):
             break  # cut inside the header: FFmpeg ends there
-        lacing_end = at + HEADER_BYTES + data[at + HEADER_BYTES - 1]  # after the lacing values
-        end = lacing_end + sum(data[at + HEADER_BYTES:lacing_end])
+        end = page_end(data, at)
         if end > len(data):
             break  # cut inside the page
         page = data[at:end]

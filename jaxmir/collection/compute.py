@@ -26,7 +26,7 @@ from jaxmir.collection.packing import Call, Packer
 from jaxmir.decode import MODES as DECODE_MODES
 from jaxmir.collection.rows import Result, check_finite
 from jaxmir.errors import (AudioError, DeviceMemoryError, InputError, JaxmirError,
-                           NonFiniteOutputError, ShortAudioError)
+                           NonFiniteOutputError, ShortAudioError, damage_note)
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import Model, check_dtype
 from jaxmir.models.runner import call_step
@@ -131,7 +131,7 @@ def result_of(item: Decoded, outcome: dict | str, output: str) -> Result:
     except NonFiniteOutputError as err:
         message = error_message(item.source.path, err)
         if item.warning:  # what was wrong with the audio is not lost with its row
-            message += f" ({item.warning.removeprefix(f'{item.source.path}: ')})"
+            message += damage_note(item.warning, item.source.path)
         return Result(item.source, item.duration_s, None, message)
     return Result(item.source, item.duration_s, values, warning=item.warning)
 
