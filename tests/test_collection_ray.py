@@ -241,6 +241,29 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
         ray_engine.connect("")
 
 
+def test_a_token_refused_after_ray_was_imported_first_says_so(monkeypatch):
+    """A program that imports ray before jaxmir (the README's analyze_dataset recipe) with
+    RAY_AUTH_TOKEN set and no RAY_AUTH_MODE: Ray sent no token, and jaxmir's message only said
+    to set RAY_AUTH_TOKEN, which was set."""
+    ray = require("ray")
+
+    def refused(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379")
+
+    monkeypatch.setattr(ray_engine, "_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(InputError, match=r"RAY_AUTH_TOKEN is set, but this program imported ray "
+                                         r"before .*set RAY_AUTH_MODE=token in the environment"):
+        ray_engine.connect("192.0.2.2:6379")
+    # set in time (by the caller, or by jaxmir before Ray's import): no such clause
+    with pytest.raises(InputError) as refusal:
+        ray_engine.connect("192.0.2.2:6379")
+    assert "imported ray before" not in str(refusal.value)
+
+
 def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatch):
     """The actors load jaxmir.load(name, backbone=...): a model loaded with output= ran there as
     its default output (9 genre probabilities written as the 200-d embeddings' rows, under the

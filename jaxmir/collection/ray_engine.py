@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -77,13 +78,16 @@ def _names_a_cluster(address: str) -> bool:
     return address not in ("", "local", "auto")
 
 
-def _token_mode(address: str) -> None:
+def _token_mode(address: str) -> bool:
     """``RAY_AUTH_MODE=token`` when ``RAY_AUTH_TOKEN`` is given for a cluster's address and no
     mode is: Ray 2.60 sends a token to an address given explicitly only in token mode, which it
-    reads when it is imported (so before that)."""
+    reads when it is imported (so before that). Whether the mode came too late: a program
+    imported Ray before, and Ray then sends no token."""
     if _names_a_cluster(address) and os.environ.get("RAY_AUTH_TOKEN") \
             and "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
+        return "ray" in sys.modules
+    return False
 
 
 def _reachable(address: str) -> None:
@@ -145,7 +149,7 @@ def connect(address: str | None = None):
     with status 15 (the command line's stops with 143, saying what it kept)."""
     address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
     remote = _names_a_cluster(address)
-    _token_mode(address)
+    late = _token_mode(address)
     ray = import_ray()
     if ray.is_initialized():
         return ray
@@ -179,6 +183,11 @@ def connect(address: str | None = None):
                 "cluster asks for a token (token authentication, on by default in recent Ray), "
                 "give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray get-auth-token` on the head), "
                 "or its ~/.ray/auth_token with RAY_AUTH_MODE=token" if remote else "")
+        if late:
+            hint += ("; RAY_AUTH_TOKEN is set, but this program imported ray before jaxmir could "
+                     "set RAY_AUTH_MODE=token (Ray reads it at its import, and sends no token "
+                     "without it): set RAY_AUTH_MODE=token in the environment, or before `import "
+                     "ray`")
         raise InputError(f"cannot connect to the Ray cluster {address or '(local)'}: "
                          f"{err}{hint}") from None
     finally:
