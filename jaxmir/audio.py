@@ -29,15 +29,13 @@ import warnings
 
 import numpy as np
 
+from jaxmir.checks import MAX_RATE, MIN_RATE, check_rate
 from jaxmir.decode import MODES, DamagedAudioWarning, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError
-from jaxmir.resample import (MAX_RATE, MIN_OUTPUTS, MIN_RATE, SincResampler, accelerated,
+from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
 
-# The rates jaxmir's converter takes (Essentia's MonoLoader loads files at any rate libsamplerate
-# converts, 1 kHz and 768 kHz among them); a conversion also needs libsamplerate's ratio limits.
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = MIN_RATE, MAX_RATE
 RESAMPLERS = ("essentia", "samplerate", "soxr")
 # The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
 # of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
@@ -45,7 +43,7 @@ RESAMPLERS = ("essentia", "samplerate", "soxr")
 MAX_PEAK = 1e12
 DECODERS = (*MODES, "soundfile")
 _ACCEPTED = ("WAV, FLAC, OGG/Vorbis or MP3 (anything FFmpeg decodes), mono or stereo, "
-             f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+             f"{MIN_RATE}-{MAX_RATE} Hz")
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str = "essentia",
@@ -150,8 +148,9 @@ def prepare_audio(audio, sample_rate: int, target_rate: int = 16000, resampler: 
 
     Args:
       audio: ``[n_samples]`` or ``[n_samples, channels]`` (1 or 2 channels),
-        floating point in [-1, 1] or integer PCM (scaled to [-1, 1) by its
-        dtype: ``int16 / 32768`` etc.; unsigned PCM is centred first).
+        floating point in [-1, 1] or integer PCM of 8 to 32 bits (scaled to [-1, 1) by its
+        dtype: ``int16 / 32768`` etc.; unsigned PCM is centred first; 64-bit integers, no
+        PCM format, raise :class:`AudioError`).
       sample_rate: the rate of ``audio`` in Hz (1-384000, within a ratio of 256 of
         ``target_rate``); never guessed.
       target_rate: the rate wanted, 16000 for every jaxmir model.
@@ -178,24 +177,6 @@ def _check_resampler(resampler) -> None:
     if resampler not in RESAMPLERS:
         raise AudioError(f"unknown resampler {resampler!r}; accepted: "
                          + ", ".join(repr(r) for r in RESAMPLERS))
-
-
-def check_rate(rate, what: str) -> int:
-    """``rate`` as an int of Hz, or :class:`AudioError` naming it ``what``; a 0-d array (NumPy,
-    JAX) counts as its value."""
-    if getattr(rate, "ndim", None) == 0 and not isinstance(rate, np.generic):
-        try:
-            rate = rate.item()
-        except Exception:  # noqa: BLE001 -- a traced value: refused below, as any other type
-            pass
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer, float, np.floating)) \
-            or not math.isfinite(rate) or rate != int(rate):
-        raise AudioError(f"{what} {rate!r} is not a whole number of Hz; accepted: "
-                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{what} {int(rate)} Hz is out of range; accepted: "
-                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-    return int(rate)
 
 
 def check_conversion(in_rate: int, out_rate: int, what: str) -> None:

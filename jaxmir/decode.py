@@ -59,6 +59,7 @@ from typing import BinaryIO
 import numpy as np
 
 from jaxmir import ogg
+from jaxmir.checks import is_whole
 from jaxmir.errors import AudioError, JaxmirWarning
 from jaxmir.pcm import WavHeader, decode_pcm, frame_bytes, parse_wav_header
 
@@ -125,8 +126,7 @@ class AudioBlocks:
                  strict: bool = False, warn: bool = True):
         if mode not in MODES:
             raise AudioError(f"unknown decoder {mode!r}; accepted: " + ", ".join(repr(m) for m in MODES))
-        if isinstance(block_frames, bool) or not isinstance(block_frames, (int, np.integer)) \
-                or block_frames < 1:
+        if not is_whole(block_frames, 1):
             raise AudioError(f"block_frames {block_frames!r} must be a positive whole number of frames")
         self.path = os.fspath(path)
         self.mode = mode

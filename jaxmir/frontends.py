@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jaxmir.checks import is_whole
 from jaxmir.errors import InputError
 from jaxmir.spec import Frontend
 
@@ -268,7 +269,7 @@ def _named(frontend: str | Frontend) -> str:
 # Framing
 # ---------------------------------------------------------------------------
 def _check_n_samples(n_samples) -> int:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
+    if not is_whole(n_samples, 0):
         raise InputError(f"n_samples must be a non-negative integer, got {n_samples!r}")
     return int(n_samples)
 

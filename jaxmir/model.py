@@ -15,6 +15,7 @@ import numpy as np
 from jaxmir import describe as describing
 from jaxmir import pipeline
 from jaxmir import stream as streaming
+from jaxmir.checks import is_whole
 from jaxmir.errors import InputError
 from jaxmir.labels import check_labels
 from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
@@ -239,8 +240,8 @@ class Model:
         """
         names, taps = self.resolve_outputs(outputs)
         patches = self.check_patches(patches)
-        if chunk is not None and chunk != -1 and (isinstance(chunk, bool) or not isinstance(
-                chunk, (int, np.integer)) or chunk < 1):  # 0 divided by zero; -5, 1.5 failed in JAX
+        if chunk is not None and chunk != -1 and not is_whole(chunk, 1):  # 0 divided by zero;
+            # -5, 1.5 failed in JAX
             raise InputError(f"chunk {chunk!r}: a whole number of patches >= 1, -1 (by the "
                              "model's size) or None (the batch at once)")
         if overlap_hop:
@@ -252,8 +253,7 @@ class Model:
                            ) -> tuple[jax.Array, ...]:
         """:meth:`apply` on consecutive patches ``hop`` frames apart (see ``overlap_hop``)."""
         n, length = patches.shape[0], patches.shape[1]
-        if patches.ndim != 3 or isinstance(hop, bool) or not isinstance(hop, (int, np.integer)) \
-                or not 0 < hop < length:
+        if patches.ndim != 3 or not is_whole(hop, 1, length - 1):
             raise InputError(f"overlap_hop must be a whole number of frames in 1..{length - 1} "
                              f"for patches [batch, time, mel]; got {hop!r} for "
                              f"{list(patches.shape)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxmir.checks import is_whole
 from jaxmir.errors import InputError, ShortAudioError
 
 LAST_PATCH_MODES = ("discard", "repeat")
@@ -24,7 +25,7 @@ PAD_MODES = (None, "zero", "repeat")
 
 
 def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_whole(value, minimum):
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 

@@ -146,16 +146,15 @@ def plan(model: "Model", n_samples: int, *, patch_hop: int | None = None,
       n_samples: length of the 16-kHz signal.
       patch_hop: frames between patch starts; ``None``: Essentia's default
         (93); ``0``: the patch size (no overlap).
-      last_patch, pad: as :func:`jaxmir.patches.make_patches`; too short a
-        signal raises :class:`InputError` unless ``pad`` is given.
+      last_patch, pad: as :func:`jaxmir.patches.make_patches`; a signal shorter than a
+        patch raises :class:`~jaxmir.errors.ShortAudioError` unless ``pad`` is given or
+        ``last_patch="repeat"``.
       compat: the front-end mode (:func:`jaxmir.frontends.musicnn_logmel`).
       bucket: pad to a bucket length (compile once for many lengths); ``False``
         computes exactly the true length.
     """
     frontend = frontend_of(model)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
-        raise InputError(f"n_samples must be a non-negative integer, got {n_samples!r}")
-    n_frames = num_frames(frontend, int(n_samples), compat)
+    n_frames = num_frames(frontend, n_samples, compat)  # checks n_samples
     size = int(model.input_shape[0])
     hop = frontend.patch_hop if patch_hop is None else patch_hop
     # Cut a column of frame numbers (k + 1) with Essentia's rules; zero padding gives 0.

@@ -73,6 +73,7 @@ from numpy.typing import ArrayLike
 from jaxmir.audio import (BLOCK_FRAMES, MonoInput, Resampling, check_channels, check_conversion,
                           check_rate)
 from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH, SINGLE_LIMIT
+from jaxmir.checks import is_whole
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.describe import without_audio
 from jaxmir.errors import AudioError, InputError, ShortAudioError
@@ -97,8 +98,7 @@ def file_batch(model: "Model") -> int:
 def check_batch(batch) -> int:
     """``batch`` (patches per model call) as an int; one that is not a whole number from 1 to
     :data:`MAX_BATCH` raises."""
-    if (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
-            or not 1 <= batch <= MAX_BATCH):
+    if not is_whole(batch, 1, MAX_BATCH):
         raise InputError(f"batch must be a positive integer up to {MAX_BATCH} (patches per model "
                          f"call), got {batch!r}")
     return int(batch)

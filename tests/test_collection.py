@@ -1622,6 +1622,18 @@ def test_collect_refuses_actors_that_are_no_count_before_making_an_output(model,
     assert not (tmp_path / "t.jsonl").exists()
 
 
+def test_collect_takes_numpy_counts_as_every_other_count(model, music, tmp_path):
+    """jobs=np.int64(1) (a count read from an array or a config) was refused as "not a whole
+    number >= 0", where batch=, patch_hop= and the array API take NumPy integers."""
+    import numpy as np
+
+    tally = collect(model, [str(music / "rock")], tmp_path / "t.jsonl", name="msd-musicnn",
+                    jobs=np.int64(1), progress=False)
+    assert tally.failed == 0 and tally.ok > 0
+    with pytest.raises(InputError, match=r"jobs=np.True_: expected a whole number >= 0"):
+        collect(model, tmp_path, tmp_path / "u.jsonl", jobs=np.bool_(True))
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
 def test_tags_refused_to_embed_are_the_same_model_s_other_settings(music, model, tmp_path,
                                                                     suffix):

@@ -11,8 +11,8 @@ from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH
 
 
 def add_collection_options(parser: argparse.ArgumentParser) -> None:
-    """``--jobs``, ``--engine``, ``--per-patch``, ``--overwrite``, ``--flush-every``, ``--actors``,
-    ``--batch``."""
+    """``--jobs``, ``--processes``, ``--engine``, ``--actors``, ``--batch``, ``--per-patch``,
+    ``--overwrite``, ``--flush-every``."""
     group = parser.add_argument_group(
         "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tag) or a folder of .npy "
                        "(embed): one row per file, written as files are done; a rerun resumes")

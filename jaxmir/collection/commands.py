@@ -12,6 +12,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from jaxmir.checks import is_whole
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
@@ -94,10 +95,9 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
     if name is None:
         name, backbone = _names_of(model, backbone)
     output = os.fspath(output)
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
+    if jobs is not None and not is_whole(jobs, 0):
         raise InputError(f"jobs={jobs!r}: expected a whole number >= 0 (0: decode in this thread)")
-    if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int)
-                               or actors < 1):
+    if actors is not None and not is_whole(actors, 1):
         raise InputError(f"actors={actors!r}: expected a whole number >= 1 (the Ray engine's "
                          "model actors; None: one per GPU, or per CPUs the cluster has)")
     if command not in ("tag", "embed"):

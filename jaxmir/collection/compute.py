@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from jaxmir.audio import RESAMPLERS, read_mono
+from jaxmir.checks import is_whole
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
 from jaxmir.decode import MODES as DECODE_MODES
@@ -72,8 +73,7 @@ class Options:
             if value not in accepted:
                 raise InputError(f"Options({name}={value!r}): accepted: "
                                  + ", ".join(map(repr, accepted)))
-        if self.patch_hop is not None and (isinstance(self.patch_hop, bool) or not isinstance(
-                self.patch_hop, (int, np.integer)) or self.patch_hop < 0):
+        if self.patch_hop is not None and not is_whole(self.patch_hop, 0):
             raise InputError(f"Options(patch_hop={self.patch_hop!r}): a whole number of frames "
                              ">= 0 (0: a patch)")
 

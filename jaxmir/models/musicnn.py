@@ -219,7 +219,7 @@ class MusiCNN(Backbone):
     ``[b, t, 64]``, ``mean_pool``/``max_pool`` ``[b, 753]``) and more.
     """
 
-    head: tuple[str, ...] = musicnn_head()
+    head: tuple[HeadLayer, ...] = musicnn_head()
     timbral_filters: int = 204
     timbral_widths: tuple[int, ...] = (38, 67)
     temporal_filters: int = 51

@@ -66,11 +66,11 @@ of each converter are facts of libsamplerate 0.2.2 (the version python-samplerat
 bundles) and are checked by the same verification.
 """
 
+from jaxmir.checks import MAX_RATE, MIN_RATE
 from jaxmir.resample.convert import (MIN_OUTPUTS, SincResampler, check_min_outputs, resample,
                                      resample_jax)
-from jaxmir.resample.positions import (MAX_RATE, MAX_TAPS, MIN_RATE, QUALITIES, converts,
-                                       essentia_count, essentia_ratio, meets_end, plan_of,
-                                       unflushed_count)
+from jaxmir.resample.positions import (MAX_TAPS, QUALITIES, converts, essentia_count,
+                                       essentia_ratio, meets_end, plan_of, unflushed_count)
 from jaxmir.resample.products import accelerated
 from jaxmir.resample.table import coefficients
 

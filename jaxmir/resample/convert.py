@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jaxmir.checks import is_whole
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample.kernels import float32_outputs
 from jaxmir.resample.positions import (UNIT, Plan, exact_positions, filter_starts,
@@ -123,8 +124,7 @@ MIN_OUTPUTS = 2048  # outputs a push of a SincResampler waits for by default: 0.
 def check_min_outputs(min_outputs: int, what: str = "min_outputs") -> int:
     """``min_outputs`` as an int, or :class:`~jaxmir.errors.InputError` (naming it ``what``)
     unless it is an int (or NumPy integer; not a float, not a bool) >= 0."""
-    if isinstance(min_outputs, bool) or not isinstance(min_outputs, (int, np.integer)) \
-            or min_outputs < 0:
+    if not is_whole(min_outputs, 0):
         raise InputError(f"{what} {min_outputs!r} must be a whole number of output samples "
                          f">= 0 (0: outputs as soon as they are final; default {MIN_OUTPUTS})")
     return int(min_outputs)

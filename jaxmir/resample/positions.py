@@ -13,11 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmir.checks import check_rate
 from jaxmir.errors import AudioError
 
 QUALITIES = ("sinc_best", "sinc_medium", "sinc_fastest")
-MIN_RATE = 1
-MAX_RATE = 384_000
 MAX_TAPS = 16_384  # filter taps per half; more would need an unbounded window per output
 SHIFT = 12
 ONE = 1 << SHIFT
@@ -59,18 +58,6 @@ def converts(in_rate: int, out_rate: int) -> bool:
     return 1.0 / MAX_RATIO <= essentia_ratio(in_rate, out_rate) <= MAX_RATIO
 
 
-def _check_rate(rate, what: str) -> int:
-    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)):
-        if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
-            rate = int(rate)
-        else:
-            raise AudioError(f"{what} is {rate!r}; expected a whole number of Hz")
-    rate = int(rate)
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise AudioError(f"{what} is {rate} Hz; accepted: {MIN_RATE}-{MAX_RATE} Hz")
-    return rate
-
-
 def plan_of(in_rate: int, out_rate: int, quality: str) -> Plan:
     """libsamplerate's constants for ``in_rate -> out_rate`` Hz with the ``quality`` filter
     (``"sinc_medium"``, ``"sinc_fastest"``, ``"sinc_best"``; :class:`Plan`): Essentia's float32
@@ -78,8 +65,8 @@ def plan_of(in_rate: int, out_rate: int, quality: str) -> Plan:
     sample, ``taps`` per half), the exact period of the ratio where it has a short one.
     :class:`AudioError` for rates outside 1 Hz-384 kHz, a ratio beyond 1/256 to 256, or an
     unknown quality."""
-    in_rate = _check_rate(in_rate, "input sample rate")
-    out_rate = _check_rate(out_rate, "output sample rate")
+    in_rate = check_rate(in_rate, "input sample rate")
+    out_rate = check_rate(out_rate, "output sample rate")
     if quality not in FILTERS:
         raise AudioError(f"unknown resampling quality {quality!r}; accepted: {', '.join(QUALITIES)}")
     ratio = essentia_ratio(in_rate, out_rate)

@@ -20,12 +20,12 @@ import numpy as np
 import optax
 
 from jaxmir import interrupts
+from jaxmir.checks import is_whole
 from jaxmir.errors import InputError
 from jaxmir.model import Model
 from jaxmir.models.runner import run_patches
 from jaxmir.patches import make_patches
-from jaxmir.train.fit import (TrainingError, head_logits, l2_penalty, sample_losses,
-                              whole_at_least)
+from jaxmir.train.fit import TrainingError, head_logits, l2_penalty, sample_losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         for name in ("batch_size", "steps"):
-            if not whole_at_least(getattr(self, name), 1):
+            if not is_whole(getattr(self, name), 1):
                 raise InputError(f"FinetuneConfig {name} = {getattr(self, name)!r}; expected a "
                                  "whole number >= 1")
         for name in ("backbone_learning_rate", "head_learning_rate"):

@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike
 import optax
 
 from jaxmir import interrupts
+from jaxmir.checks import is_whole
 from jaxmir.errors import InputError, JaxmirError
 from jaxmir.models import damaged_variable
 from jaxmir.train import metrics
@@ -33,11 +34,6 @@ from jaxmir.train.data import (ACTIVATION, check_targets, check_task, check_vary
 
 class TrainingError(JaxmirError):
     """Training could not go on (a non-finite loss, ...)."""
-
-
-def whole_at_least(value, least: int) -> bool:
-    """Whether ``value`` is an integer (not a bool) >= ``least``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
 def _real(value) -> bool:
@@ -62,7 +58,7 @@ class TrainConfig:
         for name, least in (("hidden", 1), ("batch_size", 1), ("epochs", 1), ("patience", 1),
                             ("seed", 0)):
             value = getattr(self, name)
-            if not whole_at_least(value, least):
+            if not is_whole(value, least):
                 raise InputError(f"TrainConfig {name} = {value!r}; expected a whole number "
                                  f">= {least}")
         if not _real(self.learning_rate) or self.learning_rate <= 0:
@@ -243,7 +239,7 @@ def check_folds(targets: np.ndarray, task: str, classes: Sequence[str], folds) -
     """Refuse ``folds`` that are not a whole number from 2 to the number of tracks, or that
     leave a single-label class fewer than two tracks to train on in some fold (training splits
     one of them off to validate on, as :func:`train_head` does with all the tracks)."""
-    if not whole_at_least(folds, 2):
+    if not is_whole(folds, 2):
         raise InputError(f"folds = {folds!r}; expected a whole number >= 2")
     _check_fold_count(folds, len(targets))
     if task != "single":

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxmir.checks import is_whole
 from jaxmir.compose import embedding_layer
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.model import Model
@@ -23,7 +24,7 @@ from jaxmir.train import export
 from jaxmir.train.data import ACTIVATION, Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
 from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, check_folds, check_resumed,
-                              cross_validate, steady_seconds, train_head, whole_at_least)
+                              cross_validate, steady_seconds, train_head)
 from jaxmir.train.smoothing import METHODS, SmoothingConfig, check_class_sizes, smoother
 
 DEFAULT_LAYER = "embeddings"  # each backbone's own: MusiCNN's model/dense/BiasAdd, VGGish's 128-d
@@ -115,7 +116,7 @@ def warn_of_other_embeddings(head: Model, backbone: Model, layer: str) -> None:
 
 def check_options(folds: int, smoothing: SmoothingConfig) -> None:
     """Refuse bad folds and smoothing settings before any audio is decoded."""
-    if folds != 0 and not whole_at_least(folds, 2):
+    if folds != 0 and not is_whole(folds, 2):
         raise InputError(f"folds = {folds!r}; expected 0 (no cross-validation) or 2 or more")
     if smoothing.method not in METHODS:
         raise InputError(f"unknown label smoothing {smoothing.method!r}; expected one of "
@@ -127,7 +128,7 @@ def check_options(folds: int, smoothing: SmoothingConfig) -> None:
         counts.update(lmnn_k=smoothing.lmnn_k, lmnn_components=smoothing.lmnn_components,
                       lmnn_max_iter=smoothing.lmnn_max_iter)
     for name, value in counts.items():
-        if not whole_at_least(value, 1):
+        if not is_whole(value, 1):
             raise InputError(f"label smoothing {name} = {value!r}; expected a whole number >= 1")
     push = smoothing.lmnn_push
     if smoothing.method == "lmnn" and not (isinstance(push, (int, float)) and 0 <= push <= 1):

@@ -1,0 +1,49 @@
+"""Checks of the numbers users pass: whole counts and sample rates, one rule each.
+
+A whole number is a Python or NumPy integer, never a bool (``True`` is no count of
+anything) nor a float that happens to be whole (``1.5`` and ``2.0`` alike are refused
+where a count is asked for). A sample rate is more lenient: ``44100.0`` and a 0-d array
+holding a whole number of Hz are the rate they hold, since audio libraries return rates
+as floats and arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from jaxmir.errors import AudioError
+
+# The rates jaxmir's converter takes, Hz (Essentia's MonoLoader loads files at any rate
+# libsamplerate converts, 1 kHz and 768 kHz among them); a conversion also needs
+# libsamplerate's ratio limits.
+MIN_RATE = 1
+MAX_RATE = 384_000
+
+
+def is_whole(value, least: int = 0, most: int | None = None) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy, not a bool) from ``least`` to ``most``
+    (no upper bound when ``None``)."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+            and value >= least and (most is None or value <= most))
+
+
+def check_rate(rate, what: str) -> int:
+    """``rate`` as an int of Hz, or :class:`AudioError` naming it ``what`` (a rate that is not a
+    whole number of Hz, or outside :data:`MIN_RATE`-:data:`MAX_RATE`); a 0-d array (NumPy,
+    JAX) counts as its value."""
+    if getattr(rate, "ndim", None) == 0 and not isinstance(rate, np.generic):
+        try:
+            rate = rate.item()
+        except Exception:  # noqa: BLE001 -- a traced value: refused below, as any other type
+            pass
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real) \
+            or not math.isfinite(rate) or rate != int(rate):
+        raise AudioError(f"{what} {rate!r} is not a whole number of Hz; accepted: "
+                         f"{MIN_RATE}-{MAX_RATE} Hz")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"{what} {int(rate)} Hz is out of range; accepted: "
+                         f"{MIN_RATE}-{MAX_RATE} Hz")
+    return int(rate)
