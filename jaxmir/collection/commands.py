@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # loading a model imports JAX; the command line's parser does
     from jaxmir.model import Model
 
 EXIT_OK, EXIT_FAILED = 0, 1
-COLLECTION_SUFFIXES = (".parquet", ".jsonl", ".csv")
 
 
 class IgnoredSettingWarning(JaxmirWarning):

@@ -54,7 +54,6 @@ from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text,
                                    summary)
 from jaxmir.errors import InputError, OptionError
 
-KINDS = ("parquet", "jsonl", "csv", "npy")
 INDEX = "index.jsonl"
 CSV_COLUMNS = list(BASE_COLUMNS) + ["model", "settings"]  # then one column per label
 PARQUET_COLUMNS = list(BASE_COLUMNS)  # then one per label (tag) or "embedding"; "patches"

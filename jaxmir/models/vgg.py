@@ -21,13 +21,6 @@ from jaxmir.models.layers import (Backbone, ConvBlock, frozen_batch_norm, fusion
 from jaxmir.spec import ConvBlockSpec, HeadLayer, MaxPool
 
 
-def vgg_baseline_blocks(filters: int = 128, epsilon: float = 1e-3) -> tuple[ConvBlockSpec, ...]:
-    """musicnn's VGG: pools 4x1/2, 2x2/2 (x3), 4x4/4, all VALID."""
-    pools = [((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4))]
-    return tuple(ConvBlockSpec(filters, (3, 3), "relu", epsilon, MaxPool(window, stride, "VALID"))
-                 for window, stride in pools)
-
-
 def vggish_blocks() -> tuple[ConvBlockSpec, ...]:
     """VGGish (tensorflow/models research/audioset): no batch norm, 2x2/2 SAME pools."""
     pool = MaxPool((2, 2), (2, 2), "SAME")

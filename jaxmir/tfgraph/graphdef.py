@@ -637,9 +637,6 @@ class Graph:
             self._const_cache[node.name] = decode_tensor(tensor, where, self.budget)
         return self._const_cache[node.name]
 
-    def placeholders(self) -> list:
-        return [n for n in self.graph_def.node if n.op in ("Placeholder", "PlaceholderWithDefault")]
-
     def op_histogram(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for node in self.graph_def.node:

@@ -32,7 +32,6 @@ DT_FLOAT = 1
 GRAPH_PRODUCER = 27  # a TensorFlow 1.x producer version: every consumer since reads it
 INPUT_NODE = "model/Placeholder"
 EMBEDDING_NODE = "model/dense/BiasAdd"
-LOGITS_NODE = "model/dense_1/BiasAdd"
 OUTPUT_NODE = {"softmax": "model/Softmax", "sigmoid": "model/Sigmoid", "identity": "model/Identity"}
 _OP = {"softmax": "Softmax", "sigmoid": "Sigmoid", "identity": "Identity"}
 # Essentia's own words: mood_happy's "multi-class classifier", emomusic's "regression model"
