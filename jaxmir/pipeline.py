@@ -48,6 +48,7 @@ import numpy as np
 
 from jaxmir import frontends
 from jaxmir.audio import check_peak, prepare_audio
+from jaxmir.batches import BATCH
 from jaxmir.errors import InputError
 from jaxmir.frontends import logmel, num_frames
 from jaxmir.models import with_overlap_hop
@@ -58,9 +59,7 @@ from jaxmir.spec import Frontend
 if TYPE_CHECKING:
     from jaxmir.model import Model
 
-# Patches per model call. 8 keeps the largest activation (the timbral convolution,
-# ~9 MB per patch) near 75 MB; larger batches were not faster on CPU (~20 ms a patch).
-CHUNK = 8
+CHUNK = BATCH  # patches per model call on a traced or JAX signal, as the engines' (jaxmir.batches)
 
 
 def _coarse_ceil(n: int, per_octave_bits: int) -> int:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmir.models.layers import (ACTIVATIONS, convolve, convolve_rows_as_channels, directed_max,
+from jaxmir.models.layers import (ACTIVATION_FUNCTIONS, convolve, convolve_rows_as_channels, directed_max,
                                   fusion_boundary)
 from jaxmir.models.musicnn import FrequencyMaxBlock, TimeConvFrequencyMax
 
@@ -38,7 +38,7 @@ def test_directed_max_then_activation_is_exactly_the_max(activation):
         return jnp.einsum("btmc,cf->btmf", x, k, precision=jax.lax.Precision.HIGHEST)
 
     def fn(v):
-        return batch_norm(ACTIVATIONS[activation](v))
+        return batch_norm(ACTIVATION_FUNCTIONS[activation](v))
     direction = jnp.where(params["scale"] < 0, -1.0, 1.0)
     got = fn(directed_max(linear, kernel, direction, axis=2) + bias)
     # float32 rounding is monotone and negation exact: the same numbers, bit for bit on a CPU; on
@@ -155,3 +155,10 @@ def test_given_kernels_are_read_without_tracing_their_initializer(monkeypatch):
     np.testing.assert_allclose(head.apply(variables["head"], x),
                                1 / (1 + np.exp(-(x @ dense_0["kernel"] + dense_0["bias"]))),
                                rtol=1e-6, atol=0)
+
+
+def test_every_activation_a_spec_names_has_its_function():
+    """The specs' names (jaxmir.spec) and the layers' functions are two lists kept by hand."""
+    from jaxmir.spec import ACTIVATIONS
+
+    assert sorted(ACTIVATION_FUNCTIONS) == sorted(ACTIVATIONS)

@@ -34,7 +34,8 @@ OVERLAP = "overlap"
 # every call (~3 ms per patch in calls of 8, against ~11 for its convolutions; Zen 4).
 WHOLE, BODY, HEAD = "whole", "body", "head"
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+# The function of each activation a spec names (jaxmir.spec.ACTIVATIONS)
+ACTIVATION_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "elu": nn.elu,
     "tanh": jnp.tanh,
@@ -83,7 +84,7 @@ class DenseHead(nn.Module):
             elif isinstance(layer, BatchNorm):
                 x = frozen_batch_norm(layer.epsilon, name=batch_norm_name(i))(x)
             elif isinstance(layer, Activation):
-                x = ACTIVATIONS[layer.name](x)
+                x = ACTIVATION_FUNCTIONS[layer.name](x)
             else:
                 raise TypeError(f"not a head layer: {layer!r}")
             self.sow("intermediates", f"layer_{i}", x)
@@ -241,7 +242,7 @@ class ConvBlock(nn.Module):
       features: output channels.
       kernel: ``(height, width)``, or ``(length,)`` for a 1-D convolution on ``[b, t, c]``.
       padding: ``"SAME"``, ``"VALID"`` or explicit ``((top, bottom), (left, right))``.
-      activation: a key of :data:`ACTIVATIONS` or ``""`` for none.
+      activation: a key of :data:`ACTIVATION_FUNCTIONS` or ``""`` for none.
       bn_epsilon: batch-norm epsilon after the activation, or ``None`` for no batch norm.
       pool: a :class:`~jaxmir.spec.MaxPool` or ``None``.
       max_axis: when set, the block ends with the max over this axis (MusiCNN's max
@@ -269,7 +270,7 @@ class ConvBlock(nn.Module):
                       if self.bn_epsilon is not None else None)
 
         def after_conv(y: jax.Array) -> jax.Array:
-            y = ACTIVATIONS[self.activation](y) if self.activation else y
+            y = ACTIVATION_FUNCTIONS[self.activation](y) if self.activation else y
             return batch_norm(y) if batch_norm is not None else y
 
         padding = padding or self.padding

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmir.models.layers import (ACTIVATIONS, OVERLAP, Backbone, ConvBlock, KernelParams,
+from jaxmir.models.layers import (ACTIVATION_FUNCTIONS, OVERLAP, Backbone, ConvBlock, KernelParams,
                                   block_kernel, convolve, directed_max, frozen_batch_norm,
                                   head_variables, monotone_direction, nest, time_blocks)
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
@@ -162,7 +162,7 @@ class TimeConvFrequencyMax(nn.Module):
         # extreme over mel: [b, j, block, filters]
         direction = monotone_direction(batch_norm, self.filters, blocks.dtype)
         y = directed_max(convolution, kernel[:, 0, 0, :], direction, axis=2) + bias
-        y = batch_norm(ACTIVATIONS["relu"](y))
+        y = batch_norm(ACTIVATION_FUNCTIONS["relu"](y))
         return y.reshape(y.shape[0], -1, self.filters)[:, :frames]
 
 
