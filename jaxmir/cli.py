@@ -28,10 +28,18 @@ import io
 import json
 import math
 import os
+import signal
 import stat
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from jaxmir import catalog, interrupts
+from jaxmir.arguments import whole_number
+from jaxmir.console import StandardOutputError, printable, write_line
+from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
+                           ShortAudioError)
 
 if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
     from jaxmir.pcm import ByteReader
@@ -54,9 +62,7 @@ def _enable_cache(disabled: bool) -> None:
 def _show_warnings_as_lines() -> None:
     """jaxmir's own warnings (a damaged file, a head on another backbone) as one ``jaxmir:
     warning:`` line, not Python's form."""
-    import warnings
 
-    from jaxmir.errors import JaxmirWarning
 
     default = warnings.showwarning
 
@@ -70,14 +76,10 @@ def _show_warnings_as_lines() -> None:
 
 
 def _warn(message: str) -> None:
-    from jaxmir.console import printable
-
     print(f"jaxmir: warning: {printable(message)}", file=sys.stderr)
 
 
 def _error(message: str) -> None:
-    from jaxmir.console import printable
-
     try:
         from tqdm import tqdm
 
@@ -90,7 +92,6 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     """``(model, backbone)``: the model to run, an embedding head joined to ``backbone`` or to the
     one its JSON names; and that backbone (``None`` for a model that runs on audio by itself)."""
     import jaxmir
-    from jaxmir import catalog
     from jaxmir.loading import backbone_name, backbone_of
 
     model = jaxmir.load(name or catalog.default_name())
@@ -117,7 +118,6 @@ def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | N
     """Frames between patches from ``--overlap`` seconds or ``--patch-hop`` frames (None: the
     default, 93 for MusiCNN); either refused here when it cannot make patches, not per file."""
     from jaxmir import pipeline
-    from jaxmir.errors import OptionError
 
     frontend = pipeline.frontend_of(model)
     size, seconds = frontend.patch_size, frontend.frame_seconds
@@ -143,9 +143,6 @@ def _process(files: Sequence[str], work: Callable[[str], object], progress: bool
     ``show(file, result)``, if given, is printed as soon as a file is done.
     """
     from tqdm import tqdm
-
-    from jaxmir.console import write_line
-    from jaxmir.errors import JaxmirError, ShortAudioError
 
     results, failed = [], 0
     bar = tqdm(files, unit="file", disable=not progress or len(files) < 2 or None,
@@ -177,7 +174,6 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
     checked before any work, and by :func:`_emit` before the write. ``-`` is standard output; a
     pipe or a character device (``/dev/stdout``) is written through, a link's target replaced."""
     from jaxmir.collection.outputs import check_writable
-    from jaxmir.errors import InputError, OptionError
 
     if output is None or output == "-":
         return
@@ -220,8 +216,6 @@ def _written_through(output: str) -> bool:
 def _check_plot_name(plot: str | None, output: str | None) -> None:
     """``--plot`` names a picture file: not nothing, not standard output, not a folder, not the
     ``--output`` file."""
-    from jaxmir.errors import OptionError
-
     if plot is None:
         return
     if plot in ("", "-") or plot.endswith(("/", os.sep)):
@@ -233,7 +227,6 @@ def _check_plot_name(plot: str | None, output: str | None) -> None:
 def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
     from jaxmir.collection.outputs import check_writable
-    from jaxmir.errors import InputError
 
     paths = list(paths)
     folder = next((path for path in paths if os.path.isdir(path)), None)
@@ -256,13 +249,9 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     """``text`` to standard output, or to ``output`` atomically (never over a file unless asked;
     a pipe or a device is written to, as :func:`jaxmir.atomic.write_atomically` does)."""
     if output is None or output == "-":
-        from jaxmir.console import write_line
-
         write_line(text)
         return
     from jaxmir.atomic import write_atomically
-    from jaxmir.console import StandardOutputError
-    from jaxmir.errors import InputError
 
     _check_output_file(output, overwrite)  # again: it may have appeared while the files ran
     target = Path(output)
@@ -287,8 +276,6 @@ def stream_file(model, path: str, args, hop, output: str, keep: bool) -> dict:
     ``keep`` (otherwise only the mean is accumulated, so memory does not grow with the file's
     length).
     """
-    import warnings
-
     import numpy as np
 
     from jaxmir.decode import DamagedAudioWarning
@@ -383,8 +370,6 @@ def _tag_one(model, args, hop, plots: dict[str, Path]):
 
 def text_block(path: str, result: dict) -> str:
     """musicnn's ``[file] Top3 tags:`` then `` - tag`` lines, with the mean probability."""
-    from jaxmir.console import printable
-
     width = max(len(t["label"]) for t in result["top"])
     n = result["n_patches"]
     patches = f"{n} patch{'' if n == 1 else 'es'}"
@@ -432,7 +417,6 @@ def _expand_each(arguments: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     reason, to be reported with the files that fail: ``(files, {argument: reason})``.
     """
     from jaxmir.collection.inputs import expand, once_each
-    from jaxmir.errors import JaxmirError
 
     files, problems = [], {}
     for argument in arguments:
@@ -449,8 +433,6 @@ def _expand_each(arguments: Sequence[str]) -> tuple[list[str], dict[str, str]]:
 
 def _unless_unexpanded(work: Callable[[str], object], problems: dict[str, str]):
     """``work``, but an argument :func:`_expand_each` could not expand fails with its reason."""
-    from jaxmir.errors import InputError
-
     def run(file: str):
         if file in problems:
             raise InputError(problems[file])
@@ -519,8 +501,6 @@ def cmd_tag(args) -> int:
     else:
         size, seconds = frontend.patch_size, frontend.frame_seconds
         resolved = (hop if hop is not None else frontend.patch_hop) or size
-        from jaxmir import catalog
-
         header = {"model": args.model or catalog.default_name(), "source": str(model.source),
                   "labels": list(model.labels), "patch_frames": size, "patch_hop_frames": resolved,
                   "patch_s": round(size * seconds, 4), "patch_hop_s": round(resolved * seconds, 4),
@@ -550,8 +530,6 @@ def cmd_stream(args) -> int:
     """Ctrl-C (SIGINT) or SIGTERM, from the start: the patches complete so far are written, then
     the command ends (130, 143). Only a wait (for input, or for a reader to take a line) is
     broken off; a model call finishes."""
-    import signal
-
     interrupted = {"now": 0, "waiting": False}  # the signal received; in a read or write now
 
     def on_signal(signum, frame):
@@ -570,14 +548,11 @@ def cmd_stream(args) -> int:
 
 def _stopped_by(interrupted: dict) -> int | None:
     """The exit status for the signal ``interrupted`` records, if any."""
-    import signal
-
     return {0: None, signal.SIGTERM: EXIT_TERMINATED}.get(interrupted["now"], EXIT_INTERRUPTED)
 
 
 def _stream_command(args, interrupted: dict) -> int:
     from jaxmir.collection.commands import dtype_of
-    from jaxmir.errors import InputError, OptionError
 
     if args.resample_step is not None and args.resampler != "essentia":
         raise OptionError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
@@ -604,7 +579,6 @@ def _stream_command(args, interrupted: dict) -> int:
 def _check_stream_options(args) -> None:
     """What the stream would refuse at its first bytes (``--rate 0``), refused before waiting
     for them: a live source may take a while to send any (the hop is checked with the model)."""
-    from jaxmir.errors import AudioError, OptionError
     from jaxmir.stream import check_sample_rate
 
     if args.rate is not None:
@@ -617,7 +591,6 @@ def _check_stream_options(args) -> None:
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.audio import check_channels
-    from jaxmir.errors import AudioError, InputError
     from jaxmir.pcm import (RAW_DTYPES, decode_pcm, encoded_format, frame_bytes, joined_format,
                             read_wav_header)
     from jaxmir.stream import Stream
@@ -739,7 +712,6 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
     import numpy as np
 
     from jaxmir.collection.rows import check_finite
-    from jaxmir.console import write_line
 
     full = args.all or output != "predictions"
     top = args.top or len(model.labels)
@@ -795,8 +767,6 @@ def _backbone_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _patch_options(parser: argparse.ArgumentParser) -> None:
-    from jaxmir.arguments import whole_number
-
     parser.add_argument("-m", "--model", metavar="NAME|PATH", default=None,
                         help="a shipped model (msd-musicnn, mtt-musicnn, msd-vgg, mtt-vgg), or a "
                              "path to a .pb/.npz (default: msd-musicnn)")
@@ -835,7 +805,6 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxmir.arguments import whole_number
     from jaxmir.collection.arguments import add_collection_options  # argparse only: no JAX
     from jaxmir.pcm import RAW_DTYPES
 
@@ -976,17 +945,12 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage,
     141 the reader of standard output left, 130 interrupted, 143 terminated)."""
-    from jaxmir import interrupts
-
     with interrupts.installed():  # SIGTERM (timeout, Slurm, docker stop) stops as Ctrl-C does
         return _main(argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from jaxmir import interrupts
     from jaxmir.atomic import deferred_interrupts
-    from jaxmir.console import StandardOutputError
-    from jaxmir.errors import JaxmirError, OptionError
 
     args = None
     if sys.stderr is None:  # `2>&-`: Python's prints would fall back to standard output
@@ -1029,8 +993,6 @@ def _main(argv: Sequence[str] | None) -> int:
 def _check_standard_output(args: argparse.Namespace) -> None:
     """Refuse a closed standard output (``>&-``) where the results go there; elsewhere (an
     ``--output`` file) its lines go nowhere. Python leaves ``sys.stdout`` None then."""
-    from jaxmir.errors import InputError
-
     if sys.stdout is not None:
         return
     if getattr(args, "output", None) in (None, "", "-"):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir import describe as describing
-from jaxmir import pipeline
+from jaxmir import catalog, pipeline
 from jaxmir import stream as streaming
 from jaxmir.checks import is_whole
 from jaxmir.errors import InputError
@@ -138,8 +138,6 @@ class Model:
     def name(self) -> str:
         """What messages call the model: a shipped model's name (``msd-musicnn``, not the path of
         its weights in the package), else :attr:`source`."""
-        from jaxmir import catalog
-
         return (catalog.name_of(self.source) if self.source else None) or self.source
 
     def output_width(self) -> int:

@@ -12,6 +12,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from jaxmir import catalog
 from jaxmir.checks import is_whole
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
@@ -33,8 +34,6 @@ class IgnoredSettingWarning(JaxmirWarning):
 
 def model_name(args: argparse.Namespace) -> str:
     """The ``--model`` given, or the default model's name."""
-    from jaxmir import catalog
-
     return args.model or catalog.default_name()
 
 
@@ -180,8 +179,6 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
 def _names_of(model: Model, backbone: str | None) -> tuple[str, str | None]:
     """How the command line names ``model`` (and its backbone): a shipped model by its name, a
     file by its path; a head loaded on a backbone as its head's file and the backbone."""
-    from jaxmir import catalog
-
     head, under = model.metadata.get("head"), model.metadata.get("backbone")
     if not (head and under):
         return str(model.name), backbone

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from jaxmir import catalog
 from jaxmir.collection import compute
 from jaxmir.collection.compute import Options
 from jaxmir.collection.inputs import Source
@@ -317,8 +318,6 @@ def layout_for(model: str | None, backbone: str | None, options: Options) -> Lay
     ``tag``'s, a column per label, when ``options.output`` is ``"predictions"``, else
     ``embed``'s."""
     import jaxmir
-    from jaxmir import catalog
-
     name = model or catalog.default_name()
     options = options.for_command("tag")
     loaded = jaxmir.load(name, backbone=backbone)

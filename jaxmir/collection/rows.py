@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from jaxmir import catalog
 from jaxmir.collection.inputs import Source
 from jaxmir.errors import InputError, NonFiniteOutputError
 
@@ -180,8 +181,6 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
     """How an output names its model (and backbone): a shipped model by its name, a file by its
     file name and, in ``model_sha256``, its bytes' sha256, so that the same file by any path is
     the same model and other bytes at the same path are another."""
-    from jaxmir import catalog
-
     names, digests = [], []
     for part in filter(None, (name, backbone)):
         if part in catalog.names() or not os.path.isfile(part):

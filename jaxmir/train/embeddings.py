@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxmir import interrupts
+from jaxmir import catalog, interrupts
 from jaxmir.atomic import write_atomically
 from jaxmir.collection.compute import error_message
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, ShortAudioError
@@ -124,8 +124,6 @@ def _cache_off(root: Path, reason: str) -> None:
 def backbone_id(name_or_path: str) -> str:
     """A stable name for a backbone: a shipped name with its weights' sha256 (a jaxmir shipping
     other weights under the name computes anew), or a file path with its size and mtime."""
-    from jaxmir import catalog
-
     if os.path.isfile(name_or_path):
         return json.dumps(file_identity(name_or_path), sort_keys=True)
     if str(name_or_path) in catalog.names():

@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from jaxmir import catalog
 from jaxmir.atomic import deferred_interrupts, new_file_mode, through_link, unwritable
 from jaxmir.errors import InputError, OptionError
 from jaxmir.tfgraph.graphdef import GraphDefProto, TensorProto
@@ -103,8 +104,6 @@ def head_graph(params: dict, activation: str) -> "GraphDefProto":
 
 def embedding_model_entry(backbone: str, input_shape: Sequence[int], layer: str) -> dict:
     """Essentia's ``inference.embedding_model``: ``msd-musicnn`` -> ``msd-musicnn-1``."""
-    from jaxmir import catalog
-
     if backbone in catalog.names():
         name = f"{backbone}-1"  # Essentia's file names for jaxmir's shipped models
     else:
