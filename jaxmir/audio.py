@@ -28,6 +28,7 @@ import os
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jaxmir.checks import MAX_RATE, MIN_RATE, check_rate
 from jaxmir.decode import MODES, DamagedAudioWarning, iter_blocks, missing_reason
@@ -143,7 +144,8 @@ def _read_soundfile(name: str) -> tuple[np.ndarray, int]:
     return data, native
 
 
-def prepare_audio(audio, sample_rate: int, target_rate: int = 16000, resampler: str = "essentia") -> np.ndarray:
+def prepare_audio(audio: ArrayLike, sample_rate: int, target_rate: int = 16000,
+                  resampler: str = "essentia") -> np.ndarray:
     """Make an in-memory signal ready for the front-ends: float32 mono at ``target_rate``.
 
     Args:
@@ -460,6 +462,8 @@ class Resampling:
         return out if cut is None else out[:max(0, cut - self._given)]
 
     def push(self, x: np.ndarray) -> np.ndarray:
+        """The output samples ``x`` (``[n]`` float32 at the input rate) completes; some are held
+        back until the next push or :meth:`close`."""
         self.n_in += x.shape[0]
         if self._state is None:
             self.n_out += x.shape[0]
@@ -476,6 +480,7 @@ class Resampling:
         return self._release(np.asarray(out, np.float32), math.ceil(self.n_in * (self.out_rate / self.in_rate)))
 
     def close(self) -> np.ndarray:
+        """The output samples left at the end of the input (float32 ``[n]``)."""
         if self._state is None:
             return np.zeros(0, np.float32)
         if self.kind == "samplerate":

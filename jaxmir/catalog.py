@@ -25,11 +25,14 @@ def weights_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def catalog() -> dict:
+    """The shipped models' catalogue (``catalog.json``): ``{"default": name, "models": {name:
+    {"file": ..., ...}}}``."""
     with open(weights_dir() / CATALOG_FILE, encoding="utf-8") as handle:
         return json.load(handle)
 
 
 def names() -> list[str]:
+    """The shipped models' names, sorted; none when the weights are missing."""
     try:
         return sorted(catalog()["models"])
     except WeightsError:
@@ -37,10 +40,12 @@ def names() -> list[str]:
 
 
 def default_name() -> str:
+    """The model ``jaxmir tag`` runs without ``--model``."""
     return catalog()["default"]
 
 
 def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read 1 MiB at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

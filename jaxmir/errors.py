@@ -37,7 +37,9 @@ class NonFiniteOutputError(JaxmirError):
 
 
 class InputError(JaxmirError, ValueError):
-    """An array given to a model or front-end has the wrong shape, dtype or values."""
+    """A value given to jaxmir that cannot be used: an array of the wrong shape, dtype or values,
+    an unknown output name, a count that is no whole number, ...; the base of
+    :class:`OptionError` (the command line's) and :class:`AudioError`."""
 
 
 class OptionError(InputError):

@@ -177,7 +177,7 @@ def slaney_mel(n_bands: int, fmin: float, fmax: float, sample_rate: int = SAMPLE
 
 def _google_htk_mel(n_bands: int, fmin: float, fmax: float) -> np.ndarray:
     """mel_features.spectrogram_to_mel_matrix (transposed): triangles in HTK mel, peak 1."""
-    def to_mel(hz):
+    def to_mel(hz):  # mel_features' 1127 ln, not _hz_to_mel_htk's 2595 log10 (1126.9941 ln)
         return 1127.0 * np.log(1.0 + np.asarray(hz, np.float64) / 700.0)
     bin_mel = to_mel(np.linspace(0.0, SAMPLE_RATE / 2.0, N_BINS))
     edges = np.linspace(to_mel(fmin), to_mel(fmax), n_bands + 2)

@@ -272,7 +272,9 @@ class Model:
         values = run_patches_jit(module, self.variables, taps, frames[index], step)
         return tuple(value[:n] for value in values)
 
-    def __call__(self, patches, outputs=None):
+    def __call__(self, patches: ArrayLike, outputs: str | Iterable[str] | None = None
+                 ) -> dict[str, jax.Array]:
+        """:meth:`apply`: ``model(patches)`` as a Flax module is called."""
         return self.apply(patches, outputs)
 
     def astype(self, dtype: DTypeLike | str) -> "Model":

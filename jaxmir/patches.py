@@ -10,15 +10,21 @@ one more patch is made of those frames repeated cyclically
 
 Where Essentia would return nothing (fewer frames than a patch and
 ``"discard"``, or no frames at all), :func:`make_patches` raises
-:class:`~jaxmir.errors.InputError` unless ``pad`` asks for one padded patch.
+:class:`~jaxmir.errors.ShortAudioError` (an ``InputError``) unless ``pad`` asks for one
+padded patch.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jaxmir.checks import is_whole
 from jaxmir.errors import InputError, ShortAudioError
+
+if TYPE_CHECKING:  # imported when a JAX array is cut (:func:`_jnp`)
+    import jax
 
 LAST_PATCH_MODES = ("discard", "repeat")
 PAD_MODES = (None, "zero", "repeat")
@@ -75,8 +81,9 @@ def regular_rows(first: int, stop: int, hop: int, size: int) -> np.ndarray:
     return (starts[:, None] + np.arange(1, size + 1, dtype=np.int32)[None, :]).astype(np.int32)
 
 
-def make_patches(frames, patch_size: int, patch_hop: int, last_patch: str = "discard",
-                 pad: str | None = None, frames_per_second: float | None = None):
+def make_patches(frames: np.ndarray | jax.Array, patch_size: int, patch_hop: int,
+                 last_patch: str = "discard", pad: str | None = None,
+                 frames_per_second: float | None = None) -> np.ndarray | jax.Array:
     """Cut ``[..., n_frames, n_bands]`` frames into ``[..., n_patches, patch_size, n_bands]``.
 
     Args:
@@ -87,7 +94,7 @@ def make_patches(frames, patch_size: int, patch_hop: int, last_patch: str = "dis
       last_patch: ``"discard"`` or ``"repeat"`` (see the module docstring).
       pad: what to do when the frames would give no patch at all (fewer than
         ``patch_size`` with ``"discard"``, or none): ``None`` raises
-        :class:`InputError`; ``"zero"`` appends frames of 0.0 to make one patch
+        :class:`~jaxmir.errors.ShortAudioError`; ``"zero"`` appends frames of 0.0 to make one patch
         (0.0 is digital silence for MusiCNN features, not for VGGish, whose
         silence is ``ln(0.01)``); ``"repeat"`` makes one patch of the frames
         repeated cyclically. Inputs long enough for a patch are not padded.

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jaxmir import frontends
 from jaxmir.audio import check_peak, prepare_audio
@@ -244,10 +245,11 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     return prepare_audio(np.asarray(audio), sample_rate, frontends.SAMPLE_RATE, resampler=resampler)
 
 
-def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str] | None = None, *,
-            patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
-            compat: str = "essentia", resampler: str = "essentia", bucket: bool = True,
-            chunk: int | None = None, share_overlap: bool = True):
+def predict(model: "Model", audio: ArrayLike, sample_rate: int,
+            output: str | Iterable[str] | None = None, *, patch_hop: int | None = None,
+            last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
+            resampler: str = "essentia", bucket: bool = True, chunk: int | None = None,
+            share_overlap: bool = True) -> np.ndarray | jax.Array | dict[str, np.ndarray | jax.Array]:
     """The model's output for every patch of a signal, as Essentia's TensorflowPredict* gives it.
 
     NumPy (or list) input runs through the streaming engine
@@ -293,8 +295,8 @@ def predict(model: "Model", audio, sample_rate: int, output: str | Iterable[str]
     return values
 
 
-def features(model: "Model", audio, sample_rate: int, compat: str = "essentia",
-             resampler: str = "essentia"):
+def features(model: "Model", audio: ArrayLike, sample_rate: int, compat: str = "essentia",
+             resampler: str = "essentia") -> np.ndarray | jax.Array:
     """The model's log-mel input frames for a signal, ``[n_frames, n_bands]`` float32.
 
     A NumPy array (a JAX array when ``audio`` is traced).
