@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 from numpy.typing import ArrayLike
 
-from jaxmir.checks import MAX_RATE, MIN_RATE, check_rate
+from jaxmir.checks import MAX_RATE, MIN_RATE, check_rate, is_floating
 from jaxmir.decode import MODES, DamagedAudioWarning, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
@@ -70,7 +70,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
         an unknown resampler or decoder, or (``strict=True``) a
         damaged or truncated file; the message names the file.
     """
-    _check_resampler(resampler)
+    check_resampler(resampler)
     if decoder not in DECODERS:
         raise AudioError(f"unknown decoder {decoder!r}; accepted: " + ", ".join(repr(d) for d in DECODERS))
     target = check_rate(sample_rate, "requested sample_rate")
@@ -161,21 +161,34 @@ def prepare_audio(audio: ArrayLike, sample_rate: int, target_rate: int = 16000,
     Returns:
       float32 ``[n_samples']``, a new array.
     """
-    _check_resampler(resampler)
+    check_resampler(resampler)
     native = check_rate(sample_rate, "sample_rate")
     target = check_rate(target_rate, "target_rate")
     check_conversion(native, target, "sample_rate")
-    array = np.asarray(audio)
-    if array.ndim not in (1, 2):
-        raise AudioError(f"audio has shape {list(array.shape)}; expected [n_samples] or "
-                         "[n_samples, channels] with 1 or 2 channels")
-    data = _pcm_to_float(array)
+    data = _pcm_to_float(_sample_array(audio, "audio"))
     if data.ndim == 1:
         data = data[:, None]
     return _to_mono_16k(data, native, target, resampler, "audio")
 
 
-def _check_resampler(resampler) -> None:
+def _sample_array(audio, where: str) -> np.ndarray:
+    """``audio`` as a NumPy array ``[n_samples]`` or ``[n_samples, channels]``, or an
+    :class:`AudioError` naming it ``where``."""
+    try:
+        array = np.asarray(audio)
+    except ValueError as err:  # ragged lists
+        raise AudioError(f"{where} is not an array of samples ({err})") from None
+    if array.ndim == 0 and array.dtype == object:  # a generator, an object NumPy cannot read
+        raise AudioError(f"{where} is a {type(audio).__name__}, which holds no array of samples; "
+                         "expected [n_samples] or [n_samples, channels] (a NumPy array, a list)")
+    if array.ndim not in (1, 2):
+        raise AudioError(f"{where} has shape {list(array.shape)}; expected [n_samples] or "
+                         "[n_samples, channels]")
+    return array
+
+
+def check_resampler(resampler) -> None:
+    """:class:`AudioError` unless ``resampler`` is one of :data:`RESAMPLERS`."""
     if resampler not in RESAMPLERS:
         raise AudioError(f"unknown resampler {resampler!r}; accepted: "
                          + ", ".join(repr(r) for r in RESAMPLERS))
@@ -192,7 +205,7 @@ def check_conversion(in_rate: int, out_rate: int, what: str) -> None:
 
 def _pcm_to_float(array: np.ndarray) -> np.ndarray:
     dtype = array.dtype
-    if np.issubdtype(dtype, np.floating):
+    if is_floating(dtype):
         if dtype.itemsize > 4 and array.size:  # checked before float32 makes 1e300 infinite
             check_peak(array)
         return array.astype(np.float32)
@@ -217,6 +230,13 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
         return ((array.astype(np.float64) - half) / half).astype(np.float32)
     raise AudioError(f"audio has dtype {dtype}; expected floating-point samples in [-1, 1] "
                      "or integer PCM")
+
+
+def no_sample_error(n_input: int, sample_rate: int) -> AudioError:
+    """The error for ``n_input`` samples at ``sample_rate`` Hz that resample to no 16-kHz sample
+    (one or two at 44.1 kHz)."""
+    return AudioError(f"audio of {n_input} sample(s) at {sample_rate} Hz gives no sample at "
+                      "16 kHz; expected at least one")
 
 
 def check_peak(samples: np.ndarray, name: str = "audio") -> None:
@@ -336,13 +356,7 @@ class MonoInput:
                 and np.ndim(chunk[0]) >= 1:
             raise AudioError(f"{where} is a pair, as librosa.load returns (y, sr); give the "
                              "samples and the rate apart: model.predict(y, sr)")
-        try:
-            array = np.asarray(chunk)
-        except ValueError as err:  # ragged lists
-            raise AudioError(f"{where} is not an array of samples ({err})") from None
-        if array.ndim not in (1, 2):
-            raise AudioError(f"{where} has shape {list(array.shape)}; expected [n_samples] or "
-                             "[n_samples, channels]")
+        array = _sample_array(chunk, where)
         channels = 1 if array.ndim == 1 else int(array.shape[1])
         if array.shape[0] == 0:  # no samples: it neither sets nor breaks the stream's format
             if channels > 2:     # (np.zeros(0) is 1-D float64, whatever the stream's)
@@ -394,7 +408,7 @@ class Resampling:
                  monoloader: bool = False):
         """``what``: the name ``min_outputs`` has for the caller (``Model.stream``'s
         ``resample_step``), in errors; ``parallel``: see :class:`~jaxmir.resample.SincResampler`."""
-        _check_resampler(resampler)
+        check_resampler(resampler)
         if min_outputs is not None:
             check_min_outputs(min_outputs, what)
             if resampler != "essentia":

@@ -30,6 +30,13 @@ def is_whole(value, least: int = 0, most: int | None = None) -> bool:
             and value >= least and (most is None or value <= most))
 
 
+def is_floating(dtype) -> bool:
+    """Whether ``dtype`` holds floating-point numbers: NumPy's, and JAX's ``bfloat16``
+    (ml_dtypes', which NumPy does not count among its floating types)."""
+    dtype = np.dtype(dtype)
+    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
+
+
 def check_rate(rate, what: str) -> int:
     """``rate`` as an int of Hz, or :class:`AudioError` naming it ``what`` (a rate that is not a
     whole number of Hz, or outside :data:`MIN_RATE`-:data:`MAX_RATE`); a 0-d array (NumPy,

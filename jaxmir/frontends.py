@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxmir.checks import is_whole
+from jaxmir.checks import is_floating, is_whole
 from jaxmir.errors import InputError
 from jaxmir.spec import Frontend
 
@@ -403,7 +403,7 @@ def _as_audio(audio: ArrayLike, name: str) -> jax.Array:
         audio = np.asarray(audio)
         dtype = audio.dtype
     dtype = np.dtype(dtype)
-    if not np.issubdtype(dtype, np.floating):
+    if not is_floating(dtype):
         hint = " (convert PCM with jaxmir.audio.prepare_audio)" if np.issubdtype(dtype, np.integer) else ""
         raise InputError(f"{name}: audio has dtype {dtype}; expected floating-point samples "
                          f"[..., n_samples] at 16 kHz{hint}")

@@ -48,8 +48,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from jaxmir import frontends
-from jaxmir.audio import check_peak, prepare_audio
+from jaxmir.audio import check_peak, check_resampler, no_sample_error, prepare_audio
 from jaxmir.batches import BATCH
+from jaxmir.checks import check_rate
 from jaxmir.errors import InputError
 from jaxmir.frontends import logmel, num_frames
 from jaxmir.models import with_overlap_hop
@@ -217,8 +218,14 @@ def run_plan(model: "Model", audio_16k, plan_: Plan, outputs: Iterable[str] | st
 
 
 def check_samples(audio) -> None:
-    """An :class:`InputError` for a path where samples are expected (``predict("song.mp3", sr)``)."""
-    if isinstance(audio, (str, bytes, os.PathLike)):
+    """An :class:`InputError` for a path (``predict("song.mp3", sr)``) or raw bytes where samples
+    are expected."""
+    if isinstance(audio, bytes):  # a raw buffer (a socket's, a capture API's) more often than a path
+        raise InputError(f"expected samples [n_samples] or [n_samples, channels], got {len(audio)} "
+                         "bytes: decode raw PCM first (np.frombuffer(data, np.int16), its "
+                         "channels .reshape(-1, channels)), or read a file with "
+                         "jaxmir.load_audio(path)")
+    if isinstance(audio, (str, os.PathLike)):
         raise InputError(f"expected samples [n_samples] or [n_samples, channels], got the path "
                          f"{os.fsdecode(audio)!r}; read it with jaxmir.load_audio(path) first")
 
@@ -232,8 +239,9 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     function; a traced one cannot be checked for NaN.
     """
     check_samples(audio)
-    if isinstance(audio, jax.Array) and sample_rate == frontends.SAMPLE_RATE and audio.ndim == 1 \
-            and jnp.issubdtype(audio.dtype, jnp.floating):
+    check_resampler(resampler)
+    if isinstance(audio, jax.Array) and check_rate(sample_rate, "sample_rate") \
+            == frontends.SAMPLE_RATE and audio.ndim == 1 and jnp.issubdtype(audio.dtype, jnp.floating):
         if audio.shape[0] == 0:
             raise InputError("audio contains no samples; expected at least one sample")
         if not isinstance(audio, jax.core.Tracer):
@@ -242,7 +250,11 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     if isinstance(audio, jax.core.Tracer):
         raise InputError("traced audio (under jax.grad/jit/vmap) must be float mono [n_samples] "
                          f"at 16000 Hz; got {audio.dtype} {list(audio.shape)} at {sample_rate} Hz")
-    return prepare_audio(np.asarray(audio), sample_rate, frontends.SAMPLE_RATE, resampler=resampler)
+    samples = prepare_audio(np.asarray(audio), sample_rate, frontends.SAMPLE_RATE,
+                            resampler=resampler)
+    if samples.shape[0] == 0 and np.shape(audio)[0]:  # not silence padded to a patch: an error
+        raise no_sample_error(np.shape(audio)[0], check_rate(sample_rate, "sample_rate"))
+    return samples
 
 
 def predict(model: "Model", audio: ArrayLike, sample_rate: int,

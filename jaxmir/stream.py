@@ -71,9 +71,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from jaxmir.audio import (BLOCK_FRAMES, MonoInput, Resampling, check_channels, check_conversion,
-                          check_rate)
+                          no_sample_error)
 from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH, SINGLE_LIMIT
-from jaxmir.checks import is_whole
+from jaxmir.checks import check_rate, is_whole
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.describe import without_audio
 from jaxmir.errors import AudioError, InputError, ShortAudioError
@@ -453,8 +453,7 @@ class Stream:
         last = self._last_patch(n_frames)
         if self.require_patch and self.n_patches == 0:
             if self.n_samples == 0 and self._resampling.n_in:  # all of it under one 16-kHz sample
-                raise AudioError(f"audio of {self._resampling.n_in} sample(s) at {self.sample_rate} "
-                                 "Hz gives no sample at 16 kHz; expected at least one")
+                raise no_sample_error(self._resampling.n_in, self.sample_rate)
             if self.n_samples == 0:
                 raise AudioError("audio contains no samples; expected at least one sample")
             make_patches(np.zeros((n_frames, 1), np.float32), self.patch_size, self.patch_hop,

@@ -250,6 +250,43 @@ def test_bad_audio_is_refused(musicnn):
         musicnn.predict(noise(16000 * 4))  # the sample rate is never guessed
 
 
+def test_a_jax_signal_is_checked_as_a_numpy_one(musicnn):
+    """A JAX array took shortcuts a NumPy one did not: 1-2 samples at 44.1 kHz (no 16-kHz
+    sample) gave the tags of a silent patch with pad=; at 16 kHz neither the resampler's name
+    nor the rate's type was checked."""
+    for audio in (np.full(2, 0.5, np.float32), jnp.full(2, 0.5, jnp.float32)):
+        with pytest.raises(InputError, match="2 sample.s. at 44100 Hz gives no sample at 16 kHz"):
+            musicnn.predict(audio, 44100, pad="zero")
+        with pytest.raises(InputError, match="2 sample.s. at 44100 Hz gives no sample at 16 kHz"):
+            musicnn.features(audio, 44100)
+    signal = noise(16000 * 4)
+    for audio in (signal, jnp.asarray(signal)):
+        with pytest.raises(InputError, match="unknown resampler 'x'"):
+            musicnn.predict(audio, SR, resampler="x")
+        with pytest.raises(InputError, match="unknown resampler 'x'"):
+            musicnn.features(audio, SR, resampler="x")
+        with pytest.raises(InputError, match=r"sample.rate array\(\[16000\]\) is not a whole number of Hz"):
+            musicnn.predict(audio, np.array([SR]))
+
+
+def test_raw_bytes_generators_and_bfloat16(musicnn):
+    """Raw bytes were taken for a path, the whole buffer echoed in the message (880,000
+    characters for 4 s); a generator had "shape []"; bfloat16, a floating-point type, was
+    refused as none."""
+    signal = noise(16000 * 4)
+    pcm = (signal * 32767).astype(np.int16).tobytes()
+    with pytest.raises(InputError, match=r"got 128000 bytes: decode raw PCM first \(np.frombuffer") \
+            as refusal:
+        musicnn.predict(pcm, SR)
+    assert len(str(refusal.value)) < 300
+    with pytest.raises(InputError, match="audio is a generator, which holds no array of samples"):
+        musicnn.predict((x for x in signal), SR)
+    rounded = signal.astype(jnp.bfloat16)
+    want = musicnn.predict(rounded.astype(np.float32), SR)
+    for audio in (rounded, jnp.asarray(rounded)):  # the bfloat16 values, exactly, in float32
+        np.testing.assert_allclose(np.asarray(musicnn.predict(audio, SR)), want, rtol=0, atol=SAME)
+
+
 def test_vggish_pipeline_matches_stepwise():
     model = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
     audio = noise(16000 * 3, seed=9)  # 301 frames: 3 patches of 96, hop 93
