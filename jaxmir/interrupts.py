@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 _received: list[tuple[int, float]] = []  # (signal, time.monotonic() it came)
 # A signal this soon after the first is not raised again: GNU timeout sends SIGTERM to the
@@ -33,6 +34,17 @@ def _raise(signum: int, frame) -> None:
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
+def _quiet(hook: Callable) -> Callable:
+    """``sys.unraisablehook`` that drops the interrupts :func:`_raise` raised where Python can only
+    report them (a garbage-collection callback, JAX's among them: a signal while JAX loads
+    printed "Exception ignored in: <function _xla_gc_callback>" and a traceback), since
+    :func:`raise_if_received` raises them again; it passes anything else to ``hook``."""
+    def report(unraisable) -> None:
+        if not (_received and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            hook(unraisable)
+    return report
+
+
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
     """SIGINT and SIGTERM handled by :func:`_raise` where Python's defaults would be (in the main
@@ -50,11 +62,14 @@ def installed() -> Iterator[None]:
     for kind, default in defaults.items():
         if found[kind] in (default, _raise):
             signal.signal(kind, _raise)
+    hook = sys.unraisablehook
+    sys.unraisablehook = _quiet(hook)
     try:
         yield
     finally:
         for kind, handler in found.items():
             signal.signal(kind, handler)
+        sys.unraisablehook = hook
         _received.clear()  # library code after the block (a training run) is not stopped by it
 
 

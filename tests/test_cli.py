@@ -816,6 +816,37 @@ def test_a_signal_a_library_swallowed_still_ends_the_command_as_interrupted(monk
     assert not interrupts._received  # forgotten once main returns: code after it is not stopped
 
 
+def test_a_signal_inside_a_gc_callback_prints_no_traceback():
+    """SIGINT or SIGTERM while JAX loads landed in JAX's garbage-collection callback: the run
+    stopped (130, 143) but printed "Exception ignored in: <function _xla_gc_callback>" and a
+    traceback first. Here the signal lands in a finalizer, as Python runs those callbacks."""
+    script = """
+import gc, os, signal, sys
+from jaxmir import cli
+
+class Finalized:
+    def __del__(self):  # where Python can only report an exception: a finalizer, gc's callbacks
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10 ** 6):  # the handler runs between two bytecodes of this loop
+            pass
+
+def info(args):
+    Finalized()  # collected at once: the signal lands in its finalizer
+    gc.collect()
+    return 0
+
+cli.cmd_info = info
+status = cli.main(["info", "msd-musicnn"])
+print("status", status, "hook", sys.unraisablehook is sys.__unraisablehook__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, env=child_env(), timeout=120)
+    assert result.stdout.split() == ["status", "143", "hook", "True"], result.stderr
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, \
+        result.stderr
+    assert "terminated (SIGTERM)" in result.stderr
+
+
 def test_control_characters_in_file_names_are_shown_not_obeyed(capsys, tmp_path):
     """A file named with ESC [ 31 m (or an OSC title sequence) reached the terminal as it was in
     errors, warnings and summaries, and drove it."""
