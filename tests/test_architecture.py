@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
