@@ -13,6 +13,7 @@ from jaxmir.collection.inputs import Source
 from jaxmir.collection.packing import Packer
 from jaxmir.errors import InputError
 from jaxmir.stream import MAX_BATCH, file_batch
+from conftest import EMBEDDINGS_RTOL, TAGS_ATOL
 
 # 16-kHz signals: too short for a patch (1.0 s, 2.9 s), one patch, a few, 12.3 s (7 patches: one
 # padded run), 31 s (19: two runs, three left over) and 70 s (46: five runs, a padded run of 6),
@@ -20,11 +21,7 @@ from jaxmir.stream import MAX_BATCH, file_batch
 SECONDS = (3.5, 70.0, 1.0, 5.0, 31.0, 2.9, 12.3)
 
 # Packed calls batch a file's left-over patches with other files' where Model.predict runs them
-# one by one: the same arithmetic in another float32 summation order. Measured: 1.5e-7 on tags
-# (probabilities in [0, 1]), 7e-7 of the largest embedding (~12). The bounds leave room for
-# another CPU's rounding and stay far below any difference a wrong patch would make (~1e-2).
-TAGS_ATOL = 1e-6
-EMBEDDINGS_RTOL = 3e-6
+# one by one: TAGS_ATOL and EMBEDDINGS_RTOL (conftest) bound the other summation order.
 
 
 @pytest.fixture(scope="module")
