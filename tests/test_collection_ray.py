@@ -143,7 +143,7 @@ def test_ray_missing_or_unreachable(monkeypatch, tmp_path):
     start = time.monotonic()
     with pytest.raises(InputError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
         ray_engine.connect()
-    assert time.monotonic() - start < ray_engine.CONNECT_TIMEOUT_S + 5
+    assert time.monotonic() - start < 60  # refused, where ray.init retried without end
 
 
 def test_a_resume_that_cannot_reach_the_cluster_changes_no_output(monkeypatch, tmp_path):
@@ -370,7 +370,7 @@ def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply
         with pytest.raises(InputError, match=f"{address} \\(RAY_ADDRESS={address}\\) answers, but "
                                              "not as a Ray cluster"):
             ray_engine._reachable(address)
-        assert time.monotonic() - start < ray_engine.CONNECT_TIMEOUT_S + 2
+        assert time.monotonic() - start < 60  # refused, where ray.init retried without end
     finally:
         stop()
     # an HTTP/2 server's handshake (gRPC's, as Ray's head sends it) passes: its SETTINGS, then

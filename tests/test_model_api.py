@@ -693,8 +693,9 @@ def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     want = np.asarray(musicnn.apply(x)["predictions"])
     got = low.apply(x)["predictions"]
     assert got.dtype == jnp.float32
-    # bfloat16 keeps 8 mantissa bits (relative rounding 2^-9 = 2e-3 a step): the tags move, by
-    # ~1e-2 at most on these patches; more than 0.05 would mean something other than rounding.
+    # bfloat16 keeps 8 significant bits (a rounding moves a value by 2^-8 = 3.9e-3 of it at most):
+    # the tags move, by ~1e-2 at most on these patches; more than 0.05 would mean something other
+    # than rounding.
     deviation = float(np.max(np.abs(np.asarray(got) - want)))
     assert 1e-5 < deviation < 0.05, deviation
     np.testing.assert_array_equal(musicnn.astype("float32").apply(x)["predictions"], want)
