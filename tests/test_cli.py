@@ -770,6 +770,18 @@ def test_second_run_reuses_the_compilation_cache(tmp_path, wavs):
     assert sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir()) == entries
 
 
+def test_no_cache_writes_no_cache(tmp_path, wavs):
+    """--no-cache and JAXMIR_NO_CACHE=1 (the README's ways to do without the compilation cache)
+    had no test: a run with either must leave the cache folder unmade."""
+    for extra, flag in (({}, ["--no-cache"]), ({"JAXMIR_NO_CACHE": "1"}, [])):
+        cache = tmp_path / f"cache{len(flag)}"
+        env = {**subprocess_env(JAXMIR_CACHE_DIR=str(cache)), **extra}
+        run = subprocess.run([sys.executable, "-m", "jaxmir", "tag", str(wavs["PCM_16"]), *flag],
+                             capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        assert not cache.exists(), sorted(cache.rglob("*"))
+
+
 def test_the_command_line_parses_without_loading_jax():
     """`jaxmir --help` took 0.7-1.5 s: building the parser imported the collection engine and
     label smoothing, and with them JAX and Flax. A Ctrl-C in that second ended in a traceback."""

@@ -515,6 +515,24 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
         run(name="msd-vgg")
 
 
+def test_a_layer_of_two_axes_is_flattened_in_tables_and_kept_in_arrays(model, tmp_path):
+    """The README: cnn3 ([187, 64] a patch) is flattened in row-major order in a table's
+    embedding and patches, and keeps its shape in the .npy folder; untested before."""
+    clip = _write(tmp_path / "in" / "a.wav", 7.0, 16000, 1, 3)
+    audio = jaxmir.load_audio(clip, 16000)
+    want = np.asarray(model.predict(audio, 16000, output="cnn3"))
+    assert want.shape == (3, 187, 64)
+    table, folder = tmp_path / "e.parquet", tmp_path / "emb"
+    for out in (table, folder):
+        tally = collect(model, [str(clip)], str(out), command="embed", options=Options("cnn3"),
+                        name="msd-musicnn", per_patch=True, jobs=0, progress=False)
+        assert tally.ok == 1
+    row = _read_parquet(table).iloc[0]
+    assert_same_embeddings(row["embedding"], np.asarray(want, np.float64).mean(0).reshape(-1))
+    assert_same_embeddings(np.stack(row["patches"]), want.reshape(3, -1))
+    assert_same_embeddings(np.load(folder / "a.npy", allow_pickle=False), want)
+
+
 def test_a_deleted_array_is_done_again(model, tmp_path):
     """A row whose .npy was deleted stayed done: the rerun said "nothing to do" and the array
     stayed missing."""
