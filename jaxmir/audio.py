@@ -476,8 +476,8 @@ class Resampling:
         return out if cut is None else out[:max(0, cut - self._given)]
 
     def push(self, x: np.ndarray) -> np.ndarray:
-        """The output samples ``x`` (``[n]`` float32 at the input rate) completes; some are held
-        back until the next push or :meth:`close`."""
+        """The output samples that ``x`` (``[n]`` float32 at the input rate) completes; some are
+        held back until the next push or :meth:`close`."""
         self.n_in += x.shape[0]
         if self._state is None:
             self.n_out += x.shape[0]

@@ -46,7 +46,8 @@ def check_rate(rate, what: str) -> int:
             rate = rate.item()
         except Exception:  # noqa: BLE001 -- a traced value: refused below, as any other type
             pass
-    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real) \
+    if isinstance(rate, (bool, np.bool_)) \
+            or not isinstance(rate, (int, float, np.integer, np.floating)) \
             or not math.isfinite(rate) or rate != int(rate):
         raise AudioError(f"{what} {rate!r} is not a whole number of Hz; accepted: "
                          f"{MIN_RATE}-{MAX_RATE} Hz")
