@@ -174,6 +174,10 @@ def prepare_audio(audio: ArrayLike, sample_rate: int, target_rate: int = 16000,
 def _sample_array(audio, where: str) -> np.ndarray:
     """``audio`` as a NumPy array ``[n_samples]`` or ``[n_samples, channels]``, or an
     :class:`AudioError` naming it ``where``."""
+    if isinstance(audio, (tuple, list)) and len(audio) == 2 and np.ndim(audio[1]) == 0 \
+            and np.ndim(audio[0]) >= 1:
+        raise AudioError(f"{where} is a pair, as librosa.load returns (y, sr); give the "
+                         "samples and the rate apart: model.predict(y, sr)")
     try:
         array = np.asarray(audio)
     except ValueError as err:  # ragged lists
@@ -183,7 +187,7 @@ def _sample_array(audio, where: str) -> np.ndarray:
                          "expected [n_samples] or [n_samples, channels] (a NumPy array, a list)")
     if array.ndim not in (1, 2):
         raise AudioError(f"{where} has shape {list(array.shape)}; expected [n_samples] or "
-                         "[n_samples, channels]")
+                         "[n_samples, channels] with 1 or 2 channels")
     return array
 
 
@@ -352,10 +356,6 @@ class MonoInput:
     def __call__(self, chunk) -> np.ndarray:
         """``[n]`` or ``[n, channels]`` -> float32 ``[n]``; the stream's state is unchanged on error."""
         where = "the audio" if self.samples == 0 else f"the chunk from sample {self.samples}"
-        if isinstance(chunk, (tuple, list)) and len(chunk) == 2 and np.ndim(chunk[1]) == 0 \
-                and np.ndim(chunk[0]) >= 1:
-            raise AudioError(f"{where} is a pair, as librosa.load returns (y, sr); give the "
-                             "samples and the rate apart: model.predict(y, sr)")
         array = _sample_array(chunk, where)
         channels = 1 if array.ndim == 1 else int(array.shape[1])
         if array.shape[0] == 0:  # no samples: it neither sets nor breaks the stream's format

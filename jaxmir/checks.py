@@ -23,11 +23,14 @@ MIN_RATE = 1
 MAX_RATE = 384_000
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def is_whole(value, least: int = 0, most: int | None = None) -> bool:
     """Whether ``value`` is an integer (Python or NumPy, not a bool) from ``least`` to ``most``
     (no upper bound when ``None``)."""
-    return (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-            and value >= least and (most is None or value <= most))
+    return _is_integer(value) and value >= least and (most is None or value <= most)
 
 
 def is_floating(dtype) -> bool:
@@ -44,14 +47,17 @@ def check_rate(rate, what: str) -> int:
     if getattr(rate, "ndim", None) == 0 and not isinstance(rate, np.generic):
         try:
             rate = rate.item()
-        except Exception:  # noqa: BLE001 -- a traced value: refused below, as any other type
-            pass
-    if isinstance(rate, (bool, np.bool_)) \
-            or not isinstance(rate, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(rate) or rate != int(rate):
+        except Exception:  # noqa: BLE001 -- a traced value (under jax.jit)
+            raise AudioError(f"{what} is traced (an argument of jax.jit or vmap); give it as a "
+                             "Python number, a static argument") from None
+    whole = _is_integer(rate) or (isinstance(rate, (float, np.floating)) and math.isfinite(rate)
+                                  and rate == int(rate))
+    if not whole:
         raise AudioError(f"{what} {rate!r} is not a whole number of Hz; accepted: "
                          f"{MIN_RATE}-{MAX_RATE} Hz")
     if not MIN_RATE <= rate <= MAX_RATE:
-        raise AudioError(f"{what} {int(rate)} Hz is out of range; accepted: "
-                         f"{MIN_RATE}-{MAX_RATE} Hz")
+        digits = str(abs(int(rate)))  # 1e300 Hz was written with its 301 digits
+        shown = ("-" if rate < 0 else "") + (
+            digits if len(digits) <= 12 else f"{digits[0]}.{digits[1:3]}e{len(digits) - 1}")
+        raise AudioError(f"{what} {shown} Hz is out of range; accepted: {MIN_RATE}-{MAX_RATE} Hz")
     return int(rate)

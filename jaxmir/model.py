@@ -238,10 +238,11 @@ class Model:
         """
         names, taps = self.resolve_outputs(outputs)
         patches = self.check_patches(patches)
-        if chunk is not None and chunk != -1 and not is_whole(chunk, 1):  # 0 divided by zero;
-            # -5, 1.5 failed in JAX
+        if chunk is not None and not (is_whole(chunk, 1) or is_whole(chunk, -1, -1)):
+            # 0 divided by zero; -5, 1.5 failed in JAX
             raise InputError(f"chunk {chunk!r}: a whole number of patches >= 1, -1 (by the "
                              "model's size) or None (the batch at once)")
+        chunk = None if chunk is None else int(chunk)  # np.uint8(2): (-n) % chunk overflowed
         if overlap_hop:
             return dict(zip(names, self._apply_overlapping(patches, taps, overlap_hop)))
         chunk = default_chunk(self.module, self.input_shape, self.variables) if chunk == -1 else chunk

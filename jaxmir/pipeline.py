@@ -55,7 +55,7 @@ from jaxmir.errors import InputError
 from jaxmir.frontends import logmel, num_frames
 from jaxmir.models import with_overlap_hop
 from jaxmir.patches import make_patches, regular_rows
-from jaxmir.stream import Stream, audio_to_outputs, concat_patches, frontend_of
+from jaxmir.stream import Stream, audio_to_outputs, check_batch, concat_patches, frontend_of
 from jaxmir.spec import Frontend
 
 if TYPE_CHECKING:
@@ -250,8 +250,7 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     if isinstance(audio, jax.core.Tracer):
         raise InputError("traced audio (under jax.grad/jit/vmap) must be float mono [n_samples] "
                          f"at 16000 Hz; got {audio.dtype} {list(audio.shape)} at {sample_rate} Hz")
-    samples = prepare_audio(np.asarray(audio), sample_rate, frontends.SAMPLE_RATE,
-                            resampler=resampler)
+    samples = prepare_audio(audio, sample_rate, frontends.SAMPLE_RATE, resampler=resampler)
     if samples.shape[0] == 0 and np.shape(audio)[0]:  # not silence padded to a patch: an error
         raise no_sample_error(np.shape(audio)[0], check_rate(sample_rate, "sample_rate"))
     return samples
@@ -295,7 +294,8 @@ def predict(model: "Model", audio: ArrayLike, sample_rate: int,
         audio = _as_16k(audio, sample_rate, resampler)
         plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch, pad=pad,
                      compat=compat, bucket=bucket)
-        values = run_plan(model, audio, plan_, output, chunk=chunk or CHUNK,
+        values = run_plan(model, audio, plan_, output,
+                          chunk=CHUNK if chunk is None else check_batch(chunk),
                           share_overlap=share_overlap)
     else:
         stream = Stream(model, sample_rate, output, patch_hop=patch_hop, last_patch=last_patch,

@@ -623,6 +623,11 @@ def test_a_backbone_runs_its_body_in_steps_and_its_dense_head_once_per_batch(mus
     stepped = np.asarray(musicnn.apply(x, chunk=4)["predictions"])
     whole = np.asarray(musicnn.apply(x, chunk=None)["predictions"])
     np.testing.assert_allclose(stepped, whole, rtol=0, atol=1e-6)  # sigmoids in [0, 1]
+    # a NumPy count as a Python one (np.uint8 overflowed in the padding's arithmetic); -1.0 is no
+    # count, nor the model's size
+    np.testing.assert_array_equal(musicnn.apply(x, chunk=np.uint8(4))["predictions"], stepped)
+    with pytest.raises(InputError, match="chunk -1.0: a whole number of patches"):
+        musicnn.apply(x, chunk=-1.0)
 
 
 def test_apply_steps_hold_four_musicnn_patches_worth_of_input(musicnn, vgg, monkeypatch):

@@ -269,6 +269,35 @@ def test_a_jax_signal_is_checked_as_a_numpy_one(musicnn):
             musicnn.predict(audio, np.array([SR]))
 
 
+def test_features_and_jax_predict_check_what_predict_checks(musicnn):
+    """features() was handed np.asarray(audio): a generator was "a ndarray", a ragged list and a
+    (y, sr) pair raised NumPy's own ValueError; predict's chunk= on a JAX signal went unchecked
+    (-1 raised inside JAX, True and 0 ran)."""
+    signal = noise(16000 * 4)
+    with pytest.raises(InputError, match="the audio is a generator|audio is a generator"):
+        musicnn.features((x for x in signal), SR)
+    with pytest.raises(InputError, match="audio is a pair, as librosa.load returns"):
+        musicnn.features((signal, SR), SR)
+    with pytest.raises(InputError, match="audio is not an array of samples"):
+        musicnn.features([[0.1], [0.1, 0.2]], SR)
+    for chunk in (-1, 0, True, 1.5):
+        with pytest.raises(InputError, match=f"batch must be a positive integer .*got {chunk!r}"):
+            pipeline.predict(musicnn, jnp.asarray(signal), SR, chunk=chunk)
+
+
+def test_rates_are_named_whatever_they_hold():
+    """A rate of 1e300 Hz was written out in its 301 digits; a rate traced under jax.jit was "not
+    a whole number"."""
+    from jaxmir.checks import check_rate
+
+    with pytest.raises(InputError, match=r"^rate 1.00e300 Hz is out of range; accepted"):
+        check_rate(1e300, "rate")
+    with pytest.raises(InputError, match=r"^rate -5 Hz is out of range"):
+        check_rate(-5, "rate")
+    with pytest.raises(InputError, match="rate is traced .* give it as a Python number"):
+        jax.jit(lambda rate: check_rate(rate, "rate"))(16000)
+
+
 def test_raw_bytes_generators_and_bfloat16(musicnn):
     """Raw bytes were taken for a path, the whole buffer echoed in the message (880,000
     characters for 4 s); a generator had "shape []"; bfloat16, a floating-point type, was

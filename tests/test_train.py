@@ -536,7 +536,8 @@ def test_train_config_refuses_out_of_range_values(field, value):
 
 @pytest.mark.parametrize("field, value", [("steps", 0), ("steps", -1), ("batch_size", 0),
                                           ("head_learning_rate", 0.0),
-                                          ("backbone_learning_rate", float("inf"))])
+                                          ("backbone_learning_rate", float("inf")),
+                                          ("seed", 1.5), ("seed", True)])  # seeds went unchecked
 def test_finetune_config_refuses_out_of_range_values(field, value):
     from jaxmir.train.finetune import FinetuneConfig
 
@@ -1014,7 +1015,9 @@ def test_cli_refuses_out_of_range_options(tmp_path, capsys, option, value):
     ({"smoothing": SmoothingConfig("lmnn", lmnn_push=-1.0)}, r"lmnn_push = -1.0; expected a "
                                                              r"weight in \[0, 1\]"),
     ({"smoothing": SmoothingConfig("lmnn", lmnn_push=float("nan"))}, "lmnn_push = nan"),
-    ({"folds": 1}, "folds = 1; expected 0"), ({"folds": -3}, "folds = -3")])
+    ({"folds": 1}, "folds = 1; expected 0"), ({"folds": -3}, "folds = -3"),
+    # False and 0.0 passed as "0, no cross-validation", where True and 3.0 were refused
+    ({"folds": False}, "folds = False; expected 0"), ({"folds": 0.0}, "folds = 0.0; expected 0")])
 def test_fit_head_checks_options_before_reading_audio(options, message):
     # files that do not exist and a backbone that cannot load: the options must be refused first
     dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", AB)

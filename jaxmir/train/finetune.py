@@ -38,10 +38,10 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("batch_size", "steps"):
-            if not is_whole(getattr(self, name), 1):
+        for name, least in (("batch_size", 1), ("steps", 1), ("seed", 0)):
+            if not is_whole(getattr(self, name), least):
                 raise InputError(f"FinetuneConfig {name} = {getattr(self, name)!r}; expected a "
-                                 "whole number >= 1")
+                                 f"whole number >= {least}")
         for name in ("backbone_learning_rate", "head_learning_rate"):
             rate = getattr(self, name)
             if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):

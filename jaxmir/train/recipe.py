@@ -116,7 +116,7 @@ def warn_of_other_embeddings(head: Model, backbone: Model, layer: str) -> None:
 
 def check_options(folds: int, smoothing: SmoothingConfig) -> None:
     """Refuse bad folds and smoothing settings before any audio is decoded."""
-    if folds != 0 and not is_whole(folds, 2):
+    if not (is_whole(folds, 2) or is_whole(folds, 0, 0)):
         raise InputError(f"folds = {folds!r}; expected 0 (no cross-validation) or 2 or more")
     if smoothing.method not in METHODS:
         raise InputError(f"unknown label smoothing {smoothing.method!r}; expected one of "
