@@ -285,6 +285,17 @@ def test_features_and_jax_predict_check_what_predict_checks(musicnn):
             pipeline.predict(musicnn, jnp.asarray(signal), SR, chunk=chunk)
 
 
+@pytest.mark.parametrize("chunk", [9, 12])
+def test_calls_of_any_size_equal_predict(musicnn, chunk):
+    """A call of more patches than a CPU step (8) but not a multiple of it padded its last step
+    with zero patches: MusiCNN, which computes a step's consecutive patches as one stretch, was
+    off by up to 0.3 on the patches beside the padding and on the next call's first."""
+    signal = noise(16000 * 30)  # 19 patches: calls of 9 (8 + 1) or 12 (8 + 4)
+    want = musicnn.predict(signal, SR)
+    np.testing.assert_allclose(pipeline.predict(musicnn, signal, SR, chunk=chunk), want, rtol=0,
+                               atol=1e-6)  # another float32 summation order (sigmoids in [0, 1])
+
+
 def test_rates_are_named_whatever_they_hold():
     """A rate of 1e300 Hz was written out in its 301 digits; a rate traced under jax.jit was "not
     a whole number"."""

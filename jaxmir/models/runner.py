@@ -117,7 +117,7 @@ def run_patches(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patch
         rows ``[n, patch_size]`` into ``frames`` ``[n_frames, n_bands]`` (each
         step gathers its own patches, so they never exist all at once).
       chunk: patches per step of a ``lax.scan`` loop; steps keep the activations
-        in cache. ``n`` is padded up to a multiple of ``chunk``. A module that
+        in cache. The ``n % chunk`` patches left run in one step more. A module that
         shares the overlap of consecutive patches (``overlap_hop``) hands each
         step the rows the step before computed for it. A staged module
         (``module.staged``, see :data:`~jaxmir.models.layers.BODY`) runs its body
@@ -156,7 +156,10 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
             batch = frames[batch].astype(jnp.result_type(frames.dtype, jnp.float32))
         if low:  # bfloat16 variables (Model.astype): bfloat16 arithmetic, float32 results
             batch = batch.astype(jnp.bfloat16)
+        given = state
         out, sown, state = _sown(module, variables, batch, state, _body_stage(module))
+        if given and batch.shape[0] < 2:  # one patch shares no rows: those held would be stale
+            state = _invalid(given)
         sown[INPUT_TAP] = batch
         # the body's output feeds the head; an unstaged module's is not kept (no stacked copy)
         return state, (out if staged else None, {name: sown[name] for name in names & sown.keys()})
@@ -165,13 +168,18 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
     if chunk is None or n <= chunk:
         carry, (out, found) = step(carry, patches)
     else:
-        pad = (-n) % chunk
-        steps = jnp.pad(patches, ((0, pad),) + ((0, 0),) * (patches.ndim - 1))
-        steps = steps.reshape((-1, chunk) + patches.shape[1:])
+        # whole steps in the loop, the rest in a step of its own: padding the last step (zeros)
+        # broke the run of consecutive patches an overlap-sharing module takes a step for
+        whole = n - n % chunk
+        steps = patches[:whole].reshape((-1, chunk) + patches.shape[1:])
         if carry is None:
             carry = _zeros(jax.eval_shape(step, None, steps[0])[0])
         carry, (out, found) = jax.lax.scan(step, carry, steps)
         out, found = jax.tree_util.tree_map(lambda v: v.reshape((-1,) + v.shape[2:]), (out, found))
+        if whole < n:
+            carry, (rest, more) = step(carry, patches[whole:])
+            out = None if out is None else jnp.concatenate([out, rest])
+            found = {name: jnp.concatenate([found[name], more[name]]) for name in found}
     if staged and names - found.keys():  # a tap of the head: run it once on all n
         _, sown, _ = _sown(module, variables, out, None, HEAD)
         found.update({name: sown[name] for name in names - found.keys() if name in sown})
@@ -192,6 +200,12 @@ def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...]
     patches = jax.ShapeDtypeStruct((batch, *patch_shape), dtype)
     shapes = jax.eval_shape(lambda p: _sown(module, variables, p, None, _body_stage(module))[2], patches)
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def _invalid(carry: dict) -> dict:
+    """``carry`` marked as holding no rows (zeros, ``valid`` false): the next call computes its
+    own."""
+    return jax.tree_util.tree_map(jnp.zeros_like, carry)
 
 
 def _zeros(shapes: dict) -> dict:
