@@ -82,7 +82,10 @@ _FFMPEG_PCM = {"u1": ("pcm_u8", "u8"), "<i2": ("pcm_s16le", "s16"), "<i3": ("pcm
 _WAV_HEAD = 1 << 16  # bytes of a WAV file searched for its fmt and data chunks
 # A file shorter than declared by up to this many frames is not truncated:
 # headers count whole MP3 frames (1152 samples) and encoders disagree on the delay.
+# WAV and AIFF headers count the frames themselves: no slack there (a FLAC's count may be
+# missing, FFmpeg's duration then a guess).
 _LENGTH_SLACK = 2304
+_EXACT_LENGTHS = ("wav", "aiff")  # FFmpeg's names of those demuxers
 
 
 class DamagedAudioWarning(JaxmirWarning):
@@ -149,6 +152,7 @@ class AudioBlocks:
             self.codec = self._wav.codec
             self.sample_rate, self.channels = self._wav.sample_rate, self._wav.channels
             self.declared_frames = self._wav.frames
+            self._exact_length = True
             self._iterator = self._blocks()
             return
         self._container, self._patched = _open(self.path, fix_ogg_checksums=mode == "essentia")
@@ -174,6 +178,7 @@ class AudioBlocks:
                 self._tags_from = end_tags_start(self.path)
             self.declared_frames = _declared_frames(self._container, self._stream,
                                                     self._wav_header, self._mp3)
+            self._exact_length = self._demuxer in _EXACT_LENGTHS
             self._unfinished_ogg = _unfinished_ogg(self.path, self._container)
         except Exception:
             self.close()
@@ -389,7 +394,8 @@ class AudioBlocks:
             if self._read_error:
                 what.append(f"reading stopped early ({self._read_error})")
             return "damaged", f"{self.path}: damaged audio: {'; '.join(what)}; {length}"
-        if declared is not None and have < declared - _LENGTH_SLACK:
+        slack = 0 if self._exact_length else _LENGTH_SLACK
+        if declared is not None and have < declared - slack:
             return "truncated", f"{self.path}: truncated audio: {length}"
         if self._unfinished_ogg is not None:
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "

@@ -679,6 +679,23 @@ def test_wav_header_claims_more_than_present(tmp_path):
         jaxmir.load_audio(path, strict=True)
 
 
+@pytest.mark.parametrize("subtype, container", [("PCM_16", "WAV"), ("PCM_24", "AIFF")])
+def test_a_few_frames_missing_from_an_exact_header_is_truncation(tmp_path, subtype, container):
+    """WAV and AIFF headers count their frames: a file cut short by 2,000 of them (45 ms at
+    44.1 kHz) was "ok", even with --strict, inside the slack kept for MP3 headers' whole frames."""
+    full = tmp_path / f"full.{container.lower()}"
+    soundfile.write(full, signal(44100, 2, 0.4, seconds=3.0), 44100, subtype=subtype,
+                    format=container)
+    cut = tmp_path / f"cut.{container.lower()}"
+    frame = 2 * (2 if subtype == "PCM_16" else 3)
+    cut.write_bytes(full.read_bytes()[:-2000 * frame])
+    with pytest.warns(DamagedAudioWarning, match=r"cut\.\w+: truncated audio: decoded 2\.95 s of "
+                                                  r"the 3\.00 s"):
+        decoded = decode_file(cut)
+    assert decoded.status == "truncated" and decoded.declared_frames == 3 * 44100
+    assert decode_file(full).status == "ok"
+
+
 def test_not_audio(tmp_path):
     path = tmp_path / "notes.mp3"
     path.write_text("this is a text file, not an mp3\n" * 40)
