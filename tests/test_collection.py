@@ -1030,6 +1030,15 @@ def test_labels_named_like_a_tables_columns_go_to_jsonl_only(music, model, tmp_p
     with pytest.raises(InputError, match=r"labels \['patches'\] clash with the Parquet"):
         collect(patches, rock, str(tmp_path / "per-patch.parquet"), name="msd-musicnn", jobs=0,
                 progress=False, per_patch=True)
+    # JSONL with --per-patch: the label's mean in 'tags', the arrays in 'patches' (the label's
+    # float went into 'patches' and the arrays into 'tags': a TypeError, no row written)
+    per_patch = tmp_path / "per-patch.jsonl"
+    assert collect(patches, rock, str(per_patch), name="msd-musicnn", jobs=0, progress=False,
+                   per_patch=True).ok == 2
+    for line, plain in zip(per_patch.read_text().splitlines(), lines.read_text().splitlines()):
+        row, before = json.loads(line), json.loads(plain)
+        assert row["tags"]["patches"] == before["tags"]["path"]
+        assert np.shape(row["patches"]) == (row["n_patches"], len(labels))
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])

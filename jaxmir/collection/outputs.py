@@ -51,7 +51,7 @@ from jaxmir.atomic import (is_temporary, make_folder_atomically, name_prefix, un
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text, base, from_text,
-                                   summary)
+                                   mean, patches, summary, tag_means)
 from jaxmir.errors import InputError, OptionError
 
 INDEX = "index.jsonl"
@@ -363,8 +363,8 @@ class LinesWriter(Writer):
             write_atomically(self.path, lambda f: f.write(whole), durable=True)
 
     def encode(self, result: Result, extra: dict | None = None) -> bytes:
-        row = summary(self.layout, result)
         if self.csv:
+            row = summary(self.layout, result)
             values = [row[c] for c in BASE_COLUMNS] + [self.layout.model]
             if "settings" in self.header:
                 values.append(json.dumps(self._settings(), sort_keys=True))
@@ -376,12 +376,14 @@ class LinesWriter(Writer):
         record.update({key: as_text(record[key]) for key in ("path", "error") if record[key]})
         record["model"] = self.layout.model
         record["settings"] = self._settings()
+        # the values from the result, not from a row: labels may be named like any other field
         if self.layout.command == "tag":
-            record["tags"] = {label: row[label] for label in self.layout.labels} if result.ok else None
-        elif "embedding" in row:
-            record["embedding"] = None if row["embedding"] is None else row["embedding"].tolist()
+            record["tags"] = tag_means(self.layout, result) if result.ok else None
+        else:
+            record["embedding"] = mean(result.values).astype(np.float32).tolist() \
+                if result.ok else None
         if self.layout.per_patch:
-            record["patches"] = None if row["patches"] is None else row["patches"].tolist()
+            record["patches"] = patches(result.values).tolist() if result.ok else None
         record.update(extra or {})
         return (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
 

@@ -164,12 +164,19 @@ def base(result: Result) -> dict[str, Any]:
             else None}
 
 
+def tag_means(layout: Layout, result: Result) -> dict[str, float | None]:
+    """Each label's mean over the patches (None for a failed file)."""
+    means = mean(result.values) if result.ok else [None] * len(layout.labels)
+    return {label: None if v is None else float(v) for label, v in zip(layout.labels, means)}
+
+
 def summary(layout: Layout, result: Result) -> dict[str, Any]:
-    """The row as Python values: base columns, then the means (None for a failed file)."""
+    """The row as Python values: base columns, then the means (None for a failed file); a label
+    named like a base column, or ``patches``, is overwritten (tables with a column per label
+    refuse such labels: :meth:`Layout.check_label_columns`)."""
     row = base(result)
     if layout.command == "tag":
-        means = mean(result.values) if result.ok else [None] * len(layout.labels)
-        row.update({label: None if v is None else float(v) for label, v in zip(layout.labels, means)})
+        row.update(tag_means(layout, result))
     else:
         row["embedding"] = mean(result.values).astype(np.float32) if result.ok else None
     if layout.per_patch:
