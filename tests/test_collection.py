@@ -1001,6 +1001,29 @@ def test_a_model_file_is_known_by_its_bytes_not_by_the_path_that_names_it(music,
         run("msd-musicnn")
 
 
+def test_standard_errors_reader_leaving_is_not_the_outputs_failure(music, model, tmp_path,
+                                                                     monkeypatch):
+    """A failed file's line to a standard error whose reader had left (`2>&1 | head -1`) was
+    reported as "cannot write OUT.parquet: Broken pipe", and the Parquet rows done were dropped."""
+    import pyarrow.parquet as pq
+
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    files = [str(music / "rock" / "a.wav"), str(_bad(tmp_path)), str(music / "rock" / "b.flac")]
+    out = tmp_path / "tags.parquet"
+    monkeypatch.setattr(sys, "stderr", Gone())
+    with pytest.raises(BrokenPipeError):
+        collect(model, files, str(out), name="msd-musicnn", jobs=0, progress=False)
+    monkeypatch.undo()
+    # the rows done are kept: the good file's, and the failed one's, written before its line
+    assert pq.read_table(out).column("path").to_pylist() == files[:2]
+
+
 def test_labels_named_like_a_tables_columns_go_to_jsonl_only(music, model, tmp_path):
     """JSONL nests the labels under 'tags': it was refused with the tables all the same."""
     import pyarrow.parquet as pq

@@ -132,8 +132,11 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
     with exclusive(output):
         if engine == "ray" and _has_work(output, layout, sources, kind, overwrite):
             ray_engine.connect()
-        writer = open_output(output, layout, sources, overwrite=overwrite, flush_rows=flush_rows,
-                             kind=kind)
+        try:
+            writer = open_output(output, layout, sources, overwrite=overwrite,
+                                 flush_rows=flush_rows, kind=kind)
+        except OSError as err:  # a Parquet folder's first part over a file-size limit, say
+            raise InputError(f"cannot write {output}: {err.strerror or err}") from None
         todo = resume.to_do(sources, writer.done)
         tally = Tally(total=len(sources), skipped=len(sources) - len(todo))
         bar = Progress(tally, progress)
@@ -148,7 +151,10 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                           "overwrite=True, starts the output over)", JaxmirWarning, stacklevel=2)
 
         def write(result: Result) -> None:
-            where = writer.write(result)
+            try:
+                where = writer.write(result)
+            except OSError as err:
+                raise _OutputFailed(err) from None
             if on_result is not None:
                 on_result(result, where)
 
@@ -159,9 +165,15 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                 workers = default_jobs(len(todo)) if jobs is None else jobs
                 local.run(model, todo, options, write, bar, workers,
                           analyzer or compute.analyze_stream, processes=processes)
-            writer.close()
-        except OSError as err:
+            try:
+                writer.close()
+            except OSError as err:
+                raise _OutputFailed(err) from None
+        except _OutputFailed as failed:
+            # the output's own write failed (a full disk): what it held unwritten is lost; any
+            # other OSError (standard error's reader left, a callback's) keeps the rows done
             writer.abandon()
+            err = failed.error
             # NumPy reports a short write with neither errno nor strerror: "N requested and M written"
             reason = err.strerror or (f"{err} (a short write: is the disk full?)" if err.errno is None
                                       else str(err))
@@ -174,6 +186,14 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         finally:
             bar.close()
     return tally
+
+
+class _OutputFailed(Exception):
+    """An ``OSError`` of the output's writer, told apart from the others a run may meet."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _names_of(model: Model, backbone: str | None) -> tuple[str, str | None]:
