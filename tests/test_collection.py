@@ -1001,6 +1001,78 @@ def test_a_model_file_is_known_by_its_bytes_not_by_the_path_that_names_it(music,
         run("msd-musicnn")
 
 
+def _workers_of(parent: int) -> dict[int, str]:
+    """The spawned worker processes of ``parent``, each with its kernel wait channel."""
+    found = {}
+    for process in Path("/proc").iterdir():
+        try:
+            if process.name.isdigit() and int((process / "stat").read_text().split()[3]) == parent \
+                    and b"spawn_main" in (process / "cmdline").read_bytes():
+                found[int(process.name)] = (process / "wchan").read_text()
+        except OSError:
+            continue
+    return found
+
+
+def _holds(pid: int, path: Path) -> bool:
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def test_a_worker_process_that_dies_is_named_by_the_file_it_could_be_reading(music, model,
+                                                                             tmp_path):
+    """With --processes, a worker that died was said to be reading the oldest file not yet
+    taken back, often another worker's (here one blocked reading a FIFO), and nothing tested
+    it. One worker reads blocked.wav (a FIFO this test holds open and never writes); the other
+    decodes a.wav, then waits to open killed.wav (a FIFO nobody opens), and is killed there."""
+    import contextlib
+    import signal
+    import threading
+    import time
+
+    from jaxmir.collection.local import CollectionError
+
+    blocked, killed = tmp_path / "blocked.wav", tmp_path / "killed.wav"
+    os.mkfifo(blocked)
+    os.mkfifo(killed)
+    files = [str(blocked), str(music / "rock" / "a.wav"), str(killed)]
+    said = {}
+
+    def run():
+        try:
+            collect(model, files, str(tmp_path / "t.jsonl"), name="msd-musicnn", jobs=2,
+                    processes=True, progress=False)
+        except CollectionError as err:
+            said["error"] = str(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    writer = os.open(blocked, os.O_WRONLY)  # waits for a worker to open it for reading
+    try:
+        victim, deadline = None, time.monotonic() + 180
+        while victim is None and time.monotonic() < deadline:
+            workers = _workers_of(os.getpid())
+            waiting = [pid for pid, wchan in workers.items()
+                       if wchan == "wait_for_partner" and not _holds(pid, blocked)]
+            if len(workers) == 2 and any(_holds(pid, blocked) for pid in workers) and waiting:
+                victim = waiting[0]
+            time.sleep(0.1)
+        assert victim is not None, _workers_of(os.getpid())
+        os.kill(victim, signal.SIGKILL)
+        thread.join(120)
+    finally:
+        os.close(writer)
+        for pid in _workers_of(os.getpid()):  # whatever went wrong: no worker left blocked
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not thread.is_alive()
+    message = said["error"]
+    assert f"died while reading one of {blocked}, {killed} (the files being decoded" in message
+    assert "a.wav" not in message  # decoded by the worker before it died: not a candidate
+
+
 def test_standard_errors_reader_leaving_is_not_the_outputs_failure(music, model, tmp_path,
                                                                      monkeypatch):
     """A failed file's line to a standard error whose reader had left (`2>&1 | head -1`) was

@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import threading
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -92,19 +92,33 @@ def _start_worker(cache_directory: str | None) -> None:
         cache.use(Path(cache_directory))
 
 
-def _died(path: str) -> CollectionError:
-    return CollectionError(f"a decoding worker died while reading {path} (killed, out of memory, "
-                           "or a script calling jaxmir.collection.collect without `if __name__ == "
-                           "'__main__':`); the rows written are kept: run again to resume, maybe "
-                           "with fewer --jobs")
+def _died(pending: Iterable[tuple[Future, Source]], jobs: int) -> CollectionError:
+    """The error of a worker process that died: it was reading one of the first ``jobs`` files of
+    ``pending`` (in the order given) that did not finish, since workers take files in that order
+    and hold one each; a pool fails all its unfinished files at once."""
+    pending = list(pending)
+    wait([future for future, _ in pending], timeout=5)  # the pool fails them one by one
+    unfinished = [source.path for future, source in pending
+                  if future.done() and isinstance(future.exception(), BrokenProcessPool)]
+    reading = unfinished[:jobs]
+    which = ("while starting" if not reading else f"while reading {reading[0]}"
+             if len(reading) == 1 else
+             "while reading one of " + ", ".join(reading) + " (the files being decoded then)")
+    return CollectionError(f"a decoding worker died {which} (killed, out of "
+                           "memory, or a script calling jaxmir.collection.collect without `if "
+                           "__name__ == '__main__':`); the rows written are kept: run again to "
+                           "resume, maybe with fewer --jobs")
 
 
-def _decoded(future: Future, source: Source) -> Decoded:
+def _decoded(future: Future, source: Source, pending: Iterable[tuple[Future, Source]],
+             jobs: int) -> Decoded:
+    """The file ``future`` decoded; ``pending``: the files after it, for the error of a worker
+    that died (:func:`_died`)."""
     try:
         return future.result()
     except BrokenProcessPool:
         interrupts.raise_if_received()  # the workers were stopped with the run
-        raise _died(source.path) from None
+        raise _died([(future, source), *pending], jobs) from None
     except Exception as err:  # noqa: BLE001 -- e.g. the file's result could not be sent back
         return Decoded(source, None, compute.error_message(source.path, err))
 
@@ -141,12 +155,13 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
             try:
                 pending.append((pool.submit(compute.decode, source.path, options.resampler,
                                             options.decoder, options.strict), source))
-            except BrokenProcessPool:
-                raise _died(source.path) from None
+            except BrokenProcessPool:  # a worker died reading a file submitted before
+                interrupts.raise_if_received()
+                raise _died(pending, jobs) from None
             if len(pending) >= prefetch:
-                yield _decoded(*pending.popleft())
+                yield _decoded(*pending.popleft(), pending, jobs)
         while pending:
-            yield _decoded(*pending.popleft())
+            yield _decoded(*pending.popleft(), pending, jobs)
     except BaseException:
         _abandon(pool)
         raise
