@@ -10,7 +10,7 @@ Workers are threads by default: FFmpeg and the resampler's compiled programs
 release the GIL, and threads share this process's JAX, its compiled resampler
 and its filter tables. Worker processes (``processes=True``) each import JAX
 and compile for themselves (~600 MB each); what they buy is isolation: a
-decoder that crashes on a file ends the run with that file's name instead of
+decoder that crashes on a file ends the run naming it (among the files being decoded then) instead of
 taking the process down. They are started with ``spawn`` (forking a process
 that runs JAX's threads is unsafe).
 
