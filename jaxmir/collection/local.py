@@ -10,9 +10,9 @@ Workers are threads by default: FFmpeg and the resampler's compiled programs
 release the GIL, and threads share this process's JAX, its compiled resampler
 and its filter tables. Worker processes (``processes=True``) each import JAX
 and compile for themselves (~600 MB each); what they buy is isolation: a
-decoder that crashes on a file ends the run naming it (among the files being decoded then) instead of
-taking the process down. They are started with ``spawn`` (forking a process
-that runs JAX's threads is unsafe).
+decoder that crashes on a file ends the run naming it (among the files being
+decoded then) instead of taking the process down. They are started with
+``spawn`` (forking a process that runs JAX's threads is unsafe).
 
 Workers run at a lower scheduling priority than the model (:data:`DECODE_NICENESS`):
 on a CPU the model's threads and the decoders share the cores, and the model is
