@@ -49,6 +49,14 @@ def is_temporary(name: str, suffix: str = "") -> bool:
     return re.fullmatch(rf"\..+{re.escape(suffix)}\.[A-Za-z0-9_]{{8}}\.tmp", name) is not None
 
 
+def is_temporary_of(name: str, target: str) -> bool:
+    """Whether ``name`` is a temporary :func:`write_atomically` or :func:`make_folder_atomically`
+    makes for ``target`` itself (``.x.parquet.<random>.tmp`` is ``x.parquet``'s, and not
+    ``x.parquet.parquet``'s, which ``.x.parquet.`` also begins)."""
+    return re.fullmatch(rf"\.{re.escape(name_prefix(target))}\.[A-Za-z0-9_]{{8}}\.tmp",
+                        name) is not None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

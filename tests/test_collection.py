@@ -257,22 +257,32 @@ def test_a_parquet_folder_appears_with_its_columns(music, model, tmp_path, monke
     empty folder, which pyarrow reads as a table of no columns (no 'path')."""
     from jaxmir.collection import outputs
 
+    import pyarrow.parquet as pq
+
     out = tmp_path / "tags.parquet"
     stale = tmp_path / ".tags.parquet.abcd1234.tmp"  # what a run killed there leaves
     stale.mkdir()
+    # another output's, tags.parquet.parquet, being made now: its name begins as stale's does
+    neighbour = tmp_path / ".tags.parquet.parquet.ab12cd34.tmp"
+    neighbour.mkdir()
 
     def stopped(self, folder):
         raise KeyboardInterrupt
 
+    clip = str(music / "rock" / "a.wav")
     with monkeypatch.context() as patch:
         patch.setattr(outputs.ParquetWriter, "_empty_part", stopped)
         with pytest.raises(KeyboardInterrupt):
-            collect(model, [str(music / "a.wav")], str(out), name="msd-musicnn", jobs=0,
-                    progress=False)
-    # no folder, and no temporary one: this run's removed, the killed run's cleared
-    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
-    collect(model, [str(music / "a.wav")], str(out), name="msd-musicnn", jobs=0, progress=False)
-    assert (out / "part-000000.parquet").is_file()
+            collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    # no folder, and no temporary one: this run's removed, the killed run's cleared; the other
+    # output's kept (it was removed, and that run failed at its rename)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [neighbour.name]
+    tally = collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    assert (tally.ok, tally.failed) == (1, 0)
+    first = pq.read_table(out / "part-000000.parquet")  # empty, with the columns
+    assert first.num_rows == 0 and first.column_names[:3] == ["path", "size_bytes", "mtime_ns"]
+    assert "rock" in first.column_names  # a label's column
 
 
 def test_parquet_tags_and_patches(music, model, expected, tmp_path):

@@ -46,8 +46,8 @@ except ImportError:  # pragma: no cover -- Windows: outputs are not locked
 
 import numpy as np
 
-from jaxmir.atomic import (is_temporary, make_folder_atomically, name_prefix, unwritable,
-                           write_atomically)
+from jaxmir.atomic import (is_temporary, is_temporary_of, make_folder_atomically, name_prefix,
+                           unwritable, write_atomically)
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text, base, from_text,
@@ -548,8 +548,7 @@ class ParquetWriter(Writer):
             # its first row: killed before it, a run left a folder read as a table of no columns
             check_writable(path.parent)
             for stale in path.parent.iterdir():  # a folder a killed run was making
-                if stale.is_dir() and is_temporary(stale.name) \
-                        and stale.name.startswith(f".{name_prefix(path.name)}."):
+                if stale.is_dir() and is_temporary_of(stale.name, path.name):
                     shutil.rmtree(stale, ignore_errors=True)
             make_folder_atomically(path, self._empty_part)
         check_writable(path)
