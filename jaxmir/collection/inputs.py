@@ -118,7 +118,9 @@ def _read_list(list_file: str) -> list[str]:
             "not text (it holds NUL bytes)"
         raise InputError(f"@{list_file}: {kind}; expected a UTF-8 (or plain) text file with one "
                          "path per line")
-    lines = [os.fsdecode(line) for line in data.removeprefix(codecs.BOM_UTF8).splitlines()]
+    # lines end at a newline only: a carriage return may be part of a name (splitlines() cut
+    # 'a\rb.wav' in two); a CRLF list's names end in one, dropped by _listed where it is no name's
+    lines = [os.fsdecode(line) for line in data.removeprefix(codecs.BOM_UTF8).split(b"\n")]
     base = Path(list_file).parent
     return [_listed(base, line) for line in lines
             if line.strip() and not line.strip().startswith("#")]
