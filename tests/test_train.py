@@ -1033,8 +1033,10 @@ def test_smoothing_refuses_classes_of_k_tracks_or_fewer_before_reading_audio(met
     paths = tuple(f"nowhere/{i}.wav" for i in range(15))
     targets = np.eye(2)[[0] * 11 + [1] * 4]
     dataset = data.Dataset(paths, targets, "single", ("big", "small"))
-    with pytest.raises(InputError, match=r"needs more than 10 tracks in every class.*class 'small' "
-                                         r"has 4 \(give more tracks, or a smaller k"):
+    with pytest.raises(InputError, match=r"needs more than 10 tracks in every class: with 4, at "
+                                         r"least 7 of a track's 10 neighbours are other classes', "
+                                         r"whatever its features; class 'small' has 4 \(give more "
+                                         r"tracks, or a smaller k"):
         fit_head(dataset, backbone="no-such-backbone", cache=False, smoothing=SmoothingConfig(method))
     with pytest.raises(JaxmirError, match="no-such-backbone"):  # k = 3 passes on to the backbone
         fit_head(dataset, backbone="no-such-backbone", cache=False,

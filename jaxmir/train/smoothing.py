@@ -67,9 +67,9 @@ def knn_smooth(features: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
 
 def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, folds: int = 0) -> None:
     """Refuse smoothing over ``k`` neighbours where a class has ``k`` tracks or fewer: a track's
-    own class could hold at most ``count - 1`` of its ``k`` neighbours, so the other classes
-    would outweigh it in its target and the head would learn the wrong classes. LMNN needs
-    more than its own ``lmnn_k`` too. With ``folds`` (>= 2) the count is that of a fold's
+    own class then holds at most ``count - 1`` of its ``k`` neighbours, so other classes weigh in
+    its target whatever its features (outweigh it below ``k / 2 + 1`` tracks); a tester's
+    folds of such classes all scored chance. LMNN needs more than its own ``lmnn_k`` too. With ``folds`` (>= 2) the count is that of a fold's
     training split, where cross-validation smooths: ``count - ceil(count / folds)``."""
     if config.method == "none":
         return
@@ -88,9 +88,11 @@ def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, fol
         smaller = "train-head --smoothing-k, SmoothingConfig(k=)" if name == "k" else \
             "SmoothingConfig(lmnn_k=)"
         more = ", more folds (each tests fewer tracks)" if folds else ""
+        count = int(counts[smallest])
         raise InputError(f"label smoothing ({config.method}) over {name} = {k} neighbours needs "
-                         f"more than {k} tracks in every class, or a track's own class "
-                         f"is outweighed in its target; {where} (give more tracks{more}, or a "
+                         f"more than {k} tracks in every class: with {count}, at least "
+                         f"{k - max(count, 1) + 1} of a track's {k} neighbours are other classes', "
+                         f"whatever its features; {where} (give more tracks{more}, or a "
                          f"smaller {name}: {smaller})")
 
 
