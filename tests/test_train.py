@@ -1419,6 +1419,12 @@ def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch, tmp_path):
     assert recipe.dataset_entry("d", dataset, None, 0, SmoothingConfig("lmnn"))[
         "label_smoothing"] == {"method": "lmnn", "k": 10, "lmnn_k": 3, "lmnn_components": 32,
                                "lmnn_push": 0.5, "lmnn_max_iter": 10000}
+    # LMNN learns at most n - 1 dimensions: the JSON said 32 where 7 tracks gave it 6
+    with pytest.warns(JaxmirWarning, match=r"1 of 8 file\(s\) skipped"):
+        fit_head(dataset, config=FAST, cache=False, output=tmp_path / "l",
+                 smoothing=SmoothingConfig("lmnn", k=2, lmnn_k=2, lmnn_max_iter=20))
+    written = json.loads((tmp_path / "l.json").read_text())["dataset"]["label_smoothing"]
+    assert written["lmnn_components"] == 6
 
 
 def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tmp_path,

@@ -25,7 +25,8 @@ from jaxmir.train.data import ACTIVATION, Dataset, check_classes, load_dataset
 from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
 from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, check_folds, check_resumed,
                               cross_validate, steady_seconds, train_head)
-from jaxmir.train.smoothing import METHODS, SmoothingConfig, check_class_sizes, smoother
+from jaxmir.train.smoothing import (METHODS, SmoothingConfig, as_learnt, check_class_sizes,
+                                    smoother)
 
 DEFAULT_LAYER = "embeddings"  # each backbone's own: MusiCNN's model/dense/BiasAdd, VGGish's 128-d
 
@@ -41,6 +42,7 @@ class TrainResult:
     paths: dict[str, Path] | None
     seconds_per_epoch: float
     train_targets: np.ndarray | None = None  # [tracks, C] the head learnt: smoothed, with LDL
+    smoothing: SmoothingConfig = SmoothingConfig()  # as the head's targets were smoothed
 
     def __repr__(self) -> str:
         written = [str(path) for path in (self.paths or {}).values()]
@@ -225,6 +227,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
     if features is not None:
         features = np.stack([features[i] for i in keep])
         smooth = smoother(features, dataset.targets, smoothing)
+        smoothing = as_learnt(smoothing, features.shape)  # the final head's, for its JSON
 
     validation = None
     if folds:
@@ -243,7 +246,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
                                    overwrite, also=also)
     return TrainResult(head, dataset, failures, validation, paths,
                        float(np.median(epoch_seconds)) if epoch_seconds else float("nan"),
-                       train_targets)
+                       train_targets, smoothing)
 
 
 def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | None,

@@ -96,6 +96,20 @@ def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, fol
                          f"smaller {name}: {smaller})")
 
 
+def lmnn_components(config: SmoothingConfig, shape: tuple[int, int]) -> int:
+    """The dimensions LMNN learns for features ``[n, f]``: ``config.lmnn_components``, at most
+    ``f`` and ``n - 1``."""
+    return min(config.lmnn_components, shape[1], shape[0] - 1)
+
+
+def as_learnt(config: SmoothingConfig, shape: tuple[int, int]) -> SmoothingConfig:
+    """``config`` as :func:`smooth_labels` runs it on features ``[n, f]``: LMNN's dimensions
+    those it learns (what a head's JSON records)."""
+    if config.method != "lmnn":
+        return config
+    return dataclasses.replace(config, lmnn_components=lmnn_components(config, shape))
+
+
 def smooth_labels(features: np.ndarray, targets: np.ndarray, config: SmoothingConfig) -> np.ndarray:
     """Label distributions ``[n, C]`` for training tracks' ``features [n, f]`` and ``targets``."""
     if config.method == "none":
@@ -105,8 +119,8 @@ def smooth_labels(features: np.ndarray, targets: np.ndarray, config: SmoothingCo
         from jaxmir.train.lmnn import fit_lmnn  # JAX: loaded only to smooth, not for the parser
 
         labels = np.argmax(targets, axis=1)
-        components = min(config.lmnn_components, space.shape[1], len(space) - 1)
-        space = fit_lmnn(space, labels, n_components=components, k=config.lmnn_k,
+        space = fit_lmnn(space, labels, n_components=lmnn_components(config, space.shape),
+                         k=config.lmnn_k,
                          push=config.lmnn_push, max_iter=config.lmnn_max_iter).transform(space)
     elif config.method != "knn":
         raise InputError(f"unknown label smoothing '{config.method}'; expected one of {METHODS}")
