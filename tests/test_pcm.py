@@ -79,6 +79,8 @@ def test_a_large_chunk_before_the_data_is_skipped():
     (lambda h: b"RIFF\x00\x00\x00\x00WAVX" + h[12:], "no RIFF/WAVE signature"),
     (lambda h: h[:12] + b"data\x00\x00\x00\x00", "no fmt chunk"),
     (lambda h: h[:20] + b"\x02\x00" + h[22:], "unsupported WAV format"),
+    # samples padded inside wider frames (24 bits in 32, say) streamed as noise, exit 0
+    (lambda h: h[:32] + b"\x08\x00" + h[34:], r"WAV frames of 8 bytes \(its block_align\)"),
 ])
 def test_bad_headers(broken, problem):
     header = _wav("WAV", "PCM_16")[:44]
