@@ -121,7 +121,7 @@ def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | 
                          f"{header.bits} bits, {header.channels} channel(s)); accepted: "
                          f"8/16/24/32-bit PCM, 32/64-bit float")
     frame = frame_bytes(header.dtype, header.channels)
-    if header.block_align != frame:  # 24-bit samples in 32-bit containers, say: read as noise
+    if header.block_align > frame:  # 24-bit samples in 32-bit containers, say: read as noise
         raise AudioError(f"standard input: WAV frames of {header.block_align} bytes (its "
                          f"block_align) for {header.channels} channel(s) of {header.bits}-bit "
                          f"samples, which take {frame}; accepted: samples packed without padding")

@@ -231,9 +231,13 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     (tmp_path / "rock" / "r\rq.wav").write_bytes(b"")
     listing.write_bytes(b"rock/r\rq.wav\n")
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "r\rq.wav")]
-    listing.write_bytes(b"rock/b.flac\r\nrock/r\rq.wav\r\n")
+    listing.write_bytes(b"rock/b.flac\r\nrock/r\rq.wav\r\nrock/ lead.wav\r\n\r\n")
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac"),
-                                              str(tmp_path / "rock" / "r\rq.wav")]
+                                              str(tmp_path / "rock" / "r\rq.wav"),
+                                              str(tmp_path / "rock" / " lead.wav")]
+    listing.write_bytes(b"rock/b.flac\rrock/trail.wav \r")  # classic Mac OS line ends
+    assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac"),
+                                              str(tmp_path / "rock" / "trail.wav ")]
     listing.write_text("# nothing yet\n\n")  # exited 0, "nothing to do": an empty folder is an error
     with pytest.raises(InputError, match=r"list.txt: names no files \(only blank lines and # "):
         inputs.expand([f"@{listing}"])

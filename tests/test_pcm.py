@@ -88,6 +88,14 @@ def test_bad_headers(broken, problem):
         read_wav_header(io.BytesIO(broken(header)).read)
 
 
+def test_a_block_align_short_of_the_samples_is_read_by_the_samples():
+    """A writer's bogus block_align (0, or less than a frame) was ignored, frames sized by the
+    samples; only frames wider than their samples (padding inside) are refused."""
+    header = _wav("WAV", "PCM_16")[:44]
+    for align in (b"\x00\x00", b"\x01\x00"):
+        assert read_wav_header(io.BytesIO(header[:32] + align + header[34:]).read)[2] == "<i2"
+
+
 def test_reader_gives_bytes_as_they_arrive():
     read_end, write_end = os.pipe()
     try:

@@ -118,12 +118,22 @@ def _read_list(list_file: str) -> list[str]:
             "not text (it holds NUL bytes)"
         raise InputError(f"@{list_file}: {kind}; expected a UTF-8 (or plain) text file with one "
                          "path per line")
-    # lines end at a newline only: a carriage return may be part of a name (splitlines() cut
-    # 'a\rb.wav' in two); a CRLF list's names end in one, dropped by _listed where it is no name's
-    lines = [os.fsdecode(line) for line in data.removeprefix(codecs.BOM_UTF8).split(b"\n")]
+    lines = [os.fsdecode(line) for line in _lines(data.removeprefix(codecs.BOM_UTF8))]
     base = Path(list_file).parent
     return [_listed(base, line) for line in lines
             if line.strip() and not line.strip().startswith("#")]
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """A list's lines: ended by LF, by CR LF where every line is (Windows), or by CR where no
+    LF is (classic Mac OS); a carriage return inside a name is part of it (splitlines() cut
+    'a\rb.wav' in two)."""
+    if b"\n" not in data:
+        return data.split(b"\r")
+    lines = data.split(b"\n")
+    if all(line.endswith(b"\r") for line in lines[:-1]):
+        lines = [line.removesuffix(b"\r") for line in lines]
+    return lines
 
 
 def _listed(base: Path, line: str) -> str:
