@@ -612,9 +612,12 @@ def _ffmpeg_frames(container, stream) -> int | None:
 
 def _wav_frames(header: WavHeader | None) -> int | None:
     """Frames the ``data`` chunk of a RIFF/WAVE header declares, or None (streamed, RF64, odd)."""
-    if header is None or header.data_size is None or not header.block_align:
+    if header is None or header.data_size is None:
         return None
-    return header.data_size // header.block_align
+    # a writer's bogus block_align (0, 1 for 16-bit samples) is no frame size: FFmpeg reads
+    # the samples' own
+    frame = max(header.block_align, header.channels * -(-header.bits // 8))
+    return header.data_size // frame if frame else None
 
 
 def _wav_header(head: bytes) -> WavHeader | None:

@@ -696,6 +696,19 @@ def test_a_few_frames_missing_from_an_exact_header_is_truncation(tmp_path, subty
     assert decode_file(full).status == "ok"
 
 
+def test_a_bogus_block_align_declares_the_samples_length(tmp_path):
+    """A 16-bit mono WAV whose block_align says 1 byte declared twice its frames, and its whole
+    decoding was reported as truncated to half."""
+    full = tmp_path / "full.wav"
+    soundfile.write(full, signal(16000, 1, 0.4, seconds=2.0), 16000, subtype="PCM_16")
+    data = bytearray(full.read_bytes())
+    data[32:34] = (1).to_bytes(2, "little")
+    odd = tmp_path / "odd.wav"
+    odd.write_bytes(bytes(data))
+    decoded = decode_file(odd)
+    assert (decoded.status, decoded.declared_frames, len(decoded.samples)) == ("ok", 32000, 32000)
+
+
 def test_not_audio(tmp_path):
     path = tmp_path / "notes.mp3"
     path.write_text("this is a text file, not an mp3\n" * 40)
