@@ -51,7 +51,7 @@ from jaxmir.atomic import (is_temporary, is_temporary_of, make_folder_atomically
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text, base, from_text,
-                                   mean, patches, summary, tag_means)
+                                   embedding_mean, patches, summary, tag_means)
 from jaxmir.errors import InputError, OptionError
 
 INDEX = "index.jsonl"
@@ -380,8 +380,7 @@ class LinesWriter(Writer):
         if self.layout.command == "tag":
             record["tags"] = tag_means(self.layout, result) if result.ok else None
         else:
-            record["embedding"] = mean(result.values).astype(np.float32).tolist() \
-                if result.ok else None
+            record["embedding"] = None if not result.ok else embedding_mean(result).tolist()
         if self.layout.per_patch:
             record["patches"] = patches(result.values).tolist() if result.ok else None
         record.update(extra or {})

@@ -164,6 +164,11 @@ def base(result: Result) -> dict[str, Any]:
             else None}
 
 
+def embedding_mean(result: Result) -> np.ndarray | None:
+    """The mean embedding over the patches, float32 ``[dim]`` (None for a failed file)."""
+    return mean(result.values).astype(np.float32) if result.ok else None
+
+
 def tag_means(layout: Layout, result: Result) -> dict[str, float | None]:
     """Each label's mean over the patches (None for a failed file)."""
     means = mean(result.values) if result.ok else [None] * len(layout.labels)
@@ -178,7 +183,7 @@ def summary(layout: Layout, result: Result) -> dict[str, Any]:
     if layout.command == "tag":
         row.update(tag_means(layout, result))
     else:
-        row["embedding"] = mean(result.values).astype(np.float32) if result.ok else None
+        row["embedding"] = embedding_mean(result)
     if layout.per_patch:
         row["patches"] = patches(result.values) if result.ok else None
     return row
