@@ -499,10 +499,15 @@ def test_torn_last_line_is_dropped(music, model, tmp_path):
     whole = out.read_bytes()
     first_line = whole[:whole.index(b"\n") + 1]
     out.write_bytes(first_line + whole[len(first_line):len(first_line) + 40])  # a kill mid-line
+    # a run killed while rewriting it left its temporary, for good (kept: another output's)
+    stale, other = tmp_path / ".tags.jsonl.Ab12cd34.tmp", tmp_path / ".tags.jsonl.x.Ab12cd34.tmp"
+    stale.write_bytes(b"{}\n")
+    other.write_bytes(b"{}\n")
     analyzer, seen = _counting()
     collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0, progress=False,
             analyzer=analyzer)
     assert len(seen) == 1 and out.read_bytes() == whole
+    assert not stale.exists() and other.exists()
 
 
 def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):

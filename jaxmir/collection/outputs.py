@@ -266,6 +266,10 @@ class LinesWriter(Writer):
         if path.exists() and not path.is_file():  # reading a FIFO to resume it waited for ever
             raise InputError(f"--output {path} is not a regular file (a pipe, a device or a "
                              f"socket); a table is appended to, resumed and replaced")
+        if not dry:  # what a run killed while rewriting it left (this run holds its lock)
+            for stale in path.parent.iterdir():
+                if is_temporary_of(stale.name, path.name) and stale.is_file():
+                    stale.unlink(missing_ok=True)
         if overwrite or not path.exists():
             if not dry:
                 write_atomically(path, lambda f: f.write(self._header_bytes()), durable=True)
