@@ -1462,3 +1462,24 @@ def test_a_smaller_synthetic_set_written_over_a_larger_one_leaves_no_clips_behin
     (tmp_path / "pads" / "mine.wav").write_bytes(b"")  # not a name it writes: kept
     synthetic.write_dataset(tmp_path, classes=("pads",), per_class=1, seconds=0.1)
     assert sorted(p.name for p in (tmp_path / "pads").iterdir()) == ["mine.wav", "pads_00.wav"]
+
+
+def test_the_validation_split_is_stratified_by_labels_not_by_smoothed_targets(monkeypatch):
+    """With label smoothing, each fold's (and the final head's) validation split was stratified
+    by the smoothed targets' largest class, not by the tracks' own."""
+    seen = []
+    split = fit.split_validation
+
+    def spy(targets, task, fraction, rng, labels=None):
+        seen.append((np.argmax(targets, axis=1), labels))
+        return split(targets, task, fraction, rng, labels)
+
+    monkeypatch.setattr(fit, "split_validation", spy)
+    rng = np.random.default_rng(0)
+    tracks = [rng.standard_normal((2, 8)).astype(np.float32) for _ in range(12)]
+    targets = np.eye(2, dtype=np.float32)[[0] * 6 + [1] * 6]
+    swapped = lambda train: np.where(targets[train] == 1, 0.4, 0.6).astype(np.float32)
+    fit.cross_validate(tracks, targets, "single", AB, folds=2, config=FAST, smooth=swapped)
+    assert len(seen) == 2
+    for smoothed_class, labels in seen:  # the tracks' own classes: the smoothed ones swapped
+        assert labels is not None and np.array_equal(labels, 1 - smoothed_class)

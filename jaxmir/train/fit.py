@@ -218,11 +218,13 @@ def check_tracks(tracks: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def split_validation(targets: np.ndarray, task: str, fraction: float,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, validation)`` track indices; stratified by class for single-label data."""
+                     rng: np.random.Generator, labels: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, validation)`` track indices; stratified by class for single-label data: by
+    ``labels`` (``[tracks]`` class indices) where given, else by the targets' largest class."""
     n = len(targets)
     if task == "single":
-        classes = np.argmax(targets, axis=1)
+        classes = np.argmax(targets, axis=1) if labels is None else np.asarray(labels)
         val = []
         for c in np.unique(classes):
             members = rng.permutation(np.nonzero(classes == c)[0])
@@ -282,7 +284,8 @@ def fold_indices(targets: np.ndarray, task: str, folds: int, seed: int) -> list[
 def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
                classes: Sequence[str], config: TrainConfig = TrainConfig(),
                validation: tuple[Sequence[np.ndarray], np.ndarray] | None = None,
-               initial: Params | None = None, log: Callable[[str], None] | None = None) -> Head:
+               initial: Params | None = None, log: Callable[[str], None] | None = None,
+               labels: np.ndarray | None = None) -> Head:
     """Train a head on per-patch embeddings.
 
     Args:
@@ -297,6 +300,8 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         tracks off (stratified).
       initial: parameters to resume from (their input width must match).
       log: called with one line per epoch.
+      labels: ``[tracks]`` the single-label classes the validation split is stratified by,
+        where ``targets`` are smoothed distributions (default: their largest class).
 
     Returns:
       the :class:`Head` at its best validation loss, with ``history``.
@@ -309,8 +314,11 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     tracks = check_tracks(tracks)
     targets = check_training_targets(tracks, targets, task, classes)
     rng = np.random.default_rng(config.seed)
+    if labels is not None and np.shape(labels) != (len(targets),):
+        raise InputError(f"labels have shape {list(np.shape(labels))}; expected [{len(targets)}]: "
+                         "one class index per track")
     if validation is None:
-        train, val = split_validation(targets, task, config.validation_fraction, rng)
+        train, val = split_validation(targets, task, config.validation_fraction, rng, labels)
         if not len(val):
             raise InputError(f"{len(targets)} tracks are too few to split off a validation set; "
                              "give more tracks (at least two per class) or validation=")
@@ -452,7 +460,8 @@ def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         train = np.setdiff1d(np.arange(len(targets)), test)
         train_targets = targets[train] if smooth is None else np.asarray(smooth(train), np.float32)
         head = train_head([tracks[i] for i in train], train_targets, task, classes,
-                          dataclasses.replace(config, seed=config.seed + f))
+                          dataclasses.replace(config, seed=config.seed + f),
+                          labels=np.argmax(targets[train], axis=1) if task == "single" else None)
         predictions = head.predict_tracks([tracks[i] for i in test])
         figures = metrics.evaluate(task, targets[test], predictions)
         results.append(figures)

@@ -235,7 +235,8 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
                                     config, smooth, log)
     train_targets = dataset.targets if smooth is None else smooth(np.arange(len(dataset)))
     head = train_head(tracks, train_targets, dataset.task, dataset.classes, config,
-                      initial=initial, log=None)
+                      initial=initial, log=None, labels=np.argmax(dataset.targets, axis=1)
+                      if dataset.task == "single" else None)
     epoch_seconds = steady_seconds(head.history)
     paths = None
     if output is not None:
