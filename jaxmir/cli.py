@@ -102,9 +102,9 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
         return model, None
     if backbone is None and audio:
         backbone = backbone_of(model)
-        if backbone:
-            _warn(f"{model.source} is an embedding head; using the backbone its metadata names: "
-                  f"{backbone}")
+        if backbone:  # the usual way to run a head: a note, not a warning
+            print(f"jaxmir: {printable(str(model.source))} is an embedding head; using the "
+                  f"backbone its metadata names: {printable(backbone)}", file=sys.stderr)
         elif (named := backbone_name(model)) is not None:
             raise jaxmir.InputError(
                 f"{model.source} is an embedding head whose metadata names the backbone "

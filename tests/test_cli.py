@@ -723,6 +723,7 @@ def test_a_head_runs_on_the_backbone_its_metadata_names_in_every_engine(capsys, 
     tag = ("tag", str(wavs["PCM_16"]), "-o", out, "--model", str(head))
     status, _, err = run(capsys, *tag)
     assert status == 0 and "using the backbone its metadata names: msd-musicnn" in err, err
+    assert "warning" not in err  # the usual way to run a head: said, not warned of
     status, _, err = run(capsys, *tag, "--backbone", "msd-musicnn")
     assert status == 0 and "1 already done" in err, err
     given = []

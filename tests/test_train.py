@@ -1483,3 +1483,13 @@ def test_the_validation_split_is_stratified_by_labels_not_by_smoothed_targets(mo
     assert len(seen) == 2
     for smoothed_class, labels in seen:  # the tracks' own classes: the smoothed ones swapped
         assert labels is not None and np.array_equal(labels, 1 - smoothed_class)
+
+
+def test_the_class_size_refusal_counts_in_words():
+    """"at least 1 of a track's 2 neighbours are": one neighbour is."""
+    from jaxmir.train.smoothing import check_class_sizes
+
+    targets = np.eye(2)[[0] * 5 + [1] * 2]
+    with pytest.raises(InputError, match=r"with 2, at least 1 of a track's 2 neighbours is other "
+                                         r"classes'"):
+        check_class_sizes(targets, AB, SmoothingConfig("knn", k=2))

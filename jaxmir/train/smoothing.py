@@ -89,11 +89,12 @@ def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, fol
             "SmoothingConfig(lmnn_k=)"
         more = ", more folds (each tests fewer tracks)" if folds else ""
         count = int(counts[smallest])
+        others = k - max(count, 1) + 1
         raise InputError(f"label smoothing ({config.method}) over {name} = {k} neighbours needs "
-                         f"more than {k} tracks in every class: with {count}, at least "
-                         f"{k - max(count, 1) + 1} of a track's {k} neighbours are other classes', "
-                         f"whatever its features; {where} (give more tracks{more}, or a "
-                         f"smaller {name}: {smaller})")
+                         f"more than {k} tracks in every class: with {count}, at least {others} "
+                         f"of a track's {k} neighbours {'is' if others == 1 else 'are'} other "
+                         f"classes', whatever its features; {where} (give more tracks{more}, or "
+                         f"a smaller {name}: {smaller})")
 
 
 def lmnn_components(config: SmoothingConfig, shape: tuple[int, int]) -> int:
