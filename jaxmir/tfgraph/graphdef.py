@@ -134,13 +134,12 @@ class LoadBudget:
                           f"{limit} {what}, the most jaxmir spends on a file of this size; "
                           "the graph is corrupt or built to exhaust memory")
 
-    def check_nodes(self, count: int, where: str) -> None:
+    def check_nodes(self, count: int, where: str,
+                    what: str = "graph nodes (after inlining function calls)") -> None:
+        """Refuse ``count`` nodes, or their inputs and attributes (``what``), beyond the bound
+        the file's size sets."""
         if count > self.max_nodes:
-            raise self._exceeded("graph nodes (after inlining function calls)", self.max_nodes, where)
-
-    def check_node_parts(self, count: int, where: str) -> None:
-        if count > self.max_nodes:
-            raise self._exceeded("node inputs and attributes", self.max_nodes, where)
+            raise self._exceeded(what, self.max_nodes, where)
 
     def copy_nodes(self, nbytes: int, where: str) -> None:
         """Account for ``nbytes`` of nodes copied into the graph (a function's body inlined);
@@ -390,7 +389,7 @@ class Graph:
         budget = LoadBudget(len(data))
         nodes, parts = _count_nodes(data, budget.max_nodes)  # before parsing them
         budget.check_nodes(nodes, source)
-        budget.check_node_parts(parts, source)
+        budget.check_nodes(parts, source, "node inputs and attributes")
         graph_def = GraphDefProto()
         try:
             graph_def.ParseFromString(data)
