@@ -24,8 +24,8 @@ from jaxmir.audio import RESAMPLERS, read_mono
 from jaxmir.checks import is_whole
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
-from jaxmir.decode import MODES as DECODE_MODES
 from jaxmir.collection.rows import Result, check_finite
+from jaxmir.decode import MODES as DECODE_MODES
 from jaxmir.errors import (AudioError, DeviceMemoryError, InputError, JaxmirError,
                            NonFiniteOutputError, ShortAudioError, damage_note)
 from jaxmir.frontends import SAMPLE_RATE
