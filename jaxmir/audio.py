@@ -171,9 +171,31 @@ def prepare_audio(audio: ArrayLike, sample_rate: int, target_rate: int = 16000,
     return _to_mono_16k(data, native, target, resampler, "audio")
 
 
+_BYTE_FORMATS = ("B", "b", "c")  # a memoryview of these holds raw bytes, not samples
+
+
+def check_samples(audio) -> None:
+    """An :class:`InputError` for a path (``predict("song.mp3", sr)``) or a raw byte buffer
+    (``bytes``, ``bytearray``, a ``memoryview`` of bytes) where samples are expected: NumPy reads
+    a buffer as unsigned 8-bit samples, twice as many as an int16 buffer holds."""
+    if isinstance(audio, (bytes, bytearray)) or (isinstance(audio, memoryview)
+                                                  and audio.format in _BYTE_FORMATS):
+        # a socket's or a capture API's buffer more often than a path
+        raise InputError(f"expected samples [n_samples] or [n_samples, channels], got "
+                         f"{audio.nbytes if isinstance(audio, memoryview) else len(audio)} bytes "
+                         f"({type(audio).__name__}): decode raw PCM first (np.frombuffer(data, "
+                         "np.int16), its channels .reshape(-1, channels)), or read a file with "
+                         "jaxmir.load_audio(path)")
+    if isinstance(audio, (str, os.PathLike)):
+        raise InputError(f"expected samples [n_samples] or [n_samples, channels], got the path "
+                         f"{os.fsdecode(audio)!r}; read it with jaxmir.load_audio(path) first")
+
+
 def _sample_array(audio, where: str) -> np.ndarray:
     """``audio`` as a NumPy array ``[n_samples]`` or ``[n_samples, channels]``, or an
-    :class:`AudioError` naming it ``where``."""
+    :class:`AudioError` naming it ``where`` (:class:`InputError` for a path or raw bytes:
+    :func:`check_samples`)."""
+    check_samples(audio)
     if isinstance(audio, (tuple, list)) and len(audio) == 2 and np.ndim(audio[1]) == 0 \
             and np.ndim(audio[0]) >= 1:
         raise AudioError(f"{where} is a pair, as librosa.load returns (y, sr); give the "

@@ -48,7 +48,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from jaxmir import frontends
-from jaxmir.audio import check_peak, check_resampler, no_sample_error, prepare_audio
+from jaxmir.audio import (check_peak, check_resampler, check_samples, no_sample_error,
+                          prepare_audio)
 from jaxmir.batches import BATCH
 from jaxmir.checks import check_rate
 from jaxmir.errors import InputError
@@ -215,19 +216,6 @@ def run_plan(model: "Model", audio_16k, plan_: Plan, outputs: Iterable[str] | st
         return {name: value[:plan_.n_patches] for name, value in zip(names, values)}
     # slicing on the host: a device slice would compile a program per number of patches
     return {name: np.asarray(value)[:plan_.n_patches] for name, value in zip(names, values)}
-
-
-def check_samples(audio) -> None:
-    """An :class:`InputError` for a path (``predict("song.mp3", sr)``) or raw bytes where samples
-    are expected."""
-    if isinstance(audio, bytes):  # a raw buffer (a socket's, a capture API's) more often than a path
-        raise InputError(f"expected samples [n_samples] or [n_samples, channels], got {len(audio)} "
-                         "bytes: decode raw PCM first (np.frombuffer(data, np.int16), its "
-                         "channels .reshape(-1, channels)), or read a file with "
-                         "jaxmir.load_audio(path)")
-    if isinstance(audio, (str, os.PathLike)):
-        raise InputError(f"expected samples [n_samples] or [n_samples, channels], got the path "
-                         f"{os.fsdecode(audio)!r}; read it with jaxmir.load_audio(path) first")
 
 
 def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array":

@@ -315,10 +315,23 @@ def test_raw_bytes_generators_and_bfloat16(musicnn):
     refused as none."""
     signal = noise(16000 * 4)
     pcm = (signal * 32767).astype(np.int16).tobytes()
-    with pytest.raises(InputError, match=r"got 128000 bytes: decode raw PCM first \(np.frombuffer") \
+    with pytest.raises(InputError, match=r"got 128000 bytes \(bytes\): decode raw PCM first \(np.frombuffer") \
             as refusal:
         musicnn.predict(pcm, SR)
     assert len(str(refusal.value)) < 300
+    # NumPy reads other byte buffers as uint8 samples: 8-bit PCM tags of noise, twice as long
+    for buffer in (bytearray(pcm), memoryview(pcm), memoryview(bytearray(pcm))):
+        kind = type(buffer).__name__
+        for call in (lambda: musicnn.predict(buffer, SR), lambda: musicnn.features(buffer, SR),
+                     lambda: musicnn.stream(SR).push(buffer)):
+            with pytest.raises(InputError, match=rf"got 128000 bytes \({kind}\): decode raw PCM"):
+                call()
+    with pytest.raises(InputError, match="got the path 'song.wav'; read it with jaxmir.load_audio"):
+        musicnn.stream(SR).push("song.wav")
+    # a buffer of samples is samples
+    as_int16 = memoryview(pcm).cast("h")
+    np.testing.assert_array_equal(musicnn.predict(as_int16, SR),
+                                  musicnn.predict(np.frombuffer(pcm, np.int16), SR))
     with pytest.raises(InputError, match="audio is a generator, which holds no array of samples"):
         musicnn.predict((x for x in signal), SR)
     rounded = signal.astype(jnp.bfloat16)
