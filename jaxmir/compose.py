@@ -84,8 +84,10 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
                            "config": {**backbone.spec.config, "head": backbone_head}},
               "head": {"architecture": "head", "config": head.spec.config}}
     variables: dict = {}
-    for prefix, tree in (("backbone", _prune_head(backbone.spec.variables, keep)),
-                         ("head", head.spec.variables)):
+    # the models' own variables, not their specs': a backbone in bfloat16 (Model.astype) or
+    # with changed weights stays so
+    for prefix, tree in (("backbone", _prune_head(backbone.variables, keep)),
+                         ("head", head.variables)):
         for collection, values in tree.items():
             variables.setdefault(collection, {})[prefix] = values
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -121,6 +122,26 @@ def test_composed_weights_round_trip(tmp_path):
     again = jaxmir.load(tmp_path / "composed.npz")
     x = np.random.default_rng(1).standard_normal((2, 187, 96)).astype(np.float32)
     np.testing.assert_array_equal(again.apply(x)["predictions"], model.apply(x)["predictions"])
+
+
+def test_a_head_composes_with_the_backbone_it_is_given(tmp_path):
+    """A head loaded on a Model took that Model's spec, not its variables: a backbone with other
+    weights gave the original's outputs, and a bfloat16 backbone computed in float32."""
+    import jax
+    head = jaxmir.load(write_head(tmp_path, "h"))
+    backbone = jaxmir.load("mtt-musicnn")
+    tuned = dataclasses.replace(backbone, variables=jax.tree_util.tree_map(
+        lambda v: v * 1.05, backbone.variables))
+    x = np.random.default_rng(1).standard_normal((2, 187, 96)).astype(np.float32)
+    want = head.apply(tuned.apply(x, "embeddings")["embeddings"])["predictions"]
+    got = jaxmir.load(write_head(tmp_path, "h"), backbone=tuned).apply(x)["predictions"]
+    # the same float32 operations in one program or two: a few float32 steps of values <= 1
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert np.abs(np.asarray(want) - np.asarray(head.apply(
+        backbone.apply(x, "embeddings")["embeddings"])["predictions"])).max() > 1e-3
+    in_bf16 = jaxmir.load(write_head(tmp_path, "h"), backbone=backbone.astype("bfloat16"))
+    assert {v.dtype.name for v in jax.tree_util.tree_leaves(in_bf16.variables["params"]["backbone"])} \
+        == {"bfloat16"}
 
 
 def test_composition_errors_name_both_sides(tmp_path):
