@@ -15,7 +15,7 @@ import numpy as np
 from jaxmir import describe as describing
 from jaxmir import catalog, pipeline
 from jaxmir import stream as streaming
-from jaxmir.checks import is_whole
+from jaxmir.checks import is_floating, is_whole
 from jaxmir.errors import InputError
 from jaxmir.labels import check_labels
 from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
@@ -75,6 +75,21 @@ def _on_device(value):
     first, since on a CPU the transfer may share their memory, and the spec's arrays stay the
     caller's to change."""
     return jax.device_put(np.array(value) if isinstance(value, np.ndarray) else value)
+
+
+MAX_PATCH_VALUE = 1e12  # log-mel patches lie within about +-20
+
+
+def check_patch_values(patches: np.ndarray) -> None:
+    """:class:`InputError` for NaN or infinite values in float32 ``patches``, or values beyond
+    :data:`MAX_PATCH_VALUE`, which overflow the model's float32 sums (3e38 turns the outputs NaN)."""
+    peak = float(np.max(np.abs(patches)))  # NaN if any value is
+    if not np.isfinite(peak):
+        raise InputError("patches hold NaN or infinite values (in float32); the outputs would be NaN")
+    if peak > MAX_PATCH_VALUE:
+        raise InputError(f"patches reach {peak:.3g}, beyond {MAX_PATCH_VALUE:.0e}: expected log-mel "
+                         "patches (within about +-20); such values overflow the model's float32 "
+                         "sums and turn its outputs NaN")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -195,7 +210,7 @@ class Model:
             patches = np.asarray(patches)
         dtype = np.dtype(patches.dtype)
         shape_text = ", ".join(map(str, self.input_shape))
-        if not np.issubdtype(dtype, np.floating):
+        if not is_floating(dtype):
             raise InputError(f"patches have dtype {dtype}; expected floating point "
                              f"(float32) log-mel patches of shape [batch, {shape_text}]")
         if tuple(patches.shape[1:]) != self.input_shape and patches.ndim > 1:
@@ -208,9 +223,12 @@ class Model:
                              f"[batch, {shape_text}]")
         if patches.shape[0] == 0:
             raise InputError("an empty batch of patches (batch size 0)")
-        # as predict refuses NaN audio; a JAX array is not read back from its device to check
-        if isinstance(patches, np.ndarray) and not np.isfinite(patches).all():
-            raise InputError("patches hold NaN or infinite values; the outputs would be NaN")
+        # as predict refuses NaN audio; a JAX array is not read back from its device to check.
+        # Checked in float32, as the model reads them (float64 1e39 is infinite there).
+        if isinstance(patches, np.ndarray):
+            with np.errstate(over="ignore"):
+                patches = patches.astype(np.float32, copy=False)
+            check_patch_values(patches)
         return jnp.asarray(patches, jnp.float32)
 
     def apply(self, patches: ArrayLike, outputs: Iterable[str] | str | None = None,

@@ -235,6 +235,39 @@ def test_apply_refuses_nan_or_infinite_patches(musicnn, patches_187):
         patches[1, 5, 7] = bad
         with pytest.raises(InputError, match="patches hold NaN or infinite values"):
             musicnn.apply(patches)
+    # checked as the model reads them: float64 1e39 is infinite in float32, and a finite
+    # float32 3e38 overflows the sums (both gave NaN outputs with at most a cast warning)
+    with pytest.raises(InputError, match=r"patches hold NaN or infinite values \(in float32\)"):
+        musicnn.apply(np.full((1, 187, 96), 1e39))
+    patches = np.array(patches_187[:1])
+    patches[0, 5, 7] = 3e38
+    with pytest.raises(InputError, match="patches reach 3e[+]38, beyond 1e[+]12: expected log-mel"):
+        musicnn.apply(patches)
+    assert np.isfinite(np.asarray(musicnn.apply(np.full((1, 187, 96), 1e12, np.float32))
+                                  ["predictions"])).all()
+
+
+def test_apply_takes_bfloat16_patches(musicnn, patches_187):
+    """bfloat16 patches were refused as "dtype bfloat16; expected floating point"."""
+    rounded = np.asarray(patches_187[:2]).astype(jnp.bfloat16)
+    want = np.asarray(musicnn.apply(rounded.astype(np.float32))["predictions"])
+    for patches in (rounded, jnp.asarray(rounded)):  # the same values, exactly, in float32
+        np.testing.assert_array_equal(np.asarray(musicnn.apply(patches)["predictions"]), want)
+
+
+def test_weights_and_metadata_by_any_case_of_their_suffix(musicnn, tmp_path, patches_187):
+    """'W.NPZ' was read as a GraphDef ("not a readable GraphDef ... corrupt"), and so was
+    Essentia's metadata JSON passed for its model."""
+    save_weights(musicnn, tmp_path / "w.NPZ")
+    np.testing.assert_array_equal(jaxmir.load(tmp_path / "w.NPZ").apply(patches_187[:1])["predictions"],
+                                  musicnn.apply(patches_187[:1])["predictions"])
+    (tmp_path / "head.json").write_text("{}")
+    with pytest.raises(InputError, match=r"head.json is a model's metadata \(Essentia's JSON\), "
+                                         r"not a model: load its .pb instead"):
+        jaxmir.load(tmp_path / "head.json")
+    (tmp_path / "head.pb").write_bytes(b"")
+    with pytest.raises(InputError, match=r"load .*head.pb, beside it, instead"):
+        jaxmir.load(str(tmp_path / "head.JSON"))
 
 
 def test_weights_round_trip(musicnn, tmp_path, patches_187):
