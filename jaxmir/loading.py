@@ -102,8 +102,14 @@ def _load_one(source, labels=None, output=None) -> Model:
         raise InputError(f"cannot load {text!r}: a path holds no NUL character")
     if text in catalog.names():  # sha256 checked
         return _fixed_output(load_weights(catalog.path_of(text), labels=labels, trusted=True), output)
-    if text.endswith(WEIGHTS_SUFFIX):
+    suffix = os.path.splitext(text)[1].lower()
+    if suffix == WEIGHTS_SUFFIX:
         return _fixed_output(load_weights(text, labels=labels), output)
+    if suffix == ".json":  # Essentia's metadata, passed for its model
+        graph_path = os.path.splitext(text)[0] + ".pb"
+        beside = f"{graph_path}, beside it," if os.path.isfile(graph_path) else "its .pb"
+        raise InputError(f"{text} is a model's metadata (Essentia's JSON), not a model: load "
+                         f"{beside} instead; the JSON beside a .pb is read with it")
     if not os.path.exists(text) and not text.endswith(".pb") and os.sep not in text:
         raise JaxmirError(f"'{text}' is neither a file nor a shipped model; shipped models: "
                           + ", ".join(catalog.names()) + "; or give the path of a .pb or .npz file")

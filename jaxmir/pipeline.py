@@ -39,7 +39,6 @@ order; MusiCNN does this itself when its ``overlap_hop`` is set
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import TYPE_CHECKING, Iterable
 
 import jax
