@@ -119,6 +119,10 @@ def _load_one(source, labels=None, output=None) -> Model:
     metadata = read_metadata(text)
     if output is None:
         output = _metadata_output(metadata, graph)
+    elif graphdef.TensorRef.parse(output).node not in graph.nodes:
+        raise GraphError(f"{text}: no node named '{output}'; output= names the graph's output node "
+                         "('model/Sigmoid', say): the outputs that Model.apply and predict take by "
+                         "name ('embeddings', 'penultimate', ...) go to their own output=")
     spec = convert.import_graph(graph, output=output)
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape, spec.variables)
     if problem is not None:  # what loads must also run

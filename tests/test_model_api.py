@@ -20,9 +20,9 @@ import pytest
 
 import jaxmir
 from jaxmir import catalog
-from jaxmir.errors import InputError, WeightsError
+from jaxmir.errors import GraphError, InputError, WeightsError
 from jaxmir.weights import save_weights
-from conftest import child_env, compiled_programs, on_cpu
+from conftest import child_env, compiled_programs, on_cpu, shared_fixture
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,6 @@ def test_labels_and_info(musicnn, vgg):
     assert vgg.labels[:3] == ("guitar", "classical", "slow")
     assert musicnn.num_params() == 792_079 and vgg.num_params() == 607_030
     assert "penultimate" in musicnn.output_names and "model/dense/BiasAdd" in musicnn.output_names
-    from conftest import shared_fixture
-
     vggish = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
     names = vggish.output_names  # its graph has nodes named pool1..pool4, as its aliases
     assert len(names) == len(set(names)) and {"pool1", "model/vggish/pool1/MaxPool"} <= set(names)
@@ -268,6 +266,12 @@ def test_weights_and_metadata_by_any_case_of_their_suffix(musicnn, tmp_path, pat
     (tmp_path / "head.pb").write_bytes(b"")
     with pytest.raises(InputError, match=r"load .*head.pb, beside it, instead"):
         jaxmir.load(str(tmp_path / "head.JSON"))
+
+
+def test_a_graph_output_that_is_no_node_says_where_names_go():
+    with pytest.raises(GraphError, match=r"no node named 'embeddings'; output= names the graph's "
+                                         r"output node .* go to their own output="):
+        jaxmir.load(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"), output="embeddings")
 
 
 def test_weights_round_trip(musicnn, tmp_path, patches_187):
