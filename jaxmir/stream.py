@@ -350,6 +350,8 @@ class Stream:
         patch_starts(0, size, hop, last_patch)  # checks hop and last_patch
         if pad not in PAD_MODES:
             raise InputError(f"unknown pad {pad!r}; accepted: None, 'zero', 'repeat'")
+        if not isinstance(eager, (bool, np.bool_)):  # eager="no" was eager
+            raise InputError(f"eager={eager!r}: expected True or False")
         batch = check_batch(batch if batch is not None else BATCH if eager else file_batch(model))
         self.patch_size, self.patch_hop = size, int(hop) or size
         self.last_patch, self.pad, self.compat = last_patch, pad, compat

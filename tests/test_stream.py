@@ -246,6 +246,9 @@ def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatc
         musicnn.stream(rate, resample_step=-1)
     with pytest.raises(InputError, match="resample_step 0.5 must be a whole number"):
         musicnn.stream(rate, resample_step=0.5)
+    for eager in ("no", 0, None):  # "no" streamed eagerly
+        with pytest.raises(InputError, match=f"eager={eager!r}: expected True or False"):
+            musicnn.stream(rate, eager=eager)
 
 
 @pytest.mark.parametrize("resampler", ["samplerate", "soxr"])
