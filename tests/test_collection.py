@@ -440,6 +440,9 @@ def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music,
                                          r"\(dtype: 'bfloat16' there, 'float32' now\)") as err:
         collect(model, [path], out, name="msd-musicnn", jobs=0, progress=False)
     assert "not an output of jaxmir" not in str(err.value) and str(err.value).count("--overwrite") == 1
+    # collect()'s arguments named beside the options (it named --output and --overwrite only)
+    assert str(err.value).endswith("; give another output (--output), or --overwrite "
+                                   "(overwrite=True in Python) to start it over")
     with pytest.raises(InputError, match="unknown dtype"):
         Options(dtype="float16")
 

@@ -50,8 +50,9 @@ from jaxmir.atomic import (is_temporary, is_temporary_of, make_folder_atomically
                            unwritable, write_atomically)
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
-from jaxmir.collection.rows import (BASE_COLUMNS, DONE, Layout, Result, as_text, base, from_text,
-                                   embedding_mean, patches, summary, tag_means)
+from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, OVERWRITE, Layout, Result,
+                                   as_text, base, embedding_mean, from_text, patches, summary,
+                                   tag_means)
 from jaxmir.errors import InputError, OptionError
 
 INDEX = "index.jsonl"
@@ -134,7 +135,7 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise InputError(f"--output {output} is being written by another jaxmir run; "
-                                 "wait for it to end, or give another --output") from None
+                                 f"wait for it to end, or {ANOTHER_OUTPUT}") from None
         yield
 
 
@@ -357,8 +358,8 @@ class LinesWriter(Writer):
             raise
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as err:
             reason = f"a row without {err}" if isinstance(err, KeyError) else str(err)
-            raise InputError(f"{self.path}: not an output of jaxmir ({reason}); give another "
-                             "--output, or --overwrite to start it over") from None
+            raise InputError(f"{self.path}: not an output of jaxmir ({reason}); {ANOTHER_OUTPUT}, "
+                             f"or {OVERWRITE} to start it over") from None
         self.rows = [row for _, row in kept]
         self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in self.rows
                      if r["status"] in DONE}
@@ -448,7 +449,7 @@ class NpyWriter(Writer):
         index = path / INDEX
         if not index.exists() and not overwrite and any(path.rglob("*.npy")):
             raise InputError(f"--output {path} already holds .npy files but no {INDEX} (not a "
-                             "jaxmir collection); give another folder, or --overwrite to write "
+                             f"jaxmir collection); {ANOTHER_OUTPUT}, or {OVERWRITE} to write "
                              "over files of the same names")
         if not dry:
             _remove_array_temporaries(path)
@@ -540,8 +541,8 @@ class ParquetWriter(Writer):
         self.flush_rows, self.flush_seconds = max(1, flush_rows), flush_seconds
         if path.exists() and not path.is_dir():
             if not overwrite:
-                raise InputError(f"--output {path} is a file, not a jaxmir Parquet folder; give "
-                                 "another --output, or --overwrite to replace it")
+                raise InputError(f"--output {path} is a file, not a jaxmir Parquet folder; "
+                                 f"{ANOTHER_OUTPUT}, or {OVERWRITE} to replace it")
             path.unlink()
         self.schema = parquet_schema(layout)
         if dry and not path.is_dir():
@@ -563,7 +564,7 @@ class ParquetWriter(Writer):
             raise InputError(f"--output {path} holds {', '.join(foreign[:3])}"
                              f"{' and more' if len(foreign) > 3 else ''}, {which} of a "
                              "jaxmir Parquet folder (pyarrow and pandas would fail to read it "
-                             "as one table); give another --output")
+                             f"as one table); {ANOTHER_OUTPUT}")
         parts = sorted(p for p in path.iterdir() if _PART.match(p.name))
         if dry:
             self._resume([] if overwrite else parts, current)
@@ -602,10 +603,10 @@ class ParquetWriter(Writer):
                 table = pq.read_table(part)
             except Exception as err:  # noqa: BLE001 -- pyarrow raises several kinds
                 raise InputError(f"{part}: unreadable Parquet part ({err}); move it away, or "
-                                 "--overwrite to start over") from None
+                                 f"{OVERWRITE} to start over") from None
             if b"jaxmir" not in (found.metadata or {}):
                 raise InputError(f"{part}: not a part jaxmir wrote (it records no model or "
-                                 "settings); give another --output, or --overwrite to start over")
+                                 f"settings); {ANOTHER_OUTPUT}, or {OVERWRITE} to start over")
             identity = json.loads(found.metadata[b"jaxmir"])
             # a list column; a label may be named so (a float column) in a table without them
             identity["per_patch"] = ("patches" in found.names

@@ -16,7 +16,8 @@ import os
 from typing import Collection, Iterable, Mapping
 
 from jaxmir.collection.inputs import Source, file_key
-from jaxmir.collection.rows import DONE, ERROR, OK, UNRECORDED_DEFAULTS, as_text
+from jaxmir.collection.rows import (ANOTHER_OUTPUT, DONE, ERROR, OK, OVERWRITE,
+                                    UNRECORDED_DEFAULTS, as_text)
 from jaxmir.errors import InputError
 
 
@@ -114,5 +115,5 @@ def check_identity(output: str, found: dict, expected: dict,
     other_model = "model_sha256" in keys or ("labels" in keys and "command" not in keys)
     whose = f"of model {there!r}, not of {now!r} with these settings" if there != now else \
         f"of another {now!r}" if other_model else f"of {now!r} with other settings"
-    raise InputError(f"{output} holds results {whose} ({details}); give another --output, or "
-                     "--overwrite to start it over")
+    raise InputError(f"{output} holds results {whose} ({details}); {ANOTHER_OUTPUT}, or "
+                     f"{OVERWRITE} to start it over")

@@ -49,6 +49,10 @@ def check_finite(values: np.ndarray, what: str = "outputs") -> None:
             "finite audio: its weights overflow float32 here")
 
 
+# what to do about an output a run refuses, in the words of both jaxmir's options and collect()'s
+ANOTHER_OUTPUT = "give another output (--output)"
+OVERWRITE = "--overwrite (overwrite=True in Python)"
+
 BASE_COLUMNS = ("path", "size_bytes", "mtime_ns", "duration_s", "n_patches", "status", "error")
 OK, DAMAGED, ERROR = "ok", "damaged", "error"
 DONE = (OK, DAMAGED)  # statuses a resumed run does not redo
