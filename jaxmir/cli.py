@@ -831,7 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "per-patch taggram) or csv (file,rank,label,score; no rank for a "
                           "regression head's values)")
     tag.add_argument("-o", "--output", "--save", metavar="PATH", default=None,
-                     help="write to PATH instead of standard output; OUT.parquet, OUT.jsonl or "
+                     help="write to PATH instead of standard output (- is standard output); "
+                          "OUT.parquet, OUT.jsonl or "
                           "OUT.csv (without -f csv) make a resumable table, one row per file")
     tag.add_argument("--plot", metavar="PNG", default=None,
                      help="draw the taggram (tags x time) to PNG (several files: PNG-<name>.png); "
@@ -841,7 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="embeddings of audio files: .npy files or a table",
                                 description="Write the chosen layer for every patch of each file "
-                                            "to OUTPUT/<path>.npy, shaped [n_patches, ...] (with "
+                                            "to OUTPUT/<path>.npy (the file's path below the "
+                                            "common folder, its extension replaced), shaped "
+                                            "[n_patches, ...] (with "
                                             "OUTPUT/index.jsonl), or one row per file to "
                                             "OUTPUT.parquet/.jsonl. A rerun resumes.")
     embed.add_argument("files", nargs="+", metavar="PATH",
@@ -850,7 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder for .npy files, or a .parquet/.jsonl table")
     embed.add_argument("-l", "--layer", metavar="NAME", default="embeddings",
                        help="output name (default embeddings: model/dense/BiasAdd for MusiCNN, "
-                            "model/vggish/embeddings for VGGish); `jaxmir info MODEL` lists them")
+                            "model/vggish/embeddings for VGGish, the 50 logits for VGG, which has "
+                            "one dense layer); `jaxmir info MODEL` lists them")
     _patch_options(embed)
     embed.add_argument("--average", action="store_true",
                        help="write the mean over the patches ([...] without the patch axis); "
@@ -864,8 +868,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "stream from standard input and write one JSON line per "
                                            "patch as soon as it is complete: {\"start\": seconds, "
                                            "\"top\": [[label, p], ...]}. Ends at the end of the "
-                                           "input or on Ctrl-C (the patches complete so far are "
-                                           "written).")
+                                           "input or on Ctrl-C or SIGTERM (the patches complete "
+                                           "so far are written; exit 130 and 143).")
     live.add_argument("input", nargs="?", default="-", metavar="-", help="standard input (default)")
     live.add_argument("-m", "--model", metavar="NAME|PATH", default=None,
                       help="a shipped model or a .pb/.npz (default: msd-musicnn)")
