@@ -33,6 +33,12 @@ def is_whole(value, least: int = 0, most: int | None = None) -> bool:
     return _is_integer(value) and value >= least and (most is None or value <= most)
 
 
+def is_real(value) -> bool:
+    """Whether ``value`` is a finite real number (Python or NumPy, not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and \
+        bool(np.isfinite(value))
+
+
 def is_floating(dtype) -> bool:
     """Whether ``dtype`` holds floating-point numbers: NumPy's, and JAX's ``bfloat16``
     (ml_dtypes', which NumPy does not count among its floating types)."""

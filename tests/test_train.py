@@ -264,6 +264,32 @@ def test_dataset_entry_counts_tracks_of_soft_targets():
     assert dataset_entry("DATA", multi, None, 0)["size"] == "18 tracks, 6/6/6 per class"
 
 
+def test_numpy_counts_train_and_export_as_python_ones():
+    """TrainConfig(epochs=np.uint8(255)) trained no epoch (255 + 1 wrapped to 0) and exported the
+    untrained head; batch_size=np.uint8(32) overflowed; a smoothing k of np.int64(3) failed the
+    export ("int64 is not JSON serializable") after training."""
+    from jaxmir.train.finetune import FinetuneConfig
+    from jaxmir.train.recipe import dataset_entry
+    from jaxmir.train.smoothing import SmoothingConfig
+
+    config = fit.TrainConfig(epochs=np.uint8(255), batch_size=np.uint8(32), learning_rate=np.float32(1e-3))
+    assert type(config.epochs) is int and config.epochs + 1 == 256
+    tracks, onehot = blobs(n_per_class=6, classes=2)
+    head = fit.train_head(tracks, onehot, "single", AB, dataclasses.replace(
+        FAST, epochs=np.uint8(2), batch_size=np.uint8(4)))
+    assert len(head.history) == 2
+    tune = FinetuneConfig(steps=np.int16(3), batch_size=np.uint8(2), seed=np.int64(1))
+    assert {type(tune.steps), type(tune.batch_size), type(tune.seed)} == {int}
+    with pytest.raises(InputError, match="FinetuneConfig weight_decay = -1"):
+        FinetuneConfig(weight_decay=-1)
+    dataset = data.Dataset(tuple(f"{i}.wav" for i in range(12)), onehot, "single", AB)
+    for settings in (SmoothingConfig("knn", k=np.int64(3)),
+                     SmoothingConfig("lmnn", k=np.int32(3), lmnn_k=np.uint8(2),
+                                     lmnn_components=np.int64(4), lmnn_push=np.float32(0.25))):
+        entry = json.loads(json.dumps(dataset_entry("DATA", dataset, None, 0, settings)))
+        assert entry["label_smoothing"]["k"] == 3
+
+
 def test_classes_of_soft_targets_are_counted_by_tracks():
     """Soft targets were counted by their mass: three tracks of [0.6, 0.4] made "drums (1)",
     refused as a class of fewer than 2 files."""

@@ -10,7 +10,6 @@ then the head, and updates both: Adam at a small rate for the backbone's
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxmir import interrupts
-from jaxmir.checks import is_whole
+from jaxmir.checks import is_real, is_whole
 from jaxmir.errors import InputError
 from jaxmir.model import Model
 from jaxmir.models.runner import run_patches
@@ -42,10 +41,16 @@ class FinetuneConfig:
             if not is_whole(getattr(self, name), least):
                 raise InputError(f"FinetuneConfig {name} = {getattr(self, name)!r}; expected a "
                                  f"whole number >= {least}")
+            object.__setattr__(self, name, int(getattr(self, name)))  # NumPy integers wrap
         for name in ("backbone_learning_rate", "head_learning_rate"):
             rate = getattr(self, name)
-            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+            if not (is_real(rate) and rate > 0):
                 raise InputError(f"FinetuneConfig {name} = {rate!r}; expected a positive number")
+        if not (is_real(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"FinetuneConfig weight_decay = {self.weight_decay!r}; expected a "
+                             "number >= 0")
+        for name in ("backbone_learning_rate", "head_learning_rate", "weight_decay"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
 
 def audio_patches(backbone: Model, audio: np.ndarray, sample_rate: int,

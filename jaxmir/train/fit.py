@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 import time
 from typing import Callable, Sequence
 
@@ -24,7 +23,7 @@ from numpy.typing import ArrayLike
 import optax
 
 from jaxmir import interrupts
-from jaxmir.checks import is_whole
+from jaxmir.checks import is_real, is_whole
 from jaxmir.errors import InputError, JaxmirError
 from jaxmir.models import damaged_variable
 from jaxmir.train import metrics
@@ -34,11 +33,6 @@ from jaxmir.train.data import (ACTIVATION, check_targets, check_task, check_vary
 
 class TrainingError(JaxmirError):
     """Training could not go on (a non-finite loss, ...)."""
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and \
-        bool(np.isfinite(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +55,19 @@ class TrainConfig:
             if not is_whole(value, least):
                 raise InputError(f"TrainConfig {name} = {value!r}; expected a whole number "
                                  f">= {least}")
-        if not _real(self.learning_rate) or self.learning_rate <= 0:
+            # a NumPy integer as a Python one: np.uint8(255) + 1 epochs wrapped to 0 (no training)
+            object.__setattr__(self, name, int(value))
+        if not is_real(self.learning_rate) or self.learning_rate <= 0:
             raise InputError(f"TrainConfig learning_rate = {self.learning_rate!r}; expected a "
                              "positive number")
-        if not _real(self.weight_decay) or self.weight_decay < 0:
+        if not is_real(self.weight_decay) or self.weight_decay < 0:
             raise InputError(f"TrainConfig weight_decay = {self.weight_decay!r}; expected a "
                              "number >= 0")
-        if not _real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+        if not is_real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
             raise InputError(f"TrainConfig validation_fraction = {self.validation_fraction!r}; "
                              "expected a fraction strictly between 0 and 1")
+        for name in ("learning_rate", "weight_decay", "validation_fraction"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
 
 Params = dict  # {"dense": {"kernel": [d, 100], "bias": [100]}, "dense_1": {...: [100, C], [C]}}

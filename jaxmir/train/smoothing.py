@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxmir.checks import is_real, is_whole
 from jaxmir.errors import InputError
 
 METHODS = ("none", "knn", "lmnn")
@@ -43,6 +44,15 @@ class SmoothingConfig:
     lmnn_components: int = 32
     lmnn_push: float = 0.5
     lmnn_max_iter: int = 10000
+
+    def __post_init__(self):
+        # NumPy numbers as Python ones: the head's JSON records them (json refuses np.int64);
+        # anything else is left for fit_head's check to refuse by name
+        for name in ("k", "lmnn_k", "lmnn_components", "lmnn_max_iter"):
+            if is_whole(getattr(self, name)):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        if is_real(self.lmnn_push):
+            object.__setattr__(self, "lmnn_push", float(self.lmnn_push))
 
 
 def standardize(features: np.ndarray) -> np.ndarray:
