@@ -9,6 +9,7 @@ as floats and arrays.
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 
@@ -62,8 +63,8 @@ def check_rate(rate, what: str) -> int:
         raise AudioError(f"{what} {rate!r} is not a whole number of Hz; accepted: "
                          f"{MIN_RATE}-{MAX_RATE} Hz")
     if not MIN_RATE <= rate <= MAX_RATE:
-        digits = str(abs(int(rate)))  # 1e300 Hz was written with its 301 digits
-        shown = ("-" if rate < 0 else "") + (
-            digits if len(digits) <= 12 else f"{digits[0]}.{digits[1:3]}e{len(digits) - 1}")
+        # 1e300 Hz was written with its 301 digits; Decimal rounds where float would overflow
+        shown = str(int(rate)) if abs(rate) < 10 ** 12 else \
+            f"{decimal.Decimal(int(rate)):.2e}".replace("e+", "e")
         raise AudioError(f"{what} {shown} Hz is out of range; accepted: {MIN_RATE}-{MAX_RATE} Hz")
     return int(rate)

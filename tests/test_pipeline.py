@@ -303,6 +303,10 @@ def test_rates_are_named_whatever_they_hold():
 
     with pytest.raises(InputError, match=r"^rate 1.00e300 Hz is out of range; accepted"):
         check_rate(1e300, "rate")
+    for rate, shown in ((1.999e15, "2.00e15"), (-10 ** 400 + 1, "-1.00e400"),
+                        (999_999_999_999, "999999999999")):
+        with pytest.raises(InputError, match=rf"^rate {shown} Hz is out of range"):  # 1.99e15 was cut
+            check_rate(rate, "rate")
     with pytest.raises(InputError, match=r"^rate -5 Hz is out of range"):
         check_rate(-5, "rate")
     with pytest.raises(InputError, match="rate is traced .* give it as a Python number"):
