@@ -384,6 +384,8 @@ class AudioBlocks:
         length = f"decoded {have / rate:.2f} s"
         if declared is not None:
             length += f" of the {declared / rate:.2f} s its header declares"
+            if f"{have / rate:.2f}" == f"{declared / rate:.2f}":  # "1.00 s of the 1.00 s"
+                length = f"decoded {have} of the {declared} frames its header declares"
         if self._bad_packets or self._read_error or self._bad_pages:
             what = []
             if self._bad_pages:

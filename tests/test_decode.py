@@ -694,6 +694,11 @@ def test_a_few_frames_missing_from_an_exact_header_is_truncation(tmp_path, subty
         decoded = decode_file(cut)
     assert decoded.status == "truncated" and decoded.declared_frames == 3 * 44100
     assert decode_file(full).status == "ok"
+    # a frame short: "decoded 3.00 s of the 3.00 s" showed no gap
+    cut.write_bytes(full.read_bytes()[:-frame])
+    with pytest.warns(DamagedAudioWarning, match=r"truncated audio: decoded 132299 of the 132300 "
+                                                  r"frames its header declares"):
+        decode_file(cut)
 
 
 def test_a_bogus_block_align_declares_the_samples_length(tmp_path):
