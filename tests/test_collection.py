@@ -542,6 +542,9 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
     assert list(pandas.read_csv(out)["model"]) == ["msd-musicnn"] * 2
     with pytest.raises(InputError, match="model: 'msd-musicnn' there, 'msd-vgg' now"):
         run(name="msd-vgg")
+    with pytest.raises(InputError, match=r"CSV holds tag means only; .* --per-patch "
+                                         r"\(per_patch=True in Python\)"):  # named the option only
+        collect(model, [str(music)], str(tmp_path / "p.csv"), per_patch=True, progress=False)
 
 
 def test_a_layer_of_two_axes_is_flattened_in_tables_and_kept_in_arrays(model, tmp_path):

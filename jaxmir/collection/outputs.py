@@ -256,7 +256,7 @@ class LinesWriter(Writer):
         self.csv = kind == "csv"
         if self.csv and (layout.command != "tag" or layout.per_patch):
             raise OptionError(f"--output {path}: CSV holds tag means only; use .parquet or .jsonl "
-                              "for embeddings and --per-patch")
+                              "for embeddings and --per-patch (per_patch=True in Python)")
         if self.csv:
             layout.check_label_columns(CSV_COLUMNS, "CSV")
         self.header = CSV_COLUMNS + list(layout.labels)
