@@ -650,8 +650,12 @@ def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
     decoders (format tag 1 or 3, :data:`jaxmir.pcm.WAV_DTYPES`), whose ``data`` chunk holds whole
     frames and lies within the file's ``file_size`` bytes; ``None`` for any other file (FFmpeg
     reads it)."""
-    if header is None or header.dtype is None or header.tag != header.sample_tag:
-        return None                                 # not RIFF/WAVE, another format, extensible
+    if header is None or header.dtype is None:
+        return None                                 # not RIFF/WAVE, another format
+    if header.tag != header.sample_tag and header.dtype != "<i4":
+        # extensible: FFmpeg reads it, but for 24 valid bits in 32-bit samples, which it decodes
+        # as 24-bit floats (noise); read as int32 they are the samples exactly
+        return None
     if header.channels not in (1, 2) or header.sample_rate <= 0:
         return None
     codec, kind = _FFMPEG_PCM[header.dtype]

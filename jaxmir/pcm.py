@@ -58,7 +58,12 @@ class WavHeader:
 
     @property
     def dtype(self) -> str | None:
-        """The samples' NumPy dtype (:data:`WAV_DTYPES`), ``None`` for other formats."""
+        """The samples' NumPy dtype (:data:`WAV_DTYPES`), ``None`` for other formats. 24-bit PCM
+        in frames of 4 bytes a channel is read as libsndfile reads it: each sample in the high
+        bytes of an int32 (FFmpeg reads the bytes as packed 24-bit samples, or as 24-bit floats:
+        noise)."""
+        if (self.sample_tag, self.bits) == (1, 24) and self.block_align == 4 * self.channels:
+            return "<i4"
         return WAV_DTYPES.get((self.sample_tag, self.bits))
 
 

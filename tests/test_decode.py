@@ -890,3 +890,43 @@ def test_other_target_rates_end_where_monoloader_does(tmp_path):
             ours = jaxmir.load_audio(path, rate, resampler=resampler)
             assert ours.shape == theirs.shape, (rate, resampler)
             assert np.max(np.abs(ours - theirs)) <= 1e-6, (rate, resampler)
+
+
+def _wav_24_in_32(samples: np.ndarray, rate: int, extensible: bool) -> bytes:
+    """A RIFF/WAVE file of 24-bit samples ``[n, channels]`` (int) in the high bytes of 32-bit
+    frames: a plain PCM header (24 bits, block_align 4 a channel) or WAVE_FORMAT_EXTENSIBLE
+    (32-bit samples, 24 valid)."""
+    channels = samples.shape[1]
+    data = (samples.astype(np.int32) << 8).astype("<i4").tobytes()
+    if extensible:
+        fmt = struct.pack("<HHIIHH", 0xFFFE, channels, rate, rate * 4 * channels, 4 * channels, 32)
+        fmt += struct.pack("<HHI", 22, 24, 3) + bytes.fromhex("0100000000001000800000aa00389b71")
+    else:
+        fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * 4 * channels, 4 * channels, 24)
+    body = (b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data))
+            + data)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@pytest.mark.parametrize("extensible", [False, True])
+def test_24_bit_samples_in_32_bit_frames_are_read_as_libsndfile_reads_them(tmp_path, extensible):
+    """FFmpeg decoded them as 24-bit floats (Essentia's MonoLoader as packed 24-bit samples,
+    4/3 as many): noise, refused at best for the NaN it held; `jaxmir stream` refused the
+    plain header's."""
+    from jaxmir.pcm import decode_pcm, read_wav_header
+
+    rng = np.random.default_rng(5)
+    samples = np.round(rng.uniform(-0.9, 0.9, (16000, 2)) * (2 ** 23 - 1)).astype(np.int32)
+    path = tmp_path / "x.wav"
+    path.write_bytes(_wav_24_in_32(samples, 16000, extensible))
+    want, _ = soundfile.read(path, dtype="float32")
+    assert np.abs(want - samples / 2.0 ** 23).max() < 1e-7  # libsndfile reads the samples
+    decoded = decode_file(path)
+    assert decoded.status == "ok"
+    # 24-bit values scaled by a power of two: exact in float32 either way
+    np.testing.assert_array_equal(decoded.samples, want)
+    rate, channels, dtype, size = read_wav_header(io.BytesIO(path.read_bytes()).read)
+    assert (rate, channels, size) == (16000, 2, 16000 * 8)
+    offset = len(path.read_bytes()) - size
+    np.testing.assert_array_equal(
+        decode_pcm(path.read_bytes()[offset:], dtype, channels) / np.float32(2 ** 31), want)
