@@ -45,8 +45,11 @@ def name_prefix(name: str) -> str:
 
 def is_temporary(name: str, suffix: str = "") -> bool:
     """Whether ``name`` is one :func:`write_atomically` writes a file whose name ends in ``suffix``
-    under (``.<name>.<8 random characters>.tmp``): where no writer runs, one a killed run left."""
-    return re.fullmatch(rf"\..+{re.escape(suffix)}\.[A-Za-z0-9_]{{8}}\.tmp", name) is not None
+    under (``.<name>.<8 random characters>.tmp``): where no writer runs, one a killed run left.
+    A name cut to its first 200 bytes (:func:`name_prefix`) may have lost ``suffix``: it counts."""
+    match = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp", name)
+    return match is not None and (match.group(1).endswith(suffix)
+                                  or len(os.fsencode(match.group(1))) == _NAME_PREFIX_BYTES)
 
 
 def is_temporary_of(name: str, target: str) -> bool:

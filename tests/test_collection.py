@@ -1242,6 +1242,34 @@ def test_a_rerun_removes_the_arrays_a_killed_run_was_writing(music, model, tmp_p
     assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
 
 
+def test_names_longer_than_a_file_system_takes_are_cut(model, tmp_path):
+    """Two legal 251-byte names differing only by extension made x.flac.npy, 256 bytes: the
+    run stopped there ("File name too long"), and every rerun with it; the temporary of an
+    array of a long name (cut to 200 bytes, its .npy with it) outlived a killed run."""
+    from jaxmir.atomic import name_prefix
+
+    folder = tmp_path / "in"
+    long = "é" * 60 + "X" * 127  # 247 bytes
+    paths = [_write(folder / f"{long}.wav", 3.5, 16000, 1, 0),
+             _write(folder / f"{long}.flac", 3.5, 16000, 1, 1), _write(folder / "zzz.wav", 3.5, 16000, 1, 2)]
+    out = tmp_path / "embeddings"
+
+    def run():
+        return collect(model, [str(folder)], str(out), command="embed", jobs=0, progress=False)
+
+    assert run().ok == 3
+    index = {row["path"]: row["npy"] for row in map(json.loads, (out / "index.jsonl").open())}
+    names = [index[str(path)] for path in paths]
+    assert len(set(names)) == 3 and names[2] == "zzz.npy"
+    assert all(len(os.fsencode(n)) <= 255 and n.startswith("é" * 60) for n in names[:2])
+    for path, name in zip(paths, names):
+        assert_same_embeddings(np.load(out / name),
+                               model.predict(jaxmir.load_audio(path), 16000, "embeddings"))
+    stale = out / f".{name_prefix(names[0])}.Ab12cd34.tmp"  # as write_atomically names it
+    stale.write_bytes(b"\x93NUMPY")
+    assert run().skipped == 3 and not stale.exists()
+
+
 def test_full_disk_keeps_rows(music, model, tmp_path, monkeypatch):
     out = tmp_path / "tags.jsonl"
     real = outputs._append
@@ -1745,7 +1773,8 @@ def _read_rows(output: Path) -> list:
 
         rows = list(csv.DictReader(output.open(newline="")))
         return sorted((r["path"], r["status"], float(r["duration_s"])) for r in rows)
-    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    index = output / "index.jsonl" if output.is_dir() else output  # a folder of .npy
+    rows = [json.loads(line) for line in index.read_text().splitlines()]
     return sorted((r["path"], r["status"], r["duration_s"]) for r in rows)
 
 
@@ -1812,23 +1841,31 @@ def test_tags_refused_to_embed_are_the_same_model_s_other_settings(music, model,
         collect(model, music / "rock" / "a.wav", out, command="embed", jobs=0, progress=False)
 
 
-def test_rows_of_files_gone_from_a_folder_named_are_kept_and_said(music, model, tmp_path):
+@pytest.mark.parametrize("output_name", ["tags.jsonl", "tags.parquet", "embeddings"])
+def test_rows_of_files_gone_from_a_folder_named_are_kept_and_said(music, model, tmp_path,
+                                                                   output_name):
     """A file deleted from a folder kept its row without a word: the summary ("2 already
-    done") and the table (3 rows) disagreed."""
+    done") and the table (3 rows) disagreed; a failed one's row too, after that fix."""
     folder = tmp_path / "disk"
     shutil.copytree(music / "rock", folder)
     shutil.copy(music / "jazz" / "a.wav", folder / "c.wav")
-    output = tmp_path / "tags.jsonl"
-    assert collect(model, folder, output, progress=False).ok == 3
-    (folder / "c.wav").rename(tmp_path / "c.wav")
+    (folder / "bad.wav").write_bytes(b"not audio")
+    output = tmp_path / output_name
+    command = "embed" if output_name == "embeddings" else "tag"
+    first = collect(model, folder, output, command=command, progress=False)
+    assert (first.ok, first.failed) == (3, 1)
+    for name in ("c.wav", "bad.wav"):
+        (folder / name).rename(tmp_path / name)
     with pytest.warns(jaxmir.JaxmirWarning) as caught:
-        tally = collect(model, folder, output, progress=False)
-    assert tally.skipped == 2 and len(_read_rows(output)) == 3
+        tally = collect(model, folder, output, command=command, progress=False)
+    assert tally.skipped == 2 and len(_read_rows(output)) == 4
     assert [str(w.message) for w in caught] == [
-        f"1 file(s) done in an earlier run are no longer in the folders named, e.g. "
-        f"{folder / 'c.wav'}; their rows are kept (--overwrite, or overwrite=True, starts the "
+        f"2 file(s) done or failed in an earlier run are no longer in the folders named, e.g. "
+        f"{folder / 'bad.wav'}; their rows are kept (--overwrite, or overwrite=True, starts the "
         "output over)"]
-    (tmp_path / "c.wav").rename(folder / "c.wav")
+    for name in ("c.wav", "bad.wav"):
+        (tmp_path / name).rename(folder / name)
     with warnings.catch_warnings():
         warnings.simplefilter("error", jaxmir.JaxmirWarning)
-        assert collect(model, folder, output, progress=False).skipped == 3
+        again = collect(model, folder, output, command=command, progress=False)
+    assert (again.skipped, again.failed) == (3, 1)

@@ -143,12 +143,12 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         for source in resume.unreachable_done(sources, writer.done):
             warnings.warn(f"{source.path}: cannot be read now; its row from an earlier run is "
                           "kept", JaxmirWarning, stacklevel=2)
-        gone = resume.gone_from_folders(writer.done, inputs.folders_named(paths),
-                                        {s.path: s for s in sources})
+        gone = resume.gone_from_folders([path for path, _, _ in writer.done] + [*writer.failed],
+                                        inputs.folders_named(paths), {s.path: s for s in sources})
         if gone:
-            warnings.warn(f"{len(gone)} file(s) done in an earlier run are no longer in the "
-                          f"folders named, e.g. {gone[0]}; their rows are kept (--overwrite, or "
-                          "overwrite=True, starts the output over)", JaxmirWarning, stacklevel=2)
+            warnings.warn(f"{len(gone)} file(s) done or failed in an earlier run are no longer in "
+                          f"the folders named, e.g. {gone[0]}; their rows are kept (--overwrite, "
+                          "or overwrite=True, starts the output over)", JaxmirWarning, stacklevel=2)
 
         def write(result: Result) -> None:
             try:

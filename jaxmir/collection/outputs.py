@@ -50,7 +50,7 @@ from jaxmir.atomic import (is_temporary, is_temporary_of, make_folder_atomically
                            unwritable, write_atomically)
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
-from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, OVERWRITE, Layout, Result,
+from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, ERROR, OVERWRITE, Layout, Result,
                                    as_text, base, embedding_mean, from_text, patches, summary,
                                    tag_means)
 from jaxmir.errors import InputError, OptionError
@@ -199,7 +199,27 @@ def _unique_names(names: Mapping[str, str], taken: Mapping[str, str]) -> dict[st
             number += 1
         unique[path] = f"{stem}-{number}.npy"
         owners[unique[path]] = path
-    return unique
+    return {path: within_name_max(name) for path, name in unique.items()}
+
+
+NAME_MAX = 255  # bytes of a file name on Linux's and macOS's file systems
+_DIGEST_CHARACTERS = 16
+
+
+def within_name_max(name: str) -> str:
+    """The relative ``.npy`` name ``name`` with its file name cut to :data:`NAME_MAX` bytes where
+    it is longer (a 251-byte ``x.flac`` kept its extension in ``x.flac.npy``, and the run stopped
+    at it, every run): the first characters, ``~`` and the whole name's sha256 (16 hex
+    digits), so that names that differ stay apart and a rerun finds the same name."""
+    folder, base = os.path.split(name)
+    if len(os.fsencode(base)) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(os.fsencode(base)).hexdigest()[:_DIGEST_CHARACTERS]
+    room = NAME_MAX - len(f"~{digest}.npy")
+    stem = base[:room]  # characters take 1-4 bytes: cut on their boundaries
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return os.path.join(folder, f"{stem}~{digest}.npy")
 
 
 # -- writers ---------------------------------------------------------------------------------------
@@ -213,6 +233,7 @@ class Writer:
     def __init__(self, path: Path, layout: Layout, dry: bool = False):
         self.path, self.layout, self.dry = path, layout, dry
         self.done: set[tuple[str, int, int]] = set()
+        self.failed: set[str] = set()  # paths of the failed rows kept
         self.rows_written = 0
 
     def write(self, result: Result) -> str | None:
@@ -363,6 +384,7 @@ class LinesWriter(Writer):
         self.rows = [row for _, row in kept]
         self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in self.rows
                      if r["status"] in DONE}
+        self.failed = {r["path"] for r in self.rows if r["status"] == ERROR}
         whole = self._header_bytes() + b"".join(line for line, _ in kept)
         if whole != data and not self.dry:
             write_atomically(self.path, lambda f: f.write(whole), durable=True)
@@ -471,7 +493,7 @@ class NpyWriter(Writer):
             except OSError:
                 pass  # an array without a row is harmless; the run writes over it if it must
             _remove_empty_folders(array.parent, path)
-        self.done = self.index.done
+        self.done, self.failed = self.index.done, self.index.failed
         taken = {from_text(str(row["npy"])): row["path"]
                  for row in self.index.rows if row.get("npy")}
         self.names = _unique_names(names, taken)
@@ -619,6 +641,7 @@ class ParquetWriter(Writer):
             rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))
             mask = [resume.keep(*row, current, self.layout.strict) for row in rows]
             self.done |= {row[:3] for row, kept in zip(rows, mask) if kept and row[3] in DONE}
+            self.failed |= {row[0] for row, kept in zip(rows, mask) if kept and row[3] == ERROR}
             if all(mask) or self.dry:
                 continue
             if not any(mask):
