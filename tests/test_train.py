@@ -686,12 +686,24 @@ def test_metrics_match_scikit_learn():
         sk.average_precision_score(labels, scores))
     y, p = rng.standard_normal((30, 2)), rng.standard_normal((30, 2))
     assert metrics.evaluate("regression", y, p)["r2"] == pytest.approx(sk.r2_score(y, p))
+    # outputs of other scales (a tempo, a 0-1 value): RMSE was pooled over them
+    y, p = y * [[40.0, 0.2]] + [[100.0, 0.5]], p * [[40.0, 0.2]] + [[100.0, 0.5]]
+    assert metrics.evaluate("regression", y, p)["rmse"] == pytest.approx(
+        sk.root_mean_squared_error(y, p))
     # multi-label soft targets (probabilities): positive from 0.5 (0.3 counted as positive)
     soft, scores = rng.choice([0.0, 0.3, 0.7, 1.0], (40, 3)), rng.random((40, 3))
     found = metrics.evaluate("multi", soft, scores)
     assert found["roc_auc"] == pytest.approx(sk.roc_auc_score(soft >= 0.5, scores, average="macro"))
     assert found["pr_auc"] == pytest.approx(
         sk.average_precision_score(soft >= 0.5, scores, average="macro"))
+    # a class every test track has: its PR-AUC is 1 whatever the scores (scikit-learn's too),
+    # and it lifted the mean; undefined, as its ROC-AUC
+    truth = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 0]], np.float32)
+    wrong = 1.0 - truth
+    assert np.isnan(metrics.average_precision(truth[:, 0], wrong[:, 0]))
+    assert metrics.evaluate("multi", truth, wrong)["pr_auc"] == pytest.approx(
+        sk.average_precision_score(truth[:, 1:], wrong[:, 1:], average="macro"))
+    assert np.isnan(metrics.evaluate("multi", truth[:1], wrong[:1])["pr_auc"])
 
 
 def test_folds_partition_and_stratify():

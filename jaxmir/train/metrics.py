@@ -36,9 +36,11 @@ def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
 
 
 def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
-    """PR-AUC as average precision (step-wise, as scikit-learn); NaN without positives."""
+    """PR-AUC as average precision (step-wise, as scikit-learn); NaN with one class, as
+    :func:`roc_auc`: without negatives every ranking scores 1 (scikit-learn's 1.0), which
+    would lift a mean over classes whatever the predictions."""
     truth = truth.astype(bool)
-    if not truth.any():
+    if truth.all() or not truth.any():
         return float("nan")
     order = np.argsort(-scores, kind="mergesort")
     scores, truth = scores[order], truth[order]
@@ -67,8 +69,11 @@ def evaluate(task: str, targets: np.ndarray, predictions: np.ndarray) -> dict[st
     residual = ((targets - predictions) ** 2).sum(axis=0)
     total = ((targets - targets.mean(axis=0)) ** 2).sum(axis=0)
     r2 = 1.0 - residual / np.where(total > 0, total, np.nan)
+    # each output's RMSE, then their mean, as R² and scikit-learn's root_mean_squared_error
+    # (pooled, a tempo's errors outweighed a 0-1 output's)
+    rmse = np.sqrt(np.mean((targets - predictions) ** 2, axis=0))
     return {"r2": float(np.nanmean(r2)) if not np.all(np.isnan(r2)) else float("nan"),
-            "rmse": float(np.sqrt(np.mean((targets - predictions) ** 2)))}
+            "rmse": float(np.mean(rmse))}
 
 
 def summarize(folds: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
