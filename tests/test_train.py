@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -1088,8 +1089,11 @@ def test_smoothing_refuses_classes_of_k_tracks_or_fewer_before_reading_audio(met
         fit_head(dataset, backbone="no-such-backbone", cache=False, folds=2,
                  smoothing=SmoothingConfig(method, k=3))
     if method == "lmnn":  # LMNN's own neighbours (3 by default) too: it failed after decoding
-        with pytest.raises(InputError, match=r"over LMNN's k = 3 neighbours needs more than 3 "
-                                             r"tracks.*class 'small' has 3 .*SmoothingConfig\(lmnn_k=\)"):
+        # LMNN's neighbours are the track's own class's: "other classes' neighbours" misled
+        with pytest.raises(InputError, match=r"from each track's 3 nearest tracks of its own "
+                                             r"class \(LMNN's k = 3\), so every class needs more "
+                                             r"than 3 tracks; class 'small' has 3 .*"
+                                             r"SmoothingConfig\(lmnn_k=\) in Python\)"):
             fit_head(dataset, backbone="no-such-backbone", cache=False, folds=4,
                      smoothing=SmoothingConfig(method, k=2))
 
@@ -1271,6 +1275,10 @@ def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
         warnings.simplefilter("error", JaxmirWarning)  # its own layer, by its other name: silent
         fit_head(audio_set, layer="embeddings", config=FAST, cache=tmp_path / "cache",
                  resume=tmp_path / "h.pb")
+        # a head without its JSON: "trained for the classes ['class_0', 'class_1']", which it
+        # was not (they are the names of unnamed outputs)
+        shutil.copy(tmp_path / "h.pb", tmp_path / "bare.pb")
+        fit_head(audio_set, config=FAST, cache=tmp_path / "cache", resume=tmp_path / "bare.pb")
 
 
 @pytest.mark.parametrize("backbone", ["msd-musicnn", "essentia-models/small_vggish_init.pb"])

@@ -78,7 +78,8 @@ def resumed_head(source: str | os.PathLike, classes: tuple[str, ...], task: str)
     if n_outputs != len(classes):
         raise InputError(f"the resumed head {source} has {n_outputs} outputs, the data "
                          f"{len(classes)} {'columns' if task == 'regression' else 'classes'}")
-    if model.labels and tuple(model.labels) != tuple(classes):
+    placeholders = tuple(f"class_{i}" for i in range(n_outputs))  # no JSON named its classes
+    if model.labels and tuple(model.labels) not in (tuple(classes), placeholders):
         warnings.warn(f"{source} was trained for the classes {list(model.labels)}; resumed for "
                       f"{list(classes)}, its outputs take these in this order",
                       JaxmirWarning, stacklevel=3)

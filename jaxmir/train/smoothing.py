@@ -99,6 +99,11 @@ def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, fol
             "SmoothingConfig(lmnn_k=)"
         more = ", more folds (each tests fewer tracks)" if folds else ""
         count = int(counts[smallest])
+        if name != "k":  # LMNN's neighbours are the track's own class's, by definition
+            raise InputError(f"label smoothing (lmnn) learns its metric from each track's "
+                             f"{k} nearest tracks of its own class (LMNN's k = {k}), so every "
+                             f"class needs more than {k} tracks; {where} (give more tracks{more}, "
+                             f"or a smaller LMNN k: {smaller} in Python)")
         others = k - max(count, 1) + 1
         raise InputError(f"label smoothing ({config.method}) over {name} = {k} neighbours needs "
                          f"more than {k} tracks in every class: with {count}, at least {others} "
