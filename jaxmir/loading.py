@@ -221,10 +221,21 @@ def _unversioned(name: str) -> str:
 
 
 def warn_of_another_backbone(head: Model, backbone: Model) -> None:
-    """Warn when ``backbone`` is not the one ``head``'s metadata names: the head then reads
-    embeddings it was not trained on (only a different width would fail)."""
+    """Warn when ``backbone`` is not the one ``head``'s metadata names, or is a file of that name
+    with other bytes than those the head was trained on (its metadata's ``sha256``, which jaxmir
+    writes): the head then reads embeddings it was not trained on (only a different width would
+    fail)."""
     named = backbone_name(head)
     if named is None or not backbone.source:
+        return
+    trained_on = _embedding_model(head).get("sha256")
+    if isinstance(trained_on, str) and _is_file(Path(backbone.source)) \
+            and catalog.sha256(backbone.source) != trained_on:
+        warnings.warn(f"{head.name} was trained on a backbone file of other bytes than "
+                      f"{backbone.source} (sha256 {trained_on[:12]}... in its metadata, "
+                      f"{catalog.sha256(backbone.source)[:12]}... now): if it was retrained or "
+                      "replaced since, the head's outputs are meaningless", JaxmirWarning,
+                      stacklevel=3)
         return
     given = Path(backbone.source).stem if os.sep in backbone.source or "." in backbone.source \
         else backbone.source

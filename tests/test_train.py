@@ -19,10 +19,12 @@ import pytest
 import jaxmir
 from conftest import assert_parity, child_env, require, run_tf, shared_fixture
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, OptionError
+from jaxmir import catalog
 from jaxmir import cli as jaxmir_cli
 from jaxmir.train import data, embeddings, export, fit, metrics, synthetic
 from jaxmir.train.recipe import fit_head
 from jaxmir.train.smoothing import SmoothingConfig
+from jaxmir.weights import save_weights
 
 FAST = fit.TrainConfig(epochs=8, patience=75)
 AB, ABC = ("a", "b"), ("a", "b", "c")  # class names
@@ -57,8 +59,6 @@ def test_folder_dataset(audio_set):
 def test_folder_dataset_reads_what_tag_reads(tmp_path, audio_set):
     """Class folders took ten extensions (a class of .caf/.w64/.WAVE files was "empty") and the
     files in hidden folders (a class's .trash/ was trained on), unlike ``jaxmir tag FOLDER``."""
-    import shutil
-
     from jaxmir.collection.inputs import expand
 
     copy = tmp_path / "data"
@@ -128,8 +128,6 @@ def test_a_missing_dataset_a_row_naming_a_folder_and_a_folder_of_parquet_parts(t
 def test_class_folders_are_ordered_as_a_table_s_class_ids(tmp_path, audio_set):
     """Folders 2 and 10 made outputs in the order of text, 10 first, where a table's label column
     holding the same ids gave 2 first."""
-    import shutil
-
     numbered = tmp_path / "numbered"
     shutil.copytree(audio_set / "pads", numbered / "10")
     shutil.copytree(audio_set / "drums", numbered / "2")
@@ -144,8 +142,6 @@ def test_class_folders_are_ordered_as_a_table_s_class_ids(tmp_path, audio_set):
 
 def test_class_folders_of_one_number_written_two_ways_are_refused(tmp_path, audio_set):
     """Folders 1 and 01 made two classes, where a table's label column refused them."""
-    import shutil
-
     twins = tmp_path / "twins"
     shutil.copytree(audio_set / "pads", twins / "1")
     shutil.copytree(audio_set / "drums", twins / "01")
@@ -155,8 +151,6 @@ def test_class_folders_of_one_number_written_two_ways_are_refused(tmp_path, audi
 
 
 def test_a_class_named_with_a_control_character_is_refused(tmp_path, audio_set):
-    import shutil
-
     odd = tmp_path / "odd"
     shutil.copytree(audio_set / "pads", odd / "pads")
     shutil.copytree(audio_set / "drums", odd / "drums\nfake")
@@ -165,8 +159,6 @@ def test_a_class_named_with_a_control_character_is_refused(tmp_path, audio_set):
 
 
 def test_a_file_linked_into_two_class_folders_is_refused(tmp_path, audio_set):
-    import shutil
-
     copy = tmp_path / "data"
     shutil.copytree(audio_set, copy)
     first = sorted((copy / "pads").iterdir())[0]
@@ -342,7 +334,6 @@ def test_a_table_naming_a_column_twice_is_refused(tmp_path, audio_set):
 
 def test_audio_beside_the_class_folders_is_named_as_left_out(tmp_path, audio_set):
     """It was left out without a word."""
-    import shutil
     import warnings
 
     root = tmp_path / "data"
@@ -992,7 +983,11 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
     assert dataset["name"] == audio_set.name and dataset["size"] == "8 tracks, 4/4 per class"
     assert "2-fold_cross_validation_normalized_accuracy" in dataset["metrics"]
     assert "before fine-tuning" in dataset["fine_tuned"]
-    model = jaxmir.load(out.with_suffix(".pb"), backbone=str(out.parent / "tuned-backbone.npz"))
+    entry = json.loads(out.with_suffix(".json").read_text())["inference"]["embedding_model"]
+    assert entry["sha256"] == catalog.sha256(out.parent / "tuned-backbone.npz")  # as moved there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JaxmirWarning)
+        model = jaxmir.load(out.with_suffix(".pb"), backbone=str(out.parent / "tuned-backbone.npz"))
     assert model.labels == ("drums", "pads")
 
 
@@ -1205,8 +1200,6 @@ def test_tag_shows_a_regressors_values_in_their_order(tmp_path, capsys):
 
 def test_a_file_too_short_for_a_patch_is_skipped_without_padding_advice(tmp_path, audio_set):
     """The skip named --last-patch and --pad, which train-head does not have."""
-    import shutil
-
     import soundfile
 
     copy = tmp_path / "data"
@@ -1230,7 +1223,19 @@ def test_the_default_layer_is_each_backbone_s_embeddings(tmp_path, audio_set):
     assert result.head.in_dim == 128
     entry = json.loads((tmp_path / "v.json").read_text())["inference"]["embedding_model"]
     assert entry == {"algorithm": "TensorflowPredictVGGish", "model_name": "small_vggish_init",
-                     "output": "model/vggish/fc2/Relu"}  # the graph's node, for Essentia
+                     "output": "model/vggish/fc2/Relu",  # the graph's node, for Essentia
+                     "sha256": catalog.sha256(vggish)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JaxmirWarning)
+        jaxmir.load(tmp_path / "v.pb", backbone=str(vggish))
+    # another file of the name: a head was tied to its backbone by the name alone
+    other = tmp_path / "other" / "small_vggish_init.npz"
+    other.parent.mkdir()
+    save_weights(jaxmir.load(vggish), other)
+    with pytest.warns(JaxmirWarning, match=rf"v.pb was trained on a backbone file of other bytes than "
+                                           rf"{other} \(sha256 {entry['sha256'][:12]}\.\.\. in its "
+                                           r"metadata, \w{12}\.\.\. now\)"):
+        jaxmir.load(tmp_path / "v.pb", backbone=str(other))
 
 
 def test_cross_validation_prints_its_figures_not_its_matrices():
@@ -1240,8 +1245,6 @@ def test_cross_validation_prints_its_figures_not_its_matrices():
 
 
 def test_fit_head_skips_bad_file_and_resumes(tmp_path, audio_set):
-    import shutil
-
     copy = tmp_path / "data"
     shutil.copytree(audio_set, copy)
     (copy / "pads" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")

@@ -102,15 +102,18 @@ def head_graph(params: dict, activation: str) -> "GraphDefProto":
     return graph
 
 
-def embedding_model_entry(backbone: str, input_shape: Sequence[int], layer: str) -> dict:
-    """Essentia's ``inference.embedding_model``: ``msd-musicnn`` -> ``msd-musicnn-1``."""
-    if backbone in catalog.names():
-        name = f"{backbone}-1"  # Essentia's file names for jaxmir's shipped models
-    else:
-        name = Path(backbone).stem
+def embedding_model_entry(backbone: str, input_shape: Sequence[int], layer: str,
+                          backbone_bytes: str | os.PathLike | None = None) -> dict:
+    """Essentia's ``inference.embedding_model``: ``msd-musicnn`` -> ``msd-musicnn-1``. A backbone
+    file's entry also holds the ``sha256`` of its bytes (read from ``backbone_bytes``, where they
+    are before the export moves them to ``backbone``): a head is tied to those weights, not to
+    whatever file takes the name later (Essentia reads only the keys it knows)."""
     algorithm = ("TensorflowPredictVGGish" if tuple(input_shape) == (96, 64)
                  else "TensorflowPredictMusiCNN")
-    return {"algorithm": algorithm, "model_name": name, "output": layer}
+    if backbone in catalog.names():  # Essentia's file names for jaxmir's shipped models
+        return {"algorithm": algorithm, "model_name": f"{backbone}-1", "output": layer}
+    return {"algorithm": algorithm, "model_name": Path(backbone).stem, "output": layer,
+            "sha256": catalog.sha256(backbone_bytes or backbone)}
 
 
 def metadata(name: str, classes: Sequence[str], activation: str, in_dim: int, hidden: int,
@@ -227,7 +230,9 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
     stem = paths[".pb"].stem
     in_dim = int(np.shape(params["dense"]["kernel"])[0])
     hidden = int(np.shape(params["dense"]["kernel"])[1])
-    entry = embedding_model_entry(backbone, backbone_input_shape, layer)
+    written = {Path(final): Path(now) for now, final in (also or {}).items()}
+    entry = embedding_model_entry(backbone, backbone_input_shape, layer,
+                                  written.get(Path(backbone)))  # a fine-tuned backbone's
     meta = metadata(stem, classes, activation, in_dim, hidden, entry, dataset)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-export-"))
     moves: dict[Path, Path] = {}  # {where a file goes: where it is now}
