@@ -626,7 +626,7 @@ def test_an_overwrite_removes_the_folders_it_empties(music, model, tmp_path):
     assert folders == ["mine"]  # jazz/deep, jazz and rock went with their arrays
 
 
-@pytest.mark.parametrize("kind", ["tags.jsonl", "emb"])
+@pytest.mark.parametrize("kind", ["tags.jsonl", "emb", "tags.parquet"])
 def test_an_output_deleted_during_the_run_stops_it(model, tmp_path, kind):
     """Rows appended to a deleted file (or arrays into a folder made anew) would be reported
     written and be nowhere: the run stops, naming the output, and makes nothing anew."""
@@ -643,7 +643,8 @@ def test_an_output_deleted_during_the_run_stops_it(model, tmp_path, kind):
     with pytest.raises(InputError, match="was deleted while this run wrote to it"):
         collect(model, [str(c) for c in clips], str(out), command=command,
                 options=Options("embeddings" if kind == "emb" else "predictions"),
-                name="msd-musicnn", jobs=0, progress=False, on_result=delete)
+                name="msd-musicnn", jobs=0, progress=False, on_result=delete,
+                **({"flush_rows": 1} if kind.endswith(".parquet") else {}))
     assert not out.exists()
 
 

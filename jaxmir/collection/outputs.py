@@ -664,6 +664,9 @@ class ParquetWriter(Writer):
 
         if not self.buffer:
             return
+        if not self.path.is_dir():  # "every row written before is kept", it said, of none
+            raise InputError(f"{self.path} was deleted while this run wrote to it; the rows "
+                             "written there are gone: run the same command again")
         table = parquet_table(self.layout, self.buffer, self.schema)
         target = self.path / f"part-{self.next_part:06d}.parquet"
         write_atomically(target, lambda f: pq.write_table(table, f), durable=True)
