@@ -36,8 +36,12 @@ def is_whole(value, least: int = 0, most: int | None = None) -> bool:
 
 def is_real(value) -> bool:
     """Whether ``value`` is a finite real number (Python or NumPy, not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and \
-        bool(np.isfinite(value))
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(value)
+    except (OverflowError, TypeError):  # 10**400: no float holds it
+        return False
 
 
 def is_floating(dtype) -> bool:

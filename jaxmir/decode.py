@@ -653,8 +653,9 @@ def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
     if header is None or header.dtype is None:
         return None                                 # not RIFF/WAVE, another format
     if header.tag != header.sample_tag and header.dtype != "<i4":
-        # extensible: FFmpeg reads it, but for 24 valid bits in 32-bit samples, which it decodes
-        # as 24-bit floats (noise); read as int32 they are the samples exactly
+        # extensible: FFmpeg reads it, but for 32-bit integer samples: of 24 valid bits it
+        # decodes them as 24-bit floats (noise); read as int32 (as for 32 valid bits, FFmpeg's
+        # own reading) they are the samples exactly
         return None
     if header.channels not in (1, 2) or header.sample_rate <= 0:
         return None

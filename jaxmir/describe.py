@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from jaxmir.labels import placeholder_labels
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
 
 
@@ -63,7 +64,7 @@ def describe(model) -> str:
     """A few lines for people: architecture, layers, input, output, labels, output names, front-end."""
     spec = model.spec
     labels = list(model.labels)
-    default_labels = labels == [f"class_{i}" for i in range(len(labels))]
+    default_labels = tuple(labels) == placeholder_labels(len(labels))
     label_text = (f"class_0 .. class_{len(labels) - 1} (no class names: no metadata JSON "
                   "beside the graph names them; in Python: labels=)" if default_labels
                   else ", ".join(labels))

@@ -9,6 +9,11 @@ from typing import Iterable, Sequence
 from jaxmir.errors import InputError
 
 
+def placeholder_labels(width: int) -> tuple[str, ...]:
+    """The names of a ``width``-output model's outputs that no metadata names: ``class_0`` ..."""
+    return tuple(f"class_{i}" for i in range(width))
+
+
 def check_labels(labels: Sequence[str], width: int) -> None:
     """Raise :class:`InputError` unless there is one label per output of a ``width``-output
     model, each free of control characters (labels are printed, and name columns)."""

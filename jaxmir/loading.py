@@ -105,7 +105,7 @@ def _load_one(source, labels=None, output=None) -> Model:
     suffix = os.path.splitext(text)[1].lower()
     if suffix == WEIGHTS_SUFFIX:
         return _fixed_output(load_weights(text, labels=labels), output)
-    if suffix == ".json":  # Essentia's metadata, passed for its model
+    if suffix == ".json" and os.path.isfile(text):  # Essentia's metadata, passed for its model
         graph_path = os.path.splitext(text)[0] + ".pb"
         beside = f"{graph_path}, beside it," if os.path.isfile(graph_path) else "its .pb"
         raise InputError(f"{text} is a model's metadata (Essentia's JSON), not a model: load "
@@ -120,7 +120,7 @@ def _load_one(source, labels=None, output=None) -> Model:
     if output is None:
         output = _metadata_output(metadata, graph)
     elif graphdef.TensorRef.parse(output).node not in graph.nodes:
-        raise GraphError(f"{text}: no node named '{output}'; output= names the graph's output node "
+        raise InputError(f"{text}: no node named '{output}'; output= names the graph's output node "
                          "('model/Sigmoid', say): the outputs that Model.apply and predict take by "
                          "name ('embeddings', 'penultimate', ...) go to their own output=")
     spec = convert.import_graph(graph, output=output)
@@ -221,21 +221,18 @@ def _unversioned(name: str) -> str:
 
 
 def warn_of_another_backbone(head: Model, backbone: Model) -> None:
-    """Warn when ``backbone`` is not the one ``head``'s metadata names, or is a file of that name
-    with other bytes than those the head was trained on (its metadata's ``sha256``, which jaxmir
-    writes): the head then reads embeddings it was not trained on (only a different width would
-    fail)."""
+    """Warn when ``backbone`` is not the one ``head``'s metadata names: another name, or, where
+    the metadata holds the sha256 of the backbone file's bytes (jaxmir writes it), a file of
+    that name with other bytes (retrained or replaced since). The head then reads embeddings it
+    was not trained on (only a different width would fail). The same bytes by another name are
+    the same backbone."""
     named = backbone_name(head)
     if named is None or not backbone.source:
         return
     trained_on = _embedding_model(head).get("sha256")
-    if isinstance(trained_on, str) and _is_file(Path(backbone.source)) \
-            and catalog.sha256(backbone.source) != trained_on:
-        warnings.warn(f"{head.name} was trained on a backbone file of other bytes than "
-                      f"{backbone.source} (sha256 {trained_on[:12]}... in its metadata, "
-                      f"{catalog.sha256(backbone.source)[:12]}... now): if it was retrained or "
-                      "replaced since, the head's outputs are meaningless", JaxmirWarning,
-                      stacklevel=3)
+    now = catalog.sha256(backbone.source) if isinstance(trained_on, str) \
+        and _is_file(Path(backbone.source)) else None
+    if now is not None and now == trained_on:
         return
     given = Path(backbone.source).stem if os.sep in backbone.source or "." in backbone.source \
         else backbone.source
@@ -243,6 +240,11 @@ def warn_of_another_backbone(head: Model, backbone: Model) -> None:
         warnings.warn(f"{head.name} was trained on {named} (its metadata's embedding_model."
                       f"model_name), not on {backbone.name}: its outputs are meaningless unless "
                       "the two give the same embeddings", JaxmirWarning, stacklevel=3)
+    elif now is not None:
+        warnings.warn(f"{head.name} was trained on a backbone file of other bytes than "
+                      f"{backbone.source} (sha256 {trained_on[:12]}... in its metadata, "
+                      f"{now[:12]}... now): if it was retrained or replaced since, the head's "
+                      "outputs are meaningless", JaxmirWarning, stacklevel=3)
 
 
 def backbone_of(model: Model) -> str | None:

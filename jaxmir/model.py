@@ -17,7 +17,7 @@ from jaxmir import catalog, pipeline
 from jaxmir import stream as streaming
 from jaxmir.checks import is_floating, is_whole
 from jaxmir.errors import InputError
-from jaxmir.labels import check_labels
+from jaxmir.labels import check_labels, placeholder_labels
 from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
 from jaxmir.models.runner import Tap, is_staged, platform_of, run_patches_jit
 from jaxmir.spec import Frontend, ModelSpec
@@ -80,16 +80,17 @@ def _on_device(value):
 MAX_PATCH_VALUE = 1e12  # log-mel patches lie within about +-20
 
 
-def check_patch_values(patches: np.ndarray) -> None:
+def check_patch_values(patches: np.ndarray, expected: str = "log-mel patches") -> None:
     """:class:`InputError` for NaN or infinite values in float32 ``patches``, or values beyond
-    :data:`MAX_PATCH_VALUE`, which overflow the model's float32 sums (3e38 turns the outputs NaN)."""
+    :data:`MAX_PATCH_VALUE`, which overflow the model's float32 sums (3e38 turns the outputs NaN);
+    ``expected``: what the model takes (a head: embeddings)."""
     peak = float(np.max(np.abs(patches)))  # NaN if any value is
     if not np.isfinite(peak):
         raise InputError("patches hold NaN or infinite values (in float32); the outputs would be NaN")
     if peak > MAX_PATCH_VALUE:
-        raise InputError(f"patches reach {peak:.3g}, beyond {MAX_PATCH_VALUE:.0e}: expected log-mel "
-                         "patches (within about +-20); such values overflow the model's float32 "
-                         "sums and turn its outputs NaN")
+        raise InputError(f"patches reach {peak:.3g}, beyond {MAX_PATCH_VALUE:.0e}: expected "
+                         f"{expected}; such values overflow the model's float32 sums and turn "
+                         "its outputs NaN")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,7 +121,7 @@ class Model:
         """The model a spec describes; ``labels`` default to ``class_0 .. class_{n-1}``."""
         width = spec.output_width
         labels = tuple(str(label) for label in labels) if labels is not None else \
-            tuple(f"class_{i}" for i in range(width))
+            placeholder_labels(width)
         check_labels(labels, width)
         variables = jax.tree_util.tree_map(_on_device, dict(spec.variables))
         return cls(spec, build_module(spec.architecture, spec.config), variables, labels, str(source),
@@ -228,7 +229,8 @@ class Model:
         if isinstance(patches, np.ndarray):
             with np.errstate(over="ignore"):
                 patches = patches.astype(np.float32, copy=False)
-            check_patch_values(patches)
+            check_patch_values(patches, "embeddings" if self.architecture == "head" else
+                               "log-mel patches (within about +-20)")
         return jnp.asarray(patches, jnp.float32)
 
     def apply(self, patches: ArrayLike, outputs: Iterable[str] | str | None = None,

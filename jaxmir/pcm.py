@@ -114,7 +114,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
 def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:
     """A live WAV stream's header (:func:`parse_wav_header`): ``(rate, channels, dtype, data
     bytes or None)``, the size ``None`` where the writer could not know it. 24-bit PCM is
-    ``"<i3"``.
+    ``"<i3"``, or ``"<i4"`` in frames of 4 bytes a channel (:attr:`WavHeader.dtype`).
 
     Raises:
       AudioError: a malformed header or a sample format other than 8/16/24/32-bit PCM and
@@ -126,7 +126,7 @@ def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | 
                          f"{header.bits} bits, {header.channels} channel(s)); accepted: "
                          f"8/16/24/32-bit PCM, 32/64-bit float")
     frame = frame_bytes(header.dtype, header.channels)
-    if header.block_align > frame:  # 24-bit samples in 32-bit containers, say: read as noise
+    if header.block_align > frame:  # padding inside frames (16-bit in 4 bytes): read as noise
         raise AudioError(f"standard input: WAV frames of {header.block_align} bytes (its "
                          f"block_align) for {header.channels} channel(s) of {header.bits}-bit "
                          f"samples, which take {frame}; accepted: samples packed without padding")

@@ -276,7 +276,6 @@ def predict(model: "Model", audio: ArrayLike, sample_rate: int,
       ``[n_patches, ...]``, or ``{name: array}`` for several outputs: NumPy
       arrays, or JAX arrays when ``audio`` is traced.
     """
-    check_samples(audio)
     if isinstance(audio, jax.Array):
         audio = _as_16k(audio, sample_rate, resampler)
         plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch, pad=pad,

@@ -1269,6 +1269,17 @@ def test_names_longer_than_a_file_system_takes_are_cut(model, tmp_path):
     stale = out / f".{name_prefix(names[0])}.Ab12cd34.tmp"  # as write_atomically names it
     stale.write_bytes(b"\x93NUMPY")
     assert run().skipped == 3 and not stale.exists()
+    # another folder's files of the same names, into the same output: they took the first
+    # run's cut names, clashes being looked for among the names before their cut
+    other = [_write(tmp_path / "more" / path.name, 3.5, 16000, 1, 7 + i)
+             for i, path in enumerate(paths)]
+    assert collect(model, [str(tmp_path / "more")], str(out), command="embed", jobs=0,
+                   progress=False).ok == 3
+    index = {row["path"]: row["npy"] for row in map(json.loads, (out / "index.jsonl").open())}
+    assert len(set(index.values())) == 6
+    for path in paths + other:
+        assert_same_embeddings(np.load(out / index[str(path)]),
+                               model.predict(jaxmir.load_audio(path), 16000, "embeddings"))
 
 
 def test_full_disk_keeps_rows(music, model, tmp_path, monkeypatch):
@@ -1862,8 +1873,8 @@ def test_rows_of_files_gone_from_a_folder_named_are_kept_and_said(music, model, 
     assert tally.skipped == 2 and len(_read_rows(output)) == 4
     assert [str(w.message) for w in caught] == [
         f"2 file(s) done or failed in an earlier run are no longer in the folders named, e.g. "
-        f"{folder / 'bad.wav'}; their rows are kept (--overwrite, or overwrite=True, starts the "
-        "output over)"]
+        f"{folder / 'bad.wav'}; their rows are kept (--overwrite (overwrite=True in Python) "
+        "starts the output over)"]
     for name in ("c.wav", "bad.wav"):
         (tmp_path / name).rename(folder / name)
     with warnings.catch_warnings():

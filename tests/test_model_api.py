@@ -20,7 +20,7 @@ import pytest
 
 import jaxmir
 from jaxmir import catalog
-from jaxmir.errors import GraphError, InputError, WeightsError
+from jaxmir.errors import InputError, JaxmirError, WeightsError
 from jaxmir.weights import save_weights
 from conftest import child_env, compiled_programs, on_cpu, shared_fixture
 
@@ -243,6 +243,9 @@ def test_apply_refuses_nan_or_infinite_patches(musicnn, patches_187):
         musicnn.apply(patches)
     assert np.isfinite(np.asarray(musicnn.apply(np.full((1, 187, 96), 1e12, np.float32))
                                   ["predictions"])).all()
+    head = jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    with pytest.raises(InputError, match=r"beyond 1e[+]12: expected embeddings; such values"):
+        head.apply(np.full((1, 200), 1e13, np.float32))
 
 
 def test_apply_takes_bfloat16_patches(musicnn, patches_187):
@@ -263,13 +266,16 @@ def test_weights_and_metadata_by_any_case_of_their_suffix(musicnn, tmp_path, pat
     with pytest.raises(InputError, match=r"head.json is a model's metadata \(Essentia's JSON\), "
                                          r"not a model: load its .pb instead"):
         jaxmir.load(tmp_path / "head.json")
+    (tmp_path / "head.JSON").write_text("{}")
     (tmp_path / "head.pb").write_bytes(b"")
     with pytest.raises(InputError, match=r"load .*head.pb, beside it, instead"):
         jaxmir.load(str(tmp_path / "head.JSON"))
+    with pytest.raises(JaxmirError, match="'nothere.json' is neither a file nor a shipped model"):
+        jaxmir.load("nothere.json")
 
 
 def test_a_graph_output_that_is_no_node_says_where_names_go():
-    with pytest.raises(GraphError, match=r"no node named 'embeddings'; output= names the graph's "
+    with pytest.raises(InputError, match=r"no node named 'embeddings'; output= names the graph's "
                                          r"output node .* go to their own output="):
         jaxmir.load(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"), output="embeddings")
 

@@ -332,7 +332,10 @@ def test_raw_bytes_generators_and_bfloat16(musicnn):
                 call()
     with pytest.raises(InputError, match="got the path 'song.wav'; read it with jaxmir.load_audio"):
         musicnn.stream(SR).push("song.wav")
-    # a buffer of samples is samples
+    # a buffer of samples is samples, 8-bit ones a NumPy array's view holds included
+    as_uint8 = (signal * 127 + 128).astype(np.uint8)
+    np.testing.assert_array_equal(musicnn.predict(memoryview(as_uint8), SR),
+                                  musicnn.predict(as_uint8, SR))
     as_int16 = memoryview(pcm).cast("h")
     np.testing.assert_array_equal(musicnn.predict(as_int16, SR),
                                   musicnn.predict(np.frombuffer(pcm, np.int16), SR))

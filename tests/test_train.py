@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import jax
@@ -275,6 +276,11 @@ def test_numpy_counts_train_and_export_as_python_ones():
     assert {type(tune.steps), type(tune.batch_size), type(tune.seed)} == {int}
     with pytest.raises(InputError, match="FinetuneConfig weight_decay = -1"):
         FinetuneConfig(weight_decay=-1)
+    # any real number, checked without a raw TypeError (a Fraction; an int no float holds)
+    assert FinetuneConfig(backbone_learning_rate=Fraction(1, 10 ** 5)).backbone_learning_rate == 1e-5
+    for config, name in ((FinetuneConfig, "weight_decay"), (fit.TrainConfig, "learning_rate")):
+        with pytest.raises(InputError, match=f"{config.__name__} {name} = 1000"):
+            config(**{name: 10 ** 400})
     dataset = data.Dataset(tuple(f"{i}.wav" for i in range(12)), onehot, "single", AB)
     for settings in (SmoothingConfig("knn", k=np.int64(3)),
                      SmoothingConfig("lmnn", k=np.int32(3), lmnn_k=np.uint8(2),
@@ -1225,9 +1231,12 @@ def test_the_default_layer_is_each_backbone_s_embeddings(tmp_path, audio_set):
     assert entry == {"algorithm": "TensorflowPredictVGGish", "model_name": "small_vggish_init",
                      "output": "model/vggish/fc2/Relu",  # the graph's node, for Essentia
                      "sha256": catalog.sha256(vggish)}
+    renamed = tmp_path / "renamed.pb"  # the same bytes by another name: the same backbone
+    shutil.copy(vggish, renamed)
     with warnings.catch_warnings():
         warnings.simplefilter("error", JaxmirWarning)
         jaxmir.load(tmp_path / "v.pb", backbone=str(vggish))
+        jaxmir.load(tmp_path / "v.pb", backbone=str(renamed))
     # another file of the name: a head was tied to its backbone by the name alone
     other = tmp_path / "other" / "small_vggish_init.npz"
     other.parent.mkdir()

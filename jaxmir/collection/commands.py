@@ -18,7 +18,8 @@ from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
 from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
-from jaxmir.collection.rows import Layout, Result, identity, model_fields, same_outputs
+from jaxmir.collection.rows import (OVERWRITE, Layout, Result, identity, model_fields,
+                                    same_outputs)
 from jaxmir.console import printable
 from jaxmir.errors import InputError, JaxmirWarning, OptionError
 
@@ -147,8 +148,8 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                                         inputs.folders_named(paths), {s.path: s for s in sources})
         if gone:
             warnings.warn(f"{len(gone)} file(s) done or failed in an earlier run are no longer in "
-                          f"the folders named, e.g. {gone[0]}; their rows are kept (--overwrite, "
-                          "or overwrite=True, starts the output over)", JaxmirWarning, stacklevel=2)
+                          f"the folders named, e.g. {gone[0]}; their rows are kept ({OVERWRITE} "
+                          "starts the output over)", JaxmirWarning, stacklevel=2)
 
         def write(result: Result) -> None:
             try:

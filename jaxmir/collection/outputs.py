@@ -189,17 +189,18 @@ def _unique_names(names: Mapping[str, str], taken: Mapping[str, str]) -> dict[st
     owners = dict(taken)
     unique, clashing = {}, []
     for path in sorted(names):
-        if owners.setdefault(names[path], path) == path:
-            unique[path] = names[path]
+        name = within_name_max(names[path])  # as the rows of earlier runs hold it
+        if owners.setdefault(name, path) == path:
+            unique[path] = name
         else:
             clashing.append(path)
     for path in clashing:
         stem, number = names[path][:-len(".npy")], 2
-        while f"{stem}-{number}.npy" in owners:
+        while within_name_max(f"{stem}-{number}.npy") in owners:
             number += 1
-        unique[path] = f"{stem}-{number}.npy"
+        unique[path] = within_name_max(f"{stem}-{number}.npy")
         owners[unique[path]] = path
-    return {path: within_name_max(name) for path, name in unique.items()}
+    return unique
 
 
 NAME_MAX = 255  # bytes of a file name on Linux's and macOS's file systems

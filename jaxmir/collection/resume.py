@@ -44,13 +44,13 @@ def _listable_folder(path: str) -> bool:
         return False
 
 
-def gone_from_folders(rows: Iterable[str], folders: Iterable[str],
+def gone_from_folders(paths: Iterable[str], folders: Iterable[str],
                       current: Mapping[str, Source]) -> list[str]:
-    """The paths of ``rows`` (those kept, done or failed) that lie below one of ``folders`` but
+    """The ``paths`` of rows kept (done or failed) that lie below one of ``folders`` but
     are no file of this run and no longer exist: their rows are kept (another run's rows are not
     ours to drop), and said."""
     roots = tuple(os.path.join(folder, "") for folder in folders)
-    return sorted(path for path in set(rows) if path not in current and roots
+    return sorted(path for path in set(paths) if path not in current and roots
                   and path.startswith(roots) and not os.path.lexists(path))
 
 

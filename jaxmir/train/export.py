@@ -103,17 +103,19 @@ def head_graph(params: dict, activation: str) -> "GraphDefProto":
 
 
 def embedding_model_entry(backbone: str, input_shape: Sequence[int], layer: str,
-                          backbone_bytes: str | os.PathLike | None = None) -> dict:
+                          backbone_file: str | os.PathLike | None = None) -> dict:
     """Essentia's ``inference.embedding_model``: ``msd-musicnn`` -> ``msd-musicnn-1``. A backbone
-    file's entry also holds the ``sha256`` of its bytes (read from ``backbone_bytes``, where they
+    file's entry also holds the ``sha256`` of its bytes (read from ``backbone_file``, where they
     are before the export moves them to ``backbone``): a head is tied to those weights, not to
     whatever file takes the name later (Essentia reads only the keys it knows)."""
     algorithm = ("TensorflowPredictVGGish" if tuple(input_shape) == (96, 64)
                  else "TensorflowPredictMusiCNN")
     if backbone in catalog.names():  # Essentia's file names for jaxmir's shipped models
         return {"algorithm": algorithm, "model_name": f"{backbone}-1", "output": layer}
-    return {"algorithm": algorithm, "model_name": Path(backbone).stem, "output": layer,
-            "sha256": catalog.sha256(backbone_bytes or backbone)}
+    entry = {"algorithm": algorithm, "model_name": Path(backbone).stem, "output": layer}
+    if os.path.isfile(backbone_file or backbone):  # else a name only (a head exported by hand)
+        entry["sha256"] = catalog.sha256(backbone_file or backbone)
+    return entry
 
 
 def metadata(name: str, classes: Sequence[str], activation: str, in_dim: int, hidden: int,

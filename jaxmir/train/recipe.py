@@ -18,6 +18,7 @@ import numpy as np
 from jaxmir.checks import is_whole
 from jaxmir.compose import embedding_layer
 from jaxmir.errors import InputError, JaxmirWarning
+from jaxmir.labels import placeholder_labels
 from jaxmir.model import Model
 from jaxmir.spec import Activation, head_width
 from jaxmir.train import export
@@ -78,8 +79,8 @@ def resumed_head(source: str | os.PathLike, classes: tuple[str, ...], task: str)
     if n_outputs != len(classes):
         raise InputError(f"the resumed head {source} has {n_outputs} outputs, the data "
                          f"{len(classes)} {'columns' if task == 'regression' else 'classes'}")
-    placeholders = tuple(f"class_{i}" for i in range(n_outputs))  # no JSON named its classes
-    if model.labels and tuple(model.labels) not in (tuple(classes), placeholders):
+    # placeholders: no JSON named its classes
+    if model.labels and tuple(model.labels) not in (tuple(classes), placeholder_labels(n_outputs)):
         warnings.warn(f"{source} was trained for the classes {list(model.labels)}; resumed for "
                       f"{list(classes)}, its outputs take these in this order",
                       JaxmirWarning, stacklevel=3)
