@@ -31,13 +31,14 @@ import os
 import signal
 import stat
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from jaxmir import catalog, interrupts
 from jaxmir.arguments import whole_number
-from jaxmir.console import StandardOutputError, printable, write_line
+from jaxmir.console import StandardOutputError, printable, write_line, write_whole_line
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
 
@@ -703,12 +704,16 @@ def _frames_before_bad(frames) -> int:
     return len(frames) if bad is None else bad
 
 
+WRITE_GRACE_S = 2.0  # after a signal, for a slow reader to take the lines of the patches done
+
+
 def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
     """Write one JSON line per patch: ``{"start", "top": [[label, p], ...]}`` or the full vector.
 
-    A signal while a write waits for a reader that stopped reading ends the writing: standard
-    output is then pointed at /dev/null, whose writes do not wait (the lines the reader did not
-    take are dropped)."""
+    Each line goes out whole (:func:`~jaxmir.console.write_whole_line`). After a signal, the
+    lines of the patches done have :data:`WRITE_GRACE_S` to go out; a reader too slow for that
+    ends the writing: standard output is then pointed at /dev/null, whose writes do not wait
+    (the lines the reader did not take are dropped, a line begun perhaps cut)."""
     import numpy as np
 
     from jaxmir.collection.rows import check_finite
@@ -733,14 +738,16 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
                 order = np.arange(len(value)) if in_order else \
                     np.argsort(-value, kind="stable")[:top]
                 record["top"] = [[model.labels[i], float32(value[i])] for i in order]
-            interrupted["waiting"] = True  # a blocked write, too, is broken off by a signal
-            try:
-                write_line(json.dumps(record))
-            except KeyboardInterrupt:
+            if not write_whole_line(json.dumps(record), give_up_at):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return
-            finally:
-                interrupted["waiting"] = False
+
+    def give_up_at() -> float | None:
+        """After a signal, the lines of the patches complete have WRITE_GRACE_S to go out whole
+        (a line cut by the signal was a JSON line no reader could parse)."""
+        if not interrupted["now"]:
+            return None
+        return interrupted.setdefault("give_up_at", time.monotonic() + WRITE_GRACE_S)
     return write
 
 

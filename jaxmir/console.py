@@ -10,7 +10,10 @@ import errno
 import io
 import os
 import re
+import select
 import sys
+import time
+from typing import Callable
 
 # Python's buffered writer takes a write longer than a pipe holds that its reader left as
 # written (the pipe took its first 64 KiB): such text is written here, all of it or an error.
@@ -70,6 +73,41 @@ def _encodable(text: str) -> str:
     except LookupError:  # an encoding Python does not know: the stream will say so itself
         pass
     return text
+
+
+_PIECE_BYTES = 4096  # PIPE_BUF on Linux: a pipe select() calls writable takes this without waiting
+_POLL_S = 0.1
+
+
+def write_whole_line(text: str, give_up_at: Callable[[], float | None]) -> bool:
+    """``text`` and a newline on standard output, in pieces a pipe takes without waiting, so that
+    a signal while a slow reader holds the line back leaves it whole: ``give_up_at()`` (checked
+    every 0.1 s while the reader takes nothing) is ``None`` to go on, or the monotonic time from
+    which the line is given up. False when it was given up (a part of it may be out: the reader
+    stopped reading); :class:`StandardOutputError` when standard output fails."""
+    text = _encodable(printable(text, newlines=True))
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # not a file (a test's capture)
+        write_line(text)
+        return True
+    sys.stdout.flush()
+    data = memoryview((text if text.endswith("\n") else text + "\n").encode(
+        sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    try:
+        while data:
+            until = give_up_at()
+            if until is not None and time.monotonic() >= until:
+                return False
+            _, writable, _ = select.select([], [descriptor], [], _POLL_S)
+            if writable:
+                try:
+                    data = data[os.write(descriptor, data[:_PIECE_BYTES]):]
+                except BlockingIOError:  # a descriptor left non-blocking, the pipe full again
+                    pass
+    except OSError as err:
+        raise StandardOutputError(err.strerror or str(err), err.errno == errno.EPIPE) from None
+    return True
 
 
 def _write_all(text: str) -> None:

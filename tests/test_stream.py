@@ -933,6 +933,46 @@ def test_stream_command_stops_on_sigterm_when_its_reader_stalls():
     assert process.returncode == 143, process.stderr.read().decode()
 
 
+
+def test_a_signal_leaves_the_lines_whole_for_a_slow_reader():
+    """Lines longer than a pipe holds (cnn3: ~90 KB) were cut by a signal while the reader held
+    them back: the output ended in part of a JSON line, which no reader can parse."""
+    import fcntl
+    import termios
+
+    raw = signal_at(16000, 30.0, 1, seed=4, dtype=np.int16).tobytes()
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000",
+                                "--layer", "cnn3", "-"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
+                               cwd=ROOT)
+
+    def feed():  # then left open: the command waits for more until the signal
+        try:
+            process.stdin.write(raw)
+            process.stdin.flush()
+        except OSError:  # the command ended
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    taken = process.stdout.read(100_000)  # into the second line
+    waiting, before = np.zeros(1, np.int32), -1
+    deadline = time.monotonic() + 120
+    while waiting[0] < 32_768 or waiting[0] != before:  # the pipe full: a line's write waits
+        assert process.poll() is None and time.monotonic() < deadline, "the pipe never filled"
+        before = int(waiting[0])
+        time.sleep(0.5)
+        fcntl.ioctl(process.stdout.fileno(), termios.FIONREAD, waiting)
+    process.send_signal(signal.SIGTERM)
+    # the reader takes the lines again (not communicate(): its closing of stdin would wait for
+    # the feeder's write, which the command no longer reads)
+    rest = process.stdout.read()
+    assert process.wait(timeout=60) == 143, process.stderr.read().decode()
+    lines = (taken + rest).split(b"\n")
+    assert lines[-1] == b"" and len(lines) > 3
+    for line in lines[:-1]:
+        assert np.asarray(json.loads(line)["cnn3"]).shape == (187, 64)
+
+
 def test_stream_command_refuses_bad_options_before_any_input():
     """`--rate 0` or a hop past the patch was refused only once input came (a live source may
     send none for a while; with none at all it said "standard input is empty")."""
