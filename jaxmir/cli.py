@@ -129,7 +129,8 @@ def patch_hop_of(model, overlap: float | None, patch_hop: int | None) -> int | N
         return patch_hop
     if overlap is None:
         return None
-    hop = size - int(round(overlap / seconds)) if math.isfinite(overlap) else 0
+    frames = overlap / seconds  # inf from ~1.8e306 s on, as for inf itself
+    hop = size - int(round(frames)) if math.isfinite(frames) else 0
     if not 0 <= overlap or hop < 1:
         raise OptionError(f"--overlap {overlap:g} s: patches last {size * seconds:.3f} s "
                           f"({size} frames), so the overlap must be at least 0 and at most "
@@ -592,6 +593,7 @@ def _check_stream_options(args) -> None:
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.audio import check_channels
+    from jaxmir.checks import check_rate
     from jaxmir.pcm import (RAW_DTYPES, decode_pcm, encoded_format, frame_bytes, joined_format,
                             read_wav_header)
     from jaxmir.stream import Stream
@@ -621,6 +623,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
             return _stopped_by(interrupted)
         rate, channels, dtype, remaining = header
         check_channels(channels, "standard input")  # the stream's, not an array's, error
+        check_rate(rate, "standard input: the WAV header's sample rate")  # not --rate's
         for option in (name for name, value in raw_options.items() if value is not None):
             _warn(f"{option} is ignored: standard input holds a WAV stream, whose header says "
                   f"{rate} Hz, {channels} channel(s)")
@@ -908,7 +911,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="16-kHz samples Essentia's converter waits for before it runs: a patch "
                            "comes at most this much plus a read later than it could; 0 = at once, "
                            "for more CPU time (default 2048: 128 ms); --resampler samplerate and "
-                           "soxr run at every read and take none")
+                           "soxr run at every read and take none; so does Essentia's converter "
+                           "at rates its JAX kernels do not serve (8 kHz, say), which is "
+                           "libsamplerate")
     live.add_argument("--bf16", action="store_true",
                       help="compute the patches in bfloat16 (opt-in; see tag --help)")
     live.add_argument("--no-cache", action="store_true",

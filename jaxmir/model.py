@@ -389,7 +389,9 @@ class Model:
         final, at several times the CPU cost for small chunks (each run costs ~1 ms). The
         outputs are the same either way. libsamplerate and soxr run at every chunk: a
         ``resample_step`` given with ``resampler="samplerate"`` or ``"soxr"`` raises
-        :class:`~jaxmir.errors.InputError`.
+        :class:`~jaxmir.errors.InputError`; at rates the JAX kernels do not serve
+        (:func:`jaxmir.resample.accelerated`) Essentia's converter is libsamplerate, and the step
+        has nothing to hold back.
 
         Example::
 

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -651,6 +652,11 @@ def test_stream_command_bad_input():
     result = cli("stream", stdin=header[:20] + b"\x02\x00" + header[22:])
     assert result.returncode == 1 and b"unsupported WAV format" in result.stderr, result.stderr
     assert b"Traceback" not in result.stderr
+    for rate in (0, 500_000):  # it read as --rate's fault: "sample rate 0 Hz is out of range"
+        wrong = header[:24] + struct.pack("<I", rate) + header[28:]
+        result = cli("stream", stdin=wrong)
+        assert result.returncode == 1 and (f"standard input: the WAV header's sample rate {rate} Hz "
+                                           "is out of range").encode() in result.stderr, result.stderr
     result = cli("stream", "--rate", "-5", stdin=data)
     assert result.returncode == 2 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
     missing = cli("stream", stdin=data)
@@ -783,7 +789,9 @@ def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
                                            ("--channels", "-2", 2, "expected a whole number >= 1, got -2"),
                                            ("--channels", "3", 2, "expected a whole number <= 2, got 3"),
                                            ("--overlap", "nan", 2, "--overlap nan s: patches last"),
-                                           ("--overlap", "inf", 2, "--overlap inf s: patches last")):
+                                           ("--overlap", "inf", 2, "--overlap inf s: patches last"),
+                                           # finite, but not in frames: OverflowError's traceback
+                                           ("--overlap", "1e308", 2, "--overlap 1e+308 s: patches")):
         run = cli("stream", "--rate", "16000", option, value, "-", stdin=b"\0" * 64000)
         assert run.returncode == status and message in run.stderr.decode(), (option, value, run.stderr)
         assert b"Traceback" not in run.stderr
