@@ -879,7 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "patch as soon as it is complete: {\"start\": seconds, "
                                            "\"top\": [[label, p], ...]}. Ends at the end of the "
                                            "input or on Ctrl-C or SIGTERM (the patches complete "
-                                           "so far are written; exit 130 and 143).")
+                                           "so far are written, with --last-patch repeat the last, "
+                                           "partial one too; exit 130 and 143).")
     live.add_argument("input", nargs="?", default="-", metavar="-", help="standard input (default)")
     live.add_argument("-m", "--model", metavar="NAME|PATH", default=None,
                       help="a shipped model or a .pb/.npz (default: msd-musicnn)")
