@@ -174,14 +174,20 @@ def prepare_audio(audio: ArrayLike, sample_rate: int, target_rate: int = 16000,
 _BYTE_FORMATS = ("B", "b", "c")  # a memoryview of these holds raw bytes, not samples
 
 
+def _samples_view(view: memoryview) -> bool:
+    """Whether ``view`` is a NumPy array's samples as they are (a view of 8-bit samples), not
+    its bytes (``memoryview(int16_array).cast("B")``)."""
+    return isinstance(view.obj, np.ndarray) and view.itemsize == view.obj.itemsize
+
+
 def check_samples(audio) -> None:
     """An :class:`InputError` for a path (``predict("song.mp3", sr)``) or a raw byte buffer
     (``bytes``, ``bytearray``, a ``memoryview`` of bytes but of a NumPy array's) where samples are
     expected: NumPy reads a buffer as unsigned 8-bit samples, twice as many as an int16 buffer
     holds."""
     if isinstance(audio, (bytes, bytearray)) or (
-            isinstance(audio, memoryview) and audio.format in _BYTE_FORMATS
-            and not isinstance(audio.obj, np.ndarray)):  # a view of 8-bit samples is samples
+            isinstance(audio, memoryview) and audio.format.lstrip("<>=@!") in _BYTE_FORMATS
+            and not _samples_view(audio)):
         # a socket's or a capture API's buffer more often than a path
         raise InputError(f"expected samples [n_samples] or [n_samples, channels], got "
                          f"{audio.nbytes if isinstance(audio, memoryview) else len(audio)} bytes "

@@ -151,7 +151,7 @@ class AudioBlocks:
         if self._wav is not None:
             self.codec = self._wav.codec
             self.sample_rate, self.channels = self._wav.sample_rate, self._wav.channels
-            self.declared_frames = self._wav.frames
+            self.declared_frames = self._wav.declared
             self._exact_length = True
             self._iterator = self._blocks()
             return
@@ -634,12 +634,14 @@ def _wav_header(head: bytes) -> WavHeader | None:
 @dataclasses.dataclass(frozen=True)
 class _WavLayout:
     """Where a plain PCM WAV file's samples lie (``frames`` of ``channels`` from byte
-    ``offset``), their NumPy ``dtype``, FFmpeg's decoder for them and its sample format."""
+    ``offset``; the header ``declared`` that many, or more, or said nothing), their NumPy
+    ``dtype``, FFmpeg's decoder for them and its sample format."""
 
     sample_rate: int
     channels: int
     offset: int
     frames: int
+    declared: int | None
     dtype: str
     codec: str
     kind: str
@@ -661,11 +663,19 @@ def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
         return None
     codec, kind = _FFMPEG_PCM[header.dtype]
     frame, size = frame_bytes(header.dtype, header.channels), header.data_size
-    if header.block_align != frame or size is None or size == 0 or size % frame \
-            or header.data_offset + size > file_size:
+    if header.block_align != frame:
+        return None
+    there = max(file_size - header.data_offset, 0)
+    if header.dtype == "<i4":
+        # FFmpeg would misread 24 valid bits whatever the length: a live writer's size (0 or
+        # none), a truncated file or a partial last frame are read here too, the frames there
+        declared = None if not size else size // frame
+        return _WavLayout(header.sample_rate, header.channels, header.data_offset,
+                          min(size or there, there) // frame, declared, header.dtype, codec, kind)
+    if size is None or size == 0 or size % frame or size > there:
         return None
     return _WavLayout(header.sample_rate, header.channels, header.data_offset, size // frame,
-                      header.dtype, codec, kind)
+                      size // frame, header.dtype, codec, kind)
 
 
 # An Ogg page: "OggS", version 0, header type (0x04: the stream's last page), granule position,

@@ -930,3 +930,17 @@ def test_24_bit_samples_in_32_bit_frames_are_read_as_libsndfile_reads_them(tmp_p
     offset = len(path.read_bytes()) - size
     np.testing.assert_array_equal(
         decode_pcm(path.read_bytes()[offset:], dtype, channels) / np.float32(2 ** 31), want)
+    # cut short (and inside a frame), or of a size the writer left unknown: FFmpeg read those
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(path.read_bytes()[:-(1000 * 8 + 3)])
+    with pytest.warns(DamagedAudioWarning, match=r"truncated audio: decoded 0\.94 s of the 1\.00 s"):
+        decoded = decode_file(cut)
+    assert decoded.status == "truncated"
+    np.testing.assert_array_equal(decoded.samples, want[:15000 - 1])
+    unknown = tmp_path / "unknown.wav"
+    data = bytearray(path.read_bytes())
+    data[offset - 4:offset] = struct.pack("<I", 0xFFFFFFFF)
+    unknown.write_bytes(bytes(data))
+    decoded = decode_file(unknown)
+    assert decoded.status == "ok"
+    np.testing.assert_array_equal(decoded.samples, want)

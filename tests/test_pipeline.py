@@ -324,7 +324,12 @@ def test_raw_bytes_generators_and_bfloat16(musicnn):
         musicnn.predict(pcm, SR)
     assert len(str(refusal.value)) < 300
     # NumPy reads other byte buffers as uint8 samples: 8-bit PCM tags of noise, twice as long
-    for buffer in (bytearray(pcm), memoryview(pcm), memoryview(bytearray(pcm))):
+    import ctypes
+
+    samples = np.frombuffer(pcm, np.int16)
+    for buffer in (bytearray(pcm), memoryview(pcm), memoryview(bytearray(pcm)),
+                   memoryview(samples).cast("B"),  # an int16 array's bytes
+                   memoryview((ctypes.c_ubyte * len(pcm)).from_buffer_copy(pcm))):  # format "<B"
         kind = type(buffer).__name__
         for call in (lambda: musicnn.predict(buffer, SR), lambda: musicnn.features(buffer, SR),
                      lambda: musicnn.stream(SR).push(buffer)):
