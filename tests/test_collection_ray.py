@@ -452,5 +452,54 @@ def test_the_command_line_ray_run_prints_jaxmir_lines_not_rays(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 ok, 0 failed" in result.stderr
     for noise in ("os.fork() was called", "streaming_executor", "logging_progress",
-                  "Progress bars disabled", "Token authentication is"):  # a note on starting Ray
+                  "Progress bars disabled", "Token authentication is",  # a note on starting Ray
+                  "constructor arguments in the object store"):  # of actors Ray would restart
         assert noise not in result.stderr, result.stderr
+
+
+_CRASHING_DECODER = """
+import importlib.abc, importlib.util, os, sys
+
+class Hook(importlib.abc.MetaPathFinder):  # jaxmir's decoder dies on files named *CRASH*
+    def find_spec(self, name, path, target=None):
+        if name != "jaxmir.collection.compute":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            real = module.decode
+
+            def decode(path, *args, **kwargs):
+                if "CRASH" in os.path.basename(str(path)):
+                    os._exit(139)
+                return real(path, *args, **kwargs)
+            module.decode = decode
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, Hook())
+"""
+
+
+def test_a_worker_that_dies_ends_the_run_and_says_what_to_do(tmp_path):
+    """A file that kills its decoder (a crash, memory) kills the model actor it decodes in; Ray
+    Data restarted it and retried the batch without end: the run looped, saying nothing."""
+    require("ray")
+    require("ray.data")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CRASHING_DECODER)
+    _write(tmp_path / "in" / "a.wav", 3.5, 16000, 1, 0)
+    _write(tmp_path / "in" / "b_CRASH.wav", 3.5, 16000, 1, 1)
+    env = child_env(JAX_PLATFORMS="cpu", JAXMIR_NO_CACHE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-m", "jaxmir", "tag", str(tmp_path / "in"), "-o",
+                             str(tmp_path / "tags.parquet"), "--engine", "ray", "--actors", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 1, result.stderr
+    assert "a Ray worker died (a crash, or out of memory) while it decoded or ran one of the " \
+           "files to do; the rows done are kept" in result.stderr, result.stderr

@@ -372,10 +372,13 @@ def analyze_dataset(paths: "ray.data.Dataset", model: str | None, options: Optio
         raise InputError(_NO_PATH_COLUMN + ", ".join(known.names))
     size, resources = _pool(ray, actors, cpus_per_actor)
     model, backbone = _for_workers(model), _for_workers(backbone)
-    decoded = paths.map(_decode_row, fn_kwargs={"options": options}, num_cpus=1)
+    # no retries: a file that kills its decoder (a crash, memory) kills it again, and Ray Data
+    # by default restarts actors and retries tasks without end (a run looped, saying nothing)
+    decoded = paths.map(_decode_row, fn_kwargs={"options": options}, num_cpus=1, max_retries=0)
     return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout, raw),
                                batch_size=batch_size, batch_format="numpy",
-                               compute=ActorPoolStrategy(size=size), **resources)
+                               compute=ActorPoolStrategy(size=size), max_restarts=0,
+                               max_task_retries=0, **resources)
 
 
 def run(model: str | None, backbone: str | None, sources: Sequence[Source], options: Options,
@@ -391,11 +394,19 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     paths = ray.data.from_items([{"path": s.path} for s in sources])
     rows = analyze_dataset(paths, model, options, layout, backbone=backbone, actors=actors, raw=True)
-    for row in rows.iter_rows():
-        error = str(row["error"]) or None
-        source = Source(str(row["path"]), int(row["size_bytes"]), int(row["mtime_ns"]))
-        values = None if error else np.asarray(row["patches"], np.float32).reshape(row["shape"])
-        result = Result(source, float(row["duration_s"]), values, error,
-                        warning=str(row["warning"]) or None)
-        write(result)
-        progress.update(result)
+    died = (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError,
+            ray.exceptions.OutOfMemoryError)
+    try:
+        for row in rows.iter_rows():
+            error = str(row["error"]) or None
+            source = Source(str(row["path"]), int(row["size_bytes"]), int(row["mtime_ns"]))
+            values = None if error else np.asarray(row["patches"], np.float32).reshape(row["shape"])
+            result = Result(source, float(row["duration_s"]), values, error,
+                            warning=str(row["warning"]) or None)
+            write(result)
+            progress.update(result)
+    except died:
+        raise InputError("a Ray worker died (a crash, or out of memory) while it decoded or ran one "
+                         "of the files to do; the rows done are kept: run the same command again "
+                         "to resume (--engine local --processes names a file that crashes its "
+                         "decoder)") from None
