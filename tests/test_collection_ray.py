@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -309,6 +310,14 @@ def test_the_python_entry_points_layout_defaults_to_the_command_lines():
         ray_engine.layout_for(None, None, Options("cnn9"))
     with pytest.raises(InputError, match="a tag layout without the model's labels"):
         ray_engine.analyze_dataset(None, "msd-musicnn", Options(), Layout("tag", {"model": "x"}))
+    # a layout of other columns: three labels took the first three tags, ok; a tag layout on
+    # embeddings named embedding values as tags
+    for labels, options, gives in ((("x", "y", "z"), Options(), "50 label columns"),
+                                   (layout.labels, Options("embeddings"), "an embedding")):
+        with pytest.raises(InputError, match=rf"the layout has {len(labels)} label columns, but "
+                                             rf"msd-musicnn's '\w+' gives {gives}"):
+            ray_engine.analyze_dataset(None, "msd-musicnn", options,
+                                       dataclasses.replace(layout, labels=labels))
 
 
 def test_a_ray_run_with_nothing_left_to_do_joins_no_cluster(monkeypatch, tmp_path):
@@ -391,6 +400,9 @@ def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply
     # Ray Client's: Ray Data failed under it with a 63-line traceback, an empty output left
     with pytest.raises(InputError, match="a Ray Client address, which Ray Data does not run under"):
         ray_engine._host_port("ray://head:10001")
+    for address in ("10.0.0.1:6390/", "http://10.0.0.1:6390"):  # ray.init failed on them
+        with pytest.raises(InputError, match=r"expected host:port \(no scheme, no path\)"):
+            ray_engine._host_port(address)
 
 
 def test_connecting_keeps_the_command_lines_sigterm_handler_and_sends_the_token(monkeypatch):

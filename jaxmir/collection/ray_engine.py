@@ -65,11 +65,13 @@ def _host_port(address: str) -> tuple[str, int]:
         raise InputError(f"RAY_ADDRESS={address!r}: a Ray Client address, which Ray Data does not "
                          "run under; give the head's own address, host:6379 (ray start --head's "
                          "--port)")
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
+    # ray.init takes the address as it is: a scheme or a path the probe dropped failed there
+    # ("Unable to parse port number from 6390/")
+    host, _, port = address.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not port.isdigit():
-        raise InputError(f"RAY_ADDRESS={address!r}: expected host:port, auto or local")
+    if not host or not port.isdigit() or "/" in address:
+        raise InputError(f"RAY_ADDRESS={address!r}: expected host:port (no scheme, no path), "
+                         "auto or local")
     return host, int(port)
 
 
@@ -328,6 +330,17 @@ def layout_for(model: str | None, backbone: str | None, options: Options) -> Lay
                   same_outputs=same_outputs(loaded, options.output))
 
 
+def check_fits(layout: Layout, fitting: Layout, model: str | None, output: str) -> None:
+    """:class:`InputError` unless ``layout`` has the columns of ``fitting`` (the command line's
+    layout for ``model``'s ``output``): a table's kind, and a column for each label."""
+    if (layout.command, len(layout.labels)) != (fitting.command, len(fitting.labels)):
+        def columns(of: Layout) -> str:
+            return f"{len(of.labels)} label columns" if of.command == "tag" else "an embedding"
+        raise InputError(f"the layout has {columns(layout)}, but {model or 'the model'}'s "
+                         f"{output!r} gives {columns(fitting)}: give the layout ray_engine."
+                         "layout_for(model, backbone, options) makes, or none")
+
+
 def analyze_dataset(paths: "ray.data.Dataset", model: str | None, options: Options,
                     layout: Layout | None = None, *, backbone: str | None = None,
                     actors: int | None = None, cpus_per_actor: float = 1.0, batch_size: int = 4,
@@ -357,12 +370,15 @@ def analyze_dataset(paths: "ray.data.Dataset", model: str | None, options: Optio
     from ray.data import ActorPoolStrategy
 
     options = options.for_command("tag")
-    layout = layout if layout is not None else layout_for(model, backbone, options)
+    if layout is None:
+        layout = layout_for(model, backbone, options)
     if layout.command == "tag" and not layout.labels and not raw:
         # its rows would hold no values at all
         raise InputError("a tag layout without the model's labels has no column for its values; "
                          "give Layout('tag', ..., labels=tuple(model.labels)), or no layout "
                          "(ray_engine.layout_for)")
+    if not raw:  # a layout of other columns took the values it did not name (zip), silently
+        check_fits(layout, layout_for(model, backbone, options), model, options.output)
     try:
         known = paths.schema(fetch_if_missing=False)  # without running what made the Dataset
     except Exception as err:  # noqa: BLE001 -- Arrow's: blocks whose types do not merge

@@ -176,7 +176,8 @@ def embedding_mean(result: Result) -> np.ndarray | None:
 def tag_means(layout: Layout, result: Result) -> dict[str, float | None]:
     """Each label's mean over the patches (None for a failed file)."""
     means = mean(result.values) if result.ok else [None] * len(layout.labels)
-    return {label: None if v is None else float(v) for label, v in zip(layout.labels, means)}
+    return {label: None if v is None else float(v)
+            for label, v in zip(layout.labels, means, strict=True)}
 
 
 def summary(layout: Layout, result: Result) -> dict[str, Any]:
