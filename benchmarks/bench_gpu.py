@@ -140,9 +140,7 @@ def model_rates(models: dict, audio_16k: np.ndarray, batches: list[int], repeats
     for name, model in models.items():
         low = model.astype("bfloat16")
         largest = patches_for(model, audio_16k, max(batches))
-        full_out = np.asarray(model.apply(largest[:64])["predictions"])
-        low_out = np.asarray(low.apply(largest[:64])["predictions"])
-        deviation = float(np.max(np.abs(low_out - full_out)) / np.max(np.abs(full_out)))
+        timed = []
         for batch in batches:
             x = jax.device_put(largest[:batch])
             rates = {}
@@ -153,6 +151,13 @@ def model_rates(models: dict, audio_16k: np.ndarray, batches: list[int], repeats
                 times = samples(lambda: jax.block_until_ready(which.apply(x)["predictions"]),
                                 repeats=repeats, min_seconds=0.5, max_seconds=10.0)
                 rates[label] = ([batch / t for t in times], first)
+            timed.append((batch, rates))
+        # after the timings: a call of 64 patches before them compiled batch 64's program, whose
+        # first call then took no compile time
+        full_out = np.asarray(model.apply(largest[:64])["predictions"])
+        low_out = np.asarray(low.apply(largest[:64])["predictions"])
+        deviation = float(np.max(np.abs(low_out - full_out)) / np.max(np.abs(full_out)))
+        for batch, rates in timed:
             f32, bf16 = rates["float32"][0], rates["bfloat16"][0]
             rows.append(f"| {name} | {batch} | {spread(f32, digits=0)} | {spread(bf16, digits=0)} | "
                         f"{np.median(bf16) / np.median(f32):.2f}x | {deviation:.1e} | "

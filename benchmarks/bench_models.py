@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, graphs_dir, machine, timed
+from common import ROOT, graphs_dir, machine, peak_rss_mb, timed
 
 
 def graph_path(name: str) -> Path:
@@ -66,7 +65,7 @@ def worker(framework: str, path: Path, batches: list[int]) -> dict:
                 x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
                 seconds = timed(lambda: session.run(f"{output}:0", {"model/Placeholder:0": x}))
                 results[batch] = {"patches_per_s": batch / seconds}
-    results["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["peak_mb"] = peak_rss_mb()  # ru_maxrss kept the parent's peak (its TF replica's)
     return results
 
 

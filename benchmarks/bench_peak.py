@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8,
                         help="patches per call; 8, the streaming engine's batch, is the most the "
-                             "model's branches see (Model.apply steps 4 at a time)")
+                             "model's branches see (Model.apply steps 8 at a time)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=207.0, help="track length for Model.predict")
     parser.add_argument("--variants", action="store_true", help="also time the formulations tried")

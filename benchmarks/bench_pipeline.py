@@ -2,16 +2,16 @@
 
     python benchmarks/bench_pipeline.py [--seconds 207] [--folder 20] [--skip-cli]
 
-(b) end to end, warm, one process: a 16-kHz array -> tags averaged over patches.
+(a) end to end, warm, one process: a 16-kHz array -> tags averaged over patches.
     jaxmir: ``Model.predict`` (Essentia's front-end, patches 187 hop 93, one
     compiled program). Baseline: musicnn's front-end (librosa melspectrogram,
     n_fft 512, hop 256, 96 mels, float16, log10(10000 x + 1)), the same
     patches, and a TensorFlow session on msd-musicnn-1.pb (batches of 64, as
     Essentia feeds them).
-(c) cold start: the ``jaxmir tag`` command as a new process, first (empty
+(b) cold start: the ``jaxmir tag`` command as a new process, first (empty
     persistent compilation cache) and second invocation, vs the baseline as a
     new process (import, load the graph, read the file, tag).
-(d) a folder of tracks of varying lengths (about 30 s each), as new processes.
+(c) a folder of tracks of varying lengths (about 30 s each), as new processes.
 
 The track is synthetic (tones, a beat and noise) with the requested length.
 """
@@ -74,7 +74,7 @@ def tf_tags(session, audio: np.ndarray) -> np.ndarray:
 
 
 def tf_main(graph: str, files: list[str]) -> int:
-    """``bench_pipeline.py --tf-tag GRAPH FILE...``: the baseline as a command (for (c), (d))."""
+    """``bench_pipeline.py --tf-tag GRAPH FILE...``: the baseline as a command (for (b), (c))."""
     import librosa
 
     session = tf_session(Path(graph))
@@ -147,7 +147,7 @@ def bench_end_to_end(seconds: float, graph: Path) -> tuple[list[str], float, flo
         "model": lambda: jax.block_until_ready(model.apply(patches)),
     })
     theirs, ours = best["tf"], best["jaxmir"]
-    lines = [f"(b) end to end, warm (best of 5, taken in turn): {seconds:g}-s track, "
+    lines = [f"(a) end to end, warm (best of 5, taken in turn): {seconds:g}-s track, "
              f"{plan.n_patches} patches (computed as {plan.bucket_patches}); ratio = baseline / this",
              row("librosa + TensorFlow session (batches of 64)", theirs),
              row("jaxmir Model.predict", ours, theirs, f"(first call with compile {first:.2f} s)"),
@@ -170,7 +170,7 @@ def bench_cli(track: Path, graph: Path, warm: float, baseline: float) -> list[st
         second = min(run_seconds(command, env) for _ in range(2))
     tf = min(run_seconds([sys.executable, __file__, "--tf-tag", str(graph), str(track)], env)
              for _ in range(2))
-    return ["(c) cold start, new processes (import, load, read the file, tag; best of 2 but the first)",
+    return ["(b) cold start, new processes (import, load, read the file, tag; best of 2 but the first)",
             row("baseline (librosa + TensorFlow) as a command", tf),
             row("jaxmir tag, first run (empty compilation cache)", first, tf),
             row("jaxmir tag, later runs (cached programs)", second, tf,
@@ -194,7 +194,7 @@ def bench_folder(folder: Path, count: int, graph: Path) -> list[str]:
         second = min(run_seconds(command, env) for _ in range(2))
     tf = min(run_seconds([sys.executable, __file__, "--tf-tag", str(graph), *files], env)
              for _ in range(2))
-    return [f"(d) a folder of {count} tracks, 24-36 s each ({total} s of audio), one process each run",
+    return [f"(c) a folder of {count} tracks, 24-36 s each ({total} s of audio), one process each run",
             row("baseline (librosa + TensorFlow)", tf),
             row("jaxmir tag, empty compilation cache", first, tf),
             row("jaxmir tag, cached programs", second, tf)]
@@ -203,8 +203,8 @@ def bench_folder(folder: Path, count: int, graph: Path) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=207.0)
-    parser.add_argument("--folder", type=int, default=20, help="tracks in (d); 0 skips it")
-    parser.add_argument("--skip-cli", action="store_true", help="only (b)")
+    parser.add_argument("--folder", type=int, default=20, help="tracks in (c); 0 skips it")
+    parser.add_argument("--skip-cli", action="store_true", help="only (a)")
     parser.add_argument("--tf-tag", nargs="+", metavar=("GRAPH", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tf_tag:

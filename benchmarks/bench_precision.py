@@ -74,7 +74,9 @@ def main(argv=None) -> None:
             print(f"| {name} | {batch} | {spread(rates['float32'], digits=1)} | "
                   f"{spread(rates['bfloat16'], digits=1)} | {ratio:.2f}x | {tags:.1e} | "
                   f"{embeddings:.1e} |")
-    print(f"\n{patches.shape[0]} patches of a {args.seconds:g}-s signal; differences over all of them")
+    if args.models:  # none given: no table, no patches
+        print(f"\n{patches.shape[0]} patches of a {args.seconds:g}-s signal; differences over all "
+              "of them")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def time_one_core(args) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=207.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=int, default=44100)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmir.errors import InputError
 from jaxmir.train import fit, synthetic
 from jaxmir.train.recipe import fit_head
 from jaxmir.train.smoothing import SmoothingConfig
@@ -36,11 +37,14 @@ def main() -> int:
     output = work / "timbre-msd-musicnn"
 
     start = time.perf_counter()
-    result = fit_head(data, "msd-musicnn", output=output, folds=5, overwrite=True,
-                      config=fit.TrainConfig(epochs=args.epochs),
-                      smoothing=SmoothingConfig(args.smoothing, k=args.smoothing_k),
-                      cache=work / "cache",
-                      log=print)
+    try:
+        result = fit_head(data, "msd-musicnn", output=output, folds=5, overwrite=True,
+                          config=fit.TrainConfig(epochs=args.epochs),
+                          smoothing=SmoothingConfig(args.smoothing, k=args.smoothing_k),
+                          cache=work / "cache",
+                          log=print)
+    except InputError as err:  # --smoothing-k too large for --per-class, say
+        parser.error(str(err))
     elapsed = time.perf_counter() - start
     for name, (mean, std) in result.cross_validation.summary.items():
         print(f"5-fold {name}: {mean:.3f} ± {std:.3f}")
