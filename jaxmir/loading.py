@@ -250,14 +250,17 @@ def warn_of_another_backbone(head: Model, backbone: Model) -> None:
 def backbone_of(model: Model) -> str | None:
     """The backbone a head's metadata names, if jaxmir has it: a file beside the head named so
     (``NAME-backbone.npz``, which ``train-head --finetune`` writes; ``NAME.pb``, the graph a head
-    was trained on, as Essentia finds it), or a shipped model in Essentia's spelling
-    (``msd-musicnn-1`` -> ``msd-musicnn``)."""
+    was trained on, as Essentia finds it; of the two, the one of the bytes the metadata's sha256
+    names), or a shipped model in Essentia's spelling (``msd-musicnn-1`` -> ``msd-musicnn``)."""
     name = backbone_name(model) or ""
     if name and model.source and os.sep not in name:
-        for suffix in (WEIGHTS_SUFFIX, ".pb"):
-            beside = Path(model.source).with_name(name + suffix)
-            if _is_file(beside):
-                return str(beside)
+        found = [str(beside) for beside in (Path(model.source).with_name(name + suffix)
+                                            for suffix in (WEIGHTS_SUFFIX, ".pb")) if _is_file(beside)]
+        trained_on = _embedding_model(model).get("sha256")
+        # a graph converted beside it (NAME.npz from NAME.pb) is another file of the same weights
+        same = [path for path in found if len(found) > 1 and catalog.sha256(path) == trained_on]
+        if found:
+            return (same or found)[0]
     for shipped in catalog.names():
         version = name[len(shipped) + 1:]
         if name == shipped or (name.startswith(shipped + "-") and version.isdigit()):

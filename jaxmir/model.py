@@ -88,7 +88,7 @@ def check_patch_values(patches: np.ndarray, expected: str = "log-mel patches") -
     if not np.isfinite(peak):
         raise InputError("patches hold NaN or infinite values (in float32); the outputs would be NaN")
     if peak > MAX_PATCH_VALUE:
-        raise InputError(f"patches reach {peak:.3g}, beyond {MAX_PATCH_VALUE:.0e}: expected "
+        raise InputError(f"patches reach {peak:.7g}, beyond {MAX_PATCH_VALUE:.0e}: expected "
                          f"{expected}; such values overflow the model's float32 sums and turn "
                          "its outputs NaN")
 

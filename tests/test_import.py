@@ -238,6 +238,16 @@ def test_a_head_finds_the_graph_its_metadata_names_beside_it(tmp_path, patches_1
     np.testing.assert_allclose(
         chained.apply(patches_187[:2])["predictions"],
         jaxmir.load(head).apply(embeddings["model/dense/BiasAdd"])["predictions"], atol=1e-5)
+    # the graph converted beside it: the .npz came first, and its other bytes were warned of
+    from jaxmir import catalog
+    from jaxmir.weights import save_weights
+
+    save_weights(jaxmir.load(backbone), backbone.with_suffix(".npz"))
+    head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": {
+        **entry, "sha256": catalog.sha256(backbone)}}}))
+    assert backbone_of(jaxmir.load(head)) == str(backbone)
+    head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": entry}}))
+    assert backbone_of(jaxmir.load(head)) == str(backbone.with_suffix(".npz"))  # no digest
 
 
 def test_a_head_whose_backbone_is_missing_says_which_and_info_names_it(tmp_path, capsys):

@@ -304,7 +304,7 @@ def test_rates_are_named_whatever_they_hold():
     with pytest.raises(InputError, match=r"^rate 1.00e300 Hz is out of range; accepted"):
         check_rate(1e300, "rate")
     for rate, shown in ((1.999e15, "2.00e15"), (-10 ** 400 + 1, "-1.00e400"),
-                        (999_999_999_999, "999999999999")):
+                        (999_999_999_999, "999999999999"), (np.int64(-2 ** 63), "-9.22e18")):
         with pytest.raises(InputError, match=rf"^rate {shown} Hz is out of range"):  # 1.99e15 was cut
             check_rate(rate, "rate")
     with pytest.raises(InputError, match=r"^rate -5 Hz is out of range"):
