@@ -626,6 +626,30 @@ def test_an_overwrite_removes_the_folders_it_empties(music, model, tmp_path):
     assert folders == ["mine"]  # jazz/deep, jazz and rock went with their arrays
 
 
+@pytest.mark.parametrize("how", ["made anew", "a part removed"])
+def test_a_parquet_folder_changed_under_the_run_stops_it(model, tmp_path, how):
+    """A Parquet folder deleted and made anew, or a part of this run's removed, during the run:
+    it ended '2 ok' where the table held fewer rows."""
+    clips = [_write(tmp_path / "in" / f"{name}.wav", 3.0, 16000, 1, seed)
+             for seed, name in enumerate("abc")]
+    out = tmp_path / "tags.parquet"
+
+    def change(result, where):
+        parts = sorted(out.glob("part-*.parquet"))
+        if how == "made anew" and len(parts) == 2:
+            shutil.rmtree(out)
+            out.mkdir()
+        elif how == "a part removed" and len(parts) == 3:
+            parts[1].unlink()  # the first row's part (part 0 is the empty one)
+
+    # a folder made anew may take the old one's inode: then only its lost parts tell
+    message = "(was deleted|lost part-000001.parquet)" if how == "made anew" else \
+        "lost part-000001.parquet"
+    with pytest.raises(InputError, match=f"tags.parquet {message} while this run wrote to it"):
+        collect(model, [str(c) for c in clips], str(out), name="msd-musicnn", jobs=0,
+                progress=False, on_result=change, flush_rows=1)
+
+
 @pytest.mark.parametrize("kind", ["tags.jsonl", "emb", "tags.parquet"])
 def test_an_output_deleted_during_the_run_stops_it(model, tmp_path, kind):
     """Rows appended to a deleted file (or arrays into a folder made anew) would be reported

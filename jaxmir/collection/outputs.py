@@ -139,6 +139,15 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
         yield
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``path``'s device and inode (a folder made anew under the same name has others), or None."""
+    try:
+        state = os.stat(path)
+    except OSError:
+        return None
+    return state.st_dev, state.st_ino
+
+
 def _check_linked(handle) -> os.stat_result:
     """The open output's state, or :class:`InputError` when it was deleted during the run (the
     rows would go nowhere while the run reported them written)."""
@@ -607,6 +616,18 @@ class ParquetWriter(Writer):
         self.next_part = max(numbers) + 1
         self.buffer: list[dict] = []
         self.last_flush = time.monotonic()
+        self._folder = _identity(path)
+        self._parts_written: list[Path] = []
+
+    def _check_kept(self) -> None:
+        """:class:`InputError` when the folder was deleted (or made anew) or a part this run
+        wrote was removed during the run: "every row written before is kept", it said of them."""
+        gone = [part.name for part in self._parts_written if not part.is_file()]
+        if _identity(self.path) != self._folder or gone:
+            what = f"lost {gone[0]}" if gone and _identity(self.path) == self._folder else \
+                "was deleted"
+            raise InputError(f"{self.path} {what} while this run wrote to it; the rows written "
+                             "there are gone: run the same command again")
 
     def _empty_part(self, folder: Path) -> None:
         """``part-000000.parquet`` in ``folder``: no row, the table's columns and identity."""
@@ -660,17 +681,21 @@ class ParquetWriter(Writer):
     def abandon(self) -> None:
         self.buffer = []
 
+    def close(self) -> None:
+        self.flush()
+        if not self.dry:  # the last part written, the parts before it may have gone since
+            self._check_kept()
+
     def flush(self) -> None:
         import pyarrow.parquet as pq
 
         if not self.buffer:
             return
-        if not self.path.is_dir():  # "every row written before is kept", it said, of none
-            raise InputError(f"{self.path} was deleted while this run wrote to it; the rows "
-                             "written there are gone: run the same command again")
+        self._check_kept()
         table = parquet_table(self.layout, self.buffer, self.schema)
         target = self.path / f"part-{self.next_part:06d}.parquet"
         write_atomically(target, lambda f: pq.write_table(table, f), durable=True)
+        self._parts_written.append(target)
         self.rows_written += len(self.buffer)
         self.next_part += 1
         self.buffer = []
