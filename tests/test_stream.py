@@ -906,32 +906,43 @@ def test_stream_command_reads_a_non_blocking_standard_input():
     assert len(stdout.decode().splitlines()) == 1
 
 
-def test_stream_command_stops_on_sigterm_when_its_reader_stalls():
-    """A SIGTERM while a write waited for a reader that stopped reading was held until the
-    reader drained the pipe (docker stop and timeout would then SIGKILL it)."""
-    import fcntl
-    import termios
-
-    raw = signal_at(16000, 300.0, 1, seed=4, dtype=np.int16).tobytes()
-    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000", "--all"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
-
+def feed_in_background(process: subprocess.Popen, data: bytes, close: bool) -> None:
+    """``data`` to ``process``'s standard input from a thread (the command may stop reading it),
+    which is then closed or left open."""
     def feed():
         try:
-            process.stdin.write(raw)
-            process.stdin.close()
+            process.stdin.write(data)
+            process.stdin.close() if close else process.stdin.flush()
         except OSError:  # the command ended
             pass
 
     threading.Thread(target=feed, daemon=True).start()
+
+
+def wait_for_a_full_pipe(process: subprocess.Popen, seconds: float, poll_s: float) -> None:
+    """Until ``process``'s standard output pipe holds 32 KiB or more, unchanged for ``poll_s``:
+    the command's writes wait for a reader."""
+    import fcntl
+    import termios
+
     waiting, before = np.zeros(1, np.int32), -1
-    deadline = time.monotonic() + 240
-    while waiting[0] < 32_768 or waiting[0] != before:  # the pipe full: the command's writes wait
+    deadline = time.monotonic() + seconds
+    while waiting[0] < 32_768 or waiting[0] != before:
         assert process.poll() is None and time.monotonic() < deadline, "the pipe never filled"
         before = int(waiting[0])
-        time.sleep(1.0)
+        time.sleep(poll_s)
         fcntl.ioctl(process.stdout.fileno(), termios.FIONREAD, waiting)
+
+
+def test_stream_command_stops_on_sigterm_when_its_reader_stalls():
+    """A SIGTERM while a write waited for a reader that stopped reading was held until the
+    reader drained the pipe (docker stop and timeout would then SIGKILL it)."""
+    raw = signal_at(16000, 300.0, 1, seed=4, dtype=np.int16).tobytes()
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000", "--all"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
+    feed_in_background(process, raw, close=True)
+    wait_for_a_full_pipe(process, seconds=240, poll_s=1.0)
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
@@ -945,31 +956,14 @@ def test_stream_command_stops_on_sigterm_when_its_reader_stalls():
 def test_a_signal_leaves_the_lines_whole_for_a_slow_reader():
     """Lines longer than a pipe holds (cnn3: ~90 KB) were cut by a signal while the reader held
     them back: the output ended in part of a JSON line, which no reader can parse."""
-    import fcntl
-    import termios
-
     raw = signal_at(16000, 30.0, 1, seed=4, dtype=np.int16).tobytes()
     process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000",
                                 "--layer", "cnn3", "-"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
                                cwd=ROOT)
-
-    def feed():  # then left open: the command waits for more until the signal
-        try:
-            process.stdin.write(raw)
-            process.stdin.flush()
-        except OSError:  # the command ended
-            pass
-
-    threading.Thread(target=feed, daemon=True).start()
+    feed_in_background(process, raw, close=False)  # the command waits for more: the signal ends it
     taken = process.stdout.read(100_000)  # into the second line
-    waiting, before = np.zeros(1, np.int32), -1
-    deadline = time.monotonic() + 120
-    while waiting[0] < 32_768 or waiting[0] != before:  # the pipe full: a line's write waits
-        assert process.poll() is None and time.monotonic() < deadline, "the pipe never filled"
-        before = int(waiting[0])
-        time.sleep(0.5)
-        fcntl.ioctl(process.stdout.fileno(), termios.FIONREAD, waiting)
+    wait_for_a_full_pipe(process, seconds=120, poll_s=0.5)  # a line's write waits
     process.send_signal(signal.SIGTERM)
     # the reader takes the lines again (not communicate(): its closing of stdin would wait for
     # the feeder's write, which the command no longer reads)
