@@ -1897,8 +1897,8 @@ def test_rows_of_files_gone_from_a_folder_named_are_kept_and_said(music, model, 
     assert tally.skipped == 2 and len(_read_rows(output)) == 4
     assert [str(w.message) for w in caught] == [
         f"2 file(s) done or failed in an earlier run are no longer in the folders named, e.g. "
-        f"{folder / 'bad.wav'}; their rows are kept (--overwrite (overwrite=True in Python) "
-        "starts the output over)"]
+        f"{folder / 'bad.wav'}; their rows are kept: --overwrite (overwrite=True in Python) "
+        "starts the output over"]
     for name in ("c.wav", "bad.wav"):
         (tmp_path / name).rename(folder / name)
     with warnings.catch_warnings():

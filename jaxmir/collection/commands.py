@@ -148,8 +148,8 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                                         inputs.folders_named(paths), {s.path: s for s in sources})
         if gone:
             warnings.warn(f"{len(gone)} file(s) done or failed in an earlier run are no longer in "
-                          f"the folders named, e.g. {gone[0]}; their rows are kept ({OVERWRITE} "
-                          "starts the output over)", JaxmirWarning, stacklevel=2)
+                          f"the folders named, e.g. {gone[0]}; their rows are kept: {OVERWRITE} "
+                          "starts the output over", JaxmirWarning, stacklevel=2)
 
         def write(result: Result) -> None:
             try:
