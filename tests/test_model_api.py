@@ -244,8 +244,14 @@ def test_apply_refuses_nan_or_infinite_patches(musicnn, patches_187):
     assert np.isfinite(np.asarray(musicnn.apply(np.full((1, 187, 96), 1e12, np.float32))
                                   ["predictions"])).all()
     head = jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
-    with pytest.raises(InputError, match=r"beyond 1e[+]12: expected embeddings; such values"):
+    with pytest.raises(InputError, match=r"^embeddings reach 1e[+]13, beyond 1e[+]12: expected "
+                                         r"embeddings; such values"):
         head.apply(np.full((1, 200), 1e13, np.float32))
+    with pytest.raises(InputError, match=r"^embeddings hold NaN"):  # a head's inputs by name
+        head.apply(np.full((1, 200), np.nan, np.float32))
+    with pytest.raises(InputError, match=r"^embeddings have dtype int32; expected floating point "
+                                         r"\(float32\) embeddings of shape \[batch, 200\]"):
+        head.apply(np.zeros((1, 200), np.int32))
 
 
 def test_apply_takes_bfloat16_patches(musicnn, patches_187):
