@@ -70,6 +70,6 @@ def check_rate(rate, what: str) -> int:
         # 1e300 Hz was written with its 301 digits; Decimal rounds where float would overflow
         rate = int(rate)  # np.int64(-2**63) has no abs in int64
         shown = str(rate) if abs(rate) < 10 ** 12 else \
-            f"{decimal.Decimal(int(rate)):.2e}".replace("e+", "e")
+            f"{decimal.Decimal(rate):.2e}".replace("e+", "e")
         raise AudioError(f"{what} {shown} Hz is out of range; accepted: {MIN_RATE}-{MAX_RATE} Hz")
     return int(rate)

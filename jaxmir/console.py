@@ -85,15 +85,12 @@ def write_whole_line(text: str, give_up_at: Callable[[], float | None]) -> bool:
     every 0.1 s while the reader takes nothing) is ``None`` to go on, or the monotonic time from
     which the line is given up. False when it was given up (a part of it may be out: the reader
     stopped reading); :class:`StandardOutputError` when standard output fails."""
-    text = _encodable(printable(text, newlines=True))
-    try:
-        descriptor = sys.stdout.fileno()
-    except (AttributeError, io.UnsupportedOperation):  # not a file (a test's capture)
+    descriptor = _stdout_descriptor()
+    if descriptor is None:
         write_line(text)
         return True
-    sys.stdout.flush()
-    data = memoryview((text if text.endswith("\n") else text + "\n").encode(
-        sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    line = _encodable(printable(text, newlines=True))
+    data = _stdout_bytes(line if line.endswith("\n") else line + "\n")
     try:
         while data:
             until = give_up_at()
@@ -110,15 +107,29 @@ def write_whole_line(text: str, give_up_at: Callable[[], float | None]) -> bool:
     return True
 
 
-def _write_all(text: str) -> None:
-    """``text`` to standard output's file descriptor until every byte is taken."""
-    sys.stdout.flush()
+def _stdout_descriptor() -> int | None:
+    """Standard output's file descriptor, what Python buffered for it written first; ``None``
+    where it is no file (a test's capture)."""
     try:
         descriptor = sys.stdout.fileno()
-    except (AttributeError, io.UnsupportedOperation):  # not a file (a test's capture)
+    except (AttributeError, io.UnsupportedOperation):
+        return None
+    sys.stdout.flush()
+    return descriptor
+
+
+def _stdout_bytes(text: str) -> memoryview:
+    """``text`` in standard output's encoding, as its text stream would write it."""
+    return memoryview(text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+
+
+def _write_all(text: str) -> None:
+    """``text`` to standard output's file descriptor until every byte is taken."""
+    descriptor = _stdout_descriptor()
+    if descriptor is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    data = memoryview(text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    data = _stdout_bytes(text)
     while data:
         data = data[os.write(descriptor, data):]

@@ -254,13 +254,13 @@ def backbone_of(model: Model) -> str | None:
     names), or a shipped model in Essentia's spelling (``msd-musicnn-1`` -> ``msd-musicnn``)."""
     name = backbone_name(model) or ""
     if name and model.source and os.sep not in name:
-        found = [str(beside) for beside in (Path(model.source).with_name(name + suffix)
-                                            for suffix in (WEIGHTS_SUFFIX, ".pb")) if _is_file(beside)]
+        besides = (Path(model.source).with_name(name + suffix) for suffix in (WEIGHTS_SUFFIX, ".pb"))
+        found = [str(beside) for beside in besides if _is_file(beside)]
         trained_on = _embedding_model(model).get("sha256")
-        # a graph converted beside it (NAME.npz from NAME.pb) is another file of the same weights
-        same = [path for path in found if len(found) > 1 and catalog.sha256(path) == trained_on]
+        if len(found) > 1 and trained_on:  # a graph converted beside it (NAME.npz from NAME.pb)
+            found = [path for path in found if catalog.sha256(path) == trained_on] or found
         if found:
-            return (same or found)[0]
+            return found[0]
     for shipped in catalog.names():
         version = name[len(shipped) + 1:]
         if name == shipped or (name.startswith(shipped + "-") and version.isdigit()):

@@ -87,7 +87,8 @@ def check_patch_values(patches: np.ndarray, what: str = "patches",
     ``what``, ``expected``: what the model takes (a head: embeddings)."""
     peak = float(np.max(np.abs(patches)))  # NaN if any value is
     if not np.isfinite(peak):
-        raise InputError(f"{what} hold NaN or infinite values (in float32); the outputs would be NaN")
+        raise InputError(f"{what} hold NaN or infinite values (in float32); the outputs would be "
+                         "NaN")
     if peak > MAX_PATCH_VALUE:
         raise InputError(f"{what} reach {peak:.7g}, beyond {MAX_PATCH_VALUE:.0e}: expected "
                          f"{expected}; such values overflow the model's float32 sums and turn "
@@ -212,11 +213,11 @@ class Model:
             patches = np.asarray(patches)
         dtype = np.dtype(patches.dtype)
         shape_text = ", ".join(map(str, self.input_shape))
-        what, expected = ("embeddings", "embeddings") if self.architecture == "head" else \
-            ("patches", "log-mel patches (within about +-20)")
+        head = self.architecture == "head"
+        what, takes = ("embeddings", "embeddings") if head else ("patches", "log-mel patches")
         if not is_floating(dtype):
             raise InputError(f"{what} have dtype {dtype}; expected floating point (float32) "
-                             f"{expected.split(' (')[0]} of shape [batch, {shape_text}]")
+                             f"{takes} of shape [batch, {shape_text}]")
         if tuple(patches.shape[1:]) != self.input_shape and patches.ndim > 1:
             # Essentia squeezes every size-1 axis but the batch before feeding a graph
             squeezed = tuple(d for d in patches.shape[1:] if d != 1)
@@ -232,7 +233,7 @@ class Model:
         if isinstance(patches, np.ndarray):
             with np.errstate(over="ignore"):
                 patches = patches.astype(np.float32, copy=False)
-            check_patch_values(patches, what, expected)
+            check_patch_values(patches, what, takes if head else f"{takes} (within about +-20)")
         return jnp.asarray(patches, jnp.float32)
 
     def apply(self, patches: ArrayLike, outputs: Iterable[str] | str | None = None,

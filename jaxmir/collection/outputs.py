@@ -50,9 +50,9 @@ from jaxmir.atomic import (is_temporary, is_temporary_of, make_folder_atomically
                            unwritable, write_atomically)
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
-from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, ERROR, OVERWRITE, Layout, Result,
-                                   as_text, base, embedding_mean, from_text, patches, summary,
-                                   tag_means)
+from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, ERROR, OVERWRITE, Layout,
+                                   Result, as_text, base, embedding_mean, from_text, patches,
+                                   summary, tag_means)
 from jaxmir.errors import InputError, OptionError
 
 INDEX = "index.jsonl"
@@ -623,9 +623,9 @@ class ParquetWriter(Writer):
         """:class:`InputError` when the folder was deleted (or made anew) or a part this run
         wrote was removed during the run: "every row written before is kept", it said of them."""
         gone = [part.name for part in self._parts_written if not part.is_file()]
-        if _identity(self.path) != self._folder or gone:
-            what = f"lost {gone[0]}" if gone and _identity(self.path) == self._folder else \
-                "was deleted"
+        same_folder = _identity(self.path) == self._folder
+        if not same_folder or gone:
+            what = f"lost {gone[0]}" if same_folder else "was deleted"
             raise InputError(f"{self.path} {what} while this run wrote to it; the rows written "
                              "there are gone: run the same command again")
 

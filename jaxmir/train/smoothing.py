@@ -79,8 +79,9 @@ def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, fol
     """Refuse smoothing over ``k`` neighbours where a class has ``k`` tracks or fewer: a track's
     own class then holds at most ``count - 1`` of its ``k`` neighbours, so other classes weigh in
     its target whatever its features (outweigh it below ``k / 2 + 1`` tracks); a tester's
-    folds of such classes all scored chance. LMNN needs more than its own ``lmnn_k`` too. With ``folds`` (>= 2) the count is that of a fold's
-    training split, where cross-validation smooths: ``count - ceil(count / folds)``."""
+    folds of such classes all scored chance. LMNN needs more than its own ``lmnn_k`` too. With
+    ``folds`` (>= 2) the count is that of a fold's training split, where cross-validation
+    smooths: ``count - ceil(count / folds)``."""
     if config.method == "none":
         return
     counts = np.bincount(np.argmax(targets, axis=1), minlength=len(classes))
