@@ -375,7 +375,7 @@ def test_dataset_targets_must_fit_paths_task_and_classes():
 
 
 # -- embedding cache -----------------------------------------------------------------------
-def test_cache_reused_keyed_and_safe(tmp_path, audio_set):
+def test_cache_reused_keyed_and_safe(tmp_path, audio_set, monkeypatch):
     paths = sorted(str(p) for p in audio_set.rglob("*.wav"))[:3]
     calls = []
 
@@ -395,6 +395,9 @@ def test_cache_reused_keyed_and_safe(tmp_path, audio_set):
     os.utime(paths[0], ns=(1, 1))  # a changed file is recomputed
     embeddings.cached(compute, paths, key, tmp_path / "cache")
     assert len(calls) == 4
+    monkeypatch.setattr(jaxmir, "__version__", "99.0")  # so is every file for another jaxmir
+    embeddings.cached(compute, paths, key, tmp_path / "cache")
+    assert len(calls) == 7
 
 
 @pytest.mark.parametrize("problem", ["a file", "a full disk"])

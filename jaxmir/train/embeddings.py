@@ -2,9 +2,10 @@
 
 Each file's ``[patches, features]`` float32 array is stored as a ``.npy``
 (read back with ``allow_pickle=False``), written atomically, under a name
-derived from the backbone, the layer and the file's absolute path, size and
-modification time: a changed file is recomputed, an unchanged one is reused
-across epochs, folds and runs.
+derived from the backbone, the layer, jaxmir's version and the file's absolute
+path, size and modification time: a changed file, or a jaxmir that decodes or
+computes differently, computes anew; an unchanged one is reused across epochs,
+folds and runs.
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ def file_identity(path: str | os.PathLike) -> dict:
 
 
 def cache_key(backbone_id: str, layer: str, path: str | os.PathLike, kind: str = "embedding") -> str:
-    """A hex digest naming the cached features of ``path``."""
+    """A hex digest naming the cached features of ``path`` as this version of jaxmir computes
+    them (an upgrade that fixes a decoder must not reuse features decoded before)."""
+    from jaxmir import __version__
+
     text = json.dumps({"kind": kind, "backbone": backbone_id, "layer": layer,
-                       **file_identity(path)}, sort_keys=True)
+                       "jaxmir": __version__, **file_identity(path)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
