@@ -443,16 +443,19 @@ def _unless_unexpanded(work: Callable[[str], object], problems: dict[str, str]):
     return run
 
 
-def _warn_ignored(args, table: bool) -> None:
+def _warn_ignored(args, table: bool, regressor: bool) -> None:
     """One line per ``jaxmir tag`` option that has no effect on this run: the per-file printing
-    options with a table ``--output``, the table's options without one."""
+    options with a table ``--output``, the table's options without one, ``--top`` for a regression
+    head (its values are all listed, in their order)."""
     if table:
         why = f"a table --output ({args.output}) holds every label's mean"
         ignored = {"--format": (args.format != "text", why), "--top": (args.top != 3, why),
                    "--plot": (args.plot is not None, why)}
     else:
         why = "it applies to a table --output (.parquet, .jsonl, or .csv without -f csv)"
-        ignored = {"--per-patch": (args.per_patch, "it applies to a .parquet or .jsonl --output"),
+        ignored = {"--top": (regressor and args.top != 3, "a regression head's values are all "
+                             "listed, in their order, not ranked"),
+                   "--per-patch": (args.per_patch, "it applies to a .parquet or .jsonl --output"),
                    "--jobs": (args.jobs is not None, why), "--processes": (args.processes, why),
                    "--engine": (args.engine != "local", why),
                    "--actors": (args.actors is not None, why),
@@ -474,7 +477,7 @@ def cmd_tag(args) -> int:
     model, args.backbone = _load_model(args.model, args.backbone)
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
-    _warn_ignored(args, is_collection(args, "tag"))
+    _warn_ignored(args, is_collection(args, "tag"), is_regressor(model))
     if is_collection(args, "tag"):
         args.writes_rows = True
         return collection.run_tag(args, model, hop)  # --bf16 casts it through the options

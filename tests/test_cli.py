@@ -704,6 +704,11 @@ def test_info(capsys, wavs):
     assert status == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [(row["rank"], row["label"]) for row in rows] == [("", "class_0"), ("", "class_1")]
+    # and --top, which keeps the best scores, has none to keep: it was ignored without a word
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", head, "--backbone",
+                           "msd-musicnn", "--top", "1")
+    assert status == 0 and "class_0" in out and "class_1" in out, err
+    assert "jaxmir: warning: --top is ignored: a regression head's values are all listed" in err
 
 
 def test_a_head_runs_on_the_backbone_its_metadata_names_in_every_engine(capsys, wavs, tmp_path,
