@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from jaxmir.errors import WeightsError
@@ -45,12 +46,32 @@ def default_name() -> str:
 
 
 def sha256(path: str | os.PathLike) -> str:
-    """The hex SHA-256 of a file's bytes, read 1 MiB at a time."""
-    digest = hashlib.sha256()
+    """The hex SHA-256 of a file's bytes, read 1 MiB at a time.
+
+    A run asks for a backbone's digest up to three times (finding it beside a head, checking
+    it, recording it); a file whose device, inode, size and change time are as at the last
+    reading is not read again (any write changes its ctime, which no user can set back). A
+    file changed in the last seconds is always read: a filesystem's clock ticks coarsely, and
+    a second write in the same tick would keep the ctime of the first.
+    """
     with open(path, "rb") as handle:
+        state = os.fstat(handle.fileno())
+        key = (state.st_dev, state.st_ino, state.st_size, state.st_mtime_ns, state.st_ctime_ns)
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+        digest = hashlib.sha256()
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    if time.time_ns() - state.st_ctime_ns < _SETTLED_NS:
+        return digest.hexdigest()
+    if len(_DIGESTS) >= 64:
+        _DIGESTS.clear()
+    _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[int, ...], str] = {}  # a file's state when read -> its digest
+_SETTLED_NS = 2_000_000_000  # a file unchanged this long has a ctime no later write can repeat
 
 
 def name_of(path: str | os.PathLike) -> str | None:

@@ -298,3 +298,34 @@ def test_eight_convolutions_that_are_not_musicnn(tmp_path):
 
     with pytest.raises(UnsupportedGraphError, match="MusiCNN.*no batch norm on the input"):
         jaxmir.load(build(eight, tmp_path))
+
+
+def test_a_file_digest_is_read_once_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    """A run asks for a backbone's sha256 up to three times (0.3 s each for a 288-MB VGGish);
+    an unchanged file is read once, a rewritten one (same size, mtime set back) again, and a
+    file written in the last seconds always (its ctime may repeat within a clock tick)."""
+    import hashlib
+    import os
+    import time
+
+    from jaxmir import catalog
+
+    readings, sha256 = [], hashlib.sha256
+
+    def counted(*args):
+        readings.append(1)
+        return sha256(*args)
+
+    monkeypatch.setattr(catalog.hashlib, "sha256", counted)
+    monkeypatch.setattr(catalog, "_DIGESTS", {})
+    graph = tmp_path / "backbone.pb"
+    graph.write_bytes(b"a" * 3000)
+    digest = catalog.sha256(graph)
+    assert catalog.sha256(graph) == digest and len(readings) == 2  # just written: read each time
+    monkeypatch.setattr(catalog, "_SETTLED_NS", 0)  # as if written long ago
+    assert catalog.sha256(graph) == catalog.sha256(graph) == digest and len(readings) == 3
+    stamp = graph.stat().st_mtime_ns
+    time.sleep(0.05)
+    graph.write_bytes(b"b" * 3000)
+    os.utime(graph, ns=(stamp, stamp))
+    assert catalog.sha256(graph) == sha256(b"b" * 3000).hexdigest() != digest
