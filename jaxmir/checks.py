@@ -12,10 +12,11 @@ from __future__ import annotations
 import decimal
 import math
 import numbers
+from typing import Callable
 
 import numpy as np
 
-from jaxmir.errors import AudioError
+from jaxmir.errors import AudioError, InputError
 
 # The rates jaxmir's converter takes, Hz (Essentia's MonoLoader loads files at any rate
 # libsamplerate converts, 1 kHz and 768 kHz among them); a conversion also needs
@@ -42,6 +43,29 @@ def is_real(value) -> bool:
         return math.isfinite(value)
     except (OverflowError, TypeError):  # 10**400: no float holds it
         return False
+
+
+def whole_fields(config, least: dict[str, int]) -> None:
+    """Check each named field of the frozen dataclass ``config`` is a whole number of at least
+    its bound, and store it as a Python ``int`` (a NumPy one wraps: ``np.uint8(255) + 1`` epochs
+    is 0); :class:`InputError` naming the class and the field."""
+    for name, bound in least.items():
+        value = getattr(config, name)
+        if not is_whole(value, bound):
+            raise InputError(f"{type(config).__name__} {name} = {value!r}; expected a whole "
+                             f"number >= {bound}")
+        object.__setattr__(config, name, int(value))
+
+
+def real_fields(config, rules: dict[str, tuple[Callable[[float], bool], str]]) -> None:
+    """Check each named field of the frozen dataclass ``config`` is a finite real number that
+    its rule's test accepts, and store it as a Python ``float``; :class:`InputError` naming the
+    class, the field and the rule's words (``"a positive number"``)."""
+    for name, (accepts, expected) in rules.items():
+        value = getattr(config, name)
+        if not (is_real(value) and accepts(value)):
+            raise InputError(f"{type(config).__name__} {name} = {value!r}; expected {expected}")
+        object.__setattr__(config, name, float(value))
 
 
 def is_floating(dtype) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxmir import interrupts
-from jaxmir.checks import is_real, is_whole
+from jaxmir.checks import real_fields, whole_fields
 from jaxmir.errors import InputError
 from jaxmir.model import Model
 from jaxmir.models.runner import run_patches
@@ -37,20 +37,10 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, least in (("batch_size", 1), ("steps", 1), ("seed", 0)):
-            if not is_whole(getattr(self, name), least):
-                raise InputError(f"FinetuneConfig {name} = {getattr(self, name)!r}; expected a "
-                                 f"whole number >= {least}")
-            object.__setattr__(self, name, int(getattr(self, name)))  # NumPy integers wrap
-        for name in ("backbone_learning_rate", "head_learning_rate"):
-            rate = getattr(self, name)
-            if not (is_real(rate) and rate > 0):
-                raise InputError(f"FinetuneConfig {name} = {rate!r}; expected a positive number")
-        if not (is_real(self.weight_decay) and self.weight_decay >= 0):
-            raise InputError(f"FinetuneConfig weight_decay = {self.weight_decay!r}; expected a "
-                             "number >= 0")
-        for name in ("backbone_learning_rate", "head_learning_rate", "weight_decay"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+        whole_fields(self, {"batch_size": 1, "steps": 1, "seed": 0})
+        positive = (lambda rate: rate > 0, "a positive number")
+        real_fields(self, {"backbone_learning_rate": positive, "head_learning_rate": positive,
+                           "weight_decay": (lambda decay: decay >= 0, "a number >= 0")})
 
 
 def audio_patches(backbone: Model, audio: np.ndarray, sample_rate: int,

@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 import optax
 
 from jaxmir import interrupts
-from jaxmir.checks import is_real, is_whole
+from jaxmir.checks import is_whole, real_fields, whole_fields
 from jaxmir.errors import InputError, JaxmirError
 from jaxmir.models import damaged_variable
 from jaxmir.train import metrics
@@ -49,25 +49,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, least in (("hidden", 1), ("batch_size", 1), ("epochs", 1), ("patience", 1),
-                            ("seed", 0)):
-            value = getattr(self, name)
-            if not is_whole(value, least):
-                raise InputError(f"TrainConfig {name} = {value!r}; expected a whole number "
-                                 f">= {least}")
-            # a NumPy integer as a Python one: np.uint8(255) + 1 epochs wrapped to 0 (no training)
-            object.__setattr__(self, name, int(value))
-        if not is_real(self.learning_rate) or self.learning_rate <= 0:
-            raise InputError(f"TrainConfig learning_rate = {self.learning_rate!r}; expected a "
-                             "positive number")
-        if not is_real(self.weight_decay) or self.weight_decay < 0:
-            raise InputError(f"TrainConfig weight_decay = {self.weight_decay!r}; expected a "
-                             "number >= 0")
-        if not is_real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
-            raise InputError(f"TrainConfig validation_fraction = {self.validation_fraction!r}; "
-                             "expected a fraction strictly between 0 and 1")
-        for name in ("learning_rate", "weight_decay", "validation_fraction"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+        whole_fields(self, {"hidden": 1, "batch_size": 1, "epochs": 1, "patience": 1, "seed": 0})
+        real_fields(self, {
+            "learning_rate": (lambda rate: rate > 0, "a positive number"),
+            "weight_decay": (lambda decay: decay >= 0, "a number >= 0"),
+            "validation_fraction": (lambda fraction: 0 < fraction < 1,
+                                    "a fraction strictly between 0 and 1")})
 
 
 Params = dict  # {"dense": {"kernel": [d, 100], "bias": [100]}, "dense_1": {...: [100, C], [C]}}
