@@ -69,11 +69,14 @@ ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
 # The fixed-point twins that FFmpeg 2.8 registered before the float decoders.
 _FIXED_POINT = {"mp1float": "mp1", "mp2float": "mp2", "mp3float": "mp3",
                 "mp3adufloat": "mp3adu", "mp3on4float": "mp3on4"}
-# Decoders whose end padding the Essentia wheel keeps (see the module docstring).
-_KEEPS_END_PADDING = ("vorbis",)
-# Demuxers whose start trimming (an MP4 edit list's: AAC's 1024-sample encoder priming) FFmpeg
-# 2.8 did not signal, so the wheel keeps those samples.
-_KEEPS_START_PADDING = ("mov",)
+# (demuxer, decoder) pairs whose end padding the Essentia wheel keeps (see the module docstring):
+# Vorbis's in Ogg, which 2.8's Ogg demuxer did not signal (its Matroska demuxer did).
+_KEEPS_END_PADDING = {("ogg", "vorbis")}
+# Demuxers whose start trimming FFmpeg 2.8 did not signal, so the wheel keeps those samples: an
+# MP4 edit list's (AAC's 1024-sample encoder priming) and Matroska's codec delay (MP3 1105,
+# AAC 1024, MP2 481, AC-3 256 samples) but for the decoders that trim their own delay there.
+_KEEPS_START_PADDING = ("mov", "matroska")
+_TRIMS_OWN_DELAY = ("vorbis", "libvorbis", "opus", "libopus")
 # A WAV sample's NumPy dtype (jaxmir.pcm.WAV_DTYPES) -> (FFmpeg's decoder for it, the sample
 # format it decodes to), for the WAV files read without FFmpeg; FFmpeg decodes 24-bit PCM ("<i3")
 # to 32-bit samples.
@@ -217,7 +220,10 @@ class AudioBlocks:
             head = self._file.read(12)  # RIFF/WAVE or not: other files are read no further here
             if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
                 self._wav_header = _wav_header(head + self._file.read(_WAV_HEAD - len(head)))
-            layout = _wav_layout(self._wav_header, os.fstat(self._file.fileno()).st_size)
+            size = os.fstat(self._file.fileno()).st_size
+            layout = _wav_layout(self._wav_header, size)
+            if layout is not None and _another_data_chunk(self._file, self._wav_header, size):
+                layout = None  # FFmpeg reads the last, as the wheel's did
         except OSError:
             layout = None
         if layout is None and self._file is not None:
@@ -260,8 +266,9 @@ class AudioBlocks:
 
         skip_start = 0
         trims = self.mode == "essentia"  # the decoder only reports the trimming (skip_manual)
-        keep_end = trims and self.codec in _KEEPS_END_PADDING
-        keep_start = trims and self._demuxer in _KEEPS_START_PADDING
+        keep_end = trims and (self._demuxer, self.codec) in _KEEPS_END_PADDING
+        keep_start = trims and self._demuxer in _KEEPS_START_PADDING and not (
+            self._demuxer == "matroska" and self.codec in _TRIMS_OWN_DELAY)
         fifo = av.AudioFifo()
         for frame in self._frames():
             if trims and self._mp3.tag_frame is not None:
@@ -676,6 +683,27 @@ def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
         return None
     return _WavLayout(header.sample_rate, header.channels, header.data_offset, size // frame,
                       size // frame, header.dtype, codec, kind)
+
+
+_CHUNKS_AFTER_DATA = 64  # chunks looked at behind a WAV's data for another data chunk
+
+
+def _another_data_chunk(file: BinaryIO, header: WavHeader, file_size: int) -> bool:
+    """Whether another ``data`` chunk follows the first, among the chunks behind it (a LIST or
+    ``id3 `` chunk usually): FFmpeg's WAV demuxer, today's and the wheel's, then reads the
+    last one's samples. A header that declares no length has no chunk behind its data."""
+    if not header.data_size:
+        return False
+    at = header.data_offset + header.data_size + (header.data_size & 1)
+    for _ in range(_CHUNKS_AFTER_DATA):
+        if at + 8 > file_size:
+            return False
+        file.seek(at)
+        name, size = struct.unpack("<4sI", file.read(8))
+        if name == b"data":
+            return True
+        at += 8 + size + (size & 1)
+    return False
 
 
 # An Ogg page: "OggS", version 0, header type (0x04: the stream's last page), granule position,

@@ -98,6 +98,20 @@ def encode(path: Path, data: np.ndarray, rate: int, codec: str, bit_rate: int | 
     return path
 
 
+def remux(source: Path, path: Path) -> Path:
+    """``source``'s audio packets, unchanged, in the container ``path``'s extension names."""
+    import av
+
+    with av.open(str(source)) as reader, av.open(str(path), "w") as writer:
+        audio = reader.streams.audio[0]
+        stream = writer.add_stream_from_template(audio)
+        for packet in reader.demux(audio):
+            if packet.dts is not None:  # the flush packet
+                packet.stream = stream
+                writer.mux(packet)
+    return path
+
+
 def ape_tag(key: bytes, value: bytes) -> bytes:
     """An APEv2 tag of one binary item, header and footer."""
     item = struct.pack("<II", len(value), 2) + key + b"\x00" + value
@@ -185,6 +199,22 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["header_without_counts.mp3"] = folder / "header_without_counts.mp3"
     made["header_without_counts.mp3"].write_bytes(
         id3v2_tag(100) + audio[:info + 8] + bytes(8) + audio[info + 16:])
+    # Matroska: its codec delay, which 2.8's demuxer did not signal (the wheel keeps those
+    # samples) but for Vorbis's, and the Vorbis end padding it did signal (the wheel trims it)
+    for name, codec in CONTAINERS.items():
+        if codec is not None:
+            made[name] = encode(folder / name, signal(44100, 2, 0.5, 16), 44100, codec, 128000,
+                                timestamps=True)
+    made["vorbis_in.webm"] = remux(made["stereo_44k1.ogg"], folder / "vorbis_in.webm")
+    # two data chunks: FFmpeg, today's and the wheel's, reads the last
+    first, second = (np.round(signal(22050, 1, 0.5, seed)[:, 0] * 32767).astype("<i2").tobytes()
+                     for seed in (17, 18))
+    body = (b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 22050, 44100, 2, 16)
+            + b"data" + struct.pack("<I", len(first)) + first
+            + b"LIST" + struct.pack("<I", 4) + b"INFO"
+            + b"data" + struct.pack("<I", len(second)) + second)
+    made["two_data_chunks.wav"] = folder / "two_data_chunks.wav"
+    made["two_data_chunks.wav"].write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     long = encode(folder / "long.mp3", signal(44100, 2, 0.5, 5, seconds=20.0), 44100, "libmp3lame", 128000)
     data = bytearray(long.read_bytes())
     middle = len(data) // 2
@@ -221,9 +251,12 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
           "mono_6k.wav", "mono_384k.wav", "mono_100hz.wav",
           "page_flipped.ogg", "ape_tag_at_end.mp3", "picture_tag_at_end.mp3",
           "lyrics_and_id3v1.mp3"]
+# lossy codecs in Matroska (name: the encoder; None: remuxed from Ogg), and a WAV of two data chunks
+CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp2",
+              "vorbis_in.webm": None, "two_data_chunks.wav": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
-LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS))  # AudioLoader's of these
+LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
 ESSENTIA_ONLY = ["pages_damaged.ogg"]  # compared in a test of their own
 
 
