@@ -832,6 +832,15 @@ def test_aac_files_decode_whole_and_are_walked(tmp_path, suffix):
     assert expand([str(tmp_path)]) == [str(path)]
 
 
+def test_every_container_of_the_decoding_tests_is_walked(files):
+    """A folder walk found neither ``.webm`` (audio-only WebM: what video sites' downloads of
+    music are) nor ``.mp2``, which decode as Essentia decodes them."""
+    from jaxmir.collection.inputs import AUDIO_EXTENSIONS
+
+    for suffix in {Path(name).suffix for name in files} | {".mp2"}:
+        assert suffix in AUDIO_EXTENSIONS, suffix
+
+
 def test_an_mp3_read_from_a_pipe_keeps_all_its_samples():
     """FFmpeg reads a pipe's bytes once: the MP3 length-header check opened the path again and
     took up to 64 kB from it (half of an 8-s file: fewer patches, status ok, no warning)."""

@@ -20,7 +20,8 @@ from jaxmir.errors import InputError
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif",
                               ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".m4a",
-                              ".m4b", ".aac", ".wma", ".mka", ".ac3", ".wv", ".ape"})
+                              ".m4b", ".aac", ".wma", ".mka", ".webm", ".ac3", ".mp2", ".wv",
+                              ".ape"})
 
 
 @dataclasses.dataclass(frozen=True)
