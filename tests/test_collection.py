@@ -25,7 +25,7 @@ from conftest import (BF16_STEP, EMBEDDINGS_RTOL, ROOT, TAGS_ATOL, child_env, re
 from jaxmir.collection import Options, arguments, collect, commands, compute, inputs, local, outputs
 from jaxmir.collection.rows import same_outputs
 from jaxmir.decode import DamagedAudioWarning
-from jaxmir.errors import AudioError, InputError
+from jaxmir.errors import AudioError, InputError, JaxmirWarning
 
 
 def _write(path: Path, seconds: float, rate: int, channels: int, seed: int) -> Path:
@@ -698,6 +698,56 @@ def test_a_second_run_on_an_output_stops_at_once(model, tmp_path, kind):
     with outputs.exclusive(str(out)):
         with pytest.raises(InputError, match="is being written by another jaxmir run"):
             collect(model, [str(clip)], str(link), name="msd-musicnn", jobs=0, progress=False)
+
+
+def test_an_output_spelt_another_way_is_held_by_the_same_lock(model, tmp_path, monkeypatch):
+    """The lock was named from the output as typed: `-o .`, `-o sub/..` or `-o link/.` each took
+    another lock than `-o $PWD`, so two runs wrote one .npy folder at once (30 of 60 rows named
+    the other run's array)."""
+    clip = _write(tmp_path / "in" / "a.wav", 3.0, 16000, 1, 0)
+    out = tmp_path / "arrays"
+    (out / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(out)
+    monkeypatch.chdir(out)
+    for spelt in (".", "./", "sub/..", str(tmp_path / "link" / "."), str(tmp_path / "link")):
+        with outputs.exclusive(str(out)):
+            with pytest.raises(InputError, match="is being written by another jaxmir run"):
+                collect(model, [str(clip)], spelt, command="embed", name="msd-musicnn", jobs=0,
+                        progress=False)
+
+
+def test_a_run_leaves_the_temporaries_of_a_collection_inside_its_output_alone(tmp_path):
+    """A run removed every array temporary below its folder, a nested collection's too, which
+    another run was writing (that run then failed: 'cannot write nest/inner/')."""
+    nest = tmp_path / "nest"
+    (nest / "inner").mkdir(parents=True)
+    (nest / "inner" / outputs.INDEX).write_text("")
+    theirs = nest / "inner" / ".f03.npy.a1b2c3d4.tmp"
+    ours = nest / ".f03.npy.a1b2c3d4.tmp"
+    for temporary in (theirs, ours):
+        temporary.write_bytes(b"half an array")
+    outputs._remove_array_temporaries(nest)
+    assert theirs.exists() and not ours.exists()
+
+
+@pytest.mark.parametrize("kind", ["tags.csv", "tags.parquet", "arrays"])
+def test_an_output_among_the_inputs_is_left_out_of_them(model, tmp_path, kind):
+    """`jaxmir tag in/* -o in/tags.parquet`, run again, named its own output among its inputs:
+    a Parquet folder was refused ('no audio files in this folder'), a CSV decoded as audio (an
+    error row and exit status 1 on every run); so did an @list naming the output."""
+    clip = _write(tmp_path / "in" / "a.wav", 3.0, 16000, 1, 0)
+    out = tmp_path / "in" / kind
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{clip}\n{out}\n")
+    command = "embed" if kind == "arrays" else "tag"
+    run = lambda paths: collect(model, paths, str(out), command=command, name="msd-musicnn",
+                                jobs=0, progress=False)
+    assert run([str(clip)]).ok == 1
+    for paths in ([str(clip), str(out)], [f"@{listing}"]):
+        with pytest.warns(JaxmirWarning, match=f"{re.escape(str(out))}: the output of this run; "
+                                                "left out of its inputs"):
+            summary = run(paths)
+        assert summary.ok == 0 and summary.failed == 0 and summary.skipped == 1
 
 
 def test_long_output_names_sharing_their_first_bytes_have_their_own_locks(tmp_path):

@@ -129,7 +129,7 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                                  per_patch=per_patch, flush_rows=flush_rows, actors=actors,
                                  processes=processes, jobs=jobs):
         warnings.warn(line, IgnoredSettingWarning, stacklevel=2)
-    sources = [inputs.examine(p) for p in inputs.expand(paths)]
+    sources = [inputs.examine(p) for p in inputs.expand(paths, output)]
     with exclusive(output):
         if engine == "ray" and _has_work(output, layout, sources, kind, overwrite):
             ray_engine.connect()

@@ -13,10 +13,11 @@ import codecs
 import dataclasses
 import os
 import stat
+import warnings
 from pathlib import Path
 from typing import Container, Iterable, Sequence
 
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, JaxmirWarning
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif",
                               ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".m4a",
@@ -144,23 +145,28 @@ def _listed(base: Path, line: str) -> str:
     return str(exact if os.path.lexists(exact) else base / line.strip())
 
 
-def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]) -> list[str]:
+def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike],
+           output: str | os.PathLike | None = None) -> list[str]:
     """Absolute paths of the audio files that ``arguments`` name, each file once (by its name
     without links where it has one, else by the name met first).
 
     Arguments are files, folders or ``@list.txt`` (one of them alone, or a
     sequence); a name that does not exist is kept (it becomes a failed row
-    naming it), an empty folder is an error.
+    naming it), an empty folder is an error. A name that is the run's ``output``, or lies
+    in it (``in/*`` once ``-o in/tags.csv`` is written), is left out with a warning.
     """
     if isinstance(arguments, (str, bytes, os.PathLike)):  # one name, not a sequence of characters
         arguments = [arguments]
     paths: list[str] = []
     for argument in map(os.fsdecode, arguments):
-        if argument.startswith("@") and len(argument) > 1:
+        if output is not None and _within(argument, output):
+            warnings.warn(f"{argument}: the output of this run; left out of its inputs",
+                          JaxmirWarning, stacklevel=2)
+        elif argument.startswith("@") and len(argument) > 1:
             listed = _read_list(argument[1:])
             if not listed:  # as an empty folder: a run of nothing is a mistake
                 raise InputError(f"{argument}: names no files (only blank lines and # comments)")
-            paths += expand(listed)
+            paths += expand(listed, output)
         elif os.path.isdir(argument):
             files = audio_files(Path(argument))
             if not files:
@@ -170,6 +176,12 @@ def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.Path
         else:
             paths.append(argument)
     return once_each([os.path.abspath(path) for path in paths])
+
+
+def _within(path: str, output: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``output`` or lies in it, whatever the links on the way."""
+    path, output = os.path.realpath(path), os.path.realpath(output)
+    return path == output or path.startswith(output.rstrip(os.sep) + os.sep)
 
 
 def folders_named(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]

@@ -127,7 +127,7 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
     interleave rows). The lock goes with the process, killed or not; the empty
     file stays, so that no run ever locks a file another has just removed.
     """
-    path = Path(output)
+    path = Path(os.path.realpath(output))  # `-o .` and `-o $PWD`, through a link or not: one lock
     check_writable(path.parent)
     with open(path.parent / _lock_name(path.name), "ab") as handle:
         if fcntl is not None:
@@ -461,8 +461,12 @@ def _remove_empty_folders(folder: Path, top: Path) -> None:
 
 def _remove_array_temporaries(path: Path) -> None:
     """Remove the arrays a killed run was writing (``.<name>.npy.<random>.tmp``, as large as the
-    arrays): no other run writes here (:func:`exclusive`), so none of them is being written."""
-    for folder, _, names in os.walk(path):
+    arrays): no other run writes here (:func:`exclusive`), so none of them is being written.
+    A folder holding an index of its own is another collection, which another run may be
+    writing: its arrays are left alone."""
+    for folder, subfolders, names in os.walk(path):
+        subfolders[:] = [name for name in subfolders
+                         if not os.path.exists(os.path.join(folder, name, INDEX))]
         for name in names:
             if is_temporary(name, ".npy"):
                 with contextlib.suppress(OSError):
