@@ -716,6 +716,19 @@ def test_an_output_spelt_another_way_is_held_by_the_same_lock(model, tmp_path, m
                         progress=False)
 
 
+@pytest.mark.parametrize("kind", ["tags.parquet", "tags.csv", "arrays"])
+def test_an_output_that_is_a_loop_of_links_says_so(model, tmp_path, kind):
+    """'Not a directory' or 'File exists' for a Parquet or .npy output, and a CSV's loop was
+    replaced by a file without a word; `jaxmir tag FILE -o loop` said what it is."""
+    clip = _write(tmp_path / "in" / "a.wav", 3.0, 16000, 1, 0)
+    loop = tmp_path / kind
+    loop.symlink_to(loop)
+    with pytest.raises(InputError, match=r"is a link that leads to no file \(a loop\)"):
+        collect(model, [str(clip)], str(loop), command="embed" if kind == "arrays" else "tag",
+                name="msd-musicnn", jobs=0, progress=False)
+    assert loop.is_symlink()
+
+
 def test_a_run_leaves_the_temporaries_of_a_collection_inside_its_output_alone(tmp_path):
     """A run removed every array temporary below its folder, a nested collection's too, which
     another run was writing (that run then failed: 'cannot write nest/inner/')."""

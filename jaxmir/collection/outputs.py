@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -67,6 +68,12 @@ def followed(output: str) -> str:
     through two names then share one lock, and a resumed run rewrites the link's target instead
     of replacing the link by a file."""
     bare = output.rstrip("/" + os.sep) or output
+    try:
+        os.stat(bare)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a link to itself, or a chain of them, on the way
+            raise InputError(f"--output {output} is a link that leads to no file (a loop)") \
+                from None
     return os.path.realpath(bare) if os.path.islink(bare) else output
 
 
