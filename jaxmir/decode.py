@@ -182,6 +182,12 @@ class AudioBlocks:
             self.declared_frames = _declared_frames(self._container, self._stream,
                                                     self._wav_header, self._mp3)
             self._exact_length = self._demuxer in _EXACT_LENGTHS
+            # the wheel's 2.8 decodes each next stream of a chained Ogg Vorbis file as a fresh
+            # decoder does, keeping its first samples; today's decoder carries its overlap
+            # across the join (448 samples more there, and everything after it shifted)
+            self._restarts_at_chains = mode == "essentia" and self._demuxer == "ogg" \
+                and self.codec == "vorbis"
+            self._at_join = False  # the frame being read is the first of a chain's next stream
             self._unfinished_ogg = _unfinished_ogg(self.path, self._container)
         except Exception:
             self.close()
@@ -291,6 +297,8 @@ class AudioBlocks:
             yield from self._emit(fifo, 0)  # what is queued comes first
             data = _to_float(frame)
             start, end = _skip_samples(frame)
+            if self._at_join:  # a fresh decoder's first samples, which the wheel's kept
+                start = 0
             skip_start += start
             cut = min(skip_start, data.shape[0])
             skip_start -= cut
@@ -361,8 +369,16 @@ class AudioBlocks:
             except av.error.FFmpegError as err:  # a read error: the rest of the file is lost
                 self._read_error = ffmpeg_reason(err)
                 packet = None
+            restarted = False
+            if self._restarts_at_chains and packet is not None:
+                headers = _new_headers(packet)
+                if headers is not None:
+                    self._decoder = _decoder(self._stream, self.mode, headers)
+                    restarted = True
             try:
-                yield from self._decoder.decode(packet)
+                for frame in self._decoder.decode(packet):
+                    self._at_join, restarted = restarted, False
+                    yield frame
             except av.error.EOFError:
                 pass
             except av.error.FFmpegError:
@@ -522,25 +538,35 @@ def ffmpeg_reason(err) -> str:
     return f"FFmpeg: {reason[:1].lower()}{reason[1:]}" if reason else str(err)
 
 
-def _decoder(stream, mode: str):
-    """The codec context that decodes ``stream`` in ``mode``."""
+def _decoder(stream, mode: str, headers: bytes | None = None):
+    """The codec context that decodes ``stream`` in ``mode``; a fresh one taking ``headers`` (the
+    next stream's of a chained file) for extradata when they are given."""
     import av
 
     default = stream.codec_context
     if mode == "float":
         return default
-    name = _FIXED_POINT.get(default.name)
+    name = _FIXED_POINT.get(default.name, default.name if headers is not None else None)
     context = default
     if name is not None:
         context = av.CodecContext.create(name, "r")
         context.sample_rate = default.sample_rate
         context.layout = default.layout
-        if default.extradata:
-            context.extradata = default.extradata
+        if headers or default.extradata:
+            context.extradata = headers or default.extradata
     # Report the encoder delay and padding instead of trimming them: the
     # wheel's FFmpeg 2.8 trimmed some but not all (see _KEEPS_END_PADDING).
     context.options = {**context.options, "flags2": "+skip_manual"}
     return context
+
+
+def _new_headers(packet) -> bytes | None:
+    """The headers of the stream ``packet`` begins, where FFmpeg's demuxer attached them (the
+    first packet of each stream after the first in a chained Ogg file), else ``None``."""
+    has = getattr(packet, "has_sidedata", None)  # PyAV 14 and later
+    if has is None or not packet.size or not has("new_extradata"):
+        return None
+    return bytes(packet.get_sidedata("new_extradata"))
 
 
 def _skip_samples(frame) -> tuple[int, int]:

@@ -206,6 +206,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
             made[name] = encode(folder / name, signal(44100, 2, 0.5, 16), 44100, codec, 128000,
                                 timestamps=True)
     made["vorbis_in.webm"] = remux(made["stereo_44k1.ogg"], folder / "vorbis_in.webm")
+    # a chained Ogg Vorbis file: the wheel decodes the second stream as a fresh decoder does
+    second = folder / "second.ogg"
+    soundfile.write(second, signal(44100, 2, 0.5, 19, seconds=2.0), 44100, format="OGG",
+                    subtype="VORBIS")
+    made["chained.ogg"] = folder / "chained.ogg"
+    made["chained.ogg"].write_bytes(made["stereo_44k1.ogg"].read_bytes() + second.read_bytes())
     # two data chunks: FFmpeg, today's and the wheel's, reads the last
     first, second = (np.round(signal(22050, 1, 0.5, seed)[:, 0] * 32767).astype("<i2").tobytes()
                      for seed in (17, 18))
@@ -251,9 +257,10 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
           "mono_6k.wav", "mono_384k.wav", "mono_100hz.wav",
           "page_flipped.ogg", "ape_tag_at_end.mp3", "picture_tag_at_end.mp3",
           "lyrics_and_id3v1.mp3"]
-# lossy codecs in Matroska (name: the encoder; None: remuxed from Ogg), and a WAV of two data chunks
+# lossy codecs in Matroska (name: the encoder; None: made otherwise), Vorbis in WebM, a chained
+# Ogg Vorbis file and a WAV of two data chunks
 CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp2",
-              "vorbis_in.webm": None, "two_data_chunks.wav": None}
+              "vorbis_in.webm": None, "chained.ogg": None, "two_data_chunks.wav": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
