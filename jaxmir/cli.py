@@ -93,7 +93,7 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     """``(model, backbone)``: the model to run, an embedding head joined to ``backbone`` or to the
     one its JSON names; and that backbone (``None`` for a model that runs on audio by itself)."""
     import jaxmir
-    from jaxmir.loading import backbone_name, backbone_of
+    from jaxmir.loading import backbone_name, backbone_of, trained_on_file
 
     model = jaxmir.load(name or catalog.default_name())
     if model.architecture != "head":
@@ -106,7 +106,13 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
         if backbone:  # the usual way to run a head: a note, not a warning
             print(f"jaxmir: {printable(str(model.source))} is an embedding head; using the "
                   f"backbone its metadata names: {printable(backbone)}", file=sys.stderr)
-        elif (named := backbone_name(model)) is not None:
+        elif (named := backbone_name(model)) is not None and trained_on_file(model):
+            raise jaxmir.InputError(
+                f"{model.source} is an embedding head trained on the backbone file "
+                f"'{named[:200]}' (its sha256 in the metadata), which is not beside it "
+                f"({named[:200]}.npz or .pb); put it there, or give it with --backbone PATH (a "
+                "shipped model of that name may hold other weights)")
+        elif named is not None:
             raise jaxmir.InputError(
                 f"{model.source} is an embedding head whose metadata names the backbone "
                 f"'{named[:200]}', which is neither beside it ({named[:200]}.npz or .pb) nor a "
@@ -759,7 +765,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
-    from jaxmir.loading import backbone_name, backbone_of
+    from jaxmir.loading import backbone_name, backbone_of, trained_on_file
 
     model = _load_model(args.model, args.backbone, audio=False)[0]
     text = model.describe()
@@ -767,7 +773,7 @@ def cmd_info(args) -> int:
         found = backbone_of(model)
         text += (f"\nbackbone (its metadata's): {named}" + (
             f", found: {found} (jaxmir info --backbone {found} describes both)" if found
-            else ", not found beside it nor shipped"))
+            else ", not found beside it" + ("" if trained_on_file(model) else " nor shipped")))
     _emit(text + "\n", None)
     return EXIT_OK
 

@@ -247,20 +247,29 @@ def warn_of_another_backbone(head: Model, backbone: Model) -> None:
                       "outputs are meaningless", JaxmirWarning, stacklevel=3)
 
 
+def trained_on_file(head: Model) -> bool:
+    """Whether ``head``'s metadata ties it to a backbone file's bytes (their sha256)."""
+    return bool(_embedding_model(head).get("sha256"))
+
+
 def backbone_of(model: Model) -> str | None:
     """The backbone a head's metadata names, if jaxmir has it: a file beside the head named so
     (``NAME-backbone.npz``, which ``train-head --finetune`` writes; ``NAME.pb``, the graph a head
     was trained on, as Essentia finds it; of the two, the one of the bytes the metadata's sha256
-    names), or a shipped model in Essentia's spelling (``msd-musicnn-1`` -> ``msd-musicnn``)."""
+    names), or a shipped model in Essentia's spelling (``msd-musicnn-1`` -> ``msd-musicnn``). A
+    head whose metadata holds a file's sha256 was trained on that file: a shipped model of the
+    name is none of it (``msd-musicnn-3.pb`` may hold any weights), so it is not taken."""
     name = backbone_name(model) or ""
+    trained_on = _embedding_model(model).get("sha256")
     if name and model.source and os.sep not in name:
         besides = (Path(model.source).with_name(name + suffix) for suffix in (WEIGHTS_SUFFIX, ".pb"))
         found = [str(beside) for beside in besides if _is_file(beside)]
-        trained_on = _embedding_model(model).get("sha256")
         if len(found) > 1 and trained_on:  # a graph converted beside it (NAME.npz from NAME.pb)
             found = [path for path in found if catalog.sha256(path) == trained_on] or found
         if found:
             return found[0]
+    if trained_on:
+        return None
     for shipped in catalog.names():
         version = name[len(shipped) + 1:]
         if name == shipped or (name.startswith(shipped + "-") and version.isdigit()):

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -735,6 +736,35 @@ def test_a_head_runs_on_the_backbone_its_metadata_names_in_every_engine(capsys, 
     monkeypatch.setattr(ray_engine, "run", lambda name, backbone, *rest: given.append(backbone))
     status, _, err = run(capsys, *tag, "--engine", "ray", "--overwrite")
     assert status == 0 and given == ["msd-musicnn"], err
+
+
+def test_a_head_trained_on_a_backbone_file_does_not_run_on_a_shipped_model_of_its_name(
+        capsys, wavs, tmp_path):
+    """A head trained on `msd-musicnn-3.pb` (any weights: here Dortmund's genre model) ran, its
+    file gone from beside it, on the shipped msd-musicnn, with a warning of 'other bytes' that
+    a head trained on Essentia's own msd-musicnn-1.pb gave too (a .pb's digest against an .npz's):
+    wrong outputs, exit status 0. The file is asked for; beside the head it is taken."""
+    import jax
+
+    from jaxmir.train import export, fit
+
+    graph = tmp_path / "graphs" / "msd-musicnn-3.pb"
+    graph.parent.mkdir()
+    shutil.copy(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"), graph)
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    head = export.export_head(params, "softmax", ("a", "b"), tmp_path / "head", str(graph),
+                              (187, 96), "model/dense/BiasAdd")[".pb"]
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", str(head))
+    assert status == 1 and out == "", err
+    assert f"{head} is an embedding head trained on the backbone file 'msd-musicnn-3' (its " \
+        "sha256 in the metadata), which is not beside it (msd-musicnn-3.npz or .pb); put it " \
+        "there, or give it with --backbone PATH" in err, err
+    status, out, err = run(capsys, "info", str(head))
+    assert status == 0 and "backbone (its metadata's): msd-musicnn-3, not found beside it\n" in out
+    shutil.copy(graph, tmp_path / "msd-musicnn-3.pb")
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", str(head))
+    assert status == 0 and "warning" not in err, err
+    assert f"using the backbone its metadata names: {tmp_path / 'msd-musicnn-3.pb'}" in err
 
 
 def test_vggish_model_from_the_command_line(capsys):
