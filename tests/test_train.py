@@ -1112,6 +1112,14 @@ def test_an_output_that_names_a_folder_is_refused_before_reading_audio(output, o
         fit_head(dataset, backbone="no-such-backbone", cache=False, output=output, overwrite=overwrite)
 
 
+@pytest.mark.parametrize("given", ["heads/C", "heads/C.pb", "heads/C.PB", "heads/C.Json",
+                                   "heads/C.NPZ"])
+def test_a_head_s_files_are_named_whatever_the_case_of_the_suffix_given(given):
+    """--output heads/C.PB wrote C.PB.pb, C.PB.json and C.PB.npz."""
+    assert {suffix: str(path) for suffix, path in export.output_paths(given).items()} == {
+        ".pb": "heads/C.pb", ".json": "heads/C.json", ".npz": "heads/C.npz"}
+
+
 def test_cli_exits_2_for_an_output_that_names_a_folder(tmp_path, capsys):
     """The command line was wrong, and it exited 1 (tag -o DIR/ exits 2)."""
     for output in ("", f"{tmp_path}/heads/"):

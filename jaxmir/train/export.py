@@ -155,7 +155,7 @@ def output_paths(output: str | os.PathLike) -> dict[str, Path]:
         raise OptionError(f"--output {text!r} names a folder; give the head's name, such as "
                           f"{os.path.join(text, 'my_head') if text else 'my_head'} (it writes "
                           "my_head.pb, my_head.json and my_head.npz)")  # by its name: exit 2
-    if output.suffix in SUFFIXES:
+    if output.suffix.lower() in SUFFIXES:  # heads/C.PB: C.pb, not C.PB.pb
         output = output.with_suffix("")
     return {suffix: output.with_name(output.name + suffix) for suffix in SUFFIXES}
 
