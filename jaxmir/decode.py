@@ -158,7 +158,7 @@ class AudioBlocks:
             self._exact_length = True
             self._iterator = self._blocks()
             return
-        self._container, self._patched = _open(self.path, fix_ogg_checksums=mode == "essentia")
+        self._container, self._patched = _open(self.path, as_the_wheel=mode == "essentia")
         self._bad_pages = len(self._patched.patches) if self._patched is not None else 0
         try:
             self._stream = self._container.streams.audio[0]
@@ -482,11 +482,12 @@ def folder_problem(path: str) -> str:
     return f"is a directory; expected {ACCEPTED}"
 
 
-def _open(path: str, fix_ogg_checksums: bool = False):
+def _open(path: str, as_the_wheel: bool = False):
     """``(container, patched)``: ``path`` opened with FFmpeg, every failure an AudioError naming
-    the file. With ``fix_ogg_checksums``, an Ogg file with pages whose checksum fails is read
-    through ``patched``, an :class:`~jaxmir.ogg.PatchedFile` where they pass (``None``
-    otherwise), so that FFmpeg decodes those pages as FFmpeg 2.8 did."""
+    the file. ``as_the_wheel``: as FFmpeg 2.8 read it, an Ogg file with pages whose checksum
+    fails through ``patched``, an :class:`~jaxmir.ogg.PatchedFile` where they pass (``None``
+    otherwise), so that FFmpeg decodes those pages as 2.8 did, and an MP4 file's edit list
+    left unapplied."""
     if not os.path.exists(path):
         raise AudioError(f"{path}: {missing_reason(path)}; expected {ACCEPTED}")
     if os.path.isdir(path):
@@ -494,12 +495,15 @@ def _open(path: str, fix_ogg_checksums: bool = False):
     if os.path.isfile(path) and os.path.getsize(path) == 0:  # FFmpeg's words differ by extension
         raise AudioError(f"{path}: is empty (0 bytes); expected {ACCEPTED}")
     fixes = {}
-    if fix_ogg_checksums and os.path.isfile(path):
+    if as_the_wheel and os.path.isfile(path):
         with contextlib.suppress(OSError):  # unreadable: FFmpeg's open says so below
             fixes = ogg.bad_checksums(path)
     patched = ogg.PatchedFile(path, fixes) if fixes else None
+    # 2.8's MP4 demuxer applied no edit list: today's drops the packets a damaged sample table's
+    # timestamps put outside one (1.2 s of 6 for one byte of an stts entry)
+    options = {"ignore_editlist": "1"} if as_the_wheel else {}
     try:
-        container = _opened(path, path if patched is None else patched)
+        container = _opened(path, path if patched is None else patched, options)
         if not container.streams.audio:
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]
             container.close()
@@ -512,12 +516,13 @@ def _open(path: str, fix_ogg_checksums: bool = False):
     return container, patched
 
 
-def _opened(path: str, source):
-    """``av.open(source)``, its failures AudioErrors naming ``path``."""
+def _opened(path: str, source, options: dict[str, str]):
+    """``av.open(source)`` with the demuxer's ``options``, its failures AudioErrors naming
+    ``path``."""
     import av
 
     try:
-        return av.open(source, "r")
+        return av.open(source, "r", options=options)
     except PermissionError:  # av.error.PermissionError is one too
         raise AudioError(f"{path}: permission denied; the file exists but cannot be opened for "
                          "reading") from None

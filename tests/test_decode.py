@@ -212,6 +212,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
                     subtype="VORBIS")
     made["chained.ogg"] = folder / "chained.ogg"
     made["chained.ogg"].write_bytes(made["stereo_44k1.ogg"].read_bytes() + second.read_bytes())
+    # one byte of a sample table's time deltas: today's demuxer applies the edit list to the
+    # timestamps it makes, dropping packets; the wheel's applied none
+    data = bytearray(made["stereo_44k1.m4a"].read_bytes())
+    data[data.index(b"stts") + 18] ^= 1  # the first run's delta, 1024 -> 1280
+    made["stts_damaged.m4a"] = folder / "stts_damaged.m4a"
+    made["stts_damaged.m4a"].write_bytes(bytes(data))
     # two data chunks: FFmpeg, today's and the wheel's, reads the last
     first, second = (np.round(signal(22050, 1, 0.5, seed)[:, 0] * 32767).astype("<i2").tobytes()
                      for seed in (17, 18))
@@ -258,9 +264,10 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
           "page_flipped.ogg", "ape_tag_at_end.mp3", "picture_tag_at_end.mp3",
           "lyrics_and_id3v1.mp3"]
 # lossy codecs in Matroska (name: the encoder; None: made otherwise), Vorbis in WebM, a chained
-# Ogg Vorbis file and a WAV of two data chunks
+# Ogg Vorbis file, an M4A of a damaged sample table and a WAV of two data chunks
 CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp2",
-              "vorbis_in.webm": None, "chained.ogg": None, "two_data_chunks.wav": None}
+              "vorbis_in.webm": None, "chained.ogg": None, "stts_damaged.m4a": None,
+              "two_data_chunks.wav": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
