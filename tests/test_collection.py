@@ -743,8 +743,8 @@ def test_a_run_leaves_the_temporaries_of_a_collection_inside_its_output_alone(tm
     assert theirs.exists() and not ours.exists()
 
 
-@pytest.mark.parametrize("kind", ["tags.csv", "tags.parquet", "arrays"])
-def test_an_output_among_the_inputs_is_left_out_of_them(model, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["tags.csv", "tags.parquet", "tags.jsonl"])
+def test_a_table_among_the_inputs_is_left_out_of_them(model, tmp_path, kind):
     """`jaxmir tag in/* -o in/tags.parquet`, run again, named its own output among its inputs:
     a Parquet folder was refused ('no audio files in this folder'), a CSV decoded as audio (an
     error row and exit status 1 on every run); so did an @list naming the output."""
@@ -752,15 +752,30 @@ def test_an_output_among_the_inputs_is_left_out_of_them(model, tmp_path, kind):
     out = tmp_path / "in" / kind
     listing = tmp_path / "list.txt"
     listing.write_text(f"{clip}\n{out}\n")
-    command = "embed" if kind == "arrays" else "tag"
-    run = lambda paths: collect(model, paths, str(out), command=command, name="msd-musicnn",
-                                jobs=0, progress=False)
+    run = lambda paths: collect(model, paths, str(out), name="msd-musicnn", jobs=0,
+                                progress=False)
     assert run([str(clip)]).ok == 1
     for paths in ([str(clip), str(out)], [f"@{listing}"]):
         with pytest.warns(JaxmirWarning, match=f"{re.escape(str(out))}: the output of this run; "
                                                 "left out of its inputs"):
             summary = run(paths)
         assert summary.ok == 0 and summary.failed == 0 and summary.skipped == 1
+
+
+def test_a_folder_of_arrays_may_hold_the_audio_it_is_written_for(model, tmp_path, monkeypatch):
+    """`jaxmir embed e1/*.wav -o e1` and `cd e1; jaxmir embed . -o .` write the arrays beside the
+    audio (the folder is walked for audio alone); leaving out every input inside the output
+    made them do nothing."""
+    folder = tmp_path / "e1"
+    clips = [_write(folder / f"{name}.wav", 3.0, 16000, 1, seed) for seed, name in enumerate("ab")]
+    run = lambda paths, out: collect(model, paths, out, command="embed", name="msd-musicnn",
+                                     jobs=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JaxmirWarning)
+        assert run([str(clip) for clip in clips], str(folder)).ok == 2
+        monkeypatch.chdir(folder)
+        assert run(["."], ".").skipped == 2  # the same files, done
+    assert sorted(os.listdir(folder)) == ["a.npy", "a.wav", "b.npy", "b.wav", "index.jsonl"]
 
 
 def test_long_output_names_sharing_their_first_bytes_have_their_own_locks(tmp_path):

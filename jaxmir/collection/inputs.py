@@ -152,8 +152,9 @@ def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.Path
 
     Arguments are files, folders or ``@list.txt`` (one of them alone, or a
     sequence); a name that does not exist is kept (it becomes a failed row
-    naming it), an empty folder is an error. A name that is the run's ``output``, or lies
-    in it (``in/*`` once ``-o in/tags.csv`` is written), is left out with a warning.
+    naming it), an empty folder is an error. A name that is the run's table ``output`` (a
+    Parquet folder, a CSV or JSONL file), or lies in it (``in/*`` once ``-o in/tags.csv`` is
+    written), is left out with a warning.
     """
     if isinstance(arguments, (str, bytes, os.PathLike)):  # one name, not a sequence of characters
         arguments = [arguments]
