@@ -93,7 +93,7 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     """``(model, backbone)``: the model to run, an embedding head joined to ``backbone`` or to the
     one its JSON names; and that backbone (``None`` for a model that runs on audio by itself)."""
     import jaxmir
-    from jaxmir.loading import backbone_name, backbone_of, trained_on_file
+    from jaxmir.loading import backbone_name, backbone_of, shipped_as, trained_on_file
 
     model = jaxmir.load(name or catalog.default_name())
     if model.architecture != "head":
@@ -110,8 +110,9 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
             raise jaxmir.InputError(
                 f"{model.source} is an embedding head trained on the backbone file "
                 f"'{named[:200]}' (its sha256 in the metadata), which is not beside it "
-                f"({named[:200]}.npz or .pb); put it there, or give it with --backbone PATH (a "
-                "shipped model of that name may hold other weights)")
+                f"({named[:200]}.npz or .pb); put it there, or give it with --backbone PATH"
+                + (" (the shipped model of that name holds other weights)" if shipped_as(named)
+                   else ""))
         elif named is not None:
             raise jaxmir.InputError(
                 f"{model.source} is an embedding head whose metadata names the backbone "

@@ -257,8 +257,8 @@ def backbone_of(model: Model) -> str | None:
     (``NAME-backbone.npz``, which ``train-head --finetune`` writes; ``NAME.pb``, the graph a head
     was trained on, as Essentia finds it; of the two, the one of the bytes the metadata's sha256
     names), or a shipped model in Essentia's spelling (``msd-musicnn-1`` -> ``msd-musicnn``). A
-    head whose metadata holds a file's sha256 was trained on that file: a shipped model of the
-    name is none of it (``msd-musicnn-3.pb`` may hold any weights), so it is not taken."""
+    head whose metadata holds a file's sha256 was trained on that file: a shipped model is taken
+    only where its own file has those bytes (a ``msd-musicnn-3.pb`` may hold any weights)."""
     name = backbone_name(model) or ""
     trained_on = _embedding_model(model).get("sha256")
     if name and model.source and os.sep not in name:
@@ -269,7 +269,15 @@ def backbone_of(model: Model) -> str | None:
         if found:
             return found[0]
     if trained_on:
-        return None
+        entries = catalog.catalog()["models"] if catalog.names() else {}
+        return next((shipped for shipped, entry in entries.items()
+                     if entry["sha256"] == trained_on), None)
+    return shipped_as(name)
+
+
+def shipped_as(name: str) -> str | None:
+    """The shipped model Essentia's file name ``name`` spells (``msd-musicnn-1`` ->
+    ``msd-musicnn``), or ``None``."""
     for shipped in catalog.names():
         version = name[len(shipped) + 1:]
         if name == shipped or (name.startswith(shipped + "-") and version.isdigit()):

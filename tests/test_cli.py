@@ -17,7 +17,7 @@ import soundfile
 
 import jaxmir
 from conftest import BF16_TAGS_ATOL, ROOT, child_env, require, shared_fixture
-from jaxmir import cli
+from jaxmir import catalog, cli
 
 SR = 44100
 
@@ -758,13 +758,21 @@ def test_a_head_trained_on_a_backbone_file_does_not_run_on_a_shipped_model_of_it
     assert status == 1 and out == "", err
     assert f"{head} is an embedding head trained on the backbone file 'msd-musicnn-3' (its " \
         "sha256 in the metadata), which is not beside it (msd-musicnn-3.npz or .pb); put it " \
-        "there, or give it with --backbone PATH" in err, err
+        "there, or give it with --backbone PATH (the shipped model of that name holds other " \
+        "weights)" in err, err
     status, out, err = run(capsys, "info", str(head))
     assert status == 0 and "backbone (its metadata's): msd-musicnn-3, not found beside it\n" in out
     shutil.copy(graph, tmp_path / "msd-musicnn-3.pb")
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", str(head))
     assert status == 0 and "warning" not in err, err
     assert f"using the backbone its metadata names: {tmp_path / 'msd-musicnn-3.pb'}" in err
+    # trained on the shipped model's own file: that model has its bytes
+    own = export.export_head(params, "softmax", ("a", "b"), tmp_path / "own",
+                             str(catalog.path_of("msd-musicnn")), (187, 96),
+                             "model/dense/BiasAdd")[".pb"]
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", str(own))
+    assert status == 0 and "using the backbone its metadata names: msd-musicnn" in err, err
+    assert "warning" not in err
 
 
 def test_vggish_model_from_the_command_line(capsys):
