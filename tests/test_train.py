@@ -395,9 +395,16 @@ def test_cache_reused_keyed_and_safe(tmp_path, audio_set, monkeypatch):
     os.utime(paths[0], ns=(1, 1))  # a changed file is recomputed
     embeddings.cached(compute, paths, key, tmp_path / "cache")
     assert len(calls) == 4
-    monkeypatch.setattr(jaxmir, "__version__", "99.0")  # so is every file for another jaxmir
+    # so is every file for another jaxmir: its version stays 0.1.0 through fixes, its code not
+    monkeypatch.setattr(embeddings, "computed_by", lambda: "jaxmir 0123456789abcdef, jax 9")
     embeddings.cached(compute, paths, key, tmp_path / "cache")
     assert len(calls) == 7
+    package = tmp_path / "package"
+    (package / "sub").mkdir(parents=True)
+    (package / "sub" / "decode.py").write_text("TRIM = 1024\n")
+    before = embeddings.source_digest(package)
+    (package / "sub" / "decode.py").write_text("TRIM = 1105\n")
+    assert embeddings.source_digest(package) != before
 
 
 @pytest.mark.parametrize("problem", ["a file", "a full disk"])

@@ -2,15 +2,17 @@
 
 Each file's ``[patches, features]`` float32 array is stored as a ``.npy``
 (read back with ``allow_pickle=False``), written atomically, under a name
-derived from the backbone, the layer, jaxmir's version and the file's absolute
-path, size and modification time: a changed file, or a jaxmir that decodes or
-computes differently, computes anew; an unchanged one is reused across epochs,
-folds and runs.
+derived from the backbone, the layer, the code that computes it (jaxmir's
+source and JAX's version) and the file's absolute path, size and modification
+time: a changed file, or a jaxmir that decodes or computes differently, computes
+anew; an unchanged one is reused across epochs, folds and runs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import warnings
@@ -40,13 +42,28 @@ def file_identity(path: str | os.PathLike) -> dict:
 
 
 def cache_key(backbone_id: str, layer: str, path: str | os.PathLike, kind: str = "embedding") -> str:
-    """A hex digest naming the cached features of ``path`` as this version of jaxmir computes
-    them (an upgrade that fixes a decoder must not reuse features decoded before)."""
-    from jaxmir import __version__
-
+    """A hex digest naming the cached features of ``path`` as this jaxmir computes them (an
+    upgrade or a fix of a decoder must not reuse features decoded before it)."""
     text = json.dumps({"kind": kind, "backbone": backbone_id, "layer": layer,
-                       "jaxmir": __version__, **file_identity(path)}, sort_keys=True)
+                       "code": computed_by(), **file_identity(path)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def source_digest(package: Path) -> str:
+    """A hex digest of every Python source below ``package``, names and bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def computed_by() -> str:
+    """What computes the features: jaxmir's source (its version stays 0.1.0 through fixes) and
+    JAX's version."""
+    return f"jaxmir {source_digest(Path(__file__).resolve().parents[1])[:16]}, " \
+           f"jax {importlib.metadata.version('jax')}"
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
