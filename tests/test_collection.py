@@ -729,6 +729,26 @@ def test_an_output_that_is_a_loop_of_links_says_so(model, tmp_path, kind):
     assert loop.is_symlink()
 
 
+def test_a_folder_whose_parent_cannot_be_written_holds_its_own_lock(model, tmp_path,
+                                                                     monkeypatch):
+    """`-o .` took its lock in the parent folder once the lock was named from the real path: a
+    user who may write the folder but not its parent could no longer write it."""
+    clip = _write(tmp_path / "in" / "a.wav", 3.0, 16000, 1, 0)
+    out = tmp_path / "home" / "arrays"
+    out.mkdir(parents=True)
+    monkeypatch.setattr(outputs, "unwritable",
+                        lambda folder: "Permission denied" if Path(folder) == out.parent else None)
+    monkeypatch.chdir(out)
+    run = lambda: collect(model, [str(clip)], ".", command="embed", name="msd-musicnn", jobs=0,
+                          progress=False)
+    with outputs.exclusive(str(out)):
+        with pytest.raises(InputError, match="is being written by another jaxmir run"):
+            run()
+    assert run().ok == 1
+    assert sorted(os.listdir(out)) == [outputs.FOLDER_LOCK, "a.npy", "index.jsonl"]
+    assert not (out.parent / ".arrays.lock").exists()
+
+
 def test_a_run_leaves_the_temporaries_of_a_collection_inside_its_output_alone(tmp_path):
     """A run removed every array temporary below its folder, a nested collection's too, which
     another run was writing (that run then failed: 'cannot write nest/inner/')."""

@@ -57,6 +57,7 @@ from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, ERROR, O
 from jaxmir.errors import InputError, OptionError
 
 INDEX = "index.jsonl"
+FOLDER_LOCK = ".jaxmir.lock"
 CSV_COLUMNS = list(BASE_COLUMNS) + ["model", "settings"]  # then one column per label
 PARQUET_COLUMNS = list(BASE_COLUMNS)  # then one per label (tag) or "embedding"; "patches"
 _CSV_COLUMNS_BEFORE_SETTINGS = list(BASE_COLUMNS) + ["model"]  # CSVs written before, still resumed
@@ -127,7 +128,8 @@ def _lock_name(name: str) -> str:
 
 @contextlib.contextmanager
 def exclusive(output: str | os.PathLike) -> Iterator[None]:
-    """Hold the output for one run: ``.<name>.lock`` beside it, locked exclusively.
+    """Hold the output for one run: ``.<name>.lock`` beside it (in it, :data:`FOLDER_LOCK`, for
+    a folder whose parent this user cannot write), locked exclusively.
 
     A second run on the same output stops at once instead of writing beside the
     first (both would number the same Parquet parts and replace each other's, or
@@ -135,8 +137,14 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
     file stays, so that no run ever locks a file another has just removed.
     """
     path = Path(os.path.realpath(output))  # `-o .` and `-o $PWD`, through a link or not: one lock
-    check_writable(path.parent)
-    with open(path.parent / _lock_name(path.name), "ab") as handle:
+    try:
+        check_writable(path.parent)
+        lock = path.parent / _lock_name(path.name)
+    except InputError:
+        if not path.is_dir():
+            raise
+        lock = path / FOLDER_LOCK
+    with open(lock, "ab") as handle:
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
