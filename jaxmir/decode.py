@@ -637,6 +637,11 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
         return duration
     if set(fmt.split(",")) & _BARE_STREAMS:
         return None  # no header: the same guess (a 6.10-s ADTS file "declared" 6.04 s)
+    if "ogg" in fmt.split(","):
+        # no header counts an Ogg stream: FFmpeg's duration is its last page's position, or a
+        # guess from the bit rate behind padding, or across a chain's streams ("6.00 s of the
+        # 16.11 s"); a cut stream is told by its last page (_unfinished_ogg)
+        return None
     return _ffmpeg_frames(container, stream)
 
 

@@ -674,6 +674,17 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert decode_file(whole, strict=True).status == "ok"
+    # whole, but padded with zeros or chained: FFmpeg's duration is a guess from the bit rate
+    # or the chain's last stream, which the file was said to fall short of ("6.00 s of 16.11 s")
+    (tmp_path / "padded.ogg").write_bytes(data + bytes(20_000))
+    short = tmp_path / "short.ogg"
+    soundfile.write(short, signal(48000, 2, 0.5, 4, seconds=1.0), 48000, format="OGG",
+                    subtype=subtype)
+    (tmp_path / "short_then_long.ogg").write_bytes(short.read_bytes() + data)
+    for name in ("padded.ogg", "short_then_long.ogg"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert decode_file(tmp_path / name, strict=True).status == "ok", name
     # cut within its headers: FFmpeg's end of file, once told as "[Errno 541478725] End of file:
     # '...whole path...'"
     (tmp_path / "headers.ogg").write_bytes(data[:len(data) // 100])
