@@ -677,11 +677,13 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
     # whole, but padded with zeros or chained: FFmpeg's duration is a guess from the bit rate
     # or the chain's last stream, which the file was said to fall short of ("6.00 s of 16.11 s")
     (tmp_path / "padded.ogg").write_bytes(data + bytes(20_000))
-    short = tmp_path / "short.ogg"
-    soundfile.write(short, signal(48000, 2, 0.5, 4, seconds=1.0), 48000, format="OGG",
-                    subtype=subtype)
-    (tmp_path / "short_then_long.ogg").write_bytes(short.read_bytes() + data)
-    for name in ("padded.ogg", "short_then_long.ogg"):
+    chain = b""
+    for seed, seconds in enumerate((2.5, 2.0, 1.5)):
+        soundfile.write(tmp_path / "part.ogg", signal(48000, 2, 0.5, seed, seconds=seconds),
+                        48000, format="OGG", subtype=subtype)
+        chain += (tmp_path / "part.ogg").read_bytes()
+    (tmp_path / "chained.ogg").write_bytes(chain)
+    for name in ("padded.ogg", "chained.ogg"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert decode_file(tmp_path / name, strict=True).status == "ok", name
