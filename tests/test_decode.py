@@ -678,9 +678,14 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
     # or the chain's last stream, which the file was said to fall short of ("6.00 s of 16.11 s")
     (tmp_path / "padded.ogg").write_bytes(data + bytes(20_000))
     chain = b""
-    for seed, seconds in enumerate((2.5, 2.0, 1.5)):
-        soundfile.write(tmp_path / "part.ogg", signal(48000, 2, 0.5, seed, seconds=seconds),
-                        48000, format="OGG", subtype=subtype)
+    for seed, seconds in zip((11, 12, 13), (2.5, 2.0, 1.5)):  # tones in each channel, and hiss
+        rng, t = np.random.default_rng(seed), np.arange(int(48000 * seconds)) / 48000
+        tones = [sum(0.06 * (1 + np.sin(2 * np.pi * rng.uniform(0.5, 3) * t + rng.uniform(0, 6)))
+                     * np.sin(2 * np.pi * f * t + rng.uniform(0, 6))
+                     for f in rng.uniform(110, 2000, 5)) + 0.01 * rng.standard_normal(t.size)
+                 for _ in range(2)]
+        soundfile.write(tmp_path / "part.ogg", np.stack(tones, axis=1), 48000, format="OGG",
+                        subtype=subtype)
         chain += (tmp_path / "part.ogg").read_bytes()
     (tmp_path / "chained.ogg").write_bytes(chain)
     for name in ("padded.ogg", "chained.ogg"):
