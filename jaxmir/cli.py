@@ -573,6 +573,9 @@ def _stream_command(args, interrupted: dict) -> int:
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)
+    if is_regressor(model) and args.top != 5 and not args.all and output == "predictions":
+        _warn("--top is ignored: a regression head's values are all listed, in their order, "
+              "not ranked")
     _check_stream_options(args)
     if args.input != "-":
         raise OptionError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "

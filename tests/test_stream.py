@@ -717,6 +717,9 @@ def test_stream_command_gives_a_regression_head_s_values_in_their_order():
     result = cli("stream", "--rate", "16000", "-m", head, "-b", "msd-musicnn", "-n", "1",
                  stdin=audio.astype("<i2").tobytes())
     assert result.returncode == 0, result.stderr.decode()
+    # said, as jaxmir tag says it (it was ignored without a word)
+    assert "jaxmir: warning: --top is ignored: a regression head's values are all listed" \
+        in result.stderr.decode()
     records = lines_of(result)
     model = jaxmir.load(head, backbone="msd-musicnn")
     expected = model.predict(audio.astype(np.float32) / 32768, 16000)
