@@ -145,6 +145,7 @@ class AudioBlocks:
         self._container = self._file = None
         self._patched: ogg.PatchedFile | None = None  # an Ogg file read with its checksums fixed
         self._bad_pages = 0
+        self._ends_early = False
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._mp3 = Mp3Start()
         self._first_packet_at: int | None = None  # its byte offset in the file
@@ -160,6 +161,7 @@ class AudioBlocks:
             return
         self._container, self._patched = _open(self.path, as_the_wheel=mode == "essentia")
         self._bad_pages = len(self._patched.patches) if self._patched is not None else 0
+        self._ends_early = self._patched is not None and self._patched.end is not None
         try:
             self._stream = self._container.streams.audio[0]
             if self._stream.codec_context is None:  # e.g. a WAV of format tag 0 or 0xFFFF
@@ -409,7 +411,7 @@ class AudioBlocks:
             length += f" of the {declared / rate:.2f} s its header declares"
             if f"{have / rate:.2f}" == f"{declared / rate:.2f}":  # "1.00 s of the 1.00 s"
                 length = f"decoded {have} of the {declared} frames its header declares"
-        if self._bad_packets or self._read_error or self._bad_pages:
+        if self._bad_packets or self._read_error or self._bad_pages or self._ends_early:
             what = []
             if self._bad_pages:
                 what.append(f"{self._bad_pages} Ogg page(s) failing their checksum decoded as they "
@@ -418,6 +420,9 @@ class AudioBlocks:
                 what.append(f"{self._bad_packets} undecodable packet(s) skipped")
             if self._read_error:
                 what.append(f"reading stopped early ({self._read_error})")
+            if self._ends_early:
+                what.append("reading stopped at an Ogg page of an unknown version (as Essentia's "
+                            "FFmpeg 2.8 stops; FFmpeg today skips it)")
             return "damaged", f"{self.path}: damaged audio: {'; '.join(what)}; {length}"
         slack = 0 if self._exact_length else _LENGTH_SLACK
         if declared is not None and have < declared - slack:
@@ -494,11 +499,11 @@ def _open(path: str, as_the_wheel: bool = False):
         raise AudioError(f"{path}: {folder_problem(path)}")
     if os.path.isfile(path) and os.path.getsize(path) == 0:  # FFmpeg's words differ by extension
         raise AudioError(f"{path}: is empty (0 bytes); expected {ACCEPTED}")
-    fixes = {}
+    fixes, end = {}, None
     if as_the_wheel and os.path.isfile(path):
         with contextlib.suppress(OSError):  # unreadable: FFmpeg's open says so below
-            fixes = ogg.bad_checksums(path)
-    patched = ogg.PatchedFile(path, fixes) if fixes else None
+            fixes, end = ogg.bad_checksums(path)
+    patched = ogg.PatchedFile(path, fixes, end) if fixes or end is not None else None
     # 2.8's MP4 demuxer applied no edit list: today's drops the packets a damaged sample table's
     # timestamps put outside one (1.2 s of 6 for one byte of an stts entry)
     options = {"ignore_editlist": "1"} if as_the_wheel else {}

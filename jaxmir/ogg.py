@@ -8,7 +8,9 @@ that page's packets and often several seconds after it (a 6-s Vorbis file with
 such a file as Essentia does, :func:`bad_checksums` walks the pages as FFmpeg
 does (the next page where the header says, else the next ``OggS``) and gives
 the checksum each damaged page would need, and :class:`PatchedFile` reads the
-file with those checksums in place; nothing else changes.
+file with those checksums in place; nothing else changes. A page of a version
+other than 0 ended 2.8's reading (FFmpeg today skips it and reads on):
+:class:`PatchedFile` then ends there.
 """
 
 from __future__ import annotations
@@ -43,23 +45,26 @@ def page_end(data, at: int) -> int:
     return lacing_end + sum(data[at + HEADER_BYTES:lacing_end])
 
 
-def bad_checksums(path: str) -> dict[int, bytes]:
-    """``{offset: checksum}`` for each page of the Ogg file ``path`` whose CRC fails: where its
-    checksum field lies and the 4 bytes that make it pass. Empty for a file whose pages all
-    pass, and for anything that is not an Ogg file."""
+def bad_checksums(path: str) -> tuple[dict[int, bytes], int | None]:
+    """``({offset: checksum}, end)``: for each page of the Ogg file ``path`` whose CRC fails,
+    where its checksum field lies and the 4 bytes that make it pass; and where the first page
+    of a version other than 0 begins, which ended FFmpeg 2.8's reading (``None``: none). Empty
+    and ``None`` for a file whose pages all pass, and for anything that is not an Ogg file."""
     with open(path, "rb") as file:
         if file.read(len(CAPTURE)) != CAPTURE:
-            return {}
+            return {}, None
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return _walk(data)
 
 
-def _walk(data) -> dict[int, bytes]:
+def _walk(data) -> tuple[dict[int, bytes], int | None]:
     fixes: dict[int, bytes] = {}
     at = 0
     while (at := data.find(CAPTURE, at)) >= 0:
         if at + HEADER_BYTES > len(data):
             break  # cut inside the header: FFmpeg ends there
+        if data[at + len(CAPTURE)] != 0:
+            return fixes, at
         end = page_end(data, at)
         if end > len(data):
             break  # cut inside the page
@@ -68,17 +73,19 @@ def _walk(data) -> dict[int, bytes]:
         if checksum != int.from_bytes(page[_CRC_AT:_CRC_AT + 4], "little"):
             fixes[at + _CRC_AT] = checksum.to_bytes(4, "little")
         at = end
-    return fixes
+    return fixes, None
 
 
 class PatchedFile(io.RawIOBase):
     """``path`` read with ``patches`` (``{offset: bytes}``) in place of the bytes at those
-    offsets; seekable, for FFmpeg (``av.open(PatchedFile(...))``)."""
+    offsets, ending at byte ``end`` (``None``: its own end); seekable, for FFmpeg
+    (``av.open(PatchedFile(...))``)."""
 
-    def __init__(self, path: str, patches: dict[int, bytes]):
+    def __init__(self, path: str, patches: dict[int, bytes], end: int | None = None):
         super().__init__()
         self._file = open(path, "rb")
         self.patches = dict(sorted(patches.items()))
+        self.end = end
 
     def readable(self) -> bool:
         return True
@@ -88,8 +95,10 @@ class PatchedFile(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         start = self._file.tell()
-        count = self._file.readinto(buffer)
         view = memoryview(buffer)
+        if self.end is not None:
+            view = view[:max(0, min(len(view), self.end - start))]
+        count = self._file.readinto(view)
         for offset, value in self.patches.items():
             low, high = max(offset, start), min(offset + len(value), start + count)
             if low < high:
@@ -97,6 +106,8 @@ class PatchedFile(io.RawIOBase):
         return count
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END and self.end is not None:
+            return self._file.seek(self.end + offset)
         return self._file.seek(offset, whence)
 
     def tell(self) -> int:

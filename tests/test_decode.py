@@ -166,6 +166,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["page_flipped.ogg"] = folder / "page_flipped.ogg"
     made["page_flipped.ogg"].write_bytes(data[:page + 2000] + bytes([data[page + 2000] ^ 1])
                                          + data[page + 2001:])
+    made["page_version.ogg"] = folder / "page_version.ogg"  # 2.8 stopped there, today skips it
+    made["page_version.ogg"].write_bytes(data[:page + 4] + b"\x01" + data[page + 5:])
     made["pages_damaged.ogg"] = folder / "pages_damaged.ogg"
     made["pages_damaged.ogg"].write_bytes(
         data[:page + 100] + np.random.default_rng(12).integers(0, 256, 4000, np.uint8).tobytes()
@@ -264,10 +266,11 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
           "page_flipped.ogg", "ape_tag_at_end.mp3", "picture_tag_at_end.mp3",
           "lyrics_and_id3v1.mp3"]
 # lossy codecs in Matroska (name: the encoder; None: made otherwise), Vorbis in WebM, a chained
-# Ogg Vorbis file, an M4A of a damaged sample table and a WAV of two data chunks
+# Ogg Vorbis file, an M4A of a damaged sample table, an Ogg page of another version and a WAV of
+# two data chunks
 CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp2",
               "vorbis_in.webm": None, "chained.ogg": None, "stts_damaged.m4a": None,
-              "two_data_chunks.wav": None}
+              "page_version.ogg": None, "two_data_chunks.wav": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
@@ -622,6 +625,17 @@ def test_ogg_pages_failing_their_checksum_are_decoded_as_essentia_decodes_them(f
             assert jaxmir.load_audio(files[name]).shape == essentia[name]["mono16k"].shape
             # an Essentia built on today's FFmpeg ("float") skips the pages, as FFmpeg does
             assert decode_file(files[name], mode="float").samples.shape[0] < wheel.shape[0]
+
+
+def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s(files):
+    """Today's FFmpeg skips such a page and reads on (5.7 s of 6 against the wheel's 2.6);
+    its samples are compared with AudioLoader's in test_samples_equal_essentia_audioloader."""
+    with pytest.warns(DamagedAudioWarning, match="reading stopped at an Ogg page of an unknown "
+                                                 "version"):
+        decoded = decode_file(files["page_version.ogg"])
+    assert decoded.status == "damaged"
+    assert decode_file(files["page_version.ogg"], mode="float").samples.shape[0] > \
+        decoded.samples.shape[0]
 
 
 def test_mp3_damaged_in_the_middle(files):
