@@ -146,6 +146,7 @@ class AudioBlocks:
         self._patched: ogg.PatchedFile | None = None  # an Ogg file read with its checksums fixed
         self._bad_pages = 0
         self._ends_early = False
+        self._header_rate: int | None = None  # a FLAC STREAMINFO's rate where its frames differ
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._mp3 = Mp3Start()
         self._first_packet_at: int | None = None  # its byte offset in the file
@@ -183,6 +184,7 @@ class AudioBlocks:
                 self._tags_from = end_tags_start(self.path)
             self.declared_frames = _declared_frames(self._container, self._stream,
                                                     self._wav_header, self._mp3)
+            self._header_rate = _flac_header_rate(self._container, self._stream)
             self._exact_length = self._demuxer in _EXACT_LENGTHS
             # the wheel's 2.8 decodes each next stream of a chained Ogg Vorbis file as a fresh
             # decoder does, keeping its first samples; today's decoder carries its overlap
@@ -411,8 +413,13 @@ class AudioBlocks:
             length += f" of the {declared / rate:.2f} s its header declares"
             if f"{have / rate:.2f}" == f"{declared / rate:.2f}":  # "1.00 s of the 1.00 s"
                 length = f"decoded {have} of the {declared} frames its header declares"
-        if self._bad_packets or self._read_error or self._bad_pages or self._ends_early:
+        if self._bad_packets or self._read_error or self._bad_pages or self._ends_early \
+                or self._header_rate:
             what = []
+            if self._header_rate:
+                what.append(f"its STREAMINFO declares {self._header_rate} Hz, its frames "
+                            f"{rate} Hz (decoded at {rate} Hz; Essentia's wheel plays it at "
+                            f"{self._header_rate} Hz)")
             if self._bad_pages:
                 what.append(f"{self._bad_pages} Ogg page(s) failing their checksum decoded as they "
                             "are (as Essentia's FFmpeg 2.8 does; FFmpeg today skips them)")
@@ -642,12 +649,23 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
         return duration
     if set(fmt.split(",")) & _BARE_STREAMS:
         return None  # no header: the same guess (a 6.10-s ADTS file "declared" 6.04 s)
+    if fmt == "flac" and stream.duration is not None:
+        return int(stream.duration)  # STREAMINFO's count of samples, whatever the rate it says
     if "ogg" in fmt.split(","):
         # no header counts an Ogg stream: FFmpeg's duration is its last page's position, or a
         # guess from the bit rate behind padding, or across a chain's streams ("6.00 s of the
         # 16.11 s"); a cut stream is told by its last page (_unfinished_ogg)
         return None
     return _ffmpeg_frames(container, stream)
+
+
+def _flac_header_rate(container, stream) -> int | None:
+    """The rate a FLAC file's STREAMINFO declares where its frames (and FFmpeg today) say
+    another, else ``None``: a damaged header (the wheel took its rate)."""
+    base = stream.time_base
+    if container.format.name != "flac" or base is None or base.numerator != 1:
+        return None
+    return base.denominator if base.denominator != stream.codec_context.sample_rate else None
 
 
 def _ffmpeg_frames(container, stream) -> int | None:

@@ -638,6 +638,24 @@ def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s
         decoded.samples.shape[0]
 
 
+def test_a_flac_whose_streaminfo_rate_is_damaged_is_said_to_be(tmp_path):
+    """One bit of STREAMINFO's rate (44100 -> 109636 Hz): FFmpeg today decodes the frames at
+    their own rate, as written (the wheel takes the header's: the music 2.5 times as fast),
+    and the file was 'ok'; its length was read at the one rate and counted at the other."""
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, signal(44100, 2, 0.5, 21), 44100)
+    data = bytearray(whole.read_bytes())
+    data[18] ^= 0x10
+    damaged = tmp_path / "rate.flac"
+    damaged.write_bytes(bytes(data))
+    with pytest.warns(DamagedAudioWarning, match=r"rate.flac: damaged audio: its STREAMINFO "
+                                                 r"declares 109636 Hz, its frames 44100 Hz"):
+        decoded = decode_file(damaged)
+    assert decoded.status == "damaged" and decoded.sample_rate == 44100
+    assert decoded.declared_frames == decoded.samples.shape[0]
+    np.testing.assert_array_equal(decoded.samples, decode_file(whole).samples)
+
+
 def test_mp3_damaged_in_the_middle(files):
     path = files["damaged.mp3"]
     with pytest.warns(DamagedAudioWarning, match="damaged audio: .* undecodable packet") as caught:
