@@ -434,6 +434,11 @@ class AudioBlocks:
         slack = 0 if self._exact_length else _LENGTH_SLACK
         if declared is not None and have < declared - slack:
             return "truncated", f"{self.path}: truncated audio: {length}"
+        if self._exact_length and declared is not None and have > declared:
+            # a WAV's or AIFF's header counts its frames: more means its fields contradict
+            # each other (a sample size of 16 bits in frames of 3 bytes, a frame count too small)
+            return "damaged", (f"{self.path}: damaged audio: its header's fields disagree "
+                               f"(more samples than it declares); {length}")
         if self._unfinished_ogg is not None:
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
                                  f"its Ogg stream {self._unfinished_ogg}")

@@ -811,6 +811,30 @@ def test_a_bogus_block_align_declares_the_samples_length(tmp_path):
     assert (decoded.status, decoded.declared_frames, len(decoded.samples)) == ("ok", 32000, 32000)
 
 
+def test_a_header_whose_fields_disagree_is_damage(tmp_path):
+    """A WAV's or AIFF's header counts its frames: an AIFF whose COMM counts 2456 of its 32000,
+    and a 24-bit mono WAV whose sample size says 16 bits (frames of 3 bytes read as 2: noise),
+    gave more samples than declared, and the status 'ok'."""
+    import struct
+
+    aiff = tmp_path / "frames.aiff"
+    soundfile.write(aiff, signal(16000, 2, 0.4, seconds=2.0), 16000, subtype="PCM_16")
+    data = bytearray(aiff.read_bytes())
+    data[data.index(b"COMM") + 10:data.index(b"COMM") + 14] = struct.pack(">I", 2456)
+    aiff.write_bytes(bytes(data))
+    wav = tmp_path / "bits.wav"
+    soundfile.write(wav, signal(16000, 1, 0.4, seconds=2.0), 16000, subtype="PCM_24")
+    data = bytearray(wav.read_bytes())
+    data[34:36] = (16).to_bytes(2, "little")  # bits per sample; block_align stays 3
+    wav.write_bytes(bytes(data))
+    for path in (aiff, wav):
+        with pytest.warns(DamagedAudioWarning, match=rf"{path.name}: damaged audio: its header's "
+                                                     r"fields disagree \(more samples than it "
+                                                     r"declares\)"):
+            decoded = decode_file(path)
+        assert decoded.status == "damaged" and len(decoded.samples) > decoded.declared_frames
+
+
 def test_not_audio(tmp_path):
     path = tmp_path / "notes.mp3"
     path.write_text("this is a text file, not an mp3\n" * 40)
