@@ -32,7 +32,7 @@ from numpy.typing import ArrayLike
 
 from jaxmir.checks import MAX_RATE, MIN_RATE, check_rate, is_floating
 from jaxmir.decode import MODES, DamagedAudioWarning, iter_blocks, missing_reason
-from jaxmir.errors import AudioError, InputError
+from jaxmir.errors import AudioError, InputError, NoSamplesError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
@@ -100,6 +100,7 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
     ``damage`` list, a damaged file's problem is appended to it instead of warned
     (:class:`jaxmir.decode.DamagedAudioWarning`): threads cannot record warnings apart.
     """
+    problem = None
     if decoder not in MODES:
         data, native = _read_soundfile(path)
         decoded, audio = data.shape[0], _to_mono_16k(data, native, target, resampler, path)
@@ -118,14 +119,16 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
                 decoded += mono.shape[0]
                 pieces.append(resampling.push(mono))
             pieces.append(resampling.close())
-        if damage is not None and blocks.problem is not None:
-            damage.append(blocks.problem)
+        problem = blocks.problem
+        if damage is not None and problem is not None:
+            damage.append(problem)
         audio = np.concatenate(pieces)
-    if audio.size == 0 and decoded:
-        raise AudioError(f"{path}: its {decoded} sample(s) at {native} Hz give none at {target} Hz; "
-                         "expected a longer signal")
     if audio.size == 0:
-        raise AudioError(f"{path}: contains no samples; expected at least one sample")
+        error = NoSamplesError(
+            f"{path}: its {decoded} sample(s) at {native} Hz give none at {target} Hz; expected "
+            "a longer signal" if decoded else
+            f"{path}: contains no samples; expected at least one sample")
+        raise error if problem is None else error.with_damage(problem, path)  # a header alone
     return audio
 
 
@@ -266,10 +269,10 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
                      "or integer PCM")
 
 
-def no_sample_error(n_input: int, sample_rate: int) -> AudioError:
+def no_sample_error(n_input: int, sample_rate: int) -> NoSamplesError:
     """The error for ``n_input`` samples at ``sample_rate`` Hz that resample to no 16-kHz sample
     (one or two at 44.1 kHz)."""
-    return AudioError(f"audio of {n_input} sample(s) at {sample_rate} Hz gives no sample at "
+    return NoSamplesError(f"audio of {n_input} sample(s) at {sample_rate} Hz gives no sample at "
                       "16 kHz; expected at least one")
 
 

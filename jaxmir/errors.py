@@ -66,6 +66,14 @@ class ShortAudioError(AudioError):
         return ShortAudioError(f"{self}{damage}", self.length, self.on_command_line + damage)
 
 
+class NoSamplesError(AudioError):
+    """Audio of no samples at 16 kHz: a file of a header alone, or of a sample or two."""
+
+    def with_damage(self, problem: str, path: str) -> NoSamplesError:
+        """This error, with the damage of the file ``path`` that may be why it has none."""
+        return NoSamplesError(f"{self}{damage_note(problem, path)}")
+
+
 def damage_note(problem: str, path: str) -> str:
     """``" (problem)"``, to follow an error's message: what was wrong with the file ``path``
     (the decoder's words, which may begin with the path), which may be why it failed."""

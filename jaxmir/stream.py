@@ -76,7 +76,7 @@ from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH, SINGLE_LIMIT
 from jaxmir.checks import check_rate, is_whole
 from jaxmir.decode import DamagedAudioWarning, iter_blocks
 from jaxmir.describe import without_audio
-from jaxmir.errors import AudioError, InputError, ShortAudioError
+from jaxmir.errors import InputError, NoSamplesError, ShortAudioError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
 from jaxmir.models import has_heavy_head, is_bfloat16, shares_overlap, with_overlap_hop
@@ -457,7 +457,7 @@ class Stream:
             if self.n_samples == 0 and self._resampling.n_in:  # all of it under one 16-kHz sample
                 raise no_sample_error(self._resampling.n_in, self.sample_rate)
             if self.n_samples == 0:
-                raise AudioError("audio contains no samples; expected at least one sample")
+                raise NoSamplesError("audio contains no samples; expected at least one sample")
             make_patches(np.zeros((n_frames, 1), np.float32), self.patch_size, self.patch_hop,
                          self.last_patch, self.pad, self.frontend.frames_per_second)  # raises
         self._pieces, self._buffer = [], np.zeros(0, np.float32)
@@ -617,7 +617,7 @@ def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str
         try:
             with _ahead((stream._resampled(block) for block in blocks), depth) as samples:
                 yield stream, stream._run_resampled(samples)
-        except ShortAudioError as err:  # a damaged file's problem may be why it is short
+        except (ShortAudioError, NoSamplesError) as err:  # a damaged file's problem may be why
             if blocks.problem is None:
                 raise
             raise err.with_damage(blocks.problem, os.fspath(path)) from None

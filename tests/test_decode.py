@@ -835,6 +835,27 @@ def test_a_header_whose_fields_disagree_is_damage(tmp_path):
         assert decoded.status == "damaged" and len(decoded.samples) > decoded.declared_frames
 
 
+@pytest.mark.parametrize("suffix", [".flac", ".wav"])
+def test_a_header_alone_says_what_it_declares(tmp_path, capsys, suffix):
+    """A file cut behind its header: `jaxmir tag` and load_audio said only 'contains no
+    samples', though the decoder had found it truncated."""
+    from jaxmir import cli
+
+    whole = tmp_path / f"whole{suffix}"
+    soundfile.write(whole, signal(44100, 2, 0.4, seconds=6.0), 44100, subtype="PCM_16")
+    data = whole.read_bytes()
+    header = tmp_path / f"header{suffix}"
+    header.write_bytes(data[:data.index(b"\xff\xf8")] if suffix == ".flac" else data[:44])
+    note = r"contains no samples; expected at least one sample \(truncated audio: decoded " \
+           r"0\.00 s of the 6\.00 s its header declares\)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DamagedAudioWarning)
+        with pytest.raises(AudioError, match=f"{header.name}: {note}"):
+            jaxmir.load_audio(header)
+    assert cli.main(["tag", str(header)]) == 1
+    assert re.search(f"{header.name}: audio {note}", capsys.readouterr().err)
+
+
 def test_not_audio(tmp_path):
     path = tmp_path / "notes.mp3"
     path.write_text("this is a text file, not an mp3\n" * 40)
