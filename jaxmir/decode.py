@@ -184,7 +184,7 @@ class AudioBlocks:
                 self._tags_from = end_tags_start(self.path)
             self.declared_frames = _declared_frames(self._container, self._stream,
                                                     self._wav_header, self._mp3)
-            self._header_rate = _flac_header_rate(self._container, self._stream)
+            self._header_rate = _flac_header_rate(self._stream)
             self._exact_length = self._demuxer in _EXACT_LENGTHS
             # the wheel's 2.8 decodes each next stream of a chained Ogg Vorbis file as a fresh
             # decoder does, keeping its first samples; today's decoder carries its overlap
@@ -414,12 +414,13 @@ class AudioBlocks:
             if f"{have / rate:.2f}" == f"{declared / rate:.2f}":  # "1.00 s of the 1.00 s"
                 length = f"decoded {have} of the {declared} frames its header declares"
         if self._bad_packets or self._read_error or self._bad_pages or self._ends_early \
-                or self._header_rate:
+                or self._header_rate is not None:
             what = []
-            if self._header_rate:
+            if self._header_rate is not None:
+                wheel = f"plays it at {self._header_rate} Hz" if self._header_rate else \
+                    "refuses it"
                 what.append(f"its STREAMINFO declares {self._header_rate} Hz, its frames "
-                            f"{rate} Hz (decoded at {rate} Hz; Essentia's wheel plays it at "
-                            f"{self._header_rate} Hz)")
+                            f"{rate} Hz (decoded at {rate} Hz; Essentia's wheel {wheel})")
             if self._bad_pages:
                 what.append(f"{self._bad_pages} Ogg page(s) failing their checksum decoded as they "
                             "are (as Essentia's FFmpeg 2.8 does; FFmpeg today skips them)")
@@ -664,13 +665,18 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
     return _ffmpeg_frames(container, stream)
 
 
-def _flac_header_rate(container, stream) -> int | None:
-    """The rate a FLAC file's STREAMINFO declares where its frames (and FFmpeg today) say
-    another, else ``None``: a damaged header (the wheel took its rate)."""
-    base = stream.time_base
-    if container.format.name != "flac" or base is None or base.numerator != 1:
+def _flac_header_rate(stream) -> int | None:
+    """The rate a FLAC stream's STREAMINFO declares where its frames (and FFmpeg today) say
+    another, else ``None``: a damaged header, in a FLAC or an Ogg file (the wheel took its
+    rate, or refused a rate of 0)."""
+    info = stream.codec_context.extradata or b""
+    if stream.codec_context.name != "flac" or len(info) < _STREAMINFO_BYTES:
         return None
-    return base.denominator if base.denominator != stream.codec_context.sample_rate else None
+    declared = int.from_bytes(info[10:13], "big") >> 4  # 20 bits after the block and frame sizes
+    return declared if declared != stream.codec_context.sample_rate else None
+
+
+_STREAMINFO_BYTES = 34
 
 
 def _ffmpeg_frames(container, stream) -> int | None:

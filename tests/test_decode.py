@@ -28,6 +28,7 @@ from jaxmir import decode
 from jaxmir.decode import (AudioBlocks, DamagedAudioWarning, decode_file, ffmpeg_reason, id3v2_end,
                            iter_blocks)
 from jaxmir.errors import AudioError
+from jaxmir.ogg import page_checksum
 
 GRAPH = "essentia-models/genre_dortmund_musicnn_msd.pb"
 SECONDS = 6.5  # 3 MusiCNN patches of 3 s, hop 1.5 s: every generated file compiles the same shapes
@@ -654,6 +655,23 @@ def test_a_flac_whose_streaminfo_rate_is_damaged_is_said_to_be(tmp_path):
     assert decoded.status == "damaged" and decoded.sample_rate == 44100
     assert decoded.declared_frames == decoded.samples.shape[0]
     np.testing.assert_array_equal(decoded.samples, decode_file(whole).samples)
+    # the same STREAMINFO in an Ogg file (its page's checksum made to pass), and a rate of 0
+    ogg = bytearray(remux(whole, tmp_path / "whole.oga").read_bytes())
+    info = ogg.index(b"fLaC") + 8  # behind the metadata block's header
+    ogg[info + 10] ^= 0x10
+    end = ogg.index(b"OggS", 4)
+    ogg[22:26] = page_checksum(bytes(ogg[:end])).to_bytes(4, "little")
+    (tmp_path / "rate.oga").write_bytes(bytes(ogg))
+    data[18:21] = bytes([0, 0, data[20] & 0x0F])
+    (tmp_path / "zero.flac").write_bytes(bytes(data))
+    for name, rate, wheel in (("rate.oga", 109636, "plays it at 109636 Hz"),
+                              ("zero.flac", 0, "refuses it")):
+        with pytest.warns(DamagedAudioWarning, match=rf"{name}: damaged audio: its STREAMINFO "
+                                                     rf"declares {rate} Hz, its frames 44100 Hz "
+                                                     rf"\(decoded at 44100 Hz; Essentia's wheel "
+                                                     rf"{wheel}\)"):
+            decoded = decode_file(tmp_path / name)
+        np.testing.assert_array_equal(decoded.samples, decode_file(whole).samples)
 
 
 def test_mp3_damaged_in_the_middle(files):
