@@ -795,7 +795,13 @@ def test_a_folder_of_arrays_may_hold_the_audio_it_is_written_for(model, tmp_path
         assert run([str(clip) for clip in clips], str(folder)).ok == 2
         monkeypatch.chdir(folder)
         assert run(["."], ".").skipped == 2  # the same files, done
-    assert sorted(os.listdir(folder)) == ["a.npy", "a.wav", "b.npy", "b.wav", "index.jsonl"]
+    # the folder named among the inputs (`in/*` once `-o in/emb` is written): no audio in it
+    inner = folder / "emb"
+    assert run([str(clips[0]), str(clips[1])], str(inner)).ok == 2
+    with pytest.warns(JaxmirWarning, match="emb: the output of this run; left out of its inputs"):
+        assert run([str(clips[0]), str(clips[1]), str(inner)], str(inner)).skipped == 2
+    assert sorted(os.listdir(folder)) == [".emb.lock", "a.npy", "a.wav", "b.npy", "b.wav", "emb",
+                                          "index.jsonl"]
 
 
 def test_long_output_names_sharing_their_first_bytes_have_their_own_locks(tmp_path):

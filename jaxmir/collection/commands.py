@@ -129,10 +129,7 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                                  per_patch=per_patch, flush_rows=flush_rows, actors=actors,
                                  processes=processes, jobs=jobs):
         warnings.warn(line, IgnoredSettingWarning, stacklevel=2)
-    # a table among the inputs would be read as audio (a Parquet folder as a folder of none);
-    # a folder of arrays may hold the audio it is written for, and is walked for audio alone
-    table = output if kind != "npy" else None
-    sources = [inputs.examine(p) for p in inputs.expand(paths, table)]
+    sources = [inputs.examine(p) for p in inputs.expand(paths, output, kind != "npy")]
     with exclusive(output):
         if engine == "ray" and _has_work(output, layout, sources, kind, overwrite):
             ray_engine.connect()

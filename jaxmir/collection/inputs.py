@@ -146,28 +146,30 @@ def _listed(base: Path, line: str) -> str:
 
 
 def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike],
-           output: str | os.PathLike | None = None) -> list[str]:
+           output: str | os.PathLike | None = None, table: bool = True) -> list[str]:
     """Absolute paths of the audio files that ``arguments`` name, each file once (by its name
     without links where it has one, else by the name met first).
 
     Arguments are files, folders or ``@list.txt`` (one of them alone, or a
     sequence); a name that does not exist is kept (it becomes a failed row
-    naming it), an empty folder is an error. A name that is the run's table ``output`` (a
-    Parquet folder, a CSV or JSONL file), or lies in it (``in/*`` once ``-o in/tags.csv`` is
-    written), is left out with a warning.
+    naming it), an empty folder is an error. A name that is the run's ``output`` (``in/*``
+    once ``-o in/tags.csv`` is written) or lies in it is left out with a warning; but for
+    a folder of arrays (not a ``table``), which may hold the audio it is written for, only
+    the folder itself where it holds none.
     """
     if isinstance(arguments, (str, bytes, os.PathLike)):  # one name, not a sequence of characters
         arguments = [arguments]
     paths: list[str] = []
+    real_output = None if output is None else os.path.realpath(output)
     for argument in map(os.fsdecode, arguments):
-        if output is not None and _within(argument, output):
+        if real_output is not None and _is_output(argument, real_output, table):
             warnings.warn(f"{argument}: the output of this run; left out of its inputs",
                           JaxmirWarning, stacklevel=2)
         elif argument.startswith("@") and len(argument) > 1:
             listed = _read_list(argument[1:])
             if not listed:  # as an empty folder: a run of nothing is a mistake
                 raise InputError(f"{argument}: names no files (only blank lines and # comments)")
-            paths += expand(listed, output)
+            paths += expand(listed, output, table)
         elif os.path.isdir(argument):
             files = audio_files(Path(argument))
             if not files:
@@ -179,10 +181,13 @@ def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.Path
     return once_each([os.path.abspath(path) for path in paths])
 
 
-def _within(path: str, output: str | os.PathLike) -> bool:
-    """Whether ``path`` is ``output`` or lies in it, whatever the links on the way."""
-    path, output = os.path.realpath(path), os.path.realpath(output)
-    return path == output or path.startswith(output.rstrip(os.sep) + os.sep)
+def _is_output(path: str, real_output: str, table: bool) -> bool:
+    """Whether ``path`` names the output whose real path is ``real_output`` (whatever the links
+    on the way) as :func:`expand` leaves it out."""
+    path = os.path.realpath(path)
+    if table:
+        return path == real_output or path.startswith(real_output.rstrip(os.sep) + os.sep)
+    return path == real_output and not (os.path.isdir(path) and audio_files(Path(path)))
 
 
 def folders_named(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]
