@@ -228,12 +228,12 @@ class AudioBlocks:
         try:
             self._file = open(self.path, "rb")
             head = self._file.read(12)  # RIFF/WAVE or not: other files are read no further here
-            if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-                self._wav_header = _wav_header(head + self._file.read(_WAV_HEAD - len(head)))
             size = os.fstat(self._file.fileno()).st_size
+            if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                first = _wav_header(head + self._file.read(_WAV_HEAD - len(head)))
+                # FFmpeg, today's and the wheel's, reads the last of several data chunks
+                self._wav_header = first and _last_data_chunk(self._file, first, size)
             layout = _wav_layout(self._wav_header, size)
-            if layout is not None and _another_data_chunk(self._file, self._wav_header, size):
-                layout = None  # FFmpeg reads the last, as the wheel's did
         except OSError:
             layout = None
         if layout is None and self._file is not None:
@@ -758,22 +758,22 @@ def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
 _CHUNKS_AFTER_DATA = 64  # chunks looked at behind a WAV's data for another data chunk
 
 
-def _another_data_chunk(file: BinaryIO, header: WavHeader, file_size: int) -> bool:
-    """Whether another ``data`` chunk follows the first, among the chunks behind it (a LIST or
-    ``id3 `` chunk usually): FFmpeg's WAV demuxer, today's and the wheel's, then reads the
-    last one's samples. A header that declares no length has no chunk behind its data."""
+def _last_data_chunk(file: BinaryIO, header: WavHeader, file_size: int) -> WavHeader:
+    """``header`` with the place and size of the last ``data`` chunk among the chunks behind
+    the first (a LIST or ``id3 `` chunk usually), whose samples FFmpeg's WAV demuxer reads. A
+    header that declares no length has no chunk behind its data."""
     if not header.data_size:
-        return False
-    at = header.data_offset + header.data_size + (header.data_size & 1)
+        return header
+    at = header.data_offset + header.data_size + header.data_size % 2
     for _ in range(_CHUNKS_AFTER_DATA):
         if at + 8 > file_size:
-            return False
+            break
         file.seek(at)
         name, size = struct.unpack("<4sI", file.read(8))
         if name == b"data":
-            return True
+            header = dataclasses.replace(header, data_offset=at + 8, data_size=size)
         at += 8 + size + (size & 1)
-    return False
+    return header
 
 
 # An Ogg page: "OggS", version 0, header type (0x04: the stream's last page), granule position,

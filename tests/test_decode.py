@@ -1113,3 +1113,14 @@ def test_24_bit_samples_in_32_bit_frames_are_read_as_libsndfile_reads_them(tmp_p
     decoded = decode_file(unknown)
     assert decoded.status == "ok"
     np.testing.assert_array_equal(decoded.samples, want)
+    # a second data chunk behind a LIST chunk: FFmpeg reads the last, and read the 24 valid bits
+    # as floats there (noise, status ok); read as the first is, from its own place
+    second = np.round(rng.uniform(-0.9, 0.9, (8000, 2)) * (2 ** 23 - 1)).astype(np.int32)
+    chunk = (second << 8).astype("<i4").tobytes()
+    body = path.read_bytes()[12:] + b"LIST" + struct.pack("<I", 4) + b"INFO" + b"data" + \
+        struct.pack("<I", len(chunk)) + chunk
+    two = tmp_path / "two.wav"
+    two.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body)
+    decoded = decode_file(two)
+    assert decoded.status == "ok"
+    np.testing.assert_array_equal(decoded.samples, (second / 2.0 ** 23).astype(np.float32))
