@@ -48,7 +48,7 @@ from numpy.typing import ArrayLike
 
 from jaxmir import frontends
 from jaxmir.audio import (BLOCK_FRAMES, check_peak, check_resampler, check_samples,
-                          no_sample_error, prepare_audio)
+                          first_bad_frame, no_sample_error, prepare_audio)
 from jaxmir.batches import BATCH
 from jaxmir.checks import check_rate
 from jaxmir.errors import InputError
@@ -296,10 +296,14 @@ def predict(model: "Model", audio: ArrayLike, sample_rate: int,
 def _blocks(audio: ArrayLike) -> Iterable[ArrayLike]:
     """A NumPy signal in :data:`~jaxmir.audio.BLOCK_FRAMES` slices, as a file is read (the
     engine then holds a block's copies, not the whole signal's: a 30-min recording took 2.3
-    times its bytes again); anything else whole, as given."""
+    times its bytes again); anything else whole, as given, and so is a signal holding a NaN,
+    an infinity or a peak beyond the bound: refused at once, its sample named in the whole."""
     if not isinstance(audio, np.ndarray) or audio.ndim == 0 or len(audio) <= BLOCK_FRAMES:
         return [audio]
-    return (audio[start:start + BLOCK_FRAMES] for start in range(0, len(audio), BLOCK_FRAMES))
+    starts = range(0, len(audio), BLOCK_FRAMES)
+    if any(first_bad_frame(audio[start:start + BLOCK_FRAMES]) is not None for start in starts):
+        return [audio]
+    return (audio[start:start + BLOCK_FRAMES] for start in starts)
 
 
 def features(model: "Model", audio: ArrayLike, sample_rate: int, compat: str = "essentia",

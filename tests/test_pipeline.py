@@ -439,3 +439,15 @@ def test_predict_reads_an_array_in_blocks_as_a_file_is_read(musicnn, rate, chann
     whole = Stream(musicnn, rate, "predictions", require_patch=True, eager=False)
     np.testing.assert_array_equal(
         found, concat_patches(whole.run([signal]), whole.empty).values["predictions"])
+
+
+def test_a_long_signal_s_bad_sample_is_named_in_the_whole_and_at_once(musicnn):
+    """Read in blocks, a NaN past the first block was named 'in the chunk from sample 262144'
+    (one array was given, no chunks), after the blocks before it had gone through the model."""
+    from jaxmir.audio import BLOCK_FRAMES
+    from jaxmir.errors import AudioError
+
+    signal = np.zeros(3 * BLOCK_FRAMES, np.float32)
+    signal[BLOCK_FRAMES + 4990] = np.nan
+    with pytest.raises(AudioError, match=rf"^sample {BLOCK_FRAMES + 4990}: contains 1 NaN"):
+        musicnn.predict(signal, 16000)
