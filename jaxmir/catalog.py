@@ -57,17 +57,18 @@ def sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as handle:
         state = os.fstat(handle.fileno())
         key = (state.st_dev, state.st_ino, state.st_size, state.st_mtime_ns, state.st_ctime_ns)
-        if key in _DIGESTS:
-            return _DIGESTS[key]
+        known = _DIGESTS.get(key)  # one lookup: another thread may clear the memo meanwhile
+        if known is not None:
+            return known
         digest = hashlib.sha256()
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    if time.time_ns() - state.st_ctime_ns < _SETTLED_NS:
-        return digest.hexdigest()
-    if len(_DIGESTS) >= 64:
-        _DIGESTS.clear()
-    _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
+    text = digest.hexdigest()
+    if time.time_ns() - state.st_ctime_ns >= _SETTLED_NS:
+        if len(_DIGESTS) >= 64:
+            _DIGESTS.clear()
+        _DIGESTS[key] = text
+    return text
 
 
 _DIGESTS: dict[tuple[int, ...], str] = {}  # a file's state when read -> its digest

@@ -10,7 +10,7 @@ does (the next page where the header says, else the next ``OggS``) and gives
 the checksum each damaged page would need, and :class:`PatchedFile` reads the
 file with those checksums in place; nothing else changes. A page of a version
 other than 0 ended 2.8's reading (FFmpeg today skips it and reads on):
-:class:`PatchedFile` then ends there.
+:class:`PatchedFile` then ends there, where pages follow it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def _walk(data) -> tuple[dict[int, bytes], int | None]:
         if at + HEADER_BYTES > len(data):
             break  # cut inside the header: FFmpeg ends there
         if data[at + len(CAPTURE)] != 0:
-            return fixes, at
+            # 2.8 stopped here; where no page follows (junk behind the last), nothing is lost
+            return fixes, at if data.find(CAPTURE + b"\0", at + 1) >= 0 else None
         end = page_end(data, at)
         if end > len(data):
             break  # cut inside the page

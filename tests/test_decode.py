@@ -628,7 +628,7 @@ def test_ogg_pages_failing_their_checksum_are_decoded_as_essentia_decodes_them(f
             assert decode_file(files[name], mode="float").samples.shape[0] < wheel.shape[0]
 
 
-def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s(files):
+def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s(files, tmp_path):
     """Today's FFmpeg skips such a page and reads on (5.7 s of 6 against the wheel's 2.6);
     its samples are compared with AudioLoader's in test_samples_equal_essentia_audioloader."""
     with pytest.warns(DamagedAudioWarning, match="reading stopped at an Ogg page of an unknown "
@@ -637,6 +637,13 @@ def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s
     assert decoded.status == "damaged"
     assert decode_file(files["page_version.ogg"], mode="float").samples.shape[0] > \
         decoded.samples.shape[0]
+    # one in junk behind the last page: nothing follows it, nothing is lost
+    junk = tmp_path / "junk.ogg"
+    junk.write_bytes(files["stereo_44k1.ogg"].read_bytes() + b"OggS\x01" + bytes(40))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_file(junk, strict=True).samples.shape == \
+            decode_file(files["stereo_44k1.ogg"]).samples.shape
 
 
 def test_a_flac_whose_streaminfo_rate_is_damaged_is_said_to_be(tmp_path):
