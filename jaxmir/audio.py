@@ -95,7 +95,8 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
 
     The file's samples at their own rate are never whole in memory (whole, a 40-min 44.1-kHz
     stereo file took 2.2 GB to give 150 MB); the result's blocks are, and are joined at the
-    end: the peak is about twice the result. ``decoder="soundfile"`` reads the whole file. ``parallel``: Essentia's converter in JAX runs each block's calls on all cores
+    end: the peak is about twice the result. ``decoder="soundfile"`` reads the whole file.
+    ``parallel``: Essentia's converter in JAX runs each block's calls on all cores
     (:func:`load_audio`, one file; a collection's threads take the cores file by file). With a
     ``damage`` list, a damaged file's problem is appended to it instead of warned
     (:class:`jaxmir.decode.DamagedAudioWarning`): threads cannot record warnings apart.

@@ -450,6 +450,9 @@ def _unless_unexpanded(work: Callable[[str], object], problems: dict[str, str]):
     return run
 
 
+_VALUES_UNRANKED = "a regression head's values are all listed, in their order, not ranked"
+
+
 def _warn_ignored(args, table: bool, regressor: bool) -> None:
     """One line per ``jaxmir tag`` option that has no effect on this run: the per-file printing
     options with a table ``--output``, the table's options without one, ``--top`` for a regression
@@ -460,8 +463,7 @@ def _warn_ignored(args, table: bool, regressor: bool) -> None:
                    "--plot": (args.plot is not None, why)}
     else:
         why = "it applies to a table --output (.parquet, .jsonl, or .csv without -f csv)"
-        ignored = {"--top": (regressor and args.top != 3, "a regression head's values are all "
-                             "listed, in their order, not ranked"),
+        ignored = {"--top": (regressor and args.top != 3, _VALUES_UNRANKED),
                    "--per-patch": (args.per_patch, "it applies to a .parquet or .jsonl --output"),
                    "--jobs": (args.jobs is not None, why), "--processes": (args.processes, why),
                    "--engine": (args.engine != "local", why),
@@ -574,8 +576,7 @@ def _stream_command(args, interrupted: dict) -> int:
     output = args.layer
     model.resolve_output(output)
     if is_regressor(model) and args.top != 5 and not args.all and output == "predictions":
-        _warn("--top is ignored: a regression head's values are all listed, in their order, "
-              "not ranked")
+        _warn(f"--top is ignored: {_VALUES_UNRANKED}")
     _check_stream_options(args)
     if args.input != "-":
         raise OptionError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "

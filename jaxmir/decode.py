@@ -569,7 +569,9 @@ def _decoder(stream, mode: str, headers: bytes | None = None):
     default = stream.codec_context
     if mode == "float":
         return default
-    name = _FIXED_POINT.get(default.name, default.name if headers is not None else None)
+    name = _FIXED_POINT.get(default.name)  # the wheel's fixed-point twin of a float decoder
+    if name is None and headers is not None:  # the next stream of a chain: a fresh decoder
+        name = default.name
     context = default
     if name is not None:
         context = av.CodecContext.create(name, "r")

@@ -229,8 +229,8 @@ def warn_of_another_backbone(head: Model, backbone: Model) -> None:
     named = backbone_name(head)
     if named is None or not backbone.source:
         return
-    trained_on = _embedding_model(head).get("sha256")
-    now = catalog.sha256(backbone.source) if isinstance(trained_on, str) \
+    trained_on = backbone_digest(head)
+    now = catalog.sha256(backbone.source) if trained_on is not None \
         and _is_file(Path(backbone.source)) else None
     if now is not None and now == trained_on:
         return
@@ -247,9 +247,16 @@ def warn_of_another_backbone(head: Model, backbone: Model) -> None:
                       "outputs are meaningless", JaxmirWarning, stacklevel=3)
 
 
+def backbone_digest(head: Model) -> str | None:
+    """The sha256 of the backbone file's bytes ``head`` was trained on, where its metadata
+    records it (jaxmir does for a file), else ``None``."""
+    digest = _embedding_model(head).get("sha256")
+    return digest if isinstance(digest, str) and digest else None
+
+
 def trained_on_file(head: Model) -> bool:
     """Whether ``head``'s metadata ties it to a backbone file's bytes (their sha256)."""
-    return bool(_embedding_model(head).get("sha256"))
+    return backbone_digest(head) is not None
 
 
 def backbone_of(model: Model) -> str | None:
@@ -260,7 +267,7 @@ def backbone_of(model: Model) -> str | None:
     head whose metadata holds a file's sha256 was trained on that file: a shipped model is taken
     only where its own file has those bytes (a ``msd-musicnn-3.pb`` may hold any weights)."""
     name = backbone_name(model) or ""
-    trained_on = _embedding_model(model).get("sha256")
+    trained_on = backbone_digest(model)
     if name and model.source and os.sep not in name:
         besides = (Path(model.source).with_name(name + suffix) for suffix in (WEIGHTS_SUFFIX, ".pb"))
         found = [str(beside) for beside in besides if _is_file(beside)]

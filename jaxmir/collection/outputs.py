@@ -592,8 +592,8 @@ def _list_row(values: np.ndarray | None, kind):
     flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1))
     if values.ndim == 2:
         rows, width = values.shape
-        flat = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32)), flat)
+        flat = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * width),
+                                        flat)
     return pa.ListArray.from_arrays(pa.array(np.array([0, len(flat)], np.int32)), flat)
 
 
