@@ -9,10 +9,13 @@ Two modes:
 the samples become floats through libswresample, ``int16 / 32768``. The
 MPEG encoder delay and padding are trimmed when the file says how much (a
 LAME/Info header), as FFmpeg does today; Ogg Vorbis keeps the end padding
-FFmpeg now trims (FFmpeg 2.8's Ogg demuxer did not signal it), and AAC in MP4/M4A
-the encoder priming an edit list marks (1024 samples; 2.8's MP4 demuxer did not
-signal it either), and an MP3 keeps the frame of silence 2.8 decoded from a LAME
-header behind junk bytes (:class:`Mp3Start`). Measured:
+FFmpeg now trims (FFmpeg 2.8's Ogg demuxer did not signal it), an MP4/M4A file
+is read without its edit list (2.8 applied none: AAC's 1024-sample encoder
+priming, which one marks, is kept), Matroska keeps the codec delay it declares
+for MP3, AAC, MP2 and AC-3, each next stream of a chained Ogg Vorbis file is
+decoded afresh, a WAV's last ``data`` chunk is read where it has several, and an
+MP3 keeps the frame of silence 2.8 decoded from a LAME header behind junk bytes
+(:class:`Mp3Start`). Measured:
 identical samples to the wheel's ``AudioLoader`` for MP3 (44.1 kHz stereo
 overshooting full scale, 22.05 kHz mono, ``hiphop.mp3``, damaged and cut
 files), FLAC (16 and 24 bit) and WAV;
