@@ -2041,3 +2041,31 @@ def test_a_parquet_table_holds_arrays_without_a_python_float_per_value():
         assert table[name].type == outputs.parquet_schema(layout).field(name).type
         assert table[name].to_pylist() == rows, name
     assert isinstance(table, pa.Table) and table.num_rows == 3
+
+
+def test_a_parquet_table_resumes_without_reading_its_arrays(model, tmp_path, monkeypatch):
+    """A resumed run read every part whole, per-patch arrays and all (a collection's), to learn
+    each row's path, size, time and status; it reads a part whole only to rewrite it."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "emb.parquet"
+    paths = [str(_write(tmp_path / "in" / f"{name}.wav", 3.0, 16000, 1, seed))
+             for seed, name in enumerate("ab")]
+    run = lambda: collect(model, paths, str(out), command="embed", options=Options("embeddings"),
+                          per_patch=True, name="msd-musicnn", jobs=0, progress=False)
+    assert run().ok == 2
+    read, whole = [], pq.read_table
+
+    def reading(source, *args, columns=None, **kwargs):
+        read.append(columns)
+        return whole(source, *args, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", reading)
+    assert run().skipped == 2
+    assert read and all(columns is not None and "patches" not in columns for columns in read)
+    os.utime(paths[0], ns=(1, 1))  # changed: its row goes, the part is rewritten from the whole
+    read.clear()
+    assert run().ok == 1 and None in read
+    monkeypatch.undo()
+    table = pq.read_table(out)
+    assert sorted(table["path"].to_pylist()) == sorted(paths) and table["patches"].null_count == 0

@@ -597,6 +597,9 @@ def _list_row(values: np.ndarray | None, kind):
     return pa.ListArray.from_arrays(pa.array(np.array([0, len(flat)], np.int32)), flat)
 
 
+_STATE_COLUMNS = ("path", "size_bytes", "mtime_ns", "status")  # what a resumed run compares
+
+
 class ParquetWriter(Writer):
     """A folder of Parquet parts, one per ``flush_rows`` rows (or ``flush_seconds``)."""
 
@@ -680,7 +683,8 @@ class ParquetWriter(Writer):
         for part in parts:
             try:
                 found = pq.read_schema(part)
-                table = pq.read_table(part)
+                # what a row's state is, not its arrays (a collection's whole per-patch table)
+                table = pq.read_table(part, columns=list(_STATE_COLUMNS))
             except Exception as err:  # noqa: BLE001 -- pyarrow raises several kinds
                 raise InputError(f"{part}: unreadable Parquet part ({err}); move it away, or "
                                  f"{OVERWRITE} to start over") from None
@@ -694,7 +698,7 @@ class ParquetWriter(Writer):
             resume.check_identity(str(self.path), identity,
                                   {**self.layout.identity, "per_patch": self.layout.per_patch},
                                   self.layout.same_outputs)
-            columns = {c: table.column(c).to_pylist() for c in ("path", "size_bytes", "mtime_ns", "status")}
+            columns = {c: table.column(c).to_pylist() for c in _STATE_COLUMNS}
             columns["path"] = resume.real_paths(columns["path"], current)
             rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))
             mask = [resume.keep(*row, current, self.layout.strict) for row in rows]
@@ -705,7 +709,7 @@ class ParquetWriter(Writer):
             if not any(mask):
                 part.unlink()
             else:
-                kept = table.filter(self.pa.array(mask))
+                kept = pq.read_table(part).filter(self.pa.array(mask))
                 write_atomically(part, lambda f: pq.write_table(kept, f), durable=True)
 
     def write(self, result: Result) -> None:
