@@ -680,14 +680,15 @@ class ParquetWriter(Writer):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        def unreadable(part: Path, err: Exception) -> InputError:
+            return InputError(f"{part}: unreadable Parquet part ({err}); move it away, or "
+                              f"{OVERWRITE} to start over")
+
         for part in parts:
             try:
                 found = pq.read_schema(part)
-                # what a row's state is, not its arrays (a collection's whole per-patch table)
-                table = pq.read_table(part, columns=list(_STATE_COLUMNS))
             except Exception as err:  # noqa: BLE001 -- pyarrow raises several kinds
-                raise InputError(f"{part}: unreadable Parquet part ({err}); move it away, or "
-                                 f"{OVERWRITE} to start over") from None
+                raise unreadable(part, err) from None
             if b"jaxmir" not in (found.metadata or {}):
                 raise InputError(f"{part}: not a part jaxmir wrote (it records no model or "
                                  f"settings); {ANOTHER_OUTPUT}, or {OVERWRITE} to start over")
@@ -698,6 +699,10 @@ class ParquetWriter(Writer):
             resume.check_identity(str(self.path), identity,
                                   {**self.layout.identity, "per_patch": self.layout.per_patch},
                                   self.layout.same_outputs)
+            try:  # what a row's state is, not its arrays (a collection's whole per-patch table)
+                table = pq.read_table(part, columns=list(_STATE_COLUMNS))
+            except Exception as err:  # noqa: BLE001
+                raise unreadable(part, err) from None
             columns = {c: table.column(c).to_pylist() for c in _STATE_COLUMNS}
             columns["path"] = resume.real_paths(columns["path"], current)
             rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))
