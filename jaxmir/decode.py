@@ -11,7 +11,8 @@ MPEG encoder delay and padding are trimmed when the file says how much (a
 LAME/Info header), as FFmpeg does today; Ogg Vorbis keeps the end padding
 FFmpeg now trims (FFmpeg 2.8's Ogg demuxer did not signal it), an MP4/M4A file
 is read without its edit list (2.8 applied none: AAC's 1024-sample encoder
-priming, which one marks, is kept), Matroska keeps the codec delay it declares
+priming, which one marks, is kept; the priming an iTunes ``iTunSMPB`` tag
+declares is trimmed, as 2.8 trimmed it), Matroska keeps the codec delay it declares
 for MP3, AAC, MP2 and AC-3, each next stream of a chained Ogg Vorbis file is
 decoded afresh, a WAV's last ``data`` chunk is read where it has several, and an
 MP3 keeps the frame of silence 2.8 decoded from a LAME header behind junk bytes
@@ -75,10 +76,11 @@ _FIXED_POINT = {"mp1float": "mp1", "mp2float": "mp2", "mp3float": "mp3",
 # (demuxer, decoder) pairs whose end padding the Essentia wheel keeps (see the module docstring):
 # Vorbis's in Ogg, which 2.8's Ogg demuxer did not signal (its Matroska demuxer did).
 _KEEPS_END_PADDING = {("ogg", "vorbis")}
-# Demuxers whose start trimming FFmpeg 2.8 did not signal, so the wheel keeps those samples: an
-# MP4 edit list's (AAC's 1024-sample encoder priming) and Matroska's codec delay (MP3 1105,
-# AAC 1024, MP2 481, AC-3 256 samples) but for the decoders that trim their own delay there.
-_KEEPS_START_PADDING = ("mov", "matroska")
+# Demuxers whose start trimming FFmpeg 2.8 did not signal, so the wheel keeps those samples:
+# Matroska's codec delay (MP3 1105, AAC 1024, MP2 481, AC-3 256 samples) but for the decoders
+# that trim their own delay there. (An MP4 edit list's trimming is not applied at all, as 2.8
+# applied none; the priming an iTunSMPB tag declares for AAC, 2.8 trimmed as FFmpeg does.)
+_KEEPS_START_PADDING = ("matroska",)
 _TRIMS_OWN_DELAY = ("vorbis", "libvorbis", "opus", "libopus")
 # A WAV sample's NumPy dtype (jaxmir.pcm.WAV_DTYPES) -> (FFmpeg's decoder for it, the sample
 # format it decodes to), for the WAV files read without FFmpeg; FFmpeg decodes 24-bit PCM ("<i3")

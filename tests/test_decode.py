@@ -113,6 +113,28 @@ def remux(source: Path, path: Path) -> Path:
     return path
 
 
+def itunes_gapless(source: Path, path: Path, priming: int) -> Path:
+    """``source`` (an MP4 whose moov is its last box) with an iTunes ``iTunSMPB`` tag declaring
+    ``priming`` samples: ``moov/udta/meta/ilst/----`` (mean ``com.apple.iTunes``)."""
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I4s", 8 + len(body), kind) + body
+
+    value = f" 00000000 {priming:08X} 00000000 {0:016X}".encode() + b" 00000000" * 8
+    tag = box(b"----", box(b"mean", bytes(4) + b"com.apple.iTunes")
+              + box(b"name", bytes(4) + b"iTunSMPB") + box(b"data", struct.pack(">II", 1, 0) + value))
+    handler = box(b"hdlr", bytes(8) + b"mdir" + b"appl" + bytes(9))
+    udta = box(b"udta", box(b"meta", bytes(4) + handler + box(b"ilst", tag)))
+    data = bytearray(source.read_bytes())
+    at = 0
+    while data[at + 4:at + 8] != b"moov":
+        at += struct.unpack(">I", data[at:at + 4])[0]
+    size = struct.unpack(">I", data[at:at + 4])[0]
+    assert at + size == len(data), "moov must be the last box"
+    data[at:at + 4] = struct.pack(">I", size + len(udta))
+    path.write_bytes(bytes(data) + udta)
+    return path
+
+
 def ape_tag(key: bytes, value: bytes) -> bytes:
     """An APEv2 tag of one binary item, header and footer."""
     item = struct.pack("<II", len(value), 2) + key + b"\x00" + value
@@ -215,6 +237,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
                     subtype="VORBIS")
     made["chained.ogg"] = folder / "chained.ogg"
     made["chained.ogg"].write_bytes(made["stereo_44k1.ogg"].read_bytes() + second.read_bytes())
+    # an iTunes gapless tag (iTunSMPB) declaring 2112 samples of priming, which the wheel trims
+    made["itunsmpb.m4a"] = itunes_gapless(made["stereo_44k1.m4a"], folder / "itunsmpb.m4a", 2112)
     # one byte of a sample table's time deltas: today's demuxer applies the edit list to the
     # timestamps it makes, dropping packets; the wheel's applied none
     data = bytearray(made["stereo_44k1.m4a"].read_bytes())
@@ -267,11 +291,11 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
           "page_flipped.ogg", "ape_tag_at_end.mp3", "picture_tag_at_end.mp3",
           "lyrics_and_id3v1.mp3"]
 # lossy codecs in Matroska (name: the encoder; None: made otherwise), Vorbis in WebM, a chained
-# Ogg Vorbis file, an M4A of a damaged sample table, an Ogg page of another version and a WAV of
-# two data chunks
+# Ogg Vorbis file, M4As of a damaged sample table and of a gapless tag, an Ogg page of another
+# version and a WAV of two data chunks
 CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp2",
               "vorbis_in.webm": None, "chained.ogg": None, "stts_damaged.m4a": None,
-              "page_version.ogg": None, "two_data_chunks.wav": None}
+              "page_version.ogg": None, "itunsmpb.m4a": None, "two_data_chunks.wav": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
