@@ -312,7 +312,8 @@ class AudioBlocks:
             cut = min(skip_start, data.shape[0])
             skip_start -= cut
             end = min(end, data.shape[0] - cut)
-            self._trimmed_frames += data.shape[0] - cut - end
+            # an MP4's duration, its edit list unapplied, counts the priming an iTunSMPB tag trims
+            self._trimmed_frames += data.shape[0] - end - (cut if self._demuxer != "mov" else 0)
             data = data[0 if keep_start else cut:data.shape[0] if keep_end else data.shape[0] - end]
             if data.shape[0]:
                 self.frames += data.shape[0]

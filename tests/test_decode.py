@@ -400,6 +400,18 @@ def test_the_wheel_keeps_the_aac_priming_an_mp4_edit_list_marks(files, essentia)
     assert decode_file(files["stereo_44k1.m4a"]).samples.shape == wheel.shape
 
 
+def test_an_itunes_gapless_priming_is_trimmed_and_no_truncation(files, tmp_path):
+    """The priming an iTunSMPB tag declares is trimmed (the wheel's samples: compared in
+    test_samples_equal_essentia_audioloader); one over ~2740 samples made a whole file
+    'truncated', the MP4's duration counting it (its edit list unapplied)."""
+    whole = decode_file(files["stereo_44k1.m4a"]).samples
+    path = itunes_gapless(files["stereo_44k1.m4a"], tmp_path / "primed.m4a", 3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_file(path, strict=True)
+    np.testing.assert_array_equal(decoded.samples, whole[3000:])
+
+
 def test_float_mode_keeps_what_the_wheel_clips(files, essentia):
     """FFmpeg's float MP3 decoder overshoots full scale; the wheel's fixed-point one saturates,
     and otherwise rounds to the int16 grid within one step."""
