@@ -133,7 +133,7 @@ class ModelSpec:
 
     architecture: str
     config: Mapping[str, Any]
-    variables: Mapping[str, Any]
+    variables: Mapping[str, Any] = dataclasses.field(repr=False)  # every weight: thousands of lines
     input_name: str
     input_shape: tuple[int, ...]
     output_name: str

@@ -837,3 +837,9 @@ def test_graphs_load_and_run_under_x64():
     with jax.enable_x64(True):
         found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
     np.testing.assert_array_equal(found, expected)  # float32 weights and patches either way
+
+
+def test_a_spec_s_repr_leaves_its_weights_out(musicnn):
+    """repr(model.spec) printed every weight array: 114,000 characters for MusiCNN."""
+    text = repr(musicnn.spec)
+    assert len(text) < 5000 and "array(" not in text and text.startswith("ModelSpec(architecture=")
