@@ -35,7 +35,8 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--per-patch", action="store_true",
                        help="also write every patch's output (column 'patches', [n_patches, dim])")
     group.add_argument("--overwrite", action="store_true",
-                       help="start the output over instead of resuming it")
+                       help="start a table or folder --output over instead of resuming it; "
+                            "replace an existing report or --plot picture")
     group.add_argument("--flush-every", metavar="ROWS", type=whole_number(1), default=256,
                        help="Parquet: rows per part file (default 256; a part is also written "
                             "every minute)")
