@@ -157,6 +157,19 @@ def compiled_programs(caplog, run) -> tuple[object, list[str]]:
                     if record.getMessage().startswith("Compiling ")]
 
 
+def traced_peak(run) -> tuple[object, int]:
+    """``(run(), bytes)``: its result and the peak of the memory Python and NumPy allocated
+    meanwhile (tracemalloc's; Arrow's and XLA's buffers are not counted)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = run()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.fixture(params=["avx2", "avx512"])
 def cpu(request, monkeypatch):
     """The CPU a model's programs are built for (:mod:`jaxmir.models.compiler`): a Zen 3's flags

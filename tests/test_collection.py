@@ -21,7 +21,7 @@ import pytest
 
 import jaxmir
 from conftest import (BF16_STEP, EMBEDDINGS_RTOL, ROOT, TAGS_ATOL, child_env, require,
-                      shared_fixture)
+                      shared_fixture, traced_peak)
 from jaxmir.collection import Options, arguments, collect, commands, compute, inputs, local, outputs
 from jaxmir.collection.rows import same_outputs
 from jaxmir.decode import DamagedAudioWarning
@@ -2015,8 +2015,6 @@ def test_a_parquet_table_holds_arrays_without_a_python_float_per_value():
     """Per-patch arrays went through tolist() (a Python float per value, 8 times their bytes):
     `embed --per-patch --layer cnn3` of a 30-min recording took 2.1 GB for 58 MB of patches.
     The table is the same, its values as Arrow views of the arrays' buffers."""
-    import tracemalloc
-
     import pyarrow as pa
 
     from jaxmir.collection.inputs import Source
@@ -2027,12 +2025,7 @@ def test_a_parquet_table_holds_arrays_without_a_python_float_per_value():
     results = [Result(Source("/a.wav", 1, 1), 60.0, patches),
                Result(Source("/b.wav", 1, 1), error="b.wav: cannot be read as audio"),
                Result(Source("/c.wav", 1, 1), 3.0, patches[:1, :3])]
-    tracemalloc.start()
-    try:
-        table = outputs.parquet_table(layout, results)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    table, peak = traced_peak(lambda: outputs.parquet_table(layout, results))
     assert peak < 3 * patches.nbytes, peak  # the mean's float64 copy: 2 times
     expected = {"patches": [patches.tolist(), None, patches[:1, :3].tolist()],
                 "embedding": [patches.mean(axis=0, dtype=np.float64).astype(np.float32).tolist(),

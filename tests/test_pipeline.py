@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import shared_fixture
+from conftest import shared_fixture, traced_peak
 from jaxmir import frontends, pipeline
 from jaxmir.models import runner
 from jaxmir.audio import prepare_audio
@@ -420,8 +420,6 @@ def test_predict_reads_an_array_in_blocks_as_a_file_is_read(musicnn, rate, chann
     """A long signal went to the engine whole: it held a converted copy and a buffer of it, 2.2
     times the signal's bytes again (a 30-min recording: 261 MB more). In blocks it holds a
     block's, and the values are those of the whole signal pushed at once, bit for bit."""
-    import tracemalloc
-
     from jaxmir.audio import BLOCK_FRAMES
     from jaxmir.stream import Stream, concat_patches
 
@@ -429,12 +427,7 @@ def test_predict_reads_an_array_in_blocks_as_a_file_is_read(musicnn, rate, chann
     signal = (0.1 * np.random.default_rng(3).standard_normal((int(rate * seconds), channels))
               ).astype(np.float32).squeeze()
     musicnn.predict(signal[:rate * 4], rate)  # compiled before memory is traced
-    tracemalloc.start()
-    try:
-        found = musicnn.predict(signal, rate)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = traced_peak(lambda: musicnn.predict(signal, rate))
     assert peak < 0.8 * signal.nbytes, (peak, signal.nbytes)
     whole = Stream(musicnn, rate, "predictions", require_patch=True, eager=False)
     np.testing.assert_array_equal(
