@@ -65,7 +65,8 @@ import numpy as np
 from jaxmir import ogg
 from jaxmir.checks import is_whole
 from jaxmir.errors import AudioError, JaxmirWarning
-from jaxmir.pcm import WavHeader, decode_pcm, frame_bytes, parse_wav_header
+from jaxmir.pcm import (UNKNOWN_DATA_SIZES, WavHeader, decode_pcm, frame_bytes,
+                        parse_wav_header)
 
 MODES = ("essentia", "float")
 ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
@@ -697,9 +698,13 @@ def _ffmpeg_frames(container, stream) -> int | None:
     return None
 
 
+_UNCOMPRESSED_TAGS = (1, 3, 6, 7)  # PCM, float, A-law, mu-law: a frame of block_align bytes
+
+
 def _wav_frames(header: WavHeader | None) -> int | None:
-    """Frames the ``data`` chunk of a RIFF/WAVE header declares, or None (streamed, RF64, odd)."""
-    if header is None or header.data_size is None:
+    """Frames the ``data`` chunk of a RIFF/WAVE header declares, or None (streamed, RF64, odd;
+    compressed samples, ADPCM or MP3, whose blocks hold many frames)."""
+    if header is None or header.data_size is None or header.sample_tag not in _UNCOMPRESSED_TAGS:
         return None
     # a writer's bogus block_align (0, 1 for 16-bit samples) is no frame size: FFmpeg reads
     # the samples' own
@@ -779,7 +784,12 @@ def _last_data_chunk(file: BinaryIO, header: WavHeader, file_size: int) -> WavHe
         file.seek(at)
         name, size = struct.unpack("<4sI", file.read(8))
         if name == b"data":
-            header = dataclasses.replace(header, data_offset=at + 8, data_size=size)
+            # 0 or 0xFFFFFFFF: a size the writer could not know, the samples to the file's end
+            unknown = size in UNKNOWN_DATA_SIZES
+            header = dataclasses.replace(header, data_offset=at + 8,
+                                         data_size=None if unknown else size)
+            if unknown:
+                break
         at += 8 + size + (size & 1)
     return header
 

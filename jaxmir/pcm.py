@@ -30,7 +30,8 @@ RAW_DTYPES = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
 WAV_DTYPES = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "<i3", (1, 32): "<i4", (3, 32): "<f4",
                (3, 64): "<f8"}
 _EXTENSIBLE = 0xFFFE    # WAVE_FORMAT_EXTENSIBLE: the real tag opens the sub-format GUID
-_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+# Sizes of a data chunk whose writer could not know it (a stream): its samples run to the end.
+UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
     tag, channels, rate, _, block_align, bits, sub_format = fmt
     sample_tag = sub_format if tag == _EXTENSIBLE and sub_format is not None else tag
     return WavHeader(tag, channels, rate, block_align, bits, sample_tag, offset,
-                     None if size in _UNKNOWN_SIZES else size)
+                     None if size in UNKNOWN_DATA_SIZES else size)
 
 
 def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:

@@ -917,6 +917,37 @@ def test_a_header_alone_says_what_it_declares(tmp_path, capsys, suffix):
     assert re.search(f"{header.name}: audio {note}", capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("codec", ["adpcm_ms", "libmp3lame"])
+def test_a_compressed_wav_declares_no_frame_count(tmp_path, codec):
+    """A compressed WAV's data size over its block_align counts blocks, not frames: an MS ADPCM
+    or MP3 WAV of 5 s 'declared' 0.00 s, and was called damaged (its header's fields
+    disagreeing)."""
+    path = encode(tmp_path / "compressed.wav", signal(44100, 2, 0.5, 22, seconds=5.0), 44100,
+                  codec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_file(path, strict=True)
+    assert decoded.declared_frames is None and decoded.samples.shape[0] > 4 * 44100
+
+
+@pytest.mark.parametrize("size", [0, 0xFFFFFFFF])
+def test_a_second_data_chunk_of_unknown_size_runs_to_the_end(tmp_path, size):
+    """0 or 0xFFFFFFFF, a streaming writer's size: FFmpeg reads to the end of the file, as for
+    the first chunk; it was called damaged (0.00 s declared) or truncated (24347.89 s)."""
+    first, second = (np.round(signal(22050, 1, 0.5, seed)[:, 0] * 32767).astype("<i2").tobytes()
+                     for seed in (23, 24))
+    body = (b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 22050, 44100, 2, 16)
+            + b"data" + struct.pack("<I", len(first)) + first
+            + b"data" + struct.pack("<I", size) + second)
+    path = tmp_path / "two.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_file(path, strict=True)
+    np.testing.assert_array_equal(decoded.samples[:, 0],
+                                  np.frombuffer(second, "<i2") / np.float32(32768))
+
+
 def test_not_audio(tmp_path):
     path = tmp_path / "notes.mp3"
     path.write_text("this is a text file, not an mp3\n" * 40)
