@@ -59,13 +59,16 @@ def bad_checksums(path: str) -> tuple[dict[int, bytes], int | None]:
 
 def _walk(data) -> tuple[dict[int, bytes], int | None]:
     fixes: dict[int, bytes] = {}
-    at = 0
+    at, ended = 0, False  # ended: the page before closed its stream
     while (at := data.find(CAPTURE, at)) >= 0:
         if at + HEADER_BYTES > len(data):
             break  # cut inside the header: FFmpeg ends there
         if data[at + len(CAPTURE)] != 0:
-            # 2.8 stopped here; where no page follows (junk behind the last), nothing is lost
-            return fixes, at if data.find(CAPTURE + b"\0", at + 1) >= 0 else None
+            # 2.8 stopped here; junk behind a stream's last page, with no page after it, loses
+            # nothing (a stream's own last page of another version loses its audio)
+            junk = ended and data.find(CAPTURE + b"\0", at + 1) < 0
+            return fixes, None if junk else at
+        ended = bool(data[at + TYPE_AT] & END_OF_STREAM)
         end = page_end(data, at)
         if end > len(data):
             break  # cut inside the page

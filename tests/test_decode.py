@@ -674,12 +674,18 @@ def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s
     assert decode_file(files["page_version.ogg"], mode="float").samples.shape[0] > \
         decoded.samples.shape[0]
     # one in junk behind the last page: nothing follows it, nothing is lost
+    data = files["stereo_44k1.ogg"].read_bytes()
     junk = tmp_path / "junk.ogg"
-    junk.write_bytes(files["stereo_44k1.ogg"].read_bytes() + b"OggS\x01" + bytes(40))
+    junk.write_bytes(data + b"OggS\x01" + bytes(40))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert decode_file(junk, strict=True).samples.shape == \
             decode_file(files["stereo_44k1.ogg"]).samples.shape
+    # the stream's own last page: nothing follows it either, but its audio is lost
+    last = data.rfind(b"OggS")
+    (tmp_path / "last.ogg").write_bytes(data[:last + 4] + b"\x01" + data[last + 5:])
+    with pytest.warns(DamagedAudioWarning, match="reading stopped at an Ogg page of an unknown"):
+        assert decode_file(tmp_path / "last.ogg").status == "damaged"
 
 
 def test_a_flac_whose_streaminfo_rate_is_damaged_is_said_to_be(tmp_path):
