@@ -372,6 +372,8 @@ def first_bad_frame(array: np.ndarray) -> int | None:
     that is NaN, infinite or beyond :data:`MAX_PEAK`, if any."""
     if not np.issubdtype(array.dtype, np.floating):
         return None
+    if array.dtype.itemsize < 4:  # float16, where the bound itself would be infinite
+        array = array.astype(np.float32)
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(array) <= MAX_PEAK)
     frames = np.flatnonzero(bad if array.ndim == 1 else bad.any(axis=1))

@@ -7,6 +7,8 @@ step on the true signal: ``frontends.*_logmel`` -> ``patches.make_patches`` ->
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -444,3 +446,10 @@ def test_a_long_signal_s_bad_sample_is_named_in_the_whole_and_at_once(musicnn):
     signal[BLOCK_FRAMES + 4990] = np.nan
     with pytest.raises(AudioError, match=rf"^sample {BLOCK_FRAMES + 4990}: contains 1 NaN"):
         musicnn.predict(signal, 16000)
+    # in float16 too, where the bound on peaks is itself infinite (an infinity passed it)
+    signal = np.zeros(3 * BLOCK_FRAMES, np.float16)
+    signal[2 * BLOCK_FRAMES + 7] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "overflow encountered in cast"
+        with pytest.raises(AudioError, match=rf"^sample {2 * BLOCK_FRAMES + 7}: contains 1 "):
+            musicnn.predict(signal, 16000)
