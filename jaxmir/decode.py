@@ -166,9 +166,8 @@ class AudioBlocks:
             self._exact_length = True
             self._iterator = self._blocks()
             return
-        self._container, self._patched = _open(self.path, as_the_wheel=mode == "essentia")
-        self._bad_pages = len(self._patched.patches) if self._patched is not None else 0
-        self._ends_early = self._patched is not None and self._patched.end is not None
+        self._container, self._patched, pages = _open(self.path, as_the_wheel=mode == "essentia")
+        self._bad_pages, self._ends_early = len(pages[0]), pages[1] is not None
         try:
             self._stream = self._container.streams.audio[0]
             if self._stream.codec_context is None:  # e.g. a WAV of format tag 0 or 0xFFFF
@@ -428,16 +427,22 @@ class AudioBlocks:
                     "refuses it"
                 what.append(f"its STREAMINFO declares {self._header_rate} Hz, its frames "
                             f"{rate} Hz (decoded at {rate} Hz; Essentia's wheel {wheel})")
-            if self._bad_pages:
+            if self._bad_pages and self.mode == "essentia":
                 what.append(f"{self._bad_pages} Ogg page(s) failing their checksum decoded as they "
                             "are (as Essentia's FFmpeg 2.8 does; FFmpeg today skips them)")
+            elif self._bad_pages:
+                what.append(f"{self._bad_pages} Ogg page(s) failing their checksum skipped, as "
+                            "FFmpeg does today (Essentia's wheel decodes them as they are)")
             if self._bad_packets:
                 what.append(f"{self._bad_packets} undecodable packet(s) skipped")
             if self._read_error:
                 what.append(f"reading stopped early ({self._read_error})")
-            if self._ends_early:
+            if self._ends_early and self.mode == "essentia":
                 what.append("reading stopped at an Ogg page of an unknown version (as Essentia's "
                             "FFmpeg 2.8 stops; FFmpeg today skips it)")
+            elif self._ends_early:
+                what.append("an Ogg page of an unknown version skipped, as FFmpeg does today "
+                            "(Essentia's wheel stops there)")
             return "damaged", f"{self.path}: damaged audio: {'; '.join(what)}; {length}"
         slack = 0 if self._exact_length else _LENGTH_SLACK
         if declared is not None and have < declared - slack:
@@ -508,9 +513,10 @@ def folder_problem(path: str) -> str:
 
 
 def _open(path: str, as_the_wheel: bool = False):
-    """``(container, patched)``: ``path`` opened with FFmpeg, every failure an AudioError naming
-    the file. ``as_the_wheel``: as FFmpeg 2.8 read it, an Ogg file with pages whose checksum
-    fails through ``patched``, an :class:`~jaxmir.ogg.PatchedFile` where they pass (``None``
+    """``(container, patched, pages)``: ``path`` opened with FFmpeg, every failure an AudioError
+    naming the file, and an Ogg file's damaged pages (:func:`jaxmir.ogg.bad_checksums`; FFmpeg
+    today skips them). ``as_the_wheel``: as FFmpeg 2.8 read it, an Ogg file with such pages
+    through ``patched``, an :class:`~jaxmir.ogg.PatchedFile` where they pass (``None``
     otherwise), so that FFmpeg decodes those pages as 2.8 did, and an MP4 file's edit list
     left unapplied."""
     if not os.path.exists(path):
@@ -520,10 +526,11 @@ def _open(path: str, as_the_wheel: bool = False):
     if os.path.isfile(path) and os.path.getsize(path) == 0:  # FFmpeg's words differ by extension
         raise AudioError(f"{path}: is empty (0 bytes); expected {ACCEPTED}")
     fixes, end = {}, None
-    if as_the_wheel and os.path.isfile(path):
+    if os.path.isfile(path):
         with contextlib.suppress(OSError):  # unreadable: FFmpeg's open says so below
             fixes, end = ogg.bad_checksums(path)
-    patched = ogg.PatchedFile(path, fixes, end) if fixes or end is not None else None
+    patched = ogg.PatchedFile(path, fixes, end) if as_the_wheel and (fixes or end is not None) \
+        else None
     # 2.8's MP4 demuxer applied no edit list: today's drops the packets a damaged sample table's
     # timestamps put outside one (1.2 s of 6 for one byte of an stts entry)
     options = {"ignore_editlist": "1"} if as_the_wheel else {}
@@ -538,7 +545,7 @@ def _open(path: str, as_the_wheel: bool = False):
         if patched is not None:
             patched.close()
         raise
-    return container, patched
+    return container, patched, (fixes, end)
 
 
 def _opened(path: str, source, options: dict[str, str]):
