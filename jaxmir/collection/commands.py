@@ -185,6 +185,7 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
             writer.close()  # e.g. Ctrl-C: the rows of the files done are kept
             raise
         finally:
+            tally.end()
             bar.close()
     return tally
 

@@ -21,11 +21,16 @@ class Tally:
     failed: int = 0
     audio_s: float = 0.0
     started: float = dataclasses.field(default_factory=time.monotonic)
+    ended: float | None = None  # set by :meth:`end`
+
+    def end(self) -> None:
+        """The run is over: its wall time stops here."""
+        self.ended = time.monotonic()
 
     @property
     def wall_s(self) -> float:
-        """Seconds since the run started (until now: a finished run's figure is read once)."""
-        return time.monotonic() - self.started
+        """Seconds from the run's start to its end (to now while it runs)."""
+        return (time.monotonic() if self.ended is None else self.ended) - self.started
 
     @property
     def realtime(self) -> float:
