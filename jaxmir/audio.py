@@ -73,6 +73,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
     check_resampler(resampler)
     if decoder not in DECODERS:
         raise AudioError(f"unknown decoder {decoder!r}; accepted: " + ", ".join(repr(d) for d in DECODERS))
+    if strict and decoder not in MODES:  # libsndfile reports no damage to be strict about
+        raise InputError(f"strict=True applies to FFmpeg's decoders ({', '.join(MODES)}), not "
+                         f"to decoder={decoder!r}")
     target = check_rate(sample_rate, "requested sample_rate")
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise AudioError(f"load_audio takes a file's path; got {type(path).__name__} (samples "

@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 from jaxmir import catalog
 from jaxmir.compose import check_backbone, compose
-from jaxmir.errors import GraphError, InputError, JaxmirError, JaxmirWarning, UnsupportedGraphError
+from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGraphError
 from jaxmir.labels import check_label_text
 from jaxmir.model import Model
 from jaxmir.models import damaged_variable, variable_mismatches
@@ -111,7 +111,7 @@ def _load_one(source, labels=None, output=None) -> Model:
         raise InputError(f"{text} is a model's metadata (Essentia's JSON), not a model: load "
                          f"{beside} instead; the JSON beside a .pb is read with it")
     if not os.path.exists(text) and not text.endswith(".pb") and os.sep not in text:
-        raise JaxmirError(f"'{text}' is neither a file nor a shipped model; shipped models: "
+        raise InputError(f"'{text}' is neither a file nor a shipped model; shipped models: "
                           + ", ".join(catalog.names()) + "; or give the path of a .pb or .npz file")
     from jaxmir.tfgraph import convert, graphdef  # protobuf is needed for .pb files only
 

@@ -1957,6 +1957,14 @@ def test_collect_refuses_actors_that_are_no_count_before_making_an_output(model,
     assert not (tmp_path / "t.jsonl").exists()
 
 
+@pytest.mark.parametrize("rows", [0, -5, 2.5, "3"])
+def test_collect_refuses_flush_rows_that_are_no_count(model, tmp_path, rows):
+    """0, -5 and 2.5 were taken as 1 without a word, "3" ended in a bare TypeError."""
+    with pytest.raises(InputError, match=rf"flush_rows={rows!r}: expected a whole number >= 1"):
+        collect(model, tmp_path, tmp_path / "t.parquet", flush_rows=rows)
+    assert not (tmp_path / "t.parquet").exists()
+
+
 def test_collect_takes_numpy_counts_as_every_other_count(model, music, tmp_path):
     """jobs=np.int64(1) (a count read from an array or a config) was refused as "not a whole
     number >= 0", where batch=, patch_hop= and the array API take NumPy integers."""

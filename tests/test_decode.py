@@ -27,7 +27,7 @@ from conftest import child_env, essentia_python, shared_fixture
 from jaxmir import decode
 from jaxmir.decode import (AudioBlocks, DamagedAudioWarning, decode_file, ffmpeg_reason, id3v2_end,
                            iter_blocks)
-from jaxmir.errors import AudioError
+from jaxmir.errors import AudioError, InputError
 from jaxmir.ogg import page_checksum
 
 GRAPH = "essentia-models/genre_dortmund_musicnn_msd.pb"
@@ -454,6 +454,10 @@ def test_load_audio_decoders(files):
     np.testing.assert_array_equal(essentia_mode, jaxmir.load_audio(path, decoder="essentia"))
     float_mode = jaxmir.load_audio(path, decoder="float")
     libsndfile = jaxmir.load_audio(path, decoder="soundfile")
+    # libsndfile reports no damage: strict=True was ignored with it, without a word
+    with pytest.raises(InputError, match=r"strict=True applies to FFmpeg's decoders \(essentia, "
+                                         r"float\), not to decoder='soundfile'"):
+        jaxmir.load_audio(path, decoder="soundfile", strict=True)
     assert essentia_mode.shape == float_mode.shape == libsndfile.shape
     assert np.max(np.abs(float_mode - essentia_mode)) > LSB  # the clipped peaks
     assert np.max(np.abs(float_mode - libsndfile)) < 2e-5

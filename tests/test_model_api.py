@@ -20,7 +20,7 @@ import pytest
 
 import jaxmir
 from jaxmir import catalog
-from jaxmir.errors import InputError, JaxmirError, WeightsError
+from jaxmir.errors import InputError, WeightsError
 from jaxmir.weights import save_weights
 from conftest import child_env, compiled_programs, on_cpu, shared_fixture
 
@@ -276,7 +276,7 @@ def test_weights_and_metadata_by_any_case_of_their_suffix(musicnn, tmp_path, pat
     (tmp_path / "head.pb").write_bytes(b"")
     with pytest.raises(InputError, match=r"load .*head.pb, beside it, instead"):
         jaxmir.load(str(tmp_path / "head.JSON"))
-    with pytest.raises(JaxmirError, match="'nothere.json' is neither a file nor a shipped model"):
+    with pytest.raises(InputError, match="'nothere.json' is neither a file nor a shipped model"):
         jaxmir.load("nothere.json")
 
 

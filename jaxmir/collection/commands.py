@@ -96,6 +96,9 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
     output = os.fspath(output)
     if jobs is not None and not is_whole(jobs, 0):
         raise InputError(f"jobs={jobs!r}: expected a whole number >= 0 (0: decode in this thread)")
+    if not is_whole(flush_rows, 1):  # it was clamped to 1 without a word (0, -5, 2.5)
+        raise InputError(f"flush_rows={flush_rows!r}: expected a whole number >= 1 (Parquet "
+                         "rows per part file)")
     if actors is not None and not is_whole(actors, 1):
         raise InputError(f"actors={actors!r}: expected a whole number >= 1 (the Ray engine's "
                          "model actors; None: one per GPU, or per CPUs the cluster has)")
