@@ -14,6 +14,17 @@ def placeholder_labels(width: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(width))
 
 
+def label_list(labels) -> list[str]:
+    """``labels`` as a list of class names; :class:`InputError` for text (each character would be
+    a label) or anything that is no sequence of strings."""
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
+    labels = list(labels)
+    if not all(isinstance(label, str) for label in labels):
+        raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
+    return labels
+
+
 def check_labels(labels: Sequence[str], width: int) -> None:
     """Raise :class:`InputError` unless there is one label per output of a ``width``-output
     model, each free of control characters (labels are printed, and name columns)."""

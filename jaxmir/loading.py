@@ -6,12 +6,12 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from jaxmir import catalog
 from jaxmir.compose import check_backbone, compose
 from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGraphError
-from jaxmir.labels import check_label_text
+from jaxmir.labels import check_label_text, label_list
 from jaxmir.model import Model
 from jaxmir.models import damaged_variable, variable_mismatches
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
@@ -92,11 +92,7 @@ def _load_one(source, labels=None, output=None) -> Model:
         raise InputError(f"cannot load {source!r}: expected a shipped model's name or the path of "
                          "a .pb or .npz file")
     if labels is not None:
-        if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
-            raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
-        labels = list(labels)
-        if not all(isinstance(label, str) for label in labels):
-            raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
+        labels = label_list(labels)
     text = os.fspath(source)
     if "\0" in text:
         raise InputError(f"cannot load {text!r}: a path holds no NUL character")

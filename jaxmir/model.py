@@ -17,7 +17,7 @@ from jaxmir import catalog, pipeline
 from jaxmir import stream as streaming
 from jaxmir.checks import is_floating, is_whole
 from jaxmir.errors import InputError
-from jaxmir.labels import check_labels, placeholder_labels
+from jaxmir.labels import check_labels, label_list, placeholder_labels
 from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
 from jaxmir.models.runner import Tap, is_staged, platform_of, run_patches_jit
 from jaxmir.spec import Frontend, ModelSpec
@@ -57,15 +57,15 @@ def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Ma
     return 1 << (patches.bit_length() - 1)
 
 
-def _names(outputs: Iterable[str] | str | None) -> tuple[str, ...]:
+def _names(outputs: Iterable[str] | str | None, keyword: str) -> tuple[str, ...]:
     if outputs is None:
         return ("predictions",)
     if isinstance(outputs, str):
         return (outputs,)
     names = tuple(outputs) if isinstance(outputs, Iterable) else None
     if not names or not all(isinstance(name, str) for name in names):
-        raise InputError(f"output={outputs!r}: expected an output name or a list of names, such as "
-                         "'predictions' or ['embeddings', 'model/Sigmoid']")
+        raise InputError(f"{keyword}={outputs!r}: expected an output name or a list of names, "
+                         "such as 'predictions' or ['embeddings', 'model/Sigmoid']")
     return names
 
 
@@ -131,7 +131,7 @@ class Model:
 
     def with_labels(self, labels: Sequence[str]) -> "Model":
         """The same model with other class names (as many as outputs)."""
-        labels = tuple(str(label) for label in labels)
+        labels = tuple(label_list(labels))  # a string was taken as a label per character
         check_labels(labels, self.output_width())
         return dataclasses.replace(self, labels=labels)
 
@@ -202,9 +202,11 @@ class Model:
             return name
         return next((node for node, (t, _) in self.spec.node_map.items() if t == tap), None)
 
-    def resolve_outputs(self, outputs: Iterable[str] | str | None) -> tuple[tuple[str, ...], tuple[Tap, ...]]:
-        """Output names (default ``("predictions",)``) and their taps."""
-        names = _names(outputs)
+    def resolve_outputs(self, outputs: Iterable[str] | str | None, keyword: str = "output"
+                        ) -> tuple[tuple[str, ...], tuple[Tap, ...]]:
+        """Output names (default ``("predictions",)``) and their taps; ``keyword`` names the
+        argument they came in, for errors."""
+        names = _names(outputs, keyword)
         return names, tuple(self.resolve_output(name) for name in names)
 
     def check_patches(self, patches: ArrayLike) -> jax.Array:
@@ -259,7 +261,7 @@ class Model:
           ``{name: array}`` with the batch axis first; graph node names keep
           the node's shape in the graph.
         """
-        names, taps = self.resolve_outputs(outputs)
+        names, taps = self.resolve_outputs(outputs, "outputs")
         patches = self.check_patches(patches)
         if chunk is not None and not (is_whole(chunk, 1) or is_whole(chunk, -1, -1)):
             # 0 divided by zero; -5, 1.5 failed in JAX

@@ -63,7 +63,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -379,7 +379,9 @@ class Stream:
     # -- public -----------------------------------------------------------------------------
     @property
     def seconds(self) -> float:
-        """Duration received so far (16-kHz samples / 16000)."""
+        """Duration received so far and resampled (16-kHz samples / 16000): a few samples
+        behind what was pushed, until ``close`` (the resampler holds its filter's reach, and the
+        JAX one gives its samples in steps of at least 2048)."""
         return self.n_samples / TARGET_RATE
 
     def push(self, chunk: ArrayLike) -> np.ndarray | dict[str, np.ndarray]:
@@ -595,12 +597,13 @@ class Stream:
 @contextlib.contextmanager
 def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str = "essentia",
                 strict: bool = False, damage: list[str] | None = None, **options
-                ) -> Iterator[tuple[Stream, Iterator[Patches]]]:
+                ) -> ContextManager[tuple[Stream, Iterator[Patches]]]:
     """A file decoded block by block (:func:`jaxmir.decode.iter_blocks`) into a :class:`Stream`.
 
-    Yields ``(stream, patches)``: iterate ``patches`` for the non-empty
-    :class:`Patches` as they complete; ``stream.seconds`` and ``stream.n_patches``
-    are final once it is exhausted. ``options`` are :class:`Stream`'s (``patch_hop``,
+    A context manager: ``with file_stream(model, path, "predictions") as (stream, patches):``
+    iterate ``patches`` for the non-empty :class:`Patches` as they complete;
+    ``stream.seconds`` and ``stream.n_patches`` are final once it is exhausted. Leaving
+    the block stops the decoding thread. ``options`` are :class:`Stream`'s (``patch_hop``,
     ``last_patch``, ``pad``, ``resampler``, ...); a file that gives no patch raises.
     With a ``damage`` list, a damaged file's problem is appended to it instead of
     warned (:class:`jaxmir.decode.DamagedAudioWarning`).

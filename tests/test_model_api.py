@@ -77,8 +77,8 @@ def test_unknown_output_lists_what_exists(musicnn, patches_187):
 
 
 def test_arguments_of_the_wrong_kind_are_named(musicnn, patches_187, tmp_path):
-    for output in (3, [3], []):
-        with pytest.raises(InputError, match="expected an output name or a list of names"):
+    for output in (3, [3], []):  # apply's argument is outputs= (it was called output=)
+        with pytest.raises(InputError, match=r"^outputs=.*: expected an output name or a list"):
             musicnn.apply(patches_187, output)
     for source in (None, 3):
         with pytest.raises(InputError, match="expected a shipped model's name or the path"):
@@ -843,3 +843,12 @@ def test_a_spec_s_repr_leaves_its_weights_out(musicnn):
     """repr(model.spec) printed every weight array: 114,000 characters for MusiCNN."""
     text = repr(musicnn.spec)
     assert len(text) < 5000 and "array(" not in text and text.startswith("ModelSpec(architecture=")
+
+
+def test_with_labels_refuses_text_as_load_does(musicnn):
+    """with_labels("ab") took a string as a label per character, where load(labels="ab")
+    refuses it."""
+    names = "".join(chr(ord("a") + i % 26) for i in range(50))
+    for refused in (names, [1] * 50):
+        with pytest.raises(InputError, match="expected a list of class names"):
+            musicnn.with_labels(refused)

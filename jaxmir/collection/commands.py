@@ -64,13 +64,17 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         command line records it, else its file) and backbone, recorded
         in the output; the Ray engine's actors load ``jaxmir.load(name, backbone=backbone)``.
       jobs: decoding workers (default one per core; 0 = in this thread).
-      processes: the workers are processes, not threads (see :mod:`jaxmir.collection.local`).
+      processes: the workers are processes, not threads (see :mod:`jaxmir.collection.local`);
+        they are spawned, so a script calling ``collect`` with it needs
+        ``if __name__ == "__main__":`` around its top level.
       engine: ``"local"`` or ``"ray"`` (the cluster ``$RAY_ADDRESS`` names, a local one
         when unset; :mod:`jaxmir.collection.ray_engine`); ``actors``: its model actors.
       per_patch: rows also hold every patch's values (``patches``).
       overwrite: start ``output`` over instead of resuming it.
       flush_rows: Parquet rows per part file (at least 1; a part is also written every 60 s).
-      progress: a progress bar on standard error.
+      progress: a progress bar on standard error. A failed or damaged file's line
+        (``jaxmir: error: ...``, ``jaxmir: warning: ...``) goes there in either case; the
+        rows hold the same messages (``status``, ``error``).
       analyzer: replaces :func:`jaxmir.collection.compute.analyze_stream`.
       on_result: ``on_result(result, where)`` after each file's row is written
         (``where``: the ``.npy`` written, else None).
