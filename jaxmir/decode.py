@@ -190,7 +190,9 @@ class AudioBlocks:
             self.declared_frames = _declared_frames(self._container, self._stream,
                                                     self._wav_header, self._mp3)
             self._header_rate = _flac_header_rate(self._stream)
-            self._exact_length = self._demuxer in _EXACT_LENGTHS
+            # a compressed WAV's last block may hold more frames than its fact chunk counts
+            self._exact_length = self._demuxer in _EXACT_LENGTHS and not _compressed(
+                self._wav_header)
             # the wheel's 2.8 decodes each next stream of a chained Ogg Vorbis file as a fresh
             # decoder does, keeping its first samples; today's decoder carries its overlap
             # across the join (448 samples more there, and everything after it shifted)
@@ -657,6 +659,8 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
     a RIFF/WAVE file's, already read (:meth:`AudioBlocks._plain_wav`); ``mp3``: an MP3
     file's :func:`mp3_start`."""
     fmt = container.format.name
+    if "wav" in fmt.split(",") and _compressed(wav_header):
+        return wav_header.fact_frames  # without one, FFmpeg's duration is an estimate
     if "wav" in fmt.split(","):
         return _wav_frames(wav_header)  # FFmpeg clamps a WAV's duration to the bytes present
     if "mp3" in fmt.split(","):
@@ -708,10 +712,16 @@ def _ffmpeg_frames(container, stream) -> int | None:
 _UNCOMPRESSED_TAGS = (1, 3, 6, 7)  # PCM, float, A-law, mu-law: a frame of block_align bytes
 
 
+def _compressed(header: WavHeader | None) -> bool:
+    """Whether a RIFF/WAVE header's samples are compressed (ADPCM, MP3, GSM: blocks of many
+    frames, counted by a ``fact`` chunk, not by the data's size)."""
+    return header is not None and header.sample_tag not in _UNCOMPRESSED_TAGS
+
+
 def _wav_frames(header: WavHeader | None) -> int | None:
-    """Frames the ``data`` chunk of a RIFF/WAVE header declares, or None (streamed, RF64, odd;
-    compressed samples, ADPCM or MP3, whose blocks hold many frames)."""
-    if header is None or header.data_size is None or header.sample_tag not in _UNCOMPRESSED_TAGS:
+    """Frames the ``data`` chunk of an uncompressed RIFF/WAVE header declares, or None
+    (streamed, RF64, odd)."""
+    if header is None or header.data_size is None or _compressed(header):
         return None
     # a writer's bogus block_align (0, 1 for 16-bit samples) is no frame size: FFmpeg reads
     # the samples' own

@@ -46,6 +46,8 @@ class WavHeader:
       data_offset: bytes before the samples.
       data_size: the data chunk's declared bytes, ``None`` where the writer could not know
         them (0 or 0xFFFFFFFF).
+      fact_frames: the frames a ``fact`` chunk before the data counts (compressed samples:
+        ADPCM, MP3), or ``None``.
     """
 
     tag: int
@@ -56,6 +58,7 @@ class WavHeader:
     sample_tag: int
     data_offset: int
     data_size: int | None
+    fact_frames: int | None = None
 
     @property
     def dtype(self) -> str | None:
@@ -87,7 +90,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
     riff = need(12, "RIFF header")
     if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
         raise AudioError(f"{source}: malformed WAV header: no RIFF/WAVE signature")
-    offset, fmt = 12, None
+    offset, fmt, fact = 12, None, None
     while True:
         name, size = struct.unpack("<4sI", need(8, "chunk header"))
         offset += 8
@@ -100,6 +103,8 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
             body = need(padded, what)
             sub_format = struct.unpack("<H", body[24:26])[0] if size >= 26 else None
             fmt = struct.unpack("<HHIIHH", body[:16]) + (sub_format,)
+        elif name == b"fact" and size >= 4:
+            fact = struct.unpack("<I", need(padded, what)[:4])[0]
         else:
             for start in range(0, padded, 1 << 16):
                 need(min(1 << 16, padded - start), what)
@@ -109,7 +114,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
     tag, channels, rate, _, block_align, bits, sub_format = fmt
     sample_tag = sub_format if tag == _EXTENSIBLE and sub_format is not None else tag
     return WavHeader(tag, channels, rate, block_align, bits, sample_tag, offset,
-                     None if size in UNKNOWN_DATA_SIZES else size)
+                     None if size in UNKNOWN_DATA_SIZES else size, fact)
 
 
 def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:

@@ -933,16 +933,30 @@ def test_a_header_alone_says_what_it_declares(tmp_path, capsys, suffix):
 
 
 @pytest.mark.parametrize("codec", ["adpcm_ms", "libmp3lame"])
-def test_a_compressed_wav_declares_no_frame_count(tmp_path, codec):
+def test_a_compressed_wav_is_counted_by_its_fact_chunk(tmp_path, codec):
     """A compressed WAV's data size over its block_align counts blocks, not frames: an MS ADPCM
     or MP3 WAV of 5 s 'declared' 0.00 s, and was called damaged (its header's fields
-    disagreeing)."""
+    disagreeing); its fact chunk counts its frames, so one cut in half is truncated."""
     path = encode(tmp_path / "compressed.wav", signal(44100, 2, 0.5, 22, seconds=5.0), 44100,
                   codec)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         decoded = decode_file(path, strict=True)
-    assert decoded.declared_frames is None and decoded.samples.shape[0] > 4 * 44100
+    assert abs(decoded.declared_frames - decoded.samples.shape[0]) < 2304
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.warns(DamagedAudioWarning, match="cut.wav: truncated audio"):
+        assert decode_file(cut).status == "truncated"
+    # without a fact chunk nothing counts its frames (FFmpeg's duration is an estimate from
+    # the bit rate, 60.42 s for 60.01 in a tester's file): no length is declared
+    data = path.read_bytes()
+    fact = data.index(b"fact")
+    body = data[12:fact] + data[fact + 8 + struct.unpack("<I", data[fact + 4:fact + 8])[0]:]
+    bare = tmp_path / "bare.wav"
+    bare.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_file(bare, strict=True).declared_frames is None
 
 
 @pytest.mark.parametrize("size", [0, 0xFFFFFFFF])
