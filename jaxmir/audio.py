@@ -373,9 +373,9 @@ def monoloader_cut(in_rate: int, out_rate: int, n_input: int) -> int | None:
 def first_bad_frame(array: np.ndarray) -> int | None:
     """The index of the first frame of floating-point ``array`` ``[n]`` or ``[n, channels]``
     that is NaN, infinite or beyond :data:`MAX_PEAK`, if any."""
-    if not np.issubdtype(array.dtype, np.floating):
+    if not is_floating(array.dtype):
         return None
-    if array.dtype.itemsize < 4:  # float16, where the bound itself would be infinite
+    if array.dtype.itemsize < 4:  # float16, bfloat16: the bound itself would be infinite
         array = array.astype(np.float32)
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(array) <= MAX_PEAK)

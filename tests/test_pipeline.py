@@ -446,10 +446,12 @@ def test_a_long_signal_s_bad_sample_is_named_in_the_whole_and_at_once(musicnn):
     signal[BLOCK_FRAMES + 4990] = np.nan
     with pytest.raises(AudioError, match=rf"^sample {BLOCK_FRAMES + 4990}: contains 1 NaN"):
         musicnn.predict(signal, 16000)
-    # in float16 too, where the bound on peaks is itself infinite (an infinity passed it)
-    signal = np.zeros(3 * BLOCK_FRAMES, np.float16)
-    signal[2 * BLOCK_FRAMES + 7] = np.inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # "overflow encountered in cast"
-        with pytest.raises(AudioError, match=rf"^sample {2 * BLOCK_FRAMES + 7}: contains 1 "):
-            musicnn.predict(signal, 16000)
+    # in float16 too, where the bound on peaks is itself infinite (an infinity passed it), and
+    # in bfloat16, which NumPy does not count among its floating types (it went in blocks)
+    for dtype in (np.float16, jnp.bfloat16):
+        signal = np.zeros(3 * BLOCK_FRAMES, dtype)
+        signal[2 * BLOCK_FRAMES + 7] = np.inf
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # "overflow encountered in cast"
+            with pytest.raises(AudioError, match=rf"^sample {2 * BLOCK_FRAMES + 7}: contains 1 "):
+                musicnn.predict(signal, 16000)
