@@ -151,7 +151,7 @@ class AudioBlocks:
         self._container = self._file = None
         self._patched: ogg.PatchedFile | None = None  # an Ogg file read with its checksums fixed
         self._bad_pages = 0
-        self._ends_early = False
+        self._stops_early = False
         self._header_rate: int | None = None  # a FLAC STREAMINFO's rate where its frames differ
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._mp3 = Mp3Start()
@@ -166,8 +166,12 @@ class AudioBlocks:
             self._exact_length = True
             self._iterator = self._blocks()
             return
-        self._container, self._patched, pages = _open(self.path, as_the_wheel=mode == "essentia")
-        self._bad_pages, self._ends_early = len(pages[0]), pages[1] is not None
+        pages = _ogg_damage(self.path)
+        self._container, self._patched = _open(self.path, pages if mode == "essentia" else None)
+        # what FFmpeg's reading loses or keeps of the damaged pages: the wheel's, or today's
+        self._bad_pages = len(pages.checksums_before_stop()) if mode == "essentia" \
+            else pages.skipped
+        self._stops_early = mode == "essentia" and pages.stop is not None
         try:
             self._stream = self._container.streams.audio[0]
             if self._stream.codec_context is None:  # e.g. a WAV of format tag 0 or 0xFFFF
@@ -421,7 +425,7 @@ class AudioBlocks:
             length += f" of the {declared / rate:.2f} s its header declares"
             if f"{have / rate:.2f}" == f"{declared / rate:.2f}":  # "1.00 s of the 1.00 s"
                 length = f"decoded {have} of the {declared} frames its header declares"
-        if self._bad_packets or self._read_error or self._bad_pages or self._ends_early \
+        if self._bad_packets or self._read_error or self._bad_pages or self._stops_early \
                 or self._header_rate is not None:
             what = []
             if self._header_rate is not None:
@@ -433,18 +437,16 @@ class AudioBlocks:
                 what.append(f"{self._bad_pages} Ogg page(s) failing their checksum decoded as they "
                             "are (as Essentia's FFmpeg 2.8 does; FFmpeg today skips them)")
             elif self._bad_pages:
-                what.append(f"{self._bad_pages} Ogg page(s) failing their checksum skipped, as "
-                            "FFmpeg does today (Essentia's wheel decodes them as they are)")
+                what.append(f"{self._bad_pages} Ogg page(s) skipped, as FFmpeg does today: "
+                            "failing their checksum, or of an unknown version (Essentia's wheel "
+                            "decodes the first as they are, and stops at the second)")
             if self._bad_packets:
                 what.append(f"{self._bad_packets} undecodable packet(s) skipped")
             if self._read_error:
                 what.append(f"reading stopped early ({self._read_error})")
-            if self._ends_early and self.mode == "essentia":
+            if self._stops_early:
                 what.append("reading stopped at an Ogg page of an unknown version (as Essentia's "
                             "FFmpeg 2.8 stops; FFmpeg today skips it)")
-            elif self._ends_early:
-                what.append("an Ogg page of an unknown version skipped, as FFmpeg does today "
-                            "(Essentia's wheel stops there)")
             return "damaged", f"{self.path}: damaged audio: {'; '.join(what)}; {length}"
         slack = 0 if self._exact_length else _LENGTH_SLACK
         if declared is not None and have < declared - slack:
@@ -514,28 +516,32 @@ def folder_problem(path: str) -> str:
     return f"is a directory; expected {ACCEPTED}"
 
 
-def _open(path: str, as_the_wheel: bool = False):
-    """``(container, patched, pages)``: ``path`` opened with FFmpeg, every failure an AudioError
-    naming the file, and an Ogg file's damaged pages (:func:`jaxmir.ogg.bad_checksums`; FFmpeg
-    today skips them). ``as_the_wheel``: as FFmpeg 2.8 read it, an Ogg file with such pages
-    through ``patched``, an :class:`~jaxmir.ogg.PatchedFile` where they pass (``None``
-    otherwise), so that FFmpeg decodes those pages as 2.8 did, and an MP4 file's edit list
-    left unapplied."""
+def _ogg_damage(path: str) -> ogg.Damage:
+    """An Ogg file's damaged pages (none for other files, and for what cannot be read here)."""
+    if os.path.isfile(path):
+        with contextlib.suppress(OSError):  # unreadable: FFmpeg's open says so
+            return ogg.damage(path)
+    return ogg.Damage()
+
+
+def _open(path: str, wheel_pages: ogg.Damage | None = None):
+    """``(container, patched)``: ``path`` opened with FFmpeg, every failure an AudioError naming
+    the file. With ``wheel_pages`` (its :func:`jaxmir.ogg.damage`), as FFmpeg 2.8 read it: an
+    Ogg file with damaged pages through ``patched``, an :class:`~jaxmir.ogg.PatchedFile` where
+    their checksums pass and that ends where 2.8 stopped (``None`` otherwise), and an MP4
+    file's edit list left unapplied."""
     if not os.path.exists(path):
         raise AudioError(f"{path}: {missing_reason(path)}; expected {ACCEPTED}")
     if os.path.isdir(path):
         raise AudioError(f"{path}: {folder_problem(path)}")
     if os.path.isfile(path) and os.path.getsize(path) == 0:  # FFmpeg's words differ by extension
         raise AudioError(f"{path}: is empty (0 bytes); expected {ACCEPTED}")
-    fixes, end = {}, None
-    if os.path.isfile(path):
-        with contextlib.suppress(OSError):  # unreadable: FFmpeg's open says so below
-            fixes, end = ogg.bad_checksums(path)
-    patched = ogg.PatchedFile(path, fixes, end) if as_the_wheel and (fixes or end is not None) \
-        else None
+    patched = None
+    if wheel_pages is not None and (wheel_pages.checksums or wheel_pages.stop is not None):
+        patched = ogg.PatchedFile(path, wheel_pages.checksums_before_stop(), wheel_pages.stop)
     # 2.8's MP4 demuxer applied no edit list: today's drops the packets a damaged sample table's
     # timestamps put outside one (1.2 s of 6 for one byte of an stts entry)
-    options = {"ignore_editlist": "1"} if as_the_wheel else {}
+    options = {"ignore_editlist": "1"} if wheel_pages is not None else {}
     try:
         container = _opened(path, path if patched is None else patched, options)
         if not container.streams.audio:
@@ -547,7 +553,7 @@ def _open(path: str, as_the_wheel: bool = False):
         if patched is not None:
             patched.close()
         raise
-    return container, patched, (fixes, end)
+    return container, patched
 
 
 def _opened(path: str, source, options: dict[str, str]):

@@ -5,16 +5,17 @@ describes it, whatever its CRC; FFmpeg today drops a page whose CRC fails and
 searches on for the next one it trusts, so a byte damaged in one page loses
 that page's packets and often several seconds after it (a 6-s Vorbis file with
 4000 random bytes in its middle: 2.6 s, where Essentia loses none). To decode
-such a file as Essentia does, :func:`bad_checksums` walks the pages as FFmpeg
-does (the next page where the header says, else the next ``OggS``) and gives
-the checksum each damaged page would need, and :class:`PatchedFile` reads the
-file with those checksums in place; nothing else changes. A page of a version
-other than 0 ended 2.8's reading (FFmpeg today skips it and reads on):
-:class:`PatchedFile` then ends there, where pages follow it.
+such a file as Essentia does, :func:`damage` walks the pages as FFmpeg does
+(the next page where the header says, else the next ``OggS``) and gives the
+checksum each damaged page would need, and :class:`PatchedFile` reads the file
+with those checksums in place; nothing else changes. A page of a version other
+than 0 ended 2.8's reading (FFmpeg today skips it and reads on):
+:class:`PatchedFile` then ends there, where audio pages follow it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import mmap
 import os
@@ -45,39 +46,62 @@ def page_end(data, at: int) -> int:
     return lacing_end + sum(data[at + HEADER_BYTES:lacing_end])
 
 
-def bad_checksums(path: str) -> tuple[dict[int, bytes], int | None]:
-    """``({offset: checksum}, end)``: for each page of the Ogg file ``path`` whose CRC fails,
-    where its checksum field lies and the 4 bytes that make it pass; and where the first page
-    of a version other than 0 begins, which ended FFmpeg 2.8's reading (``None``: none). Empty
-    and ``None`` for a file whose pages all pass, and for anything that is not an Ogg file."""
+@dataclasses.dataclass(frozen=True)
+class Damage:
+    """An Ogg file's damaged pages.
+
+    Attributes:
+      checksums: ``{offset: checksum}`` for each page whose CRC fails: where its checksum
+        field lies and the 4 bytes that make it pass.
+      stop: where the first page of a version other than 0 begins that audio pages follow,
+        which ended FFmpeg 2.8's reading (``None``: none; one in junk behind a stream's last
+        page, with no page after it, loses nothing).
+      skipped: the pages FFmpeg today skips and loses audio with: those failing their CRC, and
+        those of another version inside a stream (not behind its last page).
+    """
+
+    checksums: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    stop: int | None = None
+    skipped: int = 0
+
+    def checksums_before_stop(self) -> dict[int, bytes]:
+        """The checksums of the pages 2.8 read, before :attr:`stop`."""
+        return {at: value for at, value in self.checksums.items()
+                if self.stop is None or at < self.stop}
+
+
+def damage(path: str) -> Damage:
+    """The damaged pages of the Ogg file ``path``: none for a file whose pages all pass, and
+    for anything that is not an Ogg file."""
     with open(path, "rb") as file:
         if file.read(len(CAPTURE)) != CAPTURE:
-            return {}, None
+            return Damage()
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return _walk(data)
 
 
-def _walk(data) -> tuple[dict[int, bytes], int | None]:
+def _walk(data) -> Damage:
     fixes: dict[int, bytes] = {}
-    at, ended = 0, False  # ended: the page before closed its stream
+    at, ended, stop, foreign = 0, False, None, 0  # ended: the page before closed its stream
     while (at := data.find(CAPTURE, at)) >= 0:
         if at + HEADER_BYTES > len(data):
             break  # cut inside the header: FFmpeg ends there
         if data[at + len(CAPTURE)] != 0:
-            # 2.8 stopped here; junk behind a stream's last page, with no page after it, loses
-            # nothing (a stream's own last page of another version loses its audio)
-            junk = ended and data.find(CAPTURE + b"\0", at + 1) < 0
-            return fixes, None if junk else at
-        ended = bool(data[at + TYPE_AT] & END_OF_STREAM)
+            if stop is None and not (ended and data.find(CAPTURE + b"\0", at + 1) < 0):
+                stop = at  # 2.8 stopped here; junk behind the last page loses nothing
+            foreign += not ended  # today's FFmpeg loses audio with one inside a stream
+        else:
+            ended = bool(data[at + TYPE_AT] & END_OF_STREAM)
         end = page_end(data, at)
         if end > len(data):
             break  # cut inside the page
-        page = data[at:end]
-        checksum = page_checksum(page)
-        if checksum != int.from_bytes(page[_CRC_AT:_CRC_AT + 4], "little"):
-            fixes[at + _CRC_AT] = checksum.to_bytes(4, "little")
+        if data[at + len(CAPTURE)] == 0:
+            page = data[at:end]
+            checksum = page_checksum(page)
+            if checksum != int.from_bytes(page[_CRC_AT:_CRC_AT + 4], "little"):
+                fixes[at + _CRC_AT] = checksum.to_bytes(4, "little")
         at = end
-    return fixes, None
+    return Damage(fixes, stop, len(fixes) + foreign)
 
 
 class PatchedFile(io.RawIOBase):
