@@ -111,8 +111,8 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
                 f"{model.source} is an embedding head trained on the backbone file "
                 f"'{named[:200]}' (its sha256 in the metadata), which is not beside it "
                 f"({named[:200]}.npz or .pb); put it there, or give it with --backbone PATH"
-                + (" (the shipped model of that name holds other weights)" if shipped_as(named)
-                   else ""))
+                + (" (the shipped model of that name is another file: its sha256 is not the "
+                   "one recorded)" if shipped_as(named) else ""))
         elif named is not None:
             raise jaxmir.InputError(
                 f"{model.source} is an embedding head whose metadata names the backbone "

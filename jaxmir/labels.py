@@ -15,14 +15,17 @@ def placeholder_labels(width: int) -> tuple[str, ...]:
 
 
 def label_list(labels) -> list[str]:
-    """``labels`` as a list of class names; :class:`InputError` for text (each character would be
-    a label) or anything that is no sequence of strings."""
-    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
-        raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
+    """``labels`` as a list of class names (Python strings); :class:`InputError` for text (each
+    character would be a label), a set (its order is the hashes'), or anything that is no
+    sequence of strings."""
+    ordered = isinstance(labels, Iterable) and not isinstance(labels, (str, bytes, set, frozenset))
+    if not ordered or getattr(labels, "ndim", 1) == 0:
+        raise InputError(f"labels={str(labels)[:80]}: expected a list of class names, in the "
+                         "model's output order")
     labels = list(labels)
     if not all(isinstance(label, str) for label in labels):
         raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
-    return labels
+    return [str(label) for label in labels]  # NumPy's str_ as Python's
 
 
 def check_labels(labels: Sequence[str], width: int) -> None:

@@ -758,8 +758,8 @@ def test_a_head_trained_on_a_backbone_file_does_not_run_on_a_shipped_model_of_it
     assert status == 1 and out == "", err
     assert f"{head} is an embedding head trained on the backbone file 'msd-musicnn-3' (its " \
         "sha256 in the metadata), which is not beside it (msd-musicnn-3.npz or .pb); put it " \
-        "there, or give it with --backbone PATH (the shipped model of that name holds other " \
-        "weights)" in err, err
+        "there, or give it with --backbone PATH (the shipped model of that name is another " \
+        "file: its sha256 is not the one recorded)" in err, err
     status, out, err = run(capsys, "info", str(head))
     assert status == 0 and "backbone (its metadata's): msd-musicnn-3, not found beside it\n" in out
     shutil.copy(graph, tmp_path / "msd-musicnn-3.pb")

@@ -848,7 +848,9 @@ def test_a_spec_s_repr_leaves_its_weights_out(musicnn):
 def test_with_labels_refuses_text_as_load_does(musicnn):
     """with_labels("ab") took a string as a label per character, where load(labels="ab")
     refuses it."""
-    names = "".join(chr(ord("a") + i % 26) for i in range(50))
-    for refused in (names, [1] * 50):
+    names = "".join(chr(ord("a") + i % 26) + str(i) for i in range(50))
+    for refused in (names[:50], [1] * 50, set(names.split()), np.array("rock")):
         with pytest.raises(InputError, match="expected a list of class names"):
             musicnn.with_labels(refused)
+    labels = musicnn.with_labels(np.array(list(musicnn.labels))).labels  # NumPy's str_ as str
+    assert labels == musicnn.labels and all(type(label) is str for label in labels)
