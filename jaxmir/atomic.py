@@ -71,6 +71,18 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+LINK_LOOP = "is a link that leads to no file (a loop)"  # an output's, in every refusal of one
+
+
+def is_link_loop(path: str | os.PathLike) -> bool:
+    """Whether following ``path``'s links (its own, or a folder's on the way) goes round."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
+
+
 def through_link(target: str | os.PathLike) -> Path:
     """The file a write to ``target`` replaces: the one a symbolic link names (the link stays),
     else ``target`` itself."""

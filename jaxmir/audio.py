@@ -69,6 +69,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
         1 Hz-384 kHz or too far from ``sample_rate`` (a ratio beyond 1/256 to 256),
         an unknown resampler or decoder, or (``strict=True``) a
         damaged or truncated file; the message names the file.
+      InputError: ``strict=True`` with ``decoder="soundfile"``, which reports no damage.
     """
     check_resampler(resampler)
     if decoder not in DECODERS:

@@ -182,6 +182,7 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
     """``--output`` of ``jaxmir tag`` without a table must name a file that may be written:
     checked before any work, and by :func:`_emit` before the write. ``-`` is standard output; a
     pipe or a character device (``/dev/stdout``) is written through, a link's target replaced."""
+    from jaxmir.atomic import LINK_LOOP
     from jaxmir.collection.outputs import check_writable
 
     if output is None or output == "-":
@@ -196,7 +197,7 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
         mode = os.stat(output).st_mode  # through links
     except OSError as err:
         if err.errno == errno.ELOOP:  # a link to itself, or a chain of them
-            raise InputError(f"--output {output} is a link that leads to no file (a loop)") from None
+            raise InputError(f"--output {output} {LINK_LOOP}") from None
         mode = None
     if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
         return  # written to, not replaced (_written_through)
@@ -861,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--plot", metavar="PNG", default=None,
                      help="draw the taggram (tags x time) to PNG (several files: PNG-<name>.png); "
                           "needs matplotlib (pip install 'jaxmir[plot]')")
-    add_collection_options(tag)
+    add_collection_options(tag, reports=True)
     tag.set_defaults(func=cmd_tag)
 
     embed = commands.add_parser("embed", help="embeddings of audio files: .npy files or a table",

@@ -40,10 +40,13 @@ for a fifth of the CPU time (FFmpeg's frames and FIFO cost ~0.1 s of CPU for
 a 207-s stereo file); any other WAV goes to FFmpeg.
 
 A file is *damaged* when the decoder rejected some of its packets (Essentia
-skips them with a warning, so does jaxmir), and *truncated* when it holds
-fewer samples than its header declares (WAV ``data`` chunk, FLAC STREAMINFO,
-MP3 LAME/Xing/VBRI header, container duration) or, for Ogg, when its last page
-is cut or lacks the end-of-stream mark. Either is reported by a
+skips them with a warning, so does jaxmir), reading stopped early, Ogg pages
+failed their checksum or were of another version, its FLAC STREAMINFO's rate is
+not its frames', or a WAV/AIFF header's fields disagree (more samples than it
+counts); and *truncated* when it holds fewer samples than its header declares
+(WAV ``data`` chunk or, compressed, ``fact`` chunk, FLAC STREAMINFO, MP3
+LAME/Xing/VBRI header, container duration; Ogg declares none) or, for Ogg, when
+its last page is cut or lacks the end-of-stream mark. Either is reported by a
 :class:`DamagedAudioWarning` and the ``status`` of the result, or raised as an
 :class:`~jaxmir.errors.AudioError` with ``strict=True``.
 """
@@ -98,7 +101,8 @@ _EXACT_LENGTHS = ("wav", "aiff")  # FFmpeg's names of those demuxers
 
 
 class DamagedAudioWarning(JaxmirWarning):
-    """A file decoded only in part: undecodable packets, or fewer samples than its header declares."""
+    """A file decoded only in part, or with a header that does not hold: undecodable packets or
+    pages, fewer samples than its header declares, fields of its header that disagree."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +115,8 @@ class DecodedAudio:
       declared_frames: the length the file's header declares (frames per
         channel), or None when it declares none (an MP3 without a LAME/Xing
         header, a stream).
-      status: ``"ok"``, ``"damaged"`` (undecodable packets were skipped) or
-        ``"truncated"`` (fewer frames than declared).
+      status: ``"ok"``, ``"damaged"`` (see the module docstring: packets or pages skipped,
+        a header that does not hold) or ``"truncated"`` (fewer frames than declared).
       problem: the message reported for a damaged or truncated file, else None.
     """
 

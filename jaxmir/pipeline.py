@@ -251,7 +251,8 @@ def predict(model: "Model", audio: ArrayLike, sample_rate: int,
     """The model's output for every patch of a signal, as Essentia's TensorflowPredict* gives it.
 
     NumPy (or list) input runs through the streaming engine
-    (:class:`jaxmir.stream.Stream`, the whole signal as one chunk): the one
+    (:class:`jaxmir.stream.Stream`, in blocks of :data:`~jaxmir.audio.BLOCK_FRAMES`
+    frames, its samples checked whole first): the one
     path the command line, files read block by block and live input take. A
     JAX array (16 kHz, mono, float) takes the bucketed one-program path
     (:func:`plan`, :func:`run_plan`) instead: it keeps its dtype (float64

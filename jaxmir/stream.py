@@ -63,7 +63,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -597,7 +597,7 @@ class Stream:
 @contextlib.contextmanager
 def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str = "essentia",
                 strict: bool = False, damage: list[str] | None = None, **options
-                ) -> ContextManager[tuple[Stream, Iterator[Patches]]]:
+                ) -> Iterator[tuple[Stream, Iterator[Patches]]]:
     """A file decoded block by block (:func:`jaxmir.decode.iter_blocks`) into a :class:`Stream`.
 
     A context manager: ``with file_stream(model, path, "predictions") as (stream, patches):``

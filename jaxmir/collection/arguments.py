@@ -10,9 +10,10 @@ from jaxmir.arguments import whole_number
 from jaxmir.batches import BATCH, HEAVY_HEAD_BATCH, MAX_BATCH
 
 
-def add_collection_options(parser: argparse.ArgumentParser) -> None:
+def add_collection_options(parser: argparse.ArgumentParser, reports: bool = False) -> None:
     """``--jobs``, ``--processes``, ``--engine``, ``--actors``, ``--batch``, ``--per-patch``,
-    ``--overwrite``, ``--flush-every``."""
+    ``--overwrite``, ``--flush-every``; ``reports``: the command also writes reports and
+    pictures (``jaxmir tag``), which ``--overwrite`` replaces."""
     group = parser.add_argument_group(
         "collections", "with --output OUT.parquet, OUT.jsonl, OUT.csv (tag) or a folder of .npy "
                        "(embed): one row per file, written as files are done; a rerun resumes")
@@ -35,8 +36,9 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--per-patch", action="store_true",
                        help="also write every patch's output (column 'patches', [n_patches, dim])")
     group.add_argument("--overwrite", action="store_true",
-                       help="start a table or folder --output over instead of resuming it; "
-                            "replace an existing report or --plot picture")
+                       help="start a table or folder --output over instead of resuming it"
+                            + ("; replace an existing report or --plot picture"
+                               if reports else ""))
     group.add_argument("--flush-every", metavar="ROWS", type=whole_number(1), default=256,
                        help="Parquet: rows per part file (default 256; a part is also written "
                             "every minute)")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import hashlib
 import io
 import json
@@ -47,8 +46,8 @@ except ImportError:  # pragma: no cover -- Windows: outputs are not locked
 
 import numpy as np
 
-from jaxmir.atomic import (is_temporary, is_temporary_of, make_folder_atomically, name_prefix,
-                           unwritable, write_atomically)
+from jaxmir.atomic import (LINK_LOOP, is_link_loop, is_temporary, is_temporary_of,
+                           make_folder_atomically, name_prefix, unwritable, write_atomically)
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, npy_names
 from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, ERROR, OVERWRITE, Layout,
@@ -69,12 +68,8 @@ def followed(output: str) -> str:
     through two names then share one lock, and a resumed run rewrites the link's target instead
     of replacing the link by a file."""
     bare = output.rstrip("/" + os.sep) or output
-    try:
-        os.stat(bare)
-    except OSError as err:
-        if err.errno == errno.ELOOP:  # a link to itself, or a chain of them, on the way
-            raise InputError(f"--output {output} is a link that leads to no file (a loop)") \
-                from None
+    if is_link_loop(bare):
+        raise InputError(f"--output {output} {LINK_LOOP}")
     return os.path.realpath(bare) if os.path.islink(bare) else output
 
 
@@ -609,7 +604,7 @@ class ParquetWriter(Writer):
         import pyarrow as pa
 
         self.pa = pa
-        self.flush_rows, self.flush_seconds = max(1, flush_rows), flush_seconds
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         if path.exists() and not path.is_dir():
             if not overwrite:
                 raise InputError(f"--output {path} is a file, not a jaxmir Parquet folder; "
