@@ -383,7 +383,8 @@ def test_decoders_agree_on_pcm_and_old_calls_still_work():
     """WAV: FFmpeg (both modes) and libsndfile give the same samples; positional calls as before."""
     path = shared_fixture(CHIRP)
     default = load_audio(path, 16000, "essentia")
-    for decoder in ("essentia", "float", "soundfile"):
-        np.testing.assert_array_equal(load_audio(path, decoder=decoder, strict=True), default)
+    for decoder in ("essentia", "float", "soundfile"):  # strict: FFmpeg's decoders report damage
+        np.testing.assert_array_equal(
+            load_audio(path, decoder=decoder, strict=decoder != "soundfile"), default)
     with pytest.raises(AudioError, match="unknown decoder"):
         load_audio(path, decoder="libsndfile")
