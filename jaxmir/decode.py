@@ -156,6 +156,7 @@ class AudioBlocks:
         self._patched: ogg.PatchedFile | None = None  # an Ogg file read with its checksums fixed
         self._bad_pages = 0
         self._stops_early = False
+        self._foreign_pages = 0
         self._header_rate: int | None = None  # a FLAC STREAMINFO's rate where its frames differ
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._mp3 = Mp3Start()
@@ -173,8 +174,9 @@ class AudioBlocks:
         pages = _ogg_damage(self.path)
         self._container, self._patched = _open(self.path, pages if mode == "essentia" else None)
         # what FFmpeg's reading loses or keeps of the damaged pages: the wheel's, or today's
-        self._bad_pages = len(pages.checksums_before_stop()) if mode == "essentia" \
-            else pages.skipped
+        self._bad_pages = len(pages.checksums_before_stop() if mode == "essentia"
+                              else pages.checksums)
+        self._foreign_pages = 0 if mode == "essentia" else pages.foreign
         self._stops_early = mode == "essentia" and pages.stop is not None
         try:
             self._stream = self._container.streams.audio[0]
@@ -430,7 +432,7 @@ class AudioBlocks:
             if f"{have / rate:.2f}" == f"{declared / rate:.2f}":  # "1.00 s of the 1.00 s"
                 length = f"decoded {have} of the {declared} frames its header declares"
         if self._bad_packets or self._read_error or self._bad_pages or self._stops_early \
-                or self._header_rate is not None:
+                or self._foreign_pages or self._header_rate is not None:
             what = []
             if self._header_rate is not None:
                 wheel = f"plays it at {self._header_rate} Hz" if self._header_rate else \
@@ -441,9 +443,11 @@ class AudioBlocks:
                 what.append(f"{self._bad_pages} Ogg page(s) failing their checksum decoded as they "
                             "are (as Essentia's FFmpeg 2.8 does; FFmpeg today skips them)")
             elif self._bad_pages:
-                what.append(f"{self._bad_pages} Ogg page(s) skipped, as FFmpeg does today: "
-                            "failing their checksum, or of an unknown version (Essentia's wheel "
-                            "decodes the first as they are, and stops at the second)")
+                what.append(f"{self._bad_pages} Ogg page(s) failing their checksum skipped, as "
+                            "FFmpeg does today (Essentia's wheel decodes them as they are)")
+            if self._foreign_pages:
+                what.append(f"{self._foreign_pages} Ogg page(s) of an unknown version skipped, as "
+                            "FFmpeg does today (Essentia's wheel stops at the first)")
             if self._bad_packets:
                 what.append(f"{self._bad_packets} undecodable packet(s) skipped")
             if self._read_error:

@@ -25,7 +25,7 @@ def label_list(labels) -> list[str]:
     labels = list(labels)
     if not all(isinstance(label, str) for label in labels):
         raise InputError(f"labels={str(labels)[:80]}: expected a list of class names")
-    return [str(label) for label in labels]  # NumPy's str_ as Python's
+    return [str.__str__(label) for label in labels]  # NumPy's str_, a str Enum's value: a str
 
 
 def check_labels(labels: Sequence[str], width: int) -> None:

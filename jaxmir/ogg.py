@@ -56,13 +56,13 @@ class Damage:
       stop: where the first page of a version other than 0 begins that audio pages follow,
         which ended FFmpeg 2.8's reading (``None``: none; one in junk behind a stream's last
         page, with no page after it, loses nothing).
-      skipped: the pages FFmpeg today skips and loses audio with: those failing their CRC, and
-        those of another version inside a stream (not behind its last page).
+      foreign: the pages of another version inside a stream (not behind its last page), which
+        FFmpeg today skips, losing their audio (as it does the pages failing their CRC).
     """
 
     checksums: dict[int, bytes] = dataclasses.field(default_factory=dict)
     stop: int | None = None
-    skipped: int = 0
+    foreign: int = 0
 
     def checksums_before_stop(self) -> dict[int, bytes]:
         """The checksums of the pages 2.8 read, before :attr:`stop`."""
@@ -101,7 +101,7 @@ def _walk(data) -> Damage:
             if checksum != int.from_bytes(page[_CRC_AT:_CRC_AT + 4], "little"):
                 fixes[at + _CRC_AT] = checksum.to_bytes(4, "little")
         at = end
-    return Damage(fixes, stop, len(fixes) + foreign)
+    return Damage(fixes, stop, foreign)
 
 
 class PatchedFile(io.RawIOBase):

@@ -105,6 +105,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
             fmt = struct.unpack("<HHIIHH", body[:16]) + (sub_format,)
         elif name == b"fact" and size >= 4:
             fact = struct.unpack("<I", need(padded, what)[:4])[0]
+            fact = None if fact in UNKNOWN_DATA_SIZES else fact  # RF64 writers put -1 there
         else:
             for start in range(0, padded, 1 << 16):
                 need(min(1 << 16, padded - start), what)

@@ -854,3 +854,8 @@ def test_with_labels_refuses_text_as_load_does(musicnn):
             musicnn.with_labels(refused)
     labels = musicnn.with_labels(np.array(list(musicnn.labels))).labels  # NumPy's str_ as str
     assert labels == musicnn.labels and all(type(label) is str for label in labels)
+    import enum
+
+    Genre = enum.Enum("Genre", {f"g{i}": label for i, label in enumerate(musicnn.labels)},
+                      type=str)
+    assert musicnn.with_labels(list(Genre)).labels == musicnn.labels  # values, not 'Genre.g0'
