@@ -467,6 +467,11 @@ class AudioBlocks:
         if self._unfinished_ogg is not None:
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
                                  f"its Ogg stream {self._unfinished_ogg}")
+        missing = _missing_data_bytes(self._wav_header, self.path)
+        if missing:  # a compressed WAV without a fact chunk counts its data in bytes alone
+            return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
+                                 f"its data chunk lacks {missing} of the "
+                                 f"{self._wav_header.data_size} bytes it declares")
         return "ok", None
 
 
@@ -730,6 +735,14 @@ def _compressed(header: WavHeader | None) -> bool:
     """Whether a RIFF/WAVE header's samples are compressed (ADPCM, MP3, GSM: blocks of many
     frames, counted by a ``fact`` chunk, not by the data's size)."""
     return header is not None and header.sample_tag not in _UNCOMPRESSED_TAGS
+
+
+def _missing_data_bytes(header: WavHeader | None, path: str) -> int:
+    """The bytes a RIFF/WAVE file's data chunk declares beyond the file's end (0: none, or no
+    such header, or a size its writer could not know)."""
+    if header is None or header.data_size is None or not os.path.isfile(path):
+        return 0
+    return max(0, header.data_offset + header.data_size - os.path.getsize(path))
 
 
 def _wav_frames(header: WavHeader | None) -> int | None:

@@ -977,6 +977,11 @@ def test_a_compressed_wav_is_counted_by_its_fact_chunk(tmp_path, codec):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert decode_file(bare, strict=True).declared_frames is None
+    # ... but its data chunk's size still tells a cut file (it passed as ok)
+    (tmp_path / "bare_cut.wav").write_bytes(bare.read_bytes()[:bare.stat().st_size // 2])
+    with pytest.warns(DamagedAudioWarning, match=r"bare_cut.wav: truncated audio: decoded .* s; "
+                                                 r"its data chunk lacks \d+ of the \d+ bytes"):
+        assert decode_file(tmp_path / "bare_cut.wav").status == "truncated"
 
 
 @pytest.mark.parametrize("size", [0, 0xFFFFFFFF])
