@@ -157,6 +157,7 @@ class AudioBlocks:
         self._bad_pages = 0
         self._stops_early = False
         self._foreign_pages = 0
+        self._missing_bytes = 0  # of a WAV's data chunk, beyond the file's end
         self._header_rate: int | None = None  # a FLAC STREAMINFO's rate where its frames differ
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._mp3 = Mp3Start()
@@ -250,6 +251,7 @@ class AudioBlocks:
                 first = _wav_header(head + self._file.read(_WAV_HEAD - len(head)))
                 # FFmpeg, today's and the wheel's, reads the last of several data chunks
                 self._wav_header = first and _last_data_chunk(self._file, first, size)
+                self._missing_bytes = _missing_data_bytes(self._wav_header, size)
             layout = _wav_layout(self._wav_header, size)
         except OSError:
             layout = None
@@ -294,8 +296,8 @@ class AudioBlocks:
         skip_start = 0
         trims = self.mode == "essentia"  # the decoder only reports the trimming (skip_manual)
         keep_end = trims and (self._demuxer, self.codec) in _KEEPS_END_PADDING
-        keep_start = trims and self._demuxer in _KEEPS_START_PADDING and not (
-            self._demuxer == "matroska" and self.codec in _TRIMS_OWN_DELAY)
+        keep_start = trims and self._demuxer in _KEEPS_START_PADDING \
+            and self.codec not in _TRIMS_OWN_DELAY
         fifo = av.AudioFifo()
         for frame in self._frames():
             if trims and self._mp3.tag_frame is not None:
@@ -467,10 +469,9 @@ class AudioBlocks:
         if self._unfinished_ogg is not None:
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
                                  f"its Ogg stream {self._unfinished_ogg}")
-        missing = _missing_data_bytes(self._wav_header, self.path)
-        if missing:  # a compressed WAV without a fact chunk counts its data in bytes alone
+        if self._missing_bytes:  # a compressed WAV without a fact chunk counts its data in bytes
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
-                                 f"its data chunk lacks {missing} of the "
+                                 f"its data chunk lacks {self._missing_bytes} of the "
                                  f"{self._wav_header.data_size} bytes it declares")
         return "ok", None
 
@@ -737,12 +738,12 @@ def _compressed(header: WavHeader | None) -> bool:
     return header is not None and header.sample_tag not in _UNCOMPRESSED_TAGS
 
 
-def _missing_data_bytes(header: WavHeader | None, path: str) -> int:
-    """The bytes a RIFF/WAVE file's data chunk declares beyond the file's end (0: none, or no
-    such header, or a size its writer could not know)."""
-    if header is None or header.data_size is None or not os.path.isfile(path):
+def _missing_data_bytes(header: WavHeader | None, file_size: int) -> int:
+    """The bytes a RIFF/WAVE header's data chunk declares beyond the ``file_size`` bytes of its
+    file (0: none, or no such header, or a size its writer could not know)."""
+    if header is None or header.data_size is None:
         return 0
-    return max(0, header.data_offset + header.data_size - os.path.getsize(path))
+    return max(0, header.data_offset + header.data_size - file_size)
 
 
 def _wav_frames(header: WavHeader | None) -> int | None:

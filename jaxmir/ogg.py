@@ -86,7 +86,8 @@ def _walk(data) -> Damage:
     while (at := data.find(CAPTURE, at)) >= 0:
         if at + HEADER_BYTES > len(data):
             break  # cut inside the header: FFmpeg ends there
-        if data[at + len(CAPTURE)] != 0:
+        version = data[at + len(CAPTURE)]
+        if version != 0:
             if stop is None and not (ended and data.find(CAPTURE + b"\0", at + 1) < 0):
                 stop = at  # 2.8 stopped here; junk behind the last page loses nothing
             foreign += not ended  # today's FFmpeg loses audio with one inside a stream
@@ -95,7 +96,7 @@ def _walk(data) -> Damage:
         end = page_end(data, at)
         if end > len(data):
             break  # cut inside the page
-        if data[at + len(CAPTURE)] == 0:
+        if version == 0:
             page = data[at:end]
             checksum = page_checksum(page)
             if checksum != int.from_bytes(page[_CRC_AT:_CRC_AT + 4], "little"):

@@ -49,7 +49,7 @@ import numpy as np
 from jaxmir.atomic import (LINK_LOOP, is_link_loop, is_temporary, is_temporary_of,
                            make_folder_atomically, name_prefix, unwritable, write_atomically)
 from jaxmir.collection import resume
-from jaxmir.collection.inputs import Source, npy_names
+from jaxmir.collection.inputs import Source, file_key, npy_names
 from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, ERROR, OVERWRITE, Layout,
                                    Result, as_text, base, embedding_mean, from_text, patches,
                                    summary, tag_means)
@@ -147,15 +147,6 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
                 raise InputError(f"--output {output} is being written by another jaxmir run; "
                                  f"wait for it to end, or {ANOTHER_OUTPUT}") from None
         yield
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """``path``'s device and inode (a folder made anew under the same name has others), or None."""
-    try:
-        state = os.stat(path)
-    except OSError:
-        return None
-    return state.st_dev, state.st_ino
 
 
 def _check_linked(handle) -> os.stat_result:
@@ -650,14 +641,14 @@ class ParquetWriter(Writer):
         self.next_part = max(numbers) + 1
         self.buffer: list[dict] = []
         self.last_flush = time.monotonic()
-        self._folder = _identity(path)
+        self._folder = file_key(str(path))  # a folder made anew under the name has another
         self._parts_written: list[Path] = []
 
     def _check_kept(self) -> None:
         """:class:`InputError` when the folder was deleted (or made anew) or a part this run
         wrote was removed during the run: "every row written before is kept", it said of them."""
         gone = [part.name for part in self._parts_written if not part.is_file()]
-        same_folder = _identity(self.path) == self._folder
+        same_folder = file_key(str(self.path)) == self._folder
         if not same_folder or gone:
             what = f"lost {gone[0]}" if same_folder else "was deleted"
             raise InputError(f"{self.path} {what} while this run wrote to it; the rows written "
