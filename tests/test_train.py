@@ -407,6 +407,23 @@ def test_cache_reused_keyed_and_safe(tmp_path, audio_set, monkeypatch):
     assert embeddings.source_digest(package) != before
 
 
+def test_the_cache_key_changes_with_the_decoding_libraries(monkeypatch):
+    """Another FFmpeg under the same jaxmir and JAX decodes differently (codec delays, edit
+    lists): its features were reused when only jaxmir's source and JAX's version were keyed."""
+    import av
+
+    embeddings.computed_by.cache_clear()
+    before = embeddings.computed_by()
+    versions = dict(av.library_versions, libavcodec=(58, 91, 100))
+    monkeypatch.setattr(av, "library_versions", versions)
+    embeddings.computed_by.cache_clear()
+    try:
+        assert embeddings.computed_by() != before
+        assert "libavcodec 58.91.100" in embeddings.computed_by()
+    finally:
+        embeddings.computed_by.cache_clear()
+
+
 @pytest.mark.parametrize("problem", ["a file", "a full disk"])
 def test_a_cache_that_cannot_be_written_is_turned_off_with_one_warning(tmp_path, audio_set,
                                                                       monkeypatch, problem):

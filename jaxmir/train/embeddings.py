@@ -3,7 +3,7 @@
 Each file's ``[patches, features]`` float32 array is stored as a ``.npy``
 (read back with ``allow_pickle=False``), written atomically, under a name
 derived from the backbone, the layer, the code that computes it (jaxmir's
-source and JAX's version) and the file's absolute path, size and modification
+source, and the versions of JAX and of the decoding and resampling libraries) and the file's absolute path, size and modification
 time: a changed file, or a jaxmir that decodes or computes differently, computes
 anew; an unchanged one is reused across epochs, folds and runs.
 """
@@ -60,10 +60,18 @@ def source_digest(package: Path) -> str:
 
 @functools.lru_cache(maxsize=1)
 def computed_by() -> str:
-    """What computes the features: jaxmir's source (its version stays 0.1.0 through fixes) and
-    JAX's version."""
-    return f"jaxmir {source_digest(Path(__file__).resolve().parents[1])[:16]}, " \
-           f"jax {importlib.metadata.version('jax')}"
+    """What computes the features: jaxmir's source (its version stays 0.1.0 through fixes), and
+    the versions of what decodes, resamples and runs the model (FFmpeg's libraries, libsndfile,
+    libsamplerate and soxr's bindings, JAX)."""
+    import av
+    import soundfile
+
+    libraries = ", ".join(f"{name} {'.'.join(map(str, av.library_versions[name]))}"
+                          for name in ("libavformat", "libavcodec", "libswresample"))
+    packages = ", ".join(f"{name} {importlib.metadata.version(name)}"
+                         for name in ("jax", "jaxlib", "av", "samplerate", "soxr", "soundfile"))
+    return f"jaxmir {source_digest(Path(__file__).resolve().parents[1])[:16]}, {packages}, " \
+           f"{libraries}, libsndfile {soundfile.__libsndfile_version__}"
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
