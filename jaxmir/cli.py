@@ -609,8 +609,8 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.audio import check_channels
     from jaxmir.checks import check_rate
-    from jaxmir.pcm import (RAW_DTYPES, decode_pcm, encoded_format, frame_bytes, joined_format,
-                            read_wav_header)
+    from jaxmir.pcm import (RAW_DTYPES, WIDE_HEADS, decode_pcm, encoded_format, frame_bytes,
+                            joined_format, read_wav_header)
     from jaxmir.stream import Stream
 
     def reading(fn, *a):
@@ -632,7 +632,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     raw_options = {"--rate": args.rate, "--channels": args.channels, "--dtype": args.dtype}
     if not head:
         raise InputError("standard input is empty; send a WAV stream, or raw PCM with --rate")
-    if head == b"RIFF":
+    if head in (b"RIFF", *WIDE_HEADS):
         header = reading(read_wav_header, source.read)  # a header that never comes: Ctrl-C
         if header is None:
             return _stopped_by(interrupted)
@@ -642,10 +642,10 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         for option in (name for name, value in raw_options.items() if value is not None):
             _warn(f"{option} is ignored: standard input holds a WAV stream, whose header says "
                   f"{rate} Hz, {channels} channel(s)")
-    elif head in (b"RF64", b"BW64", b"RIFX"):
-        raise InputError(f"standard input holds a WAV stream with a {head.decode()} header, which "
-                         "jaxmir stream does not read; send a RIFF WAV stream, or raw PCM with "
-                         "--rate (jaxmir tag reads such files)")
+    elif head == b"RIFX":
+        raise InputError("standard input holds a big-endian WAV stream (a RIFX header), which "
+                         "jaxmir stream does not read; send a RIFF, RF64 or BW64 WAV stream, or "
+                         "raw PCM with --rate (jaxmir tag reads such files)")
     elif encoded is not None:
         raise InputError(f"standard input holds {encoded}, not raw PCM: jaxmir stream reads "
                          "a WAV stream or raw PCM (jaxmir tag reads the file; or decode it first, "

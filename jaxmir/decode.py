@@ -68,7 +68,7 @@ import numpy as np
 from jaxmir import ogg
 from jaxmir.checks import is_whole
 from jaxmir.errors import AudioError, JaxmirWarning
-from jaxmir.pcm import (UNKNOWN_DATA_SIZES, WavHeader, decode_pcm, frame_bytes,
+from jaxmir.pcm import (UNKNOWN_DATA_SIZES, WIDE_HEADS, WavHeader, decode_pcm, frame_bytes,
                         parse_wav_header)
 
 MODES = ("essentia", "float")
@@ -247,7 +247,7 @@ class AudioBlocks:
             self._file = open(self.path, "rb")
             head = self._file.read(12)  # RIFF/WAVE or not: other files are read no further here
             size = os.fstat(self._file.fileno()).st_size
-            if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            if head[:4] in (b"RIFF", *WIDE_HEADS) and head[8:12] == b"WAVE":
                 first = _wav_header(head + self._file.read(_WAV_HEAD - len(head)))
                 # FFmpeg, today's and the wheel's, reads the last of several data chunks
                 self._wav_header = first and _last_data_chunk(self._file, first, size)

@@ -71,15 +71,22 @@ class WavHeader:
         return WAV_DTYPES.get((self.sample_tag, self.bits))
 
 
+WIDE_HEADS = (b"RF64", b"BW64")  # RIFF's 64-bit forms: sizes past 4 GB in a ds64 chunk
+
+
 def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input") -> WavHeader:
-    """Read a RIFF/WAVE header from ``read`` up to the first sample of its ``data`` chunk.
+    """Read a RIFF/WAVE header (or an RF64/BW64 one) from ``read`` up to the first sample of
+    its ``data`` chunk.
 
     ``read(n)`` returns exactly ``n`` bytes or fewer at the end of the input; the first fmt
-    chunk counts; other chunks before the data are skipped in pieces of at most 64 KB.
+    chunk counts; other chunks before the data are skipped in pieces of at most 64 KB. An
+    RF64/BW64 header's first chunk is its ``ds64``, whose 64-bit data size stands for the data
+    chunk's 0xFFFFFFFF.
 
     Raises:
       AudioError: naming ``source``, for a header that ends early, has no RIFF/WAVE
-        signature, or no fmt chunk of at least 16 bytes before its data.
+        signature (or RF64/BW64 without a ds64 chunk first), or no fmt chunk of at least 16
+        bytes before its data.
     """
     def need(n: int, what: str) -> bytes:
         data = read(n)
@@ -87,14 +94,29 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
             raise AudioError(f"{source}: malformed WAV header: ends inside the {what}")
         return data
 
+    def skip(n: int, what: str) -> None:
+        for start in range(0, n, 1 << 16):
+            need(min(1 << 16, n - start), what)
+
     riff = need(12, "RIFF header")
-    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+    if riff[:4] not in (b"RIFF", *WIDE_HEADS) or riff[8:12] != b"WAVE":
         raise AudioError(f"{source}: malformed WAV header: no RIFF/WAVE signature")
-    offset, fmt, fact = 12, None, None
+    offset, fmt, fact, wide_size = 12, None, None, None
+    if riff[:4] in WIDE_HEADS:
+        name, size = struct.unpack("<4sI", need(8, "chunk header"))
+        if name != b"ds64" or size < 16:
+            raise AudioError(f"{source}: malformed WAV header: {riff[:4].decode()} without a "
+                             "ds64 chunk first")
+        padded = size + (size & 1)
+        wide_size = struct.unpack("<Q", need(16, "'ds64' chunk")[8:16])[0]
+        skip(padded - 16, "'ds64' chunk")
+        offset += 8 + padded
     while True:
         name, size = struct.unpack("<4sI", need(8, "chunk header"))
         offset += 8
         if name == b"data":
+            if wide_size is not None and size == 0xFFFFFFFF:
+                size = 0 if wide_size >= 1 << 63 else wide_size  # 0, or all ones: not known
             break
         padded, what = size + (size & 1), f"{name.decode('latin-1')!r} chunk"
         if name == b"fmt " and fmt is None:
@@ -107,8 +129,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
             fact = struct.unpack("<I", need(padded, what)[:4])[0]
             fact = None if fact in UNKNOWN_DATA_SIZES else fact  # RF64 writers put -1 there
         else:
-            for start in range(0, padded, 1 << 16):
-                need(min(1 << 16, padded - start), what)
+            skip(padded, what)
         offset += padded
     if fmt is None:
         raise AudioError(f"{source}: malformed WAV header: no fmt chunk before the data")

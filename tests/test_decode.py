@@ -27,7 +27,7 @@ from conftest import child_env, essentia_python, shared_fixture
 from jaxmir import decode
 from jaxmir.decode import (AudioBlocks, DamagedAudioWarning, decode_file, ffmpeg_reason, id3v2_end,
                            iter_blocks)
-from jaxmir.errors import AudioError, InputError
+from jaxmir.errors import AudioError, InputError, NoSamplesError
 from jaxmir.ogg import page_checksum
 
 GRAPH = "essentia-models/genre_dortmund_musicnn_msd.pb"
@@ -254,6 +254,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
             + b"data" + struct.pack("<I", len(second)) + second)
     made["two_data_chunks.wav"] = folder / "two_data_chunks.wav"
     made["two_data_chunks.wav"].write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    # RF64: the data chunk's size in a ds64 chunk; cut in half, it was "ok" (its length unread)
+    made["rf64.wav"] = folder / "rf64.wav"
+    made["rf64.wav"].write_bytes(rf64_wav(signal(22050, 2, 0.5, 20), 22050))
+    made["cut_rf64.wav"] = folder / "cut_rf64.wav"
+    made["cut_rf64.wav"].write_bytes(made["rf64.wav"].read_bytes()[:60_000])
     long = encode(folder / "long.mp3", signal(44100, 2, 0.5, 5, seconds=20.0), 44100, "libmp3lame", 128000)
     data = bytearray(long.read_bytes())
     middle = len(data) // 2
@@ -295,8 +300,9 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
 # version and a WAV of two data chunks
 CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp2",
               "vorbis_in.webm": None, "chained.ogg": None, "stts_damaged.m4a": None,
-              "page_version.ogg": None, "itunsmpb.m4a": None, "two_data_chunks.wav": None}
-DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg"]
+              "page_version.ogg": None, "itunsmpb.m4a": None, "two_data_chunks.wav": None,
+              "rf64.wav": None}
+DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg", "cut_rf64.wav"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
 ESSENTIA_ONLY = ["pages_damaged.ogg"]  # compared in a test of their own
@@ -846,6 +852,40 @@ def test_an_empty_file_is_said_to_be_empty_whatever_its_name(tmp_path, suffix):
 def test_ffmpeg_errors_in_its_words_without_number_and_file_name():
     error = av.error.InvalidDataError(1094995529, "Invalid data found when processing input", "x.ogg")
     assert ffmpeg_reason(error) == "FFmpeg: invalid data found when processing input"
+
+
+def rf64_wav(samples: np.ndarray, rate: int, data_size: int | None = None) -> bytes:
+    """An RF64 WAV of 16-bit ``samples`` ``[frames, channels]``: its RIFF and data sizes
+    0xFFFFFFFF, the real ones in the ds64 chunk (``data_size`` there if given)."""
+    pcm = np.round(samples * 32767).astype("<i2").tobytes()
+    frames, channels = samples.shape
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
+    size = len(pcm) if data_size is None else data_size
+    ds64 = struct.pack("<QQQI", 4 + 36 + 24 + 8 + len(pcm), size, frames, 0)
+    return (b"RF64" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"ds64" + struct.pack("<I", 28)
+            + ds64 + b"fmt " + struct.pack("<I", 16) + fmt + b"data"
+            + struct.pack("<I", 0xFFFFFFFF) + pcm)
+
+
+def test_an_rf64_wav_declares_its_length_in_its_ds64_chunk(files, tmp_path, monkeypatch):
+    """Read directly, as FFmpeg reads it; cut, it is truncated (it was "ok": FFmpeg's duration
+    of a cut RF64 is the file's); a ds64 size of 0 (a live writer's) holds no samples for FFmpeg
+    (the wheel cannot open it), nor for jaxmir."""
+    opened = []
+    monkeypatch.setattr(decode, "_open", lambda path, *rest: opened.append(path))
+    whole = decode_file(files["rf64.wav"])
+    assert opened == [] and whole.status == "ok" and whole.declared_frames == int(22050 * SECONDS)
+    monkeypatch.undo()
+    with pytest.warns(DamagedAudioWarning, match=r"cut_rf64.wav: truncated audio: decoded 0\.68 s "
+                                                  r"of the 6\.50 s its header declares"):
+        cut = decode_file(files["cut_rf64.wav"])
+    assert cut.status == "truncated"
+    np.testing.assert_array_equal(cut.samples, whole.samples[:cut.samples.shape[0]])
+    live = tmp_path / "live.wav"
+    live.write_bytes(rf64_wav(signal(22050, 1, 0.5, 21), 22050, data_size=0))
+    assert decode_file(live).samples.shape == (0, 1)
+    with pytest.raises(NoSamplesError):
+        jaxmir.load_audio(live)
 
 
 def test_wav_header_claims_more_than_present(tmp_path):

@@ -589,6 +589,26 @@ def test_stream_command_raw_and_wav(musicnn):
         np.testing.assert_allclose([p for _, p in record["top"]], np.sort(row)[::-1][:3], atol=2e-6)
 
 
+def test_stream_command_reads_an_rf64_stream(musicnn):
+    """What `ffmpeg -i X -f wav -rf64 always -` sends (its sizes in a ds64 chunk of zeros, the
+    data chunk's 0xFFFFFFFF) was refused; read to its end, it tags as the same samples in RIFF."""
+    rate = 22050
+    audio = signal_at(rate, 6.0, 2, seed=15, dtype=np.int16)
+    riff = wav_bytes(audio, rate)
+    fmt, pcm = riff[12:36], riff[44:]
+    live = (b"RF64" + b"\xff" * 4 + b"WAVE" + b"ds64" + struct.pack("<I", 28) + bytes(28) + fmt
+            + b"data" + b"\xff" * 4 + pcm)
+    told = bytearray(live)
+    told[28:36] = struct.pack("<Q", len(pcm) - 4 * rate)  # a ds64 size: 1 s fewer is read
+    want = musicnn.predict(audio, rate)
+    for stdin, patches in ((live, 3), (bytes(told), 2)):
+        run = cli("stream", "--all", "-", stdin=stdin)
+        assert run.returncode == 0, run.stderr.decode()
+        records = lines_of(run)
+        assert len(records) == patches
+        np.testing.assert_allclose([r["predictions"] for r in records], want[:patches], atol=2e-6)
+
+
 def test_stream_command_refuses_encoded_files_as_raw_pcm(tmp_path):
     """A FLAC file on standard input with --rate was read as raw PCM: tags of noise, exit 0."""
     path = tmp_path / "song.flac"
@@ -819,8 +839,9 @@ def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
 def test_stream_command_says_what_an_input_lacked():
     """Exit 0 (the lines written are valid) but one line on standard error: input shorter than a
     patch, and a WAV stream that ends before the data its header declares."""
-    rf64 = cli("stream", "-", stdin=b"RF64" + bytes(60))
-    assert rf64.returncode == 1 and "holds a WAV stream with a RF64 header, which jaxmir stream does not read" in rf64.stderr.decode()
+    rifx = cli("stream", "-", stdin=b"RIFX" + bytes(60))
+    assert rifx.returncode == 1 and "holds a big-endian WAV stream (a RIFX header), which jaxmir " \
+        "stream does not read" in rifx.stderr.decode()
     short = signal_at(16000, 1.0, 1, seed=6, dtype=np.int16).astype("<i2").tobytes()
     run = cli("stream", "--rate", "16000", "-", stdin=short)
     assert run.returncode == 0 and run.stdout == b""
