@@ -88,6 +88,32 @@ def test_bad_headers(broken, problem):
         read_wav_header(io.BytesIO(broken(header)).read)
 
 
+def test_an_rf64_header_takes_its_data_size_from_its_ds64_chunk():
+    """RF64/BW64 (sizes past 4 GB): the data chunk's 0xFFFFFFFF stands for the ds64 chunk's
+    64-bit size, 0 there (a live writer's) for a size not known; a hostile ds64 size is read
+    in pieces, not allocated."""
+    from jaxmir.pcm import parse_wav_header
+
+    data = _wav("WAV", "PCM_16", channels=1)
+    fmt, pcm = data[12:36], data[44:]
+
+    def rf64(head: bytes, data_size: int, ds64_bytes: int = 28) -> bytes:
+        ds64 = (0).to_bytes(8, "little") + data_size.to_bytes(8, "little") + bytes(12)
+        return (head + b"\xff" * 4 + b"WAVE" + b"ds64" + ds64_bytes.to_bytes(4, "little") + ds64
+                + fmt + b"data" + b"\xff" * 4 + pcm)
+
+    for head in (b"RF64", b"BW64"):
+        header = parse_wav_header(io.BytesIO(rf64(head, len(pcm))).read, "x.wav")
+        assert (header.sample_rate, header.dtype, header.data_offset, header.data_size) == \
+            (22050, "<i2", 80, len(pcm))
+    assert parse_wav_header(io.BytesIO(rf64(b"RF64", 0)).read).data_size is None
+    assert read_wav_header(io.BytesIO(rf64(b"RF64", 0)).read) == (22050, 1, "<i2", None)
+    with pytest.raises(AudioError, match="RF64 without a ds64 chunk first"):
+        parse_wav_header(io.BytesIO(b"RF64" + b"\xff" * 4 + b"WAVE" + fmt).read)
+    with pytest.raises(AudioError, match="ends inside the 'ds64' chunk"):
+        parse_wav_header(io.BytesIO(rf64(b"RF64", len(pcm), ds64_bytes=0xFFFFFFF0)).read)
+
+
 def test_a_block_align_short_of_the_samples_is_read_by_the_samples():
     """A writer's bogus block_align (0, or less than a frame) was ignored, frames sized by the
     samples; only frames wider than their samples (padding inside) are refused."""
