@@ -460,11 +460,11 @@ def _warn_ignored(args, table: bool, regressor: bool) -> None:
     head (its values are all listed, in their order)."""
     if table:
         why = f"a table --output ({args.output}) holds every label's mean"
-        ignored = {"--format": (args.format != "text", why), "--top": (args.top != 3, why),
+        ignored = {"--format": (args.format != "text", why), "--top": (args.top is not None, why),
                    "--plot": (args.plot is not None, why)}
     else:
         why = "it applies to a table --output (.parquet, .jsonl, or .csv without -f csv)"
-        ignored = {"--top": (regressor and args.top != 3, _VALUES_UNRANKED),
+        ignored = {"--top": (regressor and args.top is not None, _VALUES_UNRANKED),
                    "--per-patch": (args.per_patch, "it applies to a .parquet or .jsonl --output"),
                    "--jobs": (args.jobs is not None, why), "--processes": (args.processes, why),
                    "--engine": (args.engine != "local", why),
@@ -488,6 +488,7 @@ def cmd_tag(args) -> int:
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     _warn_ignored(args, is_collection(args, "tag"), is_regressor(model))
+    args.top = 3 if args.top is None else args.top
     if is_collection(args, "tag"):
         args.writes_rows = True
         return collection.run_tag(args, model, hop)  # --bf16 casts it through the options
@@ -576,8 +577,9 @@ def _stream_command(args, interrupted: dict) -> int:
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)
-    if is_regressor(model) and args.top != 5 and not args.all and output == "predictions":
+    if is_regressor(model) and args.top is not None and not args.all and output == "predictions":
         _warn(f"--top is ignored: {_VALUES_UNRANKED}")
+    args.top = 5 if args.top is None else args.top
     _check_stream_options(args)
     if args.input != "-":
         raise OptionError(f"jaxmir stream reads standard input ('-'), not {args.input!r}; "
@@ -849,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="audio files (wav, flac, ogg, mp3, ...), folders (walked recursively) "
                           "or @list.txt (one path per line, relative to the list's folder)")
     _patch_options(tag)
-    tag.add_argument("-n", "--top", "--topN", metavar="N", type=whole_number(0), default=3,
+    tag.add_argument("-n", "--top", "--topN", metavar="N", type=whole_number(0), default=None,
                      help="how many tags to list (default 3; 0 = all)")
     tag.add_argument("-f", "--format", choices=FORMATS, default=None,
                      help="text (default; json for an --output ending in .json), json (with the "
@@ -906,7 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="channels of raw PCM, interleaved (default 1)")
     live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default=None,
                       help="sample format of raw PCM (default s16le)")
-    live.add_argument("-n", "--top", metavar="N", type=whole_number(0), default=5,
+    live.add_argument("-n", "--top", metavar="N", type=whole_number(0), default=None,
                       help="tags per line (default 5; 0 = all; a regression head's values come "
                            "all, in their own order)")
     live.add_argument("--all", action="store_true", help="the full output vector instead of the top tags")

@@ -675,7 +675,7 @@ def test_embed_unknown_layer(capsys, wavs, tmp_path):
     assert status == 1 and "unknown output 'nope'" in err and "model/dense/BiasAdd" in err
 
 
-def test_info(capsys, wavs):
+def test_info(capsys, wavs, tmp_path):
     status, out, err = run(capsys, "info", "msd-musicnn")
     assert status == 0, err
     assert "architecture: musicnn" in out and "parameters: 792,079" in out
@@ -710,6 +710,16 @@ def test_info(capsys, wavs):
                            "msd-musicnn", "--top", "1")
     assert status == 0 and "class_0" in out and "class_1" in out, err
     assert "jaxmir: warning: --top is ignored: a regression head's values are all listed" in err
+    # given as its default's value it was ignored without a word, and so was "-n 3" for a table
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", head, "--backbone",
+                           "msd-musicnn", "-n", "3")
+    assert status == 0 and "jaxmir: warning: --top is ignored: a regression head's" in err
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-n", "3", "-o",
+                           str(tmp_path / "tags.csv"))
+    assert status == 0 and "jaxmir: warning: --top is ignored: a table --output" in err, err
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", head, "--backbone",
+                           "msd-musicnn")
+    assert status == 0 and "ignored" not in err, err
 
 
 def test_a_head_runs_on_the_backbone_its_metadata_names_in_every_engine(capsys, wavs, tmp_path,
