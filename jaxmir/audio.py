@@ -283,6 +283,8 @@ def no_sample_error(n_input: int, sample_rate: int) -> NoSamplesError:
 
 def check_peak(samples: np.ndarray, name: str = "audio") -> None:
     """Raise :class:`AudioError` for NaN or infinite samples, or for a peak beyond :data:`MAX_PEAK`."""
+    if samples.dtype.itemsize < 4:  # float16, bfloat16: NumPy warns of their NaN in a reduction
+        samples = samples.astype(np.float32)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0   # NaN if any sample is
     if not math.isfinite(peak):
         bad = int(np.count_nonzero(~np.isfinite(samples)))

@@ -232,7 +232,9 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
         if audio.shape[0] == 0:
             raise InputError("audio contains no samples; expected at least one sample")
         if not isinstance(audio, jax.core.Tracer):
-            check_peak(np.asarray(audio))
+            host = np.asarray(audio)
+            bad = first_bad_frame(host)  # named as a NumPy signal's is
+            check_peak(host, "audio" if bad is None else f"sample {bad}")
         return audio
     if isinstance(audio, jax.core.Tracer):
         raise InputError("traced audio (under jax.grad/jit/vmap) must be float mono [n_samples] "

@@ -269,6 +269,13 @@ def test_a_jax_signal_is_checked_as_a_numpy_one(musicnn):
             musicnn.features(audio, SR, resampler="x")
         with pytest.raises(InputError, match=r"sample.rate array\(\[16000\]\) is not a whole number of Hz"):
             musicnn.predict(audio, np.array([SR]))
+    # a NaN is named by its sample in a JAX signal too, bfloat16 without NumPy's RuntimeWarning
+    signal[20000], signal[30000] = np.nan, np.inf
+    for audio in (signal, jnp.asarray(signal), jnp.asarray(signal, jnp.bfloat16)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(InputError, match="^sample 20000: contains 2 NaN or infinite"):
+                musicnn.predict(audio, SR)
 
 
 def test_features_and_jax_predict_check_what_predict_checks(musicnn):
