@@ -236,9 +236,13 @@ def _check_plot_name(plot: str | None, output: str | None) -> None:
 
 def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
+    from jaxmir.atomic import LINK_LOOP, is_link_loop
     from jaxmir.collection.outputs import check_writable
 
     paths = list(paths)
+    loop = next((path for path in paths if is_link_loop(path)), None)
+    if loop is not None:  # a picture would replace the link, a chain's other links left looping
+        raise InputError(f"--plot {loop} {LINK_LOOP}")
     folder = next((path for path in paths if os.path.isdir(path)), None)
     if folder is not None:
         raise InputError(f"--plot {folder} is a folder; give the picture's file name (.png)")

@@ -470,7 +470,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wav
                                                                      tmp_path):
     """`-o t.txt` in a read-only folder failed after every file was tagged, its results lost;
     `--plot` there failed as the audio file's failure ("unexpected PermissionError"); `-o ''`
-    ran the model first; a link to itself was replaced by a file."""
+    ran the model first; a link to itself was replaced by a file (a picture with --overwrite)."""
     from jaxmir import stream
 
     monkeypatch.setattr(stream, "iter_blocks", lambda *a, **k: pytest.fail("a file was read"))
@@ -482,7 +482,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wav
                                   (["-o", ""], "--output '' names no file", 2),  # the command line's
                                   (["-o", f"{tmp_path}/x/"], "x/ is a folder", 2),
                                   (["-o", str(tmp_path / "loop")],
-                                   "is a link that leads to no file (a loop)", 1)):
+                                   "is a link that leads to no file (a loop)", 1),
+                                  # "exists", and --overwrite replaced the link by a picture
+                                  (["--plot", str(tmp_path / "loop"), "--overwrite"],
+                                   f"--plot {tmp_path / 'loop'} is a link that leads to no file "
+                                   "(a loop)", 1)):
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), *option)
         assert status == code and message in err, (option, err)
     assert (tmp_path / "loop").is_symlink()
