@@ -333,13 +333,15 @@ def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
 
 
 def is_regressor(model) -> bool:
-    """Whether ``model`` gives values (its head ends without an activation, or with the identity:
-    a regression head), not class scores to rank."""
-    from jaxmir.spec import Activation, Dense
+    """Whether ``model`` gives values, not class scores to rank: its head ends in anything but
+    a sigmoid or a softmax (no activation or the identity: a regression head; a ReLU: an
+    embedding, VGGish's as Google published it first)."""
+    from jaxmir.spec import Activation
 
     head = model.spec.head
     last = head[-1] if head else None
-    return isinstance(last, Dense) or (isinstance(last, Activation) and last.name == "identity")
+    return last is not None and not (isinstance(last, Activation)
+                                     and last.name in ("sigmoid", "softmax"))
 
 
 def _tag_one(model, args, hop, plots: dict[str, Path]):
@@ -455,7 +457,8 @@ def _unless_unexpanded(work: Callable[[str], object], problems: dict[str, str]):
     return run
 
 
-_VALUES_UNRANKED = "a regression head's values are all listed, in their order, not ranked"
+_VALUES_UNRANKED = ("the model gives values, not class scores (no sigmoid or softmax ends it: a "
+                    "regression head, an embedding): all listed, in their order, not ranked")
 
 
 def _warn_ignored(args, table: bool, regressor: bool) -> None:

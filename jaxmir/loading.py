@@ -127,7 +127,9 @@ def _load_one(source, labels=None, output=None) -> Model:
     if damaged is not None:
         raise GraphError(f"{text}: the weights of '{damaged[0]}' hold {damaged[1]}; the graph "
                          "would give NaN or meaningless outputs")
-    if labels is None and metadata.get("classes") is not None:  # [] is refused, not ignored
+    # [] is refused, not ignored; "" is what Essentia's own embedding extractors' JSON holds
+    # (audioset-vggish-3.json): no class names
+    if labels is None and metadata.get("classes") not in (None, ""):
         if not isinstance(metadata["classes"], list) or not all(
                 isinstance(name, str) for name in metadata["classes"]):
             raise InputError(f"{metadata['_path']}: 'classes' is {str(metadata['classes'])[:80]}; "

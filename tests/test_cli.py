@@ -713,11 +713,11 @@ def test_info(capsys, wavs, tmp_path):
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", head, "--backbone",
                            "msd-musicnn", "--top", "1")
     assert status == 0 and "class_0" in out and "class_1" in out, err
-    assert "jaxmir: warning: --top is ignored: a regression head's values are all listed" in err
+    assert "jaxmir: warning: --top is ignored: the model gives values, not class scores" in err
     # given as its default's value it was ignored without a word, and so was "-n 3" for a table
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", head, "--backbone",
                            "msd-musicnn", "-n", "3")
-    assert status == 0 and "jaxmir: warning: --top is ignored: a regression head's" in err
+    assert status == 0 and "jaxmir: warning: --top is ignored: the model gives values" in err
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-n", "3", "-o",
                            str(tmp_path / "tags.csv"))
     assert status == 0 and "jaxmir: warning: --top is ignored: a table --output" in err, err

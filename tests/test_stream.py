@@ -738,7 +738,7 @@ def test_stream_command_gives_a_regression_head_s_values_in_their_order():
                  stdin=audio.astype("<i2").tobytes())
     assert result.returncode == 0, result.stderr.decode()
     # said, as jaxmir tag says it (it was ignored without a word)
-    assert "jaxmir: warning: --top is ignored: a regression head's values are all listed" \
+    assert "jaxmir: warning: --top is ignored: the model gives values, not class scores" \
         in result.stderr.decode()
     records = lines_of(result)
     model = jaxmir.load(head, backbone="msd-musicnn")

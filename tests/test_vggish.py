@@ -142,3 +142,42 @@ def test_unknown_head_on_a_known_body(tmp_path):
     with pytest.raises(jaxmir.UnsupportedGraphError,
                        match="MusiCNN body was recognised.*op Selu at 'model/Sigmoid'"):
         jaxmir.load(path)
+
+
+@pytest.mark.parametrize("fc2_relu", [False, True], ids=["pre-activation", "post-relu"])
+def test_essentia_s_own_vggish_metadata_loads_and_its_embeddings_are_not_ranked(tmp_path, capsys,
+                                                                               fc2_relu):
+    """Essentia's audioset-vggish-3.json says ``"classes": ""`` (an embedding extractor): the
+    model beside it could not be loaded ("'classes' is ; expected a list"); and `jaxmir tag` on
+    the 2017 form (a ReLU last) ranked 128 embedding values as tag scores."""
+    require("tensorflow")
+    import json
+
+    import soundfile
+
+    from jaxmir import cli
+    from tools import tf_graphs
+
+    graph = tf_graphs.vggish_graph(tf_graphs.random_weights(8), fc2_relu=fc2_relu,
+                                   widths=(8, 16, 32, 64), fc=(32, 32, 128))
+    path = write(graph, tmp_path / "audioset-vggish-3.pb")
+    # the fields of Essentia's published JSON that jaxmir reads (its text, other fields left out)
+    path.with_suffix(".json").write_text(json.dumps({
+        "name": "VGGish", "type": "embedding extractor", "version": "1", "classes": "",
+        "model_types": ["frozen_model"],
+        "schema": {"inputs": [{"name": "model/Placeholder", "type": "float", "shape": [96, 64]}],
+                   "outputs": [{"name": "model/vggish/embeddings", "type": "float",
+                                "shape": [1, 128], "op": "fully connected",
+                                "output_purpose": "embeddings"}]},
+        "inference": {"sample_rate": 16000, "algorithm": "TensorflowPredictVGGish"}}))
+    model = jaxmir.load(path)
+    assert model.labels[:2] == ("class_0", "class_1") and len(model.labels) == 128
+    assert model.spec.output_name == "model/vggish/embeddings"
+    audio = tmp_path / "a.wav"
+    soundfile.write(audio, np.random.default_rng(3).uniform(-0.5, 0.5, 16000 * 2), 16000)
+    status = cli.main(["tag", str(audio), "--model", str(path), "-n", "2"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "--top is ignored: the model gives values, not class scores" in err
+    listed = [line.split()[1] for line in out.splitlines() if line.strip().startswith("- ")]
+    assert listed == [f"class_{i}" for i in range(128)]  # all, in their order
