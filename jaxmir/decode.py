@@ -392,6 +392,8 @@ class AudioBlocks:
                 packet = None  # flush the decoder
             except av.error.FFmpegError as err:  # a read error: the rest of the file is lost
                 self._read_error = ffmpeg_reason(err)
+                if isinstance(err, av.error.PatchWelcomeError) and self._demuxer == "ogg":
+                    self._read_error = _CHAIN_CHANGES
                 packet = None
             restarted = False
             if self._restarts_at_chains and packet is not None:
@@ -619,6 +621,12 @@ def _decoder(stream, mode: str, headers: bytes | None = None):
     # wheel's FFmpeg 2.8 trimmed some but not all (see _KEEPS_END_PADDING).
     context.options = {**context.options, "flags2": "+skip_manual"}
     return context
+
+
+# FFmpeg's Ogg demuxer stops ("patches welcome") where a chain's next stream changes these;
+# the wheel's FFmpeg 2.8 read on, a new rate's samples at the first's, and crashed on new channels
+_CHAIN_CHANGES = ("the chained Ogg stream after the first changes its sample rate or channels, "
+                  "which FFmpeg does not read on into; the first stream alone decoded")
 
 
 def _new_headers(packet) -> bytes | None:

@@ -826,6 +826,25 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
         decode_file(tmp_path / "headers.ogg")
 
 
+@pytest.mark.parametrize("mode", ["essentia", "float"])
+def test_a_chain_whose_next_stream_changes_its_rate_or_channels_says_so(tmp_path, mode):
+    """FFmpeg's Ogg demuxer stops there; it was told as its "not yet implemented in FFmpeg,
+    patches welcome" (the wheel reads a new rate's samples at the first's, and crashes on new
+    channels)."""
+    first = signal(44100, 2, 0.5, 22, seconds=3.0)
+    soundfile.write(tmp_path / "a.ogg", first, 44100, format="OGG", subtype="VORBIS")
+    soundfile.write(tmp_path / "b.ogg", signal(44100, 1, 0.5, 23, seconds=3.0), 44100,
+                    format="OGG", subtype="VORBIS")
+    (tmp_path / "ab.ogg").write_bytes((tmp_path / "a.ogg").read_bytes()
+                                      + (tmp_path / "b.ogg").read_bytes())
+    with pytest.warns(DamagedAudioWarning, match=r"ab.ogg: damaged audio: reading stopped early "
+                      r"\(the chained Ogg stream after the first changes its sample rate or "
+                      r"channels, which FFmpeg does not read on into; the first stream alone "
+                      r"decoded\); decoded 3\.00 s"):
+        decoded = decode_file(tmp_path / "ab.ogg", mode)
+    assert decoded.samples.shape == decode_file(tmp_path / "a.ogg", mode).samples.shape
+
+
 def test_lyrics3_v1_before_id3v1_is_a_tag_not_damage(files):
     """Lyrics3v1 ("LYRICSBEGIN" ... "LYRICSEND") before an ID3v1 tag: a packet FFmpeg read from it
     failed, and the file was "damaged"."""
