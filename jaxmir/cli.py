@@ -618,8 +618,8 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.audio import check_channels
     from jaxmir.checks import check_rate
-    from jaxmir.pcm import (RAW_DTYPES, WIDE_HEADS, decode_pcm, encoded_format, frame_bytes,
-                            joined_format, read_wav_header)
+    from jaxmir.pcm import (RAW_DTYPES, WIDE_HEADS, data_chunk_after, decode_pcm, encoded_format,
+                            frame_bytes, joined_format, read_wav_header)
     from jaxmir.stream import Stream
 
     def reading(fn, *a):
@@ -637,15 +637,17 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     encoded = reading(encoded_format, source.peek)
     if encoded is None and interrupted["now"]:
         return _stopped_by(interrupted)
-    remaining = None
+    remaining = declared = None
+    wav = head in (b"RIFF", *WIDE_HEADS)
     raw_options = {"--rate": args.rate, "--channels": args.channels, "--dtype": args.dtype}
     if not head:
         raise InputError("standard input is empty; send a WAV stream, or raw PCM with --rate")
-    if head in (b"RIFF", *WIDE_HEADS):
+    if wav:
         header = reading(read_wav_header, source.read)  # a header that never comes: Ctrl-C
         if header is None:
             return _stopped_by(interrupted)
         rate, channels, dtype, remaining = header
+        declared = remaining
         check_channels(channels, "standard input")  # the stream's, not an array's, error
         check_rate(rate, "standard input: the WAV header's sample rate")  # not --rate's
         for option in (name for name, value in raw_options.items() if value is not None):
@@ -684,6 +686,7 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         if data is None or not data:
             break
         if remaining is not None:
+            source.unread(data[remaining:])  # the chunks after the data
             data = data[:remaining]
             remaining -= len(data)
         data = stray + data
@@ -704,10 +707,17 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
             break
     write(stream.close_patches())
     above = "; the patches above are complete and valid" if stream.n_patches else ""
-    if stray and remaining == 0:
-        raise AudioError(f"the WAV header declares a data size that ends in the middle of a sample "
-                         f"frame ({len(stray)} stray byte(s) of {width}){above}")
-    if stray and not interrupted["now"]:  # Ctrl-C may come between the bytes of a frame
+    if remaining == 0 and not interrupted["now"]:  # after the lines: a writer may keep it open
+        later = reading(data_chunk_after, source.read, declared % 2)
+        if later is not None:
+            _warn(f"standard input's WAV holds another data chunk ({later} bytes) after the one "
+                  f"read ({declared} bytes), left out: jaxmir tag and Essentia's loader read a "
+                  "file's last data chunk")
+    if stray and wav:  # a partial frame FFmpeg's WAV reading drops too
+        why = "declares a data size that ends" if remaining == 0 else "stream ended"
+        _warn(f"the WAV {why} in the middle of a sample frame ({len(stray)} stray byte(s) of "
+              f"{width}), left out as jaxmir tag leaves it")
+    elif stray and not interrupted["now"]:  # Ctrl-C may come between the bytes of a frame
         raise AudioError(f"standard input ended in the middle of a sample frame ({len(stray)} stray "
                          f"byte(s) of {width}){above}")
     if remaining and not interrupted["now"]:

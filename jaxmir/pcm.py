@@ -139,6 +139,32 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
                      None if size in UNKNOWN_DATA_SIZES else size, fact)
 
 
+_CHUNKS_LOOKED_AT = 64        # chunks after a WAV's data looked through for another data chunk
+_LARGEST_SKIPPED = 1 << 20    # bytes of one such chunk (a LIST, an id3 tag) read past, at most
+
+
+def data_chunk_after(read: Callable[[int], bytes], padding: int) -> int | None:
+    """The declared size of a ``data`` chunk among the chunks that follow a WAV stream's data
+    (``read`` from just after its last sample; ``padding``: its pad byte, 0 or 1), or ``None``
+    at the end of input, after :data:`_CHUNKS_LOOKED_AT` chunks or at a chunk larger than
+    :data:`_LARGEST_SKIPPED`. FFmpeg (and Essentia's loader) read a file's last data chunk."""
+    read(padding)
+    for _ in range(_CHUNKS_LOOKED_AT):
+        head = read(8)
+        if len(head) < 8:
+            return None
+        name, size = struct.unpack("<4sI", head)
+        if name == b"data":
+            return size
+        if size > _LARGEST_SKIPPED:
+            return None
+        body = size + (size & 1)
+        for start in range(0, body, 1 << 16):
+            if len(read(min(1 << 16, body - start))) < min(1 << 16, body - start):
+                return None
+    return None
+
+
 def read_wav_header(read: Callable[[int], bytes]) -> tuple[int, int, str, int | None]:
     """A live WAV stream's header (:func:`parse_wav_header`): ``(rate, channels, dtype, data
     bytes or None)``, the size ``None`` where the writer could not know it. 24-bit PCM is
@@ -333,6 +359,10 @@ class ByteReader:
         while len(self._pending) < n and not self.ended:
             self._fill()
         return self._pending[:n]
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` (bytes just taken) back in front of what comes next."""
+        self._pending = data + self._pending
 
     def some(self) -> bytes:
         """What has arrived (at least one byte unless the input ended)."""
