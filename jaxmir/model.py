@@ -380,7 +380,8 @@ class Model:
         chunk completed, ``stream.close()`` the rest; ``stream.times`` lists
         every returned patch's start in seconds. Concatenated, they equal
         :meth:`predict` of the whole signal (within 1e-6 on predictions), with
-        the same arguments. Chunks are ``[n]`` or ``[n, channels]`` (1 or 2
+        the same arguments; a signal shorter than a patch (without ``pad``) gives
+        none, ``[0, ...]``, where ``predict`` raises :class:`ShortAudioError`. Chunks are ``[n]`` or ``[n, channels]`` (1 or 2
         channels, float or integer PCM), of any size, at ``sample_rate``; every
         chunk keeps the first one's channels and dtype. See :mod:`jaxmir.stream`.
         ``eager=False`` (audio that is all there, read in pieces, such as a long
