@@ -303,7 +303,7 @@ def _check_shapes(spec: ModelSpec, path: str) -> None:
                            f"of {frontend.n_bands} bands")
     taps = [*spec.aliases.values(), *(tap for tap, _ in spec.node_map.values())]
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape,
-                                  spec.variables, taps)
+                                  spec.variables, taps, spec.node_map.values())
     if problem is not None:
         raise WeightsError(f"{path}: {problem}")
 

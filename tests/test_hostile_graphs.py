@@ -909,3 +909,110 @@ def test_a_musicnn_node_short_of_inputs_is_a_jaxmir_error(tmp_path, node, keep):
     del node_named(g, node).input[keep:]
     with pytest.raises(JaxmirError):
         jaxmir.load(write(tmp_path, "short", g))
+
+
+SMALL_VGGISH = "essentia-models/small_vggish_init.pb"
+
+
+def _insert_before(consumer: str, op: str):
+    """An element-wise ``op`` between ``consumer`` and its first input."""
+    def edit(g):
+        node = node_named(g, consumer)
+        inserted = g.node.add(name=f"hostile/{op}", op=op, input=[node.input[0]])
+        inserted.attr["T"].type = DT_FLOAT
+        node.input[0] = inserted.name
+    return edit
+
+
+def _reshape_to(shape: tuple[int, ...]):
+    def edit(g):
+        node_named(g, "model/vggish/Reshape/shape").attr["value"].tensor.CopyFrom(
+            tensor_proto(np.array(shape, np.int32), DT_INT32))
+    return edit
+
+
+def _declared(shape: tuple[int, ...]):
+    def edit(g):
+        declared = node_named(g, "model/Placeholder").attr["shape"].shape
+        del declared.dim[:]
+        for size in shape:
+            declared.dim.add(size=size)
+    return edit
+
+
+INPUT_PATHS_CHANGED = {  # fixture, edit, input patch fed, what jaxmir says
+    "vggish_reshaped_transposed": (SMALL_VGGISH, _reshape_to((-1, 64, 96, 1)), (96, 64),
+                                   "does not give the input patch"),
+    "vggish_negated_before_conv1": (SMALL_VGGISH, _insert_before("model/vggish/conv1/Conv2D", "Neg"),
+                                    (96, 64), "reads 'hostile/Neg', not the input patch"),
+    "vgg_negated_after_input_bn": (VGG4, _insert_before("model/vggish/1CNN/Conv2D", "Neg"),
+                                   (128, 128), "reads 'hostile/Neg', not the input patch after "
+                                               "its batch norm"),
+    "musicnn_squared_input": (DORTMUND, _insert_before("model/ExpandDims", "Square"), (187, 96),
+                              "the input patch reaches 'hostile/Square' as"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INPUT_PATHS_CHANGED))
+def test_an_input_path_that_changes_the_patch_is_refused(tmp_path, case):
+    """What lies between the placeholder and the first convolution was not read: a Reshape
+    transposing the patch, or an op before the first convolution, loaded as the original network
+    (VGGish 0.003-0.07 from TensorFlow, VGG 1.0). TensorFlow computes another network from each,
+    measured here; jaxmir refuses them, naming the node."""
+    fixture, edit, patch, message = INPUT_PATHS_CHANGED[case]
+    g = fixture_graph(fixture)
+    edit(g)
+    path = write(tmp_path, case, g)
+    feeds = {"model/Placeholder:0": np.random.default_rng(1).standard_normal((2, *patch))
+             .astype(np.float32)}
+    if fixture == VGG4:
+        feeds["model/Placeholder_1:0"] = False
+    output = {VGG4: "model/Softmax:0", DORTMUND: "model/Sigmoid:0"}.get(fixture, "model/Sigmoid:0")
+    changed, = run_tf(path, feeds, [output])
+    original = jaxmir.load(shared_fixture(fixture)).apply(
+        feeds["model/Placeholder:0"].reshape(2, *jaxmir.load(shared_fixture(fixture)).input_shape),
+        [output.removesuffix(":0")])[output.removesuffix(":0")]
+    assert np.max(np.abs(changed - np.asarray(original))) > 1e-3  # another network
+    with pytest.raises(JaxmirError, match=message):
+        jaxmir.load(path)
+
+
+def test_a_patch_declared_in_another_shape_than_its_reshape_is_refused(tmp_path):
+    """A placeholder of [-1, 64, 96] reshaped to [-1, 96, 64, 1]: TensorFlow convolves the
+    values as 96 x 64, jaxmir took the declared 64 x 96 for the convolutions' input."""
+    g = fixture_graph(SMALL_VGGISH)
+    _declared((-1, 64, 96))(g)
+    with pytest.raises(JaxmirError, match=r"'model/vggish/Reshape' \(Reshape \[-1, 96, 64, 1\]\) "
+                                          r"does not give the input patch \[64, 96\]"):
+        jaxmir.load(write(tmp_path, "declared", g))
+
+
+def test_a_batch_norm_whose_shift_is_not_beta_minus_mean_times_scale_runs_as_tensorflow(tmp_path):
+    """TensorFlow's unfolded batch norm, b = beta - mean * a: with mean * gamma there instead,
+    the operand that was not ``a`` was taken for the mean all the same (tags up to 0.83 from
+    TensorFlow's). Now the shift is folded as the graph computes it."""
+    g = fixture_graph(DORTMUND)
+    node_named(g, "model/batch_normalization_9/batchnorm/mul_2").input[1] = \
+        "batch_normalization_9/gamma/read"
+    path = write(tmp_path, "bn_shift", g)
+    x = np.random.default_rng(2).standard_normal((2, 187, 96)).astype(np.float32)
+    feeds = {"model/Placeholder:0": x}
+    edited, = run_tf(path, feeds, ["model/Sigmoid:0"])
+    original, = run_tf(shared_fixture(DORTMUND), feeds, ["model/Sigmoid:0"])
+    assert np.max(np.abs(edited - original)) > 1e-2
+    # sigmoid outputs in [0, 1], float32 through nine layers: 1e-5 as every parity test here
+    np.testing.assert_allclose(np.asarray(jaxmir.load(path).apply(x)["predictions"]), edited,
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (1 << 40,), ("a", "b"), (0, 200), (True, 200)])
+def test_a_weights_file_s_node_map_shapes_must_hold_their_outputs(tmp_path, shape):
+    """A node map's shape was never checked: `apply(outputs=[node])` then raised NumPy's
+    TypeError ("cannot reshape"), which `jaxmir embed --layer` blamed on the audio file."""
+    model = jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    node, (tap, _) = next(iter(model.spec.node_map.items()))
+    node_map = {**model.spec.node_map, node: (tap, shape)}
+    save_weights(dataclasses.replace(model, spec=dataclasses.replace(model.spec, node_map=node_map)),
+                 tmp_path / "node_map.npz")
+    with pytest.raises(WeightsError, match=f"the output read from '{tap}' is given the shape"):
+        jaxmir.load(tmp_path / "node_map.npz")

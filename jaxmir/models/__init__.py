@@ -182,9 +182,12 @@ def leaves(tree: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def variable_mismatches(name: str, config: Mapping[str, Any], input_shape: tuple[int, ...],
-                        variables: Mapping, taps: Iterable[str] = ()) -> str | None:
+                        variables: Mapping, taps: Iterable[str] = (),
+                        tap_shapes: Iterable[tuple[str, Any]] = ()) -> str | None:
     """How ``variables`` fail to fit the module a spec describes, or ``None`` when they fit;
-    also names ``taps`` (sown intermediates a spec's outputs read) that the module does not sow.
+    also names ``taps`` (sown intermediates a spec's outputs read) that the module does not sow,
+    and ``tap_shapes`` (``(tap, per-example shape)``: a spec's node map) whose shape is not one
+    of positive sizes holding the tap's values.
 
     The module is traced abstractly (``jax.eval_shape``): nothing is allocated.
     """
@@ -196,9 +199,19 @@ def variable_mismatches(name: str, config: Mapping[str, Any], input_shape: tuple
     except Exception as err:  # noqa: BLE001 -- any failure to trace is a model that cannot run
         return f"the {name} model cannot run on [batch, {', '.join(map(str, input_shape))}] " \
                f"inputs ({type(err).__name__}: {err})"
-    unknown = sorted(set(taps) - set(_shapes(expected.get("intermediates", {}))) - {INPUT_TAP})
+    sown = {tap: value[0].shape for tap, value in leaves(expected.get("intermediates", {})).items()}
+    unknown = sorted(set(taps) - set(sown) - {INPUT_TAP})
     if unknown:
         return f"outputs read {unknown[:3]}, which the {name} model does not compute"
+    sown[INPUT_TAP] = (1, *input_shape)
+    for tap, shape in tap_shapes:
+        values = math.prod(sown[tap][1:]) if tap in sown else None
+        sizes = list(shape) if isinstance(shape, (tuple, list)) else None
+        if values is not None and not (
+                sizes is not None and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                          for d in sizes) and math.prod(sizes) == values):
+            return (f"the output read from {tap!r} is given the shape {str(shape)[:60]}, which "
+                    f"does not hold its {values} values an example")
     want = _shapes({k: v for k, v in expected.items() if k in ("params", "batch_stats")})
     have = _shapes(variables)
     if want == have:

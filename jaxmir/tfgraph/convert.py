@@ -110,12 +110,46 @@ def _unknown(graph: Graph, path: InferencePath | None, why: str) -> UnsupportedG
                                  f"jaxmir supports {SUPPORTED}")
 
 
-def _input_batch_norm(path: InferencePath, input_node):
-    """The batch norm applied to the expanded input patch, if any."""
+def _expanded_input(path: InferencePath, input_node):
+    """The node that gives the input patch ``[batch, height, width]`` as ``[batch, height,
+    width, 1]``: the placeholder through ExpandDims and Reshape nodes that only add or drop
+    axes of size 1 (the patch's values in their order, as each architecture reads them).
+
+    Raises:
+      UnsupportedGraphError: one that moves values (a Reshape to ``[-1, width, height, 1]``),
+        or a chain that ends in another shape.
+    """
+    patch = input_shape(path.graph, input_node, 2)
+    shape, end = (-1, *patch), input_node
     node = path.next_op(input_node.name)
     while node is not None and node.op in ("ExpandDims", "Reshape"):
-        node = path.next_op(node.name)
-    return path.batch_norm_at(node)
+        inputs = path.graph.data_inputs(node)
+        try:
+            given = [int(v) for v in path.value(inputs[1], "int").reshape(-1)]
+        except (IndexError, ValueError, UnsupportedGraphError):
+            given = None
+        if node.op == "ExpandDims" and given is not None and len(given) == 1 \
+                and -len(shape) - 1 <= given[0] <= len(shape):
+            axis = given[0] % (len(shape) + 1)
+            shape = shape[:axis] + (1,) + shape[axis:]
+        elif node.op == "Reshape" and given is not None and given[:1] == [-1]:
+            shape = tuple(given)
+        else:
+            shape = None
+        if shape is None or tuple(d for d in shape[1:] if d != 1) != patch:
+            raise path.unsupported(f"'{node.name}' ({node.op} {given}) does not give the input "
+                                   f"patch {list(patch)} its values in their order; expected "
+                                   f"[-1, {patch[0]}, {patch[1]}, 1]")
+        end, node = node, path.next_op(node.name)
+    if shape != (-1, *patch, 1):
+        raise path.unsupported(f"the input patch reaches '{node.name if node else end.name}' as "
+                               f"{list(shape)}; expected [-1, {patch[0]}, {patch[1]}, 1]")
+    return end
+
+
+def _input_batch_norm(path: InferencePath, expanded):
+    """The batch norm applied to the expanded input patch (:func:`_expanded_input`), if any."""
+    return path.batch_norm_at(path.next_op(expanded.name))
 
 
 def _conv_source(path: InferencePath, conv):
@@ -166,7 +200,7 @@ def _pools_every_band(layer: ConvLayer, mels: int) -> bool:
 def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     graph = path.graph
     time, mels = input_shape(graph, input_node, 2)
-    input_bn = _input_batch_norm(path, input_node)
+    input_bn = _input_batch_norm(path, _expanded_input(path, input_node))
     if input_bn is None:
         raise _unknown(graph, path, "8 convolutions as in MusiCNN, but no batch norm on the input")
     epsilon = input_bn.epsilon
@@ -354,8 +388,15 @@ def _head_node_map(head: tuple[HeadLayer, ...], head_nodes: dict[str, int], widt
 def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
     graph = path.graph
     patch_shape = input_shape(graph, input_node, 2)
-    input_bn = _input_batch_norm(path, input_node)
+    expanded = _expanded_input(path, input_node)
+    input_bn = _input_batch_norm(path, expanded)
     layers = [path.conv_layer(conv) for conv in convs]
+    first = _conv_source(path, graph.nodes[layers[0].conv_node]).name
+    if first != (expanded.name if input_bn is None else input_bn.node):
+        raise _unknown(graph, path, f"the first convolution '{layers[0].conv_node}' reads "
+                       f"'{first}', not the input patch "
+                       + ("" if input_bn is None else "after its batch norm ")
+                       + f"('{expanded.name if input_bn is None else input_bn.node}')")
     for previous, layer in zip(layers, layers[1:]):
         if _conv_source(path, graph.nodes[layer.conv_node]).name != previous.output_node:
             raise _unknown(graph, path, f"convolutions are not a single chain ('{previous.conv_node}' "

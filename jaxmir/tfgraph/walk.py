@@ -369,9 +369,11 @@ class InferencePath:
             if add is not None and add.op in ("Add", "AddV2") and mul_mean is not None \
                     and mul_mean.op == "Mul":
                 var_ref, eps_ref = self.graph.data_inputs(add)
-                if self.value(eps_ref).size == 1:
-                    mean_ref = [r for r in self.graph.data_inputs(mul_mean)
-                                if self.graph.resolve(r).node != a_node.name][0]
+                operands = self.graph.data_inputs(mul_mean)
+                others = [r for r in operands if self.graph.resolve(r).node != a_node.name]
+                # b = beta - mean * a: else b is another expression, folded as it is below
+                if self.value(eps_ref).size == 1 and len(operands) == 2 and len(others) == 1:
+                    mean_ref = others[0]
                     var = self.vector(var_ref)
                     scale = self.vector(gamma, var.size) if gamma is not None else np.ones_like(var)
                     epsilon = float(self.value(eps_ref, "float").reshape(()))
