@@ -1016,3 +1016,59 @@ def test_a_weights_file_s_node_map_shapes_must_hold_their_outputs(tmp_path, shap
                  tmp_path / "node_map.npz")
     with pytest.raises(WeightsError, match=f"the output read from '{tap}' is given the shape"):
         jaxmir.load(tmp_path / "node_map.npz")
+
+
+def _set_attr(name: str, key: str, **value):
+    def edit(g):
+        attr = node_named(g, name).attr[key]
+        attr.Clear()
+        for field, content in value.items():
+            setattr(attr, field, content)
+    return edit
+
+
+def _as_column(name: str):
+    """A constant vector ``[n]`` rewritten as ``[n, 1]``: the same values, broadcast otherwise."""
+    def edit(g):
+        tensor = node_named(g, name).attr["value"].tensor
+        size = tensor.tensor_shape.dim[0].size
+        del tensor.tensor_shape.dim[:]
+        tensor.tensor_shape.dim.add(size=size)
+        tensor.tensor_shape.dim.add(size=1)
+    return edit
+
+
+EMOMUSIC = "essentia-models/emomusic-msd-musicnn-1.pb"
+ATTRIBUTES_IGNORED = {  # fixture, edit, what jaxmir says: each loaded as the original network
+    "conv_in_float16": (DORTMUND, _set_attr("model/conv2d/Conv2D", "T", type=19),
+                        "'model/conv2d/Conv2D' \\(Conv2D\\) computes in float16"),
+    "bias_add_nchw": (SMALL_VGGISH, _set_attr("model/vggish/conv1/BiasAdd", "data_format",
+                                              s=b"NCHW"),
+                      "BiasAdd 'model/vggish/conv1/BiasAdd' is NCHW"),
+    "dense_bias_as_a_column": (EMOMUSIC, _as_column("dense_out/bias_tf_0_36efc7f2"),
+                               r"has shape \[2, 1\]; expected 2 values along the last axis"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ATTRIBUTES_IGNORED))
+def test_attributes_and_shapes_that_change_the_computation_are_read(tmp_path, case):
+    """A float16 Conv2D, an NCHW BiasAdd and a bias of shape [n, 1] (broadcast over the batch
+    by TensorFlow: other values when the batch is n) loaded as the float32, NHWC, per-channel
+    originals."""
+    fixture, edit, message = ATTRIBUTES_IGNORED[case]
+    g = fixture_graph(fixture)
+    edit(g)
+    with pytest.raises(JaxmirError, match=message):
+        jaxmir.load(write(tmp_path, case, g))
+
+
+def test_a_bias_of_shape_n_by_1_is_another_computation_in_tensorflow(tmp_path):
+    """What the refusal above guards against, measured: a batch of 2 through emomusic's head
+    with its 2 biases as a column."""
+    g = fixture_graph(EMOMUSIC)
+    _as_column("dense_out/bias_tf_0_36efc7f2")(g)
+    x = np.random.default_rng(3).standard_normal((2, 1, 200)).astype(np.float32)
+    feeds = {"flatten_in_input:0": x}
+    column, = run_tf(write(tmp_path, "column", g), feeds, ["dense_out:0"])
+    original, = run_tf(shared_fixture(EMOMUSIC), feeds, ["dense_out:0"])
+    assert column.shape == original.shape and np.max(np.abs(column - original)) > 1e-3

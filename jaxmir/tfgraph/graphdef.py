@@ -38,8 +38,8 @@ _NUMPY_DTYPES = {
     DT_BOOL: np.dtype("bool"),
     DT_HALF: np.dtype("<f2"),
 }
-_DTYPE_NAMES = {DT_FLOAT: "float32", DT_DOUBLE: "float64", DT_INT32: "int32",
-                DT_INT64: "int64", DT_BOOL: "bool", DT_HALF: "float16"}
+DTYPE_NAMES = {DT_FLOAT: "float32", DT_DOUBLE: "float64", DT_INT32: "int32",
+               DT_INT64: "int64", DT_BOOL: "bool", DT_HALF: "float16"}
 
 # Largest tensor jaxmir will materialise from a single broadcast value. The
 # biggest weight of any supported model (VGGish fc1, 12288x4096) is ~5e7.
@@ -299,7 +299,7 @@ def decode_tensor(tensor, where: str = "tensor", budget: LoadBudget | None = Non
     dtype_code = tensor.dtype % 100  # reference dtypes are +100
     if dtype_code not in _NUMPY_DTYPES:
         raise GraphError(f"{where}: tensor dtype code {tensor.dtype} is not supported; "
-                         f"jaxmir decodes {', '.join(_DTYPE_NAMES.values())}")
+                         f"jaxmir decodes {', '.join(DTYPE_NAMES.values())}")
     dtype = _NUMPY_DTYPES[dtype_code]
     shape = shape_of(tensor.tensor_shape)
     if shape is None or any(d < 0 for d in shape):
@@ -319,7 +319,7 @@ def decode_tensor(tensor, where: str = "tensor", budget: LoadBudget | None = Non
     if tensor.tensor_content:
         content = tensor.tensor_content
         if len(content) != nbytes:
-            raise GraphError(f"{where}: {len(content)} bytes of {_DTYPE_NAMES[dtype_code]} data "
+            raise GraphError(f"{where}: {len(content)} bytes of {DTYPE_NAMES[dtype_code]} data "
                              f"do not fill the declared shape {list(shape)} "
                              f"({nbytes} bytes expected); the file is corrupt")
         if budget is not None:
@@ -644,7 +644,7 @@ class Graph:
 
 
 def _dtype_name(code) -> str:
-    return _DTYPE_NAMES.get(code, f"dtype code {code}") if isinstance(code, int) else repr(code)
+    return DTYPE_NAMES.get(code, f"dtype code {code}") if isinstance(code, int) else repr(code)
 
 
 _CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")

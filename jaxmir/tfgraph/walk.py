@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxmir.errors import GraphError, UnsupportedGraphError
 from jaxmir.spec import Activation, BatchNorm as BatchNormLayer, Dense
-from jaxmir.tfgraph.graphdef import FORWARDING, Graph, TensorRef
+from jaxmir.tfgraph.graphdef import DT_FLOAT, DTYPE_NAMES, FORWARDING, Graph, TensorRef
 
 ACTIVATION_OPS = {"Relu": "relu", "Elu": "elu", "Tanh": "tanh", "Sigmoid": "sigmoid",
                   "Softmax": "softmax"}
@@ -271,13 +271,17 @@ class InferencePath:
     def vector(self, ref, length: int | None = None, what: str = "vector") -> np.ndarray:
         """A float constant folded to a float32 vector (biases, batch-norm statistics).
 
-        ``length``, when given, is checked (the channels the vector applies to).
+        ``length``, when given, is checked (the channels the vector applies to); its values lie
+        along the last axis (``[n]``, ``[1, n]``: a ``[n, 1]`` constant broadcasts otherwise).
         """
         value = self.value(ref, "float")
         vector = value.astype(np.float32, copy=False).reshape(-1)
-        if length is not None and vector.shape != (length,):
+        across = any(d != 1 for d in value.shape[:-1])  # broadcast over the batch by TensorFlow
+        if across or (length is not None and vector.shape != (length,)):
             raise self.unsupported(f"{what} '{self.graph.resolve(ref).node}' has shape "
-                                   f"{list(value.shape)}; expected {length} values")
+                                   f"{list(value.shape)}; expected "
+                                   f"{'its' if length is None else length} values along the "
+                                   "last axis")
         return vector
 
     def kernel(self, ref, rank: int, what: str) -> np.ndarray:
@@ -299,6 +303,25 @@ class InferencePath:
         if self.is_constant(a) and not self.is_constant(b):
             return b, a
         return None
+
+    def float_op(self, node) -> None:
+        """:class:`UnsupportedGraphError` unless ``node`` computes in float32 (its ``T``, where
+        it has one): jaxmir runs every layer in float32, TensorFlow a ``half`` one in float16."""
+        kind = self.graph.attr(node, "T")
+        if kind is not None and kind != DT_FLOAT:
+            raise self.unsupported(f"'{node.name}' ({node.op}) computes in "
+                                   f"{DTYPE_NAMES.get(kind, f'dtype {kind}')}; jaxmir reads "
+                                   "float32 graphs")
+
+    def bias(self, node, width: int, what: str) -> np.ndarray:
+        """The constant a BiasAdd or Add ``node`` adds over its input's last axis of ``width``
+        (:meth:`vector`); a BiasAdd in NHWC, its default."""
+        self.float_op(node)
+        if node.op == "BiasAdd" and self.graph.typed_attr(node, "data_format", str, "NHWC") \
+                not in ("NHWC", "N...C"):
+            raise self.unsupported(f"BiasAdd '{node.name}' is {self.graph.attr(node, 'data_format')}; "
+                                   "only NHWC graphs are supported")
+        return self.vector(self.split_operands(node)[1], width, what)
 
     # -- layers ---------------------------------------------------------------------------
     def batch_norm_at(self, node) -> BatchNorm | None:
@@ -394,6 +417,7 @@ class InferencePath:
         if len(inputs) != 2:
             raise self.unsupported(f"Conv2D '{conv.name}' has {len(inputs)} inputs; expected 2 "
                                    "(input, kernel)")
+        self.float_op(conv)
         kernel = self.kernel(inputs[1], 4, f"Conv2D '{conv.name}'")
         if g.typed_attr(conv, "data_format", str, "NHWC") != "NHWC":
             raise self.unsupported(f"Conv2D '{conv.name}' is {g.attr(conv, 'data_format')}; "
@@ -425,8 +449,7 @@ class InferencePath:
         filters = kernel.shape[-1]
         bias = np.zeros(filters, np.float32)
         if node is not None and node.op in ("BiasAdd", "Add", "AddV2") and self.split_operands(node):
-            bias = self.vector(self.split_operands(node)[1], filters,
-                               f"the bias of Conv2D '{conv.name}' ({filters} filters)")
+            bias = self.bias(node, filters, f"the bias of Conv2D '{conv.name}' ({filters} filters)")
             last, node = node, self.next_op(node.name)
         else:
             last = conv
@@ -493,8 +516,7 @@ class InferencePath:
                                              "bias": np.zeros(kernel.shape[1], np.float32)}
             elif op in ("BiasAdd", "Add", "AddV2") and specs and isinstance(specs[-1], Dense) \
                     and self.split_operands(node) and bias_target not in biased:
-                bias = self.vector(self.split_operands(node)[1], width,
-                                   f"the bias of dense layer '{node.name}' ({width} units)")
+                bias = self.bias(node, width, f"the bias of dense layer '{node.name}' ({width} units)")
                 variables[bias_target]["bias"] = bias
                 biased.add(bias_target)
                 nodes = {k: v for k, v in nodes.items() if v != bias_target}  # MatMul was pre-bias
@@ -530,6 +552,7 @@ class InferencePath:
             raise self.unsupported(f"MatMul '{node.name}' has {len(inputs)} inputs; expected 2")
         if g.typed_attr(node, "transpose_a", bool, False):
             raise self.unsupported(f"MatMul '{node.name}' transposes its input")
+        self.float_op(node)
         kernel = self.kernel(inputs[1], 2, f"MatMul '{node.name}'")
         if g.typed_attr(node, "transpose_b", bool, False):
             kernel = kernel.T
