@@ -1018,7 +1018,7 @@ def test_a_weights_file_s_node_map_shapes_must_hold_their_outputs(tmp_path, shap
         jaxmir.load(tmp_path / "node_map.npz")
 
 
-def _set_attr(name: str, key: str, **value):
+def _set_field(name: str, key: str, **value):
     def edit(g):
         attr = node_named(g, name).attr[key]
         attr.Clear()
@@ -1040,9 +1040,9 @@ def _as_column(name: str):
 
 EMOMUSIC = "essentia-models/emomusic-msd-musicnn-1.pb"
 ATTRIBUTES_IGNORED = {  # fixture, edit, what jaxmir says: each loaded as the original network
-    "conv_in_float16": (DORTMUND, _set_attr("model/conv2d/Conv2D", "T", type=19),
+    "conv_in_float16": (DORTMUND, _set_field("model/conv2d/Conv2D", "T", type=19),
                         "'model/conv2d/Conv2D' \\(Conv2D\\) computes in float16"),
-    "bias_add_nchw": (SMALL_VGGISH, _set_attr("model/vggish/conv1/BiasAdd", "data_format",
+    "bias_add_nchw": (SMALL_VGGISH, _set_field("model/vggish/conv1/BiasAdd", "data_format",
                                               s=b"NCHW"),
                       "BiasAdd 'model/vggish/conv1/BiasAdd' is NCHW"),
     "dense_bias_as_a_column": (EMOMUSIC, _as_column("dense_out/bias_tf_0_36efc7f2"),
