@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from jaxmir.atomic import write_atomically
+from jaxmir.atomic import LINK_LOOP, is_link_loop, write_atomically
 from jaxmir.errors import InputError, JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.labels import check_labels
@@ -124,7 +124,7 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
     if not os.path.isfile(path):
         what = ("is a directory" if os.path.isdir(path) else
                 "is not a regular file (a pipe, a device or a socket)" if os.path.exists(path)
-                else "no such weights file")
+                else LINK_LOOP if is_link_loop(path) else "no such weights file")
         raise WeightsError(f"{path}: {what}; expected a .npz written by jaxmir "
                            "(tools/convert_musicnn.py) or a shipped model name")
 

@@ -304,6 +304,9 @@ def test_weights_round_trip(musicnn, tmp_path, patches_187):
 def test_bad_weights_files(musicnn, tmp_path):
     with pytest.raises(WeightsError, match="no such weights file"):
         jaxmir.load(tmp_path / "missing.npz")
+    (tmp_path / "loop.npz").symlink_to("loop.npz")  # said "no such weights file"
+    with pytest.raises(WeightsError, match=r"loop.npz: is a link that leads to no file \(a loop\)"):
+        jaxmir.load(tmp_path / "loop.npz")
     (tmp_path / "text.npz").write_text("not a zip")
     with pytest.raises(WeightsError, match="not a readable jaxmir weights file"):
         jaxmir.load(tmp_path / "text.npz")
