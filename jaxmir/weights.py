@@ -301,6 +301,9 @@ def _check_shapes(spec: ModelSpec, path: str) -> None:
         raise WeightsError(f"{path}: input_shape {list(spec.input_shape)} does not fit the "
                            f"{frontend.name} front-end's patches of {frontend.patch_size} frames "
                            f"of {frontend.n_bands} bands")
+    if not isinstance(spec.aliases.get("predictions"), str):  # every run reads it
+        raise WeightsError(f"{path}: its description gives no 'predictions' output (its "
+                           "'aliases'); expected the tap of the model's output")
     taps = [*spec.aliases.values(), *(tap for tap, _ in spec.node_map.values())]
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape,
                                   spec.variables, taps, spec.node_map.values())

@@ -1072,3 +1072,13 @@ def test_a_bias_of_shape_n_by_1_is_another_computation_in_tensorflow(tmp_path):
     column, = run_tf(write(tmp_path, "column", g), feeds, ["dense_out:0"])
     original, = run_tf(shared_fixture(EMOMUSIC), feeds, ["dense_out:0"])
     assert column.shape == original.shape and np.max(np.abs(column - original)) > 1e-3
+
+
+def test_a_weights_file_without_a_predictions_output_is_refused_at_load(tmp_path):
+    """Its description's aliases emptied, it loaded, and every file then failed ("unknown output
+    'predictions'"), blamed on the audio."""
+    model = jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
+    save_weights(dataclasses.replace(model, spec=dataclasses.replace(model.spec, aliases={})),
+                 tmp_path / "no_aliases.npz")
+    with pytest.raises(WeightsError, match="its description gives no 'predictions' output"):
+        jaxmir.load(tmp_path / "no_aliases.npz")
