@@ -515,3 +515,30 @@ def test_a_worker_that_dies_ends_the_run_and_says_what_to_do(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "a Ray worker died (a crash, or out of memory) while it decoded or ran one of the " \
            "files to do; the rows done are kept" in result.stderr, result.stderr
+
+
+def test_actors_that_hold_every_cpu_still_decode(tmp_path, monkeypatch):
+    """On a cluster without GPUs whose CPUs the actors all take (one CPU and the default one
+    actor, or --actors 2 on two), the decoding tasks waited for a CPU forever: no row, no word.
+    The actors decode their own files now; a child process, so that a hang fails the test."""
+    require("ray")
+    require("ray.data")
+    _write(tmp_path / "music" / "a.wav", 3.5, 16000, 1, 0)
+    _write(tmp_path / "music" / "b.wav", 4.0, 22050, 1, 1)
+    script = (
+        "import sys, ray\n"
+        "from jaxmir.collection import ray_engine\n"
+        "from jaxmir.collection.compute import Options\n"
+        "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, "
+        "configure_logging=False)\n"
+        "ray.data.DataContext.get_current().enable_progress_bars = False\n"
+        "paths = ray.data.from_items([{'path': p} for p in sys.argv[1:]])\n"
+        "rows = ray_engine.analyze_dataset(paths, 'msd-musicnn', Options('embeddings'))\n"
+        "print(sorted((r['path'].rsplit('/', 1)[1], r['status'], r['n_patches']) "
+        "for r in rows.take_all()))\n"
+        "ray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "music" / "a.wav"),
+                           str(tmp_path / "music" / "b.wav")], capture_output=True, text=True,
+                          env=child_env(), timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[('a.wav', 'ok', 1), ('b.wav', 'ok', 1)]"

@@ -1,10 +1,11 @@
-"""The Ray engine: decoding as Ray tasks, the model as a pool of actors, with Ray Data.
+"""The Ray engine: the model as a pool of actors, with Ray Data; with GPUs, decoding as Ray tasks.
 
     ray.data.from_items(paths).map(decode).map_batches(ModelActor, compute=ActorPoolStrategy(...))
 
 Each actor loads and compiles the model once and then takes batches of
 decoded files; with GPUs in the cluster there is one actor per GPU, else
-``actors`` actors of ``cpus_per_actor`` CPUs each. :func:`analyze_dataset` is
+``actors`` actors of ``cpus_per_actor`` CPUs each, which decode their batches' files
+themselves. :func:`analyze_dataset` is
 the Python entry point (a Dataset of paths in, a Dataset of rows with the
 Parquet schema of :mod:`jaxmir.collection.outputs` out); the command line
 drives :func:`run`, which feeds the same rows to the resumable writers.
@@ -222,20 +223,29 @@ def _decode_row(row: dict, options: Options) -> dict:
 
 
 class ModelActor:
-    """A Ray Data callable class: the model loaded and compiled once, then batches of decoded files.
+    """A Ray Data callable class: the model loaded and compiled once, then batches of decoded files
+    (with ``decodes``, batches of paths, which it decodes itself one after the other).
 
     ``raw`` rows keep the per-patch values as they are (``patches`` flattened
     plus ``shape``); otherwise rows follow ``layout`` (the Parquet schema).
     """
 
     def __init__(self, model: str | None, backbone: str | None, options: Options, layout: Layout,
-                 raw: bool = False):
+                 raw: bool = False, decodes: bool = False):
         import jaxmir
 
         loaded = jaxmir.load(model, backbone=backbone)
         self.model = options.cast(loaded)
-        self.options, self.layout, self.raw = options, layout, raw
+        self.options, self.layout, self.raw, self.decodes = options, layout, raw, decodes
         self.schema = parquet_schema(layout)
+
+    def _decoded(self, batch: dict) -> dict:
+        """A batch of paths as :func:`_decode_row` gives each, column by column."""
+        if "path" not in batch:  # a Dataset whose columns were unknown before it ran
+            raise InputError(_NO_PATH_COLUMN + ", ".join(map(str, batch)))
+        rows = [_decode_row({"path": path}, self.options) for path in batch["path"]]
+        return {key: [row[key] for row in rows] for key in rows[0]} if rows else \
+            {key: [] for key in ("path", "size_bytes", "mtime_ns", "audio", "error", "warning")}
 
     def _results(self, batch: dict) -> list[Result]:
         """The batch's files through the model, their patches packed together; in batch order."""
@@ -252,7 +262,7 @@ class ModelActor:
         return results
 
     def __call__(self, batch: dict) -> dict:
-        results = self._results(batch)
+        results = self._results(self._decoded(batch) if self.decodes else batch)
         if self.raw:
             return {"path": [r.source.path for r in results],
                     "size_bytes": [r.source.size for r in results],
@@ -388,10 +398,16 @@ def analyze_dataset(paths: "ray.data.Dataset", model: str | None, options: Optio
         raise InputError(_NO_PATH_COLUMN + ", ".join(known.names))
     size, resources = _pool(ray, actors, cpus_per_actor)
     model, backbone = _for_workers(model), _for_workers(backbone)
+    # Without GPUs the actors decode their own files: decoding as tasks beside them waited
+    # forever for a CPU where the actors held every one (Ray Data fuses the two steps only
+    # when their remote arguments match, and the retries below differ between tasks and actors)
+    decodes = "num_gpus" not in resources
     # no retries: a file that kills its decoder (a crash, memory) kills it again, and Ray Data
     # by default restarts actors and retries tasks without end (a run looped, saying nothing)
-    decoded = paths.map(_decode_row, fn_kwargs={"options": options}, num_cpus=1, max_retries=0)
-    return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout, raw),
+    decoded = paths if decodes else paths.map(_decode_row, fn_kwargs={"options": options},
+                                              num_cpus=1, max_retries=0)
+    return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout,
+                                                                raw, decodes),
                                batch_size=batch_size, batch_format="numpy",
                                compute=ActorPoolStrategy(size=size), max_restarts=0,
                                max_task_retries=0, **resources)
