@@ -404,13 +404,15 @@ def analyze_dataset(paths: "ray.data.Dataset", model: str | None, options: Optio
     decodes = "num_gpus" not in resources
     # no retries: a file that kills its decoder (a crash, memory) kills it again, and Ray Data
     # by default restarts actors and retries tasks without end (a run looped, saying nothing)
-    decoded = paths if decodes else paths.map(_decode_row, fn_kwargs={"options": options},
-                                              num_cpus=1, max_retries=0)
-    return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options, layout,
-                                                                raw, decodes),
-                               batch_size=batch_size, batch_format="numpy",
-                               compute=ActorPoolStrategy(size=size), max_restarts=0,
-                               max_task_retries=0, **resources)
+    with warnings.catch_warnings():  # Ray 2.60 names no parameter for the retries yet
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        decoded = paths if decodes else paths.map(_decode_row, fn_kwargs={"options": options},
+                                                  num_cpus=1, max_retries=0)
+        return decoded.map_batches(ModelActor, fn_constructor_args=(model, backbone, options,
+                                                                    layout, raw, decodes),
+                                   batch_size=batch_size, batch_format="numpy",
+                                   compute=ActorPoolStrategy(size=size), max_restarts=0,
+                                   max_task_retries=0, **resources)
 
 
 def run(model: str | None, backbone: str | None, sources: Sequence[Source], options: Options,
