@@ -942,14 +942,15 @@ def _declared(shape: tuple[int, ...]):
 
 INPUT_PATHS_CHANGED = {  # fixture, edit, input patch fed, what jaxmir says
     "vggish_reshaped_transposed": (SMALL_VGGISH, _reshape_to((-1, 64, 96, 1)), (96, 64),
-                                   "does not give the input patch"),
+                                   r"the input patch \[96, 64\] reaches 'model/vggish/conv1/"
+                                   r"Conv2D' as \[-1, 64, 96, 1\]"),
     "vggish_negated_before_conv1": (SMALL_VGGISH, _insert_before("model/vggish/conv1/Conv2D", "Neg"),
                                     (96, 64), "reads 'hostile/Neg', not the input patch"),
     "vgg_negated_after_input_bn": (VGG4, _insert_before("model/vggish/1CNN/Conv2D", "Neg"),
                                    (128, 128), "reads 'hostile/Neg', not the input patch after "
                                                "its batch norm"),
     "musicnn_squared_input": (DORTMUND, _insert_before("model/ExpandDims", "Square"), (187, 96),
-                              "the input patch reaches 'hostile/Square' as"),
+                              r"the input patch \[187, 96\] reaches 'hostile/Square' as"),
 }
 
 
@@ -982,8 +983,8 @@ def test_a_patch_declared_in_another_shape_than_its_reshape_is_refused(tmp_path)
     values as 96 x 64, jaxmir took the declared 64 x 96 for the convolutions' input."""
     g = fixture_graph(SMALL_VGGISH)
     _declared((-1, 64, 96))(g)
-    with pytest.raises(JaxmirError, match=r"'model/vggish/Reshape' \(Reshape \[-1, 96, 64, 1\]\) "
-                                          r"does not give the input patch \[64, 96\]"):
+    with pytest.raises(JaxmirError, match=r"the input patch \[64, 96\] reaches 'model/vggish/"
+                                          r"conv1/Conv2D' as \[-1, 96, 64, 1\]"):
         jaxmir.load(write(tmp_path, "declared", g))
 
 
@@ -1082,3 +1083,57 @@ def test_a_weights_file_without_a_predictions_output_is_refused_at_load(tmp_path
                  tmp_path / "no_aliases.npz")
     with pytest.raises(WeightsError, match="its description gives no 'predictions' output"):
         jaxmir.load(tmp_path / "no_aliases.npz")
+
+
+def _typed_node(g, name: str, op: str, inputs=(), types=None, ints=None, value=None):
+    """A node with dtype attributes ``types``, int attributes ``ints`` and a Const's ``value``."""
+    node = add_node(g, name, op, inputs, **(ints or {}))
+    for key, dtype in (types or {}).items():
+        set_type(node, key, dtype)
+    if value is not None:
+        node.attr["value"].tensor.CopyFrom(tensor_proto(value, DT_INT32, shape=value.shape))
+    return node
+
+
+def _reshape_by_pack(g):
+    """Keras's Reshape((96, 64, 1)): its shape a Pack of the input's batch (Shape, StridedSlice)
+    and constants, which jaxmir cannot fold."""
+    _typed_node(g, "keras/Shape", "Shape", ["model/Placeholder"],
+                {"T": DT_FLOAT, "out_type": DT_INT32})
+    for name, value in (("begin", [0]), ("end", [1]), ("strides", [1])):
+        _typed_node(g, f"keras/{name}", "Const", types={"dtype": DT_INT32},
+                    value=np.array(value, np.int32))
+    _typed_node(g, "keras/batch", "StridedSlice",
+                ["keras/Shape", "keras/begin", "keras/end", "keras/strides"],
+                {"T": DT_INT32, "Index": DT_INT32},
+                {"shrink_axis_mask": 1, "begin_mask": 0, "end_mask": 0, "ellipsis_mask": 0,
+                 "new_axis_mask": 0})
+    for size in (96, 64, 1):
+        _typed_node(g, f"keras/{size}", "Const", types={"dtype": DT_INT32},
+                    value=np.array(size, np.int32))
+    _typed_node(g, "keras/shape", "Pack", ["keras/batch", "keras/96", "keras/64", "keras/1"],
+                {"T": DT_INT32}, {"N": 4, "axis": 0})
+    node_named(g, "model/vggish/Reshape").input[1] = "keras/shape"
+
+
+def _reshape_in_two_steps(g):
+    """[-1, 6144] first, then the fixture's own [-1, 96, 64, 1]: values kept in their order."""
+    _typed_node(g, "flat/shape", "Const", types={"dtype": DT_INT32},
+                value=np.array([-1, 96 * 64], np.int32))
+    _typed_node(g, "flat", "Reshape", ["model/Placeholder", "flat/shape"],
+                {"T": DT_FLOAT, "Tshape": DT_INT32})
+    node_named(g, "model/vggish/Reshape").input[0] = "flat"
+
+
+@pytest.mark.parametrize("edit", [_reshape_by_pack, _reshape_in_two_steps],
+                         ids=["keras_pack", "two_steps"])
+def test_input_reshapes_that_keep_the_values_in_order_load_as_tensorflow_runs_them(tmp_path, edit):
+    """The input-path check refused these (its first form read each step on its own, and no
+    Pack): TensorFlow's outputs, measured, within float32 rounding of the sigmoid's."""
+    g = fixture_graph(SMALL_VGGISH)
+    edit(g)
+    path = write(tmp_path, edit.__name__, g)
+    x = np.random.default_rng(4).standard_normal((2, 96, 64)).astype(np.float32)
+    want, = run_tf(path, {"model/Placeholder:0": x}, ["model/Sigmoid:0"])
+    np.testing.assert_allclose(np.asarray(jaxmir.load(path).apply(x)["predictions"]), want,
+                               rtol=0, atol=1e-5)

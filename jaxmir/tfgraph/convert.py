@@ -9,6 +9,8 @@ map from the graph's node names to the module's intermediate outputs.
 
 from __future__ import annotations
 
+import math
+
 from jaxmir.errors import UnsupportedGraphError
 from jaxmir.frontends import MUSICNN, VGGISH
 from jaxmir.models.heads import embedding_head_variables
@@ -112,39 +114,79 @@ def _unknown(graph: Graph, path: InferencePath | None, why: str) -> UnsupportedG
 
 def _expanded_input(path: InferencePath, input_node):
     """The node that gives the input patch ``[batch, height, width]`` as ``[batch, height,
-    width, 1]``: the placeholder through ExpandDims and Reshape nodes that only add or drop
-    axes of size 1 (the patch's values in their order, as each architecture reads them).
+    width, 1]``: the placeholder through ExpandDims, Reshape and Squeeze nodes, which keep the
+    values in their order (row-major), ending in that shape.
 
     Raises:
-      UnsupportedGraphError: one that moves values (a Reshape to ``[-1, width, height, 1]``),
-        or a chain that ends in another shape.
+      UnsupportedGraphError: a chain that ends in another shape (a Reshape to ``[-1, width,
+        height, 1]`` gives the convolutions other rows), or a step whose shape jaxmir cannot
+        read.
     """
     patch = input_shape(path.graph, input_node, 2)
     shape, end = (-1, *patch), input_node
     node = path.next_op(input_node.name)
-    while node is not None and node.op in ("ExpandDims", "Reshape"):
-        inputs = path.graph.data_inputs(node)
-        try:
-            given = [int(v) for v in path.value(inputs[1], "int").reshape(-1)]
-        except (IndexError, ValueError, UnsupportedGraphError):
-            given = None
-        if node.op == "ExpandDims" and given is not None and len(given) == 1 \
-                and -len(shape) - 1 <= given[0] <= len(shape):
-            axis = given[0] % (len(shape) + 1)
-            shape = shape[:axis] + (1,) + shape[axis:]
-        elif node.op == "Reshape" and given is not None and given[:1] == [-1]:
-            shape = tuple(given)
-        else:
-            shape = None
-        if shape is None or tuple(d for d in shape[1:] if d != 1) != patch:
-            raise path.unsupported(f"'{node.name}' ({node.op} {given}) does not give the input "
-                                   f"patch {list(patch)} its values in their order; expected "
-                                   f"[-1, {patch[0]}, {patch[1]}, 1]")
+    while node is not None and node.op in ("ExpandDims", "Reshape", "Squeeze"):
+        shape = _reshaped(path, node, shape)
+        if shape is None:
+            raise path.unsupported(f"'{node.name}' ({node.op}) reshapes the input patch "
+                                   f"{list(patch)} in a way jaxmir cannot read; expected it as "
+                                   f"[-1, {patch[0]}, {patch[1]}, 1] before the first layer")
         end, node = node, path.next_op(node.name)
     if shape != (-1, *patch, 1):
-        raise path.unsupported(f"the input patch reaches '{node.name if node else end.name}' as "
-                               f"{list(shape)}; expected [-1, {patch[0]}, {patch[1]}, 1]")
+        raise path.unsupported(f"the input patch {list(patch)} reaches "
+                               f"'{node.name if node else end.name}' as {list(shape)}; expected "
+                               f"[-1, {patch[0]}, {patch[1]}, 1]")
     return end
+
+
+def _reshaped(path: InferencePath, node, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """``shape`` (``-1`` the batch) after ExpandDims, Reshape or Squeeze ``node``, or ``None``
+    where its argument cannot be read or does not keep the batch as the first axis."""
+    graph = path.graph
+    if node.op == "Squeeze":  # the axes listed, or every axis of size 1 (the batch is not)
+        listed = graph.attr(node, "squeeze_dims") or []
+        if not all(isinstance(d, int) and -len(shape) <= d < len(shape) for d in listed):
+            return None
+        drop = {d % len(shape) for d in listed} or {i for i, d in enumerate(shape) if d == 1}
+        if 0 in drop or any(shape[d] != 1 for d in drop):
+            return None
+        return tuple(d for i, d in enumerate(shape) if i not in drop)
+    inputs = graph.data_inputs(node)
+    given = _shape_argument(path, inputs[1]) if len(inputs) == 2 else None
+    if given is None:
+        return None
+    if node.op == "ExpandDims":
+        if len(given) != 1 or not -len(shape) - 1 <= given[0] <= len(shape):
+            return None
+        axis = given[0] % (len(shape) + 1)
+        return None if axis == 0 else shape[:axis] + (1,) + shape[axis:]
+    if given[:1] != [-1] or any(d <= 0 for d in given[1:]) \
+            or math.prod(given[1:]) != math.prod(shape[1:]):
+        return None
+    return tuple(given)
+
+
+def _shape_argument(path: InferencePath, ref) -> list[int] | None:
+    """A constant shape or axis as integers; a Pack whose first element is the batch, read from
+    the input (``tf.stack([tf.shape(x)[0], 96, 64, 1])``, Keras's Reshape), with ``-1`` there."""
+    try:
+        return [int(v) for v in path.value(ref, "int").reshape(-1)]
+    except (IndexError, ValueError, UnsupportedGraphError):
+        pass
+    pack = path.producer(ref)
+    if pack.op != "Pack" or path.graph.attr(pack, "axis", 0) != 0:
+        return None
+    first, *rest = path.graph.data_inputs(pack)
+    slice_node = path.producer(first)
+    if slice_node.op != "StridedSlice" or path.producer(
+            path.graph.data_inputs(slice_node)[0]).op != "Shape":
+        return None
+    try:
+        begin = [int(v) for v in path.value(path.graph.data_inputs(slice_node)[1], "int").reshape(-1)]
+        sizes = [int(path.value(r, "int").reshape(())) for r in rest]
+    except (IndexError, ValueError, UnsupportedGraphError):
+        return None
+    return [-1, *sizes] if begin == [0] else None
 
 
 def _input_batch_norm(path: InferencePath, expanded):
