@@ -81,7 +81,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
     ``read(n)`` returns exactly ``n`` bytes or fewer at the end of the input; the first fmt
     chunk counts; other chunks before the data are skipped in pieces of at most 64 KB. An
     RF64/BW64 header's first chunk is its ``ds64``, whose 64-bit data size stands for the data
-    chunk's 0xFFFFFFFF.
+    chunk's 32-bit size.
 
     Raises:
       AudioError: naming ``source``, for a header that ends early, has no RIFF/WAVE
@@ -102,20 +102,19 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
     if riff[:4] not in (b"RIFF", *WIDE_HEADS) or riff[8:12] != b"WAVE":
         raise AudioError(f"{source}: malformed WAV header: no RIFF/WAVE signature")
     offset, fmt, fact, wide_size = 12, None, None, None
-    if riff[:4] in WIDE_HEADS:
+    if riff[:4] in WIDE_HEADS:  # as FFmpeg reads it: 24 bytes at least, no pad byte after
         name, size = struct.unpack("<4sI", need(8, "chunk header"))
-        if name != b"ds64" or size < 16:
+        if name != b"ds64" or size < 24:
             raise AudioError(f"{source}: malformed WAV header: {riff[:4].decode()} without a "
-                             "ds64 chunk first")
-        padded = size + (size & 1)
-        wide_size = struct.unpack("<Q", need(16, "'ds64' chunk")[8:16])[0]
-        skip(padded - 16, "'ds64' chunk")
-        offset += 8 + padded
+                             "ds64 chunk of 24 bytes or more first")
+        wide_size = struct.unpack("<Q", need(24, "'ds64' chunk")[8:16])[0]
+        skip(size - 24, "'ds64' chunk")
+        offset += 8 + size
     while True:
         name, size = struct.unpack("<4sI", need(8, "chunk header"))
         offset += 8
         if name == b"data":
-            if wide_size is not None and size == 0xFFFFFFFF:
+            if wide_size is not None:  # FFmpeg reads the ds64 size, whatever the chunk's says
                 size = 0 if wide_size >= 1 << 63 else wide_size  # 0, or all ones: not known
             break
         padded, what = size + (size & 1), f"{name.decode('latin-1')!r} chunk"
@@ -145,8 +144,9 @@ _LARGEST_SKIPPED = 1 << 20    # bytes of one such chunk (a LIST, an id3 tag) rea
 
 def data_chunk_after(read: Callable[[int], bytes], padding: int) -> int | None:
     """The declared size of a ``data`` chunk among the chunks that follow a WAV stream's data
-    (``read`` from just after its last sample; ``padding``: its pad byte, 0 or 1), or ``None``
-    at the end of input, after :data:`_CHUNKS_LOOKED_AT` chunks or at a chunk larger than
+    (``read`` from just after its last sample, giving fewer bytes than asked where none come:
+    :meth:`ByteReader.read` with ``wait_s``; ``padding``: its pad byte, 0 or 1), or ``None``
+    at the end of what comes, after :data:`_CHUNKS_LOOKED_AT` chunks or at a chunk larger than
     :data:`_LARGEST_SKIPPED`. FFmpeg (and Essentia's loader) read a file's last data chunk."""
     read(padding)
     for _ in range(_CHUNKS_LOOKED_AT):
@@ -348,15 +348,19 @@ class ByteReader:
         self._pending = b""
         self.ended = False
 
-    def read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (fewer at the end of input): for headers."""
-        data = self.peek(n)
+    def read(self, n: int, wait_s: float | None = None) -> bytes:
+        """Exactly ``n`` bytes (fewer at the end of input): for headers. With ``wait_s``, fewer
+        too where no byte came for that long (a writer that keeps its end open)."""
+        data = self.peek(n, wait_s)
         self._pending = self._pending[len(data):]
         return data
 
-    def peek(self, n: int) -> bytes:
-        """The next ``n`` bytes (fewer at the end of input), left to be read again."""
+    def peek(self, n: int, wait_s: float | None = None) -> bytes:
+        """The next ``n`` bytes (fewer at the end of input, or after ``wait_s`` without a
+        byte), left to be read again."""
         while len(self._pending) < n and not self.ended:
+            if wait_s is not None and not select.select([self.fd], [], [], wait_s)[0]:
+                break
             self._fill()
         return self._pending[:n]
 

@@ -97,10 +97,11 @@ def test_an_rf64_header_takes_its_data_size_from_its_ds64_chunk():
     data = _wav("WAV", "PCM_16", channels=1)
     fmt, pcm = data[12:36], data[44:]
 
-    def rf64(head: bytes, data_size: int, ds64_bytes: int = 28) -> bytes:
-        ds64 = (0).to_bytes(8, "little") + data_size.to_bytes(8, "little") + bytes(12)
+    def rf64(head: bytes, data_size: int, ds64_bytes: int = 28, chunk_size: bytes = b"\xff" * 4,
+             ds64_body: int = 28) -> bytes:
+        ds64 = (0).to_bytes(8, "little") + data_size.to_bytes(8, "little") + bytes(ds64_body - 16)
         return (head + b"\xff" * 4 + b"WAVE" + b"ds64" + ds64_bytes.to_bytes(4, "little") + ds64
-                + fmt + b"data" + b"\xff" * 4 + pcm)
+                + fmt + b"data" + chunk_size + pcm)
 
     for head in (b"RF64", b"BW64"):
         header = parse_wav_header(io.BytesIO(rf64(head, len(pcm))).read, "x.wav")
@@ -108,8 +109,17 @@ def test_an_rf64_header_takes_its_data_size_from_its_ds64_chunk():
             (22050, "<i2", 80, len(pcm))
     assert parse_wav_header(io.BytesIO(rf64(b"RF64", 0)).read).data_size is None
     assert read_wav_header(io.BytesIO(rf64(b"RF64", 0)).read) == (22050, 1, "<i2", None)
-    with pytest.raises(AudioError, match="RF64 without a ds64 chunk first"):
+    with pytest.raises(AudioError, match="RF64 without a ds64 chunk of 24 bytes or more first"):
         parse_wav_header(io.BytesIO(b"RF64" + b"\xff" * 4 + b"WAVE" + fmt).read)
+    # as FFmpeg reads them: the ds64 size whatever the data chunk's own 32-bit size says (it read
+    # 40,000 frames of a file whose ds64 declared 80,000, as FFmpeg and the wheel do not), and
+    # an odd-sized ds64 chunk without a pad byte after it
+    small = rf64(b"RF64", len(pcm), chunk_size=(len(pcm) // 2).to_bytes(4, "little"))
+    assert parse_wav_header(io.BytesIO(small).read).data_size == len(pcm)
+    odd = rf64(b"RF64", len(pcm), ds64_bytes=29, ds64_body=29)
+    assert parse_wav_header(io.BytesIO(odd).read).data_offset == 81
+    with pytest.raises(AudioError, match="without a ds64 chunk of 24 bytes or more first"):
+        parse_wav_header(io.BytesIO(rf64(b"RF64", len(pcm), ds64_bytes=16, ds64_body=16)).read)
     with pytest.raises(AudioError, match="ends inside the 'ds64' chunk"):
         parse_wav_header(io.BytesIO(rf64(b"RF64", len(pcm), ds64_bytes=0xFFFFFFF0)).read)
 
