@@ -614,6 +614,9 @@ def _check_stream_options(args) -> None:
             raise OptionError(f"--rate: {err}") from None
 
 
+_LATER_CHUNK_WAIT_S = 0.5  # for the next bytes after a WAV stream's declared data
+
+
 def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted: dict) -> int:
     """Read, push, write lines; ``interrupted["now"]`` is set by SIGINT or SIGTERM."""
     from jaxmir.audio import check_channels
@@ -708,7 +711,9 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
     write(stream.close_patches())
     above = "; the patches above are complete and valid" if stream.n_patches else ""
     if remaining == 0 and not interrupted["now"]:  # after the lines: a writer may keep it open
-        later = reading(data_chunk_after, source.read, declared % 2)
+        # what comes at once: a writer may keep the pipe open after the data it declared
+        later = reading(data_chunk_after, lambda n: source.read(n, wait_s=_LATER_CHUNK_WAIT_S),
+                        declared % 2)
         if later is not None:
             _warn(f"standard input's WAV holds another data chunk ({later} bytes) after the one "
                   f"read ({declared} bytes), left out: jaxmir tag and Essentia's loader read a "

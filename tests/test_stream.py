@@ -699,6 +699,24 @@ def test_stream_command_bad_input():
         b"a sample frame" in result.stderr, result.stderr
 
 
+def test_stream_command_ends_after_a_wav_s_declared_data_while_its_writer_stays():
+    """Looking for a second data chunk after the declared data, it waited for the writer to close
+    its end (`(cat x.wav; sleep 25) | jaxmir stream` ended after 27.8 s instead of 3)."""
+    audio = signal_at(16000, 4.0, 1, seed=18, dtype=np.int16)
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "-"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
+    try:
+        process.stdin.write(wav_bytes(audio, 16000))
+        process.stdin.flush()  # and left open
+        status = process.wait(timeout=120)
+        out, err = process.stdout.read(), process.stderr.read()
+    finally:
+        process.kill()
+        process.stdin.close()
+    assert status == 0 and len(out.decode().splitlines()) == 1, err
+
+
 def test_stream_command_says_where_a_wav_holds_a_second_data_chunk():
     """It read the first data chunk and stopped without a word; `jaxmir tag` reads the last (as
     FFmpeg and Essentia's loader do): other tags."""
