@@ -217,6 +217,13 @@ def run_plan(model: "Model", audio_16k, plan_: Plan, outputs: Iterable[str] | st
     return {name: np.asarray(value)[:plan_.n_patches] for name, value in zip(names, values)}
 
 
+def _check_named(samples: np.ndarray) -> None:
+    """:func:`check_peak` naming the first bad sample, as a NumPy signal's check names it."""
+    bad = first_bad_frame(samples)
+    if bad is not None:
+        check_peak(samples, f"sample {bad}")
+
+
 def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array":
     """Checked mono 16-kHz audio.
 
@@ -232,13 +239,13 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
         if audio.shape[0] == 0:
             raise InputError("audio contains no samples; expected at least one sample")
         if not isinstance(audio, jax.core.Tracer):
-            host = np.asarray(audio)
-            bad = first_bad_frame(host)  # named as a NumPy signal's is
-            check_peak(host, "audio" if bad is None else f"sample {bad}")
+            _check_named(np.asarray(audio))
         return audio
     if isinstance(audio, jax.core.Tracer):
         raise InputError("traced audio (under jax.grad/jit/vmap) must be float mono [n_samples] "
                          f"at 16000 Hz; got {audio.dtype} {list(audio.shape)} at {sample_rate} Hz")
+    if isinstance(audio, jax.Array) and audio.ndim in (1, 2):
+        _check_named(np.asarray(audio))
     samples = prepare_audio(audio, sample_rate, frontends.SAMPLE_RATE, resampler=resampler)
     if samples.shape[0] == 0 and np.shape(audio)[0]:  # not silence padded to a patch: an error
         raise no_sample_error(np.shape(audio)[0], check_rate(sample_rate, "sample_rate"))

@@ -271,11 +271,13 @@ def test_a_jax_signal_is_checked_as_a_numpy_one(musicnn):
             musicnn.predict(audio, np.array([SR]))
     # a NaN is named by its sample in a JAX signal too, bfloat16 without NumPy's RuntimeWarning
     signal[20000], signal[30000] = np.nan, np.inf
-    for audio in (signal, jnp.asarray(signal), jnp.asarray(signal, jnp.bfloat16)):
+    stereo = np.stack([signal, signal], axis=1)
+    for audio, rate in ((signal, SR), (jnp.asarray(signal), SR), (jnp.asarray(signal), 44100),
+                        (jnp.asarray(signal, jnp.bfloat16), SR), (jnp.asarray(stereo), SR)):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            with pytest.raises(InputError, match="^sample 20000: contains 2 NaN or infinite"):
-                musicnn.predict(audio, SR)
+            with pytest.raises(InputError, match="^sample 20000: contains [24] NaN or infinite"):
+                musicnn.predict(audio, rate)
 
 
 def test_features_and_jax_predict_check_what_predict_checks(musicnn):
