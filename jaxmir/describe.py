@@ -65,9 +65,11 @@ def describe(model) -> str:
     spec = model.spec
     labels = list(model.labels)
     default_labels = tuple(labels) == placeholder_labels(len(labels))
-    label_text = (f"class_0 .. class_{len(labels) - 1} (no class names: no metadata JSON "
-                  "beside the graph names them; in Python: labels=)" if default_labels
-                  else ", ".join(labels))
+    from_json = any(key in model.metadata for key in ("classes", "schema", "inference"))
+    why = "the metadata JSON beside the graph names none" if from_json else \
+        "no metadata JSON beside the graph names them"
+    label_text = (f"class_0 .. class_{len(labels) - 1} (no class names: {why}; in Python: "
+                  "labels=)" if default_labels else ", ".join(labels))
     lines = [f"source: {model.source}",
              f"architecture: {spec.architecture}",
              *[f"  {line}" for line in summarize(spec.architecture, spec.config)],

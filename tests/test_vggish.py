@@ -172,6 +172,7 @@ def test_essentia_s_own_vggish_metadata_loads_and_its_embeddings_are_not_ranked(
         "inference": {"sample_rate": 16000, "algorithm": "TensorflowPredictVGGish"}}))
     model = jaxmir.load(path)
     assert model.labels[:2] == ("class_0", "class_1") and len(model.labels) == 128
+    assert "(no class names: the metadata JSON beside the graph names none;" in model.describe()
     assert model.spec.output_name == "model/vggish/embeddings"
     audio = tmp_path / "a.wav"
     soundfile.write(audio, np.random.default_rng(3).uniform(-0.5, 0.5, 16000 * 2), 16000)
