@@ -381,9 +381,10 @@ class Model:
         every returned patch's start in seconds. Concatenated, they equal
         :meth:`predict` of the whole signal (within 1e-6 on predictions), with
         the same arguments; a signal shorter than a patch (without ``pad``) gives
-        none, ``[0, ...]``, where ``predict`` raises :class:`ShortAudioError`. Chunks are ``[n]`` or ``[n, channels]`` (1 or 2
-        channels, float or integer PCM), of any size, at ``sample_rate``; every
-        chunk keeps the first one's channels and dtype. See :mod:`jaxmir.stream`.
+        none, ``[0, ...]``, where ``predict`` raises :class:`ShortAudioError`.
+        Chunks are ``[n]`` or ``[n, channels]`` (1 or 2 channels, float or integer
+        PCM), of any size, at ``sample_rate``; every chunk keeps the first one's
+        channels and dtype. See :mod:`jaxmir.stream`.
         ``eager=False`` (audio that is all there, read in pieces, such as a long
         file) runs patches only in whole batches until ``close``: the same
         outputs from fewer, fuller model calls, so later than they could come.

@@ -182,7 +182,7 @@ def _shape_argument(path: InferencePath, ref) -> list[int] | None:
             path.graph.data_inputs(slice_node)[0]).op != "Shape":
         return None
     try:
-        begin = [int(v) for v in path.value(path.graph.data_inputs(slice_node)[1], "int").reshape(-1)]
+        begin = path.value(path.graph.data_inputs(slice_node)[1], "int").reshape(-1).tolist()
         sizes = [int(path.value(r, "int").reshape(())) for r in rest]
     except (IndexError, ValueError, UnsupportedGraphError):
         return None

@@ -319,8 +319,9 @@ class InferencePath:
         self.float_op(node)
         if node.op == "BiasAdd" and self.graph.typed_attr(node, "data_format", str, "NHWC") \
                 not in ("NHWC", "N...C"):
-            raise self.unsupported(f"BiasAdd '{node.name}' is {self.graph.attr(node, 'data_format')}; "
-                                   "only NHWC graphs are supported")
+            raise self.unsupported(f"BiasAdd '{node.name}' is "
+                                   f"{self.graph.attr(node, 'data_format')}; only NHWC graphs "
+                                   "are supported")
         return self.vector(self.split_operands(node)[1], width, what)
 
     # -- layers ---------------------------------------------------------------------------
@@ -516,7 +517,8 @@ class InferencePath:
                                              "bias": np.zeros(kernel.shape[1], np.float32)}
             elif op in ("BiasAdd", "Add", "AddV2") and specs and isinstance(specs[-1], Dense) \
                     and self.split_operands(node) and bias_target not in biased:
-                bias = self.bias(node, width, f"the bias of dense layer '{node.name}' ({width} units)")
+                bias = self.bias(node, width,
+                                 f"the bias of dense layer '{node.name}' ({width} units)")
                 variables[bias_target]["bias"] = bias
                 biased.add(bias_target)
                 nodes = {k: v for k, v in nodes.items() if v != bias_target}  # MatMul was pre-bias
