@@ -101,14 +101,20 @@ def finetune(backbone: Model, layer: str, patches: np.ndarray, targets: np.ndarr
     rng = np.random.default_rng(config.seed)
     batch = min(config.batch_size, len(patches))
     losses = []
-    for index in range(config.steps):
-        rows = rng.choice(len(patches), batch, replace=False)
-        trainable, state, loss = step(trainable, state, patches[rows], targets[rows])
-        interrupts.raise_if_received()  # a Ctrl-C that JAX's callbacks swallowed
-        loss = float(loss)
-        if not np.isfinite(loss):
-            raise TrainingError(f"the fine-tuning loss became {loss} at step {index + 1}")
-        losses.append(loss)
+    try:
+        for index in range(config.steps):
+            rows = rng.choice(len(patches), batch, replace=False)
+            trainable, state, loss = step(trainable, state, patches[rows], targets[rows])
+            interrupts.raise_if_received()  # a Ctrl-C that JAX's callbacks swallowed
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise TrainingError(f"the fine-tuning loss became {loss} at step {index + 1}")
+            losses.append(loss)
+    except BaseException:
+        # the step in flight finishes before this frame, and its program, go: a Ctrl-C here
+        # ended in a segmentation fault (XLA's threads ran the freed program) in 7 of 8 tries
+        jax.block_until_ready((trainable, state))
+        raise
     variables = {"params": trainable["backbone"], **frozen}
     return jax.device_get(variables), jax.device_get(trainable["head"]), losses
 
