@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -84,7 +85,7 @@ def test_bad_datasets(tmp_path, audio_set):
     (one / "b").mkdir()
     for name in ("a/x.wav", "a/y.wav", "b/z.wav"):
         (one / name).write_bytes(b"")
-    with pytest.raises(InputError, match="fewer than 2 files: b"):
+    with pytest.raises(InputError, match="fewer than 2 audio files: b"):
         data.load_dataset(one)
     (one / "b" / "z.wav").unlink()
     (one / "b").rmdir()
@@ -223,6 +224,14 @@ def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, 
     assert data.load_dataset(table).classes == ("2", "10")
     table.write_text("path,label\n" + "".join(f"{f},{'nan' if i else 2}\n" for f, i in zip(files, ids)))
     assert data.load_dataset(table).classes == ("2", "nan")  # a name, though float() reads it
+    # separated by tabs or semicolons: "no 'path' column; columns: path<TAB>label"
+    for separator in ("\t", ";"):
+        table.write_text(f"path{separator}label\n" + "".join(
+            f"{f}{separator}{i}\n" for f, i in zip(files, ids)))
+        header = re.escape(repr(f"path{separator}label"))
+        with pytest.raises(InputError, match=f"its header is one column, {header}"
+                                             r".*a \.csv is read with commas"):
+            data.load_dataset(table)
     table.write_text("path,label\n" + "".join(f"{f},{'1.0' if n % 4 == 1 else i}\n"
                                               for n, (f, i) in enumerate(zip(files, ids))))
     with pytest.raises(InputError, match="the labels '1' and '1.0' are one number written two ways"):
@@ -298,7 +307,7 @@ def test_classes_of_soft_targets_are_counted_by_tracks():
     assert dataset.tracks_per_class().tolist() == [3, 3]
     one = data.Dataset(dataset.paths, np.array([[0.6, 0.4]] + [[0.4, 0.6]] * 5, np.float32),
                        "single", ("drums", "pads"))
-    with pytest.raises(InputError, match=r"fewer than 2 files: drums \(1\)"):
+    with pytest.raises(InputError, match=r"fewer than 2 audio files: drums \(1\)"):
         data.check_classes(one, "DATA")
 
 

@@ -178,8 +178,8 @@ def check_classes(dataset: Dataset, where: str) -> None:
     few = [f"{name} ({int(n)})" for name, n in zip(dataset.classes, counts)
            if n < MIN_FILES_PER_CLASS]
     if few:
-        raise InputError(f"{where}: class(es) with fewer than {MIN_FILES_PER_CLASS} files: "
-                         + ", ".join(few))
+        raise InputError(f"{where}: class(es) with fewer than {MIN_FILES_PER_CLASS} audio "
+                         "files: " + ", ".join(few))
     if dataset.task == "multi":
         everywhere = [name for name, column in zip(dataset.classes, dataset.targets.T)
                       if (column >= 1).all()]
@@ -297,6 +297,12 @@ def _check_unique(path: Path, files: list[str], repeated_where: str = "listed mo
 def _from_table(path: Path) -> Dataset:
     columns = _read_table(path)
     if "path" not in columns:
+        joined = next((sep for sep in ("\t", ";", "|") if len(columns) == 1
+                       and sep in next(iter(columns))), None)
+        if joined is not None:  # a tab- or semicolon-separated file read as one column
+            raise InputError(f"{path}: its header is one column, {next(iter(columns))!r}: the "
+                             f"columns are separated by {joined!r}, and a .csv is read with "
+                             "commas; write it with commas (path,label)")
         raise InputError(f"{path}: no 'path' column; columns: {', '.join(columns) or 'none'}")
     raw_paths = columns.pop("path")
     if not raw_paths:
