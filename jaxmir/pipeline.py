@@ -244,8 +244,9 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     if isinstance(audio, jax.core.Tracer):
         raise InputError("traced audio (under jax.grad/jit/vmap) must be float mono [n_samples] "
                          f"at 16000 Hz; got {audio.dtype} {list(audio.shape)} at {sample_rate} Hz")
-    if isinstance(audio, jax.Array) and audio.ndim in (1, 2):
-        _check_named(np.asarray(audio))
+    if isinstance(audio, jax.Array) and (audio.ndim == 1 or (audio.ndim == 2
+                                                             and audio.shape[1] <= 2)):
+        _check_named(np.asarray(audio))  # channels last: others are refused for their layout
     samples = prepare_audio(audio, sample_rate, frontends.SAMPLE_RATE, resampler=resampler)
     if samples.shape[0] == 0 and np.shape(audio)[0]:  # not silence padded to a patch: an error
         raise no_sample_error(np.shape(audio)[0], check_rate(sample_rate, "sample_rate"))

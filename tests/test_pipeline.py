@@ -278,6 +278,10 @@ def test_a_jax_signal_is_checked_as_a_numpy_one(musicnn):
             warnings.simplefilter("error")
             with pytest.raises(InputError, match="^sample 20000: contains [24] NaN or infinite"):
                 musicnn.predict(audio, rate)
+    # channels first: refused for the layout (it was "sample 0: contains 2 NaN" for JAX arrays)
+    for audio in (stereo.T, jnp.asarray(stereo.T)):
+        with pytest.raises(InputError, match="channels go last"):
+            musicnn.predict(audio, 44100)
 
 
 def test_features_and_jax_predict_check_what_predict_checks(musicnn):
