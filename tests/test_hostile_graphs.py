@@ -1137,3 +1137,13 @@ def test_input_reshapes_that_keep_the_values_in_order_load_as_tensorflow_runs_th
     want, = run_tf(path, {"model/Placeholder:0": x}, ["model/Sigmoid:0"])
     np.testing.assert_allclose(np.asarray(jaxmir.load(path).apply(x)["predictions"]), want,
                                rtol=0, atol=1e-5)
+
+
+def test_a_squeeze_whose_axes_are_not_a_list_is_a_graph_error(tmp_path):
+    """squeeze_dims as an int on the input path raised Python's TypeError (a traceback)."""
+    g = fixture_graph(SMALL_VGGISH)
+    _typed_node(g, "squeezed", "Squeeze", ["model/Placeholder"], {"T": DT_FLOAT},
+                {"squeeze_dims": 1})
+    node_named(g, "model/vggish/Reshape").input[0] = "squeezed"
+    with pytest.raises(GraphError, match="squeeze_dims"):
+        jaxmir.load(write(tmp_path, "squeeze_int", g))

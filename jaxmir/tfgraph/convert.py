@@ -144,7 +144,7 @@ def _reshaped(path: InferencePath, node, shape: tuple[int, ...]) -> tuple[int, .
     where its argument cannot be read or does not keep the batch as the first axis."""
     graph = path.graph
     if node.op == "Squeeze":  # the axes listed, or every axis of size 1 (the batch is not)
-        listed = graph.attr(node, "squeeze_dims") or []
+        listed = graph.typed_attr(node, "squeeze_dims", list, [])
         if not all(isinstance(d, int) and -len(shape) <= d < len(shape) for d in listed):
             return None
         drop = {d % len(shape) for d in listed} or {i for i, d in enumerate(shape) if d == 1}
@@ -152,7 +152,7 @@ def _reshaped(path: InferencePath, node, shape: tuple[int, ...]) -> tuple[int, .
             return None
         return tuple(d for i, d in enumerate(shape) if i not in drop)
     inputs = graph.data_inputs(node)
-    given = _shape_argument(path, inputs[1]) if len(inputs) == 2 else None
+    given = _shape_argument(path, inputs[1], node.op == "Reshape") if len(inputs) == 2 else None
     if given is None:
         return None
     if node.op == "ExpandDims":
@@ -166,15 +166,16 @@ def _reshaped(path: InferencePath, node, shape: tuple[int, ...]) -> tuple[int, .
     return tuple(given)
 
 
-def _shape_argument(path: InferencePath, ref) -> list[int] | None:
-    """A constant shape or axis as integers; a Pack whose first element is the batch, read from
-    the input (``tf.stack([tf.shape(x)[0], 96, 64, 1])``, Keras's Reshape), with ``-1`` there."""
+def _shape_argument(path: InferencePath, ref, shape: bool) -> list[int] | None:
+    """A constant shape or axis as integers; for a ``shape``, a Pack whose first element is the
+    batch, read from the input (``tf.stack([tf.shape(x)[0], 96, 64, 1])``, Keras's Reshape),
+    with ``-1`` there."""
     try:
         return [int(v) for v in path.value(ref, "int").reshape(-1)]
     except (IndexError, ValueError, UnsupportedGraphError):
         pass
     pack = path.producer(ref)
-    if pack.op != "Pack" or path.graph.attr(pack, "axis", 0) != 0:
+    if not shape or pack.op != "Pack" or path.graph.attr(pack, "axis", 0) != 0:
         return None
     first, *rest = path.graph.data_inputs(pack)
     slice_node = path.producer(first)
