@@ -102,11 +102,11 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
     if riff[:4] not in (b"RIFF", *WIDE_HEADS) or riff[8:12] != b"WAVE":
         raise AudioError(f"{source}: malformed WAV header: no RIFF/WAVE signature")
     offset, fmt, fact, wide_size = 12, None, None, None
-    if riff[:4] in WIDE_HEADS:  # as FFmpeg reads it: 24 bytes at least, no pad byte after
+    if riff[:4] in WIDE_HEADS:  # as FFmpeg reads it: 24 bytes at least, an even number
         name, size = struct.unpack("<4sI", need(8, "chunk header"))
-        if name != b"ds64" or size < 24:
+        if name != b"ds64" or size < 24 or size % 2:  # FFmpeg then reads the next chunk a byte off
             raise AudioError(f"{source}: malformed WAV header: {riff[:4].decode()} without a "
-                             "ds64 chunk of 24 bytes or more first")
+                             "ds64 chunk of 24 bytes or more (an even number) first")
         wide_size = struct.unpack("<Q", need(24, "'ds64' chunk")[8:16])[0]
         skip(size - 24, "'ds64' chunk")
         offset += 8 + size
