@@ -332,7 +332,7 @@ def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
         f"{target.suffix or '.png'}") for path in files}
 
 
-def is_regressor(model) -> bool:
+def gives_values(model) -> bool:
     """Whether ``model`` gives values, not class scores to rank: its head ends in anything but
     a sigmoid or a softmax (no activation or the identity: a regression head; a ReLU: an
     embedding, VGGish's as Google published it first)."""
@@ -349,14 +349,14 @@ def _tag_one(model, args, hop, plots: dict[str, Path]):
 
     from jaxmir.collection.rows import DAMAGED, OK, check_finite
 
-    values = is_regressor(model)
+    values = gives_values(model)
 
     def work(path: str) -> dict:
         keep = args.format == "json" or path in plots
         found = stream_file(model, path, args, hop, "predictions", keep)
         mean = found["mean"]
         check_finite(mean, "predictions")  # a NaN mean: some patch's
-        # a regressor's outputs all, in their own order; class scores best first, --top of them
+        # values all, in their own order (gives_values); class scores best first, --top of them
         order = np.arange(len(mean)) if values else \
             np.argsort(-mean, kind="stable")[:args.top or len(mean)]
         result = {"file": path, "status": OK if found["problem"] is None else DAMAGED,
@@ -461,17 +461,17 @@ _VALUES_UNRANKED = ("the model gives values, not class scores (no sigmoid or sof
                     "regression head, an embedding): all listed, in their order, not ranked")
 
 
-def _warn_ignored(args, table: bool, regressor: bool) -> None:
+def _warn_ignored(args, table: bool, values: bool) -> None:
     """One line per ``jaxmir tag`` option that has no effect on this run: the per-file printing
-    options with a table ``--output``, the table's options without one, ``--top`` for a regression
-    head (its values are all listed, in their order)."""
+    options with a table ``--output``, the table's options without one, ``--top`` for a model that
+    gives ``values`` (all listed, in their order: :func:`gives_values`)."""
     if table:
         why = f"a table --output ({args.output}) holds every label's mean"
         ignored = {"--format": (args.format != "text", why), "--top": (args.top is not None, why),
                    "--plot": (args.plot is not None, why)}
     else:
         why = "it applies to a table --output (.parquet, .jsonl, or .csv without -f csv)"
-        ignored = {"--top": (regressor and args.top is not None, _VALUES_UNRANKED),
+        ignored = {"--top": (values and args.top is not None, _VALUES_UNRANKED),
                    "--per-patch": (args.per_patch, "it applies to a .parquet or .jsonl --output"),
                    "--jobs": (args.jobs is not None, why), "--processes": (args.processes, why),
                    "--engine": (args.engine != "local", why),
@@ -494,7 +494,7 @@ def cmd_tag(args) -> int:
     model, args.backbone = _load_model(args.model, args.backbone)
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
-    _warn_ignored(args, is_collection(args, "tag"), is_regressor(model))
+    _warn_ignored(args, is_collection(args, "tag"), gives_values(model))
     args.top = 3 if args.top is None else args.top
     if is_collection(args, "tag"):
         args.writes_rows = True
@@ -584,7 +584,7 @@ def _stream_command(args, interrupted: dict) -> int:
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)
-    if is_regressor(model) and args.top is not None and not args.all and output == "predictions":
+    if gives_values(model) and args.top is not None and not args.all and output == "predictions":
         _warn(f"--top is ignored: {_VALUES_UNRANKED}")
     args.top = 5 if args.top is None else args.top
     _check_stream_options(args)
@@ -710,8 +710,9 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
             break
     write(stream.close_patches())
     above = "; the patches above are complete and valid" if stream.n_patches else ""
-    if remaining == 0 and not interrupted["now"]:  # after the lines: a writer may keep it open
-        # what comes at once: a writer may keep the pipe open after the data it declared
+    if remaining == 0 and not interrupted["now"]:
+        # after the lines, and only what comes at once: a writer may keep the pipe open after
+        # the data it declared
         later = reading(data_chunk_after, lambda n: source.read(n, wait_s=_LATER_CHUNK_WAIT_S),
                         declared % 2)
         if later is not None:
@@ -762,7 +763,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
 
     full = args.all or output != "predictions"
     top = args.top or len(model.labels)
-    in_order = is_regressor(model)  # a regressor's outputs all, in their own order, as tag's
+    in_order = gives_values(model)  # all, in their own order, as tag's
 
     def float32(value) -> float:
         """The float32's shortest decimal: all its precision (rounding to 6 places made 1.39e-6
@@ -931,8 +932,9 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--dtype", choices=tuple(RAW_DTYPES), default=None,
                       help="sample format of raw PCM (default s16le)")
     live.add_argument("-n", "--top", metavar="N", type=whole_number(0), default=None,
-                      help="tags per line (default 5; 0 = all; a regression head's values come "
-                           "all, in their own order)")
+                      help="tags per line (default 5; 0 = all; the values of a model that ends "
+                           "in no sigmoid or softmax, a regression head's, come all, in their own "
+                           "order)")
     live.add_argument("--all", action="store_true", help="the full output vector instead of the top tags")
     live.add_argument("-l", "--layer", metavar="NAME", default="predictions",
                       help="output name (default predictions; any other is written in full)")
