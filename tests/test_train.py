@@ -58,6 +58,16 @@ def test_folder_dataset(audio_set):
     assert np.array_equal(ds.targets.sum(axis=0), [4, 4])
 
 
+def test_data_that_is_no_path_nor_dataset_is_an_input_error(tmp_path):
+    """fit_head(["a.wav"]) raised Python's TypeError ("expected str, bytes or os.PathLike")."""
+    from jaxmir.train import fit_head
+
+    for given in (["a.wav"], 3, None):
+        with pytest.raises(InputError, match="expected a class-folder tree's or a path,label "
+                                             "table's path, or a Dataset"):
+            fit_head(given, backbone="msd-musicnn", output=str(tmp_path / "head"))
+
+
 def test_folder_dataset_reads_what_tag_reads(tmp_path, audio_set):
     """Class folders took ten extensions (a class of .caf/.w64/.WAVE files was "empty") and the
     files in hidden folders (a class's .trash/ was trained on), unlike ``jaxmir tag FOLDER``."""

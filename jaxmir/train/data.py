@@ -193,6 +193,10 @@ def check_classes(dataset: Dataset, where: str) -> None:
 def load_dataset(source: str | os.PathLike) -> Dataset:
     """Read a class-folder tree or a ``.csv``/``.parquet`` table of ``path,label`` rows (a
     Parquet table may be a folder of part files, as jaxmir and Spark write them)."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"the data is {type(source).__name__} {str(source)[:80]}; expected a "
+                         "class-folder tree's or a path,label table's path, or a Dataset (files "
+                         "and their targets: jaxmir.train.Dataset)")
     source = Path(source)
     table = source.suffix.lower() in (".csv", ".parquet", ".pq")
     parts = source.suffix.lower() in (".parquet", ".pq") and source.is_dir() and any(
