@@ -423,9 +423,10 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
         return
     ray = connect()
     # jaxmir's own bar and summary say how the run goes: Ray Data's bars and INFO lines would
-    # interleave with them
+    # interleave with them, and so would its errors' tracebacks (~30 lines before jaxmir's one
+    # for a worker that died; any other error reaches jaxmir's own message below)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     paths = ray.data.from_items([{"path": s.path} for s in sources])
     rows = analyze_dataset(paths, model, options, layout, backbone=backbone, actors=actors, raw=True)
     died = (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError,
