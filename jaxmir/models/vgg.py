@@ -39,7 +39,7 @@ class ConvNet(Backbone):
       input_bn_epsilon: batch norm on the input (musicnn's VGG), or ``None``.
 
     Each block's output is sown as ``block_<i>_output`` (1-based), the flattened
-    features as ``flatten``.
+    features as ``flatten``, the input after its batch norm as ``normalized_input``.
     """
 
     blocks: tuple[ConvBlockSpec, ...]
@@ -51,6 +51,7 @@ class ConvNet(Backbone):
         x = patches[..., None]
         if self.input_bn_epsilon is not None:
             x = frozen_batch_norm(self.input_bn_epsilon, name="input_bn")(x)
+            self.sow("intermediates", "normalized_input", x)
         for i, block in enumerate(self.blocks, start=1):
             x = ConvBlock(block.features, block.kernel, "SAME", block.activation, block.bn_epsilon,
                           block.pool, name=f"block_{i}")(x)

@@ -476,6 +476,10 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
         node_map[layer.output_node] = (f"block_{i}_output", (height, width, filters))
     flat = height * width * int(layers[-1].kernel.shape[-1])
     node_map[flatten.name] = ("flatten", (flat,))
+    if input_bn is not None:  # and the node the first convolution reads (a cond's Merge)
+        read = graph.resolve(graph.data_inputs(graph.nodes[layers[0].conv_node])[0]).node
+        for node in {input_bn.node, read}:
+            node_map[node] = ("normalized_input", (*patch_shape, 1))
     head, head_vars, head_nodes = _read_head(path, flatten.name, "VGG-style")
     node_map.update(_head_node_map(head, head_nodes, flat))
 
