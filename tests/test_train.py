@@ -485,6 +485,21 @@ def test_undecodable_file_is_reported_skipped_counted(tmp_path, audio_set):
     assert failures[0].count(str(bad)) == 1  # it read "skipped X: X: cannot be read"
 
 
+def test_a_layer_and_its_alias_are_one_cache_entry(tmp_path, audio_set):
+    """`--layer logits` and `--layer model/dense_1/BiasAdd` (the same output) were computed and
+    stored twice."""
+    model = jaxmir.load("msd-musicnn")
+    path = str(next(audio_set.rglob("*.wav")))
+    first, _ = embeddings.extract_embeddings(model, "msd-musicnn", [path], "logits",
+                                             tmp_path / "cache")
+    again, _ = embeddings.extract_embeddings(model, "msd-musicnn", [path],
+                                             "model/dense_1/BiasAdd", tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    np.testing.assert_array_equal(first[0], again[0])
+    embeddings.extract_embeddings(model, "msd-musicnn", [path], "penultimate", tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # another layer, another entry
+
+
 # -- training --------------------------------------------------------------------------------
 def test_training_reproducible_and_learns():
     tracks, targets = blobs()

@@ -189,5 +189,6 @@ def extract_embeddings(model, backbone: str, paths: Sequence[str], layer: str,
     """
     root = cache_root() if cache is True else (Path(cache) if cache else None)
     ident = backbone_id(backbone)
-    return cached(embed_file(model, layer), paths, lambda p: cache_key(ident, layer, p), root,
+    tap, _ = model.resolve_output(layer)  # a name and its alias ('logits') are one entry
+    return cached(embed_file(model, layer), paths, lambda p: cache_key(ident, tap, p), root,
                   progress)
