@@ -68,8 +68,8 @@ import numpy as np
 from jaxmir import ogg
 from jaxmir.checks import is_whole
 from jaxmir.errors import AudioError, JaxmirWarning
-from jaxmir.pcm import (UNKNOWN_DATA_SIZES, WIDE_HEADS, WavHeader, decode_pcm, frame_bytes,
-                        parse_wav_header)
+from jaxmir.pcm import (CHUNKS_AFTER_DATA, UNKNOWN_DATA_SIZES, WIDE_HEADS, WavHeader, decode_pcm,
+                        frame_bytes, parse_wav_header)
 
 MODES = ("essentia", "float")
 ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
@@ -687,10 +687,10 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
     a RIFF/WAVE file's, already read (:meth:`AudioBlocks._plain_wav`); ``mp3``: an MP3
     file's :func:`mp3_start`."""
     fmt = container.format.name
-    if "wav" in fmt.split(",") and _compressed(wav_header):
-        return wav_header.fact_frames  # without one, FFmpeg's duration is an estimate
     if "wav" in fmt.split(","):
-        return _wav_frames(wav_header)  # FFmpeg clamps a WAV's duration to the bytes present
+        # a compressed WAV's frames are its fact chunk's count (without one, FFmpeg's duration
+        # is an estimate); an uncompressed one's, its data's (FFmpeg clamps it to the bytes there)
+        return wav_header.fact_frames if _compressed(wav_header) else _wav_frames(wav_header)
     if "mp3" in fmt.split(","):
         if not mp3.declares_length:
             return None  # FFmpeg's duration is only a guess from the bit rate
@@ -756,8 +756,8 @@ def _missing_data_bytes(header: WavHeader | None, file_size: int) -> int:
 
 def _wav_frames(header: WavHeader | None) -> int | None:
     """Frames the ``data`` chunk of an uncompressed RIFF/WAVE header declares, or None
-    (streamed, RF64, odd)."""
-    if header is None or header.data_size is None or _compressed(header):
+    (streamed, odd)."""
+    if header is None or header.data_size is None:
         return None
     # a writer's bogus block_align (0, 1 for 16-bit samples) is no frame size: FFmpeg reads
     # the samples' own
@@ -821,9 +821,6 @@ def _wav_layout(header: WavHeader | None, file_size: int) -> _WavLayout | None:
                       size // frame, header.dtype, codec, kind)
 
 
-_CHUNKS_AFTER_DATA = 64  # chunks looked at behind a WAV's data for another data chunk
-
-
 def _last_data_chunk(file: BinaryIO, header: WavHeader, file_size: int) -> WavHeader:
     """``header`` with the place and size of the last ``data`` chunk among the chunks behind
     the first (a LIST or ``id3 `` chunk usually), whose samples FFmpeg's WAV demuxer reads. A
@@ -831,7 +828,7 @@ def _last_data_chunk(file: BinaryIO, header: WavHeader, file_size: int) -> WavHe
     if not header.data_size:
         return header
     at = header.data_offset + header.data_size + header.data_size % 2
-    for _ in range(_CHUNKS_AFTER_DATA):
+    for _ in range(CHUNKS_AFTER_DATA):
         if at + 8 > file_size:
             break
         file.seek(at)

@@ -74,6 +74,16 @@ class WavHeader:
 WIDE_HEADS = (b"RF64", b"BW64")  # RIFF's 64-bit forms: sizes past 4 GB in a ds64 chunk
 
 
+def _skipped(read: Callable[[int], bytes], n: int) -> bool:
+    """Read past ``n`` bytes in pieces of at most 64 KB (a chunk's declared size may be
+    anything); whether they all came."""
+    for start in range(0, n, 1 << 16):
+        piece = min(1 << 16, n - start)
+        if len(read(piece)) < piece:
+            return False
+    return True
+
+
 def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input") -> WavHeader:
     """Read a RIFF/WAVE header (or an RF64/BW64 one) from ``read`` up to the first sample of
     its ``data`` chunk.
@@ -95,8 +105,8 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
         return data
 
     def skip(n: int, what: str) -> None:
-        for start in range(0, n, 1 << 16):
-            need(min(1 << 16, n - start), what)
+        if not _skipped(read, n):
+            raise AudioError(f"{source}: malformed WAV header: ends inside the {what}")
 
     riff = need(12, "RIFF header")
     if riff[:4] not in (b"RIFF", *WIDE_HEADS) or riff[8:12] != b"WAVE":
@@ -138,7 +148,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
                      None if size in UNKNOWN_DATA_SIZES else size, fact)
 
 
-_CHUNKS_LOOKED_AT = 64        # chunks after a WAV's data looked through for another data chunk
+CHUNKS_AFTER_DATA = 64        # chunks after a WAV's data looked through for another data chunk
 _LARGEST_SKIPPED = 1 << 20    # bytes of one such chunk (a LIST, an id3 tag) read past, at most
 
 
@@ -146,22 +156,18 @@ def data_chunk_after(read: Callable[[int], bytes], padding: int) -> int | None:
     """The declared size of a ``data`` chunk among the chunks that follow a WAV stream's data
     (``read`` from just after its last sample, giving fewer bytes than asked where none come:
     :meth:`ByteReader.read` with ``wait_s``; ``padding``: its pad byte, 0 or 1), or ``None``
-    at the end of what comes, after :data:`_CHUNKS_LOOKED_AT` chunks or at a chunk larger than
+    at the end of what comes, after :data:`CHUNKS_AFTER_DATA` chunks or at a chunk larger than
     :data:`_LARGEST_SKIPPED`. FFmpeg (and Essentia's loader) read a file's last data chunk."""
     read(padding)
-    for _ in range(_CHUNKS_LOOKED_AT):
+    for _ in range(CHUNKS_AFTER_DATA):
         head = read(8)
         if len(head) < 8:
             return None
         name, size = struct.unpack("<4sI", head)
         if name == b"data":
             return size
-        if size > _LARGEST_SKIPPED:
+        if size > _LARGEST_SKIPPED or not _skipped(read, size + (size & 1)):
             return None
-        body = size + (size & 1)
-        for start in range(0, body, 1 << 16):
-            if len(read(min(1 << 16, body - start))) < min(1 << 16, body - start):
-                return None
     return None
 
 

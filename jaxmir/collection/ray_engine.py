@@ -204,6 +204,9 @@ _NO_PATH_COLUMN = ("analyze_dataset takes a Dataset with a 'path' column (one au
                    "row; e.g. ray.data.from_items([{'path': p} for p in paths])); its columns: ")
 
 
+_DECODED_COLUMNS = ("path", "size_bytes", "mtime_ns", "audio", "error", "warning")  # a decoded row's
+
+
 def _decode_row(row: dict, options: Options) -> dict:
     if "path" not in row:  # a Dataset whose columns were unknown before it ran
         raise InputError(_NO_PATH_COLUMN + ", ".join(map(str, row)))
@@ -244,8 +247,7 @@ class ModelActor:
         if "path" not in batch:  # a Dataset whose columns were unknown before it ran
             raise InputError(_NO_PATH_COLUMN + ", ".join(map(str, batch)))
         rows = [_decode_row({"path": path}, self.options) for path in batch["path"]]
-        return {key: [row[key] for row in rows] for key in rows[0]} if rows else \
-            {key: [] for key in ("path", "size_bytes", "mtime_ns", "audio", "error", "warning")}
+        return {key: [row[key] for row in rows] for key in _DECODED_COLUMNS}
 
     def _results(self, batch: dict) -> list[Result]:
         """The batch's files through the model, their patches packed together; in batch order."""
