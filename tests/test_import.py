@@ -16,9 +16,12 @@ from jaxmir.tfgraph.graphdef import Graph
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
 
 
-def compare_all_nodes(path, model, patches, probabilities=("model/Sigmoid",)):
-    """Every graph node jaxmir maps, against TensorFlow on the same patches."""
-    names = [n for n in model.spec.node_map if n in Graph.from_file(path)]
+def compare_all_nodes(path, model, patches, probabilities=("model/Sigmoid",), live_port=0):
+    """Every graph node jaxmir maps, against TensorFlow on the same patches (a Switch's by its
+    first output when that is ``live_port``: TensorFlow cannot fetch a dead branch)."""
+    graph = Graph.from_file(path)
+    names = [n for n in model.spec.node_map
+             if n in graph and (graph.node(n).op != "Switch" or live_port == 0)]
     reference = run_tf(path, {"model/Placeholder": patches}, names)
     ours = model.apply(patches, names)
     return {n: assert_parity(n, r, ours[n], n in probabilities) for n, r in zip(names, reference)}
@@ -46,6 +49,40 @@ def test_graph_frozen_straight_from_training(musicnn_graphs, patches_187, name):
     model = jaxmir.load(path)
     errors = compare_all_nodes(path, model, patches_187)
     assert "model/Sigmoid" in errors and "model/dense/BiasAdd" in errors
+
+
+def flagged(graph_path, tmp_path, default: bool, swap_branches: bool = False):
+    """The training graph with its training flag's default set to ``default``; with
+    ``swap_branches``, every Switch's two outputs exchanged, so that the true branch is the
+    inference one."""
+    tf = require("tensorflow")
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(graph_path.read_bytes())
+    nodes = {node.name: node for node in graph_def.node}
+    default_value = nodes[nodes["model/Placeholder_1"].input[0]]
+    default_value.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(default))
+    if swap_branches:
+        switches = {n.name for n in graph_def.node if n.op == "Switch"}
+        for node in graph_def.node:
+            for i, ref in enumerate(node.input):
+                name, _, port = ref.partition(":")
+                if name in switches and not ref.startswith("^"):
+                    node.input[i] = f"{name}:{1 - int(port or 0)}"
+    out = tmp_path / "flagged.pb"
+    out.write_bytes(graph_def.SerializeToString())
+    return out
+
+
+def test_a_cond_whose_predicate_the_graph_holds_true_runs_its_true_branch(musicnn_graphs, tmp_path,
+                                                                          patches_187):
+    """TensorFlow (and Essentia, which feeds no flag) runs the branch a held predicate names: the
+    training branch is refused, a true branch that is the inference one is computed."""
+    training = musicnn_graphs / "msd-musicnn-training.pb"
+    with pytest.raises(UnsupportedGraphError, match="predicate 'model/Placeholder_1' True"):
+        jaxmir.load(flagged(training, tmp_path, True))
+    path = flagged(training, tmp_path, True, swap_branches=True)
+    errors = compare_all_nodes(path, jaxmir.load(path), patches_187, live_port=1)
+    assert "model/Sigmoid" in errors and "model/dropout/cond/Merge" in errors
 
 
 def stripped(graph_path, tmp_path, fold_batch_norms: bool):

@@ -378,7 +378,9 @@ class Graph:
         self._const_cache: dict[str, np.ndarray] = {}
         self._resolved: dict[TensorRef, TensorRef] = {}
         self._branches: dict[str, TensorRef] = {}  # Merge -> its inference input
-        self._switch_ports: dict[str, int | None] = {}  # node -> port of a Switch above it
+        self._switches: dict[str, TensorRef | None] = {}  # node -> a Switch output above it
+        # the predicates held True that made a cond take its true branch (see inference_branch)
+        self.true_predicates: set[str] = set()
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -572,51 +574,77 @@ class Graph:
         return result
 
     def inference_branch(self, merge) -> TensorRef:
-        """The input of a ``cond`` Merge that is computed on the false (inference) branch."""
+        """The input of a ``cond`` Merge that the graph computes when run as Essentia runs it:
+        the branch its predicate names when the predicate is a constant (a ``Const``, or the
+        default of a ``PlaceholderWithDefault``), else the false one, where a training flag fed
+        ``False`` (Essentia's ``isTraining``) leads."""
         if merge.name not in self._branches:  # every walk asks again; each search is charged
             inputs = self.data_inputs(merge)
             if not inputs:
                 raise GraphError(f"{self.source}: Merge '{merge.name}' has no data inputs")
+            switches = [self._switch_of(ref) for ref in inputs]
+            port = next((int(self._predicate(s)) for s in switches if s is not None), 0)
             # Without a Switch to tell the branches apart, tf.cond lists the false branch first.
             self._branches[merge.name] = next(
-                (ref for ref in inputs if self._branch_of(ref) == 0), inputs[0])
+                (ref for ref, s in zip(inputs, switches) if s is not None and s.index == port),
+                inputs[min(port, len(inputs) - 1)])
         return self._branches[merge.name]
 
-    def _branch_of(self, ref: TensorRef) -> int | None:
-        """The port of the Switch above ``ref``: 0 = false branch, 1 = true branch, None = none."""
-        if self.nodes[ref.node].op in SWITCH_OPS:
-            return ref.index
-        return self._switch_port(ref.node)
+    def _predicate(self, switch: TensorRef) -> bool:
+        """The value of ``switch``'s predicate when the graph holds it (a scalar bool ``Const``,
+        or a ``PlaceholderWithDefault``'s default), else ``False``."""
+        inputs = self.data_inputs(self.nodes[switch.node])
+        if len(inputs) < 2:
+            return False
+        source = self.resolve(inputs[1])
+        node = self.nodes[source.node]
+        if node.op == "PlaceholderWithDefault":
+            default = self.data_inputs(node)
+            if not default:
+                return False
+            source = default[0]
+        value = self.constant(source)
+        taken = bool(value) if value is not None and value.dtype == bool and value.size == 1 else False
+        if taken:
+            self.true_predicates.add(self.resolve(inputs[1]).node)
+        return taken
 
-    def _switch_port(self, name: str) -> int | None:
-        """The port of a Switch above node ``name``: the first of its inputs (control inputs
-        too) that reads a Switch, or has one above. In a ``cond`` every Switch a branch reads
-        sits on the same port. Each node is examined once per graph (its answer kept), so
-        every Merge's question together cost one walk of the graph; a cycle ends the search
-        where it closes."""
-        ports, in_progress = self._switch_ports, set()
+    def _switch_of(self, ref: TensorRef) -> TensorRef | None:
+        """The output of the Switch above ``ref`` (its port: 0 the false branch, 1 the true
+        one), or None where there is none."""
+        if self.nodes[ref.node].op in SWITCH_OPS:
+            return ref
+        return self._switch_above(ref.node)
+
+    def _switch_above(self, name: str) -> TensorRef | None:
+        """The Switch output above node ``name``: the first of its inputs (control inputs too)
+        that reads a Switch, or has one above. In a ``cond`` every Switch a branch reads sits
+        on the same port. Each node is examined once per graph (its answer kept), so every
+        Merge's question together cost one walk of the graph; a cycle ends the search where
+        it closes."""
+        found, in_progress = self._switches, set()
         stack = [name]
         while stack:
             current = stack[-1]
-            if current in ports:
+            if current in found:
                 stack.pop()
                 continue
             self.budget.visit(self.source)
             inputs = [TensorRef.parse(i) for i in self.nodes[current].input]
             inputs = [r for r in inputs if r.node in self.nodes]  # a missing one: reported elsewhere
-            pending = [r.node for r in inputs if r.node not in ports and r.node not in in_progress
+            pending = [r.node for r in inputs if r.node not in found and r.node not in in_progress
                        and self.nodes[r.node].op not in SWITCH_OPS]
             if pending and current not in in_progress:
                 in_progress.add(current)
                 stack.extend(pending)
                 continue
-            ports[current] = next(
-                (port for port in (r.index if self.nodes[r.node].op in SWITCH_OPS
-                                   else ports.get(r.node) for r in inputs) if port is not None),
+            found[current] = next(
+                (switch for switch in (r if self.nodes[r.node].op in SWITCH_OPS else found.get(r.node)
+                                       for r in inputs) if switch is not None),
                 None)
             in_progress.discard(current)
             stack.pop()
-        return ports[name]
+        return found[name]
 
     def constant(self, ref: TensorRef | str, where: str | None = None) -> np.ndarray | None:
         """The value of a tensor that is a ``Const`` (after pass-throughs), else None."""

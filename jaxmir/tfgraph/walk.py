@@ -332,8 +332,11 @@ class InferencePath:
         if node.op in BATCH_NORM_OPS:
             g = self.graph
             if g.typed_attr(node, "is_training", bool, False):
+                held = ", ".join(f"'{name}'" for name in sorted(g.true_predicates))
+                why = f" (the graph holds its cond predicate {held} True)" if held else ""
                 raise self.unsupported(f"batch norm '{node.name}' computes batch statistics "
-                                       "(is_training=True) on the inference path")
+                                       f"(is_training=True) on the path the graph runs{why}; "
+                                       "freeze it with the training flag False")
             if g.typed_attr(node, "data_format", str, "NHWC") != "NHWC":
                 raise self.unsupported(f"batch norm '{node.name}' is "
                                        f"{g.attr(node, 'data_format')}; only NHWC is supported")
