@@ -23,7 +23,7 @@ import jaxmir
 from conftest import (BF16_STEP, EMBEDDINGS_RTOL, ROOT, TAGS_ATOL, child_env, require,
                       shared_fixture, traced_peak)
 from jaxmir.collection import Options, arguments, collect, commands, compute, inputs, local, outputs
-from jaxmir.collection.rows import same_outputs
+from jaxmir.collection.rows import as_text, from_text, same_outputs
 from jaxmir.decode import DamagedAudioWarning
 from jaxmir.errors import AudioError, InputError, JaxmirWarning
 
@@ -983,6 +983,75 @@ def test_outputs_never_mix_rows_with_and_without_patches(music, model, tmp_path,
         assert run(first).skipped == 1
 
 
+def test_names_through_a_linked_folder_and_dotdot_and_lists_written_by_ls(tmp_path, monkeypatch):
+    """``m/..`` with ``m`` a link names the link's parent folder, as the file system reads it
+    (abspath made it the folder holding ``m``: every file "no such file"); a list in the current
+    folder naming ``@x.wav`` or ``#1.wav`` (as ``ls > list.txt`` writes them) names those files,
+    not a nested list or a comment."""
+    music = tmp_path / "music"
+    (music / "rock").mkdir(parents=True)
+    for name in ("a.wav", "@at.wav", "#1 take.wav"):
+        (music / name).write_bytes(b"")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "m").symlink_to(music / "rock")
+    through = str(tmp_path / "lists" / "m" / "..")
+    assert inputs.expand([through]) == [str(music / name) for name in ("#1 take.wav", "@at.wav", "a.wav")]
+    assert inputs.expand([through + "/a.wav"]) == [str(music / "a.wav")]
+    monkeypatch.chdir(music)
+    Path("list.txt").write_text("#1 take.wav\n@at.wav\n# a comment\nm/../a.wav\n")
+    (music / "m").symlink_to(music / "rock")
+    assert inputs.expand(["@list.txt"]) == [str(music / name)
+                                            for name in ("#1 take.wav", "@at.wav", "a.wav")]
+    with pytest.raises(InputError, match="is ./@at.wav"):
+        inputs.expand(["@at.wav"])
+
+
+def test_an_error_names_its_file_as_spelled(model, tmp_path):
+    """The error column made every run of spaces and tabs one space: a missing file named
+    "mis  sing\ttab.wav" was named "mis sing tab.wav" there; line breaks alone become spaces."""
+    missing = str(tmp_path / "mis  sing\ttab.wav")
+    out = tmp_path / "tags.jsonl"
+    collect(model, [missing], str(out), name="msd-musicnn", jobs=0, progress=False)
+    (row,) = map(json.loads, out.read_text().splitlines())
+    assert row["path"] == missing and row["error"].startswith(f"{missing}: ")
+
+
+def test_paths_as_text_read_back_as_the_same_names():
+    """A name holding ``\\udcff`` as text and one holding the byte 0xff were both written
+    ``\\udcff``: their rows could not be told apart, and a rerun did one of them again every
+    time. Backslashes before a ``u`` or a stray byte are doubled; both read back exactly."""
+    names = ["x\udcff.wav", "x\\udcff.wav", "x\\\udcff.wav", "x\\u.wav", "C:\\users\\a.wav",
+             "a\\b.wav", "\\", "u\\", "x\\\\udcff\udcfe.wav"]
+    texts = [as_text(name) for name in names]
+    assert len(set(texts)) == len(names)
+    assert [from_text(text) for text in texts] == names
+    assert texts[0] == "x\\udcff.wav" and texts[5] == "a\\b.wav"  # as before for these
+    for text in texts:
+        text.encode("utf-8")
+
+
+def test_a_file_done_again_keeps_its_array_s_name(model, tmp_path):
+    """sub1 and sub2 embedded into one folder (sub2/same.npy), then sub2 alone after its file
+    changed: the new array replaced sub2/same.npy; it was written as same.npy, the old one left
+    behind without a row."""
+    first = _write(tmp_path / "in" / "sub1" / "same.wav", 3.0, 16000, 1, 0)
+    second = _write(tmp_path / "in" / "sub2" / "same.wav", 3.0, 16000, 1, 1)
+    out = tmp_path / "emb"
+    embed = lambda paths: collect(model, [str(p) for p in paths], str(out), command="embed",
+                                  options=Options("embeddings"), name="msd-musicnn", jobs=0,
+                                  progress=False)
+    assert embed([first.parent, second.parent]).ok == 2
+    _write(second, 4.0, 16000, 1, 2)
+    assert embed([second.parent]).ok == 1
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert sorted(row["npy"] for row in index) == ["sub1/same.npy", "sub2/same.npy"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.npy")) == ["sub1/same.npy",
+                                                                           "sub2/same.npy"]
+    audio = jaxmir.load_audio(str(second), 16000)
+    assert_same_embeddings(np.load(out / "sub2" / "same.npy", allow_pickle=False),
+                           model.predict(audio, 16000, output="embeddings"))
+
+
 def test_npy_names_never_overwrite_another_rows_array(model, tmp_path):
     """a/s1.wav then b/s1.wav, each run alone into one folder (both named s1.npy below their own
     folder), and x.wav, x.flac, x.wav.flac in one run (x.wav.npy twice before): every row gets its
@@ -1046,13 +1115,13 @@ def test_file_names_that_are_not_utf8_round_trip(model, tmp_path):
         assert run().ok == 2 and seen == [bad, str(good)]
         seen.clear()
         assert run().skipped == 2 and seen == []
-    as_text = rf"{tmp_path / 'in'}/bad\udcff\udcfename.wav"
-    assert list(_read_parquet(tmp_path / "tags.parquet")["path"]) == [as_text, str(good)]
-    assert list(pandas.read_csv(tmp_path / "tags.csv")["path"]) == [as_text, str(good)]
+    stored = rf"{tmp_path / 'in'}/bad\udcff\udcfename.wav"
+    assert list(_read_parquet(tmp_path / "tags.parquet")["path"]) == [stored, str(good)]
+    assert list(pandas.read_csv(tmp_path / "tags.csv")["path"]) == [stored, str(good)]
     jsonl = tmp_path / "tags.jsonl"
     assert [row["path"] for row in map(json.loads, jsonl.read_text().splitlines())] == \
-        [as_text, str(good)]
-    assert list(pandas.read_json(jsonl, lines=True)["path"]) == [as_text, str(good)]
+        [stored, str(good)]
+    assert list(pandas.read_json(jsonl, lines=True)["path"]) == [stored, str(good)]
     jsonl.write_bytes(jsonl.read_bytes().replace(b"\\\\udc", b"\\udc"))  # lone surrogates
     assert [row["path"] for row in map(json.loads, jsonl.read_text().splitlines())] == [bad, str(good)]
     assert collect(model, [str(tmp_path / "in")], str(jsonl), name="msd-musicnn", jobs=0,

@@ -48,6 +48,22 @@ class Source:
         return self.size >= 0
 
 
+def absolute(path: str) -> str:
+    """``path`` made absolute as the file system reads it: ``os.path.abspath`` drops ``x/..``
+    as text, which names another folder where ``x`` is a link (``m/..`` with ``m`` a link to
+    ``music/rock`` is ``music``), so the folders up to the last ``..`` are resolved first."""
+    path = os.path.join(os.getcwd(), path)
+    parts = path.split(os.sep)
+    if ".." not in parts:
+        return os.path.normpath(path)
+    last = len(parts) - 1 - parts[::-1].index("..")
+    try:
+        above = os.path.realpath(os.sep.join(parts[:last + 1]))
+    except ValueError:  # a NUL in the name: no file, its row says so
+        return os.path.normpath(path)
+    return os.path.normpath(os.path.join(above, *parts[last + 1:]))
+
+
 def audio_files(folder: Path) -> list[str]:
     """The audio files below ``folder`` (:data:`AUDIO_EXTENSIONS`), sorted, hidden files and
     folders skipped, each real file once: linked folders followed, each real folder once (a link
@@ -60,7 +76,7 @@ def audio_files(folder: Path) -> list[str]:
     roots = [str(folder)]
 
     def unlisted(err: OSError) -> None:
-        met.append((False, err.filename, os.path.abspath(err.filename)))
+        met.append((False, err.filename, absolute(err.filename)))
 
     while roots:  # the folder, then each linked folder met, in the order met
         for root, dirs, files in os.walk(roots.pop(0), onerror=unlisted):
@@ -90,7 +106,7 @@ def _audio_file(path: str) -> tuple[bool, str, tuple[int, int] | str] | None:
     try:
         state = os.stat(path)
     except OSError:
-        return True, path, os.path.abspath(path)
+        return True, path, absolute(path)
     if not stat.S_ISREG(state.st_mode):
         return None
     return os.path.islink(path), path, (state.st_dev, state.st_ino)
@@ -102,19 +118,21 @@ def file_key(path: str) -> tuple[int, int] | str:
     try:
         state = os.stat(path)
     except (OSError, ValueError):
-        return os.path.abspath(path)
+        return absolute(path)
     return (state.st_dev, state.st_ino)
 
 
 def _read_list(list_file: str) -> list[str]:
     """The paths a list names, one per line (a byte-order mark allowed; names as the file system
     spells them, UTF-8 or not, as ``ls > list.txt`` writes them); blank lines and lines starting
-    with ``#`` are skipped; relative paths are taken from the list's folder."""
+    with ``#`` that name no file are skipped; relative paths are taken from the list's folder."""
     try:
         data = Path(list_file).read_bytes()
     except OSError as err:
+        named = f"; a file named @{list_file} is ./@{list_file}" \
+            if os.path.lexists(f"@{list_file}") else ""
         raise InputError(f"@{list_file}: cannot read the list of paths ({err}); expected a text "
-                         "file with one path per line") from None
+                         f"file with one path per line{named}") from None
     if b"\0" in data:  # UTF-16 (as Windows Notepad saves) or not text: no path holds a NUL
         kind = "UTF-16 text" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else \
             "not text (it holds NUL bytes)"
@@ -123,7 +141,13 @@ def _read_list(list_file: str) -> list[str]:
     lines = [os.fsdecode(line) for line in _lines(data.removeprefix(codecs.BOM_UTF8))]
     base = Path(list_file).parent
     return [_listed(base, line) for line in lines
-            if line.strip() and not line.strip().startswith("#")]
+            if line.strip() and not _comment(base, line)]
+
+
+def _comment(base: Path, line: str) -> bool:
+    """Whether a list's line is a comment: it starts with ``#`` and names no file (``ls >
+    list.txt`` writes ``#1 take.wav`` as it is)."""
+    return line.strip().startswith("#") and not os.path.lexists(os.path.join(base, line))
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -141,8 +165,8 @@ def _lines(data: bytes) -> list[bytes]:
 def _listed(base: Path, line: str) -> str:
     """The path a list's line names: as written where that exists (a name may begin or end
     with spaces), else without the spaces around it (as typed by hand)."""
-    exact = base / line
-    return str(exact if os.path.lexists(exact) else base / line.strip())
+    exact = os.path.join(base, line)  # "./@x.wav", not Path's "@x.wav": a path, not a list
+    return exact if os.path.lexists(exact) else os.path.join(base, line.strip())
 
 
 def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike],
@@ -178,7 +202,7 @@ def expand(arguments: str | bytes | os.PathLike | Sequence[str | bytes | os.Path
             paths += files
         else:
             paths.append(argument)
-    return once_each([os.path.abspath(path) for path in paths])
+    return once_each([absolute(path) for path in paths])
 
 
 def _is_output(path: str, real_output: str, table: bool) -> bool:
@@ -196,7 +220,7 @@ def folders_named(arguments: str | bytes | os.PathLike | Sequence[str | bytes | 
     those of ``@list`` files)."""
     if isinstance(arguments, (str, bytes, os.PathLike)):
         arguments = [arguments]
-    return [os.path.abspath(name) for name in map(os.fsdecode, arguments)
+    return [absolute(name) for name in map(os.fsdecode, arguments)
             if not name.startswith("@") and os.path.isdir(name)]
 
 
@@ -215,7 +239,7 @@ def once_each(paths: Iterable[str], names_only: Container[str] = ()) -> list[str
 
 def _through_links(path: str) -> bool:
     """Whether ``path`` names its file through a symbolic link."""
-    path = os.path.abspath(path)
+    path = absolute(path)
     return os.path.realpath(path) != path
 
 

@@ -293,6 +293,7 @@ class LinesWriter(Writer):
             layout.check_label_columns(CSV_COLUMNS, "CSV")
         self.header = CSV_COLUMNS + list(layout.labels)
         self.rows: list[dict] = []
+        self.dropped: list[dict] = []  # an existing output's rows that this run does again
         check_writable(path.parent)
         if path.is_dir():
             raise InputError(f"--output {path} is a folder; a .{kind} output is one file")
@@ -393,6 +394,8 @@ class LinesWriter(Writer):
             raise InputError(f"{self.path}: not an output of jaxmir ({reason}); {ANOTHER_OUTPUT}, "
                              f"or {OVERWRITE} to start it over") from None
         self.rows = [row for _, row in kept]
+        kept_rows = {id(row) for row in self.rows}
+        self.dropped = [row for _, row in entries if id(row) not in kept_rows]
         self.done = {(r["path"], r["size_bytes"], r["mtime_ns"]) for r in self.rows
                      if r["status"] in DONE}
         self.failed = {r["path"] for r in self.rows if r["status"] == ERROR}
@@ -511,7 +514,11 @@ class NpyWriter(Writer):
         self.done, self.failed = self.index.done, self.index.failed
         taken = {from_text(str(row["npy"])): row["path"]
                  for row in self.index.rows if row.get("npy")}
-        self.names = _unique_names(names, taken)
+        # a file done again keeps its array's name, though this run's folders would name it
+        # otherwise: its new array replaces the old one, which no row would list any more
+        earlier = {row["path"]: from_text(str(row["npy"])) for row in self.index.dropped
+                   if row.get("npy") and row["path"] in names}
+        self.names = _unique_names({**names, **earlier}, taken)
 
     def write(self, result: Result) -> None:
         name = self.names[result.source.path]

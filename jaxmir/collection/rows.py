@@ -134,17 +134,28 @@ class Result:
 
 def as_text(value: str) -> str:
     """``value`` as valid UTF-8 text: each lone surrogate (a byte of a file name that is not
-    UTF-8) written as the escape JSON writes for it, ``\\udcff``; other text unchanged."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    UTF-8) written as the escape JSON writes for it, ``\\udcff``; the backslashes right before
+    a ``u`` or a lone surrogate doubled (a name that holds ``\\udcff`` as text stays apart from
+    the one holding the byte); other text unchanged. :func:`from_text` reads it back."""
+    doubled = _BEFORE_ESCAPE.sub(lambda match: match.group(0) * 2, value)
+    return doubled.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-_ESCAPED_BYTE = re.compile(r"\\u(dc[89a-f][0-9a-f])")
+_BEFORE_ESCAPE = re.compile(r"\\+(?=u|[\udc80-\udcff])")
+_ESCAPED = re.compile(r"(\\+)u(dc[89a-f][0-9a-f])?")
 
 
 def from_text(value: str) -> str:
-    """The name :func:`as_text` wrote as ``value``: each ``\\udcXX`` back to its lone surrogate
-    (a name that holds such text literally is read as if it were escaped)."""
-    return _ESCAPED_BYTE.sub(lambda match: chr(int(match.group(1), 16)), value)
+    """The name :func:`as_text` wrote as ``value``: of ``k`` backslashes before a ``u``, half
+    are the name's when ``k`` is even; when odd, the last one and ``udcXX`` are a lone
+    surrogate."""
+    def unescaped(match: re.Match) -> str:
+        backslashes, byte = match.group(1), match.group(2)
+        kept = backslashes[:len(backslashes) // 2]
+        if len(backslashes) % 2 and byte:
+            return kept + chr(int(byte, 16))
+        return kept + "u" + (byte or "") if len(backslashes) % 2 == 0 else match.group(0)
+    return _ESCAPED.sub(unescaped, value)
 
 
 def mean(values: np.ndarray) -> np.ndarray:
@@ -158,13 +169,19 @@ def patches(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, np.float32).reshape(values.shape[0], -1)
 
 
+# a message's line breaks (a library's, a file name's) become spaces; other spacing, a file
+# name's own, is kept
+_LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")
+
+
 def base(result: Result) -> dict[str, Any]:
     source = result.source
     n = 0 if result.values is None else int(result.values.shape[0])
     return {"path": source.path, "size_bytes": source.size, "mtime_ns": source.mtime_ns,
             "duration_s": float(result.duration_s), "n_patches": n,
             "status": result.status,
-            "error": " ".join(problem.split()) if (problem := result.error or result.warning)
+            "error": _LINE_BREAKS.sub(" ", problem).strip()
+            if (problem := result.error or result.warning)
             else None}
 
 
