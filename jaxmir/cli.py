@@ -577,9 +577,15 @@ def _stopped_by(interrupted: dict) -> int | None:
 def _stream_command(args, interrupted: dict) -> int:
     from jaxmir.collection.commands import dtype_of
 
+    from jaxmir.resample import MAX_MIN_OUTPUTS
+
     if args.resample_step is not None and args.resampler != "essentia":
         raise OptionError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
                           f"--resampler {args.resampler} runs at every read")
+    if args.resample_step is not None and args.resample_step > MAX_MIN_OUTPUTS:
+        raise OptionError(f"--resample-step {args.resample_step} is more than {MAX_MIN_OUTPUTS} "
+                          "samples (65 s at 16 kHz): the stream would hold that much audio before "
+                          "its patches")
     model = _load_model(args.model, args.backbone)[0].astype(dtype_of(args))
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer

@@ -208,7 +208,7 @@ def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatc
     makes its last sample final (the resampler runs at every chunk); by default the resampler
     runs about once per ``MIN_OUTPUTS`` outputs and a patch comes at most that many samples
     plus a chunk later. The outputs agree with ``predict`` either way."""
-    from jaxmir.resample import MIN_OUTPUTS, convert
+    from jaxmir.resample import MAX_MIN_OUTPUTS, MIN_OUTPUTS, convert
     from jaxmir.resample.positions import plan_of
 
     rate, chunk = 44100, 441
@@ -247,6 +247,9 @@ def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatc
         musicnn.stream(rate, resample_step=-1)
     with pytest.raises(InputError, match="resample_step 0.5 must be a whole number"):
         musicnn.stream(rate, resample_step=0.5)
+    with pytest.raises(InputError, match=f"from 0 to {MAX_MIN_OUTPUTS}"):  # held a whole recording
+        musicnn.stream(rate, resample_step=MAX_MIN_OUTPUTS + 1)
+    musicnn.stream(rate, resample_step=MAX_MIN_OUTPUTS)
     for eager in ("no", 0, None):  # "no" streamed eagerly
         with pytest.raises(InputError, match=f"eager={eager!r}: expected True or False"):
             musicnn.stream(rate, eager=eager)
@@ -269,6 +272,10 @@ def test_a_resample_step_is_refused_where_nothing_would_wait(musicnn, resampler)
     assert run.returncode == 2  # the command line is wrong
     assert f"--resample-step applies to Essentia's converter (--resampler essentia); " \
            f"--resampler {resampler} runs at every read" in run.stderr.decode()
+    if resampler == "soxr":  # once is enough: a step the stream would wait for without end
+        run = cli("stream", "--rate", "44100", "--resample-step", str(10 ** 12), "-", stdin=b"")
+        assert run.returncode == 2
+        assert f"--resample-step {10 ** 12} is more than 1048576 samples" in run.stderr.decode()
 
 
 def test_a_file_named_to_stream_is_a_command_line_mistake(tmp_path):

@@ -67,13 +67,13 @@ bundles) and are checked by the same verification.
 """
 
 from jaxmir.checks import MAX_RATE, MIN_RATE
-from jaxmir.resample.convert import (MIN_OUTPUTS, SincResampler, check_min_outputs, resample,
-                                     resample_jax)
+from jaxmir.resample.convert import (MAX_MIN_OUTPUTS, MIN_OUTPUTS, SincResampler, check_min_outputs,
+                                     resample, resample_jax)
 from jaxmir.resample.positions import (MAX_TAPS, QUALITIES, converts, essentia_count,
                                        essentia_ratio, meets_end, plan_of, unflushed_count)
 from jaxmir.resample.products import accelerated
 from jaxmir.resample.table import coefficients
 
-__all__ = ["MAX_RATE", "MAX_TAPS", "MIN_OUTPUTS", "MIN_RATE", "QUALITIES", "SincResampler",
+__all__ = ["MAX_MIN_OUTPUTS", "MAX_RATE", "MAX_TAPS", "MIN_OUTPUTS", "MIN_RATE", "QUALITIES", "SincResampler",
            "accelerated", "check_min_outputs", "coefficients", "converts", "essentia_count",
            "essentia_ratio", "meets_end", "plan_of", "resample", "resample_jax", "unflushed_count"]

@@ -119,14 +119,19 @@ def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc
 
 
 MIN_OUTPUTS = 2048  # outputs a push of a SincResampler waits for by default: 0.128 s at 16 kHz
+# The most it may wait for: ~65 s at 16 kHz. A push holds the input of that many outputs, and a
+# stream's patches wait for them (--resample-step 10**12 held a whole recording, giving nothing).
+MAX_MIN_OUTPUTS = 1 << 20
 
 
 def check_min_outputs(min_outputs: int, what: str = "min_outputs") -> int:
     """``min_outputs`` as an int, or :class:`~jaxmir.errors.InputError` (naming it ``what``)
-    unless it is an int (or NumPy integer; not a float, not a bool) >= 0."""
-    if not is_whole(min_outputs, 0):
+    unless it is an int (or NumPy integer; not a float, not a bool) from 0 to
+    :data:`MAX_MIN_OUTPUTS`."""
+    if not is_whole(min_outputs, 0) or min_outputs > MAX_MIN_OUTPUTS:
         raise InputError(f"{what} {min_outputs!r} must be a whole number of output samples "
-                         f">= 0 (0: outputs as soon as they are final; default {MIN_OUTPUTS})")
+                         f"from 0 to {MAX_MIN_OUTPUTS} (0: outputs as soon as they are final; "
+                         f"default {MIN_OUTPUTS})")
     return int(min_outputs)
 
 
