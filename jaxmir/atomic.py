@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from jaxmir.interrupts import STOPPING
+
 
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Sync ``folder`` itself, so that a rename in it survives a power cut."""
@@ -168,16 +170,16 @@ def unwritable(folder: str | os.PathLike) -> str | None:
 
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) and SIGTERM until the block is done, then deliver them to the handlers
-    they would have met: for a few renames that must all happen or none (SIGKILL still stops
-    anything). Outside the main thread, where Python runs signal handlers, it does nothing."""
+    """Hold Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then deliver them to the
+    handlers they would have met: for a few renames that must all happen or none (SIGKILL still
+    stops anything). Outside the main thread, where Python runs signal handlers, it does
+    nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
-    kinds = (signal.SIGINT, signal.SIGTERM)
     previous = {kind: signal.signal(kind, lambda signum, frame: held.append(signum))
-                for kind in kinds}
+                for kind in STOPPING}
     try:
         yield
     finally:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from jaxmir import catalog, interrupts
 from jaxmir.arguments import whole_number
+from jaxmir.atomic import deferred_interrupts
 from jaxmir.console import StandardOutputError, printable, write_line, write_whole_line
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
@@ -49,6 +50,9 @@ FORMATS = ("text", "json", "csv")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
+EXIT_HUNG_UP = 129  # 128 + SIGHUP
+_STOPPED = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED,
+            signal.SIGHUP: EXIT_HUNG_UP}
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -87,6 +91,8 @@ def _error(message: str) -> None:
         tqdm.write(f"jaxmir: error: {printable(message)}", file=sys.stderr)
     except ImportError:  # pragma: no cover
         print(f"jaxmir: error: {printable(message)}", file=sys.stderr)
+    except (OSError, ValueError):  # standard error gone (a closed terminal, /dev/full)
+        pass
 
 
 def _load_model(name: str | None, backbone: str | None = None, audio: bool = True):
@@ -550,9 +556,9 @@ def cmd_embed(args) -> int:
 
 # -- stream ---------------------------------------------------------------------------------------
 def cmd_stream(args) -> int:
-    """Ctrl-C (SIGINT) or SIGTERM, from the start: the patches complete so far are written, then
-    the command ends (130, 143). Only a wait (for input, or for a reader to take a line) is
-    broken off; a model call finishes."""
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP, from the start: the patches complete so far are
+    written, then the command ends (130, 143, 129). Only a wait (for input, or for a reader to
+    take a line) is broken off; a model call finishes."""
     interrupted = {"now": 0, "waiting": False}  # the signal received; in a read or write now
 
     def on_signal(signum, frame):
@@ -560,7 +566,7 @@ def cmd_stream(args) -> int:
         if interrupted["waiting"]:
             raise KeyboardInterrupt
 
-    kinds = (signal.SIGINT, signal.SIGTERM)
+    kinds = [kind for kind in interrupts.STOPPING if interrupts.is_default(kind)]
     previous = {kind: signal.signal(kind, on_signal) for kind in kinds}
     try:
         return _stream_command(args, interrupted)
@@ -571,7 +577,7 @@ def cmd_stream(args) -> int:
 
 def _stopped_by(interrupted: dict) -> int | None:
     """The exit status for the signal ``interrupted`` records, if any."""
-    return {0: None, signal.SIGTERM: EXIT_TERMINATED}.get(interrupted["now"], EXIT_INTERRUPTED)
+    return _STOPPED.get(interrupted["now"]) if interrupted["now"] else None
 
 
 def _stream_command(args, interrupted: dict) -> int:
@@ -1008,14 +1014,12 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 a file or model failed, 2 usage,
-    141 the reader of standard output left, 130 interrupted, 143 terminated)."""
+    141 the reader of standard output left, 130 interrupted, 143 terminated, 129 hung up)."""
     with interrupts.installed():  # SIGTERM (timeout, Slurm, docker stop) stops as Ctrl-C does
         return _main(argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from jaxmir.atomic import deferred_interrupts
-
     args = None
     if sys.stderr is None:  # `2>&-`: Python's prints would fall back to standard output
         sys.stderr = open(os.devnull, "w")
@@ -1046,9 +1050,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as err:  # e.g. --output in a folder that cannot be written
         _error(f"{err.filename}: {err.strerror or err}" if err.filename else str(err.strerror or err))
         return EXIT_FAILED
-    except interrupts.Terminated:
-        _error("terminated (SIGTERM)" + _rows_kept(args))
-        return EXIT_TERMINATED
+    except interrupts.Terminated as stop:
+        _error(stop.what + _rows_kept(args))
+        return 128 + stop.signum
     except KeyboardInterrupt:
         _error("interrupted" + _rows_kept(args))
         return EXIT_INTERRUPTED
@@ -1070,11 +1074,26 @@ def entry() -> None:
     the outputs are closed; a decoding worker still blocked in a read (a FIFO, a hung network
     mount) is not waited for, as Python's exit would wait, forever."""
     status = main()
-    if status in (EXIT_INTERRUPTED, EXIT_TERMINATED) and _stuck_workers():
+    if status in _STOPPED.values() and _stuck_workers():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)  # workers of processes end with this one (PR_SET_PDEATHSIG)
+    _exit_on_stop()
     sys.exit(status)
+
+
+def _exit_on_stop() -> None:
+    """After the command: a stopping signal ends the process at once (128 + its number) rather
+    than breaking JAX's clean-up at exit with a traceback; what was printed is flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    for kind in interrupts.STOPPING:
+        if interrupts.is_default(kind):
+            signal.signal(kind, lambda signum, frame: os._exit(128 + signum))
 
 
 def _stuck_workers(grace_s: float = 0.5) -> bool:

@@ -1,5 +1,5 @@
-"""Ctrl-C and SIGTERM on the command line: the same clean stop, noticed even where a library
-swallowed it.
+"""Ctrl-C, SIGTERM and SIGHUP on the command line: the same clean stop, noticed even where a
+library swallowed it.
 
 Python raises a signal handler's exception in whatever the main thread is running; where that is
 inside FFmpeg's open of a file that blocks (a FIFO, a hung network mount), PyAV turns it into
@@ -22,8 +22,37 @@ _received: list[tuple[int, float]] = []  # (signal, time.monotonic() it came)
 REPEAT_S = 2.0
 
 
+# The signals that stop a command cleanly: Ctrl-C; SIGTERM (timeout, Slurm, docker stop); SIGHUP
+# (a closed terminal or ssh session: a run that is not under nohup, which ignores it).
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+             signal.SIGHUP: signal.SIG_DFL}
+_NAMES = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: the same clean stop."""
+    """SIGTERM or SIGHUP (``signum``), raised where Ctrl-C's KeyboardInterrupt would be: the same
+    clean stop."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def what(self) -> str:
+        """What stopped the run, in words: ``"terminated (SIGTERM)"``."""
+        return _NAMES.get(self.signum, f"stopped by signal {self.signum}")
+
+
+def _stop(signum: int) -> KeyboardInterrupt:
+    """The exception a stopping signal raises."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def is_default(kind: int) -> bool:
+    """Whether signal ``kind`` meets Python's default handling, or :func:`_raise`, now: a command
+    takes over only those (``nohup`` leaves SIGHUP ignored, a host program its own handlers)."""
+    return signal.getsignal(kind) in (_DEFAULTS[kind], _raise)
 
 
 def _raise(signum: int, frame) -> None:
@@ -31,7 +60,7 @@ def _raise(signum: int, frame) -> None:
     repeated = bool(_received) and now - _received[0][1] < REPEAT_S
     _received.append((signum, now))
     if not repeated:
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        raise _stop(signum)
 
 
 def _quiet(hook: Callable) -> Callable:
@@ -47,28 +76,27 @@ def _quiet(hook: Callable) -> Callable:
 
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
-    """SIGINT and SIGTERM handled by :func:`_raise` where Python's defaults would be (in the main
-    thread), for the block; signals received before it, or in it once it is left, are forgotten,
-    and the handlers found are put back after it (a command run inside another program leaves
-    its handlers as they were)."""
+    """The :data:`STOPPING` signals handled by :func:`_raise` where Python's defaults would be (in
+    the main thread), for the block; signals received before it, or in it once it is left, are
+    forgotten, and the handlers found are put back after it (a command run inside another
+    program leaves its handlers as they were)."""
     import threading
 
     _received.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-    found = {kind: signal.getsignal(kind) for kind in defaults}
-    for kind, default in defaults.items():
-        if found[kind] in (default, _raise):
+    found = {kind: signal.getsignal(kind) for kind in STOPPING}
+    for kind in STOPPING:
+        if is_default(kind):
             signal.signal(kind, _raise)
     hook = sys.unraisablehook
     sys.unraisablehook = _quiet(hook)
     try:
         yield
     finally:
-        for kind, handler in found.items():
-            signal.signal(kind, handler)
+        for kind, handler in found.items():  # None: a handler set outside Python
+            signal.signal(kind, signal.SIG_DFL if handler is None else handler)
         sys.unraisablehook = hook
         _received.clear()  # library code after the block (a training run) is not stopped by it
 
@@ -77,4 +105,4 @@ def raise_if_received() -> None:
     """Raise the interrupt of a signal received inside :func:`installed`, if any (its first raise
     may have been lost inside a library)."""
     if _received:
-        raise Terminated if _received[0][0] == signal.SIGTERM else KeyboardInterrupt
+        raise _stop(_received[0][0])

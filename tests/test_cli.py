@@ -917,6 +917,29 @@ print("status", status, "hook", sys.unraisablehook is sys.__unraisablehook__)
     assert "terminated (SIGTERM)" in result.stderr
 
 
+def test_a_signal_after_the_command_while_python_exits_ends_it_quietly():
+    """Ctrl-C after the results were printed, while JAX cleaned up at exit (~0.3 s), printed
+    "Exception ignored in atexit callback" and a traceback, and the process exited 0: now it
+    ends at once with 130, the output flushed first. The signal lands in an exit handler."""
+    script = """
+import atexit, os, signal, time
+from jaxmir import cli
+
+def cleanup():  # registered first, so run last, as JAX's is, after the command
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+
+atexit.register(cleanup)
+cli.cmd_info = lambda args: print("done") or 0
+cli.entry()
+"""
+    result = subprocess.run([sys.executable, "-c", script, "info", "msd-musicnn"],
+                            capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=120)
+    assert result.returncode == 130 and result.stdout == "done\n", result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, \
+        result.stderr
+
+
 def test_control_characters_in_file_names_are_shown_not_obeyed(capsys, tmp_path):
     """A file named with ESC [ 31 m (or an OSC title sequence) reached the terminal as it was in
     errors, warnings and summaries, and drove it."""

@@ -1827,7 +1827,7 @@ def collect(*args, **kwargs):
     def on_result(result, where):
         done.append(result)
         if len(done) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, os.environ["STOP_WITH"]))
     return real(*args, **{**kwargs, "on_result": on_result})
 
 commands.collect = collect
@@ -1835,19 +1835,65 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does_and_keeps_the_rows_done(music, tmp_path):
-    """timeout, Slurm, docker stop and systemd send SIGTERM: it killed the process with the rows
-    a Parquet output held in memory (up to --flush-every), an empty table where Ctrl-C kept
-    every row done."""
+@pytest.mark.parametrize("kind, status, what", [("SIGTERM", 143, "terminated (SIGTERM)"),
+                                               ("SIGHUP", 129, "hung up (SIGHUP)")])
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_keeps_the_rows_done(music, tmp_path, kind, status,
+                                                                     what):
+    """timeout, Slurm, docker stop and systemd send SIGTERM, a closed terminal or ssh session
+    SIGHUP: each killed the process with the rows a Parquet output held in memory (up to
+    --flush-every), an empty table where Ctrl-C kept every row done."""
     pq = require("pyarrow.parquet")
     out = tmp_path / "tags.parquet"
     result = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_TWO_ROWS, "tag", str(music), "-o",
                              str(out), "--jobs", "0", "--no-progress"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600,
-                            env=child_env(JAX_PLATFORMS="cpu", JAXMIR_NO_CACHE="1"))
-    assert result.returncode == 143, result.stderr
-    assert "jaxmir: error: terminated (SIGTERM); the rows of the files done are kept" in result.stderr
+                            env=child_env(JAX_PLATFORMS="cpu", JAXMIR_NO_CACHE="1", STOP_WITH=kind))
+    assert result.returncode == status, result.stderr
+    assert f"jaxmir: error: {what}; the rows of the files done are kept" in result.stderr
     assert pq.read_table(out).num_rows == 2
+
+
+def _signal_state() -> tuple:
+    """A worker process's handling of the stopping signals: handlers, and those it blocks."""
+    from jaxmir import interrupts
+
+    return (tuple(signal.getsignal(kind) for kind in interrupts.STOPPING),
+            sorted(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) & set(interrupts.STOPPING)))
+
+
+def test_ctrl_c_while_worker_processes_start_stops_the_run_cleanly(music, monkeypatch):
+    """A Ctrl-C inside a process pool's start (its manager thread not yet started) broke the
+    pool's shutdown: "RuntimeError: cannot join thread before it is started" and a traceback;
+    the workers ignore every stopping signal (SIGHUP ended them), and block none."""
+    import concurrent.futures.process as process_pool
+
+    pool = local._workers(1, processes=True)
+    try:
+        assert local._submitted(pool, True, _signal_state).result(timeout=300) == (
+            (signal.SIG_IGN,) * 3, [])
+    finally:
+        pool.shutdown()
+    start = process_pool._ExecutorManagerThread.start
+
+    def interrupted(thread):
+        os.kill(os.getpid(), signal.SIGINT)
+        start(thread)
+    monkeypatch.setattr(process_pool._ExecutorManagerThread, "start", interrupted)
+    sources = [inputs.examine(path) for path in inputs.expand([str(music)])]
+    with pytest.raises(KeyboardInterrupt):
+        list(local.decode_all(sources, 2, processes=True))
+
+
+def test_a_run_whose_standard_error_is_gone_keeps_its_status(music, tmp_path):
+    """`2>/dev/full`: the summary line could not be written, and a run that wrote every row
+    ended with status 1, as if a file had failed."""
+    out = tmp_path / "tags.csv"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "jaxmir", "tag", str(music / "rock"), "-o",
+                                 str(out), "--jobs", "0"], cwd=ROOT, stderr=full, timeout=600,
+                                env=child_env(JAX_PLATFORMS="cpu", JAXMIR_NO_CACHE="1"))
+    assert result.returncode == 0
+    assert out.read_text().count("\n") == 3  # the header and two rows
 
 
 def _blocked_in_a_fifo_open(pid: int) -> bool:

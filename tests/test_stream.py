@@ -740,7 +740,7 @@ def test_stream_command_says_where_a_wav_holds_a_second_data_chunk():
             "file's last data chunk") in result.stderr.decode()
 
 
-@pytest.mark.parametrize("kind, status", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("kind, status", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_stream_command_ends_cleanly_on_ctrl_c_and_sigterm(kind, status):
     """SIGTERM was taken for the end of the input (exit 0) while the command waited for it, and
     lost the patch being computed otherwise."""

@@ -297,7 +297,10 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
                             average=getattr(args, "average", False))
     finally:
         _shut_ray_down()
-    print(f"jaxmir: {printable(args.output)}: {tally.summary()}", file=sys.stderr)
+    try:
+        print(f"jaxmir: {printable(args.output)}: {tally.summary()}", file=sys.stderr)
+    except (OSError, ValueError):  # standard error gone (/dev/full, a closed terminal): the
+        pass  # rows are written, and the exit status says how the files went
     return EXIT_FAILED if tally.failed else EXIT_OK
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from jaxmir import interrupts
+from jaxmir.atomic import deferred_interrupts
 from jaxmir.collection import compute
 from jaxmir.collection.compute import Decoded, Options
 from jaxmir.collection.inputs import Source
@@ -81,10 +82,12 @@ def _start_worker(cache_directory: str | None) -> None:
     persistent cache (the resampler's programs then compile once per collection, not once per
     worker and run)."""
     _die_with_parent()
-    # Ctrl-C and SIGTERM reach the whole process group (a terminal, GNU timeout): the main
-    # process stops the run, and ends its workers itself (:func:`_abandon`)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C, SIGTERM and SIGHUP reach the whole process group (a terminal, GNU timeout): the
+    # main process stops the run, and ends its workers itself (:func:`_abandon`). They were
+    # blocked while this process started (:func:`_submitted`): one that came then is dropped.
+    for kind in interrupts.STOPPING:
+        signal.signal(kind, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.STOPPING)
     _lower_priority()
     if cache_directory is not None:
         from jaxmir import cache
@@ -153,8 +156,9 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
     try:
         for source in sources:
             try:
-                pending.append((pool.submit(compute.decode, source.path, options.resampler,
-                                            options.decoder, options.strict), source))
+                pending.append((_submitted(pool, processes, compute.decode, source.path,
+                                           options.resampler, options.decoder, options.strict),
+                                source))
             except BrokenProcessPool:  # a worker died reading a file submitted before
                 interrupts.raise_if_received()
                 raise _died(pending, jobs) from None
@@ -167,6 +171,21 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
         raise
     else:
         pool.shutdown(wait=True)
+
+
+def _submitted(pool: Executor, processes: bool, *call) -> Future:
+    """``pool.submit(*call)``; a process pool's submit starts its processes: a stop then waits
+    for the end of it (a Ctrl-C inside the pool's start broke its shutdown with a traceback),
+    and the new processes start with the stopping signals blocked (:func:`_start_worker`
+    ignores them; Python's default had them print a traceback while starting)."""
+    if not processes:
+        return pool.submit(*call)
+    with deferred_interrupts():
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.STOPPING)
+        try:
+            return pool.submit(*call)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _abandon(pool: Executor) -> None:
