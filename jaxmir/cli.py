@@ -930,9 +930,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "stream from standard input and write one JSON line per "
                                            "patch as soon as it is complete: {\"start\": seconds, "
                                            "\"top\": [[label, p], ...]}. Ends at the end of the "
-                                           "input or on Ctrl-C or SIGTERM (the patches complete "
-                                           "so far are written, with --last-patch repeat the last, "
-                                           "partial one too; exit 130 and 143).")
+                                           "input or on Ctrl-C, SIGTERM or SIGHUP (the patches "
+                                           "complete so far are written, with --last-patch repeat "
+                                           "the last, partial one too; exit 130, 143 and 129).")
     live.add_argument("input", nargs="?", default="-", metavar="-", help="standard input (default)")
     live.add_argument("-m", "--model", metavar="NAME|PATH", default=None,
                       help="a shipped model or a .pb/.npz (default: msd-musicnn)")
@@ -964,10 +964,11 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--resample-step", metavar="SAMPLES", type=whole_number(0), default=None,
                       help="16-kHz samples Essentia's converter waits for before it runs: a patch "
                            "comes at most this much plus a read later than it could; 0 = at once, "
-                           "for more CPU time (default 2048: 128 ms); --resampler samplerate and "
-                           "soxr run at every read and take none; so does Essentia's converter "
-                           "at rates its JAX kernels do not serve (8 kHz, say), which is "
-                           "libsamplerate")
+                           "for more CPU time, at most 1048576 (65 s; default 2048: 128 ms); "
+                           "--resampler samplerate and soxr run at every read and refuse a step; "
+                           "at rates its JAX kernels do not serve (8 kHz, say) Essentia's "
+                           "converter is libsamplerate, which runs at every read too, and a step "
+                           "has nothing to do")
     live.add_argument("--bf16", action="store_true",
                       help="compute the patches in bfloat16 (opt-in; see tag --help)")
     live.add_argument("--no-cache", action="store_true",
