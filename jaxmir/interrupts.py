@@ -82,10 +82,10 @@ def installed() -> Iterator[None]:
     program leaves its handlers as they were)."""
     import threading
 
-    _received.clear()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield  # the main thread's signals are its own: a collect() in a thread leaves them
         return
+    _received.clear()
     found = {kind: signal.getsignal(kind) for kind in STOPPING}
     for kind in STOPPING:
         if is_default(kind):

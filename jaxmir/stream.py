@@ -79,6 +79,7 @@ from jaxmir.describe import without_audio
 from jaxmir.errors import InputError, NoSamplesError, ShortAudioError
 from jaxmir.frontends import SAMPLE_RATE as TARGET_RATE
 from jaxmir.frontends import frame_starts, logmel, num_frames
+from jaxmir.guards import OneCallAtATime
 from jaxmir.models import has_heavy_head, is_bfloat16, shares_overlap, with_overlap_hop
 from jaxmir.models.compiler import compiled, tuned
 from jaxmir.models.runner import (call_step, device_memory, empty_carry, platform_of,
@@ -375,6 +376,7 @@ class Stream:
         self.times = PatchStarts(self)
         self.n_patches = 0
         self.closed = False
+        self._one_call = OneCallAtATime("a Stream (model.stream(...))")
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -400,14 +402,17 @@ class Stream:
         two channels, or another channel count or dtype than the first chunk,
         and :class:`InputError` after :meth:`close`; a refused chunk changes nothing.
         """
-        return concat_patches(self._push(chunk), self.empty)
+        with self._one_call:
+            return concat_patches(self._push(chunk), self.empty)
 
     def close_patches(self) -> Patches:
         """:meth:`close` with the patches' start times (:class:`Patches`)."""
-        return concat_patches(self._close(), self.empty)
+        with self._one_call:
+            return concat_patches(self._close(), self.empty)
 
     def run(self, blocks: Iterable) -> Iterator[Patches]:
-        """Push every block, then close; yields the non-empty :class:`Patches` as they come."""
+        """Push every block, then close; yields the non-empty :class:`Patches` as they come (no
+        other call until it ends)."""
         return self._run_resampled(self._resampled(block) for block in blocks)
 
     def empty(self) -> Patches:
@@ -438,14 +443,15 @@ class Stream:
 
     def _run_resampled(self, samples: Iterable[np.ndarray]) -> Iterator[Patches]:
         """:meth:`run` on the blocks' :meth:`_resampled` samples, then close."""
-        self._refuse_if_closed()
-        for part in samples:
-            parts = self._take(part)
+        with self._one_call:
+            self._refuse_if_closed()
+            for part in samples:
+                parts = self._take(part)
+                if parts:
+                    yield concat_patches(parts, self.empty)
+            parts = self._close()
             if parts:
                 yield concat_patches(parts, self.empty)
-        parts = self._close()
-        if parts:
-            yield concat_patches(parts, self.empty)
 
     def _close(self) -> list[Patches]:
         if self.closed:

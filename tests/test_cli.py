@@ -886,6 +886,30 @@ def test_a_signal_a_library_swallowed_still_ends_the_command_as_interrupted(monk
     assert not interrupts._received  # forgotten once main returns: code after it is not stopped
 
 
+def test_a_command_run_in_a_thread_leaves_the_main_thread_s_signal_alone(monkeypatch, capsys):
+    """main() in a worker thread cleared the record of a Ctrl-C the main thread's run had
+    received and a library swallowed: that run then went on to its end."""
+    import signal
+    import threading
+    import time
+
+    from jaxmir import cli, interrupts
+
+    def in_a_thread():
+        with interrupts.installed():  # as main() runs there
+            pass
+
+    def swallowed_then_a_thread_runs(args):
+        interrupts._received.append((signal.SIGINT, time.monotonic()))
+        worker = threading.Thread(target=in_a_thread)
+        worker.start()
+        worker.join()
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_info", swallowed_then_a_thread_runs)
+    assert cli.main(["info", "msd-musicnn"]) == 130
+
+
 def test_a_signal_inside_a_gc_callback_prints_no_traceback():
     """SIGINT or SIGTERM while JAX loads landed in JAX's garbage-collection callback: the run
     stopped (130, 143) but printed "Exception ignored in: <function _xla_gc_callback>" and a

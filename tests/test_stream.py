@@ -203,6 +203,57 @@ def test_resampling_stage_equals_one_shot(rate, resampler):
     np.testing.assert_array_equal(got, want)
 
 
+def _held_in(obj, method: str):
+    """Make ``obj.method`` wait inside until released; ``(entered, release)`` events."""
+    entered, release = threading.Event(), threading.Event()
+    original = getattr(obj, method)
+
+    def waiting(*args):
+        entered.set()
+        release.wait(60)
+        return original(*args)
+    setattr(obj, method, waiting)
+    return entered, release
+
+
+def test_a_stream_or_resampler_fed_from_two_threads_refuses_the_second_call(musicnn):
+    """Two threads pushing one Stream interleaved its steps, the GIL released while a patch was
+    computed: samples were lost or made twice (218,286 16-kHz samples for 192,000 pushed, a
+    patch repeated and the next skipped), and a close during a push let that push give a patch
+    after the last one, without a word. A second call while one runs is refused now."""
+    from jaxmir.resample import SincResampler
+
+    audio = signal_at(44100, 6.0, 1, seed=21)
+    stream, given = musicnn.stream(44100), []
+    entered, release = _held_in(stream, "_take")
+    worker = threading.Thread(target=lambda: given.append(stream.push(audio)))
+    worker.start()
+    try:
+        assert entered.wait(60)
+        for call in (lambda: stream.push(audio[:100]), stream.close, lambda: list(stream.run([audio]))):
+            with pytest.raises(InputError, match="a Stream .* takes one call at a time"):
+                call()
+    finally:
+        release.set()
+        worker.join(60)
+    # as if the first push alone had come
+    np.testing.assert_allclose(np.concatenate([*given, stream.close()]),
+                               musicnn.predict(audio, 44100), atol=1e-6, rtol=0)
+    resampler = SincResampler(44100, 16000, min_outputs=0)
+    entered, release = _held_in(resampler, "_emit")
+    worker = threading.Thread(target=resampler.push, args=(audio,))
+    worker.start()
+    try:
+        assert entered.wait(60)
+        for call in (lambda: resampler.push(audio[:100]), resampler.flush):
+            with pytest.raises(InputError, match="a SincResampler takes one call at a time"):
+                call()
+    finally:
+        release.set()
+        worker.join(60)
+    resampler.push(audio[:100])  # free again
+
+
 def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatch):
     """10-ms chunks at 44.1 kHz: with ``resample_step=0`` each patch comes with the chunk that
     makes its last sample final (the resampler runs at every chunk); by default the resampler

@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike
 
 from jaxmir.checks import is_whole
 from jaxmir.errors import AudioError, InputError
+from jaxmir.guards import OneCallAtATime
 from jaxmir.resample.kernels import float32_outputs
 from jaxmir.resample.positions import (UNIT, Plan, exact_positions, filter_starts,
                                        first_true, fixed_point, normalise, output_count,
@@ -179,9 +180,19 @@ class SincResampler:
         self._closed = step_closed_form(self._plan.step)  # positions from walk(), none on the host
         # (centres, fractions) of the outputs from the one at _group_start(): _track()
         self._tracked = (np.zeros(1, np.int64), np.zeros(1))
+        self._one_call = OneCallAtATime("a SincResampler")
 
     def push(self, chunk: ArrayLike) -> np.ndarray:
         """Take ``[n]`` float32 samples; return the outputs they complete (float32 ``[k]``)."""
+        with self._one_call:
+            return self._push(chunk)
+
+    def flush(self) -> np.ndarray:
+        """Signal the end of input and return the remaining outputs (later calls: none)."""
+        with self._one_call:
+            return self._flush()
+
+    def _push(self, chunk: ArrayLike) -> np.ndarray:
         if self._done:
             raise AudioError("this SincResampler was flushed; create a new one")
         chunk = _check_signal(chunk)
@@ -200,8 +211,7 @@ class SincResampler:
         limit = output_count(self._plan, self._seen)
         return self._emit(lambda centre: centre < ready, limit)
 
-    def flush(self) -> np.ndarray:
-        """Signal the end of input and return the remaining outputs (later calls: none)."""
+    def _flush(self) -> np.ndarray:
         if self._done:
             return np.zeros(0, np.float32)
         self._done = True
