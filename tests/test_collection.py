@@ -1002,6 +1002,8 @@ def test_names_through_a_linked_folder_and_dotdot_and_lists_written_by_ls(tmp_pa
     (music / "m").symlink_to(music / "rock")
     assert inputs.expand(["@list.txt"]) == [str(music / name)
                                             for name in ("#1 take.wav", "@at.wav", "a.wav")]
+    Path("list.txt").write_text("#1 take.wav \n")  # padded, as a line typed by hand
+    assert inputs.expand(["@list.txt"]) == [str(music / "#1 take.wav")]
     with pytest.raises(InputError, match="is ./@at.wav"):
         inputs.expand(["@at.wav"])
 
@@ -1019,13 +1021,15 @@ def test_an_error_names_its_file_as_spelled(model, tmp_path):
 def test_paths_as_text_read_back_as_the_same_names():
     """A name holding ``\\udcff`` as text and one holding the byte 0xff were both written
     ``\\udcff``: their rows could not be told apart, and a rerun did one of them again every
-    time. Backslashes before a ``u`` or a stray byte are doubled; both read back exactly."""
+    time. Backslashes before ``udcXX`` text or a stray byte are doubled; both read back exactly,
+    and every other name is written as it is."""
     names = ["x\udcff.wav", "x\\udcff.wav", "x\\\udcff.wav", "x\\u.wav", "C:\\users\\a.wav",
              "a\\b.wav", "\\", "u\\", "x\\\\udcff\udcfe.wav"]
     texts = [as_text(name) for name in names]
     assert len(set(texts)) == len(names)
     assert [from_text(text) for text in texts] == names
-    assert texts[0] == "x\\udcff.wav" and texts[5] == "a\\b.wav"  # as before for these
+    assert texts[0] == "x\\udcff.wav" and texts[1] == "x\\\\udcff.wav"
+    assert texts[3:8] == names[3:8]  # as before for these: "x\\u.wav", "C:\\users\\a.wav", ...
     for text in texts:
         text.encode("utf-8")
 
@@ -1050,6 +1054,18 @@ def test_a_file_done_again_keeps_its_array_s_name(model, tmp_path):
     audio = jaxmir.load_audio(str(second), 16000)
     assert_same_embeddings(np.load(out / "sub2" / "same.npy", allow_pickle=False),
                            model.predict(audio, 16000, output="embeddings"))
+    # a name another file took meanwhile: the file done again still gets its own back
+    other = tmp_path / "other"
+    lone = _write(tmp_path / "in" / "same.wav", 3.0, 16000, 1, 3)
+    for paths in ([first.parent], [lone], [first.parent, lone]):
+        if paths[-1] == lone and len(paths) == 2:
+            _write(first, 4.0, 16000, 1, 4)  # changed: done again
+        collect(model, [str(p) for p in paths], str(other), command="embed",
+                options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
+    index = [json.loads(line) for line in (other / "index.jsonl").read_text().splitlines()]
+    assert sorted((os.path.basename(os.path.dirname(row["path"])), row["npy"]) for row in index) \
+        == [("in", "same-2.npy"), ("sub1", "same.npy")]
+    assert sorted(p.name for p in other.rglob("*.npy")) == ["same-2.npy", "same.npy"]
 
 
 def test_npy_names_never_overwrite_another_rows_array(model, tmp_path):
@@ -1869,8 +1885,9 @@ def test_ctrl_c_while_worker_processes_start_stops_the_run_cleanly(music, monkey
 
     pool = local._workers(1, processes=True)
     try:
-        assert local._submitted(pool, True, _signal_state).result(timeout=300) == (
-            (signal.SIG_IGN,) * 3, [])
+        with local._starting_processes(True):
+            state = pool.submit(_signal_state)
+        assert state.result(timeout=300) == ((signal.SIG_IGN,) * 3, [])
     finally:
         pool.shutdown()
     start = process_pool._ExecutorManagerThread.start

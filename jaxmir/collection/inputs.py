@@ -147,7 +147,7 @@ def _read_list(list_file: str) -> list[str]:
 def _comment(base: Path, line: str) -> bool:
     """Whether a list's line is a comment: it starts with ``#`` and names no file (``ls >
     list.txt`` writes ``#1 take.wav`` as it is)."""
-    return line.strip().startswith("#") and not os.path.lexists(os.path.join(base, line))
+    return line.strip().startswith("#") and not os.path.lexists(_listed(base, line))
 
 
 def _lines(data: bytes) -> list[bytes]:

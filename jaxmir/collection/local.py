@@ -22,6 +22,7 @@ the bound.
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -84,7 +85,7 @@ def _start_worker(cache_directory: str | None) -> None:
     _die_with_parent()
     # Ctrl-C, SIGTERM and SIGHUP reach the whole process group (a terminal, GNU timeout): the
     # main process stops the run, and ends its workers itself (:func:`_abandon`). They were
-    # blocked while this process started (:func:`_submitted`): one that came then is dropped.
+    # blocked while this process started (:func:`_starting_processes`): one that came then is dropped.
     for kind in interrupts.STOPPING:
         signal.signal(kind, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.STOPPING)
@@ -152,13 +153,15 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
         return
     prefetch = max(prefetch or 2 * jobs, 1)
     pending: collections.deque = collections.deque()
-    pool = _workers(jobs, processes)
+    with _starting_processes(processes):
+        pool = _workers(jobs, processes)
     try:
         for source in sources:
             try:
-                pending.append((_submitted(pool, processes, compute.decode, source.path,
-                                           options.resampler, options.decoder, options.strict),
-                                source))
+                with _starting_processes(processes):
+                    future = pool.submit(compute.decode, source.path, options.resampler,
+                                         options.decoder, options.strict)
+                pending.append((future, source))
             except BrokenProcessPool:  # a worker died reading a file submitted before
                 interrupts.raise_if_received()
                 raise _died(pending, jobs) from None
@@ -173,17 +176,21 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
         pool.shutdown(wait=True)
 
 
-def _submitted(pool: Executor, processes: bool, *call) -> Future:
-    """``pool.submit(*call)``; a process pool's submit starts its processes: a stop then waits
-    for the end of it (a Ctrl-C inside the pool's start broke its shutdown with a traceback),
-    and the new processes start with the stopping signals blocked (:func:`_start_worker`
-    ignores them; Python's default had them print a traceback while starting)."""
+@contextlib.contextmanager
+def _starting_processes(processes: bool) -> Iterator[None]:
+    """Where a process pool may start processes (made, and at a submit): a stop waits for the
+    end of the block (a Ctrl-C inside the pool's start broke its shutdown with a traceback), and
+    the processes started in it (workers, multiprocessing's resource tracker) begin with the
+    stopping signals blocked (:func:`_start_worker` ignores them; the tracker ignores Ctrl-C
+    and SIGTERM and keeps SIGHUP blocked, which ended it, with tracebacks, on a closed
+    terminal)."""
     if not processes:
-        return pool.submit(*call)
+        yield
+        return
     with deferred_interrupts():
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.STOPPING)
         try:
-            return pool.submit(*call)
+            yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 

@@ -144,8 +144,9 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise InputError(f"--output {output} is being written by another jaxmir run; "
-                                 f"wait for it to end, or {ANOTHER_OUTPUT}") from None
+                raise InputError(f"--output {output} is being written by another jaxmir run "
+                                 "(or another collect() call of this program); wait for it to "
+                                 f"end, or {ANOTHER_OUTPUT}") from None
         yield
 
 
@@ -518,6 +519,7 @@ class NpyWriter(Writer):
         # otherwise: its new array replaces the old one, which no row would list any more
         earlier = {row["path"]: from_text(str(row["npy"])) for row in self.index.dropped
                    if row.get("npy") and row["path"] in names}
+        taken.update({name: path for path, name in earlier.items() if name not in taken})
         self.names = _unique_names({**names, **earlier}, taken)
 
     def write(self, result: Result) -> None:

@@ -135,26 +135,25 @@ class Result:
 def as_text(value: str) -> str:
     """``value`` as valid UTF-8 text: each lone surrogate (a byte of a file name that is not
     UTF-8) written as the escape JSON writes for it, ``\\udcff``; the backslashes right before
-    a ``u`` or a lone surrogate doubled (a name that holds ``\\udcff`` as text stays apart from
-    the one holding the byte); other text unchanged. :func:`from_text` reads it back."""
+    such an escape's text or a lone surrogate doubled (a name that holds ``\\udcff`` as text
+    stays apart from the one holding the byte); other text unchanged. :func:`from_text` reads
+    it back."""
     doubled = _BEFORE_ESCAPE.sub(lambda match: match.group(0) * 2, value)
     return doubled.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-_BEFORE_ESCAPE = re.compile(r"\\+(?=u|[\udc80-\udcff])")
-_ESCAPED = re.compile(r"(\\+)u(dc[89a-f][0-9a-f])?")
+_BEFORE_ESCAPE = re.compile(r"\\+(?=udc[89a-f][0-9a-f]|[\udc80-\udcff])")
+_ESCAPED = re.compile(r"(\\+)u(dc[89a-f][0-9a-f])")
 
 
 def from_text(value: str) -> str:
-    """The name :func:`as_text` wrote as ``value``: of ``k`` backslashes before a ``u``, half
+    """The name :func:`as_text` wrote as ``value``: of ``k`` backslashes before ``udcXX``, half
     are the name's when ``k`` is even; when odd, the last one and ``udcXX`` are a lone
     surrogate."""
     def unescaped(match: re.Match) -> str:
         backslashes, byte = match.group(1), match.group(2)
         kept = backslashes[:len(backslashes) // 2]
-        if len(backslashes) % 2 and byte:
-            return kept + chr(int(byte, 16))
-        return kept + "u" + (byte or "") if len(backslashes) % 2 == 0 else match.group(0)
+        return kept + chr(int(byte, 16)) if len(backslashes) % 2 else kept + "u" + byte
     return _ESCAPED.sub(unescaped, value)
 
 

@@ -377,7 +377,7 @@ class Graph:
         self._consumers: dict[str, list[str]] | None = None
         self._const_cache: dict[str, np.ndarray] = {}
         self._resolved: dict[TensorRef, TensorRef] = {}
-        self._branches: dict[str, TensorRef] = {}  # Merge -> its inference input
+        self._branches: dict = {}  # Merge -> the input it runs (itself while deciding)
         self._switches: dict[str, TensorRef | None] = {}  # node -> a Switch output above it
         # the predicates held True that made a cond take its true branch (see inference_branch)
         self.true_predicates: set[str] = set()
@@ -540,9 +540,9 @@ class Graph:
         """Follow a tensor back through pass-through ops to the op that computes it.
 
         ``Identity`` and friends forward their input; ``Switch`` forwards its data
-        input (whichever branch); ``Merge`` forwards the input that comes from the
-        *false* branch of a ``cond``: the inference branch of a graph frozen
-        straight from training, where ``cond`` switches on the training flag.
+        input (whichever branch); ``Merge`` forwards the input of the branch the graph
+        runs (:meth:`inference_branch`): the *false* one of a graph frozen straight from
+        training, where ``cond`` switches on the training flag.
         """
         ref = TensorRef.parse(ref) if isinstance(ref, str) else ref
         if ref.node not in self.nodes:
@@ -575,39 +575,77 @@ class Graph:
 
     def inference_branch(self, merge) -> TensorRef:
         """The input of a ``cond`` Merge that the graph computes when run as Essentia runs it:
-        the branch its predicate names when the predicate is a constant (a ``Const``, or the
-        default of a ``PlaceholderWithDefault``), else the false one, where a training flag fed
-        ``False`` (Essentia's ``isTraining``) leads."""
+        the false branch, where a training flag fed ``False`` (Essentia's ``isTraining``) leads,
+        or the true one when the cond's predicate is held ``True`` (a ``Const``, or a
+        ``PlaceholderWithDefault``'s default). A predicate held ``True`` where the branches'
+        Switches do not share it (conds nested, ``tf.case``) is refused: which branch runs is
+        not read there."""
         if merge.name not in self._branches:  # every walk asks again; each search is charged
             inputs = self.data_inputs(merge)
             if not inputs:
                 raise GraphError(f"{self.source}: Merge '{merge.name}' has no data inputs")
+            self._branches[merge.name] = merge  # re-entered through its predicate: a cycle
             switches = [self._switch_of(ref) for ref in inputs]
-            port = next((int(self._predicate(s)) for s in switches if s is not None), 0)
+            predicates = {self._predicate_source(s) for s in switches if s is not None}
+            held = sorted(p.node for p in predicates if p is not None and self._held_true(p))
+            if held and len(predicates) > 1:
+                raise GraphError(
+                    f"{self.source}: the branches of Merge '{merge.name}' are chosen by several "
+                    f"predicates, {', '.join(repr(name) for name in held)} held True among "
+                    "them (conds nested, or tf.case); jaxmir reads a cond whose predicate is held "
+                    "False, or held True alone")
+            port = 1 if held else 0
+            self.true_predicates.update(held)
             # Without a Switch to tell the branches apart, tf.cond lists the false branch first.
             self._branches[merge.name] = next(
                 (ref for ref, s in zip(inputs, switches) if s is not None and s.index == port),
                 inputs[min(port, len(inputs) - 1)])
-        return self._branches[merge.name]
+        branch = self._branches[merge.name]
+        if branch is merge:
+            raise GraphError(f"{self.source}: the predicate of Merge '{merge.name}' depends on "
+                             "its own output; a frozen graph must be acyclic")
+        return branch
 
-    def _predicate(self, switch: TensorRef) -> bool:
-        """The value of ``switch``'s predicate when the graph holds it (a scalar bool ``Const``,
-        or a ``PlaceholderWithDefault``'s default), else ``False``."""
+    def _predicate_source(self, switch: TensorRef) -> TensorRef | None:
+        """The tensor ``switch``'s predicate comes from, through pass-through ops and the Switches
+        that carry it into an enclosing cond's branch (not through a Merge), or None."""
         inputs = self.data_inputs(self.nodes[switch.node])
-        if len(inputs) < 2:
-            return False
-        source = self.resolve(inputs[1])
-        node = self.nodes[source.node]
-        if node.op == "PlaceholderWithDefault":
-            default = self.data_inputs(node)
-            if not default:
+        return self._forwarded(inputs[1]) if len(inputs) >= 2 else None
+
+    def _forwarded(self, ref: TensorRef) -> TensorRef | None:
+        """The tensor pass-through ops and Switches forward as ``ref`` (None: none, or a loop)."""
+        seen = set()
+        while self.nodes[ref.node].op in PASS_THROUGH | SWITCH_OPS:
+            if ref.node in seen:
+                return None
+            self.budget.visit(self.source)
+            seen.add(ref.node)
+            following = self.data_inputs(self.nodes[ref.node])
+            if not following:
+                return None
+            ref = following[0]
+        return ref
+
+    def _held_true(self, predicate: TensorRef) -> bool:
+        """Whether ``predicate`` is True as Essentia runs the graph: a scalar bool ``Const``, a
+        ``PlaceholderWithDefault``'s default, a fed ``Placeholder`` (a training flag: False),
+        or ``LogicalNot`` of one of these; computed by other ops, it counts as False."""
+        negations, seen = 0, set()
+        while predicate is not None and predicate.node not in seen:
+            seen.add(predicate.node)
+            node = self.nodes[predicate.node]
+            if node.op == "Placeholder":
+                return negations % 2 == 1
+            if node.op == "Const":
+                value = self.constant(node.name)
+                held = value is not None and value.dtype == bool and value.size == 1 and bool(value)
+                return held != (negations % 2 == 1)
+            if node.op not in ("PlaceholderWithDefault", "LogicalNot"):
                 return False
-            source = default[0]
-        value = self.constant(source)
-        taken = bool(value) if value is not None and value.dtype == bool and value.size == 1 else False
-        if taken:
-            self.true_predicates.add(self.resolve(inputs[1]).node)
-        return taken
+            negations += node.op == "LogicalNot"
+            inputs = self.data_inputs(node)
+            predicate = self._forwarded(inputs[0]) if inputs else None
+        return False
 
     def _switch_of(self, ref: TensorRef) -> TensorRef | None:
         """The output of the Switch above ``ref`` (its port: 0 the false branch, 1 the true
