@@ -411,8 +411,7 @@ class Stream:
             return concat_patches(self._close(), self.empty)
 
     def run(self, blocks: Iterable) -> Iterator[Patches]:
-        """Push every block, then close; yields the non-empty :class:`Patches` as they come (no
-        other call until it ends)."""
+        """Push every block, then close; yields the non-empty :class:`Patches` as they come."""
         return self._run_resampled(self._resampled(block) for block in blocks)
 
     def empty(self) -> Patches:
@@ -443,15 +442,17 @@ class Stream:
 
     def _run_resampled(self, samples: Iterable[np.ndarray]) -> Iterator[Patches]:
         """:meth:`run` on the blocks' :meth:`_resampled` samples, then close."""
-        with self._one_call:
+        with self._one_call:  # each step, not across a yield: a paused run holds nothing
             self._refuse_if_closed()
-            for part in samples:
+        for part in samples:
+            with self._one_call:
                 parts = self._take(part)
-                if parts:
-                    yield concat_patches(parts, self.empty)
-            parts = self._close()
             if parts:
                 yield concat_patches(parts, self.empty)
+        with self._one_call:
+            parts = self._close()
+        if parts:
+            yield concat_patches(parts, self.empty)
 
     def _close(self) -> list[Patches]:
         if self.closed:

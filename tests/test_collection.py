@@ -1901,6 +1901,37 @@ def test_ctrl_c_while_worker_processes_start_stops_the_run_cleanly(music, monkey
         list(local.decode_all(sources, 2, processes=True))
 
 
+HALF_A_RESULT = """
+import gc, multiprocessing.queues, os, struct, sys, threading, time
+from jaxmir.collection import local
+
+
+def half_a_result():  # a worker killed halfway through sending a decoded file's samples
+    queue = next(o for o in gc.get_objects() if isinstance(o, multiprocessing.queues.SimpleQueue))
+    os.write(queue._writer.fileno(), struct.pack("!i", 1 << 30) + bytes(1000))
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    pool = local._workers(1, processes=True)
+    pool.submit(half_a_result)
+    time.sleep(3)  # the manager thread now waits for the rest of the 1 GB
+    local._abandon(pool)
+    print("abandoned")
+"""
+
+
+def test_a_stop_while_a_worker_sends_a_result_does_not_hang(tmp_path):
+    """A worker killed (by the stop) while it wrote a decoded file to the results pipe left the
+    pool's manager thread reading the rest for ever, and the stop waiting on it: SIGTERM or
+    SIGHUP never ended the run (2 of 45 runs), its Parquet rows lost to the SIGKILL after."""
+    script = tmp_path / "half.py"
+    script.write_text(HALF_A_RESULT)
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env=child_env(JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0 and result.stdout == "abandoned\n", result.stderr
+
+
 def test_a_run_whose_standard_error_is_gone_keeps_its_status(music, tmp_path):
     """`2>/dev/full`: the summary line could not be written, and a run that wrote every row
     ended with status 1, as if a file had failed."""

@@ -103,6 +103,9 @@ with graph.as_default(), tf.name_scope("model"):
     dense = lambda scope: (lambda: tf.nn.relu(builder.dense(x, scope, 100)))
     if case == "not_false":
         hidden = tf.compat.v1.cond(tf.logical_not(flag), dense("a"), dense("b"))
+    elif case == "loop":
+        hidden = tf.compat.v1.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, h * 0.5),
+                                         [tf.constant(0), dense("a")()])[1]
     else:  # the outer flag held True, a cond held True in its false branch
         hidden = tf.compat.v1.cond(flag, dense("c"), lambda: tf.compat.v1.cond(inner, dense("a"),
                                                                                dense("b")))
@@ -118,11 +121,12 @@ np.save(out + ".in.npy", features)
 def test_conds_read_by_their_predicates_or_refused(tmp_path):
     """A cond on LogicalNot of a flag held False runs its true branch in TensorFlow (jaxmir took the
     false one: 0.74 from it); conds nested with a predicate held True, whose branches jaxmir
-    cannot tell apart, are refused (they gave values 0.8 from TensorFlow's); a predicate that
-    reads its own cond's output is a cycle (a RecursionError of 2,973 lines)."""
+    cannot tell apart, are refused (they gave values 0.8 from TensorFlow's), and so is a while
+    loop (read as no iteration); a predicate that reads its own cond's output is a cycle (a
+    RecursionError of 2,973 lines)."""
     require("tensorflow")
     paths = {}
-    for case in ("not_false", "nested"):
+    for case in ("not_false", "nested", "loop"):
         paths[case] = str(tmp_path / f"{case}.pb")
         subprocess.run([sys.executable, "-c", CONDS_IN_A_HEAD, paths[case], case], cwd=ROOT,
                        env=child_env(), check=True, capture_output=True, timeout=300)
@@ -131,6 +135,8 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
     assert_parity("model/Softmax", np.load(paths["not_false"] + ".npy"), got, True)
     with pytest.raises(GraphError, match="chosen by several predicates, 'model/flag', 'model/inner' held True"):
         jaxmir.load(paths["nested"], output="model/Softmax")
+    with pytest.raises(GraphError, match="a tf.while_loop's; jaxmir reads no loops"):
+        jaxmir.load(paths["loop"], output="model/Softmax")  # was its Enter input: no iteration
     graph = Graph.from_file(paths["not_false"])
     graph.node("model/cond/pred_id").input[:] = ["model/cond/Merge"]
     looped = tmp_path / "looped.pb"

@@ -239,6 +239,11 @@ def test_a_stream_or_resampler_fed_from_two_threads_refuses_the_second_call(musi
     # as if the first push alone had come
     np.testing.assert_allclose(np.concatenate([*given, stream.close()]),
                                musicnn.predict(audio, 44100), atol=1e-6, rtol=0)
+    paused = musicnn.stream(44100)  # a run paused between its steps holds nothing
+    steps = paused.run([audio[:50000], audio[50000:]])
+    first = next(steps)
+    rest = np.concatenate([first.values["predictions"], paused.close()])
+    np.testing.assert_allclose(rest, musicnn.predict(audio, 44100), atol=1e-6, rtol=0)
     resampler = SincResampler(44100, 16000, min_outputs=0)
     entered, release = _held_in(resampler, "_emit")
     worker = threading.Thread(target=resampler.push, args=(audio,))

@@ -169,11 +169,10 @@ def decode_all(sources: Sequence[Source], jobs: int, options: Options = Options(
                 yield _decoded(*pending.popleft(), pending, jobs)
         while pending:
             yield _decoded(*pending.popleft(), pending, jobs)
+        pool.shutdown(wait=True)  # a stop in it abandons the pool (leaked semaphores, else)
     except BaseException:
         _abandon(pool)
         raise
-    else:
-        pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager
@@ -201,6 +200,14 @@ def _abandon(pool: Executor) -> None:
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for process in processes:
         process.kill()
+    for process in processes:
+        process.join(timeout=5)  # one stuck in the kernel (a hung network mount) stays
+    # A worker killed while sending a decoded file left the pool's manager thread reading the
+    # rest of it for ever (and the shutdown below waiting on that thread): with the workers'
+    # ends of the results pipe gone, closing this process's end too lets that read end.
+    results = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    if processes and results is not None:
+        results.close()
     # with its processes gone, a process pool's shutdown is quick; a thread can only be left
     pool.shutdown(wait=bool(processes), cancel_futures=True)
 

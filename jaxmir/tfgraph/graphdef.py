@@ -576,14 +576,17 @@ class Graph:
     def inference_branch(self, merge) -> TensorRef:
         """The input of a ``cond`` Merge that the graph computes when run as Essentia runs it:
         the false branch, where a training flag fed ``False`` (Essentia's ``isTraining``) leads,
-        or the true one when the cond's predicate is held ``True`` (a ``Const``, or a
-        ``PlaceholderWithDefault``'s default). A predicate held ``True`` where the branches'
-        Switches do not share it (conds nested, ``tf.case``) is refused: which branch runs is
-        not read there."""
+        or the true one when the cond's predicate is held ``True`` (:meth:`_held_true`). A
+        predicate held ``True`` where the branches' Switches do not share it (conds nested,
+        ``tf.case``) is refused: which branch runs is not read there."""
         if merge.name not in self._branches:  # every walk asks again; each search is charged
             inputs = self.data_inputs(merge)
             if not inputs:
                 raise GraphError(f"{self.source}: Merge '{merge.name}' has no data inputs")
+            if any(self.nodes[ref.node].op in ("NextIteration", "RefNextIteration")
+                   for ref in inputs):  # its Enter input alone would be zero iterations
+                raise GraphError(f"{self.source}: Merge '{merge.name}' is a tf.while_loop's; "
+                                 "jaxmir reads no loops")
             self._branches[merge.name] = merge  # re-entered through its predicate: a cycle
             switches = [self._switch_of(ref) for ref in inputs]
             predicates = {self._predicate_source(s) for s in switches if s is not None}
