@@ -582,7 +582,6 @@ def _stopped_by(interrupted: dict) -> int | None:
 
 def _stream_command(args, interrupted: dict) -> int:
     from jaxmir.collection.commands import dtype_of
-
     from jaxmir.resample import MAX_MIN_OUTPUTS
 
     if args.resample_step is not None and args.resampler != "essentia":
