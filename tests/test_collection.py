@@ -995,7 +995,8 @@ def test_names_through_a_linked_folder_and_dotdot_and_lists_written_by_ls(tmp_pa
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "m").symlink_to(music / "rock")
     through = str(tmp_path / "lists" / "m" / "..")
-    assert inputs.expand([through]) == [str(music / name) for name in ("#1 take.wav", "@at.wav", "a.wav")]
+    assert inputs.expand([through]) == [str(music / name)
+                                        for name in ("#1 take.wav", "@at.wav", "a.wav")]
     assert inputs.expand([through + "/a.wav"]) == [str(music / "a.wav")]
     monkeypatch.chdir(music)
     Path("list.txt").write_text("#1 take.wav\n@at.wav\n# a comment\nm/../a.wav\n")

@@ -133,7 +133,8 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
     head = jaxmir.load(paths["not_false"], output="model/Softmax")
     got = head.apply(np.load(paths["not_false"] + ".in.npy"), ["model/Softmax"])["model/Softmax"]
     assert_parity("model/Softmax", np.load(paths["not_false"] + ".npy"), got, True)
-    with pytest.raises(GraphError, match="chosen by several predicates, 'model/flag', 'model/inner' held True"):
+    with pytest.raises(GraphError,
+                       match="chosen by several predicates, 'model/flag', 'model/inner' held True"):
         jaxmir.load(paths["nested"], output="model/Softmax")
     with pytest.raises(GraphError, match="a tf.while_loop's; jaxmir reads no loops"):
         jaxmir.load(paths["loop"], output="model/Softmax")  # was its Enter input: no iteration

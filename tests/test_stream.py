@@ -230,7 +230,8 @@ def test_a_stream_or_resampler_fed_from_two_threads_refuses_the_second_call(musi
     worker.start()
     try:
         assert entered.wait(60)
-        for call in (lambda: stream.push(audio[:100]), stream.close, lambda: list(stream.run([audio]))):
+        for call in (lambda: stream.push(audio[:100]), stream.close,
+                     lambda: list(stream.run([audio]))):
             with pytest.raises(InputError, match="a Stream .* takes one call at a time"):
                 call()
     finally:

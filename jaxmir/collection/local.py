@@ -85,7 +85,8 @@ def _start_worker(cache_directory: str | None) -> None:
     _die_with_parent()
     # Ctrl-C, SIGTERM and SIGHUP reach the whole process group (a terminal, GNU timeout): the
     # main process stops the run, and ends its workers itself (:func:`_abandon`). They were
-    # blocked while this process started (:func:`_starting_processes`): one that came then is dropped.
+    # blocked while this process started (:func:`_starting_processes`): one that came then is
+    # dropped.
     for kind in interrupts.STOPPING:
         signal.signal(kind, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.STOPPING)

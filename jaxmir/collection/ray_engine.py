@@ -204,7 +204,8 @@ _NO_PATH_COLUMN = ("analyze_dataset takes a Dataset with a 'path' column (one au
                    "row; e.g. ray.data.from_items([{'path': p} for p in paths])); its columns: ")
 
 
-_DECODED_COLUMNS = ("path", "size_bytes", "mtime_ns", "audio", "error", "warning")  # a decoded row's
+# a decoded row's columns
+_DECODED_COLUMNS = ("path", "size_bytes", "mtime_ns", "audio", "error", "warning")
 
 
 def _decode_row(row: dict, options: Options) -> dict:

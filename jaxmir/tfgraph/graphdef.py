@@ -680,8 +680,9 @@ class Graph:
                 stack.extend(pending)
                 continue
             found[current] = next(
-                (switch for switch in (r if self.nodes[r.node].op in SWITCH_OPS else found.get(r.node)
-                                       for r in inputs) if switch is not None),
+                (switch for switch in (r if self.nodes[r.node].op in SWITCH_OPS
+                                       else found.get(r.node) for r in inputs)
+                 if switch is not None),
                 None)
             in_progress.discard(current)
             stack.pop()

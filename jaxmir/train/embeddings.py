@@ -4,7 +4,8 @@ Each file's ``[patches, features]`` float32 array is stored as a ``.npy``
 (read back with ``allow_pickle=False``), written atomically, under a name
 derived from the backbone, the layer, the code that computes it (jaxmir's
 source, and the versions of JAX and of the decoding and resampling
-libraries) and the file's absolute path, size and modification time: a changed file, or a jaxmir that decodes or computes differently, computes
+libraries) and the file's absolute path, size and modification time: a
+changed file, or a jaxmir that decodes or computes differently, computes
 anew; an unchanged one is reused across epochs, folds and runs.
 """
 
