@@ -93,15 +93,16 @@ import numpy as np
 import tensorflow as tf
 from tools.tf_graphs import _Builder, random_weights, run_graph, write_graph
 
-tf.compat.v1.disable_control_flow_v2()  # tf.cond as Switch and Merge, as frozen graphs hold it
 out, case = sys.argv[1], sys.argv[2]
+if case != "v2":
+    tf.compat.v1.disable_control_flow_v2()  # tf.cond as Switch and Merge, as frozen graphs hold it
 builder, graph = _Builder(random_weights(0)), tf.Graph()
 with graph.as_default(), tf.name_scope("model"):
     x = tf.compat.v1.placeholder(tf.float32, [None, 200], name="Placeholder")
     flag = tf.compat.v1.placeholder_with_default(case != "not_false", [], name="flag")
     inner = tf.compat.v1.placeholder_with_default(True, [], name="inner")
     dense = lambda scope: (lambda: tf.nn.relu(builder.dense(x, scope, 100)))
-    if case == "not_false":
+    if case in ("not_false", "v2"):
         hidden = tf.compat.v1.cond(tf.logical_not(flag), dense("a"), dense("b"))
     elif case == "loop":
         hidden = tf.compat.v1.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, h * 0.5),
@@ -123,10 +124,10 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
     false one: 0.74 from it); conds nested with a predicate held True, whose branches jaxmir
     cannot tell apart, are refused (they gave values 0.8 from TensorFlow's), and so is a while
     loop (read as no iteration); a predicate that reads its own cond's output is a cycle (a
-    RecursionError of 2,973 lines)."""
+    RecursionError of 2,973 lines). TensorFlow 2's cond (StatelessIf) is named in the refusal."""
     require("tensorflow")
     paths = {}
-    for case in ("not_false", "nested", "loop"):
+    for case in ("not_false", "nested", "loop", "v2"):
         paths[case] = str(tmp_path / f"{case}.pb")
         subprocess.run([sys.executable, "-c", CONDS_IN_A_HEAD, paths[case], case], cwd=ROOT,
                        env=child_env(), check=True, capture_output=True, timeout=300)
@@ -138,6 +139,9 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
         jaxmir.load(paths["nested"], output="model/Softmax")
     with pytest.raises(GraphError, match="a tf.while_loop's; jaxmir reads no loops"):
         jaxmir.load(paths["loop"], output="model/Softmax")  # was its Enter input: no iteration
+    with pytest.raises(UnsupportedGraphError, match="TensorFlow 2 control flow, StatelessIf at "
+                       "'model/cond'.*disable_control_flow_v2"):
+        jaxmir.load(paths["v2"], output="model/Softmax")
     graph = Graph.from_file(paths["not_false"])
     graph.node("model/cond/pred_id").input[:] = ["model/cond/Merge"]
     looped = tmp_path / "looped.pb"

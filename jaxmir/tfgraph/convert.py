@@ -29,8 +29,27 @@ OUTPUT_CANDIDATES = ("model/Sigmoid", "model/Softmax", "model/Identity", "dense_
                      "PartitionedCall", "model/vggish/embeddings")
 
 
+# TensorFlow 2's control flow: branches and loop bodies are functions of the graph's library,
+# which jaxmir does not read (TensorFlow 1's Switch/Merge conds are read where they are held).
+FUNCTIONAL_CONTROL_FLOW = ("If", "StatelessIf", "While", "StatelessWhile", "Case", "StatelessCase")
+
+
 def import_graph(graph: Graph, output: str | None = None) -> ModelSpec:
     """Read a frozen graph into a :class:`ModelSpec`, or explain why it cannot."""
+    try:
+        return _import_graph(graph, output)
+    except UnsupportedGraphError as err:
+        control_flow = next((node for node in graph.nodes.values()
+                             if node.op in FUNCTIONAL_CONTROL_FLOW), None)
+        if control_flow is None:
+            raise
+        raise UnsupportedGraphError(
+            f"{err} (the graph holds TensorFlow 2 control flow, {control_flow.op} at "
+            f"'{control_flow.name}', whose branches jaxmir does not read: freeze it with "
+            "tf.compat.v1.disable_control_flow_v2() or without the cond)") from err
+
+
+def _import_graph(graph: Graph, output: str | None) -> ModelSpec:
     output = output or _find_output(graph)
     path = InferencePath(graph, output)
     input_node = _find_input(graph, path)
