@@ -93,50 +93,65 @@ import numpy as np
 import tensorflow as tf
 from tools.tf_graphs import _Builder, random_weights, run_graph, write_graph
 
-out, case = sys.argv[1], sys.argv[2]
-if case != "v2":
-    tf.compat.v1.disable_control_flow_v2()  # tf.cond as Switch and Merge, as frozen graphs hold it
-builder, graph = _Builder(random_weights(0)), tf.Graph()
-with graph.as_default(), tf.name_scope("model"):
-    x = tf.compat.v1.placeholder(tf.float32, [None, 200], name="Placeholder")
-    flag = tf.compat.v1.placeholder_with_default(case != "not_false", [], name="flag")
-    inner = tf.compat.v1.placeholder_with_default(True, [], name="inner")
-    dense = lambda scope: (lambda: tf.nn.relu(builder.dense(x, scope, 100)))
-    if case in ("not_false", "v2"):
-        hidden = tf.compat.v1.cond(tf.logical_not(flag), dense("a"), dense("b"))
-    elif case == "loop":
-        hidden = tf.compat.v1.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, h * 0.5),
-                                         [tf.constant(0), dense("a")()])[1]
-    else:  # the outer flag held True, a cond held True in its false branch
-        hidden = tf.compat.v1.cond(flag, dense("c"), lambda: tf.compat.v1.cond(inner, dense("a"),
-                                                                               dense("b")))
-    tf.nn.softmax(builder.dense(hidden, "dense_1", 2), name="Softmax")
-write_graph(graph.as_graph_def(), out)
+folder = sys.argv[1]
 features = np.random.default_rng(1).standard_normal((5, 200)).astype(np.float32)
-np.save(out + ".npy", run_graph(graph.as_graph_def(), {"model/Placeholder": features},
-                                ["model/Softmax"])[0])
-np.save(out + ".in.npy", features)
+np.save(folder + "/in.npy", features)
+for case in sys.argv[2:]:
+    if case == "v2":
+        tf.compat.v1.enable_control_flow_v2()
+    else:  # tf.cond as Switch and Merge, as frozen graphs hold it
+        tf.compat.v1.disable_control_flow_v2()
+    builder, graph = _Builder(random_weights(0)), tf.Graph()
+    with graph.as_default(), tf.name_scope("model"):
+        x = tf.compat.v1.placeholder(tf.float32, [None, 200], name="Placeholder")
+        flag = tf.compat.v1.placeholder_with_default(case != "not_false", [], name="flag")
+        inner = tf.compat.v1.placeholder_with_default(True, [], name="inner")
+        mode = tf.compat.v1.placeholder_with_default(2, [], name="mode")
+        dense = lambda scope: (lambda: tf.nn.relu(builder.dense(x, scope, 100)))
+        if case in ("not_false", "v2"):
+            hidden = tf.compat.v1.cond(tf.logical_not(flag), dense("a"), dense("b"))
+        elif case == "computed":
+            held = tf.logical_and(tf.equal(mode, 2), tf.greater(tf.cast(mode, tf.float32), 1.5))
+            hidden = tf.compat.v1.cond(held, dense("a"), dense("b"))
+        elif case == "on_the_input":
+            hidden = tf.compat.v1.cond(tf.reduce_sum(x) > 0, dense("a"), dense("b"))
+        elif case == "loop":
+            hidden = tf.compat.v1.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, h * 0.5),
+                                             [tf.constant(0), dense("a")()])[1]
+        else:  # the outer flag held True, a cond held True in its false branch
+            hidden = tf.compat.v1.cond(flag, dense("c"),
+                                       lambda: tf.compat.v1.cond(inner, dense("a"), dense("b")))
+        tf.nn.softmax(builder.dense(hidden, "dense_1", 2), name="Softmax")
+    out = f"{folder}/{case}.pb"
+    write_graph(graph.as_graph_def(), out)
+    np.save(out + ".npy", run_graph(graph.as_graph_def(), {"model/Placeholder": features},
+                                    ["model/Softmax"])[0])
 """
 
 
 def test_conds_read_by_their_predicates_or_refused(tmp_path):
     """A cond on LogicalNot of a flag held False runs its true branch in TensorFlow (jaxmir took the
-    false one: 0.74 from it); conds nested with a predicate held True, whose branches jaxmir
-    cannot tell apart, are refused (they gave values 0.8 from TensorFlow's), and so is a while
-    loop (read as no iteration); a predicate that reads its own cond's output is a cycle (a
-    RecursionError of 2,973 lines). TensorFlow 2's cond (StatelessIf) is named in the refusal."""
+    false one: 0.74 from it), and so does one on comparisons of a held value (read as False
+    before); conds nested with a predicate held True, whose branches jaxmir cannot tell apart,
+    are refused (they gave values 0.8 from TensorFlow's), and so are a cond on the input's values
+    and a while loop (read as no iteration); a predicate that reads its own cond's output is a
+    cycle (a RecursionError of 2,973 lines). TensorFlow 2's cond (StatelessIf) is named in the
+    refusal."""
     require("tensorflow")
-    paths = {}
-    for case in ("not_false", "nested", "loop", "v2"):
-        paths[case] = str(tmp_path / f"{case}.pb")
-        subprocess.run([sys.executable, "-c", CONDS_IN_A_HEAD, paths[case], case], cwd=ROOT,
-                       env=child_env(), check=True, capture_output=True, timeout=300)
-    head = jaxmir.load(paths["not_false"], output="model/Softmax")
-    got = head.apply(np.load(paths["not_false"] + ".in.npy"), ["model/Softmax"])["model/Softmax"]
-    assert_parity("model/Softmax", np.load(paths["not_false"] + ".npy"), got, True)
+    cases = ("not_false", "computed", "nested", "on_the_input", "loop", "v2")
+    subprocess.run([sys.executable, "-c", CONDS_IN_A_HEAD, str(tmp_path), *cases], cwd=ROOT,
+                   env=child_env(), check=True, capture_output=True, timeout=300)
+    paths = {case: str(tmp_path / f"{case}.pb") for case in cases}
+    for case in ("not_false", "computed"):
+        head = jaxmir.load(paths[case], output="model/Softmax")
+        got = head.apply(np.load(tmp_path / "in.npy"), ["model/Softmax"])["model/Softmax"]
+        assert_parity("model/Softmax", np.load(paths[case] + ".npy"), got, True)
     with pytest.raises(GraphError,
                        match="chosen by several predicates, 'model/flag', 'model/inner' held True"):
         jaxmir.load(paths["nested"], output="model/Softmax")
+    with pytest.raises(GraphError, match="predicate 'model/Greater' .Greater. has no value before "
+                       "the graph runs"):
+        jaxmir.load(paths["on_the_input"], output="model/Softmax")
     with pytest.raises(GraphError, match="a tf.while_loop's; jaxmir reads no loops"):
         jaxmir.load(paths["loop"], output="model/Softmax")  # was its Enter input: no iteration
     with pytest.raises(UnsupportedGraphError, match="TensorFlow 2 control flow, StatelessIf at "

@@ -381,6 +381,7 @@ class Graph:
         self._switches: dict[str, TensorRef | None] = {}  # node -> a Switch output above it
         # the predicates held True that made a cond take its true branch (see inference_branch)
         self.true_predicates: set[str] = set()
+        self._held_values: dict[TensorRef, bool | float | None] = {}  # see _held_value
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -576,9 +577,10 @@ class Graph:
     def inference_branch(self, merge) -> TensorRef:
         """The input of a ``cond`` Merge that the graph computes when run as Essentia runs it:
         the false branch, where a training flag fed ``False`` (Essentia's ``isTraining``) leads,
-        or the true one when the cond's predicate is held ``True`` (:meth:`_held_true`). A
-        predicate held ``True`` where the branches' Switches do not share it (conds nested,
-        ``tf.case``) is refused: which branch runs is not read there."""
+        or the true one when the cond's predicate is held ``True`` (:meth:`_held_true`; one
+        with no value before the graph runs is refused). A predicate held ``True`` where the
+        branches' Switches do not share it (conds nested, ``tf.case``) is refused: which branch
+        runs is not read there."""
         if merge.name not in self._branches:  # every walk asks again; each search is charged
             inputs = self.data_inputs(merge)
             if not inputs:
@@ -630,25 +632,54 @@ class Graph:
         return ref
 
     def _held_true(self, predicate: TensorRef) -> bool:
-        """Whether ``predicate`` is True as Essentia runs the graph: a scalar bool ``Const``, a
-        ``PlaceholderWithDefault``'s default, a fed ``Placeholder`` (a training flag: False),
-        or ``LogicalNot`` of one of these; computed by other ops, it counts as False."""
-        negations, seen = 0, set()
-        while predicate is not None and predicate.node not in seen:
-            seen.add(predicate.node)
+        """Whether ``predicate`` is True as Essentia runs the graph (:meth:`_held_value`);
+        a predicate whose value is not read that way is refused."""
+        value = self._held_value(predicate)
+        if value is None:
             node = self.nodes[predicate.node]
-            if node.op == "Placeholder":
-                return negations % 2 == 1
-            if node.op == "Const":
-                value = self.constant(node.name)
-                held = value is not None and value.dtype == bool and value.size == 1 and bool(value)
-                return held != (negations % 2 == 1)
-            if node.op not in ("PlaceholderWithDefault", "LogicalNot"):
-                return False
-            negations += node.op == "LogicalNot"
-            inputs = self.data_inputs(node)
-            predicate = self._forwarded(inputs[0]) if inputs else None
-        return False
+            raise GraphError(
+                f"{self.source}: a cond's predicate '{node.name}' ({node.op}) has no value "
+                "before the graph runs; jaxmir reads a cond whose predicate is a bool Const, a "
+                "PlaceholderWithDefault, a fed training flag (False), or comparisons and logic "
+                "of these")
+        return bool(value)
+
+    def _held_value(self, ref: TensorRef | None, depth: int = 0) -> bool | float | None:
+        """The scalar ``ref`` holds as Essentia runs the graph, or None where it depends on
+        anything else: a scalar ``Const``, a ``PlaceholderWithDefault``'s default, a fed bool
+        ``Placeholder`` (a training flag: False), and the logic, comparisons, casts and conds
+        of these. ``depth`` bounds the walk (a predicate is a handful of ops)."""
+        ref = self._forwarded(ref) if ref is not None else None
+        if ref is None or depth > _MAX_PREDICATE_DEPTH:
+            return None
+        if ref not in self._held_values:
+            self.budget.visit(self.source)
+            self._held_values[ref] = self._read_held_value(self.nodes[ref.node], depth)
+        return self._held_values[ref]
+
+    def _read_held_value(self, node, depth: int) -> bool | float | None:
+        if node.op == "Const":
+            if self.attr(node, "dtype") not in _NUMPY_DTYPES:
+                return None
+            value = self.constant(node.name)
+            if value is None or value.size != 1:
+                return None
+            return bool(value) if value.dtype == bool else float(value.reshape(()))
+        if node.op == "Placeholder":
+            return False if self.attr(node, "dtype") == DT_BOOL else None
+        if node.op == "Merge":  # another cond's output (its own: a cycle, refused there)
+            return self._held_value(self.inference_branch(node), depth + 1)
+        rule = _PREDICATE_OPS.get(node.op)
+        inputs = self.data_inputs(node)
+        if rule is None or len(inputs) != rule[0]:
+            return None
+        operands = [self._held_value(r, depth + 1) for r in inputs]
+        if any(value is None for value in operands):
+            return None
+        value = rule[1](*operands)
+        if node.op == "Cast" and self.attr(node, "DstT") == DT_BOOL:
+            value = bool(value)
+        return value
 
     def _switch_of(self, ref: TensorRef) -> TensorRef | None:
         """The output of the Switch above ``ref`` (its port: 0 the false branch, 1 the true
@@ -718,6 +749,22 @@ def _dtype_name(code) -> str:
 
 
 _CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+# The ops a cond's predicate is read through: how many operands each takes, and its value.
+_PREDICATE_OPS = {
+    "PlaceholderWithDefault": (1, lambda a: a),
+    "Cast": (1, lambda a: a),
+    "LogicalNot": (1, lambda a: not a),
+    "LogicalAnd": (2, lambda a, b: bool(a) and bool(b)),
+    "LogicalOr": (2, lambda a, b: bool(a) or bool(b)),
+    "Equal": (2, lambda a, b: a == b),
+    "NotEqual": (2, lambda a, b: a != b),
+    "Less": (2, lambda a, b: a < b),
+    "LessEqual": (2, lambda a, b: a <= b),
+    "Greater": (2, lambda a, b: a > b),
+    "GreaterEqual": (2, lambda a, b: a >= b),
+}
+_MAX_PREDICATE_DEPTH = 32
 
 
 def _check_regular(path: str, status: os.stat_result) -> None:
