@@ -203,7 +203,7 @@ class AudioBlocks:
             self._header_rate = _flac_header_rate(self._stream)
             # a compressed WAV's last block may hold more frames than its fact chunk counts
             self._exact_length = self._demuxer in _EXACT_LENGTHS and not _compressed(
-                self._wav_header)
+                self._wav_header) and not _compressed_aiff(self._demuxer, self._stream)
             # the wheel's 2.8 decodes each next stream of a chained Ogg Vorbis file as a fresh
             # decoder does, keeping its first samples; today's decoder carries its overlap
             # across the join (448 samples more there, and everything after it shifted)
@@ -521,6 +521,8 @@ def missing_reason(path: str) -> str:
             return "is a loop of symbolic links"
     if os.path.islink(path):
         return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    if path == "-":
+        return "no such file (standard input is /dev/stdin; `jaxmir stream` tags it as it comes)"
     return "no such file"
 
 
@@ -652,9 +654,21 @@ def _skip_samples(frame) -> tuple[int, int]:
 
 def _to_float(frame) -> np.ndarray:
     """One decoded frame as float32 ``[n, channels]``, scaled as libswresample converts to float."""
-    raw = frame.to_ndarray()
-    raw = raw.T if frame.format.is_planar else raw.reshape(-1, frame.layout.nb_channels)
-    return _to_float32(raw, frame.format.name.rstrip("p"))
+    kind, channels = frame.format.name.rstrip("p"), frame.layout.nb_channels
+    if frame.format.is_planar:
+        if kind not in _PLANE_DTYPES:
+            raise AudioError(f"decoder output format {kind!r} is not supported")
+        # a plane per channel, read one by one: PyAV's to_ndarray() reads one plane more than
+        # an 8-channel frame has (Opus 7.1), and the process dies
+        raw = np.stack([np.frombuffer(plane, _PLANE_DTYPES[kind], count=frame.samples)
+                        for plane in frame.planes[:channels]], axis=1)
+    else:
+        raw = frame.to_ndarray().reshape(-1, channels)
+    return _to_float32(raw, kind)
+
+
+_PLANE_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "flt": np.float32,
+                 "dbl": np.float64}
 
 
 # FFmpeg's sample formats _to_float32 converts (PyAV gives no s64 array: such files are refused)
@@ -703,6 +717,10 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
         return duration
     if set(fmt.split(",")) & _BARE_STREAMS:
         return None  # no header: the same guess (a 6.10-s ADTS file "declared" 6.04 s)
+    if _compressed_aiff(fmt, stream):
+        # COMM's count is frames to libsndfile and packets to Apple's ima4 (FFmpeg reads it as
+        # packets): a whole GSM file of 8 s "declared" 1280 s
+        return None
     if fmt == "flac" and stream.duration is not None:
         return int(stream.duration)  # STREAMINFO's count of samples, whatever the rate it says
     if "ogg" in fmt.split(","):
@@ -711,6 +729,12 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
         # 16.11 s"); a cut stream is told by its last page (_unfinished_ogg)
         return None
     return _ffmpeg_frames(container, stream)
+
+
+def _compressed_aiff(fmt: str, stream) -> bool:
+    """Whether an AIFF-C stream's samples are compressed (GSM, ima4, MACE: packets of many
+    frames), not PCM or G.711 (a frame in a fixed number of bytes)."""
+    return "aiff" in fmt.split(",") and not stream.codec_context.name.startswith("pcm_")
 
 
 def _flac_header_rate(stream) -> int | None:

@@ -945,6 +945,47 @@ def test_a_few_frames_missing_from_an_exact_header_is_truncation(tmp_path, subty
         decode_file(cut)
 
 
+def test_eight_planar_channels_decode(tmp_path):
+    """PyAV's to_ndarray() read a ninth plane of an 8-channel planar frame (Opus 7.1) and the
+    process died (decode_file, iter_blocks). In a child process, so that it fails here; the
+    samples against PyAV's conversion of the same frames to packed float."""
+    path = tmp_path / "7.1.opus"
+    x = (0.1 * np.random.default_rng(0).standard_normal((48000, 8)) * 32767).astype(np.int16)
+    with av.open(str(path), "w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=48000, layout="7.1", format="s16")
+        for i in range(0, len(x), 960):
+            frame = av.AudioFrame.from_ndarray(x[i:i + 960].reshape(1, -1), format="s16",
+                                               layout="7.1")
+            frame.sample_rate = 48000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    out = tmp_path / "decoded.npy"
+    subprocess.run([sys.executable, "-c", "import sys, numpy; from jaxmir.decode import "
+                    "decode_file; numpy.save(sys.argv[2], decode_file(sys.argv[1]).samples)",
+                    str(path), str(out)], env=child_env(), check=True, timeout=120)
+    packed = av.AudioResampler(format="flt", layout="7.1", rate=48000)
+    with av.open(str(path)) as container:
+        frames = [f for frame in container.decode(audio=0) for f in packed.resample(frame)]
+    reference = np.concatenate([f.to_ndarray().reshape(-1, 8) for f in frames])
+    decoded = np.load(out)
+    assert decoded.shape[1] == 8 and 0 < len(decoded) <= len(reference)
+    np.testing.assert_array_equal(decoded, reference[-len(decoded):])  # its pre-skip dropped
+
+
+def test_a_whole_compressed_aiff_is_not_truncated(tmp_path):
+    """An AIFF-C's COMM counts a GSM file's frames (libsndfile) but ima4's packets (Apple), and
+    FFmpeg reads packets: libsndfile's whole 8-s GSM file was "truncated: 8.00 s of the 1280.00
+    s", refused with --strict. Its samples are Essentia's; its count is not read."""
+    gsm = tmp_path / "gsm.aifc"
+    soundfile.write(gsm, signal(8000, 1, 0.3, seconds=8.0), 8000, format="AIFF",
+                    subtype="GSM610")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DamagedAudioWarning)
+        decoded = decode_file(gsm)
+    assert decoded.status == "ok" and len(decoded.samples) == 64000
+    jaxmir.load_audio(gsm, strict=True)
+
+
 def test_a_bogus_block_align_declares_the_samples_length(tmp_path):
     """A 16-bit mono WAV whose block_align says 1 byte declared twice its frames, and its whole
     decoding was reported as truncated to half."""
