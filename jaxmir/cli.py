@@ -101,7 +101,7 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     import jaxmir
     from jaxmir.loading import backbone_name, backbone_of, shipped_as, trained_on_file
 
-    model = jaxmir.load(name or catalog.default_name())
+    model = jaxmir.load(catalog.default_name() if name is None else name)
     if model.architecture != "head":
         if backbone:
             raise jaxmir.InputError(f"--backbone is for embedding heads; {model.name} is a "
@@ -873,7 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxmir", description="Essentia's MusiCNN, VGG and VGGish models in JAX: tag music, "
                                    "extract embeddings.",
         epilog="Compiled programs are cached in $JAXMIR_CACHE_DIR/jax (default "
-               "~/.cache/jaxmir/jax); JAXMIR_NO_CACHE=1 or --no-cache turns that off.")
+               "~/.cache/jaxmir/jax); JAXMIR_NO_CACHE=1, or a command's --no-cache, turns that "
+               "off.")
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -998,8 +999,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         words = list(sys.argv[1:] if argv is None else argv)
         ahead = words[:words.index(args.command)] if args.command in words else []  # jaxmir's
-        (parser if unknown[0] in ahead else args.command_parser).error(
-            f"unrecognized arguments: {' '.join(unknown)}")
+        command = args.command_parser
+        if unknown[0] in ahead:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        if args.command in ("tag", "embed"):  # paths after options: `tag a.wav -n 1 b.wav`
+            return argparse.Namespace(**{**vars(args), **vars(
+                command.parse_intermixed_args(words[len(ahead) + 1:]))})
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 

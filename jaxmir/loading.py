@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxmir import catalog
+from jaxmir.collection.inputs import AUDIO_EXTENSIONS
 from jaxmir.compose import check_backbone, compose
 from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGraphError
 from jaxmir.labels import check_label_text, label_list
@@ -106,6 +107,10 @@ def _load_one(source, labels=None, output=None) -> Model:
         beside = f"{graph_path}, beside it," if os.path.isfile(graph_path) else "its .pb"
         raise InputError(f"{text} is a model's metadata (Essentia's JSON), not a model: load "
                          f"{beside} instead; the JSON beside a .pb is read with it")
+    if suffix in AUDIO_EXTENSIONS and os.path.isfile(text):  # `jaxmir info song.mp3`
+        raise InputError(f"{text} is an audio file, not a model: a model is a shipped name ("
+                         f"{', '.join(catalog.names())}) or a .pb or .npz file; `jaxmir tag "
+                         "FILE` tags audio (jaxmir.load_audio reads it)")
     if not os.path.exists(text) and not text.endswith(".pb") and os.sep not in text:
         raise InputError(f"'{text}' is neither a file nor a shipped model; shipped models: "
                           + ", ".join(catalog.names()) + "; or give the path of a .pb or .npz file")

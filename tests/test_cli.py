@@ -993,3 +993,30 @@ def test_control_characters_in_file_names_are_shown_not_obeyed(capsys, tmp_path)
     status, out, err = run(capsys, "tag", str(broken))
     assert status == 1 and "\njaxmir: warning: forged" not in err, err
     assert "b\\x0ajaxmir: warning: forged.wav" in err
+
+
+def test_paths_after_options_and_names_that_are_no_model(capsys, wavs, tmp_path):
+    """`tag a.wav -n 1 b.wav` was refused ("unrecognized arguments: b.wav"); `-m ""` (an unset
+    $MODEL) ran msd-musicnn without a word; `jaxmir info song.wav` called it a damaged GraphDef;
+    `tag -` said "no such file"; a CSV refused for embeddings left its folder and lock behind."""
+    first, second = str(wavs["PCM_16"]), str(wavs["FLOAT"])
+    status, out, err = run(capsys, "tag", first, "-n", "1", second)
+    assert status == 0 and out.count("top 1 tag") == 2, err
+    status, out, err = run(capsys, "embed", first, "-o", str(tmp_path / "e"), second, "-q")
+    assert status == 0 and sorted(p.suffix for p in (tmp_path / "e").iterdir()) == \
+        [".jsonl", ".npy", ".npy"], err
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, "tag", first, "-n", "1", second, "--bogus")
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    for argv in (("tag", first, "-m", ""), ("info", "")):
+        status, out, err = run(capsys, *argv)
+        assert status == 1 and "'' is neither a file nor a shipped model" in err and not out
+    status, out, err = run(capsys, "info", first)
+    assert status == 1 and f"{first} is an audio file, not a model" in err
+    status, out, err = run(capsys, "tag", "-")
+    assert status == 1 and "-: no such file (standard input is /dev/stdin" in err
+    for argv in (("embed", first, "-o", str(tmp_path / "np1" / "sub" / "e.csv")),
+                 ("tag", first, "--per-patch", "-o", str(tmp_path / "np2" / "t.csv"))):
+        status, out, err = run(capsys, *argv)
+        assert status == 2 and "CSV holds tag means only" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".e.lock", "e"]  # the embed's

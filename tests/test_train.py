@@ -1649,3 +1649,20 @@ def test_a_stop_during_fine_tuning_waits_for_the_step_in_flight(monkeypatch):
                         tuning.FinetuneConfig(steps=10, batch_size=8))
     in_flight = stopped.tb.tb_next.tb_frame.f_locals["trainable"]  # finetune's own
     assert all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves(in_flight))
+
+
+def test_cli_refuses_empty_names_and_seeds_beyond_jax_s(tmp_path, capsys):
+    """`train-head ""` trained on the current folder (Path("") is "."), `--cache ""` used the
+    default cache, and a seed of 2**63 crashed in jax.random.PRNGKey with a traceback after every
+    embedding was computed."""
+    for argv in (["", "-o", str(tmp_path / "h")],
+                 [str(tmp_path), "-o", str(tmp_path / "h"), "--cache", ""]):
+        assert jaxmir_cli.main(["train-head", *argv]) == 2
+        assert "'' names no folder or file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        jaxmir_cli.main(["train-head", str(tmp_path), "-o", str(tmp_path / "h"), "--seed",
+                         str(2**63)])
+    assert exit_.value.code == 2 and "<= 4294967295" in capsys.readouterr().err
+    with pytest.raises(InputError, match="seed = 4294967296; expected a whole number <= "):
+        fit.TrainConfig(seed=2**32)
+    assert not list(tmp_path.iterdir())

@@ -16,7 +16,7 @@ from jaxmir import catalog
 from jaxmir.checks import is_whole
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
-from jaxmir.collection.outputs import exclusive, followed, kind_of, open_output
+from jaxmir.collection.outputs import check_csv, exclusive, followed, kind_of, open_output
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import (OVERWRITE, Layout, Result, identity, model_fields,
                                     same_outputs)
@@ -105,7 +105,7 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                          "rows per part file)")
     if actors is not None and not is_whole(actors, 1):
         raise InputError(f"actors={actors!r}: expected a whole number >= 1 (the Ray engine's "
-                         "model actors; None: one per GPU, or per CPUs the cluster has)")
+                         "model actors; None: one per GPU, or one on a cluster without GPUs)")
     if command not in ("tag", "embed"):
         raise InputError(f"unknown command {command!r}; expected 'tag' or 'embed'")
     options = (options or Options()).for_command(command)
@@ -136,6 +136,8 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
                                  per_patch=per_patch, flush_rows=flush_rows, actors=actors,
                                  processes=processes, jobs=jobs):
         warnings.warn(line, IgnoredSettingWarning, stacklevel=2)
+    if kind == "csv":  # before the lock and the output's folder are made
+        check_csv(output, layout)
     sources = [inputs.examine(p) for p in inputs.expand(paths, output, kind != "npy")]
     with exclusive(output):
         if engine == "ray" and _has_work(output, layout, sources, kind, overwrite):

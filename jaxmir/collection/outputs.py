@@ -96,6 +96,13 @@ def kind_of(output: str, command: str) -> str:
     raise OptionError(f"--output {output}: unknown kind {suffix!r}; expected {expected}")
 
 
+def check_csv(output: str | os.PathLike, layout: Layout) -> None:
+    """:class:`OptionError` unless a CSV output can hold the run's rows (tag means only)."""
+    if layout.command != "tag" or layout.per_patch:
+        raise OptionError(f"--output {output}: CSV holds tag means only; use .parquet or .jsonl "
+                          "for embeddings and --per-patch (per_patch=True in Python)")
+
+
 # -- atomic file operations ---------------------------------------------------------------------
 
 
@@ -287,10 +294,8 @@ class LinesWriter(Writer):
         self.lost = lost
         kind = kind or path.suffix.lower().lstrip(".")
         self.csv = kind == "csv"
-        if self.csv and (layout.command != "tag" or layout.per_patch):
-            raise OptionError(f"--output {path}: CSV holds tag means only; use .parquet or .jsonl "
-                              "for embeddings and --per-patch (per_patch=True in Python)")
         if self.csv:
+            check_csv(path, layout)
             layout.check_label_columns(CSV_COLUMNS, "CSV")
         self.header = CSV_COLUMNS + list(layout.labels)
         self.rows: list[dict] = []

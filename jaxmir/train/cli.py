@@ -74,7 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="Adam's (default %(default)s)")
     parser.add_argument("--batch-size", metavar="N", type=whole_number(1), default=32,
                         help="(default %(default)s)")
-    parser.add_argument("--seed", metavar="N", type=whole_number(0), default=0,
+    parser.add_argument("--seed", metavar="N", type=whole_number(0, 2**32 - 1), default=0,
                         help="(default %(default)s)")
     parser.add_argument("--cache", metavar="FOLDER", default=None, help="embedding cache folder "
                         "(default $JAXMIR_CACHE_DIR/embeddings or ~/.cache/jaxmir/embeddings)")
@@ -89,7 +89,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "1e-5 for the backbone and 1e-3 for the head, whatever "
                              "--learning-rate and --batch-size set for the head alone)")
     parser.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
-                        help="overwrite existing output files (as tag and embed; --force: the same)")
+                        help="overwrite existing output files (tag's and embed's --overwrite; "
+                             "--force is the same here)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not use the persistent compilation cache (of compiled "
@@ -167,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     smoothing = SmoothingConfig(args.label_smoothing)
     if args.smoothing_k is not None:
         smoothing = SmoothingConfig(args.label_smoothing, k=args.smoothing_k)
+    for option, value in (("DATA", args.data), ("--cache", args.cache)):
+        if value == "":  # Path("") is the current folder
+            raise OptionError(f"{option} '' names no folder or file; give one")
     cache = False if args.no_embedding_cache else (args.cache or True)
     drafts: list[Path] = []  # folders of pictures drawn before the head's files landed
     try:

@@ -50,12 +50,17 @@ class TrainConfig:
 
     def __post_init__(self):
         whole_fields(self, {"hidden": 1, "batch_size": 1, "epochs": 1, "patience": 1, "seed": 0})
+        if self.seed > MAX_SEED:  # JAX's keys take 64-bit seeds, and folds add theirs
+            raise InputError(f"TrainConfig seed = {self.seed}; expected a whole number "
+                             f"<= {MAX_SEED}")
         real_fields(self, {
             "learning_rate": (lambda rate: rate > 0, "a positive number"),
             "weight_decay": (lambda decay: decay >= 0, "a number >= 0"),
             "validation_fraction": (lambda fraction: 0 < fraction < 1,
                                     "a fraction strictly between 0 and 1")})
 
+
+MAX_SEED = 2**32 - 1
 
 Params = dict  # {"dense": {"kernel": [d, 100], "bias": [100]}, "dense_1": {...: [100, C], [C]}}
 
