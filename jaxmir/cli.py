@@ -597,6 +597,9 @@ def _stream_command(args, interrupted: dict) -> int:
     model.resolve_output(output)
     if gives_values(model) and args.top is not None and not args.all and output == "predictions":
         _warn(f"--top is ignored: {_VALUES_UNRANKED}")
+    elif args.top is not None and (args.all or output != "predictions"):
+        _warn("--top is ignored: " + ("--all gives every value" if args.all else
+                                      f"--layer {output} gives every value of the layer"))
     args.top = 5 if args.top is None else args.top
     _check_stream_options(args)
     if args.input != "-":

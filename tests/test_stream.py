@@ -1148,3 +1148,16 @@ def test_stream_command_on_a_terminal_says_what_it_waits_for():
         os.close(leader)
     assert line == ("jaxmir: warning: standard input is the terminal; pipe audio into jaxmir "
                     "stream (Ctrl-D ends)\n")
+
+
+def test_stream_command_says_when_top_is_ignored():
+    """`--all -n 3` and `--layer embeddings -n 2` gave every value without a word about -n."""
+    audio = signal_at(16000, 4.0, 1, seed=9, dtype=np.int16).astype("<i2").tobytes()
+    for flags, why in ((("--all",), "--all gives every value"),
+                       (("-l", "embeddings"), "--layer embeddings gives every value of the layer")):
+        result = cli("stream", "--rate", "16000", *flags, "-n", "3", stdin=audio)
+        assert result.returncode == 0, result.stderr.decode()
+        assert f"jaxmir: warning: --top is ignored: {why}" in result.stderr.decode()
+        assert len(lines_of(result)) == 1
+    result = cli("stream", "--rate", "16000", "--all", stdin=audio)
+    assert result.returncode == 0 and b"warning" not in result.stderr
