@@ -222,6 +222,58 @@ def test_sigterm_while_ray_starts_is_the_commands_stop():
         (run.returncode, run.stdout, run.stderr[-2000:])
 
 
+STOPS_WHILE_RAY_STARTS = """
+import os, signal, sys, time
+import ray
+from jaxmir import interrupts
+from jaxmir.collection import ray_engine
+from jaxmir.collection.compute import Options
+from jaxmir.collection.inputs import Source
+
+started = []
+
+def init(**kwargs):  # a local cluster's start, its processes running from the first moment
+    os.kill(os.getpid(), kind)
+    time.sleep(0.5)
+    started.append(kind)
+
+ray.init, ray.is_initialized = init, lambda: False
+for kind in (signal.SIGINT, signal.SIGHUP):
+    with interrupts.installed():
+        try:
+            ray_engine.connect("")
+        except (KeyboardInterrupt, interrupts.Terminated):
+            print("stopped after", started)
+
+def connect(address=None):  # JAX's callback swallowed the interrupt while Ray's modules loaded
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        pass
+
+ray_engine.connect = connect
+with interrupts.installed():
+    try:
+        ray_engine.run("msd-musicnn", None, [Source("a.wav", 1, 1)], Options(), None, None, None)
+    except KeyboardInterrupt:
+        print("run stopped")
+"""
+
+
+def test_a_stop_while_ray_starts_or_swallowed_in_it_stops_the_run():
+    """A Ctrl-C or SIGHUP broke ray.init's start of a local cluster off, with no node to shut
+    down: its agents ran on for a minute. A Ctrl-C that JAX's garbage-collection callback
+    swallowed while `import ray.data` ran was never raised again: the Ray run went through every
+    file, then exited 130 (the local engine stops)."""
+    require("ray")
+    run = subprocess.run([sys.executable, "-c", STOPS_WHILE_RAY_STARTS], capture_output=True,
+                         text=True, env=child_env(), timeout=120)
+    assert run.returncode == 0 and run.stdout.split("\n")[:3] == [
+        "stopped after [<Signals.SIGINT: 2>]",
+        "stopped after [<Signals.SIGINT: 2>, <Signals.SIGHUP: 1>]", "run stopped"], \
+        (run.returncode, run.stdout, run.stderr[-2000:])
+
+
 def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
     """Ray 2.60's clusters ask for a token by default: jaxmir said only "Failed to connect to
     Ray cluster at HOST:6379" (the cause was in Ray's log lines)."""
@@ -234,7 +286,8 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
     monkeypatch.setattr(ray, "init", refused)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(InputError, match=r"cannot connect to the Ray cluster 192.0.2.2:6379: Failed "
-                                         r".*; its host answers gRPC: give the head's own port .*not "
+                                         r".*; its host speaks HTTP/2, as gRPC does: give the "
+                                         r"head's own port .*not "
                                          r"the Ray Client's 10001.*if the cluster asks for a token "
                                          r".*RAY_AUTH_TOKEN=\.\.\. \(`ray get-auth-token`"):
         ray_engine.connect("192.0.2.2:6379")

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from jaxmir import catalog
+from jaxmir import catalog, interrupts
+from jaxmir.atomic import deferred_interrupts
 from jaxmir.collection import compute
 from jaxmir.collection.compute import Options
 from jaxmir.collection.inputs import Source
@@ -170,8 +171,11 @@ def connect(address: str | None = None):
             # Ray's note to whoever starts a cluster (that a local one uses a token) is not the
             # command's: jaxmir's lines say how the run goes
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            # a local cluster's start held whole: broken off, ray.init had no node to shut down,
+            # and its agents ran on for a minute (a remote one starts no process here)
+            with contextlib.nullcontext() if remote else deferred_interrupts():
+                ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
     except SystemExit as stop:
         # Ray's handler, in place while ray.init runs, exits with status 15 on SIGTERM, saying
         # nothing and leaving the processes it was starting: the caller's handler stops instead
@@ -182,7 +186,7 @@ def connect(address: str | None = None):
         sigterm(signal.SIGTERM, None)
         raise
     except (ConnectionError, RuntimeError, ValueError) as err:
-        hint = ("; its host answers gRPC: give the head's own port (ray start --head --port, "
+        hint = ("; its host speaks HTTP/2, as gRPC does: give the head's own port (ray start --head --port, "
                 "6379 by default; not the Ray Client's 10001, nor another node's), and if the "
                 "cluster asks for a token (token authentication, on by default in recent Ray), "
                 "give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray get-auth-token` on the head), "
@@ -425,6 +429,7 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
     if not sources:
         return
     ray = connect()
+    interrupts.raise_if_received()  # one JAX's callbacks swallowed while Ray's modules loaded
     # jaxmir's own bar and summary say how the run goes: Ray Data's bars and INFO lines would
     # interleave with them, and so would its errors' tracebacks (~30 lines before jaxmir's one
     # for a worker that died; any other error reaches jaxmir's own message below)
@@ -443,6 +448,7 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
                             warning=str(row["warning"]) or None)
             write(result)
             progress.update(result)
+            interrupts.raise_if_received()
     except died:
         raise InputError("a Ray worker died (a crash, or out of memory) while it decoded or ran one "
                          "of the files to do; the rows done are kept: run the same command again "
