@@ -1061,7 +1061,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_FAILED
     except interrupts.Terminated as stop:
         _error(stop.what + _rows_kept(args))
-        return 128 + stop.signum
+        return _STOPPED[stop.signum]
     except KeyboardInterrupt:
         _error("interrupted" + _rows_kept(args))
         return EXIT_INTERRUPTED
@@ -1120,7 +1120,11 @@ def _stuck_workers(grace_s: float = 0.5) -> bool:
 
 def _rows_kept(args: argparse.Namespace | None) -> str:
     """What a stopped collection run keeps, for its last line; nothing for other commands."""
-    return "; the rows of the files done are kept" if getattr(args, "writes_rows", False) else ""
+    if not getattr(args, "writes_rows", False):
+        return ""
+    if not os.path.lexists(args.output):  # stopped before it was made
+        return "; no output was written"
+    return "; the rows of the files done are kept"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1020,3 +1020,15 @@ def test_paths_after_options_and_names_that_are_no_model(capsys, wavs, tmp_path)
         status, out, err = run(capsys, *argv)
         assert status == 2 and "CSV holds tag means only" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [".e.lock", "e"]  # the embed's
+
+
+def test_a_stop_before_the_output_was_made_says_so(tmp_path):
+    """A collection run stopped while it started said "the rows of the files done are kept" of an
+    output that did not exist."""
+    import argparse
+
+    args = argparse.Namespace(writes_rows=True, output=str(tmp_path / "tags.parquet"))
+    assert cli._rows_kept(args) == "; no output was written"
+    (tmp_path / "tags.parquet").mkdir()
+    assert cli._rows_kept(args) == "; the rows of the files done are kept"
+    assert cli._rows_kept(argparse.Namespace(output="x")) == ""
