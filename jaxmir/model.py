@@ -158,6 +158,14 @@ class Model:
         its weights in the package), else :attr:`source`."""
         return (catalog.name_of(self.source) if self.source else None) or self.source
 
+    @property
+    def dtype(self) -> str:
+        """``"bfloat16"`` when the variables are stored in bfloat16 (:meth:`astype`), else
+        ``"float32"``."""
+        return "bfloat16" if any(leaf.dtype == jnp.bfloat16
+                                 for leaf in jax.tree_util.tree_leaves(self.variables)) \
+            else "float32"
+
     def output_width(self) -> int:
         """Values per patch of the model's output (``output_name``): 50 tags, 2 classes..."""
         return self.spec.output_width

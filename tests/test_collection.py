@@ -542,6 +542,11 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
     assert list(pandas.read_csv(out)["model"]) == ["msd-musicnn"] * 2
     with pytest.raises(InputError, match="model: 'msd-musicnn' there, 'msd-vgg' now"):
         run(name="msd-vgg")
+    # rows written without settings were the defaults': other settings appended to them silently
+    for kw, difference in (({"options": Options(patch_hop=40)}, "patch_hop: 93 there, 40 now"),
+                           ({"options": Options(dtype="bfloat16")}, "dtype: 'float32' there")):
+        with pytest.raises(InputError, match=re.escape(difference)):
+            run("../jazz/a.wav", **kw)
     with pytest.raises(InputError, match=r"CSV holds tag means only; .* --per-patch "
                                          r"\(per_patch=True in Python\)"):  # named the option only
         collect(model, [str(music)], str(tmp_path / "p.csv"), per_patch=True, progress=False)
@@ -2245,3 +2250,53 @@ def test_a_run_s_figures_stop_with_the_run(model, tmp_path):
     before = (tally.summary(), tally.wall_s, tally.realtime)
     time.sleep(0.3)
     assert (tally.summary(), tally.wall_s, tally.realtime) == before
+
+
+def test_what_a_run_computes_with_is_in_its_identity(model, music, tmp_path):
+    """Rows mixed silently: a graph's output node chosen by output= (or its JSON) was not
+    recorded (probabilities and logits in one table); a bfloat16 Model under the default
+    Options was cast back to float32 and recorded as float32's, its values still rounded; a JSONL
+    written without settings took rows of any settings."""
+    graph = str(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"))
+    clip = str(music / "rock" / "a.wav")
+    out = tmp_path / "tags.parquet"
+    collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
+    logits = jaxmir.load(graph, output="model/dense_2/BiasAdd")
+    with pytest.raises(InputError, match=r"output_node: None there, 'model/dense_2/BiasAdd' now"):
+        collect(logits, [clip, str(music / "rock" / "b.flac")], str(out), name=graph, jobs=0,
+                progress=False)
+    with pytest.raises(InputError, match=r"the model's variables are bfloat16 .*"
+                                         r"Options\(dtype='bfloat16'\)"):
+        collect(model.astype("bfloat16"), [clip], str(tmp_path / "b.parquet"), jobs=0,
+                progress=False)
+    assert not (tmp_path / "b.parquet").exists()
+    lines = tmp_path / "tags.jsonl"
+    collect(model, [clip], str(lines), name="msd-musicnn", jobs=0, progress=False)
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    lines.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "settings"}) + "\n"
+                             for row in rows))  # as written before settings were recorded
+    with pytest.raises(InputError, match=r"patch_hop: 93 there, 50 now"):
+        collect(model, [clip, str(music / "rock" / "b.flac")], str(lines), name="msd-musicnn",
+                options=Options(patch_hop=50), jobs=0, progress=False)
+    assert collect(model, [clip, str(music / "rock" / "b.flac")], str(lines), name="msd-musicnn",
+                   jobs=0, progress=False).ok == 1
+    text = lines.read_text()  # each line parsed alone: its errors said "line 1" of any line
+    for edited, what in ((text + "{oops\n", "line 3 is not JSON (Expecting property name"),
+                         (text.replace("\n", "\n\n", 1), "line 2 is blank")):
+        lines.write_text(edited)
+        with pytest.raises(InputError, match=re.escape(what)):
+            collect(model, [clip], str(lines), name="msd-musicnn", jobs=0, progress=False)
+
+
+def test_a_parquet_part_whose_columns_were_edited_is_refused(model, music, tmp_path):
+    """A label column dropped from a part with pyarrow (its metadata kept): "nothing to do", and
+    the table read its rows' scores as nulls."""
+    pq = require("pyarrow.parquet")
+    clip = str(music / "rock" / "a.wav")
+    out = tmp_path / "tags.parquet"
+    collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    part = max(out.iterdir())
+    table = pq.read_table(part)
+    pq.write_table(table.drop(["rock"]).replace_schema_metadata(table.schema.metadata), part)
+    with pytest.raises(InputError, match=rf"{part.name}: no column 'rock' \(edited since"):
+        collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)

@@ -85,7 +85,13 @@ class Options:
         return dataclasses.replace(self, output=default)
 
     def cast(self, model: Model) -> Model:
-        """``model`` in ``dtype`` (the model itself when it is already)."""
+        """``model`` in ``dtype`` (the model itself when it is already). A bfloat16 model is not
+        made float32: its rounded values would be recorded as float32's."""
+        if model.dtype == "bfloat16" and self.dtype != "bfloat16":
+            raise InputError(f"the model's variables are bfloat16 (Model.astype), and "
+                             f"Options(dtype={self.dtype!r}) would record its rows as "
+                             f"{self.dtype}'s; pass Options(dtype='bfloat16'), or the {self.dtype} "
+                             "model")
         return model.astype(self.dtype)
 
 

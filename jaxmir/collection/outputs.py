@@ -52,7 +52,7 @@ from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, file_key, npy_names
 from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, ERROR, OVERWRITE, Layout,
                                    Result, as_text, base, embedding_mean, from_text, patches,
-                                   summary, tag_means)
+                                   settings_before_recorded, summary, tag_means)
 from jaxmir.errors import InputError, OptionError
 
 INDEX = "index.jsonl"
@@ -347,8 +347,9 @@ class LinesWriter(Writer):
             rows.append(dict(zip(header, values)))
         if not rows:  # nothing to check or keep: the header is written again
             return []
-        found = {"model": rows[0]["model"]} if before else json.loads(rows[0]["settings"])
-        expected = {"model": self.layout.model} if before else self._settings()
+        expected = self._settings()
+        found = settings_before_recorded(expected, rows[0]["model"]) if before \
+            else json.loads(rows[0]["settings"])
         found["labels"], expected["labels"] = header[len(columns):], list(self.layout.labels)
         resume.check_identity(str(self.path), found, expected, self.layout.same_outputs)
         if before:
@@ -361,16 +362,21 @@ class LinesWriter(Writer):
     def _jsonl_entries(self, data: bytes, current: Mapping[str, Source]) -> list[tuple[bytes, dict]]:
         """The JSONL's rows, each with its line; checks the identity they record."""
         lines = data.splitlines(keepends=True)
-        rows = [json.loads(line) for line in lines]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:  # its own "line 1": each line is parsed alone
+                raise ValueError(f"line {number} is not JSON ({getattr(err, 'msg', err)})"
+                                 if line.strip() else f"line {number} is blank") from None
         if not all(isinstance(row, dict) for row in rows):
             raise ValueError("a line is not a JSON object")
         for row, path in zip(rows, resume.real_paths([row["path"] for row in rows], current)):
             row["path"] = path
         if rows:
             expected = self._settings()
-            found = dict(rows[0].get("settings") or {"model": rows[0].get("model")})
-            if "settings" not in rows[0]:  # written without them: the model is what can be checked
-                expected = {"model": expected["model"]}
+            found = dict(rows[0]["settings"]) if "settings" in rows[0] else \
+                settings_before_recorded(expected, rows[0].get("model"))
             tagged = [row["tags"] for row in rows if row.get("tags")]
             if self.layout.command == "tag" and tagged:
                 found["labels"], expected["labels"] = list(tagged[0]), list(self.layout.labels)
@@ -699,6 +705,7 @@ class ParquetWriter(Writer):
             resume.check_identity(str(self.path), identity,
                                   {**self.layout.identity, "per_patch": self.layout.per_patch},
                                   self.layout.same_outputs)
+            _check_columns(part, found, self.schema)
             try:  # what a row's state is, not its arrays (a collection's whole per-patch table)
                 table = pq.read_table(part, columns=list(_STATE_COLUMNS))
             except Exception as err:  # noqa: BLE001
@@ -745,6 +752,22 @@ class ParquetWriter(Writer):
         self.next_part += 1
         self.buffer = []
         self.last_flush = time.monotonic()
+
+
+def _check_columns(part: Path, found, expected) -> None:
+    """:class:`InputError` unless the part's columns are the run's, of its types: a column
+    dropped or added by a user's edit was read as nulls, or vanished, from the whole table."""
+    theirs = {field.name: field.type for field in found}
+    ours = {field.name: field.type for field in expected}
+    differences = [f"no column {name!r}" for name in ours if name not in theirs] + \
+        [f"a column {name!r} it should not hold" for name in theirs if name not in ours] + \
+        [f"column {name!r} of type {theirs[name]}, not {kind}" for name, kind in ours.items()
+         if name in theirs and theirs[name] != kind]
+    if differences:
+        raise InputError(f"{part}: {', '.join(differences[:3])}"
+                         f"{' and more' if len(differences) > 3 else ''} (edited since jaxmir "
+                         f"wrote it?); move it away to do its files again, or {OVERWRITE} to "
+                         "start over")
 
 
 def open_output(output: str, layout: Layout, sources: list[Source], overwrite: bool = False,

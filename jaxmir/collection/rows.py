@@ -61,6 +61,10 @@ DONE = (OK, DAMAGED)  # statuses a resumed run does not redo
 # Identity fields added after the first outputs were written, recorded only when they are not
 # these defaults: older outputs then still match a run with the defaults.
 UNRECORDED_DEFAULTS = {"dtype": "float32", "decoder": "essentia"}
+# What a CSV or JSONL output written before jaxmir recorded its settings was written with: the
+# defaults (Essentia's hop of 93 frames for every model). A run with others may not append to it.
+SETTINGS_BEFORE_RECORDED = {"patch_hop": 93, "last_patch": "discard", "pad": None,
+                            "resampler": "essentia"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +228,15 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
     return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
 
 
+def settings_before_recorded(settings: dict, model: str) -> dict:
+    """The settings an output written without them (by ``model``) holds, for a run whose own
+    are ``settings``: the defaults of the time; what the output cannot tell (the model file's
+    digest, the command, which its kind implies) taken from the run's."""
+    known = {k: settings[k] for k in ("model_sha256", "command", "average") if k in settings}
+    default = "predictions" if settings.get("command") == "tag" else "embeddings"
+    return {**known, "model": model, "output": default, **SETTINGS_BEFORE_RECORDED}
+
+
 def same_outputs(model, output: str) -> frozenset[str]:
     """Every name ``model`` gives ``output``'s values (``embeddings`` and
     ``model/dense/BiasAdd`` in MusiCNN: an alias and the graph's nodes of one tap)."""
@@ -235,6 +248,7 @@ def identity(model_names: dict, model, command: str, options: Options) -> dict:
     """What must match for two runs to share an output (see :class:`rows.Layout`);
     ``model_names``: :func:`model_fields`."""
     from jaxmir import pipeline
+    from jaxmir.tfgraph.convert import OUTPUT_CANDIDATES
 
     frontend = pipeline.frontend_of(model)
     hop = frontend.patch_hop if options.patch_hop is None else options.patch_hop
@@ -245,6 +259,10 @@ def identity(model_names: dict, model, command: str, options: Options) -> dict:
     for name, value in (("dtype", options.dtype), ("decoder", options.decoder)):
         if value != UNRECORDED_DEFAULTS[name]:
             fields[name] = value
+    # a graph's unusual output node (output=, or its JSON's): the usual ones go unrecorded, as
+    # outputs written before held them
+    if model.spec.output_name not in OUTPUT_CANDIDATES:
+        fields["output_node"] = model.spec.output_name
     if command == "tag":
         fields["labels"] = list(model.labels)
     return fields
