@@ -21,6 +21,13 @@ from conftest import child_env, compiled_programs, require, shared_fixture
 TOL = 1e-6
 
 
+def reordered(expected: np.ndarray) -> float:
+    """The bound on float32 sums of the same products in another order: a few ulps of the
+    largest value (1e-7 flat was under two ulps of values above 0.6: 2 of 30 seeds failed it,
+    6 with other kernels' order)."""
+    return float(4 * np.spacing(np.float32(np.abs(expected).max())))
+
+
 @pytest.fixture(scope="module")
 def music():
     """3 s of the fixture WAV, mono float32 at 44.1 kHz."""
@@ -155,7 +162,7 @@ def test_streaming_equals_one_shot(music, rate, min_outputs):
     else:
         # the float32 polyphase kernel's rows start where each call starts: the same products
         # summed in another order (measured 4.5e-8, a float32 ulp of the largest samples)
-        assert np.max(np.abs(got - expected)) <= 1e-7
+        assert np.max(np.abs(got - expected)) <= reordered(expected)
     samplerate = require("samplerate")
     reference = samplerate.resample(x, essentia_ratio(rate, 16000), "sinc_medium")
     assert np.max(np.abs(got - reference)) <= TOL
@@ -194,7 +201,8 @@ def test_small_pushes_wait_for_a_step_of_outputs(music, rate, monkeypatch):
         if rs.accelerated(rate, 16000):
             np.testing.assert_array_equal(got, expected)
         else:  # the float32 polyphase kernel's rows start where its runs do (see above)
-            assert got.shape == expected.shape and np.max(np.abs(got - expected)) <= 1e-7
+            assert got.shape == expected.shape
+            assert np.max(np.abs(got - expected)) <= reordered(expected)
     pushes = -(-x.shape[0] // 1024)                  # 33 (11.025 kHz) to 130 (44.1 kHz)
     assert len(runs) <= expected.shape[0] // convert.MIN_OUTPUTS + 2 < pushes
     assert np.max(held - prompt) <= convert.MIN_OUTPUTS + 1024 * 16000 / rate
@@ -405,7 +413,8 @@ def test_a_pushed_buffer_may_be_reused(rate):
     got = np.concatenate([*pieces, stream.close()])
     expected = resample(x, rate, 16000)
     assert got.shape == expected.shape
-    assert np.max(np.abs(got - expected)) <= 1e-7  # bit for bit at 44.1 kHz; float32 order else
+    # bit for bit at 44.1 kHz; float32 order else
+    assert np.max(np.abs(got - expected)) <= reordered(expected)
 
 
 def test_bad_input():
