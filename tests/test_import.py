@@ -97,7 +97,7 @@ folder = sys.argv[1]
 features = np.random.default_rng(1).standard_normal((5, 200)).astype(np.float32)
 np.save(folder + "/in.npy", features)
 for case in sys.argv[2:]:
-    if case == "v2":
+    if case.startswith("v2"):
         tf.compat.v1.enable_control_flow_v2()
     else:  # tf.cond as Switch and Merge, as frozen graphs hold it
         tf.compat.v1.disable_control_flow_v2()
@@ -113,6 +113,22 @@ for case in sys.argv[2:]:
         elif case == "computed":
             held = tf.logical_and(tf.equal(mode, 2), tf.greater(tf.cast(mode, tf.float32), 1.5))
             hidden = tf.compat.v1.cond(held, dense("a"), dense("b"))
+        elif case == "cast_and_big":  # 2.7 cast to int32 is 2, 2**53 + 1 is not 2**53: True
+            rate = tf.compat.v1.placeholder_with_default(tf.constant(2.7, tf.float64), [])
+            big = tf.compat.v1.placeholder_with_default(tf.constant(2**53 + 1, tf.int64), [])
+            held = tf.logical_and(tf.equal(tf.cast(rate, tf.int32), 2),
+                                  tf.logical_not(tf.equal(big, 2**53)))
+            held = tf.identity_n([tf.logical_not(held), held])[1]  # its second input
+            hidden = tf.compat.v1.cond(held, dense("a"), dense("b"))
+        elif case == "chain":  # each cond's predicate the cond before's output
+            held = flag
+            for _ in range(100):
+                held = tf.compat.v1.cond(held, lambda: tf.constant(False),
+                                         lambda: tf.constant(True))
+            hidden = tf.compat.v1.cond(held, dense("a"), dense("b"))
+        elif case == "v2_aside":  # a cond the output does not read, an op jaxmir does not know
+            tf.compat.v1.cond(flag, lambda: x, lambda: 2 * x)
+            hidden = tf.nn.selu(builder.dense(x, "a", 100))
         elif case == "on_the_input":
             hidden = tf.compat.v1.cond(tf.reduce_sum(x) > 0, dense("a"), dense("b"))
         elif case == "loop":
@@ -138,25 +154,31 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
     cycle (a RecursionError of 2,973 lines). TensorFlow 2's cond (StatelessIf) is named in the
     refusal."""
     require("tensorflow")
-    cases = ("not_false", "computed", "nested", "on_the_input", "loop", "v2")
+    cases = ("not_false", "computed", "cast_and_big", "nested", "chain", "on_the_input", "loop",
+             "v2", "v2_aside")
     subprocess.run([sys.executable, "-c", CONDS_IN_A_HEAD, str(tmp_path), *cases], cwd=ROOT,
                    env=child_env(), check=True, capture_output=True, timeout=300)
     paths = {case: str(tmp_path / f"{case}.pb") for case in cases}
-    for case in ("not_false", "computed"):
+    for case in ("not_false", "computed", "cast_and_big"):
         head = jaxmir.load(paths[case], output="model/Softmax")
         got = head.apply(np.load(tmp_path / "in.npy"), ["model/Softmax"])["model/Softmax"]
         assert_parity("model/Softmax", np.load(paths[case] + ".npy"), got, True)
     with pytest.raises(GraphError,
                        match="chosen by several predicates, 'model/flag', 'model/inner' held True"):
         jaxmir.load(paths["nested"], output="model/Softmax")
-    with pytest.raises(GraphError, match="predicate 'model/Greater' .Greater. has no value before "
-                       "the graph runs"):
+    with pytest.raises(GraphError, match="predicate 'model/Greater' .Greater. is not one jaxmir "
+                       "evaluates before the graph runs"):
         jaxmir.load(paths["on_the_input"], output="model/Softmax")
+    with pytest.raises(GraphError, match="predicate 'model/cond_.*/Merge' .Merge. is not one"):
+        jaxmir.load(paths["chain"], output="model/Softmax")  # was a RecursionError at 200
     with pytest.raises(GraphError, match="a tf.while_loop's; jaxmir reads no loops"):
         jaxmir.load(paths["loop"], output="model/Softmax")  # was its Enter input: no iteration
     with pytest.raises(UnsupportedGraphError, match="TensorFlow 2 control flow, StatelessIf at "
                        "'model/cond'.*disable_control_flow_v2"):
         jaxmir.load(paths["v2"], output="model/Softmax")
+    with pytest.raises(UnsupportedGraphError, match="Selu") as refused:
+        jaxmir.load(paths["v2_aside"], output="model/Softmax")
+    assert "control flow" not in str(refused.value)  # its hint would not help
     graph = Graph.from_file(paths["not_false"])
     graph.node("model/cond/pred_id").input[:] = ["model/cond/Merge"]
     looped = tmp_path / "looped.pb"

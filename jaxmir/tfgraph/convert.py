@@ -19,7 +19,7 @@ from jaxmir.models.musicnn import musicnn_variables
 from jaxmir.models.vgg import convnet_variables, pool_aliases
 from jaxmir.spec import (INPUT_TAP, Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool, ModelSpec,
                          dense_indices, head_width)
-from jaxmir.tfgraph.graphdef import DT_FLOAT, FORWARDING, Graph
+from jaxmir.tfgraph.graphdef import DT_FLOAT, FORWARDING, Graph, TensorRef
 from jaxmir.tfgraph.walk import (ConvLayer, InferencePath, conv_chain_shapes, input_shape,
                                  topological_order)
 
@@ -39,14 +39,36 @@ def import_graph(graph: Graph, output: str | None = None) -> ModelSpec:
     try:
         return _import_graph(graph, output)
     except UnsupportedGraphError as err:
-        control_flow = next((node for node in graph.nodes.values()
-                             if node.op in FUNCTIONAL_CONTROL_FLOW), None)
+        control_flow = _control_flow_above(graph, output)
         if control_flow is None:
             raise
         raise UnsupportedGraphError(
             f"{err} (the graph holds TensorFlow 2 control flow, {control_flow.op} at "
             f"'{control_flow.name}', whose branches jaxmir does not read: freeze it with "
             "tf.compat.v1.disable_control_flow_v2() or without the cond)") from err
+
+
+def _control_flow_above(graph: Graph, output: str | None):
+    """The first TensorFlow 2 control-flow node the output depends on (any in the graph when
+    the output is not known), or None."""
+    if output is None:
+        try:
+            output = _find_output(graph)
+        except UnsupportedGraphError:
+            return next((node for node in graph.nodes.values()
+                         if node.op in FUNCTIONAL_CONTROL_FLOW), None)
+    stack, seen = [TensorRef.parse(output).node], set()
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in graph.nodes:
+            continue
+        seen.add(name)
+        graph.budget.visit(graph.source)
+        node = graph.nodes[name]
+        if node.op in FUNCTIONAL_CONTROL_FLOW:
+            return node
+        stack.extend(ref.node for ref in graph.data_inputs(node))
+    return None
 
 
 def _import_graph(graph: Graph, output: str | None) -> ModelSpec:

@@ -381,7 +381,8 @@ class Graph:
         self._switches: dict[str, TensorRef | None] = {}  # node -> a Switch output above it
         # the predicates held True that made a cond take its true branch (see inference_branch)
         self.true_predicates: set[str] = set()
-        self._held_values: dict[TensorRef, bool | float | None] = {}  # see _held_value
+        self._held_values: dict[TensorRef, np.generic | None] = {}  # see _held_value
+        self._predicate_depth = 0
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -556,7 +557,7 @@ class Graph:
                 if not following:
                     raise GraphError(f"{self.source}: {node.op} '{node.name}' has no data input "
                                      "to pass through")
-                following = following[0]
+                following = self._forwarded_input(node, ref, following)
             elif node.op == "Merge" and ref.index == 0:
                 following = self.inference_branch(node)
             else:
@@ -628,8 +629,18 @@ class Graph:
             following = self.data_inputs(self.nodes[ref.node])
             if not following:
                 return None
-            ref = following[0]
+            ref = self._forwarded_input(self.nodes[ref.node], ref, following)
         return ref
+
+    def _forwarded_input(self, node, ref: TensorRef, inputs: list[TensorRef]) -> TensorRef:
+        """The input a pass-through op or Switch forwards as ``ref``: ``IdentityN``'s k-th
+        output is its k-th input; the others forward their first."""
+        if node.op != "IdentityN":
+            return inputs[0]
+        if ref.index >= len(inputs):
+            raise GraphError(f"{self.source}: IdentityN '{node.name}' has {len(inputs)} "
+                             f"input(s); no output {ref.index}")
+        return inputs[ref.index]
 
     def _held_true(self, predicate: TensorRef) -> bool:
         """Whether ``predicate`` is True as Essentia runs the graph (:meth:`_held_value`);
@@ -638,48 +649,58 @@ class Graph:
         if value is None:
             node = self.nodes[predicate.node]
             raise GraphError(
-                f"{self.source}: a cond's predicate '{node.name}' ({node.op}) has no value "
-                "before the graph runs; jaxmir reads a cond whose predicate is a bool Const, a "
-                "PlaceholderWithDefault, a fed training flag (False), or comparisons and logic "
-                "of these")
+                f"{self.source}: a cond's predicate '{node.name}' ({node.op}) is not one "
+                "jaxmir evaluates before the graph runs: it reads bool and number Consts, "
+                "PlaceholderWithDefault defaults, the fed training flag (False), and "
+                "comparisons, logic, casts and reshapes of these (not the input's values, nor "
+                "strings)")
         return bool(value)
 
-    def _held_value(self, ref: TensorRef | None, depth: int = 0) -> bool | float | None:
-        """The scalar ``ref`` holds as Essentia runs the graph, or None where it depends on
-        anything else: a scalar ``Const``, a ``PlaceholderWithDefault``'s default, a fed bool
-        ``Placeholder`` (a training flag: False), and the logic, comparisons, casts and conds
-        of these. ``depth`` bounds the walk (a predicate is a handful of ops)."""
+    def _held_value(self, ref: TensorRef | None) -> np.generic | None:
+        """The scalar ``ref`` holds as Essentia runs the graph (a NumPy scalar of its dtype),
+        or None where it depends on anything else: a scalar ``Const``, a
+        ``PlaceholderWithDefault``'s default, a fed bool ``Placeholder`` (a training flag:
+        False), and the logic, comparisons, casts, reshapes and conds of these. The walk's
+        depth, conds' predicates within predicates included, is bounded (a predicate is a
+        handful of ops): deeper is None."""
         ref = self._forwarded(ref) if ref is not None else None
-        if ref is None or depth > _MAX_PREDICATE_DEPTH:
+        if ref is None:
             return None
         if ref not in self._held_values:
+            if self._predicate_depth >= _MAX_PREDICATE_DEPTH:
+                return None
             self.budget.visit(self.source)
-            self._held_values[ref] = self._read_held_value(self.nodes[ref.node], depth)
+            self._predicate_depth += 1
+            try:
+                self._held_values[ref] = self._read_held_value(self.nodes[ref.node], ref)
+            finally:
+                self._predicate_depth -= 1
         return self._held_values[ref]
 
-    def _read_held_value(self, node, depth: int) -> bool | float | None:
+    def _read_held_value(self, node, ref: TensorRef) -> np.generic | None:
         if node.op == "Const":
             if self.attr(node, "dtype") not in _NUMPY_DTYPES:
-                return None
+                return None  # strings among them
             value = self.constant(node.name)
-            if value is None or value.size != 1:
-                return None
-            return bool(value) if value.dtype == bool else float(value.reshape(()))
+            return value.reshape(())[()] if value is not None and value.size == 1 else None
         if node.op == "Placeholder":
-            return False if self.attr(node, "dtype") == DT_BOOL else None
-        if node.op == "Merge":  # another cond's output (its own: a cycle, refused there)
-            return self._held_value(self.inference_branch(node), depth + 1)
-        rule = _PREDICATE_OPS.get(node.op)
+            return np.bool_(False) if self.attr(node, "dtype") == DT_BOOL else None
         inputs = self.data_inputs(node)
+        if node.op == "Merge":  # another cond's output (its own: a cycle, refused there)
+            return self._held_value(self.inference_branch(node)) if ref.index == 0 else None
+        if node.op in ("PlaceholderWithDefault", "Reshape", "Squeeze", "ExpandDims"):  # its input
+            return self._held_value(inputs[0]) if inputs else None
+        rule = _PREDICATE_OPS.get(node.op)
         if rule is None or len(inputs) != rule[0]:
             return None
-        operands = [self._held_value(r, depth + 1) for r in inputs]
+        operands = [self._held_value(r) for r in inputs]
         if any(value is None for value in operands):
             return None
-        value = rule[1](*operands)
-        if node.op == "Cast" and self.attr(node, "DstT") == DT_BOOL:
-            value = bool(value)
-        return value
+        if node.op == "Cast":
+            target = _NUMPY_DTYPES.get(self.attr(node, "DstT"))
+            return None if target is None else np.asarray(operands[0]).astype(target)[()]
+        with np.errstate(all="ignore"):
+            return np.bool_(rule[1](*operands))
 
     def _switch_of(self, ref: TensorRef) -> TensorRef | None:
         """The output of the Switch above ``ref`` (its port: 0 the false branch, 1 the true
@@ -752,8 +773,7 @@ _CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
 # The ops a cond's predicate is read through: how many operands each takes, and its value.
 _PREDICATE_OPS = {
-    "PlaceholderWithDefault": (1, lambda a: a),
-    "Cast": (1, lambda a: a),
+    "Cast": (1, None),  # to its DstT
     "LogicalNot": (1, lambda a: not a),
     "LogicalAnd": (2, lambda a, b: bool(a) and bool(b)),
     "LogicalOr": (2, lambda a, b: bool(a) or bool(b)),
@@ -764,7 +784,7 @@ _PREDICATE_OPS = {
     "Greater": (2, lambda a, b: a > b),
     "GreaterEqual": (2, lambda a, b: a >= b),
 }
-_MAX_PREDICATE_DEPTH = 32
+_MAX_PREDICATE_DEPTH = 64
 
 
 def _check_regular(path: str, status: os.stat_result) -> None:
