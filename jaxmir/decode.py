@@ -158,6 +158,7 @@ class AudioBlocks:
         self._stops_early = False
         self._foreign_pages = 0
         self._missing_bytes = 0  # of a WAV's data chunk, beyond the file's end
+        self._sound_shortfall: tuple[int, int] | None = None  # a compressed AIFF-C's SSND chunk
         self._header_rate: int | None = None  # a FLAC STREAMINFO's rate where its frames differ
         self._unfinished_ogg: str | None = None  # how an Ogg file's last page falls short
         self._mp3 = Mp3Start()
@@ -204,6 +205,8 @@ class AudioBlocks:
             # a compressed WAV's last block may hold more frames than its fact chunk counts
             self._exact_length = self._demuxer in _EXACT_LENGTHS and not _compressed(
                 self._wav_header) and not _compressed_aiff(self._demuxer, self._stream)
+            if _compressed_aiff(self._demuxer, self._stream) and os.path.isfile(self.path):
+                self._sound_shortfall = _sound_data_shortfall(self.path)
             # the wheel's 2.8 decodes each next stream of a chained Ogg Vorbis file as a fresh
             # decoder does, keeping its first samples; today's decoder carries its overlap
             # across the join (448 samples more there, and everything after it shifted)
@@ -471,6 +474,11 @@ class AudioBlocks:
         if self._unfinished_ogg is not None:
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
                                  f"its Ogg stream {self._unfinished_ogg}")
+        if self._sound_shortfall is not None:  # a compressed AIFF-C's count is not read
+            missing, declared = self._sound_shortfall
+            return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
+                                 f"its SSND chunk lacks {missing} of the {declared} bytes it "
+                                 "declares")
         if self._missing_bytes:  # a compressed WAV without a fact chunk counts its data in bytes
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
                                  f"its data chunk lacks {self._missing_bytes} of the "
@@ -521,7 +529,7 @@ def missing_reason(path: str) -> str:
             return "is a loop of symbolic links"
     if os.path.islink(path):
         return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
-    if path == "-":
+    if os.path.basename(path) == "-":  # a collection makes it absolute
         return "no such file (standard input is /dev/stdin; `jaxmir stream` tags it as it comes)"
     return "no such file"
 
@@ -729,6 +737,33 @@ def _declared_frames(container, stream, wav_header: WavHeader | None,
         # 16.11 s"); a cut stream is told by its last page (_unfinished_ogg)
         return None
     return _ffmpeg_frames(container, stream)
+
+
+_AIFF_CHUNKS = 64  # chunks an AIFF file's header is searched through for its SSND chunk
+
+
+def _sound_data_shortfall(path: str) -> tuple[int, int] | None:
+    """``(bytes missing, bytes declared)`` of an AIFF file's SSND chunk where it runs past the
+    file's end, or None (whole, or no such chunk among the first :data:`_AIFF_CHUNKS`)."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if file.read(12)[8:12] not in (b"AIFF", b"AIFC"):
+                return None
+            offset = 12
+            for _ in range(_AIFF_CHUNKS):
+                file.seek(offset)
+                head = file.read(8)
+                if len(head) < 8:
+                    return None
+                length = int.from_bytes(head[4:], "big")
+                if head[:4] == b"SSND":
+                    missing = offset + 8 + length - size
+                    return (missing, length - 8) if missing > 0 else None  # less its 2 fields
+                offset += 8 + length + (length & 1)
+    except OSError:
+        return None
+    return None
 
 
 def _compressed_aiff(fmt: str, stream) -> bool:

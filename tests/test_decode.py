@@ -984,6 +984,11 @@ def test_a_whole_compressed_aiff_is_not_truncated(tmp_path):
         decoded = decode_file(gsm)
     assert decoded.status == "ok" and len(decoded.samples) == 64000
     jaxmir.load_audio(gsm, strict=True)
+    cut = tmp_path / "cut.aifc"  # its last 200 of 400 blocks of 33 bytes gone: the SSND chunk tells
+    cut.write_bytes(gsm.read_bytes()[:-6600])
+    with pytest.warns(DamagedAudioWarning, match=r"cut\.aifc: truncated audio: decoded 4\.00 s; "
+                                                  r"its SSND chunk lacks 6600 of the 13200 bytes"):
+        assert decode_file(cut).status == "truncated"
 
 
 def test_a_bogus_block_align_declares_the_samples_length(tmp_path):
