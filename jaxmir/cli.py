@@ -101,6 +101,9 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     import jaxmir
     from jaxmir.loading import backbone_name, backbone_of, shipped_as, trained_on_file
 
+    if backbone == "":  # an unset $BACKBONE: it was ignored, or the head's own taken
+        raise jaxmir.InputError("--backbone '' names no model; give a shipped name or the path "
+                                "of a .pb or .npz file")
     model = jaxmir.load(catalog.default_name() if name is None else name)
     if model.architecture != "head":
         if backbone:

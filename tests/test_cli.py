@@ -1011,6 +1011,13 @@ def test_paths_after_options_and_names_that_are_no_model(capsys, wavs, tmp_path)
     for argv in (("tag", first, "-m", ""), ("info", "")):
         status, out, err = run(capsys, *argv)
         assert status == 1 and "'' is neither a file nor a shipped model" in err and not out
+    for argv in (("tag", first, "-b", ""), ("info", "msd-musicnn", "-b", "")):  # was ignored
+        status, out, err = run(capsys, *argv)
+        assert status == 1 and "--backbone '' names no model" in err and not out
+    status, out, err = run(capsys, "embed", "-", "-o", str(tmp_path / "dash.jsonl"))
+    assert status == 1 and "-: no such file (standard input is /dev/stdin" in err
+    for made in ("dash.jsonl", ".dash.jsonl.lock"):
+        (tmp_path / made).unlink()
     status, out, err = run(capsys, "info", first)
     assert status == 1 and f"{first} is an audio file, not a model" in err
     status, out, err = run(capsys, "tag", "-")

@@ -1666,3 +1666,7 @@ def test_cli_refuses_empty_names_and_seeds_beyond_jax_s(tmp_path, capsys):
     with pytest.raises(InputError, match="seed = 4294967296; expected a whole number <= "):
         fit.TrainConfig(seed=2**32)
     assert not list(tmp_path.iterdir())
+    tracks, targets = blobs(n_per_class=4)  # each fold's seed is the next: past the last, 0
+    result = fit.cross_validate(tracks, targets, "single", ABC, 2,
+                                fit.TrainConfig(epochs=1, seed=fit.MAX_SEED))
+    assert len(result.folds) == 2

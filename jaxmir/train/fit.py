@@ -450,7 +450,7 @@ def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         train = np.setdiff1d(np.arange(len(targets)), test)
         train_targets = targets[train] if smooth is None else np.asarray(smooth(train), np.float32)
         head = train_head([tracks[i] for i in train], train_targets, task, classes,
-                          dataclasses.replace(config, seed=config.seed + f),
+                          dataclasses.replace(config, seed=(config.seed + f) % (MAX_SEED + 1)),
                           labels=np.argmax(targets[train], axis=1) if task == "single" else None)
         predictions = head.predict_tracks([tracks[i] for i in test])
         figures = metrics.evaluate(task, targets[test], predictions)
