@@ -233,12 +233,13 @@ from jaxmir.collection.inputs import Source
 started = []
 
 def init(**kwargs):  # a local cluster's start, its processes running from the first moment
+    ray._private.utils.set_sigterm_handler(lambda signum, frame: sys.exit(signum))  # as Ray's
     os.kill(os.getpid(), kind)
     time.sleep(0.5)
     started.append(kind)
 
 ray.init, ray.is_initialized = init, lambda: False
-for kind in (signal.SIGINT, signal.SIGHUP):
+for kind in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
     with interrupts.installed():
         try:
             ray_engine.connect("")
@@ -261,16 +262,19 @@ with interrupts.installed():
 
 
 def test_a_stop_while_ray_starts_or_swallowed_in_it_stops_the_run():
-    """A Ctrl-C or SIGHUP broke ray.init's start of a local cluster off, with no node to shut
-    down: its agents ran on for a minute. A Ctrl-C that JAX's garbage-collection callback
+    """A Ctrl-C, SIGHUP or SIGTERM (Ray's own handler, which it sets as it starts, exits at once)
+    broke ray.init's start of a local cluster off, with no node to shut down: its agents ran on
+    for a minute. A Ctrl-C that JAX's garbage-collection callback
     swallowed while `import ray.data` ran was never raised again: the Ray run went through every
     file, then exited 130 (the local engine stops)."""
     require("ray")
     run = subprocess.run([sys.executable, "-c", STOPS_WHILE_RAY_STARTS], capture_output=True,
                          text=True, env=child_env(), timeout=120)
-    assert run.returncode == 0 and run.stdout.split("\n")[:3] == [
+    assert run.returncode == 0 and run.stdout.split("\n")[:4] == [
         "stopped after [<Signals.SIGINT: 2>]",
-        "stopped after [<Signals.SIGINT: 2>, <Signals.SIGHUP: 1>]", "run stopped"], \
+        "stopped after [<Signals.SIGINT: 2>, <Signals.SIGHUP: 1>]",
+        "stopped after [<Signals.SIGINT: 2>, <Signals.SIGHUP: 1>, <Signals.SIGTERM: 15>]",
+        "run stopped"], \
         (run.returncode, run.stdout, run.stderr[-2000:])
 
 

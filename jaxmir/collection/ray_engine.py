@@ -173,7 +173,7 @@ def connect(address: str | None = None):
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
             # a local cluster's start held whole: broken off, ray.init had no node to shut down,
             # and its agents ran on for a minute (a remote one starts no process here)
-            with contextlib.nullcontext() if remote else deferred_interrupts():
+            with contextlib.nullcontext() if remote else _held_start(ray):
                 ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
     except SystemExit as stop:
@@ -309,7 +309,8 @@ def check_reloadable(model, name: str, backbone: str | None) -> None:
         ("its layers", loaded.spec.architecture == model.spec.architecture
          and loaded.spec.config == model.spec.config),
     ) if not same]
-    if not differences and not _same_values(loaded.variables, model.variables):
+    if not differences and not _same_values(loaded.astype(model.dtype).variables,
+                                            model.variables):  # the actors cast it as given
         differences.append("its weights")
     if differences:
         raise InputError(f"the Ray engine's actors load the model as {how}, which differs from "
@@ -420,6 +421,24 @@ def analyze_dataset(paths: "ray.data.Dataset", model: str | None, options: Optio
                                    batch_size=batch_size, batch_format="numpy",
                                    compute=ActorPoolStrategy(size=size), max_restarts=0,
                                    max_task_retries=0, **resources)
+
+
+@contextlib.contextmanager
+def _held_start(ray):
+    """A local cluster's start with stopping signals held (:func:`deferred_interrupts`), Ray's
+    own SIGTERM handler kept out: ``ray.init`` sets one that exits at once, leaving the
+    processes it has started. (Ray's C++ workers also catch SIGTERM in the last moments of
+    the start, before Python can hold it: there, a SIGTERM still aborts.)"""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    ray_sets = getattr(utils, "set_sigterm_handler", None)
+    with deferred_interrupts():
+        if ray_sets is not None:
+            utils.set_sigterm_handler = lambda handler: None
+        try:
+            yield
+        finally:
+            if ray_sets is not None:
+                utils.set_sigterm_handler = ray_sets
 
 
 def run(model: str | None, backbone: str | None, sources: Sequence[Source], options: Options,
