@@ -2262,9 +2262,26 @@ def test_what_a_run_computes_with_is_in_its_identity(model, music, tmp_path):
     out = tmp_path / "tags.parquet"
     collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
     logits = jaxmir.load(graph, output="model/dense_2/BiasAdd")
-    with pytest.raises(InputError, match=r"output_node: None there, 'model/dense_2/BiasAdd' now"):
+    with pytest.raises(InputError, match=r"output_node: the graph's own there .*, "
+                                         r"'model/dense_2/BiasAdd' now"):
         collect(logits, [clip, str(music / "rock" / "b.flac")], str(out), name=graph, jobs=0,
                 progress=False)
+    embedded = tmp_path / "embeddings.parquet"  # they do not depend on the output node
+    for chosen, files in ((jaxmir.load(graph), [clip]), (logits, [clip, str(music / "jazz")])):
+        collect(chosen, files, str(embedded), command="embed", name=graph, jobs=0, progress=False)
+    arrays = tmp_path / "arrays"  # a folder written before settings were recorded: per patch
+    collect(model, [clip], str(arrays), command="embed", name="msd-musicnn", jobs=0,
+            progress=False)
+    index = arrays / "index.jsonl"
+    index.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items()
+                                         if k != "settings"}) + "\n"
+                             for line in index.read_text().splitlines()))
+    with pytest.raises(InputError, match=r"average: False there, True now"):
+        collect(model, [clip, str(music / "rock" / "b.flac")], str(arrays), command="embed",
+                name="msd-musicnn", average=True, jobs=0, progress=False)
+    from jaxmir.collection import ray_engine  # its actors cast the model they load as given
+
+    ray_engine.check_reloadable(model.astype("bfloat16"), "msd-musicnn", None)
     with pytest.raises(InputError, match=r"the model's variables are bfloat16 .*"
                                          r"Options\(dtype='bfloat16'\)"):
         collect(model.astype("bfloat16"), [clip], str(tmp_path / "b.parquet"), jobs=0,

@@ -369,8 +369,8 @@ class LinesWriter(Writer):
             except ValueError as err:  # its own "line 1": each line is parsed alone
                 raise ValueError(f"line {number} is not JSON ({getattr(err, 'msg', err)})"
                                  if line.strip() else f"line {number} is blank") from None
-        if not all(isinstance(row, dict) for row in rows):
-            raise ValueError("a line is not a JSON object")
+            if not isinstance(rows[-1], dict):
+                raise ValueError(f"line {number} is not a JSON object")
         for row, path in zip(rows, resume.real_paths([row["path"] for row in rows], current)):
             row["path"] = path
         if rows:

@@ -228,13 +228,29 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
     return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
 
 
+def default_output_node(model) -> str:
+    """The output node ``model``'s graph gives without ``output=`` or a JSON naming one (its
+    own for a shipped model or a weights file, whose bytes fix it)."""
+    source = str(model.source or "")
+    if not source.endswith(".pb") or not os.path.isfile(source):
+        return model.spec.output_name
+    from jaxmir.errors import JaxmirError
+    from jaxmir.tfgraph import convert, graphdef
+
+    try:
+        return convert.find_output(graphdef.Graph.from_file(source))
+    except JaxmirError:  # none of the usual nodes: the one chosen is not the graph's own
+        return ""
+
+
 def settings_before_recorded(settings: dict, model: str) -> dict:
     """The settings an output written without them (by ``model``) holds, for a run whose own
     are ``settings``: the defaults of the time; what the output cannot tell (the model file's
     digest, the command, which its kind implies) taken from the run's."""
-    known = {k: settings[k] for k in ("model_sha256", "command", "average") if k in settings}
+    known = {k: settings[k] for k in ("model_sha256", "command") if k in settings}
     default = "predictions" if settings.get("command") == "tag" else "embeddings"
-    return {**known, "model": model, "output": default, **SETTINGS_BEFORE_RECORDED}
+    averaged = {"average": False} if "average" in settings else {}  # arrays were per patch
+    return {**known, "model": model, "output": default, **averaged, **SETTINGS_BEFORE_RECORDED}
 
 
 def same_outputs(model, output: str) -> frozenset[str]:
@@ -248,7 +264,6 @@ def identity(model_names: dict, model, command: str, options: Options) -> dict:
     """What must match for two runs to share an output (see :class:`rows.Layout`);
     ``model_names``: :func:`model_fields`."""
     from jaxmir import pipeline
-    from jaxmir.tfgraph.convert import OUTPUT_CANDIDATES
 
     frontend = pipeline.frontend_of(model)
     hop = frontend.patch_hop if options.patch_hop is None else options.patch_hop
@@ -259,9 +274,10 @@ def identity(model_names: dict, model, command: str, options: Options) -> dict:
     for name, value in (("dtype", options.dtype), ("decoder", options.decoder)):
         if value != UNRECORDED_DEFAULTS[name]:
             fields[name] = value
-    # a graph's unusual output node (output=, or its JSON's): the usual ones go unrecorded, as
-    # outputs written before held them
-    if model.spec.output_name not in OUTPUT_CANDIDATES:
+    # a graph's output node chosen by output= or its JSON, where the rows hold its values: the
+    # one the graph gives by itself goes unrecorded, as outputs written before held none
+    if model.resolve_output(options.output)[0] == model.resolve_output("predictions")[0] \
+            and model.spec.output_name != default_output_node(model):
         fields["output_node"] = model.spec.output_name
     if command == "tag":
         fields["labels"] = list(model.labels)

@@ -53,7 +53,7 @@ def _control_flow_above(graph: Graph, output: str | None):
     the output is not known), or None."""
     if output is None:
         try:
-            output = _find_output(graph)
+            output = find_output(graph)
         except UnsupportedGraphError:
             return next((node for node in graph.nodes.values()
                          if node.op in FUNCTIONAL_CONTROL_FLOW), None)
@@ -72,7 +72,7 @@ def _control_flow_above(graph: Graph, output: str | None):
 
 
 def _import_graph(graph: Graph, output: str | None) -> ModelSpec:
-    output = output or _find_output(graph)
+    output = output or find_output(graph)
     path = InferencePath(graph, output)
     input_node = _find_input(graph, path)
     convs = [graph.nodes[n] for n in topological_order(graph, path.live)
@@ -117,7 +117,8 @@ def _import_head(path: InferencePath, input_node) -> ModelSpec:
                      (width,), path.output, head_aliases(head), node_map, frontend=None)
 
 
-def _find_output(graph: Graph) -> str:
+def find_output(graph: Graph) -> str:
+    """The graph's own output node: the first of :data:`OUTPUT_CANDIDATES` it holds."""
     for name in OUTPUT_CANDIDATES:
         if name in graph.nodes:
             return name
