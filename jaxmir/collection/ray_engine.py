@@ -186,8 +186,8 @@ def connect(address: str | None = None):
         sigterm(signal.SIGTERM, None)
         raise
     except (ConnectionError, RuntimeError, ValueError) as err:
-        hint = ("; its host speaks HTTP/2, as gRPC does: give the head's own port (ray start --head --port, "
-                "6379 by default; not the Ray Client's 10001, nor another node's), and if the "
+        hint = ("; its host speaks HTTP/2, as gRPC does: give the head's own port (ray start "
+                "--head --port, 6379 by default; not the Ray Client's 10001, nor another node's), and if the "
                 "cluster asks for a token (token authentication, on by default in recent Ray), "
                 "give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray get-auth-token` on the head), "
                 "or its ~/.ray/auth_token with RAY_AUTH_MODE=token" if remote else "")
