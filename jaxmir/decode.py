@@ -758,6 +758,8 @@ def _sound_data_shortfall(path: str) -> tuple[int, int] | None:
                     return None
                 length = int.from_bytes(head[4:], "big")
                 if head[:4] == b"SSND":
+                    if length in (0, 0xFFFFFFFF):  # a writer that could not go back to it
+                        return None
                     missing = offset + 8 + length - size
                     return (missing, length - 8) if missing > 0 else None  # less its 2 fields
                 offset += 8 + length + (length & 1)

@@ -989,6 +989,10 @@ def test_a_whole_compressed_aiff_is_not_truncated(tmp_path):
     with pytest.warns(DamagedAudioWarning, match=r"cut\.aifc: truncated audio: decoded 4\.00 s; "
                                                   r"its SSND chunk lacks 6600 of the 13200 bytes"):
         assert decode_file(cut).status == "truncated"
+    data = bytearray(gsm.read_bytes())  # a streaming writer's size, which it could not fill in
+    data[data.index(b"SSND") + 4:data.index(b"SSND") + 8] = b"\xff" * 4
+    gsm.write_bytes(bytes(data))
+    assert decode_file(gsm).status == "ok"
 
 
 def test_a_bogus_block_align_declares_the_samples_length(tmp_path):
@@ -1064,6 +1068,10 @@ def test_a_compressed_wav_is_counted_by_its_fact_chunk(tmp_path, codec):
     cut.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
     with pytest.warns(DamagedAudioWarning, match="cut.wav: truncated audio"):
         assert decode_file(cut).status == "truncated"
+    data = bytearray(gsm.read_bytes())  # a streaming writer's size, which it could not fill in
+    data[data.index(b"SSND") + 4:data.index(b"SSND") + 8] = b"\xff" * 4
+    gsm.write_bytes(bytes(data))
+    assert decode_file(gsm).status == "ok"
     # a fact chunk of a size its writer could not know (an RF64 writer's -1) counts nothing
     data = bytearray(path.read_bytes())
     data[data.index(b"fact") + 8:data.index(b"fact") + 12] = b"\xff" * 4
