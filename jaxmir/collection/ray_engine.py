@@ -187,10 +187,11 @@ def connect(address: str | None = None):
         raise
     except (ConnectionError, RuntimeError, ValueError) as err:
         hint = ("; its host speaks HTTP/2, as gRPC does: give the head's own port (ray start "
-                "--head --port, 6379 by default; not the Ray Client's 10001, nor another node's), and if the "
-                "cluster asks for a token (token authentication, on by default in recent Ray), "
-                "give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray get-auth-token` on the head), "
-                "or its ~/.ray/auth_token with RAY_AUTH_MODE=token" if remote else "")
+                "--head --port, 6379 by default; not the Ray Client's 10001, nor another "
+                "node's), and if the cluster asks for a token (token authentication, on by "
+                "default in recent Ray), give jaxmir the head's: RAY_AUTH_TOKEN=... (`ray "
+                "get-auth-token` on the head), or its ~/.ray/auth_token with RAY_AUTH_MODE=token"
+                if remote else "")
         if late:
             hint += ("; RAY_AUTH_TOKEN is set, but this program imported ray before jaxmir could "
                      "set RAY_AUTH_MODE=token (Ray reads it at its import, and sends no token "
