@@ -462,6 +462,9 @@ class AudioBlocks:
             if self._stops_early:
                 what.append("reading stopped at an Ogg page of an unknown version (as Essentia's "
                             "FFmpeg 2.8 stops; FFmpeg today skips it)")
+            if self._sound_shortfall is not None:  # cut inside a packet: its last one undecodable
+                what.append("its SSND chunk lacks {} of the {} bytes it declares (the file is cut "
+                            "short)".format(*self._sound_shortfall))
             return "damaged", f"{self.path}: damaged audio: {'; '.join(what)}; {length}"
         slack = 0 if self._exact_length else _LENGTH_SLACK
         if declared is not None and have < declared - slack:

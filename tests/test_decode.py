@@ -989,6 +989,10 @@ def test_a_whole_compressed_aiff_is_not_truncated(tmp_path):
     with pytest.warns(DamagedAudioWarning, match=r"cut\.aifc: truncated audio: decoded 4\.00 s; "
                                                   r"its SSND chunk lacks 6600 of the 13200 bytes"):
         assert decode_file(cut).status == "truncated"
+    cut.write_bytes(gsm.read_bytes()[:-300])  # inside a block: damaged, and said why
+    with pytest.warns(DamagedAudioWarning, match=r"damaged audio: 1 undecodable packet.*; its "
+                                                  r"SSND chunk lacks 300 of the 13200 bytes"):
+        decode_file(cut)
     data = bytearray(gsm.read_bytes())  # a streaming writer's size, which it could not fill in
     data[data.index(b"SSND") + 4:data.index(b"SSND") + 8] = b"\xff" * 4
     gsm.write_bytes(bytes(data))
@@ -1068,6 +1072,10 @@ def test_a_compressed_wav_is_counted_by_its_fact_chunk(tmp_path, codec):
     cut.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
     with pytest.warns(DamagedAudioWarning, match="cut.wav: truncated audio"):
         assert decode_file(cut).status == "truncated"
+    cut.write_bytes(gsm.read_bytes()[:-300])  # inside a block: damaged, and said why
+    with pytest.warns(DamagedAudioWarning, match=r"damaged audio: 1 undecodable packet.*; its "
+                                                  r"SSND chunk lacks 300 of the 13200 bytes"):
+        decode_file(cut)
     data = bytearray(gsm.read_bytes())  # a streaming writer's size, which it could not fill in
     data[data.index(b"SSND") + 4:data.index(b"SSND") + 8] = b"\xff" * 4
     gsm.write_bytes(bytes(data))
