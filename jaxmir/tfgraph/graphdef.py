@@ -696,10 +696,10 @@ class Graph:
         operands = [self._held_value(r) for r in inputs]
         if any(value is None for value in operands):
             return None
-        if node.op == "Cast":
-            target = _NUMPY_DTYPES.get(self.attr(node, "DstT"))
-            return None if target is None else np.asarray(operands[0]).astype(target)[()]
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # a cast overflows, NaN compares, as TensorFlow's do
+            if node.op == "Cast":
+                target = _NUMPY_DTYPES.get(self.attr(node, "DstT"))
+                return None if target is None else np.asarray(operands[0]).astype(target)[()]
             return np.bool_(rule[1](*operands))
 
     def _switch_of(self, ref: TensorRef) -> TensorRef | None:
