@@ -1095,7 +1095,7 @@ def entry() -> None:
 
 
 def _exit_on_stop() -> None:
-    """After the command: a stopping signal ends the process at once (128 + its number) rather
+    """After the command: a stopping signal ends the process at once (its status) rather
     than breaking JAX's clean-up at exit with a traceback; what was printed is flushed first."""
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -1105,7 +1105,7 @@ def _exit_on_stop() -> None:
             pass
     for kind in interrupts.STOPPING:
         if interrupts.is_default(kind):
-            signal.signal(kind, lambda signum, frame: os._exit(128 + signum))
+            signal.signal(kind, lambda signum, frame: os._exit(_STOPPED[signum]))
 
 
 def _stuck_workers(grace_s: float = 0.5) -> bool:

@@ -203,9 +203,10 @@ class AudioBlocks:
                                                     self._wav_header, self._mp3)
             self._header_rate = _flac_header_rate(self._stream)
             # a compressed WAV's last block may hold more frames than its fact chunk counts
+            compressed_aiff = _compressed_aiff(self._demuxer, self._stream)
             self._exact_length = self._demuxer in _EXACT_LENGTHS and not _compressed(
-                self._wav_header) and not _compressed_aiff(self._demuxer, self._stream)
-            if _compressed_aiff(self._demuxer, self._stream) and os.path.isfile(self.path):
+                self._wav_header) and not compressed_aiff
+            if compressed_aiff and os.path.isfile(self.path):
                 self._sound_shortfall = _sound_data_shortfall(self.path)
             # the wheel's 2.8 decodes each next stream of a chained Ogg Vorbis file as a fresh
             # decoder does, keeping its first samples; today's decoder carries its overlap
@@ -239,6 +240,11 @@ class AudioBlocks:
         for handle in (self._container, self._file, self._patched):
             if handle is not None:
                 handle.close()
+
+    def _sound_data_lacks(self) -> str:
+        """The words for a compressed AIFF-C's SSND chunk running past the file's end."""
+        missing, declared = self._sound_shortfall
+        return f"its SSND chunk lacks {missing} of the {declared} bytes it declares"
 
     def _plain_wav(self) -> _WavLayout | None:
         """The layout of a plain PCM WAV file, kept open in ``_file``; ``None`` for anything else
@@ -463,8 +469,7 @@ class AudioBlocks:
                 what.append("reading stopped at an Ogg page of an unknown version (as Essentia's "
                             "FFmpeg 2.8 stops; FFmpeg today skips it)")
             if self._sound_shortfall is not None:  # cut inside a packet: its last one undecodable
-                what.append("its SSND chunk lacks {} of the {} bytes it declares (the file is cut "
-                            "short)".format(*self._sound_shortfall))
+                what.append(f"{self._sound_data_lacks()} (the file is cut short)")
             return "damaged", f"{self.path}: damaged audio: {'; '.join(what)}; {length}"
         slack = 0 if self._exact_length else _LENGTH_SLACK
         if declared is not None and have < declared - slack:
@@ -478,10 +483,8 @@ class AudioBlocks:
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
                                  f"its Ogg stream {self._unfinished_ogg}")
         if self._sound_shortfall is not None:  # a compressed AIFF-C's count is not read
-            missing, declared = self._sound_shortfall
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
-                                 f"its SSND chunk lacks {missing} of the {declared} bytes it "
-                                 "declares")
+                                 f"{self._sound_data_lacks()}")
         if self._missing_bytes:  # a compressed WAV without a fact chunk counts its data in bytes
             return "truncated", (f"{self.path}: truncated audio: decoded {have / rate:.2f} s; "
                                  f"its data chunk lacks {self._missing_bytes} of the "

@@ -100,12 +100,12 @@ def check_identity(output: str, found: dict, expected: dict,
     keys = sorted(k for k in set(found) | set(expected) if value(found, k) != value(expected, k))
     if not keys:
         return
-    def there(key: str) -> str:
+    def as_found(key: str) -> str:
         if key == "output_node" and key not in found:
             return "the graph's own there (or not recorded: written before jaxmir recorded it)"
         return f"{value(found, key)!r} there"
 
-    details = "; ".join(f"{k}: {there(k)}, {value(expected, k)!r} now" for k in keys
+    details = "; ".join(f"{k}: {as_found(k)}, {value(expected, k)!r} now" for k in keys
                         if k not in ("labels", "model_sha256"))
     if "model_sha256" in keys:
         there, now = value(found, "model_sha256"), value(expected, "model_sha256")
