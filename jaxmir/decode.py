@@ -73,6 +73,11 @@ from jaxmir.pcm import (CHUNKS_AFTER_DATA, UNKNOWN_DATA_SIZES, WIDE_HEADS, WavHe
 
 MODES = ("essentia", "float")
 ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
+# The extensions a folder's walk keeps, and that `jaxmir info` knows for audio, not a graph.
+AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif",
+                              ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".m4a",
+                              ".m4b", ".aac", ".wma", ".mka", ".webm", ".ac3", ".mp2", ".wv",
+                              ".ape"})
 
 # The fixed-point twins that FFmpeg 2.8 registered before the float decoders.
 _FIXED_POINT = {"mp1float": "mp1", "mp2float": "mp2", "mp3float": "mp3",

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxmir import catalog
-from jaxmir.collection.inputs import AUDIO_EXTENSIONS
 from jaxmir.compose import check_backbone, compose
+from jaxmir.decode import AUDIO_EXTENSIONS
 from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGraphError
 from jaxmir.labels import check_label_text, label_list
 from jaxmir.model import Model

@@ -1203,7 +1203,7 @@ def test_aac_files_decode_whole_and_are_walked(tmp_path, suffix):
 def test_every_container_of_the_decoding_tests_is_walked(files):
     """A folder walk found neither ``.webm`` (audio-only WebM: what video sites' downloads of
     music are) nor ``.mp2``, which decode as Essentia decodes them."""
-    from jaxmir.collection.inputs import AUDIO_EXTENSIONS
+    from jaxmir.decode import AUDIO_EXTENSIONS
 
     for suffix in {Path(name).suffix for name in files} | {".mp2"}:
         assert suffix in AUDIO_EXTENSIONS, suffix

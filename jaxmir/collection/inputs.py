@@ -17,13 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Container, Iterable, Sequence
 
+from jaxmir.decode import AUDIO_EXTENSIONS
 from jaxmir.errors import InputError, JaxmirWarning
-
-AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif",
-                              ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".m4a",
-                              ".m4b", ".aac", ".wma", ".mka", ".webm", ".ac3", ".mp2", ".wv",
-                              ".ape"})
-
 
 @dataclasses.dataclass(frozen=True)
 class Source:

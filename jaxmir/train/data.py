@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxmir.collection.inputs import AUDIO_EXTENSIONS, audio_files, file_key
+from jaxmir.collection.inputs import audio_files, file_key
+from jaxmir.decode import AUDIO_EXTENSIONS
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.labels import check_label_text
 
