@@ -125,6 +125,10 @@ def _load_one(source, labels=None, output=None) -> Model:
                          "('model/Sigmoid', say): the outputs that Model.apply and predict take by "
                          "name ('embeddings', 'penultimate', ...) go to their own output=")
     spec = convert.import_graph(graph, output=output)
+    try:
+        graph_output = convert.find_output(graph)
+    except GraphError:  # none of the usual nodes: output= or the JSON named the one used
+        graph_output = ""
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape, spec.variables)
     if problem is not None:  # what loads must also run
         raise UnsupportedGraphError(f"{text}: {problem}")
@@ -148,7 +152,8 @@ def _load_one(source, labels=None, output=None) -> Model:
         except InputError as err:
             raise InputError(f"{metadata['_path']}: {err}") from None
     return Model.from_spec(spec, labels=labels or catalog.labels_for_graph(text, spec), source=text,
-                           metadata={k: v for k, v in metadata.items() if not k.startswith("_")})
+                           metadata={k: v for k, v in metadata.items() if not k.startswith("_")},
+                           graph_output=graph_output)
 
 
 def _fixed_output(model: Model, output: str | None) -> Model:

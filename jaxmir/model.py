@@ -108,6 +108,8 @@ class Model:
       labels: one name per output class.
       source: where the model came from (a path or a shipped name).
       metadata: Essentia's metadata JSON (heads), provenance, composition.
+      graph_output: for a model loaded from a ``.pb``, the output node its graph gives by
+        itself (``""`` where it holds none of the usual ones); ``None`` otherwise.
     """
 
     spec: ModelSpec
@@ -116,10 +118,12 @@ class Model:
     labels: tuple[str, ...]
     source: str = ""
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    graph_output: str | None = None
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, labels: Sequence[str] | None = None, source: str = "",
-                  metadata: Mapping[str, Any] | None = None) -> "Model":
+                  metadata: Mapping[str, Any] | None = None,
+                  graph_output: str | None = None) -> "Model":
         """The model a spec describes; ``labels`` default to ``class_0 .. class_{n-1}``."""
         width = spec.output_width
         labels = tuple(str(label) for label in labels) if labels is not None else \
@@ -127,7 +131,7 @@ class Model:
         check_labels(labels, width)
         variables = jax.tree_util.tree_map(_on_device, dict(spec.variables))
         return cls(spec, build_module(spec.architecture, spec.config), variables, labels, str(source),
-                   dict(metadata or {}))
+                   dict(metadata or {}), graph_output)
 
     def with_labels(self, labels: Sequence[str]) -> "Model":
         """The same model with other class names (as many as outputs)."""

@@ -2305,6 +2305,28 @@ def test_what_a_run_computes_with_is_in_its_identity(model, music, tmp_path):
             collect(model, [clip], str(lines), name="msd-musicnn", jobs=0, progress=False)
 
 
+def test_a_graph_s_own_output_node_is_read_once_at_its_load(music, tmp_path, monkeypatch):
+    """Each collect() parsed the model's .pb again to learn the node its graph gives by itself
+    (~0.5 s and the file's size in memory again for a 290-MB VGGish); the load knows it."""
+    from jaxmir.tfgraph import graphdef
+
+    graph = str(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"))
+    own, logits = jaxmir.load(graph), jaxmir.load(graph, output="model/dense_2/BiasAdd")
+    assert own.graph_output == logits.graph_output == own.spec.output_name
+    assert logits.spec.output_name == "model/dense_2/BiasAdd"
+    assert jaxmir.load("msd-musicnn").graph_output is None  # weights: their bytes fix the node
+
+    def parsed_again(*args, **kwargs):
+        raise AssertionError("the .pb was parsed again")
+
+    monkeypatch.setattr(graphdef.Graph, "from_file", parsed_again)
+    clip, out = str(music / "rock" / "a.wav"), tmp_path / "tags.parquet"
+    collect(own, [clip], str(out), name=graph, jobs=0, progress=False)
+    with pytest.raises(InputError, match=r"output_node: the graph's own there .*, "
+                                         r"'model/dense_2/BiasAdd' now"):
+        collect(logits, [clip], str(out), name=graph, jobs=0, progress=False)
+
+
 def test_a_parquet_part_whose_columns_were_edited_is_refused(model, music, tmp_path):
     """A label column dropped from a part with pyarrow (its metadata kept): "nothing to do", and
     the table read its rows' scores as nulls."""

@@ -231,6 +231,8 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
 def default_output_node(model) -> str:
     """The output node ``model``'s graph gives without ``output=`` or a JSON naming one (its
     own for a shipped model or a weights file, whose bytes fix it)."""
+    if model.graph_output is not None:  # read when the graph was loaded
+        return model.graph_output
     source = str(model.source or "")
     if not source.endswith(".pb") or not os.path.isfile(source):
         return model.spec.output_name
