@@ -1566,8 +1566,10 @@ def test_a_file_that_is_not_a_jaxmir_output_is_refused(music, model, tmp_path):
 def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(InputError, match="cannot write the output"):
-        collect(model, [str(music)], str(blocker / "tags.parquet"), jobs=0, progress=False)
+    for output in (blocker / "tags.parquet", blocker / "deeper" / "tags.csv"):  # "File exists"
+        why = f"{re.escape(str(blocker))} is a file, not a folder"
+        with pytest.raises(InputError, match=f"cannot write the output in .*: {why}"):
+            collect(model, [str(music)], str(output), jobs=0, progress=False)
     def read_only(*args, dir=None, **kwargs):  # the writability probe's file
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
     with monkeypatch.context() as patched:

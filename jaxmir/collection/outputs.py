@@ -112,10 +112,21 @@ def check_writable(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         reason = err.strerror or str(err)
+        blocking = _file_among(folder)
+        if blocking is not None:  # mkdir said only "File exists" or "Not a directory"
+            reason = f"{blocking} is a file, not a folder"
     else:
         reason = unwritable(folder)
     if reason is not None:
         raise InputError(f"cannot write the output in {folder}: {reason}")
+
+
+def _file_among(folder: Path) -> Path | None:
+    """The first of ``folder`` and its parents that exists as something other than a folder."""
+    for path in reversed((folder, *folder.parents)):
+        if path.exists() and not path.is_dir():
+            return path
+    return None
 
 
 def _lock_name(name: str) -> str:
