@@ -513,6 +513,26 @@ def test_torn_last_line_is_dropped(music, model, tmp_path):
     assert not stale.exists() and other.exists()
 
 
+def test_a_csv_edited_or_torn_mid_file_says_where(music, model, tmp_path):
+    """A column added after the labels said only "the labels differ", and a row cut short
+    mid-file named no line."""
+    clip, other = str(music / "rock" / "a.wav"), str(music / "rock" / "b.flac")
+    out = tmp_path / "tags.csv"
+    collect(model, [clip, other], str(out), name="msd-musicnn", jobs=0, progress=False)
+    header, first, second = out.read_text().splitlines()
+    for text, why in (
+            ("\n".join([header + ",extra", first + ",1", second + ",1"]) + "\n",
+             "the labels differ: 51 there, 50 now, from 'extra' on only there"),
+            ("\n".join([header.replace(",rock,", ",Rock,", 1), first, second]) + "\n",
+             "the labels differ: label 1 is 'Rock' there, 'rock' now"),
+            ("\n".join([header, first[:40], second]) + "\n",
+             "line 2: a row of 1 values under 59 columns")):  # its path, cut
+        out.write_text(text)
+        with pytest.raises(InputError, match=re.escape(why)):
+            collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+        assert out.read_text() == text
+
+
 def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
     """A CSV records the run's identity as JSONL does (column "settings"): another model of the
     same labels, another backbone or other patch options are refused, naming them; a CSV

@@ -351,11 +351,13 @@ class LinesWriter(Writer):
         columns = _CSV_COLUMNS_BEFORE_SETTINGS if before else CSV_COLUMNS
         if header[:len(columns)] != columns:
             raise ValueError(f"its columns start {header[:len(columns)]}")
-        rows = []
-        for _, values in body:
+        rows, line = [], 1 + records[0][0].count("\n")  # the line the next record starts on
+        for text, values in body:
             if len(values) != len(header):
-                raise ValueError(f"a row of {len(values)} values under {len(header)} columns")
+                raise ValueError(f"line {line}: a row of {len(values)} values under "
+                                 f"{len(header)} columns")
             rows.append(dict(zip(header, values)))
+            line += text.count("\n")
         if not rows:  # nothing to check or keep: the header is written again
             return []
         expected = self._settings()

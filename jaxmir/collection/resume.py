@@ -85,6 +85,18 @@ def real_paths(stored: Iterable[str], current: Mapping[str, Source]) -> list[str
     return named
 
 
+def _labels_differ(there, now) -> str:
+    """How two runs' label lists differ, at the first place they do."""
+    if not isinstance(there, list) or not isinstance(now, list):
+        return "the labels differ"
+    for i, (a, b) in enumerate(zip(there, now)):
+        if a != b:
+            return f"the labels differ: label {i + 1} is {a!r} there, {b!r} now"
+    more, where = (there, "there") if len(there) > len(now) else (now, "now")
+    first = more[min(len(there), len(now))]
+    return f"the labels differ: {len(there)} there, {len(now)} now, from {first!r} on only {where}"
+
+
 def check_identity(output: str, found: dict, expected: dict,
                    same_outputs: Collection[str] = ()) -> None:
     """Refuse to append to an output written with another model or other settings (a field
@@ -114,7 +126,8 @@ def check_identity(output: str, found: dict, expected: dict,
             "a shipped model there, a model file now"
         details = "; ".join(filter(None, [details, bytes_]))
     if "labels" in keys:
-        details = "; ".join(filter(None, [details, "the labels differ"]))
+        details = "; ".join(filter(None, [details, _labels_differ(found.get("labels"),
+                                                                  expected.get("labels"))]))
     there, now = found.get("model"), expected.get("model")
     # the same name, other weights or labels (a tag table's labels, where embed writes none, are
     # another command's, not another model's)
