@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, overload
 
 from numpy.typing import ArrayLike, DTypeLike
 
@@ -337,7 +337,7 @@ class Model:
 
     # -- from audio (jaxmir.pipeline) ------------------------------------------------------
     def features(self, audio: ArrayLike, sample_rate: int, compat: str = "essentia",
-                 resampler: str = "essentia") -> np.ndarray:
+                 resampler: str = "essentia") -> np.ndarray | jax.Array:
         """Log-mel frames of a signal, as this model's front-end computes them.
 
         Args:
@@ -355,10 +355,24 @@ class Model:
         """
         return pipeline.features(self, audio, sample_rate, compat=compat, resampler=resampler)
 
+    @overload
+    def predict(self, audio: ArrayLike, sample_rate: int, output: str | None = None,
+                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
+                compat: str = "essentia", resampler: str = "essentia") -> np.ndarray | jax.Array:
+        ...
+
+    @overload
+    def predict(self, audio: ArrayLike, sample_rate: int, output: Iterable[str],
+                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
+                compat: str = "essentia",
+                resampler: str = "essentia") -> dict[str, np.ndarray | jax.Array]:
+        ...
+
     def predict(self, audio: ArrayLike, sample_rate: int,
                 output: str | Iterable[str] | None = None, patch_hop: int | None = None,
                 last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
-                resampler: str = "essentia") -> ArrayLike | dict[str, ArrayLike]:
+                resampler: str = "essentia"
+                ) -> np.ndarray | jax.Array | dict[str, np.ndarray | jax.Array]:
         """The output for every patch of a signal, as Essentia's TensorflowPredictMusiCNN/VGGish.
 
         Args:
@@ -377,7 +391,8 @@ class Model:
 
         Returns:
           ``[n_patches, ...]``, e.g. ``[n_patches, 50]`` for MusiCNN's tags: a
-          NumPy array (a JAX array when ``audio`` is traced, e.g. under ``jax.grad``).
+          NumPy array (a JAX array when ``audio`` is traced, e.g. under ``jax.grad``);
+          ``{name: [n_patches, ...]}`` for a sequence of names.
         """
         return pipeline.predict(self, audio, sample_rate, output, patch_hop=patch_hop,
                                 last_patch=last_patch, pad=pad, compat=compat, resampler=resampler)

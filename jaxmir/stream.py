@@ -63,8 +63,9 @@ import queue
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,8 +180,9 @@ _audio_to_outputs_compiled = compiled(_audio_to_outputs,
                                       static_argnames=("module", "taps", "frontend", "compat", "chunk"))
 
 
-def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
-                     variables: dict, audio, index, carry: dict | None = None
+def audio_to_outputs(module: nn.Module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
+                     variables: dict, audio: jax.Array, index: jax.Array,
+                     carry: dict | None = None
                      ) -> tuple[tuple[jax.Array, ...], dict]:
     """Tapped outputs of the patches ``index`` cuts from the log-mel frames of ``audio``.
 
@@ -207,7 +209,7 @@ def audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chunk
         return program(module, taps, frontend, compat, chunk, variables, audio, index, carry)
 
 
-def initial_carry(model: "Model", module, batch: int) -> dict | None:
+def initial_carry(model: "Model", module: nn.Module, batch: int) -> dict | None:
     """The carry of a first call of ``batch`` patches (:func:`~jaxmir.models.runner.empty_carry`),
     or ``None`` when ``module`` carries nothing (traced abstractly once per module and batch;
     not at all for a module that shares no overlap: ~0.15 s of a process's start)."""
@@ -248,7 +250,7 @@ def concat_patches(parts: Iterable[Patches], empty: Callable[[], Patches]) -> Pa
                    {name: np.concatenate([p.values[name] for p in parts]) for name in parts[0].values})
 
 
-def check_sample_rate(sample_rate) -> int:
+def check_sample_rate(sample_rate: float) -> int:
     """A whole number of Hz within 1 Hz-384 kHz that converts to 16 kHz, else :class:`AudioError`."""
     rate = check_rate(sample_rate, "sample rate")
     check_conversion(rate, TARGET_RATE, "sample rate")
@@ -602,8 +604,9 @@ class Stream:
 
 
 @contextlib.contextmanager
-def file_stream(model: "Model", path: str | os.PathLike, output, *, decoder: str = "essentia",
-                strict: bool = False, damage: list[str] | None = None, **options
+def file_stream(model: "Model", path: str | os.PathLike, output: str | Iterable[str] | None, *,
+                decoder: str = "essentia", strict: bool = False, damage: list[str] | None = None,
+                **options: Any
                 ) -> Iterator[tuple[Stream, Iterator[Patches]]]:
     """A file decoded block by block (:func:`jaxmir.decode.iter_blocks`) into a :class:`Stream`.
 

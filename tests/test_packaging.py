@@ -19,6 +19,8 @@ def test_wheel_carries_the_shipped_weights(tmp_path):
             "m = jaxmir.load('msd-musicnn'); "
             "p = m.apply(np.zeros((1, 187, 96), np.float32))['predictions']; "
             "assert p.shape == (1, 50) and 'tensorflow' not in sys.modules; "
+            "from importlib.resources import files; "  # type checkers read the package's hints
+            "assert files('jaxmir').joinpath('py.typed').is_file(); "
             "print(m.labels[0], sorted(jaxmir.catalog.names()))")
     env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], cwd=tmp_path,

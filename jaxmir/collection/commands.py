@@ -44,7 +44,8 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
             processes: bool = False, engine: str = "local", actors: int | None = None,
             per_patch: bool = False, overwrite: bool = False,
             flush_rows: int = 256, progress: bool = True,
-            analyzer: Callable | None = None, on_result: Callable | None = None,
+            analyzer: local.Analyzer | None = None,
+            on_result: Callable[[Result, str | None], None] | None = None,
             average: bool = False) -> Tally:
     """Analyse the audio files ``paths`` name (a file, folder or ``@list``, or a sequence of them)
     into ``output``.
@@ -317,12 +318,12 @@ def _shut_ray_down() -> None:
             ray.shutdown()
 
 
-def run_tag(args: argparse.Namespace, model, hop: int | None) -> int:
+def run_tag(args: argparse.Namespace, model: Model, hop: int | None) -> int:
     """``jaxmir tag PATH... -o OUT.parquet|.jsonl|.csv``: one row of mean tag scores per file."""
     return _run(args, model, "tag", "predictions", hop)
 
 
-def run_embed(args: argparse.Namespace, model, hop: int | None) -> int:
+def run_embed(args: argparse.Namespace, model: Model, hop: int | None) -> int:
     """``jaxmir embed PATH... -o DIR|OUT.parquet|OUT.jsonl``: embeddings of every file."""
     def show(result: Result, where: str | None) -> None:
         if where is not None:

@@ -546,7 +546,7 @@ class NpyWriter(Writer):
         taken.update({name: path for path, name in earlier.items() if name not in taken})
         self.names = _unique_names({**names, **earlier}, taken)
 
-    def write(self, result: Result) -> None:
+    def write(self, result: Result) -> str | None:
         name = self.names[result.source.path]
         _check_linked(self.index.handle)  # before an array goes into a folder made anew
         if result.ok:

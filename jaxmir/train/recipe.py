@@ -140,7 +140,7 @@ def check_options(folds: int, smoothing: SmoothingConfig) -> None:
         raise InputError(f"label smoothing lmnn_push = {push!r}; expected a weight in [0, 1]")
 
 
-def fit_head(data: str | os.PathLike | Dataset, backbone: str = "msd-musicnn",
+def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "msd-musicnn",
              layer: str = DEFAULT_LAYER, output: str | os.PathLike | None = None, *,
              folds: int = 0, config: TrainConfig = TrainConfig(),
              smoothing: SmoothingConfig = SmoothingConfig(),
