@@ -33,8 +33,11 @@ def test_wheel_carries_the_shipped_weights(tmp_path):
 # tag, info, the four .pb fixtures, train-head). Lower ones installed and passed `pip check`,
 # then failed at run time: jax 0.7 has no jax.enable_x64 (every 44.1-kHz file failed), protobuf
 # 3.20-4.23 no message_factory.GetMessageClass (.pb files; 4.22-4.23 crashed) and 4.24's upb
-# parser crashed on VGGish's graph, PyAV 12's AudioLayout no nb_channels (every decoded file).
-TESTED_LOWEST = {"jax": (0, 8), "protobuf": (4, 25), "av": (13,), "flax": (0, 10)}
+# parser crashed on VGGish's graph, PyAV 12's AudioLayout no nb_channels (every decoded file);
+# pyarrow 14-15, soxr 0.3 and matplotlib 3.6 were built for NumPy 1 and failed to import beside
+# NumPy 2 (every Parquet output, every file with --resampler soxr, --plot), which jax 0.8 needs.
+TESTED_LOWEST = {"jax": (0, 8), "protobuf": (4, 25), "av": (13,), "flax": (0, 10),
+                 "numpy": (2, 0), "pyarrow": (16,), "soxr": (0, 4), "matplotlib": (3, 8, 4)}
 
 
 def test_declared_lower_bounds_are_the_tested_ones():
@@ -44,10 +47,20 @@ def test_declared_lower_bounds_are_the_tested_ones():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["requires-python"] == ">=3.11"  # jax 0.8's
     declared = {}
-    for requirement in project["dependencies"]:
+    for requirement in project["dependencies"] + project["optional-dependencies"]["plot"]:
         found = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement)
         if found:
             declared[found.group(1)] = tuple(int(part) for part in found.group(2).split("."))
     for name, lowest in TESTED_LOWEST.items():
         assert declared.get(name, ()) >= lowest, (name, declared.get(name), lowest)
     assert "optax" in declared  # train-head is a core command: it imports optax
+
+
+def test_the_version_is_the_project_s():
+    """The version is written twice (pyproject.toml, jaxmir.__version__); nothing held them equal."""
+    import tomllib
+
+    import jaxmir
+
+    assert jaxmir.__version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())[
+        "project"]["version"]
