@@ -1,10 +1,34 @@
-"""A package's public names loaded at first use (PEP 562), so that importing it loads no JAX."""
+"""Imports done at first use: a package's public names (PEP 562), so that importing it loads no
+JAX, and optional dependencies, named with how to install them when they cannot be imported."""
 
 from __future__ import annotations
 
 import importlib
 import sys
+from types import ModuleType
 from typing import Callable, Mapping, Sequence
+
+from jaxmir.errors import JaxmirError
+
+
+def optional(name: str, needed_for: str, install: str,
+             error: type[JaxmirError] = JaxmirError) -> ModuleType:
+    """``import name`` (``"matplotlib"``, ``"ray.data"``), else ``error`` saying that
+    ``needed_for`` needs it and ``install``: that it is not installed, or that it is but
+    failed to import (one of its own dependencies missing, a build for another NumPy)."""
+    top = name.split(".")[0]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and err.name.split(".")[0] == top:
+            raise error(f"{needed_for} needs {top}, which is not installed; install it with: "
+                        f"{install}") from None
+        failure = err
+    except Exception as err:  # noqa: BLE001 -- whatever a broken installation raises
+        failure = err
+    raise error(f"{needed_for} needs {top}, which is installed but failed to import "
+                f"({type(failure).__name__}: {failure}); reinstall or upgrade it: "
+                f"{install}") from None
 
 
 def attributes(package: str, sources: Mapping[str, str], public: Sequence[str]

@@ -12,16 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxmir import lazy
 from jaxmir.atomic import write_atomically
 from jaxmir.errors import JaxmirError, OptionError
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise JaxmirError("drawing a taggram needs matplotlib, which is not installed; "
-                          "install it with: pip install 'jaxmir[plot]'") from None
+    matplotlib = lazy.optional("matplotlib", "drawing a taggram", "pip install 'jaxmir[plot]'")
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from jaxmir import catalog, interrupts
+from jaxmir import catalog, interrupts, lazy
 from jaxmir.atomic import deferred_interrupts
 from jaxmir.collection import compute
 from jaxmir.collection.compute import Options
@@ -47,13 +47,9 @@ def import_ray():
     """``ray`` and ``ray.data``, or an InputError saying how to install them; with a token for an
     explicit ``RAY_ADDRESS`` (:func:`_token_mode`)."""
     _token_mode(os.environ.get("RAY_ADDRESS", ""))
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise InputError("--engine ray needs Ray Data: pip install 'jaxmir[ray]' (or "
-                         "pip install 'ray[data]')") from None
-    return ray
+    lazy.optional("ray.data", "the Ray engine (--engine ray; engine='ray' in Python)",
+                  "pip install 'jaxmir[ray]' (or pip install 'ray[data]')", InputError)
+    return sys.modules["ray"]
 
 
 # What a client sends first on an HTTP/2 connection: the preface, then an empty SETTINGS frame.

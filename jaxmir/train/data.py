@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxmir import lazy
 from jaxmir.collection.inputs import audio_files, file_key
 from jaxmir.decode import AUDIO_EXTENSIONS
 from jaxmir.errors import InputError, JaxmirWarning
@@ -258,10 +259,8 @@ def _read_table(path: Path) -> dict[str, list[str | list[str]]]:
             raise InputError(f"{path}: not a readable CSV table ({err})") from None
         _check_distinct_columns(path, [name.strip() for name in names])
         return {name.strip(): [str(row.get(name) or "").strip() for row in rows] for name in names}
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    pq = lazy.optional("pyarrow.parquet", f"{path}: reading Parquet", "pip install pyarrow",
+                       InputError)
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several unrelated types for a bad file

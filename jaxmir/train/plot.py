@@ -8,15 +8,12 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxmir import lazy
 from jaxmir.atomic import write_atomically
-from jaxmir.errors import JaxmirError
 
 
 def require_matplotlib():
-    try:
-        import matplotlib
-    except ImportError:
-        raise JaxmirError("--plot needs matplotlib: pip install 'jaxmir[plot]'") from None
+    matplotlib = lazy.optional("matplotlib", "--plot", "pip install 'jaxmir[plot]'")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
