@@ -1583,6 +1583,28 @@ def test_a_file_that_is_not_a_jaxmir_output_is_refused(music, model, tmp_path):
         assert (tmp_path / name).read_text() == text
 
 
+def test_no_output_goes_inside_a_parquet_folder(music, model, tmp_path):
+    """An output inside a jaxmir Parquet folder was written there: its readers then read the
+    rows of both (a path twice) or failed on the files (`.npy`, `.csv`), and the table's own
+    next run refused it."""
+    import pyarrow.parquet as pq
+
+    clip, table = str(music / "rock" / "a.wav"), tmp_path / "tags.parquet"
+    collect(model, [clip], str(table), jobs=0, progress=False)
+    before = sorted(os.listdir(table))
+    for output, command in (("more.parquet", "tag"), ("x.csv", "tag"), ("sub/x.jsonl", "tag"),
+                            ("arrays/", "embed")):
+        with pytest.raises(InputError, match=f"{re.escape(str(table))} is a jaxmir Parquet "
+                                             "folder, whose readers"):
+            collect(model, [clip], str(table / output), command=command, jobs=0,
+                    progress=False)
+    assert sorted(os.listdir(table)) == before and pq.read_table(table).num_rows == 1
+    assert collect(model, [clip], str(table), jobs=0, progress=False).skipped == 1
+    with pytest.raises(InputError, match="is a jaxmir Parquet folder"):
+        outputs.check_writable(table / "deeper")  # what the report and --plot writers ask
+    outputs.check_writable(tmp_path / "beside.parquet")  # a table beside it is another
+
+
 def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -106,8 +106,15 @@ def check_csv(output: str | os.PathLike, layout: Layout) -> None:
 # -- atomic file operations ---------------------------------------------------------------------
 
 
-def check_writable(folder: Path) -> None:
-    """Fail now, with a clear message, when nothing can be written in ``folder`` (made if need be)."""
+def check_writable(folder: Path, own_table: bool = False) -> None:
+    """Fail now, with a clear message, when nothing can be written in ``folder`` (made if need be),
+    or when ``folder`` lies in a jaxmir Parquet folder (``own_table``: ``folder`` is the Parquet
+    output being written, whose parts go in it)."""
+    table = _table_among(folder.parent if own_table else folder)
+    if table is not None:
+        raise InputError(f"cannot write the output in {folder}: {table} is a jaxmir Parquet "
+                         "folder, whose readers (pyarrow, pandas) take what is in it as part "
+                         f"of its table; {ANOTHER_OUTPUT} outside it")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -119,6 +126,20 @@ def check_writable(folder: Path) -> None:
         reason = unwritable(folder)
     if reason is not None:
         raise InputError(f"cannot write the output in {folder}: {reason}")
+
+
+def _table_among(folder: Path) -> Path | None:
+    """The first of ``folder`` and its parents that is a Parquet folder of parts (a name ending
+    in ``.parquet``, holding ``part-NNNNNN.parquet`` files: what jaxmir writes)."""
+    folder = Path(os.path.abspath(folder))
+    for path in reversed((folder, *folder.parents)):
+        if path.name.lower().endswith(".parquet") and path.is_dir():
+            try:
+                if any(_PART.match(name) for name in os.listdir(path)):
+                    return path
+            except OSError:
+                pass
+    return None
 
 
 def _file_among(folder: Path) -> Path | None:
@@ -645,7 +666,7 @@ class ParquetWriter(Writer):
                 if stale.is_dir() and is_temporary_of(stale.name, path.name):
                     shutil.rmtree(stale, ignore_errors=True)
             make_folder_atomically(path, self._empty_part)
-        check_writable(path)
+        check_writable(path, own_table=True)
         # readers take every name not starting with '.' or '_' as part of the table
         foreign = sorted(p.name for p in path.iterdir()
                          if not _PART.match(p.name) and not p.name.startswith((".", "_")))
