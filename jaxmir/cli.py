@@ -827,6 +827,15 @@ def cmd_info(args) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
+class _NotAnOption(argparse.Action):
+    """An option a command does not take, named so that argparse, which matches a prefix of a
+    one-dash option even without abbreviations, does not take it for another (``stream -o 0.5``
+    ran with ``-ov 0.5``): a usage error, ``const`` its message."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {self.const}")
+
+
 def _backbone_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-b", "--backbone", metavar="NAME|PATH", default=None,
                         help="for an embedding head (Essentia's TensorflowPredict2D models): the "
@@ -940,6 +949,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "complete so far are written, with --last-patch repeat "
                                            "the last, partial one too; exit 130, 143 and 129).")
     live.add_argument("input", nargs="?", default="-", metavar="-", help="standard input (default)")
+    live.add_argument("-o", "--output", nargs="?", action=_NotAnOption, help=argparse.SUPPRESS,
+                      const="stream writes its JSON lines to standard output: redirect it "
+                            "(> tags.jsonl); -ov is the patches' overlap")
     live.add_argument("-m", "--model", metavar="NAME|PATH", default=None,
                       help="a shipped model or a .pb/.npz (default: msd-musicnn)")
     _backbone_option(live)
@@ -994,6 +1006,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(commands)
     for command in commands.choices.values():  # a command's own mistakes show its own usage
         command.set_defaults(command_parser=command)
+        # an option is named whole: `stream -o 0.5` ran with -ov 0.5, `stream -o out.jsonl`
+        # was "an invalid float value" (stream writes no file)
+        command.allow_abbrev = False
+    parser.allow_abbrev = False
     return parser
 
 

@@ -944,7 +944,13 @@ def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
                                            ("--overlap", "nan", 2, "--overlap nan s: patches last"),
                                            ("--overlap", "inf", 2, "--overlap inf s: patches last"),
                                            # finite, but not in frames: OverflowError's traceback
-                                           ("--overlap", "1e308", 2, "--overlap 1e+308 s: patches")):
+                                           ("--overlap", "1e308", 2, "--overlap 1e+308 s: patches"),
+                                           # -o ran as -ov (the overlap): 0.5 s
+                                           ("-o", "0.5", 2, "-o: stream writes its JSON lines to "
+                                                            "standard output"),
+                                           # options are named whole (it was --resample-step)
+                                           ("--resample-s", "0", 2, "unrecognized arguments: "
+                                                                    "--resample-s")):
         run = cli("stream", "--rate", "16000", option, value, "-", stdin=b"\0" * 64000)
         assert run.returncode == status and message in run.stderr.decode(), (option, value, run.stderr)
         assert b"Traceback" not in run.stderr
