@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -884,6 +885,15 @@ def test_an_output_named_through_a_link_is_written_through_it(model, tmp_path):
         with pytest.raises(InputError, match=message):
             collect(model, [str(clips[0])], str(output), name="msd-musicnn", jobs=0,
                     progress=False)
+    # a pipe, or a link to one, as a Parquet output: --overwrite removed it (as root, a link
+    # to /dev/full would have removed the device)
+    os.mkfifo(tmp_path / "pipe.parquet")
+    (tmp_path / "link.parquet").symlink_to("pipe.parquet")
+    for output in ("pipe.parquet", "link.parquet"):
+        with pytest.raises(InputError, match="is not a regular file .*, nor a jaxmir Parquet"):
+            collect(model, [str(clips[0])], str(tmp_path / output), name="msd-musicnn", jobs=0,
+                    progress=False, overwrite=True)
+        assert stat.S_ISFIFO(os.stat(tmp_path / output).st_mode)
 
 
 def test_options_and_commands_that_cannot_run_are_refused_once(model, tmp_path):

@@ -651,6 +651,9 @@ class ParquetWriter(Writer):
         self.pa = pa
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         if path.exists() and not path.is_dir():
+            if not path.is_file():  # --overwrite removed a FIFO or a device node (/dev/full)
+                raise InputError(f"--output {path} is not a regular file (a pipe, a device or "
+                                 f"a socket), nor a jaxmir Parquet folder; {ANOTHER_OUTPUT}")
             if not overwrite:
                 raise InputError(f"--output {path} is a file, not a jaxmir Parquet folder; "
                                  f"{ANOTHER_OUTPUT}, or {OVERWRITE} to replace it")
