@@ -105,8 +105,10 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
                      durable: bool = False) -> Path:
     """``write(handle)`` into ``.<name>.<random>.tmp`` beside ``target``, then rename it over ``target``.
 
-    The file gets the permissions a plain ``open`` would give it (``mkstemp``'s
-    own are 0600). With ``durable``, the file is synced before the rename and
+    The file gets the permissions a plain ``open`` would give it: an existing file's own (it
+    was given 0644 whatever they were), a new file's ``0o666`` less the umask (``mkstemp``'s
+    are 0600); an existing file this process may not write is a :class:`PermissionError`, as
+    ``open`` would raise, not replaced. With ``durable``, the file is synced before the rename and
     its folder after it. On any error, the temporary file is removed and
     ``target`` is as it was. A symbolic link keeps pointing at the file written: the file it
     names is replaced. A pipe or a character device (``/dev/null``, a terminal) is written to,
@@ -121,11 +123,12 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     if kind is not None:
         raise OSError(errno.EINVAL, "not a regular file, a pipe or a character device", str(target))
     target = through_link(target)
+    mode = _kept_mode(target)
     handle, temporary = tempfile.mkstemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
                                          dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            os.fchmod(file.fileno(), new_file_mode())
+            os.fchmod(file.fileno(), mode)
             write(file)
             if durable:
                 file.flush()
@@ -137,6 +140,17 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     if durable:
         fsync_dir(target.parent)
     return target
+
+
+def _kept_mode(target: Path) -> int:
+    """The mode a file written over ``target`` gets (:func:`write_atomically`)."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return new_file_mode()
+    if not os.access(target, os.W_OK):  # a read-only output, kept so by its owner
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(target))
+    return mode
 
 
 def make_folder_atomically(target: str | os.PathLike, fill: Callable[[Path], object]) -> Path:

@@ -1615,6 +1615,28 @@ def test_no_output_goes_inside_a_parquet_folder(music, model, tmp_path):
     outputs.check_writable(tmp_path / "beside.parquet")  # a table beside it is another
 
 
+def test_a_table_rewritten_on_resume_keeps_its_permissions(music, model, tmp_path, monkeypatch):
+    """Dropping a failed row rewrites a CSV or JSONL: the new file was 0644 whatever the old one's
+    mode (0600: readable by all), and a read-only one was replaced where appending is refused."""
+    from jaxmir import atomic
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF" + bytes(60))
+    files = [str(music / "rock" / "a.wav"), str(bad)]
+    for name in ("tags.csv", "tags.jsonl"):
+        out = tmp_path / name
+        assert collect(model, files, str(out), jobs=0, progress=False).failed == 1
+        out.chmod(0o600)
+        assert collect(model, files, str(out), jobs=0, progress=False).failed == 1  # rewritten
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        before = out.read_bytes()
+        with monkeypatch.context() as patched:  # read-only (root ignores chmod: simulated)
+            patched.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)
+            with pytest.raises(InputError, match="Permission denied"):
+                collect(model, files, str(out), jobs=0, progress=False)
+        assert out.read_bytes() == before
+
+
 def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
