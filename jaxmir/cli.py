@@ -383,9 +383,13 @@ def _tag_one(model, args, hop, plots: dict[str, Path]):
                 from jaxmir.plot import save_taggram
 
                 frontend = pipeline.frontend_of(model)
-                save_taggram(plots[path], taggram, found["starts"], model.labels,
-                             frontend.patch_size * frontend.frame_seconds,
-                             title=as_text(path))  # matplotlib refuses undecodable bytes
+                try:
+                    save_taggram(plots[path], taggram, found["starts"], model.labels,
+                                 frontend.patch_size * frontend.frame_seconds,
+                                 title=as_text(path))  # matplotlib refuses undecodable bytes
+                except OSError as err:  # a full disk: "unexpected OSError", naming no picture
+                    raise InputError(f"--plot {plots[path]} cannot be written "
+                                     f"({err.strerror or err})") from None
             if args.format == "json":
                 result["patch_starts_s"] = [round(float(s), 4) for s in found["starts"]]
                 result["taggram"] = taggram.astype(np.float32).tolist()

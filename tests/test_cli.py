@@ -539,6 +539,25 @@ def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
 
 
+def test_a_picture_that_cannot_be_written_is_named(capsys, wavs, tmp_path, monkeypatch):
+    """A full disk under --plot said "f.wav: unexpected OSError: [Errno 28] No space left on
+    device", naming the audio file, not the picture."""
+    import errno
+
+    from jaxmir import plot
+
+    require("matplotlib")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(plot, "write_atomically", full)
+    picture = tmp_path / "t.png"
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--plot", str(picture))
+    assert status == 1 and "unexpected" not in err, err
+    assert f"--plot {picture} cannot be written (No space left on device)" in err
+
+
 def test_pictures_of_a_folder_and_a_relative_path_and_of_undecodable_names(capsys, wavs, tmp_path,
                                                                            monkeypatch):
     """A folder (its files absolute) with a relative path ended in a traceback ("Can't mix

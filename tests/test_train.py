@@ -953,6 +953,30 @@ def test_a_link_into_no_folder_replaces_none_of_the_head_s_files(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.npz", "h.pb"]
 
 
+def test_a_head_that_cannot_be_written_is_named_and_the_old_one_kept(tmp_path, monkeypatch):
+    """A full disk while the head's files were written said only "No space left on device"."""
+    import errno
+
+    from jaxmir import weights
+
+    old = {suffix: f"old {suffix}" for suffix in (".pb", ".json", ".npz")}
+    for suffix, text in old.items():
+        (tmp_path / f"h{suffix}").write_text(text)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(weights, "write_atomically", full)
+    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
+    with pytest.raises(InputError, match=re.escape(f"cannot write the head {tmp_path / 'h'} (No "
+                                                   "space left on device); no file of the head "
+                                                   "was replaced")):
+        export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
+                           "model/dense/BiasAdd", overwrite=True)
+    assert {suffix: (tmp_path / f"h{suffix}").read_text() for suffix in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.npz", "h.pb"]
+
+
 def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
     """A link to no file (yet) was not refused, then replaced by the head's file; its target was
     never written. With --overwrite the head goes where the link leads, the link kept."""

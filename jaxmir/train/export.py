@@ -241,12 +241,17 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
     ready: dict[Path, Path] = {}
     try:
         staged = {suffix: staging / f"{stem}{suffix}" for suffix in SUFFIXES}
-        staged[".pb"].write_bytes(head_graph(params, activation).SerializeToString(deterministic=True))
-        staged[".json"].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        model = load(staged[".pb"])
-        save_weights(model, staged[".npz"],
-                     provenance={"trained_by": "jaxmir train-head", "embedding_model": entry,
-                                 "dataset": dataset or {}})
+        try:
+            staged[".pb"].write_bytes(head_graph(params, activation).SerializeToString(
+                deterministic=True))
+            staged[".json"].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            model = load(staged[".pb"])
+            save_weights(model, staged[".npz"],
+                         provenance={"trained_by": "jaxmir train-head", "embedding_model": entry,
+                                     "dataset": dataset or {}})
+        except OSError as err:  # a full disk: it said only "No space left on device"
+            raise InputError(f"cannot write the head {folder / stem} ({err.strerror or err}); "
+                             "no file of the head was replaced") from None
         moves = {paths[suffix]: staged[suffix] for suffix in SUFFIXES}
         moves.update({Path(final): Path(written) for written, final in (also or {}).items()})
         ready = _beside_destinations(moves)
