@@ -3,8 +3,9 @@
 Compiled programs are kept in ``$JAXMIR_CACHE_DIR/jax`` (default
 ``~/.cache/jaxmir/jax``) so that a later run starts faster. A cache that
 cannot be written (read-only, full disk) turns itself off with one line on
-stderr; entries left empty or unreadable by an earlier failure (a full disk
-leaves zero-byte files that JAX would otherwise keep missing on) are removed
+stderr; entries left empty, unreadable or cut short by an earlier failure (JAX
+writes an entry in place, so a full disk or a file-size limit leaves a part of
+it, which JAX fails to read, recompiles, and never writes again) are removed
 before use.
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -25,20 +28,50 @@ def cache_dir() -> Path | None:
     return Path(root) / "jax"
 
 
+CHECKED = ".checked"  # a file in the cache whose time is that of the last check of its entries
+
+
 def drop_broken_entries(directory: Path) -> int:
-    """Remove empty or unreadable cache entries; returns how many were removed."""
-    removed = 0
+    """Remove empty or unreadable cache entries, and those written since the last check
+    (:data:`CHECKED`) that are cut short; returns how many were removed."""
+    stamp = directory / CHECKED
+    try:
+        since = stamp.stat().st_mtime_ns
+    except OSError:
+        since = 0  # every entry, once
+    started, removed = time.time_ns(), 0
     for entry in directory.iterdir():
-        if not entry.is_file():
+        if entry.name == CHECKED or not entry.is_file():
             continue
         try:
-            broken = entry.stat().st_size == 0 or not os.access(entry, os.R_OK)
+            status = entry.stat()
+            broken = status.st_size == 0 or not os.access(entry, os.R_OK) or (
+                status.st_mtime_ns >= since and entry.name.endswith("-cache")
+                and _cut_short(entry.read_bytes()))
             if broken:
                 entry.unlink()
                 removed += 1
         except OSError:
             continue
+    try:
+        stamp.touch()
+        os.utime(stamp, ns=(started, started))  # what is written during the check: next time
+    except OSError:
+        pass
     return removed
+
+
+def _cut_short(entry: bytes) -> bool:
+    """Whether a cache entry is a zlib stream that stops before its end (JAX compresses with
+    zlib where no zstd module is installed; another kind is taken as whole)."""
+    if entry[:1] != b"\x78":  # zlib's first byte at the default window
+        return False
+    reader = zlib.decompressobj()
+    try:
+        reader.decompress(entry)
+    except zlib.error:
+        return True
+    return not reader.eof
 
 
 def _writable(directory: Path) -> str | None:
