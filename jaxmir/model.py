@@ -356,9 +356,10 @@ class Model:
         return pipeline.features(self, audio, sample_rate, compat=compat, resampler=resampler)
 
     @overload
-    def predict(self, audio: ArrayLike, sample_rate: int, output: str | None = None,
-                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
-                compat: str = "essentia", resampler: str = "essentia") -> np.ndarray | jax.Array:
+    def predict(  # type: ignore[overload-overlap]  # a str is an Iterable[str] too
+            self, audio: ArrayLike, sample_rate: int, output: str | None = None,
+            patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
+            compat: str = "essentia", resampler: str = "essentia") -> np.ndarray | jax.Array:
         ...
 
     @overload
@@ -396,6 +397,21 @@ class Model:
         """
         return pipeline.predict(self, audio, sample_rate, output, patch_hop=patch_hop,
                                 last_patch=last_patch, pad=pad, compat=compat, resampler=resampler)
+
+    @overload
+    def stream(  # type: ignore[overload-overlap]  # a str is an Iterable[str] too
+            self, sample_rate: int, output: str | None = None, patch_hop: int | None = None,
+            last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
+            resampler: str = "essentia", eager: bool = True,
+            resample_step: int | None = None) -> streaming.Stream[np.ndarray]:
+        ...
+
+    @overload
+    def stream(self, sample_rate: int, output: Iterable[str], patch_hop: int | None = None,
+               last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
+               resampler: str = "essentia", eager: bool = True,
+               resample_step: int | None = None) -> streaming.Stream[dict[str, np.ndarray]]:
+        ...
 
     def stream(self, sample_rate: int, output: str | Iterable[str] | None = None,
                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,

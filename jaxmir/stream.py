@@ -63,7 +63,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import flax.linen as nn
 import jax
@@ -314,7 +314,11 @@ class PatchStarts(Sequence):
         return list, (list(self),)
 
 
-class Stream:
+# What a stream's push and close return: one output's array, or a dict of several outputs'.
+Outputs = TypeVar("Outputs", np.ndarray, dict[str, np.ndarray])
+
+
+class Stream(Generic[Outputs]):
     """A model run on audio that arrives chunk by chunk (see the module docstring).
 
     Make one with :meth:`jaxmir.Model.stream`. ``push(chunk)`` returns the
@@ -388,12 +392,12 @@ class Stream:
         JAX one gives its samples in steps of at least 2048)."""
         return self.n_samples / TARGET_RATE
 
-    def push(self, chunk: ArrayLike) -> np.ndarray | dict[str, np.ndarray]:
+    def push(self, chunk: ArrayLike) -> Outputs:
         """Outputs ``[k, ...]`` (k >= 0) of the patches ``chunk`` (``[n_samples]`` or ``[n_samples,
         channels]`` at the stream's rate) completed; a dict for several outputs."""
         return self._unwrap(self.push_patches(chunk))
 
-    def close(self) -> np.ndarray | dict[str, np.ndarray]:
+    def close(self) -> Outputs:
         """Outputs of the remaining patches (the last frames, ``last_patch``, ``pad``)."""
         return self._unwrap(self.close_patches())
 
@@ -474,8 +478,9 @@ class Stream:
         self._pieces, self._buffer = [], np.zeros(0, np.float32)
         return regular + last
 
-    def _unwrap(self, patches: Patches):
-        return patches.values[self.names[0]] if self._single else patches.values
+    def _unwrap(self, patches: Patches) -> Outputs:
+        values = patches.values[self.names[0]] if self._single else patches.values
+        return values  # type: ignore[return-value]  # the output names chose which
 
     def _append(self, samples: np.ndarray) -> None:
         if samples.shape[0]:

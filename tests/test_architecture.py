@@ -288,3 +288,5 @@ def test_public_functions_say_what_they_take_and_give():
         ("str | None", "np.ndarray | jax.Array"),
         ("Iterable[str]", "dict[str, np.ndarray | jax.Array]")]
     assert inspect.signature(Model.features).return_annotation == "np.ndarray | jax.Array"
+    assert [inspect.signature(f).return_annotation for f in get_overloads(Model.stream)] == [
+        "streaming.Stream[np.ndarray]", "streaming.Stream[dict[str, np.ndarray]]"]
