@@ -53,3 +53,7 @@ def check_label_text(labels: Iterable[str]) -> None:
             raise InputError(f"the label {label!r} holds a control character (a line break, an "
                              "escape, a text-direction control); labels are names printed and "
                              "used as column names")
+        if any(unicodedata.category(char) == "Cs" for char in label):  # Parquet's columns failed
+            raise InputError(f"the label {label!r} holds bytes that are not UTF-8 text (a folder "
+                             "name's, read under another encoding); labels are names printed "
+                             "and used as column names")

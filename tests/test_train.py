@@ -162,6 +162,31 @@ def test_class_folders_of_one_number_written_two_ways_are_refused(tmp_path, audi
         data.load_dataset(twins)
 
 
+def test_class_folders_are_named_by_their_utf8_bytes(tmp_path, audio_set):
+    """A folder named in bytes that are not UTF-8 (or in UTF-8, read under an ASCII locale with
+    PYTHONUTF8=0) became a label holding lone surrogates, which a head exported, and a Parquet
+    table of its tags then failed on with a traceback (UnicodeEncodeError)."""
+    from jaxmir.labels import check_label_text
+
+    named = tmp_path / "named"
+    shutil.copytree(audio_set / "pads", named / "música")
+    shutil.copytree(audio_set / "drums", named / "日本")
+    code = ("import sys, json; from jaxmir.train import data; "
+            "print(json.dumps([sys.getfilesystemencoding(), "
+            "data.load_dataset(sys.argv[1]).classes]))")
+    env = {**child_env(), "LC_ALL": "POSIX", "LANG": "POSIX", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0"}
+    run = subprocess.run([sys.executable, "-c", code, str(named)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == ["ascii", ["música", "日本"]]
+    os.rename(named / "música", os.fsdecode(bytes(named / "caf") + b"\xe9"))
+    with pytest.raises(InputError, match=r"the class folder 'caf\\udce9' is not named in UTF-8"):
+        data.load_dataset(named)
+    with pytest.raises(InputError, match="holds bytes that are not UTF-8 text"):
+        check_label_text(["caf\udce9"])  # a head's JSON may hold it too
+
+
 def test_a_class_named_with_a_control_character_is_refused(tmp_path, audio_set):
     odd = tmp_path / "odd"
     shutil.copytree(audio_set / "pads", odd / "pads")

@@ -216,9 +216,9 @@ def load_dataset(source: str | os.PathLike) -> Dataset:
 
 
 def _from_folders(root: Path) -> Dataset:
-    classes = ordered_classes([p.name for p in root.iterdir()
-                               if p.is_dir() and not p.name.startswith(".")],
-                              f"{root}: the class folders")
+    folders = {_class_name(root, p.name): p.name for p in root.iterdir()
+               if p.is_dir() and not p.name.startswith(".")}
+    classes = ordered_classes(folders, f"{root}: the class folders")
     if not classes:
         raise InputError(f"{root}: no class folders; expected DATA/<class>/<audio files>")
     loose = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
@@ -229,7 +229,7 @@ def _from_folders(root: Path) -> Dataset:
                       JaxmirWarning, stacklevel=3)
     paths, rows = [], []
     for index, name in enumerate(classes):
-        files = audio_files(root / name)  # what ``jaxmir tag FOLDER`` reads
+        files = audio_files(root / folders[name])  # what ``jaxmir tag FOLDER`` reads
         paths.extend(files)
         rows.extend([index] * len(files))
     _check_unique(root, paths, "in more than one place (the same file by its real path: a link)",
@@ -342,6 +342,20 @@ def _from_table(path: Path) -> Dataset:
         raise InputError(f"{path}: regression targets contain NaN or infinity (or values beyond "
                          "float32's ~3.4e38)")
     return Dataset(tuple(files), values, "regression", tuple(numeric))
+
+
+def _class_name(root: Path, folder: str) -> str:
+    """The class a folder names: its name's bytes as UTF-8 (``música``, whatever the locale's
+    encoding: under an ASCII one Python reads it as ``m\\udcc3\\udcbasica``), or as the locale
+    reads them where they are its text and not UTF-8 (Latin-1's ``m\\xfasica``), else
+    :class:`InputError`."""
+    try:
+        return os.fsencode(folder).decode("utf-8")
+    except UnicodeDecodeError:
+        if not any("\udc80" <= char <= "\udcff" for char in folder):
+            return folder
+        raise InputError(f"{root}: the class folder {folder!r} is not named in UTF-8 text; "
+                         "rename it: its name is the class's label") from None
 
 
 def ordered_classes(names, what: str) -> list[str]:
