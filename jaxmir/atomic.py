@@ -105,10 +105,11 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
                      durable: bool = False) -> Path:
     """``write(handle)`` into ``.<name>.<random>.tmp`` beside ``target``, then rename it over ``target``.
 
-    The file gets the permissions a plain ``open`` would give it: an existing file's own (it
-    was given 0644 whatever they were), a new file's ``0o666`` less the umask (``mkstemp``'s
-    are 0600); an existing file this process may not write is a :class:`PermissionError`, as
-    ``open`` would raise, not replaced. With ``durable``, the file is synced before the rename and
+    The file gets the permissions a plain ``open`` would give it: an existing file's own mode,
+    owner and group (it was given 0644 whatever they were) where this process may give them
+    (else, as for a new file, ``0o666`` less the umask: ``mkstemp``'s are 0600); an existing
+    file this process may not write is a :class:`PermissionError`, as ``open`` would raise,
+    not replaced. With ``durable``, the file is synced before the rename and
     its folder after it. On any error, the temporary file is removed and
     ``target`` is as it was. A symbolic link keeps pointing at the file written: the file it
     names is replaced. A pipe or a character device (``/dev/null``, a terminal) is written to,
@@ -123,12 +124,12 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     if kind is not None:
         raise OSError(errno.EINVAL, "not a regular file, a pipe or a character device", str(target))
     target = through_link(target)
-    mode = _kept_mode(target)
+    existing = _existing(target)
     handle, temporary = tempfile.mkstemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
                                          dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            os.fchmod(file.fileno(), mode)
+            os.fchmod(file.fileno(), _kept_mode(file.fileno(), existing))
             write(file)
             if durable:
                 file.flush()
@@ -142,15 +143,30 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     return target
 
 
-def _kept_mode(target: Path) -> int:
-    """The mode a file written over ``target`` gets (:func:`write_atomically`)."""
+def _existing(target: Path) -> os.stat_result | None:
+    """``target``'s state where it exists, :class:`PermissionError` where this process may not
+    write it (a read-only output, kept so by its owner)."""
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        status = os.stat(target)
     except FileNotFoundError:
-        return new_file_mode()
-    if not os.access(target, os.W_OK):  # a read-only output, kept so by its owner
+        return None
+    if not os.access(target, os.W_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(target))
-    return mode
+    return status
+
+
+def _kept_mode(handle: int, existing: os.stat_result | None) -> int:
+    """The mode of the file written over ``existing`` (:func:`write_atomically`), whose owner and
+    group ``handle``'s file takes where they are another's: its own where they could be given
+    (a 0600 file of another owner, made ours, would lock its owner out), else a new file's."""
+    if existing is None:
+        return new_file_mode()
+    if (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+        try:
+            os.fchown(handle, existing.st_uid, existing.st_gid)
+        except OSError:
+            return new_file_mode()
+    return stat.S_IMODE(existing.st_mode)
 
 
 def make_folder_atomically(target: str | os.PathLike, fill: Callable[[Path], object]) -> Path:

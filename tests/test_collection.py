@@ -1629,6 +1629,13 @@ def test_a_table_rewritten_on_resume_keeps_its_permissions(music, model, tmp_pat
         out.chmod(0o600)
         assert collect(model, files, str(out), jobs=0, progress=False).failed == 1  # rewritten
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        # another owner's 0600 file, made this process's, would lock its owner out (as root;
+        # elsewhere a process may give a file its own owner only)
+        owner = (65534, 65534) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+        os.chown(out, *owner)
+        assert collect(model, files, str(out), jobs=0, progress=False).failed == 1
+        status = out.stat()
+        assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (*owner, 0o600)
         before = out.read_bytes()
         with monkeypatch.context() as patched:  # read-only (root ignores chmod: simulated)
             patched.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)
