@@ -1615,6 +1615,28 @@ def test_no_output_goes_inside_a_parquet_folder(music, model, tmp_path):
     outputs.check_writable(tmp_path / "beside.parquet")  # a table beside it is another
 
 
+def test_an_output_under_a_folder_that_cannot_be_searched_says_so(tmp_path, monkeypatch):
+    """The checks for a file or a table among an output's folders raised PermissionError (Path's
+    tests raise it on Python 3.11) where "cannot write the output in ...: Permission denied"
+    was said. Root searches any folder: simulated."""
+    import pathlib
+
+    locked = tmp_path / "locked"
+
+    def denied(path, *args, **kwargs):
+        if str(path).startswith(str(locked)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_stat(path, *args, **kwargs)
+
+    real_stat = pathlib.Path.stat
+    monkeypatch.setattr(pathlib.Path, "stat", denied)
+    monkeypatch.setattr(pathlib.Path, "mkdir", denied)
+    for folder in (locked / "sub", locked / "x.parquet" / "sub"):
+        with pytest.raises(InputError, match=f"cannot write the output in {re.escape(str(folder))}"
+                                             ": Permission denied"):
+            outputs.check_writable(folder)
+
+
 def test_a_table_rewritten_on_resume_keeps_its_permissions(music, model, tmp_path, monkeypatch):
     """Dropping a failed row rewrites a CSV or JSONL: the new file was 0644 whatever the old one's
     mode (0600: readable by all), and a read-only one was replaced where appending is refused."""

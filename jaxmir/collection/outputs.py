@@ -132,8 +132,8 @@ def _table_among(folder: Path) -> Path | None:
     """The first of ``folder`` and its parents that is a Parquet folder of parts (a name ending
     in ``.parquet``, holding ``part-NNNNNN.parquet`` files: what jaxmir writes)."""
     folder = Path(os.path.abspath(folder))
-    for path in reversed((folder, *folder.parents)):
-        if path.name.lower().endswith(".parquet") and path.is_dir():
+    for path in reversed((folder, *folder.parents)):  # os.path's tests take an error as False
+        if path.name.lower().endswith(".parquet") and os.path.isdir(path):
             try:
                 if any(_PART.match(name) for name in os.listdir(path)):
                     return path
@@ -145,7 +145,7 @@ def _table_among(folder: Path) -> Path | None:
 def _file_among(folder: Path) -> Path | None:
     """The first of ``folder`` and its parents that exists as something other than a folder."""
     for path in reversed((folder, *folder.parents)):
-        if path.exists() and not path.is_dir():
+        if os.path.exists(path) and not os.path.isdir(path):
             return path
     return None
 
