@@ -61,17 +61,42 @@ def drop_broken_entries(directory: Path) -> int:
     return removed
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _cut_short(entry: bytes) -> bool:
-    """Whether a cache entry is a zlib stream that stops before its end (JAX compresses with
-    zlib where no zstd module is installed; another kind is taken as whole)."""
-    if entry[:1] != b"\x78":  # zlib's first byte at the default window
+    """Whether a cache entry is a compressed stream that stops before its end or is damaged:
+    zstd where JAX uses it (Python 3.14's ``compression.zstd``, or ``zstandard`` installed),
+    zlib elsewhere; an entry this process cannot read is taken as whole."""
+    if entry[:4] == _ZSTD_MAGIC:
+        reader = _zstd_reader()
+    elif entry[:1] == b"\x78":  # zlib's first byte at the default window
+        reader = zlib.decompressobj()
+    else:
+        reader = None
+    if reader is None:
         return False
-    reader = zlib.decompressobj()
     try:
         reader.decompress(entry)
-    except zlib.error:
+    except Exception:  # noqa: BLE001 -- each module's own error for a damaged stream
         return True
     return not reader.eof
+
+
+def _zstd_reader():
+    """A zstd stream reader with an ``eof`` attribute, where a module provides one."""
+    try:
+        from compression import zstd  # Python 3.14
+
+        return zstd.ZstdDecompressor()
+    except ImportError:
+        pass
+    try:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj()
+    except ImportError:
+        return None
 
 
 def _writable(directory: Path) -> str | None:

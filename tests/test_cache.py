@@ -12,7 +12,7 @@ from jaxmir import cache
 import numpy as np
 import soundfile
 
-from conftest import ROOT
+from conftest import ROOT, require
 from test_cli import subprocess_env
 
 
@@ -40,12 +40,26 @@ def test_entries_cut_short_are_dropped(tmp_path):
     cut = tmp_path / ("jit_cut-" + whole.name.split("-", 1)[1])
     cut.write_bytes(data[:len(data) // 2])
     other = tmp_path / "jit_other-0-cache"
-    other.write_bytes(b"\x28\xb5\x2f\xfdzstd: not read")  # another kind, taken as whole
+    other.write_bytes(b"\x00 no stream jaxmir reads")  # taken as whole
     assert cache.drop_broken_entries(tmp_path) == 1
     assert not cut.exists() and whole.exists() and other.exists()
     cut.write_bytes(data[:len(data) // 2])
     os.utime(cut, ns=(1, 1))  # written before the last check: not read again
     assert cache.drop_broken_entries(tmp_path) == 0 and cut.exists()
+
+
+def test_zstd_entries_cut_short_are_dropped(tmp_path):
+    """JAX compresses its entries with zstd where a module provides it (Python 3.14's
+    compression.zstd, or zstandard): those cut short were taken as whole."""
+    zstandard = require("zstandard")  # a test dependency: JAX then writes zstd entries
+    data = zstandard.ZstdCompressor().compress(np.random.default_rng(0).bytes(100_000))
+    assert not cache._cut_short(data)
+    for cut in (data[:len(data) // 2], data[:-1]):
+        assert cache._cut_short(cut)
+    (tmp_path / "jit_a-0-cache").write_bytes(data)
+    (tmp_path / "jit_b-0-cache").write_bytes(data[:-1])
+    assert cache.drop_broken_entries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.CHECKED, "jit_a-0-cache"]
 
 
 def test_an_unwritable_cache_turns_itself_off_with_one_line(tmp_path):
