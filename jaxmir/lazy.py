@@ -17,12 +17,14 @@ def optional(name: str, needed_for: str, install: str,
     ``needed_for`` needs it and ``install``: that it is not installed, or that it is but
     failed to import (one of its own dependencies missing, a build for another NumPy)."""
     top = name.split(".")[0]
+    parts = name.split(".")
+    failure: Exception
     try:
         return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name is not None and err.name.split(".")[0] == top:
-            raise error(f"{needed_for} needs {top}, which is not installed; install it with: "
-                        f"{install}") from None
+    except ModuleNotFoundError as err:  # this module, or one of its own dependencies, missing
+        if err.name in {".".join(parts[:k]) for k in range(1, len(parts) + 1)}:
+            raise error(f"{needed_for} needs {err.name}, which is not installed; install it "
+                        f"with: {install}") from None
         failure = err
     except Exception as err:  # noqa: BLE001 -- whatever a broken installation raises
         failure = err
