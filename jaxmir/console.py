@@ -33,16 +33,21 @@ class StandardOutputError(Exception):
 
 # Control characters but tab (and newline, where asked): in a file name, ESC [ ... would drive
 # the terminal that shows the message (colours, the window's title, the cursor), and a newline
-# start a line of its own. A name's byte that is not UTF-8 reaches Python as a lone surrogate,
-# \udc80-\udcff, written back as that byte: 0x80-0x9f are C1 controls (0x9b is CSI).
-_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\udc80-\udc9f]")
-_CONTROLS_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\udc80-\udc9f]")
+# start a line of its own.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROLS_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# A name's byte that is not UTF-8 reaches Python as a lone surrogate, \udc80-\udcff, which a
+# stream in a C or POSIX locale writes back as that byte (0x80-0x9f are C1 controls: 0x9b is
+# CSI), and another stream refuses: always written as the tables write it, \udcXX.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 def printable(text: str, newlines: bool = False) -> str:
     """``text`` with each control character but tab (and newline, with ``newlines``) written as
-    ``\\xNN``, as a terminal shows it rather than obeys it."""
+    ``\\xNN``, as a terminal shows it rather than obeys it, and each byte of a name that is not
+    UTF-8 as ``\\udcNN``: valid UTF-8 text, whatever the locale."""
     controls = _CONTROLS_BUT_NEWLINE if newlines else _CONTROLS
+    text = _NOT_UTF8.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     return controls.sub(lambda found: f"\\x{ord(found.group()) & 0xFF:02x}", text)
 
 
@@ -62,9 +67,8 @@ def write_line(text: str) -> None:
 
 
 def _encodable(text: str) -> str:
-    """``text``, or where standard output's encoding cannot take it (a file name that is not
-    UTF-8, in a UTF-8 locale's strict stream) with ``\\udcXX`` escapes, as the tables write
-    such names; it ended in a traceback."""
+    """``text``, or where standard output's encoding cannot take it (ASCII, Latin-1) with
+    backslash escapes; it ended in a traceback."""
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
         text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")

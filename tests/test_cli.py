@@ -824,6 +824,23 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def test_a_name_that_is_not_utf8_is_printed_as_the_tables_write_it(tmp_path):
+    """In a C or POSIX locale Python's standard output writes a name's non-UTF-8 byte back as
+    it is: `jaxmir tag ... -f csv > out.csv` was no UTF-8 (the csv module failed on it), and
+    under a UTF-8 locale the same name printed as \\udcff. Both now print the tables' escape."""
+    name = os.fsdecode(bytes(tmp_path) + b"/caf\xe9_\xff.wav")
+    soundfile.write(tmp_path / "plain.wav", tone(4.0), SR)
+    os.rename(tmp_path / "plain.wav", name)
+    for locale in ("C.UTF-8", "POSIX"):
+        run = subprocess.run([sys.executable, "-m", "jaxmir", "tag", name, "-f", "csv"],
+                             capture_output=True, env=subprocess_env(LC_ALL=locale, LANG=locale,
+                                                                     PYTHONUTF8="0"),
+                             timeout=300, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        rows = list(csv.reader(io.StringIO(run.stdout.decode("utf-8"))))
+        assert rows[1][0].endswith("/caf\\udce9_\\udcff.wav"), (locale, rows[1])
+
+
 def test_python_m_jaxmir_help():
     result = subprocess.run([sys.executable, "-m", "jaxmir", "--help"], capture_output=True, text=True,
                             env=subprocess_env(), timeout=120, cwd=ROOT)
@@ -1006,7 +1023,7 @@ def test_control_characters_in_file_names_are_shown_not_obeyed(capsys, tmp_path)
     status, out, err = run(capsys, "tag", str(forged), os.fsdecode(c1))
     assert status == 0 and "\njaxmir: error: forged" not in out and "\x9b" not in out, out
     assert "a\\x0ajaxmir: error: forged.wav] top 3 tags" in out
-    assert "c1_\\x9b31m.wav] top 3 tags" in out
+    assert "c1_\\udc9b31m.wav] top 3 tags" in out  # as the tables write it
     broken = tmp_path / "b\njaxmir: warning: forged.wav"
     broken.write_bytes(b"RIFF not really a wave file")
     status, out, err = run(capsys, "tag", str(broken))
