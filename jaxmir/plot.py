@@ -7,6 +7,8 @@ only when a picture is drawn.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from jaxmir import lazy
 from jaxmir.atomic import write_atomically
-from jaxmir.errors import JaxmirError, OptionError
+from jaxmir.errors import JaxmirError, JaxmirWarning, OptionError
 
 
 def _pyplot():
@@ -72,23 +74,52 @@ def save_taggram(path: str | os.PathLike, taggram: np.ndarray, starts: np.ndarra
     edges = np.append(starts, ends[-1:]) if starts.size else np.array([0.0, patch_seconds])
     values = taggram.T if taggram.size else np.zeros((n_labels, 1), np.float32)
     figure, axes = plt.subplots(figsize=(max(6.0, min(24.0, 0.25 * len(starts) + 4)), 0.18 * n_labels + 1.5))
-    try:
-        image = axes.pcolormesh(edges, np.arange(n_labels + 1), values, cmap="viridis", vmin=0.0,
-                                vmax=max(1e-6, float(values.max())), shading="flat")
-        axes.set_yticks(np.arange(n_labels) + 0.5)
-        axes.set_yticklabels(labels, fontsize=7)
-        axes.invert_yaxis()
-        axes.set_xlabel("time (s)")
-        axes.set_title(title, fontsize=9)
-        figure.colorbar(image, ax=axes, fraction=0.03, pad=0.01)
-        figure.tight_layout()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # the picture's format follows the target's extension, as savefig(path) would choose it
-        write_atomically(target, lambda handle: figure.savefig(
-            handle, format=target.suffix[1:] or None, dpi=120))
-    finally:
-        plt.close(figure)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _draw(figure, axes, target, edges, values, labels, title)
+        finally:
+            plt.close(figure)
+    _warn_again(caught, target)
     return target
+
+
+def _draw(figure, axes, target: Path, edges: np.ndarray, values: np.ndarray,
+          labels: Sequence[str], title: str) -> None:
+    """The taggram's picture in ``figure``, written to ``target``."""
+    n_labels = len(labels)
+    image = axes.pcolormesh(edges, np.arange(n_labels + 1), values, cmap="viridis", vmin=0.0,
+                            vmax=max(1e-6, float(values.max())), shading="flat")
+    axes.set_yticks(np.arange(n_labels) + 0.5)
+    axes.set_yticklabels(labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("time (s)")
+    axes.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axes, fraction=0.03, pad=0.01)
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # the picture's format follows the target's extension, as savefig(path) would choose it
+    write_atomically(target, lambda handle: figure.savefig(
+        handle, format=target.suffix[1:] or None, dpi=120))
+
+
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from (?:current )?font")
+
+
+def _warn_again(caught: list[warnings.WarningMessage], target: Path) -> None:
+    """The warnings of a drawing, matplotlib's "Glyph 26085 missing from font(s)" (one for
+    each character, each time the text is laid out: 8 lines a picture) in one line."""
+    missing = []
+    for caught_warning in caught:
+        found = _MISSING_GLYPH.search(str(caught_warning.message))
+        if found is None:
+            warnings.warn_explicit(caught_warning.message, caught_warning.category,
+                                   caught_warning.filename, caught_warning.lineno)
+        elif chr(int(found.group(1))) not in missing:
+            missing.append(chr(int(found.group(1))))
+    if missing:
+        warnings.warn(f"{target}: matplotlib's fonts lack {' '.join(missing)} (of the labels or "
+                      "the title), drawn as boxes", JaxmirWarning, stacklevel=3)
 
 
 __all__ = ["save_taggram", "check_available", "check_format"]

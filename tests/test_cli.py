@@ -539,6 +539,25 @@ def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
 
 
+def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
+    """matplotlib warns once a glyph and layout (8 lines a picture for two CJK characters, in
+    Python's two-line form on the command line); a taggram's picture says it in one warning."""
+    import warnings
+
+    from jaxmir.errors import JaxmirWarning
+    from jaxmir.plot import save_taggram
+
+    require("matplotlib")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_taggram(tmp_path / "t.png", np.full((3, 2), 0.5), np.arange(3) * 1.5,
+                     ["日本", "música"], 3.0, title="日本")
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (JaxmirWarning, f"{tmp_path / 't.png'}: matplotlib's fonts lack 日 本 (of the labels or "
+                        "the title), drawn as boxes")]
+    assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_picture_that_cannot_be_written_is_named(capsys, wavs, tmp_path, monkeypatch):
     """A full disk under --plot said "f.wav: unexpected OSError: [Errno 28] No space left on
     device", naming the audio file, not the picture."""
