@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 from jaxmir import catalog, interrupts
 from jaxmir.arguments import whole_number
 from jaxmir.atomic import deferred_interrupts
-from jaxmir.console import StandardOutputError, printable, write_line, write_whole_line
+from jaxmir.console import (StandardOutputError, columns, printable, write_line,
+                            write_whole_line)
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
 
@@ -399,14 +400,15 @@ def _tag_one(model, args, hop, plots: dict[str, Path]):
 
 def text_block(path: str, result: dict) -> str:
     """musicnn's ``[file] Top3 tags:`` then `` - tag`` lines, with the mean probability."""
-    width = max(len(t["label"]) for t in result["top"])
+    width = max(columns(t["label"]) for t in result["top"])
     n = result["n_patches"]
     patches = f"{n} patch{'' if n == 1 else 'es'}"
     path = printable(path)  # a newline in its name would start a line of its own
     lines = [f"[{path}] values, mean over {patches}:" if result.get("outputs") == "values"
              else f"[{path}] top {len(result['top'])} tag{'' if len(result['top']) == 1 else 's'} "
              f"({patches}):"]
-    lines += [f" - {t['label']:<{width}}  {t['score']:.4f}" for t in result["top"]]
+    lines += [f" - {t['label']}{' ' * (width - columns(t['label']))}  {t['score']:.4f}"
+              for t in result["top"]]
     return "\n".join(lines) + "\n"
 
 

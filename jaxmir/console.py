@@ -13,6 +13,7 @@ import re
 import select
 import sys
 import time
+import unicodedata
 from typing import Callable
 
 # Python's buffered writer takes a write longer than a pipe holds that its reader left as
@@ -49,6 +50,13 @@ def printable(text: str, newlines: bool = False) -> str:
     controls = _CONTROLS_BUT_NEWLINE if newlines else _CONTROLS
     text = _NOT_UTF8.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     return controls.sub(lambda found: f"\\x{ord(found.group()) & 0xFF:02x}", text)
+
+
+def columns(text: str) -> int:
+    """The columns ``text`` takes on a terminal: two for a wide character (CJK), none for a
+    combining mark, one for any other."""
+    return sum(0 if unicodedata.combining(char) else
+               2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
 
 
 def write_line(text: str) -> None:

@@ -539,6 +539,18 @@ def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
 
 
+def test_scores_line_up_under_wide_and_combining_labels():
+    """Labels were padded by their length in characters: a CJK label's scores stood two columns
+    right of the others' for each character, a combining accent's one left."""
+    from jaxmir.console import columns
+
+    labels = ["日本", "rock", "cafe\u0301", "ü"]
+    block = cli.text_block("a.wav", {"n_patches": 1, "top": [
+        {"label": label, "score": 0.5} for label in labels]})
+    rows = block.splitlines()[1:]
+    assert [columns(row[:row.index("0.5000")]) for row in rows] == [9] * 4, rows
+
+
 def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
     """matplotlib warns once a glyph and layout (8 lines a picture for two CJK characters, in
     Python's two-line form on the command line); a taggram's picture says it in one warning."""
