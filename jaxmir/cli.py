@@ -343,15 +343,10 @@ def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
 
 
 def gives_values(model) -> bool:
-    """Whether ``model`` gives values, not class scores to rank: its head ends in anything but
-    a sigmoid or a softmax (no activation or the identity: a regression head; a ReLU: an
-    embedding, VGGish's as Google published it first)."""
-    from jaxmir.spec import Activation
+    """Whether ``model`` gives values, not class scores to rank (:func:`jaxmir.spec.gives_values`)."""
+    from jaxmir import spec
 
-    head = model.spec.head
-    last = head[-1] if head else None
-    return last is not None and not (isinstance(last, Activation)
-                                     and last.name in ("sigmoid", "softmax"))
+    return spec.gives_values(model.spec.head)
 
 
 def _tag_one(model, args, hop, plots: dict[str, Path]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from jaxmir.labels import placeholder_labels
-from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
+from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer, gives_values
 
 
 def _arrows(layers: Sequence[HeadLayer]) -> str:
@@ -74,7 +74,9 @@ def describe(model) -> str:
              f"architecture: {spec.architecture}",
              *[f"  {line}" for line in summarize(spec.architecture, spec.config)],
              f"input: {spec.input_name} [batch, {', '.join(map(str, spec.input_shape))}]",
-             f"output: {spec.output_name} [batch, {spec.output_width}]",
+             f"output: {spec.output_name} [batch, {spec.output_width}]"
+             + ("; values, not class scores (its head ends in no sigmoid or softmax): the "
+                "command line prints them all, in order" if gives_values(spec.head) else ""),
              f"parameters: {model.num_params():,}",
              f"labels ({len(labels)}): {label_text}",
              "outputs by name: " + ", ".join(sorted(

@@ -50,6 +50,15 @@ def head_width(layers: Sequence[HeadLayer]) -> int:
     raise WeightsError(f"a head without a dense layer: {list(layers)}")
 
 
+def gives_values(layers: Sequence[HeadLayer]) -> bool:
+    """Whether a head gives values, not class scores to rank: it ends in anything but a sigmoid
+    or a softmax (no activation or the identity: a regression head; a ReLU: an embedding,
+    VGGish's as Google published it first)."""
+    last = layers[-1] if layers else None
+    return last is not None and not (isinstance(last, Activation)
+                                     and last.name in ("sigmoid", "softmax"))
+
+
 def dense_indices(layers: Sequence[HeadLayer]) -> list[int]:
     """Positions of the dense layers in a head."""
     return [i for i, layer in enumerate(layers) if isinstance(layer, Dense)]

@@ -73,7 +73,10 @@ FIXTURES = {
                              "conv3x3 8 relu pool2x2", "dense 128 -> relu"],
     "vgg4.pb": ["architecture: vgg", "[batch, 128, 128]", "model/Softmax [batch, 4]", "elu BN"],
     "emomusic-msd-musicnn-1.pb": ["architecture: head", "flatten_in_input [batch, 200]",
-                                  "dense_out [batch, 2]", "BN -> dense 2"],
+                                  "dense_out [batch, 2]", "BN -> dense 2",
+                                  # a regression head: tag printed its values unranked, info
+                                  # did not say so
+                                  "dense_out [batch, 2]; values, not class scores"],
 }
 
 
@@ -84,6 +87,7 @@ def test_info_describes_the_fixtures(name, capsys):
     text = capsys.readouterr().out
     for expected in FIXTURES[name]:
         assert expected in text, f"{expected!r} not in:\n{text}"
+    assert ("values, not class scores" in text) == name.startswith("emomusic")
 
 
 def test_info_describes_replicas(tmp_path, capsys):
