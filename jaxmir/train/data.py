@@ -216,8 +216,14 @@ def load_dataset(source: str | os.PathLike) -> Dataset:
 
 
 def _from_folders(root: Path) -> Dataset:
-    folders = {_class_name(root, p.name): p.name for p in root.iterdir()
-               if p.is_dir() and not p.name.startswith(".")}
+    folders: dict[str, str] = {}
+    for folder in sorted(p.name for p in root.iterdir()
+                         if p.is_dir() and not p.name.startswith(".")):
+        name = _class_name(root, folder)
+        if name in folders:  # one name in two encodings (UTF-8 and the locale's Latin-1)
+            raise InputError(f"{root}: the class folders {folders[name]!r} and {folder!r} both "
+                             f"name the class {name!r}; merge them")
+        folders[name] = folder
     classes = ordered_classes(folders, f"{root}: the class folders")
     if not classes:
         raise InputError(f"{root}: no class folders; expected DATA/<class>/<audio files>")
