@@ -105,11 +105,11 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
                      durable: bool = False) -> Path:
     """``write(handle)`` into ``.<name>.<random>.tmp`` beside ``target``, then rename it over ``target``.
 
-    The file gets the permissions a plain ``open`` would give it: an existing file's own mode,
-    owner and group (it was given 0644 whatever they were) where this process may give them
-    (else, as for a new file, ``0o666`` less the umask: ``mkstemp``'s are 0600); an existing
-    file this process may not write is a :class:`PermissionError`, as ``open`` would raise,
-    not replaced. With ``durable``, the file is synced before the rename and
+    The file keeps what a plain ``open`` would keep: an existing file's mode, owner and group
+    (it was given 0644 whatever they were; :func:`_keep_owner_and_mode`); a new file gets
+    ``0o666`` less the umask (``mkstemp``'s are 0600). An existing file this process may not
+    write is a :class:`PermissionError`, as ``open`` would raise, not replaced
+    (:func:`check_replaceable`). With ``durable``, the file is synced before the rename and
     its folder after it. On any error, the temporary file is removed and
     ``target`` is as it was. A symbolic link keeps pointing at the file written: the file it
     names is replaced. A pipe or a character device (``/dev/null``, a terminal) is written to,
@@ -124,12 +124,12 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     if kind is not None:
         raise OSError(errno.EINVAL, "not a regular file, a pipe or a character device", str(target))
     target = through_link(target)
-    existing = _existing(target)
+    existing = check_replaceable(target)
     handle, temporary = tempfile.mkstemp(prefix=f".{name_prefix(target.name)}.", suffix=".tmp",
                                          dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            os.fchmod(file.fileno(), _kept_mode(file.fileno(), existing))
+            _keep_owner_and_mode(file.fileno(), existing)
             write(file)
             if durable:
                 file.flush()
@@ -143,9 +143,10 @@ def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], obje
     return target
 
 
-def _existing(target: Path) -> os.stat_result | None:
-    """``target``'s state where it exists, :class:`PermissionError` where this process may not
-    write it (a read-only output, kept so by its owner)."""
+def check_replaceable(target: str | os.PathLike) -> os.stat_result | None:
+    """``target``'s state where it exists (``None`` where it does not), or
+    :class:`PermissionError` where this process may not write it (a read-only output, kept so
+    by its owner): what :func:`write_atomically` checks, for a check before the work."""
     try:
         status = os.stat(target)
     except FileNotFoundError:
@@ -155,18 +156,24 @@ def _existing(target: Path) -> os.stat_result | None:
     return status
 
 
-def _kept_mode(handle: int, existing: os.stat_result | None) -> int:
-    """The mode of the file written over ``existing`` (:func:`write_atomically`), whose owner and
-    group ``handle``'s file takes where they are another's: its own where they could be given
-    (a 0600 file of another owner, made ours, would lock its owner out), else a new file's."""
+def _keep_owner_and_mode(handle: int, existing: os.stat_result | None) -> None:
+    """Give ``handle``'s file the owner, group and mode of the file it replaces (a 0600 file of
+    another owner, made this process's, would lock its owner out): where the owner cannot be
+    given (not root), the group and mode (a shared folder's group keeps its access), where
+    neither can, a new file's mode; a new file's mode without ``existing``."""
     if existing is None:
-        return new_file_mode()
+        os.fchmod(handle, new_file_mode())
+        return
     if (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
         try:
             os.fchown(handle, existing.st_uid, existing.st_gid)
         except OSError:
-            return new_file_mode()
-    return stat.S_IMODE(existing.st_mode)
+            try:
+                os.fchown(handle, -1, existing.st_gid)
+            except OSError:
+                os.fchmod(handle, new_file_mode())
+                return
+    os.fchmod(handle, stat.S_IMODE(existing.st_mode))
 
 
 def make_folder_atomically(target: str | os.PathLike, fill: Callable[[Path], object]) -> Path:

@@ -1666,6 +1666,34 @@ def test_a_table_rewritten_on_resume_keeps_its_permissions(music, model, tmp_pat
         assert out.read_bytes() == before
 
 
+def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch):
+    """Where the owner could not be given back (not root), the group went too, with the mode:
+    a shared folder's 0664 table, rewritten by another member of its group, became 0644 and
+    that user's group's, and the others could no longer resume it. Simulated: this process
+    is taken for another user, who may give a file its group only."""
+    from jaxmir import atomic
+
+    target = tmp_path / "tags.csv"
+    target.write_text("old")
+    target.chmod(0o664)
+    calls, real = [], os.fchown
+
+    def fchown(handle, uid, gid):
+        calls.append((uid, gid))
+        if uid != -1 or refused:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        real(handle, uid, gid)
+
+    monkeypatch.setattr(atomic.os, "geteuid", lambda: os.getuid() + 1)
+    monkeypatch.setattr(atomic.os, "fchown", fchown)
+    for refused, mode in ((False, 0o664), (True, atomic.new_file_mode())):
+        target.chmod(0o664)
+        atomic.write_atomically(target, lambda handle: handle.write(b"new"))
+        assert stat.S_IMODE(target.stat().st_mode) == mode and target.read_text() == "new"
+    gid = target.stat().st_gid
+    assert calls == [(os.getuid(), gid), (-1, gid)] * 2
+
+
 def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
