@@ -192,7 +192,7 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
     """``--output`` of ``jaxmir tag`` without a table must name a file that may be written:
     checked before any work, and by :func:`_emit` before the write. ``-`` is standard output; a
     pipe or a character device (``/dev/stdout``) is written through, a link's target replaced."""
-    from jaxmir.atomic import LINK_LOOP
+    from jaxmir.atomic import LINK_LOOP, check_replaceable
     from jaxmir.collection.outputs import check_writable
 
     if output is None or output == "-":
@@ -219,8 +219,11 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
         raise InputError(f"--output {output} exists; give another path, or --overwrite to replace it")
     try:
         check_writable(Path(os.path.realpath(output)).parent)  # before the work, not after it
+        check_replaceable(os.path.realpath(output))
     except InputError as err:
         raise InputError(f"--output {output}: {err}") from None
+    except OSError as err:  # read-only: refused at the write, after every file's work
+        raise InputError(f"--output {output} cannot be written ({err.strerror or err})") from None
 
 
 def _written_through(output: str) -> bool:
@@ -246,7 +249,7 @@ def _check_plot_name(plot: str | None, output: str | None) -> None:
 
 def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
     """``--plot`` pictures replace no file unless ``--overwrite``: checked before any work."""
-    from jaxmir.atomic import LINK_LOOP, is_link_loop
+    from jaxmir.atomic import LINK_LOOP, check_replaceable, is_link_loop
     from jaxmir.collection.outputs import check_writable
 
     paths = list(paths)
@@ -267,6 +270,11 @@ def _check_plots(paths: Iterable[Path], overwrite: bool) -> None:
         raise InputError(f"--plot: {existing[0]} exists"
                          + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
                          + "; give another path, or --overwrite to replace it")
+    for path in existing:
+        try:
+            check_replaceable(os.path.realpath(path))
+        except OSError as err:  # read-only: refused file by file, after each file's work
+            raise InputError(f"--plot {path} cannot be written ({err.strerror or err})") from None
 
 
 def _emit(text: str, output: str | None, overwrite: bool = False) -> None:

@@ -570,6 +570,25 @@ def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
     assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_read_only_outputs_are_refused_before_the_work(capsys, wavs, tmp_path, monkeypatch):
+    """A read-only --output or --plot was refused at the write, after every file's work: the
+    results were printed nowhere. Root may write any file: simulated."""
+    from jaxmir import atomic
+
+    require("matplotlib")
+    report, picture = tmp_path / "r.json", tmp_path / "p.png"
+    for path in (report, picture):
+        path.write_text("kept")
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)
+    for option, path in (("-o", report), ("--plot", picture)):
+        status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-f", "json", option,
+                               str(path), "--overwrite")
+        assert status == 1 and out == "", out
+        assert f"{option.replace('-o', '--output')} {path} cannot be written (Permission " \
+            "denied)" in err and err.count("\n") == 1, err
+        assert path.read_text() == "kept"
+
+
 def test_a_picture_that_cannot_be_written_is_named(capsys, wavs, tmp_path, monkeypatch):
     """A full disk under --plot said "f.wav: unexpected OSError: [Errno 28] No space left on
     device", naming the audio file, not the picture."""
