@@ -1613,6 +1613,10 @@ def test_no_output_goes_inside_a_parquet_folder(music, model, tmp_path):
     with pytest.raises(InputError, match="is a jaxmir Parquet folder"):
         outputs.check_writable(table / "deeper")  # what the report and --plot writers ask
     outputs.check_writable(tmp_path / "beside.parquet")  # a table beside it is another
+    (tmp_path / "link").symlink_to(table)
+    with pytest.raises(InputError, match="is a jaxmir Parquet folder"):
+        outputs.check_writable(tmp_path / "link" / "sub")
+    assert sorted(os.listdir(table)) == before
 
 
 def test_an_output_under_a_folder_that_cannot_be_searched_says_so(tmp_path, monkeypatch):
