@@ -74,8 +74,9 @@ def save_taggram(path: str | os.PathLike, taggram: np.ndarray, starts: np.ndarra
     edges = np.append(starts, ends[-1:]) if starts.size else np.array([0.0, patch_seconds])
     values = taggram.T if taggram.size else np.zeros((n_labels, 1), np.float32)
     figure, axes = plt.subplots(figsize=(max(6.0, min(24.0, 0.25 * len(starts) + 4)), 0.18 * n_labels + 1.5))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:  # (not thread-safe, as warnings)
+        # every glyph's, to name each character; the other warnings as the caller's filters say
+        warnings.filterwarnings("always", message=_MISSING_GLYPH.pattern)
         try:
             _draw(figure, axes, target, edges, values, labels, title)
         finally:
@@ -103,7 +104,7 @@ def _draw(figure, axes, target: Path, edges: np.ndarray, values: np.ndarray,
         handle, format=target.suffix[1:] or None, dpi=120))
 
 
-_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from (?:current )?font")
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from (?:current )?font")  # matplotlib's
 
 
 def _warn_again(caught: list[warnings.WarningMessage], target: Path) -> None:
@@ -112,9 +113,10 @@ def _warn_again(caught: list[warnings.WarningMessage], target: Path) -> None:
     missing = []
     for caught_warning in caught:
         found = _MISSING_GLYPH.search(str(caught_warning.message))
-        if found is None:
-            warnings.warn_explicit(caught_warning.message, caught_warning.category,
-                                   caught_warning.filename, caught_warning.lineno)
+        if found is None:  # it passed the caller's filters when it was raised: shown as it was
+            warnings.showwarning(caught_warning.message, caught_warning.category,
+                                 caught_warning.filename, caught_warning.lineno,
+                                 caught_warning.file, caught_warning.line)
         elif chr(int(found.group(1))) not in missing:
             missing.append(chr(int(found.group(1))))
     if missing:

@@ -568,6 +568,22 @@ def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
         (JaxmirWarning, f"{tmp_path / 't.png'}: matplotlib's fonts lack 日 本 (of the labels or "
                         "the title), drawn as boxes")]
     assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
+    from jaxmir import plot  # matplotlib's other warnings: as the caller's filters say
+
+    def drawing(*args):
+        draw(*args)
+        warnings.warn("another warning", UserWarning)
+
+    draw = plot._draw
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(plot, "_draw", drawing)
+        for ignored in (False, True):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if ignored:  # by the module that raised it, as a filter of matplotlib's would
+                    warnings.filterwarnings("ignore", module=__name__)
+                save_taggram(tmp_path / "u.png", np.full((1, 1), 0.5), np.zeros(1), ["rock"], 3.0)
+            assert [str(w.message) for w in caught] == ([] if ignored else ["another warning"])
 
 
 def test_read_only_outputs_are_refused_before_the_work(capsys, wavs, tmp_path, monkeypatch):
