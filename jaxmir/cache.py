@@ -29,24 +29,29 @@ def cache_dir() -> Path | None:
 
 
 CHECKED = ".checked"  # a file in the cache whose time is that of the last check of its entries
+# Entries written this recently may be another process's, still being written: read next time.
+_SETTLE_NS = 10 * 10**9
 
 
 def drop_broken_entries(directory: Path) -> int:
     """Remove empty or unreadable cache entries, and those written since the last check
     (:data:`CHECKED`) that are cut short; returns how many were removed."""
     stamp = directory / CHECKED
+    started, removed = time.time_ns(), 0
     try:
         since = stamp.stat().st_mtime_ns
     except OSError:
         since = 0  # every entry, once
-    started, removed = time.time_ns(), 0
+    if since > started:  # a clock set back, or another machine's: every entry again
+        since = 0
+    settled = started - _SETTLE_NS
     for entry in directory.iterdir():
         if entry.name == CHECKED or not entry.is_file():
             continue
         try:
             status = entry.stat()
             broken = status.st_size == 0 or not os.access(entry, os.R_OK) or (
-                status.st_mtime_ns >= since and entry.name.endswith("-cache")
+                since <= status.st_mtime_ns < settled and entry.name.endswith("-cache")
                 and _cut_short(entry.read_bytes()))
             if broken:
                 entry.unlink()
@@ -55,7 +60,7 @@ def drop_broken_entries(directory: Path) -> int:
             continue
     try:
         stamp.touch()
-        os.utime(stamp, ns=(started, started))  # what is written during the check: next time
+        os.utime(stamp, ns=(settled, settled))  # what is written from then on: next time
     except OSError:
         pass
     return removed

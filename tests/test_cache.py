@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+import zlib
 
 from jaxmir import cache
 import numpy as np
@@ -37,15 +39,27 @@ def test_entries_cut_short_are_dropped(tmp_path):
     (whole,) = [p for p in tmp_path.iterdir() if p.name.startswith("jit__lambda-")]
     data = whole.read_bytes()
     assert not cache._cut_short(data)
+    stream = zlib.compress(np.random.default_rng(0).bytes(10_000))  # JAX's without zstd
+    assert not cache._cut_short(stream) and cache._cut_short(stream[:-1])
     cut = tmp_path / ("jit_cut-" + whole.name.split("-", 1)[1])
-    cut.write_bytes(data[:len(data) // 2])
     other = tmp_path / "jit_other-0-cache"
     other.write_bytes(b"\x00 no stream jaxmir reads")  # taken as whole
+    settled = time.time_ns() - 60 * 10**9
+    for path in (whole, other):
+        os.utime(path, ns=(settled, settled))
+    cut.write_bytes(data[:len(data) // 2])  # just now: maybe still being written, read later
+    assert cache.drop_broken_entries(tmp_path) == 0 and cut.exists()
+    stamp = tmp_path / cache.CHECKED
+    since = stamp.stat().st_mtime_ns
+    os.utime(cut, ns=(since, since))  # written after the last check, settled since
     assert cache.drop_broken_entries(tmp_path) == 1
     assert not cut.exists() and whole.exists() and other.exists()
     cut.write_bytes(data[:len(data) // 2])
     os.utime(cut, ns=(1, 1))  # written before the last check: not read again
     assert cache.drop_broken_entries(tmp_path) == 0 and cut.exists()
+    # the stamp in the future (a clock set back): every entry again
+    os.utime(stamp, ns=(time.time_ns() + 3600 * 10**9,) * 2)
+    assert cache.drop_broken_entries(tmp_path) == 1 and not cut.exists()
 
 
 def test_zstd_entries_cut_short_are_dropped(tmp_path):
@@ -58,6 +72,8 @@ def test_zstd_entries_cut_short_are_dropped(tmp_path):
         assert cache._cut_short(cut)
     (tmp_path / "jit_a-0-cache").write_bytes(data)
     (tmp_path / "jit_b-0-cache").write_bytes(data[:-1])
+    for entry in tmp_path.iterdir():
+        os.utime(entry, ns=(1, 1))
     assert cache.drop_broken_entries(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.CHECKED, "jit_a-0-cache"]
 
