@@ -53,10 +53,11 @@ def printable(text: str, newlines: bool = False) -> str:
 
 
 def columns(text: str) -> int:
-    """The columns ``text`` takes on a terminal: two for a wide character (CJK), none for a
-    combining mark, one for any other."""
-    return sum(0 if unicodedata.combining(char) else
-               2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+    """The columns ``text`` takes on a terminal: two for a wide character (CJK), none for a mark
+    drawn on the one before (accents, Devanagari's and Thai's vowel signs, variation selectors,
+    format characters, Hangul's vowel and final jamo), one for any other."""
+    return sum(0 if unicodedata.category(char) in ("Mn", "Me", "Cf") or "\u1160" <= char <= "\u11ff"
+               else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
 
 
 def write_line(text: str) -> None:

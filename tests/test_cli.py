@@ -544,11 +544,12 @@ def test_scores_line_up_under_wide_and_combining_labels():
     right of the others' for each character, a combining accent's one left."""
     from jaxmir.console import columns
 
-    labels = ["日本", "rock", "cafe\u0301", "ü"]
+    labels = ["日本", "rock", "cafe\u0301", "ü", "कु", "สั้น", "\u1100\u1161"]
     block = cli.text_block("a.wav", {"n_patches": 1, "top": [
         {"label": label, "score": 0.5} for label in labels]})
     rows = block.splitlines()[1:]
-    assert [columns(row[:row.index("0.5000")]) for row in rows] == [9] * 4, rows
+    assert [columns(row[:row.index("0.5000")]) for row in rows] == [9] * 7, rows
+    assert [columns(label) for label in labels] == [4, 4, 4, 1, 1, 2, 2]
 
 
 def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
