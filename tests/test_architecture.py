@@ -276,6 +276,9 @@ def test_public_functions_say_what_they_take_and_give():
                             if isinstance(node, ast.Assign) and ast.unparse(node.targets[0])
                             == "__all__")
             assert set(exported) <= hinted, (name, set(exported) - hinted)
+            sources = [ast.literal_eval(node.value) for node in tree.body if isinstance(
+                node, ast.Assign) and ast.unparse(node.targets[0]) == "_EXPORTS"]
+            assert all(set(source) == set(exported) for source in sources), name
     assert (PACKAGE / "py.typed").is_file()
     from typing import get_overloads
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -12,7 +13,7 @@ import pytest
 
 import jaxmir
 from conftest import ROOT, assert_parity, child_env, require, run_tf, shared_fixture
-from jaxmir.errors import GraphError, UnsupportedGraphError
+from jaxmir.errors import GraphError, InputError, UnsupportedGraphError
 from jaxmir.spec import Activation, BatchNorm, Dense
 from jaxmir.tfgraph.graphdef import Graph
 
@@ -473,3 +474,32 @@ def test_a_file_digest_is_read_once_while_the_file_is_unchanged(tmp_path, monkey
     graph.write_bytes(b"b" * 3000)
     os.utime(graph, ns=(stamp, stamp))
     assert catalog.sha256(graph) == sha256(b"b" * 3000).hexdigest() != digest
+
+
+def test_an_optional_dependency_installed_but_broken_is_not_called_missing(tmp_path,
+                                                                            monkeypatch):
+    """pyarrow 14 or matplotlib 3.6 (built for NumPy 1) beside NumPy 2 failed to import with an
+    ImportError, and --plot said matplotlib "is not installed", whose install did nothing."""
+    from jaxmir import lazy
+    from jaxmir.errors import JaxmirError
+
+    for name, body in (("jaxmir_test_abi", "raise ImportError('numpy.core.multiarray failed "
+                                            "to import')"),
+                       ("jaxmir_test_needs", "import jaxmir_test_not_there"),
+                       # its own compiled part missing: it said the package was not installed
+                       ("jaxmir_test_native", "import jaxmir_test_native._native")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, why in (("jaxmir_test_abi", "ImportError: numpy.core.multiarray failed to import"),
+                      ("jaxmir_test_needs", "ModuleNotFoundError: No module named "
+                                            "'jaxmir_test_not_there'"),
+                      ("jaxmir_test_native", "ModuleNotFoundError: No module named "
+                                             "'jaxmir_test_native._native'")):
+        with pytest.raises(JaxmirError, match=re.escape(
+                f"--plot needs {name}, which is installed but failed to import ({why}); "
+                "reinstall or upgrade it: pip install x")):
+            lazy.optional(name, "--plot", "pip install x")
+    with pytest.raises(InputError, match=r"^--plot needs jaxmir_test_gone, which is not "
+                                         r"installed; install it with: pip install x$"):
+        lazy.optional("jaxmir_test_gone.sub", "--plot", "pip install x", InputError)
