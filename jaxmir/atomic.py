@@ -160,7 +160,8 @@ def _keep_owner_and_mode(handle: int, existing: os.stat_result | None) -> None:
     """Give ``handle``'s file the owner, group and mode of the file it replaces (a 0600 file of
     another owner, made this process's, would lock its owner out): where the owner cannot be
     given (not root), the group and mode (a shared folder's group keeps its access), where
-    neither can, a new file's mode; a new file's mode without ``existing``."""
+    neither can, the mode no wider than a new file's (a 0600 file stays 0600: 0644 would show
+    it to all); a new file's mode without ``existing``."""
     if existing is None:
         os.fchmod(handle, new_file_mode())
         return
@@ -171,7 +172,7 @@ def _keep_owner_and_mode(handle: int, existing: os.stat_result | None) -> None:
             try:
                 os.fchown(handle, -1, existing.st_gid)
             except OSError:
-                os.fchmod(handle, new_file_mode())
+                os.fchmod(handle, stat.S_IMODE(existing.st_mode) & new_file_mode())
                 return
     os.fchmod(handle, stat.S_IMODE(existing.st_mode))
 
