@@ -1617,6 +1617,12 @@ def test_no_output_goes_inside_a_parquet_folder(music, model, tmp_path):
     with pytest.raises(InputError, match="is a jaxmir Parquet folder"):
         outputs.check_writable(tmp_path / "link" / "sub")
     assert sorted(os.listdir(table)) == before
+    store = tmp_path / "store"  # a table's folder of another name, reached by a link named so
+    table.rename(store)
+    (tmp_path / "named.parquet").symlink_to(store)
+    with pytest.raises(InputError, match="named.parquet is a jaxmir Parquet folder"):
+        outputs.check_writable(tmp_path / "named.parquet" / "sub")
+    assert sorted(os.listdir(store)) == before
 
 
 def test_an_output_under_a_folder_that_cannot_be_searched_says_so(tmp_path, monkeypatch):

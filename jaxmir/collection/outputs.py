@@ -131,9 +131,10 @@ def check_writable(folder: Path, own_table: bool = False) -> None:
 def _table_among(folder: Path) -> Path | None:
     """The first of ``folder`` and its parents that is a Parquet folder of parts (a name ending
     in ``.parquet``, holding ``part-NNNNNN.parquet`` files: what jaxmir writes)."""
-    folder = Path(os.path.realpath(folder))  # through links: a link to a table is the table
-    for path in reversed((folder, *folder.parents)):  # os.path's tests take an error as False
-        if path.name.lower().endswith(".parquet") and os.path.isdir(path):
+    # as named (a link named x.parquet to a table's folder) and through links (a link to it)
+    named, real = Path(os.path.abspath(folder)), Path(os.path.realpath(folder))
+    for path in [*reversed((named, *named.parents)), *reversed((real, *real.parents))]:
+        if path.name.lower().endswith(".parquet") and os.path.isdir(path):  # an error: False
             try:
                 if any(_PART.match(name) for name in os.listdir(path)):
                     return path
