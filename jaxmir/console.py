@@ -46,8 +46,11 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 def printable(text: str, newlines: bool = False) -> str:
     """``text`` with each control character but tab (and newline, with ``newlines``) written as
     ``\\xNN``, as a terminal shows it rather than obeys it, and each byte of a name that is not
-    UTF-8 as ``\\udcNN``: valid UTF-8 text, whatever the locale."""
+    UTF-8 as ``\\udcNN``: valid UTF-8 text, whatever the locale (a name's UTF-8 bytes that an
+    ASCII locale read as such escapes are shown as the text they are)."""
     controls = _CONTROLS_BUT_NEWLINE if newlines else _CONTROLS
+    if _NOT_UTF8.search(text):  # UTF-8 read under an ASCII locale (PYTHONUTF8=0) is read again
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
     text = _NOT_UTF8.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     return controls.sub(lambda found: f"\\x{ord(found.group()) & 0xFF:02x}", text)
 

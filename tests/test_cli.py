@@ -898,14 +898,17 @@ def test_a_name_that_is_not_utf8_is_printed_as_the_tables_write_it(tmp_path):
     name = os.fsdecode(bytes(tmp_path) + b"/caf\xe9_\xff.wav")
     soundfile.write(tmp_path / "plain.wav", tone(4.0), SR)
     os.rename(tmp_path / "plain.wav", name)
-    for locale in ("C.UTF-8", "POSIX"):
-        run = subprocess.run([sys.executable, "-m", "jaxmir", "tag", name, "-f", "csv"],
+    utf8 = tmp_path / "música.wav"  # an ASCII locale's \udcc3\udcba: read again as ú
+    soundfile.write(utf8, tone(4.0), SR)
+    for locale, shown in (("C.UTF-8", "música"), ("POSIX", "m\\xfasica")):  # ASCII's escape
+        run = subprocess.run([sys.executable, "-m", "jaxmir", "tag", name, str(utf8), "-f", "csv"],
                              capture_output=True, env=subprocess_env(LC_ALL=locale, LANG=locale,
                                                                      PYTHONUTF8="0"),
                              timeout=300, cwd=ROOT)
         assert run.returncode == 0, run.stderr
         rows = list(csv.reader(io.StringIO(run.stdout.decode("utf-8"))))
         assert rows[1][0].endswith("/caf\\udce9_\\udcff.wav"), (locale, rows[1])
+        assert any(row[0].endswith(f"/{shown}.wav") for row in rows[1:]), (locale, rows)
 
 
 def test_python_m_jaxmir_help():
