@@ -355,18 +355,27 @@ class Model:
         """
         return pipeline.features(self, audio, sample_rate, compat=compat, resampler=resampler)
 
+    # One name gives an array, a list or tuple of names a dict; what a checker cannot tell
+    # apart (str | list[str], any other iterable) either.
     @overload
-    def predict(  # type: ignore[overload-overlap]  # a str is an Iterable[str] too
-            self, audio: ArrayLike, sample_rate: int, output: str | None = None,
-            patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
-            compat: str = "essentia", resampler: str = "essentia") -> np.ndarray | jax.Array:
+    def predict(self, audio: ArrayLike, sample_rate: int, output: str | None = None,
+                patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
+                compat: str = "essentia", resampler: str = "essentia") -> np.ndarray | jax.Array:
         ...
 
     @overload
-    def predict(self, audio: ArrayLike, sample_rate: int, output: Iterable[str],
+    def predict(self, audio: ArrayLike, sample_rate: int, output: list[str] | tuple[str, ...],
                 patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
                 compat: str = "essentia",
                 resampler: str = "essentia") -> dict[str, np.ndarray | jax.Array]:
+        ...
+
+    @overload
+    def predict(self, audio: ArrayLike, sample_rate: int,
+                output: str | Iterable[str] | None = None, patch_hop: int | None = None,
+                last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
+                resampler: str = "essentia"
+                ) -> np.ndarray | jax.Array | dict[str, np.ndarray | jax.Array]:
         ...
 
     def predict(self, audio: ArrayLike, sample_rate: int,
@@ -398,19 +407,25 @@ class Model:
         return pipeline.predict(self, audio, sample_rate, output, patch_hop=patch_hop,
                                 last_patch=last_patch, pad=pad, compat=compat, resampler=resampler)
 
-    @overload
-    def stream(  # type: ignore[overload-overlap]  # a str is an Iterable[str] too
-            self, sample_rate: int, output: str | None = None, patch_hop: int | None = None,
-            last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
-            resampler: str = "essentia", eager: bool = True,
-            resample_step: int | None = None) -> streaming.Stream[np.ndarray]:
+    @overload  # as predict's
+    def stream(self, sample_rate: int, output: str | None = None, patch_hop: int | None = None,
+               last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
+               resampler: str = "essentia", eager: bool = True,
+               resample_step: int | None = None) -> streaming.Stream[np.ndarray]:
         ...
 
     @overload
-    def stream(self, sample_rate: int, output: Iterable[str], patch_hop: int | None = None,
-               last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
-               resampler: str = "essentia", eager: bool = True,
+    def stream(self, sample_rate: int, output: list[str] | tuple[str, ...],
+               patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
+               compat: str = "essentia", resampler: str = "essentia", eager: bool = True,
                resample_step: int | None = None) -> streaming.Stream[dict[str, np.ndarray]]:
+        ...
+
+    @overload
+    def stream(self, sample_rate: int, output: str | Iterable[str] | None = None,
+               patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
+               compat: str = "essentia", resampler: str = "essentia", eager: bool = True,
+               resample_step: int | None = None) -> streaming.Stream:
         ...
 
     def stream(self, sample_rate: int, output: str | Iterable[str] | None = None,

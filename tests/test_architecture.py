@@ -289,7 +289,11 @@ def test_public_functions_say_what_they_take_and_give():
     overloads = [inspect.signature(f) for f in get_overloads(Model.predict)]
     assert [(s.parameters["output"].annotation, s.return_annotation) for s in overloads] == [
         ("str | None", "np.ndarray | jax.Array"),
-        ("Iterable[str]", "dict[str, np.ndarray | jax.Array]")]
+        ("list[str] | tuple[str, ...]", "dict[str, np.ndarray | jax.Array]"),
+        # str | list[str] was typed as a list's: a dict, where a str gives an array
+        ("str | Iterable[str] | None",
+         "np.ndarray | jax.Array | dict[str, np.ndarray | jax.Array]")]
     assert inspect.signature(Model.features).return_annotation == "np.ndarray | jax.Array"
     assert [inspect.signature(f).return_annotation for f in get_overloads(Model.stream)] == [
-        "streaming.Stream[np.ndarray]", "streaming.Stream[dict[str, np.ndarray]]"]
+        "streaming.Stream[np.ndarray]", "streaming.Stream[dict[str, np.ndarray]]",
+        "streaming.Stream"]
