@@ -123,6 +123,7 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
 def test_ray_missing_or_unreachable(monkeypatch, tmp_path):
     """A clear error, in bounded time, before any output is made (an empty Parquet folder or
     index was left behind)."""
+    require("ray.data")  # imported already, as after another test's run: ray alone is missing
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(InputError, match=r"pip install 'jaxmir\[ray\]'"):
         ray_engine.connect()

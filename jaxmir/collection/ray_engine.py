@@ -47,9 +47,11 @@ def import_ray():
     """``ray`` and ``ray.data``, or an InputError saying how to install them; with a token for an
     explicit ``RAY_ADDRESS`` (:func:`_token_mode`)."""
     _token_mode(os.environ.get("RAY_ADDRESS", ""))
-    lazy.optional("ray.data", "the Ray engine (--engine ray; engine='ray' in Python)",
-                  "pip install 'jaxmir[ray]' (or pip install 'ray[data]')", InputError)
-    return sys.modules["ray"]
+    needed = ("the Ray engine (--engine ray; engine='ray' in Python)",
+              "pip install 'jaxmir[ray]' (or pip install 'ray[data]')", InputError)
+    ray = lazy.optional("ray", *needed)
+    lazy.optional("ray.data", *needed)
+    return ray
 
 
 # What a client sends first on an HTTP/2 connection: the preface, then an empty SETTINGS frame.
