@@ -42,6 +42,13 @@ _LAYOUT_CONTROLS = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u
                              "\u200e\u200f\u061c\u200b\ufeff")
 
 
+def read_as_utf8(label: str) -> str:
+    """``label`` with the escapes of UTF-8 bytes read under an ASCII locale (``m\\udcc3\\udcbasica``,
+    as heads trained so recorded their class folders' names) read as the text they are
+    (``música``); bytes that are no UTF-8 stay escapes (:func:`check_label_text` refuses them)."""
+    return label.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+
+
 def check_label_text(labels: Iterable[str]) -> None:
     """Raise :class:`InputError` for an empty label, or one holding a control character (a line
     break, an escape sequence a terminal would obey, a text-direction override)."""

@@ -12,7 +12,7 @@ from jaxmir import catalog
 from jaxmir.compose import check_backbone, compose
 from jaxmir.decode import AUDIO_EXTENSIONS
 from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGraphError
-from jaxmir.labels import check_label_text, label_list
+from jaxmir.labels import check_label_text, label_list, read_as_utf8
 from jaxmir.model import Model
 from jaxmir.models import damaged_variable, variable_mismatches
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
@@ -144,6 +144,13 @@ def _load_one(source, labels=None, output=None) -> Model:
             raise InputError(f"{metadata['_path']}: 'classes' is {str(metadata['classes'])[:80]}; "
                              "expected a list of class names")
         labels = [str(c) for c in metadata["classes"]]
+        readable = [read_as_utf8(label) for label in labels]
+        if readable != labels:
+            warnings.warn(f"{metadata['_path']}: its classes hold UTF-8 read as single bytes "
+                          f"(a head trained under an ASCII locale): read as "
+                          f"{[b for a, b in zip(labels, readable) if a != b][:3]}; write them so "
+                          "in its 'classes'", JaxmirWarning, stacklevel=3)
+            labels = readable
         if len(labels) != spec.output_width:
             raise InputError(f"{metadata['_path']} lists {len(labels)} classes but the graph "
                              f"{text} outputs {spec.output_width} values at '{spec.output_name}'")

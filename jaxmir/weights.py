@@ -25,7 +25,7 @@ import numpy as np
 from jaxmir.atomic import LINK_LOOP, is_link_loop, write_atomically
 from jaxmir.errors import InputError, JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
-from jaxmir.labels import check_labels
+from jaxmir.labels import check_labels, read_as_utf8
 from jaxmir.model import Model
 from jaxmir.models import (COMPOSED, damaged_variable, leaves, variable_mismatches,
                            variance_below_epsilon)
@@ -315,4 +315,4 @@ def _labels(meta: dict) -> list[str]:
     labels = meta["labels"]
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise TypeError(f"labels are {str(labels)[:80]}; expected a list of names")
-    return labels
+    return [read_as_utf8(label) for label in labels]  # a head exported under an ASCII locale

@@ -20,7 +20,7 @@ import pytest
 
 import jaxmir
 from jaxmir import catalog
-from jaxmir.errors import InputError, WeightsError
+from jaxmir.errors import InputError, JaxmirWarning, WeightsError
 from jaxmir.weights import save_weights
 from conftest import child_env, compiled_programs, on_cpu, shared_fixture
 
@@ -575,6 +575,32 @@ def test_labels_holding_control_characters_are_refused(musicnn, tmp_path):
             musicnn.with_labels(bad[:4] + [odd] + bad[5:])
     assert musicnn.with_labels(["Électro · café ü"] + bad[1:4] + ["tab-free"] + bad[5:]).labels[0] \
         == "Électro · café ü"
+
+
+def test_labels_of_utf8_read_under_an_ascii_locale_are_read_as_text(musicnn, tmp_path):
+    """A head trained under an ASCII locale (PYTHONUTF8=0) recorded música as m\\udcc3\\udcbasica:
+    refused once labels holding lone surrogates were (they broke Parquet tables), its labels are
+    the bytes' UTF-8 text. Bytes that are no UTF-8 stay refused."""
+    graph = tmp_path / "emo.pb"
+    graph.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    for classes, expected in ((["m\udcc3\udcbasica", "\udce6\udc97\udca5"], ["música", "日"]),
+                              (["caf\udce9", "rock"], None)):
+        graph.with_suffix(".json").write_text(json.dumps({"classes": classes}))
+        if expected is None:
+            with pytest.raises(InputError, match="holds bytes that are not UTF-8 text"):
+                jaxmir.load(graph)
+            continue
+        with pytest.warns(JaxmirWarning, match=r"classes hold UTF-8 read as single bytes .* read "
+                                               r"as \['música', '日'\]"):
+            assert jaxmir.load(graph).labels == tuple(expected)
+    weights = tmp_path / "plain.npz"
+    save_weights(musicnn, weights)
+    with zipfile.ZipFile(weights) as archive:
+        meta = json.loads(np.load(io.BytesIO(archive.read("__jaxmir__.npy"))).tobytes())
+    meta["labels"][0] = "m\udcc3\udcbasica"
+    edited = _with_member(weights, tmp_path / "ascii.npz", "__jaxmir__.npy", lambda handle: np.save(
+        handle, np.frombuffer(json.dumps(meta).encode(), np.uint8)))
+    assert jaxmir.load(edited).labels[0] == "música"
 
 
 def test_output_names_the_output_of_a_converted_model_or_is_refused(musicnn, tmp_path):
