@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 from jaxmir import catalog, interrupts
 from jaxmir.arguments import whole_number
 from jaxmir.atomic import deferred_interrupts
-from jaxmir.console import (StandardOutputError, columns, printable, write_line,
+from jaxmir.console import (StandardOutputError, columns, printable, utf8_text, write_line,
                             write_whole_line)
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
@@ -289,8 +289,8 @@ def _emit(text: str, output: str | None, overwrite: bool = False) -> None:
     target = Path(output)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)  # as a table's folder is made
-        # a file name that is not UTF-8 as the tables write it (\udcXX); strict, it was a traceback
-        data = text.encode("utf-8", "backslashreplace")
+        # a file name that is not UTF-8 as on standard output; strict, it was a traceback
+        data = utf8_text(text).encode("utf-8")
         write_atomically(target, lambda handle: handle.write(data), durable=True)
     except BrokenPipeError:  # a pipe given as --output whose reader left, as `| head` does
         raise StandardOutputError("its reader left", reader_left=True) from None

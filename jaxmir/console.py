@@ -43,16 +43,22 @@ _CONTROLS_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8 text, whatever the locale: a name's UTF-8 bytes that an ASCII
+    locale (PYTHONUTF8=0) read as lone surrogates as the text they are, each other byte that
+    is not UTF-8 as ``\\udcNN``."""
+    if not _NOT_UTF8.search(text):
+        return text
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+    return _NOT_UTF8.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
 def printable(text: str, newlines: bool = False) -> str:
     """``text`` with each control character but tab (and newline, with ``newlines``) written as
-    ``\\xNN``, as a terminal shows it rather than obeys it, and each byte of a name that is not
-    UTF-8 as ``\\udcNN``: valid UTF-8 text, whatever the locale (a name's UTF-8 bytes that an
-    ASCII locale read as such escapes are shown as the text they are)."""
+    ``\\xNN``, as a terminal shows it rather than obeys it, as valid UTF-8 text
+    (:func:`utf8_text`)."""
     controls = _CONTROLS_BUT_NEWLINE if newlines else _CONTROLS
-    if _NOT_UTF8.search(text):  # UTF-8 read under an ASCII locale (PYTHONUTF8=0) is read again
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
-    text = _NOT_UTF8.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
-    return controls.sub(lambda found: f"\\x{ord(found.group()) & 0xFF:02x}", text)
+    return controls.sub(lambda found: f"\\x{ord(found.group()) & 0xFF:02x}", utf8_text(text))
 
 
 def columns(text: str) -> int:

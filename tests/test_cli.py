@@ -909,6 +909,15 @@ def test_a_name_that_is_not_utf8_is_printed_as_the_tables_write_it(tmp_path):
         rows = list(csv.reader(io.StringIO(run.stdout.decode("utf-8"))))
         assert rows[1][0].endswith("/caf\\udce9_\\udcff.wav"), (locale, rows[1])
         assert any(row[0].endswith(f"/{shown}.wav") for row in rows[1:]), (locale, rows)
+        report = tmp_path / f"{locale}.csv"  # a file: UTF-8 whatever the locale
+        run = subprocess.run([sys.executable, "-m", "jaxmir", "tag", name, str(utf8), "-f", "csv",
+                              "-o", str(report)], capture_output=True, env=subprocess_env(
+                                 LC_ALL=locale, LANG=locale, PYTHONUTF8="0"), timeout=300, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        paths = dict.fromkeys(row[0] for row in list(csv.reader(io.StringIO(
+            report.read_text("utf-8"))))[1:])  # a row a tag
+        assert [path.rsplit("/", 1)[1] for path in paths] == ["caf\\udce9_\\udcff.wav",
+                                                             "música.wav"], (locale, paths)
 
 
 def test_python_m_jaxmir_help():
