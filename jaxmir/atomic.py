@@ -165,7 +165,8 @@ def _keep_owner_and_mode(handle: int, existing: os.stat_result | None) -> None:
     if existing is None:
         os.fchmod(handle, new_file_mode())
         return
-    if (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+    made = os.fstat(handle)  # this process's, or a setgid folder's group
+    if (existing.st_uid, existing.st_gid) != (made.st_uid, made.st_gid):
         try:
             os.fchown(handle, existing.st_uid, existing.st_gid)
         except OSError:

@@ -1694,7 +1694,13 @@ def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch)
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
         real(handle, uid, gid)
 
-    monkeypatch.setattr(atomic.os, "geteuid", lambda: os.getuid() + 1)
+    real_fstat = os.fstat
+
+    def fstat(handle):  # the new file: another user's
+        made = real_fstat(handle)
+        return os.stat_result((*tuple(made)[:4], made.st_uid + 1, *tuple(made)[5:]))
+
+    monkeypatch.setattr(atomic.os, "fstat", fstat)
     monkeypatch.setattr(atomic.os, "fchown", fchown)
     for refused, before, mode in ((False, 0o664, 0o664),
                                   (True, 0o640, 0o640 & atomic.new_file_mode())):  # not wider
@@ -1703,6 +1709,19 @@ def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch)
         assert stat.S_IMODE(target.stat().st_mode) == mode and target.read_text() == "new"
     gid = target.stat().st_gid
     assert calls == [(os.getuid(), gid), (-1, gid)] * 2
+    monkeypatch.undo()
+    if os.geteuid() == 0:  # a setgid folder gives the new file its group: given back (as root)
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        os.chown(shared, -1, 65534)
+        shared.chmod(0o2770)
+        private = shared / "own.csv"
+        private.write_text("old")
+        os.chown(private, 0, 0)
+        private.chmod(0o640)
+        atomic.write_atomically(private, lambda handle: handle.write(b"new"))
+        status = private.stat()
+        assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (0, 0, 0o640)
 
 
 def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypatch):
