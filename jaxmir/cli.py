@@ -43,6 +43,7 @@ from jaxmir.console import (StandardOutputError, columns, printable, utf8_text, 
                             write_whole_line)
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
+from jaxmir.labels import read_as_utf8
 
 if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
     from jaxmir.pcm import ByteReader
@@ -426,6 +427,11 @@ def format_json(results: list, header: dict) -> str:
 
     files = [result if result is not None else {"file": path, "status": ERROR, "error": error}
              for path, result, error in results]
+    # names as text (JSON writes a lone surrogate as its escape, before _emit could read it)
+    files = [{key: read_as_utf8(value) if key in ("file", "error", "warning") else value
+              for key, value in entry.items()} for entry in files]
+    header = {key: read_as_utf8(value) if isinstance(value, str) else value
+              for key, value in header.items()}
     return json.dumps({**header, "files": files}, indent=1) + "\n"
 
 

@@ -16,6 +16,8 @@ import time
 import unicodedata
 from typing import Callable
 
+from jaxmir.labels import read_as_utf8
+
 # Python's buffered writer takes a write longer than a pipe holds that its reader left as
 # written (the pipe took its first 64 KiB): such text is written here, all of it or an error.
 _PIPE_BYTES = 1 << 16
@@ -40,17 +42,17 @@ _CONTROLS_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # A name's byte that is not UTF-8 reaches Python as a lone surrogate, \udc80-\udcff, which a
 # stream in a C or POSIX locale writes back as that byte (0x80-0x9f are C1 controls: 0x9b is
 # CSI), and another stream refuses: always written as the tables write it, \udcXX.
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # no UTF-8 encodes one
 
 
 def utf8_text(text: str) -> str:
     """``text`` as valid UTF-8 text, whatever the locale: a name's UTF-8 bytes that an ASCII
-    locale (PYTHONUTF8=0) read as lone surrogates as the text they are, each other byte that
-    is not UTF-8 as ``\\udcNN``."""
-    if not _NOT_UTF8.search(text):
+    locale (PYTHONUTF8=0) read as lone surrogates as the text they are
+    (:func:`~jaxmir.labels.read_as_utf8`), each other byte that is not UTF-8 as ``\\udcNN``
+    (any other lone surrogate, a JSON's, as ``\\uNNNN``)."""
+    if not _LONE_SURROGATE.search(text):
         return text
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
-    return _NOT_UTF8.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", read_as_utf8(text))
 
 
 def printable(text: str, newlines: bool = False) -> str:

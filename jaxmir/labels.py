@@ -3,6 +3,7 @@ table's column names."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Iterable, Sequence
 
@@ -42,11 +43,16 @@ _LAYOUT_CONTROLS = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u
                              "\u200e\u200f\u061c\u200b\ufeff")
 
 
-def read_as_utf8(label: str) -> str:
-    """``label`` with the escapes of UTF-8 bytes read under an ASCII locale (``m\\udcc3\\udcbasica``,
-    as heads trained so recorded their class folders' names) read as the text they are
-    (``música``); bytes that are no UTF-8 stay escapes (:func:`check_label_text` refuses them)."""
-    return label.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+_BYTE_RUNS = re.compile("[\udc80-\udcff]+")  # a name's bytes as Python's surrogateescape reads them
+
+
+def read_as_utf8(text: str) -> str:
+    """``text`` with each run of escaped bytes (``\\udc80``-``\\udcff``: what Python reads from a
+    name's bytes that its locale's encoding cannot, ``m\\udcc3\\udcbasica`` under an ASCII one)
+    read as UTF-8 where it is (``música``); bytes that are no UTF-8 stay escapes, and any other
+    text as it was (:func:`check_label_text` refuses what is left)."""
+    return _BYTE_RUNS.sub(lambda run: run.group().encode("utf-8", "surrogateescape").decode(
+        "utf-8", "surrogateescape"), text)
 
 
 def check_label_text(labels: Iterable[str]) -> None:

@@ -916,6 +916,11 @@ def test_a_name_that_is_not_utf8_is_printed_as_the_tables_write_it(tmp_path):
         assert run.returncode == 0, run.stderr
         paths = dict.fromkeys(row[0] for row in list(csv.reader(io.StringIO(
             report.read_text("utf-8"))))[1:])  # a row a tag
+        run = subprocess.run([sys.executable, "-m", "jaxmir", "tag", name, str(utf8), "-f", "json"],
+                             capture_output=True, env=subprocess_env(
+                                 LC_ALL=locale, LANG=locale, PYTHONUTF8="0"), timeout=300, cwd=ROOT)
+        files = [entry["file"].rsplit("/", 1)[1] for entry in json.loads(run.stdout)["files"]]
+        assert files == ["caf\udce9_\udcff.wav", "música.wav"], (locale, files)  # JSON's escapes
         assert [path.rsplit("/", 1)[1] for path in paths] == ["caf\\udce9_\\udcff.wav",
                                                              "música.wav"], (locale, paths)
 
