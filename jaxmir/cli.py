@@ -101,7 +101,8 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     """``(model, backbone)``: the model to run, an embedding head joined to ``backbone`` or to the
     one its JSON names; and that backbone (``None`` for a model that runs on audio by itself)."""
     import jaxmir
-    from jaxmir.loading import backbone_name, backbone_of, shipped_as, trained_on_file
+    from jaxmir.loading import (backbone_name, backbone_of, on_backbone, shipped_as,
+                                trained_on_file)
 
     if backbone == "":  # an unset $BACKBONE: it was ignored, or the head's own taken
         raise jaxmir.InputError("--backbone '' names no model; give a shipped name or the path "
@@ -129,7 +130,7 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
                 f"{model.source} is an embedding head whose metadata names the backbone "
                 f"'{named[:200]}', which is neither beside it ({named[:200]}.npz or .pb) nor a "
                 "shipped model; put it there, or give it with --backbone NAME|PATH")
-    return (jaxmir.load(name, backbone=backbone) if backbone else model), backbone
+    return (on_backbone(model, backbone) if backbone else model), backbone
 
 
 # -- patch options ----------------------------------------------------------------------------

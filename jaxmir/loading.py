@@ -48,6 +48,12 @@ def load(source: str | os.PathLike, *, backbone: "str | os.PathLike | Model | No
             raise InputError(f"embedding={embedding!r} names the backbone output a head reads; "
                              "it goes with backbone= (a head on a backbone's embeddings)")
         return model
+    return on_backbone(model, backbone, embedding)
+
+
+def on_backbone(model: Model, backbone: "str | os.PathLike | Model",
+                embedding: str | None = None) -> Model:
+    """A loaded head ``model`` on ``backbone``, reading its ``embedding`` (:func:`load`'s)."""
     if not isinstance(backbone, Model):
         backbone = _load_one(backbone)
     check_backbone(backbone)  # before its outputs are looked for the head's embedding

@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import soundfile
 
 import jaxmir
-from jaxmir import catalog
+from jaxmir import catalog, cli
 from jaxmir.errors import InputError, JaxmirWarning, WeightsError
 from jaxmir.weights import save_weights
 from conftest import child_env, compiled_programs, on_cpu, shared_fixture
@@ -577,7 +578,7 @@ def test_labels_holding_control_characters_are_refused(musicnn, tmp_path):
         == "Électro · café ü"
 
 
-def test_labels_of_utf8_read_under_an_ascii_locale_are_read_as_text(musicnn, tmp_path):
+def test_labels_of_utf8_read_under_an_ascii_locale_are_read_as_text(musicnn, tmp_path, capsys):
     """A head trained under an ASCII locale (PYTHONUTF8=0) recorded música as m\\udcc3\\udcbasica:
     refused once labels holding lone surrogates were (they broke Parquet tables), its labels are
     the bytes' UTF-8 text. Bytes that are no UTF-8 stay refused."""
@@ -594,6 +595,10 @@ def test_labels_of_utf8_read_under_an_ascii_locale_are_read_as_text(musicnn, tmp
         with pytest.warns(JaxmirWarning, match=r"classes hold UTF-8 read as single bytes .* read "
                                                r"as \['música', '日'\]"):
             assert jaxmir.load(graph).labels == tuple(expected)
+        clip = tmp_path / "a.wav"  # the command line loaded the head twice: two warnings
+        soundfile.write(clip, np.zeros(16000 * 4, np.float32), 16000)
+        assert cli.main(["tag", str(clip), "-m", str(graph), "-b", "msd-musicnn"]) == 0
+        assert capsys.readouterr().err.count("classes hold UTF-8") == 1
     weights = tmp_path / "plain.npz"
     save_weights(musicnn, weights)
     with zipfile.ZipFile(weights) as archive:
