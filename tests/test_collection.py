@@ -1674,6 +1674,13 @@ def test_a_table_rewritten_on_resume_keeps_its_permissions(music, model, tmp_pat
             with pytest.raises(InputError, match="Permission denied"):
                 collect(model, files, str(out), jobs=0, progress=False)
         assert out.read_bytes() == before
+    arrays = tmp_path / "arrays"  # the file refused is named where the output is a folder
+    collect(model, files, str(arrays), command="embed", jobs=0, progress=False)
+    with monkeypatch.context() as patched:
+        patched.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)
+        with pytest.raises(InputError, match=re.escape(f"cannot write {arrays} "
+                                                       f"({arrays / 'index.jsonl'}): Permission")):
+            collect(model, files, str(arrays), command="embed", jobs=0, progress=False)
 
 
 def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch):

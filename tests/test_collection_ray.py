@@ -120,6 +120,28 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
                                rtol=0, atol=3e-6 * float(np.abs(want).max()))
 
 
+def test_a_read_only_output_is_refused_before_ray_starts(monkeypatch, tmp_path):
+    """A read-only table with files left to do was refused after a local cluster's start (6-8 s,
+    a session's files made), naming the output, not its file that could not be written."""
+    require("ray")
+    import ray
+
+    from jaxmir import atomic
+
+    model, clips = jaxmir.load("msd-musicnn"), [tmp_path / "a.wav", tmp_path / "b.wav"]
+    for seed, clip in enumerate(clips):
+        _write(clip, 3.0, 16000, 1, seed)
+    arrays = tmp_path / "arrays"
+    collect(model, [str(clips[0])], str(arrays), command="embed", name="msd-musicnn", jobs=0,
+            progress=False)
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)  # root: chmod
+    with pytest.raises(InputError, match=f"cannot write {arrays} \\({arrays / 'index.jsonl'}\\): "
+                                         "Permission denied"):
+        collect(model, [str(c) for c in clips], str(arrays), command="embed", engine="ray",
+                name="msd-musicnn", progress=False)
+    assert not ray.is_initialized()
+
+
 def test_ray_missing_or_unreachable(monkeypatch, tmp_path):
     """A clear error, in bounded time, before any output is made (an empty Parquet folder or
     index was left behind)."""

@@ -141,13 +141,17 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         check_csv(output, layout)
     sources = [inputs.examine(p) for p in inputs.expand(paths, output, kind != "npy")]
     with exclusive(output):
-        if engine == "ray" and _has_work(output, layout, sources, kind, overwrite):
+        try:  # a read-only table: refused before Ray's cluster is joined
+            work = engine == "ray" and _has_work(output, layout, sources, kind, overwrite)
+        except OSError as err:
+            raise _unwritable(output, err) from None
+        if work:
             ray_engine.connect()
         try:
             writer = open_output(output, layout, sources, overwrite=overwrite,
                                  flush_rows=flush_rows, kind=kind)
-        except OSError as err:  # a Parquet folder's first part over a file-size limit, say
-            raise InputError(f"cannot write {output}: {err.strerror or err}") from None
+        except OSError as err:  # a read-only table; a Parquet part over a file-size limit
+            raise _unwritable(output, err) from None
         todo = resume.to_do(sources, writer.done)
         tally = Tally(total=len(sources), skipped=len(sources) - len(todo))
         bar = Progress(tally, progress)
@@ -215,6 +219,13 @@ def _names_of(model: Model, backbone: str | None) -> tuple[str, str | None]:
     if not (head and under):
         return str(model.name), backbone
     return str(head), backbone or catalog.name_of(str(under)) or str(under)
+
+
+def _unwritable(output: str, err: OSError) -> InputError:
+    """The error of an output that cannot be written, naming the file in it that failed."""
+    which = f" ({err.filename})" if err.filename and os.path.abspath(err.filename) \
+        != os.path.abspath(output) else ""
+    return InputError(f"cannot write {output}{which}: {err.strerror or err}")
 
 
 def _has_work(output: str, layout: Layout, sources: list, kind: str, overwrite: bool) -> bool:

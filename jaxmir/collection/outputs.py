@@ -46,8 +46,9 @@ except ImportError:  # pragma: no cover -- Windows: outputs are not locked
 
 import numpy as np
 
-from jaxmir.atomic import (LINK_LOOP, is_link_loop, is_temporary, is_temporary_of,
-                           make_folder_atomically, name_prefix, unwritable, write_atomically)
+from jaxmir.atomic import (LINK_LOOP, check_replaceable, is_link_loop, is_temporary,
+                           is_temporary_of, make_folder_atomically, name_prefix, unwritable,
+                           write_atomically)
 from jaxmir.collection import resume
 from jaxmir.collection.inputs import Source, file_key, npy_names
 from jaxmir.collection.rows import (ANOTHER_OUTPUT, BASE_COLUMNS, DONE, ERROR, OVERWRITE, Layout,
@@ -339,6 +340,7 @@ class LinesWriter(Writer):
         if path.exists() and not path.is_file():  # reading a FIFO to resume it waited for ever
             raise InputError(f"--output {path} is not a regular file (a pipe, a device or a "
                              f"socket); a table is appended to, resumed and replaced")
+        check_replaceable(path)  # read-only: refused before the work (and Ray's start)
         if not dry:  # what a run killed while rewriting it left (this run holds its lock)
             for stale in path.parent.iterdir():
                 if is_temporary_of(stale.name, path.name) and stale.is_file():
