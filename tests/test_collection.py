@@ -448,6 +448,24 @@ def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music,
         Options(dtype="float16")
 
 
+def test_a_model_file_s_name_is_recorded_as_utf8_text(tmp_path):
+    """A head named música.pb, run under an ASCII locale (PYTHONUTF8=0), was recorded as
+    m\\udcc3\\udcbasica.pb: JSON wrote lone surrogates that pandas and pyarrow refuse, and the
+    table was 'another model' under a UTF-8 locale; a name that is no UTF-8 too."""
+    from jaxmir.collection.rows import model_fields
+
+    graph = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes()
+    (tmp_path / "música.pb").write_bytes(graph)
+    (tmp_path / os.fsdecode(b"caf\xe9.pb")).write_bytes(graph)
+    as_ascii_read = os.fsdecode(bytes(tmp_path)) + "/m\udcc3\udcbasica.pb"  # the same file
+    assert os.path.isfile(as_ascii_read)
+    for path, name in ((as_ascii_read, "música.pb"), (str(tmp_path / "música.pb"), "música.pb"),
+                       (os.fsdecode(bytes(tmp_path) + b"/caf\xe9.pb"), "caf\\udce9.pb")):
+        fields = model_fields(path, "msd-musicnn")
+        assert fields["model"] == f"{name}+msd-musicnn", fields
+        json.loads(json.dumps(fields))["model"].encode("utf-8")  # as strict readers read it
+
+
 def test_collect_names_a_shipped_model_as_the_command_line_does(music, model, tmp_path):
     """Without name= it recorded the weights' file and sha256, so that it could not resume the
     command line's output (nor one written with name="msd-musicnn"), and the message told a

@@ -34,6 +34,7 @@ import numpy as np
 from jaxmir import catalog
 from jaxmir.collection.inputs import Source
 from jaxmir.errors import InputError, NonFiniteOutputError
+from jaxmir.labels import read_as_utf8
 
 if TYPE_CHECKING:  # the options' module computes rows
     from jaxmir.collection.compute import Options
@@ -222,8 +223,8 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
     for part in filter(None, (name, backbone)):
         if part in catalog.names() or not os.path.isfile(part):
             names.append(part)
-        else:
-            names.append(os.path.basename(part))
+        else:  # UTF-8 text whatever the locale (JSON wrote an ASCII locale's escapes)
+            names.append(as_text(read_as_utf8(os.path.basename(part))))
             digests.append(catalog.sha256(part))
     return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
 
