@@ -1721,14 +1721,15 @@ def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch)
 
     real_fstat = os.fstat
 
-    def fstat(handle):  # the new file: another user's
+    def fstat(handle):  # the new file: another user's, of another group
         made = real_fstat(handle)
-        return os.stat_result((*tuple(made)[:4], made.st_uid + 1, *tuple(made)[5:]))
+        return os.stat_result((*tuple(made)[:4], made.st_uid + 1, made.st_gid + 1,
+                               *tuple(made)[6:]))
 
     monkeypatch.setattr(atomic.os, "fstat", fstat)
     monkeypatch.setattr(atomic.os, "fchown", fchown)
-    for refused, before, mode in ((False, 0o664, 0o664),
-                                  (True, 0o640, 0o640 & atomic.new_file_mode())):  # not wider
+    for refused, before, mode in ((False, 0o664, 0o664),  # not wider, not another group's
+                                  (True, 0o640, 0o640 & atomic.new_file_mode() & ~0o070)):
         target.chmod(before)
         atomic.write_atomically(target, lambda handle: handle.write(b"new"))
         assert stat.S_IMODE(target.stat().st_mode) == mode and target.read_text() == "new"
