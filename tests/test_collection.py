@@ -1699,6 +1699,17 @@ def test_a_table_rewritten_on_resume_keeps_its_permissions(music, model, tmp_pat
         with pytest.raises(InputError, match=re.escape(f"cannot write {arrays} "
                                                        f"({arrays / 'index.jsonl'}): Permission")):
             collect(model, files, str(arrays), command="embed", jobs=0, progress=False)
+    clip, arrays = tmp_path / "c.wav", tmp_path / "more"  # a read-only array of a file redone:
+    shutil.copy(files[0], clip)                          # named, and not said to resume
+    collect(model, [str(clip)], str(arrays), command="embed", jobs=0, progress=False)
+    os.utime(clip, ns=(1, 1))
+    with monkeypatch.context() as patched:
+        patched.setattr(atomic.os, "access", lambda path, mode: not (
+            mode == os.W_OK and str(path).endswith(".npy")))
+        with pytest.raises(InputError, match=re.escape(f"cannot write {arrays} ({arrays / 'c.npy'})"
+                                                       ": Permission denied")) as refused:
+            collect(model, [str(clip)], str(arrays), command="embed", jobs=0, progress=False)
+        assert "run the same command again" not in str(refused.value)
 
 
 def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch):

@@ -135,10 +135,11 @@ def test_a_read_only_output_is_refused_before_ray_starts(monkeypatch, tmp_path):
     collect(model, [str(clips[0])], str(arrays), command="embed", name="msd-musicnn", jobs=0,
             progress=False)
     monkeypatch.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)  # root: chmod
-    with pytest.raises(InputError, match=f"cannot write {arrays} \\({arrays / 'index.jsonl'}\\): "
-                                         "Permission denied"):
-        collect(model, [str(c) for c in clips], str(arrays), command="embed", engine="ray",
-                name="msd-musicnn", progress=False)
+    for overwrite in (False, True):  # the index is read, or replaced
+        with pytest.raises(InputError, match=f"cannot write {arrays} \\({arrays / 'index.jsonl'}"
+                                             "\\): Permission denied"):
+            collect(model, [str(c) for c in clips], str(arrays), command="embed", engine="ray",
+                    name="msd-musicnn", progress=False, overwrite=overwrite)
     assert not ray.is_initialized()
 
 

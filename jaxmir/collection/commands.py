@@ -7,16 +7,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from jaxmir import catalog
+from jaxmir.atomic import check_replaceable
 from jaxmir.checks import is_whole
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
-from jaxmir.collection.outputs import check_csv, exclusive, followed, kind_of, open_output
+from jaxmir.collection.outputs import (INDEX, check_csv, exclusive, followed, kind_of,
+                                      open_output)
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import (OVERWRITE, Layout, Result, identity, model_fields,
                                     same_outputs)
@@ -192,9 +195,11 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
             # NumPy reports a short write with neither errno nor strerror: "N requested and M written"
             reason = err.strerror or (f"{err} (a short write: is the disk full?)" if err.errno is None
                                       else str(err))
-            raise InputError(f"cannot write {output}: {reason}; every row written before is "
-                             f"kept ({writer.rows_written} by this run): run the same command "
-                             "again to resume") from None
+            if err.errno in (errno.EACCES, errno.EPERM):  # a read-only array: again, it fails
+                raise _unwritable(output, err) from None
+            raise InputError(f"cannot write {output}{_which(output, err)}: {reason}; every row "
+                             f"written before is kept ({writer.rows_written} by this run): run "
+                             "the same command again to resume") from None
         except BaseException:
             writer.close()  # e.g. Ctrl-C: the rows of the files done are kept
             raise
@@ -223,16 +228,25 @@ def _names_of(model: Model, backbone: str | None) -> tuple[str, str | None]:
 
 def _unwritable(output: str, err: OSError) -> InputError:
     """The error of an output that cannot be written, naming the file in it that failed."""
-    which = f" ({err.filename})" if err.filename and os.path.abspath(err.filename) \
-        != os.path.abspath(output) else ""
-    return InputError(f"cannot write {output}{which}: {err.strerror or err}")
+    return InputError(f"cannot write {output}{_which(output, err)}: {err.strerror or err}")
+
+
+def _which(output: str, err: OSError) -> str:
+    """`` (FILE)``: the file in ``output`` (a folder) that ``err`` is about, if another."""
+    named = err.filename and os.path.abspath(os.fsdecode(err.filename)) != os.path.abspath(output)
+    return f" ({err.filename})" if named else ""
 
 
 def _has_work(output: str, layout: Layout, sources: list, kind: str, overwrite: bool) -> bool:
     """Whether a run has files to analyse into ``output``, known before anything is written: Ray's
     cluster unreachable is said before an output is made or resumed (which drops the rows of the
     files to redo), and a run with nothing left to do joins no cluster (~20 s)."""
-    if overwrite or not os.path.exists(output):
+    if not os.path.exists(output):
+        return True
+    if overwrite:  # what it will replace, read-only: refused now
+        index = os.path.join(output, INDEX) if kind == "npy" else output
+        if kind != "parquet" and os.path.isfile(index):
+            check_replaceable(os.path.realpath(index))
         return True
     probe = open_output(output, layout, sources, kind=kind, dry=True)
     return bool(resume.to_do(sources, probe.done))
