@@ -120,6 +120,23 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
                                rtol=0, atol=3e-6 * float(np.abs(want).max()))
 
 
+def test_the_check_of_the_actors_model_warns_nothing_again(tmp_path):
+    """A head's warning (its classes' UTF-8 read as bytes) printed twice with --engine ray: the
+    check that the actors load the same model loaded it again."""
+    import json
+    import warnings
+
+    graph = tmp_path / "emo.pb"
+    graph.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    graph.with_suffix(".json").write_text(json.dumps({"classes": ["m\udcc3\udcbasica", "b"]}))
+    with pytest.warns(jaxmir.JaxmirWarning, match="classes hold UTF-8"):
+        model = jaxmir.load(graph, backbone="msd-musicnn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ray_engine.check_reloadable(model, str(graph), "msd-musicnn")
+    assert caught == []
+
+
 def test_a_read_only_output_is_refused_before_ray_starts(monkeypatch, tmp_path):
     """A read-only table with files left to do was refused after a local cluster's start (6-8 s,
     a session's files made), naming the output, not its file that could not be written."""

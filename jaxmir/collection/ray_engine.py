@@ -298,7 +298,9 @@ def check_reloadable(model, name: str, backbone: str | None) -> None:
 
     how = f"jaxmir.load({name!r}" + (f", backbone={backbone!r})" if backbone else ")")
     try:
-        loaded = jaxmir.load(_for_workers(name), backbone=_for_workers(backbone))
+        with warnings.catch_warnings():  # the caller's load said them already
+            warnings.simplefilter("ignore")
+            loaded = jaxmir.load(_for_workers(name), backbone=_for_workers(backbone))
     except JaxmirError as err:
         raise InputError(f"the Ray engine's actors load the model as {how}, which fails: {err}; "
                          "give name= and backbone= as jaxmir.load takes them") from None
