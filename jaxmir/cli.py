@@ -424,14 +424,15 @@ def format_text(results: list) -> str:
 def format_json(results: list, header: dict) -> str:
     """The header, then ``"files"``: each file's result with its ``status`` (``ok``, ``damaged``:
     decoded in part, with a ``warning``; ``error``, with the ``error``), as the tables have."""
-    from jaxmir.collection.rows import ERROR
+    from jaxmir.collection.rows import ERROR, as_text
 
     files = [result if result is not None else {"file": path, "status": ERROR, "error": error}
              for path, result, error in results]
-    # names as text (JSON writes a lone surrogate as its escape, before _emit could read it)
-    files = [{key: read_as_utf8(value) if key in ("file", "error", "warning") else value
+    # names as UTF-8 text, as JSONL tables hold them: JSON writes a lone surrogate as an escape
+    # that strict readers (pandas, pyarrow) refuse
+    files = [{key: as_text(read_as_utf8(value)) if key in ("file", "error", "warning") else value
               for key, value in entry.items()} for entry in files]
-    header = {key: read_as_utf8(value) if isinstance(value, str) else value
+    header = {key: as_text(read_as_utf8(value)) if isinstance(value, str) else value
               for key, value in header.items()}
     return json.dumps({**header, "files": files}, indent=1) + "\n"
 

@@ -920,7 +920,7 @@ def test_a_name_that_is_not_utf8_is_printed_as_the_tables_write_it(tmp_path):
                              capture_output=True, env=subprocess_env(
                                  LC_ALL=locale, LANG=locale, PYTHONUTF8="0"), timeout=300, cwd=ROOT)
         files = [entry["file"].rsplit("/", 1)[1] for entry in json.loads(run.stdout)["files"]]
-        assert files == ["caf\udce9_\udcff.wav", "música.wav"], (locale, files)  # JSON's escapes
+        assert files == ["caf\\udce9_\\udcff.wav", "música.wav"], (locale, files)  # as JSONL's
         assert [path.rsplit("/", 1)[1] for path in paths] == ["caf\\udce9_\\udcff.wav",
                                                              "música.wav"], (locale, paths)
 
