@@ -161,8 +161,8 @@ def _keep_owner_and_mode(handle: int, existing: os.stat_result | None) -> None:
     another owner, made this process's, would lock its owner out): where the owner cannot be
     given (not root), the group and mode (a shared folder's group keeps its access), where
     neither can, the mode no wider than a new file's (a 0600 file stays 0600: 0644 would show
-    it to all), and nothing for a group that is not the file's own; a new file's mode without
-    ``existing``."""
+    it to all), a group that is not the file's own given what others have; a new file's mode
+    without ``existing``."""
     if existing is None:
         os.fchmod(handle, new_file_mode())
         return
@@ -175,8 +175,8 @@ def _keep_owner_and_mode(handle: int, existing: os.stat_result | None) -> None:
                 os.fchown(handle, -1, existing.st_gid)
             except OSError:
                 mode = stat.S_IMODE(existing.st_mode) & new_file_mode()
-                if made.st_gid != existing.st_gid:  # another group (a setgid folder's): none
-                    mode &= ~0o070
+                if made.st_gid != existing.st_gid:  # another group (a setgid folder's): others'
+                    mode = (mode & ~0o070) | ((mode & 0o007) << 3)
                 os.fchmod(handle, mode)
                 return
     os.fchmod(handle, stat.S_IMODE(existing.st_mode))
