@@ -466,6 +466,25 @@ def test_a_model_file_s_name_is_recorded_as_utf8_text(tmp_path):
         json.loads(json.dumps(fields))["model"].encode("utf-8")  # as strict readers read it
 
 
+def test_tables_of_a_model_named_in_bytes_that_are_no_utf8_resume(music, tmp_path):
+    """A CSV of a model named caf\\xe9.pb never resumed (its cells went through as_text, and
+    were read back raw), and tables written before names were recorded as UTF-8 text (a lone
+    surrogate in JSON) were another model's."""
+    graph = tmp_path / os.fsdecode(b"caf\xe9.pb")
+    graph.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    head, clip = jaxmir.load(graph, backbone="msd-musicnn"), str(music / "rock" / "a.wav")
+    for output in ("t.csv", "t.jsonl"):
+        run = lambda: collect(head, [clip], str(tmp_path / output), name=str(graph),
+                              backbone="msd-musicnn", jobs=0, progress=False)
+        assert run().ok == 1 and run().skipped == 1
+    table = tmp_path / "t.jsonl"  # as written before: the name as Python read it
+    text = table.read_text()
+    assert text.count("caf\\\\udce9.pb") == 2  # the model, and the settings' model
+    table.write_text(text.replace("caf\\\\udce9.pb", "caf\\udce9.pb"))
+    assert collect(head, [clip], str(table), name=str(graph), backbone="msd-musicnn", jobs=0,
+                   progress=False).skipped == 1
+
+
 def test_collect_names_a_shipped_model_as_the_command_line_does(music, model, tmp_path):
     """Without name= it recorded the weights' file and sha256, so that it could not resume the
     command line's output (nor one written with name="msd-musicnn"), and the message told a

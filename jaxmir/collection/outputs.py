@@ -385,9 +385,11 @@ class LinesWriter(Writer):
         if not rows:  # nothing to check or keep: the header is written again
             return []
         expected = self._settings()
-        found = settings_before_recorded(expected, rows[0]["model"]) if before \
-            else json.loads(rows[0]["settings"])
-        found["labels"], expected["labels"] = header[len(columns):], list(self.layout.labels)
+        # a line's text went through as_text whole (_line): its cells' back through from_text
+        found = settings_before_recorded(expected, from_text(rows[0]["model"])) if before \
+            else json.loads(from_text(rows[0]["settings"]))
+        found["labels"] = [from_text(label) for label in header[len(columns):]]
+        expected["labels"] = list(self.layout.labels)
         resume.check_identity(str(self.path), found, expected, self.layout.same_outputs)
         if before:
             self.header = header  # the rows appended keep its columns

@@ -17,7 +17,7 @@ from typing import Collection, Iterable, Mapping
 
 from jaxmir.collection.inputs import Source, file_key
 from jaxmir.collection.rows import (ANOTHER_OUTPUT, DONE, ERROR, OK, OVERWRITE,
-                                    UNRECORDED_DEFAULTS, as_text)
+                                    UNRECORDED_DEFAULTS, as_text, same_model_name)
 from jaxmir.errors import InputError
 
 
@@ -108,6 +108,9 @@ def check_identity(output: str, found: dict, expected: dict,
 
     if found.get("output") in same_outputs and expected.get("output") in same_outputs:
         found = {**found, "output": expected["output"]}
+    if isinstance(found.get("model"), str) and isinstance(expected.get("model"), str) \
+            and same_model_name(found["model"], expected["model"]):
+        found = {**found, "model": expected["model"]}
 
     keys = sorted(k for k in set(found) | set(expected) if value(found, k) != value(expected, k))
     if not keys:

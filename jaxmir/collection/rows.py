@@ -221,12 +221,20 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
     the same model and other bytes at the same path are another."""
     names, digests = [], []
     for part in filter(None, (name, backbone)):
+        # UTF-8 text whatever the locale: JSON wrote the escapes of a name's bytes as lone
+        # surrogates, which strict readers refuse
         if part in catalog.names() or not os.path.isfile(part):
-            names.append(part)
-        else:  # UTF-8 text whatever the locale (JSON wrote an ASCII locale's escapes)
+            names.append(as_text(read_as_utf8(part)))
+        else:
             names.append(as_text(read_as_utf8(os.path.basename(part))))
             digests.append(catalog.sha256(part))
     return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
+
+
+def same_model_name(recorded: str, name: str) -> bool:
+    """Whether an output's ``recorded`` model name is ``name`` (:func:`model_fields`'), also as
+    outputs recorded it before names were UTF-8 text (as Python read it)."""
+    return as_text(read_as_utf8(from_text(recorded))) == as_text(read_as_utf8(from_text(name)))
 
 
 def default_output_node(model) -> str:
