@@ -867,6 +867,25 @@ def test_a_folder_of_arrays_may_hold_the_audio_it_is_written_for(model, tmp_path
                                           "index.jsonl"]
 
 
+def test_another_user_s_lock_is_taken_read_only(model, tmp_path, monkeypatch):
+    """A lock left by another user (0644) was opened for appending: every other user's run was
+    refused, "Permission denied". A lock needs it read only. Root opens any file: simulated."""
+    clip, out = tmp_path / "a.wav", tmp_path / "t.jsonl"
+    _write(clip, 3.0, 16000, 1, 0)
+    lock = tmp_path / ".t.jsonl.lock"
+    lock.write_bytes(b"")
+    lock.chmod(0o644)
+
+    def opened(path, mode="r", *args, **kwargs):
+        if os.fspath(path) == str(lock) and set(mode) & set("wa+"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "open", opened, raising=False)
+    assert collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0,
+                   progress=False).ok == 1
+
+
 def test_long_output_names_sharing_their_first_bytes_have_their_own_locks(tmp_path):
     """Locks were named from an output name's first 200 bytes: two runs on two outputs whose
     long names began alike refused each other."""

@@ -180,7 +180,8 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
         if not path.is_dir():
             raise
         lock = path / FOLDER_LOCK
-    with open(lock, "ab") as handle:
+    # read-only, as a lock needs: another user's lock (0644) refused every other user's run
+    with os.fdopen(os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666), "rb") as handle:
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
