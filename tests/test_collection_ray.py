@@ -157,6 +157,17 @@ def test_a_read_only_output_is_refused_before_ray_starts(monkeypatch, tmp_path):
                                              "\\): Permission denied"):
             collect(model, [str(c) for c in clips], str(arrays), command="embed", engine="ray",
                     name="msd-musicnn", progress=False, overwrite=overwrite)
+    monkeypatch.undo()
+
+    def read_only(*args, dir=None, **kwargs):  # the folder, whose arrays --overwrite removes
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(InputError, match=f"cannot write the output in {arrays}: Permission"):
+        collect(model, [str(c) for c in clips], str(arrays), command="embed", engine="ray",
+                name="msd-musicnn", progress=False, overwrite=True)
     assert not ray.is_initialized()
 
 

@@ -11,6 +11,7 @@ import errno
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from jaxmir import catalog
@@ -18,8 +19,8 @@ from jaxmir.atomic import check_replaceable
 from jaxmir.checks import is_whole
 from jaxmir.collection import compute, inputs, local, resume
 from jaxmir.collection.compute import Options, default_jobs
-from jaxmir.collection.outputs import (INDEX, check_csv, exclusive, followed, kind_of,
-                                      open_output)
+from jaxmir.collection.outputs import (INDEX, check_csv, check_writable, exclusive, followed,
+                                      kind_of, open_output)
 from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import (OVERWRITE, Layout, Result, identity, model_fields,
                                     same_outputs)
@@ -243,7 +244,9 @@ def _has_work(output: str, layout: Layout, sources: list, kind: str, overwrite: 
     files to redo), and a run with nothing left to do joins no cluster (~20 s)."""
     if not os.path.exists(output):
         return True
-    if overwrite:  # what it will replace, read-only: refused now
+    if overwrite:  # what it will replace or remove, read-only: refused now
+        if os.path.isdir(output):  # its arrays or parts are removed from it
+            check_writable(Path(output), own_table=kind == "parquet")
         index = os.path.join(output, INDEX) if kind == "npy" else output
         if kind != "parquet" and os.path.isfile(index):
             check_replaceable(os.path.realpath(index))
