@@ -353,7 +353,7 @@ def _plot_paths(files: Sequence[str], plot: str | None) -> dict[str, Path]:
 
 
 def gives_values(model) -> bool:
-    """Whether ``model`` gives values, not class scores to rank (:func:`jaxmir.spec.gives_values`)."""
+    """Whether ``model`` gives values, not class scores (:func:`jaxmir.spec.gives_values`)."""
     from jaxmir import spec
 
     return spec.gives_values(model.spec.head)

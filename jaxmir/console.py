@@ -41,7 +41,7 @@ _CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _CONTROLS_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # A name's byte that is not UTF-8 reaches Python as a lone surrogate, \udc80-\udcff, which a
 # stream in a C or POSIX locale writes back as that byte (0x80-0x9f are C1 controls: 0x9b is
-# CSI), and another stream refuses: always written as the tables write it, \udcXX.
+# CSI), and another stream refuses: always written as an escape (utf8_text).
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # no UTF-8 encodes one
 
 

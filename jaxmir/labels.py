@@ -68,5 +68,5 @@ def check_label_text(labels: Iterable[str]) -> None:
                              "used as column names")
         if any(unicodedata.category(char) == "Cs" for char in label):  # Parquet's columns failed
             raise InputError(f"the label {label!r} holds bytes that are not UTF-8 text (a folder "
-                             "name's, read under another encoding); labels are names printed "
-                             "and used as column names")
+                             "name's, read under another encoding) or a lone surrogate; labels "
+                             "are names printed and used as column names")

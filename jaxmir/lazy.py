@@ -16,8 +16,8 @@ def optional(name: str, needed_for: str, install: str,
     """``import name`` (``"matplotlib"``, ``"ray.data"``), else ``error`` saying that
     ``needed_for`` needs it and ``install``: that it is not installed, or that it is but
     failed to import (one of its own dependencies missing, a build for another NumPy)."""
-    top = name.split(".")[0]
     parts = name.split(".")
+    top = parts[0]
     failure: Exception
     try:
         return importlib.import_module(name)

@@ -188,8 +188,9 @@ def _pad_to(audio, length: int):
     return np.pad(audio, (0, length - audio.shape[0]))
 
 
-def run_plan(model: "Model", audio_16k: ArrayLike, plan_: Plan, outputs: Iterable[str] | str | None = None,
-             *, chunk: int = CHUNK, share_overlap: bool = True) -> dict:
+def run_plan(model: "Model", audio_16k: ArrayLike, plan_: Plan,
+             outputs: Iterable[str] | str | None = None, *, chunk: int = CHUNK,
+             share_overlap: bool = True) -> dict:
     """Per-patch outputs of a planned signal: ``{name: [n_patches, ...]}``.
 
     ``audio_16k`` is ``[plan_.n_samples]`` float: a NumPy or JAX array (the

@@ -57,7 +57,8 @@ def test_declared_lower_bounds_are_the_tested_ones():
 
 
 def test_the_version_is_the_project_s():
-    """The version is written twice (pyproject.toml, jaxmir.__version__); nothing held them equal."""
+    """The version is written twice (pyproject.toml, jaxmir.__version__); nothing held them
+    equal."""
     import tomllib
 
     import jaxmir
