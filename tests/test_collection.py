@@ -483,6 +483,18 @@ def test_tables_of_a_model_named_in_bytes_that_are_no_utf8_resume(music, tmp_pat
     table.write_text(text.replace("caf\\\\udce9.pb", "caf\\udce9.pb"))
     assert collect(head, [clip], str(table), name=str(graph), backbone="msd-musicnn", jobs=0,
                    progress=False).skipped == 1
+    literal = tmp_path / "m\\udcc3.pb"  # a name holding the text \udcc3, not the byte
+    literal.write_bytes(graph.read_bytes())
+    head = jaxmir.load(literal, backbone="msd-musicnn")
+    for output in ("l.csv", "l.jsonl"):
+        run = lambda: collect(head, [clip], str(tmp_path / output), name=str(literal),
+                              backbone="msd-musicnn", jobs=0, progress=False)
+        assert run().ok == 1 and run().skipped == 1
+    table = tmp_path / "l.jsonl"  # as written before, the text as it was: resumed, not misread
+    assert table.read_text().count("m\\\\\\\\udcc3.pb") == 2
+    table.write_text(table.read_text().replace("m\\\\\\\\udcc3.pb", "m\\\\udcc3.pb"))
+    assert collect(head, [clip], str(table), name=str(literal), backbone="msd-musicnn", jobs=0,
+                   progress=False).skipped == 1
 
 
 def test_collect_names_a_shipped_model_as_the_command_line_does(music, model, tmp_path):

@@ -233,8 +233,9 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
 
 def same_model_name(recorded: str, name: str) -> bool:
     """Whether an output's ``recorded`` model name is ``name`` (:func:`model_fields`'), also as
-    outputs recorded it before names were UTF-8 text (as Python read it)."""
-    return as_text(read_as_utf8(from_text(recorded))) == as_text(read_as_utf8(from_text(name)))
+    outputs recorded it before names were UTF-8 text: as Python read it, which
+    :func:`model_fields` makes ``name`` of."""
+    return recorded == name or as_text(read_as_utf8(recorded)) == name
 
 
 def default_output_node(model) -> str:
