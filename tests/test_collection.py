@@ -888,14 +888,25 @@ def test_another_user_s_lock_is_taken_read_only(model, tmp_path, monkeypatch):
     lock.write_bytes(b"")
     lock.chmod(0o644)
 
-    def opened(path, mode="r", *args, **kwargs):
-        if os.fspath(path) == str(lock) and set(mode) & set("wa+"):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-        return open(path, mode, *args, **kwargs)
+    real_open, modes = os.open, []
 
-    monkeypatch.setattr(outputs, "open", opened, raising=False)
-    assert collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0,
-                   progress=False).ok == 1
+    def opened(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(lock):
+            modes.append(flags & os.O_ACCMODE)
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(outputs.os, "open", opened)
+        assert collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0,
+                       progress=False).ok == 1
+    # for writing first where it may be (NFS's flock needs it), then read only
+    assert modes == [os.O_RDWR, os.O_RDONLY]
+    lock.unlink()  # a FIFO in its place: the run waited on it for ever
+    os.mkfifo(lock)
+    with pytest.raises(InputError, match="the output's lock, is not a regular file"):
+        collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0, progress=False)
 
 
 def test_long_output_names_sharing_their_first_bytes_have_their_own_locks(tmp_path):

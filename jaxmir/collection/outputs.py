@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -180,8 +181,7 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
         if not path.is_dir():
             raise
         lock = path / FOLDER_LOCK
-    # read-only, as a lock needs: another user's lock (0644) refused every other user's run
-    with os.fdopen(os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666), "rb") as handle:
+    with os.fdopen(_open_lock(lock), "rb") as handle:
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -190,6 +190,23 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
                                  "(or another collect() call of this program); wait for it to "
                                  f"end, or {ANOTHER_OUTPUT}") from None
         yield
+
+
+def _open_lock(lock: Path) -> int:
+    """``lock`` opened (made if need be) for :func:`exclusive`: for writing where it may be (NFS
+    emulates flock with locks that need it), else read-only, which a local flock takes (another
+    user's 0644 lock refused every other user's run); not waiting on a FIFO, and refused if it
+    is no regular file."""
+    flags = os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(lock, os.O_RDWR | flags, 0o666)
+    except PermissionError:
+        descriptor = os.open(lock, os.O_RDONLY | flags, 0o666)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise InputError(f"{lock}, the output's lock, is not a regular file (a pipe, a device, a "
+                         "folder); remove it")
+    return descriptor
 
 
 def _check_linked(handle) -> os.stat_result:
