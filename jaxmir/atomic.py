@@ -161,25 +161,27 @@ def _keep_owner_and_mode(handle: int, existing: os.stat_result | None) -> None:
     another owner, made this process's, would lock its owner out): where the owner cannot be
     given (not root), the group and mode (a shared folder's group keeps its access), where
     neither can, the mode no wider than a new file's (a 0600 file stays 0600: 0644 would show
-    it to all), a group that is not the file's own given what others have; a new file's mode
-    without ``existing``."""
+    it to all), with what the old group and others both had for the new group and others (who
+    now hold its old group); never a set-user-ID for another owner; a new file's mode without
+    ``existing``."""
     if existing is None:
         os.fchmod(handle, new_file_mode())
         return
     made = os.fstat(handle)  # this process's, or a setgid folder's group
+    mode = stat.S_IMODE(existing.st_mode)
     if (existing.st_uid, existing.st_gid) != (made.st_uid, made.st_gid):
         try:
             os.fchown(handle, existing.st_uid, existing.st_gid)
         except OSError:
+            mode &= ~stat.S_ISUID  # another owner: not its set-user-ID
             try:
                 os.fchown(handle, -1, existing.st_gid)
             except OSError:
-                mode = stat.S_IMODE(existing.st_mode) & new_file_mode()
-                if made.st_gid != existing.st_gid:  # another group (a setgid folder's): others'
-                    mode = (mode & ~0o070) | ((mode & 0o007) << 3)
-                os.fchmod(handle, mode)
-                return
-    os.fchmod(handle, stat.S_IMODE(existing.st_mode))
+                mode &= new_file_mode()
+                if made.st_gid != existing.st_gid:  # another group: what both had, for both
+                    shared = (mode >> 3) & mode & 0o7
+                    mode = (mode & 0o700) | shared << 3 | shared
+    os.fchmod(handle, mode)
 
 
 def make_folder_atomically(target: str | os.PathLike, fill: Callable[[Path], object]) -> Path:

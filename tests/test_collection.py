@@ -1800,14 +1800,16 @@ def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch)
 
     monkeypatch.setattr(atomic.os, "fstat", fstat)
     monkeypatch.setattr(atomic.os, "fchown", fchown)
-    # not wider; the group it gets instead (a setgid folder's) has what others have
-    for refused, before, mode in ((False, 0o664, 0o664), (True, 0o640, 0o600),
-                                  (True, 0o644, 0o644 & atomic.new_file_mode())):
+    # not wider; the group it gets instead (a setgid folder's) and others have what both had
+    # (0606: the old group, now others, could read it); no set-user-ID for another owner
+    for refused, before, mode in ((False, 0o4664, 0o664), (True, 0o640, 0o600),
+                                  (True, 0o644, 0o644 & atomic.new_file_mode()),
+                                  (True, 0o606, 0o606 & atomic.new_file_mode() & ~0o006)):
         target.chmod(before)
         atomic.write_atomically(target, lambda handle: handle.write(b"new"))
         assert stat.S_IMODE(target.stat().st_mode) == mode and target.read_text() == "new"
     gid = target.stat().st_gid
-    assert calls == [(os.getuid(), gid), (-1, gid)] * 3
+    assert calls == [(os.getuid(), gid), (-1, gid)] * 4
     monkeypatch.undo()
     if os.geteuid() == 0:  # a setgid folder gives the new file its group: given back (as root)
         shared = tmp_path / "shared"
