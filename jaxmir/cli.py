@@ -43,7 +43,6 @@ from jaxmir.console import (StandardOutputError, columns, printable, utf8_text, 
                             write_whole_line)
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
-from jaxmir.labels import read_as_utf8
 
 if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
     from jaxmir.pcm import ByteReader
@@ -424,15 +423,15 @@ def format_text(results: list) -> str:
 def format_json(results: list, header: dict) -> str:
     """The header, then ``"files"``: each file's result with its ``status`` (``ok``, ``damaged``:
     decoded in part, with a ``warning``; ``error``, with the ``error``), as the tables have."""
-    from jaxmir.collection.rows import ERROR, as_text
+    from jaxmir.collection.rows import ERROR, recorded_text
 
     files = [result if result is not None else {"file": path, "status": ERROR, "error": error}
              for path, result, error in results]
     # names as UTF-8 text, as JSONL tables hold them: JSON writes a lone surrogate as an escape
     # that strict readers (pandas, pyarrow) refuse
-    files = [{key: as_text(read_as_utf8(value)) if key in ("file", "error", "warning") else value
+    files = [{key: recorded_text(value) if key in ("file", "error", "warning") else value
               for key, value in entry.items()} for entry in files]
-    header = {key: as_text(read_as_utf8(value)) if isinstance(value, str) else value
+    header = {key: recorded_text(value) if isinstance(value, str) else value
               for key, value in header.items()}
     return json.dumps({**header, "files": files}, indent=1) + "\n"
 

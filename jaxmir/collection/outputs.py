@@ -135,7 +135,8 @@ def _table_among(folder: Path) -> Path | None:
     in ``.parquet``, holding ``part-NNNNNN.parquet`` files: what jaxmir writes)."""
     # as named (a link named x.parquet to a table's folder) and through links (a link to it)
     named, real = Path(os.path.abspath(folder)), Path(os.path.realpath(folder))
-    for path in [*reversed((named, *named.parents)), *reversed((real, *real.parents))]:
+    chains = [*reversed((named, *named.parents)), *reversed((real, *real.parents))]
+    for path in dict.fromkeys(chains):  # each folder once
         if path.name.lower().endswith(".parquet") and os.path.isdir(path):  # an error: False
             try:
                 if any(_PART.match(name) for name in os.listdir(path)):

@@ -147,6 +147,14 @@ def as_text(value: str) -> str:
     return doubled.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def recorded_text(name: str) -> str:
+    """A name as outputs record it, UTF-8 text whatever the locale: the escapes of its UTF-8
+    bytes that an ASCII locale read (:func:`~jaxmir.labels.read_as_utf8`) as the text they are,
+    other bytes as :func:`as_text` writes them (JSON would write lone surrogates, which strict
+    readers refuse)."""
+    return as_text(read_as_utf8(name))
+
+
 _BEFORE_ESCAPE = re.compile(r"\\+(?=udc[89a-f][0-9a-f]|[\udc80-\udcff])")
 _ESCAPED = re.compile(r"(\\+)u(dc[89a-f][0-9a-f])")
 
@@ -221,12 +229,10 @@ def model_fields(name: str, backbone: str | None = None) -> dict:
     the same model and other bytes at the same path are another."""
     names, digests = [], []
     for part in filter(None, (name, backbone)):
-        # UTF-8 text whatever the locale: JSON wrote the escapes of a name's bytes as lone
-        # surrogates, which strict readers refuse
         if part in catalog.names() or not os.path.isfile(part):
-            names.append(as_text(read_as_utf8(part)))
+            names.append(recorded_text(part))
         else:
-            names.append(as_text(read_as_utf8(os.path.basename(part))))
+            names.append(recorded_text(os.path.basename(part)))
             digests.append(catalog.sha256(part))
     return {"model": "+".join(names), **({"model_sha256": "+".join(digests)} if digests else {})}
 
@@ -235,7 +241,7 @@ def same_model_name(recorded: str, name: str) -> bool:
     """Whether an output's ``recorded`` model name is ``name`` (:func:`model_fields`'), also as
     outputs recorded it before names were UTF-8 text: as Python read it, which
     :func:`model_fields` makes ``name`` of."""
-    return recorded == name or as_text(read_as_utf8(recorded)) == name
+    return recorded == name or recorded_text(recorded) == name
 
 
 def default_output_node(model) -> str:
