@@ -572,11 +572,93 @@ def test_nan_loss_stops_naming_the_step():
 
 def test_weights_that_diverge_with_a_finite_loss_stop_the_training():
     """They went on to the export, which called the file it wrote damaged (naming a staging
-    folder already removed)."""
+    folder already removed). Without weight decay: its term in the validation cost keeps such
+    weights from being the best (the next test)."""
     tracks, targets = blobs(n_per_class=6)
     with pytest.raises(fit.TrainingError, match=r"the head's weights diverged \('dense.*' holds a "
                                                 r"value of size .*\) though the loss stayed finite"):
-        fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=20, learning_rate=1e12))
+        fit.train_head(tracks, targets, "single", ABC,
+                       fit.TrainConfig(epochs=20, learning_rate=1e12, weight_decay=0.0))
+
+
+@pytest.mark.parametrize("rate", [1e3, 1e6])
+def test_a_training_that_never_beats_the_untrained_head_stops(rate):
+    """--learning-rate 1e6 exported a head whose best validation loss was ~1e15 (the untrained
+    one's 6.7) with exit status 0: the untrained weights were never a candidate, as they are in
+    MTG's loop, whose first epoch only validates."""
+    tracks, targets = blobs(n_per_class=6)
+    with pytest.raises(fit.TrainingError, match=r"no epoch's validation cost \(the lowest .*\) "
+                                                r"came below the untrained head's \(.*\); lower"):
+        fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=5, learning_rate=rate))
+
+
+def _mtg_schedule(costs: list[float], patience: int, rate: float) -> tuple[list[float], int]:
+    """The bookkeeping of ``src/train.py`` (palonso/musicnn-training, mtgdb-models) over the
+    validation costs of its epochs (``costs[0]``: its first epoch, which trains nothing): the
+    rate each later epoch trained with, and the epoch whose weights it keeps."""
+    k_patience, cost_best_model, kept, rates = 0, np.inf, None, []
+    for i, val_cost in enumerate(costs):
+        if i != 0:
+            rates.append(rate)
+        if patience and k_patience >= patience:
+            rate, k_patience = rate / 2, 0
+        if val_cost >= cost_best_model:
+            k_patience += 1
+        else:
+            cost_best_model, kept = val_cost, i
+    return rates, kept
+
+
+@pytest.mark.parametrize("costs", [
+    [10, 5, 6, 4, 7, 3, 8, 9, 9, 9, 2, 9],  # an improvement does not restart the count
+    [10, 5, 6, 6, 6, 6, 6, 6, 6],
+    [10, 9, 8, 7, 6, 5],
+])
+def test_the_learning_rate_halves_and_the_kept_epoch_as_in_mtgs_loop(monkeypatch, costs):
+    """The count of epochs without improvement restarted at each improvement, and the rate
+    halved in the epoch the count reached the patience, not the epoch after: from [10, 5, 6, 4,
+    7, 3, ...] with patience 2, MTG halves after the sixth epoch's validation and jaxmir did
+    after the eighth."""
+    tracks, targets = blobs(n_per_class=4)
+    scripted = iter(costs)
+    monkeypatch.setattr(fit, "validation_cost", lambda *args: float(next(scripted)))
+    params = []
+    step = fit.train_step
+
+    def recorded(task, decay, weights, *rest):
+        result = step(task, decay, weights, *rest)
+        params.append(result[0])
+        return result
+
+    monkeypatch.setattr(fit, "train_step", recorded)
+    head = fit.train_head(tracks, targets, "single", ABC,
+                          fit.TrainConfig(epochs=len(costs) - 1, patience=2, learning_rate=0.1))
+    rates, kept = _mtg_schedule(costs, 2, 0.1)
+    assert [record["learning_rate"] for record in head.history] == rates
+    steps = len(params) // (len(costs) - 1)
+    kept_params = params[kept * steps - 1]
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        np.array_equal, head.params, jax.device_get(kept_params))))
+
+
+def test_the_validation_cost_is_mtgs():
+    """MTG's loop compares the mean over validation batches (the last one shorter) of each
+    batch's mean loss plus the weight decay's term; the loss alone, averaged over all patches,
+    was compared before."""
+    rng = np.random.default_rng(3)
+    params = fit.init_head(jax.random.PRNGKey(1), 6, 5, 3)
+    x = rng.standard_normal((70, 6)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 70)]
+    w = {k: {n: np.asarray(v, np.float64) for n, v in layer.items()} for k, layer in params.items()}
+    hidden = np.maximum(x @ w["dense"]["kernel"] + w["dense"]["bias"], 0)
+    logits = hidden @ w["dense_1"]["kernel"] + w["dense_1"]["bias"]
+    logits -= logits.max(axis=1, keepdims=True)
+    losses = -(y * (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))).sum(axis=1)
+    l2 = sum(0.5 * np.sum(v ** 2) for layer in w.values() for v in layer.values())
+    expected = np.mean([losses[:32].mean(), losses[32:64].mean(), losses[64:].mean()]) + 1e-2 * l2
+    got = fit.validation_cost("single", 1e-2, params, x, y, 32)
+    assert abs(got - expected) < 1e-5 * expected  # float32 products against float64 ones
+    assert abs(losses.mean() + 1e-2 * l2 - expected) > 1e-3  # the batches' weights matter here
 
 
 def test_a_batch_larger_than_the_patches_is_not_padded(monkeypatch):
@@ -611,7 +693,7 @@ def test_an_interrupt_that_a_library_swallowed_stops_after_the_epoch():
         with pytest.raises(KeyboardInterrupt):
             fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=500),
                            log=epochs.append)
-    assert len(epochs) == 1
+    assert [line.split(":")[0] for line in epochs] == ["epoch 0 (untrained)", "epoch 1"]
 
 
 def test_resumed_head_width_must_match():

@@ -68,8 +68,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", metavar="N", type=whole_number(1), default=150,
                         help="(default %(default)s)")
     parser.add_argument("--patience", metavar="N", type=whole_number(1), default=75,
-                        help="epochs without a better validation loss before halving the rate "
-                             "(default %(default)s)")
+                        help="epochs since the last halving that did not improve on the best "
+                             "validation cost before halving the rate (default %(default)s)")
     parser.add_argument("--learning-rate", metavar="RATE", type=_positive, default=1e-3,
                         help="Adam's (default %(default)s)")
     parser.add_argument("--batch-size", metavar="N", type=whole_number(1), default=32,

@@ -2,11 +2,15 @@
 
 The head is ``Dense(100) -> ReLU -> Dense(C) -> softmax | sigmoid | identity``
 (variance-scaling initialisation, scale 2). Training follows MTG's recipe for
-Essentia's classification heads: Adam at 1e-3, batches of 32 patches drawn at
-random from all training patches, L2 weight decay 1e-5 on every variable, the
-learning rate halved when the validation loss has not improved for
-``patience`` epochs, and the weights of the best validation loss kept.
-Evaluation averages the predictions of a track's patches.
+Essentia's classification heads (``src/train.py`` of palonso/musicnn-training,
+branch ``mtgdb-models``): Adam at 1e-3, batches of 32 patches drawn at random
+from all training patches, L2 weight decay 1e-5 on every variable, and the
+weights of the lowest validation cost kept, the untrained ones included (MTG's
+first epoch only validates). The cost is the loss plus the weight decay, on
+validation as in training, averaged over batches of ``batch_size`` patches. The
+learning rate is halved once ``patience`` epochs have not improved on the best
+cost since the last halving (counted whether or not others improved between
+them). Evaluation averages the predictions of a track's patches.
 """
 
 from __future__ import annotations
@@ -110,25 +114,37 @@ def _optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
 
 def _loss(task: str, weight_decay: float, params, x, y, w):
     data = jnp.sum(sample_losses(task, head_logits(params, x), y) * w) / jnp.maximum(w.sum(), 1)
-    return data + weight_decay * l2_penalty(params), data
+    return data + weight_decay * l2_penalty(params)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def train_step(task: str, weight_decay: float, params, state, x, y, w):
-    """One step ``(params, state, x[b, d], y[b, C], w[b]) -> (params, state, data loss)``.
+    """One step ``(params, state, x[b, d], y[b, C], w[b]) -> (params, state, cost)``: the
+    batch's mean loss plus the weight decay, before the step.
 
     ``w`` masks the padding of the last batch of an epoch (0 for padded rows).
     Compiled once per task and shape: the learning rate is part of ``state``.
     """
-    (_, data), grads = jax.value_and_grad(functools.partial(_loss, task, weight_decay),
-                                          has_aux=True)(params, x, y, w)
+    cost, grads = jax.value_and_grad(functools.partial(_loss, task, weight_decay))(params, x, y, w)
     updates, state = _optimizer().update(grads, state, params)
-    return optax.apply_updates(params, updates), state, data
+    return optax.apply_updates(params, updates), state, cost
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _mean_loss(task: str, params, x, y):
-    return jnp.mean(sample_losses(task, head_logits(params, x), y))
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _validation_terms(task: str, weight_decay: float, params, x, y
+                      ) -> tuple[jax.Array, jax.Array]:
+    """``([patches] losses, the weight decay's term)`` of ``params`` on ``x [patches, d]``."""
+    return sample_losses(task, head_logits(params, x), y), weight_decay * l2_penalty(params)
+
+
+def validation_cost(task: str, weight_decay: float, params: Params, x: np.ndarray,
+                    y: np.ndarray, batch: int) -> float:
+    """The cost MTG's loop compares: the mean over ``batch``-patch batches of ``x [patches, d]``
+    (the last one shorter) of each batch's mean loss, plus the weight decay's term."""
+    losses, decay = jax.device_get(_validation_terms(task, weight_decay, params, x, y))
+    starts = np.arange(0, len(losses), batch)
+    return float(np.mean(np.add.reduceat(np.asarray(losses, np.float64), starts)
+                         / np.diff(np.append(starts, len(losses)))) + decay)
 
 
 @dataclasses.dataclass(repr=False)
@@ -289,17 +305,20 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         checkpoint; ``None`` splits ``config.validation_fraction`` of the
         tracks off (stratified).
       initial: parameters to resume from (their input width must match).
-      log: called with one line per epoch.
+      log: called with one line per epoch (epoch 0: the untrained head's validation).
       labels: ``[tracks]`` the single-label classes the validation split is stratified by,
         where ``targets`` are smoothed distributions (default: their largest class).
 
     Returns:
-      the :class:`Head` at its best validation loss, with ``history``.
+      the :class:`Head` at its lowest validation cost (:func:`validation_cost`), with
+      ``history``: one record per trained epoch (its training and validation costs, the
+      learning rate it trained with, its seconds).
 
     Raises:
       InputError: tracks, targets, task or classes that do not fit together (the
         targets must suit the task: see :func:`~jaxmir.train.data.check_targets`).
-      TrainingError: a non-finite loss (the message names the epoch and step).
+      TrainingError: a non-finite cost (the message names the epoch and step), or no
+        epoch whose validation cost came below the untrained head's.
     """
     tracks = check_tracks(tracks)
     targets = check_training_targets(tracks, targets, task, classes)
@@ -334,7 +353,15 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
 
     batch = min(config.batch_size, len(x))  # a larger one would be padding, computed
     n_batches = -(-len(x) // batch)
-    best, best_loss, since_best, lr = params, np.inf, 0, config.learning_rate
+    lr, since_halving = config.learning_rate, 0
+    best, best_epoch = params, 0
+    best_cost = initial_cost = validation_cost(task, config.weight_decay, params, vx, vy,
+                                               config.batch_size)
+    if not np.isfinite(initial_cost):
+        raise TrainingError(f"the untrained head's validation cost is {initial_cost}; check the "
+                            "embeddings and targets for NaN/inf")
+    if log is not None:
+        log(f"epoch 0 (untrained): validation {initial_cost:.4f}")
     history = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
@@ -350,28 +377,34 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         losses = np.asarray(jax.device_get(losses), np.float64)
         bad = np.nonzero(~np.isfinite(losses))[0]
         if bad.size:
-            raise TrainingError(f"the training loss became {losses[bad[0]]} at epoch {epoch}, "
+            raise TrainingError(f"the training cost became {losses[bad[0]]} at epoch {epoch}, "
                                 f"step {bad[0] + 1} of {n_batches} (global step "
                                 f"{(epoch - 1) * n_batches + bad[0] + 1}); lower the learning "
                                 "rate or check the embeddings and targets for NaN/inf")
-        current = float(_mean_loss(task, params, vx, vy))
+        current = validation_cost(task, config.weight_decay, params, vx, vy, config.batch_size)
         if not np.isfinite(current):
-            raise TrainingError(f"the validation loss became {current} at epoch {epoch}")
-        if current < best_loss:
-            best, best_loss, since_best = params, current, 0
-        else:
-            since_best += 1
-            if since_best >= config.patience:
-                lr /= 2.0
-                state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-                since_best = 0
+            raise TrainingError(f"the validation cost became {current} at epoch {epoch}; lower "
+                                "the learning rate or check the embeddings and targets")
         record = {"epoch": epoch, "train_loss": float(losses.mean()), "val_loss": current,
                   "learning_rate": lr, "seconds": time.perf_counter() - start}
+        if since_halving >= config.patience:  # MTG's order: the count of the epochs before
+            lr /= 2.0
+            state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+            since_halving = 0
+        if current < best_cost:
+            best, best_cost, best_epoch = params, current, epoch
+        else:
+            since_halving += 1
         history.append(record)
         if log is not None:
             log(f"epoch {epoch}: train {record['train_loss']:.4f}, validation {current:.4f}, "
-                f"lr {lr:.2e}")
+                f"lr {record['learning_rate']:.2e}")
         interrupts.raise_if_received()  # a Ctrl-C that JAX's callbacks swallowed
+    if best_epoch == 0:
+        lowest = min(record["val_loss"] for record in history)
+        raise TrainingError(f"no epoch's validation cost (the lowest {lowest:.4g}) came below "
+                            f"the untrained head's ({initial_cost:.4g}); lower the learning "
+                            "rate, or give data whose classes its embeddings tell apart")
     best = jax.device_get(best)
     diverged = damaged_variable(best, why="")  # trained here: no file to call damaged
     if diverged is not None:
