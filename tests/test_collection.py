@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -907,6 +908,70 @@ def test_another_user_s_lock_is_taken_read_only(model, tmp_path, monkeypatch):
     os.mkfifo(lock)
     with pytest.raises(InputError, match="the output's lock, is not a regular file"):
         collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0, progress=False)
+
+
+@pytest.mark.parametrize("refusal", [errno.EROFS, errno.EPERM])
+def test_a_lock_that_cannot_be_opened_for_writing_is_opened_read_only(tmp_path, monkeypatch,
+                                                                      refusal):
+    """Only "Permission denied" fell back to a read-only open: on a read-only file system
+    (EROFS) an existing lock, which the run before made, refused the resume (root too)."""
+    out, lock = tmp_path / "t.jsonl", tmp_path / ".t.jsonl.lock"
+    lock.write_bytes(b"")
+    real_open, modes = os.open, []
+
+    def opened(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(lock):
+            modes.append(flags & os.O_ACCMODE)
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise OSError(refusal, os.strerror(refusal), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(outputs.os, "open", opened)
+    with outputs.exclusive(str(out)):
+        pass
+    assert modes == [os.O_RDWR, os.O_RDONLY]
+
+
+def test_a_lock_that_cannot_be_made_names_the_output_s_folder(tmp_path, monkeypatch):
+    """A folder output on a read-only file system, with no lock yet, ended in
+    ".../.jaxmir.lock: Read-only file system", naming a hidden file instead of the output."""
+    out = tmp_path / "arr"  # an existing folder output: its lock goes in it (parent refused)
+    out.mkdir()
+
+    def refused(path, flags, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    monkeypatch.setattr(outputs.os, "open", refused)
+    with pytest.raises(InputError, match=rf"cannot write the output in {re.escape(str(out))}: "
+                                         r"Read-only file system \(its lock, \.jaxmir\.lock\)"):
+        with outputs.exclusive(str(out)):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["folder", "socket"])
+def test_a_lock_that_is_a_folder_or_a_socket_is_said_to_be_no_file(tmp_path, kind):
+    """They ended in ".t.jsonl.lock: Is a directory" and "No such device or address"."""
+    import socket
+
+    out, lock = tmp_path / "t.jsonl", tmp_path / ".t.jsonl.lock"
+    if kind == "folder":
+        lock.mkdir()
+        held = contextlib.nullcontext()
+    else:
+        held = socket.socket(socket.AF_UNIX)
+        held.bind(str(lock))
+    with held, pytest.raises(InputError, match="the output's lock, is not a regular file"):
+        with outputs.exclusive(str(out)):
+            pass
+
+
+def test_outputs_are_held_where_os_has_no_nonblocking_flag(tmp_path, monkeypatch):
+    """Windows' os has no O_NONBLOCK: every table output ended in an AttributeError there,
+    where the outputs are meant to go unlocked (no fcntl)."""
+    monkeypatch.delattr(outputs.os, "O_NONBLOCK")
+    with outputs.exclusive(str(tmp_path / "t.jsonl")):
+        pass
+    assert (tmp_path / ".t.jsonl.lock").is_file()
 
 
 def test_long_output_names_sharing_their_first_bytes_have_their_own_locks(tmp_path):

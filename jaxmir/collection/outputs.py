@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -182,7 +183,15 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
         if not path.is_dir():
             raise
         lock = path / FOLDER_LOCK
-    with os.fdopen(_open_lock(lock), "rb") as handle:
+    try:
+        descriptor = _open_lock(lock)
+    except (IsADirectoryError, OSError) as err:
+        if isinstance(err, IsADirectoryError) or err.errno == errno.ENXIO:  # ENXIO: a socket
+            raise InputError(f"{lock}, the output's lock, is not a regular file (a pipe, a "
+                             "device, a folder, a socket); remove it") from None
+        raise InputError(f"cannot write the output in {lock.parent}: "
+                         f"{err.strerror or err} (its lock, {lock.name})") from None
+    with os.fdopen(descriptor, "rb") as handle:
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -197,16 +206,18 @@ def _open_lock(lock: Path) -> int:
     """``lock`` opened (made if need be) for :func:`exclusive`: for writing where it may be (NFS
     emulates flock with locks that need it), else read-only, which a local flock takes (another
     user's 0644 lock refused every other user's run); not waiting on a FIFO, and refused if it
-    is no regular file."""
-    flags = os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    is no regular file (on a read-only file system, an existing lock opens read-only)."""
+    flags = os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         descriptor = os.open(lock, os.O_RDWR | flags, 0o666)
-    except PermissionError:
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):
+            raise
         descriptor = os.open(lock, os.O_RDONLY | flags, 0o666)
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
         raise InputError(f"{lock}, the output's lock, is not a regular file (a pipe, a device, a "
-                         "folder); remove it")
+                         "folder, a socket); remove it")
     return descriptor
 
 
