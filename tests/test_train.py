@@ -592,6 +592,19 @@ def test_a_training_that_never_beats_the_untrained_head_stops(rate):
         fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=5, learning_rate=rate))
 
 
+def test_a_resumed_head_that_no_epoch_improves_is_named_so(monkeypatch):
+    """The messages called the weights a training starts from "untrained" when they were a
+    resumed head's."""
+    tracks, targets = blobs(n_per_class=4)
+    scripted = iter([1.0, 2.0, 3.0])
+    monkeypatch.setattr(fit, "validation_cost", lambda *args: next(scripted))
+    resumed, lines = fit.init_head(jax.random.PRNGKey(5), 20, 100, 3), []
+    with pytest.raises(fit.TrainingError, match=r"came below the resumed head's \(1\); lower"):
+        fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=2),
+                       initial=resumed, log=lines.append)
+    assert lines[0] == "epoch 0 (resumed): validation 1.0000"
+
+
 def _mtg_schedule(costs: list[float], patience: int, rate: float) -> tuple[list[float], int]:
     """The bookkeeping of ``src/train.py`` (palonso/musicnn-training, mtgdb-models) over the
     validation costs of its epochs (``costs[0]``: its first epoch, which trains nothing): the

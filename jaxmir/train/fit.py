@@ -41,7 +41,10 @@ class TrainingError(JaxmirError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters; the defaults are MTG's (150 epochs as the ICASSP 2020 transfer models)."""
+    """Hyper-parameters; the defaults are MTG's (150 epochs as the ICASSP 2020 transfer models).
+
+    ``epochs`` counts trained epochs; MTG's count includes its first, which only validates
+    (:func:`train_head` validates the starting weights before its epochs)."""
 
     hidden: int = 100
     learning_rate: float = 1e-3
@@ -305,7 +308,7 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         checkpoint; ``None`` splits ``config.validation_fraction`` of the
         tracks off (stratified).
       initial: parameters to resume from (their input width must match).
-      log: called with one line per epoch (epoch 0: the untrained head's validation).
+      log: called with one line per epoch (epoch 0: the untrained or resumed head's validation).
       labels: ``[tracks]`` the single-label classes the validation split is stratified by,
         where ``targets`` are smoothed distributions (default: their largest class).
 
@@ -318,7 +321,7 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
       InputError: tracks, targets, task or classes that do not fit together (the
         targets must suit the task: see :func:`~jaxmir.train.data.check_targets`).
       TrainingError: a non-finite cost (the message names the epoch and step), or no
-        epoch whose validation cost came below the untrained head's.
+        epoch whose validation cost came below the untrained (or resumed) head's.
     """
     tracks = check_tracks(tracks)
     targets = check_training_targets(tracks, targets, task, classes)
@@ -355,13 +358,14 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     n_batches = -(-len(x) // batch)
     lr, since_halving = config.learning_rate, 0
     best, best_epoch = params, 0
+    start_name = "untrained" if initial is None else "resumed"
     best_cost = initial_cost = validation_cost(task, config.weight_decay, params, vx, vy,
                                                config.batch_size)
     if not np.isfinite(initial_cost):
-        raise TrainingError(f"the untrained head's validation cost is {initial_cost}; check the "
-                            "embeddings and targets for NaN/inf")
+        raise TrainingError(f"the {start_name} head's validation cost is {initial_cost}; check "
+                            "the embeddings and targets for NaN/inf")
     if log is not None:
-        log(f"epoch 0 (untrained): validation {initial_cost:.4f}")
+        log(f"epoch 0 ({start_name}): validation {initial_cost:.4f}")
     history = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
@@ -403,7 +407,7 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     if best_epoch == 0:
         lowest = min(record["val_loss"] for record in history)
         raise TrainingError(f"no epoch's validation cost (the lowest {lowest:.4g}) came below "
-                            f"the untrained head's ({initial_cost:.4g}); lower the learning "
+                            f"the {start_name} head's ({initial_cost:.4g}); lower the learning "
                             "rate, or give data whose classes its embeddings tell apart")
     best = jax.device_get(best)
     diverged = damaged_variable(best, why="")  # trained here: no file to call damaged
