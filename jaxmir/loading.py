@@ -124,6 +124,7 @@ def _load_one(source, labels=None, output=None) -> Model:
 
     graph = graphdef.Graph.from_file(text)
     metadata = read_metadata(text)
+    chosen = output is not None  # the caller's output, not the JSON's predictions
     if output is None:
         output = _metadata_output(metadata, graph)
     elif graphdef.TensorRef.parse(output).node not in graph.nodes:
@@ -157,11 +158,13 @@ def _load_one(source, labels=None, output=None) -> Model:
                           f"{[b for a, b in zip(labels, readable) if a != b][:3]}; write them so "
                           "in its 'classes'", JaxmirWarning, stacklevel=3)
             labels = readable
-        if len(labels) != spec.output_width:
+        if len(labels) != spec.output_width and chosen:
+            labels = None  # the JSON's classes name its predictions, not this output's values
+        elif len(labels) != spec.output_width:
             raise InputError(f"{metadata['_path']} lists {len(labels)} classes but the graph "
                              f"{text} outputs {spec.output_width} values at '{spec.output_name}'")
         try:
-            check_label_text(labels)
+            check_label_text(labels or [])
         except InputError as err:
             raise InputError(f"{metadata['_path']}: {err}") from None
     return Model.from_spec(spec, labels=labels or catalog.labels_for_graph(text, spec), source=text,

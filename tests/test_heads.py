@@ -95,6 +95,22 @@ def test_metadata_with_wrong_class_count(tmp_path):
         jaxmir.load(tmp_path / "broken.pb")
 
 
+def test_another_output_of_a_graph_with_essentia_s_json_loads_without_its_classes(tmp_path):
+    """load(pb, output="model/dense/BiasAdd"), as the README shows, was refused beside Essentia's
+    JSON ("lists 2 classes but the graph outputs 100 values"): the JSON's classes name its
+    predictions' values, not another output's."""
+    from tools.tf_graphs import essentia_metadata
+    meta = essentia_metadata(["happy", "non_happy"], "model/Softmax", "msd-musicnn-1")
+    path = write_head(tmp_path, "mood_happy-msd-musicnn-1", meta)
+    penultimate = jaxmir.load(path, output="model/dense/BiasAdd")
+    assert penultimate.labels == tuple(f"class_{i}" for i in range(100))
+    assert jaxmir.load(path, output="model/Softmax").labels == ("happy", "non_happy")
+    x = embeddings(4, 200)
+    [mine] = penultimate.apply(x).values()
+    [theirs] = jaxmir.load(path).apply(x, outputs="penultimate").values()
+    assert np.array_equal(np.maximum(mine, 0), theirs)  # jaxmir's penultimate is after the ReLU
+
+
 def test_head_on_shipped_backbone_matches_tensorflow_chain(tmp_path, musicnn_graphs):
     from tools.tf_graphs import essentia_metadata
     meta = essentia_metadata(["danceable", "not_danceable"], "model/Softmax", "msd-musicnn-1")
