@@ -299,7 +299,8 @@ def check_channels(channels: int, name: str) -> None:
     """:class:`AudioError` for more than two channels, naming ``name`` (a file, or "audio": an
     array, with a hint on its axes)."""
     if channels > 2:
-        hint = " (for an array, channels go last: [n_samples, channels])" if name == "audio" else ""
+        hint = (" (for an array, channels go last: [n_samples, channels]; librosa's "
+                "[channels, n_samples] is y.T)") if name == "audio" else ""
         raise AudioError(f"{name}: has {channels} channels; accepted: mono or stereo, as "
                          f"Essentia's loader{hint}")
 
