@@ -19,6 +19,14 @@ always runs libsamplerate (the ``samplerate`` package): Essentia's 16-kHz signal
 sample, on its reference inputs at 44.1 and 22.05 kHz. ``resampler="soxr"`` is soxr's HQ
 converter as ``librosa.load(sr=16000)`` uses it (musicnn's own pipeline), with librosa's
 output length ``ceil(n * out_rate / in_rate)``.
+
+``resampler="essentia-q4"`` is ``MonoLoader(resampleQuality=4)``, as Essentia's model pages
+load audio: libsamplerate's linear interpolator (the ``samplerate`` package) with Essentia's
+float32 ratio, Essentia's samples to float32 rounding and its length, at every rate but those
+it would upsample by a whole ratio other than a power of two (1.6 kHz, 3.2 kHz: refused);
+``"essentia-q1"`` is ``"essentia"``. Qualities 0, 2 (sinc filters) and 3 (zero-order hold) are
+not reproduced: their ends differ by a sample from Essentia's build of libsamplerate at some
+rates and lengths.
 """
 
 from __future__ import annotations
@@ -37,7 +45,10 @@ from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
 
-RESAMPLERS = ("essentia", "samplerate", "soxr")
+# Essentia's resampleQuality 0-4: libsamplerate's converter of each that jaxmir reproduces
+QUALITY_CONVERTERS = (None, "sinc_medium", None, None, "linear")
+RESAMPLERS = ("essentia", "samplerate", "soxr",
+              *(f"essentia-q{q}" for q, name in enumerate(QUALITY_CONVERTERS) if name))
 # The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
 # of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
 # a margin of 1e4 and still takes integer PCM values given as floats (int32: 2.1e9).
@@ -231,9 +242,38 @@ def _sample_array(audio, where: str) -> np.ndarray:
 
 def check_resampler(resampler) -> None:
     """:class:`AudioError` unless ``resampler`` is one of :data:`RESAMPLERS`."""
+    if resampler in ("essentia-q0", "essentia-q2", "essentia-q3"):
+        raise AudioError(f"resampler {resampler!r} (MonoLoader's resampleQuality="
+                         f"{resampler[-1]}) is not reproduced: its ends differ by a sample from "
+                         "Essentia's at some rates and lengths; accepted: "
+                         + ", ".join(repr(r) for r in RESAMPLERS))
     if resampler not in RESAMPLERS:
         raise AudioError(f"unknown resampler {resampler!r}; accepted: "
                          + ", ".join(repr(r) for r in RESAMPLERS))
+
+
+def converter_of(resampler: str) -> str:
+    """libsamplerate's converter behind ``resampler`` (``"sinc_medium"`` for ``"essentia"`` and
+    ``"samplerate"``; ``"soxr"`` for soxr's)."""
+    if resampler.startswith("essentia-q"):
+        return QUALITY_CONVERTERS[int(resampler[len("essentia-q"):])]
+    return "soxr" if resampler == "soxr" else "sinc_medium"
+
+
+def check_linear(in_rate: int, out_rate: int, what: str) -> None:
+    """:class:`AudioError` where libsamplerate's linear interpolator would upsample ``in_rate`` by a
+    whole ratio other than a power of two: its positions' sums there give Essentia one output
+    more per call than python-samplerate's buffer takes."""
+    ratio = essentia_ratio(in_rate, out_rate)
+    if ratio > 1 and ratio == int(ratio) and int(ratio) & (int(ratio) - 1):
+        raise AudioError(f"{what} {in_rate} Hz: resampler 'essentia-q4' (MonoLoader's "
+                         f"resampleQuality=4) is not reproduced at a ratio of {ratio:g}, a whole "
+                         "one other than a power of two; use resampler 'essentia'")
+
+
+def is_essentia_default(resampler: str) -> bool:
+    """Whether ``resampler`` is MonoLoader's default converter (the one JAX computes)."""
+    return resampler in ("essentia", "essentia-q1")
 
 
 def check_conversion(in_rate: int, out_rate: int, what: str) -> None:
@@ -321,9 +361,9 @@ def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, nam
 def implementation(resampler: str, in_rate: int, out_rate: int) -> str:
     """What computes ``resampler``'s samples for ``in_rate -> out_rate`` Hz: ``"jax"``
     (:mod:`jaxmir.resample`), ``"samplerate"`` or ``"soxr"``; see the module docstring."""
-    if resampler == "essentia":
+    if is_essentia_default(resampler):
         return "jax" if accelerated(in_rate, out_rate) else "samplerate"
-    return resampler
+    return "samplerate" if resampler.startswith("essentia-q") else resampler
 
 
 def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.ndarray:
@@ -338,8 +378,11 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         # Essentia's Resample keeps the ratio in a float32 `Real`; with the
         # exact double ratio the output drifts by ~3e-3 after a few seconds.
         ratio = essentia_ratio(native, target)
-        out = samplerate.resample(mono, ratio, "sinc_medium")
-        out = out[:essentia_length(out.shape[0], native, target, mono.shape[0])]
+        converter = converter_of(resampler)
+        if converter == "linear":
+            check_linear(native, target, "sample_rate")
+        out = samplerate.resample(mono, ratio, converter)
+        out = out[:essentia_length(out.shape[0], native, target, mono.shape[0], converter)]
     else:
         import soxr
 
@@ -349,12 +392,15 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
     return np.asarray(out, np.float32)
 
 
-def essentia_length(made: int, in_rate: int, out_rate: int, n_input: int) -> int:
+def essentia_length(made: int, in_rate: int, out_rate: int, n_input: int,
+                    converter: str = "sinc_medium") -> int:
     """How many of the ``made`` outputs python-samplerate gives for ``n_input`` samples Essentia's
     ``Resample`` gives: one fewer where the last meets libsamplerate's end test exactly
     (:func:`jaxmir.resample.essentia_count`: 8 kHz -> 16 kHz, 32 kHz -> 16 kHz at even lengths,
-    16 -> 48 kHz...)."""
-    return essentia_count(plan_of(in_rate, out_rate, "sinc_medium"), n_input, made)
+    16 -> 48 kHz...); all of them for the linear interpolator, which has no end test."""
+    if converter == "linear":
+        return made
+    return essentia_count(plan_of(in_rate, out_rate, converter), n_input, made)
 
 
 # Essentia's MonoLoader resamples a file with the streaming Resample, which takes its input 4096
@@ -365,12 +411,14 @@ def essentia_length(made: int, in_rate: int, out_rate: int, n_input: int) -> int
 MONOLOADER_CHUNK = 4096
 
 
-def monoloader_cut(in_rate: int, out_rate: int, n_input: int) -> int | None:
+def monoloader_cut(in_rate: int, out_rate: int, n_input: int,
+                   converter: str = "sinc_medium") -> int | None:
     """Where MonoLoader's 16-kHz signal of ``n_input`` samples ends, when it ends before one
-    libsamplerate call over all of them would (an input of whole chunks); else ``None``."""
-    if n_input == 0 or n_input % MONOLOADER_CHUNK or in_rate == out_rate:
+    libsamplerate call over all of them would (an input of whole chunks, whose sinc filter is
+    never flushed); else ``None``."""
+    if n_input == 0 or n_input % MONOLOADER_CHUNK or in_rate == out_rate or converter == "linear":
         return None
-    return unflushed_count(plan_of(in_rate, out_rate, "sinc_medium"), n_input)
+    return unflushed_count(plan_of(in_rate, out_rate, converter), n_input)
 
 
 # -- chunk by chunk (streams, collections) --------------------------------------------------
@@ -454,18 +502,20 @@ class Resampling:
         check_resampler(resampler)
         if min_outputs is not None:
             check_min_outputs(min_outputs, what)
-            if resampler != "essentia":
+            if not is_essentia_default(resampler):
                 raise InputError(f"{what} applies to Essentia's converter "
                                  f"(resampler='essentia'); {resampler!r} runs at every push")
         self.in_rate, self.out_rate = in_rate, out_rate
         self.n_in = self.n_out = 0
         self._surplus = np.zeros(0, np.float32)  # soxr's beyond librosa's length so far
         self.kind = implementation(resampler, in_rate, out_rate)
+        self.converter = converter_of(resampler)
         # MonoLoader's end (libsamplerate's converter only): at most `held` outputs, those a
         # file of whole chunks does not get, wait for close (see _hold_back)
         self.held = 0
-        if monoloader and self.kind != "soxr" and in_rate != out_rate:
-            half = plan_of(in_rate, out_rate, "sinc_medium").half
+        if monoloader and self.kind != "soxr" and in_rate != out_rate \
+                and self.converter != "linear":
+            half = plan_of(in_rate, out_rate, self.converter).half
             self.held = math.ceil(out_rate / in_rate * (half + 1)) + 2
         self._withheld = np.zeros(0, np.float32)
         self._given = 0
@@ -477,8 +527,10 @@ class Resampling:
         elif self.kind == "samplerate":
             import samplerate
 
+            if self.converter == "linear":
+                check_linear(in_rate, out_rate, "sample rate")
             self._ratio = essentia_ratio(in_rate, out_rate)
-            self._state = samplerate.Resampler("sinc_medium", channels=1)
+            self._state = samplerate.Resampler(self.converter, channels=1)
         else:
             import soxr
 
@@ -515,7 +567,7 @@ class Resampling:
             return tail
         out = np.concatenate([self._withheld, tail])
         self._withheld = out[:0]
-        cut = monoloader_cut(self.in_rate, self.out_rate, self.n_in)
+        cut = monoloader_cut(self.in_rate, self.out_rate, self.n_in, self.converter)
         return out if cut is None else out[:max(0, cut - self._given)]
 
     def push(self, x: np.ndarray) -> np.ndarray:
@@ -540,15 +592,17 @@ class Resampling:
         """The output samples left at the end of the input (float32 ``[n]``)."""
         if self._state is None:
             return np.zeros(0, np.float32)
+        if self.kind == "samplerate" and self.converter == "linear":
+            return self._monoloader_end(np.zeros(0, np.float32))  # it holds back no sample
         if self.kind == "samplerate":
             # libsamplerate's end of input pads with zeros: explicit zeros give the same samples,
             # and samplerate.resample returns floor(n * ratio) of them; as many as its filter's
             # half reaches (46 samples upsampling, 7360 outputs from 100 Hz), and as a step gives
-            half = plan_of(self.in_rate, self.out_rate, "sinc_medium").half
+            half = plan_of(self.in_rate, self.out_rate, self.converter).half
             zeros = np.zeros(math.ceil(4096 / self._ratio) + half + 2, np.float32)
             tail = self._sinc(zeros, True)
             want = essentia_length(math.floor(self.n_in * self._ratio), self.in_rate, self.out_rate,
-                                   self.n_in)
+                                   self.n_in, self.converter)
             tail = tail[:max(0, want - self.n_out)]
             self.n_out += tail.shape[0]
             return self._monoloader_end(tail)

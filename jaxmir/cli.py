@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
     from jaxmir.pcm import ByteReader
 
 FORMATS = ("text", "json", "csv")
+# jaxmir.audio.RESAMPLERS, spelt here: the parser is built without importing JAX
+RESAMPLERS = ("essentia", "samplerate", "soxr", "essentia-q1", "essentia-q4")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
@@ -603,7 +605,7 @@ def _stream_command(args, interrupted: dict) -> int:
     from jaxmir.collection.commands import dtype_of
     from jaxmir.resample import MAX_MIN_OUTPUTS
 
-    if args.resample_step is not None and args.resampler != "essentia":
+    if args.resample_step is not None and args.resampler not in ("essentia", "essentia-q1"):
         raise OptionError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
                           f"--resampler {args.resampler} runs at every read")
     if args.resample_step is not None and args.resample_step > MAX_MIN_OUTPUTS:
@@ -876,11 +878,13 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
                              "or make one more patch of them, repeated")
     parser.add_argument("--pad", choices=("zero", "repeat"), default=None,
                         help="pad audio shorter than one patch (default: report it as too short)")
-    parser.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
+    parser.add_argument("--resampler", choices=RESAMPLERS, default="essentia",
                         help="resampling to 16 kHz: Essentia's converter (default; in JAX from "
                              "the usual rates of 22.05 kHz and above, within 1e-6 of it), "
                              "libsamplerate itself (Essentia's samples to float32 rounding, "
-                             "slower), or soxr as librosa/musicnn")
+                             "slower), soxr as librosa/musicnn, or MonoLoader's resampleQuality=4 "
+                             "(essentia-q4, linear, as Essentia's model pages load audio; "
+                             "essentia-q1 is essentia)")
     parser.add_argument("--decoder", choices=("essentia", "float"), default="essentia",
                         help="MP3 and other compressed audio: as the essentia-tensorflow wheel "
                              "decodes it (default: 16-bit, clipped) or FFmpeg's float decoders "
@@ -993,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
                       help="at the end of the input: drop the frames after the last full patch, "
                            "or make one more patch of them, repeated")
-    live.add_argument("--resampler", choices=("essentia", "samplerate", "soxr"), default="essentia",
+    live.add_argument("--resampler", choices=RESAMPLERS, default="essentia",
                       help="resampling to 16 kHz (default: Essentia's converter; see tag --help)")
     live.add_argument("--resample-step", metavar="SAMPLES", type=whole_number(0), default=None,
                       help="16-kHz samples Essentia's converter waits for before it runs: a patch "

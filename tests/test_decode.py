@@ -1278,6 +1278,54 @@ def test_encoder_delay_is_read_by_its_side_data_type_in_every_pyav(iterates):
     assert decode._skip_samples(Frame({})) == (0, 0)
 
 
+def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
+    """MonoLoader(sampleRate=16000, resampleQuality=4), as Essentia's model pages load audio
+    (libsamplerate's linear interpolator), had no counterpart: the default converter's tags
+    differ from it by up to ~0.1. Files, arrays and streams pushed in odd chunks give its
+    samples: the same libsamplerate arithmetic in another build (measured <= 6e-8) and its
+    length, at downsampling, power-of-two upsampling, whole 4096-sample chunks and tiny files."""
+    from jaxmir.audio import Resampling
+
+    rng = np.random.default_rng(11)
+    files = {}
+    for rate, n in [(44100, 4096 * 7), (44100, 29906), (22050, 3000), (48000, 56857),
+                    (32000, 28672), (8000, 9001), (96000, 20000), (24000, 5), (4000, 4097)]:
+        path = tmp_path / f"r{rate}_n{n}.wav"
+        soundfile.write(path, (0.4 * rng.standard_normal(n)).clip(-1, 1).astype(np.float32), rate,
+                        subtype="FLOAT")
+        files[path] = rate
+    script = ("import sys, numpy as np, essentia.standard as es\n"
+              "for name in sys.argv[1:]:\n"
+              "    np.save(name + '.q4.npy', es.MonoLoader(filename=name, sampleRate=16000, "
+              "resampleQuality=4)())\n")
+    subprocess.run([essentia_python(), "-c", script, *map(str, files)], check=True,
+                   capture_output=True, env=child_env())
+    for path, rate in files.items():
+        theirs = np.load(f"{path}.q4.npy")
+        ours = jaxmir.load_audio(path, resampler="essentia-q4")
+        assert ours.shape == theirs.shape, path.name
+        assert ours.size == 0 or np.max(np.abs(ours - theirs)) <= 1e-7, path.name
+        signal = soundfile.read(path, dtype="float32")[0]
+        assert np.array_equal(jaxmir.audio.prepare_audio(signal, rate, resampler="essentia-q4"),
+                              ours)
+        stream = Resampling(rate, 16000, "essentia-q4", monoloader=True)
+        pushed = [stream.push(signal[i:i + 1000]) for i in range(0, signal.shape[0], 1000)]
+        assert np.array_equal(np.concatenate([*pushed, stream.close()]), ours), path.name
+        if rate != 44100:
+            continue
+        default = jaxmir.load_audio(path)
+        n = min(default.size, ours.size)
+        assert np.max(np.abs(default[:n] - ours[:n])) > 1e-3  # another converter than the default
+    # a whole upsampling ratio other than a power of two: Essentia's one output more per call
+    with pytest.raises(AudioError, match="1600 Hz: resampler 'essentia-q4' .* ratio of 10"):
+        jaxmir.audio.prepare_audio(np.zeros(100, np.float32), 1600, resampler="essentia-q4")
+    for other in ("essentia-q0", "essentia-q2", "essentia-q3"):
+        with pytest.raises(AudioError, match=f"'{other}' .* is not reproduced"):
+            jaxmir.load_audio(next(iter(files)), resampler=other)
+    from jaxmir import cli
+    assert cli.RESAMPLERS == jaxmir.audio.RESAMPLERS  # --resampler's choices, spelt without JAX
+
+
 def test_other_target_rates_end_where_monoloader_does(tmp_path):
     """load_audio(sr=48000 or 24000) gave one sample more than MonoLoader(sampleRate=...): at
     ratio 3 (and 1.5) libsamplerate's rounded position sums meet Essentia's end test (>=) with
