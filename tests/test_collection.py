@@ -914,14 +914,17 @@ def test_another_user_s_lock_is_taken_read_only(model, tmp_path, monkeypatch):
 def test_a_lock_that_cannot_be_opened_for_writing_is_opened_read_only(tmp_path, monkeypatch,
                                                                       refusal):
     """Only "Permission denied" fell back to a read-only open: on a read-only file system
-    (EROFS) an existing lock, which the run before made, refused the resume (root too)."""
+    (EROFS) an existing lock, which the run before made, refused the resume (root too). The
+    read-only open asks for no O_CREAT, which fs.protected_regular refuses on another user's
+    file in a sticky folder."""
     out, lock = tmp_path / "t.jsonl", tmp_path / ".t.jsonl.lock"
     lock.write_bytes(b"")
-    real_open, modes = os.open, []
+    real_open, modes, created = os.open, [], []
 
     def opened(path, flags, *args, **kwargs):
         if os.fspath(path) == str(lock):
             modes.append(flags & os.O_ACCMODE)
+            created.append(bool(flags & os.O_CREAT))
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise OSError(refusal, os.strerror(refusal), str(path))
         return real_open(path, flags, *args, **kwargs)
@@ -929,7 +932,7 @@ def test_a_lock_that_cannot_be_opened_for_writing_is_opened_read_only(tmp_path, 
     monkeypatch.setattr(outputs.os, "open", opened)
     with outputs.exclusive(str(out)):
         pass
-    assert modes == [os.O_RDWR, os.O_RDONLY]
+    assert modes == [os.O_RDWR, os.O_RDONLY] and created == [True, False]
 
 
 def test_a_lock_that_cannot_be_made_names_the_output_s_folder(tmp_path, monkeypatch):
@@ -945,6 +948,42 @@ def test_a_lock_that_cannot_be_made_names_the_output_s_folder(tmp_path, monkeypa
     with pytest.raises(InputError, match=rf"cannot write the output in {re.escape(str(out))}: "
                                          r"Read-only file system \(its lock, \.jaxmir\.lock\)"):
         with outputs.exclusive(str(out)):
+            pass
+
+
+def test_another_user_s_lock_that_cannot_be_opened_is_named_with_its_owner(tmp_path,
+                                                                          monkeypatch):
+    """A 0600 lock left by another user in a folder all may write was refused with "cannot write
+    the output in FOLDER: Permission denied", blaming a writable folder."""
+    out, lock = tmp_path / "t.jsonl", tmp_path / ".t.jsonl.lock"
+    lock.write_bytes(b"")
+    lock.chmod(0o600)
+    real_open = os.open
+
+    def refused(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(lock):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(outputs.os, "open", refused)
+    with pytest.raises(InputError, match=rf"{re.escape(str(lock))}, the output's lock, cannot be "
+                                         r"opened \(Permission denied\): .*'s, mode 0600; have it "
+                                         r"removed, or give another output"):
+        with outputs.exclusive(str(out)):
+            pass
+
+
+@pytest.mark.parametrize("error", [errno.EBADF, errno.ENOLCK])
+def test_a_lock_the_file_system_refuses_to_take_is_named(tmp_path, monkeypatch, error):
+    """NFS's flock emulation refuses a lock opened read-only (EBADF) or has none (ENOLCK): the
+    run ended in "jaxmir: error: Bad file descriptor", naming no file."""
+    def refused(descriptor, operation):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(outputs.fcntl, "flock", refused)
+    with pytest.raises(InputError, match=r"\.t\.jsonl\.lock, the output's lock, cannot be locked "
+                                         rf"\({re.escape(os.strerror(error))}\)"):
+        with outputs.exclusive(str(tmp_path / "t.jsonl")):
             pass
 
 

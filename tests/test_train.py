@@ -592,17 +592,39 @@ def test_a_training_that_never_beats_the_untrained_head_stops(rate):
         fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=5, learning_rate=rate))
 
 
-def test_a_resumed_head_that_no_epoch_improves_is_named_so(monkeypatch):
-    """The messages called the weights a training starts from "untrained" when they were a
-    resumed head's."""
+def test_a_resumed_head_that_no_epoch_improves_is_kept_with_a_warning(monkeypatch):
+    """A resumed head already at its best was refused ("lower the learning rate"), nothing
+    written, where MTG's loop keeps its first, validation-only epoch's weights; the messages
+    also called them the untrained head's."""
     tracks, targets = blobs(n_per_class=4)
     scripted = iter([1.0, 2.0, 3.0])
     monkeypatch.setattr(fit, "validation_cost", lambda *args: next(scripted))
     resumed, lines = fit.init_head(jax.random.PRNGKey(5), 20, 100, 3), []
-    with pytest.raises(fit.TrainingError, match=r"came below the resumed head's \(1\); lower"):
-        fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=2),
-                       initial=resumed, log=lines.append)
-    assert lines[0] == "epoch 0 (resumed): validation 1.0000"
+    with pytest.warns(JaxmirWarning, match=r"came below the resumed head's \(1\): the resumed "
+                                           r"head is kept as it was"):
+        head = fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=2),
+                              initial=resumed, log=lines.append)
+    assert lines[0] == "epoch 0 (resumed): validation 1.0000" and head.kept_epoch == 0
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        np.array_equal, head.params, jax.device_get(resumed))))
+
+
+def test_a_fold_that_never_beats_its_untrained_head_is_scored_with_it(monkeypatch):
+    """One such fold failed a whole --folds run (nothing written, no fold named) where MTG's
+    loop keeps the untrained weights and the fold scores at chance."""
+    tracks, targets = blobs(n_per_class=5)
+    real, calls = fit.validation_cost, []
+
+    def first_fold_never_improves(*args):
+        calls.append(1)
+        return 1e9 - len(calls) if len(calls) == 1 else (1e10 if len(calls) <= 3 else real(*args))
+
+    monkeypatch.setattr(fit, "validation_cost", first_fold_never_improves)
+    with pytest.warns(JaxmirWarning, match=r"fold 1/2: no epoch's validation cost came below the "
+                                           r"untrained head's; the fold is scored with the untrained"):
+        result = fit.cross_validate(tracks, targets, "single", ABC, folds=2,
+                                    config=fit.TrainConfig(epochs=2))
+    assert len(result.folds) == 2
 
 
 def _mtg_schedule(costs: list[float], patience: int, rate: float) -> tuple[list[float], int]:

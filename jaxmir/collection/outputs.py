@@ -189,6 +189,9 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
         if isinstance(err, IsADirectoryError) or err.errno == errno.ENXIO:  # ENXIO: a socket
             raise InputError(f"{lock}, the output's lock, is not a regular file (a pipe, a "
                              "device, a folder, a socket); remove it") from None
+        if os.path.lexists(lock):
+            raise InputError(f"{lock}, the output's lock, cannot be opened ({err.strerror or err})"
+                             f"{_whose(lock)}; have it removed, or {ANOTHER_OUTPUT}") from None
         raise InputError(f"cannot write the output in {lock.parent}: "
                          f"{err.strerror or err} (its lock, {lock.name})") from None
     with os.fdopen(descriptor, "rb") as handle:
@@ -199,7 +202,28 @@ def exclusive(output: str | os.PathLike) -> Iterator[None]:
                 raise InputError(f"--output {output} is being written by another jaxmir run "
                                  "(or another collect() call of this program); wait for it to "
                                  f"end, or {ANOTHER_OUTPUT}") from None
+            except OSError as err:  # NFS: EBADF for a lock opened read-only; ENOLCK, EOPNOTSUPP
+                why = (": this file system locks only files this user may write"
+                       if err.errno == errno.EBADF else "")
+                raise InputError(f"{lock}, the output's lock, cannot be locked "
+                                 f"({err.strerror or err}){why}{_whose(lock)}; "
+                                 f"{ANOTHER_OUTPUT}") from None
         yield
+
+
+def _whose(lock: Path) -> str:
+    """``": <owner>'s, mode 0600"`` for ``lock``, or ``""`` where it cannot be read."""
+    try:
+        state = os.lstat(lock)
+    except OSError:
+        return ""
+    try:
+        import pwd
+
+        owner = pwd.getpwuid(state.st_uid).pw_name
+    except (ImportError, KeyError):
+        owner = f"user {state.st_uid}"
+    return f": {owner}'s, mode {stat.S_IMODE(state.st_mode):04o}"
 
 
 def _open_lock(lock: Path) -> int:
@@ -207,13 +231,16 @@ def _open_lock(lock: Path) -> int:
     emulates flock with locks that need it), else read-only, which a local flock takes (another
     user's 0644 lock refused every other user's run); not waiting on a FIFO, and refused if it
     is no regular file (on a read-only file system, an existing lock opens read-only)."""
-    flags = os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        descriptor = os.open(lock, os.O_RDWR | flags, 0o666)
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | flags, 0o666)
     except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):
             raise
-        descriptor = os.open(lock, os.O_RDONLY | flags, 0o666)
+        try:  # an existing lock: without O_CREAT, which fs.protected_regular refuses on another
+            descriptor = os.open(lock, os.O_RDONLY | flags)  # user's file in a sticky folder
+        except FileNotFoundError:
+            raise err from None  # none to open: why it could not be made
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
         raise InputError(f"{lock}, the output's lock, is not a regular file (a pipe, a device, a "

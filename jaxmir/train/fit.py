@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Callable, Sequence
 
 import jax
@@ -28,7 +29,7 @@ import optax
 
 from jaxmir import interrupts
 from jaxmir.checks import is_whole, real_fields, whole_fields
-from jaxmir.errors import InputError, JaxmirError
+from jaxmir.errors import InputError, JaxmirError, JaxmirWarning
 from jaxmir.models import damaged_variable
 from jaxmir.train import metrics
 from jaxmir.train.data import (ACTIVATION, check_targets, check_task, check_varying,
@@ -152,12 +153,14 @@ def validation_cost(task: str, weight_decay: float, params: Params, x: np.ndarra
 
 @dataclasses.dataclass(repr=False)
 class Head:
-    """A trained head: its parameters, task, class names and training history."""
+    """A trained head: its parameters, task, class names, training history and the epoch whose
+    weights it holds (0: those it started from)."""
 
     params: Params
     task: str
     classes: tuple[str, ...]
     history: list[dict] = dataclasses.field(default_factory=list)
+    kept_epoch: int | None = None
 
     def __post_init__(self):
         check_task(self.task)
@@ -294,7 +297,7 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
                classes: Sequence[str], config: TrainConfig = TrainConfig(),
                validation: tuple[Sequence[np.ndarray], np.ndarray] | None = None,
                initial: Params | None = None, log: Callable[[str], None] | None = None,
-               labels: np.ndarray | None = None) -> Head:
+               labels: np.ndarray | None = None, keep_start: bool = False) -> Head:
     """Train a head on per-patch embeddings.
 
     Args:
@@ -311,6 +314,9 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
       log: called with one line per epoch (epoch 0: the untrained or resumed head's validation).
       labels: ``[tracks]`` the single-label classes the validation split is stratified by,
         where ``targets`` are smoothed distributions (default: their largest class).
+      keep_start: when no epoch's validation cost comes below the untrained head's, return
+        the untrained head (``kept_epoch`` 0), as MTG's loop keeps it, instead of raising
+        (a cross-validation fold). A resumed head is kept so always, with a warning.
 
     Returns:
       the :class:`Head` at its lowest validation cost (:func:`validation_cost`), with
@@ -321,7 +327,7 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
       InputError: tracks, targets, task or classes that do not fit together (the
         targets must suit the task: see :func:`~jaxmir.train.data.check_targets`).
       TrainingError: a non-finite cost (the message names the epoch and step), or no
-        epoch whose validation cost came below the untrained (or resumed) head's.
+        epoch whose validation cost came below the untrained head's (unless ``keep_start``).
     """
     tracks = check_tracks(tracks)
     targets = check_training_targets(tracks, targets, task, classes)
@@ -406,15 +412,20 @@ def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         interrupts.raise_if_received()  # a Ctrl-C that JAX's callbacks swallowed
     if best_epoch == 0:
         lowest = min(record["val_loss"] for record in history)
-        raise TrainingError(f"no epoch's validation cost (the lowest {lowest:.4g}) came below "
-                            f"the {start_name} head's ({initial_cost:.4g}); lower the learning "
-                            "rate, or give data whose classes its embeddings tell apart")
+        never = (f"no epoch's validation cost (the lowest {lowest:.6g}) came below the "
+                 f"{start_name} head's ({initial_cost:.6g})")
+        if initial is not None:  # a head trained before, maybe already the best: kept
+            warnings.warn(f"{never}: the resumed head is kept as it was", JaxmirWarning,
+                          stacklevel=2)
+        elif not keep_start:
+            raise TrainingError(f"{never}; lower the learning rate, or give data whose classes "
+                                "its embeddings tell apart")
     best = jax.device_get(best)
     diverged = damaged_variable(best, why="")  # trained here: no file to call damaged
     if diverged is not None:
         raise TrainingError(f"the head's weights diverged ('{diverged[0]}' holds {diverged[1]}) "
                             "though the loss stayed finite; lower the learning rate")
-    return Head(best, task, tuple(classes), history)
+    return Head(best, task, tuple(classes), history, best_epoch)
 
 
 def check_training_targets(tracks: Sequence[np.ndarray], targets, task: str,
@@ -488,7 +499,12 @@ def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
         train_targets = targets[train] if smooth is None else np.asarray(smooth(train), np.float32)
         head = train_head([tracks[i] for i in train], train_targets, task, classes,
                           dataclasses.replace(config, seed=(config.seed + f) % (MAX_SEED + 1)),
-                          labels=np.argmax(targets[train], axis=1) if task == "single" else None)
+                          labels=np.argmax(targets[train], axis=1) if task == "single" else None,
+                          keep_start=True)
+        if head.kept_epoch == 0:
+            warnings.warn(f"fold {f + 1}/{folds}: no epoch's validation cost came below the "
+                          "untrained head's; the fold is scored with the untrained head, as "
+                          "MTG's loop keeps it", JaxmirWarning, stacklevel=2)
         predictions = head.predict_tracks([tracks[i] for i in test])
         figures = metrics.evaluate(task, targets[test], predictions)
         results.append(figures)
