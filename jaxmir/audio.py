@@ -69,7 +69,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
     Args:
       path: the audio file.
       sample_rate: the rate wanted in Hz, 16000 for every jaxmir model.
-      resampler: ``"essentia"``, ``"samplerate"`` or ``"soxr"``.
+      resampler: ``"essentia"``, ``"samplerate"``, ``"soxr"`` or ``"essentia-q4"``.
       decoder: ``"essentia"``, ``"float"`` or ``"soundfile"``.
       strict: raise on a damaged or truncated file instead of warning
         (:class:`jaxmir.decode.DamagedAudioWarning`; FFmpeg decoders only).
@@ -175,7 +175,7 @@ def prepare_audio(audio: ArrayLike, sample_rate: int, target_rate: int = 16000,
       sample_rate: the rate of ``audio`` in Hz (1-384000, within a ratio of 256 of
         ``target_rate``); never guessed.
       target_rate: the rate wanted, 16000 for every jaxmir model.
-      resampler: ``"essentia"``, ``"samplerate"`` or ``"soxr"`` (see the module docstring).
+      resampler: one of :data:`RESAMPLERS` (see the module docstring).
 
     Returns:
       float32 ``[n_samples']``, a new array.

@@ -345,8 +345,8 @@ class Model:
             or integer PCM) at ``sample_rate``; resampled to 16 kHz if needed.
           sample_rate: the rate of ``audio`` in Hz (required, never guessed).
           compat: front-end mode, see :func:`jaxmir.frontends.musicnn_logmel`.
-          resampler: ``"essentia"`` (Essentia's ``MonoLoader``), ``"samplerate"``
-            or ``"soxr"``, as :func:`jaxmir.load_audio` takes it.
+          resampler: ``"essentia"`` (Essentia's ``MonoLoader``), ``"samplerate"``,
+            ``"soxr"`` or ``"essentia-q4"``, as :func:`jaxmir.load_audio` takes it.
 
         Returns:
           float32 ``[n_frames, 96]`` (MusiCNN/VGG, a frame every 16 ms) or
@@ -396,8 +396,9 @@ class Model:
           pad: ``None`` (too short a signal raises InputError), ``"zero"`` or
             ``"repeat"``: one padded patch for a signal shorter than a patch.
           compat: front-end mode (``"essentia"``; ``"musicnn"``/``"google"``).
-          resampler: ``"essentia"`` (Essentia's ``MonoLoader``), ``"samplerate"``
-            or ``"soxr"``, for audio not at 16 kHz, as :func:`jaxmir.load_audio` takes it.
+          resampler: ``"essentia"`` (Essentia's ``MonoLoader``), ``"samplerate"``,
+            ``"soxr"`` or ``"essentia-q4"`` (``resampleQuality=4``), for audio not at 16 kHz,
+            as :func:`jaxmir.load_audio` takes it.
 
         Returns:
           ``[n_patches, ...]``, e.g. ``[n_patches, 50]`` for MusiCNN's tags: a

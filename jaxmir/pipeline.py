@@ -279,7 +279,7 @@ def predict(model: "Model", audio: ArrayLike, sample_rate: int,
       output: a name :meth:`Model.apply` accepts (default ``"predictions"``),
         or several names (then a dict is returned).
       patch_hop, last_patch, pad, compat: see :func:`plan`.
-      resampler: ``"essentia"``, ``"samplerate"`` or ``"soxr"`` (:func:`jaxmir.audio.prepare_audio`).
+      resampler: one of :data:`jaxmir.audio.RESAMPLERS` (:func:`jaxmir.audio.prepare_audio`).
       bucket: see :func:`plan` (JAX arrays only; the engine computes exact lengths).
       chunk: patches per model call (default :func:`jaxmir.stream.file_batch`; :data:`CHUNK`
         for a JAX array); share_overlap: see :func:`run_plan`.
