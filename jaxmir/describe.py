@@ -68,6 +68,9 @@ def describe(model) -> str:
     from_json = any(key in model.metadata for key in ("classes", "schema", "inference"))
     why = "the metadata JSON beside the graph names none" if from_json else \
         "no metadata JSON beside the graph names them"
+    if isinstance(model.metadata.get("classes"), list) and model.metadata["classes"]:
+        why = ("the metadata JSON's classes name the values of its predictions output, not "
+               "this one's")
     label_text = (f"class_0 .. class_{len(labels) - 1} (no class names: {why}; in Python: "
                   "labels=)" if default_labels else ", ".join(labels))
     lines = [f"source: {model.source}",

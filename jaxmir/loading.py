@@ -150,26 +150,45 @@ def _load_one(source, labels=None, output=None) -> Model:
                 isinstance(name, str) for name in metadata["classes"]):
             raise InputError(f"{metadata['_path']}: 'classes' is {str(metadata['classes'])[:80]}; "
                              "expected a list of class names")
-        labels = [str(c) for c in metadata["classes"]]
-        readable = [read_as_utf8(label) for label in labels]
-        if readable != labels:
-            warnings.warn(f"{metadata['_path']}: its classes hold UTF-8 read as single bytes "
-                          f"(a head trained under an ASCII locale): read as "
-                          f"{[b for a, b in zip(labels, readable) if a != b][:3]}; write them so "
-                          "in its 'classes'", JaxmirWarning, stacklevel=3)
-            labels = readable
-        if len(labels) != spec.output_width and chosen:
-            labels = None  # the JSON's classes name its predictions, not this output's values
-        elif len(labels) != spec.output_width:
-            raise InputError(f"{metadata['_path']} lists {len(labels)} classes but the graph "
-                             f"{text} outputs {spec.output_width} values at '{spec.output_name}'")
-        try:
-            check_label_text(labels or [])
-        except InputError as err:
-            raise InputError(f"{metadata['_path']}: {err}") from None
+        classes = [str(c) for c in metadata["classes"]]
+        if len(classes) == spec.output_width or not chosen or _is_predictions(output, metadata,
+                                                                             graph):
+            labels = _json_labels(classes, metadata, text, spec)
+        # else the JSON's classes name its predictions' values, not this output's: class_i
     return Model.from_spec(spec, labels=labels or catalog.labels_for_graph(text, spec), source=text,
                            metadata={k: v for k, v in metadata.items() if not k.startswith("_")},
                            graph_output=graph_output)
+
+
+def _is_predictions(output: str, metadata: dict, graph) -> bool:
+    """Whether ``output`` names the node the JSON's ``schema`` gives as its predictions."""
+    from jaxmir.tfgraph.graphdef import TensorRef
+
+    try:
+        predictions = _metadata_output(metadata, graph)
+    except InputError:  # a schema it cannot read: not that node
+        return False
+    return predictions is not None and TensorRef.parse(predictions).node == \
+        TensorRef.parse(output).node
+
+
+def _json_labels(classes: list[str], metadata: dict, text: str, spec) -> list[str]:
+    """The JSON's ``classes`` as the labels of ``spec``'s output, checked: as many as its values,
+    UTF-8 read as single bytes repaired (with a warning), printable."""
+    readable = [read_as_utf8(label) for label in classes]
+    if readable != classes:
+        warnings.warn(f"{metadata['_path']}: its classes hold UTF-8 read as single bytes "
+                      f"(a head trained under an ASCII locale): read as "
+                      f"{[b for a, b in zip(classes, readable) if a != b][:3]}; write them so "
+                      "in its 'classes'", JaxmirWarning, stacklevel=4)
+    if len(readable) != spec.output_width:
+        raise InputError(f"{metadata['_path']} lists {len(readable)} classes but the graph "
+                         f"{text} outputs {spec.output_width} values at '{spec.output_name}'")
+    try:
+        check_label_text(readable)
+    except InputError as err:
+        raise InputError(f"{metadata['_path']}: {err}") from None
+    return readable
 
 
 def _fixed_output(model: Model, output: str | None) -> Model:

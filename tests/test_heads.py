@@ -104,7 +104,15 @@ def test_another_output_of_a_graph_with_essentia_s_json_loads_without_its_classe
     path = write_head(tmp_path, "mood_happy-msd-musicnn-1", meta)
     penultimate = jaxmir.load(path, output="model/dense/BiasAdd")
     assert penultimate.labels == tuple(f"class_{i}" for i in range(100))
+    assert "the metadata JSON's classes name the values of its predictions output, not this " \
+        "one's" in penultimate.describe()
     assert jaxmir.load(path, output="model/Softmax").labels == ("happy", "non_happy")
+    # the predictions named, beside a JSON of another class count: still refused
+    wrong = essentia_metadata(["a", "b", "c"], "model/Softmax", "msd-musicnn-1")
+    bad = write_head(tmp_path, "bad-msd-musicnn-1", wrong)
+    for output in ("model/Softmax", "model/Softmax:0"):
+        with pytest.raises(InputError, match="lists 3 classes but the graph .* outputs 2 values"):
+            jaxmir.load(bad, output=output)
     x = embeddings(4, 200)
     [mine] = penultimate.apply(x).values()
     [theirs] = jaxmir.load(path).apply(x, outputs="penultimate").values()

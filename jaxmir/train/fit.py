@@ -486,7 +486,9 @@ def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
     """k-fold cross-validation; ``smooth(train_indices) -> [len, C]`` replaces training targets.
 
     Smoothing (label distribution learning) sees only the training tracks of a
-    fold; the test tracks are scored against their original labels.
+    fold; the test tracks are scored against their original labels. A fold whose epochs never
+    come below its untrained head's validation cost is scored with that head, as MTG's loop
+    keeps it, with a :class:`~jaxmir.errors.JaxmirWarning` naming the fold.
     """
     tracks = check_tracks(tracks)
     targets = check_training_targets(tracks, targets, task, classes)
