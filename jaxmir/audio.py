@@ -23,7 +23,7 @@ output length ``ceil(n * out_rate / in_rate)``.
 ``resampler="essentia-q4"`` is ``MonoLoader(resampleQuality=4)``, as Essentia's model pages
 load audio: libsamplerate's linear interpolator (the ``samplerate`` package) with Essentia's
 float32 ratio, Essentia's samples to float32 rounding and its length, at every rate but those
-it would upsample by a whole ratio other than a power of two (1.6 kHz, 3.2 kHz: refused);
+it would upsample by a whole ratio whose positions' sums fall short (1.6 kHz to 16 kHz: refused);
 ``"essentia-q1"`` is ``"essentia"``. Qualities 0, 2 (sinc filters) and 3 (zero-order hold) are
 not reproduced: their ends differ by a sample from Essentia's build of libsamplerate at some
 rates and lengths.
@@ -262,13 +262,26 @@ def converter_of(resampler: str) -> str:
 
 def check_linear(in_rate: int, out_rate: int, what: str) -> None:
     """:class:`AudioError` where libsamplerate's linear interpolator would upsample ``in_rate`` by a
-    whole ratio other than a power of two: its positions' sums there give Essentia one output
-    more per call than python-samplerate's buffer takes."""
+    whole ratio whose positions' sums fall short of 1 (:func:`_positions_fall_short`): Essentia's
+    build gives an output more than python-samplerate's buffer takes."""
     ratio = essentia_ratio(in_rate, out_rate)
-    if ratio > 1 and ratio == int(ratio) and int(ratio) & (int(ratio) - 1):
+    if _positions_fall_short(ratio):
         raise AudioError(f"{what} {in_rate} Hz: resampler 'essentia-q4' (MonoLoader's "
-                         f"resampleQuality=4) is not reproduced at a ratio of {ratio:g}, a whole "
-                         "one other than a power of two; use resampler 'essentia'")
+                         f"resampleQuality=4) is not reproduced at a ratio of {ratio:g}, where "
+                         "Essentia's build of libsamplerate gives one sample more; use resampler "
+                         "'essentia'")
+
+
+def _positions_fall_short(ratio: float) -> bool:
+    """Whether ``1 / ratio`` added ``ratio`` times in double, as libsamplerate walks positions,
+    stays below 1 at a whole upsampling ratio: an output more per input sample's span there
+    (measured: 6, 10, 80, 160 fall short, 5, 20, 25, 40, 50, 100, 125, 200, 250 reach 1)."""
+    if ratio <= 1 or ratio != int(ratio):
+        return False
+    position, step = 0.0, 1.0 / ratio
+    for _ in range(int(ratio)):
+        position += step
+    return position < 1.0
 
 
 def is_essentia_default(resampler: str) -> bool:
@@ -510,6 +523,7 @@ class Resampling:
         self._surplus = np.zeros(0, np.float32)  # soxr's beyond librosa's length so far
         self.kind = implementation(resampler, in_rate, out_rate)
         self.converter = converter_of(resampler)
+        self._before: np.ndarray | None = None  # the last sample pushed (linear interpolator)
         # MonoLoader's end (libsamplerate's converter only): at most `held` outputs, those a
         # file of whole chunks does not get, wait for close (see _hold_back)
         self.held = 0
@@ -537,7 +551,14 @@ class Resampling:
             self._state = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
 
     def _sinc(self, x: np.ndarray, end: bool) -> np.ndarray:
-        steps = range(0, x.shape[0], self.STEP)
+        start = 0
+        if self.converter == "linear" and x.shape[0]:
+            # libsamplerate's linear interpolator reads the sample before a call of one frame
+            # from the memory before it (libsndfile/libsamplerate#208): each call's input is a
+            # view that the sample before it precedes (the first sample itself, at the start)
+            x = np.concatenate([self._before if self._before is not None else x[:1], x])
+            start, self._before = 1, x[-1:].copy()
+        steps = range(start, x.shape[0], self.STEP)
         parts = [self._state.process(x[i:i + self.STEP], self._ratio, end and i + self.STEP >= x.shape[0])
                  for i in steps]
         return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)

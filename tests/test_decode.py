@@ -1289,7 +1289,8 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
     rng = np.random.default_rng(11)
     files = {}
     for rate, n in [(44100, 4096 * 7), (44100, 29906), (22050, 3000), (48000, 56857),
-                    (32000, 28672), (8000, 9001), (96000, 20000), (24000, 5), (4000, 4097)]:
+                    (32000, 28672), (8000, 9001), (96000, 20000), (24000, 5), (4000, 4097),
+                    (3200, 5000)]:  # a whole ratio, 5, whose positions' sums reach 1
         path = tmp_path / f"r{rate}_n{n}.wav"
         soundfile.write(path, (0.4 * rng.standard_normal(n)).clip(-1, 1).astype(np.float32), rate,
                         subtype="FLOAT")
@@ -1311,6 +1312,13 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
         stream = Resampling(rate, 16000, "essentia-q4", monoloader=True)
         pushed = [stream.push(signal[i:i + 1000]) for i in range(0, signal.shape[0], 1000)]
         assert np.array_equal(np.concatenate([*pushed, stream.close()]), ours), path.name
+        # pushes of one sample, each a copy: libsamplerate's interpolator read the sample before
+        # such a call from the memory before its buffer (0.1 off at 8 kHz, pushed one by one)
+        stream, cuts = Resampling(rate, 16000, "essentia-q4", monoloader=True), [0]
+        while cuts[-1] < signal.shape[0]:
+            cuts.append(cuts[-1] + (1, 7, 4096, 1)[len(cuts) % 4])
+        pushed = [stream.push(signal[a:b].copy()) for a, b in zip(cuts, cuts[1:])]
+        assert np.array_equal(np.concatenate([*pushed, stream.close()]), ours), path.name
         if rate != 44100:
             continue
         default = jaxmir.load_audio(path)
@@ -1323,7 +1331,10 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
         with pytest.raises(AudioError, match=f"'{other}' .* is not reproduced"):
             jaxmir.load_audio(next(iter(files)), resampler=other)
     from jaxmir import cli
+    from jaxmir.collection import Options
     assert cli.RESAMPLERS == jaxmir.audio.RESAMPLERS  # --resampler's choices, spelt without JAX
+    # one converter, one name in a table's settings: a run with the other resumed it not
+    assert Options(resampler="essentia-q1").resampler == "essentia"
 
 
 def test_other_target_rates_end_where_monoloader_does(tmp_path):

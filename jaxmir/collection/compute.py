@@ -63,6 +63,8 @@ class Options:
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", check_dtype(self.dtype))  # a name, as outputs record
+        if self.resampler == "essentia-q1":  # one converter, one name in outputs' settings
+            object.__setattr__(self, "resampler", "essentia")
         if self.batch is not None:
             check_batch(self.batch)
         # refused here, once, rather than by every file of a run (and again by every rerun)
