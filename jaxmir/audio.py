@@ -394,6 +394,9 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         converter = converter_of(resampler)
         if converter == "linear":
             check_linear(native, target, "sample_rate")
+            # a signal of one sample is a call of one frame, whose interpolation reads the
+            # memory before it (Resampling._sinc): the sample itself put there
+            mono = np.concatenate([mono[:1], mono])[1:]
         out = samplerate.resample(mono, ratio, converter)
         out = out[:essentia_length(out.shape[0], native, target, mono.shape[0], converter)]
     else:

@@ -1324,7 +1324,10 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
         default = jaxmir.load_audio(path)
         n = min(default.size, ours.size)
         assert np.max(np.abs(default[:n] - ours[:n])) > 1e-3  # another converter than the default
-    # a whole upsampling ratio other than a power of two: Essentia's one output more per call
+    # one sample: the interpolator read the memory before the array (0 there, or anything)
+    one = jaxmir.audio.prepare_audio(np.array([0.5], np.float32), 8000, resampler="essentia-q4")
+    assert np.array_equal(one, [0.5, 0.5])
+    # a whole upsampling ratio whose positions' sums fall short: Essentia's one output more
     with pytest.raises(AudioError, match="1600 Hz: resampler 'essentia-q4' .* ratio of 10"):
         jaxmir.audio.prepare_audio(np.zeros(100, np.float32), 1600, resampler="essentia-q4")
     for other in ("essentia-q0", "essentia-q2", "essentia-q3"):
