@@ -395,8 +395,8 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         if converter == "linear":
             check_linear(native, target, "sample_rate")
             # a signal of one sample is a call of one frame, whose interpolation reads the
-            # memory before it (Resampling._sinc): the sample itself put there
-            mono = np.concatenate([mono[:1], mono])[1:]
+            # memory before it, 0 in Essentia's Resample (Resampling._linear)
+            mono = np.concatenate([np.zeros(1, np.float32), mono])[1:]
         out = samplerate.resample(mono, ratio, converter)
         out = out[:essentia_length(out.shape[0], native, target, mono.shape[0], converter)]
     else:
@@ -526,7 +526,11 @@ class Resampling:
         self._surplus = np.zeros(0, np.float32)  # soxr's beyond librosa's length so far
         self.kind = implementation(resampler, in_rate, out_rate)
         self.converter = converter_of(resampler)
-        self._before: np.ndarray | None = None  # the last sample pushed (linear interpolator)
+        self.monoloader = monoloader
+        # the linear interpolator's input not yet given to it (its last sample at least), and
+        # the sample given last (None: none yet); see _linear
+        self._pending = np.zeros(0, np.float32)
+        self._before: np.ndarray | None = None
         # MonoLoader's end (libsamplerate's converter only): at most `held` outputs, those a
         # file of whole chunks does not get, wait for close (see _hold_back)
         self.held = 0
@@ -554,17 +558,41 @@ class Resampling:
             self._state = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
 
     def _sinc(self, x: np.ndarray, end: bool) -> np.ndarray:
-        start = 0
-        if self.converter == "linear" and x.shape[0]:
-            # libsamplerate's linear interpolator reads the sample before a call of one frame
-            # from the memory before it (libsndfile/libsamplerate#208): each call's input is a
-            # view that the sample before it precedes (the first sample itself, at the start)
-            x = np.concatenate([self._before if self._before is not None else x[:1], x])
-            start, self._before = 1, x[-1:].copy()
-        steps = range(start, x.shape[0], self.STEP)
+        steps = range(0, x.shape[0], self.STEP)
         parts = [self._state.process(x[i:i + self.STEP], self._ratio, end and i + self.STEP >= x.shape[0])
                  for i in steps]
         return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+
+    def _linear(self, x: np.ndarray, final: bool) -> np.ndarray:
+        """libsamplerate's linear interpolator over ``x`` after the samples before it, as
+        Essentia's build gives them.
+
+        A call of one frame reads the sample before it from the memory before its buffer
+        (libsndfile/libsamplerate#208), which in Essentia holds 0 for a signal of one sample
+        and for MonoLoader's last chunk of one frame at its 65536-sample buffer's start, and the
+        sample before elsewhere. So each call's input is a view with that value in front of it,
+        the last sample waits for the next push or ``final`` (where it may be such a call), and
+        the first call waits for two samples (a first call of more reads none).
+        """
+        data = np.concatenate([self._pending, np.asarray(x, np.float32)])
+        if not final:
+            given, self._pending = data[:-1], data[-1:]
+            if self._before is None and given.shape[0] < 2:
+                self._pending = data
+                return np.zeros(0, np.float32)
+        else:
+            given, self._pending = data, data[:0]
+            wrapped = self.monoloader and self.n_in % (16 * MONOLOADER_CHUNK) == 1
+            if self._before is not None and wrapped and given.shape[0] == 1:
+                self._before = np.zeros(1, np.float32)
+        if not given.shape[0]:
+            return np.zeros(0, np.float32)
+        before = self._before if self._before is not None else np.zeros(1, np.float32)
+        buffer = np.concatenate([before, given])
+        self._before = buffer[-1:].copy()
+        parts = [self._state.process(buffer[i:i + self.STEP], self._ratio, False)
+                 for i in range(1, buffer.shape[0], self.STEP)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _release(self, out: np.ndarray, allowed: int) -> np.ndarray:
         """At most ``allowed`` samples in all; the surplus is held back (soxr)."""
@@ -602,7 +630,7 @@ class Resampling:
             self.n_out += x.shape[0]
             return x
         if self.kind == "samplerate":
-            out = self._sinc(x, False)
+            out = self._linear(x, False) if self.converter == "linear" else self._sinc(x, False)
             self.n_out += out.shape[0]
             return self._hold_back(out)
         if self.kind == "jax":
@@ -617,7 +645,9 @@ class Resampling:
         if self._state is None:
             return np.zeros(0, np.float32)
         if self.kind == "samplerate" and self.converter == "linear":
-            return self._monoloader_end(np.zeros(0, np.float32))  # it holds back no sample
+            tail = self._linear(np.zeros(0, np.float32), True)
+            self.n_out += tail.shape[0]
+            return self._monoloader_end(tail)
         if self.kind == "samplerate":
             # libsamplerate's end of input pads with zeros: explicit zeros give the same samples,
             # and samplerate.resample returns floor(n * ratio) of them; as many as its filter's

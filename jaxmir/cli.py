@@ -50,6 +50,11 @@ if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
 FORMATS = ("text", "json", "csv")
 # jaxmir.audio.RESAMPLERS, spelt here: the parser is built without importing JAX
 RESAMPLERS = ("essentia", "samplerate", "soxr", "essentia-q1", "essentia-q4")
+
+
+def _resampler_name(text: str) -> str:
+    """``--resampler``'s value as outputs record it: ``essentia-q1`` is ``essentia``."""
+    return "essentia" if text == "essentia-q1" else text
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
@@ -878,7 +883,8 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
                              "or make one more patch of them, repeated")
     parser.add_argument("--pad", choices=("zero", "repeat"), default=None,
                         help="pad audio shorter than one patch (default: report it as too short)")
-    parser.add_argument("--resampler", choices=RESAMPLERS, default="essentia",
+    parser.add_argument("--resampler", choices=RESAMPLERS, type=_resampler_name,
+                        default="essentia",
                         help="resampling to 16 kHz: Essentia's converter (default; in JAX from "
                              "the usual rates of 22.05 kHz and above, within 1e-6 of it), "
                              "libsamplerate itself (Essentia's samples to float32 rounding, "
@@ -997,7 +1003,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
                       help="at the end of the input: drop the frames after the last full patch, "
                            "or make one more patch of them, repeated")
-    live.add_argument("--resampler", choices=RESAMPLERS, default="essentia",
+    live.add_argument("--resampler", choices=RESAMPLERS, type=_resampler_name,
+                      default="essentia",
                       help="resampling to 16 kHz (default: Essentia's converter; see tag --help)")
     live.add_argument("--resample-step", metavar="SAMPLES", type=whole_number(0), default=None,
                       help="16-kHz samples Essentia's converter waits for before it runs: a patch "

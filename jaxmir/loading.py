@@ -161,15 +161,22 @@ def _load_one(source, labels=None, output=None) -> Model:
 
 
 def _is_predictions(output: str, metadata: dict, graph) -> bool:
-    """Whether ``output`` names the node the JSON's ``schema`` gives as its predictions."""
+    """Whether ``output`` names the node whose values the JSON's classes name: its ``schema``'s
+    predictions, or where it names none it can (no schema, an empty name, a node the graph
+    lacks), the output jaxmir takes by default."""
+    from jaxmir.tfgraph import convert
     from jaxmir.tfgraph.graphdef import TensorRef
 
     try:
         predictions = _metadata_output(metadata, graph)
-    except InputError:  # a schema it cannot read: not that node
-        return False
-    return predictions is not None and TensorRef.parse(predictions).node == \
-        TensorRef.parse(output).node
+    except InputError:
+        predictions = None
+    if predictions is None:
+        try:
+            predictions = convert.find_output(graph)
+        except GraphError:
+            return False
+    return TensorRef.parse(predictions).node == TensorRef.parse(output).node
 
 
 def _json_labels(classes: list[str], metadata: dict, text: str, spec) -> list[str]:

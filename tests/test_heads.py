@@ -113,6 +113,12 @@ def test_another_output_of_a_graph_with_essentia_s_json_loads_without_its_classe
     for output in ("model/Softmax", "model/Softmax:0"):
         with pytest.raises(InputError, match="lists 3 classes but the graph .* outputs 2 values"):
             jaxmir.load(bad, output=output)
+    # a JSON that names no predictions node (or an empty name): the graph's own output's classes
+    for schema in ({}, {"schema": {"outputs": [{"name": "", "output_purpose": "predictions"}]}}):
+        (tmp_path / "bad-msd-musicnn-1.json").write_text(json.dumps({"classes": ["a", "b", "c"],
+                                                                    **schema}))
+        with pytest.raises(InputError, match="lists 3 classes but the graph .* outputs 2 values"):
+            jaxmir.load(bad, output="model/Softmax")
     x = embeddings(4, 200)
     [mine] = penultimate.apply(x).values()
     [theirs] = jaxmir.load(path).apply(x, outputs="penultimate").values()
