@@ -31,6 +31,8 @@ PAD_MODES = (None, "zero", "repeat")
 
 
 def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # librosa.time_to_frames(1.0, ...)
+        value = value[()]
     if not is_whole(value, minimum):
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)

@@ -48,6 +48,15 @@ def test_hop_zero_means_patch_size():
     np.testing.assert_array_equal(patch_starts(300, 96, 0), [0, 96, 192])
 
 
+def test_a_hop_given_as_a_zero_dimensional_array_is_taken():
+    """librosa.time_to_frames(1, ...) gives array(61), as the README's musicnn recipe uses it:
+    refused ("patch_hop must be an integer >= 0, got array(61)")."""
+    assert np.array_equal(patch_starts(1000, MUSICNN_PATCH_SIZE, np.array(61)),
+                          patch_starts(1000, MUSICNN_PATCH_SIZE, 61))
+    with pytest.raises(InputError, match="patch_hop must be an integer"):
+        patch_starts(1000, MUSICNN_PATCH_SIZE, np.array(61.0))
+
+
 def test_repeat_builds_cyclic_last_patch():
     frames = numbered(200)
     patches = make_patches(frames, 187, 93, last_patch="repeat")
