@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -136,3 +138,17 @@ def test_smoother_sees_only_training_tracks(wine):
     alone = smoothing.smooth_labels(x[train], targets[train], smoothing.SmoothingConfig(
         "lmnn", k=5, lmnn_components=4, lmnn_max_iter=60))
     np.testing.assert_array_equal(out, alone)
+
+
+def test_lmnn_settings_without_its_method_are_warned_of():
+    """SmoothingConfig(lmnn_components=64), as the README once wrote it, kept method "none": the
+    head trained without smoothing, unsaid."""
+    from jaxmir.errors import JaxmirWarning
+    from jaxmir.train.smoothing import SmoothingConfig
+
+    with pytest.warns(JaxmirWarning, match=r"lmnn_components=\.\.\.\) with method='none': LMNN"):
+        SmoothingConfig(lmnn_components=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SmoothingConfig("lmnn", lmnn_components=64)
+        SmoothingConfig("knn", k=5)

@@ -18,12 +18,13 @@ dominate.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable
 
 import numpy as np
 
 from jaxmir.checks import is_real, is_whole
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, JaxmirWarning
 
 METHODS = ("none", "knn", "lmnn")
 
@@ -53,6 +54,12 @@ class SmoothingConfig:
                 object.__setattr__(self, name, int(getattr(self, name)))
         if is_real(self.lmnn_push):
             object.__setattr__(self, "lmnn_push", float(self.lmnn_push))
+        given = [field.name for field in dataclasses.fields(self) if field.name.startswith("lmnn")
+                 and getattr(self, field.name) != field.default]
+        if given and self.method != "lmnn":  # SmoothingConfig(lmnn_components=64) smoothed nothing
+            warnings.warn(f"SmoothingConfig({', '.join(f'{name}=...' for name in given)}) with "
+                          f"method={self.method!r}: LMNN's settings apply to method='lmnn' only",
+                          JaxmirWarning, stacklevel=3)
 
 
 def standardize(features: np.ndarray) -> np.ndarray:
