@@ -23,7 +23,8 @@ output length ``ceil(n * out_rate / in_rate)``.
 ``resampler="essentia-q4"`` is ``MonoLoader(resampleQuality=4)``, as Essentia's model pages
 load audio: libsamplerate's linear interpolator (the ``samplerate`` package) with Essentia's
 float32 ratio, Essentia's samples to float32 rounding and its length, at every rate but those
-it would upsample by a whole ratio whose positions' sums fall short (1.6 kHz to 16 kHz: refused);
+where Essentia's calls make a whole number of outputs that the positions' sums fall short of
+(1.6 kHz to 16 kHz, 32 to 48 kHz: refused, :func:`check_linear`);
 ``"essentia-q1"`` is ``"essentia"``. Qualities 0, 2 (sinc filters) and 3 (zero-order hold) are
 not reproduced: their ends differ by a sample from Essentia's build of libsamplerate at some
 rates and lengths.
@@ -261,27 +262,32 @@ def converter_of(resampler: str) -> str:
 
 
 def check_linear(in_rate: int, out_rate: int, what: str) -> None:
-    """:class:`AudioError` where libsamplerate's linear interpolator would upsample ``in_rate`` by a
-    whole ratio whose positions' sums fall short of 1 (:func:`_positions_fall_short`): Essentia's
-    build gives an output more than python-samplerate's buffer takes."""
+    """:class:`AudioError` where Essentia's calls of libsamplerate's linear interpolator may make
+    an output more than python-samplerate's buffer, ``ceil(frames * ratio)``, takes (the frame
+    left is then lost): :func:`_linear_reproduced`."""
     ratio = essentia_ratio(in_rate, out_rate)
-    if _positions_fall_short(ratio):
+    if not _linear_reproduced(ratio):
         raise AudioError(f"{what} {in_rate} Hz: resampler 'essentia-q4' (MonoLoader's "
                          f"resampleQuality=4) is not reproduced at a ratio of {ratio:g}, where "
-                         "Essentia's build of libsamplerate gives one sample more; use resampler "
-                         "'essentia'")
+                         "Essentia's build of libsamplerate makes samples that python-samplerate's "
+                         "buffers do not take; use resampler 'essentia'")
 
 
-def _positions_fall_short(ratio: float) -> bool:
-    """Whether ``1 / ratio`` added ``ratio`` times in double, as libsamplerate walks positions,
-    stays below 1 at a whole upsampling ratio: an output more per input sample's span there
-    (measured: 6, 10, 80, 160 fall short, 5, 20, 25, 40, 50, 100, 125, 200, 250 reach 1)."""
-    if ratio <= 1 or ratio != int(ratio):
-        return False
-    position, step = 0.0, 1.0 / ratio
-    for _ in range(int(ratio)):
-        position += step
-    return position < 1.0
+def _linear_reproduced(ratio: float) -> bool:
+    """Whether no call of ``MONOLOADER_CHUNK`` frames (nor of one) makes ``frames * ratio`` a
+    whole number that the interpolator's positions, ``1 / ratio`` added up in double, fall short
+    of, making one output more. Powers of two add up exactly; a whole ratio falls short where
+    ``1 / ratio`` added ``ratio`` times stays below 1 (measured: 6, 10, 80, 160 do, 5, 20, 25,
+    40, 50, 100, 125, 200, 250 do not); other ratios whose calls make a whole number of outputs
+    (1.5, 0.75, 12.5: 32 -> 48 kHz, 64 -> 48 kHz, 1.28 -> 16 kHz) are not reproduced."""
+    if math.frexp(ratio)[0] == 0.5:  # a power of two
+        return True
+    if ratio == int(ratio):
+        position, step = 0.0, 1.0 / ratio
+        for _ in range(int(ratio)):
+            position += step
+        return position >= 1.0
+    return not (ratio * MONOLOADER_CHUNK).is_integer()
 
 
 def is_essentia_default(resampler: str) -> bool:

@@ -1338,6 +1338,13 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
     # a whole upsampling ratio whose positions' sums fall short: Essentia's one output more
     with pytest.raises(AudioError, match="1600 Hz: resampler 'essentia-q4' .* ratio of 10"):
         jaxmir.audio.prepare_audio(np.zeros(100, np.float32), 1600, resampler="essentia-q4")
+    # a call of 4096 frames at 1.5 makes a whole 6144 outputs, which the positions fall short
+    # of: Essentia makes 6145, python-samplerate's buffer takes 6144 and loses the frame left
+    # (32 -> 48 kHz lost 6 of 30002 samples, and those after them moved)
+    for rate, target in ((32000, 48000), (1280, 16000), (64000, 48000)):
+        with pytest.raises(AudioError, match=f"{rate} Hz: resampler 'essentia-q4' .* not reproduced"):
+            jaxmir.audio.prepare_audio(np.zeros(100, np.float32), rate, target,
+                                       resampler="essentia-q4")
     for other in ("essentia-q0", "essentia-q2", "essentia-q3"):
         with pytest.raises(AudioError, match=f"'{other}' .* is not reproduced"):
             jaxmir.load_audio(next(iter(files)), resampler=other)
