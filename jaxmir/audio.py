@@ -398,11 +398,9 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         # exact double ratio the output drifts by ~3e-3 after a few seconds.
         ratio = essentia_ratio(native, target)
         converter = converter_of(resampler)
-        if converter == "linear":
-            check_linear(native, target, "sample_rate")
-            # a signal of one sample is a call of one frame, whose interpolation reads the
-            # memory before it, 0 in Essentia's Resample (Resampling._linear)
-            mono = np.concatenate([np.zeros(1, np.float32), mono])[1:]
+        if converter == "linear":  # in Resampling's calls: one call of N frames loses its last
+            stream = Resampling(native, target, resampler)  # output where N * ratio is whole
+            return np.concatenate([stream.push(mono), stream.close()])
         out = samplerate.resample(mono, ratio, converter)
         out = out[:essentia_length(out.shape[0], native, target, mono.shape[0], converter)]
     else:

@@ -55,6 +55,9 @@ def test_a_hop_given_as_a_zero_dimensional_array_is_taken():
                           patch_starts(1000, MUSICNN_PATCH_SIZE, 61))
     with pytest.raises(InputError, match="patch_hop must be an integer"):
         patch_starts(1000, MUSICNN_PATCH_SIZE, np.array(61.0))
+    from jaxmir.collection import Options  # collections too, recorded as a Python int
+    assert type(Options(patch_hop=np.array(61)).patch_hop) is int
+    assert type(Options(patch_hop=np.int64(61)).patch_hop) is int
 
 
 def test_repeat_builds_cyclic_last_patch():

@@ -152,3 +152,6 @@ def test_lmnn_settings_without_its_method_are_warned_of():
         warnings.simplefilter("error")
         SmoothingConfig("lmnn", lmnn_components=64)
         SmoothingConfig("knn", k=5)
+    # an array there raised NumPy's "truth value ... is ambiguous"; fit_head refuses it by name
+    with pytest.warns(JaxmirWarning, match="lmnn_components"):
+        SmoothingConfig("knn", lmnn_components=np.array([64, 32]))

@@ -63,6 +63,8 @@ class Options:
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", check_dtype(self.dtype))  # a name, as outputs record
+        if isinstance(self.patch_hop, np.ndarray) and self.patch_hop.ndim == 0:  # librosa's
+            object.__setattr__(self, "patch_hop", self.patch_hop[()])  # time_to_frames(...)
         if self.resampler == "essentia-q1":  # one converter, one name in outputs' settings
             object.__setattr__(self, "resampler", "essentia")
         if self.batch is not None:
@@ -78,6 +80,8 @@ class Options:
         if self.patch_hop is not None and not is_whole(self.patch_hop, 0):
             raise InputError(f"Options(patch_hop={self.patch_hop!r}): a whole number of frames "
                              ">= 0 (0: a patch)")
+        if self.patch_hop is not None:  # as outputs record it (JSON takes no NumPy integer)
+            object.__setattr__(self, "patch_hop", int(self.patch_hop))
 
     def for_command(self, command: str) -> "Options":
         """These options with ``output`` named: ``None`` becomes ``command``'s default."""

@@ -55,11 +55,19 @@ class SmoothingConfig:
         if is_real(self.lmnn_push):
             object.__setattr__(self, "lmnn_push", float(self.lmnn_push))
         given = [field.name for field in dataclasses.fields(self) if field.name.startswith("lmnn")
-                 and getattr(self, field.name) != field.default]
+                 and _differs(getattr(self, field.name), field.default)]
         if given and self.method != "lmnn":  # SmoothingConfig(lmnn_components=64) smoothed nothing
             warnings.warn(f"SmoothingConfig({', '.join(f'{name}=...' for name in given)}) with "
                           f"method={self.method!r}: LMNN's settings apply to method='lmnn' only",
                           JaxmirWarning, stacklevel=3)
+
+
+def _differs(value, default) -> bool:
+    """Whether ``value`` is not ``default`` (an array, which fit_head refuses later, is not)."""
+    try:
+        return bool(value != default)
+    except (ValueError, TypeError):
+        return True
 
 
 def standardize(features: np.ndarray) -> np.ndarray:
