@@ -1362,6 +1362,10 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
     theirs = np.load(f"{next(iter(files))}.big.q4.npy")
     ours = jaxmir.audio.prepare_audio(big, 20000, 44100, resampler="essentia-q4")
     assert ours.shape == theirs.shape and np.max(np.abs(ours - theirs)) <= 1.2e-7
+    # pushes of 1000 samples: calls of 1000 frames, whose 2205 outputs are a whole number
+    stream = Resampling(20000, 44100, "essentia-q4")
+    pushed = [stream.push(big[i:i + 1000]) for i in range(0, big.shape[0], 1000)]
+    assert np.array_equal(np.concatenate([*pushed, stream.close()]), ours)
     assert cli.build_parser().parse_args(["tag", "x.wav", "--resampler", "essentia-q1"]) \
         .resampler == "essentia"  # -f json's header records it too
 
