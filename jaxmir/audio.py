@@ -21,8 +21,9 @@ converter as ``librosa.load(sr=16000)`` uses it (musicnn's own pipeline), with l
 output length ``ceil(n * out_rate / in_rate)``.
 
 ``resampler="essentia-q4"`` is ``MonoLoader(resampleQuality=4)``, as Essentia's model pages
-load audio: libsamplerate's linear interpolator (the ``samplerate`` package) with Essentia's
-float32 ratio, Essentia's samples to float32 rounding and its length, at every rate but those
+load audio: libsamplerate's linear interpolator computed here (:class:`_Linear`: its position
+recurrence and arithmetic) with Essentia's float32 ratio, Essentia's samples and length, at
+every rate but those
 where Essentia's calls make a whole number of outputs that the positions' sums fall short of
 (1.6 kHz to 16 kHz, 32 to 48 kHz: refused, :func:`check_linear`);
 ``"essentia-q1"`` is ``"essentia"``. Qualities 0, 2 (sinc filters) and 3 (zero-order hold) are
@@ -45,6 +46,7 @@ from jaxmir.errors import AudioError, InputError, NoSamplesError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
+from jaxmir.resample.positions import _positions
 
 # Essentia's resampleQuality 0-4: libsamplerate's converter of each that jaxmir reproduces
 QUALITY_CONVERTERS = (None, "sinc_medium", None, None, "linear")
@@ -262,15 +264,15 @@ def converter_of(resampler: str) -> str:
 
 
 def check_linear(in_rate: int, out_rate: int, what: str) -> None:
-    """:class:`AudioError` where Essentia's calls of libsamplerate's linear interpolator may make
-    an output more than python-samplerate's buffer, ``ceil(frames * ratio)``, takes (the frame
-    left is then lost): :func:`_linear_reproduced`."""
+    """:class:`AudioError` at ratios where MonoLoader's calls of libsamplerate's linear
+    interpolator end on its positions in ways :class:`_Linear` does not reproduce (a file's
+    signal differed there by a sample): :func:`_linear_reproduced`."""
     ratio = essentia_ratio(in_rate, out_rate)
     if not _linear_reproduced(ratio):
         raise AudioError(f"{what} {in_rate} Hz: resampler 'essentia-q4' (MonoLoader's "
                          f"resampleQuality=4) is not reproduced at a ratio of {ratio:g}, where "
-                         "Essentia's build of libsamplerate makes samples that python-samplerate's "
-                         "buffers do not take; use resampler 'essentia'")
+                         "MonoLoader's calls of 4096 frames end on the interpolator's positions; "
+                         "use resampler 'essentia'")
 
 
 def _linear_reproduced(ratio: float) -> bool:
@@ -441,6 +443,86 @@ def monoloader_cut(in_rate: int, out_rate: int, n_input: int,
     return unflushed_count(plan_of(in_rate, out_rate, converter), n_input)
 
 
+class _Linear:
+    """libsamplerate's linear interpolator (``SRC_LINEAR``, Essentia's ``resampleQuality=4``)
+    computed here, chunk by chunk, with its arithmetic: output ``k`` lies at fraction ``f`` past
+    input ``c - 1`` by libsamplerate's position recurrence (:mod:`jaxmir.resample.positions`) and
+    is ``float(x[c-1] + f * float(x[c] - x[c-1]))``, the first sample standing before the first.
+
+    python-samplerate's buffers, ``ceil(frames * ratio)``, lost a frame wherever a call made an
+    output more; here nothing is lost. The end is Essentia's: its last call's test
+    ``c - start + f < frames`` in double (one call over an array; MonoLoader's last chunk of
+    :data:`MONOLOADER_CHUNK` for a file), and a call of one frame reads the value before its
+    buffer (libsndfile/libsamplerate#208), 0 in Essentia for a signal of one sample and for
+    MonoLoader's last chunk at its 65536-sample buffer's start. Outputs come once their right
+    sample is followed by another (any call's end test passes them).
+    """
+
+    def __init__(self, ratio: float, monoloader: bool):
+        self.step, self.ratio, self.monoloader = 1.0 / ratio, ratio, monoloader
+        self.c, self.f = 0, 0.0        # the next output's right sample and fraction
+        self.kept = np.zeros(0, np.float32)  # the samples from index self.first on
+        self.first = 0
+        self.n = 0
+
+    def _outputs(self, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(c, f)`` of the next outputs whose right sample is at most ``last``; the state moves
+        past them."""
+        out_c, out_f = [], []
+        while self.c <= last:
+            count = int(math.ceil((last - self.c + 2) * self.ratio)) + 2
+            frac, advance, after = _positions(self.step, self.f, count)
+            centres = self.c + np.concatenate([[0], np.cumsum(advance[:-1])])
+            take = int(np.searchsorted(centres, last, side="right"))
+            out_c.append(centres[:take])
+            out_f.append(frac[:take])
+            if take < count:
+                self.c, self.f = int(centres[take]), float(frac[take])
+            else:
+                self.c, self.f = int(centres[-1] + advance[-1]), float(after)
+        if not out_c:
+            return np.zeros(0, np.int64), np.zeros(0)
+        return np.concatenate(out_c), np.concatenate(out_f)
+
+    def _values(self, c: np.ndarray, f: np.ndarray, zero_before: int | None) -> np.ndarray:
+        right = self.kept[c - self.first]
+        left = self.kept[np.maximum(c - 1, 0) - self.first]
+        if zero_before is not None:
+            left = np.where(c == zero_before, np.float32(0), left)
+        return (left.astype(np.float64) + f * (right - left).astype(np.float64)).astype(np.float32)
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        self.kept = np.concatenate([self.kept, np.asarray(x, np.float32)])
+        self.n += x.shape[0]
+        # outputs at least a sample before the end pass any call's end test
+        c, f = self._outputs(self.n - 2)
+        values = self._values(c, f, None) if c.size else np.zeros(0, np.float32)
+        self._drop()
+        return values
+
+    def close(self) -> np.ndarray:
+        n = self.n
+        if n == 0:
+            return np.zeros(0, np.float32)
+        start = (n - 1) // MONOLOADER_CHUNK * MONOLOADER_CHUNK if self.monoloader else 0
+        c, f = self._outputs(n - 1)
+        keep = (c - start).astype(np.float64) + f < float(n - start)
+        c, f = c[keep], f[keep]
+        zero_before = None
+        if n == 1:
+            zero_before = 0
+        elif self.monoloader and n - start == 1 and start % (16 * MONOLOADER_CHUNK) == 0:
+            zero_before = start
+        return self._values(c, f, zero_before) if c.size else np.zeros(0, np.float32)
+
+    def _drop(self) -> None:
+        """Forget the samples no output needs any more (all before the next one's left)."""
+        drop = min(max(self.c - 1, 0) - self.first, self.kept.shape[0])
+        if drop > 0:  # those not yet pushed are not dropped: they come next
+            self.kept = self.kept[drop:]
+            self.first += drop
+
+
 # -- chunk by chunk (streams, collections) --------------------------------------------------
 def first_bad_frame(array: np.ndarray) -> int | None:
     """The index of the first frame of floating-point ``array`` ``[n]`` or ``[n, channels]``
@@ -530,11 +612,6 @@ class Resampling:
         self._surplus = np.zeros(0, np.float32)  # soxr's beyond librosa's length so far
         self.kind = implementation(resampler, in_rate, out_rate)
         self.converter = converter_of(resampler)
-        self.monoloader = monoloader
-        # the linear interpolator's input not yet given to it (its last sample at least), and
-        # the sample given last (None: none yet); see _linear
-        self._pending = np.zeros(0, np.float32)
-        self._before: np.ndarray | None = None
         # MonoLoader's end (libsamplerate's converter only): at most `held` outputs, those a
         # file of whole chunks does not get, wait for close (see _hold_back)
         self.held = 0
@@ -555,7 +632,8 @@ class Resampling:
             if self.converter == "linear":
                 check_linear(in_rate, out_rate, "sample rate")
             self._ratio = essentia_ratio(in_rate, out_rate)
-            self._state = samplerate.Resampler(self.converter, channels=1)
+            self._state = (_Linear(self._ratio, monoloader) if self.converter == "linear"
+                           else samplerate.Resampler(self.converter, channels=1))
         else:
             import soxr
 
@@ -566,37 +644,6 @@ class Resampling:
         parts = [self._state.process(x[i:i + self.STEP], self._ratio, end and i + self.STEP >= x.shape[0])
                  for i in steps]
         return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
-
-    def _linear(self, x: np.ndarray, final: bool) -> np.ndarray:
-        """libsamplerate's linear interpolator over ``x`` after the samples before it, as
-        Essentia's build gives them.
-
-        A call of one frame reads the sample before it from the memory before its buffer
-        (libsndfile/libsamplerate#208), which in Essentia holds 0 for a signal of one sample
-        and for MonoLoader's last chunk of one frame at its 65536-sample buffer's start, and the
-        sample before elsewhere. So each call's input is a view with that value in front of it,
-        the last sample waits for the next push or ``final`` (where it may be such a call), and
-        the first call waits for two samples (a first call of more reads none).
-        """
-        data = np.concatenate([self._pending, np.asarray(x, np.float32)])
-        if not final:
-            given, self._pending = data[:-1], data[-1:]
-            if self._before is None and given.shape[0] < 2:
-                self._pending = data
-                return np.zeros(0, np.float32)
-        else:
-            given, self._pending = data, data[:0]
-            wrapped = self.monoloader and self.n_in % (16 * MONOLOADER_CHUNK) == 1
-            if self._before is not None and wrapped and given.shape[0] == 1:
-                self._before = np.zeros(1, np.float32)
-        if not given.shape[0]:
-            return np.zeros(0, np.float32)
-        before = self._before if self._before is not None else np.zeros(1, np.float32)
-        buffer = np.concatenate([before, given])
-        self._before = buffer[-1:].copy()
-        parts = [self._state.process(buffer[i:i + self.STEP], self._ratio, False)
-                 for i in range(1, buffer.shape[0], self.STEP)]
-        return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _release(self, out: np.ndarray, allowed: int) -> np.ndarray:
         """At most ``allowed`` samples in all; the surplus is held back (soxr)."""
@@ -634,7 +681,7 @@ class Resampling:
             self.n_out += x.shape[0]
             return x
         if self.kind == "samplerate":
-            out = self._linear(x, False) if self.converter == "linear" else self._sinc(x, False)
+            out = self._state.push(x) if self.converter == "linear" else self._sinc(x, False)
             self.n_out += out.shape[0]
             return self._hold_back(out)
         if self.kind == "jax":
@@ -649,7 +696,7 @@ class Resampling:
         if self._state is None:
             return np.zeros(0, np.float32)
         if self.kind == "samplerate" and self.converter == "linear":
-            tail = self._linear(np.zeros(0, np.float32), True)
+            tail = self._state.close()
             self.n_out += tail.shape[0]
             return self._monoloader_end(tail)
         if self.kind == "samplerate":

@@ -1291,7 +1291,8 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
     for rate, n in [(44100, 4096 * 7), (44100, 29906), (22050, 3000), (48000, 56857),
                     (32000, 28672), (8000, 9001), (96000, 20000), (24000, 5), (4000, 4097),
                     (3200, 5000),  # a whole ratio, 5, whose positions' sums reach 1
-                    (8000, 1), (8000, 65537), (22050, 4 * 65536 + 1)]:  # one-frame last calls
+                    (8000, 1), (8000, 65537), (22050, 4 * 65536 + 1),  # one-frame last calls
+                    (14841, 33768)]:  # a call ending on a position: python-samplerate lost a frame
         path = tmp_path / f"r{rate}_n{n}.wav"
         soundfile.write(path, (0.4 * rng.standard_normal(n)).clip(-1, 1).astype(np.float32), rate,
                         subtype="FLOAT")
