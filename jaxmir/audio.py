@@ -46,7 +46,7 @@ from jaxmir.errors import AudioError, InputError, NoSamplesError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
-from jaxmir.resample.positions import _positions
+from jaxmir.resample.positions import positions
 
 # Essentia's resampleQuality 0-4: libsamplerate's converter of each that jaxmir reproduces
 QUALITY_CONVERTERS = (None, "sinc_medium", None, None, "linear")
@@ -471,7 +471,7 @@ class _Linear:
         out_c, out_f = [], []
         while self.c <= last:
             count = int(math.ceil((last - self.c + 2) * self.ratio)) + 2
-            frac, advance, after = _positions(self.step, self.f, count)
+            frac, advance, after = positions(self.step, self.f, count)
             centres = self.c + np.concatenate([[0], np.cumsum(advance[:-1])])
             take = int(np.searchsorted(centres, last, side="right"))
             out_c.append(centres[:take])

@@ -122,6 +122,13 @@ def _positions(step: float, x0: float, count: int) -> tuple[np.ndarray, np.ndarr
     return _positions_sequential(step, x0, count)
 
 
+def positions(step: float, x0: float, count: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """libsamplerate's output positions from a fractional start ``x0``: ``(x [count] float64,
+    advance [count] int64, x_next)`` (:func:`_positions`), for the converters that walk them
+    (the sinc filters', the linear interpolator's)."""
+    return _positions(step, x0, count)
+
+
 def _fractions(start: int, frac: int, count: int) -> np.ndarray:
     """``frac(x0 + k * step)`` in units of 2**-60 for ``k < count``, uint64."""
     k = np.arange(count, dtype=np.uint64)
