@@ -419,9 +419,7 @@ def essentia_length(made: int, in_rate: int, out_rate: int, n_input: int,
     """How many of the ``made`` outputs python-samplerate gives for ``n_input`` samples Essentia's
     ``Resample`` gives: one fewer where the last meets libsamplerate's end test exactly
     (:func:`jaxmir.resample.essentia_count`: 8 kHz -> 16 kHz, 32 kHz -> 16 kHz at even lengths,
-    16 -> 48 kHz...); all of them for the linear interpolator, which has no end test."""
-    if converter == "linear":
-        return made
+    16 -> 48 kHz...)."""
     return essentia_count(plan_of(in_rate, out_rate, converter), n_input, made)
 
 
@@ -438,7 +436,7 @@ def monoloader_cut(in_rate: int, out_rate: int, n_input: int,
     """Where MonoLoader's 16-kHz signal of ``n_input`` samples ends, when it ends before one
     libsamplerate call over all of them would (an input of whole chunks, whose sinc filter is
     never flushed); else ``None``."""
-    if n_input == 0 or n_input % MONOLOADER_CHUNK or in_rate == out_rate or converter == "linear":
+    if n_input == 0 or n_input % MONOLOADER_CHUNK or in_rate == out_rate:
         return None
     return unflushed_count(plan_of(in_rate, out_rate, converter), n_input)
 
