@@ -49,9 +49,8 @@ from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
 from jaxmir.resample.positions import positions
 
 # Essentia's resampleQuality 0-4: libsamplerate's converter of each that jaxmir reproduces
-QUALITY_CONVERTERS = (None, "sinc_medium", None, None, "linear")
-RESAMPLERS = ("essentia", "samplerate", "soxr",
-              *(f"essentia-q{q}" for q, name in enumerate(QUALITY_CONVERTERS) if name))
+QUALITY_CONVERTERS = {1: "sinc_medium", 4: "linear"}
+RESAMPLERS = ("essentia", "samplerate", "soxr", *(f"essentia-q{q}" for q in QUALITY_CONVERTERS))
 # The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
 # of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
 # a margin of 1e4 and still takes integer PCM values given as floats (int32: 2.1e9).

@@ -610,7 +610,7 @@ def _stream_command(args, interrupted: dict) -> int:
     from jaxmir.collection.commands import dtype_of
     from jaxmir.resample import MAX_MIN_OUTPUTS
 
-    if args.resample_step is not None and args.resampler not in ("essentia", "essentia-q1"):
+    if args.resample_step is not None and args.resampler != "essentia":
         raise OptionError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
                           f"--resampler {args.resampler} runs at every read")
     if args.resample_step is not None and args.resample_step > MAX_MIN_OUTPUTS:
