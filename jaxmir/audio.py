@@ -21,14 +21,11 @@ converter as ``librosa.load(sr=16000)`` uses it (musicnn's own pipeline), with l
 output length ``ceil(n * out_rate / in_rate)``.
 
 ``resampler="essentia-q4"`` is ``MonoLoader(resampleQuality=4)``, as Essentia's model pages
-load audio: libsamplerate's linear interpolator computed here (:class:`_Linear`: its position
-recurrence and arithmetic) with Essentia's float32 ratio, Essentia's samples and length, at
-every rate but those
-where Essentia's calls make a whole number of outputs that the positions' sums fall short of
-(1.6 kHz to 16 kHz, 32 to 48 kHz: refused, :func:`check_linear`);
-``"essentia-q1"`` is ``"essentia"``. Qualities 0, 2 (sinc filters) and 3 (zero-order hold) are
-not reproduced: their ends differ by a sample from Essentia's build of libsamplerate at some
-rates and lengths.
+load audio: libsamplerate's linear interpolator with its arithmetic and Essentia's calls and
+float32 ratio (:class:`jaxmir.resample.linear.LinearInterpolator`), Essentia's samples and
+length; ``"essentia-q1"`` is ``"essentia"``. Qualities 0, 2 (sinc filters) and 3 (zero-order
+hold) are not reproduced: their ends differ by a sample from Essentia's build of libsamplerate
+at some rates and lengths.
 """
 
 from __future__ import annotations
@@ -46,7 +43,7 @@ from jaxmir.errors import AudioError, InputError, NoSamplesError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
-from jaxmir.resample.positions import positions
+from jaxmir.resample.linear import LinearInterpolator
 
 # Essentia's resampleQuality 0-4: libsamplerate's converter of each that jaxmir reproduces
 QUALITY_CONVERTERS = {1: "sinc_medium", 4: "linear"}
@@ -262,35 +259,6 @@ def converter_of(resampler: str) -> str:
     return "soxr" if resampler == "soxr" else "sinc_medium"
 
 
-def check_linear(in_rate: int, out_rate: int, what: str) -> None:
-    """:class:`AudioError` at ratios where MonoLoader's calls of libsamplerate's linear
-    interpolator end on its positions in ways :class:`_Linear` does not reproduce (a file's
-    signal differed there by a sample): :func:`_linear_reproduced`."""
-    ratio = essentia_ratio(in_rate, out_rate)
-    if not _linear_reproduced(ratio):
-        raise AudioError(f"{what} {in_rate} Hz: resampler 'essentia-q4' (MonoLoader's "
-                         f"resampleQuality=4) is not reproduced at a ratio of {ratio:g}, where "
-                         "MonoLoader's calls of 4096 frames end on the interpolator's positions; "
-                         "use resampler 'essentia'")
-
-
-def _linear_reproduced(ratio: float) -> bool:
-    """Whether no call of ``MONOLOADER_CHUNK`` frames (nor of one) makes ``frames * ratio`` a
-    whole number that the interpolator's positions, ``1 / ratio`` added up in double, fall short
-    of, making one output more. Powers of two add up exactly; a whole ratio falls short where
-    ``1 / ratio`` added ``ratio`` times stays below 1 (measured: 6, 10, 80, 160 do, 5, 20, 25,
-    40, 50, 100, 125, 200, 250 do not); other ratios whose calls make a whole number of outputs
-    (1.5, 0.75, 12.5: 32 -> 48 kHz, 64 -> 48 kHz, 1.28 -> 16 kHz) are not reproduced."""
-    if math.frexp(ratio)[0] == 0.5:  # a power of two
-        return True
-    if ratio == int(ratio):
-        position, step = 0.0, 1.0 / ratio
-        for _ in range(int(ratio)):
-            position += step
-        return position >= 1.0
-    return not (ratio * MONOLOADER_CHUNK).is_integer()
-
-
 def is_essentia_default(resampler: str) -> bool:
     """Whether ``resampler`` is MonoLoader's default converter (the one JAX computes)."""
     return resampler in ("essentia", "essentia-q1")
@@ -399,8 +367,8 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         # exact double ratio the output drifts by ~3e-3 after a few seconds.
         ratio = essentia_ratio(native, target)
         converter = converter_of(resampler)
-        if converter == "linear":  # in Resampling's calls: one call of N frames loses its last
-            stream = Resampling(native, target, resampler)  # output where N * ratio is whole
+        if converter == "linear":  # one call, as Resample on an array makes it
+            stream = Resampling(native, target, resampler)
             return np.concatenate([stream.push(mono), stream.close()])
         out = samplerate.resample(mono, ratio, converter)
         out = out[:essentia_length(out.shape[0], native, target, mono.shape[0], converter)]
@@ -438,86 +406,6 @@ def monoloader_cut(in_rate: int, out_rate: int, n_input: int,
     if n_input == 0 or n_input % MONOLOADER_CHUNK or in_rate == out_rate:
         return None
     return unflushed_count(plan_of(in_rate, out_rate, converter), n_input)
-
-
-class _Linear:
-    """libsamplerate's linear interpolator (``SRC_LINEAR``, Essentia's ``resampleQuality=4``)
-    computed here, chunk by chunk, with its arithmetic: output ``k`` lies at fraction ``f`` past
-    input ``c - 1`` by libsamplerate's position recurrence (:mod:`jaxmir.resample.positions`) and
-    is ``float(x[c-1] + f * float(x[c] - x[c-1]))``, the first sample standing before the first.
-
-    python-samplerate's buffers, ``ceil(frames * ratio)``, lost a frame wherever a call made an
-    output more; here nothing is lost. The end is Essentia's: its last call's test
-    ``c - start + f < frames`` in double (one call over an array; MonoLoader's last chunk of
-    :data:`MONOLOADER_CHUNK` for a file), and a call of one frame reads the value before its
-    buffer (libsndfile/libsamplerate#208), 0 in Essentia for a signal of one sample and for
-    MonoLoader's last chunk at its 65536-sample buffer's start. Outputs come once their right
-    sample is followed by another (any call's end test passes them).
-    """
-
-    def __init__(self, ratio: float, monoloader: bool):
-        self.step, self.ratio, self.monoloader = 1.0 / ratio, ratio, monoloader
-        self.c, self.f = 0, 0.0        # the next output's right sample and fraction
-        self.kept = np.zeros(0, np.float32)  # the samples from index self.first on
-        self.first = 0
-        self.n = 0
-
-    def _outputs(self, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(c, f)`` of the next outputs whose right sample is at most ``last``; the state moves
-        past them."""
-        out_c, out_f = [], []
-        while self.c <= last:
-            count = int(math.ceil((last - self.c + 2) * self.ratio)) + 2
-            frac, advance, after = positions(self.step, self.f, count)
-            centres = self.c + np.concatenate([[0], np.cumsum(advance[:-1])])
-            take = int(np.searchsorted(centres, last, side="right"))
-            out_c.append(centres[:take])
-            out_f.append(frac[:take])
-            if take < count:
-                self.c, self.f = int(centres[take]), float(frac[take])
-            else:
-                self.c, self.f = int(centres[-1] + advance[-1]), float(after)
-        if not out_c:
-            return np.zeros(0, np.int64), np.zeros(0)
-        return np.concatenate(out_c), np.concatenate(out_f)
-
-    def _values(self, c: np.ndarray, f: np.ndarray, zero_before: int | None) -> np.ndarray:
-        right = self.kept[c - self.first]
-        left = self.kept[np.maximum(c - 1, 0) - self.first]
-        if zero_before is not None:
-            left = np.where(c == zero_before, np.float32(0), left)
-        return (left.astype(np.float64) + f * (right - left).astype(np.float64)).astype(np.float32)
-
-    def push(self, x: np.ndarray) -> np.ndarray:
-        self.kept = np.concatenate([self.kept, np.asarray(x, np.float32)])
-        self.n += x.shape[0]
-        # outputs at least a sample before the end pass any call's end test
-        c, f = self._outputs(self.n - 2)
-        values = self._values(c, f, None) if c.size else np.zeros(0, np.float32)
-        self._drop()
-        return values
-
-    def close(self) -> np.ndarray:
-        n = self.n
-        if n == 0:
-            return np.zeros(0, np.float32)
-        start = (n - 1) // MONOLOADER_CHUNK * MONOLOADER_CHUNK if self.monoloader else 0
-        c, f = self._outputs(n - 1)
-        keep = (c - start).astype(np.float64) + f < float(n - start)
-        c, f = c[keep], f[keep]
-        zero_before = None
-        if n == 1:
-            zero_before = 0
-        elif self.monoloader and n - start == 1 and start % (16 * MONOLOADER_CHUNK) == 0:
-            zero_before = start
-        return self._values(c, f, zero_before) if c.size else np.zeros(0, np.float32)
-
-    def _drop(self) -> None:
-        """Forget the samples no output needs any more (all before the next one's left)."""
-        drop = min(max(self.c - 1, 0) - self.first, self.kept.shape[0])
-        if drop > 0:  # those not yet pushed are not dropped: they come next
-            self.kept = self.kept[drop:]
-            self.first += drop
 
 
 # -- chunk by chunk (streams, collections) --------------------------------------------------
@@ -626,10 +514,9 @@ class Resampling:
         elif self.kind == "samplerate":
             import samplerate
 
-            if self.converter == "linear":
-                check_linear(in_rate, out_rate, "sample rate")
             self._ratio = essentia_ratio(in_rate, out_rate)
-            self._state = (_Linear(self._ratio, monoloader) if self.converter == "linear"
+            self._state = (LinearInterpolator(self._ratio, MONOLOADER_CHUNK if monoloader else None)
+                           if self.converter == "linear"
                            else samplerate.Resampler(self.converter, channels=1))
         else:
             import soxr
