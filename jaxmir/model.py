@@ -18,7 +18,7 @@ from jaxmir import stream as streaming
 from jaxmir.checks import is_floating, is_whole
 from jaxmir.errors import InputError
 from jaxmir.labels import check_labels, label_list, placeholder_labels
-from jaxmir.models import build_module, has_heavy_head, with_overlap_hop
+from jaxmir.models import build_module, has_heavy_head, shares_overlap, with_overlap_hop
 from jaxmir.models.runner import Tap, is_staged, platform_of, run_patches_jit
 from jaxmir.spec import Frontend, ModelSpec
 
@@ -299,6 +299,10 @@ class Model:
             raise InputError(f"overlap_hop={hop}: these patches are not consecutive patches "
                              f"{hop} frames apart (patch p's frames from {hop} on must be patch "
                              "p + 1's first frames); leave overlap_hop at 0 for any patches")
+        module = with_overlap_hop(self.module, hop)
+        if not shares_overlap(module):  # as apply runs them: the same steps, the same bits
+            chunk = default_chunk(self.module, self.input_shape, self.variables)
+            return run_patches_jit(self.module, self.variables, taps, patches, chunk)
         step = min(n, streaming.BATCH)
         total = -(-n // step) * step
         # The signal's frames, then zeros for the patches that fill the last step: they continue
@@ -306,7 +310,6 @@ class Model:
         frames = jnp.concatenate([patches[:-1, :hop].reshape(-1, patches.shape[2]), patches[-1],
                                   jnp.zeros(((total - n) * hop, patches.shape[2]), patches.dtype)])
         index = hop * np.arange(total)[:, None] + np.arange(length)[None, :]
-        module = with_overlap_hop(self.module, hop)
         values = run_patches_jit(module, self.variables, taps, frames[index], step)
         return tuple(value[:n] for value in values)
 
