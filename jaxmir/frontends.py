@@ -39,6 +39,7 @@ from jax.typing import ArrayLike
 
 from jaxmir.checks import is_floating, is_whole
 from jaxmir.errors import InputError
+from jaxmir.promotion import standard_promotion
 from jaxmir.spec import Frontend
 
 __all__ = [
@@ -435,6 +436,7 @@ def _vggish_logmel(audio: jax.Array, compat: str) -> jax.Array:
                        lambda power: jnp.log(_apply_mel(_magnitude(power), weights) + VGGISH_LOG_OFFSET))
 
 
+@standard_promotion
 def musicnn_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:
     """MusiCNN/VGG input features: ``log10(1 + 10000 * mel)``, ``[..., n_frames, 96]``.
 
@@ -470,6 +472,7 @@ def musicnn_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:
     return _musicnn_logmel(_as_audio(audio_16k, "musicnn_logmel"), compat)
 
 
+@standard_promotion
 def vggish_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:
     """VGGish input features: ``ln(mel + 0.01)``, ``[..., n_frames, 64]``.
 
@@ -495,6 +498,7 @@ def vggish_logmel(audio_16k: ArrayLike, compat: str = "essentia") -> jax.Array:
     return _vggish_logmel(_as_audio(audio_16k, "vggish_logmel"), compat)
 
 
+@standard_promotion
 def logmel(audio_16k: ArrayLike, frontend: str | Frontend, compat: str = "essentia") -> jax.Array:
     """The log-mel frames ``[..., n_frames, n_bands]`` of a front-end (``"musicnn"``: 96 bands,
     ``"vggish"``: 64, or its :class:`Frontend`) from 16-kHz samples ``[..., n_samples]``."""

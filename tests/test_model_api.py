@@ -894,3 +894,65 @@ def test_with_labels_refuses_text_as_load_does(musicnn):
     Genre = enum.Enum("Genre", {f"g{i}": label for i, label in enumerate(musicnn.labels)},
                       type=str)
     assert musicnn.with_labels(list(Genre)).labels == musicnn.labels  # values, not 'Genre.g0'
+
+
+def _everyday_calls(musicnn, dortmund_pb: Path) -> dict[str, np.ndarray]:
+    """What a JAX program calls jaxmir for: audio at 44.1 and 16 kHz, features, the Flax
+    module under jit, a stream, an Essentia graph, a head trained and applied, LMNN, MFCCs."""
+    from jaxmir.resample import resample, resample_jax
+    from jaxmir.train import fit, lmnn, mfcc
+
+    rng = np.random.default_rng(8)
+    x44 = (0.3 * rng.standard_normal(44100 * 4)).astype(np.float32)
+    x16 = resample(x44, 44100, 16000)
+    stream = musicnn.stream(44100)
+    streamed = [stream.push(x44[i:i + 10000]) for i in range(0, x44.shape[0], 10000)]
+    tracks = [rng.standard_normal((3, 20)).astype(np.float32) + (i % 2) for i in range(12)]
+    targets = np.eye(2, dtype=np.float32)[[i % 2 for i in range(12)]]
+    head = fit.train_head(tracks, targets, "single", ["a", "b"], config=fit.TrainConfig(epochs=2))
+    points = rng.standard_normal((12, 5))
+    metric = lmnn.fit_lmnn(points, np.arange(12) % 2, 3, k=2, max_iter=5)
+    patches = jnp.asarray(musicnn.features(x16, 16000)[None, :187])
+    return {"resample": x16,
+            "resample_jax": resample_jax(jnp.asarray(x44[:20000]), 44100, 16000),
+            "predict_44k": musicnn.predict(x44, 44100),
+            "module_jit": jax.jit(musicnn.module.apply)(musicnn.variables, patches),
+            "stream": np.concatenate([*streamed, stream.close()]),
+            "essentia_graph": jaxmir.load(dortmund_pb).predict(x16, 16000),
+            "head": head.predict(tracks[0]),
+            "lmnn": metric.transform(points),
+            "mfcc": mfcc.mfcc(x44[:20000], 44100)}
+
+
+def test_callers_strict_array_rules_are_their_own(musicnn):
+    """jax_numpy_rank_promotion="raise" and jax_numpy_dtype_promotion="strict", which JAX
+    programs set for their own code, made jaxmir's models, front-ends, resampler and trainer
+    fail inside (a bias [C] added to [batch, C]; an int32 compared with an int64; a .pb refused as
+    an unsupported graph). jaxmir's code runs under JAX's default rules: the same results."""
+    pb = shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb")
+    default = _everyday_calls(musicnn, pb)
+    for setting in (jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict")):
+        with setting:
+            strict = _everyday_calls(musicnn, pb)
+        for name, value in default.items():
+            np.testing.assert_array_equal(np.asarray(strict[name]), np.asarray(value), name)
+
+
+def test_training_products_are_full_float32():
+    """The head, LMNN and MFCC products asked for no precision, so a GPU's TF32 or a program's
+    jax_default_matmul_precision="bfloat16" applied to them; the README promises float32
+    products on every device: each asks for Precision.HIGHEST, as the models do."""
+    from jaxmir.train import fit, lmnn, mfcc
+
+    params = fit.init_head(jax.random.key(0), 6, 4, 3)
+    programs = {"head": jax.make_jaxpr(fit.head_logits)(params, jnp.zeros((2, 6))),
+                "lmnn": jax.make_jaxpr(lmnn.objective)(jnp.zeros((2, 6)), jnp.zeros((5, 6)),
+                                                       jnp.zeros(5, jnp.int32),
+                                                       jnp.zeros((5, 2), jnp.int32)),
+                "mfcc": jax.make_jaxpr(mfcc.mfcc)(jnp.zeros(4096))}
+    for name, program in programs.items():
+        products = [eqn for eqn in program.jaxpr.eqns if eqn.primitive.name == "dot_general"]
+        assert products, name
+        for eqn in products:
+            assert eqn.params["precision"] in ((jax.lax.Precision.HIGHEST,) * 2,
+                                               jax.lax.Precision.HIGHEST), (name, eqn.params)

@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import traceback
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -1828,7 +1829,8 @@ def test_a_stop_during_fine_tuning_waits_for_the_step_in_flight(monkeypatch):
     with pytest.raises(KeyboardInterrupt) as stopped:
         tuning.finetune(backbone, "model/dense/BiasAdd", patches, targets, "single", head,
                         tuning.FinetuneConfig(steps=10, batch_size=8))
-    in_flight = stopped.tb.tb_next.tb_frame.f_locals["trainable"]  # finetune's own
+    in_flight = next(frame.f_locals["trainable"] for frame, _ in traceback.walk_tb(stopped.tb)
+                     if frame.f_code.co_name == "finetune")  # finetune's own
     assert all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves(in_flight))
 
 

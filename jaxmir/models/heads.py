@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 
 from jaxmir.models.layers import BODY, WHOLE, DenseHead, head_variables, nest
+from jaxmir.promotion import standard_promotion
 from jaxmir.spec import HeadLayer
 
 
@@ -24,6 +25,7 @@ class EmbeddingHead(nn.Module):
     head: tuple[HeadLayer, ...]
 
     @nn.compact
+    @standard_promotion
     def __call__(self, embeddings: jax.Array) -> jax.Array:
         return DenseHead(self.head, name="head")(embeddings)
 
@@ -39,6 +41,7 @@ class Composed(nn.Module):
     head: nn.Module
     staged: ClassVar[bool] = True
 
+    @standard_promotion
     def __call__(self, x: jax.Array, stage: str = WHOLE) -> jax.Array:
         """``stage``: as the backbone's; the body is the backbone's, the head both dense heads."""
         if stage == BODY:

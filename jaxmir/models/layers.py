@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmir.promotion import standard_promotion
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer, MaxPool, dense_indices
 
 # Every matrix product and convolution at full float32 precision: on GPUs JAX's default lets
@@ -77,6 +78,7 @@ class DenseHead(nn.Module):
     layers: tuple[HeadLayer, ...]
 
     @nn.compact
+    @standard_promotion
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
@@ -102,6 +104,7 @@ class Backbone(nn.Module):
     staged: ClassVar[bool] = True
 
     @nn.compact
+    @standard_promotion
     def __call__(self, x: jax.Array, stage: str = WHOLE) -> jax.Array:
         if stage != HEAD:
             x = self.body(x)

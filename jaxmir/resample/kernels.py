@@ -9,12 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmir.promotion import standard_promotion
 from jaxmir.resample.positions import MAX_PERIOD, ONE, SHIFT, Plan
 
 _POLYPHASE_ELEMENTS = 1 << 20   # outputs x taps per step of the polyphase kernel
 _BLOCK_ELEMENTS = 1 << 20  # outputs x taps per block of the kernel
 
 
+@standard_promotion
 @functools.partial(jax.jit, static_argnames=("increment", "max_index", "taps", "block"))
 def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, taps, block):
     """Outputs ``[k]`` from ``signal [n]`` (float32), window centres and filter starts ``[k]``.
@@ -47,6 +49,7 @@ def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, 
     return jax.lax.map(one_block, blocks).reshape(-1)
 
 
+@standard_promotion
 @functools.partial(jax.jit, static_argnames=("increment", "max_index", "taps", "advance", "rows",
                                              "chunk"))
 def _polyphase_kernel(signal, centre, start, delta, table, slope, gain, *, increment, max_index,

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmir.promotion import standard_promotion
 from jaxmir.resample.positions import (FRAC_MASK, MAX_PERIOD, ONE, SHIFT, UNIT, Plan, end_test,
                                        first_true, output_count, plan_of, split_step, walk)
 from jaxmir.resample.table import coefficients, table_slopes
@@ -143,6 +144,7 @@ def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
         return jax.device_put(value), jax.device_put(rise)
 
 
+@standard_promotion  # outside jit: the context must hold in the thread that traces
 @functools.partial(jax.jit, static_argnames=("plan", "shape"))
 def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None, *, plan, shape):
     """Outputs ``[shape.groups * rows * period]`` (float32) from ``signal`` (float32; output 0's

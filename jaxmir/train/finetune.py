@@ -24,6 +24,7 @@ from jaxmir.errors import InputError
 from jaxmir.model import Model
 from jaxmir.models.runner import run_patches
 from jaxmir.patches import make_patches
+from jaxmir.promotion import standard_promotion
 from jaxmir.train.fit import TrainingError, head_logits, l2_penalty, sample_losses
 
 
@@ -66,6 +67,7 @@ def embed_fn(backbone: Model, layer: str):
     return embed
 
 
+@standard_promotion
 def finetune(backbone: Model, layer: str, patches: np.ndarray, targets: np.ndarray, task: str,
              head_params: dict, config: FinetuneConfig = FinetuneConfig()
              ) -> tuple[dict, dict, list[float]]:

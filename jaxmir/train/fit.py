@@ -31,6 +31,7 @@ from jaxmir import interrupts
 from jaxmir.checks import is_whole, real_fields, whole_fields
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning
 from jaxmir.models import damaged_variable
+from jaxmir.promotion import standard_promotion
 from jaxmir.train import metrics
 from jaxmir.train.data import (ACTIVATION, check_targets, check_task, check_varying,
                                names_preview)
@@ -69,6 +70,7 @@ class TrainConfig:
 
 
 MAX_SEED = 2**32 - 1
+HIGHEST = jax.lax.Precision.HIGHEST  # full float32 products on every device (no TF32, no bf16)
 
 Params = dict  # {"dense": {"kernel": [d, 100], "bias": [100]}, "dense_1": {...: [100, C], [C]}}
 
@@ -85,8 +87,10 @@ def init_head(key: jax.Array, in_dim: int, hidden: int, n_out: int) -> Params:
 
 def head_logits(params: Params, x: jax.Array) -> jax.Array:
     """``[batch, features] -> [batch, C]`` before the output activation."""
-    hidden = jax.nn.relu(x @ params["dense"]["kernel"] + params["dense"]["bias"])
-    return hidden @ params["dense_1"]["kernel"] + params["dense_1"]["bias"]
+    hidden = jax.nn.relu(jnp.matmul(x, params["dense"]["kernel"], precision=HIGHEST)
+                         + params["dense"]["bias"])
+    return jnp.matmul(hidden, params["dense_1"]["kernel"], precision=HIGHEST) \
+        + params["dense_1"]["bias"]
 
 
 def activate(task: str, logits: jax.Array) -> jax.Array:
@@ -141,6 +145,7 @@ def _validation_terms(task: str, weight_decay: float, params, x, y
     return sample_losses(task, head_logits(params, x), y), weight_decay * l2_penalty(params)
 
 
+@standard_promotion
 def validation_cost(task: str, weight_decay: float, params: Params, x: np.ndarray,
                     y: np.ndarray, batch: int) -> float:
     """The cost MTG's loop compares: the mean over ``batch``-patch batches of ``x [patches, d]``
@@ -179,6 +184,7 @@ class Head:
         """The output activation of its task: softmax, sigmoid or identity (regression)."""
         return ACTIVATION[self.task]
 
+    @standard_promotion
     def predict(self, embeddings: ArrayLike) -> np.ndarray:
         """``[patches, features] -> [patches, C]`` after the output activation."""
         embeddings = np.asarray(embeddings, np.float32)
@@ -293,6 +299,7 @@ def fold_indices(targets: np.ndarray, task: str, folds: int, seed: int) -> list[
     return [np.nonzero(assignment == f)[0] for f in range(folds)]
 
 
+@standard_promotion
 def train_head(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
                classes: Sequence[str], config: TrainConfig = TrainConfig(),
                validation: tuple[Sequence[np.ndarray], np.ndarray] | None = None,
@@ -479,6 +486,7 @@ class CrossValidation:
         return f"CrossValidation({len(self.folds)} folds: {figures})"
 
 
+@standard_promotion
 def cross_validate(tracks: Sequence[np.ndarray], targets: np.ndarray, task: str,
                    classes: Sequence[str], folds: int = 5, config: TrainConfig = TrainConfig(),
                    smooth: Callable[[np.ndarray], np.ndarray] | None = None,

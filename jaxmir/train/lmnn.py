@@ -24,6 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import InputError
+from jaxmir.promotion import standard_promotion
+
+HIGHEST = jax.lax.Precision.HIGHEST  # full float32 products on every device (no TF32, no bf16)
 
 
 def target_neighbors(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -47,9 +50,10 @@ def target_neighbors(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 def objective(components: jax.Array, x: jax.Array, labels: jax.Array, targets: jax.Array,
               push: float = 0.5) -> jax.Array:
     """The LMNN loss of ``components [m, d]`` on ``x [n, d]``; ``targets [n, k]``."""
-    z = x @ components.T
+    z = jnp.matmul(x, components.T, precision=HIGHEST)
     sq = jnp.sum(z ** 2, axis=1)
-    dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)  # [n, n]
+    dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * jnp.matmul(z, z.T, precision=HIGHEST),
+                       0.0)  # [n, n]
     to_target = jnp.take_along_axis(dist, targets, axis=1)  # [n, k]
     impostor = (labels[:, None] != labels[None, :]).astype(z.dtype)  # [n, n]
     hinge = jax.nn.relu(1.0 + to_target[:, :, None] - dist[:, None, :])  # [n, k, n]
@@ -77,6 +81,7 @@ class LMNNResult:
         return np.asarray(x, np.float32) @ self.components.T.astype(np.float32)
 
 
+@standard_promotion
 def fit_lmnn(x, labels, n_components: int | None = None, k: int = 3, push: float = 0.5,
              max_iter: int = 10000, min_iter: int = 50, learn_rate: float = 1e-7,
              tol: float = 1e-3, init: np.ndarray | None = None) -> LMNNResult:
