@@ -609,14 +609,19 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
         before = [row[:8] + row[9:] for row in csv.reader(file)]  # as written without "settings"
     with open(out, "w", newline="") as file:
         csv.writer(file, lineterminator="\n").writerows(before)
-    assert run("b.flac").ok == 1
+    with pytest.warns(JaxmirWarning, match="records no settings"):
+        assert run("b.flac").ok == 1
     assert list(pandas.read_csv(out)["model"]) == ["msd-musicnn"] * 2
-    with pytest.raises(InputError, match="model: 'msd-musicnn' there, 'msd-vgg' now"):
+    with pytest.raises(InputError, match="model: 'msd-musicnn' there, 'msd-vgg' now"), \
+            pytest.warns(JaxmirWarning, match="records no settings"):
         run(name="msd-vgg")
     # rows written without settings were the defaults': other settings appended to them silently
-    for kw, difference in (({"options": Options(patch_hop=40)}, "patch_hop: 93 there, 40 now"),
+    for kw, difference in (({"options": Options(patch_hop=40)},
+                            "patch_hop: not recorded there (written before jaxmir recorded "
+                            "settings: taken as the default, 93), 40 now"),
                            ({"options": Options(dtype="bfloat16")}, "dtype: 'float32' there")):
-        with pytest.raises(InputError, match=re.escape(difference)):
+        with pytest.raises(InputError, match=re.escape(difference)), \
+                pytest.warns(JaxmirWarning, match="records no settings"):
             run("../jazz/a.wav", **kw)
     with pytest.raises(InputError, match=r"CSV holds tag means only; .* --per-patch "
                                          r"\(per_patch=True in Python\)"):  # named the option only
@@ -2644,7 +2649,8 @@ def test_what_a_run_computes_with_is_in_its_identity(model, music, tmp_path):
     index.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items()
                                          if k != "settings"}) + "\n"
                              for line in index.read_text().splitlines()))
-    with pytest.raises(InputError, match=r"average: False there, True now"):
+    with pytest.raises(InputError, match=r"average: False there, True now"), \
+            pytest.warns(JaxmirWarning, match="records no settings"):
         collect(model, [clip, str(music / "rock" / "b.flac")], str(arrays), command="embed",
                 name="msd-musicnn", average=True, jobs=0, progress=False)
     from jaxmir.collection import ray_engine  # its actors cast the model they load as given
@@ -2660,17 +2666,57 @@ def test_what_a_run_computes_with_is_in_its_identity(model, music, tmp_path):
     rows = [json.loads(line) for line in lines.read_text().splitlines()]
     lines.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "settings"}) + "\n"
                              for row in rows))  # as written before settings were recorded
-    with pytest.raises(InputError, match=r"patch_hop: 93 there, 50 now"):
+    # it cannot tell its settings: a run with other ones is refused, and one with the defaults
+    # warned that its rows are taken to be the defaults' (a hop of 50 there would mix)
+    with pytest.raises(InputError, match=r"patch_hop: not recorded there \(written before "
+                                         r"jaxmir recorded settings: taken as the default, 93\), "
+                                         r"50 now"), \
+            pytest.warns(JaxmirWarning, match="records no settings"):
         collect(model, [clip, str(music / "rock" / "b.flac")], str(lines), name="msd-musicnn",
                 options=Options(patch_hop=50), jobs=0, progress=False)
-    assert collect(model, [clip, str(music / "rock" / "b.flac")], str(lines), name="msd-musicnn",
-                   jobs=0, progress=False).ok == 1
+    with pytest.warns(JaxmirWarning, match=f"{re.escape(str(lines))} records no settings "
+                                           r"\(written before jaxmir recorded them\): taken to "
+                                           r"hold the defaults'"):
+        assert collect(model, [clip, str(music / "rock" / "b.flac")], str(lines),
+                       name="msd-musicnn", jobs=0, progress=False).ok == 1
     text = lines.read_text()  # each line parsed alone: its errors said "line 1" of any line
     for edited, what in ((text + "{oops\n", "line 3 is not JSON (Expecting property name"),
                          (text.replace("\n", "\n\n", 1), "line 2 is blank")):
         lines.write_text(edited)
         with pytest.raises(InputError, match=re.escape(what)):
             collect(model, [clip], str(lines), name="msd-musicnn", jobs=0, progress=False)
+
+
+def test_outputs_of_earlier_versions_resume(music, model, tmp_path):
+    """Outputs written before jaxmir recorded a model file by its name and bytes (its path then),
+    and embedding tables written when they recorded --average (their column is the mean either
+    way), were refused for the same command: "a shipped model there, a model file now",
+    "average: False there, None now"; --overwrite, the way out offered, recomputed them."""
+    graph = str(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"))
+    clip = str(music / "rock" / "a.wav")
+    for command, loaded, name, edit in (
+            ("tag", jaxmir.load(graph), graph,
+             lambda settings: {**{k: v for k, v in settings.items() if k != "model_sha256"},
+                               "model": graph}),
+            ("embed", model, "msd-musicnn", lambda settings: {**settings, "average": False})):
+        out = tmp_path / f"{command}.jsonl"
+        collect(loaded, [clip], str(out), command=command, name=name, jobs=0, progress=False)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        out.write_text("".join(json.dumps({**row, "settings": edit(row["settings"])}) + "\n"
+                               for row in rows))
+        again = collect(loaded, [clip, str(music / "rock" / "b.flac")], str(out),
+                        command=command, name=name, jobs=0, progress=False)
+        assert (again.ok, again.skipped) == (1, 1), command
+    out = tmp_path / "moved.jsonl"  # another file by its path: named, not called a shipped model
+    collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    out.write_text("".join(json.dumps({**row, "settings": {
+        **{k: v for k, v in row["settings"].items() if k != "model_sha256"},
+        "model": "/elsewhere/other.pb"}}) + "\n" for row in rows))
+    with pytest.raises(InputError, match=r"of model '/elsewhere/other.pb', not of "
+                                         r"'genre_dortmund_musicnn_msd.pb' .*a model file by its "
+                                         r"path there, its bytes not recorded"):
+        collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
 
 
 def test_a_graph_s_own_output_node_is_read_once_at_its_load(music, tmp_path, monkeypatch):

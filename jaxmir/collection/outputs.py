@@ -447,7 +447,8 @@ class LinesWriter(Writer):
             else json.loads(from_text(rows[0]["settings"]))
         found["labels"] = [from_text(label) for label in header[len(columns):]]
         expected["labels"] = list(self.layout.labels)
-        resume.check_identity(str(self.path), found, expected, self.layout.same_outputs)
+        resume.check_identity(str(self.path), found, expected, self.layout.same_outputs,
+                              recorded=not before)
         if before:
             self.header = header  # the rows appended keep its columns
         paths = resume.real_paths([row["path"] for row in rows], current)
@@ -471,14 +472,16 @@ class LinesWriter(Writer):
             row["path"] = path
         if rows:
             expected = self._settings()
-            found = dict(rows[0]["settings"]) if "settings" in rows[0] else \
+            recorded = "settings" in rows[0]
+            found = dict(rows[0]["settings"]) if recorded else \
                 settings_before_recorded(expected, rows[0].get("model"))
             tagged = [row["tags"] for row in rows if row.get("tags")]
             if self.layout.command == "tag" and tagged:
                 found["labels"], expected["labels"] = list(tagged[0]), list(self.layout.labels)
             # as in Parquet: rows kept without patches would be skipped, never given them
             found["per_patch"], expected["per_patch"] = "patches" in rows[0], self.layout.per_patch
-            resume.check_identity(str(self.path), found, expected, self.layout.same_outputs)
+            resume.check_identity(str(self.path), found, expected, self.layout.same_outputs,
+                                  recorded)
         return list(zip(lines, rows))
 
     def _settings(self) -> dict:

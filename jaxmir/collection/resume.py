@@ -13,12 +13,14 @@ dropped; those files are done again and their new rows appended. A strict run
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Collection, Iterable, Mapping
 
 from jaxmir.collection.inputs import Source, file_key
 from jaxmir.collection.rows import (ANOTHER_OUTPUT, DONE, ERROR, OK, OVERWRITE,
-                                    UNRECORDED_DEFAULTS, as_text, same_model_name)
-from jaxmir.errors import InputError
+                                    SETTINGS_BEFORE_RECORDED, UNRECORDED_DEFAULTS, as_text,
+                                    model_by_path, same_model_name)
+from jaxmir.errors import InputError, JaxmirWarning
 
 
 def keep(path: str, size: int, mtime_ns: int, status: str, current: Mapping[str, Source],
@@ -98,11 +100,12 @@ def _labels_differ(there, now) -> str:
 
 
 def check_identity(output: str, found: dict, expected: dict,
-                   same_outputs: Collection[str] = ()) -> None:
+                   same_outputs: Collection[str] = (), recorded: bool = True) -> None:
     """Refuse to append to an output written with another model or other settings (a field
     one side does not record counts as its :data:`~jaxmir.collection.rows.UNRECORDED_DEFAULTS`
     value; ``same_outputs``: names of one output, any of which matches another,
-    :func:`~jaxmir.collection.rows.same_outputs`)."""
+    :func:`~jaxmir.collection.rows.same_outputs`; ``recorded``: whether the output recorded its
+    settings, or was written before jaxmir did, and holds the defaults' as far as it can tell)."""
     def value(fields: dict, key: str):
         return fields.get(key, UNRECORDED_DEFAULTS.get(key))
 
@@ -111,6 +114,18 @@ def check_identity(output: str, found: dict, expected: dict,
     if isinstance(found.get("model"), str) and isinstance(expected.get("model"), str) \
             and same_model_name(found["model"], expected["model"]):
         found = {**found, "model": expected["model"]}
+    if "model_sha256" not in found and "model_sha256" in expected \
+            and model_by_path(found.get("model"), expected["model"]):
+        # written before outputs recorded a model file's name and bytes: its path then
+        found = {**found, "model": expected["model"], "model_sha256": expected["model_sha256"]}
+    if "average" in found and "average" not in expected:  # a table's, recorded before
+        found = {k: v for k, v in found.items() if k != "average"}  # its column was the mean
+
+    if not recorded:
+        warnings.warn(f"{output} records no settings (written before jaxmir recorded them): "
+                      "taken to hold the defaults' (--patch-hop 93, --last-patch discard, "
+                      "--resampler essentia); a run with others appends rows unlike its own",
+                      JaxmirWarning, stacklevel=2)
 
     keys = sorted(k for k in set(found) | set(expected) if value(found, k) != value(expected, k))
     if not keys:
@@ -118,6 +133,9 @@ def check_identity(output: str, found: dict, expected: dict,
     def as_found(key: str) -> str:
         if key == "output_node" and key not in found:
             return "the graph's own there (or not recorded: written before jaxmir recorded it)"
+        if not recorded and key in SETTINGS_BEFORE_RECORDED:
+            return f"not recorded there (written before jaxmir recorded settings: taken as the " \
+                   f"default, {value(found, key)!r})"
         return f"{value(found, key)!r} there"
 
     details = "; ".join(f"{k}: {as_found(k)}, {value(expected, k)!r} now" for k in keys
@@ -126,6 +144,8 @@ def check_identity(output: str, found: dict, expected: dict,
         there, now = value(found, "model_sha256"), value(expected, "model_sha256")
         bytes_ = f"the model files' bytes differ (sha256 {there!r} there)" if there and now else \
             "a model file there, a shipped model now" if there else \
+            "a model file by its path there, its bytes not recorded" \
+            if model_by_path(found.get("model"), None) else \
             "a shipped model there, a model file now"
         details = "; ".join(filter(None, [details, bytes_]))
     if "labels" in keys:

@@ -244,6 +244,18 @@ def same_model_name(recorded: str, name: str) -> bool:
     return recorded == name or recorded_text(recorded) == name
 
 
+def model_by_path(recorded, name: str | None) -> bool:
+    """Whether an output's ``recorded`` model is a model file named by its path, as outputs
+    recorded one before they recorded its bytes (``model_sha256``), and of the file name ``name``
+    (any, for ``None``)."""
+    if not isinstance(recorded, str):
+        return False
+    parts = recorded.split("+")
+    if not any(os.sep in part or part.endswith((".pb", ".npz")) for part in parts):
+        return False
+    return name is None or "+".join(os.path.basename(part) for part in parts) == name
+
+
 def default_output_node(model) -> str:
     """The output node ``model``'s graph gives without ``output=`` or a JSON naming one (its
     own for a shipped model or a weights file, whose bytes fix it)."""
