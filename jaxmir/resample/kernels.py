@@ -16,8 +16,8 @@ _POLYPHASE_ELEMENTS = 1 << 20   # outputs x taps per step of the polyphase kerne
 _BLOCK_ELEMENTS = 1 << 20  # outputs x taps per block of the kernel
 
 
-@standard_promotion
 @functools.partial(jax.jit, static_argnames=("increment", "max_index", "taps", "block"))
+@standard_promotion
 def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, taps, block):
     """Outputs ``[k]`` from ``signal [n]`` (float32), window centres and filter starts ``[k]``.
 
@@ -49,9 +49,9 @@ def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, 
     return jax.lax.map(one_block, blocks).reshape(-1)
 
 
-@standard_promotion
 @functools.partial(jax.jit, static_argnames=("increment", "max_index", "taps", "advance", "rows",
                                              "chunk"))
+@standard_promotion
 def _polyphase_kernel(signal, centre, start, delta, table, slope, gain, *, increment, max_index,
                       taps, advance, rows, chunk):
     """Outputs in groups of ``rows`` periods, each group's coefficients derived once.

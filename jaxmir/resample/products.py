@@ -144,8 +144,8 @@ def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
         return jax.device_put(value), jax.device_put(rise)
 
 
-@standard_promotion  # outside jit: the context must hold in the thread that traces
 @functools.partial(jax.jit, static_argnames=("plan", "shape"))
+@standard_promotion  # while tracing, in the thread that traces
 def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None, *, plan, shape):
     """Outputs ``[shape.groups * rows * period]`` (float32) from ``signal`` (float32; output 0's
     window centred on ``signal[centre]``, fraction ``units * 2**-60``), of which the first
