@@ -104,8 +104,8 @@ def check_identity(output: str, found: dict, expected: dict,
     """Refuse to append to an output written with another model or other settings (a field
     one side does not record counts as its :data:`~jaxmir.collection.rows.UNRECORDED_DEFAULTS`
     value; ``same_outputs``: names of one output, any of which matches another,
-    :func:`~jaxmir.collection.rows.same_outputs`; ``recorded``: whether the output recorded its
-    settings, or was written before jaxmir did, and holds the defaults' as far as it can tell)."""
+    :func:`~jaxmir.collection.rows.same_outputs`; ``recorded``: ``False`` for an output written
+    before jaxmir recorded settings, taken to hold the defaults', with a warning)."""
     def value(fields: dict, key: str):
         return fields.get(key, UNRECORDED_DEFAULTS.get(key))
 
@@ -120,7 +120,6 @@ def check_identity(output: str, found: dict, expected: dict,
         found = {**found, "model": expected["model"], "model_sha256": expected["model_sha256"]}
     if "average" in found and "average" not in expected:  # a table's, recorded before
         found = {k: v for k, v in found.items() if k != "average"}  # its column was the mean
-
     if not recorded:
         warnings.warn(f"{output} records no settings (written before jaxmir recorded them): "
                       "taken to hold the defaults' (--patch-hop 93, --last-patch discard, "
