@@ -5,6 +5,8 @@ dtypes by JAX's standard lattice. A program that sets ``jax_numpy_rank_promotion
 ``jax_numpy_dtype_promotion="strict"`` for its own code would otherwise see jaxmir's models,
 front-ends, resampler and trainer fail inside. :func:`standard_promotion` runs a function
 under JAX's defaults for both; they are trace-time settings, so compiled programs are unchanged.
+Every float32 product asks for :data:`PRECISION`, so that neither a GPU's TF32 nor a
+program's ``jax_default_matmul_precision`` rounds it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import TypeVar
 
 import jax
 
-F = TypeVar("F", bound=Callable)
+Function = TypeVar("Function", bound=Callable)
+PRECISION = jax.lax.Precision.HIGHEST  # full float32 products on every device
 
 
 @contextlib.contextmanager
@@ -26,7 +29,7 @@ def default_rules() -> Iterator[None]:
         yield
 
 
-def standard_promotion(function: F) -> F:
+def standard_promotion(function: Function) -> Function:
     """``function`` run under :func:`default_rules`."""
     @functools.wraps(function)
     def wrapped(*args, **kwargs):

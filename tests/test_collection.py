@@ -612,16 +612,14 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
     with pytest.warns(JaxmirWarning, match="records no settings"):
         assert run("b.flac").ok == 1
     assert list(pandas.read_csv(out)["model"]) == ["msd-musicnn"] * 2
-    with pytest.raises(InputError, match="model: 'msd-musicnn' there, 'msd-vgg' now"), \
-            pytest.warns(JaxmirWarning, match="records no settings"):
+    with pytest.raises(InputError, match="model: 'msd-musicnn' there, 'msd-vgg' now"):
         run(name="msd-vgg")
     # rows written without settings were the defaults': other settings appended to them silently
     for kw, difference in (({"options": Options(patch_hop=40)},
                             "patch_hop: not recorded there (written before jaxmir recorded "
                             "settings: taken as the default, 93), 40 now"),
                            ({"options": Options(dtype="bfloat16")}, "dtype: 'float32' there")):
-        with pytest.raises(InputError, match=re.escape(difference)), \
-                pytest.warns(JaxmirWarning, match="records no settings"):
+        with pytest.raises(InputError, match=re.escape(difference)):
             run("../jazz/a.wav", **kw)
     with pytest.raises(InputError, match=r"CSV holds tag means only; .* --per-patch "
                                          r"\(per_patch=True in Python\)"):  # named the option only
@@ -2649,8 +2647,7 @@ def test_what_a_run_computes_with_is_in_its_identity(model, music, tmp_path):
     index.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items()
                                          if k != "settings"}) + "\n"
                              for line in index.read_text().splitlines()))
-    with pytest.raises(InputError, match=r"average: False there, True now"), \
-            pytest.warns(JaxmirWarning, match="records no settings"):
+    with pytest.raises(InputError, match=r"average: False there, True now"):
         collect(model, [clip, str(music / "rock" / "b.flac")], str(arrays), command="embed",
                 name="msd-musicnn", average=True, jobs=0, progress=False)
     from jaxmir.collection import ray_engine  # its actors cast the model they load as given
@@ -2667,11 +2664,11 @@ def test_what_a_run_computes_with_is_in_its_identity(model, music, tmp_path):
     lines.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "settings"}) + "\n"
                              for row in rows))  # as written before settings were recorded
     # it cannot tell its settings: a run with other ones is refused, and one with the defaults
-    # warned that its rows are taken to be the defaults' (a hop of 50 there would mix)
+    # warned that its rows are taken to be the defaults' (a hop of 50 there would mix), not the
+    # run refused
     with pytest.raises(InputError, match=r"patch_hop: not recorded there \(written before "
                                          r"jaxmir recorded settings: taken as the default, 93\), "
-                                         r"50 now"), \
-            pytest.warns(JaxmirWarning, match="records no settings"):
+                                         r"50 now"):
         collect(model, [clip, str(music / "rock" / "b.flac")], str(lines), name="msd-musicnn",
                 options=Options(patch_hop=50), jobs=0, progress=False)
     with pytest.warns(JaxmirWarning, match=f"{re.escape(str(lines))} records no settings "
@@ -2707,6 +2704,20 @@ def test_outputs_of_earlier_versions_resume(music, model, tmp_path):
         again = collect(loaded, [clip, str(music / "rock" / "b.flac")], str(out),
                         command=command, name=name, jobs=0, progress=False)
         assert (again.ok, again.skipped) == (1, 1), command
+    out = tmp_path / "typed.jsonl"  # before settings were recorded: the model as typed, no bytes
+    collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    out.write_text("".join(json.dumps({**{k: v for k, v in row.items() if k != "settings"},
+                                       "model": graph}) + "\n" for row in rows))
+    with pytest.warns(JaxmirWarning, match="records no settings"):
+        again = collect(jaxmir.load(graph), [clip, str(music / "rock" / "b.flac")], str(out),
+                        name=graph, jobs=0, progress=False)
+    assert (again.ok, again.skipped) == (1, 1)
+    from jaxmir.collection.rows import model_by_path  # a folder with '+' in it, Windows' paths
+
+    assert model_by_path("/data/a+b/head.pb+msd-musicnn", "head.pb+msd-musicnn")
+    assert model_by_path(r"C:\models\genre.pb", "genre.pb")
+    assert not model_by_path("/data/other.pb", "genre.pb") and not model_by_path("msd-vgg", None)
     out = tmp_path / "moved.jsonl"  # another file by its path: named, not called a shipped model
     collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]

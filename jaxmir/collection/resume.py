@@ -120,14 +120,14 @@ def check_identity(output: str, found: dict, expected: dict,
         found = {**found, "model": expected["model"], "model_sha256": expected["model_sha256"]}
     if "average" in found and "average" not in expected:  # a table's, recorded before
         found = {k: v for k, v in found.items() if k != "average"}  # its column was the mean
-    if not recorded:
-        warnings.warn(f"{output} records no settings (written before jaxmir recorded them): "
-                      "taken to hold the defaults' (--patch-hop 93, --last-patch discard, "
-                      "--resampler essentia); a run with others appends rows unlike its own",
-                      JaxmirWarning, stacklevel=2)
 
     keys = sorted(k for k in set(found) | set(expected) if value(found, k) != value(expected, k))
     if not keys:
+        if not recorded:
+            warnings.warn(f"{output} records no settings (written before jaxmir recorded them): "
+                          "taken to hold the defaults' (--patch-hop 93, --last-patch discard, "
+                          "--resampler essentia); if it was written with others, this run's "
+                          "rows join rows unlike them", JaxmirWarning, stacklevel=2)
         return
     def as_found(key: str) -> str:
         if key == "output_node" and key not in found:

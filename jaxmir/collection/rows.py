@@ -245,15 +245,18 @@ def same_model_name(recorded: str, name: str) -> bool:
 
 
 def model_by_path(recorded, name: str | None) -> bool:
-    """Whether an output's ``recorded`` model is a model file named by its path, as outputs
-    recorded one before they recorded its bytes (``model_sha256``), and of the file name ``name``
-    (any, for ``None``)."""
-    if not isinstance(recorded, str):
+    """Whether an output's ``recorded`` model names a model file by its path, as outputs did
+    before they recorded its bytes (``model_sha256``), and, unless ``name`` is ``None``, the
+    files :func:`~jaxmir.collection.commands.model_fields` names ``name`` now (``head.pb+msd-musicnn``: each part by its file
+    name, in any folder, ``/`` or ``\\`` apart). Such an output cannot tell other bytes under
+    the same file name: it is taken to be of the file named so now."""
+    if not isinstance(recorded, str) or not re.search(r"[/\\]|\.(pb|npz)(\+|$)", recorded):
         return False
-    parts = recorded.split("+")
-    if not any(os.sep in part or part.endswith((".pb", ".npz")) for part in parts):
-        return False
-    return name is None or "+".join(os.path.basename(part) for part in parts) == name
+    if name is None:
+        return True
+    in_any_folder = r"(?:.*[/\\])?"
+    return re.fullmatch(r"\+".join(in_any_folder + re.escape(part) for part in name.split("+")),
+                        recorded, re.DOTALL) is not None
 
 
 def default_output_node(model) -> str:
@@ -277,7 +280,7 @@ def settings_before_recorded(settings: dict, model: str) -> dict:
     """The settings an output written without them (by ``model``) holds, for a run whose own
     are ``settings``: the defaults of the time; what the output cannot tell (the model file's
     digest, the command, which its kind implies) taken from the run's."""
-    known = {k: settings[k] for k in ("model_sha256", "command") if k in settings}
+    known = {k: settings[k] for k in ("command",) if k in settings}  # its model: by its path
     default = "predictions" if settings.get("command") == "tag" else "embeddings"
     averaged = {"average": False} if "average" in settings else {}  # arrays were per patch
     return {**known, "model": model, "output": default, **averaged, **SETTINGS_BEFORE_RECORDED}

@@ -17,7 +17,7 @@ _BLOCK_ELEMENTS = 1 << 20  # outputs x taps per block of the kernel
 
 
 @functools.partial(jax.jit, static_argnames=("increment", "max_index", "taps", "block"))
-@standard_promotion
+@standard_promotion  # while tracing, in the thread that traces
 def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, taps, block):
     """Outputs ``[k]`` from ``signal [n]`` (float32), window centres and filter starts ``[k]``.
 
@@ -51,7 +51,7 @@ def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, 
 
 @functools.partial(jax.jit, static_argnames=("increment", "max_index", "taps", "advance", "rows",
                                              "chunk"))
-@standard_promotion
+@standard_promotion  # while tracing, in the thread that traces
 def _polyphase_kernel(signal, centre, start, delta, table, slope, gain, *, increment, max_index,
                       taps, advance, rows, chunk):
     """Outputs in groups of ``rows`` periods, each group's coefficients derived once.

@@ -47,7 +47,8 @@ class LinearInterpolator:
 
     def push(self, x: np.ndarray) -> np.ndarray:
         """Float32 ``[k]`` outputs of the signal so far, given ``x`` ``[n]`` more of it."""
-        self.kept = np.concatenate([self.kept, np.asarray(x, np.float32)])
+        x = np.asarray(x, np.float32)
+        self.kept = np.concatenate([self.kept, x])
         self.n += x.shape[0]
         # outputs at least a frame before the end pass any call's end test, and no later call
         # of one frame reads before them

@@ -31,7 +31,7 @@ from jaxmir import interrupts
 from jaxmir.checks import is_whole, real_fields, whole_fields
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning
 from jaxmir.models import damaged_variable
-from jaxmir.promotion import standard_promotion
+from jaxmir.promotion import PRECISION, standard_promotion
 from jaxmir.train import metrics
 from jaxmir.train.data import (ACTIVATION, check_targets, check_task, check_varying,
                                names_preview)
@@ -70,7 +70,6 @@ class TrainConfig:
 
 
 MAX_SEED = 2**32 - 1
-HIGHEST = jax.lax.Precision.HIGHEST  # full float32 products on every device (no TF32, no bf16)
 
 Params = dict  # {"dense": {"kernel": [d, 100], "bias": [100]}, "dense_1": {...: [100, C], [C]}}
 
@@ -85,11 +84,12 @@ def init_head(key: jax.Array, in_dim: int, hidden: int, n_out: int) -> Params:
                         "bias": jnp.zeros((n_out,), jnp.float32)}}
 
 
+@standard_promotion
 def head_logits(params: Params, x: jax.Array) -> jax.Array:
     """``[batch, features] -> [batch, C]`` before the output activation."""
-    hidden = jax.nn.relu(jnp.matmul(x, params["dense"]["kernel"], precision=HIGHEST)
+    hidden = jax.nn.relu(jnp.matmul(x, params["dense"]["kernel"], precision=PRECISION)
                          + params["dense"]["bias"])
-    return jnp.matmul(hidden, params["dense_1"]["kernel"], precision=HIGHEST) \
+    return jnp.matmul(hidden, params["dense_1"]["kernel"], precision=PRECISION) \
         + params["dense_1"]["bias"]
 
 

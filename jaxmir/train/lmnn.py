@@ -24,9 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.errors import InputError
-from jaxmir.promotion import standard_promotion
+from jaxmir.promotion import PRECISION, standard_promotion
 
-HIGHEST = jax.lax.Precision.HIGHEST  # full float32 products on every device (no TF32, no bf16)
 
 
 def target_neighbors(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -47,12 +46,13 @@ def target_neighbors(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@standard_promotion
 def objective(components: jax.Array, x: jax.Array, labels: jax.Array, targets: jax.Array,
               push: float = 0.5) -> jax.Array:
     """The LMNN loss of ``components [m, d]`` on ``x [n, d]``; ``targets [n, k]``."""
-    z = jnp.matmul(x, components.T, precision=HIGHEST)
+    z = jnp.matmul(x, components.T, precision=PRECISION)
     sq = jnp.sum(z ** 2, axis=1)
-    dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * jnp.matmul(z, z.T, precision=HIGHEST),
+    dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * jnp.matmul(z, z.T, precision=PRECISION),
                        0.0)  # [n, n]
     to_target = jnp.take_along_axis(dist, targets, axis=1)  # [n, k]
     impostor = (labels[:, None] != labels[None, :]).astype(z.dtype)  # [n, n]
