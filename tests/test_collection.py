@@ -2728,6 +2728,11 @@ def test_outputs_of_earlier_versions_resume(music, model, tmp_path):
                                          r"'genre_dortmund_musicnn_msd.pb' .*a model file by its "
                                          r"path there, its bytes not recorded"):
         collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
+    out.write_text("".join(json.dumps({**row, "settings": {
+        **{k: v for k, v in row["settings"].items() if k != "model_sha256"},
+        "model": ["edited"]}}) + "\n" for row in rows))  # not called a shipped model either
+    with pytest.raises(InputError, match=r"no model name there \(\['edited'\]\), a model file now"):
+        collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
 
 
 def test_a_graph_s_own_output_node_is_read_once_at_its_load(music, tmp_path, monkeypatch):

@@ -145,7 +145,8 @@ def check_identity(output: str, found: dict, expected: dict,
             "a model file there, a shipped model now" if there else \
             "a model file by its path there, its bytes not recorded" \
             if model_by_path(found.get("model"), None) else \
-            "a shipped model there, a model file now"
+            "a shipped model there, a model file now" if isinstance(found.get("model"), str) \
+            else f"no model name there ({found.get('model')!r}), a model file now"
         details = "; ".join(filter(None, [details, bytes_]))
     if "labels" in keys:
         details = "; ".join(filter(None, [details, _labels_differ(found.get("labels"),
