@@ -348,10 +348,13 @@ def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, nam
 
 def implementation(resampler: str, in_rate: int, out_rate: int) -> str:
     """What computes ``resampler``'s samples for ``in_rate -> out_rate`` Hz: ``"jax"``
-    (:mod:`jaxmir.resample`), ``"samplerate"`` or ``"soxr"``; see the module docstring."""
+    (:mod:`jaxmir.resample`), ``"linear"`` (:mod:`jaxmir.resample.linear`), ``"samplerate"``
+    or ``"soxr"``; see the module docstring."""
     if is_essentia_default(resampler):
         return "jax" if accelerated(in_rate, out_rate) else "samplerate"
-    return "samplerate" if resampler.startswith("essentia-q") else resampler
+    if resampler.startswith("essentia-q"):
+        return "linear" if converter_of(resampler) == "linear" else "samplerate"
+    return resampler
 
 
 def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.ndarray:
@@ -360,6 +363,9 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
     kind = implementation(resampler, native, target)
     if kind == "jax":
         out = resample(mono, native, target)
+    elif kind == "linear":  # one call, as Resample on an array makes it
+        stream = Resampling(native, target, resampler)
+        return np.concatenate([stream.push(mono), stream.close()])
     elif kind == "samplerate":
         import samplerate
 
@@ -367,9 +373,6 @@ def _resample(mono: np.ndarray, native: int, target: int, resampler: str) -> np.
         # exact double ratio the output drifts by ~3e-3 after a few seconds.
         ratio = essentia_ratio(native, target)
         converter = converter_of(resampler)
-        if converter == "linear":  # one call, as Resample on an array makes it
-            stream = Resampling(native, target, resampler)
-            return np.concatenate([stream.push(mono), stream.close()])
         out = samplerate.resample(mono, ratio, converter)
         out = out[:essentia_length(out.shape[0], native, target, mono.shape[0], converter)]
     else:
@@ -497,11 +500,10 @@ class Resampling:
         self._surplus = np.zeros(0, np.float32)  # soxr's beyond librosa's length so far
         self.kind = implementation(resampler, in_rate, out_rate)
         self.converter = converter_of(resampler)
-        # MonoLoader's end (libsamplerate's converter only): at most `held` outputs, those a
+        # MonoLoader's end (the sinc converters only): at most `held` outputs, those a
         # file of whole chunks does not get, wait for close (see _hold_back)
         self.held = 0
-        if monoloader and self.kind != "soxr" and in_rate != out_rate \
-                and self.converter != "linear":
+        if monoloader and self.kind in ("jax", "samplerate") and in_rate != out_rate:
             half = plan_of(in_rate, out_rate, self.converter).half
             self.held = math.ceil(out_rate / in_rate * (half + 1)) + 2
         self._withheld = np.zeros(0, np.float32)
@@ -511,13 +513,14 @@ class Resampling:
         elif self.kind == "jax":
             self._state = SincResampler(in_rate, out_rate, min_outputs=(
                 MIN_OUTPUTS if min_outputs is None else min_outputs), parallel=parallel)
+        elif self.kind == "linear":
+            self._state = LinearInterpolator(essentia_ratio(in_rate, out_rate),
+                                             MONOLOADER_CHUNK if monoloader else None)
         elif self.kind == "samplerate":
             import samplerate
 
             self._ratio = essentia_ratio(in_rate, out_rate)
-            self._state = (LinearInterpolator(self._ratio, MONOLOADER_CHUNK if monoloader else None)
-                           if self.converter == "linear"
-                           else samplerate.Resampler(self.converter, channels=1))
+            self._state = samplerate.Resampler(self.converter, channels=1)
         else:
             import soxr
 
@@ -565,10 +568,10 @@ class Resampling:
             self.n_out += x.shape[0]
             return x
         if self.kind == "samplerate":
-            out = self._state.push(x) if self.converter == "linear" else self._sinc(x, False)
+            out = self._sinc(x, False)
             self.n_out += out.shape[0]
             return self._hold_back(out)
-        if self.kind == "jax":
+        if self.kind in ("jax", "linear"):
             out = self._state.push(x)
             self.n_out += out.shape[0]
             return self._hold_back(out)
@@ -579,10 +582,10 @@ class Resampling:
         """The output samples left at the end of the input (float32 ``[n]``)."""
         if self._state is None:
             return np.zeros(0, np.float32)
-        if self.kind == "samplerate" and self.converter == "linear":
+        if self.kind == "linear":  # it holds back no sample: its calls end the signal
             tail = self._state.close()
             self.n_out += tail.shape[0]
-            return self._monoloader_end(tail)
+            return tail
         if self.kind == "samplerate":
             # libsamplerate's end of input pads with zeros: explicit zeros give the same samples,
             # and samplerate.resample returns floor(n * ratio) of them; as many as its filter's

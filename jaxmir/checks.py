@@ -35,6 +35,12 @@ def is_whole(value, least: int = 0, most: int | None = None) -> bool:
     return _is_integer(value) and value >= least and (most is None or value <= most)
 
 
+def scalar_of(value):
+    """``value``, or the NumPy scalar a 0-d NumPy array holds (``librosa.time_to_frames(1.0,
+    ...)`` returns one): checked as a count then, as the number it is."""
+    return value[()] if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
 def is_real(value) -> bool:
     """Whether ``value`` is a finite real number (Python or NumPy, not a bool)."""
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):

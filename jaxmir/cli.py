@@ -50,11 +50,6 @@ if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
 FORMATS = ("text", "json", "csv")
 # jaxmir.audio.RESAMPLERS, spelt here: the parser is built without importing JAX
 RESAMPLERS = ("essentia", "samplerate", "soxr", "essentia-q1", "essentia-q4")
-
-
-def _resampler_name(text: str) -> str:
-    """``--resampler``'s value as outputs record it: ``essentia-q1`` is ``essentia``."""
-    return "essentia" if text == "essentia-q1" else text
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
@@ -64,6 +59,11 @@ _STOPPED = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED,
 
 
 # -- set-up ---------------------------------------------------------------------------------
+def _resampler_name(text: str) -> str:
+    """``--resampler``'s value as outputs record it: ``essentia-q1`` is ``essentia``."""
+    return "essentia" if text == "essentia-q1" else text
+
+
 def _enable_cache(disabled: bool) -> None:
     if disabled:
         return

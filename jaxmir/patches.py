@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxmir.checks import is_whole
+from jaxmir.checks import is_whole, scalar_of
 from jaxmir.errors import InputError, ShortAudioError
 
 if TYPE_CHECKING:  # imported when a JAX array is cut (:func:`_jnp`)
@@ -31,8 +31,7 @@ PAD_MODES = (None, "zero", "repeat")
 
 
 def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, np.ndarray) and value.ndim == 0:  # librosa.time_to_frames(1.0, ...)
-        value = value[()]
+    value = scalar_of(value)
     if not is_whole(value, minimum):
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from jaxmir.audio import RESAMPLERS, read_mono
-from jaxmir.checks import is_whole
+from jaxmir.checks import is_whole, scalar_of
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
 from jaxmir.collection.rows import Result, check_finite
@@ -63,8 +63,7 @@ class Options:
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", check_dtype(self.dtype))  # a name, as outputs record
-        if isinstance(self.patch_hop, np.ndarray) and self.patch_hop.ndim == 0:  # librosa's
-            object.__setattr__(self, "patch_hop", self.patch_hop[()])  # time_to_frames(...)
+        object.__setattr__(self, "patch_hop", scalar_of(self.patch_hop))
         if self.resampler == "essentia-q1":  # one converter, one name in outputs' settings
             object.__setattr__(self, "resampler", "essentia")
         if self.batch is not None:

@@ -19,10 +19,6 @@ import numpy as np
 from jaxmir.promotion import PRECISION, standard_promotion
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer, MaxPool, dense_indices
 
-# Every matrix product and convolution at full float32 precision: on GPUs JAX's default lets
-# float32 products run in TF32 (10-bit mantissas), far from TensorFlow's numbers. (On CPU it is
-# what runs anyway.) bfloat16 is opt-in, through the dtype of the variables (Model.astype).
-
 # The Flax collection in which calls on consecutive patches of one signal hand the next call
 # the rows of work both compute (MusiCNN's timbral rows; ``jaxmir.models.runner`` threads it).
 OVERLAP = "overlap"
