@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from jaxmir.resampler_names import RESAMPLERS, canonical_resampler
+
+DECODE_MODES = ("essentia", "float")  # jaxmir.decode.MODES, spelt here: parsers import no NumPy
+
 
 def whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
     """An ``argparse`` type: an integer from ``least`` to ``most`` (no bound when ``None``)."""
@@ -20,3 +24,19 @@ def whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """``--resampler`` and ``--decoder``: how audio files are read (:func:`jaxmir.load_audio`)."""
+    parser.add_argument("--resampler", choices=RESAMPLERS, type=canonical_resampler,
+                        default="essentia",
+                        help="resampling to 16 kHz: Essentia's converter (default; in JAX from "
+                             "the usual rates of 22.05 kHz and above, within 1e-6 of it), "
+                             "libsamplerate itself (Essentia's samples to float32 rounding, "
+                             "slower), soxr as librosa/musicnn, or MonoLoader's resampleQuality=4 "
+                             "(essentia-q4, linear, as Essentia's model pages load audio; "
+                             "essentia-q1 is essentia)")
+    parser.add_argument("--decoder", choices=DECODE_MODES, default="essentia",
+                        help="MP3 and other compressed audio: as the essentia-tensorflow wheel "
+                             "decodes it (default: 16-bit, clipped) or FFmpeg's float decoders "
+                             "(as an Essentia built against a recent FFmpeg)")

@@ -44,10 +44,7 @@ from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
 from jaxmir.resample.linear import LinearInterpolator
-
-# Essentia's resampleQuality 0-4: libsamplerate's converter of each that jaxmir reproduces
-QUALITY_CONVERTERS = {1: "sinc_medium", 4: "linear"}
-RESAMPLERS = ("essentia", "samplerate", "soxr", *(f"essentia-q{q}" for q in QUALITY_CONVERTERS))
+from jaxmir.resampler_names import QUALITY_CONVERTERS, RESAMPLERS, canonical_resampler
 # The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
 # of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
 # a margin of 1e4 and still takes integer PCM values given as floats (int32: 2.1e9).
@@ -82,8 +79,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
       InputError: ``strict=True`` with ``decoder="soundfile"``, which reports no damage.
     """
     check_resampler(resampler)
-    if decoder not in DECODERS:
-        raise AudioError(f"unknown decoder {decoder!r}; accepted: " + ", ".join(repr(d) for d in DECODERS))
+    check_decoder(decoder)
     if strict and decoder not in MODES:  # libsndfile reports no damage to be strict about
         raise InputError(f"strict=True applies to FFmpeg's decoders ({', '.join(MODES)}), not "
                          f"to decoder={decoder!r}")
@@ -251,6 +247,13 @@ def check_resampler(resampler) -> None:
                          + ", ".join(repr(r) for r in RESAMPLERS))
 
 
+def check_decoder(decoder) -> None:
+    """:class:`AudioError` unless ``decoder`` is one of :data:`DECODERS`."""
+    if decoder not in DECODERS:
+        raise AudioError(f"unknown decoder {decoder!r}; accepted: "
+                         + ", ".join(repr(d) for d in DECODERS))
+
+
 def converter_of(resampler: str) -> str:
     """libsamplerate's converter behind ``resampler`` (``"sinc_medium"`` for ``"essentia"`` and
     ``"samplerate"``; ``"soxr"`` for soxr's)."""
@@ -261,7 +264,7 @@ def converter_of(resampler: str) -> str:
 
 def is_essentia_default(resampler: str) -> bool:
     """Whether ``resampler`` is MonoLoader's default converter (the one JAX computes)."""
-    return resampler in ("essentia", "essentia-q1")
+    return canonical_resampler(resampler) == "essentia"
 
 
 def check_conversion(in_rate: int, out_rate: int, what: str) -> None:
@@ -508,6 +511,7 @@ class Resampling:
             self.held = math.ceil(out_rate / in_rate * (half + 1)) + 2
         self._withheld = np.zeros(0, np.float32)
         self._given = 0
+        self._closed = False
         if in_rate == out_rate:
             self._state = None
         elif self.kind == "jax":
@@ -563,6 +567,8 @@ class Resampling:
     def push(self, x: np.ndarray) -> np.ndarray:
         """The output samples that ``x`` (``[n]`` float32 at the input rate) completes; some are
         held back until the next push or :meth:`close`."""
+        if self._closed:  # the converters' states are spent: a push would give wrong samples
+            raise AudioError("push after close: this Resampling is closed; create a new one")
         self.n_in += x.shape[0]
         if self._state is None:
             self.n_out += x.shape[0]
@@ -579,7 +585,11 @@ class Resampling:
         return self._release(np.asarray(out, np.float32), math.ceil(self.n_in * (self.out_rate / self.in_rate)))
 
     def close(self) -> np.ndarray:
-        """The output samples left at the end of the input (float32 ``[n]``)."""
+        """The output samples left at the end of the input (float32 ``[n]``; none after the
+        first call)."""
+        if self._closed:
+            return np.zeros(0, np.float32)
+        self._closed = True
         if self._state is None:
             return np.zeros(0, np.float32)
         if self.kind == "linear":  # it holds back no sample: its calls end the signal

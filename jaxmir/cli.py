@@ -37,19 +37,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from jaxmir import catalog, interrupts
-from jaxmir.arguments import whole_number
+from jaxmir.arguments import add_reading_options, whole_number
 from jaxmir.atomic import deferred_interrupts
 from jaxmir.console import (StandardOutputError, columns, printable, utf8_text, write_line,
                             write_whole_line)
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
+from jaxmir.resampler_names import RESAMPLERS, canonical_resampler
 
 if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
     from jaxmir.pcm import ByteReader
 
 FORMATS = ("text", "json", "csv")
-# jaxmir.audio.RESAMPLERS, spelt here: the parser is built without importing JAX
-RESAMPLERS = ("essentia", "samplerate", "soxr", "essentia-q1", "essentia-q4")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
@@ -59,11 +58,6 @@ _STOPPED = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED,
 
 
 # -- set-up ---------------------------------------------------------------------------------
-def _resampler_name(text: str) -> str:
-    """``--resampler``'s value as outputs record it: ``essentia-q1`` is ``essentia``."""
-    return "essentia" if text == "essentia-q1" else text
-
-
 def _enable_cache(disabled: bool) -> None:
     if disabled:
         return
@@ -883,18 +877,7 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
                              "or make one more patch of them, repeated")
     parser.add_argument("--pad", choices=("zero", "repeat"), default=None,
                         help="pad audio shorter than one patch (default: report it as too short)")
-    parser.add_argument("--resampler", choices=RESAMPLERS, type=_resampler_name,
-                        default="essentia",
-                        help="resampling to 16 kHz: Essentia's converter (default; in JAX from "
-                             "the usual rates of 22.05 kHz and above, within 1e-6 of it), "
-                             "libsamplerate itself (Essentia's samples to float32 rounding, "
-                             "slower), soxr as librosa/musicnn, or MonoLoader's resampleQuality=4 "
-                             "(essentia-q4, linear, as Essentia's model pages load audio; "
-                             "essentia-q1 is essentia)")
-    parser.add_argument("--decoder", choices=("essentia", "float"), default="essentia",
-                        help="MP3 and other compressed audio: as the essentia-tensorflow wheel "
-                             "decodes it (default: 16-bit, clipped) or FFmpeg's float decoders "
-                             "(as an Essentia built against a recent FFmpeg)")
+    add_reading_options(parser)
     parser.add_argument("--strict", action="store_true",
                         help="a damaged or truncated file is an error (default: a warning, and "
                              "'damaged' in table outputs)")
@@ -1003,7 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
                       help="at the end of the input: drop the frames after the last full patch, "
                            "or make one more patch of them, repeated")
-    live.add_argument("--resampler", choices=RESAMPLERS, type=_resampler_name,
+    live.add_argument("--resampler", choices=RESAMPLERS, type=canonical_resampler,
                       default="essentia",
                       help="resampling to 16 kHz (default: Essentia's converter; see tag --help)")
     live.add_argument("--resample-step", metavar="SAMPLES", type=whole_number(0), default=None,

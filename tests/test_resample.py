@@ -575,3 +575,16 @@ def test_device_tables_compile_nothing(caplog):
     assert table.dtype == slopes.dtype == np.float32
     _, control = compiled_programs(caplog, lambda: jax.numpy.asarray(np.zeros(13, np.float32)))
     assert control                     # the log does show such a program
+
+
+def test_a_closed_linear_interpolator_gives_no_more_samples():
+    """A second close() made the last call's samples again, a push after it more samples."""
+    from jaxmir.resample import essentia_ratio
+    from jaxmir.resample.linear import LinearInterpolator
+
+    x = np.random.default_rng(4).standard_normal(10_000).astype(np.float32)
+    interpolator = LinearInterpolator(essentia_ratio(44100, 16000), 4096)
+    made = np.concatenate([interpolator.push(x), interpolator.close()])
+    assert made.size > 3600 and interpolator.close().shape == (0,)
+    with pytest.raises(AudioError, match="push after close"):
+        interpolator.push(x)

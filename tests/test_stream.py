@@ -190,8 +190,8 @@ def test_short_signal_with_pad_and_without(musicnn):
         musicnn.predict(audio, 16000)
 
 
-@pytest.mark.parametrize("rate", [22050, 44100, 48000, 8000, 96000])
-@pytest.mark.parametrize("resampler", ["essentia", "samplerate", "soxr"])
+@pytest.mark.parametrize("rate", [22050, 44100, 48000, 8000, 96000, 16000])
+@pytest.mark.parametrize("resampler", ["essentia", "samplerate", "soxr", "essentia-q4"])
 def test_resampling_stage_equals_one_shot(rate, resampler):
     audio = signal_at(rate, 2.7, 1, seed=rate)
     want = prepare_audio(audio, rate, resampler=resampler)
@@ -201,6 +201,10 @@ def test_resampling_stage_equals_one_shot(rate, resampler):
     got = np.concatenate([stage.push(c) for c in chunks] + [stage.close()])
     # the same state machine as the one-shot call: identical samples and length
     np.testing.assert_array_equal(got, want)
+    # a second close gave essentia-q4's last samples again, a push after it more samples
+    assert stage.close().shape == (0,)
+    with pytest.raises(AudioError, match="push after close: this Resampling is closed"):
+        stage.push(audio[:100])
 
 
 def _held_in(obj, method: str):

@@ -1240,6 +1240,54 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
     assert model.labels == ("drums", "pads")
 
 
+def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch):
+    """train-head and its fine-tuning read every file with the default converter and decoder:
+    a head for Essentia's model pages (``MonoLoader(resampleQuality=4)``) learnt from other
+    embeddings than it is given there."""
+    import soundfile
+
+    from jaxmir import audio
+
+    monkeypatch.setenv("JAXMIR_NO_CACHE", "1")
+    rng = np.random.default_rng(3)
+    t = np.arange(int(3.5 * 44100)) / 44100
+    for kind, i in [(k, i) for k in ("tones", "noise") for i in range(2)]:
+        signal = np.sin(2 * np.pi * (220 + 110 * i) * t) if kind == "tones" else \
+            rng.standard_normal(t.size) * 0.3
+        (tmp_path / "data" / kind).mkdir(parents=True, exist_ok=True)
+        soundfile.write(tmp_path / "data" / kind / f"{i}.wav", 0.5 * signal, 44100)
+    read = []
+    load_audio = audio.load_audio
+
+    def spy(path, *args, **kwargs):
+        read.append((kwargs.get("resampler"), kwargs.get("decoder")))
+        return load_audio(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "load_audio", spy)
+    argv = ["train-head", str(tmp_path / "data"), "--output", str(tmp_path / "h"),
+            "--epochs", "2", "--finetune", "--finetune-steps", "1", "--cache",
+            str(tmp_path / "cache"), "--resampler", "essentia-q4", "--decoder", "float"]
+    assert jaxmir_cli.main(argv) == 0
+    assert len(read) == 8 and set(read) == {("essentia-q4", "float")}  # embeddings, fine-tuning
+    with pytest.raises(JaxmirError, match="'essentia-q2' .* is not reproduced"):
+        fit_head(tmp_path / "data", resampler="essentia-q2")
+    assert len(read) == 8  # refused before any file was read
+    model = jaxmir.load("msd-musicnn")
+    tap, _ = model.resolve_output("embeddings")
+    for path in sorted(str(p) for p in (tmp_path / "data").rglob("*.wav")):
+        key = embeddings.cache_key(embeddings.backbone_id("msd-musicnn"), tap, path,
+                                   resampler="essentia-q4", decoder="float")
+        cached = np.load(tmp_path / "cache" / f"{key}.npy")
+        q4 = load_audio(path, resampler="essentia-q4", decoder="float")
+        np.testing.assert_array_equal(cached, model.predict(q4, 16000, output="embeddings"))
+        default = model.predict(load_audio(path), 16000, output="embeddings")
+        assert np.max(np.abs(default - cached)) > 1e-3  # the converters' embeddings differ
+        assert key != embeddings.cache_key(embeddings.backbone_id("msd-musicnn"), tap, path)
+    # MonoLoader's default quality under its two names: one converter, one cache entry
+    assert embeddings.cache_key("bb", "layer", path, resampler="essentia-q1") == \
+        embeddings.cache_key("bb", "layer", path)
+
+
 def test_cli_refuses_plot_for_data_without_a_confusion_matrix(tmp_path, audio_set, capsys):
     """Multi-label and regression heads have no confusion matrix: --plot wrote nothing, silently,
     then with a warning after all the training."""
@@ -1587,7 +1635,8 @@ def _trained_result(train_targets=None):
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
     dataset = data.Dataset(("a.wav", "b.wav"), np.eye(2, dtype=np.float32), "single", AB)
     head = types.SimpleNamespace(task="single", params=params, activation="softmax")
-    return types.SimpleNamespace(dataset=dataset, train_targets=train_targets, head=head)
+    return types.SimpleNamespace(dataset=dataset, train_targets=train_targets, head=head,
+                                 resampler="essentia", decoder="essentia")
 
 
 def _without_fine_tuning(monkeypatch, model, result) -> None:
@@ -1595,7 +1644,8 @@ def _without_fine_tuning(monkeypatch, model, result) -> None:
     they came: what is left is how the files land."""
     from jaxmir.train import finetune
 
-    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: np.zeros(16000 * 4, np.float32))
+    monkeypatch.setattr("jaxmir.audio.load_audio",
+                        lambda path, **_: np.zeros(16000 * 4, np.float32))
     monkeypatch.setattr(finetune, "finetune",
                         lambda *args, **kwargs: (model.variables, result.head.params, None))
 
@@ -1637,7 +1687,7 @@ def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
     dataset, params = result.dataset, result.head.params
     signals = {"a.wav": np.sin(np.arange(16000 * 5) / 7.0).astype(np.float32) * 0.3,
                "b.wav": np.cos(np.arange(16000 * 4) / 3.0).astype(np.float32) * 0.2}
-    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path: signals[path])
+    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path, **_: signals[path])
     seen = {}
 
     def recorded(backbone, layer, patches, targets, *args, **kwargs):
@@ -1707,7 +1757,7 @@ def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch, tmp_path):
     paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(4))
     dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0] * 4 + [1] * 4], "single", AB)
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest: (
+    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
         [None if p == "a0.wav" else rng.standard_normal((2, 200)).astype(np.float32)
          for p in files], ["a0.wav: cannot be read"]))
     asked = []

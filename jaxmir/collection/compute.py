@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from jaxmir.audio import RESAMPLERS, read_mono
+from jaxmir.audio import read_mono
 from jaxmir.checks import is_whole, scalar_of
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
@@ -32,6 +32,7 @@ from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import Model, check_dtype
 from jaxmir.models.runner import call_step
 from jaxmir.patches import LAST_PATCH_MODES, PAD_MODES
+from jaxmir.resampler_names import RESAMPLERS, canonical_resampler
 from jaxmir.stream import (audio_to_outputs, check_batch, file_batch, file_stream,
                            initial_carry)
 
@@ -64,8 +65,7 @@ class Options:
     def __post_init__(self):
         object.__setattr__(self, "dtype", check_dtype(self.dtype))  # a name, as outputs record
         object.__setattr__(self, "patch_hop", scalar_of(self.patch_hop))
-        if self.resampler == "essentia-q1":  # one converter, one name in outputs' settings
-            object.__setattr__(self, "resampler", "essentia")
+        object.__setattr__(self, "resampler", canonical_resampler(self.resampler))
         if self.batch is not None:
             check_batch(self.batch)
         # refused here, once, rather than by every file of a run (and again by every rerun)

@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from jaxmir.errors import AudioError
 from jaxmir.resample.positions import positions
 
 BUFFER_FRAMES = 65_536
@@ -44,9 +45,13 @@ class LinearInterpolator:
         self.kept = np.zeros(0, np.float32)  # the samples from index self.first on
         self.first = 0
         self.n = 0
+        self.closed = False
 
     def push(self, x: np.ndarray) -> np.ndarray:
         """Float32 ``[k]`` outputs of the signal so far, given ``x`` ``[n]`` more of it."""
+        if self.closed:
+            raise AudioError("push after close: this LinearInterpolator is closed; create a new "
+                             "one")
         x = np.asarray(x, np.float32)
         self.kept = np.concatenate([self.kept, x])
         self.n += x.shape[0]
@@ -60,9 +65,11 @@ class LinearInterpolator:
         return values
 
     def close(self) -> np.ndarray:
-        """The last outputs, as the signal's last call (or calls) makes them."""
-        n = self.n
-        if n == 0:
+        """The last outputs, as the signal's last call (or calls) makes them (none after the
+        first call)."""
+        n, spent = self.n, self.closed
+        self.closed = True
+        if n == 0 or spent:
             return np.zeros(0, np.float32)
         c, f = self._outputs(n - 1)
         start = self.start if self.call_frames is not None else 0

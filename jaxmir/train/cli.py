@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from jaxmir.arguments import whole_number
+from jaxmir.arguments import add_reading_options, whole_number
 from jaxmir.train.smoothing import METHODS
 
 
@@ -80,6 +80,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default $JAXMIR_CACHE_DIR/embeddings or ~/.cache/jaxmir/embeddings)")
     parser.add_argument("--no-embedding-cache", action="store_true",
                         help="compute every embedding, and keep none on disk")
+    add_reading_options(parser)  # as the head will read audio where it is deployed
     parser.add_argument("--resume", metavar="HEAD", default=None,
                         help="a head (.pb/.npz) to start from")
     parser.add_argument("--finetune", action="store_true",
@@ -210,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
         with _warnings_as_lines():
             result = fit_head(args.data, args.backbone, args.layer,
                               None if args.finetune else args.output, folds=args.folds,
-                              config=config, smoothing=smoothing, cache=cache, resume=args.resume,
+                              config=config, smoothing=smoothing, cache=cache,
+                              resampler=args.resampler, decoder=args.decoder, resume=args.resume,
                               overwrite=args.overwrite, log=_say, progress=not args.no_progress,
                               with_head=None if args.finetune else with_head)
         if args.finetune:

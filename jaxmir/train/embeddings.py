@@ -26,6 +26,7 @@ from jaxmir import catalog, interrupts
 from jaxmir.atomic import write_atomically
 from jaxmir.collection.compute import error_message
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, ShortAudioError
+from jaxmir.resampler_names import canonical_resampler
 
 DEFAULT_CACHE = Path.home() / ".cache" / "jaxmir" / "embeddings"
 
@@ -42,10 +43,13 @@ def file_identity(path: str | os.PathLike) -> dict:
     return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def cache_key(backbone_id: str, layer: str, path: str | os.PathLike, kind: str = "embedding") -> str:
-    """A hex digest naming the cached features of ``path`` as this jaxmir computes them (an
-    upgrade or a fix of a decoder must not reuse features decoded before it)."""
+def cache_key(backbone_id: str, layer: str, path: str | os.PathLike, kind: str = "embedding",
+              resampler: str = "essentia", decoder: str = "essentia") -> str:
+    """A hex digest naming the cached features of ``path`` as this jaxmir computes them from the
+    audio read with ``resampler`` and ``decoder`` (an upgrade or a fix of a decoder must not
+    reuse features decoded before it)."""
     text = json.dumps({"kind": kind, "backbone": backbone_id, "layer": layer,
+                       "resampler": canonical_resampler(resampler), "decoder": decoder,
                        "code": computed_by(), **file_identity(path)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -161,12 +165,14 @@ def backbone_id(name_or_path: str) -> str:
     return str(name_or_path)
 
 
-def embed_file(model, layer: str) -> Callable[[str], np.ndarray]:
-    """``path -> [patches, features]``: ``model.predict`` at ``layer`` on the decoded file."""
+def embed_file(model, layer: str, resampler: str = "essentia",
+               decoder: str = "essentia") -> Callable[[str], np.ndarray]:
+    """``path -> [patches, features]``: ``model.predict`` at ``layer`` on the file read at 16 kHz
+    with ``resampler`` and ``decoder`` (:func:`jaxmir.load_audio`)."""
     from jaxmir.audio import load_audio
 
     def compute(path: str) -> np.ndarray:
-        audio = load_audio(path)
+        audio = load_audio(path, resampler=resampler, decoder=decoder)
         values = np.asarray(model.predict(audio, 16000, output=layer), np.float32)
         values = values.reshape(values.shape[0], -1)
         if not np.all(np.isfinite(values)):
@@ -178,7 +184,9 @@ def embed_file(model, layer: str) -> Callable[[str], np.ndarray]:
 
 def extract_embeddings(model, backbone: str, paths: Sequence[str], layer: str,
                        cache: str | os.PathLike | None | bool = True,
-                       progress: bool = False) -> tuple[list[np.ndarray | None], list[str]]:
+                       progress: bool = False, *, resampler: str = "essentia",
+                       decoder: str = "essentia"
+                       ) -> tuple[list[np.ndarray | None], list[str]]:
     """Per-patch embeddings ``[patches, features]`` of each file (``None`` for a failed file).
 
     Args:
@@ -187,9 +195,14 @@ def extract_embeddings(model, backbone: str, paths: Sequence[str], layer: str,
       paths: audio files.
       layer: the output name, e.g. ``model/dense/BiasAdd``.
       cache: a folder, ``True`` (:func:`cache_root`) or ``False``/``None`` (no cache).
+      progress: a progress bar.
+      resampler, decoder: how the files are read (:func:`jaxmir.load_audio`), as the head
+        will be deployed: ``resampler="essentia-q4"`` is ``MonoLoader(resampleQuality=4)``, as
+        Essentia's model pages load audio.
     """
     root = cache_root() if cache is True else (Path(cache) if cache else None)
     ident = backbone_id(backbone)
     tap, _ = model.resolve_output(layer)  # a name and its alias ('logits') are one entry
-    return cached(embed_file(model, layer), paths, lambda p: cache_key(ident, tap, p), root,
-                  progress)
+    return cached(embed_file(model, layer, resampler, decoder), paths,
+                  lambda p: cache_key(ident, tap, p, resampler=resampler, decoder=decoder),
+                  root, progress)

@@ -138,16 +138,18 @@ def backbone_output(output: str) -> Path:
     return export.beside(output, "-backbone.npz")
 
 
-def _spill_patches(model: Model, paths, spill) -> np.ndarray:
-    """Write each file's log-mel patches to ``spill`` (a binary file), file after file; return
-    the track of each patch, ``[n_patches]``. The patches of a whole dataset (72 KB each for
-    MusiCNN) live on disk, not in memory: training reads the batch it draws."""
+def _spill_patches(model: Model, paths, spill, resampler: str, decoder: str) -> np.ndarray:
+    """Write each file's log-mel patches to ``spill`` (a binary file), file after file, the
+    audio read with ``resampler`` and ``decoder``; return the track of each patch,
+    ``[n_patches]``. The patches of a whole dataset (72 KB each for MusiCNN) live on disk, not
+    in memory: training reads the batch it draws."""
     from jaxmir.audio import load_audio
 
     rows = []
     for index, path in enumerate(paths):
         interrupts.raise_if_received()
-        cut = audio_patches(model, load_audio(path), 16000)
+        audio = load_audio(path, resampler=resampler, decoder=decoder)
+        cut = audio_patches(model, audio, 16000)
         spill.write(np.ascontiguousarray(cut, np.float32).tobytes())
         rows.extend([index] * len(cut))
     spill.flush()
@@ -176,7 +178,8 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     folder = export.output_paths(output)[".pb"].parent
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=folder, prefix=".tmp-patches-") as spill:
-        rows = _spill_patches(model, result.dataset.paths, spill)
+        rows = _spill_patches(model, result.dataset.paths, spill, result.resampler,
+                              result.decoder)
         patches = np.memmap(spill, np.float32, "r", shape=(len(rows), *model.input_shape))
         targets = result.dataset.targets if result.train_targets is None else result.train_targets
         variables, head, _ = finetune(model, layer, patches, targets[rows],  # smoothed, with LDL

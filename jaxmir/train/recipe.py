@@ -44,6 +44,8 @@ class TrainResult:
     seconds_per_epoch: float
     train_targets: np.ndarray | None = None  # [tracks, C] the head learnt: smoothed, with LDL
     smoothing: SmoothingConfig = SmoothingConfig()  # as the head's targets were smoothed
+    resampler: str = "essentia"  # how the audio was read (jaxmir.load_audio)
+    decoder: str = "essentia"
 
     def __repr__(self) -> str:
         written = [str(path) for path in (self.paths or {}).values()]
@@ -145,6 +147,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
              folds: int = 0, config: TrainConfig = TrainConfig(),
              smoothing: SmoothingConfig = SmoothingConfig(),
              cache: bool | str | os.PathLike = True,
+             resampler: str = "essentia", decoder: str = "essentia",
              resume: str | os.PathLike | None = None, overwrite: bool = False,
              log: Callable[[str], None] | None = None, progress: bool = False,
              with_head: Callable[[CrossValidation | None, tuple[str, ...]], dict[Path, Path]]
@@ -161,6 +164,9 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
       config: training hyper-parameters (MTG's by default).
       smoothing: label distribution learning (single-label data only).
       cache: embedding cache folder, ``True`` for the default, ``False`` for none.
+      resampler, decoder: how the audio is read for the backbone (:func:`jaxmir.load_audio`),
+        as the head will be deployed: ``resampler="essentia-q4"`` is
+        ``MonoLoader(resampleQuality=4)``, as Essentia's model pages load audio.
       resume: a head (``.pb``/``.npz``) to start from.
       overwrite: replace existing output files.
       log: called with a line per cross-validation fold (``log=print``); the final head's
@@ -170,9 +176,12 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
         files it wrote that land with the head's (``{written: where it goes}``: a confusion
         picture).
     """
+    from jaxmir.audio import check_decoder, check_resampler
     from jaxmir.loading import load
 
     check_options(folds, smoothing)
+    check_resampler(resampler)
+    check_decoder(decoder)
     outputs = export.output_paths(output) if output is not None else {}
     if not overwrite:
         export.refuse_existing(outputs.values(), "train-head --overwrite, fit_head(overwrite=True)")
@@ -202,7 +211,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
         initial = check_resumed(export.params_from_model(resumed),
                                 head_width(model.spec.head[:keep + 1]), len(dataset.classes))
     tracks, failures = extract_embeddings(model, str(backbone), dataset.paths, layer, cache,
-                                          progress)
+                                          progress, resampler=resampler, decoder=decoder)
     features = None
     if smoothing.method != "none":
         kind = "summary" if smoothing.method == "knn" else "pooled"
@@ -249,7 +258,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
                                    overwrite, also=also)
     return TrainResult(head, dataset, failures, validation, paths,
                        float(np.median(epoch_seconds)) if epoch_seconds else float("nan"),
-                       train_targets, smoothing)
+                       train_targets, smoothing, resampler, decoder)
 
 
 def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | None,
