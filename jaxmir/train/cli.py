@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             from jaxmir.train.recipe import dataset_entry
 
             entry = dataset_entry(str(args.data), result.dataset, result.cross_validation,
-                                  args.folds, result.smoothing)
+                                  args.folds, result.smoothing, result.resampler, result.decoder)
             steps = FinetuneConfig.steps if args.finetune_steps is None else args.finetune_steps
             result.paths = finetune_and_export(
                 result, args.backbone, args.layer, args.output, steps, args.seed, args.overwrite,

@@ -20,10 +20,12 @@ from jaxmir.compose import embedding_layer
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.labels import placeholder_labels
 from jaxmir.model import Model
+from jaxmir.resampler_names import canonical_resampler
 from jaxmir.spec import Activation, head_width
 from jaxmir.train import export
 from jaxmir.train.data import ACTIVATION, Dataset, check_classes, load_dataset
-from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
+from jaxmir.train.embeddings import (cache_key, cache_root, cached, check_reading,
+                                     extract_embeddings)
 from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, check_folds, check_resumed,
                               cross_validate, steady_seconds, train_head)
 from jaxmir.train.smoothing import (METHODS, SmoothingConfig, as_learnt, check_class_sizes,
@@ -176,12 +178,10 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
         files it wrote that land with the head's (``{written: where it goes}``: a confusion
         picture).
     """
-    from jaxmir.audio import check_decoder, check_resampler
     from jaxmir.loading import load
 
     check_options(folds, smoothing)
-    check_resampler(resampler)
-    check_decoder(decoder)
+    check_reading(resampler, decoder)
     outputs = export.output_paths(output) if output is not None else {}
     if not overwrite:
         export.refuse_existing(outputs.values(), "train-head --overwrite, fit_head(overwrite=True)")
@@ -254,7 +254,8 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
         also = with_head(validation, dataset.classes) if with_head is not None else None
         paths = export.export_head(head.params, head.activation, dataset.classes, output,
                                    str(backbone), model.input_shape, model.node_name(layer) or layer,
-                                   dataset_entry(where, dataset, validation, folds, smoothing),
+                                   dataset_entry(where, dataset, validation, folds, smoothing,
+                                                 resampler, decoder),
                                    overwrite, also=also)
     return TrainResult(head, dataset, failures, validation, paths,
                        float(np.median(epoch_seconds)) if epoch_seconds else float("nan"),
@@ -262,10 +263,13 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
 
 
 def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | None,
-                  folds: int, smoothing: SmoothingConfig = SmoothingConfig()) -> dict:
-    """The JSON's ``dataset``: name, size, the cross-validation figures if any, and the label
-    smoothing the head learnt with (its targets, not the dataset's labels)."""
-    entry = {"name": Path(where).name or where, "size": f"{len(dataset)} tracks"}
+                  folds: int, smoothing: SmoothingConfig = SmoothingConfig(),
+                  resampler: str = "essentia", decoder: str = "essentia") -> dict:
+    """The JSON's ``dataset``: name, size, how the audio was read for the backbone (the
+    head is to be deployed on embeddings of audio read so), the cross-validation figures if
+    any, and the label smoothing the head learnt with (its targets, not the dataset's labels)."""
+    entry = {"name": Path(where).name or where, "size": f"{len(dataset)} tracks",
+             "audio": {"resampler": canonical_resampler(resampler), "decoder": decoder}}
     if smoothing.method != "none":
         entry["label_smoothing"] = {"method": smoothing.method, "k": smoothing.k}
         if smoothing.method == "lmnn":
