@@ -1880,6 +1880,31 @@ def test_a_table_rewritten_on_resume_keeps_its_permissions(music, model, tmp_pat
         assert "run the same command again" not in str(refused.value)
 
 
+def test_a_file_written_whole_has_open_s_mode_and_a_failed_write_leaves_no_temporary(tmp_path):
+    """mkstemp makes its files 0600: a new output gets the mode open() gives (0666 less the
+    umask). A write that fails (a full disk, Ctrl-C) leaves the target as it was and no
+    temporary file beside it."""
+    from jaxmir import atomic
+
+    umask = os.umask(0o027)
+    try:
+        atomic.write_atomically(tmp_path / "new.csv", lambda handle: handle.write(b"whole"))
+        (tmp_path / "opened.csv").write_bytes(b"whole")
+    finally:
+        os.umask(umask)
+    modes = {stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("new.csv", "opened.csv")}
+    assert modes == {0o640}
+
+    def fails(handle):
+        handle.write(b"part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic.write_atomically(tmp_path / "new.csv", fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.csv", "opened.csv"]
+    assert (tmp_path / "new.csv").read_bytes() == b"whole"
+
+
 def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch):
     """Where the owner could not be given back (not root), the group went too, with the mode:
     a shared folder's 0664 table, rewritten by another member of its group, became 0644 and
@@ -1907,16 +1932,21 @@ def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch)
 
     monkeypatch.setattr(atomic.os, "fstat", fstat)
     monkeypatch.setattr(atomic.os, "fchown", fchown)
-    # not wider; the group it gets instead (a setgid folder's) and others have what both had
-    # (0606: the old group, now others, could read it); no set-user-ID for another owner
-    for refused, before, mode in ((False, 0o4664, 0o664), (True, 0o640, 0o600),
-                                  (True, 0o644, 0o644 & atomic.new_file_mode()),
-                                  (True, 0o606, 0o606 & atomic.new_file_mode() & ~0o006)):
-        target.chmod(before)
-        atomic.write_atomically(target, lambda handle: handle.write(b"new"))
-        assert stat.S_IMODE(target.stat().st_mode) == mode and target.read_text() == "new"
+    # not wider than a new file's (0644 under the umask 022 set here: 0666 was kept); the
+    # group it gets instead (a setgid folder's) and others have what both had (0606: the old
+    # group, now others, could read it); no set-user-ID for another owner
+    umask = os.umask(0o022)
+    try:
+        for refused, before, mode in ((False, 0o4664, 0o664), (True, 0o640, 0o600),
+                                      (True, 0o644, 0o644), (True, 0o666, 0o644),
+                                      (True, 0o606, 0o600)):
+            target.chmod(before)
+            atomic.write_atomically(target, lambda handle: handle.write(b"new"))
+            assert stat.S_IMODE(target.stat().st_mode) == mode and target.read_text() == "new"
+    finally:
+        os.umask(umask)
     gid = target.stat().st_gid
-    assert calls == [(os.getuid(), gid), (-1, gid)] * 4
+    assert calls == [(os.getuid(), gid), (-1, gid)] * 5
     monkeypatch.undo()
     if os.geteuid() == 0:  # a setgid folder gives the new file its group: given back (as root)
         shared = tmp_path / "shared"
@@ -2441,6 +2471,10 @@ def test_a_file_that_cannot_be_read_on_a_rerun_keeps_its_row(music, model, tmp_p
     listing.write_text("disk/a.wav\ndisk/b.wav\ndisk/gone.wav\n")
     tally = collect(model, f"@{listing}", output, progress=False)
     assert (tally.failed, tally.skipped) == (1, 2)
+    # and on the next rerun its error row goes as it fails again: one row, not one a run
+    tally = collect(model, f"@{listing}", output, progress=False)
+    assert (tally.failed, tally.skipped) == (1, 2)
+    assert [row[1] for row in _read_rows(output) if row[0].endswith("gone.wav")] == ["error"]
 
 
 def _read_rows(output: Path) -> list:

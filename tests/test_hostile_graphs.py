@@ -416,6 +416,26 @@ def test_a_variance_below_zero_but_above_minus_epsilon_loads_as_tensorflow_runs_
         "predictions"])).all()
 
 
+def test_batch_norms_of_other_epsilons_than_the_input_s_load_as_tensorflow_runs_them(tmp_path):
+    """The model keeps one epsilon, the input batch norm's, and moves each other batch norm's
+    difference from it into its variance: a graph whose layers use other epsilons than its
+    input's computes as TensorFlow computes it."""
+    source = shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb")
+    graph = GraphDefProto.FromString(source.read_bytes())
+    edited = [n for n in graph.node
+              if n.op.startswith("FusedBatchNorm") and "batch_normalization_1/" in n.name]
+    assert edited
+    for node in edited:
+        node.attr["epsilon"].f = 0.5
+    path = write(tmp_path, "epsilons", graph)
+    patches = np.random.default_rng(4).standard_normal((2, 187, 96)).astype(np.float32)
+    feeds, outputs = {"model/Placeholder:0": patches}, ["model/Sigmoid:0"]
+    reference = run_tf(path, feeds, outputs)[0]
+    assert np.max(np.abs(reference - run_tf(source, feeds, outputs)[0])) > 1e-3  # it matters
+    found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
+
+
 @pytest.mark.parametrize("pool, band, window", [
     ("model/max_pooling2d/MaxPool", 2, 58),    # timbral 7x38: 59 bands, one short
     ("model/max_pooling2d_2/MaxPool", 2, 64),  # temporal: 96 bands

@@ -7,6 +7,7 @@ step on the true signal: ``frontends.*_logmel`` -> ``patches.make_patches`` ->
 
 from __future__ import annotations
 
+import subprocess
 import warnings
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import shared_fixture, traced_peak
+from conftest import child_env, essentia_python, shared_fixture, traced_peak
 from jaxmir import frontends, pipeline
 from jaxmir.models import runner
 from jaxmir.audio import prepare_audio
@@ -61,6 +62,31 @@ def test_bucketed_equals_unpadded(musicnn, n_samples):
     want = stepwise(musicnn, audio)
     assert got.shape == want.shape == (essentia_patch_count(n_samples), 50)
     np.testing.assert_allclose(got, want, rtol=0, atol=SAME)
+
+
+@pytest.mark.parametrize("n_samples, hop", [(95_600, 187), (95_300, 187), (16000 * 4, 93),
+                                            (30_000, 93)])
+def test_last_patch_repeat_is_essentias(tmp_path, n_samples, hop):
+    """``lastPatchMode="repeat"``: one more patch of the frames left after the last full
+    patch's hop, repeated, if any are left (95,600 samples, 375 frames, non-overlapping
+    patches: one frame is left; 95,300: none; fewer frames than a patch: one patch). Measured
+    against Essentia's ``TensorflowPredictMusiCNN`` on the same graph and samples: float32
+    sums in another order, ~1e-7 on probabilities."""
+    graph = shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb")
+    audio = noise(n_samples, seed=n_samples)
+    np.save(tmp_path / "audio.npy", audio)
+    script = ("import sys, numpy as np, essentia.standard as es\n"
+              "predict = es.TensorflowPredictMusiCNN(graphFilename=sys.argv[1], "
+              "output='model/Sigmoid', patchHopSize=int(sys.argv[3]), lastPatchMode='repeat')\n"
+              "np.save(sys.argv[2] + '.out.npy', predict(np.load(sys.argv[2] + '.npy')))\n")
+    subprocess.run([essentia_python(), "-c", script, str(graph), str(tmp_path / "audio"), str(hop)],
+                   check=True, capture_output=True, env=child_env())
+    theirs = np.load(tmp_path / "audio.out.npy")
+    model = jaxmir.load(graph)
+    for given in (audio, jnp.asarray(audio)):  # the stream engine; the patches of a JAX array
+        ours = np.asarray(model.predict(given, SR, patch_hop=hop, last_patch="repeat"))
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
 
 
 def test_bucket_padding_is_really_there(musicnn):

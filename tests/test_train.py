@@ -714,6 +714,28 @@ def test_a_batch_larger_than_the_patches_is_not_padded(monkeypatch):
     assert sizes and max(sizes) < patches  # the training part of them, in one batch
 
 
+def test_an_epoch_s_last_batch_trains_on_its_patches_alone(monkeypatch):
+    """The last batch of an epoch is padded to the batch's shape (one compiled step); MTG's
+    loop trains it shorter. Each padded step must equal the step on its real patches alone."""
+    tracks, targets = blobs(n_per_class=4)
+    step, padded = fit.train_step, []
+
+    def compared(task, decay, params, state, x, y, w):
+        got = step(task, decay, params, state, x, y, w)
+        if not np.all(w):
+            padded.append(w.size)
+            real = w > 0
+            alone = step(task, decay, params, state, x[real], y[real], w[real])
+            np.testing.assert_allclose(got[2], alone[2], rtol=1e-6)  # the cost
+            for a, b in zip(jax.tree.leaves(got[0]), jax.tree.leaves(alone[0])):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # the step taken
+        return got
+
+    monkeypatch.setattr(fit, "train_step", compared)
+    fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=2, batch_size=7))
+    assert padded  # the case was met
+
+
 def test_an_interrupt_that_a_library_swallowed_stops_after_the_epoch():
     """Ctrl-C landing in JAX's garbage-collection callback was printed as 'Exception ignored'
     and lost: train-head ran all its epochs, wrote the head and exited 0."""
@@ -907,8 +929,8 @@ def test_metrics_match_scikit_learn():
     y, p = y * [[40.0, 0.2]] + [[100.0, 0.5]], p * [[40.0, 0.2]] + [[100.0, 0.5]]
     assert metrics.evaluate("regression", y, p)["rmse"] == pytest.approx(
         sk.root_mean_squared_error(y, p))
-    # multi-label soft targets (probabilities): positive from 0.5 (0.3 counted as positive)
-    soft, scores = rng.choice([0.0, 0.3, 0.7, 1.0], (40, 3)), rng.random((40, 3))
+    # multi-label soft targets (probabilities): positive from 0.5 on (0.3 was counted as one)
+    soft, scores = rng.choice([0.0, 0.3, 0.5, 0.7, 1.0], (40, 3)), rng.random((40, 3))
     found = metrics.evaluate("multi", soft, scores)
     assert found["roc_auc"] == pytest.approx(sk.roc_auc_score(soft >= 0.5, scores, average="macro"))
     assert found["pr_auc"] == pytest.approx(
@@ -1269,10 +1291,15 @@ def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch)
             str(tmp_path / "cache"), "--resampler", "essentia-q4", "--decoder", "float"]
     assert jaxmir_cli.main(argv) == 0
     assert len(read) == 8 and set(read) == {("essentia-q4", "float")}  # embeddings, fine-tuning
+    dataset = json.loads((tmp_path / "h.json").read_text())["dataset"]
+    assert dataset["audio"] == {"resampler": "essentia-q4", "decoder": "float"}  # to deploy so
+    model = jaxmir.load("msd-musicnn")
     with pytest.raises(JaxmirError, match="'essentia-q2' .* is not reproduced"):
         fit_head(tmp_path / "data", resampler="essentia-q2")
+    with pytest.raises(JaxmirError, match="unknown decoder 'x'"):  # not one failure a file
+        embeddings.extract_embeddings(model, "msd-musicnn", [str(next(
+            (tmp_path / "data").rglob("*.wav")))], "embeddings", False, decoder="x")
     assert len(read) == 8  # refused before any file was read
-    model = jaxmir.load("msd-musicnn")
     tap, _ = model.resolve_output("embeddings")
     for path in sorted(str(p) for p in (tmp_path / "data").rglob("*.wav")):
         key = embeddings.cache_key(embeddings.backbone_id("msd-musicnn"), tap, path,
@@ -1852,6 +1879,20 @@ def test_the_class_size_refusal_counts_in_words():
     with pytest.raises(InputError, match=r"with 2, at least 1 of a track's 2 neighbours is other "
                                          r"classes'"):
         check_class_sizes(targets, AB, SmoothingConfig("knn", k=2))
+
+
+@pytest.mark.parametrize("count, folds", [(13, 3), (12, 3), (10, 4), (7, 2)])
+def test_the_class_size_refusal_counts_the_smallest_training_split_the_folds_make(count, folds):
+    """With folds the refusal counts the class's tracks in a fold's training split: the
+    smallest one fold_indices makes (13 tracks in 3 folds: one fold tests 5, leaving 8)."""
+    from jaxmir.train.smoothing import check_class_sizes
+
+    targets = np.eye(2)[[0] * count + [1] * 40]
+    smallest = min(count - np.sum(test < count)
+                   for seed in range(5) for test in fit.fold_indices(targets, "single", folds, seed))
+    with pytest.raises(InputError, match=f"has {smallest} in some fold's training split"):
+        check_class_sizes(targets, AB, SmoothingConfig("knn", k=smallest), folds)
+    check_class_sizes(targets, AB, SmoothingConfig("knn", k=smallest - 1), folds)
 
 
 def test_a_stop_during_fine_tuning_waits_for_the_step_in_flight(monkeypatch):

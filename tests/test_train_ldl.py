@@ -125,6 +125,21 @@ def test_knn_smoothing_uses_original_labels_of_others():
     np.testing.assert_array_equal(smoothing.knn_smooth(clustered, onehot, 5), onehot)
 
 
+def test_smoothing_measures_distances_between_standardised_features():
+    """Features are z-scored over the training tracks before the distances (scikit-learn's
+    StandardScaler as the reference): MFCC 0, in the tens, would otherwise choose the
+    neighbours alone."""
+    StandardScaler = require("sklearn.preprocessing").StandardScaler
+    rng = np.random.default_rng(2)
+    features = rng.standard_normal((40, 6)) * [60.0, 1, 1, 1, 1, 1] + [-300.0, 5, 0, 0, 0, 0]
+    targets = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    config = smoothing.SmoothingConfig("knn", k=5)
+    got = smoothing.smooth_labels(features, targets, config)
+    want = smoothing.knn_smooth(StandardScaler().fit_transform(features), targets, 5)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, smoothing.knn_smooth(features, targets, 5))  # the case is met
+
+
 def test_smoother_sees_only_training_tracks(wine):
     x, y = wine
     targets = np.eye(3, dtype=np.float32)[y]
