@@ -97,12 +97,15 @@ def _error(message: str) -> None:
         pass
 
 
-def _load_model(name: str | None, backbone: str | None = None, audio: bool = True):
+def _load_model(name: str | None, backbone: str | None = None, audio: bool = True,
+                reading: tuple[str, str | None] | None = None):
     """``(model, backbone)``: the model to run, an embedding head joined to ``backbone`` or to the
-    one its JSON names; and that backbone (``None`` for a model that runs on audio by itself)."""
+    one its JSON names; and that backbone (``None`` for a model that runs on audio by itself).
+    ``reading``: the run's resampler and decoder, of which a head trained on audio read
+    otherwise warns."""
     import jaxmir
     from jaxmir.loading import (backbone_name, backbone_of, on_backbone, shipped_as,
-                                trained_on_file)
+                                trained_on_file, warn_of_another_reading)
 
     if backbone == "":  # an unset $BACKBONE: it was ignored, or the head's own taken
         raise jaxmir.InputError("--backbone '' names no model; give a shipped name or the path "
@@ -113,6 +116,8 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
             raise jaxmir.InputError(f"--backbone is for embedding heads; {model.name} is a "
                                     f"{model.architecture} model that runs on audio by itself")
         return model, None
+    if reading is not None:
+        warn_of_another_reading(model, *reading)
     if backbone is None and audio:
         backbone = backbone_of(model)
         if backbone:  # the usual way to run a head: a note, not a warning
@@ -517,7 +522,8 @@ def cmd_tag(args) -> int:
         json_file = str(args.output or "").lower().endswith(".json")
         args.format = "json" if json_file else "text"
     # a collection records (and Ray's actors load) the backbone found as if it were given
-    model, args.backbone = _load_model(args.model, args.backbone)
+    model, args.backbone = _load_model(args.model, args.backbone,
+                                       reading=(args.resampler, args.decoder))
     frontend = pipeline.frontend_of(model)  # a model that does not take audio fails here, once
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     _warn_ignored(args, is_collection(args, "tag"), gives_values(model))
@@ -566,7 +572,8 @@ def cmd_embed(args) -> int:
     from jaxmir import pipeline
     from jaxmir.collection import commands as collection
 
-    model, args.backbone = _load_model(args.model, args.backbone)
+    model, args.backbone = _load_model(args.model, args.backbone,
+                                       reading=(args.resampler, args.decoder))
     pipeline.frontend_of(model)
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     model.resolve_output(args.layer)  # an unknown name fails here, once, listing the names
@@ -611,7 +618,8 @@ def _stream_command(args, interrupted: dict) -> int:
         raise OptionError(f"--resample-step {args.resample_step} is more than {MAX_MIN_OUTPUTS} "
                           "samples (65 s at 16 kHz): the stream would hold that much audio before "
                           "its patches")
-    model = _load_model(args.model, args.backbone)[0].astype(dtype_of(args))
+    model = _load_model(args.model, args.backbone,
+                        reading=(args.resampler, None))[0].astype(dtype_of(args))
     hop = patch_hop_of(model, args.overlap, args.patch_hop)
     output = args.layer
     model.resolve_output(output)

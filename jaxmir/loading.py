@@ -15,6 +15,7 @@ from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGrap
 from jaxmir.labels import check_label_text, label_list, read_as_utf8
 from jaxmir.model import Model
 from jaxmir.models import damaged_variable, variable_mismatches
+from jaxmir.resampler_names import canonical_resampler
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
 
 
@@ -268,6 +269,35 @@ def _unversioned(name: str) -> str:
     """A model's name without Essentia's version suffix: ``msd-musicnn-1`` -> ``msd-musicnn``."""
     stem, _, version = name.rpartition("-")
     return stem if stem and version.isdigit() else name
+
+
+def trained_reading(head: Model) -> dict | None:
+    """How the audio of the embeddings ``head`` was trained on was read (``{"resampler": ...,
+    "decoder": ...}``, as ``jaxmir train-head`` records it in ``dataset.audio``), or ``None``
+    where its metadata does not say."""
+    for section in (head.metadata, head.metadata.get("provenance")):  # .pb's JSON; .npz's
+        dataset = section.get("dataset") if isinstance(section, dict) else None
+        audio = dataset.get("audio") if isinstance(dataset, dict) else None
+        if isinstance(audio, dict):
+            return audio
+    return None
+
+
+def warn_of_another_reading(head: Model, resampler: str, decoder: str | None) -> None:
+    """Warn when files are read for ``head`` with another resampler or decoder (``None``: not
+    read by one) than the audio it was trained on (:func:`trained_reading`): the embeddings,
+    and so its outputs, differ from those it learnt from (a tester's q4 head: up to 0.2)."""
+    trained = trained_reading(head) or {}
+    now = {"resampler": canonical_resampler(resampler), "decoder": decoder}
+    other = [key for key in ("resampler", "decoder")
+             if now[key] is not None and key in trained and trained[key] != now[key]]
+    if other:
+        then = ", ".join(f"--{key} {trained[key]}" for key in other)
+        warnings.warn(f"{head.name} was trained on audio read with {then} (its metadata's "
+                      f"dataset.audio), this run reads with "
+                      + ", ".join(f"--{key} {now[key]}" for key in other)
+                      + f": its outputs differ from those it learnt from; pass {then}",
+                      JaxmirWarning, stacklevel=3)
 
 
 def warn_of_another_backbone(head: Model, backbone: Model) -> None:

@@ -1262,7 +1262,7 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
     assert model.labels == ("drums", "pads")
 
 
-def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch):
+def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch, capsys):
     """train-head and its fine-tuning read every file with the default converter and decoder:
     a head for Essentia's model pages (``MonoLoader(resampleQuality=4)``) learnt from other
     embeddings than it is given there."""
@@ -1293,6 +1293,15 @@ def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch)
     assert len(read) == 8 and set(read) == {("essentia-q4", "float")}  # embeddings, fine-tuning
     dataset = json.loads((tmp_path / "h.json").read_text())["dataset"]
     assert dataset["audio"] == {"resampler": "essentia-q4", "decoder": "float"}  # to deploy so
+    song = str(next((tmp_path / "data").rglob("*.wav")))
+    for head in ("h.pb", "h.npz"):  # tagging with another reading is warned of, once
+        capsys.readouterr()
+        assert jaxmir_cli.main(["tag", song, "--model", str(tmp_path / head)]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "dataset.audio" in line]
+        assert len(said) == 1 and "read with --resampler essentia-q4, --decoder float" in said[0]
+        assert jaxmir_cli.main(["tag", song, "--model", str(tmp_path / head), "--resampler",
+                                "essentia-q4", "--decoder", "float"]) == 0
+        assert "dataset.audio" not in capsys.readouterr().err
     model = jaxmir.load("msd-musicnn")
     with pytest.raises(JaxmirError, match="'essentia-q2' .* is not reproduced"):
         fit_head(tmp_path / "data", resampler="essentia-q2")
