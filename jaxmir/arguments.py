@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from jaxmir.resampler_names import RESAMPLERS, canonical_resampler
-
-DECODE_MODES = ("essentia", "float")  # jaxmir.decode.MODES, spelt here: parsers import no NumPy
+from jaxmir.audio_choices import DECODE_MODES, RESAMPLERS, canonical_resampler
 
 
 def whole_number(least: int, most: int | None = None) -> Callable[[str], int]:

@@ -38,18 +38,19 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from jaxmir.checks import MAX_RATE, MIN_RATE, check_rate, is_floating
-from jaxmir.decode import MODES, DamagedAudioWarning, iter_blocks, missing_reason
+from jaxmir.decode import DamagedAudioWarning, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError, NoSamplesError
 from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
 from jaxmir.resample.linear import LinearInterpolator
-from jaxmir.resampler_names import QUALITY_CONVERTERS, RESAMPLERS, canonical_resampler
+from jaxmir.audio_choices import (DECODE_MODES, QUALITY_CONVERTERS, RESAMPLERS,
+                                  canonical_resampler)
 # The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
 # of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
 # a margin of 1e4 and still takes integer PCM values given as floats (int32: 2.1e9).
 MAX_PEAK = 1e12
-DECODERS = (*MODES, "soundfile")
+DECODERS = (*DECODE_MODES, "soundfile")
 _ACCEPTED = ("WAV, FLAC, OGG/Vorbis or MP3 (anything FFmpeg decodes), mono or stereo, "
              f"{MIN_RATE}-{MAX_RATE} Hz")
 
@@ -78,11 +79,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, resampler: str
         damaged or truncated file; the message names the file.
       InputError: ``strict=True`` with ``decoder="soundfile"``, which reports no damage.
     """
-    check_resampler(resampler)
-    check_decoder(decoder)
-    if strict and decoder not in MODES:  # libsndfile reports no damage to be strict about
-        raise InputError(f"strict=True applies to FFmpeg's decoders ({', '.join(MODES)}), not "
-                         f"to decoder={decoder!r}")
+    check_reading(resampler, decoder)
+    if strict and decoder not in DECODE_MODES:  # libsndfile reports no damage to be strict about
+        raise InputError(f"strict=True applies to FFmpeg's decoders "
+                         f"({', '.join(DECODE_MODES)}), not to decoder={decoder!r}")
     target = check_rate(sample_rate, "requested sample_rate")
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise AudioError(f"load_audio takes a file's path; got {type(path).__name__} (samples "
@@ -112,7 +112,7 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
     (:class:`jaxmir.decode.DamagedAudioWarning`): threads cannot record warnings apart.
     """
     problem = None
-    if decoder not in MODES:
+    if decoder not in DECODE_MODES:
         data, native = _read_soundfile(path)
         decoded, audio = data.shape[0], _to_mono_16k(data, native, target, resampler, path)
     else:
@@ -247,8 +247,10 @@ def check_resampler(resampler) -> None:
                          + ", ".join(repr(r) for r in RESAMPLERS))
 
 
-def check_decoder(decoder) -> None:
-    """:class:`AudioError` unless ``decoder`` is one of :data:`DECODERS`."""
+def check_reading(resampler: str, decoder: str) -> None:
+    """:class:`AudioError` unless ``resampler`` is one of :data:`RESAMPLERS` and ``decoder`` one
+    of :data:`DECODERS`: for a check before any file is read."""
+    check_resampler(resampler)
     if decoder not in DECODERS:
         raise AudioError(f"unknown decoder {decoder!r}; accepted: "
                          + ", ".join(repr(d) for d in DECODERS))
@@ -479,7 +481,8 @@ class Resampling:
     outputs a push waits for before the kernels run (0: as soon as they are final; ``None``:
     :data:`~jaxmir.resample.MIN_OUTPUTS`). libsamplerate and soxr run at every push, so a
     ``min_outputs`` given with ``resampler="samplerate"`` or ``"soxr"`` is refused
-    (:class:`~jaxmir.errors.InputError`) rather than ignored.
+    (:class:`~jaxmir.errors.InputError`) rather than ignored. ``closed``: whether :meth:`close`
+    was called (a push after it is refused).
     """
 
     # libsamplerate copies a call's input into its own buffer as far as its output
@@ -511,7 +514,7 @@ class Resampling:
             self.held = math.ceil(out_rate / in_rate * (half + 1)) + 2
         self._withheld = np.zeros(0, np.float32)
         self._given = 0
-        self._closed = False
+        self.closed = False
         if in_rate == out_rate:
             self._state = None
         elif self.kind == "jax":
@@ -567,7 +570,7 @@ class Resampling:
     def push(self, x: np.ndarray) -> np.ndarray:
         """The output samples that ``x`` (``[n]`` float32 at the input rate) completes; some are
         held back until the next push or :meth:`close`."""
-        if self._closed:  # the converters' states are spent: a push would give wrong samples
+        if self.closed:  # the converters' states are spent: a push would give wrong samples
             raise AudioError("push after close: this Resampling is closed; create a new one")
         self.n_in += x.shape[0]
         if self._state is None:
@@ -587,9 +590,9 @@ class Resampling:
     def close(self) -> np.ndarray:
         """The output samples left at the end of the input (float32 ``[n]``; none after the
         first call)."""
-        if self._closed:
+        if self.closed:
             return np.zeros(0, np.float32)
-        self._closed = True
+        self.closed = True
         if self._state is None:
             return np.zeros(0, np.float32)
         if self.kind == "linear":  # it holds back no sample: its calls end the signal

@@ -43,7 +43,7 @@ from jaxmir.console import (StandardOutputError, columns, printable, utf8_text, 
                             write_whole_line)
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
-from jaxmir.resampler_names import RESAMPLERS, canonical_resampler
+from jaxmir.audio_choices import RESAMPLERS, canonical_resampler
 
 if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
     from jaxmir.pcm import ByteReader
@@ -115,9 +115,9 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
         if backbone:
             raise jaxmir.InputError(f"--backbone is for embedding heads; {model.name} is a "
                                     f"{model.architecture} model that runs on audio by itself")
+        if reading is not None:  # a fine-tuned backbone records its training audio's reading
+            warn_of_another_reading(model, *reading)
         return model, None
-    if reading is not None:
-        warn_of_another_reading(model, *reading)
     if backbone is None and audio:
         backbone = backbone_of(model)
         if backbone:  # the usual way to run a head: a note, not a warning
@@ -135,6 +135,8 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
                 f"{model.source} is an embedding head whose metadata names the backbone "
                 f"'{named[:200]}', which is neither beside it ({named[:200]}.npz or .pb) nor a "
                 "shipped model; put it there, or give it with --backbone NAME|PATH")
+    if reading is not None:
+        warn_of_another_reading(model, *reading)
     return (on_backbone(model, backbone) if backbone else model), backbone
 
 
@@ -838,7 +840,7 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
-    from jaxmir.loading import backbone_name, backbone_of, trained_on_file
+    from jaxmir.loading import backbone_name, backbone_of, trained_on_file, trained_reading
 
     model = _load_model(args.model, args.backbone, audio=False)[0]
     text = model.describe()
@@ -847,6 +849,9 @@ def cmd_info(args) -> int:
         text += (f"\nbackbone (its metadata's): {named}" + (
             f", found: {found} (jaxmir info --backbone {found} describes both)" if found
             else ", not found beside it" + ("" if trained_on_file(model) else " nor shipped")))
+    if reading := trained_reading(model):
+        text += "\ntrained on audio read with " + " ".join(f"--{key} {value}"
+                                                           for key, value in reading.items())
     _emit(text + "\n", None)
     return EXIT_OK
 

@@ -67,11 +67,11 @@ import numpy as np
 
 from jaxmir import ogg
 from jaxmir.checks import is_whole
+from jaxmir.audio_choices import DECODE_MODES
 from jaxmir.errors import AudioError, JaxmirWarning
 from jaxmir.pcm import (CHUNKS_AFTER_DATA, UNKNOWN_DATA_SIZES, WIDE_HEADS, WavHeader, decode_pcm,
                         frame_bytes, parse_wav_header)
 
-MODES = ("essentia", "float")
 ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
 # The extensions a folder's walk keeps, and that `jaxmir info` knows for audio, not a graph.
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif",
@@ -145,8 +145,9 @@ class AudioBlocks:
 
     def __init__(self, path: str | os.PathLike, block_frames: int = 65536, mode: str = "essentia",
                  strict: bool = False, warn: bool = True):
-        if mode not in MODES:
-            raise AudioError(f"unknown decoder {mode!r}; accepted: " + ", ".join(repr(m) for m in MODES))
+        if mode not in DECODE_MODES:
+            raise AudioError(f"unknown decoder {mode!r}; accepted: "
+                             + ", ".join(repr(m) for m in DECODE_MODES))
         if not is_whole(block_frames, 1):
             raise AudioError(f"block_frames {block_frames!r} must be a positive whole number of frames")
         self.path = os.fspath(path)

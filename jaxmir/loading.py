@@ -15,7 +15,7 @@ from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGrap
 from jaxmir.labels import check_label_text, label_list, read_as_utf8
 from jaxmir.model import Model
 from jaxmir.models import damaged_variable, variable_mismatches
-from jaxmir.resampler_names import canonical_resampler
+from jaxmir.audio_choices import DECODE_MODES, RESAMPLERS, canonical_resampler
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
 
 
@@ -271,33 +271,40 @@ def _unversioned(name: str) -> str:
     return stem if stem and version.isdigit() else name
 
 
-def trained_reading(head: Model) -> dict | None:
-    """How the audio of the embeddings ``head`` was trained on was read (``{"resampler": ...,
-    "decoder": ...}``, as ``jaxmir train-head`` records it in ``dataset.audio``), or ``None``
-    where its metadata does not say."""
-    for section in (head.metadata, head.metadata.get("provenance")):  # .pb's JSON; .npz's
+def trained_reading(model: Model) -> dict[str, str]:
+    """How the audio ``model`` was trained on was read: ``{"resampler": ..., "decoder": ...}``
+    as ``jaxmir train-head`` records it in ``dataset.audio`` (a head's JSON, a head's or a
+    fine-tuned backbone's ``.npz`` provenance), the resampler by its canonical name; ``{}``
+    where the metadata does not say (Essentia's own heads, weights jaxmir wrote before)."""
+    for section in (model.metadata, model.metadata.get("provenance")):
         dataset = section.get("dataset") if isinstance(section, dict) else None
         audio = dataset.get("audio") if isinstance(dataset, dict) else None
         if isinstance(audio, dict):
-            return audio
-    return None
+            said = {key: audio.get(key) for key in ("resampler", "decoder")}
+            return {key: canonical_resampler(value) if key == "resampler" else value
+                    for key, value in said.items() if isinstance(value, str)}
+    return {}
 
 
-def warn_of_another_reading(head: Model, resampler: str, decoder: str | None) -> None:
-    """Warn when files are read for ``head`` with another resampler or decoder (``None``: not
-    read by one) than the audio it was trained on (:func:`trained_reading`): the embeddings,
-    and so its outputs, differ from those it learnt from (a tester's q4 head: up to 0.2)."""
-    trained = trained_reading(head) or {}
+def warn_of_another_reading(model: Model, resampler: str, decoder: str | None) -> None:
+    """Warn when a run reads files for ``model`` with another resampler or decoder (``None``:
+    it decodes none) than its training audio was read with (:func:`trained_reading`). Where
+    that changes the audio (a file resampled; compressed audio, for the decoder) the
+    embeddings, and so the outputs, differ from those it learnt from: up to 0.2 on a tester's
+    ``essentia-q4`` head's tags read with the default converter."""
+    trained = trained_reading(model)
     now = {"resampler": canonical_resampler(resampler), "decoder": decoder}
-    other = [key for key in ("resampler", "decoder")
-             if now[key] is not None and key in trained and trained[key] != now[key]]
-    if other:
-        then = ", ".join(f"--{key} {trained[key]}" for key in other)
-        warnings.warn(f"{head.name} was trained on audio read with {then} (its metadata's "
-                      f"dataset.audio), this run reads with "
-                      + ", ".join(f"--{key} {now[key]}" for key in other)
-                      + f": its outputs differ from those it learnt from; pass {then}",
-                      JaxmirWarning, stacklevel=3)
+    other = [key for key in trained if now[key] is not None and trained[key] != now[key]]
+    if not other:
+        return
+    then = ", ".join(f"--{key} {trained[key]}" for key in other)
+    given = ", ".join(f"--{key} {now[key]}" for key in other)
+    offered = {"resampler": RESAMPLERS, "decoder": DECODE_MODES}
+    advice = f"; pass {then}" if all(trained[key] in offered[key] for key in other) else ""
+    warnings.warn(f"{model.name} was trained on audio read with {then} (its metadata's "
+                  f"dataset.audio), this run reads with {given}: files this resamples or "
+                  f"decodes otherwise give other outputs than it learnt to give{advice}",
+                  JaxmirWarning, stacklevel=3)
 
 
 def warn_of_another_backbone(head: Model, backbone: Model) -> None:

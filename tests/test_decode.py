@@ -1356,9 +1356,7 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
         with pytest.raises(AudioError, match=f"'{other}' .* is not reproduced"):
             jaxmir.load_audio(next(iter(files)), resampler=other)
     from jaxmir import cli
-    from jaxmir.arguments import DECODE_MODES
     from jaxmir.collection import Options
-    assert DECODE_MODES == jaxmir.decode.MODES  # --decoder's choices, spelt without NumPy
     # one converter, one name in a table's settings: a run with the other resumed it not
     assert Options(resampler="essentia-q1").resampler == "essentia"
     # one call of N frames lost its last output where N * ratio is whole (20 -> 44.1 kHz at 2^19

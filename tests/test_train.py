@@ -1262,7 +1262,7 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
     assert model.labels == ("drums", "pads")
 
 
-def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch, capsys):
+def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch):
     """train-head and its fine-tuning read every file with the default converter and decoder:
     a head for Essentia's model pages (``MonoLoader(resampleQuality=4)``) learnt from other
     embeddings than it is given there."""
@@ -1293,15 +1293,11 @@ def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch,
     assert len(read) == 8 and set(read) == {("essentia-q4", "float")}  # embeddings, fine-tuning
     dataset = json.loads((tmp_path / "h.json").read_text())["dataset"]
     assert dataset["audio"] == {"resampler": "essentia-q4", "decoder": "float"}  # to deploy so
-    song = str(next((tmp_path / "data").rglob("*.wav")))
-    for head in ("h.pb", "h.npz"):  # tagging with another reading is warned of, once
-        capsys.readouterr()
-        assert jaxmir_cli.main(["tag", song, "--model", str(tmp_path / head)]) == 0
-        said = [line for line in capsys.readouterr().err.splitlines() if "dataset.audio" in line]
-        assert len(said) == 1 and "read with --resampler essentia-q4, --decoder float" in said[0]
-        assert jaxmir_cli.main(["tag", song, "--model", str(tmp_path / head), "--resampler",
-                                "essentia-q4", "--decoder", "float"]) == 0
-        assert "dataset.audio" not in capsys.readouterr().err
+    from jaxmir.loading import trained_reading
+
+    reading = {"resampler": "essentia-q4", "decoder": "float"}
+    for written in ("h.pb", "h.npz", "h-backbone.npz"):  # what a run then warns of otherwise
+        assert trained_reading(jaxmir.load(tmp_path / written)) == reading
     model = jaxmir.load("msd-musicnn")
     with pytest.raises(JaxmirError, match="'essentia-q2' .* is not reproduced"):
         fit_head(tmp_path / "data", resampler="essentia-q2")
@@ -1322,6 +1318,51 @@ def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch,
     # MonoLoader's default quality under its two names: one converter, one cache entry
     assert embeddings.cache_key("bb", "layer", path, resampler="essentia-q1") == \
         embeddings.cache_key("bb", "layer", path)
+
+
+def test_a_run_reading_otherwise_than_the_head_s_training_is_warned_of(tmp_path, capsys,
+                                                                       audio_set):
+    """A head trained on embeddings of audio read otherwise (its JSON's dataset.audio) ran
+    without a word: a tester's essentia-q4 head gave tags up to 0.2 off."""
+    import soundfile
+
+    song = tmp_path / "song.wav"
+    soundfile.write(song, np.random.default_rng(0).standard_normal(44100 * 4) * 0.1, 44100)
+    params = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+
+    def head(name, audio):
+        export.export_head(params, "softmax", AB, tmp_path / name, "msd-musicnn", (187, 96),
+                           "model/dense/BiasAdd", {"name": "d", "audio": audio})
+        return str(tmp_path / f"{name}.pb")
+
+    def warned(*argv) -> list[str]:
+        capsys.readouterr()
+        jaxmir_cli.main(list(argv))
+        return [line for line in capsys.readouterr().err.splitlines() if "dataset.audio" in line]
+
+    q4 = head("q4", {"resampler": "essentia-q4", "decoder": "float"})
+    said = warned("tag", str(song), "--model", q4)
+    assert len(said) == 1 and "trained on audio read with --resampler essentia-q4, --decoder " \
+        "float (its metadata's dataset.audio), this run reads with --resampler essentia, " \
+        "--decoder essentia" in said[0] and said[0].endswith("; pass --resampler essentia-q4, "
+                                                             "--decoder float")
+    assert warned("embed", str(song), "--model", q4, "-o", str(tmp_path / "e.parquet"),
+                  "--resampler", "essentia-q4", "--decoder", "float") == []
+    said = warned("tag", str(song), "--model", q4, "--resampler", "essentia-q4")
+    assert len(said) == 1 and "--decoder float" in said[0] and "--resampler" not in said[0]
+    assert warned("tag", str(song), "--model", head("q1", {"resampler": "essentia-q1"})) == []
+    odd = warned("tag", str(song), "--model", head("odd", {"decoder": "soundfile",
+                                                           "resampler": ["not", "a", "name"]}))
+    assert len(odd) == 1 and "--decoder soundfile" in odd[0] and "pass" not in odd[0]
+    essentias = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")  # says nothing
+    assert warned("tag", str(song), "--model", str(essentias), "--backbone", "msd-musicnn",
+                  "--resampler", "soxr") == []
+    capsys.readouterr()
+    assert jaxmir_cli.main(["info", q4]) == 0
+    assert "trained on audio read with --resampler essentia-q4 --decoder float" in \
+        capsys.readouterr().out
+    with pytest.warns(JaxmirWarning, match="read with --resampler essentia-q4, --decoder float"):
+        fit_head(audio_set, resume=q4, config=FAST, cache=False)  # trained on, otherwise read
 
 
 def test_cli_refuses_plot_for_data_without_a_confusion_matrix(tmp_path, audio_set, capsys):

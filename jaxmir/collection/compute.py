@@ -25,14 +25,13 @@ from jaxmir.checks import is_whole, scalar_of
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
 from jaxmir.collection.rows import Result, check_finite
-from jaxmir.decode import MODES as DECODE_MODES
 from jaxmir.errors import (AudioError, DeviceMemoryError, InputError, JaxmirError,
                            NonFiniteOutputError, ShortAudioError, damage_note)
 from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import Model, check_dtype
 from jaxmir.models.runner import call_step
 from jaxmir.patches import LAST_PATCH_MODES, PAD_MODES
-from jaxmir.resampler_names import RESAMPLERS, canonical_resampler
+from jaxmir.audio_choices import DECODE_MODES, RESAMPLERS, canonical_resampler
 from jaxmir.stream import (audio_to_outputs, check_batch, file_batch, file_stream,
                            initial_carry)
 

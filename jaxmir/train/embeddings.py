@@ -24,9 +24,10 @@ import numpy as np
 
 from jaxmir import catalog, interrupts
 from jaxmir.atomic import write_atomically
+from jaxmir.audio import check_reading
 from jaxmir.collection.compute import error_message
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, ShortAudioError
-from jaxmir.resampler_names import canonical_resampler
+from jaxmir.audio_choices import canonical_resampler
 
 DEFAULT_CACHE = Path.home() / ".cache" / "jaxmir" / "embeddings"
 
@@ -165,15 +166,6 @@ def backbone_id(name_or_path: str) -> str:
     return str(name_or_path)
 
 
-def check_reading(resampler: str, decoder: str) -> None:
-    """:class:`~jaxmir.errors.AudioError` unless :func:`jaxmir.load_audio` takes ``resampler``
-    and ``decoder``: said once, before any file is read, rather than as every file's failure."""
-    from jaxmir.audio import check_decoder, check_resampler
-
-    check_resampler(resampler)
-    check_decoder(decoder)
-
-
 def embed_file(model, layer: str, resampler: str = "essentia",
                decoder: str = "essentia") -> Callable[[str], np.ndarray]:
     """``path -> [patches, features]``: ``model.predict`` at ``layer`` on the file read at 16 kHz
@@ -209,7 +201,7 @@ def extract_embeddings(model, backbone: str, paths: Sequence[str], layer: str,
         will be deployed: ``resampler="essentia-q4"`` is ``MonoLoader(resampleQuality=4)``, as
         Essentia's model pages load audio.
     """
-    check_reading(resampler, decoder)
+    check_reading(resampler, decoder)  # once, rather than as every file's failure
     root = cache_root() if cache is True else (Path(cache) if cache else None)
     ident = backbone_id(backbone)
     tap, _ = model.resolve_output(layer)  # a name and its alias ('logits') are one entry

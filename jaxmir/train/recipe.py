@@ -15,17 +15,17 @@ from typing import Callable
 
 import numpy as np
 
+from jaxmir.audio import check_reading
 from jaxmir.checks import is_whole
 from jaxmir.compose import embedding_layer
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.labels import placeholder_labels
 from jaxmir.model import Model
-from jaxmir.resampler_names import canonical_resampler
+from jaxmir.audio_choices import canonical_resampler
 from jaxmir.spec import Activation, head_width
 from jaxmir.train import export
 from jaxmir.train.data import ACTIVATION, Dataset, check_classes, load_dataset
-from jaxmir.train.embeddings import (cache_key, cache_root, cached, check_reading,
-                                     extract_embeddings)
+from jaxmir.train.embeddings import cache_key, cache_root, cached, extract_embeddings
 from jaxmir.train.fit import (CrossValidation, Head, TrainConfig, check_folds, check_resumed,
                               cross_validate, steady_seconds, train_head)
 from jaxmir.train.smoothing import (METHODS, SmoothingConfig, as_learnt, check_class_sizes,
@@ -178,7 +178,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
         files it wrote that land with the head's (``{written: where it goes}``: a confusion
         picture).
     """
-    from jaxmir.loading import load
+    from jaxmir.loading import load, warn_of_another_reading
 
     check_options(folds, smoothing)
     check_reading(resampler, decoder)
@@ -208,6 +208,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
     initial = None
     if resumed is not None:
         warn_of_other_embeddings(resumed, model, layer)
+        warn_of_another_reading(resumed, resampler, decoder)
         initial = check_resumed(export.params_from_model(resumed),
                                 head_width(model.spec.head[:keep + 1]), len(dataset.classes))
     tracks, failures = extract_embeddings(model, str(backbone), dataset.paths, layer, cache,

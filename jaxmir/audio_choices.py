@@ -1,7 +1,8 @@
-"""The resamplers by name, as ``resampler=`` and ``--resampler`` take them.
+"""How audio is read, by name: the resamplers and decoders ``resampler=``, ``decoder=``,
+``--resampler`` and ``--decoder`` take.
 
-No JAX here: the command lines build their parsers from these names. What each one computes is
-:mod:`jaxmir.audio`'s.
+No JAX or NumPy here: the command lines build their parsers from these names. What each one
+computes is :mod:`jaxmir.audio`'s and :mod:`jaxmir.decode`'s.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 # Essentia's resampleQuality 0-4: libsamplerate's converter of each that jaxmir reproduces
 QUALITY_CONVERTERS = {1: "sinc_medium", 4: "linear"}
 RESAMPLERS = ("essentia", "samplerate", "soxr", *(f"essentia-q{q}" for q in QUALITY_CONVERTERS))
+# FFmpeg's decoding as the essentia-tensorflow wheels' AudioLoader (16-bit, clipped), or as an
+# Essentia built against a recent FFmpeg (its float decoders)
+DECODE_MODES = ("essentia", "float")
 
 
 def canonical_resampler(name: str) -> str:
