@@ -143,12 +143,15 @@ def ape_tag(key: bytes, value: bytes) -> bytes:
             + b"APETAGEX" + struct.pack("<IIII", 2000, size, 1, 0) + bytes(8))
 
 
-def id3v2_tag(size: int) -> bytes:
-    """An ID3v2.4 tag of ``size`` bytes of frames: a title, then zero padding."""
+def id3v2_tag(size: int, footer: bool = False) -> bytes:
+    """An ID3v2.4 tag of ``size`` bytes of frames: a title, then zero padding; with ``footer``,
+    its flag set and the 10-byte footer after the frames."""
     title = b"TIT2" + bytes([0, 0, 0, 6, 0, 0, 3]) + b"hello"
     body = title + bytes(size - len(title))
     synchsafe = bytes((len(body) >> shift) & 0x7F for shift in (21, 14, 7, 0))
-    return b"ID3\x04\x00\x00" + synchsafe + body
+    flags = b"\x10" if footer else b"\x00"
+    return b"ID3\x04\x00" + flags + synchsafe + body + (b"3DI\x04\x00" + flags + synchsafe
+                                                        if footer else b"")
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +227,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["header_without_counts.mp3"] = folder / "header_without_counts.mp3"
     made["header_without_counts.mp3"].write_bytes(
         id3v2_tag(100) + audio[:info + 8] + bytes(8) + audio[info + 16:])
+    # a tag with a footer: the LAME header's frame comes 10 bytes after the tag's frames
+    made["tag_with_footer.mp3"] = folder / "tag_with_footer.mp3"
+    made["tag_with_footer.mp3"].write_bytes(id3v2_tag(100, footer=True) + audio)
     # Matroska: its codec delay, which 2.8's demuxer did not signal (the wheel keeps those
     # samples) but for Vorbis's, and the Vorbis end padding it did signal (the wheel trims it)
     for name, codec in CONTAINERS.items():
@@ -254,6 +260,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
             + b"data" + struct.pack("<I", len(second)) + second)
     made["two_data_chunks.wav"] = folder / "two_data_chunks.wav"
     made["two_data_chunks.wav"].write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    # ... and behind a first one of an odd size, whose pad byte the walk to the last must skip
+    first, second = (np.random.default_rng(seed).integers(0, 256, size, np.uint8).tobytes()
+                     for seed, size in ((21, 16001), (22, 24000)))
+    body = (b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 16000, 1, 8)
+            + b"data" + struct.pack("<I", len(first)) + first + b"\0"
+            + b"LIST" + struct.pack("<I", 4) + b"INFO"
+            + b"data" + struct.pack("<I", len(second)) + second)
+    made["two_data_chunks_odd.wav"] = folder / "two_data_chunks_odd.wav"
+    made["two_data_chunks_odd.wav"].write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     # RF64: the data chunk's size in a ds64 chunk; cut in half, it was "ok" (its length unread)
     made["rf64.wav"] = folder / "rf64.wav"
     made["rf64.wav"].write_bytes(rf64_wav(signal(22050, 2, 0.5, 20), 22050))
@@ -301,9 +316,9 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
 CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp2",
               "vorbis_in.webm": None, "chained.ogg": None, "stts_damaged.m4a": None,
               "page_version.ogg": None, "itunsmpb.m4a": None, "two_data_chunks.wav": None,
-              "rf64.wav": None}
+              "two_data_chunks_odd.wav": None, "rf64.wav": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg", "cut_rf64.wav"]
-STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3"]
+STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3", "tag_with_footer.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
 ESSENTIA_ONLY = ["pages_damaged.ogg"]  # compared in a test of their own
 

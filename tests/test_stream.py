@@ -792,8 +792,8 @@ def test_stream_command_says_where_a_wav_holds_a_second_data_chunk():
     second = signal_at(16000, 7.0, 1, seed=17, dtype=np.int16).astype("<i2").tobytes()
     fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
     body = (b"WAVE" + fmt + b"data" + struct.pack("<I", len(first)) + first + b"\x00"  # padded
-            + b"LIST" + struct.pack("<I", 4) + b"INFO" + b"data" + struct.pack("<I", len(second))
-            + second)
+            + b"LIST" + struct.pack("<I", 5) + b"INFOa\x00"  # padded too
+            + b"data" + struct.pack("<I", len(second)) + second)
     result = cli("stream", stdin=b"RIFF" + struct.pack("<I", len(body)) + body)
     assert result.returncode == 0 and len(lines_of(result)) == 1
     assert ("jaxmir: warning: standard input's WAV holds another data chunk (224000 bytes) after "

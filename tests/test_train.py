@@ -254,6 +254,20 @@ def test_table_tasks(tmp_path, audio_set):
             data.load_dataset(regression)
 
 
+def test_a_table_s_relative_paths_are_relative_to_its_folder(tmp_path, audio_set, monkeypatch):
+    """As the module says, and as a table moved with its audio needs: not to the current
+    folder."""
+    files = sorted(audio_set.rglob("*.wav"))
+    table = tmp_path / "lists" / "set.csv"
+    table.parent.mkdir()
+    table.write_text("path,label\n" + "".join(
+        f"{os.path.relpath(f, table.parent)},{f.parent.name}\n" for f in files))
+    (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)  # where ../ leads elsewhere
+    monkeypatch.chdir(tmp_path / "elsewhere" / "deeper")
+    found = data.load_dataset(table)
+    assert [os.path.realpath(p) for p in found.paths] == [os.path.realpath(f) for f in files]
+
+
 def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, audio_set):
     """Class ids (0/1) in the label column trained a regressor of one output named 'label'; a
     spreadsheet's UTF-8 byte-order mark hid the 'path' column ("no 'path' column; columns:
@@ -813,11 +827,12 @@ def test_finetune_config_refuses_out_of_range_values(field, value):
 ONE_EPOCH = fit.TrainConfig(epochs=1)
 
 
-@pytest.mark.parametrize("bad", ["scaled", "shifted", "negative"])
+@pytest.mark.parametrize("bad", ["scaled", "shifted", "negative", "beyond_rounding"])
 def test_single_label_targets_must_be_one_hot_or_distributions(bad):
     tracks, onehot = blobs(n_per_class=6, classes=2)
     wrong = {"scaled": onehot * 3, "shifted": onehot - 0.5,
-             "negative": onehot * 1.5 - np.roll(onehot, 1, axis=1) * 0.5}[bad]  # rows sum to 1
+             "negative": onehot * 1.5 - np.roll(onehot, 1, axis=1) * 0.5,  # rows sum to 1
+             "beyond_rounding": onehot * (1 + 2 * data.DISTRIBUTION_TOLERANCE)}[bad]
     with pytest.raises(InputError, match="single-label targets must be one-hot rows or label "
                                          r"distributions.*row 0 is \["):
         fit.train_head(tracks, wrong, "single", AB, ONE_EPOCH)
@@ -1007,8 +1022,13 @@ def test_export_loads_in_jaxmir_and_tensorflow(tmp_path, task):
     np.testing.assert_allclose(np.asarray(model.apply(x)["predictions"]), ours, atol=1e-5)
     np.testing.assert_allclose(np.asarray(jaxmir.load(paths[".npz"]).apply(x)["predictions"]),
                                ours, atol=1e-5)
-    tf_out, tf_emb = run_tf(paths[".pb"], {"model/Placeholder:0": x},
-                            [f"{output}:0", "model/dense/BiasAdd:0"])
+    # the JSON's schema names the graph's tensors, of its shapes
+    schema = meta["schema"]
+    assert [o["name"] for o in schema["outputs"]] == [output, "model/dense/BiasAdd"]
+    tf_out, tf_emb = run_tf(paths[".pb"], {f"{schema['inputs'][0]['name']}:0": x},
+                            [f"{o['name']}:0" for o in schema["outputs"]])
+    assert [list(tensor.shape[1:]) for tensor in (x, tf_out, tf_emb)] == \
+        [entry["shape"] for entry in schema["inputs"] + schema["outputs"]]
     assert_parity(output, tf_out, ours, probabilities=task != "regression")
     assert_parity("embeddings", tf_emb, np.asarray(model.apply(x, "model/dense/BiasAdd")
                                                   ["model/dense/BiasAdd"]))
