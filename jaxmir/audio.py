@@ -37,6 +37,8 @@ import warnings
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jaxmir.audio_choices import (DECODE_MODES, QUALITY_CONVERTERS, RESAMPLERS,
+                                  canonical_resampler)
 from jaxmir.checks import MAX_RATE, MIN_RATE, check_rate, is_floating
 from jaxmir.decode import DamagedAudioWarning, iter_blocks, missing_reason
 from jaxmir.errors import AudioError, InputError, NoSamplesError
@@ -44,8 +46,6 @@ from jaxmir.resample import (MIN_OUTPUTS, SincResampler, accelerated,
                              check_min_outputs, converts, essentia_count, essentia_ratio, plan_of,
                              resample, unflushed_count)
 from jaxmir.resample.linear import LinearInterpolator
-from jaxmir.audio_choices import (DECODE_MODES, QUALITY_CONVERTERS, RESAMPLERS,
-                                  canonical_resampler)
 # The loudest sample accepted. The float32 power spectra of the front-ends overflow from a peak
 # of ~1e16 (MusiCNN and VGG, full-scale tones; 1e17 for noise) and the tags turn NaN; 1e12 leaves
 # a margin of 1e4 and still takes integer PCM values given as floats (int32: 2.1e9).

@@ -19,3 +19,9 @@ def canonical_resampler(name: str) -> str:
     """``name`` as outputs and caches record it: ``"essentia-q1"`` (MonoLoader's default
     quality) is ``"essentia"``, one converter under one name."""
     return "essentia" if name == "essentia-q1" else name
+
+
+def reading_entry(resampler: str, decoder: str) -> dict[str, str]:
+    """How audio was read, as a trained head's or backbone's metadata records it
+    (``dataset.audio``)."""
+    return {"resampler": canonical_resampler(resampler), "decoder": decoder}

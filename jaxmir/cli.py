@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 from jaxmir import catalog, interrupts
 from jaxmir.arguments import add_reading_options, whole_number
 from jaxmir.atomic import deferred_interrupts
+from jaxmir.audio_choices import RESAMPLERS, canonical_resampler
 from jaxmir.console import (StandardOutputError, columns, printable, utf8_text, write_line,
                             write_whole_line)
 from jaxmir.errors import (AudioError, InputError, JaxmirError, JaxmirWarning, OptionError,
                            ShortAudioError)
-from jaxmir.audio_choices import RESAMPLERS, canonical_resampler
 
 if TYPE_CHECKING:  # the module itself loads what a command needs when it runs
     from jaxmir.pcm import ByteReader
@@ -101,8 +101,8 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
                 reading: tuple[str, str | None] | None = None):
     """``(model, backbone)``: the model to run, an embedding head joined to ``backbone`` or to the
     one its JSON names; and that backbone (``None`` for a model that runs on audio by itself).
-    ``reading``: the run's resampler and decoder, of which a head trained on audio read
-    otherwise warns."""
+    ``reading``: the run's resampler and decoder, of which a head (or a fine-tuned backbone)
+    trained on audio read otherwise warns."""
     import jaxmir
     from jaxmir.loading import (backbone_name, backbone_of, on_backbone, shipped_as,
                                 trained_on_file, warn_of_another_reading)
@@ -111,14 +111,11 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
         raise jaxmir.InputError("--backbone '' names no model; give a shipped name or the path "
                                 "of a .pb or .npz file")
     model = jaxmir.load(catalog.default_name() if name is None else name)
-    if model.architecture != "head":
-        if backbone:
-            raise jaxmir.InputError(f"--backbone is for embedding heads; {model.name} is a "
-                                    f"{model.architecture} model that runs on audio by itself")
-        if reading is not None:  # a fine-tuned backbone records its training audio's reading
-            warn_of_another_reading(model, *reading)
-        return model, None
-    if backbone is None and audio:
+    head = model.architecture == "head"
+    if not head and backbone:
+        raise jaxmir.InputError(f"--backbone is for embedding heads; {model.name} is a "
+                                f"{model.architecture} model that runs on audio by itself")
+    if head and backbone is None and audio:
         backbone = backbone_of(model)
         if backbone:  # the usual way to run a head: a note, not a warning
             print(f"jaxmir: {printable(str(model.source))} is an embedding head; using the "
@@ -137,7 +134,7 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
                 "shipped model; put it there, or give it with --backbone NAME|PATH")
     if reading is not None:
         warn_of_another_reading(model, *reading)
-    return (on_backbone(model, backbone) if backbone else model), backbone
+    return (on_backbone(model, backbone) if backbone else model), backbone or None
 
 
 # -- patch options ----------------------------------------------------------------------------

@@ -66,8 +66,8 @@ from typing import BinaryIO
 import numpy as np
 
 from jaxmir import ogg
-from jaxmir.checks import is_whole
 from jaxmir.audio_choices import DECODE_MODES
+from jaxmir.checks import is_whole
 from jaxmir.errors import AudioError, JaxmirWarning
 from jaxmir.pcm import (CHUNKS_AFTER_DATA, UNKNOWN_DATA_SIZES, WIDE_HEADS, WavHeader, decode_pcm,
                         frame_bytes, parse_wav_header)

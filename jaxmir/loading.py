@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxmir import catalog
+from jaxmir.audio_choices import DECODE_MODES, RESAMPLERS, canonical_resampler, reading_entry
 from jaxmir.compose import check_backbone, compose
 from jaxmir.decode import AUDIO_EXTENSIONS
 from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGraphError
 from jaxmir.labels import check_label_text, label_list, read_as_utf8
 from jaxmir.model import Model
 from jaxmir.models import damaged_variable, variable_mismatches
-from jaxmir.audio_choices import DECODE_MODES, RESAMPLERS, canonical_resampler
 from jaxmir.weights import WEIGHTS_SUFFIX, load_weights
 
 
@@ -293,7 +293,7 @@ def warn_of_another_reading(model: Model, resampler: str, decoder: str | None) -
     embeddings, and so the outputs, differ from those it learnt from: up to 0.2 on a tester's
     ``essentia-q4`` head's tags read with the default converter."""
     trained = trained_reading(model)
-    now = {"resampler": canonical_resampler(resampler), "decoder": decoder}
+    now = reading_entry(resampler, decoder)
     other = [key for key in trained if now[key] is not None and trained[key] != now[key]]
     if not other:
         return

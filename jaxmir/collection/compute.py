@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from jaxmir.audio import read_mono
+from jaxmir.audio_choices import DECODE_MODES, RESAMPLERS, canonical_resampler
 from jaxmir.checks import is_whole, scalar_of
 from jaxmir.collection.inputs import Source, examine
 from jaxmir.collection.packing import Call, Packer
@@ -31,7 +32,6 @@ from jaxmir.frontends import SAMPLE_RATE
 from jaxmir.model import Model, check_dtype
 from jaxmir.models.runner import call_step
 from jaxmir.patches import LAST_PATCH_MODES, PAD_MODES
-from jaxmir.audio_choices import DECODE_MODES, RESAMPLERS, canonical_resampler
 from jaxmir.stream import (audio_to_outputs, check_batch, file_batch, file_stream,
                            initial_carry)
 

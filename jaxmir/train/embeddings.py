@@ -25,9 +25,9 @@ import numpy as np
 from jaxmir import catalog, interrupts
 from jaxmir.atomic import write_atomically
 from jaxmir.audio import check_reading
+from jaxmir.audio_choices import canonical_resampler
 from jaxmir.collection.compute import error_message
 from jaxmir.errors import InputError, JaxmirError, JaxmirWarning, ShortAudioError
-from jaxmir.audio_choices import canonical_resampler
 
 DEFAULT_CACHE = Path.home() / ".cache" / "jaxmir" / "embeddings"
 

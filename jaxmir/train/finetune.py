@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxmir import interrupts
-from jaxmir.audio_choices import canonical_resampler
+from jaxmir.audio_choices import reading_entry
 from jaxmir.checks import real_fields, whole_fields
 from jaxmir.errors import InputError
 from jaxmir.model import Model
@@ -190,9 +190,9 @@ def finetune_and_export(result, backbone: str, layer: str, output: str, steps: i
     tuned = backbone_with(model, variables, str(backbone_path))
     temp = backbone_path.with_name(f".tmp-{backbone_path.name}")
     temp.parent.mkdir(parents=True, exist_ok=True)
-    audio = {"resampler": canonical_resampler(result.resampler), "decoder": result.decoder}
+    audio = reading_entry(result.resampler, result.decoder)  # as the head records it
     save_weights(tuned, temp, provenance={"fine_tuned_from": str(backbone),
-                                          "dataset": {"audio": audio}})  # as a head records it
+                                          "dataset": {"audio": audio}})
     try:  # the head and its backbone land together (through links, as the head's own files)
         paths = export.export_head(head, result.head.activation, result.dataset.classes,
                                    output, str(backbone_path), model.input_shape,

@@ -16,12 +16,12 @@ from typing import Callable
 import numpy as np
 
 from jaxmir.audio import check_reading
+from jaxmir.audio_choices import reading_entry
 from jaxmir.checks import is_whole
 from jaxmir.compose import embedding_layer
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.labels import placeholder_labels
 from jaxmir.model import Model
-from jaxmir.audio_choices import canonical_resampler
 from jaxmir.spec import Activation, head_width
 from jaxmir.train import export
 from jaxmir.train.data import ACTIVATION, Dataset, check_classes, load_dataset
@@ -270,7 +270,7 @@ def dataset_entry(where: str, dataset: Dataset, validation: CrossValidation | No
     head is to be deployed on embeddings of audio read so), the cross-validation figures if
     any, and the label smoothing the head learnt with (its targets, not the dataset's labels)."""
     entry = {"name": Path(where).name or where, "size": f"{len(dataset)} tracks",
-             "audio": {"resampler": canonical_resampler(resampler), "decoder": decoder}}
+             "audio": reading_entry(resampler, decoder)}
     if smoothing.method != "none":
         entry["label_smoothing"] = {"method": smoothing.method, "k": smoothing.k}
         if smoothing.method == "lmnn":
