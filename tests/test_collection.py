@@ -237,6 +237,11 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac"),
                                               str(tmp_path / "rock" / "r\rq.wav"),
                                               str(tmp_path / "rock" / " lead.wav")]
+    # LF lines with one CRLF (two editors): its CR is the name's, as LF lists' CRs are
+    (tmp_path / "rock" / "end\r").write_bytes(b"")
+    listing.write_bytes(b"rock/b.flac\nrock/end\r\n")
+    assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac"),
+                                              str(tmp_path / "rock" / "end\r")]
     listing.write_bytes(b"rock/b.flac\rrock/trail.wav \r")  # classic Mac OS line ends
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac"),
                                               str(tmp_path / "rock" / "trail.wav ")]
