@@ -105,7 +105,7 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
     trained on audio read otherwise warns."""
     import jaxmir
     from jaxmir.loading import (backbone_name, backbone_of, on_backbone, shipped_as,
-                                trained_on_file, warn_of_another_reading)
+                                trained_on_file, trained_reading, warn_of_another_reading)
 
     if backbone == "":  # an unset $BACKBONE: it was ignored, or the head's own taken
         raise jaxmir.InputError("--backbone '' names no model; give a shipped name or the path "
@@ -134,7 +134,12 @@ def _load_model(name: str | None, backbone: str | None = None, audio: bool = Tru
                 "shipped model; put it there, or give it with --backbone NAME|PATH")
     if reading is not None:
         warn_of_another_reading(model, *reading)
-    return (on_backbone(model, backbone) if backbone else model), backbone or None
+    if not backbone:
+        return model, None
+    trunk = jaxmir.load(backbone)
+    if reading is not None and trained_reading(trunk) != trained_reading(model):
+        warn_of_another_reading(trunk, *reading)  # a fine-tuned backbone given apart
+    return on_backbone(model, trunk), backbone
 
 
 # -- patch options ----------------------------------------------------------------------------

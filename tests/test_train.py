@@ -1377,6 +1377,16 @@ def test_a_run_reading_otherwise_than_the_head_s_training_is_warned_of(tmp_path,
     essentias = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")  # says nothing
     assert warned("tag", str(song), "--model", str(essentias), "--backbone", "msd-musicnn",
                   "--resampler", "soxr") == []
+    for name, audio in (("soxr", {"resampler": "soxr"}),
+                        ("q4", {"resampler": "essentia-q4", "decoder": "float"})):
+        save_weights(jaxmir.load("msd-musicnn"), tmp_path / f"{name}-backbone.npz",
+                     provenance={"dataset": {"audio": audio}})  # as fine-tuning writes it
+    said = warned("tag", str(song), "--model", str(essentias), "--backbone",
+                  str(tmp_path / "soxr-backbone.npz"))  # given apart, it says its own
+    assert len(said) == 1 and "soxr-backbone.npz was trained on audio read with --resampler " \
+        "soxr" in said[0]
+    said = warned("tag", str(song), "--model", q4, "--backbone", str(tmp_path / "q4-backbone.npz"))
+    assert len(said) == 1 and "q4.pb" in said[0]  # a backbone read as its head: said once
     capsys.readouterr()
     assert jaxmir_cli.main(["info", q4]) == 0
     assert "trained on audio read with --resampler essentia-q4 --decoder float" in \
