@@ -436,17 +436,18 @@ def test_batch_norms_of_other_epsilons_than_the_input_s_load_as_tensorflow_runs_
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
 
-@pytest.mark.parametrize("pool, band, window", [
-    ("model/max_pooling2d/MaxPool", 2, 58),    # timbral 7x38: 59 bands, one short
-    ("model/max_pooling2d_2/MaxPool", 2, 64),  # temporal: 96 bands
-    ("model/max_pooling2d/MaxPool", 1, 2),     # two frames at once
+@pytest.mark.parametrize("pool, attr, axis, size", [
+    ("model/max_pooling2d/MaxPool", "ksize", 2, 58),    # timbral 7x38: 59 bands, one short
+    ("model/max_pooling2d_2/MaxPool", "ksize", 2, 64),  # temporal: 96 bands
+    ("model/max_pooling2d/MaxPool", "ksize", 1, 2),     # two frames at once
+    ("model/max_pooling2d/MaxPool", "strides", 1, 2),   # every other frame (0.063 off)
 ])
-def test_a_front_end_pool_that_is_not_musicnn_s_is_refused(tmp_path, pool, band, window):
+def test_a_front_end_pool_that_is_not_musicnn_s_is_refused(tmp_path, pool, attr, axis, size):
     """Its window was not read: the graph loaded and gave the original's tags (TensorFlow's
     outputs moved by up to 1.6e-2)."""
     graph = GraphDefProto.FromString(
         shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
-    node_named(graph, pool).attr["ksize"].list.i[band] = window
+    node_named(graph, pool).attr[attr].list.i[axis] = size
     with pytest.raises(GraphError, match="the front-end's max-pools must each take all the "
                                          "frequency bands of their convolution at once"):
         jaxmir.load(write(tmp_path, "pool", graph))

@@ -1371,9 +1371,17 @@ def test_a_run_reading_otherwise_than_the_head_s_training_is_warned_of(tmp_path,
     said = warned("tag", str(song), "--model", q4, "--resampler", "essentia-q4")
     assert len(said) == 1 and "--decoder float" in said[0] and "--resampler" not in said[0]
     assert warned("tag", str(song), "--model", head("q1", {"resampler": "essentia-q1"})) == []
-    odd = warned("tag", str(song), "--model", head("odd", {"decoder": "soundfile",
-                                                           "resampler": ["not", "a", "name"]}))
-    assert len(odd) == 1 and "--decoder soundfile" in odd[0] and "pass" not in odd[0]
+    odd = warned("tag", str(song), "--model", head("odd", {"decoder": "float",
+                                                           "resampler": "mystery"}))
+    assert len(odd) == 1 and "--resampler mystery, --decoder float" in odd[0] \
+        and "pass" not in odd[0]  # an option the command line does not take is no advice
+    assert warned("tag", str(song), "--model", head("no_name", {"resampler": ["a", "list"]})) \
+        == []
+    from jaxmir.loading import warn_of_another_reading
+
+    with warnings.catch_warnings():  # a stream decodes nothing: its decoder is never other
+        warnings.simplefilter("error")
+        warn_of_another_reading(jaxmir.load(q4), "essentia-q4", None)
     essentias = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")  # says nothing
     assert warned("tag", str(song), "--model", str(essentias), "--backbone", "msd-musicnn",
                   "--resampler", "soxr") == []
@@ -1583,10 +1591,14 @@ def test_a_head_on_another_backbone_than_its_metadata_names_warns(tmp_path, caps
     with pytest.warns(JaxmirWarning, match=r"head.pb was trained on msd-musicnn(-1)? \(its metadata's "
                                            r"embedding_model.model_name\), not on .*mtt-musicnn"):
         jaxmir.load(head, backbone="mtt-musicnn")
+    save_weights(jaxmir.load("msd-musicnn"), tmp_path / "msd-musicnn-1.npz")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         jaxmir.load(head, backbone="msd-musicnn")
         jaxmir.load(head, backbone=jaxmir.load("msd-musicnn"))
+        with pytest.MonkeyPatch.context() as patched:  # a file named bare, as typed by hand
+            patched.chdir(tmp_path)
+            jaxmir.load(head, backbone="msd-musicnn-1.npz")
     song = tmp_path / "song.wav"
     soundfile.write(song, np.zeros(16000 * 4, np.float32), 16000)
     assert jaxmir_cli.main(["tag", str(song), "--model", str(head), "--backbone", "mtt-musicnn",
