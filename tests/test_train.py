@@ -1980,8 +1980,8 @@ def test_the_class_size_refusal_counts_the_smallest_training_split_the_folds_mak
     from jaxmir.train.smoothing import check_class_sizes
 
     targets = np.eye(2)[[0] * count + [1] * 40]
-    smallest = min(count - np.sum(test < count)
-                   for seed in range(5) for test in fit.fold_indices(targets, "single", folds, seed))
+    smallest = min(count - np.sum(test < count) for seed in range(5)
+                   for test in fit.fold_indices(targets, "single", folds, seed))
     with pytest.raises(InputError, match=f"has {smallest} in some fold's training split"):
         check_class_sizes(targets, AB, SmoothingConfig("knn", k=smallest), folds)
     check_class_sizes(targets, AB, SmoothingConfig("knn", k=smallest - 1), folds)
