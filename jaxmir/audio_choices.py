@@ -21,7 +21,7 @@ def canonical_resampler(name: str) -> str:
     return "essentia" if name == "essentia-q1" else name
 
 
-def reading_entry(resampler: str, decoder: str) -> dict[str, str]:
+def reading_entry(resampler: str, decoder: str | None) -> dict[str, str | None]:
     """How audio was read, as a trained head's or backbone's metadata records it
-    (``dataset.audio``)."""
+    (``dataset.audio``); ``decoder=None`` for a run that decodes no file (a stream)."""
     return {"resampler": canonical_resampler(resampler), "decoder": decoder}

@@ -247,9 +247,10 @@ def same_model_name(recorded: str, name: str) -> bool:
 def model_by_path(recorded, name: str | None) -> bool:
     """Whether an output's ``recorded`` model names a model file by its path, as outputs did
     before they recorded its bytes (``model_sha256``), and, unless ``name`` is ``None``, the
-    files :func:`~jaxmir.collection.commands.model_fields` names ``name`` now (``head.pb+msd-musicnn``: each part by its file
-    name, in any folder, ``/`` or ``\\`` apart). Such an output cannot tell other bytes under
-    the same file name: it is taken to be of the file named so now."""
+    files :func:`~jaxmir.collection.commands.model_fields` names ``name`` now
+    (``head.pb+msd-musicnn``: each part by its file name, in any folder, ``/`` or ``\\``
+    apart). Such an output cannot tell other bytes under the same file name: it is taken to be
+    of the file named so now."""
     if not isinstance(recorded, str) or not re.search(r"[/\\]|\.(pb|npz)(\+|$)", recorded):
         return False
     if name is None:
