@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import zlib
+from pathlib import Path
 
 from jaxmir import cache
 import numpy as np
@@ -25,6 +26,41 @@ def test_empty_and_unreadable_entries_are_dropped(tmp_path):
     assert cache.drop_broken_entries(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.CHECKED, "jit_program-def456",
                                                          "subfolder"]
+
+
+def test_entries_this_user_cannot_read_are_dropped(tmp_path, monkeypatch):
+    """JAX fails to read such an entry and compiles again on every run. (As root every file is
+    readable, so os.access answers by the mode bits, as for any other user.)"""
+    locked, good = tmp_path / "jit_program-abc123", tmp_path / "jit_program-def456"
+    for entry in (locked, good):
+        entry.write_bytes(b"compiled")
+    locked.chmod(0)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and (
+        mode != os.R_OK or bool(os.stat(path).st_mode & 0o444)))
+    assert cache.drop_broken_entries(tmp_path) == 1
+    assert not locked.exists() and good.exists()
+
+
+def test_enabling_the_cache_drops_broken_entries_first(tmp_path, monkeypatch):
+    """The command line's way in: entries a full disk left empty are gone before JAX reads."""
+    directory = tmp_path / "jax"
+    directory.mkdir()
+    (directory / "jit_program-abc123").write_bytes(b"")
+    used = []
+    monkeypatch.setattr(cache, "use", used.append)  # this test process's JAX left as it is
+    assert cache.enable(directory, print) is True
+    assert used == [directory] and not (directory / "jit_program-abc123").exists()
+
+
+def test_no_cache_variable(monkeypatch):
+    """JAXMIR_NO_CACHE=1 (or any word) turns the cache off; unset, empty or 0 leaves it on."""
+    monkeypatch.setenv("JAXMIR_CACHE_DIR", "/somewhere")
+    for value, on in (("1", False), ("yes", False), ("0", True), (" 0 ", True), ("", True)):
+        monkeypatch.setenv("JAXMIR_NO_CACHE", value)
+        assert (cache.cache_dir() is not None) is on, value
+    monkeypatch.delenv("JAXMIR_NO_CACHE")
+    assert cache.cache_dir() == Path("/somewhere") / "jax"
 
 
 def test_entries_cut_short_are_dropped(tmp_path):

@@ -329,6 +329,9 @@ def test_parquet_tags_and_patches(music, model, expected, tmp_path):
         means = np.asarray(want["predictions"], np.float64).mean(axis=0)
         assert_same_tags(row[list(model.labels)].to_numpy(np.float64), means)
         assert_same_tags(np.stack(row["patches"]), want["predictions"])
+        # the mean of the row's own patches in float64, as `jaxmir tag FILE` averages: exactly
+        np.testing.assert_array_equal(row[list(model.labels)].to_numpy(np.float64),
+                                      np.stack(row["patches"]).astype(np.float64).mean(axis=0))
 
 
 def test_jsonl_csv_npy_embed(music, model, expected, tmp_path):
@@ -1494,6 +1497,30 @@ def _holds(pid: int, path: Path) -> bool:
         return False
 
 
+def test_a_dead_worker_is_said_to_read_one_of_the_first_files_unfinished():
+    """Workers take files in order and hold one each: of five files a pool of two failed at once,
+    only the first two can have been being read; the others waited in the queue."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+    from types import SimpleNamespace
+
+    from jaxmir.collection import local
+
+    pending = []
+    for name in ("done.wav", "b.wav", "c.wav", "d.wav", "e.wav"):
+        future = Future()
+        if name == "done.wav":
+            future.set_result(None)
+        else:
+            future.set_exception(BrokenProcessPool("a worker died"))
+        pending.append((future, SimpleNamespace(path=name)))
+    said = str(local._died(pending, jobs=2))
+    assert "while reading one of b.wav, c.wav (the files" in said
+    assert "d.wav" not in said and "e.wav" not in said and "done.wav" not in said
+    assert "while reading b.wav;" not in said
+    assert "while reading b.wav" in str(local._died(pending[:2], jobs=2))
+
+
 def test_a_worker_process_that_dies_is_named_by_the_file_it_could_be_reading(music, model,
                                                                              tmp_path):
     """With --processes, a worker that died was said to be reading the oldest file not yet
@@ -2072,9 +2099,11 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     collect(model, [str(cut.parent)], out, name="msd-musicnn", jobs=0, progress=False,
             analyzer=analyzer)
     assert seen == []  # damaged again on a rerun: kept, not redone
-    strict = collect(model, [str(cut)], str(tmp_path / "strict.jsonl"), name="msd-musicnn",
-                     jobs=0, progress=False, options=Options(strict=True))
-    assert strict.failed == 1
+    for jobs in (0, 1):  # decoded here, or by a worker (--strict reached no worker unseen)
+        strict = collect(model, [str(cut)], str(tmp_path / f"strict-{jobs}.jsonl"),
+                         name="msd-musicnn", jobs=jobs, progress=False,
+                         options=Options(strict=True))
+        assert strict.failed == 1, jobs
     # a strict rerun on the same output fails it as a strict run does (it kept the damaged row)
     for suffix in ("jsonl", "parquet"):
         both = str(tmp_path / f"both.{suffix}")

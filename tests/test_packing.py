@@ -168,8 +168,9 @@ def test_a_failed_call_fails_only_its_files(model, signals, monkeypatch):
         return run_call(replica, packer, call, taps, carry)
 
     monkeypatch.setattr(compute, "run_call", failing)
-    found = {item.source.path: outcome
-             for item, outcome in compute.analyze_stream(model, _items(signals), Options())}
+    outcomes = list(compute.analyze_stream(model, _items(signals), Options()))
+    found = {item.source.path: outcome for item, outcome in outcomes}
+    assert len(outcomes) == len(found)  # one outcome a file: not one per patch of a failed call
     failed = {path for path, outcome in found.items() if isinstance(outcome, str)}
     too_short = {"track-2.wav", "track-5.wav"}
     assert found["track-4.wav"] == "track-4.wav: out of memory"
