@@ -28,7 +28,7 @@ from jaxmir import decode
 from jaxmir.decode import (AudioBlocks, DamagedAudioWarning, decode_file, ffmpeg_reason, id3v2_end,
                            iter_blocks)
 from jaxmir.errors import AudioError, InputError, NoSamplesError
-from jaxmir.ogg import page_checksum
+from jaxmir.ogg import PatchedFile, page_checksum
 
 GRAPH = "essentia-models/genre_dortmund_musicnn_msd.pb"
 SECONDS = 6.5  # 3 MusiCNN patches of 3 s, hop 1.5 s: every generated file compiles the same shapes
@@ -763,6 +763,24 @@ def test_a_flac_whose_streaminfo_rate_is_damaged_is_said_to_be(tmp_path):
                                                      rf"{wheel}\)"):
             decoded = decode_file(tmp_path / name)
         np.testing.assert_array_equal(decoded.samples, decode_file(whole).samples)
+
+
+def test_a_patched_file_reads_its_patches_and_stops_at_its_end(tmp_path):
+    """What FFmpeg reads of an Ogg file cut at a page (``end``): those bytes, no more, the
+    checksums patched in, whatever the reads' sizes."""
+    data = bytes(range(256)) * 4
+    path = tmp_path / "pages.ogg"
+    path.write_bytes(data)
+    patches = {3: b"XY", 598: b"ABCD"}  # the second across the end
+    want = bytearray(data[:600])
+    want[3:5], want[598:600] = b"XY", b"AB"
+    for size in (1, 7, 64, 4096):
+        with PatchedFile(str(path), patches, end=600) as patched:
+            read = b"".join(iter(lambda: patched.read(size), b""))
+            assert read == bytes(want), size
+            assert patched.seek(-10, os.SEEK_END) == 590 and patched.read() == bytes(want[590:])
+    with PatchedFile(str(path), {}) as whole:
+        assert whole.read() == data
 
 
 def test_mp3_damaged_in_the_middle(files):

@@ -525,6 +525,32 @@ def test_weights_that_overflow_float32_give_an_error_not_nan_tags(tmp_path, caps
                                  "declares)"), row
 
 
+def test_calls_nested_eight_levels_are_inlined_nine_refused():
+    """Eight levels of calls (the top-level call, then f0 calling f1 ... f6 calling f7) were
+    refused as "nested deeper than 8 levels"; nine are, before the ninth is copied."""
+    Graph.from_bytes(nested_calls_graph(depth=7, fanout=1).SerializeToString())
+    with pytest.raises(GraphError, match="function calls nested deeper than 8 levels"):
+        Graph.from_bytes(nested_calls_graph(depth=8, fanout=1).SerializeToString())
+
+
+def test_a_constant_of_rank_33_is_refused(tmp_path):
+    with pytest.raises(GraphError, match="a constant of rank 33; jaxmir reads constants of rank "
+                                         "32 or less"):
+        jaxmir.load(write(tmp_path, "rank33", _edit_head(_reshape_const("b1", [1] * 33,
+                                                                          float_val=[1.0]))))
+
+
+def test_nodes_of_eight_bytes_are_refused_by_their_count(tmp_path):
+    """The node budget is a node per 16 bytes of file (protobuf takes ~130 bytes of memory to
+    parse a node): 131,072 nodes of 8 bytes in 1 MB ask twice that, refused before parsing."""
+    node = _length_delimited(1, _length_delimited(1, b"abcd"))  # a NodeDef named "abcd"
+    assert len(node) == 8
+    bomb = tmp_path / "eight.pb"
+    bomb.write_bytes(node * (1 << 17))
+    with pytest.raises(GraphError, match="graph nodes"):
+        Graph.from_file(bomb)
+
+
 def test_a_library_defining_a_function_twice_is_refused(tmp_path):
     """The last definition was taken, and the error that followed named another problem."""
     g = nested_calls_graph(depth=1, fanout=1)

@@ -899,10 +899,12 @@ def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
         raise GraphError(f"{source}: the function library defines {twice[0][:200]!r} more than "
                          "once; the file is corrupt")
     body_bytes = {name: sum(node.ByteSize() for node in f.node_def) for name, f in functions.items()}
-    for _ in range(max_depth):
+    for level in range(max_depth + 1):
         calls = [n for n in graph_def.node if n.op in _CALL_OPS]
         if not calls:
             return
+        if level == max_depth:
+            break
         for call in calls:
             name = call.attr["f"].func.name if "f" in call.attr else ""
             if name not in functions:
