@@ -2462,6 +2462,33 @@ def test_collect_warns_of_settings_its_output_or_engine_does_not_use(music, mode
                 progress=False)
 
 
+def test_an_unknown_engine_is_refused_before_any_output(music, model, tmp_path):
+    """A misspelt engine ran the local one without a word."""
+    output = tmp_path / "t.parquet"
+    with pytest.raises(InputError, match="unknown engine 'rey'; expected local or ray"):
+        collect(model, music / "rock" / "a.wav", output, engine="rey", progress=False)
+    assert not output.exists()
+
+
+def test_jobs_with_the_ray_engine_are_ignored_even_zero():
+    """Ray decodes in its own CPU tasks: jobs=0 (decode in this process) is as ignored as 4."""
+    for jobs in (0, 4):
+        said = commands.ignored_settings("parquet", commands._KEYWORDS, engine="ray",
+                                         average=False, per_patch=False, flush_rows=256,
+                                         actors=None, processes=False, jobs=jobs)
+        assert said == ["jobs is ignored: engine='ray' decodes in Ray's CPU tasks, as many as "
+                        "the cluster runs"], said
+
+
+def test_one_file_is_decoded_as_it_streams_more_by_a_worker_a_core():
+    from jaxmir.collection.compute import default_jobs
+
+    cores = os.cpu_count() or 1
+    assert default_jobs(0) == default_jobs(1) == 0  # one file streams, in this process
+    assert default_jobs(2) == min(cores, 2) and default_jobs(None) == cores
+    assert default_jobs(10**6) == cores
+
+
 def test_the_command_line_names_an_unused_option_once_in_its_own_spelling(music, tmp_path,
                                                                             capsys):
     from jaxmir import cli
