@@ -22,7 +22,7 @@ import soundfile
 import jaxmir
 from jaxmir import catalog, cli
 from jaxmir.errors import InputError, JaxmirWarning, WeightsError
-from jaxmir.weights import save_weights
+from jaxmir.weights import FORMAT_VERSION, save_weights
 from conftest import child_env, compiled_programs, on_cpu, shared_fixture
 
 
@@ -75,6 +75,10 @@ def test_labels_and_info(musicnn, vgg):
 def test_unknown_output_lists_what_exists(musicnn, patches_187):
     with pytest.raises(InputError, match="unknown output 'model/nope'.*penultimate"):
         musicnn.apply(patches_187, ["model/nope"])
+    # a node's first output is 'node' or 'node:0'; jaxmir computes no other port of it
+    assert musicnn.apply(patches_187, "model/dense/BiasAdd:0")["model/dense/BiasAdd:0"].ndim == 2
+    with pytest.raises(InputError, match="unknown output 'model/dense/BiasAdd:1'"):
+        musicnn.apply(patches_187, "model/dense/BiasAdd:1")
 
 
 def test_arguments_of_the_wrong_kind_are_named(musicnn, patches_187, tmp_path):
@@ -327,11 +331,12 @@ def test_bad_weights_files(musicnn, tmp_path):
     with pytest.raises(WeightsError, match="do not fit.*head/dense_1/kernel"):
         jaxmir.load(tmp_path / "tampered.npz")
     meta = json.loads(arrays["__jaxmir__"].tobytes())
-    meta["version"] = 99
-    arrays["__jaxmir__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    np.savez(tmp_path / "future.npz", **arrays)
-    with pytest.raises(WeightsError, match="v99"):
-        jaxmir.load(tmp_path / "future.npz")
+    for version in (FORMAT_VERSION + 1, 99):  # the next version as well as a far one
+        meta["version"] = version
+        arrays["__jaxmir__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        np.savez(tmp_path / "future.npz", **arrays)
+        with pytest.raises(WeightsError, match=rf"format jaxmir-weights v{version}; this jaxmir"):
+            jaxmir.load(tmp_path / "future.npz")
 
 
 def _edited(musicnn, tmp_path, name: str, edit) -> Path:
@@ -377,6 +382,8 @@ def _array(key, convert):
      r"input_shape \[1000000000000, 96\] does not fit the musicnn front-end's patches of 187 "
      "frames of 96 bands"),
     ("patches_of_200_frames", _set("input_shape", [200, 96]), "does not fit the musicnn front-end"),
+    ("patches_of_64_bands", _set("input_shape", [187, 64]),  # its frames right, its bands not
+     r"input_shape \[187, 64\] does not fit the musicnn front-end"),
     # the file's own errors name it (they did not)
     ("unknown_architecture", _set("architecture", "../../etc"),
      r"unknown_architecture.npz: unknown architecture '../../etc'"),
@@ -501,6 +508,20 @@ def test_a_weights_file_is_checked_for_size_before_it_is_read(musicnn, tmp_path,
     os.mkfifo(tmp_path / "fifo.npz")  # opening it would wait for a writer
     with pytest.raises(WeightsError, match="fifo.npz: is not a regular file"):
         jaxmir.load(tmp_path / "fifo.npz")
+
+
+def test_a_member_declaring_twice_its_bytes_is_refused_by_its_header(musicnn, tmp_path):
+    """The header check compares what a member declares with the member's own size: twice
+    its bytes is refused there, before any of its data is read, not found short afterwards."""
+    good = tmp_path / "good.npz"
+    save_weights(musicnn, good)
+    n = 4096  # float32: 4 * n bytes declared in a member of 2 * n bytes, its header included
+    header = _npy_header((n,))
+    double = _with_member(good, tmp_path / "double.npz", KERNEL + ".npy",
+                          lambda handle: handle.write(header + bytes(2 * n - len(header))))
+    with pytest.raises(WeightsError, match=rf"'{KERNEL}' declares a \[{n}\] array, more than "
+                                           rf"its {2 * n} bytes hold; the file is corrupt"):
+        jaxmir.load(double)
 
 
 def test_a_variable_of_the_wrong_shape_is_refused_before_its_data_is_read(musicnn, tmp_path):

@@ -218,6 +218,18 @@ def test_hop_zero_means_patch_size(musicnn):
     np.testing.assert_allclose(got, stepwise(musicnn, audio, hop=187), rtol=0, atol=SAME)
 
 
+def test_a_plan_of_hop_zero_is_the_plan_of_hop_patch_size(musicnn):
+    """``patch_hop=0`` resolves to the patch size in the plan too (its ``patch_hop``, never 0,
+    and ``regular``: the overlap sharing of the timbral rows stays on), not just in the
+    patches it cuts."""
+    for n_samples in (16000 * 9, 16000 * 30 + 123):
+        zero = pipeline.plan(musicnn, n_samples, patch_hop=0)
+        whole = pipeline.plan(musicnn, n_samples, patch_hop=187)
+        assert zero.patch_hop == 187 and zero.regular
+        assert zero == whole
+        np.testing.assert_array_equal(zero.index, whole.index)
+
+
 def test_too_short_is_an_error_unless_padded(musicnn):
     audio = noise(16000 * 2, seed=7)  # 126 frames < 187
     with pytest.raises(InputError, match="too short for one patch.*pad='zero'"):
@@ -268,8 +280,12 @@ def test_bad_audio_is_refused(musicnn):
         musicnn.predict(np.full(16000 * 4, np.nan, np.float32), SR)
     with pytest.raises(InputError, match="NaN"):
         musicnn.predict(jnp.full(16000 * 4, jnp.nan), SR)
-    with pytest.raises(InputError, match="no samples"):
-        musicnn.predict(np.zeros(0, np.float32), SR)
+    # a JAX array at 16 kHz takes its own path: an empty one is refused as a NumPy one is
+    for empty in (np.zeros(0, np.float32), jnp.zeros(0, jnp.float32)):
+        for run in (lambda a: musicnn.predict(a, SR), lambda a: musicnn.features(a, SR),
+                    lambda a: musicnn.predict(a, SR, pad="zero")):
+            with pytest.raises(InputError, match="contains no samples"):
+                run(empty)
     # two samples at 44.1 kHz resample to none at 16 kHz (three give one): say so, padded or not
     with pytest.raises(InputError, match="2 sample.s. at 44100 Hz gives no sample at 16 kHz"):
         musicnn.predict(np.full(2, 0.5, np.float32), 44100, pad="zero")

@@ -519,6 +519,30 @@ def test_matrix_product_kernel_bounds_and_fallback(music, monkeypatch):
     assert streamed.shape == reference.shape and np.max(np.abs(streamed - reference)) <= TOL
 
 
+def test_one_call_out_of_the_bounds_sends_the_whole_conversion_back(music, monkeypatch):
+    """A conversion of several kernel calls is used only if every call kept to the bounds:
+    one call out of them (here the second of two, its outputs as the real kernel gives them)
+    makes the whole of it ``None``, for the exact kernels to redo."""
+    from jaxmir.resample import positions, products
+
+    x = np.tile(music, 2)                             # 6 s: two calls of ~3.8 s of output
+    plan = positions.plan_of(44100, 16000, "sinc_medium")
+    shape = products.matmul_shape(plan)
+    count = products.matmul_count(plan, x.shape[0])
+    assert shape.groups * shape.rows * plan.period < count
+    assert products.matmul_outputs(plan, shape, x, count).shape == (count,)
+    kernel, flags = products._matmul_kernel, []
+
+    def second_out_of_bounds(*args, **kwargs):
+        out, fits = kernel(*args, **kwargs)
+        flags.append(bool(fits))
+        return out, fits if len(flags) != 2 else False
+
+    monkeypatch.setattr(products, "_matmul_kernel", second_out_of_bounds)
+    assert products.matmul_outputs(plan, shape, x, count) is None
+    assert flags == [True, True]                      # the real kernel's calls were in bounds
+
+
 def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
     """The table measured from samplerate is checked by NumPy sums (no JAX program compiled
     before a process's first sample), which equal samplerate's outputs and refuse a table
