@@ -2036,9 +2036,9 @@ def test_a_smaller_synthetic_set_written_over_a_larger_one_leaves_no_clips_behin
     assert sorted(p.name for p in (tmp_path / "pads").iterdir()) == ["mine.wav", "pads_00.wav"]
 
 
-def test_the_validation_split_is_stratified_by_labels_not_by_smoothed_targets(monkeypatch):
-    """With label smoothing, each fold's (and the final head's) validation split was stratified
-    by the smoothed targets' largest class, not by the tracks' own."""
+def _watch_validation_splits(monkeypatch) -> list:
+    """Each validation split made from now on, as ``(the targets' largest class, the labels it
+    was given)``."""
     seen = []
     split = fit.split_validation
 
@@ -2047,6 +2047,13 @@ def test_the_validation_split_is_stratified_by_labels_not_by_smoothed_targets(mo
         return split(targets, task, fraction, rng, labels)
 
     monkeypatch.setattr(fit, "split_validation", spy)
+    return seen
+
+
+def test_the_validation_split_is_stratified_by_labels_not_by_smoothed_targets(monkeypatch):
+    """With label smoothing, each fold's (and the final head's) validation split was stratified
+    by the smoothed targets' largest class, not by the tracks' own."""
+    seen = _watch_validation_splits(monkeypatch)
     rng = np.random.default_rng(0)
     tracks = [rng.standard_normal((2, 8)).astype(np.float32) for _ in range(12)]
     targets = np.eye(2, dtype=np.float32)[[0] * 6 + [1] * 6]
@@ -2104,14 +2111,7 @@ def test_the_final_head_s_validation_split_is_stratified_by_labels(monkeypatch):
     the labels to train_head could go unseen, the folds' split alone being tested."""
     from jaxmir.train import recipe
 
-    seen = []
-    split = fit.split_validation
-
-    def spy(targets, task, fraction, rng, labels=None):
-        seen.append((np.argmax(targets, axis=1), labels))
-        return split(targets, task, fraction, rng, labels)
-
-    monkeypatch.setattr(fit, "split_validation", spy)
+    seen = _watch_validation_splits(monkeypatch)
     monkeypatch.setattr(recipe, "mfcc_features", lambda files, kind, cache: (
         [np.full(26, i, np.float32) for i, _ in enumerate(files)], []))
     monkeypatch.setattr(recipe, "smoother", lambda features, targets, config: lambda rows: np.where(
