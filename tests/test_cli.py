@@ -243,6 +243,10 @@ def test_bad_files_are_reported_and_the_others_go_on(capsys, wavs):
     for name, problem in problems.items():
         assert any(str(wavs[name]) in line and problem in line for line in errors), (name, err)
     assert any("/no/such.wav" in line and "no such file" in line for line in errors)
+    # each line names its file once, at its start
+    named = {line: [p for p in paths if line.startswith(f"jaxmir: error: {p}: ")]
+             for line in errors}
+    assert all(names and line.count(names[0]) == 1 for line, names in named.items()), err
     # the way out, in this command's own flags (test_short_file_with_pad takes it)
     assert any(str(wavs["short"]) in line and "--pad zero" in line for line in errors)
     report = json.loads(out)
@@ -544,12 +548,14 @@ def test_scores_line_up_under_wide_and_combining_labels():
     right of the others' for each character, a combining accent's one left."""
     from jaxmir.console import columns
 
-    labels = ["日本", "rock", "cafe\u0301", "ü", "कु", "สั้น", "\u1100\u1161"]
+    # and a format character (a zero-width joiner, a soft hyphen) takes no column either
+    labels = ["日本", "rock", "cafe\u0301", "ü", "कु", "สั้น", "\u1100\u1161", "a\u200db",
+              "pop\u00ad"]
     block = cli.text_block("a.wav", {"n_patches": 1, "top": [
         {"label": label, "score": 0.5} for label in labels]})
     rows = block.splitlines()[1:]
-    assert [columns(row[:row.index("0.5000")]) for row in rows] == [9] * 7, rows
-    assert [columns(label) for label in labels] == [4, 4, 4, 1, 1, 2, 2]
+    assert [columns(row[:row.index("0.5000")]) for row in rows] == [9] * 9, rows
+    assert [columns(label) for label in labels] == [4, 4, 4, 1, 1, 2, 2, 2, 3]
 
 
 def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
@@ -698,13 +704,14 @@ def test_unwritable_output(capsys, wavs, tmp_path):
 def test_overlap_and_patch_hop(capsys, wavs, tmp_path):
     long = wavs["mono_22k"]  # 4.5 s: 283 frames
     hops = {}
-    for option in (["--overlap", "1.5"], ["--overlap", "0"], ["--patch-hop", "40"], []):
+    for option in (["--overlap", "1.5"], ["--overlap", "0"], ["--patch-hop", "40"],
+                   ["--patch-hop", "187"], []):
         status, out, err = run(capsys, "tag", str(long), "--format", "json", *option)
         assert status == 0, err
         report = json.loads(out)
         hops[" ".join(option)] = (report["patch_hop_frames"], report["files"][0]["n_patches"])
     assert hops == {"--overlap 1.5": (93, 2), "--overlap 0": (187, 1), "--patch-hop 40": (40, 3),
-                    "": (93, 2)}
+                    "--patch-hop 187": (187, 1), "": (93, 2)}  # the largest hop, a patch
     status, _, err = run(capsys, "tag", str(long), "--overlap", "3")
     assert status == 2 and "--overlap 3" in err  # the command line is wrong (it was 1)
     # 2.99 s is less than a patch (2.992 s) but rounds to a hop of 0 frames: the bound is given

@@ -10,8 +10,8 @@ import pytest
 
 import jaxmir
 from conftest import assert_parity, require, run_tf, shared_fixture
-from jaxmir.errors import InputError
-from jaxmir.spec import BatchNorm
+from jaxmir.errors import InputError, WeightsError
+from jaxmir.spec import Activation, BatchNorm, Dense, gives_values, layer_from_text
 
 
 def write_head(tmp_path, name, metadata=None, **kwargs):
@@ -43,6 +43,25 @@ def test_embedding_heads_match_tensorflow(tmp_path, output, width):
         for name, expected in zip(names, reference):
             assert_parity(name, expected, ours[name], name != "model/Identity" and "dense" not in name)
     assert model.spec.aliases["embeddings"] == model.spec.node_map["model/dense/BiasAdd"][0]
+
+
+def test_class_scores_are_ranked_other_outputs_are_values():
+    """A head ending in a sigmoid or a softmax gives class scores (``tag`` ranks them, --top
+    picks); any other end gives values in their own order (a regression head, an embedding)."""
+    for end, values in (("sigmoid", False), ("softmax", False), ("identity", True),
+                        ("relu", True), (None, True)):
+        layers = [Dense(8), Activation("relu"), Dense(3)] + ([Activation(end)] if end else [])
+        assert gives_values(layers) is values, end
+
+
+def test_a_layer_s_text_takes_an_argument_only_where_it_has_one():
+    """A weights file's ``relu:5`` (damaged, or another tool's) was read as a ReLU."""
+    assert layer_from_text("dense:100") == Dense(100) and layer_from_text("relu") == Activation(
+        "relu")
+    assert layer_from_text("batch_norm:0.001") == BatchNorm(0.001)
+    for text in ("relu:5", "sigmoid:x", "dense:", "dense:x", "gelu"):
+        with pytest.raises(WeightsError, match=f"unknown layer '{text}'"):
+            layer_from_text(text)
 
 
 def test_partitioned_call_head(tmp_path):

@@ -139,6 +139,18 @@ def test_patch_rules_and_soxr(musicnn, options):
     assert len(stream.times) == got.shape[0] == stream.n_patches
 
 
+def test_calls_of_nine_patches_equal_predict(musicnn):
+    """A call of 9 patches runs as a step of 8 then a step of 1: the single patch shares no rows
+    with the step before, so the overlap rows that step held must not reach the next call (a
+    stale carry moved tags by 0.039)."""
+    audio = signal_at(16000, 30.0, seed=11)  # 19 patches: calls of 9, 9 and 1
+    stream = streaming.Stream(musicnn, 16000, "predictions", batch=9, eager=False)
+    parts = [stream.push(chunk) for chunk in np.array_split(audio, 3)] + [stream.close()]
+    want = musicnn.predict(audio, 16000)
+    assert want.shape[0] == 19
+    np.testing.assert_allclose(np.concatenate(parts), want, rtol=0, atol=TOL)
+
+
 @pytest.mark.parametrize("options", [{}, {"last_patch": "repeat", "patch_hop": 50}])
 def test_patch_starts_are_those_returned_and_take_no_memory_per_patch(musicnn, options):
     """``stream.times`` was a list that grew by a float a patch for as long as a stream ran
