@@ -558,6 +558,21 @@ def test_scores_line_up_under_wide_and_combining_labels():
     assert [columns(label) for label in labels] == [4, 4, 4, 1, 1, 2, 2, 2, 3]
 
 
+def test_pictures_already_there_are_refused_before_any_work_counting_the_others(capsys, wavs,
+                                                                                tmp_path):
+    """Three files, two of whose pictures are there: the first named, then how many more."""
+    files = [str(wavs[name]) for name in ("PCM_16", "PCM_24", "FLOAT")]
+    target = tmp_path / "p.png"
+    pictures = cli._plot_paths(files, str(target))
+    for file in files[1:]:
+        pictures[file].write_bytes(b"yesterday's picture")
+    status, out, err = run(capsys, "tag", *files, "--plot", str(target))
+    assert status == 1 and out == "", err
+    assert err == f"jaxmir: error: --plot: {pictures[files[1]]} exists (and 1 more); give " \
+        "another path, or --overwrite to replace it\n"
+    assert all(pictures[file].read_bytes() == b"yesterday's picture" for file in files[1:])
+
+
 def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
     """matplotlib warns once a glyph and layout (8 lines a picture for two CJK characters, in
     Python's two-line form on the command line); a taggram's picture says it in one warning."""

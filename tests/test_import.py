@@ -412,7 +412,8 @@ def test_a_head_whose_backbone_is_missing_says_which_and_info_names_it(tmp_path,
     assert "whose metadata names the backbone 'ft-backbone', which is neither beside it" in err
     assert "msd-musicnn" not in err
     assert cli.main(["info", str(head)]) == 0
-    assert "backbone (its metadata's): ft-backbone, not found" in capsys.readouterr().out
+    assert "backbone (its metadata's): ft-backbone, not found beside it nor shipped\n" in \
+        capsys.readouterr().out
     entry["model_name"] = "msd-musicnn-1"
     head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": entry}}))
     assert cli.main(["info", str(head)]) == 0
