@@ -997,6 +997,27 @@ def test_the_command_line_parses_without_loading_jax():
         getattr(jaxmir, "tfgraph.walk")
 
 
+def test_a_signal_two_seconds_after_the_first_stops_again(monkeypatch):
+    """Signals within REPEAT_S of the first are not raised again (timeout's SIGTERM to the command
+    then to its group); one later is, measured from the first: signals every 1.5 s still stop
+    a stop that hangs."""
+    import signal
+
+    from jaxmir import interrupts
+
+    clock = iter([0.0, 1.5, 3.0, 3.5])
+    monkeypatch.setattr(interrupts.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(interrupts, "_received", [])
+    raised = []
+    for _ in range(4):
+        try:
+            interrupts._raise(signal.SIGTERM, None)
+            raised.append(False)
+        except interrupts.Terminated:
+            raised.append(True)
+    assert raised == [True, False, True, True]
+
+
 def test_main_leaves_the_signal_handlers_as_it_found_them():
     """The command line handles SIGINT and SIGTERM while it runs (a clean stop, noticed where a
     library swallowed it); run inside another program (tests, a notebook) it left its handlers

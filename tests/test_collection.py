@@ -2462,6 +2462,14 @@ def test_collect_warns_of_settings_its_output_or_engine_does_not_use(music, mode
                 progress=False)
 
 
+def test_the_summary_says_hours_of_audio_per_hour():
+    from jaxmir.collection.progress import Tally
+
+    tally = Tally(total=3, ok=2, failed=1, audio_s=7200.0, started=100.0)
+    tally.ended = 100.0 + 3600.0
+    assert tally.summary() == "2 ok, 1 failed; 2.000 h of audio in 3600.0 s (2.0x real time)"
+
+
 def test_an_unknown_engine_is_refused_before_any_output(music, model, tmp_path):
     """A misspelt engine ran the local one without a word."""
     output = tmp_path / "t.parquet"

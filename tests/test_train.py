@@ -843,12 +843,14 @@ def test_finetune_config_refuses_out_of_range_values(field, value):
 ONE_EPOCH = fit.TrainConfig(epochs=1)
 
 
-@pytest.mark.parametrize("bad", ["scaled", "shifted", "negative", "beyond_rounding"])
+@pytest.mark.parametrize("bad", ["scaled", "shifted", "negative", "beyond_rounding",
+                                 "a_hundredth_over"])
 def test_single_label_targets_must_be_one_hot_or_distributions(bad):
     tracks, onehot = blobs(n_per_class=6, classes=2)
     wrong = {"scaled": onehot * 3, "shifted": onehot - 0.5,
              "negative": onehot * 1.5 - np.roll(onehot, 1, axis=1) * 0.5,  # rows sum to 1
-             "beyond_rounding": onehot * (1 + 2 * data.DISTRIBUTION_TOLERANCE)}[bad]
+             "beyond_rounding": onehot * (1 + 2 * data.DISTRIBUTION_TOLERANCE),
+             "a_hundredth_over": onehot * 1.01}[bad]  # no rounding makes a row sum to 1.01
     with pytest.raises(InputError, match="single-label targets must be one-hot rows or label "
                                          r"distributions.*row 0 is \["):
         fit.train_head(tracks, wrong, "single", AB, ONE_EPOCH)
@@ -949,6 +951,16 @@ def test_metrics_match_scikit_learn():
     truth, pred = rng.integers(0, 4, 60), rng.integers(0, 4, 60)
     cm = metrics.confusion_matrix(truth, pred, 4)
     assert metrics.balanced_accuracy(cm) == pytest.approx(sk.balanced_accuracy_score(truth, pred))
+    # a test fold without a class (or predicting one it lacks): the classes it has, as
+    # scikit-learn (it warns of the class predicted and absent)
+    import warnings
+
+    truth, pred = np.array([0, 0, 1, 1, 1]), np.array([0, 2, 1, 1, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        want = sk.balanced_accuracy_score(truth, pred)
+    assert metrics.balanced_accuracy(metrics.confusion_matrix(truth, pred, 4)) == pytest.approx(
+        want)
     labels = rng.integers(0, 2, 50)
     scores = np.round(rng.random(50), 1)  # ties on purpose
     assert metrics.roc_auc(labels, scores) == pytest.approx(sk.roc_auc_score(labels, scores))

@@ -44,6 +44,13 @@ def test_mfcc_matches_librosa():
     # float32 FFTs of 2048 points and sums over 1025 bins then 128 bands: relative rounding
     # ~1e-6 of the largest coefficient (|c0| ~ 1e2); 1e-4 of it leaves room for other CPUs
     assert np.max(np.abs(ours - ref)) <= 1e-4 * np.max(np.abs(ref))
+    # a second of digital silence: its bands meet the floor 80 dB below the loudest (without
+    # the floor they sat at -100 dB, coefficients ~500 off)
+    quiet = np.concatenate([y, np.zeros(44100, np.float32)])
+    ref = librosa.feature.mfcc(y=quiet, sr=44100, n_mfcc=13, n_fft=2048, win_length=1024,
+                               hop_length=512).T
+    ours = np.asarray(mfcc.mfcc(quiet, 44100))
+    assert np.max(np.abs(ours - ref)) <= 1e-4 * np.max(np.abs(ref))
 
 
 def test_mfcc_summaries():
@@ -55,6 +62,9 @@ def test_mfcc_summaries():
     assert pooled.shape == (26,)
     np.testing.assert_allclose(pooled[13:], coefficients[86:172].mean(0), atol=1e-6)
     assert len(mfcc.segment(np.ones(100, np.float32), 10, start=5.0, seconds=15.0)) == 150
+    # by default the paper's segment: 15 s from 5 s in (research/training.md, LDL features)
+    track = np.arange(30 * 100, dtype=np.float32)
+    np.testing.assert_array_equal(mfcc.segment(track, 100), track[5 * 100:20 * 100])
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +116,14 @@ def test_lmnn_matches_metric_learn(wine):
 
 
 def test_lmnn_needs_enough_per_class():
+    """k target neighbours need k others of a track's class: a class of exactly k would take
+    each track as its own neighbour."""
     with pytest.raises(InputError, match="more than 3 tracks"):
         lmnn.target_neighbors(np.zeros((5, 2)), np.array([0, 0, 0, 1, 1]), 3)
+    with pytest.raises(InputError, match="more than 3 tracks.*the smallest class has 3"):
+        lmnn.target_neighbors(np.zeros((7, 2)), np.array([0, 0, 0, 0, 1, 1, 1]), 3)
+    found = lmnn.target_neighbors(np.arange(8.0)[:, None], np.array([0] * 4 + [1] * 4), 3)
+    assert not np.any(found == np.arange(8)[:, None])
 
 
 def test_knn_smoothing_uses_original_labels_of_others():
