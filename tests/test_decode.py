@@ -765,6 +765,24 @@ def test_a_flac_whose_streaminfo_rate_is_damaged_is_said_to_be(tmp_path):
         np.testing.assert_array_equal(decoded.samples, decode_file(whole).samples)
 
 
+def test_a_wav_cut_short_while_it_is_read_says_so(tmp_path):
+    """A plain WAV whose file shrinks after its header is read (a copy still being written, a
+    file replaced): the blocks read are kept, and the file is damaged, reading having stopped
+    inside its data chunk, not merely shorter than its header says."""
+    path = tmp_path / "growing.wav"
+    soundfile.write(path, signal(44100, 2, 0.5, 5), 44100, subtype="PCM_16")
+    whole = decode_file(path).samples
+    with pytest.warns(DamagedAudioWarning, match=r"growing.wav: damaged audio: reading stopped "
+                                                 r"early \(the file ended inside its data "
+                                                 r"chunk\)"):
+        with AudioBlocks(path, block_frames=44100) as blocks:
+            first = next(iter(blocks))
+            os.truncate(path, 44 + 4 * 44100 + 4 * 22050 + 3)  # a second and a half, and 3 bytes
+            rest = list(blocks)
+    assert blocks.status == "damaged"
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), whole[:66150])
+
+
 def test_a_patched_file_reads_its_patches_and_stops_at_its_end(tmp_path):
     """What FFmpeg reads of an Ogg file cut at a page (``end``): those bytes, no more, the
     checksums patched in, whatever the reads' sizes."""

@@ -24,7 +24,7 @@ import pytest
 
 import jaxmir
 from conftest import ROOT, child_env, run_tf, shared_fixture
-from jaxmir.errors import GraphError, JaxmirError, WeightsError
+from jaxmir.errors import GraphError, JaxmirError, UnsupportedGraphError, WeightsError
 from jaxmir.tfgraph.convert import import_graph
 from jaxmir.tfgraph.graphdef import DT_FLOAT, DT_INT32, Graph, GraphDefProto, TensorProto
 from jaxmir.weights import save_weights
@@ -863,6 +863,38 @@ def _edit_conv(relative, edit):
     g = fixture_graph(relative)
     edit(g)
     return g
+
+
+def _int32_const(name: str, value):
+    def edit(g):
+        node_named(g, name).attr["value"].tensor.CopyFrom(
+            tensor_proto(np.asarray(value, np.int32), DT_INT32))
+    return edit
+
+
+# What jaxmir does not compute is refused by name: each was loaded before as if it were what
+# jaxmir computes (a stride of 1, a max over time, no channels padded), other numbers than TF's
+OTHER_ARITHMETIC = {
+    "conv_strided": (VGG4, _set_attr("model/vggish/1CNN/Conv2D", "strides", [1, 2, 2, 1]),
+                     r"has strides \[1, 2, 2, 1\]; jaxmir supports 1"),
+    "max_over_mel": (DORTMUND, _int32_const("model/Max/reduction_indices", 2),
+                     "'model/Max' must pool over time"),
+    "mean_over_mel": (DORTMUND, _int32_const("model/moments/mean/reduction_indices", [2]),
+                      "'model/moments/mean' must pool over time"),
+    "frames_padded_2_and_4": (DORTMUND, _int32_const("model/Pad/paddings",
+                                                     [[0, 0], [2, 4], [0, 0], [0, 0]]),
+                              "3 frames of zero padding on each side"),
+    "channels_padded": (DORTMUND, _int32_const("model/Pad/paddings",
+                                               [[0, 0], [3, 3], [0, 0], [1, 1]]),
+                        r"'model/Pad' pads \[\[0, 0\], \[3, 3\], \[0, 0\], \[1, 1\]\] before"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_ARITHMETIC))
+def test_arithmetic_jaxmir_does_not_compute_is_refused(tmp_path, case):
+    relative, edit, message = OTHER_ARITHMETIC[case]
+    with pytest.raises(UnsupportedGraphError, match=message):
+        jaxmir.load(write(tmp_path, case, _edit_conv(relative, edit)))
 
 
 @pytest.mark.parametrize("case", sorted(NEEDS_CONVERT))
