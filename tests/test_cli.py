@@ -541,6 +541,11 @@ def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_p
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--plot", plot, *extra)
         assert status == 2 and message in err, (plot, err)  # the command line is wrong
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
+    # an extension in capitals is the format all the same (--plot T.PNG was refused)
+    from jaxmir.plot import check_format
+
+    for name in ("t.PNG", "t.Svg", "t.png", "t"):
+        check_format(tmp_path / name)
 
 
 def test_scores_line_up_under_wide_and_combining_labels():

@@ -197,6 +197,12 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     found = inputs.expand([str(music)])
     names = [os.path.relpath(p, music) for p in found]
     assert names == ["jazz/a.wav", "jazz/deep/c.wav", "rock/a.wav", "rock/b.flac"]
+    # hidden folders (.git, .cache, an export being written) are not walked, as hidden files
+    hidden = tmp_path / "walked"
+    _write(hidden / ".cache" / "x.wav", 3.0, 16000, 1, 0)
+    _write(hidden / "y.wav", 3.0, 16000, 1, 1)
+    assert inputs.expand([str(hidden)]) == [str(hidden / "y.wav")]
+    shutil.rmtree(hidden)
     listing = tmp_path / "list.txt"
     listing.write_text(f"# a comment\n{music / 'rock' / 'b.flac'}\n\n{music / 'jazz'}\n")
     assert inputs.expand([f"@{listing}", str(music / "rock" / "b.flac")]) == [
@@ -867,6 +873,48 @@ def test_a_table_among_the_inputs_is_left_out_of_them(model, tmp_path, kind):
                                                 "left out of its inputs"):
             summary = run(paths)
         assert summary.ok == 0 and summary.failed == 0 and summary.skipped == 1
+
+
+def test_a_part_of_the_parquet_output_named_as_an_input_is_left_out(model, tmp_path):
+    """`jaxmir tag out.parquet/* -o out.parquet`: a part inside the output is no audio of the run
+    (decoded, it was an error row and exit status 1)."""
+    clip = _write(tmp_path / "a.wav", 3.0, 16000, 1, 0)
+    out = tmp_path / "tags.parquet"
+    run = lambda paths: collect(model, paths, str(out), name="msd-musicnn", jobs=0,
+                                progress=False)
+    assert run([str(clip)]).ok == 1
+    part = str(out / "part-000001.parquet")
+    with pytest.warns(JaxmirWarning, match="left out of its inputs"):
+        summary = run([str(clip), part])
+    assert (summary.ok, summary.failed, summary.skipped) == (0, 0, 1)
+
+
+def test_a_parquet_output_holding_underscored_files_is_resumed(model, tmp_path):
+    """Spark's _SUCCESS (or _metadata) beside the parts, which pyarrow and pandas skip, is no
+    reason to refuse the output as another program's folder."""
+    clip = _write(tmp_path / "a.wav", 3.0, 16000, 1, 0)
+    out = tmp_path / "tags.parquet"
+    run = lambda: collect(model, [str(clip)], str(out), name="msd-musicnn", jobs=0,
+                          progress=False)
+    assert run().ok == 1
+    (out / "_SUCCESS").write_bytes(b"")
+    assert run().skipped == 1
+
+
+def test_a_resume_that_drops_a_middle_part_loses_no_later_one(model, tmp_path):
+    """A part whose rows are all done again is removed: the parts left are numbered with a gap
+    (0, 1, 3, 4), and the next one written must come after the last, not replace it."""
+    clips = [_write(tmp_path / "in" / f"{name}.wav", 3.0, 16000, 1, seed)
+             for seed, name in enumerate("abcd")]
+    out = tmp_path / "tags.parquet"
+    run = lambda: collect(model, [str(c) for c in clips], str(out), name="msd-musicnn", jobs=0,
+                          progress=False, flush_rows=1)
+    assert run().ok == 4
+    assert len(list(out.glob("part-*.parquet"))) == 5  # the empty first part, a row each
+    os.utime(clips[1], ns=(1, 1))  # changed: its part's only row goes, the file is done again
+    assert run().ok == 1
+    table = _read_parquet(out)
+    assert list(table["path"]) == [str(c) for c in clips] and set(table["status"]) == {"ok"}
 
 
 def test_a_folder_of_arrays_may_hold_the_audio_it_is_written_for(model, tmp_path, monkeypatch):
@@ -1708,6 +1756,29 @@ def test_a_rerun_removes_the_arrays_a_killed_run_was_writing(music, model, tmp_p
                     options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
     assert again.skipped == 2
     assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
+
+
+def test_a_name_of_exactly_255_bytes_is_kept():
+    """NAME_MAX bytes is a legal name: only a longer one is cut (a cut renames the array)."""
+    kept = "sub/" + "a" * 251 + ".npy"
+    assert outputs.within_name_max(kept) == kept
+    cut = outputs.within_name_max("sub/" + "a" * 252 + ".npy")
+    assert cut.startswith("sub/a") and "~" in cut and len(os.fsencode(cut[4:])) <= 255
+
+
+def test_a_file_named_before_in_a_folder_named_now_is_not_said_to_be_gone(model, tmp_path):
+    """A hidden file named itself in one run, its folder (which skips it) in the next: its row is
+    kept, and it is not "no longer in the folders named": it is there."""
+    folder = tmp_path / "disk"
+    hidden = _write(folder / ".take.wav", 3.0, 16000, 1, 0)
+    _write(folder / "b.wav", 3.0, 16000, 1, 1)
+    out = tmp_path / "tags.jsonl"
+    assert collect(model, [str(hidden)], out, name="msd-musicnn", jobs=0, progress=False).ok == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JaxmirWarning)
+        assert collect(model, [str(folder)], out, name="msd-musicnn", jobs=0,
+                       progress=False).ok == 1
+    assert len(out.read_text().splitlines()) == 2
 
 
 def test_names_longer_than_a_file_system_takes_are_cut(model, tmp_path):
