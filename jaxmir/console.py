@@ -64,13 +64,20 @@ def printable(text: str, newlines: bool = False) -> str:
 
 
 def columns(text: str) -> int:
-    """The columns ``text`` takes on a terminal: two for a wide character (CJK), none for a mark
-    drawn on the one before (accents, Devanagari's and Thai's vowel signs, variation selectors,
-    format characters but the soft hyphen, which terminals draw, Hangul's vowel and final
-    jamo), one for any other (as glibc's ``wcwidth``)."""
-    return sum(0 if (unicodedata.category(char) in ("Mn", "Me", "Cf") and char != "\u00ad")
-               or "\u1160" <= char <= "\u11ff"
-               else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+    """The columns ``text`` takes on a terminal (:func:`_char_columns` of each character)."""
+    return sum(_char_columns(char) for char in text)
+
+
+def _char_columns(char: str) -> int:
+    """Two for a wide character (CJK), none for a mark drawn on the one before (accents,
+    Devanagari's and Thai's vowel signs, variation selectors, format characters but the soft
+    hyphen, which terminals draw, Hangul's vowel and final jamo), one for any other (as
+    glibc's ``wcwidth``)."""
+    if char == "\u00ad":
+        return 1
+    if unicodedata.category(char) in ("Mn", "Me", "Cf") or "\u1160" <= char <= "\u11ff":
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
 
 
 def write_line(text: str) -> None:
