@@ -2161,6 +2161,7 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     tally = collect(model, [str(cut.parent)], out, name="msd-musicnn", jobs=0, progress=False,
                     analyzer=analyzer)
     assert tally.failed == 0 and seen == [str(cut)]
+    assert tally.summary().startswith("1 ok (1 damaged: decoded in part), 0 failed;")
     row = json.loads(Path(out).read_text().splitlines()[0])
     assert row["status"] == "damaged" and "truncated audio" in row["error"]
     with pytest.warns(DamagedAudioWarning, match="truncated audio"):

@@ -556,6 +556,29 @@ def test_undecodable_file_is_reported_skipped_counted(tmp_path, audio_set):
     assert failures[0].count(str(bad)) == 1  # it read "skipped X: X: cannot be read"
 
 
+def test_a_file_whose_embeddings_are_not_finite_is_skipped_and_not_cached(tmp_path):
+    """Its NaN embeddings were returned and cached: every later run read them back, and training
+    then failed as a whole instead of leaving out the one file."""
+    import soundfile
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, np.zeros(16000 * 4, np.float32), 16000)
+
+    class NaNModel:
+        def resolve_output(self, layer):
+            return layer, None
+
+        def predict(self, audio, sr, output=None):
+            return np.full((2, 200), np.nan, np.float32)
+
+    with pytest.warns(UserWarning, match="not finite"):
+        values, failures = embeddings.extract_embeddings(NaNModel(), "stub", [str(wav)], "emb",
+                                                         tmp_path / "cache")
+    assert values == [None]
+    assert failures == [f"{wav}: the emb embeddings are not finite"]
+    assert not list((tmp_path / "cache").glob("*.npy"))
+
+
 def test_a_layer_and_its_alias_are_one_cache_entry(tmp_path, audio_set):
     """`--layer logits` and `--layer model/dense_1/BiasAdd` (the same output) were computed and
     stored twice."""
@@ -1881,6 +1904,19 @@ def test_ctrl_c_as_a_finetuned_head_is_written_keeps_it_with_its_backbone(tmp_pa
                                      str(tmp_path / "h"), 1, 0, False)
     assert (tmp_path / "h.pb").is_file() and (tmp_path / "h-backbone.npz").is_file()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_finetuning_refuses_patches_and_targets_of_other_lengths():
+    """Three patches with five target rows trained on targets that did not line up with them."""
+    from jaxmir.train import finetune
+
+    model = jaxmir.load("msd-musicnn")
+    patches = np.zeros((3, *model.input_shape), np.float32)
+    targets = np.eye(2, dtype=np.float32)[[0, 1, 0, 1, 1]]
+    head = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    with pytest.raises(InputError, match="^3 patches but 5 target rows$"):
+        finetune.finetune(model, "model/dense/BiasAdd", patches, targets, "single", head,
+                          finetune.FinetuneConfig(steps=1, batch_size=2))
 
 
 def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
