@@ -431,6 +431,7 @@ def test_unknown_compat():
 
 @pytest.mark.parametrize("audio, match", [
     (np.zeros(1000, np.int16), "prepare_audio"),
+    (np.zeros(1000, np.uint8), "prepare_audio"),  # 8-bit WAV's PCM is unsigned
     (np.zeros(1000, np.complex64), "dtype complex64"),
     (np.float32(1.0), "scalar"),
 ])

@@ -119,6 +119,27 @@ def test_fewer_values_than_the_shape_repeat_the_last_as_tensorflow_fills_them():
         np.testing.assert_array_equal(found, expected)
 
 
+def test_a_reference_dtype_decodes_as_its_value_type():
+    """TensorFlow's reference dtypes are the value types + 100 (101: float32_ref)."""
+    decoded = decode_tensor(tensor(DT_FLOAT + 100, [3], float_val=[1.0, 2.0, 3.0]))
+    assert decoded.dtype == np.float32 and decoded.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_an_empty_shape_beyond_the_bound_is_refused_whatever_its_bytes():
+    huge = [0, 1 << 62, 1 << 62]
+    for fields in ({}, {"tensor_content": b"\0" * 4}):
+        with pytest.raises(GraphError, match="larger than jaxmir accepts"):
+            decode_tensor(tensor(DT_FLOAT, huge, **fields))
+
+
+@pytest.mark.parametrize("text", ["k1:\u00b2", "k1:\u0660", "k1:\uff11"])
+def test_a_port_of_other_digits_than_ascii_is_not_a_reference(text):
+    """Python's isdigit holds for a superscript two (int() then raised ValueError) and for an
+    Arabic-Indic zero (read as port 0)."""
+    with pytest.raises(GraphError, match="is not a tensor reference"):
+        TensorRef.parse(text)
+
+
 def test_unsupported_dtype_is_named():
     graph = const_graph(s=tensor(7, [1]))  # DT_STRING
     with pytest.raises(GraphError, match="dtype code 7 is not supported"):

@@ -11,7 +11,7 @@ import pytest
 import jaxmir
 from conftest import assert_parity, require, run_tf, shared_fixture
 from jaxmir.errors import InputError, WeightsError
-from jaxmir.spec import Activation, BatchNorm, Dense, gives_values, layer_from_text
+from jaxmir.spec import Activation, BatchNorm, Dense, gives_values, layer_from_text, layer_to_text
 
 
 def write_head(tmp_path, name, metadata=None, **kwargs):
@@ -59,6 +59,8 @@ def test_a_layer_s_text_takes_an_argument_only_where_it_has_one():
     assert layer_from_text("dense:100") == Dense(100) and layer_from_text("relu") == Activation(
         "relu")
     assert layer_from_text("batch_norm:0.001") == BatchNorm(0.001)
+    for epsilon in (1.001e-5, 0.0010000000474974513):  # Keras' default; TF's 1e-3 as float32
+        assert layer_from_text(layer_to_text(BatchNorm(epsilon))) == BatchNorm(epsilon)
     for text in ("relu:5", "sigmoid:x", "dense:", "dense:x", "gelu"):
         with pytest.raises(WeightsError, match=f"unknown layer '{text}'"):
             layer_from_text(text)

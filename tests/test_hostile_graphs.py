@@ -791,6 +791,18 @@ def _port(port: str):
     return edit
 
 
+def _control_input_first(g):
+    node = node_named(g, "dense/MatMul")
+    node.input.insert(0, "^b1")
+
+
+def _call_of_fewer_inputs():
+    """A call passing one input to a function of two (the second unused)."""
+    g = nested_calls_graph(depth=1, fanout=1)
+    g.library.function[0].signature.input_arg.add(name="unused")
+    return g
+
+
 def _swap_conv_channels(g):
     node = node_named(g, "vggish/1CNN/kernel")
     tensor = node.attr["value"].tensor
@@ -827,6 +839,12 @@ MALFORMED = {
                                 "declared float32 but holds a int32"),
     "duplicate_names": (lambda: _edit_head(_duplicate), "two nodes are named 'dense/BiasAdd'"),
     "port_out_of_range": (lambda: _edit_head(_port("3")), "output 3 of 'k1'"),
+    "port_one_of_a_const": (lambda: _edit_head(_port("1")),
+                            "output 1 of 'k1' \\(Const\\), which has 1 output"),
+    "data_input_after_control": (lambda: _edit_head(_control_input_first),
+                                 "data input 'model/Placeholder' comes after a control input"),
+    "call_of_fewer_inputs": (_call_of_fewer_inputs, "'PartitionedCall' passes 1 inputs to a "
+                                                    "function of 2"),
     "port_negative": (lambda: _edit_head(_port("-1")), "not a tensor reference"),
     "port_of_5000_digits": (lambda: _edit_head(_port("1" * 5000)),  # Python's int() refused it
                             r"'k1:1{77}\.\.\.' is not a tensor reference"),

@@ -338,8 +338,6 @@ def decode_tensor(tensor, where: str = "tensor", budget: LoadBudget | None = Non
         filled = np.full(count, values[-1] if len(values) else np.zeros((), dtype), dtype=dtype)
         filled[:len(values)] = values
         return filled.reshape(shape)
-    if count == 0 and len(values) == 0:
-        return np.zeros(shape, dtype)
     raise GraphError(f"{where}: {len(values)} values do not fit the declared shape {list(shape)} "
                      f"({count} elements); expected at most {count} (fewer: the last repeats, "
                      "as TensorFlow fills them)")
@@ -441,8 +439,9 @@ class Graph:
                                      "file is truncated or corrupt")
                 outputs = self.output_count(self.nodes[ref.node])
                 if outputs is not None and ref.index >= outputs:
-                    raise GraphError(f"{where} reads output {ref.index} of '{ref.node}', an "
-                                     f"{self.nodes[ref.node].op} with {outputs} output(s)")
+                    raise GraphError(f"{where} reads output {ref.index} of '{ref.node}' "
+                                     f"({self.nodes[ref.node].op}), which has {outputs} "
+                                     "output(s)")
                 if text.startswith("^"):
                     continue
                 if data_inputs < len(node.input) and node.input[data_inputs] != text:
