@@ -842,7 +842,8 @@ def _line_writer(model, output: str, args, interrupted: dict) -> Callable:
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
-    from jaxmir.loading import backbone_name, backbone_of, trained_on_file, trained_reading
+    from jaxmir.loading import (backbone_name, backbone_of, reading_options, trained_on_file,
+                                trained_reading)
 
     model = _load_model(args.model, args.backbone, audio=False)[0]
     text = model.describe()
@@ -852,8 +853,7 @@ def cmd_info(args) -> int:
             f", found: {found} (jaxmir info --backbone {found} describes both)" if found
             else ", not found beside it" + ("" if trained_on_file(model) else " nor shipped")))
     if reading := trained_reading(model):
-        text += "\ntrained on audio read with " + " ".join(f"--{key} {value}"
-                                                           for key, value in reading.items())
+        text += f"\ntrained on audio read with {reading_options(reading)}"
     _emit(text + "\n", None)
     return EXIT_OK
 

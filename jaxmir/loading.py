@@ -286,6 +286,12 @@ def trained_reading(model: Model) -> dict[str, str]:
     return {}
 
 
+def reading_options(reading: dict[str, str | None]) -> str:
+    """``{"resampler": "soxr", "decoder": "float"}`` as the options that read audio so:
+    ``"--resampler soxr --decoder float"``."""
+    return " ".join(f"--{key} {value}" for key, value in reading.items())
+
+
 def warn_of_another_reading(model: Model, resampler: str, decoder: str | None) -> None:
     """Warn when a run reads files for ``model`` with another resampler or decoder (``None``:
     it decodes none) than its training audio was read with (:func:`trained_reading`). Where
@@ -297,8 +303,8 @@ def warn_of_another_reading(model: Model, resampler: str, decoder: str | None) -
     other = [key for key in trained if now[key] is not None and trained[key] != now[key]]
     if not other:
         return
-    then = ", ".join(f"--{key} {trained[key]}" for key in other)
-    given = ", ".join(f"--{key} {now[key]}" for key in other)
+    then = reading_options({key: trained[key] for key in other})
+    given = reading_options({key: now[key] for key in other})
     offered = {"resampler": RESAMPLERS, "decoder": DECODE_MODES}
     advice = f"; pass {then}" if all(trained[key] in offered[key] for key in other) else ""
     warnings.warn(f"{model.name} was trained on audio read with {then} (its metadata's "
