@@ -54,6 +54,16 @@ def test_class_scores_are_ranked_other_outputs_are_values():
         assert gives_values(layers) is values, end
 
 
+def test_penultimate_is_what_feeds_the_last_dense_layer_where_something_does():
+    """A head of one dense layer listed a 'penultimate' of layer -1: a KeyError when asked for,
+    and its weights file did not load."""
+    from jaxmir.models.layers import head_aliases
+
+    assert head_aliases([Dense(3), Activation("softmax")]) == {
+        "predictions": "head/layer_1", "embeddings": "head/layer_0", "logits": "head/layer_0"}
+    assert head_aliases([BatchNorm(1e-3), Dense(3)])["penultimate"] == "head/layer_0"
+
+
 def test_a_layer_s_text_takes_an_argument_only_where_it_has_one():
     """A weights file's ``relu:5`` (damaged, or another tool's) was read as a ReLU."""
     assert layer_from_text("dense:100") == Dense(100) and layer_from_text("relu") == Activation(

@@ -387,6 +387,24 @@ def test_a_variance_that_makes_the_batch_norm_divide_by_nothing_is_refused(tmp_p
         jaxmir.load(tmp_path / "negative.npz")
 
 
+def test_a_weights_file_s_variances_are_checked_against_its_largest_epsilon():
+    """A weights file names its epsilons in its config only: a variance is refused when it is
+    <= minus every one of them. A zero variance with epsilon 0 loaded (every tag NaN); one
+    between the two epsilons of a config was refused as if the smaller held it."""
+    from jaxmir.models import variance_below_epsilon
+    from jaxmir.spec import BatchNorm
+
+    def variables(*var):
+        return {"batch_stats": {"bn": {"mean": np.zeros(len(var)), "var": np.array(var)}}}
+
+    assert variance_below_epsilon(variables(1.0, 0.0), {"bn_epsilon": 0.0}) == (
+        "batch_stats/bn/var", "a variance of 0, which with any of the model's batch-norm "
+        "epsilons (at most 0) is <= 0: the file is damaged")
+    two = {"bn_epsilon": 1e-3, "head": (BatchNorm(1e-2),)}
+    assert variance_below_epsilon(variables(1.0, -5e-3), two) is None
+    assert variance_below_epsilon(variables(-1e-2), two)[0] == "batch_stats/bn/var"
+
+
 def test_a_variance_below_zero_but_above_minus_epsilon_loads_as_tensorflow_runs_it(tmp_path):
     """-1e-4 with epsilon 1e-3 divides by sqrt(9e-4): TensorFlow's outputs are finite, and the
     first refusal of negative variances refused it all the same."""

@@ -13,7 +13,7 @@ from jaxmir.collection.inputs import Source
 from jaxmir.collection.packing import Packer
 from jaxmir.errors import InputError
 from jaxmir.stream import MAX_BATCH, file_batch
-from conftest import EMBEDDINGS_RTOL, TAGS_ATOL
+from conftest import EMBEDDINGS_RTOL, ROOT, TAGS_ATOL
 
 # 16-kHz signals: too short for a patch (1.0 s, 2.9 s), one patch, a few, 12.3 s (7 patches: one
 # padded run), 31 s (19: two runs, three left over) and 70 s (46: five runs, a padded run of 6),
@@ -118,6 +118,12 @@ def test_batch_must_be_a_positive_integer_up_to_the_bound(batch):
     with pytest.raises(InputError, match=f"batch must be a positive integer up to {MAX_BATCH}"):
         Options(batch=batch)
     Options(batch=MAX_BATCH)
+
+
+def test_the_readme_states_the_batch_bound():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"`--batch N` patches (8 by default, 32 for VGGish, whose dense head is read at every " \
+           f"call; at most {MAX_BATCH};" in readme
 
 
 def test_the_command_line_refuses_a_batch_beyond_the_bound(tmp_path, capsys):

@@ -85,6 +85,11 @@ def test_repeat_with_fewer_frames_than_a_patch():
     patches = make_patches(numbered(5), 96, 93, last_patch="repeat")
     assert patches.shape == (1, 96, 3)
     np.testing.assert_array_equal(patches[0, :, 0], np.arange(96) % 5)
+    # one frame short of a patch (an IndexError at the bound's off-by-one), alone and after one
+    patches = make_patches(numbered(186), 187, 93, last_patch="repeat")
+    np.testing.assert_array_equal(patches[:, :, 0], [np.arange(187) % 186])
+    patches = make_patches(numbered(279), 187, 93, last_patch="repeat")
+    np.testing.assert_array_equal(patches[:, :, 0], [np.arange(187), 93 + np.arange(187) % 186])
 
 
 def test_too_short_raises_with_frames_and_seconds():

@@ -53,6 +53,23 @@ def essentia_patch_count(n_samples: int, size: int = 187, hop: int = 93, frame_h
     return (frames - size) // hop + 1 if frames >= size else 0
 
 
+def test_a_plan_refuses_audio_of_another_length(musicnn):
+    """Six seconds run through a plan for ten gave 5 patches where 3 were due, two of padding."""
+    plan = pipeline.plan(musicnn, 10 * SR)
+    with pytest.raises(InputError, match=r"audio has shape \[96000\]; the plan is for \[160000\]"):
+        pipeline.run_plan(musicnn, noise(6 * SR), plan)
+
+
+def test_integer_pcm_in_a_jax_array_at_16_khz_is_converted_as_in_a_numpy_one(musicnn):
+    """It was refused ("audio has dtype int16") where NumPy's int16 is read as PCM."""
+    pcm = (noise(4 * SR) * 32767).astype(np.int16)
+    # the same samples through a JAX program and a NumPy one: float32 summation order only
+    np.testing.assert_allclose(musicnn.predict(jnp.asarray(pcm), SR), musicnn.predict(pcm, SR),
+                               rtol=0, atol=SAME)
+    np.testing.assert_allclose(musicnn.features(jnp.asarray(pcm), SR), musicnn.features(pcm, SR),
+                               rtol=0, atol=SAME)
+
+
 @pytest.mark.parametrize("n_samples", [48017, 16000 * 4, 16000 * 7 + 5, 16000 * 30 + 123])
 def test_bucketed_equals_unpadded(musicnn, n_samples):
     audio = noise(n_samples, seed=n_samples)
