@@ -305,6 +305,10 @@ def test_decoding_options_ray_does_not_use_are_named(capsys):
     with pytest.raises(SystemExit):  # taken as the default pool before
         run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--engine", "ray", "--actors", "0")
     assert "argument --actors: expected a whole number >= 1" in capsys.readouterr().err
+    for value in ("2.5", "1e3", "0.9"):  # not rounded to a number nobody gave
+        with pytest.raises(SystemExit):
+            run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--jobs", value)
+        assert f"argument -j/--jobs: expected a whole number, got '{value}'" in capsys.readouterr().err
 
 
 def test_a_ray_run_ends_its_ray_session_with_interrupts_held(monkeypatch, capsys):
@@ -536,6 +540,8 @@ def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_p
                                  (f"{tmp_path}/pictures/", [], "give the picture's file name"),
                                  (str(tmp_path / "same"), ["-o", str(tmp_path / "same")],
                                   "is also the --output"),
+                                 (f"{tmp_path}/./same", ["-o", str(tmp_path / "same")],
+                                  "is also the --output"),
                                  # failed file by file, after the model ran
                                  (str(tmp_path / "p.txt"), [], "matplotlib writes no '.txt'")):
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--plot", plot, *extra)
@@ -735,6 +741,8 @@ def test_overlap_and_patch_hop(capsys, wavs, tmp_path):
                     "--patch-hop 187": (187, 1), "": (93, 2)}  # the largest hop, a patch
     status, _, err = run(capsys, "tag", str(long), "--overlap", "3")
     assert status == 2 and "--overlap 3" in err  # the command line is wrong (it was 1)
+    status, _, err = run(capsys, "tag", str(long), "--overlap", "-1")  # a hop past the patch
+    assert status == 2 and "--overlap -1 s: " in err and "must be at least 0" in err
     # 2.99 s is less than a patch (2.992 s) but rounds to a hop of 0 frames: the bound is given
     status, _, err = run(capsys, "tag", str(long), "--overlap", "2.99")
     assert status == 2 and "at most 2.976 s (patches one frame apart)" in err, err
@@ -798,14 +806,16 @@ def test_info(capsys, wavs, tmp_path):
     assert status == 0, err
     assert "architecture: musicnn" in out and "parameters: 792,079" in out
     assert "model/dense/BiasAdd" in out and "penultimate" in out and "rock" in out
-    assert "patches: 187 frames (2.99 s), default hop 93 frames" in out
+    assert "patches: 187 frames (2.99 s), default hop 93 frames (1.49 s)\n" in out
     status, out, err = run(capsys, "info", str(shared_fixture("essentia-models/small_vggish_init.pb")))
     assert status == 0, err
     assert "vggish" in out and "patches: 96 frames (0.96 s)" in out
     assert "pool2x2," in out and "stride" not in out  # windows and strides alike
+    assert "\n  conv3x3 1 relu pool2x2," in out
     # musicnn's VGG: its first pool, 4x1, moves 2x2 (it read "pool4x1", as if it moved 4x1)
     status, out, err = run(capsys, "info", "msd-vgg")
     assert status == 0 and "BN pool4x1 (stride 2x2), conv3x3 128" in out and out.count("stride") == 1
+    assert "\n  BN, conv3x3 128 relu BN pool4x1" in out  # an input batch norm, as VGGish has not
     head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     status, out, err = run(capsys, "tag", str(shared_fixture("audio/vignesh.wav")), "--model", head)
     assert status == 1 and out == "" and f"{head}: this is an embedding head" in err

@@ -2124,6 +2124,8 @@ def test_run_tag_and_embed_commands(music, model, tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert str(bad) in err and "2 ok, 1 failed" in err and "x real time" in err
     assert not arguments.is_collection(parser.parse_args(["x", "-o", "t.csv", "-f", "csv"]), "tag")
+    for table in ("T.PARQUET", "T.JsonL", "T.CSV"):  # a text listing was written under the name
+        assert arguments.is_collection(parser.parse_args(["x", "-o", table]), "tag"), table
     batches, stream_files = [], compute.stream_files
 
     def recording_stream_files(model, sources, options):
@@ -2412,6 +2414,24 @@ def test_ctrl_c_while_worker_processes_start_stops_the_run_cleanly(music, monkey
     sources = [inputs.examine(path) for path in inputs.expand([str(music)])]
     with pytest.raises(KeyboardInterrupt):
         list(local.decode_all(sources, 2, processes=True))
+
+
+def test_decoding_runs_at_most_prefetch_files_ahead(monkeypatch):
+    """Memory is bounded by the decoded files waiting for the model: ``2 * jobs`` of them."""
+    submitted, workers = [], local._workers
+
+    def counting_workers(jobs, processes):
+        pool = workers(jobs, processes)
+        submit = pool.submit
+        pool.submit = lambda fn, path, *args: (submitted.append(path), submit(fn, path, *args))[1]
+        return pool
+
+    monkeypatch.setattr(local, "_workers", counting_workers)
+    monkeypatch.setattr(compute, "decode", lambda path, *args: path)
+    files = local.decode_all([inputs.Source(f"{n}.wav", 0, 0) for n in range(10)], jobs=2)
+    assert next(files) == "0.wav" and submitted == ["0.wav", "1.wav", "2.wav", "3.wav"]
+    assert next(files) == "1.wav" and len(submitted) == 5
+    assert list(files) == [f"{n}.wav" for n in range(2, 10)]
 
 
 HALF_A_RESULT = """

@@ -171,6 +171,29 @@ def test_a_read_only_output_is_refused_before_ray_starts(monkeypatch, tmp_path):
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_read_only_table_to_overwrite_is_refused_before_joining_a_cluster(monkeypatch, tmp_path,
+                                                                            suffix):
+    """Only an array folder's index was checked up front: a JSONL or CSV table that --overwrite
+    could not replace was refused after a cluster was joined (~20 s)."""
+    require("ray")
+    from jaxmir import atomic
+
+    model, clip = jaxmir.load("msd-musicnn"), tmp_path / "a.wav"
+    _write(clip, 3.0, 16000, 1, 0)
+    table = tmp_path / f"tags.{suffix}"
+    collect(model, [str(clip)], str(table), name="msd-musicnn", jobs=0, progress=False)
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)  # root: chmod
+
+    def joined():
+        raise AssertionError("joined a cluster")
+
+    monkeypatch.setattr(ray_engine, "connect", joined)
+    with pytest.raises(InputError, match=f"cannot write {table}"):
+        collect(model, [str(clip)], str(table), engine="ray", name="msd-musicnn", progress=False,
+                overwrite=True)
+
+
 def test_ray_missing_or_unreachable(monkeypatch, tmp_path):
     """A clear error, in bounded time, before any output is made (an empty Parquet folder or
     index was left behind)."""

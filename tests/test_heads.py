@@ -209,6 +209,11 @@ def test_composition_errors_name_both_sides(tmp_path):
     vggish_head = write_head(tmp_path, "vggish-head", features=128)
     with pytest.raises(InputError, match="takes 128-d embeddings.*gives 200-d"):
         jaxmir.load(vggish_head, backbone="msd-musicnn")
+    # narrower: loaded, then a broadcasting TypeError at the first prediction
+    with pytest.raises(InputError, match="takes 200-d embeddings, but the backbone msd-musicnn "
+                                         "gives 50-d embeddings at 'model/dense_1/BiasAdd'"):
+        jaxmir.load(write_head(tmp_path, "h"), backbone="msd-musicnn",
+                    embedding="model/dense_1/BiasAdd")
     with pytest.raises(InputError, match="not an embedding head"):
         jaxmir.load("msd-vgg", backbone="msd-musicnn")
     with pytest.raises(InputError, match="is an embedding head itself, not a backbone"):

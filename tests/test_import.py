@@ -233,6 +233,14 @@ def test_graph_stripped_for_inference(musicnn_graphs, tmp_path, patches_187, fol
     assert "model/Sigmoid" in errors
 
 
+def test_only_a_graph_named_from_its_start_like_a_shipped_model_takes_its_labels():
+    from jaxmir.catalog import labels_for_graph
+
+    spec = jaxmir.load("msd-musicnn").spec
+    assert labels_for_graph("/models/msd-musicnn-1.pb", spec)[:2] == ["rock", "pop"]
+    assert labels_for_graph("/models/old-msd-musicnn-1.pb", spec) is None
+
+
 def test_msd_big_configuration_from_a_random_graph(tmp_path, patches_187):
     require("tensorflow")
     from tools import tf_graphs

@@ -595,6 +595,10 @@ def test_labels_holding_control_characters_are_refused(musicnn, tmp_path):
     for odd in ("right\u202eleft", "one\u2028two", "", " ", "zero\u200bwidth", "\ufeffbom"):
         with pytest.raises(InputError, match="holds a control character|a label is empty"):
             musicnn.with_labels(bad[:4] + [odd] + bad[5:])
+    # the embeddings, overrides and isolates of Unicode's bidirectional algorithm, its marks
+    for control in "\u202a\u202b\u202c\u202d\u2066\u2067\u2068\u2069\u200e\u200f\u061c\u2029":
+        with pytest.raises(InputError, match="holds a control character"):
+            musicnn.with_labels(bad[:4] + [f"a{control}b"] + bad[5:])
     assert musicnn.with_labels(["Électro · café ü"] + bad[1:4] + ["tab-free"] + bad[5:]).labels[0] \
         == "Électro · café ü"
 

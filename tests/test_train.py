@@ -1467,6 +1467,12 @@ def test_cli_refuses_plot_for_data_without_a_confusion_matrix(tmp_path, audio_se
     assert f"--plot draws the confusion matrix of a classifier of one class per track; {table} " \
         "is multi-label data, whose head has none" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.csv"]
+    values = tmp_path / "values.csv"
+    values.write_text("path,arousal\n" + "".join(f"{f},{i / 10}\n" for i, f in enumerate(files)))
+    argv = ["train-head", str(values), "--output", str(tmp_path / "h"), "--folds", "2", "--plot"]
+    assert jaxmir_cli.main(argv) == 1
+    assert f"{values} is regression data, whose head has none" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.csv", "values.csv"]
 
 
 def test_cli_warns_of_classes_named_like_columns(tmp_path, capsys, monkeypatch):
