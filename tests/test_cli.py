@@ -308,7 +308,8 @@ def test_decoding_options_ray_does_not_use_are_named(capsys):
     for value in ("2.5", "1e3", "0.9"):  # not rounded to a number nobody gave
         with pytest.raises(SystemExit):
             run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--jobs", value)
-        assert f"argument -j/--jobs: expected a whole number, got '{value}'" in capsys.readouterr().err
+        said = capsys.readouterr().err
+        assert f"argument -j/--jobs: expected a whole number, got '{value}'" in said
 
 
 def test_a_ray_run_ends_its_ray_session_with_interrupts_held(monkeypatch, capsys):
