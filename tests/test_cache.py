@@ -42,6 +42,17 @@ def test_entries_this_user_cannot_read_are_dropped(tmp_path, monkeypatch):
     assert not locked.exists() and good.exists()
 
 
+def test_only_compiled_entries_are_read_for_a_cut_stream(tmp_path):
+    """Beside each entry JAX keeps an -atime file of a timestamp: not a stream, never cut."""
+    stream = zlib.compress(np.random.default_rng(0).bytes(10_000))[:-1]
+    settled = time.time_ns() - 60 * 10**9
+    for name in ("jit_x-0-atime", "jit_x-0-cache"):
+        (tmp_path / name).write_bytes(stream)
+        os.utime(tmp_path / name, ns=(settled, settled))
+    assert cache.drop_broken_entries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.CHECKED, "jit_x-0-atime"]
+
+
 def test_enabling_the_cache_drops_broken_entries_first(tmp_path, monkeypatch):
     """The command line's way in: entries a full disk left empty are gone before JAX reads."""
     directory = tmp_path / "jax"

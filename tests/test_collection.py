@@ -1820,6 +1820,19 @@ def test_names_longer_than_a_file_system_takes_are_cut(model, tmp_path):
                                model.predict(jaxmir.load_audio(path), 16000, "embeddings"))
 
 
+def test_a_temporary_a_killed_run_left_beside_a_long_named_table_is_removed(model, tmp_path):
+    """A table's name over 200 bytes: its temporary is named from the first 200, and was not
+    known as that table's, so it outlived every rerun."""
+    from jaxmir.atomic import name_prefix
+
+    clip = _write(tmp_path / "a.wav", 3.5, 16000, 1, 0)
+    table = tmp_path / ("t" * 246 + ".csv")
+    stale = tmp_path / f".{name_prefix(table.name)}.Ab12cd34.tmp"  # as write_atomically names it
+    stale.write_text("path,status\n")
+    assert collect(model, [str(clip)], str(table), jobs=0, progress=False).ok == 1
+    assert not stale.exists()
+
+
 def test_full_disk_keeps_rows(music, model, tmp_path, monkeypatch):
     out = tmp_path / "tags.jsonl"
     real = outputs._append

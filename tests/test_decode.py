@@ -23,7 +23,7 @@ import pytest
 import soundfile
 
 import jaxmir
-from conftest import child_env, essentia_python, shared_fixture
+from conftest import child_env, encoded_audio, essentia_python, shared_fixture
 from jaxmir import decode
 from jaxmir.decode import (AudioBlocks, DamagedAudioWarning, decode_file, ffmpeg_reason, id3v2_end,
                            iter_blocks)
@@ -227,6 +227,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["header_without_counts.mp3"] = folder / "header_without_counts.mp3"
     made["header_without_counts.mp3"].write_bytes(
         id3v2_tag(100) + audio[:info + 8] + bytes(8) + audio[info + 16:])
+    # ... in MPEG-2, whose frames hold 576 samples (1152 skipped cut 26 ms of its start)
+    lsf = made["mono_22k05.mp3"].read_bytes()
+    lsf = lsf[id3v2_end(io.BytesIO(lsf)):]
+    info = lsf.index(b"Info") if b"Info" in lsf else lsf.index(b"Xing")
+    made["header_without_counts_22k.mp3"] = folder / "header_without_counts_22k.mp3"
+    made["header_without_counts_22k.mp3"].write_bytes(lsf[:info + 8] + bytes(8) + lsf[info + 16:])
     # a tag with a footer: the LAME header's frame comes 10 bytes after the tag's frames
     made["tag_with_footer.mp3"] = folder / "tag_with_footer.mp3"
     made["tag_with_footer.mp3"].write_bytes(id3v2_tag(100, footer=True) + audio)
@@ -318,7 +324,8 @@ CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp
               "page_version.ogg": None, "itunsmpb.m4a": None, "two_data_chunks.wav": None,
               "two_data_chunks_odd.wav": None, "rf64.wav": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg", "cut_rf64.wav"]
-STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3", "tag_with_footer.mp3"]
+STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3",
+          "header_without_counts_22k.mp3", "tag_with_footer.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
 ESSENTIA_ONLY = ["pages_damaged.ogg"]  # compared in a test of their own
 
@@ -995,6 +1002,17 @@ def test_an_mp3_three_frames_short_of_its_header_is_truncated(tmp_path):
             assert decode_file(cut).status == status, frames
 
 
+@pytest.mark.parametrize("rate, bit_rate", [(24000, 64000), (22050, 160000), (16000, 32000)])
+def test_mpeg2_layer2_frames_are_sized_as_layer2(rate, bit_rate):
+    """Layer II frames hold 1152 samples in MPEG-2 too (layer III's hold 576): sized as layer
+    III's, an MP2 file's first frame was not found."""
+    data = encoded_audio("mp2", "mp2", rate, {"b": str(bit_rate)})
+    at = frames = 0
+    while (size := decode.mpeg_frame_bytes(int.from_bytes(data[at:at + 4], "big"))) is not None:
+        at, frames = at + size, frames + 1
+    assert at == len(data) and frames > 10
+
+
 @pytest.mark.parametrize("subtype, container", [("PCM_16", "WAV"), ("PCM_24", "AIFF")])
 def test_a_few_frames_missing_from_an_exact_header_is_truncation(tmp_path, subtype, container):
     """WAV and AIFF headers count their frames: a file cut short by 2,000 of them (45 ms at
@@ -1065,6 +1083,13 @@ def test_a_whole_compressed_aiff_is_not_truncated(tmp_path):
     with pytest.warns(DamagedAudioWarning, match=r"damaged audio: 1 undecodable packet.*; its "
                                                   r"SSND chunk lacks 300 of the 13200 bytes"):
         decode_file(cut)
+    # behind a chunk of an odd size (and its pad byte), the SSND chunk is found all the same
+    data = gsm.read_bytes()
+    at = data.index(b"SSND")
+    odd = data[:at] + b"ANNO" + struct.pack(">I", 3) + b"abc\0" + data[at:]
+    cut.write_bytes(odd[:4] + struct.pack(">I", len(odd) - 8) + odd[8:-6600])
+    with pytest.warns(DamagedAudioWarning, match=r"its SSND chunk lacks 6600 of the 13200 bytes"):
+        assert decode_file(cut).status == "truncated"
     data = bytearray(gsm.read_bytes())  # a streaming writer's size, which it could not fill in
     data[data.index(b"SSND") + 4:data.index(b"SSND") + 8] = b"\xff" * 4
     gsm.write_bytes(bytes(data))

@@ -512,3 +512,25 @@ def test_an_optional_dependency_installed_but_broken_is_not_called_missing(tmp_p
     with pytest.raises(InputError, match=r"^--plot needs jaxmir_test_gone, which is not "
                                          r"installed; install it with: pip install x$"):
         lazy.optional("jaxmir_test_gone.sub", "--plot", "pip install x", InputError)
+    # the package there, its submodule not (ray without ray.data): not a broken installation
+    (tmp_path / "jaxmir_test_part").mkdir()
+    (tmp_path / "jaxmir_test_part" / "__init__.py").write_text("")
+    with pytest.raises(InputError, match=r"^--plot needs jaxmir_test_part.data, which is not "
+                                         r"installed; install it with: pip install x$"):
+        lazy.optional("jaxmir_test_part.data", "--plot", "pip install x", InputError)
+
+
+def test_a_lazy_submodule_missing_a_dependency_names_it(tmp_path, monkeypatch):
+    """``jaxmir.train.fit`` without optax said "module 'jaxmir.train' has no attribute 'fit'"."""
+    package = tmp_path / "jaxmir_test_lazy"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from jaxmir import lazy\n__getattr__, __dir__ = lazy.attributes(__name__, {}, [])\n")
+    (package / "fit.py").write_text("import jaxmir_test_absent\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import jaxmir_test_lazy
+
+    with pytest.raises(ModuleNotFoundError, match="jaxmir_test_absent"):
+        jaxmir_test_lazy.fit
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        jaxmir_test_lazy.nothing

@@ -385,6 +385,8 @@ def _array(key, convert):
     ("patches_of_64_bands", _set("input_shape", [187, 64]),  # its frames right, its bands not
      r"input_shape \[187, 64\] does not fit the musicnn front-end"),
     # the file's own errors name it (they did not)
+    ("frontend_of_another_hop", lambda a, m: {**m, "frontend": {**m["frontend"], "patch_hop": 50}},
+     "front-end .*'patch_hop': 50.* is not one jaxmir computes"),  # 3 patches in 5 s, not 2
     ("unknown_architecture", _set("architecture", "../../etc"),
      r"unknown_architecture.npz: unknown architecture '../../etc'"),
     ("labels_too_few", _set("labels", ["one"]),
@@ -411,6 +413,18 @@ def test_a_weights_file_jaxmir_did_not_write_is_a_weights_error(musicnn, tmp_pat
                                                                message):
     with pytest.raises(WeightsError, match=message):
         jaxmir.load(_edited(musicnn, tmp_path, name, edit))
+
+
+def test_a_fortran_ordered_array_in_a_weights_file_is_read_in_its_order(musicnn, tmp_path):
+    """np.savez writes a Fortran-ordered kernel as such: read in C order, its values were
+    scrambled (tags off by 0.29)."""
+    path = _edited(musicnn, tmp_path, "fortran",
+                   lambda a, m: a.update({KERNEL: np.asfortranarray(a[KERNEL])}))
+    with zipfile.ZipFile(path) as archive:
+        assert b"'fortran_order': True" in archive.read(KERNEL + ".npy")[:128]
+    patches = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
+    np.testing.assert_array_equal(jaxmir.load(path).apply(patches)["predictions"],
+                                  musicnn.apply(patches)["predictions"])
 
 
 @pytest.mark.parametrize("flag_offset, method", [((6, 8), None), (None, 9)])

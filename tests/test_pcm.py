@@ -156,6 +156,7 @@ def test_reader_gives_bytes_as_they_arrive():
     ("mp3", "libmp3lame", 22050, {"id3v2_version": "0", "write_xing": "0"}, "an MP3 file"),  # MPEG-2
     ("mp3", "libmp3lame", 8000, {"id3v2_version": "0"}, "an MP3 file"),       # MPEG-2.5
     ("mp2", "mp2", 48000, None, "an MP2 file"),                              # layer II
+    ("mp2", "mp2", 24000, None, "an MP2 file"),                        # MPEG-2 layer II
     ("adts", "aac", 44100, None, "an AAC (ADTS) file"),
     ("mp3", "libmp3lame", 44100, None, "an MP3 file (ID3 tag)"),
     ("flac", "flac", 44100, None, "a FLAC file"),
@@ -171,7 +172,8 @@ def test_encoded_streams_are_told_from_pcm(container, codec, rate, options, kind
 
 @pytest.mark.parametrize("container, codec, rate, kind", [
     ("mp3", "libmp3lame", 44100, "an MP3 file"), ("mp3", "libmp3lame", 8000, "an MP3 file"),
-    ("mp2", "mp2", 48000, "an MP2 file"), ("adts", "aac", 44100, "an AAC (ADTS) file"),
+    ("mp2", "mp2", 48000, "an MP2 file"), ("mp2", "mp2", 22050, "an MP2 file"),
+    ("adts", "aac", 44100, "an AAC (ADTS) file"),
     ("ogg", "libopus", 48000, "an Ogg file"),
 ])
 @pytest.mark.parametrize("cut", [1, 417, 1001])
