@@ -1820,6 +1820,17 @@ def test_names_longer_than_a_file_system_takes_are_cut(model, tmp_path):
                                model.predict(jaxmir.load_audio(path), 16000, "embeddings"))
 
 
+def test_a_failed_file_whose_name_is_not_utf8_gets_its_parquet_row(model, tmp_path):
+    """Its error names it: pyarrow refused the error text's lone surrogate, and the run ended
+    without the row (its path was escaped, its error not)."""
+    bad = os.fsdecode(bytes(tmp_path) + b"/bad\xff.wav")
+    Path(bad).write_bytes(b"not audio at all")
+    out = tmp_path / "tags.parquet"
+    assert collect(model, [bad], str(out), name="msd-musicnn", jobs=0, progress=False).failed == 1
+    (row,) = _read_parquet(out).to_dict("records")
+    assert row["status"] == "error" and row["path"] == as_text(bad) and as_text(bad) in row["error"]
+
+
 def test_a_temporary_a_killed_run_left_beside_a_long_named_table_is_removed(model, tmp_path):
     """A table's name over 200 bytes: its temporary is named from the first 200, and was not
     known as that table's, so it outlived every rerun."""
@@ -2980,4 +2991,12 @@ def test_a_parquet_part_whose_columns_were_edited_is_refused(model, music, tmp_p
     table = pq.read_table(part)
     pq.write_table(table.drop(["rock"]).replace_schema_metadata(table.schema.metadata), part)
     with pytest.raises(InputError, match=rf"{part.name}: no column 'rock' \(edited since"):
+        collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    # recast: resumed, it left parts whose columns no reader of the folder could join
+    pa = require("pyarrow")
+    rock = table.schema.get_field_index("rock")
+    pq.write_table(table.set_column(rock, pa.field("rock", pa.string()),
+                                    table.column("rock").cast(pa.string()))
+                   .replace_schema_metadata(table.schema.metadata), part)
+    with pytest.raises(InputError, match=rf"{part.name}: column 'rock' of type string, not double"):
         collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)

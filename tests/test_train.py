@@ -122,6 +122,10 @@ def test_a_missing_dataset_a_row_naming_a_folder_and_a_folder_of_parquet_parts(t
     table.write_text(f"path,label\n{audio_set}/pads,a\n{audio_set}/pads/pads_00.wav,b\n")
     with pytest.raises(InputError, match=r"1 row\(s\) name folders, not audio files, e.g. "):
         data.load_dataset(table)
+    table.write_text(f"path,label\n{audio_set}/pads,a\n{audio_set}/gone.wav,b\n")
+    with pytest.raises(InputError, match=r"2 row\(s\) name files that do not exist or folders "
+                                         r"\(1\), e.g. "):
+        data.load_dataset(table)
     paths = sorted(str(p) for p in audio_set.rglob("*.wav"))[:6]
     labels = ["a", "b"] * 3
     parts = tmp_path / "labels.parquet"
@@ -387,6 +391,17 @@ def test_parquet_list_label_column_is_multilabel(tmp_path, audio_set):
     assert ds.targets.tolist()[4] == [1, 0, 1, 0] and ds.targets.tolist()[7] == [0, 0, 0, 1]
     pq.write_table(pa.table({"path": files, "label": [["tone"]] * 7 + [[]]}), table)
     with pytest.raises(InputError, match="1 row.*without a label"):
+        data.load_dataset(table)
+
+
+def test_a_row_without_a_label_is_named(tmp_path, audio_set):
+    """A single-label table's empty cells were refused as "a label is empty ('')": neither how
+    many rows nor which file."""
+    files = sorted(str(p) for p in audio_set.rglob("*.wav"))
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\n" + "".join(f"{f},{'' if i in (2, 5) else 'a'}\n"
+                                              for i, f in enumerate(files)))
+    with pytest.raises(InputError, match=rf"2 row\(s\) without a label, e.g. {files[2]}$"):
         data.load_dataset(table)
 
 
@@ -2016,6 +2031,42 @@ def test_the_head_s_json_keeps_cross_validation_figures_to_four_decimals():
         "2-fold_cross_validation_normalized_accuracy"]
     assert written == round(mean, 4) == 0.1235
     assert written not in (round(mean, 3), round(mean, 5))
+
+
+def test_a_class_left_with_one_file_after_skipping_is_refused(monkeypatch, tmp_path):
+    """A table's class of two files, one undecodable: a head was trained on its one track."""
+    from jaxmir.train import recipe
+
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\n" + "".join(f"{c}{i}.wav,{c}\n" for c, n in (("a", 3), ("b", 2))
+                                              for i in range(n)))
+    for name in ("a0", "a1", "a2", "b0", "b1"):
+        (tmp_path / f"{name}.wav").write_bytes(b"")
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
+        [None if p.endswith("b1.wav") else rng.standard_normal((2, 200)).astype(np.float32)
+         for p in files], [f"{tmp_path}/b1.wav: cannot be read"]))
+    with pytest.warns(JaxmirWarning, match=r"1 of 5 file\(s\) skipped"), \
+            pytest.raises(InputError, match=r"after skipping 1 file\(s\)\): class\(es\) with fewer "
+                                            r"than 2 audio files: b \(1\)"):
+        fit_head(table, config=FAST, cache=False)
+
+
+def test_a_file_whose_mfccs_fail_is_skipped(monkeypatch, tmp_path):
+    """Its embeddings were kept and its features were not there: np.stack met a None."""
+    from jaxmir.train import recipe
+
+    paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(4))
+    dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0] * 4 + [1] * 4], "single", AB)
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
+        [rng.standard_normal((2, 200)).astype(np.float32) for _ in files], []))
+    monkeypatch.setattr(recipe, "mfcc_features", lambda files, kind, cache: (
+        [None if f == "b3.wav" else rng.standard_normal(26).astype(np.float32) for f in files],
+        ["b3.wav: no MFCCs"]))
+    with pytest.warns(JaxmirWarning, match=r"1 of 8 file\(s\) skipped"):
+        result = fit_head(dataset, config=FAST, cache=False, smoothing=SmoothingConfig("knn", k=2))
+    assert result.failures == ["b3.wav: no MFCCs"] and result.train_targets.shape == (7, 2)
 
 
 def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch, tmp_path):

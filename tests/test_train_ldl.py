@@ -156,6 +156,15 @@ def test_smoothing_measures_distances_between_standardised_features():
     assert not np.allclose(got, smoothing.knn_smooth(features, targets, 5))  # the case is met
 
 
+def test_smoothing_over_more_neighbours_than_other_tracks_is_refused():
+    """k was cut to the tracks less one: each of 6 tracks of two classes averaged over the 5
+    others, which gave every track its other class (0.4 against 0.6), and nothing was said."""
+    features = np.random.default_rng(0).standard_normal((6, 4))
+    targets = np.eye(2, dtype=np.float32)[[0, 0, 0, 1, 1, 1]]
+    with pytest.raises(InputError, match="k = 10 needs more than 10 training tracks; there are 6"):
+        smoothing.smooth_labels(features, targets, smoothing.SmoothingConfig("knn", k=10))
+
+
 def test_smoother_sees_only_training_tracks(wine):
     x, y = wine
     targets = np.eye(3, dtype=np.float32)[y]

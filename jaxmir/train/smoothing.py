@@ -156,7 +156,7 @@ def smooth_labels(features: np.ndarray, targets: np.ndarray, config: SmoothingCo
                          push=config.lmnn_push, max_iter=config.lmnn_max_iter).transform(space)
     elif config.method != "knn":
         raise InputError(f"unknown label smoothing '{config.method}'; expected one of {METHODS}")
-    return knn_smooth(space, targets, min(config.k, len(space) - 1))
+    return knn_smooth(space, targets, config.k)
 
 
 def smoother(features: np.ndarray, targets: np.ndarray,
