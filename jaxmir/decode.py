@@ -70,7 +70,7 @@ from jaxmir.audio_choices import DECODE_MODES
 from jaxmir.checks import is_whole
 from jaxmir.errors import AudioError, JaxmirWarning
 from jaxmir.pcm import (CHUNKS_AFTER_DATA, UNKNOWN_DATA_SIZES, WIDE_HEADS, WavHeader, decode_pcm,
-                        frame_bytes, parse_wav_header)
+                        frame_bytes, mpeg_frame_bytes, parse_wav_header)
 
 ACCEPTED = "an audio file FFmpeg can decode (WAV, FLAC, OGG/Vorbis, MP3, ...)"
 # The extensions a folder's walk keeps, and that `jaxmir info` knows for audio, not a graph.
@@ -975,14 +975,6 @@ class Mp3Start:
 _MPEG_SEARCH = 1 << 16  # bytes searched for the first frame behind the ID3v2 tags, as FFmpeg does
 # the header bits two consecutive frames share for FFmpeg 2.8: version, layer, sample rate
 _MPEG_SAME_STREAM = 0xFFFE0C00
-_MPEG_KBPS = {  # bit rates by (MPEG-1 or not, layer), of indices 1-14
-    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
-    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
-    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
-    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
-    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-}
 
 
 def mp3_start(path: str) -> Mp3Start:
@@ -991,7 +983,7 @@ def mp3_start(path: str) -> Mp3Start:
         behind_tags = id3v2_end(file)
         file.seek(behind_tags)
         head = file.read(_MPEG_SEARCH + 2 * 4)  # room for the frame after the last searched
-    if mpeg_frame_bytes(int.from_bytes(head[:4], "big")) and _length_header(head, 0, counted=True):
+    if mpeg_frame_bytes(head[:4]) and _length_header(head, 0, counted=True):
         return Mp3Start(declares_length=True, declared_samples=_counted_samples(head))
     first = _first_frame(head)
     if first is None or not _length_header(head, first, counted=False):
@@ -1042,33 +1034,17 @@ def id3v2_end(file: BinaryIO) -> int:
         offset += 10 + size + (10 if header[5] & 0x10 else 0)  # and its footer
 
 
-def mpeg_frame_bytes(header: int) -> int | None:
-    """The size of the MPEG audio frame a 32-bit ``header`` starts, or None where FFmpeg takes
-    it for none (a reserved field, free format)."""
-    version, layer_bits = (header >> 19) & 3, (header >> 17) & 3
-    rate_index, bit_index = (header >> 10) & 3, (header >> 12) & 15
-    if header >> 21 != 0x7FF or version == 1 or not layer_bits or rate_index == 3 \
-            or bit_index in (0, 15):
-        return None
-    mpeg1, layer = version == 3, 4 - layer_bits
-    rate = (44100, 48000, 32000)[rate_index] >> (0 if mpeg1 else 1 if version == 2 else 2)
-    kbps, padding = _MPEG_KBPS[mpeg1, layer][bit_index - 1], (header >> 9) & 1
-    if layer == 1:
-        return (kbps * 12000 // rate + padding) * 4
-    return kbps * 144000 // (rate if layer == 2 or mpeg1 else 2 * rate) + padding
-
-
 def _first_frame(head: bytes) -> int | None:
     """Where FFmpeg 2.8's demuxer starts in ``head`` (the bytes behind the ID3v2 tags): the
     first frame followed by a frame of the same stream."""
     at = -1
     while 0 <= (at := head.find(b"\xff", at + 1, _MPEG_SEARCH)) < len(head) - 4:
-        header = int.from_bytes(head[at:at + 4], "big")
-        size = mpeg_frame_bytes(header)
+        size = mpeg_frame_bytes(head[at:at + 4])
         if size is None or at + size + 4 > len(head):
             continue
+        header = int.from_bytes(head[at:at + 4], "big")
         following = int.from_bytes(head[at + size:at + size + 4], "big")
-        if mpeg_frame_bytes(following) is not None \
+        if mpeg_frame_bytes(head[at + size:at + size + 4]) is not None \
                 and header & _MPEG_SAME_STREAM == following & _MPEG_SAME_STREAM:
             return at
     return None

@@ -211,8 +211,9 @@ _KBPS = {True: ((0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416
 _MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 
 
-def _mpeg_frame_bytes(header: bytes) -> int | None:
-    """The length of the MPEG audio frame (MP1/2/3) whose 4-byte header this is, or ``None``."""
+def mpeg_frame_bytes(header: bytes) -> int | None:
+    """The length of the MPEG audio frame (MP1/2/3) whose 4-byte header this is, or ``None``
+    (reserved values, or a free bitrate, as FFmpeg takes them)."""
     if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
         return None
     version, layer = header[1] >> 3 & 3, 4 - (header[1] >> 1 & 3)  # layer 4: reserved
@@ -254,7 +255,7 @@ def _adts_stream(header: bytes) -> tuple:
     return header[1], header[2], header[3] >> 6
 
 
-_FRAMED = ((_mpeg_frame_bytes, _mpeg_kind, _mpeg_stream),
+_FRAMED = ((mpeg_frame_bytes, _mpeg_kind, _mpeg_stream),
            (_adts_frame_bytes, _adts_kind, _adts_stream))
 # A stream joined mid-way (a radio's, cut anywhere) has its first whole frame, or Ogg page,
 # within these bytes: MP3 frames take at most 1,728, ADTS ones are rarely over a few thousand.

@@ -218,12 +218,12 @@ def test_no_raw_pcm_reads_as_a_stream_joined_mid_frame():
 def test_pcm_that_opens_like_one_frame_header_is_pcm():
     """Samples whose first bytes read as an MPEG or ADTS frame header, with none where its length
     says the next begins, are raw PCM."""
-    from jaxmir.pcm import _adts_frame_bytes, _mpeg_frame_bytes, encoded_format
+    from jaxmir.pcm import _adts_frame_bytes, encoded_format, mpeg_frame_bytes
 
     noise = np.random.default_rng(5).integers(-2000, 2000, 40000).astype("<i2").tobytes()
     for header in (b"\xff\xfb\x90\x64", b"\xff\xf1\x50\x80\x2e\x7f\xfc"):  # MP3 128k, ADTS
         data = header + noise
-        assert (_mpeg_frame_bytes(data[:4]) or _adts_frame_bytes(data[:7])) is not None
+        assert (mpeg_frame_bytes(data[:4]) or _adts_frame_bytes(data[:7])) is not None
         assert encoded_format(lambda n: data[:n]) is None
     silence = bytes(40000)
     assert encoded_format(lambda n: silence[:n]) is None
@@ -247,3 +247,16 @@ def test_a_wav_stream_is_not_scanned_for_frames_joined_mid_way():
 
     assert encoded_format(peek) is None and joined_format(peek) is None
     assert max(asked) < 4096, asked
+
+
+@pytest.mark.parametrize("rate", [48000, 24000, 22050, 16000])
+def test_layer2_frames_are_sized_as_layer2_in_mpeg2_too(rate):
+    """Layer II frames hold 1152 samples in MPEG-2 too (layer III's hold 576): sized as layer
+    III's, an MPEG-2 MP2 file's frames were not found, on standard input nor in a file."""
+    from jaxmir.pcm import mpeg_frame_bytes
+
+    data = encoded_audio("mp2", "mp2", rate)
+    at = frames = 0
+    while (size := mpeg_frame_bytes(data[at:at + 4])) is not None:
+        at, frames = at + size, frames + 1
+    assert at == len(data) and frames > 10
