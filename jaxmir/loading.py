@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +12,7 @@ from typing import Sequence
 from jaxmir import catalog
 from jaxmir.audio_choices import DECODE_MODES, RESAMPLERS, canonical_resampler, reading_entry
 from jaxmir.compose import check_backbone, compose
+from jaxmir.console import printable
 from jaxmir.decode import AUDIO_EXTENSIONS
 from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGraphError
 from jaxmir.labels import check_label_text, label_list, read_as_utf8
@@ -288,8 +290,10 @@ def trained_reading(model: Model) -> dict[str, str]:
 
 def reading_options(reading: dict[str, str | None]) -> str:
     """``{"resampler": "soxr", "decoder": "float"}`` as the options that read audio so:
-    ``"--resampler soxr --decoder float"``."""
-    return " ".join(f"--{key} {value}" for key, value in reading.items())
+    ``"--resampler soxr --decoder float"``; a value a metadata file gives quoted as a shell
+    reads it, its control characters escaped (a line break, a terminal's colour code)."""
+    return " ".join(f"--{key} {shlex.quote(printable(str(value)))}"
+                    for key, value in reading.items())
 
 
 def warn_of_another_reading(model: Model, resampler: str, decoder: str | None) -> None:

@@ -1441,6 +1441,10 @@ def test_a_run_reading_otherwise_than_the_head_s_training_is_warned_of(tmp_path,
                                                            "resampler": "mystery"}))
     assert len(odd) == 1 and "--resampler mystery --decoder float" in odd[0] \
         and "pass" not in odd[0]  # an option the command line does not take is no advice
+    capsys.readouterr()  # a name on two lines, in colour, is shown as one word, as it is
+    assert jaxmir_cli.main(["info", head("colour", {"resampler": "my sinc\n\x1b[31m"})]) == 0
+    assert "trained on audio read with --resampler 'my sinc\\x0a\\x1b[31m'\n" in \
+        capsys.readouterr().out
     assert warned("tag", str(song), "--model", head("no_name", {"resampler": ["a", "list"]})) \
         == []
     from jaxmir.loading import warn_of_another_reading
