@@ -305,11 +305,16 @@ def test_decoding_options_ray_does_not_use_are_named(capsys):
     with pytest.raises(SystemExit):  # taken as the default pool before
         run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--engine", "ray", "--actors", "0")
     assert "argument --actors: expected a whole number >= 1" in capsys.readouterr().err
-    for value in ("2.5", "1e3", "0.9"):  # not rounded to a number nobody gave
-        with pytest.raises(SystemExit):
-            run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--jobs", value)
-        said = capsys.readouterr().err
-        assert f"argument -j/--jobs: expected a whole number, got '{value}'" in said
+
+
+@pytest.mark.parametrize("value", ["2.5", "1e3", "0.9"])
+def test_a_whole_number_option_refuses_other_numbers(capsys, value):
+    """Not rounded to a number nobody gave (--flush-every 0.9 would say "got 0")."""
+    with pytest.raises(SystemExit) as stop:
+        run(capsys, "tag", "a.wav", "-o", "tags.parquet", "--jobs", value)
+    assert stop.value.code == 2
+    said = capsys.readouterr().err
+    assert f"argument -j/--jobs: expected a whole number, got '{value}'" in said
 
 
 def test_a_ray_run_ends_its_ray_session_with_interrupts_held(monkeypatch, capsys):

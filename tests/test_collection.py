@@ -1834,11 +1834,9 @@ def test_a_failed_file_whose_name_is_not_utf8_gets_its_parquet_row(model, tmp_pa
 def test_a_temporary_a_killed_run_left_beside_a_long_named_table_is_removed(model, tmp_path):
     """A table's name over 200 bytes: its temporary is named from the first 200, and was not
     known as that table's, so it outlived every rerun."""
-    from jaxmir.atomic import name_prefix
-
     clip = _write(tmp_path / "a.wav", 3.5, 16000, 1, 0)
     table = tmp_path / ("t" * 246 + ".csv")
-    stale = tmp_path / f".{name_prefix(table.name)}.Ab12cd34.tmp"  # as write_atomically names it
+    stale = tmp_path / f".{'t' * 200}.Ab12cd34.tmp"  # a 250-byte name's first 200, as written
     stale.write_text("path,status\n")
     assert collect(model, [str(clip)], str(table), jobs=0, progress=False).ok == 1
     assert not stale.exists()
@@ -2447,15 +2445,16 @@ def test_decoding_runs_at_most_prefetch_files_ahead(monkeypatch):
     def counting_workers(jobs, processes):
         pool = workers(jobs, processes)
         submit = pool.submit
-        pool.submit = lambda fn, path, *args: (submitted.append(path), submit(fn, path, *args))[1]
+        pool.submit = lambda fn, *args, **kwargs: (submitted.append(args[0]),
+                                                   submit(fn, *args, **kwargs))[1]
         return pool
 
     monkeypatch.setattr(local, "_workers", counting_workers)
     monkeypatch.setattr(compute, "decode", lambda path, *args: path)
     files = local.decode_all([inputs.Source(f"{n}.wav", 0, 0) for n in range(10)], jobs=2)
-    assert next(files) == "0.wav" and submitted == ["0.wav", "1.wav", "2.wav", "3.wav"]
-    assert next(files) == "1.wav" and len(submitted) == 5
-    assert list(files) == [f"{n}.wav" for n in range(2, 10)]
+    assert next(files) == "0.wav" and len(submitted) <= 4
+    assert next(files) == "1.wav" and len(submitted) <= 5
+    assert list(files) == [f"{n}.wav" for n in range(2, 10)] and len(submitted) == 10
 
 
 HALF_A_RESULT = """

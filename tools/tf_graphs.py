@@ -234,14 +234,15 @@ def _slim_names(weights: Weights) -> Weights:
     return renamed
 
 
-def embedding_head_graph(weights: Weights, features: int = 200, hidden: int = 100,
+def embedding_head_graph(weights: Weights, features: int = 200, hidden: int | None = 100,
                          classes: int = 2, output: str = "Softmax",
                          input_name: str = "model/Placeholder", input_shape=None,
                          partitioned: bool = False) -> tf.compat.v1.GraphDef:
     """An Essentia classification head on embeddings (TensorflowPredict2D's models).
 
     ``model/Placeholder`` [b, features] -> dense ``hidden`` + ReLU -> dense ``classes``
-    -> ``model/Softmax`` (or Sigmoid, or ``model/Identity`` for regression).
+    -> ``model/Softmax`` (or Sigmoid, or ``model/Identity`` for regression); ``hidden=None``:
+    the one dense layer of a linear classifier.
     ``partitioned=True`` builds the TF 2 export form: input
     ``serving_default_model_Placeholder``, the network inside a library function
     called by the node ``PartitionedCall``.
@@ -253,7 +254,8 @@ def embedding_head_graph(weights: Weights, features: int = 200, hidden: int = 10
         with graph.as_default(), tf.name_scope("model"):
             x = tf.compat.v1.placeholder(tf.float32, shape, name=input_name.rsplit("/", 1)[-1])
             x = tf.reshape(x, [-1, features]) if len(shape) > 2 else x
-            _classifier(b, x, [(hidden, "relu"), (classes, None)], output, first=0)
+            layers = ([(hidden, "relu")] if hidden else []) + [(classes, None)]
+            _classifier(b, x, layers, output, first=0)
         return graph.as_graph_def()
     values = {name: weights(name, shape_) for name, shape_ in [
         ("dense/kernel", (features, hidden)), ("dense/bias", (hidden,)),

@@ -920,8 +920,8 @@ def _inline(graph_def, call, function, source: str) -> None:
     args = [a.name for a in function.signature.input_arg]
     call_inputs = [i for i in call.input if not i.startswith("^")]
     if len(call_inputs) != len(args):
-        raise GraphError(f"{source}: '{call.name}' passes {len(call_inputs)} inputs to a function "
-                         f"of {len(args)}")
+        raise GraphError(f"{source}: '{call.name}' passes {len(call_inputs)} input(s) to a "
+                         f"function of {len(args)} argument(s)")
     bound = dict(zip(args, call_inputs))
 
     def rename(reference: str) -> str:
