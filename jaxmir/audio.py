@@ -573,9 +573,9 @@ class Resampling:
         if self.closed:  # the converters' states are spent: a push would give wrong samples
             raise AudioError("push after close: this Resampling is closed; create a new one")
         self.n_in += x.shape[0]
-        if self._state is None:
+        if self._state is None:  # a copy: the caller may reuse its buffer for the next chunk
             self.n_out += x.shape[0]
-            return x
+            return x.copy()
         if self.kind == "samplerate":
             out = self._sinc(x, False)
             self.n_out += out.shape[0]

@@ -626,6 +626,24 @@ def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
             assert [str(w.message) for w in caught] == ([] if ignored else ["another warning"])
 
 
+def test_a_taggram_s_columns_span_their_patches(tmp_path, monkeypatch):
+    """Each column runs from its patch's start to the next one's, the last for a patch: the last
+    ended where it began, unseen (a one-patch taggram was blank)."""
+    require("matplotlib")
+    from jaxmir import plot
+
+    spans, draw = [], plot._draw
+
+    def drawing(figure, axes, *args):
+        draw(figure, axes, *args)
+        spans.append(axes.get_xlim())
+
+    monkeypatch.setattr(plot, "_draw", drawing)
+    plot.save_taggram(tmp_path / "t.png", np.full((3, 2), 0.9), np.arange(3) * 1.5, ["a", "b"], 3.0)
+    plot.save_taggram(tmp_path / "u.png", np.full((1, 2), 0.9), np.zeros(1), ["a", "b"], 3.0)
+    assert spans == [(0.0, 6.0), (0.0, 3.0)]
+
+
 def test_read_only_outputs_are_refused_before_the_work(capsys, wavs, tmp_path, monkeypatch):
     """A read-only --output or --plot was refused at the write, after every file's work: the
     results were printed nowhere. Root may write any file: simulated."""

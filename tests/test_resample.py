@@ -398,7 +398,7 @@ def test_equal_rates_give_the_input_as_essentia_does(tmp_path):
     assert resample(np.zeros(0, np.float32), 16000, 16000).shape == (0,)
 
 
-@pytest.mark.parametrize("rate", [44100, 11025])
+@pytest.mark.parametrize("rate", [44100, 11025, 16000])
 def test_a_pushed_buffer_may_be_reused(rate):
     """A push waiting for more samples kept the caller's array: a buffer reused for the next
     chunk (a sound card's callback, readinto) changed the samples resampled (108 off)."""
@@ -429,6 +429,8 @@ def test_bad_input():
         resample(x, 1, 384_000)                # ratio 384000 > 256
     with pytest.raises(AudioError, match="taps"):
         resample(x, 384_000, 1500, "sinc_best")   # 1/256 with the best filter: ~36600 taps
+    with pytest.raises(AudioError, match="needs 22864 filter taps per side; at most 16384"):
+        resample(x, 384_000, 2400, "sinc_best")   # just past the bound: it ran, for 6 s
     with pytest.raises(AudioError, match="quality"):
         resample(x, 44100, 16000, "sinc_ultra")
     with pytest.raises(AudioError, match="NaN"):

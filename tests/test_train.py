@@ -1500,8 +1500,9 @@ def test_cli_warns_of_classes_named_like_columns(tmp_path, capsys, monkeypatch):
 
     from jaxmir.train import recipe
 
-    validation = SimpleNamespace(summary={"roc_auc": (0.9, 0.01)}, confusion=None)
-    tracks = type("Dataset", (list,), {"classes": ("path", "rock")})(["a", "b"])
+    validation = SimpleNamespace(summary={"roc_auc": (0.9, 0.01), "r2": (np.nan, np.nan)},
+                                 confusion=None)
+    tracks = type("Dataset", (list,), {"classes": ("path", "patches", "rock")})(["a", "b"])
     result = SimpleNamespace(cross_validation=validation, dataset=tracks, failures=[],
                              seconds_per_epoch=0.001, paths={})
     monkeypatch.setattr(recipe, "fit_head", lambda *args, **kwargs: result)
@@ -1509,9 +1510,40 @@ def test_cli_warns_of_classes_named_like_columns(tmp_path, capsys, monkeypatch):
     assert jaxmir_cli.main(argv) == 0
     captured = capsys.readouterr()
     assert "2-fold roc_auc: 0.900" in captured.out
-    # a class named like a table's column: the tables will refuse the head (JSONL takes it)
-    assert "the classes ['path'] are also columns of jaxmir's Parquet and CSV tables" in \
-        captured.err
+    assert "2-fold r2: undefined in every fold (too few tracks each)" in captured.out  # not nan
+    # a class named like a table's column (or --per-patch's): the tables will refuse the head
+    assert "the classes ['patches', 'path'] are also columns of jaxmir's Parquet and CSV " \
+        "tables" in captured.err
+
+
+def test_cli_finetune_lands_the_confusion_picture_with_the_head(tmp_path, capsys, monkeypatch,
+                                                                audio_set):
+    """With --finetune the head is written after fine-tuning: the picture --plot drew was not
+    handed to it, and the run said it wrote a file that was not there."""
+    require("matplotlib")
+    from types import SimpleNamespace
+
+    from jaxmir.train import finetune, recipe
+
+    validation = SimpleNamespace(summary={"accuracy": (0.5, 0.1)},
+                                 confusion=np.array([[2, 1], [1, 2]]))
+    result = SimpleNamespace(cross_validation=validation, dataset=data.load_dataset(audio_set),
+                             failures=[], seconds_per_epoch=0.001, paths={}, smoothing=None,
+                             resampler="essentia", decoder="essentia")
+    monkeypatch.setattr(recipe, "fit_head", lambda *args, **kwargs: result)
+    monkeypatch.setattr(recipe, "dataset_entry", lambda *args: {})
+
+    def landing(*args, also):  # the head's files written, and what lands with them
+        for drawn, picture in also.items():
+            os.replace(drawn, picture)
+        return {}
+
+    monkeypatch.setattr(finetune, "finetune_and_export", landing)
+    argv = ["train-head", str(audio_set), "--output", str(tmp_path / "h"), "--folds", "2",
+            "--plot", "--finetune", "--finetune-steps", "1"]
+    assert jaxmir_cli.main(argv) == 0
+    assert f"wrote {tmp_path / 'h-confusion.png'}" in capsys.readouterr().out
+    assert (tmp_path / "h-confusion.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--epochs", "-1"),
