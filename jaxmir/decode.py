@@ -1039,13 +1039,13 @@ def _first_frame(head: bytes) -> int | None:
     first frame followed by a frame of the same stream."""
     at = -1
     while 0 <= (at := head.find(b"\xff", at + 1, _MPEG_SEARCH)) < len(head) - 4:
-        size = mpeg_frame_bytes(head[at:at + 4])
+        header = head[at:at + 4]
+        size = mpeg_frame_bytes(header)
         if size is None or at + size + 4 > len(head):
             continue
-        header = int.from_bytes(head[at:at + 4], "big")
-        following = int.from_bytes(head[at + size:at + size + 4], "big")
-        if mpeg_frame_bytes(head[at + size:at + size + 4]) is not None \
-                and header & _MPEG_SAME_STREAM == following & _MPEG_SAME_STREAM:
+        following = head[at + size:at + size + 4]
+        differing = int.from_bytes(header, "big") ^ int.from_bytes(following, "big")
+        if mpeg_frame_bytes(following) is not None and not differing & _MPEG_SAME_STREAM:
             return at
     return None
 

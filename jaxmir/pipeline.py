@@ -249,7 +249,7 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
                                                              and audio.shape[1] <= 2)):
         _check_named(np.asarray(audio))  # channels last: others are refused for their layout
     samples = prepare_audio(audio, sample_rate, frontends.SAMPLE_RATE, resampler=resampler)
-    if samples.shape[0] == 0:  # resampled to nothing (prepare_audio refuses empty input)
+    if samples.shape[0] == 0:  # resampled to nothing (empty input is refused above)
         raise no_sample_error(np.shape(audio)[0], check_rate(sample_rate, "sample_rate"))
     return samples
 

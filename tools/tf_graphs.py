@@ -241,8 +241,8 @@ def embedding_head_graph(weights: Weights, features: int = 200, hidden: int | No
     """An Essentia classification head on embeddings (TensorflowPredict2D's models).
 
     ``model/Placeholder`` [b, features] -> dense ``hidden`` + ReLU -> dense ``classes``
-    -> ``model/Softmax`` (or Sigmoid, or ``model/Identity`` for regression); ``hidden=None``:
-    the one dense layer of a linear classifier.
+    -> ``model/Softmax`` (or Sigmoid, or ``model/Identity`` for regression); ``hidden=None``
+    (TF 1 form only): the one dense layer of a linear classifier.
     ``partitioned=True`` builds the TF 2 export form: input
     ``serving_default_model_Placeholder``, the network inside a library function
     called by the node ``PartitionedCall``.
