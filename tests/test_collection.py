@@ -201,6 +201,7 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     hidden = tmp_path / "walked"
     _write(hidden / ".cache" / "x.wav", 3.0, 16000, 1, 0)
     _write(hidden / "y.wav", 3.0, 16000, 1, 1)
+    (hidden / ".snapshot").symlink_to(music)  # a hidden link to a folder is not walked either
     assert inputs.expand([str(hidden)]) == [str(hidden / "y.wav")]
     shutil.rmtree(hidden)
     listing = tmp_path / "list.txt"

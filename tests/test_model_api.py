@@ -670,6 +670,32 @@ def test_shipped_file_checked_against_sha256(monkeypatch):
         jaxmir.load("msd-vgg")
 
 
+def test_a_shipped_model_whose_file_is_gone_says_so(monkeypatch):
+    """A FileNotFoundError from deep inside the loading before."""
+    entry = dict(catalog.catalog()["models"]["msd-vgg"], file="gone.npz")
+    models = dict(catalog.catalog()["models"], **{"msd-vgg": entry})
+    monkeypatch.setattr(catalog, "catalog", lambda: {"models": models, "default": "msd-musicnn"})
+    with pytest.raises(WeightsError, match=r"shipped model 'msd-vgg': .*gone\.npz is missing; "
+                                           r"reinstall jaxmir"):
+        jaxmir.load("msd-vgg")
+
+
+def test_a_graph_of_one_s_own_loads_without_the_shipped_weights(monkeypatch):
+    """They are only needed by name: without them a .pb named like a shipped model failed with
+    "the shipped weights are missing" where it should just take no shipped labels."""
+    def missing():
+        raise WeightsError("the shipped weights are missing")
+
+    monkeypatch.setattr(catalog, "weights_dir", missing)
+    catalog.catalog.cache_clear()
+    try:
+        assert catalog.names() == []
+        model = jaxmir.load(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"))
+        assert model.architecture == "musicnn" and len(model.labels) == 9
+    finally:
+        catalog.catalog.cache_clear()
+
+
 def test_shipped_weights_are_small_and_pickle_free():
     for name in catalog.names():
         path = catalog.path_of(name)
