@@ -308,8 +308,10 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
 
 
 def no_sample_error(n_input: int, sample_rate: int) -> NoSamplesError:
-    """The error for ``n_input`` samples at ``sample_rate`` Hz that resample to no 16-kHz sample
-    (one or two at 44.1 kHz)."""
+    """The error for ``n_input`` samples at ``sample_rate`` Hz that give no 16-kHz sample: none
+    at all, or too few to resample to one (one or two at 44.1 kHz)."""
+    if n_input == 0:
+        return NoSamplesError("audio contains no samples; expected at least one sample")
     return NoSamplesError(f"audio of {n_input} sample(s) at {sample_rate} Hz gives no sample at "
                       "16 kHz; expected at least one")
 

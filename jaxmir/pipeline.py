@@ -51,7 +51,7 @@ from jaxmir.audio import (BLOCK_FRAMES, check_peak, check_resampler, check_sampl
                           first_bad_frame, no_sample_error, prepare_audio)
 from jaxmir.batches import BATCH
 from jaxmir.checks import check_rate
-from jaxmir.errors import InputError, NoSamplesError
+from jaxmir.errors import InputError
 from jaxmir.frontends import logmel, num_frames
 from jaxmir.models import with_overlap_hop
 from jaxmir.patches import make_patches, regular_rows
@@ -236,7 +236,7 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     check_samples(audio)
     check_resampler(resampler)
     if isinstance(audio, (np.ndarray, jax.Array)) and audio.ndim and audio.shape[0] == 0:
-        raise NoSamplesError("audio contains no samples; expected at least one sample")
+        raise no_sample_error(0, sample_rate)
     if isinstance(audio, jax.Array) and check_rate(sample_rate, "sample_rate") \
             == frontends.SAMPLE_RATE and audio.ndim == 1 and jnp.issubdtype(audio.dtype, jnp.floating):
         if not isinstance(audio, jax.core.Tracer):

@@ -469,10 +469,8 @@ class Stream(Generic[Outputs]):
         regular = self._emit(self._ready(closed=True))
         last = self._last_patch(n_frames)
         if self.require_patch and self.n_patches == 0:
-            if self.n_samples == 0 and self._resampling.n_in:  # all of it under one 16-kHz sample
+            if self.n_samples == 0:  # none, or all of it under one 16-kHz sample
                 raise no_sample_error(self._resampling.n_in, self.sample_rate)
-            if self.n_samples == 0:
-                raise NoSamplesError("audio contains no samples; expected at least one sample")
             make_patches(np.zeros((n_frames, 1), np.float32), self.patch_size, self.patch_hop,
                          self.last_patch, self.pad, self.frontend.frames_per_second)  # raises
         self._pieces, self._buffer = [], np.zeros(0, np.float32)
