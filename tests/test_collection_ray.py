@@ -138,10 +138,14 @@ def test_the_check_of_the_actors_model_warns_nothing_again(tmp_path):
     assert caught == []
 
 
-def test_a_read_only_output_is_refused_before_ray_starts(monkeypatch, tmp_path):
-    """A read-only table with files left to do was refused after a local cluster's start (6-8 s,
-    a session's files made), naming the output, not its file that could not be written."""
+@pytest.mark.parametrize("output", ["arrays", "tags.jsonl", "tags.csv"])
+def test_a_read_only_output_is_refused_before_joining_a_cluster(monkeypatch, tmp_path, output):
+    """A read-only output with files left to do was refused after a cluster was joined (a local
+    one's start took 6-8 s, a remote one's join ~20 s), naming an array folder's index rather
+    than the folder; only that index was checked up front, not a JSONL or CSV table."""
     require("ray")
+    import tempfile
+
     import ray
 
     from jaxmir import atomic
@@ -149,50 +153,32 @@ def test_a_read_only_output_is_refused_before_ray_starts(monkeypatch, tmp_path):
     model, clips = jaxmir.load("msd-musicnn"), [tmp_path / "a.wav", tmp_path / "b.wav"]
     for seed, clip in enumerate(clips):
         _write(clip, 3.0, 16000, 1, seed)
-    arrays = tmp_path / "arrays"
-    collect(model, [str(clips[0])], str(arrays), command="embed", name="msd-musicnn", jobs=0,
+    target, command = tmp_path / output, "embed" if output == "arrays" else "tag"
+    collect(model, [str(clips[0])], str(target), command=command, name="msd-musicnn", jobs=0,
             progress=False)
-    monkeypatch.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)  # root: chmod
-    for overwrite in (False, True):  # the index is read, or replaced
-        with pytest.raises(InputError, match=f"cannot write {arrays} \\({arrays / 'index.jsonl'}"
-                                             "\\): Permission denied"):
-            collect(model, [str(c) for c in clips], str(arrays), command="embed", engine="ray",
-                    name="msd-musicnn", progress=False, overwrite=overwrite)
-    monkeypatch.undo()
-
-    def read_only(*args, dir=None, **kwargs):  # the folder, whose arrays --overwrite removes
-        raise PermissionError(13, "Permission denied", str(dir))
-
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
-    with pytest.raises(InputError, match=f"cannot write the output in {arrays}: Permission"):
-        collect(model, [str(c) for c in clips], str(arrays), command="embed", engine="ray",
-                name="msd-musicnn", progress=False, overwrite=True)
-    assert not ray.is_initialized()
-
-
-@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
-def test_a_read_only_table_to_overwrite_is_refused_before_joining_a_cluster(monkeypatch, tmp_path,
-                                                                            suffix):
-    """Only an array folder's index was checked up front: a JSONL or CSV table that --overwrite
-    could not replace was refused after a cluster was joined (~20 s)."""
-    require("ray")
-    from jaxmir import atomic
-
-    model, clip = jaxmir.load("msd-musicnn"), tmp_path / "a.wav"
-    _write(clip, 3.0, 16000, 1, 0)
-    table = tmp_path / f"tags.{suffix}"
-    collect(model, [str(clip)], str(table), name="msd-musicnn", jobs=0, progress=False)
-    monkeypatch.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)  # root: chmod
 
     def joined():
         raise AssertionError("joined a cluster")
 
     monkeypatch.setattr(ray_engine, "connect", joined)
-    with pytest.raises(InputError, match=f"cannot write {re.escape(str(table))}"):
-        collect(model, [str(clip)], str(table), engine="ray", name="msd-musicnn", progress=False,
-                overwrite=True)
+    access = os.access
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: mode != os.W_OK)  # root: chmod
+    named = re.escape(f"{target} ({target / 'index.jsonl'})" if output == "arrays" else f"{target}")
+    for overwrite in (False, True):  # the output is resumed, or replaced
+        with pytest.raises(InputError, match=f"cannot write {named}: Permission denied"):
+            collect(model, [str(c) for c in clips], str(target), command=command, engine="ray",
+                    name="msd-musicnn", progress=False, overwrite=overwrite)
+    if output == "arrays":
+        monkeypatch.setattr(atomic.os, "access", access)
+
+        def read_only(*args, dir=None, **kwargs):  # the folder, whose arrays --overwrite removes
+            raise PermissionError(13, "Permission denied", str(dir))
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+        with pytest.raises(InputError, match=f"cannot write the output in {target}: Permission"):
+            collect(model, [str(c) for c in clips], str(target), command=command, engine="ray",
+                    name="msd-musicnn", progress=False, overwrite=True)
+    assert not ray.is_initialized()
 
 
 def test_ray_missing_or_unreachable(monkeypatch, tmp_path):
