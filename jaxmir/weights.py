@@ -27,8 +27,8 @@ from jaxmir.errors import InputError, JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.labels import check_labels, read_as_utf8
 from jaxmir.model import Model
-from jaxmir.models import (COMPOSED, damaged_variable, leaves, variable_mismatches,
-                           variance_below_epsilon)
+from jaxmir.models import (COMPOSED, batch_norm_epsilons, damaged_variable, leaves,
+                           variable_mismatches, variance_below_epsilon)
 from jaxmir.spec import Frontend, ModelSpec, config_from_json, config_to_json
 
 WEIGHTS_SUFFIX = ".npz"
@@ -137,8 +137,10 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
     meta, arrays = _read_arrays(path, None if trusted else check_declared)
     with _named_errors(path, labels):
         spec = _spec(meta, _unflatten(arrays), path)
-        damaged = None if trusted else (damaged_variable(spec.variables)
-                                        or variance_below_epsilon(spec.variables, spec.config))
+        damaged = None if trusted else damaged_variable(spec.variables)
+        if damaged is None and not trusted:
+            epsilons = batch_norm_epsilons(spec.architecture, spec.config, spec.input_shape)
+            damaged = variance_below_epsilon(spec.variables, epsilons)
         if damaged is not None:
             raise WeightsError(f"{path}: '{_VARIABLES}/{damaged[0]}' holds {damaged[1]}")
         return Model.from_spec(spec, labels=labels if labels is not None else _labels(meta),

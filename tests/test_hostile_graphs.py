@@ -27,7 +27,7 @@ from conftest import ROOT, child_env, run_tf, shared_fixture
 from jaxmir.errors import GraphError, JaxmirError, UnsupportedGraphError, WeightsError
 from jaxmir.tfgraph.convert import import_graph
 from jaxmir.tfgraph.graphdef import DT_FLOAT, DT_INT32, Graph, GraphDefProto, TensorProto
-from jaxmir.weights import save_weights
+from jaxmir.weights import load_weights, save_weights
 
 VGG4 = "essentia-models/vgg4.pb"
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
@@ -382,18 +382,20 @@ def test_a_variance_that_makes_the_batch_norm_divide_by_nothing_is_refused(tmp_p
     variables["batch_stats"]["midend_2"]["block"]["batch_norm"]["var"][7] = -1.0
     save_weights(dataclasses.replace(model, variables=variables), tmp_path / "negative.npz")
     with pytest.raises(WeightsError, match=r"batch_stats/midend_2/block/batch_norm/var' holds a "
-                                           r"variance of -1, which with any of the model's "
-                                           r"batch-norm epsilons \(at most 0.001\) is <= 0"):
+                                           r"variance of -1, which with its batch norm's "
+                                           r"epsilon \(0.001\) is <= 0: the file is damaged"):
         jaxmir.load(tmp_path / "negative.npz")
 
 
-def test_a_weights_file_s_variances_are_checked_against_its_largest_epsilon(tmp_path):
-    """A weights file names its epsilons in its config only: a variance is refused when it is
-    <= minus every one of them. A zero variance with epsilon 0 loaded (every tag NaN); one
-    between the two epsilons of a config was refused as if the smaller held it."""
+def test_a_weights_file_s_variances_are_checked_against_their_own_epsilons(tmp_path):
+    """Each batch norm's variance with its own epsilon, as TensorFlow adds them: a zero variance
+    with epsilon 0 loaded (every tag NaN); so did one between a config's two epsilons in the
+    batch norm of the smaller (the check took the largest for all), and one of -epsilon, which
+    float32 adds to 0 (the check added them in float64)."""
     from jaxmir.spec import BatchNorm
 
     model = jaxmir.load("msd-musicnn")
+    patches = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
 
     def saved(name: str, epsilons: tuple[float, float], where: tuple[str, ...], value: float):
         """The model with batch-norm epsilons (mid-end, head) and variance 7 of ``where``."""
@@ -410,12 +412,20 @@ def test_a_weights_file_s_variances_are_checked_against_its_largest_epsilon(tmp_
                                          variables=variables), path)
         return path
 
-    with pytest.raises(WeightsError, match=r"holds a variance of 0, which with any of the "
-                                           r"model's batch-norm epsilons \(at most 0\) is <= 0"):
-        jaxmir.load(saved("zero", (0.0, 0.0), ("midend_2", "block", "batch_norm"), 0.0))
+    midend, head = ("midend_2", "block", "batch_norm"), ("head", "batch_norm_0")
+    refused = {"zero": ((0.0, 0.0), midend, 0.0, "0", "0"),
+               "smaller": ((1e-3, 1e-2), midend, -5e-3, "-0.005", "0.001"),
+               "float32": ((1e-3, 1e-2), head, -1e-2, "-0.01", "0.01")}
+    for name, (epsilons, where, value, shown, epsilon) in refused.items():
+        path = saved(name, epsilons, where, value)
+        with pytest.raises(WeightsError, match=rf"{'/'.join(where)}/var' holds a variance of "
+                                               rf"{shown}, which with its batch norm's epsilon "
+                                               rf"\({epsilon}\) is <= 0"):
+            jaxmir.load(path)
+        unchecked = load_weights(path, trusted=True)  # what the refusal spares
+        assert not np.isfinite(unchecked.apply(patches)["predictions"]).all(), name
     # in the head's batch norm, whose epsilon is the larger: it divides by sqrt(5e-3)
-    between = jaxmir.load(saved("between", (1e-3, 1e-2), ("head", "batch_norm_0"), -5e-3))
-    patches = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
+    between = jaxmir.load(saved("between", (1e-3, 1e-2), head, -5e-3))
     assert np.isfinite(between.apply(patches)["predictions"]).all()
 
 

@@ -137,37 +137,38 @@ def damaged_variable(variables: Mapping, why: str = ": the file is damaged"
     return None
 
 
-def variance_below_epsilon(variables: Mapping, config: Any) -> tuple[str, str] | None:
-    """``(path, what)`` of the first batch-norm variance that is <= minus every epsilon in
-    ``config`` (so ``var + epsilon <= 0`` whichever batch norm holds it: NaN or infinite
-    outputs), or ``None``. A graph's walk checks each batch norm with its own epsilon; a
-    weights file names its epsilons in its config only."""
-    largest = max(_epsilons(config), default=0.0)
+def batch_norm_epsilons(name: str, config: Mapping[str, Any],
+                        input_shape: tuple[int, ...]) -> dict[str, float]:
+    """``{"midend_1/block/batch_norm": epsilon, ...}``: each batch norm's epsilon in the model a
+    spec describes, by the path of its variables under ``batch_stats`` (the module traced
+    abstractly, as :func:`variable_mismatches` traces it)."""
+    module = build_module(name, config)
+    epsilons = {}
+
+    def record(call, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            epsilons["/".join(context.module.path)] = float(context.module.epsilon)
+        return call(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(functools.partial(module.init, mutable=True), jax.random.PRNGKey(0),
+                       jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    return epsilons
+
+
+def variance_below_epsilon(variables: Mapping, epsilons: Mapping[str, float]
+                           ) -> tuple[str, str] | None:
+    """``(path, what)`` of the first batch-norm variance ``var`` for which ``var + epsilon``,
+    in float32 as the batch norm adds them, is <= 0 with its batch norm's ``epsilon``
+    (:func:`batch_norm_epsilons`): NaN or infinite outputs. ``None`` when there is none."""
     for path, value in leaves(variables).items():
         if path.startswith("batch_stats/") and path.endswith("/var") and np.size(value):
+            epsilon = epsilons[path[len("batch_stats/"):-len("/var")]]
             lowest = float(np.min(value))
-            if not lowest + largest > 0:
-                return path, (f"a variance of {lowest:.3g}, which with any of the model's "
-                              f"batch-norm epsilons (at most {largest:g}) is <= 0: the file is "
-                              "damaged")
+            if not np.float32(lowest) + np.float32(epsilon) > 0:
+                return path, (f"a variance of {lowest:.3g}, which with its batch norm's epsilon "
+                              f"({epsilon:.3g}) is <= 0: the file is damaged")
     return None
-
-
-def _epsilons(value: Any) -> list[float]:
-    """Every number a config holds under a name with "epsilon" (``bn_epsilon``, a layer's)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        found = []
-        for key, item in value.items():
-            if "epsilon" in str(key) and isinstance(item, (int, float)):
-                found.append(float(item))
-            else:
-                found += _epsilons(item)
-        return found
-    if isinstance(value, (list, tuple)):
-        return [e for item in value for e in _epsilons(item)]
-    return []
 
 
 def leaves(tree: Mapping, prefix: str = "") -> dict[str, Any]:
