@@ -40,6 +40,16 @@ def test_only_a_convnet_on_an_avx2_cpu_leaves_ynnpack_out(monkeypatch, vggish, f
     assert compiler_options(Composed(musicnn, head), platform) == DEFAULTS
 
 
+def test_a_jax_that_lacks_the_option_compiles_with_its_defaults(monkeypatch, vggish):
+    """An XLA without YNNPACK's option (JAX 0.8 allowed by the dependencies) would refuse to
+    compile every ConvNet program on an AVX2 CPU, and in bfloat16 on any CPU."""
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: AVX2_FLAGS)
+    monkeypatch.setattr(compiler, "accepts", lambda options: False)
+    half = np.zeros((1, *vggish.input_shape), jax.numpy.bfloat16)
+    assert compiler_options(vggish.module, "cpu") == DEFAULTS
+    assert compiler_options(vggish.module, "cpu", half) == DEFAULTS
+
+
 def test_the_program_built_without_ynnpack_has_none_and_the_same_outputs(vggish):
     x = np.random.default_rng(0).normal(0, 2, (8, *vggish.input_shape)).astype(np.float32)
     _, taps = vggish.resolve_outputs(["embeddings"])

@@ -157,6 +157,19 @@ def test_given_kernels_are_read_without_tracing_their_initializer(monkeypatch):
                                rtol=1e-6, atol=0)
 
 
+def test_drawn_kernels_are_float32_under_x64_too():
+    """As :class:`flax.linen.Conv` and ``Dense`` draw theirs: a head initialised in a process
+    with x64 on would otherwise train, and be exported, in float64."""
+    from jaxmir.models.layers import ConvBlock, DenseHead
+    from jaxmir.spec import Dense
+
+    x = np.ones((1, 5, 2), np.float32)
+    with jax.enable_x64(True):
+        drawn = [module.init(jax.random.key(0), x)["params"]
+                 for module in (ConvBlock(4, (3,), "SAME"), DenseHead((Dense(3),)))]
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(drawn)} == {np.dtype(np.float32)}
+
+
 def test_every_activation_a_spec_names_has_its_function():
     """The specs' names (jaxmir.spec) and the layers' functions are two lists kept by hand."""
     from jaxmir.spec import ACTIVATIONS

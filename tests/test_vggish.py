@@ -64,6 +64,8 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
     listed = next(line for line in model.describe().splitlines() if line.startswith("outputs by"))
     listed = listed.split(": ", 1)[1].split(", ")
     assert "pool1" in listed and len(listed) == len(set(listed))  # an alias and a node: once
+    # VGGish's six conv blocks end in four max-pools: no pool5 or pool6 of unpooled blocks
+    assert {name for name in listed if name.startswith("pool")} == {f"pool{k}" for k in range(1, 5)}
     # TensorFlow's kernels without Grappler's rewriting: its constant folding of 72M parameters
     # takes ~20 s a session. The small Essentia VGGish fixtures below run with it on. One
     # session for both batch sizes: TensorFlow computes each patch on its own.
