@@ -86,8 +86,8 @@ def resample(x: ArrayLike, in_rate: int, out_rate: int, quality: str = "sinc_med
       float32 ``[m]``, the outputs before libsamplerate's end test (the module docstring): as
       many as ``samplerate.resample`` gives, ``ceil(n * ratio) - 1`` at most ratios and lengths,
       one fewer where the last meets the test exactly (Essentia's build stops before it:
-      power-of-two ratios); empty for empty input; at equal rates ``x`` itself, as Essentia's
-      ``Resample``, which does not filter then.
+      power-of-two ratios); empty for empty input; at equal rates a copy of ``x``, as
+      Essentia's ``Resample`` gives, which does not filter then.
 
     Raises:
       AudioError: bad rates, ratio, quality, shape or NaN/inf samples.
