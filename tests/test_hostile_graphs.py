@@ -800,7 +800,8 @@ def _reshape_const(name: str, shape, **fields):
 def _set_attr(name: str, key: str, value):
     def edit(g):
         node = node_named(g, name)
-        del node.attr[key]
+        if key in node.attr:
+            del node.attr[key]
         if value is not None:
             add_node(g, "_tmp", "NoOp", **{key: value})
             node.attr[key].CopyFrom(node_named(g, "_tmp").attr[key])
@@ -864,6 +865,9 @@ MALFORMED = {
                                                      "ksize", [2, 2])), "ksize \\[2, 2\\]"),
     "maxpool_without_ksize": (lambda: _edit_vgg4(_set_attr("model/vggish/max_pooling2d/MaxPool",
                                                            "ksize", None)), "no attribute 'ksize'"),
+    "maxpool_over_channels": (lambda: _edit_vgg4(_set_attr(
+        "model/vggish/max_pooling2d/MaxPool", "ksize", [1, 2, 2, 2])),
+        r"ksize \[1, 2, 2, 2\]; expected \[1, height, width, 1\]"),
     "rank_100_const": (lambda: _edit_head(_reshape_const("b1", [1] * 100, float_val=[1.0])),
                        "rank 100"),
     "batch_norm_3_inputs": (lambda: _edit_vgg4(_drop_inputs(
@@ -883,6 +887,9 @@ MALFORMED = {
     "port_out_of_range": (lambda: _edit_head(_port("3")), "output 3 of 'k1'"),
     "port_one_of_a_const": (lambda: _edit_head(_port("1")),
                             "output 1 of 'k1' \\(Const\\), which has 1 output"),
+    "matmul_transposing_its_input": (lambda: _edit_head(_set_attr("dense/MatMul", "transpose_a",
+                                                                  True)),
+                                     "MatMul 'dense/MatMul' transposes its input"),
     "data_input_after_control": (lambda: _edit_head(_control_input_first),
                                  "data input 'model/Placeholder' comes after a control input"),
     "call_of_fewer_inputs": (_call_of_fewer_inputs, r"'PartitionedCall' passes 1 input\(s\) to "
@@ -953,6 +960,13 @@ OTHER_ARITHMETIC = {
     "frames_padded_2_and_4": (DORTMUND, _int32_const("model/Pad/paddings",
                                                      [[0, 0], [2, 4], [0, 0], [0, 0]]),
                               "3 frames of zero padding on each side"),
+    "frames_cropped": (DORTMUND, _int32_const("model/Pad/paddings",
+                                              [[0, 0], [-3, 3], [0, 0], [0, 0]]),
+                       r"pads \[\[0, 0\], \[-3, 3\], \[0, 0\], \[0, 0\]\]; expected \[4, 2\] "
+                       "non-negative amounts"),
+    "midend_transposed_otherwise": (DORTMUND, _int32_const("model/transpose_1/perm", [0, 2, 1, 3]),
+                                    r"must be transposed to \[batch, time, filters, 1\] \(perm "
+                                    r"\[0, 1, 3, 2\]\)"),
     "channels_padded": (DORTMUND, _int32_const("model/Pad/paddings",
                                                [[0, 0], [3, 3], [0, 0], [1, 1]]),
                         r"'model/Pad' pads \[\[0, 0\], \[3, 3\], \[0, 0\], \[1, 1\]\] before"),
@@ -991,6 +1005,38 @@ def test_walk_checks_a_pool_window_against_its_input():
     good_path = InferencePath(good, "model/Softmax")
     shapes = conv_chain_shapes([good_path.conv_layer(good.nodes[c.name]) for c in convs], (128, 128))
     assert shapes[-1] == (4, 4, 32)  # 4*4*32 = 512, the dense kernel's input
+
+
+def test_a_window_as_large_as_its_input_fits_and_a_larger_kernel_is_refused():
+    """A VALID pool as large as its input gives one value (it was refused as not fitting by an
+    off-by-one); a VALID kernel one larger than its input gives none, refused at load."""
+    from jaxmir.tfgraph.walk import ConvLayer, conv_output, pool_output
+
+    assert pool_output((4, 4), ((4, 4), (1, 1), "VALID"), "p") == (1, 1)
+    with pytest.raises(UnsupportedGraphError, match="'p' has a 5x4 VALID window over a 4x4"):
+        pool_output((4, 4), ((5, 4), (1, 1), "VALID"), "p")
+
+    def layer(height: int) -> ConvLayer:
+        return ConvLayer(np.zeros((height, 3, 1, 2), np.float32), np.zeros(2, np.float32),
+                         "VALID", "relu", None, None, "c", "c")
+
+    assert conv_output((3, 3), layer(3)) == (1, 1)
+    with pytest.raises(UnsupportedGraphError, match="'c' has a 4x3 kernel, larger than the 3x3"):
+        conv_output((3, 3), layer(4))
+
+
+def test_a_matmul_of_a_transposed_kernel_is_read_as_tensorflow_multiplies(tmp_path):
+    """``transpose_b``: the kernel stored [out, in]; no test had one (ignoring the flag loaded
+    it as a [3, 4] kernel, or gave wrong numbers where the kernel is square)."""
+    weights = head_weights(3)
+    g = head_graph(weights)
+    _set_attr("dense_1/MatMul", "transpose_b", True)(g)
+    node_named(g, "k2").attr["value"].tensor.CopyFrom(
+        tensor_proto(np.ascontiguousarray(weights["k2"].T)))
+    model = jaxmir.load(write(tmp_path, "transposed", g))
+    x = np.random.default_rng(3).standard_normal((5, HEAD_IN)).astype(np.float32)
+    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
+    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
 
 
 def _swap_first_inputs(name: str):

@@ -44,6 +44,28 @@ def test_essentia_genre_dortmund_body_matches_tensorflow(patches_187):
     assert "model/dense/BiasAdd" in errors and "model/transpose" in errors and "model/Squeeze" in errors
 
 
+def test_a_musicnn_of_other_patches_runs_on_its_patches_not_on_audio(tmp_path):
+    """A graph whose patches are 64 frames is no Essentia MusiCNN: the front-end of 187-frame
+    patches (taken by the bands alone) was given to it. It runs on its own patches, as
+    TensorFlow runs it, and audio is refused."""
+    from jaxmir.tfgraph.graphdef import GraphDefProto
+
+    graph = GraphDefProto.FromString(shared_fixture(DORTMUND).read_bytes())
+    placeholder = next(node for node in graph.node if node.name == "model/Placeholder")
+    for dim, size in zip(placeholder.attr["shape"].shape.dim, (-1, 64, 96)):
+        dim.size = size
+    path = tmp_path / "musicnn64.pb"
+    path.write_bytes(graph.SerializeToString())
+    model = jaxmir.load(path)
+    assert model.input_shape == (64, 96) and model.frontend is None
+    with pytest.raises(InputError, match=r"takes \[64, 96\] inputs, not log-mel patches"):
+        model.predict(np.zeros(32000, np.float32), 16000)
+    x = np.random.default_rng(4).standard_normal((2, 64, 96)).astype(np.float32)
+    want, = run_tf(path, {"model/Placeholder:0": x}, ["model/Sigmoid:0"])
+    got = np.asarray(model.apply(x, ["model/Sigmoid"])["model/Sigmoid"])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # probabilities in [0, 1]
+
+
 @pytest.mark.parametrize("name", ["msd-musicnn", "msd-vgg"])
 def test_graph_frozen_straight_from_training(musicnn_graphs, patches_187, name):
     """The checkpoint's own graph: BN and dropout behind cond on the training flag."""
