@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -399,6 +400,8 @@ def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatc
         (jaxmir.load(graph, output="model/dense/BiasAdd"), str(graph), None, r"\(its output, "),
         (shipped.with_labels([f"t{i}" for i in range(50)]), "msd-musicnn", None, r"\(its labels\)"),
         (shipped, "no-such-model", None, "which fails: "),
+        (dataclasses.replace(shipped, variables=jax.tree_util.tree_map(
+            lambda v: v * 1.5, shipped.variables)), "msd-musicnn", None, r"\(its weights\)"),
     ]
     for model, name, backbone, message in refused:
         with pytest.raises(InputError, match="the Ray engine's actors load the model as "
@@ -503,10 +506,14 @@ def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply
     finally:
         stop()
     # an HTTP/2 server's handshake (gRPC's, as Ray's head sends it) passes: its SETTINGS, then
-    # an acknowledgement of the client's; SETTINGS alone, then silence, left ray.init retrying
-    # for ever, deaf to Ctrl-C
+    # an acknowledgement of the client's, with other frames between them as gRPC's C core sends
+    # (SETTINGS of 4 values, WINDOW_UPDATE, ACK); SETTINGS alone, then silence, left ray.init
+    # retrying for ever, deaf to Ctrl-C
     settings, acknowledged = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]), bytes([0, 0, 0, 4, 1, 0, 0, 0, 0])
-    for reply, passes in ((settings + acknowledged, True), (settings, False)):
+    grpc_core = (bytes([0, 0, 24, 4, 0, 0, 0, 0, 0]) + bytes(24)       # SETTINGS, 4 values
+                 + bytes([0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0x40, 0])     # WINDOW_UPDATE
+                 + acknowledged)
+    for reply, passes in ((settings + acknowledged, True), (grpc_core, True), (settings, False)):
         address, stop = _listener(reply)
         try:
             if passes:

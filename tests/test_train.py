@@ -488,6 +488,12 @@ def test_cache_reused_keyed_and_safe(tmp_path, audio_set, monkeypatch):
     monkeypatch.setattr(embeddings, "computed_by", lambda: "jaxmir 0123456789abcdef, jax 9")
     embeddings.cached(compute, paths, key, tmp_path / "cache")
     assert len(calls) == 7
+    # a stored array cut short or emptied (a full disk, another tool) is computed again
+    entries = [tmp_path / "cache" / f"{key(path)}.npy" for path in paths[:2]]
+    entries[0].write_bytes(entries[0].read_bytes()[:100])
+    entries[1].write_bytes(b"")
+    again, failures = embeddings.cached(compute, paths, key, tmp_path / "cache")
+    assert failures == [] and len(calls) == 9 and all(a.shape == (2, 4) for a in again)
     package = tmp_path / "package"
     (package / "sub").mkdir(parents=True)
     (package / "sub" / "decode.py").write_text("TRIM = 1024\n")
@@ -829,6 +835,14 @@ def test_resumed_head_width_must_match():
         fit.train_head(tracks, targets, "single", ABC, FAST, initial=other)
 
 
+def test_a_resumed_head_of_other_outputs_is_refused():
+    """In Python (the command line checks earlier): a broadcasting TypeError from inside JAX."""
+    tracks, targets = blobs(classes=2)
+    other = fit.init_head(jax.random.PRNGKey(0), 20, 100, 3)
+    with pytest.raises(InputError, match="the resumed head has 3 outputs, the data 2 classes"):
+        fit.train_head(tracks, targets, "single", ("a", "b"), FAST, initial=other)
+
+
 def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
     """A 3-class head resumed on 2-class data, or on 50-d embeddings, was refused only after
     every file was decoded and the cross-validation had run; a softmax head resumed for
@@ -1034,6 +1048,26 @@ def test_folds_partition_and_stratify():
     assert len(result.folds) == 5 and result.confusion.sum() == 30
     mean, std = result.summary["normalized_accuracy"]
     assert mean > 0.9 and std >= 0
+
+
+def test_folds_of_uneven_classes_differ_by_one_track_at_most():
+    """Each class's tracks dealt to the folds from where the class before left off: 3 classes of
+    7 tracks in 5 folds made folds of 6, 6, 3, 3 and 3 tracks when each class began at fold 1."""
+    _, targets = blobs(n_per_class=7)
+    sizes = [len(fold) for fold in fit.fold_indices(targets, "single", 5, seed=0)]
+    assert sum(sizes) == 21 and max(sizes) - min(sizes) <= 1
+
+
+def test_the_confusion_matrix_s_rows_are_the_true_classes():
+    """Rows true classes, columns predictions (scikit-learn's order, the --plot picture's): with
+    training targets that teach every track the first class, each row still sums to its class's
+    5 tracks and the predictions gather in column 0."""
+    tracks, targets = blobs(n_per_class=5)
+    first = np.array([[0.8, 0.1, 0.1]], np.float32)
+    result = fit.cross_validate(tracks, targets, "single", ABC, 5, FAST,
+                                smooth=lambda train: np.repeat(first, len(train), axis=0))
+    assert result.confusion.sum(axis=1).tolist() == [5, 5, 5]
+    assert result.confusion[:, 0].sum() > 10
 
 
 def test_one_epoch_still_times_an_epoch():
@@ -1341,6 +1375,7 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
     assert "before fine-tuning" in dataset["fine_tuned"]
     entry = json.loads(out.with_suffix(".json").read_text())["inference"]["embedding_model"]
     assert entry["sha256"] == catalog.sha256(out.parent / "tuned-backbone.npz")  # as moved there
+    assert entry["output"] == "model/dense/BiasAdd"  # the graph's node, as Essentia reads it
     with warnings.catch_warnings():
         warnings.simplefilter("error", JaxmirWarning)
         model = jaxmir.load(out.with_suffix(".pb"), backbone=str(out.parent / "tuned-backbone.npz"))
@@ -1893,6 +1928,20 @@ def test_finetune_moves_backbone_and_lowers_loss():
     assert losses[-1] < losses[0]
 
 
+def test_a_fine_tuning_whose_loss_is_not_finite_stops_naming_the_step():
+    """It went on, and returned NaN weights for the backbone and the head."""
+    from jaxmir.train.finetune import FinetuneConfig, finetune
+    from jaxmir.train.fit import TrainingError
+
+    backbone = jaxmir.load("msd-musicnn")
+    patches = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
+    head = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
+    head["dense"]["kernel"] = head["dense"]["kernel"] * np.float32(1e38)  # logits overflow
+    with pytest.raises(TrainingError, match="the fine-tuning loss became nan at step 1"):
+        finetune(backbone, "model/dense/BiasAdd", patches, np.eye(2, dtype=np.float32), "single",
+                 head, FinetuneConfig(steps=2, batch_size=2))
+
+
 def test_finetuning_s_loss_includes_the_head_s_l2_weight_decay():
     """The fine-tuning loss is the data loss plus ``weight_decay`` times the head's L2 (as MTG's
     head training: research/training.md §1, L2 on all variables); without it fine-tuning trained
@@ -2172,11 +2221,15 @@ def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tm
 
 def test_a_smaller_synthetic_set_written_over_a_larger_one_leaves_no_clips_behind(tmp_path):
     """examples/train_head.py --per-class 6 after a run of 8 still trained on 8 clips a class."""
-    synthetic.write_dataset(tmp_path, classes=("pads",), per_class=3, seconds=0.1)
+    import soundfile
+
+    synthetic.write_dataset(tmp_path, classes=("pads",), per_class=12, seconds=0.1)  # pads_11
     synthetic.write_dataset(tmp_path, classes=("pads",), per_class=2, seconds=0.1)
     (tmp_path / "pads" / "mine.wav").write_bytes(b"")  # not a name it writes: kept
     synthetic.write_dataset(tmp_path, classes=("pads",), per_class=1, seconds=0.1)
     assert sorted(p.name for p in (tmp_path / "pads").iterdir()) == ["mine.wav", "pads_00.wav"]
+    clip, _ = soundfile.read(tmp_path / "pads" / "pads_00.wav")
+    assert abs(np.max(np.abs(clip)) - 0.5) < 1e-4  # its documented peak, to 16-bit rounding
 
 
 def _watch_validation_splits(monkeypatch) -> list:
