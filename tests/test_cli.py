@@ -754,15 +754,27 @@ def test_unwritable_output(capsys, wavs, tmp_path):
 
 def test_overlap_and_patch_hop(capsys, wavs, tmp_path):
     long = wavs["mono_22k"]  # 4.5 s: 283 frames
-    hops = {}
+    hops, starts = {}, {}
     for option in (["--overlap", "1.5"], ["--overlap", "0"], ["--patch-hop", "40"],
-                   ["--patch-hop", "187"], []):
+                   ["--patch-hop", "187"], ["--patch-hop", "0"], []):
         status, out, err = run(capsys, "tag", str(long), "--format", "json", *option)
         assert status == 0, err
         report = json.loads(out)
-        hops[" ".join(option)] = (report["patch_hop_frames"], report["files"][0]["n_patches"])
-    assert hops == {"--overlap 1.5": (93, 2), "--overlap 0": (187, 1), "--patch-hop 40": (40, 3),
-                    "--patch-hop 187": (187, 1), "": (93, 2)}  # the largest hop, a patch
+        hops[" ".join(option)] = (report["patch_hop_frames"], report["patch_hop_s"],
+                                  report["files"][0]["n_patches"])
+        starts[" ".join(option)] = report["files"][0]["patch_starts_s"]
+    # frames of 256 samples at 16 kHz: 16 ms; --patch-hop 0 is a patch, as Essentia takes it
+    assert hops == {"--overlap 1.5": (93, 1.488, 2), "--overlap 0": (187, 2.992, 1),
+                    "--patch-hop 40": (40, 0.64, 3), "--patch-hop 187": (187, 2.992, 1),
+                    "--patch-hop 0": (187, 2.992, 1), "": (93, 1.488, 2)}
+    assert starts["--patch-hop 40"] == [0.0, 0.64, 1.28] and starts[""] == [0.0, 1.488]
+    # the header says how the patches were cut
+    status, out, err = run(capsys, "tag", str(long), "--format", "json", "--last-patch", "repeat",
+                           "--pad", "zero")
+    assert status == 0, err
+    report = json.loads(out)
+    assert (report["last_patch"], report["pad"], report["files"][0]["n_patches"]) == (
+        "repeat", "zero", 3)
     status, _, err = run(capsys, "tag", str(long), "--overlap", "3")
     assert status == 2 and "--overlap 3" in err  # the command line is wrong (it was 1)
     status, _, err = run(capsys, "tag", str(long), "--overlap", "-1")  # a hop past the patch
