@@ -27,8 +27,8 @@ from jaxmir.errors import InputError, JaxmirError, WeightsError
 from jaxmir.frontends import FRONTENDS
 from jaxmir.labels import check_labels, read_as_utf8
 from jaxmir.model import Model
-from jaxmir.models import (COMPOSED, batch_norm_epsilons, damaged_variable, leaves,
-                           variable_mismatches, variance_below_epsilon)
+from jaxmir.models import (COMPOSED, damaged_variable, leaves, variable_mismatches,
+                           variance_below_epsilon)
 from jaxmir.spec import Frontend, ModelSpec, config_from_json, config_to_json
 
 WEIGHTS_SUFFIX = ".npz"
@@ -128,19 +128,19 @@ def load_weights(path: str | os.PathLike, labels: Sequence[str] | None = None,
         raise WeightsError(f"{path}: {what}; expected a .npz written by jaxmir "
                            "(tools/convert_musicnn.py) or a shipped model name")
 
+    epsilons: dict[str, float] = {}  # each batch norm's, read while the shapes are checked
+
     def check_declared(meta: dict, declared: dict[str, jax.ShapeDtypeStruct]) -> None:
         with _named_errors(path, labels):
             spec = _spec(meta, _unflatten(declared), path)
-            _check_shapes(spec, path)
+            _check_shapes(spec, path, epsilons)
             check_labels(labels if labels is not None else _labels(meta), spec.output_width)
 
     meta, arrays = _read_arrays(path, None if trusted else check_declared)
     with _named_errors(path, labels):
         spec = _spec(meta, _unflatten(arrays), path)
-        damaged = None if trusted else damaged_variable(spec.variables)
-        if damaged is None and not trusted:
-            epsilons = batch_norm_epsilons(spec.architecture, spec.config, spec.input_shape)
-            damaged = variance_below_epsilon(spec.variables, epsilons)
+        damaged = None if trusted else (damaged_variable(spec.variables)
+                                        or variance_below_epsilon(spec.variables, epsilons))
         if damaged is not None:
             raise WeightsError(f"{path}: '{_VARIABLES}/{damaged[0]}' holds {damaged[1]}")
         return Model.from_spec(spec, labels=labels if labels is not None else _labels(meta),
@@ -296,8 +296,9 @@ def _spec(meta: dict, variables: dict, path: str) -> ModelSpec:
                      _frontend(meta, path))
 
 
-def _check_shapes(spec: ModelSpec, path: str) -> None:
-    """Variables (or their shapes) that fit the model; outputs that name what it computes."""
+def _check_shapes(spec: ModelSpec, path: str, epsilons: dict[str, float] | None = None) -> None:
+    """Variables (or their shapes) that fit the model; outputs that name what it computes.
+    ``epsilons``: filled with the batch norms' (:func:`~jaxmir.models.variable_mismatches`)."""
     frontend = spec.frontend
     if frontend is not None and spec.input_shape != (frontend.patch_size, frontend.n_bands):
         raise WeightsError(f"{path}: input_shape {list(spec.input_shape)} does not fit the "
@@ -308,7 +309,7 @@ def _check_shapes(spec: ModelSpec, path: str) -> None:
                            "'aliases'); expected the tap of the model's output")
     taps = [*spec.aliases.values(), *(tap for tap, _ in spec.node_map.values())]
     problem = variable_mismatches(spec.architecture, spec.config, spec.input_shape,
-                                  spec.variables, taps, spec.node_map.values())
+                                  spec.variables, taps, spec.node_map.values(), epsilons)
     if problem is not None:
         raise WeightsError(f"{path}: {problem}")
 

@@ -510,7 +510,9 @@ def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply
     # (SETTINGS of 4 values, WINDOW_UPDATE, ACK); SETTINGS alone, then silence, left ray.init
     # retrying for ever, deaf to Ctrl-C
     settings, acknowledged = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]), bytes([0, 0, 0, 4, 1, 0, 0, 0, 0])
-    grpc_core = (bytes([0, 0, 24, 4, 0, 0, 0, 0, 0]) + bytes(24)       # SETTINGS, 4 values
+    values = b"".join(key.to_bytes(2, "big") + value.to_bytes(4, "big") for key, value in
+                      ((3, 100), (4, 4194304), (6, 16384), (0xfe03, 1)))
+    grpc_core = (bytes([0, 0, 24, 4, 0, 0, 0, 0, 0]) + values          # SETTINGS, 4 values
                  + bytes([0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0x40, 0])     # WINDOW_UPDATE
                  + acknowledged)
     for reply, passes in ((settings + acknowledged, True), (grpc_core, True), (settings, False)):

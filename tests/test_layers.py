@@ -158,8 +158,8 @@ def test_given_kernels_are_read_without_tracing_their_initializer(monkeypatch):
 
 
 def test_drawn_kernels_are_float32_under_x64_too():
-    """As :class:`flax.linen.Conv` and ``Dense`` draw theirs: a head initialised in a process
-    with x64 on would otherwise train, and be exported, in float64."""
+    """As :class:`flax.linen.Conv` and ``Dense`` draw theirs: a caller's own ``module.init``
+    under x64 drew float64 kernels (jaxmir's own heads draw theirs in float32 elsewhere)."""
     from jaxmir.models.layers import ConvBlock, DenseHead
     from jaxmir.spec import Dense
 

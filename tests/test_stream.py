@@ -205,8 +205,8 @@ def test_short_signal_with_pad_and_without(musicnn):
 @pytest.mark.parametrize("rate", [22050, 44100, 48000, 8000, 96000, 16000])
 @pytest.mark.parametrize("resampler", ["essentia", "samplerate", "soxr", "essentia-q4"])
 def test_resampling_stage_equals_one_shot(rate, resampler):
-    # a sample short of 2.7 s: n * 16000 / rate is not whole, and soxr's stream ends a sample
-    # short of librosa's length, which close pads
+    # a sample short of 2.7 s: n * 16000 / rate is not whole when downsampling, where soxr's
+    # stream ends a sample short of librosa's length, which close pads
     audio = signal_at(rate, 2.7, 1, seed=rate)[:-1]
     want = prepare_audio(audio, rate, resampler=resampler)
     stage = Resampling(rate, 16000, resampler)

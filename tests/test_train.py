@@ -490,7 +490,7 @@ def test_cache_reused_keyed_and_safe(tmp_path, audio_set, monkeypatch):
     assert len(calls) == 7
     # a stored array cut short or emptied (a full disk, another tool) is computed again
     entries = [tmp_path / "cache" / f"{key(path)}.npy" for path in paths[:2]]
-    entries[0].write_bytes(entries[0].read_bytes()[:100])
+    entries[0].write_bytes(entries[0].read_bytes()[:-4])  # its last value lost
     entries[1].write_bytes(b"")
     again, failures = embeddings.cached(compute, paths, key, tmp_path / "cache")
     assert failures == [] and len(calls) == 9 and all(a.shape == (2, 4) for a in again)
@@ -1937,7 +1937,7 @@ def test_a_fine_tuning_whose_loss_is_not_finite_stops_naming_the_step():
     patches = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
     head = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
     head["dense"]["kernel"] = head["dense"]["kernel"] * np.float32(1e38)  # logits overflow
-    with pytest.raises(TrainingError, match="the fine-tuning loss became nan at step 1"):
+    with pytest.raises(TrainingError, match=r"the fine-tuning loss became (nan|-?inf) at step 1"):
         finetune(backbone, "model/dense/BiasAdd", patches, np.eye(2, dtype=np.float32), "single",
                  head, FinetuneConfig(steps=2, batch_size=2))
 
@@ -2220,7 +2220,8 @@ def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tm
 
 
 def test_a_smaller_synthetic_set_written_over_a_larger_one_leaves_no_clips_behind(tmp_path):
-    """examples/train_head.py --per-class 6 after a run of 8 still trained on 8 clips a class."""
+    """examples/train_head.py --per-class 6 after a run of 8 still trained on 8 clips a class;
+    the clips written peak at 0.5, as documented."""
     import soundfile
 
     synthetic.write_dataset(tmp_path, classes=("pads",), per_class=12, seconds=0.1)  # pads_11

@@ -9,6 +9,7 @@ one entry in :data:`ARCHITECTURES`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -137,30 +138,13 @@ def damaged_variable(variables: Mapping, why: str = ": the file is damaged"
     return None
 
 
-def batch_norm_epsilons(name: str, config: Mapping[str, Any],
-                        input_shape: tuple[int, ...]) -> dict[str, float]:
-    """``{"midend_1/block/batch_norm": epsilon, ...}``: each batch norm's epsilon in the model a
-    spec describes, by the path of its variables under ``batch_stats`` (the module traced
-    abstractly, as :func:`variable_mismatches` traces it)."""
-    module = build_module(name, config)
-    epsilons = {}
-
-    def record(call, args, kwargs, context):
-        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
-            epsilons["/".join(context.module.path)] = float(context.module.epsilon)
-        return call(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(functools.partial(module.init, mutable=True), jax.random.PRNGKey(0),
-                       jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
-    return epsilons
-
-
 def variance_below_epsilon(variables: Mapping, epsilons: Mapping[str, float]
                            ) -> tuple[str, str] | None:
-    """``(path, what)`` of the first batch-norm variance ``var`` for which ``var + epsilon``,
-    in float32 as the batch norm adds them, is <= 0 with its batch norm's ``epsilon``
-    (:func:`batch_norm_epsilons`): NaN or infinite outputs. ``None`` when there is none."""
+    """``(path, what)`` of the first batch-norm variance ``var`` for which ``var + epsilon`` is
+    <= 0 with its batch norm's ``epsilon`` (``epsilons`` by path, as
+    :func:`variable_mismatches` reads them): NaN or infinite outputs. ``None`` when there is
+    none. Summed in float32, as the batch norm of a float32 model adds them; in bfloat16
+    (:meth:`jaxmir.Model.astype`) a variance within ~0.4% of ``-epsilon`` rounds onto it."""
     for path, value in leaves(variables).items():
         if path.startswith("batch_stats/") and path.endswith("/var") and np.size(value):
             epsilon = epsilons[path[len("batch_stats/"):-len("/var")]]
@@ -184,19 +168,29 @@ def leaves(tree: Mapping, prefix: str = "") -> dict[str, Any]:
 
 def variable_mismatches(name: str, config: Mapping[str, Any], input_shape: tuple[int, ...],
                         variables: Mapping, taps: Iterable[str] = (),
-                        tap_shapes: Iterable[tuple[str, Any]] = ()) -> str | None:
+                        tap_shapes: Iterable[tuple[str, Any]] = (),
+                        epsilons: dict[str, float] | None = None) -> str | None:
     """How ``variables`` fail to fit the module a spec describes, or ``None`` when they fit;
     also names ``taps`` (sown intermediates a spec's outputs read) that the module does not sow,
     and ``tap_shapes`` (``(tap, per-example shape)``: a spec's node map) whose shape is not one
-    of positive sizes holding the tap's values.
+    of positive sizes holding the tap's values. ``epsilons``, when given, is filled with each
+    batch norm's epsilon by the path of its variables under ``batch_stats``
+    (``"midend_1/block/batch_norm"``), for :func:`variance_below_epsilon`.
 
     The module is traced abstractly (``jax.eval_shape``): nothing is allocated.
     """
     module = build_module(name, config)
     dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+
+    def record(call, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            epsilons["/".join(context.module.path)] = float(context.module.epsilon)
+        return call(*args, **kwargs)
+
     try:
-        expected = jax.eval_shape(functools.partial(module.init, mutable=True),
-                                  jax.random.PRNGKey(0), dummy)
+        with nn.intercept_methods(record) if epsilons is not None else contextlib.nullcontext():
+            expected = jax.eval_shape(functools.partial(module.init, mutable=True),
+                                      jax.random.PRNGKey(0), dummy)
     except Exception as err:  # noqa: BLE001 -- any failure to trace is a model that cannot run
         return f"the {name} model cannot run on [batch, {', '.join(map(str, input_shape))}] " \
                f"inputs ({type(err).__name__}: {err})"
