@@ -50,6 +50,25 @@ def test_a_jax_that_lacks_the_option_compiles_with_its_defaults(monkeypatch, vgg
     assert compiler_options(vggish.module, "cpu", half) == DEFAULTS
 
 
+def test_fine_tuning_runs_every_timbral_branch_as_rows_on_a_cpu(monkeypatch, vggish):
+    """A fine-tuning step's gradient took 2.5x as long through the 2-D convolutions (the input
+    gradient of a one-channel convolution: a convolution to one channel). The 1-D formulation
+    is the same convolution (``test_layers``), so the same numbers to float32 rounding; other
+    platforms and families are unchanged."""
+    from jaxmir.models.compiler import for_gradients
+    from jaxmir.train import finetune
+
+    musicnn = jaxmir.load("msd-musicnn")
+    assert for_gradients(musicnn.module, "cpu").timbral_rows_as_channels == (38, 67)
+    assert for_gradients(musicnn.module, "gpu") is musicnn.module
+    assert for_gradients(vggish.module, "cpu") == vggish.module
+    asked = []
+    monkeypatch.setattr(finetune, "for_gradients",
+                        lambda module, platform: asked.append(platform) or module)
+    finetune.embed_fn(musicnn, "embeddings")
+    assert asked == ["cpu"]
+
+
 def test_the_program_built_without_ynnpack_has_none_and_the_same_outputs(vggish):
     x = np.random.default_rng(0).normal(0, 2, (8, *vggish.input_shape)).astype(np.float32)
     _, taps = vggish.resolve_outputs(["embeddings"])

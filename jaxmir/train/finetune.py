@@ -23,7 +23,8 @@ from jaxmir.audio_choices import reading_entry
 from jaxmir.checks import real_fields, whole_fields
 from jaxmir.errors import InputError
 from jaxmir.model import Model
-from jaxmir.models.runner import run_patches
+from jaxmir.models.compiler import for_gradients
+from jaxmir.models.runner import platform_of, run_patches
 from jaxmir.patches import make_patches
 from jaxmir.promotion import standard_promotion
 from jaxmir.train.fit import TrainingError, head_logits, l2_penalty, sample_losses
@@ -58,11 +59,13 @@ def audio_patches(backbone: Model, audio: np.ndarray, sample_rate: int,
 
 
 def embed_fn(backbone: Model, layer: str):
-    """``(variables, patches[b, t, mel]) -> [b, features]``: the backbone cut at ``layer``."""
+    """``(variables, patches[b, t, mel]) -> [b, features]``: the backbone cut at ``layer``,
+    formulated for its gradients (:func:`~jaxmir.models.compiler.for_gradients`)."""
     tap = backbone.resolve_output(layer)
+    module = for_gradients(backbone.module, platform_of(backbone.variables))
 
     def embed(variables, patches):
-        value = run_patches(backbone.module, variables, (tap,), patches)[0]
+        value = run_patches(module, variables, (tap,), patches)[0]
         return value.reshape(value.shape[0], -1)
 
     return embed
