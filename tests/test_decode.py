@@ -267,15 +267,31 @@ def files(tmp_path_factory) -> dict[str, Path]:
             + b"data" + struct.pack("<I", len(second)) + second)
     made["two_data_chunks.wav"] = folder / "two_data_chunks.wav"
     made["two_data_chunks.wav"].write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
-    # ... and behind a first one of an odd size, whose pad byte the walk to the last must skip
+    # ... and behind a first one and a LIST of odd sizes, whose pad bytes the walk to the last
+    # must skip
     first, second = (np.random.default_rng(seed).integers(0, 256, size, np.uint8).tobytes()
                      for seed, size in ((21, 16001), (22, 24000)))
     body = (b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 16000, 1, 8)
             + b"data" + struct.pack("<I", len(first)) + first + b"\0"
-            + b"LIST" + struct.pack("<I", 4) + b"INFO"
+            + b"LIST" + struct.pack("<I", 5) + b"INFOx" + b"\0"
             + b"data" + struct.pack("<I", len(second)) + second)
     made["two_data_chunks_odd.wav"] = folder / "two_data_chunks_odd.wav"
     made["two_data_chunks_odd.wav"].write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    # a WAVEFORMAT fmt chunk of 14 bytes (no bits per sample): FFmpeg's, as the wheel's
+    pcm = (np.arange(8000) % 256).astype(np.uint8).tobytes()
+    body = (b"WAVE" + b"fmt " + struct.pack("<IHHIIH", 14, 1, 1, 8000, 8000, 1)
+            + b"data" + struct.pack("<I", len(pcm)) + pcm)
+    made["fmt_of_14_bytes.wav"] = folder / "fmt_of_14_bytes.wav"
+    made["fmt_of_14_bytes.wav"].write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    # a VBRI header of version 2, which FFmpeg does not read: the wheel decodes its frame as
+    # 1152 samples of silence (a version-1 header's frame counts were taken from it)
+    data = bytearray(encode(folder / "plain.mp3", signal(44100, 2, 0.5, 25, seconds=3.0), 44100,
+                            "libmp3lame", 128000).read_bytes())
+    info = id3v2_end(io.BytesIO(bytes(data))) + 36  # behind MPEG-1 stereo's side information
+    assert data[info:info + 4] == b"Info"
+    data[info:info + 120] = b"VBRI" + struct.pack(">HHHII", 2, 0, 75, len(data), 200) + bytes(102)
+    made["vbri_v2.mp3"] = folder / "vbri_v2.mp3"
+    made["vbri_v2.mp3"].write_bytes(bytes(data))
     # RF64: the data chunk's size in a ds64 chunk; cut in half, it was "ok" (its length unread)
     made["rf64.wav"] = folder / "rf64.wav"
     made["rf64.wav"].write_bytes(rf64_wav(signal(22050, 2, 0.5, 20), 22050))
@@ -323,7 +339,8 @@ TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_4
 CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp2",
               "vorbis_in.webm": None, "chained.ogg": None, "stts_damaged.m4a": None,
               "page_version.ogg": None, "itunsmpb.m4a": None, "two_data_chunks.wav": None,
-              "two_data_chunks_odd.wav": None, "rf64.wav": None}
+              "two_data_chunks_odd.wav": None, "rf64.wav": None, "fmt_of_14_bytes.wav": None,
+              "vbri_v2.mp3": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg", "cut_rf64.wav"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3",
           "header_without_counts_22k.mp3", "tag_with_footer.mp3"]
@@ -727,6 +744,15 @@ def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s
     between.write_bytes(data + b"OggS\x01" + bytes(40) + data)
     with pytest.warns(DamagedAudioWarning, match="reading stopped at an Ogg page of an unknown"):
         assert decode_file(between).samples.shape == decode_file(junk).samples.shape
+    # a page failing its checksum behind the stop is never read: not counted as decoded
+    second = bytearray(data)
+    second[second.find(b"OggS", len(second) // 2) + 100] ^= 1
+    (tmp_path / "bad_behind.ogg").write_bytes(data + b"OggS\x01" + bytes(40) + second)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decode_file(tmp_path / "bad_behind.ogg")
+    said = " ".join(str(warning.message) for warning in caught)
+    assert "unknown version" in said and "checksum" not in said
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert decode_file(between, mode="float", strict=True).samples.shape[0] > \

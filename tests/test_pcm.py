@@ -79,6 +79,8 @@ def test_a_large_chunk_before_the_data_is_skipped():
     (lambda h: b"RIFF\x00\x00\x00\x00WAVX" + h[12:], "no RIFF/WAVE signature"),
     (lambda h: h[:12] + b"data\x00\x00\x00\x00", "no fmt chunk"),
     (lambda h: h[:20] + b"\x02\x00" + h[22:], "unsupported WAV format"),
+    # WAVEFORMAT, without bits per sample: a struct.error naming no file
+    (lambda h: h[:16] + b"\x0e\x00\x00\x00" + h[20:34] + h[36:], "fmt chunk of 14 bytes"),
     # samples padded inside wider frames (24 bits in 32, say) streamed as noise, exit 0
     (lambda h: h[:32] + b"\x08\x00" + h[34:], r"WAV frames of 8 bytes \(its block_align\)"),
 ])
@@ -213,6 +215,14 @@ def test_no_raw_pcm_reads_as_a_stream_joined_mid_frame():
     for tone, dtype in zip(tones, ("<i2", "<i4")):
         data = tone.astype(dtype).tobytes()
         assert joined_format(lambda n: data[:n]) is None, dtype
+    # a square wave whose bytes (FF FE 90 00) read as MPEG-1 layer I headers, chained every 312
+    # bytes by their frame length: layer I is not taken from PCM (it was called an MP1 file)
+    square = np.tile(np.array([-257, 0x90], "<i2"), 4000).tobytes()
+    assert encoded_format(lambda n: square[:n]) is None
+    # "OggS" of a version other than 0 in the samples: no page's capture pattern
+    oggs = rng.normal(0, 3000, 20000).astype("<i2").tobytes()
+    oggs = oggs[:1000] + b"OggS\x01" + oggs[1000:]
+    assert joined_format(lambda n: oggs[:n]) is None
 
 
 def test_pcm_that_opens_like_one_frame_header_is_pcm():
