@@ -310,6 +310,20 @@ def test_a_parquet_folder_appears_with_its_columns(music, model, tmp_path, monke
     assert "rock" in first.column_names  # a label's column
 
 
+def test_a_parquet_part_is_written_a_minute_after_the_last_even_of_few_rows(model, tmp_path,
+                                                                          monkeypatch):
+    """A slow collection killed before its 256th row lost every row since its last part; a part
+    is also written once 60 s have passed (here a clock that moves a minute a reading)."""
+    clips = [str(_write(tmp_path / "in" / f"{name}.wav", 3.0, 16000, 1, seed))
+             for seed, name in enumerate("ab")]
+    out, seen = tmp_path / "tags.parquet", []
+    minutes = iter(range(10**6))
+    monkeypatch.setattr(outputs.time, "monotonic", lambda: 61.0 * next(minutes))
+    collect(model, clips, str(out), name="msd-musicnn", jobs=0, progress=False,
+            on_result=lambda result, where: seen.append(len(list(out.glob("part-*.parquet")))))
+    assert seen[0] == 2  # the empty part 0, and the first row's, before the run's end
+
+
 def test_parquet_tags_and_patches(music, model, expected, tmp_path):
     import pandas
 
@@ -715,9 +729,18 @@ def test_an_overwrite_removes_the_folders_it_empties(music, model, tmp_path):
                                         jobs=0, progress=False, **kw)
     assert embed([str(music)]).ok == 4
     (out / "mine").mkdir()  # a folder of the user's, empty: kept
+    # arrays an index names outside the folder, by a path or through a link, are not jaxmir's
+    outside, linked = tmp_path / "outside.npy", tmp_path / "linked.npy"
+    for keep in (outside, linked):
+        np.save(keep, np.zeros(3))
+    (out / "link.npy").symlink_to(linked)
+    with open(out / "index.jsonl", "a", encoding="utf-8") as index:
+        index.write(json.dumps({"npy": "../outside.npy"}) + "\n")
+        index.write(json.dumps({"npy": "link.npy"}) + "\n")
     assert embed([str(music / "rock" / "a.wav")], overwrite=True).ok == 1
     folders = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_dir())
     assert folders == ["mine"]  # jazz/deep, jazz and rock went with their arrays
+    assert outside.is_file() and linked.is_file()
 
 
 @pytest.mark.parametrize("how", ["made anew", "a part removed"])

@@ -528,6 +528,23 @@ def _decode_threads() -> list:
     return [t for t in threading.enumerate() if t.name == "jaxmir-decode"]
 
 
+def test_the_read_ahead_waits_for_its_consumer():
+    """Memory that does not grow with the file: the thread stops ``depth`` blocks ahead of a
+    consumer that takes none (the test above cannot tell, its decoder being the slower side)."""
+    made = []
+
+    def blocks():
+        for i in range(50):
+            made.append(i)
+            yield np.zeros(4, np.float32)
+
+    with streaming._ahead(blocks(), depth=2) as ahead:
+        next(ahead)
+        time.sleep(0.5)                     # a model call, the thread free to run on
+        # one taken, two queued, one made and waiting to be queued: it reads ahead, no further
+        assert 3 <= len(made) <= 4
+
+
 def test_a_file_is_decoded_ahead_in_a_thread_that_stops_with_the_stream(musicnn, tmp_path,
                                                                         monkeypatch):
     """file_stream decodes and resamples in a thread, at most AHEAD blocks ahead of the model
