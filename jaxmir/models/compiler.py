@@ -89,19 +89,19 @@ def formulated(module: nn.Module, platform: str) -> nn.Module:
     summation order."""
     if platform != "cpu" or not _avx2_only():
         return module
-    return _with_rows_as_channels(module)
+    return _with_rows_as_channels(module, ROWS_AS_CHANNELS_WIDTH)
 
 
 @functools.lru_cache(maxsize=32)
-def _with_rows_as_channels(module: nn.Module) -> nn.Module:
-    return map_backbone(module, _wide_rows_as_channels)
-
-
-def _wide_rows_as_channels(module: nn.Module) -> nn.Module:
-    if not isinstance(module, MusiCNN):
-        return module
-    wide = tuple(w for w in module.timbral_widths if w >= ROWS_AS_CHANNELS_WIDTH)
-    return module.clone(timbral_rows_as_channels=wide)
+def _with_rows_as_channels(module: nn.Module, width: int) -> nn.Module:
+    """``module`` with its MusiCNN's timbral branches at least ``width`` bands wide as 1-D
+    convolutions."""
+    def rows_as_channels(part: nn.Module) -> nn.Module:
+        if not isinstance(part, MusiCNN):
+            return part
+        wide = tuple(w for w in part.timbral_widths if w >= width)
+        return part.clone(timbral_rows_as_channels=wide)
+    return map_backbone(module, rows_as_channels)
 
 
 def for_gradients(module: nn.Module, platform: str) -> nn.Module:
@@ -113,13 +113,7 @@ def for_gradients(module: nn.Module, platform: str) -> nn.Module:
     order."""
     if platform != "cpu":
         return module
-    return map_backbone(module, _all_rows_as_channels)
-
-
-def _all_rows_as_channels(module: nn.Module) -> nn.Module:
-    if not isinstance(module, MusiCNN):
-        return module
-    return module.clone(timbral_rows_as_channels=tuple(module.timbral_widths))
+    return _with_rows_as_channels(module, 0)
 
 
 def compiler_options(module: nn.Module, platform: str, arguments: Any = ()) -> Options:
