@@ -1643,6 +1643,7 @@ def test_finetune_defaults_are_the_ones_its_help_states(capsys):
     ({"smoothing": SmoothingConfig("lmnn", lmnn_push=-1.0)}, r"lmnn_push = -1.0; expected a "
                                                              r"weight in \[0, 1\]"),
     ({"smoothing": SmoothingConfig("lmnn", lmnn_push=float("nan"))}, "lmnn_push = nan"),
+    ({"smoothing": SmoothingConfig("lmnn", lmnn_push=1.5)}, r"lmnn_push = 1.5; expected"),
     ({"folds": 1}, "folds = 1; expected 0"), ({"folds": -3}, "folds = -3"),
     # False and 0.0 passed as "0, no cross-validation", where True and 3.0 were refused
     ({"folds": False}, "folds = False; expected 0"), ({"folds": 0.0}, "folds = 0.0; expected 0")])
@@ -2093,6 +2094,8 @@ def test_figures_undefined_in_every_fold_are_null_in_the_head_s_json():
         warnings.simplefilter("error")
         summary = metrics.summarize([{"r2": nan, "rmse": 1.0}, {"r2": nan, "rmse": 3.0}])
     assert np.isnan(summary["r2"]).all() and summary["rmse"] == (2.0, 1.0)
+    # a fold where it is undefined leaves the others' mean (it was NaN, so "undefined")
+    assert metrics.summarize([{"r2": nan}, {"r2": 0.8}])["r2"] == (0.8, 0.0)
     dataset = data.Dataset(("a.wav", "b.wav", "c.wav"), [[1.0], [2.0], [4.0]], "regression", ("v",))
     entry = recipe.dataset_entry("set", dataset, types.SimpleNamespace(summary=summary), 2)
     assert entry["metrics"] == {"2-fold_cross_validation_r2": None,

@@ -65,6 +65,9 @@ def test_mfcc_summaries():
     # by default the paper's segment: 15 s from 5 s in (research/training.md, LDL features)
     track = np.arange(30 * 100, dtype=np.float32)
     np.testing.assert_array_equal(mfcc.segment(track, 100), track[5 * 100:20 * 100])
+    # a 17-s track has no 15 s from 5 s in: its last 15 s (from 5 s it gave 12 s)
+    track = np.arange(17 * 100, dtype=np.float32)
+    np.testing.assert_array_equal(mfcc.segment(track, 100), track[2 * 100:])
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +116,22 @@ def test_lmnn_matches_metric_learn(wine):
         return np.mean([np.bincount(v).argmax() == t for v, t in zip(votes, y)])
 
     assert abs(loo_knn_accuracy(ours.transform(x)) - loo_knn_accuracy(ref.transform(x))) <= 0.03
+
+    # push is metric-learn's 1 - regularization: at 0.25 the pull weighs 0.75 (the tests above
+    # hold at 0.5 whichever term the weight went to; swapped, the two differ by 22% here)
+    assert float(lmnn.objective(jnp.asarray(ref.components_, jnp.float32),
+                                jnp.asarray(x, jnp.float32), jnp.asarray(y),
+                                jnp.asarray(targets), push=0.25)) == pytest.approx(
+        ref._loss_grad(x, ref.components_, pull, 3, 0.75, targets, labels)[1], rel=1e-4)
+
+
+def test_lmnn_takes_metric_learn_s_fifty_steps_at_least():
+    """LMNN stops when a step changes its objective by less than ``tol``, but not before
+    metric-learn's ``min_iter`` (50) steps: a small set whose second step changed it by little
+    stopped there, far from its minimum."""
+    x = smoothing.standardize(np.random.default_rng(0).standard_normal((6, 2)))
+    result = lmnn.fit_lmnn(x, np.arange(6) % 2, 1, k=1)  # the mutant stopped after 2 steps
+    assert result.iterations > 50
 
 
 def test_lmnn_needs_enough_per_class():
@@ -163,6 +182,11 @@ def test_smoothing_over_more_neighbours_than_other_tracks_is_refused():
     targets = np.eye(2, dtype=np.float32)[[0, 0, 0, 1, 1, 1]]
     with pytest.raises(InputError, match="k = 10 needs more than 10 training tracks; there are 6"):
         smoothing.smooth_labels(features, targets, smoothing.SmoothingConfig("knn", k=10))
+    # k = 6 of 6 tracks took each track's own row (its distance infinite) as its last
+    # neighbour: every track got the same target, the mean of all
+    with pytest.raises(InputError, match="k = 6 needs more than 6 training tracks; there are 6"):
+        smoothing.knn_smooth(features, targets, 6)
+    assert smoothing.knn_smooth(features, targets, 5).shape == (6, 2)
 
 
 def test_smoother_sees_only_training_tracks(wine):
