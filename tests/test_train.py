@@ -16,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -1927,6 +1928,42 @@ def test_finetune_moves_backbone_and_lowers_loss():
     moved = sum(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(before, after))
     assert moved > len(before) // 2
     assert losses[-1] < losses[0]
+
+
+def test_gradients_taken_in_forward_mode_equal_reverse_mode_s():
+    """Fine-tuning on a CPU takes the input batch norm's gradient in forward mode (one
+    derivative per number) and the rest in reverse mode with it held: the same value and
+    gradient as ``jax.value_and_grad``, each leaf in its place, whatever its shape."""
+    from jaxmir.models.compiler import in_forward_mode
+    from jaxmir.train.finetune import mixed_value_and_grad
+
+    rng = np.random.default_rng(0)
+    params = {"input_bn": {"bias": np.float32([0.3]), "scale": np.float32([1.7])},
+              "layer": {"kernel": rng.standard_normal((3, 4)).astype(np.float32),
+                        "input_bn": rng.standard_normal((2, 3)).astype(np.float32)}}
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+
+    def loss(params, x):
+        normed = params["input_bn"]["scale"] * x + params["input_bn"]["bias"]
+        hidden = jnp.tanh(normed @ params["layer"]["kernel"])
+        out = jnp.sum(hidden ** 2) + jnp.sum(jnp.sin(params["layer"]["input_bn"]) * normed[:2])
+        return out, hidden
+
+    chosen = []
+    mixed = mixed_value_and_grad(loss, lambda path: chosen.append(jax.tree_util.keystr(path))
+                                 or in_forward_mode(path, "cpu"))
+    (value, aux), grads = jax.jit(mixed)(params, x)
+    (want_value, want_aux), want = jax.value_and_grad(loss, has_aux=True)(params, x)
+    assert sorted(chosen) == ["['input_bn']['bias']", "['input_bn']['scale']",
+                              "['layer']['input_bn']", "['layer']['kernel']"]
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(want)
+    # one program compiled against operations run one by one: float32 rounding of values
+    # ~10 (the loss), ~1 (tanh's) and ~10 (the gradients)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_allclose(aux, want_aux, rtol=0, atol=1e-6)
+    for got, expected in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not in_forward_mode(jax.tree_util.tree_flatten_with_path(params)[0][0][0], "gpu")
 
 
 def test_a_fine_tuning_whose_loss_is_not_finite_stops_naming_the_step():

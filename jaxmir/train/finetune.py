@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from jaxmir.audio_choices import reading_entry
 from jaxmir.checks import real_fields, whole_fields
 from jaxmir.errors import InputError
 from jaxmir.model import Model
-from jaxmir.models.compiler import for_gradients
+from jaxmir.models.compiler import for_gradients, in_forward_mode
 from jaxmir.models.runner import platform_of, run_patches
 from jaxmir.patches import make_patches
 from jaxmir.promotion import standard_promotion
@@ -71,6 +72,45 @@ def embed_fn(backbone: Model, layer: str):
     return embed
 
 
+def mixed_value_and_grad(loss_fn: Callable, forward_mode: Callable[[tuple], bool]) -> Callable:
+    """``jax.value_and_grad(loss_fn, has_aux=True)``, with the gradient of the parameters
+    ``forward_mode(path)`` chooses (a ``jax.tree_util`` key path) taken in forward mode, one
+    ``jax.jvp`` per number, and the others' in reverse mode with those held: the same
+    gradient up to float32 rounding, at another cost (see
+    :func:`~jaxmir.models.compiler.in_forward_mode`)."""
+    def value_and_grad(params, *args):
+        keyed, tree = jax.tree_util.tree_flatten_with_path(params)
+        leaves = [leaf for _, leaf in keyed]
+        chosen = [i for i, (path, _) in enumerate(keyed) if forward_mode(path)]
+        if not chosen:
+            return jax.value_and_grad(loss_fn, has_aux=True)(params, *args)
+        others = [i for i in range(len(leaves)) if i not in chosen]
+
+        def loss_of(chosen_leaves: list, other_leaves: list):
+            merged = list(leaves)
+            for i, leaf in zip(chosen + others, chosen_leaves + other_leaves):
+                merged[i] = leaf
+            return loss_fn(jax.tree_util.tree_unflatten(tree, merged), *args)
+
+        held, rest = [leaves[i] for i in chosen], [leaves[i] for i in others]
+        value, rest_grads = jax.value_and_grad(lambda free: loss_of(held, free), has_aux=True)(
+            rest)
+        grads = dict(zip(others, rest_grads))
+
+        def derivative(n: int, tangent: jax.Array) -> jax.Array:
+            """The loss's derivative along ``tangent`` in the ``n``-th chosen leaf."""
+            tangents = [tangent if m == n else jnp.zeros_like(leaf) for m, leaf in enumerate(held)]
+            return jax.jvp(lambda free: loss_of(free, rest)[0], (held,), (tangents,))[1]
+
+        for n, leaf in enumerate(held):
+            basis = jnp.eye(leaf.size, dtype=leaf.dtype).reshape((leaf.size, *leaf.shape))
+            grads[chosen[n]] = jnp.stack([derivative(n, unit) for unit in basis]).reshape(
+                leaf.shape)
+        return value, jax.tree_util.tree_unflatten(tree, [grads[i] for i in range(len(leaves))])
+
+    return value_and_grad
+
+
 @standard_promotion
 def finetune(backbone: Model, layer: str, patches: np.ndarray, targets: np.ndarray, task: str,
              head_params: dict, config: FinetuneConfig = FinetuneConfig()
@@ -98,9 +138,12 @@ def finetune(backbone: Model, layer: str, patches: np.ndarray, targets: np.ndarr
         data = jnp.mean(sample_losses(task, head_logits(params["head"], features), y))
         return data + config.weight_decay * l2_penalty(params["head"]), data
 
+    platform = platform_of(backbone.variables)
+    value_and_grad = mixed_value_and_grad(loss_fn, lambda path: in_forward_mode(path, platform))
+
     @jax.jit
     def step(params, state, x, y):
-        (_, data), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+        (_, data), grads = value_and_grad(params, x, y)
         updates, state = optimizer.update(grads, state, params)
         return optax.apply_updates(params, updates), state, data
 
