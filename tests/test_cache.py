@@ -145,6 +145,19 @@ def test_a_full_disk_turns_the_cache_off(tmp_path, monkeypatch):
                      "(No space left on device)"]
 
 
+def test_a_disk_that_takes_a_file_but_no_bytes_turns_the_cache_off(tmp_path, monkeypatch):
+    """A full disk still makes empty files (an inode is all they take): the probe writes and
+    syncs a block, or JAX would write cut-short entries there."""
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "fsync", full)
+    lines = []
+    assert cache.enable(tmp_path / "jax", lines.append) is False
+    assert lines == [f"compilation cache off: {tmp_path / 'jax'} cannot be written "
+                     "(No space left on device)"]
+
+
 def test_command_line_with_an_unwritable_cache(tmp_path):
     blocker = tmp_path / "cache"
     blocker.write_text("not a folder")

@@ -843,6 +843,7 @@ def test_info(capsys, wavs, tmp_path):
     assert "architecture: musicnn" in out and "parameters: 792,079" in out
     assert "model/dense/BiasAdd" in out and "penultimate" in out and "rock" in out
     assert "patches: 187 frames (2.99 s), default hop 93 frames (1.49 s)\n" in out
+    assert "a frame every 16 ms at 16 kHz\n" in out
     status, out, err = run(capsys, "info", str(shared_fixture("essentia-models/small_vggish_init.pb")))
     assert status == 0, err
     assert "vggish" in out and "patches: 96 frames (0.96 s)" in out
@@ -859,6 +860,8 @@ def test_info(capsys, wavs, tmp_path):
     status, out, err = run(capsys, "info", head)
     assert status == 0 and "audio: none; this is an embedding head: it takes [200] embeddings" \
         in out and "--backbone, e.g. 'msd-musicnn'" in out and "patches:" not in out
+    # its input, flatten_in_input, is no output: it was listed as one
+    assert "outputs by name: dense_out, embeddings, logits, penultimate, predictions\n" in out
     status, out, err = run(capsys, "info", str(shared_fixture("essentia-models/vgg4.pb")))
     assert status == 0 and "audio: none; this vgg model takes [128, 128] inputs" in out
     status, out, err = run(capsys, "info", "no-such-model")
@@ -1101,6 +1104,32 @@ def test_a_signal_a_library_swallowed_still_ends_the_command_as_interrupted(monk
     assert cli.main(["info", "msd-musicnn"]) == 143
     assert "terminated (SIGTERM)" in capsys.readouterr().err
     assert not interrupts._received  # forgotten once main returns: code after it is not stopped
+
+    def swallowed_then_ctrl_c(args):  # the first signal names the stop, as its handler raised it
+        interrupts._received.extend([(signal.SIGTERM, time.monotonic()),
+                                     (signal.SIGINT, time.monotonic())])
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_info", swallowed_then_ctrl_c)
+    assert cli.main(["info", "msd-musicnn"]) == 143
+
+
+def test_after_a_signal_other_unraisable_errors_are_still_reported(monkeypatch):
+    """Dropped are the interrupts the handler raised where Python can only report them (a
+    finalizer, a garbage-collection callback); any other error there is still reported."""
+    import signal
+    import time
+    import types
+
+    from jaxmir import interrupts
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with interrupts.installed():
+        interrupts._received.append((signal.SIGINT, time.monotonic()))
+        for error in (KeyboardInterrupt(), ValueError("a finalizer's own")):
+            sys.unraisablehook(types.SimpleNamespace(exc_value=error))
+    assert [type(unraisable.exc_value) for unraisable in reported] == [ValueError]
 
 
 def test_a_command_run_in_a_thread_leaves_the_main_thread_s_signal_alone(monkeypatch, capsys):

@@ -303,8 +303,14 @@ def test_a_parquet_folder_appears_with_its_columns(music, model, tmp_path, monke
     # output's kept (it was removed, and that run failed at its rename)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [neighbour.name]
-    tally = collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    umask = os.umask(0o022)
+    try:
+        tally = collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    finally:
+        os.umask(umask)
     assert (tally.ok, tally.failed) == (1, 0)
+    # a folder as the umask makes one, not mkdtemp's 0700: others could not read the table
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
     first = pq.read_table(out / "part-000000.parquet")  # empty, with the columns
     assert first.num_rows == 0 and first.column_names[:3] == ["path", "size_bytes", "mtime_ns"]
     assert "rock" in first.column_names  # a label's column

@@ -119,7 +119,8 @@ def test_metadata_json_gives_classes_and_output(tmp_path):
     assert model.labels == ("happy", "non_happy")
     assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
     plain = jaxmir.load(write_head(tmp_path, "plain"))
-    assert plain.labels == ("class_0", "class_1") and "no metadata JSON" in plain.describe()
+    assert plain.labels == ("class_0", "class_1")
+    assert "labels (2): class_0 .. class_1 (no class names: no metadata JSON" in plain.describe()
 
 
 def test_metadata_with_wrong_class_count(tmp_path):
