@@ -1931,11 +1931,14 @@ def test_finetune_moves_backbone_and_lowers_loss():
 
 
 def test_gradients_taken_in_forward_mode_equal_reverse_mode_s():
-    """Fine-tuning on a CPU takes the input batch norm's gradient in forward mode (one
+    """Fine-tuning MusiCNN on a CPU takes its input batch norm's gradient in forward mode (one
     derivative per number) and the rest in reverse mode with it held: the same value and
     gradient as ``jax.value_and_grad``, each leaf in its place, whatever its shape."""
-    from jaxmir.models.compiler import in_forward_mode
+    from jaxmir.models.compiler import forward_mode_gradients
     from jaxmir.train.finetune import mixed_value_and_grad
+
+    musicnn, vgg = jaxmir.load("msd-musicnn").module, jaxmir.load("msd-vgg").module
+    in_forward_mode = forward_mode_gradients(musicnn, "cpu")
 
     rng = np.random.default_rng(0)
     params = {"input_bn": {"bias": np.float32([0.3]), "scale": np.float32([1.7])},
@@ -1951,7 +1954,7 @@ def test_gradients_taken_in_forward_mode_equal_reverse_mode_s():
 
     chosen = []
     mixed = mixed_value_and_grad(loss, lambda path: chosen.append(jax.tree_util.keystr(path))
-                                 or in_forward_mode(path, "cpu"))
+                                 or in_forward_mode(path))
     (value, aux), grads = jax.jit(mixed)(params, x)
     (want_value, want_aux), want = jax.value_and_grad(loss, has_aux=True)(params, x)
     assert sorted(chosen) == ["['input_bn']['bias']", "['input_bn']['scale']",
@@ -1963,7 +1966,11 @@ def test_gradients_taken_in_forward_mode_equal_reverse_mode_s():
     np.testing.assert_allclose(aux, want_aux, rtol=0, atol=1e-6)
     for got, expected in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert not in_forward_mode(jax.tree_util.tree_flatten_with_path(params)[0][0][0], "gpu")
+    # VGG's first convolution's input gradient is cheap (3x3), its forward pass dear; and
+    # elsewhere than on a CPU, reverse mode for all
+    path = jax.tree_util.tree_flatten_with_path(params)[0][0][0]
+    assert in_forward_mode(path) and not forward_mode_gradients(musicnn, "gpu")(path)
+    assert not forward_mode_gradients(vgg, "cpu")(path)
 
 
 def test_a_fine_tuning_whose_loss_is_not_finite_stops_naming_the_step():

@@ -16,8 +16,8 @@ Within MusiCNN only the wide timbral branch gains from XLA's own kernels: on
 such a CPU it runs as a 1-D convolution, which XLA keeps for itself
 (:data:`ROWS_AS_CHANNELS_WIDTH`). :func:`tuned` gives both choices,
 :func:`compiled` one ``jax.jit`` per set of options; :func:`for_gradients` the
-formulation that training's gradients run fastest in, :func:`in_forward_mode` the
-parameters whose gradient runs faster in forward mode.
+formulation that training's gradients run fastest in, :func:`forward_mode_gradients`
+the parameters whose gradient runs faster in forward mode.
 """
 
 from __future__ import annotations
@@ -117,15 +117,21 @@ def for_gradients(module: nn.Module, platform: str) -> nn.Module:
     return _with_rows_as_channels(module, 0)
 
 
-def in_forward_mode(path: tuple, platform: str) -> bool:
-    """Whether training computes the gradient of the parameter at ``path`` (a
-    ``jax.tree_util`` key path) in forward mode on ``platform``: on a CPU, the input batch
-    norm's scale and offset. In reverse mode those two numbers carry the gradient back
-    through every front-end convolution to its input, the part XLA's CPU backend runs
-    slowest; held fixed, reverse mode stops at the kernels, and one forward-mode derivative
-    per number costs about a forward pass. A fine-tuning step (msd-musicnn, 8 patches) took
-    3.7-4.9 CPU-s in reverse mode alone, 2.3-2.9 so (2-core Zen 3)."""
-    return platform == "cpu" and any(getattr(key, "key", None) == "input_bn" for key in path)
+def forward_mode_gradients(module: nn.Module, platform: str) -> Callable[[tuple], bool]:
+    """Which of ``module``'s parameters training takes the gradient of in forward mode on
+    ``platform``, as a test of a parameter's ``jax.tree_util`` key path: on a CPU, a MusiCNN's
+    input batch norm's scale and offset; none elsewhere.
+
+    In reverse mode those two numbers carry the gradient back through every front-end
+    convolution to its input, the part XLA's CPU backend runs slowest; held fixed, reverse mode
+    stops at the kernels, and one forward-mode derivative per number costs about a forward
+    pass. A fine-tuning step of 8 patches (2-core Zen 3): msd-musicnn 3.5-4.5 s in reverse mode
+    alone, 2.0-2.2 s so; msd-vgg, whose first convolution's input gradient is cheap and whose
+    forward pass is not, 1.8-2.0 s against 2.4-2.8 s, so VGG keeps reverse mode.
+    """
+    if platform != "cpu" or not isinstance(backbone_of(module), MusiCNN):
+        return lambda path: False
+    return lambda path: any(getattr(key, "key", None) == "input_bn" for key in path)
 
 
 def compiler_options(module: nn.Module, platform: str, arguments: Any = ()) -> Options:

@@ -24,7 +24,7 @@ from jaxmir.audio_choices import reading_entry
 from jaxmir.checks import real_fields, whole_fields
 from jaxmir.errors import InputError
 from jaxmir.model import Model
-from jaxmir.models.compiler import for_gradients, in_forward_mode
+from jaxmir.models.compiler import for_gradients, forward_mode_gradients
 from jaxmir.models.runner import platform_of, run_patches
 from jaxmir.patches import make_patches
 from jaxmir.promotion import standard_promotion
@@ -77,7 +77,7 @@ def mixed_value_and_grad(loss_fn: Callable, forward_mode: Callable[[tuple], bool
     ``forward_mode(path)`` chooses (a ``jax.tree_util`` key path) taken in forward mode, one
     ``jax.jvp`` per number, and the others' in reverse mode with those held: the same
     gradient up to float32 rounding, at another cost (see
-    :func:`~jaxmir.models.compiler.in_forward_mode`)."""
+    :func:`~jaxmir.models.compiler.forward_mode_gradients`)."""
     def value_and_grad(params, *args):
         keyed, tree = jax.tree_util.tree_flatten_with_path(params)
         leaves = [leaf for _, leaf in keyed]
@@ -138,8 +138,8 @@ def finetune(backbone: Model, layer: str, patches: np.ndarray, targets: np.ndarr
         data = jnp.mean(sample_losses(task, head_logits(params["head"], features), y))
         return data + config.weight_decay * l2_penalty(params["head"]), data
 
-    platform = platform_of(backbone.variables)
-    value_and_grad = mixed_value_and_grad(loss_fn, lambda path: in_forward_mode(path, platform))
+    value_and_grad = mixed_value_and_grad(
+        loss_fn, forward_mode_gradients(backbone.module, platform_of(backbone.variables)))
 
     @jax.jit
     def step(params, state, x, y):
