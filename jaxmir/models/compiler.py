@@ -107,11 +107,13 @@ def _with_rows_as_channels(module: nn.Module, width: int) -> nn.Module:
 
 def for_gradients(module: nn.Module, platform: str) -> nn.Module:
     """``module`` formulated for its gradients on ``platform``: on a CPU, every MusiCNN timbral
-    branch as a 1-D convolution, whatever the CPU. The input gradient of a one-channel 2-D
-    convolution is a convolution to one channel, which XLA's CPU backend computes far below
-    the forward's rate: a fine-tuning step's gradient (msd-musicnn, 8 patches) took 8.8 s, and
-    3.5 s so (2-core Zen 3). Unchanged elsewhere; the same numbers up to float32 summation
-    order."""
+    branch as a 1-D convolution, whatever the CPU. XLA's CPU backend computes the gradients of
+    a one-channel 2-D convolution far below the forward's rate (the 7x38 branch on 8 patches:
+    kernel gradient 1.35 s, input gradient, a convolution to one channel, 2.64 s; 0.45 and
+    0.81 s so): a fine-tuning step's gradient (msd-musicnn, 8 patches) took 8.8 s, and 3.5 s
+    so; with :func:`forward_mode_gradients`, which needs no input gradient there, 4.4-4.6
+    CPU-s a step against 2.6 (2-core Zen 3). Unchanged elsewhere; the same numbers up to
+    float32 summation order."""
     if platform != "cpu":
         return module
     return _with_rows_as_channels(module, 0)
