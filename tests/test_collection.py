@@ -436,6 +436,11 @@ def test_resume_retry_overwrite(music, model, tmp_path, suffix):
         rows = pandas.read_json(out, lines=True) if suffix == ".jsonl" else pandas.read_csv(out)
     assert sorted(rows["path"]) == sorted(inputs.expand(paths)) and set(rows["status"]) == {"ok"}
     assert soundfile.info(bad).duration == pytest.approx(3.2)
+    # a file emptied since its row is read again (and fails), not kept as one that cannot be
+    # read now
+    (rock / "a.wav").write_bytes(b"")
+    seen.clear()
+    assert run().failed == 1 and seen == [str(rock / "a.wav")]
 
 
 def test_refuses_another_models_output(music, model, tmp_path):
@@ -453,6 +458,19 @@ def test_refuses_another_models_output(music, model, tmp_path):
     with pytest.raises(InputError, match="patch_hop"):
         collect(other, [str(music / "rock" / "a.wav")], str(tmp_path / "tags.parquet"),
                 name="mtt-musicnn", options=Options(patch_hop=40), jobs=0, progress=False)
+
+
+def test_a_patch_hop_of_0_is_recorded_as_the_patch_size_it_means(music, model, tmp_path):
+    """``--patch-hop 0`` (a hop of one patch) was recorded as 0: the same run with
+    ``--patch-hop 187`` was refused as one of other settings."""
+    out = str(tmp_path / "tags.jsonl")
+    clip = [str(music / "rock" / "a.wav")]
+    collect(model, clip, out, name="msd-musicnn", options=Options(patch_hop=0), jobs=0,
+            progress=False)
+    assert json.loads(Path(out).read_text().splitlines()[0])["settings"]["patch_hop"] == 187
+    tally = collect(model, clip, out, name="msd-musicnn", options=Options(patch_hop=187), jobs=0,
+                    progress=False)
+    assert (tally.ok, tally.skipped) == (0, 1)
 
 
 def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music, model, tmp_path):
@@ -1305,6 +1323,12 @@ def test_names_through_a_linked_folder_and_dotdot_and_lists_written_by_ls(tmp_pa
     assert inputs.expand([through]) == [str(music / name)
                                         for name in ("#1 take.wav", "@at.wav", "a.wav")]
     assert inputs.expand([through + "/a.wav"]) == [str(music / "a.wav")]
+    # a link between two: read as the file system reads it up to the last (the text after the
+    # first gave .../lists/rock/a.wav, no such file)
+    (tmp_path / "lists" / "pop").symlink_to(music / "rock")
+    twice = str(tmp_path / "lists" / "x" / ".." / "pop" / ".." / "a.wav")
+    (tmp_path / "lists" / "x").mkdir()
+    assert inputs.expand([twice]) == [str(music / "a.wav")]
     monkeypatch.chdir(music)
     Path("list.txt").write_text("#1 take.wav\n@at.wav\n# a comment\nm/../a.wav\n")
     (music / "m").symlink_to(music / "rock")
