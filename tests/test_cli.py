@@ -596,7 +596,7 @@ def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
     Python's two-line form on the command line); a taggram's picture says it in one warning."""
     import warnings
 
-    from jaxmir.errors import JaxmirWarning
+    from jaxmir.errors import JaxmirError, JaxmirWarning
     from jaxmir.plot import save_taggram
 
     require("matplotlib")
@@ -608,6 +608,9 @@ def test_glyphs_a_picture_s_fonts_lack_are_one_warning(tmp_path):
         (JaxmirWarning, f"{tmp_path / 't.png'}: matplotlib's fonts lack 日 本 (of the labels or "
                         "the title), drawn as boxes")]
     assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
+    # a start more than the patches: said so (it was matplotlib's TypeError on the mesh)
+    with pytest.raises(JaxmirError, match=r"taggram \[3, 2\] does not match 4 patch starts"):
+        save_taggram(tmp_path / "u.png", np.full((3, 2), 0.5), np.arange(4) * 1.5, ["a", "b"], 3.0)
     from jaxmir import plot  # matplotlib's other warnings: as the caller's filters say
 
     def drawing(*args):

@@ -331,12 +331,47 @@ def test_bad_weights_files(musicnn, tmp_path):
     with pytest.raises(WeightsError, match="do not fit.*head/dense_1/kernel"):
         jaxmir.load(tmp_path / "tampered.npz")
     meta = json.loads(arrays["__jaxmir__"].tobytes())
-    for version in (FORMAT_VERSION + 1, 99):  # the next version as well as a far one
-        meta["version"] = version
+    # the next version as well as a far one; another format at a version jaxmir reads
+    for form, version in (("jaxmir-weights", FORMAT_VERSION + 1), ("jaxmir-weights", 99),
+                          ("other", FORMAT_VERSION)):
+        meta["format"], meta["version"] = form, version
         arrays["__jaxmir__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         np.savez(tmp_path / "future.npz", **arrays)
-        with pytest.raises(WeightsError, match=rf"format jaxmir-weights v{version}; this jaxmir"):
+        with pytest.raises(WeightsError, match=rf"format {form} v{version}; this jaxmir reads "
+                                               "jaxmir-weights v1, v2"):
             jaxmir.load(tmp_path / "future.npz")
+
+
+@pytest.mark.parametrize("name", ["msd-vgg", "msd-musicnn", "essentia-models/small_vggish_init.pb",
+                                  "essentia-models/emomusic-msd-musicnn-1.pb"])
+def test_a_version_1_weights_file_takes_its_architecture_s_front_end(tmp_path, name):
+    """Version 1 files recorded no front-end: musicnn's for MusiCNN and musicnn's VGG (as
+    Essentia computes their patches), VGGish's for VGGish, the backbone's for a head composed
+    with one."""
+    model = jaxmir.load(shared_fixture(name) if name.endswith(".pb") else name,
+                        **({"backbone": "msd-musicnn"} if "emomusic" in name else {}))
+    save_weights(model, tmp_path / "v2.npz")
+    with np.load(tmp_path / "v2.npz") as data:
+        arrays = dict(data)
+    meta = json.loads(arrays["__jaxmir__"].tobytes())
+    del meta["frontend"]
+    meta["version"] = 1
+    arrays["__jaxmir__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "v1.npz", **arrays)
+    assert model.frontend is not None
+    assert jaxmir.load(tmp_path / "v1.npz").frontend == model.frontend
+
+
+def test_a_bfloat16_model_is_saved_as_float32_and_loads(tmp_path):
+    """The file jaxmir writes is one it reads: a bfloat16 model's variables go in as the
+    float32 numbers they are (kept as bfloat16, the file was refused on loading)."""
+    low = jaxmir.load("msd-musicnn").astype("bfloat16")
+    save_weights(low, tmp_path / "low.npz")
+    again = jaxmir.load(tmp_path / "low.npz")
+    for saved, held in zip(jax.tree_util.tree_leaves(again.variables),
+                           jax.tree_util.tree_leaves(low.variables)):
+        assert saved.dtype == np.float32
+        np.testing.assert_array_equal(saved, np.asarray(held, np.float32))
 
 
 def _edited(musicnn, tmp_path, name: str, edit) -> Path:
