@@ -436,11 +436,19 @@ def test_resume_retry_overwrite(music, model, tmp_path, suffix):
         rows = pandas.read_json(out, lines=True) if suffix == ".jsonl" else pandas.read_csv(out)
     assert sorted(rows["path"]) == sorted(inputs.expand(paths)) and set(rows["status"]) == {"ok"}
     assert soundfile.info(bad).duration == pytest.approx(3.2)
-    # a file emptied since its row is read again (and fails), not kept as one that cannot be
-    # read now
-    (rock / "a.wav").write_bytes(b"")
-    seen.clear()
-    assert run().failed == 1 and seen == [str(rock / "a.wav")]
+
+
+def test_a_file_emptied_since_its_row_is_read_again(music, model, tmp_path):
+    """A file of 0 bytes now, done before, was taken for one that cannot be read now: its row
+    was kept, and the run said it could not read the file."""
+    clip = tmp_path / "a.wav"
+    clip.write_bytes((music / "rock" / "a.wav").read_bytes())
+    out = str(tmp_path / "tags.jsonl")
+    assert collect(model, [str(clip)], out, jobs=0, progress=False).ok == 1
+    clip.write_bytes(b"")
+    assert collect(model, [str(clip)], out, jobs=0, progress=False).failed == 1
+    rows = [json.loads(line) for line in Path(out).read_text().splitlines()]
+    assert [(row["status"], row["size_bytes"]) for row in rows] == [("error", 0)]
 
 
 def test_refuses_another_models_output(music, model, tmp_path):
@@ -1323,8 +1331,8 @@ def test_names_through_a_linked_folder_and_dotdot_and_lists_written_by_ls(tmp_pa
     assert inputs.expand([through]) == [str(music / name)
                                         for name in ("#1 take.wav", "@at.wav", "a.wav")]
     assert inputs.expand([through + "/a.wav"]) == [str(music / "a.wav")]
-    # a link between two: read as the file system reads it up to the last (the text after the
-    # first gave .../lists/rock/a.wav, no such file)
+    # a link between two '..': each '..' resolved as the file system does, after the link
+    # before it (the text after the first gave .../lists/rock/a.wav, no such file)
     (tmp_path / "lists" / "pop").symlink_to(music / "rock")
     twice = str(tmp_path / "lists" / "x" / ".." / "pop" / ".." / "a.wav")
     (tmp_path / "lists" / "x").mkdir()

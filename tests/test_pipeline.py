@@ -122,7 +122,8 @@ def test_traced_predict_and_features_give_the_signal_s_patches_and_frames(musicn
     frames = jax.jit(lambda signal: musicnn.features(signal, SR))(jnp.asarray(audio))
     want = musicnn.features(audio, SR)
     assert frames.shape == want.shape == (pipeline.plan(musicnn, audio.size).n_frames, 96)
-    np.testing.assert_allclose(frames, want, rtol=0, atol=1e-5)  # log-mel: dB values ~10
+    # log10(1 + 10^4 x), ~0.1 to ~4 here: float32 rounding apart, on other programs' sums
+    np.testing.assert_allclose(frames, want, rtol=0, atol=1e-5)
     tags = jax.jit(lambda signal: musicnn.predict(signal, SR))(jnp.asarray(audio))
     assert tags.shape == (essentia_patch_count(audio.size), 50) == (5, 50)
     np.testing.assert_allclose(tags, musicnn.predict(audio, SR), rtol=0, atol=SAME)

@@ -76,8 +76,10 @@ def mixed_value_and_grad(loss_fn: Callable, forward_mode: Callable[[tuple], bool
     """``jax.value_and_grad(loss_fn, has_aux=True)``, with the gradient of the parameters
     ``forward_mode(path)`` chooses (a ``jax.tree_util`` key path) taken in forward mode, one
     ``jax.jvp`` per number, and the others' in reverse mode with those held: the same
-    gradient up to float32 rounding, at another cost (see
-    :func:`~jaxmir.models.compiler.forward_mode_gradients`)."""
+    gradient up to float32 rounding, each in its parameter's dtype, at another cost (see
+    :func:`~jaxmir.models.compiler.forward_mode_gradients`). Meant for ``jax.jit``, where XLA
+    computes the forward pass the reverse and forward modes share once (run eagerly, each
+    derivative runs its own)."""
     def value_and_grad(params, *args):
         keyed, tree = jax.tree_util.tree_flatten_with_path(params)
         leaves = [leaf for _, leaf in keyed]
@@ -105,7 +107,7 @@ def mixed_value_and_grad(loss_fn: Callable, forward_mode: Callable[[tuple], bool
         for n, leaf in enumerate(held):
             basis = jnp.eye(leaf.size, dtype=leaf.dtype).reshape((leaf.size, *leaf.shape))
             grads[chosen[n]] = jnp.stack([derivative(n, unit) for unit in basis]).reshape(
-                leaf.shape)
+                leaf.shape).astype(leaf.dtype)
         return value, jax.tree_util.tree_unflatten(tree, [grads[i] for i in range(len(leaves))])
 
     return value_and_grad
