@@ -252,6 +252,18 @@ def test_a_dataset_row_without_a_path_is_that_rows_error(path):
         "file's path per row)" and row["path"] == repr(path) and row["audio"].size == 0
 
 
+@pytest.mark.parametrize("gpus, actors, expected", [
+    (0, None, (1, {"num_cpus": 2.0})), (0, 3, (3, {"num_cpus": 2.0})),
+    (2, None, (2, {"num_gpus": 1})), (2, 1, (1, {"num_gpus": 1}))])
+def test_the_actor_pool_has_the_actors_asked_for_or_one_a_gpu(gpus, actors, expected):
+    """``--actors N`` on a cluster without GPUs gave one actor whatever N."""
+    import types
+
+    cluster = {"CPU": 8.0, **({"GPU": float(gpus)} if gpus else {})}
+    ray = types.SimpleNamespace(cluster_resources=lambda: cluster)
+    assert ray_engine._pool(ray, actors, 2.0) == expected
+
+
 SIGTERM_WHILE_RAY_STARTS = """
 import os, signal, sys, time
 import ray

@@ -1069,8 +1069,16 @@ def _set_axis(name: str, axis: int):
     return edit
 
 
+def _set_input(name: str, index: int, to: str):
+    def edit(g):
+        node_named(g, name).input[index] = to
+    return edit
+
+
 MUSICNN_REWIRED = {
     "residual_sub": _set_op("model/Add", "Sub"),
+    # the third layer's residual added to the first layer's output, not the second's sum
+    "second_residual_adds_the_first_layer": _set_input("model/Add_1", 1, "model/transpose"),
     "residual_maximum": _set_op("model/Add_1", "Maximum"),
     "residual_bypassed": _bypass("model/Add", "model/transpose_1"),
     "second_residual_bypassed": _bypass("model/Add_1", "model/transpose_2"),

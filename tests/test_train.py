@@ -733,11 +733,12 @@ def test_the_learning_rate_halves_and_the_kept_epoch_as_in_mtgs_loop(monkeypatch
     tracks, targets = blobs(n_per_class=4)
     scripted = iter(costs)
     monkeypatch.setattr(fit, "validation_cost", lambda *args: float(next(scripted)))
-    params = []
+    params, used = [], []
     step = fit.train_step
 
-    def recorded(task, decay, weights, *rest):
-        result = step(task, decay, weights, *rest)
+    def recorded(task, decay, weights, state, *rest):
+        used.append(float(state.hyperparams["learning_rate"]))  # the rate Adam steps with
+        result = step(task, decay, weights, state, *rest)
         params.append(result[0])
         return result
 
@@ -747,6 +748,8 @@ def test_the_learning_rate_halves_and_the_kept_epoch_as_in_mtgs_loop(monkeypatch
     rates, kept = _mtg_schedule(costs, 2, 0.1)
     assert [record["learning_rate"] for record in head.history] == rates
     steps = len(params) // (len(costs) - 1)
+    # the optimiser's own rate (float32), not only the history's: it kept the first rate
+    assert used[::steps] == pytest.approx(rates, rel=1e-7)
     kept_params = params[kept * steps - 1]
     assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         np.array_equal, head.params, jax.device_get(kept_params))))
@@ -985,6 +988,52 @@ def test_malformed_arrays_raise_input_errors():
     head = fit.train_head(tracks, targets, "single", AB, ONE_EPOCH)
     with pytest.raises(InputError, match=r"this head takes \[patches, 20\]"):
         head.predict(np.zeros((2, 5)))
+
+
+def test_tracks_are_averaged_over_their_own_patches():
+    """A track's prediction is the mean of its own patches' (tracks of 1 and 3 patches)."""
+    tracks, targets = blobs(n_per_class=2)
+    head = fit.train_head(tracks, targets, "single", ABC, ONE_EPOCH)
+    uneven = [tracks[0][:1], tracks[1]]
+    np.testing.assert_allclose(head.predict_tracks(uneven),
+                               [head.predict(track).mean(axis=0) for track in uneven],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_a_multi_label_validation_split_leaves_a_track_to_train_on():
+    """85% of 3 tracks rounds to all 3: none was left to train on."""
+    targets = np.float32([[1, 0], [0, 1], [1, 1]])
+    train, validation = fit.split_validation(targets, "multi", 0.85, np.random.default_rng(0))
+    assert (len(train), len(validation)) == (1, 2)
+
+
+def test_each_cross_validation_fold_trains_from_its_own_seed(monkeypatch):
+    """Fold f trains from seed + f: its own initial weights and order of batches."""
+    tracks, targets = blobs(n_per_class=4)
+    seeds = []
+    train = fit.train_head
+
+    def recorded(*args, **kwargs):
+        seeds.append(args[4].seed)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "train_head", recorded)
+    fit.cross_validate(tracks, targets, "single", ABC, 3, dataclasses.replace(ONE_EPOCH, seed=5))
+    assert seeds == [5, 6, 7]
+
+
+def test_the_confusion_picture_s_colours_are_fractions_of_the_true_class(monkeypatch, tmp_path):
+    """Each row (a true class) sums to 1, as the colour bar says; columns do not."""
+    require("matplotlib")
+    from jaxmir.train import plot
+
+    shown = []
+    plt = plot.require_matplotlib()
+    real = plt.Axes.imshow
+    monkeypatch.setattr(plt.Axes, "imshow", lambda axes, image, **kw: shown.append(image)
+                        or real(axes, image, **kw))
+    plot.confusion_picture(np.array([[3, 1], [0, 4]]), AB, tmp_path / "c.png")
+    np.testing.assert_allclose(shown[0], [[0.75, 0.25], [0.0, 1.0]])
 
 
 def test_multilabel_and_regression_train():
