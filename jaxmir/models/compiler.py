@@ -127,9 +127,9 @@ def forward_mode_gradients(module: nn.Module, platform: str) -> Callable[[tuple]
     In reverse mode those two numbers carry the gradient back through every front-end
     convolution to its input, the part XLA's CPU backend runs slowest; held fixed, reverse mode
     stops at the kernels, and one forward-mode derivative per number costs about a forward
-    pass. A fine-tuning step of 8 patches (2-core Zen 3): msd-musicnn 3.5-4.5 s in reverse mode
-    alone, 1.7-2.2 s so; msd-vgg, whose first convolution's input gradient is cheap and whose
-    forward pass is not, 1.8-2.0 s against 2.4-2.8 s, so VGG keeps reverse mode.
+    pass. A fine-tuning step of 8 patches (2-core Zen 3, quiet): msd-musicnn 2.1-2.2 s in reverse
+    mode alone, 0.9-1.0 s so; msd-vgg, whose first convolution's input gradient is cheap and
+    whose forward pass is not, 1.0-1.3 s against 1.4-1.6 s, so VGG keeps reverse mode.
     """
     if platform != "cpu" or not isinstance(backbone_of(module), MusiCNN):
         return lambda path: False
