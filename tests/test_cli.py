@@ -91,10 +91,11 @@ def test_tag_fixture_audio_text(capsys, musicnn):
 def test_tag_json_on_every_pcm_width(capsys, wavs, musicnn):
     names = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "mono_22k"]
     status, out, err = run(capsys, "tag", *(str(wavs[n]) for n in names), "--format", "json",
-                           "--top", "5", "--model", "msd-musicnn")
+                           "--top", "5")
     assert status == 0, err
     report = json.loads(out)
     assert report["labels"] == list(musicnn.labels) and report["patch_hop_frames"] == 93
+    assert report["model"] == "msd-musicnn"  # the default, named (it was null)
     # the settings the tables record: two reports with other resamplers looked alike (0.088 apart)
     assert (report["resampler"], report["decoder"], report["dtype"]) == ("essentia", "essentia",
                                                                          "float32")
@@ -112,8 +113,21 @@ def test_tag_json_on_every_pcm_width(capsys, wavs, musicnn):
         np.testing.assert_allclose(means[name], means["PCM_16"], atol=2e-3)
     np.testing.assert_allclose(means["PCM_U8"], means["PCM_16"], atol=5e-2)
     # and what the API gives for the file
-    direct = musicnn.predict(jaxmir.load_audio(wavs["PCM_16"]), 16000)
+    audio = jaxmir.load_audio(wavs["PCM_16"])
+    direct = musicnn.predict(audio, 16000)
     np.testing.assert_allclose(report["files"][1]["taggram"], direct, atol=1e-6)
+    assert report["files"][1]["duration_s"] == round(audio.size / 16000, 4)
+
+
+def test_tag_reads_a_file_to_where_essentia_s_monoloader_ends(capsys, tmp_path):
+    """A 44.1-kHz file of a whole number of MonoLoader's 4096-sample chunks: its resampled
+    length, so its duration, is MonoLoader's (the stream ran on 45 samples, 2.8 ms, past it)."""
+    path = tmp_path / "chunks.wav"
+    soundfile.write(path, 0.3 * np.sin(np.arange(4096 * 40) / 7.0), 44100)
+    status, out, err = run(capsys, "tag", str(path), "--format", "json")
+    assert status == 0, err
+    samples = jaxmir.load_audio(path).size  # MonoLoader's, in test_decode
+    assert json.loads(out)["files"][0]["duration_s"] == round(samples / 16000, 4)
 
 
 def test_json_gives_each_file_its_status_as_the_tables_do(capsys, wavs, tmp_path):
@@ -363,6 +377,9 @@ def test_csv_and_output_file(capsys, wavs, tmp_path):
     assert [int(r["rank"]) for r in first] == list(range(1, 51))
     scores = [float(r["score"]) for r in first]
     assert scores == sorted(scores, reverse=True)
+    # to 6 decimals: the same file's mean tags (3 decimals left them 5e-4 apart)
+    mean = jaxmir.load("msd-musicnn").predict(jaxmir.load_audio(wavs["PCM_16"]), 16000).mean(0)
+    np.testing.assert_allclose(scores, np.sort(mean)[::-1], rtol=0, atol=1e-6)
 
 
 def test_output_file_is_never_overwritten_unasked(capsys, wavs, tmp_path):

@@ -2962,10 +2962,23 @@ def test_what_a_run_computes_with_is_in_its_identity(model, music, tmp_path):
                        name="msd-musicnn", jobs=0, progress=False).ok == 1
     text = lines.read_text()  # each line parsed alone: its errors said "line 1" of any line
     for edited, what in ((text + "{oops\n", "line 3 is not JSON (Expecting property name"),
-                         (text.replace("\n", "\n\n", 1), "line 2 is blank")):
+                         (text.replace("\n", "\n\n", 1), "line 2 is blank"),
+                         (text + "[1, 2]\n", "line 3 is not a JSON object")):
         lines.write_text(edited)
         with pytest.raises(InputError, match=re.escape(what)):
             collect(model, [clip], str(lines), name="msd-musicnn", jobs=0, progress=False)
+
+
+def test_a_folder_of_other_npy_files_is_refused_as_arrays_output(music, model, tmp_path):
+    """A folder holding .npy files and no index is no jaxmir output: its files could be
+    written over by the arrays' names."""
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.arange(3))
+    with pytest.raises(InputError, match="already holds .npy files but no"):
+        collect(model, [str(music / "rock" / "a.wav")], str(folder), name="msd-musicnn",
+                command="embed", jobs=0, progress=False)
+    np.testing.assert_array_equal(np.load(folder / "a.npy"), np.arange(3))
 
 
 def test_outputs_of_earlier_versions_resume(music, model, tmp_path):

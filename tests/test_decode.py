@@ -382,6 +382,24 @@ def genre_model():
 # ---------------------------------------------------------------------------
 # against Essentia (the PyPI wheel, FFmpeg 2.8)
 # ---------------------------------------------------------------------------
+@pytest.mark.parametrize("change", ["rate", "channels"])
+def test_an_mp3_whose_rate_or_channels_change_midway_is_refused(tmp_path, change):
+    """Two MP3s joined, 44.1 kHz then 22.05 kHz or mono then stereo, are one stream of two
+    rates or layouts: read at one, the second part comes out at the wrong speed or mixed."""
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100)).astype(np.float32)
+    soundfile.write(tmp_path / "first.mp3", tone, 44100)
+    if change == "rate":
+        soundfile.write(tmp_path / "second.mp3", tone[:22050], 22050)
+    else:
+        soundfile.write(tmp_path / "second.mp3", np.stack([tone, tone], axis=1), 44100)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes((tmp_path / "first.mp3").read_bytes()
+                       + (tmp_path / "second.mp3").read_bytes())
+    for mode in ("essentia", "float"):
+        with pytest.raises(AudioError, match="in the middle of the stream; expected one rate"):
+            decode_file(str(joined), mode=mode)
+
+
 @pytest.mark.parametrize("name", LOADED)
 def test_samples_equal_essentia_audioloader(files, essentia, name):
     ref = essentia[name]

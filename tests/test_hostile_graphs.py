@@ -873,6 +873,14 @@ MALFORMED = {
                        "rank 100"),
     "batch_norm_3_inputs": (lambda: _edit_vgg4(_drop_inputs(
         "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", 3)), "FusedBatchNorm.*3 data inputs"),
+    "epsilon_negative": (lambda: _edit_vgg4(_set_attr(
+        "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", "epsilon", -1e-4)),
+        r"has epsilon -9.99\d*e-05; expected a finite value >= 0"),
+    "const_shape_unknown": (lambda: _edit_head(_reshape_const("b1", [-1], float_val=[1.0])),
+                            r"a constant must have a fully known shape, got \(-1,\)"),
+    "const_shape_two_unknown": (lambda: _edit_head(_reshape_const("b1", [-1, -1],
+                                                                  float_val=[1.0])),
+                                r"fully known shape, got \(-1, -1\)"),
     "epsilon_string": (lambda: _edit_vgg4(_set_attr(
         "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", "epsilon", "0.001")),
         "epsilon.*expect(s|ed) a float"),

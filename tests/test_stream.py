@@ -682,7 +682,7 @@ def test_stream_command_raw_and_wav(musicnn):
     assert np.min(want) < 1e-4  # rounded to 6 places, up to 1% off
     np.testing.assert_allclose([r["predictions"] for r in records], want, rtol=1e-4, atol=1e-9)
     # raw options with a WAV stream were dropped silently; now said (the header wins)
-    wav = cli("stream", "--top", "3", "--rate", "16000", "--channels", "1",
+    wav = cli("stream", "--top", "0", "--rate", "16000", "--channels", "1",
               stdin=wav_bytes(audio, rate, unknown_size=True))
     assert wav.returncode == 0, wav.stderr.decode()
     for option in ("--rate", "--channels"):
@@ -690,9 +690,9 @@ def test_stream_command_raw_and_wav(musicnn):
                f"{rate} Hz, 2 channel(s)" in wav.stderr.decode()
     records = lines_of(wav)
     assert len(records) == 3
-    for record, row in zip(records, want):
-        assert [label for label, _ in record["top"]] == [musicnn.labels[i] for i in np.argsort(-row)[:3]]
-        np.testing.assert_allclose([p for _, p in record["top"]], np.sort(row)[::-1][:3], atol=2e-6)
+    for record, row in zip(records, want):  # --top 0: all 50, best first
+        assert [label for label, _ in record["top"]] == [musicnn.labels[i] for i in np.argsort(-row)]
+        np.testing.assert_allclose([p for _, p in record["top"]], np.sort(row)[::-1], atol=2e-6)
 
 
 def test_stream_command_reads_an_rf64_stream(musicnn):
@@ -787,6 +787,11 @@ def test_stream_command_bad_input():
     assert result.returncode == 2 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
     missing = cli("stream", stdin=data)
     assert missing.returncode == 1 and b"--rate" in missing.stderr
+    closed = subprocess.run(["sh", "-c", 'exec "$0" -m jaxmir stream --rate 16000 <&-',
+                             sys.executable], capture_output=True, env=child_env(), timeout=300,
+                            cwd=ROOT)  # standard input closed, as a service manager may start it
+    assert closed.returncode == 1 and b"standard input is closed" in closed.stderr
+    assert b"Traceback" not in closed.stderr
     floats = signal_at(16000, 10.0, 1, seed=15).astype("<f4")
     floats[150_000] = np.nan  # read well after the first patches' samples
     result = cli("stream", "--rate", "16000", "--dtype", "f32le", stdin=floats.tobytes())
