@@ -691,7 +691,8 @@ def test_stream_command_raw_and_wav(musicnn):
     records = lines_of(wav)
     assert len(records) == 3
     for record, row in zip(records, want):  # --top 0: all 50, best first
-        assert [label for label, _ in record["top"]] == [musicnn.labels[i] for i in np.argsort(-row)]
+        assert [label for label, _ in record["top"]] == [musicnn.labels[i]
+                                                          for i in np.argsort(-row)]
         np.testing.assert_allclose([p for _, p in record["top"]], np.sort(row)[::-1], atol=2e-6)
 
 
