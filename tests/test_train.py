@@ -2015,7 +2015,7 @@ def test_gradients_taken_in_forward_mode_equal_reverse_mode_s():
                                    rtol=1e-2 if got.dtype == jnp.bfloat16 else 1e-5, atol=1e-6)
 
 
-def test_only_musicnn_s_input_batch_norm_takes_its_gradient_in_forward_mode(tmp_path):
+def test_only_musicnn_s_input_batch_norm_takes_its_gradient_in_forward_mode():
     """Two numbers, a MusiCNN's input batch norm's (a head composed with it too), on a CPU only:
     VGG's first convolution's input gradient is cheap (3x3) and its forward pass dear; every
     parameter in forward mode would take a derivative per number (792,079 for msd-musicnn)."""
