@@ -1050,6 +1050,18 @@ def test_a_matmul_of_a_transposed_kernel_is_read_as_tensorflow_multiplies(tmp_pa
     np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
 
 
+def test_a_layer_feeding_two_branches_is_refused_not_read_as_one(tmp_path):
+    """A second dense layer on the hidden ReLU, added to the logits: a branching head, which
+    jaxmir's chain of layers cannot hold. Refused by name, not loaded as its first branch."""
+    g = head_graph()
+    add_node(g, "extra/MatMul", "MatMul", ["dense/Relu", "k2"])
+    add_node(g, "dense_1/Add", "Add", ["dense_1/BiasAdd", "extra/MatMul"])
+    node_named(g, "model/Softmax").input[0] = "dense_1/Add"
+    with pytest.raises(UnsupportedGraphError, match=r"'dense/Relu' feeds 2 layers "
+                       r"\(dense_1/MatMul, extra/MatMul\) where one was expected"):
+        jaxmir.load(write(tmp_path, "branching", g))
+
+
 def _swap_first_inputs(name: str):
     def edit(g):
         node = node_named(g, name)
