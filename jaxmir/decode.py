@@ -318,9 +318,11 @@ class AudioBlocks:
             if trims and self._mp3.tag_frame is not None:
                 skip_start = -(yield from self._silent_tag_frame(frame))
             if frame.sample_rate != self.sample_rate or frame.layout.nb_channels != self.channels:
-                raise AudioError(f"{self.path}: changes from {self.sample_rate} Hz, {self.channels} "
-                                 f"channel(s) to {frame.sample_rate} Hz, {frame.layout.nb_channels} in "
-                                 "the middle of the stream; expected one rate and channel count")
+                # No "from .. to ..": FFmpeg gives its first, trimmed frame the rate it probed,
+                # which may be the stream's last
+                raise AudioError(f"{self.path}: holds frames of {self.sample_rate} Hz, "
+                                 f"{self.channels} channel(s) and of {frame.sample_rate} Hz, "
+                                 f"{frame.layout.nb_channels}; expected one rate and channel count")
             if not (trims and (skip_start or len(frame.side_data))):
                 self._trimmed_frames += frame.samples
                 frame.pts = None  # the FIFO would check that timestamps are continuous
