@@ -84,6 +84,26 @@ def test_parity_mp3_and_short_inputs(music):
             assert np.max(np.abs(ours - reference[:ours.shape[0]])) <= TOL
 
 
+def test_the_filter_s_last_tap_is_read_as_libsamplerate_reads_it():
+    """libsamplerate reads the filter up to and including its last index (``<= max``). That tap
+    weighs ~1e-7 (sinc_fastest), under the music parity bound, so an impulse placed where one
+    output reads it alone is that output's whole value."""
+    samplerate = require("samplerate")
+    from jaxmir.resample import essentia_ratio, resample
+    from jaxmir.resample.positions import output_taps, plan_of
+
+    rate, target, quality, n = 7999, 22050, "sinc_fastest", 40000
+    plan = plan_of(rate, target, quality)
+    centre, start = (np.asarray(a, np.int64) for a in output_taps(plan, n))
+    at_last = np.flatnonzero((plan.max_index - start) % plan.increment == 0)
+    k = int(at_last[at_last.size // 2])
+    impulse = np.zeros(n, np.float32)
+    impulse[centre[k] - (plan.max_index - start[k]) // plan.increment - plan.taps] = 1.0
+    reference = samplerate.resample(impulse, essentia_ratio(rate, target), quality)[k]
+    assert abs(reference) > 1e-8  # the test reads a tap that weighs something
+    assert abs(resample(impulse, rate, target, quality)[k] - reference) <= 1e-3 * abs(reference)
+
+
 @pytest.mark.parametrize("rate", [22050, 11025])
 def test_positions_in_python_equal_the_compiled_scan(rate):
     """Short runs of libsamplerate's recurrence (a stream's push, the filter's measurement) go
