@@ -55,6 +55,14 @@ def test_musicnn_feature_names_have_musicnn_shapes(musicnn, patches_187):
     assert not np.allclose(out["cnn1"], out["cnn2"])
 
 
+def test_a_node_s_name_is_its_own_where_nodes_share_values(musicnn, vgg):
+    """Dropout's Identity gives the batch norm's values: a head's JSON written for the Identity
+    named the batch norm, the first node of those values, instead of the node asked for."""
+    assert musicnn.node_name("model/dropout/Identity") == "model/dropout/Identity"
+    assert musicnn.node_name("embeddings") == "model/dense/BiasAdd"
+    assert vgg.node_name("pool1") == "pool1"  # a node of the graph; so is its MaxPool
+
+
 def test_vgg_pool_names(vgg, patches_187):
     out = vgg.apply(patches_187[:1], ["pool1", "pool2", "pool3", "pool4", "pool5", "predictions"])
     assert {k: v.shape for k, v in out.items()} == {
@@ -245,6 +253,9 @@ def test_apply_refuses_nan_or_infinite_patches(musicnn, patches_187):
     patches = np.array(patches_187[:1])
     patches[0, 5, 7] = 3e38
     with pytest.raises(InputError, match="patches reach 3e[+]38, beyond 1e[+]12: expected log-mel"):
+        musicnn.apply(patches)
+    patches[0, 5, 7] = -3e38  # as far below: the sums overflow as well
+    with pytest.raises(InputError, match="patches reach 3e[+]38, beyond 1e[+]12"):
         musicnn.apply(patches)
     assert np.isfinite(np.asarray(musicnn.apply(np.full((1, 187, 96), 1e12, np.float32))
                                   ["predictions"])).all()

@@ -536,6 +536,40 @@ def test_the_cache_key_changes_with_the_decoder_and_the_resampler(tmp_path):
     assert len(resampled) == len({canonical_resampler(name) for name in RESAMPLERS}) >= 3
 
 
+def test_one_relative_name_in_two_folders_is_two_cache_entries(tmp_path, monkeypatch):
+    """``a.wav`` run from two folders, the files of one size and mtime (copied with ``cp -p``):
+    keyed by the name as given, the second would take the first's embeddings."""
+    keys = set()
+    for folder, content in (("x", b"one"), ("y", b"two")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.wav").write_bytes(content)
+        os.utime(tmp_path / folder / "a.wav", ns=(1, 1))
+        monkeypatch.chdir(tmp_path / folder)
+        keys.add(embeddings.cache_key("bb", "layer", "a.wav"))
+    assert len(keys) == 2
+
+
+def test_a_backbone_file_rewritten_in_place_is_another_backbone(tmp_path):
+    """A backbone named by its path (a .pb retrained and written over the old one) is keyed by
+    the file's size and mtime: keyed by the path alone, the old weights' embeddings came back."""
+    path = tmp_path / "backbone.pb"
+    path.write_bytes(b"weights")
+    before = embeddings.backbone_id(str(path))
+    path.write_bytes(b"retrained weights")
+    assert embeddings.backbone_id(str(path)) != before
+
+
+def test_a_missing_file_is_skipped_with_the_cache_on(tmp_path):
+    """The cache key reads the file's size and mtime: a file gone by then is one skipped file,
+    as without the cache, not a traceback."""
+    gone = str(tmp_path / "gone.wav")
+    key = lambda p: embeddings.cache_key("bb", "layer", p)
+    with pytest.warns(JaxmirWarning, match="skipped .*gone.wav: No such file or directory"):
+        values, failures = embeddings.cached(lambda p: np.zeros((1, 2), np.float32), [gone],
+                                             key, tmp_path / "cache")
+    assert values == [None] and failures == [f"{gone}: No such file or directory"]
+
+
 @pytest.mark.parametrize("problem", ["a file", "a full disk"])
 def test_a_cache_that_cannot_be_written_is_turned_off_with_one_warning(tmp_path, audio_set,
                                                                       monkeypatch, problem):
