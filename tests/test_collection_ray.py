@@ -504,6 +504,21 @@ def _listener(reply: bytes | None):
     return f"127.0.0.1:{server.getsockname()[1]}", server.close
 
 
+@pytest.mark.parametrize("flag", ["1", "true"])
+def test_a_cluster_with_tls_is_not_probed_in_plain_text(monkeypatch, flag):
+    """A TLS port answers the plain HTTP/2 preface with a TLS alert, not SETTINGS: probed, a
+    cluster with ``RAY_USE_TLS`` would be refused as one that is not Ray's."""
+    address, stop = _listener(bytes([0x15, 3, 3, 0, 2, 2, 0x32]))  # TLS alert: decode error
+    try:
+        monkeypatch.setenv("RAY_USE_TLS", flag)
+        ray_engine._reachable(address)
+        monkeypatch.setenv("RAY_USE_TLS", "0")
+        with pytest.raises(InputError, match="answers, but not as a Ray cluster"):
+            ray_engine._reachable(address)
+    finally:
+        stop()
+
+
 @pytest.mark.parametrize("reply", [b"HTTP/1.0 400 Bad Request\r\n\r\n", b"-ERR unknown\r\n", None])
 def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply):
     """A web server (or Redis) at RAY_ADDRESS: ray.init retried for over 10 minutes, deaf to
