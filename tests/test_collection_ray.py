@@ -120,6 +120,18 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
     np.testing.assert_allclose(found["a.wav"]["embedding"],
                                np.asarray(want, np.float64).mean(0).astype(np.float32),
                                rtol=0, atol=3e-6 * float(np.abs(want).max()))
+    # A layer of more than one dimension a patch as .npy files (cnn3: [patches, 187, 64]): the
+    # same arrays from either engine, not Ray's flattened to [patches, 11968]
+    arrays = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"cnn3-{engine}"
+        collect(model, [str(music / "a.wav")], str(out), command="embed", options=Options("cnn3"),
+                engine=engine, progress=False)
+        arrays[engine] = {p.relative_to(out): np.load(p) for p in out.rglob("*.npy")}
+    assert arrays["ray"].keys() == arrays["local"].keys() and len(arrays["local"]) == 1
+    for name, local_values in arrays["local"].items():
+        assert local_values.shape[1:] == (187, 64) == arrays["ray"][name].shape[1:]
+        np.testing.assert_allclose(arrays["ray"][name], local_values, rtol=0, atol=1e-5)
 
 
 def test_the_check_of_the_actors_model_warns_nothing_again(tmp_path):
