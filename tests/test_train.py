@@ -648,6 +648,10 @@ def test_a_layer_and_its_alias_are_one_cache_entry(tmp_path, audio_set):
     np.testing.assert_array_equal(first[0], again[0])
     embeddings.extract_embeddings(model, "msd-musicnn", [path], "penultimate", tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # another layer, another entry
+    # a convolution's output is [patches, features] as documented, its values in their order
+    cnn3, _ = embeddings.extract_embeddings(model, "msd-musicnn", [path], "cnn3", False)
+    want = model.predict(jaxmir.load_audio(path), 16000, output="cnn3")
+    np.testing.assert_array_equal(cnn3[0], np.asarray(want).reshape(want.shape[0], -1))
 
 
 # -- training --------------------------------------------------------------------------------
