@@ -847,6 +847,25 @@ def _call_of_fewer_inputs():
     return g
 
 
+def _append_input(name: str, source: str):
+    return lambda g: node_named(g, name).input.append(source)
+
+
+def _second_bias(g):
+    """``AddV2(dense/BiasAdd, c)`` before the ReLU: TensorFlow adds both biases."""
+    add_const(g, "c", np.full(HEAD_HIDDEN, 2.0, np.float32))
+    add_node(g, "dense/Add2", "AddV2", ["dense/BiasAdd", "c"])
+    node_named(g, "dense/Relu").input[0] = "dense/Add2"
+
+
+def _cut_batch_norm(prefix: str, size: int):
+    """A batch norm's four vectors, ``size`` long."""
+    def edit(g):
+        for vector in ("gamma", "beta", "moving_mean", "moving_variance"):
+            _reshape_const(f"{prefix}/{vector}", [size], float_val=[1.0])(g)
+    return edit
+
+
 def _swap_conv_channels(g):
     node = node_named(g, "vggish/1CNN/kernel")
     tensor = node.attr["value"].tensor
@@ -914,6 +933,20 @@ MALFORMED = {
         "b2", [HEAD_OUT - 1], float_val=[1.0, 2.0])), "bias of dense layer.*3 units"),
     "conv_bias_wrong_length": (lambda: _edit_vgg4(_reshape_const(
         "vggish/2CNN/bias", [31], float_val=[0.0] * 31)), "bias of Conv2D.*32 filters"),
+    # 8: checks no test reached (mutation testing): each was loaded or failed elsewhere without
+    "relu_of_two_inputs": (lambda: _edit_head(_append_input("dense/Relu", "b1")),
+                           r"'dense/Relu' \(Relu\) has 2 data inputs; Relu takes 1"),
+    "second_dense_bias": (lambda: _edit_head(_second_bias),
+                          "the dense head has op AddV2 at 'dense/Add2', which jaxmir does not "
+                          "support"),
+    "empty_dense_kernel": (lambda: _edit_head(_reshape_const("k1", [HEAD_IN, 0])),
+                           r"'dense/MatMul' has a kernel of shape \[8, 0\]; expected 2 non-empty"),
+    "conv_batch_norm_31_of_32": (lambda: _edit_vgg4(_cut_batch_norm(
+        "vggish/batch_normalization_1", 31)), "after Conv2D 'model/vggish/1CNN/Conv2D' "
+                                 "normalises 31 channels; the convolution has 32"),
+    "dense_batch_norm_199_of_200": (lambda: _edit_conv(DORTMUND, _cut_batch_norm(
+        "batch_normalization_10", 199)), "normalises 199 features; the dense layer before it "
+                                    "has 200"),
 }
 
 
@@ -976,6 +1009,12 @@ OTHER_ARITHMETIC = {
     "midend_transposed_otherwise": (DORTMUND, _int32_const("model/transpose_1/perm", [0, 2, 1, 3]),
                                     r"must be transposed to \[batch, time, filters, 1\] \(perm "
                                     r"\[0, 1, 3, 2\]\)"),
+    "elu_after_a_front_end_conv": (DORTMUND, lambda g: setattr(node_named(
+        g, "model/conv2d/Relu"), "op", "Elu"), "looks like MusiCNN but every convolution must "
+                                   "be followed by ReLU"),
+    "mid_end_5_frames_tall": (DORTMUND, _reshape_const("conv2d_5/kernel", [5, 561, 1, 64],
+                                                       float_val=[0.0]),
+                              "timbral and mid-end convolutions must be 7 frames tall"),
     "channels_padded": (DORTMUND, _int32_const("model/Pad/paddings",
                                                [[0, 0], [3, 3], [0, 0], [1, 1]]),
                         r"'model/Pad' pads \[\[0, 0\], \[3, 3\], \[0, 0\], \[1, 1\]\] before"),
@@ -1060,6 +1099,21 @@ def test_a_layer_feeding_two_branches_is_refused_not_read_as_one(tmp_path):
     with pytest.raises(UnsupportedGraphError, match=r"'dense/Relu' feeds 2 layers "
                        r"\(dense_1/MatMul, extra/MatMul\) where one was expected"):
         jaxmir.load(write(tmp_path, "branching", g))
+
+
+def test_a_kernel_read_through_identity_n_is_the_input_its_port_names(tmp_path):
+    """``IdentityN(decoy, k2):1`` forwards its second input; no test had an IdentityN (its first
+    input read instead gave probabilities 0.86 off)."""
+    weights = head_weights(4)
+    g = head_graph(weights)
+    add_const(g, "decoy", np.full((HEAD_HIDDEN, HEAD_OUT), 0.5, np.float32))
+    forward = add_node(g, "forward", "IdentityN", ["decoy", "k2"])
+    forward.attr["T"].list.type.extend([DT_FLOAT, DT_FLOAT])
+    node_named(g, "dense_1/MatMul").input[1] = "forward:1"
+    model = jaxmir.load(write(tmp_path, "identity_n", g))
+    x = np.random.default_rng(4).standard_normal((5, HEAD_IN)).astype(np.float32)
+    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
+    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
 
 
 def _swap_first_inputs(name: str):
