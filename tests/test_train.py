@@ -294,8 +294,8 @@ def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, 
     assert data.load_dataset(table).classes == ("2", "10")
     table.write_text("path,label\n" + "".join(f"{f},{'nan' if i else 2}\n" for f, i in zip(files, ids)))
     assert data.load_dataset(table).classes == ("2", "nan")  # a name, though float() reads it
-    # separated by tabs or semicolons: "no 'path' column; columns: path<TAB>label"
-    for separator in ("\t", ";"):
+    # separated by tabs, semicolons or bars: "no 'path' column; columns: path<TAB>label"
+    for separator in ("\t", ";", "|"):
         table.write_text(f"path{separator}label\n" + "".join(
             f"{f}{separator}{i}\n" for f, i in zip(files, ids)))
         header = re.escape(repr(f"path{separator}label"))

@@ -309,7 +309,7 @@ def _from_table(path: Path) -> Dataset:
     if "path" not in columns:
         joined = next((sep for sep in ("\t", ";", "|") if len(columns) == 1
                        and sep in next(iter(columns))), None)
-        if joined is not None:  # a tab- or semicolon-separated file read as one column
+        if joined is not None:  # a tab-, semicolon- or bar-separated file read as one column
             raise InputError(f"{path}: its header is one column, {next(iter(columns))!r}: the "
                              f"columns are separated by {joined!r}, and a .csv is read with "
                              "commas; write it with commas (path,label)")
