@@ -154,11 +154,15 @@ def test_batch_sets_a_single_files_calls_too(capsys, wavs, monkeypatch):
     seen, check = [], stream.check_batch
     monkeypatch.setattr(stream, "check_batch", lambda batch: seen.append(batch) or check(batch))
     outputs = {}
-    for batch in ("3", None):
+    for batch in ("3", None):  # a hop of 20 frames: 4 patches, two calls of 3 and 1
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json",
-                               *(("--batch", batch) if batch else ()))
+                               "--patch-hop", "20", *(("--batch", batch) if batch else ()))
         assert status == 0 and "ignored" not in err, err
-        outputs[batch] = np.asarray(json.loads(out)["files"][0]["taggram"])
+        report = json.loads(out)["files"][0]
+        outputs[batch] = np.asarray(report["taggram"])
+        assert outputs[batch].shape[0] == report["n_patches"] == 4
+        # the mean over every call's patches: a sum of the last call's alone passed every test
+        np.testing.assert_allclose(report["mean"], outputs[batch].mean(axis=0), rtol=0, atol=1e-7)
     assert seen == [3, stream.BATCH]  # the default: MusiCNN has no heavy head
     np.testing.assert_allclose(outputs["3"], outputs[None], atol=1e-6)  # float32 rounding only
 
