@@ -134,6 +134,20 @@ def test_an_empty_shape_beyond_the_bound_is_refused_whatever_its_bytes():
             decode_tensor(tensor(DT_FLOAT, huge, **fields))
 
 
+def test_decoded_constants_count_against_the_load_budget():
+    """The arrays a load decodes, from raw bytes or filled from a few values, are spent from its
+    budget of constant memory (uncounted raw bytes would let a file decode twice the budget)."""
+    from jaxmir.tfgraph.graphdef import LoadBudget
+
+    budget = LoadBudget(1000)
+    raw = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(
+        decode_tensor(tensor(DT_FLOAT, [2, 3], tensor_content=raw.tobytes()), "raw", budget), raw)
+    assert budget.bytes == raw.nbytes
+    filled = decode_tensor(tensor(DT_FLOAT, [4, 5], float_val=[1.0]), "filled", budget)
+    assert filled.shape == (4, 5) and budget.bytes == raw.nbytes + filled.nbytes
+
+
 @pytest.mark.parametrize("text", ["k1:\u00b2", "k1:\u0660", "k1:\uff11"])
 def test_a_port_of_other_digits_than_ascii_is_not_a_reference(text):
     """Python's isdigit holds for a superscript two (int() then raised ValueError) and for an
