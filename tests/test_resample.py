@@ -104,6 +104,34 @@ def test_the_filter_s_last_tap_is_read_as_libsamplerate_reads_it():
     assert abs(resample(impulse, rate, target, quality)[k] - reference) <= 1e-3 * abs(reference)
 
 
+def test_a_position_landing_on_a_sample_is_that_sample():
+    """libsamplerate's ``fmod_one`` keeps a position of exactly 0 (it adds 1 below 0 only): at
+    16 -> 48 kHz (a step of 1/3) every third output lands on a sample; read as 1 there, the
+    state a stream carries to its next push was a sample behind."""
+    from jaxmir.resample import positions
+
+    x, advances, after = positions._positions_python(1 / 3, 0.0, 6)
+    assert advances.tolist() == [0, 0, 1, 0, 0, 1] and x[3] == 0.0 and after == 0.0
+
+
+def test_a_filter_whose_impulse_responses_disagree_is_refused(monkeypatch):
+    """The filter is measured from ``samplerate``'s impulse responses; another build's, whose
+    responses at one position disagree, is refused rather than averaged into a table."""
+    samplerate = require("samplerate")
+    from jaxmir.resample import table
+
+    measured = samplerate.resample
+
+    def off_at_ratio_one(x, ratio, quality):  # the centre taps, which every shift also reads
+        out = np.array(measured(x, ratio, quality))
+        return out * np.float32(1.01) if ratio == 1.0 else out
+
+    monkeypatch.setattr(samplerate, "resample", off_at_ratio_one)
+    with pytest.raises(AudioError, match="sinc_fastest filter is not libsamplerate 0.2.2's: its "
+                                         "impulse response disagrees with itself"):
+        table.coefficients.__wrapped__("sinc_fastest")
+
+
 @pytest.mark.parametrize("rate", [22050, 11025])
 def test_positions_in_python_equal_the_compiled_scan(rate):
     """Short runs of libsamplerate's recurrence (a stream's push, the filter's measurement) go
@@ -504,10 +532,11 @@ def test_common_rates_take_the_polyphase_kernels():
         assert (products.matmul_shape(plan) is not None) == matmul, rate
         centre, start = positions.output_taps(plan, 5 * rate)
         assert (kernels._polyphase_layout(plan, centre, start) is not None) == polyphase, rate
-    # sinc_best's phase table would be too large
+    # sinc_best's phase table would be too large; so would 44.056 and 47.999 kHz's, periods of
+    # 2,000 and 16,000 outputs (44.056 kHz's first call took 13 s with one, 1 s without)
     assert products.matmul_shape(positions.plan_of(44100, 16000, "sinc_best")) is None
     accelerated = [rate for rate in (8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000,
-                                     176400, 192000) if rs.accelerated(rate, 16000)]
+                                     176400, 192000, 44056, 47999) if rs.accelerated(rate, 16000)]
     assert accelerated == [22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000]
 
 
