@@ -387,7 +387,9 @@ def test_jsonl_csv_npy_embed(music, model, expected, tmp_path):
             continue
         means = np.asarray(expected[row["path"]]["predictions"], np.float64).mean(axis=0)
         assert_same_tags([row["tags"][label] for label in model.labels], means)
-        assert_same_tags(csv_row[list(model.labels)].to_numpy(np.float64), means)
+        # the CSV holds the row's float64 means as JSONL does, every digit (not to 6 places)
+        np.testing.assert_array_equal(csv_row[list(model.labels)].to_numpy(np.float64),
+                                      [row["tags"][label] for label in model.labels])
     index = [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()]
     # names below the folder common to every input (here music's parent: broken.wav is elsewhere)
     assert sorted(r["npy"] for r in index if r["npy"]) == [
@@ -3018,6 +3020,7 @@ def test_outputs_of_earlier_versions_resume(music, model, tmp_path):
     assert model_by_path("/data/a+b/head.pb+msd-musicnn", "head.pb+msd-musicnn")
     assert model_by_path(r"C:\models\genre.pb", "genre.pb")
     assert not model_by_path("/data/other.pb", "genre.pb") and not model_by_path("msd-vgg", None)
+    assert not model_by_path("/data/mygenre.pb", "genre.pb")  # the whole file name, not its end
     out = tmp_path / "moved.jsonl"  # another file by its path: named, not called a shipped model
     collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]

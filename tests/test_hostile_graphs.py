@@ -566,6 +566,12 @@ def test_weights_that_overflow_float32_give_an_error_not_nan_tags(tmp_path, caps
     assert "predictions hold NaN or infinity (" in row["error"], row
     assert row["error"].endswith("here (truncated audio: decoded 4.50 s of the 6.00 s its header "
                                  "declares)"), row
+    # infinity is refused as NaN is (an embedding or a regression has no softmax to make it NaN)
+    from jaxmir.collection.rows import check_finite
+
+    for value in (np.inf, -np.inf, np.nan):
+        with pytest.raises(JaxmirError, match=r"hold NaN or infinity \(1 of 2 values\)"):
+            check_finite(np.array([[value, 1.0]], np.float32))
 
 
 def test_calls_nested_eight_levels_are_inlined_nine_refused(monkeypatch):

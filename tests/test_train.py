@@ -1742,6 +1742,20 @@ def test_fit_head_checks_options_before_reading_audio(options, message):
         fit_head(dataset, backbone="no-such-backbone", cache=False, **options)
 
 
+@pytest.mark.parametrize("task", ["multi", "regression"])
+def test_label_smoothing_is_refused_for_other_than_single_label_data(task):
+    """Smoothing spreads a track's one class over its neighbours' classes: on multi-label data it
+    kept each track's first label alone (an argmax), a head trained on other targets unsaid."""
+    paths = tuple(f"nowhere/{i}.wav" for i in range(30))
+    targets = np.zeros((30, 2), np.float32)
+    targets[:15, 0], targets[15:, 1], targets[::3] = 1, 1, 1  # every third track holds both
+    dataset = data.Dataset(paths, targets, task, AB)
+    with pytest.raises(InputError, match=f"label smoothing \\(knn\\) applies to single-label "
+                                         f"data; the dataset is {task}"):
+        fit_head(dataset, backbone="no-such-backbone", cache=False,
+                 smoothing=SmoothingConfig("knn", k=3))
+
+
 @pytest.mark.parametrize("method", ["knn", "lmnn"])
 def test_smoothing_refuses_classes_of_k_tracks_or_fewer_before_reading_audio(method):
     """With 4 tracks a class, a track's own class holds at most 3 of its 10 neighbours: the
