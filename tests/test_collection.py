@@ -344,6 +344,8 @@ def test_parquet_tags_and_patches(music, model, expected, tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(out / "part-000000.parquet").num_rows == 0
+    identity = json.loads(pq.read_schema(out / "part-000001.parquet").metadata[b"jaxmir"])
+    assert identity["labels"] == list(model.labels)  # what a resume checks its columns against
     table = _read_parquet(out)
     assert len(pandas.read_parquet(out)) == 4
     assert list(table.columns[:7]) == ["path", "size_bytes", "mtime_ns", "duration_s", "n_patches",
@@ -640,11 +642,21 @@ def test_a_csv_edited_or_torn_mid_file_says_where(music, model, tmp_path):
             ("\n".join([header.replace(",rock,", ",Rock,", 1), first, second]) + "\n",
              "the labels differ: label 1 is 'Rock' there, 'rock' now"),
             ("\n".join([header, first[:40], second]) + "\n",
-             "line 2: a row of 1 values under 59 columns")):  # its path, cut
+             "line 2: a row of 1 values under 59 columns"),  # its path, cut
+            ("\n".join([header.replace("size_bytes,mtime_ns", "mtime_ns,size_bytes", 1), first,
+                        second]) + "\n", "its columns start ['path', 'mtime_ns', 'size_bytes'")):
         out.write_text(text)
         with pytest.raises(InputError, match=re.escape(why)):
             collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
         assert out.read_text() == text
+    lines = tmp_path / "tags.jsonl"  # JSON lines: the labels are every row's keys, checked too
+    collect(model, [clip, other], str(lines), name="msd-musicnn", jobs=0, progress=False)
+    edited = lines.read_text().replace('"rock":', '"Rock":')
+    lines.write_text(edited)
+    with pytest.raises(InputError, match=re.escape("the labels differ: label 1 is 'Rock' there, "
+                                                   "'rock' now")):
+        collect(model, [clip], str(lines), name="msd-musicnn", jobs=0, progress=False)
+    assert lines.read_text() == edited
 
 
 def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
@@ -1353,11 +1365,12 @@ def test_names_through_a_linked_folder_and_dotdot_and_lists_written_by_ls(tmp_pa
 def test_an_error_names_its_file_as_spelled(model, tmp_path):
     """The error column made every run of spaces and tabs one space: a missing file named
     "mis  sing\ttab.wav" was named "mis sing tab.wav" there; line breaks alone become spaces."""
-    missing = str(tmp_path / "mis  sing\ttab.wav")
+    missing, broken = str(tmp_path / "mis  sing\ttab.wav"), str(tmp_path / "line\nbreak.wav")
     out = tmp_path / "tags.jsonl"
-    collect(model, [missing], str(out), name="msd-musicnn", jobs=0, progress=False)
-    (row,) = map(json.loads, out.read_text().splitlines())
-    assert row["path"] == missing and row["error"].startswith(f"{missing}: ")
+    collect(model, [missing, broken], str(out), name="msd-musicnn", jobs=0, progress=False)
+    errors = {row["path"]: row["error"] for row in map(json.loads, out.read_text().splitlines())}
+    assert errors[missing].startswith(f"{missing}: ")
+    assert errors[broken].startswith(f"{tmp_path}/line break.wav: ")
 
 
 def test_paths_as_text_read_back_as_the_same_names():
