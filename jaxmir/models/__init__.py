@@ -214,5 +214,6 @@ def variable_mismatches(name: str, config: Mapping[str, Any], input_shape: tuple
     missing = sorted(set(want) - set(have))[:3]
     extra = sorted(set(have) - set(want))[:3]
     wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
+    shapes = [f"{k} {list(have[k])} in the file, {list(want[k])} in the model" for k in wrong]
     return (f"variables do not fit the {name} model they describe (missing {missing}, "
-            f"unexpected {extra}, wrong shape {[(k, have[k], want[k]) for k in wrong]})")
+            f"unexpected {extra}, shapes that differ: {'; '.join(shapes) or 'none'})")
