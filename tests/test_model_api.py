@@ -444,6 +444,18 @@ def _array(key, convert):
     ("config_a_list", _set("config", []), "incomplete description"),
     ("node_map_a_list", _set("node_map", []), "incomplete description"),
     ("input_shape_of_names", _set("input_shape", ["a"]), "input_shape \\['a'\\] is not a list of sizes"),
+    ("input_shape_of_0_frames", _set("input_shape", [0, 96]),  # "cannot run ... zero-size array"
+     r"input_shape \[0, 96\] is not a list of sizes"),
+    ("labels_numbers", _set("labels", list(range(50))), r"labels are \[0, 1, 2"),
+    # each named on its side: the file's missing and unexpected variables, its shapes and the model's
+    ("variable_missing", lambda a, m: a.pop(KERNEL) is None or m,
+     r"\(missing \['params/head/dense_1/kernel'\], unexpected \[\], shapes that differ: none\)"),
+    ("variable_unexpected", lambda a, m: a.update({
+        "variables/params/head/extra/kernel": np.zeros((2, 2), np.float32)}),
+     r"\(missing \[\], unexpected \['params/head/extra/kernel'\], shapes that differ: none\)"),
+    ("variable_of_another_shape", lambda a, m: a.update({KERNEL: np.zeros((200, 7), np.float32)}),
+     r"shapes that differ: params/head/dense_1/kernel \[200, 7\] in the file, \[1506, 200\] "
+     r"in the model\)"),
     ("output_name_a_dict", _set("output_name", {"a": 1}),  # loaded; info showed the dict
      r"output_name is \{'a': 1\}; expected a graph node's name"),
     ("input_name_a_number", _set("input_name", 3), "input_name is 3; expected a graph node"),
