@@ -941,7 +941,7 @@ def test_tag_plot_and_embed_average(tmp_path, musicnn):
     assert result.returncode == 1 and b"is a folder; give the picture's file name" in result.stderr
     result = cli("embed", str(path), "-o", str(tmp_path / "emb"), "--average", "--no-progress")
     assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.decode().endswith(f"song.npy [200]\n")  # the array's shape, written
+    assert result.stdout.decode().endswith("song.npy [200]\n")  # the array's shape, written
     mean = np.load(tmp_path / "emb" / "song.npy", allow_pickle=False)
     want = musicnn.predict(jaxmir.load_audio(path), 16000, output="embeddings").mean(axis=0)
     assert mean.shape == (200,)
