@@ -447,7 +447,7 @@ def _array(key, convert):
     ("input_shape_of_0_frames", _set("input_shape", [0, 96]),  # "cannot run ... zero-size array"
      r"input_shape \[0, 96\] is not a list of sizes"),
     ("labels_numbers", _set("labels", list(range(50))), r"labels are \[0, 1, 2"),
-    # each named on its side: the file's missing and unexpected variables, its shapes and the model's
+    # each named on its side: the file's missing and unexpected variables, its shapes, the model's
     ("variable_missing", lambda a, m: a.pop(KERNEL) is None or m,
      r"\(missing \['params/head/dense_1/kernel'\], unexpected \[\], shapes that differ: none\)"),
     ("variable_unexpected", lambda a, m: a.update({
