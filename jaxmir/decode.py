@@ -318,11 +318,12 @@ class AudioBlocks:
             if trims and self._mp3.tag_frame is not None:
                 skip_start = -(yield from self._silent_tag_frame(frame))
             if frame.sample_rate != self.sample_rate or frame.layout.nb_channels != self.channels:
-                # No "from .. to ..": FFmpeg gives its first, trimmed frame the rate it probed,
-                # which may be the stream's last
+                # No "from .. to ..": the stream's rate and channels are as FFmpeg probed them,
+                # which may be its last part's (the first frame may be labelled with them too)
                 raise AudioError(f"{self.path}: holds frames of {self.sample_rate} Hz, "
                                  f"{self.channels} channel(s) and of {frame.sample_rate} Hz, "
-                                 f"{frame.layout.nb_channels}; expected one rate and channel count")
+                                 f"{frame.layout.nb_channels} channel(s); expected one rate and "
+                                 "channel count")
             if not (trims and (skip_start or len(frame.side_data))):
                 self._trimmed_frames += frame.samples
                 frame.pts = None  # the FIFO would check that timestamps are continuous

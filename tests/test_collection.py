@@ -2333,7 +2333,9 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
             for kind in ("threads", "processes")}
     assert rows["threads"] == rows["processes"]  # the same programs on the same samples
     for row in rows["threads"]:  # decoded apart from the model, durations came back as 0.0
-        audio = jaxmir.load_audio(row["path"], 16000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DamagedAudioWarning)  # cut.wav's, said above
+            audio = jaxmir.load_audio(row["path"], 16000)
         assert row["duration_s"] == pytest.approx(audio.shape[0] / 16000, abs=1e-4), row["path"]
     damaged = [row for row in rows["threads"] if row["path"] == str(cut)]
     assert damaged[0]["status"] == "damaged" and "truncated audio" in damaged[0]["error"]

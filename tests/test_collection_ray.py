@@ -131,7 +131,9 @@ def test_ray_equals_local(cluster, tmp_path, capsys):
     assert arrays["ray"].keys() == arrays["local"].keys() and len(arrays["local"]) == 1
     for name, local_values in arrays["local"].items():
         assert local_values.shape[1:] == (187, 64) == arrays["ray"][name].shape[1:]
-        np.testing.assert_allclose(arrays["ray"][name], local_values, rtol=0, atol=1e-5)
+        # as the tags above: one file, but a pack's other rows may change the summation order
+        np.testing.assert_allclose(arrays["ray"][name], local_values, rtol=0,
+                                   atol=3e-6 * float(np.abs(local_values).max()))
 
 
 def test_the_check_of_the_actors_model_warns_nothing_again(tmp_path):

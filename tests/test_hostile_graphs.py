@@ -939,7 +939,8 @@ MALFORMED = {
         "b2", [HEAD_OUT - 1], float_val=[1.0, 2.0])), "bias of dense layer.*3 units"),
     "conv_bias_wrong_length": (lambda: _edit_vgg4(_reshape_const(
         "vggish/2CNN/bias", [31], float_val=[0.0] * 31)), "bias of Conv2D.*32 filters"),
-    # 8: checks no test reached (mutation testing): each was loaded or failed elsewhere without
+    # 8: checks no test reached before (mutation testing): without each, the graph loaded or
+    # failed at a later check
     "relu_of_two_inputs": (lambda: _edit_head(_append_input("dense/Relu", "b1")),
                            r"'dense/Relu' \(Relu\) has 2 data inputs; Relu takes 1"),
     "second_dense_bias": (lambda: _edit_head(_second_bias),

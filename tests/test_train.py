@@ -1744,8 +1744,9 @@ def test_fit_head_checks_options_before_reading_audio(options, message):
 
 @pytest.mark.parametrize("task", ["multi", "regression"])
 def test_label_smoothing_is_refused_for_other_than_single_label_data(task):
-    """Smoothing spreads a track's one class over its neighbours' classes: on multi-label data it
-    kept each track's first label alone (an argmax), a head trained on other targets unsaid."""
+    """Smoothing spreads a track's one class over its neighbours' classes, which multi-label and
+    regression targets do not have: on multi-label data it would keep each track's first label
+    alone (an argmax), a head trained on other targets unsaid."""
     paths = tuple(f"nowhere/{i}.wav" for i in range(30))
     targets = np.zeros((30, 2), np.float32)
     targets[:15, 0], targets[15:, 1], targets[::3] = 1, 1, 1  # every third track holds both

@@ -211,9 +211,15 @@ def variable_mismatches(name: str, config: Mapping[str, Any], input_shape: tuple
     have = _shapes(variables)
     if want == have:
         return None
-    missing = sorted(set(want) - set(have))[:3]
-    extra = sorted(set(have) - set(want))[:3]
-    wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
-    shapes = [f"{k} {list(have[k])} in the file, {list(want[k])} in the model" for k in wrong]
-    return (f"variables do not fit the {name} model they describe (missing {missing}, "
-            f"unexpected {extra}, shapes that differ: {'; '.join(shapes) or 'none'})")
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    shapes = [f"{k} {list(have[k])} in the file, {list(want[k])} in the model"
+              for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    return (f"variables do not fit the {name} model they describe (missing: {_first(missing)}; "
+            f"unexpected: {_first(extra)}; shapes that differ: {_first(shapes)})")
+
+
+def _first(items: list[str], shown: int = 3) -> str:
+    """``items``' first ``shown``, and how many more; ``none`` for none."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more if items else "none"
