@@ -197,7 +197,7 @@ def variable_mismatches(name: str, config: Mapping[str, Any], input_shape: tuple
     sown = {tap: value[0].shape for tap, value in leaves(expected.get("intermediates", {})).items()}
     unknown = sorted(set(taps) - set(sown) - {INPUT_TAP})
     if unknown:
-        return f"outputs read {unknown[:3]}, which the {name} model does not compute"
+        return f"outputs read {_first(unknown)}, which the {name} model does not compute"
     sown[INPUT_TAP] = (1, *input_shape)
     for tap, shape in tap_shapes:
         values = math.prod(sown[tap][1:]) if tap in sown else None
