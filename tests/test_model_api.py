@@ -986,7 +986,7 @@ def test_what_librosa_and_numpy_users_pass_is_taken_or_refused_plainly(musicnn):
         with pytest.raises(InputError, match=f"chunk {re.escape(repr(chunk))}: a whole number"):
             musicnn.apply(patches, chunk=chunk)
     expected = musicnn.predict(y, 16000)
-    for rate in (np.array(16000), jnp.int32(16000), np.array(16000.0)):
+    for rate in (np.array(16000), jnp.int32(16000), np.array(16000.0), np.float32(16000)):
         np.testing.assert_array_equal(musicnn.predict(y, rate), expected)
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(
         musicnn.astype(jnp.bfloat16).variables)} == {jnp.dtype(jnp.bfloat16)}
