@@ -16,7 +16,7 @@ import jaxmir
 from conftest import ROOT, assert_parity, child_env, require, run_tf, shared_fixture
 from jaxmir.errors import GraphError, InputError, UnsupportedGraphError
 from jaxmir.spec import Activation, BatchNorm, Dense
-from jaxmir.tfgraph.graphdef import Graph
+from jaxmir.tfgraph.graphdef import DT_BOOL, Graph
 
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
 
@@ -113,6 +113,7 @@ def test_a_cond_whose_predicate_the_graph_holds_true_runs_its_true_branch(musicn
 
 
 CONDS_IN_A_HEAD = """
+import functools
 import sys
 import numpy as np
 import tensorflow as tf
@@ -137,6 +138,13 @@ for case in sys.argv[2:]:
             hidden = tf.compat.v1.cond(tf.logical_not(flag), dense("a"), dense("b"))
         elif case == "computed":
             held = tf.logical_and(tf.equal(mode, 2), tf.greater(tf.cast(mode, tf.float32), 1.5))
+            hidden = tf.compat.v1.cond(held, dense("a"), dense("b"))
+        elif case == "boundaries":  # each comparison on equal operands, each True as written
+            two = tf.constant(2)
+            comparisons = [tf.logical_not(tf.greater(mode, two)), tf.greater_equal(mode, two),
+                           tf.logical_not(tf.less(mode, two)), tf.less_equal(mode, two),
+                           tf.equal(mode, two), tf.logical_not(tf.not_equal(mode, two))]
+            held = functools.reduce(tf.logical_and, comparisons)
             hidden = tf.compat.v1.cond(held, dense("a"), dense("b"))
         elif case == "cast_and_big":  # 2.7 cast to int32 is 2, 2**53 + 1 is not 2**53: True
             rate = tf.compat.v1.placeholder_with_default(tf.constant(2.7, tf.float64), [])
@@ -175,18 +183,18 @@ for case in sys.argv[2:]:
 def test_conds_read_by_their_predicates_or_refused(tmp_path):
     """A cond on LogicalNot of a flag held False runs its true branch in TensorFlow (jaxmir took the
     false one: 0.74 from it), and so does one on comparisons of a held value (read as False
-    before); conds nested with a predicate held True, whose branches jaxmir cannot tell apart,
+    before; each comparison is also taken on equal operands, where only > and >= differ); conds nested with a predicate held True, whose branches jaxmir cannot tell apart,
     are refused (they gave values 0.8 from TensorFlow's), and so are a cond on the input's values
     and a while loop (read as no iteration); a predicate that reads its own cond's output is a
     cycle (a RecursionError of 2,973 lines). TensorFlow 2's cond (StatelessIf) is named in the
     refusal."""
     require("tensorflow")
-    cases = ("not_false", "computed", "cast_and_big", "nested", "chain", "on_the_input", "loop",
+    cases = ("not_false", "computed", "boundaries", "cast_and_big", "nested", "chain", "on_the_input", "loop",
              "v2", "v2_aside")
     subprocess.run([sys.executable, "-c", CONDS_IN_A_HEAD, str(tmp_path), *cases], cwd=ROOT,
                    env=child_env(), check=True, capture_output=True, timeout=300)
     paths = {case: str(tmp_path / f"{case}.pb") for case in cases}
-    for case in ("not_false", "computed", "cast_and_big"):
+    for case in ("not_false", "computed", "boundaries", "cast_and_big"):
         with warnings.catch_warnings():  # NumPy's overflow in a cast, as TensorFlow's, unsaid
             warnings.simplefilter("error", RuntimeWarning)
             head = jaxmir.load(paths[case], output="model/Softmax")
@@ -214,6 +222,17 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
     looped.write_bytes(graph.graph_def.SerializeToString())
     with pytest.raises(GraphError, match="cycle|acyclic"):
         jaxmir.load(looped, output="model/Softmax")
+    graph = Graph.from_file(paths["not_false"])  # a predicate of two values, which TF refuses
+    vector = graph.graph_def.node.add(name="model/two_flags", op="Const")
+    vector.attr["dtype"].type = DT_BOOL
+    vector.attr["value"].tensor.dtype = DT_BOOL
+    vector.attr["value"].tensor.tensor_shape.dim.add(size=2)
+    vector.attr["value"].tensor.bool_val.extend([True, False])
+    graph.node("model/cond/pred_id").input[:] = ["model/two_flags"]
+    two = tmp_path / "two_flags.pb"
+    two.write_bytes(graph.graph_def.SerializeToString())
+    with pytest.raises(GraphError, match="predicate 'model/two_flags' .Const. is not one jaxmir"):
+        jaxmir.load(two, output="model/Softmax")  # was a ValueError of NumPy's reshape
 
 
 def stripped(graph_path, tmp_path, fold_batch_norms: bool):
