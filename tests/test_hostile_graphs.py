@@ -1002,6 +1002,8 @@ def _int32_const(name: str, value):
 OTHER_ARITHMETIC = {
     "conv_strided": (VGG4, _set_attr("model/vggish/1CNN/Conv2D", "strides", [1, 2, 2, 1]),
                      r"has strides \[1, 2, 2, 1\]; jaxmir supports 1"),
+    "conv_valid": (VGG4, _set_attr("model/vggish/5CNN/Conv2D", "padding", "VALID"),
+                   "'model/vggish/5CNN/Conv2D' pads VALID"),  # loaded, computed SAME
     "max_over_mel": (DORTMUND, _int32_const("model/Max/reduction_indices", 2),
                      "'model/Max' must pool over time"),
     "mean_over_mel": (DORTMUND, _int32_const("model/moments/mean/reduction_indices", [2]),
