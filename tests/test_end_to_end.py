@@ -114,6 +114,10 @@ def test_info_describes_replicas(tmp_path, capsys):
         text = capsys.readouterr().out
         for line in expected:
             assert line in text, f"{name}: {line!r} not in:\n{text}"
+    # a VGG's pools read from its graph as from the shipped weights (pool5 [batch, 2, 128])
+    built, shipped = jaxmir.load(tmp_path / "genre-vgg-msd.pb"), jaxmir.load("msd-vgg")
+    for pool in ("pool1", "pool2", "pool3", "pool4", "pool5"):
+        assert built.resolve_output(pool) == shipped.resolve_output(pool), pool
 
 
 def test_cli_tags_with_a_head_on_its_backbone(tmp_path, capsys):
