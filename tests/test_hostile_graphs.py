@@ -857,11 +857,13 @@ def _append_input(name: str, source: str):
     return lambda g: node_named(g, name).input.append(source)
 
 
-def _second_bias(g):
-    """``AddV2(dense/BiasAdd, c)`` before the ReLU: TensorFlow adds both biases."""
-    add_const(g, "c", np.full(HEAD_HIDDEN, 2.0, np.float32))
-    add_node(g, "dense/Add2", "AddV2", ["dense/BiasAdd", "c"])
-    node_named(g, "dense/Relu").input[0] = "dense/Add2"
+def _second_bias(after: str, reader: str):
+    """``AddV2(after, c)`` read by ``reader``: TensorFlow adds it, a bias where no layer has one."""
+    def edit(g):
+        add_const(g, "c", np.full(HEAD_HIDDEN, 2.0, np.float32))
+        add_node(g, "dense/Add2", "AddV2", [after, "c"])
+        node_named(g, reader).input[0] = "dense/Add2"
+    return edit
 
 
 def _cut_batch_norm(prefix: str, size: int):
@@ -943,9 +945,14 @@ MALFORMED = {
     # failed at a later check
     "relu_of_two_inputs": (lambda: _edit_head(_append_input("dense/Relu", "b1")),
                            r"'dense/Relu' \(Relu\) has 2 data inputs; Relu takes 1"),
-    "second_dense_bias": (lambda: _edit_head(_second_bias),
+    "second_dense_bias": (lambda: _edit_head(_second_bias("dense/BiasAdd", "dense/Relu")),
                           "the dense head has op AddV2 at 'dense/Add2', which jaxmir does not "
                           "support"),
+    "bias_after_the_relu": (lambda: _edit_head(_second_bias("dense/Relu", "dense_1/MatMul")),
+                            "the dense head has op AddV2 at 'dense/Add2'"),  # a KeyError
+    "second_kernel_5_wide": (lambda: _edit_head(_reshape_const("k2", [5, HEAD_OUT])),
+                             "MatMul 'dense_1/MatMul' takes 5 features but the dense layer "
+                             "before it gives 4"),
     "empty_dense_kernel": (lambda: _edit_head(_reshape_const("k1", [HEAD_IN, 0])),
                            r"'dense/MatMul' has a kernel of shape \[8, 0\]; expected 2 non-empty"),
     "conv_batch_norm_31_of_32": (lambda: _edit_vgg4(_cut_batch_norm(
