@@ -134,6 +134,19 @@ def test_full_graph_transfer_classifiers(tmp_path, family):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_same_pools_over_odd_sizes_pad_as_tensorflow_s(tmp_path):
+    """VGGish's SAME pools halve its 96x64 patches evenly, where SAME and VALID agree; over a
+    95x63 patch each pads a row or a column (48x32 after the first, not 47x31)."""
+    require("tensorflow")
+    from tools import tf_graphs
+    graph = tf_graphs.vggish_graph(tf_graphs.random_weights(12), widths=(4, 8, 8, 8),
+                                   fc=(16, 16, 8), patch=(95, 63))
+    path = write(graph, tmp_path / "odd.pb")
+    model = jaxmir.load(path)
+    errors = compare(path, model, patches(3, (95, 63)))
+    assert {"model/vggish/pool1/MaxPool", "model/vggish/embeddings"} <= set(errors)
+
+
 def test_unknown_head_on_a_known_body(tmp_path):
     require("tensorflow")
     from tools import tf_graphs

@@ -192,21 +192,21 @@ def vgg_graph(weights: Weights, n_labels: int = 50, filters: int = 128, time: in
 
 def vggish_graph(weights: Weights, fc2_relu: bool = False, widths=(64, 128, 256, 512),
                  fc=(4096, 4096, 128), classifier: list | None = None,
-                 output: str = "Softmax") -> tf.compat.v1.GraphDef:
+                 output: str = "Softmax", patch=(96, 64)) -> tf.compat.v1.GraphDef:
     """VGGish as Essentia's ``audioset-vggish-3.pb``: ``model/Placeholder`` [b, 96, 64] ->
     ``model/vggish/...`` -> ``model/vggish/embeddings`` (128).
 
     ``fc2_relu`` chooses the 2017 release (ReLU after fc2) or Google's current
     code (pre-activation embeddings). ``widths``/``fc`` shrink the network for
-    quick tests. With ``classifier=[(units, activation), ...]`` the graph goes on
+    quick tests, ``patch`` (frames, bands) changes its input. With ``classifier=[(units, activation), ...]`` the graph goes on
     to ``model/<output>``, as Essentia's VGGish transfer classifiers do.
     """
     graph = tf.Graph()
     b = _Builder(_slim_names(weights))
     with graph.as_default(), tf.name_scope("model"):
-        x = tf.compat.v1.placeholder(tf.float32, [None, 96, 64], name="Placeholder")
+        x = tf.compat.v1.placeholder(tf.float32, [None, *patch], name="Placeholder")
         with tf.name_scope("vggish"):
-            x = tf.reshape(x, [-1, 96, 64, 1], name="Reshape")
+            x = tf.reshape(x, [-1, *patch, 1], name="Reshape")
             stages = [("conv1",), ("conv2",), ("conv3/conv3_1", "conv3/conv3_2"),
                       ("conv4/conv4_1", "conv4/conv4_2")]
             for stage, (names, width) in enumerate(zip(stages, widths), start=1):
