@@ -198,8 +198,9 @@ def vggish_graph(weights: Weights, fc2_relu: bool = False, widths=(64, 128, 256,
 
     ``fc2_relu`` chooses the 2017 release (ReLU after fc2) or Google's current
     code (pre-activation embeddings). ``widths``/``fc`` shrink the network for
-    quick tests, ``patch`` (frames, bands) changes its input. With ``classifier=[(units, activation), ...]`` the graph goes on
-    to ``model/<output>``, as Essentia's VGGish transfer classifiers do.
+    quick tests, ``patch`` (frames, bands) changes its input. With
+    ``classifier=[(units, activation), ...]`` the graph goes on to ``model/<output>``, as
+    Essentia's VGGish transfer classifiers do.
     """
     graph = tf.Graph()
     b = _Builder(_slim_names(weights))
