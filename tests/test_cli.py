@@ -1284,6 +1284,7 @@ def test_paths_after_options_and_names_that_are_no_model(capsys, wavs, tmp_path)
     status, out, err = run(capsys, "embed", first, "-o", str(tmp_path / "e"), second, "-q")
     assert status == 0 and sorted(p.suffix for p in (tmp_path / "e").iterdir()) == \
         [".jsonl", ".npy", ".npy"], err
+    assert out == ""  # -q: the arrays written are not listed
     with pytest.raises(SystemExit) as exit_:
         run(capsys, "tag", first, "-n", "1", second, "--bogus")
     assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

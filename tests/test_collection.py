@@ -2861,6 +2861,10 @@ def test_rows_of_files_gone_from_a_folder_named_are_kept_and_said(music, model, 
         warnings.simplefilter("error", jaxmir.JaxmirWarning)
         again = collect(model, folder, output, command=command, progress=False)
     assert (again.skipped, again.failed) == (3, 1)
+    (folder / "c.wav").unlink()  # one alone is said too
+    with pytest.warns(jaxmir.JaxmirWarning, match=r"^1 file\(s\) done or failed .* e\.g\. "
+                      + re.escape(str(folder / "c.wav"))):
+        collect(model, folder, output, command=command, progress=False)
 
 
 def test_a_parquet_table_holds_arrays_without_a_python_float_per_value():
