@@ -2272,11 +2272,13 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     collect(model, [str(cut.parent)], out, name="msd-musicnn", jobs=0, progress=False,
             analyzer=analyzer)
     assert seen == []  # damaged again on a rerun: kept, not redone
-    for jobs in (0, 1):  # decoded here, or by a worker (--strict reached no worker unseen)
-        strict = collect(model, [str(cut)], str(tmp_path / f"strict-{jobs}.jsonl"),
+    # streamed here, decoded by a worker (--strict reached no worker unseen), or decoded here
+    # whole for an analyzer of the caller's
+    for jobs, given in ((0, None), (1, None), (0, analyzer)):
+        strict = collect(model, [str(cut)], str(tmp_path / f"strict-{jobs}-{bool(given)}.jsonl"),
                          name="msd-musicnn", jobs=jobs, progress=False,
-                         options=Options(strict=True))
-        assert strict.failed == 1, jobs
+                         options=Options(strict=True), analyzer=given)
+        assert strict.failed == 1, (jobs, given)
     # a strict rerun on the same output fails it as a strict run does (it kept the damaged row)
     for suffix in ("jsonl", "parquet"):
         both = str(tmp_path / f"both.{suffix}")
