@@ -388,6 +388,18 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
         ray_engine.connect("")
 
 
+def test_ray_s_own_addresses_go_to_ray_unprobed(monkeypatch):
+    """``auto`` (a cluster started on this machine, which Ray finds) and ``local`` are Ray's
+    words, not a host:port to probe (the probe refuses them as "expected host:port")."""
+    ray = require("ray")
+    given = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: given.append(kwargs["address"]))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    for address in ("auto", "local"):
+        ray_engine.connect(address)
+    assert given == ["auto", "local"]
+
+
 def test_a_token_refused_after_ray_was_imported_first_says_so(monkeypatch):
     """A program that imports ray before jaxmir (the README's analyze_dataset recipe) with
     RAY_AUTH_TOKEN set and no RAY_AUTH_MODE: Ray sent no token, and jaxmir's message only said
