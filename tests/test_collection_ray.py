@@ -460,6 +460,29 @@ def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatc
     assert ray_engine._for_workers("msd-musicnn") == "msd-musicnn"
 
 
+def test_a_model_and_backbone_named_relative_here_reach_the_actors_whole(monkeypatch):
+    """The actors run in other folders: a head and its backbone named relative to the driver's
+    folder each go to them as an absolute path."""
+    ray = require("ray")
+    require("ray.data")
+    head = os.path.relpath(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"), ROOT)
+    backbone = os.path.join("weights", "msd-musicnn.npz")
+    given = []
+
+    class Paths:  # a Dataset of paths, as far as analyze_dataset reads it
+        def schema(self, fetch_if_missing):
+            return None
+
+        def map_batches(self, actor, fn_constructor_args, **kwargs):
+            given.extend(fn_constructor_args[:2])
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {})
+    ray_engine.analyze_dataset(Paths(), head, Options(), backbone=backbone)
+    assert len(given) == 2 and all(os.path.isabs(path) for path in given), given
+    assert os.path.samefile(given[0], head) and os.path.samefile(given[1], backbone)
+
+
 def test_the_python_entry_points_layout_defaults_to_the_command_lines():
     """A tag Layout built without labels gave rows with no values at all, status ok."""
     require("ray")
