@@ -2700,6 +2700,19 @@ def test_one_file_is_decoded_as_it_streams_more_by_a_worker_a_core(monkeypatch):
     assert default_jobs(None) == default_jobs(5) == 1
 
 
+def test_a_resumed_run_with_one_file_left_streams_it(music, model, tmp_path, monkeypatch):
+    """Workers are sized by the files left to do: the one left of two streams in this process
+    (a worker would decode it whole, holding a long recording in memory)."""
+    done, left = str(music / "rock" / "a.wav"), str(music / "jazz" / "a.wav")
+    output = tmp_path / "tags.jsonl"
+    collect(model, [done], output, progress=False)
+    workers = []
+    monkeypatch.setattr(local, "run", lambda model, todo, options, write, bar, jobs, *args,
+                        **kwargs: workers.append((len(todo), jobs)))
+    collect(model, [done, left], output, progress=False)
+    assert workers == [(1, 0)]
+
+
 def test_the_command_line_names_an_unused_option_once_in_its_own_spelling(music, tmp_path,
                                                                             capsys):
     from jaxmir import cli
