@@ -452,6 +452,8 @@ def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatc
     head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     composed = jaxmir.load(head, backbone="msd-musicnn")
     assert commands._names_of(composed, None) == (head, "msd-musicnn")
+    given = str(ROOT / "weights" / "msd-musicnn.npz")  # named by the caller: as named
+    assert commands._names_of(composed, given) == (head, given)
     ray_engine.check_reloadable(composed, head, "msd-musicnn")
     monkeypatch.chdir(graph.parent)
     ray_engine.check_reloadable(jaxmir.load(graph), graph.name, None)
