@@ -25,7 +25,7 @@ from jaxmir.collection.progress import Progress, Tally
 from jaxmir.collection.rows import (OVERWRITE, Layout, Result, identity, model_fields,
                                     same_outputs)
 from jaxmir.console import printable
-from jaxmir.errors import InputError, JaxmirWarning, OptionError
+from jaxmir.errors import InputError, JaxmirWarning
 
 if TYPE_CHECKING:  # loading a model imports JAX; the command line's parser does not
     from jaxmir.model import Model
@@ -314,8 +314,6 @@ def _run(args: argparse.Namespace, model, command: str, output: str, hop: int | 
          on_result=None) -> int:
     kind = kind_of(args.output, command)
     _warn_ignored(args, kind)
-    if command == "tag" and kind == "npy":
-        raise OptionError(f"--output {args.output}: tags go to a .parquet, .jsonl or .csv file")
     try:
         with warnings.catch_warnings():  # said above in the command line's own spelling
             warnings.simplefilter("ignore", IgnoredSettingWarning)
