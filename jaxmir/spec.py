@@ -9,6 +9,7 @@ JSON (:func:`config_to_json` / :func:`config_from_json`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Sequence, Union
 
 from jaxmir.errors import WeightsError
@@ -173,19 +174,25 @@ def layer_to_text(layer: HeadLayer) -> str:
 
 
 def layer_from_text(text: str) -> HeadLayer:
+    """:func:`layer_to_text`'s inverse: ``dense:N`` of N >= 1 units in ASCII digits,
+    ``batch_norm:EPS`` of a finite EPS >= 0, or an activation's bare name."""
     kind, _, argument = str(text).partition(":")
-    try:
-        if kind == "dense":
-            return Dense(int(argument))
-        if kind == "batch_norm":
-            return BatchNorm(float(argument))
-    except ValueError:
-        pass
-    else:
-        if kind in ACTIVATIONS and not argument:
-            return Activation(kind)
+    if kind == "dense" and argument.isascii() and argument.isdigit() and int(argument) > 0:
+        return Dense(int(argument))
+    if kind == "batch_norm" and _is_epsilon(argument):
+        return BatchNorm(float(argument))
+    if kind in ACTIVATIONS and not argument:
+        return Activation(kind)
     raise WeightsError(f"unknown layer '{text}'; expected dense:N, batch_norm:EPS or one of "
                        + ", ".join(ACTIVATIONS))
+
+
+def _is_epsilon(text: str) -> bool:
+    try:
+        epsilon = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(epsilon) and epsilon >= 0
 
 
 def _block_to_json(block: ConvBlockSpec) -> list:

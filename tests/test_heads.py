@@ -72,13 +72,17 @@ def test_a_head_of_one_dense_layer_has_nothing_before_it(tmp_path):
 
 
 def test_a_layer_s_text_takes_an_argument_only_where_it_has_one():
-    """A weights file's ``relu:5`` (damaged, or another tool's) was read as a ReLU."""
+    """A weights file's ``relu:5`` (damaged, or another tool's) was read as a ReLU; ``dense:5_0``
+    as 50 units, ``batch_norm:nan`` as a NaN epsilon; ``dense:-3`` and ``dense:0`` were refused
+    only by the model's trace (a TypeError, a ZeroDivisionError)."""
     assert layer_from_text("dense:100") == Dense(100) and layer_from_text("relu") == Activation(
         "relu")
     assert layer_from_text("batch_norm:0.001") == BatchNorm(0.001)
     for epsilon in (1.001e-5, 0.0010000000474974513):  # Keras' default; TF's 1e-3 as float32
         assert layer_from_text(layer_to_text(BatchNorm(epsilon))) == BatchNorm(epsilon)
-    for text in ("relu:5", "sigmoid:x", "dense:", "dense:x", "gelu"):
+    for text in ("relu:5", "sigmoid:x", "dense:", "dense:x", "gelu", "dense:2.5", "dense:1e2",
+                 "dense:5_0", "dense: 7", "dense:-3", "dense:0", "batch_norm:nan",
+                 "batch_norm:-1e-3", "batch_norm:inf"):  # dense:5_0 ran as 50 units
         with pytest.raises(WeightsError, match=f"unknown layer '{text}'"):
             layer_from_text(text)
 
