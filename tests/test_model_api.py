@@ -928,6 +928,9 @@ def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     assert musicnn.astype("float32") is musicnn and low.astype("bfloat16") is low  # nothing to cast
     back = low.astype("float32")
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(back.variables)} == {jnp.dtype(jnp.float32)}
+    # the patches the bfloat16 model computes on are rounded to bfloat16 (its arithmetic's)
+    given = low.apply(x, ["model/Placeholder"])["model/Placeholder"]
+    np.testing.assert_array_equal(given, jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
     with pytest.raises(InputError, match="unknown dtype"):
         musicnn.astype("float16")
 
