@@ -695,6 +695,15 @@ def test_weights_that_diverge_with_a_finite_loss_stop_the_training():
                        fit.TrainConfig(epochs=20, learning_rate=1e12, weight_decay=0.0))
 
 
+def test_a_training_that_never_beats_the_untrained_head_names_its_lowest_cost(monkeypatch):
+    scripted = iter([5.0, 9.0, 7.0, 8.0])  # the untrained head's, then each epoch's
+    monkeypatch.setattr(fit, "validation_cost", lambda *args: next(scripted))
+    tracks, targets = blobs(n_per_class=4)
+    with pytest.raises(fit.TrainingError, match=r"\(the lowest 7\) came below the untrained "
+                                                r"head's \(5\)"):
+        fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=3))
+
+
 @pytest.mark.parametrize("rate", [1e3, 1e6])
 def test_a_training_that_never_beats_the_untrained_head_stops(rate):
     """--learning-rate 1e6 exported a head whose best validation loss was ~1e15 (the untrained
@@ -762,6 +771,7 @@ def _mtg_schedule(costs: list[float], patience: int, rate: float) -> tuple[list[
     [10, 5, 6, 4, 7, 3, 8, 9, 9, 9, 2, 9],  # an improvement does not restart the count
     [10, 5, 6, 6, 6, 6, 6, 6, 6],
     [10, 9, 8, 7, 6, 5],
+    [10, 5, 5, 5, 5, 5],  # a cost equal to the best is no improvement
 ])
 def test_the_learning_rate_halves_and_the_kept_epoch_as_in_mtgs_loop(monkeypatch, costs):
     """The count of epochs without improvement restarted at each improvement, and the rate
@@ -811,6 +821,21 @@ def test_the_validation_cost_is_mtgs():
     got = fit.validation_cost("single", 1e-2, params, x, y, 32)
     assert abs(got - expected) < 1e-5 * expected  # float32 products against float64 ones
     assert abs(losses.mean() + 1e-2 * l2 - expected) > 1e-3  # the batches' weights matter here
+
+
+def test_a_regression_cost_is_the_mean_squared_error_over_every_output():
+    """Two outputs (valence, arousal): MTG's mean squared error averages over both, where one
+    output, as every regression tested had, cannot tell a mean from a sum."""
+    rng = np.random.default_rng(4)
+    params = fit.init_head(jax.random.PRNGKey(2), 6, 5, 2)
+    x = rng.standard_normal((10, 6)).astype(np.float32)
+    y = rng.standard_normal((10, 2)).astype(np.float32)
+    w = {k: {n: np.asarray(v, np.float64) for n, v in layer.items()} for k, layer in params.items()}
+    values = np.maximum(x @ w["dense"]["kernel"] + w["dense"]["bias"], 0) @ w["dense_1"]["kernel"] \
+        + w["dense_1"]["bias"]
+    expected = np.mean((values - y) ** 2)
+    got = fit.validation_cost("regression", 0.0, params, x, y, 32)
+    assert abs(got - expected) < 1e-5 * expected  # float32 products against float64 ones
 
 
 def test_a_batch_larger_than_the_patches_is_not_padded(monkeypatch):
@@ -1036,6 +1061,23 @@ def test_tracks_are_averaged_over_their_own_patches():
     np.testing.assert_allclose(head.predict_tracks(uneven),
                                [head.predict(track).mean(axis=0) for track in uneven],
                                rtol=1e-6, atol=1e-7)
+
+
+def test_labels_of_another_shape_than_one_per_track_are_refused():
+    """They stratify the validation split: one class index per track, or a refusal."""
+    tracks, targets = blobs(n_per_class=4)
+    for labels in (np.zeros(3, int), np.zeros((len(tracks), 1), int)):
+        with pytest.raises(InputError, match=rf"labels have shape .*; expected \[{len(tracks)}\]"):
+            fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=1),
+                           labels=labels)
+
+
+def test_a_single_label_validation_split_rounds_each_class_s_share():
+    """15% of each class's 10 tracks is 1.5: two of each (rounded, as the multi-label split
+    rounds its share), not one."""
+    targets = np.eye(2, dtype=np.float32)[np.repeat([0, 1], 10)]
+    _, validation = fit.split_validation(targets, "single", 0.15, np.random.default_rng(0))
+    assert np.bincount(targets[validation].argmax(axis=1)).tolist() == [2, 2]
 
 
 def test_a_multi_label_validation_split_leaves_a_track_to_train_on():
