@@ -1236,6 +1236,7 @@ def test_export_loads_in_jaxmir_and_tensorflow(tmp_path, task):
     assert jaxmir.loading.backbone_of(model) == "msd-musicnn"
     meta = json.loads(paths[".json"].read_text())
     assert meta["inference"]["embedding_model"]["model_name"] == "msd-musicnn-1"
+    assert meta["inference"]["sample_rate"] == jaxmir.load("msd-musicnn").frontend.sample_rate
     # Essentia's metadata keys and words (regression heads were "regressor", emomusic's
     # "regression model"; no author, email, release date, citation)
     essentia_keys = ["name", "type", "link", "version", "description", "author", "email",
