@@ -910,6 +910,14 @@ def test_a_resumed_head_of_other_outputs_is_refused():
         fit.train_head(tracks, targets, "single", ("a", "b"), FAST, initial=other)
 
 
+def test_only_a_dense_relu_dense_head_gives_weights_to_resume_from():
+    """MusiCNN's own head has two dense layers beside batch norms: resuming from those two alone
+    would drop the rest, unsaid."""
+    with pytest.raises(InputError, match=r"a head with layers \['batch_norm_0', 'batch_norm_3', "
+                                         r"'dense_1', 'dense_4'\]; resuming needs dense -> ReLU"):
+        export.params_from_model(jaxmir.load("msd-musicnn"))
+
+
 def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
     """A 3-class head resumed on 2-class data, or on 50-d embeddings, was refused only after
     every file was decoded and the cross-validation had run; a softmax head resumed for
