@@ -910,6 +910,11 @@ def test_a_resumed_head_of_other_outputs_is_refused():
         fit.train_head(tracks, targets, "single", ("a", "b"), FAST, initial=other)
 
 
+def test_the_seconds_per_epoch_leave_out_the_first_which_compiles():
+    epochs = [{"seconds": 9.0}, {"seconds": 1.0}, {"seconds": 2.0}]
+    assert fit.steady_seconds(epochs) == [1.0, 2.0] and fit.steady_seconds(epochs[:1]) == [9.0]
+
+
 def test_only_a_dense_relu_dense_head_gives_weights_to_resume_from():
     """MusiCNN's own head has two dense layers beside batch norms: resuming from those two alone
     would drop the rest, unsaid."""
