@@ -1424,20 +1424,20 @@ def test_a_file_done_again_keeps_its_array_s_name(model, tmp_path):
 
 
 def test_npy_names_never_overwrite_another_rows_array(model, tmp_path):
-    """a/s1.wav then b/s1.wav, each run alone into one folder (both named s1.npy below their own
-    folder), and x.wav, x.flac, x.wav.flac in one run (x.wav.npy twice before): every row gets its
-    own .npy, which holds its own file's embeddings."""
-    first = _write(tmp_path / "in" / "a" / "s1.wav", 3.0, 16000, 1, 0)
-    second = _write(tmp_path / "in" / "b" / "s1.wav", 3.0, 16000, 1, 1)
+    """a/s1.wav, b/s1.wav, c/s1.wav and d/s1.wav, each run alone into one folder (each named
+    s1.npy below its own folder), and x.wav, x.flac, x.wav.flac in one run (x.wav.npy twice
+    before): every row gets its own .npy, which holds its own file's embeddings."""
+    first, second, third, fourth = (_write(tmp_path / "in" / folder / "s1.wav", 3.0, 16000, 1,
+                                           seed) for seed, folder in enumerate("abcd"))
     same = [_write(tmp_path / "same" / name, 3.0, 16000, 1, seed)
-            for seed, name in enumerate(("x.wav", "x.flac", "x.wav.flac"), 2)]
+            for seed, name in enumerate(("x.wav", "x.flac", "x.wav.flac"), 5)]
     out = tmp_path / "emb"
-    for paths in ([first], [second], same):
+    for paths in ([first], [second], [third], [fourth], same):
         collect(model, [str(p) for p in paths], str(out), command="embed",
                 options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert sorted(row["npy"] for row in index) == [
-        "s1-2.npy", "s1.npy", "x.flac.npy", "x.wav.flac.npy", "x.wav.npy"]
+        "s1-2.npy", "s1-3.npy", "s1-4.npy", "s1.npy", "x.flac.npy", "x.wav.flac.npy", "x.wav.npy"]
     for row in index:
         audio = jaxmir.load_audio(row["path"], 16000)
         assert_same_embeddings(np.load(out / row["npy"], allow_pickle=False),
