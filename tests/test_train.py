@@ -1504,6 +1504,23 @@ def test_ctrl_c_between_the_renames_of_a_forced_export_leaves_one_head(tmp_path,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_cli_caches_embeddings_where_it_says_and_counts_the_files_skipped(tmp_path, audio_set,
+                                                                          capsys, monkeypatch):
+    """In $JAXMIR_CACHE_DIR/embeddings, as --help says; in no folder with --no-embedding-cache."""
+    monkeypatch.setenv("JAXMIR_NO_CACHE", "1")  # compiled programs: a process-wide cache
+    data = tmp_path / "data"
+    shutil.copytree(audio_set, data)
+    (data / "drums" / "broken.wav").write_bytes(b"RIFF, and nothing else")
+    for flags, cache in (([], tmp_path / "kept"), (["--no-embedding-cache"], tmp_path / "none")):
+        monkeypatch.setenv("JAXMIR_CACHE_DIR", str(cache))
+        argv = ["train-head", str(data), "-o", str(tmp_path / f"h-{cache.name}"), "--epochs", "2",
+                *flags]
+        assert jaxmir_cli.main(argv) == 0
+        assert "8 tracks (1 skipped)" in capsys.readouterr().out
+    assert any((tmp_path / "kept" / "embeddings").rglob("*.npy"))
+    assert not (tmp_path / "none").exists()
+
+
 def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_path, audio_set,
                                                                        monkeypatch):
     """The fine-tuned head's JSON kept only {"name": "fine-tuned"}: its dataset's name, size and
@@ -1517,6 +1534,8 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
     assert dataset["name"] == audio_set.name and dataset["size"] == "8 tracks, 4/4 per class"
     assert "2-fold_cross_validation_normalized_accuracy" in dataset["metrics"]
     assert "before fine-tuning" in dataset["fine_tuned"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [  # no picture without --plot
+        "tuned-backbone.npz", "tuned.json", "tuned.npz", "tuned.pb"]
     entry = json.loads(out.with_suffix(".json").read_text())["inference"]["embedding_model"]
     assert entry["sha256"] == catalog.sha256(out.parent / "tuned-backbone.npz")  # as moved there
     assert entry["output"] == "model/dense/BiasAdd"  # the graph's node, as Essentia reads it
