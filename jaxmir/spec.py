@@ -177,17 +177,25 @@ def layer_from_text(text: str) -> HeadLayer:
     """:func:`layer_to_text`'s inverse: ``dense:N`` of N >= 1 units in ASCII digits,
     ``batch_norm:EPS`` of a finite EPS >= 0, or an activation's bare name."""
     kind, _, argument = str(text).partition(":")
-    if kind == "dense" and argument.isascii() and argument.isdigit() and int(argument) > 0:
+    if kind == "dense" and _is_units(argument):
         return Dense(int(argument))
     if kind == "batch_norm" and _is_epsilon(argument):
         return BatchNorm(float(argument))
     if kind in ACTIVATIONS and not argument:
         return Activation(kind)
-    raise WeightsError(f"unknown layer '{text}'; expected dense:N, batch_norm:EPS or one of "
+    raise WeightsError(f"layer {str(text)[:60]!r} is not one jaxmir reads; expected dense:N "
+                       "(N >= 1 units), batch_norm:EPS (a finite EPS >= 0) or one of "
                        + ", ".join(ACTIVATIONS))
 
 
+def _is_units(text: str) -> bool:
+    # at most 9 digits: Python's int() refuses strings of over 4,300 with advice of its own
+    return text.isascii() and text.isdigit() and len(text) <= 9 and int(text) > 0
+
+
 def _is_epsilon(text: str) -> bool:
+    if not text.isascii() or "_" in text or text != text.strip():  # float() reads them all
+        return False
     try:
         epsilon = float(text)
     except ValueError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -81,9 +82,11 @@ def test_a_layer_s_text_takes_an_argument_only_where_it_has_one():
     for epsilon in (1.001e-5, 0.0010000000474974513):  # Keras' default; TF's 1e-3 as float32
         assert layer_from_text(layer_to_text(BatchNorm(epsilon))) == BatchNorm(epsilon)
     for text in ("relu:5", "sigmoid:x", "dense:", "dense:x", "gelu", "dense:2.5", "dense:1e2",
-                 "dense:5_0", "dense: 7", "dense:-3", "dense:0", "batch_norm:nan",
-                 "batch_norm:-1e-3", "batch_norm:inf"):  # dense:5_0 ran as 50 units
-        with pytest.raises(WeightsError, match=f"unknown layer '{text}'"):
+                 "dense:5_0", "dense: 7", "dense:-3", "dense:0", "dense:" + "1" * 5000,
+                 "batch_norm:nan", "batch_norm:-1e-3", "batch_norm:inf", "batch_norm:0.00_1",
+                 "batch_norm: 0.001", "batch_norm:\u0661e-3"):
+        with pytest.raises(WeightsError, match=f"^layer {re.escape(repr(text[:60]))} is not one "
+                                               "jaxmir reads"):
             layer_from_text(text)
 
 

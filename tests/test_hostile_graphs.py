@@ -949,7 +949,7 @@ MALFORMED = {
                           "the dense head has op AddV2 at 'dense/Add2', which jaxmir does not "
                           "support"),
     "bias_after_the_relu": (lambda: _edit_head(_second_bias("dense/Relu", "dense_1/MatMul")),
-                            "the dense head has op AddV2 at 'dense/Add2'"),  # a KeyError
+                            "the dense head has op AddV2 at 'dense/Add2'"),  # not a KeyError
     "second_kernel_5_wide": (lambda: _edit_head(_reshape_const("k2", [5, HEAD_OUT])),
                              "MatMul 'dense_1/MatMul' takes 5 features but the dense layer "
                              "before it gives 4"),
@@ -1010,7 +1010,7 @@ OTHER_ARITHMETIC = {
     "conv_strided": (VGG4, _set_attr("model/vggish/1CNN/Conv2D", "strides", [1, 2, 2, 1]),
                      r"has strides \[1, 2, 2, 1\]; jaxmir supports 1"),
     "conv_valid": (VGG4, _set_attr("model/vggish/5CNN/Conv2D", "padding", "VALID"),
-                   "'model/vggish/5CNN/Conv2D' pads VALID"),  # loaded, computed SAME
+                   "'model/vggish/5CNN/Conv2D' pads VALID"),  # not computed as SAME
     "conv_dilated": (VGG4, _set_attr("model/vggish/1CNN/Conv2D", "dilations", [1, 2, 2, 1]),
                      r"has dilations \[1, 2, 2, 1\]; jaxmir supports 1"),
     "conv_nchw": (VGG4, _set_attr("model/vggish/1CNN/Conv2D", "data_format", "NCHW"),

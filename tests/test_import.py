@@ -183,14 +183,15 @@ for case in sys.argv[2:]:
 def test_conds_read_by_their_predicates_or_refused(tmp_path):
     """A cond on LogicalNot of a flag held False runs its true branch in TensorFlow (jaxmir took the
     false one: 0.74 from it), and so does one on comparisons of a held value (read as False
-    before; each comparison is also taken on equal operands, where only > and >= differ); conds nested with a predicate held True, whose branches jaxmir cannot tell apart,
-    are refused (they gave values 0.8 from TensorFlow's), and so are a cond on the input's values
-    and a while loop (read as no iteration); a predicate that reads its own cond's output is a
-    cycle (a RecursionError of 2,973 lines). TensorFlow 2's cond (StatelessIf) is named in the
-    refusal."""
+    before; each comparison is also taken on equal operands, where it and its strict or negated
+    twin differ); conds nested with a predicate held True, whose branches jaxmir cannot tell
+    apart, are refused (they gave values 0.8 from TensorFlow's), and so are a cond on the input's
+    values, a predicate of two values, and a while loop (read as no iteration); a predicate that
+    reads its own cond's output is a cycle (a RecursionError of 2,973 lines). TensorFlow 2's cond
+    (StatelessIf) is named in the refusal."""
     require("tensorflow")
-    cases = ("not_false", "computed", "boundaries", "cast_and_big", "nested", "chain", "on_the_input", "loop",
-             "v2", "v2_aside")
+    cases = ("not_false", "computed", "boundaries", "cast_and_big", "nested", "chain",
+             "on_the_input", "loop", "v2", "v2_aside")
     subprocess.run([sys.executable, "-c", CONDS_IN_A_HEAD, str(tmp_path), *cases], cwd=ROOT,
                    env=child_env(), check=True, capture_output=True, timeout=300)
     paths = {case: str(tmp_path / f"{case}.pb") for case in cases}
@@ -232,7 +233,7 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
     two = tmp_path / "two_flags.pb"
     two.write_bytes(graph.graph_def.SerializeToString())
     with pytest.raises(GraphError, match="predicate 'model/two_flags' .Const. is not one jaxmir"):
-        jaxmir.load(two, output="model/Softmax")  # was a ValueError of NumPy's reshape
+        jaxmir.load(two, output="model/Softmax")  # not NumPy's ValueError of a reshape
 
 
 def stripped(graph_path, tmp_path, fold_batch_norms: bool):

@@ -193,7 +193,7 @@ def vgg_graph(weights: Weights, n_labels: int = 50, filters: int = 128, time: in
 def vggish_graph(weights: Weights, fc2_relu: bool = False, widths=(64, 128, 256, 512),
                  fc=(4096, 4096, 128), classifier: list | None = None,
                  output: str = "Softmax", patch=(96, 64)) -> tf.compat.v1.GraphDef:
-    """VGGish as Essentia's ``audioset-vggish-3.pb``: ``model/Placeholder`` [b, 96, 64] ->
+    """VGGish as Essentia's ``audioset-vggish-3.pb``: ``model/Placeholder`` [b, *patch] ->
     ``model/vggish/...`` -> ``model/vggish/embeddings`` (128).
 
     ``fc2_relu`` chooses the 2017 release (ReLU after fc2) or Google's current
