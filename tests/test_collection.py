@@ -240,10 +240,13 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     (tmp_path / "rock" / "r\rq.wav").write_bytes(b"")
     listing.write_bytes(b"rock/r\rq.wav\n")
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "r\rq.wav")]
-    listing.write_bytes(b"rock/b.flac\r\nrock/r\rq.wav\r\nrock/ lead.wav\r\n\r\n")
+    listing.write_bytes(b"rock/b.flac\r\nrock/r\rq.wav\r\nrock/ lead.wav\r\n"
+                        b"rock/trail.wav \r\n\r\n")
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac"),
                                               str(tmp_path / "rock" / "r\rq.wav"),
-                                              str(tmp_path / "rock" / " lead.wav")]
+                                              str(tmp_path / "rock" / " lead.wav"),
+                                              str(tmp_path / "rock" / "trail.wav ")]
+    assert inputs.expand(["@"]) == [os.path.abspath("@")]  # a file's name, not a list's
     # LF lines with one CRLF (two editors): its CR is the name's, as LF lists' CRs are
     (tmp_path / "rock" / "end\r").write_bytes(b"")
     listing.write_bytes(b"rock/b.flac\nrock/end\r\n")
@@ -355,6 +358,8 @@ def test_parquet_tags_and_patches(music, model, expected, tmp_path):
         assert row["status"] == "ok" and pandas.isna(row["error"])
         assert row["duration_s"] == want["duration_s"]
         assert row["n_patches"] == want["predictions"].shape[0]
+        status = os.stat(row["path"])  # to the nanosecond: a rewrite within a second is seen
+        assert (row["size_bytes"], row["mtime_ns"]) == (status.st_size, status.st_mtime_ns)
         means = np.asarray(want["predictions"], np.float64).mean(axis=0)
         assert_same_tags(row[list(model.labels)].to_numpy(np.float64), means)
         assert_same_tags(np.stack(row["patches"]), want["predictions"])
