@@ -165,9 +165,12 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
         gone = resume.gone_from_folders([path for path, _, _ in writer.done] + [*writer.failed],
                                         inputs.folders_named(paths), {s.path: s for s in sources})
         if gone:
-            warnings.warn(f"{len(gone)} file(s) done or failed in an earlier run are no longer in "
-                          f"the folders named, e.g. {gone[0]}; their rows are kept: {OVERWRITE} "
-                          "starts the output over", JaxmirWarning, stacklevel=2)
+            which = (f"{gone[0]}, done or failed in an earlier run, is no longer in the folders "
+                     "named; its row is kept" if len(gone) == 1 else
+                     f"{len(gone)} files done or failed in an earlier run, e.g. {gone[0]}, are no "
+                     "longer in the folders named; their rows are kept")
+            warnings.warn(f"{which}: {OVERWRITE} starts the output over", JaxmirWarning,
+                          stacklevel=2)
 
         def write(result: Result) -> None:
             try:
