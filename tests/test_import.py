@@ -17,6 +17,7 @@ from conftest import ROOT, assert_parity, child_env, require, run_tf, shared_fix
 from jaxmir.errors import GraphError, InputError, UnsupportedGraphError
 from jaxmir.spec import Activation, BatchNorm, Dense
 from jaxmir.tfgraph.graphdef import DT_BOOL, Graph
+from test_hostile_graphs import add_const
 
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
 
@@ -224,11 +225,7 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
     with pytest.raises(GraphError, match="cycle|acyclic"):
         jaxmir.load(looped, output="model/Softmax")
     graph = Graph.from_file(paths["not_false"])  # a predicate of two values, which TF refuses
-    vector = graph.graph_def.node.add(name="model/two_flags", op="Const")
-    vector.attr["dtype"].type = DT_BOOL
-    vector.attr["value"].tensor.dtype = DT_BOOL
-    vector.attr["value"].tensor.tensor_shape.dim.add(size=2)
-    vector.attr["value"].tensor.bool_val.extend([True, False])
+    add_const(graph.graph_def, "model/two_flags", np.array([True, False]), DT_BOOL)
     graph.node("model/cond/pred_id").input[:] = ["model/two_flags"]
     two = tmp_path / "two_flags.pb"
     two.write_bytes(graph.graph_def.SerializeToString())

@@ -804,6 +804,14 @@ def test_the_learning_rate_halves_and_the_kept_epoch_as_in_mtgs_loop(monkeypatch
         np.array_equal, head.params, jax.device_get(kept_params))))
 
 
+def _head_outputs_float64(params: dict, x: np.ndarray) -> tuple[np.ndarray, dict]:
+    """MTG's head (dense, ReLU, dense) in float64 NumPy: its outputs before the final
+    activation, and its weights in float64."""
+    w = {k: {n: np.asarray(v, np.float64) for n, v in layer.items()} for k, layer in params.items()}
+    hidden = np.maximum(x @ w["dense"]["kernel"] + w["dense"]["bias"], 0)
+    return hidden @ w["dense_1"]["kernel"] + w["dense_1"]["bias"], w
+
+
 def test_the_validation_cost_is_mtgs():
     """MTG's loop compares the mean over validation batches (the last one shorter) of each
     batch's mean loss plus the weight decay's term; the loss alone, averaged over all patches,
@@ -812,9 +820,7 @@ def test_the_validation_cost_is_mtgs():
     params = fit.init_head(jax.random.PRNGKey(1), 6, 5, 3)
     x = rng.standard_normal((70, 6)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 70)]
-    w = {k: {n: np.asarray(v, np.float64) for n, v in layer.items()} for k, layer in params.items()}
-    hidden = np.maximum(x @ w["dense"]["kernel"] + w["dense"]["bias"], 0)
-    logits = hidden @ w["dense_1"]["kernel"] + w["dense_1"]["bias"]
+    logits, w = _head_outputs_float64(params, x)
     logits -= logits.max(axis=1, keepdims=True)
     losses = -(y * (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))).sum(axis=1)
     l2 = sum(0.5 * np.sum(v ** 2) for layer in w.values() for v in layer.values())
@@ -831,9 +837,7 @@ def test_a_regression_cost_is_the_mean_squared_error_over_every_output():
     params = fit.init_head(jax.random.PRNGKey(2), 6, 5, 2)
     x = rng.standard_normal((10, 6)).astype(np.float32)
     y = rng.standard_normal((10, 2)).astype(np.float32)
-    w = {k: {n: np.asarray(v, np.float64) for n, v in layer.items()} for k, layer in params.items()}
-    values = np.maximum(x @ w["dense"]["kernel"] + w["dense"]["bias"], 0) @ w["dense_1"]["kernel"] \
-        + w["dense_1"]["bias"]
+    values, _ = _head_outputs_float64(params, x)
     expected = np.mean((values - y) ** 2)
     got = fit.validation_cost("regression", 0.0, params, x, y, 32)
     assert abs(got - expected) < 1e-5 * expected  # float32 products against float64 ones
