@@ -1243,6 +1243,16 @@ cli.entry()
         result.stderr
 
 
+def test_each_control_character_but_tab_is_escaped_and_newline_where_asked():
+    """Every line written goes through ``printable(text, newlines=True)``, the last guard of a
+    line no other check escaped: the range's ends, 0x0b (just past newline) and 0x1f, too."""
+    from jaxmir.console import printable
+
+    text = "\x00\x08\t\n\x0b\x1f\x7f\x9f end"
+    assert printable(text) == "\\x00\\x08\t\\x0a\\x0b\\x1f\\x7f\\x9f end"
+    assert printable(text, newlines=True) == "\\x00\\x08\t\n\\x0b\\x1f\\x7f\\x9f end"
+
+
 def test_control_characters_in_file_names_are_shown_not_obeyed(capsys, tmp_path):
     """A file named with ESC [ 31 m (or an OSC title sequence) reached the terminal as it was in
     errors, warnings and summaries, and drove it."""

@@ -2112,6 +2112,22 @@ def test_a_file_written_whole_has_open_s_mode_and_a_failed_write_leaves_no_tempo
     assert (tmp_path / "new.csv").read_bytes() == b"whole"
 
 
+def test_a_socket_is_refused_and_left_as_it_was(tmp_path, monkeypatch):
+    """A pipe or a character device is written to; another kind of file, a socket here, is an
+    OSError, not replaced by a regular file."""
+    import socket
+
+    from jaxmir import atomic
+
+    monkeypatch.chdir(tmp_path)  # a socket's path is at most 107 bytes
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind("rows.csv")
+        with pytest.raises(OSError, match="not a regular file, a pipe or a character device"):
+            atomic.write_atomically(tmp_path / "rows.csv", lambda handle: handle.write(b"rows"))
+        assert stat.S_ISSOCK((tmp_path / "rows.csv").lstat().st_mode)
+    assert os.listdir(tmp_path) == ["rows.csv"]
+
+
 def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch):
     """Where the owner could not be given back (not root), the group went too, with the mode:
     a shared folder's 0664 table, rewritten by another member of its group, became 0644 and

@@ -29,7 +29,7 @@ from jaxmir.decode import (AudioBlocks, DamagedAudioWarning, decode_file, ffmpeg
                            iter_blocks)
 from jaxmir.errors import AudioError, InputError, NoSamplesError
 from jaxmir.pcm import mpeg_frame_bytes
-from jaxmir.ogg import PatchedFile, page_checksum
+from jaxmir.ogg import Damage, PatchedFile, damage, page_checksum
 
 GRAPH = "essentia-models/genre_dortmund_musicnn_msd.pb"
 SECONDS = 6.5  # 3 MusiCNN patches of 3 s, hop 1.5 s: every generated file compiles the same shapes
@@ -741,6 +741,16 @@ def test_ogg_pages_failing_their_checksum_are_decoded_as_essentia_decodes_them(f
                                                      r"does today \(Essentia's wheel decodes them "
                                                      r"as they are\); decoded"):
             assert decode_file(files[name], mode="float").samples.shape[0] < wheel.shape[0]
+
+
+def test_an_ogg_page_inside_another_kind_of_file_is_not_patched(files, tmp_path):
+    """Only a file that starts with an Ogg page is walked for pages failing their checksum: the
+    same damaged page behind another format's first bytes is that format's data."""
+    data = files["page_flipped.ogg"].read_bytes()
+    assert len(damage(str(files["page_flipped.ogg"])).checksums) == 1
+    inside = tmp_path / "inside.mp3"
+    inside.write_bytes(b"ID3" + data)
+    assert damage(str(inside)) == Damage()
 
 
 def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s(files, tmp_path):

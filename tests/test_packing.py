@@ -184,6 +184,30 @@ def test_a_large_batch_pads_no_run_past_twice_its_patches(model, signals):
     assert sum(len(call.owners) for call in calls) == useful
 
 
+def test_the_last_pack_is_filled_with_silent_segments_to_a_whole_call(model, signals):
+    """A collection's last pack has ``batch`` rows like every other (one program for all packs),
+    its rows past the patches waiting reading silence."""
+    packer = Packer(model)
+    assert packer.cut("short", signals[0]) == (1, [])  # 3.5 s: one patch, waiting for a pack
+    (call,) = packer.flush()
+    assert call.owners == (("short", 0),) and not call.run
+    assert call.index.shape == (packer.batch, packer.patch_size)
+    assert call.audio.shape == (packer.batch * packer.segment,)
+    assert call.audio[:packer.segment].any() and not call.audio[packer.segment:].any()
+
+
+@pytest.mark.parametrize("seconds, tail", [(145.0, 32), (146.5, 33)])
+def test_a_tail_of_more_than_half_a_run_makes_a_padded_run(model, seconds, tail):
+    """``--batch 64``: a file's last 33 patches are a padded run; its last 32, half a run, are
+    packed (as the module's rule says: more than half a run)."""
+    packer = Packer(model, batch=64)
+    n_patches, made = packer.cut(0, np.zeros(int(seconds * 16000), np.float32))
+    assert n_patches == 64 + tail
+    assert [len(call.owners) for call in made] == ([64] if tail == 32 else [64, 33])
+    assert all(call.run for call in made)
+    assert [len(call.owners) for call in packer.flush()] == ([32] if tail == 32 else [])
+
+
 def test_a_failed_call_fails_only_its_files(model, signals, monkeypatch):
     run_call = compute.run_call
 

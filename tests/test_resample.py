@@ -132,6 +132,28 @@ def test_a_filter_whose_impulse_responses_disagree_is_refused(monkeypatch):
         table.coefficients.__wrapped__("sinc_fastest")
 
 
+def test_a_filter_left_partly_unmeasured_or_unknown_is_refused(monkeypatch):
+    """A build whose impulse responses stop short leaves table entries unseen: refused, not
+    kept as NaN; an unknown quality is an AudioError naming those accepted (it was a KeyError
+    through the public ``coefficients``)."""
+    samplerate = require("samplerate")
+    from jaxmir.resample import table
+
+    with pytest.raises(AudioError, match="unknown resampling quality 'sinc_ultra'; accepted: "
+                                         "sinc_best, sinc_medium, sinc_fastest"):
+        table.coefficients.__wrapped__("sinc_ultra")
+    measured = samplerate.resample
+
+    def cut_short(x, ratio, quality):  # the centre tap (ratio 1) measured, the rest in part
+        out = np.array(measured(x, ratio, quality))
+        return out if ratio == 1.0 else out[:len(out) // 8]
+
+    monkeypatch.setattr(samplerate, "resample", cut_short)
+    with pytest.raises(AudioError, match=r"could not measure samplerate's sinc_fastest filter "
+                                         r"\(table entries \[\d+( \d+)*\] unseen\)"):
+        table.coefficients.__wrapped__("sinc_fastest")
+
+
 @pytest.mark.parametrize("rate", [22050, 11025])
 def test_positions_in_python_equal_the_compiled_scan(rate):
     """Short runs of libsamplerate's recurrence (a stream's push, the filter's measurement) go

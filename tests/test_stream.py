@@ -1158,6 +1158,31 @@ def test_a_signal_leaves_the_lines_whole_for_a_slow_reader():
         assert np.asarray(json.loads(line)["cnn3"]).shape == (187, 64)
 
 
+def test_a_line_the_reader_holds_back_past_the_deadline_is_given_up(monkeypatch):
+    """``write_whole_line`` says False when it gave a line up, so that the command stops writing
+    (a later write would wait on the full pipe); a reader that takes it gets it whole."""
+    from jaxmir.console import write_whole_line
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with open(read_end, "rb") as reader, open(write_end, "w", closefd=True) as writer:
+        monkeypatch.setattr(sys, "stdout", writer)
+        assert write_whole_line("first\tline", lambda: None)
+        assert os.read(read_end, 100) == b"first\tline\n"
+        held = 0
+        try:  # the reader takes nothing more: fill the pipe
+            while True:
+                held += os.write(write_end, b"x" * 4096)
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + 0.3  # a signal came; the line's wait ends then
+        assert not write_whole_line("second", lambda: deadline)
+        assert time.monotonic() >= deadline
+        monkeypatch.undo()
+        writer.close()
+        assert len(reader.read()) == held  # nothing of the line given up went out
+
+
 def test_stream_command_refuses_bad_options_before_any_input():
     """`--rate 0` or a hop past the patch was refused only once input came (a live source may
     send none for a while; with none at all it said "standard input is empty")."""

@@ -1551,6 +1551,8 @@ def test_cli_finetune_writes_the_head_its_backbone_and_the_dataset_entry(tmp_pat
         warnings.simplefilter("error", JaxmirWarning)
         model = jaxmir.load(out.with_suffix(".pb"), backbone=str(out.parent / "tuned-backbone.npz"))
     assert model.labels == ("drums", "pads")
+    tuned = jaxmir.load(out.parent / "tuned-backbone.npz")  # says what it was tuned from
+    assert tuned.metadata["provenance"]["fine_tuned_from"] == "msd-musicnn"
 
 
 def test_cli_reads_the_audio_as_the_head_will_be_deployed(tmp_path, monkeypatch):
