@@ -99,6 +99,12 @@ def test_bad_datasets(tmp_path, audio_set):
         (one / name).write_bytes(b"")
     with pytest.raises(InputError, match="fewer than 2 audio files: b"):
         data.load_dataset(one)
+    (one / "b" / "w.wav").write_bytes(b"")
+    (one / "c").mkdir()  # an empty class folder, the last: counted as 0, not left out
+    with pytest.raises(InputError, match=r"fewer than 2 audio files: c \(0\)"):
+        data.load_dataset(one)
+    (one / "c").rmdir()
+    (one / "b" / "w.wav").unlink()
     (one / "b" / "z.wav").unlink()
     (one / "b").rmdir()
     with pytest.raises(InputError, match="only one class"):
@@ -250,6 +256,12 @@ def test_table_tasks(tmp_path, audio_set):
                                                              for i, f in enumerate(files)))
     with pytest.raises(InputError, match="column\\(s\\) 'valence': one value for every track"):
         data.load_dataset(regression)  # refused before decoding; cross-validation's r² was NaN
+    regression.write_text(f"path,valence\n{files[0]},0.5\n{files[1]},0.5\n")  # two are enough
+    with pytest.raises(InputError, match="column\\(s\\) 'valence': one value for every track"):
+        data.load_dataset(regression)
+    regression.write_text(f"path,valence\n{files[0]},0.5\n")
+    with pytest.raises(InputError, match=r"reg.csv: 1 file\(s\); regression needs at least 2"):
+        data.load_dataset(regression)
     regression.write_text("path,valence\n" + "".join(f"{f},{1e39 if i == 2 else i}\n"
                                                        for i, f in enumerate(files)))
     with warnings.catch_warnings():
@@ -1152,6 +1164,10 @@ def test_metrics_match_scikit_learn():
     truth, pred = rng.integers(0, 4, 60), rng.integers(0, 4, 60)
     cm = metrics.confusion_matrix(truth, pred, 4)
     assert metrics.balanced_accuracy(cm) == pytest.approx(sk.balanced_accuracy_score(truth, pred))
+    # plain accuracy beside it, on a fold of 9 to 1 where the two differ (0.9 and 0.5)
+    found = metrics.evaluate("single", np.eye(2)[[0] * 9 + [1]], np.eye(2)[[0] * 10])
+    assert found == pytest.approx({"accuracy": sk.accuracy_score([0] * 9 + [1], [0] * 10),
+                                   "normalized_accuracy": 0.5})
     # a test fold without a class (or predicting one it lacks): the classes it has, as
     # scikit-learn (it warns of the class predicted and absent)
     truth, pred = np.array([0, 0, 1, 1, 1]), np.array([0, 2, 1, 1, 3])
@@ -1167,6 +1183,10 @@ def test_metrics_match_scikit_learn():
         sk.average_precision_score(labels, scores))
     y, p = rng.standard_normal((30, 2)), rng.standard_normal((30, 2))
     assert metrics.evaluate("regression", y, p)["r2"] == pytest.approx(sk.r2_score(y, p))
+    # an output constant in a test fold: its r² undefined, left out of the mean (not -inf)
+    constant = np.c_[np.full(30, 3.0), y[:, 1]]
+    assert metrics.evaluate("regression", constant, p)["r2"] == pytest.approx(
+        sk.r2_score(y[:, 1], p[:, 1]))
     # outputs of other scales (a tempo, a 0-1 value): RMSE was pooled over them
     y, p = y * [[40.0, 0.2]] + [[100.0, 0.5]], p * [[40.0, 0.2]] + [[100.0, 0.5]]
     assert metrics.evaluate("regression", y, p)["rmse"] == pytest.approx(
@@ -1184,6 +1204,8 @@ def test_metrics_match_scikit_learn():
     assert np.isnan(metrics.average_precision(truth[:, 0], wrong[:, 0]))
     assert metrics.evaluate("multi", truth, wrong)["pr_auc"] == pytest.approx(
         sk.average_precision_score(truth[:, 1:], wrong[:, 1:], average="macro"))
+    assert metrics.evaluate("multi", truth, wrong)["roc_auc"] == pytest.approx(
+        sk.roc_auc_score(truth[:, 1:], wrong[:, 1:], average="macro"))
     assert np.isnan(metrics.evaluate("multi", truth[:1], wrong[:1])["pr_auc"])
 
 

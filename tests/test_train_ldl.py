@@ -134,6 +134,15 @@ def test_lmnn_takes_metric_learn_s_fifty_steps_at_least():
     assert result.iterations > 50
 
 
+def test_lmnn_refuses_features_whose_objective_overflows():
+    """Unstandardised features of ~1e19 overflow float32's squared distances: refused with what
+    to do, rather than a map of NaN components."""
+    x = smoothing.standardize(np.random.default_rng(0).standard_normal((12, 3)))
+    with pytest.raises(InputError, match="the LMNN objective became non-finite; standardise the "
+                                         "features"):
+        lmnn.fit_lmnn(x * 1e19, np.arange(12) % 2, k=2, max_iter=60)
+
+
 def test_lmnn_needs_enough_per_class():
     """k target neighbours need k others of a track's class: a class of exactly k would take
     each track as its own neighbour."""
