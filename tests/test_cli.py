@@ -1121,6 +1121,36 @@ def test_main_leaves_the_signal_handlers_as_it_found_them():
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == found
 
 
+def test_a_host_s_own_handlers_and_nohup_s_ignored_hangup_are_left_alone(monkeypatch):
+    """The command takes over only Python's default handlers: ``nohup`` ignores SIGHUP (a run
+    would stop with the terminal), a host program has its own; both stay, during and after."""
+    import signal
+
+    from jaxmir import cli
+
+    def host(signum, frame):
+        pass
+
+    during = {}
+    info = cli.cmd_info
+
+    def seen(args):
+        during.update({kind: signal.getsignal(kind) for kind in (signal.SIGTERM, signal.SIGHUP)})
+        return info(args)
+
+    monkeypatch.setattr(cli, "cmd_info", seen)
+    found = {kind: signal.getsignal(kind) for kind in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGTERM, host)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert cli.main(["info", "msd-musicnn"]) == 0
+        after = {kind: signal.getsignal(kind) for kind in (signal.SIGTERM, signal.SIGHUP)}
+    finally:
+        for kind, handler in found.items():
+            signal.signal(kind, handler)
+    assert during == after == {signal.SIGTERM: host, signal.SIGHUP: signal.SIG_IGN}
+
+
 def test_a_signal_a_library_swallowed_still_ends_the_command_as_interrupted(monkeypatch, capsys):
     """Ctrl-C caught inside JAX's garbage-collection callback ('Exception ignored in ...') was
     lost: the command went on to its end and exited 0."""

@@ -642,8 +642,8 @@ def test_a_csv_edited_or_torn_mid_file_says_where(music, model, tmp_path):
     collect(model, [clip, other], str(out), name="msd-musicnn", jobs=0, progress=False)
     header, first, second = out.read_text().splitlines()
     for text, why in (
-            ("\n".join([header + ",extra", first + ",1", second + ",1"]) + "\n",
-             "the labels differ: 51 there, 50 now, from 'extra' on only there"),
+            ("\n".join([header + ",extra,more", first + ",1,1", second + ",1,1"]) + "\n",
+             "the labels differ: 52 there, 50 now, from 'extra' on only there"),
             ("\n".join([header.replace(",rock,", ",Rock,", 1), first, second]) + "\n",
              "the labels differ: label 1 is 'Rock' there, 'rock' now"),
             ("\n".join([header, first[:40], second]) + "\n",
@@ -655,7 +655,9 @@ def test_a_csv_edited_or_torn_mid_file_says_where(music, model, tmp_path):
             collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
         assert out.read_text() == text
     lines = tmp_path / "tags.jsonl"  # JSON lines: the labels are every row's keys, checked too
-    collect(model, [clip, other], str(lines), name="msd-musicnn", jobs=0, progress=False)
+    tally = collect(model, [clip, other], str(lines), name="msd-musicnn", jobs=0, progress=False)
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert tally.audio_s == pytest.approx(sum(row["duration_s"] for row in rows))  # both files'
     edited = lines.read_text().replace('"rock":', '"Rock":')
     lines.write_text(edited)
     with pytest.raises(InputError, match=re.escape("the labels differ: label 1 is 'Rock' there, "
@@ -2273,8 +2275,9 @@ def _truncated(folder: Path) -> Path:
     return cut
 
 
-def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
-    """Decoded in part: its tags from what was there, status "damaged", the problem in "error"."""
+def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path, capsys):
+    """Decoded in part: its tags from what was there, status "damaged", the problem in "error"
+    and in a line of its own on standard error."""
     import pandas
 
     cut = _truncated(tmp_path / "music")
@@ -2283,6 +2286,9 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path):
     tally = collect(model, [str(cut.parent)], out, name="msd-musicnn", jobs=0, progress=False,
                     analyzer=analyzer)
     assert tally.failed == 0 and seen == [str(cut)]
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("jaxmir:")]
+    assert len(said) == 1 and said[0].startswith(f"jaxmir: warning: {cut}: "), said
+    assert "truncated audio" in said[0]
     assert tally.summary().startswith("1 ok (1 damaged: decoded in part), 0 failed;")
     row = json.loads(Path(out).read_text().splitlines()[0])
     assert row["status"] == "damaged" and "truncated audio" in row["error"]
@@ -2680,6 +2686,25 @@ def test_collect_warns_of_settings_its_output_or_engine_does_not_use(music, mode
         warnings.simplefilter("error", commands.IgnoredSettingWarning)
         collect(model, music / "rock" / "a.wav", tmp_path / "arrays", command="embed", average=True, jobs=0,
                 progress=False)
+
+
+def test_a_resumed_run_s_bar_counts_the_files_left():
+    """The bar's total is the files to do, not those an earlier run did: else it stops short of
+    100 % and its ETA counts files that will not be read."""
+    from jaxmir.collection.progress import Progress, Tally
+
+    progress = Progress(Tally(total=10, skipped=3), enabled=False)
+    assert progress.bar.total == 7
+    progress.close()
+
+
+def test_a_folder_whose_name_starts_another_s_holds_none_of_its_files(tmp_path):
+    """Rows gone from the folders named are those below them: not a sibling's whose name starts
+    the same (disk2 beside disk)."""
+    from jaxmir.collection.resume import gone_from_folders
+
+    rows = [str(tmp_path / "disk2" / "a.wav"), str(tmp_path / "disk" / "b.wav")]
+    assert gone_from_folders(rows, [str(tmp_path / "disk")], {}) == [rows[1]]
 
 
 def test_the_summary_says_hours_of_audio_per_hour():
