@@ -125,6 +125,17 @@ def test_lmnn_matches_metric_learn(wine):
         ref._loss_grad(x, ref.components_, pull, 3, 0.75, targets, labels)[1], rel=1e-4)
 
 
+def test_lmnn_starts_from_scikit_learn_s_principal_axes(wine):
+    """metric-learn's "pca" start: PCA's axes of features centred first (uncentred here, 100
+    from the origin, the first axis would point at the offset)."""
+    PCA = require("sklearn.decomposition").PCA
+    x, _ = wine
+    ours = lmnn.pca_init(x + 100.0, 4)
+    want = PCA(n_components=4, svd_solver="full").fit(x + 100.0).components_
+    # the same unit axes up to sign: |cos| of each pair 1 to float64 rounding
+    np.testing.assert_allclose(np.abs(np.sum(ours * want, axis=1)), 1.0, atol=1e-9)
+
+
 def test_lmnn_takes_metric_learn_s_fifty_steps_at_least():
     """LMNN stops when a step changes its objective by less than ``tol``, but not before
     metric-learn's ``min_iter`` (50) steps: a small set whose second step changed it by little
