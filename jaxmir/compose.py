@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxmir.errors import InputError
 from jaxmir.model import Model
 from jaxmir.models import ARCHITECTURES, COMPOSED
-from jaxmir.spec import INPUT_TAP, ModelSpec, head_width
+from jaxmir.spec import INPUT_TAP, ModelSpec, dense_indices, head_width
 
 # What each backbone family calls its embeddings (Essentia: model/dense/BiasAdd, model/vggish/embeddings).
 DEFAULT_EMBEDDING = "embeddings"
@@ -61,6 +61,16 @@ def embedding_layer(backbone: Model, embedding: str) -> int:
     return index
 
 
+def embedding_width(backbone: Model, keep: int) -> int:
+    """The width of ``backbone``'s dense-head layer ``keep``: the units of the last dense layer up
+    to it, or, before the first (the input batch norm), what that dense layer takes."""
+    layers = backbone.spec.head
+    if dense_indices(layers[:keep + 1]):
+        return head_width(layers[:keep + 1])
+    first = dense_indices(layers)[0]
+    return int(backbone.variables["params"]["head"][f"dense_{first}"]["kernel"].shape[0])
+
+
 def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model:
     """``backbone`` cut at its ``embedding`` output, then ``head``; labels are the head's.
 
@@ -75,7 +85,7 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     tap, _ = backbone.resolve_output(embedding)
     keep = embedding_layer(backbone, embedding)
     backbone_head = backbone.spec.head[:keep + 1]
-    width = head_width(backbone_head)
+    width = embedding_width(backbone, keep)
     if width != head.input_shape[0]:
         raise InputError(f"the head {head.name} takes {head.input_shape[0]}-d embeddings, but the "
                          f"backbone {backbone.name} gives {width}-d embeddings at '{embedding}'")

@@ -220,6 +220,28 @@ def test_a_head_composes_with_the_backbone_it_is_given(tmp_path):
         == {"bfloat16"}
 
 
+def test_a_head_joins_any_layer_it_is_offered_and_the_backbone_keeps_those_before(tmp_path):
+    """Every output ``head_inputs`` offers takes a head of its width: the input batch norm's
+    (1506-d for MusiCNN, before the first dense layer) was refused as "a head without a dense
+    layer"; the backbone keeps its dense head's variables up to the layer joined, no further."""
+    from jaxmir.compose import head_inputs
+
+    backbone = jaxmir.load("msd-musicnn")
+    x = np.random.default_rng(1).standard_normal((2, 187, 96)).astype(np.float32)
+    heads = {width: write_head(tmp_path, f"h{width}", features=width) for width in (1506, 200)}
+    for embedding, width, kept in (
+            ("model/dropout/Identity", 1506, ["batch_norm_0"]),
+            ("model/dense/Relu", 200, ["batch_norm_0", "dense_1"]),
+            ("penultimate", 200, ["batch_norm_0", "batch_norm_3", "dense_1"])):
+        assert embedding in head_inputs(backbone)
+        composed = jaxmir.load(heads[width], backbone=backbone, embedding=embedding)
+        assert sorted(composed.variables["params"]["backbone"]["head"]) == kept, embedding
+        want = jaxmir.load(heads[width]).apply(backbone.apply(x, embedding)[embedding])
+        # the same float32 operations in one program or two (as above)
+        np.testing.assert_allclose(composed.apply(x)["predictions"], want["predictions"],
+                                   rtol=0, atol=1e-6)
+
+
 def test_composition_errors_name_both_sides(tmp_path):
     vggish_head = write_head(tmp_path, "vggish-head", features=128)
     with pytest.raises(InputError, match="takes 128-d embeddings.*gives 200-d"):

@@ -958,6 +958,12 @@ def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
                                          "give 50-d"), pytest.warns(JaxmirWarning):
         fit_head(three, layer="model/dense_1/BiasAdd", config=FAST, cache=False,
                  resume=tmp_path / "abc.pb")
+    # before the dense head's first dense layer: its input's width (it was "a head without a
+    # dense layer")
+    with pytest.raises(InputError, match="takes 200-d embeddings, but the backbone and layer "
+                                         "give 1506-d"), pytest.warns(JaxmirWarning):
+        fit_head(three, layer="model/dropout/Identity", config=FAST, cache=False,
+                 resume=tmp_path / "abc.pb")
     values = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
     regression = data.Dataset(missing, values, "regression", ABC)
     with pytest.warns(JaxmirWarning, match="abc.pb has softmax outputs; resumed for regression "

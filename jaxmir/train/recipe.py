@@ -18,7 +18,7 @@ import numpy as np
 from jaxmir.audio import check_reading
 from jaxmir.audio_choices import reading_entry
 from jaxmir.checks import is_whole
-from jaxmir.compose import embedding_layer
+from jaxmir.compose import embedding_layer, embedding_width
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.labels import placeholder_labels
 from jaxmir.model import Model
@@ -210,7 +210,7 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
         warn_of_other_embeddings(resumed, model, layer)
         warn_of_another_reading(resumed, resampler, decoder)
         initial = check_resumed(export.params_from_model(resumed),
-                                head_width(model.spec.head[:keep + 1]), len(dataset.classes))
+                                embedding_width(model, keep), len(dataset.classes))
     tracks, failures = extract_embeddings(model, str(backbone), dataset.paths, layer, cache,
                                           progress, resampler=resampler, decoder=decoder)
     features = None
