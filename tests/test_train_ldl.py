@@ -51,6 +51,13 @@ def test_mfcc_matches_librosa():
                                hop_length=512).T
     ours = np.asarray(mfcc.mfcc(quiet, 44100))
     assert np.max(np.abs(ours - ref)) <= 1e-4 * np.max(np.abs(ref))
+    # 60 dB softer: the range's floor, 80 dB below the loudest band, falls to about -102 dB,
+    # under the power floor (1e-10: -100 dB), which then clips the quietest bands as librosa's
+    soft = y * np.float32(1e-3)
+    ref = librosa.feature.mfcc(y=soft, sr=44100, n_mfcc=13, n_fft=2048, win_length=1024,
+                               hop_length=512).T
+    ours = np.asarray(mfcc.mfcc(soft, 44100))
+    assert np.max(np.abs(ours - ref)) <= 1e-4 * np.max(np.abs(ref))
 
 
 def test_mfcc_summaries():
@@ -60,6 +67,9 @@ def test_mfcc_summaries():
     np.testing.assert_allclose(summary[13:], coefficients.std(0), atol=1e-6)
     pooled = mfcc.mfcc_pooled(coefficients, pool_frames=86)  # two whole windows
     assert pooled.shape == (26,)
+    with pytest.raises(InputError, match=r"85 MFCC frames: fewer than one pooling window \(86 "
+                                         r"frames\)"):
+        mfcc.mfcc_pooled(coefficients[:85], pool_frames=86)
     np.testing.assert_allclose(pooled[13:], coefficients[86:172].mean(0), atol=1e-6)
     assert len(mfcc.segment(np.ones(100, np.float32), 10, start=5.0, seconds=15.0)) == 150
     # by default the paper's segment: 15 s from 5 s in (research/training.md, LDL features)
