@@ -641,6 +641,35 @@ def test_connecting_keeps_the_command_lines_sigterm_handler_and_sends_the_token(
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_ray_init_s_other_exits_pass_and_its_value_errors_are_said(monkeypatch):
+    """Only Ray's SIGTERM exit (15) becomes the caller's stop: another exit of ray.init passes on
+    as it is, the caller's handler not called. A ValueError of ray.init (an address whose port
+    Ray refuses, below 1024) is a jaxmir error naming the cluster, not a traceback."""
+    import signal
+
+    ray = require("ray")
+    called = []
+    monkeypatch.setattr(ray_engine, "_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: sys.exit(1))
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: called.append(signum))
+    try:
+        with pytest.raises(SystemExit) as exited:
+            ray_engine.connect("192.0.2.2:6379")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exited.value.code == 1 and called == []
+
+    def refuses(**kwargs):
+        raise ValueError("Invalid address port 80. Must be between 1024 and 65535")
+
+    monkeypatch.setattr(ray, "init", refuses)
+    with pytest.raises(InputError, match=r"cannot connect to the Ray cluster 192.0.2.2:80: "
+                                         r"Invalid address port 80\. Must be between 1024"):
+        ray_engine.connect("192.0.2.2:80")
+
+
 def test_the_token_mode_is_set_before_ray_is_imported(tmp_path):
     """The command line imports Ray (to say early when it is missing) before it connects: the
     mode set at connect came after Ray had read it, and a head asking for a token refused."""
