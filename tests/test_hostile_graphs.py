@@ -853,6 +853,30 @@ def _call_of_fewer_inputs():
     return g
 
 
+def _no_nodes():
+    g = head_graph()
+    del g.node[:]
+    g.versions.producer = 1  # a GraphDef that parses, its file not empty
+    return g
+
+
+def _identity_n_read_past_its_data_inputs(g):
+    """``IdentityN(decoy, ^decoy)`` has one output; a node off the inference path reads a second."""
+    add_const(g, "decoy", np.zeros((1,), np.float32))
+    add_node(g, "idn", "IdentityN", ["decoy", "^decoy"])
+    add_node(g, "user", "Identity", ["idn:1"])
+
+
+def _function_returning_nothing(g):
+    function = g.library.function.add()
+    function.signature.name = "f"
+    function.signature.input_arg.add(name="a")
+    function.signature.output_arg.add(name="y")
+    function.node_def.add(name="idn", op="Identity", input=["a"])
+    function.ret["y"] = ""
+    add_node(g, "call", "PartitionedCall", ["dense_1/MatMul"]).attr["f"].func.name = "f"
+
+
 def _append_input(name: str, source: str):
     return lambda g: node_named(g, name).input.append(source)
 
@@ -961,6 +985,14 @@ MALFORMED = {
     "dense_batch_norm_199_of_200": (lambda: _edit_conv(DORTMUND, _cut_batch_norm(
         "batch_normalization_10", 199)), "normalises 199 features; the dense layer before it "
                                     "has 200"),
+    "no_nodes": (_no_nodes, "parsed as protobuf but holds no graph nodes"),
+    "a_node_without_a_name": (lambda: _edit_head(lambda g: add_const(
+        g, "", np.zeros((1,), np.float32))), "a node has no name; this is not a valid GraphDef"),
+    "identity_n_read_past_its_data_inputs": (lambda: _edit_head(
+        _identity_n_read_past_its_data_inputs),
+        r"reads output 1 of 'idn' \(IdentityN\), which has 1 output\(s\)"),
+    "function_returning_nothing": (lambda: _edit_head(_function_returning_nothing),
+                                   "function 'f' called by 'call' has no first output to return"),
 }
 
 
@@ -1157,6 +1189,29 @@ def test_a_kernel_a_function_returns_from_a_later_output_is_that_output(tmp_path
     call.attr["f"].func.name = "second"
     node_named(g, "dense_1/MatMul").input[1] = "call"
     model = jaxmir.load(write(tmp_path, "later_output", g))
+    x = np.random.default_rng(5).standard_normal((5, HEAD_IN)).astype(np.float32)
+    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
+    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+
+
+def test_a_control_input_on_a_function_argument_is_the_control_edge_of_what_it_is_bound_to(
+        tmp_path):
+    """A function body's ``Identity(a, ^a)`` where ``a`` is bound to ``idn:1``: the control
+    edge names the node, ``^idn`` (a port is no control edge's); the kernel read is ``k2``."""
+    weights = head_weights(5)
+    g = head_graph(weights)
+    add_const(g, "decoy", np.full((HEAD_HIDDEN, HEAD_OUT), 0.5, np.float32))
+    forward = add_node(g, "idn", "IdentityN", ["decoy", "k2"])
+    forward.attr["T"].list.type.extend([DT_FLOAT, DT_FLOAT])
+    function = g.library.function.add()
+    function.signature.name = "f"
+    function.signature.input_arg.add(name="a")
+    function.signature.output_arg.add(name="y")
+    function.node_def.add(name="n", op="Identity", input=["a", "^a"])
+    function.ret["y"] = "n:output:0"
+    add_node(g, "call", "PartitionedCall", ["idn:1"]).attr["f"].func.name = "f"
+    node_named(g, "dense_1/MatMul").input[1] = "call"
+    model = jaxmir.load(write(tmp_path, "control_on_argument", g))
     x = np.random.default_rng(5).standard_normal((5, HEAD_IN)).astype(np.float32)
     got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
     np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
