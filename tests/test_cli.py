@@ -175,8 +175,8 @@ def test_output_makes_its_folder_as_a_table_does(capsys, wavs, tmp_path):
 
 
 def test_a_file_named_several_times_is_tagged_once(capsys, wavs, tmp_path, monkeypatch):
-    """As in collections: by a link, by a folder and by its name, in text, CSV and JSON alike,
-    where it came first and by its name without links."""
+    """As in collections: by a link, by a folder, by an @list and by its name, in text, CSV and
+    JSON alike, where it came first and by its name without links."""
     folder = tmp_path / "music"
     folder.mkdir()
     (folder / "song.wav").write_bytes(wavs["PCM_16"].read_bytes())
@@ -190,6 +190,9 @@ def test_a_file_named_several_times_is_tagged_once(capsys, wavs, tmp_path, monke
     assert status == 0 and out.splitlines()[1:] == [out.splitlines()[1]], out
     status, out, err = run(capsys, "tag", *names, "-f", "json")
     assert status == 0 and [f["file"] for f in json.loads(out)["files"]] == ["music/song.wav"]
+    (tmp_path / "list.txt").write_text("music/song.wav\n")  # an @list names it too
+    status, out, err = run(capsys, "tag", "@list.txt", "music/song.wav", "-n", "1")
+    assert status == 0 and out.count(f"[{tmp_path}/music/song.wav]") == 1, err  # by the list's
 
 
 @pytest.mark.parametrize("command", ["tag", "embed", "stream", "info", "train-head"])
@@ -283,10 +286,12 @@ def test_options_without_effect_are_named(capsys, wavs, tmp_path):
     warned = [line for line in err.splitlines() if line.startswith("jaxmir: warning: ")]
     assert [line.split()[2] for line in warned] == ["--format", "--top"], err
     assert all("holds every label's mean" in line for line in warned)
-    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--per-patch", "--jobs", "2")
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--per-patch", "--jobs", "2",
+                           "--processes", "--engine", "ray", "--actors", "2", "--flush-every", "5")
     assert status == 0 and "top 3 tags" in out, err
     warned = [line for line in err.splitlines() if line.startswith("jaxmir: warning: ")]
-    assert [line.split()[2] for line in warned] == ["--per-patch", "--jobs"], err
+    assert [line.split()[2] for line in warned] == ["--per-patch", "--jobs", "--processes",
+                                                    "--engine", "--actors", "--flush-every"], err
     # --per-patch named a CSV among its tables, where a CSV --output refuses it
     assert warned[0].endswith("--per-patch is ignored: it applies to a .parquet or .jsonl --output")
     assert warned[1].endswith("applies to a table --output (.parquet, .jsonl, or .csv without -f csv)")
@@ -899,12 +904,16 @@ def test_info(capsys, wavs, tmp_path):
     assert status == 0 and "audio: none; this vgg model takes [128, 128] inputs" in out
     status, out, err = run(capsys, "info", "no-such-model")
     assert status == 1 and out == "" and "neither a file nor a shipped model" in err
-    # a regression head's values, in their own order: not ranked (CSV ranked them 1, 2)
-    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", head, "--backbone",
+    # a regression head's values, in their own order: not ranked (CSV ranked them 1, 2); noise's
+    # second value is the larger (arousal 6.1, valence 4.6)
+    noise = tmp_path / "noise.wav"
+    soundfile.write(noise, 0.3 * np.random.default_rng(0).standard_normal((4 * SR, 2)), SR)
+    status, out, err = run(capsys, "tag", str(noise), "--model", head, "--backbone",
                            "msd-musicnn", "--format", "csv")
     assert status == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [(row["rank"], row["label"]) for row in rows] == [("", "class_0"), ("", "class_1")]
+    assert float(rows[1]["score"]) > float(rows[0]["score"]) + 0.5  # sorted, they would swap
     # and --top, which keeps the best scores, has none to keep: it was ignored without a word
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--model", head, "--backbone",
                            "msd-musicnn", "--top", "1")
