@@ -1259,6 +1259,8 @@ MUSICNN_REWIRED = {
     "second_residual_bypassed": _bypass("model/Add_1", "model/transpose_2"),
     "frontend_concat_swapped": _swap_first_inputs("model/concat"),
     "midend_concat_swapped": _swap_first_inputs("model/concat_1"),
+    # the third convolution of the mid-end reads the first's output, not the first residual sum
+    "third_layer_reads_the_first": _set_input("model/Pad_3", 0, "model/transpose"),
     "pooling_concat_axis_1": _set_axis("model/concat_2/axis", 1),
 }
 
@@ -1281,6 +1283,21 @@ def test_a_rewired_musicnn_is_refused(tmp_path, case):
     assert np.max(np.abs(rewired - original)) > 1e-3  # another network, not a harmless edit
     with pytest.raises(JaxmirError, match="must (join|be added|read)"):
         jaxmir.load(path)
+
+
+def test_timbral_branches_of_unequal_filters_are_refused_as_such(tmp_path):
+    """The 7x67 branch cut to 102 filters of 204: refused saying why, beside the mid-end's widths
+    that no longer match (that alone said nothing of the branches)."""
+    g = fixture_graph(DORTMUND)
+    kernel = node_named(g, "conv2d_1/kernel").attr["value"].tensor
+    shape = [dim.size for dim in kernel.tensor_shape.dim]
+    values = np.frombuffer(kernel.tensor_content, "<f4").reshape(shape)
+    kernel.CopyFrom(tensor_proto(np.ascontiguousarray(values[..., :102])))
+    _reshape_const("conv2d_1/bias", [102], float_val=[0.0])(g)
+    _cut_batch_norm("batch_normalization_2", 102)(g)
+    with pytest.raises(JaxmirError, match=r"both timbral branches \(and all temporal ones\) must "
+                                          "have equal filters"):
+        jaxmir.load(write(tmp_path, "timbral_102_of_204", g))
 
 
 @pytest.mark.parametrize("node, keep", [("model/transpose", 1), ("model/Max", 1),

@@ -382,6 +382,8 @@ def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_p
     # each ran the node's first output, which TensorFlow would not have given for them
     ('{"schema": {"outputs": [{"name": "dense_out:7", "output_purpose": "predictions"}]}}',
      "names the output 'dense_out:7'; jaxmir reads a node's first output: 'node' or 'node:0'"),
+    ('{"schema": {"outputs": [{"name": "dense_out:1", "output_purpose": "predictions"}]}}',
+     "names the output 'dense_out:1'; jaxmir reads a node's first output"),  # the next port
     ('{"schema": {"outputs": [{"name": "^dense_out", "output_purpose": "predictions"}]}}',
      "names the output '\\^dense_out'; jaxmir reads"),
     # "names the output node 'None'"; an empty list was the same as no list
