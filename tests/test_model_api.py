@@ -111,6 +111,15 @@ def test_arguments_of_the_wrong_kind_are_named(musicnn, patches_187, tmp_path):
         jaxmir.load("msd-musicnn", embedding="cnn3")
 
 
+def test_patches_with_axes_of_one_are_squeezed_as_essentia_feeds_a_graph(musicnn):
+    """``[batch, 187, 96, 1]`` (a channel axis) or ``[batch, 1, 187, 96]``: Essentia squeezes
+    every axis of one but the batch's before feeding the graph; the same tags."""
+    x = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
+    want = np.asarray(musicnn.apply(x)["predictions"])
+    for shaped in (x[..., None], x[:, None]):
+        np.testing.assert_array_equal(np.asarray(musicnn.apply(shaped)["predictions"]), want)
+
+
 @pytest.mark.parametrize("patches, message", [
     (np.zeros((2, 100, 96), np.float32), r"shape \[2, 100, 96\]"),
     (np.zeros((187, 96), np.float32), r"shape \[187, 96\]"),
