@@ -198,9 +198,10 @@ def test_an_open_file_is_not_a_path(tmp_path):
         load_audio(handle)
 
 
-def test_directory(tmp_path):
+@pytest.mark.parametrize("decoder", ["essentia", "soundfile"])
+def test_directory(tmp_path, decoder):
     with pytest.raises(AudioError, match="is a directory") as err:
-        load_audio(tmp_path)
+        load_audio(tmp_path, decoder=decoder)
     assert str(tmp_path) in str(err.value)
 
 

@@ -1166,17 +1166,18 @@ def test_a_header_whose_fields_disagree_is_damage(tmp_path):
     gave more samples than declared, and the status 'ok'."""
     import struct
 
-    aiff = tmp_path / "frames.aiff"
-    soundfile.write(aiff, signal(16000, 2, 0.4, seconds=2.0), 16000, subtype="PCM_16")
-    data = bytearray(aiff.read_bytes())
-    data[data.index(b"COMM") + 10:data.index(b"COMM") + 14] = struct.pack(">I", 2456)
-    aiff.write_bytes(bytes(data))
+    aiff, one = tmp_path / "frames.aiff", tmp_path / "one_more.aiff"  # one frame: the boundary
+    for path, frames in ((aiff, 2456), (one, 31999)):
+        soundfile.write(path, signal(16000, 2, 0.4, seconds=2.0), 16000, subtype="PCM_16")
+        data = bytearray(path.read_bytes())
+        data[data.index(b"COMM") + 10:data.index(b"COMM") + 14] = struct.pack(">I", frames)
+        path.write_bytes(bytes(data))
     wav = tmp_path / "bits.wav"
     soundfile.write(wav, signal(16000, 1, 0.4, seconds=2.0), 16000, subtype="PCM_24")
     data = bytearray(wav.read_bytes())
     data[34:36] = (16).to_bytes(2, "little")  # bits per sample; block_align stays 3
     wav.write_bytes(bytes(data))
-    for path in (aiff, wav):
+    for path in (aiff, one, wav):
         with pytest.warns(DamagedAudioWarning, match=rf"{path.name}: damaged audio: its header's "
                                                      r"fields disagree \(more samples than it "
                                                      r"declares\)"):

@@ -79,6 +79,9 @@ def test_a_large_chunk_before_the_data_is_skipped():
     (lambda h: b"RIFF\x00\x00\x00\x00WAVX" + h[12:], "no RIFF/WAVE signature"),
     (lambda h: h[:12] + b"data\x00\x00\x00\x00", "no fmt chunk"),
     (lambda h: h[:20] + b"\x02\x00" + h[22:], "unsupported WAV format"),
+    # no channels (and frames of no bytes): a division by zero where the samples were read
+    (lambda h: h[:22] + b"\x00\x00" + h[24:32] + b"\x00\x00" + h[34:],
+     r"unsupported WAV format.*0 channel"),
     # WAVEFORMAT, without bits per sample: a struct.error naming no file
     (lambda h: h[:16] + b"\x0e\x00\x00\x00" + h[20:34] + h[36:], "fmt chunk of 14 bytes"),
     # samples padded inside wider frames (24 bits in 32, say) streamed as noise, exit 0
@@ -239,6 +242,11 @@ def test_pcm_that_opens_like_one_frame_header_is_pcm():
     assert encoded_format(lambda n: silence[:n]) is None
     dithered = np.full(40000, -1, "<i2").tobytes()  # 0xFFFF: sync bits with reserved fields
     assert encoded_format(lambda n: dithered[:n]) is None
+    # chained 256-byte ADTS frames: AAC at sampling index 12 (7350 Hz); 13-15 are reserved (no
+    # rate, in FFmpeg's table too): such bytes are PCM
+    for index in (12, 13, 15):
+        chained = (bytes([0xFF, 0xF1, 0x40 | index << 2, 0x80, 0x20, 0x1F, 0xFC]) + bytes(249)) * 4
+        assert (encoded_format(lambda n: chained[:n]) is None) == (index > 12), index
 
 
 def test_a_wav_stream_is_not_scanned_for_frames_joined_mid_way():
