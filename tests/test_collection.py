@@ -1949,6 +1949,42 @@ def test_full_disk_keeps_rows(music, model, tmp_path, monkeypatch):
     assert len(seen) == 2 and len(out.read_text().splitlines()) == 4
 
 
+def test_full_disk_at_a_parquet_part_counts_the_rows_of_the_parts_before(music, model, tmp_path,
+                                                                         monkeypatch):
+    """Parts of two rows (``flush_rows=2``): the second part cannot be written; the first's two
+    rows are kept, and said."""
+    real = outputs.write_atomically
+
+    def full(target, *args, **kwargs):
+        if Path(target).name == "part-000002.parquet":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_atomically", full)
+    with pytest.raises(InputError, match=r"No space left on device.*every row written before is "
+                                         r"kept \(2 by this run\)"):
+        collect(model, [str(music)], str(tmp_path / "tags.parquet"), name="msd-musicnn", jobs=0,
+                progress=False, flush_rows=2)
+
+
+def test_a_users_file_at_a_parquet_output_is_refused_and_kept(music, model, tmp_path):
+    """A Parquet output is a folder of parts: a file of that name is not jaxmir's to replace."""
+    out = tmp_path / "mine.parquet"
+    out.write_bytes(b"my own data\n")
+    with pytest.raises(InputError, match="is a file, not a jaxmir Parquet folder"):
+        collect(model, [str(music / "rock" / "a.wav")], str(out), jobs=0, progress=False)
+    assert out.read_bytes() == b"my own data\n"
+
+
+def test_averaged_embeddings_are_float32_arrays(music, model, tmp_path):
+    """The mean over patches is taken in float64; the array written is float32, as the others."""
+    collect(model, [str(music / "rock" / "a.wav")], str(tmp_path / "arrays"), command="embed",
+            average=True, jobs=0, progress=False)
+    (written,) = (tmp_path / "arrays").glob("*.npy")
+    found = np.load(written)
+    assert found.dtype == np.float32 and found.shape == (200,)
+
+
 def test_a_failed_write_leaves_only_whole_rows(model, tmp_path):
     """A row written past the file-size limit (as on a full disk) is cut back off: the file reads
     as it is, with no rerun; the rerun does the file that failed."""

@@ -190,6 +190,14 @@ def test_filterbanks_match_essentia(ref):
     np.testing.assert_array_equal(frontends.mel_filterbank("vggish"), ref["vggish_filterbank"])
 
 
+@pytest.mark.parametrize("table", [frontends.mel_filterbank, frontends.analysis_window])
+def test_the_shared_tables_are_read_only(table):
+    """One array serves every caller (cached): written to in place, it would change every later
+    front-end's numbers."""
+    with pytest.raises(ValueError, match="read-only"):
+        table("musicnn")[0] = 1.0
+
+
 def test_windows_match_essentia(ref):
     # TensorflowInputMusiCNN leaves Windowing's zeroPhase on: its recorded window is rotated by N/2
     np.testing.assert_array_equal(frontends.analysis_window("musicnn"), np.roll(ref["musicnn_window"], 256))

@@ -641,6 +641,8 @@ def test_bad_input(musicnn):
         musicnn.stream(400000)
     with pytest.raises(AudioError, match="50 Hz is too far from 16000 Hz"):
         musicnn.stream(50)
+    with pytest.raises(InputError, match="unknown pad 'bogus'"):  # not zeros at its close
+        musicnn.stream(16000, pad="bogus")
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -1181,6 +1183,20 @@ def test_a_line_the_reader_holds_back_past_the_deadline_is_given_up(monkeypatch)
         monkeypatch.undo()
         writer.close()
         assert len(reader.read()) == held  # nothing of the line given up went out
+
+
+def test_a_file_streamed_without_a_damage_list_warns_of_its_damage(musicnn, tmp_path):
+    """``file_stream`` called alone (the command line and collections pass a list to fill) warns
+    of a file decoded in part, as ``load_audio`` does."""
+    from jaxmir.decode import DamagedAudioWarning
+
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, signal_at(16000, 8.0, 1, seed=2), 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:-16000])  # its header still says 8 s
+    with pytest.warns(DamagedAudioWarning, match="cut.wav: .*truncated audio"):
+        with streaming.file_stream(musicnn, cut, "predictions") as (stream, found):
+            assert sum(len(block) for block in found) == 4  # 7.5 s: patches as decoded
 
 
 def test_stream_command_refuses_bad_options_before_any_input():
