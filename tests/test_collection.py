@@ -197,6 +197,12 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     found = inputs.expand([str(music)])
     names = [os.path.relpath(p, music) for p in found]
     assert names == ["jazz/a.wav", "jazz/deep/c.wav", "rock/a.wav", "rock/b.flac"]
+    beside = tmp_path / "beside"  # a link beside its file: the file once, by its own name
+    beside.mkdir()
+    shutil.copy(music / "rock" / "a.wav", beside / "z.wav")
+    (beside / "a.wav").symlink_to("z.wav")
+    assert inputs.expand([str(beside)]) == [str(beside / "z.wav")]
+    shutil.rmtree(beside)
     # hidden folders (.git, .cache, an export being written) are not walked, as hidden files
     hidden = tmp_path / "walked"
     _write(hidden / ".cache" / "x.wav", 3.0, 16000, 1, 0)
@@ -1967,6 +1973,25 @@ def test_full_disk_at_a_parquet_part_counts_the_rows_of_the_parts_before(music, 
                 progress=False, flush_rows=2)
 
 
+def test_a_file_whose_worker_result_fails_fails_alone_named(music, model, tmp_path, monkeypatch):
+    """An exception other than a dead pool's from a decoding worker's result (one that could not
+    be sent back) fails that file's row, naming it; the other files go on."""
+    decode = compute.decode
+
+    def fails_for_a(path, *args, **kwargs):
+        if path.endswith(os.path.join("rock", "a.wav")):
+            raise RuntimeError("its result could not be sent back")
+        return decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(compute, "decode", fails_for_a)
+    out = tmp_path / "t.jsonl"
+    tally = collect(model, [str(music / "rock")], str(out), jobs=1, progress=False)
+    rows = {Path(row["path"]).name: row for row in map(json.loads, out.read_text().splitlines())}
+    assert (tally.ok, tally.failed) == (1, 1) and rows["b.flac"]["status"] == "ok"
+    assert rows["a.wav"]["error"] == (f"{music / 'rock' / 'a.wav'}: unexpected RuntimeError: its "
+                                      "result could not be sent back")
+
+
 def test_a_users_file_at_a_parquet_output_is_refused_and_kept(music, model, tmp_path):
     """A Parquet output is a folder of parts: a file of that name is not jaxmir's to replace."""
     out = tmp_path / "mine.parquet"
@@ -2259,6 +2284,19 @@ def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypat
         return audio
     monkeypatch.setattr(compute, "read_mono", read_and_touch)
     assert "changed while it was being read" in compute.decode(str(changing)).error
+    monkeypatch.setattr(compute, "read_mono", read)
+    stream = compute.file_stream  # streamed in this process (jobs=0), not decoded by a worker
+
+    @contextlib.contextmanager
+    def stream_and_touch(model, path, *args, **kwargs):
+        with stream(model, path, *args, **kwargs) as found:
+            yield found
+        os.utime(path, ns=(6, 6))
+
+    monkeypatch.setattr(compute, "file_stream", stream_and_touch)
+    tally = collect(model, [str(changing)], str(tmp_path / "c.jsonl"), jobs=0, progress=False)
+    row = json.loads((tmp_path / "c.jsonl").read_text())
+    assert tally.failed == 1 and "changed while it was being read" in row["error"]
 
 
 # -- the command-line drop-in ------------------------------------------------------------------------
