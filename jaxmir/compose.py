@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxmir.errors import InputError
+from jaxmir.errors import InputError, WeightsError
 from jaxmir.model import Model
 from jaxmir.models import ARCHITECTURES, COMPOSED
 from jaxmir.spec import INPUT_TAP, ModelSpec, dense_indices, head_width
@@ -67,8 +67,10 @@ def embedding_width(backbone: Model, keep: int) -> int:
     layers = backbone.spec.head
     if dense_indices(layers[:keep + 1]):
         return head_width(layers[:keep + 1])
-    first = dense_indices(layers)[0]
-    return int(backbone.variables["params"]["head"][f"dense_{first}"]["kernel"].shape[0])
+    first = dense_indices(layers)
+    if not first:
+        raise WeightsError(f"the dense head of {backbone.name} has no dense layer: {list(layers)}")
+    return int(backbone.variables["params"]["head"][f"dense_{first[0]}"]["kernel"].shape[0])
 
 
 def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model:

@@ -1974,8 +1974,9 @@ def test_full_disk_at_a_parquet_part_counts_the_rows_of_the_parts_before(music, 
 
 
 def test_a_file_whose_worker_result_fails_fails_alone_named(music, model, tmp_path, monkeypatch):
-    """An exception other than a dead pool's from a decoding worker's result (one that could not
-    be sent back) fails that file's row, naming it; the other files go on."""
+    """An exception other than a dead pool's from a decoding worker's result (a process's that
+    could not be sent back, say; a thread's here) fails that file's row, naming it; the other
+    files go on."""
     decode = compute.decode
 
     def fails_for_a(path, *args, **kwargs):

@@ -194,8 +194,7 @@ def test_filterbanks_match_essentia(ref):
 def test_the_shared_tables_are_read_only(table):
     """One array serves every caller (cached): written to in place, it would change every later
     front-end's numbers."""
-    with pytest.raises(ValueError, match="read-only"):
-        table("musicnn")[0] = 1.0
+    assert not table("musicnn").flags.writeable  # not written to here: the tests after share it
 
 
 def test_windows_match_essentia(ref):

@@ -220,14 +220,13 @@ def test_a_head_composes_with_the_backbone_it_is_given(tmp_path):
         == {"bfloat16"}
 
 
-def test_a_head_joins_any_layer_it_is_offered_and_the_backbone_keeps_those_before(tmp_path):
-    """Every output ``head_inputs`` offers takes a head of its width: the input batch norm's
-    (1506-d for MusiCNN, before the first dense layer) was refused as "a head without a dense
-    layer"; the backbone keeps its dense head's variables up to the layer joined, no further."""
+def test_a_head_joins_the_layer_before_the_first_dense_one(tmp_path):
+    """``head_inputs`` offers the input batch norm's output (1506-d for MusiCNN, before the first
+    dense layer); a head there was refused as "a head without a dense layer". The backbone keeps
+    its dense head's variables up to the layer joined, no further."""
     from jaxmir.compose import head_inputs
 
     backbone = jaxmir.load("msd-musicnn")
-    x = np.random.default_rng(1).standard_normal((2, 187, 96)).astype(np.float32)
     heads = {width: write_head(tmp_path, f"h{width}", features=width) for width in (1506, 200)}
     for embedding, width, kept in (
             ("model/dropout/Identity", 1506, ["batch_norm_0"]),
@@ -236,10 +235,13 @@ def test_a_head_joins_any_layer_it_is_offered_and_the_backbone_keeps_those_befor
         assert embedding in head_inputs(backbone)
         composed = jaxmir.load(heads[width], backbone=backbone, embedding=embedding)
         assert sorted(composed.variables["params"]["backbone"]["head"]) == kept, embedding
-        want = jaxmir.load(heads[width]).apply(backbone.apply(x, embedding)[embedding])
-        # the same float32 operations in one program or two (as above)
-        np.testing.assert_allclose(composed.apply(x)["predictions"], want["predictions"],
-                                   rtol=0, atol=1e-6)
+    x = np.random.default_rng(1).standard_normal((2, 187, 96)).astype(np.float32)
+    embedding = "model/dropout/Identity"
+    want = jaxmir.load(heads[1506]).apply(backbone.apply(x, embedding)[embedding])
+    composed = jaxmir.load(heads[1506], backbone=backbone, embedding=embedding)
+    # the same float32 operations in one program or two (as above)
+    np.testing.assert_allclose(composed.apply(x)["predictions"], want["predictions"], rtol=0,
+                               atol=1e-6)
 
 
 def test_composition_errors_name_both_sides(tmp_path):

@@ -1189,7 +1189,8 @@ def test_metrics_match_scikit_learn():
         sk.average_precision_score(labels, scores))
     y, p = rng.standard_normal((30, 2)), rng.standard_normal((30, 2))
     assert metrics.evaluate("regression", y, p)["r2"] == pytest.approx(sk.r2_score(y, p))
-    # an output constant in a test fold: its r² undefined, left out of the mean (not -inf)
+    # an output constant in a test fold: its r² undefined, left out of the mean, not -inf (where
+    # scikit-learn scores it 0, or 1 when predicted exactly: README says so)
     constant = np.c_[np.full(30, 3.0), y[:, 1]]
     assert metrics.evaluate("regression", constant, p)["r2"] == pytest.approx(
         sk.r2_score(y[:, 1], p[:, 1]))
