@@ -423,6 +423,16 @@ def test_a_token_refused_after_ray_was_imported_first_says_so(monkeypatch):
     assert "imported ray before" not in str(refusal.value)
 
 
+def _softmax_ended(model):
+    """``model`` ending in a softmax where its head ends in a sigmoid: its weights and labels."""
+    from jaxmir.model import Model
+    from jaxmir.spec import Activation
+
+    head = (*model.spec.head[:-1], Activation("softmax"))
+    spec = dataclasses.replace(model.spec, config={**model.spec.config, "head": head})
+    return Model.from_spec(spec).with_labels(list(model.labels))
+
+
 def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatch):
     """The actors load jaxmir.load(name, backbone=...): a model loaded with output= ran there as
     its default output (9 genre probabilities written as the 200-d embeddings' rows, under the
@@ -440,6 +450,7 @@ def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatc
         (shipped, "no-such-model", None, "which fails: "),
         (dataclasses.replace(shipped, variables=jax.tree_util.tree_map(
             lambda v: v * 1.5, shipped.variables)), "msd-musicnn", None, r"\(its weights\)"),
+        (_softmax_ended(shipped), "msd-musicnn", None, r"\(its layers\)"),  # the same weights
     ]
     for model, name, backbone, message in refused:
         with pytest.raises(InputError, match="the Ray engine's actors load the model as "
