@@ -67,10 +67,10 @@ def embedding_width(backbone: Model, keep: int) -> int:
     layers = backbone.spec.head
     if dense_indices(layers[:keep + 1]):
         return head_width(layers[:keep + 1])
-    first = dense_indices(layers)
-    if not first:
+    dense = dense_indices(layers)
+    if not dense:
         raise WeightsError(f"the dense head of {backbone.name} has no dense layer: {list(layers)}")
-    return int(backbone.variables["params"]["head"][f"dense_{first[0]}"]["kernel"].shape[0])
+    return int(backbone.variables["params"]["head"][f"dense_{dense[0]}"]["kernel"].shape[0])
 
 
 def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model:
