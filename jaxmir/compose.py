@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxmir.errors import InputError, WeightsError
 from jaxmir.model import Model
 from jaxmir.models import ARCHITECTURES, COMPOSED
-from jaxmir.spec import INPUT_TAP, ModelSpec, dense_indices, head_width
+from jaxmir.spec import INPUT_TAP, ModelSpec, dense_indices, width_at
 
 # What each backbone family calls its embeddings (Essentia: model/dense/BiasAdd, model/vggish/embeddings).
 DEFAULT_EMBEDDING = "embeddings"
@@ -65,12 +65,11 @@ def embedding_width(backbone: Model, keep: int) -> int:
     """The width of ``backbone``'s dense-head layer ``keep``: the units of the last dense layer up
     to it, or, before the first (the input batch norm), what that dense layer takes."""
     layers = backbone.spec.head
-    if dense_indices(layers[:keep + 1]):
-        return head_width(layers[:keep + 1])
     dense = dense_indices(layers)
     if not dense:
         raise WeightsError(f"the dense head of {backbone.name} has no dense layer: {list(layers)}")
-    return int(backbone.variables["params"]["head"][f"dense_{dense[0]}"]["kernel"].shape[0])
+    first = backbone.variables["params"]["head"][f"dense_{dense[0]}"]["kernel"]  # [in, units]
+    return width_at(layers, keep, int(first.shape[0]))
 
 
 def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model:

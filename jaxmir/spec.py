@@ -51,6 +51,13 @@ def head_width(layers: Sequence[HeadLayer]) -> int:
     raise WeightsError(f"a head without a dense layer: {list(layers)}")
 
 
+def width_at(layers: Sequence[HeadLayer], index: int, input_width: int) -> int:
+    """The width of a head's layer ``index``: the units of its last dense layer up to it, or,
+    before its first, the head's ``input_width``."""
+    upto = layers[:index + 1]
+    return head_width(upto) if dense_indices(upto) else input_width
+
+
 def gives_values(layers: Sequence[HeadLayer]) -> bool:
     """Whether a head gives values, not class scores to rank: it ends in anything but a sigmoid
     or a softmax (no activation or the identity: a regression head; a ReLU: an embedding,

@@ -18,7 +18,7 @@ from jaxmir.models.layers import conv_variables, head_aliases
 from jaxmir.models.musicnn import musicnn_variables
 from jaxmir.models.vgg import convnet_variables, pool_aliases
 from jaxmir.spec import (INPUT_TAP, Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool, ModelSpec,
-                         dense_indices, head_width)
+                         dense_indices, width_at)
 from jaxmir.tfgraph.graphdef import DT_FLOAT, FORWARDING, Graph, TensorRef
 from jaxmir.tfgraph.walk import (ConvLayer, InferencePath, conv_chain_shapes, input_shape,
                                  topological_order)
@@ -465,9 +465,8 @@ def _read_head(path: InferencePath, start: str, body: str):
 
 def _head_node_map(head: tuple[HeadLayer, ...], head_nodes: dict[str, int], width: int) -> dict:
     """Graph nodes of a dense head -> (tap, shape); ``width`` is the head's input width."""
-    def units(index: int) -> int:
-        return head_width(head[:index + 1]) if dense_indices(head[:index + 1]) else width
-    return {name: (f"head/layer_{i}", (units(i),)) for name, i in head_nodes.items()}
+    return {name: (f"head/layer_{i}", (width_at(head, i, width),))
+            for name, i in head_nodes.items()}
 
 
 def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
