@@ -1141,20 +1141,23 @@ def test_a_host_s_own_handlers_and_nohup_s_ignored_hangup_are_left_alone(monkeyp
     def host(signum, frame):
         pass
 
+    def handlers() -> dict:
+        return {kind: signal.getsignal(kind) for kind in (signal.SIGTERM, signal.SIGHUP)}
+
     during = {}
     info = cli.cmd_info
 
     def seen(args):
-        during.update({kind: signal.getsignal(kind) for kind in (signal.SIGTERM, signal.SIGHUP)})
+        during.update(handlers())
         return info(args)
 
     monkeypatch.setattr(cli, "cmd_info", seen)
-    found = {kind: signal.getsignal(kind) for kind in (signal.SIGTERM, signal.SIGHUP)}
+    found = handlers()
     try:
         signal.signal(signal.SIGTERM, host)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         assert cli.main(["info", "msd-musicnn"]) == 0
-        after = {kind: signal.getsignal(kind) for kind in (signal.SIGTERM, signal.SIGHUP)}
+        after = handlers()
     finally:
         for kind, handler in found.items():
             signal.signal(kind, handler)
