@@ -964,6 +964,15 @@ def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
                                          "give 1506-d"), pytest.warns(JaxmirWarning):
         fit_head(three, layer="model/dropout/Identity", config=FAST, cache=False,
                  resume=tmp_path / "abc.pb")
+    # a head trained there resumes there: past the checks, on to decoding the missing files
+    wide = fit.init_head(jax.random.PRNGKey(0), 1506, 100, 3)
+    export.export_head(wide, "softmax", ABC, tmp_path / "wide", "msd-musicnn", (187, 96),
+                       "model/dropout/Identity")
+    with pytest.raises(InputError, match="none of the 6 files could be used"), \
+            pytest.warns(JaxmirWarning) as warned:
+        fit_head(three, layer="model/dropout/Identity", config=FAST, cache=False,
+                 resume=tmp_path / "wide.pb")
+    assert all("skipped" in str(w.message) for w in warned)  # nothing of another layer
     values = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
     regression = data.Dataset(missing, values, "regression", ABC)
     with pytest.warns(JaxmirWarning, match="abc.pb has softmax outputs; resumed for regression "
