@@ -616,6 +616,9 @@ def test_pictures_already_there_are_refused_before_any_work_counting_the_others(
     assert err == f"jaxmir: error: --plot: {pictures[files[1]]} exists (and 1 more); give " \
         "another path, or --overwrite to replace it\n"
     assert all(pictures[file].read_bytes() == b"yesterday's picture" for file in files[1:])
+    # a --plot without a suffix names them .png all the same (PATH-stem.png), as its help says
+    status, out, err = run(capsys, "tag", *files, "--plot", str(tmp_path / "p"))
+    assert status == 1 and f"--plot: {pictures[files[1]]} exists (and 1 more)" in err, err
 
 
 def test_a_taggram_with_more_starts_than_patches_is_refused(tmp_path):
@@ -1369,6 +1372,11 @@ def test_a_stop_before_the_output_was_made_says_so(tmp_path):
 
     args = argparse.Namespace(writes_rows=True, output=str(tmp_path / "tags.parquet"))
     assert cli._rows_kept(args) == "; no output was written"
+    # a link whose target is not made yet (the rows go to the target): it said they were kept
+    linked = argparse.Namespace(writes_rows=True, output=str(tmp_path / "link.parquet"))
+    os.symlink(tmp_path / "tags.parquet", linked.output)
+    assert cli._rows_kept(linked) == "; no output was written"
     (tmp_path / "tags.parquet").mkdir()
+    assert cli._rows_kept(linked) == "; the rows of the files done are kept"
     assert cli._rows_kept(args) == "; the rows of the files done are kept"
     assert cli._rows_kept(argparse.Namespace(output="x")) == ""

@@ -749,6 +749,7 @@ def test_stream_command_refuses_encoded_files_as_raw_pcm(tmp_path):
     result = cli("stream", "--rate", "48000", stdin=tone.astype("<i2").tobytes())
     assert result.returncode == 0 and result.stderr == b"", result.stderr.decode()
     assert len(lines_of(result)) == 1
+    assert len(lines_of(result)[0]["top"]) == 5  # the default --top (its help: "default 5")
     # a 3-channel WAV stream: the error was an array's ("for an array, channels go last")
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros((16000, 3), np.int16), 16000, format="WAV", subtype="PCM_16")
