@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, require, shared_fixture
+from conftest import ROOT, require, run_tf, shared_fixture
 from jaxmir.errors import GraphError, JaxmirError
-from jaxmir.tfgraph.graphdef import (DT_BOOL, DT_FLOAT, DT_HALF, DT_INT32, DT_INT64, Graph, GraphDefProto,
-                             TensorRef, decode_tensor)
+from jaxmir.tfgraph.graphdef import (DT_BOOL, DT_FLOAT, DT_HALF, DT_INT32, DT_INT64,
+                                     MAX_PORT_DIGITS, Graph, GraphDefProto, TensorRef,
+                                     decode_tensor)
 
 DORTMUND = "essentia-models/genre_dortmund_musicnn_msd.pb"
 
@@ -79,7 +80,7 @@ def test_tensorflow_written_constants_decode_identically():
     from jaxmir.tfgraph.graphdef import TensorProto
     cases = [np.arange(12, dtype=np.float32).reshape(3, 4), np.float16([1.5, 2.5]),
              np.int64([7, -8]), np.array([True, False]), np.full((2, 3), 7.0, np.float32),
-             np.float32(3.0)]
+             np.float32(3.0), np.full((1,) * 32, 2.5, np.float32)]  # rank 32: the most it reads
     for value in cases:
         proto = TensorProto()
         proto.ParseFromString(tf.make_tensor_proto(value).SerializeToString())
@@ -166,6 +167,10 @@ def test_tensor_references_and_control_inputs():
     assert TensorRef.parse("a/b:1") == TensorRef("a/b", 1)
     assert TensorRef.parse("^a/b") == TensorRef("a/b", 0)
     assert str(TensorRef("x", 2)) == "x:2"
+    longest = "9" * MAX_PORT_DIGITS  # the most digits a port may have; one more is refused
+    assert TensorRef.parse(f"a:{longest}") == TensorRef("a", int(longest))
+    with pytest.raises(GraphError, match="is not a tensor reference"):
+        TensorRef.parse(f"a:1{longest}")
     graph_def = GraphDefProto()
     graph_def.node.add(name="c", op="Const").attr["value"].tensor.CopyFrom(
         tensor(DT_FLOAT, [1], float_val=[2.0]))
@@ -176,6 +181,31 @@ def test_tensor_references_and_control_inputs():
     assert graph.data_inputs(graph.node("i")) == [TensorRef("s", 1)]
     assert graph.constant("i").tolist() == [2.0]  # through Identity and Switch
     assert graph.consumers("s") == ["i"]
+
+
+def test_a_cond_held_true_whose_true_branch_reads_no_switch_runs_that_branch(tmp_path):
+    """A Merge of a Switch's false output and of a constant read through no Switch, its
+    predicate a True Const: TensorFlow runs the constant (the Switch's output 0 is dead)."""
+    require("tensorflow")
+    graph_def = GraphDefProto()
+    for name, proto in (("false_value", tensor(DT_FLOAT, [2], float_val=[1.0, 2.0])),
+                        ("true_value", tensor(DT_FLOAT, [2], float_val=[3.0, 4.0])),
+                        ("pred", tensor(DT_BOOL, [], bool_val=[True]))):
+        node = graph_def.node.add(name=name, op="Const")
+        node.attr["dtype"].type = proto.dtype
+        node.attr["value"].tensor.CopyFrom(proto)
+    for name, op, inputs in (("switch", "Switch", ["false_value", "pred"]),
+                             ("false_branch", "Identity", ["switch:0"]),
+                             ("merge", "Merge", ["false_branch", "true_value"])):
+        graph_def.node.add(name=name, op=op, input=inputs).attr["T"].type = DT_FLOAT
+    graph_def.node[-1].attr["N"].i = 2
+    path = tmp_path / "cond.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    expected, index = run_tf(path, {}, ["merge", "merge:1"], optimize=False)
+    graph = Graph.from_file(path)
+    np.testing.assert_array_equal(graph.constant("merge"), expected)
+    # Output 1 is the index of the input taken (1 here), not that input: jaxmir folds none of it
+    assert graph.constant("merge:1") is None and index == 1
 
 
 @pytest.mark.parametrize("mutate, message", [

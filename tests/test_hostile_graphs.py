@@ -26,7 +26,8 @@ import jaxmir
 from conftest import ROOT, child_env, run_tf, shared_fixture
 from jaxmir.errors import GraphError, JaxmirError, UnsupportedGraphError, WeightsError
 from jaxmir.tfgraph.convert import import_graph
-from jaxmir.tfgraph.graphdef import DT_FLOAT, DT_INT32, Graph, GraphDefProto, TensorProto
+from jaxmir.tfgraph.graphdef import (DT_DOUBLE, DT_FLOAT, DT_INT32, Graph, GraphDefProto,
+                                     TensorProto)
 from jaxmir.weights import load_weights, save_weights
 
 VGG4 = "essentia-models/vgg4.pb"
@@ -609,6 +610,19 @@ def test_nodes_of_eight_bytes_are_refused_by_their_count(tmp_path):
         Graph.from_file(bomb)
 
 
+def test_nodes_after_an_unknown_fixed64_field_are_counted(tmp_path):
+    """A field jaxmir does not declare (a newer TensorFlow's) of wire type 1 spans 8 bytes, as
+    protobuf reads it; the count on the wire skips the 8 and counts the nodes that follow (its
+    last 4 bytes, read as a field, would be a group and end the count)."""
+    unknown = bytes([15 << 3 | 1]) + b"\0" * 4 + bytes([1 << 3 | 3]) + b"\0" * 3
+    node = _length_delimited(1, _length_delimited(1, b"abcd"))  # a NodeDef named "abcd"
+    assert len(GraphDefProto.FromString(unknown + node).node) == 1  # protobuf: 8 bytes, a node
+    bomb = tmp_path / "fixed64.pb"
+    bomb.write_bytes(unknown + node * (1 << 17))
+    with pytest.raises(GraphError, match=r"needs more than \d+ graph nodes \(after inlining"):
+        Graph.from_file(bomb)
+
+
 def test_a_library_defining_a_function_twice_is_refused(tmp_path):
     """The last definition was taken, and the error that followed named another problem."""
     g = nested_calls_graph(depth=1, fanout=1)
@@ -774,6 +788,22 @@ def test_a_deep_chain_of_constant_adds_folds_without_recursion(tmp_path):
                                head_reference(expected, x), atol=1e-5)
 
 
+def test_a_folded_constant_is_charged_at_least_the_bytes_numpy_makes_of_it():
+    """A Reshape of a float64 constant by an int32 shape makes float64 values: the fold is
+    charged by the wider operand's item size, not the shape's (half the bytes made)."""
+    from jaxmir.tfgraph.walk import InferencePath
+
+    g = GraphDefProto()
+    data, shape = np.arange(1000, dtype=np.float64), np.array([10, 100], np.int32)
+    add_const(g, "data", data, DT_DOUBLE)
+    add_const(g, "shape", shape, DT_INT32)
+    add_node(g, "reshaped", "Reshape", ["data", "shape"])
+    graph = Graph.from_bytes(g.SerializeToString())
+    folded = InferencePath(graph, "reshaped").value("reshaped")
+    np.testing.assert_array_equal(folded, data.reshape(10, 100))
+    assert graph.budget.bytes - data.nbytes - shape.nbytes >= folded.nbytes
+
+
 # -- 5 and 6: every malformed op is a jaxmir error ---------------------------------------------
 
 def _edit_head(edit):
@@ -824,6 +854,12 @@ def _int32_kernel(g):
 
 def _declared_float_holding_int32(g):
     node_named(g, "k1").attr["value"].tensor.dtype = DT_INT32
+
+
+def _conv_strides_of_bools(g):
+    strides = node_named(g, "model/vggish/1CNN/Conv2D").attr["strides"]
+    strides.list.Clear()
+    strides.list.b.extend([True] * 4)  # a list(bool) where Conv2D takes list(int)
 
 
 def _identity_without_input(g):
@@ -993,6 +1029,13 @@ MALFORMED = {
         r"reads output 1 of 'idn' \(IdentityN\), which has 1 output\(s\)"),
     "function_returning_nothing": (lambda: _edit_head(_function_returning_nothing),
                                    "function 'f' called by 'call' has no first output to return"),
+    "conv_strides_of_bools": (lambda: _edit_vgg4(_conv_strides_of_bools),
+                              r"'strides' of 'model/vggish/1CNN/Conv2D' \(Conv2D\) is \[True, "
+                              r"True, True, True\]; expected a list of ints"),
+    "placeholder_of_no_frames": (lambda: _edit_vgg4(_set_attr("model/Placeholder", "shape",
+                                                              (-1, 0, 128))),
+                                 r"has shape \(-1, 0, 128\); jaxmir needs a batch axis and 2 "
+                                 "known sizes"),
 }
 
 
@@ -1129,6 +1172,17 @@ def test_a_window_as_large_as_its_input_fits_and_a_larger_kernel_is_refused():
     assert conv_output((3, 3), layer(3)) == (1, 1)
     with pytest.raises(UnsupportedGraphError, match="'c' has a 4x3 kernel, larger than the 3x3"):
         conv_output((3, 3), layer(4))
+
+
+def test_a_same_pool_s_output_rounds_up_as_the_pool_that_runs_it():
+    """A SAME pool gives ceil(size / stride) values an axis, as XLA's (which runs the model)
+    does; VGGish's even sizes never told rounding up from rounding down."""
+    from jaxmir.tfgraph.walk import pool_output
+
+    for size, window, strides in (((5, 7), (2, 2), (2, 2)), ((9, 4), (3, 1), (4, 3))):
+        ran = jax.lax.reduce_window(np.zeros(size, np.float32), -np.inf, jax.lax.max, window,
+                                    strides, "SAME")
+        assert pool_output(size, (window, strides, "SAME"), "p") == ran.shape
 
 
 def test_a_matmul_of_a_transposed_kernel_is_read_as_tensorflow_multiplies(tmp_path):
