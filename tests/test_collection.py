@@ -1386,6 +1386,18 @@ def test_an_error_names_its_file_as_spelled(model, tmp_path):
     assert errors[broken].startswith(f"{tmp_path}/line break.wav: ")
 
 
+def test_a_message_s_line_breaks_at_its_ends_leave_no_space_there():
+    """A message that ends (or begins) with a line break, as a library's often does, is written
+    without a space there: its line breaks become spaces, then its ends are trimmed."""
+    from jaxmir.collection.rows import Layout, Result, summary
+
+    layout, source = Layout("embed", {"model": "msd-musicnn"}), inputs.Source("/a.wav", 1, 1)
+    failed = Result(source, error="\nbad header:\r\n 3 channels\n")
+    damaged = Result(source, 3.0, np.zeros((1, 4), np.float32), warning="truncated audio\n")
+    assert summary(layout, failed)["error"] == "bad header: 3 channels"
+    assert summary(layout, damaged)["error"] == "truncated audio"
+
+
 def test_paths_as_text_read_back_as_the_same_names():
     """A name holding ``\\udcff`` as text and one holding the byte 0xff were both written
     ``\\udcff``: their rows could not be told apart, and a rerun did one of them again every

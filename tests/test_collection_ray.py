@@ -459,6 +459,10 @@ def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatc
                     progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing made
     ray_engine.check_reloadable(shipped, "msd-musicnn", None)  # the same model: taken
+    # the same arrays in another tree (nested a level deeper): not what the actors load and run
+    regrouped = dataclasses.replace(shipped, variables={"state": shipped.variables})
+    with pytest.raises(InputError, match=r"\(its weights\)"):
+        ray_engine.check_reloadable(regrouped, "msd-musicnn", None)
     # a head composed in Python: named, as the command line names it, by its file and backbone
     head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     composed = jaxmir.load(head, backbone="msd-musicnn")
