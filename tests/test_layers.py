@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmir.models.layers import (ACTIVATION_FUNCTIONS, convolve, convolve_rows_as_channels, directed_max,
-                                  fusion_boundary)
-from jaxmir.models.musicnn import FrequencyMaxBlock, TimeConvFrequencyMax
+from jaxmir.models.layers import (ACTIVATION_FUNCTIONS, DenseHead, convolve,
+                                  convolve_rows_as_channels, directed_max, fusion_boundary,
+                                  head_aliases)
+from jaxmir.models.musicnn import FrequencyMaxBlock, MidendConv, TimeConvFrequencyMax, musicnn_head
+from jaxmir.spec import Activation, BatchNorm, Dense
 
 
 def _batch_norm(rng, filters: int):
@@ -175,3 +177,53 @@ def test_every_activation_a_spec_names_has_its_function():
     from jaxmir.spec import ACTIVATIONS
 
     assert sorted(ACTIVATION_FUNCTIONS) == sorted(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("layers, penultimate", [
+    ((BatchNorm(1e-3), Dense(3), Activation("sigmoid")), 0),  # the last dense layer second
+    (musicnn_head(6, 3), 3),
+    ((Dense(4), Activation("relu"), Dense(3)), 1),
+    ((Dense(3), Activation("sigmoid")), None)])  # the head's input feeds its only dense layer
+def test_head_aliases_name_the_layers_they_describe(layers, penultimate):
+    """``penultimate`` is the layer that feeds the last dense one, whose output is ``logits``;
+    ``predictions`` is the head's output. Checked on the values the head computes."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 1, (4, 5)).astype(np.float32)
+    head = DenseHead(layers)
+    # positive, so that they make valid batch-norm variances too
+    variables = jax.tree_util.tree_map(lambda v: rng.uniform(0.5, 1.5, v.shape).astype(np.float32),
+                                       head.init(jax.random.key(0), x))
+    out, state = head.apply(variables, x, mutable=["intermediates"])
+    values = {f"head/{name}": value for name, (value,) in state["intermediates"].items()}
+    aliases = head_aliases(layers)
+    assert aliases.get("penultimate") == (None if penultimate is None
+                                          else f"head/layer_{penultimate}")
+    fed = x if penultimate is None else np.asarray(values[aliases["penultimate"]], np.float64)
+    last = variables["params"][f"dense_{aliases['logits'].rsplit('_', 1)[1]}"]
+    # float32 products of 4-6 terms against float64: 1e-5 of the logits' size
+    want = fed @ np.asarray(last["kernel"], np.float64) + last["bias"]
+    np.testing.assert_allclose(values[aliases["logits"]], want, rtol=0,
+                               atol=1e-5 * np.abs(want).max())
+    np.testing.assert_array_equal(values[aliases["predictions"]], out)
+
+
+@pytest.mark.parametrize("length", [7, 6])
+def test_midend_conv_equals_conv_relu_batch_norm(length):
+    """A ``"SAME"`` convolution along time as TensorFlow pads it (an even kernel one frame more
+    after than before), ReLU, batch norm: ``[b, t, c] -> [b, t, filters]``."""
+    rng = np.random.default_rng(7)
+    filters, channels = 8, 12
+    x = jnp.asarray(rng.normal(0, 1, (2, 30, channels)).astype(np.float32))
+    batch_norm, params, stats = _batch_norm(rng, filters)
+    weights = {"kernel": rng.normal(0, 0.1, (length, channels, filters)).astype(np.float32),
+               "bias": rng.normal(0, 0.1, filters).astype(np.float32)}
+    variables = {"params": {"block": {"conv": weights, "batch_norm": params}},
+                 "batch_stats": {"block": {"batch_norm": stats}}}
+    got = MidendConv(filters, 1e-3, length).apply(variables, x)
+    conv = jax.lax.conv_general_dilated(x, weights["kernel"], (1,), "SAME",
+                                        dimension_numbers=("NWC", "WIO", "NWC"),
+                                        precision=jax.lax.Precision.HIGHEST) + weights["bias"]
+    want = batch_norm(jax.nn.relu(conv))
+    assert got.shape == want.shape
+    # the same sums of 84 products of magnitude ~0.1, maybe in another order
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))

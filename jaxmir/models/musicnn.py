@@ -189,9 +189,9 @@ class MidendConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        half = self.length // 2
-        return ConvBlock(self.filters, (self.length,), ((half, self.length - 1 - half),), "relu",
-                         self.bn_epsilon, name="block")(x)
+        before = (self.length - 1) // 2  # TensorFlow's "SAME": an even kernel pads more after
+        return ConvBlock(self.filters, (self.length,), ((before, self.length - 1 - before),),
+                         "relu", self.bn_epsilon, name="block")(x)
 
 
 class MusiCNN(Backbone):
