@@ -245,6 +245,12 @@ def test_nan_and_inf(tmp_path):
     assert "nan.wav" in str(err.value)
     with pytest.raises(AudioError, match="NaN or infinite"):
         prepare_audio(data, 16000)
+    # float16 (whose bound MAX_PEAK rounds to inf) is checked in float32: its first infinite
+    # sample is named, not "the audio"
+    half = np.zeros(1000, np.float16)
+    half[30] = np.inf
+    with pytest.raises(AudioError, match=r"^sample 30: contains 1 NaN or infinite"):
+        MonoInput(16000)(half)
 
 
 def test_a_peak_that_would_overflow_the_spectrum_is_refused(tmp_path):

@@ -237,6 +237,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     # a tag with a footer: the LAME header's frame comes 10 bytes after the tag's frames
     made["tag_with_footer.mp3"] = folder / "tag_with_footer.mp3"
     made["tag_with_footer.mp3"].write_bytes(id3v2_tag(100, footer=True) + audio)
+    # a tag whose revision byte is 0xFF: no ID3v2 tag to FFmpeg (2.8 and today), so the LAME
+    # header behind it is found as one behind junk (the wheel decodes its frame as silence)
+    made["tag_of_revision_ff.mp3"] = folder / "tag_of_revision_ff.mp3"
+    made["tag_of_revision_ff.mp3"].write_bytes(id3v2_tag(100)[:4] + b"\xff" + id3v2_tag(100)[5:]
+                                               + audio)
     # Matroska: its codec delay, which 2.8's demuxer did not signal (the wheel keeps those
     # samples) but for Vorbis's, and the Vorbis end padding it did signal (the wheel trims it)
     for name, codec in CONTAINERS.items():
@@ -343,7 +348,7 @@ CONTAINERS = {"mp3_in.mka": "libmp3lame", "aac_in.mka": "aac", "mp2_in.mka": "mp
               "vbri_v2.mp3": None}
 DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg", "cut_rf64.wav"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3",
-          "header_without_counts_22k.mp3", "tag_with_footer.mp3"]
+          "header_without_counts_22k.mp3", "tag_with_footer.mp3", "tag_of_revision_ff.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
 ESSENTIA_ONLY = ["pages_damaged.ogg"]  # compared in a test of their own
 
@@ -1158,6 +1163,27 @@ def test_a_bogus_block_align_declares_the_samples_length(tmp_path):
     odd.write_bytes(bytes(data))
     decoded = decode_file(odd)
     assert (decoded.status, decoded.declared_frames, len(decoded.samples)) == ("ok", 32000, 32000)
+    # 12-bit samples (which FFmpeg reads as 16-bit): frames of whole bytes, 2, as FFmpeg's own
+    # decoding counts them; 1 byte a sample declared twice the frames there
+    data[34:36] = (12).to_bytes(2, "little")
+    twelve = tmp_path / "twelve.wav"
+    twelve.write_bytes(bytes(data))
+    with av.open(str(twelve)) as container:
+        ffmpeg_frames = sum(frame.samples for frame in container.decode(audio=0))
+    decoded = decode_file(twelve)
+    assert (decoded.status, decoded.declared_frames, len(decoded.samples)) == \
+        ("ok", ffmpeg_frames, ffmpeg_frames)
+
+
+def test_an_aiff_declares_its_frames_to_the_frame(tmp_path):
+    """An AIFF's length is FFmpeg's duration times its rate, rounded: 1001 frames at 16 kHz
+    (1001 / 16000 s times 16000 is 1000.99... in floating point), truncated, declared 1000, and
+    the whole file was reported damaged (more samples than declared)."""
+    path = tmp_path / "odd_length.aiff"
+    soundfile.write(path, signal(16000, 1, 0.4)[:1001], 16000, subtype="PCM_16")
+    frames = soundfile.info(str(path)).frames  # libsndfile's count (the COMM chunk's)
+    decoded = decode_file(path)
+    assert (decoded.status, decoded.declared_frames, len(decoded.samples)) == ("ok", frames, frames)
 
 
 def test_a_header_whose_fields_disagree_is_damage(tmp_path):

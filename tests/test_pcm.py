@@ -131,6 +131,23 @@ def test_an_rf64_header_takes_its_data_size_from_its_ds64_chunk():
         parse_wav_header(io.BytesIO(rf64(b"RF64", len(pcm), ds64_bytes=0xFFFFFFF0)).read)
 
 
+def test_a_data_chunk_after_an_odd_sized_one_is_found_past_its_pad_byte():
+    """A WAV whose data chunk holds an odd number of bytes (8-bit mono), its pad byte, then a
+    second data chunk: the size of the chunk FFmpeg reads (the last), looked for past the pad."""
+    import av
+
+    from jaxmir.pcm import data_chunk_after
+
+    first = bytearray(_wav("WAV", "PCM_U8", channels=1)[:44 + 999])
+    first[40:44] = (999).to_bytes(4, "little")
+    second = b"data" + (500).to_bytes(4, "little") + bytes(range(250)) * 2
+    whole = bytearray(first + b"\x00" + second)
+    whole[4:8] = (len(whole) - 8).to_bytes(4, "little")
+    with av.open(io.BytesIO(bytes(whole))) as container:
+        ffmpeg_frames = sum(frame.samples for frame in container.decode(audio=0))
+    assert data_chunk_after(io.BytesIO(bytes(whole[len(first):])).read, 1) == ffmpeg_frames == 500
+
+
 def test_a_block_align_short_of_the_samples_is_read_by_the_samples():
     """A writer's bogus block_align (0, or less than a frame) was ignored, frames sized by the
     samples; only frames wider than their samples (padding inside) are refused."""
