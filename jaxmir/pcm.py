@@ -132,7 +132,10 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
             if size < 16:
                 raise AudioError(f"{source}: malformed WAV header: fmt chunk of {size} bytes")
             body = need(padded, what)
-            sub_format = struct.unpack("<H", body[24:26])[0] if size >= 26 else None
+            # FFmpeg reads the sub-format only from a whole extension: cbSize 22 in 40 bytes
+            extension = struct.unpack("<H", body[16:18])[0] if size >= 18 else 0
+            whole = size >= 40 and extension >= 22
+            sub_format = struct.unpack("<H", body[24:26])[0] if whole else None
             fmt = struct.unpack("<HHIIHH", body[:16]) + (sub_format,)
         elif name == b"fact" and size >= 4:
             fact = struct.unpack("<I", need(padded, what)[:4])[0]

@@ -148,6 +148,27 @@ def test_a_data_chunk_after_an_odd_sized_one_is_found_past_its_pad_byte():
     assert data_chunk_after(io.BytesIO(bytes(whole[len(first):])).read, 1) == ffmpeg_frames == 500
 
 
+@pytest.mark.parametrize("fmt_bytes, extension", [(26, 8), (38, 20), (40, 0), (40, 21)])
+def test_an_extensible_format_without_its_whole_extension_is_refused_as_ffmpeg_refuses_it(
+        fmt_bytes, extension):
+    """A WAVE_FORMAT_EXTENSIBLE fmt chunk cut short of its 22-byte extension (or whose cbSize
+    says less): FFmpeg reads no sub-format there and decodes nothing; a live stream's header
+    read its PCM tag all the same."""
+    import av
+
+    data = bytearray(_wav("WAVEX", "PCM_16", channels=1))
+    assert data[12:20] == b"fmt " + (40).to_bytes(4, "little")
+    data[36:38] = extension.to_bytes(2, "little")  # cbSize
+    data[16:20] = fmt_bytes.to_bytes(4, "little")
+    data = data[:20 + fmt_bytes] + data[20 + 40:]
+    data[4:8] = (len(data) - 8).to_bytes(4, "little")
+    with pytest.raises(av.error.DecoderNotFoundError):
+        with av.open(io.BytesIO(bytes(data))) as container:
+            next(container.decode(audio=0))
+    with pytest.raises(AudioError, match=r"unsupported WAV format \(format tag 65534, 16 bits"):
+        read_wav_header(io.BytesIO(bytes(data)).read)
+
+
 def test_a_block_align_short_of_the_samples_is_read_by_the_samples():
     """A writer's bogus block_align (0, or less than a frame) was ignored, frames sized by the
     samples; only frames wider than their samples (padding inside) are refused."""
