@@ -109,6 +109,17 @@ def test_squeezed_input_like_essentia(tmp_path):
         assert_parity("model/Softmax", reference, model.apply(fed)["predictions"], True)
 
 
+def test_an_input_of_unknown_width_takes_the_first_dense_layer_s(tmp_path):
+    """A placeholder ``[None, 1, None]`` (a graph frozen without the embedding width) is read
+    as the first dense layer's width, as TensorFlow runs it."""
+    path = write_head(tmp_path, "unknown_width", input_shape=[None, 1, None])
+    model = jaxmir.load(path)
+    assert model.input_shape == (200,)
+    x = embeddings(4, 200)
+    reference = run_tf(path, {"model/Placeholder": x[:, None, :]}, ["model/Softmax"])[0]
+    assert_parity("model/Softmax", reference, model.apply(x)["predictions"], True)
+
+
 def test_essentia_emomusic_regression_head():
     path = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")
     model = jaxmir.load(path)

@@ -497,12 +497,14 @@ def test_a_front_end_pool_that_is_not_musicnn_s_is_refused(tmp_path, pool, attr,
         jaxmir.load(write(tmp_path, "pool", graph))
 
 
-def test_a_same_padded_pool_wider_than_the_bands_loads_as_tensorflow_runs_it(tmp_path):
-    """A SAME max-pool 100 bands wide over 59 takes them all, as MusiCNN's 59-wide one does."""
+@pytest.mark.parametrize("window", [59, 100])
+def test_a_same_padded_pool_wider_than_the_bands_loads_as_tensorflow_runs_it(tmp_path, window):
+    """A SAME max-pool 100 bands wide over 59 takes them all, as MusiCNN's 59-wide one does;
+    so does a SAME one exactly 59 wide (the bound itself)."""
     graph = GraphDefProto.FromString(
         shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
     pool = node_named(graph, "model/max_pooling2d/MaxPool")
-    pool.attr["ksize"].list.i[2] = pool.attr["strides"].list.i[2] = 100
+    pool.attr["ksize"].list.i[2] = pool.attr["strides"].list.i[2] = window
     pool.attr["padding"].s = b"SAME"
     path = write(tmp_path, "wide_pool", graph)
     patches = np.random.default_rng(6).standard_normal((2, 187, 96)).astype(np.float32)
@@ -1548,12 +1550,12 @@ def _typed_node(g, name: str, op: str, inputs=(), types=None, ints=None, value=N
     return node
 
 
-def _reshape_by_pack(g):
-    """Keras's Reshape((96, 64, 1)): its shape a Pack of the input's batch (Shape, StridedSlice)
-    and constants, which jaxmir cannot fold."""
+def _reshape_by_pack(g, slice_begin: int = 0):
+    """Keras's Reshape((96, 64, 1)): its shape a Pack of the input's batch (Shape, StridedSlice
+    from ``slice_begin``, 0: the batch) and constants, which jaxmir cannot fold."""
     _typed_node(g, "keras/Shape", "Shape", ["model/Placeholder"],
                 {"T": DT_FLOAT, "out_type": DT_INT32})
-    for name, value in (("begin", [0]), ("end", [1]), ("strides", [1])):
+    for name, value in (("begin", [slice_begin]), ("end", [slice_begin + 1]), ("strides", [1])):
         _typed_node(g, f"keras/{name}", "Const", types={"dtype": DT_INT32},
                     value=np.array(value, np.int32))
     _typed_node(g, "keras/batch", "StridedSlice",
@@ -1590,6 +1592,15 @@ def test_input_reshapes_that_keep_the_values_in_order_load_as_tensorflow_runs_th
     want, = run_tf(path, {"model/Placeholder:0": x}, ["model/Sigmoid:0"])
     np.testing.assert_allclose(np.asarray(jaxmir.load(path).apply(x)["predictions"]), want,
                                rtol=0, atol=1e-5)
+
+
+def test_a_reshape_packing_another_axis_than_the_batch_is_refused(tmp_path):
+    """``tf.stack([tf.shape(x)[1], 96, 64, 1])`` takes the patch's 96 frames as the batch: it
+    runs only for 96 patches, and then regroups them; it is not read as ``[-1, 96, 64, 1]``."""
+    g = fixture_graph(SMALL_VGGISH)
+    _reshape_by_pack(g, slice_begin=1)
+    with pytest.raises(UnsupportedGraphError, match="reshapes the input patch"):
+        jaxmir.load(write(tmp_path, "pack_axis_1", g))
 
 
 def test_a_squeeze_whose_axes_are_not_a_list_is_a_graph_error(tmp_path):

@@ -77,6 +77,14 @@ def test_graph_frozen_straight_from_training(musicnn_graphs, patches_187, name):
     model = jaxmir.load(path)
     errors = compare_all_nodes(path, model, patches_187)
     assert "model/Sigmoid" in errors and "model/dense/BiasAdd" in errors
+    if name == "msd-vgg":  # musicnn's extractor's pool1..pool5: the pools, singleton axes squeezed
+        pools = [f"pool{i}" for i in range(1, 6)]
+        nodes = [next(node for node, (tap, _) in model.spec.node_map.items()
+                      if node in graph and tap == model.resolve_output(pool)[0]) for pool in pools]
+        reference = run_tf(path, {"model/Placeholder": patches_187}, nodes)
+        ours = model.apply(patches_187, pools)
+        for pool, expected in zip(pools, reference):
+            assert_parity(pool, np.squeeze(expected), ours[pool])  # a batch of 7 stays
 
 
 def flagged(graph_path, tmp_path, default: bool, swap_branches: bool = False):
@@ -334,6 +342,17 @@ def test_graph_without_known_output_or_layers(tmp_path):
         jaxmir.load(build(no_output, tmp_path, "a.pb"))
     with pytest.raises(UnsupportedGraphError, match="no convolution.*jaxmir supports"):
         jaxmir.load(build(no_conv, tmp_path, "b.pb"))
+
+
+def test_a_graph_without_a_float_input_says_so(tmp_path):
+    """An output fed by an integer placeholder alone has no input jaxmir can take."""
+    def integer_input(tf):
+        x = tf.compat.v1.placeholder(tf.int32, [None, 4], name="Placeholder")
+        tf.nn.sigmoid(tf.matmul(tf.cast(x, tf.float32), tf.ones([4, 3])), name="Sigmoid")
+
+    with pytest.raises(UnsupportedGraphError,
+                       match=r"the output depends on 0 float inputs \(none\); expected one"):
+        jaxmir.load(build(integer_input, tmp_path))
 
 
 def test_an_unusual_output_node_is_named_by_output_or_by_the_metadata_json(tmp_path):

@@ -179,13 +179,16 @@ def _consecutive(n: int, hop: int = 93, seed: int = 4) -> np.ndarray:
 def test_apply_shares_the_frames_of_overlapping_patches(musicnn, vgg, monkeypatch, n):
     from jaxmir import model as model_module
 
-    modules = []
+    modules, batches = [], []
     run = model_module.run_patches_jit
     monkeypatch.setattr(model_module, "run_patches_jit",
-                        lambda module, *args: modules.append(module) or run(module, *args))
+                        lambda module, *args: modules.append(module)
+                        or batches.append(len(args[2])) or run(module, *args))
     x = _consecutive(n)
     shared = musicnn.apply(x, ["timbral", "predictions", "embeddings"], overlap_hop=93)
     assert modules[-1].overlap_hop == 93  # the timbral convolutions run once over the stretch
+    # steps of up to 8 patches: fewer run as one step of their own, not padded to 8
+    assert batches[-1] == {1: 1, 2: 2, 5: 5, 13: 16}[n]
     plain = musicnn.apply(x, ["timbral", "predictions", "embeddings"])
     # every row, those whose window reads a patch's zero padding included (1e-6 to 2.3e-5 on ~50)
     scale = float(np.abs(plain["timbral"]).max())
@@ -942,6 +945,17 @@ def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     np.testing.assert_array_equal(given, jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
     with pytest.raises(InputError, match="unknown dtype"):
         musicnn.astype("float16")
+
+
+def test_astype_casts_every_weight_of_a_model_whose_weights_mix_dtypes(musicnn):
+    """A model is left as it is only when every floating-point weight has the dtype already:
+    one whose variables mix float32 and bfloat16 (edited by hand) is cast whole, either way."""
+    leaves, tree = jax.tree_util.tree_flatten(musicnn.variables)
+    mixed = dataclasses.replace(musicnn, variables=jax.tree_util.tree_unflatten(
+        tree, [leaves[0].astype(jnp.bfloat16)] + leaves[1:]))
+    for dtype in ("float32", "bfloat16"):
+        cast = mixed.astype(dtype).variables
+        assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(cast)} == {jnp.dtype(dtype)}
 
 
 def test_loading_a_model_compiles_nothing(musicnn, caplog):
