@@ -749,6 +749,13 @@ def test_a_deleted_array_is_done_again(model, tmp_path):
     assert_same_embeddings(np.load(out / "a.npy"), whole)  # packed with b's patches, then alone
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert sorted(row["npy"] for row in index) == ["a.npy", "b.npy"]  # one row each
+    # an array deleted of a file this run does not hold: its row is not this run's to drop
+    (out / "b.npy").unlink()
+    assert collect(model, [str(clips[0])], str(out), command="embed",
+                   options=Options("embeddings"), name="msd-musicnn", jobs=0,
+                   progress=False).skipped == 1
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert sorted(row["npy"] for row in index) == ["a.npy", "b.npy"]
 
 
 def test_an_overwrite_never_leaves_rows_without_arrays(model, tmp_path, monkeypatch):
@@ -2335,6 +2342,7 @@ def test_run_tag_and_embed_commands(music, model, tmp_path, capsys, monkeypatch)
     assert not arguments.is_collection(parser.parse_args(["x", "-o", "t.csv", "-f", "csv"]), "tag")
     for table in ("T.PARQUET", "T.JsonL", "T.CSV"):  # a text listing was written under the name
         assert arguments.is_collection(parser.parse_args(["x", "-o", table]), "tag"), table
+        assert outputs.kind_of(table, "tag") == table.rsplit(".", 1)[1].lower()  # its writer's
     batches, stream_files = [], compute.stream_files
 
     def recording_stream_files(model, sources, options):
@@ -2459,27 +2467,36 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
 
 def test_two_devices_give_the_results_of_one(music, model, tmp_path):
     """With two local devices each takes packed calls as it is free; the rows equal this process's
-    run on its one device."""
+    run on its one device, per-patch values in their order though a file's later run finishes
+    before its first (held back until then)."""
     long = _write(tmp_path / "long.wav", 40.0, 22050, 1, 6)  # 3 runs of 8 patches: calls for both
     script = """
-import json, sys
+import json, sys, threading
 import jax
 import jaxmir
 from jaxmir.collection import collect, compute
 used = set()
+later_run_done = threading.Event()
 run_call = compute.run_call
 def spying(model, packer, call, taps, carry=None):
     used.update(d.id for d in jax.tree_util.tree_leaves(model.variables)[0].devices())
-    return run_call(model, packer, call, taps, carry)
+    first_patch = call.owners[0][1]
+    if call.run and first_patch == 0:  # long.wav's first run waits for its second to finish
+        later_run_done.wait(60)
+    found = run_call(model, packer, call, taps, carry)
+    if call.run and first_patch > 0:
+        later_run_done.set()
+    return found
 compute.run_call = spying
 if __name__ == "__main__":
     model = jaxmir.load("msd-musicnn")
-    tally = collect(model, sys.argv[1:-1], sys.argv[-1], name="msd-musicnn", jobs=1, progress=False)
+    tally = collect(model, sys.argv[1:-1], sys.argv[-1], name="msd-musicnn", jobs=1, progress=False,
+                    per_patch=True)
     print(json.dumps({"devices": sorted(used), "ok": tally.ok}))
 """
     one = tmp_path / "tags-1.jsonl"                          # this process: one CPU device
     assert collect(model, [str(music), str(long)], str(one), name="msd-musicnn", jobs=1,
-                   progress=False).ok == 5
+                   progress=False, per_patch=True).ok == 5
     two = tmp_path / "tags-2.jsonl"
     env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAXMIR_NO_CACHE="1")
     result = subprocess.run([sys.executable, "-c", script, str(music), str(long), str(two)],
@@ -3247,4 +3264,9 @@ def test_a_parquet_part_whose_columns_were_edited_is_refused(model, music, tmp_p
                                     table.column("rock").cast(pa.string()))
                    .replace_schema_metadata(table.schema.metadata), part)
     with pytest.raises(InputError, match=rf"{part.name}: column 'rock' of type string, not double"):
+        collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    # a column added (a note of the user's): resumed, the parts written after it lacked it
+    pq.write_table(table.append_column("note", pa.array(["mine"] * table.num_rows))
+                   .replace_schema_metadata(table.schema.metadata), part)
+    with pytest.raises(InputError, match=rf"{part.name}: a column 'note' it should not hold"):
         collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
