@@ -403,6 +403,18 @@ def test_gradient_matches_finite_difference(fn, compat):
             assert float(abs(numeric - analytic)) <= 1e-6 * float(abs(analytic))
 
 
+def test_float32_audio_stays_float32_under_x64():
+    """Only float64 audio is computed in float64 under x64: float32 audio gives the same float32
+    frames as without x64."""
+    x = sines(4000)
+    for fn in (frontends.musicnn_logmel, frontends.vggish_logmel):
+        expected = np.asarray(fn(x))
+        with jax.enable_x64(True):
+            found, wide = fn(x), fn(x.astype(np.float64))
+        assert found.dtype == jnp.float32 and wide.dtype == jnp.float64
+        np.testing.assert_array_equal(np.asarray(found), expected)
+
+
 def test_gradient_of_all_zero_audio_is_finite():
     zeros = jnp.zeros(2000, jnp.float32)
     for fn in (frontends.musicnn_logmel, frontends.vggish_logmel):
