@@ -1186,9 +1186,12 @@ def test_a_line_the_reader_holds_back_past_the_deadline_is_given_up(monkeypatch)
         assert len(reader.read()) == held  # nothing of the line given up went out
 
 
-def test_a_file_streamed_without_a_damage_list_warns_of_its_damage(musicnn, tmp_path):
-    """``file_stream`` called alone (the command line and collections pass a list to fill) warns
-    of a file decoded in part, as ``load_audio`` does."""
+def test_a_file_streamed_without_a_damage_list_warns_of_its_damage_and_with_one_lists_it(
+        musicnn, tmp_path):
+    """``file_stream`` called alone warns of a file decoded in part, as ``load_audio`` does; the
+    command line and collections pass a list, which gets the problem instead of a warning."""
+    import warnings
+
     from jaxmir.decode import DamagedAudioWarning
 
     whole = tmp_path / "whole.wav"
@@ -1198,6 +1201,13 @@ def test_a_file_streamed_without_a_damage_list_warns_of_its_damage(musicnn, tmp_
     with pytest.warns(DamagedAudioWarning, match="cut.wav: .*truncated audio"):
         with streaming.file_stream(musicnn, cut, "predictions") as (stream, found):
             assert sum(len(block) for block in found) == 4  # 7.5 s: patches as decoded
+    # with a list (the command line's and collections'), the problem lands there, unwarned
+    damage = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DamagedAudioWarning)
+        with streaming.file_stream(musicnn, cut, "predictions", damage=damage) as (_, found):
+            assert sum(len(block) for block in found) == 4
+    assert len(damage) == 1 and "truncated audio" in damage[0], damage
 
 
 def test_stream_command_refuses_bad_options_before_any_input():

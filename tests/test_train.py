@@ -393,6 +393,16 @@ def test_classes_of_soft_targets_are_counted_by_tracks():
         data.check_classes(one, "DATA")
 
 
+def test_a_multilabel_class_counts_its_tracks_of_probability_one_half():
+    """A multi-label track of probability 0.5 counts for its class, as the metrics count it
+    positive (``soft >= 0.5`` in test_metrics_match_scikit_learn); counted from above 0.5, this
+    dataset's classes had no track and were refused."""
+    targets = np.array([[0.5, 0.2]] * 2 + [[0.1, 0.5]] * 2, np.float32)
+    dataset = data.Dataset(tuple(f"{i}.wav" for i in range(4)), targets, "multi", AB)
+    assert dataset.tracks_per_class().tolist() == [2, 2]
+    data.check_classes(dataset, "DATA")  # two files per class: accepted
+
+
 def test_parquet_list_label_column_is_multilabel(tmp_path, audio_set):
     pa, pq = require("pyarrow"), require("pyarrow.parquet")
     files = sorted(str(p) for p in audio_set.rglob("*.wav"))
@@ -423,8 +433,10 @@ def test_file_listed_twice_in_a_table_refused(tmp_path, audio_set):
     table = tmp_path / "labels.csv"
     # the same file spelled another way is the same file
     twice = os.path.join(os.path.dirname(files[0]), ".", os.path.basename(files[0]))
+    thrice = os.path.join(os.path.dirname(files[0]), ".", ".", os.path.basename(files[0]))
+    # listed three times, it is still one file named once
     table.write_text("path,label\n" + "".join(f"{f},{'ab'[i % 2]}\n"
-                                              for i, f in enumerate(files + [twice])))
+                                              for i, f in enumerate(files + [twice, thrice])))
     with pytest.raises(InputError, match="1 file.*more than once.*" + os.path.basename(files[0])):
         data.load_dataset(table)
 
@@ -842,6 +854,28 @@ def test_the_validation_cost_is_mtgs():
     assert abs(losses.mean() + 1e-2 * l2 - expected) > 1e-3  # the batches' weights matter here
 
 
+def test_an_epoch_s_validation_cost_takes_batches_of_the_configured_size():
+    """Fewer training patches (18) than ``batch_size`` (32) shrink the training batches, not the
+    validation ones: an epoch's cost is MTG's over batches of 32 of the 48 validation patches."""
+    tracks, targets = blobs(n_per_class=2, patches=3)
+    val_tracks, val_targets = blobs(n_per_class=4, patches=4, seed=1)
+    config = fit.TrainConfig(epochs=1, learning_rate=1e-2)
+    head = fit.train_head(tracks, targets, "single", ABC, config, (val_tracks, val_targets))
+    assert head.kept_epoch == 1  # its weights are the epoch's
+    x = np.concatenate(val_tracks)
+    y = np.repeat(val_targets, 4, axis=0)
+    logits, w = _head_outputs_float64(head.params, x)
+    logits -= logits.max(axis=1, keepdims=True)
+    losses = -(y * (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))).sum(axis=1)
+    decay = config.weight_decay * sum(0.5 * np.sum(v ** 2) for layer in w.values()
+                                      for v in layer.values())
+    expected = np.mean([losses[:32].mean(), losses[32:].mean()]) + decay
+    in_18s = np.mean([losses[:18].mean(), losses[18:36].mean(), losses[36:].mean()]) + decay
+    assert abs(in_18s - expected) > 1e-4 * expected  # the batches' sizes matter here
+    got = head.history[0]["val_loss"]
+    assert abs(got - expected) < 1e-5 * expected  # float32 products against float64 ones
+
+
 def test_a_regression_cost_is_the_mean_squared_error_over_every_output():
     """Two outputs (valence, arousal): MTG's mean squared error averages over both, where one
     output, as every regression tested had, cannot tell a mean from a sum."""
@@ -1235,6 +1269,18 @@ def test_folds_partition_and_stratify():
     assert len(result.folds) == 5 and result.confusion.sum() == 30
     mean, std = result.summary["normalized_accuracy"]
     assert mean > 0.9 and std >= 0
+
+
+def test_as_many_folds_as_tracks_leave_one_out_as_scikit_learn_does():
+    """folds may be the number of tracks (its docstring's bound): each fold tests one track, as
+    scikit-learn's LeaveOneOut splits; single-label classes of 3 tracks leave 2 to train on."""
+    model_selection = require("sklearn.model_selection")
+    _, targets = blobs(n_per_class=3)
+    fit.check_folds(targets, "single", ABC, len(targets))  # accepted
+    for task in ("single", "multi"):
+        folds = fit.fold_indices(targets, task, len(targets), seed=0)
+        want = [test for _, test in model_selection.LeaveOneOut().split(targets)]
+        assert sorted(fold.tolist() for fold in folds) == sorted(t.tolist() for t in want)
 
 
 def test_folds_of_uneven_classes_differ_by_one_track_at_most():
