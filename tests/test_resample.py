@@ -278,6 +278,21 @@ def test_small_pushes_wait_for_a_step_of_outputs(music, rate, monkeypatch):
     assert np.max(held - prompt) <= convert.MIN_OUTPUTS + 1024 * 16000 / rate
 
 
+def test_a_push_runs_once_its_input_makes_min_outputs():
+    """A push waits while the input since the last outputs makes fewer than ``min_outputs``
+    outputs, and runs once it makes that many: at 44.1 -> 16 kHz, the default 2048 outputs
+    take 5645 samples (5644 make 2047.7), whose final outputs are the one-shot call's."""
+    from jaxmir.resample import MIN_OUTPUTS, SincResampler, resample
+
+    need = -(-MIN_OUTPUTS * 44100 // 16000)           # ceil, in exact integers
+    x = np.random.default_rng(4).uniform(-1, 1, need).astype(np.float32)
+    stream = SincResampler(44100, 16000)
+    assert stream.push(x[:-1]).size == 0
+    got = stream.push(x[-1:])
+    assert got.size > 0
+    np.testing.assert_array_equal(got, resample(x, 44100, 16000)[:got.size])
+
+
 def test_the_recurrence_moves_to_the_compiled_scan(monkeypatch):
     """libsamplerate's recurrence runs in Python for a process's first ``_PYTHON_STEPS`` steps
     (no compilation for a short clip), then in the compiled scan, except for runs too short to
@@ -504,19 +519,20 @@ def test_a_pushed_buffer_may_be_reused(rate):
 
 
 def test_bad_input():
-    from jaxmir.resample import SincResampler, resample
+    from jaxmir.resample import MAX_MIN_OUTPUTS, MAX_TAPS, SincResampler, plan_of, resample
 
     x = np.zeros(100, np.float32)
     assert resample(np.zeros(0, np.float32), 44100, 16000).shape == (0,)
     for rate in (0, -1, 384_001, 44100.5, "44100", True):
         with pytest.raises(AudioError):
             resample(x, rate, 16000)
-    with pytest.raises(AudioError, match="ratio"):
+    with pytest.raises(AudioError, match="^1 Hz -> 384000 Hz is a ratio of 384000;"):
         resample(x, 1, 384_000)                # ratio 384000 > 256
     with pytest.raises(AudioError, match="taps"):
         resample(x, 384_000, 1500, "sinc_best")   # 1/256 with the best filter: ~36600 taps
     with pytest.raises(AudioError, match="needs 22864 filter taps per side; at most 16384"):
         resample(x, 384_000, 2400, "sinc_best")   # just past the bound: it ran, for 6 s
+    assert plan_of(114_650, 1000, "sinc_best").taps == MAX_TAPS   # the bound itself is allowed
     with pytest.raises(AudioError, match="quality"):
         resample(x, 44100, 16000, "sinc_ultra")
     with pytest.raises(AudioError, match="NaN"):
@@ -525,9 +541,10 @@ def test_bad_input():
         resample(np.zeros((10, 2), np.float32), 44100, 16000)
     with pytest.raises(AudioError, match="NaN"):
         SincResampler(44100, 16000).push(np.array([np.inf], np.float32))
-    for steps in (-1, 2.5, "2048", True):
+    for steps in (-1, 2.5, "2048", True, MAX_MIN_OUTPUTS + 1):
         with pytest.raises(InputError, match="min_outputs"):
             SincResampler(44100, 16000, min_outputs=steps)
+    SincResampler(44100, 16000, min_outputs=MAX_MIN_OUTPUTS)   # the bound itself is taken
     assert resample(x, 1, 256, "sinc_fastest").shape[0] > 0   # extreme but valid rates work
 
 
@@ -678,10 +695,13 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
     theirs = samplerate.resample(noise, plan.ratio, "sinc_fastest")
     assert ours.shape == theirs.shape
     assert np.max(np.abs(ours - theirs)) <= TOL
-    wrong = table.copy()
-    wrong[40] *= 1.01           # within the first zero crossing (index_inc = 128): a large entry
-    with pytest.raises(AudioError, match="does not reproduce"):
-        tables._verify("sinc_fastest", wrong, samplerate)
+    # within the first zero crossing (index_inc = 128): a large entry. 1e-4 off, it moves the
+    # noise's outputs by up to 7e-5 (70 times the parity bound), and must be refused too.
+    for off in (1.01, 1.0001):
+        wrong = table.copy()
+        wrong[40] *= off
+        with pytest.raises(AudioError, match="does not reproduce"):
+            tables._verify("sinc_fastest", wrong, samplerate)
 
 
 def test_device_tables_compile_nothing(caplog):
