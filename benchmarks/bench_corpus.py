@@ -139,13 +139,14 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     parser.add_argument("--batch", type=int, default=8, help="patches per model call")
     parser.add_argument("--resampler", choices=("essentia", "samplerate"), default="essentia",
-                        help="jaxmir's resampler: Essentia's converter (default; in JAX where faster) "
-                             "or libsamplerate itself")
+                        help="jaxmir's resampler: Essentia's converter (default; "
+                             "in JAX where faster) or libsamplerate itself")
     parser.add_argument("--processes", action="store_true",
                         help="jaxmir decodes in worker processes instead of threads")
     parser.add_argument("--folder", default=str(ROOT / "build" / "corpus"))
     parser.add_argument("--no-essentia", action="store_true",
-                        help="jaxmir alone (where essentia-tensorflow is not installed, e.g. a GPU machine)")
+                        help="jaxmir alone (where essentia-tensorflow "
+                             "is not installed, e.g. a GPU machine)")
     args = parser.parse_args(argv)
     if not args.no_essentia:  # said now, not after the jaxmir runs
         probe = subprocess.run([sys.executable, "-c", "import essentia.standard"],

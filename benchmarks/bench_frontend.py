@@ -47,7 +47,8 @@ def librosa_musicnn(librosa, y: np.ndarray) -> np.ndarray:
 
 def librosa_vggish(librosa, y: np.ndarray) -> np.ndarray:
     mel = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=512, win_length=400, hop_length=160,
-                                         n_mels=64, fmin=125, fmax=7500, htk=True, norm=None, power=1)
+                                         n_mels=64, fmin=125, fmax=7500, htk=True, norm=None,
+                                         power=1)
     return np.log(mel.T + 0.01)
 
 
@@ -68,10 +69,12 @@ def main(argv=None) -> None:
           "of the repeats)")
 
     cases = [
-        ("musicnn (essentia)", lambda: frontends.musicnn_logmel(y), lambda: librosa_musicnn(librosa, y)),
+        ("musicnn (essentia)", lambda: frontends.musicnn_logmel(y),
+         lambda: librosa_musicnn(librosa, y)),
         ("musicnn (musicnn)", lambda: frontends.musicnn_logmel(y, compat="musicnn"),
          lambda: librosa_musicnn(librosa, y)),
-        ("vggish (essentia)", lambda: frontends.vggish_logmel(y), lambda: librosa_vggish(librosa, y)),
+        ("vggish (essentia)", lambda: frontends.vggish_logmel(y),
+         lambda: librosa_vggish(librosa, y)),
     ]
     librosa_musicnn(librosa, y[:16000])  # warm librosa's caches (filterbank, numba)
     librosa_vggish(librosa, y[:16000])
@@ -82,7 +85,8 @@ def main(argv=None) -> None:
         compile_s = time.perf_counter() - start
         ours_s = best_time(lambda: ours().block_until_ready(), args.repeats)
         theirs_s = best_time(theirs, args.repeats)
-        print(f"{name:<20} {compile_s:>10.3f} {ours_s:>10.4f} {theirs_s:>10.4f} {theirs_s / ours_s:>6.1f}x")
+        print(f"{name:<20} {compile_s:>10.3f} {ours_s:>10.4f} "
+              f"{theirs_s:>10.4f} {theirs_s / ours_s:>6.1f}x")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def device_line() -> str:
     import jax
 
     device = jax.devices()[0]
-    line = f"{device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)), JAX {jax.__version__}"
+    line = (f"{device.device_kind} ({jax.default_backend()}, "
+            f"{jax.device_count()} device(s)), JAX {jax.__version__}")
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
@@ -69,7 +70,8 @@ def with_random_weights(model, seed: int = 0):
         return (0.01 * rng.standard_normal(shape)).astype(np.float32)
 
     variables = jax.tree_util.tree_map_with_path(draw, model.variables)
-    return dataclasses.replace(model, variables=jax.tree_util.tree_map(jax.numpy.asarray, variables))
+    return dataclasses.replace(model,
+                               variables=jax.tree_util.tree_map(jax.numpy.asarray, variables))
 
 
 def full_size_vggish():
@@ -87,15 +89,18 @@ def full_size_vggish():
     config = {"blocks": vggish_blocks(), "input_bn_epsilon": None,
               "head": (Dense(4096), relu, Dense(4096), relu, Dense(128))}
     shapes = jax.eval_shape(build_module("vggish", config).init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, VGGISH.patch_size, VGGISH.n_bands), np.float32))
+                            jax.ShapeDtypeStruct((1, VGGISH.patch_size, VGGISH.n_bands),
+                                                 np.float32))
     variables = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, np.float32), shapes)
     aliases = {"conv1": "block_1/features", "pool1": "block_1_output", "conv2": "block_2/features",
-               "pool2": "block_2_output", "conv3_1": "block_3_output", "conv3_2": "block_4/features",
-               "pool3": "block_4_output", "conv4_1": "block_5_output", "conv4_2": "block_6/features",
+               "pool2": "block_2_output", "conv3_1": "block_3_output",
+               "conv3_2": "block_4/features", "pool3": "block_4_output",
+               "conv4_1": "block_5_output", "conv4_2": "block_6/features",
                "pool4": "block_6_output", "fc1_1": "head/layer_0", "fc1_2": "head/layer_2",
                "embeddings": "head/layer_4", "predictions": "head/layer_4"}
     spec = ModelSpec("vggish", config, variables, "model/Placeholder",
-                     (VGGISH.patch_size, VGGISH.n_bands), "model/vggish/embeddings", aliases, {}, VGGISH)
+                     (VGGISH.patch_size, VGGISH.n_bands), "model/vggish/embeddings", aliases, {},
+                     VGGISH)
     return jaxmir.Model.from_spec(spec, source="full-size VGGish (random weights)")
 
 
@@ -159,9 +164,9 @@ def model_rates(models: dict, audio_16k: np.ndarray, batches: list[int], repeats
         deviation = float(np.max(np.abs(low_out - full_out)) / np.max(np.abs(full_out)))
         for batch, rates in timed:
             f32, bf16 = rates["float32"][0], rates["bfloat16"][0]
-            rows.append(f"| {name} | {batch} | {spread(f32, digits=0)} | {spread(bf16, digits=0)} | "
-                        f"{np.median(bf16) / np.median(f32):.2f}x | {deviation:.1e} | "
-                        f"{rates['float32'][1]:.1f} |")
+            rows.append(f"| {name} | {batch} | {spread(f32, digits=0)} | "
+                        f"{spread(bf16, digits=0)} | {np.median(bf16) / np.median(f32):.2f}x "
+                        f"| {deviation:.1e} | {rates['float32'][1]:.1f} |")
     return rows
 
 
@@ -200,10 +205,12 @@ def end_to_end(models: dict, seconds: float, repeats: int) -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=600.0, help="length of the end-to-end track")
+    parser.add_argument("--seconds", type=float, default=600.0,
+                        help="length of the end-to-end track")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 8, 64, 256, 1024])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--vggish", default=None, help="a VGGish graph or weights file (shapes only)")
+    parser.add_argument("--vggish", default=None,
+                        help="a VGGish graph or weights file (shapes only)")
     parser.add_argument("--only", nargs="*", default=["precision", "model", "files"],
                         choices=["precision", "model", "files"])
     args = parser.parse_args(argv)
@@ -221,9 +228,10 @@ def main(argv=None) -> None:
         print("\n".join(precision_check(models, audio_16k)) + "\n", flush=True)
     if "model" in args.only:
         print("#### Model only: warm patches/s (median (min-max)), float32 and bfloat16\n")
-        print("| model | batch | float32 | bfloat16 | bf16 / f32 | bf16 deviation (max abs / max) | "
-              "first call s (f32) |\n|---|---|---|---|---|---|---|")
-        print("\n".join(model_rates(models, audio_16k, args.batches, args.repeats)) + "\n", flush=True)
+        print("| model | batch | float32 | bfloat16 | bf16 / f32 | bf16 deviation "
+              "(max abs / max) | first call s (f32) |\n|---|---|---|---|---|---|---|")
+        print("\n".join(model_rates(models, audio_16k, args.batches, args.repeats)) + "\n",
+              flush=True)
     if "files" in args.only:
         print(f"#### End to end: a {args.seconds:g}-s 44.1-kHz stereo WAV -> tags/embeddings "
               f"averaged over patches (warm seconds)\n")

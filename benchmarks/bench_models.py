@@ -1,6 +1,7 @@
 """Model-only inference: jaxmir vs a TensorFlow session on the same frozen graph and patches.
 
-    python benchmarks/bench_models.py [--batches 1 16 64] [--models msd-musicnn msd-vgg audioset-vggish]
+    python benchmarks/bench_models.py [--batches 1 16 64]
+        [--models msd-musicnn msd-vgg audioset-vggish]
 
 Each framework runs in its own process (so peak memory is its own) on the same
 graph and the same patches; the table gives warm patches per second, the ratio
@@ -59,7 +60,8 @@ def worker(framework: str, path: Path, batches: list[int]) -> dict:
             tf.graph_util.import_graph_def(graph_def, name="")
         output = [n.name for n in graph_def.node if n.name in (
             "model/Sigmoid", "model/Softmax", "model/vggish/embeddings")][0]
-        shape = [d.size for d in graph.get_tensor_by_name("model/Placeholder:0").shape.as_proto().dim][1:]
+        shape = [d.size
+                 for d in graph.get_tensor_by_name("model/Placeholder:0").shape.as_proto().dim][1:]
         with tf.compat.v1.Session(graph=graph) as session:
             for batch in batches:
                 x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
@@ -79,7 +81,8 @@ def run_worker(framework: str, path: Path, batches: list[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 16, 64])
-    parser.add_argument("--models", nargs="*", default=["msd-musicnn", "msd-vgg", "audioset-vggish"])
+    parser.add_argument("--models", nargs="*",
+                        default=["msd-musicnn", "msd-vgg", "audioset-vggish"])
     parser.add_argument("--worker", choices=["jaxmir", "tf"], help=argparse.SUPPRESS)
     parser.add_argument("--graph", help=argparse.SUPPRESS)
     args = parser.parse_args()

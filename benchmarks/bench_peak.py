@@ -39,7 +39,8 @@ from common import cpu_line
 
 TIME, MEL = 187, 96
 TIMBRAL = {"timbral 7x38": (7, 38, 204), "timbral 7x67": (7, 67, 204)}   # (frames, bands, filters)
-TEMPORAL = {"temporal 128x1": (128, 1, 51), "temporal 64x1": (64, 1, 51), "temporal 32x1": (32, 1, 51)}
+TEMPORAL = {"temporal 128x1": (128, 1, 51), "temporal 64x1": (64, 1, 51),
+            "temporal 32x1": (32, 1, 51)}
 
 
 def musicnn_macs(midend: int = 64, backend: int = 200, labels: int = 50) -> dict[str, int]:
@@ -93,7 +94,8 @@ def peak(rounds: int) -> tuple[float, list[str]]:
     rates = {k: [2 * cases[k][0] ** 3 / t / 1e9 for t in v] for k, v in times.items()}
     best = max(statistics.median(v) for v in rates.values())
     lines = [f"| matmul n x n | {CLOCK[clock_name][1]} median (min-max) |", "|---|---|"]
-    lines += [f"| {k} | {statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f}) |" for k, v in rates.items()]
+    lines += [f"| {k} | {statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f}) |"
+              for k, v in rates.items()]
     return best, lines
 
 
@@ -102,7 +104,8 @@ def branch(x, kernel, padding):
     import jax
     from jax import lax
 
-    y = lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jax.numpy.max(jax.nn.relu(y), axis=2)
 
 
@@ -168,9 +171,8 @@ def time_layers(batch: int, rounds: int, seconds: float, peak_gflops: float) -> 
     cases[name] = lambda: np.asarray(model.predict(audio, 16000))
     flops[name] = per_patch * n_patches
     times = interleaved(cases, rounds)
-    lines = [f"| case (batch {batch}) | ms per patch ({clock_name}) | {CLOCK[clock_name][1]} median (min-max) "
-             "| % of peak |",
-             "|---|---|---|---|"]
+    lines = [f"| case (batch {batch}) | ms per patch ({clock_name}) | "
+             f"{CLOCK[clock_name][1]} median (min-max) | % of peak |", "|---|---|---|---|"]
     for case, values in times.items():
         rates = [flops[case] / s / 1e9 for s in values]
         patches = n_patches if case.startswith("Model.predict") else batch
@@ -236,15 +238,16 @@ def time_variants(batch: int, rounds: int, peak_gflops: float) -> list[str]:
         flops[label] = 2 * batch * sum(macs[n] for n in TEMPORAL)
         outputs[label] = np.asarray(fn(x))
     times = interleaved(cases, rounds)
-    lines = [f"| formulation (batch {batch}) | ms per patch ({clock_name}) | useful {CLOCK[clock_name][1]} "
-             "| % of peak | "
-             "max abs diff vs XLA conv |", "|---|---|---|---|---|"]
+    lines = [f"| formulation (batch {batch}) | ms per patch "
+             f"({clock_name}) | useful {CLOCK[clock_name][1]} | % of "
+             "peak | max abs diff vs XLA conv |", "|---|---|---|---|---|"]
     for case, values in times.items():
         rate = flops[case] / statistics.median(values) / 1e9
         reference = outputs[case.split(":")[0] + ": XLA conv"]
         diff = float(np.abs(outputs[case] - reference).max())
-        lines.append(f"| {case} | {statistics.median(values) / batch * 1e3:.2f} | {rate:.1f} | "
-                     f"{100 * rate / peak_gflops:.0f}% | {diff:.1e} (of max {np.abs(reference).max():.1f}) |")
+        lines.append(f"| {case} | {statistics.median(values) / batch * 1e3:.2f} "
+                     f"| {rate:.1f} | {100 * rate / peak_gflops:.0f}% | "
+                     f"{diff:.1e} (of max {np.abs(reference).max():.1f}) |")
     return lines
 
 
@@ -254,16 +257,19 @@ def main(argv=None) -> int:
                         help="patches per call; 8, the streaming engine's batch, is the most the "
                              "model's branches see (Model.apply steps 8 at a time)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=207.0, help="track length for Model.predict")
+    parser.add_argument("--seconds", type=float, default=207.0,
+                        help="track length for Model.predict")
     parser.add_argument("--variants", action="store_true", help="also time the formulations tried")
     parser.add_argument("--dump", help="write XLA's HLO to this folder")
     parser.add_argument("--clock", choices=list(CLOCK), default="wall",
-                        help="wall time, or CPU seconds of the process (robust on a shared machine)")
+                        help="wall time, or CPU seconds of the "
+                             "process (robust on a shared machine)")
     args = parser.parse_args(argv)
     global clock_name
     clock_name = args.clock
     if args.dump:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={args.dump}".strip()
+        os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                                   f"--xla_dump_to={args.dump}").strip()
     import jax
 
     print(f"## MusiCNN vs the float32 peak — {cpu_line()}; JAX {jax.__version__}; "

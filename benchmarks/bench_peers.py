@@ -96,7 +96,8 @@ def synthetic_track(seconds: float, rate: int = NATIVE, seed: int = 0) -> np.nda
     kick = np.sin(2 * np.pi * (50 + 100 * np.exp(-40 * beat)) * beat) * np.exp(-12 * beat)
     hat = rng.standard_normal(t.size) * np.exp(-60 * ((t + 0.25) % 0.5))
     hat = np.diff(hat, prepend=0.0)                                           # brighter noise
-    mono = 0.12 * chord + 0.25 * bass + 0.5 * kick + 0.05 * hat + 0.003 * rng.standard_normal(t.size)
+    mono = (0.12 * chord + 0.25 * bass + 0.5 * kick + 0.05 * hat
+            + 0.003 * rng.standard_normal(t.size))
     pan = 0.5 + 0.3 * np.sin(2 * np.pi * t / 11)
     stereo = np.stack([mono * (1.2 - pan) + 0.1 * chord, mono * (0.2 + pan)], axis=1)
     return (stereo / np.abs(stereo).max() * 0.9).astype(np.float32)
@@ -116,8 +117,9 @@ def write_track(folder: Path, seconds: float) -> tuple[Path, Path]:
         stream.layout = "stereo"
         pcm = (stereo * 32767).astype(np.int16)
         for start in range(0, len(pcm), 1152 * 64):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[start:start + 1152 * 64].reshape(1, -1)),
-                                               format="s16", layout="stereo")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(pcm[start:start + 1152 * 64].reshape(1, -1)),
+                format="s16", layout="stereo")
             frame.sample_rate = NATIVE
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -129,7 +131,8 @@ def write_track(folder: Path, seconds: float) -> tuple[Path, Path]:
 def vggish_graph() -> Path:
     path = ROOT / "build" / "graphs" / "audioset-vggish-3-replica.pb"
     if not path.is_file():
-        from tools import tf_graphs  # imports tensorflow; only in the parent, before any essentia child
+        # imports tensorflow; only in the parent, before any essentia child
+        from tools import tf_graphs
         path.parent.mkdir(parents=True, exist_ok=True)
         tf_graphs.write_graph(tf_graphs.vggish_graph(tf_graphs.random_weights(0)), str(path))
     return path
@@ -211,7 +214,8 @@ def runner(framework: str, graph: str, onnx: str, input_name: str, output_name: 
         import essentia
         import essentia.standard as es
 
-        predict = es.TensorflowPredict(graphFilename=graph, inputs=[input_name], outputs=[output_name])
+        predict = es.TensorflowPredict(graphFilename=graph, inputs=[input_name],
+                                       outputs=[output_name])
 
         def run(x):
             pool = essentia.Pool()
@@ -242,8 +246,8 @@ def work_model(framework: str, cfg: dict) -> dict:
         start = time.perf_counter()
         out = run(x)
         first = time.perf_counter() - start
-        times = samples(lambda: run(x), repeats=cfg["repeats"], min_seconds=1.0, max_seconds=cfg["max_s"],
-                        warmup=1)
+        times = samples(lambda: run(x), repeats=cfg["repeats"], min_seconds=1.0,
+                        max_seconds=cfg["max_s"], warmup=1)
         result[str(batch)] = {"patches_per_s": [batch / t for t in times], "first_s": first}
         if unshared is not None:
             result[str(batch)]["vs_unshared"] = float(np.max(np.abs(out - unshared(x))))
@@ -264,7 +268,8 @@ def work_frontend(framework: str, cfg: dict) -> dict:
         mel = es.TensorflowInputMusiCNN()
 
         def fn():
-            return np.array([mel(frame) for frame in es.FrameGenerator(audio, frameSize=512, hopSize=256)])
+            return np.array([mel(frame)
+                             for frame in es.FrameGenerator(audio, frameSize=512, hopSize=256)])
     start = time.perf_counter()
     frames = fn()
     first = time.perf_counter() - start
@@ -313,7 +318,8 @@ def tags_function(pipeline: str, cfg: dict):
             tags = np.asarray(model.predict(audio, SR)).mean(axis=0)
             return tags, {"load": t1 - t0, "features+model": time.perf_counter() - t1}
         return tag
-    run = runner(pipeline.split("+")[1], cfg["graph"], cfg["onnx"], "model/Placeholder", "model/Sigmoid")
+    run = runner(pipeline.split("+")[1], cfg["graph"], cfg["onnx"], "model/Placeholder",
+                 "model/Sigmoid")
 
     def tag(path):
         t0 = time.perf_counter()
@@ -321,9 +327,11 @@ def tags_function(pipeline: str, cfg: dict):
         t1 = time.perf_counter()
         patches = patches_of(librosa_logmel(audio))
         t2 = time.perf_counter()
-        tags = np.concatenate([run(patches[i:i + BATCH]) for i in range(0, len(patches), BATCH)]).mean(0)
+        tags = np.concatenate([run(patches[i:i + BATCH])
+                               for i in range(0, len(patches), BATCH)]).mean(0)
         t3 = time.perf_counter()
-        return tags, {"load": t1 - t0, "features+model": t3 - t1, "front-end": t2 - t1, "model": t3 - t2}
+        return tags, {"load": t1 - t0, "features+model": t3 - t1, "front-end": t2 - t1,
+                      "model": t3 - t2}
     return tag
 
 
@@ -342,7 +350,8 @@ def work_tags(pipeline: str, cfg: dict) -> dict:
 
 
 def essentia_tag_command(graph: str, files: list[str]) -> int:
-    """Essentia's way of tagging as a script (cold start row): load, predict, average, print top 3."""
+    """Essentia's way of tagging as a script (cold start row): load, predict, average, print top
+    3."""
     import essentia.standard as es
 
     predict = es.TensorflowPredictMusiCNN(graphFilename=graph, output="model/Sigmoid")
@@ -395,7 +404,8 @@ def check_peers() -> None:
         except md.PackageNotFoundError:
             missing.append(package)
     for module in ("essentia.standard", "tensorflow", "onnxruntime"):  # each in its own process
-        if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
+        if subprocess.run([sys.executable, "-c", f"import {module}"],
+                          capture_output=True).returncode:
             missing.append(f"{module} (installed, but its import fails)")
     if missing:
         raise SystemExit(f"bench_peers.py runs every peer; missing: {', '.join(missing)} "
@@ -424,7 +434,8 @@ def table_models(args, folder: Path, log) -> list[str]:
              + " | jaxmir vs ORT | vs TF | vs Essentia |",
              "|---|---|---|" + "---|" * (len(FRAMEWORKS) + 3)]
     extra = []
-    frames = folder / "consecutive-frames.npy"  # one log-mel-sized array the consecutive patches share
+    # one log-mel-sized array the consecutive patches share
+    frames = folder / "consecutive-frames.npy"
     longest = (max(args.batches) - 1) * HOP + PATCH
     np.save(frames, np.random.default_rng(7).standard_normal((longest, 96)).astype(np.float32))
     for name in args.models:
@@ -445,10 +456,12 @@ def table_models(args, folder: Path, log) -> list[str]:
             results = {}
             for framework in FRAMEWORKS:
                 results[framework] = worker("model", framework, cfg)
-                log(f"  model {name} ({kind}) {framework}: peak {results[framework]['peak_mb']:.0f} "
-                    f"MiB, {results[framework]['wall_s']:.0f} s in all")
+                log(f"  model {name} ({kind}) {framework}: peak "
+                    f"{results[framework]['peak_mb']:.0f} MiB, "
+                    f"{results[framework]['wall_s']:.0f} s in all")
             for batch in args.batches:
-                cells = [spread(results[f][str(batch)]["patches_per_s"], digits=1) for f in FRAMEWORKS]
+                cells = [spread(results[f][str(batch)]["patches_per_s"], digits=1)
+                         for f in FRAMEWORKS]
                 ours = med(results["jaxmir"][str(batch)]["patches_per_s"])
                 ratios = [ratio(ours, med(results[f][str(batch)]["patches_per_s"]))
                           for f in FRAMEWORKS[1:]]
@@ -457,7 +470,8 @@ def table_models(args, folder: Path, log) -> list[str]:
             extra.append(f"{name} ({kind}) peak RSS MiB: " + ", ".join(
                 f"{f} {results[f]['peak_mb']:.0f}" for f in FRAMEWORKS)
                 + "; jaxmir first call (compile) s: "
-                + ", ".join(f"b{b} {results['jaxmir'][str(b)]['first_s']:.1f}" for b in args.batches))
+                + ", ".join(f"b{b} {results['jaxmir'][str(b)]['first_s']:.1f}"
+                            for b in args.batches))
             if frames_path:
                 extra.append(f"{name} ({kind}): jaxmir's outputs with sharing vs without, max abs "
                              "difference: " + ", ".join(
@@ -476,9 +490,11 @@ def table_frontend(args, folder: Path, wav: Path, log) -> list[str]:
         results[framework] = worker("frontend", framework, cfg)
         log(f"  front-end {framework}: {spread(results[framework]['seconds'], digits=3)} s")
     reference = np.load(folder / "frontend-essentia.npy")
-    lines = [f"### Front-end: {len(audio) / SR:.0f} s of 16-kHz audio -> log-mel [frames, 96] (warm seconds)",
-             "", "| front-end | seconds | jaxmir faster by | frames | max abs diff vs Essentia | peak RSS MiB |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"### Front-end: {len(audio) / SR:.0f} s of 16-kHz "
+             "audio -> log-mel [frames, 96] (warm seconds)",
+             "",
+             "| front-end | seconds | jaxmir faster by | frames "
+             "| max abs diff vs Essentia | peak RSS MiB |", "|---|---|---|---|---|---|"]
     ours = med(results["jaxmir"]["seconds"])
     for framework, label in (("jaxmir", "jaxmir frontends.musicnn_logmel"),
                              ("librosa", "librosa (musicnn's settings)"),
@@ -486,12 +502,12 @@ def table_frontend(args, folder: Path, wav: Path, log) -> list[str]:
         frames = np.load(folder / f"frontend-{framework}.npy")
         n = min(len(frames), len(reference))
         diff = float(np.abs(frames[:n] - reference[:n]).max())
-        lines.append(f"| {label} | {spread(results[framework]['seconds'], digits=3)} | "
-                     f"{ratio(med(results[framework]['seconds']), ours)} | {len(frames)} | {diff:.2g} | "
-                     f"{results[framework]['peak_mb']:.0f} |")
+        lines.append(f"| {label} | {spread(results[framework]['seconds'], digits=3)} "
+                     f"| {ratio(med(results[framework]['seconds']), ours)} | "
+                     f"{len(frames)} | {diff:.2g} | {results[framework]['peak_mb']:.0f} |")
     lines.append("")
-    lines.append("- librosa centres its frames differently from Essentia and rounds to float16, so its diff "
-                 "is a different front-end, not an error; first-call (compile) seconds: " +
+    lines.append("- librosa centres its frames differently from Essentia and rounds to float16, so "
+                 "its diff is a different front-end, not an error; first-call (compile) seconds: " +
                  ", ".join(f"{f} {r['first_s']:.2f}" for f, r in results.items()))
     return lines
 
@@ -505,14 +521,16 @@ def table_tags(args, folder: Path, tracks: dict[str, Path], log) -> tuple[list[s
         pipelines = PIPELINES if kind == "wav" else ("essentia", "jaxmir", "jaxmir stream")
         for pipeline in pipelines:
             out = folder / f"tags-{pipeline.replace(' ', '_')}-{kind}.npy"
-            cfg = dict(graph=str(graph), onnx=str(onnx), track=str(track), repeats=args.repeats, out=str(out))
+            cfg = dict(graph=str(graph), onnx=str(onnx), track=str(track), repeats=args.repeats,
+                       out=str(out))
             results[pipeline, kind] = r = worker("tags", pipeline, cfg)
             r["tags"] = np.load(out)
             log(f"  tags {pipeline} {kind}: {spread([x['total'] for x in r['runs']])} s")
-    lines = [f"### File -> tags averaged over patches ({args.seconds:g}-s 44.1-kHz stereo track, warm, "
-             "seconds)", "",
-             "| pipeline | file | total | load (decode+resample) | features+model | jaxmir faster by | "
-             "max abs diff vs Essentia | first call s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"### File -> tags averaged over patches ({args.seconds:g}-s "
+             "44.1-kHz stereo track, warm, seconds)", "",
+             "| pipeline | file | total | load (decode+resample) | features+model | "
+             "jaxmir faster by | max abs diff vs Essentia | first call s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (pipeline, kind), r in results.items():
         totals = [x["total"] for x in r["runs"]]
         ours = med([x["total"] for x in results["jaxmir", kind]["runs"]])
@@ -533,7 +551,8 @@ def table_tags(args, folder: Path, tracks: dict[str, Path], log) -> tuple[list[s
         return med([x["total"] for x in results[pipeline, kind]["runs"]])
 
     lines += ["- Essentia's time over jaxmir stream's (`jaxmir tag FILE`): " + ", ".join(
-        f"{kind} {ratio(total('essentia', kind), total('jaxmir stream', kind))}" for kind in tracks)]
+        f"{kind} {ratio(total('essentia', kind), total('jaxmir stream', kind))}"
+        for kind in tracks)]
     return lines, jaxmir_warm
 
 
@@ -549,16 +568,18 @@ def table_cli(args, wav: Path, warm: float, log) -> list[str]:
     log(f"  cli: jaxmir first {first:.1f} s, later {spread([x[1] for x in later])}, "
         f"essentia {spread([x[1] for x in theirs])}")
     essentia_s = med([x[1] for x in theirs])
-    lines = [f"### Cold start: one command tags the {args.seconds:g}-s WAV (new process; seconds)", "",
-             "| command | seconds | jaxmir faster by | peak RSS MiB |", "|---|---|---|---|",
-             f"| Essentia script (import, MonoLoader, TensorflowPredictMusiCNN, mean) | {spread([x[1] for x in theirs])} "
-             f"| | {max(x[2] for x in theirs):.0f} |",
-             f"| `jaxmir tag`, first run (empty JAXMIR_CACHE_DIR) | {first:.2f} | {ratio(essentia_s, first)} | "
-             f"{first_mb:.0f} |",
+    lines = [f"### Cold start: one command tags the {args.seconds:g}-s WAV (new process; seconds)",
+             "", "| command | seconds | jaxmir faster by | peak RSS MiB |", "|---|---|---|---|",
+             "| Essentia script (import, MonoLoader, TensorflowPredictMusiCNN, mean) | "
+             f"{spread([x[1] for x in theirs])} | | {max(x[2] for x in theirs):.0f} |",
+             "| `jaxmir tag`, first run (empty JAXMIR_CACHE_DIR) | "
+             f"{first:.2f} | {ratio(essentia_s, first)} | {first_mb:.0f} |",
              f"| `jaxmir tag`, later runs (cached programs) | {spread([x[1] for x in later])} | "
              f"{ratio(essentia_s, med([x[1] for x in later]))} | {max(x[2] for x in later):.0f} |"]
     if warm:
-        lines += ["", f"- later runs = {med([x[1] for x in later]) / warm:.2f}x jaxmir's warm file -> tags time"]
+        lines += ["",
+                  f"- later runs = {med([x[1] for x in later]) / warm:.2f}x "
+                  "jaxmir's warm file -> tags time"]
     return lines
 
 
@@ -595,8 +616,9 @@ def main(argv=None) -> int:
     import importlib.metadata as md
 
     check_peers()  # every peer, before any is timed: a missing one lost the whole report
-    versions = ", ".join(f"{p} {md.version(p)}" for p in ("jax", "onnxruntime", "tensorflow-cpu",
-                                                            "essentia-tensorflow", "librosa", "samplerate"))
+    versions = ", ".join(f"{p} {md.version(p)}"
+                         for p in ("jax", "onnxruntime", "tensorflow-cpu", "essentia-tensorflow",
+                                   "librosa", "samplerate"))
     cpu = cpu_description()
     out = [f"## jaxmir vs peers — {cpu_line()}", "",
            f"- {versions}; load average at start {os.getloadavg()[0]:.2f}",
@@ -608,7 +630,8 @@ def main(argv=None) -> int:
         if "audioset-vggish" in args.models and "model" in args.only:
             vggish_graph()
         wav, mp3 = write_track(folder, args.seconds)
-        log(f"track written: {wav.stat().st_size / 1e6:.0f} MB WAV, {mp3.stat().st_size / 1e6:.1f} MB MP3")
+        log(f"track written: {wav.stat().st_size / 1e6:.0f} "
+            f"MB WAV, {mp3.stat().st_size / 1e6:.1f} MB MP3")
         warm = 0.0
         sections = []
         if "model" in args.only:

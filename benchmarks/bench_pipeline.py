@@ -38,7 +38,8 @@ def synthetic_track(seconds: float, seed: int = 0) -> np.ndarray:
     """Chords, a kick every 0.5 s and some noise: float32 [seconds * 16000] in [-1, 1]."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
-    chord = sum(np.sin(2 * np.pi * f * t * (1 + 0.01 * np.sin(0.3 * t))) for f in (220, 277.2, 329.6))
+    chord = sum(np.sin(2 * np.pi * f * t * (1 + 0.01 * np.sin(0.3 * t)))
+                for f in (220, 277.2, 329.6))
     kick = np.sin(2 * np.pi * 60 * t) * np.exp(-30 * (t % 0.5))
     audio = 0.15 * chord + 0.4 * kick + 0.02 * rng.standard_normal(t.size)
     return (audio / np.abs(audio).max() * 0.9).astype(np.float32)
@@ -87,7 +88,8 @@ def tf_main(graph: str, files: list[str]) -> int:
 
 # -- measurements -------------------------------------------------------------------------------
 def best_of(functions: dict, rounds: int = 5) -> dict[str, float]:
-    """Fastest of ``rounds`` warm calls of each function, taken in turn (load drifts hit all alike)."""
+    """Fastest of ``rounds`` warm calls of each function, taken in turn (load drifts hit all
+    alike)."""
     for fn in functions.values():
         fn()
     best = {name: float("inf") for name in functions}
@@ -130,8 +132,10 @@ def bench_end_to_end(seconds: float, graph: Path) -> tuple[list[str], float, flo
     start = time.perf_counter()
     jaxmir_tags()
     first = time.perf_counter() - start
-    agree = np.argsort(-jaxmir_tags())[:3].tolist() == np.argsort(-tf_tags(session, audio))[:3].tolist()
-    patches = np.random.default_rng(0).standard_normal((plan.n_patches, PATCH, 96)).astype(np.float32)
+    agree = (np.argsort(-jaxmir_tags())[:3].tolist()
+             == np.argsort(-tf_tags(session, audio))[:3].tolist())
+    patches = np.random.default_rng(0).standard_normal(
+        (plan.n_patches, PATCH, 96)).astype(np.float32)
 
     def unshared():
         return np.asarray(pipeline.predict(model, audio, SR, share_overlap=False)).mean(axis=0)
@@ -142,21 +146,23 @@ def bench_end_to_end(seconds: float, graph: Path) -> tuple[list[str], float, flo
         "jaxmir_unshared": unshared,
         "librosa": lambda: librosa_logmel(audio),
         "frontend": lambda: jax.block_until_ready(frontends.musicnn_logmel(audio)),
-        "model_tf": lambda: [session.run("model/Sigmoid:0", {"model/Placeholder:0": patches[i:i + TF_BATCH]})
+        "model_tf": lambda: [session.run("model/Sigmoid:0",
+                                         {"model/Placeholder:0": patches[i:i + TF_BATCH]})
                              for i in range(0, len(patches), TF_BATCH)],
         "model": lambda: jax.block_until_ready(model.apply(patches)),
     })
     theirs, ours = best["tf"], best["jaxmir"]
-    lines = [f"(a) end to end, warm (best of 5, taken in turn): {seconds:g}-s track, "
-             f"{plan.n_patches} patches (computed as {plan.bucket_patches}); ratio = baseline / this",
+    lines = ["(a) end to end, warm (best of 5, taken in turn): "
+             f"{seconds:g}-s track, {plan.n_patches} patches (computed "
+             f"as {plan.bucket_patches}); ratio = baseline / this",
              row("librosa + TensorFlow session (batches of 64)", theirs),
              row("jaxmir Model.predict", ours, theirs, f"(first call with compile {first:.2f} s)"),
              row("jaxmir Model.predict, timbral not shared", best["jaxmir_unshared"], theirs),
              row("  front-end only: librosa", best["librosa"]),
              row("  front-end only: jaxmir", best["frontend"], best["librosa"]),
              row(f"  model only, {plan.n_patches} patches: TensorFlow", best["model_tf"]),
-             row(f"  model only, {plan.n_patches} patches: jaxmir Model.apply (one batch)", best["model"],
-                 best["model_tf"]),
+             row(f"  model only, {plan.n_patches} patches: jaxmir Model.apply (one batch)",
+                 best["model"], best["model_tf"]),
              f"  same top-3 tags: {agree}"]
     return lines, ours, theirs
 
@@ -170,7 +176,8 @@ def bench_cli(track: Path, graph: Path, warm: float, baseline: float) -> list[st
         second = min(run_seconds(command, env) for _ in range(2))
     tf = min(run_seconds([sys.executable, __file__, "--tf-tag", str(graph), str(track)], env)
              for _ in range(2))
-    return ["(b) cold start, new processes (import, load, read the file, tag; best of 2 but the first)",
+    return ["(b) cold start, new processes (import, load, "
+            "read the file, tag; best of 2 but the first)",
             row("baseline (librosa + TensorFlow) as a command", tf),
             row("jaxmir tag, first run (empty compilation cache)", first, tf),
             row("jaxmir tag, later runs (cached programs)", second, tf,
@@ -194,7 +201,8 @@ def bench_folder(folder: Path, count: int, graph: Path) -> list[str]:
         second = min(run_seconds(command, env) for _ in range(2))
     tf = min(run_seconds([sys.executable, __file__, "--tf-tag", str(graph), *files], env)
              for _ in range(2))
-    return [f"(c) a folder of {count} tracks, 24-36 s each ({total} s of audio), one process each run",
+    return [f"(c) a folder of {count} tracks, 24-36 s each "
+            f"({total} s of audio), one process each run",
             row("baseline (librosa + TensorFlow)", tf),
             row("jaxmir tag, empty compilation cache", first, tf),
             row("jaxmir tag, cached programs", second, tf)]

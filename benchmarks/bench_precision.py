@@ -1,6 +1,7 @@
 """float32 (the default: full-precision products, never TF32) against opt-in bfloat16, per model.
 
-    python benchmarks/bench_precision.py [--seconds 60] [--batches 8 64] [--models msd-musicnn msd-vgg]
+    python benchmarks/bench_precision.py [--seconds 60] [--batches 8 64]
+        [--models msd-musicnn msd-vgg]
 
 For each shipped model, on the log-mel patches of a generated music-like signal
 (``--seconds`` at 16 kHz, patches every 93 frames): warm patches/s of
@@ -55,11 +56,13 @@ def main(argv=None) -> None:
         frames = np.asarray(full.features(audio, 16000))
         size, hop = full.input_shape[0], full.frontend.patch_hop
         if frames.shape[0] < size:
-            raise SystemExit(f"--seconds {args.seconds:g} gives {frames.shape[0]} frames, fewer than "
-                             f"one {name} patch of {size}: give more")
+            raise SystemExit(f"--seconds {args.seconds:g} gives {frames.shape[0]} "
+                             f"frames, fewer than one {name} patch of {size}: give more")
         patches = np.stack([frames[s:s + size] for s in range(0, frames.shape[0] - size + 1, hop)])
-        want = {out: np.asarray(full.apply(patches, out)[out]) for out in ("predictions", "embeddings")}
-        got = {out: np.asarray(low.apply(patches, out)[out]) for out in ("predictions", "embeddings")}
+        want = {out: np.asarray(full.apply(patches, out)[out])
+                for out in ("predictions", "embeddings")}
+        got = {out: np.asarray(low.apply(patches, out)[out])
+               for out in ("predictions", "embeddings")}
         tags = float(np.max(np.abs(got["predictions"] - want["predictions"])))
         embeddings = float(np.max(np.abs(got["embeddings"] - want["embeddings"]))
                            / np.max(np.abs(want["embeddings"])))

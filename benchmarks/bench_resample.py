@@ -31,7 +31,8 @@ def music_like(seconds: float, rate: int) -> np.ndarray:
     n = int(seconds * rate)
     t = np.arange(n) / rate
     noise = np.random.default_rng(0).standard_normal(n)
-    return (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.01 * np.sin(t))) + 0.2 * np.sin(2 * np.pi * 3100 * t)
+    return (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.01 * np.sin(t)))
+            + 0.2 * np.sin(2 * np.pi * 3100 * t)
             + 0.1 * noise).astype(np.float32)
 
 
@@ -84,7 +85,8 @@ def main() -> None:
               "README \"Resampling as Essentia does\")")
 
     t_src = samples(lambda: samplerate.resample(x, ratio, "sinc_medium"), args.repeats, warmup=0)
-    t_soxr = samples(lambda: soxr.resample(x, args.rate, 16000, quality="HQ"), args.repeats, warmup=0)
+    t_soxr = samples(lambda: soxr.resample(x, args.rate, 16000, quality="HQ"), args.repeats,
+                     warmup=0)
     t_ours = samples(lambda: resample(x, args.rate, 16000), args.repeats, warmup=0)
     cores = len(os.sched_getaffinity(0))
     t_serial = time_one_core(args)

@@ -73,8 +73,9 @@ def memory(minutes_list: list[float], commands: tuple[str, ...] = ("tag", "embed
             for name, args in [(name, args) for name, args in runs if args[0] in commands]:
                 rss, seconds, status = peak_rss(args)
                 flag = "" if status == 0 else f" (exit {status})"
-                print(f"| {minutes:g} min ({path.stat().st_size / 1e9:.2f} GB) | {name} | {rss:.0f} MB{flag} "
-                      f"| {seconds:.0f} s | {minutes * 60 / seconds:.1f} |", flush=True)
+                print(f"| {minutes:g} min ({path.stat().st_size / 1e9:.2f} "
+                      f"GB) | {name} | {rss:.0f} MB{flag} | {seconds:.0f} "
+                      f"s | {minutes * 60 / seconds:.1f} |", flush=True)
             path.unlink()
 
 
@@ -99,8 +100,10 @@ def latency(model, resample_step: int, seconds: float = 60.0, chunk_ms: float = 
             continue
         arrived = min(n, start + step) / RATE
         for p in range(stream.n_patches - out.shape[0], stream.n_patches):
-            # the patch's last frame is centred on sample (p * hop + size - 1) * 256 and reads 256 more
-            last_sample = ((p * hop + size - 1) * frontend.hop_size + frontend.frame_size // 2) / 16000
+            # the patch's last frame is centred on sample (p * hop + size - 1) * 256 and reads
+            # 256 more
+            last_sample = ((p * hop + size - 1) * frontend.hop_size
+                           + frontend.frame_size // 2) / 16000
             waits.append(arrived - last_sample)
         if first_call is None:
             first_call = spent
@@ -108,8 +111,8 @@ def latency(model, resample_step: int, seconds: float = 60.0, chunk_ms: float = 
             compute.append(spent)
     stream.close()
     ms = np.array(compute) * 1000
-    print(f"\nlive path, msd-musicnn, 44.1 kHz stereo int16 in {chunk_ms:g}-ms chunks, {seconds:g} s, "
-          f"resample_step={resample_step}:")
+    print(f"\nlive path, msd-musicnn, 44.1 kHz stereo int16 in {chunk_ms:g}-ms "
+          f"chunks, {seconds:g} s, resample_step={resample_step}:")
     print(f"  first patch's call (warm-up; compiles 2 programs in a process's first stream): "
           f"{first_call:.2f} s")
     print(f"  compute latency per patch: median {statistics.median(ms):.1f} ms, "

@@ -120,7 +120,8 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     except (OSError, ValueError):
         pass
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else float("nan")
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self"
+            else float("nan"))
 
 
 def search_path() -> str:

@@ -103,7 +103,8 @@ def _special_kind(path: Path) -> int | None:
 
 def write_atomically(target: str | os.PathLike, write: Callable[[BinaryIO], object], *,
                      durable: bool = False) -> Path:
-    """``write(handle)`` into ``.<name>.<random>.tmp`` beside ``target``, then rename it over ``target``.
+    """``write(handle)`` into ``.<name>.<random>.tmp`` beside ``target``, then rename it over
+    ``target``.
 
     The file keeps what a plain ``open`` would keep: an existing file's mode, owner and group
     (it was given 0644 whatever they were; :func:`_keep_owner_and_mode`); a new file gets

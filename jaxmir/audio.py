@@ -144,7 +144,8 @@ def read_mono(path: str, target: int = 16000, resampler: str = "essentia",
 
 
 def _read_soundfile(name: str) -> tuple[np.ndarray, int]:
-    """libsndfile's decoding, ``[n, channels]`` float32 and the rate (jaxmir's reader before FFmpeg)."""
+    """libsndfile's decoding, ``[n, channels]`` float32 and the rate (jaxmir's reader before
+    FFmpeg)."""
     if not os.path.exists(name):
         raise AudioError(f"{name}: {missing_reason(name)}; expected an audio file ({_ACCEPTED})")
     if os.path.isdir(name):
@@ -317,13 +318,15 @@ def no_sample_error(n_input: int, sample_rate: int) -> NoSamplesError:
 
 
 def check_peak(samples: np.ndarray, name: str = "audio") -> None:
-    """Raise :class:`AudioError` for NaN or infinite samples, or for a peak beyond :data:`MAX_PEAK`."""
+    """Raise :class:`AudioError` for NaN or infinite samples, or for a peak beyond
+    :data:`MAX_PEAK`."""
     if samples.dtype.itemsize < 4:  # float16, bfloat16: NumPy warns of their NaN in a reduction
         samples = samples.astype(np.float32)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0   # NaN if any sample is
     if not math.isfinite(peak):
         bad = int(np.count_nonzero(~np.isfinite(samples)))
-        raise AudioError(f"{name}: contains {bad} NaN or infinite sample(s); expected finite samples")
+        raise AudioError(f"{name}: contains {bad} NaN or infinite "
+                         "sample(s); expected finite samples")
     if peak > MAX_PEAK:
         raise AudioError(f"{name}: a sample reaches {peak:.3g}, beyond {MAX_PEAK:.0e}: the float32 "
                          "spectrum would overflow (from ~1e16) and the outputs turn NaN; expected "
@@ -340,7 +343,8 @@ def check_channels(channels: int, name: str) -> None:
                          f"Essentia's loader{hint}")
 
 
-def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str, name: str) -> np.ndarray:
+def _to_mono_16k(data: np.ndarray, native: int, target: int, resampler: str,
+                 name: str) -> np.ndarray:
     """``[n, channels]`` float32 -> checked float32 mono resampled to ``target``."""
     native = check_rate(native, f"{name}: sample rate")
     n, channels = data.shape
@@ -442,7 +446,8 @@ class MonoInput:
         self.samples = 0
 
     def __call__(self, chunk) -> np.ndarray:
-        """``[n]`` or ``[n, channels]`` -> float32 ``[n]``; the stream's state is unchanged on error."""
+        """``[n]`` or ``[n, channels]`` -> float32 ``[n]``; the stream's state is unchanged on
+        error."""
         where = "the audio" if self.samples == 0 else f"the chunk from sample {self.samples}"
         array = _sample_array(chunk, where)
         channels = 1 if array.ndim == 1 else int(array.shape[1])
@@ -471,7 +476,8 @@ class MonoInput:
 
 
 class Resampling:
-    """Float32 mono at ``in_rate`` -> ``out_rate``, chunk by chunk, equal to the one-shot resamplers.
+    """Float32 mono at ``in_rate`` -> ``out_rate``, chunk by chunk, equal to the one-shot
+    resamplers.
 
     ``push(x)`` returns the samples it can give now, ``close()`` the rest:
     concatenated, they are exactly :func:`jaxmir.audio.prepare_audio`'s samples; with
@@ -537,9 +543,11 @@ class Resampling:
 
     def _sinc(self, x: np.ndarray, end: bool) -> np.ndarray:
         steps = range(0, x.shape[0], self.STEP)
-        parts = [self._state.process(x[i:i + self.STEP], self._ratio, end and i + self.STEP >= x.shape[0])
+        parts = [self._state.process(x[i:i + self.STEP], self._ratio,
+                                     end and i + self.STEP >= x.shape[0])
                  for i in steps]
-        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+        return (np.concatenate(parts).astype(np.float32, copy=False) if parts
+                else np.zeros(0, np.float32))
 
     def _release(self, out: np.ndarray, allowed: int) -> np.ndarray:
         """At most ``allowed`` samples in all; the surplus is held back (soxr)."""
@@ -587,7 +595,8 @@ class Resampling:
             self.n_out += out.shape[0]
             return self._hold_back(out)
         out = self._state.resample_chunk(x, last=False)
-        return self._release(np.asarray(out, np.float32), math.ceil(self.n_in * (self.out_rate / self.in_rate)))
+        return self._release(np.asarray(out, np.float32),
+                             math.ceil(self.n_in * (self.out_rate / self.in_rate)))
 
     def close(self) -> np.ndarray:
         """The output samples left at the end of the input (float32 ``[n]``; none after the
@@ -618,8 +627,9 @@ class Resampling:
             self.n_out += tail.shape[0]
             return self._monoloader_end(tail)
         size = math.ceil(self.n_in * (self.out_rate / self.in_rate))  # librosa's fix_length
-        out = self._release(np.asarray(self._state.resample_chunk(np.zeros(0, np.float32), last=True),
-                                       np.float32), size)
+        out = self._release(
+            np.asarray(self._state.resample_chunk(np.zeros(0, np.float32), last=True),
+                       np.float32), size)
         short = size - self.n_out
         self.n_out += short
         return np.concatenate([out, np.zeros(short, np.float32)]) if short > 0 else out

@@ -15,13 +15,14 @@ CATALOG_FILE = "catalog.json"
 
 
 def weights_dir() -> Path:
-    """Where the shipped weights live: inside the installed package, or the checkout's ``weights/``."""
+    """Where the shipped weights live: inside the installed package, or the checkout's
+    ``weights/``."""
     package = Path(__file__).resolve().parent
     for candidate in (package / "weights", package.parent / "weights"):
         if (candidate / CATALOG_FILE).is_file():
             return candidate
-    raise WeightsError(f"the shipped weights are missing (no {CATALOG_FILE} in {package / 'weights'} "
-                       f"or {package.parent / 'weights'}); reinstall jaxmir")
+    raise WeightsError(f"the shipped weights are missing (no {CATALOG_FILE} in "
+                       f"{package / 'weights'} or {package.parent / 'weights'}); reinstall jaxmir")
 
 
 @functools.lru_cache(maxsize=1)

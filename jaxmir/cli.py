@@ -227,7 +227,8 @@ def _check_output_file(output: str | None, overwrite: bool) -> None:
     if mode is not None and not stat.S_ISREG(mode):
         raise InputError(f"--output {output} is not a regular file, a pipe or a character device")
     if mode is not None and not overwrite:
-        raise InputError(f"--output {output} exists; give another path, or --overwrite to replace it")
+        raise InputError(f"--output {output} exists; give another "
+                         "path, or --overwrite to replace it")
     try:
         check_writable(Path(os.path.realpath(output)).parent)  # before the work, not after it
         check_replaceable(os.path.realpath(output))
@@ -616,8 +617,8 @@ def _stream_command(args, interrupted: dict) -> int:
     from jaxmir.resample import MAX_MIN_OUTPUTS
 
     if args.resample_step is not None and args.resampler != "essentia":
-        raise OptionError(f"--resample-step applies to Essentia's converter (--resampler essentia); "
-                          f"--resampler {args.resampler} runs at every read")
+        raise OptionError("--resample-step applies to Essentia's converter (--resampler "
+                          f"essentia); --resampler {args.resampler} runs at every read")
     if args.resample_step is not None and args.resample_step > MAX_MIN_OUTPUTS:
         raise OptionError(f"--resample-step {args.resample_step} is more than {MAX_MIN_OUTPUTS} "
                           "samples (65 s at 16 kHz): the stream would hold that much audio before "
@@ -770,8 +771,8 @@ def _stream_stdin(model, args, hop, output: str, source: ByteReader, interrupted
         _warn(f"the WAV {why} in the middle of a sample frame ({len(stray)} stray byte(s) of "
               f"{width}), left out as jaxmir tag leaves it")
     elif stray and not interrupted["now"]:  # Ctrl-C may come between the bytes of a frame
-        raise AudioError(f"standard input ended in the middle of a sample frame ({len(stray)} stray "
-                         f"byte(s) of {width}){above}")
+        raise AudioError("standard input ended in the middle of a sample frame "
+                         f"({len(stray)} stray byte(s) of {width}){above}")
     if remaining and not interrupted["now"]:
         _warn(f"standard input ended {remaining} byte(s) before the end of the data its WAV header "
               f"declares{above}")
@@ -883,8 +884,8 @@ def _patch_options(parser: argparse.ArgumentParser) -> None:
     hop.add_argument("-ov", "--overlap", metavar="S", type=float, default=None,
                      help="overlap of consecutive patches in seconds (patches last 3 s for "
                           "MusiCNN/VGG); default: Essentia's hop of 93 frames (1.5 s of overlap "
-                          "for MusiCNN/VGG, 0.03 s for VGGish's 0.96-s patches). "
-                          "(musicnn's --overlap is the hop between patches; use --patch-hop for that)")
+                          "for MusiCNN/VGG, 0.03 s for VGGish's 0.96-s patches). (musicnn's "
+                          "--overlap is the hop between patches; use --patch-hop for that)")
     hop.add_argument("--patch-hop", metavar="FRAMES", type=whole_number(0), default=None,
                      help="frames between patch starts (default 93; 0 = patch size, no overlap)")
     parser.add_argument("--last-patch", choices=("discard", "repeat"), default="discard",
@@ -919,8 +920,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     tag = commands.add_parser("tag", help="the most likely tags of audio files",
-                              description="Average the model's predictions over the patches of each "
-                                          "file and print the top tags.")
+                              description="Average the model's predictions over the "
+                                          "patches of each file and print the top tags.")
     tag.add_argument("files", nargs="+", metavar="PATH",
                      help="audio files (wav, flac, ogg, mp3, ...), folders (walked recursively) "
                           "or @list.txt (one path per line, relative to the list's folder)")
@@ -989,7 +990,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tags per line (default 5; 0 = all; the values of a model that ends "
                            "in no sigmoid or softmax, a regression head's, come all, in their own "
                            "order)")
-    live.add_argument("--all", action="store_true", help="the full output vector instead of the top tags")
+    live.add_argument("--all", action="store_true",
+                      help="the full output vector instead of the top tags")
     live.add_argument("-l", "--layer", metavar="NAME", default="predictions",
                       help="output name (default predictions; any other is written in full)")
     hop = live.add_mutually_exclusive_group()
@@ -1101,7 +1103,8 @@ def _main(argv: Sequence[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
         return EXIT_BROKEN_PIPE
     except OSError as err:  # e.g. --output in a folder that cannot be written
-        _error(f"{err.filename}: {err.strerror or err}" if err.filename else str(err.strerror or err))
+        _error(f"{err.filename}: {err.strerror or err}" if err.filename
+               else str(err.strerror or err))
         return EXIT_FAILED
     except interrupts.Terminated as stop:
         _error(stop.what + _rows_kept(args))
@@ -1156,7 +1159,8 @@ def _stuck_workers(grace_s: float = 0.5) -> bool:
     import time
 
     deadline = time.monotonic() + grace_s
-    threads = [t for t in threading.enumerate() if t.name.startswith("jaxmir-decode") and not t.daemon]
+    threads = [t for t in threading.enumerate() if t.name.startswith("jaxmir-decode")
+               and not t.daemon]
     for worker in threads + multiprocessing.active_children():
         worker.join(max(0.0, deadline - time.monotonic()))
     return any(t.is_alive() for t in threads) or bool(multiprocessing.active_children())

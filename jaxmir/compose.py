@@ -7,7 +7,8 @@ from jaxmir.model import Model
 from jaxmir.models import ARCHITECTURES, COMPOSED
 from jaxmir.spec import INPUT_TAP, ModelSpec, dense_indices, width_at
 
-# What each backbone family calls its embeddings (Essentia: model/dense/BiasAdd, model/vggish/embeddings).
+# What each backbone family calls its embeddings (Essentia: model/dense/BiasAdd,
+# model/vggish/embeddings).
 DEFAULT_EMBEDDING = "embeddings"
 _HEAD_LAYER = "head/layer_"
 

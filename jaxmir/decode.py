@@ -95,7 +95,8 @@ _TRIMS_OWN_DELAY = ("vorbis", "libvorbis", "opus", "libopus")
 # format it decodes to), for the WAV files read without FFmpeg; FFmpeg decodes 24-bit PCM ("<i3")
 # to 32-bit samples.
 _FFMPEG_PCM = {"u1": ("pcm_u8", "u8"), "<i2": ("pcm_s16le", "s16"), "<i3": ("pcm_s24le", "s32"),
-               "<i4": ("pcm_s32le", "s32"), "<f4": ("pcm_f32le", "flt"), "<f8": ("pcm_f64le", "dbl")}
+               "<i4": ("pcm_s32le", "s32"), "<f4": ("pcm_f32le", "flt"),
+               "<f8": ("pcm_f64le", "dbl")}
 _WAV_HEAD = 1 << 16  # bytes of a WAV file searched for its fmt and data chunks
 # A file shorter than declared by up to this many frames is not truncated:
 # headers count whole MP3 frames (1152 samples) and encoders disagree on the delay.
@@ -149,7 +150,8 @@ class AudioBlocks:
             raise AudioError(f"unknown decoder {mode!r}; accepted: "
                              + ", ".join(repr(m) for m in DECODE_MODES))
         if not is_whole(block_frames, 1):
-            raise AudioError(f"block_frames {block_frames!r} must be a positive whole number of frames")
+            raise AudioError(f"block_frames {block_frames!r} must "
+                             "be a positive whole number of frames")
         self.path = os.fspath(path)
         self.mode = mode
         self.strict = strict
@@ -226,8 +228,8 @@ class AudioBlocks:
             raise
         if self.sample_rate <= 0 or self.channels <= 0:
             self.close()
-            raise AudioError(f"{self.path}: declares {self.sample_rate} Hz, {self.channels} channel(s); "
-                             f"cannot be read as audio; expected {ACCEPTED}")
+            raise AudioError(f"{self.path}: declares {self.sample_rate} Hz, {self.channels} "
+                             f"channel(s); cannot be read as audio; expected {ACCEPTED}")
         self._iterator = self._blocks()
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -391,7 +393,8 @@ class AudioBlocks:
                 yield block
 
     def _emit(self, fifo, block_frames: int) -> Iterator[np.ndarray]:
-        """Blocks of ``block_frames`` from ``fifo`` while it holds that many; with 0, all it holds."""
+        """Blocks of ``block_frames`` from ``fifo`` while it holds that many; with 0, all it
+        holds."""
         while fifo.samples and fifo.samples >= block_frames:
             data = _to_float(fifo.read(block_frames))
             self.frames += data.shape[0]
@@ -511,7 +514,8 @@ def iter_blocks(path: str | os.PathLike, block_frames: int = 65536, mode: str = 
     return AudioBlocks(path, block_frames, mode, strict, warn)
 
 
-def decode_file(path: str | os.PathLike, mode: str = "essentia", strict: bool = False) -> DecodedAudio:
+def decode_file(path: str | os.PathLike, mode: str = "essentia",
+                strict: bool = False) -> DecodedAudio:
     """Decode a whole file to float32 ``[n_frames, channels]`` at its own rate.
 
     Args:
@@ -532,11 +536,13 @@ def decode_file(path: str | os.PathLike, mode: str = "essentia", strict: bool = 
     with iter_blocks(path, 1 << 20, mode, strict) as blocks:
         parts = list(blocks)
     samples = np.concatenate(parts) if parts else np.zeros((0, blocks.channels), np.float32)
-    return DecodedAudio(samples, blocks.sample_rate, blocks.declared_frames, blocks.status, blocks.problem)
+    return DecodedAudio(samples, blocks.sample_rate, blocks.declared_frames, blocks.status,
+                        blocks.problem)
 
 
 def missing_reason(path: str) -> str:
-    """Why ``path`` names no file: ``"no such file"``, a link to a missing file, or a loop of links."""
+    """Why ``path`` names no file: ``"no such file"``, a link to a missing file, or a loop of
+    links."""
     try:
         os.stat(path)
     except OSError as err:
@@ -664,7 +670,8 @@ def _new_headers(packet) -> bytes | None:
 
 
 def _skip_samples(frame) -> tuple[int, int]:
-    """(frames to drop at the start, frames to drop at the end) that FFmpeg attached to ``frame``."""
+    """(frames to drop at the start, frames to drop at the end) that FFmpeg attached to
+    ``frame``."""
     import av
 
     # by its type: PyAV 19 iterates the side data's types, earlier versions the side data
@@ -944,7 +951,8 @@ def _unfinished_ogg(path: str, container) -> str | None:
     if end > len(tail):
         return f"is cut inside its last page ({len(tail) - at} of its {end - at} bytes)"
     if end == len(tail) and not tail[at + ogg.TYPE_AT] & ogg.END_OF_STREAM:
-        return "ends on a page without the end-of-stream mark (the file is cut, or was never finished)"
+        return ("ends on a page without the end-of-stream "
+                "mark (the file is cut, or was never finished)")
     return None
 
 
@@ -1067,7 +1075,8 @@ def _counted_samples(head: bytes) -> int | None:
         return None
     frames = int.from_bytes(head[xing + 8:xing + 12], "big")
     # the LAME tag: behind the frames, bytes, table of contents and quality present
-    lame = xing + 8 + 4 * ((flags & 1) + (flags >> 1 & 1)) + 100 * (flags >> 2 & 1) + 4 * (flags >> 3 & 1)
+    lame = (xing + 8 + 4 * ((flags & 1) + (flags >> 1 & 1)) + 100 * (flags >> 2 & 1)
+            + 4 * (flags >> 3 & 1))
     trim = 0
     if head[lame:lame + 4] in (b"LAME", b"Lavf", b"Lavc") and len(head) >= lame + 24:
         delays = int.from_bytes(head[lame + 21:lame + 24], "big")  # 12 bits each

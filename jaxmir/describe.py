@@ -24,7 +24,8 @@ def summarize(architecture: str, config: Mapping[str, Any]) -> list[str]:
         backbone, head = config["backbone"], config["head"]
         return ([f"backbone ({backbone['architecture']}):"]
                 + [f"  {line}" for line in summarize(backbone["architecture"], backbone["config"])]
-                + ["head:"] + [f"  {line}" for line in summarize(head["architecture"], head["config"])])
+                + ["head:"]
+                + [f"  {line}" for line in summarize(head["architecture"], head["config"])])
     if architecture == "musicnn":
         return [f"front-end: BN, timbral 7x{' & 7x'.join(map(str, config['timbral_widths']))} "
                 f"({config['timbral_filters']} filters), temporal "
@@ -61,7 +62,8 @@ def without_audio(architecture: str, input_shape: Sequence[int]) -> str:
 
 
 def describe(model) -> str:
-    """A few lines for people: architecture, layers, input, output, labels, output names, front-end."""
+    """A few lines for people: architecture, layers, input, output, labels, output names,
+    front-end."""
     spec = model.spec
     labels = list(model.labels)
     default_labels = tuple(labels) == placeholder_labels(len(labels))
@@ -89,11 +91,12 @@ def describe(model) -> str:
     frontend = spec.frontend
     if frontend is not None:
         ms = frontend.frame_seconds * 1000
-        lines.append(f"front-end: {frontend.name} ({frontend.n_bands}-band {frontend.log}), a frame "
-                     f"every {ms:g} ms at {frontend.sample_rate // 1000} kHz")
+        lines.append(f"front-end: {frontend.name} ({frontend.n_bands}-band {frontend.log}), "
+                     f"a frame every {ms:g} ms at {frontend.sample_rate // 1000} kHz")
         lines.append(f"patches: {frontend.patch_size} frames "
-                     f"({frontend.patch_size * frontend.frame_seconds:.2f} s), default hop "
-                     f"{frontend.patch_hop} frames ({frontend.patch_hop * frontend.frame_seconds:.2f} s)")
+                     f"({frontend.patch_size * frontend.frame_seconds:.2f} "
+                     f"s), default hop {frontend.patch_hop} frames "
+                     f"({frontend.patch_hop * frontend.frame_seconds:.2f} s)")
     else:
         lines.append(f"audio: none; {without_audio(spec.architecture, spec.input_shape)}")
     return "\n".join(lines)

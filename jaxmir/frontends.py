@@ -167,7 +167,8 @@ def slaney_mel(n_bands: int, fmin: float, fmax: float, sample_rate: int = SAMPLE
     """``[n_bands, n_fft // 2 + 1]``: librosa.filters.mel(htk=False, norm='slaney'),
     float64 maths, float32 result (musicnn's bands; the MFCCs of label smoothing)."""
     fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    edges = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_bands + 2))
+    edges = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax),
+                                          n_bands + 2))
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (fft_hz[None, :] - lo) / (mid - lo)
     falling = (hi - fft_hz[None, :]) / (hi - mid)
@@ -326,7 +327,8 @@ def frame_starts(frontend: str | Frontend, n_samples: int, compat: str = "essent
 _FRAMES_PER_STEP = 1024
 
 
-def _blocks(audio: jax.Array, size: int, hop: int, first: int, count: int) -> tuple[jax.Array, int, int]:
+def _blocks(audio: jax.Array, size: int, hop: int, first: int,
+            count: int) -> tuple[jax.Array, int, int]:
     """Zero-pad ``[..., N]`` and split it into blocks of ``g = gcd(size, hop)`` samples.
 
     Frame k (starting at sample ``first + k * hop``) is then the ``size // g``
@@ -351,7 +353,8 @@ def _frames_from_blocks(blocks: jax.Array, step: int, width: int, count: int) ->
 
 
 def _stft_bands(audio: jax.Array, frontend: str, compat: str, bands_of_power) -> jax.Array:
-    """Frame, window and ``|rfft|^2`` ``[..., N]``, then ``bands_of_power``: ``[..., n_frames, n_bands]``.
+    """Frame, window and ``|rfft|^2`` ``[..., N]``, then ``bands_of_power``:
+    ``[..., n_frames, n_bands]``.
 
     The frames are processed ``_FRAMES_PER_STEP`` at a time in a ``lax.map``
     loop (the last step padded with frames past the end, then dropped).
@@ -375,7 +378,8 @@ def _stft_bands(audio: jax.Array, frontend: str, compat: str, bands_of_power) ->
 
     if n_steps == 1:
         return bands(0)[..., :count, :]
-    out = jax.lax.map(bands, jnp.arange(n_steps) * (per_step * step))  # [n_steps, ..., per_step, n_bands]
+    # [n_steps, ..., per_step, n_bands]
+    out = jax.lax.map(bands, jnp.arange(n_steps) * (per_step * step))
     out = jnp.moveaxis(out, 0, -3).reshape(*lead, n_steps * per_step, n_bands)
     return out[..., :count, :]
 
@@ -405,7 +409,8 @@ def _as_audio(audio: ArrayLike, name: str) -> jax.Array:
         dtype = audio.dtype
     dtype = np.dtype(dtype)
     if not is_floating(dtype):
-        hint = " (convert PCM with jaxmir.audio.prepare_audio)" if np.issubdtype(dtype, np.integer) else ""
+        hint = (" (convert PCM with jaxmir.audio.prepare_audio)"
+                if np.issubdtype(dtype, np.integer) else "")
         raise InputError(f"{name}: audio has dtype {dtype}; expected floating-point samples "
                          f"[..., n_samples] at 16 kHz{hint}")
     if len(np.shape(audio)) == 0:
@@ -433,7 +438,8 @@ def _musicnn_logmel(audio: jax.Array, compat: str) -> jax.Array:
 def _vggish_logmel(audio: jax.Array, compat: str) -> jax.Array:
     weights = _filterbank("vggish", compat)
     return _stft_bands(audio, "vggish", compat,
-                       lambda power: jnp.log(_apply_mel(_magnitude(power), weights) + VGGISH_LOG_OFFSET))
+                       lambda power: jnp.log(_apply_mel(_magnitude(power), weights)
+                                             + VGGISH_LOG_OFFSET))
 
 
 @standard_promotion

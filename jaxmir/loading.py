@@ -107,7 +107,8 @@ def _load_one(source, labels=None, output=None) -> Model:
     if "\0" in text:
         raise InputError(f"cannot load {text!r}: a path holds no NUL character")
     if text in catalog.names():  # sha256 checked
-        return _fixed_output(load_weights(catalog.path_of(text), labels=labels, trusted=True), output)
+        return _fixed_output(load_weights(catalog.path_of(text), labels=labels, trusted=True),
+                             output)
     suffix = os.path.splitext(text)[1].lower()
     if suffix == WEIGHTS_SUFFIX:
         return _fixed_output(load_weights(text, labels=labels), output)
@@ -242,8 +243,8 @@ def _metadata_output(metadata: dict, graph) -> str | None:
     schema = metadata.get("schema") or {}
     outputs = schema.get("outputs") if isinstance(schema, dict) else None
     if not isinstance(outputs, (list, type(None))) or not isinstance(schema, dict):
-        raise InputError(f"{metadata['_path']}: 'schema' is {str(schema)[:80]}; expected Essentia's "
-                         "object with an 'outputs' list")
+        raise InputError(f"{metadata['_path']}: 'schema' is {str(schema)[:80]}; "
+                         "expected Essentia's object with an 'outputs' list")
     for entry in outputs or []:
         if isinstance(entry, dict) and entry.get("output_purpose") == "predictions":
             name = entry.get("name") or ""
@@ -366,7 +367,8 @@ def backbone_of(model: Model) -> str | None:
     name = backbone_name(model) or ""
     trained_on = backbone_digest(model)
     if name and model.source and os.sep not in name:
-        besides = (Path(model.source).with_name(name + suffix) for suffix in (WEIGHTS_SUFFIX, ".pb"))
+        besides = (Path(model.source).with_name(name + suffix)
+                   for suffix in (WEIGHTS_SUFFIX, ".pb"))
         found = [str(beside) for beside in besides if _is_file(beside)]
         if len(found) > 1 and trained_on:  # a graph converted beside it (NAME.npz from NAME.pb)
             found = [path for path in found if catalog.sha256(path) == trained_on] or found

@@ -47,7 +47,8 @@ def check_dtype(dtype) -> str:
     return name
 
 
-def default_chunk(module: nn.Module, input_shape: tuple[int, ...], variables: Mapping) -> int | None:
+def default_chunk(module: nn.Module, input_shape: tuple[int, ...],
+                  variables: Mapping) -> int | None:
     """Patches per step in :meth:`Model.apply` (a power of two), or ``None`` for whole batches."""
     if platform_of(variables) != "cpu":
         return None
@@ -97,7 +98,8 @@ def check_patch_values(patches: np.ndarray, what: str = "patches",
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model:
-    """A model ready to run: ``Model.apply(patches, outputs=[...])``, ``Model.predict(audio, rate)``.
+    """A model ready to run: ``Model.apply(patches, outputs=[...])``,
+    ``Model.predict(audio, rate)``.
 
     Build one with :func:`jaxmir.load` (or :meth:`from_spec`).
 
@@ -130,8 +132,8 @@ class Model:
             placeholder_labels(width)
         check_labels(labels, width)
         variables = jax.tree_util.tree_map(_on_device, dict(spec.variables))
-        return cls(spec, build_module(spec.architecture, spec.config), variables, labels, str(source),
-                   dict(metadata or {}), graph_output)
+        return cls(spec, build_module(spec.architecture, spec.config), variables, labels,
+                   str(source), dict(metadata or {}), graph_output)
 
     def with_labels(self, labels: Sequence[str]) -> "Model":
         """The same model with other class names (as many as outputs)."""
@@ -237,7 +239,8 @@ class Model:
             squeezed = tuple(d for d in patches.shape[1:] if d != 1)
             if squeezed == self.input_shape:
                 patches = patches.reshape((patches.shape[0],) + squeezed)
-        if tuple(patches.shape[1:]) != self.input_shape or patches.ndim != len(self.input_shape) + 1:
+        if (tuple(patches.shape[1:]) != self.input_shape
+                or patches.ndim != len(self.input_shape) + 1):
             raise InputError(f"patches have shape {list(patches.shape)}; this model takes "
                              f"[batch, {shape_text}]")
         if patches.shape[0] == 0:
@@ -282,7 +285,8 @@ class Model:
         chunk = None if chunk is None else int(chunk)  # np.uint8(2): (-n) % chunk overflowed
         if overlap_hop:
             return dict(zip(names, self._apply_overlapping(patches, taps, overlap_hop)))
-        chunk = default_chunk(self.module, self.input_shape, self.variables) if chunk == -1 else chunk
+        chunk = (default_chunk(self.module, self.input_shape, self.variables) if chunk == -1
+                 else chunk)
         return dict(zip(names, run_patches_jit(self.module, self.variables, taps, patches, chunk)))
 
     def _apply_overlapping(self, patches: jax.Array, taps: tuple[Tap, ...], hop: int
@@ -470,6 +474,6 @@ class Model:
                 starts = stream.times[len(stream.times) - len(tags):]
             rest = stream.close()
         """
-        return streaming.Stream(self, sample_rate, output, patch_hop=patch_hop, last_patch=last_patch,
-                                pad=pad, compat=compat, resampler=resampler, eager=eager,
-                                resample_step=resample_step)
+        return streaming.Stream(self, sample_rate, output, patch_hop=patch_hop,
+                                last_patch=last_patch, pad=pad, compat=compat,
+                                resampler=resampler, eager=eager, resample_step=resample_step)

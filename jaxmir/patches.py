@@ -49,7 +49,8 @@ def _resolve(n_frames, patch_size, patch_hop, last_patch) -> tuple[int, int, int
     return n_frames, patch_size, patch_hop
 
 
-def patch_starts(n_frames: int, patch_size: int, patch_hop: int, last_patch: str = "discard") -> np.ndarray:
+def patch_starts(n_frames: int, patch_size: int, patch_hop: int,
+                 last_patch: str = "discard") -> np.ndarray:
     """First frame of each patch Essentia makes, ``[n_patches]`` int64 (possibly empty).
 
     With ``last_patch="repeat"`` the extra, cyclically repeated patch starts

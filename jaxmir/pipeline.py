@@ -1,4 +1,5 @@
-"""From a waveform to per-patch model outputs: ``predict``, ``features``, and the bucketed jitted path.
+"""From a waveform to per-patch model outputs: ``predict``, ``features``, and the bucketed jitted
+path.
 
 :func:`predict` runs NumPy input through the streaming engine
 (:mod:`jaxmir.stream`), and JAX arrays (traced under ``jax.grad``, or float64
@@ -167,7 +168,8 @@ def plan(model: "Model", n_samples: int, *, patch_hop: int | None = None,
     if bucket:
         n_bucket = bucket_patches(n_patches)
         # Any signal with at most n_bucket patches has fewer than n_bucket * hop + size frames.
-        bucket_samples = max(int(n_samples), _max_samples(frontend, compat, n_bucket * hop + size - 1))
+        bucket_samples = max(int(n_samples),
+                             _max_samples(frontend, compat, n_bucket * hop + size - 1))
     else:
         n_bucket, bucket_samples = n_patches, int(n_samples)
     regular = bool(np.array_equal(index, regular_rows(0, n_patches, hop, size)))
@@ -238,7 +240,8 @@ def _as_16k(audio, sample_rate: int, resampler: str) -> "np.ndarray | jax.Array"
     if isinstance(audio, (np.ndarray, jax.Array)) and audio.ndim and audio.shape[0] == 0:
         raise no_sample_error(0, sample_rate)
     if isinstance(audio, jax.Array) and check_rate(sample_rate, "sample_rate") \
-            == frontends.SAMPLE_RATE and audio.ndim == 1 and jnp.issubdtype(audio.dtype, jnp.floating):
+            == frontends.SAMPLE_RATE and audio.ndim == 1 \
+            and jnp.issubdtype(audio.dtype, jnp.floating):
         if not isinstance(audio, jax.core.Tracer):
             _check_named(np.asarray(audio))
         return audio
@@ -258,7 +261,8 @@ def predict(model: "Model", audio: ArrayLike, sample_rate: int,
             output: str | Iterable[str] | None = None, *, patch_hop: int | None = None,
             last_patch: str = "discard", pad: str | None = None, compat: str = "essentia",
             resampler: str = "essentia", bucket: bool = True, chunk: int | None = None,
-            share_overlap: bool = True) -> np.ndarray | jax.Array | dict[str, np.ndarray | jax.Array]:
+            share_overlap: bool = True
+            ) -> np.ndarray | jax.Array | dict[str, np.ndarray | jax.Array]:
     """The model's output for every patch of a signal, as Essentia's TensorflowPredict* gives it.
 
     NumPy (or list) input runs through the streaming engine
@@ -290,8 +294,8 @@ def predict(model: "Model", audio: ArrayLike, sample_rate: int,
     """
     if isinstance(audio, jax.Array):
         audio = _as_16k(audio, sample_rate, resampler)
-        plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch, pad=pad,
-                     compat=compat, bucket=bucket)
+        plan_ = plan(model, int(audio.shape[0]), patch_hop=patch_hop, last_patch=last_patch,
+                     pad=pad, compat=compat, bucket=bucket)
         values = run_plan(model, audio, plan_, output,
                           chunk=CHUNK if chunk is None else check_batch(chunk),
                           share_overlap=share_overlap)
@@ -331,7 +335,8 @@ def features(model: "Model", audio: ArrayLike, sample_rate: int, compat: str = "
     audio = _as_16k(audio, sample_rate, resampler)
     n = int(audio.shape[0])
     n_frames = num_frames(frontend, n, compat)
-    # Bucket the length (multiples of 1024 frames, coarser for long signals): one program per bucket.
+    # Bucket the length (multiples of 1024 frames, coarser for long signals): one program per
+    # bucket.
     blocks = _coarse_ceil(-(-n_frames // 1024), 4)
     padded = max(n, _max_samples(frontend, compat, blocks * 1024))
     frames = logmel(_pad_to(audio, padded), frontend, compat)

@@ -73,7 +73,8 @@ def save_taggram(path: str | os.PathLike, taggram: np.ndarray, starts: np.ndarra
     ends = np.append(starts[1:], starts[-1] + patch_seconds) if starts.size else starts
     edges = np.append(starts, ends[-1:]) if starts.size else np.array([0.0, patch_seconds])
     values = taggram.T if taggram.size else np.zeros((n_labels, 1), np.float32)
-    figure, axes = plt.subplots(figsize=(max(6.0, min(24.0, 0.25 * len(starts) + 4)), 0.18 * n_labels + 1.5))
+    figure, axes = plt.subplots(figsize=(max(6.0, min(24.0, 0.25 * len(starts) + 4)),
+                                         0.18 * n_labels + 1.5))
     with warnings.catch_warnings(record=True) as caught:  # (not thread-safe, as warnings)
         # every glyph's, to name each character; the other warnings as the caller's filters say
         warnings.filterwarnings("always", message=_MISSING_GLYPH.pattern)

@@ -35,7 +35,8 @@ class Activation:
 
 @dataclasses.dataclass(frozen=True)
 class BatchNorm:
-    """Batch normalisation with frozen statistics: ``(x - mean) * scale / sqrt(var + epsilon) + bias``."""
+    """Batch normalisation with frozen statistics:
+    ``(x - mean) * scale / sqrt(var + epsilon) + bias``."""
 
     epsilon: float
 
@@ -84,7 +85,8 @@ class MaxPool:
 
 @dataclasses.dataclass(frozen=True)
 class ConvBlockSpec:
-    """A 2-D convolution block: conv ``kernel`` (SAME) -> activation -> [batch norm] -> [max-pool]."""
+    """A 2-D convolution block: conv ``kernel`` (SAME) -> activation -> [batch norm] ->
+    [max-pool]."""
 
     features: int
     kernel: tuple[int, int]
@@ -172,7 +174,8 @@ class ModelSpec:
 
 # -- JSON form (weights files) ------------------------------------------------------------------
 def layer_to_text(layer: HeadLayer) -> str:
-    """``Dense(200)`` -> ``"dense:200"``, ``BatchNorm(1e-3)`` -> ``"batch_norm:0.001"``, ``"relu"``."""
+    """``Dense(200)`` -> ``"dense:200"``, ``BatchNorm(1e-3)`` -> ``"batch_norm:0.001"``,
+    ``"relu"``."""
     if isinstance(layer, Dense):
         return f"dense:{layer.units}"
     if isinstance(layer, BatchNorm):
@@ -227,7 +230,8 @@ def config_to_json(architecture: str, config: Mapping[str, Any]) -> dict:
     """A module configuration as JSON-ready values (the format of weights files)."""
     if architecture == "composed":
         return {part: {"architecture": config[part]["architecture"],
-                       "config": config_to_json(config[part]["architecture"], config[part]["config"])}
+                       "config": config_to_json(config[part]["architecture"],
+                                                config[part]["config"])}
                 for part in ("backbone", "head")}
     out = {}
     for key, value in config.items():

@@ -93,7 +93,8 @@ if TYPE_CHECKING:
 
 def file_batch(model: "Model") -> int:
     """Patches per model call for audio that is all there (a file, ``predict``): :data:`BATCH`,
-    or :data:`HEAVY_HEAD_BATCH` for a model with a heavy head (:func:`~jaxmir.models.has_heavy_head`)."""
+    or :data:`HEAVY_HEAD_BATCH` for a model with a heavy head
+    (:func:`~jaxmir.models.has_heavy_head`)."""
     return HEAVY_HEAD_BATCH if has_heavy_head(model.variables) else BATCH
 
 
@@ -137,7 +138,8 @@ class Windowing:
 
     @classmethod
     def of(cls, frontend: Frontend, compat: str = "essentia") -> "Windowing":
-        first = int(frame_starts(frontend.name, 4 * frontend.frame_size, compat)[0])  # checks compat
+        # checks compat
+        first = int(frame_starts(frontend.name, 4 * frontend.frame_size, compat)[0])
         return cls(frontend, compat, first, -(-(-first) // frontend.hop_size))
 
     def start(self, first_frame: int) -> int:
@@ -177,7 +179,8 @@ def _audio_to_outputs(module, taps: tuple, frontend: Frontend, compat: str, chun
 
 
 _audio_to_outputs_compiled = compiled(_audio_to_outputs,
-                                      static_argnames=("module", "taps", "frontend", "compat", "chunk"))
+                                      static_argnames=("module", "taps", "frontend", "compat",
+                                                       "chunk"))
 
 
 def audio_to_outputs(module: nn.Module, taps: tuple, frontend: Frontend, compat: str, chunk: int,
@@ -247,11 +250,13 @@ def concat_patches(parts: Iterable[Patches], empty: Callable[[], Patches]) -> Pa
     if len(parts) == 1:
         return parts[0]
     return Patches(np.concatenate([p.start for p in parts]),
-                   {name: np.concatenate([p.values[name] for p in parts]) for name in parts[0].values})
+                   {name: np.concatenate([p.values[name] for p in parts])
+                    for name in parts[0].values})
 
 
 def check_sample_rate(sample_rate: float) -> int:
-    """A whole number of Hz within 1 Hz-384 kHz that converts to 16 kHz, else :class:`AudioError`."""
+    """A whole number of Hz within 1 Hz-384 kHz that converts to 16 kHz, else
+    :class:`AudioError`."""
     rate = check_rate(sample_rate, "sample rate")
     check_conversion(rate, TARGET_RATE, "sample rate")
     return rate
@@ -333,8 +338,9 @@ class Stream(Generic[Outputs]):
       closed: whether :meth:`close` was called.
     """
 
-    def __init__(self, model: "Model", sample_rate: int, output: str | Iterable[str] | None = None, *,
-                 patch_hop: int | None = None, last_patch: str = "discard", pad: str | None = None,
+    def __init__(self, model: "Model", sample_rate: int,
+                 output: str | Iterable[str] | None = None, *, patch_hop: int | None = None,
+                 last_patch: str = "discard", pad: str | None = None,
                  compat: str = "essentia", resampler: str = "essentia", batch: int | None = None,
                  share_overlap: bool = True, require_patch: bool = False, eager: bool = True,
                  resample_step: int | None = None, monoloader: bool = False):
@@ -366,7 +372,8 @@ class Stream(Generic[Outputs]):
         self._small = min(batch, BATCH)  # the calls of a partial batch
         self.windowing = Windowing.of(self.frontend, compat)
         self._plain = model.module
-        self._shared = with_overlap_hop(model.module, self.patch_hop) if share_overlap else model.module
+        self._shared = (with_overlap_hop(model.module, self.patch_hop) if share_overlap
+                        else model.module)
         self._mono = MonoInput(self.sample_rate)
         self._resampling = Resampling(self.sample_rate, TARGET_RATE, resampler,
                                      min_outputs=resample_step, what="resample_step",
@@ -492,7 +499,8 @@ class Stream(Generic[Outputs]):
         if closed:
             frames = num_frames(fe, self.n_samples, self.compat)
         else:  # frames whose samples have all arrived
-            frames = max(0, (self.n_samples - fe.frame_size - self.windowing.first) // fe.hop_size + 1)
+            frames = max(0,
+                         (self.n_samples - fe.frame_size - self.windowing.first) // fe.hop_size + 1)
         complete = max(self._next, (frames - size) // hop + 1 if frames >= size else 0)
         if closed or self.eager:
             return complete
@@ -596,7 +604,8 @@ class Stream(Generic[Outputs]):
         if self.last_patch == "repeat" and remaining > 0:
             frames = rows % remaining
         elif self._next == 0 and self.pad is not None and n_frames > 0:
-            frames = rows % n_frames if self.pad == "repeat" else np.where(rows < n_frames, rows, -1)
+            frames = (rows % n_frames if self.pad == "repeat"
+                      else np.where(rows < n_frames, rows, -1))
         else:
             return []
         if self.eager:

@@ -71,13 +71,15 @@ def save_weights(model: Model, path: str | os.PathLike, provenance: dict | None 
         "labels": list(model.labels), "provenance": provenance or {},
     }
     arrays = {path: np.asarray(value, np.float32)
-              for path, value in leaves(jax.device_get(dict(model.variables)), f"{_VARIABLES}/").items()}
+              for path, value in leaves(jax.device_get(dict(model.variables)),
+                                        f"{_VARIABLES}/").items()}
     arrays[_META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
     _write_npz(os.fspath(path), arrays)
 
 
 def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez_compressed``, but byte-for-byte reproducible (sorted names, fixed timestamps) and atomic."""
+    """``np.savez_compressed``, but byte-for-byte reproducible (sorted names, fixed timestamps) and
+    atomic."""
     def write(handle) -> None:
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in sorted(arrays):
@@ -160,7 +162,8 @@ def _named_errors(path: str, labels: Sequence[str] | None):
         kind = WeightsError if isinstance(err, InputError) else type(err)  # the file's labels
         raise kind(f"{path}: {err}") from None  # or architecture, say
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-        raise WeightsError(f"{path}: incomplete description ({type(err).__name__}: {err})") from None
+        raise WeightsError(f"{path}: incomplete description "
+                           f"({type(err).__name__}: {err})") from None
 
 
 def _description(path: str, data: np.ndarray) -> dict:
@@ -168,7 +171,8 @@ def _description(path: str, data: np.ndarray) -> dict:
     try:
         meta = json.loads(data.tobytes().decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: bad JSON, or
-        raise WeightsError(f"{path}: the description is not valid JSON ({err})") from None  # huge ints
+        # huge ints
+        raise WeightsError(f"{path}: the description is not valid JSON ({err})") from None
     if not isinstance(meta, dict):
         raise WeightsError(f"{path}: the description is a JSON {type(meta).__name__}; expected "
                            "an object")

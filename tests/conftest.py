@@ -1,4 +1,5 @@
-"""Shared test helpers: the ../shared fixtures, TensorFlow, and reference graphs built once per session."""
+"""Shared test helpers: the ../shared fixtures, TensorFlow, and reference graphs built once per
+session."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def on_cpu(model):
     options a CPU gets, on any machine)."""
     import jax  # after XLA_PYTHON_CLIENT_PREALLOCATE is set, above
 
-    return dataclasses.replace(model, variables=jax.device_put(model.variables, jax.devices("cpu")[0]))
+    return dataclasses.replace(model,
+                               variables=jax.device_put(model.variables, jax.devices("cpu")[0]))
 
 
 def _missing(what: str):

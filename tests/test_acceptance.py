@@ -20,10 +20,11 @@ from conftest import essentia_python, shared_fixture
 # test_tensorflowpredictmusicnn.py: genre_dortmund_musicnn_msd.pb on vignesh.wav, first patch
 VIGNESH_FIRST_PATCH = [0.00893995, 0.650628, 0.0017924, 0.10297492, 0.15139213, 0.13975027,
                        0.07960042, 0.01067388, 0.04935676]
-# test_tensorflowpredictvggish.py: small_vggish_init.pb on hiphop.mp3, patchHopSize=0, mean over patches
+# test_tensorflowpredictvggish.py: small_vggish_init.pb on hiphop.mp3, patchHopSize=0, mean over
+# patches
 HIPHOP_VGGISH_MEAN = [0.49044114, 0.50241125]
-REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo", "joram-moments_of_clarity-08-solipsism-59-88",
-              "TRWJAZW128F42760DD_test"]
+REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo",
+              "joram-moments_of_clarity-08-solipsism-59-88", "TRWJAZW128F42760DD_test"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,8 @@ def test_hiphop_small_vggish_mean():
     # patchHopSize=0 in Essentia means "the patch size": the same patches
     np.testing.assert_array_equal(found, np.asarray(model.predict(audio, 16000, patch_hop=0)))
     error = relative_error(found.mean(axis=0), HIPHOP_VGGISH_MEAN)
-    print(f"hiphop.mp3, small_vggish_init: relative error of the mean {error:.3g}")  # measured 1.5e-3
+    # measured 1.5e-3
+    print(f"hiphop.mp3, small_vggish_init: relative error of the mean {error:.3g}")
     assert error < 1e-2
 
 
@@ -103,22 +105,26 @@ def test_msd_musicnn_equals_essentia(msd_musicnn, name):
     audio = ref["audio_16k"]
     out = msd_musicnn.predict(audio, 16000, output=["predictions", "model/dense/BiasAdd"])
     sigmoid, embeddings = np.asarray(out["predictions"]), np.asarray(out["model/dense/BiasAdd"])
-    want_sigmoid, want_embeddings = ref["musicnn_predict_sigmoid"], ref["musicnn_predict_embeddings"]
+    want_sigmoid, want_embeddings = (ref["musicnn_predict_sigmoid"],
+                                     ref["musicnn_predict_embeddings"])
     assert sigmoid.shape == want_sigmoid.shape and embeddings.shape == want_embeddings.shape
     sigmoid_error = float(np.abs(sigmoid - want_sigmoid).max())
     scale = float(np.abs(want_embeddings).max())
     embedding_error = float(np.abs(embeddings - want_embeddings).max())
-    print(f"{name}: {sigmoid.shape[0]} patches, sigmoid max abs error {sigmoid_error:.3g}, "
-          f"embeddings max abs error {embedding_error:.3g} ({embedding_error / scale:.3g} of max |value|)")
+    print(f"{name}: {sigmoid.shape[0]} patches, sigmoid max abs "
+          f"error {sigmoid_error:.3g}, embeddings max abs error "
+          f"{embedding_error:.3g} ({embedding_error / scale:.3g} of max |value|)")
     # measured: sigmoid 4.3e-7 .. 1.03e-5, embeddings 2.2e-6 .. 5.9e-6 of the max magnitude
     assert sigmoid_error < 1e-4
     assert embedding_error < 1e-4 * scale
     # the tags a user sees: same order of the averaged predictions, top 5
-    np.testing.assert_array_equal(np.argsort(-sigmoid.mean(0))[:5], np.argsort(-want_sigmoid.mean(0))[:5])
+    np.testing.assert_array_equal(np.argsort(-sigmoid.mean(0))[:5],
+                                  np.argsort(-want_sigmoid.mean(0))[:5])
 
 
 def test_audio_file_through_loader_equals_essentias_signal(msd_musicnn):
-    """The 44.1-kHz stereo chirp read from its file: Essentia's MonoLoader signal, Essentia's tags."""
+    """The 44.1-kHz stereo chirp read from its file: Essentia's MonoLoader signal, Essentia's
+    tags."""
     ref = np.load(shared_fixture("essentia-reference/chirp_44k1_stereo.npz"))
     audio = jaxmir.load_audio(shared_fixture("essentia-reference/audio/chirp_44k1_stereo.wav"))
     assert audio.shape == ref["audio_16k"].shape

@@ -19,6 +19,9 @@ from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jaxmir"
+# every folder of the repository that holds Python (what pyflakes and the line-length check read)
+PYTHON_FOLDERS = ("jaxmir", "tests", "benchmarks", "tools", "examples")
+MAX_LINE_LENGTH = 100
 
 
 def module_name(path: Path) -> str:
@@ -42,7 +45,8 @@ def _type_checking_blocks(tree: ast.Module) -> set[int]:
 
 
 def imports_of(name: str, tree: ast.Module, known: set[str]) -> set[str]:
-    """The jaxmir modules ``name`` imports (``from jaxmir import x`` counts x when it is a module)."""
+    """The jaxmir modules ``name`` imports (``from jaxmir import x`` counts x when it is a
+    module)."""
     skipped = _type_checking_blocks(tree)
     found = set()
     package = name if (PACKAGE / "/".join(name.split(".")[1:]) / "__init__.py").exists() \
@@ -198,7 +202,8 @@ def test_no_unused_imports():
                 for line, imported in unused_imports(tree)]
     assert not problems, "imported but never used:\n" + "\n".join(problems)
     # the check itself finds one
-    assert unused_imports(ast.parse("import os\nfrom a import b, c\nprint(c)")) == [(1, "os"), (2, "b")]
+    assert (unused_imports(ast.parse("import os\nfrom a import b, c\nprint(c)"))
+            == [(1, "os"), (2, "b")])
 
 
 def test_pyflakes_finds_nothing():
@@ -208,10 +213,34 @@ def test_pyflakes_finds_nothing():
     from pyflakes.reporter import Reporter
 
     out = io.StringIO()
-    folders = [str(ROOT / folder) for folder in ("jaxmir", "tests", "benchmarks", "tools", "examples")]
+    folders = [str(ROOT / folder) for folder in PYTHON_FOLDERS]
     assert api.checkRecursive(folders, Reporter(out, out)) == 0, out.getvalue()
     # the check itself finds one
     assert api.check("import os\n", "probe.py", Reporter(io.StringIO(), io.StringIO())) == 1
+
+
+def long_lines(paths, root: Path = ROOT) -> list[str]:
+    """``path:line (length)`` of every line of ``paths`` over :data:`MAX_LINE_LENGTH` characters."""
+    found = []
+    for path in paths:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if len(line) > MAX_LINE_LENGTH:
+                found.append(f"{path.relative_to(root)}:{number} ({len(line)})")
+    return found
+
+
+def test_no_python_line_is_longer_than_100_characters(tmp_path):
+    """Every Python file that pyflakes reads keeps its lines within 100 characters."""
+    paths = sorted(path for folder in PYTHON_FOLDERS for path in (ROOT / folder).rglob("*.py"))
+    assert len(paths) > 100  # the walk finds the repository's files
+    found = long_lines(paths)
+    assert not found, (f"{len(found)} line(s) over {MAX_LINE_LENGTH} characters:\n"
+                       + "\n".join(found[:20]))
+    # the check itself finds one, and counts characters, not bytes
+    probe = tmp_path / "probe.py"
+    probe.write_text("x = 1\n" + "#" * MAX_LINE_LENGTH + "\n" + "ü" * 60 + "\n"
+                     + "y" * (MAX_LINE_LENGTH + 1) + "\n", encoding="utf-8")
+    assert long_lines([probe], tmp_path) == [f"probe.py:4 ({MAX_LINE_LENGTH + 1})"]
 
 
 def test_loading_shipped_weights_imports_no_protobuf():

@@ -1,4 +1,5 @@
-"""jaxmir.audio: Essentia's MonoLoader signal reproduced, librosa's for the soxr mode, and bad input."""
+"""jaxmir.audio: Essentia's MonoLoader signal reproduced, librosa's for the soxr mode, and bad
+input."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def test_22k05_resampling_matches_essentia():
     ref = reference("TRWJAZW128F42760DD_test")
     assert implementation("essentia", 22050, 16000) == "jax"
     for resampler, tolerance in (("samplerate", 0.0), ("essentia", JAX_TOL)):
-        audio = prepare_audio(ref["downmix_native"], int(ref["loader_native_sr"]), resampler=resampler)
+        audio = prepare_audio(ref["downmix_native"], int(ref["loader_native_sr"]),
+                              resampler=resampler)
         assert audio.shape == ref["audio_16k"].shape
         assert np.max(np.abs(audio - ref["audio_16k"])) <= tolerance
 
@@ -99,7 +101,8 @@ def test_soxr_mode_is_librosa_load(path):
     librosa = require("librosa")
     file = shared_fixture(path)
     expected, _ = librosa.load(file, sr=16000)
-    actual = load_audio(file, resampler="soxr", decoder="soundfile")  # librosa reads with libsndfile
+    # librosa reads with libsndfile
+    actual = load_audio(file, resampler="soxr", decoder="soundfile")
     assert actual.dtype == np.float32 and actual.shape == expected.shape
     assert np.max(np.abs(actual - expected)) == 0.0
 
@@ -269,9 +272,11 @@ def test_a_peak_that_would_overflow_the_spectrum_is_refused(tmp_path):
     assert np.isfinite(musicnn.predict(tone * np.float32(MAX_PEAK), 16000)).all()
     loud = tone * np.float32(1e20)
     path = write(tmp_path, "loud.wav", loud, 16000, subtype="FLOAT")
-    with pytest.raises(AudioError, match=r"loud.wav: sample 1: a sample reaches 1e\+20, beyond 1e\+12"):
+    with pytest.raises(AudioError,
+                       match=r"loud.wav: sample 1: a sample reaches 1e\+20, beyond 1e\+12"):
         load_audio(path)
-    with pytest.raises(AudioError, match=r"a sample reaches 1e\+300"):  # not "infinite" after float32
+    # not "infinite" after float32
+    with pytest.raises(AudioError, match=r"a sample reaches 1e\+300"):
         prepare_audio(np.full(100, 1e300), 16000)
     for call in (lambda: prepare_audio(loud * np.float32(1e-7), 44100),
                  lambda: musicnn.predict(jnp.asarray(loud), 16000),
@@ -365,7 +370,9 @@ def test_target_rate_checked(tmp_path):
 
 
 def test_unknown_resampler():
-    with pytest.raises(AudioError, match="unknown resampler 'kaiser'; accepted: 'essentia', 'samplerate', 'soxr'"):
+    with pytest.raises(AudioError,
+                       match="unknown resampler 'kaiser'; accepted: "
+                             "'essentia', 'samplerate', 'soxr'"):
         load_audio(shared_fixture(SINES), resampler="kaiser")
     with pytest.raises(AudioError, match="unknown resampler"):
         prepare_audio(np.zeros(100, np.float32), 16000, resampler="librosa")

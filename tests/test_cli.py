@@ -43,7 +43,8 @@ def tone(seconds: float, rate: int = SR, channels: int = 2, freq: float = 330.0)
 
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory) -> dict[str, Path]:
-    """Generated files: stereo 44.1 kHz in every PCM width and float, mono 22.05 kHz, and bad ones."""
+    """Generated files: stereo 44.1 kHz in every PCM width and float, mono 22.05 kHz, and bad
+    ones."""
     folder = tmp_path_factory.mktemp("audio")
     files = {}
     for subtype in ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"):
@@ -85,7 +86,8 @@ def test_tag_fixture_audio_text(capsys, musicnn):
         expected = [musicnn.labels[i] for i in np.argsort(-mean)[:3]]
         shown = [line[3:].rsplit(maxsplit=1) for line in lines[1:]]
         assert [label.strip() for label, _ in shown] == expected
-        np.testing.assert_allclose([float(score) for _, score in shown], np.sort(mean)[::-1][:3], atol=1e-4)
+        np.testing.assert_allclose([float(score) for _, score in shown], np.sort(mean)[::-1][:3],
+                                   atol=1e-4)
 
 
 def test_tag_json_on_every_pcm_width(capsys, wavs, musicnn):
@@ -169,7 +171,8 @@ def test_batch_sets_a_single_files_calls_too(capsys, wavs, monkeypatch):
 
 def test_output_makes_its_folder_as_a_table_does(capsys, wavs, tmp_path):
     target = tmp_path / "new" / "folder" / "tags.json"
-    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json", "-o", str(target))
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json", "-o",
+                           str(target))
     assert status == 0, err
     assert json.loads(target.read_text())["files"][0]["status"] == "ok"
 
@@ -221,7 +224,8 @@ def test_a_damaged_file_too_short_for_a_patch_says_it_is_damaged(capsys, tmp_pat
     status, out, err = run(capsys, "tag", str(cut))
     assert status == 1
     assert f"{cut}: " in err and "is too short for one patch" in err
-    assert "give longer audio (damaged audio: " in err and "of the 4.00 s its header declares)" in err
+    assert "give longer audio (damaged audio: " in err \
+        and "of the 4.00 s its header declares)" in err
     assert err.count(str(cut)) == 1, err  # the path is named once
     # the ways to pad it as the command line spells them, not as Python's keywords
     assert "with --last-patch discard (Essentia would return no predictions); pass --last-patch " \
@@ -254,7 +258,8 @@ def test_bf16_is_opt_in(capsys, wavs, musicnn):
 
 def test_bad_files_are_reported_and_the_others_go_on(capsys, wavs):
     bad = ["garbage", "folder", "short", "empty", "nan"]
-    paths = [str(wavs["PCM_16"])] + [str(wavs[b]) for b in bad] + [str(wavs["FLOAT"]), "/no/such.wav"]
+    paths = ([str(wavs["PCM_16"])] + [str(wavs[b]) for b in bad]
+             + [str(wavs["FLOAT"]), "/no/such.wav"])
     status, out, err = run(capsys, "tag", *paths, "--format", "json")
     assert status == 1
     assert "Traceback" not in err
@@ -295,7 +300,8 @@ def test_options_without_effect_are_named(capsys, wavs, tmp_path):
                                                     "--engine", "--actors", "--flush-every"], err
     # --per-patch named a CSV among its tables, where a CSV --output refuses it
     assert warned[0].endswith("--per-patch is ignored: it applies to a .parquet or .jsonl --output")
-    assert warned[1].endswith("applies to a table --output (.parquet, .jsonl, or .csv without -f csv)")
+    assert warned[1].endswith("applies to a table --output (.parquet, "
+                              ".jsonl, or .csv without -f csv)")
     # embed: --average means nothing to a table (and is no part of its identity: a rerun with it
     # finds the file done); --per-patch means nothing to a folder of arrays
     table = tmp_path / "emb.jsonl"
@@ -377,8 +383,8 @@ def test_short_file_with_pad(capsys, wavs):
 
 def test_csv_and_output_file(capsys, wavs, tmp_path):
     target = tmp_path / "tags.csv"
-    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), str(wavs["mono_22k"]), "--format", "csv",
-                           "--top", "0", "--output", str(target))
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), str(wavs["mono_22k"]), "--format",
+                           "csv", "--top", "0", "--output", str(target))
     assert status == 0 and out == "", err
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert list(rows[0]) == ["file", "rank", "label", "score"]
@@ -404,7 +410,8 @@ def test_output_file_is_never_overwritten_unasked(capsys, wavs, tmp_path):
     # a folder is refused before any file is read (a plain file named like it was written)
     for folder, code in ((f"{tmp_path / 'out'}/", 2), (str(tmp_path), 1)):  # 2: by its name
         status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", folder)
-        assert status == code and "is a folder; jaxmir tag writes" in err and "top 3" not in out, err
+        assert status == code and "is a folder; jaxmir tag writes" in err \
+            and "top 3" not in out, err
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tags.json"]  # no temporary file left
 
@@ -464,7 +471,8 @@ def test_an_output_named_json_holds_json(capsys, wavs, tmp_path):
     """`-o tags.json` held the text report; -f still decides where it is given."""
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", str(tmp_path / "tags.JSON"))
     assert status == 0 and err == "", err
-    assert json.loads((tmp_path / "tags.JSON").read_text())["files"][0]["file"] == str(wavs["PCM_16"])
+    assert json.loads((tmp_path / "tags.JSON").read_text())["files"][0]["file"] \
+        == str(wavs["PCM_16"])
     status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "-o", str(tmp_path / "x.json"),
                            "-f", "text")
     assert status == 0 and (tmp_path / "x.json").read_text().startswith("[")
@@ -520,7 +528,8 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wav
                                    "--output /proc/tags.txt: cannot write the output in /proc", 1),
                                   (["--plot", "/proc/taggram.png"],
                                    "--plot: cannot write the output in /proc", 1),
-                                  (["-o", ""], "--output '' names no file", 2),  # the command line's
+                                  # the command line's
+                                  (["-o", ""], "--output '' names no file", 2),
                                   (["-o", f"{tmp_path}/x/"], "x/ is a folder", 2),
                                   (["-o", str(tmp_path / "loop")],
                                    "is a link that leads to no file (a loop)", 1),
@@ -789,7 +798,8 @@ def test_a_pipe_whose_reader_left_ends_quietly(capsys, wavs, monkeypatch, tmp_pa
 def test_unwritable_output(capsys, wavs, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     target = tmp_path / "a_file" / "tags.json"
-    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json", "-o", str(target))
+    status, out, err = run(capsys, "tag", str(wavs["PCM_16"]), "--format", "json", "-o",
+                           str(target))
     assert status == 1 and "Traceback" not in err and str(target) in err
 
 
@@ -874,7 +884,8 @@ def test_embed(capsys, wavs, tmp_path, musicnn):
 
 
 def test_embed_unknown_layer(capsys, wavs, tmp_path):
-    status, _, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", str(tmp_path), "--layer", "nope")
+    status, _, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", str(tmp_path), "--layer",
+                         "nope")
     assert status == 1 and "unknown output 'nope'" in err and "model/dense/BiasAdd" in err
 
 
@@ -885,14 +896,16 @@ def test_info(capsys, wavs, tmp_path):
     assert "model/dense/BiasAdd" in out and "penultimate" in out and "rock" in out
     assert "patches: 187 frames (2.99 s), default hop 93 frames (1.49 s)\n" in out
     assert "a frame every 16 ms at 16 kHz\n" in out
-    status, out, err = run(capsys, "info", str(shared_fixture("essentia-models/small_vggish_init.pb")))
+    status, out, err = run(capsys, "info",
+                           str(shared_fixture("essentia-models/small_vggish_init.pb")))
     assert status == 0, err
     assert "vggish" in out and "patches: 96 frames (0.96 s)" in out
     assert "pool2x2," in out and "stride" not in out  # windows and strides alike
     assert "\n  conv3x3 1 relu pool2x2," in out
     # musicnn's VGG: its first pool, 4x1, moves 2x2 (it read "pool4x1", as if it moved 4x1)
     status, out, err = run(capsys, "info", "msd-vgg")
-    assert status == 0 and "BN pool4x1 (stride 2x2), conv3x3 128" in out and out.count("stride") == 1
+    assert status == 0 and "BN pool4x1 (stride 2x2), conv3x3 128" in out \
+        and out.count("stride") == 1
     assert "\n  BN, conv3x3 128 relu BN pool4x1" in out  # an input batch norm, as VGGish has not
     head = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     status, out, err = run(capsys, "tag", str(shared_fixture("audio/vignesh.wav")), "--model", head)
@@ -1000,8 +1013,8 @@ def test_a_head_trained_on_a_backbone_file_does_not_run_on_a_shipped_model_of_it
 
 def test_vggish_model_from_the_command_line(capsys):
     graph = shared_fixture("essentia-models/small_vggish_init.pb")
-    status, out, err = run(capsys, "tag", str(shared_fixture("audio/hiphop.mp3")), "--model", str(graph),
-                           "--patch-hop", "0", "--format", "json", "--top", "2")
+    status, out, err = run(capsys, "tag", str(shared_fixture("audio/hiphop.mp3")), "--model",
+                           str(graph), "--patch-hop", "0", "--format", "json", "--top", "2")
     assert status == 0, err
     entry = json.loads(out)["files"][0]
     assert entry["n_patches"] == 5
@@ -1049,8 +1062,8 @@ def test_a_name_that_is_not_utf8_is_printed_as_the_tables_write_it(tmp_path):
 
 
 def test_python_m_jaxmir_help():
-    result = subprocess.run([sys.executable, "-m", "jaxmir", "--help"], capture_output=True, text=True,
-                            env=subprocess_env(), timeout=120, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-m", "jaxmir", "--help"], capture_output=True,
+                            text=True, env=subprocess_env(), timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     for command in ("tag", "embed", "info"):
         assert command in result.stdout

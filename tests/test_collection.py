@@ -44,7 +44,8 @@ def _write(path: Path, seconds: float, rate: int, channels: int, seed: int) -> P
 
 @pytest.fixture(scope="module")
 def music(tmp_path_factory) -> Path:
-    """rock/a.wav, rock/b.flac, jazz/a.wav (same stem), jazz/deep/c.wav, a hidden file, a text file."""
+    """rock/a.wav, rock/b.flac, jazz/a.wav (same stem), jazz/deep/c.wav, a hidden file, a text
+    file."""
     root = tmp_path_factory.mktemp("music")
     _write(root / "rock" / "a.wav", 3.5, 16000, 1, 0)
     _write(root / "rock" / "b.flac", 5.0, 22050, 2, 1)
@@ -189,7 +190,8 @@ def test_each_real_file_is_listed_once_by_its_own_path(tmp_path):
     assert inputs.expand([str(folder)]) == [str(folder / "b" / "real" / "s.wav")]
     (folder / "b" / "real" / "back").symlink_to(folder, target_is_directory=True)
     (folder / "a" / "same.wav").symlink_to(folder / "b" / "real" / "s.wav")
-    assert inputs.expand([str(folder), str(folder / "b" / "real"), str(folder / "a" / "same.wav")]) \
+    assert inputs.expand([str(folder), str(folder / "b" / "real"),
+                          str(folder / "a" / "same.wav")]) \
         == [str(folder / "b" / "real" / "s.wav")]
 
 
@@ -261,12 +263,14 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     listing.write_bytes(b"rock/b.flac\rrock/trail.wav \r")  # classic Mac OS line ends
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac"),
                                               str(tmp_path / "rock" / "trail.wav ")]
-    listing.write_text("# nothing yet\n\n")  # exited 0, "nothing to do": an empty folder is an error
+    # exited 0, "nothing to do": an empty folder is an error
+    listing.write_text("# nothing yet\n\n")
     with pytest.raises(InputError, match=r"list.txt: names no files \(only blank lines and # "):
         inputs.expand([f"@{listing}"])
     # a list saved as UTF-16 (Windows Notepad) ended in a traceback: "embedded null byte"
     listing.write_text("rock/b.flac\n", encoding="utf-16")
-    with pytest.raises(InputError, match=r"list.txt: UTF-16 text; expected a UTF-8 \(or plain\) text"):
+    with pytest.raises(InputError,
+                       match=r"list.txt: UTF-16 text; expected a UTF-8 \(or plain\) text"):
         inputs.expand([f"@{listing}"])
     listing.write_bytes(b"rock/b.flac\x00\n")
     with pytest.raises(InputError, match=r"list.txt: not text \(it holds NUL bytes\)"):
@@ -383,7 +387,8 @@ def test_jsonl_csv_npy_embed(music, model, expected, tmp_path):
     table = tmp_path / "tags.csv"
     folder = tmp_path / "embeddings"
     embed = tmp_path / "embeddings.parquet"
-    for output, command, output_name in ((lines, "tag", "predictions"), (table, "tag", "predictions"),
+    for output, command, output_name in ((lines, "tag", "predictions"),
+                                         (table, "tag", "predictions"),
                                          (folder, "embed", "embeddings"), (embed, "embed", None)):
         # embed's own default: the embeddings (it was Options(): the predictions)
         options = None if output_name is None else Options(output_name)
@@ -406,7 +411,8 @@ def test_jsonl_csv_npy_embed(music, model, expected, tmp_path):
     index = [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()]
     # names below the folder common to every input (here music's parent: broken.wav is elsewhere)
     assert sorted(r["npy"] for r in index if r["npy"]) == [
-        f"{music.name}/{name}" for name in ("jazz/a.npy", "jazz/deep/c.npy", "rock/a.npy", "rock/b.npy")]
+        f"{music.name}/{name}" for name in ("jazz/a.npy", "jazz/deep/c.npy", "rock/a.npy",
+                                            "rock/b.npy")]
     vectors = _read_parquet(embed)
     for r in index:
         if r["npy"] is None:
@@ -417,7 +423,7 @@ def test_jsonl_csv_npy_embed(music, model, expected, tmp_path):
         assert_same_embeddings(got, np.asarray(want, np.float64).mean(0))
 
 
-# -- resume -----------------------------------------------------------------------------------------
+# -- resume ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
 def test_resume_retry_overwrite(music, model, tmp_path, suffix):
     import soundfile
@@ -517,7 +523,8 @@ def test_bfloat16_rows_are_the_bfloat16_models_and_never_mix_with_float32(music,
     with pytest.raises(InputError, match=r"holds results of 'msd-musicnn' with other settings "
                                          r"\(dtype: 'bfloat16' there, 'float32' now\)") as err:
         collect(model, [path], out, name="msd-musicnn", jobs=0, progress=False)
-    assert "not an output of jaxmir" not in str(err.value) and str(err.value).count("--overwrite") == 1
+    assert "not an output of jaxmir" not in str(err.value) \
+        and str(err.value).count("--overwrite") == 1
     # collect()'s arguments named beside the options (it named --output and --overwrite only)
     assert str(err.value).endswith("; give another output (--output), or --overwrite "
                                    "(overwrite=True in Python) to start it over")
@@ -688,7 +695,8 @@ def test_csv_refuses_another_models_or_settings_output(music, model, tmp_path):
                            ({"backbone": "msd-vgg"}, "'msd-musicnn' there, 'msd-musicnn+msd-vgg'"),
                            ({"options": Options(patch_hop=40)}, "patch_hop: 93 there, 40 now"),
                            ({"options": Options(pad="zero")}, "pad: None there, 'zero' now"),
-                           ({"options": Options(dtype="bfloat16")}, "dtype: 'float32' there, 'bfloat16'")):
+                           ({"options": Options(dtype="bfloat16")},
+                            "dtype: 'float32' there, 'bfloat16'")):
         with pytest.raises(InputError, match=re.escape(difference) + ".*--overwrite"):
             run(**kw)
     frame = pandas.read_csv(out)
@@ -1193,7 +1201,8 @@ def test_an_output_named_through_a_link_is_written_through_it(model, tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".tags.jsonl.lock", "in", "link.jsonl", "tags.jsonl"]
     folder = tmp_path / "vectors.v2"
     assert collect(model, [str(clips[0])], f"{folder}/", command="embed",
-                   options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False).ok == 1
+                   options=Options("embeddings"), name="msd-musicnn", jobs=0,
+                   progress=False).ok == 1
     assert sorted(os.listdir(folder)) == ["a.npy", "index.jsonl"]
     # a name ending in .npy asks for one file: it made a folder of that name
     with pytest.raises(InputError, match=r"--output .*emb.npy: jaxmir embed writes one .npy per "
@@ -1251,7 +1260,8 @@ def test_options_and_commands_that_cannot_run_are_refused_once(model, tmp_path):
 
 
 def test_one_path_is_one_path(music, model, tmp_path):
-    """A string was taken as a sequence of paths, one per character: error rows '/…/c', '/…/o'."""
+    """A string was taken as a sequence of paths, one per character: error rows '/…/c',
+    '/…/o'."""
     rock = music / "rock"
     for paths in (str(rock), rock, os.fsencode(rock)):
         output = tmp_path / f"{type(paths).__name__}.jsonl"
@@ -1303,8 +1313,9 @@ def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", short_write)
     clip = _write(tmp_path / "a.wav", 3.0, 16000, 1, 0)
-    with pytest.raises(InputError, match=r"written \(a short write: is the disk full\?\); every row "
-                                         r"written before is kept \(0 by this run\)"):
+    with pytest.raises(InputError,
+                       match=r"written \(a short write: is the disk full\?\); "
+                             r"every row written before is kept \(0 by this run\)"):
         collect(model, [str(clip)], str(tmp_path / "emb"), command="embed",
                 options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
 
@@ -1526,7 +1537,8 @@ def test_file_names_that_are_not_utf8_round_trip(model, tmp_path):
         [stored, str(good)]
     assert list(pandas.read_json(jsonl, lines=True)["path"]) == [stored, str(good)]
     jsonl.write_bytes(jsonl.read_bytes().replace(b"\\\\udc", b"\\udc"))  # lone surrogates
-    assert [row["path"] for row in map(json.loads, jsonl.read_text().splitlines())] == [bad, str(good)]
+    assert [row["path"] for row in map(json.loads, jsonl.read_text().splitlines())] \
+        == [bad, str(good)]
     assert collect(model, [str(tmp_path / "in")], str(jsonl), name="msd-musicnn", jobs=0,
                    progress=False).skipped == 2
     # a .npy folder's index names the arrays as text too (it held lone surrogates)
@@ -1536,8 +1548,10 @@ def test_file_names_that_are_not_utf8_round_trip(model, tmp_path):
                                         progress=False, **kw)
     assert embed([str(tmp_path / "in")]).ok == 2
     index = folder / "index.jsonl"
-    assert list(pandas.read_json(index, lines=True)["npy"]) == [r"bad\udcff\udcfename.npy", "good.npy"]
-    assert sorted(os.listdir(folder)) == [os.fsdecode(b"bad\xff\xfename.npy"), "good.npy", "index.jsonl"]
+    assert list(pandas.read_json(index, lines=True)["npy"]) \
+        == [r"bad\udcff\udcfename.npy", "good.npy"]
+    assert sorted(os.listdir(folder)) == [os.fsdecode(b"bad\xff\xfename.npy"), "good.npy",
+                                          "index.jsonl"]
     assert embed([str(tmp_path / "in")]).skipped == 2
     # --overwrite removes the arrays its index lists, the one named as text included
     assert embed([str(good)], overwrite=True).ok == 1
@@ -1558,7 +1572,8 @@ if __name__ == "__main__":
 def test_sigkill_mid_run_then_resume(music, model, tmp_path):
     many = tmp_path / "many"
     for i in range(8):
-        _write(many / f"t{i}.wav", 6.0 + 0.5 * (i % 3), 16000, 1, i)  # 3 patches: packs end mid-file
+        # 3 patches: packs end mid-file
+        _write(many / f"t{i}.wav", 6.0 + 0.5 * (i % 3), 16000, 1, i)
     out = tmp_path / "killed.parquet"
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
@@ -1899,7 +1914,8 @@ def test_names_longer_than_a_file_system_takes_are_cut(model, tmp_path):
     folder = tmp_path / "in"
     long = "é" * 60 + "X" * 127  # 247 bytes
     paths = [_write(folder / f"{long}.wav", 3.5, 16000, 1, 0),
-             _write(folder / f"{long}.flac", 3.5, 16000, 1, 1), _write(folder / "zzz.wav", 3.5, 16000, 1, 2)]
+             _write(folder / f"{long}.flac", 3.5, 16000, 1, 1),
+             _write(folder / "zzz.wav", 3.5, 16000, 1, 2)]
     out = tmp_path / "embeddings"
 
     def run():
@@ -2319,7 +2335,7 @@ def test_unwritable_output_and_vanishing_files(music, model, tmp_path, monkeypat
     assert tally.failed == 1 and "changed while it was being read" in row["error"]
 
 
-# -- the command-line drop-in ------------------------------------------------------------------------
+# -- the command-line drop-in ----------------------------------------------------------------------
 def test_run_tag_and_embed_commands(music, model, tmp_path, capsys, monkeypatch):
     parser = argparse.ArgumentParser()
     parser.add_argument("files", nargs="+")
@@ -2440,8 +2456,8 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
     monkeypatch.setattr(compute, "decode", spying)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        threaded = collect(model, [str(folder)], str(tmp_path / "threads.jsonl"), name="msd-musicnn",
-                           jobs=2, progress=False)
+        threaded = collect(model, [str(folder)], str(tmp_path / "threads.jsonl"),
+                           name="msd-musicnn", jobs=2, progress=False)
     monkeypatch.setattr(compute, "decode", decode)  # a worker process must be able to import it
     assert not [w for w in caught if issubclass(w.category, DamagedAudioWarning)]
     assert len(callers) == 3
@@ -2453,7 +2469,8 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
     separate = collect(model, [str(folder)], str(tmp_path / "processes.jsonl"), name="msd-musicnn",
                        jobs=2, processes=True, progress=False)
     assert (threaded.ok, threaded.failed) == (separate.ok, separate.failed) == (3, 0)
-    rows = {kind: [json.loads(line) for line in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
+    rows = {kind: [json.loads(line)
+                   for line in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
             for kind in ("threads", "processes")}
     assert rows["threads"] == rows["processes"]  # the same programs on the same samples
     for row in rows["threads"]:  # decoded apart from the model, durations came back as 0.0
@@ -2568,15 +2585,16 @@ def test_a_device_out_of_memory_stops_the_run_and_keeps_the_rows_done(music, mod
         def run(*args):
             calls.append(args[5])
             if len(calls) > 1:
-                raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 bytes.")
+                raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory "
+                                   "while trying to allocate 1 bytes.")
             return program(*args)
         return run
 
     monkeypatch.setattr(stream, "_audio_to_outputs_compiled", second_call_fails)
     out = tmp_path / "tags.jsonl"
     with pytest.raises(DeviceMemoryError, match="in a call of 1 patches"):
-        collect(model, [str(music)], str(out), name="msd-musicnn", options=Options(batch=1), jobs=jobs,
-                progress=False)
+        collect(model, [str(music)], str(out), name="msd-musicnn", options=Options(batch=1),
+                jobs=jobs, progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(Path(row["path"]).relative_to(music).as_posix(), row["status"]) for row in rows] == \
         [("jazz/a.wav", "ok")]
@@ -2725,13 +2743,15 @@ def _blocked_in_a_fifo_open(pid: int) -> bool:
             try:
                 if (task / "wchan").read_text().strip() == "wait_for_partner":
                     return True
-                pids += [int(c) for c in (task / "children").read_text().split() if int(c) not in seen]
+                pids += [int(c) for c in (task / "children").read_text().split()
+                         if int(c) not in seen]
             except OSError:  # the task ended meanwhile
                 continue
     return False
 
 
-@pytest.mark.parametrize("workers", [["--jobs", "0"], ["--jobs", "1"], ["--jobs", "1", "--processes"]],
+@pytest.mark.parametrize("workers",
+                         [["--jobs", "0"], ["--jobs", "1"], ["--jobs", "1", "--processes"]],
                          ids=["in-process", "threads", "processes"])
 def test_sigterm_stops_a_run_whose_decoder_is_blocked(music, tmp_path, workers):
     """A FIFO named on the command line blocks its reader in open() until a writer comes (so
@@ -2778,8 +2798,8 @@ def test_collect_warns_of_settings_its_output_or_engine_does_not_use(music, mode
     """average= with a table, actors= without Ray and processes= with jobs=0 were dropped
     without a word, where the command line warns of each."""
     with pytest.warns(commands.IgnoredSettingWarning) as caught:
-        collect(model, music / "rock" / "a.wav", tmp_path / "t.jsonl", command="embed", average=True,
-                actors=2, processes=True, jobs=0, flush_rows=5, progress=False)
+        collect(model, music / "rock" / "a.wav", tmp_path / "t.jsonl", command="embed",
+                average=True, actors=2, processes=True, jobs=0, flush_rows=5, progress=False)
     said = [str(w.message) for w in caught]
     assert said == [
         "average=True is ignored: a table holds the mean over patches already",
@@ -2788,8 +2808,8 @@ def test_collect_warns_of_settings_its_output_or_engine_does_not_use(music, mode
         "processes=True is ignored: jobs=0 decodes in this process"], said
     with warnings.catch_warnings():
         warnings.simplefilter("error", commands.IgnoredSettingWarning)
-        collect(model, music / "rock" / "a.wav", tmp_path / "arrays", command="embed", average=True, jobs=0,
-                progress=False)
+        collect(model, music / "rock" / "a.wav", tmp_path / "arrays", command="embed", average=True,
+                jobs=0, progress=False)
 
 
 def test_a_resumed_run_s_bar_counts_the_files_left():
@@ -2867,8 +2887,8 @@ def test_the_command_line_names_an_unused_option_once_in_its_own_spelling(music,
                                                                             capsys):
     from jaxmir import cli
 
-    status = cli.main(["embed", str(music / "rock" / "a.wav"), "-o", str(tmp_path / "t.jsonl"), "--average",
-                       "--actors", "2", "--no-progress", "-j", "0"])
+    status = cli.main(["embed", str(music / "rock" / "a.wav"), "-o", str(tmp_path / "t.jsonl"),
+                       "--average", "--actors", "2", "--no-progress", "-j", "0"])
     err = capsys.readouterr().err
     assert status == 0, err
     warned = [line for line in err.splitlines() if "is ignored" in line]

@@ -1,4 +1,5 @@
-"""The Ray engine on a local Ray cluster: the same rows as the local engine; clear errors without Ray."""
+"""The Ray engine on a local Ray cluster: the same rows as the local engine; clear errors without
+Ray."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def _write(path: Path, seconds: float, rate: int, channels: int, seed: int) -> N
 
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32),
+    soundfile.write(path,
+                    (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32),
                     rate)
 
 
@@ -378,13 +380,14 @@ def test_a_cluster_that_answers_but_refuses_names_its_token(monkeypatch):
     monkeypatch.setattr(ray_engine, "_reachable", lambda address: None)
     monkeypatch.setattr(ray, "init", refused)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    with pytest.raises(InputError, match=r"cannot connect to the Ray cluster 192.0.2.2:6379: Failed "
-                                         r".*; its host speaks HTTP/2, as gRPC does: give the "
-                                         r"head's own port .*not "
-                                         r"the Ray Client's 10001.*if the cluster asks for a token "
-                                         r".*RAY_AUTH_TOKEN=\.\.\. \(`ray get-auth-token`"):
+    with pytest.raises(InputError,
+                       match=r"cannot connect to the Ray cluster 192.0.2.2:6379: Failed "
+                             r".*; its host speaks HTTP/2, as gRPC does: give the head's "
+                             r"own port .*not the Ray Client's 10001.*if the cluster asks "
+                             r"for a token .*RAY_AUTH_TOKEN=\.\.\. \(`ray get-auth-token`"):
         ray_engine.connect("192.0.2.2:6379")
-    with pytest.raises(InputError, match=r"cannot connect to the Ray cluster \(local\): Failed [^;]*$"):
+    with pytest.raises(InputError,
+                       match=r"cannot connect to the Ray cluster \(local\): Failed [^;]*$"):
         ray_engine.connect("")
 
 
@@ -695,7 +698,8 @@ def test_the_token_mode_is_set_before_ray_is_imported(tmp_path):
     env = child_env(RAY_ADDRESS="192.0.2.2:6379", RAY_AUTH_TOKEN="secret")
     env.pop("RAY_AUTH_MODE", None)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "fake"), env.get("PYTHONPATH", "")])
-    code = "from jaxmir.collection import ray_engine; ray_engine.import_ray(); import ray; print(ray.MODE)"
+    code = ("from jaxmir.collection import ray_engine; "
+            "ray_engine.import_ray(); import ray; print(ray.MODE)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             cwd=ROOT, timeout=120)
     assert result.stdout.strip() == "token", result.stderr

@@ -28,7 +28,8 @@ def test_this_jax_knows_the_option_and_refuses_an_unknown_one():
 
 @pytest.mark.parametrize("flags, platform, expected", [
     (AVX2_FLAGS, "cpu", WITHOUT_YNNPACK), (AVX512_FLAGS, "cpu", DEFAULTS),
-    (frozenset(), "cpu", DEFAULTS), (AVX2_FLAGS, "gpu", DEFAULTS)], ids=["avx2", "avx512", "not-x86", "gpu"])
+    (frozenset(), "cpu", DEFAULTS), (AVX2_FLAGS, "gpu", DEFAULTS)],
+                         ids=["avx2", "avx512", "not-x86", "gpu"])
 def test_only_a_convnet_on_an_avx2_cpu_leaves_ynnpack_out(monkeypatch, vggish, flags, platform,
                                                           expected):
     monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
@@ -108,7 +109,8 @@ def test_apply_predict_and_streams_compile_with_the_options(monkeypatch, vggish,
     assert set(asked) == {("patches", expected), ("audio", expected)}
 
 
-@pytest.mark.parametrize("flags", [AVX2_FLAGS, AVX512_FLAGS, frozenset()], ids=["avx2", "avx512", "not-x86"])
+@pytest.mark.parametrize("flags", [AVX2_FLAGS, AVX512_FLAGS, frozenset()],
+                         ids=["avx2", "avx512", "not-x86"])
 def test_a_convnet_in_bfloat16_leaves_ynnpack_out_on_every_cpu(monkeypatch, vggish, flags):
     monkeypatch.setattr(compiler, "cpu_flags", lambda: flags)
     x = np.zeros((2, *vggish.input_shape), np.float32)
@@ -126,16 +128,21 @@ def test_a_bfloat16_convnet_of_vggish_widths_has_no_nan_on_this_cpu():
     from jaxmir.spec import Activation, ConvBlockSpec, Dense, MaxPool, ModelSpec
 
     pool = MaxPool((2, 2), (2, 2), "SAME")
-    blocks = (ConvBlockSpec(16, (3, 3), "relu", None, pool), ConvBlockSpec(32, (3, 3), "relu", None, pool),
-              ConvBlockSpec(256, (3, 3), "relu", None, None), ConvBlockSpec(256, (3, 3), "relu", None, pool))
-    config = {"blocks": blocks, "input_bn_epsilon": None, "head": (Dense(8), Activation("identity"))}
+    blocks = (ConvBlockSpec(16, (3, 3), "relu", None, pool),
+              ConvBlockSpec(32, (3, 3), "relu", None, pool),
+              ConvBlockSpec(256, (3, 3), "relu", None, None),
+              ConvBlockSpec(256, (3, 3), "relu", None, pool))
+    config = {"blocks": blocks, "input_bn_epsilon": None,
+              "head": (Dense(8), Activation("identity"))}
     shapes = jax.eval_shape(build_module("vggish", config).init, jax.random.key(0),
                             jax.ShapeDtypeStruct((1, 96, 64), np.float32))
     rng = np.random.default_rng(0)
     variables = jax.tree_util.tree_map(
-        lambda leaf: (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32),
+        lambda leaf: (rng.standard_normal(leaf.shape)
+                      / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32),
         shapes)
-    spec = ModelSpec("vggish", config, variables, "x", (96, 64), "y", {"pool3": "block_4_output"}, {})
+    spec = ModelSpec("vggish", config, variables, "x", (96, 64), "y", {"pool3": "block_4_output"},
+                     {})
     model = on_cpu(jaxmir.Model.from_spec(spec))
     x = rng.normal(0, 2, (4, 96, 64)).astype(np.float32)
     full = np.asarray(model.apply(x, "pool3")["pool3"])
@@ -182,7 +189,8 @@ def test_only_musicnn_on_an_avx2_cpu_runs_its_wide_branch_as_a_1d_convolution(
     assert formulated(Composed(musicnn, head), platform).backbone.timbral_rows_as_channels == wide
     assert formulated(vggish.module, platform) == vggish.module
     assert tuned(musicnn, platform) == (formulated(musicnn, platform), DEFAULTS)
-    assert tuned(vggish.module, platform) == (vggish.module, compiler_options(vggish.module, platform))
+    assert tuned(vggish.module, platform) == (vggish.module,
+                                              compiler_options(vggish.module, platform))
 
 
 def test_a_composed_model_is_changed_only_in_a_musicnn_backbone_however_deep(monkeypatch, vggish):

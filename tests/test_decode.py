@@ -1,4 +1,5 @@
-"""jaxmir.decode: Essentia's own decoding (the PyPI wheel, run in a subprocess), damaged files, streaming.
+"""jaxmir.decode: Essentia's own decoding (the PyPI wheel, run in a subprocess), damaged files,
+streaming.
 
 Essentia is imported only in a child process: it bundles its own TensorFlow,
 which must not meet the one other tests import here.
@@ -59,7 +60,8 @@ ESSENTIA_SCRIPT = textwrap.dedent("""
 """)
 
 
-def signal(rate: int, channels: int, amplitude: float, seed: int = 0, seconds: float = SECONDS) -> np.ndarray:
+def signal(rate: int, channels: int, amplitude: float, seed: int = 0,
+           seconds: float = SECONDS) -> np.ndarray:
     """A chirp with noise, clipped to [-1, 1]: float32 ``[n, channels]``."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(rate * seconds)) / rate
@@ -122,7 +124,8 @@ def itunes_gapless(source: Path, path: Path, priming: int) -> Path:
 
     value = f" 00000000 {priming:08X} 00000000 {0:016X}".encode() + b" 00000000" * 8
     tag = box(b"----", box(b"mean", bytes(4) + b"com.apple.iTunes")
-              + box(b"name", bytes(4) + b"iTunSMPB") + box(b"data", struct.pack(">II", 1, 0) + value))
+              + box(b"name", bytes(4) + b"iTunSMPB")
+              + box(b"data", struct.pack(">II", 1, 0) + value))
     handler = box(b"hdlr", bytes(8) + b"mdir" + b"appl" + bytes(9))
     udta = box(b"udta", box(b"meta", bytes(4) + handler + box(b"ilst", tag)))
     data = bytearray(source.read_bytes())
@@ -160,13 +163,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("decode")
     made = {
         # a loud clipped signal: decoded in float this MP3 overshoots full scale
-        "loud_44k1_stereo.mp3": encode(folder / "loud_44k1_stereo.mp3", signal(44100, 2, 0.95), 44100,
-                                       "libmp3lame", 128000),
+        "loud_44k1_stereo.mp3": encode(folder / "loud_44k1_stereo.mp3", signal(44100, 2, 0.95),
+                                       44100, "libmp3lame", 128000),
         "mono_22k05.mp3": encode(folder / "mono_22k05.mp3", signal(22050, 1, 0.5, 1), 22050,
                                  "libmp3lame", 64000),
-        "stereo_44k1.flac": encode(folder / "stereo_44k1.flac", signal(44100, 2, 0.5, 2), 44100, "flac"),
-        "stereo_44k1.m4a": encode(folder / "stereo_44k1.m4a", signal(44100, 2, 0.5, 8), 44100, "aac",
-                                  128000, timestamps=True),
+        "stereo_44k1.flac": encode(folder / "stereo_44k1.flac", signal(44100, 2, 0.5, 2), 44100,
+                                   "flac"),
+        "stereo_44k1.m4a": encode(folder / "stereo_44k1.m4a", signal(44100, 2, 0.5, 8), 44100,
+                                  "aac", 128000, timestamps=True),
         "hiphop.mp3": shared_fixture("audio/hiphop.mp3"),
         "vignesh.wav": shared_fixture("audio/vignesh.wav"),
     }
@@ -187,7 +191,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["lyrics_and_id3v1.mp3"].write_bytes(tagged + lyrics + b"%06d" % len(lyrics) + b"LYRICS200"
                                              + b"TAG" + b"title".ljust(30, b"\x00") + bytes(95))
     vorbis = folder / "vorbis_8s.ogg"
-    soundfile.write(vorbis, signal(44100, 2, 0.5, 11, seconds=8.0), 44100, format="OGG", subtype="VORBIS")
+    soundfile.write(vorbis, signal(44100, 2, 0.5, 11, seconds=8.0), 44100, format="OGG",
+                    subtype="VORBIS")
     data = vorbis.read_bytes()
     page = data.find(b"OggS", len(data) // 2)  # a page of audio; one bit of its body flipped
     made["page_flipped.ogg"] = folder / "page_flipped.ogg"
@@ -199,7 +204,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["pages_damaged.ogg"].write_bytes(
         data[:page + 100] + np.random.default_rng(12).integers(0, 256, 4000, np.uint8).tobytes()
         + data[page + 4100:])
-    soundfile.write(made["stereo_44k1.ogg"], signal(44100, 2, 0.5, 3), 44100, format="OGG", subtype="VORBIS")
+    soundfile.write(made["stereo_44k1.ogg"], signal(44100, 2, 0.5, 3), 44100, format="OGG",
+                    subtype="VORBIS")
     made["mono_48k_24bit.flac"] = folder / "mono_48k_24bit.flac"
     soundfile.write(made["mono_48k_24bit.flac"], signal(48000, 1, 0.5, 4), 48000, subtype="PCM_24")
     for name, (rate, channels, subtype) in WAVS.items():  # read without FFmpeg (plain PCM WAV)
@@ -302,10 +308,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["rf64.wav"].write_bytes(rf64_wav(signal(22050, 2, 0.5, 20), 22050))
     made["cut_rf64.wav"] = folder / "cut_rf64.wav"
     made["cut_rf64.wav"].write_bytes(made["rf64.wav"].read_bytes()[:60_000])
-    long = encode(folder / "long.mp3", signal(44100, 2, 0.5, 5, seconds=20.0), 44100, "libmp3lame", 128000)
+    long = encode(folder / "long.mp3", signal(44100, 2, 0.5, 5, seconds=20.0), 44100, "libmp3lame",
+                  128000)
     data = bytearray(long.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 20000] = np.random.default_rng(6).integers(0, 256, 20000, np.uint8).tobytes()
+    data[middle:middle + 20000] = np.random.default_rng(6).integers(
+        0, 256, 20000, np.uint8).tobytes()
     made["damaged.mp3"] = folder / "damaged.mp3"
     made["damaged.mp3"].write_bytes(bytes(data))
     made["cut_in_half.mp3"] = folder / "cut_in_half.mp3"
@@ -330,8 +338,8 @@ WHOLE_CHUNKS = {"chunks_44k1.wav": (44100, 70), "chunks_22k05.wav": (22050, 35),
 # None for CBR). The wheel decodes that frame as 1152 samples of silence, FFmpeg today skips it;
 # a VBR file's guessed duration was taken for a declared length ("truncated" under --strict).
 JUNK_BEHIND_TAGS = {"junk_behind_tags.mp3": None, "junk_behind_tags_vbr.mp3": 4}
-TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_44k1.ogg", "stereo_44k1.flac",
-          "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav", "stereo_44k1.wav",
+TAGGED = ["loud_44k1_stereo.mp3", *JUNK_BEHIND_TAGS, "mono_22k05.mp3", "stereo_44k1.ogg",
+          "stereo_44k1.flac", "mono_48k_24bit.flac", "hiphop.mp3", "vignesh.wav", "stereo_44k1.wav",
           "mono_32k_32bit.wav", "mono_8k.wav", "stereo_44k1.m4a", *WHOLE_CHUNKS,
           # rates Essentia loads beyond the usual 8-192 kHz (100 Hz: the filter's flush is 7360
           # outputs, 3200 of which were lost)
@@ -367,7 +375,8 @@ def essentia(files, tmp_path_factory) -> dict[str, dict]:
     script.write_text(ESSENTIA_SCRIPT)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("PYTHONPATH", None)  # Essentia alone: no jaxmir, no TensorFlow but its own
-    done = subprocess.run([python, str(script), str(folder / "spec.json"), str(folder / "found.json")],
+    done = subprocess.run([python, str(script), str(folder / "spec.json"),
+                           str(folder / "found.json")],
                           capture_output=True, text=True, env=env, cwd=folder, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads((folder / "found.json").read_text())
@@ -471,7 +480,8 @@ def test_the_wheel_keeps_the_aac_priming_an_mp4_edit_list_marks(files, essentia)
     """FFmpeg today trims it (the float mode), the wheel's 2.8 did not: the essentia mode kept
     1024 samples fewer than AudioLoader (0.12 off Essentia's emoMusic values after resampling)."""
     wheel = essentia["stereo_44k1.m4a"]["loader"]
-    assert decode_file(files["stereo_44k1.m4a"], mode="float").samples.shape[0] == wheel.shape[0] - 1024
+    assert decode_file(files["stereo_44k1.m4a"], mode="float").samples.shape[0] \
+        == wheel.shape[0] - 1024
     assert decode_file(files["stereo_44k1.m4a"]).samples.shape == wheel.shape
 
 
@@ -504,7 +514,8 @@ def test_float_mode_keeps_what_the_wheel_clips(files, essentia):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["stereo_44k1.flac", "mono_48k_24bit.flac", "vignesh.wav"])
 def test_lossless_files_decode_the_same_everywhere(files, name):
-    """PCM and FLAC: integers scaled as libswresample does, the same in both modes and in libsndfile."""
+    """PCM and FLAC: integers scaled as libswresample does, the same in both modes and in
+    libsndfile."""
     expected, rate = soundfile.read(files[name], dtype="float32", always_2d=True)
     for mode in ("essentia", "float"):
         decoded = decode_file(files[name], mode=mode)
@@ -512,7 +523,8 @@ def test_lossless_files_decode_the_same_everywhere(files, name):
         np.testing.assert_array_equal(decoded.samples, expected)
 
 
-@pytest.mark.parametrize("name", ["loud_44k1_stereo.mp3", "mono_22k05.mp3", "hiphop.mp3", "stereo_44k1.ogg"])
+@pytest.mark.parametrize("name", ["loud_44k1_stereo.mp3", "mono_22k05.mp3", "hiphop.mp3",
+                                  "stereo_44k1.ogg"])
 def test_float_mode_is_close_to_soundfile(files, name):
     """Two float decoders of the same stream: equal up to float32 rounding in the synthesis."""
     expected, rate = soundfile.read(files[name], dtype="float32", always_2d=True)
@@ -552,10 +564,12 @@ def test_blocks_concatenate_to_the_whole_file(files, name, mode):
         if block_frames == 1 and name != "mono_22k05.mp3":
             continue  # one frame per block is slow; once is enough
         with iter_blocks(files[name], block_frames, mode=mode) as blocks:
-            assert (blocks.sample_rate, blocks.channels) == (whole.sample_rate, whole.samples.shape[1])
+            assert (blocks.sample_rate, blocks.channels) == (whole.sample_rate,
+                                                             whole.samples.shape[1])
             assert blocks.declared_frames == whole.declared_frames
             parts = list(blocks)
-        assert all(p.shape[0] == block_frames for p in parts[:-1]) and 0 < parts[-1].shape[0] <= block_frames
+        assert all(p.shape[0] == block_frames for p in parts[:-1]) \
+            and 0 < parts[-1].shape[0] <= block_frames
         assert all(p.dtype == np.float32 and p.shape[1] == whole.samples.shape[1] for p in parts)
         np.testing.assert_array_equal(np.concatenate(parts), whole.samples)
         assert blocks.status == "ok" and blocks.frames == whole.samples.shape[0]
@@ -585,7 +599,8 @@ def test_a_plain_wav_file_is_decoded_without_importing_pyav(files):
     script = ("import sys; from jaxmir.decode import decode_file; "
               f"decoded = decode_file({str(files['stereo_44k1.wav'])!r}); "
               "print(decoded.samples.shape, 'av' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["(286650,", "2)", "False"]
 
@@ -896,7 +911,8 @@ def test_mp3_damaged_in_the_middle(files):
 
 def test_mp3_cut_in_half(files):
     path = files["cut_in_half.mp3"]
-    with pytest.warns(DamagedAudioWarning, match=r"truncated audio: decoded \d+\.\d\d s of the 20\.00 s"):
+    with pytest.warns(DamagedAudioWarning,
+                      match=r"truncated audio: decoded \d+\.\d\d s of the 20\.00 s"):
         decoded = decode_file(path)
     assert decoded.status == "truncated" and decoded.declared_frames == 20 * 44100
     assert 0.45 < decoded.samples.shape[0] / decoded.declared_frames < 0.55
@@ -909,16 +925,19 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
     """FFmpeg reads a cut Ogg file without a word, and takes its duration from the last whole
     page: such files had the status "ok"."""
     whole = tmp_path / "whole.ogg"
-    soundfile.write(whole, signal(48000, 2, 0.5, 3, seconds=8.0), 48000, format="OGG", subtype=subtype)
+    soundfile.write(whole, signal(48000, 2, 0.5, 3, seconds=8.0), 48000, format="OGG",
+                    subtype=subtype)
     data = whole.read_bytes()
     last_page = data.rfind(b"OggS")
-    cuts = {"inside.ogg": (len(data) * 2 // 3, r"is cut inside its last page \(\d+ of its \d+ bytes\)"),
+    cuts = {"inside.ogg": (len(data) * 2 // 3,
+                           r"is cut inside its last page \(\d+ of its \d+ bytes\)"),
             "on_a_page.ogg": (last_page, "ends on a page without the end-of-stream mark")}
     for name, (size, reason) in cuts.items():
         path = tmp_path / name
         path.write_bytes(data[:size])
-        with pytest.warns(DamagedAudioWarning, match=rf"{name}: truncated audio: decoded \d+\.\d\d s; "
-                                                     rf"its Ogg stream {reason}"):
+        with pytest.warns(DamagedAudioWarning,
+                          match=rf"{name}: truncated audio: decoded "
+                                rf"\d+\.\d\d s; its Ogg stream {reason}"):
             decoded = decode_file(path)
         assert decoded.status == "truncated" and 0 < decoded.samples.shape[0] < 8 * 48000
         with pytest.raises(AudioError, match=f"{name}: truncated audio"):
@@ -995,7 +1014,8 @@ def test_an_empty_file_is_said_to_be_empty_whatever_its_name(tmp_path, suffix):
 
 
 def test_ffmpeg_errors_in_its_words_without_number_and_file_name():
-    error = av.error.InvalidDataError(1094995529, "Invalid data found when processing input", "x.ogg")
+    error = av.error.InvalidDataError(1094995529, "Invalid data found when processing input",
+                                      "x.ogg")
     assert ffmpeg_reason(error) == "FFmpeg: invalid data found when processing input"
 
 
@@ -1293,7 +1313,8 @@ def test_a_second_data_chunk_of_unknown_size_runs_to_the_end(tmp_path, size):
 def test_not_audio(tmp_path):
     path = tmp_path / "notes.mp3"
     path.write_text("this is a text file, not an mp3\n" * 40)
-    with pytest.raises(AudioError, match="cannot be read as audio .*not a format FFmpeg recognises") as err:
+    with pytest.raises(AudioError,
+                       match="cannot be read as audio .*not a format FFmpeg recognises") as err:
         jaxmir.load_audio(path)
     assert str(path) in str(err.value)
     garbage = tmp_path / "garbage.wav"
@@ -1353,7 +1374,8 @@ def test_no_audio_stream(tmp_path):
             container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    with pytest.raises(AudioError, match="video.mkv: cannot be read as audio: it has no audio stream"):
+    with pytest.raises(AudioError,
+                       match="video.mkv: cannot be read as audio: it has no audio stream"):
         decode_file(path)
 
 
@@ -1407,7 +1429,8 @@ def test_a_wav_of_an_unusual_format_is_an_audio_error(tmp_path, format_tag, bits
     an AudioError naming the file, not an AttributeError or PyAV's ValueError."""
     channels, rate, align = 1, 44100, bits // 8
     pcm = (np.random.default_rng(0).standard_normal(rate) * 1000).astype(f"<i{align}").tobytes()
-    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, format_tag, channels, rate, rate * align, align, bits)
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, format_tag, channels, rate, rate * align, align,
+                                bits)
     body = b"WAVE" + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
     path = tmp_path / "odd.wav"
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
@@ -1614,7 +1637,8 @@ def test_24_bit_samples_in_32_bit_frames_are_read_as_libsndfile_reads_them(tmp_p
     # cut short (and inside a frame), or of a size the writer left unknown: FFmpeg read those
     cut = tmp_path / "cut.wav"
     cut.write_bytes(path.read_bytes()[:-(1000 * 8 + 3)])
-    with pytest.warns(DamagedAudioWarning, match=r"truncated audio: decoded 0\.94 s of the 1\.00 s"):
+    with pytest.warns(DamagedAudioWarning,
+                      match=r"truncated audio: decoded 0\.94 s of the 1\.00 s"):
         decoded = decode_file(cut)
     assert decoded.status == "truncated"
     np.testing.assert_array_equal(decoded.samples, want[:15000 - 1])

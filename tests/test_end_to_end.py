@@ -1,4 +1,5 @@
-"""Heads and VGGish through the audio pipeline, against TensorFlow on the same patches; `jaxmir info`."""
+"""Heads and VGGish through the audio pipeline, against TensorFlow on the same patches; `jaxmir
+info`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def tones(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def tf_patches(model, audio: np.ndarray) -> np.ndarray:
-    """The patches jaxmir's pipeline cuts, built outside it: front-end frames indexed by the plan."""
+    """The patches jaxmir's pipeline cuts, built outside it: front-end frames indexed by the
+    plan."""
     frames = np.asarray(model.features(audio, 16000))
     plan = pipeline.plan(model, audio.size, bucket=False)
     table = np.concatenate([np.zeros_like(frames[:1]), frames])
@@ -45,14 +47,17 @@ def test_vggish_classifier_from_audio(tmp_path):
     require("tensorflow")
     from tools import tf_graphs
     path = tmp_path / "genre-vggish-audioset.pb"
-    tf_graphs.write_graph(tf_graphs.vggish_graph(tf_graphs.random_weights(4), widths=(16, 32, 64, 128),
-                                                 fc=(256, 256, 128), classifier=[(100, "relu"), (3, None)]),
+    tf_graphs.write_graph(tf_graphs.vggish_graph(tf_graphs.random_weights(4),
+                                                 widths=(16, 32, 64, 128),
+                                                 fc=(256, 256, 128),
+                                                 classifier=[(100, "relu"), (3, None)]),
                           str(path))
     model = jaxmir.load(path)
     audio = tones(4.0, seed=1)
     ours = model.predict(audio, 16000, output=["predictions", "model/vggish/embeddings"])
     patches = tf_patches(model, audio)
-    reference = run_tf(path, {"model/Placeholder": patches}, ["model/Softmax", "model/vggish/embeddings"])
+    reference = run_tf(path, {"model/Placeholder": patches},
+                       ["model/Softmax", "model/vggish/embeddings"])
     assert_parity("model/Softmax", reference[0], ours["predictions"], probabilities=True)
     assert_parity("embeddings", reference[1], ours["model/vggish/embeddings"])
 
@@ -95,7 +100,8 @@ def test_info_describes_replicas(tmp_path, capsys):
     from tools import tf_graphs
     weights = tf_graphs.random_weights(2)
     graphs = {
-        "audioset-vggish-3.pb": (tf_graphs.vggish_graph(weights, widths=(8, 16, 32, 64), fc=(32, 32, 128)),
+        "audioset-vggish-3.pb": (tf_graphs.vggish_graph(weights, widths=(8, 16, 32, 64),
+                                                        fc=(32, 32, 128)),
                                  ["architecture: vggish", "model/vggish/embeddings [batch, 128]",
                                   "dense 128", "fc2"]),
         "msd-musicnn-big.pb": (tf_graphs.musicnn_graph(weights, midend=512, backend=500),

@@ -31,8 +31,8 @@ from conftest import require, shared_fixture
 from jaxmir import frontends
 from jaxmir.errors import InputError
 
-REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo", "joram-moments_of_clarity-08-solipsism-59-88",
-              "TRWJAZW128F42760DD_test"]
+REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo",
+              "joram-moments_of_clarity-08-solipsism-59-88", "TRWJAZW128F42760DD_test"]
 
 # Error (abs, log domain) on non-silent frames, measured when set (x86-64 CPU, jax 0.10.2):
 #                          max: musicnn  vggish    99.9th pct: musicnn  vggish
@@ -40,7 +40,8 @@ REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo", "joram-moments_of_cla
 #   chirp_44k1_stereo           1.89e-4  4.37e-4               1.62e-5  2.23e-4
 #   joram-...                   1.53e-5  1.56e-4               9.3e-6   2.77e-5
 #   TRWJAZW128F42760DD          4.18e-5  5.08e-5               1.10e-5  8.8e-6
-# float64 maths on Essentia's float32 frames and filterbanks: chirp 1.89e-4 / 3.13e-4, joram 1.53e-5 / 1.64e-4.
+# float64 maths on Essentia's float32 frames and filterbanks: chirp 1.89e-4 / 3.13e-4, joram 1.53e-5
+# / 1.64e-4.
 # On an H200 (JAX 0.11.2, cuFFT) the musicnn column was the CPU's, and the vggish one 1.8-2.4x
 # it: synth 5.84e-5 max / 2.12e-5 p99.9, chirp 7.77e-4 / 4.15e-4 (joram and TRW not run there).
 # float32 FFT rounding is ~1e-7 of a frame's energy, and ln(mel + 0.01) multiplies it by up to
@@ -81,7 +82,8 @@ def ref_frames(x: np.ndarray, size: int, hop: int, first: int, count: int) -> np
 
 def slaney_mel(hz):
     hz = np.asarray(hz, np.float64)
-    return np.where(hz < 1000, 3 * hz / 200, 15 + np.log(np.maximum(hz, 1e-9) / 1000) / (np.log(6.4) / 27))
+    return np.where(hz < 1000, 3 * hz / 200,
+                    15 + np.log(np.maximum(hz, 1e-9) / 1000) / (np.log(6.4) / 27))
 
 
 def slaney_hz(mel):
@@ -98,7 +100,8 @@ def htk_hz(mel):
 
 
 def ref_essentia_filterbank(n_bands, low, high, to_mel, to_hz, mel_weighting: bool, unit_tri: bool):
-    """Essentia MelBands + TriangularBands, float64 (edges by repeated addition, as MelBands does)."""
+    """Essentia MelBands + TriangularBands, float64 (edges by repeated addition, as MelBands
+    does)."""
     step = (to_mel(high) - to_mel(low)) / (n_bands + 1)
     mels = [to_mel(low)]
     for _ in range(n_bands + 1):
@@ -111,7 +114,8 @@ def ref_essentia_filterbank(n_bands, low, high, to_mel, to_hz, mel_weighting: bo
         s2 = warp(edges[i + 2]) - warp(edges[i + 1])
         for j in range(math.ceil(edges[i] / 31.25), math.floor(edges[i + 2] / 31.25) + 1):
             f = j * 31.25
-            weights[i, j] = (warp(f) - warp(edges[i])) / s1 if f < edges[i + 1] else (warp(edges[i + 2]) - warp(f)) / s2
+            weights[i, j] = ((warp(f) - warp(edges[i])) / s1 if f < edges[i + 1]
+                             else (warp(edges[i + 2]) - warp(f)) / s2)
         if unit_tri:
             weights[i] /= (s1 + s2) / 2
     return weights
@@ -167,7 +171,8 @@ def librosa_musicnn(librosa, x):
 def sines(n=48000, seed=0):
     t = np.arange(n) / 16000
     noise = np.random.default_rng(seed).standard_normal(n)
-    return (0.5 * np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 1000 * t) + 0.01 * noise).astype(np.float32)
+    return (0.5 * np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 1000 * t)
+            + 0.01 * noise).astype(np.float32)
 
 
 def max_error(a, b, mask=None) -> float:
@@ -199,7 +204,8 @@ def test_the_shared_tables_are_read_only(table):
 
 def test_windows_match_essentia(ref):
     # TensorflowInputMusiCNN leaves Windowing's zeroPhase on: its recorded window is rotated by N/2
-    np.testing.assert_array_equal(frontends.analysis_window("musicnn"), np.roll(ref["musicnn_window"], 256))
+    np.testing.assert_array_equal(frontends.analysis_window("musicnn"),
+                                  np.roll(ref["musicnn_window"], 256))
     # TensorflowInputVGGish: zeroPhase off, 112 zeros appended
     np.testing.assert_array_equal(frontends.analysis_window("vggish"), ref["vggish_window"][:400])
     assert not ref["vggish_window"][400:].any()
@@ -221,7 +227,8 @@ def test_frame_count_formulas():
         assert frontends.vggish_num_frames(n, "google") == (1 + (n - 400) // 160 if n >= 400 else 0)
         x = np.zeros(n, np.float32)
         assert frontends.musicnn_logmel(x).shape == (math.ceil(n / 256) + 1, 96)
-        assert frontends.vggish_logmel(x, compat="google").shape == (frontends.vggish_num_frames(n, "google"), 64)
+        assert frontends.vggish_logmel(x, compat="google").shape \
+            == (frontends.vggish_num_frames(n, "google"), 64)
     assert frontends.musicnn_num_frames(0) == frontends.vggish_num_frames(0) == 0
     assert frontends.musicnn_logmel(np.zeros(0, np.float32)).shape == (0, 96)
 
@@ -255,13 +262,16 @@ def test_essentia_signal_path_matches_float64(name):
     ref = reference(name)
     x = ref["audio_16k"]
     # measured: synth 1.4e-5 / 2.9e-5, TRW 4.2e-5 / 5.1e-5
-    assert max_error(frontends.musicnn_logmel(x), ref_essentia_musicnn(x, ref["musicnn_filterbank"])) <= 1e-4
-    assert max_error(frontends.vggish_logmel(x), ref_essentia_vggish(x, ref["vggish_filterbank"])) <= 1e-4
+    assert max_error(frontends.musicnn_logmel(x),
+                     ref_essentia_musicnn(x, ref["musicnn_filterbank"])) <= 1e-4
+    assert max_error(frontends.vggish_logmel(x),
+                     ref_essentia_vggish(x, ref["vggish_filterbank"])) <= 1e-4
 
 
 @pytest.mark.parametrize("name", ["synth_sines_16k_mono", "TRWJAZW128F42760DD_test"])
 def test_essentia_modes_match_float64_formulas(name):
-    """Everything in float64, band edges included: the edges' float32 rounding is the main difference."""
+    """Everything in float64, band edges included: the edges' float32 rounding is the main
+    difference."""
     x = reference(name)["audio_16k"]
     # measured: synth 4.1e-5 / 6.1e-5, TRW 3.7e-4 / 2.7e-4
     assert max_error(frontends.musicnn_logmel(x), ref_essentia_musicnn(x)) <= 5e-4
@@ -269,7 +279,8 @@ def test_essentia_modes_match_float64_formulas(name):
 
 
 def test_float32_band_edges_are_what_essentia_uses():
-    """On the chirp, float64 band edges miss Essentia's MusiCNN bands by 1.8e-3; its float32 edges by 1.9e-4."""
+    """On the chirp, float64 band edges miss Essentia's MusiCNN bands by 1.8e-3; its float32 edges
+    by 1.9e-4."""
     ref = reference("chirp_44k1_stereo")
     x, expected, loud = ref["audio_16k"], ref["musicnn_bands"], ~ref["musicnn_silent"]
     float64_edges = max_error(ref_essentia_musicnn(x), expected, loud)
@@ -282,7 +293,8 @@ def test_float64_reference_filterbanks_agree():
     musicnn = ref_essentia_filterbank(96, 0.0, 8000.0, slaney_mel, slaney_hz, False, True)
     vggish = ref_essentia_filterbank(64, 125.0, 7500.0, htk_mel, htk_hz, True, False)
     assert max_error(frontends.mel_filterbank("musicnn"), musicnn) <= 1e-6  # measured 3.0e-7
-    assert max_error(frontends.mel_filterbank("vggish"), vggish) <= 1e-4  # measured 4.9e-5 (mel-domain slopes)
+    # measured 4.9e-5 (mel-domain slopes)
+    assert max_error(frontends.mel_filterbank("vggish"), vggish) <= 1e-4
 
 
 def test_google_mode_matches_mel_features():
@@ -292,14 +304,17 @@ def test_google_mode_matches_mel_features():
     assert actual.shape == expected.shape == (1 + (48000 - 400) // 160, 64)
     assert max_error(actual, expected) <= 1e-4  # measured 2.9e-5
     real = reference("TRWJAZW128F42760DD_test")["audio_16k"]
-    assert max_error(frontends.vggish_logmel(real, compat="google"), ref_google_vggish(real)) <= 1e-4  # 4.9e-5
+    # 4.9e-5
+    assert max_error(frontends.vggish_logmel(real, compat="google"),
+                     ref_google_vggish(real)) <= 1e-4
     assert max_error(frontends.mel_filterbank("vggish", "google")[:, 0], 0) == 0
 
 
 # ---------------------------------------------------------------------------
 # musicnn mode: librosa + float16, as the musicnn package computes it
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["synth_sines_16k_mono", "joram-moments_of_clarity-08-solipsism-59-88"])
+@pytest.mark.parametrize("name",
+                         ["synth_sines_16k_mono", "joram-moments_of_clarity-08-solipsism-59-88"])
 def test_musicnn_mode_matches_librosa(name):
     librosa = require("librosa")
     x = reference(name)["audio_16k"]
@@ -318,7 +333,8 @@ def test_musicnn_mode_matches_librosa(name):
 
 
 def test_musicnn_mode_does_not_overflow_like_numpy2():
-    """musicnn's `np.log10(10000 * x + 1)` on float16 gives inf under NumPy >= 2; jaxmir stays finite."""
+    """musicnn's `np.log10(10000 * x + 1)` on float16 gives inf under NumPy >= 2; jaxmir stays
+    finite."""
     librosa = require("librosa")
     x = sines()
     mel16, expected = librosa_musicnn(librosa, x)
@@ -347,14 +363,16 @@ def test_silence():
     for compat in frontends.MUSICNN_COMPAT:
         assert not np.asarray(frontends.musicnn_logmel(zeros, compat=compat)).any()
     for compat in frontends.VGGISH_COMPAT:
-        np.testing.assert_allclose(frontends.vggish_logmel(zeros, compat=compat), np.log(0.01), rtol=1e-7)
+        np.testing.assert_allclose(frontends.vggish_logmel(zeros, compat=compat), np.log(0.01),
+                                   rtol=1e-7)
 
 
 def test_jit_and_batching():
     x = np.stack([sines(20000, 1), sines(20000, 2), np.zeros(20000, np.float32)])
     batch = x.reshape(3, 1, 20000)
-    for fn, compat in [(frontends.musicnn_logmel, "essentia"), (frontends.musicnn_logmel, "musicnn"),
-                       (frontends.vggish_logmel, "essentia"), (frontends.vggish_logmel, "google")]:
+    for fn, compat in [(frontends.musicnn_logmel, "essentia"),
+                       (frontends.musicnn_logmel, "musicnn"), (frontends.vggish_logmel, "essentia"),
+                       (frontends.vggish_logmel, "google")]:
         batched = np.asarray(fn(batch, compat=compat))
         assert batched.shape[:2] == (3, 1)
         jitted = jax.jit(lambda a: fn(a, compat=compat))
@@ -367,7 +385,8 @@ def test_jit_and_batching():
 
 
 def test_batched_long_inputs_match_per_item():
-    """Long batched inputs run the frame loop over several steps; each item must not see the others."""
+    """Long batched inputs run the frame loop over several steps; each item must not see the
+    others."""
     x = np.stack([sines(200000, 4), sines(200000, 5)[::-1].copy()])
     for fn in (frontends.musicnn_logmel, frontends.vggish_logmel):
         batched = np.asarray(fn(x))
@@ -438,9 +457,11 @@ def test_nan_audio_gives_nan_features_not_silence(compat):
 # ---------------------------------------------------------------------------
 def test_unknown_compat():
     x = np.zeros(1000, np.float32)
-    with pytest.raises(InputError, match="unknown compat 'google'; accepted: 'essentia', 'musicnn'"):
+    with pytest.raises(InputError,
+                       match="unknown compat 'google'; accepted: 'essentia', 'musicnn'"):
         frontends.musicnn_logmel(x, compat="google")
-    with pytest.raises(InputError, match="unknown compat 'musicnn'; accepted: 'essentia', 'google'"):
+    with pytest.raises(InputError,
+                       match="unknown compat 'musicnn'; accepted: 'essentia', 'google'"):
         frontends.vggish_logmel(x, compat="musicnn")
     with pytest.raises(InputError, match="compat"):
         frontends.musicnn_num_frames(100, compat="librosa")
@@ -473,7 +494,8 @@ def test_every_function_takes_a_front_end_by_name_or_as_its_frontend():
     audio = np.sin(np.arange(20000) / 10).astype(np.float32)
     for frontend in (frontends.MUSICNN, frontends.VGGISH):
         name = frontend.name
-        np.testing.assert_array_equal(frontends.logmel(audio, name), frontends.logmel(audio, frontend))
+        np.testing.assert_array_equal(frontends.logmel(audio, name),
+                                      frontends.logmel(audio, frontend))
         assert frontends.num_frames(name, 20000) == frontends.num_frames(frontend, 20000) == \
             frontends.frame_starts(frontend, 20000).shape[0]
         np.testing.assert_array_equal(frontends.mel_filterbank(frontend),

@@ -1,4 +1,5 @@
-"""Seeded fuzzing of the `.pb` reader: damaged real graphs load or raise a jaxmir error, nothing else.
+"""Seeded fuzzing of the `.pb` reader: damaged real graphs load or raise a jaxmir error, nothing
+else.
 
 Mutations of the fixture graphs (bit flips, truncation, inserted bytes, and
 edits of parsed fields: ops, inputs, ports, attributes, tensor shapes and
@@ -47,7 +48,8 @@ def insert_bytes(data: bytes, rng: random.Random) -> bytes:
 
 
 def edit_fields(data: bytes, rng: random.Random) -> bytes:
-    """Parse, change one field of one node the way a corrupt or hostile writer could, re-serialise."""
+    """Parse, change one field of one node the way a corrupt or hostile writer could,
+    re-serialise."""
     g = GraphDefProto()
     g.ParseFromString(data)
     nodes = list(g.node)

@@ -59,7 +59,8 @@ def test_const_from_tensor_content_and_typed_fields(dtype, values, np_dtype):
     expected = np.array(values, np_dtype).reshape(2, 2)
     typed_field = {DT_FLOAT: "float_val", DT_INT32: "int_val", DT_INT64: "int64_val",
                    DT_BOOL: "bool_val", DT_HALF: "half_val"}[dtype]
-    typed = expected.view(np.uint16).ravel().tolist() if dtype == DT_HALF else expected.ravel().tolist()
+    typed = (expected.view(np.uint16).ravel().tolist() if dtype == DT_HALF
+             else expected.ravel().tolist())
     graph = const_graph(raw=tensor(dtype, [2, 2], tensor_content=expected.tobytes()),
                         typed=tensor(dtype, [2, 2], **{typed_field: typed}))
     for name in ("raw", "typed"):
@@ -212,7 +213,8 @@ def test_a_cond_held_true_whose_true_branch_reads_no_switch_runs_that_branch(tmp
     (lambda data: b"", "empty"),
     (lambda data: data[: len(data) // 2], "truncated|not in the graph|not a readable"),
     (lambda data: b"this is not a graph at all" * 10, "not a readable GraphDef|no graph nodes"),
-    (lambda data: bytes(255 - b for b in data[:4096]), "not a readable GraphDef|no graph nodes|corrupt|not in the graph"),
+    (lambda data: bytes(255 - b for b in data[:4096]),
+     "not a readable GraphDef|no graph nodes|corrupt|not in the graph"),
 ])
 def test_corrupt_files_raise_clear_errors(tmp_path, mutate, message):
     data = shared_fixture(DORTMUND).read_bytes()

@@ -1,4 +1,5 @@
-"""Embedding-input heads (TensorflowPredict2D's models), their metadata, and heads joined to backbones."""
+"""Embedding-input heads (TensorflowPredict2D's models), their metadata, and heads joined to
+backbones."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def test_embedding_heads_match_tensorflow(tmp_path, output, width):
         reference = run_tf(path, {"model/Placeholder": x}, names)
         ours = model.apply(x, names)
         for name, expected in zip(names, reference):
-            assert_parity(name, expected, ours[name], name != "model/Identity" and "dense" not in name)
+            assert_parity(name, expected, ours[name],
+                          name != "model/Identity" and "dense" not in name)
     assert model.spec.aliases["embeddings"] == model.spec.node_map["model/dense/BiasAdd"][0]
 
 
@@ -96,7 +98,8 @@ def test_partitioned_call_head(tmp_path):
     assert model.spec.input_name == "serving_default_model_Placeholder"
     x = embeddings(7, 200)
     reference = run_tf(path, {"serving_default_model_Placeholder": x}, ["PartitionedCall"])[0]
-    assert_parity("PartitionedCall", reference, model.apply(x, ["PartitionedCall"])["PartitionedCall"],
+    assert_parity("PartitionedCall", reference,
+                  model.apply(x, ["PartitionedCall"])["PartitionedCall"],
                   probabilities=True)
 
 
@@ -227,7 +230,8 @@ def test_a_head_composes_with_the_backbone_it_is_given(tmp_path):
     assert np.abs(np.asarray(want) - np.asarray(head.apply(
         backbone.apply(x, "embeddings")["embeddings"])["predictions"])).max() > 1e-3
     in_bf16 = jaxmir.load(write_head(tmp_path, "h"), backbone=backbone.astype("bfloat16"))
-    assert {v.dtype.name for v in jax.tree_util.tree_leaves(in_bf16.variables["params"]["backbone"])} \
+    assert {v.dtype.name
+            for v in jax.tree_util.tree_leaves(in_bf16.variables["params"]["backbone"])} \
         == {"bfloat16"}
 
 

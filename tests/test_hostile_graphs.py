@@ -61,7 +61,8 @@ with open(results, "a") as out:
 
 
 def _finished_lines(results_file: Path) -> list:
-    """The worker's records so far; a line it is still writing (no newline yet) waits for the next poll."""
+    """The worker's records so far; a line it is still writing (no newline yet) waits for the next
+    poll."""
     *finished, _being_written = results_file.read_text().split("\n")
     return [json.loads(line) for line in finished if line.strip()]
 
@@ -76,7 +77,8 @@ def load_guarded(paths: list, cap_mb: int = 2048, timeout_s: float = 60.0) -> di
     ``TIMEOUT``, ``CRASH ...``.
     """
     warmup = str(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
-    results_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"jaxmir-guarded-{os.getpid()}-{time.time_ns()}.jsonl"
+    results_file = (Path(os.environ.get("TMPDIR", "/tmp"))
+                    / f"jaxmir-guarded-{os.getpid()}-{time.time_ns()}.jsonl")
     pending, outcomes = [str(p) for p in paths], {}
     env = child_env()
     try:
@@ -655,7 +657,8 @@ def test_the_head_builder_is_a_valid_model(tmp_path):
 def test_hangs_and_memory_bombs_end_in_a_jaxmir_error(tmp_path, name, message):
     path = write(tmp_path, name, CRAFTED[name]())
     if name == "nested_calls":
-        assert path.stat().st_size < 4096  # a few KB asking for 10**8 nodes (3.7 GB and a crash before)
+        # a few KB asking for 10**8 nodes (3.7 GB and a crash before)
+        assert path.stat().st_size < 4096
     outcome = load_guarded([path], cap_mb=2048, timeout_s=60)[str(path)]
     assert outcome.startswith("jaxmir GraphError"), outcome
     assert __import__("re").search(message, outcome), outcome
@@ -716,7 +719,8 @@ def merge_lattice_graph(merges: int):
     g = GraphDefProto()
     set_type(add_node(g, "in", "Placeholder", shape=(-1, HEAD_IN)), "dtype", DT_FLOAT)
     for i in range(merges):
-        add_node(g, f"m{i}", "Merge", ["in" if i < 2 else f"m{i - 1}", "in" if i < 2 else f"m{i - 2}"])
+        add_node(g, f"m{i}", "Merge",
+                 ["in" if i < 2 else f"m{i - 1}", "in" if i < 2 else f"m{i - 2}"])
     add_node(g, "model/Sigmoid", "Sigmoid", [f"m{merges - 1}"])
     return g
 
@@ -946,7 +950,8 @@ def _swap_conv_channels(g):
 
 MALFORMED = {
     # 5: Python errors before
-    "identity_without_input": (lambda: _edit_head(_identity_without_input), "Identity.*0 data inputs"),
+    "identity_without_input": (lambda: _edit_head(_identity_without_input),
+                               "Identity.*0 data inputs"),
     "matmul_missing_input": (lambda: _edit_head(_drop_inputs("dense/MatMul", 1)),
                              "MatMul.*1 data inputs"),
     "conv_without_kernel": (lambda: _edit_vgg4(_drop_inputs("model/vggish/1CNN/Conv2D", 1)),
@@ -961,7 +966,8 @@ MALFORMED = {
     "rank_100_const": (lambda: _edit_head(_reshape_const("b1", [1] * 100, float_val=[1.0])),
                        "rank 100"),
     "batch_norm_3_inputs": (lambda: _edit_vgg4(_drop_inputs(
-        "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", 3)), "FusedBatchNorm.*3 data inputs"),
+        "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", 3)),
+                            "FusedBatchNorm.*3 data inputs"),
     "epsilon_negative": (lambda: _edit_vgg4(_set_attr(
         "model/vggish/batch_normalization_1/cond/FusedBatchNorm_1", "epsilon", -1e-4)),
         r"has epsilon -9.99\d*e-05; expected a finite value >= 0"),
@@ -1152,7 +1158,8 @@ def test_walk_checks_a_pool_window_against_its_input():
         conv_chain_shapes(layers, (128, 128))
     good = Graph.from_file(shared_fixture(VGG4))
     good_path = InferencePath(good, "model/Softmax")
-    shapes = conv_chain_shapes([good_path.conv_layer(good.nodes[c.name]) for c in convs], (128, 128))
+    shapes = conv_chain_shapes([good_path.conv_layer(good.nodes[c.name]) for c in convs],
+                               (128, 128))
     assert shapes[-1] == (4, 4, 32)  # 4*4*32 = 512, the dense kernel's input
 
 
@@ -1399,7 +1406,8 @@ INPUT_PATHS_CHANGED = {  # fixture, edit, input patch fed, what jaxmir says
     "vggish_reshaped_transposed": (SMALL_VGGISH, _reshape_to((-1, 64, 96, 1)), (96, 64),
                                    r"the input patch \[96, 64\] reaches 'model/vggish/conv1/"
                                    r"Conv2D' as \[-1, 64, 96, 1\]"),
-    "vggish_negated_before_conv1": (SMALL_VGGISH, _insert_before("model/vggish/conv1/Conv2D", "Neg"),
+    "vggish_negated_before_conv1": (SMALL_VGGISH,
+                                    _insert_before("model/vggish/conv1/Conv2D", "Neg"),
                                     (96, 64), "reads 'hostile/Neg', not the input patch"),
     "vgg_negated_after_input_bn": (VGG4, _insert_before("model/vggish/1CNN/Conv2D", "Neg"),
                                    (128, 128), "reads 'hostile/Neg', not the input patch after "
@@ -1468,7 +1476,8 @@ def test_a_weights_file_s_node_map_shapes_must_hold_their_outputs(tmp_path, shap
     model = jaxmir.load(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb"))
     node, (tap, _) = next(iter(model.spec.node_map.items()))
     node_map = {**model.spec.node_map, node: (tap, shape)}
-    save_weights(dataclasses.replace(model, spec=dataclasses.replace(model.spec, node_map=node_map)),
+    save_weights(dataclasses.replace(model,
+                                     spec=dataclasses.replace(model.spec, node_map=node_map)),
                  tmp_path / "node_map.npz")
     with pytest.raises(WeightsError, match=f"the output read from '{tap}' is given the shape"):
         jaxmir.load(tmp_path / "node_map.npz")

@@ -1,4 +1,5 @@
-"""Recognising architectures from the graph's structure, on real, training-time and stripped graphs."""
+"""Recognising architectures from the graph's structure, on real, training-time and stripped
+graphs."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def test_essentia_genre_dortmund_body_matches_tensorflow(patches_187):
     assert model.spec.config["head"][:4] == (BatchNorm(epsilon), Dense(200), Activation("relu"),
                                              BatchNorm(epsilon))
     errors = compare_all_nodes(path, model, patches_187)
-    assert "model/dense/BiasAdd" in errors and "model/transpose" in errors and "model/Squeeze" in errors
+    assert "model/dense/BiasAdd" in errors and "model/transpose" in errors \
+        and "model/Squeeze" in errors
 
 
 def test_a_musicnn_of_other_patches_runs_on_its_patches_not_on_audio(tmp_path):
@@ -242,7 +244,8 @@ def test_conds_read_by_their_predicates_or_refused(tmp_path):
 
 
 def stripped(graph_path, tmp_path, fold_batch_norms: bool):
-    """TF's optimize_for_inference (no Identity reads), optionally with batch norms folded to a*x+b."""
+    """TF's optimize_for_inference (no Identity reads), optionally with batch norms folded to
+    a*x+b."""
     tf = require("tensorflow")
     from tensorflow.python.tools import optimize_for_inference_lib
     from tools.tf_graphs import run_graph
@@ -508,7 +511,8 @@ def test_a_head_given_as_its_own_backbone_is_named_a_head(tmp_path):
 
 def test_eight_convolutions_that_are_not_musicnn(tmp_path):
     def eight(tf):
-        x = tf.expand_dims(tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder"), 3)
+        x = tf.expand_dims(tf.compat.v1.placeholder(tf.float32, [None, 187, 96],
+                                                    name="Placeholder"), 3)
         for i in range(8):
             x = tf.nn.relu(tf.nn.conv2d(x, tf.ones([3, 3, int(x.shape[-1]), 4]), 1, "SAME"))
         tf.nn.sigmoid(tf.matmul(tf.reshape(x, [-1, 187 * 96 * 4]), tf.ones([187 * 96 * 4, 2])),

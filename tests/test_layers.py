@@ -1,4 +1,5 @@
-"""MusiCNN's front-end layers against their plain definitions: conv, ReLU, batch norm, max over mel."""
+"""MusiCNN's front-end layers against their plain definitions: conv, ReLU, batch norm, max over
+mel."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_directed_max_then_activation_is_exactly_the_max(activation):
     got = fn(directed_max(linear, kernel, direction, axis=2) + bias)
     # float32 rounding is monotone and negation exact: the same numbers, bit for bit on a CPU; on
     # a GPU XLA's tanh kernels for two shapes gave one value a float32 step apart (an H200)
-    np.testing.assert_array_max_ulp(np.asarray(got), np.asarray(jnp.max(fn(linear(kernel) + bias), axis=2)),
+    np.testing.assert_array_max_ulp(np.asarray(got),
+                                    np.asarray(jnp.max(fn(linear(kernel) + bias), axis=2)),
                                     maxulp=1)
 
 

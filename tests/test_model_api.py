@@ -48,7 +48,8 @@ def test_musicnn_feature_names_have_musicnn_shapes(musicnn, patches_187):
         "penultimate": (2, 200), "embeddings": (2, 200), "logits": (2, 50), "predictions": (2, 50),
         "model/dense/BiasAdd": (2, 200), "model/transpose": (2, 187, 64, 1),
         "model/batch_normalization_10/batchnorm/add_1": (2, 200), "model/Sigmoid:0": (2, 50)}
-    np.testing.assert_array_equal(out["penultimate"], out["model/batch_normalization_10/batchnorm/add_1"])
+    np.testing.assert_array_equal(out["penultimate"],
+                                  out["model/batch_normalization_10/batchnorm/add_1"])
     np.testing.assert_array_equal(out["embeddings"], out["model/dense/BiasAdd"])
     np.testing.assert_allclose(out["predictions"], jax.nn.sigmoid(out["logits"]), atol=1e-6)
     # cnn2 = cnn1 + conv(cnn1): the residual makes them differ
@@ -99,7 +100,8 @@ def test_arguments_of_the_wrong_kind_are_named(musicnn, patches_187, tmp_path):
     for labels in ("abcdefghi", 5, ["a", 2]):  # the last two: raw TypeErrors, or names "2"
         with pytest.raises(InputError, match=r"labels=.*: expected a list of class names"):
             jaxmir.load("msd-musicnn", labels=labels)
-    assert jaxmir.load("msd-musicnn", labels=np.array([f"t{i}" for i in range(50)])).labels[0] == "t0"
+    assert jaxmir.load("msd-musicnn",
+                       labels=np.array([f"t{i}" for i in range(50)])).labels[0] == "t0"
     for keyword in ("output", "embedding"):  # raw AttributeErrors before
         with pytest.raises(InputError, match=f"{keyword}=5: expected the name of an output"):
             jaxmir.load("msd-musicnn", **{keyword: 5})
@@ -143,7 +145,8 @@ def test_module_apply_is_a_pure_function_for_jit_vmap_grad(musicnn, patches_187)
     x = jnp.asarray(patches_187[:4])
     direct = jax.jit(module.apply)(variables, x)
     np.testing.assert_allclose(direct, musicnn.apply(x)["predictions"], atol=1e-6)
-    grouped = jax.jit(jax.vmap(lambda group: module.apply(variables, group)))(x.reshape(2, 2, 187, 96))
+    grouped = jax.jit(jax.vmap(lambda group: module.apply(variables, group)))(
+        x.reshape(2, 2, 187, 96))
     np.testing.assert_allclose(grouped.reshape(4, 50), direct, atol=1e-6)
 
     @jax.jit  # compiled: op-by-op dispatch of the model and its gradient takes tens of seconds
@@ -171,11 +174,13 @@ def test_module_apply_is_a_pure_function_for_jit_vmap_grad(musicnn, patches_187)
 
 def _consecutive(n: int, hop: int = 93, seed: int = 4) -> np.ndarray:
     """``n`` patches [187, 96] cut every ``hop`` frames from one random log-mel."""
-    frames = np.random.default_rng(seed).standard_normal(((n - 1) * hop + 187, 96)).astype(np.float32)
+    frames = np.random.default_rng(seed).standard_normal(
+        ((n - 1) * hop + 187, 96)).astype(np.float32)
     return np.stack([frames[p * hop:p * hop + 187] for p in range(n)])
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 13])  # one patch, two, one short step, a step of 8 and a padded one
+# one patch, two, one short step, a step of 8 and a padded one
+@pytest.mark.parametrize("n", [1, 2, 5, 13])
 def test_apply_shares_the_frames_of_overlapping_patches(musicnn, vgg, monkeypatch, n):
     from jaxmir import model as model_module
 
@@ -294,8 +299,9 @@ def test_weights_and_metadata_by_any_case_of_their_suffix(musicnn, tmp_path, pat
     """'W.NPZ' was read as a GraphDef ("not a readable GraphDef ... corrupt"), and so was
     Essentia's metadata JSON passed for its model."""
     save_weights(musicnn, tmp_path / "w.NPZ")
-    np.testing.assert_array_equal(jaxmir.load(tmp_path / "w.NPZ").apply(patches_187[:1])["predictions"],
-                                  musicnn.apply(patches_187[:1])["predictions"])
+    np.testing.assert_array_equal(
+        jaxmir.load(tmp_path / "w.NPZ").apply(patches_187[:1])["predictions"],
+        musicnn.apply(patches_187[:1])["predictions"])
     (tmp_path / "head.json").write_text("{}")
     with pytest.raises(InputError, match=r"head.json is a model's metadata \(Essentia's JSON\), "
                                          r"not a model: load its .pb instead"):
@@ -311,7 +317,8 @@ def test_weights_and_metadata_by_any_case_of_their_suffix(musicnn, tmp_path, pat
 def test_a_graph_output_that_is_no_node_says_where_names_go():
     with pytest.raises(InputError, match=r"no node named 'embeddings'; output= names the graph's "
                                          r"output node .* go to their own output="):
-        jaxmir.load(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"), output="embeddings")
+        jaxmir.load(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"),
+                    output="embeddings")
 
 
 def test_weights_round_trip(musicnn, tmp_path, patches_187):
@@ -440,7 +447,8 @@ def _array(key, convert):
 
 
 @pytest.mark.parametrize("name, edit, message", [  # each a raw Python error (or no error) before
-    ("extra_key", lambda a, m: a.update(foo=np.zeros(2, np.float32)), "holds 'foo.npy', which is no part"),
+    ("extra_key", lambda a, m: a.update(foo=np.zeros(2, np.float32)),
+     "holds 'foo.npy', which is no part"),
     ("nested_key", lambda a, m: a.update({KERNEL + "/sub": np.zeros(2, np.float32)}),
      "incomplete description"),
     ("meta_a_list", lambda a, m: [1, 2], "the description is a JSON list; expected an object"),
@@ -462,7 +470,8 @@ def _array(key, convert):
     ("config_null", _set("config", None), "incomplete description"),
     ("config_a_list", _set("config", []), "incomplete description"),
     ("node_map_a_list", _set("node_map", []), "incomplete description"),
-    ("input_shape_of_names", _set("input_shape", ["a"]), "input_shape \\['a'\\] is not a list of sizes"),
+    ("input_shape_of_names", _set("input_shape", ["a"]),
+     "input_shape \\['a'\\] is not a list of sizes"),
     ("input_shape_of_0_frames", _set("input_shape", [0, 96]),  # "cannot run ... zero-size array"
      r"input_shape \[0, 96\] is not a list of sizes"),
     ("labels_numbers", _set("labels", list(range(50))), r"labels are \[0, 1, 2"),
@@ -560,7 +569,8 @@ def test_a_zip_members_array_is_read_in_chunks(tmp_path):
 def _with_member(source: Path, target: Path, name: str, write) -> Path:
     """A copy of the weights file ``source`` whose member ``name`` is what ``write(handle)``
     writes (deflated), the others as they are."""
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as copy:
+    with zipfile.ZipFile(source) as original, \
+            zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as copy:
         for member in original.infolist():
             if member.filename != name:
                 copy.writestr(member, original.read(member))
@@ -686,8 +696,9 @@ def test_labels_holding_control_characters_are_refused(musicnn, tmp_path):
     with zipfile.ZipFile(renamed) as archive:
         meta = json.loads(np.load(io.BytesIO(archive.read("__jaxmir__.npy"))).tobytes())
     meta["labels"][4] = "\x9bcontrol"  # a C1 control: CSI
-    edited = _with_member(renamed, tmp_path / "edited.npz", "__jaxmir__.npy", lambda handle: np.save(
-        handle, np.frombuffer(json.dumps(meta).encode(), np.uint8)))
+    edited = _with_member(renamed, tmp_path / "edited.npz", "__jaxmir__.npy",
+                          lambda handle: np.save(handle, np.frombuffer(json.dumps(meta).encode(),
+                                                                       np.uint8)))
     with pytest.raises(WeightsError, match=r"edited.npz: the label '\\x9bcontrol' holds a control"):
         jaxmir.load(edited)
     for odd in ("right\u202eleft", "one\u2028two", "", " ", "zero\u200bwidth", "\ufeffbom"):
@@ -742,7 +753,8 @@ def test_output_names_the_output_of_a_converted_model_or_is_refused(musicnn, tmp
             assert jaxmir.load(source, output=same).spec.output_name == "model/Sigmoid"
         with pytest.raises(InputError, match="unknown output 'garbage'"):
             jaxmir.load(source, output="garbage")
-        with pytest.raises(InputError, match=r"converted model.*predict\(\.\.\., output='embeddings'\)"):
+        with pytest.raises(InputError,
+                           match=r"converted model.*predict\(\.\.\., output='embeddings'\)"):
             jaxmir.load(source, output="embeddings")
 
 
@@ -877,7 +889,8 @@ def test_apply_steps_hold_four_musicnn_patches_worth_of_input(musicnn, vgg, monk
              for m in (musicnn, vgg, vggish)}
     assert steps == {"musicnn": 4, "vgg": 4, "vggish": 8}
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # for variables that are shapes
-    wide = {"params": {"head": {"dense_0": {"kernel": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}}}}
+    wide = {"params": {"head": {"dense_0": {
+        "kernel": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}}}}
     assert default_chunk(EmbeddingHead((Dense(4096),)), (4096,), wide) is None
     assert default_chunk(EmbeddingHead((Dense(8),)), (200,), {}) == 256
 
@@ -886,9 +899,11 @@ def test_apply_runs_whole_batches_on_an_accelerator(musicnn, monkeypatch):
     """Steps of a few patches are for a CPU's caches; a GPU needs whole batches to fill it."""
     from jaxmir import model as model_module
 
-    assert model_module.default_chunk(musicnn.module, musicnn.input_shape, on_cpu(musicnn).variables) == 4
+    assert model_module.default_chunk(musicnn.module, musicnn.input_shape,
+                                      on_cpu(musicnn).variables) == 4
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), musicnn.variables)
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                    musicnn.variables)
     assert model_module.default_chunk(musicnn.module, musicnn.input_shape, shapes) is None
 
 
@@ -899,7 +914,8 @@ def _failing_programs(message: str):
     return lambda options: program
 
 
-def test_a_device_out_of_memory_says_to_run_fewer_patches_per_call(musicnn, patches_187, monkeypatch):
+def test_a_device_out_of_memory_says_to_run_fewer_patches_per_call(musicnn, patches_187,
+                                                                   monkeypatch):
     """XLA's RESOURCE_EXHAUSTED (a GPU holds a whole call's activations: 112 GB for 1024 MusiCNN
     patches on an H200) becomes a jaxmir error naming the call's size and what to lower, from
     ``apply`` and ``predict`` alike; other runtime errors pass unchanged."""
@@ -907,7 +923,8 @@ def test_a_device_out_of_memory_says_to_run_fewer_patches_per_call(musicnn, patc
     from jaxmir.errors import DeviceMemoryError
     from jaxmir.models import runner
 
-    oom = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 120640206288 bytes.\nBuffers: ..."
+    oom = ("RESOURCE_EXHAUSTED: Out of memory while trying "
+           "to allocate 120640206288 bytes.\nBuffers: ...")
     monkeypatch.setattr(runner, "_run_patches_compiled", _failing_programs(oom))
     monkeypatch.setattr(stream, "_audio_to_outputs_compiled", _failing_programs(oom))
     hint = (r"ran out of memory in a call of {} patches \(RESOURCE_EXHAUSTED: Out of memory while "
@@ -925,8 +942,10 @@ def test_a_device_out_of_memory_says_to_run_fewer_patches_per_call(musicnn, patc
 
 def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     low = musicnn.astype("bfloat16")
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(low.variables)} == {jnp.dtype(jnp.bfloat16)}
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(musicnn.variables)} == {jnp.dtype(jnp.float32)}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(low.variables)} \
+        == {jnp.dtype(jnp.bfloat16)}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(musicnn.variables)} \
+        == {jnp.dtype(jnp.float32)}
     x = patches_187[:4]
     want = np.asarray(musicnn.apply(x)["predictions"])
     got = low.apply(x)["predictions"]
@@ -939,7 +958,8 @@ def test_bfloat16_is_opt_in_and_measured(musicnn, patches_187):
     np.testing.assert_array_equal(musicnn.astype("float32").apply(x)["predictions"], want)
     assert musicnn.astype("float32") is musicnn and low.astype("bfloat16") is low  # nothing to cast
     back = low.astype("float32")
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(back.variables)} == {jnp.dtype(jnp.float32)}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(back.variables)} \
+        == {jnp.dtype(jnp.float32)}
     # the patches the bfloat16 model computes on are rounded to bfloat16 (its arithmetic's)
     given = low.apply(x, ["model/Placeholder"])["model/Placeholder"]
     np.testing.assert_array_equal(given, jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))

@@ -1,4 +1,5 @@
-"""Patches of many files packed into fixed-size calls: the outputs of Model.predict, file by file."""
+"""Patches of many files packed into fixed-size calls: the outputs of Model.predict, file by
+file."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def signals() -> list[np.ndarray]:
 
 
 def _items(signals) -> list[Decoded]:
-    return [Decoded(Source(f"track-{n}.wav", 0, 0), audio.copy()) for n, audio in enumerate(signals)]
+    return [Decoded(Source(f"track-{n}.wav", 0, 0), audio.copy())
+            for n, audio in enumerate(signals)]
 
 
 @pytest.mark.parametrize("options", [
@@ -160,7 +162,8 @@ def test_packs_mix_files_and_runs_keep_one_file(model, signals):
     # every patch exactly once; only the last pack has padding
     owners = [owner for call in calls for owner in call.owners]
     assert len(owners) == len(set(owners))
-    assert [len(call.owners) < packer.batch for call in packs] == [False] * (len(packs) - 1) + [True]
+    assert [len(call.owners) < packer.batch for call in packs] \
+        == [False] * (len(packs) - 1) + [True]
     # one shape per kind of call: two programs
     assert len({(call.run, call.audio.shape, call.index.shape) for call in calls}) == 2
 

@@ -1,4 +1,5 @@
-"""Numeric parity with TensorFlow for every shipped model, on the graphs built from the real checkpoints."""
+"""Numeric parity with TensorFlow for every shipped model, on the graphs built from the real
+checkpoints."""
 
 from __future__ import annotations
 

@@ -9,11 +9,12 @@ import pytest
 
 from conftest import shared_fixture
 from jaxmir.errors import InputError
-from jaxmir.frontends import MUSICNN_PATCH_HOP, MUSICNN_PATCH_SIZE, VGGISH_PATCH_HOP, VGGISH_PATCH_SIZE
+from jaxmir.frontends import (MUSICNN_PATCH_HOP, MUSICNN_PATCH_SIZE, VGGISH_PATCH_HOP,
+                              VGGISH_PATCH_SIZE)
 from jaxmir.patches import make_patches, patch_starts
 
-REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo", "joram-moments_of_clarity-08-solipsism-59-88",
-              "TRWJAZW128F42760DD_test"]
+REFERENCES = ["synth_sines_16k_mono", "chirp_44k1_stereo",
+              "joram-moments_of_clarity-08-solipsism-59-88", "TRWJAZW128F42760DD_test"]
 
 
 def numbered(n_frames: int, n_bands: int = 3) -> np.ndarray:
@@ -31,7 +32,8 @@ def test_patch_starts_match_essentia(name):
         np.testing.assert_array_equal(patch_starts(n_frames, size, hop, "discard"), expected)
         patches = make_patches(ref[f"{frontend}_bands"], size, hop)
         assert patches.shape == (len(expected), size, ref[f"{frontend}_bands"].shape[1])
-        np.testing.assert_array_equal(patches[-1], ref[f"{frontend}_bands"][expected[-1]:expected[-1] + size])
+        np.testing.assert_array_equal(patches[-1],
+                                      ref[f"{frontend}_bands"][expected[-1]:expected[-1] + size])
 
 
 def test_discard_counts():
@@ -128,7 +130,8 @@ def test_leading_batch_axes_and_jax_arrays():
     assert isinstance(as_jax, jax.Array)
     np.testing.assert_array_equal(np.asarray(as_jax), patches)
     jitted = jax.jit(lambda f: make_patches(f, 96, 93, last_patch="repeat"))(jnp.asarray(frames))
-    np.testing.assert_array_equal(np.asarray(jitted), make_patches(frames, 96, 93, last_patch="repeat"))
+    np.testing.assert_array_equal(np.asarray(jitted),
+                                  make_patches(frames, 96, 93, last_patch="repeat"))
 
 
 @pytest.mark.parametrize("kwargs, match", [

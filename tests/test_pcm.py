@@ -1,4 +1,5 @@
-"""jaxmir.pcm: WAV headers and PCM frames as live writers send them, against libsndfile's reading."""
+"""jaxmir.pcm: WAV headers and PCM frames as live writers send them, against libsndfile's
+reading."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def test_a_large_chunk_before_the_data_is_skipped():
     theirs, _ = soundfile.read(io.BytesIO(padded), dtype="int16")
     ours = decode_pcm(padded[header.data_offset:header.data_offset + header.data_size], "<i2", 1)
     np.testing.assert_array_equal(ours[:, 0], theirs)
-    with pytest.raises(AudioError, match="x.wav: malformed WAV header: ends inside the 'junk' chunk"):
+    with pytest.raises(AudioError,
+                       match="x.wav: malformed WAV header: ends inside the 'junk' chunk"):
         parse_wav_header(io.BytesIO(padded[:100_000]).read, "x.wav")
 
 
@@ -196,7 +198,8 @@ def test_reader_gives_bytes_as_they_arrive():
 
 @pytest.mark.parametrize("container, codec, rate, options, kind", [
     ("mp3", "libmp3lame", 44100, {"id3v2_version": "0"}, "an MP3 file"),      # MPEG-1 layer III
-    ("mp3", "libmp3lame", 22050, {"id3v2_version": "0", "write_xing": "0"}, "an MP3 file"),  # MPEG-2
+    # MPEG-2
+    ("mp3", "libmp3lame", 22050, {"id3v2_version": "0", "write_xing": "0"}, "an MP3 file"),
     ("mp3", "libmp3lame", 8000, {"id3v2_version": "0"}, "an MP3 file"),       # MPEG-2.5
     ("mp2", "mp2", 48000, None, "an MP2 file"),                              # layer II
     ("mp2", "mp2", 24000, None, "an MP2 file"),                        # MPEG-2 layer II

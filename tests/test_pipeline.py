@@ -47,8 +47,10 @@ def stepwise(model, audio, output="predictions", hop=93, last_patch="discard", p
     return np.asarray(model.apply(patches, output)[output])
 
 
-def essentia_patch_count(n_samples: int, size: int = 187, hop: int = 93, frame_hop: int = 256) -> int:
-    """TensorflowPredictMusiCNN: ceil(N / 256) + 1 frames, then floor((F - 187) / 93) + 1 patches."""
+def essentia_patch_count(n_samples: int, size: int = 187, hop: int = 93,
+                         frame_hop: int = 256) -> int:
+    """TensorflowPredictMusiCNN: ceil(N / 256) + 1 frames, then floor((F - 187) / 93) + 1
+    patches."""
     frames = -(-n_samples // frame_hop) + 1
     return (frames - size) // hop + 1 if frames >= size else 0
 
@@ -171,7 +173,8 @@ def timbral_rounding_bound(model, frames: np.ndarray) -> float:
         gain = np.abs(block["batch_norm"]["scale"]) / np.sqrt(
             stats[f"timbral_{i}"]["block"]["batch_norm"]["var"] + eps)
         n = kernel.shape[0] * kernel.shape[1]
-        bound = max(bound, n * float(np.abs(x).max() * np.abs(kernel).max()) * 6e-8 * float(gain.max()))
+        bound = max(bound,
+                    n * float(np.abs(x).max() * np.abs(kernel).max()) * 6e-8 * float(gain.max()))
     return bound
 
 
@@ -193,8 +196,9 @@ def test_shared_timbral_equals_patch_by_patch(musicnn):
     # and the patch ends, where the convolution reads zeros, are not taken from the neighbours
     assert shared["timbral"].shape == (7, 187, 408)
     ends = np.asarray(shared["timbral"])[:, [0, 1, 2, 184, 185, 186]]
-    reference = np.asarray(musicnn.apply(make_patches(np.asarray(frontends.musicnn_logmel(audio)), 187, 93),
-                                         "timbral")["timbral"])[:, [0, 1, 2, 184, 185, 186]]
+    reference = np.asarray(musicnn.apply(
+        make_patches(np.asarray(frontends.musicnn_logmel(audio)), 187, 93),
+        "timbral")["timbral"])[:, [0, 1, 2, 184, 185, 186]]
     np.testing.assert_allclose(ends, reference, rtol=0, atol=1e-6 * np.abs(reference).max())
 
 
@@ -249,7 +253,8 @@ def test_last_patch_repeat(musicnn):
     discard = musicnn.predict(audio, SR)
     repeat = musicnn.predict(audio, SR, last_patch="repeat")
     assert discard.shape == (2, 50) and repeat.shape == (3, 50)
-    np.testing.assert_allclose(repeat, stepwise(musicnn, audio, last_patch="repeat"), rtol=0, atol=SAME)
+    np.testing.assert_allclose(repeat, stepwise(musicnn, audio, last_patch="repeat"), rtol=0,
+                               atol=SAME)
     np.testing.assert_allclose(repeat[:2], discard, rtol=0, atol=SAME)
 
 
@@ -281,7 +286,8 @@ def test_too_short_is_an_error_unless_padded(musicnn):
         got = musicnn.predict(audio, SR, pad=pad)
         assert got.shape == (1, 50)
         np.testing.assert_allclose(got, stepwise(musicnn, audio, pad=pad), rtol=0, atol=SAME)
-    assert not np.allclose(musicnn.predict(audio, SR, pad="zero"), musicnn.predict(audio, SR, pad="repeat"))
+    assert not np.allclose(musicnn.predict(audio, SR, pad="zero"),
+                           musicnn.predict(audio, SR, pad="repeat"))
 
 
 def test_features_resample_and_shapes(musicnn):
@@ -292,7 +298,8 @@ def test_features_resample_and_shapes(musicnn):
     assert frames.shape == want.shape == (frontends.musicnn_num_frames(32000), 96)
     np.testing.assert_allclose(frames, want, rtol=0, atol=1e-6)
     short = noise(100)
-    np.testing.assert_allclose(musicnn.features(short, SR), frontends.musicnn_logmel(short), atol=1e-6)
+    np.testing.assert_allclose(musicnn.features(short, SR), frontends.musicnn_logmel(short),
+                               atol=1e-6)
 
 
 def test_predict_and_features_take_the_resampler(musicnn):
@@ -300,7 +307,8 @@ def test_predict_and_features_take_the_resampler(musicnn):
     :func:`prepare_audio` does; soxr's signal differs from Essentia's (~1e-2), so the tags do."""
     rng = np.random.default_rng(9)
     t = np.arange(44100 * 4) / 44100
-    audio = (0.3 * np.sin(2 * np.pi * 7000 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    audio = (0.3 * np.sin(2 * np.pi * 7000 * t)
+             + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
     by_resampler = {}
     for resampler in ("essentia", "samplerate", "soxr"):
         at_16k = prepare_audio(audio, 44100, resampler=resampler)
@@ -315,9 +323,11 @@ def test_bad_audio_is_refused(musicnn):
     from pathlib import Path
 
     for path in ("song.mp3", Path("song.mp3")):
-        with pytest.raises(InputError, match="got the path 'song.mp3'; read it with jaxmir.load_audio"):
+        with pytest.raises(InputError,
+                           match="got the path 'song.mp3'; read it with jaxmir.load_audio"):
             musicnn.predict(path, SR)
-        with pytest.raises(InputError, match="got the path 'song.mp3'; read it with jaxmir.load_audio"):
+        with pytest.raises(InputError,
+                           match="got the path 'song.mp3'; read it with jaxmir.load_audio"):
             musicnn.features(path, SR)
     with pytest.raises(InputError, match="NaN"):
         musicnn.predict(np.full(16000 * 4, np.nan, np.float32), SR)
@@ -355,7 +365,8 @@ def test_a_jax_signal_is_checked_as_a_numpy_one(musicnn):
             musicnn.predict(audio, SR, resampler="x")
         with pytest.raises(InputError, match="unknown resampler 'x'"):
             musicnn.features(audio, SR, resampler="x")
-        with pytest.raises(InputError, match=r"sample.rate array\(\[16000\]\) is not a whole number of Hz"):
+        with pytest.raises(InputError,
+                           match=r"sample.rate array\(\[16000\]\) is not a whole number of Hz"):
             musicnn.predict(audio, np.array([SR]))
     # a NaN is named by its sample in a JAX signal too, bfloat16 without NumPy's RuntimeWarning
     signal[20000], signal[30000] = np.nan, np.inf
@@ -408,7 +419,8 @@ def test_rates_are_named_whatever_they_hold():
         check_rate(1e300, "rate")
     for rate, shown in ((1.999e15, "2.00e15"), (-10 ** 400 + 1, "-1.00e400"),
                         (999_999_999_999, "999999999999"), (np.int64(-2 ** 63), "-9.22e18")):
-        with pytest.raises(InputError, match=rf"^rate {shown} Hz is out of range"):  # 1.99e15 was cut
+        # 1.99e15 was cut
+        with pytest.raises(InputError, match=rf"^rate {shown} Hz is out of range"):
             check_rate(rate, "rate")
     with pytest.raises(InputError, match=r"^rate -5 Hz is out of range"):
         check_rate(-5, "rate")
@@ -422,7 +434,8 @@ def test_raw_bytes_generators_and_bfloat16(musicnn):
     refused as none."""
     signal = noise(16000 * 4)
     pcm = (signal * 32767).astype(np.int16).tobytes()
-    with pytest.raises(InputError, match=r"got 128000 bytes \(bytes\): decode raw PCM first \(np.frombuffer") \
+    with pytest.raises(InputError,
+                       match=r"got 128000 bytes \(bytes\): decode raw PCM first \(np.frombuffer") \
             as refusal:
         musicnn.predict(pcm, SR)
     assert len(str(refusal.value)) < 300
@@ -513,7 +526,8 @@ def test_gradient_matches_finite_differences(musicnn):
         eps = 1e-8
         numeric = float((rock(x + eps * direction) - rock(x - eps * direction)) / (2 * eps))
     assert numeric == pytest.approx(analytic, rel=1e-5)
-    grad32 = jax.grad(lambda s: musicnn.predict(s, SR)[:, 0].mean())(jnp.asarray(audio, jnp.float32))
+    grad32 = jax.grad(lambda s: musicnn.predict(s, SR)[:, 0].mean())(
+        jnp.asarray(audio, jnp.float32))
     assert grad32.dtype == jnp.float32 and bool(jnp.isfinite(grad32).all())
     assert np.corrcoef(np.asarray(grad32), np.asarray(grad))[0, 1] > 0.99
 

@@ -200,7 +200,8 @@ def test_positions_where_the_additions_first_round(rates, first_rounding):
     assert positions._exact_sums(sums[:first_rounding], whole)
     assert not positions._exact_sums(sums[first_rounding:], whole)
     count = first_rounding + 5_000
-    ours, python = positions._positions(step, 0.0, count), positions._positions_python(step, 0.0, count)
+    ours, python = (positions._positions(step, 0.0, count),
+                    positions._positions_python(step, 0.0, count))
     np.testing.assert_array_equal(ours[0], python[0])
     np.testing.assert_array_equal(ours[1], python[1])
     assert ours[2] == python[2]

@@ -52,7 +52,8 @@ def musicnn():
     return jaxmir.load("msd-musicnn")
 
 
-def signal_at(rate: int, seconds: float, channels: int = 1, seed: int = 0, dtype=np.float32) -> np.ndarray:
+def signal_at(rate: int, seconds: float, channels: int = 1, seed: int = 0,
+              dtype=np.float32) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(rate * seconds)) / rate
     left = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)
@@ -101,7 +102,8 @@ def test_random_chunks_equal_predict_musicnn(musicnn, rate, channels):
 def test_one_sample_at_a_time_and_int16(musicnn):
     audio = signal_at(16000, 3.1, 2, seed=1, dtype=np.int16)  # 1 patch
     want = musicnn.predict(audio, 16000)
-    stream, parts = run_stream(musicnn, audio, 16000, [audio[i:i + 1] for i in range(audio.shape[0])])
+    stream, parts = run_stream(musicnn, audio, 16000,
+                               [audio[i:i + 1] for i in range(audio.shape[0])])
     np.testing.assert_allclose(joined(parts), want, rtol=0, atol=TOL)
     # the patch comes out with the chunk holding its last sample, not at close
     assert parts[-1].shape == (0, 50) and sum(p.shape[0] for p in parts[:-1]) == 1
@@ -126,12 +128,14 @@ def test_random_chunks_equal_predict_vgg_and_vggish(which):
 
 
 @pytest.mark.parametrize("options", [dict(last_patch="repeat"), dict(patch_hop=0),
-                                     dict(patch_hop=40, last_patch="repeat"), dict(resampler="soxr")])
+                                     dict(patch_hop=40, last_patch="repeat"),
+                                     dict(resampler="soxr")])
 def test_patch_rules_and_soxr(musicnn, options):
     rate = 22050
     audio = signal_at(rate, 5.2, 1, seed=5)
     want = pipeline.predict(musicnn, audio, rate, **options)  # Model.predict has no resampler
-    stream, parts = run_stream(musicnn, audio, rate, random_chunks(audio, rate, np.random.default_rng(6)),
+    stream, parts = run_stream(musicnn, audio, rate,
+                               random_chunks(audio, rate, np.random.default_rng(6)),
                                **options)
     got = joined(parts)
     assert got.shape == want.shape
@@ -194,8 +198,10 @@ def test_short_signal_with_pad_and_without(musicnn):
     for pad in ("zero", "repeat"):
         stream = streaming.Stream(musicnn, 16000, pad=pad)
         parts = [stream.push(audio[:5000]), stream.push(audio[5000:]), stream.close()]
-        np.testing.assert_allclose(joined(parts), musicnn.predict(audio, 16000, pad=pad), rtol=0, atol=TOL)
-    # a live stream that ends too early returns nothing (predict raises, as Essentia returns nothing)
+        np.testing.assert_allclose(joined(parts), musicnn.predict(audio, 16000, pad=pad), rtol=0,
+                                   atol=TOL)
+    # a live stream that ends too early returns nothing (predict raises, as Essentia returns
+    # nothing)
     stream = musicnn.stream(16000)
     assert stream.push(audio).shape == (0, 50) and stream.close().shape == (0, 50)
     with pytest.raises(InputError, match="too short"):
@@ -299,7 +305,8 @@ def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatc
                         lambda self, *args: runs.append(self) or emit(self, *args))
 
     def lags(**options) -> tuple[np.ndarray, np.ndarray]:
-        """Each patch's lag: 16-kHz samples pushed when it came, less those it reads; its outputs."""
+        """Each patch's lag: 16-kHz samples pushed when it came, less those it reads; its
+        outputs."""
         stream = musicnn.stream(rate, **options)
         fe, first = stream.frontend, stream.windowing.first
         parts, lag = [], []
@@ -339,7 +346,8 @@ def test_resample_step_trades_a_patch_lag_for_resampler_runs(musicnn, monkeypatc
 def test_a_resample_step_is_refused_where_nothing_would_wait(musicnn, resampler):
     """libsamplerate and soxr run at every chunk: a step given with them is a contradiction,
     refused rather than silently ignored; without one they stream as before."""
-    with pytest.raises(InputError, match=f"resample_step applies to Essentia's converter.*{resampler}"):
+    with pytest.raises(InputError,
+                       match=f"resample_step applies to Essentia's converter.*{resampler}"):
         musicnn.stream(44100, resampler=resampler, resample_step=0)
     with pytest.raises(InputError, match="min_outputs applies"):
         Resampling(44100, 16000, resampler, min_outputs=2048)
@@ -478,10 +486,12 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
     path = tmp_path / "song.wav"
     soundfile.write(path, audio, rate, subtype="FLOAT")
     calls: list = []
-    run, warm_up, shapes = streaming.Stream._run, streaming.Stream._warm_up, streaming._output_shapes
+    run, warm_up, shapes = (streaming.Stream._run, streaming.Stream._warm_up,
+                            streaming._output_shapes)
     monkeypatch.setattr(streaming.Stream, "_run",
                         lambda self, first, index, shared, patch=None, used=None:
-                        calls.append(index.shape[0]) or run(self, first, index, shared, patch, used))
+                        calls.append(index.shape[0])
+                        or run(self, first, index, shared, patch, used))
     monkeypatch.setattr(streaming.Stream, "_warm_up", lambda self: calls.append("warm up")
                         or warm_up(self))
     monkeypatch.setattr(streaming, "_output_shapes", lambda *args: calls.append("shapes")
@@ -500,7 +510,8 @@ def test_a_file_runs_in_whole_batches(musicnn, tmp_path, monkeypatch):
         np.testing.assert_allclose(pushed, got, rtol=0, atol=1e-6)
 
 
-def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(musicnn, monkeypatch):
+def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(musicnn,
+                                                                                monkeypatch):
     """A model whose dense layers hold more than HEAVY_DENSE_WEIGHTS (VGGish's 67 M, read at every
     call) runs a file in calls of 32 patches, on a CPU its body in steps of 8 and its head once per
     call; a partial batch goes in calls of 8, the last padded. The outputs are those of calls
@@ -513,7 +524,8 @@ def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(
     run = streaming.audio_to_outputs
     monkeypatch.setattr(streaming, "audio_to_outputs", lambda *args: calls.append(
         (args[7].shape[0], args[4])) or run(*args))
-    audio = signal_at(16000, 47.0, seed=5)                           # 50 patches of 96 frames, hop 93
+    # 50 patches of 96 frames, hop 93
+    audio = signal_at(16000, 47.0, seed=5)
     got = model.predict(audio, 16000, output="embeddings")
     assert calls == [(32, 8), (8, 8), (8, 8), (8, 8)]
     calls.clear()
@@ -629,7 +641,8 @@ def test_bad_input(musicnn):
         stream.push(np.zeros((10, 3), np.float32))
     # refused chunks changed nothing: the rest gives predict's answer
     rest = [stream.push(audio[40000:]), stream.close()]
-    np.testing.assert_allclose(joined([kept] + rest), musicnn.predict(audio, 16000), rtol=0, atol=TOL)
+    np.testing.assert_allclose(joined([kept] + rest), musicnn.predict(audio, 16000), rtol=0,
+                               atol=TOL)
     with pytest.raises(InputError, match="push after close"):
         stream.push(audio[:10])
     with pytest.raises(InputError, match="already closed"):
@@ -785,10 +798,12 @@ def test_stream_command_bad_input():
     for rate in (0, 500_000):  # it read as --rate's fault: "sample rate 0 Hz is out of range"
         wrong = header[:24] + struct.pack("<I", rate) + header[28:]
         result = cli("stream", stdin=wrong)
-        assert result.returncode == 1 and (f"standard input: the WAV header's sample rate {rate} Hz "
-                                           "is out of range").encode() in result.stderr, result.stderr
+        assert result.returncode == 1 and ("standard input: the WAV header's "
+                                           f"sample rate {rate} Hz is out of "
+                                           "range").encode() in result.stderr, result.stderr
     result = cli("stream", "--rate", "-5", stdin=data)
-    assert result.returncode == 2 and b"sample rate" in result.stderr and b"Traceback" not in result.stderr
+    assert result.returncode == 2 and b"sample rate" in result.stderr \
+        and b"Traceback" not in result.stderr
     missing = cli("stream", stdin=data)
     assert missing.returncode == 1 and b"--rate" in missing.stderr
     closed = subprocess.run(["sh", "-c", 'exec "$0" -m jaxmir stream --rate 16000 <&-',
@@ -854,8 +869,8 @@ def test_stream_command_ends_cleanly_on_ctrl_c_and_sigterm(kind, status):
     lost the patch being computed otherwise."""
     env = child_env()
     process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=env, cwd=ROOT)
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env, cwd=ROOT)
     audio = signal_at(16000, 4.5, 1, seed=16, dtype=np.int16)  # 2 complete patches, then silence
     process.stdin.write(audio.astype("<i2").tobytes() + b"\x01")  # and half a frame: Ctrl-C
     process.stdin.flush()                                        # may come between its bytes
@@ -876,8 +891,8 @@ def test_a_signal_in_the_stream_commands_first_second_ends_it_cleanly(kind, stat
     """Ctrl-C while the command imported JAX ended in a traceback; while it loaded the model, it
     could be lost in JAX's garbage-collection callback, and the stream went on."""
     process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=child_env(), cwd=ROOT)
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
     time.sleep(0.6)  # python and the command line are up (~0.2 s), JAX and the model not yet
     process.send_signal(getattr(signal, kind))
     out, err = process.communicate(b"\0" * 64000, timeout=120)
@@ -964,9 +979,12 @@ def test_plot_without_matplotlib_is_a_clear_error():
 def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
     """Nonsense options end in one line, no traceback; a reader that stops reading
     (``jaxmir stream ... | head -1``) ends the stream quietly with the shell's status for it."""
-    for option, value, status, message in (("--channels", "0", 2, "expected a whole number >= 1, got 0"),
-                                           ("--channels", "-2", 2, "expected a whole number >= 1, got -2"),
-                                           ("--channels", "3", 2, "expected a whole number <= 2, got 3"),
+    for option, value, status, message in (("--channels", "0", 2,
+                                            "expected a whole number >= 1, got 0"),
+                                           ("--channels", "-2", 2,
+                                            "expected a whole number >= 1, got -2"),
+                                           ("--channels", "3", 2,
+                                            "expected a whole number <= 2, got 3"),
                                            ("--overlap", "nan", 2, "--overlap nan s: patches last"),
                                            ("--overlap", "inf", 2, "--overlap inf s: patches last"),
                                            # finite, but not in frames: OverflowError's traceback
@@ -978,7 +996,8 @@ def test_stream_command_bad_options_and_a_reader_that_leaves(tmp_path):
                                            ("--resample-s", "0", 2, "unrecognized arguments: "
                                                                     "--resample-s")):
         run = cli("stream", "--rate", "16000", option, value, "-", stdin=b"\0" * 64000)
-        assert run.returncode == status and message in run.stderr.decode(), (option, value, run.stderr)
+        assert run.returncode == status and message in run.stderr.decode(), \
+            (option, value, run.stderr)
         assert b"Traceback" not in run.stderr
     audio = signal_at(16000, 30.0, 1, seed=5, dtype=np.int16).astype("<i2").tobytes()
     env = child_env()
@@ -1024,10 +1043,12 @@ def test_stream_command_patches_before_a_nan_do_not_depend_on_the_pipe(bad):
     1e12 still did."""
     audio = signal_at(16000, 8.0, 1, seed=21)
     audio[80000] = bad  # 5.0 s: patch 1 (1.488-4.48 s) is whole before it
-    result = cli("stream", "--rate", "16000", "--dtype", "f32le", stdin=audio.astype("<f4").tobytes())
+    result = cli("stream", "--rate", "16000", "--dtype", "f32le",
+                 stdin=audio.astype("<f4").tobytes())
     assert result.returncode == 1
     assert [r["start"] for r in lines_of(result)] == [0.0, 1.488]
-    assert "sample 80000" in result.stderr.decode() and "complete and valid" in result.stderr.decode()
+    assert "sample 80000" in result.stderr.decode() \
+        and "complete and valid" in result.stderr.decode()
 
 
 def test_stream_command_with_standard_output_closed(tmp_path):
@@ -1040,7 +1061,8 @@ def test_stream_command_with_standard_output_closed(tmp_path):
     result = closed_stdout("stream", "--rate", "16000",
                            stdin=signal_at(16000, 4.0, 1, seed=2, dtype=np.int16).tobytes())
     assert result.returncode == 1
-    assert result.stderr.decode() == "jaxmir: error: standard output is closed, and the results go there\n"
+    assert result.stderr.decode() == ("jaxmir: error: standard output is "
+                                      "closed, and the results go there\n")
     path = tmp_path / "a.wav"
     soundfile.write(path, signal_at(16000, 4.0, 1, seed=2), 16000)
     result = closed_stdout("tag", str(path))
@@ -1124,7 +1146,8 @@ def test_stream_command_stops_on_sigterm_when_its_reader_stalls():
     """A SIGTERM while a write waited for a reader that stopped reading was held until the
     reader drained the pipe (docker stop and timeout would then SIGKILL it)."""
     raw = signal_at(16000, 300.0, 1, seed=4, dtype=np.int16).tobytes()
-    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000", "--all"],
+    process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", "--rate", "16000",
+                                "--all"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
     feed_in_background(process, raw, close=True)
@@ -1215,7 +1238,8 @@ def test_stream_command_refuses_bad_options_before_any_input():
     send none for a while; with none at all it said "standard input is empty")."""
     for options, message in ((["--rate", "0"], "sample rate 0 Hz is out of range"),
                              (["--rate", "16000", "--patch-hop", "500"],
-                              "--patch-hop 500: patches last 187 frames, so the hop is at most 187")):
+                              "--patch-hop 500: patches last 187 "
+                              "frames, so the hop is at most 187")):
         process = subprocess.Popen([sys.executable, "-m", "jaxmir", "stream", *options],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)

@@ -227,7 +227,8 @@ def test_a_file_linked_into_two_class_folders_is_refused(tmp_path, audio_set):
     shutil.copytree(audio_set, copy)
     first = sorted((copy / "pads").iterdir())[0]
     (copy / "drums" / "also.wav").symlink_to(first)
-    with pytest.raises(InputError, match=r"1 file\(s\) in more than one place .*e\.g\. '.*\.wav'; keep "
+    with pytest.raises(InputError,
+                       match=r"1 file\(s\) in more than one place .*e\.g\. '.*\.wav'; keep "
                                          "each file in one class folder"):
         data.load_dataset(copy)
     (copy / "drums" / "also.wav").unlink()  # a hard link, one file in two classes, was taken
@@ -302,9 +303,11 @@ def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, 
         assert ds.task == "single" and ds.classes == ("0", "1")
         assert ds.targets.argmax(axis=1).tolist() == ids
     # ids in order of value (they came in order of text: 10 before 2, so id 10 was output 0)
-    table.write_text("path,label\n" + "".join(f"{f},{10 if i else 2}\n" for f, i in zip(files, ids)))
+    table.write_text("path,label\n" + "".join(f"{f},{10 if i else 2}\n"
+                                              for f, i in zip(files, ids)))
     assert data.load_dataset(table).classes == ("2", "10")
-    table.write_text("path,label\n" + "".join(f"{f},{'nan' if i else 2}\n" for f, i in zip(files, ids)))
+    table.write_text("path,label\n" + "".join(f"{f},{'nan' if i else 2}\n"
+                                              for f, i in zip(files, ids)))
     assert data.load_dataset(table).classes == ("2", "nan")  # a name, though float() reads it
     # separated by tabs, semicolons or bars: "no 'path' column; columns: path<TAB>label"
     for separator in ("\t", ";", "|"):
@@ -316,7 +319,8 @@ def test_a_label_column_of_numbers_holds_classes_and_a_bom_is_no_name(tmp_path, 
             data.load_dataset(table)
     table.write_text("path,label\n" + "".join(f"{f},{'1.0' if n % 4 == 1 else i}\n"
                                               for n, (f, i) in enumerate(zip(files, ids))))
-    with pytest.raises(InputError, match="the labels '1' and '1.0' are one number written two ways"):
+    with pytest.raises(InputError,
+                       match="the labels '1' and '1.0' are one number written two ways"):
         data.load_dataset(table)
 
 
@@ -357,7 +361,8 @@ def test_numpy_counts_train_and_export_as_python_ones():
     from jaxmir.train.recipe import dataset_entry
     from jaxmir.train.smoothing import SmoothingConfig
 
-    config = fit.TrainConfig(epochs=np.uint8(255), batch_size=np.uint8(32), learning_rate=np.float32(1e-3))
+    config = fit.TrainConfig(epochs=np.uint8(255), batch_size=np.uint8(32),
+                             learning_rate=np.float32(1e-3))
     assert type(config.epochs) is int and config.epochs + 1 == 256
     tracks, onehot = blobs(n_per_class=6, classes=2)
     head = fit.train_head(tracks, onehot, "single", AB, dataclasses.replace(
@@ -368,7 +373,8 @@ def test_numpy_counts_train_and_export_as_python_ones():
     with pytest.raises(InputError, match="FinetuneConfig weight_decay = -1"):
         FinetuneConfig(weight_decay=-1)
     # any real number, checked without a raw TypeError (a Fraction; an int no float holds)
-    assert FinetuneConfig(backbone_learning_rate=Fraction(1, 10 ** 5)).backbone_learning_rate == 1e-5
+    assert FinetuneConfig(backbone_learning_rate=Fraction(1, 10 ** 5)).backbone_learning_rate \
+        == 1e-5
     for config, name in ((FinetuneConfig, "weight_decay"), (fit.TrainConfig, "learning_rate")):
         with pytest.raises(InputError, match=f"{config.__name__} {name} = 1000"):
             config(**{name: 10 ** 400})
@@ -384,7 +390,8 @@ def test_classes_of_soft_targets_are_counted_by_tracks():
     """Soft targets were counted by their mass: three tracks of [0.6, 0.4] made "drums (1)",
     refused as a class of fewer than 2 files."""
     targets = np.array([[0.6, 0.4]] * 3 + [[0.0, 1.0]] * 3, np.float32)
-    dataset = data.Dataset(tuple(f"{i}.wav" for i in range(6)), targets, "single", ("drums", "pads"))
+    dataset = data.Dataset(tuple(f"{i}.wav" for i in range(6)), targets, "single",
+                           ("drums", "pads"))
     data.check_classes(dataset, "DATA")
     assert dataset.tracks_per_class().tolist() == [3, 3]
     one = data.Dataset(dataset.paths, np.array([[0.6, 0.4]] + [[0.4, 0.6]] * 5, np.float32),
@@ -713,8 +720,9 @@ def test_weights_that_diverge_with_a_finite_loss_stop_the_training():
     folder already removed). Without weight decay: its term in the validation cost keeps such
     weights from being the best (the next test)."""
     tracks, targets = blobs(n_per_class=6)
-    with pytest.raises(fit.TrainingError, match=r"the head's weights diverged \('dense.*' holds a "
-                                                r"value of size .*\) though the loss stayed finite"):
+    with pytest.raises(fit.TrainingError,
+                       match=r"the head's weights diverged \('dense.*' holds a value of size "
+                             r".*\) though the loss stayed finite"):
         fit.train_head(tracks, targets, "single", ABC,
                        fit.TrainConfig(epochs=20, learning_rate=1e12, weight_decay=0.0))
 
@@ -737,7 +745,8 @@ def test_a_training_that_never_beats_the_untrained_head_stops(rate):
     tracks, targets = blobs(n_per_class=6)
     with pytest.raises(fit.TrainingError, match=r"no epoch's validation cost \(the lowest .*\) "
                                                 r"came below the untrained head's \(.*\); lower"):
-        fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=5, learning_rate=rate))
+        fit.train_head(tracks, targets, "single", ABC,
+                       fit.TrainConfig(epochs=5, learning_rate=rate))
 
 
 def test_a_resumed_head_that_no_epoch_improves_is_kept_with_a_warning(monkeypatch):
@@ -768,8 +777,9 @@ def test_a_fold_that_never_beats_its_untrained_head_is_scored_with_it(monkeypatc
         return 1e9 - len(calls) if len(calls) == 1 else (1e10 if len(calls) <= 3 else real(*args))
 
     monkeypatch.setattr(fit, "validation_cost", first_fold_never_improves)
-    with pytest.warns(JaxmirWarning, match=r"fold 1/2: no epoch's validation cost came below the "
-                                           r"untrained head's; the fold is scored with the untrained"):
+    with pytest.warns(JaxmirWarning, match=r"fold 1/2: no epoch's validation cost "
+                                           r"came below the untrained head's; the "
+                                           r"fold is scored with the untrained"):
         result = fit.cross_validate(tracks, targets, "single", ABC, folds=2,
                                     config=fit.TrainConfig(epochs=2))
     assert len(result.folds) == 2
@@ -1119,12 +1129,14 @@ def test_malformed_arrays_raise_input_errors():
         fit.train_head(tracks, targets, "single", "ab", ONE_EPOCH)  # took classes 'a' and 'b'
     poisoned = [t.copy() for t in tracks]
     poisoned[2][1, 4] = np.nan
-    with pytest.raises(InputError, match=r"track 2 has NaN or infinite embeddings \(patch 1 first\)"):
+    with pytest.raises(InputError,
+                       match=r"track 2 has NaN or infinite embeddings \(patch 1 first\)"):
         fit.train_head(poisoned, targets, "single", AB, ONE_EPOCH)  # was "loss became nan"
     with pytest.raises(InputError, match="every track is in one class \\('a'\\)"):
         fit.train_head(tracks, np.eye(2)[[0] * 8], "single", AB, ONE_EPOCH)
     with pytest.raises(InputError, match="targets 'v': one value for every track"):
-        fit.cross_validate(tracks, np.full((8, 1), 0.5), "regression", ["v"], 2, ONE_EPOCH)  # r² was NaN
+        # r² was NaN
+        fit.cross_validate(tracks, np.full((8, 1), 0.5), "regression", ["v"], 2, ONE_EPOCH)
     for folds in ("3", 2.0, True):
         with pytest.raises(InputError, match=f"folds = {folds!r}; expected a whole number >= 2"):
             fit.cross_validate(tracks, targets, "single", AB, folds, ONE_EPOCH)  # was a TypeError
@@ -1938,7 +1950,8 @@ def test_smoothing_refuses_classes_of_k_tracks_or_fewer_before_reading_audio(met
                                          r"least 7 of a track's 10 neighbours are other classes', "
                                          r"whatever its features; class 'small' has 4 \(give more "
                                          r"tracks, or a smaller k"):
-        fit_head(dataset, backbone="no-such-backbone", cache=False, smoothing=SmoothingConfig(method))
+        fit_head(dataset, backbone="no-such-backbone", cache=False,
+                 smoothing=SmoothingConfig(method))
     with pytest.raises(JaxmirError, match="no-such-backbone"):  # k = 3 passes on to the backbone
         fit_head(dataset, backbone="no-such-backbone", cache=False,
                  smoothing=SmoothingConfig(method, k=3))
@@ -1966,8 +1979,10 @@ def test_an_output_that_names_a_folder_is_refused_before_reading_audio(output, o
     """'' '.' '/' ended in a ValueError traceback, '..' wrote '...pb' here, 'heads/' wrote
     heads.pb beside the folder."""
     dataset = data.Dataset(("nowhere/a.wav", "nowhere/b.wav"), np.eye(2), "single", AB)
-    with pytest.raises(OptionError, match=f"--output {output!r} names a folder; give the head's name"):
-        fit_head(dataset, backbone="no-such-backbone", cache=False, output=output, overwrite=overwrite)
+    with pytest.raises(OptionError,
+                       match=f"--output {output!r} names a folder; give the head's name"):
+        fit_head(dataset, backbone="no-such-backbone", cache=False, output=output,
+                 overwrite=overwrite)
 
 
 @pytest.mark.parametrize("given", ["heads/C", "heads/C.pb", "heads/C.PB", "heads/C.Json",
@@ -2016,10 +2031,11 @@ def test_fit_head_checks_the_backbone_and_layer_before_reading_audio(tmp_path):
     with pytest.raises(InputError, match="unknown output 'nope'"):
         fit_head(dataset, layer="nope", cache=False)
     # outputs outside the dense head, where no head can join in jaxmir or Essentia
-    for layer, backbone in (("mean_pool", "msd-musicnn"), ("cnn3", "msd-musicnn"), ("pool5", "msd-vgg")):
-        with pytest.raises(InputError, match=f"'{layer}' of {backbone} is not a layer of its dense "
-                                             "head, where a head joins its backbone; heads take one "
-                                             "of: embeddings, "):
+    for layer, backbone in (("mean_pool", "msd-musicnn"), ("cnn3", "msd-musicnn"),
+                            ("pool5", "msd-vgg")):
+        with pytest.raises(InputError, match=f"'{layer}' of {backbone} is not a layer "
+                                             "of its dense head, where a head joins its "
+                                             "backbone; heads take one of: embeddings, "):
             fit_head(dataset, backbone=backbone, layer=layer, cache=False)
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
     head = export.export_head(params, "softmax", AB, tmp_path / "head", "msd-musicnn",
@@ -2043,8 +2059,9 @@ def test_a_head_on_another_backbone_than_its_metadata_names_warns(tmp_path, caps
     params = jax.device_get(fit.init_head(jax.random.PRNGKey(3), 200, 100, 2))
     head = export.export_head(params, "softmax", AB, tmp_path / "head", "msd-musicnn",
                               (187, 96), "model/dense/BiasAdd")[".pb"]
-    with pytest.warns(JaxmirWarning, match=r"head.pb was trained on msd-musicnn(-1)? \(its metadata's "
-                                           r"embedding_model.model_name\), not on .*mtt-musicnn"):
+    with pytest.warns(JaxmirWarning,
+                      match=r"head.pb was trained on msd-musicnn(-1)? \(its metadata's "
+                            r"embedding_model.model_name\), not on .*mtt-musicnn"):
         jaxmir.load(head, backbone="mtt-musicnn")
     save_weights(jaxmir.load("msd-musicnn"), tmp_path / "msd-musicnn-1.npz")
     with warnings.catch_warnings():
@@ -2114,9 +2131,10 @@ def test_the_default_layer_is_each_backbone_s_embeddings(tmp_path, audio_set):
     other = tmp_path / "other" / "small_vggish_init.npz"
     other.parent.mkdir()
     save_weights(jaxmir.load(vggish), other)
-    with pytest.warns(JaxmirWarning, match=rf"v.pb was trained on a backbone file of other bytes than "
-                                           rf"{other} \(sha256 {entry['sha256'][:12]}\.\.\. in its "
-                                           r"metadata, \w{12}\.\.\. now\)"):
+    with pytest.warns(JaxmirWarning,
+                      match=r"v.pb was trained on a backbone file of other bytes "
+                            rf"than {other} \(sha256 {entry['sha256'][:12]}\.\.\. "
+                            r"in its metadata, \w{12}\.\.\. now\)"):
         jaxmir.load(tmp_path / "v.pb", backbone=str(other))
 
 
@@ -2383,8 +2401,10 @@ def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
     cuts = [finetune.audio_patches(model, signals[p], 16000) for p in dataset.paths]
     assert seen["memmap"]
     np.testing.assert_array_equal(seen["patches"], np.concatenate(cuts))
-    np.testing.assert_array_equal(seen["targets"], smoothed[[0] * len(cuts[0]) + [1] * len(cuts[1])])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["h-backbone.npz", "h.json", "h.npz", "h.pb"]
+    np.testing.assert_array_equal(seen["targets"],
+                                  smoothed[[0] * len(cuts[0]) + [1] * len(cuts[1])])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h-backbone.npz", "h.json", "h.npz",
+                                                          "h.pb"]
 
 
 def test_a_head_refuses_nan_embeddings_as_training_does():

@@ -25,7 +25,8 @@ ESSENTIA = textwrap.dedent("""
     from essentia.standard import MonoLoader, TensorflowPredictMusiCNN, TensorflowPredict2D
     args = json.loads(sys.argv[1])
     audio = MonoLoader(filename=args["audio"], sampleRate=16000, resampleQuality=4)()
-    emb = TensorflowPredictMusiCNN(graphFilename=args["backbone"], output="model/dense/BiasAdd")(audio)
+    emb = TensorflowPredictMusiCNN(graphFilename=args["backbone"],
+                                   output="model/dense/BiasAdd")(audio)
     pred = TensorflowPredict2D(graphFilename=args["head"], input="model/Placeholder",
                                output="model/Softmax")(emb)
     np.save(args["out"] + "_emb.npy", np.asarray(emb, np.float32))

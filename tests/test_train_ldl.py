@@ -106,8 +106,9 @@ def test_lmnn_matches_metric_learn(wine):
         return ref._loss_grad(x, components, pull, 3, 0.5, targets, labels)[1]
 
     def our_objective(components):
-        return float(lmnn.objective(jnp.asarray(components, jnp.float32), jnp.asarray(x, jnp.float32),
-                                    jnp.asarray(y), jnp.asarray(targets)))
+        return float(lmnn.objective(jnp.asarray(components, jnp.float32),
+                                    jnp.asarray(x, jnp.float32), jnp.asarray(y),
+                                    jnp.asarray(targets)))
 
     # the same function: float32 sums of ~178*3*178 hinge terms of size ~10 vs float64:
     # relative differences ~1e-6; 1e-4 is safe on any CPU

@@ -1,4 +1,5 @@
-"""VGGish and the full-graph transfer classifiers: graphs shaped like Essentia's, parity with TensorFlow."""
+"""VGGish and the full-graph transfer classifiers: graphs shaped like Essentia's, parity with
+TensorFlow."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def graph_nodes(model) -> list[str]:
 
 
 def assert_nodes(model, x, names, reference) -> dict[str, float]:
-    """``model``'s ``names`` on ``x`` against TensorFlow's ``reference`` (same order); the errors."""
+    """``model``'s ``names`` on ``x`` against TensorFlow's ``reference`` (same order); the
+    errors."""
     ours = model.apply(x, names)
     return {n: assert_parity(n, r, ours[n], n in PROBABILITIES) for n, r in zip(names, reference)}
 
@@ -41,7 +43,8 @@ def write(graph_def, path):
 
 @pytest.fixture(scope="module")
 def audioset_vggish(tmp_path_factory):
-    """Full-size replicas of audioset-vggish-3 (random weights): current (no fc2 ReLU) and 2017 form."""
+    """Full-size replicas of audioset-vggish-3 (random weights): current (no fc2 ReLU) and 2017
+    form."""
     require("tensorflow")
     from tools import tf_graphs
     out = tmp_path_factory.mktemp("vggish")
@@ -74,7 +77,8 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
         assert_nodes(model, x[:batch], names, [expected[:batch] for expected in reference])
         out = model.apply(x[:batch], ["embeddings", "fc2", "pool1", "pool4", "conv3_2", "fc1_1"])
         assert out["embeddings"].shape == (batch, 128) and out["pool4"].shape == (batch, 6, 4, 512)
-        assert out["pool1"].shape == (batch, 48, 32, 64) and out["conv3_2"].shape == (batch, 24, 16, 256)
+        assert (out["pool1"].shape == (batch, 48, 32, 64)
+                and out["conv3_2"].shape == (batch, 24, 16, 256))
         # The embedding is read from the graph: post-ReLU only in the 2017 form.
         assert bool(np.all(np.asarray(out["embeddings"]) >= 0)) == fc2_relu
         np.testing.assert_array_equal(out["embeddings"], out["fc2"])  # after its ReLU, if any

@@ -1,4 +1,5 @@
-"""Turn the TF1 checkpoints inside the ``musicnn`` wheel into Essentia-shaped graphs and jaxmir weights.
+"""Turn the TF1 checkpoints inside the ``musicnn`` wheel into Essentia-shaped graphs and jaxmir
+weights.
 
     pip install tensorflow-cpu
     python tools/convert_musicnn.py --graphs build/graphs --weights weights
@@ -44,7 +45,8 @@ MODELS = {
     "mtt-musicnn": ("MTT_musicnn", "musicnn", "MTT_LABELS", {"midend": 64, "backend": 200}),
     "msd-vgg": ("MSD_vgg", "vgg", "MSD_LABELS", {}),
     "mtt-vgg": ("MTT_vgg", "vgg", "MTT_LABELS", {}),
-    "msd-musicnn-big": ("MSD_musicnn_big", "musicnn", "MSD_LABELS", {"midend": 512, "backend": 500}),
+    "msd-musicnn-big": ("MSD_musicnn_big", "musicnn", "MSD_LABELS",
+                        {"midend": 512, "backend": 500}),
 }
 DEFAULT_MODEL = "msd-musicnn"
 LICENSE_NOTICE = (
@@ -188,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--musicnn-dir", help="the musicnn package folder (default: installed)")
     parser.add_argument("--graphs", default="build/graphs", help="where to write the .pb files")
-    parser.add_argument("--weights", default=None, help="where to write .npz files and catalog.json "
-                        "(default: no weights, graphs only)")
+    parser.add_argument("--weights", default=None,
+                        help="where to write .npz files and catalog.json "
+                             "(default: no weights, graphs only)")
     parser.add_argument("--models", nargs="*", default=None, help="names (default: all available)")
     parser.add_argument("--training-graphs", action="store_true",
                         help="also freeze each checkpoint's own training graph")

@@ -31,7 +31,8 @@ def checkpoint_weights(checkpoint_dir: str) -> Weights:
     def weights(name: str, shape: tuple) -> np.ndarray:
         value = reader.get_tensor(name)
         if tuple(value.shape) != tuple(shape):
-            raise ValueError(f"checkpoint variable {name} has shape {value.shape}, expected {shape}")
+            raise ValueError(f"checkpoint variable {name} has shape "
+                             f"{value.shape}, expected {shape}")
         return value.astype(np.float32)
 
     return weights
@@ -172,7 +173,8 @@ def vgg_graph(weights: Weights, n_labels: int = 50, filters: int = 128, time: in
 
     ``classifier=[(units, activation), ...]`` adds dense layers before the output.
     """
-    pools = [((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4))]
+    pools = [((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)),
+             ((4, 4), (4, 4))]
     graph = tf.Graph()
     b = _Builder(weights)
     with graph.as_default(), tf.name_scope("model"):
@@ -182,7 +184,8 @@ def vgg_graph(weights: Weights, n_labels: int = 50, filters: int = 128, time: in
             x = b.conv(x, f"{i}CNN", (3, 3), filters, "SAME")
             x = b.batch_norm(x, f"batch_normalization_{i}")
             x = tf.nn.max_pool2d(x, ksize=[1, *window, 1], strides=[1, *stride, 1], padding="VALID",
-                                 name="max_pooling2d/MaxPool" if i == 1 else f"max_pooling2d_{i - 1}/MaxPool")
+                                 name="max_pooling2d/MaxPool" if i == 1
+                                 else f"max_pooling2d_{i - 1}/MaxPool")
         with tf.name_scope("flatten"):
             x = tf.reshape(x, [-1, int(np.prod(x.shape[1:]))], name="Reshape")
         x = tf.identity(x, name="dropout/Identity")
@@ -284,7 +287,8 @@ def essentia_metadata(classes: list[str], output: str, embedding_model: str | No
                                         "model_name": embedding_model}
     return {"name": "test head", "type": kind, "version": "1", "classes": classes,
             "schema": {"inputs": [{"name": input_name, "type": "float"}],
-                       "outputs": [{"name": output, "type": "float", "op": output.rsplit("/", 1)[-1],
+                       "outputs": [{"name": output, "type": "float",
+                                    "op": output.rsplit("/", 1)[-1],
                                     "output_purpose": "predictions"}]},
             "inference": inference}
 
@@ -294,7 +298,8 @@ def write_graph(graph_def, path: str) -> None:
         handle.write(graph_def.SerializeToString())
 
 
-def run_graph(graph_def, inputs: dict, outputs: list[str], optimize: bool = True) -> list[np.ndarray]:
+def run_graph(graph_def, inputs: dict, outputs: list[str],
+              optimize: bool = True) -> list[np.ndarray]:
     """Run a frozen graph in a TF1 session (what Essentia does through the C API).
 
     ``optimize=False`` turns off Grappler's graph rewriting (the same kernels,

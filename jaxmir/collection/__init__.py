@@ -1,4 +1,5 @@
-"""Collections: folders of audio in, one resumable row per file out (Parquet, JSON lines, CSV, .npy).
+"""Collections: folders of audio in, one resumable row per file out (Parquet, JSON lines, CSV,
+.npy).
 
 :func:`collect` runs a model over files, folders and ``@lists``; the local
 engine decodes in worker threads (or processes) while the model runs, the Ray engine

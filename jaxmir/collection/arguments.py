@@ -30,9 +30,9 @@ def add_collection_options(parser: argparse.ArgumentParser, reports: bool = Fals
     group.add_argument("--actors", metavar="N", type=whole_number(1), default=None,
                        help="--engine ray: model actors (default: one per GPU, else 1)")
     group.add_argument("--batch", metavar="N", type=whole_number(1, MAX_BATCH), default=None,
-                       help=f"patches per model call (default {BATCH}, {HEAVY_HEAD_BATCH} for a model "
-                            "with large dense layers such as VGGish); larger calls keep a GPU "
-                            "busy, the outputs change only by float32 rounding (~1e-7)")
+                       help=f"patches per model call (default {BATCH}, {HEAVY_HEAD_BATCH} for "
+                            "a model with large dense layers such as VGGish); larger calls keep "
+                            "a GPU busy, the outputs change only by float32 rounding (~1e-7)")
     group.add_argument("--per-patch", action="store_true",
                        help="also write every patch's output (column 'patches', [n_patches, dim])")
     group.add_argument("--overwrite", action="store_true",

@@ -196,8 +196,10 @@ def collect(model: Model, paths: str | bytes | os.PathLike | Sequence[str | byte
             # other OSError (standard error's reader left, a callback's) keeps the rows done
             writer.abandon()
             err = failed.error
-            # NumPy reports a short write with neither errno nor strerror: "N requested and M written"
-            reason = err.strerror or (f"{err} (a short write: is the disk full?)" if err.errno is None
+            # NumPy reports a short write with neither errno nor strerror: "N requested and
+            # M written"
+            reason = err.strerror or (f"{err} (a short write: is the disk full?)"
+                                      if err.errno is None
                                       else str(err))
             if err.errno in (errno.EACCES, errno.EPERM):  # a read-only array: again, it fails
                 raise _unwritable(output, err) from None

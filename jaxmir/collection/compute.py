@@ -101,7 +101,8 @@ class Options:
 
 @dataclasses.dataclass
 class Decoded:
-    """A file after decoding: ``audio`` float32 ``[n_samples]`` at 16 kHz, or the error that stopped it.
+    """A file after decoding: ``audio`` float32 ``[n_samples]`` at 16 kHz, or the error that stopped
+    it.
 
     ``source`` is the file's state before it was read (what a resumed run compares).
     """

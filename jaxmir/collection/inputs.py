@@ -84,7 +84,8 @@ def audio_files(folder: Path) -> list[str]:
             links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
             roots += [os.path.join(root, d) for d in links if not d.startswith(".")]
             dirs[:] = [d for d in dirs if not d.startswith(".") and d not in links]
-            met += [file for file in (_audio_file(os.path.join(root, name)) for name in sorted(files)
+            met += [file for file in (_audio_file(os.path.join(root, name))
+                                      for name in sorted(files)
                                       if not name.startswith(".")
                                       and os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS)
                     if file is not None]

@@ -66,7 +66,8 @@ class CollectionError(JaxmirError):
 
 
 def _die_with_parent() -> None:
-    """Worker initializer: on Linux, end this worker when the main process dies (even by SIGKILL)."""
+    """Worker initializer: on Linux, end this worker when the main process dies (even by
+    SIGKILL)."""
     if sys.platform.startswith("linux"):
         import ctypes
 

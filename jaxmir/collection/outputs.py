@@ -1,4 +1,5 @@
-"""Writers of a collection's rows, chosen by the output's extension; incremental, kill-safe, resumable.
+"""Writers of a collection's rows, chosen by the output's extension; incremental, kill-safe,
+resumable.
 
 * ``.parquet``: a *folder* of part files (``OUT.parquet/part-000000.parquet``,
   ...), read as one table by ``pyarrow.parquet.read_table(OUT)`` and
@@ -279,7 +280,8 @@ def _append(handle, data: bytes) -> None:
 
 
 def _csv_records(text: str) -> Iterator[tuple[str, list[str]]]:
-    """Each record of the CSV ``text``: the text it spans (a quoted field may span lines), its values."""
+    """Each record of the CSV ``text``: the text it spans (a quoted field may span lines), its
+    values."""
     spanned: list[str] = []
 
     def lines():
@@ -456,7 +458,8 @@ class LinesWriter(Writer):
             row.update(path=path, size_bytes=int(row["size_bytes"]), mtime_ns=int(row["mtime_ns"]))
         return [(text.encode("utf-8"), row) for (text, _), row in zip(body, rows)]
 
-    def _jsonl_entries(self, data: bytes, current: Mapping[str, Source]) -> list[tuple[bytes, dict]]:
+    def _jsonl_entries(self, data: bytes,
+                       current: Mapping[str, Source]) -> list[tuple[bytes, dict]]:
         """The JSONL's rows, each with its line; checks the identity they record."""
         lines = data.splitlines(keepends=True)
         rows = []
@@ -520,7 +523,8 @@ class LinesWriter(Writer):
             values = [row[c] for c in BASE_COLUMNS] + [self.layout.model]
             if "settings" in self.header:
                 values.append(json.dumps(self._settings(), sort_keys=True))
-            values += [repr(row[label]) if row[label] is not None else "" for label in self.layout.labels]
+            values += [repr(row[label]) if row[label] is not None else ""
+                       for label in self.layout.labels]
             return self._line(["" if v is None else v for v in values])
         record = base(result)  # not row's: a label may be named like a base column
         # UTF-8 text, as in Parquet and CSV: JSON would write a non-UTF-8 name's lone surrogates
@@ -814,7 +818,8 @@ class ParquetWriter(Writer):
                 raise unreadable(part, err) from None
             columns = {c: table.column(c).to_pylist() for c in _STATE_COLUMNS}
             columns["path"] = resume.real_paths(columns["path"], current)
-            rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"], columns["status"]))
+            rows = list(zip(columns["path"], columns["size_bytes"], columns["mtime_ns"],
+                            columns["status"]))
             mask = [resume.keep(*row, current, self.layout.strict) for row in rows]
             self.done |= {row[:3] for row, kept in zip(rows, mask) if kept and row[3] in DONE}
             self.failed |= {row[0] for row, kept in zip(rows, mask) if kept and row[3] == ERROR}

@@ -138,15 +138,18 @@ class Packer:
         hop = self.patch_hop
         first_frame = first_patch * hop
         span = (self.batch - 1) * hop + self.patch_size
-        window = cut_samples(audio, 0, self.windowing.start(first_frame), self.windowing.length(span))
+        window = cut_samples(audio, 0, self.windowing.start(first_frame),
+                             self.windowing.length(span))
         index = self.windowing.regular_index(self.batch, hop, self.patch_size)
         owners = tuple((key, first_patch + j) for j in range(count))
         return Call(window, index, True, owners)
 
     def _add(self, key: Hashable, patch: int, audio: np.ndarray, row: np.ndarray) -> list[Call]:
-        """Queue one patch (its frame-table ``row`` in the whole signal); a full pack when it fills."""
+        """Queue one patch (its frame-table ``row`` in the whole signal); a full pack when it
+        fills."""
         used = row[row > 0]
-        first_frame = int(used.min()) - 1 if used.size else 0  # every frame used is within a patch of it
+        # every frame used is within a patch of it
+        first_frame = int(used.min()) - 1 if used.size else 0
         segment = cut_samples(audio, 0, self.windowing.start(first_frame), self.segment)
         local = np.where(row > 0, row - first_frame + self.windowing.lead, 0)
         self._segments.append(segment)

@@ -1,4 +1,5 @@
-"""Progress of a collection run: a tqdm bar (files/s, audio hours per hour, ETA) and the final summary."""
+"""Progress of a collection run: a tqdm bar (files/s, audio hours per hour, ETA) and the final
+summary."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ class Tally:
 
 
 class Progress:
-    """A tqdm bar over the files to do (disabled when ``enabled`` is false or output is not a tty)."""
+    """A tqdm bar over the files to do (disabled when ``enabled`` is false or output is not a
+    tty)."""
 
     def __init__(self, tally: Tally, enabled: bool = True):
         from tqdm import tqdm

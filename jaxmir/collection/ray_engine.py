@@ -276,7 +276,8 @@ class ModelActor:
                     "duration_s": [r.duration_s for r in results],
                     "error": [r.error or "" for r in results],
                     "warning": [r.warning or "" for r in results],
-                    "shape": [np.asarray(r.values.shape if r.ok else (0,), np.int64) for r in results],
+                    "shape": [np.asarray(r.values.shape if r.ok else (0,), np.int64)
+                              for r in results],
                     "patches": [np.asarray(r.values, np.float32).ravel() if r.ok
                                 else np.zeros(0, np.float32) for r in results]}
         return parquet_table(self.layout, results, self.schema)
@@ -445,7 +446,8 @@ def _held_start(ray):
 def run(model: str | None, backbone: str | None, sources: Sequence[Source], options: Options,
         layout: Layout, write: Callable[[Result], None], progress: Progress,
         actors: int | None = None) -> None:
-    """The command line's Ray run: rows streamed back to the driver and written there (in any order)."""
+    """The command line's Ray run: rows streamed back to the driver and written there (in any
+    order)."""
     if not sources:
         return
     ray = connect()
@@ -456,7 +458,8 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     paths = ray.data.from_items([{"path": s.path} for s in sources])
-    rows = analyze_dataset(paths, model, options, layout, backbone=backbone, actors=actors, raw=True)
+    rows = analyze_dataset(paths, model, options, layout, backbone=backbone, actors=actors,
+                           raw=True)
     died = (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError,
             ray.exceptions.OutOfMemoryError)
     try:
@@ -470,7 +473,7 @@ def run(model: str | None, backbone: str | None, sources: Sequence[Source], opti
             progress.update(result)
             interrupts.raise_if_received()
     except died:
-        raise InputError("a Ray worker died (a crash, or out of memory) while it decoded or ran one "
-                         "of the files to do; the rows done are kept: run the same command again "
-                         "to resume (--engine local --processes names a file that crashes its "
-                         "decoder)") from None
+        raise InputError("a Ray worker died (a crash, or out of memory) while it "
+                         "decoded or ran one of the files to do; the rows done are "
+                         "kept: run the same command again to resume (--engine local "
+                         "--processes names a file that crashes its decoder)") from None

@@ -130,7 +130,8 @@ def head_variables(weights: dict[int, dict]) -> dict:
 
 
 def head_aliases(layers: Sequence[HeadLayer], prefix: str = "head/") -> dict[str, str]:
-    """Friendly output names for a head: ``embeddings``, ``penultimate``, ``logits``, ``predictions``.
+    """Friendly output names for a head: ``embeddings``, ``penultimate``, ``logits``,
+    ``predictions``.
 
     ``embeddings`` is the first dense layer's output (before its activation, as
     Essentia's ``model/dense/BiasAdd``); ``penultimate`` is what feeds the last
@@ -287,7 +288,8 @@ class ConvBlock(nn.Module):
 
     def _max_of_conv(self, x: jax.Array, batch_norm: nn.BatchNorm | None,
                      padding: str | tuple) -> jax.Array:
-        """The convolution plus bias, reduced over ``max_axis`` towards where ``after_conv`` is largest."""
+        """The convolution plus bias, reduced over ``max_axis`` towards where ``after_conv`` is
+        largest."""
         kernel, bias = KernelParams((*self.kernel, x.shape[-1], self.features), name="conv")()
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
         direction = monotone_direction(batch_norm, self.features, x.dtype)
@@ -373,7 +375,8 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def conv_variables(kernel, bias, batch_norm: tuple[dict, dict] | None = None) -> dict:
-    """A :class:`ConvBlock`'s variables: its kernel, bias and ``(params, batch_stats)`` of its batch norm."""
+    """A :class:`ConvBlock`'s variables: its kernel, bias and ``(params, batch_stats)`` of its batch
+    norm."""
     variables = {"params": {"conv": {"kernel": kernel, "bias": bias}}}
     if batch_norm is not None:
         params, stats = batch_norm

@@ -27,7 +27,8 @@ from jaxmir.models.layers import (ACTIVATION_FUNCTIONS, OVERLAP, Backbone, ConvB
 from jaxmir.spec import Activation, BatchNorm, Dense, HeadLayer
 
 
-def musicnn_head(units: int = 200, n_labels: int = 50, epsilon: float = 1e-3) -> tuple[HeadLayer, ...]:
+def musicnn_head(units: int = 200, n_labels: int = 50,
+                 epsilon: float = 1e-3) -> tuple[HeadLayer, ...]:
     """musicnn's back-end after pooling: BN, dense + ReLU, BN, dense logits, sigmoid."""
     bn = BatchNorm(epsilon)
     return (bn, Dense(units), Activation("relu"), bn, Dense(n_labels), Activation("sigmoid"))
@@ -86,7 +87,8 @@ class FrequencyMaxBlock(nn.Module):
                 and self.overlap_hop < x.shape[1] - 2 * (top + bottom))
 
     def _over_stretch(self, block: nn.Module, x: jax.Array) -> jax.Array:
-        """``block`` on ``[C, T, mel, 1]`` consecutive patches, ``hop`` frames apart: ``[C, T, filters]``.
+        """``block`` on ``[C, T, mel, 1]`` consecutive patches, ``hop`` frames apart:
+        ``[C, T, filters]``.
 
         The patches' frames are laid end to end (``L = (C - 1) * hop + T``
         frames) and the block runs once on that stretch; row ``r`` of patch
@@ -157,7 +159,8 @@ class TimeConvFrequencyMax(nn.Module):
 
         def convolution(time_kernel: jax.Array) -> jax.Array:
             y = convolve(blocks, block_kernel(time_kernel, block), "VALID")
-            return y.reshape(y.shape[:3] + (block, self.filters))       # [b, j, mel, block, filters]
+            # [b, j, mel, block, filters]
+            return y.reshape(y.shape[:3] + (block, self.filters))
 
         # extreme over mel: [b, j, block, filters]
         direction = monotone_direction(batch_norm, self.filters, blocks.dtype)
@@ -181,7 +184,8 @@ def _end_rows(block, x: jax.Array, top: int, bottom: int) -> tuple[jax.Array, ja
 
 
 class MidendConv(nn.Module):
-    """A mid-end layer: a 7-frame convolution across all features, ReLU, BN. ``[b, t, c] -> [b, t, filters]``."""
+    """A mid-end layer: a 7-frame convolution across all features, ReLU, BN.
+    ``[b, t, c] -> [b, t, filters]``."""
 
     filters: int
     bn_epsilon: float

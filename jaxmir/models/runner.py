@@ -32,7 +32,8 @@ _traces = [0]
 
 
 def compiled_programs() -> int:
-    """How many times :func:`run_patches` has been traced in this process (≈ programs compiled)."""
+    """How many times :func:`run_patches` has been traced in this process (≈ programs
+    compiled)."""
     return _traces[0]
 
 
@@ -67,8 +68,9 @@ def device_memory(platform: str, n: int) -> Iterator[None]:
             raise
         reason = str(err).splitlines()[0][:200]
         raise DeviceMemoryError(
-            f"the {platform} ran out of memory in a call of {n} patches ({reason}); run fewer "
-            "patches per call: --batch (Options(batch=) in Python), or Model.apply(chunk=)") from None
+            f"the {platform} ran out of memory in a call of {n} "
+            f"patches ({reason}); run fewer patches per call: --batch "
+            "(Options(batch=) in Python), or Model.apply(chunk=)") from None
 
 
 def call_step(variables, n: int) -> int:
@@ -191,14 +193,16 @@ def _run(module: nn.Module, variables: dict, taps: tuple[Tap, ...], patches: jax
     return tuple(values), carry
 
 
-def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...], batch: int) -> dict:
+def empty_carry(module: nn.Module, variables: dict, patch_shape: tuple[int, ...],
+                batch: int) -> dict:
     """The carry of "no call before" for calls on ``batch`` patches ``[batch, *patch_shape]``:
     zeros, ``valid`` false; ``{}`` when the module carries nothing. NumPy arrays: JAX's own
     zeros would compile two or three programs (a broadcast, conversions) in every process that has
     no persistent cache."""
     dtype = jnp.bfloat16 if is_bfloat16(variables) else jnp.float32
     patches = jax.ShapeDtypeStruct((batch, *patch_shape), dtype)
-    shapes = jax.eval_shape(lambda p: _sown(module, variables, p, None, _body_stage(module))[2], patches)
+    shapes = jax.eval_shape(lambda p: _sown(module, variables, p, None, _body_stage(module))[2],
+                            patches)
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 

@@ -3,7 +3,8 @@
 Both are a stack of 3x3 convolution blocks on a log-mel patch seen as a
 one-channel image, flattened into a dense head::
 
-    musicnn VGG   [b, 187, 96] -> BN -> 5 x (conv3x3 128, ReLU, BN, max-pool) -> flatten 256 -> dense 50
+    musicnn VGG   [b, 187, 96] -> BN -> 5 x (conv3x3 128, ReLU, BN, max-pool) -> flatten 256
+                               -> dense 50
     VGGish        [b, 96, 64] -> conv64 pool conv128 pool conv256 conv256 pool conv512 conv512 pool
                                -> flatten 12288 -> fc 4096 -> fc 4096 -> fc 128
 
@@ -71,7 +72,8 @@ def pool_aliases(blocks: tuple[ConvBlockSpec, ...]) -> dict[str, str]:
 
 def convnet_variables(input_bn: tuple[dict, dict] | None, blocks: list[dict],
                       head: dict[int, dict]) -> dict:
-    """:class:`ConvNet`'s variable tree: input batch norm, each block's conv variables, the head's."""
+    """:class:`ConvNet`'s variable tree: input batch norm, each block's conv variables, the
+    head's."""
     tree: dict = {}
     if input_bn is not None:
         nest(tree, ("input_bn",), dict(zip(("params", "batch_stats"), input_bn)))

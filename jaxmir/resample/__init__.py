@@ -7,8 +7,8 @@ converter Essentia's ``MonoLoader`` uses, by doing the same arithmetic as libsam
 
 * Output positions: the C loop keeps a fractional input position ``x`` in a double and
   steps ``x = frac(x + 1/ratio)`` once per output, carrying the integer part into the
-  buffer index. Only the addition can round, so :func:`.positions.exact_positions` computes the exact
-  sequence in integers (units of 2^-60, closed form ``frac(x0 + k * (1/ratio))``) and checks
+  buffer index. Only the addition can round, so :func:`.positions.exact_positions` computes the
+  exact sequence in integers (units of 2^-60, closed form ``frac(x0 + k * (1/ratio))``) and checks
   in integers that every one of those additions is exact in double precision; when one
   is not (e.g. 22.05 kHz -> 16 kHz), it runs the same double-precision recurrence as a
   ``lax.scan`` in float64. The outputs therefore sit at libsamplerate's positions, not the

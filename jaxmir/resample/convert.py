@@ -101,7 +101,8 @@ def resample(x: ArrayLike, in_rate: int, out_rate: int, quality: str = "sinc_med
     return np.asarray(_one_shot(plan, x, device_table(quality)), np.float32)
 
 
-def resample_jax(x: jax.Array, in_rate: int, out_rate: int, quality: str = "sinc_medium") -> jax.Array:
+def resample_jax(x: jax.Array, in_rate: int, out_rate: int,
+                 quality: str = "sinc_medium") -> jax.Array:
     """:func:`resample` on a JAX array, differentiable with respect to ``x`` ``[n]``.
 
     The positions depend only on ``n`` and the rates; the values are a linear map of ``x``.
@@ -348,7 +349,8 @@ class SincResampler:
         return np.arange(centre.shape[0]) < until_end(self._plan, centre, frac, self._seen)
 
     def _group_start(self) -> int:
-        """Index of the first output of the matrix-product kernel's group holding the next output."""
+        """Index of the first output of the matrix-product kernel's group holding the next
+        output."""
         group = self._matmul.rows * self._plan.period
         return self._made // group * group
 

@@ -39,7 +39,8 @@ def _kernel(signal, centre, start, table, slope, gain, *, increment, max_index, 
         right_index = (increment - s)[:, None] + m[None, :] * increment
         right = coefficient(right_index, (right_index > 0) & (right_index <= max_index))
         # Contiguous windows (dynamic slices are much faster than an index gather on CPU).
-        windows = jax.vmap(lambda ci: jax.lax.dynamic_slice(signal, (ci - taps + 1,), (2 * taps,)))(c)
+        windows = jax.vmap(lambda ci: jax.lax.dynamic_slice(signal, (ci - taps + 1,),
+                                                            (2 * taps,)))(c)
         left_samples = windows[:, taps - 1::-1]
         right_samples = windows[:, taps:]
         total = jnp.sum(left * left_samples, axis=1) + jnp.sum(right * right_samples, axis=1)
@@ -83,7 +84,8 @@ def _polyphase_kernel(signal, centre, start, delta, table, slope, gain, *, incre
                                             ((chunk + shifts) * advance,))
             tiles = stretch.reshape(chunk + shifts, advance)
             lines = jnp.concatenate([tiles[k:k + chunk] for k in range(shifts)], axis=1)
-            windows = jax.vmap(lambda a: jax.lax.dynamic_slice(lines, (jnp.zeros_like(a), a), (chunk, width)))(at)
+            windows = jax.vmap(lambda a: jax.lax.dynamic_slice(lines, (jnp.zeros_like(a), a),
+                                                               (chunk, width)))(at)
             index = jnp.abs(distance[:, None, :] + shift.T[:, :, None])         # [P, chunk, W]
             pick = (index >> SHIFT) - base[:, None, :]
             value = jnp.where(pick == 0, values[0][:, None],

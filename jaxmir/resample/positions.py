@@ -68,7 +68,8 @@ def plan_of(in_rate: int, out_rate: int, quality: str) -> Plan:
     in_rate = check_rate(in_rate, "input sample rate")
     out_rate = check_rate(out_rate, "output sample rate")
     if quality not in FILTERS:
-        raise AudioError(f"unknown resampling quality {quality!r}; accepted: {', '.join(QUALITIES)}")
+        raise AudioError(f"unknown resampling quality {quality!r}; "
+                         f"accepted: {', '.join(QUALITIES)}")
     ratio = essentia_ratio(in_rate, out_rate)
     if not converts(in_rate, out_rate):
         raise AudioError(f"{in_rate} Hz -> {out_rate} Hz is a ratio of {ratio:.6g}; libsamplerate "
@@ -82,9 +83,9 @@ def plan_of(in_rate: int, out_rate: int, quality: str) -> Plan:
         count /= ratio
     taps = max_index // increment + 1
     if taps > MAX_TAPS:
-        raise AudioError(f"{in_rate} Hz -> {out_rate} Hz with {quality} needs {taps} filter taps per "
-                         f"side; at most {MAX_TAPS} are allowed (use a lower quality or a ratio "
-                         "closer to 1)")
+        raise AudioError(f"{in_rate} Hz -> {out_rate} Hz with {quality} needs "
+                         f"{taps} filter taps per side; at most {MAX_TAPS} are "
+                         "allowed (use a lower quality or a ratio closer to 1)")
     common = math.gcd(in_rate, out_rate)
     periods = -(-_MIN_PERIOD * common // out_rate)   # short periods taken several at a time
     return Plan(quality, ratio, 1.0 / ratio, increment, max_index, int(np.rint(count)) + 1,
@@ -173,7 +174,8 @@ _PROBE_STEPS = 1 << 10
 def _sequential_scan():
     def body(x, step):
         y = x + step
-        rem = y - jnp.round(y)                       # fmod_one: y - lrint(y), lrint rounds half to even
+        # fmod_one: y - lrint(y), lrint rounds half to even
+        rem = y - jnp.round(y)
         rem = jnp.where(rem < 0.0, rem + 1.0, rem)
         return rem, (rem, jnp.round(y - rem).astype(jnp.int64))
 
@@ -240,7 +242,8 @@ def filter_starts(plan: Plan, x: np.ndarray) -> np.ndarray:
 
 
 def normalise(plan: Plan, centre: np.ndarray, start: np.ndarray):
-    """Map ``start == increment`` (``x`` within half a fixed-point step of 1) to ``(centre + 1, 0)``.
+    """Map ``start == increment`` (``x`` within half a fixed-point step of 1) to
+    ``(centre + 1, 0)``.
 
     libsamplerate's left loop then runs one tap further, onto ``centre + 1`` at filter
     index 0, and its right loop stops before it: the same taps as a window centred on
@@ -353,7 +356,8 @@ def fixed_point(plan: Plan, centre: np.ndarray, x: np.ndarray) -> np.ndarray:
     return positions
 
 
-def exact_positions(plan: Plan, centre: int, x0: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_positions(plan: Plan, centre: int, x0: float,
+                    count: int) -> tuple[np.ndarray, np.ndarray]:
     """Window centres (input index from ``x[0]``) and fractions of ``count`` outputs from the
     one at ``(centre, x0)``, by libsamplerate's recurrence (:func:`_positions`)."""
     if count == 0:

@@ -45,7 +45,8 @@ _DELTA_LIMIT = 512       # |delta| bound, units; sets the rows per group
 _MAX_ROWS = 64           # periods per group, at most
 _SUBBLOCK = 32           # outputs per banded block, at most
 _HALF_MASK = (1 << 30) - 1
-_CALL_OUTPUTS = 1 << 16  # outputs per call, about: 4 s at 16 kHz (larger calls ran slower per output)
+# outputs per call, about: 4 s at 16 kHz (larger calls ran slower per output)
+_CALL_OUTPUTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def matmul_shape(plan: Plan) -> _Matmul | None:
 
     Downsampling with the medium filter only: the fastest filter's coarser table carries the
     first-order error past 1e-6 (4.4e-6 on full-scale noise at 22.05 -> 16 kHz, 1.3e-6 at 44.1),
-    and upsampling's filter is not widened, so fewer, larger taps carry it (1.2-1.8e-6 on full-scale noise at 11.025 -> 16 and 16 -> 44.1 kHz).
+    and upsampling's filter is not widened, so fewer, larger taps carry it (1.2-1.8e-6 on full-scale
+    noise at 11.025 -> 16 and 16 -> 44.1 kHz).
     The same error grows with the ratio as ``sqrt(ratio)`` and with the drift squared, so
     plans above ratio 1/2 take groups of fewer rows (22.05 -> 16 kHz on full-scale noise:
     7.8e-7 with the drift of 44.1 kHz's groups, less with this).
@@ -110,7 +112,8 @@ def _margin(plan: Plan, shape: _Matmul) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
-    """h (float64) and h' (float32) at anchor phases ``0, _GRID, ...``, ``[anchors, width + 2 * margin]``
+    """h (float64) and h' (float32) at anchor phases ``0, _GRID, ...``,
+    ``[anchors, width + 2 * margin]``
     each, ``width = 2 * taps + 3`` taps between ``margin = span - width`` zeros on either side
     (:func:`_margin`).
 
@@ -128,7 +131,8 @@ def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
     n_anchors, width, margin = plan.increment // _GRID + 2, 2 * plan.taps + 3, _margin(plan, shape)
     anchors = np.arange(n_anchors, dtype=np.int32) * _GRID
     offsets = np.arange(width, dtype=np.int32) - plan.taps - 1
-    d = offsets[None, :] * np.int32(plan.increment) - anchors[:, None]      # |d| < 2**31 (matmul_shape)
+    # |d| < 2**31 (matmul_shape)
+    d = offsets[None, :] * np.int32(plan.increment) - anchors[:, None]
     distance = np.abs(d)
     entry = np.minimum(distance >> SHIFT, table.shape[0] - 1)
     outside = distance > plan.max_index
@@ -202,11 +206,14 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
         of at most |delta| / 4096 = 1/8 table step, and summing them in float32 moved the
         outputs by at most 6e-8 (a float32 step near 0.5) on music and on noise.
         """
-        def columns(table):                                       # [block, span]: banded, transposed
-            return jax.vmap(lambda a, o: jax.lax.dynamic_slice(table, (a, margin - o), (1, span))[0])(
+        # [block, span]: banded, transposed
+        def columns(table):
+            return jax.vmap(
+                lambda a, o: jax.lax.dynamic_slice(table, (a, margin - o), (1, span))[0])(
                 anchors, offset)
 
-        tiles = jax.lax.dynamic_slice(signal, (start,), (reach,)).reshape(rows + shape.lines, advance)
+        tiles = jax.lax.dynamic_slice(signal, (start,),
+                                      (reach,)).reshape(rows + shape.lines, advance)
         lines = jnp.concatenate([tiles[i:i + rows] for i in range(shape.lines)], axis=1)[:, :span]
         product = functools.partial(jax.lax.dot_general, dimension_numbers=(((1,), (1,)), ((), ())),
                                     precision=jax.lax.Precision.HIGHEST)

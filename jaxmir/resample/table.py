@@ -24,7 +24,8 @@ def coefficients(quality: str = "sinc_medium") -> np.ndarray:
     ``samplerate`` is missing or behaves unlike libsamplerate 0.2.2.
     """
     if quality not in FILTERS:
-        raise AudioError(f"unknown resampling quality {quality!r}; accepted: {', '.join(QUALITIES)}")
+        raise AudioError(f"unknown resampling quality {quality!r}; "
+                         f"accepted: {', '.join(QUALITIES)}")
     try:
         import samplerate
     except ImportError as error:  # pragma: no cover - a runtime dependency
@@ -89,7 +90,8 @@ def _verify(quality: str, table: np.ndarray, samplerate) -> None:
 
 
 def _reference(plan: Plan, x: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """libsamplerate's outputs for a short ``x`` ``[n]``, in NumPy float64 (``[k, taps]`` at once)."""
+    """libsamplerate's outputs for a short ``x`` ``[n]``, in NumPy float64 (``[k, taps]`` at
+    once)."""
     centre, start = output_taps(plan, x.shape[0])
     signal = np.pad(x.astype(np.float64), (plan.taps, plan.taps + 2))
     slope = table_slopes(table).astype(np.float64)

@@ -17,8 +17,8 @@ from jaxmir.models.heads import embedding_head_variables
 from jaxmir.models.layers import conv_variables, head_aliases
 from jaxmir.models.musicnn import musicnn_variables
 from jaxmir.models.vgg import convnet_variables, pool_aliases
-from jaxmir.spec import (INPUT_TAP, Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool, ModelSpec,
-                         dense_indices, width_at)
+from jaxmir.spec import (INPUT_TAP, Activation, ConvBlockSpec, Frontend, HeadLayer, MaxPool,
+                         ModelSpec, dense_indices, width_at)
 from jaxmir.tfgraph.graphdef import DT_FLOAT, FORWARDING, Graph, TensorRef
 from jaxmir.tfgraph.walk import (ConvLayer, InferencePath, conv_chain_shapes, input_shape,
                                  topological_order)
@@ -84,7 +84,8 @@ def _import_graph(graph: Graph, output: str | None) -> ModelSpec:
     elif any(graph.nodes[n].op == "MatMul" for n in path.live):
         spec = _import_head(path, input_node)
     else:
-        raise _unknown(graph, path, "no convolution or dense layer between the input and the output")
+        raise _unknown(graph, path,
+                       "no convolution or dense layer between the input and the output")
     _alias_pass_through_nodes(path, spec.node_map)
     return spec
 
@@ -100,7 +101,8 @@ def _alias_pass_through_nodes(path: InferencePath, node_map: dict) -> None:
 
 
 def _import_head(path: InferencePath, input_node) -> ModelSpec:
-    """An embedding-input head (Essentia's TensorflowPredict2D models): dense layers on ``[b, d]``."""
+    """An embedding-input head (Essentia's TensorflowPredict2D models): dense layers on
+    ``[b, d]``."""
     graph = path.graph
     shape = graph.attr(input_node, "shape")
     head, head_vars, head_nodes = path.dense_chain(input_node.name)
@@ -254,7 +256,8 @@ def _conv_variables(layer: ConvLayer, epsilon: float | None, kernel_1d: bool = F
 
 
 def _frontend_for(candidate: Frontend, patch_shape: tuple[int, ...]) -> Frontend | None:
-    """The family's front-end when the input takes its patches; ``None`` (patches only) otherwise."""
+    """The family's front-end when the input takes its patches; ``None`` (patches only)
+    otherwise."""
     if tuple(patch_shape) == (candidate.patch_size, candidate.n_bands):
         return candidate
     return None
@@ -292,7 +295,8 @@ def _import_musicnn(path: InferencePath, input_node, convs) -> ModelSpec:
     layers = [path.conv_layer(conv) for conv in convs]
     front = [l for l, c in zip(layers, convs) if _conv_source(path, c).name == input_bn.node]
     timbral = sorted((l for l in front if l.kernel.shape[1] > 1), key=lambda l: l.kernel.shape[1])
-    temporal = sorted((l for l in front if l.kernel.shape[1] == 1), key=lambda l: -l.kernel.shape[0])
+    temporal = sorted((l for l in front if l.kernel.shape[1] == 1),
+                      key=lambda l: -l.kernel.shape[0])
     midend = [l for l in layers if l not in front]
     n_front = sum(l.kernel.shape[-1] for l in front)
     problems = []
@@ -483,7 +487,8 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
                        + f"('{expanded.name if input_bn is None else input_bn.node}')")
     for previous, layer in zip(layers, layers[1:]):
         if _conv_source(path, graph.nodes[layer.conv_node]).name != previous.output_node:
-            raise _unknown(graph, path, f"convolutions are not a single chain ('{previous.conv_node}' "
+            raise _unknown(graph, path,
+                           f"convolutions are not a single chain ('{previous.conv_node}' "
                            f"does not feed '{layer.conv_node}')")
     problems = [f"'{l.conv_node}' pads {l.padding}" for l in layers if l.padding != "SAME"]
     problems += [f"'{l.conv_node}' has a {l.kernel.shape[0]}x{l.kernel.shape[1]} kernel"
@@ -545,7 +550,8 @@ def _import_convnet(path: InferencePath, input_node, convs) -> ModelSpec:
 
 def _vggish_aliases(blocks: tuple[ConvBlockSpec, ...], head: tuple[HeadLayer, ...],
                     node_map: dict) -> dict[str, str]:
-    """VGGish's own layer names: conv1, pool1, conv2, pool2, conv3_1, conv3_2, ..., fc1_1, fc1_2, fc2.
+    """VGGish's own layer names: conv1, pool1, conv2, pool2, conv3_1, conv3_2, ..., fc1_1, fc1_2,
+    fc2.
 
     Each names a layer's output after its activation, where one follows (slim's layers, which
     VGGish is written with, include it): a ``conv`` after its ReLU, ``fc2`` after its ReLU in

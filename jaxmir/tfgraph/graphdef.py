@@ -185,8 +185,10 @@ def _build_messages():
     varint, and an open int keeps unknown dtypes readable for a clear error.
     """
     opt, rep = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
-    s, b, i32, i64, f32, f64, bl, msg = (_F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_INT32, _F.TYPE_INT64,
-                                         _F.TYPE_FLOAT, _F.TYPE_DOUBLE, _F.TYPE_BOOL, _F.TYPE_MESSAGE)
+    s, b, i32, i64, f32, f64, bl, msg = (_F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_INT32,
+                                         _F.TYPE_INT64,
+                                         _F.TYPE_FLOAT, _F.TYPE_DOUBLE, _F.TYPE_BOOL,
+                                         _F.TYPE_MESSAGE)
     pkg = ".jaxmir_tf."
     file = descriptor_pb2.FileDescriptorProto(name="jaxmir_tf_graph.proto", package="jaxmir_tf",
                                               syntax="proto3")
@@ -240,7 +242,8 @@ def _build_messages():
                  nested=[_message("RetEntry", (1, "key", s, opt, None), (2, "value", s, opt, None),
                                   map_entry=True)]),
         _message("FunctionDefLibrary", (1, "function", msg, rep, pkg + "FunctionDef")),
-        _message("VersionDef", (1, "producer", i32, opt, None), (2, "min_consumer", i32, opt, None)),
+        _message("VersionDef", (1, "producer", i32, opt, None),
+                 (2, "min_consumer", i32, opt, None)),
         _message("GraphDef", (1, "node", msg, rep, pkg + "NodeDef"),
                  (2, "library", msg, opt, pkg + "FunctionDefLibrary"),
                  (4, "versions", msg, opt, pkg + "VersionDef")),
@@ -450,7 +453,8 @@ class Graph:
             for key, kind in _ATTR_KINDS.get(node.op, {}).items():
                 found = node.attr[key].WhichOneof("value") if key in node.attr else kind
                 if found != kind and not (kind == "list" and found is None):  # [] has no field
-                    raise GraphError(f"{where}: attribute '{key}' is {_KIND_NAMES.get(found, 'empty')}; "
+                    raise GraphError(f"{where}: attribute '{key}' is "
+                                     f"{_KIND_NAMES.get(found, 'empty')}; "
                                      f"{node.op} expects {_KIND_NAMES[kind]}")
             fewest, most = _ARITY.get(node.op, (0, None))
             if data_inputs < fewest or (most is not None and data_inputs > most):
@@ -460,7 +464,8 @@ class Graph:
                                  f"{expected}")
 
     def output_count(self, node) -> int | None:
-        """How many outputs ``node`` has, when its op fixes it; None for ops jaxmir does not know."""
+        """How many outputs ``node`` has, when its op fixes it; None for ops jaxmir does not
+        know."""
         if node.op in _ONE_OUTPUT:
             return 1
         if node.op in _TWO_OUTPUTS:
@@ -723,7 +728,8 @@ class Graph:
                 continue
             self.budget.visit(self.source)
             inputs = [TensorRef.parse(i) for i in self.nodes[current].input]
-            inputs = [r for r in inputs if r.node in self.nodes]  # a missing one: reported elsewhere
+            # a missing one: reported elsewhere
+            inputs = [r for r in inputs if r.node in self.nodes]
             pending = [r.node for r in inputs if r.node not in found and r.node not in in_progress
                        and self.nodes[r.node].op not in SWITCH_OPS]
             if pending and current not in in_progress:
@@ -897,7 +903,8 @@ def _inline_function_calls(graph_def, source: str, budget: LoadBudget,
         twice = sorted({name for name in names if names.count(name) > 1})
         raise GraphError(f"{source}: the function library defines {twice[0][:200]!r} more than "
                          "once; the file is corrupt")
-    body_bytes = {name: sum(node.ByteSize() for node in f.node_def) for name, f in functions.items()}
+    body_bytes = {name: sum(node.ByteSize() for node in f.node_def)
+                  for name, f in functions.items()}
     for level in range(max_depth + 1):
         calls = [n for n in graph_def.node if n.op in _CALL_OPS]
         if not calls:

@@ -153,7 +153,8 @@ class InferencePath:
         consumers = self.consumers(name)
         if len(consumers) > 1:
             raise self.unsupported(f"'{name}' feeds {len(consumers)} layers "
-                                   f"({', '.join(c.name for c in consumers)}) where one was expected")
+                                   f"({', '.join(c.name for c in consumers)}) "
+                                   "where one was expected")
         return consumers[0] if consumers else None
 
     def producer(self, ref):
@@ -219,8 +220,8 @@ class InferencePath:
                 continue
             node = self.graph.nodes[current.node]
             if node.op not in _FOLD or not self.is_constant(current):
-                raise self.unsupported(f"cannot evaluate the constant '{node.name}' (op {node.op}); "
-                                       "expected a Const or arithmetic on Consts")
+                raise self.unsupported(f"cannot evaluate the constant '{node.name}' (op "
+                                       f"{node.op}); expected a Const or arithmetic on Consts")
             inputs = [self.graph.resolve(r) for r in self.graph.data_inputs(node)]
             pending = [r for r in inputs if r not in self._values]
             if pending:  # is_constant above has ruled out cycles
@@ -392,7 +393,8 @@ class InferencePath:
                 else:
                     rsqrt, gamma = self.producer(second), first
             add = self.producer(self.graph.data_inputs(rsqrt)[0]) if rsqrt.op == "Rsqrt" else None
-            mul_mean = self.producer(self.graph.data_inputs(b_node)[1]) if b_node.op == "Sub" else None
+            mul_mean = (self.producer(self.graph.data_inputs(b_node)[1]) if b_node.op == "Sub"
+                        else None)
             if add is not None and add.op in ("Add", "AddV2") and mul_mean is not None \
                     and mul_mean.op == "Mul":
                 var_ref, eps_ref = self.graph.data_inputs(add)
@@ -452,7 +454,8 @@ class InferencePath:
         node = self.next_op(conv.name)
         filters = kernel.shape[-1]
         bias = np.zeros(filters, np.float32)
-        if node is not None and node.op in ("BiasAdd", "Add", "AddV2") and self.split_operands(node):
+        if node is not None and node.op in ("BiasAdd", "Add",
+                                            "AddV2") and self.split_operands(node):
             bias = self.bias(node, filters, f"the bias of Conv2D '{conv.name}' ({filters} filters)")
             last, node = node, self.next_op(node.name)
         else:
@@ -539,9 +542,9 @@ class InferencePath:
             elif op in ("Reshape", "Squeeze"):
                 pass  # flattening a [b, 1, d] head input or the like: no-op on [b, d]
             else:
-                raise self.unsupported(f"the dense head has op {op} at '{node.name}', which jaxmir "
-                                       "does not support (MatMul, BiasAdd, Relu, Elu, Tanh, Sigmoid, "
-                                       "Softmax, batch norm)")
+                raise self.unsupported(f"the dense head has op {op} at '{node.name}', "
+                                       "which jaxmir does not support (MatMul, BiasAdd, "
+                                       "Relu, Elu, Tanh, Sigmoid, Softmax, batch norm)")
             if specs:
                 nodes[node.name] = len(specs) - 1
             node = self.next_op(node.name)

@@ -1,4 +1,5 @@
-"""Write a trained head as Essentia writes its heads: a frozen ``.pb``, its ``.json``, and jaxmir weights.
+"""Write a trained head as Essentia writes its heads: a frozen ``.pb``, its ``.json``, and jaxmir
+weights.
 
 The graph (built with jaxmir's own protobuf message classes, no TensorFlow)::
 

@@ -208,7 +208,8 @@ def _spill_patches(model: Model, paths, spill, resampler: str, decoder: str) -> 
 def finetune_and_export(result, backbone: str, layer: str, output: str, steps: int, seed: int,
                         overwrite: bool, dataset: dict | None = None,
                         also: dict[Path, Path] | None = None) -> dict:
-    """Fine-tune a :func:`~jaxmir.train.recipe.fit_head` result; write ``NAME-backbone.npz`` and the head.
+    """Fine-tune a :func:`~jaxmir.train.recipe.fit_head` result; write ``NAME-backbone.npz`` and the
+    head.
 
     The head's JSON names ``NAME-backbone`` as its embedding model; its ``dataset`` is
     ``dataset`` (:func:`~jaxmir.train.recipe.dataset_entry`), marked as fine-tuned after any

@@ -271,9 +271,9 @@ def check_folds(targets: np.ndarray, task: str, classes: Sequence[str], folds) -
             # more folds test fewer tracks each: from `count` folds on, a fold trains on count - 1
             remedy = "give more tracks" if count < 3 else \
                 f"use more folds (from {count} on, {count - 1} train), or give more tracks"
-            raise InputError(f"{folds} folds leave class {name!r} ({count} tracks) {least} to train "
-                             "on in some fold, and training needs two per class (one to "
-                             f"validate on); {remedy}")
+            raise InputError(f"{folds} folds leave class {name!r} ({count} tracks) "
+                             f"{least} to train on in some fold, and training "
+                             f"needs two per class (one to validate on); {remedy}")
 
 
 def _check_fold_count(folds: int, n: int) -> None:

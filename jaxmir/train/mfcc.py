@@ -93,7 +93,8 @@ def mfcc_summary(coefficients) -> np.ndarray:
 
 
 def mfcc_pooled(coefficients, pool_frames: int = POOL_FRAMES) -> np.ndarray:
-    """S_B: ``[frames, 13] -> [windows * 13]``: means over whole ``pool_frames`` windows, stacked."""
+    """S_B: ``[frames, 13] -> [windows * 13]``: means over whole ``pool_frames`` windows,
+    stacked."""
     coefficients = np.asarray(coefficients, np.float64)
     windows = len(coefficients) // pool_frames
     if windows == 0:

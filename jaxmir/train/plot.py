@@ -1,4 +1,5 @@
-"""The cross-validation confusion matrix as a picture (matplotlib, the optional ``[plot]`` extra)."""
+"""The cross-validation confusion matrix as a picture (matplotlib, the optional ``[plot]``
+extra)."""
 
 from __future__ import annotations
 

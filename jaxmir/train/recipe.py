@@ -161,7 +161,8 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
       data: a class-folder tree, a ``path,label`` CSV/Parquet, or a :class:`Dataset`.
       backbone: a shipped model name or a path (``.pb``/``.npz``).
       layer: the backbone output whose per-patch values are the features.
-      output: ``NAME`` to write ``NAME.pb``, ``NAME.json`` and ``NAME.npz``; ``None`` writes nothing.
+      output: ``NAME`` to write ``NAME.pb``, ``NAME.json`` and ``NAME.npz``; ``None`` writes
+      nothing.
       folds: k-fold cross-validation first when >= 2.
       config: training hyper-parameters (MTG's by default).
       smoothing: label distribution learning (single-label data only).
@@ -254,7 +255,8 @@ def fit_head(data: str | os.PathLike | Dataset, backbone: str | os.PathLike = "m
     if output is not None:
         also = with_head(validation, dataset.classes) if with_head is not None else None
         paths = export.export_head(head.params, head.activation, dataset.classes, output,
-                                   str(backbone), model.input_shape, model.node_name(layer) or layer,
+                                   str(backbone), model.input_shape,
+                                   model.node_name(layer) or layer,
                                    dataset_entry(where, dataset, validation, folds, smoothing,
                                                  resampler, decoder),
                                    overwrite, also=also)

@@ -90,7 +90,8 @@ def knn_smooth(features: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(targets, np.float64)[neighbours].mean(axis=1).astype(np.float32)
 
 
-def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig, folds: int = 0) -> None:
+def check_class_sizes(targets: np.ndarray, classes, config: SmoothingConfig,
+                      folds: int = 0) -> None:
     """Refuse smoothing over ``k`` neighbours where a class has ``k`` tracks or fewer: a track's
     own class then holds at most ``count - 1`` of its ``k`` neighbours, so other classes weigh in
     its target whatever its features (outweigh it below ``k / 2 + 1`` tracks); a tester's

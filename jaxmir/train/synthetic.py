@@ -42,7 +42,8 @@ def _events(rng, t, period, make):
 def _drums(rng, t):
     period = 60.0 / rng.uniform(130, 170) / 2
     noise = lambda u: rng.standard_normal(len(u)) * np.exp(-u * 40)
-    kick = lambda u: np.sin(2 * np.pi * (60 * u + 400 * (1 - np.exp(-u * 30)) / 30)) * np.exp(-u * 12)
+    kick = lambda u: (np.sin(2 * np.pi * (60 * u + 400 * (1 - np.exp(-u * 30)) / 30))
+                      * np.exp(-u * 12))
     return _events(rng, t, period, noise) * 0.5 + _events(rng, t, period * 2, kick)
 
 
