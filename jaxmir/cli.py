@@ -1170,7 +1170,7 @@ def _rows_kept(args: argparse.Namespace | None) -> str:
     """What a stopped collection run keeps, for its last line; nothing for other commands."""
     if not getattr(args, "writes_rows", False):
         return ""
-    if not os.path.exists(args.output):  # not made yet (a link's: its target, the rows' file)
+    if not os.path.exists(args.output):  # not made yet (through a link: its target, the rows')
         return "; no output was written"
     return "; the rows of the files done are kept"
 

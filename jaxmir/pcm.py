@@ -30,6 +30,11 @@ RAW_DTYPES = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
 WAV_DTYPES = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "<i3", (1, 32): "<i4", (3, 32): "<f4",
                (3, 64): "<f8"}
 _EXTENSIBLE = 0xFFFE    # WAVE_FORMAT_EXTENSIBLE: the real tag opens the sub-format GUID
+# The GUID's last 12 bytes behind which FFmpeg (riff.c's parse_waveformatex) reads its first 4
+# as a format tag: KSDATAFORMAT_SUBTYPE's base, the ambisonic one and a broken writer's
+_SUB_FORMAT_BASES = tuple(map(bytes.fromhex, ("0000 1000 8000 00aa 0038 9b71",
+                                               "2107 d311 8644 c8c1 ca00 0000",
+                                               "0000 0000 0000 1000 8000 00aa")))
 # Sizes of a data chunk whose writer could not know it (a stream): its samples run to the end.
 UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)
 
@@ -42,7 +47,8 @@ class WavHeader:
       tag: the fmt chunk's format tag as written (1 PCM, 3 float, 0xFFFE extensible).
       channels, sample_rate, block_align, bits: the fmt chunk's fields (bytes per frame,
         bits per sample).
-      sample_tag: the samples' format tag (the sub-format's for an extensible header).
+      sample_tag: the samples' format tag (an extensible header's: its sub-format's where
+        FFmpeg reads one, else 0xFFFE).
       data_offset: bytes before the samples.
       data_size: the data chunk's declared bytes, ``None`` where the writer could not know
         them (0 or 0xFFFFFFFF).
@@ -132,10 +138,12 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
             if size < 16:
                 raise AudioError(f"{source}: malformed WAV header: fmt chunk of {size} bytes")
             body = need(padded, what)
-            # FFmpeg reads the sub-format only from a whole extension: cbSize 22 in 40 bytes
+            # FFmpeg reads the sub-format only from a whole extension (cbSize 22 in 40 bytes),
+            # as a 32-bit tag, and only behind a base GUID it knows (else: no PCM it decodes)
             extension = struct.unpack("<H", body[16:18])[0] if size >= 18 else 0
             whole = size >= 40 and extension >= 22
-            sub_format = struct.unpack("<H", body[24:26])[0] if whole else None
+            known = whole and body[28:40] in _SUB_FORMAT_BASES
+            sub_format = struct.unpack("<I", body[24:28])[0] if known else None
             fmt = struct.unpack("<HHIIHH", body[:16]) + (sub_format,)
         elif name == b"fact" and size >= 4:
             fact = struct.unpack("<I", need(padded, what)[:4])[0]

@@ -2492,14 +2492,14 @@ import json, sys, threading
 import jax
 import jaxmir
 from jaxmir.collection import collect, compute
-used = set()
+used, waits = set(), []
 later_run_done = threading.Event()
 run_call = compute.run_call
 def spying(model, packer, call, taps, carry=None):
     used.update(d.id for d in jax.tree_util.tree_leaves(model.variables)[0].devices())
     first_patch = call.owners[0][1]
     if call.run and first_patch == 0:  # long.wav's first run waits for its second to finish
-        later_run_done.wait(60)
+        waits.append(later_run_done.wait(60))  # False: the later run never came first
     found = run_call(model, packer, call, taps, carry)
     if call.run and first_patch > 0:
         later_run_done.set()
@@ -2509,7 +2509,7 @@ if __name__ == "__main__":
     model = jaxmir.load("msd-musicnn")
     tally = collect(model, sys.argv[1:-1], sys.argv[-1], name="msd-musicnn", jobs=1, progress=False,
                     per_patch=True)
-    print(json.dumps({"devices": sorted(used), "ok": tally.ok}))
+    print(json.dumps({"devices": sorted(used), "ok": tally.ok, "waits": waits}))
 """
     one = tmp_path / "tags-1.jsonl"                          # this process: one CPU device
     assert collect(model, [str(music), str(long)], str(one), name="msd-musicnn", jobs=1,
@@ -2520,7 +2520,8 @@ if __name__ == "__main__":
                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"devices": [0, 1], "ok": 5}  # both devices took calls
+    # both devices took calls, and long.wav's first run was held until a later one finished
+    assert report == {"devices": [0, 1], "ok": 5, "waits": [True]}, report
     runs = {n: {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
             for n, out in ((1, one), (2, two))}
     assert runs[1].keys() == runs[2].keys()

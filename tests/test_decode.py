@@ -246,8 +246,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     # a tag whose revision byte is 0xFF: no ID3v2 tag to FFmpeg (2.8 and today), so the LAME
     # header behind it is found as one behind junk (the wheel decodes its frame as silence)
     made["tag_of_revision_ff.mp3"] = folder / "tag_of_revision_ff.mp3"
-    made["tag_of_revision_ff.mp3"].write_bytes(id3v2_tag(100)[:4] + b"\xff" + id3v2_tag(100)[5:]
-                                               + audio)
+    revision_ff = bytearray(id3v2_tag(100))
+    revision_ff[4] = 0xFF  # "ID3", the major version, then the revision
+    made["tag_of_revision_ff.mp3"].write_bytes(bytes(revision_ff) + audio)
     # Matroska: its codec delay, which 2.8's demuxer did not signal (the wheel keeps those
     # samples) but for Vorbis's, and the Vorbis end padding it did signal (the wheel trims it)
     for name, codec in CONTAINERS.items():
@@ -1183,8 +1184,8 @@ def test_a_bogus_block_align_declares_the_samples_length(tmp_path):
     odd.write_bytes(bytes(data))
     decoded = decode_file(odd)
     assert (decoded.status, decoded.declared_frames, len(decoded.samples)) == ("ok", 32000, 32000)
-    # 12-bit samples (which FFmpeg reads as 16-bit): frames of whole bytes, 2, as FFmpeg's own
-    # decoding counts them; 1 byte a sample declared twice the frames there
+    # 12-bit samples, which FFmpeg decodes from 16-bit words: a sample takes 2 whole bytes, as
+    # FFmpeg's decoding counts the frames (12 // 8, 1 byte a sample, declared twice as many)
     data[34:36] = (12).to_bytes(2, "little")
     twelve = tmp_path / "twelve.wav"
     twelve.write_bytes(bytes(data))

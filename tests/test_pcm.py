@@ -34,6 +34,18 @@ def _wav(container: str, subtype: str, channels: int = 2, rate: int = 22050) -> 
     return buffer.getvalue()
 
 
+def _ffmpeg_frames(data: bytes) -> int | None:
+    """The frames FFmpeg (through PyAV) decodes of a WAV file's bytes; ``None`` where it finds
+    no decoder for them."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return sum(frame.samples for frame in container.decode(audio=0))
+    except av.error.DecoderNotFoundError:
+        return None
+
+
 @pytest.mark.parametrize("container, subtype, read_as, scale", FORMATS,
                          ids=[f"{c}-{s}" for c, s, _, _ in FORMATS])
 def test_frames_equal_libsndfile(container, subtype, read_as, scale):
@@ -136,8 +148,6 @@ def test_an_rf64_header_takes_its_data_size_from_its_ds64_chunk():
 def test_a_data_chunk_after_an_odd_sized_one_is_found_past_its_pad_byte():
     """A WAV whose data chunk holds an odd number of bytes (8-bit mono), its pad byte, then a
     second data chunk: the size of the chunk FFmpeg reads (the last), looked for past the pad."""
-    import av
-
     from jaxmir.pcm import data_chunk_after
 
     first = bytearray(_wav("WAV", "PCM_U8", channels=1)[:44 + 999])
@@ -145,9 +155,8 @@ def test_a_data_chunk_after_an_odd_sized_one_is_found_past_its_pad_byte():
     second = b"data" + (500).to_bytes(4, "little") + bytes(range(250)) * 2
     whole = bytearray(first + b"\x00" + second)
     whole[4:8] = (len(whole) - 8).to_bytes(4, "little")
-    with av.open(io.BytesIO(bytes(whole))) as container:
-        ffmpeg_frames = sum(frame.samples for frame in container.decode(audio=0))
-    assert data_chunk_after(io.BytesIO(bytes(whole[len(first):])).read, 1) == ffmpeg_frames == 500
+    assert (data_chunk_after(io.BytesIO(bytes(whole[len(first):])).read, 1)
+            == _ffmpeg_frames(bytes(whole)) == 500)
 
 
 @pytest.mark.parametrize("fmt_bytes, extension", [(26, 8), (38, 20), (40, 0), (40, 21)])
@@ -156,19 +165,33 @@ def test_an_extensible_format_without_its_whole_extension_is_refused_as_ffmpeg_r
     """A WAVE_FORMAT_EXTENSIBLE fmt chunk cut short of its 22-byte extension (or whose cbSize
     says less): FFmpeg reads no sub-format there and decodes nothing; a live stream's header
     read its PCM tag all the same."""
-    import av
-
     data = bytearray(_wav("WAVEX", "PCM_16", channels=1))
     assert data[12:20] == b"fmt " + (40).to_bytes(4, "little")
     data[36:38] = extension.to_bytes(2, "little")  # cbSize
     data[16:20] = fmt_bytes.to_bytes(4, "little")
     data = data[:20 + fmt_bytes] + data[20 + 40:]
     data[4:8] = (len(data) - 8).to_bytes(4, "little")
-    with pytest.raises(av.error.DecoderNotFoundError):
-        with av.open(io.BytesIO(bytes(data))) as container:
-            next(container.decode(audio=0))
+    assert _ffmpeg_frames(bytes(data)) is None
     with pytest.raises(AudioError, match=r"unsupported WAV format \(format tag 65534, 16 bits"):
         read_wav_header(io.BytesIO(bytes(data)).read)
+
+
+@pytest.mark.parametrize("guid_edit, decoded", [
+    (lambda guid: guid[:6] + b"\x11" * 10, False),   # not behind a base GUID FFmpeg knows
+    (lambda guid: guid[:2] + b"\x01\x00" + guid[4:], False),   # a 32-bit tag: 0x00010001
+    (lambda guid: guid[:4] + bytes.fromhex("0000000000001000800000aa"), True)],  # a broken base
+    ids=["another_base", "tag_of_32_bits", "broken_base"])
+def test_an_extensible_sub_format_is_read_as_ffmpeg_reads_its_guid(guid_edit, decoded):
+    """FFmpeg takes the sub-format GUID's first 4 bytes as the format tag only behind one of the
+    base GUIDs it knows; a live stream's header read the first 2 of any GUID."""
+    data = bytearray(_wav("WAVEX", "PCM_16", channels=1))
+    data[44:60] = guid_edit(bytes(data[44:60]))  # the fmt chunk's last 16 bytes
+    assert _ffmpeg_frames(bytes(data)) == (1000 if decoded else None)
+    if decoded:
+        assert read_wav_header(io.BytesIO(bytes(data)).read) == (22050, 1, "<i2", 2000)
+    else:
+        with pytest.raises(AudioError, match=r"unsupported WAV format \(format tag 6553\d, 16"):
+            read_wav_header(io.BytesIO(bytes(data)).read)
 
 
 def test_a_block_align_short_of_the_samples_is_read_by_the_samples():

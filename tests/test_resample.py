@@ -628,8 +628,9 @@ def test_matrix_product_kernel_bounds_and_fallback(music, monkeypatch):
 
 def test_the_closed_form_positions_are_libsamplerate_s_recurrence(music):
     """The kernel's closed-form positions (filter starts rounded as lrint rounds them) are the
-    ones libsamplerate's recurrence gives, which the kernel takes where that recurrence rounds:
-    the outputs are the same bit for bit either way."""
+    ones libsamplerate's recurrence gives (``positions.exact_positions``, jaxmir's port of it,
+    whose outputs the parity tests hold to samplerate's): fed either, the kernel gives the same
+    outputs bit for bit."""
     from jaxmir.resample import positions, products
 
     plan = positions.plan_of(44100, 16000, "sinc_medium")

@@ -846,6 +846,21 @@ def _head_outputs_float64(params: dict, x: np.ndarray) -> tuple[np.ndarray, dict
     return hidden @ w["dense_1"]["kernel"] + w["dense_1"]["bias"], w
 
 
+def _softmax_losses_float64(params: dict, x: np.ndarray,
+                            y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each patch's softmax cross-entropy through MTG's head in float64, and the weights' L2
+    term (half their sum of squares), which the weight decay scales."""
+    logits, w = _head_outputs_float64(params, x)
+    logits -= logits.max(axis=1, keepdims=True)
+    losses = -(y * (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))).sum(axis=1)
+    return losses, sum(0.5 * np.sum(v ** 2) for layer in w.values() for v in layer.values())
+
+
+def _mean_of_batch_means(losses: np.ndarray, batch_size: int) -> float:
+    """MTG's validation loss: the mean of each batch's mean loss, the last batch shorter."""
+    return np.mean([losses[i:i + batch_size].mean() for i in range(0, len(losses), batch_size)])
+
+
 def test_the_validation_cost_is_mtgs():
     """MTG's loop compares the mean over validation batches (the last one shorter) of each
     batch's mean loss plus the weight decay's term; the loss alone, averaged over all patches,
@@ -854,11 +869,8 @@ def test_the_validation_cost_is_mtgs():
     params = fit.init_head(jax.random.PRNGKey(1), 6, 5, 3)
     x = rng.standard_normal((70, 6)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 70)]
-    logits, w = _head_outputs_float64(params, x)
-    logits -= logits.max(axis=1, keepdims=True)
-    losses = -(y * (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))).sum(axis=1)
-    l2 = sum(0.5 * np.sum(v ** 2) for layer in w.values() for v in layer.values())
-    expected = np.mean([losses[:32].mean(), losses[32:64].mean(), losses[64:].mean()]) + 1e-2 * l2
+    losses, l2 = _softmax_losses_float64(params, x, y)
+    expected = _mean_of_batch_means(losses, 32) + 1e-2 * l2
     got = fit.validation_cost("single", 1e-2, params, x, y, 32)
     assert abs(got - expected) < 1e-5 * expected  # float32 products against float64 ones
     assert abs(losses.mean() + 1e-2 * l2 - expected) > 1e-3  # the batches' weights matter here
@@ -874,13 +886,9 @@ def test_an_epoch_s_validation_cost_takes_batches_of_the_configured_size():
     assert head.kept_epoch == 1  # its weights are the epoch's
     x = np.concatenate(val_tracks)
     y = np.repeat(val_targets, 4, axis=0)
-    logits, w = _head_outputs_float64(head.params, x)
-    logits -= logits.max(axis=1, keepdims=True)
-    losses = -(y * (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))).sum(axis=1)
-    decay = config.weight_decay * sum(0.5 * np.sum(v ** 2) for layer in w.values()
-                                      for v in layer.values())
-    expected = np.mean([losses[:32].mean(), losses[32:].mean()]) + decay
-    in_18s = np.mean([losses[:18].mean(), losses[18:36].mean(), losses[36:].mean()]) + decay
+    losses, l2 = _softmax_losses_float64(head.params, x, y)
+    expected = _mean_of_batch_means(losses, config.batch_size) + config.weight_decay * l2
+    in_18s = _mean_of_batch_means(losses, 18) + config.weight_decay * l2
     assert abs(in_18s - expected) > 1e-4 * expected  # the batches' sizes matter here
     got = head.history[0]["val_loss"]
     assert abs(got - expected) < 1e-5 * expected  # float32 products against float64 ones
