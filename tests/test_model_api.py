@@ -606,6 +606,14 @@ def test_a_weights_file_is_checked_for_size_before_it_is_read(musicnn, tmp_path,
     monkeypatch.setattr(weights, "MAX_BYTES", 1000)
     with pytest.raises(WeightsError, match="more than the 1000 jaxmir reads from a weights file"):
         jaxmir.load(good)
+    with zipfile.ZipFile(good) as archive:  # its arrays' bytes, as zipfile counts them
+        total = sum(member.file_size for member in archive.infolist())
+    monkeypatch.setattr(weights, "MAX_BYTES", total)  # at most MAX_BYTES: exactly that is read
+    jaxmir.load(good)
+    monkeypatch.setattr(weights, "MAX_BYTES", total - 1)
+    with pytest.raises(WeightsError, match=f"holds {total} bytes of arrays, more than the "
+                                           f"{total - 1} jaxmir reads"):
+        jaxmir.load(good)
     monkeypatch.setattr(weights, "MAX_BYTES", 2 << 30)
     monkeypatch.setattr(weights, "MAX_DESCRIPTION_BYTES", 1000)
     with pytest.raises(WeightsError, match="its description takes .* bytes, more than the 1000"):
@@ -630,6 +638,21 @@ def test_a_member_declaring_twice_its_bytes_is_refused_by_its_header(musicnn, tm
     with pytest.raises(WeightsError, match=rf"'{KERNEL}' declares a \[{n}\] array, more than "
                                            rf"its {2 * n} bytes hold; the file is corrupt"):
         jaxmir.load(double)
+
+
+def test_a_member_without_the_npy_suffix_is_no_part_of_a_weights_file(musicnn, tmp_path):
+    """A variable stored as ``<name>``, not ``<name>.npy`` as np.savez and save_weights name
+    it, is refused, not read as the variable its name would give."""
+    good = tmp_path / "good.npz"
+    save_weights(musicnn, good)
+    renamed = tmp_path / "renamed.npz"
+    with zipfile.ZipFile(good) as original, zipfile.ZipFile(renamed, "w") as copy:
+        for member in original.infolist():
+            name = KERNEL if member.filename == KERNEL + ".npy" else member.filename
+            copy.writestr(name, original.read(member))
+    with pytest.raises(WeightsError, match=f"holds '{KERNEL}', which is no part of a jaxmir "
+                                           "weights file"):
+        jaxmir.load(renamed)
 
 
 def test_a_variable_of_the_wrong_shape_is_refused_before_its_data_is_read(musicnn, tmp_path):

@@ -1553,6 +1553,44 @@ def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
     assert stat.S_ISFIFO((tmp_path / "f.json").stat().st_mode)
 
 
+def test_every_file_in_an_output_s_place_is_named(tmp_path):
+    """Three of the head's files there: each one named, the last after "and"."""
+    paths = [tmp_path / name for name in ("h.pb", "h.json", "h.npz")]
+    for path in paths:
+        path.write_text("old")
+    with pytest.raises(InputError) as refused:
+        export.refuse_existing(paths)
+    assert str(refused.value) == f"{paths[0]}, {paths[1]} and {paths[2]} already exist; choose " \
+        "another --output or overwrite them (--overwrite)"
+
+
+def test_a_failed_rename_leaves_no_copy_beside_a_link_s_target(tmp_path, monkeypatch):
+    """NAME.npz a link into another folder: the new .npz is copied there first. A rename that
+    failed must remove that copy, not leave a hidden file in the other folder."""
+    import errno
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "real.npz").write_text("old .npz")
+    (tmp_path / "h.npz").symlink_to(elsewhere / "real.npz")
+
+    replace = os.replace
+
+    def failing_replace(source, target):  # the renames into the head's places fail
+        if Path(target).parent in (tmp_path, elsewhere):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        replace(source, target)
+
+    monkeypatch.setattr(export.os, "replace", failing_replace)
+    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
+    with pytest.raises(OSError, match="Input/output error"):
+        export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
+                           "model/dense/BiasAdd", overwrite=True)
+    assert os.listdir(elsewhere) == ["real.npz"]
+    assert (elsewhere / "real.npz").read_text() == "old .npz"
+    assert sorted(os.listdir(tmp_path)) == ["elsewhere", "h.npz"]
+
+
 @pytest.mark.parametrize("flags", [[], ["--finetune"], ["--folds", "2", "--plot"]])
 def test_cli_refuses_an_output_folder_it_cannot_write_before_reading_audio(tmp_path, capsys, flags):
     """A head under a file (or in a read-only folder) failed after embeddings, cross-validation
