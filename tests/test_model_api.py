@@ -186,9 +186,13 @@ def test_apply_shares_the_frames_of_overlapping_patches(musicnn, vgg, monkeypatc
 
     modules, batches = [], []
     run = model_module.run_patches_jit
-    monkeypatch.setattr(model_module, "run_patches_jit",
-                        lambda module, *args: modules.append(module)
-                        or batches.append(len(args[2])) or run(module, *args))
+
+    def recording(module, variables, taps, patches, *rest):
+        modules.append(module)
+        batches.append(len(patches))
+        return run(module, variables, taps, patches, *rest)
+
+    monkeypatch.setattr(model_module, "run_patches_jit", recording)
     x = _consecutive(n)
     shared = musicnn.apply(x, ["timbral", "predictions", "embeddings"], overlap_hop=93)
     assert modules[-1].overlap_hop == 93  # the timbral convolutions run once over the stretch
