@@ -264,7 +264,7 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     assert inputs.expand([f"@{listing}"]) == [str(tmp_path / "rock" / "b.flac"),
                                               str(tmp_path / "rock" / "trail.wav ")]
     # exited 0, "nothing to do": an empty folder is an error
-    listing.write_text("# nothing yet\n\n")
+    listing.write_text("# nothing yet\n\n  \n")  # a line of spaces is blank, not the folder
     with pytest.raises(InputError, match=r"list.txt: names no files \(only blank lines and # "):
         inputs.expand([f"@{listing}"])
     # a list saved as UTF-16 (Windows Notepad) ended in a traceback: "embedded null byte"
@@ -440,7 +440,7 @@ def test_resume_retry_overwrite(music, model, tmp_path, suffix):
     assert run().failed == 1 and len(seen) == 3
     seen.clear()
     tally = run()
-    assert seen == [str(bad)] and (tally.skipped, tally.failed) == (2, 1)
+    assert seen == [str(bad)] and (tally.total, tally.skipped, tally.failed) == (3, 2, 1)
     _write(bad, 3.2, 16000, 1, 7)  # the broken file is fixed: retried, its error row replaced
     seen.clear()
     assert run().failed == 0 and seen == [str(bad)]
@@ -971,6 +971,20 @@ def test_a_table_among_the_inputs_is_left_out_of_them(model, tmp_path, kind):
                                                 "left out of its inputs"):
             summary = run(paths)
         assert summary.ok == 0 and summary.failed == 0 and summary.skipped == 1
+
+
+def test_a_file_beside_the_output_whose_name_begins_with_it_is_an_input(tmp_path):
+    """Only the output and what lies in it are left out of the inputs: not a file or folder
+    beside it whose name begins with the output's (`tags.csv.wav`, `tags.parquet-old/`)."""
+    beside = tmp_path / "tags.csv.wav"
+    beside.write_bytes(b"")
+    (tmp_path / "tags.parquet-old").mkdir()
+    inside = tmp_path / "tags.parquet-old" / "a.wav"
+    inside.write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JaxmirWarning)
+        assert inputs.expand([str(beside)], tmp_path / "tags.csv") == [str(beside)]
+        assert inputs.expand([str(inside.parent)], tmp_path / "tags.parquet") == [str(inside)]
 
 
 def test_a_part_of_the_parquet_output_named_as_an_input_is_left_out(model, tmp_path):
