@@ -193,9 +193,8 @@ class MidendConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        before = (self.length - 1) // 2  # TensorFlow's "SAME": an even kernel pads more after
-        return ConvBlock(self.filters, (self.length,), ((before, self.length - 1 - before),),
-                         "relu", self.bn_epsilon, name="block")(x)
+        return ConvBlock(self.filters, (self.length,), "SAME", "relu", self.bn_epsilon,
+                         name="block")(x)
 
 
 class MusiCNN(Backbone):
