@@ -90,6 +90,18 @@ def _skipped(read: Callable[[int], bytes], n: int) -> bool:
     return True
 
 
+def _sample_tag(fmt: bytes) -> int:
+    """The format tag of the samples a WAV ``fmt`` chunk describes, as FFmpeg (riff.c) reads it:
+    the chunk's own tag, or an extensible chunk's sub-format, a 32-bit tag read only from a whole
+    extension (cbSize 22 in 40 bytes) behind a base GUID FFmpeg knows; else 0xFFFE, no samples
+    it decodes."""
+    tag = struct.unpack("<H", fmt[:2])[0]
+    extension = struct.unpack("<H", fmt[16:18])[0] if len(fmt) >= 18 else 0
+    if tag != _EXTENSIBLE or len(fmt) < 40 or extension < 22:
+        return tag
+    return struct.unpack("<I", fmt[24:28])[0] if fmt[28:40] in _SUB_FORMAT_BASES else tag
+
+
 def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input") -> WavHeader:
     """Read a RIFF/WAVE header (or an RF64/BW64 one) from ``read`` up to the first sample of
     its ``data`` chunk.
@@ -137,14 +149,8 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
         if name == b"fmt " and fmt is None:
             if size < 16:
                 raise AudioError(f"{source}: malformed WAV header: fmt chunk of {size} bytes")
-            body = need(padded, what)
-            # FFmpeg reads the sub-format only from a whole extension (cbSize 22 in 40 bytes),
-            # as a 32-bit tag, and only behind a base GUID it knows (else: no PCM it decodes)
-            extension = struct.unpack("<H", body[16:18])[0] if size >= 18 else 0
-            whole = size >= 40 and extension >= 22
-            known = whole and body[28:40] in _SUB_FORMAT_BASES
-            sub_format = struct.unpack("<I", body[24:28])[0] if known else None
-            fmt = struct.unpack("<HHIIHH", body[:16]) + (sub_format,)
+            body = need(padded, what)[:size]
+            fmt = struct.unpack("<HHIIHH", body[:16]) + (_sample_tag(body),)
         elif name == b"fact" and size >= 4:
             fact = struct.unpack("<I", need(padded, what)[:4])[0]
             fact = None if fact in UNKNOWN_DATA_SIZES else fact  # RF64 writers put -1 there
@@ -153,8 +159,7 @@ def parse_wav_header(read: Callable[[int], bytes], source: str = "standard input
         offset += padded
     if fmt is None:
         raise AudioError(f"{source}: malformed WAV header: no fmt chunk before the data")
-    tag, channels, rate, _, block_align, bits, sub_format = fmt
-    sample_tag = sub_format if tag == _EXTENSIBLE and sub_format is not None else tag
+    tag, channels, rate, _, block_align, bits, sample_tag = fmt
     return WavHeader(tag, channels, rate, block_align, bits, sample_tag, offset,
                      None if size in UNKNOWN_DATA_SIZES else size, fact)
 
