@@ -99,6 +99,20 @@ def require(module: str):
         _missing(f"{module} is not installed")
 
 
+def ffmpeg_frames(data: bytes) -> int | None:
+    """The frames FFmpeg (through PyAV) decodes of an audio file's bytes; ``None`` where it finds
+    no decoder for them."""
+    import io
+
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return sum(frame.samples for frame in container.decode(audio=0))
+    except av.error.DecoderNotFoundError:
+        return None
+
+
 def encoded_audio(container: str, codec: str, rate: int, options: dict | None = None,
                   samples: np.ndarray | None = None) -> bytes:
     """``samples`` (float32 mono; default two seconds of a 440-Hz tone) through FFmpeg's ``codec``

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import encoded_audio
+from conftest import encoded_audio, ffmpeg_frames
 from jaxmir.errors import AudioError
 from jaxmir.pcm import ByteReader, decode_pcm, frame_bytes, read_wav_header
 
@@ -32,18 +32,6 @@ def _wav(container: str, subtype: str, channels: int = 2, rate: int = 22050) -> 
     buffer = io.BytesIO()
     soundfile.write(buffer, audio, rate, format=container, subtype=subtype)
     return buffer.getvalue()
-
-
-def _ffmpeg_frames(data: bytes) -> int | None:
-    """The frames FFmpeg (through PyAV) decodes of a WAV file's bytes; ``None`` where it finds
-    no decoder for them."""
-    import av
-
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            return sum(frame.samples for frame in container.decode(audio=0))
-    except av.error.DecoderNotFoundError:
-        return None
 
 
 @pytest.mark.parametrize("container, subtype, read_as, scale", FORMATS,
@@ -156,7 +144,7 @@ def test_a_data_chunk_after_an_odd_sized_one_is_found_past_its_pad_byte():
     whole = bytearray(first + b"\x00" + second)
     whole[4:8] = (len(whole) - 8).to_bytes(4, "little")
     assert (data_chunk_after(io.BytesIO(bytes(whole[len(first):])).read, 1)
-            == _ffmpeg_frames(bytes(whole)) == 500)
+            == ffmpeg_frames(bytes(whole)) == 500)
 
 
 @pytest.mark.parametrize("fmt_bytes, extension", [(26, 8), (38, 20), (40, 0), (40, 21)])
@@ -171,7 +159,7 @@ def test_an_extensible_format_without_its_whole_extension_is_refused_as_ffmpeg_r
     data[16:20] = fmt_bytes.to_bytes(4, "little")
     data = data[:20 + fmt_bytes] + data[20 + 40:]
     data[4:8] = (len(data) - 8).to_bytes(4, "little")
-    assert _ffmpeg_frames(bytes(data)) is None
+    assert ffmpeg_frames(bytes(data)) is None
     with pytest.raises(AudioError, match=r"unsupported WAV format \(format tag 65534, 16 bits"):
         read_wav_header(io.BytesIO(bytes(data)).read)
 
@@ -186,7 +174,7 @@ def test_an_extensible_sub_format_is_read_as_ffmpeg_reads_its_guid(guid_edit, de
     base GUIDs it knows; a live stream's header read the first 2 of any GUID."""
     data = bytearray(_wav("WAVEX", "PCM_16", channels=1))
     data[44:60] = guid_edit(bytes(data[44:60]))  # the fmt chunk's last 16 bytes
-    assert _ffmpeg_frames(bytes(data)) == (1000 if decoded else None)
+    assert ffmpeg_frames(bytes(data)) == (1000 if decoded else None)
     if decoded:
         assert read_wav_header(io.BytesIO(bytes(data)).read) == (22050, 1, "<i2", 2000)
     else:
