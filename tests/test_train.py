@@ -1229,6 +1229,7 @@ def test_multilabel_and_regression_train():
 
 def test_metrics_match_scikit_learn():
     sk = require("sklearn.metrics")
+    sk_exceptions = require("sklearn.exceptions")
     rng = np.random.default_rng(0)
     truth, pred = rng.integers(0, 4, 60), rng.integers(0, 4, 60)
     cm = metrics.confusion_matrix(truth, pred, 4)
@@ -1271,7 +1272,15 @@ def test_metrics_match_scikit_learn():
     # and it lifted the mean; undefined, as its ROC-AUC
     truth = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 0]], np.float32)
     wrong = 1.0 - truth
-    assert np.isnan(metrics.average_precision(truth[:, 0], wrong[:, 0]))
+    # its ROC-AUC NaN as scikit-learn's (which warns "Only one class is present"), without
+    # NumPy's warning of a 0 / 0 on the way
+    with pytest.warns(sk_exceptions.UndefinedMetricWarning, match="Only one class"):
+        assert np.isnan(sk.roc_auc_score(truth[:, 0], wrong[:, 0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(metrics.average_precision(truth[:, 0], wrong[:, 0]))
+        assert np.isnan(metrics.roc_auc(truth[:, 0], wrong[:, 0]))
+        assert np.isnan(metrics.roc_auc(1.0 - truth[:, 0], wrong[:, 0]))
     assert metrics.evaluate("multi", truth, wrong)["pr_auc"] == pytest.approx(
         sk.average_precision_score(truth[:, 1:], wrong[:, 1:], average="macro"))
     assert metrics.evaluate("multi", truth, wrong)["roc_auc"] == pytest.approx(
@@ -2727,6 +2736,12 @@ def test_the_class_size_refusal_counts_in_words():
     with pytest.raises(InputError, match=r"with 2, at least 1 of a track's 2 neighbours is other "
                                          r"classes'"):
         check_class_sizes(targets, AB, SmoothingConfig("knn", k=2))
+    # a class of one track has none in a training split of 2 folds: all of its track's 2
+    # neighbours are other classes'
+    targets = np.eye(2)[[0] * 5 + [1]]
+    with pytest.raises(InputError, match=r"with 0, at least 2 of a track's 2 neighbours are other "
+                                         r"classes'.*'b' has 0 in some fold's training split"):
+        check_class_sizes(targets, AB, SmoothingConfig("knn", k=2), folds=2)
 
 
 @pytest.mark.parametrize("count, folds", [(13, 3), (12, 3), (10, 4), (7, 2)])

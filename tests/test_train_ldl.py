@@ -87,10 +87,21 @@ def wine():
     return smoothing.standardize(x), y
 
 
+def _reference_objective(ref, x, y, regularization=0.5):
+    """metric-learn's own LMNN objective (its private loss) as a function of a map's components,
+    over the target neighbours ``ref`` (a fitted ``metric_learn.LMNN``) chose."""
+    from metric_learn.lmnn import _sum_outer_products
+
+    labels = np.unique(y, return_inverse=True)[1]
+    targets = ref._select_targets(x, labels)
+    k = ref.n_neighbors
+    pull = _sum_outer_products(x, targets.flatten(), np.repeat(np.arange(len(x)), k))
+    return lambda components: ref._loss_grad(x, components, pull, k, regularization, targets,
+                                             labels)[1]
+
+
 def test_lmnn_matches_metric_learn(wine):
     ml = _metric_learn()
-    from metric_learn.lmnn import _sum_outer_products  # the reference's own objective
-
     x, y = wine
     init = lmnn.pca_init(x, 4)
     ours = lmnn.fit_lmnn(x, y, 4, k=3, max_iter=300, learn_rate=1e-4, init=init)
@@ -99,11 +110,7 @@ def test_lmnn_matches_metric_learn(wine):
     labels = np.unique(y, return_inverse=True)[1]
     targets = ref._select_targets(x, labels)
     assert np.array_equal(ours.targets, targets)
-
-    pull = _sum_outer_products(x, targets.flatten(), np.repeat(np.arange(len(x)), 3))
-
-    def reference_objective(components):
-        return ref._loss_grad(x, components, pull, 3, 0.5, targets, labels)[1]
+    reference_objective = _reference_objective(ref, x, y)
 
     def our_objective(components):
         return float(lmnn.objective(jnp.asarray(components, jnp.float32),
@@ -133,18 +140,49 @@ def test_lmnn_matches_metric_learn(wine):
     assert float(lmnn.objective(jnp.asarray(ref.components_, jnp.float32),
                                 jnp.asarray(x, jnp.float32), jnp.asarray(y),
                                 jnp.asarray(targets), push=0.25)) == pytest.approx(
-        ref._loss_grad(x, ref.components_, pull, 3, 0.75, targets, labels)[1], rel=1e-4)
+        _reference_objective(ref, x, y, 0.75)(ref.components_), rel=1e-4)
 
 
 def test_lmnn_starts_from_scikit_learn_s_principal_axes(wine):
-    """metric-learn's "pca" start: PCA's axes of features centred first (uncentred here, 100
-    from the origin, the first axis would point at the offset)."""
+    """metric-learn's "pca" start: PCA's axes of features centred first, each on its own mean
+    (uncentred here, -100 to 100 from the origin, the first axis would point at the offsets;
+    centred on the mean of all features, the axes would follow the offsets' spread)."""
     PCA = require("sklearn.decomposition").PCA
     x, _ = wine
-    ours = lmnn.pca_init(x + 100.0, 4)
-    want = PCA(n_components=4, svd_solver="full").fit(x + 100.0).components_
+    x = x + np.linspace(-100.0, 100.0, x.shape[1])
+    ours = lmnn.pca_init(x, 4)
+    want = PCA(n_components=4, svd_solver="full").fit(x).components_
     # the same unit axes up to sign: |cos| of each pair 1 to float64 rounding
     np.testing.assert_allclose(np.abs(np.sum(ours * want, axis=1)), 1.0, atol=1e-9)
+
+
+def test_lmnn_steps_as_metric_learn_s(wine):
+    """metric-learn's schedule: each accepted step grows the rate by 1 %. From one start, 40
+    steps (no convergence check before 50) reach metric-learn's objective: measured 2e-7 apart
+    (float32 vs float64; 1 % allows for steps parting ways at a hinge's kink), without the
+    growth 7 % above it."""
+    ml = _metric_learn()
+    x, y = wine
+    init = lmnn.pca_init(x, 4)
+    ours = lmnn.fit_lmnn(x, y, 4, k=3, max_iter=40, learn_rate=1e-5, init=init)
+    ref = ml.LMNN(n_neighbors=3, n_components=4, init=init, max_iter=40, learn_rate=1e-5,
+                  regularization=0.5).fit(x, y)
+    assert ours.iterations == ref.n_iter_ == 39
+    assert ours.objective == pytest.approx(_reference_objective(ref, x, y)(ref.components_),
+                                           rel=1e-2)
+
+
+def test_lmnn_of_all_dimensions_starts_from_the_identity(wine):
+    """As many components as features: the map starts from the identity (metric-learn's
+    init="identity"), not from PCA's axes, a rotation of the map (the same metric) that the
+    map's components would keep. 10 steps: measured 6e-8 from metric-learn's, 0.03 from the
+    identity."""
+    ml = _metric_learn()
+    x, y = wine
+    ours = lmnn.fit_lmnn(x, y, k=3, max_iter=10, learn_rate=1e-5)
+    ref = ml.LMNN(n_neighbors=3, init="identity", max_iter=10, learn_rate=1e-5,
+                  regularization=0.5).fit(x, y)
+    np.testing.assert_allclose(ours.components, ref.components_, atol=1e-5)
 
 
 def test_lmnn_takes_metric_learn_s_fifty_steps_at_least():
@@ -204,6 +242,18 @@ def test_smoothing_measures_distances_between_standardised_features():
     want = smoothing.knn_smooth(StandardScaler().fit_transform(features), targets, 5)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert not np.allclose(got, smoothing.knn_smooth(features, targets, 5))  # the case is met
+
+
+def test_smoothing_scales_a_constant_feature_by_one():
+    """A feature constant over the training tracks (its std 0) is centred and scaled by 1, as
+    scikit-learn's StandardScaler does: divided by its std of 0 it would make every distance NaN."""
+    StandardScaler = require("sklearn.preprocessing").StandardScaler
+    rng = np.random.default_rng(3)
+    features = np.c_[rng.standard_normal((40, 5)) * 10.0, np.full(40, 7.0)]
+    targets = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    got = smoothing.smooth_labels(features, targets, smoothing.SmoothingConfig("knn", k=5))
+    want = smoothing.knn_smooth(StandardScaler().fit_transform(features), targets, 5)
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_smoothing_over_more_neighbours_than_other_tracks_is_refused():
