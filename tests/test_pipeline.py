@@ -227,6 +227,17 @@ def test_buckets_are_few_and_tight():
     assert all(s - n < pipeline.CHUNK or s <= 1.125 * n for n, s in zip(range(1, 2001), sizes))
 
 
+def test_a_bucket_is_the_longest_signal_of_its_patches(musicnn):
+    """``bucket_samples`` has exactly ``bucket_patches`` patches by Essentia's count, and one
+    sample more has one more: a bucket a frame short gave the longest signals of its patches a
+    program of their own; a frame long, padding for nothing."""
+    for n_samples in (16000 * 9 + 11, 16000 * 30 + 123):
+        plan = pipeline.plan(musicnn, n_samples)
+        assert essentia_patch_count(plan.bucket_samples) == plan.bucket_patches
+        assert essentia_patch_count(plan.bucket_samples + 1) == plan.bucket_patches + 1
+        assert pipeline.plan(musicnn, plan.bucket_samples).bucket_samples == plan.bucket_samples
+
+
 @pytest.mark.parametrize("n_samples", [0, 1, 47000, 47360, 47361, 47617, 71168, 71169, 123456,
                                        16000 * 207])
 def test_patch_counts_follow_essentia(musicnn, n_samples):
@@ -290,6 +301,16 @@ def test_too_short_is_an_error_unless_padded(musicnn):
                            musicnn.predict(audio, SR, pad="repeat"))
 
 
+def test_a_zero_padded_plan_starts_its_patch_at_frame_0(musicnn):
+    """``pad="zero"`` makes one patch even of no samples (0 frames, as ``make_patches`` does of
+    no frames): its index is all row 0, the zero frame, and its patch, like every padded one,
+    starts at frame 0, not at -1 (row 0 less one, unclipped)."""
+    for n_samples in (0, 1, 30_000):  # 0, 2 and 119 frames, fewer than a patch's 187
+        plan = pipeline.plan(musicnn, n_samples, pad="zero")
+        assert plan.n_patches == 1
+        np.testing.assert_array_equal(plan.patch_starts, [0])
+
+
 def test_features_resample_and_shapes(musicnn):
     rng = np.random.default_rng(8)
     stereo = (0.1 * rng.standard_normal((44100 * 2, 2))).astype(np.float32)
@@ -300,6 +321,24 @@ def test_features_resample_and_shapes(musicnn):
     short = noise(100)
     np.testing.assert_allclose(musicnn.features(short, SR), frontends.musicnn_logmel(short),
                                atol=1e-6)
+
+
+def test_features_of_lengths_in_one_block_run_one_length(musicnn, monkeypatch):
+    """``features`` pads a signal to the longest of its block of 1024 frames (ceil(N / 256) + 1
+    frames, as Essentia frames it: 1023 * 256 samples), so 9 s and 11 s share one program;
+    rounding the block count down ran each length unpadded, a program per length."""
+    lengths = []
+
+    def recording_logmel(audio, frontend, compat):
+        lengths.append(int(audio.shape[0]))
+        return frontends.logmel(audio, frontend, compat)
+
+    monkeypatch.setattr(pipeline, "logmel", recording_logmel)
+    for n_samples in (16000 * 9 + 11, 16000 * 11):
+        audio = noise(n_samples, seed=9)
+        frames = musicnn.features(audio, SR)
+        assert frames.shape == (-(-n_samples // 256) + 1, 96)  # Essentia's frames
+    assert lengths == [1023 * 256] * 2
 
 
 def test_predict_and_features_take_the_resampler(musicnn):
