@@ -7,6 +7,7 @@ which must not meet the one other tests import here.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -204,6 +205,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
     made["pages_damaged.ogg"].write_bytes(
         data[:page + 100] + np.random.default_rng(12).integers(0, 256, 4000, np.uint8).tobytes()
         + data[page + 4100:])
+    last = data.rfind(b"OggS")  # the last page (it ends the file), one bit of its body flipped
+    body = last + 27 + data[last + 26]
+    flip = (body + len(data)) // 2
+    made["last_page_flipped.ogg"] = folder / "last_page_flipped.ogg"
+    made["last_page_flipped.ogg"].write_bytes(data[:flip] + bytes([data[flip] ^ 1])
+                                              + data[flip + 1:])
     soundfile.write(made["stereo_44k1.ogg"], signal(44100, 2, 0.5, 3), 44100, format="OGG",
                     subtype="VORBIS")
     made["mono_48k_24bit.flac"] = folder / "mono_48k_24bit.flac"
@@ -359,7 +366,7 @@ DAMAGED = ["damaged.mp3", "cut_in_half.mp3", "page_flipped.ogg", "cut_rf64.wav"]
 STARTS = ["big_tag_then_another.mp3", "header_without_counts.mp3",
           "header_without_counts_22k.mp3", "tag_with_footer.mp3", "tag_of_revision_ff.mp3"]
 LOADED = sorted(set(TAGGED) | set(DAMAGED) | set(WAVS) | set(STARTS) | set(CONTAINERS))
-ESSENTIA_ONLY = ["pages_damaged.ogg"]  # compared in a test of their own
+ESSENTIA_ONLY = ["pages_damaged.ogg", "last_page_flipped.ogg"]  # compared in a test of their own
 
 
 @pytest.fixture(scope="module")
@@ -742,7 +749,7 @@ def test_ogg_pages_failing_their_checksum_are_decoded_as_essentia_decodes_them(f
     """FFmpeg today drops such a page and loses sync for seconds after it (here 2.6 s of 8);
     the wheel's FFmpeg 2.8 decodes whatever the pages hold. Outside the stretch whose bytes are
     damaged, the samples are Essentia's to float32 rounding (Vorbis: float in both)."""
-    for name in ("page_flipped.ogg", "pages_damaged.ogg"):
+    for name in ("page_flipped.ogg", "pages_damaged.ogg", "last_page_flipped.ogg"):
         with pytest.warns(DamagedAudioWarning, match=rf"{name}: damaged audio: 1 Ogg page\(s\) "
                                                      "failing their checksum decoded as they are"):
             decoded = decode_file(files[name])
@@ -786,14 +793,17 @@ def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s
                                                  "skipped, as FFmpeg does today"):  # it was 'ok'
         assert decode_file(files["page_version.ogg"], mode="float").samples.shape[0] > \
             decoded.samples.shape[0]
-    # one in junk behind the last page: nothing follows it, nothing is lost
+    # one in junk behind the last page (or two: no page of version 0 follows the first):
+    # nothing follows it, nothing is lost
     data = files["stereo_44k1.ogg"].read_bytes()
     junk = tmp_path / "junk.ogg"
     junk.write_bytes(data + b"OggS\x01" + bytes(40))
+    (tmp_path / "junk_twice.ogg").write_bytes(data + (b"OggS\x01" + bytes(40)) * 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert decode_file(junk, strict=True).samples.shape == \
-            decode_file(files["stereo_44k1.ogg"]).samples.shape
+        for name in ("junk.ogg", "junk_twice.ogg"):
+            assert decode_file(tmp_path / name, strict=True).samples.shape == \
+                decode_file(files["stereo_44k1.ogg"]).samples.shape, name
     # one between two streams of a chain: the wheel stops there, losing the second; today's
     # FFmpeg skips it and loses nothing (--decoder float called the whole file damaged)
     between = tmp_path / "between.ogg"
@@ -813,6 +823,16 @@ def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s
         warnings.simplefilter("error")
         assert decode_file(between, mode="float", strict=True).samples.shape[0] > \
             decode_file(junk).samples.shape[0]
+    # one inside the second stream of a chain (its first stream's end long behind): today's
+    # FFmpeg skips it, losing its audio: said so, though the first stream had ended
+    (tmp_path / "twice.ogg").write_bytes(data + data)
+    inner = data.find(b"OggS", len(data) // 2)
+    (tmp_path / "inside_second.ogg").write_bytes(data + data[:inner + 4] + b"\x01"
+                                                 + data[inner + 5:])
+    with pytest.warns(DamagedAudioWarning, match=r"1 Ogg page\(s\) of an unknown version "
+                                                 "skipped, as FFmpeg does today"):
+        assert decode_file(tmp_path / "inside_second.ogg", mode="float").samples.shape[0] < \
+            decode_file(tmp_path / "twice.ogg", mode="float").samples.shape[0]
     # the stream's own last page: nothing follows it either, but its audio is lost
     last = data.rfind(b"OggS")
     (tmp_path / "last.ogg").write_bytes(data[:last + 4] + b"\x01" + data[last + 5:])
@@ -888,8 +908,21 @@ def test_a_patched_file_reads_its_patches_and_stops_at_its_end(tmp_path):
             read = b"".join(iter(lambda: patched.read(size), b""))
             assert read == bytes(want), size
             assert patched.seek(-10, os.SEEK_END) == 590 and patched.read() == bytes(want[590:])
-    with PatchedFile(str(path), {}) as whole:
-        assert whole.read() == data
+    # read from its end or past it, as a file of those bytes reads (it gave the bytes behind)
+    cut = io.BytesIO(bytes(want))
+    with PatchedFile(str(path), patches, end=600) as patched:
+        for at in (599, 600, 700):
+            cut.seek(at)
+            assert patched.seek(at) == at and patched.read() == cut.read(), at
+    # closed, it closes the file it reads (no ResourceWarning when it is collected)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with PatchedFile(str(path), {}) as whole:
+            assert whole.read() == data
+        del whole
+        gc.collect()
+    assert not [warning for warning in caught if warning.category is ResourceWarning
+                and str(path) in str(warning.message)]  # not another test's file, collected
 
 
 def test_mp3_damaged_in_the_middle(files):
