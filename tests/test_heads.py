@@ -214,6 +214,16 @@ def test_composed_weights_round_trip(tmp_path):
     np.testing.assert_array_equal(again.apply(x)["predictions"], model.apply(x)["predictions"])
 
 
+def test_an_unknown_architecture_lists_every_one_a_weights_file_may_name():
+    """The refusal lists the architectures :func:`build_module` takes: ``composed``, which a
+    backbone joined to a head is saved as (above), among them."""
+    from jaxmir.models import ARCHITECTURES, COMPOSED, build_module
+    with pytest.raises(WeightsError, match="unknown architecture 'nope'; known: ") as caught:
+        build_module("nope", {})
+    listed = str(caught.value).split("; known: ", 1)[1].split(", ")
+    assert sorted(listed) == sorted([*ARCHITECTURES, COMPOSED])
+
+
 def test_a_head_composes_with_the_backbone_it_is_given(tmp_path):
     """A head loaded on a Model took that Model's spec, not its variables: a backbone with other
     weights gave the original's outputs, and a bfloat16 backbone computed in float32."""

@@ -486,6 +486,10 @@ def _array(key, convert):
                                   ("dense_1", "dense_4") for kind in ("kernel", "bias"))),
      r"\(missing: params/head/dense_1/bias, params/head/dense_1/kernel, params/head/dense_4/bias "
      r"and 1 more; unexpected: none;"),
+    ("three_variables_missing", _drop(*(f"variables/params/head/{name}" for name in
+                                        ("dense_1/kernel", "dense_1/bias", "dense_4/kernel"))),
+     r"\(missing: params/head/dense_1/bias, params/head/dense_1/kernel, "
+     r"params/head/dense_4/kernel; unexpected: none;"),  # all three shown, no "and 0 more"
     ("variable_unexpected", lambda a, m: a.update({
         "variables/params/head/extra/kernel": np.zeros((2, 2), np.float32)}),
      r"\(missing: none; unexpected: params/head/extra/kernel; shapes that differ: none\)"),

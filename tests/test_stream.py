@@ -536,6 +536,20 @@ def test_a_heavy_headed_model_runs_a_file_in_calls_of_32_with_its_body_in_steps(
     assert live.batch == 8                                           # a live stream: calls of 8
 
 
+def test_only_the_dense_layers_weights_make_a_head_heavy(musicnn, monkeypatch):
+    """HEAVY_DENSE_WEIGHTS counts the 2-D kernels of the dense head alone: the convolutions,
+    which run in steps with the rest of the body, do not count (MusiCNN's hold ~470 k weights,
+    more than its dense layers' 311 k)."""
+    kernels = {path: np.size(value) for path, value in models.leaves(musicnn.variables).items()
+               if path.endswith("/kernel")}
+    dense = sum(size for path, size in kernels.items() if path.startswith("params/head/"))
+    assert sum(kernels.values()) - dense > dense
+    monkeypatch.setattr(models, "HEAVY_DENSE_WEIGHTS", dense)
+    assert not models.has_heavy_head(musicnn.variables) and streaming.file_batch(musicnn) == 8
+    monkeypatch.setattr(models, "HEAVY_DENSE_WEIGHTS", dense - 1)
+    assert models.has_heavy_head(musicnn.variables) and streaming.file_batch(musicnn) == 32
+
+
 def _decode_threads() -> list:
     return [t for t in threading.enumerate() if t.name == "jaxmir-decode"]
 
