@@ -2846,6 +2846,19 @@ def test_a_folder_whose_name_starts_another_s_holds_none_of_its_files(tmp_path):
     assert gone_from_folders(rows, [str(tmp_path / "disk")], {}) == [rows[1]]
 
 
+def test_a_name_left_in_a_folder_as_a_broken_link_is_not_said_gone(tmp_path):
+    """A row's name still in the folder as a link to nothing (a file on a drive not mounted, a
+    hidden name the walk does not list, done when named alone) is not "no longer in the folders
+    named"; a name deleted is."""
+    from jaxmir.collection.resume import gone_from_folders
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / ".hidden.wav").symlink_to(tmp_path / "unmounted" / "a.wav")
+    rows = [str(disk / ".hidden.wav"), str(disk / "deleted.wav")]
+    assert gone_from_folders(rows, [str(disk)], {}) == [rows[1]]
+
+
 def test_the_summary_says_hours_of_audio_per_hour():
     """Two hours of audio in one hour of wall time is 2.0x real time, not 0.5x."""
     from jaxmir.collection.progress import Tally
@@ -2853,6 +2866,27 @@ def test_the_summary_says_hours_of_audio_per_hour():
     tally = Tally(total=3, ok=2, failed=1, audio_s=7200.0, started=100.0)
     tally.ended = 100.0 + 3600.0
     assert tally.summary() == "2 ok, 1 failed; 2.000 h of audio in 3600.0 s (2.0x real time)"
+
+
+def test_a_failed_file_counts_as_failed_and_its_audio_as_not_analysed(capsys):
+    """A file decoded but then failed (too short for a patch, the model out of memory) has a
+    duration: it is not audio analysed (the summary's hours, the bar's audio h/h), and the bar's
+    count of failures is of the files failed."""
+    from jaxmir.collection.inputs import Source
+    from jaxmir.collection.progress import Progress, Tally
+    from jaxmir.collection.rows import Result
+
+    tally = Tally(total=3)
+    progress = Progress(tally, enabled=False)
+    values = np.zeros((1, 4), np.float32)
+    progress.update(Result(Source("/a.wav", 1, 1), 60.0, values))
+    progress.update(Result(Source("/b.wav", 1, 1), 2.0, error="/b.wav: too short"))
+    progress.update(Result(Source("/c.wav", 1, 1), 30.0, values, warning="truncated audio"))
+    progress.close()
+    assert (tally.ok, tally.damaged, tally.failed, tally.audio_s) == (2, 1, 1, 90.0)
+    assert progress.bar.postfix.endswith(" audio h/h, 1 failed"), progress.bar.postfix
+    assert capsys.readouterr().err.splitlines() == [
+        "jaxmir: error: /b.wav: too short", "jaxmir: warning: truncated audio"]
 
 
 def test_an_unknown_engine_is_refused_before_any_output(music, model, tmp_path):
