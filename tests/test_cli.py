@@ -602,14 +602,15 @@ def test_scores_line_up_under_wide_and_combining_labels():
     from jaxmir.console import columns
 
     # and an invisible format character (a zero-width joiner) takes no column either; a soft
-    # hyphen, which terminals draw, takes one (glibc's wcwidth: 1)
+    # hyphen, which terminals draw, takes one (glibc's wcwidth: 1); fullwidth Latin (Unicode's
+    # East Asian Width F, not W) takes two, as glibc's wcwidth says, and halfwidth katakana one
     labels = ["日本", "rock", "cafe\u0301", "ü", "कु", "สั้น", "\u1100\u1161", "a\u200db",
-              "pop\u00ad"]
+              "pop\u00ad", "ＲＯ", "ｱｲ"]
     block = cli.text_block("a.wav", {"n_patches": 1, "top": [
         {"label": label, "score": 0.5} for label in labels]})
     rows = block.splitlines()[1:]
-    assert [columns(row[:row.index("0.5000")]) for row in rows] == [9] * 9, rows
-    assert [columns(label) for label in labels] == [4, 4, 4, 1, 1, 2, 2, 2, 4]
+    assert [columns(row[:row.index("0.5000")]) for row in rows] == [9] * 11, rows
+    assert [columns(label) for label in labels] == [4, 4, 4, 1, 1, 2, 2, 2, 4, 4, 2]
 
 
 def test_pictures_already_there_are_refused_before_any_work_counting_the_others(capsys, wavs,
@@ -1206,6 +1207,31 @@ def test_a_signal_a_library_swallowed_still_ends_the_command_as_interrupted(monk
     assert cli.main(["info", "msd-musicnn"]) == 143
 
 
+def test_a_signal_received_before_a_block_is_forgotten_in_it(monkeypatch):
+    """installed() forgets the signals received before it, as its docstring says: a command run
+    inside a block that was stopped (a library swallowed the stop) starts unstopped, and ends
+    with nothing left to raise."""
+    import signal
+
+    from jaxmir import interrupts
+
+    def stopped() -> bool:  # not raised on: a KeyboardInterrupt would end pytest's whole run
+        try:
+            interrupts.raise_if_received()
+        except KeyboardInterrupt:
+            return True
+        return False
+
+    monkeypatch.setattr(interrupts, "_received", [])
+    with interrupts.installed():
+        with pytest.raises(interrupts.Terminated):  # the handler, as SIGTERM runs it
+            interrupts._raise(signal.SIGTERM, None)
+        assert stopped()
+        with interrupts.installed():
+            assert not stopped()  # received before this block
+        assert not stopped()  # nor after it: what it forgot stays forgotten
+
+
 def test_after_a_signal_other_unraisable_errors_are_still_reported(monkeypatch):
     """Dropped are the interrupts the handler raised where Python can only report them (a
     finalizer, a garbage-collection callback); any other error there is still reported."""
@@ -1218,10 +1244,14 @@ def test_after_a_signal_other_unraisable_errors_are_still_reported(monkeypatch):
     reported = []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)
     with interrupts.installed():
+        # before any signal, an interrupt there is no stop of ours (a host's own handler raised
+        # it, or a finalizer did): reported, as nothing would raise it again
+        sys.unraisablehook(types.SimpleNamespace(exc_value=KeyboardInterrupt()))
         interrupts._received.append((signal.SIGINT, time.monotonic()))
         for error in (KeyboardInterrupt(), ValueError("a finalizer's own")):
             sys.unraisablehook(types.SimpleNamespace(exc_value=error))
-    assert [type(unraisable.exc_value) for unraisable in reported] == [ValueError]
+    assert [type(unraisable.exc_value) for unraisable in reported] == [KeyboardInterrupt,
+                                                                         ValueError]
 
 
 def test_a_command_run_in_a_thread_leaves_the_main_thread_s_signal_alone(monkeypatch, capsys):

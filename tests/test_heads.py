@@ -166,6 +166,11 @@ def test_another_output_of_a_graph_with_essentia_s_json_loads_without_its_classe
     assert penultimate.labels == tuple(f"class_{i}" for i in range(100))
     assert "the metadata JSON's classes name the values of its predictions output, not this " \
         "one's" in penultimate.describe()
+    # an empty list of classes names no output's values, its predictions' or this one's
+    empty = write_head(tmp_path, "empty-msd-musicnn-1",
+                       essentia_metadata([], "model/Softmax", "msd-musicnn-1"))
+    assert "(no class names: the metadata JSON beside the graph names none;" in jaxmir.load(
+        empty, output="model/dense/BiasAdd").describe()
     assert jaxmir.load(path, output="model/Softmax").labels == ("happy", "non_happy")
     # the predictions named, beside a JSON of another class count: still refused
     wrong = essentia_metadata(["a", "b", "c"], "model/Softmax", "msd-musicnn-1")

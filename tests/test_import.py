@@ -284,15 +284,19 @@ def test_graph_stripped_for_inference(musicnn_graphs, tmp_path, patches_187, fol
     assert "model/Sigmoid" in errors
 
 
-def test_only_a_graph_named_from_its_start_like_a_shipped_model_takes_its_labels():
+def test_only_a_graph_named_from_its_start_like_a_shipped_model_takes_its_labels(tmp_path):
     """A graph without its JSON takes a shipped model's labels by its name's start, as Essentia
     names them (msd-musicnn-1.pb); one whose name only holds one (old-msd-musicnn-1.pb) is
-    another model, whose classes are not known."""
+    another model, whose classes are not known; so is one of another width (a 9-genre MusiCNN
+    named msd-musicnn-1.pb), whose outputs the 50 tags do not name."""
     from jaxmir.catalog import labels_for_graph
 
     spec = jaxmir.load("msd-musicnn").spec
     assert labels_for_graph("/models/msd-musicnn-1.pb", spec)[:2] == ["rock", "pop"]
     assert labels_for_graph("/models/old-msd-musicnn-1.pb", spec) is None
+    named = tmp_path / "msd-musicnn-1.pb"
+    named.write_bytes(shared_fixture(DORTMUND).read_bytes())
+    assert jaxmir.load(named).labels == tuple(f"class_{i}" for i in range(9))
 
 
 def test_msd_big_configuration_from_a_random_graph(tmp_path, patches_187):
@@ -551,6 +555,11 @@ def test_a_file_digest_is_read_once_while_the_file_is_unchanged(tmp_path, monkey
     graph.write_bytes(b"b" * 3000)
     os.utime(graph, ns=(stamp, stamp))
     assert catalog.sha256(graph) == sha256(b"b" * 3000).hexdigest() != digest
+    for index in range(70):  # the memo is bounded: a folder of many heads grows it no further
+        other = tmp_path / f"head_{index}.pb"
+        other.write_bytes(bytes([index]) * 10)
+        assert catalog.sha256(other) == sha256(bytes([index]) * 10).hexdigest()
+    assert 0 < len(catalog._DIGESTS) <= 64
 
 
 def test_an_optional_dependency_installed_but_broken_is_not_called_missing(tmp_path,
