@@ -100,13 +100,19 @@ def _reference_objective(ref, x, y, regularization=0.5):
                                              labels)[1]
 
 
-def test_lmnn_matches_metric_learn(wine):
-    ml = _metric_learn()
-    x, y = wine
+def _fit_both(x, y, max_iter, learn_rate):
+    """PCA's 4 axes, and jaxmir's and metric-learn's LMNN of 4 components over 3 neighbours
+    from them."""
     init = lmnn.pca_init(x, 4)
-    ours = lmnn.fit_lmnn(x, y, 4, k=3, max_iter=300, learn_rate=1e-4, init=init)
-    ref = ml.LMNN(n_neighbors=3, n_components=4, init=init, max_iter=300, learn_rate=1e-4,
-                  regularization=0.5).fit(x, y)
+    ours = lmnn.fit_lmnn(x, y, 4, k=3, max_iter=max_iter, learn_rate=learn_rate, init=init)
+    ref = _metric_learn().LMNN(n_neighbors=3, n_components=4, init=init, max_iter=max_iter,
+                               learn_rate=learn_rate, regularization=0.5).fit(x, y)
+    return init, ours, ref
+
+
+def test_lmnn_matches_metric_learn(wine):
+    x, y = wine
+    init, ours, ref = _fit_both(x, y, max_iter=300, learn_rate=1e-4)
     labels = np.unique(y, return_inverse=True)[1]
     targets = ref._select_targets(x, labels)
     assert np.array_equal(ours.targets, targets)
@@ -161,12 +167,8 @@ def test_lmnn_steps_as_metric_learn_s(wine):
     steps (no convergence check before 50) reach metric-learn's objective: measured 2e-7 apart
     (float32 vs float64; 1 % allows for steps parting ways at a hinge's kink), without the
     growth 7 % above it."""
-    ml = _metric_learn()
     x, y = wine
-    init = lmnn.pca_init(x, 4)
-    ours = lmnn.fit_lmnn(x, y, 4, k=3, max_iter=40, learn_rate=1e-5, init=init)
-    ref = ml.LMNN(n_neighbors=3, n_components=4, init=init, max_iter=40, learn_rate=1e-5,
-                  regularization=0.5).fit(x, y)
+    _, ours, ref = _fit_both(x, y, max_iter=40, learn_rate=1e-5)
     assert ours.iterations == ref.n_iter_ == 39
     assert ours.objective == pytest.approx(_reference_objective(ref, x, y)(ref.components_),
                                            rel=1e-2)
