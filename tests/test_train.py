@@ -532,6 +532,10 @@ def test_cache_reused_keyed_and_safe(tmp_path, audio_set, monkeypatch):
     before = embeddings.source_digest(package)
     (package / "sub" / "decode.py").write_text("TRIM = 1105\n")
     assert embeddings.source_digest(package) != before
+    # a module renamed, its bytes kept, is other code too (what imports it finds it no more)
+    before = embeddings.source_digest(package)
+    (package / "sub" / "decode.py").rename(package / "sub" / "decoding.py")
+    assert embeddings.source_digest(package) != before
 
 
 def test_the_cache_key_changes_with_the_decoding_libraries(monkeypatch):
@@ -656,7 +660,9 @@ def test_a_file_whose_embeddings_are_not_finite_is_skipped_and_not_cached(tmp_pa
             return layer, None
 
         def predict(self, audio, sr, output=None):
-            return np.full((2, 200), np.nan, np.float32)
+            values = np.ones((2, 200), np.float32)
+            values[1, 7] = np.nan  # one value of 400: the file is skipped all the same
+            return values
 
     with pytest.warns(UserWarning, match="not finite"):
         values, failures = embeddings.extract_embeddings(NaNModel(), "stub", [str(wav)], "emb",
@@ -1978,6 +1984,15 @@ def test_fit_head_checks_options_before_reading_audio(options, message):
         fit_head(dataset, backbone="no-such-backbone", cache=False, **options)
 
 
+def test_lmnn_push_takes_both_ends_of_its_range():
+    """push weighs LMNN's impostor term and 1 - push its pull: 0 and 1 are weights in [0, 1], as
+    the refusal of others says, not refused."""
+    from jaxmir.train.recipe import check_options
+
+    for push in (0, 0.0, 1, 1.0):
+        check_options(0, SmoothingConfig("lmnn", lmnn_push=push))
+
+
 @pytest.mark.parametrize("task", ["multi", "regression"])
 def test_label_smoothing_is_refused_for_other_than_single_label_data(task):
     """Smoothing spreads a track's one class over its neighbours' classes, which multi-label and
@@ -2597,6 +2612,73 @@ def test_a_file_skipped_for_its_embeddings_gets_no_mfccs(monkeypatch, tmp_path):
                  smoothing=SmoothingConfig("lmnn", k=2, lmnn_k=2, lmnn_max_iter=20))
     written = json.loads((tmp_path / "l.json").read_text())["dataset"]["label_smoothing"]
     assert written["lmnn_components"] == 6
+
+
+def test_mfcc_summaries_and_pooled_mfccs_are_two_cache_entries(monkeypatch, tmp_path):
+    """knn's S_A and lmnn's S_B of one file go through one cache: keyed alike, the second kind
+    would read the first's [26] summary back as its pooled MFCCs."""
+    from jaxmir.train import recipe
+
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"audio")  # never decoded: the noise below is its audio
+    noise = (0.1 * np.random.default_rng(0).standard_normal(44100)).astype(np.float32)
+    monkeypatch.setattr("jaxmir.audio.load_audio", lambda path, rate: noise)
+    for kind in ("summary", "pooled"):
+        through_cache, _ = recipe.mfcc_features([str(path)], kind, tmp_path / "cache")
+        computed, _ = recipe.mfcc_features([str(path)], kind, False)
+        np.testing.assert_array_equal(through_cache[0], computed[0])
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def _random_embeddings(monkeypatch, unreadable: str | None = None) -> None:
+    """fit_head's backbone embeddings random (no file decoded); ``unreadable`` skipped."""
+    from jaxmir.train import recipe
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
+        [None if p == unreadable else rng.standard_normal((2, 200)).astype(np.float32)
+         for p in files], [f"{unreadable}: cannot be read"] if unreadable in files else []))
+
+
+def test_a_dataset_given_as_such_is_checked_as_a_table_is(monkeypatch):
+    """A Dataset handed to fit_head has not been through load_dataset's checks: its class of one
+    track is refused as a folder's or a table's is, not trained on."""
+    _random_embeddings(monkeypatch)
+    paths = ("a0.wav", "a1.wav", "a2.wav", "b0.wav")
+    dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0, 0, 0, 1]], "single", AB)
+    with pytest.raises(InputError, match=r"^the dataset: class\(es\) with fewer than 2 audio "
+                                         r"files: b \(1\)$"):
+        fit_head(dataset, config=FAST, cache=False)
+
+
+def test_smoothing_is_refused_when_skipped_files_leave_a_class_k_tracks(monkeypatch):
+    """Six tracks a class take k = 5 neighbours; one file skipped leaves its class five, whose
+    tracks' neighbours then hold another class whatever their features: checked again."""
+    from jaxmir.train import recipe
+
+    _random_embeddings(monkeypatch, unreadable="b5.wav")
+    rng = np.random.default_rng(1)
+    monkeypatch.setattr(recipe, "mfcc_features", lambda files, kind, cache: (
+        [rng.standard_normal(26).astype(np.float32) for _ in files], []))
+    paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(6))
+    dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0] * 6 + [1] * 6], "single", AB)
+    with pytest.warns(JaxmirWarning, match=r"1 of 12 file\(s\) skipped"), \
+            pytest.raises(InputError, match=r"over k = 5 neighbours needs more than 5 tracks in "
+                                            r"every class: with 5, .*; class 'b' has 5 "):
+        fit_head(dataset, config=FAST, cache=False, smoothing=SmoothingConfig("knn", k=5))
+
+
+def test_fit_head_reports_the_median_seconds_per_epoch(monkeypatch):
+    """train-head's "ms per epoch" is the epochs' median, as cross-validation's: one epoch slowed
+    by other work on the machine would move a mean (here from 15 ms to 1.26 s)."""
+    from jaxmir.train import recipe
+
+    seconds = [0.01, 0.01, 0.02, 5.0]
+    monkeypatch.setattr(recipe, "steady_seconds", lambda history: seconds)
+    _random_embeddings(monkeypatch)
+    paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(2))
+    dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0, 0, 1, 1]], "single", AB)
+    assert fit_head(dataset, config=FAST, cache=False).seconds_per_epoch == np.median(seconds)
 
 
 def test_links_into_another_folder_are_written_through_with_a_new_file_s_mode(tmp_path,

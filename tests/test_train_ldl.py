@@ -78,6 +78,17 @@ def test_mfcc_summaries():
     # a 17-s track has no 15 s from 5 s in: its last 15 s (from 5 s it gave 12 s)
     track = np.arange(17 * 100, dtype=np.float32)
     np.testing.assert_array_equal(mfcc.segment(track, 100), track[2 * 100:])
+    # 0.29 s at 100 Hz is 28.999999999999996 samples in floating point: 29 of them, not 28
+    assert len(mfcc.segment(track, 100, seconds=0.29)) == 29
+
+
+def test_mfcc_refuses_an_empty_or_multichannel_signal():
+    """No samples would give one frame of zero padding's MFCCs, unsaid, as if it were silence."""
+    for signal, shape in ((np.zeros(0, np.float32), r"\[0\]"),
+                          (np.zeros((2, 4096), np.float32), r"\[2, 4096\]")):
+        with pytest.raises(InputError, match=rf"mfcc takes a non-empty mono signal \[n_samples\]"
+                                             rf", got {shape}"):
+            mfcc.mfcc(signal, 44100)
 
 
 @pytest.fixture(scope="module")
