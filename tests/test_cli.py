@@ -1215,7 +1215,7 @@ def test_a_signal_received_before_a_block_is_forgotten_in_it(monkeypatch):
 
     from jaxmir import interrupts
 
-    def stopped() -> bool:  # not raised on: a KeyboardInterrupt would end pytest's whole run
+    def stopped() -> bool:  # asked, not raised: a stray KeyboardInterrupt ends pytest's whole run
         try:
             interrupts.raise_if_received()
         except KeyboardInterrupt:

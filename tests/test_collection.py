@@ -2847,9 +2847,9 @@ def test_a_folder_whose_name_starts_another_s_holds_none_of_its_files(tmp_path):
 
 
 def test_a_name_left_in_a_folder_as_a_broken_link_is_not_said_gone(tmp_path):
-    """A row's name still in the folder as a link to nothing (a file on a drive not mounted, a
-    hidden name the walk does not list, done when named alone) is not "no longer in the folders
-    named"; a name deleted is."""
+    """A row's name still in the folder as a link to nothing (its file on a drive not mounted)
+    is not "no longer in the folders named"; a name deleted is. The name is hidden, which the
+    walk skips (a run that named it alone did it), so it is no file of this run either."""
     from jaxmir.collection.resume import gone_from_folders
 
     disk = tmp_path / "disk"

@@ -303,8 +303,8 @@ def test_too_short_is_an_error_unless_padded(musicnn):
 
 def test_a_zero_padded_plan_starts_its_patch_at_frame_0(musicnn):
     """``pad="zero"`` makes one patch even of no samples (0 frames, as ``make_patches`` does of
-    no frames): its index is all row 0, the zero frame, and its patch, like every padded one,
-    starts at frame 0, not at -1 (row 0 less one, unclipped)."""
+    no frames): its index is then all row 0, the zero frame, and its patch starts at frame 0,
+    not at -1 (row 0 less one, unclipped); a padded patch of some frames starts at 0 too."""
     for n_samples in (0, 1, 30_000):  # 0, 2 and 119 frames, fewer than a patch's 187
         plan = pipeline.plan(musicnn, n_samples, pad="zero")
         assert plan.n_patches == 1

@@ -1974,6 +1974,8 @@ def test_finetune_defaults_are_the_ones_its_help_states(capsys):
                                                              r"weight in \[0, 1\]"),
     ({"smoothing": SmoothingConfig("lmnn", lmnn_push=float("nan"))}, "lmnn_push = nan"),
     ({"smoothing": SmoothingConfig("lmnn", lmnn_push=1.5)}, r"lmnn_push = 1.5; expected"),
+    # a bool is no weight, as folds=False is no count (True passed as a push of 1)
+    ({"smoothing": SmoothingConfig("lmnn", lmnn_push=True)}, r"lmnn_push = True; expected"),
     ({"folds": 1}, "folds = 1; expected 0"), ({"folds": -3}, "folds = -3"),
     # False and 0.0 passed as "0, no cross-validation", where True and 3.0 were refused
     ({"folds": False}, "folds = False; expected 0"), ({"folds": 0.0}, "folds = 0.0; expected 0")])
@@ -2541,19 +2543,24 @@ def test_the_head_s_json_keeps_cross_validation_figures_to_four_decimals():
     assert written not in (round(mean, 3), round(mean, 5))
 
 
-def test_a_class_left_with_one_file_after_skipping_is_refused(monkeypatch, tmp_path):
-    """A table's class of two files, one undecodable: a head was trained on its one track."""
+def _random_embeddings(monkeypatch, unreadable: str | None = None) -> None:
+    """fit_head's backbone embeddings random (no file decoded); ``unreadable`` skipped."""
     from jaxmir.train import recipe
 
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
+        [None if p == unreadable else rng.standard_normal((2, 200)).astype(np.float32)
+         for p in files], [f"{unreadable}: cannot be read"] if unreadable in files else []))
+
+
+def test_a_class_left_with_one_file_after_skipping_is_refused(monkeypatch, tmp_path):
+    """A table's class of two files, one undecodable: a head was trained on its one track."""
     table = tmp_path / "labels.csv"
     table.write_text("path,label\n" + "".join(f"{c}{i}.wav,{c}\n" for c, n in (("a", 3), ("b", 2))
                                               for i in range(n)))
     for name in ("a0", "a1", "a2", "b0", "b1"):
         (tmp_path / f"{name}.wav").write_bytes(b"")
-    rng = np.random.default_rng(0)
-    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
-        [None if p.endswith("b1.wav") else rng.standard_normal((2, 200)).astype(np.float32)
-         for p in files], [f"{tmp_path}/b1.wav: cannot be read"]))
+    _random_embeddings(monkeypatch, unreadable=str(tmp_path / "b1.wav"))
     with pytest.warns(JaxmirWarning, match=r"1 of 5 file\(s\) skipped"), \
             pytest.raises(InputError, match=r"after skipping 1 file\(s\)\): class\(es\) with fewer "
                                             r"than 2 audio files: b \(1\)"):
@@ -2566,9 +2573,8 @@ def test_a_file_whose_mfccs_fail_is_skipped(monkeypatch, tmp_path):
 
     paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(4))
     dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0] * 4 + [1] * 4], "single", AB)
+    _random_embeddings(monkeypatch)
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
-        [rng.standard_normal((2, 200)).astype(np.float32) for _ in files], []))
     monkeypatch.setattr(recipe, "mfcc_features", lambda files, kind, cache: (
         [None if f == "b3.wav" else rng.standard_normal(26).astype(np.float32) for f in files],
         ["b3.wav: no MFCCs"]))
@@ -2628,16 +2634,6 @@ def test_mfcc_summaries_and_pooled_mfccs_are_two_cache_entries(monkeypatch, tmp_
         computed, _ = recipe.mfcc_features([str(path)], kind, False)
         np.testing.assert_array_equal(through_cache[0], computed[0])
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
-
-
-def _random_embeddings(monkeypatch, unreadable: str | None = None) -> None:
-    """fit_head's backbone embeddings random (no file decoded); ``unreadable`` skipped."""
-    from jaxmir.train import recipe
-
-    rng = np.random.default_rng(0)
-    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
-        [None if p == unreadable else rng.standard_normal((2, 200)).astype(np.float32)
-         for p in files], [f"{unreadable}: cannot be read"] if unreadable in files else []))
 
 
 def test_a_dataset_given_as_such_is_checked_as_a_table_is(monkeypatch):
@@ -2754,13 +2750,10 @@ def test_the_validation_split_is_stratified_by_labels_not_by_smoothed_targets(mo
 def _fit_with_smoothing(monkeypatch, method: str) -> data.Dataset:
     """fit_head on 10 tracks (never decoded for the backbone: random embeddings) with ``method``
     label smoothing, the MFCCs computed from noise in place of each file's audio."""
-    from jaxmir.train import recipe
-
     paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(5))
     dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0] * 5 + [1] * 5], "single", AB)
+    _random_embeddings(monkeypatch)
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
-        [rng.standard_normal((2, 200)).astype(np.float32) for _ in files], []))
     monkeypatch.setattr("jaxmir.audio.load_audio", lambda path, rate: (
         0.1 * rng.standard_normal(rate // 2)).astype(np.float32))
     fit_head(dataset, config=FAST, cache=False, output=None,

@@ -80,6 +80,7 @@ def test_mfcc_summaries():
     np.testing.assert_array_equal(mfcc.segment(track, 100), track[2 * 100:])
     # 0.29 s at 100 Hz is 28.999999999999996 samples in floating point: 29 of them, not 28
     assert len(mfcc.segment(track, 100, seconds=0.29)) == 29
+    assert mfcc.segment(track, 100, start=0.29, seconds=1.0)[0] == track[29]  # its start too
 
 
 def test_mfcc_refuses_an_empty_or_multichannel_signal():
@@ -245,28 +246,17 @@ def test_knn_smoothing_uses_original_labels_of_others():
 def test_smoothing_measures_distances_between_standardised_features():
     """Features are z-scored over the training tracks before the distances (scikit-learn's
     StandardScaler as the reference): MFCC 0, in the tens, would otherwise choose the
-    neighbours alone."""
+    neighbours alone. A feature constant over them (std 0) is centred and scaled by 1, as
+    StandardScaler does: divided by its std of 0 it would make every distance NaN."""
     StandardScaler = require("sklearn.preprocessing").StandardScaler
     rng = np.random.default_rng(2)
-    features = rng.standard_normal((40, 6)) * [60.0, 1, 1, 1, 1, 1] + [-300.0, 5, 0, 0, 0, 0]
+    features = rng.standard_normal((40, 6)) * [60.0, 1, 1, 1, 1, 0] + [-300.0, 5, 0, 0, 0, 7]
     targets = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
     config = smoothing.SmoothingConfig("knn", k=5)
     got = smoothing.smooth_labels(features, targets, config)
     want = smoothing.knn_smooth(StandardScaler().fit_transform(features), targets, 5)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert not np.allclose(got, smoothing.knn_smooth(features, targets, 5))  # the case is met
-
-
-def test_smoothing_scales_a_constant_feature_by_one():
-    """A feature constant over the training tracks (its std 0) is centred and scaled by 1, as
-    scikit-learn's StandardScaler does: divided by its std of 0 it would make every distance NaN."""
-    StandardScaler = require("sklearn.preprocessing").StandardScaler
-    rng = np.random.default_rng(3)
-    features = np.c_[rng.standard_normal((40, 5)) * 10.0, np.full(40, 7.0)]
-    targets = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
-    got = smoothing.smooth_labels(features, targets, smoothing.SmoothingConfig("knn", k=5))
-    want = smoothing.knn_smooth(StandardScaler().fit_transform(features), targets, 5)
-    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_smoothing_over_more_neighbours_than_other_tracks_is_refused():

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxmir.audio import check_reading
 from jaxmir.audio_choices import reading_entry
-from jaxmir.checks import is_whole
+from jaxmir.checks import is_real, is_whole
 from jaxmir.compose import embedding_layer, embedding_width
 from jaxmir.errors import InputError, JaxmirWarning
 from jaxmir.labels import placeholder_labels
@@ -139,8 +139,9 @@ def check_options(folds: int, smoothing: SmoothingConfig) -> None:
         if not is_whole(value, 1):
             raise InputError(f"label smoothing {name} = {value!r}; expected a whole number >= 1")
     push = smoothing.lmnn_push
-    if smoothing.method == "lmnn" and not (isinstance(push, (int, float)) and 0 <= push <= 1):
-        # LMNN's objective weighs its pull by 1 - push: beyond [0, 1] it inverts (or NaN)
+    if smoothing.method == "lmnn" and not (is_real(push) and 0 <= push <= 1):
+        # LMNN's objective weighs its pull by 1 - push: beyond [0, 1] it inverts (or NaN); a
+        # bool is no weight (True passed as 1, and the head's JSON recorded "lmnn_push": true)
         raise InputError(f"label smoothing lmnn_push = {push!r}; expected a weight in [0, 1]")
 
 
