@@ -639,6 +639,10 @@ def test_a_taggram_with_more_starts_than_patches_is_refused(tmp_path):
     require("matplotlib")
     with pytest.raises(JaxmirError, match=r"taggram \[3, 2\] does not match 4 patch starts"):
         save_taggram(tmp_path / "u.png", np.full((3, 2), 0.5), np.arange(4) * 1.5, ["a", "b"], 3.0)
+    # labels for more rows than the taggram's are refused as well (not matplotlib's TypeError)
+    with pytest.raises(JaxmirError, match=r"taggram \[3, 2\] does not match 3 patch starts and 3 "):
+        save_taggram(tmp_path / "u.png", np.full((3, 2), 0.5), np.arange(3) * 1.5, ["a", "b", "c"],
+                     3.0)
     assert not (tmp_path / "u.png").exists()
 
 
@@ -693,6 +697,43 @@ def test_a_taggram_s_columns_span_their_patches(tmp_path, monkeypatch):
     plot.save_taggram(tmp_path / "t.png", np.full((3, 2), 0.9), np.arange(3) * 1.5, ["a", "b"], 3.0)
     plot.save_taggram(tmp_path / "u.png", np.full((1, 2), 0.9), np.zeros(1), ["a", "b"], 3.0)
     assert spans == [(0.0, 6.0), (0.0, 3.0)]
+
+
+def test_a_taggram_s_rows_colours_format_and_figure(tmp_path, monkeypatch):
+    """The first label is the top row, each tick at its row's middle; the colours run from 0 (a
+    taggram of low scores is dark) to its highest score; the suffix picks the format (none: PNG);
+    pyplot's figure is closed, drawn or not (pyplot keeps each open figure)."""
+    require("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from jaxmir import plot
+
+    drawn, draw = [], plot._draw
+
+    def drawing(figure, axes, *args):
+        draw(figure, axes, *args)
+        drawn.append((axes.get_ylim(), list(axes.get_yticks()),
+                      [tick.get_text() for tick in axes.get_yticklabels()],
+                      axes.collections[0].get_clim()))
+
+    monkeypatch.setattr(plot, "_draw", drawing)
+    open_figures = plt.get_fignums()
+    taggram = np.array([[0.125, 0.375, 0.25], [0.5, 0.25, 0.0625]])  # exact in float32
+    starts, labels = np.arange(2) * 1.5, ["a", "b", "c"]
+    plot.save_taggram(tmp_path / "t.svg", taggram, starts, labels, 3.0)
+    assert drawn == [((3.0, 0.0), [0.5, 1.5, 2.5], labels, (0.0, 0.5))]
+    for name, magic in (("t.svg", b"<?xml"), ("t.pdf", b"%PDF"), ("t", b"\x89PNG")):
+        plot.save_taggram(tmp_path / name, taggram, starts, labels, 3.0)
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+    assert plt.get_fignums() == open_figures
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plot, "write_atomically", full)
+    with pytest.raises(OSError):
+        plot.save_taggram(tmp_path / "u.png", taggram, starts, labels, 3.0)
+    assert plt.get_fignums() == open_figures
 
 
 def test_read_only_outputs_are_refused_before_the_work(capsys, wavs, tmp_path, monkeypatch):

@@ -2717,6 +2717,25 @@ def test_a_smaller_synthetic_set_written_over_a_larger_one_leaves_no_clips_behin
     assert sorted(p.name for p in (tmp_path / "pads").iterdir()) == ["mine.wav", "pads_00.wav"]
     clip, _ = soundfile.read(tmp_path / "pads" / "pads_00.wav")
     assert abs(np.max(np.abs(clip)) - 0.5) < 1e-4  # its documented peak, to 16-bit rounding
+    assert len(clip) == 1600  # seconds * 16000 samples, as documented
+
+
+def test_synthetic_classes_differ_in_onsets_and_a_seed_gives_the_same_set(tmp_path):
+    """pads are sustained (no onsets), drums and plucks notes on a pulse, as the module says:
+    measured by librosa's onset strength (spectral flux); a seed writes the same clips again."""
+    librosa = require("librosa")
+    rng = np.random.default_rng(3)
+    peaks = {kind: float(librosa.onset.onset_strength(y=synthetic.synth(kind, 4.0, rng),
+                                                      sr=16000).max())
+             for kind in synthetic.CLASSES}
+    # seeds 0-7 gave peaks of 1.0-1.8 (pads), 9.9-12 (plucks) and 19-22 (drums)
+    assert peaks["pads"] < 3 and min(peaks["plucks"], peaks["drums"]) > 6, peaks
+    clips = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        synthetic.write_dataset(tmp_path / name, classes=("drums",), per_class=1, seconds=0.1,
+                                seed=seed)
+        clips[name] = (tmp_path / name / "drums" / "drums_00.wav").read_bytes()
+    assert clips["a"] == clips["b"] != clips["c"]
 
 
 def _watch_validation_splits(monkeypatch) -> list:
