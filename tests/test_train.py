@@ -1631,6 +1631,17 @@ def test_cli_refuses_finetune_steps_without_finetune(tmp_path, capsys):
     assert f"(default {FinetuneConfig.steps};" in " ".join(help_text.split())
 
 
+def test_cli_refuses_plot_without_folds(tmp_path, capsys):
+    """--plot draws the cross-validation's confusion matrix: without --folds there is none, and
+    the head would be trained and written with no picture, unsaid."""
+    argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
+            "--plot"]
+    assert jaxmir_cli.main(argv) == 2  # the command line is wrong
+    assert "--plot draws the cross-validation confusion matrix: add --folds" in \
+        capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_cli_refuses_smoothing_k_without_smoothing(tmp_path, capsys):
     """--smoothing-k without --label-smoothing was ignored without a word."""
     argv = ["train-head", str(tmp_path / "no-data-here"), "--output", str(tmp_path / "h"),
@@ -1898,15 +1909,19 @@ def test_cli_finetune_lands_the_confusion_picture_with_the_head(tmp_path, capsys
     monkeypatch.setattr(recipe, "fit_head", lambda *args, **kwargs: result)
     monkeypatch.setattr(recipe, "dataset_entry", lambda *args: {})
 
+    given = []
+
     def landing(*args, also):  # the head's files written, and what lands with them
+        given.append(args)
         for drawn, picture in also.items():
             os.replace(drawn, picture)
         return {}
 
     monkeypatch.setattr(finetune, "finetune_and_export", landing)
     argv = ["train-head", str(audio_set), "--output", str(tmp_path / "h"), "--folds", "2",
-            "--plot", "--finetune", "--finetune-steps", "1"]
+            "--plot", "--finetune", "--finetune-steps", "3", "--seed", "5"]
     assert jaxmir_cli.main(argv) == 0
+    assert given[0][4:6] == (3, 5)  # the steps and the seed given, not FinetuneConfig's
     assert f"wrote {tmp_path / 'h-confusion.png'}" in capsys.readouterr().out
     assert (tmp_path / "h-confusion.png").read_bytes().startswith(b"\x89PNG")
 
@@ -1915,6 +1930,7 @@ def test_cli_finetune_lands_the_confusion_picture_with_the_head(tmp_path, capsys
                                            ("--batch-size", "0"), ("--batch-size", "-4"),
                                            ("--finetune-steps", "0"), ("--patience", "0"),
                                            ("--learning-rate", "0"), ("--learning-rate", "-1e-3"),
+                                           ("--learning-rate", "inf"),
                                            ("--smoothing-k", "-2"), ("--folds", "1")])
 def test_cli_refuses_out_of_range_options(tmp_path, capsys, option, value):
     argv = ["train-head", str(tmp_path / "no-data"), "--output", str(tmp_path / "h"),
@@ -2434,6 +2450,25 @@ def test_ctrl_c_as_a_finetuned_head_is_written_keeps_it_with_its_backbone(tmp_pa
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_failed_export_of_a_finetuned_head_leaves_no_staged_backbone(tmp_path, monkeypatch):
+    """The fine-tuned backbone is saved to a hidden file beside the head, then moved with the
+    head's files: an export that fails must remove it, not leave it in the user's folder."""
+    from jaxmir.train import finetune
+
+    model = jaxmir.load("msd-musicnn")
+    result = _trained_result()
+    _without_fine_tuning(monkeypatch, model, result)
+
+    def failing_export(*args, **kwargs):
+        raise InputError("cannot write the head")
+
+    monkeypatch.setattr(export, "export_head", failing_export)
+    with pytest.raises(InputError, match="cannot write the head"):
+        finetune.finetune_and_export(result, "msd-musicnn", "model/dense/BiasAdd",
+                                     str(tmp_path / "h"), 1, 0, False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_finetuning_refuses_patches_and_targets_of_other_lengths():
     """Three patches with five target rows trained on targets that did not line up with them."""
     from jaxmir.train import finetune
@@ -2444,6 +2479,11 @@ def test_finetuning_refuses_patches_and_targets_of_other_lengths():
     head = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
     with pytest.raises(InputError, match="^3 patches but 5 target rows$"):
         finetune.finetune(model, "model/dense/BiasAdd", patches, targets, "single", head,
+                          finetune.FinetuneConfig(steps=1, batch_size=2))
+    # none at all: refused before training (JAX's reshape of the empty batch raised a bare
+    # ZeroDivisionError)
+    with pytest.raises(InputError, match="^0 patches but 0 target rows$"):
+        finetune.finetune(model, "model/dense/BiasAdd", patches[:0], targets[:0], "single", head,
                           finetune.FinetuneConfig(steps=1, batch_size=2))
 
 
@@ -2464,14 +2504,15 @@ def test_finetuning_reads_its_patches_from_disk(tmp_path, monkeypatch):
 
     def recorded(backbone, layer, patches, targets, *args, **kwargs):
         seen.update(memmap=isinstance(patches, np.memmap), patches=np.array(patches),
-                    targets=np.array(targets))
+                    targets=np.array(targets), config=args[-1])
         return model.variables, params, None
 
     monkeypatch.setattr(finetune, "finetune", recorded)
     finetune.finetune_and_export(result, "msd-musicnn", "model/dense/BiasAdd",
-                                 str(tmp_path / "h"), 1, 0, False)
+                                 str(tmp_path / "h"), 3, 7, False)
     cuts = [finetune.audio_patches(model, signals[p], 16000) for p in dataset.paths]
     assert seen["memmap"]
+    assert seen["config"] == finetune.FinetuneConfig(steps=3, seed=7)  # as given, not defaults
     np.testing.assert_array_equal(seen["patches"], np.concatenate(cuts))
     np.testing.assert_array_equal(seen["targets"],
                                   smoothed[[0] * len(cuts[0]) + [1] * len(cuts[1])])
