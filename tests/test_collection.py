@@ -2370,6 +2370,9 @@ def test_run_tag_and_embed_commands(music, model, tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert str(bad) in err and "2 ok, 1 failed" in err and "x real time" in err
     assert not arguments.is_collection(parser.parse_args(["x", "-o", "t.csv", "-f", "csv"]), "tag")
+    # embed writes nothing but collections (its --output is a table or a folder of .npy)
+    for argv in (["x"], ["x", "-o", "t.csv", "-f", "csv"]):
+        assert arguments.is_collection(parser.parse_args(argv), "embed"), argv
     for table in ("T.PARQUET", "T.JsonL", "T.CSV"):  # a text listing was written under the name
         assert arguments.is_collection(parser.parse_args(["x", "-o", table]), "tag"), table
         assert outputs.kind_of(table, "tag") == table.rsplit(".", 1)[1].lower()  # its writer's

@@ -616,3 +616,25 @@ def test_a_lazy_submodule_missing_a_dependency_names_it(tmp_path, monkeypatch):
             jaxmir_test_lazy.nothing
     finally:
         del sys.modules["jaxmir_test_lazy"]
+
+
+def test_a_dotted_name_is_no_attribute_of_a_lazy_package(tmp_path, monkeypatch):
+    """getattr(package, "sub.module") is no way to a submodule: it would import it and set an
+    attribute whose name no ``package.name`` can read."""
+    package = tmp_path / "jaxmir_test_dotted"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "from jaxmir import lazy\n__getattr__, __dir__ = lazy.attributes(__name__, {}, [])\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "module.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    import jaxmir_test_dotted
+
+    try:
+        with pytest.raises(AttributeError, match="has no attribute 'sub.module'"):
+            getattr(jaxmir_test_dotted, "sub.module")
+        assert "sub.module" not in vars(jaxmir_test_dotted)
+    finally:
+        for name in [name for name in sys.modules if name.startswith("jaxmir_test_dotted")]:
+            del sys.modules[name]

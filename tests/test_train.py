@@ -1222,6 +1222,28 @@ def test_the_confusion_picture_s_colours_are_fractions_of_the_true_class(monkeyp
     np.testing.assert_allclose(shown[0], [[0.75, 0.25], [0.0, 1.0]])
 
 
+def test_the_confusion_picture_prints_each_count_in_its_cell_and_closes(monkeypatch, tmp_path):
+    """imshow draws matrix[true, predicted] at x = predicted, y = true: each count is printed
+    there (not transposed); the figure is closed once written (a CV run draws one per head)."""
+    require("matplotlib")
+    from jaxmir.train import plot
+
+    plt = plot.require_matplotlib()
+    printed, real = {}, plt.Axes.text
+
+    def text(axes, x, y, words, **kw):
+        printed[x, y] = words
+        return real(axes, x, y, words, **kw)
+
+    monkeypatch.setattr(plt.Axes, "text", text)
+    open_before = plt.get_fignums()
+    matrix = np.array([[5, 1, 0], [2, 7, 3], [0, 4, 9]])
+    plot.confusion_picture(matrix, ABC, tmp_path / "c.png")
+    assert printed == {(predicted, true): str(matrix[true, predicted])
+                       for true, predicted in np.ndindex(matrix.shape)}
+    assert plt.get_fignums() == open_before
+
+
 def test_multilabel_and_regression_train():
     tracks, onehot = blobs()
     multi = np.clip(onehot + np.roll(onehot, 1, axis=1), 0, 1)
@@ -1798,7 +1820,7 @@ def test_a_run_reading_otherwise_than_the_head_s_training_is_warned_of(tmp_path,
 
     def warned(*argv) -> list[str]:
         capsys.readouterr()
-        jaxmir_cli.main(list(argv))
+        assert jaxmir_cli.main(list(argv)) == 0  # a warning, the run done all the same
         return [line for line in capsys.readouterr().err.splitlines() if "dataset.audio" in line]
 
     q4 = head("q4", {"resampler": "essentia-q4", "decoder": "float"})
@@ -1828,6 +1850,11 @@ def test_a_run_reading_otherwise_than_the_head_s_training_is_warned_of(tmp_path,
     with warnings.catch_warnings():  # a stream decodes nothing: its decoder is never other
         warnings.simplefilter("error")
         warn_of_another_reading(jaxmir.load(q4), "essentia-q4", None)
+        # one converter under two names: a head trained with essentia-q1 read with essentia,
+        # or one trained with essentia resumed by fit_head(resampler="essentia-q1"), is no other
+        for trained, now in (("essentia-q1", "essentia"), ("essentia", "essentia-q1")):
+            warn_of_another_reading(jaxmir.load(head(f"as-{trained}", {"resampler": trained})),
+                                    now, "essentia")
     essentias = shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb")  # says nothing
     assert warned("tag", str(song), "--model", str(essentias), "--backbone", "msd-musicnn",
                   "--resampler", "soxr") == []
