@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -343,6 +344,21 @@ def test_a_parquet_part_is_written_a_minute_after_the_last_even_of_few_rows(mode
     assert seen[0] == 2  # the empty part 0, and the first row's, before the run's end
 
 
+def test_a_parquet_part_written_on_time_starts_the_next_minute(model, tmp_path, monkeypatch):
+    """Four files, the clock a minute on from the first row written: the second row's part
+    holds the first two rows; the next part waits another minute (here the run's end), not
+    one part a row from then on."""
+    pq = require("pyarrow.parquet")
+    clips = [str(_write(tmp_path / "in" / f"{name}.wav", 3.0, 16000, 1, seed))
+             for seed, name in enumerate("abcd")]
+    out, seen = tmp_path / "tags.parquet", []
+    monkeypatch.setattr(outputs.time, "monotonic", lambda: 61.0 if seen else 0.0)
+    collect(model, clips, str(out), name="msd-musicnn", jobs=0, progress=False,
+            on_result=lambda result, where: seen.append(result))
+    rows = [pq.read_metadata(part).num_rows for part in sorted(out.glob("part-*.parquet"))]
+    assert rows == [0, 2, 2]
+
+
 def test_parquet_tags_and_patches(music, model, expected, tmp_path):
     import pandas
 
@@ -640,11 +656,25 @@ def test_torn_last_line_is_dropped(music, model, tmp_path):
     stale, other = tmp_path / ".tags.jsonl.Ab12cd34.tmp", tmp_path / ".tags.jsonl.x.Ab12cd34.tmp"
     stale.write_bytes(b"{}\n")
     other.write_bytes(b"{}\n")
+    folder = tmp_path / ".tags.jsonl.Zz98yx76.tmp"  # named so, but no file: left alone
+    folder.mkdir()
     analyzer, seen = _counting()
     collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0, progress=False,
             analyzer=analyzer)
     assert len(seen) == 1 and out.read_bytes() == whole
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and other.exists() and folder.is_dir()
+
+
+def test_a_csv_holding_only_its_header_resumes(music, model, tmp_path):
+    """A run killed before its first row leaves the CSV's header only: the next run resumes it
+    as an output of no rows."""
+    clip = str(music / "rock" / "a.wav")
+    out = tmp_path / "tags.csv"
+    collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    whole = out.read_bytes()
+    out.write_bytes(whole[:whole.index(b"\n") + 1])
+    assert collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False).ok == 1
+    assert out.read_bytes() == whole
 
 
 def test_a_csv_edited_or_torn_mid_file_says_where(music, model, tmp_path):
@@ -1851,6 +1881,12 @@ def test_a_parquet_folder_holding_other_files_is_refused(music, model, tmp_path,
     with pytest.raises(InputError, match="holds keep.parquet, notes.txt, which are no part of a "):
         collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0,
                 progress=False, overwrite=overwrite)
+    for name, listed in (("x.csv", "keep.parquet, notes.txt, x.csv,"),
+                         ("y.csv", "keep.parquet, notes.txt, x.csv and more,")):
+        (out / name).write_text("theirs")  # the first three named, then "and more"
+        with pytest.raises(InputError, match=f"holds {re.escape(listed)} which are no part "):
+            collect(model, [str(music / "rock")], str(out), name="msd-musicnn", jobs=0,
+                    progress=False, overwrite=overwrite)
 
 
 def test_a_parquet_part_jaxmir_did_not_write_is_named_so(music, model, tmp_path):
@@ -1902,6 +1938,13 @@ def test_a_name_of_exactly_255_bytes_is_kept():
     assert outputs.within_name_max(kept) == kept
     cut = outputs.within_name_max("sub/" + "a" * 252 + ".npy")
     assert cut.startswith("sub/a") and "~" in cut and len(os.fsencode(cut[4:])) <= 255
+    # as many first characters as fit in 255 bytes with "~", the first 16 hex digits of the
+    # whole name's sha256 and ".npy" (21 bytes): 234 one-byte ones; "a" and 116 two-byte ones
+    for long, size in (("a" * 300 + ".wav.npy", 255), ("a" + "é" * 200 + ".wav.npy", 254)):
+        digest = hashlib.sha256(long.encode()).hexdigest()[:16]
+        cut = outputs.within_name_max("sub/" + long)
+        assert cut.endswith(f"~{digest}.npy") and long.startswith(cut[4:-len(digest) - 5])
+        assert len(os.fsencode(cut[4:])) == size
 
 
 def test_a_file_named_before_in_a_folder_named_now_is_not_said_to_be_gone(model, tmp_path):
