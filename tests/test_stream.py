@@ -179,6 +179,23 @@ def test_patch_starts_are_those_returned_and_take_no_memory_per_patch(musicnn, o
     assert len(pickle.dumps(stream.times)) < 100 + 10 * len(want)
 
 
+def test_a_live_stream_holds_the_samples_of_one_patch_at_most(musicnn):
+    """Memory bounded by a patch, not by the signal: after every push the stream holds no more
+    samples than the window of one patch reads (48,128 for MusiCNN; a stream that kept the
+    samples from the patch it had just run held a patch hop more, up to 71,936)."""
+    audio = signal_at(16000, 31.0, seed=27)
+    stream = musicnn.stream(16000)
+    bound = streaming.Windowing.of(musicnn.frontend).length(musicnn.input_shape[0])
+    held = []
+    for i in range(0, audio.shape[0], 4000):
+        stream.push(audio[i:i + 4000])
+        arrays = [value for value in vars(stream).values() if isinstance(value, np.ndarray)]
+        arrays += [item for value in vars(stream).values() if isinstance(value, list)
+                   for item in value if isinstance(item, np.ndarray)]
+        held.append(sum(array.size for array in arrays))
+    assert stream.n_patches == 19 and max(held) <= bound == 48128, (max(held), bound)
+
+
 def test_an_empty_chunk_neither_sets_nor_breaks_the_stream_s_format(musicnn):
     """``push(np.zeros(0))`` first fixed the stream at 1-D float64: stereo int16 chunks after it
     were refused ("the stream started with 1")."""
@@ -191,6 +208,42 @@ def test_an_empty_chunk_neither_sets_nor_breaks_the_stream_s_format(musicnn):
                                atol=TOL)
     with pytest.raises(AudioError, match="has 3 channels; accepted: mono or stereo"):
         musicnn.stream(22050).push(np.zeros((0, 3)))
+
+
+def test_a_zero_padded_patch_is_the_signal_s_frames_then_zero_rows():
+    """A short signal's zero-padded patch against the model applied to make_patches of the whole
+    signal's frames: its rows past the last frame are zeros, not frames of the silence after the
+    signal (the same for MusiCNN, whose log-mel of silence is 0; not for VGGish's log(x + 0.01))."""
+    from jaxmir.patches import make_patches
+
+    model = jaxmir.load(shared_fixture("essentia-models/small_vggish_init.pb"))
+    audio = signal_at(16000, 0.5, seed=24)                          # 51 frames of 96
+    frames = np.asarray(model.features(audio, 16000))
+    patches = make_patches(frames, 96, model.frontend.patch_hop, pad="zero")
+    want = np.asarray(model.apply(patches, "embeddings")["embeddings"])
+    stream = model.stream(16000, "embeddings", pad="zero")
+    got = np.concatenate([stream.push(audio[:3000]), stream.push(audio[3000:]), stream.close()])
+    assert got.shape == want.shape == (1, 128)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL * max(1.0, float(np.abs(want).max())))
+
+
+def test_no_patch_has_each_output_s_shape(musicnn):
+    """The outputs of no patch, for several outputs of one model in turn: each its own shape
+    (traced once per output, not once per model)."""
+    audio = signal_at(16000, 3.0, seed=4)
+    for name in ("predictions", "embeddings"):
+        want = musicnn.predict(audio, 16000, output=name)
+        assert musicnn.stream(16000, name).push(audio[:100]).shape == (0, *want.shape[1:])
+
+
+def test_eager_takes_numpy_booleans_as_python_s(musicnn):
+    """``eager=np.bool_(...)`` (a flag read from an array, a config) streams as the bool does:
+    eagerly a patch as soon as it is complete, or not until a batch of 8 is."""
+    audio = signal_at(16000, 4.0, seed=25)                          # 1 patch
+    for flag in (True, False):
+        want = musicnn.stream(16000, eager=flag).push(audio)
+        assert want.shape == ((1, 50) if flag else (0, 50))
+        np.testing.assert_array_equal(musicnn.stream(16000, eager=np.bool_(flag)).push(audio), want)
 
 
 def test_short_signal_with_pad_and_without(musicnn):
@@ -206,6 +259,21 @@ def test_short_signal_with_pad_and_without(musicnn):
     assert stream.push(audio).shape == (0, 50) and stream.close().shape == (0, 50)
     with pytest.raises(InputError, match="too short"):
         musicnn.predict(audio, 16000)
+
+
+def test_the_last_patch_rule_at_its_edges(musicnn):
+    """Against predict: a signal of exactly one patch's 187 frames gives that patch; pad applies
+    to a signal shorter than a patch alone (a longer one gets no padded patch after its regular
+    ones)."""
+    cases = [(186 * 256, {}), (64000, dict(pad="zero")), (64000, dict(pad="repeat"))]
+    for n_samples, options in cases:
+        audio = signal_at(16000, n_samples / 16000, seed=23)
+        assert audio.shape[0] == n_samples
+        stream = musicnn.stream(16000, **options)
+        parts = [stream.push(audio[:7000]), stream.push(audio[7000:]), stream.close()]
+        want = musicnn.predict(audio, 16000, **options)
+        assert joined(parts).shape == want.shape == (1, 50), (n_samples, options)
+        np.testing.assert_allclose(joined(parts), want, rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("rate", [22050, 44100, 48000, 8000, 96000, 16000])
@@ -569,6 +637,24 @@ def test_the_read_ahead_waits_for_its_consumer():
         time.sleep(0.5)                     # a model call, the thread free to run on
         # one taken, two queued, one made and waiting to be queued: it reads ahead, no further
         assert 3 <= len(made) <= 4
+    assert len(made) <= 4  # and leaving stopped it: it did not go on through the blocks left
+
+
+def test_a_file_for_calls_of_32_patches_is_read_further_ahead(musicnn, tmp_path, monkeypatch):
+    """The decoding thread keeps AHEAD blocks per 8 patches of a call ahead of the model: a model
+    that runs a file in calls of 32 (a heavy head) has 4 times as many waiting."""
+    path = tmp_path / "song.wav"
+    soundfile.write(path, signal_at(16000, 1.0, seed=26), 16000, subtype="FLOAT")
+    depths: list = []
+    ahead = streaming._ahead
+    monkeypatch.setattr(streaming, "_ahead", lambda items, depth: depths.append(depth)
+                        or ahead(items, depth))
+    for heavy_above, batch in ((10 ** 9, 8), (0, 32)):
+        monkeypatch.setattr(models, "HEAVY_DENSE_WEIGHTS", heavy_above)
+        assert streaming.file_batch(musicnn) == batch
+        with streaming.file_stream(musicnn, path, "predictions"):
+            pass                                                     # and leave
+    assert depths == [streaming.AHEAD, 4 * streaming.AHEAD]
 
 
 def test_a_file_is_decoded_ahead_in_a_thread_that_stops_with_the_stream(musicnn, tmp_path,
@@ -661,6 +747,8 @@ def test_bad_input(musicnn):
         stream.push(audio[:10])
     with pytest.raises(InputError, match="already closed"):
         stream.close()
+    with pytest.raises(InputError, match="this stream is closed"):  # run too, before a block
+        next(stream.run([audio]))
     for rate in (0, -44100, 44100.5, "44100"):
         with pytest.raises(AudioError, match="sample rate"):
             musicnn.stream(rate)
