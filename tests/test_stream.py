@@ -647,8 +647,12 @@ def test_a_file_for_calls_of_32_patches_is_read_further_ahead(musicnn, tmp_path,
     soundfile.write(path, signal_at(16000, 1.0, seed=26), 16000, subtype="FLOAT")
     depths: list = []
     ahead = streaming._ahead
-    monkeypatch.setattr(streaming, "_ahead", lambda items, depth: depths.append(depth)
-                        or ahead(items, depth))
+
+    def recording_ahead(items, depth):
+        depths.append(depth)
+        return ahead(items, depth)
+
+    monkeypatch.setattr(streaming, "_ahead", recording_ahead)
     for heavy_above, batch in ((10 ** 9, 8), (0, 32)):
         monkeypatch.setattr(models, "HEAVY_DENSE_WEIGHTS", heavy_above)
         assert streaming.file_batch(musicnn) == batch

@@ -2616,9 +2616,28 @@ def _random_embeddings(monkeypatch, unreadable: str | None = None) -> None:
     from jaxmir.train import recipe
 
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(recipe, "extract_embeddings", lambda model, backbone, files, *rest, **_: (
-        [None if p == unreadable else rng.standard_normal((2, 200)).astype(np.float32)
-         for p in files], [f"{unreadable}: cannot be read"] if unreadable in files else []))
+
+    def extract_embeddings(model, backbone, files, *rest, **options):
+        values = [None if path == unreadable else rng.standard_normal((2, 200)).astype(np.float32)
+                  for path in files]
+        return values, [f"{unreadable}: cannot be read"] if unreadable in files else []
+
+    monkeypatch.setattr(recipe, "extract_embeddings", extract_embeddings)
+
+
+def _random_mfccs(monkeypatch, seed: int, unreadable: str | None = None) -> None:
+    """fit_head's MFCC features (for label smoothing) random, drawn from ``seed`` (no file
+    decoded); ``unreadable`` has none."""
+    from jaxmir.train import recipe
+
+    rng = np.random.default_rng(seed)
+
+    def mfcc_features(files, kind, cache):
+        values = [None if path == unreadable else rng.standard_normal(26).astype(np.float32)
+                  for path in files]
+        return values, [f"{unreadable}: no MFCCs"] if unreadable in files else []
+
+    monkeypatch.setattr(recipe, "mfcc_features", mfcc_features)
 
 
 def test_a_class_left_with_one_file_after_skipping_is_refused(monkeypatch, tmp_path):
@@ -2637,15 +2656,10 @@ def test_a_class_left_with_one_file_after_skipping_is_refused(monkeypatch, tmp_p
 
 def test_a_file_whose_mfccs_fail_is_skipped(monkeypatch, tmp_path):
     """Its embeddings were kept and its features were not there: np.stack met a None."""
-    from jaxmir.train import recipe
-
     paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(4))
     dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0] * 4 + [1] * 4], "single", AB)
     _random_embeddings(monkeypatch)
-    rng = np.random.default_rng(0)
-    monkeypatch.setattr(recipe, "mfcc_features", lambda files, kind, cache: (
-        [None if f == "b3.wav" else rng.standard_normal(26).astype(np.float32) for f in files],
-        ["b3.wav: no MFCCs"]))
+    _random_mfccs(monkeypatch, seed=0, unreadable="b3.wav")
     with pytest.warns(JaxmirWarning, match=r"1 of 8 file\(s\) skipped"):
         result = fit_head(dataset, config=FAST, cache=False, smoothing=SmoothingConfig("knn", k=2))
     assert result.failures == ["b3.wav: no MFCCs"] and result.train_targets.shape == (7, 2)
@@ -2718,12 +2732,8 @@ def test_a_dataset_given_as_such_is_checked_as_a_table_is(monkeypatch):
 def test_smoothing_is_refused_when_skipped_files_leave_a_class_k_tracks(monkeypatch):
     """Six tracks a class take k = 5 neighbours; one file skipped leaves its class five, whose
     tracks' neighbours then hold another class whatever their features: checked again."""
-    from jaxmir.train import recipe
-
     _random_embeddings(monkeypatch, unreadable="b5.wav")
-    rng = np.random.default_rng(1)
-    monkeypatch.setattr(recipe, "mfcc_features", lambda files, kind, cache: (
-        [rng.standard_normal(26).astype(np.float32) for _ in files], []))
+    _random_mfccs(monkeypatch, seed=1)
     paths = tuple(f"{c}{i}.wav" for c in "ab" for i in range(6))
     dataset = data.Dataset(paths, np.eye(2, dtype=np.float32)[[0] * 6 + [1] * 6], "single", AB)
     with pytest.warns(JaxmirWarning, match=r"1 of 12 file\(s\) skipped"), \
