@@ -1590,6 +1590,27 @@ def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
     assert stat.S_ISFIFO((tmp_path / "f.json").stat().st_mode)
 
 
+def test_a_rename_failing_after_others_names_the_files_replaced(tmp_path, monkeypatch):
+    """The head's JSON place taken by a folder between the checks and the renames: the real
+    rename fails, and the error says the .pb was replaced and the head is incomplete (it was a
+    bare IsADirectoryError)."""
+    replace = os.replace
+
+    def racing_replace(source, target):
+        if Path(target).name == "h.pb":
+            (tmp_path / "h.json").mkdir()
+        replace(source, target)
+
+    monkeypatch.setattr(export.os, "replace", racing_replace)
+    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
+    with pytest.raises(InputError, match=re.escape(f"cannot move {tmp_path / 'h.json'} into place "
+                                                   "(Is a directory); h.pb replaced, the others "
+                                                   "not: the head is incomplete")):
+        export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
+                           "model/dense/BiasAdd")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.pb"]
+
+
 def test_every_file_in_an_output_s_place_is_named(tmp_path):
     """Three of the head's files there: each one named, the last after "and"."""
     paths = [tmp_path / name for name in ("h.pb", "h.json", "h.npz")]
@@ -1620,7 +1641,9 @@ def test_a_failed_rename_leaves_no_copy_beside_a_link_s_target(tmp_path, monkeyp
 
     monkeypatch.setattr(export.os, "replace", failing_replace)
     params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
-    with pytest.raises(OSError, match="Input/output error"):
+    with pytest.raises(InputError, match=re.escape(f"cannot move {tmp_path / 'h.pb'} into place "
+                                                   "(Input/output error); no file of the head "
+                                                   "was replaced")):
         export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
                            "model/dense/BiasAdd", overwrite=True)
     assert os.listdir(elsewhere) == ["real.npz"]

@@ -257,14 +257,28 @@ def export_head(params: dict, activation: str, classes: Sequence[str], output: s
         moves.update({Path(final): Path(written) for written, final in (also or {}).items()})
         ready = _beside_destinations(moves)
         with deferred_interrupts():  # Ctrl-C between the renames would mix two heads
-            for final, source in ready.items():
-                os.replace(source, through_link(final))
+            _move_into_place(ready)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         for final, source in ready.items():  # copies beside a link's target, if a rename failed
             if source != moves[final]:
                 source.unlink(missing_ok=True)
     return paths
+
+
+def _move_into_place(ready: dict[Path, Path]) -> None:
+    """Rename each ``{final: source}`` over its final file; a failed rename (the place taken
+    by a folder meanwhile, a disk error) is an :class:`InputError` naming what was replaced."""
+    replaced: list[str] = []
+    for final, source in ready.items():
+        try:
+            os.replace(source, through_link(final))
+        except OSError as err:
+            done = (f"{', '.join(replaced)} replaced, the others not: the head is incomplete"
+                    if replaced else "no file of the head was replaced")
+            raise InputError(f"cannot move {final} into place ({err.strerror or err}); "
+                             f"{done}") from None
+        replaced.append(final.name)
 
 
 def _beside_destinations(moves: dict[Path, Path]) -> dict[Path, Path]:
