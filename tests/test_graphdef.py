@@ -252,3 +252,101 @@ def test_missing_file_and_directory(tmp_path):
         Graph.from_file(tmp_path)
     with pytest.raises(JaxmirError, match="shipped models: "):
         jaxmir.load("no-such-model")
+
+
+def test_the_file_s_own_node_bytes_count_against_the_inlining_budget():
+    """Inlined function bodies may bring the graph's nodes to as many bytes as constants may
+    take: the file's own nodes are counted first, not only the copies."""
+    from jaxmir.tfgraph.graphdef import LoadBudget
+
+    budget = LoadBudget(1000)
+    budget.copy_nodes(budget.max_bytes - 1000, "inlined")  # with the file's 1000: the bound
+    with pytest.raises(GraphError, match="bytes of graph nodes"):
+        budget.copy_nodes(1, "inlined")
+
+
+def test_a_bool_attribute_is_not_read_as_a_float_an_int_is():
+    """typed_attr's float accepts an int written for it (1 -> 1.0) but not a bool (True was read
+    as 1.0, as Python's bool is an int)."""
+    graph_def = GraphDefProto()
+    node = graph_def.node.add(name="n", op="NoOp")
+    node.attr["as_int"].i = 1
+    node.attr["as_bool"].b = True
+    graph = Graph.from_bytes(graph_def.SerializeToString())
+    value = graph.typed_attr(graph.node("n"), "as_int", float)
+    assert value == 1.0 and isinstance(value, float)
+    with pytest.raises(GraphError, match="attribute 'as_bool' of 'n' .* expected a float"):
+        graph.typed_attr(graph.node("n"), "as_bool", float)
+
+
+def test_a_list_of_dtypes_attribute_reads_as_tensorflow_reads_it():
+    """An IdentityN's ``T`` is a list of dtypes; Graph.attr returns them as TensorFlow's
+    get_attr does (as type enums), not an empty list."""
+    tf = require("tensorflow")
+    graph_def = GraphDefProto()
+    for name, proto in (("f", tensor(DT_FLOAT, [1], float_val=[1.0])),
+                        ("i", tensor(DT_INT32, [1], int_val=[2]))):
+        node = graph_def.node.add(name=name, op="Const")
+        node.attr["dtype"].type = proto.dtype
+        node.attr["value"].tensor.CopyFrom(proto)
+    pair = graph_def.node.add(name="pair", op="IdentityN", input=["f", "i"])
+    pair.attr["T"].list.type.extend([DT_FLOAT, DT_INT32])
+    reference = tf.Graph()
+    with reference.as_default():
+        tf.graph_util.import_graph_def(
+            tf.compat.v1.GraphDef.FromString(graph_def.SerializeToString()), name="")
+    expected = [t.as_datatype_enum for t in reference.get_operation_by_name("pair").get_attr("T")]
+    graph = Graph.from_bytes(graph_def.SerializeToString())
+    assert graph.attr(graph.node("pair"), "T") == expected == [DT_FLOAT, DT_INT32]
+
+
+def test_a_conv_whose_dilations_attribute_is_empty_is_read_as_tensorflow_runs_it(tmp_path):
+    """An AttrValue with no field set is TensorFlow's empty list: it runs such a Conv2D with its
+    default dilations. Graph reads it (a list attribute may be that empty value)."""
+    tf = require("tensorflow")
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 4, 4, 1], name="x")
+        kernel = tf.constant(np.arange(4, dtype=np.float32).reshape(2, 2, 1, 1), name="kernel")
+        tf.nn.conv2d(x, kernel, strides=1, padding="VALID", name="conv")
+    graph_def = graph.as_graph_def()
+    feed = {"x": np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)}
+    paths = {}
+    for name in ("original", "empty_dilations"):
+        if name == "empty_dilations":
+            next(n for n in graph_def.node if n.op == "Conv2D").attr["dilations"].Clear()
+        paths[name] = tmp_path / f"{name}.pb"
+        paths[name].write_bytes(graph_def.SerializeToString())
+    (original,), (edited,) = (run_tf(paths[name], feed, ["conv"], optimize=False)
+                              for name in ("original", "empty_dilations"))
+    np.testing.assert_array_equal(edited, original)  # TensorFlow runs it, undilated
+    read = Graph.from_file(paths["empty_dilations"])
+    assert read.attr(read.node("conv"), "dilations", [1, 1, 1, 1]) == [1, 1, 1, 1]
+    assert read.node("conv").attr["dilations"].WhichOneof("value") is None
+
+
+def test_a_cond_predicate_cast_to_int_is_read_as_its_destination_type(tmp_path):
+    """Equal(Cast(0.5 to int32), 0) is True: the cast truncates to its DstT (0); read in its
+    SrcT (0.5) the predicate would be False and the cond would take the other branch."""
+    require("tensorflow")
+    graph_def = GraphDefProto()
+    for name, proto in (("false_value", tensor(DT_FLOAT, [2], float_val=[1.0, 2.0])),
+                        ("true_value", tensor(DT_FLOAT, [2], float_val=[3.0, 4.0])),
+                        ("half", tensor(DT_FLOAT, [], float_val=[0.5])),
+                        ("zero", tensor(DT_INT32, [], int_val=[0]))):
+        node = graph_def.node.add(name=name, op="Const")
+        node.attr["dtype"].type = proto.dtype
+        node.attr["value"].tensor.CopyFrom(proto)
+    cast = graph_def.node.add(name="cast", op="Cast", input=["half"])
+    cast.attr["SrcT"].type, cast.attr["DstT"].type = DT_FLOAT, DT_INT32
+    graph_def.node.add(name="pred", op="Equal", input=["cast", "zero"]).attr["T"].type = DT_INT32
+    for name, op, inputs in (("switch_false", "Switch", ["false_value", "pred"]),
+                             ("switch_true", "Switch", ["true_value", "pred"]),
+                             ("merge", "Merge", ["switch_false:0", "switch_true:1"])):
+        graph_def.node.add(name=name, op=op, input=inputs).attr["T"].type = DT_FLOAT
+    graph_def.node[-1].attr["N"].i = 2
+    path = tmp_path / "cast_cond.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    expected, index = run_tf(path, {}, ["merge", "merge:1"], optimize=False)
+    assert index == 1  # TensorFlow takes the true branch
+    np.testing.assert_array_equal(Graph.from_file(path).constant("merge"), expected)

@@ -919,6 +919,13 @@ def _function_returning_nothing(g):
     add_node(g, "call", "PartitionedCall", ["dense_1/MatMul"]).attr["f"].func.name = "f"
 
 
+def _bias_add_as_add_v2_typed_by_a_list(g):
+    """A dense bias added by AddV2 whose ``T`` is a list of dtypes (TensorFlow's is one dtype)."""
+    bias = node_named(g, "dense/BiasAdd")
+    bias.op = "AddV2"
+    bias.attr["T"].list.type.append(DT_FLOAT)
+
+
 def _append_input(name: str, source: str):
     return lambda g: node_named(g, name).input.append(source)
 
@@ -1044,6 +1051,9 @@ MALFORMED = {
                                                               (-1, 0, 128))),
                                  r"has shape \(-1, 0, 128\); jaxmir needs a batch axis and 2 "
                                  "known sizes"),
+    # a raw TypeError (unhashable list) where the bias's dtype was named
+    "add_bias_typed_by_a_list": (lambda: _edit_head(_bias_add_as_add_v2_typed_by_a_list),
+                                 "attribute 'T' is a list; AddV2 expects a dtype"),
 }
 
 

@@ -99,6 +99,8 @@ _ATTR_KINDS = {
     "FusedBatchNormV2": {"epsilon": "f", "is_training": "b", "data_format": "s"},
     "FusedBatchNormV3": {"epsilon": "f", "is_training": "b", "data_format": "s"},
     "BiasAdd": {"data_format": "s", "T": "type"},
+    "Add": {"T": "type"},  # a bias may be added by these too (its T is read as a dtype)
+    "AddV2": {"T": "type"},
     "PartitionedCall": {"f": "func"},
     "StatefulPartitionedCall": {"f": "func"},
 }
