@@ -7,6 +7,7 @@ which must not meet the one other tests import here.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
@@ -745,6 +746,17 @@ def test_what_an_mp3_s_start_declares(files, essentia):
         tag_frame=110, tag_samples=1152)
 
 
+def test_a_length_header_behind_junk_whose_next_frame_header_ends_the_file(tmp_path):
+    """FFmpeg 2.8's search behind the tags checks the frame after a candidate by its 4-byte
+    header alone: a file cut right behind that header still has its Info frame found."""
+    header = bytes.fromhex("fffb9064")  # MPEG-1 layer III, 128 kbit/s, 44.1 kHz, stereo
+    size = mpeg_frame_bytes(header)
+    info_frame = header + bytes(32) + b"Info" + bytes(size - 40)  # behind the side information
+    path = tmp_path / "cut_behind_next_header.mp3"
+    path.write_bytes(bytes(100) + info_frame + header)
+    assert decode.mp3_start(str(path)) == decode.Mp3Start(tag_frame=100, tag_samples=1152)
+
+
 def test_ogg_pages_failing_their_checksum_are_decoded_as_essentia_decodes_them(files, essentia):
     """FFmpeg today drops such a page and loses sync for seconds after it (here 2.6 s of 8);
     the wheel's FFmpeg 2.8 decodes whatever the pages hold. Outside the stretch whose bytes are
@@ -925,6 +937,32 @@ def test_a_patched_file_reads_its_patches_and_stops_at_its_end(tmp_path):
                 and str(path) in str(warning.message)]  # not another test's file, collected
 
 
+def test_an_ogg_file_read_through_patched_pages_is_closed_once_exhausted(tmp_path):
+    """The wheel's reading of an Ogg file whose page fails its checksum goes through a
+    PatchedFile: exhausting the blocks closes the file that one opened, as it closes FFmpeg's
+    (the blocks object still held, as a caller may hold it)."""
+    path = tmp_path / "flipped.ogg"
+    soundfile.write(path, signal(44100, 1, 0.5, 3, seconds=2.0), 44100, format="OGG",
+                    subtype="VORBIS")
+    data = path.read_bytes()
+    page = data.find(b"OggS", len(data) // 2)
+    flip = page + 27 + data[page + 26] + 10  # a byte of that page's body
+    path.write_bytes(data[:flip] + bytes([data[flip] ^ 1]) + data[flip + 1:])
+
+    def opened() -> list[str]:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return names
+
+    blocks = iter_blocks(path, warn=False)
+    assert str(path) in opened()
+    assert sum(block.shape[0] for block in blocks) == blocks.frames > 0
+    assert blocks.status == "damaged" and "failing their checksum" in blocks.problem
+    assert str(path) not in opened()
+
+
 def test_mp3_damaged_in_the_middle(files):
     path = files["damaged.mp3"]
     with pytest.warns(DamagedAudioWarning, match="damaged audio: .* undecodable packet") as caught:
@@ -1003,6 +1041,31 @@ def test_ogg_cut_short_is_truncated(tmp_path, subtype):
     with pytest.raises(AudioError, match=r"headers.ogg: cannot be read as audio \(not a format "
                                          r"FFmpeg recognises, or the file is cut short or empty\)"):
         decode_file(tmp_path / "headers.ogg")
+
+
+def test_an_ogg_stream_ending_on_an_empty_end_of_stream_page_is_whole(tmp_path):
+    """A last page of no segments (27 bytes, its end-of-stream mark set), as libogg flushes
+    when a stream ends behind its last packet: the stream is finished, not cut in a header;
+    libsndfile reads it whole too."""
+    whole = tmp_path / "whole.ogg"
+    soundfile.write(whole, signal(44100, 1, 0.5, 3, seconds=2.0), 44100, format="OGG",
+                    subtype="VORBIS")
+    data = bytearray(whole.read_bytes())
+    last = data.rfind(b"OggS")
+    data[last + 5] &= ~0x04  # the end-of-stream mark moves to a page of its own
+    data[last + 22:last + 26] = page_checksum(bytes(data[last:])).to_bytes(4, "little")
+    sequence = int.from_bytes(data[last + 18:last + 22], "little") + 1
+    empty = bytearray(b"OggS\x00\x04" + data[last + 6:last + 18]
+                      + sequence.to_bytes(4, "little") + bytes(4) + b"\x00")
+    empty[22:26] = page_checksum(bytes(empty)).to_bytes(4, "little")
+    path = tmp_path / "empty_last_page.ogg"
+    path.write_bytes(bytes(data + empty))
+    assert soundfile.info(str(path)).frames == soundfile.info(str(whole)).frames
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_file(path, strict=True)
+    assert decoded.status == "ok"
+    np.testing.assert_array_equal(decoded.samples, decode_file(whole).samples)
 
 
 @pytest.mark.parametrize("mode", ["essentia", "float"])
@@ -1379,6 +1442,17 @@ def test_missing_file_and_directory(tmp_path):
     with pytest.raises(AudioError, match="is a directory") as err:
         decode_file(tmp_path)
     assert str(tmp_path) in str(err.value)
+
+
+def test_a_folder_that_cannot_be_searched_cannot_be_listed(tmp_path, monkeypatch):
+    """A folder readable but not searchable (r without x): its files cannot be opened, so it
+    is one that cannot be listed, not "a directory". Permissions are simulated: root searches
+    any folder."""
+    real_access = os.access
+    monkeypatch.setattr(decode.os, "access", lambda path, mode: real_access(path, mode) and not (
+        path == str(tmp_path) and mode & os.X_OK))
+    with pytest.raises(AudioError, match="a folder that cannot be listed"):
+        decode_file(tmp_path)
 
 
 @pytest.mark.parametrize("decoder", ["essentia", "soundfile"])
