@@ -629,6 +629,10 @@ def test_pictures_already_there_are_refused_before_any_work_counting_the_others(
     # a --plot without a suffix names them .png all the same (PATH-stem.png), as its help says
     status, out, err = run(capsys, "tag", *files, "--plot", str(tmp_path / "p"))
     assert status == 1 and f"--plot: {pictures[files[1]]} exists (and 1 more)" in err, err
+    # one picture there is named alone: no "(and 0 more)"
+    status, out, err = run(capsys, "tag", files[1], "--plot", str(pictures[files[1]]))
+    assert status == 1 and err == f"jaxmir: error: --plot: {pictures[files[1]]} exists; give " \
+        "another path, or --overwrite to replace it\n", err
 
 
 def test_a_taggram_with_more_starts_than_patches_is_refused(tmp_path):
@@ -1220,6 +1224,71 @@ def test_a_host_s_own_handlers_and_nohup_s_ignored_hangup_are_left_alone(monkeyp
         for kind, handler in found.items():
             signal.signal(kind, handler)
     assert during == after == {signal.SIGTERM: host, signal.SIGHUP: signal.SIG_IGN}
+
+
+def test_the_exit_s_own_handlers_leave_a_host_s_and_nohup_s_alone():
+    """After the command, a stopping signal ends the process at once (:func:`cli.entry`), but
+    only where Python's default handling was: nohup's ignored SIGHUP and a host's SIGTERM
+    handler stay."""
+    import signal
+
+    from jaxmir import cli
+
+    def host(signum, frame):
+        pass
+
+    kinds = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    found = {kind: signal.getsignal(kind) for kind in kinds}
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, host)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        cli._exit_on_stop()
+        after = {kind: signal.getsignal(kind) for kind in kinds}
+    finally:
+        for kind, handler in found.items():
+            signal.signal(kind, handler)
+    assert after[signal.SIGTERM] is host and after[signal.SIGHUP] == signal.SIG_IGN
+    assert after[signal.SIGINT] not in (signal.default_int_handler, host, signal.SIG_IGN)
+
+
+def test_only_decoder_threads_python_s_exit_would_wait_for_count_as_stuck():
+    """After a stop, :func:`cli.entry` skips Python's exit only for a decoder thread it would
+    wait for (not a daemon), still blocked after the grace; a daemon thread holds no exit."""
+    import threading
+
+    from jaxmir import cli
+
+    release = threading.Event()
+    daemon = threading.Thread(target=release.wait, name="jaxmir-decode", daemon=True)
+    waited_for = threading.Thread(target=release.wait, name="jaxmir-decode-1")
+    daemon.start()
+    try:
+        alone = cli._stuck_workers(grace_s=0.05)
+        waited_for.start()
+        both = cli._stuck_workers(grace_s=0.05)
+    finally:
+        release.set()
+    daemon.join(5)
+    waited_for.join(5)
+    assert (alone, both, cli._stuck_workers(grace_s=0.05)) == (False, True, False)
+
+
+def test_a_single_file_shows_no_progress_bar_on_a_terminal(wavs, monkeypatch, capsys):
+    """The bar counts files: shown on a terminal for several, not for one (a bar at 1/1)."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    bars = []
+    for files in ([wavs["PCM_16"]], [wavs["PCM_16"], wavs["FLOAT"]]):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert cli.main(["tag", *map(str, files)]) == 0, terminal.getvalue()
+        bars.append(f"{len(files)}/{len(files)}" in terminal.getvalue())
+    assert "top 3 tags" in capsys.readouterr().out
+    assert bars == [False, True]
 
 
 def test_a_signal_a_library_swallowed_still_ends_the_command_as_interrupted(monkeypatch, capsys):

@@ -1134,6 +1134,11 @@ def test_stream_command_says_what_an_input_lacked():
     assert run.returncode == 0 and run.stdout == b""
     assert "jaxmir: warning: 1.00 s of audio made no complete patch (a patch takes 2.99 s; "\
         "--last-patch repeat makes one of a shorter stream)" in run.stderr.decode()
+    # a WAV of no samples: --last-patch repeat would make no patch of it either
+    run = cli("stream", "-", stdin=wav_bytes(np.zeros((0, 1), np.int16), 16000))
+    assert run.returncode == 0 and run.stdout == b"", run.stderr
+    assert "jaxmir: warning: 0.00 s of audio made no complete patch (a patch takes 2.99 s)\n" \
+        in run.stderr.decode()
     audio = signal_at(16000, 8.0, 1, seed=7, dtype=np.int16)
     cut = wav_bytes(audio, 16000)[:-16000]  # the header declares 8 s; 7.5 s arrive: 4 patches
     run = cli("stream", "-", stdin=cut)
