@@ -107,6 +107,17 @@ def test_soxr_mode_is_librosa_load(path):
     assert np.max(np.abs(actual - expected)) == 0.0
 
 
+def test_soxr_mode_rounds_its_length_up_as_librosa_does():
+    """librosa's length is ceil(n * 16000 / rate): 44101 samples at 44.1 kHz (16000.36) give
+    16001, one more than rounding to the nearest; the fixtures' lengths round up either way."""
+    librosa = require("librosa")
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(44101) / 44100)).astype(np.float32)
+    expected = librosa.resample(tone, orig_sr=44100, target_sr=16000, res_type="soxr_hq")
+    actual = prepare_audio(tone, 44100, resampler="soxr")
+    assert actual.shape == expected.shape == (16001,)
+    np.testing.assert_array_equal(actual, expected)
+
+
 def test_mp3_reads():
     audio = load_audio(shared_fixture("audio/hiphop.mp3"))
     assert audio.dtype == np.float32 and audio.ndim == 1
@@ -283,6 +294,11 @@ def test_a_peak_that_would_overflow_the_spectrum_is_refused(tmp_path):
                  lambda: MonoInput(16000)(loud[:, None])):
         with pytest.raises(AudioError, match="beyond 1e\\+12: the float32 spectrum would overflow"):
             call()
+    # MAX_PEAK is the loudest sample accepted (float64 is checked before float32 rounds it)
+    at_bound = np.array([MAX_PEAK, -MAX_PEAK, 0.0])
+    np.testing.assert_array_equal(prepare_audio(at_bound, 16000), at_bound.astype(np.float32))
+    with pytest.raises(AudioError, match="beyond 1e\\+12"):
+        prepare_audio(np.nextafter(at_bound, 2 * at_bound), 16000)
     spike = np.zeros(5 * 44100, np.float32)
     spike[44100] = 3e20  # named by its sample (it was "chunk 0 (from sample 0)")
     with pytest.raises(AudioError, match=r"^sample 44100: a sample reaches 3e\+20"):
@@ -383,6 +399,7 @@ def test_unknown_resampler():
     (np.float32(0.5), r"shape \[\]"),
     (np.array(["a", "b"]), "dtype"),
     (np.zeros(10, np.complex64), "dtype"),
+    (np.zeros((10, 0), np.float32), "contains no samples"),  # samples, but no channel
 ])
 def test_bad_arrays(audio, match):
     with pytest.raises(AudioError, match=match):

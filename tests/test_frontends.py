@@ -434,6 +434,19 @@ def test_float32_audio_stays_float32_under_x64():
         np.testing.assert_array_equal(np.asarray(found), expected)
 
 
+def test_empty_batches_and_signals_keep_their_shape_and_dtype():
+    """A batch of no signals (a leading axis of 0) has its frames' shape (the frames per step
+    are not divided by its size, 0); an empty float64 signal under x64 is float64, as a non-empty
+    one is."""
+    for fn, frontend in ((frontends.musicnn_logmel, frontends.MUSICNN),
+                         (frontends.vggish_logmel, frontends.VGGISH)):
+        assert fn(np.zeros((0, 16000), np.float32)).shape == \
+            (0, frontends.num_frames(frontend, 16000), frontend.n_bands)
+        with jax.enable_x64(True):
+            assert fn(np.zeros(0, np.float64)).dtype == jnp.float64
+            assert fn(np.zeros(1000, np.float64)).dtype == jnp.float64
+
+
 def test_gradient_of_all_zero_audio_is_finite():
     zeros = jnp.zeros(2000, jnp.float32)
     for fn in (frontends.musicnn_logmel, frontends.vggish_logmel):
