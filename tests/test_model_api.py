@@ -212,6 +212,24 @@ def test_apply_shares_the_frames_of_overlapping_patches(musicnn, vgg, monkeypatc
                                   vgg.apply(vgg_x)["predictions"])
 
 
+def test_a_model_that_cannot_share_frames_runs_in_apply_s_steps(vgg, monkeypatch):
+    """VGG given overlap_hop runs as apply runs it without: in the steps apply picks on a CPU
+    (the same bits), not the batch at once."""
+    from jaxmir import model as model_module
+
+    chunks, run = [], model_module.run_patches_jit
+
+    def recording(module, variables, taps, patches, chunk):
+        chunks.append(chunk)
+        return run(module, variables, taps, patches, chunk)
+
+    monkeypatch.setattr(model_module, "run_patches_jit", recording)
+    cpu_vgg, x = on_cpu(vgg), _consecutive(2)
+    cpu_vgg.apply(x, overlap_hop=93)
+    cpu_vgg.apply(x)
+    assert len(chunks) == 2 and chunks[0] == chunks[1] is not None
+
+
 def test_a_call_takes_the_timbral_rows_it_shares_with_the_call_before(musicnn):
     """Two calls on 8 consecutive patches each: the second takes the timbral rows of the frames
     both stretches cover (frames 3-90 of its own) from the first's carry instead of computing
@@ -924,6 +942,8 @@ def test_apply_steps_hold_four_musicnn_patches_worth_of_input(musicnn, vgg, monk
         "kernel": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}}}}
     assert default_chunk(EmbeddingHead((Dense(4096),)), (4096,), wide) is None
     assert default_chunk(EmbeddingHead((Dense(8),)), (200,), {}) == 256
+    # a patch of more values than a step holds: steps of one patch
+    assert default_chunk(EmbeddingHead((Dense(8),)), (100_000,), {}) == 1
 
 
 def test_apply_runs_whole_batches_on_an_accelerator(musicnn, monkeypatch):
@@ -1007,6 +1027,9 @@ def test_astype_casts_every_weight_of_a_model_whose_weights_mix_dtypes(musicnn):
     for dtype in ("float32", "bfloat16"):
         cast = mixed.astype(dtype).variables
         assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(cast)} == {jnp.dtype(dtype)}
+    # one weight rounded to bfloat16 rounds the outputs: the model is called bfloat16 (what
+    # Options.cast reads, not to record its rows as float32's)
+    assert mixed.dtype == "bfloat16" and musicnn.dtype == "float32"
 
 
 def test_loading_a_model_compiles_nothing(musicnn, caplog):

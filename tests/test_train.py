@@ -717,7 +717,8 @@ def test_plateau_halves_learning_rate_and_best_checkpoint_kept():
 def test_nan_loss_stops_naming_the_step():
     tracks, targets = blobs(n_per_class=4)
     tracks = [t * 1e37 for t in tracks]  # finite, but the products overflow: inf, then NaN
-    with pytest.raises(fit.TrainingError, match=r"epoch 1, step \d+ of"):
+    # in the first epoch the global step is the epoch's step
+    with pytest.raises(fit.TrainingError, match=r"epoch 1, step (\d+) of \d+ \(global step \1\)"):
         fit.train_head(tracks, targets, "single", ABC, FAST)
 
 
@@ -770,6 +771,23 @@ def test_a_resumed_head_that_no_epoch_improves_is_kept_with_a_warning(monkeypatc
     assert lines[0] == "epoch 0 (resumed): validation 1.0000" and head.kept_epoch == 0
     assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         np.array_equal, head.params, jax.device_get(resumed))))
+
+
+def test_a_resumed_head_of_float64_arrays_is_kept_in_float32(monkeypatch):
+    """Weights to resume from given as float64 NumPy arrays are the head's float32 weights, the
+    ones exported, also when no epoch improves on them and they are kept as given."""
+    tracks, targets = blobs(n_per_class=4)
+    scripted = iter([1.0, 2.0])
+    monkeypatch.setattr(fit, "validation_cost", lambda *args: next(scripted))
+    resumed = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64),
+                                     fit.init_head(jax.random.PRNGKey(5), 20, 100, 3))
+    with pytest.warns(JaxmirWarning, match="the resumed head is kept as it was"):
+        head = fit.train_head(tracks, targets, "single", ABC, fit.TrainConfig(epochs=1),
+                              initial=resumed)
+    assert head.kept_epoch == 0
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(head.params)} == {np.dtype(np.float32)}
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: np.array_equal(a, np.float32(b)), head.params, resumed)))
 
 
 def test_a_fold_that_never_beats_its_untrained_head_is_scored_with_it(monkeypatch):
@@ -898,6 +916,25 @@ def test_an_epoch_s_validation_cost_takes_batches_of_the_configured_size():
     assert abs(in_18s - expected) > 1e-4 * expected  # the batches' sizes matter here
     got = head.history[0]["val_loss"]
     assert abs(got - expected) < 1e-5 * expected  # float32 products against float64 ones
+
+
+def test_the_untrained_head_s_validation_cost_takes_batches_of_the_configured_size():
+    """The cost every epoch must beat, as each epoch's (above): 18 training patches must not
+    shrink the batches the untrained head is validated in. Its cost is read from the refusal
+    (6 digits) of a training whose epochs never beat it."""
+    tracks, targets = blobs(n_per_class=2, patches=3)
+    val_tracks, val_targets = blobs(n_per_class=4, patches=4, seed=1)
+    config = fit.TrainConfig(epochs=1, learning_rate=1e6)
+    with pytest.raises(fit.TrainingError, match="untrained head's") as refusal:
+        fit.train_head(tracks, targets, "single", ABC, config, (val_tracks, val_targets))
+    got = float(re.search(r"untrained head's \((\S+)\)", str(refusal.value)).group(1))
+    untrained = fit.init_head(jax.random.PRNGKey(config.seed), 20, config.hidden, 3)
+    losses, l2 = _softmax_losses_float64(untrained, np.concatenate(val_tracks),
+                                         np.repeat(val_targets, 4, axis=0))
+    expected = _mean_of_batch_means(losses, config.batch_size) + config.weight_decay * l2
+    in_18s = _mean_of_batch_means(losses, 18) + config.weight_decay * l2
+    assert abs(in_18s - expected) > 1e-4 * expected  # the batches' sizes matter here
+    assert abs(got - expected) < 1e-5 * expected  # 6 digits, float32 products against float64
 
 
 def test_a_regression_cost_is_the_mean_squared_error_over_every_output():
@@ -1206,6 +1243,10 @@ def test_each_cross_validation_fold_trains_from_its_own_seed(monkeypatch):
     monkeypatch.setattr(fit, "train_head", recorded)
     fit.cross_validate(tracks, targets, "single", ABC, 3, dataclasses.replace(ONE_EPOCH, seed=5))
     assert seeds == [5, 6, 7]
+    # past the last seed JAX takes (TrainConfig's bound), the next is 0
+    fit.cross_validate(tracks, targets, "single", ABC, 2,
+                       dataclasses.replace(ONE_EPOCH, seed=fit.MAX_SEED))
+    assert seeds[3:] == [fit.MAX_SEED, 0]
 
 
 def test_the_confusion_picture_s_colours_are_fractions_of_the_true_class(monkeypatch, tmp_path):
@@ -1358,6 +1399,16 @@ def test_the_confusion_matrix_s_rows_are_the_true_classes():
                                 smooth=lambda train: np.repeat(first, len(train), axis=0))
     assert result.confusion.sum(axis=1).tolist() == [5, 5, 5]
     assert result.confusion[:, 0].sum() > 10
+
+
+def test_cross_validation_reports_the_median_seconds_per_epoch(monkeypatch):
+    """As train-head's (test_fit_head_reports_the_median_seconds_per_epoch): the folds' epochs'
+    median, which one epoch slowed by other work on the machine does not move."""
+    folds_seconds = iter([[0.01, 0.02], [0.01, 5.0]])
+    monkeypatch.setattr(fit, "steady_seconds", lambda history: next(folds_seconds))
+    tracks, targets = blobs(n_per_class=4)
+    result = fit.cross_validate(tracks, targets, "single", ABC, 2, ONE_EPOCH)
+    assert result.seconds_per_epoch == np.median([0.01, 0.02, 0.01, 5.0])
 
 
 def test_one_epoch_still_times_an_epoch():
