@@ -1364,6 +1364,25 @@ def test_a_short_write_is_named_as_one(model, tmp_path, monkeypatch):
                 options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
 
 
+@pytest.mark.parametrize("refusal", [errno.EACCES, errno.EPERM])
+def test_an_array_refused_midway_is_named_as_unwritable_not_to_resume(model, tmp_path,
+                                                                      monkeypatch, refusal):
+    """A write refused (EACCES, or EPERM: a file system or ACL that forbids it) fails again on
+    a rerun: the error names the array, with no "run the same command again to resume"."""
+    where = tmp_path / "emb" / "a.npy"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(refusal, os.strerror(refusal), str(where))
+
+    monkeypatch.setattr(np, "save", refused)
+    clip = _write(tmp_path / "a.wav", 3.0, 16000, 1, 0)
+    with pytest.raises(InputError) as failed:
+        collect(model, [str(clip)], str(tmp_path / "emb"), command="embed",
+                options=Options("embeddings"), name="msd-musicnn", jobs=0, progress=False)
+    assert str(failed.value) == f"cannot write {tmp_path / 'emb'} ({where}): " \
+        f"{os.strerror(refusal)}"
+
+
 def test_a_file_too_short_for_a_patch_has_its_duration_in_every_mode(model, tmp_path):
     """Streamed in this process (--jobs 0) or decoded by workers: the error row holds the
     duration that was read (1.0 s), not 0."""
@@ -2431,6 +2450,17 @@ def test_run_tag_and_embed_commands(music, model, tmp_path, capsys, monkeypatch)
     assert commands.run_embed(args, model, None) == 0
     assert batches == [3]
     assert capsys.readouterr().out.count(" -> ") == 2
+    # each line's shape is that of the array written: a patch's with --average, else every patch's
+    parser.add_argument("--average", action="store_true")
+    for average in ([], ["--average"]):
+        out = tmp_path / f"emb{len(average)}"
+        args = parser.parse_args([str(music / "rock"), "-o", str(out), "-j", "0", "--no-progress",
+                                  *average])
+        assert commands.run_embed(args, model, None) == 0
+        announced = re.findall(r" -> (.+) (\[[\d, ]+\])$", capsys.readouterr().out, re.MULTILINE)
+        assert len(announced) == 2, announced
+        for where, shape in announced:
+            assert json.loads(shape) == list(np.load(where).shape), (average, where, shape)
 
 
 def _truncated(folder: Path) -> Path:
@@ -2951,6 +2981,27 @@ def test_jobs_with_the_ray_engine_are_ignored_even_zero():
                                          actors=None, processes=False, jobs=jobs)
         assert said == ["jobs is ignored: engine='ray' decodes in Ray's CPU tasks, as many as "
                         "the cluster runs"], said
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl", "csv", "npy"])
+def test_flush_rows_is_ignored_by_every_output_but_parquet(kind):
+    """Only Parquet writes parts of flush_rows rows: a CSV table or a folder of .npy ignores it
+    as a JSONL table does."""
+    said = commands.ignored_settings(kind, commands._KEYWORDS, engine="local", average=False,
+                                     per_patch=False, flush_rows=5, actors=None, processes=False,
+                                     jobs=None)
+    assert said == ([] if kind == "parquet" else
+                    ["flush_rows is ignored: lines and arrays are written one file at a time"])
+
+
+@pytest.mark.parametrize("jobs", [None, 2])
+def test_processes_are_used_by_the_local_engine_s_workers(jobs):
+    """processes=True is ignored with jobs=0 only: jobs left unset (a worker per core) or a
+    count decodes in worker processes."""
+    said = commands.ignored_settings("parquet", commands._KEYWORDS, engine="local",
+                                     average=False, per_patch=False, flush_rows=256, actors=None,
+                                     processes=True, jobs=jobs)
+    assert said == [], said
 
 
 def test_one_file_is_decoded_as_it_streams_more_by_a_worker_a_core(monkeypatch):

@@ -573,7 +573,7 @@ def _listener(reply: bytes | None):
     return f"127.0.0.1:{server.getsockname()[1]}", server.close
 
 
-@pytest.mark.parametrize("flag", ["1", "true"])
+@pytest.mark.parametrize("flag", ["1", "true", "True"])  # as Ray reads it: lowercased
 def test_a_cluster_with_tls_is_not_probed_in_plain_text(monkeypatch, flag):
     """A TLS port answers the plain HTTP/2 preface with a TLS alert, not SETTINGS: probed, a
     cluster with ``RAY_USE_TLS`` would be refused as one that is not Ray's."""
@@ -611,7 +611,13 @@ def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply
     grpc_core = (bytes([0, 0, 24, 4, 0, 0, 0, 0, 0]) + values          # SETTINGS, 4 values
                  + bytes([0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0x40, 0])     # WINDOW_UPDATE
                  + acknowledged)
-    for reply, passes in ((settings + acknowledged, True), (grpc_core, True), (settings, False)):
+    # a frame of 2**14 bytes, the largest a peer may send before SETTINGS raise it (RFC 9113
+    # 4.2), is a frame like any other; one byte more is no HTTP/2 server's
+    largest, over = (bytes([0, 0x40, 0, 0xfa, 0, 0, 0, 0, 0]) + bytes(1 << 14),
+                     bytes([0, 0x40, 1, 0xfa, 0, 0, 0, 0, 0]) + bytes((1 << 14) + 1))
+    for reply, passes in ((settings + acknowledged, True), (grpc_core, True), (settings, False),
+                          (settings + largest + acknowledged, True),
+                          (settings + over + acknowledged, False)):
         address, stop = _listener(reply)
         try:
             if passes:
@@ -625,7 +631,8 @@ def test_an_address_that_answers_but_not_as_ray_is_refused_in_bounded_time(reply
     # Ray Client's: Ray Data failed under it with a 63-line traceback, an empty output left
     with pytest.raises(InputError, match="a Ray Client address, which Ray Data does not run under"):
         ray_engine._host_port("ray://head:10001")
-    for address in ("10.0.0.1:6390/", "http://10.0.0.1:6390"):  # ray.init failed on them
+    # ray.init failed on them; a port that is no number was a bare ValueError
+    for address in ("10.0.0.1:6390/", "http://10.0.0.1:6390", "head:", "head:6379x"):
         with pytest.raises(InputError, match=r"expected host:port \(no scheme, no path\)"):
             ray_engine._host_port(address)
 
