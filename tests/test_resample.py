@@ -84,6 +84,24 @@ def test_parity_mp3_and_short_inputs(music):
             assert np.max(np.abs(ours - reference[:ours.shape[0]])) <= TOL
 
 
+def test_inputs_too_short_for_an_output_give_none():
+    """One or two samples at 44.1 or 48 kHz make no 16-kHz output (libsamplerate gives none):
+    empty float32 results through every path, the float32 kernels' included (resample_jax, and
+    resample where the matrix products do not apply), which raised an IndexError without the
+    check for an empty list of outputs."""
+    samplerate = require("samplerate")
+    from jaxmir.resample import essentia_ratio, resample, resample_jax
+
+    for rate, quality in ((44100, "sinc_medium"), (48000, "sinc_fastest")):
+        for n in (1, 2):
+            x = np.full(n, 0.5, np.float32)
+            reference = samplerate.resample(x, essentia_ratio(rate, 16000), quality)
+            assert reference.shape == (0,)              # what this checks: no output at all
+            for ours in (resample(x, rate, 16000, quality),
+                         np.asarray(resample_jax(x, rate, 16000, quality))):
+                assert ours.dtype == np.float32 and ours.shape == reference.shape
+
+
 def test_the_filter_s_last_tap_is_read_as_libsamplerate_reads_it():
     """libsamplerate reads the filter up to and including its last index (``<= max``). That tap
     weighs ~1e-7 (sinc_fastest), under the music parity bound, so an impulse placed where one
@@ -184,6 +202,21 @@ def test_positions_sequential_equals_closed_form():
     np.testing.assert_array_equal(closed[0], scanned[0])
     np.testing.assert_array_equal(closed[1], scanned[1])
     assert closed[2] == scanned[2]
+
+
+def test_closed_form_steps_from_a_fraction_off_their_grid():
+    """The closed form needs the start on the step's grid (multiples of its ulp): from 0.1 at
+    44.1 kHz -> 16 kHz (a closed-form step) libsamplerate's first addition rounds, and every
+    position after it carries that rounding, which the integer closed form would miss."""
+    from jaxmir.resample import positions
+
+    step = positions.plan_of(44100, 16000, "sinc_medium").step
+    assert positions.step_closed_form(step)
+    ours, python = (positions.positions(step, 0.1, 2000),
+                    positions._positions_python(step, 0.1, 2000))
+    np.testing.assert_array_equal(ours[0], python[0])
+    np.testing.assert_array_equal(ours[1], python[1])
+    assert ours[2] == python[2]
 
 
 @pytest.mark.parametrize("rates, first_rounding", [((22050, 16000), 2), ((212731, 193381), 1628),
@@ -438,6 +471,19 @@ def test_the_medium_filter_keeps_the_bound_on_full_scale_noise_above_ratio_one_h
     x = np.random.default_rng(0).uniform(-1, 1, 100_000).astype(np.float32)
     reference = samplerate.resample(x, essentia_ratio(20300, 16000), "sinc_medium")
     assert np.max(np.abs(resample(x, 20300, 16000) - reference)) <= TOL
+
+
+def test_the_medium_filter_keeps_the_bound_where_the_anchor_grid_sets_the_rows():
+    """Rows per group count the anchors' rounding (half a grid step) as well as the drift: at
+    18.528 kHz, drift alone allows twice the rows, and full-scale noise missed the bound
+    (1.13e-6; 5.1e-7 with the rounding counted)."""
+    samplerate = require("samplerate")
+    from jaxmir.resample import accelerated, essentia_ratio, resample
+
+    assert accelerated(18528, 16000)                  # what this checks is that kernel's error
+    x = np.random.default_rng(1).uniform(-1, 1, 200_000).astype(np.float32)
+    reference = samplerate.resample(x, essentia_ratio(18528, 16000), "sinc_medium")
+    assert np.max(np.abs(resample(x, 18528, 16000) - reference)) <= TOL
 
 
 def test_empty_pushes_keep_nothing():
