@@ -69,7 +69,7 @@ def _one_shot(plan: Plan, x, table: tuple[jax.Array, jax.Array]):
             return out
     centre, start = output_taps(plan, x.shape[0])
     if centre.shape[0] == 0:
-        return np.zeros(0, np.float32)
+        return jnp.zeros(0, jnp.float32)
     signal = jnp.pad(jnp.asarray(x, jnp.float32), (plan.taps, plan.taps + 2))
     return float32_outputs(plan, signal, centre, start, table)
 
