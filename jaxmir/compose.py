@@ -117,6 +117,7 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     node_map[head.spec.input_name] = (_prefixed(tap, "backbone"), tuple(head.input_shape))
     spec = ModelSpec(COMPOSED, config, variables, backbone.spec.input_name, backbone.input_shape,
                      head.spec.output_name, aliases, node_map, backbone.spec.frontend)
-    return Model.from_spec(spec, labels=head.labels, source=f"{head.source} on {backbone.source}",
+    source = f"{head.source} on {backbone.source}" if backbone.source else head.source
+    return Model.from_spec(spec, labels=head.labels, source=source,
                            metadata={"backbone": backbone.source, "head": head.source,
                                      "embedding": embedding})

@@ -229,6 +229,18 @@ def test_an_unknown_architecture_lists_every_one_a_weights_file_may_name():
     assert sorted(listed) == sorted([*ARCHITECTURES, COMPOSED])
 
 
+def test_a_head_on_a_backbone_from_no_file_is_named_as_the_head(tmp_path):
+    """A backbone built in memory has no source: the composed model was named "h.pb on ", the
+    name a collection's rows and summary carry."""
+    from jaxmir.model import Model
+
+    head_path = write_head(tmp_path, "h")
+    backbone = jaxmir.load("msd-musicnn")
+    in_memory = Model.from_spec(backbone.spec, labels=backbone.labels)
+    assert jaxmir.load(head_path, backbone=in_memory).name == str(head_path)
+    assert jaxmir.load(head_path, backbone=backbone).name == f"{head_path} on {backbone.source}"
+
+
 def test_a_head_composes_with_the_backbone_it_is_given(tmp_path):
     """A head loaded on a Model took that Model's spec, not its variables: a backbone with other
     weights gave the original's outputs, and a bfloat16 backbone computed in float32."""
