@@ -2526,6 +2526,18 @@ def test_a_truncated_file_gets_a_damaged_row_and_is_not_redone(model, tmp_path, 
     assert again["n_patches"] == row["n_patches"]
 
 
+def test_a_damaged_file_whose_outputs_are_not_finite_keeps_its_damage_in_its_error():
+    """A file decoded in part whose outputs then hold NaN: its failed row keeps the decoder's
+    words (maybe why), as a file too short for a patch does."""
+    path = "/music/cut.wav"
+    cut = compute.Decoded(inputs.Source(path, 1, 1), np.zeros(16000 * 4, np.float32),
+                          warning=f"{path}: truncated audio")
+    row = compute.result_of(cut, {"predictions": np.full((1, 50), np.nan, np.float32)},
+                            "predictions")
+    assert row.values is None and row.error.startswith(f"{path}: the model's predictions hold NaN")
+    assert row.error.endswith(" (truncated audio)"), row.error
+
+
 def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, monkeypatch):
     """--jobs N decodes in threads of this process, which record no warnings (a damaged file's
     problem still reaches its row) and run at a lower priority than the model (Linux);

@@ -521,6 +521,8 @@ def _array(key, convert):
     ("another_architecture", _set("architecture", "vggish"), "incomplete description|cannot run"),
     ("alias_to_nothing", _set("aliases", {"predictions": "nonexist"}),
      r"outputs read nonexist, which the musicnn model does not compute"),
+    ("alias_a_number", _set("aliases", {"predictions": 3}),  # no tap's name: not an alias
+     r"its description gives no 'predictions' output \(its 'aliases'\)"),
     ("bool_weights", _array(KERNEL, lambda k: k > 0), f"'{KERNEL}' holds bool values"),
     ("float16_weights", _array(KERNEL, lambda k: k.astype(np.float16)), "holds float16 values"),
     ("nan_weights", _array(KERNEL, lambda k: np.where(k > 0, np.nan, k).astype(np.float32)),
@@ -643,6 +645,15 @@ def test_a_weights_file_is_checked_for_size_before_it_is_read(musicnn, tmp_path,
     monkeypatch.setattr(weights, "MAX_BYTES", 2 << 30)
     monkeypatch.setattr(weights, "MAX_DESCRIPTION_BYTES", 1000)
     with pytest.raises(WeightsError, match="its description takes .* bytes, more than the 1000"):
+        jaxmir.load(good)
+    with zipfile.ZipFile(good) as archive:  # the bytes read, not those the zip stores (deflated)
+        described = archive.getinfo("__jaxmir__.npy").file_size
+        assert archive.getinfo("__jaxmir__.npy").compress_size < described - 1
+    monkeypatch.setattr(weights, "MAX_DESCRIPTION_BYTES", described)  # at most: exactly is read
+    jaxmir.load(good)
+    monkeypatch.setattr(weights, "MAX_DESCRIPTION_BYTES", described - 1)
+    with pytest.raises(WeightsError, match=f"its description takes {described} bytes, more than "
+                                           f"the {described - 1} jaxmir reads"):
         jaxmir.load(good)
     (tmp_path / "folder.npz").mkdir()
     with pytest.raises(WeightsError, match="folder.npz: is a directory"):
