@@ -26,7 +26,7 @@ import jaxmir
 from conftest import ROOT, child_env, run_tf, shared_fixture
 from jaxmir.errors import GraphError, JaxmirError, UnsupportedGraphError, WeightsError
 from jaxmir.tfgraph.convert import import_graph
-from jaxmir.tfgraph.graphdef import (DT_DOUBLE, DT_FLOAT, DT_INT32, Graph, GraphDefProto,
+from jaxmir.tfgraph.graphdef import (DT_BOOL, DT_DOUBLE, DT_FLOAT, DT_INT32, Graph, GraphDefProto,
                                      TensorProto)
 from jaxmir.weights import load_weights, save_weights
 
@@ -482,6 +482,24 @@ def test_batch_norms_of_other_epsilons_than_the_input_s_load_as_tensorflow_runs_
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
 
+def test_a_batch_norm_without_an_epsilon_takes_tensorflow_s_default(tmp_path):
+    """FusedBatchNorm's epsilon is optional (TensorFlow's default, 1e-4, where the graph has
+    none): every batch norm of the fixture without it computes as TensorFlow computes it."""
+    source = shared_fixture(DORTMUND)
+    graph = GraphDefProto.FromString(source.read_bytes())
+    edited = [n for n in graph.node if n.op.startswith("FusedBatchNorm")]
+    assert edited
+    for node in edited:
+        del node.attr["epsilon"]
+    path = write(tmp_path, "no_epsilon", graph)
+    patches = np.random.default_rng(8).standard_normal((2, 187, 96)).astype(np.float32)
+    feeds, outputs = {"model/Placeholder:0": patches}, ["model/Sigmoid:0"]
+    reference = run_tf(path, feeds, outputs)[0]
+    assert np.max(np.abs(reference - run_tf(source, feeds, outputs)[0])) > 1e-4  # it matters
+    found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
+
+
 @pytest.mark.parametrize("pool, attr, axis, size", [
     ("model/max_pooling2d/MaxPool", "ksize", 2, 58),    # timbral 7x38: 59 bands, one short
     ("model/max_pooling2d_2/MaxPool", "ksize", 2, 64),  # temporal: 96 bands
@@ -534,6 +552,25 @@ def test_a_pad_v2_is_read_as_tensorflow_fills_its_border(tmp_path, fill):
     reference = run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])[0]
     found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
+
+
+def test_a_pad_v2_whose_border_is_not_a_scalar_is_refused_as_tensorflow_refuses_it(tmp_path):
+    """A border value of shape [1], zero: TensorFlow does not run the graph (its PadV2 takes a
+    scalar), so jaxmir does not load it as a zero-padded model either."""
+    import tensorflow as tf
+
+    graph = GraphDefProto.FromString(
+        shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
+    node_named(graph, "model/Pad").op = "PadV2"
+    add_const(graph, "border", np.zeros(1, np.float32))
+    node_named(graph, "model/Pad").input.append("border")
+    path = write(tmp_path, "pad_v2_vector", graph)
+    patches = np.zeros((1, 187, 96), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="scalar"):
+        run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])
+    with pytest.raises(GraphError, match=r"'model/Pad' \(PadV2\) fills its border with a value "
+                                         r"of shape \[1\]; TensorFlow takes a scalar"):
+        jaxmir.load(path)
 
 
 def test_weights_that_overflow_float32_give_an_error_not_nan_tags(tmp_path, capsys):
@@ -970,6 +1007,16 @@ MALFORMED = {
     "maxpool_over_channels": (lambda: _edit_vgg4(_set_attr(
         "model/vggish/max_pooling2d/MaxPool", "ksize", [1, 2, 2, 2])),
         r"ksize \[1, 2, 2, 2\]; expected \[1, height, width, 1\]"),
+    # a window over the batch (TensorFlow refuses it), one of no rows, a stride over the batch
+    "maxpool_over_the_batch": (lambda: _edit_vgg4(_set_attr(
+        "model/vggish/max_pooling2d/MaxPool", "ksize", [2, 2, 2, 1])),
+        r"ksize \[2, 2, 2, 1\]; expected \[1, height, width, 1\]"),
+    "maxpool_window_of_no_rows": (lambda: _edit_vgg4(_set_attr(
+        "model/vggish/max_pooling2d/MaxPool", "ksize", [1, 0, 2, 1])),
+        r"ksize \[1, 0, 2, 1\]; expected \[1, height, width, 1\] with positive sizes"),
+    "maxpool_strides_over_the_batch": (lambda: _edit_vgg4(_set_attr(
+        "model/vggish/max_pooling2d/MaxPool", "strides", [2, 2, 2, 1])),
+        r"strides \[2, 2, 2, 1\]; expected \[1, height, width, 1\]"),
     "rank_100_const": (lambda: _edit_head(_reshape_const("b1", [1] * 100, float_val=[1.0])),
                        "rank 100"),
     "batch_norm_3_inputs": (lambda: _edit_vgg4(_drop_inputs(
@@ -1135,6 +1182,10 @@ OTHER_ARITHMETIC = {
     "channels_padded": (DORTMUND, _int32_const("model/Pad/paddings",
                                                [[0, 0], [3, 3], [0, 0], [1, 1]]),
                         r"'model/Pad' pads \[\[0, 0\], \[3, 3\], \[0, 0\], \[1, 1\]\] before"),
+    # TensorFlow pads the batch with two all-zero patches: two more rows of tags than patches
+    "batch_padded": (DORTMUND, _int32_const("model/Pad/paddings",
+                                            [[1, 1], [3, 3], [0, 0], [0, 0]]),
+                     r"'model/Pad' pads \[\[1, 1\], \[3, 3\], \[0, 0\], \[0, 0\]\] before"),
 }
 
 
@@ -1216,6 +1267,31 @@ def test_a_matmul_of_a_transposed_kernel_is_read_as_tensorflow_multiplies(tmp_pa
     x = np.random.default_rng(3).standard_normal((5, HEAD_IN)).astype(np.float32)
     got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
     np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+
+
+def test_a_cond_whose_training_branch_is_its_switch_s_output_reads_one_layer(tmp_path):
+    """``cond(training, lambda: x, lambda: relu(x))`` with one Switch for both branches (as a
+    graph optimiser leaves two identical ones): the Merge reads the Switch's true output, which
+    TensorFlow does not compute at inference; the head is read as ReLU then the dense layers,
+    not as the input feeding two layers."""
+    weights = head_weights(7)
+    g = head_graph(weights)
+    set_type(add_node(g, "training", "Placeholder"), "dtype", DT_BOOL)
+    add_node(g, "cond/Switch", "Switch", ["model/Placeholder", "training"])
+    add_node(g, "cond/Relu", "Relu", ["cond/Switch"])
+    add_node(g, "cond/Merge", "Merge", ["cond/Relu", "cond/Switch:1"], N=2)
+    node_named(g, "dense/MatMul").input[0] = "cond/Merge"
+    for node in g.node:
+        if node.op not in ("Const", "Placeholder"):
+            set_type(node, "T", DT_FLOAT)
+    path = write(tmp_path, "shared_switch", g)
+    x = np.random.default_rng(7).standard_normal((5, HEAD_IN)).astype(np.float32)
+    reference, = run_tf(path, {"model/Placeholder:0": x, "training:0": False},
+                        ["model/Softmax:0"])
+    np.testing.assert_allclose(reference, head_reference(weights, np.maximum(x, 0)), rtol=0,
+                               atol=1e-6)  # the inference branch: ReLU first
+    found = np.asarray(jaxmir.load(path).apply(x, ["model/Softmax"])["model/Softmax"])
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-6)  # as the tests above
 
 
 def test_a_layer_feeding_two_branches_is_refused_not_read_as_one(tmp_path):
@@ -1358,6 +1434,21 @@ def test_a_rewired_musicnn_is_refused(tmp_path, case):
         jaxmir.load(path)
 
 
+def test_musicnn_s_features_joined_on_axes_counted_from_the_end_load_as_tensorflow_runs_them(
+        tmp_path):
+    """Each concat's axis given as TensorFlow also reads it, from the end (-1 of the front-end's
+    and the pooling's [b, t, f], -2 of the mid-end's [b, t, f, 1]): the same network, loaded as
+    it runs, not refused as joining the features otherwise."""
+    g = fixture_graph(DORTMUND)
+    for concat, axis in (("model/concat", -1), ("model/concat_1", -2), ("model/concat_2", -1)):
+        _set_axis(f"{concat}/axis", axis)(g)
+    path = write(tmp_path, "axes_from_the_end", g)
+    x = np.random.default_rng(9).standard_normal((2, 187, 96)).astype(np.float32)
+    reference, = run_tf(path, {"model/Placeholder:0": x}, ["model/Sigmoid:0"])
+    found = np.asarray(jaxmir.load(path).apply(x)["predictions"])
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
+
+
 def test_timbral_branches_of_unequal_filters_are_refused_as_such(tmp_path):
     """The 7x67 branch cut to 102 filters of 204: refused saying why, beside the mid-end's widths
     that no longer match (that alone said nothing of the branches)."""
@@ -1381,6 +1472,17 @@ def test_a_musicnn_node_short_of_inputs_is_a_jaxmir_error(tmp_path, node, keep):
     del node_named(g, node).input[keep:]
     with pytest.raises(JaxmirError):
         jaxmir.load(write(tmp_path, "short", g))
+
+
+def test_a_vgg_whose_input_has_no_batch_norm_is_refused_not_a_type_error(tmp_path):
+    """musicnn's VGG with its input batch norm bypassed: every convolution still has one, but
+    the model takes its one epsilon from the input's, so the graph is refused by name (without
+    the check on the input, Python's TypeError on the missing epsilon)."""
+    g = fixture_graph(VGG4)
+    _set_input("model/vggish/1CNN/Conv2D", 0, "model/vggish/ExpandDims")(g)
+    with pytest.raises(UnsupportedGraphError, match="batch norm and pooling must follow every "
+                                                    "convolution and the input"):
+        jaxmir.load(write(tmp_path, "no_input_batch_norm", g))
 
 
 SMALL_VGGISH = "essentia-models/small_vggish_init.pb"

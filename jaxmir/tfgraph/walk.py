@@ -442,7 +442,11 @@ class InferencePath:
             pads = pads.astype(int).tolist()
             if before.op == "PadV2":  # its third input fills the border; the model pads zeros
                 fill = self.value(g.data_inputs(before)[2], "float")
-                if fill.shape != () or fill != 0:
+                if fill.shape != ():
+                    raise self.unsupported(f"'{before.name}' (PadV2) fills its border with a "
+                                           f"value of shape {list(fill.shape)}; TensorFlow "
+                                           "takes a scalar")
+                if fill != 0:
                     raise self.unsupported(f"'{before.name}' (PadV2) pads with "
                                            f"{fill.tolist()}; jaxmir pads convolutions with zeros")
             if padding != "VALID" or pads[0] != [0, 0] or pads[3] != [0, 0]:
