@@ -2303,6 +2303,39 @@ def test_a_socket_is_refused_and_left_as_it_was(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["rows.csv"]
 
 
+def test_a_durable_write_syncs_the_whole_file_before_its_rename_then_its_folder(tmp_path,
+                                                                               monkeypatch):
+    """With durable=True the temporary file is flushed and synced (all its bytes, before the rename
+    makes it the target), then its folder (the rename); without, nothing is synced."""
+    from jaxmir import atomic
+
+    target = tmp_path / "rows.csv"
+    synced = []
+
+    def fsync(handle):  # what each sync met: a folder, or a file's size and the target's state
+        status = os.fstat(handle)
+        synced.append("folder" if stat.S_ISDIR(status.st_mode) else
+                      (status.st_size, target.exists()))
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    atomic.write_atomically(target, lambda handle: handle.write(b"rows"), durable=True)
+    assert synced == [(4, False), "folder"] and target.read_bytes() == b"rows"
+    atomic.write_atomically(target, lambda handle: handle.write(b"more rows"))
+    assert len(synced) == 2 and target.read_bytes() == b"more rows"
+
+
+def test_why_no_file_can_be_made_in_a_folder_is_said_in_the_system_s_words(tmp_path):
+    """unwritable names the reason as strerror words ("Not a directory"), not the exception's
+    text, which names the hidden probe file; a folder that can be written gives None."""
+    from jaxmir import atomic
+
+    (tmp_path / "notes").write_text("a file")
+    assert atomic.unwritable(tmp_path) is None
+    assert atomic.unwritable(tmp_path / "notes") == os.strerror(errno.ENOTDIR)
+    assert atomic.unwritable(tmp_path / "gone") == os.strerror(errno.ENOENT)
+    assert os.listdir(tmp_path) == ["notes"]  # no probe left behind
+
+
 def test_a_file_rewritten_by_another_user_keeps_its_group(tmp_path, monkeypatch):
     """Where the owner could not be given back (not root), the group went too, with the mode:
     a shared folder's 0664 table, rewritten by another member of its group, became 0644 and

@@ -192,9 +192,14 @@ def test_class_folders_are_named_by_their_utf8_bytes(tmp_path, audio_set):
                          text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == ["ascii", ["música", "日本"]]
-    os.rename(named / "música", os.fsdecode(bytes(named / "caf") + b"\xe9"))
-    with pytest.raises(InputError, match=r"the class folder 'caf\\udce9' is not named in UTF-8"):
-        data.load_dataset(named)
+    folder = named / "música"
+    for byte in (b"\xe9", b"\x80", b"\xff"):  # 0x80 and 0xff: the ends of what is not UTF-8
+        renamed = os.fsdecode(bytes(named / "caf") + byte)
+        os.rename(folder, renamed)
+        folder = renamed
+        with pytest.raises(InputError, match=rf"the class folder 'caf\\udc{byte.hex()}' is not "
+                                             "named in UTF-8"):
+            data.load_dataset(named)
     with pytest.raises(InputError, match="holds bytes that are not UTF-8 text"):
         check_label_text(["caf\udce9"])  # a head's JSON may hold it too
 
@@ -339,6 +344,11 @@ def test_table_cells_that_would_train_the_wrong_head_are_refused(tmp_path, audio
     with pytest.raises(InputError, match=f"column 'valence' has 1 empty cell\\(s\\), e.g. for "
                                          f"{files[5]}; regression needs a value for every file"):
         data.load_dataset(table)
+    table.write_text("path,mood\n" + "".join(f"{f},{'' if n == 5 else 'calm'}\n"
+                                           for n, f in enumerate(files)))
+    with pytest.raises(InputError, match=r"expected a 'label' column \(classes\) or numeric "
+                                         r"columns \(regression\); non-numeric: mood$"):
+        data.load_dataset(table)  # a blank is not the trouble with a column of words
 
 
 def test_dataset_entry_counts_tracks_of_soft_targets():
@@ -493,6 +503,17 @@ def test_dataset_targets_must_fit_paths_task_and_classes():
         data.Dataset(["a", "b", "a"], onehot, "single", ("x", "y"))
     with pytest.raises(InputError, match="given more than once"):  # spelt two ways
         data.Dataset(["a", "b", Path("./a")], onehot, "single", ("x", "y"))
+
+
+def test_a_dataset_s_repr_shows_four_classes_and_counts_a_fifth():
+    """Up to four class names are shown whole; from five, the first four and how many."""
+    def repr_of(classes):
+        return repr(data.Dataset(tuple(f"{c}.wav" for c in classes),
+                                 np.eye(len(classes), dtype=np.float32), "single", classes))
+
+    assert repr_of(tuple("abcd")) == "Dataset(4 tracks, single, ['a', 'b', 'c', 'd'])"
+    assert repr_of(tuple("abcde")) == ("Dataset(5 tracks, single, ['a', 'b', 'c', 'd', ... "
+                                       "(5 in all)])")
 
 
 # -- embedding cache -----------------------------------------------------------------------
@@ -1034,6 +1055,20 @@ def test_only_a_dense_relu_dense_head_gives_weights_to_resume_from():
     with pytest.raises(InputError, match=r"a head with layers \['batch_norm_0', 'batch_norm_3', "
                                          r"'dense_1', 'dense_4'\]; resuming needs dense -> ReLU"):
         export.params_from_model(jaxmir.load("msd-musicnn"))
+
+
+def test_a_resumed_head_s_dense_layers_are_taken_in_order_of_their_number():
+    """dense_9 comes before dense_10 (in order of text, dense_10 would be the first layer)."""
+    from types import SimpleNamespace
+
+    first = {"kernel": np.zeros((200, 100)), "bias": np.zeros(100)}
+    second = {"kernel": np.ones((100, 3)), "bias": np.ones(3)}
+    model = SimpleNamespace(source="head.pb",
+                            variables={"params": {"head": {"dense_10": second, "dense_9": first}}})
+    params = export.params_from_model(model)
+    assert {layer: {k: v.shape for k, v in params[layer].items()} for layer in params} == {
+        "dense": {"kernel": (200, 100), "bias": (100,)},
+        "dense_1": {"kernel": (100, 3), "bias": (3,)}}
 
 
 def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
@@ -1712,6 +1747,20 @@ def test_cli_refuses_an_output_folder_it_cannot_write_before_reading_audio(tmp_p
     assert jaxmir_cli.main(argv) == 1
     assert f"cannot write the head in {tmp_path / 'notes' / 'deeper'}: {tmp_path / 'notes'} is a " \
         "file" in capsys.readouterr().err
+
+
+def test_a_head_s_existing_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    """The head's own folder is probed where it exists, not the folder above it (writable here).
+    Read-only simulated (root writes anywhere): the probe in heads/ says Permission denied."""
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    monkeypatch.setattr(export, "unwritable",
+                        lambda folder: "Permission denied" if Path(folder) == heads else None)
+    for output in (heads / "h", heads / "new" / "h"):  # heads/new: made in heads, refused too
+        with pytest.raises(InputError, match=re.escape(f"cannot write the head in "
+                                                       f"{output.parent}: Permission denied")):
+            export.check_output_folder(output)
+    export.check_output_folder(tmp_path / "h")
 
 
 def test_cli_refuses_finetune_steps_without_finetune(tmp_path, capsys):
