@@ -117,7 +117,9 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     node_map[head.spec.input_name] = (_prefixed(tap, "backbone"), tuple(head.input_shape))
     spec = ModelSpec(COMPOSED, config, variables, backbone.spec.input_name, backbone.input_shape,
                      head.spec.output_name, aliases, node_map, backbone.spec.frontend)
-    source = f"{head.source} on {backbone.source}" if backbone.source else head.source
+    # a model built in memory has no source: joined, it named "h.pb on " or " on msd-musicnn"
+    source = f"{head.source} on {backbone.source}" if head.source and backbone.source \
+        else head.source
     return Model.from_spec(spec, labels=head.labels, source=source,
                            metadata={"backbone": backbone.source, "head": head.source,
                                      "embedding": embedding})

@@ -1232,8 +1232,6 @@ def test_the_exit_s_own_handlers_leave_a_host_s_and_nohup_s_alone():
     handler stay."""
     import signal
 
-    from jaxmir import cli
-
     def host(signum, frame):
         pass
 
@@ -1256,8 +1254,6 @@ def test_only_decoder_threads_python_s_exit_would_wait_for_count_as_stuck():
     """After a stop, :func:`cli.entry` skips Python's exit only for a decoder thread it would
     wait for (not a daemon), still blocked after the grace; a daemon thread holds no exit."""
     import threading
-
-    from jaxmir import cli
 
     release = threading.Event()
     daemon = threading.Thread(target=release.wait, name="jaxmir-decode", daemon=True)

@@ -3018,12 +3018,17 @@ def test_an_unknown_engine_is_refused_before_any_output(music, model, tmp_path):
     assert not output.exists()
 
 
+def _ignored(kind: str = "parquet", **changed) -> list[str]:
+    """What :func:`commands.ignored_settings` says of collect()'s defaults with ``changed``."""
+    settings = dict(engine="local", average=False, per_patch=False, flush_rows=256, actors=None,
+                    processes=False, jobs=None)
+    return commands.ignored_settings(kind, commands._KEYWORDS, **{**settings, **changed})
+
+
 def test_jobs_with_the_ray_engine_are_ignored_even_zero():
     """Ray decodes in its own CPU tasks: jobs=0 (decode in this process) is as ignored as 4."""
     for jobs in (0, 4):
-        said = commands.ignored_settings("parquet", commands._KEYWORDS, engine="ray",
-                                         average=False, per_patch=False, flush_rows=256,
-                                         actors=None, processes=False, jobs=jobs)
+        said = _ignored(engine="ray", jobs=jobs)
         assert said == ["jobs is ignored: engine='ray' decodes in Ray's CPU tasks, as many as "
                         "the cluster runs"], said
 
@@ -3032,9 +3037,7 @@ def test_jobs_with_the_ray_engine_are_ignored_even_zero():
 def test_flush_rows_is_ignored_by_every_output_but_parquet(kind):
     """Only Parquet writes parts of flush_rows rows: a CSV table or a folder of .npy ignores it
     as a JSONL table does."""
-    said = commands.ignored_settings(kind, commands._KEYWORDS, engine="local", average=False,
-                                     per_patch=False, flush_rows=5, actors=None, processes=False,
-                                     jobs=None)
+    said = _ignored(kind, flush_rows=5)
     assert said == ([] if kind == "parquet" else
                     ["flush_rows is ignored: lines and arrays are written one file at a time"])
 
@@ -3043,10 +3046,7 @@ def test_flush_rows_is_ignored_by_every_output_but_parquet(kind):
 def test_processes_are_used_by_the_local_engine_s_workers(jobs):
     """processes=True is ignored with jobs=0 only: jobs left unset (a worker per core) or a
     count decodes in worker processes."""
-    said = commands.ignored_settings("parquet", commands._KEYWORDS, engine="local",
-                                     average=False, per_patch=False, flush_rows=256, actors=None,
-                                     processes=True, jobs=jobs)
-    assert said == [], said
+    assert _ignored(processes=True, jobs=jobs) == []
 
 
 def test_one_file_is_decoded_as_it_streams_more_by_a_worker_a_core(monkeypatch):

@@ -937,17 +937,12 @@ def test_a_patched_file_reads_its_patches_and_stops_at_its_end(tmp_path):
                 and str(path) in str(warning.message)]  # not another test's file, collected
 
 
-def test_an_ogg_file_read_through_patched_pages_is_closed_once_exhausted(tmp_path):
+def test_an_ogg_file_read_through_patched_pages_is_closed_once_exhausted(files, tmp_path):
     """The wheel's reading of an Ogg file whose page fails its checksum goes through a
     PatchedFile: exhausting the blocks closes the file that one opened, as it closes FFmpeg's
     (the blocks object still held, as a caller may hold it)."""
-    path = tmp_path / "flipped.ogg"
-    soundfile.write(path, signal(44100, 1, 0.5, 3, seconds=2.0), 44100, format="OGG",
-                    subtype="VORBIS")
-    data = path.read_bytes()
-    page = data.find(b"OggS", len(data) // 2)
-    flip = page + 27 + data[page + 26] + 10  # a byte of that page's body
-    path.write_bytes(data[:flip] + bytes([data[flip] ^ 1]) + data[flip + 1:])
+    path = tmp_path / "flipped.ogg"  # a copy no other test holds open
+    path.write_bytes(files["page_flipped.ogg"].read_bytes())
 
     def opened() -> list[str]:
         names = []

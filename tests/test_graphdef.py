@@ -25,6 +25,16 @@ def const_graph(**tensors) -> Graph:
     return Graph.from_bytes(graph_def.SerializeToString(), "<test>")
 
 
+def typed_consts(**tensors) -> GraphDefProto:
+    """A GraphDef of a Const per tensor, with the ``dtype`` TensorFlow needs to import it."""
+    graph_def = GraphDefProto()
+    for name, proto in tensors.items():
+        node = graph_def.node.add(name=name, op="Const")
+        node.attr["dtype"].type = proto.dtype
+        node.attr["value"].tensor.CopyFrom(proto)
+    return graph_def
+
+
 def tensor(dtype: int, shape, **fields):
     from jaxmir.tfgraph.graphdef import TensorProto
     proto = TensorProto(dtype=dtype)
@@ -188,13 +198,9 @@ def test_a_cond_held_true_whose_true_branch_reads_no_switch_runs_that_branch(tmp
     """A Merge of a Switch's false output and of a constant read through no Switch, its
     predicate a True Const: TensorFlow runs the constant (the Switch's output 0 is dead)."""
     require("tensorflow")
-    graph_def = GraphDefProto()
-    for name, proto in (("false_value", tensor(DT_FLOAT, [2], float_val=[1.0, 2.0])),
-                        ("true_value", tensor(DT_FLOAT, [2], float_val=[3.0, 4.0])),
-                        ("pred", tensor(DT_BOOL, [], bool_val=[True]))):
-        node = graph_def.node.add(name=name, op="Const")
-        node.attr["dtype"].type = proto.dtype
-        node.attr["value"].tensor.CopyFrom(proto)
+    graph_def = typed_consts(false_value=tensor(DT_FLOAT, [2], float_val=[1.0, 2.0]),
+                             true_value=tensor(DT_FLOAT, [2], float_val=[3.0, 4.0]),
+                             pred=tensor(DT_BOOL, [], bool_val=[True]))
     for name, op, inputs in (("switch", "Switch", ["false_value", "pred"]),
                              ("false_branch", "Identity", ["switch:0"]),
                              ("merge", "Merge", ["false_branch", "true_value"])):
@@ -283,12 +289,8 @@ def test_a_list_of_dtypes_attribute_reads_as_tensorflow_reads_it():
     """An IdentityN's ``T`` is a list of dtypes; Graph.attr returns them as TensorFlow's
     get_attr does (as type enums), not an empty list."""
     tf = require("tensorflow")
-    graph_def = GraphDefProto()
-    for name, proto in (("f", tensor(DT_FLOAT, [1], float_val=[1.0])),
-                        ("i", tensor(DT_INT32, [1], int_val=[2]))):
-        node = graph_def.node.add(name=name, op="Const")
-        node.attr["dtype"].type = proto.dtype
-        node.attr["value"].tensor.CopyFrom(proto)
+    graph_def = typed_consts(f=tensor(DT_FLOAT, [1], float_val=[1.0]),
+                             i=tensor(DT_INT32, [1], int_val=[2]))
     pair = graph_def.node.add(name="pair", op="IdentityN", input=["f", "i"])
     pair.attr["T"].list.type.extend([DT_FLOAT, DT_INT32])
     reference = tf.Graph()
@@ -329,14 +331,10 @@ def test_a_cond_predicate_cast_to_int_is_read_as_its_destination_type(tmp_path):
     """Equal(Cast(0.5 to int32), 0) is True: the cast truncates to its DstT (0); read in its
     SrcT (0.5) the predicate would be False and the cond would take the other branch."""
     require("tensorflow")
-    graph_def = GraphDefProto()
-    for name, proto in (("false_value", tensor(DT_FLOAT, [2], float_val=[1.0, 2.0])),
-                        ("true_value", tensor(DT_FLOAT, [2], float_val=[3.0, 4.0])),
-                        ("half", tensor(DT_FLOAT, [], float_val=[0.5])),
-                        ("zero", tensor(DT_INT32, [], int_val=[0]))):
-        node = graph_def.node.add(name=name, op="Const")
-        node.attr["dtype"].type = proto.dtype
-        node.attr["value"].tensor.CopyFrom(proto)
+    graph_def = typed_consts(false_value=tensor(DT_FLOAT, [2], float_val=[1.0, 2.0]),
+                             true_value=tensor(DT_FLOAT, [2], float_val=[3.0, 4.0]),
+                             half=tensor(DT_FLOAT, [], float_val=[0.5]),
+                             zero=tensor(DT_INT32, [], int_val=[0]))
     cast = graph_def.node.add(name="cast", op="Cast", input=["half"])
     cast.attr["SrcT"].type, cast.attr["DstT"].type = DT_FLOAT, DT_INT32
     graph_def.node.add(name="pred", op="Equal", input=["cast", "zero"]).attr["T"].type = DT_INT32

@@ -229,9 +229,11 @@ def test_an_unknown_architecture_lists_every_one_a_weights_file_may_name():
     assert sorted(listed) == sorted([*ARCHITECTURES, COMPOSED])
 
 
-def test_a_head_on_a_backbone_from_no_file_is_named_as_the_head(tmp_path):
-    """A backbone built in memory has no source: the composed model was named "h.pb on ", the
-    name a collection's rows and summary carry."""
+def test_a_head_or_a_backbone_from_no_file_is_named_as_the_head(tmp_path):
+    """A model built in memory has no source: the composed model was named "h.pb on " (a
+    backbone's) or " on msd-musicnn" (a head's), the name a collection's rows and summary
+    carry."""
+    from jaxmir.loading import on_backbone
     from jaxmir.model import Model
 
     head_path = write_head(tmp_path, "h")
@@ -239,6 +241,9 @@ def test_a_head_on_a_backbone_from_no_file_is_named_as_the_head(tmp_path):
     in_memory = Model.from_spec(backbone.spec, labels=backbone.labels)
     assert jaxmir.load(head_path, backbone=in_memory).name == str(head_path)
     assert jaxmir.load(head_path, backbone=backbone).name == f"{head_path} on {backbone.source}"
+    head = jaxmir.load(head_path)
+    head_in_memory = Model.from_spec(head.spec, labels=head.labels, metadata=head.metadata)
+    assert on_backbone(head_in_memory, backbone).name == ""
 
 
 def test_a_head_composes_with_the_backbone_it_is_given(tmp_path):

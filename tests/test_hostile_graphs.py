@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import jaxmir
-from conftest import ROOT, child_env, run_tf, shared_fixture
+from conftest import ROOT, child_env, require, run_tf, shared_fixture
 from jaxmir.errors import GraphError, JaxmirError, UnsupportedGraphError, WeightsError
 from jaxmir.tfgraph.convert import import_graph
 from jaxmir.tfgraph.graphdef import (DT_BOOL, DT_DOUBLE, DT_FLOAT, DT_INT32, Graph, GraphDefProto,
@@ -462,40 +462,30 @@ def test_a_variance_below_zero_but_above_minus_epsilon_loads_as_tensorflow_runs_
         "predictions"])).all()
 
 
-def test_batch_norms_of_other_epsilons_than_the_input_s_load_as_tensorflow_runs_them(tmp_path):
+@pytest.mark.parametrize("within, epsilon, matters, seed", [
+    ("batch_normalization_1/", 0.5, 1e-3, 4),  # other epsilons than the input's
+    ("", None, 1e-4, 8),                       # none at all: TensorFlow's default, 1e-4
+])
+def test_batch_norms_of_other_epsilons_than_the_input_s_load_as_tensorflow_runs_them(
+        tmp_path, within, epsilon, matters, seed):
     """The model keeps one epsilon, the input batch norm's, and moves each other batch norm's
     difference from it into its variance: a graph whose layers use other epsilons than its
-    input's computes as TensorFlow computes it."""
-    source = shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb")
-    graph = GraphDefProto.FromString(source.read_bytes())
-    edited = [n for n in graph.node
-              if n.op.startswith("FusedBatchNorm") and "batch_normalization_1/" in n.name]
+    input's, or whose batch norms have none (FusedBatchNorm's epsilon is optional), computes
+    as TensorFlow computes it."""
+    graph = fixture_graph(DORTMUND)
+    edited = [n for n in graph.node if n.op.startswith("FusedBatchNorm") and within in n.name]
     assert edited
     for node in edited:
-        node.attr["epsilon"].f = 0.5
+        if epsilon is None:
+            del node.attr["epsilon"]
+        else:
+            node.attr["epsilon"].f = epsilon
     path = write(tmp_path, "epsilons", graph)
-    patches = np.random.default_rng(4).standard_normal((2, 187, 96)).astype(np.float32)
+    patches = np.random.default_rng(seed).standard_normal((2, 187, 96)).astype(np.float32)
     feeds, outputs = {"model/Placeholder:0": patches}, ["model/Sigmoid:0"]
     reference = run_tf(path, feeds, outputs)[0]
-    assert np.max(np.abs(reference - run_tf(source, feeds, outputs)[0])) > 1e-3  # it matters
-    found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
-    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
-
-
-def test_a_batch_norm_without_an_epsilon_takes_tensorflow_s_default(tmp_path):
-    """FusedBatchNorm's epsilon is optional (TensorFlow's default, 1e-4, where the graph has
-    none): every batch norm of the fixture without it computes as TensorFlow computes it."""
-    source = shared_fixture(DORTMUND)
-    graph = GraphDefProto.FromString(source.read_bytes())
-    edited = [n for n in graph.node if n.op.startswith("FusedBatchNorm")]
-    assert edited
-    for node in edited:
-        del node.attr["epsilon"]
-    path = write(tmp_path, "no_epsilon", graph)
-    patches = np.random.default_rng(8).standard_normal((2, 187, 96)).astype(np.float32)
-    feeds, outputs = {"model/Placeholder:0": patches}, ["model/Sigmoid:0"]
-    reference = run_tf(path, feeds, outputs)[0]
-    assert np.max(np.abs(reference - run_tf(source, feeds, outputs)[0])) > 1e-4  # it matters
+    original = run_tf(shared_fixture(DORTMUND), feeds, outputs)[0]
+    assert np.max(np.abs(reference - original)) > matters  # the edit changes what TF computes
     found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
@@ -533,16 +523,20 @@ def test_a_same_padded_pool_wider_than_the_bands_loads_as_tensorflow_runs_it(tmp
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
 
+def _dortmund_padded_with(border: np.ndarray):
+    """The Dortmund fixture whose timbral Pad is a PadV2 filling its border with ``border``."""
+    graph = fixture_graph(DORTMUND)
+    node_named(graph, "model/Pad").op = "PadV2"
+    add_const(graph, "border", border)
+    node_named(graph, "model/Pad").input.append("border")
+    return graph
+
+
 @pytest.mark.parametrize("fill", [0.0, 5.0])
 def test_a_pad_v2_is_read_as_tensorflow_fills_its_border(tmp_path, fill):
     """The border value of a PadV2 before a timbral convolution was not read: with 5.0 the graph
     loaded and gave the zero-padded model's tags, where TensorFlow's top tag was another."""
-    graph = GraphDefProto.FromString(
-        shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
-    node_named(graph, "model/Pad").op = "PadV2"
-    add_const(graph, "border", np.float32(fill))
-    node_named(graph, "model/Pad").input.append("border")
-    path = write(tmp_path, "pad_v2", graph)
+    path = write(tmp_path, "pad_v2", _dortmund_padded_with(np.float32(fill)))
     if fill:
         with pytest.raises(GraphError, match=r"'model/Pad' \(PadV2\) pads with 5\.0; jaxmir pads "
                                              "convolutions with zeros"):
@@ -557,14 +551,8 @@ def test_a_pad_v2_is_read_as_tensorflow_fills_its_border(tmp_path, fill):
 def test_a_pad_v2_whose_border_is_not_a_scalar_is_refused_as_tensorflow_refuses_it(tmp_path):
     """A border value of shape [1], zero: TensorFlow does not run the graph (its PadV2 takes a
     scalar), so jaxmir does not load it as a zero-padded model either."""
-    import tensorflow as tf
-
-    graph = GraphDefProto.FromString(
-        shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb").read_bytes())
-    node_named(graph, "model/Pad").op = "PadV2"
-    add_const(graph, "border", np.zeros(1, np.float32))
-    node_named(graph, "model/Pad").input.append("border")
-    path = write(tmp_path, "pad_v2_vector", graph)
+    tf = require("tensorflow")
+    path = write(tmp_path, "pad_v2_vector", _dortmund_padded_with(np.zeros(1, np.float32)))
     patches = np.zeros((1, 187, 96), np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="scalar"):
         run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])

@@ -227,7 +227,7 @@ def test_a_model_that_cannot_share_frames_runs_in_apply_s_steps(vgg, monkeypatch
     cpu_vgg, x = on_cpu(vgg), _consecutive(2)
     cpu_vgg.apply(x, overlap_hop=93)
     cpu_vgg.apply(x)
-    assert len(chunks) == 2 and chunks[0] == chunks[1] is not None
+    assert len(chunks) == 2 and chunks[0] is not None and chunks[0] == chunks[1], chunks
 
 
 def test_a_call_takes_the_timbral_rows_it_shares_with_the_call_before(musicnn):

@@ -195,32 +195,21 @@ def test_positions_in_python_equal_the_compiled_scan(rate):
         assert python[2] == longer[2]
 
 
-def test_positions_sequential_equals_closed_form():
-    """The float64 scan and the integer closed form agree where the closed form is exact."""
-    from jaxmir import resample as rs
-    from jaxmir.resample import positions
-
-    step = 1.0 / rs.essentia_ratio(44100, 16000)
-    closed = positions._positions(step, 0.0, 70_000)
-    scanned = positions._positions_sequential(step, 0.0, 70_000)
-    np.testing.assert_array_equal(closed[0], scanned[0])
-    np.testing.assert_array_equal(closed[1], scanned[1])
-    assert closed[2] == scanned[2]
-
-
-def test_closed_form_steps_from_a_fraction_off_their_grid():
-    """The closed form needs the start on the step's grid (multiples of its ulp): from 0.1 at
-    44.1 kHz -> 16 kHz (a closed-form step) libsamplerate's first addition rounds, and every
-    position after it carries that rounding, which the integer closed form would miss."""
+@pytest.mark.parametrize("start, count", [(0.0, 70_000), (0.1, 2000)])
+def test_positions_sequential_equals_closed_form(start, count):
+    """The float64 scan and the integer closed form agree where the closed form is exact. It
+    needs the start on the step's grid (multiples of its ulp): from 0.1 libsamplerate's first
+    addition rounds, and every position after it carries that rounding, which the integer
+    closed form would miss."""
     from jaxmir.resample import positions
 
     step = positions.plan_of(44100, 16000, "sinc_medium").step
     assert positions.step_closed_form(step)
-    ours, python = (positions.positions(step, 0.1, 2000),
-                    positions._positions_python(step, 0.1, 2000))
-    np.testing.assert_array_equal(ours[0], python[0])
-    np.testing.assert_array_equal(ours[1], python[1])
-    assert ours[2] == python[2]
+    closed = positions.positions(step, start, count)
+    scanned = positions._positions_sequential(step, start, count)
+    np.testing.assert_array_equal(closed[0], scanned[0])
+    np.testing.assert_array_equal(closed[1], scanned[1])
+    assert closed[2] == scanned[2]
 
 
 @pytest.mark.parametrize("rates, first_rounding", [((22050, 16000), 2), ((212731, 193381), 1628),
