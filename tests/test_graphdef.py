@@ -35,6 +35,18 @@ def typed_consts(**tensors) -> GraphDefProto:
     return graph_def
 
 
+def merged_cond(path, graph_def: GraphDefProto, float_nodes):
+    """``graph_def`` with ``(name, op, inputs)`` nodes of float ``T`` added, the last a Merge of
+    two named ``merge``, written to ``path``: ``(path, the Merge's value, the index of the input
+    it took)`` as TensorFlow runs it."""
+    for name, op, inputs in float_nodes:
+        graph_def.node.add(name=name, op=op, input=inputs).attr["T"].type = DT_FLOAT
+    graph_def.node[-1].attr["N"].i = 2
+    path.write_bytes(graph_def.SerializeToString())
+    expected, index = run_tf(path, {}, ["merge", "merge:1"], optimize=False)
+    return path, expected, index
+
+
 def tensor(dtype: int, shape, **fields):
     from jaxmir.tfgraph.graphdef import TensorProto
     proto = TensorProto(dtype=dtype)
@@ -201,14 +213,10 @@ def test_a_cond_held_true_whose_true_branch_reads_no_switch_runs_that_branch(tmp
     graph_def = typed_consts(false_value=tensor(DT_FLOAT, [2], float_val=[1.0, 2.0]),
                              true_value=tensor(DT_FLOAT, [2], float_val=[3.0, 4.0]),
                              pred=tensor(DT_BOOL, [], bool_val=[True]))
-    for name, op, inputs in (("switch", "Switch", ["false_value", "pred"]),
-                             ("false_branch", "Identity", ["switch:0"]),
-                             ("merge", "Merge", ["false_branch", "true_value"])):
-        graph_def.node.add(name=name, op=op, input=inputs).attr["T"].type = DT_FLOAT
-    graph_def.node[-1].attr["N"].i = 2
-    path = tmp_path / "cond.pb"
-    path.write_bytes(graph_def.SerializeToString())
-    expected, index = run_tf(path, {}, ["merge", "merge:1"], optimize=False)
+    path, expected, index = merged_cond(tmp_path / "cond.pb", graph_def, (
+        ("switch", "Switch", ["false_value", "pred"]),
+        ("false_branch", "Identity", ["switch:0"]),
+        ("merge", "Merge", ["false_branch", "true_value"])))
     graph = Graph.from_file(path)
     np.testing.assert_array_equal(graph.constant("merge"), expected)
     # Output 1 is the index of the input taken (1 here), not that input: jaxmir folds none of it
@@ -338,13 +346,9 @@ def test_a_cond_predicate_cast_to_int_is_read_as_its_destination_type(tmp_path):
     cast = graph_def.node.add(name="cast", op="Cast", input=["half"])
     cast.attr["SrcT"].type, cast.attr["DstT"].type = DT_FLOAT, DT_INT32
     graph_def.node.add(name="pred", op="Equal", input=["cast", "zero"]).attr["T"].type = DT_INT32
-    for name, op, inputs in (("switch_false", "Switch", ["false_value", "pred"]),
-                             ("switch_true", "Switch", ["true_value", "pred"]),
-                             ("merge", "Merge", ["switch_false:0", "switch_true:1"])):
-        graph_def.node.add(name=name, op=op, input=inputs).attr["T"].type = DT_FLOAT
-    graph_def.node[-1].attr["N"].i = 2
-    path = tmp_path / "cast_cond.pb"
-    path.write_bytes(graph_def.SerializeToString())
-    expected, index = run_tf(path, {}, ["merge", "merge:1"], optimize=False)
+    path, expected, index = merged_cond(tmp_path / "cast_cond.pb", graph_def, (
+        ("switch_false", "Switch", ["false_value", "pred"]),
+        ("switch_true", "Switch", ["true_value", "pred"]),
+        ("merge", "Merge", ["switch_false:0", "switch_true:1"])))
     assert index == 1  # TensorFlow takes the true branch
     np.testing.assert_array_equal(Graph.from_file(path).constant("merge"), expected)
