@@ -117,7 +117,7 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
     node_map[head.spec.input_name] = (_prefixed(tap, "backbone"), tuple(head.input_shape))
     spec = ModelSpec(COMPOSED, config, variables, backbone.spec.input_name, backbone.input_shape,
                      head.spec.output_name, aliases, node_map, backbone.spec.frontend)
-    # a model built in memory has no source: joined, it named "h.pb on " or " on msd-musicnn"
+    # a model built in memory has no source: then the head's alone ("h.pb on " named nothing)
     source = f"{head.source} on {backbone.source}" if head.source and backbone.source \
         else head.source
     return Model.from_spec(spec, labels=head.labels, source=source,
