@@ -106,7 +106,10 @@ def test_inputs_too_short_for_an_output_give_none():
                 assert ours.dtype == np.float32 and ours.shape == reference.shape
 
 
-def test_the_filter_s_last_tap_is_read_as_libsamplerate_reads_it():
+# 7999 Hz takes the per-output kernel, 8 kHz -> 44.1 kHz the float32 polyphase kernel (its one
+# output in 3 s that reads the last tap; test_common_rates_take_the_polyphase_kernels)
+@pytest.mark.parametrize("rate, target, n", [(7999, 22050, 40000), (8000, 44100, 24000)])
+def test_the_filter_s_last_tap_is_read_as_libsamplerate_reads_it(rate, target, n):
     """libsamplerate reads the filter up to and including its last index (``<= max``). That tap
     weighs ~1e-7 (sinc_fastest), under the music parity bound, so an impulse placed where one
     output reads it alone is that output's whole value."""
@@ -114,7 +117,7 @@ def test_the_filter_s_last_tap_is_read_as_libsamplerate_reads_it():
     from jaxmir.resample import essentia_ratio, resample
     from jaxmir.resample.positions import output_taps, plan_of
 
-    rate, target, quality, n = 7999, 22050, "sinc_fastest", 40000
+    quality = "sinc_fastest"
     plan = plan_of(rate, target, quality)
     centre, start = (np.asarray(a, np.int64) for a in output_taps(plan, n))
     at_last = np.flatnonzero((plan.max_index - start) % plan.increment == 0)
@@ -743,6 +746,12 @@ def test_measured_table_is_verified_in_numpy(caplog, monkeypatch):
         wrong[40] *= off
         with pytest.raises(AudioError, match="does not reproduce"):
             tables._verify("sinc_fastest", wrong, samplerate)
+    # 2e-5 off, one entry moves the downsampled noise by ~7e-6 (its outputs weigh each entry by
+    # the ratio, 0.36), under the check's 1e-5, and the upsampled by ~1.8e-5: that one refuses it
+    wrong = table.copy()
+    wrong[1000] += np.float32(2e-5)
+    with pytest.raises(AudioError, match=r"does not reproduce it \(16000 -> 44100 Hz\)"):
+        tables._verify("sinc_fastest", wrong, samplerate)
 
 
 def test_device_tables_compile_nothing(caplog):
