@@ -240,6 +240,19 @@ def test_a_damaged_file_too_short_for_a_patch_says_it_is_damaged(capsys, tmp_pat
         assert "longer audio (damaged audio: " in error and error.count(str(cut)) == 1, error
 
 
+def test_a_file_is_tagged_beside_an_at_list_of_its_name_that_fails(capsys, wavs, tmp_path,
+                                                                    monkeypatch):
+    """``@at.wav`` (a list, unreadable) and ``./@at.wav``, as its error advises: the failed
+    argument is one by its name alone, not by the file its name also spells, which went
+    untagged as a second name of it."""
+    shutil.copy(wavs["PCM_16"], tmp_path / "@at.wav")
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, "tag", "@at.wav", "./@at.wav", "-f", "json", "-n", "1")
+    assert status == 1 and "cannot read the list of paths" in err, err
+    files = json.loads(out)["files"]
+    assert [(f["file"], "error" in f) for f in files] == [("@at.wav", True), ("./@at.wav", False)]
+
+
 def test_bf16_is_opt_in(capsys, wavs, musicnn):
     path = str(wavs["PCM_16"])
     taggrams = {}

@@ -273,6 +273,9 @@ def test_expand_folders_lists_and_names(music, tmp_path):
     with pytest.raises(InputError,
                        match=r"list.txt: UTF-16 text; expected a UTF-8 \(or plain\) text"):
         inputs.expand([f"@{listing}"])
+    listing.write_bytes("\ufeffrock/b.flac\n".encode("utf-16-be"))  # its big-endian spelling
+    with pytest.raises(InputError, match=r"list.txt: UTF-16 text; expected"):
+        inputs.expand([f"@{listing}"])
     listing.write_bytes(b"rock/b.flac\x00\n")
     with pytest.raises(InputError, match=r"list.txt: not text \(it holds NUL bytes\)"):
         inputs.expand([f"@{listing}"])
@@ -3417,6 +3420,8 @@ def test_outputs_of_earlier_versions_resume(music, model, tmp_path):
     assert model_by_path(r"C:\models\genre.pb", "genre.pb")
     assert not model_by_path("/data/other.pb", "genre.pb") and not model_by_path("msd-vgg", None)
     assert not model_by_path("/data/mygenre.pb", "genre.pb")  # the whole file name, not its end
+    assert model_by_path("genre.npz", "genre.npz")  # a weights file named without a folder
+    assert model_by_path("/data/a\nb/genre.pb", "genre.pb")  # a line break in a folder's name
     out = tmp_path / "moved.jsonl"  # another file by its path: named, not called a shipped model
     collect(jaxmir.load(graph), [clip], str(out), name=graph, jobs=0, progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
