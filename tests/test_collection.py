@@ -2824,9 +2824,32 @@ def test_decoding_runs_at_most_prefetch_files_ahead(monkeypatch):
     monkeypatch.setattr(local, "_workers", counting_workers)
     monkeypatch.setattr(compute, "decode", lambda path, *args: path)
     files = local.decode_all([inputs.Source(f"{n}.wav", 0, 0) for n in range(10)], jobs=2)
-    assert next(files) == "0.wav" and len(submitted) <= 4
-    assert next(files) == "1.wav" and len(submitted) <= 5
+    assert next(files) == "0.wav" and len(submitted) == 4     # 2 * jobs, then one a file
+    assert next(files) == "1.wav" and len(submitted) == 5
     assert list(files) == [f"{n}.wav" for n in range(2, 10)] and len(submitted) == 10
+
+
+def test_a_run_stopped_in_the_model_stops_its_workers_at_once(monkeypatch):
+    """An interrupt in the analyzer ends the decoding (its pool abandoned) before ``run``
+    raises, not when the traceback that holds the file generator is collected."""
+    abandoned = []
+    abandon = local._abandon
+    monkeypatch.setattr(local, "_abandon", lambda pool: (abandoned.append(pool), abandon(pool)))
+    monkeypatch.setattr(compute, "decode", lambda path, *args: path)
+
+    def stopped_analyzer(model, decoded, options):
+        next(iter(decoded))
+        raise KeyboardInterrupt
+        yield  # a generator, as analyzers are
+
+    sources = [inputs.Source(f"{n}.wav", 0, 0) for n in range(10)]
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            local.run(None, sources, Options(), write=print, progress=None, jobs=2,
+                      analyzer=stopped_analyzer)
+        finally:  # the exception, whose traceback holds the generator, is still alive here
+            abandoned_as_run_raised = len(abandoned)
+    assert abandoned_as_run_raised == 1
 
 
 HALF_A_RESULT = """

@@ -88,6 +88,8 @@ def test_a_large_chunk_before_the_data_is_skipped():
     (lambda h: h[:16] + b"\x0e\x00\x00\x00" + h[20:34] + h[36:], "fmt chunk of 14 bytes"),
     # samples padded inside wider frames (24 bits in 32, say) streamed as noise, exit 0
     (lambda h: h[:32] + b"\x08\x00" + h[34:], r"WAV frames of 8 bytes \(its block_align\)"),
+    # a chunk cut short in its last (here only) piece: that chunk is named, not the next header
+    (lambda h: h[:36] + b"LIST\x64\x00\x00\x00" + bytes(50), "ends inside the 'LIST' chunk"),
 ])
 def test_bad_headers(broken, problem):
     header = _wav("WAV", "PCM_16")[:44]
@@ -182,6 +184,21 @@ def test_an_extensible_sub_format_is_read_as_ffmpeg_reads_its_guid(guid_edit, de
             read_wav_header(io.BytesIO(bytes(data)).read)
 
 
+def test_the_first_fmt_chunk_counts():
+    """A second fmt chunk before the data is skipped, as FFmpeg's wavdec.c (got_fmt) reads
+    the header: the rate and channels are the first one's."""
+    import av
+
+    data = _wav("WAV", "PCM_16", channels=1)
+    other = _wav("WAV", "PCM_16", channels=2, rate=8000)[12:36]   # its fmt chunk, whole
+    twice = data[:36] + other + data[36:]
+    with av.open(io.BytesIO(twice)) as container:
+        audio = container.streams.audio[0]
+        theirs = (audio.rate, audio.channels)
+    assert read_wav_header(io.BytesIO(twice).read)[:2] == theirs
+    assert theirs == (22050, 1)                          # the reference read the first one too
+
+
 def test_a_block_align_short_of_the_samples_is_read_by_the_samples():
     """A writer's bogus block_align (0, or less than a frame) was ignored, frames sized by the
     samples; only frames wider than their samples (padding inside) are refused."""
@@ -196,7 +213,9 @@ def test_reader_gives_bytes_as_they_arrive():
         reader = ByteReader(read_end)
         os.write(write_end, b"RIFFabc")
         assert reader.peek(4) == b"RIFF" and reader.read(2) == b"RI"
-        assert reader.some() == b"FFabc"                   # what has arrived, without waiting
+        assert reader.peek(3) == b"FFa"
+        reader.unread(b"RI")                               # taken back: in front of what waits
+        assert reader.some() == b"RIFFabc"                 # what has arrived, without waiting
         os.write(write_end, b"xyz")
         os.close(write_end)
         write_end = None
@@ -225,6 +244,24 @@ def test_encoded_streams_are_told_from_pcm(container, codec, rate, options, kind
 
     data = encoded_audio(container, codec, rate, options)
     assert encoded_format(lambda n: data[:n]) == kind
+
+
+def test_adts_frames_of_a_bare_header_are_told_as_ffmpeg_tells_them():
+    """ADTS frames of 7 bytes (a header, no payload): the shortest FFmpeg's header parser takes
+    (adts_header.c: size < 7 is an error); its probe reads them as AAC."""
+    import av
+
+    from jaxmir.pcm import encoded_format
+
+    header, length = bytearray(encoded_audio("adts", "aac", 44100)[:7]), 7
+    # the 13-bit frame length: bits 0-1 of byte 3, byte 4, bits 5-7 of byte 5
+    header[3:6] = bytes([header[3] & 0xFC | length >> 11, length >> 3 & 0xFF,
+                         header[5] & 0x1F | (length & 7) << 5])
+    data = bytes(header) * 50
+    with av.open(io.BytesIO(data)) as container:
+        ffmpeg_format = container.format.name
+    assert ffmpeg_format == "aac"
+    assert encoded_format(lambda n: data[:n]) == "an AAC (ADTS) file"
 
 
 @pytest.mark.parametrize("container, codec, rate, kind", [
