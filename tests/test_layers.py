@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmir.models.layers import (ACTIVATION_FUNCTIONS, DenseHead, convolve,
+from jaxmir.models.layers import (ACTIVATION_FUNCTIONS, OVERLAP, DenseHead, convolve,
                                   convolve_rows_as_channels, dense_name, directed_max,
                                   fusion_boundary, head_aliases)
 from jaxmir.models.musicnn import FrequencyMaxBlock, MidendConv, TimeConvFrequencyMax, musicnn_head
@@ -52,24 +52,34 @@ def test_directed_max_then_activation_is_exactly_the_max(activation):
 
 
 def _check_conv_relu_batch_norm_max(module, kernel: tuple[int, int], padding, frames: int,
-                                    variables_of=lambda v: {"block": v}) -> None:
-    """``module`` on ``[2, frames, 96, 1]`` equals conv, ReLU, batch norm, max over mel."""
+                                    variables_of=lambda v: {"block": v}, hop: int = 0) -> None:
+    """``module`` on ``[2, frames, 96, 1]`` equals conv, ReLU, batch norm, max over mel (with
+    ``hop``: 3 patches cut ``hop`` frames apart from one signal, convolved patch by patch)."""
     rng = np.random.default_rng(1)
     filters = 8
-    x = jnp.asarray(rng.normal(0, 1, (2, frames, 96, 1)).astype(np.float32))
+    if hop:
+        signal = rng.normal(0, 1, (2 * hop + frames, 96, 1)).astype(np.float32)
+        x = jnp.asarray(np.stack([signal[p * hop:p * hop + frames] for p in range(3)]))
+    else:
+        x = jnp.asarray(rng.normal(0, 1, (2, frames, 96, 1)).astype(np.float32))
     batch_norm, params, stats = _batch_norm(rng, filters)
     weights = {"kernel": rng.normal(0, 0.1, (*kernel, 1, filters)).astype(np.float32),
                "bias": rng.normal(0, 0.1, filters).astype(np.float32)}
     variables = {"params": variables_of({"conv": weights, "batch_norm": params}),
                  "batch_stats": variables_of({"batch_norm": stats})}
     got = module.apply(variables, x)
+    # with hop, also as a call carrying the rows the next call would share with this one does
+    carrying = module.apply(variables, x, mutable=[OVERLAP])[0] if hop else got
     conv = jax.lax.conv_general_dilated(x, weights["kernel"], (1, 1), padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         precision=jax.lax.Precision.HIGHEST) + weights["bias"]
     want = jnp.max(batch_norm(jax.nn.relu(conv)), axis=2)
-    assert got.shape == (2, frames, filters)
-    # another summation order of up to 266 products of magnitude ~0.1-1: 1e-5 of the outputs' size
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    for output in (got, carrying):
+        assert output.shape == (len(x), frames, filters)
+        # another summation order of up to 266 products of magnitude ~0.1-1: 1e-5 of the
+        # outputs' size
+        np.testing.assert_allclose(output, want, rtol=0,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
@@ -95,6 +105,17 @@ def test_frequency_max_block_equals_conv_relu_batch_norm_max(kernel, rows_as_cha
     padding = ((3, 3), (0, 0)) if kernel[1] > 1 else "SAME"
     module = FrequencyMaxBlock(8, kernel, padding, 1e-3, rows_as_channels=rows_as_channels)
     _check_conv_relu_batch_norm_max(module, kernel, padding, 187)
+
+
+@pytest.mark.parametrize("top, hop", [(3, 10), (1, 10), (6, 10), (3, 36)])
+def test_a_timbral_branch_sharing_overlapping_frames_convolves_each_patch(top, hop):
+    """With ``overlap_hop`` the block runs once over the frames consecutive patches share, and
+    per patch only on the end rows whose window reads the patch's padding: with padding above
+    and below the kernel of other heights (MusiCNN pads 3 and 3), each end too. Patches of 40
+    frames 36 apart share no row: each runs alone, carrying rows or not."""
+    padding = ((top, 6 - top), (0, 0))
+    module = FrequencyMaxBlock(8, (7, 38), padding, 1e-3, overlap_hop=hop)
+    _check_conv_relu_batch_norm_max(module, (7, 38), padding, 40, hop=hop)
 
 
 @pytest.mark.parametrize("kernel, padding", [((7, 67, 1, 5), ((3, 3), (0, 0))),

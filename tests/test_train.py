@@ -2436,6 +2436,12 @@ def test_finetune_trains_on_the_patches_the_backbone_predicts_on(backbone):
     # the same patches through Model.apply instead of the engine: float32 summation order only
     np.testing.assert_allclose(np.asarray(model.apply(patches)["predictions"]), want,
                                rtol=0, atol=1e-6)
+    # a hop of 0 is the patch size, as in Model.predict
+    patches = audio_patches(model, audio, 16000, patch_hop=0)
+    want = model.predict(audio, 16000, patch_hop=0)
+    assert patches.shape == (want.shape[0], *model.input_shape)
+    np.testing.assert_allclose(np.asarray(model.apply(patches)["predictions"]), want,
+                               rtol=0, atol=1e-6)
 
 
 def test_finetune_moves_backbone_and_lowers_loss():
@@ -2534,15 +2540,21 @@ def test_finetuning_s_loss_includes_the_head_s_l2_weight_decay():
     head training: research/training.md §1, L2 on all variables); without it fine-tuning trained
     unseen. With a decay whose gradient dwarfs the data's (500x at the least), Adam's first step
     moves each weight of the head's kernels by the learning rate towards zero (its step is the
-    rate times the sign of the gradient)."""
+    rate times the sign of the gradient). The loss reported is the data loss alone, here of all
+    the patches (fewer than a batch, each drawn once)."""
     from jaxmir.train.finetune import FinetuneConfig, finetune
 
     backbone = jaxmir.load("msd-musicnn")
-    patches = np.random.default_rng(0).standard_normal((1, 187, 96)).astype(np.float32)
+    patches = np.random.default_rng(0).standard_normal((3, 187, 96)).astype(np.float32)
+    targets = np.eye(2, dtype=np.float32)[[0, 1, 1]]
     head = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
-    config = FinetuneConfig(steps=1, batch_size=1, weight_decay=1e8)
-    _, tuned, _ = finetune(backbone, "model/dense/BiasAdd", patches,
-                           np.eye(2, dtype=np.float32)[:1], "single", head, config)
+    config = FinetuneConfig(steps=1, weight_decay=1e8)
+    _, tuned, losses = finetune(backbone, "model/dense/BiasAdd", patches, targets, "single", head,
+                                config)
+    # the backbone and head before training, through Model.apply: float32 summation order on ~10
+    features = backbone.apply(patches, ["model/dense/BiasAdd"])["model/dense/BiasAdd"]
+    data_loss = np.mean(fit.sample_losses("single", fit.head_logits(head, features), targets))
+    np.testing.assert_allclose(losses, [data_loss], rtol=1e-5)
     before, after = jax.tree_util.tree_leaves(head), jax.tree_util.tree_leaves(tuned)
     kernels = [(np.asarray(b), np.asarray(a)) for b, a in zip(before, after) if np.ndim(b) == 2]
     assert len(kernels) == 2
