@@ -1071,14 +1071,19 @@ def test_a_resumed_head_s_dense_layers_are_taken_in_order_of_their_number():
         "dense_1": {"kernel": (100, 3), "bias": (3,)}}
 
 
+def _export_abc_head(output: Path, overwrite: bool = False) -> dict:
+    """A fresh 3-class softmax head on msd-musicnn's 200-d embeddings, exported to ``output``."""
+    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
+    return export.export_head(params, "softmax", ABC, output, "msd-musicnn", (187, 96),
+                              "model/dense/BiasAdd", overwrite=overwrite)
+
+
 def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
     """A 3-class head resumed on 2-class data, or on 50-d embeddings, was refused only after
     every file was decoded and the cross-validation had run; a softmax head resumed for
     regression data gave an identity head, unsaid. The files here do not exist: a check that
     came after decoding would end in "none of the files could be used"."""
-    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
-    export.export_head(params, "softmax", ABC, tmp_path / "abc", "msd-musicnn", (187, 96),
-                       "model/dense/BiasAdd")
+    _export_abc_head(tmp_path / "abc")
     missing = tuple(str(tmp_path / f"missing{i}.wav") for i in range(6))
     two = data.Dataset(missing, np.eye(2, dtype=np.float32)[[0, 1] * 3], "single", AB)
     with pytest.raises(InputError, match=r"abc.pb has 3 outputs, the data 2 classes"):
@@ -1623,11 +1628,9 @@ def test_a_link_into_no_folder_replaces_none_of_the_head_s_files(tmp_path, capsy
     old = {suffix: f"old {suffix}" for suffix in (".pb", ".npz")}
     for suffix, text in old.items():
         (tmp_path / f"h{suffix}").write_text(text)
-    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
     with pytest.raises(InputError, match=r"h.json leads to .*gone/h.json, which cannot be written "
                                          r"\(No such file or directory\); no file of the head"):
-        export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
-                           "model/dense/BiasAdd", overwrite=True)
+        _export_abc_head(tmp_path / "h", overwrite=True)
     assert {suffix: (tmp_path / f"h{suffix}").read_text() for suffix in old} == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.npz", "h.pb"]
 
@@ -1646,12 +1649,10 @@ def test_a_head_that_cannot_be_written_is_named_and_the_old_one_kept(tmp_path, m
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(weights, "write_atomically", full)
-    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
     with pytest.raises(InputError, match=re.escape(f"cannot write the head {tmp_path / 'h'} (No "
                                                    "space left on device); no file of the head "
                                                    "was replaced")):
-        export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
-                           "model/dense/BiasAdd", overwrite=True)
+        _export_abc_head(tmp_path / "h", overwrite=True)
     assert {suffix: (tmp_path / f"h{suffix}").read_text() for suffix in old} == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.npz", "h.pb"]
 
@@ -1665,14 +1666,11 @@ def test_cli_counts_a_link_as_a_file_it_would_overwrite(tmp_path, capsys):
     assert jaxmir_cli.main(argv) == 1
     assert "h.pb already exists" in capsys.readouterr().err
     assert (tmp_path / "h.pb").is_symlink()
-    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
-    export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
-                       "model/dense/BiasAdd", overwrite=True)
+    _export_abc_head(tmp_path / "h", overwrite=True)
     assert (tmp_path / "h.pb").is_symlink() and (tmp_path / "elsewhere" / "real.pb").is_file()
     os.mkfifo(tmp_path / "f.json")  # --overwrite replaced the pipe by the head's JSON
     with pytest.raises(InputError, match="f.json is not a regular file"):
-        export.export_head(params, "softmax", ABC, tmp_path / "f", "msd-musicnn", (187, 96),
-                           "model/dense/BiasAdd", overwrite=True)
+        _export_abc_head(tmp_path / "f", overwrite=True)
     assert stat.S_ISFIFO((tmp_path / "f.json").stat().st_mode)
 
 
@@ -1688,12 +1686,10 @@ def test_a_rename_failing_after_others_names_the_files_replaced(tmp_path, monkey
         replace(source, target)
 
     monkeypatch.setattr(export.os, "replace", racing_replace)
-    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
     with pytest.raises(InputError, match=re.escape(f"cannot move {tmp_path / 'h.json'} into place "
                                                    "(Is a directory); h.pb replaced, the others "
                                                    "not: the head is incomplete")):
-        export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
-                           "model/dense/BiasAdd")
+        _export_abc_head(tmp_path / "h")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.pb"]
 
 
@@ -1726,12 +1722,10 @@ def test_a_failed_rename_leaves_no_copy_beside_a_link_s_target(tmp_path, monkeyp
         replace(source, target)
 
     monkeypatch.setattr(export.os, "replace", failing_replace)
-    params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
     with pytest.raises(InputError, match=re.escape(f"cannot move {tmp_path / 'h.pb'} into place "
                                                    "(Input/output error); no file of the head "
                                                    "was replaced")):
-        export.export_head(params, "softmax", ABC, tmp_path / "h", "msd-musicnn", (187, 96),
-                           "model/dense/BiasAdd", overwrite=True)
+        _export_abc_head(tmp_path / "h", overwrite=True)
     assert os.listdir(elsewhere) == ["real.npz"]
     assert (elsewhere / "real.npz").read_text() == "old .npz"
     assert sorted(os.listdir(tmp_path)) == ["elsewhere", "h.npz"]
