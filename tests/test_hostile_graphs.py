@@ -877,6 +877,14 @@ def _set_attr(name: str, key: str, value):
     return edit
 
 
+VGG4_POOL = "model/vggish/max_pooling2d/MaxPool"
+
+
+def _vgg4_pool_with(key: str, value):
+    """A maker of the VGG fixture whose first MaxPool's ``key`` is ``value`` (None: none)."""
+    return lambda: _edit_vgg4(_set_attr(VGG4_POOL, key, value))
+
+
 def _int32_kernel(g):
     node = node_named(g, "k1")
     node.attr["dtype"].type = DT_INT32
@@ -988,23 +996,19 @@ MALFORMED = {
                              "MatMul.*1 data inputs"),
     "conv_without_kernel": (lambda: _edit_vgg4(_drop_inputs("model/vggish/1CNN/Conv2D", 1)),
                             "Conv2D.*1 data inputs"),
-    "maxpool_ksize_2": (lambda: _edit_vgg4(_set_attr("model/vggish/max_pooling2d/MaxPool",
-                                                     "ksize", [2, 2])), "ksize \\[2, 2\\]"),
-    "maxpool_without_ksize": (lambda: _edit_vgg4(_set_attr("model/vggish/max_pooling2d/MaxPool",
-                                                           "ksize", None)), "no attribute 'ksize'"),
-    "maxpool_over_channels": (lambda: _edit_vgg4(_set_attr(
-        "model/vggish/max_pooling2d/MaxPool", "ksize", [1, 2, 2, 2])),
-        r"ksize \[1, 2, 2, 2\]; expected \[1, height, width, 1\]"),
+    "maxpool_ksize_2": (_vgg4_pool_with("ksize", [2, 2]), "ksize \\[2, 2\\]"),
+    "maxpool_without_ksize": (_vgg4_pool_with("ksize", None), "no attribute 'ksize'"),
+    "maxpool_over_channels": (_vgg4_pool_with("ksize", [1, 2, 2, 2]),
+                              r"ksize \[1, 2, 2, 2\]; expected \[1, height, width, 1\]"),
     # a window over the batch (TensorFlow refuses it), one of no rows, a stride over the batch
-    "maxpool_over_the_batch": (lambda: _edit_vgg4(_set_attr(
-        "model/vggish/max_pooling2d/MaxPool", "ksize", [2, 2, 2, 1])),
-        r"ksize \[2, 2, 2, 1\]; expected \[1, height, width, 1\]"),
-    "maxpool_window_of_no_rows": (lambda: _edit_vgg4(_set_attr(
-        "model/vggish/max_pooling2d/MaxPool", "ksize", [1, 0, 2, 1])),
-        r"ksize \[1, 0, 2, 1\]; expected \[1, height, width, 1\] with positive sizes"),
-    "maxpool_strides_over_the_batch": (lambda: _edit_vgg4(_set_attr(
-        "model/vggish/max_pooling2d/MaxPool", "strides", [2, 2, 2, 1])),
-        r"strides \[2, 2, 2, 1\]; expected \[1, height, width, 1\]"),
+    "maxpool_over_the_batch": (_vgg4_pool_with("ksize", [2, 2, 2, 1]),
+                               r"ksize \[2, 2, 2, 1\]; expected \[1, height, width, 1\]"),
+    "maxpool_window_of_no_rows": (_vgg4_pool_with("ksize", [1, 0, 2, 1]),
+                                  r"ksize \[1, 0, 2, 1\]; expected \[1, height, width, 1\] with "
+                                  "positive sizes"),
+    "maxpool_strides_over_the_batch": (_vgg4_pool_with("strides", [2, 2, 2, 1]),
+                                       r"strides \[2, 2, 2, 1\]; expected \[1, height, width, "
+                                       r"1\]"),
     "rank_100_const": (lambda: _edit_head(_reshape_const("b1", [1] * 100, float_val=[1.0])),
                        "rank 100"),
     "batch_norm_3_inputs": (lambda: _edit_vgg4(_drop_inputs(
@@ -1145,8 +1149,8 @@ OTHER_ARITHMETIC = {
                   "Conv2D 'model/vggish/1CNN/Conv2D' is NCHW; only NHWC"),
     "batch_norm_nchw": (VGG4, _set_attr("model/vggish/batch_normalization_1/cond/FusedBatchNorm_1",
                                         "data_format", "NCHW"), "batch_normalization_1.* is NCHW"),
-    "max_pool_nchw": (VGG4, _set_attr("model/vggish/max_pooling2d/MaxPool", "data_format",
-                                      "NCHW"), "max_pooling2d/MaxPool.* NCHW"),
+    "max_pool_nchw": (VGG4, _set_attr(VGG4_POOL, "data_format", "NCHW"),
+                      "max_pooling2d/MaxPool.* NCHW"),
     "max_over_mel": (DORTMUND, _int32_const("model/Max/reduction_indices", 2),
                      "'model/Max' must pool over time"),
     "mean_over_mel": (DORTMUND, _int32_const("model/moments/mean/reduction_indices", [2]),
