@@ -226,10 +226,18 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
 
     def group(g, out):
         anchors = anchor_row[g].reshape(blocks, block)
-        # one 2-D product per block: XLA's CPU batched products ran at half the rate
-        parts = [block_sums(start[g, b], offset[g, b], anchors[b]) for b in range(blocks)]
-        value = jnp.concatenate([v for v, _ in parts], axis=1)
-        rise = jnp.concatenate([r for _, r in parts], axis=1)
+
+        # one 2-D product per block (XLA's CPU batched products ran at half the rate), in a
+        # loop rather than unrolled: the same outputs bit for bit, and a first call at
+        # 22.05 kHz (ten blocks) compiled in ~0.6 s instead of ~1.0 (Zen 5)
+        def one_block(b, sums):
+            value, rise = block_sums(start[g, b], offset[g, b], anchors[b])
+            return (jax.lax.dynamic_update_slice(sums[0], value, (0, b * block)),
+                    jax.lax.dynamic_update_slice(sums[1], rise, (0, b * block)))
+
+        value, rise = jax.lax.fori_loop(
+            0, blocks, one_block,
+            (jnp.zeros((rows, period), jnp.float64), jnp.zeros((rows, period), jnp.float64)))
         sums = (plan.gain * (value + delta[g].astype(jnp.float64) * rise)).astype(jnp.float32)
         return jax.lax.dynamic_update_slice(out, sums.reshape(-1), (g * size,))
 
