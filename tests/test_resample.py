@@ -686,6 +686,39 @@ def test_the_closed_form_positions_are_libsamplerate_s_recurrence(music):
     np.testing.assert_array_equal(closed, products.matmul_outputs(plan, shape, music, count, given))
 
 
+@pytest.mark.parametrize("rate, larger", [(44100, "after"), (96000, "before")])
+def test_the_drift_bound_holds_on_either_side_of_the_anchor(rate, larger, monkeypatch):
+    """The kernel checks its outputs' drift from their anchors against the bound on both sides:
+    with the bound at the drift of the side that drifts less, the other side's outputs send
+    the call back (44.1 kHz drifts more after its anchors, 96 kHz before them); at the larger
+    drift the call is used. The drifts are libsamplerate's positions, computed on the host."""
+    from jaxmir.resample import positions, products
+
+    plan = positions.plan_of(rate, 16000, "sinc_medium")
+    shape = products.matmul_shape(plan)
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, 2 * rate).astype(np.float32)
+    count = products.matmul_count(plan, x.shape[0])
+    centre, frac = positions.exact_positions(plan, 0, 0.0,
+                                             products.whole_groups(shape, plan, count))
+    rows, period, inc = shape.rows, plan.period, plan.increment
+    at = positions.fixed_point(plan, centre, frac).reshape(-1, rows, period)
+    at = at - (np.arange(rows) * (plan.advance * inc))[:, None]
+    middle = at[:, rows // 2]
+    anchor = middle // inc * inc + (middle % inc + products._GRID // 2) // products._GRID \
+        * products._GRID
+    drift = at - anchor[:, None, :]
+    before, after = -int(drift.min()), int(drift.max())
+    assert (after > before) == (larger == "after") and min(before, after) > 0
+    for bound, used in ((min(before, after), False), (max(before, after), True)):
+        monkeypatch.setattr(products, "_DELTA_LIMIT", bound)    # read by the kernel at trace time
+        products._matmul_kernel.clear_cache()
+        try:
+            assert (products.matmul_outputs(plan, shape, x, count) is not None) == used, bound
+        finally:
+            monkeypatch.undo()
+            products._matmul_kernel.clear_cache()
+
+
 def test_one_call_out_of_the_bounds_sends_the_whole_conversion_back(music, monkeypatch):
     """A conversion of several kernel calls is used only if every call kept to the bounds:
     one call out of them (here the second of two, its outputs as the real kernel gives them)

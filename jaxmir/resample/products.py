@@ -187,15 +187,19 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
         middle = position[rows // 2]
         whole_part = middle // inc
         anchor_row = (middle - whole_part * inc + _GRID // 2) // _GRID
-        delta = position - (whole_part * inc + anchor_row * _GRID)[None, :]
+        # clipped to int32 before the bound is checked: XLA's CPU reductions over int64 took
+        # ~0.1 ms of a 44.1-kHz call's ~1.3 (Zen 5)
+        delta = jnp.clip(position - (whole_part * inc + anchor_row * _GRID)[None, :],
+                         -_DELTA_LIMIT - 1, _DELTA_LIMIT + 1).astype(jnp.int32)
         whole_part = whole_part.reshape(blocks, block)
         first = jnp.min(whole_part, axis=1)
         offset = whole_part - first[:, None]
         start = first - plan.taps - 1
-        fits = ((jnp.max(jnp.abs(delta)) <= _DELTA_LIMIT) & (jnp.max(offset) + width <= span)
+        fits = ((jnp.max(delta) <= _DELTA_LIMIT) & (jnp.min(delta) >= -_DELTA_LIMIT)
+                & (jnp.max(offset) + width <= span)
                 & (jnp.min(start) >= 0) & (jnp.max(start) + reach <= signal.shape[0]))
         return (start.astype(jnp.int32), offset.astype(jnp.int32), anchor_row.astype(jnp.int32),
-                delta.astype(jnp.int32), fits)
+                delta, fits)
 
     margin = _margin(plan, shape)
 
