@@ -1716,6 +1716,16 @@ def test_a_reshape_packing_another_axis_than_the_batch_is_refused(tmp_path):
         jaxmir.load(write(tmp_path, "pack_axis_1", g))
 
 
+def test_a_reshape_pack_whose_axis_is_not_an_int_is_a_graph_error(tmp_path):
+    """A Pack's axis written as the float 0.0 (TensorFlow refuses the node: its op declares an
+    int) was read as axis 0 and the graph loaded."""
+    g = fixture_graph(SMALL_VGGISH)
+    _reshape_by_pack(g)
+    node_named(g, "keras/shape").attr["axis"].f = 0.0
+    with pytest.raises(GraphError, match="'axis' of 'keras/shape'"):
+        jaxmir.load(write(tmp_path, "pack_axis_float", g))
+
+
 def test_a_squeeze_whose_axes_are_not_a_list_is_a_graph_error(tmp_path):
     """squeeze_dims as an int on the input path raised Python's TypeError (a traceback)."""
     g = fixture_graph(SMALL_VGGISH)

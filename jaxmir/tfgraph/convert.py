@@ -219,7 +219,7 @@ def _shape_argument(path: InferencePath, ref, shape: bool) -> list[int] | None:
     except (IndexError, ValueError, UnsupportedGraphError):
         pass
     pack = path.producer(ref)
-    if not shape or pack.op != "Pack" or path.graph.attr(pack, "axis", 0) != 0:
+    if not shape or pack.op != "Pack" or path.graph.typed_attr(pack, "axis", int, 0) != 0:
         return None
     first, *rest = path.graph.data_inputs(pack)
     slice_node = path.producer(first)
