@@ -1061,6 +1061,41 @@ def test_an_ogg_stream_ending_on_an_empty_end_of_stream_page_is_whole(tmp_path):
         decoded = decode_file(path, strict=True)
     assert decoded.status == "ok"
     np.testing.assert_array_equal(decoded.samples, decode_file(whole).samples)
+    # a bit of that page's checksum flipped: its header ends the file, and it is still walked,
+    # needing back the checksum it had (it holds no audio: the samples are the same)
+    damaged = bytearray(empty)
+    damaged[22] ^= 1
+    path = tmp_path / "damaged_empty_last_page.ogg"
+    path.write_bytes(bytes(data + damaged))
+    assert damage(str(path)) == Damage({len(data) + 22: bytes(empty[22:26])})
+    with pytest.warns(DamagedAudioWarning, match=r"1 Ogg page\(s\) failing their checksum "
+                                                 "decoded as they are"):
+        decoded = decode_file(path)
+    np.testing.assert_array_equal(decoded.samples, decode_file(whole).samples)
+
+
+def test_ogg_s_inside_a_page_is_not_a_page(tmp_path):
+    """Pages are walked by their headers' lengths: "OggS" in a Vorbis comment (a title naming
+    the format) is the comment's text, not a page of an unknown version that would end the
+    reading there, and a damaged page behind it is still found, needing back the checksum
+    libogg wrote for it."""
+    titled, untitled = tmp_path / "titled.ogg", tmp_path / "untitled.ogg"
+    audio = signal(44100, 1, 0.5, 24, seconds=3.0)
+    with soundfile.SoundFile(titled, "w", 44100, 1, format="OGG", subtype="VORBIS") as file:
+        file.title = "OggS in a title"
+        file.write(audio)
+    soundfile.write(untitled, audio, 44100, format="OGG", subtype="VORBIS")
+    data = titled.read_bytes()
+    assert b"OggS in a title" in data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert damage(str(titled)) == Damage()
+        np.testing.assert_array_equal(decode_file(titled, strict=True).samples,
+                                      decode_file(untitled).samples)
+    page = data.find(b"OggS", len(data) // 2)  # an audio page: one bit of its checksum flipped
+    flipped = tmp_path / "titled_flipped.ogg"
+    flipped.write_bytes(data[:page + 22] + bytes([data[page + 22] ^ 1]) + data[page + 23:])
+    assert damage(str(flipped)) == Damage({page + 22: data[page + 22:page + 26]})
 
 
 @pytest.mark.parametrize("mode", ["essentia", "float"])
