@@ -81,7 +81,8 @@ def test_a_layer_s_text_takes_an_argument_only_where_it_has_one():
     assert layer_from_text("dense:100") == Dense(100) and layer_from_text("relu") == Activation(
         "relu")
     assert layer_from_text("batch_norm:0.001") == BatchNorm(0.001)
-    for epsilon in (1.001e-5, 0.0010000000474974513):  # Keras' default; TF's 1e-3 as float32
+    # Keras' default; TF's 1e-3 as float32; none at all (the docstring's EPS >= 0 admits it)
+    for epsilon in (1.001e-5, 0.0010000000474974513, 0.0):
         assert layer_from_text(layer_to_text(BatchNorm(epsilon))) == BatchNorm(epsilon)
     for text in ("relu:5", "sigmoid:x", "dense:", "dense:x", "gelu", "dense:2.5", "dense:1e2",
                  "dense:5_0", "dense: 7", "dense:-3", "dense:0", "dense:" + "1" * 5000,

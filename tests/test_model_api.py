@@ -1082,6 +1082,17 @@ def test_messages_name_a_shipped_model_by_its_name(tmp_path):
     assert jaxmir.load(path).name == str(path)  # a user's file: its path, as given
 
 
+def test_a_copy_of_a_shipped_file_elsewhere_is_named_by_its_path(tmp_path):
+    """Only the file inside the package is the shipped model: a copy of the same file name in
+    another folder (which its user may have edited) is named by its path."""
+    shipped = catalog.path_of("msd-musicnn")
+    copy = tmp_path / shipped.name
+    copy.write_bytes(shipped.read_bytes())
+    assert catalog.name_of(shipped) == "msd-musicnn"
+    assert catalog.name_of(copy) is None
+    assert jaxmir.load(copy).name == str(copy)
+
+
 def test_what_librosa_and_numpy_users_pass_is_taken_or_refused_plainly(musicnn):
     """A (y, sr) tuple ended in NumPy's "inhomogeneous shape"; apply(chunk=0) in a division by
     zero, chunk=-5 and 1.5 deep in JAX; np.array(16000) as the rate was "not a whole number";
