@@ -605,6 +605,18 @@ def test_one_relative_name_in_two_folders_is_two_cache_entries(tmp_path, monkeyp
     assert len(keys) == 2
 
 
+def test_a_file_of_another_size_under_its_old_mtime_is_another_cache_entry(tmp_path):
+    """A file re-encoded and copied back with its times kept (``cp -p``, ``rsync -t``): its
+    mtime is the old one, its size is not, and it must not take the old file's features."""
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"first encoding")
+    os.utime(path, ns=(1, 1))
+    before = embeddings.cache_key("bb", "layer", path)
+    path.write_bytes(b"second, longer encoding")
+    os.utime(path, ns=(1, 1))
+    assert embeddings.cache_key("bb", "layer", path) != before
+
+
 def test_a_backbone_file_rewritten_in_place_is_another_backbone(tmp_path):
     """A backbone named by its path (a .pb retrained and written over the old one) is keyed by
     the file's size and mtime: keyed by the path alone, the old weights' embeddings came back."""
@@ -635,12 +647,15 @@ def test_a_cache_that_cannot_be_written_is_turned_off_with_one_warning(tmp_path,
 
     paths = sorted(str(p) for p in audio_set.rglob("*.wav"))[:3]
     root = tmp_path / "cache"
+    writes = []  # one try a call: turned off, the cache is not tried again for each file
     if problem == "a file":
         root.write_bytes(b"not a folder")
+        save_array = embeddings.save_array
     else:
-        def full(path, array):
+        def save_array(path, array):
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(embeddings, "save_array", full)
+    monkeypatch.setattr(embeddings, "save_array",
+                        lambda path, array: writes.append(path) or save_array(path, array))
     key = lambda p: embeddings.cache_key("bb", "layer", p)
     with pytest.warns(JaxmirWarning) as caught:
         values, failures = embeddings.cached(lambda p: np.ones((2, 4), np.float32), paths, key,
@@ -651,8 +666,23 @@ def test_a_cache_that_cannot_be_written_is_turned_off_with_one_warning(tmp_path,
     assert failures == [] and all(v.shape == (2, 4) for v in values)
     said = [str(w.message) for w in caught]
     assert len(said) == 1 and said[0].startswith(f"embedding cache off: {root} cannot be written")
+    assert len(writes) == 2
     if problem == "a file":
         assert "(a file is in its place)" in said[0]
+
+
+def test_features_computed_in_float64_are_cached_and_returned_as_float32(tmp_path, audio_set):
+    """The cache holds float32 arrays, whatever type ``compute`` returns, as the module says: a
+    float64 one was stored (twice the disk) and handed back as float64."""
+    paths = sorted(str(p) for p in audio_set.rglob("*.wav"))[:2]
+    key = lambda p: embeddings.cache_key("bb", "layer", p)
+    computed = np.random.default_rng(0).standard_normal((2, 4))  # float64
+    for _ in range(2):  # computed, then read back from the cache
+        values, _ = embeddings.cached(lambda p: computed, paths, key, tmp_path / "cache")
+        assert all(v.dtype == np.float32 for v in values)
+        np.testing.assert_array_equal(values[0], computed.astype(np.float32))
+    stored = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(stored) == 2 and all(np.load(p).dtype == np.float32 for p in stored)
 
 
 def test_undecodable_file_is_reported_skipped_counted(tmp_path, audio_set):
@@ -3043,6 +3073,16 @@ def test_the_class_size_refusal_counts_in_words():
     with pytest.raises(InputError, match=r"with 0, at least 2 of a track's 2 neighbours are other "
                                          r"classes'.*'b' has 0 in some fold's training split"):
         check_class_sizes(targets, AB, SmoothingConfig("knn", k=2), folds=2)
+
+
+def test_the_class_size_refusal_counts_a_class_without_tracks():
+    """A class named but given no track (the last of three here) has 0 tracks to smooth with:
+    counted only up to the last class that has tracks, it passed unrefused."""
+    from jaxmir.train.smoothing import check_class_sizes
+
+    targets = np.eye(3)[[0] * 5 + [1] * 5]
+    with pytest.raises(InputError, match=r"with 0, at least 2 .*class 'c' has 0 \("):
+        check_class_sizes(targets, ("a", "b", "c"), SmoothingConfig("knn", k=2))
 
 
 @pytest.mark.parametrize("count, folds", [(13, 3), (12, 3), (10, 4), (7, 2)])

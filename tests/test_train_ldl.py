@@ -168,10 +168,12 @@ def test_lmnn_starts_from_scikit_learn_s_principal_axes(wine):
     PCA = require("sklearn.decomposition").PCA
     x, _ = wine
     x = x + np.linspace(-100.0, 100.0, x.shape[1])
-    ours = lmnn.pca_init(x, 4)
-    want = PCA(n_components=4, svd_solver="full").fit(x).components_
-    # the same unit axes up to sign: |cos| of each pair 1 to float64 rounding
-    np.testing.assert_allclose(np.abs(np.sum(ours * want, axis=1)), 1.0, atol=1e-9)
+    # 4 axes, and all 13 (as many as the features give: they were refused as too many)
+    for count in (4, x.shape[1]):
+        ours = lmnn.pca_init(x, count)
+        want = PCA(n_components=count, svd_solver="full").fit(x).components_
+        # the same unit axes up to sign: |cos| of each pair 1 to float64 rounding
+        np.testing.assert_allclose(np.abs(np.sum(ours * want, axis=1)), 1.0, atol=1e-9)
 
 
 def test_lmnn_steps_as_metric_learn_s(wine):
@@ -271,6 +273,9 @@ def test_smoothing_over_more_neighbours_than_other_tracks_is_refused():
     with pytest.raises(InputError, match="k = 6 needs more than 6 training tracks; there are 6"):
         smoothing.knn_smooth(features, targets, 6)
     assert smoothing.knn_smooth(features, targets, 5).shape == (6, 2)
+    # k = 0 averaged no neighbours' labels: NaN targets (fit_head refuses it first, as here)
+    with pytest.raises(InputError, match="with k = 0; expected a whole number >= 1"):
+        smoothing.knn_smooth(features, targets, 0)
 
 
 def test_smoothing_gives_lmnn_the_settings_asked_for(wine, monkeypatch):

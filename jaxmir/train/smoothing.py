@@ -80,7 +80,9 @@ def knn_smooth(features: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     """``[n, C]``: each row the mean of its ``k`` nearest other rows' targets."""
     features = np.asarray(features, np.float64)
     n = len(features)
-    if k < 1 or k > n - 1:
+    if k < 1:  # no neighbours to average: NaN targets
+        raise InputError(f"k-NN label smoothing with k = {k}; expected a whole number >= 1")
+    if k > n - 1:
         raise InputError(f"k-NN label smoothing with k = {k} needs more than {k} training tracks; "
                          f"there are {n}")
     sq = np.sum(features ** 2, axis=1)
