@@ -3,6 +3,8 @@ where MusiCNN's 7x67 branch runs as a 1-D convolution."""
 
 from __future__ import annotations
 
+import io
+
 import jax
 import numpy as np
 import pytest
@@ -61,7 +63,8 @@ def test_fine_tuning_runs_every_timbral_branch_as_rows_on_a_cpu(monkeypatch, vgg
 
     musicnn = jaxmir.load("msd-musicnn")
     assert for_gradients(musicnn.module, "cpu").timbral_rows_as_channels == (38, 67)
-    assert for_gradients(musicnn.module, "gpu") is musicnn.module
+    for platform in ("gpu", "tpu"):  # every platform but the CPU keeps its formulation
+        assert for_gradients(musicnn.module, platform) is musicnn.module
     assert for_gradients(vggish.module, "cpu") == vggish.module
     asked = []
     monkeypatch.setattr(finetune, "for_gradients",
@@ -191,6 +194,37 @@ def test_only_musicnn_on_an_avx2_cpu_runs_its_wide_branch_as_a_1d_convolution(
     assert tuned(musicnn, platform) == (formulated(musicnn, platform), DEFAULTS)
     assert tuned(vggish.module, platform) == (vggish.module,
                                               compiler_options(vggish.module, platform))
+
+
+def test_cpu_flags_are_the_flags_line_of_proc_cpuinfo(monkeypatch):
+    """The words after the colon of the first ``flags`` line (Linux lists one per processor);
+    none where the file cannot be read. (The other tests replace cpu_flags; this one
+    pins what it reads.)"""
+    cpuinfo = ("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+               "flags\t\t: fpu sse2 avx avx2 fma\nbugs\t\t: sysret_ss_attrs\n\n"
+               "processor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n")
+
+    def unreadable(*args, **kwargs):
+        raise FileNotFoundError("/proc/cpuinfo")
+
+    try:
+        for opened, flags in ((lambda *args, **kwargs: io.StringIO(cpuinfo),
+                               {"fpu", "sse2", "avx", "avx2", "fma"}), (unreadable, set())):
+            monkeypatch.setattr(compiler, "open", opened, raising=False)
+            compiler.cpu_flags.cache_clear()
+            assert compiler.cpu_flags() == frozenset(flags)
+    finally:
+        compiler.cpu_flags.cache_clear()  # the next call reads this machine's file again
+
+
+def test_a_timbral_branch_exactly_the_bound_wide_runs_as_a_1d_convolution(monkeypatch):
+    """:data:`~jaxmir.models.compiler.ROWS_AS_CHANNELS_WIDTH` is the narrowest width that runs
+    as a 1-D convolution on an AVX2 CPU ("at least this many bands"); one band less keeps
+    YNNPACK's 2-D convolution."""
+    monkeypatch.setattr(compiler, "cpu_flags", lambda: AVX2_FLAGS)
+    bound = compiler.ROWS_AS_CHANNELS_WIDTH
+    edge = jaxmir.load("msd-musicnn").module.clone(timbral_widths=(bound - 1, bound))
+    assert formulated(edge, "cpu").timbral_rows_as_channels == (bound,)
 
 
 def test_a_composed_model_is_changed_only_in_a_musicnn_backbone_however_deep(monkeypatch, vggish):

@@ -62,6 +62,28 @@ def test_a_plan_refuses_audio_of_another_length(musicnn):
         pipeline.run_plan(musicnn, noise(6 * SR), plan)
 
 
+def test_a_plan_refuses_samples_that_are_not_float(musicnn):
+    """``run_plan`` takes float samples at 16 kHz (``predict`` converts PCM first): int16 PCM,
+    32767 times a float signal's scale, is refused, not read as samples."""
+    plan = pipeline.plan(musicnn, 4 * SR)
+    pcm = (noise(4 * SR) * 32767).astype(np.int16)
+    for audio in (pcm, jnp.asarray(pcm)):
+        with pytest.raises(InputError,
+                           match="audio has dtype int16; expected float samples at 16 kHz"):
+            pipeline.run_plan(musicnn, audio, plan)
+
+
+def test_a_stereo_jax_array_at_16_khz_is_downmixed_as_a_numpy_one(musicnn):
+    """Only a mono float JAX array at 16 kHz is used as it is; a stereo one (channels last) is
+    downmixed by prepare_audio as a NumPy one is, for predict and features alike."""
+    stereo = np.stack([noise(4 * SR, seed=14), noise(4 * SR, seed=15)], axis=1)
+    np.testing.assert_allclose(musicnn.predict(jnp.asarray(stereo), SR),
+                               musicnn.predict(stereo, SR), rtol=0, atol=SAME)
+    # the same host computation on the same samples: float32 rounding apart at most
+    np.testing.assert_allclose(musicnn.features(jnp.asarray(stereo), SR),
+                               musicnn.features(stereo, SR), rtol=0, atol=1e-6)
+
+
 def test_integer_pcm_in_a_jax_array_at_16_khz_is_converted_as_in_a_numpy_one(musicnn):
     """It was refused ("audio has dtype int16") where NumPy's int16 is read as PCM."""
     pcm = (noise(3 * SR) * 32767).astype(np.int16)
