@@ -75,6 +75,16 @@ def test_no_cache_variable(monkeypatch):
     assert cache.cache_dir() == Path("/somewhere") / "jax"
 
 
+def test_the_cache_is_in_the_users_cache_folder_by_default(tmp_path, monkeypatch):
+    """The README's default, ~/.cache/jaxmir/jax, also when JAXMIR_CACHE_DIR is set empty."""
+    monkeypatch.delenv("JAXMIR_NO_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("JAXMIR_CACHE_DIR", raising=False)
+    assert cache.cache_dir() == tmp_path / ".cache" / "jaxmir" / "jax"
+    monkeypatch.setenv("JAXMIR_CACHE_DIR", "")
+    assert cache.cache_dir() == tmp_path / ".cache" / "jaxmir" / "jax"
+
+
 def test_entries_cut_short_are_dropped(tmp_path):
     """JAX writes an entry in place: a full disk or a file-size limit left part of one, which
     every later run failed to read and compiled again (12-14 s runs instead of 5)."""
@@ -107,6 +117,20 @@ def test_entries_cut_short_are_dropped(tmp_path):
     assert cache.drop_broken_entries(tmp_path) == 0 and cut.exists()
     # the stamp in the future (a clock set back): every entry again
     os.utime(stamp, ns=(time.time_ns() + 3600 * 10**9,) * 2)
+    assert cache.drop_broken_entries(tmp_path) == 1 and not cut.exists()
+
+
+def test_a_stamp_seconds_ahead_of_the_clock_reads_every_entry_again(tmp_path, monkeypatch):
+    """A stamp just ahead of the clock (a clock set back, another machine's on a shared home):
+    every entry is read again, not none until the clock has caught up."""
+    now = time.time_ns()
+    cut = tmp_path / "jit_x-0-cache"
+    cut.write_bytes(zlib.compress(np.random.default_rng(0).bytes(10_000))[:-1])
+    os.utime(cut, ns=(now - 60 * 10**9,) * 2)  # settled long ago
+    stamp = tmp_path / cache.CHECKED
+    stamp.touch()
+    os.utime(stamp, ns=(now + 10**9,) * 2)
+    monkeypatch.setattr(cache.time, "time_ns", lambda: now)  # the check starts at `now`
     assert cache.drop_broken_entries(tmp_path) == 1 and not cut.exists()
 
 

@@ -356,6 +356,8 @@ def test_weights_round_trip(musicnn, tmp_path, patches_187):
     assert relabelled.labels[0] == "t0"
     with pytest.raises(InputError, match="3 labels given for a model with 50 outputs"):
         jaxmir.load(path, labels=["a", "b", "c"])
+    with pytest.raises(InputError, match="51 labels given for a model with 50 outputs"):
+        jaxmir.load(path, labels=[f"t{i}" for i in range(51)])  # one too many, as too few
 
 
 def test_bad_weights_files(musicnn, tmp_path):
