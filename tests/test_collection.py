@@ -2984,6 +2984,20 @@ def test_a_resumed_run_s_bar_counts_the_files_left():
     progress.close()
 
 
+def test_the_bar_stays_off_where_standard_error_is_no_terminal(capsys):
+    """Standard error sent to a file or a pipe (a log, a batch job's output) gets the lines of
+    the files' problems, not a bar redrawn at every file."""
+    from jaxmir.collection.inputs import Source
+    from jaxmir.collection.progress import Progress, Tally
+    from jaxmir.collection.rows import Result
+
+    progress = Progress(Tally(total=2), enabled=True)
+    progress.update(Result(Source("/a.wav", 1, 1), 60.0, np.zeros((1, 4), np.float32)))
+    progress.update(Result(Source("/b.wav", 1, 1), 2.0, error="/b.wav: too short"))
+    progress.close()
+    assert capsys.readouterr().err.splitlines() == ["jaxmir: error: /b.wav: too short"]
+
+
 def test_a_folder_whose_name_starts_another_s_holds_none_of_its_files(tmp_path):
     """Rows gone from the folders named are those below them: not a sibling's whose name starts
     the same (disk2 beside disk)."""
@@ -3004,6 +3018,28 @@ def test_a_name_left_in_a_folder_as_a_broken_link_is_not_said_gone(tmp_path):
     (disk / ".hidden.wav").symlink_to(tmp_path / "unmounted" / "a.wav")
     rows = [str(disk / ".hidden.wav"), str(disk / "deleted.wav")]
     assert gone_from_folders(rows, [str(disk)], {}) == [rows[1]]
+
+
+def test_a_listed_file_of_a_folder_named_that_cannot_be_read_is_said_once(music, model,
+                                                                         tmp_path):
+    """A file of a folder named, named by a list too, deleted since its row: it is a file of
+    this run that cannot be read now (its row kept, said so), not also one "no longer in the
+    folders named"."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    shutil.copy(music / "rock" / "a.wav", disk / "a.wav")
+    shutil.copy(music / "jazz" / "a.wav", disk / "b.wav")
+    listing = tmp_path / "list.txt"
+    listing.write_text("disk/b.wav\n")
+    output = tmp_path / "tags.jsonl"
+    paths = [str(disk), f"@{listing}"]
+    assert collect(model, paths, output, jobs=0, progress=False).ok == 2
+    (disk / "b.wav").unlink()
+    with pytest.warns(jaxmir.JaxmirWarning) as caught:
+        tally = collect(model, paths, output, jobs=0, progress=False)
+    assert (tally.ok, tally.failed, tally.skipped) == (0, 0, 2)
+    assert [str(w.message) for w in caught] == [
+        f"{disk / 'b.wav'}: cannot be read now; its row from an earlier run is kept"]
 
 
 def test_the_summary_says_hours_of_audio_per_hour():
@@ -3147,6 +3183,25 @@ def test_a_file_that_cannot_be_read_on_a_rerun_keeps_its_row(music, model, tmp_p
     tally = collect(model, f"@{listing}", output, progress=False)
     assert (tally.failed, tally.skipped) == (1, 2)
     assert [row[1] for row in _read_rows(output) if row[0].endswith("gone.wav")] == ["error"]
+
+
+def test_a_damaged_file_that_cannot_be_read_on_a_rerun_keeps_its_row(model, tmp_path):
+    """A file decoded in part (its row "damaged", done: not redone) that cannot be read on a
+    rerun keeps its row as a file done whole does: taken for a row to redo, it became an error
+    row ("no such file") and its tags were lost."""
+    cut = _truncated(tmp_path / "disk")
+    listing = tmp_path / "list.txt"
+    listing.write_text("disk/cut.wav\n")
+    output = tmp_path / "tags.jsonl"
+    assert collect(model, f"@{listing}", output, jobs=0, progress=False).ok == 1
+    before = output.read_text()
+    assert json.loads(before)["status"] == "damaged"
+    cut.rename(tmp_path / "cut.wav")
+    analyzer, seen = _counting()
+    with pytest.warns(jaxmir.JaxmirWarning, match="cannot be read now; its row from an earlier"):
+        tally = collect(model, f"@{listing}", output, jobs=0, progress=False, analyzer=analyzer)
+    assert (tally.ok, tally.failed, tally.skipped, seen) == (0, 0, 1, [])
+    assert output.read_text() == before
 
 
 def _read_rows(output: Path) -> list:

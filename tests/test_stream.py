@@ -522,6 +522,28 @@ def test_a_padded_run_leaves_no_carry_for_a_later_run(musicnn):
     np.testing.assert_allclose(joined(parts), plain, rtol=0, atol=1e-6)
 
 
+def test_a_live_stream_runs_up_to_single_limit_patches_one_by_one(musicnn, monkeypatch):
+    """A push that completes SINGLE_LIMIT patches runs them one by one (the single-patch
+    program), one more goes in one padded call of 8: the limit is inclusive, as the module
+    says ("more than SINGLE_LIMIT patches goes in batches")."""
+    audio = signal_at(16000, 31.0, seed=22)                          # 19 patches
+    plain = pipeline.predict(musicnn, audio, 16000, share_overlap=False)
+    calls: list = []
+    run = streaming.Stream._run
+    monkeypatch.setattr(streaming.Stream, "_run",
+                        lambda self, first, index, shared, patch=None, used=None:
+                        calls.append(index.shape[0])
+                        or run(self, first, index, shared, patch, used))
+    end = lambda patch: (patch * 93 + 186) * 256 + 256 + 10          # a sample past its last frame
+    limit = streaming.SINGLE_LIMIT
+    cuts = [0, end(limit - 1), end(2 * limit), audio.shape[0]]      # 4, then 5, then 10 patches
+    stream = musicnn.stream(16000)
+    parts = [stream.push(audio[a:b]) for a, b in zip(cuts, cuts[1:])] + [stream.close()]
+    assert [p.shape[0] for p in parts[:2]] == [limit, limit + 1]
+    assert calls[:limit + 1] == [1] * limit + [8], calls
+    np.testing.assert_allclose(joined(parts), plain, rtol=0, atol=1e-6)
+
+
 def test_only_a_module_that_shares_overlap_is_traced_for_its_first_carry(musicnn, monkeypatch):
     """A first call's carry comes from an abstract trace of the model (~0.15 s on a CPU); the
     modules that share no overlap (the single patches at a file's end, VGG, VGGish) carry
