@@ -3461,6 +3461,11 @@ def test_a_folder_of_other_npy_files_is_refused_as_arrays_output(music, model, t
         collect(model, [str(music / "rock" / "a.wav")], str(folder), name="msd-musicnn",
                 command="embed", jobs=0, progress=False)
     np.testing.assert_array_equal(np.load(folder / "a.npy"), np.arange(3))
+    # the way out the message offers: --overwrite writes the arrays there, and their index
+    collect(model, [str(music / "rock" / "a.wav")], str(folder), name="msd-musicnn",
+            command="embed", jobs=0, progress=False, overwrite=True)
+    [row] = [json.loads(line) for line in (folder / outputs.INDEX).read_text().splitlines()]
+    assert row["status"] == "ok" and np.load(folder / row["npy"]).shape[1:] == (200,)
 
 
 def test_outputs_of_earlier_versions_resume(music, model, tmp_path):
@@ -3564,3 +3569,10 @@ def test_a_parquet_part_whose_columns_were_edited_is_refused(model, music, tmp_p
                    .replace_schema_metadata(table.schema.metadata), part)
     with pytest.raises(InputError, match=rf"{part.name}: a column 'note' it should not hold"):
         collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)
+    # three differences are all named, with nothing left to add; past three, "and more"
+    labels = list(model.labels[:4])
+    for dropped, rest in ((labels[:3], " (edited since"), (labels, " and more (edited since")):
+        pq.write_table(table.drop(dropped).replace_schema_metadata(table.schema.metadata), part)
+        named = ", ".join(f"no column {label!r}" for label in dropped[:3])
+        with pytest.raises(InputError, match=re.escape(f"{part.name}: {named}{rest}")):
+            collect(model, [clip], str(out), name="msd-musicnn", jobs=0, progress=False)

@@ -145,6 +145,19 @@ def test_metadata_json_gives_classes_and_output(tmp_path):
     assert "labels (2): class_0 .. class_1 (no class names: no metadata JSON" in plain.describe()
 
 
+def test_describe_suggests_a_backbone_by_input_width_and_reads_any_metadata_json(tmp_path):
+    """info's advice for a head follows its input width (128: a VGGish .pb, 200: msd-musicnn,
+    else its own backbone); a JSON with only some of Essentia's fields is still one beside it."""
+    expected = {128: "e.g. a VGGish .pb such as audioset-vggish-3.pb",
+                200: "e.g. 'msd-musicnn'", 64: "e.g. its backbone's name or path"}
+    for width, example in expected.items():
+        text = jaxmir.load(write_head(tmp_path, f"head{width}", features=width)).describe()
+        assert f"it takes [{width}] embeddings" in text and text.endswith(example), text
+    partial = write_head(tmp_path, "partial", {"inference": {"sample_rate": 16000}})
+    assert "(no class names: the metadata JSON beside the graph names none;" in \
+        jaxmir.load(partial).describe()
+
+
 def test_metadata_with_wrong_class_count(tmp_path):
     from tools.tf_graphs import essentia_metadata
     meta = essentia_metadata(["a", "b", "c"], "model/Softmax")
