@@ -352,3 +352,11 @@ def test_a_cond_predicate_cast_to_int_is_read_as_its_destination_type(tmp_path):
         ("merge", "Merge", ["switch_false:0", "switch_true:1"])))
     assert index == 1  # TensorFlow takes the true branch
     np.testing.assert_array_equal(Graph.from_file(path).constant("merge"), expected)
+    # its DstT written as the float 3.0 (DT_INT32's number): TensorFlow refuses the node; it
+    # was read as int32 and the graph loaded
+    cast.attr["DstT"].f = float(DT_INT32)
+    path.write_bytes(graph_def.SerializeToString())
+    with pytest.raises(ValueError, match="type 'float' when 'type' expected"):
+        run_tf(path, {}, ["merge"], optimize=False)
+    with pytest.raises(GraphError, match=r"'cast' \(Cast\): attribute 'DstT' is a float"):
+        Graph.from_file(path)

@@ -1722,8 +1722,12 @@ def test_a_reshape_pack_whose_axis_is_not_an_int_is_a_graph_error(tmp_path):
     g = fixture_graph(SMALL_VGGISH)
     _reshape_by_pack(g)
     node_named(g, "keras/shape").attr["axis"].f = 0.0
+    path = write(tmp_path, "pack_axis_float", g)
+    with pytest.raises(ValueError, match="type 'float' when 'int' expected"):
+        run_tf(path, {"model/Placeholder:0": np.zeros((1, 96, 64), np.float32)},
+               ["model/Sigmoid:0"])
     with pytest.raises(GraphError, match="'axis' of 'keras/shape'"):
-        jaxmir.load(write(tmp_path, "pack_axis_float", g))
+        jaxmir.load(path)
 
 
 def test_a_squeeze_whose_axes_are_not_a_list_is_a_graph_error(tmp_path):

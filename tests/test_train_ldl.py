@@ -228,6 +228,11 @@ def test_lmnn_needs_enough_per_class():
         lmnn.target_neighbors(np.zeros((7, 2)), np.array([0, 0, 0, 0, 1, 1, 1]), 3)
     found = lmnn.target_neighbors(np.arange(8.0)[:, None], np.array([0] * 4 + [1] * 4), 3)
     assert not np.any(found == np.arange(8)[:, None])
+    # k = 0 learnt nothing (no pull: the identity back, objective 0, nothing said); -1 and
+    # 1.5 were NumPy's errors
+    for k in (0, -1, 1.5):
+        with pytest.raises(InputError, match=f"k = {k} target neighbours; expected a whole"):
+            lmnn.fit_lmnn(np.zeros((8, 2)), np.array([0] * 4 + [1] * 4), k=k)
 
 
 def test_knn_smoothing_uses_original_labels_of_others():
@@ -273,9 +278,11 @@ def test_smoothing_over_more_neighbours_than_other_tracks_is_refused():
     with pytest.raises(InputError, match="k = 6 needs more than 6 training tracks; there are 6"):
         smoothing.knn_smooth(features, targets, 6)
     assert smoothing.knn_smooth(features, targets, 5).shape == (6, 2)
-    # k = 0 averaged no neighbours' labels: NaN targets (fit_head refuses it first, as here)
-    with pytest.raises(InputError, match="with k = 0; expected a whole number >= 1"):
-        smoothing.knn_smooth(features, targets, 0)
+    # k = 0 averaged no neighbours' labels: NaN targets; 2.5 was NumPy's slicing error
+    # (fit_head's option check refuses both first, in like words)
+    for k in (0, 2.5):
+        with pytest.raises(InputError, match=f"with k = {k}; expected a whole number >= 1"):
+            smoothing.knn_smooth(features, targets, k)
 
 
 def test_smoothing_gives_lmnn_the_settings_asked_for(wine, monkeypatch):

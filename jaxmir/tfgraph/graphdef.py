@@ -101,6 +101,7 @@ _ATTR_KINDS = {
     "BiasAdd": {"data_format": "s", "T": "type"},
     "Add": {"T": "type"},  # a bias may be added by these too (its T is read as a dtype)
     "AddV2": {"T": "type"},
+    "Cast": {"SrcT": "type", "DstT": "type"},  # a cond predicate's cast: read in its DstT
     "PartitionedCall": {"f": "func"},
     "StatefulPartitionedCall": {"f": "func"},
 }

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmir.checks import is_whole
 from jaxmir.errors import InputError
 from jaxmir.promotion import PRECISION, standard_promotion
 
@@ -32,6 +33,8 @@ def target_neighbors(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """``[n, k]`` indices of each point's ``k`` nearest same-class points (squared Euclidean)."""
     x = np.asarray(x, np.float64)
     labels = np.asarray(labels)
+    if not is_whole(k, 1):  # none: no pull, the map left at its start and nothing said
+        raise InputError(f"LMNN with k = {k!r} target neighbours; expected a whole number >= 1")
     counts = np.unique(labels, return_counts=True)[1]
     if counts.min() <= k:
         raise InputError(f"LMNN with k = {k} target neighbours needs more than {k} tracks in every "
