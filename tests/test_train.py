@@ -1144,6 +1144,24 @@ def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
                                            "data, whose head has identity outputs"), \
             pytest.raises(InputError, match="none of the 6 files could be used"):
         fit_head(regression, config=FAST, cache=False, resume=tmp_path / "abc.pb")
+    # a regression head's outputs are the data's columns; a multi-label one's, its classes
+    for task, targets, named in (("regression", values[:, :2], "columns"),
+                                 ("multi", np.eye(2, dtype=np.float32)[[0, 1] * 3], "classes")):
+        with pytest.raises(InputError, match=f"abc.pb has 3 outputs, the data 2 {named}"):
+            fit_head(data.Dataset(missing, targets, task, AB), config=FAST, cache=False,
+                     resume=tmp_path / "abc.pb")
+    # a regression head's outputs are linear (no activation layer): resumed for regression data
+    # without a word of its activation, for single-label data said to be identity outputs
+    export.export_head(fit.init_head(jax.random.PRNGKey(0), 200, 100, 3), "identity", ABC,
+                       tmp_path / "linear", "msd-musicnn", (187, 96), "model/dense/BiasAdd")
+    with pytest.raises(InputError, match="none of the 6 files could be used"), \
+            pytest.warns(JaxmirWarning) as warned:
+        fit_head(regression, config=FAST, cache=False, resume=tmp_path / "linear.pb")
+    assert all("skipped" in str(w.message) for w in warned), [str(w.message) for w in warned]
+    with pytest.warns(JaxmirWarning, match="linear.pb has identity outputs; resumed for single "
+                                           "data, whose head has softmax outputs"), \
+            pytest.raises(InputError, match="none of the 6 files could be used"):
+        fit_head(three, config=FAST, cache=False, resume=tmp_path / "linear.pb")
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("epochs", -1), ("batch_size", 0),
