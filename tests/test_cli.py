@@ -215,6 +215,16 @@ def test_an_unknown_option_of_a_command_shows_the_commands_usage(capsys, command
     assert "jaxmir: error: unrecognized arguments: --bogus" in err, err
 
 
+def test_only_tag_s_overwrite_says_it_replaces_reports_and_pictures(capsys):
+    """embed writes neither a report nor a --plot picture: its --overwrite names tables alone."""
+    for command, reports in (("tag", True), ("embed", False)):
+        with pytest.raises(SystemExit) as stop:
+            cli.main([command, "--help"])
+        said = " ".join(capsys.readouterr().out.split())  # argparse's line breaks aside
+        assert stop.value.code == 0 and "--overwrite start a table or folder --output" in said
+        assert ("replace an existing report or --plot picture" in said) == reports, command
+
+
 def test_a_damaged_file_too_short_for_a_patch_says_it_is_damaged(capsys, tmp_path):
     """A 4-s FLAC cut at half its bytes decodes to 2 s: too short, and the reason why was lost."""
     whole = tmp_path / "whole.flac"

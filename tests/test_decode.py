@@ -1649,7 +1649,9 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
               "np.save(sys.argv[1] + '.big.q4.npy', es.Resample(inputSampleRate=20000, "
               "outputSampleRate=44100, quality=4)(np.load(sys.argv[1] + '.big.npy')))\n"
               "np.save(sys.argv[1] + '.48k.npy', es.MonoLoader(filename=sys.argv[1] + '.32k.wav', "
-              "sampleRate=48000, resampleQuality=4)())\n")
+              "sampleRate=48000, resampleQuality=4)())\n"
+              "np.save(sys.argv[1] + '.q1.npy', es.MonoLoader(filename=sys.argv[1] + '.8k.wav', "
+              "sampleRate=16000, resampleQuality=1)())\n")
     big = (0.3 * rng.standard_normal(2 ** 19)).astype(np.float32)  # 2^19 * 2.205: whole
     np.save(f"{next(iter(files))}.big.npy", big)
     # 32 -> 48 kHz: calls of 4096 frames make a whole 6144 outputs, the positions' sums fall
@@ -1657,6 +1659,9 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
     wide = f"{next(iter(files))}.32k.wav"
     soundfile.write(wide, (0.4 * rng.standard_normal(30002)).clip(-1, 1).astype(np.float32),
                     32000, subtype="FLOAT")
+    low = f"{next(iter(files))}.8k.wav"  # libsamplerate's rates, not JAX's
+    soundfile.write(low, (0.4 * rng.standard_normal(9001)).clip(-1, 1).astype(np.float32),
+                    8000, subtype="FLOAT")
     subprocess.run([essentia_python(), "-c", script, *map(str, files)], check=True,
                    capture_output=True, env=child_env())
     for path, rate in files.items():
@@ -1694,6 +1699,11 @@ def test_essentia_q4_is_monoloader_with_resample_quality_4(tmp_path):
     from jaxmir.collection import Options
     # one converter, one name in a table's settings: a run with the other resumed it not
     assert Options(resampler="essentia-q1").resampler == "essentia"
+    # and its samples are MonoLoader(resampleQuality=1)'s (sinc_medium) by that name too, within
+    # the default converter's 1e-6 (test_16k_signal_equals_essentia_monoloader)
+    theirs = np.load(f"{next(iter(files))}.q1.npy")
+    ours = jaxmir.load_audio(low, resampler="essentia-q1")
+    assert ours.shape == theirs.shape and np.max(np.abs(ours - theirs)) <= 1e-6
     # one call of N frames lost its last output where N * ratio is whole (20 -> 44.1 kHz at 2^19
     # samples: 1,156,055 against Essentia's 1,156,056); arrays go in a stream's calls
     assert np.array_equal(jaxmir.load_audio(wide, 48000, resampler="essentia-q4"),

@@ -139,6 +139,9 @@ def test_the_command_line_refuses_a_batch_beyond_the_bound(tmp_path, capsys):
     assert stop.value.code == 2
     assert f"--batch: expected a whole number <= {MAX_BATCH}, got {MAX_BATCH + 1}" in \
         capsys.readouterr().err
+    # the bound itself is the README's "at most": taken, as Options(batch=MAX_BATCH) is
+    assert cli.build_parser().parse_args(["tag", str(tmp_path), "--batch",
+                                          str(MAX_BATCH)]).batch == MAX_BATCH
 
 
 def test_packs_mix_files_and_runs_keep_one_file(model, signals):
