@@ -489,6 +489,20 @@ def test_rates_are_named_whatever_they_hold():
         jax.jit(lambda rate: check_rate(rate, "rate"))(16000)
 
 
+def test_the_bounds_of_the_accepted_rates_are_accepted():
+    """1 Hz and 384 kHz, the ends of the range Essentia's MonoLoader (libsamplerate) loads and the
+    refusal names ("accepted: 1-384000 Hz"), are rates; the whole numbers next to them are not."""
+    from jaxmir.checks import MAX_RATE, MIN_RATE, check_rate
+
+    assert (MIN_RATE, MAX_RATE) == (1, 384_000)
+    for rate in (1, 1.0, np.int64(1), 384_000, 384_000.0, np.float32(384_000)):
+        assert check_rate(rate, "rate") == int(rate) and type(check_rate(rate, "rate")) is int
+    for rate in (0, 384_001):
+        with pytest.raises(InputError, match=rf"^rate {rate} Hz is out of range; accepted: "
+                                             r"1-384000 Hz$"):
+            check_rate(rate, "rate")
+
+
 def test_raw_bytes_generators_and_bfloat16(musicnn):
     """Raw bytes were taken for a path, the whole buffer echoed in the message (880,000
     characters for 4 s); a generator had "shape []"; bfloat16, a floating-point type, was

@@ -1342,6 +1342,24 @@ def test_a_line_the_reader_holds_back_past_the_deadline_is_given_up(monkeypatch)
         assert len(reader.read()) == held  # nothing of the line given up went out
 
 
+def test_a_line_is_given_up_from_the_deadline_itself(monkeypatch):
+    """``give_up_at()`` is the time from which the line is given up: a deadline that is now gives
+    the line up before any of it goes out, even to a pipe with room for it."""
+    import types
+
+    from jaxmir import console
+
+    now = 1000.0  # a clock that stands still: the deadline is reached, not passed
+    monkeypatch.setattr(console, "time", types.SimpleNamespace(monotonic=lambda: now))
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb") as reader, open(write_end, "w", closefd=True) as writer:
+        monkeypatch.setattr(sys, "stdout", writer)
+        assert not console.write_whole_line("given up", lambda: now)
+        monkeypatch.undo()
+        writer.close()
+        assert reader.read() == b""
+
+
 def test_a_file_streamed_without_a_damage_list_warns_of_its_damage_and_with_one_lists_it(
         musicnn, tmp_path):
     """``file_stream`` called alone warns of a file decoded in part, as ``load_audio`` does; the
