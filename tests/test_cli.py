@@ -670,6 +670,9 @@ def test_a_taggram_with_more_starts_than_patches_is_refused(tmp_path):
     with pytest.raises(JaxmirError, match=r"taggram \[3, 2\] does not match 3 patch starts and 3 "):
         save_taggram(tmp_path / "u.png", np.full((3, 2), 0.5), np.arange(3) * 1.5, ["a", "b", "c"],
                      3.0)
+    # a taggram of one dimension too (it was an IndexError)
+    with pytest.raises(JaxmirError, match=r"taggram \[3\] does not match 3 patch starts and 3 "):
+        save_taggram(tmp_path / "u.png", np.full(3, 0.5), np.arange(3) * 1.5, ["a", "b", "c"], 3.0)
     assert not (tmp_path / "u.png").exists()
 
 

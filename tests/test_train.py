@@ -1349,6 +1349,11 @@ def test_the_confusion_picture_s_colours_are_fractions_of_the_true_class(monkeyp
                         or real(axes, image, **kw))
     plot.confusion_picture(np.array([[3, 1], [0, 4]]), AB, tmp_path / "c.png")
     np.testing.assert_allclose(shown[0], [[0.75, 0.25], [0.0, 1.0]])
+    # a true class with no track (its row all 0) is drawn as 0, not 0 / 0's nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "invalid value in divide"
+        plot.confusion_picture(np.array([[3, 1], [0, 0]]), AB, tmp_path / "d.png")
+    np.testing.assert_array_equal(shown[1], [[0.75, 0.25], [0.0, 0.0]])
 
 
 def test_the_confusion_picture_prints_each_count_in_its_cell_and_closes(monkeypatch, tmp_path):
@@ -1358,10 +1363,11 @@ def test_the_confusion_picture_prints_each_count_in_its_cell_and_closes(monkeypa
     from jaxmir.train import plot
 
     plt = plot.require_matplotlib()
-    printed, real = {}, plt.Axes.text
+    printed, colours, drawn_on, real = {}, {}, [], plt.Axes.text
 
     def text(axes, x, y, words, **kw):
-        printed[x, y] = words
+        printed[x, y], colours[x, y] = words, kw["color"]
+        drawn_on.append(axes)
         return real(axes, x, y, words, **kw)
 
     monkeypatch.setattr(plt.Axes, "text", text)
@@ -1370,6 +1376,10 @@ def test_the_confusion_picture_prints_each_count_in_its_cell_and_closes(monkeypa
     plot.confusion_picture(matrix, ABC, tmp_path / "c.png")
     assert printed == {(predicted, true): str(matrix[true, predicted])
                        for true, predicted in np.ndindex(matrix.shape)}
+    # white on the cells darker than half the colour bar (over half of the true class's tracks)
+    assert {cell for cell, colour in colours.items() if colour == "white"} == {
+        (0, 0), (1, 1), (2, 2)}  # 5/6, 7/12, 9/13; 4/13 and 3/12 stay black
+    assert (drawn_on[0].get_xlabel(), drawn_on[0].get_ylabel()) == ("predicted", "true")
     assert plt.get_fignums() == open_before
 
 
@@ -1642,6 +1652,9 @@ def test_cli_refuses_every_file_it_would_overwrite_before_reading_audio(tmp_path
     assert not parser.parse_args(["train-head", "D", "--output", "h"]).overwrite
     quiet = parser.parse_args(["train-head", "D", "-o", "h", "--no-progress", "--no-cache"])
     assert quiet.no_progress and quiet.no_cache  # as tag and embed take them
+    # --folds 0 (no cross-validation, the default) may be said; 1 alone is refused
+    assert [parser.parse_args(["train-head", "D", "-o", "h", "--folds", folds]).folds
+            for folds in ("0", "2")] == [0, 2]
 
 
 @pytest.mark.parametrize("folder", ["h.pb", "h.json", "h-backbone.npz"])
@@ -2116,6 +2129,7 @@ def test_cli_finetune_lands_the_confusion_picture_with_the_head(tmp_path, capsys
     assert given[0][4:6] == (3, 5)  # the steps and the seed given, not FinetuneConfig's
     assert f"wrote {tmp_path / 'h-confusion.png'}" in capsys.readouterr().out
     assert (tmp_path / "h-confusion.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h-confusion.png"]  # no draft folder
 
 
 @pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--epochs", "-1"),
