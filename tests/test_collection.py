@@ -3020,15 +3020,21 @@ def test_a_name_left_in_a_folder_as_a_broken_link_is_not_said_gone(tmp_path):
     assert gone_from_folders(rows, [str(disk)], {}) == [rows[1]]
 
 
+def _disk_of_two(music: Path, tmp_path: Path) -> Path:
+    """``disk/a.wav`` and ``disk/b.wav`` (rock's and jazz's a.wav) in ``tmp_path``: a folder."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    shutil.copy(music / "rock" / "a.wav", disk / "a.wav")
+    shutil.copy(music / "jazz" / "a.wav", disk / "b.wav")
+    return disk
+
+
 def test_a_listed_file_of_a_folder_named_that_cannot_be_read_is_said_once(music, model,
                                                                          tmp_path):
     """A file of a folder named, named by a list too, deleted since its row: it is a file of
     this run that cannot be read now (its row kept, said so), not also one "no longer in the
     folders named"."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    shutil.copy(music / "rock" / "a.wav", disk / "a.wav")
-    shutil.copy(music / "jazz" / "a.wav", disk / "b.wav")
+    disk = _disk_of_two(music, tmp_path)
     listing = tmp_path / "list.txt"
     listing.write_text("disk/b.wav\n")
     output = tmp_path / "tags.jsonl"
@@ -3156,10 +3162,7 @@ def test_a_file_that_cannot_be_read_on_a_rerun_keeps_its_row(music, model, tmp_p
                                                              suffix):
     """A folder renamed (a drive not mounted) between two runs: the rerun replaced the rows
     done with error rows ("no such file"), losing their tags."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    shutil.copy(music / "rock" / "a.wav", disk / "a.wav")
-    shutil.copy(music / "jazz" / "a.wav", disk / "b.wav")
+    disk = _disk_of_two(music, tmp_path)
     listing = tmp_path / "list.txt"
     listing.write_text("disk/a.wav\ndisk/b.wav\n")
     output = tmp_path / f"tags{suffix}"

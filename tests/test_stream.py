@@ -508,16 +508,22 @@ def test_a_run_takes_the_rows_it_shares_from_the_run_before(musicnn, monkeypatch
     assert valid and valid[0] is False and not all(valid[1:])
 
 
+def _pushed_after(musicnn, last_patches) -> tuple[list, np.ndarray]:
+    """The 19-patch signal pushed live in pieces, each ending 10 samples past the last frame of
+    a patch of ``last_patches``, then the rest: the pushes' outputs (the close's last), and
+    ``predict``'s without overlap sharing, computed after them (its calls come after theirs)."""
+    audio = signal_at(16000, 31.0, seed=22)
+    cuts = [0, *((patch * 93 + 186) * 256 + 256 + 10 for patch in last_patches), audio.shape[0]]
+    stream = musicnn.stream(16000)
+    parts = [stream.push(audio[a:b]) for a, b in zip(cuts, cuts[1:])] + [stream.close()]
+    return parts, pipeline.predict(musicnn, audio, 16000, share_overlap=False)
+
+
 def test_a_padded_run_leaves_no_carry_for_a_later_run(musicnn):
     """A live stream's padded run (5 patches in a call of 8) left a carry for the run that would
     start 8 patches on; three single patches brought the stream there, and that run took rows
     computed from the zeros past the signal: patch 8 was 0.38 off (a tester's chunks)."""
-    audio = signal_at(16000, 31.0, seed=22)                          # 19 patches
-    plain = pipeline.predict(musicnn, audio, 16000, share_overlap=False)
-    end = lambda patch: (patch * 93 + 186) * 256 + 256 + 10          # a sample past its last frame
-    cuts = [0, end(4), end(5), end(6), end(7), audio.shape[0]]      # 5, 1, 1, 1, then 11 patches
-    stream = musicnn.stream(16000)
-    parts = [stream.push(audio[a:b]) for a, b in zip(cuts, cuts[1:])] + [stream.close()]
+    parts, plain = _pushed_after(musicnn, (4, 5, 6, 7))             # 5, 1, 1, 1, then 11 patches
     assert [p.shape[0] for p in parts[:4]] == [5, 1, 1, 1]
     np.testing.assert_allclose(joined(parts), plain, rtol=0, atol=1e-6)
 
@@ -526,19 +532,14 @@ def test_a_live_stream_runs_up_to_single_limit_patches_one_by_one(musicnn, monke
     """A push that completes SINGLE_LIMIT patches runs them one by one (the single-patch
     program), one more goes in one padded call of 8: the limit is inclusive, as the module
     says ("more than SINGLE_LIMIT patches goes in batches")."""
-    audio = signal_at(16000, 31.0, seed=22)                          # 19 patches
-    plain = pipeline.predict(musicnn, audio, 16000, share_overlap=False)
     calls: list = []
     run = streaming.Stream._run
     monkeypatch.setattr(streaming.Stream, "_run",
                         lambda self, first, index, shared, patch=None, used=None:
                         calls.append(index.shape[0])
                         or run(self, first, index, shared, patch, used))
-    end = lambda patch: (patch * 93 + 186) * 256 + 256 + 10          # a sample past its last frame
     limit = streaming.SINGLE_LIMIT
-    cuts = [0, end(limit - 1), end(2 * limit), audio.shape[0]]      # 4, then 5, then 10 patches
-    stream = musicnn.stream(16000)
-    parts = [stream.push(audio[a:b]) for a, b in zip(cuts, cuts[1:])] + [stream.close()]
+    parts, plain = _pushed_after(musicnn, (limit - 1, 2 * limit))   # limit, limit + 1, the rest
     assert [p.shape[0] for p in parts[:2]] == [limit, limit + 1]
     assert calls[:limit + 1] == [1] * limit + [8], calls
     np.testing.assert_allclose(joined(parts), plain, rtol=0, atol=1e-6)

@@ -1101,10 +1101,11 @@ def test_a_resumed_head_s_dense_layers_are_taken_in_order_of_their_number():
         "dense_1": {"kernel": (100, 3), "bias": (3,)}}
 
 
-def _export_abc_head(output: Path, overwrite: bool = False) -> dict:
-    """A fresh 3-class softmax head on msd-musicnn's 200-d embeddings, exported to ``output``."""
+def _export_abc_head(output: Path, overwrite: bool = False, activation: str = "softmax") -> dict:
+    """A fresh 3-output head (softmax: classes a, b, c) on msd-musicnn's 200-d embeddings,
+    exported to ``output``."""
     params = fit.init_head(jax.random.PRNGKey(0), 200, 100, 3)
-    return export.export_head(params, "softmax", ABC, output, "msd-musicnn", (187, 96),
+    return export.export_head(params, activation, ABC, output, "msd-musicnn", (187, 96),
                               "model/dense/BiasAdd", overwrite=overwrite)
 
 
@@ -1152,8 +1153,7 @@ def test_a_resumed_head_is_checked_before_any_decoding(tmp_path):
                      resume=tmp_path / "abc.pb")
     # a regression head's outputs are linear (no activation layer): resumed for regression data
     # without a word of its activation, for single-label data said to be identity outputs
-    export.export_head(fit.init_head(jax.random.PRNGKey(0), 200, 100, 3), "identity", ABC,
-                       tmp_path / "linear", "msd-musicnn", (187, 96), "model/dense/BiasAdd")
+    _export_abc_head(tmp_path / "linear", activation="identity")
     with pytest.raises(InputError, match="none of the 6 files could be used"), \
             pytest.warns(JaxmirWarning) as warned:
         fit_head(regression, config=FAST, cache=False, resume=tmp_path / "linear.pb")
@@ -2486,18 +2486,13 @@ def test_finetune_trains_on_the_patches_the_backbone_predicts_on(backbone):
 
     model = jaxmir.load(backbone if backbone.startswith("msd") else shared_fixture(backbone))
     audio = (0.1 * np.random.default_rng(5).standard_normal(16000 * 12)).astype(np.float32)
-    patches = audio_patches(model, audio, 16000)
-    want = model.predict(audio, 16000)
-    assert patches.shape == (want.shape[0], *model.input_shape)
-    # the same patches through Model.apply instead of the engine: float32 summation order only
-    np.testing.assert_allclose(np.asarray(model.apply(patches)["predictions"]), want,
-                               rtol=0, atol=1e-6)
-    # a hop of 0 is the patch size, as in Model.predict
-    patches = audio_patches(model, audio, 16000, patch_hop=0)
-    want = model.predict(audio, 16000, patch_hop=0)
-    assert patches.shape == (want.shape[0], *model.input_shape)
-    np.testing.assert_allclose(np.asarray(model.apply(patches)["predictions"]), want,
-                               rtol=0, atol=1e-6)
+    for hop in ({}, {"patch_hop": 0}):  # Essentia's hop; 0, the patch size, as in Model.predict
+        patches = audio_patches(model, audio, 16000, **hop)
+        want = model.predict(audio, 16000, **hop)
+        assert patches.shape == (want.shape[0], *model.input_shape)
+        # the same patches through Model.apply instead of the engine: float32 summation order
+        np.testing.assert_allclose(np.asarray(model.apply(patches)["predictions"]), want,
+                                   rtol=0, atol=1e-6)
 
 
 def test_finetune_moves_backbone_and_lowers_loss():
