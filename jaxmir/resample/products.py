@@ -112,8 +112,7 @@ def _margin(plan: Plan, shape: _Matmul) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
-    """h (float64) and h' (float32) at anchor phases ``0, _GRID, ...``,
-    ``[anchors, width + 2 * margin]``
+    """h and h' (float32) at anchor phases ``0, _GRID, ...``, ``[anchors, width + 2 * margin]``
     each, ``width = 2 * taps + 3`` taps between ``margin = span - width`` zeros on either side
     (:func:`_margin`).
 
@@ -122,11 +121,16 @@ def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
     interpolated coefficient of ``|d|`` (zero past the table), h'(d) its slope per unit
     towards the output's side, ``-sign(d) * slope / 4096``. The zeros make a column of the
     kernel's banded matrix one contiguous slice of a row.
+
+    h is libsamplerate's double coefficient rounded to float32 (the kernel sums in float64): a
+    relative 2**-24 per tap moves an output by at most 2**-24 * sum |x h|, ~1e-7 at full scale,
+    and moved none of the measured maxima (44.1, 48, 22.05, 96 kHz; music and full-scale noise),
+    for half the bytes each column's gather reads.
     """
     table = coefficients(plan.quality)
     slope = table_slopes(table).astype(np.float64)
     table = table.astype(np.float64)
-    # int32 indices and results written in place: a process's first build of these ~30 MB took
+    # int32 indices and results written in place: a process's first build of these ~20 MB took
     # 0.08-0.33 s with int64 temporaries, 0.06-0.07 s so
     n_anchors, width, margin = plan.increment // _GRID + 2, 2 * plan.taps + 3, _margin(plan, shape)
     anchors = np.arange(n_anchors, dtype=np.int32) * _GRID
@@ -137,15 +141,16 @@ def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
     entry = np.minimum(distance >> SHIFT, table.shape[0] - 1)
     outside = distance > plan.max_index
     step = slope[entry]
-    value = np.zeros((n_anchors, width + 2 * margin))
-    value[:, margin:margin + width] = table[entry] + (distance & (ONE - 1)) * (1.0 / ONE) * step
-    value[:, margin:margin + width][outside] = 0.0
+    value = np.zeros((n_anchors, width + 2 * margin), np.float32)
+    inside = table[entry] + (distance & (ONE - 1)) * (1.0 / ONE) * step
+    inside[outside] = 0.0
+    value[:, margin:margin + width] = inside
     rise = np.zeros((n_anchors, width + 2 * margin), np.float32)
     step *= -np.sign(d) * (1.0 / ONE)
     step[outside] = 0.0
     rise[:, margin:margin + width] = step
-    with jax.enable_x64(True):  # device_put: a transfer; jnp.asarray would compile a program
-        return jax.device_put(value), jax.device_put(rise)
+    # device_put: a transfer; jnp.asarray would compile a program
+    return jax.device_put(value), jax.device_put(rise)
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "shape"))
@@ -222,7 +227,7 @@ def _matmul_kernel(signal, centre, units, groups, values, rises, positions=None,
         lines = jnp.concatenate([tiles[i:i + rows] for i in range(shape.lines)], axis=1)[:, :span]
         product = functools.partial(jax.lax.dot_general, dimension_numbers=(((1,), (1,)), ((), ())),
                                     precision=jax.lax.Precision.HIGHEST)
-        value = product(lines.astype(jnp.float64), columns(values))
+        value = product(lines.astype(jnp.float64), columns(values).astype(jnp.float64))
         rise = product(lines, columns(rises))
         return value, rise.astype(jnp.float64)
 
@@ -270,7 +275,7 @@ def matmul_outputs(plan: Plan, shape: _Matmul, x: np.ndarray, count: int,
     length = front + math.ceil(per_call * plan.step) + (shape.lines + 2) * plan.advance \
         + shape.span + plan.taps + 2
     values, rises = _phase_table(plan, shape)  # outside float64 mode: it runs the other kernels
-    calls = []
+    calls = []  # (first input sample, first output's fraction, groups computed, positions)
     for first in range(0, count, per_call):
         groups = -(-min(per_call, count - first) // size)
         if positions is None:
@@ -281,23 +286,33 @@ def matmul_outputs(plan: Plan, shape: _Matmul, x: np.ndarray, count: int,
             at, first_units = int(positions[first] // plan.increment), 0
             given = positions[first:first + groups * size] - (at - front) * plan.increment
             given = (np.pad(given, (0, per_call - given.shape[0]), mode="edge"),)
-        calls.append((_stretch(x, at - front, length), np.int64(front), np.int64(first_units),
-                      np.int32(groups), values, rises, *given))
+        calls.append((at - front, first_units, groups, given))
 
-    def launch(args):
-        with jax.enable_x64(True):
-            return _matmul_kernel(*args, plan=plan, shape=shape)
+    def run(some):
+        """The outputs of consecutive calls and whether all kept to the bounds; each call's
+        stretch of ``x`` is cut here, in the thread that runs it (54 copies of ~0.7 MB for
+        207 s at 44.1 kHz)."""
+        outs, fits = [], True
+        for lo, first_units, groups, given in some:
+            with jax.enable_x64(True):
+                out, ok = _matmul_kernel(_stretch(x, lo, length), np.int64(front),
+                                         np.int64(first_units), np.int32(groups), values, rises,
+                                         *given, plan=plan, shape=shape)
+            outs.append(np.asarray(out))
+            fits = fits and bool(ok)
+        return outs, fits
 
-    def finish(result):
-        return np.asarray(result[0]), bool(result[1])
-
-    if parallel and len(calls) > 1 and _pool() is not None:
-        done = list(_pool().map(lambda args: finish(launch(args)), calls))
+    pool = _pool() if parallel and len(calls) > 1 else None
+    if pool is not None:
+        # one run of consecutive calls per core: each call a task of its own ran 7-10% slower
+        # (207 s at 44.1 kHz, two cores of a Zen 5)
+        share = -(-len(calls) // len(os.sched_getaffinity(0)))
+        done = list(pool.map(run, [calls[i:i + share] for i in range(0, len(calls), share)]))
     else:
-        done = [finish(result) for result in [launch(args) for args in calls]]
+        done = [run(calls)]
     if not all(ok for _, ok in done):
         return None
-    return np.concatenate([out for out, _ in done])[:count]
+    return np.concatenate([out for outs, _ in done for out in outs])[:count]
 
 
 @functools.lru_cache(maxsize=1)
