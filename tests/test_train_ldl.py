@@ -230,8 +230,8 @@ def test_lmnn_needs_enough_per_class():
     assert not np.any(found == np.arange(8)[:, None])
     # k = 0 learnt nothing (no pull: the identity back, objective 0, nothing said); -1 and
     # 1.5 were NumPy's errors
-    for k in (0, -1, 1.5):
-        with pytest.raises(InputError, match=f"k = {k} target neighbours; expected a whole"):
+    for k in (0, -1, 1.5, "3"):
+        with pytest.raises(InputError, match=f"k = {k!r} target neighbours; expected a whole"):
             lmnn.fit_lmnn(np.zeros((8, 2)), np.array([0] * 4 + [1] * 4), k=k)
 
 
@@ -280,8 +280,9 @@ def test_smoothing_over_more_neighbours_than_other_tracks_is_refused():
     assert smoothing.knn_smooth(features, targets, 5).shape == (6, 2)
     # k = 0 averaged no neighbours' labels: NaN targets; 2.5 was NumPy's slicing error
     # (fit_head's option check refuses both first, in like words)
-    for k in (0, 2.5):
-        with pytest.raises(InputError, match=f"with k = {k}; expected a whole number >= 1"):
+    # a string is named as one, as LMNN names it ('3', not 3)
+    for k in (0, 2.5, "3"):
+        with pytest.raises(InputError, match=f"with k = {k!r}; expected a whole number >= 1"):
             smoothing.knn_smooth(features, targets, k)
 
 

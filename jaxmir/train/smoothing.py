@@ -81,7 +81,7 @@ def knn_smooth(features: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     features = np.asarray(features, np.float64)
     n = len(features)
     if not is_whole(k, 1):  # none to average (NaN targets), or not a count to slice by
-        raise InputError(f"k-NN label smoothing with k = {k}; expected a whole number >= 1")
+        raise InputError(f"k-NN label smoothing with k = {k!r}; expected a whole number >= 1")
     if k > n - 1:
         raise InputError(f"k-NN label smoothing with k = {k} needs more than {k} training tracks; "
                          f"there are {n}")
