@@ -569,6 +569,20 @@ def test_a_model_file_s_name_is_recorded_as_utf8_text(tmp_path):
         json.loads(json.dumps(fields))["model"].encode("utf-8")  # as strict readers read it
 
 
+def test_a_model_file_is_recorded_by_its_digest_and_any_other_name_as_given(tmp_path):
+    """A model file by its file name and the sha256 of its bytes; a name that is no file (a
+    model built in Python, named by its user) as given, with no digest."""
+    from jaxmir.collection.rows import model_fields
+
+    head = tmp_path / "head.pb"
+    head.write_bytes(b"not really a graph")
+    assert model_fields(str(head), "msd-musicnn") == {
+        "model": "head.pb+msd-musicnn",
+        "model_sha256": hashlib.sha256(b"not really a graph").hexdigest()}
+    assert model_fields("my-tagger") == {"model": "my-tagger"}
+    assert model_fields(str(tmp_path / "gone.pb")) == {"model": str(tmp_path / "gone.pb")}
+
+
 def test_tables_of_a_model_named_in_bytes_that_are_no_utf8_resume(music, tmp_path):
     """A CSV of a model named caf\\xe9.pb never resumed (its cells went through as_text, and
     were read back raw), and tables written before names were recorded as UTF-8 text (a lone
@@ -1018,6 +1032,17 @@ def test_a_file_beside_the_output_whose_name_begins_with_it_is_an_input(tmp_path
         warnings.simplefilter("error", JaxmirWarning)
         assert inputs.expand([str(beside)], tmp_path / "tags.csv") == [str(beside)]
         assert inputs.expand([str(inside.parent)], tmp_path / "tags.parquet") == [str(inside)]
+
+
+def test_an_output_named_through_a_linked_folder_is_known_by_its_real_path(tmp_path):
+    """`-o linked/tags.csv` with `linked` a link to `real`: `real/tags.csv` (and a part of
+    `real/tags.parquet`) named as an input is the run's output, left out."""
+    (tmp_path / "real" / "tags.parquet").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    for output, named in (("tags.csv", "tags.csv"), ("tags.parquet", "tags.parquet/part-0.wav")):
+        with pytest.warns(JaxmirWarning, match="the output of this run; left out of its inputs"):
+            assert inputs.expand([str(tmp_path / "real" / named)],
+                                 tmp_path / "linked" / output) == []
 
 
 def test_a_part_of_the_parquet_output_named_as_an_input_is_left_out(model, tmp_path):
@@ -1757,6 +1782,8 @@ def test_a_dead_worker_is_said_to_read_one_of_the_first_files_unfinished():
     assert "d.wav" not in said and "e.wav" not in said and "done.wav" not in said
     assert "while reading b.wav (killed" not in said
     assert "while reading b.wav" in str(local._died(pending[:2], jobs=2))
+    # no file unfinished by the break (only done.wav, which finished): it died starting
+    assert "a decoding worker died while starting (killed" in str(local._died(pending[:1], jobs=2))
 
 
 def test_a_worker_process_that_dies_is_named_by_the_file_it_could_be_reading(music, model,
@@ -2123,6 +2150,21 @@ def test_averaged_embeddings_are_float32_arrays(music, model, tmp_path):
     (written,) = (tmp_path / "arrays").glob("*.npy")
     found = np.load(written)
     assert found.dtype == np.float32 and found.shape == (200,)
+
+
+def test_a_jsonl_embedding_is_the_float64_mean_stored_as_float32(music, model, tmp_path):
+    """A JSONL row's embedding holds float32 values, as Parquet's column and the arrays do (not
+    the float64 mean's every digit): the mean of Model.predict's embeddings, rounded once."""
+    clip = str(music / "jazz" / "deep" / "c.wav")
+    out = tmp_path / "embeddings.jsonl"
+    collect(model, [clip], str(out), command="embed", name="msd-musicnn", jobs=0,
+            progress=False)
+    (row,) = map(json.loads, out.read_text().splitlines())
+    assert row["n_patches"] > 1  # a mean of one patch is its float32 values anyway
+    stored = np.asarray(row["embedding"], np.float64)
+    np.testing.assert_array_equal(stored.astype(np.float32).astype(np.float64), stored)
+    want = model.predict(jaxmir.load_audio(clip, 16000), 16000, output="embeddings")
+    assert_same_embeddings(stored, np.asarray(want, np.float64).mean(axis=0))
 
 
 def test_a_failed_write_leaves_only_whole_rows(model, tmp_path):
@@ -2620,6 +2662,29 @@ def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, m
     assert damaged[0]["status"] == "damaged" and "truncated audio" in damaged[0]["error"]
 
 
+def test_a_decoding_worker_s_niceness_is_added_to_the_one_it_had(monkeypatch):
+    """Under `nice -n 5 jaxmir ...` the workers yield to the model as in a run at 0: their
+    niceness is DECODE_NICENESS more than the thread that starts them had, not DECODE_NICENESS
+    (Linux: a thread's own niceness, which the threads it starts inherit)."""
+    import threading
+
+    found = []
+    monkeypatch.setattr(compute, "decode", lambda path, *args: os.getpriority(
+        os.PRIO_PROCESS, threading.get_native_id()))
+
+    def model_s_thread():  # its own: raising a niceness cannot be undone without root
+        thread = threading.get_native_id()
+        started = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, started + 3))
+        found.append(os.getpriority(os.PRIO_PROCESS, thread))
+        found.extend(local.decode_all([inputs.Source("a.wav", 0, 0)], jobs=1))
+
+    thread = threading.Thread(target=model_s_thread)
+    thread.start()
+    thread.join()
+    assert found[1] == min(19, found[0] + local.DECODE_NICENESS), found
+
+
 def test_two_devices_give_the_results_of_one(music, model, tmp_path):
     """With two local devices each takes packed calls as it is free; the rows equal this process's
     run on its one device, per-patch values in their order though a file's later run finishes
@@ -2850,6 +2915,33 @@ def test_a_run_stopped_in_the_model_stops_its_workers_at_once(monkeypatch):
         finally:  # the exception, whose traceback holds the generator, is still alive here
             abandoned_as_run_raised = len(abandoned)
     assert abandoned_as_run_raised == 1
+
+
+def test_a_stopped_decoding_drops_the_files_queued_behind_its_workers(monkeypatch):
+    """A stop (Ctrl-C in the model) abandons the decoding: the files waiting for a worker are
+    never decoded, only the one a worker holds finishes."""
+    import threading
+
+    pools, decoded, taken, release = [], [], threading.Event(), threading.Event()
+    workers = local._workers
+    monkeypatch.setattr(local, "_workers", lambda *args: pools.append(workers(*args)) or pools[0])
+
+    def decode(path, *args):
+        decoded.append(path)
+        if path != "0.wav":
+            taken.set()
+            release.wait(10)  # held by its worker until the stop
+        return path
+
+    monkeypatch.setattr(compute, "decode", decode)
+    files = local.decode_all([inputs.Source(f"{n}.wav", 0, 0) for n in range(6)], jobs=1,
+                             prefetch=4)
+    assert next(files) == "0.wav"
+    assert taken.wait(10)  # 1.wav is held by the worker, 2.wav and 3.wav queued
+    files.close()
+    release.set()
+    pools[0].shutdown(wait=True)
+    assert decoded == ["0.wav", "1.wav"]
 
 
 HALF_A_RESULT = """
@@ -3528,6 +3620,9 @@ def test_outputs_of_earlier_versions_resume(music, model, tmp_path):
 def test_a_graph_s_own_output_node_is_read_once_at_its_load(music, tmp_path, monkeypatch):
     """Each collect() parsed the model's .pb again to learn the node its graph gives by itself
     (~0.5 s and the file's size in memory again for a 290-MB VGGish); the load knows it."""
+    import dataclasses
+
+    from jaxmir.collection.rows import default_output_node
     from jaxmir.tfgraph import graphdef
 
     graph = str(shared_fixture("essentia-models/genre_dortmund_musicnn_msd.pb"))
@@ -3540,6 +3635,9 @@ def test_a_graph_s_own_output_node_is_read_once_at_its_load(music, tmp_path, mon
         raise AssertionError("the .pb was parsed again")
 
     monkeypatch.setattr(graphdef.Graph, "from_file", parsed_again)
+    # a Model built in Python from a .pb since gone: its spec's node, no file read
+    built = dataclasses.replace(own, source=str(tmp_path / "gone.pb"), graph_output=None)
+    assert default_output_node(built) == own.spec.output_name
     clip, out = str(music / "rock" / "a.wav"), tmp_path / "tags.parquet"
     collect(own, [clip], str(out), name=graph, jobs=0, progress=False)
     with pytest.raises(InputError, match=r"output_node: the graph's own there .*, "
