@@ -106,6 +106,28 @@ def test_inputs_too_short_for_an_output_give_none():
                 assert ours.dtype == np.float32 and ours.shape == reference.shape
 
 
+def test_essentia_count_walks_positions_only_where_an_output_may_meet_the_end(monkeypatch):
+    """``essentia_count`` keeps samplerate's count of no outputs (``n / step`` = 0 is whole: it
+    must not take one off), and where ``n / step`` is not whole keeps its count without walking
+    libsamplerate's positions (:func:`output_taps`, linear in the length)."""
+    samplerate = require("samplerate")
+    from jaxmir.resample import essentia_count, plan_of, positions
+
+    for rate in (8000, 44100):  # a power-of-two ratio and another: 0 / step is whole at both
+        plan = plan_of(rate, 16000, "sinc_medium")
+        made = samplerate.resample(np.zeros(0, np.float32), plan.ratio, "sinc_medium").shape[0]
+        assert essentia_count(plan, 0, made) == made == 0
+
+    def walked(*args):
+        raise AssertionError("positions walked where no output meets the end")
+
+    monkeypatch.setattr(positions, "output_taps", walked)
+    plan = plan_of(44100, 16000, "sinc_medium")
+    n_input = 3 * 44100 + 1                           # n / step = 48000.36: not whole
+    made = samplerate.resample(np.zeros(n_input, np.float32), plan.ratio, "sinc_medium").shape[0]
+    assert essentia_count(plan, n_input, made) == made
+
+
 # 7999 Hz takes the per-output kernel, 8 kHz -> 44.1 kHz the float32 polyphase kernel (its one
 # output in 3 s that reads the last tap; test_common_rates_take_the_polyphase_kernels)
 @pytest.mark.parametrize("rate, target, n", [(7999, 22050, 40000), (8000, 44100, 24000)])
