@@ -480,6 +480,16 @@ def test_unknown_compat():
         frontends.musicnn_num_frames(100, compat="librosa")
     with pytest.raises(InputError, match="front-end"):
         frontends.mel_filterbank("yamnet")
+    # every function that takes a compat checks it: the other front-end's mode would otherwise
+    # count, place or window its frames as that one does (google's frames for musicnn, say)
+    for frontend, other in ((frontends.MUSICNN, "google"), (frontends.VGGISH, "musicnn")):
+        for fn, *args in ((frontends.num_frames, frontend, 1000),
+                          (frontends.frame_starts, frontend, 1000),
+                          (frontends.analysis_window, frontend),
+                          (frontends.mel_filterbank, frontend),
+                          (frontends.logmel, x, frontend)):
+            with pytest.raises(InputError, match=f"unknown compat '{other}'"):
+                fn(*args, other)
 
 
 @pytest.mark.parametrize("audio, match", [

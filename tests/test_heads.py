@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -71,6 +72,9 @@ def test_a_head_of_one_dense_layer_has_nothing_before_it(tmp_path):
     save_weights(model, tmp_path / "linear.npz")
     again = jaxmir.load(tmp_path / "linear.npz")
     assert again.output_names == model.output_names
+    # the head read from its graph has the variables its file holds: no empty batch_stats more
+    assert jax.tree_util.tree_structure(dict(again.variables)) == \
+        jax.tree_util.tree_structure(dict(model.variables))
     np.testing.assert_array_equal(again.apply(x)["predictions"], model.apply(x)["predictions"])
 
 

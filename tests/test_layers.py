@@ -12,7 +12,7 @@ from jaxmir.models.layers import (ACTIVATION_FUNCTIONS, OVERLAP, DenseHead, conv
                                   convolve_rows_as_channels, dense_name, directed_max,
                                   fusion_boundary, head_aliases)
 from jaxmir.models.musicnn import FrequencyMaxBlock, MidendConv, TimeConvFrequencyMax, musicnn_head
-from jaxmir.spec import Activation, BatchNorm, Dense
+from jaxmir.spec import Activation, BatchNorm, Dense, MaxPool
 
 
 def _batch_norm(rng, filters: int):
@@ -195,6 +195,14 @@ def test_drawn_kernels_are_float32_under_x64_too():
         drawn = [module.init(jax.random.key(0), x)["params"]
                  for module in (ConvBlock(4, (3,), "SAME"), DenseHead((Dense(3),)))]
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(drawn)} == {np.dtype(np.float32)}
+
+
+def test_a_head_refuses_a_layer_it_does_not_compute():
+    """A layer of another kind (a pool) is an error, not passed over as if it were the
+    identity."""
+    head = DenseHead((Dense(3), MaxPool((2, 1), (2, 1), "SAME"), Activation("sigmoid")))
+    with pytest.raises(TypeError, match=r"not a head layer: MaxPool\("):
+        head.init(jax.random.key(0), np.ones((1, 4), np.float32))
 
 
 def test_every_activation_a_spec_names_has_its_function():

@@ -352,6 +352,8 @@ def test_weights_round_trip(musicnn, tmp_path, patches_187):
                                   musicnn.apply(patches_187[:2])["predictions"])
     save_weights(musicnn, tmp_path / "again.npz", {"note": "test"})
     assert (tmp_path / "again.npz").read_bytes() == path.read_bytes()  # reproducible files
+    save_weights(musicnn, tmp_path / "plain.npz")  # no provenance given: an empty one, not None
+    assert jaxmir.load(tmp_path / "plain.npz").metadata["provenance"] == {}
     relabelled = jaxmir.load(path, labels=[f"t{i}" for i in range(50)])
     assert relabelled.labels[0] == "t0"
     with pytest.raises(InputError, match="3 labels given for a model with 50 outputs"):
@@ -498,6 +500,8 @@ def _array(key, convert):
      "input_shape \\['a'\\] is not a list of sizes"),
     ("input_shape_of_0_frames", _set("input_shape", [0, 96]),  # "cannot run ... zero-size array"
      r"input_shape \[0, 96\] is not a list of sizes"),
+    ("input_shape_of_bools", _set("input_shape", [True, 96]),  # JSON's true is no size (an int)
+     r"input_shape \[True, 96\] is not a list of sizes"),
     ("labels_numbers", _set("labels", list(range(50))), r"labels are \[0, 1, 2"),
     # each named on its side: the file's missing and unexpected variables, its shapes, the model's
     ("variable_missing", _drop(KERNEL),
