@@ -490,6 +490,26 @@ def test_batch_norms_of_other_epsilons_than_the_input_s_load_as_tensorflow_runs_
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
 
+def test_a_batch_norm_without_is_training_computes_batch_statistics_and_is_refused(tmp_path):
+    """FusedBatchNorm's is_training is optional and TensorFlow's default is True (a graph
+    written with strip_default_attrs drops it where it is True): TensorFlow then normalises
+    by the batch's statistics. The graph loaded as one in inference mode, its tags 0.69 off
+    TensorFlow's; jaxmir, which computes no batch statistics, refuses it by name."""
+    graph = fixture_graph(DORTMUND)
+    edited = next(n for n in graph.node
+                  if n.op.startswith("FusedBatchNorm") and "batch_normalization_1/" in n.name)
+    del edited.attr["is_training"]
+    path = write(tmp_path, "no_is_training", graph)
+    patches = np.random.default_rng(3).standard_normal((2, 187, 96)).astype(np.float32)
+    feeds, outputs = {"model/Placeholder:0": patches}, ["model/Sigmoid:0"]
+    reference = run_tf(path, feeds, outputs)[0]
+    original = run_tf(shared_fixture(DORTMUND), feeds, outputs)[0]
+    assert np.max(np.abs(reference - original)) > 0.1  # TF takes the batch's statistics
+    with pytest.raises(UnsupportedGraphError, match=rf"batch norm '{edited.name}' computes batch "
+                       r"statistics .*no is_training attribute: TensorFlow's default is True"):
+        jaxmir.load(path)
+
+
 @pytest.mark.parametrize("pool, attr, axis, size", [
     ("model/max_pooling2d/MaxPool", "ksize", 2, 58),    # timbral 7x38: 59 bands, one short
     ("model/max_pooling2d_2/MaxPool", "ksize", 2, 64),  # temporal: 96 bands
@@ -1286,6 +1306,32 @@ def test_a_cond_whose_training_branch_is_its_switch_s_output_reads_one_layer(tmp
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-6)  # as the tests above
 
 
+def test_a_convolution_in_a_cond_s_training_branch_is_no_layer(tmp_path):
+    """VGG4 with a 1x1 Conv2D on its first batch norm's training branch, a layer TensorFlow
+    does not run at inference: the model loads with VGG4's five convolutions and computes as
+    TensorFlow does. Pins that only the nodes computed at inference are taken for layers, not
+    every input of a cond's Merge."""
+    g = fixture_graph(VGG4)
+    cond = "model/vggish/batch_normalization/cond"
+    add_const(g, f"{cond}/train_kernel", np.full((1, 1, 1, 1), 3.0, np.float32))
+    conv = add_node(g, f"{cond}/train_conv", "Conv2D", [f"{cond}/FusedBatchNorm",
+                                                        f"{cond}/train_kernel"],
+                    strides=[1, 1, 1, 1], padding="SAME")
+    set_type(conv, "T", DT_FLOAT)
+    merge = node_named(g, f"{cond}/Merge")
+    assert merge.input[1] == f"{cond}/FusedBatchNorm"  # the training branch
+    merge.input[1] = f"{cond}/train_conv"
+    path = write(tmp_path, "conv_in_training_branch", g)
+    model = jaxmir.load(path)
+    assert len(model.spec.config["blocks"]) == 5
+    x = np.random.default_rng(4).standard_normal((3, 128, 128)).astype(np.float32)
+    reference, = run_tf(path, {"model/Placeholder:0": x, "model/Placeholder_1:0": False},
+                        ["model/Softmax:0"])
+    found = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
+    # probabilities within 1e-5, as conftest's assert_parity bounds them for the VGG4 fixture
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)
+
+
 def test_a_layer_feeding_two_branches_is_refused_not_read_as_one(tmp_path):
     """A second dense layer on the hidden ReLU, added to the logits: a branching head, which
     jaxmir's chain of layers cannot hold. Refused by name, not loaded as its first branch."""
@@ -1354,6 +1400,27 @@ def test_a_control_input_on_a_function_argument_is_the_control_edge_of_what_it_i
     node_named(g, "dense_1/MatMul").input[1] = "call"
     model = jaxmir.load(write(tmp_path, "control_on_argument", g))
     x = np.random.default_rng(5).standard_normal((5, HEAD_IN)).astype(np.float32)
+    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
+    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+
+
+def test_a_control_input_of_a_call_is_no_argument_of_its_function(tmp_path):
+    """``PartitionedCall(k2, ^decoy)`` of a one-argument function: the control edge orders the
+    call and passes nothing, as in TensorFlow; the call is inlined with ``k2`` as its argument,
+    not refused as passing two inputs to a function of one."""
+    weights = head_weights(6)
+    g = head_graph(weights)
+    add_const(g, "decoy", np.full((HEAD_HIDDEN, HEAD_OUT), 0.5, np.float32))
+    function = g.library.function.add()
+    function.signature.name = "f"
+    function.signature.input_arg.add(name="a")
+    function.signature.output_arg.add(name="y")
+    function.node_def.add(name="n", op="Identity", input=["a"])
+    function.ret["y"] = "n:output:0"
+    add_node(g, "call", "PartitionedCall", ["k2", "^decoy"]).attr["f"].func.name = "f"
+    node_named(g, "dense_1/MatMul").input[1] = "call"
+    model = jaxmir.load(write(tmp_path, "control_input_of_a_call", g))
+    x = np.random.default_rng(6).standard_normal((5, HEAD_IN)).astype(np.float32)
     got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
     np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
 

@@ -8,6 +8,7 @@ import pytest
 
 import jaxmir
 from conftest import assert_parity, require, run_tf, shared_fixture
+from jaxmir.models.vgg import vggish_blocks
 
 PROBABILITIES = ("model/Sigmoid", "model/Softmax")
 
@@ -60,6 +61,9 @@ def test_audioset_vggish_replica(audioset_vggish, fc2_relu):
     assert model.architecture == "vggish" and model.input_shape == (96, 64)
     assert model.spec.output_name == "model/vggish/embeddings"
     assert model.num_params() == 72_141_184  # tensorflow/models' VGGish
+    # the blocks read from the replica are those vggish_blocks() declares (the benchmarks build
+    # VGGish from it; a pool moved between the 256 blocks keeps the parameter count)
+    assert model.spec.config["blocks"] == vggish_blocks()
     x = patches(7)
     names = graph_nodes(model)
     assert {"model/vggish/embeddings", "model/vggish/pool4/MaxPool", "model/vggish/conv1/Relu",

@@ -332,9 +332,13 @@ class InferencePath:
             return None
         if node.op in BATCH_NORM_OPS:
             g = self.graph
-            if g.typed_attr(node, "is_training", bool, False):
+            # TensorFlow's default where the attribute is missing (a graph written with
+            # strip_default_attrs has none where it is True) is True: batch statistics
+            if g.typed_attr(node, "is_training", bool, True):
                 held = ", ".join(f"'{name}'" for name in sorted(g.true_predicates))
                 why = f" (the graph holds its cond predicate {held} True)" if held else ""
+                if "is_training" not in node.attr:
+                    why = " (it has no is_training attribute: TensorFlow's default is True)"
                 raise self.unsupported(f"batch norm '{node.name}' computes batch statistics "
                                        f"(is_training=True) on the path the graph runs{why}; "
                                        "freeze it with the training flag False")
