@@ -119,9 +119,15 @@ def load_guarded(paths: list, cap_mb: int = 2048, timeout_s: float = 60.0) -> di
 
 # -- building graphs ---------------------------------------------------------------------------
 
+# ops jaxmir reads as layers whose T TensorFlow requires (it loads no graph where one lacks it)
+TYPED_LAYER_OPS = ("Conv2D", "MatMul", "BiasAdd", "Add", "AddV2")
+
+
 def add_node(graph_def, name: str, op: str, inputs=(), **attrs):
     node = graph_def.node.add(name=name, op=op)
     node.input.extend(inputs)
+    if op in TYPED_LAYER_OPS:
+        set_type(node, "T", DT_FLOAT)
     for key, value in attrs.items():
         attr = node.attr[key]
         if isinstance(value, bool):
@@ -210,6 +216,14 @@ def write(tmp_path: Path, name: str, graph_def) -> Path:
     path = tmp_path / f"{name}.pb"
     path.write_bytes(graph_def.SerializeToString())
     return path
+
+
+def musicnn_tf_tags(path: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two random ``[187, 96]`` patches drawn with ``seed``, and TensorFlow's tags of the
+    MusiCNN graph at ``path`` on them."""
+    patches = np.random.default_rng(seed).standard_normal((2, 187, 96)).astype(np.float32)
+    tags, = run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])
+    return patches, tags
 
 
 # -- crafted graphs (also fed to the fuzz test) ---------------------------------------------------
@@ -449,8 +463,7 @@ def test_a_variance_below_zero_but_above_minus_epsilon_loads_as_tensorflow_runs_
 
     _with_constant(graph, variance, slightly_negative)
     path = write(tmp_path, "slightly_negative", graph)
-    patches = np.random.default_rng(2).standard_normal((2, 187, 96)).astype(np.float32)
-    reference = run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])[0]
+    patches, reference = musicnn_tf_tags(path, 2)
     assert np.isfinite(reference).all()
     found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
@@ -481,10 +494,8 @@ def test_batch_norms_of_other_epsilons_than_the_input_s_load_as_tensorflow_runs_
         else:
             node.attr["epsilon"].f = epsilon
     path = write(tmp_path, "epsilons", graph)
-    patches = np.random.default_rng(seed).standard_normal((2, 187, 96)).astype(np.float32)
-    feeds, outputs = {"model/Placeholder:0": patches}, ["model/Sigmoid:0"]
-    reference = run_tf(path, feeds, outputs)[0]
-    original = run_tf(shared_fixture(DORTMUND), feeds, outputs)[0]
+    patches, reference = musicnn_tf_tags(path, seed)
+    _, original = musicnn_tf_tags(shared_fixture(DORTMUND), seed)
     assert np.max(np.abs(reference - original)) > matters  # the edit changes what TF computes
     found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
@@ -500,13 +511,36 @@ def test_a_batch_norm_without_is_training_computes_batch_statistics_and_is_refus
                   if n.op.startswith("FusedBatchNorm") and "batch_normalization_1/" in n.name)
     del edited.attr["is_training"]
     path = write(tmp_path, "no_is_training", graph)
-    patches = np.random.default_rng(3).standard_normal((2, 187, 96)).astype(np.float32)
-    feeds, outputs = {"model/Placeholder:0": patches}, ["model/Sigmoid:0"]
-    reference = run_tf(path, feeds, outputs)[0]
-    original = run_tf(shared_fixture(DORTMUND), feeds, outputs)[0]
+    _, reference = musicnn_tf_tags(path, 3)
+    _, original = musicnn_tf_tags(shared_fixture(DORTMUND), 3)
     assert np.max(np.abs(reference - original)) > 0.1  # TF takes the batch's statistics
     with pytest.raises(UnsupportedGraphError, match=rf"batch norm '{edited.name}' computes batch "
                        r"statistics .*no is_training attribute: TensorFlow's default is True"):
+        jaxmir.load(path)
+
+
+@pytest.mark.parametrize("node, attr", [
+    ("model/vggish/1CNN/Conv2D", "padding"),
+    ("model/vggish/1CNN/Conv2D", "strides"),
+    ("model/vggish/1CNN/Conv2D", "T"),
+    ("model/vggish/2CNN/BiasAdd", "T"),
+    ("model/vggish/dense/MatMul", "T"),
+])
+def test_a_layer_without_a_required_attribute_is_refused_as_tensorflow_refuses_it(tmp_path, node,
+                                                                                    attr):
+    """Conv2D's padding and strides, and the T of the ops jaxmir reads as layers, have no default
+    in TensorFlow, which does not run a graph that lacks one; jaxmir loaded it as VALID, stride 1
+    or float32 (the defaults it gave them), a model TensorFlow never computed."""
+    g = fixture_graph(VGG4)
+    edited = node_named(g, node)
+    del edited.attr[attr]
+    path = write(tmp_path, f"without_{attr}", g)
+    feeds = {"model/Placeholder:0": np.zeros((1, 128, 128), np.float32),
+             "model/Placeholder_1:0": False}
+    with pytest.raises(ValueError, match=f"NodeDef missing attr '{attr}' from Op<name="
+                                         f"{edited.op};"):
+        run_tf(path, feeds, ["model/Softmax:0"])
+    with pytest.raises(GraphError, match=rf"'{node}' \({edited.op}\) has no attribute '{attr}'"):
         jaxmir.load(path)
 
 
@@ -537,8 +571,7 @@ def test_a_same_padded_pool_wider_than_the_bands_loads_as_tensorflow_runs_it(tmp
     pool.attr["ksize"].list.i[2] = pool.attr["strides"].list.i[2] = window
     pool.attr["padding"].s = b"SAME"
     path = write(tmp_path, "wide_pool", graph)
-    patches = np.random.default_rng(6).standard_normal((2, 187, 96)).astype(np.float32)
-    reference = run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])[0]
+    patches, reference = musicnn_tf_tags(path, 6)
     found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
@@ -562,8 +595,7 @@ def test_a_pad_v2_is_read_as_tensorflow_fills_its_border(tmp_path, fill):
                                              "convolutions with zeros"):
             jaxmir.load(path)
         return
-    patches = np.random.default_rng(7).standard_normal((2, 187, 96)).astype(np.float32)
-    reference = run_tf(path, {"model/Placeholder:0": patches}, ["model/Sigmoid:0"])[0]
+    patches, reference = musicnn_tf_tags(path, 7)
     found = np.asarray(jaxmir.load(path).apply(patches)["predictions"])
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
@@ -1314,10 +1346,8 @@ def test_a_convolution_in_a_cond_s_training_branch_is_no_layer(tmp_path):
     g = fixture_graph(VGG4)
     cond = "model/vggish/batch_normalization/cond"
     add_const(g, f"{cond}/train_kernel", np.full((1, 1, 1, 1), 3.0, np.float32))
-    conv = add_node(g, f"{cond}/train_conv", "Conv2D", [f"{cond}/FusedBatchNorm",
-                                                        f"{cond}/train_kernel"],
-                    strides=[1, 1, 1, 1], padding="SAME")
-    set_type(conv, "T", DT_FLOAT)
+    add_node(g, f"{cond}/train_conv", "Conv2D", [f"{cond}/FusedBatchNorm", f"{cond}/train_kernel"],
+             strides=[1, 1, 1, 1], padding="SAME")
     merge = node_named(g, f"{cond}/Merge")
     assert merge.input[1] == f"{cond}/FusedBatchNorm"  # the training branch
     merge.input[1] = f"{cond}/train_conv"
@@ -1479,15 +1509,11 @@ def test_a_rewired_musicnn_is_refused(tmp_path, case):
     features joined in another order or on another axis) loaded as the original network: wrong
     tags, unsaid (up to 1.0 from TensorFlow's on random patches). TensorFlow computes another
     network from each, measured here, and jaxmir refuses them naming the node."""
-    from conftest import run_tf
-
     g = fixture_graph(DORTMUND)
     MUSICNN_REWIRED[case](g)
     path = write(tmp_path, case, g)
-    x = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
-    feeds = {"model/Placeholder:0": x}
-    rewired, = run_tf(path, feeds, ["model/Sigmoid:0"])
-    original, = run_tf(shared_fixture(DORTMUND), feeds, ["model/Sigmoid:0"])
+    _, rewired = musicnn_tf_tags(path, 0)
+    _, original = musicnn_tf_tags(shared_fixture(DORTMUND), 0)
     assert np.max(np.abs(rewired - original)) > 1e-3  # another network, not a harmless edit
     with pytest.raises(JaxmirError, match="must (join|be added|read)"):
         jaxmir.load(path)
@@ -1502,8 +1528,7 @@ def test_musicnn_s_features_joined_on_axes_counted_from_the_end_load_as_tensorfl
     for concat, axis in (("model/concat", -1), ("model/concat_1", -2), ("model/concat_2", -1)):
         _set_axis(f"{concat}/axis", axis)(g)
     path = write(tmp_path, "axes_from_the_end", g)
-    x = np.random.default_rng(9).standard_normal((2, 187, 96)).astype(np.float32)
-    reference, = run_tf(path, {"model/Placeholder:0": x}, ["model/Sigmoid:0"])
+    x, reference = musicnn_tf_tags(path, 9)
     found = np.asarray(jaxmir.load(path).apply(x)["predictions"])
     np.testing.assert_allclose(found, reference, rtol=0, atol=1e-5)  # float32 probabilities
 
@@ -1630,10 +1655,8 @@ def test_a_batch_norm_whose_shift_is_not_beta_minus_mean_times_scale_runs_as_ten
     node_named(g, "model/batch_normalization_9/batchnorm/mul_2").input[1] = \
         "batch_normalization_9/gamma/read"
     path = write(tmp_path, "bn_shift", g)
-    x = np.random.default_rng(2).standard_normal((2, 187, 96)).astype(np.float32)
-    feeds = {"model/Placeholder:0": x}
-    edited, = run_tf(path, feeds, ["model/Sigmoid:0"])
-    original, = run_tf(shared_fixture(DORTMUND), feeds, ["model/Sigmoid:0"])
+    x, edited = musicnn_tf_tags(path, 2)
+    _, original = musicnn_tf_tags(shared_fixture(DORTMUND), 2)
     assert np.max(np.abs(edited - original)) > 1e-2
     # sigmoid outputs in [0, 1], float32 through nine layers: 1e-5 as every parity test here
     np.testing.assert_allclose(np.asarray(jaxmir.load(path).apply(x)["predictions"]), edited,

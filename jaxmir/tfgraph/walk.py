@@ -306,10 +306,15 @@ class InferencePath:
         return None
 
     def float_op(self, node) -> None:
-        """:class:`UnsupportedGraphError` unless ``node`` computes in float32 (its ``T``, where
-        it has one): jaxmir runs every layer in float32, TensorFlow a ``half`` one in float16."""
+        """:class:`UnsupportedGraphError` unless ``node`` computes in float32 (its ``T``):
+        jaxmir runs every layer in float32, TensorFlow a ``half`` one in float16.
+        :class:`GraphError` where it has no ``T``: the ops read here (Conv2D, MatMul, BiasAdd,
+        Add) have no default one in TensorFlow, which does not load such a graph."""
         kind = self.graph.attr(node, "T")
-        if kind is not None and kind != DT_FLOAT:
+        if kind is None:
+            raise GraphError(f"{self.graph.source}: node '{node.name}' ({node.op}) has no "
+                             "attribute 'T'")
+        if kind != DT_FLOAT:
             raise self.unsupported(f"'{node.name}' ({node.op}) computes in "
                                    f"{DTYPE_NAMES.get(kind, f'dtype {kind}')}; jaxmir reads "
                                    "float32 graphs")
@@ -432,11 +437,13 @@ class InferencePath:
         if g.typed_attr(conv, "data_format", str, "NHWC") != "NHWC":
             raise self.unsupported(f"Conv2D '{conv.name}' is {g.attr(conv, 'data_format')}; "
                                    "only NHWC graphs are supported")
-        for key in ("strides", "dilations"):
-            if any(v != 1 for v in g.typed_attr(conv, key, list, [1])):
+        # strides and padding have no default in TensorFlow's Conv2D (a graph without one does
+        # not load there); dilations' is [1, 1, 1, 1]
+        for key, default in (("strides", None), ("dilations", [1])):
+            if any(v != 1 for v in g.typed_attr(conv, key, list, default)):
                 raise self.unsupported(f"Conv2D '{conv.name}' has {key} "
                                        f"{g.attr(conv, key)}; jaxmir supports 1")
-        padding = g.typed_attr(conv, "padding", str, "VALID")
+        padding = g.typed_attr(conv, "padding", str)
         before = self.producer(inputs[0])
         if before.op in ("Pad", "PadV2"):
             pads = self.value(g.data_inputs(before)[1], "int")
