@@ -202,6 +202,26 @@ def head_reference(weights: dict, x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def identity_function(g, inputs: list[str], returned: str, node: str = "n") -> None:
+    """A library function ``f(a) -> y``: its body ``node = Identity(*inputs)``, ``y`` bound to
+    ``returned``."""
+    function = g.library.function.add()
+    function.signature.name = "f"
+    function.signature.input_arg.add(name="a")
+    function.signature.output_arg.add(name="y")
+    function.node_def.add(name=node, op="Identity", input=inputs)
+    function.ret["y"] = returned
+
+
+def assert_head_as_its_reference(tmp_path: Path, name: str, g, weights: dict, seed: int) -> None:
+    """The head graph ``g`` loads and computes as :func:`head_reference` does with ``weights``
+    on 5 rows of seeded noise (1e-6 on float32 probabilities)."""
+    model = jaxmir.load(write(tmp_path, name, g))
+    x = np.random.default_rng(seed).standard_normal((5, HEAD_IN)).astype(np.float32)
+    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
+    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+
+
 def node_named(graph_def, name: str):
     return next(n for n in graph_def.node if n.name == name)
 
@@ -995,12 +1015,7 @@ def _identity_n_read_past_its_data_inputs(g):
 
 
 def _function_returning_nothing(g):
-    function = g.library.function.add()
-    function.signature.name = "f"
-    function.signature.input_arg.add(name="a")
-    function.signature.output_arg.add(name="y")
-    function.node_def.add(name="idn", op="Identity", input=["a"])
-    function.ret["y"] = ""
+    identity_function(g, ["a"], "", node="idn")
     add_node(g, "call", "PartitionedCall", ["dense_1/MatMul"]).attr["f"].func.name = "f"
 
 
@@ -1307,10 +1322,7 @@ def test_a_matmul_of_a_transposed_kernel_is_read_as_tensorflow_multiplies(tmp_pa
     _set_attr("dense_1/MatMul", "transpose_b", True)(g)
     node_named(g, "k2").attr["value"].tensor.CopyFrom(
         tensor_proto(np.ascontiguousarray(weights["k2"].T)))
-    model = jaxmir.load(write(tmp_path, "transposed", g))
-    x = np.random.default_rng(3).standard_normal((5, HEAD_IN)).astype(np.float32)
-    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
-    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+    assert_head_as_its_reference(tmp_path, "transposed", g, weights, seed=3)
 
 
 def test_a_cond_whose_training_branch_is_its_switch_s_output_reads_one_layer(tmp_path):
@@ -1383,10 +1395,7 @@ def test_a_kernel_read_through_identity_n_is_the_input_its_port_names(tmp_path):
     forward = add_node(g, "forward", "IdentityN", ["decoy", "k2"])
     forward.attr["T"].list.type.extend([DT_FLOAT, DT_FLOAT])
     node_named(g, "dense_1/MatMul").input[1] = "forward:1"
-    model = jaxmir.load(write(tmp_path, "identity_n", g))
-    x = np.random.default_rng(4).standard_normal((5, HEAD_IN)).astype(np.float32)
-    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
-    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+    assert_head_as_its_reference(tmp_path, "identity_n", g, weights, seed=4)
 
 
 def test_a_kernel_a_function_returns_from_a_later_output_is_that_output(tmp_path):
@@ -1405,10 +1414,7 @@ def test_a_kernel_a_function_returns_from_a_later_output_is_that_output(tmp_path
     call = add_node(g, "call", "PartitionedCall", ["decoy", "k2"])
     call.attr["f"].func.name = "second"
     node_named(g, "dense_1/MatMul").input[1] = "call"
-    model = jaxmir.load(write(tmp_path, "later_output", g))
-    x = np.random.default_rng(5).standard_normal((5, HEAD_IN)).astype(np.float32)
-    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
-    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+    assert_head_as_its_reference(tmp_path, "later_output", g, weights, seed=5)
 
 
 def test_a_control_input_on_a_function_argument_is_the_control_edge_of_what_it_is_bound_to(
@@ -1420,18 +1426,10 @@ def test_a_control_input_on_a_function_argument_is_the_control_edge_of_what_it_i
     add_const(g, "decoy", np.full((HEAD_HIDDEN, HEAD_OUT), 0.5, np.float32))
     forward = add_node(g, "idn", "IdentityN", ["decoy", "k2"])
     forward.attr["T"].list.type.extend([DT_FLOAT, DT_FLOAT])
-    function = g.library.function.add()
-    function.signature.name = "f"
-    function.signature.input_arg.add(name="a")
-    function.signature.output_arg.add(name="y")
-    function.node_def.add(name="n", op="Identity", input=["a", "^a"])
-    function.ret["y"] = "n:output:0"
+    identity_function(g, ["a", "^a"], "n:output:0")
     add_node(g, "call", "PartitionedCall", ["idn:1"]).attr["f"].func.name = "f"
     node_named(g, "dense_1/MatMul").input[1] = "call"
-    model = jaxmir.load(write(tmp_path, "control_on_argument", g))
-    x = np.random.default_rng(5).standard_normal((5, HEAD_IN)).astype(np.float32)
-    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
-    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+    assert_head_as_its_reference(tmp_path, "control_on_argument", g, weights, seed=5)
 
 
 def test_a_control_input_of_a_call_is_no_argument_of_its_function(tmp_path):
@@ -1441,18 +1439,10 @@ def test_a_control_input_of_a_call_is_no_argument_of_its_function(tmp_path):
     weights = head_weights(6)
     g = head_graph(weights)
     add_const(g, "decoy", np.full((HEAD_HIDDEN, HEAD_OUT), 0.5, np.float32))
-    function = g.library.function.add()
-    function.signature.name = "f"
-    function.signature.input_arg.add(name="a")
-    function.signature.output_arg.add(name="y")
-    function.node_def.add(name="n", op="Identity", input=["a"])
-    function.ret["y"] = "n:output:0"
+    identity_function(g, ["a"], "n:output:0")
     add_node(g, "call", "PartitionedCall", ["k2", "^decoy"]).attr["f"].func.name = "f"
     node_named(g, "dense_1/MatMul").input[1] = "call"
-    model = jaxmir.load(write(tmp_path, "control_input_of_a_call", g))
-    x = np.random.default_rng(6).standard_normal((5, HEAD_IN)).astype(np.float32)
-    got = np.asarray(model.apply(x, ["model/Softmax"])["model/Softmax"])
-    np.testing.assert_allclose(got, head_reference(weights, x), rtol=0, atol=1e-6)
+    assert_head_as_its_reference(tmp_path, "control_input_of_a_call", g, weights, seed=6)
 
 
 def _swap_first_inputs(name: str):
