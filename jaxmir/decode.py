@@ -533,8 +533,10 @@ def decode_file(path: str | os.PathLike, mode: str = "essentia",
       DamagedAudioWarning: undecodable packets were skipped, or the file is
         shorter than its header declares (``status`` says which).
     """
-    with iter_blocks(path, 1 << 20, mode, strict) as blocks:
+    with iter_blocks(path, 1 << 20, mode, strict, warn=False) as blocks:
         parts = list(blocks)
+    if blocks.problem is not None:  # at the caller's line, not at list()'s above
+        warnings.warn(blocks.problem, DamagedAudioWarning, stacklevel=2)
     samples = np.concatenate(parts) if parts else np.zeros((0, blocks.channels), np.float32)
     return DecodedAudio(samples, blocks.sample_rate, blocks.declared_frames, blocks.status,
                         blocks.problem)

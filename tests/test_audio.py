@@ -406,6 +406,14 @@ def test_bad_arrays(audio, match):
         prepare_audio(audio, 16000)
 
 
+def test_two_samples_in_a_list_are_samples_not_a_pair():
+    """Only an array and a scalar, librosa.load's ``(y, sr)``, is refused as a pair: two scalars
+    are two samples (a stream's short chunk), at the same rate given back as they are."""
+    for samples in ([0.25, -0.5], (0.25, -0.5)):
+        np.testing.assert_array_equal(prepare_audio(samples, 16000), np.float32(samples))
+        np.testing.assert_array_equal(MonoInput(16000)(samples), np.float32(samples))
+
+
 def test_errors_are_value_errors():
     assert issubclass(AudioError, InputError) and issubclass(AudioError, ValueError)
 

@@ -963,7 +963,12 @@ def test_mp3_damaged_in_the_middle(files):
     with pytest.warns(DamagedAudioWarning, match="damaged audio: .* undecodable packet") as caught:
         decoded = decode_file(path)
     assert str(path) in str(caught[0].message)
+    assert caught[0].filename == __file__  # the caller's line: it was decode_file's, in jaxmir
     assert decoded.status == "damaged" and decoded.declared_frames == 20 * 44100
+    with pytest.warns(DamagedAudioWarning) as caught:
+        for _ in iter_blocks(path, 1 << 20):  # the line that asked for the block after the last
+            pass
+    assert caught[0].filename == __file__
     # 20000 bytes of 128 kbit/s are 1.25 s: that much is lost, the rest decoded
     lost = (decoded.declared_frames - decoded.samples.shape[0]) / 44100
     assert 1.0 < lost < 1.6

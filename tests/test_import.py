@@ -15,7 +15,7 @@ import pytest
 
 import jaxmir
 from conftest import ROOT, assert_parity, child_env, require, run_tf, shared_fixture
-from jaxmir.errors import GraphError, InputError, UnsupportedGraphError
+from jaxmir.errors import GraphError, InputError, JaxmirWarning, UnsupportedGraphError
 from jaxmir.spec import Activation, BatchNorm, Dense
 from jaxmir.tfgraph.graphdef import DT_BOOL, Graph
 from test_hostile_graphs import add_const
@@ -472,6 +472,29 @@ def test_a_head_finds_the_graph_its_metadata_names_beside_it(tmp_path, patches_1
     assert backbone_of(jaxmir.load(head)) == str(backbone)
     head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": entry}}))
     assert backbone_of(jaxmir.load(head)) == str(backbone.with_suffix(".npz"))  # no digest
+    # a digest of neither file (the backbone retrained since): found as one file beside it is,
+    # and its other bytes said when they run, not taken for a backbone that is missing
+    head.with_suffix(".json").write_text(json.dumps({"inference": {"embedding_model": {
+        **entry, "sha256": "0" * 64}}}))
+    assert backbone_of(jaxmir.load(head)) == str(backbone.with_suffix(".npz"))
+    with pytest.warns(JaxmirWarning, match="trained on a backbone file of other bytes"):
+        jaxmir.load(head, backbone=backbone_of(jaxmir.load(head)))
+
+
+def test_empty_names_in_a_head_s_metadata_name_no_backbone_and_no_output(tmp_path, patches_187):
+    """An empty ``model_name`` or ``output`` (a JSON edited by hand) names nothing: the head runs
+    on the backbone given, on its default embeddings, without a warning of another backbone."""
+    head = tmp_path / "head.pb"
+    head.write_bytes(shared_fixture("essentia-models/emomusic-msd-musicnn-1.pb").read_bytes())
+    head.with_suffix(".json").write_text(json.dumps(
+        {"inference": {"embedding_model": {"model_name": "", "output": ""}}}))
+    backbone = jaxmir.load(shared_fixture(DORTMUND))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JaxmirWarning)
+        chained = jaxmir.load(head, backbone=backbone)
+    embeddings = backbone.apply(patches_187[:2], ["model/dense/BiasAdd"])["model/dense/BiasAdd"]
+    np.testing.assert_allclose(chained.apply(patches_187[:2])["predictions"],
+                               jaxmir.load(head).apply(embeddings)["predictions"], atol=1e-5)
 
 
 def test_a_head_whose_backbone_is_missing_says_which_and_info_names_it(tmp_path, capsys):

@@ -338,6 +338,21 @@ def test_pcm_that_opens_like_one_frame_header_is_pcm():
         assert (encoded_format(lambda n: chained[:n]) is None) == (index > 12), index
 
 
+def test_pcm_that_opens_like_free_bitrate_frame_headers_is_pcm():
+    """A square wave whose bytes (FF FB 00 00) read as MPEG-1 layer III headers of the free
+    bitrate (index 0), whose length no header gives: FFmpeg's probe takes them for no format.
+    Sized 0 bytes, each header chained to itself, they were called an MP3 file."""
+    import av
+
+    from jaxmir.pcm import encoded_format, mpeg_frame_bytes
+
+    square = np.tile(np.array([-1025, 0], "<i2"), 20000).tobytes()
+    with pytest.raises(av.error.InvalidDataError):
+        av.open(io.BytesIO(square)).close()
+    assert mpeg_frame_bytes(square[:4]) is None
+    assert encoded_format(lambda n: square[:n]) is None
+
+
 def test_a_wav_stream_is_not_scanned_for_frames_joined_mid_way():
     """Its header says what follows: the scan would wait for 16 KB before the header was read
     (a second of an 8-kHz mono stream), and look for frames in samples it need not guess."""
