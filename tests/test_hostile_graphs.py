@@ -1325,6 +1325,28 @@ def test_a_matmul_of_a_transposed_kernel_is_read_as_tensorflow_multiplies(tmp_pa
     assert_head_as_its_reference(tmp_path, "transposed", g, weights, seed=3)
 
 
+def test_a_float_input_with_a_default_is_the_input_as_tensorflow_feeds_it(tmp_path):
+    """The head's input as a PlaceholderWithDefault (a zero row by default), as
+    ``tf.compat.v1.placeholder_with_default`` writes it: it is the graph's input, fed as
+    TensorFlow feeds it (1e-6 on float32 probabilities, as the head tests above), not refused as
+    a graph of no float input."""
+    weights = head_weights(5)
+    g = head_graph(weights)
+    add_const(g, "model/default", np.zeros((1, HEAD_IN), np.float32))
+    x = node_named(g, "model/Placeholder")
+    x.op = "PlaceholderWithDefault"
+    x.input.append("model/default")
+    for node in g.node:  # TensorFlow runs only nodes that name their type
+        if node.op not in ("Const", "PlaceholderWithDefault"):
+            set_type(node, "T", DT_FLOAT)
+    path = write(tmp_path, "input_with_default", g)
+    patches = np.random.default_rng(5).standard_normal((4, HEAD_IN)).astype(np.float32)
+    reference, = run_tf(path, {"model/Placeholder:0": patches}, ["model/Softmax:0"])
+    np.testing.assert_allclose(reference, head_reference(weights, patches), rtol=0, atol=1e-6)
+    found = np.asarray(jaxmir.load(path).apply(patches, ["model/Softmax"])["model/Softmax"])
+    np.testing.assert_allclose(found, reference, rtol=0, atol=1e-6)
+
+
 def test_a_cond_whose_training_branch_is_its_switch_s_output_reads_one_layer(tmp_path):
     """``cond(training, lambda: x, lambda: relu(x))`` with one Switch for both branches (as a
     graph optimiser leaves two identical ones): the Merge reads the Switch's true output, which

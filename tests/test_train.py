@@ -424,7 +424,8 @@ def test_parquet_list_label_column_is_multilabel(tmp_path, audio_set):
     pa, pq = require("pyarrow"), require("pyarrow.parquet")
     files = sorted(str(p) for p in audio_set.rglob("*.wav"))
     table = tmp_path / "lists.parquet"
-    labels = [["tone"]] * 4 + [["noise", "x"]] * 2 + [["x; y", None, ""]] * 2  # items kept whole
+    # items kept whole (not split at ';'), and stripped as a CSV's labels are: " x" is "x"
+    labels = [["tone"]] * 4 + [["noise ", " x"]] * 2 + [["x; y", None, " "]] * 2
     pq.write_table(pa.table({"path": files, "label": labels}), table)
     ds = data.load_dataset(table)
     assert ds.task == "multi" and ds.classes == ("noise", "tone", "x", "x; y")
@@ -476,11 +477,12 @@ def test_audio_beside_the_class_folders_is_named_as_left_out(tmp_path, audio_set
     root = tmp_path / "data"
     shutil.copytree(audio_set, root)
     shutil.copy(next(root.rglob("*.wav")), root / "stray.wav")
+    shutil.copy(next(root.rglob("*.wav")), root / "take2.WAV")  # read as the folders' files
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = data.load_dataset(root)
     assert len(ds) == 8 and [str(w.message) for w in caught] == [
-        f"{root}: 1 audio file(s) beside the class folders, in none of them, left out (e.g. "
+        f"{root}: 2 audio file(s) beside the class folders, in none of them, left out (e.g. "
         "'stray.wav'); move each into its class's folder"]
 
 

@@ -9,6 +9,7 @@ import pytest
 import jaxmir
 from conftest import assert_parity, require, run_tf, shared_fixture
 from jaxmir.models.vgg import vggish_blocks
+from jaxmir.tfgraph.graphdef import GraphDefProto
 
 PROBABILITIES = ("model/Sigmoid", "model/Softmax")
 
@@ -102,6 +103,27 @@ def test_essentia_small_vggish_fixture(cpu):
     for name, node in (("fc2", "model/vggish/fc2/Relu"), ("fc1_2", "model/vggish/fc1/fc1_2/Relu"),
                        ("conv1", "model/vggish/conv1/Relu")):
         assert model.resolve_output(name)[0] == model.resolve_output(node)[0], name
+
+
+def test_fc2_read_by_a_dense_layer_without_a_relu_between_is_named_at_fc2(tmp_path):
+    """The small Essentia VGGish with fc2's ReLU taken out (VGGish's current release has none),
+    its classifier's dense layer reading fc2 directly: fc2 (and the embeddings, no node being
+    named so) are fc2's own output, as TensorFlow computes it, not the dense layer after it
+    (only an activation is taken as part of its layer)."""
+    graph_def = GraphDefProto.FromString(
+        shared_fixture("essentia-models/small_vggish_init.pb").read_bytes())
+    relu = next(node for node in graph_def.node if node.name == "model/vggish/fc2/Relu")
+    graph_def.node.remove(relu)
+    classifier = next(node for node in graph_def.node
+                      if node.name == "model/fully_connected/MatMul")
+    classifier.input[0] = "model/vggish/fc2/BiasAdd"
+    path = write(graph_def, tmp_path / "fc2_without_relu.pb")
+    model = jaxmir.load(path)
+    x = patches(3)
+    reference, = run_tf(path, {model.spec.input_name: x}, ["model/vggish/fc2/BiasAdd"])
+    ours = model.apply(x, ["fc2", "embeddings"])
+    for name in ("fc2", "embeddings"):
+        assert_parity(name, reference, ours[name])
 
 
 def test_essentia_vgg4_fixture_behind_cond(cpu):
