@@ -955,6 +955,23 @@ def test_embed(capsys, wavs, tmp_path, musicnn):
     assert np.load(out_dir / rows[0]["npy"]).shape == (3, 200)
 
 
+def test_embed_average_prints_the_shape_of_the_mean_it_writes(capsys, wavs, tmp_path, musicnn):
+    """``embed --average`` into a folder writes each file's mean over patches; its ``-> FILE
+    [SHAPE]`` line gives that array's shape, not the patches' it was taken over."""
+    out_dir = tmp_path / "means"
+    status, out, err = run(capsys, "embed", str(wavs["mono_22k"]), "-o", str(out_dir),
+                           "--average", "--patch-hop", "40", "--jobs", "0")
+    assert status == 0, err
+    (line,) = out.splitlines()
+    where = line.split(" -> ")[1].rsplit(" [", 1)[0]
+    mean = np.load(where)
+    assert line.endswith(f" {list(mean.shape)}"), line
+    audio, rate = jaxmir.load_audio(wavs["mono_22k"]), 16000
+    patches = musicnn.predict(audio, rate, output="model/dense/BiasAdd", patch_hop=40)
+    assert patches.shape[0] > 1  # a mean over several patches: the two shapes differ
+    np.testing.assert_allclose(mean, patches.mean(axis=0), atol=1e-5)
+
+
 def test_embed_unknown_layer(capsys, wavs, tmp_path):
     status, _, err = run(capsys, "embed", str(wavs["PCM_16"]), "-o", str(tmp_path), "--layer",
                          "nope")

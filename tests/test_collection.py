@@ -634,6 +634,11 @@ def test_collect_names_a_shipped_model_as_the_command_line_does(music, model, tm
     assert json.loads(heads.read_text())["model"] == "emomusic-msd-musicnn-1.pb+msd-musicnn"
     assert collect(composed, path, str(heads), name=head, backbone="msd-musicnn", jobs=0,
                    progress=False).skipped == 1
+    # backbone= without name= is recorded over the backbone the head's metadata names
+    renamed = tmp_path / "renamed.jsonl"
+    assert collect(composed, path, str(renamed), backbone="my-backbone", jobs=0,
+                   progress=False).ok == 1
+    assert json.loads(renamed.read_text())["model"] == "emomusic-msd-musicnn-1.pb+my-backbone"
     for jobs in (-1, 1.5, True):  # -1 ran, where the command line refuses --jobs -1
         with pytest.raises(InputError, match=rf"jobs={jobs!r}: expected a whole number >= 0"):
             collect(model, path, str(tmp_path / "other.jsonl"), jobs=jobs, progress=False)
@@ -2615,6 +2620,29 @@ def test_a_damaged_file_whose_outputs_are_not_finite_keeps_its_damage_in_its_err
                             "predictions")
     assert row.values is None and row.error.startswith(f"{path}: the model's predictions hold NaN")
     assert row.error.endswith(" (truncated audio)"), row.error
+
+
+def test_a_file_failing_midway_has_the_same_duration_streamed_or_decoded(model, tmp_path):
+    """A file whose samples turn NaN in its third decoding block fails with the duration a
+    decoding worker's row gives (jobs=1) when it streams (jobs=0): not the seconds the stream
+    had taken in before the bad block."""
+    import soundfile
+
+    from jaxmir.audio import BLOCK_FRAMES
+
+    rate = 22050
+    audio = 0.3 * np.sin(2 * np.pi * 440 * np.arange(30 * rate) / rate)
+    audio[2 * BLOCK_FRAMES + rate:][:10] = np.nan  # two whole blocks (~24 s) stream before it
+    path = tmp_path / "nan.wav"
+    soundfile.write(path, audio.astype(np.float32), rate, subtype="FLOAT")
+    rows = {}
+    for jobs in (0, 1):
+        out = tmp_path / f"tags-{jobs}.jsonl"
+        assert collect(model, [str(path)], str(out), jobs=jobs, progress=False).failed == 1
+        rows[jobs] = json.loads(out.read_text())
+    assert rows[0]["status"] == rows[1]["status"] == "error" and "NaN" in rows[0]["error"]
+    assert rows[0]["error"] == rows[1]["error"]
+    assert rows[0]["duration_s"] == rows[1]["duration_s"], rows
 
 
 def test_decoding_threads_by_default_and_processes_on_request(model, tmp_path, monkeypatch):

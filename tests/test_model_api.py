@@ -1152,6 +1152,11 @@ def test_with_labels_refuses_text_as_load_does(musicnn):
     for refused in (names[:50], [1] * 50, set(names.split()), np.array("rock")):
         with pytest.raises(InputError, match="expected a list of class names"):
             musicnn.with_labels(refused)
+    width = musicnn.output_width()
+    for count in (width - 1, width + 1):  # a name short or over: refused, as load(labels=) does
+        miscounted = [f"tag{i}" for i in range(count)]
+        with pytest.raises(InputError, match=f"{count} labels given for a model with {width} "):
+            musicnn.with_labels(miscounted)
     labels = musicnn.with_labels(np.array(list(musicnn.labels))).labels  # NumPy's str_ as str
     assert labels == musicnn.labels and all(type(label) is str for label in labels)
     import enum
