@@ -310,10 +310,7 @@ class InferencePath:
         jaxmir runs every layer in float32, TensorFlow a ``half`` one in float16.
         :class:`GraphError` where it has no ``T``: the ops read here (Conv2D, MatMul, BiasAdd,
         Add) have no default one in TensorFlow, which does not load such a graph."""
-        kind = self.graph.attr(node, "T")
-        if kind is None:
-            raise GraphError(f"{self.graph.source}: node '{node.name}' ({node.op}) has no "
-                             "attribute 'T'")
+        kind = self.graph.typed_attr(node, "T", int)  # a dtype's enum (checked at parse time)
         if kind != DT_FLOAT:
             raise self.unsupported(f"'{node.name}' ({node.op}) computes in "
                                    f"{DTYPE_NAMES.get(kind, f'dtype {kind}')}; jaxmir reads "
@@ -341,9 +338,10 @@ class InferencePath:
             # strip_default_attrs has none where it is True) is True: batch statistics
             if g.typed_attr(node, "is_training", bool, True):
                 held = ", ".join(f"'{name}'" for name in sorted(g.true_predicates))
-                why = f" (the graph holds its cond predicate {held} True)" if held else ""
                 if "is_training" not in node.attr:
                     why = " (it has no is_training attribute: TensorFlow's default is True)"
+                else:
+                    why = f" (the graph holds its cond predicate {held} True)" if held else ""
                 raise self.unsupported(f"batch norm '{node.name}' computes batch statistics "
                                        f"(is_training=True) on the path the graph runs{why}; "
                                        "freeze it with the training flag False")
