@@ -390,13 +390,13 @@ def test_one_shot_calls_side_by_side_equal_a_stream(music, rate):
     """A one-shot conversion longer than one call of the matrix-product kernel runs its calls
     on all cores (threads); a stream runs them one after another: the same outputs bit for bit."""
     from jaxmir import resample as rs
-    from jaxmir.resample import positions, products
+    from jaxmir.resample import lanes, positions, products
 
     x = np.tile(_at(music, rate), 4)                 # 12 s: several calls of ~4 s of output
     plan = positions.plan_of(rate, 16000, "sinc_medium")
     shape = products.matmul_shape(plan)
     assert x.shape[0] * plan.ratio > 2 * shape.groups * shape.rows * plan.period
-    assert products._pool() is not None or len(os.sched_getaffinity(0)) == 1
+    assert lanes.lanes() is not None or len(os.sched_getaffinity(0)) == 1
     one_shot = rs.resample(x, rate, 16000)
     stream = rs.SincResampler(rate, 16000)
     streamed = np.concatenate([stream.push(x[i:i + rate]) for i in range(0, x.shape[0], rate)]
@@ -405,6 +405,102 @@ def test_one_shot_calls_side_by_side_equal_a_stream(music, rate):
     samplerate = require("samplerate")
     reference = samplerate.resample(x, rs.essentia_ratio(rate, 16000), "sinc_medium")
     assert np.max(np.abs(one_shot - reference)) <= TOL
+
+
+def _record_kernel_calls(monkeypatch) -> list:
+    """Each matrix-product kernel call's thread name, thread cores and phase-table device."""
+    import threading
+
+    from jaxmir.resample import products
+
+    seen, kernel = [], products._matmul_kernel
+
+    def recorded(*args, **kwargs):
+        seen.append((threading.current_thread().name, os.sched_getaffinity(0),
+                     set(args[4].devices())))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(products, "_matmul_kernel", recorded)
+    return seen
+
+
+def _twelve_seconds_both_ways(music):
+    """12 s at 44.1 kHz through the matrix-product kernel: side by side (``parallel``), then
+    in the calling thread on the default device."""
+    from jaxmir.resample import positions, products
+
+    x = np.tile(_at(music, 44100), 4)
+    plan = positions.plan_of(44100, 16000, "sinc_medium")
+    shape = products.matmul_shape(plan)
+    count = products.matmul_count(plan, x.shape[0])
+    return (products.matmul_outputs(plan, shape, x, count, parallel=True),
+            products.matmul_outputs(plan, shape, x, count))
+
+
+def _lane_threads(seen) -> dict:
+    """The recorded calls made in lane threads: name -> (cores held, devices called)."""
+    return {name: (frozenset(cores), frozenset(devices)) for name, cores, devices in seen
+            if name.startswith("jaxmir-resample")}
+
+
+def test_one_shot_calls_run_in_lanes_each_on_its_core_and_client(music, monkeypatch):
+    """On two or more cores a one-shot conversion's calls run in lanes: threads each held to a
+    core of its own and calling a CPU device of a client of its own (the default client's one
+    intra-op pool would split every operation across all cores); the calling thread's cores are
+    untouched, and the outputs equal one thread's on the default device bit for bit. One core
+    makes no lanes."""
+    import jax
+
+    from jaxmir.resample import lanes
+
+    cores = os.sched_getaffinity(0)
+    made = lanes.lanes()
+    if len(cores) == 1:
+        assert made is None
+        return
+    assert made.count == min(len(cores), lanes.MAX_LANES)
+    seen = _record_kernel_calls(monkeypatch)
+    side_by_side, one_thread = _twelve_seconds_both_ways(music)
+    np.testing.assert_array_equal(side_by_side, one_thread)
+    threads = _lane_threads(seen)
+    held = [next(iter(cores_held)) for cores_held, _ in threads.values()]
+    assert len(threads) >= 2 and all(len(c) == 1 for c, _ in threads.values())
+    assert len(set(held)) == len(held) and set(held) <= cores
+    clients = [next(iter(devices)).client for _, devices in threads.values()]
+    assert all(len(devices) == 1 for _, devices in threads.values())
+    assert len(set(clients)) == len(clients) and jax.devices()[0].client not in clients
+    assert all(devices == {jax.devices()[0]} for name, _, devices in seen
+               if not name.startswith("jaxmir-resample"))
+    assert os.sched_getaffinity(0) == cores
+
+
+def test_lanes_without_clients_of_their_own_call_the_default_device(music, monkeypatch):
+    """Where jaxlib cannot make a client per lane, the lanes (still each on its core) call the
+    default device: the same outputs."""
+    import jax
+    from jaxlib import xla_client
+
+    from jaxmir.resample import lanes
+
+    def refused(**options):
+        raise RuntimeError("no such client here")
+
+    monkeypatch.setattr(xla_client, "make_cpu_client", refused)
+    lanes.lanes.cache_clear()
+    try:
+        made = lanes.lanes()
+        if len(os.sched_getaffinity(0)) == 1:
+            assert made is None
+            return
+        seen = _record_kernel_calls(monkeypatch)
+        side_by_side, one_thread = _twelve_seconds_both_ways(music)
+        np.testing.assert_array_equal(side_by_side, one_thread)
+        threads = _lane_threads(seen)
+        assert len(threads) >= 2 and all(len(c) == 1 for c, _ in threads.values())
+        assert all(devices == {jax.devices()[0]} for _, _, devices in seen)
+        made.threads.shutdown()
+    finally:
+        lanes.lanes.cache_clear()  # the next conversion makes lanes with clients again
 
 
 def test_gradient_is_the_transpose():
@@ -611,6 +707,29 @@ def test_bad_input():
             SincResampler(44100, 16000, min_outputs=steps)
     SincResampler(44100, 16000, min_outputs=MAX_MIN_OUTPUTS)   # the bound itself is taken
     assert resample(x, 1, 256, "sinc_fastest").shape[0] > 0   # extreme but valid rates work
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_non_finite_samples_are_counted_and_loud_finite_ones_pass(dtype):
+    """Each NaN or infinity is refused and counted wherever it sits, in every float dtype; finite
+    samples whose squares overflow (the sum of squares screens the samples first) still pass."""
+    import warnings
+
+    from jaxmir.resample import resample
+
+    for bad in ([np.nan], [np.inf], [-np.inf], [np.inf, -np.inf], [np.nan, np.inf, np.nan]):
+        for at in (0, 4_000, 9_999):
+            x = np.zeros(10_000, dtype)
+            x[at:at + len(bad)] = bad[:10_000 - at]
+            with pytest.raises(AudioError, match=f"^audio contains {min(len(bad), 10_000 - at)} "
+                                                 "NaN or infinite"):
+                resample(x, 44100, 16000)
+    if dtype == np.float32:                          # float64's overflowing squares are refused
+        loud = np.zeros(10_000, dtype)               # as beyond float32's range
+        loud[5_000] = 1e20                           # its square: inf in float32
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")           # NumPy's overflow warning is not the user's
+            assert np.isfinite(resample(loud, 32000, 16000)).all()
 
 
 def test_resample_jax_checks_the_kind_of_its_input():

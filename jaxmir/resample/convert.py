@@ -39,9 +39,7 @@ def _check_kind(x):
 
 def _check_signal(x) -> np.ndarray:
     x = np.asarray(_check_kind(x))
-    # one pass over finite samples (the count only for the message): 207 s at 44.1 kHz took
-    # 3.1 ms with the count and a second pass after the cast, 1.4 without (Zen 5)
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+    if np.issubdtype(x.dtype, np.floating) and not _all_finite(x):
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise AudioError(f"audio contains {bad} NaN or infinite sample(s); expected finite samples")
     if x.dtype != np.float32:
@@ -51,6 +49,18 @@ def _check_signal(x) -> np.ndarray:
             raise AudioError("audio holds samples beyond float32's range (~3.4e38); expected "
                              "samples in about [-1, 1]")
     return x
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """Whether every sample of ``x`` (floating ``[n]``) is finite. ``x . x`` is finite only if
+    every sample is (its terms are never negative: no infinity cancels), so the per-sample test
+    runs only where it is not (or for float16, which BLAS does not take). 207 s at 44.1 kHz:
+    0.7 ms; 1.4 with the per-sample test alone (Zen 5)."""
+    if x.dtype in (np.float32, np.float64):
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is an answer here
+            if np.isfinite(np.dot(x, x)):
+                return True
+    return bool(np.isfinite(x).all())
 
 
 def _one_shot(plan: Plan, x, table: tuple[jax.Array, jax.Array]):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import jax
@@ -14,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.promotion import standard_promotion
+from jaxmir.resample.lanes import lane_device, lanes
 from jaxmir.resample.positions import (FRAC_MASK, MAX_PERIOD, ONE, SHIFT, UNIT, Plan, end_test,
                                        first_true, output_count, plan_of, split_step, walk)
 from jaxmir.resample.table import coefficients, table_slopes
@@ -98,9 +97,9 @@ def accelerated(in_rate: int, out_rate: int, quality: str = "sinc_medium") -> bo
 
     It does where downsampling to 16 kHz has a short exact period, with ``sinc_medium``,
     Essentia's filter: 22.05, 24, 32, 44.1, 48, 88.2, 96, 176.4 and 192 kHz, and others such as
-    17, 20, 50 or 384 kHz (not 44.056 or 47.999 kHz), where it runs 3-13x faster than libsamplerate
-    (2-core EPYC; 22.05 kHz, whose positions come from the host, 3x); the per-output kernels
-    elsewhere are about as fast as libsamplerate.
+    17, 20, 50 or 384 kHz (not 44.056 or 47.999 kHz), where it runs 21-25x faster than
+    libsamplerate on a 2-core Zen 5 EPYC (32, 44.1, 48, 96 kHz; 22.05 kHz, whose positions come
+    from the host, 5.7x); the per-output kernels elsewhere are about as fast as libsamplerate.
     """
     return matmul_shape(plan_of(in_rate, out_rate, quality)) is not None
 
@@ -110,8 +109,17 @@ def _margin(plan: Plan, shape: _Matmul) -> int:
     return shape.span - (2 * plan.taps + 3)
 
 
+@functools.lru_cache(maxsize=16)
+def _phase_table(plan: Plan, shape: _Matmul,
+                 device: jax.Device | None = None) -> tuple[jax.Array, jax.Array]:
+    """:func:`_host_phase_table` on ``device`` (the default device if ``None``): on the CPU,
+    the same memory for every device, the host arrays being aligned as XLA's buffers are."""
+    # device_put: a transfer; jnp.asarray would compile a program
+    return tuple(jax.device_put(part, device) for part in _host_phase_table(plan, shape))
+
+
 @functools.lru_cache(maxsize=4)
-def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
+def _host_phase_table(plan: Plan, shape: _Matmul) -> tuple[np.ndarray, np.ndarray]:
     """h and h' (float32) at anchor phases ``0, _GRID, ...``, ``[anchors, width + 2 * margin]``
     each, ``width = 2 * taps + 3`` taps between ``margin = span - width`` zeros on either side
     (:func:`_margin`).
@@ -142,16 +150,24 @@ def _phase_table(plan: Plan, shape: _Matmul) -> tuple[jax.Array, jax.Array]:
     entry = np.minimum(distance >> SHIFT, table.shape[0] - 1)
     outside = distance > plan.max_index
     step = slope[entry]
-    value = np.zeros((n_anchors, width + 2 * margin), np.float32)
+    value = _aligned_zeros((n_anchors, width + 2 * margin))
     inside = table[entry] + (distance & (ONE - 1)) * (1.0 / ONE) * step
     inside[outside] = 0.0
     value[:, margin:margin + width] = inside
-    rise = np.zeros((n_anchors, width + 2 * margin), np.float32)
+    rise = _aligned_zeros((n_anchors, width + 2 * margin))
     step *= -np.sign(d) * (1.0 / ONE)
     step[outside] = 0.0
     rise[:, margin:margin + width] = step
-    # device_put: a transfer; jnp.asarray would compile a program
-    return jax.device_put(value), jax.device_put(rise)
+    value.flags.writeable = rise.flags.writeable = False  # shared with the devices
+    return value, rise
+
+
+def _aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 zeros starting on a 64-byte boundary, which XLA:CPU takes without a copy."""
+    size = math.prod(shape)
+    raw = np.zeros(size + 16, np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip:skip + size].reshape(shape)
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "shape"))
@@ -268,14 +284,13 @@ def matmul_outputs(plan: Plan, shape: _Matmul, x: np.ndarray, count: int,
     boundary), ``x[0]`` being the signal's input sample ``x_origin``: a stream's window.
     Calls of ``shape.groups`` groups, each on its stretch of ``x`` (zeros beyond its ends), all
     of one shape: one compiled program per plan, whatever the length; ``parallel``: on all
-    cores (:func:`_pool`).
+    cores (:func:`~jaxmir.resample.lanes.lanes`).
     """
     size = shape.rows * plan.period
     per_call = shape.groups * size
     front = plan.taps + 2
     length = front + math.ceil(per_call * plan.step) + (shape.lines + 2) * plan.advance \
         + shape.span + plan.taps + 2
-    values, rises = _phase_table(plan, shape)  # outside float64 mode: it runs the other kernels
     calls = []  # (first input sample, first output's fraction, groups computed, positions)
     for first in range(0, count, per_call):
         groups = -(-min(per_call, count - first) // size)
@@ -290,10 +305,13 @@ def matmul_outputs(plan: Plan, shape: _Matmul, x: np.ndarray, count: int,
         calls.append((at - front, first_units, groups, given))
 
     def run(some):
-        """The outputs of consecutive calls and whether all kept to the bounds. Each call's
-        stretch of ``x`` is cut in the thread that runs it, and its outputs taken before the
-        next call starts: launching all 54 calls of 207 s at 44.1 kHz first (their stretches,
-        ~0.7 MB each, all alive) took 76-78 ms on one core of a Zen 5, this 66-69."""
+        """The outputs of consecutive calls and whether all kept to the bounds, on the calling
+        lane's device (:func:`~jaxmir.resample.lanes.lane_device`). Each call's stretch of ``x``
+        is cut in the thread that runs it, and its outputs taken before the next call starts:
+        launching all 54 calls of 207 s at 44.1 kHz first (their stretches, ~0.7 MB each, all
+        alive) took 76-78 ms on one core of a Zen 5, this 66-69."""
+        # outside float64 mode: the table's build runs the other kernels
+        values, rises = _phase_table(plan, shape, lane_device())
         outs, fits = [], True
         for lo, first_units, groups, given in some:
             with jax.enable_x64(True):
@@ -304,30 +322,19 @@ def matmul_outputs(plan: Plan, shape: _Matmul, x: np.ndarray, count: int,
             fits = fits and bool(ok)
         return outs, fits
 
-    pool = _pool() if parallel and len(calls) > 1 else None
-    if pool is not None:
-        # one run of consecutive calls per core: with each call a task of its own (and the
+    side_by_side = lanes() if parallel and len(calls) > 1 else None
+    if side_by_side is not None:
+        # one run of consecutive calls per lane: with each call a task of its own (and the
         # stretches cut, the calls launched, beforehand; h in float64) 207 s at 44.1 kHz took
-        # 56-61 ms on two cores of a Zen 5, this 49-57
-        share = -(-len(calls) // len(os.sched_getaffinity(0)))
-        done = list(pool.map(run, [calls[i:i + share] for i in range(0, len(calls), share)]))
+        # 56-61 ms on two cores of a Zen 5, this 49-57 (both on the default device)
+        share = -(-len(calls) // side_by_side.count)
+        done = list(side_by_side.threads.map(
+            run, [calls[i:i + share] for i in range(0, len(calls), share)]))
     else:
         done = [run(calls)]
     if not all(ok for _, ok in done):
         return None
     return np.concatenate([out for outs, _ in done for out in outs])[:count]
-
-
-@functools.lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor | None:
-    """Threads that run a one-shot conversion's calls side by side, one per core this process
-    may use (``None`` on one core): each call's loop over its groups runs on one core, its
-    products being too small for XLA to split."""
-    cores = len(os.sched_getaffinity(0))
-    return ThreadPoolExecutor(cores, thread_name_prefix="jaxmir-resample") if cores > 1 else None
-
-
-os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of the threads
 
 
 def whole_groups(shape: _Matmul, plan: Plan, count: int) -> int:
@@ -338,8 +345,9 @@ def whole_groups(shape: _Matmul, plan: Plan, count: int) -> int:
 
 
 def _stretch(x: np.ndarray, lo: int, length: int) -> np.ndarray:
-    """``x[lo:lo + length]`` (float32), zeros where that reaches beyond ``x``."""
-    out = np.zeros(length, np.float32)
+    """``x[lo:lo + length]`` (float32), zeros where that reaches beyond ``x``; aligned, so that
+    a call takes it without a copy (207 s at 44.1 kHz: 35-37 ms -> 34-36, Zen 5)."""
+    out = _aligned_zeros((length,))
     a, b = max(lo, 0), min(lo + length, x.shape[0])
     if b > a:
         out[a - lo:b - lo] = x[a:b]

@@ -1,0 +1,82 @@
+"""Where a one-shot conversion's kernel calls run side by side: lanes, one thread per core, held
+to its core for life, each with a CPU device of its own XLA client whose intra-op pool is a single
+thread.
+
+XLA:CPU runs every program of a client on that client's one intra-op pool and splits each of
+its operations (a gather of 32 phase-table columns, a 64 x 345 x 32 product) across all of the
+pool's threads. Two threads each running the kernel's calls on the default client therefore
+split tens of thousands of ~10-us operations between two contending programs: 207 s at
+44.1 kHz took 43-51 ms of wall and ~85 ms of CPU on the two cores of a Zen 5, where one core
+alone spends 63-67 ms. A client made in a thread held to one core sizes its pool to one
+thread, and a synchronous client runs its programs in the calling thread, so each lane's calls
+run whole on its core: 35-38 ms, as two processes held to one core each would run them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import jax
+
+MAX_LANES = 8  # a client (and a compiled kernel) per lane: more would cost more than it gains
+
+_this_lane = threading.local()  # a lane thread's device
+
+
+class Lanes(NamedTuple):
+    """Threads, each held to its core from its start and calling its own device
+    (:func:`lane_device`)."""
+
+    threads: ThreadPoolExecutor
+    count: int
+
+
+@functools.lru_cache(maxsize=1)
+def lanes() -> Lanes | None:
+    """A lane per core this process may use (at most :data:`MAX_LANES`); ``None`` on one core."""
+    cores = sorted(os.sched_getaffinity(0))[:MAX_LANES]
+    if len(cores) < 2:
+        return None
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for core in cores:
+        free.put(core)
+    threads = ThreadPoolExecutor(len(cores), thread_name_prefix="jaxmir-resample",
+                                 initializer=_enter_lane, initargs=(free,))
+    return Lanes(threads, len(cores))
+
+
+def _enter_lane(free: queue.SimpleQueue[int]) -> None:
+    """A new lane thread: held to the next free core, with its device where the default backend
+    is the CPU (elsewhere, and where the core is no longer the process's, the default device)."""
+    _this_lane.device = None
+    try:
+        os.sched_setaffinity(0, {free.get_nowait()})
+    except OSError:
+        return
+    if jax.default_backend() == "cpu":
+        _this_lane.device = single_core_device()
+
+
+def lane_device() -> jax.Device | None:
+    """The calling lane thread's device; ``None`` (the default device) outside the lanes or where a
+    lane has none of its own."""
+    return getattr(_this_lane, "device", None)
+
+
+def single_core_device() -> jax.Device | None:
+    """The CPU device of a new synchronous XLA client, whose intra-op pool has as many threads as
+    the calling thread has cores (one in a lane); ``None`` where jaxlib cannot make one."""
+    try:
+        from jaxlib import xla_client
+
+        return xla_client.make_cpu_client(asynchronous=False).local_devices()[0]
+    except Exception:  # noqa: BLE001  (a jaxlib without this API: the default device serves)
+        return None
+
+
+os.register_at_fork(after_in_child=lanes.cache_clear)  # a forked child has none of the threads
