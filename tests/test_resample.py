@@ -486,7 +486,7 @@ def test_lanes_without_clients_of_their_own_call_the_default_device(music, monke
         raise RuntimeError("no such client here")
 
     monkeypatch.setattr(xla_client, "make_cpu_client", refused)
-    lanes.lanes.cache_clear()
+    lanes.forget_lanes()
     try:
         made = lanes.lanes()
         if len(os.sched_getaffinity(0)) == 1:
@@ -500,7 +500,56 @@ def test_lanes_without_clients_of_their_own_call_the_default_device(music, monke
         assert all(devices == {jax.devices()[0]} for _, _, devices in seen)
         made.threads.shutdown()
     finally:
-        lanes.lanes.cache_clear()  # the next conversion makes lanes with clients again
+        lanes.forget_lanes()  # the next conversion makes lanes with clients again
+
+
+def test_threads_asking_at_once_share_one_set_of_lanes(monkeypatch):
+    """A collection's decoding threads convert their first files at once: they get the same
+    lanes, not a set of threads and clients each."""
+    import threading
+    import time
+
+    from jaxmir.resample import lanes
+
+    made = []
+
+    class Slow(lanes.ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            time.sleep(0.05)                 # widens the window two makers would share
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(lanes, "ThreadPoolExecutor", Slow)
+    lanes.forget_lanes()
+    try:
+        start, got = threading.Barrier(4), []
+        askers = [threading.Thread(target=lambda: (start.wait(), got.append(lanes.lanes())))
+                  for _ in range(4)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join()
+        assert len(got) == 4 and all(one is got[0] for one in got)
+        assert len(made) == (len(os.sched_getaffinity(0)) > 1)
+    finally:
+        lanes.forget_lanes()
+
+
+def test_a_forked_child_makes_lanes_of_its_own():
+    """A forked child has none of its parent's lane threads: it forgets their lanes."""
+    import warnings
+
+    from jaxmir.resample import lanes
+
+    parents = lanes.lanes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # JAX's: a fork of a threaded process
+        child = os.fork()
+    if child == 0:
+        os._exit(0 if lanes._made == [] else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert lanes.lanes() is parents
 
 
 def test_gradient_is_the_transpose():

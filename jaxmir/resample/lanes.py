@@ -14,7 +14,6 @@ run whole on its core: 35-38 ms, as two processes held to one core each would ru
 
 from __future__ import annotations
 
-import functools
 import os
 import queue
 import threading
@@ -25,9 +24,6 @@ import jax
 
 MAX_LANES = 8  # a client (and a compiled kernel) per lane: more would cost more than it gains
 
-_this_lane = threading.local()  # a lane thread's device
-
-
 class Lanes(NamedTuple):
     """Threads, each held to its core from its start and calling its own device
     (:func:`lane_device`)."""
@@ -36,9 +32,28 @@ class Lanes(NamedTuple):
     count: int
 
 
-@functools.lru_cache(maxsize=1)
+_this_lane = threading.local()  # a lane thread's device
+_made: list[Lanes | None] = []  # the process's lanes, once made
+_making = threading.Lock()
+
+
 def lanes() -> Lanes | None:
-    """A lane per core this process may use (at most :data:`MAX_LANES`); ``None`` on one core."""
+    """The process's lanes, made at the first call: one per core this process may use (at most
+    :data:`MAX_LANES`); ``None`` on one core. Collections' decoding threads ask at once."""
+    with _making:
+        if not _made:
+            _made.append(_new_lanes())
+        return _made[0]
+
+
+def forget_lanes() -> None:
+    """Make new lanes at the next :func:`lanes` (those made stay with whoever holds them)."""
+    global _making
+    _making = threading.Lock()  # a forked child's copy may be held by a thread it does not have
+    _made.clear()
+
+
+def _new_lanes() -> Lanes | None:
     cores = sorted(os.sched_getaffinity(0))[:MAX_LANES]
     if len(cores) < 2:
         return None
@@ -79,4 +94,4 @@ def single_core_device() -> jax.Device | None:
         return None
 
 
-os.register_at_fork(after_in_child=lanes.cache_clear)  # a forked child has none of the threads
+os.register_at_fork(after_in_child=forget_lanes)  # a forked child has none of the threads
