@@ -24,6 +24,7 @@ import jax
 
 MAX_LANES = 8  # a client (and a compiled kernel) per lane: more would cost more than it gains
 
+
 class Lanes(NamedTuple):
     """Threads, each held to its core from its start and calling its own device
     (:func:`lane_device`)."""
