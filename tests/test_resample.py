@@ -54,6 +54,7 @@ def _at(music: np.ndarray, rate: int) -> np.ndarray:
     (11025, 16000, "sinc_medium", 0), (22050, 44100, "sinc_medium", 1),
     (44100, 22050, "sinc_fastest", 1), (48000, 16000, "sinc_fastest", 0),
     (7999, 16000, "sinc_fastest", 0),
+    (17000, 16000, "sinc_medium", 0),   # its anchors reach the phase table's last row
 ])
 def test_parity_with_samplerate(music, rate, target, quality, fewer):
     samplerate = require("samplerate")
@@ -447,8 +448,10 @@ def test_one_shot_calls_run_in_lanes_each_on_its_core_and_client(music, monkeypa
     """On two or more cores a one-shot conversion's calls run in lanes: threads each held to a
     core of its own and calling a CPU device of a client of its own (the default client's one
     intra-op pool would split every operation across all cores); the calling thread's cores are
-    untouched, and the outputs equal one thread's on the default device bit for bit. One core
-    makes no lanes."""
+    untouched, and the outputs equal one thread's on the default device bit for bit (a call
+    without ``parallel`` runs in the calling thread). One core makes no lanes."""
+    import threading
+
     import jax
 
     from jaxmir.resample import lanes
@@ -471,6 +474,9 @@ def test_one_shot_calls_run_in_lanes_each_on_its_core_and_client(music, monkeypa
     assert len(set(clients)) == len(clients) and jax.devices()[0].client not in clients
     assert all(devices == {jax.devices()[0]} for name, _, devices in seen
                if not name.startswith("jaxmir-resample"))
+    names, calling = [name for name, _, _ in seen], threading.current_thread().name
+    assert calling not in names[:len(names) // 2]
+    assert names[len(names) // 2:] == [calling] * (len(names) // 2)   # the call without parallel
     assert os.sched_getaffinity(0) == cores
 
 
@@ -532,6 +538,25 @@ def test_threads_asking_at_once_share_one_set_of_lanes(monkeypatch):
         assert len(got) == 4 and all(one is got[0] for one in got)
         assert len(made) == (len(os.sched_getaffinity(0)) > 1)
     finally:
+        lanes.forget_lanes()
+
+
+def test_lanes_are_one_per_core_up_to_max_lanes_and_none_on_one_core(monkeypatch):
+    """A lane per core the process may use, at most MAX_LANES of them (a client and a compiled
+    kernel each); one core makes none. The threads start at the first call, so none is held to
+    these cores (most of which this machine need not have)."""
+    from jaxmir.resample import lanes
+
+    try:
+        for cores, count in (({3}, None), ({1, 6}, 2), (set(range(40)), lanes.MAX_LANES)):
+            monkeypatch.setattr(lanes.os, "sched_getaffinity", lambda pid, given=cores: given)
+            lanes.forget_lanes()
+            made = lanes.lanes()
+            assert (None if made is None else made.count) == count, cores
+            if made is not None:
+                made.threads.shutdown()
+    finally:
+        monkeypatch.undo()
         lanes.forget_lanes()
 
 
@@ -798,8 +823,9 @@ def test_resample_jax_checks_the_kind_of_its_input():
                 function(np.zeros(100, dtype), 44100, 16000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(AudioError, match="beyond float32's range"):
-            resample(np.full(100, 1e40), 44100, 16000)
+        for beyond in (np.full(100, 1e40), np.where(np.arange(100) == 60, -1e39, 0.25)):
+            with pytest.raises(AudioError, match="beyond float32's range"):  # all, or one
+                resample(beyond, 44100, 16000)
 
 
 def test_common_rates_take_the_polyphase_kernels():
@@ -909,10 +935,15 @@ def test_the_drift_bound_holds_on_either_side_of_the_anchor(rate, larger, monkey
             products._matmul_kernel.clear_cache()
 
 
-def test_one_call_out_of_the_bounds_sends_the_whole_conversion_back(music, monkeypatch):
+@pytest.mark.parametrize("bad, parallel", [(2, False), (1, False), (1, True)])
+def test_one_call_out_of_the_bounds_sends_the_whole_conversion_back(music, monkeypatch, bad,
+                                                                    parallel):
     """A conversion of several kernel calls is used only if every call kept to the bounds:
-    one call out of them (here the second of two, its outputs as the real kernel gives them)
-    makes the whole of it ``None``, for the exact kernels to redo."""
+    one call out of them (the ``bad``-th of two to return, its outputs as the real kernel gives
+    them) makes the whole of it ``None``, for the exact kernels to redo, whether one thread
+    makes the calls or the lanes (``parallel``) share them."""
+    import threading
+
     from jaxmir.resample import positions, products
 
     x = np.tile(music, 2)                             # 6 s: two calls of ~3.8 s of output
@@ -921,15 +952,17 @@ def test_one_call_out_of_the_bounds_sends_the_whole_conversion_back(music, monke
     count = products.matmul_count(plan, x.shape[0])
     assert shape.groups * shape.rows * plan.period < count
     assert products.matmul_outputs(plan, shape, x, count).shape == (count,)
-    kernel, flags = products._matmul_kernel, []
+    kernel, flags, returning = products._matmul_kernel, [], threading.Lock()
 
-    def second_out_of_bounds(*args, **kwargs):
+    def one_out_of_bounds(*args, **kwargs):
         out, fits = kernel(*args, **kwargs)
-        flags.append(bool(fits))
-        return out, fits if len(flags) != 2 else False
+        with returning:
+            flags.append(bool(fits))
+            kth = len(flags)
+        return out, fits if kth != bad else False
 
-    monkeypatch.setattr(products, "_matmul_kernel", second_out_of_bounds)
-    assert products.matmul_outputs(plan, shape, x, count) is None
+    monkeypatch.setattr(products, "_matmul_kernel", one_out_of_bounds)
+    assert products.matmul_outputs(plan, shape, x, count, parallel=parallel) is None
     assert flags == [True, True]                      # the real kernel's calls were in bounds
 
 
@@ -992,6 +1025,15 @@ def test_device_tables_compile_nothing(caplog):
         caplog, lambda: products._phase_table.__wrapped__(plan, products.matmul_shape(plan)))
     assert programs == []
     assert value.dtype == rise.dtype == np.float32
+    if jax.default_backend() == "cpu":
+        # and without a copy (~20 MB a plan, one for all the lanes' devices): the host arrays,
+        # as a call's stretch of samples, are aligned as XLA:CPU's buffers are
+        host = products._host_phase_table(plan, products.matmul_shape(plan))
+        assert [part.unsafe_buffer_pointer() for part in (value, rise)] == [
+            part.ctypes.data for part in host]
+        for length in (1000, 200_000):
+            stretch = products._stretch(np.ones(150_000, np.float32), -7, length)
+            assert jax.device_put(stretch).unsafe_buffer_pointer() == stretch.ctypes.data
     (table, slopes), programs = compiled_programs(
         caplog, lambda: tables._as_device(tables.coefficients("sinc_medium")))
     assert programs == []
