@@ -264,15 +264,17 @@ def test_short_signal_with_pad_and_without(musicnn):
 def test_the_last_patch_rule_at_its_edges(musicnn):
     """Against predict: a signal of exactly one patch's 187 frames gives that patch; pad applies
     to a signal shorter than a patch alone (a longer one gets no padded patch after its regular
-    ones)."""
-    cases = [(186 * 256, {}), (64000, dict(pad="zero")), (64000, dict(pad="repeat"))]
-    for n_samples, options in cases:
+    ones); ``"repeat"`` makes no last patch when no frame is left after the regular ones (374
+    frames, patches 187 apart)."""
+    cases = [(186 * 256, {}, 1), (64000, dict(pad="zero"), 1), (64000, dict(pad="repeat"), 1),
+             (373 * 256, dict(patch_hop=0, last_patch="repeat"), 2)]
+    for n_samples, options, n_patches in cases:
         audio = signal_at(16000, n_samples / 16000, seed=23)
         assert audio.shape[0] == n_samples
         stream = musicnn.stream(16000, **options)
         parts = [stream.push(audio[:7000]), stream.push(audio[7000:]), stream.close()]
         want = musicnn.predict(audio, 16000, **options)
-        assert joined(parts).shape == want.shape == (1, 50), (n_samples, options)
+        assert joined(parts).shape == want.shape == (n_patches, 50), (n_samples, options)
         np.testing.assert_allclose(joined(parts), want, rtol=0, atol=TOL)
 
 
@@ -825,6 +827,10 @@ def test_stream_command_raw_and_wav(musicnn):
     # every value to float32 precision: small ones were rounded to 6 places (1.39e-6 -> 1e-06)
     assert np.min(want) < 1e-4  # rounded to 6 places, up to 1% off
     np.testing.assert_allclose([r["predictions"] for r in records], want, rtol=1e-4, atol=1e-9)
+    # and no digits beyond it: each value is its float32's shortest decimal (the float64 of a
+    # float32 has up to 17 digits: 0.10000000149011612 for 0.1)
+    written = [value for r in records for value in r["predictions"]]
+    assert all(float(str(np.float32(value))) == value for value in written)
     # raw options with a WAV stream were dropped silently; now said (the header wins)
     wav = cli("stream", "--top", "0", "--rate", "16000", "--channels", "1",
               stdin=wav_bytes(audio, rate, unknown_size=True))
