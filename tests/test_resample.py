@@ -409,16 +409,26 @@ def test_one_shot_calls_side_by_side_equal_a_stream(music, rate):
 
 
 def _record_kernel_calls(monkeypatch) -> list:
-    """Each matrix-product kernel call's thread name, thread cores and phase-table device."""
+    """Each matrix-product kernel call's thread name, thread cores and phase-table device. The
+    first calls of two lane threads wait for each other: a lane done with its first run of
+    calls before another lane woke (on a busy or single core) would take the next run too."""
     import threading
 
     from jaxmir.resample import products
 
     seen, kernel = [], products._matmul_kernel
+    met, waiting, lanes_met = threading.Barrier(2, timeout=30), threading.Lock(), set()
 
     def recorded(*args, **kwargs):
-        seen.append((threading.current_thread().name, os.sched_getaffinity(0),
-                     set(args[4].devices())))
+        name = threading.current_thread().name
+        seen.append((name, os.sched_getaffinity(0), set(args[4].devices())))
+        with waiting:
+            meets = name.startswith("jaxmir-resample") and name not in lanes_met \
+                and len(lanes_met) < 2
+            if meets:
+                lanes_met.add(name)
+        if meets:
+            met.wait()
         return kernel(*args, **kwargs)
 
     monkeypatch.setattr(products, "_matmul_kernel", recorded)
@@ -438,6 +448,17 @@ def _twelve_seconds_both_ways(music):
             products.matmul_outputs(plan, shape, x, count))
 
 
+def _lanes_see_cores(monkeypatch, cores) -> None:
+    """Make the lanes module (and it alone: other threads and modules keep the real ``os``)
+    take ``cores`` for the calling thread's; a core listed twice makes two lanes on it."""
+    import types
+
+    from jaxmir.resample import lanes
+
+    monkeypatch.setattr(lanes, "os", types.SimpleNamespace(
+        sched_getaffinity=lambda pid: list(cores), sched_setaffinity=os.sched_setaffinity))
+
+
 def _lane_threads(seen) -> dict:
     """The recorded calls made in lane threads: name -> (cores held, devices called)."""
     return {name: (frozenset(cores), frozenset(devices)) for name, cores, devices in seen
@@ -449,7 +470,8 @@ def test_one_shot_calls_run_in_lanes_each_on_its_core_and_client(music, monkeypa
     core of its own and calling a CPU device of a client of its own (the default client's one
     intra-op pool would split every operation across all cores); the calling thread's cores are
     untouched, and the outputs equal one thread's on the default device bit for bit (a call
-    without ``parallel`` runs in the calling thread). One core makes no lanes."""
+    without ``parallel`` runs in the calling thread). On one core (which makes no lanes) two
+    lanes share it."""
     import threading
 
     import jax
@@ -457,18 +479,26 @@ def test_one_shot_calls_run_in_lanes_each_on_its_core_and_client(music, monkeypa
     from jaxmir.resample import lanes
 
     cores = os.sched_getaffinity(0)
-    made = lanes.lanes()
     if len(cores) == 1:
-        assert made is None
-        return
-    assert made.count == min(len(cores), lanes.MAX_LANES)
-    seen = _record_kernel_calls(monkeypatch)
-    side_by_side, one_thread = _twelve_seconds_both_ways(music)
+        _lanes_see_cores(monkeypatch, 2 * sorted(cores))
+        lanes.forget_lanes()
+    made = None
+    try:
+        made = lanes.lanes()
+        assert made.count == min(len(cores), lanes.MAX_LANES) or len(cores) == 1
+        seen = _record_kernel_calls(monkeypatch)
+        side_by_side, one_thread = _twelve_seconds_both_ways(music)
+    finally:
+        if len(cores) == 1:
+            if made is not None:
+                made.threads.shutdown()
+            lanes.forget_lanes()
     np.testing.assert_array_equal(side_by_side, one_thread)
     threads = _lane_threads(seen)
     held = [next(iter(cores_held)) for cores_held, _ in threads.values()]
     assert len(threads) >= 2 and all(len(c) == 1 for c, _ in threads.values())
-    assert len(set(held)) == len(held) and set(held) <= cores
+    assert len(set(held)) == len(held) or len(cores) == 1
+    assert set(held) <= cores
     clients = [next(iter(devices)).client for _, devices in threads.values()]
     assert all(len(devices) == 1 for _, devices in threads.values())
     assert len(set(clients)) == len(clients) and jax.devices()[0].client not in clients
@@ -480,33 +510,40 @@ def test_one_shot_calls_run_in_lanes_each_on_its_core_and_client(music, monkeypa
     assert os.sched_getaffinity(0) == cores
 
 
-def test_lanes_without_clients_of_their_own_call_the_default_device(music, monkeypatch):
-    """Where jaxlib cannot make a client per lane, the lanes (still each on its core) call the
-    default device: the same outputs."""
+@pytest.mark.parametrize("refusal", ["no client", "no program"])
+def test_lanes_without_clients_of_their_own_call_the_default_device(music, monkeypatch,
+                                                                    refusal):
+    """Where jaxlib cannot make a client per lane, or JAX will not run a program on its device,
+    the lanes (still each on its core) call the default device: the same outputs. Two lanes on
+    one core, so that any machine runs them."""
+    import types
+
     import jax
-    from jaxlib import xla_client
 
     from jaxmir.resample import lanes
 
     def refused(**options):
-        raise RuntimeError("no such client here")
+        if refusal == "no client":
+            raise RuntimeError("no such client here")
+        return types.SimpleNamespace(local_devices=lambda: ["a device JAX does not take"])
 
-    monkeypatch.setattr(xla_client, "make_cpu_client", refused)
+    # lanes' jaxlib alone: JAX's own backend, made at its first use, takes the real one
+    monkeypatch.setattr(lanes, "xla_client", types.SimpleNamespace(make_cpu_client=refused))
+    _lanes_see_cores(monkeypatch, 2 * sorted(os.sched_getaffinity(0))[:1])
     lanes.forget_lanes()
+    made = None
     try:
         made = lanes.lanes()
-        if len(os.sched_getaffinity(0)) == 1:
-            assert made is None
-            return
         seen = _record_kernel_calls(monkeypatch)
         side_by_side, one_thread = _twelve_seconds_both_ways(music)
-        np.testing.assert_array_equal(side_by_side, one_thread)
-        threads = _lane_threads(seen)
-        assert len(threads) >= 2 and all(len(c) == 1 for c, _ in threads.values())
-        assert all(devices == {jax.devices()[0]} for _, _, devices in seen)
-        made.threads.shutdown()
     finally:
+        if made is not None:
+            made.threads.shutdown()
         lanes.forget_lanes()  # the next conversion makes lanes with clients again
+    np.testing.assert_array_equal(side_by_side, one_thread)
+    threads = _lane_threads(seen)
+    assert len(threads) == 2 and all(len(c) == 1 for c, _ in threads.values())
+    assert all(devices == {jax.devices()[0]} for _, _, devices in seen)
 
 
 def test_threads_asking_at_once_share_one_set_of_lanes(monkeypatch):
@@ -526,6 +563,7 @@ def test_threads_asking_at_once_share_one_set_of_lanes(monkeypatch):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(lanes, "ThreadPoolExecutor", Slow)
+    _lanes_see_cores(monkeypatch, [0, 1])   # the threads never start: no core is held
     lanes.forget_lanes()
     try:
         start, got = threading.Barrier(4), []
@@ -536,20 +574,20 @@ def test_threads_asking_at_once_share_one_set_of_lanes(monkeypatch):
         for asker in askers:
             asker.join()
         assert len(got) == 4 and all(one is got[0] for one in got)
-        assert len(made) == (len(os.sched_getaffinity(0)) > 1)
+        assert len(made) == 1 and got[0].threads is made[0]
     finally:
         lanes.forget_lanes()
 
 
 def test_lanes_are_one_per_core_up_to_max_lanes_and_none_on_one_core(monkeypatch):
-    """A lane per core the process may use, at most MAX_LANES of them (a client and a compiled
+    """A lane per core the calling thread may use, at most MAX_LANES (a client and a compiled
     kernel each); one core makes none. The threads start at the first call, so none is held to
     these cores (most of which this machine need not have)."""
     from jaxmir.resample import lanes
 
     try:
         for cores, count in (({3}, None), ({1, 6}, 2), (set(range(40)), lanes.MAX_LANES)):
-            monkeypatch.setattr(lanes.os, "sched_getaffinity", lambda pid, given=cores: given)
+            _lanes_see_cores(monkeypatch, cores)
             lanes.forget_lanes()
             made = lanes.lanes()
             assert (None if made is None else made.count) == count, cores
@@ -560,18 +598,53 @@ def test_lanes_are_one_per_core_up_to_max_lanes_and_none_on_one_core(monkeypatch
         lanes.forget_lanes()
 
 
+def test_lanes_building_a_phase_table_at_once_share_its_memory():
+    """A conversion's first calls ask for the phase table in every lane at once, each for its
+    device: one host table (~20 MB a plan) is built, and every device's table is that memory
+    (each lane built one of its own, and kept it, before)."""
+    import threading
+
+    from jaxmir.resample import lanes, positions, products
+
+    plan = positions.plan_of(44100, 16000, "sinc_medium")
+    shape = products.matmul_shape(plan)
+    devices = [lanes.single_core_device() for _ in range(3)]    # CPU devices, whatever backend
+    assert None not in devices
+    start, tables = threading.Barrier(len(devices)), {}
+
+    def ask(device):
+        start.wait()
+        tables[device] = products._phase_table(plan, shape, device)
+
+    products._phase_table.cache_clear()
+    products._host_phase_table.cache_clear()
+    askers = [threading.Thread(target=ask, args=(device,)) for device in devices]
+    for asker in askers:
+        asker.start()
+    for asker in askers:
+        asker.join()
+    memory = {tuple(part.unsafe_buffer_pointer() for part in table) for table in tables.values()}
+    assert len(tables) == len(devices) and len(memory) == 1, memory
+
+
 def test_a_forked_child_makes_lanes_of_its_own():
-    """A forked child has none of its parent's lane threads: it forgets their lanes."""
+    """A forked child has none of its parent's lane threads: it forgets their lanes. Nor has it
+    a thread that held the lanes' lock, or the phase tables', at the fork: its locks are free."""
     import warnings
 
-    from jaxmir.resample import lanes
+    from jaxmir.resample import lanes, products
 
     parents = lanes.lanes()
-    with warnings.catch_warnings():
+    with lanes._making, products._building, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # JAX's: a fork of a threaded process
         child = os.fork()
-    if child == 0:
-        os._exit(0 if lanes._made == [] else 1)
+        if child == 0:                                    # still holding the parent's locks
+            status = 1
+            try:
+                free = [lock.acquire(timeout=5) for lock in (lanes._making, products._building)]
+                status = 0 if lanes._made == [] and free == [True, True] else 1
+            finally:
+                os._exit(status)                          # never back into pytest
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert lanes.lanes() is parents

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import jax
+import numpy as np
+from jaxlib import xla_client
 
 MAX_LANES = 8  # a client (and a compiled kernel) per lane: more would cost more than it gains
 
@@ -39,8 +41,9 @@ _making = threading.Lock()
 
 
 def lanes() -> Lanes | None:
-    """The process's lanes, made at the first call: one per core this process may use (at most
-    :data:`MAX_LANES`); ``None`` on one core. Collections' decoding threads ask at once."""
+    """The process's lanes, made at the first call: one per core the calling thread may use (at
+    most :data:`MAX_LANES`; Linux keeps an affinity per thread, so a first caller held to one
+    core makes none); ``None`` on one core. Collections' decoding threads ask at once."""
     with _making:
         if not _made:
             _made.append(_new_lanes())
@@ -49,8 +52,15 @@ def lanes() -> Lanes | None:
 
 def forget_lanes() -> None:
     """Make new lanes at the next :func:`lanes` (those made stay with whoever holds them)."""
+    with _making:
+        _made.clear()
+
+
+def _forget_in_child() -> None:
+    """A forked child has none of the lanes' threads, and its copy of the lock may be held by a
+    thread it does not have either."""
     global _making
-    _making = threading.Lock()  # a forked child's copy may be held by a thread it does not have
+    _making = threading.Lock()
     _made.clear()
 
 
@@ -61,20 +71,23 @@ def _new_lanes() -> Lanes | None:
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     for core in cores:
         free.put(core)
+    # the backend asked here: an initializer's error would break the lanes for good
+    own_devices = jax.default_backend() == "cpu"
     threads = ThreadPoolExecutor(len(cores), thread_name_prefix="jaxmir-resample",
-                                 initializer=_enter_lane, initargs=(free,))
+                                 initializer=_enter_lane, initargs=(free, own_devices))
     return Lanes(threads, len(cores))
 
 
-def _enter_lane(free: queue.SimpleQueue[int]) -> None:
-    """A new lane thread: held to the next free core, with its device where the default backend
-    is the CPU (elsewhere, and where the core is no longer the process's, the default device)."""
+def _enter_lane(free: queue.SimpleQueue[int], own_devices: bool) -> None:
+    """A new lane thread: held to the next free core, with its device where ``own_devices`` (the
+    default backend is the CPU; elsewhere, and where the core is no longer the process's, the
+    default device)."""
     _this_lane.device = None
     try:
         os.sched_setaffinity(0, {free.get_nowait()})
     except OSError:
         return
-    if jax.default_backend() == "cpu":
+    if own_devices:
         _this_lane.device = single_core_device()
 
 
@@ -86,13 +99,24 @@ def lane_device() -> jax.Device | None:
 
 def single_core_device() -> jax.Device | None:
     """The CPU device of a new synchronous XLA client, whose intra-op pool has as many threads as
-    the calling thread has cores (one in a lane); ``None`` where jaxlib cannot make one."""
+    the calling thread has cores (one in a lane); ``None`` where jaxlib cannot make one or JAX
+    will not run a program of this module's kind on it (a JAX whose ``jit`` takes devices of
+    its own clients only): the default device then serves, with the same outputs."""
     try:
-        from jaxlib import xla_client
-
-        return xla_client.make_cpu_client(asynchronous=False).local_devices()[0]
-    except Exception:  # noqa: BLE001  (a jaxlib without this API: the default device serves)
+        device = xla_client.make_cpu_client(asynchronous=False).local_devices()[0]
+        with jax.enable_x64(True):  # as the kernel runs: int64 operands, a committed table
+            moved = _probe(jax.device_put(np.arange(3, dtype=np.int64), device))
+            if moved.devices() != {device} or np.asarray(moved).tolist() != [1, 2, 3]:
+                return None
+        return device
+    except Exception:  # noqa: BLE001  (a jaxlib without this API, a JAX refusing the device)
         return None
 
 
-os.register_at_fork(after_in_child=forget_lanes)  # a forked child has none of the threads
+@jax.jit
+def _probe(x):
+    """A program that any device the lanes call must run (compiled once per device)."""
+    return x + 1
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
 from dataclasses import dataclass
 
 import jax
@@ -109,13 +111,27 @@ def _margin(plan: Plan, shape: _Matmul) -> int:
     return shape.span - (2 * plan.taps + 3)
 
 
+_building = threading.Lock()  # held while a host phase table is built
+
+
+def _unlock_in_child() -> None:
+    """A forked child's copy of the lock may be held by a thread it does not have."""
+    global _building
+    _building = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_in_child)
+
+
 @functools.lru_cache(maxsize=16)
 def _phase_table(plan: Plan, shape: _Matmul,
                  device: jax.Device | None = None) -> tuple[jax.Array, jax.Array]:
     """:func:`_host_phase_table` on ``device`` (the default device if ``None``): on the CPU,
     the same memory for every device, the host arrays being aligned as XLA's buffers are."""
+    with _building:  # a conversion's lanes ask at once: each built (and kept) a table of its own
+        host = _host_phase_table(plan, shape)
     # device_put: a transfer; jnp.asarray would compile a program
-    return tuple(jax.device_put(part, device) for part in _host_phase_table(plan, shape))
+    return tuple(jax.device_put(part, device) for part in host)
 
 
 @functools.lru_cache(maxsize=4)
