@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -331,6 +332,23 @@ def test_a_parquet_folder_appears_with_its_columns(music, model, tmp_path, monke
     first = pq.read_table(out / "part-000000.parquet")  # empty, with the columns
     assert first.num_rows == 0 and first.column_names[:3] == ["path", "size_bytes", "mtime_ns"]
     assert "rock" in first.column_names  # a label's column
+
+
+def test_a_parquet_table_started_over_has_its_columns_before_its_first_row(tmp_path):
+    """--overwrite removes a table's parts: a run stopped before its first row then left a folder
+    of no part, which pyarrow reads as a table of no columns; an empty first part gives them."""
+    import pyarrow.parquet as pq
+
+    from jaxmir.collection.rows import Layout, Result
+
+    layout, source = Layout("embed", {"model": "msd-musicnn"}), inputs.Source("/a.wav", 1, 1)
+    out = tmp_path / "emb.parquet"
+    with outputs.open_output(str(out), layout, [source]) as writer:
+        writer.write(Result(source, 3.0, np.ones((2, 4), np.float32)))
+    assert pq.read_table(out).num_rows == 1
+    outputs.open_output(str(out), layout, [source], overwrite=True).abandon()  # stopped
+    table = pq.read_table(out)
+    assert table.num_rows == 0 and table.schema == outputs.parquet_schema(layout)
 
 
 def test_a_parquet_part_is_written_a_minute_after_the_last_even_of_few_rows(model, tmp_path,
@@ -2244,6 +2262,18 @@ def test_no_output_goes_inside_a_parquet_folder(music, model, tmp_path):
     assert sorted(os.listdir(store)) == before
 
 
+def test_a_parquet_folder_named_in_capitals_holds_no_other_output(tmp_path):
+    """``T.PARQUET`` is a Parquet output as ``t.parquet`` is (:func:`outputs.kind_of`): an output
+    inside it must be refused as inside the other."""
+    from jaxmir.collection.rows import Layout
+
+    table = tmp_path / "T.PARQUET"
+    outputs.open_output(str(table), Layout("embed", {"model": "msd-musicnn"}), []).close()
+    assert [p.name for p in table.iterdir()] == ["part-000000.parquet"]
+    with pytest.raises(InputError, match=f"{re.escape(str(table))} is a jaxmir Parquet folder"):
+        outputs.check_writable(table / "sub")
+
+
 def test_an_output_under_a_folder_that_cannot_be_searched_says_so(tmp_path, monkeypatch):
     """The checks for a file or a table among an output's folders raised PermissionError (Path's
     tests raise it on Python 3.11) where "cannot write the output in ...: Permission denied"
@@ -3204,6 +3234,25 @@ def test_a_failed_file_counts_as_failed_and_its_audio_as_not_analysed(capsys):
         "jaxmir: error: /b.wav: too short", "jaxmir: warning: truncated audio"]
 
 
+def test_the_bar_moves_on_a_file_at_each_result(monkeypatch):
+    """Where standard error is a terminal, the bar counts the files done: ``2/3`` after two."""
+    from jaxmir.collection.inputs import Source
+    from jaxmir.collection.progress import Progress, Tally
+    from jaxmir.collection.rows import Result
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    progress = Progress(Tally(total=3), enabled=True)
+    progress.update(Result(Source("/a.wav", 1, 1), 60.0, np.zeros((1, 4), np.float32)))
+    progress.update(Result(Source("/b.wav", 1, 1), 2.0, error="/b.wav: too short"))
+    assert progress.bar.n == 2
+    progress.close()
+    assert " 2/3 [" in sys.stderr.getvalue().splitlines()[-1]
+
+
 def test_an_unknown_engine_is_refused_before_any_output(music, model, tmp_path):
     """A misspelt engine ran the local one without a word."""
     output = tmp_path / "t.parquet"
@@ -3376,6 +3425,16 @@ def test_a_folder_s_failed_row_goes_once_it_can_be_listed(music, model, tmp_path
     tally = collect(model, folder, output, progress=False)
     assert (tally.ok, tally.failed, tally.skipped) == (0, 0, 2)
     assert [status for _, status, _ in _read_rows(output)] == ["ok", "ok"]
+
+
+def test_another_run_s_failed_row_of_a_path_no_folder_can_have_is_kept():
+    """A path holding a NUL byte, given to collect(), gets a failed row (inputs.examine); a
+    later run of other files keeps that row as another run's, no folder that can be listed:
+    os.scandir raises ValueError for such a path, not OSError, which stopped the resume."""
+    from jaxmir.collection.resume import keep
+    from jaxmir.collection.rows import ERROR
+
+    assert keep("/disk/a\0b", 10, 1, ERROR, {})
 
 
 @pytest.mark.parametrize("actors", [0, -1, 2.5, "two", True])
