@@ -805,6 +805,16 @@ def test_an_ogg_page_of_another_version_ends_the_reading_as_it_ended_the_wheel_s
                                                  "skipped, as FFmpeg does today"):  # it was 'ok'
         assert decode_file(files["page_version.ogg"], mode="float").samples.shape[0] > \
             decoded.samples.shape[0]
+    # a second one further on: the reading still stopped at the first, never reaching it (the
+    # samples of one, AudioLoader's to float32 rounding: test_samples_equal_essentia_audioloader)
+    one = files["page_version.ogg"].read_bytes()
+    first = one.find(b"OggS\x01")
+    second = one.find(b"OggS", (first + len(one)) // 2)  # an audio page, not the last
+    two = tmp_path / "two_versions.ogg"
+    two.write_bytes(one[:second + 4] + b"\x01" + one[second + 5:])
+    assert damage(str(two)).stop == first
+    with pytest.warns(DamagedAudioWarning, match="reading stopped at an Ogg page of an unknown"):
+        np.testing.assert_array_equal(decode_file(two).samples, decoded.samples)
     # one in junk behind the last page (or two: no page of version 0 follows the first):
     # nothing follows it, nothing is lost
     data = files["stereo_44k1.ogg"].read_bytes()

@@ -2602,8 +2602,8 @@ def test_finetuning_s_loss_includes_the_head_s_l2_weight_decay():
     targets = np.eye(2, dtype=np.float32)[[0, 1, 1]]
     head = jax.device_get(fit.init_head(jax.random.PRNGKey(0), 200, 100, 2))
     config = FinetuneConfig(steps=1, weight_decay=1e8)
-    _, tuned, losses = finetune(backbone, "model/dense/BiasAdd", patches, targets, "single", head,
-                                config)
+    variables, tuned, losses = finetune(backbone, "model/dense/BiasAdd", patches, targets,
+                                        "single", head, config)
     # the backbone and head before training, through Model.apply: float32 summation order on ~10
     features = backbone.apply(patches, ["model/dense/BiasAdd"])["model/dense/BiasAdd"]
     data_loss = np.mean(fit.sample_losses("single", fit.head_logits(head, features), targets))
@@ -2615,6 +2615,14 @@ def test_finetuning_s_loss_includes_the_head_s_l2_weight_decay():
         # float32 rounding of the sum (weights below 1): 6e-8; without the decay, 2e-3 off
         np.testing.assert_allclose(a, b - config.head_learning_rate * np.sign(b), rtol=0,
                                    atol=1e-7)
+    # the decay is the head's alone: the backbone takes the step it takes without any (decayed
+    # too, every weight steps by its rate towards zero: up to 2e-5 off); one program against
+    # another: a float32 step of the largest weights (10), 1e-6 (measured: equal)
+    undecayed, _, _ = finetune(backbone, "model/dense/BiasAdd", patches, targets, "single", head,
+                               dataclasses.replace(config, weight_decay=0.0))
+    for got, want in zip(jax.tree_util.tree_leaves(variables["params"]),
+                         jax.tree_util.tree_leaves(undecayed["params"])):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
 def _trained_result(train_targets=None):
