@@ -112,8 +112,10 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
                     for name, t in backbone.spec.aliases.items() if keeps(t)})
     node_map = {f"backbone/{name}": (_prefixed(t, "backbone"), shape)
                 for name, (t, shape) in backbone.spec.node_map.items() if keeps(t)}
-    node_map.update({name: (_prefixed(t, "head"), shape)
-                     for name, (t, shape) in head.spec.node_map.items() if t != INPUT_TAP})
+    # the head's input, and a node forwarding it (an Identity), read the backbone's embedding
+    node_map.update({name: (_prefixed(t, "head"), shape) if t != INPUT_TAP
+                     else (_prefixed(tap, "backbone"), shape)
+                     for name, (t, shape) in head.spec.node_map.items()})
     node_map[head.spec.input_name] = (_prefixed(tap, "backbone"), tuple(head.input_shape))
     spec = ModelSpec(COMPOSED, config, variables, backbone.spec.input_name, backbone.input_shape,
                      head.spec.output_name, aliases, node_map, backbone.spec.frontend)

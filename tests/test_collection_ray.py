@@ -322,6 +322,7 @@ from jaxmir.collection.compute import Options
 from jaxmir.collection.inputs import Source
 
 started = []
+rays_setter = ray._private.utils.set_sigterm_handler
 
 def init(**kwargs):  # a local cluster's start, its processes running from the first moment
     ray._private.utils.set_sigterm_handler(lambda signum, frame: sys.exit(signum))  # as Ray's
@@ -349,6 +350,7 @@ with interrupts.installed():
         ray_engine.run("msd-musicnn", None, [Source("a.wav", 1, 1)], Options(), None, None, None)
     except KeyboardInterrupt:
         print("run stopped")
+print("Ray's setter back:", ray._private.utils.set_sigterm_handler is rays_setter)
 """
 
 
@@ -357,15 +359,16 @@ def test_a_stop_while_ray_starts_or_swallowed_in_it_stops_the_run():
     broke ray.init's start of a local cluster off, with no node to shut down: its agents ran on
     for a minute. A Ctrl-C that JAX's garbage-collection callback
     swallowed while `import ray.data` ran was never raised again: the Ray run went through every
-    file, then exited 130 (the local engine stops)."""
+    file, then exited 130 (the local engine stops). Ray's set_sigterm_handler, kept out while
+    its cluster starts, is Ray's again after."""
     require("ray")
     run = subprocess.run([sys.executable, "-c", STOPS_WHILE_RAY_STARTS], capture_output=True,
                          text=True, env=child_env(), timeout=120)
-    assert run.returncode == 0 and run.stdout.split("\n")[:4] == [
+    assert run.returncode == 0 and run.stdout.split("\n")[:5] == [
         "stopped after [<Signals.SIGINT: 2>]",
         "stopped after [<Signals.SIGINT: 2>, <Signals.SIGHUP: 1>]",
         "stopped after [<Signals.SIGINT: 2>, <Signals.SIGHUP: 1>, <Signals.SIGTERM: 15>]",
-        "run stopped"], \
+        "run stopped", "Ray's setter back: True"], \
         (run.returncode, run.stdout, run.stderr[-2000:])
 
 
@@ -462,6 +465,8 @@ def test_a_model_the_actors_would_load_otherwise_is_refused(tmp_path, monkeypatc
                     progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing made
     ray_engine.check_reloadable(shipped, "msd-musicnn", None)  # the same model: taken
+    # in bfloat16 (Options(dtype="bfloat16")): what the actors run, cast as given there
+    ray_engine.check_reloadable(shipped.astype("bfloat16"), "msd-musicnn", None)
     # the same arrays in another tree (nested a level deeper): not what the actors load and run
     regrouped = dataclasses.replace(shipped, variables={"state": shipped.variables})
     with pytest.raises(InputError, match=r"\(its weights\)"):

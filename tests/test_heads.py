@@ -309,6 +309,31 @@ def test_a_head_joins_the_layer_before_the_first_dense_one(tmp_path):
                                atol=1e-6)
 
 
+def test_a_head_node_forwarding_its_input_reads_the_backbone_s_embedding(tmp_path):
+    """A head graph whose input goes through an Identity names that node the head's input too:
+    on a backbone it read nothing (an unknown output), or, named as the composed model's own
+    input, the backbone's patches. It is the embedding, as TensorFlow gives it in the head."""
+    require("tensorflow")
+    from tools import tf_graphs
+
+    graph = tf_graphs.embedding_head_graph(tf_graphs.random_weights(5))
+    for node in graph.node:  # the dense layer reads model/input_copy, an Identity of the input
+        node.input[:] = ["model/input_copy" if name == "model/Placeholder" else name
+                         for name in node.input]
+    copy = graph.node.add(name="model/input_copy", op="Identity", input=["model/Placeholder"])
+    copy.attr["T"].type = next(n for n in graph.node if n.name == "model/Placeholder").attr[
+        "dtype"].type
+    path = tmp_path / "h.pb"
+    tf_graphs.write_graph(graph, str(path))
+    composed = jaxmir.load(path, backbone="msd-musicnn")
+    x = np.random.default_rng(1).standard_normal((2, 187, 96)).astype(np.float32)
+    out = composed.apply(x, ["model/input_copy", "model/Placeholder", "predictions"])
+    copied, softmax = run_tf(path, {"model/Placeholder": np.asarray(out["model/Placeholder"])},
+                             ["model/input_copy", "model/Softmax"])
+    np.testing.assert_array_equal(out["model/input_copy"], copied)  # an Identity: exact
+    assert_parity("model/Softmax", softmax, out["predictions"], probabilities=True)
+
+
 def test_composition_errors_name_both_sides(tmp_path):
     vggish_head = write_head(tmp_path, "vggish-head", features=128)
     with pytest.raises(InputError, match="takes 128-d embeddings.*gives 200-d"):
