@@ -9,7 +9,7 @@ split tens of thousands of ~10-us operations between two contending programs: 20
 44.1 kHz took 43-51 ms of wall and ~85 ms of CPU on the two cores of a Zen 5, where one core
 alone spends 63-67 ms. A client made in a thread held to one core sizes its pool to one
 thread, and a synchronous client runs its programs in the calling thread, so each lane's calls
-run whole on its core: 35-38 ms, as two processes held to one core each would run them.
+run whole on its core: 33-38 ms, as two processes held to one core each would run them.
 """
 
 from __future__ import annotations
