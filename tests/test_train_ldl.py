@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -71,6 +72,13 @@ def test_mfcc_summaries():
                                          r"frames\)"):
         mfcc.mfcc_pooled(coefficients[:85], pool_frames=86)
     np.testing.assert_allclose(pooled[13:], coefficients[86:172].mean(0), atol=1e-6)
+    # by default the paper's 1-s windows: as many whole frames as librosa counts in a second at
+    # 44.1 kHz, hop 512 (86; at 87 these 172 frames gave one window, not two)
+    one_second = require("librosa").time_to_frames(1.0, sr=mfcc.SAMPLE_RATE,
+                                                   hop_length=mfcc.HOP_LENGTH)
+    np.testing.assert_allclose(mfcc.mfcc_pooled(coefficients[:172]),
+                               coefficients[:2 * one_second].reshape(2, one_second, 13)
+                               .mean(1).reshape(-1), atol=1e-6)
     assert len(mfcc.segment(np.ones(100, np.float32), 10, start=5.0, seconds=15.0)) == 150
     # by default the paper's segment: 15 s from 5 s in (research/training.md, LDL features)
     track = np.arange(30 * 100, dtype=np.float32)
@@ -188,6 +196,24 @@ def test_lmnn_steps_as_metric_learn_s(wine):
                                            rel=1e-2)
 
 
+def test_lmnn_takes_a_step_that_leaves_the_objective_as_it_was():
+    """metric-learn retries a step only when it raises the objective (``delta_obj > 0``). A first
+    step under float32's resolution leaves the map and its objective as they were; taken, the
+    rate grows 1 % a step until steps tell: retried, the rate halved to nothing and the map
+    stayed at its start."""
+    x = smoothing.standardize(np.random.default_rng(0).standard_normal((12, 3)))
+    labels = np.arange(12) % 2
+    init = lmnn.pca_init(x, 2).astype(np.float32)
+    targets = lmnn.target_neighbors(x, labels, 2)
+    start, grad = jax.value_and_grad(lmnn.objective)(
+        jnp.asarray(init), jnp.asarray(x, jnp.float32), jnp.asarray(labels), jnp.asarray(targets))
+    # a rate whose step is 0.9 of half a float32 spacing at most: no component moves
+    rate = 0.9 / np.max(np.abs(grad) / (np.spacing(np.abs(init)) / 2))
+    assert np.array_equal(init - np.float32(rate) * np.asarray(grad), init)
+    result = lmnn.fit_lmnn(x, labels, 2, k=2, max_iter=100, learn_rate=rate, tol=0.0, init=init)
+    assert result.objective < float(start)
+
+
 def test_lmnn_of_all_dimensions_starts_from_the_identity(wine):
     """As many components as features: the map starts from the identity (metric-learn's
     init="identity"), not from PCA's axes, a rotation of the map (the same metric) that the
@@ -233,6 +259,18 @@ def test_lmnn_needs_enough_per_class():
     for k in (0, -1, 1.5, "3"):
         with pytest.raises(InputError, match=f"k = {k!r} target neighbours; expected a whole"):
             lmnn.fit_lmnn(np.zeros((8, 2)), np.array([0] * 4 + [1] * 4), k=k)
+
+
+def test_lmnn_target_neighbours_at_equal_distances_are_the_earlier_tracks():
+    """Ties go to the earlier track, the same on every CPU: NumPy's default argsort (metric-learn's)
+    leaves the order of ties open (rows of over 16 values: by CPU). 40 points of a class on a
+    3x3 grid tie often; the reference ranks each point's others by (distance, index)."""
+    x = np.random.default_rng(0).integers(0, 3, (40, 2)).astype(np.float64)
+    labels = np.zeros(40, int)
+    dist = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    ranked = np.array([np.lexsort((np.arange(40), row)) for row in dist])
+    np.testing.assert_array_equal(lmnn.target_neighbors(x, labels, 5), ranked[:, :5])
 
 
 def test_knn_smoothing_uses_original_labels_of_others():
