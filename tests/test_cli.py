@@ -569,20 +569,23 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, wav
 
 def test_text_longer_than_a_pipe_holds_is_written_whole_or_not_at_all():
     """`jaxmir tag A B C -f json | head -1` (180 KB of JSON) exited 0: Python's buffered writer
-    took a write longer than the pipe held as done once the pipe had taken its first 64 KiB."""
-    child = ("import sys\n"
-             "from jaxmir.console import StandardOutputError, write_line\n"
-             "try:\n"
-             "    write_line(''.join(f'{i:>9}\\n' for i in range(500_000)))\n"
-             "except StandardOutputError as err:\n"
-             "    sys.exit(141 if err.reader_left else 1)\n")
-    for reader, status in (("head -c 100 > /dev/null", "141"), ("wc -c", "0")):
-        done = subprocess.run(["bash", "-c", f'"$0" -c "$1" | {reader}; echo "${{PIPESTATUS[0]}}"',
-                               sys.executable, child], capture_output=True, text=True,
-                              env=subprocess_env(), cwd=ROOT, timeout=120)
-        assert done.stdout.split()[-1] == status, (reader, done.stdout, done.stderr)
-        if reader.startswith("wc"):
-            assert int(done.stdout.split()[0]) == 5_000_000  # all of it
+    took a write longer than the pipe held as done once the pipe had taken its first 64 KiB.
+    200 KB (as that JSON) and 5 MB: any text past a pipe's 64 KiB, not only a very long one."""
+    for lines in (20_000, 500_000):
+        child = ("import sys\n"
+                 "from jaxmir.console import StandardOutputError, write_line\n"
+                 "try:\n"
+                 f"    write_line(''.join(f'{{i:>9}}\\n' for i in range({lines})))\n"
+                 "except StandardOutputError as err:\n"
+                 "    sys.exit(141 if err.reader_left else 1)\n")
+        for reader, status in (("head -c 100 > /dev/null", "141"), ("wc -c", "0")):
+            done = subprocess.run(["bash", "-c",
+                                   f'"$0" -c "$1" | {reader}; echo "${{PIPESTATUS[0]}}"',
+                                   sys.executable, child], capture_output=True, text=True,
+                                  env=subprocess_env(), cwd=ROOT, timeout=120)
+            assert done.stdout.split()[-1] == status, (lines, reader, done.stdout, done.stderr)
+            if reader.startswith("wc"):
+                assert int(done.stdout.split()[0]) == 10 * lines  # all of it
 
 
 def test_a_picture_goes_through_a_pipe_and_names_are_checked(capsys, wavs, tmp_path):
