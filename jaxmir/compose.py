@@ -107,16 +107,20 @@ def compose(backbone: Model, head: Model, embedding: str | None = None) -> Model
         index = _layer_index(tap)
         return index is None or index <= keep
 
-    aliases = {name: _prefixed(t, "head") for name, t in head.spec.aliases.items()}
+    embedding_tap = _prefixed(tap, "backbone")  # what the head reads
+
+    def in_head(t: str) -> str:
+        """A head's tap in the joined model: its input (and a node forwarding it, an Identity)
+        reads the backbone's embedding, not the joined model's input."""
+        return embedding_tap if t == INPUT_TAP else f"head/{t}"
+
+    aliases = {name: in_head(t) for name, t in head.spec.aliases.items()}
     aliases.update({f"backbone/{name}": _prefixed(t, "backbone")
                     for name, t in backbone.spec.aliases.items() if keeps(t)})
     node_map = {f"backbone/{name}": (_prefixed(t, "backbone"), shape)
                 for name, (t, shape) in backbone.spec.node_map.items() if keeps(t)}
-    # the head's input, and a node forwarding it (an Identity), read the backbone's embedding
-    node_map.update({name: (_prefixed(t, "head"), shape) if t != INPUT_TAP
-                     else (_prefixed(tap, "backbone"), shape)
-                     for name, (t, shape) in head.spec.node_map.items()})
-    node_map[head.spec.input_name] = (_prefixed(tap, "backbone"), tuple(head.input_shape))
+    node_map.update({name: (in_head(t), shape) for name, (t, shape) in head.spec.node_map.items()})
+    node_map[head.spec.input_name] = (embedding_tap, tuple(head.input_shape))
     spec = ModelSpec(COMPOSED, config, variables, backbone.spec.input_name, backbone.input_shape,
                      head.spec.output_name, aliases, node_map, backbone.spec.frontend)
     # a model built in memory has no source: then the head's alone ("h.pb on " named nothing)

@@ -45,7 +45,7 @@ def _check_signal(x) -> np.ndarray:
     if x.dtype != np.float32:
         with np.errstate(over="ignore"):  # said below, in words
             x = x.astype(np.float32)
-        if not np.isfinite(x).all():
+        if not _all_finite(x):
             raise AudioError("audio holds samples beyond float32's range (~3.4e38); expected "
                              "samples in about [-1, 1]")
     return x
